@@ -1,0 +1,12 @@
+"""edgetts: offline test-time scaling for small language models.
+
+>>> import edgetts
+>>> edgetts.solve("A pen costs 3 dollars. How much do 7 pens cost?").answer
+'21'
+"""
+
+from edgetts.search.base import SearchConfig, SearchResult
+from edgetts.solver import SolveOptions, Solver, solve
+
+__all__ = ["SearchConfig", "SearchResult", "SolveOptions", "Solver", "solve"]
+__version__ = "0.1.0"

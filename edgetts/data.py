@@ -1,0 +1,137 @@
+"""Benchmark loaders: the common public shapes by sniffing their keys, anything else by mapping.
+
+Known shapes (one JSON object per line):
+
+=========  =====================  ======================================
+shape      question               gold answer
+=========  =====================  ======================================
+GSM8K      ``question``           ``answer`` after ``####``
+MATH-500   ``problem``            ``answer``
+MATH       ``problem``            last ``\\boxed{}`` of ``solution``
+MAWPS      ``input``              ``target`` (a number)
+ASDiv      ``body`` + ``question``  ``answer`` without its unit, "15 (balls)"
+=========  =====================  ======================================
+
+Other files: ``question_key`` / ``answer_key`` name the fields; ``+`` joins several with a space
+(``body+question``). A ``.json`` file holding a list of such objects works too.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgetts.grading import last_boxed
+
+
+class DataError(ValueError):
+    """The data file cannot be read as asked; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str
+    question: str
+    answer: str | None  # None when the file has no gold answer (answers are then ungraded)
+
+
+def _join(record: dict, keys: str, path: Path, line_no: int) -> str | None:
+    parts = []
+    for key in keys.split("+"):
+        if key not in record:
+            raise DataError(f"{path}:{line_no}: no field {key!r} (fields: {', '.join(record)})")
+        value = record[key]
+        parts.append(str(value).strip() if value is not None else "")
+    return " ".join(p for p in parts if p) or None
+
+
+def _gold(record: dict, answer_key: str | None, path: Path, line_no: int) -> str | None:
+    if answer_key:
+        raw = _join(record, answer_key, path, line_no)
+    elif "answer" in record and isinstance(record["answer"], str) and "####" in record["answer"]:
+        raw = record["answer"].split("####")[-1]  # GSM8K
+    elif "answer" in record:
+        raw = str(record["answer"])  # MATH-500, ASDiv
+    elif "target" in record:
+        raw = str(record["target"])  # MAWPS
+    elif "solution" in record:
+        raw = last_boxed(record["solution"])  # MATH
+    else:
+        return None
+    if raw is None:
+        return None
+    raw = raw.strip()
+    raw = re.sub(r"\s*\([^()]*\)$", "", raw)  # ASDiv units: "15 (balls)"
+    if re.fullmatch(r"-?\d+\.0+", raw):
+        raw = raw.split(".")[0]  # MAWPS floats: "43.0"
+    return raw.replace(",", "") if re.fullmatch(r"-?[\d,]+(\.\d+)?", raw) else raw
+
+
+def _question_key(record: dict) -> str:
+    for keys in ("body+question", "question", "problem", "input", "prompt"):
+        if all(k in record for k in keys.split("+")):
+            return keys
+    raise KeyError
+
+
+def _records(path: Path):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read data file {path}: {exc}") from exc
+    if path.suffix == ".json":
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
+        if not isinstance(items, list):
+            raise DataError(f"{path}: expected a JSON list of objects")
+        yield from ((i + 1, item) for i, item in enumerate(items))
+        return
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield line_no, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from exc
+
+
+def load_problems(
+    path: str | Path,
+    question_key: str | None = None,
+    answer_key: str | None = None,
+    id_key: str | None = None,
+    limit: int | None = None,
+) -> list[Problem]:
+    """Read a benchmark file into Problems (first ``limit`` only, when given)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data file {path} does not exist")
+    problems: list[Problem] = []
+    for line_no, record in _records(path):
+        if limit is not None and len(problems) >= limit:
+            break
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
+        try:
+            q_key = question_key or _question_key(record)
+        except KeyError:
+            raise DataError(
+                f"{path}:{line_no}: cannot tell which field is the question "
+                f"(fields: {', '.join(record)}); pass --question-key"
+            ) from None
+        question = _join(record, q_key, path, line_no)
+        if not question:
+            raise DataError(f"{path}:{line_no}: the question ({q_key}) is empty")
+        if id_key:
+            pid = _join(record, id_key, path, line_no)
+        else:
+            pid = record.get("unique_id", record.get("idx", record.get("id", line_no)))
+        problems.append(Problem(str(pid), question, _gold(record, answer_key, path, line_no)))
+    ids = [p.id for p in problems]
+    if len(set(ids)) != len(ids):
+        raise DataError(f"{path}: problem ids are not unique; pass --id-key")
+    return problems

@@ -1,0 +1,119 @@
+"""Pull the final answer out of a solution and decide whether two answers agree.
+
+Extraction order, most explicit first: the last ``\\boxed{...}``, then "The answer is ...", then a
+GSM8K-style "#### ..." line, then the last number in the text. Numbers are compared numerically
+after stripping currency, thousands separators, units and trailing periods; everything else goes to
+``math-verify``, which understands LaTeX (fractions, roots, tuples, intervals).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from functools import lru_cache
+
+from math_verify import parse, verify
+
+_NUMBER = r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+"
+_NUMBER_RE = re.compile(_NUMBER)
+_ANSWER_IS_RE = re.compile(r"answer is[:\s]*\$?\s*(.+?)(?:\$|\.\s|\.$|\n|$)", re.IGNORECASE)
+_HASHES_RE = re.compile(r"####\s*(.+)")
+_TEXT_RE = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")
+
+
+def last_boxed(text: str) -> str | None:
+    """Return the contents of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces balanced."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    brace = text.find("{", start)
+    if brace < 0:
+        return None
+    depth = 0
+    for i in range(brace, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[brace + 1 : i].strip()
+    return None  # unbalanced: the model stopped mid-answer
+
+
+def extract_answer(text: str) -> str | None:
+    """Return the final answer written in ``text``, or None when there is none."""
+    if not text:
+        return None
+    boxed = last_boxed(text)
+    if boxed:
+        return boxed
+    matches = _ANSWER_IS_RE.findall(text)
+    if matches and matches[-1].strip():
+        return matches[-1].strip()
+    hashes = _HASHES_RE.findall(text)
+    if hashes and hashes[-1].strip():
+        return hashes[-1].strip()
+    numbers = _NUMBER_RE.findall(text)
+    return numbers[-1] if numbers else None
+
+
+def as_number(answer: str) -> float | None:
+    """Return ``answer`` as a float when it is a plain number (units and currency allowed)."""
+    cleaned = _TEXT_RE.sub(r"\1", answer)
+    cleaned = cleaned.replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "")
+    cleaned = cleaned.replace("\\!", "").replace("{,}", "").strip().rstrip(".")
+    # Drop a trailing unit word ("15 (balls)", "18 dollars", "5 cm^2").
+    cleaned = re.sub(r"\s*\(?[A-Za-z][A-Za-z\s^\d]*\)?$", "", cleaned).strip()
+    if not re.fullmatch(_NUMBER, cleaned):
+        frac = re.fullmatch(r"\\[dt]?frac\{(-?\d+)\}\{(\d+)\}", cleaned)
+        if frac and int(frac.group(2)) != 0:
+            return int(frac.group(1)) / int(frac.group(2))
+        return None
+    if "," in cleaned and not re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", cleaned):
+        return None  # "3,5" is a list, not three thousand five
+    return float(cleaned.replace(",", ""))
+
+
+def normalize_answer(answer: str | None) -> str | None:
+    """Canonical text for grouping equal answers: numbers as ``18`` / ``0.5``, else trimmed."""
+    if answer is None:
+        return None
+    number = as_number(answer)
+    if number is not None:
+        return f"{number:.10g}" if number != int(number) else str(int(number))
+    text = _TEXT_RE.sub(r"\1", answer).strip().strip("$").strip().rstrip(".")
+    return re.sub(r"\s+", " ", text) or None
+
+
+def _timeout_s() -> int | None:
+    # math-verify's timeout uses signals, which only work on the main thread (the server grades
+    # on worker threads, where we go without).
+    return 5 if threading.current_thread() is threading.main_thread() else None
+
+
+@lru_cache(maxsize=4096)
+def _parsed(answer: str) -> tuple:
+    return tuple(parse(f"\\boxed{{{answer}}}", parsing_timeout=_timeout_s()))
+
+
+def answers_equal(a: str | None, b: str | None) -> bool:
+    """True when two extracted answers denote the same value."""
+    if a is None or b is None:
+        return False
+    na, nb = as_number(a), as_number(b)
+    if na is not None and nb is not None:
+        return abs(na - nb) <= 1e-6 * max(1.0, abs(na), abs(nb))
+    if normalize_answer(a) == normalize_answer(b):
+        return True
+    pa, pb = _parsed(a), _parsed(b)
+    if not pa or not pb:
+        return False
+    try:
+        return bool(verify(list(pa), list(pb), timeout_seconds=_timeout_s()))
+    except Exception:  # math-verify raises on exotic expressions; unequal is the safe answer
+        return False
+
+
+def is_correct(solution_text: str, gold_answer: str) -> bool:
+    """Grade a whole solution against a gold final answer."""
+    return answers_equal(extract_answer(solution_text), gold_answer)

@@ -1,0 +1,114 @@
+"""What a GGUF file says about itself, read with the ``gguf`` package (no weights are loaded).
+
+The scheduler's memory model and the prompt builder both start here: layer count, KV heads and
+head size give KV bytes per token; the chat template decides how the prompt is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from edgetts.models import ModelError
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    path: str
+    architecture: str
+    name: str
+    n_layers: int
+    n_ctx_train: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    head_dim_k: int
+    head_dim_v: int
+    n_params: int
+    weights_bytes: int
+    file_bytes: int
+    chat_template: str | None
+    sliding_window: int | None  # SWA layers attend to at most this many tokens
+    swa_layers: int  # how many of n_layers use the sliding window
+
+    def kv_bytes_per_token(self, bytes_per_element: float = 2.0, n_ctx: int | None = None) -> float:
+        """KV-cache bytes one token costs across all layers (f16 = 2 bytes, q8_0 ~ 1.0625).
+
+        Sliding-window layers keep at most ``sliding_window`` tokens, so past that length they
+        cost nothing more; pass ``n_ctx`` to get the average over a context of that size.
+        """
+        per_layer = self.n_head_kv * (self.head_dim_k + self.head_dim_v) * bytes_per_element
+        full_layers = self.n_layers - self.swa_layers
+        swa_share = 1.0
+        if self.swa_layers and self.sliding_window and n_ctx and n_ctx > self.sliding_window:
+            swa_share = self.sliding_window / n_ctx
+        return per_layer * (full_layers + self.swa_layers * swa_share)
+
+
+def _field(reader, key: str, default=None):
+    field = reader.get_field(key)
+    if field is None:
+        return default
+    value = field.contents()
+    return value
+
+
+@lru_cache(maxsize=8)
+def _read(path: str, size: int, mtime: float) -> ModelMetadata:
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(path)
+    except (ValueError, IndexError, OSError) as exc:
+        raise ModelError(f"{path} is not a readable GGUF file: {exc}") from exc
+    arch = _field(reader, "general.architecture")
+    if not arch:
+        raise ModelError(f"{path} has no general.architecture: not a llama.cpp model")
+    end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+    if end > size:
+        raise ModelError(f"{path} is truncated: tensors need {end:,} bytes, the file has {size:,}")
+
+    def arch_field(key: str, default=None):
+        return _field(reader, f"{arch}.{key}", default)
+
+    n_layers = int(arch_field("block_count", 0))
+    n_embd = int(arch_field("embedding_length", 0))
+    n_head = arch_field("attention.head_count", 1)
+    n_head = int(np.max(n_head)) if isinstance(n_head, list) else int(n_head)
+    n_head_kv = arch_field("attention.head_count_kv", n_head)
+    n_head_kv = int(np.max(n_head_kv)) if isinstance(n_head_kv, list) else int(n_head_kv)
+    head_dim = n_embd // max(n_head, 1)
+    window = arch_field("attention.sliding_window")
+    swa_layers = 0
+    if window:
+        # Gemma 3 alternates five sliding-window layers with one global layer.
+        pattern = int(arch_field("attention.sliding_window_pattern", 6) or 6)
+        swa_layers = n_layers - n_layers // pattern
+    return ModelMetadata(
+        path=path,
+        architecture=str(arch),
+        name=str(_field(reader, "general.name", Path(path).stem)),
+        n_layers=n_layers,
+        n_ctx_train=int(arch_field("context_length", 0)),
+        n_embd=n_embd,
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        head_dim_k=int(arch_field("attention.key_length", head_dim)),
+        head_dim_v=int(arch_field("attention.value_length", head_dim)),
+        n_params=int(sum(int(t.n_elements) for t in reader.tensors)),
+        weights_bytes=int(sum(int(t.n_bytes) for t in reader.tensors)),
+        file_bytes=size,
+        chat_template=_field(reader, "tokenizer.chat_template"),
+        sliding_window=int(window) if window else None,
+        swa_layers=swa_layers,
+    )
+
+
+def read_metadata(path: str | Path) -> ModelMetadata:
+    """Read (and cache per file version) the metadata of a GGUF file."""
+    path = Path(path)
+    stat = path.stat()
+    return _read(str(path), stat.st_size, stat.st_mtime)

@@ -1,0 +1,536 @@
+"""The policy on llama.cpp's low-level API: one prefill, forked KV sequences, one batch per token.
+
+How a question is answered, in KV-cache terms:
+
+* ``root(question)`` clears the cache and decodes the prompt once into the *template* sequence
+  (slot 0), keeping the logits of its last token.
+* ``extend(paths, n_each)`` forks every parent into children. A child copies its parent's sequence
+  (``llama_memory_seq_cp``; with the unified KV cache this only tags the same cells with one more
+  sequence id, so a shared prefix is stored once), samples its first token from the parent's saved
+  logits with its own sampler, and from then on every live child decodes together, one row each,
+  in a single ``llama_batch`` per token. The last child of a parent inherits the parent's slot.
+* A child stops at the step separator (a blank line), at end of generation, at the token limit or
+  at the deadline. The token that closed a step is decoded once more so its logits can seed the
+  next round, which makes the decoded-token count exactly: the prompt once plus every token of
+  the search tree.
+* ``release(paths)`` drops sequences (``llama_memory_seq_rm``); finished paths free theirs at once.
+
+Slots are finite (``n_seq_max``). When more children are asked for than there are slots, they run
+in waves: a child waits until a slot frees up, and when every slot is held by a path that is only
+waiting for the next round, that path is *parked* (its KV dropped). A parked path that is extended
+later is rebuilt from the template by decoding its own tokens again; ``tokens_redecoded`` counts
+that cost, which is zero whenever the slots suffice.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import time
+import zlib
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path as FsPath
+
+import llama_cpp
+import numpy as np
+
+from edgetts.metadata import ModelMetadata, read_metadata
+from edgetts.models import resolve
+from edgetts.prompts import STEP_SEPARATOR, build_prompt
+from edgetts.search.base import Deadline, Path
+
+logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+
+KV_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
+TEMPLATE_SLOT = 0
+
+
+class PolicyError(Exception):
+    """The policy cannot run this request; the message says why and what to change."""
+
+
+@dataclass
+class PolicyConfig:
+    """Settings of the llama.cpp policy. Token counts are per solution unless named otherwise."""
+
+    model: str | None = None  # registry name or .gguf path; None = the default model
+    n_seq_max: int = 16  # sequences decoded together (beams, samples) besides the template
+    max_tokens: int = 512  # generated tokens per solution
+    max_step_tokens: int = 256  # a step longer than this is cut into two
+    max_prompt_tokens: int = 1024
+    n_ctx: int = 0  # KV cells in all; 0 = enough for the prompt plus n_seq_max full solutions
+    n_batch: int = 512
+    n_threads: int | None = None  # None = all cores
+    n_gpu_layers: int = 0  # layers offloaded to the GPU (needs a CUDA build of llama.cpp)
+    kv_type: str = "f16"  # "f16" or "q8_0"
+    temperature: float = 0.8
+    top_p: float = 1.0
+    seed: int = 0
+
+    def resolved_n_ctx(self) -> int:
+        return self.n_ctx or self.max_prompt_tokens + self.n_seq_max * self.max_tokens
+
+
+@dataclass
+class GeneratorCounters:
+    tokens_prefilled: int = 0  # prompt tokens decoded
+    tokens_decoded: int = 0  # generated tokens decoded (each token of the search tree once)
+    tokens_redecoded: int = 0  # tokens decoded again to rebuild parked paths
+    tokens_sampled: int = 0
+    sequences_forked: int = 0
+    decode_calls: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class _Prompt:
+    question: str
+    tokens: list[int]
+
+
+@dataclass
+class _Seq:
+    """The generator's side of a Path (kept in ``Path.handle``)."""
+
+    prompt: _Prompt
+    tokens: list[int] = field(default_factory=list)  # generated after the prompt
+    slot: int | None = None  # KV sequence id; None when parked or freed
+    n_cached: int = 0  # how many of ``tokens`` the slot's KV holds
+    logits: np.ndarray | None = None  # next-token logits, valid when n_cached == len(tokens)
+    lineage: tuple[int, ...] = ()  # child indices from the root: seeds the sampler
+    carry: bytes = b""  # text sampled past a step separator, belongs to the next step
+    is_template: bool = False
+
+
+@dataclass
+class _Child:
+    """A path being generated in the current ``extend`` call."""
+
+    path: Path
+    seq: _Seq
+    parent: _Seq
+    last_of_parent: bool
+    to_end: bool
+    take_parent_slot: bool = False  # set when slots run out: siblings rebuild from the template
+    sampler: llama_cpp.llama_sampler_p | None = None
+    to_decode: list[int] = field(default_factory=list)
+    step_bytes: bytes = b""
+    step_tokens: int = 0
+    closing: bool = False  # the step is complete once ``to_decode`` is decoded
+    done: bool = False
+
+
+class LlamaPolicy:
+    """A GGUF model on llama.cpp implementing the StepGenerator interface."""
+
+    def __init__(self, config: PolicyConfig | None = None) -> None:
+        self.config = config or PolicyConfig()
+        cfg = self.config
+        if cfg.kv_type not in KV_TYPES:
+            raise PolicyError(f"unknown KV cache type {cfg.kv_type!r}; choose one of {list(KV_TYPES)}")
+        if cfg.n_seq_max < 1:
+            raise PolicyError(f"n_seq_max must be at least 1, got {cfg.n_seq_max}")
+        self.model_path: FsPath = resolve(cfg.model)
+        self.metadata: ModelMetadata = read_metadata(self.model_path)
+        self.counters = GeneratorCounters()
+        llama_cpp.llama_backend_init()
+        self._model = self._load_model()
+        self._ctx = self._new_context()
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._batch = llama_cpp.llama_batch_init(cfg.n_batch, 0, 1)
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self._free_slots: list[int] = []
+        self._stop_strings = [] if self.metadata.chat_template else [b"\nQuestion:"]
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def _load_model(self) -> llama_cpp.llama_model_p:
+        params = llama_cpp.llama_model_default_params()
+        params.n_gpu_layers = self.config.n_gpu_layers
+        model = llama_cpp.llama_model_load_from_file(str(self.model_path).encode(), params)
+        if not model:
+            raise PolicyError(f"llama.cpp could not load {self.model_path} (corrupt or unsupported)")
+        return model
+
+    def _new_context(self) -> llama_cpp.llama_context_p:
+        cfg = self.config
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = cfg.resolved_n_ctx()
+        params.n_batch = cfg.n_batch
+        params.n_ubatch = cfg.n_batch
+        params.n_seq_max = cfg.n_seq_max + 1  # + the template sequence
+        threads = cfg.n_threads or os.cpu_count() or 1
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        params.type_k = KV_TYPES[cfg.kv_type]
+        params.type_v = KV_TYPES[cfg.kv_type]
+        # A quantized V cache needs flash attention; f16 lets llama.cpp decide.
+        params.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if cfg.kv_type != "f16"
+            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
+        )
+        params.kv_unified = True  # shared prefixes stored once, whatever the number of forks
+        params.no_perf = True
+        ctx = llama_cpp.llama_init_from_model(self._model, params)
+        if not ctx:
+            raise PolicyError(
+                f"llama.cpp could not create a context of {params.n_ctx} tokens "
+                f"for {cfg.n_seq_max} sequences (out of memory?)"
+            )
+        return ctx
+
+    def close(self) -> None:
+        """Free the llama.cpp context and model (also done when the object is collected)."""
+        if getattr(self, "_batch", None) is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
+        if getattr(self, "_ctx", None):
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+        if getattr(self, "_model", None):
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+
+    def __del__(self) -> None:
+        self.close()
+
+    # -- tokens --------------------------------------------------------------------------------
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        data = text.encode()
+        capacity = len(data) + 16
+        buf = (llama_cpp.llama_token * capacity)()
+        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, special, special)
+        if n < 0:
+            raise PolicyError("prompt too long to tokenize")
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece_buf, 256, 0, False)
+        return self._piece_buf.raw[: max(n, 0)]
+
+    def prompt_text(self, question: str) -> str:
+        bos = self.piece(llama_cpp.llama_vocab_bos(self._vocab)).decode(errors="ignore")
+        return build_prompt(question, self.metadata.chat_template, bos=bos)
+
+    # -- StepGenerator -------------------------------------------------------------------------
+
+    def root(self, question: str) -> Path:
+        """Clear the cache and prefill the prompt for ``question`` once."""
+        if not question or not question.strip():
+            raise PolicyError("the question is empty")
+        start = time.perf_counter()
+        tokens = self.tokenize(self.prompt_text(question))
+        limit = min(self.config.max_prompt_tokens, self.config.resolved_n_ctx() - self.config.max_tokens)
+        if len(tokens) > limit:
+            raise PolicyError(
+                f"the question is too long: its prompt has {len(tokens)} tokens, the limit is "
+                f"{limit} (raise max_prompt_tokens / n_ctx)"
+            )
+        llama_cpp.llama_memory_clear(self._memory, True)
+        self._free_slots = list(range(self.config.n_seq_max, 0, -1))  # slot 0 is the template
+        prompt = _Prompt(question, tokens)
+        seq = _Seq(prompt=prompt, slot=TEMPLATE_SLOT, is_template=True)
+        for chunk_start in range(0, len(tokens), self.config.n_batch):
+            chunk = tokens[chunk_start : chunk_start + self.config.n_batch]
+            self._batch.n_tokens = 0
+            for i, tok in enumerate(chunk):
+                last = chunk_start + i == len(tokens) - 1
+                self._add(tok, chunk_start + i, TEMPLATE_SLOT, last)
+            self._decode()
+        self.counters.tokens_prefilled += len(tokens)
+        seq.logits = self._logits(self._batch.n_tokens - 1)
+        self.counters.seconds += time.perf_counter() - start
+        return Path(handle=seq)
+
+    def extend(
+        self,
+        paths: list[Path],
+        n_each: int,
+        to_end: bool = False,
+        deadline: Deadline | None = None,
+    ) -> list[Path]:
+        """Fork each path into ``n_each`` children and decode them together (see module doc)."""
+        if n_each < 1:
+            raise PolicyError(f"n_each must be at least 1, got {n_each}")
+        start = time.perf_counter()
+        out: list[Path] = []
+        queue: deque[_Child] = deque()
+        for path in paths:
+            if path.finished:
+                out.append(path)
+                continue
+            parent: _Seq = path.handle
+            for j in range(n_each):
+                child = self._child(path, parent, j, last=(j == n_each - 1), to_end=to_end)
+                out.append(child.path)
+                queue.append(child)
+        self._run(queue, to_end, deadline)
+        self.counters.seconds += time.perf_counter() - start
+        return out
+
+    def release(self, paths: list[Path]) -> None:
+        """Drop the KV sequences of paths the strategy no longer needs."""
+        for path in paths:
+            seq = path.handle
+            if isinstance(seq, _Seq) and not seq.is_template:
+                self._free(seq)
+                seq.logits = None
+
+    # -- generation ----------------------------------------------------------------------------
+
+    def _child(self, path: Path, parent: _Seq, index: int, last: bool, to_end: bool) -> _Child:
+        seq = _Seq(
+            prompt=parent.prompt,
+            tokens=list(parent.tokens),
+            lineage=(*parent.lineage, index),
+            carry=parent.carry,
+        )
+        child_path = Path(steps=list(path.steps), handle=seq, n_tokens=path.n_tokens)
+        return _Child(path=child_path, seq=seq, parent=parent, last_of_parent=last, to_end=to_end)
+
+    def _run(self, queue: deque[_Child], to_end: bool, deadline: Deadline | None) -> None:
+        active: list[_Child] = []
+        waiting: list[_Child] = []  # finished their step, still holding a slot
+        while queue or active:
+            if deadline is not None and deadline.expired():
+                for child in [*active, *queue]:
+                    self._stop_at_deadline(child)
+                return
+            while queue and self._can_start(queue[0], active, waiting):
+                child = queue.popleft()
+                self._start(child)
+                if child.done:  # ended on its very first token
+                    self._finish_child(child)
+                else:
+                    active.append(child)
+            if not active:
+                continue
+            self._step(active)
+            for child in [c for c in active if c.done]:
+                active.remove(child)
+                self._finish_child(child)
+                if child.seq.slot is not None:
+                    waiting.append(child)
+
+    def _can_start(self, child: _Child, active: list[_Child], waiting: list[_Child]) -> bool:
+        if self._inherits(child) or self._free_slots:
+            return True
+        if waiting:
+            self._free(waiting.pop(0).seq)  # park: rebuilt later by re-decoding its tokens
+            return True
+        if active:
+            return False  # wait for an active child to finish or close its step
+        parent = child.parent
+        if parent.slot is None or parent.is_template:
+            raise PolicyError("no KV sequence slot can be freed; raise n_seq_max")
+        child.take_parent_slot = True  # every slot holds a parent: siblings rebuild later
+        return True
+
+    @staticmethod
+    def _inherits(child: _Child) -> bool:
+        parent = child.parent
+        wants = child.last_of_parent or child.take_parent_slot
+        return wants and not parent.is_template and parent.slot is not None
+
+    def _start(self, child: _Child) -> None:
+        parent, seq = child.parent, child.seq
+        if self._inherits(child):
+            seq.slot, parent.slot = parent.slot, None
+            seq.n_cached = parent.n_cached
+        elif parent.slot is not None:
+            seq.slot = self._free_slots.pop()
+            llama_cpp.llama_memory_seq_cp(self._memory, parent.slot, seq.slot, -1, -1)
+            seq.n_cached = parent.n_cached
+        else:  # parent was parked: rebuild from the template prompt
+            seq.slot = self._free_slots.pop()
+            llama_cpp.llama_memory_seq_cp(self._memory, TEMPLATE_SLOT, seq.slot, -1, -1)
+            seq.n_cached = 0
+        self.counters.sequences_forked += 1
+        child.sampler = self._new_sampler(seq.lineage)
+        if seq.n_cached == len(seq.tokens) and parent.logits is not None:
+            self._accept(child, self._sample_from(child.sampler, parent.logits))
+        else:
+            child.to_decode = seq.tokens[seq.n_cached :]
+            self.counters.tokens_redecoded += len(child.to_decode)
+            seq.tokens = seq.tokens[: seq.n_cached]
+        if child.last_of_parent:
+            parent.logits = None  # no sibling needs it any more
+
+    def _step(self, active: list[_Child]) -> None:
+        """Decode one batch: every active child's pending tokens, then sample each child.
+
+        A child rebuilding a parked path may have more tokens pending than the batch holds; it
+        then decodes a slice now and samples in a later batch.
+        """
+        self._batch.n_tokens = 0
+        rows: list[tuple[_Child, int]] = []
+        for child in active:
+            room = self.config.n_batch - self._batch.n_tokens
+            if room <= 0:
+                break
+            seq = child.seq
+            part, child.to_decode = child.to_decode[:room], child.to_decode[room:]
+            complete = not child.to_decode
+            for k, tok in enumerate(part):
+                pos = len(seq.prompt.tokens) + seq.n_cached + k
+                self._add(tok, pos, seq.slot, complete and k == len(part) - 1)
+            seq.n_cached += len(part)
+            if len(seq.tokens) < seq.n_cached:  # rebuilt tokens are back in the path
+                seq.tokens.extend(part)
+            if complete:
+                rows.append((child, self._batch.n_tokens - 1))
+        self._decode()
+        self.counters.tokens_decoded += self._batch.n_tokens
+        for child, row in rows:
+            if child.closing:
+                child.seq.logits = self._logits(row)
+                child.done = True
+                continue
+            token = llama_cpp.llama_sampler_sample(child.sampler, self._ctx, row)
+            self._accept(child, token)
+
+    def _accept(self, child: _Child, token: int) -> None:
+        """Record a sampled token: end the path, end the step, or queue it for decoding."""
+        cfg = self.config
+        path, seq = child.path, child.seq
+        self.counters.tokens_sampled += 1
+        if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+            self._end_path(child, "eos")
+            return
+        seq.tokens.append(token)
+        path.n_tokens += 1
+        child.step_tokens += 1
+        child.step_bytes += self.piece(token)
+        stop = next((s for s in self._stop_strings if s in child.step_bytes), None)
+        if stop is not None:
+            child.step_bytes = child.step_bytes[: child.step_bytes.index(stop)]
+            self._end_path(child, "eos")
+            return
+        if path.n_tokens >= cfg.max_tokens:
+            self._end_path(child, "max_tokens")
+            return
+        child.to_decode = [token]
+        sep = STEP_SEPARATOR.encode()
+        cut = child.step_bytes.find(sep)
+        if cut < 0 and child.step_tokens < cfg.max_step_tokens:
+            return
+        end = cut + len(sep) if cut >= 0 else len(child.step_bytes)
+        self._push_step(child, child.step_bytes[:end])
+        child.step_bytes = child.step_bytes[end:]
+        child.step_tokens = 0
+        if not child.to_end:
+            child.closing = True  # decode this last token once more for its logits, then stop
+
+    def _push_step(self, child: _Child, data: bytes) -> None:
+        text = (child.seq.carry + data).decode("utf-8", errors="replace")
+        child.seq.carry = b""
+        if text.strip():
+            child.path.steps.append(text)
+        elif child.path.steps:
+            child.path.steps[-1] += text  # blank lines belong to the step before
+
+    def _end_path(self, child: _Child, reason: str) -> None:
+        self._push_step(child, child.step_bytes)
+        child.step_bytes = b""
+        child.path.finished = True
+        child.path.stop_reason = reason
+        child.done = True
+        child.to_decode = []
+
+    def _finish_child(self, child: _Child) -> None:
+        if child.sampler is not None:
+            llama_cpp.llama_sampler_free(child.sampler)
+            child.sampler = None
+        seq = child.seq
+        if child.path.finished:
+            self._free(seq)  # a finished path is never extended: its KV is not needed
+        else:
+            seq.carry = child.step_bytes
+
+    def _stop_at_deadline(self, child: _Child) -> None:
+        """Leave the child as it is; a later extend decodes whatever its KV lacks."""
+        child.path.stop_reason = "deadline"
+        if child.sampler is None:  # never started: it stands for its parent as it was
+            if self._inherits(child):
+                child.seq.slot, child.parent.slot = child.parent.slot, None
+                child.seq.n_cached, child.seq.logits = child.parent.n_cached, child.parent.logits
+            return
+        if child.step_bytes:
+            self._push_step(child, child.step_bytes)
+            child.step_bytes = b""
+        child.seq.logits = None  # tokens past n_cached (sampled, not decoded) are decoded later
+        llama_cpp.llama_sampler_free(child.sampler)
+        child.sampler = None
+
+    # -- llama.cpp helpers ---------------------------------------------------------------------
+
+    def _add(self, token: int, pos: int, slot: int, logits: bool) -> None:
+        b = self._batch
+        i = b.n_tokens
+        if i >= self.config.n_batch:
+            raise PolicyError(f"batch overflow: more than n_batch={self.config.n_batch} tokens")
+        b.token[i] = token
+        b.pos[i] = pos
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = slot
+        b.logits[i] = logits
+        b.n_tokens = i + 1
+
+    def _decode(self) -> None:
+        ret = llama_cpp.llama_decode(self._ctx, self._batch)
+        self.counters.decode_calls += 1
+        if ret == 1:
+            raise PolicyError(
+                f"the KV cache is full (n_ctx={self.config.resolved_n_ctx()}); "
+                "raise n_ctx or lower n_seq_max / max_tokens"
+            )
+        if ret != 0:
+            raise PolicyError(f"llama_decode failed with code {ret}")
+
+    def _logits(self, row: int) -> np.ndarray:
+        ptr = llama_cpp.llama_get_logits_ith(self._ctx, row)
+        return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).copy()
+
+    def _new_sampler(self, lineage: tuple[int, ...]) -> llama_cpp.llama_sampler_p:
+        cfg = self.config
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        if cfg.temperature <= 0:
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
+            return chain
+        # Each path gets its own stream, fixed by the run seed and its place in the tree, so a
+        # run is reproducible whatever order the batch happens to decode in.
+        seed = zlib.crc32(repr((cfg.seed, lineage)).encode())
+        if cfg.top_p < 1.0:
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(cfg.top_p, 1))
+        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(cfg.temperature))
+        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))
+        return chain
+
+    def _sample_from(self, sampler: llama_cpp.llama_sampler_p, logits: np.ndarray) -> int:
+        """Sample from saved logits (a fork's first token) with the child's own sampler."""
+        data = (llama_cpp.llama_token_data * self._n_vocab)()
+        view = np.ctypeslib.as_array(data).view(
+            np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+        )
+        view["id"] = np.arange(self._n_vocab, dtype=np.int32)
+        view["logit"] = logits
+        view["p"] = 0.0
+        arr = llama_cpp.llama_token_data_array(data=data, size=self._n_vocab, selected=-1, sorted=False)
+        llama_cpp.llama_sampler_apply(sampler, ctypes.byref(arr))
+        token = int(data[arr.selected].id)
+        llama_cpp.llama_sampler_accept(sampler, token)
+        return token
+
+    def _free(self, seq: _Seq) -> None:
+        if seq.slot is None or seq.is_template:
+            return
+        llama_cpp.llama_memory_seq_rm(self._memory, seq.slot, -1, -1)
+        self._free_slots.append(seq.slot)
+        seq.slot = None
+        seq.n_cached = 0

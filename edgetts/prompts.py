@@ -1,0 +1,67 @@
+"""Prompts: the model's own chat template for instruct models, few-shot text for base models.
+
+Both ask for the format the search relies on: reasoning steps separated by a blank line (the step
+separator the PRM scores at) and the final answer in ``\\boxed{}`` (what grading extracts).
+"""
+
+from __future__ import annotations
+
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+STEP_SEPARATOR = "\n\n"
+
+SYSTEM_PROMPT = (
+    "Solve the math problem efficiently and clearly. Think step by step. "
+    "Separate the steps with a blank line. "
+    "End with: Therefore, the final answer is: $\\boxed{answer}$. "
+    "where answer is just the final number or expression."
+)
+
+# Short worked examples in the exact step format, for base models without a chat template.
+FEW_SHOT = [
+    (
+        "Tom has 3 boxes with 4 apples each. He eats 2 apples. How many apples are left?",
+        "Tom starts with 3 * 4 = 12 apples.\n\n"
+        "After eating 2, he has 12 - 2 = 10 apples.\n\n"
+        "Therefore, the final answer is: $\\boxed{10}$.",
+    ),
+    (
+        "A shirt costs $20 and is on sale for 25% off. What is the sale price in dollars?",
+        "The discount is 20 * 0.25 = 5 dollars.\n\n"
+        "The sale price is 20 - 5 = 15 dollars.\n\n"
+        "Therefore, the final answer is: $\\boxed{15}$.",
+    ),
+    (
+        "Sara reads 12 pages a day. How many days does she need for a 60-page book?",
+        "She needs 60 / 12 = 5 days.\n\nTherefore, the final answer is: $\\boxed{5}$.",
+    ),
+]
+
+
+def render_chat(template: str, messages: list[dict[str, str]], bos: str = "", eos: str = "") -> str:
+    """Render a GGUF chat template (Jinja) the way Hugging Face tokenizers do."""
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+
+    def raise_exception(message: str) -> None:
+        raise ValueError(f"chat template error: {message}")
+
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(template).render(
+        messages=messages, add_generation_prompt=True, bos_token=bos, eos_token=eos
+    )
+
+
+def few_shot_prompt(question: str) -> str:
+    shots = "".join(f"Question: {q}\nAnswer:\n{a}\n\n\n" for q, a in FEW_SHOT)
+    return f"{SYSTEM_PROMPT}\n\n\n{shots}Question: {question.strip()}\nAnswer:\n"
+
+
+def build_prompt(question: str, chat_template: str | None, bos: str = "", eos: str = "") -> str:
+    """The full prompt text for ``question``; chat template if the model has one."""
+    if not chat_template:
+        return few_shot_prompt(question)
+    messages = [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": question.strip()},
+    ]
+    return render_chat(chat_template, messages, bos=bos, eos=eos)

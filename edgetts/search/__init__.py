@@ -1,0 +1,67 @@
+"""Search strategies over a StepGenerator and a StepScorer, and one entry point to run them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, is_dataclass
+
+from edgetts.search.base import SearchConfig, SearchResult, StepGenerator, StepScorer
+from edgetts.search.beam_search import beam_search
+from edgetts.search.best_of_n import best_of_n, weighted_best_of_n
+from edgetts.search.dvts import dvts
+from edgetts.search.majority import majority
+
+Strategy = Callable[[str, StepGenerator, "StepScorer | None", SearchConfig], SearchResult]
+
+STRATEGIES: dict[str, Strategy] = {
+    "majority": majority,
+    "best_of_n": best_of_n,
+    "weighted_best_of_n": weighted_best_of_n,
+    "beam_search": beam_search,
+    "dvts": dvts,
+}
+# Strategies that cannot work without a step scorer.
+NEEDS_SCORER: set[str] = {"best_of_n", "weighted_best_of_n", "beam_search", "dvts"}
+
+
+def _counters(obj: object) -> dict[str, float]:
+    counters = getattr(obj, "counters", None)
+    return asdict(counters) if is_dataclass(counters) else {}
+
+
+def run_search(
+    strategy: str,
+    question: str,
+    generator: StepGenerator,
+    scorer: StepScorer | None,
+    config: SearchConfig,
+) -> SearchResult:
+    """Validate the settings, run ``strategy`` and attach what it cost.
+
+    Counters: tokens prefilled and generated (from the generator), PRM calls and steps scored
+    (from the scorer), and wall time split into policy, PRM and other seconds.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {sorted(STRATEGIES)}")
+    config.validate(strategy)
+    if strategy in NEEDS_SCORER and scorer is None:
+        raise ValueError(f"strategy {strategy!r} needs a PRM (step scorer)")
+    gen_before, prm_before = _counters(generator), _counters(scorer)
+    start = time.perf_counter()
+    result = STRATEGIES[strategy](question, generator, scorer, config)
+    wall_s = time.perf_counter() - start
+    gen_after, prm_after = _counters(generator), _counters(scorer)
+    gen = {k: gen_after[k] - gen_before.get(k, 0) for k in gen_after}
+    prm = {k: prm_after[k] - prm_before.get(k, 0) for k in prm_after}
+    policy_s = gen.pop("seconds", 0.0)
+    prm_s = prm.pop("seconds", 0.0)
+    result.counters = {
+        **gen,
+        **{f"prm_{k}": v for k, v in prm.items()},
+        "policy_s": round(policy_s, 3),
+        "prm_s": round(prm_s, 3),
+        "other_s": round(max(0.0, wall_s - policy_s - prm_s), 3),
+        "wall_s": round(wall_s, 3),
+    }
+    return result

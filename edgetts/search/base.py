@@ -1,0 +1,167 @@
+"""The two interfaces every search strategy sees, and the helpers they share.
+
+A strategy is a plain function ``(question, generator, scorer, config) -> SearchResult``. It never
+touches llama.cpp or onnxruntime: it asks a :class:`StepGenerator` for more steps and a
+:class:`StepScorer` for step scores, so it can be tested with tiny fakes.
+
+Ownership of KV-cache sequences is simple and one-way: :meth:`StepGenerator.extend` *consumes* the
+paths it is given (their cached prefix now belongs to the children it returns), and a strategy calls
+:meth:`StepGenerator.release` on every child it drops. Finished paths may be released at any time.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+Aggregation = Literal["last", "min", "prod"]
+AGGREGATIONS: tuple[str, ...] = ("last", "min", "prod")
+
+
+@dataclass
+class Path:
+    """One partial or finished solution: its steps so far and what we know about them."""
+
+    steps: list[str] = field(default_factory=list)
+    finished: bool = False
+    # Why generation stopped: "eos", "max_tokens", "deadline" (or None while unfinished).
+    stop_reason: str | None = None
+    # Opaque to strategies: the generator keeps its KV-sequence bookkeeping here.
+    handle: Any = None
+    n_tokens: int = 0
+    scores: list[float] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.steps)
+
+
+@runtime_checkable
+class StepGenerator(Protocol):
+    """Extends partial solutions, one step (or to the end) at a time."""
+
+    def root(self, question: str) -> Path:
+        """Return the empty path for ``question`` (the prompt is prefilled once, here or lazily)."""
+        ...
+
+    def extend(
+        self,
+        paths: list[Path],
+        n_each: int,
+        to_end: bool = False,
+        deadline: Deadline | None = None,
+    ) -> list[Path]:
+        """Return ``n_each`` continuations of every path, grouped by parent in input order.
+
+        Each child has one more step than its parent (or runs to the end when ``to_end``).
+        Finished parents are returned unchanged (once) instead of being extended.
+        The input paths are consumed. When ``deadline`` expires mid-way, generation stops and
+        the children come back as they are (unfinished, possibly with a partial last step).
+        """
+        ...
+
+    def release(self, paths: list[Path]) -> None:
+        """Free whatever the generator holds for paths the strategy has dropped."""
+        ...
+
+
+@runtime_checkable
+class StepScorer(Protocol):
+    """Scores every step of every path with a process reward model, each score in [0, 1]."""
+
+    def score(self, question: str, paths: list[Path]) -> list[list[float]]: ...
+
+
+@dataclass
+class SearchConfig:
+    """Settings shared by all strategies. ``n`` counts samples, beams or leaves."""
+
+    n: int = 4
+    beam_width: int = 4
+    max_steps: int = 40
+    agg: str = "last"
+    deadline_s: float | None = None
+    # For beam search: group finished beams by answer and sum scores (weighted pick).
+    weighted_pick: bool = False
+
+    def validate(self, strategy: str) -> None:
+        """Raise ValueError with a user-facing message for impossible settings."""
+        if self.n < 1:
+            raise ValueError(f"n must be at least 1, got {self.n}")
+        if self.agg not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {self.agg!r}; choose one of {AGGREGATIONS}")
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps must be at least 1, got {self.max_steps}")
+        if self.deadline_s is not None and self.deadline_s <= 0:
+            raise ValueError(f"deadline_s must be positive, got {self.deadline_s}")
+        if strategy in ("beam_search", "dvts"):
+            if self.beam_width < 1:
+                raise ValueError(f"beam_width must be at least 1, got {self.beam_width}")
+            if self.beam_width > self.n:
+                raise ValueError(f"beam_width ({self.beam_width}) cannot exceed n ({self.n})")
+            if self.n % self.beam_width:
+                raise ValueError(
+                    f"n ({self.n}) must be a multiple of beam_width ({self.beam_width}) "
+                    f"for {strategy}"
+                )
+
+
+@dataclass
+class Candidate:
+    """A finished path as reported to the user."""
+
+    text: str
+    answer: str | None
+    score: float | None
+    step_scores: list[float]
+    n_tokens: int
+    stop_reason: str | None
+
+
+@dataclass
+class SearchResult:
+    """What a strategy returns: the pick, every candidate, and what it cost."""
+
+    strategy: str
+    answer: str | None
+    chosen: Candidate | None
+    candidates: list[Candidate]
+    # answer -> vote count (majority) or summed score (weighted pick)
+    votes: dict[str, float] = field(default_factory=dict)
+    cut_short: bool = False
+    counters: dict[str, float] = field(default_factory=dict)
+
+
+def aggregate(step_scores: Sequence[float], agg: str = "last") -> float:
+    """Collapse per-step PRM scores into one path score (last step, weakest step, or product)."""
+    if not step_scores:
+        return 0.0
+    if agg == "last":
+        return float(step_scores[-1])
+    if agg == "min":
+        return float(min(step_scores))
+    if agg == "prod":
+        return float(math.prod(step_scores))
+    raise ValueError(f"unknown aggregation {agg!r}; choose one of {AGGREGATIONS}")
+
+
+class Deadline:
+    """A wall clock that strategies check between rounds; ``None`` never expires."""
+
+    def __init__(self, deadline_s: float | None) -> None:
+        self.deadline_s = deadline_s
+        self.start = time.perf_counter()
+
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self.start
+
+    def remaining_s(self) -> float:
+        if self.deadline_s is None:
+            return math.inf
+        return self.deadline_s - self.elapsed_s()
+
+    def expired(self) -> bool:
+        return self.remaining_s() <= 0

@@ -1,0 +1,90 @@
+"""Step-level beam search guided by a PRM (as in search-and-learn's ``beam_search.py``).
+
+N beams, beam width M. Round 1 samples N first steps from the prompt. Every round the PRM scores
+the live beams; beams that finished are set aside for the final pick, the top N/M unfinished ones
+survive and each is expanded into M beams with one more step; the rest are released at once.
+The search stops after ``config.max_steps`` rounds (live beams are then completed to the end), when
+N beams have finished, when no live beam is left, or at the deadline. The finished beams are
+judged like best-of-N samples: by aggregated score, or summed per answer when
+``config.weighted_pick``.
+"""
+
+from __future__ import annotations
+
+from edgetts.search.base import (
+    Deadline,
+    Path,
+    SearchConfig,
+    SearchResult,
+    StepGenerator,
+    StepScorer,
+    aggregate,
+)
+from edgetts.search.best_of_n import conclude, require_scorer, score_in_time
+
+
+def beam_search(
+    question: str,
+    generator: StepGenerator,
+    scorer: StepScorer | None,
+    config: SearchConfig,
+) -> SearchResult:
+    """Keep the N/M best partial solutions each step, expand each M ways, pick among finished."""
+    scorer = require_scorer("beam_search", scorer, config)
+    deadline = Deadline(config.deadline_s)
+    keep = config.n // config.beam_width
+    finished: list[Path] = []
+    live = generator.extend([generator.root(question)], config.n, deadline=deadline)
+    for round_ in range(1, config.max_steps + 1):
+        score_in_time(scorer, question, live, finished, deadline)
+        live = set_aside_finished(generator, live, finished)
+        if not live or len(finished) >= config.n or deadline.expired():
+            break
+        if round_ == config.max_steps:
+            live = complete(generator, scorer, question, live, finished, deadline)
+            break
+        survivors = top_k(generator, live, keep, config.agg)
+        live = generator.extend(survivors, config.beam_width, deadline=deadline)
+    # Whatever is still live was cut short (deadline) or is surplus (N beams already finished).
+    generator.release(live)
+    return conclude(
+        "beam_search",
+        finished,
+        live,
+        config,
+        weighted=config.weighted_pick,
+        cut_short=bool(live) and len(finished) < config.n,
+    )
+
+
+def set_aside_finished(
+    generator: StepGenerator, paths: list[Path], finished: list[Path]
+) -> list[Path]:
+    """Move finished paths into ``finished`` (releasing their KV) and return the unfinished ones."""
+    done = [p for p in paths if p.finished]
+    generator.release(done)
+    finished.extend(done)
+    return [p for p in paths if not p.finished]
+
+
+def top_k(generator: StepGenerator, paths: list[Path], k: int, agg: str) -> list[Path]:
+    """Keep the ``k`` best-scored paths (earliest first on ties) and release the others."""
+    ranked = sorted(range(len(paths)), key=lambda i: -aggregate(paths[i].scores, agg))
+    kept = set(ranked[:k])
+    generator.release([p for i, p in enumerate(paths) if i not in kept])
+    # Input order is kept so that expansion order (and so sampling) does not depend on scores.
+    return [p for i, p in enumerate(paths) if i in kept]
+
+
+def complete(
+    generator: StepGenerator,
+    scorer: StepScorer,
+    question: str,
+    live: list[Path],
+    finished: list[Path],
+    deadline: Deadline,
+) -> list[Path]:
+    """Run ``live`` paths to the end, score them, set the finished ones aside; return the rest."""
+    done = generator.extend(live, 1, to_end=True, deadline=deadline)
+    score_in_time(scorer, question, done, finished, deadline)
+    return set_aside_finished(generator, done, finished)

@@ -1,0 +1,109 @@
+"""Turning finished paths into a final pick: candidates, answer groups, votes.
+
+Every strategy ends here, so ties and unparseable answers are handled once:
+
+* paths whose answer cannot be extracted never vote (they are still listed as candidates);
+* equal answers are grouped by :func:`edgetts.grading.answers_equal`, so ``18``, ``18.0`` and
+  ``\\$18`` are one group; the group is named by its first member's normalised answer;
+* ties between groups go to the group whose best member scored higher, then to the group seen
+  first (the earliest sample), so the pick is deterministic for a given seed;
+* when nothing is parseable, the answer is None and the chosen candidate is the best-scored one
+  (or the first, without scores), so the user still sees what the model wrote.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from edgetts.grading import answers_equal, extract_answer, normalize_answer
+from edgetts.search.base import Candidate, Path, StepScorer, aggregate
+
+
+def to_candidate(path: Path, agg: str = "last") -> Candidate:
+    """Summarise a (finished) path for the result."""
+    answer = extract_answer(path.text) if path.finished or path.steps else None
+    return Candidate(
+        text=path.text,
+        answer=normalize_answer(answer),
+        score=aggregate(path.scores, agg) if path.scores else None,
+        step_scores=list(path.scores),
+        n_tokens=path.n_tokens,
+        stop_reason=path.stop_reason,
+    )
+
+
+def score_paths(scorer: StepScorer, question: str, paths: list[Path]) -> None:
+    """Score every step of ``paths`` in one scorer call and store the scores on each path.
+
+    Raises ValueError when the scorer answers for the wrong number of paths or steps, since a
+    silent zip would attach scores to the wrong path and quietly spoil every pick.
+    """
+    if not paths:
+        return
+    scores = scorer.score(question, paths)
+    if len(scores) != len(paths):
+        raise ValueError(f"scorer returned scores for {len(scores)} paths, expected {len(paths)}")
+    for i, (path, step_scores) in enumerate(zip(paths, scores, strict=True)):
+        if len(step_scores) != len(path.steps):
+            raise ValueError(
+                f"scorer returned {len(step_scores)} scores for path {i}, "
+                f"which has {len(path.steps)} steps"
+            )
+        path.scores = [float(s) for s in step_scores]
+
+
+def group_by_answer(candidates: Sequence[Candidate]) -> list[list[int]]:
+    """Indices of candidates grouped by equal answer, groups in order of first appearance."""
+    groups: list[list[int]] = []
+    for i, cand in enumerate(candidates):
+        if cand.answer is None:
+            continue
+        for group in groups:
+            if answers_equal(candidates[group[0]].answer, cand.answer):
+                group.append(i)
+                break
+        else:
+            groups.append([i])
+    return groups
+
+
+def pick_by_vote(
+    candidates: Sequence[Candidate], weight: Callable[[Candidate], float]
+) -> tuple[Candidate | None, dict[str, float]]:
+    """Sum ``weight`` per answer group and return the best member of the winning group.
+
+    ``weight = lambda c: 1`` is majority voting; ``weight = lambda c: c.score`` is weighted
+    best-of-N. Returns the chosen candidate and the per-answer totals.
+    """
+    if not candidates:
+        return None, {}
+    groups = group_by_answer(candidates)
+    if not groups:
+        return _best_scored(candidates), {}
+    totals = {candidates[g[0]].answer: sum(weight(candidates[i]) for i in g) for g in groups}
+
+    def group_key(rank: int) -> tuple[float, float, int]:
+        group = groups[rank]
+        best = max(_score_or_zero(candidates[i]) for i in group)
+        return (totals[candidates[group[0]].answer], best, -rank)
+
+    winner = groups[max(range(len(groups)), key=group_key)]
+    chosen = max((candidates[i] for i in winner), key=_score_or_zero)
+    return chosen, {str(k): v for k, v in totals.items()}
+
+
+def pick_best(candidates: Sequence[Candidate]) -> Candidate | None:
+    """The single highest-scored candidate (first one on ties), parseable answers first."""
+    if not candidates:
+        return None
+    parseable = [c for c in candidates if c.answer is not None]
+    return _best_scored(parseable or list(candidates))
+
+
+def _score_or_zero(cand: Candidate) -> float:
+    return cand.score if cand.score is not None else 0.0
+
+
+def _best_scored(candidates: Sequence[Candidate]) -> Candidate:
+    # max() keeps the first of equal keys, which makes ties go to the earliest sample.
+    return max(candidates, key=_score_or_zero)

@@ -1,0 +1,232 @@
+"""Deterministic stand-ins for the policy model and the PRM, for fast strategy tests.
+
+:class:`FakeGenerator` builds steps from a *policy*: either a scripted tree (:func:`tree_policy`)
+or a seeded random one (:func:`random_policy`). It also polices the KV-sharing contract the real
+generator relies on: a path given to ``extend`` is consumed, a consumed or released path must never
+be extended or released again, and at the end :meth:`FakeGenerator.leaks` lists what a strategy
+forgot to release. It counts tokens like a real decoder would (the prompt once, then only the new
+tokens of every generated step), so regenerating a prefix shows up as extra tokens.
+
+:class:`FakeScorer` maps each step's text to a score through a table and/or a rule.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from edgetts.search.base import Deadline, Path
+
+# policy(prefix_steps, child_index) -> (step_text, finishes_the_path)
+Policy = Callable[[tuple[str, ...], int], tuple[str, bool]]
+# A scripted tree: step text -> subtree of next steps; an empty subtree ends the path there.
+Tree = Mapping[str, "Tree"]
+
+
+def tree_policy(tree: Tree) -> Policy:
+    """Child ``i`` of a node takes that node's ``i % k``-th branch (of ``k``), at every depth.
+
+    So with ``to_end`` sample ``i`` follows branch ``i`` all the way down, and a node with one
+    branch gives identical children.
+    """
+
+    def policy(prefix: tuple[str, ...], i: int) -> tuple[str, bool]:
+        node = tree
+        for step in prefix:
+            node = node[step]
+        if not node:
+            raise AssertionError(f"the script has no step after {prefix!r}")
+        step = list(node)[i % len(node)]
+        return step, not node[step]
+
+    return policy
+
+
+def random_policy(
+    seed: int = 0,
+    p_finish: float = 0.3,
+    max_depth: int = 6,
+    answers: tuple[str, ...] = ("1", "2", "3"),
+) -> Policy:
+    """Random steps, the same for the same (seed, prefix, child index) whatever the call order."""
+
+    def policy(prefix: tuple[str, ...], i: int) -> tuple[str, bool]:
+        rng = random.Random(f"{seed}|{'|'.join(prefix)}|{i}")
+        depth = len(prefix) + 1
+        if depth >= max_depth or rng.random() < p_finish:
+            return f"so the answer is \\boxed{{{rng.choice(answers)}}}", True
+        return f"step {depth} try {rng.randrange(1000)}\n", False
+
+    return policy
+
+
+def n_tokens(text: str) -> int:
+    """Fake tokenizer: one token per word, at least one per step."""
+    return max(1, len(text.split()))
+
+
+@dataclass
+class GenCounters:
+    """What ``run_search`` reads from a generator (named like the real one's counters)."""
+
+    tokens_prefilled: int = 0  # prompt tokens
+    tokens_decoded: int = 0  # generated tokens, each token of the search tree once
+    seconds: float = 0.0
+
+
+@dataclass
+class ExtendCall:
+    """One ``extend`` call as the fake saw it."""
+
+    parents: list[tuple[str, ...]]
+    n_each: int
+    to_end: bool
+
+
+@dataclass
+class FakeGenerator:
+    """A StepGenerator over a policy that checks the consume/release contract.
+
+    ``step_delay_s`` sleeps while "decoding" every step (to test deadlines). At the deadline a
+    child comes back unfinished with ``stop_reason="deadline"``: a step under way is cut in half,
+    and a child whose step had not started yet has no new step at all.
+    """
+
+    policy: Policy
+    step_delay_s: float = 0.0
+    counters: GenCounters = field(default_factory=GenCounters)
+    calls: list[ExtendCall] = field(default_factory=list)
+    roots: int = 0
+    # Sequence ids by state. Finished sequences may be released or not; unfinished ones must be.
+    alive: set[int] = field(default_factory=set)
+    consumed: set[int] = field(default_factory=set)
+    released: set[int] = field(default_factory=set)
+    finished: set[int] = field(default_factory=set)
+    peak_alive: int = 0
+    cut_steps: int = 0  # steps cut short by a deadline
+    _next_id: int = 0
+
+    @property
+    def tokens_total(self) -> int:
+        """Prompt tokens (once per root) plus the new tokens of every generated step."""
+        return self.counters.tokens_prefilled + self.counters.tokens_decoded
+
+    def root(self, question: str) -> Path:
+        """The empty path; the prompt counts as prefilled once."""
+        self.roots += 1
+        self.counters.tokens_prefilled += n_tokens(question)
+        return self._new(Path())
+
+    def extend(
+        self,
+        paths: list[Path],
+        n_each: int,
+        to_end: bool = False,
+        deadline: Deadline | None = None,
+    ) -> list[Path]:
+        """``n_each`` children per unfinished parent (consumed); finished parents pass through."""
+        start = time.perf_counter()
+        self.calls.append(ExtendCall([tuple(p.steps) for p in paths], n_each, to_end))
+        out: list[Path] = []
+        for parent in paths:
+            self._check_alive(parent, "extend")
+            if parent.finished:
+                out.append(parent)
+                continue
+            self.alive.remove(parent.handle)
+            self.consumed.add(parent.handle)
+            for i in range(n_each):
+                out.append(self._new(self._grow(parent, i, to_end, deadline)))
+        self.counters.seconds += time.perf_counter() - start
+        return out
+
+    def release(self, paths: list[Path]) -> None:
+        """Drop sequences; releasing a consumed or already released one is a strategy bug."""
+        for path in paths:
+            self._check_alive(path, "release")
+            self.alive.remove(path.handle)
+            self.released.add(path.handle)
+
+    def leaks(self) -> set[int]:
+        """Unfinished sequences nobody released: KV the strategy would leak."""
+        return self.alive - self.finished
+
+    def _grow(self, parent: Path, i: int, to_end: bool, deadline: Deadline | None) -> Path:
+        child = Path(steps=list(parent.steps), n_tokens=parent.n_tokens)
+        while True:
+            if deadline is not None and deadline.expired():
+                # Like the real generator: a step not yet started is not started; a child that
+                # never started stands for its parent as it was.
+                child.stop_reason = "deadline"
+                return child
+            if self.step_delay_s:
+                time.sleep(self.step_delay_s)
+            step, done = self.policy(tuple(child.steps), i)
+            if deadline is not None and deadline.expired():
+                words = step.split()
+                step, done = " ".join(words[: len(words) // 2]), False
+                child.stop_reason = "deadline"
+                self.cut_steps += 1
+            child.steps.append(step)
+            child.n_tokens += n_tokens(step)
+            self.counters.tokens_decoded += n_tokens(step)
+            if done:
+                child.finished, child.stop_reason = True, "eos"
+            if done or not to_end or child.stop_reason == "deadline":
+                return child
+
+    def _new(self, path: Path) -> Path:
+        path.handle = self._next_id
+        self._next_id += 1
+        self.alive.add(path.handle)
+        if path.finished:
+            self.finished.add(path.handle)
+        self.peak_alive = max(self.peak_alive, len(self.alive))
+        return path
+
+    def _check_alive(self, path: Path, what: str) -> None:
+        if path.handle in self.consumed:
+            raise AssertionError(f"{what} of a consumed path {path.steps!r}")
+        if path.handle in self.released:
+            raise AssertionError(f"{what} of a released path {path.steps!r}")
+        if path.handle not in self.alive:
+            raise AssertionError(f"{what} of a path this generator never made: {path.steps!r}")
+
+
+@dataclass
+class PRMCounters:
+    """What ``run_search`` reads from a scorer (named like the real one's counters)."""
+
+    calls: int = 0
+    steps_scored: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class FakeScorer:
+    """Scores each step by ``table[step.strip()]``, else ``rule(step)``, else ``default``.
+
+    ``seen`` logs the steps of every scored path, call by call, so tests can see what was scored.
+    """
+
+    table: Mapping[str, float] = field(default_factory=dict)
+    rule: Callable[[str], float] | None = None
+    default: float = 0.5
+    counters: PRMCounters = field(default_factory=PRMCounters)
+    seen: list[list[tuple[str, ...]]] = field(default_factory=list)
+
+    def score(self, question: str, paths: list[Path]) -> list[list[float]]:
+        """One score per step of every path."""
+        self.counters.calls += 1
+        self.counters.steps_scored += sum(len(p.steps) for p in paths)
+        self.seen.append([tuple(p.steps) for p in paths])
+        return [[self.step_score(s) for s in p.steps] for p in paths]
+
+    def step_score(self, step: str) -> float:
+        """The score of one step."""
+        key = step.strip()
+        if key in self.table:
+            return self.table[key]
+        return self.rule(step) if self.rule else self.default

@@ -1,0 +1,61 @@
+import pytest
+
+from edgetts.grading import answers_equal, extract_answer, is_correct, last_boxed, normalize_answer
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("so the total is \\boxed{18}.", "18"),
+        ("first \\boxed{3} then \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+        ("nested \\boxed{\\frac{\\sqrt{3}}{2}} ok", "\\frac{\\sqrt{3}}{2}"),
+        ("The answer is 42.", "42"),
+        ("The answer is: $7$", "7"),
+        ("Natalia sold 72 clips.\n#### 72", "72"),
+        ("x = 5 and then y = 7", "7"),
+        ("no numbers here", None),
+        ("", None),
+    ],
+)
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_unbalanced_box_falls_back():
+    assert last_boxed("\\boxed{12") is None
+    assert extract_answer("we get 12 so \\boxed{12") == "12"
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("18", "18.00"),
+        ("\\$1,000", "1000"),
+        ("\\frac{1}{2}", "0.5"),
+        ("15 (balls)", "15"),
+        ("18 dollars", "18"),
+        ("3\\sqrt{13}", "3\\sqrt{13}"),
+        ("(3, \\frac{\\pi}{2})", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+        ("\\text{Purple}", "Purple"),
+        ("50\\%", "50"),
+    ],
+)
+def test_equal_answers(a, b):
+    assert answers_equal(a, b)
+    assert answers_equal(b, a)
+
+
+@pytest.mark.parametrize("a, b", [("18", "19"), ("3,5", "35"), ("\\frac{1}{3}", "0.5"), (None, "1")])
+def test_unequal_answers(a, b):
+    assert not answers_equal(a, b)
+
+
+def test_normalize_groups_numbers():
+    assert normalize_answer("18.0") == normalize_answer("\\$18") == "18"
+    assert normalize_answer("0.50") == "0.5"
+    assert normalize_answer(None) is None
+
+
+def test_is_correct_whole_solution():
+    assert is_correct("7 pens cost 7 * 3 = 21.\n\nTherefore, the final answer is: $\\boxed{21}$.", "21")
+    assert not is_correct("\\boxed{20}", "21")

@@ -1,0 +1,123 @@
+"""End-to-end on the real default model through llama.cpp (slow: run in CI, skip with -m 'not slow')."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from edgetts import models
+from edgetts.search import run_search
+from edgetts.search.base import SearchConfig
+
+pytestmark = pytest.mark.slow
+
+QUESTIONS = [
+    ("A pen costs 3 dollars. How much do 7 pens cost?", "21"),
+    ("Tom has 12 apples and gives away 5. How many apples does he have left?", "7"),
+]
+
+
+@pytest.mark.parametrize("question, gold", QUESTIONS)
+def test_majority_returns_parsed_answer(policy, question, gold):
+    policy.config.seed = 0
+    result = run_search("majority", question, policy, None, SearchConfig(n=4))
+    assert len(result.candidates) == 4
+    assert result.answer is not None
+    assert sum(result.votes.values()) == sum(c.answer is not None for c in result.candidates)
+    assert result.answer == gold  # easy enough that 4 votes from this model agree on it
+
+
+def test_prompt_is_prefilled_once_for_n_sequences(policy):
+    question = QUESTIONS[0][0]
+    prompt_tokens = len(policy.tokenize(policy.prompt_text(question)))
+    before = policy.counters.tokens_prefilled
+    result = run_search("majority", question, policy, None, SearchConfig(n=4))
+    assert policy.counters.tokens_prefilled - before == prompt_tokens
+    assert result.counters["tokens_prefilled"] == prompt_tokens
+    # Every generated token is decoded at most once: the tree, no per-sample prompt.
+    generated = sum(c.n_tokens for c in result.candidates)
+    assert result.counters["tokens_decoded"] <= generated
+    assert result.counters["tokens_redecoded"] == 0
+
+
+def test_step_tree_decodes_each_token_once(policy):
+    """Fork, prune, fork again: decoded tokens == prompt once + the tokens of the tree."""
+    before = policy.counters.tokens_decoded
+    root = policy.root(QUESTIONS[0][0])
+    first = policy.extend([root], 4)
+    policy.release(first[2:])
+    second = policy.extend(first[:2], 2)
+    tree_tokens = sum(p.n_tokens for p in first) + sum(p.n_tokens - first[i // 2].n_tokens
+                                                       for i, p in enumerate(second))
+    assert policy.counters.tokens_decoded - before == tree_tokens
+    assert all(p.steps[: len(first[i // 2].steps)] == first[i // 2].steps for i, p in enumerate(second))
+    policy.release(second)
+    assert sorted(policy._free_slots) == list(range(1, policy.config.n_seq_max + 1))
+
+
+def test_more_children_than_slots_run_in_waves(policy):
+    root = policy.root(QUESTIONS[1][0])
+    paths = policy.extend([root], policy.config.n_seq_max + 4, to_end=True)
+    assert len(paths) == policy.config.n_seq_max + 4
+    assert all(p.finished for p in paths)
+    assert sorted(policy._free_slots) == list(range(1, policy.config.n_seq_max + 1))
+
+
+def test_same_seed_same_answer(policy):
+    question = "Sara reads 15 pages a day for 4 days. How many pages does she read?"
+    runs = []
+    for _ in range(2):
+        policy.config.seed = 123
+        result = run_search("majority", question, policy, None, SearchConfig(n=3))
+        runs.append([c.text for c in result.candidates])
+    assert runs[0] == runs[1]
+    policy.config.seed = 0
+
+
+def _edgetts(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "edgetts.cli", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=600)
+
+
+def test_cli_truncated_and_corrupt_model(tmp_path):
+    real = models.resolve(None)
+    truncated = tmp_path / "truncated.gguf"
+    with real.open("rb") as src:
+        truncated.write_bytes(src.read(5_000_000))
+    proc = _edgetts("solve", "What is 2+2?", "--model", str(truncated))
+    assert proc.returncode == 1 and "truncated" in proc.stderr and "Traceback" not in proc.stderr
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"\x00" * 1000)
+    proc = _edgetts("solve", "What is 2+2?", "--model", str(junk))
+    assert proc.returncode == 1 and "not a GGUF file" in proc.stderr
+
+
+def test_cli_run_bad_data_and_resume(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "What is 2 + 3?", "answer": "#### 5"}\n{"question": broken\n')
+    proc = _edgetts("run", "--data", str(data), "--out", str(tmp_path / "o.jsonl"))
+    assert proc.returncode == 1 and "d.jsonl:2" in proc.stderr and "Traceback" not in proc.stderr
+
+    data.write_text("".join(json.dumps({"question": q, "answer": f"#### {a}"}) + "\n" for q, a in QUESTIONS))
+    out = tmp_path / "out.jsonl"
+    args = ["run", "--data", str(data), "--out", str(out), "--strategy", "greedy", "--max-tokens", "200"]
+    proc = _edgetts(*args, "--limit", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert len(out.read_text().splitlines()) == 1
+    proc = _edgetts(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming: 1 of 2" in proc.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in records] == ["1", "2"]
+    assert "accuracy:" in proc.stdout
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not jsonl\n")
+    proc = _edgetts("run", "--data", str(data), "--out", str(notes))
+    assert proc.returncode == 1 and "not JSON" in proc.stderr
+
+
+def test_cli_question_longer_than_context(tmp_path):
+    proc = _edgetts("solve", "word " * 3000, "--strategy", "greedy")
+    assert proc.returncode == 1 and "too long" in proc.stderr and "Traceback" not in proc.stderr

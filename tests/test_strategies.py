@@ -1,0 +1,402 @@
+"""Best-of-N, weighted best-of-N, beam search and DVTS on scripted fake models: exact picks,
+round-by-round schedules, the KV-sharing contract, deadlines and bad input."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from fakes import FakeGenerator, FakeScorer, n_tokens, random_policy, tree_policy
+
+from edgetts.search import NEEDS_SCORER, STRATEGIES, run_search
+from edgetts.search.base import Path, SearchConfig
+from edgetts.search.beam_search import beam_search, top_k
+from edgetts.search.best_of_n import best_of_n, weighted_best_of_n
+from edgetts.search.dvts import best_first, dvts
+
+SCORED = ["best_of_n", "weighted_best_of_n", "beam_search", "dvts"]
+
+
+def try_score(step: str) -> float:
+    """Score random_policy steps by their random number, so every round has a clear ranking."""
+    words = step.split()
+    return int(words[-1]) / 1000 if "try" in words else 0.5
+
+
+def random_run(strategy: str, config: SearchConfig, **policy):
+    gen = FakeGenerator(random_policy(**policy))
+    scorer = FakeScorer(rule=try_score)
+    return STRATEGIES[strategy]("q", gen, scorer, config), gen, scorer
+
+
+# --- best-of-N ----------------------------------------------------------------------------------
+
+ONE_STEP = {"A \\boxed{1}": {}, "B \\boxed{2}": {}, "C \\boxed{2.0}": {}, "D \\boxed{3}": {}}
+ONE_STEP_SCORES = {
+    "A \\boxed{1}": 0.9,
+    "B \\boxed{2}": 0.6,
+    "C \\boxed{2.0}": 0.5,
+    "D \\boxed{3}": 0.2,
+}
+
+
+def test_best_of_n_picks_top_scored_path():
+    gen = FakeGenerator(tree_policy(ONE_STEP))
+    result = best_of_n("q", gen, FakeScorer(ONE_STEP_SCORES), SearchConfig(n=4))
+    assert result.answer == "1" and result.chosen.score == 0.9
+    assert [c.answer for c in result.candidates] == ["1", "2", "2", "3"]
+    assert result.votes == {} and not result.cut_short
+    assert gen.calls[0].n_each == 4 and gen.calls[0].to_end and gen.alive == set()
+
+
+def test_weighted_best_of_n_sums_scores_per_answer():
+    gen = FakeGenerator(tree_policy(ONE_STEP))
+    result = weighted_best_of_n("q", gen, FakeScorer(ONE_STEP_SCORES), SearchConfig(n=4))
+    assert result.answer == "2" and result.chosen.score == 0.6  # best member of the group
+    assert result.votes == pytest.approx({"1": 0.9, "2": 1.1, "3": 0.2})
+    assert result.strategy == "weighted_best_of_n"
+
+
+# Three two-step solutions whose ranking flips with the aggregation:
+# x: [0.3, 0.9] last .9 min .3 prod .27;  y: [0.8, 0.8] .8 .8 .64;  w: [1.0, 0.7] .7 .7 .7
+AGG_TREE = {"x1": {"x2 \\boxed{1}": {}}, "y1": {"y2 \\boxed{2}": {}}, "w1": {"w2 \\boxed{3}": {}}}
+AGG_SCORES = {
+    "x1": 0.3, "x2 \\boxed{1}": 0.9,
+    "y1": 0.8, "y2 \\boxed{2}": 0.8,
+    "w1": 1.0, "w2 \\boxed{3}": 0.7,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("agg, answer", [("last", "1"), ("min", "2"), ("prod", "3")])
+def test_aggregation_changes_the_pick(agg, answer):
+    gen = FakeGenerator(tree_policy(AGG_TREE))
+    result = best_of_n("q", gen, FakeScorer(AGG_SCORES), SearchConfig(n=3, agg=agg))
+    assert result.answer == answer
+
+
+@pytest.mark.parametrize("agg, kept", [("last", "x"), ("min", "y"), ("prod", "w")])
+def test_aggregation_steers_pruning(agg, kept):
+    # Beam search's and DVTS's selection both rank by the aggregated score of the whole path.
+    for select in (
+        lambda gen, paths: top_k(gen, paths, 1, agg),
+        lambda gen, paths: best_first(gen, paths, [], agg),
+    ):
+        gen = FakeGenerator(tree_policy({"x": {"x2": {}}, "y": {"y2": {}}, "w": {"w2": {}}}))
+        paths = gen.extend([gen.root("q")], 3)
+        for path, scores in zip(paths, ([0.3, 0.9], [0.8, 0.8], [1.0, 0.7]), strict=True):
+            path.scores = scores
+        assert select(gen, paths)[0].steps == [kept]
+
+
+# --- beam search --------------------------------------------------------------------------------
+
+# Round 1: a .9, b .1, c .8, d .2 -> a, c survive (n=4, width 2).
+# Round 2: a1 .3, a2 .95, c1 .7, c2 .1 -> a2, c1 survive. Round 3: children finish.
+BEAM_TREE = {
+    "a": {
+        "a1": {"a1 end \\boxed{1}": {}},
+        "a2": {"a2 end \\boxed{2}": {}, "a2 alt \\boxed{4}": {}},
+    },
+    "b": {"b1 \\boxed{9}": {}},
+    "c": {"c1": {"c1 end \\boxed{3}": {}, "c1 alt \\boxed{2}": {}}, "c2": {"c2 \\boxed{9}": {}}},
+    "d": {"d1 \\boxed{9}": {}},
+}
+BEAM_SCORES = {
+    "a": 0.9, "b": 0.1, "c": 0.8, "d": 0.2,
+    "a1": 0.3, "a2": 0.95, "c1": 0.7, "c2": 0.1,
+    "a2 end \\boxed{2}": 0.5, "a2 alt \\boxed{4}": 0.9,
+    "c1 end \\boxed{3}": 0.6, "c1 alt \\boxed{2}": 0.55,
+}  # fmt: skip
+
+
+def test_beam_search_keeps_top_n_over_m_and_expands_each_m_times():
+    gen = FakeGenerator(tree_policy(BEAM_TREE))
+    result = beam_search("q", gen, FakeScorer(BEAM_SCORES), SearchConfig(n=4, beam_width=2))
+    assert [(c.parents, c.n_each, c.to_end) for c in gen.calls] == [
+        ([()], 4, False),
+        ([("a",), ("c",)], 2, False),
+        ([("a", "a2"), ("c", "c1")], 2, False),
+    ]
+    assert sorted(c.answer for c in result.candidates) == ["2", "2", "3", "4"]
+    assert result.answer == "4" and result.chosen.step_scores == [0.9, 0.95, 0.9]
+    assert not result.cut_short and gen.alive == set() and gen.roots == 1
+
+
+def test_beam_search_weighted_pick_sums_equal_answers():
+    gen = FakeGenerator(tree_policy(BEAM_TREE))
+    config = SearchConfig(n=4, beam_width=2, weighted_pick=True)
+    result = beam_search("q", gen, FakeScorer(BEAM_SCORES), config)
+    assert result.answer == "2" and result.votes == pytest.approx({"2": 1.05, "4": 0.9, "3": 0.6})
+
+
+def test_beam_search_schedule_on_random_tree():
+    n, width, max_steps = 8, 2, 4
+    config = SearchConfig(n=n, beam_width=width, max_steps=max_steps)
+    result, gen, scorer = random_run("beam_search", config, p_finish=0.0, max_depth=7)
+    # Step rounds: N from the root, then N/M survivors expanded M times each...
+    assert [(len(c.parents), c.n_each) for c in gen.calls[:max_steps]] == [(1, n)] + [
+        (n // width, width)
+    ] * (max_steps - 1)
+    # ...and each round's survivors are exactly the top N/M of what the PRM just scored.
+    for scored, call in zip(scorer.seen[: max_steps - 1], gen.calls[1:max_steps], strict=True):
+        ranked = sorted(scored, key=lambda steps: -try_score(steps[-1]))
+        assert sorted(call.parents) == sorted(ranked[: n // width])
+    # At max_steps all N live beams are completed, one completion each, then scored.
+    last = gen.calls[max_steps]
+    assert (len(last.parents), last.n_each, last.to_end) == (n, 1, True)
+    assert len(result.candidates) == n and all(c.answer for c in result.candidates)
+    assert gen.alive == set() and gen.peak_alive <= n
+
+
+@pytest.mark.parametrize("strategy", ["beam_search", "dvts"])
+def test_tokens_count_shared_prefixes_once(strategy):
+    n, width, max_steps, depth = 4, 2, 3, 6
+    config = SearchConfig(n=n, beam_width=width, max_steps=max_steps)
+    result, gen, _ = random_run(strategy, config, p_finish=0.0, max_depth=depth)
+    step, final = n_tokens("step 1 try 1\n"), n_tokens("so the answer is \\boxed{1}")
+    expected = n * max_steps * step + n * ((depth - max_steps - 1) * step + final)
+    assert gen.counters.tokens_decoded == expected
+    # The prompt once, and no step decoded twice: survivors' prefixes were never re-extended.
+    assert gen.tokens_total == expected + n_tokens("q")
+    assert all(c.n_tokens == (depth - 1) * step + final for c in result.candidates)
+
+
+def test_beam_search_keeps_finished_beams_aside():
+    tree = {
+        "early \\boxed{7}": {},
+        "s": {"s1 \\boxed{8}": {}},
+        "t": {"t1": {"t2 \\boxed{9}": {}}},
+        "u": {"u1 \\boxed{8}": {}},
+    }
+    scores = {"early \\boxed{7}": 0.99, "s": 0.9, "t": 0.8, "u": 0.1, "s1 \\boxed{8}": 0.3}
+    gen = FakeGenerator(tree_policy(tree))
+    config = SearchConfig(n=4, beam_width=2, max_steps=10)
+    result = beam_search("q", gen, FakeScorer(scores), config)
+    # The early finisher is never extended again; s and t survive among the unfinished.
+    assert gen.calls[1].parents == [("s",), ("t",)]
+    assert all(("early \\boxed{7}",) not in c.parents for c in gen.calls)
+    assert result.answer == "7" and result.candidates[0].answer == "7"
+    # s1, s1 and the early one finish: t's children go on until N=4 have finished.
+    assert len(result.candidates) >= 4 and gen.alive == set()
+
+
+def test_beam_search_stops_when_n_beams_finished():
+    gen = FakeGenerator(tree_policy(ONE_STEP))
+    result = beam_search("q", gen, FakeScorer(ONE_STEP_SCORES), SearchConfig(n=4, beam_width=2))
+    assert len(gen.calls) == 1 and result.answer == "1"
+
+
+# --- DVTS ---------------------------------------------------------------------------------------
+
+# Subtree 1 = {a, b} scores high, subtree 2 = {c, d} scores low: beam search would keep a and b,
+# DVTS keeps the best of each subtree: a and c.
+DVTS_TREE = {
+    "a": {"a1": {"a1 \\boxed{1}": {}}, "a2 \\boxed{1}": {}},
+    "b": {"b1 \\boxed{5}": {}},
+    "c": {"c1": {"c1 \\boxed{2}": {}}, "c2": {"c2 \\boxed{2}": {}}},
+    "d": {"d1 \\boxed{5}": {}},
+}
+
+
+def dvts_scores(a: float = 0.9, b: float = 0.8) -> dict[str, float]:
+    return {
+        "a": a, "b": b, "c": 0.2, "d": 0.1,
+        "a1": 0.7, "a2 \\boxed{1}": 0.3, "c1": 0.1, "c2": 0.4,
+        "a1 \\boxed{1}": 0.6, "c1 \\boxed{2}": 0.5, "c2 \\boxed{2}": 0.45,
+    }  # fmt: skip
+
+
+def test_dvts_subtrees_are_independent():
+    gen = FakeGenerator(tree_policy(DVTS_TREE))
+    result = dvts("q", gen, FakeScorer(dvts_scores()), SearchConfig(n=4, beam_width=2))
+    # One batched extend per round, best child of each subtree, M children each.
+    assert [(c.parents, c.n_each, c.to_end) for c in gen.calls] == [
+        ([()], 4, False),
+        ([("a",), ("c",)], 2, False),
+        ([("a", "a1"), ("c", "c2")], 2, False),
+    ]
+    # Leaves: a2 (finished in round 2), then a1's and c2's children.
+    assert sorted(c.answer for c in result.candidates) == ["1", "1", "1", "2", "2"]
+    assert result.answer == "1" and result.votes == pytest.approx({"1": 1.5, "2": 0.9})
+    assert not result.cut_short and gen.alive == set()
+
+
+@pytest.mark.parametrize("a, b", [(0.05, 0.01), (0.9, 0.95), (0.3, 0.3)])
+def test_dvts_one_subtrees_scores_never_prune_another(a, b):
+    gen = FakeGenerator(tree_policy(DVTS_TREE))
+    dvts("q", gen, FakeScorer(dvts_scores(a, b)), SearchConfig(n=4, beam_width=2))
+    second = gen.calls[1].parents
+    assert second[1] == ("c",)  # subtree 2's pick does not depend on subtree 1's scores
+    assert second[0] == (("a",) if a >= b else ("b",))
+
+
+def test_dvts_subtree_ends_when_its_best_child_finished():
+    tree = {
+        "a \\boxed{1}": {},
+        "b": {"b1 \\boxed{2}": {}},
+        "c": {"c1 \\boxed{3}": {}},
+        "d": {"d1 \\boxed{4}": {}},
+    }
+    scores = {"a \\boxed{1}": 0.9, "b": 0.5, "c": 0.6, "d": 0.1}
+    gen = FakeGenerator(tree_policy(tree))
+    result = dvts("q", gen, FakeScorer(scores), SearchConfig(n=4, beam_width=2))
+    # Subtree {a, b} ends at once (a finished and is best), b is released; {c, d} goes on with c.
+    assert gen.calls[1].parents == [("c",)]
+    assert sorted(c.answer for c in result.candidates) == ["1", "3", "3"]
+    assert gen.alive == set()
+
+
+def test_dvts_schedule_on_random_tree():
+    n, width, max_steps = 8, 2, 3
+    config = SearchConfig(n=n, beam_width=width, max_steps=max_steps)
+    result, gen, scorer = random_run("dvts", config, p_finish=0.0, max_depth=6)
+    assert [(len(c.parents), c.n_each) for c in gen.calls[:max_steps]] == [(1, n)] + [
+        (n // width, width)
+    ] * (max_steps - 1)
+    # Each subtree's survivor is the best of its own M children.
+    for scored, call in zip(scorer.seen[: max_steps - 1], gen.calls[1:max_steps], strict=True):
+        groups = [scored[i : i + width] for i in range(0, n, width)]
+        best = [max(g, key=lambda steps: try_score(steps[-1])) for g in groups]
+        assert call.parents == best
+    assert gen.calls[max_steps].to_end and len(gen.calls[max_steps].parents) == n
+    assert len(result.candidates) == n and gen.alive == set() and gen.peak_alive <= n
+
+
+# --- contract checks across strategies ----------------------------------------------------------
+
+
+def test_fake_generator_polices_the_contract():
+    gen = FakeGenerator(random_policy(p_finish=0.0))
+    root = gen.root("q")
+    children = gen.extend([root], 2)
+    with pytest.raises(AssertionError, match="consumed"):
+        gen.extend([root], 1)
+    gen.release(children[:1])
+    with pytest.raises(AssertionError, match="released"):
+        gen.extend(children[:1], 1)
+    with pytest.raises(AssertionError, match="released"):
+        gen.release(children[:1])
+    assert gen.leaks() == {children[1].handle}
+    done = gen.extend(children[1:], 1, to_end=True)
+    assert done[0].finished and gen.extend(done, 3) == done  # finished parents pass through once
+    assert gen.leaks() == set() and gen.alive == {done[0].handle}
+
+
+@pytest.mark.parametrize("strategy", SCORED + ["majority"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_no_leaks_and_one_prefill(strategy, seed):
+    config = SearchConfig(n=8, beam_width=2, max_steps=4, weighted_pick=bool(seed % 2))
+    result, gen, _ = random_run(strategy, config, seed=seed, p_finish=0.35, max_depth=8)
+    assert gen.leaks() == set() and gen.alive == set()
+    assert gen.roots == 1 and gen.counters.tokens_prefilled == n_tokens("q")
+    assert result.answer is not None and result.chosen in result.candidates
+    assert all(len(c.step_scores) > 0 for c in result.candidates) or strategy == "majority"
+
+
+@pytest.mark.parametrize("strategy", SCORED)
+def test_run_search_reports_costs(strategy):
+    gen, scorer = FakeGenerator(random_policy(max_depth=4)), FakeScorer(rule=try_score)
+    result = run_search(strategy, "q", gen, scorer, SearchConfig(n=4, beam_width=2))
+    assert result.strategy == strategy and result.answer is not None
+    assert result.counters["tokens_decoded"] == gen.counters.tokens_decoded
+    assert result.counters["prm_calls"] == scorer.counters.calls >= 1
+
+
+# --- deadlines ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", SCORED)
+def test_deadline_returns_partial_answer_in_time(strategy):
+    deadline_s, slack_s = 0.3, 0.2
+    gen = FakeGenerator(random_policy(p_finish=0.0, max_depth=10**6), step_delay_s=0.01)
+    config = SearchConfig(n=4, beam_width=2, deadline_s=deadline_s)
+    start = time.perf_counter()
+    result = STRATEGIES[strategy]("q", gen, FakeScorer(rule=try_score), config)
+    assert time.perf_counter() - start < deadline_s + slack_s
+    assert result.cut_short and result.answer is not None
+    assert gen.alive == set()
+
+
+def finish_first_policy(prefix: tuple[str, ...], i: int) -> tuple[str, bool]:
+    """Child 0 of the root answers at once; everything else rambles on forever."""
+    if not prefix and i == 0:
+        return "quick \\boxed{5}", True
+    return f"step {len(prefix)} try {100 + i}\n", False
+
+
+@pytest.mark.parametrize("strategy", ["beam_search", "dvts"])
+def test_deadline_prefers_finished_candidates(strategy):
+    # Steps take 50 ms: the first round's 4th step starts after the 180 ms deadline and is cut.
+    gen = FakeGenerator(finish_first_policy, step_delay_s=0.05)
+    config = SearchConfig(n=4, beam_width=2, deadline_s=0.18)
+    scorer = FakeScorer({"quick \\boxed{5}": 0.01})
+    result = STRATEGIES[strategy]("q", gen, scorer, config)
+    assert len(gen.calls) == 1 and gen.cut_steps == 1
+    assert result.cut_short and result.answer == "5"
+    assert [c.answer for c in result.candidates] == ["5"]
+    # Past the deadline, with an answer in hand, only finished paths are worth a PRM call.
+    assert scorer.seen == [[("quick \\boxed{5}",)]]
+    assert gen.alive == set()
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "strategy, config, message",
+    [
+        ("beam_search", SearchConfig(n=6, beam_width=4), "multiple of beam_width"),
+        ("dvts", SearchConfig(n=5, beam_width=2), "multiple of beam_width"),
+        ("beam_search", SearchConfig(n=2, beam_width=4), "cannot exceed"),
+        ("dvts", SearchConfig(n=4, beam_width=0), "beam_width must be at least 1"),
+        ("best_of_n", SearchConfig(n=0), "n must be at least 1"),
+        ("weighted_best_of_n", SearchConfig(agg="mean"), "unknown aggregation"),
+        ("beam_search", SearchConfig(max_steps=0), "max_steps"),
+        ("dvts", SearchConfig(deadline_s=0), "deadline_s"),
+    ],
+)
+def test_bad_config_fails_before_any_work(strategy, config, message):
+    gen = FakeGenerator(random_policy())
+    with pytest.raises(ValueError, match=message):
+        STRATEGIES[strategy]("q", gen, FakeScorer(), config)
+    with pytest.raises(ValueError, match=message):
+        run_search(strategy, "q", gen, FakeScorer(), config)
+    assert gen.roots == 0 and gen.calls == []
+
+
+@pytest.mark.parametrize("strategy", SCORED)
+def test_scorer_is_required(strategy):
+    assert strategy in NEEDS_SCORER
+    gen = FakeGenerator(random_policy())
+    with pytest.raises(ValueError, match="needs a PRM"):
+        STRATEGIES[strategy]("q", gen, None, SearchConfig(n=4, beam_width=2))
+    with pytest.raises(ValueError, match="needs a PRM"):
+        run_search(strategy, "q", gen, None, SearchConfig(n=4, beam_width=2))
+    assert gen.roots == 0
+
+
+def test_unknown_strategy():
+    with pytest.raises(ValueError, match="unknown strategy 'beam'"):
+        run_search("beam", "q", FakeGenerator(random_policy()), FakeScorer(), SearchConfig())
+
+
+class OffByOneScorer(FakeScorer):
+    """Forgets the last path, or the last step of every path."""
+
+    def __init__(self, drop: str) -> None:
+        super().__init__()
+        self.drop = drop
+
+    def score(self, question: str, paths: list[Path]) -> list[list[float]]:
+        scores = super().score(question, paths)
+        return scores[:-1] if self.drop == "path" else [s[:-1] for s in scores]
+
+
+@pytest.mark.parametrize("strategy", SCORED)
+@pytest.mark.parametrize("drop, message", [("path", "expected 4"), ("step", "which has 1 steps")])
+def test_wrong_count_scorer_raises(strategy, drop, message):
+    gen = FakeGenerator(random_policy(max_depth=2))
+    if strategy.endswith("best_of_n"):
+        message = "expected 4" if drop == "path" else "which has [12] steps"
+    with pytest.raises(ValueError, match=message):
+        STRATEGIES[strategy]("q", gen, OffByOneScorer(drop), SearchConfig(n=4, beam_width=2))

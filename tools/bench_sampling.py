@@ -1,0 +1,192 @@
+"""How fast N samples come out of one prompt, three ways, side by side in one run.
+
+(a) edgetts: the prompt prefilled once, forked to N sequences, all decoded in one batch per token;
+(b) what a user would otherwise write: N sequential completions with llama-cpp-python's ``Llama``;
+(c) naive batching: the prompt prefilled again for every sample, then one batch per token.
+
+Prints aggregate generated tokens per second, tokens prefilled and the ratios, each the median of
+``--repeats`` runs, plus a compute roofline: 2 x params FLOP per token against a measured matmul
+rate, and (a)'s fraction of it.
+
+    python tools/bench_sampling.py                    # N in 1 4 16, 256 tokens, 3 repeats
+    python tools/bench_sampling.py --n 16 --repeats 5 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+import zlib
+
+import llama_cpp
+import numpy as np
+
+from edgetts.models import resolve
+from edgetts.policy import LlamaPolicy, PolicyConfig
+
+QUESTION = (
+    "A baker makes 24 muffins per tray and bakes 7 trays on Monday and 5 trays on Tuesday. "
+    "He sells 3/4 of all muffins and gives 10 to a school. How many muffins are left? "
+    "Explain every step in detail."
+)
+
+
+def bench_batched(policy: LlamaPolicy, n: int, max_tokens: int, seed: int) -> tuple[int, int, float]:
+    """(a): returns (tokens generated, tokens prefilled, seconds)."""
+    policy.config.max_tokens, policy.config.seed = max_tokens, seed
+    before_prefill = policy.counters.tokens_prefilled
+    start = time.perf_counter()
+    paths = policy.extend([policy.root(QUESTION)], n, to_end=True)
+    seconds = time.perf_counter() - start
+    policy.release(paths)
+    return sum(p.n_tokens for p in paths), policy.counters.tokens_prefilled - before_prefill, seconds
+
+
+def bench_sequential(llm: llama_cpp.Llama, prompt: str, n: int, max_tokens: int, seed: int):
+    """(b): N completions one after another; counts the tokens ``Llama`` actually evaluates."""
+    evaluated = 0
+    original_eval = llm.eval
+
+    def counting_eval(tokens):
+        nonlocal evaluated
+        evaluated += len(tokens)
+        return original_eval(tokens)
+
+    llm.eval = counting_eval
+    generated = 0
+    start = time.perf_counter()
+    for i in range(n):
+        out = llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.8, top_p=1.0,
+                                    seed=seed + i)
+        generated += out["usage"]["completion_tokens"]
+    seconds = time.perf_counter() - start
+    llm.eval = original_eval
+    # Every generated token but the last of each sample is evaluated; the rest is prompt.
+    return generated, evaluated - (generated - n), seconds
+
+
+def bench_reprefill(policy: LlamaPolicy, n: int, max_tokens: int, seed: int):
+    """(c): the same batched decoding, but each sample prefills its own copy of the prompt."""
+    ctx, vocab = policy._ctx, policy._vocab
+    prompt = policy.tokenize(policy.prompt_text(QUESTION))
+    memory = llama_cpp.llama_get_memory(ctx)
+    start = time.perf_counter()
+    llama_cpp.llama_memory_clear(memory, True)
+    batch = llama_cpp.llama_batch_init(max(len(prompt), n), 0, 1)
+    rows = []
+    for seq in range(n):  # one sequence at a time: n_batch bounds one decode call
+        batch.n_tokens = 0
+        for pos, tok in enumerate(prompt):
+            _add(batch, tok, pos, seq, pos == len(prompt) - 1)
+        if llama_cpp.llama_decode(ctx, batch) != 0:
+            raise RuntimeError("prefill failed")
+        rows.append(policy._logits(len(prompt) - 1))
+    samplers = [_sampler(seed, i) for i in range(n)]
+    tokens = [policy._sample_from(s, logits) for s, logits in zip(samplers, rows, strict=True)]
+    live = {i for i in range(n) if not llama_cpp.llama_vocab_is_eog(vocab, tokens[i])}
+    generated, pos = len(live), len(prompt)
+    while live and generated < n * max_tokens and pos < len(prompt) + max_tokens - 1:
+        order = sorted(live)
+        batch.n_tokens = 0
+        for seq in order:
+            _add(batch, tokens[seq], pos, seq, True)
+        if llama_cpp.llama_decode(ctx, batch) != 0:
+            raise RuntimeError("decode failed")
+        pos += 1
+        for row, seq in enumerate(order):
+            tokens[seq] = llama_cpp.llama_sampler_sample(samplers[seq], ctx, row)
+            if llama_cpp.llama_vocab_is_eog(vocab, tokens[seq]):
+                live.discard(seq)
+            else:
+                generated += 1
+    seconds = time.perf_counter() - start
+    for s in samplers:
+        llama_cpp.llama_sampler_free(s)
+    llama_cpp.llama_batch_free(batch)
+    llama_cpp.llama_memory_clear(memory, True)
+    return generated, n * len(prompt), seconds
+
+
+def _add(batch, token: int, pos: int, seq: int, logits: bool) -> None:
+    i = batch.n_tokens
+    batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
+    batch.seq_id[i][0], batch.logits[i] = seq, logits
+    batch.n_tokens = i + 1
+
+
+def _sampler(seed: int, index: int):
+    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(0.8))
+    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(zlib.crc32(bytes([seed, index]))))
+    return chain
+
+
+def matmul_gflops(threads: int, size: int = 1024, repeats: int = 5) -> float:
+    """Measured float32 matmul rate of this machine (numpy/BLAS), the roofline's ceiling."""
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    a @ a
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ a
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="registry name or .gguf (default model)")
+    ap.add_argument("--n", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--max-tokens", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--skip-sequential", action="store_true", help="(b) is the slowest; skip it")
+    args = ap.parse_args()
+
+    n_max = max(args.n)
+    policy = LlamaPolicy(PolicyConfig(model=args.model, n_seq_max=n_max, max_tokens=args.max_tokens,
+                                      n_threads=args.threads,
+                                      n_ctx=n_max * (args.max_tokens + 512)))
+    llm = llama_cpp.Llama(str(resolve(args.model)), n_ctx=args.max_tokens + 512, n_threads=args.threads,
+                          verbose=False)
+    prompt = policy.prompt_text(QUESTION)
+    ways = {"a": lambda n, s: bench_batched(policy, n, args.max_tokens, s),
+            "c": lambda n, s: bench_reprefill(policy, n, args.max_tokens, s)}
+    if not args.skip_sequential:
+        ways["b"] = lambda n, s: bench_sequential(llm, prompt, n, args.max_tokens, s)
+
+    print(f"model {policy.metadata.name}, {policy.metadata.n_params / 1e6:.0f}M params, "
+          f"{args.threads} threads, up to {args.max_tokens} tokens per sample, "
+          f"median of {args.repeats}", flush=True)
+    header = f"{'N':>3} {'way':<28} {'gen tok':>8} {'prefilled':>9} {'seconds':>8} {'tok/s':>8}"
+    print(header)
+    print("-" * len(header))
+    names = {"a": "(a) batched, prefill once", "b": "(b) sequential Llama", "c": "(c) batched, re-prefill"}
+    rates: dict[tuple[int, str], float] = {}
+    for n in args.n:
+        for way, fn in ways.items():
+            runs = [fn(n, 1000 * r) for r in range(args.repeats)]
+            rate = statistics.median(g / s for g, _, s in runs)
+            rates[n, way] = rate
+            gen = statistics.median(g for g, _, _ in runs)
+            pre = statistics.median(p for _, p, _ in runs)
+            sec = statistics.median(s for _, _, s in runs)
+            print(f"{n:>3} {names[way]:<28} {gen:>8.0f} {pre:>9.0f} {sec:>8.2f} {rate:>8.1f}", flush=True)
+    print()
+    for n in args.n:
+        parts = [f"N={n}: (a)/(c) = {rates[n, 'a'] / rates[n, 'c']:.2f}x"]
+        if (n, "b") in rates:
+            parts.append(f"(a)/(b) = {rates[n, 'a'] / rates[n, 'b']:.2f}x")
+        print("  ".join(parts))
+    gflops = matmul_gflops(args.threads)
+    roofline = gflops * 1e9 / (2 * policy.metadata.n_params)
+    best = max(rates[n, "a"] for n in args.n)
+    print(f"\nroofline: matmul {gflops:.1f} GFLOP/s / (2 x {policy.metadata.n_params / 1e6:.0f}M FLOP "
+          f"per token) = {roofline:.0f} tok/s; (a) reaches {best:.1f} tok/s = {best / roofline:.1%}")
+
+
+if __name__ == "__main__":
+    main()
