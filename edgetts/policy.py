@@ -47,6 +47,18 @@ KV_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
 TEMPLATE_SLOT = 0
 
 
+def default_threads() -> int:
+    """Threads for llama.cpp: ``$EDGETTS_THREADS`` if set, else the cores we may run on.
+
+    More threads than free cores is much slower than fewer (llama.cpp's threads wait on each
+    other at every layer), so on a busy machine set EDGETTS_THREADS below the core count.
+    """
+    env = os.environ.get("EDGETTS_THREADS")
+    if env:
+        return max(1, int(env))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 class PolicyError(Exception):
     """The policy cannot run this request; the message says why and what to change."""
 
@@ -62,7 +74,7 @@ class PolicyConfig:
     max_prompt_tokens: int = 1024
     n_ctx: int = 0  # KV cells in all; 0 = enough for the prompt plus n_seq_max full solutions
     n_batch: int = 512
-    n_threads: int | None = None  # None = all cores
+    n_threads: int | None = None  # None = $EDGETTS_THREADS, else every core this process may use
     n_gpu_layers: int = 0  # layers offloaded to the GPU (needs a CUDA build of llama.cpp)
     kv_type: str = "f16"  # "f16" or "q8_0"
     temperature: float = 0.8
@@ -163,7 +175,7 @@ class LlamaPolicy:
         params.n_batch = cfg.n_batch
         params.n_ubatch = cfg.n_batch
         params.n_seq_max = cfg.n_seq_max + 1  # + the template sequence
-        threads = cfg.n_threads or os.cpu_count() or 1
+        threads = cfg.n_threads or default_threads()
         params.n_threads = threads
         params.n_threads_batch = threads
         params.type_k = KV_TYPES[cfg.kv_type]

@@ -57,8 +57,10 @@ def test_step_tree_decodes_each_token_once(policy):
 
 
 def test_more_children_than_slots_run_in_waves(policy):
+    policy.config.max_tokens = 40
     root = policy.root(QUESTIONS[1][0])
     paths = policy.extend([root], policy.config.n_seq_max + 4, to_end=True)
+    policy.config.max_tokens = 256
     assert len(paths) == policy.config.n_seq_max + 4
     assert all(p.finished for p in paths)
     assert sorted(policy._free_slots) == list(range(1, policy.config.n_seq_max + 1))

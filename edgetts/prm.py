@@ -1,0 +1,443 @@
+"""Process reward model (PRM) runtime: score every step of a solution with an ONNX model.
+
+A PRM directory holds three files:
+
+* ``manifest.json`` -- how to build the inputs and read the scores (see :class:`Manifest`);
+* ``model.onnx`` -- the graph, run with onnxruntime (CPU; CUDA when present and asked for);
+* ``tokenizer.json`` -- a HuggingFace ``tokenizers`` file.
+
+Input layout (token ids, built here, never by string concatenation of the tags)::
+
+    prefix  question  middle  step_1 TAG  step_2 TAG ... step_n TAG  suffix
+
+``prefix`` / ``middle`` / ``suffix`` are texts from the manifest (for the shipped MiniLM PRM:
+``[CLS]``, ``[SEP]``, ``[SEP]``), ``TAG`` is the step-tag token id. The score of step *i* is read
+at its tag: ``sigmoid(logit)`` (``output.kind == "logit"``) or the softmax probability of the
+positive label token (``"label_softmax"``, as in Qwen2.5-Math-PRM / Math-Shepherd).
+When the graph takes ``token_type_ids`` the prefix/question/middle get type 0 and the rest type 1.
+
+Truncation (deliberate, so the runtime never fails on long inputs):
+
+1. the question keeps its first ``max_question_tokens`` tokens;
+2. a step longer than ``max_step_tokens`` (or than what fits next to the question) keeps its first
+   and last tokens, dropping the middle;
+3. when the steps do not all fit in ``max_length``, the path is split into windows scanned from
+   the end: the first window holds the question and the *latest* steps that fit, the next window
+   the question and the steps before those, and so on. Every step therefore gets a score and the
+   latest steps always see the question and their nearest predecessors.
+
+An int8 (dynamically quantized) model computes activation scales per batch, so a step's score
+can move slightly (a few hundredths) with the other paths in the batch; fp32 models are exact.
+
+Empty step list for a path -> empty score list; no paths -> ``[]``. A trailing blank-line step
+separator (``"\\n\\n"``) is stripped before tokenizing. Bad PRM directories raise :class:`PRMError`
+with a message naming the file or field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path as FsPath
+from typing import Any
+
+import numpy as np
+
+from edgetts.search.base import Path
+
+DEFAULT_PRM_DIR = FsPath(__file__).resolve().parent.parent / "models" / "prm-minilm"
+FORMAT_VERSION = 1
+OUTPUT_KINDS = ("logit", "label_softmax")
+
+
+class PRMError(ValueError):
+    """A PRM directory, manifest, graph or tokenizer that cannot be used."""
+
+
+@dataclass
+class Manifest:
+    """What ``manifest.json`` says about the model. See the module docstring for the layout."""
+
+    name: str
+    step_tag: str
+    max_length: int
+    inputs: dict[str, str]  # role (input_ids/attention_mask/token_type_ids) -> graph input name
+    output: dict[str, Any]  # {name, kind, positive_index?, negative_index?}
+    format_version: int = FORMAT_VERSION
+    step_tag_id: int | None = None
+    step_separator: str = "\n\n"
+    max_question_tokens: int = 128
+    max_step_tokens: int = 160
+    prefix: str = ""
+    middle: str = ""
+    suffix: str = ""
+    pad_id: int = 0
+    score_positions: str = "step_tag"
+    default_aggregation: str = "last"
+    threshold: float = 0.5
+    model_file: str = "model.onnx"
+    tokenizer_file: str = "tokenizer.json"
+    # Optional calculator check: a step holding a plain-number equation that is false
+    # ("4 * 12 = 52") gets its score capped at calculator_cap.
+    calculator_check: bool = False
+    calculator_cap: float = 0.05
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    REQUIRED = ("name", "step_tag", "max_length", "inputs", "output")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "manifest.json") -> Manifest:
+        """Validate and build; raise PRMError naming the missing or bad field."""
+        missing = [k for k in cls.REQUIRED if k not in d]
+        if missing:
+            raise PRMError(f"{where}: missing field(s) {', '.join(missing)}")
+        known = set(cls.__dataclass_fields__)
+        m = cls(**{k: v for k, v in d.items() if k in known and k != "extra"},
+                extra={k: v for k, v in d.items() if k not in known})
+        if m.format_version != FORMAT_VERSION:
+            raise PRMError(f"{where}: format_version {m.format_version} is not supported "
+                           f"(this runtime reads {FORMAT_VERSION})")
+        if not isinstance(m.inputs, dict) or "input_ids" not in m.inputs:
+            raise PRMError(f"{where}: field 'inputs' must map at least 'input_ids' to a graph input")
+        bad_roles = set(m.inputs) - {"input_ids", "attention_mask", "token_type_ids"}
+        if bad_roles:
+            raise PRMError(f"{where}: field 'inputs' has unknown role(s) {sorted(bad_roles)}")
+        if not isinstance(m.output, dict) or "name" not in m.output:
+            raise PRMError(f"{where}: field 'output' must have a 'name'")
+        kind = m.output.get("kind")
+        if kind not in OUTPUT_KINDS:
+            raise PRMError(f"{where}: output.kind {kind!r} must be one of {OUTPUT_KINDS}")
+        if kind == "label_softmax":
+            for k in ("positive_index", "negative_index"):
+                if not isinstance(m.output.get(k), int):
+                    raise PRMError(f"{where}: output.{k} (an int) is required for label_softmax")
+        if m.score_positions != "step_tag":
+            raise PRMError(f"{where}: score_positions {m.score_positions!r} is not supported "
+                           "(only 'step_tag')")
+        if m.default_aggregation not in ("last", "min", "prod"):
+            raise PRMError(f"{where}: default_aggregation {m.default_aggregation!r} must be "
+                           "last, min or prod")
+        if not isinstance(m.max_length, int) or m.max_length < 16:
+            raise PRMError(f"{where}: max_length must be an int >= 16, got {m.max_length!r}")
+        return m
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "extra"}
+        d.update(self.extra)
+        return d
+
+
+@dataclass
+class Window:
+    """One model input: token ids, their types, and which step each tag position scores."""
+
+    ids: list[int]
+    types: list[int]
+    tag_positions: list[int]
+    step_indices: list[int]
+
+
+class InputBuilder:
+    """Turns (question, steps) into model windows exactly as training did (shared code)."""
+
+    def __init__(self, tokenizer: Any, manifest: Manifest) -> None:
+        self.tok = tokenizer
+        self.m = manifest
+        tag = manifest.step_tag_id
+        if tag is None:
+            tag = tokenizer.token_to_id(manifest.step_tag)
+        if tag is None:
+            raise PRMError(f"{manifest.tokenizer_file}: step tag {manifest.step_tag!r} is not in "
+                           "the vocabulary; set step_tag_id in manifest.json")
+        self.tag_id = int(tag)
+        self.prefix = self._enc(manifest.prefix)
+        self.middle = self._enc(manifest.middle)
+        self.suffix = self._enc(manifest.suffix)
+
+    def _enc(self, text: str) -> list[int]:
+        return list(self.tok.encode(text, add_special_tokens=False).ids) if text else []
+
+    def _encode_many(self, texts: Sequence[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        return [list(e.ids) for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    @staticmethod
+    def _clip(ids: list[int], n: int) -> list[int]:
+        """Keep the first and last tokens of an over-long step (n >= 1)."""
+        if len(ids) <= n:
+            return ids
+        head = n // 2
+        return ids[:head] + ids[len(ids) - (n - head):]
+
+    def clean_step(self, step: str) -> str:
+        sep = self.m.step_separator
+        s = step
+        while sep and s.endswith(sep):
+            s = s[: -len(sep)]
+        return s.strip()
+
+    def windows(self, question: str, steps: Sequence[str]) -> list[Window]:
+        """All windows for one path (see the module docstring for the truncation rule)."""
+        if not steps:
+            return []
+        q = self._enc(question)[: self.m.max_question_tokens]
+        head = self.prefix + q + self.middle
+        budget = self.m.max_length - len(head) - len(self.suffix)
+        if budget < 2:
+            raise PRMError(f"manifest.json: max_length {self.m.max_length} leaves no room for "
+                           "steps after the question; raise max_length or lower "
+                           "max_question_tokens")
+        cap = max(1, min(self.m.max_step_tokens, budget - 1))
+        enc = [self._clip(e, cap) for e in self._encode_many([self.clean_step(s) for s in steps])]
+        out: list[Window] = []
+        end = len(enc)
+        while end > 0:
+            start, used = end, 0
+            while start > 0 and used + len(enc[start - 1]) + 1 <= budget:
+                used += len(enc[start - 1]) + 1
+                start -= 1
+            ids = list(head)
+            types = [0] * len(head)
+            tags: list[int] = []
+            for i in range(start, end):
+                ids.extend(enc[i])
+                ids.append(self.tag_id)
+                tags.append(len(ids) - 1)
+            ids.extend(self.suffix)
+            types.extend([1] * (len(ids) - len(types)))
+            out.append(Window(ids, types, tags, list(range(start, end))))
+            end = start
+        return out
+
+
+_NUM = r"\$?\d[\d,]*(?:\.\d+)?"
+_OP = r"\s*(?:[-+*/×÷]|\\times|\\cdot|\\div|(?<=[\d ])x(?=[ \d$]))\s*"
+_EQ = re.compile(
+    rf"(?P<lhs>{_NUM}(?:{_OP}{_NUM})+)\s*=\s*(?P<rhs>-?{_NUM})(?!\s*(?:{_OP})\d)(?!\.?\d)(?![\^/])"
+)
+_OP_BEFORE = re.compile(r"(?:[-+*/×÷]|\\times|\\cdot|\\div|\bx)\s*$")
+
+
+def _to_float(s: str) -> float:
+    return float(s.replace("$", "").replace(",", ""))
+
+
+def arithmetic_error(step: str) -> bool:
+    """True when the step states a plain-number equation that is false ("4 * 12 = 52").
+
+    Only equations made of numbers and + - * / x (also LaTeX times/cdot/div) are checked; the
+    right side may be rounded to its own number of decimals. Anything else counts as no error.
+    """
+    for m in _EQ.finditer(step):
+        before = step[m.start() - 1] if m.start() else " "
+        if before in "+-*/^×÷.,:_\\{(" or before.isalnum() or _OP_BEFORE.search(step[: m.start()]):
+            continue
+        expr = m["lhs"].replace("$", "").replace(",", "")
+        for a, b in (("\\times", "*"), ("\\cdot", "*"), ("\\div", "/"), ("×", "*"),
+                     ("÷", "/"), ("x", "*")):
+            expr = expr.replace(a, b)
+        if not re.fullmatch(r"[\d.+\-*/ ]+", expr):
+            continue
+        try:
+            val = float(eval(expr, {"__builtins__": {}}))  # noqa: S307 - digits and + - * / only
+            rhs = _to_float(m["rhs"])
+        except (SyntaxError, ZeroDivisionError, ValueError, OverflowError):
+            continue
+        decimals = len(m["rhs"].split(".")[1]) if "." in m["rhs"] else 0
+        tol = max(0.5 * 10 ** -decimals, 1e-6 * abs(val)) + 1e-9
+        if not math.isfinite(val) or abs(val - rhs) > tol:
+            return True
+    return False
+
+
+@dataclass
+class PRMCounters:
+    """Work done by a scorer since it was loaded."""
+
+    calls: int = 0
+    steps_scored: int = 0
+    seconds: float = 0.0
+
+
+def _load_tokenizer(path: FsPath) -> Any:
+    from tokenizers import Tokenizer
+
+    if not path.is_file():
+        raise PRMError(f"{path}: tokenizer file not found")
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception on bad JSON
+        raise PRMError(f"{path}: tokenizer file does not load ({str(e).splitlines()[0]})") from None
+    tok.no_truncation()
+    tok.no_padding()
+    return tok
+
+
+def check_contract(session: Any, m: Manifest, where: str) -> None:
+    """Compare the ONNX graph's inputs/outputs with the manifest; raise PRMError on a mismatch."""
+    graph_in = {i.name: i for i in session.get_inputs()}
+    graph_out = {o.name: o for o in session.get_outputs()}
+    wanted = set(m.inputs.values())
+    problems: list[str] = []
+    for role, name in m.inputs.items():
+        node = graph_in.get(name)
+        if node is None:
+            problems.append(f"manifest inputs.{role} = {name!r} is not a graph input "
+                            f"(graph inputs: {sorted(graph_in)})")
+            continue
+        if node.type != "tensor(int64)":
+            problems.append(f"graph input {name!r} has dtype {node.type}, expected tensor(int64)")
+        if len(node.shape) != 2:
+            problems.append(f"graph input {name!r} has rank {len(node.shape)}, expected 2 "
+                            "[batch, sequence]")
+    extra = sorted(set(graph_in) - wanted)
+    if extra:
+        problems.append(f"graph input(s) {extra} are not named in manifest 'inputs'")
+    out_name = m.output["name"]
+    node = graph_out.get(out_name)
+    if node is None:
+        problems.append(f"manifest output.name = {out_name!r} is not a graph output "
+                        f"(graph outputs: {sorted(graph_out)})")
+    else:
+        if node.type not in ("tensor(float)", "tensor(float16)"):
+            problems.append(f"graph output {out_name!r} has dtype {node.type}, expected float")
+        rank = len(node.shape)
+        if m.output["kind"] == "logit" and rank not in (2, 3):
+            problems.append(f"graph output {out_name!r} has rank {rank}; kind 'logit' needs "
+                            "[batch, sequence] (or [batch, sequence, 1])")
+        if m.output["kind"] == "label_softmax":
+            if rank != 3:
+                problems.append(f"graph output {out_name!r} has rank {rank}; kind "
+                                "'label_softmax' needs [batch, sequence, labels]")
+            else:
+                n = node.shape[2]
+                top = max(m.output["positive_index"], m.output["negative_index"])
+                if isinstance(n, int) and top >= n:
+                    problems.append(f"output.positive/negative_index {top} is out of range for "
+                                    f"{n} labels in graph output {out_name!r}")
+    if problems:
+        raise PRMError(f"{where}: ONNX graph does not match manifest.json: " + "; ".join(problems))
+
+
+class PRMScorer:
+    """Scores steps with an ONNX PRM; implements :class:`edgetts.search.base.StepScorer`."""
+
+    def __init__(self, session: Any, tokenizer: Any, manifest: Manifest, batch_size: int = 16,
+                 directory: FsPath | None = None) -> None:
+        self.session = session
+        self.manifest = manifest
+        self.builder = InputBuilder(tokenizer, manifest)
+        self.batch_size = max(1, batch_size)
+        self.directory = directory
+        self.counters = PRMCounters()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None, threads: int | None = None,
+             use_cuda: bool = False, batch_size: int = 16) -> PRMScorer:
+        """Load a PRM directory (None: the shipped ``models/prm-minilm``)."""
+        import onnxruntime as ort
+
+        d = FsPath(path) if path is not None else DEFAULT_PRM_DIR
+        if not d.is_dir():
+            raise PRMError(f"{d}: PRM directory not found")
+        mpath = d / "manifest.json"
+        if not mpath.is_file():
+            raise PRMError(f"{mpath}: manifest not found")
+        try:
+            raw = json.loads(mpath.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise PRMError(f"{mpath}: not valid JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise PRMError(f"{mpath}: must hold a JSON object")
+        try:
+            manifest = Manifest.from_dict(raw, str(mpath))
+        except TypeError as e:
+            raise PRMError(f"{mpath}: bad field value ({e})") from None
+        tok = _load_tokenizer(d / manifest.tokenizer_file)
+        onnx_path = d / manifest.model_file
+        if not onnx_path.is_file():
+            raise PRMError(f"{onnx_path}: ONNX model not found")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        providers = ["CPUExecutionProvider"]
+        if use_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            session = ort.InferenceSession(str(onnx_path), opts, providers=providers)
+        except Exception as e:  # onnxruntime raises its own exception types for bad files
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise PRMError(f"{onnx_path}: ONNX model does not load (missing, truncated or "
+                           f"corrupt?): {msg[:300]}") from None
+        check_contract(session, manifest, str(onnx_path))
+        return cls(session, tok, manifest, batch_size=batch_size, directory=d)
+
+    # -- scoring -------------------------------------------------------------------------------
+
+    def _run(self, batch: list[Window]) -> list[np.ndarray]:
+        m = self.manifest
+        n = max(len(w.ids) for w in batch)
+        ids = np.full((len(batch), n), m.pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch), n), dtype=np.int64)
+        types = np.zeros((len(batch), n), dtype=np.int64)
+        for r, w in enumerate(batch):
+            ids[r, : len(w.ids)] = w.ids
+            mask[r, : len(w.ids)] = 1
+            types[r, : len(w.ids)] = w.types
+        arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        feed = {name: arrays[role] for role, name in m.inputs.items()}
+        out = self.session.run([m.output["name"]], feed)[0].astype(np.float32)
+        scores: list[np.ndarray] = []
+        for r, w in enumerate(batch):
+            at = out[r, w.tag_positions]
+            if m.output["kind"] == "logit":
+                logit = at.reshape(len(w.tag_positions), -1)[:, 0]
+                s = 1.0 / (1.0 + np.exp(-logit))
+            else:
+                pos, neg = m.output["positive_index"], m.output["negative_index"]
+                two = at[:, [neg, pos]]
+                two = two - two.max(axis=1, keepdims=True)
+                e = np.exp(two)
+                s = e[:, 1] / e.sum(axis=1)
+            scores.append(s)
+        return scores
+
+    def score_steps(self, question: str, steps_per_path: list[list[str]]) -> list[list[float]]:
+        """Per-step scores in [0, 1] for each path (batched by length)."""
+        return self.score_pairs([(question, steps) for steps in steps_per_path])
+
+    def score_pairs(self, pairs: list[tuple[str, list[str]]]) -> list[list[float]]:
+        """Like :meth:`score_steps` for paths of different questions (used by evaluation)."""
+        t0 = time.perf_counter()
+        result: list[list[float]] = [[0.0] * len(steps) for _, steps in pairs]
+        jobs: list[tuple[int, Window]] = []
+        for p, (question, steps) in enumerate(pairs):
+            jobs.extend((p, w) for w in self.builder.windows(question, steps))
+        jobs.sort(key=lambda j: len(j[1].ids))
+        for b in range(0, len(jobs), self.batch_size):
+            chunk = jobs[b : b + self.batch_size]
+            for (p, w), s in zip(chunk, self._run([w for _, w in chunk]), strict=True):
+                for i, v in zip(w.step_indices, s, strict=True):
+                    result[p][i] = float(v)
+        if self.manifest.calculator_check:
+            cap = self.manifest.calculator_cap
+            for p, (_, steps) in enumerate(pairs):
+                for i, st in enumerate(steps):
+                    if arithmetic_error(st):
+                        result[p][i] = min(result[p][i], cap)
+        self.counters.calls += 1
+        self.counters.steps_scored += sum(len(s) for _, s in pairs)
+        self.counters.seconds += time.perf_counter() - t0
+        return result
+
+    def score(self, question: str, paths: list[Path]) -> list[list[float]]:
+        """StepScorer interface: per-step scores of each path's steps."""
+        return self.score_steps(question, [list(p.steps) for p in paths])

@@ -1,0 +1,222 @@
+"""PRM runtime tests: real onnxruntime sessions on the shipped model and on bad PRM directories."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path as FsPath
+
+import numpy as np
+import pytest
+
+from edgetts.prm import DEFAULT_PRM_DIR, PRMError, PRMScorer
+from edgetts.search.base import Path, StepScorer
+
+TOOLS = FsPath(__file__).resolve().parent.parent / "tools"
+
+QUESTION = ("Tom buys 4 boxes of pencils. Each box has 12 pencils. He gives 10 pencils to his "
+            "sister. How many pencils does Tom have left?")
+GOOD = ["Tom buys 4 boxes with 12 pencils each, so he has 4 * 12 = 48 pencils.",
+        "He gives 10 pencils away, so he has 48 - 10 = 38 pencils left.",
+        "The answer is 38."]
+BAD = ["Tom buys 4 boxes with 12 pencils each, so he has 4 * 12 = 52 pencils.",
+       "He gives 10 pencils away, so he has 52 - 10 = 42 pencils left.",
+       "The answer is 42."]
+
+
+@pytest.fixture(scope="module")
+def scorer() -> PRMScorer:
+    return PRMScorer.load(threads=1)
+
+
+def copy_prm(tmp_path: FsPath) -> FsPath:
+    d = tmp_path / "prm"
+    shutil.copytree(DEFAULT_PRM_DIR, d)
+    return d
+
+
+def edit_manifest(d: FsPath, **changes: object) -> None:
+    m = json.loads((d / "manifest.json").read_text())
+    for k, v in changes.items():
+        if v is None:
+            m.pop(k, None)
+        else:
+            m[k] = v
+    (d / "manifest.json").write_text(json.dumps(m))
+
+
+def test_shipped_model_is_small_and_complete() -> None:
+    for f in ("manifest.json", "model.onnx", "tokenizer.json"):
+        assert (DEFAULT_PRM_DIR / f).is_file(), f
+    assert (DEFAULT_PRM_DIR / "model.onnx").stat().st_size < 50 * 2**20
+
+
+def test_ranks_correct_above_corrupted(scorer: PRMScorer) -> None:
+    good, bad = scorer.score_steps(QUESTION, [GOOD, BAD])
+    assert len(good) == len(GOOD) and len(bad) == len(BAD)
+    assert all(0.0 <= s <= 1.0 for s in good + bad)
+    assert min(good) > min(bad)
+    assert good[0] > bad[0]  # the corrupted first step itself scores lower
+    assert good[-1] > bad[-1]
+
+
+def test_step_scorer_protocol_and_counters(scorer: PRMScorer) -> None:
+    assert isinstance(scorer, StepScorer)
+    before = scorer.counters.steps_scored
+    calls = scorer.counters.calls
+    out = scorer.score(QUESTION, [Path(steps=[s + "\n\n" for s in GOOD]), Path(steps=[])])
+    assert out[1] == []
+    assert np.allclose(out[0], scorer.score_steps(QUESTION, [GOOD])[0], atol=1e-6)
+    assert scorer.counters.steps_scored == before + 2 * len(GOOD)
+    assert scorer.counters.calls == calls + 2
+    assert scorer.counters.seconds > 0
+
+
+def test_empty_inputs(scorer: PRMScorer) -> None:
+    assert scorer.score_steps(QUESTION, []) == []
+    assert scorer.score_steps(QUESTION, [[], []]) == [[], []]
+    assert len(scorer.score_steps("", [["just one step"]])[0]) == 1
+
+
+def test_batching_does_not_change_scores(scorer: PRMScorer) -> None:
+    together = scorer.score_steps(QUESTION, [GOOD, BAD, GOOD[:1]])
+    alone = [scorer.score_steps(QUESTION, [p])[0] for p in (GOOD, BAD, GOOD[:1])]
+    # int8 dynamic quantization scales activations per batch, so batch-mates move scores a bit.
+    tol = 0.08 if scorer.manifest.extra.get("precision") == "int8-dynamic" else 1e-4
+    for a, b in zip(together, alone, strict=True):
+        assert np.allclose(a, b, atol=tol)
+
+
+def test_long_inputs_are_truncated_not_rejected(scorer: PRMScorer) -> None:
+    long_q = "How many? " * 400
+    steps = [f"Step {i}: we add {i} and {i} to get {2 * i}." for i in range(120)]
+    steps.append("word " * 2000)  # one step longer than max_length
+    (scores,) = scorer.score_steps(long_q, [steps])
+    assert len(scores) == len(steps)
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    windows = scorer.builder.windows(long_q, steps)
+    assert len(windows) > 1
+    assert all(len(w.ids) <= scorer.manifest.max_length for w in windows)
+    # The first window holds the latest steps.
+    assert windows[0].step_indices[-1] == len(steps) - 1
+
+
+def test_missing_dir_and_files(tmp_path: FsPath) -> None:
+    with pytest.raises(PRMError, match="not found"):
+        PRMScorer.load(tmp_path / "nope")
+    d = copy_prm(tmp_path)
+    (d / "model.onnx").unlink()
+    with pytest.raises(PRMError, match=r"model\.onnx"):
+        PRMScorer.load(d)
+
+
+def test_truncated_onnx(tmp_path: FsPath) -> None:
+    d = copy_prm(tmp_path)
+    data = (d / "model.onnx").read_bytes()
+    (d / "model.onnx").write_bytes(data[: len(data) // 3])
+    with pytest.raises(PRMError, match="does not load"):
+        PRMScorer.load(d)
+
+
+def test_manifest_missing_field(tmp_path: FsPath) -> None:
+    d = copy_prm(tmp_path)
+    edit_manifest(d, output=None)
+    with pytest.raises(PRMError, match="missing field.*output"):
+        PRMScorer.load(d)
+
+
+def test_manifest_bad_json_and_values(tmp_path: FsPath) -> None:
+    d = copy_prm(tmp_path)
+    (d / "manifest.json").write_text("{not json")
+    with pytest.raises(PRMError, match="not valid JSON"):
+        PRMScorer.load(d)
+    d2 = copy_prm(tmp_path / "b")
+    edit_manifest(d2, output={"name": "logits", "kind": "probability"})
+    with pytest.raises(PRMError, match="output.kind"):
+        PRMScorer.load(d2)
+
+
+def test_manifest_disagrees_with_graph(tmp_path: FsPath) -> None:
+    d = copy_prm(tmp_path)
+    edit_manifest(d, output={"name": "scores", "kind": "logit"})
+    with pytest.raises(PRMError, match="'scores' is not a graph output"):
+        PRMScorer.load(d)
+    edit_manifest(d, output={"name": "logits", "kind": "label_softmax", "positive_index": 1,
+                             "negative_index": 0})
+    with pytest.raises(PRMError, match="rank 2; kind 'label_softmax'"):
+        PRMScorer.load(d)
+    edit_manifest(d, output={"name": "logits", "kind": "logit"},
+                  inputs={"input_ids": "input_ids", "attention_mask": "attention_mask"})
+    with pytest.raises(PRMError, match=r"\['token_type_ids'\] are not named"):
+        PRMScorer.load(d)
+
+
+def test_bad_tokenizer_and_step_tag(tmp_path: FsPath) -> None:
+    d = copy_prm(tmp_path)
+    (d / "tokenizer.json").write_text('{"version": "1.0", "model": 3}')
+    with pytest.raises(PRMError, match="tokenizer file does not load"):
+        PRMScorer.load(d)
+    d2 = copy_prm(tmp_path / "b")
+    edit_manifest(d2, step_tag="<no-such-token>")
+    with pytest.raises(PRMError, match="step tag"):
+        PRMScorer.load(d2)
+
+
+def test_contract_rejects_wrong_graph(tmp_path: FsPath) -> None:
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    # A graph with a float input of rank 3 and a differently named output.
+    x = helper.make_tensor_value_info("input_ids", TensorProto.FLOAT, ["b", "t", 4])
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["b", "t", 4])
+    graph = helper.make_graph([helper.make_node("Identity", ["input_ids"], ["out"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    d = copy_prm(tmp_path)
+    onnx.save(model, str(d / "model.onnx"))
+    edit_manifest(d, inputs={"input_ids": "input_ids"})
+    with pytest.raises(PRMError) as e:
+        PRMScorer.load(d)
+    msg = str(e.value)
+    assert "tensor(float)" in msg and "rank 3" in msg and "'logits' is not a graph output" in msg
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["qwen-prm", "math-shepherd"])
+def test_tiny_public_prm_export_parity(tmp_path: FsPath, kind: str) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("onnx")
+    sys.path.insert(0, str(TOOLS))
+    import export_public_prm
+
+    res = export_public_prm.run(kind, tmp_path / kind, tiny=True)
+    assert res["max_abs_output_diff"] < 1e-4
+    assert res["max_abs_score_diff"] < 1e-5
+    scorer = PRMScorer.load(tmp_path / kind)
+    assert scorer.manifest.output["kind"] == "label_softmax"
+    out = scorer.score_steps("Find the total .", [["4 times 3 equals 12 ."], []])
+    assert len(out[0]) == 1 and out[1] == []
+
+
+@pytest.mark.parametrize(
+    ("step", "wrong"),
+    [("so he has 4 * 12 = 48 pencils.", False), ("so he has 4 * 12 = 52 pencils.", True),
+     ("5.2 x 5 = $11.", True), ("$5.2 x 5 = $26", False), ("10/3 = 3.33", False),
+     ("10/3=4", True), ("x^2 + 3 = 7", False), ("-3 + 5 = 2", False),
+     ("2 + 3 = 5 + 1 = 6", False), ("$3 \\times 4 = 13$", True), ("1,000 + 200 = 1,200", False),
+     ("35 questions x 2/5 = 14", False), ("no numbers here", False)],
+)
+def test_arithmetic_error(step: str, wrong: bool) -> None:
+    from edgetts.prm import arithmetic_error
+
+    assert arithmetic_error(step) is wrong
+
+
+def test_calculator_check_caps_wrong_arithmetic(tmp_path: FsPath) -> None:
+    d = copy_prm(tmp_path)
+    edit_manifest(d, calculator_check=True, calculator_cap=0.01)
+    s = PRMScorer.load(d, threads=1)
+    good, bad = s.score_steps(QUESTION, [GOOD, BAD])
+    assert bad[0] <= 0.01 and good[0] > 0.01
