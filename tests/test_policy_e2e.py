@@ -123,3 +123,25 @@ def test_cli_run_bad_data_and_resume(tmp_path):
 def test_cli_question_longer_than_context(tmp_path):
     proc = _edgetts("solve", "word " * 3000, "--strategy", "greedy")
     assert proc.returncode == 1 and "too long" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_run_keyboard_interrupt_keeps_lines(tmp_path):
+    import signal
+    import time
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is {i} + {i}?", "answer": f"#### {2 * i}"}) + "\n"
+                            for i in range(1, 6)))
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "edgetts.cli", "run", "--data", str(data), "--out", str(out),
+                             "--strategy", "greedy", "--max-tokens", "120"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and (not out.exists() or not out.read_text().strip()):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    assert 1 <= len(kept) < 5

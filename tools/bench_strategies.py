@@ -1,0 +1,242 @@
+"""Accuracy against compute for every strategy, the way the test-time-scaling figures show it.
+
+Per problem, as the method does, sampling is paid once: ``--n-max`` full samples are drawn and
+scored by the PRM, and majority / best-of-N / weighted best-of-N at every N <= n-max are computed
+from the first N of them. Greedy runs once; beam search and DVTS run for real at each N. One JSON
+line per (problem, strategy, N) is appended to ``--out``; a rerun skips what is there (resumable).
+
+    python tools/bench_strategies.py run --data ../shared/data/gsm8k_test.jsonl --limit 100 \\
+        --out runs/bench_gsm8k.jsonl --dataset gsm8k
+    python tools/bench_strategies.py run ... --model qwen2.5-coder-1.5b-instruct --only greedy
+    python tools/bench_strategies.py report --results runs/bench_gsm8k.jsonl --plot docs/gsm8k.png
+
+Rows: ``{problem_id, dataset, model, strategy, n, correct, answer, gold, tokens_generated,
+seconds, difficulty_features}``; ``difficulty_features`` (agreement and PRM scores of the first
+four samples) is what ``tools/fit_compute_optimal.py`` bins problems by.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from edgetts.data import load_problems
+from edgetts.grading import answers_equal
+from edgetts.models import load_registry
+from edgetts.policy import LlamaPolicy, PolicyConfig
+from edgetts.search import run_search
+from edgetts.search.base import Candidate, SearchConfig
+from edgetts.search.best_of_n import pick
+from edgetts.search.select import pick_by_vote, score_paths, to_candidate
+
+SUBSET_STRATEGIES = ("majority", "best_of_n", "weighted_best_of_n")
+SEARCH_STRATEGIES = ("beam_search", "dvts")
+N_FEATURES = 4  # samples the difficulty estimate looks at, as auto would see them
+
+
+def _done(out: Path) -> set[tuple[str, str, str, int]]:
+    if not out.exists():
+        return set()
+    rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    return {(r["problem_id"], r["model"], r["strategy"], r["n"]) for r in rows}
+
+
+def _append(out: Path, row: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def difficulty_features(candidates: list[Candidate]) -> dict[str, float]:
+    """Agreement and PRM confidence of the first few samples (cheap to get before searching)."""
+    first = candidates[:N_FEATURES]
+    _, votes = pick_by_vote(first, lambda c: 1.0)
+    scores = [c.score for c in first if c.score is not None]
+    return {
+        "agreement": max(votes.values(), default=0.0) / max(len(first), 1),
+        "n_answers": float(len(votes)),
+        "prm_mean": statistics.fmean(scores) if scores else 0.0,
+        "prm_max": max(scores, default=0.0),
+    }
+
+
+def subset_rows(candidates: list[Candidate], gold: str, n_list: list[int]) -> list[dict]:
+    """Majority, best-of-N and weighted best-of-N at each N from the first N samples."""
+    rows = []
+    for n in n_list:
+        subset = candidates[:n]
+        picks = {
+            "majority": pick_by_vote(subset, lambda c: 1.0)[0],
+            "best_of_n": pick(subset, weighted=False)[0],
+            "weighted_best_of_n": pick(subset, weighted=True)[0],
+        }
+        tokens = sum(c.n_tokens for c in subset)
+        for strategy, chosen in picks.items():
+            answer = chosen.answer if chosen else None
+            rows.append({"strategy": strategy, "n": n, "answer": answer,
+                         "correct": answers_equal(answer, gold), "tokens_generated": tokens})
+    return rows
+
+
+def run(args: argparse.Namespace) -> None:
+    from edgetts.prm import PRMScorer
+
+    out = Path(args.out)
+    done = _done(out)
+    problems = load_problems(args.data, args.question_key, args.answer_key, args.id_key, args.limit)
+    model = args.model or next(s.name for s in load_registry().values() if s.default)
+    policy = LlamaPolicy(PolicyConfig(model=args.model, max_tokens=args.max_tokens,
+                                      n_seq_max=min(args.n_max, 16), seed=args.seed))
+    scorer = PRMScorer.load(args.prm) if args.only != ["greedy"] else None
+    n_list = sorted(n for n in args.n if n <= args.n_max)
+    for index, problem in enumerate(problems):
+        base = {"problem_id": problem.id, "dataset": args.dataset, "model": model, "gold": problem.answer}
+
+        def todo(strategy: str, n: int, problem_id: str = problem.id) -> bool:
+            return (problem_id, model, strategy, n) not in done and (
+                not args.only or strategy in args.only)
+
+        features: dict[str, float] = {}
+        if todo("greedy", 1):
+            policy.config.temperature = 0.0
+            result = run_search("majority", problem.question, policy, None, SearchConfig(n=1))
+            _append(out, {**base, "strategy": "greedy", "n": 1, "answer": result.answer,
+                          "correct": answers_equal(result.answer, problem.answer),
+                          "tokens_generated": result.counters["tokens_decoded"],
+                          "seconds": result.counters["wall_s"], "difficulty_features": {}})
+        policy.config.temperature = args.temperature
+        if any(todo(s, n) for s in SUBSET_STRATEGIES for n in n_list):
+            start = time.perf_counter()
+            paths = policy.extend([policy.root(problem.question)], args.n_max, to_end=True)
+            policy.release(paths)
+            score_paths(scorer, problem.question, paths)
+            candidates = [to_candidate(p) for p in paths]
+            seconds = time.perf_counter() - start
+            features = difficulty_features(candidates)
+            for row in subset_rows(candidates, problem.answer, n_list):
+                if todo(row["strategy"], row["n"]):
+                    _append(out, {**base, **row, "seconds": round(seconds * row["n"] / args.n_max, 3),
+                                  "difficulty_features": features})
+        for strategy in SEARCH_STRATEGIES:
+            for n in n_list:
+                if n < args.beam_width or not todo(strategy, n) or n > args.search_n_max:
+                    continue
+                config = SearchConfig(n=n, beam_width=args.beam_width, max_steps=args.max_steps)
+                result = run_search(strategy, problem.question, policy, scorer, config)
+                _append(out, {**base, "strategy": strategy, "n": n, "answer": result.answer,
+                              "correct": answers_equal(result.answer, problem.answer),
+                              "tokens_generated": result.counters["tokens_decoded"],
+                              "seconds": result.counters["wall_s"],
+                              "difficulty_features": features})
+        print(f"[{index + 1}/{len(problems)}] {problem.id} done", flush=True)
+
+
+def load_rows(paths: list[str]) -> list[dict]:
+    rows = []
+    for path in paths:
+        rows += [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return rows
+
+
+def summarize(rows: list[dict]) -> dict[tuple[str, str, int], dict[str, float]]:
+    """(model, strategy, n) -> accuracy, mean generated tokens, problems, over shared problems."""
+    by_key: dict[tuple[str, str, int], list[dict]] = defaultdict(list)
+    for r in rows:
+        by_key[r["model"], r["strategy"], r["n"]].append(r)
+    return {
+        key: {
+            "accuracy": statistics.fmean(bool(r["correct"]) for r in group),
+            "tokens": statistics.fmean(r["tokens_generated"] for r in group),
+            "problems": len(group),
+        }
+        for key, group in sorted(by_key.items())
+    }
+
+
+def report(args: argparse.Namespace) -> None:
+    rows = load_rows(args.results)
+    # Compare on the problems every (model, strategy, n) has, so partial runs stay fair.
+    per_key: dict[tuple, set[str]] = defaultdict(set)
+    for r in rows:
+        per_key[r["model"], r["strategy"], r["n"]].add(r["problem_id"])
+    common = set.intersection(*per_key.values()) if per_key else set()
+    rows = [r for r in rows if r["problem_id"] in common]
+    summary = summarize(rows)
+    print(f"{len(common)} problems common to every row")
+    print(f"{'model':<30} {'strategy':<20} {'N':>3} {'accuracy':>9} {'gen tokens':>11}")
+    for (model, strategy, n), s in summary.items():
+        print(f"{model:<30} {strategy:<20} {n:>3} {s['accuracy']:>9.1%} {s['tokens']:>11.0f}")
+    if args.plot:
+        plot(summary, args.plot, args.title or Path(args.results[0]).stem, len(common))
+
+
+def plot(summary: dict, path: str, title: str, n_problems: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({m for m, _, _ in summary})
+    default = next(s.name for s in load_registry().values() if s.default)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = dict(zip(("majority", "best_of_n", "weighted_best_of_n", "beam_search", "dvts"),
+                      ("tab:gray", "tab:blue", "tab:green", "tab:red", "tab:purple"), strict=True))
+    for strategy, color in colors.items():
+        points = sorted((n, s["accuracy"]) for (m, st, n), s in summary.items()
+                        if m == default and st == strategy)
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", color=color, label=strategy.replace("_", " "))
+    styles = iter(["--", ":"])
+    for model in models:
+        greedy = summary.get((model, "greedy", 1))
+        if greedy:
+            ax.axhline(greedy["accuracy"], linestyle=next(styles, "-."), color="black",
+                       label=f"{model} greedy")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("N (samples / beams), log scale")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title} ({n_problems} problems, policy {default})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    print(f"plot written to {path}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="answer problems with every strategy, append rows")
+    r.add_argument("--data", required=True)
+    r.add_argument("--out", required=True)
+    r.add_argument("--dataset", default="data")
+    r.add_argument("--limit", type=int, default=None)
+    r.add_argument("--question-key")
+    r.add_argument("--answer-key")
+    r.add_argument("--id-key")
+    r.add_argument("--model", default=None, help="policy (default: the default model)")
+    r.add_argument("--prm", default=None, help="PRM directory (default: the shipped PRM)")
+    r.add_argument("--n", type=int, nargs="+", default=[1, 4, 16])
+    r.add_argument("--n-max", type=int, default=16, help="samples drawn once per problem")
+    r.add_argument("--search-n-max", type=int, default=16, help="largest N for beam search / DVTS")
+    r.add_argument("--beam-width", type=int, default=4)
+    r.add_argument("--max-steps", type=int, default=12)
+    r.add_argument("--max-tokens", type=int, default=400)
+    r.add_argument("--temperature", type=float, default=0.8)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--only", nargs="*", default=[], help="only these strategies (e.g. greedy)")
+    p = sub.add_parser("report", help="table (and plot) of accuracy against N")
+    p.add_argument("--results", nargs="+", required=True)
+    p.add_argument("--plot", default=None, help="PNG path")
+    p.add_argument("--title", default=None)
+    args = ap.parse_args()
+    run(args) if args.command == "run" else report(args)
+
+
+if __name__ == "__main__":
+    main()
