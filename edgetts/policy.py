@@ -41,7 +41,19 @@ from edgetts.models import resolve
 from edgetts.prompts import STEP_SEPARATOR, build_prompt
 from edgetts.search.base import Deadline, Path
 
-logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+log = logging.getLogger("edgetts.llama")
+
+
+@llama_cpp.llama_log_callback
+def _llama_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    # llama.cpp prints every load detail to stderr by default. Keep its errors (ggml level 4);
+    # warnings (3) go to INFO and the rest to DEBUG, for whoever turns logging up.
+    message = text.decode("utf-8", errors="replace").rstrip()
+    if message:
+        log.log({4: logging.ERROR, 3: logging.INFO}.get(level, logging.DEBUG), message)
+
+
+llama_cpp.llama_log_set(_llama_log, ctypes.c_void_p(0))
 
 KV_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
 TEMPLATE_SLOT = 0
