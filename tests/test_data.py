@@ -12,10 +12,14 @@ def write_jsonl(path, rows):
 
 def test_known_shapes(tmp_path):
     gsm = write_jsonl(tmp_path / "gsm.jsonl", [{"question": "q1", "answer": "work\n#### 1,234"}])
-    math500 = write_jsonl(tmp_path / "m.jsonl", [{"problem": "p", "answer": "\\frac{1}{2}", "unique_id": "u1"}])
+    math500 = write_jsonl(
+        tmp_path / "m.jsonl", [{"problem": "p", "answer": "\\frac{1}{2}", "unique_id": "u1"}]
+    )
     math = write_jsonl(tmp_path / "mt.jsonl", [{"problem": "p", "solution": "so \\boxed{7}."}])
     mawps = write_jsonl(tmp_path / "mw.jsonl", [{"input": "i", "target": 43.0, "idx": 5}])
-    asdiv = write_jsonl(tmp_path / "a.jsonl", [{"body": "Ellen has 6.", "question": "How many?", "answer": "15 (balls)"}])
+    asdiv = write_jsonl(
+        tmp_path / "a.jsonl", [{"body": "Ellen has 6.", "question": "How many?", "answer": "15 (balls)"}]
+    )
     assert load_problems(gsm)[0].answer == "1234"
     p = load_problems(math500)[0]
     assert (p.id, p.answer) == ("u1", "\\frac{1}{2}")
@@ -27,7 +31,9 @@ def test_known_shapes(tmp_path):
 
 
 def test_field_mapping_and_limit(tmp_path):
-    f = write_jsonl(tmp_path / "x.jsonl", [{"ctx": "A", "ask": "B?", "gold": "3", "key": f"k{i}"} for i in range(5)])
+    f = write_jsonl(
+        tmp_path / "x.jsonl", [{"ctx": "A", "ask": "B?", "gold": "3", "key": f"k{i}"} for i in range(5)]
+    )
     problems = load_problems(f, question_key="ctx+ask", answer_key="gold", id_key="key", limit=2)
     assert [(p.id, p.question, p.answer) for p in problems] == [("k0", "A B?", "3"), ("k1", "A B?", "3")]
 

@@ -30,8 +30,13 @@ def fake_cache(tmp_path, monkeypatch):
 
 
 def _spec_for(data: bytes) -> ModelSpec:
-    return ModelSpec(name="tiny", file="tiny.gguf", kind="base", size_bytes=len(data),
-                     sha256=hashlib.sha256(data).hexdigest())
+    return ModelSpec(
+        name="tiny",
+        file="tiny.gguf",
+        kind="base",
+        size_bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
 
 
 def test_verify_detects_truncation_and_corruption(fake_cache):

@@ -48,8 +48,9 @@ def test_step_tree_decodes_each_token_once(policy):
     first = policy.extend([root], 4)
     policy.release(first[2:])
     second = policy.extend(first[:2], 2)
-    tree_tokens = sum(p.n_tokens for p in first) + sum(p.n_tokens - first[i // 2].n_tokens
-                                                       for i, p in enumerate(second))
+    tree_tokens = sum(p.n_tokens for p in first) + sum(
+        p.n_tokens - first[i // 2].n_tokens for i, p in enumerate(second)
+    )
     assert policy.counters.tokens_decoded - before == tree_tokens
     assert all(p.steps[: len(first[i // 2].steps)] == first[i // 2].steps for i, p in enumerate(second))
     policy.release(second)
@@ -78,8 +79,9 @@ def test_same_seed_same_answer(policy):
 
 
 def _edgetts(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "edgetts.cli", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "edgetts.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
 
 
 def test_cli_truncated_and_corrupt_model(tmp_path):
@@ -130,12 +132,32 @@ def test_cli_run_keyboard_interrupt_keeps_lines(tmp_path):
     import time
 
     data = tmp_path / "d.jsonl"
-    data.write_text("".join(json.dumps({"question": f"What is {i} + {i}?", "answer": f"#### {2 * i}"}) + "\n"
-                            for i in range(1, 6)))
+    data.write_text(
+        "".join(
+            json.dumps({"question": f"What is {i} + {i}?", "answer": f"#### {2 * i}"}) + "\n"
+            for i in range(1, 6)
+        )
+    )
     out = tmp_path / "out.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "edgetts.cli", "run", "--data", str(data), "--out", str(out),
-                             "--strategy", "greedy", "--max-tokens", "120"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgetts.cli",
+            "run",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--strategy",
+            "greedy",
+            "--max-tokens",
+            "120",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and (not out.exists() or not out.read_text().strip()):
         time.sleep(0.2)

@@ -58,8 +58,7 @@ def bench_sequential(llm: llama_cpp.Llama, prompt: str, n: int, max_tokens: int,
     generated = 0
     start = time.perf_counter()
     for i in range(n):
-        out = llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.8, top_p=1.0,
-                                    seed=seed + i)
+        out = llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.8, top_p=1.0, seed=seed + i)
         generated += out["usage"]["completion_tokens"]
     seconds = time.perf_counter() - start
     llm.eval = original_eval
@@ -119,7 +118,9 @@ def _add(batch, token: int, pos: int, seq: int, logits: bool) -> None:
 def _sampler(seed: int, index: int):
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
     llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(0.8))
-    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(zlib.crc32(bytes([seed, index]))))
+    llama_cpp.llama_sampler_chain_add(
+        chain, llama_cpp.llama_sampler_init_dist(zlib.crc32(bytes([seed, index])))
+    )
     return chain
 
 
@@ -147,20 +148,32 @@ def main() -> None:
     args = ap.parse_args()
 
     n_max = max(args.n)
-    policy = LlamaPolicy(PolicyConfig(model=args.model, n_seq_max=n_max, max_tokens=args.max_tokens,
-                                      n_threads=args.threads,
-                                      n_ctx=n_max * (args.max_tokens + 512)))
-    llm = llama_cpp.Llama(str(resolve(args.model)), n_ctx=args.max_tokens + 512, n_threads=args.threads,
-                          verbose=False)
+    policy = LlamaPolicy(
+        PolicyConfig(
+            model=args.model,
+            n_seq_max=n_max,
+            max_tokens=args.max_tokens,
+            n_threads=args.threads,
+            n_ctx=n_max * (args.max_tokens + 512),
+        )
+    )
+    llm = llama_cpp.Llama(
+        str(resolve(args.model)), n_ctx=args.max_tokens + 512, n_threads=args.threads, verbose=False
+    )
     prompt = policy.prompt_text(QUESTION)
-    ways = {"a": lambda n, s: bench_batched(policy, n, args.max_tokens, s),
-            "c": lambda n, s: bench_reprefill(policy, n, args.max_tokens, s)}
+    ways = {
+        "a": lambda n, s: bench_batched(policy, n, args.max_tokens, s),
+        "c": lambda n, s: bench_reprefill(policy, n, args.max_tokens, s),
+    }
     if not args.skip_sequential:
         ways["b"] = lambda n, s: bench_sequential(llm, prompt, n, args.max_tokens, s)
 
-    print(f"model {policy.metadata.name}, {policy.metadata.n_params / 1e6:.0f}M params, "
-          f"{args.threads} threads, up to {args.max_tokens} tokens per sample, "
-          f"median of {args.repeats}", flush=True)
+    print(
+        f"model {policy.metadata.name}, {policy.metadata.n_params / 1e6:.0f}M params, "
+        f"{args.threads} threads, up to {args.max_tokens} tokens per sample, "
+        f"median of {args.repeats}",
+        flush=True,
+    )
     header = f"{'N':>3} {'way':<28} {'gen tok':>8} {'prefilled':>9} {'seconds':>8} {'tok/s':>8}"
     print(header)
     print("-" * len(header))
@@ -184,8 +197,10 @@ def main() -> None:
     gflops = matmul_gflops(args.threads)
     roofline = gflops * 1e9 / (2 * policy.metadata.n_params)
     best = max(rates[n, "a"] for n in args.n)
-    print(f"\nroofline: matmul {gflops:.1f} GFLOP/s / (2 x {policy.metadata.n_params / 1e6:.0f}M FLOP "
-          f"per token) = {roofline:.0f} tok/s; (a) reaches {best:.1f} tok/s = {best / roofline:.1%}")
+    print(
+        f"\nroofline: matmul {gflops:.1f} GFLOP/s / (2 x {policy.metadata.n_params / 1e6:.0f}M FLOP "
+        f"per token) = {roofline:.0f} tok/s; (a) reaches {best:.1f} tok/s = {best / roofline:.1%}"
+    )
 
 
 if __name__ == "__main__":
