@@ -119,7 +119,7 @@ def _sampler(seed: int, index: int):
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
     llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(0.8))
     llama_cpp.llama_sampler_chain_add(
-        chain, llama_cpp.llama_sampler_init_dist(zlib.crc32(bytes([seed, index])))
+        chain, llama_cpp.llama_sampler_init_dist(zlib.crc32(f"{seed}:{index}".encode()))
     )
     return chain
 
@@ -180,13 +180,17 @@ def main() -> None:
     names = {"a": "(a) batched, prefill once", "b": "(b) sequential Llama", "c": "(c) batched, re-prefill"}
     rates: dict[tuple[int, str], float] = {}
     for n in args.n:
-        for way, fn in ways.items():
-            runs = [fn(n, 1000 * r) for r in range(args.repeats)]
-            rate = statistics.median(g / s for g, _, s in runs)
+        # Repeats interleave the ways, so a noisy neighbour slows all of them alike.
+        runs: dict[str, list[tuple[int, int, float]]] = {way: [] for way in ways}
+        for r in range(args.repeats):
+            for way, fn in ways.items():
+                runs[way].append(fn(n, 1000 * r))
+        for way, way_runs in runs.items():
+            rate = statistics.median(g / s for g, _, s in way_runs)
             rates[n, way] = rate
-            gen = statistics.median(g for g, _, _ in runs)
-            pre = statistics.median(p for _, p, _ in runs)
-            sec = statistics.median(s for _, _, s in runs)
+            gen = statistics.median(g for g, _, _ in way_runs)
+            pre = statistics.median(p for _, p, _ in way_runs)
+            sec = statistics.median(s for _, _, s in way_runs)
             print(f"{n:>3} {names[way]:<28} {gen:>8.0f} {pre:>9.0f} {sec:>8.2f} {rate:>8.1f}", flush=True)
     print()
     for n in args.n:
