@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import click
@@ -43,10 +43,11 @@ def _friendly_errors(func):
 def _search_options(func):
     """Options shared by ``solve`` and ``run`` (one definition, so they never drift apart)."""
     options = [
-        click.option("--strategy", default="majority", show_default=True,
-                     help="greedy, majority, best_of_n, weighted_best_of_n, beam_search or dvts."),
-        click.option("-n", "--n", "n", default=4, show_default=True,
-                     help="Samples (majority, best-of-N), beams (beam search) or leaves (DVTS)."),
+        click.option("--strategy", default="auto", show_default=True,
+                     help="auto, greedy, majority, best_of_n, weighted_best_of_n, beam_search or dvts."),
+        click.option("-n", "--n", "n", type=int, default=None,
+                     help="Samples (majority, best-of-N), beams (beam search) or leaves (DVTS) "
+                          "[default: planned under a budget, else 4]."),
         click.option("--beam-width", default=4, show_default=True,
                      help="Expansions per kept beam (beam search, DVTS)."),
         click.option("--max-steps", default=40, show_default=True, help="Search rounds at most."),
@@ -57,7 +58,10 @@ def _search_options(func):
         click.option("--top-p", default=1.0, show_default=True, type=float),
         click.option("--seed", default=0, show_default=True, type=int),
         click.option("--deadline-s", type=float, default=None,
-                     help="Answer within this many seconds with the best answer so far."),
+                     help="Answer within this many seconds (model load excluded); plans N to fit."),
+        click.option("--memory-mb", type=float, default=None,
+                     help="Peak memory budget (MB of 2**20 bytes); plans N, KV cache and slots to fit."),
+        click.option("--explain", is_flag=True, help="Print the budget plan (to stderr) first."),
         click.option("-m", "--model", default=None,
                      help="Registry name or path to a .gguf file (default: the default model)."),
         click.option("--prm", "prm_path", default=None,
@@ -65,10 +69,11 @@ def _search_options(func):
         click.option("--max-tokens", default=512, show_default=True,
                      help="Generated tokens per solution."),
         click.option("--threads", type=int, default=None, help="CPU threads (default: all)."),
-        click.option("--n-gpu-layers", default=0, show_default=True,
-                     help="Layers to offload to a GPU (CUDA build of llama.cpp)."),
-        click.option("--kv-type", default="f16", show_default=True,
-                     type=click.Choice(["f16", "q8_0"]), help="KV cache element type."),
+        click.option("--n-gpu-layers", type=int, default=None,
+                     help="Layers to offload to a GPU (CUDA build of llama.cpp) [default: 0, or "
+                          "planned under a budget]."),
+        click.option("--kv-type", default=None, type=click.Choice(["f16", "q8_0"]),
+                     help="KV cache element type [default: f16, or planned under a budget]."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -82,15 +87,24 @@ def _make_solver(kw: dict):
     options = SolveOptions(
         strategy=kw["strategy"], n=kw["n"], beam_width=kw["beam_width"],
         max_steps=kw["max_steps"], agg=kw["agg"], deadline_s=kw["deadline_s"],
-        temperature=kw["temperature"], top_p=kw["top_p"], seed=kw["seed"],
+        memory_mb=kw["memory_mb"], temperature=kw["temperature"], top_p=kw["top_p"], seed=kw["seed"],
     )
     options.validate()  # fail on bad settings before a model loads
-    n_parallel = max(options.n, 1) if options.strategy != "greedy" else 1
+    n_parallel = max(options.search_config().n, 1) if options.strategy != "greedy" else 1
     policy_config = PolicyConfig(
         model=kw["model"], max_tokens=kw["max_tokens"], n_threads=kw["threads"],
-        n_gpu_layers=kw["n_gpu_layers"], kv_type=kw["kv_type"], n_seq_max=min(n_parallel, 16),
+        n_gpu_layers=kw["n_gpu_layers"] or 0, kv_type=kw["kv_type"] or "f16",
+        n_seq_max=min(n_parallel, 16),
     )
-    return Solver(policy_config, prm_path=kw["prm_path"]), options
+    pinned = frozenset(k for k in ("kv_type", "n_gpu_layers") if kw[k] is not None)
+    return Solver(policy_config, prm_path=kw["prm_path"], pinned=pinned), options
+
+
+def _explain(solver, options, question: str | None) -> None:
+    """Print the plan (or that there is none) to stderr, so stdout stays the answer."""
+    plan = solver.plan(options, question)
+    text = plan.explain() if plan else "no budget (--memory-mb / --deadline-s): settings as given"
+    click.echo(text, err=True)
 
 
 @click.group()
@@ -117,6 +131,8 @@ def solve(question: str, show: bool, as_json: bool, **kw) -> None:
     if not question.strip():
         raise click.UsageError("the question is empty")
     solver, options = _make_solver(kw)
+    if kw["explain"]:
+        _explain(solver, options, question)
     result = solver.solve(question, options)
     if as_json:
         click.echo(json.dumps(asdict(result), ensure_ascii=False))
@@ -193,13 +209,17 @@ def run(data_path: Path, out_path: Path, limit, question_key, answer_key, id_key
         click.echo(f"resuming: {len(problems) - len(todo)} of {len(problems)} already in {out_path}",
                    err=True)
     solver, options = _make_solver(kw)
+    if kw["explain"]:
+        _explain(solver, options, todo[0].question if todo else None)
     try:
         for problem in tqdm(todo, desc=f"{options.strategy} n={options.n}", unit="problem",
                             disable=None, file=sys.stderr):
             start = time.perf_counter()
             result = solver.solve(problem.question, options)
             seconds = time.perf_counter() - start
-            results.append(_record(problem, result, options, kw["model"], seconds))
+            planned = solver.last_plan  # under a budget the plan, not the options, set N
+            used = replace(options, n=planned.n) if planned else options
+            results.append(_record(problem, result, used, kw["model"], seconds))
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: {len(results.records)} results kept in {out_path}; "
                    "run the same command again to resume", err=True)
@@ -209,6 +229,44 @@ def run(data_path: Path, out_path: Path, limit, question_key, answer_key, id_key
         click.echo(f"accuracy: {correct}/{graded} = {correct / graded:.1%}")
     else:
         click.echo(f"answered {len(results.records)} problems (no gold answers to grade)")
+
+
+@main.command()
+@click.argument("question", required=False)
+@_search_options
+@_friendly_errors
+def plan(question: str | None, **kw) -> None:
+    """Print the plan for a budget without running it (QUESTION sets the prompt length).
+
+    Example: edgetts plan --memory-mb 1500 --deadline-s 20
+    """
+    solver, options = _make_solver(kw)
+    if options.memory_mb is None and options.deadline_s is None:
+        raise click.UsageError("give a budget: --memory-mb and/or --deadline-s")
+    click.echo(solver.plan(options, question).explain())
+
+
+@main.command()
+@click.option("-m", "--model", default=None, help="Registry name or .gguf path (default model).")
+@click.option("--prm", "prm_path", default=None, help="PRM directory (default: the shipped PRM).")
+@click.option("--threads", type=int, default=None, help="CPU threads (default: $EDGETTS_THREADS or all).")
+@click.option("--batches", default="1,2,4,8,16,32", show_default=True,
+              help="Batch sizes (sequences decoded together) to measure.")
+@click.option("--tokens", default=16, show_default=True, help="Tokens decoded per sequence and batch.")
+@_friendly_errors
+def calibrate(model: str | None, prm_path: str | None, threads: int | None, batches: str,
+              tokens: int) -> None:
+    """Measure prefill, decode (per batch size) and PRM speed here; save them for the planner."""
+    from edgetts import calibration
+    from edgetts.policy import default_threads
+
+    sizes = [int(b) for b in batches.split(",") if b.strip()]
+    if not sizes or min(sizes) < 1:
+        raise click.UsageError("--batches must list positive integers, e.g. 1,2,4,8")
+    n_threads = threads or default_threads()
+    cal, meta = calibration.measure(model, prm_path, n_threads, sizes, tokens,
+                                    progress=lambda line: click.echo(line, err=True))
+    click.echo(str(calibration.save(cal, meta)))
 
 
 @main.group(invoke_without_command=True)
@@ -250,6 +308,64 @@ def _spec(name: str | None) -> registry.ModelSpec:
     if name not in reg:
         raise registry.ModelError(f"unknown model {name!r}; known: {', '.join(reg)}")
     return reg[name]
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; anything but loopback exposes the server to the network.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--api-key", envvar="EDGETTS_API_KEY", default=None,
+              help="Require 'Authorization: Bearer KEY' on /v1 (also $EDGETTS_API_KEY).")
+@click.option("-m", "--model", default=None,
+              help="Registry name or path to a .gguf file (default: the default model).")
+@click.option("--prm", "prm_path", default=None, help="PRM directory (default: the shipped PRM).")
+@click.option("--strategy", default=None,
+              help="Default strategy for requests that name none (default: auto when available, "
+                   "else majority).")
+@click.option("-n", "--n", "n", default=4, show_default=True, help="Default n for requests.")
+@click.option("--deadline-s", type=float, default=None, help="Default deadline for requests.")
+@click.option("--memory-mb", type=float, default=None, help="Memory budget for strategy auto.")
+@click.option("--max-n", default=16, show_default=True, help="Largest n a request may ask for.")
+@click.option("--max-queue", default=4, show_default=True,
+              help="Requests that may wait behind the running one; more get 503 + Retry-After.")
+@click.option("--max-tokens", default=512, show_default=True,
+              help="Generated tokens per solution, at most (requests may ask for fewer).")
+@click.option("--max-body-kb", default=256, show_default=True, help="Largest request body.")
+@click.option("--threads", type=int, default=None, help="CPU threads (default: $EDGETTS_THREADS or all).")
+@click.option("--n-gpu-layers", default=0, show_default=True, help="Layers to offload to a GPU.")
+@click.option("--kv-type", default="f16", show_default=True, type=click.Choice(["f16", "q8_0"]))
+@_friendly_errors
+def serve(host: str, port: int, api_key: str | None, model: str | None, prm_path: str | None,
+          strategy: str | None, n: int, deadline_s: float | None, memory_mb: float | None,
+          max_n: int, max_queue: int, max_tokens: int, max_body_kb: int, threads: int | None,
+          n_gpu_layers: int, kv_type: str) -> None:
+    """Serve an OpenAI-compatible API (POST /v1/chat/completions) on HOST:PORT.
+
+    Example: edgetts serve --port 8000, then point any OpenAI client at http://127.0.0.1:8000/v1
+    """
+    import logging
+
+    from edgetts.policy import PolicyConfig
+    from edgetts.server import ServerSettings, model_names
+    from edgetts.server import serve as run_server
+    from edgetts.solver import Solver
+
+    if n > max_n or max_n < 1 or max_queue < 0:
+        raise click.UsageError("need 1 <= --n <= --max-n and --max-queue >= 0")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s:     %(message)s")
+    logging.getLogger("edgetts").setLevel(logging.INFO)
+    model_id, aliases = model_names(model)
+    settings = ServerSettings(
+        host=host, port=port, api_key=api_key, model_id=model_id, model_aliases=aliases,
+        max_tokens=max_tokens, max_n=max_n, max_queue=max_queue, max_body_bytes=max_body_kb * 1024,
+        default_strategy=strategy, default_n=n, default_deadline_s=deadline_s, memory_mb=memory_mb,
+    )
+    policy_config = PolicyConfig(
+        model=model, max_tokens=max_tokens, n_threads=threads, n_gpu_layers=n_gpu_layers,
+        kv_type=kv_type, n_seq_max=min(max_n, 16),
+    )
+    click.echo(f"loading {model_id} ...", err=True)
+    run_server(Solver(policy_config, prm_path=prm_path, prm_threads=threads), settings)
 
 
 if __name__ == "__main__":

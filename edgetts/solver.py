@@ -3,25 +3,31 @@
 from __future__ import annotations
 
 import threading
+import warnings
 from dataclasses import dataclass, field, replace
 
 from edgetts.policy import LlamaPolicy, PolicyConfig
+from edgetts.scheduler import Budget, Plan, plan_for, prompt_tokens_for
 from edgetts.search import NEEDS_SCORER, STRATEGIES, run_search
 from edgetts.search.base import SearchConfig, SearchResult, StepScorer
 
 GREEDY = "greedy"
+DEFAULT_N = 4
+# PolicyConfig fields a budget plan sets (unless the user pinned them, see Solver.pinned).
+PLANNED_FIELDS = ("n_seq_max", "n_ctx", "kv_type", "n_threads", "n_gpu_layers")
 
 
 @dataclass
 class SolveOptions:
     """Per-question choices: the strategy and its budget, and how to sample."""
 
-    strategy: str = "majority"
-    n: int = 4
+    strategy: str = "auto"
+    n: int | None = None  # None: the plan picks it under a budget, else DEFAULT_N
     beam_width: int = 4
     max_steps: int = 40
     agg: str = "last"
     deadline_s: float | None = None
+    memory_mb: float | None = None  # peak resident memory budget; the Solver plans to fit it
     temperature: float = 0.8
     top_p: float = 1.0
     seed: int = 0
@@ -29,7 +35,7 @@ class SolveOptions:
 
     def search_config(self) -> SearchConfig:
         return SearchConfig(
-            n=self.n,
+            n=self.n if self.n is not None else DEFAULT_N,
             beam_width=self.beam_width,
             max_steps=self.max_steps,
             agg=self.agg,
@@ -46,6 +52,8 @@ class SolveOptions:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.memory_mb is not None and self.memory_mb <= 0:
+            raise ValueError(f"memory_mb must be positive, got {self.memory_mb}")
         if self.strategy != GREEDY:
             self.search_config().validate(self.strategy)
 
@@ -63,6 +71,10 @@ class Solver:
     policy_config: PolicyConfig = field(default_factory=PolicyConfig)
     prm_path: str | None = None  # None = the shipped PRM
     prm_threads: int | None = None
+    # PolicyConfig fields the user fixed ("kv_type", "n_gpu_layers"); a plan leaves them alone.
+    # n_threads counts as fixed whenever it is set.
+    pinned: frozenset[str] = frozenset()
+    last_plan: Plan | None = field(default=None, init=False, repr=False)
     _policy: LlamaPolicy | None = field(default=None, init=False, repr=False)
     _scorer: StepScorer | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -81,24 +93,87 @@ class Solver:
             self._scorer = PRMScorer.load(self.prm_path, threads=self.prm_threads)
         return self._scorer
 
-    def solve(self, question: str, options: SolveOptions | None = None) -> SearchResult:
-        """Answer one question; safe to call from several threads (questions run one at a time)."""
+    def solve(
+        self,
+        question: str,
+        options: SolveOptions | None = None,
+        cancel: threading.Event | None = None,
+    ) -> SearchResult:
+        """Answer one question; safe to call from several threads (questions run one at a time).
+
+        Setting ``cancel`` (from any thread) ends the search as if its deadline had passed.
+        """
         options = options or SolveOptions()
         options.validate()
-        strategy, config = options.strategy, options.search_config()
+        strategy, config = options.strategy, replace(options.search_config(), cancel=cancel)
+        plan = self.plan(options, question)
+        if plan is not None:
+            config = replace(config, n=plan.n, beam_width=plan.beam_width)
         sampling = {"temperature": options.temperature, "top_p": options.top_p, "seed": options.seed}
         if strategy == GREEDY:
             strategy, config = "majority", replace(config, n=1)
             sampling["temperature"] = 0.0
         with self._lock:
+            self.last_plan = plan
+            if plan is not None:
+                self._apply(plan)
             policy = self.policy
             for key, value in sampling.items():
                 setattr(policy.config, key, value)
-            scorer = self.scorer if strategy in NEEDS_SCORER else None
+            scorer = self._scorer_for(strategy, plan)
             result = run_search(strategy, question, policy, scorer, config)
         if options.strategy == GREEDY:
             result.strategy = GREEDY
         return result
+
+    def plan(self, options: SolveOptions, question: str | None = None) -> Plan | None:
+        """The scheduler's plan for a budget (memory and/or deadline); None without one.
+
+        The deadline counts from the start of the search: model loading is excluded.
+        """
+        if options.memory_mb is None and options.deadline_s is None:
+            return None
+        cfg = self.policy_config
+        budget = Budget(
+            memory_mb=options.memory_mb, deadline_s=options.deadline_s, strategy=options.strategy,
+            n=options.n, beam_width=options.beam_width, max_tokens=cfg.max_tokens,
+            max_prompt_tokens=cfg.max_prompt_tokens, max_steps=options.max_steps,
+            prompt_tokens=prompt_tokens_for(question), n_threads=cfg.n_threads,
+            kv_type=cfg.kv_type if "kv_type" in self.pinned else None,
+            n_gpu_layers=cfg.n_gpu_layers if "n_gpu_layers" in self.pinned else None,
+        )
+        return plan_for(cfg.model, budget, self.prm_path)[0]
+
+    def _apply(self, plan: Plan) -> None:
+        """Configure the policy as planned; reload it only when a setting actually changes."""
+        planned = {name: getattr(plan, name) for name in PLANNED_FIELDS}
+        current = {name: getattr(self.policy_config, name) for name in PLANNED_FIELDS}
+        if planned == current:
+            return
+        self.policy_config = replace(self.policy_config, **planned)
+        if self._policy is not None:
+            self._policy.close()
+            self._policy = None
+
+    def _scorer_for(self, strategy: str, plan: Plan | None) -> StepScorer | None:
+        """The PRM when the strategy needs it; for auto, when it fits and loads (else agreement)."""
+        if strategy in NEEDS_SCORER:
+            return self._planned(self.scorer, plan)
+        if strategy != "auto" or (plan is not None and not plan.use_prm):
+            return None
+        try:
+            return self._planned(self.scorer, plan)
+        except Exception as exc:  # auto still works on agreement alone; say why
+            warnings.warn(f"auto runs without a PRM ({exc}): difficulty from agreement only",
+                          stacklevel=2)
+            return None
+
+    @staticmethod
+    def _planned(scorer: StepScorer, plan: Plan | None) -> StepScorer:
+        """Bound the PRM's batch as planned: its activations, not its weights, dominate memory."""
+        if plan is not None and hasattr(scorer, "batch_size"):
+            scorer.batch_size = plan.prm_batch_size
+        return scorer
 
     def close(self) -> None:
         if self._policy is not None:

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 
+from edgetts.search.auto import auto
 from edgetts.search.base import SearchConfig, SearchResult, StepGenerator, StepScorer
 from edgetts.search.beam_search import beam_search
 from edgetts.search.best_of_n import best_of_n, weighted_best_of_n
@@ -20,6 +21,7 @@ STRATEGIES: dict[str, Strategy] = {
     "weighted_best_of_n": weighted_best_of_n,
     "beam_search": beam_search,
     "dvts": dvts,
+    "auto": auto,
 }
 # Strategies that cannot work without a step scorer.
 NEEDS_SCORER: set[str] = {"best_of_n", "weighted_best_of_n", "beam_search", "dvts"}

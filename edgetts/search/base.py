@@ -12,6 +12,7 @@ paths it is given (their cached prefix now belongs to the children it returns), 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -86,6 +87,9 @@ class SearchConfig:
     deadline_s: float | None = None
     # For beam search: group finished beams by answer and sum scores (weighted pick).
     weighted_pick: bool = False
+    # Set from another thread to stop the search as if its deadline had passed (server clients
+    # that disconnect, shutdown); the search still ends normally and frees its KV sequences.
+    cancel: threading.Event | None = field(default=None, repr=False, compare=False)
 
     def validate(self, strategy: str) -> None:
         """Raise ValueError with a user-facing message for impossible settings."""
@@ -149,10 +153,14 @@ def aggregate(step_scores: Sequence[float], agg: str = "last") -> float:
 
 
 class Deadline:
-    """A wall clock that strategies check between rounds; ``None`` never expires."""
+    """A wall clock that strategies check between rounds; ``None`` never expires.
 
-    def __init__(self, deadline_s: float | None) -> None:
+    A set ``cancel`` event counts as an expired deadline, so cancelling needs no new checks.
+    """
+
+    def __init__(self, deadline_s: float | None, cancel: threading.Event | None = None) -> None:
         self.deadline_s = deadline_s
+        self.cancel = cancel
         self.start = time.perf_counter()
 
     def elapsed_s(self) -> float:
@@ -164,4 +172,6 @@ class Deadline:
         return self.deadline_s - self.elapsed_s()
 
     def expired(self) -> bool:
+        if self.cancel is not None and self.cancel.is_set():
+            return True
         return self.remaining_s() <= 0

@@ -31,7 +31,7 @@ def beam_search(
 ) -> SearchResult:
     """Keep the N/M best partial solutions each step, expand each M ways, pick among finished."""
     scorer = require_scorer("beam_search", scorer, config)
-    deadline = Deadline(config.deadline_s)
+    deadline = Deadline(config.deadline_s, config.cancel)
     keep = config.n // config.beam_width
     finished: list[Path] = []
     live = generator.extend([generator.root(question)], config.n, deadline=deadline)

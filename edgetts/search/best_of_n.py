@@ -54,7 +54,7 @@ def _sample_and_pick(
     weighted: bool,
 ) -> SearchResult:
     scorer = require_scorer(strategy, scorer, config)
-    deadline = Deadline(config.deadline_s)
+    deadline = Deadline(config.deadline_s, config.cancel)
     root = generator.root(question)
     paths = generator.extend([root], config.n, to_end=True, deadline=deadline)
     # The text is all we need from here on: free the KV before the (slow) PRM call.

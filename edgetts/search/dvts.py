@@ -35,7 +35,7 @@ def dvts(
 ) -> SearchResult:
     """Grow N/M subtrees greedily by PRM score, then vote over their leaves weighted by score."""
     scorer = require_scorer("dvts", scorer, config)
-    deadline = Deadline(config.deadline_s)
+    deadline = Deadline(config.deadline_s, config.cancel)
     width = config.beam_width
     leaves: list[Path] = []
     children = generator.extend([generator.root(question)], config.n, deadline=deadline)

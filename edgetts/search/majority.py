@@ -17,7 +17,7 @@ def majority(
     config: SearchConfig,
 ) -> SearchResult:
     """Sample ``config.n`` solutions to the end and vote on their final answers."""
-    deadline = Deadline(config.deadline_s)
+    deadline = Deadline(config.deadline_s, config.cancel)
     root = generator.root(question)
     paths = generator.extend([root], config.n, to_end=True, deadline=deadline)
     generator.release(paths)

@@ -1,0 +1,427 @@
+"""Budget scheduler: from a memory budget and a deadline to a concrete plan.
+
+Memory (:func:`estimate_memory`) comes from the model files' own metadata, in MB of 2**20 bytes,
+as peak resident memory of the whole process:
+
+* runtime: Python, numpy and the llama.cpp libraries (measured: 87 MB);
+* policy weights: the GGUF tensors, memory-mapped and all touched while decoding (on a GPU only
+  the layers not offloaded stay in host memory);
+* KV cache: ``n_ctx`` cells (padded to 256 as llama.cpp does) x layers x KV heads x (K + V head
+  size) x bytes per element (f16 2, q8_0 34/32). llama-cpp-python's default ``swa_full`` keeps
+  sliding-window layers at full size too, so they are counted in full;
+* compute buffers: fixed 32 MB plus 15 % of the weights, and 16 bytes x vocabulary per sequence
+  (logit rows and their copies). These two constants were fitted to measured peaks of
+  Qwen2.5-0.5B and Gemma-3-270M (each within 2 %);
+* PRM: onnxruntime and the tokenizer (52 MB measured), the graph's initializers, and the
+  activations of one batch of input windows: about 100 MB per full 512-token window of the
+  shipped MiniLM (measured 100 / 98 / 97 MB per window at batch 1 / 4 / 8). The plan runs the PRM
+  one window at a time (``prm_batch_size`` 1): batching gave no speed on CPU (2.5 s at batch 1,
+  3.2 s at 16 for the same 128 steps) but cost up to 1.5 GB.
+
+Time (:func:`predict_seconds`) comes from a calibration (see :mod:`edgetts.calibration`) or its
+conservative fallback. A solution is assumed to use 60 % of ``max_tokens`` in steps of about 45
+tokens; beam search and DVTS rescore every live path's whole prefix each round.
+
+The plan (:func:`make_plan`) is the largest N whose memory fits and whose predicted time fits the
+deadline; for that N it prefers enough KV slots for every path at once (no waves), then an f16
+cache over q8_0. Without a deadline the budget only bounds N, which stays at DEFAULT_N unless
+given. The deadline counts from the start of the search: loading the models is excluded (a
+Solver loads them once).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import warnings
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from edgetts import calibration as calib
+from edgetts.metadata import ModelMetadata
+
+MB = 1 << 20
+RUNTIME_MB = 90.0
+COMPUTE_FIXED_MB = 32.0
+COMPUTE_WEIGHT_SHARE = 0.15
+SEQ_BYTES_PER_VOCAB = 16
+PRM_RUNTIME_MB = 52.0
+PRM_WINDOW_MB = 100.0  # activations of one 512-token window of the shipped MiniLM
+PRM_BATCH_SIZE = 1
+KV_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32}
+KV_PAD = 256
+
+EXPECTED_TOKEN_SHARE = 0.6
+TOKENS_PER_STEP = 45
+PROMPT_TEMPLATE_TOKENS = 40  # chat template around the question
+N_CHOICES = (1, 2, 4, 8, 16, 32)
+DEFAULT_N = 4
+PROBE_N = 4  # first samples "auto" draws to judge difficulty (see search/auto.py)
+SAMPLE_STRATEGIES = ("majority", "best_of_n", "weighted_best_of_n")
+TREE_STRATEGIES = ("beam_search", "dvts")
+SCORED = ("best_of_n", "weighted_best_of_n", "beam_search", "dvts", "auto")
+
+
+class PlanError(ValueError):
+    """No configuration fits the budget; the message says what would."""
+
+
+@dataclass
+class MemoryEstimate:
+    """Predicted peak resident memory, by part, in MB (2**20 bytes)."""
+
+    runtime_mb: float
+    weights_mb: float
+    kv_mb: float
+    compute_mb: float
+    prm_mb: float = 0.0
+    gpu_mb: float = 0.0  # on the GPU, not counted in total_mb
+
+    @property
+    def total_mb(self) -> float:
+        return self.runtime_mb + self.weights_mb + self.kv_mb + self.compute_mb + self.prm_mb
+
+    def describe(self) -> str:
+        parts = [f"runtime {self.runtime_mb:.0f}", f"weights {self.weights_mb:.0f}",
+                 f"KV {self.kv_mb:.0f}", f"compute {self.compute_mb:.0f}"]
+        if self.prm_mb:
+            parts.append(f"PRM {self.prm_mb:.0f}")
+        text = " + ".join(parts) + f" = {self.total_mb:.0f} MB"
+        return text + (f" (+ {self.gpu_mb:.0f} MB on the GPU)" if self.gpu_mb else "")
+
+
+@dataclass
+class Budget:
+    """What the user allows; None = unbounded. ``n`` fixes N instead of letting the plan pick."""
+
+    memory_mb: float | None = None
+    deadline_s: float | None = None
+    strategy: str = "auto"
+    n: int | None = None
+    beam_width: int = 4
+    max_tokens: int = 512
+    max_prompt_tokens: int = 1024
+    max_steps: int = 40
+    prompt_tokens: int = 160
+    n_threads: int | None = None  # None = choose
+    kv_type: str | None = None  # None = choose
+    n_gpu_layers: int | None = None  # None = choose (all when llama.cpp has a GPU)
+
+
+@dataclass
+class Plan:
+    """A concrete configuration and why it was chosen."""
+
+    strategy: str
+    n: int
+    beam_width: int
+    n_seq_max: int
+    n_ctx: int
+    kv_type: str
+    n_threads: int
+    n_gpu_layers: int
+    max_tokens: int
+    use_prm: bool
+    prm_batch_size: int
+    predicted_memory_mb: float
+    predicted_s: float
+    memory: MemoryEstimate
+    calibration_source: str
+    notes: list[str] = field(default_factory=list)
+
+    def explain(self) -> str:
+        """A few human lines: the choice, the memory split, the time estimate and any caveats."""
+        lines = [
+            f"plan: {self.strategy} N={self.n}"
+            + (f" beam width {self.beam_width}" if self.strategy in TREE_STRATEGIES else "")
+            + f", {self.n_seq_max} KV slots, n_ctx {self.n_ctx}, KV {self.kv_type}, "
+            f"{self.n_threads} threads, {self.n_gpu_layers} GPU layers, max {self.max_tokens} tokens"
+            + (f", PRM batch {self.prm_batch_size}" if self.use_prm else ""),
+            f"memory: {self.memory.describe()}",
+            f"time: ~{self.predicted_s:.1f} s predicted ({self.calibration_source} speeds)",
+        ]
+        return "\n".join(lines + [f"note: {n}" for n in self.notes])
+
+
+# -- memory ------------------------------------------------------------------------------------
+
+
+def kv_mb(meta: ModelMetadata, n_ctx: int, kv_type: str) -> float:
+    """KV cache size: every layer at full ``n_ctx`` (swa_full, see module doc)."""
+    cells = math.ceil(n_ctx / KV_PAD) * KV_PAD
+    return meta.kv_bytes_per_token(KV_BYTES_PER_ELEMENT[kv_type]) * cells / MB
+
+
+def vocab_size(path: str | Path) -> int:
+    """Tokens in a GGUF vocabulary, read from the header alone (GGUFReader maps the whole file)."""
+    stat = Path(path).stat()
+    return _vocab_size(str(path), stat.st_size, stat.st_mtime)
+
+
+@lru_cache(maxsize=8)
+def _vocab_size(path: str, size: int, mtime: float) -> int:
+    scalar = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ValueError(f"{path} is not a GGUF file")
+        _version, _n_tensors, n_kv = struct.unpack("<IQQ", f.read(20))
+
+        def skip(vtype: int) -> None:
+            if vtype == 8:
+                f.seek(struct.unpack("<Q", f.read(8))[0], 1)
+            elif vtype == 9:
+                etype, count = struct.unpack("<IQ", f.read(12))
+                if etype in scalar:
+                    f.seek(scalar[etype] * count, 1)
+                else:
+                    for _ in range(count):
+                        skip(etype)
+            else:
+                f.seek(scalar[vtype], 1)
+
+        for _ in range(n_kv):
+            key = f.read(struct.unpack("<Q", f.read(8))[0])
+            vtype = struct.unpack("<I", f.read(4))[0]
+            if key == b"tokenizer.ggml.tokens" and vtype == 9:
+                return struct.unpack("<IQ", f.read(12))[1]
+            skip(vtype)
+    return 0
+
+
+def prm_bytes(prm_dir: str | Path | None) -> int | None:
+    """Initializer bytes of the PRM graph (``onnx`` if installed, else the file size); None if absent."""
+    from edgetts.prm import DEFAULT_PRM_DIR
+
+    model = Path(prm_dir or DEFAULT_PRM_DIR) / "model.onnx"
+    if not model.is_file():
+        return None
+    stat = model.stat()
+    return _prm_bytes(str(model), stat.st_size, stat.st_mtime)
+
+
+@lru_cache(maxsize=4)
+def _prm_bytes(path: str, size: int, mtime: float) -> int:
+    """Cached per file version: parsing the graph takes a noticeable share of a short deadline."""
+    model = Path(path)
+    try:
+        import numpy as np
+        import onnx
+        from onnx import helper
+
+        graph = onnx.load(str(model), load_external_data=False).graph
+        return int(sum(np.prod(t.dims) * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+                       for t in graph.initializer))
+    except Exception:  # no onnx, or a graph it cannot read: the file size is close enough
+        return model.stat().st_size
+
+
+def estimate_memory(
+    meta: ModelMetadata,
+    n_ctx: int,
+    n_seq_max: int,
+    kv_type: str = "f16",
+    n_gpu_layers: int = 0,
+    prm_initializer_bytes: int | None = None,
+    n_vocab: int | None = None,
+    prm_batch_size: int = PRM_BATCH_SIZE,
+) -> MemoryEstimate:
+    """Peak resident memory of a solve with these settings (see the module doc for each part)."""
+    n_vocab = n_vocab if n_vocab is not None else vocab_size(meta.path)
+    on_gpu = min(max(n_gpu_layers, 0), meta.n_layers + 1) / (meta.n_layers + 1)
+    weights = meta.weights_bytes / MB
+    kv = kv_mb(meta, n_ctx, kv_type)
+    compute = COMPUTE_FIXED_MB + COMPUTE_WEIGHT_SHARE * weights * (1 - on_gpu)
+    compute += SEQ_BYTES_PER_VOCAB * n_vocab * (n_seq_max + 1) / MB
+    prm = 0.0
+    if prm_initializer_bytes is not None:
+        prm = PRM_RUNTIME_MB + prm_initializer_bytes / MB + PRM_WINDOW_MB * prm_batch_size
+    return MemoryEstimate(
+        runtime_mb=RUNTIME_MB,
+        weights_mb=weights * (1 - on_gpu),
+        kv_mb=kv * (1 - on_gpu),
+        compute_mb=compute,
+        prm_mb=prm,
+        gpu_mb=(weights + kv) * on_gpu,
+    )
+
+
+# -- time --------------------------------------------------------------------------------------
+
+
+def predict_seconds(
+    cal: calib.Calibration,
+    strategy: str,
+    n: int,
+    n_seq_max: int,
+    max_tokens: int,
+    prompt_tokens: int,
+    max_steps: int = 40,
+    use_prm: bool = True,
+) -> float:
+    """Predicted search time (model load excluded) of one question."""
+    tokens = EXPECTED_TOKEN_SHARE * max_tokens
+    steps = max(1.0, min(max_steps, tokens / TOKENS_PER_STEP))
+    prefill_s = prompt_tokens / cal.prefill_tok_s
+    prm_rate = cal.prm_steps_s or calib.FALLBACK_PRM_STEPS_S
+
+    def sample_s(k: int, scored: bool) -> float:
+        decode = k * tokens / cal.decode_at(min(k, n_seq_max))
+        return prefill_s + decode + (k * steps / prm_rate if scored else 0.0)
+
+    def tree_s(k: int) -> float:
+        decode = k * tokens / cal.decode_at(min(k, n_seq_max))
+        if n_seq_max < k:
+            decode *= 1.5  # parked beams are rebuilt by decoding their tokens again
+        return prefill_s + decode + k * steps * (steps + 1) / 2 / prm_rate
+
+    if strategy in TREE_STRATEGIES:
+        return tree_s(n)
+    if strategy == "auto":
+        if n <= PROBE_N:  # auto then only picks among its probes (search/auto.py)
+            return sample_s(n, use_prm)
+        probe = PROBE_N
+        rest = max(sample_s(n - probe, use_prm) if n > probe else 0.0, tree_s(n) if use_prm else 0.0)
+        return sample_s(probe, use_prm) + rest
+    return sample_s(n, use_prm and strategy != "majority")
+
+
+# -- plan --------------------------------------------------------------------------------------
+
+
+def _n_choices(budget: Budget) -> list[int]:
+    if budget.strategy == "greedy":
+        return [1]
+    if budget.n is not None:
+        return [budget.n]
+    cap = max(N_CHOICES) if budget.deadline_s is not None else DEFAULT_N
+    choices = [n for n in N_CHOICES if n <= cap]
+    if budget.strategy in TREE_STRATEGIES:
+        choices = [n for n in choices if n >= budget.beam_width and n % budget.beam_width == 0]
+    return sorted(choices, reverse=True)
+
+
+def _slot_choices(n: int) -> list[int]:
+    """KV slots for N paths: all at once first, then halving (paths run in waves)."""
+    slots, s = [], n
+    while s >= 1:
+        slots.append(s)
+        s //= 2
+    return slots
+
+
+def make_plan(
+    meta: ModelMetadata,
+    budget: Budget,
+    cal: calib.Calibration | None = None,
+    cal_note: str | None = None,
+    prm_initializer_bytes: int | None = None,
+    gpu_offload: bool = False,
+    default_threads: int = 1,
+    n_vocab: int | None = None,
+) -> Plan:
+    """The largest-compute configuration that fits ``budget`` (see the module doc)."""
+    threads = budget.n_threads or default_threads
+    notes = []
+    if cal is None:
+        cal = calib.estimate(meta, threads)
+        notes.append(f"{cal_note or 'no calibration'}; until then: conservative speed estimates "
+                     "from the model size")
+    gpu_layers = budget.n_gpu_layers if budget.n_gpu_layers is not None else (
+        meta.n_layers + 1 if gpu_offload else 0)
+    use_prm = budget.strategy in SCORED and prm_initializer_bytes is not None
+    if budget.strategy in SCORED and budget.strategy != "auto" and not use_prm:
+        raise PlanError(f"strategy {budget.strategy!r} needs a PRM and none was found")
+    n_vocab = n_vocab if n_vocab is not None else vocab_size(meta.path)
+    kv_types = [budget.kv_type] if budget.kv_type else ["f16", "q8_0"]
+    prefill_s = budget.prompt_tokens / cal.prefill_tok_s
+    if budget.deadline_s is not None and budget.deadline_s < prefill_s:
+        raise PlanError(
+            f"a deadline of {budget.deadline_s:g} s is shorter than one prefill of the prompt "
+            f"(~{budget.prompt_tokens} tokens, ~{prefill_s:.1f} s here); needs at least "
+            f"{math.ceil(prefill_s * 10) / 10:g} s"
+        )
+
+    if budget.deadline_s is not None and budget.deadline_s < 3 * prefill_s:
+        notes.append(f"the deadline is under 3x the predicted prefill ({prefill_s:.1f} s), which no "
+                     "deadline can interrupt: on a busy machine it alone may overrun")
+
+    def build(n: int, slots: int, kv_type: str, with_prm: bool) -> Plan:
+        n_ctx = budget.max_prompt_tokens + slots * budget.max_tokens
+        mem = estimate_memory(meta, n_ctx, slots, kv_type, gpu_layers,
+                              prm_initializer_bytes if with_prm else None, n_vocab)
+        seconds = predict_seconds(cal, budget.strategy, n, slots, budget.max_tokens,
+                                  budget.prompt_tokens, budget.max_steps, with_prm)
+        return Plan(strategy=budget.strategy, n=n, beam_width=min(budget.beam_width, n),
+                    n_seq_max=slots, n_ctx=n_ctx, kv_type=kv_type, n_threads=threads,
+                    n_gpu_layers=gpu_layers, max_tokens=budget.max_tokens, use_prm=with_prm,
+                    prm_batch_size=PRM_BATCH_SIZE,
+                    predicted_memory_mb=round(mem.total_mb, 1), predicted_s=round(seconds, 2),
+                    memory=mem, calibration_source=cal.source, notes=list(notes))
+
+    prm_options = [True, False] if use_prm and budget.strategy == "auto" else [use_prm]
+    for with_prm in prm_options:
+        fitting: list[Plan] = []
+        for n in _n_choices(budget):
+            for slots in _slot_choices(n):
+                for kv_type in kv_types:
+                    plan = build(n, slots, kv_type, with_prm)
+                    if budget.memory_mb is None or plan.predicted_memory_mb <= budget.memory_mb:
+                        fitting.append(plan)
+        in_time = [p for p in fitting if budget.deadline_s is None or p.predicted_s <= budget.deadline_s]
+        if in_time:
+            return _annotate(in_time[0], budget, with_prm, use_prm)
+        if fitting:  # fits in memory, but even the cheapest is predicted to run past the deadline
+            plan = min(fitting, key=lambda p: (p.predicted_s, -p.n))
+            plan.notes.append(f"predicted {plan.predicted_s:.1f} s exceeds the {budget.deadline_s:g} s "
+                              "deadline: the answer will be the best found when time runs out")
+            return _annotate(plan, budget, with_prm, use_prm)
+    smallest = build(min(_n_choices(budget)), 1, kv_types[-1], prm_options[-1])
+    raise PlanError(
+        f"a memory budget of {budget.memory_mb:g} MB is too small: the smallest configuration "
+        f"({smallest.strategy}, 1 KV slot, KV {smallest.kv_type}, "
+        f"{smallest.max_tokens} tokens) needs at least {math.ceil(smallest.predicted_memory_mb)} MB"
+    )
+
+
+def _annotate(plan: Plan, budget: Budget, with_prm: bool, wanted_prm: bool) -> Plan:
+    if wanted_prm and not with_prm:
+        plan.notes.append("the PRM does not fit the memory budget: auto judges difficulty by "
+                          "agreement alone and picks among PRM-free strategies")
+    if plan.n_seq_max < plan.n:
+        plan.notes.append(f"{plan.n} paths share {plan.n_seq_max} KV slots: they run in waves")
+    if budget.deadline_s is None and budget.n is None and plan.strategy != "greedy":
+        plan.notes.append(f"no deadline: N stays at the default {DEFAULT_N} (give --deadline-s to "
+                          "let edgetts spend more)")
+    return plan
+
+
+def plan_for(
+    model: str | None,
+    budget: Budget,
+    prm_dir: str | None = None,
+) -> tuple[Plan, ModelMetadata]:
+    """Resolve the model, read calibration and PRM size, and plan."""
+    import llama_cpp
+
+    from edgetts.metadata import read_metadata
+    from edgetts.models import resolve
+    from edgetts.policy import default_threads
+
+    meta = read_metadata(resolve(model))
+    threads = budget.n_threads or default_threads()
+    cal, note = calib.load(meta, threads)
+    if cal is None and note and note.startswith("ignoring"):
+        warnings.warn(note, stacklevel=2)  # a broken file deserves a word even without --explain
+    prm_size = prm_bytes(prm_dir) if budget.strategy in SCORED else None
+    plan = make_plan(meta, budget, cal, note, prm_size,
+                     gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()),
+                     default_threads=threads)
+    return plan, meta
+
+
+def prompt_tokens_for(question: str | None) -> int:
+    """A cheap prompt-length guess (about 3 characters a token plus the template)."""
+    if not question:
+        return Budget.prompt_tokens
+    return PROMPT_TEMPLATE_TOKENS + len(question) // 3

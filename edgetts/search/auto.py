@@ -1,0 +1,241 @@
+"""Compute-optimal strategy choice ("auto"): judge difficulty cheaply, then spend the budget.
+
+1. Draw ``PROBE_N`` (4) full samples and score them with the PRM: the same first samples, and the
+   same features, as ``tools/bench_strategies.py`` records for every problem (agreement of the
+   answers, PRM mean and max).
+2. Bin the question by those features and look up the strategy and N fitted for that bin and
+   budget (``config.n``) in ``models/compute_optimal.json`` (fitted offline by
+   ``tools/fit_compute_optimal.py``). Without a fitted entry the default rule is weighted best-of-N
+   at the full budget (majority without a PRM); the result says which was used.
+3. Run the choice and *keep the probes*: for majority / best-of-N / weighted best-of-N they are
+   the first samples of the N (only the rest are drawn); for beam search and DVTS they join the
+   final pick as extra finished candidates.
+
+Without a PRM, difficulty is agreement alone and only majority can be chosen.
+
+The continuation calls ``generator.root`` again, which re-prefills the prompt once: a generator's
+template can seed one fork round only. Its sampler seed is offset meanwhile so the new samples
+differ from the probes (the policy seeds each path from the run seed and its place in the tree).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path as FsPath
+
+from edgetts.search.base import (
+    Candidate,
+    Deadline,
+    SearchConfig,
+    SearchResult,
+    StepGenerator,
+    StepScorer,
+)
+from edgetts.search.beam_search import beam_search
+from edgetts.search.best_of_n import best_of_n, pick, score_in_time
+from edgetts.search.dvts import dvts
+from edgetts.search.majority import majority
+from edgetts.search.select import pick_by_vote, to_candidate
+
+log = logging.getLogger(__name__)
+
+TABLE_PATH = FsPath(__file__).resolve().parent.parent.parent / "models" / "compute_optimal.json"
+PROBE_N = 4
+SEED_OFFSET = 1_000_003
+MIN_REMAINING_S = 0.05  # less than this left: answer from the probes instead of starting more
+SAMPLE_STRATEGIES = ("majority", "best_of_n", "weighted_best_of_n")
+NO_PRM = ("majority",)
+# Bins over the probes' features, first match wins. Shared with tools/fit_compute_optimal.py.
+DEFAULT_BINS = (
+    {"name": "easy", "agreement_min": 1.0},
+    {"name": "medium", "agreement_min": 0.5},
+    {"name": "hard", "agreement_min": 0.0},
+)
+
+
+def difficulty_features(candidates: list[Candidate]) -> dict[str, float]:
+    """Agreement and PRM confidence of the first samples (as tools/bench_strategies.py records)."""
+    first = candidates[:PROBE_N]
+    _, votes = pick_by_vote(first, lambda c: 1.0)
+    scores = [c.score for c in first if c.score is not None]
+    return {
+        "agreement": max(votes.values(), default=0.0) / max(len(first), 1),
+        "n_answers": float(len(votes)),
+        "prm_mean": statistics.fmean(scores) if scores else 0.0,
+        "prm_max": max(scores, default=0.0),
+    }
+
+
+@dataclass
+class Choice:
+    strategy: str
+    n: int
+    bin: str
+    reason: str
+
+
+@dataclass
+class ComputeOptimalTable:
+    """bin -> budget N -> the strategy and N that scored best there in the bench results."""
+
+    bins: list[dict] = field(default_factory=lambda: [dict(b) for b in DEFAULT_BINS])
+    entries: dict[str, dict[str, dict]] = field(default_factory=dict)
+    fitted_from: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ComputeOptimalTable:
+        return cls(bins=list(data.get("bins") or DEFAULT_BINS), entries=dict(data.get("table") or {}),
+                   fitted_from=list(data.get("fitted_from") or []))
+
+    def bin_of(self, features: dict[str, float]) -> str:
+        for b in self.bins:
+            if features.get("agreement", 0.0) >= b.get("agreement_min", 0.0) and \
+                    features.get("prm_mean", 0.0) >= b.get("prm_mean_min", 0.0):
+                return b["name"]
+        return self.bins[-1]["name"]
+
+    def choose(self, features: dict[str, float], budget_n: int, have_prm: bool) -> Choice:
+        """The fitted choice for this difficulty and budget, else the default rule.
+
+        A budget no larger than the probes only picks among them: a tree search would start over.
+        """
+        choice = self._lookup(features, budget_n, have_prm)
+        if budget_n <= PROBE_N and choice.strategy not in SAMPLE_STRATEGIES:
+            choice.strategy = "weighted_best_of_n"
+            choice.reason += "; budget within the probes: weighted best-of-N over them"
+        return choice
+
+    def _lookup(self, features: dict[str, float], budget_n: int, have_prm: bool) -> Choice:
+        name = self.bin_of(features)
+        row = self.entries.get(name, {})
+        budgets = sorted(int(b) for b in row)
+        fitting = [b for b in budgets if b <= budget_n]
+        if fitting:
+            key = fitting[-1]
+            entry = row[str(key)]
+            strategy, n = entry["strategy"], int(entry["n"])
+            if n == key:  # the fit spent its whole budget there: spend ours too
+                n = budget_n
+            if have_prm or strategy in NO_PRM:
+                return Choice(strategy, min(n, budget_n), name, f"fitted for bin {name}, budget {key}")
+            return Choice("majority", budget_n, name, f"fitted {strategy} needs the PRM: majority")
+        strategy = "weighted_best_of_n" if have_prm else "majority"
+        return Choice(strategy, budget_n, name, "default rule (no fitted entry for this budget)")
+
+
+@lru_cache(maxsize=4)
+def load_table(path: str = str(TABLE_PATH)) -> ComputeOptimalTable:
+    """The shipped table; a missing or unreadable one means the default rule everywhere."""
+    try:
+        return ComputeOptimalTable.from_dict(json.loads(FsPath(path).read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("compute-optimal table %s unusable (%s): default rule only", path, exc)
+        return ComputeOptimalTable()
+
+
+@contextmanager
+def _fresh_seed(generator: StepGenerator) -> Iterator[None]:
+    """Offset the generator's sampling seed, so a second root's paths differ from the probes."""
+    config = getattr(generator, "config", None)
+    seed = getattr(config, "seed", None)
+    if seed is None:
+        yield
+        return
+    config.seed = seed + SEED_OFFSET
+    try:
+        yield
+    finally:
+        config.seed = seed
+
+
+def auto(
+    question: str,
+    generator: StepGenerator,
+    scorer: StepScorer | None,
+    config: SearchConfig,
+    table: ComputeOptimalTable | None = None,
+) -> SearchResult:
+    """Probe, choose by difficulty and budget ``config.n``, continue reusing the probes."""
+    config.validate("auto")
+    table = table or load_table()
+    deadline = Deadline(config.deadline_s, config.cancel)
+    root = generator.root(question)
+    prefill_s = deadline.elapsed_s()  # the continuation prefills again: it must fit the time left
+    probes = generator.extend([root], min(PROBE_N, config.n), to_end=True, deadline=deadline)
+    generator.release(probes)
+    if scorer is not None:
+        score_in_time(scorer, question, probes, [], deadline)
+    else:
+        log.info("auto: no PRM, difficulty from answer agreement alone")
+    features = difficulty_features([to_candidate(p) for p in probes])
+    choice = table.choose(features, config.n, scorer is not None)
+    extra = _continue(question, generator, scorer, config, choice, len(probes), deadline, prefill_s)
+    candidates = [to_candidate(p, config.agg) for p in probes if p.finished]
+    candidates += extra.candidates if extra is not None else []
+    if not any(c.answer is not None for c in candidates):  # as conclude(): partial ones as fallback
+        candidates += [to_candidate(p, config.agg) for p in probes if not p.finished]
+    chosen, votes = _pick(choice.strategy, candidates, config)
+    return SearchResult(
+        strategy=f"auto:{choice.strategy}",
+        answer=chosen.answer if chosen else None,
+        chosen=chosen,
+        candidates=candidates,
+        votes=votes,
+        cut_short=deadline.expired() or any(p.stop_reason == "deadline" for p in probes)
+        or bool(extra and extra.cut_short),
+    )
+
+
+def _continue(
+    question: str,
+    generator: StepGenerator,
+    scorer: StepScorer | None,
+    config: SearchConfig,
+    choice: Choice,
+    n_probes: int,
+    deadline: Deadline,
+    prefill_s: float = 0.0,
+) -> SearchResult | None:
+    """Run what the choice adds to the probes, within the time left; None when nothing is added.
+
+    Nothing is started when the time left would not cover a second prefill (which no deadline
+    can cut short) with room to decode after it.
+    """
+    remaining_s = deadline.remaining_s()
+    if deadline.expired() or remaining_s < max(MIN_REMAINING_S, 2 * prefill_s):
+        return None
+    deadline_s = None if config.deadline_s is None else remaining_s
+    if choice.strategy in SAMPLE_STRATEGIES:
+        if choice.n <= n_probes:
+            return None
+        sub = replace(config, n=choice.n - n_probes, deadline_s=deadline_s)
+        # Only the samples are wanted here (the pick over probes + these is _pick's); best_of_n
+        # scores them deadline-aware, majority needs no scores at all.
+        if choice.strategy == "majority" or scorer is None:
+            with _fresh_seed(generator):
+                return majority(question, generator, None, sub)
+        run = best_of_n
+    else:
+        width = min(config.beam_width, choice.n)
+        sub = replace(config, n=max(width, choice.n // width * width), beam_width=width,
+                      deadline_s=deadline_s)
+        run = beam_search if choice.strategy == "beam_search" else dvts
+    with _fresh_seed(generator):
+        return run(question, generator, scorer, sub)
+
+
+def _pick(strategy: str, candidates: list[Candidate], config: SearchConfig):
+    """The chosen strategy's own final rule, over probes and continuation together."""
+    if strategy == "majority":
+        return pick_by_vote(candidates, lambda c: 1.0)
+    if strategy == "best_of_n":
+        return pick(candidates, weighted=False)
+    if strategy == "beam_search":
+        return pick(candidates, weighted=config.weighted_pick)
+    return pick(candidates, weighted=True)  # weighted best-of-N, DVTS

@@ -1,0 +1,841 @@
+"""A local OpenAI-compatible server: ``POST /v1/chat/completions`` answers with a test-time search.
+
+Any OpenAI client works against it. Extra body fields pick the search (``strategy``, ``n``,
+``beam_width``, ``deadline_s``, ``memory_mb``, ...), and every response carries an ``edgetts``
+object with the final answer, the votes or scores and the counters.
+
+How requests flow:
+
+* One :class:`~edgetts.solver.Solver` (the policy and the PRM, loaded once) serves every request.
+  llama.cpp has one context, so searches run one at a time on a single worker thread.
+* Requests wait in a bounded queue; when it is full the server answers 503 with ``Retry-After``
+  instead of piling up work it cannot finish.
+* Each request owns a cancel event that the search sees as an expired deadline. A client that
+  disconnects sets it: its search stops within a token and frees its KV sequences, or, if still
+  queued, never starts. Shutdown (Ctrl-C, SIGTERM) sets every event, so in-flight requests still
+  get their best answer so far (``cut_short``) and queued ones a 503.
+* Errors use OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import math
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path as FsPath
+from types import FrameType
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from edgetts.policy import PolicyError
+from edgetts.search import NEEDS_SCORER, STRATEGIES
+from edgetts.search.base import SearchResult
+from edgetts.solver import GREEDY, SolveOptions, Solver
+
+log = logging.getLogger("edgetts.server")
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+# A request is admitted only if it can expect this share of its deadline for the search itself;
+# otherwise it would mostly wait and then answer from a search cut to almost nothing.
+MIN_SEARCH_SHARE = 0.5
+DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is still there
+SOLVE_FIELDS = {f.name for f in dataclasses.fields(SolveOptions)}
+
+
+@dataclass
+class ServerSettings:
+    """What the server allows and assumes; the CLI fills it from ``edgetts serve`` options."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None  # when set, /v1/* needs ``Authorization: Bearer <key>``
+    model_id: str = "edgetts"  # the name /v1/models lists and requests must use
+    model_aliases: tuple[str, ...] = ()  # other accepted names (file name, path)
+    max_tokens: int = 512  # per solution; the policy's context is sized for it
+    max_n: int = 16
+    max_queue: int = 4  # requests waiting behind the one being searched
+    max_body_bytes: int = 256 * 1024
+    default_strategy: str | None = None  # None: "auto" once SolveOptions has it, else majority
+    default_n: int = 4
+    default_deadline_s: float | None = None
+    memory_mb: float | None = None  # the server's budget, passed to "auto" when supported
+    progress_interval_s: float = 1.0  # streaming: one progress chunk this often while searching
+    shutdown_grace_s: float = 10.0  # how long shutdown waits for responses before dropping them
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's shape; the message says what to change."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type = status, message, type
+        self.param, self.code, self.headers = param, code, headers
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+HTTP_ERROR_TYPES = {401: "authentication_error", 404: "not_found_error", 413: "invalid_request_error"}
+
+
+def _http_error(exc: HTTPException) -> ApiError:
+    """Starlette's own errors (unknown route, wrong method, body too large) in OpenAI's shape."""
+    kind = HTTP_ERROR_TYPES.get(exc.status_code, "invalid_request_error")
+    code = "request_too_large" if exc.status_code == 413 else None
+    return ApiError(exc.status_code, str(exc.detail), type=kind, code=code, headers=exc.headers)
+
+
+def _validation_error(exc: RequestValidationError) -> ApiError:
+    """Pydantic's report, first problem first, with the offending field as ``param``."""
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    if first.get("type") == "json_invalid":
+        return ApiError(400, f"the body is not valid JSON: {first.get('msg')}", code="invalid_json")
+    where = ".".join(loc)
+    message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problem(s))"
+    return ApiError(400, message, param=where or None)
+
+
+class Guard:
+    """Checks a request before any handler sees it: the API key (/v1 only), then the body size.
+
+    Auth comes first so a client with the wrong key learns only that (401), whatever its body.
+    The size limit is checked on the declared length and again while reading (chunked bodies);
+    it is written out because older FastAPI versions have no such option.
+    """
+
+    def __init__(self, app: ASGIApp, api_key: str | None, max_bytes: int) -> None:
+        self.app, self.api_key, self.max_bytes = app, api_key, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers", ()))
+        if self.api_key is not None and scope["path"].startswith("/v1/"):
+            if not self._authorized(headers.get(b"authorization", b"")):
+                await _send_error(send, ApiError(
+                    401, "incorrect or missing API key (send Authorization: Bearer <key>)",
+                    type="authentication_error", code="invalid_api_key"))
+                return
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await _send_error(send, ApiError(413, self._too_large(), code="request_too_large"))
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                # FastAPI turns an HTTPException raised while reading the body into its response.
+                raise HTTPException(413, self._too_large())
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _authorized(self, header: bytes) -> bool:
+        scheme, _, token = header.decode("latin-1").partition(" ")
+        expected = (self.api_key or "").encode()
+        return scheme.lower() == "bearer" and secrets.compare_digest(token.strip().encode(), expected)
+
+    def _too_large(self) -> str:
+        return f"the request body is larger than this server accepts ({self.max_bytes} bytes)"
+
+
+async def _send_error(send: Send, error: ApiError) -> None:
+    await error.response()({"type": "http"}, _no_receive, send)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+# -- request and response schemas ----------------------------------------------------------------
+
+
+class ContentPart(BaseModel):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: str | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            if any(part.type != "text" for part in self.content):
+                raise ApiError(400, "only text content parts are supported", param="messages")
+            return "".join(part.text or "" for part in self.content)
+        return self.content or ""
+
+
+class ChatRequest(BaseModel):
+    """OpenAI's chat request (the fields that matter here) plus the edgetts search settings.
+
+    Unknown OpenAI fields (``stop``, ``user``, ...) are ignored so stock clients work. Note that
+    ``n`` is the search budget (samples, beams or leaves); the response always has one choice.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = None
+    # edgetts extensions
+    strategy: str | None = None
+    n: int | None = Field(None, ge=1)
+    beam_width: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    agg: Literal["last", "min", "prod"] | None = None
+    deadline_s: float | None = Field(None, gt=0)
+    memory_mb: float | None = Field(None, gt=0)
+
+    def question(self) -> str:
+        """The last user message: the solver answers one question, not a conversation."""
+        users = [m for m in self.messages if m.role == "user"]
+        if not users:
+            raise ApiError(400, "messages must contain a user message (the question)", param="messages")
+        question = users[-1].text()
+        if not question.strip():
+            raise ApiError(400, "the last user message is empty", param="messages")
+        return question
+
+
+class CandidateInfo(BaseModel):
+    answer: str | None
+    score: float | None
+    n_tokens: int
+    stop_reason: str | None
+
+
+class EdgettsInfo(BaseModel):
+    """The search behind the answer: what it picked, why, and what it cost."""
+
+    answer: str | None
+    strategy: str
+    n: int
+    cut_short: bool
+    votes: dict[str, float]
+    chosen_index: int | None
+    step_scores: list[float]
+    candidates: list[CandidateInfo]
+    counters: dict[str, int | float]
+    queue_s: float
+    search_s: float
+
+
+class Progress(BaseModel):
+    state: Literal["queued", "searching"]
+    elapsed_s: float
+    queue_position: int | None = None
+    tokens_generated: int = 0
+
+
+class ResponseMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: ResponseMessage
+    finish_reason: Literal["stop", "length"]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    edgetts: EdgettsInfo
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: Delta
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One streamed event; ``edgetts`` holds progress while searching and the result at the end."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+    edgetts: EdgettsInfo | dict[str, Progress] | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "edgetts"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "shutting_down"]
+    model: str
+    prm: str  # "loaded" or why it is not
+    running: int
+    queued: int
+    max_queue: int
+    served: int
+    rejected: int
+
+
+# -- the search queue --------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Job:
+    """One request's search: what to run, its cancel event, and when it queued and started."""
+
+    question: str
+    options: SolveOptions
+    max_tokens: int
+    cancel: threading.Event = field(default_factory=threading.Event)
+    future: Future | None = None
+    queued_at: float = field(default_factory=time.perf_counter)
+    started_at: float | None = None
+    finished_at: float | None = None
+    tokens_at_start: int = 0
+
+    def abandon(self) -> None:
+        """The client is gone: never start, or stop the search at its next check."""
+        self.cancel.set()
+        if self.future is not None:
+            self.future.cancel()  # succeeds only while still queued
+
+
+class Engine:
+    """Runs searches one at a time on a worker thread, behind a bounded queue."""
+
+    def __init__(self, solver: Solver, max_queue: int, expected_s: float = 5.0) -> None:
+        self.solver = solver
+        self.max_queue = max_queue
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgetts-search")
+        self.jobs: list[Job] = []  # submitted and not done, in queue order
+        self.closing = False
+        self.served = 0
+        self.rejected = 0
+        self.avg_s = expected_s  # moving average of search time, for Retry-After
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, job: Job) -> None:
+        """Queue ``job`` or raise 503: shutting down, queue full, or no chance to start in time.
+
+        A request's ``deadline_s`` counts from its arrival (the client waits for the queue too),
+        so one that could not start with ``MIN_SEARCH_SHARE`` of it left is refused at once.
+        """
+        with self._lock:
+            if self.closing:
+                raise ApiError(503, "the server is shutting down", type="server_error",
+                               code="shutting_down")
+            wait = self._expected_wait()
+            retry = {"Retry-After": str(max(1, math.ceil(wait)))}
+            if len(self.jobs) > self.max_queue:  # one running + max_queue waiting
+                self.rejected += 1
+                raise ApiError(503, f"the server is busy ({len(self.jobs)} requests ahead); "
+                                    f"retry in {retry['Retry-After']} s",
+                               type="server_error", code="queue_full", headers=retry)
+            deadline = job.options.deadline_s
+            if deadline is not None and wait > deadline * (1 - MIN_SEARCH_SHARE):
+                self.rejected += 1
+                raise ApiError(503, f"the requests ahead need about {wait:.1f} s, too much of "
+                                    f"deadline_s={deadline:g}", type="server_error",
+                               code="deadline_unreachable", headers=retry)
+            self.jobs.append(job)
+        job.future = self.executor.submit(self._run, job)
+        job.future.add_done_callback(lambda _: self._done(job))
+
+    def _expected_wait(self) -> float:
+        """Seconds until a new job would start: each job ahead takes its deadline or the average."""
+        now, wait = time.perf_counter(), 0.0
+        for job in self.jobs:
+            deadline = job.options.deadline_s
+            need = self.avg_s if deadline is None else min(deadline, self.avg_s)
+            if job.started_at is not None:  # running (its deadline now counts from the start)
+                need = (deadline if deadline is not None else need) - (now - job.started_at)
+            wait += max(need, 0.0)
+        return wait
+
+    def _run(self, job: Job) -> SearchResult | None:
+        """On the worker thread. ``None`` means the job was cancelled before it started."""
+        if job.cancel.is_set():
+            return None
+        job.started_at = time.perf_counter()
+        if job.options.deadline_s is not None:  # the time spent queued counts against it
+            left = job.queued_at + job.options.deadline_s - job.started_at
+            if left <= 0:
+                raise ApiError(503, f"deadline_s={job.options.deadline_s:g} passed while queued",
+                               type="server_error", code="deadline_exceeded")
+            job.options = dataclasses.replace(job.options, deadline_s=left)
+        policy = self.solver.policy
+        # Only this thread solves, so the per-request token cap can be set here; the context was
+        # sized for the server's cap (n_ctx fixed at startup), so a smaller one is always safe.
+        policy.config.max_tokens = job.max_tokens
+        job.tokens_at_start = policy.counters.tokens_sampled
+        try:
+            return self.solver.solve(job.question, job.options, cancel=job.cancel)
+        finally:
+            job.finished_at = time.perf_counter()
+
+    def _done(self, job: Job) -> None:
+        with self._lock:
+            self.jobs.remove(job)
+            if job.finished_at is not None and job.started_at is not None:
+                self.served += 1
+                self.avg_s = 0.8 * self.avg_s + 0.2 * (job.finished_at - job.started_at)
+
+    def position(self, job: Job) -> int:
+        """0 while searching, else how many requests are ahead of it."""
+        with self._lock:
+            return self.jobs.index(job) if job in self.jobs else 0
+
+    def tokens_generated(self, job: Job) -> int:
+        policy = self.solver._policy
+        if job.started_at is None or policy is None:
+            return 0
+        return policy.counters.tokens_sampled - job.tokens_at_start
+
+    def begin_shutdown(self) -> None:
+        """Refuse new work and cut every search short; safe to call from a signal handler."""
+        if self.loop is not None and self.loop.is_running():
+            self.loop.call_soon_threadsafe(self._cancel_all)  # signal handlers must not take locks
+        else:
+            self._cancel_all()
+
+    def _cancel_all(self) -> None:
+        with self._lock:
+            self.closing = True
+            jobs = list(self.jobs)
+        for job in jobs:
+            job.cancel.set()
+
+    def close(self) -> None:
+        self._cancel_all()
+        self.executor.shutdown(wait=True)
+
+
+# -- the app -----------------------------------------------------------------------------------
+
+
+def known_strategies() -> set[str]:
+    """Strategy names requests may use; ``auto`` once SolveOptions accepts it (the scheduler)."""
+    names = {GREEDY, *STRATEGIES}
+    try:
+        SolveOptions(strategy="auto").validate()
+    except (ValueError, TypeError):
+        return names
+    return names | {"auto"}
+
+
+def _finish_reason(result: SearchResult) -> Literal["stop", "length"]:
+    chosen = result.chosen
+    return "stop" if chosen is not None and chosen.stop_reason == "eos" else "length"
+
+
+def _usage(result: SearchResult) -> Usage:
+    prompt = int(result.counters.get("tokens_prefilled", 0))
+    completion = int(result.counters.get("tokens_sampled", 0))
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+def _info(job: Job, result: SearchResult) -> EdgettsInfo:
+    chosen = result.chosen
+    index = next((i for i, c in enumerate(result.candidates) if c is chosen), None)
+    started = job.started_at or job.queued_at
+    return EdgettsInfo(
+        answer=result.answer,
+        strategy=result.strategy,
+        n=1 if job.options.strategy == GREEDY else job.options.n or len(result.candidates),
+        cut_short=result.cut_short,
+        votes=result.votes,
+        chosen_index=index,
+        step_scores=chosen.step_scores if chosen else [],
+        candidates=[
+            CandidateInfo(answer=c.answer, score=c.score, n_tokens=c.n_tokens, stop_reason=c.stop_reason)
+            for c in result.candidates
+        ],
+        counters=result.counters,
+        queue_s=round(started - job.queued_at, 3),
+        search_s=round((job.finished_at or started) - started, 3),
+    )
+
+
+class App:
+    """The request handlers, holding the solver, the settings and the queue."""
+
+    def __init__(self, solver: Solver, settings: ServerSettings) -> None:
+        self.solver = solver
+        self.settings = settings
+        self.engine = Engine(solver, settings.max_queue, expected_s=settings.default_deadline_s or 5.0)
+        self.strategies = known_strategies()
+        self.default_strategy = settings.default_strategy or (
+            "auto" if "auto" in self.strategies else "majority"
+        )
+        if self.default_strategy not in self.strategies:
+            raise ValueError(f"unknown default strategy {self.default_strategy!r}; "
+                             f"choose one of {sorted(self.strategies)}")
+        self.prm_state = "loaded" if solver._scorer is not None else "not loaded"
+        self.created = int(time.time())
+
+    # -- validation ------------------------------------------------------------------------
+
+    def check_model(self, model: str) -> None:
+        if model not in (self.settings.model_id, *self.settings.model_aliases):
+            raise ApiError(404, f"the model {model!r} does not exist here; this server runs "
+                                f"{self.settings.model_id!r} (see GET /v1/models)",
+                           param="model", code="model_not_found")
+
+    def job_for(self, req: ChatRequest) -> Job:
+        """Turn a request into a validated search job (every 400 is raised here, before queueing)."""
+        self.check_model(req.model)
+        s = self.settings
+        strategy = req.strategy or self.default_strategy
+        if strategy not in self.strategies:
+            raise ApiError(400, f"unknown strategy {strategy!r}; choose one of {sorted(self.strategies)}",
+                           param="strategy", code="invalid_strategy")
+        if strategy in NEEDS_SCORER and self.prm_state != "loaded":
+            raise ApiError(400, f"strategy {strategy!r} needs the PRM, which this server has not "
+                                f"loaded ({self.prm_state})", param="strategy")
+        # auto picks its own n (under the deadline / memory budget) unless the request names one
+        n = req.n or (None if strategy == "auto" else s.default_n)
+        if n is not None and n > s.max_n:
+            raise ApiError(400, f"n={n} is more than this server allows (max {s.max_n})", param="n")
+        max_tokens = req.max_completion_tokens or req.max_tokens or s.max_tokens
+        if max_tokens > s.max_tokens:
+            raise ApiError(400, f"max_tokens={max_tokens} is more than this server allows "
+                                f"(max {s.max_tokens})", param="max_tokens")
+        fields: dict[str, Any] = {"strategy": strategy}
+        if n is not None:
+            fields["n"] = n
+        for name in ("beam_width", "max_steps", "agg", "temperature", "top_p", "seed"):
+            if getattr(req, name) is not None:
+                fields[name] = getattr(req, name)
+        if "beam_width" not in fields and n is not None and strategy in ("beam_search", "dvts"):
+            fields["beam_width"] = min(4, n)  # so a plain n works without also picking a width
+        deadline = req.deadline_s or s.default_deadline_s
+        if deadline is not None:
+            fields["deadline_s"] = deadline
+        memory = self._memory_mb(req.memory_mb)
+        if memory is not None:
+            fields["memory_mb"] = memory
+        options = SolveOptions(**fields)
+        try:
+            options.validate()
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        return Job(question=req.question(), options=options, max_tokens=max_tokens)
+
+    def _memory_mb(self, requested: float | None) -> float | None:
+        """The request's memory budget, capped by the server's; 400 until SolveOptions has one."""
+        if "memory_mb" not in SOLVE_FIELDS:
+            if requested is not None:
+                raise ApiError(400, "memory_mb is not supported yet by this edgetts version",
+                               param="memory_mb", code="unsupported_parameter")
+            return None
+        budget = self.settings.memory_mb
+        if requested is None:
+            return budget
+        return requested if budget is None else min(requested, budget)
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def wait(self, job: Job, request: Request | None = None) -> SearchResult:
+        """Wait for ``job``; a client that disconnects abandons it. Errors come back as ApiError."""
+        assert job.future is not None
+        future = asyncio.wrap_future(job.future)
+        try:
+            while not future.done():
+                await asyncio.wait({future}, timeout=DISCONNECT_POLL_S)
+                if not future.done() and request is not None and await request.is_disconnected():
+                    log.info("client disconnected: search cancelled")
+                    job.abandon()
+                    raise ApiError(499, "client closed the request", code="client_closed")
+            return _result(job, future)
+        finally:
+            if not future.done():  # cancelled by the server (shutdown timeout)
+                job.abandon()
+
+    async def complete(self, req: ChatRequest, request: Request) -> ChatCompletion:
+        job = self.job_for(req)
+        self.engine.submit(job)
+        result = await self.wait(job, request)
+        text = result.chosen.text.strip() if result.chosen else ""
+        return ChatCompletion(
+            id=f"chatcmpl-{uuid.uuid4().hex}",
+            created=int(time.time()),
+            model=self.settings.model_id,
+            choices=[Choice(message=ResponseMessage(content=text), finish_reason=_finish_reason(result))],
+            usage=_usage(result),
+            edgetts=_info(job, result),
+        )
+
+    async def stream(self, req: ChatRequest) -> AsyncIterator[dict[str, str]]:
+        """Validate and queue now (so errors are plain 4xx/503), then stream the events.
+
+        Returns the event iterator: a role chunk, a progress chunk every ``progress_interval_s``,
+        the answer, a last chunk with the finish reason and the ``edgetts`` result, ``[DONE]``.
+        """
+        job = self.job_for(req)
+        self.engine.submit(job)
+        return self._events(job)
+
+    async def _events(self, job: Job) -> AsyncIterator[dict[str, str]]:
+        base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()),
+                "model": self.settings.model_id}
+
+        def event(delta: Delta, **extra: Any) -> dict[str, str]:
+            finish = extra.pop("finish_reason", None)
+            chunk = ChatCompletionChunk(
+                **base, choices=[ChunkChoice(delta=delta, finish_reason=finish)], **extra
+            ).model_dump(mode="json")
+            # Like OpenAI: the delta holds only what changed, finish_reason stays (null).
+            chunk["choices"][0]["delta"] = delta.model_dump(exclude_none=True)
+            for key in ("usage", "edgetts"):
+                if chunk[key] is None:
+                    del chunk[key]
+            return {"data": json.dumps(chunk, ensure_ascii=False)}
+
+        assert job.future is not None
+        future = asyncio.wrap_future(job.future)
+        try:
+            yield event(Delta(role="assistant", content=""))
+            while not future.done():
+                await asyncio.wait({future}, timeout=self.settings.progress_interval_s)
+                if not future.done():
+                    yield event(Delta(), edgetts={"progress": self._progress(job)})
+            try:
+                result = _result(job, future)
+            except ApiError as exc:
+                yield {"data": json.dumps(exc.body())}  # OpenAI clients raise on an error event
+                return
+            text = result.chosen.text.strip() if result.chosen else ""
+            yield event(Delta(content=text))
+            yield event(Delta(), finish_reason=_finish_reason(result), usage=_usage(result),
+                        edgetts=_info(job, result))
+            yield {"data": "[DONE]"}
+        finally:
+            if not future.done():  # the client went away (or the server dropped the stream)
+                log.info("stream closed early: search cancelled")
+                job.abandon()
+
+    def _progress(self, job: Job) -> Progress:
+        elapsed = round(time.perf_counter() - job.queued_at, 3)
+        if job.started_at is None:
+            return Progress(state="queued", elapsed_s=elapsed, queue_position=self.engine.position(job))
+        tokens = self.engine.tokens_generated(job)
+        return Progress(state="searching", elapsed_s=elapsed, tokens_generated=tokens)
+
+    def health(self) -> Health:
+        engine = self.engine
+        running = sum(1 for j in list(engine.jobs) if j.started_at is not None)
+        return Health(
+            status="shutting_down" if engine.closing else "ok",
+            model=self.settings.model_id,
+            prm=self.prm_state,
+            running=running,
+            queued=len(engine.jobs) - running,
+            max_queue=engine.max_queue,
+            served=engine.served,
+            rejected=engine.rejected,
+        )
+
+
+def _result(job: Job, future: asyncio.Future) -> SearchResult:
+    """The finished job's result, with the errors users cause turned into ApiError."""
+    if future.cancelled():
+        raise ApiError(503, "the request was cancelled", type="server_error", code="cancelled")
+    try:
+        result = future.result()
+    except ApiError:
+        raise
+    except (PolicyError, ValueError) as exc:  # e.g. a question longer than the context
+        raise ApiError(400, str(exc)) from None
+    except Exception as exc:
+        log.exception("search failed")
+        raise ApiError(500, f"the search failed: {exc}", type="server_error") from None
+    if result is None:
+        raise ApiError(503, "the server is shutting down", type="server_error", code="shutting_down")
+    return result
+
+
+def create_app(solver: Solver, settings: ServerSettings | None = None) -> FastAPI:
+    """The FastAPI app serving ``solver`` (models are expected to be loaded already)."""
+    from sse_starlette.sse import EventSourceResponse  # imported here: it patches uvicorn on import
+
+    settings = settings or ServerSettings()
+    state = App(solver, settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        state.engine.loop = asyncio.get_running_loop()
+        yield
+        state.engine.close()  # uvicorn has already waited for (or dropped) open requests
+
+    app = FastAPI(title="edgetts", version="0.1.0", lifespan=lifespan)
+    app.state.edgetts = state
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation_error(exc).response()
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+        return _http_error(exc).response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return ApiError(500, f"internal error: {exc}", type="server_error").response()
+
+    @app.get("/health", response_model=Health)
+    async def health() -> JSONResponse:
+        report = state.health()
+        return JSONResponse(report.model_dump(), status_code=200 if report.status == "ok" else 503)
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def list_models() -> ModelList:
+        return ModelList(data=[ModelCard(id=settings.model_id, created=state.created)])
+
+    @app.post("/v1/chat/completions", response_model=ChatCompletion)
+    async def chat_completions(req: ChatRequest, request: Request):
+        if req.stream:
+            events = await state.stream(req)
+            return EventSourceResponse(events, ping=15, shutdown_grace_period=settings.shutdown_grace_s)
+        return await state.complete(req, request)
+
+    app.add_middleware(Guard, api_key=settings.api_key, max_bytes=settings.max_body_bytes)
+    return app
+
+
+# -- running it ----------------------------------------------------------------------------------
+
+
+def model_names(model: str | None) -> tuple[str, tuple[str, ...]]:
+    """The id /v1/models shows for ``model`` (registry name or .gguf path) and accepted aliases."""
+    from edgetts import models as registry
+
+    if model is None:
+        model = registry.default_model_name()
+    reg = registry.load_registry()
+    if model in reg:
+        return model, (reg[model].file,)
+    path = FsPath(model)
+    return path.stem, (path.name, model)
+
+
+def load_solver(solver: Solver) -> str:
+    """Load the policy now and the PRM if it loads; return the PRM state for /health."""
+    solver.policy  # noqa: B018 -- loading is the point
+    try:
+        solver.scorer  # noqa: B018
+    except Exception as exc:  # the server still serves greedy and majority without it
+        log.warning("PRM not loaded (%s); PRM strategies will be refused", exc)
+        return f"unavailable: {exc}"
+    return "loaded"
+
+
+def serve(solver: Solver, settings: ServerSettings) -> None:
+    """Load the models, serve until Ctrl-C / SIGTERM, then shut down cleanly and free the models."""
+    import uvicorn
+
+    if settings.host not in LOOPBACK_HOSTS:
+        log.warning("binding to %s: the server is reachable from other machines%s", settings.host,
+                    "" if settings.api_key else " and has no --api-key")
+    if settings.default_strategy not in (None, *known_strategies()):
+        raise ValueError(f"unknown strategy {settings.default_strategy!r}; "
+                         f"choose one of {sorted(known_strategies())}")
+    cfg = solver.policy_config
+    cfg.n_ctx = cfg.resolved_n_ctx()  # fixed now, so a per-request max_tokens cannot resize it
+    prm_state = load_solver(solver)
+    app = create_app(solver, settings)
+    state: App = app.state.edgetts
+    state.prm_state = prm_state
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            state.engine.begin_shutdown()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level="info",
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,
+    )
+    try:
+        Server(config).run()
+    except KeyboardInterrupt:
+        pass  # uvicorn re-raises Ctrl-C once its graceful shutdown is done: that is a clean exit
+    finally:
+        solver.close()

@@ -1,0 +1,235 @@
+"""Memory model, calibration files and plans (fast); estimate vs measured peak RSS (slow)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from edgetts import calibration as calib
+from edgetts import scheduler
+from edgetts.metadata import ModelMetadata
+from edgetts.scheduler import Budget, PlanError, estimate_memory, kv_mb, make_plan
+
+# Shaped like Qwen2.5-0.5B Q4_K_M (the default policy).
+META = ModelMetadata(
+    path="/nonexistent/qwen.gguf", architecture="qwen2", name="q", n_layers=24, n_ctx_train=32768,
+    n_embd=896, n_head=14, n_head_kv=2, head_dim_k=64, head_dim_v=64, n_params=630_167_424,
+    weights_bytes=485_452_288, file_bytes=491_400_064, chat_template=None, sliding_window=None,
+    swa_layers=0,
+)
+VOCAB = 151_936
+PRM_BYTES = 22_607_241
+
+
+def cal(decode=None, prefill=200.0, prm=150.0) -> calib.Calibration:
+    decode = decode or {1: 10.0, 4: 25.0, 16: 40.0, 32: 45.0}
+    return calib.Calibration(model_key=calib.model_key(META), machine_id="m", n_threads=1,
+                             prefill_tok_s=prefill, decode_tok_s=decode, prm_steps_s=prm)
+
+
+def plan(budget: Budget, c: calib.Calibration | None = None, **kw):
+    return make_plan(META, budget, c or cal(), prm_initializer_bytes=kw.pop("prm", PRM_BYTES),
+                     n_vocab=VOCAB, **kw)
+
+
+def test_kv_is_padded_and_q8_is_about_half():
+    per_token = 24 * 2 * (64 + 64) * 2  # layers x KV heads x (K + V) x f16
+    assert kv_mb(META, 1000, "f16") == pytest.approx(per_token * 1024 / 2**20)
+    assert kv_mb(META, 1024, "q8_0") / kv_mb(META, 1024, "f16") == pytest.approx(34 / 64)
+
+
+def test_memory_parts_add_up_and_gpu_moves_weights_off_the_host():
+    cpu = estimate_memory(META, 9216, 16, "f16", 0, PRM_BYTES, VOCAB)
+    assert cpu.total_mb == pytest.approx(cpu.runtime_mb + cpu.weights_mb + cpu.kv_mb + cpu.compute_mb
+                                         + cpu.prm_mb)
+    assert cpu.weights_mb == pytest.approx(META.weights_bytes / 2**20)
+    assert cpu.prm_mb > 100 and cpu.gpu_mb == 0
+    gpu = estimate_memory(META, 9216, 16, "f16", META.n_layers + 1, PRM_BYTES, VOCAB)
+    assert gpu.weights_mb == 0 and gpu.kv_mb == 0 and gpu.gpu_mb > 500
+    assert gpu.total_mb < cpu.total_mb
+    assert "PRM" in cpu.describe() and "GPU" in gpu.describe()
+
+
+def test_vocab_size_from_header(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_string("general.name", "tiny")
+    writer.add_array("tokenizer.ggml.scores", [0.5] * 7)
+    writer.add_token_list([f"t{i}" for i in range(11)])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    assert scheduler.vocab_size(path) == 11
+
+
+def test_larger_budgets_buy_more_compute():
+    tight = plan(Budget(memory_mb=700, deadline_s=30, max_tokens=256))
+    medium = plan(Budget(memory_mb=1000, deadline_s=120, max_tokens=256))
+    generous = plan(Budget(memory_mb=4000, deadline_s=1000, max_tokens=256))
+    assert tight.n <= medium.n <= generous.n
+    assert generous.n == 32
+    for p, mb in ((tight, 700), (medium, 1000), (generous, 4000)):
+        assert p.predicted_memory_mb <= mb
+    assert not tight.use_prm  # 700 MB holds the policy but not the PRM as well
+    assert "agreement" in tight.explain()
+
+
+def test_deadline_bounds_predicted_time():
+    p = plan(Budget(deadline_s=60, max_tokens=256, strategy="weighted_best_of_n"))
+    assert p.predicted_s <= 60
+    bigger = plan(Budget(deadline_s=600, max_tokens=256, strategy="weighted_best_of_n"))
+    assert bigger.n > p.n
+
+
+def test_tight_memory_picks_q8_then_waves():
+    full = plan(Budget(memory_mb=10_000, n=32, strategy="majority", max_tokens=1024))
+    assert (full.kv_type, full.n_seq_max) == ("f16", 32)
+    budget_mb = full.predicted_memory_mb - 100  # f16 with 32 slots no longer fits
+    squeezed = plan(Budget(memory_mb=budget_mb, n=32, strategy="majority", max_tokens=1024))
+    assert squeezed.kv_type == "q8_0" and squeezed.n_seq_max == 32
+    waves = plan(Budget(memory_mb=800, n=32, strategy="majority", max_tokens=1024))
+    assert waves.n_seq_max < 32 and "waves" in waves.explain()
+
+
+def test_pinned_settings_are_kept():
+    p = plan(Budget(memory_mb=4000, kv_type="q8_0", n_gpu_layers=0, n_threads=3),
+             gpu_offload=True)
+    assert (p.kv_type, p.n_gpu_layers, p.n_threads) == ("q8_0", 0, 3)
+    assert plan(Budget(memory_mb=4000), gpu_offload=True).n_gpu_layers == META.n_layers + 1
+
+
+def test_budget_too_small_says_what_fits():
+    with pytest.raises(PlanError, match=r"needs at least \d+ MB"):
+        plan(Budget(memory_mb=300))
+    with pytest.raises(PlanError, match="needs a PRM"):
+        plan(Budget(memory_mb=4000, strategy="beam_search"), prm=None)
+
+
+def test_deadline_shorter_than_prefill_is_refused():
+    with pytest.raises(PlanError, match="shorter than one prefill"):
+        plan(Budget(deadline_s=0.5, prompt_tokens=400), cal(prefill=100.0))
+
+
+def test_past_deadline_plan_warns():
+    p = plan(Budget(deadline_s=5, max_tokens=1024), cal(decode={1: 1.0, 4: 2.0}, prefill=500.0))
+    assert p.n == 1 and "exceeds" in p.explain()
+
+
+def test_without_calibration_plan_says_estimate():
+    p = make_plan(META, Budget(memory_mb=2000), None, "no calibration at X", PRM_BYTES, n_vocab=VOCAB)
+    assert p.calibration_source == "estimate"
+    assert "conservative" in p.explain()
+
+
+def test_estimate_is_below_measured_speeds():
+    est = calib.estimate(META, 1)
+    # Measured on a busy 2-core VM, one thread: ~18 tokens/s alone, ~30 at batch 16.
+    assert est.decode_at(1) < 18 and est.decode_at(16) < 30
+    assert est.decode_at(16) > est.decode_at(1)
+
+
+def test_decode_interpolation():
+    c = cal(decode={1: 10.0, 4: 40.0})
+    assert c.decode_at(1) == 10.0 and c.decode_at(4) == 40.0
+    assert c.decode_at(2) == pytest.approx(20.0)
+    assert c.decode_at(64) == 40.0  # no gain assumed past the largest measured batch
+
+
+def test_calibration_roundtrip_and_bad_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGETTS_HOME", str(tmp_path))
+    assert calib.load(META, 1)[0] is None
+    path = calib.save(cal(), META)
+    assert path.parent == tmp_path / "calibration"
+    loaded, note = calib.load(META, 1)
+    assert note is None and loaded.decode_tok_s == cal().decode_tok_s
+    assert calib.load(META, 2)[0] is None  # another thread count is another file
+    path.write_text("{not json")
+    loaded, note = calib.load(META, 1)
+    assert loaded is None and "corrupt" in note
+    data = json.loads(cal().to_json())
+    for bad in ({"version": 0}, {"prefill_tok_s": -1}, {"decode_tok_s": {}}, {"model_key": "other"}):
+        path.write_text(json.dumps({**data, **bad}))
+        assert calib.load(META, 1)[0] is None
+
+
+def test_machine_id_is_stable():
+    assert calib.machine_id() == calib.machine_id()
+    assert len(calib.machine_id()) == 12
+
+
+RSS_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from edgetts.policy import LlamaPolicy, PolicyConfig
+    cfg = PolicyConfig(**json.loads(sys.argv[1]))
+    policy = LlamaPolicy(cfg)
+    root = policy.root("Natalia sold clips to 48 of her friends in April, and then half as many "
+                       "in May. How many clips did she sell altogether?")
+    policy.release(policy.extend([root], cfg.n_seq_max, to_end=True))
+    hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))
+    print(json.dumps({"hwm_kb": int(hwm.split()[1]), "path": str(policy.model_path)}))
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("settings", [
+    {"n_seq_max": 8, "max_tokens": 32, "kv_type": "f16", "n_ctx": 8192},
+    {"n_seq_max": 2, "max_tokens": 32, "kv_type": "q8_0"},
+])
+def test_memory_estimate_matches_measured_peak_rss(settings, monkeypatch):
+    """A real (short) run in a subprocess: estimated peak within 15 % of VmHWM."""
+    from edgetts.metadata import read_metadata
+    from edgetts.policy import PolicyConfig
+
+    monkeypatch.setenv("EDGETTS_THREADS", "1")
+    out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, json.dumps(settings)],
+                         capture_output=True, text=True, check=True, timeout=600)
+    measured = json.loads(out.stdout.strip().splitlines()[-1])
+    meta = read_metadata(measured["path"])
+    cfg = PolicyConfig(**settings)
+    est = estimate_memory(meta, cfg.resolved_n_ctx(), cfg.n_seq_max, cfg.kv_type)
+    measured_mb = measured["hwm_kb"] / 1024
+    assert abs(est.total_mb - measured_mb) / measured_mb < 0.15, (est.describe(), measured_mb)
+
+
+def test_solver_plans_only_under_a_budget(monkeypatch):
+    from edgetts import solver as solver_mod
+    from edgetts.policy import PolicyConfig
+
+    seen = {}
+
+    def fake_plan_for(model, budget, prm_dir):
+        seen["budget"] = budget
+        return plan(budget), META
+
+    monkeypatch.setattr(solver_mod, "plan_for", fake_plan_for)
+    s = solver_mod.Solver(PolicyConfig(max_tokens=256), pinned=frozenset({"kv_type"}))
+    assert s.plan(solver_mod.SolveOptions()) is None
+    p = s.plan(solver_mod.SolveOptions(memory_mb=4000, deadline_s=100), "What is 6 * 7?")
+    assert seen["budget"].kv_type == "f16" and seen["budget"].n_gpu_layers is None
+    assert seen["budget"].max_tokens == 256 and p.kv_type == "f16"
+    s._apply(p)
+    assert (s.policy_config.n_seq_max, s.policy_config.n_ctx) == (p.n_seq_max, p.n_ctx)
+
+
+def test_cli_plan_errors_are_clear(monkeypatch):
+    from click.testing import CliRunner
+
+    from edgetts import cli
+    from edgetts import solver as solver_mod
+
+    def too_small(model, budget, prm_dir):
+        raise PlanError("a memory budget of 300 MB is too small: ... needs at least 669 MB")
+
+    monkeypatch.setattr(solver_mod, "plan_for", too_small)
+    result = CliRunner().invoke(cli.main, ["plan", "--memory-mb", "300"])
+    assert result.exit_code != 0 and "needs at least 669 MB" in result.output
+    result = CliRunner().invoke(cli.main, ["plan"])
+    assert result.exit_code != 0 and "give a budget" in result.output
+    monkeypatch.setattr(solver_mod, "plan_for", lambda m, b, p: (plan(b), META))
+    result = CliRunner().invoke(cli.main, ["plan", "--memory-mb", "4000", "--deadline-s", "100"])
+    assert result.exit_code == 0 and result.output.startswith("plan: auto N=")

@@ -1,0 +1,339 @@
+"""The OpenAI-compatible server, through the official ``openai`` client.
+
+Fast tests run the real app on uvicorn in a thread with a stand-in solver (queue, cancellation,
+limits, error shapes). Slow tests start ``edgetts serve`` itself on a free loopback port with the
+real default model and end by shutting it down with Ctrl-C while a request is in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("sse_starlette")
+openai = pytest.importorskip("openai")
+uvicorn = pytest.importorskip("uvicorn")
+
+from fakes import FakeGenerator, FakeScorer, random_policy  # noqa: E402
+
+from edgetts.search import run_search  # noqa: E402
+from edgetts.search.base import Candidate, Deadline, SearchConfig, SearchResult  # noqa: E402
+from edgetts.server import ServerSettings, create_app  # noqa: E402
+
+KEY = "test-key"
+MODEL = "fake-model"
+PRM_MANIFEST = Path(__file__).resolve().parent.parent / "models" / "prm-minilm" / "manifest.json"
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+class FakeSolver:
+    """Stands in for Solver: answers "42" after ``delay_s`` unless the deadline or cancel ends it."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.policy = SimpleNamespace(config=SimpleNamespace(max_tokens=0),
+                                      counters=SimpleNamespace(tokens_sampled=0))
+        self._policy, self._scorer = self.policy, None
+        self.cancelled: list[bool] = []  # one entry per finished solve: was it cancelled?
+
+    def solve(self, question, options, cancel=None) -> SearchResult:
+        deadline = Deadline(options.deadline_s, cancel)
+        start = time.perf_counter()
+        while time.perf_counter() - start < self.delay_s and not deadline.expired():
+            time.sleep(0.01)
+        self.cancelled.append(cancel is not None and cancel.is_set())
+        chosen = Candidate(text="6 * 7 = 42.\n\n\\boxed{42}", answer="42", score=None,
+                           step_scores=[], n_tokens=9, stop_reason="eos")
+        return SearchResult(strategy=options.strategy, answer="42", chosen=chosen, candidates=[chosen],
+                            votes={"42": 1.0}, cut_short=deadline.expired(),
+                            counters={"tokens_prefilled": 20, "tokens_sampled": 9})
+
+
+class ThreadedServer:
+    """uvicorn on a free loopback port in a background thread (no signal handlers there)."""
+
+    def __init__(self, app) -> None:
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.01)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def client(base: str, key: str = KEY, timeout: float = 30) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=timeout)
+
+
+def post(base: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict, dict]:
+    """Raw POST (for bodies the openai client would never send): status, headers, JSON."""
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}", **(headers or {})}
+    request = urllib.request.Request(f"{base}/v1/chat/completions", data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, dict(resp.headers), json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), json.loads(err.read())
+
+
+def ask(c: openai.OpenAI, model: str = MODEL, **extra):
+    return c.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "What is 6 * 7?"}], extra_body=extra or None
+    )
+
+
+def assert_openai_error(payload: dict) -> None:
+    assert set(payload) == {"error"}
+    assert set(payload["error"]) == {"message", "type", "param", "code"}
+    assert payload["error"]["message"]
+
+
+@pytest.fixture
+def fake():
+    """A fake-backed server: (base url, the fake solver)."""
+    solver = FakeSolver(delay_s=0.2)
+    settings = ServerSettings(model_id=MODEL, api_key=KEY, max_n=8, max_queue=1, max_body_bytes=4096,
+                              progress_interval_s=0.05)
+    with ThreadedServer(create_app(solver, settings)) as base:
+        yield base, solver
+
+
+# -- fast: the app with a stand-in solver ------------------------------------------------------
+
+
+def test_completion_carries_the_search(fake):
+    base, _ = fake
+    reply = ask(client(base), strategy="majority", n=2)
+    assert reply.choices[0].message.content.endswith("\\boxed{42}")
+    assert reply.choices[0].finish_reason == "stop"
+    info = reply.model_extra["edgetts"]
+    assert info["answer"] == "42" and info["strategy"] == "majority" and info["n"] == 2
+    assert info["votes"] == {"42": 1.0} and info["chosen_index"] == 0
+    assert reply.usage.prompt_tokens == 20 and reply.usage.completion_tokens == 9
+
+
+def test_stream_sends_progress_then_the_answer(fake):
+    base, _ = fake
+    chunks = list(client(base).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "What is 6 * 7?"}], stream=True))
+    progress = [c for c in chunks if "progress" in (c.model_extra.get("edgetts") or {})]
+    assert progress, "no progress chunk while searching"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert text.endswith("\\boxed{42}")
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert chunks[-1].model_extra["edgetts"]["answer"] == "42"
+
+
+def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(fake):
+    base, _ = fake
+    c = client(base)
+    for extra, param in [({"strategy": "magic"}, "strategy"), ({"n": 9}, "n"),
+                         ({"deadline_s": 0}, "deadline_s"), ({"max_tokens": 10**6}, "max_tokens")]:
+        with pytest.raises(openai.BadRequestError) as err:
+            ask(c, **extra)
+        assert err.value.body["param"] == param, extra
+    with pytest.raises(openai.NotFoundError):
+        ask(c, model="no-such-model")
+    with pytest.raises(openai.AuthenticationError):
+        ask(client(base, key="wrong"))
+    for body in (b"{not json", b'{"model": "fake-model"}', b"[1, 2]"):
+        status, _, payload = post(base, body)
+        assert status == 400, body
+        assert_openai_error(payload)
+    status, _, payload = post(base, b'{"model": "x", "messages": ["' + b"a" * 5000 + b'"]}')
+    assert status == 413
+    assert_openai_error(payload)
+    assert ask(c).model_extra["edgetts"]["answer"] == "42"
+
+
+def test_memory_mb_is_refused_until_solve_options_has_it(fake):
+    from dataclasses import fields
+
+    from edgetts.solver import SolveOptions
+
+    if "memory_mb" in {f.name for f in fields(SolveOptions)}:
+        pytest.skip("SolveOptions has memory_mb: it is passed through")
+    with pytest.raises(openai.BadRequestError) as err:
+        ask(client(fake[0]), memory_mb=512)
+    assert err.value.body["param"] == "memory_mb"
+
+
+def test_full_queue_answers_503_with_retry_after(fake):
+    base, solver = fake
+    solver.delay_s = 1.0
+    results: list[object] = []
+    threads = [threading.Thread(target=lambda: results.append(ask(client(base)))) for _ in range(2)]
+    for t in threads:  # one running, one waiting: max_queue=1 is full
+        t.start()
+        time.sleep(0.2)
+    status, headers, payload = post(base, json.dumps(
+        {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}).encode())
+    assert status == 503 and int(headers["retry-after"]) >= 1
+    assert payload["error"]["code"] == "queue_full"
+    for t in threads:
+        t.join()
+    assert len(results) == 2  # the queued requests were served normally
+
+
+def test_deadline_counts_the_queue_and_an_unreachable_one_is_refused_at_once(fake):
+    base, solver = fake
+    solver.delay_s = 1.0
+    first = threading.Thread(target=lambda: ask(client(base), deadline_s=5))
+    first.start()
+    time.sleep(0.2)
+    start = time.perf_counter()
+    status, headers, payload = post(base, json.dumps(
+        {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "deadline_s": 0.5}).encode())
+    assert status == 503 and payload["error"]["code"] == "deadline_unreachable"
+    assert time.perf_counter() - start < 0.5 and int(headers["retry-after"]) >= 1
+    first.join()
+
+
+def test_client_that_disconnects_cancels_its_search(fake):
+    base, solver = fake
+    solver.delay_s = 20.0
+    with pytest.raises(openai.APITimeoutError):
+        ask(client(base, timeout=0.5))
+    for _ in range(100):  # the server notices within its poll interval
+        if solver.cancelled:
+            break
+        time.sleep(0.05)
+    assert solver.cancelled == [True]
+    solver.delay_s = 0.0
+    assert ask(client(base)).model_extra["edgetts"]["answer"] == "42"
+
+
+def test_cancel_event_ends_a_search_like_a_deadline_and_frees_every_path():
+    generator = FakeGenerator(random_policy(seed=1, p_finish=0.05, max_depth=50), step_delay_s=0.01)
+    cancel = threading.Event()
+    threading.Timer(0.1, cancel.set).start()
+    start = time.perf_counter()
+    result = run_search("beam_search", "q", generator, FakeScorer(),
+                        SearchConfig(n=4, beam_width=2, max_steps=50, cancel=cancel))
+    assert time.perf_counter() - start < 1.0
+    assert result.cut_short
+    assert not generator.leaks()
+
+
+# -- slow: `edgetts serve` with the real model --------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served():
+    """``edgetts serve`` on a free loopback port: (base url, model id, process)."""
+    port = _free_port()
+    env = {**os.environ, "EDGETTS_THREADS": os.environ.get("EDGETTS_THREADS", "1")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgetts.cli", "serve", "--port", str(port), "--api-key", KEY,
+         "--max-tokens", "40", "--max-n", "4", "--n", "2"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            if proc.poll() is not None:
+                pytest.fail(f"edgetts serve exited: {proc.stdout.read()}")
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=1) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        models = client(base).models.list()
+        yield base, models.data[0].id, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_serve_answers_with_a_strategy(served):
+    base, model, _ = served
+    reply = ask(client(base, timeout=120), model=model, strategy="majority", n=2, max_tokens=32)
+    info = reply.model_extra["edgetts"]
+    assert info["strategy"] == "majority" and len(info["candidates"]) == 2
+    assert sum(info["votes"].values()) == sum(c["answer"] is not None for c in info["candidates"])
+    assert reply.choices[0].message.content
+    assert info["counters"]["tokens_prefilled"] > 0
+
+
+@pytest.mark.slow
+def test_serve_streams_greedy(served):
+    base, model, _ = served
+    stream = client(base, timeout=120).chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "What is 6 * 7?"}], stream=True,
+        max_tokens=32, extra_body={"strategy": "greedy"},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks).strip()
+    final = chunks[-1].model_extra["edgetts"]
+    assert final["strategy"] == "greedy" and final["n"] == 1
+
+
+@pytest.mark.slow
+def test_serve_refuses_bad_requests_and_wrong_keys(served):
+    base, model, _ = served
+    with pytest.raises(openai.BadRequestError):
+        ask(client(base), model=model, strategy="magic")
+    with pytest.raises(openai.BadRequestError):
+        ask(client(base), model=model, n=99)
+    with pytest.raises(openai.AuthenticationError):
+        ask(client(base, key="wrong"), model=model)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not PRM_MANIFEST.exists(), reason="no shipped PRM in models/prm-minilm")
+def test_serve_runs_a_prm_strategy(served):
+    base, model, _ = served
+    reply = ask(client(base, timeout=120), model=model, strategy="best_of_n", n=2, max_tokens=24)
+    info = reply.model_extra["edgetts"]
+    assert info["strategy"] == "best_of_n"
+    assert all(c["score"] is not None for c in info["candidates"])
+
+
+@pytest.mark.slow
+def test_serve_shuts_down_cleanly_mid_request(served):
+    """Last on purpose: Ctrl-C while a search runs; it answers cut short and the process exits 0."""
+    base, model, proc = served
+    replies: list[object] = []
+    worker = threading.Thread(target=lambda: replies.append(
+        ask(client(base, timeout=60), model=model, strategy="majority", n=4)))
+    worker.start()
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGINT)
+    worker.join(timeout=60)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    assert "Traceback" not in output, output
+    assert replies and replies[0].model_extra["edgetts"]["cut_short"]

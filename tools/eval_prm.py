@@ -1,0 +1,220 @@
+"""Evaluate a PRM with the ProcessBench protocol.
+
+Each data file is a JSON list of ``{id, generator, problem, steps, final_answer_correct, label}``
+where ``label`` is the 0-based index of the first wrong step (-1: all steps right). The PRM's
+prediction is the first step whose score is below a threshold (-1 when none is). Reported per
+file: accuracy on the erroneous items, accuracy on the correct items, and their harmonic mean
+(F1); then the mean F1 over files. The threshold is picked (grid 0.01..0.99, best mean F1) on
+``--dev`` files when given, else the manifest's ``threshold`` is used.
+
+``--selection RESULTS.jsonl`` instead measures the selection gain on an ``edgetts run`` results
+file (per problem ``candidates: [{text, answer, correct}]``, steps separated by blank lines):
+accuracy of best-of-N by PRM score (aggregation ``--agg``, default the manifest's; also the
+PRM-weighted vote) against majority voting and the oracle (any candidate correct).
+
+``--baseline length`` scores steps by their length instead of a PRM (the direction, long = bad or
+short = bad, and the threshold are picked on the dev files): the trivial baseline to beat.
+``--baseline calculator`` flags only steps with a false plain-number equation (no model).
+
+Example::
+
+    python tools/eval_prm.py --dev work/prm/pb_dev_*.json --data work/prm/pb_test_*.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+Scores = dict[str, list[list[float]]]
+Labels = dict[str, list[int]]
+GRID = [round(x, 2) for x in np.arange(0.01, 1.0, 0.01)]
+
+
+def first_below(scores: list[float], threshold: float) -> int:
+    """ProcessBench prediction: index of the first step scored below threshold, else -1."""
+    return next((i for i, s in enumerate(scores) if s < threshold), -1)
+
+
+def prf(preds: list[int], labels: list[int]) -> dict[str, float]:
+    """Accuracy on erroneous items, on correct items, and their harmonic mean (percent)."""
+    err = [p == y for p, y in zip(preds, labels, strict=True) if y >= 0]
+    cor = [p == -1 for p, y in zip(preds, labels, strict=True) if y < 0]
+    a_err = 100.0 * float(np.mean(err)) if err else 0.0
+    a_cor = 100.0 * float(np.mean(cor)) if cor else 0.0
+    f1 = 2 * a_err * a_cor / (a_err + a_cor) if a_err + a_cor > 0 else 0.0
+    return {"error_acc": a_err, "correct_acc": a_cor, "f1": f1, "n_error": len(err),
+            "n_correct": len(cor)}
+
+
+def pick_threshold(scores: Scores, labels: Labels) -> tuple[float, float]:
+    """Threshold with the best mean F1 over the given files; returns (threshold, mean F1)."""
+    best = (0.5, -1.0)
+    for t in GRID:
+        f = float(np.mean([prf([first_below(s, t) for s in scores[n]], labels[n])["f1"]
+                           for n in scores]))
+        if f > best[1]:
+            best = (t, f)
+    return best
+
+
+def load_items(path: str) -> list[dict]:
+    """A ProcessBench-format JSON list (or JSONL)."""
+    text = Path(path).read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        return json.loads(text)
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def prm_scores(prm: str | None, threads: int | None, files: dict[str, list[dict]],
+               batch: int) -> tuple[Scores, Any]:
+    """Raw per-step scores (calculator check off) of an ONNX PRM for every file, and its manifest.
+
+    Windows are grouped ``batch`` per onnxruntime call (fp32 and int8-weight scores do not
+    depend on the batch; int8-dynamic scores do slightly).
+    """
+    from edgetts.prm import PRMScorer
+
+    scorer = PRMScorer.load(prm, threads=threads, batch_size=batch)
+    scorer.manifest.calculator_check = False
+    out: Scores = {}
+    chunk = 16 * batch  # windows are sorted by length within a chunk: little padding
+    for p, items in files.items():
+        out[p] = []
+        for b in range(0, len(items), chunk):
+            out[p].extend(scorer.score_pairs([(it["problem"], it["steps"])
+                                              for it in items[b : b + chunk]]))
+    return out, scorer.manifest
+
+
+def with_calculator(scores: Scores, files: dict[str, list[dict]], cap: float) -> Scores:
+    """Apply the runtime's calculator check (cap scores of steps with false arithmetic)."""
+    from edgetts.prm import arithmetic_error
+
+    return {p: [[min(v, cap) if arithmetic_error(st) else v for v, st in zip(sc, it["steps"],
+                                                                             strict=True)]
+                for sc, it in zip(scores[p], files[p], strict=True)] for p in scores}
+
+
+def report(name: str, scores: Scores, files: dict[str, list[dict]], data: list[str],
+           dev: list[str], fixed: float | None, default_thr: float) -> dict:
+    """Pick the threshold on dev (unless fixed), print the per-file table, return results."""
+    labels = {p: [it["label"] for it in files[p]] for p in files}
+    thr = default_thr
+    if fixed is not None:
+        thr = fixed
+    elif dev:
+        thr, _ = pick_threshold({p: scores[p] for p in dev}, {p: labels[p] for p in dev})
+    print(f"{name}  threshold={thr:.2f}" + (f" (picked on {len(dev)} dev file(s))"
+                                           if dev and fixed is None else ""))
+    print(f"{'file':44s} {'n_err':>6s} {'n_ok':>6s} {'err_acc':>8s} {'ok_acc':>8s} {'F1':>6s}")
+    results = {}
+    for p in data:
+        r = prf([first_below(s, thr) for s in scores[p]], labels[p])
+        results[p] = r
+        print(f"{Path(p).name:44s} {r['n_error']:6d} {r['n_correct']:6d} {r['error_acc']:8.1f} "
+              f"{r['correct_acc']:8.1f} {r['f1']:6.1f}")
+    mean = float(np.mean([r["f1"] for r in results.values()]))
+    print(f"{'mean F1':44s} {'':6s} {'':6s} {'':8s} {'':8s} {mean:6.1f}")
+    return {"name": name, "threshold": thr, "files": results, "mean_f1": mean}
+
+
+def length_scores(items: list[dict], sign: float) -> list[list[float]]:
+    """Trivial baseline: score = squashed step length (sign=+1: long is bad; -1: short is bad)."""
+    return [[1.0 / (1.0 + np.exp(sign * (len(s) - 150) / 60.0)) for s in it["steps"]]
+            for it in items]
+
+
+def selection_gain(path: str, prm: str | None, threads: int, agg: str | None) -> dict:
+    """Best-of-N by PRM vs majority vote on sampled candidates (accuracy, percent)."""
+    from collections import Counter, defaultdict
+
+    from edgetts.prm import PRMScorer
+    from edgetts.search.base import aggregate
+
+    scorer = PRMScorer.load(prm, threads=threads)
+    agg = agg or scorer.manifest.default_aggregation
+    rows = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
+    hits: dict[str, list[bool]] = {"majority": [], "prm_best": [], "prm_weighted": [], "oracle": []}
+    for r in rows:
+        cands = [c for c in r.get("candidates", []) if c.get("text")]
+        if not cands:
+            continue
+        q = r.get("question") or r.get("problem") or ""
+        steps = [[s for s in c["text"].split("\n\n") if s.strip()] for c in cands]
+        scores = [aggregate(s, agg) for s in scorer.score_steps(q, steps)]
+        ok = {c.get("answer"): bool(c.get("correct")) for c in cands}
+        votes = Counter(c.get("answer") for c in cands if c.get("answer") is not None)
+        weighted: dict = defaultdict(float)
+        for c, sc in zip(cands, scores, strict=True):
+            if c.get("answer") is not None:
+                weighted[c["answer"]] += sc
+        hits["majority"].append(bool(votes) and ok[votes.most_common(1)[0][0]])
+        hits["prm_best"].append(bool(cands[int(np.argmax(scores))].get("correct")))
+        hits["prm_weighted"].append(bool(weighted) and ok[max(weighted, key=weighted.get)])
+        hits["oracle"].append(any(ok.values()))
+    return {"n_problems": len(hits["oracle"]), "agg": agg,
+            **{k: 100.0 * float(np.mean(v)) for k, v in hits.items() if v}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", nargs="+", default=[], help="ProcessBench-format files to report")
+    ap.add_argument("--selection", default=None, help="edgetts run results JSONL (best-of-N)")
+    ap.add_argument("--agg", choices=["last", "min", "prod"], default=None)
+    ap.add_argument("--dev", nargs="*", default=[], help="files to pick the threshold on")
+    ap.add_argument("--prm", default=None, help="PRM directory (default: models/prm-minilm)")
+    ap.add_argument("--baseline", choices=["length", "calculator"], default=None)
+    ap.add_argument("--threshold", type=float, default=None, help="fixed threshold (no picking)")
+    ap.add_argument("--calculator", choices=["manifest", "on", "off", "both"], default="manifest",
+                    help="override the manifest's calculator_check (arithmetic check)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=16, help="items scored per onnxruntime call")
+    ap.add_argument("--limit", type=int, default=None, help="first N items of each file")
+    ap.add_argument("--json", default=None, help="write the results here")
+    args = ap.parse_args()
+    if args.selection:
+        res = selection_gain(args.selection, args.prm, args.threads, args.agg)
+        print(json.dumps(res, indent=1))
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=1))
+        return
+    if not args.data:
+        ap.error("--data is required (or --selection)")
+    files = {p: load_items(p)[: args.limit] for p in dict.fromkeys(args.dev + args.data)}
+    t0 = time.perf_counter()
+    runs: list[tuple[str, Scores, float]] = []
+    if args.baseline == "calculator":
+        from edgetts.prm import arithmetic_error
+
+        scores = {p: [[0.0 if arithmetic_error(s) else 1.0 for s in it["steps"]] for it in files[p]]
+                  for p in files}
+        runs.append(("baseline:calculator-only", scores, 0.5))
+    elif args.baseline == "length":
+        dev_labels = {p: [it["label"] for it in files[p]] for p in args.dev}
+        sign = max((1.0, -1.0), key=lambda sg: pick_threshold(
+            {p: length_scores(files[p], sg) for p in args.dev}, dev_labels)[1]) if args.dev else 1.0
+        runs.append((f"baseline:length(sign={sign:+.0f})",
+                     {p: length_scores(files[p], sign) for p in files}, 0.5))
+    else:
+        raw, manifest = prm_scores(args.prm, args.threads, files, args.batch)
+        modes = {"manifest": ["on" if manifest.calculator_check else "off"], "both": ["off", "on"]}
+        for mode in modes.get(args.calculator, [args.calculator]):
+            sc = raw if mode == "off" else with_calculator(raw, files, manifest.calculator_cap)
+            runs.append((f"{args.prm or 'models/prm-minilm'} calculator={mode}", sc,
+                         manifest.threshold))
+    print(f"scored in {time.perf_counter() - t0:.1f}s")
+    out = [report(n, sc, files, args.data, args.dev, args.threshold, thr) for n, sc, thr in runs]
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Fit the compute-optimal table that strategy "auto" looks up (``models/compute_optimal.json``).
+
+Input: ``tools/bench_strategies.py`` rows, one JSON line per (problem, strategy, N) with
+``correct`` and ``difficulty_features`` (agreement / PRM scores of the first 4 samples, which is
+exactly what auto computes from its probes). Each problem is put in a difficulty bin by those
+features (bins: ``edgetts.search.auto.DEFAULT_BINS``); for every bin and budget B (each N seen in
+the rows) the entry is the (strategy, n <= B) with the best accuracy over the bin's problems,
+ties to the smaller n, then to majority (no PRM). A bin with fewer than ``--min-problems``
+problems takes the entry fitted over all problems instead (marked ``pooled``).
+
+    python tools/fit_compute_optimal.py runs/bench_gsm8k.jsonl --out models/compute_optimal.json
+    python tools/fit_compute_optimal.py runs/bench_gsm8k.jsonl --eval   # auto vs fixed table
+
+With no rows at all the table is written empty and says so: auto then uses its default rule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from edgetts.search.auto import DEFAULT_BINS, ComputeOptimalTable
+
+STRATEGY_ORDER = ("majority", "weighted_best_of_n", "best_of_n", "dvts", "beam_search")
+
+
+def load_rows(paths: list[str], model: str | None) -> list[dict]:
+    rows = []
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                if row.get("strategy") != "greedy" and (model is None or row.get("model") == model):
+                    rows.append(row)
+    return rows
+
+
+def by_problem(rows: list[dict]) -> dict[str, dict]:
+    """problem key -> {"features": ..., "correct": {(strategy, n): bool}}."""
+    problems: dict[str, dict] = defaultdict(lambda: {"features": {}, "correct": {}})
+    for r in rows:
+        p = problems[f"{r.get('dataset')}/{r['problem_id']}"]
+        if r.get("difficulty_features"):
+            p["features"] = r["difficulty_features"]
+        p["correct"][r["strategy"], int(r["n"])] = bool(r["correct"])
+    return {k: v for k, v in problems.items() if v["features"]}
+
+
+def best_entry(problems: list[dict], budget: int) -> dict | None:
+    """The (strategy, n <= budget) with the highest accuracy over ``problems``."""
+    keys = {k for p in problems for k in p["correct"] if k[1] <= budget}
+    scored = []
+    for strategy, n in keys:
+        results = [p["correct"][strategy, n] for p in problems if (strategy, n) in p["correct"]]
+        if len(results) < len(problems):  # compare only configurations every problem has
+            continue
+        order = STRATEGY_ORDER.index(strategy) if strategy in STRATEGY_ORDER else len(STRATEGY_ORDER)
+        scored.append((-statistics.fmean(results), n, order, strategy))
+    if not scored:
+        return None
+    acc, n, _, strategy = min(scored)
+    return {"strategy": strategy, "n": n, "accuracy": round(-acc, 4), "problems": len(problems)}
+
+
+def fit(rows: list[dict], min_problems: int) -> tuple[dict, dict[str, list[dict]]]:
+    problems = list(by_problem(rows).values())
+    table = ComputeOptimalTable()
+    binned: dict[str, list[dict]] = defaultdict(list)
+    for p in problems:
+        binned[table.bin_of(p["features"])].append(p)
+    budgets = sorted({n for p in problems for _, n in p["correct"]})
+    entries: dict[str, dict] = {}
+    for b in DEFAULT_BINS:
+        name, group = b["name"], binned.get(b["name"], [])
+        pooled = len(group) < min_problems
+        row = {}
+        for budget in budgets:
+            entry = best_entry(problems if pooled else group, budget)
+            if entry:
+                row[str(budget)] = {**entry, "pooled": pooled, "bin_problems": len(group)}
+        if row:
+            entries[name] = row
+    return {"entries": entries, "budgets": budgets, "n_problems": len(problems)}, binned
+
+
+def evaluate(table: ComputeOptimalTable, problems: list[dict], budgets: list[int]) -> None:
+    """Auto (table lookup per problem) against every fixed strategy at the same budget N.
+
+    In-sample when the table was fitted on the same rows: an upper bound for auto, not a test.
+    """
+    fixed = sorted({s for p in problems for s, _ in p["correct"]})
+    print(f"{'N':>3} {'auto':>7} " + " ".join(f"{s:>18}" for s in fixed))
+    for budget in budgets:
+        auto_hits = []
+        for p in problems:
+            choice = table.choose(p["features"], budget, have_prm=True)
+            key = (choice.strategy, choice.n)
+            if key not in p["correct"]:  # fall back to the largest n <= budget benched
+                ns = [n for s, n in p["correct"] if s == choice.strategy and n <= budget]
+                key = (choice.strategy, max(ns)) if ns else None
+            auto_hits.append(bool(key and p["correct"].get(key)))
+        cells = []
+        for s in fixed:
+            hits = [p["correct"][s, budget] for p in problems if (s, budget) in p["correct"]]
+            cells.append(f"{statistics.fmean(hits):>18.1%}" if hits else f"{'-':>18}")
+        print(f"{budget:>3} {statistics.fmean(auto_hits):>7.1%} " + " ".join(cells))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("results", nargs="*", help="bench_strategies.py JSONL files")
+    ap.add_argument("--out", default=None, help="where to write the table (e.g. models/compute_optimal.json)")
+    ap.add_argument("--model", default=None, help="only rows of this policy")
+    ap.add_argument("--min-problems", type=int, default=8)
+    ap.add_argument("--eval", action="store_true", help="print auto vs fixed accuracy per budget")
+    args = ap.parse_args()
+    rows = load_rows(args.results, args.model)
+    fitted, binned = fit(rows, args.min_problems)
+    note = (f"fitted from bench_strategies.py results: {fitted['n_problems']} problems, {len(rows)} "
+            "rows; ties go to the smaller n, then to majority, so a small bench that cannot tell "
+            "strategies apart yields cheap choices: re-fit from a full bench run"
+            if fitted["entries"] else
+            "no bench results were available when this was written: the table is empty and auto "
+            "uses its default rule (weighted best-of-N at the full budget; majority without a PRM)")
+    doc = {
+        "format_version": 1,
+        "note": note,
+        "fitted_from": [Path(p).name for p in args.results],
+        "model": args.model,
+        "rows": len(rows),
+        "n_problems": fitted["n_problems"],
+        "bin_sizes": {b["name"]: len(binned.get(b["name"], [])) for b in DEFAULT_BINS},
+        "features": "difficulty_features of the first 4 samples (agreement, prm_mean)",
+        "bins": [dict(b) for b in DEFAULT_BINS],
+        "budgets": fitted["budgets"],
+        "table": fitted["entries"],
+        "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    text = json.dumps(doc, indent=1)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+        print(f"wrote {args.out}: {fitted['n_problems']} problems, bins {doc['bin_sizes']}")
+    else:
+        print(text)
+    if args.eval and fitted["entries"]:
+        problems = list(by_problem(rows).values())
+        evaluate(ComputeOptimalTable.from_dict(doc), problems, fitted["budgets"])
+
+
+if __name__ == "__main__":
+    main()
