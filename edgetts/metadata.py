@@ -6,13 +6,15 @@ head size give KV bytes per token; the chat template decides how the prompt is w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from edgetts.models import ModelError
+from edgetts.models import ModelError, cache_dir
 
 
 @dataclass(frozen=True)
@@ -107,8 +109,29 @@ def _read(path: str, size: int, mtime: float) -> ModelMetadata:
     )
 
 
+def _disk_cache(path: Path, size: int, mtime: float) -> Path:
+    # Parsing a GGUF header with gguf's reader walks every vocabulary entry (seconds for a 150k
+    # vocabulary), so the result is kept on disk per file version and read back in milliseconds.
+    key = hashlib.sha1(f"{path.resolve()}:{size}:{mtime}".encode()).hexdigest()[:16]
+    return cache_dir().parent / "metadata" / f"{key}.json"
+
+
 def read_metadata(path: str | Path) -> ModelMetadata:
-    """Read (and cache per file version) the metadata of a GGUF file."""
+    """Read the metadata of a GGUF file (cached in memory and on disk per file version)."""
     path = Path(path)
     stat = path.stat()
-    return _read(str(path), stat.st_size, stat.st_mtime)
+    cached = _disk_cache(path, stat.st_size, stat.st_mtime)
+    if cached.is_file():
+        try:
+            return ModelMetadata(**json.loads(cached.read_text()))
+        except (json.JSONDecodeError, TypeError):
+            pass  # stale format or torn write: read the file again
+    meta = _read(str(path), stat.st_size, stat.st_mtime)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(meta)))
+        tmp.replace(cached)
+    except OSError:
+        pass  # a read-only cache only costs speed
+    return meta
