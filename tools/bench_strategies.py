@@ -29,13 +29,13 @@ from edgetts.grading import answers_equal
 from edgetts.models import load_registry
 from edgetts.policy import LlamaPolicy, PolicyConfig
 from edgetts.search import run_search
+from edgetts.search.auto import difficulty_features  # the same features auto sees at run time
 from edgetts.search.base import Candidate, SearchConfig
 from edgetts.search.best_of_n import pick
 from edgetts.search.select import pick_by_vote, score_paths, to_candidate
 
 SUBSET_STRATEGIES = ("majority", "best_of_n", "weighted_best_of_n")
 SEARCH_STRATEGIES = ("beam_search", "dvts")
-N_FEATURES = 4  # samples the difficulty estimate looks at, as auto would see them
 
 
 def _done(out: Path) -> set[tuple[str, str, str, int]]:
@@ -49,19 +49,6 @@ def _append(out: Path, row: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a") as f:
         f.write(json.dumps(row) + "\n")
-
-
-def difficulty_features(candidates: list[Candidate]) -> dict[str, float]:
-    """Agreement and PRM confidence of the first few samples (cheap to get before searching)."""
-    first = candidates[:N_FEATURES]
-    _, votes = pick_by_vote(first, lambda c: 1.0)
-    scores = [c.score for c in first if c.score is not None]
-    return {
-        "agreement": max(votes.values(), default=0.0) / max(len(first), 1),
-        "n_answers": float(len(votes)),
-        "prm_mean": statistics.fmean(scores) if scores else 0.0,
-        "prm_max": max(scores, default=0.0),
-    }
 
 
 def subset_rows(candidates: list[Candidate], gold: str, n_list: list[int]) -> list[dict]:
