@@ -22,12 +22,13 @@ import json
 import statistics
 import time
 from collections import defaultdict
+from dataclasses import asdict
 from pathlib import Path
 
 from edgetts.data import load_problems
 from edgetts.grading import answers_equal
 from edgetts.models import load_registry
-from edgetts.policy import LlamaPolicy, PolicyConfig
+from edgetts.policy import LlamaPolicy, PolicyConfig, default_threads
 from edgetts.search import run_search
 from edgetts.search.auto import difficulty_features  # the same features auto sees at run time
 from edgetts.search.base import Candidate, SearchConfig
@@ -49,6 +50,11 @@ def _append(out: Path, row: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a") as f:
         f.write(json.dumps(row) + "\n")
+
+
+def samples_path(out: Path) -> Path:
+    """Where ``run`` keeps every problem's N_max samples, beside the results."""
+    return out.with_name(out.stem + ".samples.jsonl")
 
 
 def subset_rows(candidates: list[Candidate], gold: str, n_list: list[int]) -> list[dict]:
@@ -78,7 +84,7 @@ def run(args: argparse.Namespace) -> None:
     model = args.model or next(s.name for s in load_registry().values() if s.default)
     policy = LlamaPolicy(PolicyConfig(model=args.model, max_tokens=args.max_tokens,
                                       n_seq_max=min(args.n_max, 16), seed=args.seed))
-    scorer = PRMScorer.load(args.prm) if args.only != ["greedy"] else None
+    scorer = PRMScorer.load(args.prm, threads=default_threads()) if args.only != ["greedy"] else None
     n_list = sorted(n for n in args.n if n <= args.n_max)
     for index, problem in enumerate(problems):
         base = {"problem_id": problem.id, "dataset": args.dataset, "model": model, "gold": problem.answer}
@@ -104,6 +110,10 @@ def run(args: argparse.Namespace) -> None:
             candidates = [to_candidate(p) for p in paths]
             seconds = time.perf_counter() - start
             features = difficulty_features(candidates)
+            # The samples are the expensive part: keep them so another PRM can rescore them later.
+            _append(samples_path(out), {**base, "question": problem.question, "prm": str(scorer.directory),
+                                        "seconds": round(seconds, 3),
+                                        "candidates": [asdict(c) for c in candidates]})
             for row in subset_rows(candidates, problem.answer, n_list):
                 if todo(row["strategy"], row["n"]):
                     _append(out, {**base, **row, "seconds": round(seconds * row["n"] / args.n_max, 3),
