@@ -55,7 +55,6 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 # otherwise it would mostly wait and then answer from a search cut to almost nothing.
 MIN_SEARCH_SHARE = 0.5
 DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is still there
-SOLVE_FIELDS = {f.name for f in dataclasses.fields(SolveOptions)}
 
 
 @dataclass
@@ -595,12 +594,7 @@ class App:
         return Job(question=req.question(), options=options, max_tokens=max_tokens)
 
     def _memory_mb(self, requested: float | None) -> float | None:
-        """The request's memory budget, capped by the server's; 400 until SolveOptions has one."""
-        if "memory_mb" not in SOLVE_FIELDS:
-            if requested is not None:
-                raise ApiError(400, "memory_mb is not supported yet by this edgetts version",
-                               param="memory_mb", code="unsupported_parameter")
-            return None
+        """The request's memory budget, capped by the server's own."""
         budget = self.settings.memory_mb
         if requested is None:
             return budget

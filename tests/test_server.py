@@ -50,8 +50,10 @@ class FakeSolver:
                                       counters=SimpleNamespace(tokens_sampled=0))
         self._policy, self._scorer = self.policy, None
         self.cancelled: list[bool] = []  # one entry per finished solve: was it cancelled?
+        self.options: list = []  # the SolveOptions of every solve, in order
 
     def solve(self, question, options, cancel=None) -> SearchResult:
+        self.options.append(options)
         deadline = Deadline(options.deadline_s, cancel)
         start = time.perf_counter()
         while time.perf_counter() - start < self.delay_s and not deadline.expired():
@@ -169,15 +171,14 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(fake):
     assert ask(c).model_extra["edgetts"]["answer"] == "42"
 
 
-def test_memory_mb_is_refused_until_solve_options_has_it(fake):
-    from dataclasses import fields
-
-    from edgetts.solver import SolveOptions
-
-    if "memory_mb" in {f.name for f in fields(SolveOptions)}:
-        pytest.skip("SolveOptions has memory_mb: it is passed through")
+def test_memory_mb_reaches_the_solver_capped_by_the_server_budget(fake):
+    base, solver = fake
+    ask(client(base), memory_mb=512)
+    assert solver.options[-1].memory_mb == 512
+    ask(client(base))
+    assert solver.options[-1].memory_mb is None  # this server has no budget of its own
     with pytest.raises(openai.BadRequestError) as err:
-        ask(client(fake[0]), memory_mb=512)
+        ask(client(base), memory_mb=-1)
     assert err.value.body["param"] == "memory_mb"
 
 
