@@ -76,6 +76,7 @@ class Solver:
     pinned: frozenset[str] = frozenset()
     last_plan: Plan | None = field(default=None, init=False, repr=False)
     _policy: LlamaPolicy | None = field(default=None, init=False, repr=False)
+    _loaded_memory_mb: float = field(default=float("inf"), init=False, repr=False)
     _scorer: StepScorer | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -116,7 +117,7 @@ class Solver:
         with self._lock:
             self.last_plan = plan
             if plan is not None:
-                self._apply(plan)
+                self._apply(plan, options.memory_mb)
             policy = self.policy
             for key, value in sampling.items():
                 setattr(policy.config, key, value)
@@ -144,13 +145,25 @@ class Solver:
         )
         return plan_for(cfg.model, budget, self.prm_path)[0]
 
-    def _apply(self, plan: Plan) -> None:
-        """Configure the policy as planned; reload it only when a setting actually changes."""
+    def _apply(self, plan: Plan, memory_mb: float | None) -> None:
+        """Configure the policy as planned; reload it only when the loaded one does not do.
+
+        A loaded context with at least the planned KV slots and cells (same cache type, threads
+        and offload) serves the plan as well, and reloading costs seconds, so it is kept as long
+        as its own predicted memory still fits the budget. Questions of different lengths or
+        deadlines then share one context instead of reloading per question.
+        """
         planned = {name: getattr(plan, name) for name in PLANNED_FIELDS}
         current = {name: getattr(self.policy_config, name) for name in PLANNED_FIELDS}
         if planned == current:
             return
+        same_kind = all(planned[k] == current[k] for k in ("kv_type", "n_threads", "n_gpu_layers"))
+        covers = (current["n_seq_max"] or 0) >= plan.n_seq_max and (current["n_ctx"] or 0) >= plan.n_ctx
+        fits = memory_mb is None or self._loaded_memory_mb <= memory_mb
+        if self._policy is not None and same_kind and covers and fits:
+            return
         self.policy_config = replace(self.policy_config, **planned)
+        self._loaded_memory_mb = plan.predicted_memory_mb
         if self._policy is not None:
             self._policy.close()
             self._policy = None
