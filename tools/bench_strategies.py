@@ -9,6 +9,11 @@ line per (problem, strategy, N) is appended to ``--out``; a rerun skips what is 
         --out runs/bench_gsm8k.jsonl --dataset gsm8k
     python tools/bench_strategies.py run ... --model qwen2.5-coder-1.5b-instruct --only greedy
     python tools/bench_strategies.py report --results runs/bench_gsm8k.jsonl --plot docs/gsm8k.png
+    python tools/bench_strategies.py rescore --samples runs/bench_gsm8k.samples.jsonl \\
+        --prm work/prm/new --out runs/bench_gsm8k_newprm.jsonl
+
+``run`` also keeps every problem's samples in ``<out>.samples.jsonl``: ``rescore`` recomputes the
+sample-based rows (majority, best-of-N, weighted best-of-N) with another PRM without sampling again.
 
 Rows: ``{problem_id, dataset, model, strategy, n, correct, answer, gold, tokens_generated,
 seconds, difficulty_features}``; ``difficulty_features`` (agreement and PRM scores of the first
@@ -18,6 +23,7 @@ four samples) is what ``tools/fit_compute_optimal.py`` bins problems by.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -31,7 +37,7 @@ from edgetts.models import load_registry
 from edgetts.policy import LlamaPolicy, PolicyConfig, default_threads
 from edgetts.search import run_search
 from edgetts.search.auto import difficulty_features  # the same features auto sees at run time
-from edgetts.search.base import Candidate, SearchConfig
+from edgetts.search.base import Candidate, SearchConfig, aggregate
 from edgetts.search.best_of_n import pick
 from edgetts.search.select import pick_by_vote, score_paths, to_candidate
 
@@ -130,6 +136,31 @@ def run(args: argparse.Namespace) -> None:
                               "seconds": result.counters["wall_s"],
                               "difficulty_features": features})
         print(f"[{index + 1}/{len(problems)}] {problem.id} done", flush=True)
+
+
+def rescore(args: argparse.Namespace) -> None:
+    """Sample-based rows again from kept samples, scored by another PRM (no policy needed)."""
+    from edgetts.prm import PRMScorer
+
+    scorer = PRMScorer.load(args.prm, threads=args.threads)
+    out = Path(args.out)
+    done = _done(out)
+    n_list = sorted(args.n)
+    fields = {f.name for f in dataclasses.fields(Candidate)}
+    for sample_row in load_rows([args.samples]):
+        cands = [Candidate(**{k: v for k, v in c.items() if k in fields})
+                 for c in sample_row["candidates"]]
+        steps = [[s for s in c.text.split("\n\n") if s.strip()] or [c.text] for c in cands]
+        scored = scorer.score_steps(sample_row["question"], steps)
+        cands = [dataclasses.replace(c, step_scores=sc, score=aggregate(sc, args.agg) if sc else None)
+                 for c, sc in zip(cands, scored, strict=True)]
+        base = {k: sample_row[k] for k in ("problem_id", "dataset", "model", "gold")}
+        for row in subset_rows(cands, sample_row["gold"], [n for n in n_list if n <= len(cands)]):
+            if (base["problem_id"], base["model"], row["strategy"], row["n"]) not in done:
+                seconds = sample_row["seconds"] * row["n"] / len(cands)
+                _append(out, {**base, **row, "seconds": round(seconds, 3), "prm": str(scorer.directory),
+                              "difficulty_features": difficulty_features(cands)})
+    print(f"rows written to {out}")
 
 
 def load_rows(paths: list[str]) -> list[dict]:
@@ -231,8 +262,15 @@ def main() -> None:
     p.add_argument("--results", nargs="+", required=True)
     p.add_argument("--plot", default=None, help="PNG path")
     p.add_argument("--title", default=None)
+    q = sub.add_parser("rescore", help="sample-based rows again, from kept samples, with another PRM")
+    q.add_argument("--samples", required=True, help="<out>.samples.jsonl written by run")
+    q.add_argument("--prm", required=True, help="PRM directory")
+    q.add_argument("--out", required=True, help="results JSONL (appended, resumable)")
+    q.add_argument("--n", type=int, nargs="+", default=[1, 4, 16])
+    q.add_argument("--agg", choices=["last", "min", "prod"], default="last")
+    q.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    run(args) if args.command == "run" else report(args)
+    {"run": run, "report": report, "rescore": rescore}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -133,6 +133,15 @@ def length_scores(items: list[dict], sign: float) -> list[list[float]]:
             for it in items]
 
 
+def is_correct(candidate: dict, row: dict) -> bool:
+    """A candidate's grade: stored by ``edgetts run``, graded against the row's gold otherwise."""
+    if "correct" in candidate:
+        return bool(candidate["correct"])
+    from edgetts.grading import answers_equal
+
+    return answers_equal(candidate.get("answer"), row.get("gold"))
+
+
 def selection_gain(path: str, prm: str | None, threads: int, agg: str | None) -> dict:
     """Best-of-N by PRM vs majority vote on sampled candidates (accuracy, percent)."""
     from collections import Counter, defaultdict
@@ -151,14 +160,14 @@ def selection_gain(path: str, prm: str | None, threads: int, agg: str | None) ->
         q = r.get("question") or r.get("problem") or ""
         steps = [[s for s in c["text"].split("\n\n") if s.strip()] for c in cands]
         scores = [aggregate(s, agg) for s in scorer.score_steps(q, steps)]
-        ok = {c.get("answer"): bool(c.get("correct")) for c in cands}
+        ok = {c.get("answer"): is_correct(c, r) for c in cands}
         votes = Counter(c.get("answer") for c in cands if c.get("answer") is not None)
         weighted: dict = defaultdict(float)
         for c, sc in zip(cands, scores, strict=True):
             if c.get("answer") is not None:
                 weighted[c["answer"]] += sc
         hits["majority"].append(bool(votes) and ok[votes.most_common(1)[0][0]])
-        hits["prm_best"].append(bool(cands[int(np.argmax(scores))].get("correct")))
+        hits["prm_best"].append(is_correct(cands[int(np.argmax(scores))], r))
         hits["prm_weighted"].append(bool(weighted) and ok[max(weighted, key=weighted.get)])
         hits["oracle"].append(any(ok.values()))
     return {"n_problems": len(hits["oracle"]), "agg": agg,
@@ -168,7 +177,8 @@ def selection_gain(path: str, prm: str | None, threads: int, agg: str | None) ->
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", nargs="+", default=[], help="ProcessBench-format files to report")
-    ap.add_argument("--selection", default=None, help="edgetts run results JSONL (best-of-N)")
+    ap.add_argument("--selection", default=None,
+                    help="edgetts run results or bench_strategies samples JSONL (best-of-N)")
     ap.add_argument("--agg", choices=["last", "min", "prod"], default=None)
     ap.add_argument("--dev", nargs="*", default=[], help="files to pick the threshold on")
     ap.add_argument("--prm", default=None, help="PRM directory (default: models/prm-minilm)")
