@@ -144,33 +144,57 @@ def is_correct(candidate: dict, row: dict) -> bool:
 
 def selection_gain(path: str, prm: str | None, threads: int, agg: str | None) -> dict:
     """Best-of-N by PRM vs majority vote on sampled candidates (accuracy, percent)."""
-    from collections import Counter, defaultdict
-
     from edgetts.prm import PRMScorer
-    from edgetts.search.base import aggregate
 
     scorer = PRMScorer.load(prm, threads=threads)
     agg = agg or scorer.manifest.default_aggregation
+    rows = load_selection_rows(path)
+    scores = [scorer.score_steps(question_of(r), [split_steps(c["text"]) for c in r["candidates"]])
+              for r in rows]
+    return {"agg": agg, **selection_accuracy(rows, scores, agg)}
+
+
+def load_selection_rows(path: str) -> list[dict]:
+    """Rows of sampled candidates (``edgetts run`` results or bench samples) that have any."""
     rows = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
-    hits: dict[str, list[bool]] = {"majority": [], "prm_best": [], "prm_weighted": [], "oracle": []}
     for r in rows:
-        cands = [c for c in r.get("candidates", []) if c.get("text")]
-        if not cands:
-            continue
-        q = r.get("question") or r.get("problem") or ""
-        steps = [[s for s in c["text"].split("\n\n") if s.strip()] for c in cands]
-        scores = [aggregate(s, agg) for s in scorer.score_steps(q, steps)]
+        r["candidates"] = [c for c in r.get("candidates", []) if c.get("text")]
+    return [r for r in rows if r["candidates"]]
+
+
+def question_of(row: dict) -> str:
+    return row.get("question") or row.get("problem") or ""
+
+
+def split_steps(text: str) -> list[str]:
+    """A sample's steps, as the policy separates them (blank lines)."""
+    return [s for s in text.split("\n\n") if s.strip()] or [text]
+
+
+def selection_accuracy(rows: list[dict], scores: list[list[list[float]]], agg: str) -> dict:
+    """Majority, PRM best-of-N, PRM-weighted vote and oracle accuracy (percent) from step scores.
+
+    ``scores[i][j]`` are the step scores of candidate j of row i.
+    """
+    from collections import Counter, defaultdict
+
+    from edgetts.search.base import aggregate
+
+    hits: dict[str, list[bool]] = {"majority": [], "prm_best": [], "prm_weighted": [], "oracle": []}
+    for r, row_scores in zip(rows, scores, strict=True):
+        cands = r["candidates"]
+        path_scores = [aggregate(s, agg) for s in row_scores]
         ok = {c.get("answer"): is_correct(c, r) for c in cands}
         votes = Counter(c.get("answer") for c in cands if c.get("answer") is not None)
         weighted: dict = defaultdict(float)
-        for c, sc in zip(cands, scores, strict=True):
+        for c, sc in zip(cands, path_scores, strict=True):
             if c.get("answer") is not None:
                 weighted[c["answer"]] += sc
         hits["majority"].append(bool(votes) and ok[votes.most_common(1)[0][0]])
-        hits["prm_best"].append(is_correct(cands[int(np.argmax(scores))], r))
+        hits["prm_best"].append(is_correct(cands[int(np.argmax(path_scores))], r))
         hits["prm_weighted"].append(bool(weighted) and ok[max(weighted, key=weighted.get)])
         hits["oracle"].append(any(ok.values()))
-    return {"n_problems": len(hits["oracle"]), "agg": agg,
+    return {"n_problems": len(hits["oracle"]),
             **{k: 100.0 * float(np.mean(v)) for k, v in hits.items() if v}}
 
 

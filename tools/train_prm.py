@@ -6,8 +6,10 @@ labelled -1 are ignored). Inputs are built by :class:`edgetts.prm.InputBuilder`,
 the runtime uses, so training and inference see identical token ids.
 
 Writes incrementally under ``--out`` (default ``work/prm/run``): ``last.pt`` (model, optimiser,
-step; resumable with ``--resume``), ``best.pt`` (best dev F1), ``model.pt`` (weights of
-best), ``log.jsonl`` (loss / dev metrics). Run it in the background::
+step; resumable with ``--resume``), ``model.pt`` (weights of the best evaluation: dev F1, or
+with ``--onpolicy-dev`` the PRM-weighted selection accuracy on held-out policy samples first),
+``log.jsonl`` (loss / dev metrics). With ``--init`` the starting weights are evaluated first, so
+a fine-tune that never helps leaves them as ``model.pt``. Run it in the background::
 
     nohup python tools/train_prm.py --max-minutes 55 > work/prm/train.log 2>&1 &
 """
@@ -28,11 +30,20 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from eval_prm import first_below, pick_threshold, prf  # noqa: E402
+from eval_prm import (  # noqa: E402
+    first_below,
+    load_selection_rows,
+    pick_threshold,
+    prf,
+    question_of,
+    selection_accuracy,
+    split_steps,
+)
 from prm_model import base_manifest, build_model, minilm_dir  # noqa: E402
 
 from edgetts.prm import InputBuilder, Manifest, _load_tokenizer  # noqa: E402
 
+CALCULATOR_CAP = 0.05  # as in the shipped manifest
 Item = tuple[list[int], list[int], list[int], list[int]]  # ids, types, tag positions, labels
 
 
@@ -41,7 +52,7 @@ def load_items(path: Path, builder: InputBuilder, source_weight: dict[str, int],
                source_offset: dict[str, int] | None = None) -> list[Item]:
     """Windows with per-tag labels from a data JSONL (sources repeated by their weight; of each
     source, skip the first ``source_offset`` examples and keep at most ``source_limit``)."""
-    items: list[Item] = []
+    kept: list[dict] = []
     seen: dict[str, int] = {}
     for line in open(path, encoding="utf-8"):
         d = json.loads(line)
@@ -50,6 +61,14 @@ def load_items(path: Path, builder: InputBuilder, source_weight: dict[str, int],
         k = seen[src] - (source_offset or {}).get(src, 0)
         if k <= 0 or (source_limit and k > source_limit.get(src, 10**9)):
             continue
+        kept.append(d)
+    return to_items(kept, builder, source_weight)
+
+
+def to_items(examples: list[dict], builder: InputBuilder, source_weight: dict[str, int]) -> list[Item]:
+    """Windows of ``{source, question, steps, labels}`` examples, repeated by source weight."""
+    items: list[Item] = []
+    for d in examples:
         for w in builder.windows(d["question"], d["steps"]):
             labels = [d["labels"][i] for i in w.step_indices]
             if all(v < 0 for v in labels):
@@ -57,6 +76,14 @@ def load_items(path: Path, builder: InputBuilder, source_weight: dict[str, int],
             for _ in range(source_weight.get(d["source"], 1)):
                 items.append((w.ids, w.types, w.tag_positions, labels))
     return items
+
+
+def onpolicy_examples(paths: list[str]) -> list[dict]:
+    """Samples of the policy (``edgetts run`` results) labelled by their final answer."""
+    from build_prm_data import load_onpolicy
+
+    return [{"source": "onpolicy", "question": e.question, "steps": e.steps, "labels": e.labels}
+            for p in paths for e in load_onpolicy(p)]
 
 
 def batches(items: list[Item], max_tokens: int, max_batch: int, rng: random.Random) -> list[list[int]]:
@@ -133,6 +160,25 @@ def dev_eval(model: torch.nn.Module, builder: InputBuilder, dev: dict[str, list[
     return res
 
 
+def selection_eval(model: torch.nn.Module, builder: InputBuilder, rows: list[dict]) -> dict:
+    """Best-of-N / weighted vote against majority on held-out policy samples, scored as at run
+    time (the calculator cap included), aggregation "last"."""
+    from edgetts.prm import arithmetic_error
+
+    examples = [{"problem": question_of(r), "steps": split_steps(c["text"])}
+                for r in rows for c in r["candidates"]]
+    flat = iter(score_examples(model, builder, examples))
+    scores = []
+    for r in rows:
+        row_scores = []
+        for c in r["candidates"]:
+            s = next(flat)
+            row_scores.append([min(v, CALCULATOR_CAP) if arithmetic_error(st) else v
+                               for v, st in zip(s, split_steps(c["text"]), strict=True)])
+        scores.append(row_scores)
+    return selection_accuracy(rows, scores, "last")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="work/prm")
@@ -144,7 +190,13 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--head-lr", type=float, default=1e-3)
-    ap.add_argument("--prmbench-weight", type=int, default=1, help="repeat PRMBench items")
+    ap.add_argument("--weight", action="append", default=[],
+                    help="SOURCE=K: repeat a source's items K times (prmbench, gsm8k, math, onpolicy)")
+    ap.add_argument("--onpolicy-train", action="append", default=[],
+                    help="edgetts run results JSONL: the policy's samples, labelled by final answer")
+    ap.add_argument("--onpolicy-dev", default=None,
+                    help="results JSONL of held-out problems: keep the checkpoint with the best "
+                         "PRM-weighted selection accuracy on it (ties: dev F1)")
     ap.add_argument("--limit", action="append", default=["gsm8k=3000", "math=2000"],
                     help="SOURCE=N: use at most N examples of a source (CPU budget)")
     ap.add_argument("--offset", action="append", default=[],
@@ -166,8 +218,10 @@ def main() -> None:
     builder = InputBuilder(_load_tokenizer(minilm_dir() / "tokenizer.json"), manifest)
     limits = {k: int(v) for k, v in (x.split("=") for x in args.limit)}
     offsets = {k: int(v) for k, v in (x.split("=") for x in args.offset)}
-    items = load_items(Path(args.data) / "train.jsonl", builder,
-                       {"prmbench": args.prmbench_weight}, limits, offsets)
+    weights = {k: int(v) for k, v in (x.split("=") for x in args.weight)}
+    items = load_items(Path(args.data) / "train.jsonl", builder, weights, limits, offsets)
+    items += to_items(onpolicy_examples(args.onpolicy_train), builder, weights)
+    sel_rows = load_selection_rows(args.onpolicy_dev) if args.onpolicy_dev else []
     dev = {}
     for f in sorted(Path(args.data).glob("pb_dev_*.json")):
         lst = json.loads(f.read_text())
@@ -203,6 +257,24 @@ def main() -> None:
     t0, run_loss, n_loss = time.time(), 0.0, 0
     model.train()
     done = False
+
+    def evaluate_and_keep() -> None:
+        nonlocal best
+        res = dev_eval(model, builder, dev)
+        if sel_rows:
+            res["selection"] = selection_eval(model, builder, sel_rows)
+        res.update(step=step, dev=True, min=round((time.time() - t0) / 60, 2))
+        print(json.dumps(res), flush=True)
+        log.write(json.dumps(res) + "\n")
+        log.flush()
+        # Selection accuracy first when asked for: it is what a user of best-of-N gets.
+        key = res["mean_f1"] + (1000 * res["selection"]["prm_weighted"] if sel_rows else 0)
+        if key > best:
+            best = key
+            torch.save(model.state_dict(), out / "model.pt")
+
+    if args.init and step == 0:
+        evaluate_and_keep()
     while not done:
         plan = batches(items, args.max_tokens, args.max_batch, rng)
         for b in plan:
@@ -230,21 +302,14 @@ def main() -> None:
                 run_loss, n_loss = 0.0, 0
             done = step >= args.max_steps or mins >= args.max_minutes
             if step % args.eval_every == 0 or done:
-                res = dev_eval(model, builder, dev)
-                res.update(step=step, dev=True, min=round((time.time() - t0) / 60, 2))
-                print(json.dumps(res), flush=True)
-                log.write(json.dumps(res) + "\n")
-                log.flush()
-                if res["mean_f1"] > best:
-                    best = res["mean_f1"]
-                    torch.save(model.state_dict(), out / "model.pt")
+                evaluate_and_keep()
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
                             "sched": sched.state_dict(), "step": step, "epoch": epoch,
                             "best": best, "rng": rng.getstate()}, out / "last.pt")
             if done:
                 break
         epoch += 1
-    print(f"done: step {step}, best dev mean F1 {best:.4f}", flush=True)
+    print(f"done: step {step}, best checkpoint key {best:.4f}", flush=True)
 
 
 if __name__ == "__main__":
