@@ -3,7 +3,9 @@
 How a question is answered, in KV-cache terms:
 
 * ``root(question)`` clears the cache and decodes the prompt once into the *template* sequence
-  (slot 0), keeping the logits of its last token.
+  (slot 0), keeping the logits of its last token. Asked again for the same prompt, it drops every
+  other sequence but keeps the template, so a second round of samples (``auto`` continuing after
+  its probes, a server retry) forks from the same prefill instead of decoding the prompt again.
 * ``extend(paths, n_each)`` forks every parent into children. A child copies its parent's sequence
   (``llama_memory_seq_cp``; with the unified KV cache this only tags the same cells with one more
   sequence id, so a shared prefix is stored once), samples its first token from the parent's saved
@@ -168,6 +170,7 @@ class LlamaPolicy:
         self._batch = llama_cpp.llama_batch_init(cfg.n_batch, 0, 1)
         self._piece_buf = ctypes.create_string_buffer(256)
         self._free_slots: list[int] = []
+        self._template: _Seq | None = None  # the prefilled prompt in slot 0, reused by root()
         self._stop_strings = [] if self.metadata.chat_template else [b"\nQuestion:"]
 
     # -- setup ---------------------------------------------------------------------------------
@@ -245,7 +248,7 @@ class LlamaPolicy:
     # -- StepGenerator -------------------------------------------------------------------------
 
     def root(self, question: str) -> Path:
-        """Clear the cache and prefill the prompt for ``question`` once."""
+        """Clear the cache and prefill the prompt for ``question`` once (kept for a next root)."""
         if not question or not question.strip():
             raise PolicyError("the question is empty")
         start = time.perf_counter()
@@ -256,10 +259,16 @@ class LlamaPolicy:
                 f"the question is too long: its prompt has {len(tokens)} tokens, the limit is "
                 f"{limit} (raise max_prompt_tokens / n_ctx)"
             )
-        llama_cpp.llama_memory_clear(self._memory, True)
         self._free_slots = list(range(self.config.n_seq_max, 0, -1))  # slot 0 is the template
-        prompt = _Prompt(question, tokens)
-        seq = _Seq(prompt=prompt, slot=TEMPLATE_SLOT, is_template=True)
+        template = self._template
+        if template is not None and template.prompt.tokens == tokens and template.logits is not None:
+            for slot in self._free_slots:
+                llama_cpp.llama_memory_seq_rm(self._memory, slot, -1, -1)
+            self.counters.seconds += time.perf_counter() - start
+            return Path(handle=template)
+        llama_cpp.llama_memory_clear(self._memory, True)
+        seq = _Seq(prompt=_Prompt(question, tokens), slot=TEMPLATE_SLOT, is_template=True)
+        self._template = None  # until the new prompt is fully decoded
         for chunk_start in range(0, len(tokens), self.config.n_batch):
             chunk = tokens[chunk_start : chunk_start + self.config.n_batch]
             self._batch.n_tokens = 0
@@ -269,6 +278,7 @@ class LlamaPolicy:
             self._decode()
         self.counters.tokens_prefilled += len(tokens)
         seq.logits = self._logits(self._batch.n_tokens - 1)
+        self._template = seq
         self.counters.seconds += time.perf_counter() - start
         return Path(handle=seq)
 
@@ -383,8 +393,8 @@ class LlamaPolicy:
             child.to_decode = seq.tokens[seq.n_cached :]
             self.counters.tokens_redecoded += len(child.to_decode)
             seq.tokens = seq.tokens[: seq.n_cached]
-        if child.last_of_parent:
-            parent.logits = None  # no sibling needs it any more
+        if child.last_of_parent and not parent.is_template:
+            parent.logits = None  # no sibling needs it any more (the template's serve a next root)
 
     def _step(self, active: list[_Child]) -> None:
         """Decode one batch: every active child's pending tokens, then sample each child.

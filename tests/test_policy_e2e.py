@@ -41,6 +41,25 @@ def test_prompt_is_prefilled_once_for_n_sequences(policy):
     assert result.counters["tokens_redecoded"] == 0
 
 
+def test_a_second_root_for_the_same_prompt_reuses_the_prefill(policy):
+    question = QUESTIONS[1][0]
+    temperature, max_tokens = policy.config.temperature, policy.config.max_tokens
+    policy.config.temperature, policy.config.max_tokens = 0.0, 40
+    try:
+        policy.root(QUESTIONS[0][0])  # another prompt first: the next root must prefill
+        before = policy.counters.tokens_prefilled
+        first = policy.extend([policy.root(question)], 2, to_end=True)
+        prefilled = policy.counters.tokens_prefilled - before
+        assert prefilled == len(policy.tokenize(policy.prompt_text(question)))
+        again = policy.extend([policy.root(question)], 2, to_end=True)
+        assert policy.counters.tokens_prefilled - before == prefilled  # not decoded again
+        assert [p.text for p in again] == [p.text for p in first]  # greedy: same KV, same text
+        policy.release(again)
+        assert sorted(policy._free_slots) == list(range(1, policy.config.n_seq_max + 1))
+    finally:
+        policy.config.temperature, policy.config.max_tokens = temperature, max_tokens
+
+
 def test_step_tree_decodes_each_token_once(policy):
     """Fork, prune, fork again: decoded tokens == prompt once + the tokens of the tree."""
     before = policy.counters.tokens_decoded

@@ -13,9 +13,10 @@
 
 Without a PRM, difficulty is agreement alone and only majority can be chosen.
 
-The continuation calls ``generator.root`` again, which re-prefills the prompt once: a generator's
-template can seed one fork round only. Its sampler seed is offset meanwhile so the new samples
-differ from the probes (the policy seeds each path from the run seed and its place in the tree).
+The continuation calls ``generator.root`` again; the llama.cpp policy keeps the prefilled prompt
+and forks from it again (another generator may prefill once more, which the deadline check
+allows for). Its sampler seed is offset meanwhile so the new samples differ from the probes (the
+policy seeds each path from the run seed and its place in the tree).
 """
 
 from __future__ import annotations
