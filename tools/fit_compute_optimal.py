@@ -11,6 +11,11 @@ problems takes the entry fitted over all problems instead (marked ``pooled``).
     python tools/fit_compute_optimal.py runs/bench_gsm8k.jsonl --out models/compute_optimal.json
     python tools/fit_compute_optimal.py runs/bench_gsm8k.jsonl --eval   # auto vs fixed table
 
+``--eval`` compares auto with every fixed strategy at each budget N, out of sample: each problem's
+choice comes from a table fitted on all the *other* problems (leave-one-out), so auto gets no
+credit for having seen the answer. Generated tokens per problem are printed beside accuracy
+(auto's include its probes when the choice is a tree search, which cannot reuse them).
+
 With no rows at all the table is written empty and says so: auto then uses its default rule.
 """
 
@@ -23,7 +28,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from edgetts.search.auto import DEFAULT_BINS, ComputeOptimalTable
+from edgetts.search.auto import DEFAULT_BINS, PROBE_N, SAMPLE_STRATEGIES, ComputeOptimalTable
 
 STRATEGY_ORDER = ("majority", "weighted_best_of_n", "best_of_n", "dvts", "beam_search")
 
@@ -41,12 +46,13 @@ def load_rows(paths: list[str], model: str | None) -> list[dict]:
 
 def by_problem(rows: list[dict]) -> dict[str, dict]:
     """problem key -> {"features": ..., "correct": {(strategy, n): bool}}."""
-    problems: dict[str, dict] = defaultdict(lambda: {"features": {}, "correct": {}})
+    problems: dict[str, dict] = defaultdict(lambda: {"features": {}, "correct": {}, "tokens": {}})
     for r in rows:
         p = problems[f"{r.get('dataset')}/{r['problem_id']}"]
         if r.get("difficulty_features"):
             p["features"] = r["difficulty_features"]
         p["correct"][r["strategy"], int(r["n"])] = bool(r["correct"])
+        p["tokens"][r["strategy"], int(r["n"])] = int(r.get("tokens_generated") or 0)
     return {k: v for k, v in problems.items() if v["features"]}
 
 
@@ -66,8 +72,8 @@ def best_entry(problems: list[dict], budget: int) -> dict | None:
     return {"strategy": strategy, "n": n, "accuracy": round(-acc, 4), "problems": len(problems)}
 
 
-def fit(rows: list[dict], min_problems: int) -> tuple[dict, dict[str, list[dict]]]:
-    problems = list(by_problem(rows).values())
+def fit(problems: list[dict], min_problems: int) -> tuple[dict, dict[str, list[dict]]]:
+    """Table entries per bin and budget from per-problem results (see the module doc)."""
     table = ComputeOptimalTable()
     binned: dict[str, list[dict]] = defaultdict(list)
     for p in problems:
@@ -87,27 +93,47 @@ def fit(rows: list[dict], min_problems: int) -> tuple[dict, dict[str, list[dict]
     return {"entries": entries, "budgets": budgets, "n_problems": len(problems)}, binned
 
 
-def evaluate(table: ComputeOptimalTable, problems: list[dict], budgets: list[int]) -> None:
-    """Auto (table lookup per problem) against every fixed strategy at the same budget N.
+def auto_outcome(table: ComputeOptimalTable, p: dict, budget: int) -> tuple[bool, int]:
+    """(correct, generated tokens) of auto's choice for problem ``p`` at ``budget``."""
+    choice = table.choose(p["features"], budget, have_prm=True)
+    n = choice.n
+    if choice.strategy in SAMPLE_STRATEGIES:  # auto always draws its probes and picks over them too
+        n = max(n, min(PROBE_N, budget))
+    key: tuple[str, int] | None = (choice.strategy, n)
+    if key not in p["correct"]:  # fall back to the largest n <= budget benched
+        ns = [n for s, n in p["correct"] if s == choice.strategy and n <= budget]
+        key = (choice.strategy, max(ns)) if ns else None
+    if key is None:
+        return False, 0
+    tokens = p["tokens"].get(key, 0)
+    if choice.strategy not in SAMPLE_STRATEGIES:  # a tree search starts over after the probes
+        tokens += p["tokens"].get(("majority", PROBE_N), 0)
+    return bool(p["correct"].get(key)), tokens
 
-    In-sample when the table was fitted on the same rows: an upper bound for auto, not a test.
-    """
+
+def evaluate(problems: list[dict], budgets: list[int], min_problems: int) -> None:
+    """Auto, leave-one-out, against every fixed strategy at the same budget N."""
     fixed = sorted({s for p in problems for s, _ in p["correct"]})
-    print(f"{'N':>3} {'auto':>7} " + " ".join(f"{s:>18}" for s in fixed))
+    print(f"{len(problems)} problems; accuracy (mean generated tokens); auto is leave-one-out")
+    print(f"{'N':>3} {'auto':>16} " + " ".join(f"{s:>22}" for s in fixed))
     for budget in budgets:
-        auto_hits = []
-        for p in problems:
-            choice = table.choose(p["features"], budget, have_prm=True)
-            key = (choice.strategy, choice.n)
-            if key not in p["correct"]:  # fall back to the largest n <= budget benched
-                ns = [n for s, n in p["correct"] if s == choice.strategy and n <= budget]
-                key = (choice.strategy, max(ns)) if ns else None
-            auto_hits.append(bool(key and p["correct"].get(key)))
-        cells = []
+        outcomes = []
+        for i, p in enumerate(problems):
+            others = problems[:i] + problems[i + 1 :]
+            table = ComputeOptimalTable(entries=fit(others, min_problems)[0]["entries"])
+            outcomes.append(auto_outcome(table, p, budget))
+        cells = [cell([o[0] for o in outcomes], [o[1] for o in outcomes], 16)]
         for s in fixed:
-            hits = [p["correct"][s, budget] for p in problems if (s, budget) in p["correct"]]
-            cells.append(f"{statistics.fmean(hits):>18.1%}" if hits else f"{'-':>18}")
-        print(f"{budget:>3} {statistics.fmean(auto_hits):>7.1%} " + " ".join(cells))
+            have = [p for p in problems if (s, budget) in p["correct"]]
+            cells.append(cell([p["correct"][s, budget] for p in have],
+                              [p["tokens"][s, budget] for p in have], 22))
+        print(f"{budget:>3} " + " ".join(cells))
+
+
+def cell(hits: list[bool], tokens: list[int], width: int) -> str:
+    if not hits:
+        return f"{'-':>{width}}"
+    return f"{statistics.fmean(hits):.1%} ({statistics.fmean(tokens):.0f})".rjust(width)
 
 
 def main() -> None:
@@ -119,7 +145,8 @@ def main() -> None:
     ap.add_argument("--eval", action="store_true", help="print auto vs fixed accuracy per budget")
     args = ap.parse_args()
     rows = load_rows(args.results, args.model)
-    fitted, binned = fit(rows, args.min_problems)
+    problems = list(by_problem(rows).values())
+    fitted, binned = fit(problems, args.min_problems)
     note = (f"fitted from bench_strategies.py results: {fitted['n_problems']} problems, {len(rows)} "
             "rows; ties go to the smaller n, then to majority, so a small bench that cannot tell "
             "strategies apart yields cheap choices: re-fit from a full bench run"
@@ -147,8 +174,7 @@ def main() -> None:
     else:
         print(text)
     if args.eval and fitted["entries"]:
-        problems = list(by_problem(rows).values())
-        evaluate(ComputeOptimalTable.from_dict(doc), problems, fitted["budgets"])
+        evaluate(problems, fitted["budgets"], args.min_problems)
 
 
 if __name__ == "__main__":

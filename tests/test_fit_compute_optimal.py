@@ -1,0 +1,51 @@
+"""The offline fit behind strategy "auto" (tools/fit_compute_optimal.py), on hand-made rows."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+
+import fit_compute_optimal as fco  # noqa: E402
+
+from edgetts.search.auto import ComputeOptimalTable  # noqa: E402
+
+
+def rows_for(problem_id: str, agreement: float, correct: dict[tuple[str, int], bool]) -> list[dict]:
+    return [{"problem_id": problem_id, "dataset": "toy", "strategy": s, "n": n, "correct": ok,
+             "tokens_generated": 100 * n, "difficulty_features": {"agreement": agreement}}
+            for (s, n), ok in correct.items()]
+
+
+def toy_problems() -> list[dict]:
+    """Easy problems (all probes agree): majority is right. Hard ones: only beam search at 16."""
+    rows = []
+    for i in range(6):
+        rows += rows_for(f"e{i}", 1.0, {("majority", 4): True, ("majority", 16): True,
+                                        ("beam_search", 16): i % 2 == 0})
+        rows += rows_for(f"h{i}", 0.25, {("majority", 4): False, ("majority", 16): False,
+                                         ("beam_search", 16): True})
+    return list(fco.by_problem(rows).values())
+
+
+def test_fit_picks_per_bin_and_ties_go_to_the_cheaper_choice():
+    fitted, binned = fco.fit(toy_problems(), min_problems=3)
+    assert len(binned["easy"]) == 6 and len(binned["hard"]) == 6
+    assert fitted["entries"]["easy"]["16"]["strategy"] == "majority"
+    assert fitted["entries"]["easy"]["16"]["n"] == 4  # as accurate as majority@16, cheaper
+    assert fitted["entries"]["hard"]["16"]["strategy"] == "beam_search"
+
+
+def test_auto_outcome_counts_the_probes():
+    problem = toy_problems()[0]  # an easy one
+    table = ComputeOptimalTable(entries={"easy": {"16": {"strategy": "beam_search", "n": 16}}})
+    correct, tokens = fco.auto_outcome(table, problem, 16)
+    assert tokens == 1600 + 400  # the tree search plus the 4 probes it could not reuse
+    table = ComputeOptimalTable(entries={"easy": {"4": {"strategy": "majority", "n": 1}}})
+    assert fco.auto_outcome(table, problem, 16) == (True, 400)  # majority over the 4 probes
+
+
+def test_leave_one_out_beats_every_fixed_strategy_on_separable_bins(capsys):
+    fco.evaluate(toy_problems(), [16], min_problems=3)
+    line = capsys.readouterr().out.splitlines()[-1].split()
+    auto, fixed = line[1], line[3::2]
+    assert auto == "100.0%" and all(f != "100.0%" for f in fixed), line
