@@ -7,7 +7,7 @@ the runtime uses, so training and inference see identical token ids.
 
 Writes incrementally under ``--out`` (default ``work/prm/run``): ``last.pt`` (model, optimiser,
 step; resumable with ``--resume``), ``model.pt`` (weights of the best evaluation: dev F1, or
-with ``--onpolicy-dev`` the PRM-weighted selection accuracy on held-out policy samples first),
+with ``--onpolicy-dev`` first how well it ranks held-out policy samples, right above wrong),
 ``log.jsonl`` (loss / dev metrics). With ``--init`` the starting weights are evaluated first, so
 a fine-tune that never helps leaves them as ``model.pt``. Run it in the background::
 
@@ -195,8 +195,8 @@ def main() -> None:
     ap.add_argument("--onpolicy-train", action="append", default=[],
                     help="edgetts run results JSONL: the policy's samples, labelled by final answer")
     ap.add_argument("--onpolicy-dev", default=None,
-                    help="results JSONL of held-out problems: keep the checkpoint with the best "
-                         "PRM-weighted selection accuracy on it (ties: dev F1)")
+                    help="results JSONL of held-out problems: keep the checkpoint that ranks their "
+                         "right samples above their wrong ones best (pair AUC; ties: dev F1)")
     ap.add_argument("--limit", action="append", default=["gsm8k=3000", "math=2000"],
                     help="SOURCE=N: use at most N examples of a source (CPU budget)")
     ap.add_argument("--offset", action="append", default=[],
@@ -267,8 +267,8 @@ def main() -> None:
         print(json.dumps(res), flush=True)
         log.write(json.dumps(res) + "\n")
         log.flush()
-        # Selection accuracy first when asked for: it is what a user of best-of-N gets.
-        key = res["mean_f1"] + (1000 * res["selection"]["prm_weighted"] if sel_rows else 0)
+        # Ranking the policy's own samples first when asked for: it is what best-of-N needs.
+        key = res["mean_f1"] + (1000 * (res["selection"]["pair_auc"] or 0) if sel_rows else 0)
         if key > best:
             best = key
             torch.save(model.state_dict(), out / "model.pt")
