@@ -16,6 +16,7 @@ import click
 
 from edgetts import models as registry
 from edgetts.grading import answers_equal
+from edgetts.solver import SolveOptions
 
 EXIT_INTERRUPTED = 130
 
@@ -54,8 +55,10 @@ def _search_options(func):
         click.option("--agg", default="last", show_default=True,
                      type=click.Choice(["last", "min", "prod"]),
                      help="How step scores combine into a path score."),
-        click.option("--temperature", default=0.8, show_default=True, type=float),
-        click.option("--top-p", default=1.0, show_default=True, type=float),
+        click.option("--temperature", default=SolveOptions.temperature, show_default=True, type=float),
+        click.option("--top-p", default=SolveOptions.top_p, show_default=True, type=float),
+        click.option("--top-k", default=SolveOptions.top_k, show_default=True, type=int,
+                     help="Sample among the k likeliest tokens only (0: off)."),
         click.option("--seed", default=0, show_default=True, type=int),
         click.option("--deadline-s", type=float, default=None,
                      help="Answer within this many seconds (model load excluded); plans N to fit."),
@@ -82,12 +85,13 @@ def _search_options(func):
 
 def _make_solver(kw: dict):
     from edgetts.policy import PolicyConfig
-    from edgetts.solver import SolveOptions, Solver
+    from edgetts.solver import Solver
 
     options = SolveOptions(
         strategy=kw["strategy"], n=kw["n"], beam_width=kw["beam_width"],
         max_steps=kw["max_steps"], agg=kw["agg"], deadline_s=kw["deadline_s"],
-        memory_mb=kw["memory_mb"], temperature=kw["temperature"], top_p=kw["top_p"], seed=kw["seed"],
+        memory_mb=kw["memory_mb"], temperature=kw["temperature"], top_p=kw["top_p"], top_k=kw["top_k"],
+        seed=kw["seed"],
     )
     options.validate()  # fail on bad settings before a model loads
     n_parallel = max(options.search_config().n, 1) if options.strategy != "greedy" else 1

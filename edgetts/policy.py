@@ -93,6 +93,7 @@ class PolicyConfig:
     kv_type: str = "f16"  # "f16" or "q8_0"
     temperature: float = 0.8
     top_p: float = 1.0
+    top_k: int = 0  # 0 = off
     seed: int = 0
 
     def resolved_n_ctx(self) -> int:
@@ -540,6 +541,8 @@ class LlamaPolicy:
         # Each path gets its own stream, fixed by the run seed and its place in the tree, so a
         # run is reproducible whatever order the batch happens to decode in.
         seed = zlib.crc32(repr((cfg.seed, lineage)).encode())
+        if cfg.top_k > 0:
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_k(cfg.top_k))
         if cfg.top_p < 1.0:
             llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(cfg.top_p, 1))
         llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(cfg.temperature))

@@ -223,6 +223,7 @@ class ChatRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)  # an extension, as llama.cpp's server has it
     seed: int | None = None
     # edgetts extensions
     strategy: str | None = None
@@ -575,7 +576,7 @@ class App:
         fields: dict[str, Any] = {"strategy": strategy}
         if n is not None:
             fields["n"] = n
-        for name in ("beam_width", "max_steps", "agg", "temperature", "top_p", "seed"):
+        for name in ("beam_width", "max_steps", "agg", "temperature", "top_p", "top_k", "seed"):
             if getattr(req, name) is not None:
                 fields[name] = getattr(req, name)
         if "beam_width" not in fields and n is not None and strategy in ("beam_search", "dvts"):

@@ -30,6 +30,7 @@ class SolveOptions:
     memory_mb: float | None = None  # peak resident memory budget; the Solver plans to fit it
     temperature: float = 0.8
     top_p: float = 1.0
+    top_k: int = 0  # 0 = off
     seed: int = 0
     weighted_pick: bool = False
 
@@ -52,6 +53,8 @@ class SolveOptions:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if self.memory_mb is not None and self.memory_mb <= 0:
             raise ValueError(f"memory_mb must be positive, got {self.memory_mb}")
         if self.strategy != GREEDY:
@@ -110,7 +113,8 @@ class Solver:
         plan = self.plan(options, question)
         if plan is not None:
             config = replace(config, n=plan.n, beam_width=plan.beam_width)
-        sampling = {"temperature": options.temperature, "top_p": options.top_p, "seed": options.seed}
+        sampling = {"temperature": options.temperature, "top_p": options.top_p, "top_k": options.top_k,
+                    "seed": options.seed}
         if strategy == GREEDY:
             strategy, config = "majority", replace(config, n=1)
             sampling["temperature"] = 0.0

@@ -60,6 +60,21 @@ def test_a_second_root_for_the_same_prompt_reuses_the_prefill(policy):
         policy.config.temperature, policy.config.max_tokens = temperature, max_tokens
 
 
+def test_top_k_of_one_samples_the_greedy_text(policy):
+    cfg = policy.config
+    saved = (cfg.temperature, cfg.top_k, cfg.max_tokens)
+    try:
+        cfg.max_tokens = 40
+        cfg.temperature, cfg.top_k = 0.0, 0
+        # Same batch shape both times, so the logits are bit-identical.
+        greedy = policy.extend([policy.root(QUESTIONS[0][0])], 3, to_end=True)
+        cfg.temperature, cfg.top_k = 1.5, 1  # hot, but only one token may be drawn
+        sampled = policy.extend([policy.root(QUESTIONS[0][0])], 3, to_end=True)
+        assert [p.text for p in sampled] == [p.text for p in greedy]
+    finally:
+        cfg.temperature, cfg.top_k, cfg.max_tokens = saved
+
+
 def test_step_tree_decodes_each_token_once(policy):
     """Fork, prune, fork again: decoded tokens == prompt once + the tokens of the tree."""
     before = policy.counters.tokens_decoded

@@ -40,6 +40,7 @@ from edgetts.search.auto import difficulty_features  # the same features auto se
 from edgetts.search.base import Candidate, SearchConfig, aggregate
 from edgetts.search.best_of_n import pick
 from edgetts.search.select import pick_by_vote, score_paths, to_candidate
+from edgetts.solver import SolveOptions
 
 SUBSET_STRATEGIES = ("majority", "best_of_n", "weighted_best_of_n")
 SEARCH_STRATEGIES = ("beam_search", "dvts")
@@ -107,7 +108,8 @@ def run(args: argparse.Namespace) -> None:
                           "correct": answers_equal(result.answer, problem.answer),
                           "tokens_generated": result.counters["tokens_decoded"],
                           "seconds": result.counters["wall_s"], "difficulty_features": {}})
-        policy.config.temperature = args.temperature
+        policy.config.temperature, policy.config.top_p = args.temperature, args.top_p
+        policy.config.top_k = args.top_k
         if any(todo(s, n) for s in SUBSET_STRATEGIES for n in n_list):
             start = time.perf_counter()
             paths = policy.extend([policy.root(problem.question)], args.n_max, to_end=True)
@@ -255,7 +257,9 @@ def main() -> None:
     r.add_argument("--beam-width", type=int, default=4)
     r.add_argument("--max-steps", type=int, default=12)
     r.add_argument("--max-tokens", type=int, default=400)
-    r.add_argument("--temperature", type=float, default=0.8)
+    r.add_argument("--temperature", type=float, default=SolveOptions.temperature)
+    r.add_argument("--top-p", type=float, default=SolveOptions.top_p)
+    r.add_argument("--top-k", type=int, default=SolveOptions.top_k)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--only", nargs="*", default=[], help="only these strategies (e.g. greedy)")
     p = sub.add_parser("report", help="table (and plot) of accuracy against N")
