@@ -6,7 +6,7 @@ import threading
 import warnings
 from dataclasses import dataclass, field, replace
 
-from edgetts.policy import LlamaPolicy, PolicyConfig
+from edgetts.policy import DEFAULT_TEMPERATURE, LlamaPolicy, PolicyConfig
 from edgetts.scheduler import Budget, Plan, plan_for, prompt_tokens_for
 from edgetts.search import NEEDS_SCORER, STRATEGIES, run_search
 from edgetts.search.base import SearchConfig, SearchResult, StepScorer
@@ -28,7 +28,7 @@ class SolveOptions:
     agg: str = "last"
     deadline_s: float | None = None
     memory_mb: float | None = None  # peak resident memory budget; the Solver plans to fit it
-    temperature: float = 0.8
+    temperature: float = DEFAULT_TEMPERATURE
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
     seed: int = 0
