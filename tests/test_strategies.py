@@ -88,6 +88,17 @@ def test_aggregation_steers_pruning(agg, kept):
         assert select(gen, paths)[0].steps == [kept]
 
 
+def test_top_k_gives_a_duplicate_beams_place_to_the_next_distinct_one():
+    gen = FakeGenerator(tree_policy({"same": {}, "other": {}, "third": {}}))
+    paths = gen.extend([gen.root("q")], 3)
+    paths[1].steps = list(paths[0].steps)  # two beams wrote the same step
+    for path, score in zip(paths, (0.9, 0.8, 0.1), strict=True):
+        path.scores = [score]
+    kept = top_k(gen, paths, 2, "last")
+    assert [p.scores for p in kept] == [[0.9], [0.1]]
+    assert len(top_k(gen, kept, 5, "last")) == 2  # fewer distinct paths than places: fewer kept
+
+
 # --- beam search --------------------------------------------------------------------------------
 
 # Round 1: a .9, b .1, c .8, d .2 -> a, c survive (n=4, width 2).

@@ -2,7 +2,8 @@
 
 N beams, beam width M. Round 1 samples N first steps from the prompt. Every round the PRM scores
 the live beams; beams that finished are set aside for the final pick, the top N/M unfinished ones
-survive and each is expanded into M beams with one more step; the rest are released at once.
+with distinct steps survive and each is expanded into M beams with one more step; the rest are
+released at once.
 The search stops after ``config.max_steps`` rounds (live beams are then completed to the end), when
 N beams have finished, when no live beam is left, or at the deadline. The finished beams are
 judged like best-of-N samples: by aggregated score, or summed per answer when
@@ -68,9 +69,20 @@ def set_aside_finished(
 
 
 def top_k(generator: StepGenerator, paths: list[Path], k: int, agg: str) -> list[Path]:
-    """Keep the ``k`` best-scored paths (earliest first on ties) and release the others."""
+    """Keep the ``k`` best-scored paths with distinct steps (earliest first on ties), release the rest.
+
+    Two beams with the same steps are one partial solution twice (common when sampling cool), so a
+    duplicate gives its place to the next distinct path, as search-and-learn's
+    ``filter_duplicates`` does. Fewer than ``k`` distinct paths means fewer survivors.
+    """
     ranked = sorted(range(len(paths)), key=lambda i: -aggregate(paths[i].scores, agg))
-    kept = set(ranked[:k])
+    kept: set[int] = set()
+    seen: set[tuple[str, ...]] = set()
+    for i in ranked:
+        steps = tuple(paths[i].steps)
+        if steps not in seen and len(kept) < k:
+            seen.add(steps)
+            kept.add(i)
     generator.release([p for i, p in enumerate(paths) if i not in kept])
     # Input order is kept so that expansion order (and so sampling) does not depend on scores.
     return [p for i, p in enumerate(paths) if i in kept]
