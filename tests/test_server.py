@@ -182,6 +182,15 @@ def test_memory_mb_reaches_the_solver_capped_by_the_server_budget(fake):
     assert err.value.body["param"] == "memory_mb"
 
 
+def test_sampling_fields_reach_the_solver(fake):
+    base, solver = fake
+    ask(client(base), temperature=0.5, top_p=0.9, top_k=20, seed=7)
+    options = solver.options[-1]
+    assert (options.temperature, options.top_p, options.top_k, options.seed) == (0.5, 0.9, 20, 7)
+    ask(client(base))
+    assert solver.options[-1].top_k == 0  # the solver's defaults when a request says nothing
+
+
 def test_full_queue_answers_503_with_retry_after(fake):
     base, solver = fake
     solver.delay_s = 1.0
