@@ -52,9 +52,9 @@ def _search_options(func):
         click.option("--beam-width", default=4, show_default=True,
                      help="Expansions per kept beam (beam search, DVTS)."),
         click.option("--max-steps", default=40, show_default=True, help="Search rounds at most."),
-        click.option("--agg", default="last", show_default=True,
-                     type=click.Choice(["last", "min", "prod"]),
-                     help="How step scores combine into a path score."),
+        click.option("--agg", default=None, type=click.Choice(["last", "min", "prod"]),
+                     help="How step scores combine into a path score [default: the PRM's own, "
+                          "from its manifest]."),
         click.option("--temperature", default=SolveOptions.temperature, show_default=True, type=float),
         click.option("--top-p", default=SolveOptions.top_p, show_default=True, type=float),
         click.option("--top-k", default=SolveOptions.top_k, show_default=True, type=int,

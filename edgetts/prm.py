@@ -410,6 +410,11 @@ class PRMScorer:
             scores.append(s)
         return scores
 
+    @property
+    def default_aggregation(self) -> str:
+        """How this PRM's step scores are best combined into a path score (its manifest says)."""
+        return self.manifest.default_aggregation
+
     def score_steps(self, question: str, steps_per_path: list[list[str]]) -> list[list[float]]:
         """Per-step scores in [0, 1] for each path (batched by length)."""
         return self.score_pairs([(question, steps) for steps in steps_per_path])

@@ -25,7 +25,7 @@ class SolveOptions:
     n: int | None = None  # None: the plan picks it under a budget, else DEFAULT_N
     beam_width: int = 4
     max_steps: int = 40
-    agg: str = "last"
+    agg: str | None = None  # None: the PRM manifest's default_aggregation
     deadline_s: float | None = None
     memory_mb: float | None = None  # peak resident memory budget; the Solver plans to fit it
     temperature: float = DEFAULT_TEMPERATURE
@@ -39,7 +39,7 @@ class SolveOptions:
             n=self.n if self.n is not None else DEFAULT_N,
             beam_width=self.beam_width,
             max_steps=self.max_steps,
-            agg=self.agg,
+            agg=self.agg or "last",
             deadline_s=self.deadline_s,
             weighted_pick=self.weighted_pick,
         )
@@ -126,6 +126,8 @@ class Solver:
             for key, value in sampling.items():
                 setattr(policy.config, key, value)
             scorer = self._scorer_for(strategy, plan)
+            if options.agg is None and scorer is not None:
+                config = replace(config, agg=getattr(scorer, "default_aggregation", config.agg))
             result = run_search(strategy, question, policy, scorer, config)
         if options.strategy == GREEDY:
             result.strategy = GREEDY

@@ -22,3 +22,35 @@ def test_bad_options_are_refused(bad, message):
 def test_defaults_are_valid():
     SolveOptions().validate()
     SolveOptions(strategy="greedy", top_k=20, top_p=0.8).validate()
+
+
+# Two samples: "good" ends high after a weak step, "steady" never dips.
+AGG_TREE = {"weak": {"good \\boxed{1}": {}}, "fine": {"steady \\boxed{2}": {}}}
+AGG_SCORES = {"weak": 0.1, "good \\boxed{1}": 0.9, "fine": 0.6, "steady \\boxed{2}": 0.7}
+
+
+def solver_with_fakes(default_aggregation: str):
+    from types import SimpleNamespace
+
+    from fakes import FakeGenerator, FakeScorer, tree_policy
+
+    from edgetts.solver import Solver
+
+    generator = FakeGenerator(tree_policy(AGG_TREE))
+    generator.config = SimpleNamespace()  # the solver sets the sampling settings here
+    scorer = FakeScorer(AGG_SCORES)
+    scorer.default_aggregation = default_aggregation
+    solver = Solver()
+    solver._policy, solver._scorer = generator, scorer
+    return solver
+
+
+@pytest.mark.parametrize("manifest_agg, asked, answer", [
+    ("min", None, "2"),    # the PRM's own aggregation by default: "good" dips to 0.1
+    ("last", None, "1"),
+    ("min", "last", "1"),  # an explicit --agg wins
+])
+def test_aggregation_defaults_to_the_prms_own(manifest_agg, asked, answer):
+    solver = solver_with_fakes(manifest_agg)
+    result = solver.solve("q", SolveOptions(strategy="best_of_n", n=2, agg=asked))
+    assert result.answer == answer

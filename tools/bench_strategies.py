@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> None:
                                       n_seq_max=min(args.n_max, 16), seed=args.seed))
     scorer = PRMScorer.load(args.prm, threads=default_threads()) if args.only != ["greedy"] else None
     n_list = sorted(n for n in args.n if n <= args.n_max)
+    agg = args.agg or (scorer.default_aggregation if scorer else "last")
     for index, problem in enumerate(problems):
         base = {"problem_id": problem.id, "dataset": args.dataset, "model": model, "gold": problem.answer}
 
@@ -115,7 +116,7 @@ def run(args: argparse.Namespace) -> None:
             paths = policy.extend([policy.root(problem.question)], args.n_max, to_end=True)
             policy.release(paths)
             score_paths(scorer, problem.question, paths)
-            candidates = [to_candidate(p) for p in paths]
+            candidates = [to_candidate(p, agg) for p in paths]
             seconds = time.perf_counter() - start
             features = difficulty_features(candidates)
             # The samples are the expensive part: keep them so another PRM can rescore them later.
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> None:
             for n in n_list:
                 if n < args.beam_width or not todo(strategy, n) or n > args.search_n_max:
                     continue
-                config = SearchConfig(n=n, beam_width=args.beam_width, max_steps=args.max_steps)
+                config = SearchConfig(n=n, beam_width=args.beam_width, max_steps=args.max_steps, agg=agg)
                 result = run_search(strategy, problem.question, policy, scorer, config)
                 _append(out, {**base, "strategy": strategy, "n": n, "answer": result.answer,
                               "correct": answers_equal(result.answer, problem.answer),
@@ -149,12 +150,13 @@ def rescore(args: argparse.Namespace) -> None:
     done = _done(out)
     n_list = sorted(args.n)
     fields = {f.name for f in dataclasses.fields(Candidate)}
+    agg = args.agg or scorer.default_aggregation
     for sample_row in load_rows([args.samples]):
         cands = [Candidate(**{k: v for k, v in c.items() if k in fields})
                  for c in sample_row["candidates"]]
         steps = [[s for s in c.text.split("\n\n") if s.strip()] or [c.text] for c in cands]
         scored = scorer.score_steps(sample_row["question"], steps)
-        cands = [dataclasses.replace(c, step_scores=sc, score=aggregate(sc, args.agg) if sc else None)
+        cands = [dataclasses.replace(c, step_scores=sc, score=aggregate(sc, agg) if sc else None)
                  for c, sc in zip(cands, scored, strict=True)]
         base = {k: sample_row[k] for k in ("problem_id", "dataset", "model", "gold")}
         for row in subset_rows(cands, sample_row["gold"], [n for n in n_list if n <= len(cands)]):
@@ -255,6 +257,8 @@ def main() -> None:
     r.add_argument("--n-max", type=int, default=16, help="samples drawn once per problem")
     r.add_argument("--search-n-max", type=int, default=16, help="largest N for beam search / DVTS")
     r.add_argument("--beam-width", type=int, default=4)
+    r.add_argument("--agg", choices=["last", "min", "prod"], default=None,
+                   help="path score from step scores (default: the PRM manifest's)")
     r.add_argument("--max-steps", type=int, default=12)
     r.add_argument("--max-tokens", type=int, default=400)
     r.add_argument("--temperature", type=float, default=SolveOptions.temperature)
@@ -271,7 +275,8 @@ def main() -> None:
     q.add_argument("--prm", required=True, help="PRM directory")
     q.add_argument("--out", required=True, help="results JSONL (appended, resumable)")
     q.add_argument("--n", type=int, nargs="+", default=[1, 4, 16])
-    q.add_argument("--agg", choices=["last", "min", "prod"], default="last")
+    q.add_argument("--agg", choices=["last", "min", "prod"], default=None,
+                   help="path score from step scores (default: the PRM manifest's)")
     q.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     {"run": run, "report": report, "rescore": rescore}[args.command](args)

@@ -174,7 +174,7 @@ def auto(
         score_in_time(scorer, question, probes, [], deadline)
     else:
         log.info("auto: no PRM, difficulty from answer agreement alone")
-    features = difficulty_features([to_candidate(p) for p in probes])
+    features = difficulty_features([to_candidate(p, config.agg) for p in probes])
     choice = table.choose(features, config.n, scorer is not None)
     extra = _continue(question, generator, scorer, config, choice, len(probes), deadline, prefill_s)
     candidates = [to_candidate(p, config.agg) for p in probes if p.finished]
