@@ -142,6 +142,8 @@ def main() -> None:
                     help="op types quantized by --quant dynamic")
     ap.add_argument("--threshold", type=float, default=0.5, help="manifest threshold")
     ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("--agg", choices=["last", "min", "prod"], default="min",
+                    help="manifest default_aggregation (measure with eval_prm.py --selection)")
     ap.add_argument("--calculator-cap", type=float, default=0.05,
                     help="cap the score of a step with a false plain-number equation (0: off)")
     ap.add_argument("--parity-data", default="work/prm/pb_dev_prmbench.json")
@@ -164,6 +166,7 @@ def main() -> None:
     man = base_manifest(args.max_length)
     man["threshold"] = args.threshold
     man["precision"] = "fp32" if args.quant == "none" else f"int8-{args.quant}"
+    man["default_aggregation"] = args.agg
     if args.calculator_cap > 0:
         man["calculator_check"], man["calculator_cap"] = True, args.calculator_cap
     Manifest.from_dict(man)

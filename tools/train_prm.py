@@ -160,9 +160,9 @@ def dev_eval(model: torch.nn.Module, builder: InputBuilder, dev: dict[str, list[
     return res
 
 
-def selection_eval(model: torch.nn.Module, builder: InputBuilder, rows: list[dict]) -> dict:
+def selection_eval(model: torch.nn.Module, builder: InputBuilder, rows: list[dict], agg: str) -> dict:
     """Best-of-N / weighted vote against majority on held-out policy samples, scored as at run
-    time (the calculator cap included), aggregation "last"."""
+    time (the calculator cap included)."""
     from edgetts.prm import arithmetic_error
 
     examples = [{"problem": question_of(r), "steps": split_steps(c["text"])}
@@ -176,7 +176,7 @@ def selection_eval(model: torch.nn.Module, builder: InputBuilder, rows: list[dic
             row_scores.append([min(v, CALCULATOR_CAP) if arithmetic_error(st) else v
                                for v, st in zip(s, split_steps(c["text"]), strict=True)])
         scores.append(row_scores)
-    return selection_accuracy(rows, scores, "last")
+    return selection_accuracy(rows, scores, agg)
 
 
 def main() -> None:
@@ -190,6 +190,8 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--head-lr", type=float, default=1e-3)
+    ap.add_argument("--agg", choices=["last", "min", "prod"], default="min",
+                    help="path score for --onpolicy-dev (the manifest's default_aggregation)")
     ap.add_argument("--weight", action="append", default=[],
                     help="SOURCE=K: repeat a source's items K times (prmbench, gsm8k, math, onpolicy)")
     ap.add_argument("--onpolicy-train", action="append", default=[],
@@ -262,7 +264,7 @@ def main() -> None:
         nonlocal best
         res = dev_eval(model, builder, dev)
         if sel_rows:
-            res["selection"] = selection_eval(model, builder, sel_rows)
+            res["selection"] = selection_eval(model, builder, sel_rows, args.agg)
         res.update(step=step, dev=True, min=round((time.time() - t0) / 60, 2))
         print(json.dumps(res), flush=True)
         log.write(json.dumps(res) + "\n")
