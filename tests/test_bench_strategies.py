@@ -1,0 +1,56 @@
+"""tools/bench_strategies.py: sample-based rows from one sample set, and rescoring kept samples."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+
+import bench_strategies as bench  # noqa: E402
+
+from edgetts.search.base import Candidate  # noqa: E402
+
+
+def cand(answer: str | None, score: float, n_tokens: int = 10) -> Candidate:
+    return Candidate(text=f"so \\boxed{{{answer}}}", answer=answer, score=score, step_scores=[score],
+                     n_tokens=n_tokens, stop_reason="eos")
+
+
+def test_subset_rows_use_the_first_n_samples():
+    # Majority of all four says 5; the single best score says 7; the summed scores say 7.
+    cands = [cand("7", 0.9), cand("5", 0.2), cand("5", 0.3), cand("7", 0.1), cand("5", 0.1)]
+    rows = {(r["strategy"], r["n"]): r for r in bench.subset_rows(cands, "7", [1, 4])}
+    assert rows["majority", 1]["answer"] == "7" and rows["majority", 1]["tokens_generated"] == 10
+    assert rows["majority", 4]["answer"] == "7"  # 2-2 tie: the group with the best member
+    assert rows["best_of_n", 4]["answer"] == "7" and rows["best_of_n", 4]["correct"]
+    assert rows["weighted_best_of_n", 4]["answer"] == "7"  # 1.0 against 0.5
+    rows = {(r["strategy"], r["n"]): r for r in bench.subset_rows(cands, "7", [5])}
+    assert rows["majority", 5]["answer"] == "5" and not rows["majority", 5]["correct"]
+    assert rows["weighted_best_of_n", 5]["answer"] == "7"  # 1.0 against 0.6
+    assert rows["majority", 5]["tokens_generated"] == 50
+
+
+def test_rescore_kept_samples_with_the_shipped_prm(tmp_path):
+    question = "Tom has 3 boxes of 4 apples. How many apples does he have?"
+    good = "Tom has 3 boxes with 4 apples each.\n\n3 * 4 = 12.\n\nThe answer is \\boxed{12}."
+    bad = "Tom has 3 boxes with 4 apples each.\n\n3 * 4 = 7.\n\nThe answer is \\boxed{7}."
+    samples = tmp_path / "bench.samples.jsonl"
+    rows = []
+    for pid in ("a", "b"):
+        cands = [{"text": t, "answer": a, "score": None, "step_scores": [], "n_tokens": 20,
+                  "stop_reason": "eos"} for t, a in ((bad, "7"), (good, "12"), (bad, "7"), (good, "12"))]
+        rows.append({"problem_id": pid, "dataset": "toy", "model": "m", "gold": "12",
+                     "question": question, "seconds": 4.0, "candidates": cands})
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "rescored.jsonl"
+    args = argparse.Namespace(samples=str(samples), prm=None, out=str(out), n=[1, 4], agg=None, threads=1)
+    bench.rescore(args)
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(got) == 2 * 3 * 2  # problems x sample-based strategies x N
+    best = {(r["problem_id"], r["n"]): r for r in got if r["strategy"] == "best_of_n"}
+    # The calculator check caps "3 * 4 = 7", so the PRM's pick among all four is the right one.
+    assert best["a", 4]["answer"] == "12" and best["a", 4]["correct"]
+    assert best["a", 1]["answer"] == "7"  # N=1 sees only the first sample
+    bench.rescore(args)  # resumable: nothing is added twice
+    assert len(out.read_text().splitlines()) == len(got)
