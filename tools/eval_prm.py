@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -84,6 +85,7 @@ def prm_scores(prm: str | None, threads: int | None, files: dict[str, list[dict]
     from edgetts.prm import PRMScorer
 
     scorer = PRMScorer.load(prm, threads=threads, batch_size=batch)
+    manifest = dataclasses.replace(scorer.manifest)  # as shipped: the scorer's copy is switched off
     scorer.manifest.calculator_check = False
     out: Scores = {}
     chunk = 16 * batch  # windows are sorted by length within a chunk: little padding
@@ -92,7 +94,7 @@ def prm_scores(prm: str | None, threads: int | None, files: dict[str, list[dict]
         for b in range(0, len(items), chunk):
             out[p].extend(scorer.score_pairs([(it["problem"], it["steps"])
                                               for it in items[b : b + chunk]]))
-    return out, scorer.manifest
+    return out, manifest
 
 
 def with_calculator(scores: Scores, files: dict[str, list[dict]], cap: float) -> Scores:
