@@ -31,6 +31,7 @@ def test_majority_returns_parsed_answer(policy, question, gold):
 def test_prompt_is_prefilled_once_for_n_sequences(policy):
     question = QUESTIONS[0][0]
     prompt_tokens = len(policy.tokenize(policy.prompt_text(question)))
+    policy.root("What is 1 + 1?")  # another prompt in the cache: this search must prefill its own
     before = policy.counters.tokens_prefilled
     result = run_search("majority", question, policy, None, SearchConfig(n=4))
     assert policy.counters.tokens_prefilled - before == prompt_tokens

@@ -17,6 +17,7 @@ QUESTIONS = [
 @pytest.mark.parametrize("question, gold", QUESTIONS)
 def test_strategy_end_to_end(policy, scorer, strategy, question, gold):
     policy.config.seed, policy.config.max_tokens = 0, 200
+    policy.root("What is 1 + 1?")  # another prompt in the cache: this search must prefill its own
     prompt_tokens = len(policy.tokenize(policy.prompt_text(question)))
     config = SearchConfig(n=4, beam_width=2, max_steps=8)
     result = run_search(strategy, question, policy, scorer, config)
