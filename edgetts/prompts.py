@@ -10,6 +10,11 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 STEP_SEPARATOR = "\n\n"
 
+
+def split_steps(text: str) -> list[str]:
+    """A written solution's steps, cut where the policy cuts them (blank lines); never empty."""
+    return [s for s in text.split(STEP_SEPARATOR) if s.strip()] or [text]
+
 SYSTEM_PROMPT = (
     "Solve the math problem efficiently and clearly. Think step by step. "
     "Separate the steps with a blank line. "

@@ -35,6 +35,7 @@ from edgetts.data import load_problems
 from edgetts.grading import answers_equal
 from edgetts.models import load_registry
 from edgetts.policy import LlamaPolicy, PolicyConfig, default_threads
+from edgetts.prompts import split_steps
 from edgetts.search import run_search
 from edgetts.search.auto import difficulty_features  # the same features auto sees at run time
 from edgetts.search.base import Candidate, SearchConfig, aggregate
@@ -149,21 +150,19 @@ def rescore(args: argparse.Namespace) -> None:
     out = Path(args.out)
     done = _done(out)
     n_list = sorted(args.n)
-    fields = {f.name for f in dataclasses.fields(Candidate)}
     agg = args.agg or scorer.default_aggregation
     for sample_row in load_rows([args.samples]):
-        cands = [Candidate(**{k: v for k, v in c.items() if k in fields})
-                 for c in sample_row["candidates"]]
-        steps = [[s for s in c.text.split("\n\n") if s.strip()] or [c.text] for c in cands]
-        scored = scorer.score_steps(sample_row["question"], steps)
+        cands = [Candidate.from_dict(c) for c in sample_row["candidates"]]
+        scored = scorer.score_steps(sample_row["question"], [split_steps(c.text) for c in cands])
         cands = [dataclasses.replace(c, step_scores=sc, score=aggregate(sc, agg) if sc else None)
                  for c, sc in zip(cands, scored, strict=True)]
         base = {k: sample_row[k] for k in ("problem_id", "dataset", "model", "gold")}
+        features = difficulty_features(cands)
         for row in subset_rows(cands, sample_row["gold"], [n for n in n_list if n <= len(cands)]):
             if (base["problem_id"], base["model"], row["strategy"], row["n"]) not in done:
                 seconds = sample_row["seconds"] * row["n"] / len(cands)
                 _append(out, {**base, **row, "seconds": round(seconds, 3), "prm": str(scorer.directory),
-                              "difficulty_features": difficulty_features(cands)})
+                              "difficulty_features": features})
     print(f"rows written to {out}")
 
 

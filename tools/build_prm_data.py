@@ -31,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from edgetts.prompts import split_steps
+
 DATA = Path("/work/shared/data")
 NUM = r"-?\$?\d[\d,]*(?:\.\d+)?"
 EQ_RE = re.compile(
@@ -259,7 +261,7 @@ def load_onpolicy(path: str, source: str = "onpolicy") -> list[Example]:
         d = json.loads(line)
         q = d.get("question") or d.get("problem") or ""
         for j, c in enumerate(d.get("candidates", [])):
-            steps = [s.strip() for s in c["text"].split("\n\n") if s.strip()]
+            steps = [s.strip() for s in split_steps(c["text"]) if s.strip()]
             if not steps or c.get("correct") is None:
                 continue
             labels = [1] * len(steps) if c["correct"] else [-1] * (len(steps) - 1) + [0]

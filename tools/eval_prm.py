@@ -35,6 +35,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from edgetts.prompts import split_steps  # noqa: E402
+
 Scores = dict[str, list[list[float]]]
 Labels = dict[str, list[int]]
 GRID = [round(x, 2) for x in np.arange(0.01, 1.0, 0.01)]
@@ -166,11 +168,6 @@ def load_selection_rows(path: str) -> list[dict]:
 
 def question_of(row: dict) -> str:
     return row.get("question") or row.get("problem") or ""
-
-
-def split_steps(text: str) -> list[str]:
-    """A sample's steps, as the policy separates them (blank lines)."""
-    return [s for s in text.split("\n\n") if s.strip()] or [text]
 
 
 def selection_accuracy(rows: list[dict], scores: list[list[list[float]]], agg: str) -> dict:

@@ -31,13 +31,11 @@ def load(path: str) -> dict[str, dict]:
 
 
 def majority_correct(row: dict, k: int) -> bool:
-    cands = [Candidate(text=c["text"], answer=c.get("answer"), score=None, step_scores=[],
-                       n_tokens=c.get("n_tokens", 0), stop_reason=c.get("stop_reason"))
-             for c in row["candidates"][:k]]
+    """Whether majority voting over the first ``k`` samples picks a right one (as graded by run)."""
+    first = row["candidates"][:k]
+    cands = [Candidate.from_dict(c) for c in first]
     chosen, _ = pick_by_vote(cands, lambda c: 1.0)
-    if chosen is None:
-        return False
-    return any(c.get("correct") for c in row["candidates"][:k] if c.get("answer") == chosen.answer)
+    return chosen is not None and bool(first[cands.index(chosen)].get("correct"))
 
 
 def summarise(rows: list[dict]) -> dict[str, float]:

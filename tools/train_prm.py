@@ -37,11 +37,11 @@ from eval_prm import (  # noqa: E402
     prf,
     question_of,
     selection_accuracy,
-    split_steps,
 )
 from prm_model import base_manifest, build_model, minilm_dir  # noqa: E402
 
 from edgetts.prm import InputBuilder, Manifest, _load_tokenizer  # noqa: E402
+from edgetts.prompts import split_steps  # noqa: E402
 
 CALCULATOR_CAP = 0.05  # as in the shipped manifest
 Item = tuple[list[int], list[int], list[int], list[int]]  # ids, types, tag positions, labels

@@ -167,7 +167,7 @@ def auto(
     table = table or load_table()
     deadline = Deadline(config.deadline_s, config.cancel)
     root = generator.root(question)
-    prefill_s = deadline.elapsed_s()  # the continuation prefills again: it must fit the time left
+    prefill_s = deadline.elapsed_s()  # a generator that cannot reuse the prompt prefills it again
     probes = generator.extend([root], min(PROBE_N, config.n), to_end=True, deadline=deadline)
     generator.release(probes)
     if scorer is not None:

@@ -15,7 +15,7 @@ import math
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Protocol, runtime_checkable
 
 Aggregation = Literal["last", "min", "prod"]
@@ -123,6 +123,12 @@ class Candidate:
     step_scores: list[float]
     n_tokens: int
     stop_reason: str | None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Candidate:
+        """A candidate from its JSON form (extra keys such as ``correct`` are ignored)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 @dataclass
