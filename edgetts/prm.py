@@ -256,6 +256,11 @@ def arithmetic_error(step: str) -> bool:
     return False
 
 
+def calculator_capped(steps: Sequence[str], scores: Sequence[float], cap: float) -> list[float]:
+    """The calculator check: ``scores`` with every step that states false arithmetic capped at ``cap``."""
+    return [min(v, cap) if arithmetic_error(st) else v for v, st in zip(scores, steps, strict=True)]
+
+
 @dataclass
 class PRMCounters:
     """Work done by a scorer since it was loaded."""
@@ -433,11 +438,8 @@ class PRMScorer:
                 for i, v in zip(w.step_indices, s, strict=True):
                     result[p][i] = float(v)
         if self.manifest.calculator_check:
-            cap = self.manifest.calculator_cap
-            for p, (_, steps) in enumerate(pairs):
-                for i, st in enumerate(steps):
-                    if arithmetic_error(st):
-                        result[p][i] = min(result[p][i], cap)
+            result = [calculator_capped(steps, scores, self.manifest.calculator_cap)
+                      for (_, steps), scores in zip(pairs, result, strict=True)]
         self.counters.calls += 1
         self.counters.steps_scored += sum(len(s) for _, s in pairs)
         self.counters.seconds += time.perf_counter() - t0

@@ -101,11 +101,10 @@ def prm_scores(prm: str | None, threads: int | None, files: dict[str, list[dict]
 
 def with_calculator(scores: Scores, files: dict[str, list[dict]], cap: float) -> Scores:
     """Apply the runtime's calculator check (cap scores of steps with false arithmetic)."""
-    from edgetts.prm import arithmetic_error
+    from edgetts.prm import calculator_capped
 
-    return {p: [[min(v, cap) if arithmetic_error(st) else v for v, st in zip(sc, it["steps"],
-                                                                             strict=True)]
-                for sc, it in zip(scores[p], files[p], strict=True)] for p in scores}
+    return {p: [calculator_capped(it["steps"], sc, cap) for sc, it in zip(scores[p], files[p], strict=True)]
+            for p in scores}
 
 
 def report(name: str, scores: Scores, files: dict[str, list[dict]], data: list[str],

@@ -163,19 +163,13 @@ def dev_eval(model: torch.nn.Module, builder: InputBuilder, dev: dict[str, list[
 def selection_eval(model: torch.nn.Module, builder: InputBuilder, rows: list[dict], agg: str) -> dict:
     """Best-of-N / weighted vote against majority on held-out policy samples, scored as at run
     time (the calculator cap included)."""
-    from edgetts.prm import arithmetic_error
+    from edgetts.prm import calculator_capped
 
     examples = [{"problem": question_of(r), "steps": split_steps(c["text"])}
                 for r in rows for c in r["candidates"]]
-    flat = iter(score_examples(model, builder, examples))
-    scores = []
-    for r in rows:
-        row_scores = []
-        for c in r["candidates"]:
-            s = next(flat)
-            row_scores.append([min(v, CALCULATOR_CAP) if arithmetic_error(st) else v
-                               for v, st in zip(s, split_steps(c["text"]), strict=True)])
-        scores.append(row_scores)
+    flat = iter(calculator_capped(e["steps"], s, CALCULATOR_CAP)
+                for e, s in zip(examples, score_examples(model, builder, examples), strict=True))
+    scores = [[next(flat) for _ in r["candidates"]] for r in rows]
     return selection_accuracy(rows, scores, agg)
 
 
