@@ -177,28 +177,29 @@ def selection_accuracy(rows: list[dict], scores: list[list[list[float]]], agg: s
 
     ``scores[i][j]`` are the step scores of candidate j of row i.
     """
-    from collections import Counter, defaultdict
+    from dataclasses import replace
 
-    from edgetts.search.base import aggregate
+    from edgetts.search.base import Candidate, aggregate
+    from edgetts.search.select import pick_best, pick_by_vote
 
     hits: dict[str, list[bool]] = {"majority": [], "prm_best": [], "prm_weighted": [], "oracle": []}
     pairs: list[float] = []
     for r, row_scores in zip(rows, scores, strict=True):
-        cands = r["candidates"]
+        graded = [is_correct(c, r) for c in r["candidates"]]
         path_scores = [aggregate(s, agg) for s in row_scores]
-        right = [sc for c, sc in zip(cands, path_scores, strict=True) if is_correct(c, r)]
-        wrong = [sc for c, sc in zip(cands, path_scores, strict=True) if not is_correct(c, r)]
+        right = [sc for ok, sc in zip(graded, path_scores, strict=True) if ok]
+        wrong = [sc for ok, sc in zip(graded, path_scores, strict=True) if not ok]
         pairs += [1.0 if a > b else 0.5 if a == b else 0.0 for a in right for b in wrong]
-        ok = {c.get("answer"): is_correct(c, r) for c in cands}
-        votes = Counter(c.get("answer") for c in cands if c.get("answer") is not None)
-        weighted: dict = defaultdict(float)
-        for c, sc in zip(cands, path_scores, strict=True):
-            if c.get("answer") is not None:
-                weighted[c["answer"]] += sc
-        hits["majority"].append(bool(votes) and ok[votes.most_common(1)[0][0]])
-        hits["prm_best"].append(is_correct(cands[int(np.argmax(path_scores))], r))
-        hits["prm_weighted"].append(bool(weighted) and ok[max(weighted, key=weighted.get)])
-        hits["oracle"].append(any(ok.values()))
+        # The runtime's own picks (answer groups, tie-breaks), so these figures are what a user
+        # gets; as in the runtime with a PRM loaded, tied votes go to the better-scored answer.
+        cands = [replace(Candidate.from_dict(c), score=sc)
+                 for c, sc in zip(r["candidates"], path_scores, strict=True)]
+        picks = {"majority": pick_by_vote(cands, lambda c: 1.0)[0], "prm_best": pick_best(cands),
+                 "prm_weighted": pick_by_vote(cands, lambda c: c.score)[0]}
+        for name, pick in picks.items():
+            ok = pick is not None and pick.answer is not None
+            hits[name].append(ok and graded[next(i for i, c in enumerate(cands) if c is pick)])
+        hits["oracle"].append(any(graded))
     return {"n_problems": len(hits["oracle"]),
             **{k: 100.0 * float(np.mean(v)) for k, v in hits.items() if v},
             "pair_auc": 100.0 * float(np.mean(pairs)) if pairs else None, "pairs": len(pairs)}

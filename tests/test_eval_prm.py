@@ -1,0 +1,38 @@
+"""tools/eval_prm.py: selection figures use the runtime's own picks."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+
+from eval_prm import selection_accuracy  # noqa: E402
+
+
+def row(gold: str, answers: list[str | None]) -> dict:
+    cands = [{"text": f"\\boxed{{{a}}}", "answer": a, "score": None, "step_scores": [], "n_tokens": 5,
+              "stop_reason": "eos", "correct": a == gold} for a in answers]
+    return {"gold": gold, "candidates": cands}
+
+
+def test_picks_and_pair_auc():
+    # Problem 1: majority says 5 (wrong); the PRM's best and the summed scores say 7 (right).
+    # Problem 2: 2-2 tie between 3 and 4: votes go to the answer with the better-scored member.
+    rows = [row("7", ["5", "5", "5", "7"]), row("3", ["4", "3", "4", "3"])]
+    scores = [[[0.1], [0.2], [0.1], [0.9]], [[0.2], [0.8], [0.3], [0.1]]]
+    got = selection_accuracy(rows, scores, "last")
+    assert got["n_problems"] == 2
+    assert got["majority"] == 50.0  # wrong on 1, right on 2 (tie broken by the 0.8)
+    assert got["prm_best"] == 100.0
+    assert got["prm_weighted"] == 100.0  # 0.9 > 0.4; 0.9 > 0.5
+    assert got["oracle"] == 100.0
+    # Pairs: problem 1: 7 (0.9) above each of three 5s -> 3/3; problem 2: 3s (0.8, 0.1) vs 4s
+    # (0.2, 0.3) -> 0.8 wins both, 0.1 loses both -> 2/4. Total 5/7.
+    assert got["pairs"] == 7
+    assert abs(got["pair_auc"] - 100.0 * 5 / 7) < 1e-9
+
+
+def test_unparseable_answers_never_count_as_right():
+    rows = [row("7", [None, None])]
+    rows[0]["candidates"][0]["correct"] = True  # a stored grade cannot rescue a missing answer
+    got = selection_accuracy(rows, [[[0.9], [0.1]]], "min")
+    assert got["majority"] == 0.0 and got["prm_best"] == 0.0 and got["prm_weighted"] == 0.0
