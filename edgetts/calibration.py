@@ -216,17 +216,28 @@ def measure(
 def measure_prm(prm_path: str | None, n_threads: int, progress=print) -> float | None:
     """PRM steps/s on 16 paths of 4 GSM8K-length steps; None when the PRM does not load."""
     try:
-        from edgetts.prm import PRMScorer
+        from edgetts.probe import load_scorer
 
-        scorer = PRMScorer.load(prm_path, threads=n_threads)
+        scorer = load_scorer(prm_path, threads=n_threads)
     except Exception as exc:  # a missing PRM only leaves PRM speed unmeasured
         progress(f"PRM not measured: {exc}")
         return None
     step = "We multiply 23 trees by 17 rows to get 391 trees, then 391 * 41 = 16031 apples.\n\n"
     steps = [[f"Step {i + 1}: {step}" for i in range(4)] for _ in range(16)]
-    scorer.score_steps(CALIBRATION_QUESTION, steps[:2])  # warm-up: first run allocates
-    start = time.perf_counter()
-    scorer.score_steps(CALIBRATION_QUESTION, steps)
+    if getattr(scorer, "needs_states", False):  # a policy probe: scores states, not text
+        import numpy as np
+
+        from edgetts.search.base import Path as SearchPath
+
+        width = scorer.manifest.hidden_size
+        paths = [SearchPath(steps=s, step_states=[np.ones(width, np.float32)] * len(s)) for s in steps]
+        scorer.score(CALIBRATION_QUESTION, paths[:2])
+        start = time.perf_counter()
+        scorer.score(CALIBRATION_QUESTION, paths)
+    else:
+        scorer.score_steps(CALIBRATION_QUESTION, steps[:2])  # warm-up: first run allocates
+        start = time.perf_counter()
+        scorer.score_steps(CALIBRATION_QUESTION, steps)
     rate = 64 / (time.perf_counter() - start)
     progress(f"PRM: {rate:8.1f} steps/s")
     return rate

@@ -99,6 +99,10 @@ class PolicyConfig:
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
     seed: int = 0
+    # Record the final hidden state at each step's last token on the path (Path.step_states), for
+    # scorers that read the policy's own states (edgetts.probe). Costs one vector copy per step.
+    # A path cut by max_tokens (or a stop string) keeps the state before its last token.
+    capture_states: bool = False
 
     def resolved_n_ctx(self) -> int:
         return self.n_ctx or self.max_prompt_tokens + self.n_seq_max * self.max_tokens
@@ -133,6 +137,7 @@ class _Seq:
     lineage: tuple[int, ...] = ()  # child indices from the root: seeds the sampler
     carry: bytes = b""  # text sampled past a step separator, belongs to the next step
     is_template: bool = False
+    hidden: np.ndarray | None = None  # final hidden state of the last decoded token (capture_states)
 
 
 @dataclass
@@ -145,6 +150,8 @@ class _Child:
     last_of_parent: bool
     to_end: bool
     take_parent_slot: bool = False  # set when slots run out: siblings rebuild from the template
+    # Step whose last token is still to be decoded: its hidden state comes with that decode.
+    state_pending: int | None = None
     sampler: llama_cpp.llama_sampler_p | None = None
     to_decode: list[int] = field(default_factory=list)
     step_bytes: bytes = b""
@@ -171,6 +178,7 @@ class LlamaPolicy:
         self._ctx = self._new_context()
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
         self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self._n_embd = llama_cpp.llama_model_n_embd(self._model)
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self._batch = llama_cpp.llama_batch_init(cfg.n_batch, 0, 1)
         self._piece_buf = ctypes.create_string_buffer(256)
@@ -207,6 +215,10 @@ class LlamaPolicy:
             else llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
         )
         params.kv_unified = True  # shared prefixes stored once, whatever the number of forks
+        if cfg.capture_states:
+            # Per-token final hidden states beside the logits, for the rows we ask logits of.
+            params.embeddings = True
+            params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_NONE
         params.no_perf = True
         ctx = llama_cpp.llama_init_from_model(self._model, params)
         if not ctx:
@@ -283,6 +295,8 @@ class LlamaPolicy:
             self._decode()
         self.counters.tokens_prefilled += len(tokens)
         seq.logits = self._logits(self._batch.n_tokens - 1)
+        if self.config.capture_states:
+            seq.hidden = self._state(self._batch.n_tokens - 1)
         self._template = seq
         self.counters.seconds += time.perf_counter() - start
         return Path(handle=seq)
@@ -313,6 +327,46 @@ class LlamaPolicy:
         self.counters.seconds += time.perf_counter() - start
         return out
 
+    def states_of(self, question: str, steps: list[str]) -> list[np.ndarray]:
+        """The hidden state at each step's last token of a written solution (``capture_states``).
+
+        The same states generation records, from a prefill of the prompt and the solution; for
+        solutions the policy did not just generate (training data, kept samples). Each step is
+        tokenized on its own with its step separator (added when missing, as ``split_steps``
+        drops it), as generation cuts tokens at step ends. Like :meth:`root` it starts from a
+        clear cache (the prompt's prefill is reused): not for use in the middle of a search.
+        """
+        if not self.config.capture_states:
+            raise PolicyError("states_of needs a policy created with capture_states=True")
+        root = self.root(question)
+        tokens: list[int] = []
+        ends: list[int] = []
+        for i, step in enumerate(steps):
+            if i < len(steps) - 1 and not step.endswith(STEP_SEPARATOR):
+                step += STEP_SEPARATOR
+            tokens += self.tokenize(step, special=False)
+            ends.append(max(len(tokens) - 1, 0))
+        slot = self._free_slots[-1]
+        llama_cpp.llama_memory_seq_rm(self._memory, slot, -1, -1)
+        llama_cpp.llama_memory_seq_cp(self._memory, TEMPLATE_SLOT, slot, -1, -1)
+        first = len(root.handle.prompt.tokens)
+        limit = self.config.resolved_n_ctx() - first
+        if len(tokens) > limit:
+            raise PolicyError(f"the solution has {len(tokens)} tokens; the context holds {limit}")
+        wanted, states = set(ends), {}
+        try:
+            for start in range(0, len(tokens), self.config.n_batch):
+                self._batch.n_tokens = 0
+                chunk = range(start, min(start + self.config.n_batch, len(tokens)))
+                for i in chunk:
+                    self._add(tokens[i], first + i, slot, i in wanted)
+                self._decode()
+                rows = {i: row for row, i in enumerate(chunk)}
+                states.update({i: self._state(rows[i]) for i in wanted if i in rows})
+        finally:
+            llama_cpp.llama_memory_seq_rm(self._memory, slot, -1, -1)
+        return [states[e] for e in ends]
+
     def release(self, paths: list[Path]) -> None:
         """Drop the KV sequences of paths the strategy no longer needs."""
         for path in paths:
@@ -329,8 +383,10 @@ class LlamaPolicy:
             tokens=list(parent.tokens),
             lineage=(*parent.lineage, index),
             carry=parent.carry,
+            hidden=parent.hidden,
         )
-        child_path = Path(steps=list(path.steps), handle=seq, n_tokens=path.n_tokens)
+        child_path = Path(steps=list(path.steps), handle=seq, n_tokens=path.n_tokens,
+                          step_states=list(path.step_states))
         return _Child(path=child_path, seq=seq, parent=parent, last_of_parent=last, to_end=to_end)
 
     def _run(self, queue: deque[_Child], to_end: bool, deadline: Deadline | None) -> None:
@@ -427,6 +483,8 @@ class LlamaPolicy:
         self._decode()
         self.counters.tokens_decoded += self._batch.n_tokens
         for child, row in rows:
+            if self.config.capture_states:
+                self._read_state(child, row)
             if child.closing:
                 child.seq.logits = self._logits(row)
                 child.done = True
@@ -466,16 +524,39 @@ class LlamaPolicy:
         if not child.to_end:
             child.closing = True  # decode this last token once more for its logits, then stop
 
-    def _push_step(self, child: _Child, data: bytes) -> None:
+    def _push_step(self, child: _Child, data: bytes, last_token_decoded: bool = False) -> None:
         text = (child.seq.carry + data).decode("utf-8", errors="replace")
         child.seq.carry = b""
+        path = child.path
         if text.strip():
-            child.path.steps.append(text)
-        elif child.path.steps:
-            child.path.steps[-1] += text  # blank lines belong to the step before
+            path.steps.append(text)
+        elif path.steps:
+            path.steps[-1] += text  # blank lines belong to the step before
+        else:
+            return
+        if self.config.capture_states:
+            # The latest state for now; when the step's last token is still to be decoded,
+            # that decode replaces it (_read_state). A path that ends first keeps this one.
+            if len(path.step_states) < len(path.steps):
+                path.step_states.append(child.seq.hidden)
+            else:
+                path.step_states[-1] = child.seq.hidden
+            child.state_pending = None if last_token_decoded else len(path.steps) - 1
+
+    def _state(self, row: int) -> np.ndarray:
+        ptr = llama_cpp.llama_get_embeddings_ith(self._ctx, row)
+        return np.ctypeslib.as_array(ptr, shape=(self._n_embd,)).copy()
+
+    def _read_state(self, child: _Child, row: int) -> None:
+        child.seq.hidden = self._state(row)
+        if child.state_pending is not None:
+            child.path.step_states[child.state_pending] = child.seq.hidden
+            child.state_pending = None
 
     def _end_path(self, child: _Child, reason: str) -> None:
-        self._push_step(child, child.step_bytes)
+        # At an end of sequence the text's last token is the one just decoded; at a length or
+        # stop-string cut it was sampled but is never decoded, so the state before it stands in.
+        self._push_step(child, child.step_bytes, last_token_decoded=True)
         child.step_bytes = b""
         child.path.finished = True
         child.path.stop_reason = reason

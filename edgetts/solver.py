@@ -92,9 +92,9 @@ class Solver:
     @property
     def scorer(self) -> StepScorer:
         if self._scorer is None:
-            from edgetts.prm import PRMScorer  # onnxruntime loads only when a PRM is needed
+            from edgetts.probe import load_scorer  # onnxruntime loads only when a PRM is needed
 
-            self._scorer = PRMScorer.load(self.prm_path, threads=self.prm_threads)
+            self._scorer = load_scorer(self.prm_path, threads=self.prm_threads)
         return self._scorer
 
     def solve(
@@ -122,10 +122,10 @@ class Solver:
             self.last_plan = plan
             if plan is not None:
                 self._apply(plan, options.memory_mb)
-            policy = self.policy
+            scorer = self._scorer_for(strategy, plan)
+            policy = self._policy_for(scorer)
             for key, value in sampling.items():
                 setattr(policy.config, key, value)
-            scorer = self._scorer_for(strategy, plan)
             if options.agg is None and scorer is not None:
                 config = replace(config, agg=getattr(scorer, "default_aggregation", config.agg))
             result = run_search(strategy, question, policy, scorer, config)
@@ -173,6 +173,16 @@ class Solver:
         if self._policy is not None:
             self._policy.close()
             self._policy = None
+
+    def _policy_for(self, scorer: StepScorer | None) -> LlamaPolicy:
+        """The policy, recording its step states when the PRM reads them (a policy probe)."""
+        if getattr(scorer, "needs_states", False):
+            if not self.policy_config.capture_states:
+                self.policy_config = replace(self.policy_config, capture_states=True)
+                self.close()  # the context must be created with hidden-state outputs
+            meta = self.policy.metadata
+            scorer.check_policy(meta.name, meta.n_embd)  # type: ignore[union-attr]
+        return self.policy
 
     def _scorer_for(self, strategy: str, plan: Plan | None) -> StepScorer | None:
         """The PRM when the strategy needs it; for auto, when it fits and loads (else agreement)."""

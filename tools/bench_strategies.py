@@ -12,8 +12,10 @@ line per (problem, strategy, N) is appended to ``--out``; a rerun skips what is 
     python tools/bench_strategies.py rescore --samples runs/bench_gsm8k.samples.jsonl \\
         --prm work/prm/new --out runs/bench_gsm8k_newprm.jsonl
 
-``run`` also keeps every problem's samples in ``<out>.samples.jsonl``: ``rescore`` recomputes the
-sample-based rows (majority, best-of-N, weighted best-of-N) with another PRM without sampling again.
+``run`` also keeps every problem's samples in ``<out>.samples.jsonl`` and their step states (the
+policy's hidden state at each step end) in ``<out>.states/<problem_id>.npz``: ``rescore``
+recomputes the sample-based rows (majority, best-of-N, weighted best-of-N) with another PRM, a
+text PRM or a policy probe (``edgetts.probe``), without sampling again.
 
 Rows: ``{problem_id, dataset, model, strategy, n, correct, answer, gold, tokens_generated,
 seconds, difficulty_features}``; ``difficulty_features`` (agreement and PRM scores of the first
@@ -35,6 +37,7 @@ from edgetts.data import load_problems
 from edgetts.grading import answers_equal
 from edgetts.models import load_registry
 from edgetts.policy import LlamaPolicy, PolicyConfig, default_threads
+from edgetts.probe import load_scorer, load_states, save_states
 from edgetts.prompts import split_steps
 from edgetts.search import run_search
 from edgetts.search.auto import difficulty_features  # the same features auto sees at run time
@@ -83,16 +86,19 @@ def subset_rows(candidates: list[Candidate], gold: str, n_list: list[int]) -> li
     return rows
 
 
-def run(args: argparse.Namespace) -> None:
-    from edgetts.prm import PRMScorer
+def states_dir(out: Path) -> Path:
+    return out.with_name(out.stem + ".states")
 
+
+def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     done = _done(out)
     problems = load_problems(args.data, args.question_key, args.answer_key, args.id_key, args.limit)
     model = args.model or next(s.name for s in load_registry().values() if s.default)
     policy = LlamaPolicy(PolicyConfig(model=args.model, max_tokens=args.max_tokens,
-                                      n_seq_max=min(args.n_max, 16), seed=args.seed))
-    scorer = PRMScorer.load(args.prm, threads=default_threads()) if args.only != ["greedy"] else None
+                                      n_seq_max=min(args.n_max, 16), seed=args.seed,
+                                      capture_states=True))
+    scorer = load_scorer(args.prm, threads=default_threads()) if args.only != ["greedy"] else None
     n_list = sorted(n for n in args.n if n <= args.n_max)
     agg = args.agg or (scorer.default_aggregation if scorer else "last")
     for index, problem in enumerate(problems):
@@ -121,6 +127,8 @@ def run(args: argparse.Namespace) -> None:
             seconds = time.perf_counter() - start
             features = difficulty_features(candidates)
             # The samples are the expensive part: keep them so another PRM can rescore them later.
+            states_dir(out).mkdir(parents=True, exist_ok=True)
+            save_states(states_dir(out) / f"{problem.id}.npz", paths)
             _append(samples_path(out), {**base, "question": problem.question, "prm": str(scorer.directory),
                                         "seconds": round(seconds, 3),
                                         "candidates": [asdict(c) for c in candidates]})
@@ -144,16 +152,24 @@ def run(args: argparse.Namespace) -> None:
 
 def rescore(args: argparse.Namespace) -> None:
     """Sample-based rows again from kept samples, scored by another PRM (no policy needed)."""
-    from edgetts.prm import PRMScorer
-
-    scorer = PRMScorer.load(args.prm, threads=args.threads)
+    scorer = load_scorer(args.prm, threads=args.threads)
     out = Path(args.out)
     done = _done(out)
     n_list = sorted(args.n)
     agg = args.agg or scorer.default_aggregation
+    samples = Path(args.samples)
+    kept_states = samples.with_name(samples.name.removesuffix(".samples.jsonl") + ".states")
+    skipped = 0
     for sample_row in load_rows([args.samples]):
         cands = [Candidate.from_dict(c) for c in sample_row["candidates"]]
-        scored = scorer.score_steps(sample_row["question"], [split_steps(c.text) for c in cands])
+        if getattr(scorer, "needs_states", False):
+            kept = kept_states / f"{sample_row['problem_id']}.npz"
+            if not kept.is_file():
+                skipped += 1
+                continue
+            scored = scorer.score(sample_row["question"], load_states(kept))
+        else:
+            scored = scorer.score_steps(sample_row["question"], [split_steps(c.text) for c in cands])
         cands = [dataclasses.replace(c, step_scores=sc, score=aggregate(sc, agg) if sc else None)
                  for c, sc in zip(cands, scored, strict=True)]
         base = {k: sample_row[k] for k in ("problem_id", "dataset", "model", "gold")}
@@ -163,6 +179,9 @@ def rescore(args: argparse.Namespace) -> None:
                 seconds = sample_row["seconds"] * row["n"] / len(cands)
                 _append(out, {**base, **row, "seconds": round(seconds, 3), "prm": str(scorer.directory),
                               "difficulty_features": features})
+    if skipped:
+        print(f"{skipped} problems skipped: no step states kept in {kept_states} (sampled before "
+              "run kept them); this PRM reads the policy's states")
     print(f"rows written to {out}")
 
 

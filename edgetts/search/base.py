@@ -34,6 +34,9 @@ class Path:
     handle: Any = None
     n_tokens: int = 0
     scores: list[float] = field(default_factory=list)
+    # The policy's last hidden state at the end of each step, when the generator records them
+    # (one per step, for scorers that read the policy's own states; see edgetts.probe).
+    step_states: list[Any] = field(default_factory=list)
 
     @property
     def text(self) -> str:

@@ -1,0 +1,222 @@
+"""A PRM that reads the policy's own hidden states: a small ONNX head, no second model to run.
+
+While it decodes, the policy already computes a final hidden state for every token. With
+``PolicyConfig.capture_states`` it keeps the one at each step's last token on the path
+(``Path.step_states``), and this scorer maps each to a step score with a tiny head (a logistic
+probe trained by ``tools/train_probe.py`` on the policy's own samples, labelled by their final
+answers: the score estimates how likely a solution that has come this far ends right). Scoring
+is one matrix product per call: the cost of a second model's forward pass disappears, which is
+what an edge device wants. The price: the head fits one policy only (the manifest names it) and
+the states must come from generation (or from :meth:`edgetts.policy.LlamaPolicy.states_of`).
+
+A probe directory holds ``manifest.json`` (``"kind": "policy_probe"``) and ``model.onnx``:
+input ``[batch, hidden_size]`` float32, output ``[batch]`` or ``[batch, 1]`` logits. The
+manifest may ask for the calculator check of :mod:`edgetts.prm`, which caps steps whose written
+arithmetic is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path as FsPath
+from typing import Any
+
+import numpy as np
+
+from edgetts.prm import PRMCounters, PRMError, calculator_capped
+from edgetts.search.base import AGGREGATIONS, Path
+
+KIND = "policy_probe"
+
+
+@dataclass
+class ProbeManifest:
+    """What a probe's ``manifest.json`` says (see the module docstring)."""
+
+    name: str
+    hidden_size: int
+    policy: dict[str, Any]  # {"name": GGUF general.name, "n_embd": ..., "file": ...}: the policy read
+    input_name: str = "hidden"
+    output_name: str = "logit"
+    default_aggregation: str = "last"
+    threshold: float = 0.5
+    calculator_check: bool = False
+    calculator_cap: float = 0.05
+    model_file: str = "model.onnx"
+    kind: str = KIND
+    training: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str) -> ProbeManifest:
+        missing = [k for k in ("name", "hidden_size", "policy") if k not in d]
+        if missing:
+            raise PRMError(f"{where}: missing field(s) {missing}")
+        known = set(cls.__dataclass_fields__)
+        m = cls(**{k: v for k, v in d.items() if k in known})
+        if m.kind != KIND:
+            raise PRMError(f"{where}: kind is {m.kind!r}, expected {KIND!r}")
+        if m.default_aggregation not in AGGREGATIONS:
+            raise PRMError(f"{where}: default_aggregation {m.default_aggregation!r} is not one of "
+                           f"{list(AGGREGATIONS)}")
+        return m
+
+
+def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """A PRM directory's manifest as a dict, with a clear error when it is missing or bad."""
+    mpath = FsPath(directory) / "manifest.json"
+    if not FsPath(directory).is_dir():
+        raise PRMError(f"{directory}: PRM directory not found")
+    if not mpath.is_file():
+        raise PRMError(f"{mpath}: manifest not found")
+    try:
+        raw = json.loads(mpath.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise PRMError(f"{mpath}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise PRMError(f"{mpath}: must hold a JSON object")
+    return raw
+
+
+class ProbeScorer:
+    """Scores steps from ``Path.step_states``; implements the StepScorer interface."""
+
+    needs_states = True  # the policy must run with capture_states
+
+    def __init__(self, session: Any, manifest: ProbeManifest, directory: FsPath | None = None) -> None:
+        self.session = session
+        self.manifest = manifest
+        self.directory = directory
+        self.counters = PRMCounters()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], threads: int | None = None,
+             use_cuda: bool = False) -> ProbeScorer:
+        """Load a probe directory; the ONNX input and output are checked against the manifest."""
+        import onnxruntime as ort
+
+        d = FsPath(path)
+        where = str(d / "manifest.json")
+        try:
+            manifest = ProbeManifest.from_dict(read_manifest(d), where)
+        except TypeError as e:
+            raise PRMError(f"{where}: bad field value ({e})") from None
+        onnx_path = d / manifest.model_file
+        if not onnx_path.is_file():
+            raise PRMError(f"{onnx_path}: ONNX model not found")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        providers = ["CPUExecutionProvider"]
+        if use_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            session = ort.InferenceSession(str(onnx_path), opts, providers=providers)
+        except Exception as e:  # onnxruntime raises its own exception types for bad files
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise PRMError(f"{onnx_path}: ONNX model does not load: {msg[:300]}") from None
+        _check_contract(session, manifest, str(onnx_path))
+        return cls(session, manifest, directory=d)
+
+    @property
+    def default_aggregation(self) -> str:
+        return self.manifest.default_aggregation
+
+    def check_policy(self, name: str, n_embd: int) -> None:
+        """Raise PRMError unless the policy is the one this head was trained on."""
+        want = self.manifest.policy
+        if n_embd != self.manifest.hidden_size or (want.get("name") and want["name"] != name):
+            raise PRMError(
+                f"PRM {self.manifest.name!r} reads the hidden states of {want.get('name')!r} "
+                f"({self.manifest.hidden_size} wide); the policy is {name!r} ({n_embd} wide). "
+                "Use --prm with a PRM for this policy (e.g. the shipped models/prm-minilm)."
+            )
+
+    def score_states(self, states: np.ndarray) -> np.ndarray:
+        """Scores in [0, 1] for a ``[n, hidden_size]`` array of step states."""
+        if len(states) == 0:
+            return np.zeros(0, dtype=np.float32)
+        out = self.session.run([self.manifest.output_name],
+                               {self.manifest.input_name: states.astype(np.float32)})[0]
+        logit = np.asarray(out, dtype=np.float64).reshape(len(states))
+        return 1.0 / (1.0 + np.exp(-logit))
+
+    def score(self, question: str, paths: list[Path]) -> list[list[float]]:
+        """StepScorer interface: one score per step, read from each path's recorded states."""
+        t0 = time.perf_counter()
+        for i, p in enumerate(paths):
+            if len(p.step_states) != len(p.steps) or any(s is None for s in p.step_states):
+                raise PRMError(
+                    f"PRM {self.manifest.name!r} reads the policy's hidden states, but path {i} "
+                    f"has {len(p.step_states)} for {len(p.steps)} steps: run the policy with "
+                    "capture_states=True (the Solver does this for you)"
+                )
+        states = [s for p in paths for s in p.step_states]
+        flat = iter(self.score_states(np.stack(states)) if states else [])
+        result = [[float(next(flat)) for _ in p.steps] for p in paths]
+        if self.manifest.calculator_check:
+            result = [calculator_capped(p.steps, s, self.manifest.calculator_cap)
+                      for p, s in zip(paths, result, strict=True)]
+        self.counters.calls += 1
+        self.counters.steps_scored += len(states)
+        self.counters.seconds += time.perf_counter() - t0
+        return result
+
+
+def _check_contract(session: Any, m: ProbeManifest, where: str) -> None:
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    problems = []
+    node = inputs.get(m.input_name)
+    if node is None:
+        problems.append(f"input {m.input_name!r} is not a graph input (graph inputs: {sorted(inputs)})")
+    else:
+        if node.type != "tensor(float)":
+            problems.append(f"graph input {m.input_name!r} has dtype {node.type}, expected tensor(float)")
+        dims = node.shape
+        if len(dims) != 2 or (isinstance(dims[1], int) and dims[1] != m.hidden_size):
+            problems.append(f"graph input {m.input_name!r} has shape {node.shape}, expected "
+                            f"[batch, {m.hidden_size}]")
+    if len(inputs) > 1:
+        problems.append(f"graph has inputs {sorted(inputs)}; a probe takes one")
+    out = outputs.get(m.output_name)
+    if out is None:
+        problems.append(f"output {m.output_name!r} is not a graph output (graph outputs: {sorted(outputs)})")
+    elif len(out.shape) not in (1, 2):
+        problems.append(f"graph output {m.output_name!r} has rank {len(out.shape)}, expected [batch] "
+                        "or [batch, 1]")
+    if problems:
+        raise PRMError(f"{where}: ONNX graph does not match manifest.json: " + "; ".join(problems))
+
+
+def load_scorer(path: str | os.PathLike[str] | None = None, threads: int | None = None,
+                use_cuda: bool = False) -> Any:
+    """Load any PRM directory: a policy probe or a text PRM (None: the shipped text PRM)."""
+    from edgetts.prm import PRMScorer
+
+    if path is not None and read_manifest(path).get("kind") == KIND:
+        return ProbeScorer.load(path, threads=threads, use_cuda=use_cuda)
+    return PRMScorer.load(path, threads=threads, use_cuda=use_cuda)
+
+
+def save_states(file: str | os.PathLike[str], paths: list[Path]) -> None:
+    """Keep paths' steps and step states (float16) in one ``.npz``, for rescoring or training."""
+    flat = [s for p in paths for s in p.step_states]
+    if any(s is None for s in flat) or any(len(p.step_states) != len(p.steps) for p in paths):
+        raise ValueError("every step needs a recorded state (capture_states)")
+    width = len(flat[0]) if flat else 0
+    np.savez(file, H=np.stack(flat).astype(np.float16) if flat else np.zeros((0, width), np.float16),
+             nsteps=np.array([len(p.steps) for p in paths], dtype=np.int64),
+             steps=np.array([s for p in paths for s in p.steps], dtype=str))
+
+
+def load_states(file: str | os.PathLike[str]) -> list[Path]:
+    """Paths (steps and float32 step states, nothing else) as :func:`save_states` kept them."""
+    z = np.load(file)
+    bounds = np.cumsum(np.r_[0, z["nsteps"]])
+    H, steps = z["H"].astype(np.float32), [str(s) for s in z["steps"]]
+    return [Path(steps=steps[a:b], step_states=list(H[a:b]), finished=True)
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)]

@@ -1,0 +1,118 @@
+"""Policy-probe PRM (edgetts.probe): real onnxruntime sessions on heads written by tools/train_probe."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path as FsPath
+
+import numpy as np
+import pytest
+
+from edgetts.prm import PRMError, PRMScorer
+from edgetts.probe import ProbeScorer, load_scorer, load_states, save_states
+from edgetts.search.base import Path
+
+pytest.importorskip("onnx")
+sys.path.insert(0, str(FsPath(__file__).resolve().parent.parent / "tools"))
+
+import train_probe  # noqa: E402
+
+WIDTH = 8
+
+
+def write_probe(d: FsPath, w: np.ndarray, b: float, **manifest: object) -> FsPath:
+    m = {"kind": "policy_probe", "name": "tiny-probe", "hidden_size": len(w),
+         "policy": {"name": "tiny-policy", "n_embd": len(w)}, "default_aggregation": "last",
+         "calculator_check": False, **manifest}
+    train_probe.export(d, w, b, m)
+    return d
+
+
+def paths_with_states(rng: np.random.Generator, n_steps: list[int]) -> list[Path]:
+    return [Path(steps=[f"step {i}\n\n" for i in range(k)],
+                 step_states=[rng.normal(size=WIDTH).astype(np.float32) for _ in range(k)])
+            for k in n_steps]
+
+
+def test_scores_are_the_logistic_head(tmp_path: FsPath) -> None:
+    rng = np.random.default_rng(0)
+    w, b = rng.normal(size=WIDTH), 0.3
+    scorer = load_scorer(write_probe(tmp_path / "p", w, b), threads=1)
+    assert isinstance(scorer, ProbeScorer) and scorer.default_aggregation == "last"
+    paths = paths_with_states(rng, [3, 1, 0])
+    got = scorer.score("q", paths)
+    assert [len(s) for s in got] == [3, 1, 0]
+    for path, scores in zip(paths, got, strict=True):
+        want = [1 / (1 + np.exp(-(s.astype(np.float64) @ w + b))) for s in path.step_states]
+        np.testing.assert_allclose(scores, want, atol=1e-5)
+    assert scorer.counters.steps_scored == 4
+
+
+def test_calculator_check_caps_wrong_arithmetic(tmp_path: FsPath) -> None:
+    scorer = load_scorer(write_probe(tmp_path / "p", np.zeros(WIDTH), 5.0, calculator_check=True,
+                                     calculator_cap=0.05), threads=1)
+    path = Path(steps=["So 4 * 12 = 52 pencils.\n\n", "The answer is 52."],
+                step_states=[np.zeros(WIDTH, np.float32)] * 2)
+    assert scorer.score("q", [path])[0][0] <= 0.05
+    assert scorer.score("q", [path])[0][1] > 0.99
+
+
+def test_paths_without_states_are_refused(tmp_path: FsPath) -> None:
+    scorer = load_scorer(write_probe(tmp_path / "p", np.zeros(WIDTH), 0.0), threads=1)
+    with pytest.raises(PRMError, match="capture_states"):
+        scorer.score("q", [Path(steps=["a\n\n", "b"])])
+
+
+def test_policy_mismatch_is_named(tmp_path: FsPath) -> None:
+    scorer = load_scorer(write_probe(tmp_path / "p", np.zeros(WIDTH), 0.0), threads=1)
+    scorer.check_policy("tiny-policy", WIDTH)
+    with pytest.raises(PRMError, match="reads the hidden states of 'tiny-policy'"):
+        scorer.check_policy("other-model", 896)
+
+
+def test_contract_and_manifest_errors(tmp_path: FsPath) -> None:
+    d = write_probe(tmp_path / "p", np.zeros(WIDTH), 0.0)
+    m = json.loads((d / "manifest.json").read_text())
+    (d / "manifest.json").write_text(json.dumps({**m, "hidden_size": WIDTH + 1}))
+    with pytest.raises(PRMError, match=r"expected \[batch, 9\]"):
+        ProbeScorer.load(d)
+    (d / "manifest.json").write_text(json.dumps({**m, "input_name": "h"}))
+    with pytest.raises(PRMError, match="'h' is not a graph input"):
+        ProbeScorer.load(d)
+    (d / "manifest.json").write_text(json.dumps({k: v for k, v in m.items() if k != "policy"}))
+    with pytest.raises(PRMError, match="missing field"):
+        ProbeScorer.load(d)
+    (d / "manifest.json").write_text(json.dumps({**m, "default_aggregation": "mean"}))
+    with pytest.raises(PRMError, match="default_aggregation"):
+        ProbeScorer.load(d)
+    (d / "manifest.json").write_text(json.dumps(m))
+    (d / "model.onnx").write_bytes((d / "model.onnx").read_bytes()[:20])
+    with pytest.raises(PRMError, match="does not load"):
+        ProbeScorer.load(d)
+
+
+def test_load_scorer_picks_the_text_prm_by_default() -> None:
+    assert isinstance(load_scorer(None, threads=1), PRMScorer)
+
+
+def test_states_round_trip(tmp_path: FsPath) -> None:
+    paths = paths_with_states(np.random.default_rng(1), [2, 0, 3])
+    save_states(tmp_path / "s.npz", paths)
+    back = load_states(tmp_path / "s.npz")
+    assert [p.steps for p in back] == [p.steps for p in paths]
+    for a, b in zip(back, paths, strict=True):
+        for x, y in zip(a.step_states, b.step_states, strict=True):
+            np.testing.assert_allclose(x, y, atol=1e-2)  # kept as float16
+    with pytest.raises(ValueError, match="capture_states"):
+        save_states(tmp_path / "t.npz", [Path(steps=["a"])])
+
+
+def test_fit_logistic_separates_and_folds_standardisation() -> None:
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(400, WIDTH)) * 5 + 3  # raw scale and offset: the fold-back must undo it
+    y = (X[:, 0] - 3 > 0).astype(float)
+    w, b = train_probe.fit_logistic(X, y, l2=0.001)
+    p = 1 / (1 + np.exp(-(X @ w + b)))
+    assert ((p > 0.5) == (y > 0)).mean() > 0.95
+    assert abs(w[0]) > 5 * np.abs(w[1:]).max()

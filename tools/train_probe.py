@@ -1,0 +1,256 @@
+"""Train a policy-probe PRM (``edgetts.probe``): a logistic head on the policy's own hidden states.
+
+Three steps, each resumable and writing as it goes (run the slow ones in the background)::
+
+    # on-policy samples with their step states captured while generating (no extra cost)
+    python tools/train_probe.py sample --data ../shared/data/gsm8k_train.jsonl --out work/probe/t03 \\
+        --offset 62 --limit 600 -n 8
+    # states of samples generated earlier (`edgetts run` results, bench samples): a prefill each
+    python tools/train_probe.py extract --results work/prm_onpolicy/dev.jsonl --out work/probe/dev
+    # fit the head, pick its L2 strength on the dev problems, export ONNX + manifest
+    python tools/train_probe.py fit --train work/probe/t03 --dev work/probe/dev \\
+        --out models/prm-probe-qwen05
+
+A state directory holds ``results.jsonl`` (rows like ``edgetts run`` writes: id, question, gold,
+candidates with text / answer / correct, plus ``key``) and ``states/<key>.npz`` (the step states
+of every candidate, float16, concatenated; ``nsteps`` per candidate). Labels are outcome labels:
+every step of a sample gets 1 when its final answer is right, else 0, so the head learns how
+likely a solution that has come this far ends right (a value, as Math-Shepherd's labels are).
+Training problems whose question is also in ``--dev`` are dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from edgetts.data import load_problems  # noqa: E402
+from edgetts.grading import answers_equal  # noqa: E402
+from edgetts.policy import LlamaPolicy, PolicyConfig  # noqa: E402
+from edgetts.probe import load_states, save_states  # noqa: E402
+from edgetts.prompts import split_steps  # noqa: E402
+from edgetts.search.base import Path as StatePath  # noqa: E402
+from edgetts.search.select import to_candidate  # noqa: E402
+
+
+def _done_keys(out: Path) -> set[str]:
+    f = out / "results.jsonl"
+    return {json.loads(line)["key"] for line in f.open()} if f.is_file() else set()
+
+
+def _save(out: Path, row: dict, paths: list[StatePath]) -> None:
+    """States first, then the row: a row in results.jsonl means its states are on disk."""
+    (out / "states").mkdir(parents=True, exist_ok=True)
+    save_states(out / "states" / f"{row['key']}.npz", paths)
+    with (out / "results.jsonl").open("a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def sample(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    done = _done_keys(out)
+    problems = load_problems(args.data, args.question_key, args.answer_key, args.id_key, args.limit)
+    policy = LlamaPolicy(PolicyConfig(model=args.model, n_seq_max=args.n, max_tokens=args.max_tokens,
+                                      temperature=args.temperature, seed=args.seed,
+                                      capture_states=True))
+    for k, problem in enumerate(problems[args.offset:], start=args.offset):
+        if problem.id in done:
+            continue
+        paths = policy.extend([policy.root(problem.question)], args.n, to_end=True)
+        policy.release(paths)
+        cands = []
+        for p in paths:
+            c = asdict(to_candidate(p))
+            c["correct"] = answers_equal(c["answer"], problem.answer)
+            cands.append(c)
+        row = {"key": problem.id, "id": problem.id, "question": problem.question,
+               "gold": problem.answer, "temperature": args.temperature, "candidates": cands}
+        _save(out, row, paths)
+        right = sum(c["correct"] for c in cands)
+        print(f"[{k + 1}/{len(problems)}] {problem.id}: {right}/{len(cands)} right", flush=True)
+
+
+def extract(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    done = _done_keys(out)
+    policy = LlamaPolicy(PolicyConfig(model=args.model, n_seq_max=1, capture_states=True,
+                                      max_tokens=1024))
+    for path in args.results:
+        for line_no, line in enumerate(open(path, encoding="utf-8")):
+            row = json.loads(line)
+            key = f"{Path(path).stem}-{line_no}"
+            if key in done or not row.get("candidates"):
+                continue
+            question = row.get("question") or row.get("problem") or ""
+            paths = []
+            for c in row["candidates"]:
+                steps = split_steps(c["text"])
+                paths.append(StatePath(steps=steps, step_states=policy.states_of(question, steps)))
+            for c in row["candidates"]:
+                if "correct" not in c:
+                    c["correct"] = answers_equal(c.get("answer"), row.get("gold"))
+            row = {"key": key, "id": str(row.get("id", row.get("problem_id"))), "question": question,
+                   "gold": row.get("gold"), "candidates": row["candidates"]}
+            _save(out, row, paths)
+            print(f"{key}: {len(paths)} candidates", flush=True)
+
+
+# -- fitting ----------------------------------------------------------------------------------
+
+
+def load_dir(directory: str) -> list[dict]:
+    """Rows of a state directory, each with ``states``: per candidate an [n_steps, d] array."""
+    d = Path(directory)
+    rows = []
+    for line in (d / "results.jsonl").open(encoding="utf-8"):
+        row = json.loads(line)
+        paths = load_states(d / "states" / f"{row['key']}.npz")
+        row["states"] = [np.stack(p.step_states) if p.step_states else np.zeros((0, 1)) for p in paths]
+        rows.append(row)
+    return rows
+
+
+def step_data(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Every step state with its sample's outcome label."""
+    X = [s for r in rows for st in r["states"] for s in st]
+    y = [float(c["correct"]) for r in rows for c, st in zip(r["candidates"], r["states"], strict=True)
+         for _ in st]
+    return np.stack(X), np.array(y)
+
+
+def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float, iters: int = 30) -> tuple[np.ndarray, float]:
+    """Class-balanced L2 logistic regression (Newton's method) on standardised features.
+
+    Returns ``(w, b)`` folded back to raw states: ``score = sigmoid(x @ w + b)``. The loss is the
+    mean class-balanced log loss plus ``l2 * |w|^2`` (the bias is not penalised).
+    """
+    mu, sd = X.mean(0), X.std(0) + 1e-4
+    Z = np.hstack([(X - mu) / sd, np.ones((len(X), 1))])
+    pos = float(np.clip(y.mean(), 0.05, 0.95))
+    weight = np.where(y > 0, 0.5 / pos, 0.5 / (1 - pos)) / len(y)
+    penalty = np.full(Z.shape[1], 2 * l2)
+    penalty[-1] = 0.0
+    theta = np.zeros(Z.shape[1])
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-(Z @ theta)))
+        grad = Z.T @ (weight * (p - y)) + penalty * theta
+        hess = (Z * (weight * p * (1 - p))[:, None]).T @ Z + np.diag(penalty + 1e-9)
+        step = np.linalg.solve(hess, grad)
+        theta -= step
+        if np.abs(step).max() < 1e-6:
+            break
+    w_raw = theta[:-1] / sd
+    return w_raw, float(theta[-1] - mu @ w_raw)
+
+
+def selection(rows: list[dict], w: np.ndarray, b: float, agg: str) -> dict:
+    """Majority / best-of-N / weighted / pair AUC on rows, the head's scores aggregated by ``agg``."""
+    from eval_prm import selection_accuracy
+
+    scores = [[list(1 / (1 + np.exp(-(st @ w + b)))) for st in r["states"]] for r in rows]
+    return selection_accuracy(rows, scores, agg)
+
+
+def export(out: Path, w: np.ndarray, b: float, manifest: dict) -> None:
+    """The head as a one-node ONNX graph (Gemm) and its manifest."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    d = len(w)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["hidden", "W", "B"], ["logit"])],
+        "policy_probe",
+        [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", d])],
+        [helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["batch", 1])],
+        [numpy_helper.from_array(w.astype(np.float32).reshape(d, 1), "W"),
+         numpy_helper.from_array(np.array([b], dtype=np.float32), "B")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    out.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, out / "model.onnx")
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+
+
+def fit(args: argparse.Namespace) -> None:
+    from edgetts.metadata import read_metadata
+    from edgetts.models import resolve
+
+    dev = [r for d in args.dev for r in load_dir(d)]
+    dev_questions = {r["question"] for r in dev}
+    train = [r for d in args.train for r in load_dir(d) if r["question"] not in dev_questions]
+    X, y = step_data(train)
+    print(f"train: {len(train)} runs, {len(X)} step states, {y.mean():.2f} positive; "
+          f"dev: {len(dev)} runs", flush=True)
+    results = []
+    for l2 in args.l2:
+        w, b = fit_logistic(X, y, l2)
+        res = {agg: selection(dev, w, b, agg) for agg in ("last", "min", "prod")}
+        results.append((max(res[a]["pair_auc"] or 0 for a in res), l2, w, b, res))
+        print(json.dumps({"l2": l2, **{a: {k: round(v, 1) for k, v in r.items() if isinstance(v, float)}
+                                        for a, r in res.items()}}), flush=True)
+    _, l2, w, b, res = max(results, key=lambda t: t[0])
+    agg = max(res, key=lambda a: res[a]["pair_auc"] or 0)
+    # The shipped head is refitted on train + dev at the chosen strength: dev only picked it.
+    if args.refit_all:
+        X, y = step_data(train + dev)
+        w, b = fit_logistic(X, y, l2)
+    meta = read_metadata(resolve(args.model))
+    manifest = {
+        "kind": "policy_probe", "name": Path(args.out).name, "hidden_size": int(len(w)),
+        "policy": {"name": meta.name, "n_embd": meta.n_embd, "file": Path(resolve(args.model)).name},
+        "input_name": "hidden", "output_name": "logit", "default_aggregation": agg,
+        "calculator_check": True, "calculator_cap": 0.05, "model_file": "model.onnx",
+        "training": {
+            "data": f"{len(train)} runs of the policy's own samples ({', '.join(args.train)}), "
+                    f"{len(X)} step states, outcome labels",
+            "l2_picked_on": f"{len(dev)} held-out runs ({', '.join(args.dev)}): pair AUC "
+                            f"{res[agg]['pair_auc']:.1f} with aggregation {agg!r}, l2 {l2}",
+            "dev_selection": res[agg],
+            "refit_on_train_and_dev": bool(args.refit_all),
+        },
+    }
+    export(Path(args.out), w, b, manifest)
+    print(f"wrote {args.out} (l2 {l2}, aggregation {agg})", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("sample", help="sample the policy with its step states captured")
+    s.add_argument("--data", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--limit", type=int, default=None)
+    s.add_argument("--offset", type=int, default=0, help="skip the first OFFSET problems")
+    s.add_argument("-n", "--n", type=int, default=8)
+    s.add_argument("--temperature", type=float, default=0.3)
+    s.add_argument("--max-tokens", type=int, default=512)
+    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--question-key", default=None)
+    s.add_argument("--answer-key", default=None)
+    s.add_argument("--id-key", default=None)
+    e = sub.add_parser("extract", help="step states of samples written earlier (a prefill each)")
+    e.add_argument("--results", nargs="+", required=True)
+    e.add_argument("--out", required=True)
+    f = sub.add_parser("fit", help="fit the head, pick L2 on dev, export ONNX and manifest")
+    f.add_argument("--train", nargs="+", required=True)
+    f.add_argument("--dev", nargs="+", required=True)
+    f.add_argument("--out", required=True)
+    f.add_argument("--l2", type=float, nargs="+", default=[0.001, 0.003, 0.01, 0.03, 0.1, 0.3])
+    f.add_argument("--refit-all", action="store_true", help="refit on train + dev at the chosen L2")
+    for p in (s, e, f):
+        p.add_argument("-m", "--model", default=None, help="policy (default: the default model)")
+    args = ap.parse_args()
+    {"sample": sample, "extract": extract, "fit": fit}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
