@@ -207,6 +207,10 @@ def measure(
         meta = policy.metadata
     finally:
         policy.close()
+    if prm_path is None:  # the PRM this policy would run with
+        from edgetts.probe import default_prm_dir
+
+        prm_path = str(default_prm_dir(meta.name, meta.n_embd))
     prm = measure_prm(prm_path, n_threads, progress)
     cal = Calibration(model_key=model_key(meta), machine_id=machine_id(), n_threads=n_threads,
                       prefill_tok_s=prefill, decode_tok_s=decode, prm_steps_s=prm)

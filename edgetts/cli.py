@@ -68,7 +68,8 @@ def _search_options(func):
         click.option("-m", "--model", default=None,
                      help="Registry name or path to a .gguf file (default: the default model)."),
         click.option("--prm", "prm_path", default=None,
-                     help="PRM directory (default: the shipped PRM)."),
+                     help="PRM directory: a text PRM or a policy probe (default: the one "
+                          "shipped for the policy)."),
         click.option("--max-tokens", default=512, show_default=True,
                      help="Generated tokens per solution."),
         click.option("--threads", type=int, default=None, help="CPU threads (default: all)."),
@@ -252,7 +253,8 @@ def plan(question: str | None, **kw) -> None:
 
 @main.command()
 @click.option("-m", "--model", default=None, help="Registry name or .gguf path (default model).")
-@click.option("--prm", "prm_path", default=None, help="PRM directory (default: the shipped PRM).")
+@click.option("--prm", "prm_path", default=None,
+              help="PRM directory (default: the one shipped for the policy).")
 @click.option("--threads", type=int, default=None, help="CPU threads (default: $EDGETTS_THREADS or all).")
 @click.option("--batches", default="1,2,4,8,16,32", show_default=True,
               help="Batch sizes (sequences decoded together) to measure.")
@@ -322,7 +324,8 @@ def _spec(name: str | None) -> registry.ModelSpec:
               help="Require 'Authorization: Bearer KEY' on /v1 (also $EDGETTS_API_KEY).")
 @click.option("-m", "--model", default=None,
               help="Registry name or path to a .gguf file (default: the default model).")
-@click.option("--prm", "prm_path", default=None, help="PRM directory (default: the shipped PRM).")
+@click.option("--prm", "prm_path", default=None,
+              help="PRM directory (default: the one shipped for the policy).")
 @click.option("--strategy", default=None,
               help="Default strategy for requests that name none (default: auto when available, "
                    "else majority).")

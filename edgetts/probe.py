@@ -220,3 +220,20 @@ def load_states(file: str | os.PathLike[str]) -> list[Path]:
     H, steps = z["H"].astype(np.float32), [str(s) for s in z["steps"]]
     return [Path(steps=steps[a:b], step_states=list(H[a:b]), finished=True)
             for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def default_prm_dir(policy_name: str, n_embd: int, models_dir: FsPath | None = None) -> FsPath:
+    """The shipped PRM for a policy: a probe shipped for it (its manifest names the policy),
+    else the shipped text PRM, which reads any policy's text."""
+    from edgetts.models import MODELS_DIR
+    from edgetts.prm import DEFAULT_PRM_DIR
+
+    for manifest in sorted((models_dir or MODELS_DIR).glob("*/manifest.json")):
+        try:
+            m = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        policy = m.get("policy") or {}
+        if m.get("kind") == KIND and policy.get("name") == policy_name and m.get("hidden_size") == n_embd:
+            return manifest.parent
+    return DEFAULT_PRM_DIR

@@ -6,6 +6,8 @@ import threading
 import warnings
 from dataclasses import dataclass, field, replace
 
+from edgetts.metadata import read_metadata
+from edgetts.models import resolve
 from edgetts.policy import DEFAULT_TEMPERATURE, LlamaPolicy, PolicyConfig
 from edgetts.scheduler import Budget, Plan, plan_for, prompt_tokens_for
 from edgetts.search import NEEDS_SCORER, STRATEGIES, run_search
@@ -90,11 +92,22 @@ class Solver:
         return self._policy
 
     @property
+    def prm_dir(self) -> str:
+        """The PRM in use: the one asked for, else the one shipped for this policy (its own
+        hidden-state probe when one ships, else the text PRM)."""
+        if self.prm_path is not None:
+            return self.prm_path
+        from edgetts.probe import default_prm_dir
+
+        meta = read_metadata(resolve(self.policy_config.model))
+        return str(default_prm_dir(meta.name, meta.n_embd))
+
+    @property
     def scorer(self) -> StepScorer:
         if self._scorer is None:
             from edgetts.probe import load_scorer  # onnxruntime loads only when a PRM is needed
 
-            self._scorer = load_scorer(self.prm_path, threads=self.prm_threads)
+            self._scorer = load_scorer(self.prm_dir, threads=self.prm_threads)
         return self._scorer
 
     def solve(
@@ -149,7 +162,7 @@ class Solver:
             kv_type=cfg.kv_type if "kv_type" in self.pinned else None,
             n_gpu_layers=cfg.n_gpu_layers if "n_gpu_layers" in self.pinned else None,
         )
-        return plan_for(cfg.model, budget, self.prm_path)[0]
+        return plan_for(cfg.model, budget, self.prm_dir)[0]
 
     def _apply(self, plan: Plan, memory_mb: float | None) -> None:
         """Configure the policy as planned; reload it only when the loaded one does not do.

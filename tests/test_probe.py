@@ -116,3 +116,15 @@ def test_fit_logistic_separates_and_folds_standardisation() -> None:
     p = 1 / (1 + np.exp(-(X @ w + b)))
     assert ((p > 0.5) == (y > 0)).mean() > 0.95
     assert abs(w[0]) > 5 * np.abs(w[1:]).max()
+
+
+def test_default_prm_is_the_policys_own_probe_when_one_ships(tmp_path: FsPath) -> None:
+    from edgetts.prm import DEFAULT_PRM_DIR
+    from edgetts.probe import default_prm_dir
+
+    write_probe(tmp_path / "probe-a", np.zeros(WIDTH), 0.0)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "manifest.json").write_text("{not json")
+    assert default_prm_dir("tiny-policy", WIDTH, tmp_path) == tmp_path / "probe-a"
+    assert default_prm_dir("tiny-policy", WIDTH + 1, tmp_path) == DEFAULT_PRM_DIR
+    assert default_prm_dir("another-policy", WIDTH, tmp_path) == DEFAULT_PRM_DIR

@@ -39,6 +39,8 @@ from edgetts.prompts import split_steps  # noqa: E402
 from edgetts.search.base import Path as StatePath  # noqa: E402
 from edgetts.search.select import to_candidate  # noqa: E402
 
+CALCULATOR_CAP = 0.05  # the shipped text PRM's; written into the manifest
+
 
 def _done_keys(out: Path) -> set[str]:
     f = out / "results.jsonl"
@@ -113,6 +115,7 @@ def load_dir(directory: str) -> list[dict]:
         row = json.loads(line)
         paths = load_states(d / "states" / f"{row['key']}.npz")
         row["states"] = [np.stack(p.step_states) if p.step_states else np.zeros((0, 1)) for p in paths]
+        row["steps"] = [p.steps for p in paths]
         rows.append(row)
     return rows
 
@@ -150,11 +153,21 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float, iters: int = 30) -> tu
     return w_raw, float(theta[-1] - mu @ w_raw)
 
 
-def selection(rows: list[dict], w: np.ndarray, b: float, agg: str) -> dict:
-    """Majority / best-of-N / weighted / pair AUC on rows, the head's scores aggregated by ``agg``."""
+def selection(rows: list[dict], w: np.ndarray, b: float, agg: str,
+              calculator_cap: float | None = CALCULATOR_CAP) -> dict:
+    """Majority / best-of-N / weighted / pair AUC on rows, scored as the runtime scores them: the
+    head, then (unless ``calculator_cap`` is None) the calculator check; aggregated by ``agg``."""
     from eval_prm import selection_accuracy
 
-    scores = [[list(1 / (1 + np.exp(-(st @ w + b)))) for st in r["states"]] for r in rows]
+    from edgetts.prm import calculator_capped
+
+    scores = []
+    for r in rows:
+        per_cand = [list(1 / (1 + np.exp(-(st @ w + b)))) for st in r["states"]]
+        if calculator_cap is not None:
+            per_cand = [calculator_capped(steps, sc, calculator_cap)
+                        for steps, sc in zip(r["steps"], per_cand, strict=True)]
+        scores.append(per_cand)
     return selection_accuracy(rows, scores, agg)
 
 
@@ -208,7 +221,7 @@ def fit(args: argparse.Namespace) -> None:
         "kind": "policy_probe", "name": Path(args.out).name, "hidden_size": int(len(w)),
         "policy": {"name": meta.name, "n_embd": meta.n_embd, "file": Path(resolve(args.model)).name},
         "input_name": "hidden", "output_name": "logit", "default_aggregation": agg,
-        "calculator_check": True, "calculator_cap": 0.05, "model_file": "model.onnx",
+        "calculator_check": True, "calculator_cap": CALCULATOR_CAP, "model_file": "model.onnx",
         "training": {
             "data": f"{len(train)} runs of the policy's own samples ({', '.join(args.train)}), "
                     f"{len(X)} step states, outcome labels",
