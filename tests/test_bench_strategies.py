@@ -5,6 +5,9 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 
 import bench_strategies as bench  # noqa: E402
@@ -54,3 +57,38 @@ def test_rescore_kept_samples_with_the_shipped_prm(tmp_path):
     assert best["a", 1]["answer"] == "7"  # N=1 sees only the first sample
     bench.rescore(args)  # resumable: nothing is added twice
     assert len(out.read_text().splitlines()) == len(got)
+
+
+def test_rescore_with_a_policy_probe_reads_kept_states(tmp_path):
+    pytest.importorskip("onnx")
+    import train_probe
+
+    from edgetts.probe import save_states
+    from edgetts.search.base import Path as StatePath
+
+    width = 4
+    # The head scores the first state coordinate: samples answering 12 get +3, the others -3.
+    train_probe.export(tmp_path / "probe", np.array([1.0, 0, 0, 0]), 0.0,
+                       {"kind": "policy_probe", "name": "p", "hidden_size": width,
+                        "policy": {"name": "m", "n_embd": width}, "default_aggregation": "last"})
+    answers = ["7", "12", "7", "7"]
+    cands = [{"text": f"So.\n\nThe answer is \\boxed{{{a}}}.", "answer": a, "score": None,
+              "step_scores": [], "n_tokens": 10, "stop_reason": "eos"} for a in answers]
+    rows = [{"problem_id": pid, "dataset": "toy", "model": "m", "gold": "12", "question": "q",
+             "seconds": 1.0, "candidates": cands} for pid in ("a", "b")]
+    samples = tmp_path / "bench.samples.jsonl"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    states = tmp_path / "bench.states"
+    states.mkdir()
+    save_states(states / "a.npz", [
+        StatePath(steps=["So.\n\n", f"The answer is {a}."],
+                  step_states=[np.zeros(width), np.array([3.0 if a == "12" else -3.0, 0, 0, 0])])
+        for a in answers])  # problem "b" has no kept states: skipped, said so
+    out = tmp_path / "rescored.jsonl"
+    bench.rescore(argparse.Namespace(samples=str(samples), prm=str(tmp_path / "probe"), out=str(out),
+                                     n=[4], agg=None, threads=1))
+    got = {r["strategy"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert set(got) == {"majority", "best_of_n", "weighted_best_of_n"}
+    assert got["majority"]["answer"] == "7" and not got["majority"]["correct"]
+    assert got["best_of_n"]["answer"] == "12" and got["best_of_n"]["correct"]
+    assert got["weighted_best_of_n"]["answer"] == "12"  # 0.95 against 3 x 0.05

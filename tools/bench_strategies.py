@@ -42,6 +42,7 @@ from edgetts.prompts import split_steps
 from edgetts.search import run_search
 from edgetts.search.auto import difficulty_features  # the same features auto sees at run time
 from edgetts.search.base import Candidate, SearchConfig, aggregate
+from edgetts.search.base import Path as StatePath
 from edgetts.search.best_of_n import pick
 from edgetts.search.select import pick_by_vote, score_paths, to_candidate
 from edgetts.solver import SolveOptions
@@ -157,8 +158,7 @@ def rescore(args: argparse.Namespace) -> None:
     done = _done(out)
     n_list = sorted(args.n)
     agg = args.agg or scorer.default_aggregation
-    samples = Path(args.samples)
-    kept_states = samples.with_name(samples.name.removesuffix(".samples.jsonl") + ".states")
+    kept_states = kept_states_dir(Path(args.samples))
     skipped = 0
     for sample_row in load_rows([args.samples]):
         cands = [Candidate.from_dict(c) for c in sample_row["candidates"]]
@@ -183,6 +183,30 @@ def rescore(args: argparse.Namespace) -> None:
         print(f"{skipped} problems skipped: no step states kept in {kept_states} (sampled before "
               "run kept them); this PRM reads the policy's states")
     print(f"rows written to {out}")
+
+
+def kept_states_dir(samples: Path) -> Path:
+    """``<out>.states`` beside ``<out>.samples.jsonl``."""
+    return samples.with_name(samples.name.removesuffix(".samples.jsonl") + ".states")
+
+
+def states(args: argparse.Namespace) -> None:
+    """Fill in step states for samples kept before ``run`` kept them (policy probes need them)."""
+    samples = Path(args.samples)
+    folder = kept_states_dir(samples)
+    folder.mkdir(parents=True, exist_ok=True)
+    policy = LlamaPolicy(PolicyConfig(model=args.model, n_seq_max=1, max_tokens=1024,
+                                      capture_states=True))
+    for row in load_rows([args.samples]):
+        target = folder / f"{row['problem_id']}.npz"
+        if target.is_file():
+            continue
+        paths = []
+        for c in row["candidates"]:
+            steps = split_steps(c["text"])
+            paths.append(StatePath(steps=steps, step_states=policy.states_of(row["question"], steps)))
+        save_states(target, paths)
+        print(f"{row['problem_id']}: states of {len(paths)} samples", flush=True)
 
 
 def load_rows(paths: list[str]) -> list[dict]:
@@ -296,8 +320,11 @@ def main() -> None:
     q.add_argument("--agg", choices=["last", "min", "prod"], default=None,
                    help="path score from step scores (default: the PRM manifest's)")
     q.add_argument("--threads", type=int, default=1)
+    t = sub.add_parser("states", help="step states of kept samples that have none (a prefill each)")
+    t.add_argument("--samples", required=True, help="<out>.samples.jsonl written by run")
+    t.add_argument("--model", default=None)
     args = ap.parse_args()
-    {"run": run, "report": report, "rescore": rescore}[args.command](args)
+    {"run": run, "report": report, "rescore": rescore, "states": states}[args.command](args)
 
 
 if __name__ == "__main__":
