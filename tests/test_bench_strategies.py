@@ -25,13 +25,17 @@ def test_subset_rows_use_the_first_n_samples():
     cands = [cand("7", 0.9), cand("5", 0.2), cand("5", 0.3), cand("7", 0.1), cand("5", 0.1)]
     rows = {(r["strategy"], r["n"]): r for r in bench.subset_rows(cands, "7", [1, 4])}
     assert rows["majority", 1]["answer"] == "7" and rows["majority", 1]["tokens_generated"] == 10
-    assert rows["majority", 4]["answer"] == "7"  # 2-2 tie: the group with the best member
+    assert rows["majority", 4]["answer"] == "7"  # 2-2 tie: the earliest answer, scores unseen
     assert rows["best_of_n", 4]["answer"] == "7" and rows["best_of_n", 4]["correct"]
     assert rows["weighted_best_of_n", 4]["answer"] == "7"  # 1.0 against 0.5
     rows = {(r["strategy"], r["n"]): r for r in bench.subset_rows(cands, "7", [5])}
     assert rows["majority", 5]["answer"] == "5" and not rows["majority", 5]["correct"]
     assert rows["weighted_best_of_n", 5]["answer"] == "7"  # 1.0 against 0.6
     assert rows["majority", 5]["tokens_generated"] == 50
+    # A tie the scores would break the other way: majority still takes the earliest answer.
+    tied = [cand("5", 0.1), cand("7", 0.9), cand("7", 0.8), cand("5", 0.2)]
+    rows = {(r["strategy"], r["n"]): r for r in bench.subset_rows(tied, "7", [4])}
+    assert rows["majority", 4]["answer"] == "5" and rows["weighted_best_of_n", 4]["answer"] == "7"
 
 
 def test_rescore_kept_samples_with_the_shipped_prm(tmp_path):

@@ -16,12 +16,13 @@ def row(gold: str, answers: list[str | None]) -> dict:
 
 def test_picks_and_pair_auc():
     # Problem 1: majority says 5 (wrong); the PRM's best and the summed scores say 7 (right).
-    # Problem 2: 2-2 tie between 3 and 4: votes go to the answer with the better-scored member.
+    # Problem 2: 2-2 tie between 3 and 4: majority takes the earliest answer (4), whatever the
+    # scores; the PRM's picks follow the scores (3 has the best member, 0.8 + 0.1 > 0.2 + 0.3).
     rows = [row("7", ["5", "5", "5", "7"]), row("3", ["4", "3", "4", "3"])]
     scores = [[[0.1], [0.2], [0.1], [0.9]], [[0.2], [0.8], [0.3], [0.1]]]
     got = selection_accuracy(rows, scores, "last")
     assert got["n_problems"] == 2
-    assert got["majority"] == 50.0  # wrong on 1, right on 2 (tie broken by the 0.8)
+    assert got["majority"] == 0.0  # wrong on 1; on 2 the tie goes to the earliest answer, 4
     assert got["prm_best"] == 100.0
     assert got["prm_weighted"] == 100.0  # 0.9 > 0.4; 0.9 > 0.5
     assert got["oracle"] == 100.0

@@ -74,8 +74,11 @@ def subset_rows(candidates: list[Candidate], gold: str, n_list: list[int]) -> li
     rows = []
     for n in n_list:
         subset = candidates[:n]
+        # Majority sees no scores (tied votes go to the earliest answer): the same baseline
+        # whatever PRM scored the samples.
+        unscored = [dataclasses.replace(c, score=None) for c in subset]
         picks = {
-            "majority": pick_by_vote(subset, lambda c: 1.0)[0],
+            "majority": pick_by_vote(unscored, lambda c: 1.0)[0],
             "best_of_n": pick(subset, weighted=False)[0],
             "weighted_best_of_n": pick(subset, weighted=True)[0],
         }

@@ -190,15 +190,16 @@ def selection_accuracy(rows: list[dict], scores: list[list[list[float]]], agg: s
         right = [sc for ok, sc in zip(graded, path_scores, strict=True) if ok]
         wrong = [sc for ok, sc in zip(graded, path_scores, strict=True) if not ok]
         pairs += [1.0 if a > b else 0.5 if a == b else 0.0 for a in right for b in wrong]
-        # The runtime's own picks (answer groups, tie-breaks), so these figures are what a user
-        # gets; as in the runtime with a PRM loaded, tied votes go to the better-scored answer.
-        cands = [replace(Candidate.from_dict(c), score=sc)
-                 for c, sc in zip(r["candidates"], path_scores, strict=True)]
-        picks = {"majority": pick_by_vote(cands, lambda c: 1.0)[0], "prm_best": pick_best(cands),
-                 "prm_weighted": pick_by_vote(cands, lambda c: c.score)[0]}
-        for name, pick in picks.items():
+        # The runtime's own picks (answer groups, tie-breaks). Majority sees no scores (tied
+        # votes go to the earliest answer), so the baseline is the same whatever PRM is judged.
+        unscored = [replace(Candidate.from_dict(c), score=None) for c in r["candidates"]]
+        cands = [replace(c, score=sc) for c, sc in zip(unscored, path_scores, strict=True)]
+        picks = {"majority": (pick_by_vote(unscored, lambda c: 1.0)[0], unscored),
+                 "prm_best": (pick_best(cands), cands),
+                 "prm_weighted": (pick_by_vote(cands, lambda c: c.score)[0], cands)}
+        for name, (pick, pool) in picks.items():
             ok = pick is not None and pick.answer is not None
-            hits[name].append(ok and graded[next(i for i, c in enumerate(cands) if c is pick)])
+            hits[name].append(ok and graded[next(i for i, c in enumerate(pool) if c is pick)])
         hits["oracle"].append(any(graded))
     return {"n_problems": len(hits["oracle"]),
             **{k: 100.0 * float(np.mean(v)) for k, v in hits.items() if v},
