@@ -7,8 +7,8 @@ Three steps, each resumable and writing as it goes (run the slow ones in the bac
         --offset 62 --limit 600 -n 8
     # states of samples generated earlier (`edgetts run` results, bench samples): a prefill each
     python tools/train_probe.py extract --results work/prm_onpolicy/dev.jsonl --out work/probe/dev
-    # fit the head, pick its L2 strength on the dev problems, export ONNX + manifest
-    python tools/train_probe.py fit --train work/probe/t03 --dev work/probe/dev \\
+    # fit the head, pick its L2 strength (on dev, or by --folds K cross-validation), export
+    python tools/train_probe.py fit --train work/probe/t03 --dev work/probe/dev --folds 5 \\
         --out models/prm-probe-qwen05
 
 A state directory holds ``results.jsonl`` (rows like ``edgetts run`` writes: id, question, gold,
@@ -153,22 +153,35 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float, iters: int = 30) -> tu
     return w_raw, float(theta[-1] - mu @ w_raw)
 
 
-def selection(rows: list[dict], w: np.ndarray, b: float, agg: str,
-              calculator_cap: float | None = CALCULATOR_CAP) -> dict:
-    """Majority / best-of-N / weighted / pair AUC on rows, scored as the runtime scores them: the
-    head, then (unless ``calculator_cap`` is None) the calculator check; aggregated by ``agg``."""
-    from eval_prm import selection_accuracy
-
+def head_scores(rows: list[dict], w: np.ndarray, b: float,
+                calculator_cap: float | None = CALCULATOR_CAP) -> list[list[list[float]]]:
+    """Step scores of every candidate of ``rows`` as the runtime computes them: the head, then
+    (unless ``calculator_cap`` is None) the calculator check."""
     from edgetts.prm import calculator_capped
 
-    scores = []
+    out = []
     for r in rows:
-        per_cand = [list(1 / (1 + np.exp(-(st @ w + b)))) for st in r["states"]]
+        per_cand = [list(1 / (1 + np.exp(-(st @ w + b)))) if len(st) else [] for st in r["states"]]
         if calculator_cap is not None:
             per_cand = [calculator_capped(steps, sc, calculator_cap)
                         for steps, sc in zip(r["steps"], per_cand, strict=True)]
-        scores.append(per_cand)
-    return selection_accuracy(rows, scores, agg)
+        out.append(per_cand)
+    return out
+
+
+def held_out_scores(rows: list[dict], l2: float, folds: int, seed: int = 0) -> list[list[list[float]]]:
+    """Every row's scores from a head fitted without its problem (grouped ``folds``-fold)."""
+    questions = sorted({r["question"] for r in rows})
+    np.random.default_rng(seed).shuffle(questions)
+    fold_of = {q: i % folds for i, q in enumerate(questions)}
+    scores: list[list[list[float]]] = [[] for _ in rows]
+    for k in range(folds):
+        train = [r for r in rows if fold_of[r["question"]] != k]
+        test = [i for i, r in enumerate(rows) if fold_of[r["question"]] == k]
+        w, b = fit_logistic(*step_data(train), l2)
+        for i, sc in zip(test, head_scores([rows[i] for i in test], w, b), strict=True):
+            scores[i] = sc
+    return scores
 
 
 def export(out: Path, w: np.ndarray, b: float, manifest: dict) -> None:
@@ -194,28 +207,38 @@ def export(out: Path, w: np.ndarray, b: float, manifest: dict) -> None:
 
 
 def fit(args: argparse.Namespace) -> None:
+    from eval_prm import selection_accuracy
+
     from edgetts.metadata import read_metadata
     from edgetts.models import resolve
 
     dev = [r for d in args.dev for r in load_dir(d)]
     dev_questions = {r["question"] for r in dev}
     train = [r for d in args.train for r in load_dir(d) if r["question"] not in dev_questions]
+    # With --folds the strength is picked by grouped cross-validation over train + dev (steadier
+    # than a few dozen dev problems) and the head is fitted on all of it; else on train, judged
+    # on dev.
+    pool = train + dev if args.folds else dev
+    where = (f"{args.folds}-fold cross-validation by problem over {len(pool)} runs" if args.folds
+             else f"{len(dev)} held-out runs ({', '.join(args.dev)})")
     X, y = step_data(train)
     print(f"train: {len(train)} runs, {len(X)} step states, {y.mean():.2f} positive; "
-          f"dev: {len(dev)} runs", flush=True)
+          f"judged on {where}", flush=True)
     results = []
     for l2 in args.l2:
-        w, b = fit_logistic(X, y, l2)
-        res = {agg: selection(dev, w, b, agg) for agg in ("last", "min", "prod")}
-        results.append((max(res[a]["pair_auc"] or 0 for a in res), l2, w, b, res))
+        if args.folds:
+            scores = held_out_scores(pool, l2, args.folds)
+        else:
+            scores = head_scores(dev, *fit_logistic(X, y, l2))
+        res = {agg: selection_accuracy(pool, scores, agg) for agg in ("last", "min", "prod")}
+        results.append((max(res[a]["pair_auc"] or 0 for a in res), l2, res))
         print(json.dumps({"l2": l2, **{a: {k: round(v, 1) for k, v in r.items() if isinstance(v, float)}
                                         for a, r in res.items()}}), flush=True)
-    _, l2, w, b, res = max(results, key=lambda t: t[0])
+    _, l2, res = max(results, key=lambda t: t[0])
     agg = max(res, key=lambda a: res[a]["pair_auc"] or 0)
-    # The shipped head is refitted on train + dev at the chosen strength: dev only picked it.
-    if args.refit_all:
-        X, y = step_data(train + dev)
-        w, b = fit_logistic(X, y, l2)
+    final = train + dev if args.folds else train
+    X, y = step_data(final)
+    w, b = fit_logistic(X, y, l2)
     meta = read_metadata(resolve(args.model))
     manifest = {
         "kind": "policy_probe", "name": Path(args.out).name, "hidden_size": int(len(w)),
@@ -223,12 +246,11 @@ def fit(args: argparse.Namespace) -> None:
         "input_name": "hidden", "output_name": "logit", "default_aggregation": agg,
         "calculator_check": True, "calculator_cap": CALCULATOR_CAP, "model_file": "model.onnx",
         "training": {
-            "data": f"{len(train)} runs of the policy's own samples ({', '.join(args.train)}), "
-                    f"{len(X)} step states, outcome labels",
-            "l2_picked_on": f"{len(dev)} held-out runs ({', '.join(args.dev)}): pair AUC "
-                            f"{res[agg]['pair_auc']:.1f} with aggregation {agg!r}, l2 {l2}",
-            "dev_selection": res[agg],
-            "refit_on_train_and_dev": bool(args.refit_all),
+            "data": f"{len(final)} runs of the policy's own samples "
+                    f"({', '.join(args.train + (args.dev if args.folds else []))}), {len(X)} step "
+                    "states, outcome labels (1 on every step of a sample whose answer is right)",
+            "picked_on": f"{where}: l2 {l2}, aggregation {agg!r}",
+            "held_out_selection": res[agg],
         },
     }
     export(Path(args.out), w, b, manifest)
@@ -258,7 +280,8 @@ def main() -> None:
     f.add_argument("--dev", nargs="+", required=True)
     f.add_argument("--out", required=True)
     f.add_argument("--l2", type=float, nargs="+", default=[0.001, 0.003, 0.01, 0.03, 0.1, 0.3])
-    f.add_argument("--refit-all", action="store_true", help="refit on train + dev at the chosen L2")
+    f.add_argument("--folds", type=int, default=0,
+                   help="pick L2 by grouped K-fold CV over train + dev, fit on all (0: judge on dev)")
     for p in (s, e, f):
         p.add_argument("-m", "--model", default=None, help="policy (default: the default model)")
     args = ap.parse_args()
