@@ -1,6 +1,7 @@
 """Train a policy-probe PRM (``edgetts.probe``): a logistic head on the policy's own hidden states.
 
-Three steps, each resumable and writing as it goes (run the slow ones in the background)::
+Sample (or extract), fit, judge; the slow ones resume and write as they go (run them in the
+background)::
 
     # on-policy samples with their step states captured while generating (no extra cost)
     python tools/train_probe.py sample --data ../shared/data/gsm8k_train.jsonl --out work/probe/t03 \\
@@ -10,6 +11,9 @@ Three steps, each resumable and writing as it goes (run the slow ones in the bac
     # fit the head, pick its L2 strength (on dev, or by --folds K cross-validation), export
     python tools/train_probe.py fit --train work/probe/t03 --dev work/probe/dev --folds 5 \\
         --out models/prm-probe-qwen05
+    # judge it on bench samples (bench_strategies keeps their states) beside the text PRM
+    python tools/train_probe.py judge --samples runs/bench/gsm8k.samples.jsonl \\
+        --prm models/prm-probe-qwen05 --text-prm models/prm-minilm
 
 A state directory holds ``results.jsonl`` (rows like ``edgetts run`` writes: id, question, gold,
 candidates with text / answer / correct, plus ``key``) and ``states/<key>.npz`` (the step states
@@ -251,10 +255,35 @@ def fit(args: argparse.Namespace) -> None:
                     "states, outcome labels (1 on every step of a sample whose answer is right)",
             "picked_on": f"{where}: l2 {l2}, aggregation {agg!r}",
             "held_out_selection": res[agg],
+            **({"note": args.note} if args.note else {}),
         },
     }
     export(Path(args.out), w, b, manifest)
     print(f"wrote {args.out} (l2 {l2}, aggregation {agg})", flush=True)
+
+
+def judge(args: argparse.Namespace) -> None:
+    """Probe against majority (and a text PRM) on bench_strategies samples with kept states."""
+    from eval_prm import selection_accuracy
+
+    from edgetts.prm import PRMScorer
+    from edgetts.probe import ProbeScorer
+
+    samples = Path(args.samples)
+    folder = samples.with_name(samples.name.removesuffix(".samples.jsonl") + ".states")
+    rows = [json.loads(line) for line in samples.open(encoding="utf-8")]
+    rows = [r for r in rows if (folder / f"{r['problem_id']}.npz").is_file()]
+    probe = ProbeScorer.load(args.prm, threads=1)
+    report = {}
+    scores = [probe.score(r["question"], load_states(folder / f"{r['problem_id']}.npz")) for r in rows]
+    report[args.prm] = selection_accuracy(rows, scores, args.agg or probe.default_aggregation)
+    for text_prm in args.text_prm:
+        scorer = PRMScorer.load(text_prm, threads=1)
+        scores = [scorer.score_steps(r["question"], [split_steps(c["text"]) for c in r["candidates"]])
+                  for r in rows]
+        report[text_prm] = selection_accuracy(rows, scores, args.agg or scorer.default_aggregation)
+    print(f"{len(rows)} problems with kept states in {folder}")
+    print(json.dumps(report, indent=1))
 
 
 def main() -> None:
@@ -282,10 +311,16 @@ def main() -> None:
     f.add_argument("--l2", type=float, nargs="+", default=[0.001, 0.003, 0.01, 0.03, 0.1, 0.3])
     f.add_argument("--folds", type=int, default=0,
                    help="pick L2 by grouped K-fold CV over train + dev, fit on all (0: judge on dev)")
+    f.add_argument("--note", default=None, help="what the data is, for the manifest's training.note")
+    j = sub.add_parser("judge", help="selection on bench samples with kept states, vs majority")
+    j.add_argument("--samples", required=True, help="bench_strategies <out>.samples.jsonl")
+    j.add_argument("--prm", required=True, help="probe directory")
+    j.add_argument("--text-prm", nargs="*", default=[], help="text PRMs to judge on the same rows")
+    j.add_argument("--agg", choices=["last", "min", "prod"], default=None)
     for p in (s, e, f):
         p.add_argument("-m", "--model", default=None, help="policy (default: the default model)")
     args = ap.parse_args()
-    {"sample": sample, "extract": extract, "fit": fit}[args.cmd](args)
+    {"sample": sample, "extract": extract, "fit": fit, "judge": judge}[args.cmd](args)
 
 
 if __name__ == "__main__":
