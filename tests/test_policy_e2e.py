@@ -192,6 +192,9 @@ def test_cli_run_keyboard_interrupt_keeps_lines(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell's background jobs inherit SIGINT ignored, and Python keeps it so: give the run
+        # the default disposition, as a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 300
     while time.time() < deadline and (not out.exists() or not out.read_text().strip()):
