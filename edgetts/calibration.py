@@ -58,6 +58,7 @@ class Calibration:
     decode_tok_s: dict[int, float]  # batch size -> tokens/s summed over the batch
     prm_steps_s: float | None
     source: str = "measured"  # "measured" or "estimate"
+    prm: str | None = None  # the PRM directory's name whose speed prm_steps_s is (None: unknown)
     measured_at: float = field(default_factory=time.time)
     version: int = FORMAT_VERSION
 
@@ -94,6 +95,7 @@ class Calibration:
             decode_tok_s=decode,
             prm_steps_s=None if data.get("prm_steps_s") is None else float(data["prm_steps_s"]),
             source=str(data.get("source", "measured")),
+            prm=None if data.get("prm") is None else str(data["prm"]),
             measured_at=float(data.get("measured_at", 0.0)),
         )
         speeds = [cal.prefill_tok_s, *decode.values()] + ([cal.prm_steps_s] if cal.prm_steps_s else [])
@@ -213,7 +215,8 @@ def measure(
         prm_path = str(default_prm_dir(meta.name, meta.n_embd))
     prm = measure_prm(prm_path, n_threads, progress)
     cal = Calibration(model_key=model_key(meta), machine_id=machine_id(), n_threads=n_threads,
-                      prefill_tok_s=prefill, decode_tok_s=decode, prm_steps_s=prm)
+                      prefill_tok_s=prefill, decode_tok_s=decode, prm_steps_s=prm,
+                      prm=Path(prm_path).name if prm is not None else None)
     return cal, meta
 
 

@@ -12,11 +12,13 @@ as peak resident memory of the whole process:
 * compute buffers: fixed 32 MB plus 15 % of the weights, and 16 bytes x vocabulary per sequence
   (logit rows and their copies). These two constants were fitted to measured peaks of
   Qwen2.5-0.5B and Gemma-3-270M (each within 2 %);
-* PRM: onnxruntime and the tokenizer (52 MB measured), the graph's initializers, and the
-  activations of one batch of input windows: about 100 MB per full 512-token window of the
-  shipped MiniLM (measured 100 / 98 / 97 MB per window at batch 1 / 4 / 8). The plan runs the PRM
-  one window at a time (``prm_batch_size`` 1): batching gave no speed on CPU (2.5 s at batch 1,
-  3.2 s at 16 for the same 128 steps) but cost up to 1.5 GB.
+* PRM (:func:`prm_cost`), by its kind. A text PRM: onnxruntime and the tokenizer (52 MB
+  measured), the graph's initializers, and the activations of one batch of input windows: about
+  100 MB per full 512-token window of the shipped MiniLM (measured 100 / 98 / 97 MB per window at
+  batch 1 / 4 / 8). The plan runs it one window at a time (``prm_batch_size`` 1): batching gave
+  no speed on CPU (2.5 s at batch 1, 3.2 s at 16 for the same 128 steps) but cost up to 1.5 GB.
+  A policy probe (:mod:`edgetts.probe`) reads the policy's own states: onnxruntime alone (38 MB
+  measured) and its few weights.
 
 Time (:func:`predict_seconds`) comes from a calibration (see :mod:`edgetts.calibration`) or its
 conservative fallback. A solution is assumed to use 60 % of ``max_tokens`` in steps of about 45
@@ -34,7 +36,7 @@ from __future__ import annotations
 import math
 import struct
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -46,8 +48,10 @@ RUNTIME_MB = 90.0
 COMPUTE_FIXED_MB = 32.0
 COMPUTE_WEIGHT_SHARE = 0.15
 SEQ_BYTES_PER_VOCAB = 16
-PRM_RUNTIME_MB = 52.0
+PRM_RUNTIME_MB = 52.0  # onnxruntime and a text PRM's tokenizer
 PRM_WINDOW_MB = 100.0  # activations of one 512-token window of the shipped MiniLM
+PROBE_RUNTIME_MB = 38.0  # onnxruntime alone (measured with the shipped probe loaded and scoring)
+PROBE_FALLBACK_STEPS_S = 5000.0  # one small matrix product per call (measured: ~50k steps/s)
 PRM_BATCH_SIZE = 1
 KV_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32}
 KV_PAD = 256
@@ -189,15 +193,38 @@ def _vocab_size(path: str, size: int, mtime: float) -> int:
     return 0
 
 
-def prm_bytes(prm_dir: str | Path | None) -> int | None:
-    """Initializer bytes of the PRM graph (``onnx`` if installed, else the file size); None if absent."""
+@dataclass(frozen=True)
+class PrmCost:
+    """What a PRM adds to a solve: peak memory, and its speed when no calibration measured it."""
+
+    name: str  # the PRM directory's name, as calibrations record it
+    memory_mb: float
+    fallback_steps_s: float
+
+
+def prm_cost(prm_dir: str | Path | None) -> PrmCost | None:
+    """Memory and fallback speed of the PRM in ``prm_dir`` by its kind; None if it is absent."""
     from edgetts.prm import DEFAULT_PRM_DIR
 
-    model = Path(prm_dir or DEFAULT_PRM_DIR) / "model.onnx"
+    directory = Path(prm_dir or DEFAULT_PRM_DIR)
+    model = directory / "model.onnx"
     if not model.is_file():
         return None
     stat = model.stat()
-    return _prm_bytes(str(model), stat.st_size, stat.st_mtime)
+    weights_mb = _prm_bytes(str(model), stat.st_size, stat.st_mtime) / MB
+    if _is_probe(directory):
+        return PrmCost(directory.name, PROBE_RUNTIME_MB + weights_mb, PROBE_FALLBACK_STEPS_S)
+    return PrmCost(directory.name, PRM_RUNTIME_MB + weights_mb + PRM_WINDOW_MB * PRM_BATCH_SIZE,
+                   calib.FALLBACK_PRM_STEPS_S)
+
+
+def _is_probe(directory: Path) -> bool:
+    from edgetts.probe import KIND, read_manifest
+
+    try:
+        return read_manifest(directory).get("kind") == KIND
+    except Exception:  # an unreadable manifest fails where the PRM loads, with its own message
+        return False
 
 
 @lru_cache(maxsize=4)
@@ -222,9 +249,8 @@ def estimate_memory(
     n_seq_max: int,
     kv_type: str = "f16",
     n_gpu_layers: int = 0,
-    prm_initializer_bytes: int | None = None,
+    prm_mb: float | None = None,
     n_vocab: int | None = None,
-    prm_batch_size: int = PRM_BATCH_SIZE,
 ) -> MemoryEstimate:
     """Peak resident memory of a solve with these settings (see the module doc for each part)."""
     n_vocab = n_vocab if n_vocab is not None else vocab_size(meta.path)
@@ -233,15 +259,12 @@ def estimate_memory(
     kv = kv_mb(meta, n_ctx, kv_type)
     compute = COMPUTE_FIXED_MB + COMPUTE_WEIGHT_SHARE * weights * (1 - on_gpu)
     compute += SEQ_BYTES_PER_VOCAB * n_vocab * (n_seq_max + 1) / MB
-    prm = 0.0
-    if prm_initializer_bytes is not None:
-        prm = PRM_RUNTIME_MB + prm_initializer_bytes / MB + PRM_WINDOW_MB * prm_batch_size
     return MemoryEstimate(
         runtime_mb=RUNTIME_MB,
         weights_mb=weights * (1 - on_gpu),
         kv_mb=kv * (1 - on_gpu),
         compute_mb=compute,
-        prm_mb=prm,
+        prm_mb=prm_mb or 0.0,
         gpu_mb=(weights + kv) * on_gpu,
     )
 
@@ -315,7 +338,7 @@ def make_plan(
     budget: Budget,
     cal: calib.Calibration | None = None,
     cal_note: str | None = None,
-    prm_initializer_bytes: int | None = None,
+    prm: PrmCost | None = None,
     gpu_offload: bool = False,
     default_threads: int = 1,
     n_vocab: int | None = None,
@@ -325,11 +348,17 @@ def make_plan(
     notes = []
     if cal is None:
         cal = calib.estimate(meta, threads)
+        if prm is not None:
+            cal.prm_steps_s = prm.fallback_steps_s
         notes.append(f"{cal_note or 'no calibration'}; until then: conservative speed estimates "
                      "from the model size")
+    elif prm is not None and cal.prm is not None and cal.prm != prm.name:
+        cal = replace(cal, prm_steps_s=prm.fallback_steps_s)
+        notes.append(f"the calibration measured PRM {cal.prm!r}, not {prm.name!r}: its speed is "
+                     "estimated (run `edgetts calibrate --prm ...`)")
     gpu_layers = budget.n_gpu_layers if budget.n_gpu_layers is not None else (
         meta.n_layers + 1 if gpu_offload else 0)
-    use_prm = budget.strategy in SCORED and prm_initializer_bytes is not None
+    use_prm = budget.strategy in SCORED and prm is not None
     if budget.strategy in SCORED and budget.strategy != "auto" and not use_prm:
         raise PlanError(f"strategy {budget.strategy!r} needs a PRM and none was found")
     n_vocab = n_vocab if n_vocab is not None else vocab_size(meta.path)
@@ -349,7 +378,7 @@ def make_plan(
     def build(n: int, slots: int, kv_type: str, with_prm: bool) -> Plan:
         n_ctx = budget.max_prompt_tokens + slots * budget.max_tokens
         mem = estimate_memory(meta, n_ctx, slots, kv_type, gpu_layers,
-                              prm_initializer_bytes if with_prm else None, n_vocab)
+                              prm.memory_mb if with_prm else None, n_vocab)
         seconds = predict_seconds(cal, budget.strategy, n, slots, budget.max_tokens,
                                   budget.prompt_tokens, budget.max_steps, with_prm)
         return Plan(strategy=budget.strategy, n=n, beam_width=min(budget.beam_width, n),
@@ -413,8 +442,8 @@ def plan_for(
     cal, note = calib.load(meta, threads)
     if cal is None and note and note.startswith("ignoring"):
         warnings.warn(note, stacklevel=2)  # a broken file deserves a word even without --explain
-    prm_size = prm_bytes(prm_dir) if budget.strategy in SCORED else None
-    plan = make_plan(meta, budget, cal, note, prm_size,
+    prm = prm_cost(prm_dir) if budget.strategy in SCORED else None
+    plan = make_plan(meta, budget, cal, note, prm,
                      gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()),
                      default_threads=threads)
     return plan, meta

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import pytest
 
@@ -22,7 +23,8 @@ META = ModelMetadata(
     swa_layers=0,
 )
 VOCAB = 151_936
-PRM_BYTES = 22_607_241
+# The shipped text PRM's cost (22.6 MB of initializers): runtime + weights + one window.
+TEXT_PRM = scheduler.PrmCost("prm-minilm", 52.0 + 22_607_241 / 2**20 + 100.0, 40.0)
 
 
 def cal(decode=None, prefill=200.0, prm=150.0) -> calib.Calibration:
@@ -32,7 +34,7 @@ def cal(decode=None, prefill=200.0, prm=150.0) -> calib.Calibration:
 
 
 def plan(budget: Budget, c: calib.Calibration | None = None, **kw):
-    return make_plan(META, budget, c or cal(), prm_initializer_bytes=kw.pop("prm", PRM_BYTES),
+    return make_plan(META, budget, c or cal(), prm=kw.pop("prm", TEXT_PRM),
                      n_vocab=VOCAB, **kw)
 
 
@@ -43,12 +45,12 @@ def test_kv_is_padded_and_q8_is_about_half():
 
 
 def test_memory_parts_add_up_and_gpu_moves_weights_off_the_host():
-    cpu = estimate_memory(META, 9216, 16, "f16", 0, PRM_BYTES, VOCAB)
+    cpu = estimate_memory(META, 9216, 16, "f16", 0, TEXT_PRM.memory_mb, VOCAB)
     assert cpu.total_mb == pytest.approx(cpu.runtime_mb + cpu.weights_mb + cpu.kv_mb + cpu.compute_mb
                                          + cpu.prm_mb)
     assert cpu.weights_mb == pytest.approx(META.weights_bytes / 2**20)
     assert cpu.prm_mb > 100 and cpu.gpu_mb == 0
-    gpu = estimate_memory(META, 9216, 16, "f16", META.n_layers + 1, PRM_BYTES, VOCAB)
+    gpu = estimate_memory(META, 9216, 16, "f16", META.n_layers + 1, TEXT_PRM.memory_mb, VOCAB)
     assert gpu.weights_mb == 0 and gpu.kv_mb == 0 and gpu.gpu_mb > 500
     assert gpu.total_mb < cpu.total_mb
     assert "PRM" in cpu.describe() and "GPU" in gpu.describe()
@@ -121,9 +123,32 @@ def test_past_deadline_plan_warns():
 
 
 def test_without_calibration_plan_says_estimate():
-    p = make_plan(META, Budget(memory_mb=2000), None, "no calibration at X", PRM_BYTES, n_vocab=VOCAB)
+    p = make_plan(META, Budget(memory_mb=2000), None, "no calibration at X", TEXT_PRM, n_vocab=VOCAB)
     assert p.calibration_source == "estimate"
     assert "conservative" in p.explain()
+
+
+def test_prm_cost_by_kind_of_the_shipped_prms():
+    from edgetts.models import MODELS_DIR
+
+    text = scheduler.prm_cost(MODELS_DIR / "prm-minilm")
+    probe = scheduler.prm_cost(MODELS_DIR / "prm-probe-qwen05")
+    assert text.memory_mb > 150  # runtime + tokenizer + 22 MB of weights + one 512-token window
+    assert probe.memory_mb < 45  # onnxruntime and a 4 KB head: no second model's activations
+    assert probe.fallback_steps_s > 10 * text.fallback_steps_s
+    assert scheduler.prm_cost("/nonexistent/prm") is None
+
+
+def test_calibration_of_another_prm_is_not_used_for_its_speed():
+    probe = scheduler.PrmCost("prm-probe-qwen05", 38.0, 5000.0)
+    slow_text = calib.Calibration(model_key=calib.model_key(META), machine_id="m", n_threads=1,
+                                  prefill_tok_s=200.0, decode_tok_s={1: 10.0, 16: 40.0},
+                                  prm_steps_s=2.0, prm="prm-minilm")
+    budget = Budget(deadline_s=30, strategy="beam_search")
+    p = plan(budget, slow_text, prm=probe)
+    assert "measured PRM 'prm-minilm'" in p.explain()
+    same = plan(budget, replace(slow_text, prm="prm-probe-qwen05"), prm=probe)
+    assert p.predicted_s < same.predicted_s  # the probe's own (fast) speed, not the text PRM's
 
 
 def test_estimate_is_below_measured_speeds():

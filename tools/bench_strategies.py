@@ -37,7 +37,7 @@ from edgetts.data import load_problems
 from edgetts.grading import answers_equal
 from edgetts.models import load_registry
 from edgetts.policy import LlamaPolicy, PolicyConfig, default_threads
-from edgetts.probe import load_scorer, load_states, save_states
+from edgetts.probe import default_prm_dir, load_scorer, load_states, save_states
 from edgetts.prompts import split_steps
 from edgetts.search import run_search
 from edgetts.search.auto import difficulty_features  # the same features auto sees at run time
@@ -64,9 +64,9 @@ def _append(out: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def samples_path(out: Path) -> Path:
-    """Where ``run`` keeps every problem's N_max samples, beside the results."""
-    return out.with_name(out.stem + ".samples.jsonl")
+def samples_path(out: Path, samples: str | None = None) -> Path:
+    """Where ``run`` keeps every problem's N_max samples: ``--samples``, else beside the results."""
+    return Path(samples) if samples else out.with_name(out.stem + ".samples.jsonl")
 
 
 def subset_rows(candidates: list[Candidate], gold: str, n_list: list[int]) -> list[dict]:
@@ -90,19 +90,18 @@ def subset_rows(candidates: list[Candidate], gold: str, n_list: list[int]) -> li
     return rows
 
 
-def states_dir(out: Path) -> Path:
-    return out.with_name(out.stem + ".states")
-
-
 def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     done = _done(out)
+    kept = samples_path(out, args.samples)
     problems = load_problems(args.data, args.question_key, args.answer_key, args.id_key, args.limit)
     model = args.model or next(s.name for s in load_registry().values() if s.default)
     policy = LlamaPolicy(PolicyConfig(model=args.model, max_tokens=args.max_tokens,
                                       n_seq_max=min(args.n_max, 16), seed=args.seed,
                                       capture_states=True))
-    scorer = load_scorer(args.prm, threads=default_threads()) if args.only != ["greedy"] else None
+    # The PRM edgetts itself would pick for this policy (its own probe when one ships).
+    prm = args.prm or default_prm_dir(policy.metadata.name, policy.metadata.n_embd)
+    scorer = load_scorer(prm, threads=default_threads()) if args.only != ["greedy"] else None
     n_list = sorted(n for n in args.n if n <= args.n_max)
     agg = args.agg or (scorer.default_aggregation if scorer else "last")
     for index, problem in enumerate(problems):
@@ -131,9 +130,9 @@ def run(args: argparse.Namespace) -> None:
             seconds = time.perf_counter() - start
             features = difficulty_features(candidates)
             # The samples are the expensive part: keep them so another PRM can rescore them later.
-            states_dir(out).mkdir(parents=True, exist_ok=True)
-            save_states(states_dir(out) / f"{problem.id}.npz", paths)
-            _append(samples_path(out), {**base, "question": problem.question, "prm": str(scorer.directory),
+            kept_states_dir(kept).mkdir(parents=True, exist_ok=True)
+            save_states(kept_states_dir(kept) / f"{problem.id}.npz", paths)
+            _append(kept, {**base, "question": problem.question, "prm": str(scorer.directory),
                                         "seconds": round(seconds, 3),
                                         "candidates": [asdict(c) for c in candidates]})
             for row in subset_rows(candidates, problem.answer, n_list):
@@ -291,13 +290,17 @@ def main() -> None:
     r = sub.add_parser("run", help="answer problems with every strategy, append rows")
     r.add_argument("--data", required=True)
     r.add_argument("--out", required=True)
+    r.add_argument("--samples", default=None,
+                   help="where to keep the samples (they hold the question text, so keep them out of "
+                   "the repo): default <out>.samples.jsonl, their step states beside it in <name>.states/")
     r.add_argument("--dataset", default="data")
     r.add_argument("--limit", type=int, default=None)
     r.add_argument("--question-key")
     r.add_argument("--answer-key")
     r.add_argument("--id-key")
     r.add_argument("--model", default=None, help="policy (default: the default model)")
-    r.add_argument("--prm", default=None, help="PRM directory (default: the shipped PRM)")
+    r.add_argument("--prm", default=None,
+                   help="PRM directory (default: the one edgetts picks for the policy)")
     r.add_argument("--n", type=int, nargs="+", default=[1, 4, 16])
     r.add_argument("--n-max", type=int, default=16, help="samples drawn once per problem")
     r.add_argument("--search-n-max", type=int, default=16, help="largest N for beam search / DVTS")
