@@ -330,6 +330,44 @@ def check_contract(session: Any, m: Manifest, where: str) -> None:
         raise PRMError(f"{where}: ONNX graph does not match manifest.json: " + "; ".join(problems))
 
 
+def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """A PRM directory's manifest as a dict, with a clear error when it is missing or bad."""
+    mpath = FsPath(directory) / "manifest.json"
+    if not FsPath(directory).is_dir():
+        raise PRMError(f"{directory}: PRM directory not found")
+    if not mpath.is_file():
+        raise PRMError(f"{mpath}: manifest not found")
+    try:
+        raw = json.loads(mpath.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise PRMError(f"{mpath}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise PRMError(f"{mpath}: must hold a JSON object")
+    return raw
+
+
+def open_session(onnx_path: FsPath, threads: int | None, use_cuda: bool) -> Any:
+    """An onnxruntime session on the CPU (CUDA first when asked for and present), clear errors."""
+    import onnxruntime as ort
+
+    if not onnx_path.is_file():
+        raise PRMError(f"{onnx_path}: ONNX model not found")
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    providers = ["CPUExecutionProvider"]
+    if use_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    try:
+        return ort.InferenceSession(str(onnx_path), opts, providers=providers)
+    except Exception as e:  # onnxruntime raises its own exception types for bad files
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise PRMError(f"{onnx_path}: ONNX model does not load (missing, truncated or "
+                       f"corrupt?): {msg[:300]}") from None
+
+
 class PRMScorer:
     """Scores steps with an ONNX PRM; implements :class:`edgetts.search.base.StepScorer`."""
 
@@ -346,42 +384,15 @@ class PRMScorer:
     def load(cls, path: str | os.PathLike[str] | None = None, threads: int | None = None,
              use_cuda: bool = False, batch_size: int = 16) -> PRMScorer:
         """Load a PRM directory (None: the shipped ``models/prm-minilm``)."""
-        import onnxruntime as ort
-
         d = FsPath(path) if path is not None else DEFAULT_PRM_DIR
-        if not d.is_dir():
-            raise PRMError(f"{d}: PRM directory not found")
         mpath = d / "manifest.json"
-        if not mpath.is_file():
-            raise PRMError(f"{mpath}: manifest not found")
         try:
-            raw = json.loads(mpath.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise PRMError(f"{mpath}: not valid JSON ({e})") from None
-        if not isinstance(raw, dict):
-            raise PRMError(f"{mpath}: must hold a JSON object")
-        try:
-            manifest = Manifest.from_dict(raw, str(mpath))
+            manifest = Manifest.from_dict(read_manifest(d), str(mpath))
         except TypeError as e:
             raise PRMError(f"{mpath}: bad field value ({e})") from None
         tok = _load_tokenizer(d / manifest.tokenizer_file)
         onnx_path = d / manifest.model_file
-        if not onnx_path.is_file():
-            raise PRMError(f"{onnx_path}: ONNX model not found")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        providers = ["CPUExecutionProvider"]
-        if use_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        try:
-            session = ort.InferenceSession(str(onnx_path), opts, providers=providers)
-        except Exception as e:  # onnxruntime raises its own exception types for bad files
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise PRMError(f"{onnx_path}: ONNX model does not load (missing, truncated or "
-                           f"corrupt?): {msg[:300]}") from None
+        session = open_session(onnx_path, threads, use_cuda)
         check_contract(session, manifest, str(onnx_path))
         return cls(session, tok, manifest, batch_size=batch_size, directory=d)
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from edgetts.prm import PRMCounters, PRMError, calculator_capped
+from edgetts.prm import PRMCounters, PRMError, calculator_capped, open_session, read_manifest
 from edgetts.search.base import AGGREGATIONS, Path
 
 KIND = "policy_probe"
@@ -64,22 +64,6 @@ class ProbeManifest:
         return m
 
 
-def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
-    """A PRM directory's manifest as a dict, with a clear error when it is missing or bad."""
-    mpath = FsPath(directory) / "manifest.json"
-    if not FsPath(directory).is_dir():
-        raise PRMError(f"{directory}: PRM directory not found")
-    if not mpath.is_file():
-        raise PRMError(f"{mpath}: manifest not found")
-    try:
-        raw = json.loads(mpath.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise PRMError(f"{mpath}: not valid JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise PRMError(f"{mpath}: must hold a JSON object")
-    return raw
-
-
 class ProbeScorer:
     """Scores steps from ``Path.step_states``; implements the StepScorer interface."""
 
@@ -95,8 +79,6 @@ class ProbeScorer:
     def load(cls, path: str | os.PathLike[str], threads: int | None = None,
              use_cuda: bool = False) -> ProbeScorer:
         """Load a probe directory; the ONNX input and output are checked against the manifest."""
-        import onnxruntime as ort
-
         d = FsPath(path)
         where = str(d / "manifest.json")
         try:
@@ -104,20 +86,7 @@ class ProbeScorer:
         except TypeError as e:
             raise PRMError(f"{where}: bad field value ({e})") from None
         onnx_path = d / manifest.model_file
-        if not onnx_path.is_file():
-            raise PRMError(f"{onnx_path}: ONNX model not found")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
-        providers = ["CPUExecutionProvider"]
-        if use_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        try:
-            session = ort.InferenceSession(str(onnx_path), opts, providers=providers)
-        except Exception as e:  # onnxruntime raises its own exception types for bad files
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise PRMError(f"{onnx_path}: ONNX model does not load: {msg[:300]}") from None
+        session = open_session(onnx_path, threads, use_cuda)
         _check_contract(session, manifest, str(onnx_path))
         return cls(session, manifest, directory=d)
 

@@ -219,7 +219,8 @@ def prm_cost(prm_dir: str | Path | None) -> PrmCost | None:
 
 
 def _is_probe(directory: Path) -> bool:
-    from edgetts.probe import KIND, read_manifest
+    from edgetts.prm import read_manifest
+    from edgetts.probe import KIND
 
     try:
         return read_manifest(directory).get("kind") == KIND
