@@ -84,8 +84,11 @@ def prm_scores(prm: str | None, threads: int | None, files: dict[str, list[dict]
     Windows are grouped ``batch`` per onnxruntime call (fp32 and int8-weight scores do not
     depend on the batch; int8-dynamic scores do slightly).
     """
-    from edgetts.prm import PRMScorer
+    from edgetts.prm import PRMScorer, read_manifest
+    from edgetts.probe import KIND
 
+    if prm is not None and read_manifest(prm).get("kind") == KIND:
+        return probe_scores(prm, threads, files)
     scorer = PRMScorer.load(prm, threads=threads, batch_size=batch)
     manifest = dataclasses.replace(scorer.manifest)  # as shipped: the scorer's copy is switched off
     scorer.manifest.calculator_check = False
@@ -96,6 +99,32 @@ def prm_scores(prm: str | None, threads: int | None, files: dict[str, list[dict]
         for b in range(0, len(items), chunk):
             out[p].extend(scorer.score_pairs([(it["problem"], it["steps"])
                                               for it in items[b : b + chunk]]))
+    return out, manifest
+
+
+def probe_scores(prm: str, threads: int | None, files: dict[str, list[dict]]) -> tuple[Scores, Any]:
+    """Raw step scores of a policy probe (calculator check off), and its manifest.
+
+    A probe reads the policy's hidden states, so every item is first prefilled through the policy
+    it was trained on (:meth:`edgetts.policy.LlamaPolicy.states_of`): slower than a text PRM.
+    """
+    from edgetts.policy import LlamaPolicy, PolicyConfig
+    from edgetts.probe import ProbeScorer
+    from edgetts.search.base import Path as StatePath
+
+    scorer = ProbeScorer.load(prm, threads=threads)
+    manifest = dataclasses.replace(scorer.manifest)
+    scorer.manifest.calculator_check = False
+    # The default policy: check_policy refuses the pairing if the probe was made for another.
+    policy = LlamaPolicy(PolicyConfig(n_seq_max=1, max_tokens=4096, n_threads=threads,
+                                      capture_states=True))
+    scorer.check_policy(policy.metadata.name, policy.metadata.n_embd)
+    out: Scores = {}
+    for p, items in files.items():
+        paths = [StatePath(steps=it["steps"], step_states=policy.states_of(it["problem"], it["steps"]))
+                 for it in items]
+        out[p] = [scorer.score(it["problem"], [path])[0] for it, path in zip(items, paths, strict=True)]
+    policy.close()
     return out, manifest
 
 
@@ -252,7 +281,7 @@ def main() -> None:
         for mode in modes.get(args.calculator, [args.calculator]):
             sc = raw if mode == "off" else with_calculator(raw, files, manifest.calculator_cap)
             runs.append((f"{args.prm or 'models/prm-minilm'} calculator={mode}", sc,
-                         manifest.threshold))
+                         getattr(manifest, "threshold", 0.5)))
     print(f"scored in {time.perf_counter() - t0:.1f}s")
     out = [report(n, sc, files, args.data, args.dev, args.threshold, thr) for n, sc, thr in runs]
     if args.json:
