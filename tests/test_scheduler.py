@@ -190,10 +190,12 @@ def test_machine_id_is_stable():
 RSS_SCRIPT = textwrap.dedent("""
     import json, sys
     from edgetts.policy import LlamaPolicy, PolicyConfig
-    cfg = PolicyConfig(**json.loads(sys.argv[1]))
+    settings = json.loads(sys.argv[1])
+    repeats = settings.pop("question_repeats", 1)
+    cfg = PolicyConfig(**settings)
     policy = LlamaPolicy(cfg)
-    root = policy.root("Natalia sold clips to 48 of her friends in April, and then half as many "
-                       "in May. How many clips did she sell altogether?")
+    root = policy.root(repeats * ("Natalia sold clips to 48 of her friends in April, and then half "
+                                  "as many in May. How many clips did she sell altogether? "))
     policy.release(policy.extend([root], cfg.n_seq_max, to_end=True))
     hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))
     print(json.dumps({"hwm_kb": int(hwm.split()[1]), "path": str(policy.model_path)}))
@@ -204,6 +206,9 @@ RSS_SCRIPT = textwrap.dedent("""
 @pytest.mark.parametrize("settings", [
     {"n_seq_max": 8, "max_tokens": 32, "kv_type": "f16", "n_ctx": 8192},
     {"n_seq_max": 2, "max_tokens": 32, "kv_type": "q8_0"},
+    # Hidden states for the probe: a long prompt (~400 tokens) must not make llama.cpp output
+    # every prompt token's logits (0.6 MB a token).
+    {"n_seq_max": 4, "max_tokens": 32, "capture_states": True, "question_repeats": 10},
 ])
 def test_memory_estimate_matches_measured_peak_rss(settings, monkeypatch):
     """A real (short) run in a subprocess: estimated peak within 15 % of VmHWM."""
@@ -215,7 +220,7 @@ def test_memory_estimate_matches_measured_peak_rss(settings, monkeypatch):
                          capture_output=True, text=True, check=True, timeout=600)
     measured = json.loads(out.stdout.strip().splitlines()[-1])
     meta = read_metadata(measured["path"])
-    cfg = PolicyConfig(**settings)
+    cfg = PolicyConfig(**{k: v for k, v in settings.items() if k != "question_repeats"})
     est = estimate_memory(meta, cfg.resolved_n_ctx(), cfg.n_seq_max, cfg.kv_type)
     measured_mb = measured["hwm_kb"] / 1024
     assert abs(est.total_mb - measured_mb) / measured_mb < 0.15, (est.describe(), measured_mb)
