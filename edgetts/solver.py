@@ -121,22 +121,16 @@ class Solver:
         Setting ``cancel`` (from any thread) ends the search as if its deadline had passed.
         """
         options = options or SolveOptions()
-        options.validate()
-        strategy, config = options.strategy, replace(options.search_config(), cancel=cancel)
-        plan = self.plan(options, question)
-        if plan is not None:
-            config = replace(config, n=plan.n, beam_width=plan.beam_width)
-        sampling = {"temperature": options.temperature, "top_p": options.top_p, "top_k": options.top_k,
-                    "seed": options.seed}
-        if strategy == GREEDY:
-            strategy, config = "majority", replace(config, n=1)
-            sampling["temperature"] = 0.0
         with self._lock:
-            self.last_plan = plan
+            plan, scorer, policy = self._prepare(question, options)
+            strategy, config = options.strategy, replace(options.search_config(), cancel=cancel)
             if plan is not None:
-                self._apply(plan, options.memory_mb)
-            scorer = self._scorer_for(strategy, plan)
-            policy = self._policy_for(scorer)
+                config = replace(config, n=plan.n, beam_width=plan.beam_width)
+            sampling = {"temperature": options.temperature, "top_p": options.top_p,
+                        "top_k": options.top_k, "seed": options.seed}
+            if strategy == GREEDY:
+                strategy, config = "majority", replace(config, n=1)
+                sampling["temperature"] = 0.0
             for key, value in sampling.items():
                 setattr(policy.config, key, value)
             if options.agg is None and scorer is not None:
@@ -145,6 +139,26 @@ class Solver:
         if options.strategy == GREEDY:
             result.strategy = GREEDY
         return result
+
+    def prepare(self, question: str, options: SolveOptions | None = None) -> Plan | None:
+        """Plan and load all that a solve of ``question`` under ``options`` would use, and return
+        the plan (None without a budget). A deadline counts from the start of the search, so a
+        caller that times solves (a benchmark, a server warming up) loads the models here first.
+        """
+        with self._lock:
+            return self._prepare(question, options or SolveOptions())[0]
+
+    def _prepare(
+        self, question: str, options: SolveOptions
+    ) -> tuple[Plan | None, StepScorer | None, LlamaPolicy]:
+        options.validate()
+        plan = self.plan(options, question)
+        self.last_plan = plan
+        if plan is not None:
+            self._apply(plan, options.memory_mb)
+        strategy = "majority" if options.strategy == GREEDY else options.strategy
+        scorer = self._scorer_for(strategy, plan)
+        return plan, scorer, self._policy_for(scorer)
 
     def plan(self, options: SolveOptions, question: str | None = None) -> Plan | None:
         """The scheduler's plan for a budget (memory and/or deadline); None without one.

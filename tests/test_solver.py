@@ -54,3 +54,21 @@ def test_aggregation_defaults_to_the_prms_own(manifest_agg, asked, answer):
     solver = solver_with_fakes(manifest_agg)
     result = solver.solve("q", SolveOptions(strategy="best_of_n", n=2, agg=asked))
     assert result.answer == answer
+
+
+@pytest.mark.slow
+def test_prepare_loads_what_solve_then_uses():
+    """prepare() plans and loads up front, so a timed solve does not include the model load."""
+    from edgetts.solver import Solver
+
+    solver = Solver()
+    question = "A pen costs 3 dollars. How much do 7 pens cost?"
+    options = SolveOptions(deadline_s=20, memory_mb=2000)
+    plan = solver.prepare(question, options)
+    policy, scorer = solver._policy, solver._scorer
+    assert plan is not None and policy is not None and scorer is not None
+    assert policy.config.capture_states  # the default policy's PRM is its own probe
+    result = solver.solve(question, options)
+    assert solver._policy is policy and solver._scorer is scorer  # nothing loaded again
+    assert result.answer is not None
+    solver.close()

@@ -5,7 +5,7 @@ asks the scheduler for its plan and answers the same questions under it, then re
 peak resident memory (``VmHWM``), so each budget's peak is its own, model load included (the
 memory model predicts the whole process's peak). Per budget the table
 shows the plan, predicted against measured peak memory, and the slowest solve against the
-deadline (model load excluded, as the deadline is).
+deadline (model load excluded, as the deadline is: ``Solver.prepare`` loads first).
 
     EDGETTS_THREADS=1 python tools/bench_budgets.py --data ../shared/data/gsm8k_test.jsonl \\
         --limit 3 --budgets 750:10 1000:30 2000:90
@@ -29,6 +29,7 @@ solver = Solver()
 runs = []
 for question in questions:
     options = SolveOptions(memory_mb=memory_mb, deadline_s=deadline_s)
+    solver.prepare(question, options)  # the deadline excludes model load, so load first
     start = time.perf_counter()
     result = solver.solve(question, options)
     runs.append({"seconds": time.perf_counter() - start, "answer": result.answer,

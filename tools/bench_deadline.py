@@ -1,8 +1,9 @@
 """How far past its deadline does a solve return? Many short-deadline solves, overrun percentiles.
 
 Each run plans for its deadline (``SolveOptions(deadline_s=...)``, optionally ``memory_mb``), loads
-the policy for that plan *before* the clock starts (model load is excluded by design: a Solver
-loads once), then times the whole ``Solver.solve`` call: planning, prefill, search, PRM calls.
+the policy for that plan *before* the clock starts (``Solver.prepare``: model load is excluded by
+design, a Solver loads once), then times the whole ``Solver.solve`` call: planning, prefill,
+search, PRM calls.
 The tolerance is deadline + max(10 %, 0.5 s).
 
     EDGETTS_THREADS=1 python tools/bench_deadline.py --runs 50 --deadlines 3,5,8 \\
@@ -56,14 +57,10 @@ def main() -> None:
         strategy = strategies[(i // len(deadlines)) % len(strategies)]
         options = SolveOptions(strategy=strategy, deadline_s=deadline_s, memory_mb=args.memory_mb, seed=i)
         try:
-            plan = solver.plan(options, problem.question)
+            plan = solver.prepare(problem.question, options)  # models load before the clock starts
         except PlanError as exc:
             print(f"[{i + 1}] {strategy} {deadline_s:g}s: refused: {exc}")
             continue
-        solver._apply(plan)  # load the planned policy (and PRM) before the clock starts
-        _ = solver.policy
-        if plan.use_prm or strategy != "majority":
-            _ = solver._scorer_for(strategy, plan)
         start = time.perf_counter()
         result = solver.solve(problem.question, options)
         wall_s = time.perf_counter() - start
