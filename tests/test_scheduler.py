@@ -286,3 +286,19 @@ def test_cli_plan_errors_are_clear(monkeypatch):
     monkeypatch.setattr(solver_mod, "plan_for", lambda m, b, p: (plan(b), META))
     result = CliRunner().invoke(cli.main, ["plan", "--memory-mb", "4000", "--deadline-s", "100"])
     assert result.exit_code == 0 and result.output.startswith("plan: auto N=")
+
+
+@pytest.mark.slow
+def test_calibrate_measures_and_the_planner_uses_it(tmp_path, monkeypatch):
+    """A real calibration: saved for this model, its PRM named, speeds the planner then uses."""
+    monkeypatch.setattr(calib, "calibration_dir", lambda: tmp_path)
+    measured, meta = calib.measure(None, None, 1, batches=(1, 2, 4), tokens=8, progress=lambda _: None)
+    assert calib.save(measured, meta).parent == tmp_path
+    loaded, note = calib.load(meta, 1)
+    assert note is None and loaded.source == "measured"
+    assert loaded.prm == "prm-probe-qwen05"  # the PRM the default policy runs with
+    speeds = [loaded.decode_tok_s[b] for b in (1, 2, 4)]
+    assert speeds == sorted(speeds)  # a busy machine's dip is not believed
+    assert loaded.prefill_tok_s > 0 and loaded.prm_steps_s > 0
+    plan, _ = scheduler.plan_for(None, Budget(deadline_s=30, n_threads=1))
+    assert plan.calibration_source == "measured"
