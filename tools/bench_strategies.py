@@ -242,10 +242,11 @@ def report(args: argparse.Namespace) -> None:
     common = set.intersection(*per_key.values()) if per_key else set()
     rows = [r for r in rows if r["problem_id"] in common]
     summary = summarize(rows)
-    print(f"{len(common)} problems common to every row")
-    print(f"{'model':<30} {'strategy':<20} {'N':>3} {'accuracy':>9} {'gen tokens':>11}")
+    print(f"{len(common)} problems common to every row; ± is one standard error")
+    print(f"{'model':<30} {'strategy':<20} {'N':>3} {'accuracy':>9} {'±':>6} {'gen tokens':>11}")
     for (model, strategy, n), s in summary.items():
-        print(f"{model:<30} {strategy:<20} {n:>3} {s['accuracy']:>9.1%} {s['tokens']:>11.0f}")
+        se = (s["accuracy"] * (1 - s["accuracy"]) / max(s["problems"], 1)) ** 0.5
+        print(f"{model:<30} {strategy:<20} {n:>3} {s['accuracy']:>9.1%} {se:>6.1%} {s['tokens']:>11.0f}")
     if args.plot:
         plot(summary, args.plot, args.title or Path(args.results[0]).stem, len(common))
 
