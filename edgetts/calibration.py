@@ -207,7 +207,7 @@ def measure(
         # Aggregate decode speed does not drop with more rows on one machine (the weights are
         # read once per batch); a measured drop is another process taking the core meanwhile,
         # and believing it would steer plans away from batching.
-        for smaller, larger in zip(batches, batches[1:]):
+        for smaller, larger in zip(batches, batches[1:], strict=False):
             decode[larger] = max(decode[larger], decode[smaller])
         prefill = prefill_tok / max(prefill_s, 1e-9)
         progress(f"prefill: {prefill:8.1f} tokens/s")

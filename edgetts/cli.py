@@ -16,6 +16,7 @@ import click
 
 from edgetts import models as registry
 from edgetts.grading import answers_equal
+from edgetts.search.base import SearchResult
 from edgetts.solver import SolveOptions
 
 EXIT_INTERRUPTED = 130
@@ -143,21 +144,34 @@ def solve(question: str, show: bool, as_json: bool, **kw) -> None:
         click.echo(json.dumps(asdict(result), ensure_ascii=False))
         return
     if show and result.chosen is not None:
-        click.echo(result.chosen.text.strip())
-        click.echo("")
-        if result.chosen.step_scores:
-            scores = " ".join(f"{s:.2f}" for s in result.chosen.step_scores)
-            click.echo(f"step scores: {scores}")
-        if result.votes:
-            votes = ", ".join(f"{a}: {v:g}" for a, v in result.votes.items())
-            click.echo(f"votes: {votes}")
-        c = result.counters
-        click.echo(
-            f"tokens: {c.get('tokens_prefilled', 0)} prefilled, "
-            f"{c.get('tokens_decoded', 0)} generated; {c.get('wall_s', 0):.1f} s"
-            + (" (cut short by the deadline)" if result.cut_short else "")
-        )
+        _show(result)
     click.echo(result.answer if result.answer is not None else "(no answer)")
+
+
+def _show(result: SearchResult) -> None:
+    """The chosen reasoning with its step scores, every candidate, votes and what it cost."""
+    click.echo(result.chosen.text.strip())
+    click.echo("")
+    click.echo(f"strategy: {result.strategy}")
+    if result.chosen.step_scores:
+        click.echo(f"step scores: {' '.join(f'{s:.2f}' for s in result.chosen.step_scores)}")
+    click.echo(f"candidates ({len(result.candidates)}):")
+    for i, cand in enumerate(result.candidates, start=1):
+        score = "-" if cand.score is None else f"{cand.score:.2f}"
+        mark = "  <- chosen" if cand is result.chosen else ""
+        click.echo(f"  {i:>2}. answer {cand.answer}  score {score}  {cand.n_tokens} tokens{mark}")
+    if result.votes:
+        click.echo(f"votes: {', '.join(f'{a}: {v:g}' for a, v in result.votes.items())}")
+    c = result.counters
+    click.echo(
+        f"tokens: {c.get('tokens_prefilled', 0)} prefilled, {c.get('tokens_decoded', 0)} generated; "
+        f"PRM: {c.get('prm_calls', 0)} calls, {c.get('prm_steps_scored', 0)} steps"
+    )
+    click.echo(
+        f"time: {c.get('wall_s', 0):.1f} s = policy {c.get('policy_s', 0):.1f} + PRM "
+        f"{c.get('prm_s', 0):.2f} + other {c.get('other_s', 0):.2f}"
+        + (" (cut short by the deadline)" if result.cut_short else "")
+    )
 
 
 def _record(problem, result, options, model: str | None, seconds: float) -> dict:

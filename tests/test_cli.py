@@ -1,0 +1,20 @@
+"""edgetts solve --show: what a user sees of a result (no model needed)."""
+
+from edgetts.cli import _show
+from edgetts.search.base import Candidate, SearchResult
+
+
+def test_show_lists_every_candidate_and_the_cost(capsys):
+    right = Candidate("3 * 7 = 21\n\n\\boxed{21}", "21", 0.9, [0.8, 0.9], 12, "eos")
+    wrong = Candidate("3 + 7 = 10\n\n\\boxed{10}", "10", 0.2, [0.2, 0.4], 11, "eos")
+    result = SearchResult("best_of_n", "21", right, [wrong, right], votes={},
+                          counters={"tokens_prefilled": 40, "tokens_decoded": 23, "prm_calls": 1,
+                                    "prm_steps_scored": 4, "policy_s": 1.5, "prm_s": 0.01,
+                                    "other_s": 0.02, "wall_s": 1.53})
+    _show(result)
+    out = capsys.readouterr().out
+    assert "strategy: best_of_n" in out and "step scores: 0.80 0.90" in out
+    assert "1. answer 10  score 0.20  11 tokens\n" in out
+    assert "2. answer 21  score 0.90  12 tokens  <- chosen" in out
+    assert "40 prefilled, 23 generated; PRM: 1 calls, 4 steps" in out
+    assert "time: 1.5 s = policy 1.5 + PRM 0.01 + other 0.02" in out
