@@ -333,6 +333,8 @@ class LlamaPolicy:
         tokenized on its own with its step separator (added when missing, as ``split_steps``
         drops it), as generation cuts tokens at step ends. Like :meth:`root` it starts from a
         clear cache (the prompt's prefill is reused): not for use in the middle of a search.
+        It decodes the solution with embeddings on, so llama.cpp keeps logits for up to n_batch
+        tokens at once (0.6 MB each): fine for the tools it serves, not for a tight budget.
         """
         if not self.config.capture_states:
             raise PolicyError("states_of needs a policy created with capture_states=True")
