@@ -18,7 +18,7 @@ recomputes the sample-based rows (majority, best-of-N, weighted best-of-N) with 
 text PRM or a policy probe (``edgetts.probe``), without sampling again.
 
 Rows: ``{problem_id, dataset, model, strategy, n, correct, answer, gold, tokens_generated,
-seconds, difficulty_features}``; ``difficulty_features`` (agreement and PRM scores of the first
+seconds, prm, difficulty_features}``; ``difficulty_features`` (agreement and PRM scores of the first
 four samples) is what ``tools/fit_compute_optimal.py`` bins problems by.
 """
 
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> None:
             for row in subset_rows(candidates, problem.answer, n_list):
                 if todo(row["strategy"], row["n"]):
                     _append(out, {**base, **row, "seconds": round(seconds * row["n"] / args.n_max, 3),
-                                  "difficulty_features": features})
+                                  "prm": str(prm), "difficulty_features": features})
         for strategy in SEARCH_STRATEGIES:
             for n in n_list:
                 if n < args.beam_width or not todo(strategy, n) or n > args.search_n_max:
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> None:
                 _append(out, {**base, "strategy": strategy, "n": n, "answer": result.answer,
                               "correct": answers_equal(result.answer, problem.answer),
                               "tokens_generated": result.counters["tokens_decoded"],
-                              "seconds": result.counters["wall_s"],
+                              "seconds": result.counters["wall_s"], "prm": str(prm),
                               "difficulty_features": features})
         print(f"[{index + 1}/{len(problems)}] {problem.id} done", flush=True)
 
