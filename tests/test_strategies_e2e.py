@@ -1,4 +1,5 @@
-"""Every PRM-guided strategy end to end: the real GGUF through llama.cpp and the shipped ONNX PRM."""
+"""Every PRM-guided strategy end to end: the real GGUF through llama.cpp and each shipped ONNX PRM
+(the text PRM, and the policy's own probe that reads its hidden states)."""
 
 import pytest
 
@@ -13,9 +14,36 @@ QUESTIONS = [
 ]
 
 
-@pytest.mark.parametrize("strategy", ["best_of_n", "weighted_best_of_n", "beam_search", "dvts"])
+@pytest.fixture(scope="module")
+def probe_policy():
+    """The default policy recording its step states, and the probe shipped for it."""
+    from edgetts.models import MODELS_DIR
+    from edgetts.policy import LlamaPolicy, PolicyConfig
+    from edgetts.probe import ProbeScorer
+
+    pol = LlamaPolicy(PolicyConfig(n_seq_max=8, max_tokens=256, seed=0, capture_states=True))
+    yield pol, ProbeScorer.load(MODELS_DIR / "prm-probe-qwen05", threads=1)
+    pol.close()
+
+
+STRATEGIES = ["best_of_n", "weighted_best_of_n", "beam_search", "dvts"]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("question, gold", QUESTIONS)
 def test_strategy_end_to_end(policy, scorer, strategy, question, gold):
+    check_search(policy, scorer, strategy, question)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_strategy_end_to_end_with_the_policy_probe(probe_policy, strategy):
+    policy, probe = probe_policy
+    result = check_search(policy, probe, strategy, QUESTIONS[0][0])
+    assert result.counters["prm_steps_scored"] >= len(result.candidates)  # states, not text
+
+
+def check_search(policy, scorer, strategy, question):
+    """Run one search with N=4 and check what every strategy owes: answer, scores, counters."""
     policy.config.seed, policy.config.max_tokens = 0, 200
     policy.root("What is 1 + 1?")  # another prompt in the cache: this search must prefill its own
     prompt_tokens = len(policy.tokenize(policy.prompt_text(question)))
@@ -34,3 +62,4 @@ def test_strategy_end_to_end(policy, scorer, strategy, question, gold):
     if strategy == "best_of_n":  # the pick is the top-scored candidate with an answer
         scored = [c.score for c in result.candidates if c.answer is not None]
         assert result.chosen.score == max(scored)
+    return result
