@@ -116,8 +116,9 @@ def probe_scores(prm: str, threads: int | None, files: dict[str, list[dict]]) ->
     manifest = dataclasses.replace(scorer.manifest)
     scorer.manifest.calculator_check = False
     # The default policy: check_policy refuses the pairing if the probe was made for another.
-    policy = LlamaPolicy(PolicyConfig(n_seq_max=1, max_tokens=4096, n_threads=threads,
-                                      capture_states=True))
+    # Room for the longest items (PRMBench problems run past 1,500 prompt tokens).
+    policy = LlamaPolicy(PolicyConfig(n_seq_max=1, max_prompt_tokens=4096, max_tokens=4096,
+                                      n_threads=threads, capture_states=True))
     scorer.check_policy(policy.metadata.name, policy.metadata.n_embd)
     out: Scores = {}
     for p, items in files.items():
