@@ -234,7 +234,7 @@ def summarize(rows: list[dict]) -> dict[tuple[str, str, int], dict[str, float]]:
 
 
 def report(args: argparse.Namespace) -> None:
-    rows = load_rows(args.results)
+    rows = [r for r in load_rows(args.results) if not args.only or r["strategy"] in args.only]
     # Compare on the problems every (model, strategy, n) has, so partial runs stay fair.
     per_key: dict[tuple, set[str]] = defaultdict(set)
     for r in rows:
@@ -319,6 +319,8 @@ def main() -> None:
     p.add_argument("--results", nargs="+", required=True)
     p.add_argument("--plot", default=None, help="PNG path")
     p.add_argument("--title", default=None)
+    p.add_argument("--only", nargs="*", default=[],
+                   help="only these strategies (a partial run: more problems in common)")
     q = sub.add_parser("rescore", help="sample-based rows again, from kept samples, with another PRM")
     q.add_argument("--samples", required=True, help="<out>.samples.jsonl written by run")
     q.add_argument("--prm", required=True, help="PRM directory")
