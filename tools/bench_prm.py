@@ -7,7 +7,7 @@ table of the median over ``--repeats`` runs, plus the model file size.
 
 Example::
 
-    python tools/bench_prm.py --prm models/prm-minilm work/prm/export/fp32 --threads 1
+    python tools/bench_prm.py --prm models/prm-minilm models/prm-probe-qwen05 --threads 1
 """
 
 from __future__ import annotations
@@ -18,32 +18,55 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edgetts.prm import PRMScorer  # noqa: E402
+import numpy as np  # noqa: E402
+
+from edgetts.prm import PRMScorer, read_manifest  # noqa: E402
+from edgetts.probe import KIND, ProbeScorer  # noqa: E402
+from edgetts.search.base import Path as SearchPath  # noqa: E402
 
 
-def run_once(scorer: PRMScorer, items: list[dict], batch: int) -> tuple[int, float]:
+def run_once(scorer: Any, items: list[dict], batch: int) -> tuple[int, float]:
     """Steps scored and seconds for one pass over the items."""
     steps, t0 = 0, time.perf_counter()
     for it in items:
-        scorer.score_steps(it["problem"], [it["steps"]] * batch)
+        score(scorer, it, batch)
         steps += len(it["steps"]) * batch
     return steps, time.perf_counter() - t0
 
 
+def score(scorer: Any, item: dict, batch: int) -> None:
+    """One call: ``batch`` copies of the item's solution. A policy probe scores step states
+    (random ones here: its cost does not depend on their values; the policy computes them while
+    it decodes anyway), a text PRM the text."""
+    if getattr(scorer, "needs_states", False):
+        rng = np.random.default_rng(0)
+        states = [rng.standard_normal(scorer.manifest.hidden_size).astype(np.float32) for _ in item["steps"]]
+        paths = [SearchPath(steps=item["steps"], step_states=states) for _ in range(batch)]
+        scorer.score(item["problem"], paths)
+    else:
+        scorer.score_steps(item["problem"], [item["steps"]] * batch)
+
+
 def bench(prm: str, items: list[dict], batch: int, repeats: int, threads: int) -> dict:
     """Median steps/s (and ms per step) over repeats, after one warm-up call."""
-    scorer = PRMScorer.load(prm, threads=threads, batch_size=max(16, batch))
-    scorer.score_steps(items[0]["problem"], [items[0]["steps"]])
+    if read_manifest(prm).get("kind") == KIND:
+        scorer: Any = ProbeScorer.load(prm, threads=threads)
+        precision = "fp32"
+    else:
+        scorer = PRMScorer.load(prm, threads=threads, batch_size=max(16, batch))
+        precision = scorer.manifest.extra.get("precision", "?")
+    score(scorer, items[0], 1)
     rates = []
     for _ in range(repeats):
         n, s = run_once(scorer, items, batch)
         rates.append(n / s)
     med = statistics.median(rates)
     size = (Path(prm) / scorer.manifest.model_file).stat().st_size / 2**20
-    return {"prm": prm, "precision": scorer.manifest.extra.get("precision", "?"), "batch": batch,
+    return {"prm": prm, "precision": precision, "batch": batch,
             "steps_per_s": med, "ms_per_step": 1000 / med, "runs": rates, "onnx_mb": size}
 
 
