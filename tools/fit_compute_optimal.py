@@ -124,9 +124,11 @@ def evaluate(problems: list[dict], budgets: list[int], min_problems: int) -> Non
             outcomes.append(auto_outcome(table, p, budget))
         cells = [cell([o[0] for o in outcomes], [o[1] for o in outcomes], 16)]
         for s in fixed:
-            have = [p for p in problems if (s, budget) in p["correct"]]
-            cells.append(cell([p["correct"][s, budget] for p in have],
-                              [p["tokens"][s, budget] for p in have], 22))
+            if not all((s, budget) in p["correct"] for p in problems):
+                cells.append(f"{'(not on every problem)':>22}")  # no fair comparison with auto
+                continue
+            cells.append(cell([p["correct"][s, budget] for p in problems],
+                              [p["tokens"][s, budget] for p in problems], 22))
         print(f"{budget:>3} " + " ".join(cells))
 
 
