@@ -103,6 +103,10 @@ class PolicyConfig:
     # scorers that read the policy's own states (edgetts.probe). Costs one vector copy per step.
     # A path cut by max_tokens (or a stop string) keeps the state before its last token.
     capture_states: bool = False
+    # What a step state is made of: -1 is the final hidden state (after the output norm), i >= 0
+    # the output of transformer block i (read through llama.cpp's eval callback); several are
+    # concatenated in this order. A probe's manifest names the layers it was trained on.
+    state_layers: tuple[int, ...] = (-1,)
 
     def resolved_n_ctx(self) -> int:
         return self.n_ctx or self.max_prompt_tokens + self.n_seq_max * self.max_tokens
@@ -160,6 +164,43 @@ class _Child:
     done: bool = False
 
 
+class _LayerTap:
+    """Copies transformer blocks' outputs (graph nodes ``l_out-<i>``) as llama.cpp computes a batch.
+
+    llama.cpp shows its eval callback every node of the graph twice: first asking whether we want
+    it, then, for those we do, once it is computed. Only the asked-for blocks are copied (through
+    ``ggml_backend_tensor_get``, so GPU-resident tensors work too), and only while ``on``. Rows
+    are the batch's tokens in order (blocks before the last hold every token, not only outputs).
+    """
+
+    def __init__(self, layers: tuple[int, ...], n_embd: int) -> None:
+        base = FsPath(llama_cpp.llama_cpp._lib._name).parent
+        ggml = llama_cpp.llama_cpp.load_shared_library("ggml-base", base)
+        ggml.ggml_get_name.restype = ctypes.c_char_p
+        ggml.ggml_get_name.argtypes = [ctypes.c_void_p]
+        ggml.ggml_nelements.restype = ctypes.c_int64
+        ggml.ggml_nelements.argtypes = [ctypes.c_void_p]
+        ggml.ggml_backend_tensor_get.restype = None
+        ggml.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
+                                                 ctypes.c_size_t]
+        self.names = {f"l_out-{i}".encode(): i for i in layers if i >= 0}
+        self.rows: dict[int, np.ndarray] = {}
+        self.on = True
+
+        @llama_cpp.ggml_backend_sched_eval_callback
+        def callback(tensor: ctypes.c_void_p, ask: bool, _user: ctypes.c_void_p) -> bool:
+            layer = self.names.get(ggml.ggml_get_name(tensor))
+            if ask:
+                return layer is not None
+            if self.on and layer is not None:
+                out = np.empty(ggml.ggml_nelements(tensor), dtype=np.float32)
+                ggml.ggml_backend_tensor_get(tensor, out.ctypes.data, 0, out.nbytes)
+                self.rows[layer] = out.reshape(-1, n_embd)
+            return True
+
+        self.callback = callback  # llama.cpp keeps only the pointer: hold the function here
+
+
 class LlamaPolicy:
     """A GGUF model on llama.cpp implementing the StepGenerator interface."""
 
@@ -174,6 +215,14 @@ class LlamaPolicy:
         self.metadata: ModelMetadata = read_metadata(self.model_path)
         self.counters = GeneratorCounters()
         llama_cpp.llama_backend_init()
+        n_layers = self.metadata.n_layers
+        # The last block keeps only its output rows (llama.cpp drops the rest before it), so it
+        # is read as -1, after the output norm.
+        if not cfg.state_layers or any(not -1 <= i < n_layers - 1 for i in cfg.state_layers):
+            raise PolicyError(f"state_layers must be -1 (the final state) or blocks 0..{n_layers - 2}, "
+                              f"got {cfg.state_layers}")
+        wants_blocks = cfg.capture_states and any(i >= 0 for i in cfg.state_layers)
+        self._tap = _LayerTap(cfg.state_layers, self.metadata.n_embd) if wants_blocks else None
         self._model = self._load_model()
         self._ctx = self._new_context()
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
@@ -219,6 +268,9 @@ class LlamaPolicy:
             # Per-token final hidden states beside the logits, for the rows we ask logits of.
             params.embeddings = True
             params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_NONE
+        if self._tap is not None:
+            params.cb_eval = self._tap.callback
+            params.cb_eval_user_data = None
         params.no_perf = True
         ctx = llama_cpp.llama_init_from_model(self._model, params)
         if not ctx:
@@ -554,8 +606,15 @@ class LlamaPolicy:
             child.state_pending = None if last_token_decoded else len(path.steps) - 1
 
     def _state(self, row: int) -> np.ndarray:
-        ptr = llama_cpp.llama_get_embeddings_ith(self._ctx, row)
-        return np.ctypeslib.as_array(ptr, shape=(self._n_embd,)).copy()
+        """The step state of batch row ``row`` of the last decode: its ``state_layers``, joined."""
+        parts = []
+        for layer in self.config.state_layers:
+            if layer < 0:
+                ptr = llama_cpp.llama_get_embeddings_ith(self._ctx, row)
+                parts.append(np.ctypeslib.as_array(ptr, shape=(self._n_embd,)).copy())
+            else:
+                parts.append(self._tap.rows[layer][row].copy())  # type: ignore[union-attr]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _read_state(self, child: _Child, row: int) -> None:
         child.seq.hidden = self._state(row)
@@ -632,11 +691,15 @@ class LlamaPolicy:
             return
         if self.config.capture_states:
             llama_cpp.llama_set_embeddings(self._ctx, False)
+        if self._tap is not None:
+            self._tap.on = False
         try:
             self._decode_tokens(tokens, first_pos, slot, output_last=False)
         finally:
             if self.config.capture_states:
                 llama_cpp.llama_set_embeddings(self._ctx, True)
+            if self._tap is not None:
+                self._tap.on = True
 
     def _decode(self) -> None:
         ret = llama_cpp.llama_decode(self._ctx, self._batch)

@@ -47,6 +47,9 @@ class ProbeManifest:
     calculator_cap: float = 0.05
     model_file: str = "model.onnx"
     kind: str = KIND
+    # The policy's layers a step state joins (PolicyConfig.state_layers): -1 the final hidden
+    # state, i >= 0 block i's output; hidden_size is n_embd times their number.
+    layers: list[int] = field(default_factory=lambda: [-1])
     training: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -97,10 +100,11 @@ class ProbeScorer:
     def check_policy(self, name: str, n_embd: int) -> None:
         """Raise PRMError unless the policy is the one this head was trained on."""
         want = self.manifest.policy
-        if n_embd != self.manifest.hidden_size or (want.get("name") and want["name"] != name):
+        width = n_embd * len(self.manifest.layers)
+        if width != self.manifest.hidden_size or (want.get("name") and want["name"] != name):
             raise PRMError(
                 f"PRM {self.manifest.name!r} reads the hidden states of {want.get('name')!r} "
-                f"({self.manifest.hidden_size} wide); the policy is {name!r} ({n_embd} wide). "
+                f"({self.manifest.hidden_size} wide); the policy is {name!r} ({width} wide). "
                 "Use --prm with a PRM for this policy (e.g. the shipped models/prm-minilm)."
             )
 
@@ -203,6 +207,7 @@ def default_prm_dir(policy_name: str, n_embd: int, models_dir: FsPath | None = N
         except (OSError, json.JSONDecodeError):
             continue
         policy = m.get("policy") or {}
-        if m.get("kind") == KIND and policy.get("name") == policy_name and m.get("hidden_size") == n_embd:
+        width = n_embd * len(m.get("layers") or [-1])
+        if m.get("kind") == KIND and policy.get("name") == policy_name and m.get("hidden_size") == width:
             return manifest.parent
     return DEFAULT_PRM_DIR

@@ -204,8 +204,10 @@ class Solver:
     def _policy_for(self, scorer: StepScorer | None) -> LlamaPolicy:
         """The policy, recording its step states when the PRM reads them (a policy probe)."""
         if getattr(scorer, "needs_states", False):
-            if not self.policy_config.capture_states:
-                self.policy_config = replace(self.policy_config, capture_states=True)
+            layers = tuple(scorer.manifest.layers)  # type: ignore[union-attr]
+            cfg = self.policy_config
+            if not cfg.capture_states or cfg.state_layers != layers:
+                self.policy_config = replace(cfg, capture_states=True, state_layers=layers)
                 self.close()  # the context must be created with hidden-state outputs
             meta = self.policy.metadata
             scorer.check_policy(meta.name, meta.n_embd)  # type: ignore[union-attr]

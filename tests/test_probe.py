@@ -128,3 +128,30 @@ def test_default_prm_is_the_policys_own_probe_when_one_ships(tmp_path: FsPath) -
     assert default_prm_dir("tiny-policy", WIDTH, tmp_path) == tmp_path / "probe-a"
     assert default_prm_dir("tiny-policy", WIDTH + 1, tmp_path) == DEFAULT_PRM_DIR
     assert default_prm_dir("another-policy", WIDTH, tmp_path) == DEFAULT_PRM_DIR
+
+
+def test_a_probe_on_two_layers_is_twice_as_wide_and_found_for_its_policy(tmp_path: FsPath) -> None:
+    from edgetts.probe import default_prm_dir
+
+    d = write_probe(tmp_path / "two", np.zeros(2 * WIDTH), 0.0, layers=[12, -1])
+    scorer = load_scorer(d, threads=1)
+    assert scorer.manifest.layers == [12, -1]
+    scorer.check_policy("tiny-policy", WIDTH)  # n_embd 8, two layers: 16 wide
+    with pytest.raises(PRMError, match="16 wide"):
+        scorer.check_policy("tiny-policy", 2 * WIDTH)
+    assert default_prm_dir("tiny-policy", WIDTH, tmp_path) == d
+
+
+def test_training_rows_pick_some_of_their_captured_layers(tmp_path: FsPath) -> None:
+    rng = np.random.default_rng(0)
+    paths = [Path(steps=["a\n\n", "b"], step_states=[rng.normal(size=3 * WIDTH).astype(np.float32)
+                                                      for _ in range(2)])]
+    train_probe._save(tmp_path, {"key": "k", "question": "q", "layers": [8, 12, -1],
+                                 "candidates": [{"correct": True}]}, paths)
+    full = np.stack(paths[0].step_states).astype(np.float16).astype(np.float32)
+    (row,) = train_probe.load_dir(str(tmp_path), [-1, 8])
+    np.testing.assert_array_equal(row["states"][0], np.hstack([full[:, 2 * WIDTH:], full[:, :WIDTH]]))
+    assert row["layers"] == [-1, 8]
+    assert train_probe.load_dir(str(tmp_path))[0]["states"][0].shape == (2, 3 * WIDTH)
+    with pytest.raises(SystemExit, match="no states of layer"):
+        train_probe.load_dir(str(tmp_path), [16])

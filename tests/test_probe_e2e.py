@@ -9,7 +9,7 @@ from pathlib import Path as FsPath
 import numpy as np
 import pytest
 
-from edgetts.policy import LlamaPolicy, PolicyConfig
+from edgetts.policy import LlamaPolicy, PolicyConfig, PolicyError
 from edgetts.prompts import split_steps
 
 pytestmark = pytest.mark.slow
@@ -56,6 +56,29 @@ def test_states_are_the_same_stepwise_to_the_end_and_from_a_prefill(capturing):
         assert min(cosine(a, b) for a, b in zip(prefilled, whole.step_states, strict=True)) > 0.99
     # Different steps end in different states.
     assert cosine(whole.step_states[0], whole.step_states[-1]) < 0.99
+
+
+def test_block_outputs_join_the_final_state_and_match_a_prefill(capturing):
+    """state_layers=(12, -1): block 12's output (read through the eval callback), then the final
+    state; the final part equals what a final-state-only policy records, and block 12's part
+    is the same from generation and from a prefill of the written text."""
+    n = capturing.metadata.n_embd
+    whole = capturing.extend([capturing.root(QUESTION)], 1, to_end=True)[0]
+    tapped = LlamaPolicy(PolicyConfig(n_seq_max=4, max_tokens=256, temperature=0.0, seed=0,
+                                      capture_states=True, state_layers=(12, -1)))
+    try:
+        path = tapped.extend([tapped.root(QUESTION)], 1, to_end=True)[0]
+        prefilled = tapped.states_of(QUESTION, path.steps)
+        with pytest.raises(PolicyError, match="state_layers"):
+            LlamaPolicy(PolicyConfig(capture_states=True, state_layers=(23,)))  # the last block
+    finally:
+        tapped.close()
+    assert path.steps == whole.steps
+    assert all(s.shape == (2 * n,) for s in path.step_states)
+    for joined, final in zip(path.step_states, whole.step_states, strict=True):
+        np.testing.assert_allclose(joined[n:], final, rtol=1e-4, atol=1e-4)
+        assert cosine(joined[:n], final) < 0.9  # block 12 is not the final state
+    assert min(cosine(a[:n], b[:n]) for a, b in zip(prefilled, path.step_states, strict=True)) > 0.99
 
 
 def test_every_step_keeps_a_state_when_paths_are_parked_and_rebuilt(capturing):
@@ -105,3 +128,20 @@ def test_solver_runs_beam_search_on_a_probe_and_refuses_another_policys(tmp_path
     assert proc.returncode != 0
     assert "reads the hidden states of 'some-other-model'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_solver_gives_the_policy_the_layers_its_probe_reads(tmp_path, capturing):
+    from edgetts.solver import SolveOptions, Solver
+
+    meta = capturing.metadata
+    w = np.random.default_rng(1).normal(size=2 * meta.n_embd) / np.sqrt(meta.n_embd)
+    manifest = {"kind": "policy_probe", "name": "probe2", "hidden_size": 2 * meta.n_embd,
+                "layers": [12, -1], "policy": {"name": meta.name, "n_embd": meta.n_embd}}
+    train_probe.export(tmp_path / "probe2", w, 0.0, manifest)
+    solver = Solver(PolicyConfig(n_seq_max=2, max_tokens=120), prm_path=str(tmp_path / "probe2"))
+    try:
+        result = solver.solve(QUESTION, SolveOptions(strategy="best_of_n", n=2))
+    finally:
+        solver.close()
+    assert solver.policy_config.capture_states and solver.policy_config.state_layers == (12, -1)
+    assert all(c.step_scores and all(0.0 <= s <= 1.0 for s in c.step_scores) for c in result.candidates)

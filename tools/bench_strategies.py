@@ -35,7 +35,8 @@ from pathlib import Path
 
 from edgetts.data import load_problems
 from edgetts.grading import answers_equal
-from edgetts.models import load_registry
+from edgetts.metadata import read_metadata
+from edgetts.models import load_registry, resolve
 from edgetts.policy import LlamaPolicy, PolicyConfig, default_threads
 from edgetts.probe import default_prm_dir, load_scorer, load_states, save_states
 from edgetts.prompts import split_steps
@@ -96,12 +97,15 @@ def run(args: argparse.Namespace) -> None:
     kept = samples_path(out, args.samples)
     problems = load_problems(args.data, args.question_key, args.answer_key, args.id_key, args.limit)
     model = args.model or next(s.name for s in load_registry().values() if s.default)
+    # The PRM edgetts itself would pick for this policy (its own probe when one ships).
+    meta = read_metadata(resolve(args.model))
+    prm = args.prm or default_prm_dir(meta.name, meta.n_embd)
+    scorer = load_scorer(prm, threads=default_threads()) if args.only != ["greedy"] else None
+    # Kept states are those the PRM reads (a probe's layers), so a rescore with it needs no policy.
+    layers = tuple(getattr(getattr(scorer, "manifest", None), "layers", None) or [-1])
     policy = LlamaPolicy(PolicyConfig(model=args.model, max_tokens=args.max_tokens,
                                       n_seq_max=min(args.n_max, 16), seed=args.seed,
-                                      capture_states=True))
-    # The PRM edgetts itself would pick for this policy (its own probe when one ships).
-    prm = args.prm or default_prm_dir(policy.metadata.name, policy.metadata.n_embd)
-    scorer = load_scorer(prm, threads=default_threads()) if args.only != ["greedy"] else None
+                                      capture_states=True, state_layers=layers))
     n_list = sorted(n for n in args.n if n <= args.n_max)
     agg = args.agg or (scorer.default_aggregation if scorer else "last")
     for index, problem in enumerate(problems):

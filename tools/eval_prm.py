@@ -118,7 +118,8 @@ def probe_scores(prm: str, threads: int | None, files: dict[str, list[dict]]) ->
     # The default policy: check_policy refuses the pairing if the probe was made for another.
     # Room for the longest items (PRMBench problems run past 1,500 prompt tokens).
     policy = LlamaPolicy(PolicyConfig(n_seq_max=1, max_prompt_tokens=4096, max_tokens=4096,
-                                      n_threads=threads, capture_states=True))
+                                      n_threads=threads, capture_states=True,
+                                      state_layers=tuple(scorer.manifest.layers)))
     scorer.check_policy(policy.metadata.name, policy.metadata.n_embd)
     out: Scores = {}
     for p, items in files.items():

@@ -65,7 +65,7 @@ def sample(args: argparse.Namespace) -> None:
     problems = load_problems(args.data, args.question_key, args.answer_key, args.id_key, args.limit)
     policy = LlamaPolicy(PolicyConfig(model=args.model, n_seq_max=args.n, max_tokens=args.max_tokens,
                                       temperature=args.temperature, seed=args.seed,
-                                      capture_states=True))
+                                      capture_states=True, state_layers=tuple(args.layers)))
     for k, problem in enumerate(problems[args.offset:], start=args.offset):
         if problem.id in done:
             continue
@@ -77,7 +77,8 @@ def sample(args: argparse.Namespace) -> None:
             c["correct"] = answers_equal(c["answer"], problem.answer)
             cands.append(c)
         row = {"key": problem.id, "id": problem.id, "question": problem.question,
-               "gold": problem.answer, "temperature": args.temperature, "candidates": cands}
+               "gold": problem.answer, "temperature": args.temperature, "layers": args.layers,
+               "candidates": cands}
         _save(out, row, paths)
         right = sum(c["correct"] for c in cands)
         print(f"[{k + 1}/{len(problems)}] {problem.id}: {right}/{len(cands)} right", flush=True)
@@ -87,7 +88,7 @@ def extract(args: argparse.Namespace) -> None:
     out = Path(args.out)
     done = _done_keys(out)
     policy = LlamaPolicy(PolicyConfig(model=args.model, n_seq_max=1, capture_states=True,
-                                      max_tokens=1024))
+                                      max_tokens=1024, state_layers=tuple(args.layers)))
     for path in args.results:
         for line_no, line in enumerate(open(path, encoding="utf-8")):
             row = json.loads(line)
@@ -103,7 +104,7 @@ def extract(args: argparse.Namespace) -> None:
                 if "correct" not in c:
                     c["correct"] = answers_equal(c.get("answer"), row.get("gold"))
             row = {"key": key, "id": str(row.get("id", row.get("problem_id"))), "question": question,
-                   "gold": row.get("gold"), "candidates": row["candidates"]}
+                   "gold": row.get("gold"), "layers": args.layers, "candidates": row["candidates"]}
             _save(out, row, paths)
             print(f"{key}: {len(paths)} candidates", flush=True)
 
@@ -111,17 +112,37 @@ def extract(args: argparse.Namespace) -> None:
 # -- fitting ----------------------------------------------------------------------------------
 
 
-def load_dir(directory: str) -> list[dict]:
-    """Rows of a state directory, each with ``states``: per candidate an [n_steps, d] array."""
+def load_dir(directory: str, layers: list[int] | None = None) -> list[dict]:
+    """Rows of a state directory, each with ``states``: per candidate an [n_steps, d] array.
+
+    A row's states join the layers it was captured with (``layers``, default the final state
+    only); ``layers`` picks some of them, in the order given.
+    """
     d = Path(directory)
     rows = []
     for line in (d / "results.jsonl").open(encoding="utf-8"):
         row = json.loads(line)
         paths = load_states(d / "states" / f"{row['key']}.npz")
-        row["states"] = [np.stack(p.step_states) if p.step_states else np.zeros((0, 1)) for p in paths]
+        captured = row.get("layers") or [-1]
+        wanted = layers or captured
+        missing = [layer for layer in wanted if layer not in captured]
+        if missing:
+            raise SystemExit(f"{d}: {row['key']} has no states of layer(s) {missing} "
+                             f"(captured: {captured})")
+        row["states"] = [pick_layers(np.stack(p.step_states), captured, wanted) if p.step_states
+                         else np.zeros((0, 1)) for p in paths]
         row["steps"] = [p.steps for p in paths]
+        row["layers"] = wanted
         rows.append(row)
     return rows
+
+
+def pick_layers(states: np.ndarray, captured: list[int], wanted: list[int]) -> np.ndarray:
+    """Columns of ``wanted`` layers from states that join the ``captured`` ones (equal widths)."""
+    if wanted == captured:
+        return states
+    width = states.shape[1] // len(captured)
+    return np.hstack([states[:, k * width:(k + 1) * width] for k in map(captured.index, wanted)])
 
 
 def step_data(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -216,9 +237,12 @@ def fit(args: argparse.Namespace) -> None:
     from edgetts.metadata import read_metadata
     from edgetts.models import resolve
 
-    dev = [r for d in args.dev for r in load_dir(d)]
+    dev = [r for d in args.dev for r in load_dir(d, args.layers)]
     dev_questions = {r["question"] for r in dev}
-    train = [r for d in args.train for r in load_dir(d) if r["question"] not in dev_questions]
+    train = [r for d in args.train for r in load_dir(d, args.layers) if r["question"] not in dev_questions]
+    layers = dev[0]["layers"]
+    if any(r["layers"] != layers for r in train + dev):
+        raise SystemExit("the state directories hold different layers: pick them with --layers")
     # With --folds the strength is picked by grouped cross-validation over train + dev (steadier
     # than a few dozen dev problems) and the head is fitted on all of it; else on train, judged
     # on dev.
@@ -245,7 +269,7 @@ def fit(args: argparse.Namespace) -> None:
     w, b = fit_logistic(X, y, l2)
     meta = read_metadata(resolve(args.model))
     manifest = {
-        "kind": "policy_probe", "name": Path(args.out).name, "hidden_size": int(len(w)),
+        "kind": "policy_probe", "name": Path(args.out).name, "hidden_size": int(len(w)), "layers": layers,
         "policy": {"name": meta.name, "n_embd": meta.n_embd, "file": Path(resolve(args.model)).name},
         "input_name": "hidden", "output_name": "logit", "default_aggregation": agg,
         "calculator_check": True, "calculator_cap": CALCULATOR_CAP, "model_file": "model.onnx",
@@ -317,6 +341,12 @@ def main() -> None:
     j.add_argument("--prm", required=True, help="probe directory")
     j.add_argument("--text-prm", nargs="*", default=[], help="text PRMs to judge on the same rows")
     j.add_argument("--agg", choices=["last", "min", "prod"], default=None)
+    for p in (s, e):
+        p.add_argument("--layers", type=int, nargs="+", default=[-1],
+                       help="what a step state joins: -1 the final hidden state, i >= 0 block i's "
+                       "output (capture several, then pick with fit --layers)")
+    f.add_argument("--layers", type=int, nargs="+", default=None,
+                   help="fit on these of the captured layers (default: all of them)")
     for p in (s, e, f):
         p.add_argument("-m", "--model", default=None, help="policy (default: the default model)")
     args = ap.parse_args()
