@@ -155,3 +155,25 @@ def test_training_rows_pick_some_of_their_captured_layers(tmp_path: FsPath) -> N
     assert train_probe.load_dir(str(tmp_path))[0]["states"][0].shape == (2, 3 * WIDTH)
     with pytest.raises(SystemExit, match="no states of layer"):
         train_probe.load_dir(str(tmp_path), [16])
+
+
+def test_layers_ranks_an_informative_layer_above_noise(tmp_path: FsPath, capsys) -> None:
+    """Captured [3, -1]: block 3 carries the outcome, the final state is noise."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    for k in range(10):
+        cands, paths = [], []
+        for j in range(4):
+            right = (j + k) % 2 == 0
+            signal = rng.normal(size=WIDTH) + (1.5 if right else -1.5)
+            states = [np.concatenate([signal + rng.normal(size=WIDTH) * 0.1, rng.normal(size=WIDTH)])
+                      .astype(np.float32) for _ in range(2)]
+            paths.append(Path(steps=["a\n\n", "b"], step_states=states))
+            cands.append({"correct": right, "answer": "1" if right else str(j + 2), "text": "a\n\nb",
+                          "score": None, "step_scores": [], "n_tokens": 2, "stop_reason": "eos"})
+        train_probe._save(tmp_path, {"key": f"k{k}", "question": f"q{k}", "gold": "1",
+                                     "layers": [3, -1], "candidates": cands}, paths)
+    train_probe.layers(SimpleNamespace(train=[str(tmp_path)], folds=5, l2=[0.1]))
+    table = {line.split()[0]: float(line.split()[1]) for line in capsys.readouterr().out.splitlines()[1:]}
+    assert table["3"] > 90 and table["-1"] < 75

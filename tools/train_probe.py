@@ -11,6 +11,8 @@ background)::
     # fit the head, pick its L2 strength (on dev, or by --folds K cross-validation), export
     python tools/train_probe.py fit --train work/probe/t03 --dev work/probe/dev --folds 5 \\
         --out models/prm-probe-qwen05
+    # or capture several layers (--layers 6 12 16 20 -1 while sampling) and compare them first
+    python tools/train_probe.py layers --train work/probe/layers --folds 5
     # judge it on bench samples (bench_strategies keeps their states) beside the text PRM
     python tools/train_probe.py judge --samples runs/bench/gsm8k.samples.jsonl \\
         --prm models/prm-probe-qwen05 --text-prm models/prm-minilm
@@ -240,7 +242,9 @@ def fit(args: argparse.Namespace) -> None:
     dev = [r for d in args.dev for r in load_dir(d, args.layers)]
     dev_questions = {r["question"] for r in dev}
     train = [r for d in args.train for r in load_dir(d, args.layers) if r["question"] not in dev_questions]
-    layers = dev[0]["layers"]
+    if not args.folds and not dev:
+        raise SystemExit("give --dev runs to judge on, or --folds K for cross-validation")
+    layers = (dev or train)[0]["layers"]
     if any(r["layers"] != layers for r in train + dev):
         raise SystemExit("the state directories hold different layers: pick them with --layers")
     # With --folds the strength is picked by grouped cross-validation over train + dev (steadier
@@ -284,6 +288,28 @@ def fit(args: argparse.Namespace) -> None:
     }
     export(Path(args.out), w, b, manifest)
     print(f"wrote {args.out} (l2 {l2}, aggregation {agg})", flush=True)
+
+
+def layers(args: argparse.Namespace) -> None:
+    """Which captured layer probes best: grouped cross-validation of a head on each one alone."""
+    from eval_prm import selection_accuracy
+
+    every = [r for d in args.train for r in load_dir(d)]  # read once: a sampler may be appending
+    captured = every[0]["layers"]
+    print(f"{'layers':>12} {'pair AUC':>9} {'weighted':>9} {'best':>6} {'majority':>9}  (l2, aggregation)")
+    for choice in [[layer] for layer in captured]:  # joined layers: fit --layers (Newton is O(d^3))
+        rows = [{**r, "states": [pick_layers(st, captured, choice) for st in r["states"]]}
+                for r in every]
+        best = None
+        for l2 in args.l2:
+            scores = held_out_scores(rows, l2, args.folds)
+            for agg in ("last", "min", "prod"):
+                res = selection_accuracy(rows, scores, agg)
+                if best is None or (res["pair_auc"] or 0) > (best[0]["pair_auc"] or 0):
+                    best = (res, l2, agg)
+        res, l2, agg = best
+        print(f"{' '.join(map(str, choice)):>12} {res['pair_auc']:9.1f} {res['prm_weighted']:9.1f} "
+              f"{res['prm_best']:6.1f} {res['majority']:9.1f}  ({l2}, {agg}; {len(rows)} runs)", flush=True)
 
 
 def judge(args: argparse.Namespace) -> None:
@@ -330,12 +356,16 @@ def main() -> None:
     e.add_argument("--out", required=True)
     f = sub.add_parser("fit", help="fit the head, pick L2 on dev, export ONNX and manifest")
     f.add_argument("--train", nargs="+", required=True)
-    f.add_argument("--dev", nargs="+", required=True)
+    f.add_argument("--dev", nargs="*", default=[], help="held-out runs (optional with --folds)")
     f.add_argument("--out", required=True)
     f.add_argument("--l2", type=float, nargs="+", default=[0.001, 0.003, 0.01, 0.03, 0.1, 0.3])
     f.add_argument("--folds", type=int, default=0,
                    help="pick L2 by grouped K-fold CV over train + dev, fit on all (0: judge on dev)")
     f.add_argument("--note", default=None, help="what the data is, for the manifest's training.note")
+    c = sub.add_parser("layers", help="grouped CV of a head on each captured layer alone")
+    c.add_argument("--train", nargs="+", required=True)
+    c.add_argument("--folds", type=int, default=5)
+    c.add_argument("--l2", type=float, nargs="+", default=[0.01, 0.03, 0.1, 0.3])
     j = sub.add_parser("judge", help="selection on bench samples with kept states, vs majority")
     j.add_argument("--samples", required=True, help="bench_strategies <out>.samples.jsonl")
     j.add_argument("--prm", required=True, help="probe directory")
@@ -350,7 +380,7 @@ def main() -> None:
     for p in (s, e, f):
         p.add_argument("-m", "--model", default=None, help="policy (default: the default model)")
     args = ap.parse_args()
-    {"sample": sample, "extract": extract, "fit": fit, "judge": judge}[args.cmd](args)
+    {"sample": sample, "extract": extract, "fit": fit, "layers": layers, "judge": judge}[args.cmd](args)
 
 
 if __name__ == "__main__":
