@@ -137,8 +137,7 @@ def run(args: argparse.Namespace) -> None:
             kept_states_dir(kept).mkdir(parents=True, exist_ok=True)
             save_states(kept_states_dir(kept) / f"{problem.id}.npz", paths)
             _append(kept, {**base, "question": problem.question, "prm": str(scorer.directory),
-                                        "seconds": round(seconds, 3),
-                                        "candidates": [asdict(c) for c in candidates]})
+                           "seconds": round(seconds, 3), "candidates": [asdict(c) for c in candidates]})
             for row in subset_rows(candidates, problem.answer, n_list):
                 if todo(row["strategy"], row["n"]):
                     _append(out, {**base, **row, "seconds": round(seconds * row["n"] / args.n_max, 3),
