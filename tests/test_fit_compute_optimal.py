@@ -1,7 +1,10 @@
 """The offline fit behind strategy "auto" (tools/fit_compute_optimal.py), on hand-made rows."""
 
+import json
 import sys
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 
@@ -49,3 +52,18 @@ def test_leave_one_out_beats_every_fixed_strategy_on_separable_bins(capsys):
     line = capsys.readouterr().out.splitlines()[-1].split()
     auto, fixed = line[1], line[3::2]
     assert auto == "100.0%" and all(f != "100.0%" for f in fixed), line
+
+
+def test_require_keeps_the_problems_benched_with_a_configuration(tmp_path, monkeypatch, capsys):
+    rows = rows_for("a", 1.0, {("majority", 4): True, ("beam_search", 4): True})
+    rows += rows_for("b", 1.0, {("majority", 4): True})
+    results = tmp_path / "rows.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(sys, "argv", ["fit", str(results), "--require", "beam_search:4",
+                                      "--out", str(tmp_path / "table.json")])
+    fco.main()
+    assert "wrote" in capsys.readouterr().out
+    assert json.loads((tmp_path / "table.json").read_text())["n_problems"] == 1
+    assert fco.parse_required(["dvts:16"]) == [("dvts", 16)]
+    with pytest.raises(SystemExit, match="STRATEGY:N"):
+        fco.parse_required(["dvts"])

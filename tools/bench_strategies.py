@@ -96,6 +96,8 @@ def run(args: argparse.Namespace) -> None:
     done = _done(out)
     kept = samples_path(out, args.samples)
     problems = load_problems(args.data, args.question_key, args.answer_key, args.id_key, args.limit)
+    # A shard (--offset) lets two processes share the 2 cores on one sweep, appending to one file.
+    problems = problems[args.offset:]
     model = args.model or next(s.name for s in load_registry().values() if s.default)
     # The PRM edgetts itself would pick for this policy (its own probe when one ships).
     meta = read_metadata(resolve(args.model))
@@ -299,6 +301,8 @@ def main() -> None:
                    "the repo): default <out>.samples.jsonl, their step states beside it in <name>.states/")
     r.add_argument("--dataset", default="data")
     r.add_argument("--limit", type=int, default=None)
+    r.add_argument("--offset", type=int, default=0,
+                   help="skip the first K of the --limit problems (to run shards side by side)")
     r.add_argument("--question-key")
     r.add_argument("--answer-key")
     r.add_argument("--id-key")

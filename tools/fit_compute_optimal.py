@@ -10,6 +10,10 @@ problems takes the entry fitted over all problems instead (marked ``pooled``).
 
     python tools/fit_compute_optimal.py runs/bench_gsm8k.jsonl --out models/compute_optimal.json
     python tools/fit_compute_optimal.py runs/bench_gsm8k.jsonl --eval   # auto vs fixed table
+    python tools/fit_compute_optimal.py a.jsonl b.jsonl --eval --require beam_search:4
+
+``--require STRATEGY:N`` keeps only the problems benched with that configuration, so that a
+strategy run on a subset (the tree searches are slow) takes part in the fit and the comparison.
 
 ``--eval`` compares auto with every fixed strategy at each budget N, out of sample: each problem's
 choice comes from a table fitted on all the *other* problems (leave-one-out), so auto gets no
@@ -54,6 +58,17 @@ def by_problem(rows: list[dict]) -> dict[str, dict]:
         p["correct"][r["strategy"], int(r["n"])] = bool(r["correct"])
         p["tokens"][r["strategy"], int(r["n"])] = int(r.get("tokens_generated") or 0)
     return {k: v for k, v in problems.items() if v["features"]}
+
+
+def parse_required(specs: list[str]) -> list[tuple[str, int]]:
+    """``["beam_search:4"]`` -> ``[("beam_search", 4)]``."""
+    required = []
+    for spec in specs:
+        strategy, _, n = spec.partition(":")
+        if not n.isdigit():
+            raise SystemExit(f"--require wants STRATEGY:N (e.g. beam_search:4), got {spec!r}")
+        required.append((strategy, int(n)))
+    return required
 
 
 def best_entry(problems: list[dict], budget: int) -> dict | None:
@@ -145,9 +160,12 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="only rows of this policy")
     ap.add_argument("--min-problems", type=int, default=8)
     ap.add_argument("--eval", action="store_true", help="print auto vs fixed accuracy per budget")
+    ap.add_argument("--require", nargs="*", default=[], metavar="STRATEGY:N",
+                    help="only problems benched with these configurations (e.g. beam_search:4)")
     args = ap.parse_args()
     rows = load_rows(args.results, args.model)
-    problems = list(by_problem(rows).values())
+    required = parse_required(args.require)
+    problems = [p for p in by_problem(rows).values() if all(k in p["correct"] for k in required)]
     fitted, binned = fit(problems, args.min_problems)
     note = (f"fitted from bench_strategies.py results: {fitted['n_problems']} problems, {len(rows)} "
             "rows; ties go to the smaller n, then to majority, so a small bench that cannot tell "
