@@ -96,3 +96,19 @@ def test_rescore_with_a_policy_probe_reads_kept_states(tmp_path):
     assert got["majority"]["answer"] == "7" and not got["majority"]["correct"]
     assert got["best_of_n"]["answer"] == "12" and got["best_of_n"]["correct"]
     assert got["weighted_best_of_n"]["answer"] == "12"  # 0.95 against 3 x 0.05
+
+
+def test_report_only_keeps_one_n_of_a_strategy(tmp_path, capsys):
+    """``--only beam_search:4`` keeps beam search's N=4 rows, not the N=16 ones run on fewer problems."""
+    rows = [{"problem_id": p, "model": "m", "strategy": s, "n": n, "correct": True, "tokens_generated": 10}
+            for p in ("a", "b") for s, n in (("majority", 16), ("beam_search", 4))]
+    rows.append({"problem_id": "a", "model": "m", "strategy": "beam_search", "n": 16, "correct": True,
+                 "tokens_generated": 10})
+    results = tmp_path / "rows.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    bench.report(argparse.Namespace(results=[str(results)], only=["majority", "beam_search:4"],
+                                    plot=None, title=None))
+    out = capsys.readouterr().out
+    assert out.startswith("2 problems common")
+    kept = {tuple(line.split()[1:3]) for line in out.splitlines()[2:]}
+    assert kept == {("majority", "16"), ("beam_search", "4")}

@@ -67,3 +67,13 @@ def test_require_keeps_the_problems_benched_with_a_configuration(tmp_path, monke
     assert fco.parse_required(["dvts:16"]) == [("dvts", 16)]
     with pytest.raises(SystemExit, match="STRATEGY:N"):
         fco.parse_required(["dvts"])
+
+
+def test_evaluate_returns_the_curves_it_prints(tmp_path, capsys):
+    curves = fco.evaluate(toy_problems(), [4, 16], min_problems=3)
+    assert curves["beam_search"] == [(16, 1600, 0.75)]  # no N=4 rows: no point there
+    assert curves["majority"] == [(4, 400, 0.5), (16, 1600, 0.5)]
+    assert curves["auto"][-1][2] == 1.0
+    pytest.importorskip("matplotlib")
+    fco.plot(curves, str(tmp_path / "auto.png"), 12)
+    assert (tmp_path / "auto.png").stat().st_size > 1000

@@ -238,8 +238,13 @@ def summarize(rows: list[dict]) -> dict[tuple[str, str, int], dict[str, float]]:
     }
 
 
+def wanted(row: dict, only: list[str]) -> bool:
+    """Whether ``--only`` (strategies, or ``strategy:N`` for one N of a strategy) keeps ``row``."""
+    return not only or row["strategy"] in only or f"{row['strategy']}:{row['n']}" in only
+
+
 def report(args: argparse.Namespace) -> None:
-    rows = [r for r in load_rows(args.results) if not args.only or r["strategy"] in args.only]
+    rows = [r for r in load_rows(args.results) if wanted(r, args.only)]
     # Compare on the problems every (model, strategy, n) has, so partial runs stay fair.
     per_key: dict[tuple, set[str]] = defaultdict(set)
     for r in rows:
@@ -327,7 +332,8 @@ def main() -> None:
     p.add_argument("--plot", default=None, help="PNG path")
     p.add_argument("--title", default=None)
     p.add_argument("--only", nargs="*", default=[],
-                   help="only these strategies (a partial run: more problems in common)")
+                   help="only these strategies, or STRATEGY:N for one N of one (a partial run: more "
+                   "problems in common), e.g. majority best_of_n beam_search:4")
     q = sub.add_parser("rescore", help="sample-based rows again, from kept samples, with another PRM")
     q.add_argument("--samples", required=True, help="<out>.samples.jsonl written by run")
     q.add_argument("--prm", required=True, help="PRM directory")

@@ -10,6 +10,7 @@ problems takes the entry fitted over all problems instead (marked ``pooled``).
 
     python tools/fit_compute_optimal.py runs/bench_gsm8k.jsonl --out models/compute_optimal.json
     python tools/fit_compute_optimal.py runs/bench_gsm8k.jsonl --eval   # auto vs fixed table
+    python tools/fit_compute_optimal.py runs/bench_gsm8k.jsonl --eval --plot auto.png
     python tools/fit_compute_optimal.py a.jsonl b.jsonl --eval --require beam_search:4
 
 ``--require STRATEGY:N`` keeps only the problems benched with that configuration, so that a
@@ -126,9 +127,13 @@ def auto_outcome(table: ComputeOptimalTable, p: dict, budget: int) -> tuple[bool
     return bool(p["correct"].get(key)), tokens
 
 
-def evaluate(problems: list[dict], budgets: list[int], min_problems: int) -> None:
-    """Auto, leave-one-out, against every fixed strategy at the same budget N."""
+def evaluate(problems: list[dict], budgets: list[int], min_problems: int) -> dict[str, list[tuple]]:
+    """Auto, leave-one-out, against every fixed strategy at the same budget N; prints the table.
+
+    Returns strategy -> [(N, mean generated tokens, accuracy)] for the points on every problem.
+    """
     fixed = sorted({s for p in problems for s, _ in p["correct"]})
+    curves: dict[str, list[tuple]] = defaultdict(list)
     print(f"{len(problems)} problems; accuracy (mean generated tokens); auto is leave-one-out")
     print(f"{'N':>3} {'auto':>16} " + " ".join(f"{s:>22}" for s in fixed))
     for budget in budgets:
@@ -137,14 +142,45 @@ def evaluate(problems: list[dict], budgets: list[int], min_problems: int) -> Non
             others = problems[:i] + problems[i + 1 :]
             table = ComputeOptimalTable(entries=fit(others, min_problems)[0]["entries"])
             outcomes.append(auto_outcome(table, p, budget))
-        cells = [cell([o[0] for o in outcomes], [o[1] for o in outcomes], 16)]
+        hits, tokens = [o[0] for o in outcomes], [o[1] for o in outcomes]
+        curves["auto"].append((budget, statistics.fmean(tokens), statistics.fmean(hits)))
+        cells = [cell(hits, tokens, 16)]
         for s in fixed:
             if not all((s, budget) in p["correct"] for p in problems):
                 cells.append(f"{'(not on every problem)':>22}")  # no fair comparison with auto
                 continue
-            cells.append(cell([p["correct"][s, budget] for p in problems],
-                              [p["tokens"][s, budget] for p in problems], 22))
+            hits = [p["correct"][s, budget] for p in problems]
+            tokens = [p["tokens"][s, budget] for p in problems]
+            curves[s].append((budget, statistics.fmean(tokens), statistics.fmean(hits)))
+            cells.append(cell(hits, tokens, 22))
         print(f"{budget:>3} " + " ".join(cells))
+    return dict(curves)
+
+
+def plot(curves: dict[str, list[tuple]], path: str, n_problems: int) -> None:
+    """Accuracy against mean generated tokens: auto is worth it where its line lies above."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for strategy, points in sorted(curves.items(), key=lambda kv: kv[0] != "auto"):
+        _, tokens, accuracy = zip(*points, strict=True)
+        style = {"color": "black", "linewidth": 2.5} if strategy == "auto" else {"alpha": 0.8}
+        ax.plot(tokens, accuracy, marker="o", label=strategy.replace("_", " "), **style)
+        for n, x, y in points:
+            ax.annotate(f"{n}", (x, y), textcoords="offset points", xytext=(3, -10), fontsize=7)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("mean generated tokens per problem, log scale (labels: budget N)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"auto (leave-one-out) against fixed strategies, {n_problems} problems")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    print(f"plot written to {path}")
 
 
 def cell(hits: list[bool], tokens: list[int], width: int) -> str:
@@ -160,6 +196,7 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="only rows of this policy")
     ap.add_argument("--min-problems", type=int, default=8)
     ap.add_argument("--eval", action="store_true", help="print auto vs fixed accuracy per budget")
+    ap.add_argument("--plot", default=None, help="with --eval: PNG of accuracy against tokens")
     ap.add_argument("--require", nargs="*", default=[], metavar="STRATEGY:N",
                     help="only problems benched with these configurations (e.g. beam_search:4)")
     args = ap.parse_args()
@@ -194,7 +231,9 @@ def main() -> None:
     else:
         print(text)
     if args.eval and fitted["entries"]:
-        evaluate(problems, fitted["budgets"], args.min_problems)
+        curves = evaluate(problems, fitted["budgets"], args.min_problems)
+        if args.plot:
+            plot(curves, args.plot, len(problems))
 
 
 if __name__ == "__main__":
