@@ -77,3 +77,23 @@ def test_evaluate_returns_the_curves_it_prints(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     fco.plot(curves, str(tmp_path / "auto.png"), 12)
     assert (tmp_path / "auto.png").stat().st_size > 1000
+
+
+def test_a_bin_leaves_the_overall_choice_only_for_a_real_gain():
+    # Overall majority@16 is right on 3 of 4 problems; in bin "easy" (2 problems) beam@16 wins one
+    # more problem than majority: not enough with min_gain 2, enough with 1.
+    rows = []
+    for i, (maj, beam) in enumerate([(False, True), (True, True), (True, False), (True, False)]):
+        rows += rows_for(f"p{i}", 1.0 if i < 2 else 0.25, {("majority", 16): maj, ("beam_search", 16): beam})
+    problems = list(fco.by_problem(rows).values())
+    easy = [p for p in problems if p["features"]["agreement"] == 1.0]
+    assert fco.bin_entry(easy, problems, 16, min_gain=2)["strategy"] == "majority"
+    assert fco.bin_entry(easy, problems, 16, min_gain=2)["overall"]
+    assert fco.bin_entry(easy, problems, 16, min_gain=1)["strategy"] == "beam_search"
+
+
+def test_auto_is_never_fitted_to_fewer_samples_than_its_probes():
+    rows = rows_for("a", 0.25, {("majority", 1): True, ("majority", 4): False,
+                                ("weighted_best_of_n", 4): True})
+    entry = fco.best_entry(list(fco.by_problem(rows).values()), 16)
+    assert (entry["strategy"], entry["n"]) == ("weighted_best_of_n", 4)

@@ -4,9 +4,12 @@ Input: ``tools/bench_strategies.py`` rows, one JSON line per (problem, strategy,
 ``correct`` and ``difficulty_features`` (agreement / PRM scores of the first 4 samples, which is
 exactly what auto computes from its probes). Each problem is put in a difficulty bin by those
 features (bins: ``edgetts.search.auto.DEFAULT_BINS``); for every bin and budget B (each N seen in
-the rows) the entry is the (strategy, n <= B) with the best accuracy over the bin's problems,
-ties to the smaller n, then to majority (no PRM). A bin with fewer than ``--min-problems``
-problems takes the entry fitted over all problems instead (marked ``pooled``).
+the rows) the entry starts as the best fixed choice over *all* problems (the (strategy, n <= B)
+with the best accuracy, ties to the smaller n, then to majority, which needs no PRM). A bin moves
+away from it only to a choice that is right on at least ``--min-gain`` more of the bin's problems,
+or as often for a smaller n: on a few dozen problems per bin, smaller differences are noise, and
+chasing them made the leave-one-out choices worse than the fixed strategy. A bin with fewer than
+``--min-problems`` problems keeps the overall choice (marked ``pooled``).
 
     python tools/fit_compute_optimal.py runs/bench_gsm8k.jsonl --out models/compute_optimal.json
     python tools/fit_compute_optimal.py runs/bench_gsm8k.jsonl --eval   # auto vs fixed table
@@ -74,7 +77,10 @@ def parse_required(specs: list[str]) -> list[tuple[str, int]]:
 
 def best_entry(problems: list[dict], budget: int) -> dict | None:
     """The (strategy, n <= budget) with the highest accuracy over ``problems``."""
-    keys = {k for p in problems for k in p["correct"] if k[1] <= budget}
+    # Auto always draws its probes and picks over them, so fewer samples is not a choice it has.
+    floor = min(PROBE_N, budget)
+    keys = {k for p in problems for k in p["correct"]
+            if k[1] <= budget and (k[0] not in SAMPLE_STRATEGIES or k[1] >= floor)}
     scored = []
     for strategy, n in keys:
         results = [p["correct"][strategy, n] for p in problems if (strategy, n) in p["correct"]]
@@ -88,7 +94,23 @@ def best_entry(problems: list[dict], budget: int) -> dict | None:
     return {"strategy": strategy, "n": n, "accuracy": round(-acc, 4), "problems": len(problems)}
 
 
-def fit(problems: list[dict], min_problems: int) -> tuple[dict, dict[str, list[dict]]]:
+def bin_entry(group: list[dict], everyone: list[dict], budget: int, min_gain: int) -> dict | None:
+    """The bin's entry at ``budget``: the overall best unless the bin's own best earns its place."""
+    overall, local = best_entry(everyone, budget), best_entry(group, budget)
+    if overall is None or local is None:
+        return local or overall
+    key = (overall["strategy"], overall["n"])
+    if not all(key in p["correct"] for p in group):
+        return local
+    overall_hits = sum(p["correct"][key] for p in group)
+    local_hits = round(local["accuracy"] * len(group))
+    if local_hits - overall_hits >= min_gain or (local_hits == overall_hits and local["n"] < overall["n"]):
+        return local
+    return {**overall, "accuracy": round(overall_hits / len(group), 4), "problems": len(group),
+            "overall": True}
+
+
+def fit(problems: list[dict], min_problems: int, min_gain: int = 2) -> tuple[dict, dict[str, list[dict]]]:
     """Table entries per bin and budget from per-problem results (see the module doc)."""
     table = ComputeOptimalTable()
     binned: dict[str, list[dict]] = defaultdict(list)
@@ -101,7 +123,7 @@ def fit(problems: list[dict], min_problems: int) -> tuple[dict, dict[str, list[d
         pooled = len(group) < min_problems
         row = {}
         for budget in budgets:
-            entry = best_entry(problems if pooled else group, budget)
+            entry = best_entry(problems, budget) if pooled else bin_entry(group, problems, budget, min_gain)
             if entry:
                 row[str(budget)] = {**entry, "pooled": pooled, "bin_problems": len(group)}
         if row:
@@ -127,7 +149,8 @@ def auto_outcome(table: ComputeOptimalTable, p: dict, budget: int) -> tuple[bool
     return bool(p["correct"].get(key)), tokens
 
 
-def evaluate(problems: list[dict], budgets: list[int], min_problems: int) -> dict[str, list[tuple]]:
+def evaluate(problems: list[dict], budgets: list[int], min_problems: int,
+             min_gain: int = 2) -> dict[str, list[tuple]]:
     """Auto, leave-one-out, against every fixed strategy at the same budget N; prints the table.
 
     Returns strategy -> [(N, mean generated tokens, accuracy)] for the points on every problem.
@@ -140,7 +163,7 @@ def evaluate(problems: list[dict], budgets: list[int], min_problems: int) -> dic
         outcomes = []
         for i, p in enumerate(problems):
             others = problems[:i] + problems[i + 1 :]
-            table = ComputeOptimalTable(entries=fit(others, min_problems)[0]["entries"])
+            table = ComputeOptimalTable(entries=fit(others, min_problems, min_gain)[0]["entries"])
             outcomes.append(auto_outcome(table, p, budget))
         hits, tokens = [o[0] for o in outcomes], [o[1] for o in outcomes]
         curves["auto"].append((budget, statistics.fmean(tokens), statistics.fmean(hits)))
@@ -195,6 +218,8 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="where to write the table (e.g. models/compute_optimal.json)")
     ap.add_argument("--model", default=None, help="only rows of this policy")
     ap.add_argument("--min-problems", type=int, default=8)
+    ap.add_argument("--min-gain", type=int, default=2,
+                    help="problems a bin's own best must win over the overall best to replace it")
     ap.add_argument("--eval", action="store_true", help="print auto vs fixed accuracy per budget")
     ap.add_argument("--plot", default=None, help="with --eval: PNG of accuracy against tokens")
     ap.add_argument("--require", nargs="*", default=[], metavar="STRATEGY:N",
@@ -203,7 +228,7 @@ def main() -> None:
     rows = load_rows(args.results, args.model)
     required = parse_required(args.require)
     problems = [p for p in by_problem(rows).values() if all(k in p["correct"] for k in required)]
-    fitted, binned = fit(problems, args.min_problems)
+    fitted, binned = fit(problems, args.min_problems, args.min_gain)
     note = (f"fitted from bench_strategies.py results: {fitted['n_problems']} problems, {len(rows)} "
             "rows; ties go to the smaller n, then to majority, so a small bench that cannot tell "
             "strategies apart yields cheap choices: re-fit from a full bench run"
@@ -231,7 +256,7 @@ def main() -> None:
     else:
         print(text)
     if args.eval and fitted["entries"]:
-        curves = evaluate(problems, fitted["budgets"], args.min_problems)
+        curves = evaluate(problems, fitted["budgets"], args.min_problems, args.min_gain)
         if args.plot:
             plot(curves, args.plot, len(problems))
 
