@@ -97,3 +97,12 @@ def test_auto_is_never_fitted_to_fewer_samples_than_its_probes():
                                 ("weighted_best_of_n", 4): True})
     entry = fco.best_entry(list(fco.by_problem(rows).values()), 16)
     assert (entry["strategy"], entry["n"]) == ("weighted_best_of_n", 4)
+
+
+def test_a_cheaper_choice_that_only_ties_in_a_bin_does_not_replace_the_overall_one():
+    rows = rows_for("e0", 1.0, {("majority", 4): True, ("majority", 16): True})
+    rows += rows_for("e1", 1.0, {("majority", 4): False, ("majority", 16): False})
+    rows += rows_for("h0", 0.25, {("majority", 4): False, ("majority", 16): True})
+    problems = list(fco.by_problem(rows).values())
+    easy = [p for p in problems if p["features"]["agreement"] == 1.0]
+    assert fco.bin_entry(easy, problems, 16, min_gain=2)["n"] == 16

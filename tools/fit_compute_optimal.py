@@ -6,10 +6,10 @@ exactly what auto computes from its probes). Each problem is put in a difficulty
 features (bins: ``edgetts.search.auto.DEFAULT_BINS``); for every bin and budget B (each N seen in
 the rows) the entry starts as the best fixed choice over *all* problems (the (strategy, n <= B)
 with the best accuracy, ties to the smaller n, then to majority, which needs no PRM). A bin moves
-away from it only to a choice that is right on at least ``--min-gain`` more of the bin's problems,
-or as often for a smaller n: on a few dozen problems per bin, smaller differences are noise, and
-chasing them made the leave-one-out choices worse than the fixed strategy. A bin with fewer than
-``--min-problems`` problems keeps the overall choice (marked ``pooled``).
+away from it only to a choice that is right on at least ``--min-gain`` more of the bin's problems:
+on a few dozen problems per bin, smaller differences are noise, and chasing them (a cheaper choice
+that tied in-sample included) made the leave-one-out choices worse than the fixed strategy. A bin
+with fewer than ``--min-problems`` problems keeps the overall choice (marked ``pooled``).
 
     python tools/fit_compute_optimal.py runs/bench_gsm8k.jsonl --out models/compute_optimal.json
     python tools/fit_compute_optimal.py runs/bench_gsm8k.jsonl --eval   # auto vs fixed table
@@ -104,7 +104,7 @@ def bin_entry(group: list[dict], everyone: list[dict], budget: int, min_gain: in
         return local
     overall_hits = sum(p["correct"][key] for p in group)
     local_hits = round(local["accuracy"] * len(group))
-    if local_hits - overall_hits >= min_gain or (local_hits == overall_hits and local["n"] < overall["n"]):
+    if local_hits - overall_hits >= min_gain:
         return local
     return {**overall, "accuracy": round(overall_hits / len(group), 4), "problems": len(group),
             "overall": True}
