@@ -106,3 +106,12 @@ def test_a_cheaper_choice_that_only_ties_in_a_bin_does_not_replace_the_overall_o
     problems = list(fco.by_problem(rows).values())
     easy = [p for p in problems if p["features"]["agreement"] == 1.0]
     assert fco.bin_entry(easy, problems, 16, min_gain=2)["n"] == 16
+
+
+def test_the_default_rule_holds_overall_unless_beaten_by_min_gain():
+    rows = []
+    for i, (wbon, maj) in enumerate([(True, True), (False, True), (True, True), (False, False)]):
+        rows += rows_for(f"p{i}", 0.5, {("weighted_best_of_n", 16): wbon, ("majority", 16): maj})
+    problems = list(fco.by_problem(rows).values())
+    assert fco.overall_entry(problems, 16, min_gain=2)["strategy"] == "weighted_best_of_n"
+    assert fco.overall_entry(problems, 16, min_gain=1)["strategy"] == "majority"

@@ -4,11 +4,13 @@ Input: ``tools/bench_strategies.py`` rows, one JSON line per (problem, strategy,
 ``correct`` and ``difficulty_features`` (agreement / PRM scores of the first 4 samples, which is
 exactly what auto computes from its probes). Each problem is put in a difficulty bin by those
 features (bins: ``edgetts.search.auto.DEFAULT_BINS``); for every bin and budget B (each N seen in
-the rows) the entry starts as the best fixed choice over *all* problems (the (strategy, n <= B)
-with the best accuracy, ties to the smaller n, then to majority, which needs no PRM). A bin moves
+the rows) the entry starts as auto's default rule, weighted best-of-N at the full budget, unless
+over *all* problems another (strategy, n <= B) is right on at least ``--min-gain`` more of them
+(then the best one, ties to the smaller n, then to majority, which needs no PRM). A bin moves
 away from it only to a choice that is right on at least ``--min-gain`` more of the bin's problems:
 on a few dozen problems per bin, smaller differences are noise, and chasing them (a cheaper choice
-that tied in-sample included) made the leave-one-out choices worse than the fixed strategy. A bin
+that tied in-sample included) made the leave-one-out choices worse than the fixed strategy:
+leaving out a problem that one of two near-tied choices gets right tips the fit to the other. A bin
 with fewer than ``--min-problems`` problems keeps the overall choice (marked ``pooled``).
 
     python tools/fit_compute_optimal.py runs/bench_gsm8k.jsonl --out models/compute_optimal.json
@@ -38,6 +40,7 @@ from pathlib import Path
 
 from edgetts.search.auto import DEFAULT_BINS, PROBE_N, SAMPLE_STRATEGIES, ComputeOptimalTable
 
+DEFAULT_STRATEGY = "weighted_best_of_n"  # auto's rule without a table (with a PRM)
 STRATEGY_ORDER = ("majority", "weighted_best_of_n", "best_of_n", "dvts", "beam_search")
 
 
@@ -94,9 +97,23 @@ def best_entry(problems: list[dict], budget: int) -> dict | None:
     return {"strategy": strategy, "n": n, "accuracy": round(-acc, 4), "problems": len(problems)}
 
 
+def overall_entry(problems: list[dict], budget: int, min_gain: int) -> dict | None:
+    """The choice for every bin at ``budget``: auto's default rule (weighted best-of-N at the full
+    budget) unless another configuration is right on at least ``min_gain`` more problems."""
+    best = best_entry(problems, budget)
+    key = (DEFAULT_STRATEGY, budget)
+    if best is None or not all(key in p["correct"] for p in problems):
+        return best
+    default_hits = sum(p["correct"][key] for p in problems)
+    if round(best["accuracy"] * len(problems)) - default_hits >= min_gain:
+        return best
+    return {"strategy": DEFAULT_STRATEGY, "n": budget,
+            "accuracy": round(default_hits / len(problems), 4), "problems": len(problems)}
+
+
 def bin_entry(group: list[dict], everyone: list[dict], budget: int, min_gain: int) -> dict | None:
-    """The bin's entry at ``budget``: the overall best unless the bin's own best earns its place."""
-    overall, local = best_entry(everyone, budget), best_entry(group, budget)
+    """The bin's entry at ``budget``: the overall choice unless the bin's own best earns its place."""
+    overall, local = overall_entry(everyone, budget, min_gain), best_entry(group, budget)
     if overall is None or local is None:
         return local or overall
     key = (overall["strategy"], overall["n"])
@@ -123,7 +140,8 @@ def fit(problems: list[dict], min_problems: int, min_gain: int = 2) -> tuple[dic
         pooled = len(group) < min_problems
         row = {}
         for budget in budgets:
-            entry = best_entry(problems, budget) if pooled else bin_entry(group, problems, budget, min_gain)
+            entry = (overall_entry(problems, budget, min_gain) if pooled
+                     else bin_entry(group, problems, budget, min_gain))
             if entry:
                 row[str(budget)] = {**entry, "pooled": pooled, "bin_problems": len(group)}
         if row:
