@@ -22,7 +22,7 @@ def rows_for(problem_id: str, agreement: float, correct: dict[tuple[str, int], b
 def toy_problems() -> list[dict]:
     """Easy problems (all probes agree): majority is right. Hard ones: only beam search at 16."""
     rows = []
-    for i in range(6):
+    for i in range(12):  # enough for a sign test to tell the bins apart
         rows += rows_for(f"e{i}", 1.0, {("majority", 4): True, ("majority", 16): True,
                                         ("beam_search", 16): i % 2 == 0})
         rows += rows_for(f"h{i}", 0.25, {("majority", 4): False, ("majority", 16): False,
@@ -32,7 +32,7 @@ def toy_problems() -> list[dict]:
 
 def test_fit_picks_per_bin_and_ties_go_to_the_cheaper_choice():
     fitted, binned = fco.fit(toy_problems(), min_problems=3)
-    assert len(binned["easy"]) == 6 and len(binned["hard"]) == 6
+    assert len(binned["easy"]) == 12 and len(binned["hard"]) == 12
     assert fitted["entries"]["easy"]["16"]["strategy"] == "majority"
     assert fitted["entries"]["easy"]["16"]["n"] == 4  # as accurate as majority@16, cheaper
     assert fitted["entries"]["hard"]["16"]["strategy"] == "beam_search"
@@ -87,9 +87,11 @@ def test_a_bin_leaves_the_overall_choice_only_for_a_real_gain():
         rows += rows_for(f"p{i}", 1.0 if i < 2 else 0.25, {("majority", 16): maj, ("beam_search", 16): beam})
     problems = list(fco.by_problem(rows).values())
     easy = [p for p in problems if p["features"]["agreement"] == 1.0]
-    assert fco.bin_entry(easy, problems, 16, min_gain=2)["strategy"] == "majority"
-    assert fco.bin_entry(easy, problems, 16, min_gain=2)["overall"]
-    assert fco.bin_entry(easy, problems, 16, min_gain=1)["strategy"] == "beam_search"
+    assert fco.bin_entry(easy, problems, 16, min_gain=2, alpha=1.0)["strategy"] == "majority"
+    assert fco.bin_entry(easy, problems, 16, min_gain=2, alpha=1.0)["overall"]
+    assert fco.bin_entry(easy, problems, 16, min_gain=1, alpha=1.0)["strategy"] == "beam_search"
+    # one win and no loss is no evidence at the 5 % level
+    assert fco.bin_entry(easy, problems, 16, min_gain=1, alpha=0.05)["strategy"] == "majority"
 
 
 def test_auto_is_never_fitted_to_fewer_samples_than_its_probes():
@@ -105,7 +107,7 @@ def test_a_cheaper_choice_that_only_ties_in_a_bin_does_not_replace_the_overall_o
     rows += rows_for("h0", 0.25, {("majority", 4): False, ("majority", 16): True})
     problems = list(fco.by_problem(rows).values())
     easy = [p for p in problems if p["features"]["agreement"] == 1.0]
-    assert fco.bin_entry(easy, problems, 16, min_gain=2)["n"] == 16
+    assert fco.bin_entry(easy, problems, 16, min_gain=2, alpha=1.0)["n"] == 16
 
 
 def test_the_default_rule_holds_overall_unless_beaten_by_min_gain():
@@ -113,5 +115,15 @@ def test_the_default_rule_holds_overall_unless_beaten_by_min_gain():
     for i, (wbon, maj) in enumerate([(True, True), (False, True), (True, True), (False, False)]):
         rows += rows_for(f"p{i}", 0.5, {("weighted_best_of_n", 16): wbon, ("majority", 16): maj})
     problems = list(fco.by_problem(rows).values())
-    assert fco.overall_entry(problems, 16, min_gain=2)["strategy"] == "weighted_best_of_n"
-    assert fco.overall_entry(problems, 16, min_gain=1)["strategy"] == "majority"
+    assert fco.overall_entry(problems, 16, min_gain=2, alpha=1.0)["strategy"] == "weighted_best_of_n"
+    assert fco.overall_entry(problems, 16, min_gain=1, alpha=1.0)["strategy"] == "majority"
+
+
+def test_beats_needs_the_gain_and_a_sign_test():
+    def problems(wins: int, losses: int, ties: int) -> list[dict]:
+        outcomes = [(True, False)] * wins + [(False, True)] * losses + [(True, True)] * ties
+        return [{"correct": {("a", 4): a, ("b", 4): b}} for a, b in outcomes]
+
+    assert fco.beats(problems(5, 0, 9), ("a", 4), ("b", 4), min_gain=2, alpha=0.05)  # p = 1/32
+    assert not fco.beats(problems(4, 0, 9), ("a", 4), ("b", 4), min_gain=2, alpha=0.05)  # p = 1/16
+    assert not fco.beats(problems(9, 8, 0), ("a", 4), ("b", 4), min_gain=2, alpha=1.0)  # gain 1

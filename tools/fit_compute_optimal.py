@@ -6,8 +6,9 @@ exactly what auto computes from its probes). Each problem is put in a difficulty
 features (bins: ``edgetts.search.auto.DEFAULT_BINS``); for every bin and budget B (each N seen in
 the rows) the entry starts as auto's default rule, weighted best-of-N at the full budget, unless
 over *all* problems another (strategy, n <= B) is right on at least ``--min-gain`` more of them
-(then the best one, ties to the smaller n, then to majority, which needs no PRM). A bin moves
-away from it only to a choice that is right on at least ``--min-gain`` more of the bin's problems:
+and a one-sided sign test on the problems where the two disagree passes at ``--alpha`` (then the
+best one, ties to the smaller n, then to majority, which needs no PRM). A bin moves away from it
+only to a choice that beats it the same way on the bin's problems:
 on a few dozen problems per bin, smaller differences are noise, and chasing them (a cheaper choice
 that tied in-sample included) made the leave-one-out choices worse than the fixed strategy:
 leaving out a problem that one of two near-tied choices gets right tips the fit to the other. A bin
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from collections import defaultdict
@@ -97,37 +99,48 @@ def best_entry(problems: list[dict], budget: int) -> dict | None:
     return {"strategy": strategy, "n": n, "accuracy": round(-acc, 4), "problems": len(problems)}
 
 
-def overall_entry(problems: list[dict], budget: int, min_gain: int) -> dict | None:
+def beats(problems: list[dict], challenger: tuple[str, int], incumbent: tuple[str, int],
+          min_gain: int, alpha: float) -> bool:
+    """Whether ``challenger`` is right on at least ``min_gain`` more problems than ``incumbent``
+    and a one-sided sign test on the problems where they disagree says so at level ``alpha``."""
+    wins = sum(p["correct"][challenger] and not p["correct"][incumbent] for p in problems)
+    losses = sum(p["correct"][incumbent] and not p["correct"][challenger] for p in problems)
+    n = wins + losses
+    p_value = sum(math.comb(n, k) for k in range(wins, n + 1)) / 2**n if n else 1.0
+    return wins - losses >= min_gain and p_value < alpha
+
+
+def overall_entry(problems: list[dict], budget: int, min_gain: int, alpha: float) -> dict | None:
     """The choice for every bin at ``budget``: auto's default rule (weighted best-of-N at the full
-    budget) unless another configuration is right on at least ``min_gain`` more problems."""
+    budget) unless the best configuration beats it (see :func:`beats`)."""
     best = best_entry(problems, budget)
-    key = (DEFAULT_STRATEGY, budget)
-    if best is None or not all(key in p["correct"] for p in problems):
+    default = (DEFAULT_STRATEGY, budget)
+    if best is None or not all(default in p["correct"] for p in problems):
         return best
-    default_hits = sum(p["correct"][key] for p in problems)
-    if round(best["accuracy"] * len(problems)) - default_hits >= min_gain:
+    if beats(problems, (best["strategy"], best["n"]), default, min_gain, alpha):
         return best
-    return {"strategy": DEFAULT_STRATEGY, "n": budget,
-            "accuracy": round(default_hits / len(problems), 4), "problems": len(problems)}
+    hits = sum(p["correct"][default] for p in problems)
+    return {"strategy": DEFAULT_STRATEGY, "n": budget, "accuracy": round(hits / len(problems), 4),
+            "problems": len(problems)}
 
 
-def bin_entry(group: list[dict], everyone: list[dict], budget: int, min_gain: int) -> dict | None:
-    """The bin's entry at ``budget``: the overall choice unless the bin's own best earns its place."""
-    overall, local = overall_entry(everyone, budget, min_gain), best_entry(group, budget)
+def bin_entry(group: list[dict], everyone: list[dict], budget: int, min_gain: int,
+              alpha: float) -> dict | None:
+    """The bin's entry at ``budget``: the overall choice unless the bin's own best beats it there."""
+    overall, local = overall_entry(everyone, budget, min_gain, alpha), best_entry(group, budget)
     if overall is None or local is None:
         return local or overall
     key = (overall["strategy"], overall["n"])
     if not all(key in p["correct"] for p in group):
         return local
-    overall_hits = sum(p["correct"][key] for p in group)
-    local_hits = round(local["accuracy"] * len(group))
-    if local_hits - overall_hits >= min_gain:
+    if beats(group, (local["strategy"], local["n"]), key, min_gain, alpha):
         return local
-    return {**overall, "accuracy": round(overall_hits / len(group), 4), "problems": len(group),
-            "overall": True}
+    hits = sum(p["correct"][key] for p in group)
+    return {**overall, "accuracy": round(hits / len(group), 4), "problems": len(group), "overall": True}
 
 
-def fit(problems: list[dict], min_problems: int, min_gain: int = 2) -> tuple[dict, dict[str, list[dict]]]:
+def fit(problems: list[dict], min_problems: int, min_gain: int = 2,
+        alpha: float = 0.05) -> tuple[dict, dict[str, list[dict]]]:
     """Table entries per bin and budget from per-problem results (see the module doc)."""
     table = ComputeOptimalTable()
     binned: dict[str, list[dict]] = defaultdict(list)
@@ -140,8 +153,8 @@ def fit(problems: list[dict], min_problems: int, min_gain: int = 2) -> tuple[dic
         pooled = len(group) < min_problems
         row = {}
         for budget in budgets:
-            entry = (overall_entry(problems, budget, min_gain) if pooled
-                     else bin_entry(group, problems, budget, min_gain))
+            entry = (overall_entry(problems, budget, min_gain, alpha) if pooled
+                     else bin_entry(group, problems, budget, min_gain, alpha))
             if entry:
                 row[str(budget)] = {**entry, "pooled": pooled, "bin_problems": len(group)}
         if row:
@@ -168,7 +181,7 @@ def auto_outcome(table: ComputeOptimalTable, p: dict, budget: int) -> tuple[bool
 
 
 def evaluate(problems: list[dict], budgets: list[int], min_problems: int,
-             min_gain: int = 2) -> dict[str, list[tuple]]:
+             min_gain: int = 2, alpha: float = 0.05) -> dict[str, list[tuple]]:
     """Auto, leave-one-out, against every fixed strategy at the same budget N; prints the table.
 
     Returns strategy -> [(N, mean generated tokens, accuracy)] for the points on every problem.
@@ -181,7 +194,7 @@ def evaluate(problems: list[dict], budgets: list[int], min_problems: int,
         outcomes = []
         for i, p in enumerate(problems):
             others = problems[:i] + problems[i + 1 :]
-            table = ComputeOptimalTable(entries=fit(others, min_problems, min_gain)[0]["entries"])
+            table = ComputeOptimalTable(entries=fit(others, min_problems, min_gain, alpha)[0]["entries"])
             outcomes.append(auto_outcome(table, p, budget))
         hits, tokens = [o[0] for o in outcomes], [o[1] for o in outcomes]
         curves["auto"].append((budget, statistics.fmean(tokens), statistics.fmean(hits)))
@@ -237,7 +250,9 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="only rows of this policy")
     ap.add_argument("--min-problems", type=int, default=8)
     ap.add_argument("--min-gain", type=int, default=2,
-                    help="problems a bin's own best must win over the overall best to replace it")
+                    help="problems a choice must win over the one it replaces (default rule, or a bin's)")
+    ap.add_argument("--alpha", type=float, default=0.05,
+                    help="level of the one-sided sign test a replacement must also pass")
     ap.add_argument("--eval", action="store_true", help="print auto vs fixed accuracy per budget")
     ap.add_argument("--plot", default=None, help="with --eval: PNG of accuracy against tokens")
     ap.add_argument("--require", nargs="*", default=[], metavar="STRATEGY:N",
@@ -246,7 +261,7 @@ def main() -> None:
     rows = load_rows(args.results, args.model)
     required = parse_required(args.require)
     problems = [p for p in by_problem(rows).values() if all(k in p["correct"] for k in required)]
-    fitted, binned = fit(problems, args.min_problems, args.min_gain)
+    fitted, binned = fit(problems, args.min_problems, args.min_gain, args.alpha)
     note = (f"fitted from bench_strategies.py results: {fitted['n_problems']} problems, {len(rows)} "
             "rows; ties go to the smaller n, then to majority, so a small bench that cannot tell "
             "strategies apart yields cheap choices: re-fit from a full bench run"
@@ -274,7 +289,7 @@ def main() -> None:
     else:
         print(text)
     if args.eval and fitted["entries"]:
-        curves = evaluate(problems, fitted["budgets"], args.min_problems, args.min_gain)
+        curves = evaluate(problems, fitted["budgets"], args.min_problems, args.min_gain, args.alpha)
         if args.plot:
             plot(curves, args.plot, len(problems))
 
