@@ -33,6 +33,8 @@ from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
 
+from plots import accuracy_axes, save_accuracy_plot
+
 from edgetts.data import load_problems
 from edgetts.grading import answers_equal
 from edgetts.metadata import read_metadata
@@ -262,14 +264,9 @@ def report(args: argparse.Namespace) -> None:
 
 
 def plot(summary: dict, path: str, title: str, n_problems: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     models = sorted({m for m, _, _ in summary})
     default = next(s.name for s in load_registry().values() if s.default)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = accuracy_axes()
     colors = dict(zip(("majority", "best_of_n", "weighted_best_of_n", "beam_search", "dvts"),
                       ("tab:gray", "tab:blue", "tab:green", "tab:red", "tab:purple"), strict=True))
     for strategy, color in colors.items():
@@ -283,16 +280,8 @@ def plot(summary: dict, path: str, title: str, n_problems: int) -> None:
         if greedy:
             ax.axhline(greedy["accuracy"], linestyle=next(styles, "-."), color="black",
                        label=f"{model} greedy")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("N (samples / beams), log scale")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"{title} ({n_problems} problems, policy {default})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    print(f"plot written to {path}")
+    save_accuracy_plot(fig, ax, path, "N (samples / beams), log scale",
+                       f"{title} ({n_problems} problems, policy {default})")
 
 
 def main() -> None:

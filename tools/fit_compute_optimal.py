@@ -40,6 +40,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from plots import accuracy_axes, save_accuracy_plot
+
 from edgetts.search.auto import DEFAULT_BINS, PROBE_N, SAMPLE_STRATEGIES, ComputeOptimalTable
 
 DEFAULT_STRATEGY = "weighted_best_of_n"  # auto's rule without a table (with a PRM)
@@ -213,28 +215,15 @@ def evaluate(problems: list[dict], budgets: list[int], min_problems: int,
 
 def plot(curves: dict[str, list[tuple]], path: str, n_problems: int) -> None:
     """Accuracy against mean generated tokens: auto is worth it where its line lies above."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = accuracy_axes()
     for strategy, points in sorted(curves.items(), key=lambda kv: kv[0] != "auto"):
         _, tokens, accuracy = zip(*points, strict=True)
         style = {"color": "black", "linewidth": 2.5} if strategy == "auto" else {"alpha": 0.8}
         ax.plot(tokens, accuracy, marker="o", label=strategy.replace("_", " "), **style)
         for n, x, y in points:
             ax.annotate(f"{n}", (x, y), textcoords="offset points", xytext=(3, -10), fontsize=7)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("mean generated tokens per problem, log scale (labels: budget N)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"auto (leave-one-out) against fixed strategies, {n_problems} problems")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    print(f"plot written to {path}")
+    save_accuracy_plot(fig, ax, path, "mean generated tokens per problem, log scale (labels: budget N)",
+                       f"auto (leave-one-out) against fixed strategies, {n_problems} problems")
 
 
 def cell(hits: list[bool], tokens: list[int], width: int) -> str:

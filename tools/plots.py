@@ -1,0 +1,30 @@
+"""The accuracy plots of the benchmark tools: one look (log-2 x axis, grid, legend, 120 dpi)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def accuracy_axes() -> tuple[Any, Any]:
+    """A figure and axes for accuracy against a compute measure (matplotlib, drawn off screen)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(7, 4.5))
+
+
+def save_accuracy_plot(fig: Any, ax: Any, path: str, xlabel: str, title: str) -> None:
+    """Label the axes (x on a log-2 scale), add grid and legend, write the PNG to ``path``."""
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    print(f"plot written to {path}")
