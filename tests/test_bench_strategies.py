@@ -11,6 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 
 import bench_strategies as bench  # noqa: E402
+import paired  # noqa: E402
 
 from edgetts.search.base import Candidate  # noqa: E402
 
@@ -112,3 +113,45 @@ def test_report_only_keeps_one_n_of_a_strategy(tmp_path, capsys):
     assert out.startswith("2 problems common")
     kept = {tuple(line.split()[1:3]) for line in out.splitlines()[2:]}
     assert kept == {("majority", "16"), ("beam_search", "4")}
+
+
+def test_sign_test_matches_the_binomial_tails():
+    assert paired.sign_test_p(8, 0, two_sided=False) == pytest.approx(1 / 256)
+    assert paired.sign_test_p(8, 0) == pytest.approx(2 / 256)
+    assert paired.sign_test_p(0, 8) == pytest.approx(2 / 256)  # two-sided is symmetric
+    assert paired.sign_test_p(3, 3) == 1.0 and paired.sign_test_p(0, 0) == 1.0
+    assert paired.sign_test_p(5, 14) == pytest.approx(0.0636, abs=1e-4)
+
+
+def write_rows(path: Path, strategy: str, n: int, correct: dict[str, bool], model: str = "m") -> None:
+    with path.open("a") as f:
+        for pid, ok in correct.items():
+            f.write(json.dumps({"problem_id": pid, "dataset": "d", "model": model, "strategy": strategy,
+                                "n": n, "correct": ok, "tokens_generated": 1}) + "\n")
+
+
+def test_compare_pairs_on_shared_problems_only(tmp_path, capsys):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    write_rows(a, "beam_search", 4, {"1": True, "2": True, "3": False, "9": True})
+    write_rows(b, "best_of_n", 16, {"1": True, "2": False, "3": True, "4": False})
+    write_rows(b, "best_of_n", 4, {"1": False, "2": False, "3": False})
+    bench.compare(argparse.Namespace(a=f"{a}:beam_search:4", b=f"{b}:best_of_n:16"))
+    out = capsys.readouterr().out
+    assert "2/3 right" in out and "won 1, lost 1" in out and "p = 1" in out
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("{a}:beam_search", "FILE:STRATEGY:N"),
+    ("{a}:beam_search:four", "FILE:STRATEGY:N"),
+    ("{missing}:beam_search:4", "no such results file"),
+    ("{a}:dvts:4", "no rows"),
+    ("{mixed}:beam_search:4", "several models"),
+])
+def test_compare_rejects_bad_specs(tmp_path, spec, message):
+    a, mixed = tmp_path / "a.jsonl", tmp_path / "mixed.jsonl"
+    write_rows(a, "beam_search", 4, {"1": True})
+    write_rows(mixed, "beam_search", 4, {"1": True}, model="m1")
+    write_rows(mixed, "beam_search", 4, {"1": False}, model="m2")
+    spec = spec.format(a=a, mixed=mixed, missing=tmp_path / "nope.jsonl")
+    with pytest.raises(SystemExit, match=message):
+        bench.compare(argparse.Namespace(a=spec, b=f"{a}:beam_search:4"))

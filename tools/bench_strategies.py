@@ -11,6 +11,8 @@ line per (problem, strategy, N) is appended to ``--out``; a rerun skips what is 
     python tools/bench_strategies.py report --results runs/bench_gsm8k.jsonl --plot docs/gsm8k.png
     python tools/bench_strategies.py rescore --samples runs/bench_gsm8k.samples.jsonl \\
         --prm work/prm/new --out runs/bench_gsm8k_newprm.jsonl
+    python tools/bench_strategies.py compare runs/bench_gsm8k.jsonl:beam_search:4 \\
+        runs/bench_gsm8k.jsonl:best_of_n:16     # paired: wins, losses, sign test
 
 ``run`` also keeps every problem's samples in ``<out>.samples.jsonl`` and their step states (the
 policy's hidden state at each step end) in ``<out>.states/<problem_id>.npz``: ``rescore``
@@ -33,6 +35,7 @@ from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
 
+import paired
 from plots import accuracy_axes, save_accuracy_plot
 
 from edgetts.data import load_problems
@@ -263,6 +266,34 @@ def report(args: argparse.Namespace) -> None:
         plot(summary, args.plot, args.title or Path(args.results[0]).stem, len(common))
 
 
+def correct_map(spec: str) -> dict[str, bool]:
+    """``FILE:STRATEGY:N`` -> ``{dataset/problem_id: correct}`` for that configuration's rows."""
+    parts = spec.rsplit(":", 2)
+    if len(parts) != 3 or not parts[1] or not parts[2].isdigit():
+        raise SystemExit(f"wanted FILE:STRATEGY:N (e.g. docs/bench/mawps.jsonl:beam_search:4), got {spec!r}")
+    path, strategy, n = parts
+    if not Path(path).is_file():
+        raise SystemExit(f"no such results file: {path}")
+    rows = [r for r in load_rows([path]) if r["strategy"] == strategy and r["n"] == int(n)]
+    models = sorted({r["model"] for r in rows})
+    if not models:
+        raise SystemExit(f"{spec}: no rows of that strategy and N in the file")
+    if len(models) > 1:
+        raise SystemExit(f"{spec}: rows of several models ({', '.join(models)}); split the file by model")
+    return {f"{r.get('dataset')}/{r['problem_id']}": bool(r["correct"]) for r in rows}
+
+
+def compare(args: argparse.Namespace) -> None:
+    result = paired.compare(correct_map(args.a), correct_map(args.b))
+    if not result.problems:
+        raise SystemExit("the two configurations share no problem")
+    k = result.problems
+    print(f"A {args.a}: {result.a_right}/{k} right ({result.a_right / k:.1%})")
+    print(f"B {args.b}: {result.b_right}/{k} right ({result.b_right / k:.1%})")
+    print(f"on {k} shared problems A won {result.wins}, lost {result.losses} "
+          f"(two-sided sign test p = {result.p_value:.3g})")
+
+
 def plot(summary: dict, path: str, title: str, n_problems: int) -> None:
     models = sorted({m for m, _, _ in summary})
     default = next(s.name for s in load_registry().values() if s.default)
@@ -334,8 +365,12 @@ def main() -> None:
     t = sub.add_parser("states", help="step states of kept samples that have none (a prefill each)")
     t.add_argument("--samples", required=True, help="<out>.samples.jsonl written by run")
     t.add_argument("--model", default=None)
+    c = sub.add_parser("compare", help="A against B on the problems both ran: wins, losses, sign test")
+    c.add_argument("a", help="FILE:STRATEGY:N, e.g. docs/bench/mawps.jsonl:beam_search:4")
+    c.add_argument("b", help="FILE:STRATEGY:N, e.g. docs/bench/mawps.jsonl:best_of_n:16")
     args = ap.parse_args()
-    {"run": run, "report": report, "rescore": rescore, "states": states}[args.command](args)
+    commands = {"run": run, "report": report, "rescore": rescore, "states": states, "compare": compare}
+    commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import time
 from collections import defaultdict
 from pathlib import Path
 
+from paired import sign_test_p
 from plots import accuracy_axes, save_accuracy_plot
 
 from edgetts.search.auto import DEFAULT_BINS, PROBE_N, SAMPLE_STRATEGIES, ComputeOptimalTable
@@ -107,9 +107,7 @@ def beats(problems: list[dict], challenger: tuple[str, int], incumbent: tuple[st
     and a one-sided sign test on the problems where they disagree says so at level ``alpha``."""
     wins = sum(p["correct"][challenger] and not p["correct"][incumbent] for p in problems)
     losses = sum(p["correct"][incumbent] and not p["correct"][challenger] for p in problems)
-    n = wins + losses
-    p_value = sum(math.comb(n, k) for k in range(wins, n + 1)) / 2**n if n else 1.0
-    return wins - losses >= min_gain and p_value < alpha
+    return wins - losses >= min_gain and sign_test_p(wins, losses, two_sided=False) < alpha
 
 
 def overall_entry(problems: list[dict], budget: int, min_gain: int, alpha: float) -> dict | None:
