@@ -41,6 +41,17 @@ PRM_MANIFEST = Path(__file__).resolve().parent.parent / "models" / "prm-minilm" 
 # -- helpers -----------------------------------------------------------------------------------
 
 
+def wait_for_health(base: str, ready, timeout_s: float = 10.0) -> None:
+    """Poll /health until ``ready(health)``: a fixed sleep races the server on a busy machine."""
+    end = time.perf_counter() + timeout_s
+    while time.perf_counter() < end:
+        with urllib.request.urlopen(f"{base}/health", timeout=1) as resp:
+            if ready(json.loads(resp.read())):
+                return
+        time.sleep(0.02)
+    pytest.fail("the server never reached the expected queue state")
+
+
 class FakeSolver:
     """Stands in for Solver: answers "42" after ``delay_s`` unless the deadline or cancel ends it."""
 
@@ -196,9 +207,9 @@ def test_full_queue_answers_503_with_retry_after(fake):
     solver.delay_s = 1.0
     results: list[object] = []
     threads = [threading.Thread(target=lambda: results.append(ask(client(base)))) for _ in range(2)]
-    for t in threads:  # one running, one waiting: max_queue=1 is full
+    for started, t in enumerate(threads, start=1):  # one running, one waiting: max_queue=1 is full
         t.start()
-        time.sleep(0.2)
+        wait_for_health(base, lambda h, k=started: h["running"] + h["queued"] == k)
     status, headers, payload = post(base, json.dumps(
         {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}).encode())
     assert status == 503 and int(headers["retry-after"]) >= 1
