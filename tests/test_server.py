@@ -224,7 +224,7 @@ def test_deadline_counts_the_queue_and_an_unreachable_one_is_refused_at_once(fak
     solver.delay_s = 1.0
     first = threading.Thread(target=lambda: ask(client(base), deadline_s=5))
     first.start()
-    time.sleep(0.2)
+    wait_for_health(base, lambda h: h["running"] == 1)
     start = time.perf_counter()
     status, headers, payload = post(base, json.dumps(
         {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "deadline_s": 0.5}).encode())
@@ -351,7 +351,7 @@ def test_serve_shuts_down_cleanly_mid_request(served):
     worker = threading.Thread(target=lambda: replies.append(
         ask(client(base, timeout=60), model=model, strategy="majority", n=4)))
     worker.start()
-    time.sleep(2.0)
+    wait_for_health(base, lambda h: h["running"] == 1)
     proc.send_signal(signal.SIGINT)
     worker.join(timeout=60)
     output, _ = proc.communicate(timeout=60)
