@@ -188,7 +188,8 @@ def evaluate(problems: list[dict], budgets: list[int], min_problems: int,
     """
     fixed = sorted({s for p in problems for s, _ in p["correct"]})
     curves: dict[str, list[tuple]] = defaultdict(list)
-    print(f"{len(problems)} problems; accuracy (mean generated tokens); auto is leave-one-out")
+    print(f"{len(problems)} problems; accuracy (mean generated tokens); auto is leave-one-out; "
+          "- : not run on every problem (no fair comparison)")
     print(f"{'N':>3} {'auto':>16} " + " ".join(f"{s:>22}" for s in fixed))
     for budget in budgets:
         outcomes = []
@@ -201,7 +202,7 @@ def evaluate(problems: list[dict], budgets: list[int], min_problems: int,
         cells = [cell(hits, tokens, 16)]
         for s in fixed:
             if not all((s, budget) in p["correct"] for p in problems):
-                cells.append(f"{'(not on every problem)':>22}")  # no fair comparison with auto
+                cells.append(f"{'-':>22}")
                 continue
             hits = [p["correct"][s, budget] for p in problems]
             tokens = [p["tokens"][s, budget] for p in problems]
