@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ def save_accuracy_plot(fig: Any, ax: Any, path: str, xlabel: str, title: str) ->
     ax.set_xscale("log", base=2)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy")
-    ax.set_title(title)
+    # wrapped: a long title (data set, problem count, policy name) must not run off the figure
+    ax.set_title(textwrap.fill(title, width=70), fontsize=11)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
