@@ -163,9 +163,11 @@ def _show(result: SearchResult) -> None:
     if result.votes:
         click.echo(f"votes: {', '.join(f'{a}: {v:g}' for a, v in result.votes.items())}")
     c = result.counters
+    rebuilt = c.get("tokens_redecoded", 0)
+    waves = f" (+{rebuilt} decoded again: paths ran in waves)" if rebuilt else ""
     click.echo(
-        f"tokens: {c.get('tokens_prefilled', 0)} prefilled, {c.get('tokens_decoded', 0)} generated; "
-        f"PRM: {c.get('prm_calls', 0)} calls, {c.get('prm_steps_scored', 0)} steps"
+        f"tokens: {c.get('tokens_prefilled', 0)} prefilled, {c.get('tokens_generated', 0)} generated"
+        f"{waves}; PRM: {c.get('prm_calls', 0)} calls, {c.get('prm_steps_scored', 0)} steps"
     )
     click.echo(
         f"time: {c.get('wall_s', 0):.1f} s = policy {c.get('policy_s', 0):.1f} + PRM "

@@ -115,8 +115,9 @@ class PolicyConfig:
 @dataclass
 class GeneratorCounters:
     tokens_prefilled: int = 0  # prompt tokens decoded
-    tokens_decoded: int = 0  # generated tokens decoded (each token of the search tree once)
-    tokens_redecoded: int = 0  # tokens decoded again to rebuild parked paths
+    # tokens decoded after the prompt: each token of the search tree once, plus tokens_redecoded
+    tokens_decoded: int = 0
+    tokens_redecoded: int = 0  # decoded again to rebuild parked paths (waves), part of the above
     tokens_sampled: int = 0
     sequences_forked: int = 0
     decode_calls: int = 0

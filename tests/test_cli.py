@@ -8,7 +8,8 @@ def test_show_lists_every_candidate_and_the_cost(capsys):
     right = Candidate("3 * 7 = 21\n\n\\boxed{21}", "21", 0.9, [0.8, 0.9], 12, "eos")
     wrong = Candidate("3 + 7 = 10\n\n\\boxed{10}", "10", 0.2, [0.2, 0.4], 11, "eos")
     result = SearchResult("best_of_n", "21", right, [wrong, right], votes={},
-                          counters={"tokens_prefilled": 40, "tokens_decoded": 23, "prm_calls": 1,
+                          counters={"tokens_prefilled": 40, "tokens_decoded": 23, "tokens_redecoded": 0,
+                                    "tokens_generated": 23, "prm_calls": 1,
                                     "prm_steps_scored": 4, "policy_s": 1.5, "prm_s": 0.01,
                                     "other_s": 0.02, "wall_s": 1.53})
     _show(result)
@@ -18,3 +19,12 @@ def test_show_lists_every_candidate_and_the_cost(capsys):
     assert "2. answer 21  score 0.90  12 tokens  <- chosen" in out
     assert "40 prefilled, 23 generated; PRM: 1 calls, 4 steps" in out
     assert "time: 1.5 s = policy 1.5 + PRM 0.01 + other 0.02" in out
+
+
+def test_show_tells_tokens_decoded_again_in_waves(capsys):
+    chosen = Candidate("\\boxed{21}", "21", 0.9, [0.9], 5, "eos")
+    result = SearchResult("beam_search", "21", chosen, [chosen], votes={},
+                          counters={"tokens_prefilled": 40, "tokens_decoded": 90, "tokens_redecoded": 30,
+                                    "tokens_generated": 60})
+    _show(result)
+    assert "40 prefilled, 60 generated (+30 decoded again: paths ran in waves);" in capsys.readouterr().out

@@ -102,6 +102,31 @@ def test_more_children_than_slots_run_in_waves(policy):
     assert sorted(policy._free_slots) == list(range(1, policy.config.n_seq_max + 1))
 
 
+def test_parked_parents_are_rebuilt_and_counted_apart(policy):
+    """More parents than slots: parked ones are decoded again, and counted as rebuilds."""
+    cfg = policy.config
+    saved = cfg.max_tokens, cfg.seed
+    try:
+        cfg.max_tokens, cfg.seed = 96, 0
+        decoded, redecoded = policy.counters.tokens_decoded, policy.counters.tokens_redecoded
+        first = policy.extend([policy.root(QUESTIONS[0][0])], cfg.n_seq_max)
+        live = [p for p in first if not p.finished]
+        assert len(live) > 2
+        second = policy.extend(live, 2)  # twice as many children as slots: parents get parked
+        tree_tokens = sum(p.n_tokens for p in first) + sum(
+            p.n_tokens - live[i // 2].n_tokens for i, p in enumerate(second)
+        )
+        # a path cut at max_tokens counts its last sampled token, which is never decoded
+        cut = sum(p.stop_reason == "max_tokens" for p in [*first, *second])
+        rebuilt = policy.counters.tokens_redecoded - redecoded
+        assert rebuilt > 0
+        assert policy.counters.tokens_decoded - decoded == tree_tokens - cut + rebuilt
+        policy.release(second)
+        assert sorted(policy._free_slots) == list(range(1, cfg.n_seq_max + 1))
+    finally:
+        cfg.max_tokens, cfg.seed = saved
+
+
 def test_same_seed_same_answer(policy):
     question = "Sara reads 15 pages a day for 4 days. How many pages does she read?"
     runs = []

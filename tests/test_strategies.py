@@ -310,6 +310,7 @@ def test_run_search_reports_costs(strategy):
     result = run_search(strategy, "q", gen, scorer, SearchConfig(n=4, beam_width=2))
     assert result.strategy == strategy and result.answer is not None
     assert result.counters["tokens_decoded"] == gen.counters.tokens_decoded
+    assert result.counters["tokens_generated"] == gen.counters.tokens_decoded  # nothing rebuilt
     assert result.counters["prm_calls"] == scorer.counters.calls >= 1
 
 

@@ -20,8 +20,11 @@ recomputes the sample-based rows (majority, best-of-N, weighted best-of-N) with 
 text PRM or a policy probe (``edgetts.probe``), without sampling again.
 
 Rows: ``{problem_id, dataset, model, strategy, n, correct, answer, gold, tokens_generated,
-seconds, prm, difficulty_features}``; ``difficulty_features`` (agreement and PRM scores of the first
-four samples) is what ``tools/fit_compute_optimal.py`` bins problems by.
+seconds, prm, difficulty_features}``; ``tokens_generated`` counts each generated token once (a
+tree's tokens, or the N samples'), and tree rows add ``tokens_redecoded``, the tokens decoded
+again to rebuild beams parked when N paths outnumber the 16 KV slots (rows written before
+2026-12-03 counted those inside ``tokens_generated``); ``difficulty_features`` (agreement and
+PRM scores of the first four samples) is what ``tools/fit_compute_optimal.py`` bins problems by.
 """
 
 from __future__ import annotations
@@ -130,7 +133,7 @@ def run(args: argparse.Namespace) -> None:
             result = run_search("majority", problem.question, policy, None, SearchConfig(n=1))
             _append(out, {**base, "strategy": "greedy", "n": 1, "answer": result.answer,
                           "correct": answers_equal(result.answer, problem.answer),
-                          "tokens_generated": result.counters["tokens_decoded"],
+                          "tokens_generated": result.counters["tokens_generated"],
                           "seconds": result.counters["wall_s"], "difficulty_features": {}})
         policy.config.temperature, policy.config.top_p = args.temperature, args.top_p
         policy.config.top_k = args.top_k
@@ -159,7 +162,8 @@ def run(args: argparse.Namespace) -> None:
                 result = run_search(strategy, problem.question, policy, scorer, config)
                 _append(out, {**base, "strategy": strategy, "n": n, "answer": result.answer,
                               "correct": answers_equal(result.answer, problem.answer),
-                              "tokens_generated": result.counters["tokens_decoded"],
+                              "tokens_generated": result.counters["tokens_generated"],
+                              "tokens_redecoded": result.counters["tokens_redecoded"],
                               "seconds": result.counters["wall_s"], "prm": str(prm),
                               "difficulty_features": features})
         print(f"[{index + 1}/{len(problems)}] {problem.id} done", flush=True)

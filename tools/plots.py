@@ -9,7 +9,11 @@ from typing import Any
 
 def accuracy_axes() -> tuple[Any, Any]:
     """A figure and axes for accuracy against a compute measure (matplotlib, drawn off screen)."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        # the plot is optional: the table is already printed, so say how to get the PNG too
+        raise SystemExit('--plot needs matplotlib: pip install -e ".[plot]"') from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -41,8 +41,11 @@ def run_search(
 ) -> SearchResult:
     """Validate the settings, run ``strategy`` and attach what it cost.
 
-    Counters: tokens prefilled and generated (from the generator), PRM calls and steps scored
+    Counters: tokens prefilled and decoded (from the generator), PRM calls and steps scored
     (from the scorer), and wall time split into policy, PRM and other seconds.
+    ``tokens_generated`` is the search tree's tokens, each once: what was decoded less what was
+    decoded again to rebuild parked paths (``tokens_redecoded``, non-zero only when the paths
+    outnumber the generator's KV slots and ran in waves).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {sorted(STRATEGIES)}")
@@ -58,8 +61,10 @@ def run_search(
     prm = {k: prm_after[k] - prm_before.get(k, 0) for k in prm_after}
     policy_s = gen.pop("seconds", 0.0)
     prm_s = prm.pop("seconds", 0.0)
+    generated = gen.get("tokens_decoded", 0) - gen.get("tokens_redecoded", 0)
     result.counters = {
         **gen,
+        "tokens_generated": generated,
         **{f"prm_{k}": v for k, v in prm.items()},
         "policy_s": round(policy_s, 3),
         "prm_s": round(prm_s, 3),
