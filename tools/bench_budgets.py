@@ -34,7 +34,8 @@ for question in questions:
     result = solver.solve(question, options)
     runs.append({"seconds": time.perf_counter() - start, "answer": result.answer,
                  "strategy": result.strategy, "cut_short": result.cut_short,
-                 "tokens": result.counters.get("tokens_decoded", 0)})
+                 "tokens_generated": result.counters.get("tokens_generated", 0),
+                 "tokens_redecoded": result.counters.get("tokens_redecoded", 0)})
 plan = solver.last_plan
 hwm_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
 print(json.dumps({"plan": plan.explain().splitlines()[0].removeprefix("plan: "),
