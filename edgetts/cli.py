@@ -46,7 +46,8 @@ def _search_options(func):
     """Options shared by ``solve`` and ``run`` (one definition, so they never drift apart)."""
     options = [
         click.option("--strategy", default="auto", show_default=True,
-                     help="auto, greedy, majority, best_of_n, weighted_best_of_n, beam_search or dvts."),
+                     help="auto, greedy, majority, best_of_n, weighted_best_of_n, beam_search, dvts or "
+                          "confidence_vote (DeepConf-style vote by token confidence, no PRM)."),
         click.option("-n", "--n", "n", type=int, default=None,
                      help="Samples (majority, best-of-N), beams (beam search) or leaves (DVTS) "
                           "[default: planned under a budget, else 4]."),

@@ -10,7 +10,7 @@ from edgetts.metadata import read_metadata
 from edgetts.models import resolve
 from edgetts.policy import DEFAULT_TEMPERATURE, LlamaPolicy, PolicyConfig
 from edgetts.scheduler import Budget, Plan, plan_for, prompt_tokens_for
-from edgetts.search import NEEDS_SCORER, STRATEGIES, run_search
+from edgetts.search import NEEDS_CONFIDENCE, NEEDS_SCORER, STRATEGIES, run_search
 from edgetts.search.base import SearchConfig, SearchResult, StepScorer
 
 GREEDY = "greedy"
@@ -133,6 +133,9 @@ class Solver:
                 sampling["temperature"] = 0.0
             for key, value in sampling.items():
                 setattr(policy.config, key, value)
+            # A per-token flag of the live policy: turning it on needs no new context.
+            policy.config.capture_confidence = (strategy in NEEDS_CONFIDENCE
+                                                or getattr(scorer, "needs_confidence", False))
             if options.agg is None and scorer is not None:
                 config = replace(config, agg=getattr(scorer, "default_aggregation", config.agg))
             result = run_search(strategy, question, policy, scorer, config)
