@@ -24,8 +24,14 @@ import numpy as np
 
 TOP_K = 20  # DeepConf's k for token confidence
 WINDOW = 32  # tokens per sliding window; DeepConf uses 2048 for long traces, ours are ~300 tokens
-STEP_FEATURES: tuple[str, ...] = ("mean_logprob", "min_logprob", "mean_entropy", "mean_conf",
-                                  "min_window_conf", "log_tokens")
+STEP_FEATURES: tuple[str, ...] = (
+    "mean_logprob",
+    "min_logprob",
+    "mean_entropy",
+    "mean_conf",
+    "min_window_conf",
+    "log_tokens",
+)
 
 
 def token_stats(logits: np.ndarray, token: int, top_k: int = TOP_K) -> tuple[float, float, float]:
@@ -51,8 +57,9 @@ def window_confs(confs: Sequence[float], window: int = WINDOW) -> np.ndarray:
     return (csum[window:] - csum[:-window]) / window
 
 
-def step_features(stats: Sequence[Sequence[float]], step_ends: Sequence[int],
-                  window: int = WINDOW) -> np.ndarray:
+def step_features(
+    stats: Sequence[Sequence[float]], step_ends: Sequence[int], window: int = WINDOW
+) -> np.ndarray:
     """``[n_steps, len(STEP_FEATURES)]`` features from per-token ``(logprob, entropy, conf)``.
 
     ``step_ends[i]`` is the number of the trace's tokens up to the end of step i. A step without
@@ -68,14 +75,21 @@ def step_features(stats: Sequence[Sequence[float]], step_ends: Sequence[int],
             out[i] = out[i - 1] if i else 0.0
             continue
         lowest = window_confs(a[:end, 2], window).min()
-        out[i] = (part[:, 0].mean(), part[:, 0].min(), part[:, 1].mean(), part[:, 2].mean(),
-                  lowest, np.log1p(len(part)))
+        out[i] = (
+            part[:, 0].mean(),
+            part[:, 0].min(),
+            part[:, 1].mean(),
+            part[:, 2].mean(),
+            lowest,
+            np.log1p(len(part)),
+        )
         start = end
     return out
 
 
-def trace_confidence(confs: Sequence[float], mode: str = "lowest", window: int = WINDOW,
-                     tail: int = 64) -> float:
+def trace_confidence(
+    confs: Sequence[float], mode: str = "lowest", window: int = WINDOW, tail: int = 64
+) -> float:
     """One confidence per trace, DeepConf's measures: ``lowest`` sliding window, ``tail`` (mean
     of the last ``tail`` tokens) or ``mean`` over all tokens. 0 for a trace without tokens."""
     c = np.asarray(confs, dtype=np.float64)

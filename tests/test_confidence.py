@@ -62,8 +62,9 @@ def test_step_without_tokens_repeats_the_previous_features():
 
 
 def cand(answer: str | None) -> Candidate:
-    return Candidate(text=f"x {answer}", answer=answer, score=None, step_scores=[], n_tokens=1,
-                     stop_reason="eos")
+    return Candidate(
+        text=f"x {answer}", answer=answer, score=None, step_scores=[], n_tokens=1, stop_reason="eos"
+    )
 
 
 def test_confident_minority_beats_an_unsure_majority():
@@ -97,7 +98,7 @@ class ConfGenerator(FakeGenerator):
     def _grow(self, parent, i, to_end, deadline):
         child = super()._grow(parent, i, to_end, deadline)
         child.token_stats = list(parent.token_stats)
-        for step in child.steps[len(parent.steps):]:
+        for step in child.steps[len(parent.steps) :]:
             conf = next((v for k, v in self.confs.items() if k in step), 5.0)
             child.token_stats += [(-1.0, 1.0, conf)] * n_tokens(step)
         return child
@@ -115,8 +116,9 @@ def test_confidence_vote_runs_as_a_strategy_without_a_prm():
     assert [c.score for c in result.candidates] == [2.0, 2.0, 2.0, 12.0]
     assert not gen.leaks()
     # the same samples by plain majority
-    assert run_search("majority", "q", FakeGenerator(tree_policy(TREE)), None,
-                      SearchConfig(n=4)).answer == "1"
+    assert (
+        run_search("majority", "q", FakeGenerator(tree_policy(TREE)), None, SearchConfig(n=4)).answer == "1"
+    )
 
 
 def test_confidence_vote_refuses_a_policy_that_records_no_confidence():

@@ -72,10 +72,19 @@ def stats_of(path: StatePath) -> list[list[float]]:
 
 
 def make_policy(args: argparse.Namespace, n_seq_max: int, max_tokens: int) -> LlamaPolicy:
-    return LlamaPolicy(PolicyConfig(
-        model=args.model, n_seq_max=n_seq_max, max_tokens=max_tokens, temperature=args.temperature,
-        seed=args.seed, capture_states=True, capture_confidence=True,
-        state_layers=tuple(args.layers), n_gpu_layers=args.n_gpu_layers))
+    return LlamaPolicy(
+        PolicyConfig(
+            model=args.model,
+            n_seq_max=n_seq_max,
+            max_tokens=max_tokens,
+            temperature=args.temperature,
+            seed=args.seed,
+            capture_states=True,
+            capture_confidence=True,
+            state_layers=tuple(args.layers),
+            n_gpu_layers=args.n_gpu_layers,
+        )
+    )
 
 
 # -- PRMBench ---------------------------------------------------------------------------------
@@ -93,16 +102,29 @@ def prmbench_items(files: list[str]) -> list[dict]:
             d = json.loads(line)
             items = by_idx.setdefault(d["idx"], [])
             if not items:
-                items.append({"key": f"{d['idx']}-original", "idx": d["idx"], "variant": "original",
-                              "question": d["original_question"], "steps": d["original_process"],
-                              "error_steps": []})
+                items.append(
+                    {
+                        "key": f"{d['idx']}-original",
+                        "idx": d["idx"],
+                        "variant": "original",
+                        "question": d["original_question"],
+                        "steps": d["original_process"],
+                        "error_steps": [],
+                    }
+                )
             errors = sorted(int(e) for e in d.get("error_steps") or [])
             if not errors:
                 continue
-            items.append({"key": f"{d['idx']}-{d['classification']}", "idx": d["idx"],
-                          "variant": d["classification"],
-                          "question": d.get("modified_question") or d["original_question"],
-                          "steps": d["modified_process"], "error_steps": errors})
+            items.append(
+                {
+                    "key": f"{d['idx']}-{d['classification']}",
+                    "idx": d["idx"],
+                    "variant": d["classification"],
+                    "question": d.get("modified_question") or d["original_question"],
+                    "steps": d["modified_process"],
+                    "error_steps": errors,
+                }
+            )
     return [item for items in by_idx.values() for item in items]
 
 
@@ -129,9 +151,17 @@ def prmbench(args: argparse.Namespace) -> None:
             print(f"skip {item['key']}: {e}", flush=True)
             continue
         tokens += path.n_tokens
-        row = {"key": item["key"], "source": "prmbench", "idx": item["idx"], "variant": item["variant"],
-               "error_steps": item["error_steps"], "labels": step_labels(len(steps), item["error_steps"]),
-               "layers": args.layers, "n_tokens": path.n_tokens, "step_stats": stats_of(path)}
+        row = {
+            "key": item["key"],
+            "source": "prmbench",
+            "idx": item["idx"],
+            "variant": item["variant"],
+            "error_steps": item["error_steps"],
+            "labels": step_labels(len(steps), item["error_steps"]),
+            "layers": args.layers,
+            "n_tokens": path.n_tokens,
+            "step_stats": stats_of(path),
+        }
         write_row(out, row, [path])
         if k % 20 == 0:
             rate = tokens / (time.perf_counter() - t0)
@@ -145,17 +175,23 @@ def candidate_row(path: StatePath, gold: str) -> dict:
     """A sample as committed: its text, answer, label, per-step statistics, trace confidences."""
     c = asdict(to_candidate(path))
     confs = [s[2] for s in path.token_stats]
-    return {"text": c["text"], "answer": c["answer"], "correct": answers_equal(c["answer"], gold),
-            "n_tokens": c["n_tokens"], "stop_reason": c["stop_reason"],
-            "step_token_ends": path.step_token_ends, "step_stats": stats_of(path),
-            "trace_conf": {m: round(trace_confidence(confs, m), ROUND) for m in ("lowest", "tail", "mean")}}
+    return {
+        "text": c["text"],
+        "answer": c["answer"],
+        "correct": answers_equal(c["answer"], gold),
+        "n_tokens": c["n_tokens"],
+        "stop_reason": c["stop_reason"],
+        "step_token_ends": path.step_token_ends,
+        "step_stats": stats_of(path),
+        "trace_conf": {m: round(trace_confidence(confs, m), ROUND) for m in ("lowest", "tail", "mean")},
+    }
 
 
 def sample(args: argparse.Namespace) -> None:
     out = Path(args.out)
     done = done_keys(out)
     problems = load_problems(args.data, args.question_key, args.answer_key, args.id_key)
-    problems = problems[args.offset: None if args.limit is None else args.offset + args.limit]
+    problems = problems[args.offset : None if args.limit is None else args.offset + args.limit]
     policy = make_policy(args, n_seq_max=args.n, max_tokens=args.max_tokens)
     dataset = Path(args.data).stem
     for k, problem in enumerate(problems):
@@ -166,13 +202,25 @@ def sample(args: argparse.Namespace) -> None:
         paths = policy.extend([policy.root(problem.question)], args.n, to_end=True)
         policy.release(paths)
         cands = [candidate_row(p, problem.answer) for p in paths]
-        row = {"key": key, "source": "sample", "dataset": dataset, "id": problem.id, "gold": problem.answer,
-               "temperature": args.temperature, "seed": args.seed, "layers": args.layers, "candidates": cands}
+        row = {
+            "key": key,
+            "source": "sample",
+            "dataset": dataset,
+            "id": problem.id,
+            "gold": problem.answer,
+            "temperature": args.temperature,
+            "seed": args.seed,
+            "layers": args.layers,
+            "candidates": cands,
+        }
         write_row(out, row, paths)
         right = sum(c["correct"] for c in cands)
         n_tok = sum(c["n_tokens"] for c in cands)
-        print(f"[{k + 1}/{len(problems)}] {key}: {right}/{len(cands)} right, {n_tok} tokens, "
-              f"{n_tok / (time.perf_counter() - t0):.0f} tok/s", flush=True)
+        print(
+            f"[{k + 1}/{len(problems)}] {key}: {right}/{len(cands)} right, {n_tok} tokens, "
+            f"{n_tok / (time.perf_counter() - t0):.0f} tok/s",
+            flush=True,
+        )
 
 
 # -- Monte-Carlo rollout labels ---------------------------------------------------------------
@@ -221,9 +269,19 @@ def rollout(args: argparse.Namespace) -> None:
         steps = split_steps(cand["text"])
         labels = mc_labels(policy, questions[row["id"]], steps, row["gold"], args.k)
         path = policy.read_solution(questions[row["id"]], steps, confidence=True)
-        out_row = {"key": key, "source": "rollout", "dataset": row.get("dataset"), "id": row["id"],
-                   "candidate": i, "k": args.k, "correct": cand["correct"], "labels": labels,
-                   "layers": args.layers, "text": cand["text"], "step_stats": stats_of(path)}
+        out_row = {
+            "key": key,
+            "source": "rollout",
+            "dataset": row.get("dataset"),
+            "id": row["id"],
+            "candidate": i,
+            "k": args.k,
+            "correct": cand["correct"],
+            "labels": labels,
+            "layers": args.layers,
+            "text": cand["text"],
+            "step_stats": stats_of(path),
+        }
         write_row(out, out_row, [path])
         print(f"{key}: {len(steps)} steps, labels {labels}, {time.perf_counter() - t0:.0f} s", flush=True)
 
@@ -241,8 +299,10 @@ def pack(args: argparse.Namespace) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     with gzip.open(dest, "wt", encoding="utf-8", compresslevel=9) as f:
         f.writelines(json.dumps(r, separators=(",", ":")) + "\n" for r in rows)
-    print(f"{len(rows)} rows -> {dest} ({dest.stat().st_size / 1e3:.0f} kB); "
-          f"step statistics: {', '.join(STEP_FEATURES)}")
+    print(
+        f"{len(rows)} rows -> {dest} ({dest.stat().st_size / 1e3:.0f} kB); "
+        f"step statistics: {', '.join(STEP_FEATURES)}"
+    )
 
 
 def main() -> None:

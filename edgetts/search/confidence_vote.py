@@ -31,8 +31,10 @@ def confidence_vote(
     paths = generator.extend([root], config.n, to_end=True, deadline=deadline)
     generator.release(paths)
     if any(p.n_tokens and not p.token_stats for p in paths):
-        raise ValueError("confidence_vote needs the policy's token confidence: run it with "
-                         "capture_confidence=True (the Solver does this for you)")
+        raise ValueError(
+            "confidence_vote needs the policy's token confidence: run it with "
+            "capture_confidence=True (the Solver does this for you)"
+        )
     confidences = [trace_confidence([s[2] for s in p.token_stats], MODE) for p in paths]
     candidates = [to_candidate(p, config.agg) for p in paths]
     for cand, conf in zip(candidates, confidences, strict=True):
