@@ -178,6 +178,8 @@ def candidate_row(path: StatePath, gold: str) -> dict:
     return {
         "text": c["text"],
         "answer": c["answer"],
+        "score": None,  # Candidate fields, so the rows rescore like bench samples
+        "step_scores": [],
         "correct": answers_equal(c["answer"], gold),
         "n_tokens": c["n_tokens"],
         "stop_reason": c["stop_reason"],
