@@ -18,6 +18,7 @@ lowest sliding-window confidence, for a vote that needs no PRM):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -36,14 +37,16 @@ STEP_FEATURES: tuple[str, ...] = (
 
 def token_stats(logits: np.ndarray, token: int, top_k: int = TOP_K) -> tuple[float, float, float]:
     """(log-probability of ``token``, entropy, DeepConf token confidence) from raw logits."""
+    # float32 throughout (a NumPy float64 scalar would upcast the whole vocabulary): this runs
+    # once per generated token over ~150k logits, so it is kept to a few passes.
     x = np.asarray(logits, dtype=np.float32)
     shifted = x - x.max()
     exp = np.exp(shifted)
     total = float(exp.sum())
-    logp = shifted - np.log(total)
-    entropy = -float(np.dot(exp, logp)) / total
-    top = np.partition(logp, len(logp) - top_k)[-top_k:] if len(logp) > top_k else logp
-    return float(logp[token]), entropy, -float(top.mean())
+    log_total = math.log(total)
+    entropy = log_total - float(np.dot(exp, shifted)) / total
+    top = np.partition(shifted, len(x) - top_k)[-top_k:] if len(x) > top_k else shifted
+    return float(shifted[token]) - log_total, entropy, log_total - float(top.mean())
 
 
 def window_confs(confs: Sequence[float], window: int = WINDOW) -> np.ndarray:
