@@ -410,21 +410,8 @@ class LlamaPolicy:
         limit = self.config.resolved_n_ctx() - first
         if len(tokens) > limit:
             raise PolicyError(f"the solution has {len(tokens)} tokens; the context holds {limit}")
-        wanted, states = set(ends), {}
-        # Token i is judged by the logits of the token before it: the prompt's for the first.
-        stats = [token_stats(root.handle.logits, tokens[0])] if confidence and tokens else []
         try:
-            for start in range(0, len(tokens), self.config.n_batch):
-                self._batch.n_tokens = 0
-                chunk = range(start, min(start + self.config.n_batch, len(tokens)))
-                for i in chunk:
-                    self._add(tokens[i], first + i, slot, confidence or i in wanted)
-                self._decode()
-                rows = {i: row for row, i in enumerate(chunk)}
-                states.update({i: self._state(rows[i]) for i in wanted if i in rows})
-                if confidence:
-                    stats += [token_stats(self._logits_view(rows[i]), tokens[i + 1])
-                              for i in chunk if i + 1 < len(tokens)]
+            states, stats, _ = self._decode_solution(root, tokens, ends, slot, confidence)
         finally:
             llama_cpp.llama_memory_seq_rm(self._memory, slot, -1, -1)
         return Path(steps=list(steps), step_states=[states[e] for e in ends], finished=True,
@@ -440,7 +427,7 @@ class LlamaPolicy:
         Like :meth:`root` it starts from a clear cache when the prompt changes.
         """
         root = self.root(question)
-        tokens, _ = self._solution_tokens(steps, close_last=True)
+        tokens, ends = self._solution_tokens(steps, close_last=True)
         if not tokens or not self._free_slots:
             raise PolicyError("path_from needs at least one step and a free slot")
         prompt = root.handle.prompt
@@ -448,15 +435,43 @@ class LlamaPolicy:
             raise PolicyError(f"the solution has {len(tokens)} tokens; the context is too small")
         slot = self._free_slots.pop()
         llama_cpp.llama_memory_seq_cp(self._memory, TEMPLATE_SLOT, slot, -1, -1)
-        first = len(prompt.tokens)
-        self._decode_quietly(tokens[:-1], first, slot)
-        self._decode_tokens(tokens[-1:], first + len(tokens) - 1, slot, output_last=True)
+        cfg = self.config
+        # The prefix's steps get what generation would have recorded for them (states,
+        # confidence), so its children's steps line up with their scores.
+        states, stats, logits = self._decode_solution(root, tokens, ends if cfg.capture_states else [],
+                                                      slot, cfg.capture_confidence)
         self.counters.tokens_decoded += len(tokens)
-        seq = _Seq(prompt=prompt, tokens=tokens, slot=slot, n_cached=len(tokens),
-                   logits=self._logits(self._batch.n_tokens - 1))
-        if self.config.capture_states:
-            seq.hidden = self._state(self._batch.n_tokens - 1)
-        return Path(steps=list(steps), handle=seq, n_tokens=len(tokens))
+        seq = _Seq(prompt=prompt, tokens=tokens, slot=slot, n_cached=len(tokens), logits=logits,
+                   hidden=states.get(len(tokens) - 1))
+        return Path(steps=list(steps), handle=seq, n_tokens=len(tokens),
+                    step_states=[states[e] for e in ends] if cfg.capture_states else [],
+                    token_stats=stats,
+                    step_token_ends=[e + 1 for e in ends] if cfg.capture_confidence else [])
+
+    def _decode_solution(self, root: Path, tokens: list[int], ends: list[int], slot: int,
+                         confidence: bool) -> tuple[dict[int, np.ndarray], list, np.ndarray]:
+        """Decode a solution's tokens after the prompt into ``slot``: the states at ``ends``, the
+        tokens' confidence (each judged by the logits before it, the prompt's for the first) and
+        the last token's logits."""
+        first, last = len(root.handle.prompt.tokens), len(tokens) - 1
+        wanted: set[int] = set(ends)
+        states: dict[int, np.ndarray] = {}
+        stats = [token_stats(root.handle.logits, tokens[0])] if confidence and tokens else []
+        logits = root.handle.logits
+        for start in range(0, len(tokens), self.config.n_batch):
+            self._batch.n_tokens = 0
+            chunk = range(start, min(start + self.config.n_batch, len(tokens)))
+            for i in chunk:
+                self._add(tokens[i], first + i, slot, confidence or i in wanted or i == last)
+            self._decode()
+            rows = {i: row for row, i in enumerate(chunk)}
+            states.update({i: self._state(rows[i]) for i in wanted if i in rows})
+            if confidence:
+                stats += [token_stats(self._logits_view(rows[i]), tokens[i + 1])
+                          for i in chunk if i < last]
+            if last in rows:
+                logits = self._logits(rows[last])
+        return states, stats, logits
 
     def _solution_tokens(self, steps: list[str], close_last: bool) -> tuple[list[int], list[int]]:
         """Tokens of written steps, each tokenized on its own with its separator (as generation
