@@ -156,3 +156,12 @@ def test_rollout_targets_alternate_wrong_and_right() -> None:
     }
     picked = [i for _, i, _ in label_steps.rollout_targets([row], per_problem=3)]
     assert picked == [2, 0, 1]  # an unparsed wrong sample says nothing about steps
+
+
+def test_step_auc_counts_ties_half_and_matches_pair_counting() -> None:
+    rng = np.random.default_rng(4)
+    s = np.round(rng.random(60), 1)
+    y = (rng.random(60) > 0.5).astype(float)
+    pairs = [1.0 if a > b else 0.5 if a == b else 0.0 for a in s[y == 1] for b in s[y == 0]]
+    assert tv.step_auc(s, y) == pytest.approx(100 * np.mean(pairs))
+    assert tv.first_error(np.array([1, 1, 0, 1.0])) == 2 and tv.first_error(np.ones(3)) == -1

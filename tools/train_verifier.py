@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from eval_prm import selection_accuracy  # noqa: E402
+from eval_prm import GRID, first_below, prf, selection_accuracy  # noqa: E402
 
 from edgetts.confidence import STEP_FEATURES  # noqa: E402
 from edgetts.prm import calculator_capped  # noqa: E402
@@ -255,6 +255,60 @@ def confidence_baselines(rows: list[EvalRow]) -> dict[str, float]:
     return out
 
 
+# -- step-level judgement on step-labelled solutions (held out by problem) -----------------
+
+
+def step_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """ROC AUC of step scores against 0/1 step labels (ties half), percent."""
+    pos, neg = labels > 0.5, labels <= 0.5
+    if not pos.any() or not neg.any():
+        return float("nan")
+    ranks = np.empty(len(scores))
+    ranks[np.argsort(scores, kind="mergesort")] = np.arange(1, len(scores) + 1)
+    _, tie, count = np.unique(scores, return_inverse=True, return_counts=True)
+    ranks = (np.bincount(tie, weights=ranks) / count)[tie]  # ties share their mean rank
+    return 100.0 * (ranks[pos].sum() - pos.sum() * (pos.sum() + 1) / 2) / (pos.sum() * neg.sum())
+
+
+def first_error(labels: np.ndarray) -> int:
+    """0-based first step labelled wrong, -1 when none (ProcessBench's label)."""
+    wrong = np.flatnonzero(labels <= 0.5)
+    return int(wrong[0]) if len(wrong) else -1
+
+
+def best_threshold(scores: list[np.ndarray], labels: list[int]) -> float:
+    return max(GRID, key=lambda t: prf([first_below(list(s), t) for s in scores], labels)["f1"])
+
+
+def step_cv(sols: list[Solution], captured, layers, conf, hidden: int, wd: float, folds: int) -> dict:
+    """Grouped K-fold over problems: step AUC and ProcessBench-format F1 (threshold picked on each
+    fold's training solutions, never on the judged ones)."""
+    groups = sorted({s.group for s in sols})
+    rng = np.random.default_rng(0)
+    fold_of = {g: i % folds for i, g in enumerate(rng.permutation(groups))}
+    all_scores, all_labels, preds, truths = [], [], [], []
+    for k in range(folds):
+        train = [s for s in sols if fold_of[s.group] != k]
+        test = [s for s in sols if fold_of[s.group] == k]
+        head = fit(*design(train, captured, layers, conf), hidden, wd)
+
+        def sig(sol: Solution, head: Head = head) -> np.ndarray:
+            return 1 / (1 + np.exp(-head.logits(features(sol, captured, layers, conf))))
+
+        t = best_threshold([sig(s) for s in train], [first_error(s.labels) for s in train])
+        for sol in test:
+            sc = sig(sol)
+            all_scores.append(sc)
+            all_labels.append(sol.labels)
+            preds.append(first_below(list(sc), t))
+            truths.append(first_error(sol.labels))
+    auc = step_auc(np.concatenate(all_scores), np.concatenate(all_labels))
+    return {
+        "step_auc": round(auc, 1),
+        **{k: round(v, 1) if isinstance(v, float) else v for k, v in prf(preds, truths).items()},
+    }
+
+
 # -- commands -------------------------------------------------------------------------------
 
 FEATURE_SETS = {  # name -> (layers, confidence features)
@@ -313,6 +367,15 @@ def ablate(args: argparse.Namespace) -> None:
             "shipped_probe": shipped_probe(args.shipped, rows, captured),
         }
     print(json.dumps(report["baselines"], indent=1), flush=True)
+    if args.step_cv and prm:
+        report["step_cv"] = {}
+        for spec in args.step_cv:
+            feats, model = spec.split(":")
+            layers, conf = FEATURE_SETS[feats]
+            hidden = 0 if model == "linear" else int(model.removeprefix("mlp"))
+            res = step_cv(prm, captured, layers, conf, hidden, args.wd, args.cv)
+            report["step_cv"][spec] = res
+            print("step_cv", spec, json.dumps(res), flush=True)
     sources = {"prmbench": prm, "rollout": roll, "outcome_train": outcome_train}
     for spec in args.configs:
         src, feats, model = spec.split(":")
@@ -380,6 +443,12 @@ def main() -> None:
         help="SOURCES:FEATURES:MODEL, SOURCES joined by + from prmbench, rollout, outcome_train, "
         f"cv (the eval sets' other folds); FEATURES one of {list(FEATURE_SETS)}; MODEL linear "
         "or mlpH",
+    )
+    ap.add_argument(
+        "--step-cv",
+        nargs="*",
+        default=[],
+        help="FEATURES:MODEL configs judged by grouped CV on the PRMBench solutions (step AUC, F1)",
     )
     ap.add_argument("--out", default=None, help="write the full report (JSON) here")
     ablate(ap.parse_args())
