@@ -16,9 +16,8 @@ an outcome-labelled eval set can also train the probe for its *other* problems (
 
     python tools/train_verifier.py ablate --prmbench runs/labels/prmbench \\
         --eval runs/labels/mawps runs/labels/gsm8k_test --cv-outcome 5
-    python tools/train_verifier.py export --prmbench runs/labels/prmbench --eval-as-train \\
-        runs/labels/mawps runs/labels/gsm8k_test --layers 12 -1 --conf --hidden 0 \\
-        --out models/prm-probe-qwen05-v2
+    python tools/train_verifier.py --prmbench runs/labels/prmbench --outcome runs/labels/gsm8k_train \\
+        --features all+conf --hidden 0 --export models/prm-probe-qwen05-v2
 
 Torch is needed here only (the dev extra); one thread by default (``--threads``).
 """
@@ -425,8 +424,53 @@ def export_head(head: Head, out: Path, manifest: dict) -> None:
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
 
 
+def export(args: argparse.Namespace) -> None:
+    """Fit one configuration on all the given training data and write the probe directory."""
+    import torch
+
+    from edgetts.metadata import read_metadata
+    from edgetts.models import resolve
+
+    torch.set_num_threads(args.threads)
+    layers, conf = FEATURE_SETS[args.features]
+    sols = [s for d in args.prmbench for s in load_step_labelled(d)]
+    sols += [s for d in args.rollout for s in load_step_labelled(d)]
+    sols += [s for d in args.outcome for r in load_samples(d) for s in r.solutions]
+    X, y = design(sols, args.captured, layers, conf)
+    head = fit(X, y, args.hidden, args.wd)
+    meta = read_metadata(resolve(None))
+    feats = list(STEP_FEATURES) if conf else []
+    manifest = {
+        "kind": "policy_probe",
+        "name": Path(args.export).name,
+        "hidden_size": int(X.shape[1]),
+        "layers": layers,
+        "features": feats,
+        "policy": {"name": meta.name, "n_embd": meta.n_embd, "file": Path(resolve(None)).name},
+        "input_name": "hidden",
+        "output_name": "logit",
+        "default_aggregation": args.agg,
+        "calculator_check": True,
+        "calculator_cap": CALCULATOR_CAP,
+        "model_file": "model.onnx",
+        "training": {
+            "data": f"{len(sols)} solutions, {len(X)} step states: "
+            + ", ".join(args.prmbench + args.rollout + args.outcome),
+            "head": f"hidden {args.hidden}, weight decay {args.wd}",
+            **({"note": args.note} if args.note else {}),
+        },
+    }
+    export_head(head, Path(args.export), manifest)
+    print(f"wrote {args.export} ({X.shape[1]} inputs, {len(X)} training steps)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--export", default=None, help="fit --features/--hidden on all data, write here")
+    ap.add_argument("--features", default="last", choices=list(FEATURE_SETS))
+    ap.add_argument("--hidden", type=int, default=0)
+    ap.add_argument("--agg", default="min", choices=["last", "min", "prod"])
+    ap.add_argument("--note", default=None)
     ap.add_argument("--prmbench", nargs="*", default=[])
     ap.add_argument("--rollout", nargs="*", default=[])
     ap.add_argument("--outcome", nargs="*", default=[], help="sample dirs used for training only")
@@ -451,7 +495,11 @@ def main() -> None:
         help="FEATURES:MODEL configs judged by grouped CV on the PRMBench solutions (step AUC, F1)",
     )
     ap.add_argument("--out", default=None, help="write the full report (JSON) here")
-    ablate(ap.parse_args())
+    args = ap.parse_args()
+    if args.export:
+        export(args)
+    else:
+        ablate(args)
 
 
 if __name__ == "__main__":
