@@ -206,23 +206,37 @@ def load_scorer(path: str | os.PathLike[str] | None = None, threads: int | None 
 
 
 def save_states(file: str | os.PathLike[str], paths: list[Path]) -> None:
-    """Keep paths' steps and step states (float16) in one ``.npz``, for rescoring or training."""
+    """Keep paths' steps and step states (float16) in one ``.npz``, for rescoring or training;
+    with their token confidence too when every path recorded it (``capture_confidence``)."""
     flat = [s for p in paths for s in p.step_states]
     if any(s is None for s in flat) or any(len(p.step_states) != len(p.steps) for p in paths):
         raise ValueError("every step needs a recorded state (capture_states)")
     width = len(flat[0]) if flat else 0
+    extra = {}
+    if paths and all(len(p.step_token_ends) == len(p.steps) for p in paths):
+        stats = [s for p in paths for s in p.token_stats]
+        extra = {"token_stats": np.array(stats, dtype=np.float32).reshape(-1, 3),
+                 "ntokens": np.array([len(p.token_stats) for p in paths], dtype=np.int64),
+                 "step_token_ends": np.array([e for p in paths for e in p.step_token_ends], dtype=np.int64)}
     np.savez(file, H=np.stack(flat).astype(np.float16) if flat else np.zeros((0, width), np.float16),
              nsteps=np.array([len(p.steps) for p in paths], dtype=np.int64),
-             steps=np.array([s for p in paths for s in p.steps], dtype=str))
+             steps=np.array([s for p in paths for s in p.steps], dtype=str), **extra)
 
 
 def load_states(file: str | os.PathLike[str]) -> list[Path]:
-    """Paths (steps and float32 step states, nothing else) as :func:`save_states` kept them."""
+    """Paths (steps, float32 step states and any token confidence) as :func:`save_states` kept
+    them."""
     z = np.load(file)
     bounds = np.cumsum(np.r_[0, z["nsteps"]])
     H, steps = z["H"].astype(np.float32), [str(s) for s in z["steps"]]
-    return [Path(steps=steps[a:b], step_states=list(H[a:b]), finished=True)
-            for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    paths = [Path(steps=steps[a:b], step_states=list(H[a:b]), finished=True)
+             for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    if "token_stats" in z:
+        tb = np.cumsum(np.r_[0, z["ntokens"]])
+        for p, a, b, c, d in zip(paths, tb[:-1], tb[1:], bounds[:-1], bounds[1:], strict=True):
+            p.token_stats = [tuple(map(float, row)) for row in z["token_stats"][a:b]]
+            p.step_token_ends = [int(e) for e in z["step_token_ends"][c:d]]
+    return paths
 
 
 def default_prm_dir(policy_name: str, n_embd: int, models_dir: FsPath | None = None) -> FsPath:

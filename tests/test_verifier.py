@@ -165,3 +165,18 @@ def test_step_auc_counts_ties_half_and_matches_pair_counting() -> None:
     pairs = [1.0 if a > b else 0.5 if a == b else 0.0 for a in s[y == 1] for b in s[y == 0]]
     assert tv.step_auc(s, y) == pytest.approx(100 * np.mean(pairs))
     assert tv.first_error(np.array([1, 1, 0, 1.0])) == 2 and tv.first_error(np.ones(3)) == -1
+
+
+def test_kept_states_carry_token_confidence(tmp_path: FsPath) -> None:
+    from edgetts.probe import load_states, save_states
+
+    rng = np.random.default_rng(5)
+    paths = [conf_path(rng, 2), conf_path(rng, 3)]
+    save_states(tmp_path / "s.npz", paths)
+    back = load_states(tmp_path / "s.npz")
+    for a, b in zip(paths, back, strict=True):
+        assert b.step_token_ends == a.step_token_ends
+        np.testing.assert_allclose(np.array(b.token_stats), np.array(a.token_stats), rtol=1e-6)
+    # without confidence recorded, none is invented
+    save_states(tmp_path / "t.npz", [Path(steps=["a"], step_states=[np.zeros(WIDTH, np.float32)])])
+    assert load_states(tmp_path / "t.npz")[0].step_token_ends == []
