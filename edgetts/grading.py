@@ -4,9 +4,11 @@ Extraction order, most explicit first: the last ``\\boxed{...}``, then "The answ
 GSM8K-style "#### ..." line, then the last number in the text. Unfinished text never answers: a
 ``\\boxed{`` that was opened but not closed means no answer (not the text around it), and the
 last-number fallback applies only to a solution that ended by itself, since a solution cut by the
-token limit or a deadline stops mid-sentence, on whatever number it was writing. Numbers are compared numerically
-after stripping currency, thousands separators, units and trailing periods; everything else goes to
-``math-verify``, which understands LaTeX (fractions, roots, tuples, intervals).
+token limit or a deadline stops mid-sentence, on whatever number it was writing.
+
+Numbers are compared numerically after stripping currency, thousands separators, units and
+trailing periods; everything else goes to ``math-verify``, which understands LaTeX (fractions,
+roots, tuples, intervals).
 """
 
 from __future__ import annotations
