@@ -17,7 +17,7 @@ an outcome-labelled eval set can also train the probe for its *other* problems (
     python tools/train_verifier.py ablate --prmbench runs/labels/prmbench \\
         --eval runs/labels/mawps runs/labels/gsm8k_test --cv-outcome 5
     python tools/train_verifier.py --prmbench runs/labels/prmbench --outcome runs/labels/gsm8k_train \\
-        --features all+conf --hidden 0 --export models/prm-probe-qwen05-v2
+        --features all+conf --hidden 0 --export edgetts/assets/prm-probe-qwen05-v2
 
 Torch is needed here only (the dev extra); one thread by default (``--threads``).
 """
@@ -476,7 +476,7 @@ def main() -> None:
     ap.add_argument("--outcome", nargs="*", default=[], help="sample dirs used for training only")
     ap.add_argument("--eval", nargs="*", default=[], help="held-out sample dirs")
     ap.add_argument("--captured", type=int, nargs="+", default=[6, 12, 18, -1])
-    ap.add_argument("--shipped", default="models/prm-probe-qwen05")
+    ap.add_argument("--shipped", default="edgetts/assets/prm-probe-qwen05")
     ap.add_argument("--cv", type=int, default=5, help="folds for sources with 'cv' (eval outcome)")
     ap.add_argument("--wd", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=1)
