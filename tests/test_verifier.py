@@ -180,3 +180,31 @@ def test_kept_states_carry_token_confidence(tmp_path: FsPath) -> None:
     # without confidence recorded, none is invented
     save_states(tmp_path / "t.npz", [Path(steps=["a"], step_states=[np.zeros(WIDTH, np.float32)])])
     assert load_states(tmp_path / "t.npz")[0].step_token_ends == []
+
+
+class PrefixPolicy:
+    """Stands in for LlamaPolicy in mc_labels: continuations depend on the prefix's length."""
+
+    def __init__(self) -> None:
+        self.prefixes: list[list[str]] = []
+
+    def path_from(self, question: str, steps: list[str]) -> Path:
+        self.prefixes.append(list(steps))
+        return Path(steps=list(steps))
+
+    def extend(self, paths: list[Path], n_each: int, to_end: bool = False) -> list[Path]:
+        (p,) = paths
+        # after one step, every other rollout ends right; after two, all of them
+        right = [i % 2 == 0 for i in range(n_each)] if len(p.steps) == 1 else [True] * n_each
+        return [Path(steps=[*p.steps, f"\\boxed{{{7 if ok else 8}}}"], finished=True) for ok in right]
+
+    def release(self, paths: list[Path]) -> None:
+        pass
+
+
+def test_mc_labels_are_the_share_of_rollouts_that_end_right() -> None:
+    policy = PrefixPolicy()
+    steps = ["a\n\n", "b\n\n", "so \\boxed{8}"]
+    labels = label_steps.mc_labels(policy, "q", steps, "7", k=4)
+    assert labels == [0.5, 1.0, 0.0]  # the last step's label is the sample's own (wrong) outcome
+    assert policy.prefixes == [steps[:1], steps[:2]]
