@@ -482,7 +482,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
         "--configs",
-        nargs="+",
+        nargs="*",
         default=["prmbench:last:linear", "prmbench:all+conf:linear", "cv:last:linear"],
         help="SOURCES:FEATURES:MODEL, SOURCES joined by + from prmbench, rollout, outcome_train, "
         f"cv (the eval sets' other folds); FEATURES one of {list(FEATURE_SETS)}; MODEL linear "
