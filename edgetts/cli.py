@@ -203,6 +203,18 @@ def _record(problem, result, options, model: str | None, seconds: float) -> dict
     }
 
 
+# Settings that change a run's answers; a results file keeps them, and a resume must match.
+# (Threads and GPU offload change only the speed.)
+ANSWER_SETTINGS = ("strategy", "n", "beam_width", "max_steps", "agg", "temperature", "top_p", "top_k",
+                   "seed", "deadline_s", "memory_mb", "max_tokens", "kv_type", "prm_path")
+
+
+def _run_settings(kw: dict) -> dict:
+    settings = {key: kw[key] for key in ANSWER_SETTINGS}
+    settings["model"] = kw["model"] or registry.default_model_name()
+    return settings
+
+
 @main.command()
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
               help="Benchmark file (JSONL, or a .json list).")
@@ -223,8 +235,10 @@ def run(data_path: Path, out_path: Path, limit, question_key, answer_key, id_key
     from edgetts.data import load_problems
     from edgetts.results import ResultsFile
 
+    if out_path.exists() and data_path.exists() and out_path.resolve() == data_path.resolve():
+        raise click.UsageError("--out is the --data file; results go to a file of their own")
     problems = load_problems(data_path, question_key, answer_key, id_key, limit)
-    results = ResultsFile(out_path)
+    results = ResultsFile(out_path, settings=_run_settings(kw))
     todo = [p for p in problems if p.id not in results.done]
     if len(todo) < len(problems):
         click.echo(f"resuming: {len(problems) - len(todo)} of {len(problems)} already in {out_path}",

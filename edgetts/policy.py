@@ -42,7 +42,7 @@ from edgetts.llama.cpu_buffers import apply_cpu_buffer_policy
 from edgetts.llama.ggml import ggml_base_lib
 from edgetts.metadata import ModelMetadata, read_metadata
 from edgetts.models import resolve
-from edgetts.prompts import STEP_SEPARATOR, build_prompt
+from edgetts.prompts import STEP_SEPARATOR, build_prompt, prompt_parts
 from edgetts.search.base import Deadline, Path
 
 log = logging.getLogger("edgetts.llama")
@@ -293,11 +293,14 @@ class LlamaPolicy:
 
     # -- tokens --------------------------------------------------------------------------------
 
-    def tokenize(self, text: str, special: bool = True) -> list[int]:
+    def tokenize(self, text: str, special: bool = True, add_bos: bool | None = None) -> list[int]:
+        """Tokens of ``text``; ``special``: read special-token markers in it (trusted text only)
+        and add the BOS token if the model wants one (``add_bos`` decides on its own if given)."""
         data = text.encode()
         capacity = len(data) + 16
         buf = (llama_cpp.llama_token * capacity)()
-        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, special, special)
+        add = special if add_bos is None else add_bos
+        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, add, special)
         if n < 0:
             raise PolicyError("prompt too long to tokenize")
         return list(buf[:n])
@@ -307,8 +310,23 @@ class LlamaPolicy:
         return self._piece_buf.raw[: max(n, 0)]
 
     def prompt_text(self, question: str) -> str:
-        bos = self.piece(llama_cpp.llama_vocab_bos(self._vocab)).decode(errors="ignore")
-        return build_prompt(question, self.metadata.chat_template, bos=bos)
+        """The prompt for ``question`` as text (to show; :meth:`prompt_tokens` is what runs)."""
+        return build_prompt(question, self.metadata.chat_template, bos=self._bos_text())
+
+    def prompt_tokens(self, question: str) -> list[int]:
+        """The prompt's tokens, special-token markers read in the template's text only: a
+        question never gains control of the chat (see :func:`edgetts.prompts.prompt_parts`)."""
+        try:
+            parts = prompt_parts(question, self.metadata.chat_template, bos=self._bos_text())
+        except ValueError as exc:
+            raise PolicyError(str(exc)) from None
+        tokens: list[int] = []
+        for text, trusted in parts:
+            tokens += self.tokenize(text, special=trusted, add_bos=not tokens and trusted)
+        return tokens
+
+    def _bos_text(self) -> str:
+        return self.piece(llama_cpp.llama_vocab_bos(self._vocab)).decode(errors="ignore")
 
     # -- StepGenerator -------------------------------------------------------------------------
 
@@ -317,7 +335,7 @@ class LlamaPolicy:
         if not question or not question.strip():
             raise PolicyError("the question is empty")
         start = time.perf_counter()
-        tokens = self.tokenize(self.prompt_text(question))
+        tokens = self.prompt_tokens(question)
         limit = min(self.config.max_prompt_tokens, self.config.resolved_n_ctx() - self.config.max_tokens)
         if len(tokens) > limit:
             raise PolicyError(

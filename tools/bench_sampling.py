@@ -69,7 +69,7 @@ def bench_sequential(llm: llama_cpp.Llama, prompt: str, n: int, max_tokens: int,
 def bench_reprefill(policy: LlamaPolicy, n: int, max_tokens: int, seed: int):
     """(c): the same batched decoding, but each sample prefills its own copy of the prompt."""
     ctx, vocab = policy._ctx, policy._vocab
-    prompt = policy.tokenize(policy.prompt_text(QUESTION))
+    prompt = policy.prompt_tokens(QUESTION)
     memory = llama_cpp.llama_get_memory(ctx)
     start = time.perf_counter()
     llama_cpp.llama_memory_clear(memory, True)
