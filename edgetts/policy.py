@@ -32,7 +32,7 @@ import os
 import time
 import zlib
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path as FsPath
 
 import llama_cpp
@@ -43,7 +43,7 @@ from edgetts.llama.ggml import ggml_base_lib
 from edgetts.metadata import ModelMetadata, read_metadata
 from edgetts.models import resolve
 from edgetts.prompts import STEP_SEPARATOR, build_prompt, prompt_parts
-from edgetts.search.base import Deadline, Path
+from edgetts.search.base import DEFAULT_TEMPERATURE, Deadline, Path, Sampling
 
 log = logging.getLogger("edgetts.llama")
 
@@ -61,10 +61,6 @@ llama_cpp.llama_log_set(_llama_log, ctypes.c_void_p(0))
 
 KV_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
 TEMPLATE_SLOT = 0
-# The small default policy degenerates when sampled hot: on GSM8K train problems, T=0.3 gave right
-# single samples twice as often as T=0.8, and a right answer among 8 samples more often too
-# (tools/sampling_study.py; figures in README "Sampling").
-DEFAULT_TEMPERATURE = 0.3
 
 
 def default_threads() -> int:
@@ -89,7 +85,7 @@ class PolicyConfig:
 
     model: str | None = None  # registry name or .gguf path; None = the default model
     n_seq_max: int = 16  # sequences decoded together (beams, samples) besides the template
-    max_tokens: int = 512  # generated tokens per solution
+    max_tokens: int = 512  # generated tokens per solution, at most (the context is sized for it)
     max_step_tokens: int = 256  # a step longer than this is cut into two
     max_prompt_tokens: int = 1024
     n_ctx: int = 0  # KV cells in all; 0 = enough for the prompt plus n_seq_max full solutions
@@ -97,6 +93,7 @@ class PolicyConfig:
     n_threads: int | None = None  # None = $EDGETTS_THREADS, else every core this process may use
     n_gpu_layers: int = 0  # layers offloaded to the GPU (needs a CUDA build of llama.cpp)
     kv_type: str = "f16"  # "f16" or "q8_0"
+    # Sampling for a root() given none (tools, tests); searches pass their own Sampling.
     temperature: float = DEFAULT_TEMPERATURE
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
@@ -200,8 +197,12 @@ class LlamaPolicy:
     """A GGUF model on llama.cpp implementing the StepGenerator interface."""
 
     def __init__(self, config: PolicyConfig | None = None) -> None:
-        self.config = config or PolicyConfig()
+        self.config = replace(config) if config is not None else PolicyConfig()  # its own copy
         cfg = self.config
+        if cfg.max_tokens < 1:
+            raise PolicyError(f"max_tokens must be at least 1, got {cfg.max_tokens}")
+        if cfg.n_threads is not None and cfg.n_threads < 1:
+            raise PolicyError(f"n_threads must be at least 1, got {cfg.n_threads}")
         if cfg.kv_type not in KV_TYPES:
             raise PolicyError(f"unknown KV cache type {cfg.kv_type!r}; choose one of {list(KV_TYPES)}")
         if cfg.n_seq_max < 1:
@@ -228,6 +229,7 @@ class LlamaPolicy:
         self._piece_buf = ctypes.create_string_buffer(256)
         self._free_slots: list[int] = []
         self._template: _Seq | None = None  # the prefilled prompt in slot 0, reused by root()
+        self._sampling = self._configured_sampling()  # the current search's, set by root()
         self._stop_strings = [] if self.metadata.chat_template else [b"\nQuestion:"]
 
     # -- setup ---------------------------------------------------------------------------------
@@ -330,10 +332,19 @@ class LlamaPolicy:
 
     # -- StepGenerator -------------------------------------------------------------------------
 
-    def root(self, question: str) -> Path:
-        """Clear the cache and prefill the prompt for ``question`` once (kept for a next root)."""
+    def root(self, question: str, sampling: Sampling | None = None) -> Path:
+        """Clear the cache and prefill the prompt for ``question`` once (kept for a next root).
+
+        The root begins a search: ``sampling`` (None: this policy's configured sampling) holds
+        for every path grown from it, until the next root.
+        """
         if not question or not question.strip():
             raise PolicyError("the question is empty")
+        sampling = sampling or self._configured_sampling()
+        if sampling.max_tokens is not None and not 1 <= sampling.max_tokens <= self.config.max_tokens:
+            raise PolicyError(f"max_tokens must be 1..{self.config.max_tokens} (the limit this policy's "
+                              f"context was made for), got {sampling.max_tokens}")
+        self._sampling = sampling
         start = time.perf_counter()
         tokens = self.prompt_tokens(question)
         limit = min(self.config.max_prompt_tokens, self.config.resolved_n_ctx() - self.config.max_tokens)
@@ -440,6 +451,10 @@ class LlamaPolicy:
             if isinstance(seq, _Seq) and not seq.is_template:
                 self._free(seq)
                 seq.logits = None
+
+    def _configured_sampling(self) -> Sampling:
+        cfg = self.config
+        return Sampling(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, seed=cfg.seed)
 
     # -- generation ----------------------------------------------------------------------------
 
@@ -585,7 +600,7 @@ class LlamaPolicy:
             child.step_bytes = child.step_bytes[: child.step_bytes.index(stop)]
             self._end_path(child, "eos")
             return
-        if path.n_tokens >= cfg.max_tokens:
+        if path.n_tokens >= (self._sampling.max_tokens or cfg.max_tokens):
             self._end_path(child, "max_tokens")
             return
         child.to_decode = [token]
@@ -731,7 +746,7 @@ class LlamaPolicy:
         return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).copy()
 
     def _new_sampler(self, lineage: tuple[int, ...]) -> llama_cpp.llama_sampler_p:
-        cfg = self.config
+        cfg = self._sampling
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         if cfg.temperature <= 0:
             llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())

@@ -357,7 +357,6 @@ class Job:
 
     question: str
     options: SolveOptions
-    max_tokens: int
     cancel: threading.Event = field(default_factory=threading.Event)
     future: Future | None = None
     queued_at: float = field(default_factory=time.perf_counter)
@@ -436,11 +435,7 @@ class Engine:
                 raise ApiError(503, f"deadline_s={job.options.deadline_s:g} passed while queued",
                                type="server_error", code="deadline_exceeded")
             job.options = dataclasses.replace(job.options, deadline_s=left)
-        policy = self.solver.policy
-        # Only this thread solves, so the per-request token cap can be set here; the context was
-        # sized for the server's cap (n_ctx fixed at startup), so a smaller one is always safe.
-        policy.config.max_tokens = job.max_tokens
-        job.tokens_at_start = policy.counters.tokens_sampled
+        job.tokens_at_start = self.solver.policy.counters.tokens_sampled
         try:
             return self.solver.solve(job.question, job.options, cancel=job.cancel)
         finally:
@@ -573,7 +568,7 @@ class App:
         if max_tokens > s.max_tokens:
             raise ApiError(400, f"max_tokens={max_tokens} is more than this server allows "
                                 f"(max {s.max_tokens})", param="max_tokens")
-        fields: dict[str, Any] = {"strategy": strategy}
+        fields: dict[str, Any] = {"strategy": strategy, "max_tokens": max_tokens}
         if n is not None:
             fields["n"] = n
         for name in ("beam_width", "max_steps", "agg", "temperature", "top_p", "top_k", "seed"):
@@ -592,7 +587,7 @@ class App:
             options.validate()
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
-        return Job(question=req.question(), options=options, max_tokens=max_tokens)
+        return Job(question=req.question(), options=options)
 
     def _memory_mb(self, requested: float | None) -> float | None:
         """The request's memory budget, capped by the server's own."""
@@ -812,8 +807,9 @@ def serve(solver: Solver, settings: ServerSettings) -> None:
     if settings.default_strategy not in (None, *known_strategies()):
         raise ValueError(f"unknown strategy {settings.default_strategy!r}; "
                          f"choose one of {sorted(known_strategies())}")
-    cfg = solver.policy_config
-    cfg.n_ctx = cfg.resolved_n_ctx()  # fixed now, so a per-request max_tokens cannot resize it
+    # The context is sized once, for the server's max_tokens; a request asks for at most that.
+    solver.policy_config = dataclasses.replace(solver.policy_config,
+                                               n_ctx=solver.policy_config.resolved_n_ctx())
     prm_state = load_solver(solver)
     app = create_app(solver, settings)
     state: App = app.state.edgetts
