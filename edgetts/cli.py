@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -16,7 +17,7 @@ import click
 
 from edgetts import models as registry
 from edgetts.grading import answers_equal
-from edgetts.search.base import SearchResult
+from edgetts.search.base import MAX_N, SearchResult
 from edgetts.solver import SolveOptions
 
 EXIT_INTERRUPTED = 130
@@ -47,12 +48,13 @@ def _search_options(func):
     options = [
         click.option("--strategy", default="auto", show_default=True,
                      help="auto, greedy, majority, best_of_n, weighted_best_of_n, beam_search or dvts."),
-        click.option("-n", "--n", "n", type=int, default=None,
+        click.option("-n", "--n", "n", type=click.IntRange(1, MAX_N), default=None,
                      help="Samples (majority, best-of-N), beams (beam search) or leaves (DVTS) "
                           "[default: planned under a budget, else 4]."),
-        click.option("--beam-width", default=4, show_default=True,
+        click.option("--beam-width", default=4, show_default=True, type=click.IntRange(1, MAX_N),
                      help="Expansions per kept beam (beam search, DVTS)."),
-        click.option("--max-steps", default=40, show_default=True, help="Search rounds at most."),
+        click.option("--max-steps", default=40, show_default=True, type=click.IntRange(1),
+                     help="Search rounds at most."),
         click.option("--agg", default=None, type=click.Choice(["last", "min", "prod"]),
                      help="How step scores combine into a path score [default: the PRM's own, "
                           "from its manifest]."),
@@ -71,9 +73,10 @@ def _search_options(func):
         click.option("--prm", "prm_path", default=None,
                      help="PRM directory: a text PRM or a policy probe (default: the one "
                           "shipped for the policy)."),
-        click.option("--max-tokens", default=512, show_default=True,
+        click.option("--max-tokens", default=512, show_default=True, type=click.IntRange(1),
                      help="Generated tokens per solution."),
-        click.option("--threads", type=int, default=None, help="CPU threads (default: all)."),
+        click.option("--threads", type=click.IntRange(1), default=None,
+                     help="CPU threads (default: $EDGETTS_THREADS, else all cores)."),
         click.option("--n-gpu-layers", type=int, default=None,
                      help="Layers to offload to a GPU (CUDA build of llama.cpp) [default: 0, or "
                           "planned under a budget]."),
@@ -113,6 +116,13 @@ def _explain(solver, options, question: str | None) -> None:
     click.echo(text, err=True)
 
 
+class _PlainFormatter(logging.Formatter):
+    """``Warning: ...`` on one line, as click prints ``Error: ...``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.capitalize()}: {record.getMessage()}"
+
+
 @click.group()
 @click.version_option(package_name="edgetts")
 def main() -> None:
@@ -121,6 +131,13 @@ def main() -> None:
     Sample several reasoning paths on a local GGUF model, score their steps with a process
     reward model, search, and answer. Everything runs offline.
     """
+    logger = logging.getLogger("edgetts")
+    if not logger.handlers:  # warnings (a missing PRM, an unusable file) as one plain line
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_PlainFormatter())
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
 
 
 @main.command()
@@ -135,7 +152,7 @@ def solve(question: str, show: bool, as_json: bool, **kw) -> None:
     Example: edgetts solve "A pen costs 3 dollars. How much do 7 pens cost?" --show
     """
     if not question.strip():
-        raise click.UsageError("the question is empty")
+        raise click.ClickException("the question is empty")
     solver, options = _make_solver(kw)
     if kw["explain"]:
         _explain(solver, options, question)
@@ -285,7 +302,8 @@ def plan(question: str | None, **kw) -> None:
 @click.option("-m", "--model", default=None, help="Registry name or .gguf path (default model).")
 @click.option("--prm", "prm_path", default=None,
               help="PRM directory (default: the one shipped for the policy).")
-@click.option("--threads", type=int, default=None, help="CPU threads (default: $EDGETTS_THREADS or all).")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="CPU threads (default: $EDGETTS_THREADS or all).")
 @click.option("--batches", default="1,2,4,8,16,32", show_default=True,
               help="Batch sizes (sequences decoded together) to measure.")
 @click.option("--tokens", default=16, show_default=True, help="Tokens decoded per sequence and batch.")
@@ -350,8 +368,11 @@ def _spec(name: str | None) -> registry.ModelSpec:
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; anything but loopback exposes the server to the network.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--api-key", envvar="EDGETTS_API_KEY", default=None,
-              help="Require 'Authorization: Bearer KEY' on /v1 (also $EDGETTS_API_KEY).")
+@click.option("--api-key", envvar="EDGETTS_API_KEY", default=None, show_envvar=True,
+              help="Require 'Authorization: Bearer KEY' on /v1. A key given here shows in `ps` to "
+                   "every user of this machine: prefer $EDGETTS_API_KEY or --api-key-file.")
+@click.option("--api-key-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Read the API key from this file (its first line).")
 @click.option("-m", "--model", default=None,
               help="Registry name or path to a .gguf file (default: the default model).")
 @click.option("--prm", "prm_path", default=None,
@@ -359,20 +380,25 @@ def _spec(name: str | None) -> registry.ModelSpec:
 @click.option("--strategy", default=None,
               help="Default strategy for requests that name none (default: auto when available, "
                    "else majority).")
-@click.option("-n", "--n", "n", default=4, show_default=True, help="Default n for requests.")
+@click.option("-n", "--n", "n", default=4, show_default=True, type=click.IntRange(1, MAX_N),
+              help="Default n for requests.")
 @click.option("--deadline-s", type=float, default=None, help="Default deadline for requests.")
 @click.option("--memory-mb", type=float, default=None, help="Memory budget for strategy auto.")
-@click.option("--max-n", default=16, show_default=True, help="Largest n a request may ask for.")
-@click.option("--max-queue", default=4, show_default=True,
+@click.option("--max-n", default=16, show_default=True, type=click.IntRange(1, MAX_N),
+              help="Largest n a request may ask for.")
+@click.option("--max-queue", default=4, show_default=True, type=click.IntRange(0),
               help="Requests that may wait behind the running one; more get 503 + Retry-After.")
-@click.option("--max-tokens", default=512, show_default=True,
+@click.option("--max-tokens", default=512, show_default=True, type=click.IntRange(1),
               help="Generated tokens per solution, at most (requests may ask for fewer).")
-@click.option("--max-body-kb", default=256, show_default=True, help="Largest request body.")
-@click.option("--threads", type=int, default=None, help="CPU threads (default: $EDGETTS_THREADS or all).")
+@click.option("--max-body-kb", default=256, show_default=True, type=click.IntRange(1),
+              help="Largest request body.")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="CPU threads (default: $EDGETTS_THREADS or all).")
 @click.option("--n-gpu-layers", default=0, show_default=True, help="Layers to offload to a GPU.")
 @click.option("--kv-type", default="f16", show_default=True, type=click.Choice(["f16", "q8_0"]))
 @_friendly_errors
-def serve(host: str, port: int, api_key: str | None, model: str | None, prm_path: str | None,
+def serve(host: str, port: int, api_key: str | None, api_key_file: Path | None, model: str | None,
+          prm_path: str | None,
           strategy: str | None, n: int, deadline_s: float | None, memory_mb: float | None,
           max_n: int, max_queue: int, max_tokens: int, max_body_kb: int, threads: int | None,
           n_gpu_layers: int, kv_type: str) -> None:
@@ -380,15 +406,20 @@ def serve(host: str, port: int, api_key: str | None, model: str | None, prm_path
 
     Example: edgetts serve --port 8000, then point any OpenAI client at http://127.0.0.1:8000/v1
     """
-    import logging
-
     from edgetts.policy import PolicyConfig
     from edgetts.server import ServerSettings, model_names
     from edgetts.server import serve as run_server
     from edgetts.solver import Solver
 
-    if n > max_n or max_n < 1 or max_queue < 0:
-        raise click.UsageError("need 1 <= --n <= --max-n and --max-queue >= 0")
+    if n > max_n:
+        raise click.UsageError(f"--n {n} is more than --max-n {max_n}")
+    if api_key_file is not None:
+        lines = api_key_file.read_text(encoding="utf-8").splitlines()
+        api_key = lines[0] if lines else ""
+    if api_key is not None and not api_key.strip():
+        raise click.ClickException("the API key is empty: it would let every client in; give a key "
+                                   "or none")
+    api_key = api_key.strip() if api_key is not None else None
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s:     %(message)s")
     logging.getLogger("edgetts").setLevel(logging.INFO)
     model_id, aliases = model_names(model)

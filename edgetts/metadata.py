@@ -65,7 +65,12 @@ def _read(path: str, size: int, mtime: float) -> ModelMetadata:
     try:
         reader = GGUFReader(path)
     except (ValueError, IndexError, OSError) as exc:
-        raise ModelError(f"{path} is not a readable GGUF file: {exc}") from exc
+        # gguf's reader maps the file and fails with numpy's words when the header runs past
+        # the end: that is a truncated download far more often than a corrupt byte.
+        raise ModelError(
+            f"{path} is not a readable GGUF file: truncated or corrupt, its header does not read to "
+            f"its end within the file's {size:,} bytes (gguf: {exc})"
+        ) from None
     arch = _field(reader, "general.architecture")
     if not arch:
         raise ModelError(f"{path} has no general.architecture: not a llama.cpp model")

@@ -71,8 +71,23 @@ def default_threads() -> int:
     """
     env = os.environ.get("EDGETTS_THREADS")
     if env:
-        return max(1, int(env))
+        if not env.strip().isdigit():
+            raise PolicyError(f"EDGETTS_THREADS must be a whole number, got {env!r}")
+        return check_threads(int(env))
+    return available_cores()
+
+
+def available_cores() -> int:
+    """Cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def check_threads(n_threads: int | None) -> int | None:
+    """``n_threads`` if it is 1..the cores here; more threads than cores only slow llama.cpp."""
+    if n_threads is not None and not 1 <= n_threads <= available_cores():
+        raise PolicyError(f"threads must be 1..{available_cores()} (the cores this process may use), "
+                          f"got {n_threads}")
+    return n_threads
 
 
 class PolicyError(Exception):
@@ -201,14 +216,19 @@ class LlamaPolicy:
         cfg = self.config
         if cfg.max_tokens < 1:
             raise PolicyError(f"max_tokens must be at least 1, got {cfg.max_tokens}")
-        if cfg.n_threads is not None and cfg.n_threads < 1:
-            raise PolicyError(f"n_threads must be at least 1, got {cfg.n_threads}")
+        check_threads(cfg.n_threads)
         if cfg.kv_type not in KV_TYPES:
             raise PolicyError(f"unknown KV cache type {cfg.kv_type!r}; choose one of {list(KV_TYPES)}")
         if cfg.n_seq_max < 1:
             raise PolicyError(f"n_seq_max must be at least 1, got {cfg.n_seq_max}")
         self.model_path: FsPath = resolve(cfg.model)
         self.metadata: ModelMetadata = read_metadata(self.model_path)
+        n_ctx_train = self.metadata.n_ctx_train
+        if n_ctx_train and cfg.max_tokens + cfg.max_prompt_tokens > n_ctx_train:
+            raise PolicyError(
+                f"max_tokens={cfg.max_tokens} plus a prompt of up to {cfg.max_prompt_tokens} tokens is "
+                f"more than this model's context of {n_ctx_train} tokens"
+            )
         self.counters = GeneratorCounters()
         llama_cpp.llama_backend_init()
         n_layers = self.metadata.n_layers

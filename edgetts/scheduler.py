@@ -33,15 +33,17 @@ Solver loads them once).
 
 from __future__ import annotations
 
+import logging
 import math
 import struct
-import warnings
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
 from edgetts import calibration as calib
 from edgetts.metadata import ModelMetadata
+
+log = logging.getLogger("edgetts.scheduler")
 
 MB = 1 << 20
 RUNTIME_MB = 90.0
@@ -442,7 +444,7 @@ def plan_for(
     threads = budget.n_threads or default_threads()
     cal, note = calib.load(meta, threads)
     if cal is None and note and note.startswith("ignoring"):
-        warnings.warn(note, stacklevel=2)  # a broken file deserves a word even without --explain
+        log.warning(note)  # a broken file deserves a word even without --explain
     prm = prm_cost(prm_dir) if budget.strategy in SCORED else None
     plan = make_plan(meta, budget, cal, note, prm,
                      gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()),

@@ -344,8 +344,10 @@ class Health(BaseModel):
     running: int
     queued: int
     max_queue: int
-    served: int
-    rejected: int
+    served: int  # searches that answered
+    failed: int  # searches that raised (bad input found late, a model error)
+    cancelled: int  # clients that left, and searches stopped by shutdown before they started
+    rejected: int  # turned away at the door (503: queue full, deadline unreachable)
 
 
 # -- the search queue --------------------------------------------------------------------------
@@ -381,6 +383,8 @@ class Engine:
         self.jobs: list[Job] = []  # submitted and not done, in queue order
         self.closing = False
         self.served = 0
+        self.failed = 0
+        self.cancelled = 0
         self.rejected = 0
         self.avg_s = expected_s  # moving average of search time, for Retry-After
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -444,8 +448,16 @@ class Engine:
     def _done(self, job: Job) -> None:
         with self._lock:
             self.jobs.remove(job)
-            if job.finished_at is not None and job.started_at is not None:
+            future = job.future
+            if future is None or future.cancelled() or job.cancel.is_set() and job.started_at is None:
+                self.cancelled += 1
+            elif future.exception() is not None:
+                self.failed += 1
+            elif job.cancel.is_set():
+                self.cancelled += 1  # stopped mid-search: an answer so far, but not what was asked
+            else:
                 self.served += 1
+            if job.finished_at is not None and job.started_at is not None:
                 self.avg_s = 0.8 * self.avg_s + 0.2 * (job.finished_at - job.started_at)
 
     def position(self, job: Job) -> int:
@@ -695,6 +707,8 @@ class App:
             queued=len(engine.jobs) - running,
             max_queue=engine.max_queue,
             served=engine.served,
+            failed=engine.failed,
+            cancelled=engine.cancelled,
             rejected=engine.rejected,
         )
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import logging
 import threading
-import warnings
 from dataclasses import dataclass, field, replace
 
 from edgetts.metadata import read_metadata
@@ -12,6 +12,8 @@ from edgetts.policy import LlamaPolicy, PolicyConfig
 from edgetts.scheduler import Budget, Plan, plan_for, prompt_tokens_for
 from edgetts.search import NEEDS_SCORER, STRATEGIES, run_search
 from edgetts.search.base import DEFAULT_TEMPERATURE, Sampling, SearchConfig, SearchResult, StepScorer
+
+log = logging.getLogger("edgetts")
 
 GREEDY = "greedy"
 DEFAULT_N = 4
@@ -225,8 +227,7 @@ class Solver:
         try:
             return self._planned(self.scorer, plan)
         except Exception as exc:  # auto still works on agreement alone; say why
-            warnings.warn(f"auto runs without a PRM ({exc}): difficulty from agreement only",
-                          stacklevel=2)
+            log.warning("auto runs without a PRM (%s): difficulty from agreement only", exc)
             return None
 
     @staticmethod

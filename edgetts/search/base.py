@@ -97,6 +97,11 @@ class StepScorer(Protocol):
     def score(self, question: str, paths: list[Path]) -> list[list[float]]: ...
 
 
+# More paths than this per question is a typo, not a plan: at N = 64 the vote has long settled on
+# this machine's benchmarks (docs/bench), and every path holds its tokens and states in memory.
+MAX_N = 1024
+
+
 @dataclass
 class SearchConfig:
     """Settings shared by all strategies. ``n`` counts samples, beams or leaves."""
@@ -117,6 +122,8 @@ class SearchConfig:
         """Raise ValueError with a user-facing message for impossible settings."""
         if self.n < 1:
             raise ValueError(f"n must be at least 1, got {self.n}")
+        if self.n > MAX_N:
+            raise ValueError(f"n must be at most {MAX_N} (paths per question), got {self.n}")
         if self.agg not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {self.agg!r}; choose one of {AGGREGATIONS}")
         if self.max_steps < 1:
