@@ -57,7 +57,13 @@ def _llama_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         log.log({4: logging.ERROR, 3: logging.INFO}.get(level, logging.DEBUG), message)
 
 
-llama_cpp.llama_log_set(_llama_log, ctypes.c_void_p(0))
+def route_llama_logs() -> None:
+    """Send llama.cpp's log through Python logging (``edgetts.llama``) instead of stderr.
+
+    Process-wide, so it happens when edgetts loads a model, not when it is imported: an app that
+    imports edgetts beside its own llama.cpp use keeps its log setup until then.
+    """
+    llama_cpp.llama_log_set(_llama_log, ctypes.c_void_p(0))
 
 KV_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
 TEMPLATE_SLOT = 0
@@ -230,6 +236,7 @@ class LlamaPolicy:
                 f"more than this model's context of {n_ctx_train} tokens"
             )
         self.counters = GeneratorCounters()
+        route_llama_logs()
         llama_cpp.llama_backend_init()
         n_layers = self.metadata.n_layers
         # The last block keeps only its output rows (llama.cpp drops the rest before it), so it

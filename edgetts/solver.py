@@ -238,9 +238,16 @@ class Solver:
         return scorer
 
     def close(self) -> None:
+        """Free the llama.cpp context and model (a later solve loads them again)."""
         if self._policy is not None:
             self._policy.close()
             self._policy = None
+
+    def __enter__(self) -> Solver:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 # Settings a loaded policy must have exactly as wanted to serve a solve (the rest only as much).
