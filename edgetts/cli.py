@@ -18,10 +18,13 @@ import click
 
 from edgetts import models as registry
 from edgetts.grading import answers_equal
+from edgetts.search import STRATEGIES
 from edgetts.search.base import MAX_N, SearchResult
 from edgetts.solver import SolveOptions
 
 EXIT_INTERRUPTED = 130
+STRATEGY_NAMES = ["auto", "greedy", *STRATEGIES]
+LOG_LEVELS = ["debug", "info", "warning", "error"]
 
 
 def _friendly_errors(func):
@@ -47,8 +50,8 @@ def _friendly_errors(func):
 def _search_options(func):
     """Options shared by ``solve`` and ``run`` (one definition, so they never drift apart)."""
     options = [
-        click.option("--strategy", default="auto", show_default=True,
-                     help="auto, greedy, majority, best_of_n, weighted_best_of_n, beam_search or dvts."),
+        click.option("--strategy", default="auto", show_default=True, type=click.Choice(STRATEGY_NAMES),
+                     help="How to search (see the README's table)."),
         click.option("-n", "--n", "n", type=click.IntRange(1, MAX_N), default=None,
                      help="Samples (majority, best-of-N), beams (beam search) or leaves (DVTS) "
                           "[default: planned under a budget, else 4]."),
@@ -129,7 +132,10 @@ class _PlainFormatter(logging.Formatter):
 @click.option("--offline", is_flag=True,
               help="Never reach the network: a missing model is an error naming what to bring "
                    "(also $EDGETTS_OFFLINE=1).")
-def main(offline: bool) -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Say what happens (--log-level info).")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), default=None,
+              help="How much edgetts and llama.cpp tell on stderr [default: warning].")
+def main(offline: bool, verbose: bool, log_level: str | None) -> None:
     """edgetts: small models answer better by spending compute at answer time.
 
     Sample several reasoning paths on a local GGUF model, score their steps with a process
@@ -142,21 +148,22 @@ def main(offline: bool) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_PlainFormatter())
         logger.addHandler(handler)
-        logger.setLevel(logging.WARNING)
         logger.propagate = False
+    logger.setLevel((log_level or ("info" if verbose else "warning")).upper())
 
 
 @main.command()
-@click.argument("question")
+@click.argument("question", required=False)
 @_search_options
 @click.option("--show", is_flag=True, help="Also print the chosen reasoning, votes and scores.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
 @_friendly_errors
-def solve(question: str, show: bool, as_json: bool, **kw) -> None:
-    """Answer QUESTION and print the final answer.
+def solve(question: str | None, show: bool, as_json: bool, **kw) -> None:
+    """Answer QUESTION and print the final answer (QUESTION absent or - : read it from stdin).
 
     Example: edgetts solve "A pen costs 3 dollars. How much do 7 pens cost?" --show
     """
+    question = _question_or_stdin(question)
     if not question.strip():
         raise click.ClickException("the question is empty")
     solver, options = _make_solver(kw)
@@ -169,6 +176,15 @@ def solve(question: str, show: bool, as_json: bool, **kw) -> None:
     if show and result.chosen is not None:
         _show(result)
     click.echo(result.answer if result.answer is not None else "(no answer)")
+
+
+def _question_or_stdin(question: str | None) -> str:
+    """The question given, or stdin's text when it is ``-`` or absent and stdin is not a terminal."""
+    if question not in (None, "-"):
+        return question
+    if sys.stdin is None or sys.stdin.isatty():
+        raise click.UsageError("give a QUESTION, or pipe one in: echo 'What is 2+3?' | edgetts solve")
+    return sys.stdin.read()
 
 
 def _show(result: SearchResult) -> None:
@@ -248,8 +264,10 @@ def _run_settings(kw: dict) -> dict:
 @click.option("--answer-key", default=None, help="Gold answer field.")
 @click.option("--id-key", default=None, help="Problem id field (default: idx/id/line number).")
 @_search_options
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @_friendly_errors
-def run(data_path: Path, out_path: Path, limit, question_key, answer_key, id_key, **kw) -> None:
+def run(data_path: Path, out_path: Path, limit, question_key, answer_key, id_key, as_json: bool,
+        **kw) -> None:
     """Answer every problem in a benchmark file, appending one JSON line per problem."""
     import time
 
@@ -283,7 +301,11 @@ def run(data_path: Path, out_path: Path, limit, question_key, answer_key, id_key
                    "run the same command again to resume", err=True)
         sys.exit(EXIT_INTERRUPTED)
     correct, graded = results.accuracy()
-    if graded:
+    if as_json:
+        summary = {"out": str(out_path), "answered": len(results.records), "graded": graded,
+                   "correct": correct, "accuracy": correct / graded if graded else None}
+        click.echo(json.dumps(summary))
+    elif graded:
         click.echo(f"accuracy: {correct}/{graded} = {correct / graded:.1%}")
     else:
         click.echo(f"answered {len(results.records)} problems (no gold answers to grade)")
@@ -331,11 +353,17 @@ def calibrate(model: str | None, prm_path: str | None, threads: int | None, batc
 
 @main.group(invoke_without_command=True)
 @click.pass_context
-def models(ctx: click.Context) -> None:
-    """List the registry models (name, size, ready or not). Subcommands: pull, verify."""
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per model, one per line.")
+def models(ctx: click.Context, as_json: bool) -> None:
+    """List the registry models (name, size, ready or not). Subcommands: pull, import, verify."""
     if ctx.invoked_subcommand is not None:
         return
     for spec in registry.load_registry().values():
+        if as_json:
+            click.echo(json.dumps({"name": spec.name, "default": spec.default, "kind": spec.kind,
+                                   "size_bytes": spec.size_bytes, "ready": registry.is_ready(spec),
+                                   "path": str(registry.model_path(spec))}))
+            continue
         state = "ready" if registry.is_ready(spec) else "not pulled"
         default = " (default)" if spec.default else ""
         click.echo(f"{spec.name}{default}\t{spec.kind}\t{spec.size_bytes / 1e6:.0f} MB\t{state}")
@@ -419,7 +447,7 @@ def bundle(out_dir: Path, model_names: tuple[str, ...], source: Path | None) -> 
               help="Registry name or path to a .gguf file (default: the default model).")
 @click.option("--prm", "prm_path", default=None,
               help="PRM directory (default: the one shipped for the policy).")
-@click.option("--strategy", default=None,
+@click.option("--strategy", default=None, type=click.Choice(STRATEGY_NAMES),
               help="Default strategy for requests that name none (default: auto when available, "
                    "else majority).")
 @click.option("-n", "--n", "n", default=4, show_default=True, type=click.IntRange(1, MAX_N),

@@ -166,3 +166,9 @@ def test_a_request_with_a_memory_budget_leaves_the_server_as_it_was():
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.slow
+def test_a_question_piped_on_stdin():
+    proc = edgetts("solve", "--strategy", "greedy", stdin="What is 2+3?\n")
+    assert proc.returncode == 0 and proc.stdout.strip() == "5", proc.stderr
