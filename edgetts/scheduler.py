@@ -257,7 +257,9 @@ def estimate_memory(
 ) -> MemoryEstimate:
     """Peak resident memory of a solve with these settings (see the module doc for each part)."""
     n_vocab = n_vocab if n_vocab is not None else vocab_size(meta.path)
-    on_gpu = min(max(n_gpu_layers, 0), meta.n_layers + 1) / (meta.n_layers + 1)
+    # llama.cpp reads any negative count as "every layer" (the output layer included).
+    offloaded = meta.n_layers + 1 if n_gpu_layers < 0 else min(n_gpu_layers, meta.n_layers + 1)
+    on_gpu = offloaded / (meta.n_layers + 1)
     weights = meta.weights_bytes / MB
     kv = kv_mb(meta, n_ctx, kv_type)
     compute = COMPUTE_FIXED_MB + COMPUTE_WEIGHT_SHARE * weights * (1 - on_gpu)

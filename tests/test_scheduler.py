@@ -54,6 +54,8 @@ def test_memory_parts_add_up_and_gpu_moves_weights_off_the_host():
     assert gpu.weights_mb == 0 and gpu.kv_mb == 0 and gpu.gpu_mb > 500
     assert gpu.total_mb < cpu.total_mb
     assert "PRM" in cpu.describe() and "GPU" in gpu.describe()
+    every = estimate_memory(META, 9216, 16, "f16", -1, TEXT_PRM.memory_mb, VOCAB)  # -1: all
+    assert every == gpu
 
 
 def test_vocab_size_from_header(tmp_path):
