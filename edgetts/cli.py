@@ -466,12 +466,16 @@ def bundle(out_dir: Path, model_names: tuple[str, ...], source: Path | None) -> 
               help="CPU threads (default: $EDGETTS_THREADS or all).")
 @click.option("--n-gpu-layers", default=0, show_default=True, help="Layers to offload to a GPU.")
 @click.option("--kv-type", default="f16", show_default=True, type=click.Choice(["f16", "q8_0"]))
+@click.option("--strict-model", is_flag=True,
+              help="Answer only requests naming this model (default: any name means it).")
+@click.option("--cors-origin", "cors_origins", multiple=True,
+              help="Browser origin allowed to call the API, e.g. http://localhost:3000 (repeatable).")
 @_friendly_errors
 def serve(host: str, port: int, api_key: str | None, api_key_file: Path | None, model: str | None,
           prm_path: str | None,
           strategy: str | None, n: int, deadline_s: float | None, memory_mb: float | None,
           max_n: int, max_queue: int, max_tokens: int, max_body_kb: int, threads: int | None,
-          n_gpu_layers: int, kv_type: str) -> None:
+          n_gpu_layers: int, kv_type: str, strict_model: bool, cors_origins: tuple[str, ...]) -> None:
     """Serve an OpenAI-compatible API (POST /v1/chat/completions) on HOST:PORT.
 
     Example: edgetts serve --port 8000, then point any OpenAI client at http://127.0.0.1:8000/v1
@@ -497,6 +501,7 @@ def serve(host: str, port: int, api_key: str | None, api_key_file: Path | None, 
         host=host, port=port, api_key=api_key, model_id=model_id, model_aliases=aliases,
         max_tokens=max_tokens, max_n=max_n, max_queue=max_queue, max_body_bytes=max_body_kb * 1024,
         default_strategy=strategy, default_n=n, default_deadline_s=deadline_s, memory_mb=memory_mb,
+        strict_model=strict_model, cors_origins=cors_origins,
     )
     policy_config = PolicyConfig(
         model=model, max_tokens=max_tokens, n_threads=threads, n_gpu_layers=n_gpu_layers,
