@@ -127,7 +127,50 @@ class _PlainFormatter(logging.Formatter):
         return f"{record.levelname.capitalize()}: {record.getMessage()}"
 
 
-@click.group()
+CONFIG_ENV = "EDGETTS_CONFIG"
+
+
+def config_path() -> Path:
+    """The config file: ``$EDGETTS_CONFIG``, else ``config.toml`` in the user config folder."""
+    import platformdirs
+
+    env = os.environ.get(CONFIG_ENV)
+    folder = platformdirs.user_config_dir("edgetts", appauthor=False)
+    return Path(env) if env else Path(folder) / "config.toml"
+
+
+def load_config(path: Path) -> dict:
+    """Defaults from a TOML file, as click's default_map: a table per command (``[solve]``,
+    ``[serve]``, ...), top-level keys for every command; names as the flags (``max-tokens``)."""
+    if not path.is_file():
+        return {}
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise click.ClickException(f"config file {path}: {exc}") from None
+
+    def names(table: dict) -> dict:
+        return {key.replace("-", "_"): value for key, value in table.items() if not isinstance(value, dict)}
+
+    shared = names(data)
+    return {**shared, **{command: {**shared, **names(table)} for command, table in data.items()
+                         if isinstance(table, dict)}}
+
+
+class _Main(click.Group):
+    """Flags win over ``EDGETTS_<COMMAND>_<FLAG>`` variables, which win over the config file."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        extra.setdefault("auto_envvar_prefix", "EDGETTS")
+        extra.setdefault("default_map", load_config(config_path()))
+        return super().make_context(info_name, args, parent, **extra)
+
+
+@click.group(cls=_Main)
 @click.version_option(package_name="edgetts")
 @click.option("--offline", is_flag=True,
               help="Never reach the network: a missing model is an error naming what to bring "
@@ -140,6 +183,9 @@ def main(offline: bool, verbose: bool, log_level: str | None) -> None:
 
     Sample several reasoning paths on a local GGUF model, score their steps with a process
     reward model, search, and answer. Everything runs offline.
+
+    Defaults come from ~/.config/edgetts/config.toml ($EDGETTS_CONFIG; a [solve] or [serve] table,
+    keys named as the flags), then EDGETTS_<COMMAND>_<FLAG> variables, then the flags.
     """
     if offline:
         os.environ[registry.OFFLINE_ENV] = "1"  # read by every later model lookup in this process

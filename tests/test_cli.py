@@ -73,3 +73,21 @@ def test_models_json_lists_every_registry_model():
     rows = [json.loads(line) for line in result.output.splitlines()]
     assert result.exit_code == 0 and sum(r["default"] for r in rows) == 1
     assert {"name", "size_bytes", "ready", "path"} <= set(rows[0])
+
+
+def test_defaults_from_the_config_file_then_the_environment(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from edgetts.cli import main
+
+    config = tmp_path / "config.toml"
+    config.write_text('max-tokens = 300\n[solve]\nstrategy = "majority"\n')
+    monkeypatch.setenv("EDGETTS_CONFIG", str(config))
+    help_text = CliRunner().invoke(main, ["solve", "--help"], terminal_width=250).output
+    assert "[default: majority]" in help_text and "[default: 300; x>=1]" in help_text
+    monkeypatch.setenv("EDGETTS_SOLVE_N", "0")  # the environment is read too (and checked)
+    result = CliRunner().invoke(main, ["solve", "What is 2+3?"])
+    assert result.exit_code == 2 and "0 is not in the range" in result.output
+    config.write_text("[solve\n")
+    result = CliRunner().invoke(main, ["solve", "--help"])
+    assert result.exit_code == 1 and "config file" in result.output
