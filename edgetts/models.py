@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgetts import paths
+from edgetts.metadata import ModelError, read_metadata
 
 GGUF_MAGIC = b"GGUF"
 OFFLINE_ENV = "EDGETTS_OFFLINE"
@@ -34,10 +35,6 @@ OFFLINE_ENV = "EDGETTS_OFFLINE"
 def offline() -> bool:
     """``$EDGETTS_OFFLINE`` (or ``edgetts --offline``): never reach the network for a model."""
     return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
-
-
-class ModelError(Exception):
-    """A model that cannot be found, fetched or trusted; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -248,6 +245,4 @@ def check_gguf_file(path: Path) -> None:
         magic = f.read(4)
     if magic != GGUF_MAGIC:
         raise ModelError(f"{path} is not a GGUF file (magic {magic!r}, expected {GGUF_MAGIC!r})")
-    from edgetts.metadata import read_metadata  # parses the header and tensor table
-
-    read_metadata(path)
+    read_metadata(path)  # parses the header and tensor table
