@@ -145,7 +145,7 @@ class Head:
         return (np.maximum(h, 0) @ self.W2 + self.b2)[:, 0]
 
 
-def fit(X: np.ndarray, y: np.ndarray, hidden: int, wd: float, epochs: int = 300, seed: int = 0) -> Head:
+def fit(X: np.ndarray, y: np.ndarray, hidden: int, wd: float, epochs: int = 200, seed: int = 0) -> Head:
     """Class-balanced BCE on standardised features, full-batch Adam; returns raw-feature weights."""
     import torch
 
@@ -331,21 +331,26 @@ def run_config(
     wd: float,
     cv_outcome: int,
 ) -> dict[str, dict]:
-    """Fit on ``train_fixed`` (+ the eval sets' other folds when ``cv_outcome``), judge each set."""
+    """Fit on ``train_fixed`` and judge each eval set; with ``cv_outcome`` K, the eval sets'
+    problems are also dealt into K folds and each fold is judged by a head that trained on the
+    other folds' samples (outcome labels) too, so no problem is judged by a head that saw it."""
+    rows = [(name, r) for name, rs in evals.items() for r in rs]
+    if cv_outcome:
+        fold = folds_of([r for _, r in rows], cv_outcome)
+        heads = {}
+        for k in range(cv_outcome):
+            extra = [s for (_, r), f in zip(rows, fold, strict=True) if f != k for s in r.solutions]
+            heads[k] = fit(*design(train_fixed + extra, captured, layers, conf), hidden, wd)
+        head_of = [heads[f] for f in fold]
+    else:
+        head = fit(*design(train_fixed, captured, layers, conf), hidden, wd)
+        head_of = [head] * len(rows)
     out = {}
-    for name, rows in evals.items():
-        if cv_outcome:
-            fold = folds_of(rows, cv_outcome)
-            heads = {}
-            for k in range(cv_outcome):
-                extra = [s for r, f in zip(rows, fold, strict=True) if f != k for s in r.solutions]
-                X, y = design(train_fixed + extra, captured, layers, conf)
-                heads[k] = fit(X, y, hidden, wd)
-            out[name] = judge(lambda i, heads=heads, fold=fold: heads[fold[i]], rows, captured, layers, conf)
-        else:
-            X, y = design(train_fixed, captured, layers, conf)
-            head = fit(X, y, hidden, wd)
-            out[name] = judge(lambda i, head=head: head, rows, captured, layers, conf)
+    for name in evals:
+        idx = [i for i, (n, _) in enumerate(rows) if n == name]
+        out[name] = judge(
+            lambda i, idx=idx: head_of[idx[i]], [rows[i][1] for i in idx], captured, layers, conf
+        )
     return out
 
 
