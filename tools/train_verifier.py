@@ -396,6 +396,30 @@ def ablate(args: argparse.Namespace) -> None:
         print(spec, json.dumps(summary), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    print(markdown(report, list(evals)))
+
+
+def markdown(report: dict, sets: list[str]) -> str:
+    """The ablation as a Markdown table: pair AUC and weighted vote per eval set, aggregation min."""
+    head = " | ".join(f"{n} pair AUC | {n} weighted" for n in sets)
+    lines = [f"| head | training solutions | {head} |", "|---" * (2 + 2 * len(sets)) + "|"]
+    base = [report["baselines"][n] for n in sets]
+    lines.append("| majority (no scores) | | " + " | ".join(f"- | {b['majority']:.1f}" for b in base) + " |")
+    lines.append(
+        "| trace confidence, DeepConf vote (90 % kept) | | "
+        + " | ".join(f"{b['conf_pair_auc']:.1f} | {b['conf_vote_keep0.9']:.1f}" for b in base)
+        + " |"
+    )
+    shipped = [next(iter(b["shipped_probe"].values())) for b in base]
+    cells = " | ".join(f"{r['pair_auc']:.1f} | {r['prm_weighted']:.1f}" for r in shipped)
+    lines.append(f"| shipped probe (its own layer and aggregation) | | {cells} |")
+    for run in report["runs"]:
+        cells = " | ".join(
+            f"{run['results'][n]['min']['pair_auc']:.1f} | {run['results'][n]['min']['prm_weighted']:.1f}"
+            for n in sets
+        )
+        lines.append(f"| {run['config']} | {run['train_solutions']} | {cells} |")
+    return "\n".join(lines)
 
 
 def export_head(head: Head, out: Path, manifest: dict) -> None:
