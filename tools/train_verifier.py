@@ -308,6 +308,21 @@ def step_cv(sols: list[Solution], captured, layers, conf, hidden: int, wd: float
     }
 
 
+def step_baselines(sols: list[Solution], shipped: str, captured: list[int]) -> dict[str, float]:
+    """Step AUC of trivial and current scorers on the step-labelled solutions: the step's position
+    (earlier = better: labels are 1 before the first error, so position alone ranks well) and
+    the shipped probe (trained on outcomes, never on these)."""
+    labels = np.concatenate([s.labels for s in sols])
+    position = np.concatenate([-np.arange(len(s.labels), dtype=float) for s in sols])
+    probe = ProbeScorer.load(shipped, threads=1)
+    layers = probe.manifest.layers
+    scores = np.concatenate([probe.score_states(features(s, captured, layers, False)) for s in sols])
+    return {
+        "position_step_auc": round(step_auc(position, labels), 1),
+        "shipped_probe_step_auc": round(step_auc(scores, labels), 1),
+    }
+
+
 # -- commands -------------------------------------------------------------------------------
 
 FEATURE_SETS = {  # name -> (layers, confidence features)
@@ -372,7 +387,8 @@ def ablate(args: argparse.Namespace) -> None:
         }
     print(json.dumps(report["baselines"], indent=1), flush=True)
     if args.step_cv and prm:
-        report["step_cv"] = {}
+        report["step_cv"] = {"baselines": step_baselines(prm, args.shipped, captured)}
+        print("step_cv baselines", json.dumps(report["step_cv"]["baselines"]), flush=True)
         for spec in args.step_cv:
             feats, model = spec.split(":")
             layers, conf = FEATURE_SETS[feats]
