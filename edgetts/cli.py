@@ -81,9 +81,9 @@ def _search_options(func):
                      help="Generated tokens per solution."),
         click.option("--threads", type=click.IntRange(1), default=None,
                      help="CPU threads (default: $EDGETTS_THREADS, else all cores)."),
-        click.option("--n-gpu-layers", type=int, default=None,
-                     help="Layers to offload to a GPU (CUDA build of llama.cpp) [default: 0, or "
-                          "planned under a budget]."),
+        click.option("--n-gpu-layers", type=click.IntRange(-1), default=None,
+                     help="Layers to offload to a GPU (CUDA build of llama.cpp; -1: all) [default: 0, "
+                          "or planned under a budget]."),
         click.option("--kv-type", default=None, type=click.Choice(["f16", "q8_0"]),
                      help="KV cache element type [default: f16, or planned under a budget]."),
     ]
@@ -510,7 +510,8 @@ def bundle(out_dir: Path, model_names: tuple[str, ...], source: Path | None) -> 
               help="Largest request body.")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="CPU threads (default: $EDGETTS_THREADS or all).")
-@click.option("--n-gpu-layers", default=0, show_default=True, help="Layers to offload to a GPU.")
+@click.option("--n-gpu-layers", default=0, show_default=True, type=click.IntRange(-1),
+              help="Layers to offload to a GPU (-1: all).")
 @click.option("--kv-type", default="f16", show_default=True, type=click.Choice(["f16", "q8_0"]))
 @click.option("--strict-model", is_flag=True,
               help="Answer only requests naming this model (default: any name means it).")
