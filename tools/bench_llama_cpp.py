@@ -36,6 +36,7 @@ import llama_cpp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_sampling import QUESTION, bench_batched  # noqa: E402
 
+from edgetts.llama.cpu_buffers import amx_allowed, cpu_has_amx  # noqa: E402
 from edgetts.models import resolve  # noqa: E402
 from edgetts.paths import home  # noqa: E402
 from edgetts.policy import LlamaPolicy, PolicyConfig  # noqa: E402
@@ -104,6 +105,13 @@ def build_tools() -> Path:
     return bin_dir
 
 
+def safe_cpu_flags() -> list[str]:
+    """On an AMX host llama.cpp's tools would put weights in the AMX buffer, which segfaults
+    (edgetts/llama/cpu_buffers.py); they cannot drop AMX alone, so they go without repacking.
+    On this project's AMX host that runs as fast as repacking (docs/bench, CPU weight buffers)."""
+    return ["--no-repack"] if cpu_has_amx() and not amx_allowed() else []
+
+
 def batched_bench(bin_dir: Path, model: Path, ns: list[int], tokens: int, prompt: int, threads: int) -> dict:
     """llama-batched-bench with a shared prompt: generation tok/s (S_TG) per batch size."""
     cmd = [
@@ -126,6 +134,7 @@ def batched_bench(bin_dir: Path, model: Path, ns: list[int], tokens: int, prompt
         "-t",
         str(threads),
         "--no-warmup",
+        *safe_cpu_flags(),
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     rates = {}
@@ -154,6 +163,7 @@ def server_bench(bin_dir: Path, model: Path, n: int, tokens: int, threads: int, 
             "127.0.0.1",
             "--port",
             str(port),
+            *safe_cpu_flags(),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
