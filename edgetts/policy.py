@@ -311,18 +311,22 @@ class LlamaPolicy:
         n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece_buf, 256, 0, False)
         return self._piece_buf.raw[: max(n, 0)]
 
-    def prompt_text(self, question: str) -> str:
+    def prompt_text(self, question: str, system: str | None = None) -> str:
+        """The prompt for ``question``: the math instructions, or ``system`` when given."""
         bos = self.piece(llama_cpp.llama_vocab_bos(self._vocab)).decode(errors="ignore")
-        return build_prompt(question, self.metadata.chat_template, bos=bos)
+        return build_prompt(question, self.metadata.chat_template, bos=bos, system=system)
 
     # -- StepGenerator -------------------------------------------------------------------------
 
-    def root(self, question: str) -> Path:
-        """Clear the cache and prefill the prompt for ``question`` once (kept for a next root)."""
+    def root(self, question: str, system: str | None = None) -> Path:
+        """Clear the cache and prefill the prompt for ``question`` once (kept for a next root).
+
+        ``system`` replaces the math instructions (code tasks and programs use their own).
+        """
         if not question or not question.strip():
             raise PolicyError("the question is empty")
         start = time.perf_counter()
-        tokens = self.tokenize(self.prompt_text(question))
+        tokens = self.tokenize(self.prompt_text(question, system))
         limit = min(self.config.max_prompt_tokens, self.config.resolved_n_ctx() - self.config.max_tokens)
         if len(tokens) > limit:
             raise PolicyError(

@@ -61,12 +61,20 @@ def few_shot_prompt(question: str) -> str:
     return f"{SYSTEM_PROMPT}\n\n\n{shots}Question: {question.strip()}\nAnswer:\n"
 
 
-def build_prompt(question: str, chat_template: str | None, bos: str = "", eos: str = "") -> str:
-    """The full prompt text for ``question``; chat template if the model has one."""
+def build_prompt(
+    question: str, chat_template: str | None, bos: str = "", eos: str = "", system: str | None = None
+) -> str:
+    """The full prompt text for ``question``; chat template if the model has one.
+
+    ``system`` replaces the math instructions (code tasks, programs); a base model then gets it
+    as plain text before the question instead of the math few-shot examples.
+    """
     if not chat_template:
+        if system is not None:
+            return f"{system}\n\n{question.strip()}\n"
         return few_shot_prompt(question)
     messages = [
-        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "system", "content": SYSTEM_PROMPT if system is None else system},
         {"role": "user", "content": question.strip()},
     ]
     return render_chat(chat_template, messages, bos=bos, eos=eos)
