@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from edgetts import paths
 from edgetts.metadata import ModelMetadata
 
 FORMAT_VERSION = 1
@@ -105,9 +106,7 @@ class Calibration:
 
 
 def calibration_dir() -> Path:
-    home = os.environ.get("EDGETTS_HOME")
-    base = Path(home) if home else Path.home() / ".cache" / "edgetts"
-    return base / "calibration"
+    return paths.home() / "calibration"
 
 
 def machine_id() -> str:

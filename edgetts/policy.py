@@ -38,6 +38,8 @@ from pathlib import Path as FsPath
 import llama_cpp
 import numpy as np
 
+from edgetts.llama.cpu_buffers import apply_cpu_buffer_policy
+from edgetts.llama.ggml import ggml_base_lib
 from edgetts.metadata import ModelMetadata, read_metadata
 from edgetts.models import resolve
 from edgetts.prompts import STEP_SEPARATOR, build_prompt
@@ -175,15 +177,7 @@ class _LayerTap:
     """
 
     def __init__(self, layers: tuple[int, ...], n_embd: int) -> None:
-        base = FsPath(llama_cpp.llama_cpp._lib._name).parent
-        ggml = llama_cpp.llama_cpp.load_shared_library("ggml-base", base)
-        ggml.ggml_get_name.restype = ctypes.c_char_p
-        ggml.ggml_get_name.argtypes = [ctypes.c_void_p]
-        ggml.ggml_nelements.restype = ctypes.c_int64
-        ggml.ggml_nelements.argtypes = [ctypes.c_void_p]
-        ggml.ggml_backend_tensor_get.restype = None
-        ggml.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
-                                                 ctypes.c_size_t]
+        ggml = ggml_base_lib()
         self.names = {f"l_out-{i}".encode(): i for i in layers if i >= 0}
         self.rows: dict[int, np.ndarray] = {}
         self.on = True
@@ -241,6 +235,7 @@ class LlamaPolicy:
     def _load_model(self) -> llama_cpp.llama_model_p:
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = self.config.n_gpu_layers
+        params.use_extra_bufts = apply_cpu_buffer_policy().use_extra_bufts  # no AMX (segfaults)
         model = llama_cpp.llama_model_load_from_file(str(self.model_path).encode(), params)
         if not model:
             raise PolicyError(f"llama.cpp could not load {self.model_path} (corrupt or unsupported)")

@@ -48,11 +48,23 @@ from typing import Any
 
 import numpy as np
 
+from edgetts import paths
 from edgetts.search.base import Path
 
-DEFAULT_PRM_DIR = FsPath(__file__).resolve().parent.parent / "models" / "prm-minilm"
+DEFAULT_PRM_NAME = "prm-minilm"  # the shipped text PRM, for any policy
 FORMAT_VERSION = 1
 OUTPUT_KINDS = ("logit", "label_softmax")
+
+
+def default_text_prm() -> FsPath:
+    """The text PRM used when no PRM is named: the user's ``prms/prm-minilm``, else the shipped."""
+    return find_prm(DEFAULT_PRM_NAME)
+
+
+def find_prm(name: str) -> FsPath:
+    """A PRM folder by name: ``$EDGETTS_HOME/prms/NAME`` if there, else the shipped one."""
+    user = paths.home() / "prms" / name
+    return user if (user / "manifest.json").is_file() else paths.shipped_dir() / name
 
 
 class PRMError(ValueError):
@@ -383,8 +395,8 @@ class PRMScorer:
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, threads: int | None = None,
              use_cuda: bool = False, batch_size: int = 16) -> PRMScorer:
-        """Load a PRM directory (None: the shipped ``models/prm-minilm``)."""
-        d = FsPath(path) if path is not None else DEFAULT_PRM_DIR
+        """Load a PRM directory (None: the text PRM, ``prm-minilm``, see :func:`default_text_prm`)."""
+        d = FsPath(path) if path is not None else default_text_prm()
         mpath = d / "manifest.json"
         try:
             manifest = Manifest.from_dict(read_manifest(d), str(mpath))

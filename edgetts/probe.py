@@ -105,7 +105,7 @@ class ProbeScorer:
             raise PRMError(
                 f"PRM {self.manifest.name!r} reads the hidden states of {want.get('name')!r} "
                 f"({self.manifest.hidden_size} wide); the policy is {name!r} ({width} wide). "
-                "Use --prm with a PRM for this policy (e.g. the shipped models/prm-minilm)."
+                "Use --prm with a PRM for this policy (e.g. the shipped edgetts/assets/prm-minilm)."
             )
 
     def score_states(self, states: np.ndarray) -> np.ndarray:
@@ -195,13 +195,16 @@ def load_states(file: str | os.PathLike[str]) -> list[Path]:
             for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
-def default_prm_dir(policy_name: str, n_embd: int, models_dir: FsPath | None = None) -> FsPath:
-    """The shipped PRM for a policy: a probe shipped for it (its manifest names the policy),
-    else the shipped text PRM, which reads any policy's text."""
-    from edgetts.models import MODELS_DIR
-    from edgetts.prm import DEFAULT_PRM_DIR
+def default_prm_dir(policy_name: str, n_embd: int, *roots: FsPath) -> FsPath:
+    """The PRM for a policy: a probe made for it (its manifest names the policy; the user's
+    ``$EDGETTS_HOME/prms`` first, then the shipped ones), else the text PRM, which reads any
+    policy's text. ``roots``: folders of PRM folders to search instead."""
+    from edgetts import paths
+    from edgetts.prm import default_text_prm
 
-    for manifest in sorted((models_dir or MODELS_DIR).glob("*/manifest.json")):
+    roots = roots or (paths.home() / "prms", paths.shipped_dir())
+    manifests = [m for root in roots for m in sorted(root.glob("*/manifest.json"))]
+    for manifest in manifests:
         try:
             m = json.loads(manifest.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
@@ -210,4 +213,4 @@ def default_prm_dir(policy_name: str, n_embd: int, models_dir: FsPath | None = N
         width = n_embd * len(m.get("layers") or [-1])
         if m.get("kind") == KIND and policy.get("name") == policy_name and m.get("hidden_size") == width:
             return manifest.parent
-    return DEFAULT_PRM_DIR
+    return default_text_prm()

@@ -204,9 +204,9 @@ class PrmCost:
 
 def prm_cost(prm_dir: str | Path | None) -> PrmCost | None:
     """Memory and fallback speed of the PRM in ``prm_dir`` by its kind; None if it is absent."""
-    from edgetts.prm import DEFAULT_PRM_DIR
+    from edgetts.prm import default_text_prm
 
-    directory = Path(prm_dir or DEFAULT_PRM_DIR)
+    directory = Path(prm_dir or default_text_prm())
     model = directory / "model.onnx"
     if not model.is_file():
         return None

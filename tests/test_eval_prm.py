@@ -46,14 +46,14 @@ def test_processbench_scores_of_the_shipped_probe():
     """A probe reads the policy's states: each item is prefilled through the real policy."""
     from eval_prm import first_below, prm_scores
 
-    from edgetts.models import MODELS_DIR
+    from edgetts.paths import shipped_dir
 
     item = {"id": "x", "generator": "hand", "problem": "Tom has 3 boxes of 4 apples. How many apples?",
             "steps": ["3 boxes of 4 apples is 3 * 4 = 12 apples.", "Therefore, the answer is 12."],
             "final_answer_correct": True, "label": -1}
     wrong = {**item, "steps": ["3 boxes of 4 apples is 3 * 4 = 15 apples.", "The answer is 15."],
              "label": 0}
-    scores, manifest = prm_scores(str(MODELS_DIR / "prm-probe-qwen05"), 1, {"f": [item, wrong]}, 1)
+    scores, manifest = prm_scores(str(shipped_dir() / "prm-probe-qwen05"), 1, {"f": [item, wrong]}, 1)
     assert manifest.calculator_check  # the shipped setting is reported, though scoring ran without
     assert [len(s) for s in scores["f"]] == [2, 2]
     assert all(0.0 <= x <= 1.0 for s in scores["f"] for x in s)

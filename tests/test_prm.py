@@ -10,7 +10,7 @@ from pathlib import Path as FsPath
 import numpy as np
 import pytest
 
-from edgetts.prm import DEFAULT_PRM_DIR, PRMError, PRMScorer
+from edgetts.prm import PRMError, PRMScorer, default_text_prm
 from edgetts.search.base import Path, StepScorer
 
 TOOLS = FsPath(__file__).resolve().parent.parent / "tools"
@@ -32,7 +32,7 @@ def scorer() -> PRMScorer:
 
 def copy_prm(tmp_path: FsPath) -> FsPath:
     d = tmp_path / "prm"
-    shutil.copytree(DEFAULT_PRM_DIR, d)
+    shutil.copytree(default_text_prm(), d)
     return d
 
 
@@ -48,8 +48,8 @@ def edit_manifest(d: FsPath, **changes: object) -> None:
 
 def test_shipped_model_is_small_and_complete() -> None:
     for f in ("manifest.json", "model.onnx", "tokenizer.json"):
-        assert (DEFAULT_PRM_DIR / f).is_file(), f
-    assert (DEFAULT_PRM_DIR / "model.onnx").stat().st_size < 50 * 2**20
+        assert (default_text_prm() / f).is_file(), f
+    assert (default_text_prm() / "model.onnx").stat().st_size < 50 * 2**20
 
 
 def test_ranks_correct_above_corrupted(scorer: PRMScorer) -> None:

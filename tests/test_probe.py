@@ -119,15 +119,15 @@ def test_fit_logistic_separates_and_folds_standardisation() -> None:
 
 
 def test_default_prm_is_the_policys_own_probe_when_one_ships(tmp_path: FsPath) -> None:
-    from edgetts.prm import DEFAULT_PRM_DIR
+    from edgetts.prm import default_text_prm
     from edgetts.probe import default_prm_dir
 
     write_probe(tmp_path / "probe-a", np.zeros(WIDTH), 0.0)
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "manifest.json").write_text("{not json")
     assert default_prm_dir("tiny-policy", WIDTH, tmp_path) == tmp_path / "probe-a"
-    assert default_prm_dir("tiny-policy", WIDTH + 1, tmp_path) == DEFAULT_PRM_DIR
-    assert default_prm_dir("another-policy", WIDTH, tmp_path) == DEFAULT_PRM_DIR
+    assert default_prm_dir("tiny-policy", WIDTH + 1, tmp_path) == default_text_prm()
+    assert default_prm_dir("another-policy", WIDTH, tmp_path) == default_text_prm()
 
 
 def test_a_probe_on_two_layers_is_twice_as_wide_and_found_for_its_policy(tmp_path: FsPath) -> None:

@@ -129,10 +129,10 @@ def test_without_calibration_plan_says_estimate():
 
 
 def test_prm_cost_by_kind_of_the_shipped_prms():
-    from edgetts.models import MODELS_DIR
+    from edgetts.paths import shipped_dir
 
-    text = scheduler.prm_cost(MODELS_DIR / "prm-minilm")
-    probe = scheduler.prm_cost(MODELS_DIR / "prm-probe-qwen05")
+    text = scheduler.prm_cost(shipped_dir() / "prm-minilm")
+    probe = scheduler.prm_cost(shipped_dir() / "prm-probe-qwen05")
     assert text.memory_mb > 150  # runtime + tokenizer + 22 MB of weights + one 512-token window
     assert probe.memory_mb < 45  # onnxruntime and a 4 KB head: no second model's activations
     assert probe.fallback_steps_s > 10 * text.fallback_steps_s

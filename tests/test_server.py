@@ -334,7 +334,7 @@ def test_serve_refuses_bad_requests_and_wrong_keys(served):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not PRM_MANIFEST.exists(), reason="no shipped PRM in models/prm-minilm")
+@pytest.mark.skipif(not PRM_MANIFEST.exists(), reason="no shipped PRM in edgetts/assets/prm-minilm")
 def test_serve_runs_a_prm_strategy(served):
     base, model, _ = served
     reply = ask(client(base, timeout=120), model=model, strategy="best_of_n", n=2, max_tokens=24)

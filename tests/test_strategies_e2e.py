@@ -17,12 +17,12 @@ QUESTIONS = [
 @pytest.fixture(scope="module")
 def probe_policy():
     """The default policy recording its step states, and the probe shipped for it."""
-    from edgetts.models import MODELS_DIR
+    from edgetts.paths import shipped_dir
     from edgetts.policy import LlamaPolicy, PolicyConfig
     from edgetts.probe import ProbeScorer
 
     pol = LlamaPolicy(PolicyConfig(n_seq_max=8, max_tokens=256, seed=0, capture_states=True))
-    yield pol, ProbeScorer.load(MODELS_DIR / "prm-probe-qwen05", threads=1)
+    yield pol, ProbeScorer.load(shipped_dir() / "prm-probe-qwen05", threads=1)
     pol.close()
 
 

@@ -7,7 +7,7 @@ table of the median over ``--repeats`` runs, plus the model file size.
 
 Example::
 
-    python tools/bench_prm.py --prm models/prm-minilm models/prm-probe-qwen05 --threads 1
+    python tools/bench_prm.py --prm edgetts/assets/prm-minilm edgetts/assets/prm-probe-qwen05 --threads 1
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def bench(prm: str, items: list[dict], batch: int, repeats: int, threads: int) -
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--prm", nargs="+", default=["models/prm-minilm"])
+    ap.add_argument("--prm", nargs="+", default=["edgetts/assets/prm-minilm"])
     ap.add_argument("--data", default="work/prm/pb_test_gsm8k.json")
     ap.add_argument("--items", type=int, default=20)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 16])

@@ -244,7 +244,7 @@ def main() -> None:
                     help="edgetts run results or bench_strategies samples JSONL (best-of-N)")
     ap.add_argument("--agg", choices=["last", "min", "prod"], default=None)
     ap.add_argument("--dev", nargs="*", default=[], help="files to pick the threshold on")
-    ap.add_argument("--prm", default=None, help="PRM directory (default: models/prm-minilm)")
+    ap.add_argument("--prm", default=None, help="PRM directory (default: edgetts/assets/prm-minilm)")
     ap.add_argument("--baseline", choices=["length", "calculator"], default=None)
     ap.add_argument("--threshold", type=float, default=None, help="fixed threshold (no picking)")
     ap.add_argument("--calculator", choices=["manifest", "on", "off", "both"], default="manifest",
@@ -282,7 +282,7 @@ def main() -> None:
         modes = {"manifest": ["on" if manifest.calculator_check else "off"], "both": ["off", "on"]}
         for mode in modes.get(args.calculator, [args.calculator]):
             sc = raw if mode == "off" else with_calculator(raw, files, manifest.calculator_cap)
-            runs.append((f"{args.prm or 'models/prm-minilm'} calculator={mode}", sc,
+            runs.append((f"{args.prm or 'edgetts/assets/prm-minilm'} calculator={mode}", sc,
                          getattr(manifest, "threshold", 0.5)))
     print(f"scored in {time.perf_counter() - t0:.1f}s")
     out = [report(n, sc, files, args.data, args.dev, args.threshold, thr) for n, sc, thr in runs]

@@ -1,4 +1,4 @@
-"""Fit the compute-optimal table that strategy "auto" looks up (``models/compute_optimal.json``).
+"""Fit the compute-optimal table that strategy "auto" looks up (``edgetts/assets/compute_optimal.json``).
 
 Input: ``tools/bench_strategies.py`` rows, one JSON line per (problem, strategy, N) with
 ``correct`` and ``difficulty_features`` (agreement / PRM scores of the first 4 samples, which is
@@ -14,7 +14,7 @@ that tied in-sample included) made the leave-one-out choices worse than the fixe
 leaving out a problem that one of two near-tied choices gets right tips the fit to the other. A bin
 with fewer than ``--min-problems`` problems keeps the overall choice (marked ``pooled``).
 
-    python tools/fit_compute_optimal.py runs/bench_gsm8k.jsonl --out models/compute_optimal.json
+    python tools/fit_compute_optimal.py runs/bench_gsm8k.jsonl --out edgetts/assets/compute_optimal.json
     python tools/fit_compute_optimal.py runs/bench_gsm8k.jsonl --eval   # auto vs fixed table
     python tools/fit_compute_optimal.py runs/bench_gsm8k.jsonl --eval --plot auto.png
     python tools/fit_compute_optimal.py a.jsonl b.jsonl --eval --require beam_search:4
@@ -234,7 +234,7 @@ def cell(hits: list[bool], tokens: list[int], width: int) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", nargs="*", help="bench_strategies.py JSONL files")
-    ap.add_argument("--out", default=None, help="where to write the table (e.g. models/compute_optimal.json)")
+    ap.add_argument("--out", default=None, help="where to write the table")
     ap.add_argument("--model", default=None, help="only rows of this policy")
     ap.add_argument("--min-problems", type=int, default=8)
     ap.add_argument("--min-gain", type=int, default=2,

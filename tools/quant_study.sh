@@ -13,4 +13,4 @@ for q in none weight dynamic; do
     --data work/prm/pb_test_gsm8k.json work/prm/pb_test_math.json work/prm/pb_test_prmbench.json \
     --limit 80 --prm $D/$q --calculator off | tee $D/eval_$q.txt
 done
-python tools/bench_prm.py --prm $D/none $D/weight $D/dynamic models/prm-minilm --threads 1 --repeats 5
+python tools/bench_prm.py --prm $D/none $D/weight $D/dynamic edgetts/assets/prm-minilm --threads 1 --repeats 5

@@ -10,12 +10,12 @@ background)::
     python tools/train_probe.py extract --results work/prm_onpolicy/dev.jsonl --out work/probe/dev
     # fit the head, pick its L2 strength (on dev, or by --folds K cross-validation), export
     python tools/train_probe.py fit --train work/probe/t03 --dev work/probe/dev --folds 5 \\
-        --out models/prm-probe-qwen05
+        --out edgetts/assets/prm-probe-qwen05
     # or capture several layers (--layers 6 12 16 20 -1 while sampling) and compare them first
     python tools/train_probe.py layers --train work/probe/layers --folds 5
     # judge it on bench samples (bench_strategies keeps their states) beside the text PRM
     python tools/train_probe.py judge --samples runs/bench/gsm8k.samples.jsonl \\
-        --prm models/prm-probe-qwen05 --text-prm models/prm-minilm
+        --prm edgetts/assets/prm-probe-qwen05 --text-prm edgetts/assets/prm-minilm
 
 A state directory holds ``results.jsonl`` (rows like ``edgetts run`` writes: id, question, gold,
 candidates with text / answer / correct, plus ``key``) and ``states/<key>.npz`` (the step states

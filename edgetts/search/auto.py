@@ -4,7 +4,7 @@
    same features, as ``tools/bench_strategies.py`` records for every problem (agreement of the
    answers, PRM mean and max).
 2. Bin the question by those features and look up the strategy and N fitted for that bin and
-   budget (``config.n``) in ``models/compute_optimal.json`` (fitted offline by
+   budget (``config.n``) in ``edgetts/assets/compute_optimal.json`` (fitted offline by
    ``tools/fit_compute_optimal.py``). Without a fitted entry the default rule is weighted best-of-N
    at the full budget (majority without a PRM); the result says which was used.
 3. Run the choice and *keep the probes*: for majority / best-of-N / weighted best-of-N they are
@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path as FsPath
 
+from edgetts.paths import find_asset
 from edgetts.search.base import (
     Candidate,
     Deadline,
@@ -46,7 +47,7 @@ from edgetts.search.select import pick_by_vote, to_candidate
 
 log = logging.getLogger(__name__)
 
-TABLE_PATH = FsPath(__file__).resolve().parent.parent.parent / "models" / "compute_optimal.json"
+TABLE_NAME = "compute_optimal.json"  # shipped in edgetts/assets; $EDGETTS_HOME/ overrides
 PROBE_N = 4
 SEED_OFFSET = 1_000_003
 MIN_REMAINING_S = 0.05  # less than this left: answer from the probes instead of starting more
@@ -131,8 +132,10 @@ class ComputeOptimalTable:
 
 
 @lru_cache(maxsize=4)
-def load_table(path: str = str(TABLE_PATH)) -> ComputeOptimalTable:
-    """The shipped table; a missing or unreadable one means the default rule everywhere."""
+def load_table(path: str | None = None) -> ComputeOptimalTable:
+    """The table at ``path`` (default: the user's, else the shipped one); a missing or unreadable
+    table means the default rule everywhere."""
+    path = path or str(find_asset(TABLE_NAME))
     try:
         return ComputeOptimalTable.from_dict(json.loads(FsPath(path).read_text()))
     except (OSError, ValueError, TypeError) as exc:

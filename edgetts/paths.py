@@ -1,0 +1,54 @@
+"""Where edgetts finds its files: assets shipped in the package, and the user's home.
+
+* **Shipped** (``edgetts/assets`` inside the package, found through ``importlib.resources``): the
+  policy registry manifests, the PRMs and the compute-optimal table. They travel in the wheel, so
+  an installed package, an editable checkout and an app that bundles edgetts all find them.
+* **Home** (``$EDGETTS_HOME``, default the user cache folder, ``~/.cache/edgetts`` on Linux): what
+  is made or fetched on this machine (assembled models, calibration, metadata) and the user's
+  overrides, which win over what ships:
+
+  - ``policies/*.json``: registry manifests that add models or replace a shipped one by name;
+  - ``prms/<name>/``: PRM folders, preferred to the shipped ones for the policy they name;
+  - ``compute_optimal.json``: the table strategy ``auto`` reads instead of the shipped one.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+from pathlib import Path
+
+import platformdirs
+
+HOME_ENV = "EDGETTS_HOME"
+
+
+def home() -> Path:
+    """The user's edgetts folder: ``$EDGETTS_HOME``, else the platform's user cache folder."""
+    env = os.environ.get(HOME_ENV)
+    return Path(env) if env else Path(platformdirs.user_cache_dir("edgetts", appauthor=False))
+
+
+def shipped_dir() -> Path:
+    """The assets folder inside the installed package (a real folder: onnxruntime opens files)."""
+    assets = importlib.resources.files("edgetts") / "assets"
+    path = Path(str(assets))
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"edgetts's shipped assets are not a folder on disk ({assets}); install the package "
+            "unzipped (pip install edgetts) or point $EDGETTS_HOME at a copy of edgetts/assets"
+        )
+    return path
+
+
+def asset_roots() -> list[Path]:
+    """Folders that may hold assets, the user's first: a user file overrides a shipped one."""
+    return [home(), shipped_dir()]
+
+
+def find_asset(relative: str) -> Path:
+    """The first existing ``relative`` path under :func:`asset_roots` (the shipped one last)."""
+    for root in asset_roots():
+        if (root / relative).exists():
+            return root / relative
+    return shipped_dir() / relative
