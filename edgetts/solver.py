@@ -5,16 +5,25 @@ from __future__ import annotations
 import threading
 import warnings
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from edgetts.metadata import read_metadata
 from edgetts.models import resolve
 from edgetts.policy import DEFAULT_TEMPERATURE, LlamaPolicy, PolicyConfig
 from edgetts.scheduler import Budget, Plan, plan_for, prompt_tokens_for
-from edgetts.search import NEEDS_SCORER, STRATEGIES, run_search
+from edgetts.search import NEEDS_SCORER, STRATEGIES, measured, run_search
 from edgetts.search.base import SearchConfig, SearchResult, StepScorer
+
+if TYPE_CHECKING:
+    from edgetts.code import CodeResult, CodeTask
+    from edgetts.sandbox import Sandbox
 
 GREEDY = "greedy"
 DEFAULT_N = 4
+MODES = ("cot", "pot", "cot+pot")  # prose, programs run in the sandbox, or both voting together
+# Strategies a program vote can use: one vote each, or weighted by the verifier.
+POT_STRATEGIES = (GREEDY, "majority", "weighted_best_of_n", "auto")
+CODE_STRATEGIES = (GREEDY, "majority", "exec", "auto")  # auto = exec for code tasks
 # PolicyConfig fields a budget plan sets (unless the user pinned them, see Solver.pinned).
 PLANNED_FIELDS = ("n_seq_max", "n_ctx", "kv_type", "n_threads", "n_gpu_layers")
 
@@ -35,6 +44,9 @@ class SolveOptions:
     top_k: int = 0  # 0 = off
     seed: int = 0
     weighted_pick: bool = False
+    # Math only: "cot" (prose), "pot" (programs run in the sandbox), "cot+pot" (both vote).
+    mode: str = "cot"
+    pot_n: int | None = None  # programs for cot+pot (None: as many as prose samples, n)
 
     def search_config(self) -> SearchConfig:
         return SearchConfig(
@@ -48,6 +60,15 @@ class SolveOptions:
 
     def validate(self) -> None:
         """Raise ValueError on settings no strategy can run with, before any model loads."""
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; choose one of {MODES}")
+        if self.mode != "cot" and self.strategy not in POT_STRATEGIES:
+            raise ValueError(
+                f"--mode {self.mode} votes over programs: use strategy greedy, majority, "
+                f"weighted_best_of_n or auto (the verifier weighs votes when it loads), not {self.strategy!r}"
+            )
+        if self.pot_n is not None and self.pot_n < 1:
+            raise ValueError(f"pot_n must be at least 1, got {self.pot_n}")
         if self.strategy != GREEDY and self.strategy not in STRATEGIES:
             choices = sorted([GREEDY, *STRATEGIES])
             raise ValueError(f"unknown strategy {self.strategy!r}; choose one of {choices}")
@@ -79,6 +100,8 @@ class Solver:
     # PolicyConfig fields the user fixed ("kv_type", "n_gpu_layers"); a plan leaves them alone.
     # n_threads counts as fixed whenever it is set.
     pinned: frozenset[str] = frozenset()
+    # Where model-written code runs (--mode pot, code tasks); None: such requests are refused.
+    sandbox: Sandbox | None = None
     last_plan: Plan | None = field(default=None, init=False, repr=False)
     _policy: LlamaPolicy | None = field(default=None, init=False, repr=False)
     _loaded_memory_mb: float = field(default=float("inf"), init=False, repr=False)
@@ -121,24 +144,76 @@ class Solver:
         Setting ``cancel`` (from any thread) ends the search as if its deadline had passed.
         """
         options = options or SolveOptions()
+        if options.mode != "cot":
+            self._need_sandbox(f"--mode {options.mode}")
         with self._lock:
             plan, scorer, policy = self._prepare(question, options)
             strategy, config = options.strategy, replace(options.search_config(), cancel=cancel)
             if plan is not None:
                 config = replace(config, n=plan.n, beam_width=plan.beam_width)
-            sampling = {"temperature": options.temperature, "top_p": options.top_p,
-                        "top_k": options.top_k, "seed": options.seed}
             if strategy == GREEDY:
                 strategy, config = "majority", replace(config, n=1)
-                sampling["temperature"] = 0.0
-            for key, value in sampling.items():
-                setattr(policy.config, key, value)
+            self._sample_as(policy, options)
             if options.agg is None and scorer is not None:
                 config = replace(config, agg=getattr(scorer, "default_aggregation", config.agg))
-            result = run_search(strategy, question, policy, scorer, config)
+            if options.mode == "cot":
+                result = run_search(strategy, question, policy, scorer, config)
+            else:
+                from edgetts.pot import PotConfig, program_of_thought
+
+                pot = PotConfig(
+                    mode=options.mode,
+                    n_pot=config.n if options.mode == "pot" or options.pot_n is None else options.pot_n,
+                    n_cot=config.n if options.mode == "cot+pot" else 0,
+                    agg=config.agg, deadline_s=config.deadline_s, cancel=cancel,
+                )
+                pot.validate()
+                weigh = scorer if strategy != "majority" else None
+                result = measured(
+                    policy, scorer, lambda: program_of_thought(question, policy, self.sandbox, weigh, pot)
+                )
         if options.strategy == GREEDY:
-            result.strategy = GREEDY
+            result.strategy = GREEDY if options.mode == "cot" else f"{GREEDY} {options.mode}"
         return result
+
+    def solve_code(
+        self, task: CodeTask, options: SolveOptions | None = None, cancel: threading.Event | None = None
+    ) -> CodeResult:
+        """Write, run and pick a program for ``task`` (see :mod:`edgetts.code`).
+
+        ``options.strategy``: greedy (one program at temperature 0), majority (the biggest
+        cluster of programs agreeing on outputs, no tests), exec or auto (visible tests, then
+        CodeT agreement with the policy's own tests). Needs ``sandbox``.
+        """
+        from edgetts.code import CodeConfig, solve_code
+
+        options = options or SolveOptions()
+        if options.strategy not in CODE_STRATEGIES:
+            raise ValueError(
+                f"for code tasks choose strategy {', '.join(CODE_STRATEGIES)}, not {options.strategy!r}"
+            )
+        self._need_sandbox("code tasks")
+        greedy = options.strategy == GREEDY
+        n = 1 if greedy else (options.n if options.n is not None else DEFAULT_N)
+        selection = "first" if greedy else ("majority" if options.strategy == "majority" else "exec")
+        config = CodeConfig(n=n, selection=selection, deadline_s=options.deadline_s, cancel=cancel)
+        config.validate()
+        with self._lock:
+            policy = self.policy
+            self._sample_as(policy, options)
+            return solve_code(task, policy, self.sandbox, config)
+
+    def _need_sandbox(self, what: str) -> None:
+        if self.sandbox is None:
+            raise ValueError(f"{what} run model-written code: this solver has no sandbox (exec not allowed)")
+
+    @staticmethod
+    def _sample_as(policy: LlamaPolicy, options: SolveOptions) -> None:
+        """Set the policy's sampler for this request (greedy: temperature 0)."""
+        sampling = {"temperature": 0.0 if options.strategy == GREEDY else options.temperature,
+                    "top_p": options.top_p, "top_k": options.top_k, "seed": options.seed}
+        for key, value in sampling.items():
+            setattr(policy.config, key, value)
 
     def prepare(self, question: str, options: SolveOptions | None = None) -> Plan | None:
         """Plan and load all that a solve of ``question`` under ``options`` would use, and return

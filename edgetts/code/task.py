@@ -123,6 +123,7 @@ class CodeCandidate:
     runnable: bool = False
     error: str | None = None  # why it did not run (no code, syntax error, crash, limit)
     visible: list[dict] = field(default_factory=list)  # {"name", "passed", "error"} per test
+    generated: list[bool] = field(default_factory=list)  # each generated assert passed
     generated_passed: int = 0
     outputs: list[str] = field(default_factory=list)
     cluster: int | None = None  # index into CodeResult.clusters (ranked), None when not ranked
@@ -216,7 +217,8 @@ def solve_code(
             cand.runnable = run.loaded and not run.timed_out and not run.output_capped
             cand.error = run.error
             cand.visible = [{"name": r.name, "passed": r.passed, "error": r.error} for r in res[:nv]]
-            cand.generated_passed = sum(r.passed for r in res[nv : nv + ng])
+            cand.generated = [r.passed for r in res[nv : nv + ng]]
+            cand.generated_passed = sum(cand.generated)
             cand.outputs = [
                 r.value if r.passed else f"error: {(r.error or '').split(':')[0]}" for r in res[nv + ng :]
             ]
