@@ -111,6 +111,9 @@ def extract_program(reply: str, prompt: str = "", entry_point: str | None = None
                 return context + body
     if entry_point and prompt and entry_point in defined_functions(prompt):
         for block in blocks:
+            first = next((line for line in block.splitlines() if line.strip()), "")
+            if not first[:1].isspace():
+                continue  # only an indented block continues the prompt's function body
             joined = prompt.rstrip("\n") + "\n" + block
             if entry_point in defined_functions(joined):
                 body = definitions_only(joined)
