@@ -111,14 +111,9 @@ def _make_solver(kw: dict):
     )
     code = kw["task"] == "code"
     if code:
-        from edgetts.solver import CODE_STRATEGIES
+        from edgetts.solver import validate_code_options
 
-        if kw["mode"] != "cot":
-            raise click.UsageError("--mode is for math tasks; code tasks always run their programs")
-        if options.strategy not in CODE_STRATEGIES:
-            raise click.UsageError(f"--task code takes --strategy {', '.join(CODE_STRATEGIES)}")
-        if options.n is not None and options.n < 1:
-            raise click.UsageError(f"n must be at least 1, got {options.n}")
+        validate_code_options(options)
     else:
         if kw["tests_path"] is not None:
             raise click.UsageError("--tests is for --task code")
@@ -514,11 +509,16 @@ def _spec(name: str | None) -> registry.ModelSpec:
 @click.option("--threads", type=int, default=None, help="CPU threads (default: $EDGETTS_THREADS or all).")
 @click.option("--n-gpu-layers", default=0, show_default=True, help="Layers to offload to a GPU.")
 @click.option("--kv-type", default="f16", show_default=True, type=click.Choice(["f16", "q8_0"]))
+@click.option("--allow-exec", is_flag=True,
+              help="Run model-written code in the sandbox for requests with task=code or mode=pot "
+                   "(refused with a 400 otherwise).")
+@click.option("--allow-weak-sandbox", is_flag=True,
+              help="With --allow-exec: run code even where the sandbox cannot set its limits.")
 @_friendly_errors
 def serve(host: str, port: int, api_key: str | None, model: str | None, prm_path: str | None,
           strategy: str | None, n: int, deadline_s: float | None, memory_mb: float | None,
           max_n: int, max_queue: int, max_tokens: int, max_body_kb: int, threads: int | None,
-          n_gpu_layers: int, kv_type: str) -> None:
+          n_gpu_layers: int, kv_type: str, allow_exec: bool, allow_weak_sandbox: bool) -> None:
     """Serve an OpenAI-compatible API (POST /v1/chat/completions) on HOST:PORT.
 
     Example: edgetts serve --port 8000, then point any OpenAI client at http://127.0.0.1:8000/v1
@@ -539,13 +539,23 @@ def serve(host: str, port: int, api_key: str | None, model: str | None, prm_path
         host=host, port=port, api_key=api_key, model_id=model_id, model_aliases=aliases,
         max_tokens=max_tokens, max_n=max_n, max_queue=max_queue, max_body_bytes=max_body_kb * 1024,
         default_strategy=strategy, default_n=n, default_deadline_s=deadline_s, memory_mb=memory_mb,
+        allow_exec=allow_exec,
     )
+    sandbox = None
+    if allow_exec:
+        from edgetts.sandbox import Sandbox, SandboxUnavailable
+
+        sandbox = Sandbox(allow_weak=allow_weak_sandbox)
+        isolation = sandbox.isolation()  # refuse at startup, not at the first request
+        if isolation.weak and not allow_weak_sandbox:
+            raise SandboxUnavailable("--allow-exec: this machine cannot contain model-written code\n"
+                                     + isolation.describe() + "\nadd --allow-weak-sandbox to run it anyway")
     policy_config = PolicyConfig(
         model=model, max_tokens=max_tokens, n_threads=threads, n_gpu_layers=n_gpu_layers,
         kv_type=kv_type, n_seq_max=min(max_n, 16),
     )
     click.echo(f"loading {model_id} ...", err=True)
-    run_server(Solver(policy_config, prm_path=prm_path, prm_threads=threads), settings)
+    run_server(Solver(policy_config, prm_path=prm_path, prm_threads=threads, sandbox=sandbox), settings)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from types import FrameType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -45,8 +45,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgetts.policy import PolicyError
 from edgetts.search import NEEDS_SCORER, STRATEGIES
-from edgetts.search.base import SearchResult
-from edgetts.solver import GREEDY, SolveOptions, Solver
+from edgetts.search.base import Candidate, SearchResult
+from edgetts.solver import GREEDY, SolveOptions, Solver, validate_code_options
+
+if TYPE_CHECKING:
+    from edgetts.code import CodeResult
 
 log = logging.getLogger("edgetts.server")
 
@@ -76,6 +79,9 @@ class ServerSettings:
     memory_mb: float | None = None  # the server's budget, passed to "auto" when supported
     progress_interval_s: float = 1.0  # streaming: one progress chunk this often while searching
     shutdown_grace_s: float = 10.0  # how long shutdown waits for responses before dropping them
+    # Run model-written code (task "code", mode "pot" / "cot+pot") in the solver's sandbox.
+    # Off by default: such requests get a 400 naming --allow-exec.
+    allow_exec: bool = False
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -233,6 +239,8 @@ class ChatRequest(BaseModel):
     agg: Literal["last", "min", "prod"] | None = None
     deadline_s: float | None = Field(None, gt=0)
     memory_mb: float | None = Field(None, gt=0)
+    task: Literal["math", "code"] = "math"  # code: write a function; the reply is the program
+    mode: Literal["cot", "pot", "cot+pot"] = "cot"  # math by prose, programs, or both
 
     def question(self) -> str:
         """The last user message: the solver answers one question, not a conversation."""
@@ -364,6 +372,7 @@ class Job:
     started_at: float | None = None
     finished_at: float | None = None
     tokens_at_start: int = 0
+    task: str = "math"
 
     def abandon(self) -> None:
         """The client is gone: never start, or stop the search at its next check."""
@@ -442,6 +451,11 @@ class Engine:
         policy.config.max_tokens = job.max_tokens
         job.tokens_at_start = policy.counters.tokens_sampled
         try:
+            if job.task == "code":
+                from edgetts.code import CodeTask
+
+                task = CodeTask.from_prompt(job.question)
+                return code_as_search_result(self.solver.solve_code(task, job.options, cancel=job.cancel))
             return self.solver.solve(job.question, job.options, cancel=job.cancel)
         finally:
             job.finished_at = time.perf_counter()
@@ -494,6 +508,24 @@ def known_strategies() -> set[str]:
     except (ValueError, TypeError):
         return names
     return names | {"auto"}
+
+
+def code_as_search_result(code: CodeResult) -> SearchResult:
+    """A code task's result in the response's shape: the answer is the chosen program, each
+    candidate's answer its program, and the votes each behaviour cluster's support."""
+    candidates = [
+        Candidate(text=c.text, answer=c.program, score=None, step_scores=[], n_tokens=c.n_tokens,
+                  stop_reason=c.stop_reason)
+        for c in code.candidates
+    ]
+    chosen = candidates[code.chosen] if code.chosen is not None else None
+    if chosen is not None and code.program is not None:
+        chosen = dataclasses.replace(chosen, text=f"```python\n{code.program.rstrip()}\n```")
+        candidates[code.chosen] = chosen
+    votes = {f"cluster {i}": c["support"] for i, c in enumerate(code.clusters)}
+    return SearchResult(strategy=f"code {code.strategy}", answer=code.program, chosen=chosen,
+                        candidates=candidates, votes=votes, cut_short=code.cut_short,
+                        counters=dict(code.counters))
 
 
 def _finish_reason(result: SearchResult) -> Literal["stop", "length"]:
@@ -558,6 +590,13 @@ class App:
         """Turn a request into a validated search job (every 400 is raised here, before queueing)."""
         self.check_model(req.model)
         s = self.settings
+        if (req.task == "code" or req.mode != "cot") and not s.allow_exec:
+            what = "task=code" if req.task == "code" else f"mode={req.mode}"
+            raise ApiError(400, f"{what} runs model-written code, which this server does not allow; "
+                                "start it with `edgetts serve --allow-exec`",
+                           param="task" if req.task == "code" else "mode", code="exec_not_allowed")
+        if req.task == "code":
+            return self._code_job(req)
         strategy = req.strategy or self.default_strategy
         if strategy not in self.strategies:
             raise ApiError(400, f"unknown strategy {strategy!r}; choose one of {sorted(self.strategies)}",
@@ -587,12 +626,37 @@ class App:
         memory = self._memory_mb(req.memory_mb)
         if memory is not None:
             fields["memory_mb"] = memory
+        if req.mode != "cot":
+            fields["mode"] = req.mode
         options = SolveOptions(**fields)
         try:
             options.validate()
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
         return Job(question=req.question(), options=options, max_tokens=max_tokens)
+
+    def _code_job(self, req: ChatRequest) -> Job:
+        """A code task: strategy greedy, majority or exec (default), no budget planning."""
+        s = self.settings
+        n = req.n or s.default_n
+        if n > s.max_n:
+            raise ApiError(400, f"n={n} is more than this server allows (max {s.max_n})", param="n")
+        max_tokens = req.max_completion_tokens or req.max_tokens or s.max_tokens
+        if max_tokens > s.max_tokens:
+            raise ApiError(400, f"max_tokens={max_tokens} is more than this server allows "
+                                f"(max {s.max_tokens})", param="max_tokens")
+        fields: dict[str, Any] = {"strategy": req.strategy or "exec", "n": n}
+        for name in ("temperature", "top_p", "top_k", "seed"):
+            if getattr(req, name) is not None:
+                fields[name] = getattr(req, name)
+        if req.deadline_s or s.default_deadline_s:
+            fields["deadline_s"] = req.deadline_s or s.default_deadline_s
+        options = SolveOptions(**fields)
+        try:
+            validate_code_options(options)
+        except ValueError as exc:
+            raise ApiError(400, str(exc), param="strategy") from None
+        return Job(question=req.question(), options=options, max_tokens=max_tokens, task="code")
 
     def _memory_mb(self, requested: float | None) -> float | None:
         """The request's memory budget, capped by the server's own."""

@@ -84,6 +84,17 @@ class SolveOptions:
             self.search_config().validate(self.strategy)
 
 
+def validate_code_options(options: SolveOptions) -> None:
+    """Raise ValueError on settings a code task cannot run with, before any model loads."""
+    if options.strategy not in CODE_STRATEGIES:
+        choices = ", ".join(CODE_STRATEGIES)
+        raise ValueError(f"for code tasks choose strategy {choices}, not {options.strategy!r}")
+    if options.mode != "cot":
+        raise ValueError("mode is for math; code tasks always run their programs")
+    # The sampling and budget checks are the math ones; only the strategy names differ.
+    replace(options, strategy=GREEDY if options.strategy == GREEDY else "majority").validate()
+
+
 @dataclass
 class Solver:
     """Answers questions with one loaded policy and, when a strategy needs it, one PRM.
@@ -187,11 +198,8 @@ class Solver:
         """
         from edgetts.code import CodeConfig, solve_code
 
-        options = options or SolveOptions()
-        if options.strategy not in CODE_STRATEGIES:
-            raise ValueError(
-                f"for code tasks choose strategy {', '.join(CODE_STRATEGIES)}, not {options.strategy!r}"
-            )
+        options = options or SolveOptions(strategy="exec")
+        validate_code_options(options)
         self._need_sandbox("code tasks")
         greedy = options.strategy == GREEDY
         n = 1 if greedy else (options.n if options.n is not None else DEFAULT_N)

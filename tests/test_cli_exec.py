@@ -1,0 +1,98 @@
+"""edgetts solve/run --task code, --mode pot: bad input ends with ``Error: ...`` before a model loads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from edgetts.cli import _show_code, main
+from edgetts.code.task import CodeCandidate, CodeResult
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["solve", "--task", "code", "def f(x):\n    pass", "--strategy", "beam_search"],
+            "for code tasks choose",
+        ),
+        (["solve", "--task", "code", "def f(x):\n    pass", "--mode", "pot"], "mode is for math"),
+        (
+            ["solve", "--task", "code", "def f(x):\n    pass", "--tests", "/no/such/tests.py"],
+            "cannot read tests",
+        ),
+        (["solve", "What is 2+2?", "--mode", "pot", "--strategy", "best_of_n"], "votes over programs"),
+        (["solve", "What is 2+2?", "--tests", "t.py"], "--tests is for --task code"),
+    ],
+)
+def test_bad_code_options_fail_clearly(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0
+    assert message in result.output, result.output
+
+
+def test_bad_tests_file_names_its_line(tmp_path) -> None:
+    tests = tmp_path / "t.py"
+    tests.write_text("assert f(1) ==\n")
+    result = CliRunner().invoke(
+        main, ["solve", "--task", "code", "def f(x):\n    pass", "--tests", str(tests)]
+    )
+    assert result.exit_code == 1 and "Error:" in result.output and "line 1" in result.output
+
+
+def test_run_code_rejects_rows_without_a_prompt(tmp_path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text(
+        json.dumps({"prompt": "def f():\n", "test": "", "entry_point": "f"}) + "\n" + '{"q": 1}\n'
+    )
+    result = CliRunner().invoke(
+        main, ["run", "--task", "code", "--data", str(data), "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 1 and "d.jsonl:2: no 'prompt'" in result.output
+
+
+def test_sandbox_command_reports_isolation() -> None:
+    result = CliRunner().invoke(main, ["sandbox"])
+    assert result.exit_code == 0 and "network cut off" in result.output
+
+
+def test_show_code_lists_tests_per_candidate(capsys) -> None:
+    good = CodeCandidate(
+        "t",
+        "def f(): ...",
+        10,
+        "eos",
+        True,
+        None,
+        [{"name": "doc: f() -> 1", "passed": True, "error": None}],
+        [True, False],
+        1,
+        ["'1'"],
+        0,
+    )
+    bad = CodeCandidate("t", None, 7, "eos", False, "no function found in the reply")
+    result = CodeResult(
+        "exec",
+        "f",
+        "def f(): ...",
+        0,
+        [good, bad],
+        ["doc: f() -> 1"],
+        ["assert f() == 1", "assert f() == 2"],
+        ["f()"],
+        [],
+        counters={
+            "tokens_prefilled": 5,
+            "tokens_generated": 17,
+            "sandbox_runs": 1,
+            "sandbox_s": 0.08,
+            "wall_s": 2.0,
+        },
+    )
+    _show_code(result)
+    err = capsys.readouterr().err
+    assert "1. visible 1/1, generated 1/2, cluster 0, 10 tokens  <- chosen" in err
+    assert "2. fails: no function found in the reply" in err
+    assert "sandbox: 1 runs, 0.08 s of 2.0 s" in err
