@@ -26,7 +26,8 @@ What else is isolated depends on the OS (:meth:`Sandbox.isolation` reports what 
 * **macOS.** rlimits and the timeout only: macOS does not enforce the address-space limit, and
   there is no network or file-system isolation (the candidate runs as the calling user and can
   write where the user can). This counts as *weak*.
-* **Windows.** No rlimits; only the empty environment, the timeout and the output cap. Weak.
+* **Windows.** Not supported: there are no rlimits and the report pipe cannot be passed, so
+  :meth:`Sandbox.run` always raises :class:`SandboxUnavailable` there (``allow_weak`` too).
 * Linux without namespaces (a container that forbids ``unshare``): rlimits and the timeout, no
   network or file-system isolation; weak, and as root the process-count limit cannot hold.
 
@@ -244,8 +245,7 @@ def setup():
         if os.getuid() == 0 or os.geteuid() == 0:
             raise OSError("could not drop root")
 try:
-    if cfg["setup"]:
-        setup()
+    setup()
 except BaseException as exc:
     report({"setup_error": "%s: %s" % (type(exc).__name__, exc)})
     os._exit(70)
@@ -322,16 +322,8 @@ class Sandbox:
     def _probe(self) -> tuple[Isolation, bool]:
         notes: list[str] = []
         if os.name == "nt":
-            return Isolation(
-                "windows",
-                False,
-                False,
-                False,
-                False,
-                False,
-                None,
-                ("no resource limits on Windows: timeout, empty environment and output cap only",),
-            ), False
+            note = "Windows is not supported: no resource limits, no way to pass the report pipe"
+            return Isolation("windows", False, False, False, False, False, None, (note,)), False
         namespaces = self._use_namespaces()
         result = self._spawn("import fractions, typing\n", (), "__main__", namespaces=namespaces)
         if namespaces and result.error and result.error.startswith("sandbox setup failed"):
@@ -369,6 +361,10 @@ class Sandbox:
         Raises :class:`SandboxUnavailable` when the sandbox is weak and not allowed.
         """
         isolation, namespaces = self._isolation_and_mode()
+        if os.name == "nt":
+            raise SandboxUnavailable(
+                "model-written code cannot run contained on Windows (see edgetts.sandbox)"
+            )
         if isolation.weak and not self.allow_weak:
             raise SandboxUnavailable(
                 "refusing to run model-written code: this machine cannot contain it\n"
@@ -389,12 +385,11 @@ class Sandbox:
         start = time.perf_counter()
         nonce = secrets.token_hex(16)
         workdir = tempfile.mkdtemp(prefix="edgetts-sandbox-")
-        drop = self.drop_uid if (os.name != "nt" and os.getuid() == 0) else 0
+        drop = self.drop_uid if os.getuid() == 0 else 0
         if drop:
             os.chown(workdir, drop, drop)  # without a tmpfs over it, nobody must write here
         cfg = {
             "nonce": nonce,
-            "setup": os.name != "nt",
             "namespaces": namespaces,
             "drop_uid": drop,
             "limits": {
@@ -496,15 +491,10 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def _kill_group(proc: subprocess.Popen) -> None:
     """Kill the child's whole process group (it is the group leader, see start_new_session)."""
-    if proc.poll() is not None and os.name == "nt":
-        return
     try:
-        if os.name == "nt":
-            proc.kill()
-        else:
-            os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
-        pass
+        pass  # already gone
 
 
 def _interpret(
