@@ -285,3 +285,41 @@ def test_cot_plus_pot_votes_together(sandbox: Sandbox) -> None:
     result = program_of_thought("q", gen, sandbox, None, PotConfig(mode="cot+pot", n_pot=1, n_cot=2))
     assert result.answer == "42" and result.votes == {"7": 1.0, "42": 2.0}
     assert [s for s, _ in gen.roots] == [POT_SYSTEM, None]
+
+
+# -- wiring: no model needed ---------------------------------------------------------------------
+
+
+def test_solver_without_a_sandbox_refuses_model_written_code() -> None:
+    from edgetts.solver import SolveOptions, Solver
+
+    solver = Solver()  # no sandbox: nothing loads before the refusal
+    with pytest.raises(ValueError, match="no sandbox"):
+        solver.solve_code(CodeTask.from_prompt(PROMPT), SolveOptions(strategy="exec"))
+    with pytest.raises(ValueError, match="no sandbox"):
+        solver.solve("What is 2 + 2?", SolveOptions(mode="pot", strategy="majority"))
+    assert solver._policy is None
+
+
+def test_load_code_problems_reads_gzip_and_checks_fields(tmp_path) -> None:
+    import gzip
+    import json
+
+    from edgetts.data import DataError, load_code_problems
+
+    path = tmp_path / "he.jsonl.gz"
+    rows = [
+        {"task_id": "T/0", "prompt": PROMPT, "test": "def check(c):\n    pass\n", "entry_point": "add_all"},
+        {"prompt": "Write hello world."},
+    ]
+    with gzip.open(path, "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    problems = load_code_problems(path)
+    assert [(p.id, p.entry_point, p.test is not None) for p in problems] == [
+        ("T/0", "add_all", True),
+        ("2", None, False),
+    ]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "x", "test": "assert 1"}) + "\n")
+    with pytest.raises(DataError, match="bad.jsonl:1: a 'test' needs the 'entry_point'"):
+        load_code_problems(bad)
