@@ -1,9 +1,14 @@
 """Pull the final answer out of a solution and decide whether two answers agree.
 
 Extraction order, most explicit first: the last ``\\boxed{...}``, then "The answer is ...", then a
-GSM8K-style "#### ..." line, then the last number in the text. Numbers are compared numerically
-after stripping currency, thousands separators, units and trailing periods; everything else goes to
-``math-verify``, which understands LaTeX (fractions, roots, tuples, intervals).
+GSM8K-style "#### ..." line, then the last number in the text. Unfinished text never answers: a
+``\\boxed{`` that was opened but not closed means no answer (not the text around it), and the
+last-number fallback applies only to a solution that ended by itself, since a solution cut by the
+token limit or a deadline stops mid-sentence, on whatever number it was writing.
+
+Numbers are compared numerically after stripping currency, thousands separators, units and
+trailing periods; everything else goes to ``math-verify``, which understands LaTeX (fractions,
+roots, tuples, intervals).
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from functools import lru_cache
 
 from math_verify import parse, verify
 
-_NUMBER = r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+"
+# Thousands separators only in groups of three: "3," and "3,5" are not numbers with a comma.
+_NUMBER = r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?|-?\.\d+"
 _NUMBER_RE = re.compile(_NUMBER)
 _ANSWER_IS_RE = re.compile(r"answer is[:\s]*\$?\s*(.+?)(?:\$|\.\s|\.$|\n|$)", re.IGNORECASE)
 _HASHES_RE = re.compile(r"####\s*(.+)")
@@ -40,21 +46,36 @@ def last_boxed(text: str) -> str | None:
     return None  # unbalanced: the model stopped mid-answer
 
 
-def extract_answer(text: str) -> str | None:
-    """Return the final answer written in ``text``, or None when there is none."""
+def extract_answer(text: str, complete: bool = True) -> str | None:
+    """Return the final answer written in ``text``, or None when there is none.
+
+    ``complete`` says the solution ended by itself; for one that was cut (token limit, deadline)
+    only an explicit answer counts, never the last number it happened to be writing.
+    """
     if not text:
         return None
     boxed = last_boxed(text)
     if boxed:
         return boxed
+    if "\\boxed" in text or "\\fbox" in text:
+        return None  # the answer was being written and stopped: no answer, not a fragment
     matches = _ANSWER_IS_RE.findall(text)
-    if matches and matches[-1].strip():
-        return matches[-1].strip()
+    if matches and _clean(matches[-1]):
+        return _clean(matches[-1])
     hashes = _HASHES_RE.findall(text)
     if hashes and hashes[-1].strip():
         return hashes[-1].strip()
-    numbers = _NUMBER_RE.findall(text)
+    numbers = _NUMBER_RE.findall(text) if complete else []
     return numbers[-1] if numbers else None
+
+
+def _clean(answer: str) -> str:
+    """An answer's text without math delimiters around it (``\\( 5 \\)``, ``$5$``)."""
+    answer = answer.strip()
+    for left, right in (("\\(", "\\)"), ("\\[", "\\]"), ("$", "$")):
+        if answer.startswith(left):
+            answer = answer[len(left) :].removesuffix(right).strip()
+    return answer
 
 
 def as_number(answer: str) -> float | None:

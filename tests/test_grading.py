@@ -21,9 +21,19 @@ def test_extract_answer(text, expected):
     assert extract_answer(text) == expected
 
 
-def test_unbalanced_box_falls_back():
+def test_unfinished_box_is_no_answer():
     assert last_boxed("\\boxed{12") is None
-    assert extract_answer("we get 12 so \\boxed{12") == "12"
+    assert extract_answer("we get 12 so \\boxed{12") is None
+    # seen: a path cut at the token limit answered "\\(\\boxed" and won a tie against 5
+    assert extract_answer("Therefore, the final answer is \\(\\boxed") is None
+
+
+def test_cut_text_answers_only_explicitly():
+    assert extract_answer("so far we have 3,", complete=False) is None
+    assert extract_answer("so far we have 3,") == "3"  # no trailing comma in a number
+    assert extract_answer("The answer is 3. Let me check 4", complete=False) == "3"
+    assert extract_answer("we get \\boxed{7} and then 9", complete=False) == "7"
+    assert extract_answer("The answer is \\(12\\)") == "12"
 
 
 @pytest.mark.parametrize(

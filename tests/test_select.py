@@ -165,3 +165,23 @@ def test_run_search_majority_counts_costs():
     assert result.counters["tokens_decoded"] == 4
     assert result.counters["prm_calls"] == 1 and result.counters["prm_steps_scored"] == 2
     assert {"policy_s", "prm_s", "other_s", "wall_s"} <= set(result.counters)
+
+
+def test_cut_path_with_unfinished_box_loses_to_a_real_answer():
+    # seen: "\(\boxed" from a path cut at the token limit won a tie against 5
+    cut = Path(steps=["So the final answer is \\(\\boxed"], finished=True, stop_reason="max_tokens")
+    done = Path(steps=["2 + 3 = 5"], finished=True, stop_reason="eos")
+    candidates = [to_candidate(cut), to_candidate(done)]
+    assert candidates[0].answer is None
+    chosen, votes = pick_by_vote(candidates, lambda c: 1.0)
+    assert chosen.answer == "5" and votes == {"5": 1.0}
+
+
+def test_deadline_cut_paths_vote_only_when_nothing_better():
+    # seen: paths cut by a deadline voted "3," (the last number they were writing)
+    cut = [Path(steps=["We have 3, then"], stop_reason="deadline") for _ in range(2)]
+    done = Path(steps=["It is 7"], finished=True, stop_reason="eos")
+    guesses = [to_candidate(p) for p in cut]
+    assert [(c.answer, c.provisional) for c in guesses] == [("3", True), ("3", True)]
+    assert pick_by_vote([*guesses, to_candidate(done)], lambda c: 1.0)[1] == {"7": 1.0}
+    assert pick_by_vote(guesses, lambda c: 1.0)[1] == {"3": 2.0}  # anytime: the best guess

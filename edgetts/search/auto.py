@@ -182,7 +182,7 @@ def auto(
     extra = _continue(question, generator, scorer, config, choice, len(probes), deadline, prefill_s)
     candidates = [to_candidate(p, config.agg) for p in probes if p.finished]
     candidates += extra.candidates if extra is not None else []
-    if not any(c.answer is not None for c in candidates):  # as conclude(): partial ones as fallback
+    if not any(c.answer is not None and not c.provisional for c in candidates):  # as conclude()
         candidates += [to_candidate(p, config.agg) for p in probes if not p.finished]
     chosen, votes = _pick(choice.strategy, candidates, config)
     return SearchResult(

@@ -126,6 +126,9 @@ class Candidate:
     step_scores: list[float]
     n_tokens: int
     stop_reason: str | None
+    # The answer is only the last number of a path that was cut short (token limit, deadline),
+    # not one it wrote out: it votes only when no candidate has a real answer (see select.py).
+    provisional: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Candidate:

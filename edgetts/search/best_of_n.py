@@ -114,7 +114,7 @@ def conclude(
     has an answer, so a search cut short by its deadline still answers when any path has one.
     """
     candidates = [to_candidate(p, config.agg) for p in finished]
-    if not any(c.answer is not None for c in candidates):
+    if not any(c.answer is not None and not c.provisional for c in candidates):
         candidates += [to_candidate(p, config.agg) for p in partial]
     chosen, votes = pick(candidates, weighted)
     return SearchResult(

@@ -2,7 +2,11 @@
 
 Every strategy ends here, so ties and unparseable answers are handled once:
 
-* paths whose answer cannot be extracted never vote (they are still listed as candidates);
+* paths whose answer cannot be extracted never vote (they are still listed as candidates); a path
+  cut short (token limit, deadline) answers only with an explicit, complete answer (a closed
+  ``\\boxed{}``, "the answer is N"); the last number it was writing is only a *provisional*
+  answer, which votes when no candidate has a real one (so a search cut short by its deadline
+  still gives its best guess; a trailing comma is never part of a number);
 * equal answers are grouped by :func:`edgetts.grading.answers_equal`, so ``18``, ``18.0`` and
   ``\\$18`` are one group; the group is named by its first member's normalised answer;
 * ties between groups go to the group whose best member scored higher, then to the group seen
@@ -21,7 +25,12 @@ from edgetts.search.base import Candidate, Path, StepScorer, aggregate
 
 def to_candidate(path: Path, agg: str = "last") -> Candidate:
     """Summarise a (finished) path for the result."""
-    answer = extract_answer(path.text) if path.finished or path.steps else None
+    complete = path.finished and path.stop_reason in (None, "eos")
+    answer = extract_answer(path.text, complete=complete) if path.finished or path.steps else None
+    provisional = False
+    if answer is None and not complete and path.steps:
+        answer = extract_answer(path.text, complete=True)  # its last number: a guess at best
+        provisional = answer is not None
     return Candidate(
         text=path.text,
         answer=normalize_answer(answer),
@@ -29,7 +38,14 @@ def to_candidate(path: Path, agg: str = "last") -> Candidate:
         step_scores=list(path.scores),
         n_tokens=path.n_tokens,
         stop_reason=path.stop_reason,
+        provisional=provisional,
     )
+
+
+def voters(candidates: Sequence[Candidate]) -> list[int]:
+    """Indices of the candidates whose answers vote: real answers, else provisional ones."""
+    real = [i for i, c in enumerate(candidates) if c.answer is not None and not c.provisional]
+    return real or [i for i, c in enumerate(candidates) if c.answer is not None]
 
 
 def score_paths(scorer: StepScorer, question: str, paths: list[Path]) -> None:
@@ -55,9 +71,8 @@ def score_paths(scorer: StepScorer, question: str, paths: list[Path]) -> None:
 def group_by_answer(candidates: Sequence[Candidate]) -> list[list[int]]:
     """Indices of candidates grouped by equal answer, groups in order of first appearance."""
     groups: list[list[int]] = []
-    for i, cand in enumerate(candidates):
-        if cand.answer is None:
-            continue
+    for i in voters(candidates):
+        cand = candidates[i]
         for group in groups:
             if answers_equal(candidates[group[0]].answer, cand.answer):
                 group.append(i)
@@ -96,7 +111,7 @@ def pick_best(candidates: Sequence[Candidate]) -> Candidate | None:
     """The single highest-scored candidate (first one on ties), parseable answers first."""
     if not candidates:
         return None
-    parseable = [c for c in candidates if c.answer is not None]
+    parseable = [candidates[i] for i in voters(candidates)]
     return _best_scored(parseable or list(candidates))
 
 
