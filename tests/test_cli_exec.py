@@ -96,3 +96,44 @@ def test_show_code_lists_tests_per_candidate(capsys) -> None:
     assert "1. visible 1/1, generated 1/2, cluster 0, 10 tokens  <- chosen" in err
     assert "2. fails: no function found in the reply" in err
     assert "sandbox: 1 runs, 0.08 s of 2.0 s" in err
+
+
+def test_solve_code_and_pot_end_to_end_with_a_scripted_policy(monkeypatch) -> None:
+    """The CLI's whole path (solver, sandbox, output) with a scripted policy in place of llama.cpp."""
+    from types import SimpleNamespace
+
+    import edgetts.solver
+    from edgetts.code.task import CODE_SYSTEM, TESTS_SYSTEM
+    from edgetts.pot import POT_SYSTEM
+    from edgetts.sandbox import Sandbox
+
+    if Sandbox().isolation().weak:
+        pytest.skip("no sandbox on this machine")
+    test_code = pytest.importorskip("test_code")
+    script = {
+        CODE_SYSTEM: [test_code.WRONG, test_code.GOOD, test_code.WRONG],
+        TESTS_SYSTEM: [test_code.TESTS_REPLY],
+        POT_SYSTEM: [
+            "```python\nprint(6 * 7)\n```",
+            "```python\nprint(41)\n```",
+            "```python\nprint(42)\n```",
+        ],
+    }
+
+    def fake_policy(config):
+        gen = test_code.ScriptedGenerator(script)
+        gen.config = SimpleNamespace(temperature=0.3)
+        gen.close = lambda: None
+        return gen
+
+    monkeypatch.setattr(edgetts.solver, "LlamaPolicy", fake_policy)
+    result = CliRunner().invoke(main, ["solve", "--task", "code", test_code.PROMPT, "-n", "3", "--show"])
+    assert result.exit_code == 0, result.output
+    assert "return sum(helper(x) for x in xs)" in result.stdout and "len(xs)" not in result.stdout
+    assert "2. visible 2/2, generated 3/3, cluster 0" in result.stderr and "<- chosen" in result.stderr
+    assert "failed: doc: add_all([1, 2, 3]) -> 6" in result.stderr
+    result = CliRunner().invoke(
+        main, ["solve", "What is 6 * 7?", "--mode", "pot", "--strategy", "majority", "-n", "3"]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "42"
