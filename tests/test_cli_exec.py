@@ -98,7 +98,7 @@ def test_show_code_lists_tests_per_candidate(capsys) -> None:
     assert "sandbox: 1 runs, 0.08 s of 2.0 s" in err
 
 
-def test_solve_code_and_pot_end_to_end_with_a_scripted_policy(monkeypatch) -> None:
+def test_solve_code_and_pot_end_to_end_with_a_scripted_policy(monkeypatch, tmp_path) -> None:
     """The CLI's whole path (solver, sandbox, output) with a scripted policy in place of llama.cpp."""
     from types import SimpleNamespace
 
@@ -132,6 +132,22 @@ def test_solve_code_and_pot_end_to_end_with_a_scripted_policy(monkeypatch) -> No
     assert "return sum(helper(x) for x in xs)" in result.stdout and "len(xs)" not in result.stdout
     assert "2. visible 2/2, generated 3/3, cluster 0" in result.stderr and "<- chosen" in result.stderr
     assert "failed: doc: add_all([1, 2, 3]) -> 6" in result.stderr
+    data, out = tmp_path / "he.jsonl", tmp_path / "out.jsonl"
+    row = {
+        "task_id": "T/0",
+        "prompt": test_code.PROMPT,
+        "entry_point": "add_all",
+        "test": "def check(candidate):\n    assert candidate([4, 5]) == 9\n",
+    }
+    data.write_text(json.dumps(row) + "\n")
+    result = CliRunner().invoke(
+        main, ["run", "--task", "code", "--data", str(data), "--out", str(out), "-n", "3"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "pass@1: 1/1" in result.stdout
+    record = json.loads(out.read_text())
+    assert record["id"] == "T/0" and record["correct"] is True
+    assert [c["correct"] for c in record["candidates"]] == [False, True, False]
     result = CliRunner().invoke(
         main, ["solve", "What is 6 * 7?", "--mode", "pot", "--strategy", "majority", "-n", "3"]
     )
