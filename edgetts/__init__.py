@@ -5,8 +5,9 @@
 '21'
 """
 
-from edgetts.search.base import SearchConfig, SearchResult
+from edgetts.policy import PolicyConfig
+from edgetts.search.base import Sampling, SearchConfig, SearchResult
 from edgetts.solver import SolveOptions, Solver, solve
 
-__all__ = ["SearchConfig", "SearchResult", "SolveOptions", "Solver", "solve"]
+__all__ = ["PolicyConfig", "Sampling", "SearchConfig", "SearchResult", "SolveOptions", "Solver", "solve"]
 __version__ = "0.1.0"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
+import os
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -16,10 +18,13 @@ import click
 
 from edgetts import models as registry
 from edgetts.grading import answers_equal
-from edgetts.search.base import SearchResult
+from edgetts.search import STRATEGIES
+from edgetts.search.base import MAX_N, SearchResult
 from edgetts.solver import SolveOptions
 
 EXIT_INTERRUPTED = 130
+STRATEGY_NAMES = ["auto", "greedy", *STRATEGIES]
+LOG_LEVELS = ["debug", "info", "warning", "error"]
 
 
 def _friendly_errors(func):
@@ -47,14 +52,15 @@ def _friendly_errors(func):
 def _search_options(func):
     """Options shared by ``solve`` and ``run`` (one definition, so they never drift apart)."""
     options = [
-        click.option("--strategy", default="auto", show_default=True,
-                     help="auto, greedy, majority, best_of_n, weighted_best_of_n, beam_search or dvts."),
-        click.option("-n", "--n", "n", type=int, default=None,
+        click.option("--strategy", default="auto", show_default=True, type=click.Choice(STRATEGY_NAMES),
+                     help="How to search (see the README's table)."),
+        click.option("-n", "--n", "n", type=click.IntRange(1, MAX_N), default=None,
                      help="Samples (majority, best-of-N), beams (beam search) or leaves (DVTS) "
                           "[default: planned under a budget, else 4]."),
-        click.option("--beam-width", default=4, show_default=True,
+        click.option("--beam-width", default=4, show_default=True, type=click.IntRange(1, MAX_N),
                      help="Expansions per kept beam (beam search, DVTS)."),
-        click.option("--max-steps", default=40, show_default=True, help="Search rounds at most."),
+        click.option("--max-steps", default=40, show_default=True, type=click.IntRange(1),
+                     help="Search rounds at most."),
         click.option("--agg", default=None, type=click.Choice(["last", "min", "prod"]),
                      help="How step scores combine into a path score [default: the PRM's own, "
                           "from its manifest]."),
@@ -73,12 +79,13 @@ def _search_options(func):
         click.option("--prm", "prm_path", default=None,
                      help="PRM directory: a text PRM or a policy probe (default: the one "
                           "shipped for the policy)."),
-        click.option("--max-tokens", default=512, show_default=True,
+        click.option("--max-tokens", default=512, show_default=True, type=click.IntRange(1),
                      help="Generated tokens per solution."),
-        click.option("--threads", type=int, default=None, help="CPU threads (default: all)."),
-        click.option("--n-gpu-layers", type=int, default=None,
-                     help="Layers to offload to a GPU (CUDA build of llama.cpp) [default: 0, or "
-                          "planned under a budget]."),
+        click.option("--threads", type=click.IntRange(1), default=None,
+                     help="CPU threads (default: $EDGETTS_THREADS, else all cores)."),
+        click.option("--n-gpu-layers", type=click.IntRange(-1), default=None,
+                     help="Layers to offload to a GPU (CUDA build of llama.cpp; -1: all) [default: 0, "
+                          "or planned under a budget]."),
         click.option("--kv-type", default=None, type=click.Choice(["f16", "q8_0"]),
                      help="KV cache element type [default: f16, or planned under a budget]."),
         click.option("--task", default="math", show_default=True, type=click.Choice(["math", "code"]),
@@ -154,29 +161,98 @@ def _explain(solver, options, question: str | None) -> None:
     click.echo(text, err=True)
 
 
-@click.group()
+class _PlainFormatter(logging.Formatter):
+    """``Warning: ...`` on one line, as click prints ``Error: ...``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.capitalize()}: {record.getMessage()}"
+
+
+CONFIG_ENV = "EDGETTS_CONFIG"
+
+
+def config_path() -> Path:
+    """The config file: ``$EDGETTS_CONFIG``, else ``config.toml`` in the user config folder."""
+    import platformdirs
+
+    env = os.environ.get(CONFIG_ENV)
+    folder = platformdirs.user_config_dir("edgetts", appauthor=False)
+    return Path(env) if env else Path(folder) / "config.toml"
+
+
+def load_config(path: Path) -> dict:
+    """Defaults from a TOML file, as click's default_map: a table per command (``[solve]``,
+    ``[serve]``, ...), top-level keys for every command; names as the flags (``max-tokens``)."""
+    if not path.is_file():
+        return {}
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise click.ClickException(f"config file {path}: {exc}") from None
+
+    def names(table: dict) -> dict:
+        return {key.replace("-", "_"): value for key, value in table.items() if not isinstance(value, dict)}
+
+    shared = names(data)
+    return {**shared, **{command: {**shared, **names(table)} for command, table in data.items()
+                         if isinstance(table, dict)}}
+
+
+class _Main(click.Group):
+    """Flags win over ``EDGETTS_<COMMAND>_<FLAG>`` variables, which win over the config file."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        extra.setdefault("auto_envvar_prefix", "EDGETTS")
+        extra.setdefault("default_map", load_config(config_path()))
+        return super().make_context(info_name, args, parent, **extra)
+
+
+@click.group(cls=_Main)
 @click.version_option(package_name="edgetts")
-def main() -> None:
+@click.option("--offline", is_flag=True,
+              help="Never reach the network: a missing model is an error naming what to bring "
+                   "(also $EDGETTS_OFFLINE=1).")
+@click.option("-v", "--verbose", is_flag=True, help="Say what happens (--log-level info).")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), default=None,
+              help="How much edgetts and llama.cpp tell on stderr [default: warning].")
+def main(offline: bool, verbose: bool, log_level: str | None) -> None:
     """edgetts: small models answer better by spending compute at answer time.
 
     Sample several reasoning paths on a local GGUF model, score their steps with a process
     reward model, search, and answer. Everything runs offline.
+
+    Defaults come from ~/.config/edgetts/config.toml ($EDGETTS_CONFIG; a [solve] or [serve] table,
+    keys named as the flags), then EDGETTS_<COMMAND>_<FLAG> variables, then the flags.
     """
+    if offline:
+        os.environ[registry.OFFLINE_ENV] = "1"  # read by every later model lookup in this process
+    logger = logging.getLogger("edgetts")
+    if not logger.handlers:  # warnings (a missing PRM, an unusable file) as one plain line
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_PlainFormatter())
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel((log_level or ("info" if verbose else "warning")).upper())
 
 
 @main.command()
-@click.argument("question")
+@click.argument("question", required=False)
 @_search_options
 @click.option("--show", is_flag=True, help="Also print the chosen reasoning, votes and scores.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
 @_friendly_errors
-def solve(question: str, show: bool, as_json: bool, **kw) -> None:
-    """Answer QUESTION and print the final answer.
+def solve(question: str | None, show: bool, as_json: bool, **kw) -> None:
+    """Answer QUESTION and print the final answer (QUESTION absent or - : read it from stdin).
 
     Example: edgetts solve "A pen costs 3 dollars. How much do 7 pens cost?" --show
     """
+    question = _question_or_stdin(question)
     if not question.strip():
-        raise click.UsageError("the question is empty")
+        raise click.ClickException("the question is empty")
     solver, options = _make_solver(kw)
     if kw["task"] == "code":
         _solve_code(solver, options, question, _code_tests(kw), show, as_json)
@@ -228,6 +304,15 @@ def _show_code(result) -> None:
     c = result.counters
     echo(f"tokens: {c['tokens_prefilled']} prefilled, {c['tokens_generated']} generated; sandbox: "
          f"{c['sandbox_runs']} runs, {c['sandbox_s']:.2f} s of {c['wall_s']:.1f} s")
+
+
+def _question_or_stdin(question: str | None) -> str:
+    """The question given, or stdin's text when it is ``-`` or absent and stdin is not a terminal."""
+    if question not in (None, "-"):
+        return question
+    if sys.stdin is None or sys.stdin.isatty():
+        raise click.UsageError("give a QUESTION, or pipe one in: echo 'What is 2+3?' | edgetts solve")
+    return sys.stdin.read()
 
 
 def _show(result: SearchResult) -> None:
@@ -285,6 +370,18 @@ def _record(problem, result, options, model: str | None, seconds: float) -> dict
     }
 
 
+# Settings that change a run's answers; a results file keeps them, and a resume must match.
+# (Threads and GPU offload change only the speed.)
+ANSWER_SETTINGS = ("strategy", "n", "beam_width", "max_steps", "agg", "temperature", "top_p", "top_k",
+                   "seed", "deadline_s", "memory_mb", "max_tokens", "kv_type", "prm_path")
+
+
+def _run_settings(kw: dict) -> dict:
+    settings = {key: kw[key] for key in ANSWER_SETTINGS}
+    settings["model"] = kw["model"] or registry.default_model_name()
+    return settings
+
+
 @main.command()
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
               help="Benchmark file (JSONL, or a .json list).")
@@ -295,8 +392,10 @@ def _record(problem, result, options, model: str | None, seconds: float) -> dict
 @click.option("--answer-key", default=None, help="Gold answer field.")
 @click.option("--id-key", default=None, help="Problem id field (default: idx/id/line number).")
 @_search_options
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @_friendly_errors
-def run(data_path: Path, out_path: Path, limit, question_key, answer_key, id_key, **kw) -> None:
+def run(data_path: Path, out_path: Path, limit, question_key, answer_key, id_key, as_json: bool,
+        **kw) -> None:
     """Answer every problem in a benchmark file, appending one JSON line per problem."""
     import time
 
@@ -305,11 +404,13 @@ def run(data_path: Path, out_path: Path, limit, question_key, answer_key, id_key
     from edgetts.data import load_problems
     from edgetts.results import ResultsFile
 
+    if out_path.exists() and data_path.exists() and out_path.resolve() == data_path.resolve():
+        raise click.UsageError("--out is the --data file; results go to a file of their own")
     if kw["task"] == "code":
         _run_code(data_path, out_path, limit, kw)
         return
     problems = load_problems(data_path, question_key, answer_key, id_key, limit)
-    results = ResultsFile(out_path)
+    results = ResultsFile(out_path, settings=_run_settings(kw))
     todo = [p for p in problems if p.id not in results.done]
     if len(todo) < len(problems):
         click.echo(f"resuming: {len(problems) - len(todo)} of {len(problems)} already in {out_path}",
@@ -331,7 +432,11 @@ def run(data_path: Path, out_path: Path, limit, question_key, answer_key, id_key
                    "run the same command again to resume", err=True)
         sys.exit(EXIT_INTERRUPTED)
     correct, graded = results.accuracy()
-    if graded:
+    if as_json:
+        summary = {"out": str(out_path), "answered": len(results.records), "graded": graded,
+                   "correct": correct, "accuracy": correct / graded if graded else None}
+        click.echo(json.dumps(summary))
+    elif graded:
         click.echo(f"accuracy: {correct}/{graded} = {correct / graded:.1%}")
     else:
         click.echo(f"answered {len(results.records)} problems (no gold answers to grade)")
@@ -412,7 +517,8 @@ def plan(question: str | None, **kw) -> None:
 @click.option("-m", "--model", default=None, help="Registry name or .gguf path (default model).")
 @click.option("--prm", "prm_path", default=None,
               help="PRM directory (default: the one shipped for the policy).")
-@click.option("--threads", type=int, default=None, help="CPU threads (default: $EDGETTS_THREADS or all).")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="CPU threads (default: $EDGETTS_THREADS or all).")
 @click.option("--batches", default="1,2,4,8,16,32", show_default=True,
               help="Batch sizes (sequences decoded together) to measure.")
 @click.option("--tokens", default=16, show_default=True, help="Tokens decoded per sequence and batch.")
@@ -445,11 +551,17 @@ def sandbox() -> None:
 
 @main.group(invoke_without_command=True)
 @click.pass_context
-def models(ctx: click.Context) -> None:
-    """List the registry models (name, size, ready or not). Subcommands: pull, verify."""
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per model, one per line.")
+def models(ctx: click.Context, as_json: bool) -> None:
+    """List the registry models (name, size, ready or not). Subcommands: pull, import, verify."""
     if ctx.invoked_subcommand is not None:
         return
     for spec in registry.load_registry().values():
+        if as_json:
+            click.echo(json.dumps({"name": spec.name, "default": spec.default, "kind": spec.kind,
+                                   "size_bytes": spec.size_bytes, "ready": registry.is_ready(spec),
+                                   "path": str(registry.model_path(spec))}))
+            continue
         state = "ready" if registry.is_ready(spec) else "not pulled"
         default = " (default)" if spec.default else ""
         click.echo(f"{spec.name}{default}\t{spec.kind}\t{spec.size_bytes / 1e6:.0f} MB\t{state}")
@@ -464,6 +576,21 @@ def models_pull(name: str | None, force: bool) -> None:
     spec = _spec(name)
     path = registry.pull(spec, force=force)
     click.echo(str(path))
+
+
+@models.command("import")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--name", default=None, help="Registry name for a single .gguf file.")
+@_friendly_errors
+def models_import(path: Path, name: str | None) -> None:
+    """Register a bundle's models folder, or one local .gguf file under --name.
+
+    Each file is sha256-checked and copied into $EDGETTS_HOME/models, so it runs with no network.
+    """
+    from edgetts.bundle import import_models
+
+    for imported in import_models(path, name):
+        click.echo(f"{imported}: ready ({registry.model_path(registry.load_registry()[imported])})")
 
 
 @models.command("verify")
@@ -485,53 +612,93 @@ def _spec(name: str | None) -> registry.ModelSpec:
 
 
 @main.command()
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="New or empty folder for the bundle.")
+@click.option("--model", "model_names", multiple=True,
+              help="Registry model to include (repeat for more; default: the default model).")
+@click.option("--source", type=click.Path(exists=True, path_type=Path), default=None,
+              help="edgetts checkout or wheel to bundle (default: the one running, if a checkout).")
+@_friendly_errors
+def bundle(out_dir: Path, model_names: tuple[str, ...], source: Path | None) -> None:
+    """Make an air-gapped bundle: wheels, verified models, INSTALL.txt (see edgetts/bundle.py).
+
+    Example: edgetts bundle --out /media/usb/edgetts, then on the workstation follow INSTALL.txt.
+    """
+    from edgetts.bundle import make_bundle
+
+    report = make_bundle(out_dir, list(model_names), source, log=lambda line: click.echo(line, err=True))
+    click.echo(f"{report.directory}: {report.wheels} wheels ({report.wheels_bytes / 1e6:,.0f} MB), "
+               f"models {', '.join(report.models)} ({report.models_bytes / 1e6:,.0f} MB), "
+               f"{report.seconds:.0f} s; see INSTALL.txt there")
+
+
+@main.command()
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; anything but loopback exposes the server to the network.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--api-key", envvar="EDGETTS_API_KEY", default=None,
-              help="Require 'Authorization: Bearer KEY' on /v1 (also $EDGETTS_API_KEY).")
+@click.option("--api-key", envvar="EDGETTS_API_KEY", default=None, show_envvar=True,
+              help="Require 'Authorization: Bearer KEY' on /v1. A key given here shows in `ps` to "
+                   "every user of this machine: prefer $EDGETTS_API_KEY or --api-key-file.")
+@click.option("--api-key-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Read the API key from this file (its first line).")
 @click.option("-m", "--model", default=None,
               help="Registry name or path to a .gguf file (default: the default model).")
 @click.option("--prm", "prm_path", default=None,
               help="PRM directory (default: the one shipped for the policy).")
-@click.option("--strategy", default=None,
+@click.option("--strategy", default=None, type=click.Choice(STRATEGY_NAMES),
               help="Default strategy for requests that name none (default: auto when available, "
                    "else majority).")
-@click.option("-n", "--n", "n", default=4, show_default=True, help="Default n for requests.")
+@click.option("-n", "--n", "n", default=4, show_default=True, type=click.IntRange(1, MAX_N),
+              help="Default n for requests.")
 @click.option("--deadline-s", type=float, default=None, help="Default deadline for requests.")
 @click.option("--memory-mb", type=float, default=None, help="Memory budget for strategy auto.")
-@click.option("--max-n", default=16, show_default=True, help="Largest n a request may ask for.")
-@click.option("--max-queue", default=4, show_default=True,
+@click.option("--max-n", default=16, show_default=True, type=click.IntRange(1, MAX_N),
+              help="Largest n a request may ask for.")
+@click.option("--max-queue", default=4, show_default=True, type=click.IntRange(0),
               help="Requests that may wait behind the running one; more get 503 + Retry-After.")
-@click.option("--max-tokens", default=512, show_default=True,
+@click.option("--max-tokens", default=512, show_default=True, type=click.IntRange(1),
               help="Generated tokens per solution, at most (requests may ask for fewer).")
-@click.option("--max-body-kb", default=256, show_default=True, help="Largest request body.")
-@click.option("--threads", type=int, default=None, help="CPU threads (default: $EDGETTS_THREADS or all).")
-@click.option("--n-gpu-layers", default=0, show_default=True, help="Layers to offload to a GPU.")
+@click.option("--max-body-kb", default=256, show_default=True, type=click.IntRange(1),
+              help="Largest request body.")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="CPU threads (default: $EDGETTS_THREADS or all).")
+@click.option("--n-gpu-layers", default=0, show_default=True, type=click.IntRange(-1),
+              help="Layers to offload to a GPU (-1: all).")
 @click.option("--kv-type", default="f16", show_default=True, type=click.Choice(["f16", "q8_0"]))
+@click.option("--strict-model", is_flag=True,
+              help="Answer only requests naming this model (default: any name means it).")
+@click.option("--cors-origin", "cors_origins", multiple=True,
+              help="Browser origin allowed to call the API, e.g. http://localhost:3000 (repeatable).")
 @click.option("--allow-exec", is_flag=True,
               help="Run model-written code in the sandbox for requests with task=code or mode=pot "
                    "(refused with a 400 otherwise).")
 @click.option("--allow-weak-sandbox", is_flag=True,
               help="With --allow-exec: run code even where the sandbox cannot set its limits.")
 @_friendly_errors
-def serve(host: str, port: int, api_key: str | None, model: str | None, prm_path: str | None,
+def serve(host: str, port: int, api_key: str | None, api_key_file: Path | None, model: str | None,
+          prm_path: str | None,
           strategy: str | None, n: int, deadline_s: float | None, memory_mb: float | None,
           max_n: int, max_queue: int, max_tokens: int, max_body_kb: int, threads: int | None,
-          n_gpu_layers: int, kv_type: str, allow_exec: bool, allow_weak_sandbox: bool) -> None:
+          n_gpu_layers: int, kv_type: str, strict_model: bool, cors_origins: tuple[str, ...],
+          allow_exec: bool, allow_weak_sandbox: bool) -> None:
     """Serve an OpenAI-compatible API (POST /v1/chat/completions) on HOST:PORT.
 
     Example: edgetts serve --port 8000, then point any OpenAI client at http://127.0.0.1:8000/v1
     """
-    import logging
-
     from edgetts.policy import PolicyConfig
     from edgetts.server import ServerSettings, model_names
     from edgetts.server import serve as run_server
     from edgetts.solver import Solver
 
-    if n > max_n or max_n < 1 or max_queue < 0:
-        raise click.UsageError("need 1 <= --n <= --max-n and --max-queue >= 0")
+    if n > max_n:
+        raise click.UsageError(f"--n {n} is more than --max-n {max_n}")
+    if api_key_file is not None:
+        lines = api_key_file.read_text(encoding="utf-8").splitlines()
+        api_key = lines[0] if lines else ""
+    if api_key is not None and not api_key.strip():
+        raise click.ClickException("the API key is empty: it would let every client in; give a key "
+                                   "or none")
+    api_key = api_key.strip() if api_key is not None else None
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s:     %(message)s")
     logging.getLogger("edgetts").setLevel(logging.INFO)
     model_id, aliases = model_names(model)
@@ -539,7 +706,7 @@ def serve(host: str, port: int, api_key: str | None, model: str | None, prm_path
         host=host, port=port, api_key=api_key, model_id=model_id, model_aliases=aliases,
         max_tokens=max_tokens, max_n=max_n, max_queue=max_queue, max_body_bytes=max_body_kb * 1024,
         default_strategy=strategy, default_n=n, default_deadline_s=deadline_s, memory_mb=memory_mb,
-        allow_exec=allow_exec,
+        strict_model=strict_model, cors_origins=cors_origins, allow_exec=allow_exec,
     )
     sandbox = None
     if allow_exec:

@@ -14,7 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetts.models import ModelError, cache_dir
+from edgetts.paths import home
+
+
+class ModelError(Exception):
+    """A model that cannot be found, fetched or trusted; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,12 @@ def _read(path: str, size: int, mtime: float) -> ModelMetadata:
     try:
         reader = GGUFReader(path)
     except (ValueError, IndexError, OSError) as exc:
-        raise ModelError(f"{path} is not a readable GGUF file: {exc}") from exc
+        # gguf's reader maps the file and fails with numpy's words when the header runs past
+        # the end: that is a truncated download far more often than a corrupt byte.
+        raise ModelError(
+            f"{path} is not a readable GGUF file: truncated or corrupt, its header does not read to "
+            f"its end within the file's {size:,} bytes (gguf: {exc})"
+        ) from None
     arch = _field(reader, "general.architecture")
     if not arch:
         raise ModelError(f"{path} has no general.architecture: not a llama.cpp model")
@@ -113,7 +122,7 @@ def _disk_cache(path: Path, size: int, mtime: float) -> Path:
     # Parsing a GGUF header with gguf's reader walks every vocabulary entry (seconds for a 150k
     # vocabulary), so the result is kept on disk per file version and read back in milliseconds.
     key = hashlib.sha1(f"{path.resolve()}:{size}:{mtime}".encode()).hexdigest()[:16]
-    return cache_dir().parent / "metadata" / f"{key}.json"
+    return home() / "metadata" / f"{key}.json"
 
 
 def read_metadata(path: str | Path) -> ModelMetadata:

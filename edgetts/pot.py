@@ -21,7 +21,7 @@ from edgetts.code.extract import code_blocks
 from edgetts.code.task import ProgramGenerator, sample_replies
 from edgetts.grading import normalize_answer
 from edgetts.sandbox import RunResult, Sandbox
-from edgetts.search.base import Candidate, Deadline, SearchResult, StepScorer, aggregate
+from edgetts.search.base import Candidate, Deadline, Sampling, SearchResult, StepScorer, aggregate
 from edgetts.search.select import pick_by_vote, score_paths, to_candidate
 
 POT_SYSTEM = (
@@ -42,6 +42,7 @@ class PotConfig:
     agg: str = "last"
     deadline_s: float | None = None
     cancel: threading.Event | None = field(default=None, repr=False, compare=False)
+    sampling: Sampling | None = None  # None: the generator's own
 
     def validate(self) -> None:
         """Raise ValueError with a user-facing message for impossible settings."""
@@ -87,10 +88,10 @@ def program_of_thought(
     """Answer ``question`` by programs (and prose, for cot+pot); see the module docstring."""
     config.validate()
     deadline = Deadline(config.deadline_s, config.cancel)
-    paths = sample_replies(generator, question, POT_SYSTEM, config.n_pot, deadline)
+    paths = sample_replies(generator, question, POT_SYSTEM, config.n_pot, deadline, config.sampling)
     prose = []
     if config.mode == "cot+pot" and not deadline.expired():
-        root = generator.root(question)
+        root = generator.root(question, config.sampling)
         prose = generator.extend([root], config.n_cot, to_end=True, deadline=deadline)
         generator.release(prose)
     if scorer is not None:

@@ -358,8 +358,29 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
     return raw
 
 
-def open_session(onnx_path: FsPath, threads: int | None, use_cuda: bool) -> Any:
-    """An onnxruntime session on the CPU (CUDA first when asked for and present), clear errors."""
+DEVICE_ENV = "EDGETTS_PRM_DEVICE"
+
+
+def choose_providers(available: Sequence[str], use_cuda: bool | None) -> list[str]:
+    """onnxruntime providers for a PRM: CUDA first when onnxruntime has it, unless told CPU.
+
+    ``use_cuda`` None follows ``$EDGETTS_PRM_DEVICE`` (``auto``, the default, ``cpu`` or
+    ``cuda``); ``cuda`` where onnxruntime has no CUDA provider is an error, not a silent CPU run.
+    """
+    if use_cuda is None:
+        device = os.environ.get(DEVICE_ENV, "auto").strip().lower() or "auto"
+        if device not in ("auto", "cpu", "cuda"):
+            raise PRMError(f"{DEVICE_ENV} must be auto, cpu or cuda, got {device!r}")
+        if device == "cuda" and "CUDAExecutionProvider" not in available:
+            raise PRMError(f"{DEVICE_ENV}=cuda but this onnxruntime has no CUDA provider "
+                           "(install onnxruntime-gpu in place of onnxruntime)")
+        use_cuda = device != "cpu"
+    cuda = use_cuda and "CUDAExecutionProvider" in available
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+
+
+def open_session(onnx_path: FsPath, threads: int | None, use_cuda: bool | None = None) -> Any:
+    """An onnxruntime session (providers from :func:`choose_providers`), clear errors."""
     import onnxruntime as ort
 
     if not onnx_path.is_file():
@@ -369,9 +390,7 @@ def open_session(onnx_path: FsPath, threads: int | None, use_cuda: bool) -> Any:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    providers = ["CPUExecutionProvider"]
-    if use_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
+    providers = choose_providers(ort.get_available_providers(), use_cuda)
     try:
         return ort.InferenceSession(str(onnx_path), opts, providers=providers)
     except Exception as e:  # onnxruntime raises its own exception types for bad files
@@ -394,7 +413,7 @@ class PRMScorer:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, threads: int | None = None,
-             use_cuda: bool = False, batch_size: int = 16) -> PRMScorer:
+             use_cuda: bool | None = None, batch_size: int = 16) -> PRMScorer:
         """Load a PRM directory (None: the text PRM, ``prm-minilm``, see :func:`default_text_prm`)."""
         d = FsPath(path) if path is not None else default_text_prm()
         mpath = d / "manifest.json"

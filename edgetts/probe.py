@@ -80,7 +80,7 @@ class ProbeScorer:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], threads: int | None = None,
-             use_cuda: bool = False) -> ProbeScorer:
+             use_cuda: bool | None = None) -> ProbeScorer:
         """Load a probe directory; the ONNX input and output are checked against the manifest."""
         d = FsPath(path)
         where = str(d / "manifest.json")
@@ -166,7 +166,7 @@ def _check_contract(session: Any, m: ProbeManifest, where: str) -> None:
 
 
 def load_scorer(path: str | os.PathLike[str] | None = None, threads: int | None = None,
-                use_cuda: bool = False) -> Any:
+                use_cuda: bool | None = None) -> Any:
     """Load any PRM directory: a policy probe or a text PRM (None: the shipped text PRM)."""
     from edgetts.prm import PRMScorer
 

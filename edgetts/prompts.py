@@ -15,6 +15,7 @@ def split_steps(text: str) -> list[str]:
     """A written solution's steps, cut where the policy cuts them (blank lines); never empty."""
     return [s for s in text.split(STEP_SEPARATOR) if s.strip()] or [text]
 
+
 SYSTEM_PROMPT = (
     "Solve the math problem efficiently and clearly. Think step by step. "
     "Separate the steps with a blank line. "
@@ -66,15 +67,42 @@ def build_prompt(
 ) -> str:
     """The full prompt text for ``question``; chat template if the model has one.
 
+    ``system`` replaces the math instructions (code tasks, programs); see :func:`prompt_parts`.
+    """
+    return "".join(text for text, _ in prompt_parts(question, chat_template, bos, eos, system))
+
+
+# Stands in for the question while the template renders, so the question's place in the prompt
+# is known exactly. NUL bytes never occur in a chat template, and questions cannot carry them.
+_QUESTION_MARK = "\x00edgetts-question\x00"
+
+
+def prompt_parts(
+    question: str, chat_template: str | None, bos: str = "", eos: str = "", system: str | None = None
+) -> list[tuple[str, bool]]:
+    """The prompt as ``(text, trusted)`` pieces: the template's own text is trusted, the
+    question is not.
+
+    The tokenizer reads special tokens (``<|im_start|>``...) only in trusted pieces, so a
+    question that contains chat markers cannot close its turn and write the assistant's answer.
+    Spaces just before the question go with it, so words tokenize as they would in one piece.
     ``system`` replaces the math instructions (code tasks, programs); a base model then gets it
     as plain text before the question instead of the math few-shot examples.
     """
+    if "\x00" in question:
+        raise ValueError("the question contains a NUL character")
+    question = question.strip()
     if not chat_template:
-        if system is not None:
-            return f"{system}\n\n{question.strip()}\n"
-        return few_shot_prompt(question)
-    messages = [
-        {"role": "system", "content": SYSTEM_PROMPT if system is None else system},
-        {"role": "user", "content": question.strip()},
-    ]
-    return render_chat(chat_template, messages, bos=bos, eos=eos)
+        rendered = few_shot_prompt(_QUESTION_MARK) if system is None else f"{system}\n\n{_QUESTION_MARK}\n"
+    else:
+        messages = [
+            {"role": "system", "content": SYSTEM_PROMPT if system is None else system},
+            {"role": "user", "content": _QUESTION_MARK},
+        ]
+        rendered = render_chat(chat_template, messages, bos=bos, eos=eos)
+    if rendered.count(_QUESTION_MARK) != 1:
+        raise ValueError("the chat template does not show the question exactly once, as written")
+    head, tail = rendered.split(_QUESTION_MARK)
+    spaces = len(head) - len(head.rstrip(" "))
+    head, question = head[: len(head) - spaces], head[len(head) - spaces :] + question
+    return [(part, trusted) for part, trusted in ((head, True), (question, False), (tail, True)) if part]

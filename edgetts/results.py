@@ -2,7 +2,18 @@
 
 Re-running with the same ``--out`` skips the problems already in the file, so an interrupted run
 (Ctrl-C, a crash, a stopped machine) resumes where it stopped and never loses a finished line.
-A torn last line (the process died mid-write) is dropped and rewritten on resume.
+
+What a results file is trusted with, and what it refuses:
+
+* Every line is a JSON object that starts with its ``"id"`` and records the ``settings`` of the
+  run that made it. A resume with other settings (another strategy, N, seed, model ...) is
+  refused with what differs, since mixing two runs in one file would report neither's accuracy.
+* A last line that is not JSON and has no newline is a torn write: the process died while
+  writing it. It is dropped on resume, but only if it is a torn *results* line (it starts as
+  this module writes lines). Anything else (a notes file, another program's output) is refused,
+  never cut: the file is the user's.
+* The file must be writable before the run starts, so no model loads for a run that cannot keep
+  its answers.
 """
 
 from __future__ import annotations
@@ -10,19 +21,26 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
+
+RECORD_START = '{"id": '  # how every line this module writes begins (see append)
 
 
 class ResultsError(ValueError):
-    """The output file exists but is not a results JSONL file."""
+    """The output file cannot hold this run's results; the message says why and what to do."""
 
 
 class ResultsFile:
-    """Append-only JSONL results keyed by problem id."""
+    """Append-only JSONL results keyed by problem id, all made with one run's settings."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, settings: dict[str, Any] | None = None) -> None:
         self.path = Path(path)
+        self.settings = settings
         self.records: list[dict] = self._read()
         self.done: set[str] = {str(r["id"]) for r in self.records}
+        if settings is not None:
+            self._check_settings(settings)
+        self._check_writable()
 
     def _read(self) -> list[dict]:
         if not self.path.exists():
@@ -40,28 +58,58 @@ class ResultsFile:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
-                if line_no == len(lines) and not line.endswith("\n"):
+                torn = line_no == len(lines) and not line.endswith("\n") and line.startswith(RECORD_START)
+                if torn:
                     self._truncate_last_line(len(line.encode()))
                     break
                 raise ResultsError(
                     f"{self.path}:{line_no} is not JSON: the output must be a results JSONL file "
-                    "(choose another --out)"
+                    "(choose another --out; nothing was changed)"
                 ) from None
             if not isinstance(record, dict) or "id" not in record:
                 raise ResultsError(
                     f"{self.path}:{line_no} has no 'id': not an edgetts results file "
-                    "(choose another --out)"
+                    "(choose another --out; nothing was changed)"
                 )
             records.append(record)
         return records
+
+    def _check_settings(self, settings: dict[str, Any]) -> None:
+        """Refuse to add this run to a file made with other settings, naming what differs."""
+        recorded = next((r["settings"] for r in self.records if isinstance(r.get("settings"), dict)), None)
+        if recorded is None:
+            return  # a new file, or one from before settings were recorded
+        differ = [
+            f"{key} was {recorded.get(key)!r}, now {settings.get(key)!r}"
+            for key in sorted(set(recorded) | set(settings))
+            if recorded.get(key) != settings.get(key)
+        ]
+        if differ:
+            raise ResultsError(
+                f"{self.path} holds {len(self.records)} results of a run with other settings ("
+                + "; ".join(differ)
+                + "): choose another --out to keep both, or rerun with the same settings to resume"
+            )
+
+    def _check_writable(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8"):
+                pass
+        except OSError as exc:
+            raise ResultsError(f"cannot write results to {self.path}: {exc.strerror or exc}") from None
 
     def _truncate_last_line(self, n_bytes: int) -> None:
         with self.path.open("rb+") as f:
             f.truncate(self.path.stat().st_size - n_bytes)
 
     def append(self, record: dict) -> None:
-        """Write one record and make sure it reached the disk before returning."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Write one record (with this run's settings) and make sure it reached the disk."""
+        if "id" not in record:
+            raise ValueError("a results record needs an 'id'")
+        record = {"id": record["id"], **record}  # "id" first: a torn line is recognisable
+        if self.settings is not None:
+            record["settings"] = self.settings
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
             f.flush()

@@ -33,15 +33,17 @@ Solver loads them once).
 
 from __future__ import annotations
 
+import logging
 import math
 import struct
-import warnings
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
 from edgetts import calibration as calib
 from edgetts.metadata import ModelMetadata
+
+log = logging.getLogger("edgetts.scheduler")
 
 MB = 1 << 20
 RUNTIME_MB = 90.0
@@ -255,7 +257,9 @@ def estimate_memory(
 ) -> MemoryEstimate:
     """Peak resident memory of a solve with these settings (see the module doc for each part)."""
     n_vocab = n_vocab if n_vocab is not None else vocab_size(meta.path)
-    on_gpu = min(max(n_gpu_layers, 0), meta.n_layers + 1) / (meta.n_layers + 1)
+    # llama.cpp reads any negative count as "every layer" (the output layer included).
+    offloaded = meta.n_layers + 1 if n_gpu_layers < 0 else min(n_gpu_layers, meta.n_layers + 1)
+    on_gpu = offloaded / (meta.n_layers + 1)
     weights = meta.weights_bytes / MB
     kv = kv_mb(meta, n_ctx, kv_type)
     compute = COMPUTE_FIXED_MB + COMPUTE_WEIGHT_SHARE * weights * (1 - on_gpu)
@@ -442,7 +446,7 @@ def plan_for(
     threads = budget.n_threads or default_threads()
     cal, note = calib.load(meta, threads)
     if cal is None and note and note.startswith("ignoring"):
-        warnings.warn(note, stacklevel=2)  # a broken file deserves a word even without --explain
+        log.warning(note)  # a broken file deserves a word even without --explain
     prm = prm_cost(prm_dir) if budget.strategy in SCORED else None
     plan = make_plan(meta, budget, cal, note, prm,
                      gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()),

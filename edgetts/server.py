@@ -1,8 +1,12 @@
 """A local OpenAI-compatible server: ``POST /v1/chat/completions`` answers with a test-time search.
 
-Any OpenAI client works against it. Extra body fields pick the search (``strategy``, ``n``,
-``beam_width``, ``deadline_s``, ``memory_mb``, ...), and every response carries an ``edgetts``
-object with the final answer, the votes or scores and the counters.
+Any OpenAI client works against it, with OpenAI's meanings: ``n`` is the number of choices (the
+best distinct answers the search found, ranked), and any model name means the loaded policy
+(``--strict-model`` to refuse others). The search is chosen in an ``edgetts`` extension object
+(``{"strategy": "weighted_best_of_n", "samples": 16, "beam_width", "deadline_s", "memory_mb", ...}``;
+the old top-level fields still work, with a deprecation note), and every response carries an
+``edgetts`` object with the final answer, the votes or scores and the counters. ``usage`` counts
+the prompt once (``prompt_tokens``) and every token the search sampled (``completion_tokens``).
 
 How requests flow:
 
@@ -43,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from edgetts.grading import answers_equal
 from edgetts.policy import PolicyError
 from edgetts.search import NEEDS_SCORER, STRATEGIES
 from edgetts.search.base import Candidate, SearchResult
@@ -79,6 +84,10 @@ class ServerSettings:
     memory_mb: float | None = None  # the server's budget, passed to "auto" when supported
     progress_interval_s: float = 1.0  # streaming: one progress chunk this often while searching
     shutdown_grace_s: float = 10.0  # how long shutdown waits for responses before dropping them
+    # False: any model name a client sends means the loaded policy (clients come configured
+    # with names of their own); True: only model_id and its aliases, 404 otherwise.
+    strict_model: bool = False
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API
     # Run model-written code (task "code", mode "pot" / "cot+pot") in the solver's sandbox.
     # Off by default: such requests get a 400 naming --allow-exec.
     allow_exec: bool = False
@@ -213,11 +222,37 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
+class SearchFields(BaseModel):
+    """The ``edgetts`` extension object of a request: which search, and how much of it."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt search field is a 400, not a no-op
+
+    strategy: str | None = None
+    samples: int | None = Field(None, ge=1)  # samples, beams or leaves: the search budget
+    beam_width: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    agg: Literal["last", "min", "prod"] | None = None
+    deadline_s: float | None = Field(None, gt=0)
+    memory_mb: float | None = Field(None, gt=0)
+    # Model-written code runs only on a server started with --allow-exec (else a 400).
+    task: Literal["math", "code"] = "math"  # code: write a function; the reply is the program
+    mode: Literal["cot", "pot", "cot+pot"] = "cot"  # math by prose, programs, or both
+
+
+# Search fields once read at the top level of a request (with ``n`` as the budget); still
+# accepted when the request has no ``edgetts`` object, with a deprecation note in the response.
+LEGACY_FIELDS = ("strategy", "beam_width", "max_steps", "agg", "deadline_s", "memory_mb")
+LEGACY_NOTE = ("top-level strategy/beam_width/max_steps/agg/deadline_s/memory_mb (and n as the search "
+               "budget) are deprecated: send them in an \"edgetts\" object, with \"samples\" for the "
+               "budget; n is the number of choices")
+
+
 class ChatRequest(BaseModel):
     """OpenAI's chat request (the fields that matter here) plus the edgetts search settings.
 
-    Unknown OpenAI fields (``stop``, ``user``, ...) are ignored so stock clients work. Note that
-    ``n`` is the search budget (samples, beams or leaves); the response always has one choice.
+    ``n`` is OpenAI's: how many choices (the best distinct answers, ranked). The search goes in
+    the ``edgetts`` extension object (:class:`SearchFields`). Unknown OpenAI fields (``user``,
+    ...) are ignored so stock clients work.
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -231,16 +266,15 @@ class ChatRequest(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)  # an extension, as llama.cpp's server has it
     seed: int | None = None
-    # edgetts extensions
-    strategy: str | None = None
     n: int | None = Field(None, ge=1)
+    edgetts: SearchFields | None = None
+    # deprecated top-level search fields (see LEGACY_FIELDS)
+    strategy: str | None = None
     beam_width: int | None = Field(None, ge=1)
     max_steps: int | None = Field(None, ge=1)
     agg: Literal["last", "min", "prod"] | None = None
     deadline_s: float | None = Field(None, gt=0)
     memory_mb: float | None = Field(None, gt=0)
-    task: Literal["math", "code"] = "math"  # code: write a function; the reply is the program
-    mode: Literal["cot", "pot", "cot+pot"] = "cot"  # math by prose, programs, or both
 
     def question(self) -> str:
         """The last user message: the solver answers one question, not a conversation."""
@@ -274,6 +308,7 @@ class EdgettsInfo(BaseModel):
     counters: dict[str, int | float]
     queue_s: float
     search_s: float
+    deprecation: str | None = None
 
 
 class Progress(BaseModel):
@@ -352,8 +387,10 @@ class Health(BaseModel):
     running: int
     queued: int
     max_queue: int
-    served: int
-    rejected: int
+    served: int  # searches that answered
+    failed: int  # searches that raised (bad input found late, a model error)
+    cancelled: int  # clients that left, and searches stopped by shutdown before they started
+    rejected: int  # turned away at the door (503: queue full, deadline unreachable)
 
 
 # -- the search queue --------------------------------------------------------------------------
@@ -365,7 +402,8 @@ class Job:
 
     question: str
     options: SolveOptions
-    max_tokens: int
+    n_choices: int = 1
+    deprecation: str | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     future: Future | None = None
     queued_at: float = field(default_factory=time.perf_counter)
@@ -391,6 +429,8 @@ class Engine:
         self.jobs: list[Job] = []  # submitted and not done, in queue order
         self.closing = False
         self.served = 0
+        self.failed = 0
+        self.cancelled = 0
         self.rejected = 0
         self.avg_s = expected_s  # moving average of search time, for Retry-After
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -445,11 +485,7 @@ class Engine:
                 raise ApiError(503, f"deadline_s={job.options.deadline_s:g} passed while queued",
                                type="server_error", code="deadline_exceeded")
             job.options = dataclasses.replace(job.options, deadline_s=left)
-        policy = self.solver.policy
-        # Only this thread solves, so the per-request token cap can be set here; the context was
-        # sized for the server's cap (n_ctx fixed at startup), so a smaller one is always safe.
-        policy.config.max_tokens = job.max_tokens
-        job.tokens_at_start = policy.counters.tokens_sampled
+        job.tokens_at_start = self.solver.policy.counters.tokens_sampled
         try:
             if job.task == "code":
                 from edgetts.code import CodeTask
@@ -463,8 +499,16 @@ class Engine:
     def _done(self, job: Job) -> None:
         with self._lock:
             self.jobs.remove(job)
-            if job.finished_at is not None and job.started_at is not None:
+            future = job.future
+            if future is None or future.cancelled() or job.cancel.is_set() and job.started_at is None:
+                self.cancelled += 1
+            elif future.exception() is not None:
+                self.failed += 1
+            elif job.cancel.is_set():
+                self.cancelled += 1  # stopped mid-search: an answer so far, but not what was asked
+            else:
                 self.served += 1
+            if job.finished_at is not None and job.started_at is not None:
                 self.avg_s = 0.8 * self.avg_s + 0.2 * (job.finished_at - job.started_at)
 
     def position(self, job: Job) -> int:
@@ -528,9 +572,8 @@ def code_as_search_result(code: CodeResult) -> SearchResult:
                         counters=dict(code.counters))
 
 
-def _finish_reason(result: SearchResult) -> Literal["stop", "length"]:
-    chosen = result.chosen
-    return "stop" if chosen is not None and chosen.stop_reason == "eos" else "length"
+def _finish_reason(candidate: Candidate | None) -> Literal["stop", "length"]:
+    return "stop" if candidate is not None and candidate.stop_reason == "eos" else "length"
 
 
 def _usage(result: SearchResult) -> Usage:
@@ -558,7 +601,24 @@ def _info(job: Job, result: SearchResult) -> EdgettsInfo:
         counters=result.counters,
         queue_s=round(started - job.queued_at, 3),
         search_s=round((job.finished_at or started) - started, 3),
+        deprecation=job.deprecation,
     )
+
+
+def ranked_choices(result: SearchResult, k: int) -> list[Candidate]:
+    """Up to ``k`` candidates with distinct answers: the pick first, then the other answers by
+    their vote (or score), each by its best-scored path. Fewer when fewer answers were found."""
+    chosen = [result.chosen] if result.chosen is not None else []
+
+    def rank(c: Candidate) -> tuple[float, float]:
+        return (result.votes.get(c.answer or "", 0.0), c.score if c.score is not None else 0.0)
+
+    for cand in sorted(result.candidates, key=rank, reverse=True):
+        if len(chosen) >= k:
+            break
+        if cand.answer is not None and all(not answers_equal(cand.answer, c.answer) for c in chosen):
+            chosen.append(cand)
+    return chosen
 
 
 class App:
@@ -581,7 +641,8 @@ class App:
     # -- validation ------------------------------------------------------------------------
 
     def check_model(self, model: str) -> None:
-        if model not in (self.settings.model_id, *self.settings.model_aliases):
+        strict = self.settings.strict_model
+        if strict and model not in (self.settings.model_id, *self.settings.model_aliases):
             raise ApiError(404, f"the model {model!r} does not exist here; this server runs "
                                 f"{self.settings.model_id!r} (see GET /v1/models)",
                            param="model", code="model_not_found")
@@ -590,73 +651,98 @@ class App:
         """Turn a request into a validated search job (every 400 is raised here, before queueing)."""
         self.check_model(req.model)
         s = self.settings
-        if (req.task == "code" or req.mode != "cot") and not s.allow_exec:
-            what = "task=code" if req.task == "code" else f"mode={req.mode}"
+        search, budget, choices, deprecation, where = self._search_of(req)
+        if (search.task == "code" or search.mode != "cot") and not s.allow_exec:
+            what = "task=code" if search.task == "code" else f"mode={search.mode}"
             raise ApiError(400, f"{what} runs model-written code, which this server does not allow; "
                                 "start it with `edgetts serve --allow-exec`",
-                           param="task" if req.task == "code" else "mode", code="exec_not_allowed")
-        if req.task == "code":
-            return self._code_job(req)
-        strategy = req.strategy or self.default_strategy
+                           param=f"{where}task" if search.task == "code" else f"{where}mode",
+                           code="exec_not_allowed")
+        if search.task == "code":
+            return self._code_job(req, search, budget, where)
+        strategy = search.strategy or self.default_strategy
         if strategy not in self.strategies:
             raise ApiError(400, f"unknown strategy {strategy!r}; choose one of {sorted(self.strategies)}",
-                           param="strategy", code="invalid_strategy")
+                           param=f"{where}strategy", code="invalid_strategy")
         if strategy in NEEDS_SCORER and self.prm_state != "loaded":
             raise ApiError(400, f"strategy {strategy!r} needs the PRM, which this server has not "
-                                f"loaded ({self.prm_state})", param="strategy")
-        # auto picks its own n (under the deadline / memory budget) unless the request names one
-        n = req.n or (None if strategy == "auto" else s.default_n)
+                                f"loaded ({self.prm_state})", param=f"{where}strategy")
+        # auto picks its own budget (under the deadline / memory budget) unless the request names one
+        n = budget or (None if strategy == "auto" else max(s.default_n, choices))
+        budget_param = "n" if where == "" else "edgetts.samples"
         if n is not None and n > s.max_n:
-            raise ApiError(400, f"n={n} is more than this server allows (max {s.max_n})", param="n")
+            raise ApiError(400, f"a search of {n} is more than this server allows (max {s.max_n})",
+                           param=budget_param)
+        if choices > s.max_n:
+            raise ApiError(400, f"n={choices} choices is more than this server allows (max {s.max_n})",
+                           param="n")
         max_tokens = req.max_completion_tokens or req.max_tokens or s.max_tokens
         if max_tokens > s.max_tokens:
             raise ApiError(400, f"max_tokens={max_tokens} is more than this server allows "
                                 f"(max {s.max_tokens})", param="max_tokens")
-        fields: dict[str, Any] = {"strategy": strategy}
+        fields: dict[str, Any] = {"strategy": strategy, "max_tokens": max_tokens}
         if n is not None:
             fields["n"] = n
-        for name in ("beam_width", "max_steps", "agg", "temperature", "top_p", "top_k", "seed"):
+        for name in ("beam_width", "max_steps", "agg"):
+            if getattr(search, name) is not None:
+                fields[name] = getattr(search, name)
+        for name in ("temperature", "top_p", "top_k", "seed"):
             if getattr(req, name) is not None:
                 fields[name] = getattr(req, name)
         if "beam_width" not in fields and n is not None and strategy in ("beam_search", "dvts"):
-            fields["beam_width"] = min(4, n)  # so a plain n works without also picking a width
-        deadline = req.deadline_s or s.default_deadline_s
+            fields["beam_width"] = min(4, n)  # so a plain budget works without also picking a width
+        deadline = search.deadline_s or s.default_deadline_s
         if deadline is not None:
             fields["deadline_s"] = deadline
-        memory = self._memory_mb(req.memory_mb)
+        memory = self._memory_mb(search.memory_mb)
         if memory is not None:
             fields["memory_mb"] = memory
-        if req.mode != "cot":
-            fields["mode"] = req.mode
+        if search.mode != "cot":
+            fields["mode"] = search.mode
         options = SolveOptions(**fields)
         try:
             options.validate()
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
-        return Job(question=req.question(), options=options, max_tokens=max_tokens)
+        return Job(question=req.question(), options=options, n_choices=choices, deprecation=deprecation)
 
-    def _code_job(self, req: ChatRequest) -> Job:
+    @staticmethod
+    def _search_of(req: ChatRequest) -> tuple[SearchFields, int | None, int, str | None, str]:
+        """(search fields, search budget, choices, deprecation note, error param prefix).
+
+        With an ``edgetts`` object, ``n`` is OpenAI's number of choices; a request with the old
+        top-level search fields instead keeps their old meaning (``n`` = budget, one choice).
+        """
+        if req.edgetts is not None:
+            return req.edgetts, req.edgetts.samples, req.n or 1, None, "edgetts."
+        legacy = {name: getattr(req, name) for name in LEGACY_FIELDS if getattr(req, name) is not None}
+        if legacy:
+            return SearchFields(**legacy), req.n, 1, LEGACY_NOTE, ""
+        return SearchFields(), None, req.n or 1, None, "edgetts."
+
+    def _code_job(self, req: ChatRequest, search: SearchFields, budget: int | None, where: str) -> Job:
         """A code task: strategy greedy, majority or exec (default), no budget planning."""
         s = self.settings
-        n = req.n or s.default_n
+        n = budget or s.default_n
         if n > s.max_n:
-            raise ApiError(400, f"n={n} is more than this server allows (max {s.max_n})", param="n")
+            raise ApiError(400, f"a search of {n} is more than this server allows (max {s.max_n})",
+                           param=f"{where}samples" if where else "n")
         max_tokens = req.max_completion_tokens or req.max_tokens or s.max_tokens
         if max_tokens > s.max_tokens:
             raise ApiError(400, f"max_tokens={max_tokens} is more than this server allows "
                                 f"(max {s.max_tokens})", param="max_tokens")
-        fields: dict[str, Any] = {"strategy": req.strategy or "exec", "n": n}
+        fields: dict[str, Any] = {"strategy": search.strategy or "exec", "n": n, "max_tokens": max_tokens}
         for name in ("temperature", "top_p", "top_k", "seed"):
             if getattr(req, name) is not None:
                 fields[name] = getattr(req, name)
-        if req.deadline_s or s.default_deadline_s:
-            fields["deadline_s"] = req.deadline_s or s.default_deadline_s
+        if search.deadline_s or s.default_deadline_s:
+            fields["deadline_s"] = search.deadline_s or s.default_deadline_s
         options = SolveOptions(**fields)
         try:
             validate_code_options(options)
         except ValueError as exc:
-            raise ApiError(400, str(exc), param="strategy") from None
-        return Job(question=req.question(), options=options, max_tokens=max_tokens, task="code")
+            raise ApiError(400, str(exc), param=f"{where}strategy") from None
+        return Job(question=req.question(), options=options, task="code")
 
     def _memory_mb(self, requested: float | None) -> float | None:
         """The request's memory budget, capped by the server's own."""
@@ -687,12 +773,17 @@ class App:
         job = self.job_for(req)
         self.engine.submit(job)
         result = await self.wait(job, request)
-        text = result.chosen.text.strip() if result.chosen else ""
+        picks = ranked_choices(result, job.n_choices) or [None]
+        choices = [
+            Choice(index=i, message=ResponseMessage(content=c.text.strip() if c else ""),
+                   finish_reason=_finish_reason(c))
+            for i, c in enumerate(picks)
+        ]
         return ChatCompletion(
             id=f"chatcmpl-{uuid.uuid4().hex}",
             created=int(time.time()),
             model=self.settings.model_id,
-            choices=[Choice(message=ResponseMessage(content=text), finish_reason=_finish_reason(result))],
+            choices=choices,
             usage=_usage(result),
             edgetts=_info(job, result),
         )
@@ -711,10 +802,10 @@ class App:
         base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()),
                 "model": self.settings.model_id}
 
-        def event(delta: Delta, **extra: Any) -> dict[str, str]:
+        def event(delta: Delta, index: int = 0, **extra: Any) -> dict[str, str]:
             finish = extra.pop("finish_reason", None)
             chunk = ChatCompletionChunk(
-                **base, choices=[ChunkChoice(delta=delta, finish_reason=finish)], **extra
+                **base, choices=[ChunkChoice(index=index, delta=delta, finish_reason=finish)], **extra
             ).model_dump(mode="json")
             # Like OpenAI: the delta holds only what changed, finish_reason stays (null).
             chunk["choices"][0]["delta"] = delta.model_dump(exclude_none=True)
@@ -736,10 +827,15 @@ class App:
             except ApiError as exc:
                 yield {"data": json.dumps(exc.body())}  # OpenAI clients raise on an error event
                 return
-            text = result.chosen.text.strip() if result.chosen else ""
-            yield event(Delta(content=text))
-            yield event(Delta(), finish_reason=_finish_reason(result), usage=_usage(result),
-                        edgetts=_info(job, result))
+            picks = ranked_choices(result, job.n_choices) or [None]
+            for i, pick in enumerate(picks):
+                if i:
+                    yield event(Delta(role="assistant", content=""), index=i)
+                yield event(Delta(content=pick.text.strip() if pick else ""), index=i)
+            for i, pick in enumerate(picks[:-1]):
+                yield event(Delta(), index=i, finish_reason=_finish_reason(pick))
+            yield event(Delta(), index=len(picks) - 1, finish_reason=_finish_reason(picks[-1]),
+                        usage=_usage(result), edgetts=_info(job, result))
             yield {"data": "[DONE]"}
         finally:
             if not future.done():  # the client went away (or the server dropped the stream)
@@ -764,6 +860,8 @@ class App:
             queued=len(engine.jobs) - running,
             max_queue=engine.max_queue,
             served=engine.served,
+            failed=engine.failed,
+            cancelled=engine.cancelled,
             rejected=engine.rejected,
         )
 
@@ -836,6 +934,12 @@ def create_app(solver: Solver, settings: ServerSettings | None = None) -> FastAP
         return await state.complete(req, request)
 
     app.add_middleware(Guard, api_key=settings.api_key, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        # Added last, so it is outermost: a browser's preflight (no API key) is answered here.
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
     return app
 
 
@@ -876,8 +980,9 @@ def serve(solver: Solver, settings: ServerSettings) -> None:
     if settings.default_strategy not in (None, *known_strategies()):
         raise ValueError(f"unknown strategy {settings.default_strategy!r}; "
                          f"choose one of {sorted(known_strategies())}")
-    cfg = solver.policy_config
-    cfg.n_ctx = cfg.resolved_n_ctx()  # fixed now, so a per-request max_tokens cannot resize it
+    # The context is sized once, for the server's max_tokens; a request asks for at most that.
+    solver.policy_config = dataclasses.replace(solver.policy_config,
+                                               n_ctx=solver.policy_config.resolved_n_ctx())
     prm_state = load_solver(solver)
     app = create_app(solver, settings)
     state: App = app.state.edgetts

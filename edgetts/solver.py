@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import threading
-import warnings
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from edgetts.metadata import read_metadata
 from edgetts.models import resolve
-from edgetts.policy import DEFAULT_TEMPERATURE, LlamaPolicy, PolicyConfig
+from edgetts.policy import LlamaPolicy, PolicyConfig
 from edgetts.scheduler import Budget, Plan, plan_for, prompt_tokens_for
 from edgetts.search import NEEDS_SCORER, STRATEGIES, measured, run_search
-from edgetts.search.base import SearchConfig, SearchResult, StepScorer
+from edgetts.search.base import DEFAULT_TEMPERATURE, Sampling, SearchConfig, SearchResult, StepScorer
+
+log = logging.getLogger("edgetts")
 
 if TYPE_CHECKING:
     from edgetts.code import CodeResult, CodeTask
@@ -44,6 +46,7 @@ class SolveOptions:
     top_k: int = 0  # 0 = off
     seed: int = 0
     weighted_pick: bool = False
+    max_tokens: int | None = None  # generated tokens per solution; None: the policy's limit
     # Math only: "cot" (prose), "pot" (programs run in the sandbox), "cot+pot" (both vote).
     mode: str = "cot"
     pot_n: int | None = None  # programs for cot+pot (None: as many as prose samples, n)
@@ -56,7 +59,14 @@ class SolveOptions:
             agg=self.agg or "last",
             deadline_s=self.deadline_s,
             weighted_pick=self.weighted_pick,
+            sampling=self.sampling(),
         )
+
+    def sampling(self) -> Sampling:
+        """How the search samples (greedy: temperature 0)."""
+        temperature = 0.0 if self.strategy == GREEDY else self.temperature
+        return Sampling(temperature=temperature, top_p=self.top_p, top_k=self.top_k, seed=self.seed,
+                        max_tokens=self.max_tokens)
 
     def validate(self) -> None:
         """Raise ValueError on settings no strategy can run with, before any model loads."""
@@ -80,6 +90,8 @@ class SolveOptions:
             raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if self.memory_mb is not None and self.memory_mb <= 0:
             raise ValueError(f"memory_mb must be positive, got {self.memory_mb}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
         if self.strategy != GREEDY:
             self.search_config().validate(self.strategy)
 
@@ -105,6 +117,8 @@ class Solver:
     '42'
     """
 
+    # The user's settings. Never changed: a plan or a PRM's needs make a copy for one solve, so
+    # one question's budget never shapes the next question's context (see _policy_for).
     policy_config: PolicyConfig = field(default_factory=PolicyConfig)
     prm_path: str | None = None  # None = the shipped PRM
     prm_threads: int | None = None
@@ -115,12 +129,13 @@ class Solver:
     sandbox: Sandbox | None = None
     last_plan: Plan | None = field(default=None, init=False, repr=False)
     _policy: LlamaPolicy | None = field(default=None, init=False, repr=False)
-    _loaded_memory_mb: float = field(default=float("inf"), init=False, repr=False)
+    _loaded_memory_mb: float = field(default=float("inf"), init=False, repr=False)  # its plan's
     _scorer: StepScorer | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @property
     def policy(self) -> LlamaPolicy:
+        """The loaded policy (loaded now with the user's settings if none is)."""
         if self._policy is None:
             self._policy = LlamaPolicy(self.policy_config)
         return self._policy
@@ -164,7 +179,6 @@ class Solver:
                 config = replace(config, n=plan.n, beam_width=plan.beam_width)
             if strategy == GREEDY:
                 strategy, config = "majority", replace(config, n=1)
-            self._sample_as(policy, options)
             if options.agg is None and scorer is not None:
                 config = replace(config, agg=getattr(scorer, "default_aggregation", config.agg))
             if options.mode == "cot":
@@ -177,6 +191,7 @@ class Solver:
                     n_pot=config.n if options.mode == "pot" or options.pot_n is None else options.pot_n,
                     n_cot=config.n if options.mode == "cot+pot" else 0,
                     agg=config.agg, deadline_s=config.deadline_s, cancel=cancel,
+                    sampling=config.sampling,
                 )
                 pot.validate()
                 weigh = scorer if strategy != "majority" else None
@@ -204,24 +219,16 @@ class Solver:
         greedy = options.strategy == GREEDY
         n = 1 if greedy else (options.n if options.n is not None else DEFAULT_N)
         selection = "first" if greedy else ("majority" if options.strategy == "majority" else "exec")
-        config = CodeConfig(n=n, selection=selection, deadline_s=options.deadline_s, cancel=cancel)
+        config = CodeConfig(n=n, selection=selection, deadline_s=options.deadline_s, cancel=cancel,
+                            sampling=options.sampling())
         config.validate()
         with self._lock:
-            policy = self.policy
-            self._sample_as(policy, options)
-            return solve_code(task, policy, self.sandbox, config)
+            return solve_code(task, self.policy, self.sandbox, config)
 
     def _need_sandbox(self, what: str) -> None:
         if self.sandbox is None:
             raise ValueError(f"{what} run model-written code: this solver has no sandbox (exec not allowed)")
 
-    @staticmethod
-    def _sample_as(policy: LlamaPolicy, options: SolveOptions) -> None:
-        """Set the policy's sampler for this request (greedy: temperature 0)."""
-        sampling = {"temperature": 0.0 if options.strategy == GREEDY else options.temperature,
-                    "top_p": options.top_p, "top_k": options.top_k, "seed": options.seed}
-        for key, value in sampling.items():
-            setattr(policy.config, key, value)
 
     def prepare(self, question: str, options: SolveOptions | None = None) -> Plan | None:
         """Plan and load all that a solve of ``question`` under ``options`` would use, and return
@@ -235,13 +242,14 @@ class Solver:
         self, question: str, options: SolveOptions
     ) -> tuple[Plan | None, StepScorer | None, LlamaPolicy]:
         options.validate()
+        if options.max_tokens is not None and options.max_tokens > self.policy_config.max_tokens:
+            raise ValueError(f"max_tokens={options.max_tokens} is more than this solver's limit "
+                             f"of {self.policy_config.max_tokens} (PolicyConfig.max_tokens)")
         plan = self.plan(options, question)
         self.last_plan = plan
-        if plan is not None:
-            self._apply(plan, options.memory_mb)
         strategy = "majority" if options.strategy == GREEDY else options.strategy
         scorer = self._scorer_for(strategy, plan)
-        return plan, scorer, self._policy_for(scorer)
+        return plan, scorer, self._policy_for(scorer, plan, options.memory_mb)
 
     def plan(self, options: SolveOptions, question: str | None = None) -> Plan | None:
         """The scheduler's plan for a budget (memory and/or deadline); None without one.
@@ -261,40 +269,34 @@ class Solver:
         )
         return plan_for(cfg.model, budget, self.prm_dir)[0]
 
-    def _apply(self, plan: Plan, memory_mb: float | None) -> None:
-        """Configure the policy as planned; reload it only when the loaded one does not do.
+    def _policy_for(
+        self, scorer: StepScorer | None, plan: Plan | None, memory_mb: float | None
+    ) -> LlamaPolicy:
+        """A policy for this solve: the user's settings, as planned for its budget, recording
+        step states when the PRM reads them (a policy probe).
 
-        A loaded context with at least the planned KV slots and cells (same cache type, threads
-        and offload) serves the plan as well, and reloading costs seconds, so it is kept as long
-        as its own predicted memory still fits the budget. Questions of different lengths or
-        deadlines then share one context instead of reloading per question.
+        The loaded policy is kept when it serves the solve as well: at least the KV slots and
+        cells wanted, the same cache type, threads, offload and state capture, and (under a
+        memory budget) a plan of its own that fits. Reloading costs seconds, so questions of
+        different lengths or deadlines share one context; a question with no budget gets a
+        context as the user configured it, whatever budget the question before had.
         """
-        planned = {name: getattr(plan, name) for name in PLANNED_FIELDS}
-        current = {name: getattr(self.policy_config, name) for name in PLANNED_FIELDS}
-        if planned == current:
-            return
-        same_kind = all(planned[k] == current[k] for k in ("kv_type", "n_threads", "n_gpu_layers"))
-        covers = (current["n_seq_max"] or 0) >= plan.n_seq_max and (current["n_ctx"] or 0) >= plan.n_ctx
-        fits = memory_mb is None or self._loaded_memory_mb <= memory_mb
-        if self._policy is not None and same_kind and covers and fits:
-            return
-        self.policy_config = replace(self.policy_config, **planned)
-        self._loaded_memory_mb = plan.predicted_memory_mb
-        if self._policy is not None:
-            self._policy.close()
-            self._policy = None
-
-    def _policy_for(self, scorer: StepScorer | None) -> LlamaPolicy:
-        """The policy, recording its step states when the PRM reads them (a policy probe)."""
+        wanted = self.policy_config
+        if plan is not None:
+            wanted = replace(wanted, **{name: getattr(plan, name) for name in PLANNED_FIELDS})
         if getattr(scorer, "needs_states", False):
             layers = tuple(scorer.manifest.layers)  # type: ignore[union-attr]
-            cfg = self.policy_config
-            if not cfg.capture_states or cfg.state_layers != layers:
-                self.policy_config = replace(cfg, capture_states=True, state_layers=layers)
-                self.close()  # the context must be created with hidden-state outputs
-            meta = self.policy.metadata
+            wanted = replace(wanted, capture_states=True, state_layers=layers)
+        loaded = self._policy.config if self._policy is not None else None
+        budget_fits = memory_mb is None or self._loaded_memory_mb <= memory_mb
+        if loaded is None or not budget_fits or not _serves(loaded, wanted):
+            self.close()
+            self._policy = LlamaPolicy(wanted)
+            self._loaded_memory_mb = plan.predicted_memory_mb if plan is not None else float("inf")
+        if getattr(scorer, "needs_states", False):
+            meta = self._policy.metadata
             scorer.check_policy(meta.name, meta.n_embd)  # type: ignore[union-attr]
-        return self.policy
+        return self._policy
 
     def _scorer_for(self, strategy: str, plan: Plan | None) -> StepScorer | None:
         """The PRM when the strategy needs it; for auto, when it fits and loads (else agreement)."""
@@ -305,8 +307,7 @@ class Solver:
         try:
             return self._planned(self.scorer, plan)
         except Exception as exc:  # auto still works on agreement alone; say why
-            warnings.warn(f"auto runs without a PRM ({exc}): difficulty from agreement only",
-                          stacklevel=2)
+            log.warning("auto runs without a PRM (%s): difficulty from agreement only", exc)
             return None
 
     @staticmethod
@@ -317,9 +318,31 @@ class Solver:
         return scorer
 
     def close(self) -> None:
+        """Free the llama.cpp context and model (a later solve loads them again)."""
         if self._policy is not None:
             self._policy.close()
             self._policy = None
+
+    def __enter__(self) -> Solver:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+# Settings a loaded policy must have exactly as wanted to serve a solve (the rest only as much).
+SAME_FIELDS = ("model", "kv_type", "n_threads", "n_gpu_layers", "capture_states", "state_layers",
+               "max_prompt_tokens", "max_step_tokens", "n_batch")
+
+
+def _serves(loaded: PolicyConfig, wanted: PolicyConfig) -> bool:
+    """Whether a policy loaded with ``loaded`` can run a solve that wants ``wanted``."""
+    return (
+        all(getattr(loaded, name) == getattr(wanted, name) for name in SAME_FIELDS)
+        and loaded.n_seq_max >= wanted.n_seq_max
+        and loaded.resolved_n_ctx() >= wanted.resolved_n_ctx()
+        and loaded.max_tokens >= wanted.max_tokens
+    )
 
 
 def solve(question: str, model: str | None = None, **options) -> SearchResult:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from edgetts.search.base import Deadline, Path
+from edgetts.search.base import Deadline, Path, Sampling
 
 # policy(prefix_steps, child_index) -> (step_text, finishes_the_path)
 Policy = Callable[[tuple[str, ...], int], tuple[str, bool]]
@@ -113,7 +113,7 @@ class FakeGenerator:
         """Prompt tokens (once per root) plus the new tokens of every generated step."""
         return self.counters.tokens_prefilled + self.counters.tokens_decoded
 
-    def root(self, question: str) -> Path:
+    def root(self, question: str, sampling: Sampling | None = None) -> Path:
         """The empty path; the prompt counts as prefilled once."""
         self.roots += 1
         self.counters.tokens_prefilled += n_tokens(question)

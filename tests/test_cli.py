@@ -28,3 +28,66 @@ def test_show_tells_tokens_decoded_again_in_waves(capsys):
                                     "tokens_generated": 60})
     _show(result)
     assert "40 prefilled, 60 generated (+30 decoded again: paths ran in waves);" in capsys.readouterr().out
+
+
+def test_strategy_is_a_closed_choice():
+    from click.testing import CliRunner
+
+    from edgetts.cli import main
+
+    result = CliRunner().invoke(main, ["solve", "What is 2+3?", "--strategy", "magic"])
+    assert result.exit_code == 2 and "'magic' is not one of 'auto', 'greedy'" in result.output
+
+
+def test_question_from_stdin_or_a_clear_usage_error():
+    from edgetts.cli import _question_or_stdin
+
+    class Tty:
+        def isatty(self):
+            return True
+
+    import sys
+
+    real = sys.stdin
+    try:
+        sys.stdin = Tty()
+        try:
+            _question_or_stdin(None)
+        except Exception as exc:  # click.UsageError
+            assert "pipe one in" in str(exc)
+        else:
+            raise AssertionError("no question and a terminal must be a usage error")
+    finally:
+        sys.stdin = real
+    assert _question_or_stdin("What is 2+3?") == "What is 2+3?"
+
+
+def test_models_json_lists_every_registry_model():
+    import json
+
+    from click.testing import CliRunner
+
+    from edgetts.cli import main
+
+    result = CliRunner().invoke(main, ["models", "--json"])
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert result.exit_code == 0 and sum(r["default"] for r in rows) == 1
+    assert {"name", "size_bytes", "ready", "path"} <= set(rows[0])
+
+
+def test_defaults_from_the_config_file_then_the_environment(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from edgetts.cli import main
+
+    config = tmp_path / "config.toml"
+    config.write_text('max-tokens = 300\n[solve]\nstrategy = "majority"\n')
+    monkeypatch.setenv("EDGETTS_CONFIG", str(config))
+    help_text = CliRunner().invoke(main, ["solve", "--help"], terminal_width=250).output
+    assert "[default: majority]" in help_text and "[default: 300; x>=1]" in help_text
+    monkeypatch.setenv("EDGETTS_SOLVE_N", "0")  # the environment is read too (and checked)
+    result = CliRunner().invoke(main, ["solve", "What is 2+3?"])
+    assert result.exit_code == 2 and "0 is not in the range" in result.output
+    config.write_text("[solve\n")
+    result = CliRunner().invoke(main, ["solve", "--help"])
+    assert result.exit_code == 1 and "config file" in result.output

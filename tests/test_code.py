@@ -53,7 +53,7 @@ class ScriptedGenerator:
         self.counters = GenCounters()
         self.roots: list[tuple[str | None, str]] = []
 
-    def root(self, question: str, system: str | None = None) -> Path:
+    def root(self, question: str, sampling=None, system: str | None = None) -> Path:
         self.roots.append((system, question))
         self.counters.tokens_prefilled += n_tokens(question)
         return Path(handle=system)

@@ -70,3 +70,30 @@ def test_unknown_name_and_bad_files(tmp_path):
     short.write_bytes(b"GGUF\x03\x00")
     with pytest.raises(ModelError, match="not a readable GGUF"):
         models.resolve(str(short))
+
+
+def test_concurrent_pulls_take_turns(fake_cache, monkeypatch):
+    """Seen: two `edgetts models pull` at once wrote into one .partial file."""
+    import threading
+    import time
+
+    from edgetts.models import Part
+
+    data = b"GGUF" + bytes(1000)
+    spec = ModelSpec(name="tiny", file="tiny.gguf", kind="base", size_bytes=len(data),
+                     sha256=hashlib.sha256(data).hexdigest(), parts=(Part("p", "1", "m"),))
+    writers: list[int] = []
+
+    def assemble(spec, target, progress):
+        writers.append(1)
+        assert len(writers) == 1, "a second pull wrote while the first was writing"
+        time.sleep(0.2)
+        target.write_bytes(data)
+
+    monkeypatch.setattr(models, "_assemble", assemble)
+    threads = [threading.Thread(target=models.pull, args=(spec,)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert writers == [1] and models.is_ready(spec)

@@ -223,3 +223,32 @@ def test_calculator_check_caps_wrong_arithmetic(tmp_path: FsPath) -> None:
     s = PRMScorer.load(d, threads=1)
     good, bad = s.score_steps(QUESTION, [GOOD, BAD])
     assert bad[0] <= 0.01 and good[0] > 0.01
+
+
+BOTH = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+CPU = ["CPUExecutionProvider"]
+
+
+@pytest.mark.parametrize("available, use_cuda, env, expected", [
+    (BOTH, None, "", BOTH),
+    (BOTH, None, "cpu", CPU),
+    (BOTH, False, "cuda", CPU),  # an explicit argument wins over the environment
+    (CPU, None, "auto", CPU),
+    (CPU, True, "", CPU),
+])
+def test_prm_picks_cuda_when_onnxruntime_offers_it(monkeypatch, available, use_cuda, env, expected):
+    from edgetts.prm import choose_providers
+
+    monkeypatch.setenv("EDGETTS_PRM_DEVICE", env)
+    assert choose_providers(available, use_cuda) == expected
+
+
+def test_prm_device_cuda_without_the_provider_is_an_error(monkeypatch):
+    from edgetts.prm import choose_providers
+
+    monkeypatch.setenv("EDGETTS_PRM_DEVICE", "cuda")
+    with pytest.raises(PRMError, match="no CUDA provider"):
+        choose_providers(["CPUExecutionProvider"], None)
+    monkeypatch.setenv("EDGETTS_PRM_DEVICE", "gpu0")
+    with pytest.raises(PRMError, match="auto, cpu or cuda"):
+        choose_providers(["CPUExecutionProvider"], None)

@@ -109,9 +109,10 @@ def test_solver_runs_beam_search_on_a_probe_and_refuses_another_policys(tmp_path
     solver = Solver(PolicyConfig(n_seq_max=4, max_tokens=160), prm_path=str(tmp_path / "probe"))
     try:
         result = solver.solve(QUESTION, SolveOptions(strategy="beam_search", n=4, beam_width=2))
+        assert solver.policy.config.capture_states  # the policy it ran records step states
     finally:
         solver.close()
-    assert solver.policy_config.capture_states
+    assert not solver.policy_config.capture_states  # the user's settings stay as given
     assert result.candidates
     for c in result.candidates:
         assert len(c.step_scores) >= 1

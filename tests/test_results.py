@@ -33,3 +33,29 @@ def test_not_a_results_file(tmp_path):
     other.write_text('{"question": "x"}\n')
     with pytest.raises(ResultsError, match="no 'id'"):
         ResultsFile(other)
+
+
+def test_a_file_of_notes_is_never_cut(tmp_path):
+    # seen: `printf 'my notes' > notes.txt; edgetts run --out notes.txt` cut the notes away
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    with pytest.raises(ResultsError, match="not JSON"):
+        ResultsFile(notes)
+    assert notes.read_text() == "my notes"
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    out = tmp_path / "r.jsonl"
+    first = ResultsFile(out, settings={"strategy": "majority", "n": 8})
+    first.append({"id": "1", "correct": True})
+    assert json.loads(out.read_text())["settings"] == {"strategy": "majority", "n": 8}
+    assert ResultsFile(out, settings={"strategy": "majority", "n": 8}).done == {"1"}
+    with pytest.raises(ResultsError, match="n was 8, now 4; strategy was 'majority', now 'best_of_n'"):
+        ResultsFile(out, settings={"strategy": "best_of_n", "n": 4})
+
+
+def test_unwritable_output_fails_at_once(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ResultsError, match="cannot write results"):
+        ResultsFile(blocker / "r.jsonl")

@@ -54,6 +54,8 @@ def test_memory_parts_add_up_and_gpu_moves_weights_off_the_host():
     assert gpu.weights_mb == 0 and gpu.kv_mb == 0 and gpu.gpu_mb > 500
     assert gpu.total_mb < cpu.total_mb
     assert "PRM" in cpu.describe() and "GPU" in gpu.describe()
+    every = estimate_memory(META, 9216, 16, "f16", -1, TEXT_PRM.memory_mb, VOCAB)  # -1: all
+    assert every == gpu
 
 
 def test_vocab_size_from_header(tmp_path):
@@ -242,31 +244,57 @@ def test_solver_plans_only_under_a_budget(monkeypatch):
     p = s.plan(solver_mod.SolveOptions(memory_mb=4000, deadline_s=100), "What is 6 * 7?")
     assert seen["budget"].kv_type == "f16" and seen["budget"].n_gpu_layers is None
     assert seen["budget"].max_tokens == 256 and p.kv_type == "f16"
-    s._apply(p, 4000)
-    assert (s.policy_config.n_seq_max, s.policy_config.n_ctx) == (p.n_seq_max, p.n_ctx)
 
 
-def test_solver_keeps_a_loaded_context_that_covers_the_plan():
+class LoadedPolicy:
+    """Stands for a loaded LlamaPolicy: records what was loaded and closed."""
+
+    log: list[str] = []
+
+    def __init__(self, config):
+        self.config = config
+        LoadedPolicy.log.append(f"load {config.n_seq_max} {config.kv_type}")
+
+    def close(self):
+        LoadedPolicy.log.append("close")
+
+
+def test_solver_keeps_a_loaded_context_that_covers_the_plan(monkeypatch):
     from dataclasses import replace
-    from types import SimpleNamespace
 
     from edgetts import solver as solver_mod
     from edgetts.policy import PolicyConfig
 
-    closed: list[int] = []
-    s = solver_mod.Solver(PolicyConfig(max_tokens=256))
+    monkeypatch.setattr(solver_mod, "LlamaPolicy", LoadedPolicy)
+    LoadedPolicy.log = []
+    s = solver_mod.Solver(PolicyConfig(max_tokens=256, n_seq_max=16))
     big = plan(Budget(memory_mb=4000, deadline_s=100, max_tokens=256))
-    s._apply(big, 4000)
-    s._policy = SimpleNamespace(close=lambda: closed.append(1))  # stands for the loaded model
+    assert s._policy_for(None, big, 4000).config.n_seq_max == big.n_seq_max
     smaller = replace(big, n_seq_max=max(1, big.n_seq_max // 2), n_ctx=big.n_ctx // 2,
                       predicted_memory_mb=big.predicted_memory_mb / 2)
-    s._apply(smaller, 4000)
-    assert closed == [] and s.policy_config.n_seq_max == big.n_seq_max  # kept: no reload
-    s._apply(smaller, big.predicted_memory_mb - 1)  # the loaded context no longer fits
-    assert closed == [1] and s.policy_config.n_seq_max == smaller.n_seq_max
-    s._policy = SimpleNamespace(close=lambda: closed.append(2))
-    s._apply(replace(smaller, kv_type="q8_0"), None)  # another cache type needs a new context
-    assert closed == [1, 2] and s.policy_config.kv_type == "q8_0"
+    assert s._policy_for(None, smaller, 4000).config.n_seq_max == big.n_seq_max  # kept
+    assert len(LoadedPolicy.log) == 1
+    s._policy_for(None, smaller, big.predicted_memory_mb - 1)  # the loaded one no longer fits
+    assert LoadedPolicy.log[1:] == ["close", f"load {smaller.n_seq_max} f16"]
+    s._policy_for(None, replace(smaller, kv_type="q8_0"), None)  # another cache type: reload
+    assert LoadedPolicy.log[-1] == f"load {smaller.n_seq_max} q8_0"
+    assert s.policy_config == PolicyConfig(max_tokens=256, n_seq_max=16)  # never changed
+
+
+def test_a_budgeted_solve_leaves_the_next_one_as_configured(monkeypatch):
+    """Seen: after a request with memory_mb, a beam search that had worked failed for good
+    ("no KV sequence slot can be freed"): the plan's 2 slots stayed for every later request."""
+    from dataclasses import replace
+
+    from edgetts import solver as solver_mod
+    from edgetts.policy import PolicyConfig
+
+    monkeypatch.setattr(solver_mod, "LlamaPolicy", LoadedPolicy)
+    LoadedPolicy.log = []
+    s = solver_mod.Solver(PolicyConfig(max_tokens=256, n_seq_max=16))
+    small = replace(plan(Budget(memory_mb=700, max_tokens=256)), n_seq_max=2)
+    assert s._policy_for(None, small, 700).config.n_seq_max == 2
+    assert s._policy_for(None, None, None).config.n_seq_max == 16
 
 
 def test_cli_plan_errors_are_clear(monkeypatch):

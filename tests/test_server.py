@@ -55,8 +55,9 @@ def wait_for_health(base: str, ready, timeout_s: float = 10.0) -> None:
 class FakeSolver:
     """Stands in for Solver: answers "42" after ``delay_s`` unless the deadline or cancel ends it."""
 
-    def __init__(self, delay_s: float = 0.0) -> None:
+    def __init__(self, delay_s: float = 0.0, others: tuple[str, ...] = ()) -> None:
         self.delay_s = delay_s
+        self.others = others  # answers of further candidates, votes falling in this order
         self.policy = SimpleNamespace(config=SimpleNamespace(max_tokens=0),
                                       counters=SimpleNamespace(tokens_sampled=0))
         self._policy, self._scorer = self.policy, None
@@ -72,8 +73,12 @@ class FakeSolver:
         self.cancelled.append(cancel is not None and cancel.is_set())
         chosen = Candidate(text="6 * 7 = 42.\n\n\\boxed{42}", answer="42", score=None,
                            step_scores=[], n_tokens=9, stop_reason="eos")
-        return SearchResult(strategy=options.strategy, answer="42", chosen=chosen, candidates=[chosen],
-                            votes={"42": 1.0}, cut_short=deadline.expired(),
+        others = [Candidate(text=f"\\boxed{{{a}}}", answer=a, score=None, step_scores=[], n_tokens=3,
+                            stop_reason="max_tokens") for a in self.others]
+        votes = {"42": 1.0 + len(self.others), **{a: 1.0 + i for i, a in enumerate(reversed(self.others))}}
+        return SearchResult(strategy=options.strategy, answer="42", chosen=chosen,
+                            candidates=[chosen, *others], votes=votes if self.others else {"42": 1.0},
+                            cut_short=deadline.expired(),
                             counters={"tokens_prefilled": 20, "tokens_sampled": 9})
 
 
@@ -168,8 +173,7 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(fake):
         with pytest.raises(openai.BadRequestError) as err:
             ask(c, **extra)
         assert err.value.body["param"] == param, extra
-    with pytest.raises(openai.NotFoundError):
-        ask(c, model="no-such-model")
+    assert ask(c, model="gpt-4o-mini").model == MODEL  # any name means the loaded policy
     with pytest.raises(openai.AuthenticationError):
         ask(client(base, key="wrong"))
     for body in (b"{not json", b'{"model": "fake-model"}', b"[1, 2]"):
@@ -358,3 +362,40 @@ def test_serve_shuts_down_cleanly_mid_request(served):
     assert proc.returncode == 0, output
     assert "Traceback" not in output, output
     assert replies and replies[0].model_extra["edgetts"]["cut_short"]
+
+
+def test_openai_n_is_the_number_of_ranked_choices():
+    """A client's n: 1 (sent by many by default) no longer turns the search off; n: 2 gives the
+    two best distinct answers, the pick first; the budget is edgetts.samples."""
+    solver = FakeSolver(others=("40", "41", "42.0"))
+    with ThreadedServer(create_app(solver, ServerSettings(model_id=MODEL, max_n=8))) as base:
+        c = client(base)
+        one = ask(c, n=1)
+        assert len(one.choices) == 1 and solver.options[-1].n != 1  # auto picks its own budget
+        two = c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "6 * 7?"}],
+                                        n=2, extra_body={"edgetts": {"strategy": "majority", "samples": 6}})
+        assert [ch.message.content for ch in two.choices] == ["6 * 7 = 42.\n\n\\boxed{42}", "\\boxed{40}"]
+        assert [ch.index for ch in two.choices] == [0, 1]
+        assert [ch.finish_reason for ch in two.choices] == ["stop", "length"]
+        assert solver.options[-1].n == 6 and solver.options[-1].strategy == "majority"
+        assert two.model_extra["edgetts"]["deprecation"] is None
+        legacy = ask(c, strategy="majority", n=3)  # the old top level: n is the budget, one choice
+        assert len(legacy.choices) == 1 and solver.options[-1].n == 3
+        assert "deprecated" in legacy.model_extra["edgetts"]["deprecation"]
+        with pytest.raises(openai.BadRequestError) as err:
+            ask(c, edgetts={"strategy": "majority", "sampels": 4})
+        assert "sampels" in err.value.body["message"]
+
+
+def test_strict_model_and_cors():
+    settings = ServerSettings(model_id=MODEL, strict_model=True, cors_origins=("http://localhost:3000",),
+                              api_key=KEY)
+    with ThreadedServer(create_app(FakeSolver(), settings)) as base:
+        with pytest.raises(openai.NotFoundError):
+            ask(client(base), model="gpt-4o-mini")
+        preflight = urllib.request.Request(
+            f"{base}/v1/chat/completions", method="OPTIONS",
+            headers={"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST",
+                     "Access-Control-Request-Headers": "authorization, content-type"})
+        with urllib.request.urlopen(preflight, timeout=10) as resp:
+            assert resp.headers["access-control-allow-origin"] == "http://localhost:3000"

@@ -52,12 +52,12 @@ def test_code_and_programs_are_refused_without_allow_exec() -> None:
     with server as base:
         c = client(base)
         for extra, param in [
-            ({"task": "code"}, "task"),
-            ({"mode": "pot"}, "mode"),
-            ({"mode": "cot+pot"}, "mode"),
+            ({"task": "code"}, "edgetts.task"),
+            ({"mode": "pot"}, "edgetts.mode"),
+            ({"mode": "cot+pot"}, "edgetts.mode"),
         ]:
             with pytest.raises(openai.BadRequestError) as err:
-                ask(c, **extra)
+                ask(c, edgetts=extra)
             assert err.value.body["param"] == param
             assert err.value.body["code"] == "exec_not_allowed"
             assert "--allow-exec" in err.value.body["message"]
@@ -69,20 +69,20 @@ def test_allowed_code_task_returns_the_program() -> None:
     server, solver = _server(allow_exec=True)
     with server as base:
         c = client(base)
-        reply = ask(c, task="code", n=4)
+        reply = ask(c, edgetts={"task": "code", "samples": 4})
         assert reply.choices[0].message.content.startswith("```python\ndef add(a, b)")
         info = reply.model_extra["edgetts"]
         assert info["strategy"] == "code exec" and info["votes"] == {"cluster 0": 1.0}
         assert solver.options[-1].strategy == "exec" and solver.options[-1].n == 4
         with pytest.raises(openai.BadRequestError) as err:
-            ask(c, task="code", strategy="beam_search")
+            ask(c, edgetts={"task": "code", "strategy": "beam_search"})
         assert "greedy, majority, exec" in err.value.body["message"]
 
 
 def test_allowed_pot_mode_reaches_the_solver() -> None:
     server, solver = _server(allow_exec=True)
     with server as base:
-        ask(client(base), mode="pot", strategy="majority", n=4)
+        ask(client(base), edgetts={"mode": "pot", "strategy": "majority", "samples": 4})
         assert solver.options[-1].mode == "pot"
         with pytest.raises(openai.BadRequestError):
-            ask(client(base), mode="pot", strategy="beam_search")
+            ask(client(base), edgetts={"mode": "pot", "strategy": "beam_search"})

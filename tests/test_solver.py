@@ -30,17 +30,15 @@ AGG_SCORES = {"weak": 0.1, "good \\boxed{1}": 0.9, "fine": 0.6, "steady \\boxed{
 
 
 def solver_with_fakes(default_aggregation: str):
-    from types import SimpleNamespace
-
     from fakes import FakeGenerator, FakeScorer, tree_policy
 
     from edgetts.solver import Solver
 
     generator = FakeGenerator(tree_policy(AGG_TREE))
-    generator.config = SimpleNamespace()  # the solver sets the sampling settings here
     scorer = FakeScorer(AGG_SCORES)
     scorer.default_aggregation = default_aggregation
     solver = Solver()
+    generator.config = solver.policy_config  # stands for a policy loaded as configured
     solver._policy, solver._scorer = generator, scorer
     return solver
 

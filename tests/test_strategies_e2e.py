@@ -46,7 +46,7 @@ def check_search(policy, scorer, strategy, question):
     """Run one search with N=4 and check what every strategy owes: answer, scores, counters."""
     policy.config.seed, policy.config.max_tokens = 0, 200
     policy.root("What is 1 + 1?")  # another prompt in the cache: this search must prefill its own
-    prompt_tokens = len(policy.tokenize(policy.prompt_text(question)))
+    prompt_tokens = len(policy.prompt_tokens(question))
     config = SearchConfig(n=4, beam_width=2, max_steps=8)
     result = run_search(strategy, question, policy, scorer, config)
     policy.config.max_tokens = 256

@@ -25,6 +25,7 @@ import numpy as np
 
 from edgetts.models import resolve
 from edgetts.policy import LlamaPolicy, PolicyConfig
+from edgetts.search.base import Sampling
 
 QUESTION = (
     "A baker makes 24 muffins per tray and bakes 7 trays on Monday and 5 trays on Tuesday. "
@@ -35,10 +36,10 @@ QUESTION = (
 
 def bench_batched(policy: LlamaPolicy, n: int, max_tokens: int, seed: int) -> tuple[int, int, float]:
     """(a): returns (tokens generated, tokens prefilled, seconds)."""
-    policy.config.max_tokens, policy.config.seed = max_tokens, seed
+    sampling = Sampling(temperature=policy.config.temperature, seed=seed, max_tokens=max_tokens)
     before_prefill = policy.counters.tokens_prefilled
     start = time.perf_counter()
-    paths = policy.extend([policy.root(QUESTION)], n, to_end=True)
+    paths = policy.extend([policy.root(QUESTION, sampling)], n, to_end=True)
     seconds = time.perf_counter() - start
     policy.release(paths)
     return sum(p.n_tokens for p in paths), policy.counters.tokens_prefilled - before_prefill, seconds
@@ -69,7 +70,7 @@ def bench_sequential(llm: llama_cpp.Llama, prompt: str, n: int, max_tokens: int,
 def bench_reprefill(policy: LlamaPolicy, n: int, max_tokens: int, seed: int):
     """(c): the same batched decoding, but each sample prefills its own copy of the prompt."""
     ctx, vocab = policy._ctx, policy._vocab
-    prompt = policy.tokenize(policy.prompt_text(QUESTION))
+    prompt = policy.prompt_tokens(QUESTION)
     memory = llama_cpp.llama_get_memory(ctx)
     start = time.perf_counter()
     llama_cpp.llama_memory_clear(memory, True)

@@ -52,7 +52,7 @@ from edgetts.probe import default_prm_dir, load_scorer, load_states, save_states
 from edgetts.prompts import split_steps
 from edgetts.search import run_search
 from edgetts.search.auto import difficulty_features  # the same features auto sees at run time
-from edgetts.search.base import Candidate, SearchConfig, aggregate
+from edgetts.search.base import Candidate, Sampling, SearchConfig, aggregate
 from edgetts.search.base import Path as StatePath
 from edgetts.search.best_of_n import pick
 from edgetts.search.select import pick_by_vote, score_paths, to_candidate
@@ -119,6 +119,7 @@ def run(args: argparse.Namespace) -> None:
                                       n_seq_max=min(args.n_max, 16), seed=args.seed,
                                       capture_states=True, state_layers=layers))
     n_list = sorted(n for n in args.n if n <= args.n_max)
+    sampling = Sampling(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
     agg = args.agg or (scorer.default_aggregation if scorer else "last")
     for index, problem in enumerate(problems):
         base = {"problem_id": problem.id, "dataset": args.dataset, "model": model, "gold": problem.answer}
@@ -129,17 +130,15 @@ def run(args: argparse.Namespace) -> None:
 
         features: dict[str, float] = {}
         if todo("greedy", 1):
-            policy.config.temperature = 0.0
-            result = run_search("majority", problem.question, policy, None, SearchConfig(n=1))
+            greedy = SearchConfig(n=1, sampling=dataclasses.replace(sampling, temperature=0.0))
+            result = run_search("majority", problem.question, policy, None, greedy)
             _append(out, {**base, "strategy": "greedy", "n": 1, "answer": result.answer,
                           "correct": answers_equal(result.answer, problem.answer),
                           "tokens_generated": result.counters["tokens_generated"],
                           "seconds": result.counters["wall_s"], "difficulty_features": {}})
-        policy.config.temperature, policy.config.top_p = args.temperature, args.top_p
-        policy.config.top_k = args.top_k
         if any(todo(s, n) for s in SUBSET_STRATEGIES for n in n_list):
             start = time.perf_counter()
-            paths = policy.extend([policy.root(problem.question)], args.n_max, to_end=True)
+            paths = policy.extend([policy.root(problem.question, sampling)], args.n_max, to_end=True)
             policy.release(paths)
             score_paths(scorer, problem.question, paths)
             candidates = [to_candidate(p, agg) for p in paths]
@@ -158,7 +157,8 @@ def run(args: argparse.Namespace) -> None:
             for n in n_list:
                 if n < args.beam_width or not todo(strategy, n) or n > args.search_n_max:
                     continue
-                config = SearchConfig(n=n, beam_width=args.beam_width, max_steps=args.max_steps, agg=agg)
+                config = SearchConfig(n=n, beam_width=args.beam_width, max_steps=args.max_steps, agg=agg,
+                                      sampling=sampling)
                 result = run_search(strategy, problem.question, policy, scorer, config)
                 _append(out, {**base, "strategy": strategy, "n": n, "answer": result.answer,
                               "correct": answers_equal(result.answer, problem.answer),

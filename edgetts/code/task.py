@@ -34,7 +34,7 @@ from edgetts.code.extract import (
 )
 from edgetts.code.select import Behaviour, select_program
 from edgetts.sandbox import Check, RunResult, Sandbox
-from edgetts.search.base import Deadline, Path
+from edgetts.search.base import Deadline, Path, Sampling
 
 CODE_SYSTEM = (
     "You are an expert Python programmer. Reply with one ```python code block containing the complete "
@@ -52,7 +52,7 @@ SELECTIONS: tuple[str, ...] = ("exec", "majority", "first")
 class ProgramGenerator(Protocol):
     """A StepGenerator whose prompt instruction can be replaced (the llama.cpp policy is one)."""
 
-    def root(self, question: str, system: str | None = None) -> Path: ...
+    def root(self, question: str, sampling: Sampling | None = None, system: str | None = None) -> Path: ...
 
     def extend(
         self, paths: list[Path], n_each: int, to_end: bool = False, deadline: Deadline | None = None
@@ -99,6 +99,7 @@ class CodeConfig:
     use_docstring: bool = True
     deadline_s: float | None = None
     cancel: threading.Event | None = field(default=None, repr=False, compare=False)
+    sampling: Sampling | None = None  # None: the generator's own (greedy: temperature 0)
 
     def validate(self) -> None:
         """Raise ValueError with a user-facing message for impossible settings."""
@@ -152,10 +153,15 @@ def _counters(obj: object) -> dict[str, float]:
 
 
 def sample_replies(
-    generator: ProgramGenerator, message: str, system: str, n: int, deadline: Deadline
+    generator: ProgramGenerator,
+    message: str,
+    system: str,
+    n: int,
+    deadline: Deadline,
+    sampling: Sampling | None = None,
 ) -> list[Path]:
     """``n`` full replies to ``message`` forked from one prefill; their KV is released."""
-    root = generator.root(message, system=system)
+    root = generator.root(message, sampling, system=system)
     paths = generator.extend([root], n, to_end=True, deadline=deadline)
     generator.release(paths)
     return paths
@@ -169,7 +175,7 @@ def solve_code(
     deadline = Deadline(config.deadline_s, config.cancel)
     before = _counters(generator)
     start = time.perf_counter()
-    paths = sample_replies(generator, task.message(), CODE_SYSTEM, config.n, deadline)
+    paths = sample_replies(generator, task.message(), CODE_SYSTEM, config.n, deadline, config.sampling)
     context = task.prompt if task.has_signature else ""
     programs = [extract_program(p.text, context, task.entry_point) for p in paths]
     entry = task.entry_point or main_function(programs)
@@ -184,7 +190,8 @@ def solve_code(
             task.prompt.rstrip() if task.has_signature else f"{task.prompt.strip()}\n(function: {entry})"
         )
         message = f"Write 6 assert statements that test `{entry}`:\n```python\n{signature}\n```"
-        for reply in sample_replies(generator, message, TESTS_SYSTEM, config.test_samples, deadline):
+        k = config.test_samples
+        for reply in sample_replies(generator, message, TESTS_SYSTEM, k, deadline, config.sampling):
             for stmt in generated_asserts(reply.text, entry, config.max_generated):
                 if stmt not in generated and len(generated) < config.max_generated:
                     generated.append(stmt)

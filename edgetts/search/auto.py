@@ -24,8 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import statistics
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path as FsPath
@@ -143,19 +141,9 @@ def load_table(path: str | None = None) -> ComputeOptimalTable:
         return ComputeOptimalTable()
 
 
-@contextmanager
-def _fresh_seed(generator: StepGenerator) -> Iterator[None]:
-    """Offset the generator's sampling seed, so a second root's paths differ from the probes."""
-    config = getattr(generator, "config", None)
-    seed = getattr(config, "seed", None)
-    if seed is None:
-        yield
-        return
-    config.seed = seed + SEED_OFFSET
-    try:
-        yield
-    finally:
-        config.seed = seed
+def _reseeded(config: SearchConfig) -> SearchConfig:
+    """The same search with another sampling seed, so a second root's paths differ from the probes."""
+    return replace(config, sampling=replace(config.sampling, seed=config.sampling.seed + SEED_OFFSET))
 
 
 def auto(
@@ -169,7 +157,7 @@ def auto(
     config.validate("auto")
     table = table or load_table()
     deadline = Deadline(config.deadline_s, config.cancel)
-    root = generator.root(question)
+    root = generator.root(question, config.sampling)
     prefill_s = deadline.elapsed_s()  # a generator that cannot reuse the prompt prefills it again
     probes = generator.extend([root], min(PROBE_N, config.n), to_end=True, deadline=deadline)
     generator.release(probes)
@@ -222,16 +210,14 @@ def _continue(
         # Only the samples are wanted here (the pick over probes + these is _pick's); best_of_n
         # scores them deadline-aware, majority needs no scores at all.
         if choice.strategy == "majority" or scorer is None:
-            with _fresh_seed(generator):
-                return majority(question, generator, None, sub)
+            return majority(question, generator, None, _reseeded(sub))
         run = best_of_n
     else:
         width = min(config.beam_width, choice.n)
         sub = replace(config, n=max(width, choice.n // width * width), beam_width=width,
                       deadline_s=deadline_s)
         run = beam_search if choice.strategy == "beam_search" else dvts
-    with _fresh_seed(generator):
-        return run(question, generator, scorer, sub)
+    return run(question, generator, scorer, _reseeded(sub))
 
 
 def _pick(strategy: str, candidates: list[Candidate], config: SearchConfig):

@@ -20,6 +20,21 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 Aggregation = Literal["last", "min", "prod"]
 AGGREGATIONS: tuple[str, ...] = ("last", "min", "prod")
+# The small default policy degenerates when sampled hot: on GSM8K train problems, T=0.3 gave right
+# single samples twice as often as T=0.8, and a right answer among 8 samples more often too
+# (tools/sampling_study.py; figures in README "Sampling").
+DEFAULT_TEMPERATURE = 0.3
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one search samples, the same for every path it grows (an argument, never state)."""
+
+    temperature: float = DEFAULT_TEMPERATURE  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    seed: int = 0
+    max_tokens: int | None = None  # generated tokens per solution; None: the generator's limit
 
 
 @dataclass
@@ -47,8 +62,11 @@ class Path:
 class StepGenerator(Protocol):
     """Extends partial solutions, one step (or to the end) at a time."""
 
-    def root(self, question: str) -> Path:
-        """Return the empty path for ``question`` (the prompt is prefilled once, here or lazily)."""
+    def root(self, question: str, sampling: Sampling | None = None) -> Path:
+        """Return the empty path for ``question`` (the prompt is prefilled once, here or lazily).
+
+        ``sampling`` holds for every path grown from this root (None: the generator's defaults).
+        """
         ...
 
     def extend(
@@ -79,6 +97,11 @@ class StepScorer(Protocol):
     def score(self, question: str, paths: list[Path]) -> list[list[float]]: ...
 
 
+# More paths than this per question is a typo, not a plan: at N = 64 the vote has long settled on
+# this machine's benchmarks (docs/bench), and every path holds its tokens and states in memory.
+MAX_N = 1024
+
+
 @dataclass
 class SearchConfig:
     """Settings shared by all strategies. ``n`` counts samples, beams or leaves."""
@@ -90,6 +113,7 @@ class SearchConfig:
     deadline_s: float | None = None
     # For beam search: group finished beams by answer and sum scores (weighted pick).
     weighted_pick: bool = False
+    sampling: Sampling = field(default_factory=Sampling)
     # Set from another thread to stop the search as if its deadline had passed (server clients
     # that disconnect, shutdown); the search still ends normally and frees its KV sequences.
     cancel: threading.Event | None = field(default=None, repr=False, compare=False)
@@ -98,6 +122,8 @@ class SearchConfig:
         """Raise ValueError with a user-facing message for impossible settings."""
         if self.n < 1:
             raise ValueError(f"n must be at least 1, got {self.n}")
+        if self.n > MAX_N:
+            raise ValueError(f"n must be at most {MAX_N} (paths per question), got {self.n}")
         if self.agg not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {self.agg!r}; choose one of {AGGREGATIONS}")
         if self.max_steps < 1:

@@ -35,7 +35,7 @@ def beam_search(
     deadline = Deadline(config.deadline_s, config.cancel)
     keep = config.n // config.beam_width
     finished: list[Path] = []
-    live = generator.extend([generator.root(question)], config.n, deadline=deadline)
+    live = generator.extend([generator.root(question, config.sampling)], config.n, deadline=deadline)
     for round_ in range(1, config.max_steps + 1):
         score_in_time(scorer, question, live, finished, deadline)
         live = set_aside_finished(generator, live, finished)

@@ -55,7 +55,7 @@ def _sample_and_pick(
 ) -> SearchResult:
     scorer = require_scorer(strategy, scorer, config)
     deadline = Deadline(config.deadline_s, config.cancel)
-    root = generator.root(question)
+    root = generator.root(question, config.sampling)
     paths = generator.extend([root], config.n, to_end=True, deadline=deadline)
     # The text is all we need from here on: free the KV before the (slow) PRM call.
     generator.release(paths)

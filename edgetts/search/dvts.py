@@ -38,7 +38,7 @@ def dvts(
     deadline = Deadline(config.deadline_s, config.cancel)
     width = config.beam_width
     leaves: list[Path] = []
-    children = generator.extend([generator.root(question)], config.n, deadline=deadline)
+    children = generator.extend([generator.root(question, config.sampling)], config.n, deadline=deadline)
     subtrees = [children[i : i + width] for i in range(0, len(children), width)]
     live: list[Path] = []
     for round_ in range(1, config.max_steps + 1):

@@ -18,7 +18,7 @@ def majority(
 ) -> SearchResult:
     """Sample ``config.n`` solutions to the end and vote on their final answers."""
     deadline = Deadline(config.deadline_s, config.cancel)
-    root = generator.root(question)
+    root = generator.root(question, config.sampling)
     paths = generator.extend([root], config.n, to_end=True, deadline=deadline)
     generator.release(paths)
     if scorer is not None:
