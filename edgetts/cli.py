@@ -35,9 +35,11 @@ def _friendly_errors(func):
         from edgetts.data import DataError
         from edgetts.policy import PolicyError
         from edgetts.results import ResultsError
+        from edgetts.sandbox import SandboxUnavailable
 
         known: tuple[type[BaseException], ...] = (
             registry.ModelError, PolicyError, DataError, ResultsError, ValueError, OSError,
+            SandboxUnavailable,
         )
         try:
             return func(*args, **kwargs)
@@ -81,11 +83,23 @@ def _search_options(func):
                      help="Generated tokens per solution."),
         click.option("--threads", type=click.IntRange(1), default=None,
                      help="CPU threads (default: $EDGETTS_THREADS, else all cores)."),
-        click.option("--n-gpu-layers", type=int, default=None,
-                     help="Layers to offload to a GPU (CUDA build of llama.cpp) [default: 0, or "
-                          "planned under a budget]."),
+        click.option("--n-gpu-layers", type=click.IntRange(-1), default=None,
+                     help="Layers to offload to a GPU (CUDA build of llama.cpp; -1: all) [default: 0, "
+                          "or planned under a budget]."),
         click.option("--kv-type", default=None, type=click.Choice(["f16", "q8_0"]),
                      help="KV cache element type [default: f16, or planned under a budget]."),
+        click.option("--task", default="math", show_default=True, type=click.Choice(["math", "code"]),
+                     help="code: write a Python function, run the candidates in the sandbox, pick by "
+                          "behaviour (strategy greedy, majority or exec; auto = exec)."),
+        click.option("--mode", default="cot", show_default=True, type=click.Choice(["cot", "pot", "cot+pot"]),
+                     help="Math: prose (cot), Python programs run in the sandbox (pot), or both voting."),
+        click.option("--pot-n", type=int, default=None,
+                     help="Programs for --mode cot+pot [default: as many as prose samples, -n]."),
+        click.option("--tests", "tests_path", default=None, type=click.Path(path_type=Path),
+                     help="Code tasks: a Python file of asserts / test_* functions (visible tests)."),
+        click.option("--allow-weak-sandbox", is_flag=True,
+                     help="Run model-written code even where the sandbox cannot set its limits "
+                          "(see `edgetts sandbox`)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -100,9 +114,17 @@ def _make_solver(kw: dict):
         strategy=kw["strategy"], n=kw["n"], beam_width=kw["beam_width"],
         max_steps=kw["max_steps"], agg=kw["agg"], deadline_s=kw["deadline_s"],
         memory_mb=kw["memory_mb"], temperature=kw["temperature"], top_p=kw["top_p"], top_k=kw["top_k"],
-        seed=kw["seed"],
+        seed=kw["seed"], mode=kw["mode"], pot_n=kw["pot_n"],
     )
-    options.validate()  # fail on bad settings before a model loads
+    code = kw["task"] == "code"
+    if code:
+        from edgetts.solver import validate_code_options
+
+        validate_code_options(options)
+    else:
+        if kw["tests_path"] is not None:
+            raise click.UsageError("--tests is for --task code")
+        options.validate()  # fail on bad settings before a model loads
     n_parallel = max(options.search_config().n, 1) if options.strategy != "greedy" else 1
     policy_config = PolicyConfig(
         model=kw["model"], max_tokens=kw["max_tokens"], n_threads=kw["threads"],
@@ -110,7 +132,26 @@ def _make_solver(kw: dict):
         n_seq_max=min(n_parallel, 16),
     )
     pinned = frozenset(k for k in ("kv_type", "n_gpu_layers") if kw[k] is not None)
-    return Solver(policy_config, prm_path=kw["prm_path"], pinned=pinned), options
+    sandbox = None
+    if code or options.mode != "cot":  # the user asked for model-written code to run
+        from edgetts.sandbox import Sandbox
+
+        sandbox = Sandbox(allow_weak=kw["allow_weak_sandbox"])
+    return Solver(policy_config, prm_path=kw["prm_path"], pinned=pinned, sandbox=sandbox), options
+
+
+def _code_tests(kw: dict) -> tuple:
+    """The user's --tests file as sandbox checks (a clear error when it cannot be read)."""
+    from edgetts.code.checks import file_checks
+
+    path = kw["tests_path"]
+    if path is None:
+        return ()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"cannot read tests file {path}: {exc}") from None
+    return tuple(file_checks(text, str(path)))
 
 
 def _explain(solver, options, question: str | None) -> None:
@@ -213,6 +254,9 @@ def solve(question: str | None, show: bool, as_json: bool, **kw) -> None:
     if not question.strip():
         raise click.ClickException("the question is empty")
     solver, options = _make_solver(kw)
+    if kw["task"] == "code":
+        _solve_code(solver, options, question, _code_tests(kw), show, as_json)
+        return
     if kw["explain"]:
         _explain(solver, options, question)
     result = solver.solve(question, options)
@@ -222,6 +266,44 @@ def solve(question: str | None, show: bool, as_json: bool, **kw) -> None:
     if show and result.chosen is not None:
         _show(result)
     click.echo(result.answer if result.answer is not None else "(no answer)")
+
+
+def _solve_code(solver, options, prompt: str, tests: tuple, show: bool, as_json: bool) -> None:
+    from edgetts.code import CodeTask
+
+    task = CodeTask.from_prompt(prompt, tests)
+    result = solver.solve_code(task, options)
+    if as_json:
+        click.echo(json.dumps(asdict(result), ensure_ascii=False))
+        return
+    if show:
+        _show_code(result)
+    if result.program is None:
+        raise click.ClickException("no candidate produced a runnable program")
+    click.echo(result.program.rstrip())
+
+
+def _show_code(result) -> None:
+    """Which tests each candidate passed, the clusters, and what it cost (to stderr)."""
+    echo = functools.partial(click.echo, err=True)
+    echo(f"function: {result.entry_point}; strategy: {result.strategy}")
+    echo(f"visible tests ({len(result.visible_tests)}): " + "; ".join(result.visible_tests))
+    echo(f"generated tests ({len(result.generated_tests)}): " + "; ".join(result.generated_tests))
+    for i, cand in enumerate(result.candidates):
+        mark = "  <- chosen" if i == result.chosen else ""
+        if cand.program is None or not cand.runnable:
+            echo(f"  {i + 1:>2}. fails: {cand.error}{mark}")
+            continue
+        passed = [v["name"] for v in cand.visible if v["passed"]]
+        failed = [v["name"] for v in cand.visible if not v["passed"]]
+        echo(f"  {i + 1:>2}. visible {len(passed)}/{len(cand.visible)}, generated "
+             f"{cand.generated_passed}/{len(result.generated_tests)}, cluster {cand.cluster}, "
+             f"{cand.n_tokens} tokens{mark}")
+        for name in failed:
+            echo(f"       failed: {name}")
+    c = result.counters
+    echo(f"tokens: {c['tokens_prefilled']} prefilled, {c['tokens_generated']} generated; sandbox: "
+         f"{c['sandbox_runs']} runs, {c['sandbox_s']:.2f} s of {c['wall_s']:.1f} s")
 
 
 def _question_or_stdin(question: str | None) -> str:
@@ -324,6 +406,9 @@ def run(data_path: Path, out_path: Path, limit, question_key, answer_key, id_key
 
     if out_path.exists() and data_path.exists() and out_path.resolve() == data_path.resolve():
         raise click.UsageError("--out is the --data file; results go to a file of their own")
+    if kw["task"] == "code":
+        _run_code(data_path, out_path, limit, kw)
+        return
     problems = load_problems(data_path, question_key, answer_key, id_key, limit)
     results = ResultsFile(out_path, settings=_run_settings(kw))
     todo = [p for p in problems if p.id not in results.done]
@@ -355,6 +440,62 @@ def run(data_path: Path, out_path: Path, limit, question_key, answer_key, id_key
         click.echo(f"accuracy: {correct}/{graded} = {correct / graded:.1%}")
     else:
         click.echo(f"answered {len(results.records)} problems (no gold answers to grade)")
+
+
+def _run_code(data_path: Path, out_path: Path, limit: int | None, kw: dict) -> None:
+    """``run --task code``: every HumanEval-style row, graded by its own hidden test."""
+    import time
+
+    from tqdm import tqdm
+
+    from edgetts.code import CodeTask
+    from edgetts.code.checks import hidden_check
+    from edgetts.data import load_code_problems
+    from edgetts.results import ResultsFile
+
+    problems = load_code_problems(data_path, limit)
+    tests = _code_tests(kw)
+    results = ResultsFile(out_path)
+    todo = [p for p in problems if p.id not in results.done]
+    if len(todo) < len(problems):
+        click.echo(f"resuming: {len(problems) - len(todo)} of {len(problems)} already in {out_path}",
+                   err=True)
+    solver, options = _make_solver(kw)
+    try:
+        for problem in tqdm(todo, desc=f"code {options.strategy} n={options.n}", unit="problem",
+                            disable=None, file=sys.stderr):
+            start = time.perf_counter()
+            task = CodeTask(problem.prompt, problem.entry_point, tests)
+            result = solver.solve_code(task, options)
+            hidden: dict[str, bool] = {}
+            if problem.test is not None:
+                check = hidden_check(problem.test, problem.entry_point)
+                for cand in result.candidates:
+                    if cand.program is not None and cand.program not in hidden:
+                        run_ = solver.sandbox.run(cand.program, [check], run_name="candidate")
+                        hidden[cand.program] = run_.passed_all
+            correct = None if problem.test is None else bool(result.program and hidden.get(result.program))
+            candidates = [
+                {**asdict(c), "correct": hidden.get(c.program, False) if problem.test is not None else None}
+                for c in result.candidates
+            ]
+            results.append({
+                "id": problem.id, "entry_point": result.entry_point, "correct": correct,
+                "program": result.program, "strategy": result.strategy, "n": len(result.candidates),
+                "seed": options.seed, "model": kw["model"], "chosen": result.chosen,
+                "visible_tests": result.visible_tests, "generated_tests": result.generated_tests,
+                "clusters": result.clusters, "candidates": candidates, "counters": result.counters,
+                "seconds": round(time.perf_counter() - start, 3),
+            })
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: {len(results.records)} results kept in {out_path}; "
+                   "run the same command again to resume", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    correct, graded = results.accuracy()
+    if graded:
+        click.echo(f"pass@1: {correct}/{graded} = {correct / graded:.1%}")
+    else:
+        click.echo(f"answered {len(results.records)} problems (no hidden tests to grade)")
 
 
 @main.command()
@@ -395,6 +536,17 @@ def calibrate(model: str | None, prm_path: str | None, threads: int | None, batc
     cal, meta = calibration.measure(model, prm_path, n_threads, sizes, tokens,
                                     progress=lambda line: click.echo(line, err=True))
     click.echo(str(calibration.save(cal, meta)))
+
+
+@main.command()
+@_friendly_errors
+def sandbox() -> None:
+    """Print what the sandbox for model-written code isolates on this machine."""
+    from edgetts.sandbox import Sandbox
+
+    iso = Sandbox().isolation()
+    click.echo(iso.describe())
+    click.echo("weak: refused unless --allow-weak-sandbox" if iso.weak else "ok: model-written code may run")
 
 
 @main.group(invoke_without_command=True)
@@ -510,18 +662,25 @@ def bundle(out_dir: Path, model_names: tuple[str, ...], source: Path | None) -> 
               help="Largest request body.")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="CPU threads (default: $EDGETTS_THREADS or all).")
-@click.option("--n-gpu-layers", default=0, show_default=True, help="Layers to offload to a GPU.")
+@click.option("--n-gpu-layers", default=0, show_default=True, type=click.IntRange(-1),
+              help="Layers to offload to a GPU (-1: all).")
 @click.option("--kv-type", default="f16", show_default=True, type=click.Choice(["f16", "q8_0"]))
 @click.option("--strict-model", is_flag=True,
               help="Answer only requests naming this model (default: any name means it).")
 @click.option("--cors-origin", "cors_origins", multiple=True,
               help="Browser origin allowed to call the API, e.g. http://localhost:3000 (repeatable).")
+@click.option("--allow-exec", is_flag=True,
+              help="Run model-written code in the sandbox for requests with task=code or mode=pot "
+                   "(refused with a 400 otherwise).")
+@click.option("--allow-weak-sandbox", is_flag=True,
+              help="With --allow-exec: run code even where the sandbox cannot set its limits.")
 @_friendly_errors
 def serve(host: str, port: int, api_key: str | None, api_key_file: Path | None, model: str | None,
           prm_path: str | None,
           strategy: str | None, n: int, deadline_s: float | None, memory_mb: float | None,
           max_n: int, max_queue: int, max_tokens: int, max_body_kb: int, threads: int | None,
-          n_gpu_layers: int, kv_type: str, strict_model: bool, cors_origins: tuple[str, ...]) -> None:
+          n_gpu_layers: int, kv_type: str, strict_model: bool, cors_origins: tuple[str, ...],
+          allow_exec: bool, allow_weak_sandbox: bool) -> None:
     """Serve an OpenAI-compatible API (POST /v1/chat/completions) on HOST:PORT.
 
     Example: edgetts serve --port 8000, then point any OpenAI client at http://127.0.0.1:8000/v1
@@ -547,14 +706,23 @@ def serve(host: str, port: int, api_key: str | None, api_key_file: Path | None, 
         host=host, port=port, api_key=api_key, model_id=model_id, model_aliases=aliases,
         max_tokens=max_tokens, max_n=max_n, max_queue=max_queue, max_body_bytes=max_body_kb * 1024,
         default_strategy=strategy, default_n=n, default_deadline_s=deadline_s, memory_mb=memory_mb,
-        strict_model=strict_model, cors_origins=cors_origins,
+        strict_model=strict_model, cors_origins=cors_origins, allow_exec=allow_exec,
     )
+    sandbox = None
+    if allow_exec:
+        from edgetts.sandbox import Sandbox, SandboxUnavailable
+
+        sandbox = Sandbox(allow_weak=allow_weak_sandbox)
+        isolation = sandbox.isolation()  # refuse at startup, not at the first request
+        if isolation.weak and not allow_weak_sandbox:
+            raise SandboxUnavailable("--allow-exec: this machine cannot contain model-written code\n"
+                                     + isolation.describe() + "\nadd --allow-weak-sandbox to run it anyway")
     policy_config = PolicyConfig(
         model=model, max_tokens=max_tokens, n_threads=threads, n_gpu_layers=n_gpu_layers,
         kv_type=kv_type, n_seq_max=min(max_n, 16),
     )
     click.echo(f"loading {model_id} ...", err=True)
-    run_server(Solver(policy_config, prm_path=prm_path, prm_threads=threads), settings)
+    run_server(Solver(policy_config, prm_path=prm_path, prm_threads=threads, sandbox=sandbox), settings)
 
 
 if __name__ == "__main__":

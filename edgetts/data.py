@@ -18,6 +18,7 @@ Other files: ``question_key`` / ``answer_key`` name the fields; ``+`` joins seve
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 from dataclasses import dataclass
@@ -78,8 +79,12 @@ def _question_key(record: dict) -> str:
 
 def _records(path: Path):
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                text = f.read()
+        else:
+            text = path.read_text(encoding="utf-8")
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read data file {path}: {exc}") from exc
     if path.suffix == ".json":
         try:
@@ -134,4 +139,41 @@ def load_problems(
     ids = [p.id for p in problems]
     if len(set(ids)) != len(ids):
         raise DataError(f"{path}: problem ids are not unique; pass --id-key")
+    return problems
+
+
+@dataclass(frozen=True)
+class CodeProblem:
+    """A HumanEval-style row: the prompt (signature + docstring), the function the tests call,
+    and the hidden test (``def check(candidate): ...``; None when the file has none)."""
+
+    id: str
+    prompt: str
+    entry_point: str | None
+    test: str | None
+
+
+def load_code_problems(path: str | Path, limit: int | None = None) -> list[CodeProblem]:
+    """Read HumanEval-style rows (``prompt``, ``test``, ``entry_point``; JSONL, .json or .jsonl.gz)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data file {path} does not exist")
+    problems: list[CodeProblem] = []
+    for line_no, record in _records(path):
+        if limit is not None and len(problems) >= limit:
+            break
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
+        prompt = record.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise DataError(f"{path}:{line_no}: no 'prompt' (fields: {', '.join(record)})")
+        test, entry = record.get("test"), record.get("entry_point")
+        if test is not None and not isinstance(test, str):
+            raise DataError(f"{path}:{line_no}: 'test' must be a string")
+        if test and not entry:
+            raise DataError(f"{path}:{line_no}: a 'test' needs the 'entry_point' it checks")
+        pid = str(record.get("task_id", record.get("id", line_no)))
+        problems.append(CodeProblem(pid, prompt, entry or None, test or None))
+    if not problems:
+        raise DataError(f"{path}: no problems found")
     return problems

@@ -343,15 +343,17 @@ class LlamaPolicy:
         n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece_buf, 256, 0, False)
         return self._piece_buf.raw[: max(n, 0)]
 
-    def prompt_text(self, question: str) -> str:
-        """The prompt for ``question`` as text (to show; :meth:`prompt_tokens` is what runs)."""
-        return build_prompt(question, self.metadata.chat_template, bos=self._bos_text())
+    def prompt_text(self, question: str, system: str | None = None) -> str:
+        """The prompt for ``question`` as text (to show; :meth:`prompt_tokens` is what runs).
 
-    def prompt_tokens(self, question: str) -> list[int]:
+        ``system`` replaces the math instructions (code tasks and programs use their own)."""
+        return build_prompt(question, self.metadata.chat_template, bos=self._bos_text(), system=system)
+
+    def prompt_tokens(self, question: str, system: str | None = None) -> list[int]:
         """The prompt's tokens, special-token markers read in the template's text only: a
         question never gains control of the chat (see :func:`edgetts.prompts.prompt_parts`)."""
         try:
-            parts = prompt_parts(question, self.metadata.chat_template, bos=self._bos_text())
+            parts = prompt_parts(question, self.metadata.chat_template, bos=self._bos_text(), system=system)
         except ValueError as exc:
             raise PolicyError(str(exc)) from None
         tokens: list[int] = []
@@ -364,11 +366,12 @@ class LlamaPolicy:
 
     # -- StepGenerator -------------------------------------------------------------------------
 
-    def root(self, question: str, sampling: Sampling | None = None) -> Path:
+    def root(self, question: str, sampling: Sampling | None = None, system: str | None = None) -> Path:
         """Clear the cache and prefill the prompt for ``question`` once (kept for a next root).
 
         The root begins a search: ``sampling`` (None: this policy's configured sampling) holds
-        for every path grown from it, until the next root.
+        for every path grown from it, until the next root. ``system`` replaces the math
+        instructions (code tasks and programs use their own).
         """
         if not question or not question.strip():
             raise PolicyError("the question is empty")
@@ -378,7 +381,7 @@ class LlamaPolicy:
                               f"context was made for), got {sampling.max_tokens}")
         self._sampling = sampling
         start = time.perf_counter()
-        tokens = self.prompt_tokens(question)
+        tokens = self.prompt_tokens(question, system)
         limit = min(self.config.max_prompt_tokens, self.config.resolved_n_ctx() - self.config.max_tokens)
         if len(tokens) > limit:
             raise PolicyError(

@@ -62,9 +62,14 @@ def few_shot_prompt(question: str) -> str:
     return f"{SYSTEM_PROMPT}\n\n\n{shots}Question: {question.strip()}\nAnswer:\n"
 
 
-def build_prompt(question: str, chat_template: str | None, bos: str = "", eos: str = "") -> str:
-    """The full prompt text for ``question``; chat template if the model has one."""
-    return "".join(text for text, _ in prompt_parts(question, chat_template, bos, eos))
+def build_prompt(
+    question: str, chat_template: str | None, bos: str = "", eos: str = "", system: str | None = None
+) -> str:
+    """The full prompt text for ``question``; chat template if the model has one.
+
+    ``system`` replaces the math instructions (code tasks, programs); see :func:`prompt_parts`.
+    """
+    return "".join(text for text, _ in prompt_parts(question, chat_template, bos, eos, system))
 
 
 # Stands in for the question while the template renders, so the question's place in the prompt
@@ -73,7 +78,7 @@ _QUESTION_MARK = "\x00edgetts-question\x00"
 
 
 def prompt_parts(
-    question: str, chat_template: str | None, bos: str = "", eos: str = ""
+    question: str, chat_template: str | None, bos: str = "", eos: str = "", system: str | None = None
 ) -> list[tuple[str, bool]]:
     """The prompt as ``(text, trusted)`` pieces: the template's own text is trusted, the
     question is not.
@@ -81,15 +86,17 @@ def prompt_parts(
     The tokenizer reads special tokens (``<|im_start|>``...) only in trusted pieces, so a
     question that contains chat markers cannot close its turn and write the assistant's answer.
     Spaces just before the question go with it, so words tokenize as they would in one piece.
+    ``system`` replaces the math instructions (code tasks, programs); a base model then gets it
+    as plain text before the question instead of the math few-shot examples.
     """
     if "\x00" in question:
         raise ValueError("the question contains a NUL character")
     question = question.strip()
     if not chat_template:
-        rendered = few_shot_prompt(_QUESTION_MARK)
+        rendered = few_shot_prompt(_QUESTION_MARK) if system is None else f"{system}\n\n{_QUESTION_MARK}\n"
     else:
         messages = [
-            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "system", "content": SYSTEM_PROMPT if system is None else system},
             {"role": "user", "content": _QUESTION_MARK},
         ]
         rendered = render_chat(chat_template, messages, bos=bos, eos=eos)

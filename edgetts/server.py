@@ -38,7 +38,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from types import FrameType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -51,7 +51,10 @@ from edgetts.grading import answers_equal
 from edgetts.policy import PolicyError
 from edgetts.search import NEEDS_SCORER, STRATEGIES
 from edgetts.search.base import Candidate, SearchResult
-from edgetts.solver import GREEDY, SolveOptions, Solver
+from edgetts.solver import GREEDY, SolveOptions, Solver, validate_code_options
+
+if TYPE_CHECKING:
+    from edgetts.code import CodeResult
 
 log = logging.getLogger("edgetts.server")
 
@@ -85,6 +88,9 @@ class ServerSettings:
     # with names of their own); True: only model_id and its aliases, 404 otherwise.
     strict_model: bool = False
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API
+    # Run model-written code (task "code", mode "pot" / "cot+pot") in the solver's sandbox.
+    # Off by default: such requests get a 400 naming --allow-exec.
+    allow_exec: bool = False
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -228,6 +234,9 @@ class SearchFields(BaseModel):
     agg: Literal["last", "min", "prod"] | None = None
     deadline_s: float | None = Field(None, gt=0)
     memory_mb: float | None = Field(None, gt=0)
+    # Model-written code runs only on a server started with --allow-exec (else a 400).
+    task: Literal["math", "code"] = "math"  # code: write a function; the reply is the program
+    mode: Literal["cot", "pot", "cot+pot"] = "cot"  # math by prose, programs, or both
 
 
 # Search fields once read at the top level of a request (with ``n`` as the budget); still
@@ -401,6 +410,7 @@ class Job:
     started_at: float | None = None
     finished_at: float | None = None
     tokens_at_start: int = 0
+    task: str = "math"
 
     def abandon(self) -> None:
         """The client is gone: never start, or stop the search at its next check."""
@@ -477,6 +487,11 @@ class Engine:
             job.options = dataclasses.replace(job.options, deadline_s=left)
         job.tokens_at_start = self.solver.policy.counters.tokens_sampled
         try:
+            if job.task == "code":
+                from edgetts.code import CodeTask
+
+                task = CodeTask.from_prompt(job.question)
+                return code_as_search_result(self.solver.solve_code(task, job.options, cancel=job.cancel))
             return self.solver.solve(job.question, job.options, cancel=job.cancel)
         finally:
             job.finished_at = time.perf_counter()
@@ -537,6 +552,24 @@ def known_strategies() -> set[str]:
     except (ValueError, TypeError):
         return names
     return names | {"auto"}
+
+
+def code_as_search_result(code: CodeResult) -> SearchResult:
+    """A code task's result in the response's shape: the answer is the chosen program, each
+    candidate's answer its program, and the votes each behaviour cluster's support."""
+    candidates = [
+        Candidate(text=c.text, answer=c.program, score=None, step_scores=[], n_tokens=c.n_tokens,
+                  stop_reason=c.stop_reason)
+        for c in code.candidates
+    ]
+    chosen = candidates[code.chosen] if code.chosen is not None else None
+    if chosen is not None and code.program is not None:
+        chosen = dataclasses.replace(chosen, text=f"```python\n{code.program.rstrip()}\n```")
+        candidates[code.chosen] = chosen
+    votes = {f"cluster {i}": c["support"] for i, c in enumerate(code.clusters)}
+    return SearchResult(strategy=f"code {code.strategy}", answer=code.program, chosen=chosen,
+                        candidates=candidates, votes=votes, cut_short=code.cut_short,
+                        counters=dict(code.counters))
 
 
 def _finish_reason(candidate: Candidate | None) -> Literal["stop", "length"]:
@@ -619,6 +652,14 @@ class App:
         self.check_model(req.model)
         s = self.settings
         search, budget, choices, deprecation, where = self._search_of(req)
+        if (search.task == "code" or search.mode != "cot") and not s.allow_exec:
+            what = "task=code" if search.task == "code" else f"mode={search.mode}"
+            raise ApiError(400, f"{what} runs model-written code, which this server does not allow; "
+                                "start it with `edgetts serve --allow-exec`",
+                           param=f"{where}task" if search.task == "code" else f"{where}mode",
+                           code="exec_not_allowed")
+        if search.task == "code":
+            return self._code_job(req, search, budget, where)
         strategy = search.strategy or self.default_strategy
         if strategy not in self.strategies:
             raise ApiError(400, f"unknown strategy {strategy!r}; choose one of {sorted(self.strategies)}",
@@ -656,6 +697,8 @@ class App:
         memory = self._memory_mb(search.memory_mb)
         if memory is not None:
             fields["memory_mb"] = memory
+        if search.mode != "cot":
+            fields["mode"] = search.mode
         options = SolveOptions(**fields)
         try:
             options.validate()
@@ -676,6 +719,30 @@ class App:
         if legacy:
             return SearchFields(**legacy), req.n, 1, LEGACY_NOTE, ""
         return SearchFields(), None, req.n or 1, None, "edgetts."
+
+    def _code_job(self, req: ChatRequest, search: SearchFields, budget: int | None, where: str) -> Job:
+        """A code task: strategy greedy, majority or exec (default), no budget planning."""
+        s = self.settings
+        n = budget or s.default_n
+        if n > s.max_n:
+            raise ApiError(400, f"a search of {n} is more than this server allows (max {s.max_n})",
+                           param=f"{where}samples" if where else "n")
+        max_tokens = req.max_completion_tokens or req.max_tokens or s.max_tokens
+        if max_tokens > s.max_tokens:
+            raise ApiError(400, f"max_tokens={max_tokens} is more than this server allows "
+                                f"(max {s.max_tokens})", param="max_tokens")
+        fields: dict[str, Any] = {"strategy": search.strategy or "exec", "n": n, "max_tokens": max_tokens}
+        for name in ("temperature", "top_p", "top_k", "seed"):
+            if getattr(req, name) is not None:
+                fields[name] = getattr(req, name)
+        if search.deadline_s or s.default_deadline_s:
+            fields["deadline_s"] = search.deadline_s or s.default_deadline_s
+        options = SolveOptions(**fields)
+        try:
+            validate_code_options(options)
+        except ValueError as exc:
+            raise ApiError(400, str(exc), param=f"{where}strategy") from None
+        return Job(question=req.question(), options=options, task="code")
 
     def _memory_mb(self, requested: float | None) -> float | None:
         """The request's memory budget, capped by the server's own."""

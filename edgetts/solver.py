@@ -5,18 +5,27 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from edgetts.metadata import read_metadata
 from edgetts.models import resolve
 from edgetts.policy import LlamaPolicy, PolicyConfig
 from edgetts.scheduler import Budget, Plan, plan_for, prompt_tokens_for
-from edgetts.search import NEEDS_CONFIDENCE, NEEDS_SCORER, STRATEGIES, run_search
+from edgetts.search import NEEDS_CONFIDENCE, NEEDS_SCORER, STRATEGIES, measured, run_search
 from edgetts.search.base import DEFAULT_TEMPERATURE, Sampling, SearchConfig, SearchResult, StepScorer
 
 log = logging.getLogger("edgetts")
 
+if TYPE_CHECKING:
+    from edgetts.code import CodeResult, CodeTask
+    from edgetts.sandbox import Sandbox
+
 GREEDY = "greedy"
 DEFAULT_N = 4
+MODES = ("cot", "pot", "cot+pot")  # prose, programs run in the sandbox, or both voting together
+# Strategies a program vote can use: one vote each, or weighted by the verifier.
+POT_STRATEGIES = (GREEDY, "majority", "weighted_best_of_n", "auto")
+CODE_STRATEGIES = (GREEDY, "majority", "exec", "auto")  # auto = exec for code tasks
 # PolicyConfig fields a budget plan sets (unless the user pinned them, see Solver.pinned).
 PLANNED_FIELDS = ("n_seq_max", "n_ctx", "kv_type", "n_threads", "n_gpu_layers")
 
@@ -38,6 +47,9 @@ class SolveOptions:
     seed: int = 0
     weighted_pick: bool = False
     max_tokens: int | None = None  # generated tokens per solution; None: the policy's limit
+    # Math only: "cot" (prose), "pot" (programs run in the sandbox), "cot+pot" (both vote).
+    mode: str = "cot"
+    pot_n: int | None = None  # programs for cot+pot (None: as many as prose samples, n)
 
     def search_config(self) -> SearchConfig:
         return SearchConfig(
@@ -58,6 +70,15 @@ class SolveOptions:
 
     def validate(self) -> None:
         """Raise ValueError on settings no strategy can run with, before any model loads."""
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; choose one of {MODES}")
+        if self.mode != "cot" and self.strategy not in POT_STRATEGIES:
+            raise ValueError(
+                f"--mode {self.mode} votes over programs: use strategy greedy, majority, "
+                f"weighted_best_of_n or auto (the verifier weighs votes when it loads), not {self.strategy!r}"
+            )
+        if self.pot_n is not None and self.pot_n < 1:
+            raise ValueError(f"pot_n must be at least 1, got {self.pot_n}")
         if self.strategy != GREEDY and self.strategy not in STRATEGIES:
             choices = sorted([GREEDY, *STRATEGIES])
             raise ValueError(f"unknown strategy {self.strategy!r}; choose one of {choices}")
@@ -73,6 +94,17 @@ class SolveOptions:
             raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
         if self.strategy != GREEDY:
             self.search_config().validate(self.strategy)
+
+
+def validate_code_options(options: SolveOptions) -> None:
+    """Raise ValueError on settings a code task cannot run with, before any model loads."""
+    if options.strategy not in CODE_STRATEGIES:
+        choices = ", ".join(CODE_STRATEGIES)
+        raise ValueError(f"for code tasks choose strategy {choices}, not {options.strategy!r}")
+    if options.mode != "cot":
+        raise ValueError("mode is for math; code tasks always run their programs")
+    # The sampling and budget checks are the math ones; only the strategy names differ.
+    replace(options, strategy=GREEDY if options.strategy == GREEDY else "majority").validate()
 
 
 @dataclass
@@ -93,6 +125,8 @@ class Solver:
     # PolicyConfig fields the user fixed ("kv_type", "n_gpu_layers"); a plan leaves them alone.
     # n_threads counts as fixed whenever it is set.
     pinned: frozenset[str] = frozenset()
+    # Where model-written code runs (--mode pot, code tasks); None: such requests are refused.
+    sandbox: Sandbox | None = None
     last_plan: Plan | None = field(default=None, init=False, repr=False)
     _policy: LlamaPolicy | None = field(default=None, init=False, repr=False)
     _loaded_memory_mb: float = field(default=float("inf"), init=False, repr=False)  # its plan's
@@ -136,6 +170,8 @@ class Solver:
         Setting ``cancel`` (from any thread) ends the search as if its deadline had passed.
         """
         options = options or SolveOptions()
+        if options.mode != "cot":
+            self._need_sandbox(f"--mode {options.mode}")
         with self._lock:
             plan, scorer, policy = self._prepare(question, options)
             strategy, config = options.strategy, replace(options.search_config(), cancel=cancel)
@@ -145,10 +181,54 @@ class Solver:
                 strategy, config = "majority", replace(config, n=1)
             if options.agg is None and scorer is not None:
                 config = replace(config, agg=getattr(scorer, "default_aggregation", config.agg))
-            result = run_search(strategy, question, policy, scorer, config)
+            if options.mode == "cot":
+                result = run_search(strategy, question, policy, scorer, config)
+            else:
+                from edgetts.pot import PotConfig, program_of_thought
+
+                pot = PotConfig(
+                    mode=options.mode,
+                    n_pot=config.n if options.mode == "pot" or options.pot_n is None else options.pot_n,
+                    n_cot=config.n if options.mode == "cot+pot" else 0,
+                    agg=config.agg, deadline_s=config.deadline_s, cancel=cancel,
+                    sampling=config.sampling,
+                )
+                pot.validate()
+                weigh = scorer if strategy != "majority" else None
+                result = measured(
+                    policy, scorer, lambda: program_of_thought(question, policy, self.sandbox, weigh, pot)
+                )
         if options.strategy == GREEDY:
-            result.strategy = GREEDY
+            result.strategy = GREEDY if options.mode == "cot" else f"{GREEDY} {options.mode}"
         return result
+
+    def solve_code(
+        self, task: CodeTask, options: SolveOptions | None = None, cancel: threading.Event | None = None
+    ) -> CodeResult:
+        """Write, run and pick a program for ``task`` (see :mod:`edgetts.code`).
+
+        ``options.strategy``: greedy (one program at temperature 0), majority (the biggest
+        cluster of programs agreeing on outputs, no tests), exec or auto (visible tests, then
+        CodeT agreement with the policy's own tests). Needs ``sandbox``.
+        """
+        from edgetts.code import CodeConfig, solve_code
+
+        options = options or SolveOptions(strategy="exec")
+        validate_code_options(options)
+        self._need_sandbox("code tasks")
+        greedy = options.strategy == GREEDY
+        n = 1 if greedy else (options.n if options.n is not None else DEFAULT_N)
+        selection = "first" if greedy else ("majority" if options.strategy == "majority" else "exec")
+        config = CodeConfig(n=n, selection=selection, deadline_s=options.deadline_s, cancel=cancel,
+                            sampling=options.sampling())
+        config.validate()
+        with self._lock:
+            return solve_code(task, self.policy, self.sandbox, config)
+
+    def _need_sandbox(self, what: str) -> None:
+        if self.sandbox is None:
+            raise ValueError(f"{what} run model-written code: this solver has no sandbox (exec not allowed)")
+
 
     def prepare(self, question: str, options: SolveOptions | None = None) -> Plan | None:
         """Plan and load all that a solve of ``question`` under ``options`` would use, and return

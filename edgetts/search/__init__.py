@@ -56,9 +56,21 @@ def run_search(
     config.validate(strategy)
     if strategy in NEEDS_SCORER and scorer is None:
         raise ValueError(f"strategy {strategy!r} needs a PRM (step scorer)")
+    return measured(generator, scorer, lambda: STRATEGIES[strategy](question, generator, scorer, config))
+
+
+def measured(
+    generator: object, scorer: object, search: Callable[[], SearchResult]
+) -> SearchResult:
+    """Run ``search`` and set its counters from the generator's and scorer's counter deltas.
+
+    Counters: tokens prefilled and decoded (from the generator), PRM calls and steps scored
+    (from the scorer), and wall time split into policy, PRM and other seconds; counters the
+    search set itself (sandbox runs) are kept.
+    """
     gen_before, prm_before = _counters(generator), _counters(scorer)
     start = time.perf_counter()
-    result = STRATEGIES[strategy](question, generator, scorer, config)
+    result = search()
     wall_s = time.perf_counter() - start
     gen_after, prm_after = _counters(generator), _counters(scorer)
     gen = {k: gen_after[k] - gen_before.get(k, 0) for k in gen_after}
@@ -74,5 +86,6 @@ def run_search(
         "prm_s": round(prm_s, 3),
         "other_s": round(max(0.0, wall_s - policy_s - prm_s), 3),
         "wall_s": round(wall_s, 3),
+        **result.counters,
     }
     return result

@@ -1,0 +1,184 @@
+"""From a model's reply to a runnable program: code blocks, the target function, generated asserts.
+
+Nothing here runs code: it only parses text with :mod:`ast`, so it is safe on untrusted replies.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:```|\Z)", re.S)
+
+
+def code_blocks(text: str) -> list[str]:
+    """The fenced code blocks of a reply (an unclosed last fence runs to the end), Python first.
+
+    A reply without fences is taken as code as it is.
+    """
+    blocks = [(lang.lower(), body) for lang, body in _FENCE.findall(text)]
+    if not blocks:
+        return [text]
+    python = [b for lang, b in blocks if lang in ("python", "py", "python3", "")]
+    return python or [b for _, b in blocks]
+
+
+def _parses(source: str) -> ast.Module | None:
+    try:
+        return ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
+
+
+def defined_functions(source: str) -> list[str]:
+    """Names of the top-level functions ``source`` defines (empty when it does not parse)."""
+    tree = _parses(source)
+    if tree is None:
+        return []
+    return [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
+def _is_main_guard(node: ast.stmt) -> bool:
+    return (
+        isinstance(node, ast.If)
+        and isinstance(node.test, ast.Compare)
+        and isinstance(node.test.left, ast.Name)
+        and node.test.left.id == "__name__"
+    )
+
+
+def definitions_only(source: str) -> str | None:
+    """``source`` keeping imports, functions, classes and constant assignments.
+
+    Example calls, prints and ``if __name__ == "__main__":`` blocks a model adds after its
+    function are dropped: they are not the solution, and one that raises would sink it.
+    None when ``source`` does not parse.
+    """
+    tree = _parses(source)
+    if tree is None:
+        return None
+    keep = (
+        ast.Import,
+        ast.ImportFrom,
+        ast.FunctionDef,
+        ast.AsyncFunctionDef,
+        ast.ClassDef,
+        ast.Assign,
+        ast.AnnAssign,
+    )
+    parts = [
+        ast.get_source_segment(source, node, padded=True) or ast.unparse(node)
+        for node in tree.body
+        if isinstance(node, keep) and not _is_main_guard(node)
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def prompt_context(prompt: str, entry_point: str | None) -> str:
+    """What a function's prompt defines besides the function itself (imports, helpers).
+
+    HumanEval prompts import names (``from typing import List``) and sometimes define helpers
+    the solution calls; a reply that repeats only the target function still needs them.
+    """
+    tree = _parses(prompt)
+    if tree is None:
+        return ""
+    parts = []
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == entry_point:
+            continue
+        if isinstance(node, ast.Expr) and isinstance(getattr(node, "value", None), ast.Constant):
+            continue  # a module docstring
+        parts.append(ast.get_source_segment(prompt, node, padded=True) or ast.unparse(node))
+    return "\n".join(parts) + ("\n" if parts else "")
+
+
+def extract_program(reply: str, prompt: str = "", entry_point: str | None = None) -> str | None:
+    """A runnable program from a model's reply, or None when there is none.
+
+    The first code block that defines ``entry_point`` (any block that parses when no entry
+    point is known), cut to its definitions and preceded by the prompt's own imports and
+    helpers. A reply that continues the prompt's function body (no ``def`` of its own) is
+    appended to the prompt instead.
+    """
+    context = prompt_context(prompt, entry_point) if prompt else ""
+    blocks = code_blocks(reply)
+    for block in blocks:
+        names = defined_functions(block)
+        if names and (entry_point is None or entry_point in names):
+            body = definitions_only(block)
+            if body is not None and _parses(context + body) is not None:
+                return context + body
+    if entry_point and prompt and entry_point in defined_functions(prompt):
+        for block in blocks:
+            first = next((line for line in block.splitlines() if line.strip()), "")
+            if not first[:1].isspace():
+                continue  # only an indented block continues the prompt's function body
+            joined = prompt.rstrip("\n") + "\n" + block
+            if entry_point in defined_functions(joined):
+                body = definitions_only(joined)
+                if body is not None:
+                    return body
+    return None
+
+
+def main_function(programs: list[str | None]) -> str | None:
+    """The function name most programs define last (for a plain request without a signature)."""
+    counts: dict[str, int] = {}
+    for program in programs:
+        if program:
+            names = defined_functions(program)
+            if names:
+                counts[names[-1]] = counts.get(names[-1], 0) + 1
+    return max(counts, key=lambda k: counts[k]) if counts else None
+
+
+def generated_asserts(reply: str, entry_point: str, limit: int = 20) -> list[str]:
+    """``assert`` statements about ``entry_point`` in a reply (the policy's own tests), deduplicated.
+
+    Each is one statement that parses on its own and calls ``entry_point``.
+    """
+    found: list[str] = []
+    for block in code_blocks(reply):
+        tree = _parses(block)
+        statements: list[str] = []
+        if tree is not None:
+            statements = [
+                ast.get_source_segment(block, n) or ast.unparse(n)
+                for n in ast.walk(tree)
+                if isinstance(n, ast.Assert)
+            ]
+        else:  # a block cut mid-way: take the lines that parse alone
+            statements = [line.strip() for line in block.splitlines() if line.strip().startswith("assert ")]
+        for stmt in statements:
+            node = _parses(stmt)
+            if node is None or not _calls(node, entry_point):
+                continue
+            if stmt not in found:
+                found.append(stmt)
+            if len(found) >= limit:
+                return found
+    return found
+
+
+def _calls(tree: ast.AST, name: str) -> bool:
+    return any(
+        isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == name for n in ast.walk(tree)
+    )
+
+
+def call_inputs(statements: list[str], entry_point: str, limit: int = 20) -> list[str]:
+    """The calls of ``entry_point`` inside test statements, as expressions to probe programs with."""
+    calls: list[str] = []
+    for stmt in statements:
+        tree = _parses(stmt)
+        if tree is None:
+            continue
+        for n in ast.walk(tree):
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == entry_point:
+                text = ast.unparse(n)
+                if text not in calls:
+                    calls.append(text)
+                if len(calls) >= limit:
+                    return calls
+    return calls

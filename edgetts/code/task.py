@@ -1,0 +1,286 @@
+"""Code tasks: sample N programs from one prefill, run them in the sandbox, pick by behaviour.
+
+The flow of :func:`solve_code`:
+
+1. The policy gets the task (a signature with its docstring, or a plain request) under a coding
+   instruction; N replies fork from one prefill of that prompt (``extend(..., to_end=True)``).
+2. Each reply becomes a program (:func:`~edgetts.code.extract.extract_program`); the function
+   to test is the task's entry point, or for a plain request the one most replies define.
+3. With N > 1 the policy is asked once more, under a test-writing instruction, for ``assert``
+   lines about that function: their pass/fail is the CodeT signal and their calls are the probe
+   inputs for behaviour clusters.
+4. Every distinct program runs once in the sandbox against the visible tests (the user's tests
+   and the docstring examples), the generated asserts and the probe calls.
+5. :func:`~edgetts.code.select.select_program` picks.
+
+Only :class:`ProgramGenerator` (a StepGenerator whose prompt instruction can be set) and the
+:class:`~edgetts.sandbox.Sandbox` are used, so everything but the model is testable with fakes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass, field, is_dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+from edgetts.code.checks import docstring_checks
+from edgetts.code.extract import (
+    call_inputs,
+    defined_functions,
+    extract_program,
+    generated_asserts,
+    main_function,
+)
+from edgetts.code.select import Behaviour, select_program
+from edgetts.sandbox import Check, RunResult, Sandbox
+from edgetts.search.base import Deadline, Path, Sampling
+
+CODE_SYSTEM = (
+    "You are an expert Python programmer. Reply with one ```python code block containing the complete "
+    "function, including the imports it needs. Do not add example usage."
+)
+TESTS_SYSTEM = (
+    "You write unit tests for Python functions. Reply with one ```python code block of assert "
+    "statements only, each calling the function on a different input. Do not implement the function."
+)
+Selection = Literal["exec", "majority", "first"]
+SELECTIONS: tuple[str, ...] = ("exec", "majority", "first")
+
+
+@runtime_checkable
+class ProgramGenerator(Protocol):
+    """A StepGenerator whose prompt instruction can be replaced (the llama.cpp policy is one)."""
+
+    def root(self, question: str, sampling: Sampling | None = None, system: str | None = None) -> Path: ...
+
+    def extend(
+        self, paths: list[Path], n_each: int, to_end: bool = False, deadline: Deadline | None = None
+    ) -> list[Path]: ...
+
+    def release(self, paths: list[Path]) -> None: ...
+
+
+@dataclass(frozen=True)
+class CodeTask:
+    """What to write: ``prompt`` (a signature and docstring, or a plain request), the function
+    the tests call (``entry_point``; None = the one the replies define) and the user's tests."""
+
+    prompt: str
+    entry_point: str | None = None
+    tests: tuple[Check, ...] = ()
+
+    @classmethod
+    def from_prompt(cls, prompt: str, tests: tuple[Check, ...] = ()) -> CodeTask:
+        """A task whose entry point is the last function the prompt declares (if it parses)."""
+        names = defined_functions(prompt)
+        return cls(prompt, names[-1] if names else None, tests)
+
+    @property
+    def has_signature(self) -> bool:
+        return self.entry_point is not None and self.entry_point in defined_functions(self.prompt)
+
+    def message(self) -> str:
+        """The user message the policy sees."""
+        if self.has_signature:
+            return f"Complete the following Python function:\n```python\n{self.prompt.rstrip()}\n```"
+        return self.prompt.strip()
+
+
+@dataclass(frozen=True)
+class CodeConfig:
+    """How to search: ``n`` programs, how to pick, how many test-writing replies, probe cap."""
+
+    n: int = 4
+    selection: str = "exec"  # exec: tests + clusters; majority: biggest output cluster; first
+    test_samples: int = 1
+    max_generated: int = 20
+    max_probes: int = 16
+    use_docstring: bool = True
+    deadline_s: float | None = None
+    cancel: threading.Event | None = field(default=None, repr=False, compare=False)
+    sampling: Sampling | None = None  # None: the generator's own (greedy: temperature 0)
+
+    def validate(self) -> None:
+        """Raise ValueError with a user-facing message for impossible settings."""
+        if self.n < 1:
+            raise ValueError(f"n must be at least 1, got {self.n}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"unknown selection {self.selection!r}; choose one of {SELECTIONS}")
+        if self.test_samples < 0:
+            raise ValueError(f"test_samples must be >= 0, got {self.test_samples}")
+        if self.deadline_s is not None and self.deadline_s <= 0:
+            raise ValueError(f"deadline_s must be positive, got {self.deadline_s}")
+
+
+@dataclass
+class CodeCandidate:
+    """One sampled reply and what running it showed."""
+
+    text: str
+    program: str | None
+    n_tokens: int
+    stop_reason: str | None
+    runnable: bool = False
+    error: str | None = None  # why it did not run (no code, syntax error, crash, limit)
+    visible: list[dict] = field(default_factory=list)  # {"name", "passed", "error"} per test
+    generated: list[bool] = field(default_factory=list)  # each generated assert passed
+    generated_passed: int = 0
+    outputs: list[str] = field(default_factory=list)
+    cluster: int | None = None  # index into CodeResult.clusters (ranked), None when not ranked
+
+
+@dataclass
+class CodeResult:
+    """The pick, every candidate with its test results, the tests used and what it cost."""
+
+    strategy: str
+    entry_point: str | None
+    program: str | None
+    chosen: int | None
+    candidates: list[CodeCandidate]
+    visible_tests: list[str]
+    generated_tests: list[str]
+    probes: list[str]
+    clusters: list[dict]
+    cut_short: bool = False
+    counters: dict[str, float] = field(default_factory=dict)
+
+
+def _counters(obj: object) -> dict[str, float]:
+    counters = getattr(obj, "counters", None)
+    return asdict(counters) if is_dataclass(counters) else {}
+
+
+def sample_replies(
+    generator: ProgramGenerator,
+    message: str,
+    system: str,
+    n: int,
+    deadline: Deadline,
+    sampling: Sampling | None = None,
+) -> list[Path]:
+    """``n`` full replies to ``message`` forked from one prefill; their KV is released."""
+    root = generator.root(message, sampling, system=system)
+    paths = generator.extend([root], n, to_end=True, deadline=deadline)
+    generator.release(paths)
+    return paths
+
+
+def solve_code(
+    task: CodeTask, generator: ProgramGenerator, sandbox: Sandbox, config: CodeConfig
+) -> CodeResult:
+    """Write ``config.n`` programs for ``task``, run them, pick one (see the module docstring)."""
+    config.validate()
+    deadline = Deadline(config.deadline_s, config.cancel)
+    before = _counters(generator)
+    start = time.perf_counter()
+    paths = sample_replies(generator, task.message(), CODE_SYSTEM, config.n, deadline, config.sampling)
+    context = task.prompt if task.has_signature else ""
+    programs = [extract_program(p.text, context, task.entry_point) for p in paths]
+    entry = task.entry_point or main_function(programs)
+
+    visible = list(task.tests)
+    if config.use_docstring and task.has_signature:
+        visible += docstring_checks(task.prompt, entry)
+    generated: list[str] = []
+    wants_tests = config.selection != "first" and config.n > 1 and entry is not None
+    if wants_tests and config.test_samples > 0 and not deadline.expired():
+        signature = (
+            task.prompt.rstrip() if task.has_signature else f"{task.prompt.strip()}\n(function: {entry})"
+        )
+        message = f"Write 6 assert statements that test `{entry}`:\n```python\n{signature}\n```"
+        k = config.test_samples
+        for reply in sample_replies(generator, message, TESTS_SYSTEM, k, deadline, config.sampling):
+            for stmt in generated_asserts(reply.text, entry, config.max_generated):
+                if stmt not in generated and len(generated) < config.max_generated:
+                    generated.append(stmt)
+    probes: list[str] = []
+    if wants_tests:
+        doc_calls = [
+            c.code.split("\n", 1)[0].removeprefix("__got = ") for c in visible if c.name.startswith("doc:")
+        ]
+        probes = call_inputs(doc_calls + generated, entry, config.max_probes)
+    checks = tuple(visible) + tuple(Check(a, name=a) for a in generated)
+    checks += tuple(Check(p, kind="eval", name=p) for p in probes)
+
+    sandbox_start = time.perf_counter()
+    runs: dict[str, RunResult] = {}
+    for program in programs:
+        if program is not None and program not in runs:
+            runs[program] = sandbox.run(program, checks, run_name="candidate")
+    sandbox_s = time.perf_counter() - sandbox_start
+
+    nv, ng = len(visible), len(generated)
+    candidates, behaviours = [], []
+    for path, program in zip(paths, programs, strict=True):
+        cand = CodeCandidate(path.text, program, path.n_tokens, path.stop_reason)
+        run = runs.get(program) if program is not None else None
+        if run is None:
+            cand.error = "no function found in the reply" if entry else "no code found in the reply"
+            behaviours.append(Behaviour(runnable=False))
+        else:
+            res = run.checks
+            cand.runnable = run.loaded and not run.timed_out and not run.output_capped
+            cand.error = run.error
+            cand.visible = [{"name": r.name, "passed": r.passed, "error": r.error} for r in res[:nv]]
+            cand.generated = [r.passed for r in res[nv : nv + ng]]
+            cand.generated_passed = sum(cand.generated)
+            cand.outputs = [
+                r.value if r.passed else f"error: {(r.error or '').split(':')[0]}" for r in res[nv + ng :]
+            ]
+            behaviours.append(
+                Behaviour(
+                    runnable=cand.runnable,
+                    visible=tuple(r.passed for r in res[:nv]),
+                    generated=tuple(r.passed for r in res[nv : nv + ng]),
+                    outputs=tuple(cand.outputs),
+                )
+            )
+        candidates.append(cand)
+
+    if config.selection == "first" or config.n == 1:
+        chosen = next((i for i, b in enumerate(behaviours) if b.runnable), None)
+        ranked = []
+    else:
+        use_tests = config.selection == "exec"
+        chosen, ranked = select_program(behaviours, use_visible=use_tests, use_generated=use_tests)
+    for rank, cluster in enumerate(ranked):
+        for i in cluster.members:
+            candidates[i].cluster = rank
+    if chosen is None:  # nothing ran: still show what the model wrote
+        chosen = next((i for i, p in enumerate(programs) if p is not None), None)
+
+    after = _counters(generator)
+    gen = {k: after[k] - before.get(k, 0) for k in after}
+    wall_s = time.perf_counter() - start
+    counters = {
+        "tokens_prefilled": gen.get("tokens_prefilled", 0),
+        "tokens_generated": gen.get("tokens_decoded", 0) - gen.get("tokens_redecoded", 0),
+        "tokens_redecoded": gen.get("tokens_redecoded", 0),
+        "policy_s": round(gen.get("seconds", 0.0), 3),
+        "sandbox_runs": len(runs),
+        "sandbox_s": round(sandbox_s, 3),
+        "wall_s": round(wall_s, 3),
+    }
+    return CodeResult(
+        strategy={"first": "greedy" if config.n == 1 else "first"}.get(config.selection, config.selection),
+        entry_point=entry,
+        program=programs[chosen] if chosen is not None else None,
+        chosen=chosen,
+        candidates=candidates,
+        visible_tests=[c.name for c in visible],
+        generated_tests=generated,
+        probes=probes,
+        clusters=[
+            {
+                "members": list(c.members),
+                "visible_passed": c.visible_passed,
+                "generated_passed": c.generated_passed,
+                "support": c.support,
+            }
+            for c in ranked
+        ],
+        cut_short=deadline.expired() or any(p.stop_reason == "deadline" for p in paths),
+        counters=counters,
+    )

@@ -1,0 +1,134 @@
+"""Program-aided math (program of thought): the policy writes a program, the sandbox runs it.
+
+``pot``: N programs forked from one prefill; each runs in the sandbox; the last number it prints
+is its answer. Programs that fail, time out or print no number are dropped (kept as candidates
+without an answer), and the answers vote. ``cot+pot``: prose samples (the usual math prompt)
+vote together with the programs. With a verifier (a StepScorer) every vote weighs its path's
+score (weighted best-of-N), else one each.
+
+Programs are scripts, run as ``__main__`` with the standard library only; they never run outside
+:class:`~edgetts.sandbox.Sandbox`.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+
+from edgetts.code.extract import code_blocks
+from edgetts.code.task import ProgramGenerator, sample_replies
+from edgetts.grading import normalize_answer
+from edgetts.sandbox import RunResult, Sandbox
+from edgetts.search.base import Candidate, Deadline, Sampling, SearchResult, StepScorer, aggregate
+from edgetts.search.select import pick_by_vote, score_paths, to_candidate
+
+POT_SYSTEM = (
+    "Solve the math problem by writing a short Python program. Reply with one ```python code block "
+    "that computes the answer step by step and ends with print(answer), printing only the final number."
+)
+MODES: tuple[str, ...] = ("cot", "pot", "cot+pot")
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?|-?\.\d+")
+
+
+@dataclass(frozen=True)
+class PotConfig:
+    """``n_pot`` programs and, for cot+pot, ``n_cot`` prose samples; ``agg`` as in SearchConfig."""
+
+    mode: str = "pot"
+    n_pot: int = 4
+    n_cot: int = 0
+    agg: str = "last"
+    deadline_s: float | None = None
+    cancel: threading.Event | None = field(default=None, repr=False, compare=False)
+    sampling: Sampling | None = None  # None: the generator's own
+
+    def validate(self) -> None:
+        """Raise ValueError with a user-facing message for impossible settings."""
+        if self.mode not in ("pot", "cot+pot"):
+            raise ValueError(f"unknown mode {self.mode!r} for programs; choose pot or cot+pot")
+        if self.n_pot < 1:
+            raise ValueError(f"n must be at least 1, got {self.n_pot}")
+        if self.mode == "cot+pot" and self.n_cot < 1:
+            raise ValueError("cot+pot needs at least one prose sample")
+
+
+def program_of(reply: str) -> str | None:
+    """The program in a reply: its first code block that parses, else None."""
+    import ast
+
+    for block in code_blocks(reply):
+        try:
+            ast.parse(block)
+        except (SyntaxError, ValueError):
+            continue
+        if block.strip():
+            return block
+    return None
+
+
+def printed_answer(run: RunResult) -> str | None:
+    """The last number a program printed (None when it failed or printed none)."""
+    if not run.ok:
+        return None
+    numbers = _NUMBER.findall(run.stdout)
+    if not numbers:
+        return None
+    return normalize_answer(numbers[-1].replace(",", ""))
+
+
+def program_of_thought(
+    question: str,
+    generator: ProgramGenerator,
+    sandbox: Sandbox,
+    scorer: StepScorer | None,
+    config: PotConfig,
+) -> SearchResult:
+    """Answer ``question`` by programs (and prose, for cot+pot); see the module docstring."""
+    config.validate()
+    deadline = Deadline(config.deadline_s, config.cancel)
+    paths = sample_replies(generator, question, POT_SYSTEM, config.n_pot, deadline, config.sampling)
+    prose = []
+    if config.mode == "cot+pot" and not deadline.expired():
+        root = generator.root(question, config.sampling)
+        prose = generator.extend([root], config.n_cot, to_end=True, deadline=deadline)
+        generator.release(prose)
+    if scorer is not None:
+        score_paths(scorer, question, paths + prose)
+    start = time.perf_counter()
+    runs: dict[str, RunResult] = {}
+    candidates: list[Candidate] = []
+    for path in paths:
+        program = program_of(path.text)
+        if program is not None and program not in runs:
+            runs[program] = sandbox.run(program)
+        answer = printed_answer(runs[program]) if program is not None else None
+        candidates.append(
+            Candidate(
+                text=path.text,
+                answer=answer,
+                score=aggregate(path.scores, config.agg) if path.scores else None,
+                step_scores=list(path.scores),
+                n_tokens=path.n_tokens,
+                stop_reason=path.stop_reason,
+            )
+        )
+    sandbox_s = time.perf_counter() - start
+    candidates += [to_candidate(p, config.agg) for p in prose]
+    weighted = scorer is not None
+    chosen, votes = pick_by_vote(candidates, (lambda c: c.score or 0.0) if weighted else (lambda c: 1.0))
+    return SearchResult(
+        strategy=config.mode,
+        answer=chosen.answer if chosen else None,
+        chosen=chosen,
+        candidates=candidates,
+        votes=votes,
+        cut_short=deadline.expired() or any(p.stop_reason == "deadline" for p in paths + prose),
+        counters={
+            "programs": len(paths),
+            "programs_answered": sum(c.answer is not None for c in candidates[: len(paths)]),
+            "sandbox_runs": len(runs),
+            "sandbox_s": round(sandbox_s, 3),
+        },
+    )

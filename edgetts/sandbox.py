@@ -1,0 +1,584 @@
+"""Run untrusted Python (programs the policy wrote) in a contained child process.
+
+Every call of :meth:`Sandbox.run` starts one fresh process, without a shell:
+
+* a new temporary working directory, removed afterwards; an **empty environment** (nothing from
+  the caller's environment, no secrets); stdin is ``/dev/null`` (reads see end of file);
+* ``setrlimit`` limits: CPU seconds, address space, size of any one file written, number of
+  processes, open files, no core files; a wall-clock timeout that kills the whole process group;
+  stdout and stderr are read up to a cap and the process is killed when it prints more;
+* the interpreter runs with ``-I -S`` (no user site, no ``PYTHON*`` variables, no site-packages:
+  model-written code gets the standard library only).
+
+What else is isolated depends on the OS (:meth:`Sandbox.isolation` reports what this machine gave):
+
+* **Linux.** The child enters new network, mount, IPC and PID namespaces (``unshare``; a user
+  namespace too when not root). No network: only a loopback device that is down. The working
+  directory, ``/tmp``, ``/var/tmp`` and ``/dev/shm`` are fresh size-capped tmpfs mounts that
+  vanish with the process, so files written there never reach the disk and cannot fill it. The
+  candidate is PID 1 of its own PID namespace with a fresh ``/proc``: it sees no other process,
+  and when it ends (or is killed, or its parent dies) the kernel kills everything it forked.
+  Running as root, the child drops to ``nobody`` (uid/gid 65534, no supplementary groups) before
+  the candidate runs, because the kernel does not apply the process-count limit to root: after
+  the drop it does, so a fork bomb stops at the limit. Elsewhere the file system is visible but
+  read-only to ``nobody`` except world-writable places (masked by the tmpfs mounts above), and
+  the interpreter's standard library is bind-mounted read-only where ``nobody`` can read it.
+* **macOS.** rlimits and the timeout only: macOS does not enforce the address-space limit, and
+  there is no network or file-system isolation (the candidate runs as the calling user and can
+  write where the user can). This counts as *weak*.
+* **Windows.** Not supported: there are no rlimits and the report pipe cannot be passed, so
+  :meth:`Sandbox.run` always raises :class:`SandboxUnavailable` there (``allow_weak`` too).
+* Linux without namespaces (a container that forbids ``unshare``): rlimits and the timeout, no
+  network or file-system isolation; weak, and as root the process-count limit cannot hold.
+
+A weak sandbox is refused (:class:`SandboxUnavailable`) unless the caller opts in with
+``allow_weak=True`` (``--allow-weak-sandbox`` on the command line).
+
+Pass or fail of each check is reported on a separate pipe, each line keyed by a random nonce the
+candidate's source is never given, so a candidate that exits early (``sys.exit(0)``,
+``os._exit(0)``) or prints text that looks like a report is a failure, not a pass. (Code that
+searched the interpreter's memory for the nonce could forge a report; containment above does not
+depend on it.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+NOBODY = 65534
+
+
+class SandboxUnavailable(RuntimeError):
+    """The sandbox cannot contain code on this machine and the caller did not opt in."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one candidate run may use."""
+
+    wall_s: float = 10.0  # whole run, interpreter start included
+    cpu_s: int = 10
+    memory_mb: int = 1024  # address space (virtual memory) of each process
+    file_mb: int = 16  # largest file it may write
+    disk_mb: int = 32  # each tmpfs (working dir, /tmp) holds at most this much (Linux)
+    processes: int = 16  # processes (threads count too) of the sandbox user
+    open_files: int = 64
+    output_kb: int = 256  # stdout + stderr kept; more than this kills the run
+    check_s: float = 3.0  # each check (test) at most this long in wall time
+
+
+@dataclass(frozen=True)
+class Check:
+    """One thing to run after the candidate's source: ``exec`` a test, or ``eval`` an expression
+    whose value (its ``repr``) is reported."""
+
+    code: str
+    kind: Literal["exec", "eval"] = "exec"
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    passed: bool  # ran without raising (an ``eval`` check "passes" when it returns)
+    value: str | None = None  # repr of an eval check's value, cut to 1000 characters
+    error: str | None = None  # the exception, one line
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How one candidate run ended. ``ok``: the source ran, every check was reported, the
+    process exited by itself with status 0, within every limit."""
+
+    ok: bool
+    loaded: bool  # the candidate's source executed without raising
+    error: str | None  # why not ok, one line (None when ok)
+    checks: tuple[CheckResult, ...]
+    stdout: str
+    stderr: str
+    returncode: int | None
+    timed_out: bool
+    output_capped: bool
+    seconds: float
+    layers: dict = field(default_factory=dict, repr=False)  # isolation the child reported
+
+    @property
+    def passed_all(self) -> bool:
+        """Every check passed (and the run itself was ok)."""
+        return self.ok and all(c.passed for c in self.checks)
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """What a probe run found this machine isolates (see the module docstring)."""
+
+    platform: str
+    rlimits: bool
+    process_limit: bool  # the process-count limit binds (non-root uid, or none needed)
+    network: bool
+    filesystem: bool
+    pid_namespace: bool
+    uid: int | None  # the uid candidates run as
+    notes: tuple[str, ...] = ()
+
+    @property
+    def weak(self) -> bool:
+        return not (self.rlimits and self.process_limit)
+
+    def describe(self) -> str:
+        yes = {True: "yes", False: "NO"}
+        lines = [
+            f"platform: {self.platform}",
+            f"resource limits (CPU, memory, file size, processes, open files): {yes[self.rlimits]}",
+            f"process-count limit binds (uid {self.uid}): {yes[self.process_limit]}",
+            f"network cut off: {yes[self.network]}",
+            f"file system: private tmpfs for cwd and /tmp: {yes[self.filesystem]}",
+            f"own PID namespace: {yes[self.pid_namespace]}",
+            *self.notes,
+        ]
+        return "\n".join(lines)
+
+
+# The child's first code, run as `python -I -S -c BOOTSTRAP CFG_FD REPORT_FD`. It reads its
+# settings from a pipe (so the nonce never appears in argv or a file), builds the isolation,
+# drops privileges, then runs the candidate and reports each check on the report pipe.
+BOOTSTRAP = r"""
+import os, sys, json
+cfg_fd, rep_fd = int(sys.argv[1]), int(sys.argv[2])
+with os.fdopen(cfg_fd, "rb") as f:
+    cfg = json.loads(f.read())
+nonce = cfg.pop("nonce")
+def report(obj, _fd=rep_fd, _nonce=nonce, _dumps=json.dumps):
+    os.write(_fd, (_nonce + " " + _dumps(obj) + "\n").encode())
+layers = {"uid": os.getuid()}
+def setup():
+    import ctypes, resource
+    lim = cfg["limits"]
+    linux = sys.platform.startswith("linux")
+    libc = ctypes.CDLL(None, use_errno=True) if linux else None
+    def unshare(flags):
+        if libc.unshare(flags) != 0:
+            raise OSError(ctypes.get_errno(), "unshare failed")
+    def mount(src, dst, fstype, flags, data):
+        if libc.mount(src, dst.encode(), fstype, flags, data) != 0:
+            raise OSError(ctypes.get_errno(), "mount %s failed" % dst)
+    root = os.getuid() == 0
+    drop = root and cfg["drop_uid"]
+    layers["uid"] = cfg["drop_uid"] if drop else os.getuid()
+    if linux and cfg["namespaces"]:
+        NEWNS, NEWUSER, NEWPID, NEWNET, NEWIPC = 0x20000, 0x10000000, 0x20000000, 0x40000000, 0x8000000
+        uid, gid = os.getuid(), os.getgid()
+        unshare(NEWNS | NEWNET | NEWIPC | NEWPID | (0 if root else NEWUSER))
+        if not root:  # become root of the new user namespace, mapped to our own uid outside
+            with open("/proc/self/setgroups", "w") as f: f.write("deny")
+            with open("/proc/self/uid_map", "w") as f: f.write("0 %d 1" % uid)
+            with open("/proc/self/gid_map", "w") as f: f.write("0 %d 1" % gid)
+        layers["network"] = True
+        MS_REC, MS_PRIVATE, MS_BIND, MS_RDONLY, MS_REMOUNT = 0x4000, 0x40000, 0x1000, 1, 0x20
+        MS_NOSUID, MS_NODEV = 2, 4
+        mount(None, "/", None, MS_REC | MS_PRIVATE, None)  # nothing propagates back to the host
+        size = ("size=%dm,mode=1777" % lim["disk_mb"]).encode()
+        cwd = os.getcwd()
+        mount(b"tmpfs", cwd, b"tmpfs", MS_NOSUID | MS_NODEV, size)
+        os.chdir(cwd)  # into the new tmpfs; it stays our cwd when /tmp is masked below
+        for d in ("/tmp", "/var/tmp", "/dev/shm"):
+            if os.path.isdir(d):
+                mount(b"tmpfs", d, b"tmpfs", MS_NOSUID | MS_NODEV, size)
+        lib = []
+        if drop:
+            # The standard library may live where `nobody` cannot read (a pyenv under /root):
+            # show it read-only at a fixed place and import from there.
+            os.mkdir("/tmp/.stdlib")
+            for i, p in enumerate(sys.path):
+                if os.path.isdir(p):
+                    dst = "/tmp/.stdlib/%d" % i
+                    os.mkdir(dst)
+                    mount(p.encode(), dst, None, MS_BIND | MS_REC, None)
+                    mount(None, dst, None, MS_BIND | MS_REMOUNT | MS_RDONLY, None)
+                    lib.append(dst)
+        layers["filesystem"] = True
+        # PID namespace: the child forked now is its PID 1; when it ends, all it forked dies.
+        pid = os.fork()
+        if pid:
+            os.close(rep_fd)
+            _, status = os.waitpid(pid, 0)
+            os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
+        libc.prctl(1, 9)  # PR_SET_PDEATHSIG = SIGKILL: it dies with the bootstrap, its parent
+        mount(b"proc", "/proc", b"proc", MS_NOSUID | MS_NODEV, None)  # sees only its own processes
+        layers["pid_namespace"] = True
+        if lib:
+            # Packages imported already (collections, encodings) find submodules via __path__.
+            moved = dict(zip([p for p in sys.path if os.path.isdir(p)], lib))
+            def remap(p):
+                for old, new in moved.items():
+                    if p == old or p.startswith(old + "/"):
+                        return new + p[len(old):]
+                return p
+            for mod in list(sys.modules.values()):
+                if isinstance(getattr(mod, "__path__", None), list):
+                    mod.__path__[:] = [remap(p) for p in mod.__path__]
+            sys.path[:] = lib
+            sys.path_importer_cache.clear()
+    MB = 1024 * 1024
+    for name, value in (("RLIMIT_CPU", lim["cpu_s"]), ("RLIMIT_FSIZE", lim["file_mb"] * MB),
+                        ("RLIMIT_NPROC", lim["processes"]), ("RLIMIT_NOFILE", lim["open_files"]),
+                        ("RLIMIT_CORE", 0), ("RLIMIT_AS", lim["memory_mb"] * MB)):
+        if hasattr(resource, name):
+            resource.setrlimit(getattr(resource, name), (value, value))
+    layers["rlimits"] = True
+    if drop:  # root is exempt from RLIMIT_NPROC: run as an unprivileged user instead
+        os.setgroups([])
+        os.setgid(cfg["drop_uid"])
+        os.setuid(cfg["drop_uid"])
+        if os.getuid() == 0 or os.geteuid() == 0:
+            raise OSError("could not drop root")
+try:
+    setup()
+except BaseException as exc:
+    report({"setup_error": "%s: %s" % (type(exc).__name__, exc)})
+    os._exit(70)
+report({"layers": layers})
+import builtins, signal, traceback
+def one_line(exc):
+    return ("%s: %s" % (type(exc).__name__, exc))[:500]
+class CheckTimeout(BaseException):
+    pass
+def on_alarm(signum, frame):
+    raise CheckTimeout("check took longer than %gs" % cfg["check_s"])
+signal.signal(signal.SIGALRM, on_alarm)
+ns = {"__name__": cfg["run_name"], "__builtins__": builtins}
+source, checks = cfg["source"], cfg["checks"]
+del cfg["source"], cfg["checks"]
+try:
+    code = compile(source, "<candidate>", "exec")
+    exec(code, ns)
+    report({"loaded": True})
+except BaseException as exc:
+    report({"loaded": False, "error": one_line(exc)})
+    traceback.print_exc()
+    os._exit(1)
+for i, chk in enumerate(checks):
+    out = {"check": i}
+    try:
+        signal.setitimer(signal.ITIMER_REAL, cfg["check_s"])
+        try:
+            if chk["kind"] == "eval":
+                value = eval(compile(chk["code"], "<check %d>" % i, "eval"), ns)
+                out["value"] = repr(value)[:1000]
+            else:
+                exec(compile(chk["code"], "<check %d>" % i, "exec"), ns)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        out["passed"] = True
+    except BaseException as exc:
+        out["passed"] = False
+        out["error"] = one_line(exc)
+    report(out)
+sys.stdout.flush()
+report({"done": True})
+os._exit(0)
+"""
+
+
+_probe_lock = threading.Lock()
+_probe_cache: dict[tuple, tuple[Isolation, bool]] = {}
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """Runs candidates under :class:`Limits`; refuses a weak sandbox unless ``allow_weak``.
+
+    ``namespaces`` and ``drop_uid`` are on by default where they apply; turning them off is
+    for tests of the refusal logic.
+    """
+
+    limits: Limits = field(default_factory=Limits)
+    allow_weak: bool = False
+    python: str = sys.executable
+    namespaces: bool = True
+    drop_uid: int = NOBODY
+
+    # -- isolation -----------------------------------------------------------------------------
+
+    def isolation(self) -> Isolation:
+        """What this machine isolates, probed once per settings (one tiny run, cached)."""
+        return self._isolation_and_mode()[0]
+
+    def _use_namespaces(self) -> bool:
+        return self.namespaces and sys.platform.startswith("linux")
+
+    def _probe(self) -> tuple[Isolation, bool]:
+        notes: list[str] = []
+        if os.name == "nt":
+            note = "Windows is not supported: no resource limits, no way to pass the report pipe"
+            return Isolation("windows", False, False, False, False, False, None, (note,)), False
+        namespaces = self._use_namespaces()
+        result = self._spawn("import fractions, typing\n", (), "__main__", namespaces=namespaces)
+        if namespaces and result.error and result.error.startswith("sandbox setup failed"):
+            notes.append(f"namespaces unavailable ({result.error}); limits only")
+            namespaces = False
+            result = self._spawn("import fractions, typing\n", (), "__main__", namespaces=False)
+        layers = result.layers
+        if not result.ok:
+            tail = result.stderr.strip().splitlines()[-1:] or [""]
+            notes.append(f"probe run failed: {result.error} {tail[0]}")
+        uid = layers.get("uid")
+        if sys.platform == "darwin":
+            notes.append("macOS does not enforce the address-space limit: memory is not capped")
+        return Isolation(
+            platform=sys.platform,
+            rlimits=bool(layers.get("rlimits")) and result.ok,
+            process_limit=uid is not None and uid != 0,
+            network=bool(layers.get("network")),
+            filesystem=bool(layers.get("filesystem")),
+            pid_namespace=bool(layers.get("pid_namespace")),
+            uid=uid,
+            notes=tuple(notes),
+        ), namespaces
+
+    # -- running -------------------------------------------------------------------------------
+
+    def run(
+        self, source: str, checks: tuple[Check, ...] | list[Check] = (), *, run_name: str = "__main__"
+    ) -> RunResult:
+        """Run ``source`` then each check in one contained process; never raises for what the
+        code does (a failing, crashing or hostile candidate is a failed :class:`RunResult`).
+
+        ``run_name`` is ``__name__`` for the source: ``"__main__"`` runs a program's main
+        block; a library name (``"candidate"``) keeps it from running before the checks.
+        Raises :class:`SandboxUnavailable` when the sandbox is weak and not allowed.
+        """
+        isolation, namespaces = self._isolation_and_mode()
+        if os.name == "nt":
+            raise SandboxUnavailable(
+                "model-written code cannot run contained on Windows (see edgetts.sandbox)"
+            )
+        if isolation.weak and not self.allow_weak:
+            raise SandboxUnavailable(
+                "refusing to run model-written code: this machine cannot contain it\n"
+                + isolation.describe()
+                + "\nopt in with --allow-weak-sandbox (Python: Sandbox(allow_weak=True))"
+            )
+        return self._spawn(source, tuple(checks), run_name, namespaces=namespaces)
+
+    def _isolation_and_mode(self) -> tuple[Isolation, bool]:
+        key = (self.python, self.namespaces, self.drop_uid)
+        with _probe_lock:
+            if key not in _probe_cache:
+                _probe_cache[key] = self._probe()
+            return _probe_cache[key]
+
+    def _spawn(self, source: str, checks: tuple[Check, ...], run_name: str, namespaces: bool) -> RunResult:
+        lim = self.limits
+        start = time.perf_counter()
+        nonce = secrets.token_hex(16)
+        workdir = tempfile.mkdtemp(prefix="edgetts-sandbox-")
+        drop = self.drop_uid if os.getuid() == 0 else 0
+        if drop:
+            os.chown(workdir, drop, drop)  # without a tmpfs over it, nobody must write here
+        cfg = {
+            "nonce": nonce,
+            "namespaces": namespaces,
+            "drop_uid": drop,
+            "limits": {
+                "cpu_s": lim.cpu_s,
+                "memory_mb": lim.memory_mb,
+                "file_mb": lim.file_mb,
+                "disk_mb": lim.disk_mb,
+                "processes": lim.processes,
+                "open_files": lim.open_files,
+            },
+            "check_s": lim.check_s,
+            "run_name": run_name,
+            "source": source,
+            "checks": [{"code": c.code, "kind": c.kind} for c in checks],
+        }
+        cfg_r, cfg_w = os.pipe()
+        rep_r, rep_w = os.pipe()
+        try:
+            proc = subprocess.Popen(
+                [self.python, "-I", "-S", "-c", BOOTSTRAP, str(cfg_r), str(rep_w)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env={},
+                cwd=workdir,
+                pass_fds=(cfg_r, rep_w),
+                close_fds=True,
+                start_new_session=True,  # its own process group, killed as one on timeout
+            )
+        except BaseException:
+            for fd in (cfg_r, cfg_w, rep_r, rep_w):
+                os.close(fd)
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        os.close(cfg_r)
+        os.close(rep_w)
+        # The config is small (source + checks); a writer thread keeps a huge one from blocking.
+        payload = json.dumps(cfg).encode()
+        writer = threading.Thread(target=_write_all, args=(cfg_w, payload), daemon=True)
+        writer.start()
+        try:
+            out, err, rep, timed_out, capped = self._collect(proc, rep_r, start)
+        finally:
+            _kill_group(proc)
+            proc.wait()
+            os.close(rep_r)
+            writer.join(timeout=1)
+            shutil.rmtree(workdir, ignore_errors=True)
+        result = _interpret(
+            nonce, rep, checks, out, err, proc.returncode, timed_out, capped, time.perf_counter() - start, lim
+        )
+        return result
+
+    def _collect(self, proc: subprocess.Popen, rep_r: int, start: float):
+        """Read stdout, stderr and reports until all close, the deadline, or the output cap."""
+        cap = self.limits.output_kb * 1024
+        bufs = {"out": bytearray(), "err": bytearray(), "rep": bytearray()}
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ, "out")
+        sel.register(proc.stderr, selectors.EVENT_READ, "err")
+        sel.register(rep_r, selectors.EVENT_READ, "rep")
+        open_streams, timed_out, capped = 3, False, False
+        deadline = start + self.limits.wall_s
+        try:
+            while open_streams:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    timed_out = True
+                    break
+                for key, _ in sel.select(timeout=min(left, 0.5)):
+                    fd = key.fd if key.data == "rep" else key.fileobj.fileno()
+                    chunk = os.read(fd, 65536)
+                    if not chunk:
+                        sel.unregister(key.fileobj)
+                        open_streams -= 1
+                        continue
+                    bufs[key.data] += chunk
+                if len(bufs["out"]) + len(bufs["err"]) > cap or len(bufs["rep"]) > 4 * cap:
+                    capped = True
+                    break
+            if not timed_out and not capped:
+                # Streams closed: the process is ending; give it the rest of the wall time.
+                try:
+                    proc.wait(timeout=max(0.0, deadline - time.perf_counter()))
+                except subprocess.TimeoutExpired:
+                    timed_out = True
+        finally:
+            sel.close()
+        return bytes(bufs["out"]), bytes(bufs["err"]), bytes(bufs["rep"]), timed_out, capped
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    except OSError:
+        pass  # the child died before reading its settings: reported as a failed run
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Kill the child's whole process group (it is the group leader, see start_new_session)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # already gone
+
+
+def _interpret(
+    nonce: str,
+    rep: bytes,
+    checks: tuple[Check, ...],
+    out: bytes,
+    err: bytes,
+    returncode: int | None,
+    timed_out: bool,
+    capped: bool,
+    seconds: float,
+    lim: Limits,
+) -> RunResult:
+    """Turn the nonce-keyed report lines into a RunResult; anything unreported failed."""
+    prefix = nonce + " "
+    loaded, done, setup_error, load_error = False, False, None, None
+    layers: dict = {}
+    got: dict[int, CheckResult] = {}
+    for line in rep.decode("utf-8", "replace").splitlines():
+        if not line.startswith(prefix):
+            continue  # not written by the harness
+        try:
+            msg = json.loads(line[len(prefix) :])
+        except ValueError:
+            continue
+        if "setup_error" in msg:
+            setup_error = msg["setup_error"]
+        elif "layers" in msg:
+            layers = msg["layers"]
+        elif "loaded" in msg:
+            loaded = bool(msg["loaded"])
+            load_error = msg.get("error")
+        elif "check" in msg and isinstance(msg["check"], int) and 0 <= msg["check"] < len(checks):
+            i = msg["check"]
+            got[i] = CheckResult(
+                checks[i].name or f"check {i}", bool(msg.get("passed")), msg.get("value"), msg.get("error")
+            )
+        elif msg.get("done"):
+            done = True
+    results = tuple(
+        got.get(i, CheckResult(c.name or f"check {i}", False, None, "not run")) for i, c in enumerate(checks)
+    )
+    if setup_error:
+        error = f"sandbox setup failed: {setup_error}"
+    elif timed_out:
+        error = f"timed out after {lim.wall_s:g}s"
+    elif capped:
+        error = f"printed more than {lim.output_kb} KB"
+    elif not loaded:
+        error = load_error or _exit_reason(returncode) or "did not run"
+    elif not done:
+        error = f"exited before the checks finished ({_exit_reason(returncode) or 'status 0'})"
+    elif returncode != 0:
+        error = _exit_reason(returncode)
+    else:
+        error = None
+    result = RunResult(
+        ok=error is None,
+        loaded=loaded,
+        error=error,
+        checks=results,
+        stdout=out.decode("utf-8", "replace"),
+        stderr=err.decode("utf-8", "replace"),
+        returncode=returncode,
+        timed_out=timed_out,
+        output_capped=capped,
+        seconds=seconds,
+        layers=layers,
+    )
+    return result
+
+
+def _exit_reason(returncode: int | None) -> str | None:
+    if returncode is None or returncode == 0:
+        return None
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    if returncode > 128:
+        try:
+            return f"killed by {signal.Signals(returncode - 128).name}"
+        except ValueError:
+            pass
+    return f"exit status {returncode}"

@@ -1,0 +1,155 @@
+"""edgetts solve/run --task code, --mode pot: bad input ends with ``Error: ...`` before a model loads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from edgetts.cli import _show_code, main
+from edgetts.code.task import CodeCandidate, CodeResult
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["solve", "--task", "code", "def f(x):\n    pass", "--strategy", "beam_search"],
+            "for code tasks choose",
+        ),
+        (["solve", "--task", "code", "def f(x):\n    pass", "--mode", "pot"], "mode is for math"),
+        (
+            ["solve", "--task", "code", "def f(x):\n    pass", "--tests", "/no/such/tests.py"],
+            "cannot read tests",
+        ),
+        (["solve", "What is 2+2?", "--mode", "pot", "--strategy", "best_of_n"], "votes over programs"),
+        (["solve", "What is 2+2?", "--tests", "t.py"], "--tests is for --task code"),
+    ],
+)
+def test_bad_code_options_fail_clearly(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0
+    assert message in result.output, result.output
+
+
+def test_bad_tests_file_names_its_line(tmp_path) -> None:
+    tests = tmp_path / "t.py"
+    tests.write_text("assert f(1) ==\n")
+    result = CliRunner().invoke(
+        main, ["solve", "--task", "code", "def f(x):\n    pass", "--tests", str(tests)]
+    )
+    assert result.exit_code == 1 and "Error:" in result.output and "line 1" in result.output
+
+
+def test_run_code_rejects_rows_without_a_prompt(tmp_path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text(
+        json.dumps({"prompt": "def f():\n", "test": "", "entry_point": "f"}) + "\n" + '{"q": 1}\n'
+    )
+    result = CliRunner().invoke(
+        main, ["run", "--task", "code", "--data", str(data), "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 1 and "d.jsonl:2: no 'prompt'" in result.output
+
+
+def test_sandbox_command_reports_isolation() -> None:
+    result = CliRunner().invoke(main, ["sandbox"])
+    assert result.exit_code == 0 and "network cut off" in result.output
+
+
+def test_show_code_lists_tests_per_candidate(capsys) -> None:
+    good = CodeCandidate(
+        "t",
+        "def f(): ...",
+        10,
+        "eos",
+        True,
+        None,
+        [{"name": "doc: f() -> 1", "passed": True, "error": None}],
+        [True, False],
+        1,
+        ["'1'"],
+        0,
+    )
+    bad = CodeCandidate("t", None, 7, "eos", False, "no function found in the reply")
+    result = CodeResult(
+        "exec",
+        "f",
+        "def f(): ...",
+        0,
+        [good, bad],
+        ["doc: f() -> 1"],
+        ["assert f() == 1", "assert f() == 2"],
+        ["f()"],
+        [],
+        counters={
+            "tokens_prefilled": 5,
+            "tokens_generated": 17,
+            "sandbox_runs": 1,
+            "sandbox_s": 0.08,
+            "wall_s": 2.0,
+        },
+    )
+    _show_code(result)
+    err = capsys.readouterr().err
+    assert "1. visible 1/1, generated 1/2, cluster 0, 10 tokens  <- chosen" in err
+    assert "2. fails: no function found in the reply" in err
+    assert "sandbox: 1 runs, 0.08 s of 2.0 s" in err
+
+
+def test_solve_code_and_pot_end_to_end_with_a_scripted_policy(monkeypatch, tmp_path) -> None:
+    """The CLI's whole path (solver, sandbox, output) with a scripted policy in place of llama.cpp."""
+    from types import SimpleNamespace
+
+    import edgetts.solver
+    from edgetts.code.task import CODE_SYSTEM, TESTS_SYSTEM
+    from edgetts.pot import POT_SYSTEM
+    from edgetts.sandbox import Sandbox
+
+    if Sandbox().isolation().weak:
+        pytest.skip("no sandbox on this machine")
+    test_code = pytest.importorskip("test_code")
+    script = {
+        CODE_SYSTEM: [test_code.WRONG, test_code.GOOD, test_code.WRONG],
+        TESTS_SYSTEM: [test_code.TESTS_REPLY],
+        POT_SYSTEM: [
+            "```python\nprint(6 * 7)\n```",
+            "```python\nprint(41)\n```",
+            "```python\nprint(42)\n```",
+        ],
+    }
+
+    def fake_policy(config):
+        gen = test_code.ScriptedGenerator(script)
+        gen.config = SimpleNamespace(temperature=0.3)
+        gen.close = lambda: None
+        return gen
+
+    monkeypatch.setattr(edgetts.solver, "LlamaPolicy", fake_policy)
+    result = CliRunner().invoke(main, ["solve", "--task", "code", test_code.PROMPT, "-n", "3", "--show"])
+    assert result.exit_code == 0, result.output
+    assert "return sum(helper(x) for x in xs)" in result.stdout and "len(xs)" not in result.stdout
+    assert "2. visible 2/2, generated 3/3, cluster 0" in result.stderr and "<- chosen" in result.stderr
+    assert "failed: doc: add_all([1, 2, 3]) -> 6" in result.stderr
+    data, out = tmp_path / "he.jsonl", tmp_path / "out.jsonl"
+    row = {
+        "task_id": "T/0",
+        "prompt": test_code.PROMPT,
+        "entry_point": "add_all",
+        "test": "def check(candidate):\n    assert candidate([4, 5]) == 9\n",
+    }
+    data.write_text(json.dumps(row) + "\n")
+    result = CliRunner().invoke(
+        main, ["run", "--task", "code", "--data", str(data), "--out", str(out), "-n", "3"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "pass@1: 1/1" in result.stdout
+    record = json.loads(out.read_text())
+    assert record["id"] == "T/0" and record["correct"] is True
+    assert [c["correct"] for c in record["candidates"]] == [False, True, False]
+    result = CliRunner().invoke(
+        main, ["solve", "What is 6 * 7?", "--mode", "pot", "--strategy", "majority", "-n", "3"]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "42"

@@ -1,0 +1,29 @@
+"""The real default policy writes code and programs; the real sandbox runs them (slow: llama.cpp)."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgetts.code import CodeConfig, CodeTask, solve_code
+from edgetts.pot import PotConfig, program_of_thought
+from edgetts.sandbox import Sandbox
+
+pytestmark = pytest.mark.slow
+
+ADD = (
+    'def add(a: int, b: int) -> int:\n    """Return the sum of a and b.\n    >>> add(2, 3)\n    5\n    """\n'
+)
+
+
+def test_policy_writes_a_function_that_passes_its_docstring(policy) -> None:
+    result = solve_code(CodeTask.from_prompt(ADD), policy, Sandbox(), CodeConfig(n=2))
+    assert result.program is not None and "def add" in result.program
+    chosen = result.candidates[result.chosen]
+    assert chosen.runnable and all(v["passed"] for v in chosen.visible), chosen
+    assert result.generated_tests, "the policy wrote no asserts about add"
+    assert result.counters["tokens_generated"] > 0 and result.counters["sandbox_runs"] >= 1
+
+
+def test_policy_program_computes_the_answer(policy) -> None:
+    result = program_of_thought("What is 15% of 240?", policy, Sandbox(), None, PotConfig(n_pot=2))
+    assert result.answer == "36", [c.text for c in result.candidates]

@@ -1,0 +1,26 @@
+"""Importing edgetts changes nothing process-wide: an app that embeds it keeps its llama.cpp
+log setup until edgetts loads a model."""
+
+import subprocess
+import sys
+
+SCRIPT = """
+import ctypes
+import llama_cpp
+
+@llama_cpp.llama_log_callback
+def mine(level, text, user_data):
+    pass
+
+llama_cpp.llama_log_set(mine, ctypes.c_void_p(1234))
+import edgetts, edgetts.cli, edgetts.server  # everything a user may import
+callback, user_data = llama_cpp.llama_log_callback(), ctypes.c_void_p()
+llama_cpp.llama_log_get(ctypes.byref(callback), ctypes.byref(user_data))
+print(user_data.value)
+"""
+
+
+def test_import_keeps_the_apps_llama_log_callback():
+    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1234"

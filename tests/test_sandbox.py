@@ -1,0 +1,191 @@
+"""The sandbox contains what model-written code does; each hostile case is a failed candidate.
+
+These run real child processes (about 0.1 s each; the timeout cases a few seconds). On Linux the
+full isolation is required (a weak sandbox fails the tests instead of skipping them).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgetts.sandbox import Check, Limits, Sandbox, SandboxUnavailable
+
+pytestmark = pytest.mark.skipif(os.name == "nt", reason="POSIX sandbox")
+
+FAST = Limits(wall_s=3.0, cpu_s=2, check_s=1.0)
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Sandbox:
+    box = Sandbox(FAST)
+    iso = box.isolation()
+    if sys.platform.startswith("linux"):
+        assert not iso.weak, iso.describe()
+    elif iso.weak:
+        pytest.skip(f"weak sandbox here:\n{iso.describe()}")
+    return box
+
+
+def _nobody_processes() -> int:
+    out = subprocess.run(["ps", "-u", "65534", "-o", "pid="], capture_output=True, text=True)
+    return len(out.stdout.split())
+
+
+def test_good_candidate_passes_and_reports_each_check(sandbox: Sandbox) -> None:
+    src = "def add(a, b):\n    return a + b\n"
+    checks = [
+        Check("assert add(1, 2) == 3", name="ok"),
+        Check("assert add(1, 2) == 4", name="bad"),
+        Check("add(2, 5)", kind="eval"),
+    ]
+    r = sandbox.run(src, checks, run_name="candidate")
+    assert r.ok and r.loaded and r.error is None
+    assert [c.passed for c in r.checks] == [True, False, True]
+    assert r.checks[1].error.startswith("AssertionError")
+    assert r.checks[2].value == "7"
+    assert not r.passed_all
+
+
+def test_program_output_is_captured(sandbox: Sandbox) -> None:
+    r = sandbox.run("if __name__ == '__main__':\n    print(6 * 7)\n")
+    assert r.ok and r.stdout.strip() == "42"
+
+
+def test_infinite_loop_is_killed(sandbox: Sandbox) -> None:
+    start = time.perf_counter()
+    r = sandbox.run("while True:\n    pass\n", [Check("assert True")])
+    assert not r.ok and not r.passed_all
+    assert r.timed_out or "SIGXCPU" in (r.error or "") or "SIGKILL" in (r.error or ""), r.error
+    assert time.perf_counter() - start < FAST.wall_s + 2
+
+
+def test_infinite_loop_inside_a_check_times_out_that_check(sandbox: Sandbox) -> None:
+    src = "def f():\n    while True:\n        pass\n"
+    r = sandbox.run(src, [Check("f()"), Check("assert 1 + 1 == 2")], run_name="candidate")
+    assert not r.checks[0].passed and "longer than" in r.checks[0].error
+    assert r.checks[1].passed  # the next check still ran
+
+
+def test_ten_gigabyte_allocation_fails(sandbox: Sandbox) -> None:
+    r = sandbox.run("x = bytearray(10 * 1024 ** 3)\n", [Check("assert len(x) > 0")])
+    assert not r.ok and not r.loaded
+    assert "MemoryError" in r.error
+    assert not r.checks[0].passed
+
+
+def test_fork_bomb_is_contained(sandbox: Sandbox) -> None:
+    before = _nobody_processes() if os.getuid() == 0 else 0
+    src = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    start = time.perf_counter()
+    r = sandbox.run(src, [Check("assert True")])
+    assert not r.ok and not r.passed_all
+    assert time.perf_counter() - start < FAST.wall_s + 3
+    if os.getuid() == 0:  # nothing it forked survives (the kernel reaps them within moments)
+        for _ in range(50):
+            if _nobody_processes() <= before:
+                break
+            time.sleep(0.1)
+        assert _nobody_processes() <= before
+    # The machine is still usable: a new candidate runs normally.
+    assert sandbox.run("print(1)").ok
+
+
+def test_gigabyte_file_write_fails(sandbox: Sandbox) -> None:
+    src = (
+        "chunk = b'x' * (1024 * 1024)\n"
+        "with open('big.bin', 'wb') as f:\n"
+        "    for _ in range(1024):\n"
+        "        f.write(chunk)\n"
+    )
+    r = sandbox.run(src, [Check("assert True")])
+    assert not r.ok and not r.loaded
+    assert "File too large" in r.error or "No space" in r.error, r.error
+
+
+def test_caller_environment_is_not_visible(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGETTS_TEST_SECRET", "s3cret-value")
+    src = "import os\nprint(dict(os.environ))\nassert os.environ['EDGETTS_TEST_SECRET'] == 's3cret-value'\n"
+    r = sandbox.run(src, [Check("assert True")])
+    assert not r.ok and "KeyError" in r.error
+    assert "s3cret" not in r.stdout + r.stderr
+    # Nor through /proc: the caller's environment is not readable from inside.
+    r = sandbox.run(f"print(open('/proc/{os.getpid()}/environ', 'rb').read())\n")
+    assert not r.ok and "s3cret" not in r.stdout
+
+
+def test_write_outside_the_temp_dir_fails(sandbox: Sandbox, tmp_path: Path) -> None:
+    targets = [tmp_path / "escape.txt", Path(__file__).resolve().parent / "escape-sandbox.txt"]
+    for target in targets:
+        r = sandbox.run(f"open({str(target)!r}, 'w').write('x')\n", [Check("assert True")])
+        assert not r.ok and not r.loaded, (target, r)
+        assert not target.exists()
+
+
+def test_printing_megabytes_is_capped(sandbox: Sandbox) -> None:
+    r = sandbox.run("while True:\n    print('x' * 100000)\n", [Check("assert True")])
+    assert not r.ok and r.output_capped
+    assert len(r.stdout) <= FAST.output_kb * 1024 + 65536 * 2
+
+
+def test_syntax_error_fails(sandbox: Sandbox) -> None:
+    r = sandbox.run("def f(:\n    return 1\n", [Check("assert f() == 1")])
+    assert not r.ok and not r.loaded and "SyntaxError" in r.error
+    assert not r.checks[0].passed
+
+
+@pytest.mark.parametrize("exit_call", ["import sys\nsys.exit(0)", "import os\nos._exit(0)"])
+def test_exit_before_the_tests_fails(sandbox: Sandbox, exit_call: str) -> None:
+    r = sandbox.run(
+        f"def f():\n    return 1\n{exit_call}\n", [Check("assert f() == 1")], run_name="candidate"
+    )
+    assert not r.ok and not r.passed_all
+    assert not r.checks[0].passed
+
+
+def test_forged_report_lines_do_not_count(sandbox: Sandbox) -> None:
+    # Write report-looking lines to every descriptor, then exit cleanly before the checks.
+    src = (
+        "import os, json\n"
+        "for fd in range(1, 10):\n"
+        "    try:\n"
+        "        os.write(fd, b'x ' + json.dumps({'check': 0, 'passed': True}).encode() + b'\\n')\n"
+        "        os.write(fd, b'x ' + json.dumps({'done': True}).encode() + b'\\n')\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "os._exit(0)\n"
+    )
+    r = sandbox.run(src, [Check("assert False")])
+    assert not r.ok and not r.checks[0].passed
+
+
+def test_no_network(sandbox: Sandbox) -> None:
+    if not sandbox.isolation().network:
+        pytest.skip("no network namespace here")
+    src = "import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=1)\n"
+    r = sandbox.run(src)
+    assert not r.ok and "OSError" in r.error or "Network is unreachable" in (r.error or "")
+
+
+def test_temp_dir_is_removed(sandbox: Sandbox) -> None:
+    import tempfile
+
+    before = set(Path(tempfile.gettempdir()).glob("edgetts-sandbox-*"))
+    sandbox.run("open('f.txt', 'w').write('x')\n")
+    assert set(Path(tempfile.gettempdir()).glob("edgetts-sandbox-*")) <= before
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or os.getuid() != 0, reason="root on Linux")
+def test_weak_sandbox_is_refused_unless_allowed() -> None:
+    # As root without namespaces or dropping privileges, the process limit cannot bind.
+    weak = Sandbox(FAST, namespaces=False, drop_uid=0)
+    assert weak.isolation().weak
+    with pytest.raises(SandboxUnavailable, match="allow-weak-sandbox"):
+        weak.run("print(1)")
+    allowed = Sandbox(FAST, namespaces=False, drop_uid=0, allow_weak=True)
+    assert allowed.run("print(1)").stdout.strip() == "1"
