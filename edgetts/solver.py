@@ -297,7 +297,7 @@ class Solver:
         # flag, not a context setting: the loaded policy serves either way, so it is set on the
         # policy's own copy of its settings, never on the user's.
         confidence = strategy in NEEDS_CONFIDENCE or bool(getattr(scorer, "needs_confidence", False))
-        if self._policy.config.capture_confidence != confidence:
+        if getattr(self._policy.config, "capture_confidence", False) != confidence:
             self._policy.config = replace(self._policy.config, capture_confidence=confidence)
         if getattr(scorer, "needs_states", False):
             meta = self._policy.metadata
