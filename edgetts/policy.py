@@ -38,6 +38,7 @@ from pathlib import Path as FsPath
 import llama_cpp
 import numpy as np
 
+from edgetts.confidence import token_stats
 from edgetts.llama.cpu_buffers import apply_cpu_buffer_policy
 from edgetts.llama.ggml import ggml_base_lib
 from edgetts.metadata import ModelMetadata, read_metadata
@@ -127,6 +128,10 @@ class PolicyConfig:
     # the output of transformer block i (read through llama.cpp's eval callback); several are
     # concatenated in this order. A probe's manifest names the layers it was trained on.
     state_layers: tuple[int, ...] = (-1,)
+    # Record each generated token's log-probability, entropy and top-k confidence
+    # (Path.token_stats, edgetts.confidence): one pass over the logits llama.cpp already
+    # computed, for confidence-weighted votes and probes that read confidence features.
+    capture_confidence: bool = False
 
     def resolved_n_ctx(self) -> int:
         return self.n_ctx or self.max_prompt_tokens + self.n_seq_max * self.max_tokens
@@ -436,23 +441,27 @@ class LlamaPolicy:
         """The hidden state at each step's last token of a written solution (``capture_states``).
 
         The same states generation records, from a prefill of the prompt and the solution; for
-        solutions the policy did not just generate (training data, kept samples). Each step is
-        tokenized on its own with its step separator (added when missing, as ``split_steps``
-        drops it), as generation cuts tokens at step ends. Like :meth:`root` it starts from a
-        clear cache (the prompt's prefill is reused): not for use in the middle of a search.
-        It decodes the solution with embeddings on, so llama.cpp keeps logits for up to n_batch
+        solutions the policy did not just generate (training data, kept samples). See
+        :meth:`read_solution`, which also gives the tokens' confidence.
+        """
+        return self.read_solution(question, steps).step_states
+
+    def read_solution(self, question: str, steps: list[str], confidence: bool = False) -> Path:
+        """Prefill a written solution: a Path with the states a generation would have recorded.
+
+        ``step_states`` holds the hidden state at each step's last token (``capture_states``);
+        with ``confidence``, ``token_stats`` and ``step_token_ends`` too, each token judged by
+        the logits before it, as :attr:`PolicyConfig.capture_confidence` records them. Each
+        step is tokenized on its own with its step separator (added when missing, as
+        ``split_steps`` drops it), as generation cuts tokens at step ends. Like :meth:`root` it
+        starts from a clear cache (the prompt's prefill is reused): not for use in the middle
+        of a search. It decodes with embeddings on, so llama.cpp keeps logits for up to n_batch
         tokens at once (0.6 MB each): fine for the tools it serves, not for a tight budget.
         """
         if not self.config.capture_states:
-            raise PolicyError("states_of needs a policy created with capture_states=True")
+            raise PolicyError("read_solution needs a policy created with capture_states=True")
         root = self.root(question)
-        tokens: list[int] = []
-        ends: list[int] = []
-        for i, step in enumerate(steps):
-            if i < len(steps) - 1 and not step.endswith(STEP_SEPARATOR):
-                step += STEP_SEPARATOR
-            tokens += self.tokenize(step, special=False)
-            ends.append(max(len(tokens) - 1, 0))
+        tokens, ends = self._solution_tokens(steps, close_last=False)
         slot = self._free_slots[-1]
         llama_cpp.llama_memory_seq_rm(self._memory, slot, -1, -1)
         llama_cpp.llama_memory_seq_cp(self._memory, TEMPLATE_SLOT, slot, -1, -1)
@@ -460,19 +469,80 @@ class LlamaPolicy:
         limit = self.config.resolved_n_ctx() - first
         if len(tokens) > limit:
             raise PolicyError(f"the solution has {len(tokens)} tokens; the context holds {limit}")
-        wanted, states = set(ends), {}
         try:
-            for start in range(0, len(tokens), self.config.n_batch):
-                self._batch.n_tokens = 0
-                chunk = range(start, min(start + self.config.n_batch, len(tokens)))
-                for i in chunk:
-                    self._add(tokens[i], first + i, slot, i in wanted)
-                self._decode()
-                rows = {i: row for row, i in enumerate(chunk)}
-                states.update({i: self._state(rows[i]) for i in wanted if i in rows})
+            states, stats, _ = self._decode_solution(root, tokens, ends, slot, confidence)
         finally:
             llama_cpp.llama_memory_seq_rm(self._memory, slot, -1, -1)
-        return [states[e] for e in ends]
+        return Path(steps=list(steps), step_states=[states[e] for e in ends], finished=True,
+                    n_tokens=len(tokens), token_stats=stats,
+                    step_token_ends=[e + 1 for e in ends] if confidence else [])
+
+    def path_from(self, question: str, steps: list[str]) -> Path:
+        """An unfinished path holding a written solution's ``steps``, ready to :meth:`extend`.
+
+        The steps (each closed by the step separator) are decoded once into a slot of their own
+        after the prompt's prefill; extending the path then forks that slot (``seq_cp``) like any
+        other, so K continuations from a prefix cost the prefix once (Monte-Carlo step labels).
+        Like :meth:`root` it starts from a clear cache when the prompt changes.
+        """
+        root = self.root(question)
+        tokens, ends = self._solution_tokens(steps, close_last=True)
+        if not tokens or not self._free_slots:
+            raise PolicyError("path_from needs at least one step and a free slot")
+        prompt = root.handle.prompt
+        if len(prompt.tokens) + len(tokens) + self.config.max_tokens > self.config.resolved_n_ctx():
+            raise PolicyError(f"the solution has {len(tokens)} tokens; the context is too small")
+        slot = self._free_slots.pop()
+        llama_cpp.llama_memory_seq_cp(self._memory, TEMPLATE_SLOT, slot, -1, -1)
+        cfg = self.config
+        # The prefix's steps get what generation would have recorded for them (states,
+        # confidence), so its children's steps line up with their scores.
+        states, stats, logits = self._decode_solution(root, tokens, ends if cfg.capture_states else [],
+                                                      slot, cfg.capture_confidence)
+        self.counters.tokens_decoded += len(tokens)
+        seq = _Seq(prompt=prompt, tokens=tokens, slot=slot, n_cached=len(tokens), logits=logits,
+                   hidden=states.get(len(tokens) - 1))
+        return Path(steps=list(steps), handle=seq, n_tokens=len(tokens),
+                    step_states=[states[e] for e in ends] if cfg.capture_states else [],
+                    token_stats=stats,
+                    step_token_ends=[e + 1 for e in ends] if cfg.capture_confidence else [])
+
+    def _decode_solution(self, root: Path, tokens: list[int], ends: list[int], slot: int,
+                         confidence: bool) -> tuple[dict[int, np.ndarray], list, np.ndarray]:
+        """Decode a solution's tokens after the prompt into ``slot``: the states at ``ends``, the
+        tokens' confidence (each judged by the logits before it, the prompt's for the first) and
+        the last token's logits."""
+        first, last = len(root.handle.prompt.tokens), len(tokens) - 1
+        wanted: set[int] = set(ends)
+        states: dict[int, np.ndarray] = {}
+        stats = [token_stats(root.handle.logits, tokens[0])] if confidence and tokens else []
+        logits = root.handle.logits
+        for start in range(0, len(tokens), self.config.n_batch):
+            self._batch.n_tokens = 0
+            chunk = range(start, min(start + self.config.n_batch, len(tokens)))
+            for i in chunk:
+                self._add(tokens[i], first + i, slot, confidence or i in wanted or i == last)
+            self._decode()
+            rows = {i: row for row, i in enumerate(chunk)}
+            states.update({i: self._state(rows[i]) for i in wanted if i in rows})
+            if confidence:
+                stats += [token_stats(self._logits_view(rows[i]), tokens[i + 1])
+                          for i in chunk if i < last]
+            if last in rows:
+                logits = self._logits(rows[last])
+        return states, stats, logits
+
+    def _solution_tokens(self, steps: list[str], close_last: bool) -> tuple[list[int], list[int]]:
+        """Tokens of written steps, each tokenized on its own with its separator (as generation
+        cuts them), and the index of each step's last token."""
+        tokens: list[int] = []
+        ends: list[int] = []
+        for i, step in enumerate(steps):
+            if (close_last or i < len(steps) - 1) and not step.endswith(STEP_SEPARATOR):
+                step += STEP_SEPARATOR
+            tokens += self.tokenize(step, special=False)
+            ends.append(max(len(tokens) - 1, 0))
+        return tokens, ends
 
     def release(self, paths: list[Path]) -> None:
         """Drop the KV sequences of paths the strategy no longer needs."""
@@ -497,7 +567,8 @@ class LlamaPolicy:
             hidden=parent.hidden,
         )
         child_path = Path(steps=list(path.steps), handle=seq, n_tokens=path.n_tokens,
-                          step_states=list(path.step_states))
+                          step_states=list(path.step_states), token_stats=list(path.token_stats),
+                          step_token_ends=list(path.step_token_ends))
         return _Child(path=child_path, seq=seq, parent=parent, last_of_parent=last, to_end=to_end)
 
     def _run(self, queue: deque[_Child], to_end: bool, deadline: Deadline | None) -> None:
@@ -560,7 +631,8 @@ class LlamaPolicy:
         self.counters.sequences_forked += 1
         child.sampler = self._new_sampler(seq.lineage)
         if seq.n_cached == len(seq.tokens) and parent.logits is not None:
-            self._accept(child, self._sample_from(child.sampler, parent.logits))
+            token = self._sample_from(child.sampler, parent.logits)
+            self._accept(child, token, self._stats(parent.logits, token))
         else:
             child.to_decode = seq.tokens[seq.n_cached :]
             self.counters.tokens_redecoded += len(child.to_decode)
@@ -611,9 +683,12 @@ class LlamaPolicy:
                 child.done = True
                 continue
             token = llama_cpp.llama_sampler_sample(child.sampler, self._ctx, row)
-            self._accept(child, token)
+            self._accept(child, token, self._stats(self._logits_view(row), token))
 
-    def _accept(self, child: _Child, token: int) -> None:
+    def _stats(self, logits: np.ndarray, token: int) -> tuple[float, float, float] | None:
+        return token_stats(logits, token) if self.config.capture_confidence else None
+
+    def _accept(self, child: _Child, token: int, stats: tuple[float, float, float] | None = None) -> None:
         """Record a sampled token: end the path, end the step, or queue it for decoding."""
         cfg = self.config
         path, seq = child.path, child.seq
@@ -621,6 +696,8 @@ class LlamaPolicy:
         if llama_cpp.llama_vocab_is_eog(self._vocab, token):
             self._end_path(child, "eos")
             return
+        if stats is not None:
+            path.token_stats.append(stats)
         seq.tokens.append(token)
         path.n_tokens += 1
         child.step_tokens += 1
@@ -651,8 +728,12 @@ class LlamaPolicy:
         path = child.path
         if text.strip():
             path.steps.append(text)
+            if self.config.capture_confidence:
+                path.step_token_ends.append(len(path.token_stats))
         elif path.steps:
             path.steps[-1] += text  # blank lines belong to the step before
+            if self.config.capture_confidence:
+                path.step_token_ends[-1] = len(path.token_stats)
         else:
             return
         if self.config.capture_states:
@@ -772,8 +853,12 @@ class LlamaPolicy:
             raise PolicyError(f"llama_decode failed with code {ret}")
 
     def _logits(self, row: int) -> np.ndarray:
+        return self._logits_view(row).copy()
+
+    def _logits_view(self, row: int) -> np.ndarray:
+        """Batch row ``row``'s logits in llama.cpp's buffer: valid until the next decode."""
         ptr = llama_cpp.llama_get_logits_ith(self._ctx, row)
-        return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).copy()
+        return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
 
     def _new_sampler(self, lineage: tuple[int, ...]) -> llama_cpp.llama_sampler_p:
         cfg = self._sampling

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from edgetts.confidence import STEP_FEATURES, step_features
 from edgetts.prm import PRMCounters, PRMError, calculator_capped, open_session, read_manifest
 from edgetts.search.base import AGGREGATIONS, Path
 
@@ -50,6 +51,10 @@ class ProbeManifest:
     # The policy's layers a step state joins (PolicyConfig.state_layers): -1 the final hidden
     # state, i >= 0 block i's output; hidden_size is n_embd times their number.
     layers: list[int] = field(default_factory=lambda: [-1])
+    # Token-confidence features (edgetts.confidence.STEP_FEATURES names) joined after the
+    # states, so hidden_size = n_embd * len(layers) + len(features); the policy must record
+    # token confidence (capture_confidence) for them.
+    features: list[str] = field(default_factory=list)
     training: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -61,6 +66,9 @@ class ProbeManifest:
         m = cls(**{k: v for k, v in d.items() if k in known})
         if m.kind != KIND:
             raise PRMError(f"{where}: kind is {m.kind!r}, expected {KIND!r}")
+        unknown = [f for f in m.features if f not in STEP_FEATURES]
+        if unknown:
+            raise PRMError(f"{where}: unknown feature(s) {unknown}; known: {list(STEP_FEATURES)}")
         if m.default_aggregation not in AGGREGATIONS:
             raise PRMError(f"{where}: default_aggregation {m.default_aggregation!r} is not one of "
                            f"{list(AGGREGATIONS)}")
@@ -97,10 +105,15 @@ class ProbeScorer:
     def default_aggregation(self) -> str:
         return self.manifest.default_aggregation
 
+    @property
+    def needs_confidence(self) -> bool:
+        """Whether the policy must record token confidence (``capture_confidence``) for it."""
+        return bool(self.manifest.features)
+
     def check_policy(self, name: str, n_embd: int) -> None:
         """Raise PRMError unless the policy is the one this head was trained on."""
         want = self.manifest.policy
-        width = n_embd * len(self.manifest.layers)
+        width = n_embd * len(self.manifest.layers) + len(self.manifest.features)
         if width != self.manifest.hidden_size or (want.get("name") and want["name"] != name):
             raise PRMError(
                 f"PRM {self.manifest.name!r} reads the hidden states of {want.get('name')!r} "
@@ -128,6 +141,8 @@ class ProbeScorer:
                     "capture_states=True (the Solver does this for you)"
                 )
         states = [s for p in paths for s in p.step_states]
+        if self.manifest.features and states:
+            states = list(np.hstack([np.stack(states), self._confidence_features(paths)]))
         flat = iter(self.score_states(np.stack(states)) if states else [])
         result = [[float(next(flat)) for _ in p.steps] for p in paths]
         if self.manifest.calculator_check:
@@ -137,6 +152,21 @@ class ProbeScorer:
         self.counters.steps_scored += len(states)
         self.counters.seconds += time.perf_counter() - t0
         return result
+
+
+    def _confidence_features(self, paths: list[Path]) -> np.ndarray:
+        """The manifest's confidence features of every step of ``paths``, in step order."""
+        columns = [STEP_FEATURES.index(f) for f in self.manifest.features]
+        blocks = []
+        for i, p in enumerate(paths):
+            if len(p.step_token_ends) != len(p.steps):
+                raise PRMError(
+                    f"PRM {self.manifest.name!r} reads token confidence, but path {i} has "
+                    f"{len(p.step_token_ends)} step ends for {len(p.steps)} steps: run the policy "
+                    "with capture_confidence=True (the Solver does this for you)"
+                )
+            blocks.append(step_features(p.token_stats, p.step_token_ends)[:, columns])
+        return np.vstack(blocks)
 
 
 def _check_contract(session: Any, m: ProbeManifest, where: str) -> None:
@@ -176,23 +206,37 @@ def load_scorer(path: str | os.PathLike[str] | None = None, threads: int | None 
 
 
 def save_states(file: str | os.PathLike[str], paths: list[Path]) -> None:
-    """Keep paths' steps and step states (float16) in one ``.npz``, for rescoring or training."""
+    """Keep paths' steps and step states (float16) in one ``.npz``, for rescoring or training;
+    with their token confidence too when every path recorded it (``capture_confidence``)."""
     flat = [s for p in paths for s in p.step_states]
     if any(s is None for s in flat) or any(len(p.step_states) != len(p.steps) for p in paths):
         raise ValueError("every step needs a recorded state (capture_states)")
     width = len(flat[0]) if flat else 0
+    extra = {}
+    if paths and all(len(p.step_token_ends) == len(p.steps) for p in paths):
+        stats = [s for p in paths for s in p.token_stats]
+        extra = {"token_stats": np.array(stats, dtype=np.float32).reshape(-1, 3),
+                 "ntokens": np.array([len(p.token_stats) for p in paths], dtype=np.int64),
+                 "step_token_ends": np.array([e for p in paths for e in p.step_token_ends], dtype=np.int64)}
     np.savez(file, H=np.stack(flat).astype(np.float16) if flat else np.zeros((0, width), np.float16),
              nsteps=np.array([len(p.steps) for p in paths], dtype=np.int64),
-             steps=np.array([s for p in paths for s in p.steps], dtype=str))
+             steps=np.array([s for p in paths for s in p.steps], dtype=str), **extra)
 
 
 def load_states(file: str | os.PathLike[str]) -> list[Path]:
-    """Paths (steps and float32 step states, nothing else) as :func:`save_states` kept them."""
+    """Paths (steps, float32 step states and any token confidence) as :func:`save_states` kept
+    them."""
     z = np.load(file)
     bounds = np.cumsum(np.r_[0, z["nsteps"]])
     H, steps = z["H"].astype(np.float32), [str(s) for s in z["steps"]]
-    return [Path(steps=steps[a:b], step_states=list(H[a:b]), finished=True)
-            for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    paths = [Path(steps=steps[a:b], step_states=list(H[a:b]), finished=True)
+             for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    if "token_stats" in z:
+        tb = np.cumsum(np.r_[0, z["ntokens"]])
+        for p, a, b, c, d in zip(paths, tb[:-1], tb[1:], bounds[:-1], bounds[1:], strict=True):
+            p.token_stats = [tuple(map(float, row)) for row in z["token_stats"][a:b]]
+            p.step_token_ends = [int(e) for e in z["step_token_ends"][c:d]]
+    return paths
 
 
 def default_prm_dir(policy_name: str, n_embd: int, *roots: FsPath) -> FsPath:
@@ -210,7 +254,7 @@ def default_prm_dir(policy_name: str, n_embd: int, *roots: FsPath) -> FsPath:
         except (OSError, json.JSONDecodeError):
             continue
         policy = m.get("policy") or {}
-        width = n_embd * len(m.get("layers") or [-1])
+        width = n_embd * len(m.get("layers") or [-1]) + len(m.get("features") or [])
         if m.get("kind") == KIND and policy.get("name") == policy_name and m.get("hidden_size") == width:
             return manifest.parent
     return default_text_prm()

@@ -64,7 +64,7 @@ PROMPT_TEMPLATE_TOKENS = 40  # chat template around the question
 N_CHOICES = (1, 2, 4, 8, 16, 32)
 DEFAULT_N = 4
 PROBE_N = 4  # first samples "auto" draws to judge difficulty (see search/auto.py)
-SAMPLE_STRATEGIES = ("majority", "best_of_n", "weighted_best_of_n")
+SAMPLE_STRATEGIES = ("majority", "best_of_n", "weighted_best_of_n", "confidence_vote")
 TREE_STRATEGIES = ("beam_search", "dvts")
 SCORED = ("best_of_n", "weighted_best_of_n", "beam_search", "dvts", "auto")
 
@@ -311,7 +311,7 @@ def predict_seconds(
         probe = PROBE_N
         rest = max(sample_s(n - probe, use_prm) if n > probe else 0.0, tree_s(n) if use_prm else 0.0)
         return sample_s(probe, use_prm) + rest
-    return sample_s(n, use_prm and strategy != "majority")
+    return sample_s(n, use_prm and strategy not in ("majority", "confidence_vote"))
 
 
 # -- plan --------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from edgetts.metadata import read_metadata
 from edgetts.models import resolve
 from edgetts.policy import LlamaPolicy, PolicyConfig
 from edgetts.scheduler import Budget, Plan, plan_for, prompt_tokens_for
-from edgetts.search import NEEDS_SCORER, STRATEGIES, measured, run_search
+from edgetts.search import NEEDS_CONFIDENCE, NEEDS_SCORER, STRATEGIES, measured, run_search
 from edgetts.search.base import DEFAULT_TEMPERATURE, Sampling, SearchConfig, SearchResult, StepScorer
 
 log = logging.getLogger("edgetts")
@@ -249,7 +249,7 @@ class Solver:
         self.last_plan = plan
         strategy = "majority" if options.strategy == GREEDY else options.strategy
         scorer = self._scorer_for(strategy, plan)
-        return plan, scorer, self._policy_for(scorer, plan, options.memory_mb)
+        return plan, scorer, self._policy_for(scorer, plan, options.memory_mb, strategy)
 
     def plan(self, options: SolveOptions, question: str | None = None) -> Plan | None:
         """The scheduler's plan for a budget (memory and/or deadline); None without one.
@@ -270,7 +270,7 @@ class Solver:
         return plan_for(cfg.model, budget, self.prm_dir)[0]
 
     def _policy_for(
-        self, scorer: StepScorer | None, plan: Plan | None, memory_mb: float | None
+        self, scorer: StepScorer | None, plan: Plan | None, memory_mb: float | None, strategy: str = ""
     ) -> LlamaPolicy:
         """A policy for this solve: the user's settings, as planned for its budget, recording
         step states when the PRM reads them (a policy probe).
@@ -293,6 +293,12 @@ class Solver:
             self.close()
             self._policy = LlamaPolicy(wanted)
             self._loaded_memory_mb = plan.predicted_memory_mb if plan is not None else float("inf")
+        # Token confidence (confidence_vote, probes with confidence features) is a per-token
+        # flag, not a context setting: the loaded policy serves either way, so it is set on the
+        # policy's own copy of its settings, never on the user's.
+        confidence = strategy in NEEDS_CONFIDENCE or bool(getattr(scorer, "needs_confidence", False))
+        if self._policy.config.capture_confidence != confidence:
+            self._policy.config = replace(self._policy.config, capture_confidence=confidence)
         if getattr(scorer, "needs_states", False):
             meta = self._policy.metadata
             scorer.check_policy(meta.name, meta.n_embd)  # type: ignore[union-attr]

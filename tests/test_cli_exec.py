@@ -100,7 +100,6 @@ def test_show_code_lists_tests_per_candidate(capsys) -> None:
 
 def test_solve_code_and_pot_end_to_end_with_a_scripted_policy(monkeypatch, tmp_path) -> None:
     """The CLI's whole path (solver, sandbox, output) with a scripted policy in place of llama.cpp."""
-    from types import SimpleNamespace
 
     import edgetts.solver
     from edgetts.code.task import CODE_SYSTEM, TESTS_SYSTEM
@@ -122,7 +121,7 @@ def test_solve_code_and_pot_end_to_end_with_a_scripted_policy(monkeypatch, tmp_p
 
     def fake_policy(config):
         gen = test_code.ScriptedGenerator(script)
-        gen.config = SimpleNamespace(temperature=0.3)
+        gen.config = config  # stands for a policy loaded with these settings
         gen.close = lambda: None
         return gen
 

@@ -172,12 +172,13 @@ def test_no_network(sandbox: Sandbox) -> None:
     assert not r.ok and "OSError" in r.error or "Network is unreachable" in (r.error or "")
 
 
-def test_temp_dir_is_removed(sandbox: Sandbox) -> None:
+def test_temp_dir_is_removed(sandbox: Sandbox, tmp_path: Path, monkeypatch) -> None:
     import tempfile
 
-    before = set(Path(tempfile.gettempdir()).glob("edgetts-sandbox-*"))
+    # A temp folder of the test's own: other sandboxes on the machine come and go in /tmp.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     sandbox.run("open('f.txt', 'w').write('x')\n")
-    assert set(Path(tempfile.gettempdir()).glob("edgetts-sandbox-*")) <= before
+    assert list(tmp_path.glob("edgetts-sandbox-*")) == []
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or os.getuid() != 0, reason="root on Linux")

@@ -70,3 +70,24 @@ def test_prepare_loads_what_solve_then_uses():
     assert solver._policy is policy and solver._scorer is scorer  # nothing loaded again
     assert result.answer is not None
     solver.close()
+
+
+def test_confidence_vote_turns_token_confidence_on_and_off_without_touching_the_users_config():
+    from dataclasses import replace as dc_replace
+
+    from fakes import tree_policy
+    from test_confidence import ConfGenerator
+
+    from edgetts.solver import Solver
+
+    tree = {"a \\boxed{1}": {}, "b \\boxed{2}": {}}
+    solver = Solver()
+    generator = ConfGenerator(tree_policy(tree), confs={"a ": 1.0, "b ": 9.0})
+    generator.config = dc_replace(solver.policy_config)  # the loaded policy's own copy
+    solver._policy = generator
+    result = solver.solve("q", SolveOptions(strategy="confidence_vote", n=2))
+    assert result.answer == "2" and generator.config.capture_confidence
+    assert not solver.policy_config.capture_confidence  # the user's settings stay as given
+    solver.solve("q", SolveOptions(strategy="majority", n=2))
+    assert not generator.config.capture_confidence
+

@@ -133,7 +133,6 @@ def batched_bench(bin_dir: Path, model: Path, ns: list[int], tokens: int, prompt
         "-pps",
         "-t",
         str(threads),
-        "--no-warmup",
         *safe_cpu_flags(),
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout

@@ -117,7 +117,8 @@ def run(args: argparse.Namespace) -> None:
     layers = tuple(getattr(getattr(scorer, "manifest", None), "layers", None) or [-1])
     policy = LlamaPolicy(PolicyConfig(model=args.model, max_tokens=args.max_tokens,
                                       n_seq_max=min(args.n_max, 16), seed=args.seed,
-                                      capture_states=True, state_layers=layers))
+                                      capture_states=True, state_layers=layers,
+                                      capture_confidence=getattr(scorer, "needs_confidence", False)))
     n_list = sorted(n for n in args.n if n <= args.n_max)
     sampling = Sampling(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
     agg = args.agg or (scorer.default_aggregation if scorer else "last")

@@ -110,7 +110,6 @@ def probe_scores(prm: str, threads: int | None, files: dict[str, list[dict]]) ->
     """
     from edgetts.policy import LlamaPolicy, PolicyConfig
     from edgetts.probe import ProbeScorer
-    from edgetts.search.base import Path as StatePath
 
     scorer = ProbeScorer.load(prm, threads=threads)
     manifest = dataclasses.replace(scorer.manifest)
@@ -123,7 +122,8 @@ def probe_scores(prm: str, threads: int | None, files: dict[str, list[dict]]) ->
     scorer.check_policy(policy.metadata.name, policy.metadata.n_embd)
     out: Scores = {}
     for p, items in files.items():
-        paths = [StatePath(steps=it["steps"], step_states=policy.states_of(it["problem"], it["steps"]))
+        # Token confidence too when the probe reads it (manifest "features").
+        paths = [policy.read_solution(it["problem"], it["steps"], confidence=scorer.needs_confidence)
                  for it in items]
         out[p] = [scorer.score(it["problem"], [path])[0] for it, path in zip(items, paths, strict=True)]
     policy.close()

@@ -10,6 +10,7 @@ from edgetts.search.auto import auto
 from edgetts.search.base import SearchConfig, SearchResult, StepGenerator, StepScorer
 from edgetts.search.beam_search import beam_search
 from edgetts.search.best_of_n import best_of_n, weighted_best_of_n
+from edgetts.search.confidence_vote import confidence_vote
 from edgetts.search.dvts import dvts
 from edgetts.search.majority import majority
 
@@ -22,9 +23,12 @@ STRATEGIES: dict[str, Strategy] = {
     "beam_search": beam_search,
     "dvts": dvts,
     "auto": auto,
+    "confidence_vote": confidence_vote,
 }
 # Strategies that cannot work without a step scorer.
 NEEDS_SCORER: set[str] = {"best_of_n", "weighted_best_of_n", "beam_search", "dvts"}
+# Strategies that read the policy's token confidence (PolicyConfig.capture_confidence).
+NEEDS_CONFIDENCE: set[str] = {"confidence_vote"}
 
 
 def _counters(obj: object) -> dict[str, float]:

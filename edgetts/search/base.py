@@ -52,6 +52,10 @@ class Path:
     # The policy's last hidden state at the end of each step, when the generator records them
     # (one per step, for scorers that read the policy's own states; see edgetts.probe).
     step_states: list[Any] = field(default_factory=list)
+    # Per generated token (logprob, entropy, DeepConf confidence) and, per step, how many of the
+    # path's tokens it ends at, when the generator records them (edgetts.confidence).
+    token_stats: list[tuple[float, float, float]] = field(default_factory=list)
+    step_token_ends: list[int] = field(default_factory=list)
 
     @property
     def text(self) -> str:

@@ -122,3 +122,26 @@ def _score_or_zero(cand: Candidate) -> float:
 def _best_scored(candidates: Sequence[Candidate]) -> Candidate:
     # max() keeps the first of equal keys, which makes ties go to the earliest sample.
     return max(candidates, key=_score_or_zero)
+
+
+def pick_by_confidence(
+    candidates: Sequence[Candidate], confidences: Sequence[float], keep: float
+) -> tuple[Candidate | None, dict[str, float]]:
+    """DeepConf's vote: the ``keep`` share of most confident candidates (at least one) vote,
+    each with its confidence as weight; the pick is the best member of the winning answer.
+
+    Confidences are positive (minus mean top-k log-probabilities); ties in confidence keep the
+    earlier sample, so the filter is deterministic.
+    """
+    if not candidates:
+        return None, {}
+    if len(confidences) != len(candidates):
+        raise ValueError(f"{len(confidences)} confidences for {len(candidates)} candidates")
+    n_keep = max(1, round(keep * len(candidates)))
+    order = sorted(range(len(candidates)), key=lambda i: (-confidences[i], i))
+    kept = sorted(order[:n_keep])
+    weight = {id(candidates[i]): float(confidences[i]) for i in kept}
+    chosen, votes = pick_by_vote([candidates[i] for i in kept], lambda c: weight[id(c)])
+    if chosen is not None and chosen.answer is None:  # no kept sample parsed: any that did
+        chosen = pick_by_vote(candidates, lambda c: 1.0)[0] or chosen
+    return chosen, votes

@@ -1,0 +1,210 @@
+"""Probes with confidence features and MLP heads (tools/train_verifier.py), on real onnxruntime."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path as FsPath
+
+import numpy as np
+import pytest
+
+from edgetts.confidence import STEP_FEATURES, step_features
+from edgetts.prm import PRMError
+from edgetts.probe import ProbeScorer, default_prm_dir, load_scorer
+from edgetts.search.base import Path
+
+pytest.importorskip("onnx")
+sys.path.insert(0, str(FsPath(__file__).resolve().parent.parent / "tools"))
+
+import label_steps  # noqa: E402
+import train_verifier as tv  # noqa: E402
+
+WIDTH = 6
+
+
+def manifest(width: int, **extra: object) -> dict:
+    return {
+        "kind": "policy_probe",
+        "name": "tiny",
+        "hidden_size": width,
+        "policy": {"name": "tiny-policy", "n_embd": WIDTH},
+        "default_aggregation": "last",
+        "calculator_check": False,
+        **extra,
+    }
+
+
+def conf_path(rng: np.random.Generator, n_steps: int) -> Path:
+    stats = [(-rng.random(), rng.random(), 5 + rng.random()) for _ in range(4 * n_steps)]
+    return Path(
+        steps=[f"s{i}\n\n" for i in range(n_steps)],
+        step_states=[rng.normal(size=WIDTH).astype(np.float32) for _ in range(n_steps)],
+        token_stats=stats,
+        step_token_ends=[4 * (i + 1) for i in range(n_steps)],
+    )
+
+
+def test_a_probe_with_confidence_features_reads_them_after_the_states(tmp_path: FsPath) -> None:
+    rng = np.random.default_rng(0)
+    feats = ["min_logprob", "mean_conf"]
+    W1 = rng.normal(size=(WIDTH + 2, 1)).astype(np.float32)
+    head = tv.Head(W1, np.array([0.2], np.float32))
+    tv.export_head(head, tmp_path / "p", manifest(WIDTH + 2, features=feats))
+    scorer = load_scorer(tmp_path / "p", threads=1)
+    assert isinstance(scorer, ProbeScorer) and scorer.needs_confidence
+    scorer.check_policy("tiny-policy", WIDTH)  # width = n_embd * layers + features
+    paths = [conf_path(rng, 3), conf_path(rng, 1)]
+    got = scorer.score("q", paths)
+    for p, scores in zip(paths, got, strict=True):
+        cols = [STEP_FEATURES.index(f) for f in feats]
+        X = np.hstack([np.stack(p.step_states), step_features(p.token_stats, p.step_token_ends)[:, cols]])
+        np.testing.assert_allclose(scores, 1 / (1 + np.exp(-(X @ W1[:, 0] + 0.2))), atol=1e-4)
+
+
+def test_missing_confidence_is_an_error_not_a_silent_zero(tmp_path: FsPath) -> None:
+    tv.export_head(
+        tv.Head(np.ones((WIDTH + 1, 1), np.float32), np.zeros(1, np.float32)),
+        tmp_path / "p",
+        manifest(WIDTH + 1, features=["mean_conf"]),
+    )
+    scorer = load_scorer(tmp_path / "p", threads=1)
+    p = conf_path(np.random.default_rng(1), 2)
+    p.step_token_ends = []
+    with pytest.raises(PRMError, match="capture_confidence"):
+        scorer.score("q", [p])
+
+
+def test_unknown_feature_names_are_refused(tmp_path: FsPath) -> None:
+    tv.export_head(
+        tv.Head(np.ones((WIDTH + 1, 1), np.float32), np.zeros(1, np.float32)),
+        tmp_path / "p",
+        manifest(WIDTH + 1, features=["vibes"]),
+    )
+    with pytest.raises(PRMError, match="unknown feature"):
+        load_scorer(tmp_path / "p", threads=1)
+
+
+def test_default_prm_dir_counts_features_in_the_width(tmp_path: FsPath) -> None:
+    tv.export_head(
+        tv.Head(np.ones((2 * WIDTH + 2, 1), np.float32), np.zeros(1, np.float32)),
+        tmp_path / "probe",
+        manifest(2 * WIDTH + 2, layers=[12, -1], features=["mean_conf", "min_logprob"]),
+    )
+    assert default_prm_dir("tiny-policy", WIDTH, tmp_path) == tmp_path / "probe"
+    assert default_prm_dir("tiny-policy", WIDTH + 1, tmp_path) != tmp_path / "probe"
+
+
+def test_mlp_export_matches_the_numpy_head(tmp_path: FsPath) -> None:
+    rng = np.random.default_rng(2)
+    head = tv.Head(
+        rng.normal(size=(WIDTH, 5)).astype(np.float32),
+        rng.normal(size=5).astype(np.float32),
+        rng.normal(size=(5, 1)).astype(np.float32),
+        rng.normal(size=1).astype(np.float32),
+    )
+    tv.export_head(head, tmp_path / "m", manifest(WIDTH))
+    scorer = load_scorer(tmp_path / "m", threads=1)
+    X = rng.normal(size=(7, WIDTH)).astype(np.float32)
+    np.testing.assert_allclose(scorer.score_states(X), 1 / (1 + np.exp(-head.logits(X))), atol=1e-5)
+
+
+@pytest.mark.parametrize("hidden", [0, 8])
+def test_fit_separates_a_learnable_problem(hidden: int) -> None:
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(400, 10)).astype(np.float32) * 3 + 1
+    y = (X[:, 0] - 0.5 * X[:, 3] > 1).astype(np.float32)
+    head = tv.fit(X, y, hidden=hidden, wd=1e-4, epochs=200)
+    s = head.logits(X)
+    auc = np.mean([a > b for a in s[y == 1] for b in s[y == 0]])
+    assert auc > 0.97
+
+
+def test_step_labels_follow_the_first_error() -> None:
+    assert label_steps.step_labels(5, [3, 4]) == [1, 1, 0, 0, 0]
+    assert label_steps.step_labels(3, []) == [1, 1, 1]
+
+
+def test_prmbench_items_keep_one_original_per_problem(tmp_path: FsPath) -> None:
+    rows = [
+        {
+            "idx": "a",
+            "classification": c,
+            "original_question": "q",
+            "original_process": ["x", "y"],
+            "modified_process": ["x", "z"],
+            "error_steps": [2],
+        }
+        for c in ("circular", "deception")
+    ]
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    items = label_steps.prmbench_items([str(f)])
+    assert [i["key"] for i in items] == ["a-original", "a-circular", "a-deception"]
+    assert items[1]["error_steps"] == [2]
+
+
+def test_rollout_targets_alternate_wrong_and_right() -> None:
+    row = {
+        "candidates": [
+            {"correct": True, "answer": "1"},
+            {"correct": True, "answer": "1"},
+            {"correct": False, "answer": "2"},
+            {"correct": False, "answer": None},
+        ]
+    }
+    picked = [i for _, i, _ in label_steps.rollout_targets([row], per_problem=3)]
+    assert picked == [2, 0, 1]  # an unparsed wrong sample says nothing about steps
+
+
+def test_step_auc_counts_ties_half_and_matches_pair_counting() -> None:
+    rng = np.random.default_rng(4)
+    s = np.round(rng.random(60), 1)
+    y = (rng.random(60) > 0.5).astype(float)
+    pairs = [1.0 if a > b else 0.5 if a == b else 0.0 for a in s[y == 1] for b in s[y == 0]]
+    assert tv.step_auc(s, y) == pytest.approx(100 * np.mean(pairs))
+    assert tv.first_error(np.array([1, 1, 0, 1.0])) == 2 and tv.first_error(np.ones(3)) == -1
+
+
+def test_kept_states_carry_token_confidence(tmp_path: FsPath) -> None:
+    from edgetts.probe import load_states, save_states
+
+    rng = np.random.default_rng(5)
+    paths = [conf_path(rng, 2), conf_path(rng, 3)]
+    save_states(tmp_path / "s.npz", paths)
+    back = load_states(tmp_path / "s.npz")
+    for a, b in zip(paths, back, strict=True):
+        assert b.step_token_ends == a.step_token_ends
+        np.testing.assert_allclose(np.array(b.token_stats), np.array(a.token_stats), rtol=1e-6)
+    # without confidence recorded, none is invented
+    save_states(tmp_path / "t.npz", [Path(steps=["a"], step_states=[np.zeros(WIDTH, np.float32)])])
+    assert load_states(tmp_path / "t.npz")[0].step_token_ends == []
+
+
+class PrefixPolicy:
+    """Stands in for LlamaPolicy in mc_labels: continuations depend on the prefix's length."""
+
+    def __init__(self) -> None:
+        self.prefixes: list[list[str]] = []
+
+    def path_from(self, question: str, steps: list[str]) -> Path:
+        self.prefixes.append(list(steps))
+        return Path(steps=list(steps))
+
+    def extend(self, paths: list[Path], n_each: int, to_end: bool = False) -> list[Path]:
+        (p,) = paths
+        # after one step, every other rollout ends right; after two, all of them
+        right = [i % 2 == 0 for i in range(n_each)] if len(p.steps) == 1 else [True] * n_each
+        return [Path(steps=[*p.steps, f"\\boxed{{{7 if ok else 8}}}"], finished=True) for ok in right]
+
+    def release(self, paths: list[Path]) -> None:
+        pass
+
+
+def test_mc_labels_are_the_share_of_rollouts_that_end_right() -> None:
+    policy = PrefixPolicy()
+    steps = ["a\n\n", "b\n\n", "so \\boxed{8}"]
+    labels = label_steps.mc_labels(policy, "q", steps, "7", k=4)
+    assert labels == [0.5, 1.0, 0.0]  # the last step's label is the sample's own (wrong) outcome
+    assert policy.prefixes == [steps[:1], steps[:2]]

@@ -1,0 +1,346 @@
+"""Step-labelled data for the policy probe, through the default policy (issue 19).
+
+Three label sources, each resumable (rows are appended; a rerun skips the keys already done), each
+writing ``<out>/results.jsonl`` (compact: ids, labels, per-step token statistics, the policy's own
+texts; never a question) and ``<out>/states/<key>.npz`` (the step states, float16: a cache for
+training under ``runs/``, not committed, since a prefill recomputes them)::
+
+    # PRMBench: a correct original_process (every step 1) and modified_process variants whose
+    # error_steps are wrong (0 from the first error on), prefilled: no generation at all
+    python tools/label_steps.py prmbench --data ../shared/data/prmbench_train/*.jsonl \\
+        --out runs/labels/prmbench --layers 6 12 18 -1
+    # outcome labels: N samples per problem, states and token confidence captured while sampling
+    python tools/label_steps.py sample --data ../shared/data/gsm8k_train.jsonl \\
+        --out runs/labels/gsm8k_train -n 8 --offset 200 --limit 400 --layers 6 12 18 -1
+    # Monte-Carlo labels (Math-Shepherd): K rollouts from the end of each step of kept samples,
+    # forked from the cached prefix (llama_memory_seq_cp); a step's label is the share right
+    python tools/label_steps.py rollout --samples runs/labels/gsm8k_train \\
+        --out runs/labels/gsm8k_train_mc -k 4 --limit 20
+    # the compact rows to commit (gzip, no question text, no states)
+    python tools/label_steps.py pack runs/labels/prmbench data/labels/prmbench.jsonl.gz
+
+Step statistics are :data:`edgetts.confidence.STEP_FEATURES`, one row per step. Run with
+``EDGETTS_THREADS=1`` in the background on a shared CPU (``nohup ... > log 2>&1 &``); on a CUDA
+build of llama.cpp add ``--n-gpu-layers 99`` (``tools/label_gpu.sh`` runs all three at once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from edgetts.confidence import STEP_FEATURES, step_features, trace_confidence  # noqa: E402
+from edgetts.data import load_problems  # noqa: E402
+from edgetts.grading import answers_equal, extract_answer, normalize_answer  # noqa: E402
+from edgetts.policy import LlamaPolicy, PolicyConfig  # noqa: E402
+from edgetts.probe import save_states  # noqa: E402
+from edgetts.prompts import split_steps  # noqa: E402
+from edgetts.search.base import Path as StatePath  # noqa: E402
+from edgetts.search.select import to_candidate  # noqa: E402
+
+ROUND = 4  # decimals kept of the step statistics in the compact rows
+
+
+def done_keys(out: Path) -> set[str]:
+    """Keys already written to ``out/results.jsonl`` (what a resumed run skips)."""
+    f = out / "results.jsonl"
+    return {json.loads(line)["key"] for line in f.open(encoding="utf-8")} if f.is_file() else set()
+
+
+def write_row(out: Path, row: dict, paths: list[StatePath]) -> None:
+    """States first, then the row: a row in results.jsonl means its states are on disk."""
+    (out / "states").mkdir(parents=True, exist_ok=True)
+    save_states(out / "states" / f"{row['key']}.npz", paths)
+    with (out / "results.jsonl").open("a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def stats_of(path: StatePath) -> list[list[float]]:
+    """The path's per-step token statistics (``STEP_FEATURES``), rounded for the rows."""
+    feats = step_features(path.token_stats, path.step_token_ends)
+    return np.round(feats, ROUND).tolist()
+
+
+def make_policy(args: argparse.Namespace, n_seq_max: int, max_tokens: int) -> LlamaPolicy:
+    return LlamaPolicy(
+        PolicyConfig(
+            model=args.model,
+            n_seq_max=n_seq_max,
+            max_tokens=max_tokens,
+            temperature=args.temperature,
+            seed=args.seed,
+            capture_states=True,
+            capture_confidence=True,
+            state_layers=tuple(args.layers),
+            n_gpu_layers=args.n_gpu_layers,
+        )
+    )
+
+
+# -- PRMBench ---------------------------------------------------------------------------------
+
+
+def prmbench_items(files: list[str]) -> list[dict]:
+    """Every solution to prefill: one original per problem, then its modified variants.
+
+    Items of one problem come together so the prompt's prefill is reused; problems come in
+    file order, so a run stopped early still covers every kind of error.
+    """
+    by_idx: dict[str, list[dict]] = {}
+    for file in files:
+        for line in open(file, encoding="utf-8"):
+            d = json.loads(line)
+            items = by_idx.setdefault(d["idx"], [])
+            if not items:
+                items.append(
+                    {
+                        "key": f"{d['idx']}-original",
+                        "idx": d["idx"],
+                        "variant": "original",
+                        "question": d["original_question"],
+                        "steps": d["original_process"],
+                        "error_steps": [],
+                    }
+                )
+            errors = sorted(int(e) for e in d.get("error_steps") or [])
+            if not errors:
+                continue
+            items.append(
+                {
+                    "key": f"{d['idx']}-{d['classification']}",
+                    "idx": d["idx"],
+                    "variant": d["classification"],
+                    "question": d.get("modified_question") or d["original_question"],
+                    "steps": d["modified_process"],
+                    "error_steps": errors,
+                }
+            )
+    return [item for items in by_idx.values() for item in items]
+
+
+def step_labels(n_steps: int, error_steps: list[int]) -> list[int]:
+    """1 before the first erroneous step (1-based ``error_steps``), 0 from it on: a step's label
+    says whether the solution is still right so far, as ProcessBench's first error does."""
+    first = min(error_steps) if error_steps else n_steps + 1
+    return [int(i + 1 < first) for i in range(n_steps)]
+
+
+def prmbench(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    done = done_keys(out)
+    items = [i for i in prmbench_items(args.data) if i["key"] not in done]
+    if args.limit is not None:
+        items = items[: args.limit]
+    policy = make_policy(args, n_seq_max=1, max_tokens=args.max_tokens)
+    t0, tokens = time.perf_counter(), 0
+    for k, item in enumerate(items):
+        steps = [s.strip() for s in item["steps"] if s.strip()]
+        try:
+            path = policy.read_solution(item["question"], steps, confidence=True)
+        except Exception as e:  # too long for the context: skip, say so
+            print(f"skip {item['key']}: {e}", flush=True)
+            continue
+        tokens += path.n_tokens
+        row = {
+            "key": item["key"],
+            "source": "prmbench",
+            "idx": item["idx"],
+            "variant": item["variant"],
+            "error_steps": item["error_steps"],
+            "labels": step_labels(len(steps), item["error_steps"]),
+            "layers": args.layers,
+            "n_tokens": path.n_tokens,
+            "step_stats": stats_of(path),
+        }
+        write_row(out, row, [path])
+        if k % 20 == 0:
+            rate = tokens / (time.perf_counter() - t0)
+            print(f"[{k + 1}/{len(items)}] {item['key']}: {len(steps)} steps; {rate:.0f} tok/s", flush=True)
+
+
+# -- outcome labels from the policy's own samples ---------------------------------------------
+
+
+def candidate_row(path: StatePath, gold: str) -> dict:
+    """A sample as committed: its text, answer, label, per-step statistics, trace confidences."""
+    c = asdict(to_candidate(path))
+    confs = [s[2] for s in path.token_stats]
+    return {
+        "text": c["text"],
+        "answer": c["answer"],
+        "score": None,  # Candidate fields, so the rows rescore like bench samples
+        "step_scores": [],
+        "correct": answers_equal(c["answer"], gold),
+        "n_tokens": c["n_tokens"],
+        "stop_reason": c["stop_reason"],
+        "step_token_ends": path.step_token_ends,
+        "step_stats": stats_of(path),
+        "trace_conf": {m: round(trace_confidence(confs, m), ROUND) for m in ("lowest", "tail", "mean")},
+    }
+
+
+def sample(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    done = done_keys(out)
+    problems = load_problems(args.data, args.question_key, args.answer_key, args.id_key)
+    problems = problems[args.offset : None if args.limit is None else args.offset + args.limit]
+    policy = make_policy(args, n_seq_max=args.n, max_tokens=args.max_tokens)
+    dataset = Path(args.data).stem
+    for k, problem in enumerate(problems):
+        key = f"{dataset}-{problem.id}"
+        if key in done:
+            continue
+        t0 = time.perf_counter()
+        paths = policy.extend([policy.root(problem.question)], args.n, to_end=True)
+        policy.release(paths)
+        cands = [candidate_row(p, problem.answer) for p in paths]
+        row = {
+            "key": key,
+            "source": "sample",
+            "dataset": dataset,
+            "id": problem.id,
+            "gold": problem.answer,
+            "temperature": args.temperature,
+            "seed": args.seed,
+            "layers": args.layers,
+            "candidates": cands,
+        }
+        write_row(out, row, paths)
+        right = sum(c["correct"] for c in cands)
+        n_tok = sum(c["n_tokens"] for c in cands)
+        print(
+            f"[{k + 1}/{len(problems)}] {key}: {right}/{len(cands)} right, {n_tok} tokens, "
+            f"{n_tok / (time.perf_counter() - t0):.0f} tok/s",
+            flush=True,
+        )
+
+
+# -- Monte-Carlo rollout labels ---------------------------------------------------------------
+
+
+def rollout_targets(rows: list[dict], per_problem: int) -> Iterator[tuple[dict, int, dict]]:
+    """(row, candidate index, candidate) to roll out: per problem, right and wrong ones alternately,
+    since a step label only informs where the outcome is in doubt."""
+    for row in rows:
+        cands = list(enumerate(row["candidates"]))
+        right = [c for c in cands if c[1]["correct"]]
+        wrong = [c for c in cands if not c[1]["correct"] and c[1]["answer"] is not None]
+        picked = [c for pair in zip(wrong, right, strict=False) for c in pair]
+        picked += [c for c in wrong + right if c not in picked]
+        for i, cand in picked[:per_problem]:
+            yield row, i, cand
+
+
+def mc_labels(policy: LlamaPolicy, question: str, steps: list[str], gold: str, k: int) -> list[float]:
+    """Share of ``k`` continuations from the end of each step (but the last) that end right; the
+    last step's label is the sample's own outcome. The prefix is prefilled once per step into
+    a slot and forked ``k`` ways (seq_cp shares its KV), never re-decoded per rollout."""
+    labels = []
+    for i in range(len(steps) - 1):
+        prefix = policy.path_from(question, steps[: i + 1])
+        children = policy.extend([prefix], k, to_end=True)
+        policy.release(children)
+        answers = [normalize_answer(extract_answer(c.text)) for c in children]
+        labels.append(sum(answers_equal(a, gold) for a in answers) / k)
+    final = normalize_answer(extract_answer("".join(steps)))
+    return labels + [float(answers_equal(final, gold))]
+
+
+def rollout(args: argparse.Namespace) -> None:
+    src, out = Path(args.samples), Path(args.out)
+    done = done_keys(out)
+    rows = [json.loads(line) for line in (src / "results.jsonl").open(encoding="utf-8")]
+    questions = {p.id: p.question for p in load_problems(args.data)}
+    rows = [r for r in rows if r["id"] in questions][: args.limit]
+    policy = make_policy(args, n_seq_max=args.k, max_tokens=args.max_tokens)
+    for row, i, cand in rollout_targets(rows, args.per_problem):
+        key = f"{row['key']}-{i}"
+        if key in done:
+            continue
+        t0 = time.perf_counter()
+        steps = split_steps(cand["text"])
+        labels = mc_labels(policy, questions[row["id"]], steps, row["gold"], args.k)
+        path = policy.read_solution(questions[row["id"]], steps, confidence=True)
+        out_row = {
+            "key": key,
+            "source": "rollout",
+            "dataset": row.get("dataset"),
+            "id": row["id"],
+            "candidate": i,
+            "k": args.k,
+            "correct": cand["correct"],
+            "labels": labels,
+            "layers": args.layers,
+            "text": cand["text"],
+            "step_stats": stats_of(path),
+        }
+        write_row(out, out_row, [path])
+        print(f"{key}: {len(steps)} steps, labels {labels}, {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+# -- packing ----------------------------------------------------------------------------------
+
+
+def pack(args: argparse.Namespace) -> None:
+    """Compact rows to commit: gzip JSONL, sorted by key (stable diffs), no question text."""
+    rows = [json.loads(line) for line in (Path(args.src) / "results.jsonl").open(encoding="utf-8")]
+    rows = sorted({r["key"]: r for r in rows}.values(), key=lambda r: r["key"])
+    for r in rows:
+        r.pop("question", None)
+    dest = Path(args.dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(dest, "wt", encoding="utf-8", compresslevel=9) as f:
+        f.writelines(json.dumps(r, separators=(",", ":")) + "\n" for r in rows)
+    print(
+        f"{len(rows)} rows -> {dest} ({dest.stat().st_size / 1e3:.0f} kB); "
+        f"step statistics: {', '.join(STEP_FEATURES)}"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("prmbench", help="prefill PRMBench originals and modified processes")
+    b.add_argument("--data", nargs="+", required=True)
+    b.add_argument("--limit", type=int, default=None, help="at most this many solutions this run")
+    s = sub.add_parser("sample", help="N samples per problem with states and confidence (outcome labels)")
+    s.add_argument("--data", required=True)
+    s.add_argument("-n", "--n", type=int, default=8)
+    s.add_argument("--offset", type=int, default=0)
+    s.add_argument("--limit", type=int, default=None)
+    s.add_argument("--question-key", default=None)
+    s.add_argument("--answer-key", default=None)
+    s.add_argument("--id-key", default=None)
+    r = sub.add_parser("rollout", help="Monte-Carlo step labels for kept samples")
+    r.add_argument("--samples", required=True, help="a `sample` output directory")
+    r.add_argument("--data", required=True, help="the questions of those samples")
+    r.add_argument("-k", type=int, default=4, help="rollouts per step")
+    r.add_argument("--per-problem", type=int, default=2, help="samples rolled out per problem")
+    r.add_argument("--limit", type=int, default=None, help="problems")
+    for p in (b, s, r):
+        p.add_argument("--out", required=True)
+        p.add_argument("--layers", type=int, nargs="+", default=[6, 12, 18, -1])
+        p.add_argument("--max-tokens", type=int, default=400)
+        p.add_argument("--temperature", type=float, default=0.3)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--n-gpu-layers", type=int, default=0)
+        p.add_argument("-m", "--model", default=None)
+    k = sub.add_parser("pack", help="gzip the compact rows of an output directory")
+    k.add_argument("src")
+    k.add_argument("dest")
+    args = ap.parse_args()
+    {"prmbench": prmbench, "sample": sample, "rollout": rollout, "pack": pack}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,551 @@
+"""Fit and judge policy probes on the label sources of ``tools/label_steps.py`` (issue 19).
+
+A probe reads, per step, some of the captured layers' states and (optionally) the step's token
+confidence features; it is a logistic head or a one-hidden-layer MLP, trained with torch and
+exported as a small ONNX graph (standardisation folded into the first layer), so the runtime
+stays onnxruntime only. Labels:
+
+* ``prmbench``: human step labels (1 while the solution is still right, 0 from the first error);
+* ``outcome``: every step of a sample gets its final answer's grade (what the shipped probe used);
+* ``rollout``: Monte-Carlo labels, the share of rollouts from that step that end right.
+
+Judged on held-out N-sample sets (``label_steps.py sample`` directories, e.g. the bench's
+GSM8K-test and MAWPS problems) by pair AUC and the selections of ``eval_prm.selection_accuracy``;
+an outcome-labelled eval set can also train the probe for its *other* problems (grouped K-fold,
+``--cv-outcome``), so every score is held out by problem::
+
+    python tools/train_verifier.py ablate --prmbench runs/labels/prmbench \\
+        --eval runs/labels/mawps runs/labels/gsm8k_test --cv-outcome 5
+    python tools/train_verifier.py --prmbench runs/labels/prmbench --outcome runs/labels/gsm8k_train \\
+        --features all+conf --hidden 0 --export edgetts/assets/prm-probe-qwen05-v2
+
+Torch is needed here only (the dev extra); one thread by default (``--threads``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from eval_prm import GRID, first_below, prf, selection_accuracy  # noqa: E402
+
+from edgetts.confidence import STEP_FEATURES  # noqa: E402
+from edgetts.prm import calculator_capped  # noqa: E402
+from edgetts.probe import ProbeScorer, load_states  # noqa: E402
+
+CALCULATOR_CAP = 0.05
+
+
+@dataclass
+class Solution:
+    """One labelled solution: its step states (all captured layers), statistics and labels."""
+
+    group: str  # problem id: folds never split a problem
+    source: str
+    states: np.ndarray  # [n_steps, n_embd * len(captured layers)]
+    stats: np.ndarray  # [n_steps, len(STEP_FEATURES)]
+    labels: np.ndarray  # [n_steps] in [0, 1]
+    steps: list[str]
+
+
+@dataclass
+class EvalRow:
+    """One problem's N samples: the row as written (candidates, gold) and their Solutions."""
+
+    row: dict
+    solutions: list[Solution]
+
+
+def read_rows(directory: str) -> list[dict]:
+    with (Path(directory) / "results.jsonl").open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def load_step_labelled(directory: str) -> list[Solution]:
+    """PRMBench or rollout rows (one solution each, step labels)."""
+    out = []
+    for row in read_rows(directory):
+        (path,) = load_states(Path(directory) / "states" / f"{row['key']}.npz")
+        out.append(
+            Solution(
+                group=str(row.get("idx") or row.get("id")),
+                source=row["source"],
+                states=np.stack(path.step_states),
+                stats=np.asarray(row["step_stats"], dtype=np.float32).reshape(-1, len(STEP_FEATURES)),
+                labels=np.asarray(row["labels"], dtype=np.float32),
+                steps=path.steps,
+            )
+        )
+    return out
+
+
+def load_samples(directory: str) -> list[EvalRow]:
+    """``label_steps.py sample`` rows: N samples of a problem, outcome labels on every step."""
+    out = []
+    for row in read_rows(directory):
+        paths = load_states(Path(directory) / "states" / f"{row['key']}.npz")
+        sols = []
+        for cand, path in zip(row["candidates"], paths, strict=True):
+            n = len(path.steps)
+            stats = np.asarray(cand["step_stats"], dtype=np.float32).reshape(-1, len(STEP_FEATURES))
+            width = sum(len(s) for s in path.step_states[:1]) or 1
+            sols.append(
+                Solution(
+                    group=f"{row['dataset']}-{row['id']}",
+                    source="outcome",
+                    states=np.stack(path.step_states) if n else np.zeros((0, width), np.float32),
+                    stats=stats,
+                    labels=np.full(n, float(cand["correct"]), dtype=np.float32),
+                    steps=path.steps,
+                )
+            )
+        out.append(EvalRow(row=row, solutions=sols))
+    return out
+
+
+def features(sol: Solution, captured: list[int], layers: list[int], conf: bool) -> np.ndarray:
+    """The probe's input for a solution: the chosen layers' states, then the statistics."""
+    width = sol.states.shape[1] // len(captured)
+    parts = [sol.states[:, captured.index(k) * width : (captured.index(k) + 1) * width] for k in layers]
+    if conf:
+        parts.append(sol.stats)
+    return np.hstack(parts).astype(np.float32)
+
+
+def design(sols: list[Solution], captured: list[int], layers: list[int], conf: bool):
+    X = np.vstack([features(s, captured, layers, conf) for s in sols if len(s.labels)])
+    y = np.concatenate([s.labels for s in sols if len(s.labels)])
+    return X, y
+
+
+# -- the model ------------------------------------------------------------------------------
+
+
+@dataclass
+class Head:
+    """Fitted weights in raw-feature terms: ``logit = relu(x @ W1 + b1) @ W2 + b2`` (MLP) or
+    ``x @ W1 + b1`` (linear, W2 None)."""
+
+    W1: np.ndarray
+    b1: np.ndarray
+    W2: np.ndarray | None = None
+    b2: np.ndarray | None = None
+
+    def logits(self, X: np.ndarray) -> np.ndarray:
+        h = X @ self.W1 + self.b1
+        if self.W2 is None:
+            return h[:, 0]
+        return (np.maximum(h, 0) @ self.W2 + self.b2)[:, 0]
+
+
+def fit(X: np.ndarray, y: np.ndarray, hidden: int, wd: float, epochs: int = 200, seed: int = 0) -> Head:
+    """Class-balanced BCE on standardised features, full-batch Adam; returns raw-feature weights."""
+    import torch
+
+    torch.manual_seed(seed)
+    mu, sd = X.mean(0), X.std(0) + 1e-4
+    Z = torch.tensor((X - mu) / sd, dtype=torch.float32)
+    t = torch.tensor(y, dtype=torch.float32)
+    pos = float(np.clip((y > 0.5).mean(), 0.05, 0.95))
+    w = torch.where(t > 0.5, 0.5 / pos, 0.5 / (1 - pos))
+    if hidden:
+        net = torch.nn.Sequential(
+            torch.nn.Linear(X.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1)
+        )
+    else:
+        net = torch.nn.Sequential(torch.nn.Linear(X.shape[1], 1))
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3 if hidden else 1e-2)
+    for _ in range(epochs):
+        opt.zero_grad()
+        out = net(Z)[:, 0]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(out, t, weight=w)
+        penalty = sum((p**2).sum() for name, p in net.named_parameters() if name.endswith("weight"))
+        (loss + wd * penalty).backward()
+        opt.step()
+    first = net[0]
+    W1 = first.weight.detach().numpy().T / sd[:, None]
+    b1 = first.bias.detach().numpy() - mu @ W1
+    if not hidden:
+        return Head(W1.astype(np.float32), b1.astype(np.float32))
+    last = net[2]
+    return Head(
+        W1.astype(np.float32),
+        b1.astype(np.float32),
+        last.weight.detach().numpy().T.astype(np.float32),
+        last.bias.detach().numpy().astype(np.float32),
+    )
+
+
+def step_scores(head: Head, sol: Solution, captured, layers, conf, calculator: bool) -> list[float]:
+    """The runtime's step scores of a solution: sigmoid of the head, then the calculator check."""
+    if not len(sol.labels):
+        return []
+    s = list(1 / (1 + np.exp(-head.logits(features(sol, captured, layers, conf)))))
+    return calculator_capped(sol.steps, s, CALCULATOR_CAP) if calculator else s
+
+
+def judge(
+    head_for, rows: list[EvalRow], captured, layers, conf, aggs=("min", "last", "prod")
+) -> dict[str, dict]:
+    """Selection metrics on ``rows``; ``head_for(i)`` is the head that scores row i (one fitted
+    without that row's problem)."""
+    scores = [
+        [step_scores(head_for(i), s, captured, layers, conf, True) for s in r.solutions]
+        for i, r in enumerate(rows)
+    ]
+    return {a: selection_accuracy([r.row for r in rows], scores, a) for a in aggs}
+
+
+def folds_of(rows: list[EvalRow], k: int, seed: int = 0) -> list[int]:
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(rows))
+    fold = np.empty(len(rows), dtype=int)
+    fold[order] = np.arange(len(rows)) % k
+    return fold.tolist()
+
+
+# -- baselines ------------------------------------------------------------------------------
+
+
+def shipped_probe(prm: str, rows: list[EvalRow], captured: list[int]) -> dict[str, dict]:
+    """The shipped probe on the rows' recorded states (its own layers and aggregation)."""
+    from edgetts.search.base import Path as StatePath
+
+    probe = ProbeScorer.load(prm, threads=1)
+    layers, agg = probe.manifest.layers, probe.manifest.default_aggregation
+    scores = []
+    for r in rows:
+        paths = [
+            StatePath(steps=s.steps, step_states=list(features(s, captured, layers, False)))
+            for s in r.solutions
+            if len(s.labels)
+        ]
+        it = iter(probe.score("", paths))
+        scores.append([next(it) if len(s.labels) else [] for s in r.solutions])
+    return {agg: selection_accuracy([r.row for r in rows], scores, agg)}
+
+
+def confidence_baselines(rows: list[EvalRow]) -> dict[str, float]:
+    """Majority, DeepConf's vote (lowest-window confidence, 90 % and 10 % kept) and the pair AUC
+    of trace confidence alone, from the recorded ``trace_conf``."""
+    from edgetts.search.base import Candidate
+    from edgetts.search.select import pick_by_confidence
+
+    out: dict[str, float] = {}
+    for keep in (1.0, 0.9, 0.5, 0.1):
+        hits = []
+        for r in rows:
+            cands = [Candidate.from_dict(c) for c in r.row["candidates"]]
+            conf = [c["trace_conf"]["lowest"] for c in r.row["candidates"]]
+            chosen, _ = pick_by_confidence(cands, conf, keep)
+            i = next(k for k, c in enumerate(cands) if c is chosen)
+            hits.append(bool(r.row["candidates"][i]["correct"]) and chosen.answer is not None)
+        out[f"conf_vote_keep{keep}"] = 100 * float(np.mean(hits))
+    scores = [[[c["trace_conf"]["lowest"]] for c in r.row["candidates"]] for r in rows]
+    res = selection_accuracy([r.row for r in rows], scores, "last")
+    out.update(majority=res["majority"], oracle=res["oracle"], conf_pair_auc=res["pair_auc"])
+    return out
+
+
+# -- step-level judgement on step-labelled solutions (held out by problem) -----------------
+
+
+def step_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """ROC AUC of step scores against 0/1 step labels (ties half), percent."""
+    pos, neg = labels > 0.5, labels <= 0.5
+    if not pos.any() or not neg.any():
+        return float("nan")
+    ranks = np.empty(len(scores))
+    ranks[np.argsort(scores, kind="mergesort")] = np.arange(1, len(scores) + 1)
+    _, tie, count = np.unique(scores, return_inverse=True, return_counts=True)
+    ranks = (np.bincount(tie, weights=ranks) / count)[tie]  # ties share their mean rank
+    return 100.0 * (ranks[pos].sum() - pos.sum() * (pos.sum() + 1) / 2) / (pos.sum() * neg.sum())
+
+
+def first_error(labels: np.ndarray) -> int:
+    """0-based first step labelled wrong, -1 when none (ProcessBench's label)."""
+    wrong = np.flatnonzero(labels <= 0.5)
+    return int(wrong[0]) if len(wrong) else -1
+
+
+def best_threshold(scores: list[np.ndarray], labels: list[int]) -> float:
+    return max(GRID, key=lambda t: prf([first_below(list(s), t) for s in scores], labels)["f1"])
+
+
+def step_cv(sols: list[Solution], captured, layers, conf, hidden: int, wd: float, folds: int) -> dict:
+    """Grouped K-fold over problems: step AUC and ProcessBench-format F1 (threshold picked on each
+    fold's training solutions, never on the judged ones)."""
+    groups = sorted({s.group for s in sols})
+    rng = np.random.default_rng(0)
+    fold_of = {g: i % folds for i, g in enumerate(rng.permutation(groups))}
+    all_scores, all_labels, preds, truths = [], [], [], []
+    for k in range(folds):
+        train = [s for s in sols if fold_of[s.group] != k]
+        test = [s for s in sols if fold_of[s.group] == k]
+        head = fit(*design(train, captured, layers, conf), hidden, wd)
+
+        def sig(sol: Solution, head: Head = head) -> np.ndarray:
+            return 1 / (1 + np.exp(-head.logits(features(sol, captured, layers, conf))))
+
+        t = best_threshold([sig(s) for s in train], [first_error(s.labels) for s in train])
+        for sol in test:
+            sc = sig(sol)
+            all_scores.append(sc)
+            all_labels.append(sol.labels)
+            preds.append(first_below(list(sc), t))
+            truths.append(first_error(sol.labels))
+    auc = step_auc(np.concatenate(all_scores), np.concatenate(all_labels))
+    return {
+        "step_auc": round(auc, 1),
+        **{k: round(v, 1) if isinstance(v, float) else v for k, v in prf(preds, truths).items()},
+    }
+
+
+def step_baselines(sols: list[Solution], shipped: str, captured: list[int]) -> dict[str, float]:
+    """Step AUC of trivial and current scorers on the step-labelled solutions: the step's position
+    (earlier = better: labels are 1 before the first error, so position alone ranks well) and
+    the shipped probe (trained on outcomes, never on these)."""
+    labels = np.concatenate([s.labels for s in sols])
+    position = np.concatenate([-np.arange(len(s.labels), dtype=float) for s in sols])
+    probe = ProbeScorer.load(shipped, threads=1)
+    layers = probe.manifest.layers
+    scores = np.concatenate([probe.score_states(features(s, captured, layers, False)) for s in sols])
+    return {
+        "position_step_auc": round(step_auc(position, labels), 1),
+        "shipped_probe_step_auc": round(step_auc(scores, labels), 1),
+    }
+
+
+# -- commands -------------------------------------------------------------------------------
+
+FEATURE_SETS = {  # name -> (layers, confidence features)
+    "last": ([-1], False),
+    "last+conf": ([-1], True),
+    "mid": ([12], False),
+    "mid+last": ([12, -1], False),
+    "all": ([6, 12, 18, -1], False),
+    "all+conf": ([6, 12, 18, -1], True),
+    "conf": ([], True),
+}
+
+
+def run_config(
+    train_fixed: list[Solution],
+    evals: dict[str, list[EvalRow]],
+    captured,
+    layers,
+    conf,
+    hidden: int,
+    wd: float,
+    cv_outcome: int,
+) -> dict[str, dict]:
+    """Fit on ``train_fixed`` and judge each eval set; with ``cv_outcome`` K, the eval sets'
+    problems are also dealt into K folds and each fold is judged by a head that trained on the
+    other folds' samples (outcome labels) too, so no problem is judged by a head that saw it."""
+    rows = [(name, r) for name, rs in evals.items() for r in rs]
+    if cv_outcome:
+        fold = folds_of([r for _, r in rows], cv_outcome)
+        heads = {}
+        for k in range(cv_outcome):
+            extra = [s for (_, r), f in zip(rows, fold, strict=True) if f != k for s in r.solutions]
+            heads[k] = fit(*design(train_fixed + extra, captured, layers, conf), hidden, wd)
+        head_of = [heads[f] for f in fold]
+    else:
+        head = fit(*design(train_fixed, captured, layers, conf), hidden, wd)
+        head_of = [head] * len(rows)
+    out = {}
+    for name in evals:
+        idx = [i for i, (n, _) in enumerate(rows) if n == name]
+        out[name] = judge(
+            lambda i, idx=idx: head_of[idx[i]], [rows[i][1] for i in idx], captured, layers, conf
+        )
+    return out
+
+
+def ablate(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    prm = [s for d in args.prmbench for s in load_step_labelled(d)]
+    roll = [s for d in args.rollout for s in load_step_labelled(d)]
+    outcome_train = [s for d in args.outcome for r in load_samples(d) for s in r.solutions]
+    evals = {Path(d).name: load_samples(d) for d in args.eval}
+    captured = args.captured
+    report: dict = {"baselines": {}, "runs": []}
+    for name, rows in evals.items():
+        report["baselines"][name] = {
+            "n_problems": len(rows),
+            **confidence_baselines(rows),
+            "shipped_probe": shipped_probe(args.shipped, rows, captured),
+        }
+    print(json.dumps(report["baselines"], indent=1), flush=True)
+    if args.step_cv and prm:
+        report["step_cv"] = {"baselines": step_baselines(prm, args.shipped, captured)}
+        print("step_cv baselines", json.dumps(report["step_cv"]["baselines"]), flush=True)
+        for spec in args.step_cv:
+            feats, model = spec.split(":")
+            layers, conf = FEATURE_SETS[feats]
+            hidden = 0 if model == "linear" else int(model.removeprefix("mlp"))
+            res = step_cv(prm, captured, layers, conf, hidden, args.wd, args.cv)
+            report["step_cv"][spec] = res
+            print("step_cv", spec, json.dumps(res), flush=True)
+    sources = {"prmbench": prm, "rollout": roll, "outcome_train": outcome_train}
+    for spec in args.configs:
+        src, feats, model = spec.split(":")
+        layers, conf = FEATURE_SETS[feats]
+        hidden = 0 if model == "linear" else int(model.removeprefix("mlp"))
+        train = [s for part in src.split("+") if part != "cv" for s in sources[part]]
+        res = run_config(train, evals, captured, layers, conf, hidden, args.wd, args.cv if "cv" in src else 0)
+        row = {"config": spec, "train_solutions": len(train), "results": res}
+        report["runs"].append(row)
+        summary = {
+            n: {a: (round(v["pair_auc"], 1), round(v["prm_weighted"], 1)) for a, v in r.items()}
+            for n, r in res.items()
+        }
+        print(spec, json.dumps(summary), flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    print(markdown(report, list(evals)))
+
+
+def markdown(report: dict, sets: list[str]) -> str:
+    """The ablation as a Markdown table: pair AUC and weighted vote per eval set, aggregation min."""
+    head = " | ".join(f"{n} pair AUC | {n} weighted" for n in sets)
+    lines = [f"| head | training solutions | {head} |", "|---" * (2 + 2 * len(sets)) + "|"]
+    base = [report["baselines"][n] for n in sets]
+    lines.append("| majority (no scores) | | " + " | ".join(f"- | {b['majority']:.1f}" for b in base) + " |")
+    lines.append(
+        "| trace confidence, DeepConf vote (90 % kept) | | "
+        + " | ".join(f"{b['conf_pair_auc']:.1f} | {b['conf_vote_keep0.9']:.1f}" for b in base)
+        + " |"
+    )
+    shipped = [next(iter(b["shipped_probe"].values())) for b in base]
+    cells = " | ".join(f"{r['pair_auc']:.1f} | {r['prm_weighted']:.1f}" for r in shipped)
+    lines.append(f"| shipped probe (its own layer and aggregation) | | {cells} |")
+    for run in report["runs"]:
+        cells = " | ".join(
+            f"{run['results'][n]['min']['pair_auc']:.1f} | {run['results'][n]['min']['prm_weighted']:.1f}"
+            for n in sets
+        )
+        lines.append(f"| {run['config']} | {run['train_solutions']} | {cells} |")
+    return "\n".join(lines)
+
+
+def export_head(head: Head, out: Path, manifest: dict) -> None:
+    """The head as an ONNX graph (Gemm, or Gemm-Relu-Gemm) and its manifest."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    d = head.W1.shape[0]
+    inits = [numpy_helper.from_array(head.W1, "W1"), numpy_helper.from_array(head.b1, "B1")]
+    if head.W2 is None:
+        nodes = [helper.make_node("Gemm", ["hidden", "W1", "B1"], ["logit"])]
+    else:
+        inits += [numpy_helper.from_array(head.W2, "W2"), numpy_helper.from_array(head.b2, "B2")]
+        nodes = [
+            helper.make_node("Gemm", ["hidden", "W1", "B1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("Gemm", ["r", "W2", "B2"], ["logit"]),
+        ]
+    graph = helper.make_graph(
+        nodes,
+        "policy_probe",
+        [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", d])],
+        [helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["batch", 1])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    out.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, out / "model.onnx")
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+
+
+def export(args: argparse.Namespace) -> None:
+    """Fit one configuration on all the given training data and write the probe directory."""
+    import torch
+
+    from edgetts.metadata import read_metadata
+    from edgetts.models import resolve
+
+    torch.set_num_threads(args.threads)
+    layers, conf = FEATURE_SETS[args.features]
+    sols = [s for d in args.prmbench for s in load_step_labelled(d)]
+    sols += [s for d in args.rollout for s in load_step_labelled(d)]
+    sols += [s for d in args.outcome for r in load_samples(d) for s in r.solutions]
+    X, y = design(sols, args.captured, layers, conf)
+    head = fit(X, y, args.hidden, args.wd)
+    meta = read_metadata(resolve(None))
+    feats = list(STEP_FEATURES) if conf else []
+    manifest = {
+        "kind": "policy_probe",
+        "name": Path(args.export).name,
+        "hidden_size": int(X.shape[1]),
+        "layers": layers,
+        "features": feats,
+        "policy": {"name": meta.name, "n_embd": meta.n_embd, "file": Path(resolve(None)).name},
+        "input_name": "hidden",
+        "output_name": "logit",
+        "default_aggregation": args.agg,
+        "calculator_check": True,
+        "calculator_cap": CALCULATOR_CAP,
+        "model_file": "model.onnx",
+        "training": {
+            "data": f"{len(sols)} solutions, {len(X)} step states: "
+            + ", ".join(args.prmbench + args.rollout + args.outcome),
+            "head": f"hidden {args.hidden}, weight decay {args.wd}",
+            **({"note": args.note} if args.note else {}),
+        },
+    }
+    export_head(head, Path(args.export), manifest)
+    print(f"wrote {args.export} ({X.shape[1]} inputs, {len(X)} training steps)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--export", default=None, help="fit --features/--hidden on all data, write here")
+    ap.add_argument("--features", default="last", choices=list(FEATURE_SETS))
+    ap.add_argument("--hidden", type=int, default=0)
+    ap.add_argument("--agg", default="min", choices=["last", "min", "prod"])
+    ap.add_argument("--note", default=None)
+    ap.add_argument("--prmbench", nargs="*", default=[])
+    ap.add_argument("--rollout", nargs="*", default=[])
+    ap.add_argument("--outcome", nargs="*", default=[], help="sample dirs used for training only")
+    ap.add_argument("--eval", nargs="*", default=[], help="held-out sample dirs")
+    ap.add_argument("--captured", type=int, nargs="+", default=[6, 12, 18, -1])
+    ap.add_argument("--shipped", default="edgetts/assets/prm-probe-qwen05")
+    ap.add_argument("--cv", type=int, default=5, help="folds for sources with 'cv' (eval outcome)")
+    ap.add_argument("--wd", type=float, default=1e-3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--configs",
+        nargs="*",
+        default=["prmbench:last:linear", "prmbench:all+conf:linear", "cv:last:linear"],
+        help="SOURCES:FEATURES:MODEL, SOURCES joined by + from prmbench, rollout, outcome_train, "
+        f"cv (the eval sets' other folds); FEATURES one of {list(FEATURE_SETS)}; MODEL linear "
+        "or mlpH",
+    )
+    ap.add_argument(
+        "--step-cv",
+        nargs="*",
+        default=[],
+        help="FEATURES:MODEL configs judged by grouped CV on the PRMBench solutions (step AUC, F1)",
+    )
+    ap.add_argument("--out", default=None, help="write the full report (JSON) here")
+    args = ap.parse_args()
+    if args.export:
+        export(args)
+    else:
+        ablate(args)
+
+
+if __name__ == "__main__":
+    main()
