@@ -142,7 +142,8 @@ def test_solver_gives_the_policy_the_layers_its_probe_reads(tmp_path, capturing)
     solver = Solver(PolicyConfig(n_seq_max=2, max_tokens=120), prm_path=str(tmp_path / "probe2"))
     try:
         result = solver.solve(QUESTION, SolveOptions(strategy="best_of_n", n=2))
+        ran = solver.policy.config  # the settings of the policy the solve ran on
     finally:
         solver.close()
-    assert solver.policy_config.capture_states and solver.policy_config.state_layers == (12, -1)
+    assert ran.capture_states and ran.state_layers == (12, -1)
     assert all(c.step_scores and all(0.0 <= s <= 1.0 for s in c.step_scores) for c in result.candidates)
