@@ -17,7 +17,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -35,7 +34,6 @@ from edgetts.server import ServerSettings, create_app  # noqa: E402
 
 KEY = "test-key"
 MODEL = "fake-model"
-PRM_MANIFEST = Path(__file__).resolve().parent.parent / "models" / "prm-minilm" / "manifest.json"
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -338,7 +336,6 @@ def test_serve_refuses_bad_requests_and_wrong_keys(served):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not PRM_MANIFEST.exists(), reason="no shipped PRM in edgetts/assets/prm-minilm")
 def test_serve_runs_a_prm_strategy(served):
     base, model, _ = served
     reply = ask(client(base, timeout=120), model=model, strategy="best_of_n", n=2, max_tokens=24)
