@@ -412,3 +412,31 @@ def test_wrong_count_scorer_raises(strategy, drop, message):
         message = "expected 4" if drop == "path" else "which has [12] steps"
     with pytest.raises(ValueError, match=message):
         STRATEGIES[strategy]("q", gen, OffByOneScorer(drop), SearchConfig(n=4, beam_width=2))
+
+
+@pytest.mark.parametrize("strategy", ["majority", "best_of_n", "confidence_vote"])
+def test_sample_strategies_sample_as_the_search_says(strategy):
+    """Seen: confidence_vote rooted without the search's Sampling (seed, temperature, max_tokens)."""
+    from edgetts.search.base import Sampling
+
+    class Recording(FakeGenerator):
+        def root(self, question, sampling=None):
+            self.sampling = sampling
+            return super().root(question, sampling)
+
+    gen = Recording(tree_policy({"x \\boxed{1}": {}}))
+    sampling = Sampling(temperature=0.7, seed=11, max_tokens=99)
+    if strategy == "confidence_vote":
+        gen.extend = _with_confidence(gen.extend)
+    run_search(strategy, "q", gen, FakeScorer(), SearchConfig(n=2, sampling=sampling))
+    assert gen.sampling == sampling
+
+
+def _with_confidence(extend):
+    def wrapped(*args, **kwargs):
+        paths = extend(*args, **kwargs)
+        for p in paths:
+            p.token_stats = [(-1.0, 1.0, 5.0)] * p.n_tokens
+        return paths
+
+    return wrapped

@@ -181,6 +181,18 @@ class SearchResult:
     counters: dict[str, float] = field(default_factory=dict)
 
 
+def sample_to_end(
+    question: str, generator: StepGenerator, config: SearchConfig
+) -> tuple[list[Path], Deadline]:
+    """``config.n`` full solutions from one prefill, sampled as ``config.sampling`` says, their KV
+    already released (the sample-based strategies need only the text from here on)."""
+    deadline = Deadline(config.deadline_s, config.cancel)
+    root = generator.root(question, config.sampling)
+    paths = generator.extend([root], config.n, to_end=True, deadline=deadline)
+    generator.release(paths)
+    return paths, deadline
+
+
 def aggregate(step_scores: Sequence[float], agg: str = "last") -> float:
     """Collapse per-step PRM scores into one path score (last step, weakest step, or product)."""
     if not step_scores:

@@ -19,6 +19,7 @@ from edgetts.search.base import (
     SearchResult,
     StepGenerator,
     StepScorer,
+    sample_to_end,
 )
 from edgetts.search.select import pick_best, pick_by_vote, score_paths, to_candidate
 
@@ -54,11 +55,7 @@ def _sample_and_pick(
     weighted: bool,
 ) -> SearchResult:
     scorer = require_scorer(strategy, scorer, config)
-    deadline = Deadline(config.deadline_s, config.cancel)
-    root = generator.root(question, config.sampling)
-    paths = generator.extend([root], config.n, to_end=True, deadline=deadline)
-    # The text is all we need from here on: free the KV before the (slow) PRM call.
-    generator.release(paths)
+    paths, deadline = sample_to_end(question, generator, config)  # KV freed before the slow PRM
     score_in_time(scorer, question, paths, [], deadline)
     finished = [p for p in paths if p.finished]
     partial = [p for p in paths if not p.finished]

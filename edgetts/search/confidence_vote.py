@@ -12,7 +12,7 @@ confidence as weight. With one sample it is that sample, as majority is.
 from __future__ import annotations
 
 from edgetts.confidence import trace_confidence
-from edgetts.search.base import Deadline, SearchConfig, SearchResult, StepGenerator, StepScorer
+from edgetts.search.base import SearchConfig, SearchResult, StepGenerator, StepScorer, sample_to_end
 from edgetts.search.select import pick_by_confidence, to_candidate
 
 KEEP = 0.9  # DeepConf-high: the 90 % most confident traces vote (10 % is its aggressive setting)
@@ -26,10 +26,7 @@ def confidence_vote(
     config: SearchConfig,
 ) -> SearchResult:
     """Sample ``config.n`` solutions, drop the least confident, vote weighted by confidence."""
-    deadline = Deadline(config.deadline_s, config.cancel)
-    root = generator.root(question)
-    paths = generator.extend([root], config.n, to_end=True, deadline=deadline)
-    generator.release(paths)
+    paths, deadline = sample_to_end(question, generator, config)
     if any(p.n_tokens and not p.token_stats for p in paths):
         raise ValueError(
             "confidence_vote needs the policy's token confidence: run it with "

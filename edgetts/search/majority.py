@@ -6,7 +6,7 @@ needed; when one is given, each candidate is also scored so the user sees PRM sc
 
 from __future__ import annotations
 
-from edgetts.search.base import Deadline, SearchConfig, SearchResult, StepGenerator, StepScorer
+from edgetts.search.base import SearchConfig, SearchResult, StepGenerator, StepScorer, sample_to_end
 from edgetts.search.select import pick_by_vote, score_paths, to_candidate
 
 
@@ -17,10 +17,7 @@ def majority(
     config: SearchConfig,
 ) -> SearchResult:
     """Sample ``config.n`` solutions to the end and vote on their final answers."""
-    deadline = Deadline(config.deadline_s, config.cancel)
-    root = generator.root(question, config.sampling)
-    paths = generator.extend([root], config.n, to_end=True, deadline=deadline)
-    generator.release(paths)
+    paths, deadline = sample_to_end(question, generator, config)
     if scorer is not None:
         score_paths(scorer, question, paths)
     candidates = [to_candidate(p, config.agg) for p in paths]
