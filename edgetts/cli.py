@@ -306,6 +306,13 @@ def _show_code(result) -> None:
          f"{c['sandbox_runs']} runs, {c['sandbox_s']:.2f} s of {c['wall_s']:.1f} s")
 
 
+def _stop_interrupted(kept: int, out_path: Path) -> None:
+    """Ctrl-C during a run: say what was kept and how to resume, exit 130."""
+    click.echo(f"\ninterrupted: {kept} results kept in {out_path}; run the same command again to "
+               "resume", err=True)
+    sys.exit(EXIT_INTERRUPTED)
+
+
 def _question_or_stdin(question: str | None) -> str:
     """The question given, or stdin's text when it is ``-`` or absent and stdin is not a terminal."""
     if question not in (None, "-"):
@@ -428,9 +435,7 @@ def run(data_path: Path, out_path: Path, limit, question_key, answer_key, id_key
             used = replace(options, n=planned.n) if planned else options
             results.append(_record(problem, result, used, kw["model"], seconds))
     except KeyboardInterrupt:
-        click.echo(f"\ninterrupted: {len(results.records)} results kept in {out_path}; "
-                   "run the same command again to resume", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        _stop_interrupted(len(results.records), out_path)
     correct, graded = results.accuracy()
     if as_json:
         summary = {"out": str(out_path), "answered": len(results.records), "graded": graded,
@@ -488,9 +493,7 @@ def _run_code(data_path: Path, out_path: Path, limit: int | None, kw: dict) -> N
                 "seconds": round(time.perf_counter() - start, 3),
             })
     except KeyboardInterrupt:
-        click.echo(f"\ninterrupted: {len(results.records)} results kept in {out_path}; "
-                   "run the same command again to resume", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        _stop_interrupted(len(results.records), out_path)
     correct, graded = results.accuracy()
     if graded:
         click.echo(f"pass@1: {correct}/{graded} = {correct / graded:.1%}")
