@@ -23,6 +23,7 @@ from edgetts.search.base import MAX_N, SearchResult
 from edgetts.solver import SolveOptions
 
 EXIT_INTERRUPTED = 130
+DETECT_RAY = ""  # a bare --ray (edgetts.distributed.DETECT, without importing it here)
 STRATEGY_NAMES = ["auto", "greedy", *STRATEGIES]
 LOG_LEVELS = ["debug", "info", "warning", "error"]
 
@@ -33,13 +34,14 @@ def _friendly_errors(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         from edgetts.data import DataError
+        from edgetts.distributed import RayUnavailable
         from edgetts.policy import PolicyError
         from edgetts.results import ResultsError
         from edgetts.sandbox import SandboxUnavailable
 
         known: tuple[type[BaseException], ...] = (
             registry.ModelError, PolicyError, DataError, ResultsError, ValueError, OSError,
-            SandboxUnavailable,
+            SandboxUnavailable, RayUnavailable,
         )
         try:
             return func(*args, **kwargs)
@@ -377,6 +379,69 @@ def _record(problem, result, options, model: str | None, seconds: float) -> dict
     }
 
 
+def solve_record(solver, options: SolveOptions, problem, model: str | None) -> dict:
+    """Solve one problem into its results row: the same code in one process and on a Ray actor."""
+    import time
+
+    start = time.perf_counter()
+    result = solver.solve(problem.question, options)
+    seconds = time.perf_counter() - start
+    planned = solver.last_plan  # under a budget the plan, not the options, set N
+    used = replace(options, n=planned.n) if planned else options
+    return _record(problem, result, used, model, seconds)
+
+
+def problem_worker(kw: dict):
+    """A solver built from ``run``'s options, as a function from a problem to its row (what a
+    Ray actor calls ``functools.partial(problem_worker, kw)`` to get; the model loads lazily)."""
+    solver, options = _make_solver(kw)
+    return functools.partial(solve_record, solver, options, model=kw["model"])
+
+
+def _ray_threads(kw: dict) -> int:
+    """Threads per Ray actor: --threads, else $EDGETTS_THREADS, else 1 (an actor per core; a
+    default of all cores would give every actor of a node all of its cores). Not checked against
+    this machine's cores: the actors may run on bigger nodes."""
+    if kw["threads"] is not None:
+        return kw["threads"]
+    env = os.environ.get("EDGETTS_THREADS", "").strip()
+    if not env:
+        return 1
+    if not env.isdigit() or int(env) < 1:
+        raise click.UsageError(f"EDGETTS_THREADS must be a positive whole number, got {env!r}")
+    return int(env)
+
+
+def _run_on_ray(todo: list, results, address: str, actors: int | None, desc: str, kw: dict) -> None:
+    """``run --ray``: the problems sharded over Ray actors; this process alone writes the file."""
+    from tqdm import tqdm
+
+    from edgetts.distributed import connect
+    from edgetts.distributed.run import MAX_ATTEMPTS, plan_actors, run_sharded
+
+    if not todo:
+        return
+    threads = _ray_threads(kw)
+    connect(address)
+    n_actors = min(plan_actors(actors, threads), len(todo))
+    click.echo(f"Ray: {n_actors} actors x {threads} threads", err=True)
+    worker_kw = {**kw, "threads": threads, "explain": False}
+    with tqdm(total=len(todo), desc=desc, unit="problem", disable=None, file=sys.stderr) as bar:
+
+        def write(row: dict) -> None:
+            results.append(row)
+            bar.update(1)
+
+        report = run_sharded(todo, functools.partial(problem_worker, worker_kw), write,
+                             actors=n_actors, threads=threads, done=results.done)
+    if report.given_up:
+        raise click.ClickException(
+            f"{len(report.given_up)} problems lost their Ray actor {MAX_ATTEMPTS} times and "
+            f"were not answered ({', '.join(report.given_up[:10])}); the other results are in "
+            f"{results.path}: run the same command again to retry them"
+        )
+
+
 # Settings that change a run's answers; a results file keeps them, and a resume must match.
 # (Threads and GPU offload change only the speed.)
 ANSWER_SETTINGS = ("strategy", "n", "beam_width", "max_steps", "agg", "temperature", "top_p", "top_k",
@@ -399,13 +464,23 @@ def _run_settings(kw: dict) -> dict:
 @click.option("--answer-key", default=None, help="Gold answer field.")
 @click.option("--id-key", default=None, help="Problem id field (default: idx/id/line number).")
 @_search_options
+@click.option("--ray", "ray_address", is_flag=False, flag_value=DETECT_RAY, default=None,
+              metavar="[ADDRESS]",
+              help="Shard the problems over Ray actors (pip install \"edgetts[ray]\"): ADDRESS of a "
+                   "cluster (HOST:6379, ray://HOST:10001, auto), 'local' for a new local instance, "
+                   "none to join the cluster on this machine or else start one. --threads is per actor.")
+@click.option("--actors", type=click.IntRange(1), default=None,
+              help="With --ray: actors to start [default: as many as the cluster's CPUs fit at "
+                   "--threads each].")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @_friendly_errors
-def run(data_path: Path, out_path: Path, limit, question_key, answer_key, id_key, as_json: bool,
-        **kw) -> None:
-    """Answer every problem in a benchmark file, appending one JSON line per problem."""
-    import time
+def run(data_path: Path, out_path: Path, limit, question_key, answer_key, id_key, ray_address: str | None,
+        actors: int | None, as_json: bool, **kw) -> None:
+    """Answer every problem in a benchmark file, appending one JSON line per problem.
 
+    With --ray the problems run on Ray actors (one solver each) and this process appends their
+    rows as they finish: in any order, each problem once, resumable as without Ray.
+    """
     from tqdm import tqdm
 
     from edgetts.data import load_problems
@@ -413,6 +488,14 @@ def run(data_path: Path, out_path: Path, limit, question_key, answer_key, id_key
 
     if out_path.exists() and data_path.exists() and out_path.resolve() == data_path.resolve():
         raise click.UsageError("--out is the --data file; results go to a file of their own")
+    if ray_address is not None:
+        if kw["task"] == "code":
+            raise click.UsageError("--ray runs math problems; --task code runs in one process")
+        from edgetts.distributed import require_ray
+
+        require_ray()  # before anything loads or is read: say at once how to get it
+    elif actors is not None:
+        raise click.UsageError("--actors is for --ray")
     if kw["task"] == "code":
         _run_code(data_path, out_path, limit, kw)
         return
@@ -425,15 +508,13 @@ def run(data_path: Path, out_path: Path, limit, question_key, answer_key, id_key
     solver, options = _make_solver(kw)
     if kw["explain"]:
         _explain(solver, options, todo[0].question if todo else None)
+    desc = f"{options.strategy} n={options.n}"
     try:
-        for problem in tqdm(todo, desc=f"{options.strategy} n={options.n}", unit="problem",
-                            disable=None, file=sys.stderr):
-            start = time.perf_counter()
-            result = solver.solve(problem.question, options)
-            seconds = time.perf_counter() - start
-            planned = solver.last_plan  # under a budget the plan, not the options, set N
-            used = replace(options, n=planned.n) if planned else options
-            results.append(_record(problem, result, used, kw["model"], seconds))
+        if ray_address is not None:
+            _run_on_ray(todo, results, ray_address, actors, desc, kw)
+        else:
+            for problem in tqdm(todo, desc=desc, unit="problem", disable=None, file=sys.stderr):
+                results.append(solve_record(solver, options, problem, kw["model"]))
     except KeyboardInterrupt:
         _stop_interrupted(len(results.records), out_path)
     correct, graded = results.accuracy()

@@ -1,0 +1,57 @@
+"""Scale out on Ray: dataset runs sharded over actors (:mod:`.run`), the server behind Ray Serve
+(:mod:`.serve`).
+
+Ray is an optional extra (``pip install "edgetts[ray]"``). Nothing here imports it at module
+import time, so ``import edgetts`` and every command without ``--ray`` never load it; the first
+``--ray`` call does, through :func:`require_ray`, which turns its absence into one clear line.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import ModuleType
+
+INSTALL_HINT = 'pip install "edgetts[ray]"'
+LOCAL = "local"  # --ray local: always a new Ray instance on this machine
+# What a bare --ray means: join the cluster `ray start` made on this machine, else start one
+# (Ray's own rule for ray.init() without an address).
+DETECT = ""
+
+log = logging.getLogger("edgetts")
+
+
+class RayUnavailable(RuntimeError):
+    """Ray is not installed, or the cluster cannot be reached; the message says what to do."""
+
+
+def require_ray() -> ModuleType:
+    """The ``ray`` module, or RayUnavailable naming the extra to install."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise RayUnavailable(f"--ray needs Ray, which is not installed: {INSTALL_HINT} ({exc})") from None
+    return ray
+
+
+def connect(address: str) -> ModuleType:
+    """Join the Ray cluster at ``address`` (see :data:`LOCAL`, :data:`DETECT`), or keep the
+    connection this process already has (a test, a notebook); return the ``ray`` module."""
+    ray = require_ray()
+    if ray.is_initialized():
+        return ray
+    kwargs: dict = {"include_dashboard": False} if address in (LOCAL, DETECT) else {}
+    try:
+        ray.init(address=address or None, log_to_driver=True, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = "a local Ray instance" if address in (LOCAL, DETECT) else f"the Ray cluster at {address}"
+        raise RayUnavailable(f"cannot start or reach {where}: {exc}") from None
+    resources = ray.cluster_resources()
+    log.info("Ray: %d nodes, %g CPUs", len(ray.nodes()), resources.get("CPU", 0))
+    return ray
+
+
+def cluster_cpus() -> int:
+    """CPUs the connected cluster has in all (what actors and replicas may reserve)."""
+    import ray
+
+    return int(ray.cluster_resources().get("CPU", 0))
