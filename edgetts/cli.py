@@ -758,13 +758,21 @@ def bundle(out_dir: Path, model_names: tuple[str, ...], source: Path | None) -> 
                    "(refused with a 400 otherwise).")
 @click.option("--allow-weak-sandbox", is_flag=True,
               help="With --allow-exec: run code even where the sandbox cannot set its limits.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value=DETECT_RAY, default=None,
+              metavar="[ADDRESS]",
+              help="Serve --replicas copies behind Ray Serve (pip install \"edgetts[ray]\"): ADDRESS "
+                   "of a cluster (HOST:6379, auto), 'local' for a new local instance, none to join "
+                   "the cluster on this machine or else start one. --threads is per replica.")
+@click.option("--replicas", type=click.IntRange(1), default=None,
+              help="With --ray: replicas, each with its own model [default: 1].")
 @_friendly_errors
 def serve(host: str, port: int, api_key: str | None, api_key_file: Path | None, model: str | None,
           prm_path: str | None,
           strategy: str | None, n: int, deadline_s: float | None, memory_mb: float | None,
           max_n: int, max_queue: int, max_tokens: int, max_body_kb: int, threads: int | None,
           n_gpu_layers: int, kv_type: str, strict_model: bool, cors_origins: tuple[str, ...],
-          allow_exec: bool, allow_weak_sandbox: bool) -> None:
+          allow_exec: bool, allow_weak_sandbox: bool, ray_address: str | None,
+          replicas: int | None) -> None:
     """Serve an OpenAI-compatible API (POST /v1/chat/completions) on HOST:PORT.
 
     Example: edgetts serve --port 8000, then point any OpenAI client at http://127.0.0.1:8000/v1
@@ -772,10 +780,15 @@ def serve(host: str, port: int, api_key: str | None, api_key_file: Path | None, 
     from edgetts.policy import PolicyConfig
     from edgetts.server import ServerSettings, model_names
     from edgetts.server import serve as run_server
-    from edgetts.solver import Solver
 
     if n > max_n:
         raise click.UsageError(f"--n {n} is more than --max-n {max_n}")
+    if ray_address is not None:
+        from edgetts.distributed import require_ray
+
+        require_ray()  # before anything loads: say at once how to get it
+    elif replicas is not None:
+        raise click.UsageError("--replicas is for --ray")
     if api_key_file is not None:
         lines = api_key_file.read_text(encoding="utf-8").splitlines()
         api_key = lines[0] if lines else ""
@@ -792,6 +805,29 @@ def serve(host: str, port: int, api_key: str | None, api_key_file: Path | None, 
         default_strategy=strategy, default_n=n, default_deadline_s=deadline_s, memory_mb=memory_mb,
         strict_model=strict_model, cors_origins=cors_origins, allow_exec=allow_exec,
     )
+    if ray_address is not None:
+        threads = _ray_threads({"threads": threads})
+    policy_config = PolicyConfig(
+        model=model, max_tokens=max_tokens, n_threads=threads, n_gpu_layers=n_gpu_layers,
+        kv_type=kv_type, n_seq_max=min(max_n, 16),
+    )
+    make_solver = functools.partial(server_solver, policy_config, prm_path, threads, allow_exec,
+                                    allow_weak_sandbox)
+    if ray_address is None:
+        solver = make_solver()  # the sandbox check refuses a weak one before the model loads
+        click.echo(f"loading {model_id} ...", err=True)
+        run_server(solver, settings)
+        return
+    _serve_on_ray(make_solver, settings, ray_address, replicas or 1, threads)
+
+
+def server_solver(policy_config, prm_path: str | None, threads: int | None, allow_exec: bool,
+                  allow_weak_sandbox: bool):
+    """The server's solver (models not loaded yet), with a sandbox when code may run. Built
+    where it serves: in this process, or in each Ray Serve replica (each node checks its own
+    isolation, and its sandbox runs its own Python)."""
+    from edgetts.solver import Solver
+
     sandbox = None
     if allow_exec:
         from edgetts.sandbox import Sandbox, SandboxUnavailable
@@ -801,12 +837,28 @@ def serve(host: str, port: int, api_key: str | None, api_key_file: Path | None, 
         if isolation.weak and not allow_weak_sandbox:
             raise SandboxUnavailable("--allow-exec: this machine cannot contain model-written code\n"
                                      + isolation.describe() + "\nadd --allow-weak-sandbox to run it anyway")
-    policy_config = PolicyConfig(
-        model=model, max_tokens=max_tokens, n_threads=threads, n_gpu_layers=n_gpu_layers,
-        kv_type=kv_type, n_seq_max=min(max_n, 16),
-    )
-    click.echo(f"loading {model_id} ...", err=True)
-    run_server(Solver(policy_config, prm_path=prm_path, prm_threads=threads, sandbox=sandbox), settings)
+    return Solver(policy_config, prm_path=prm_path, prm_threads=threads, sandbox=sandbox)
+
+
+def _serve_on_ray(make_solver, settings, address: str, replicas: int, threads: int) -> None:
+    """``serve --ray``: the app in ``replicas`` Ray Serve replicas until Ctrl-C / SIGTERM."""
+    from edgetts.distributed import cluster_cpus, connect
+    from edgetts.distributed.serve import serve_on_ray
+    from edgetts.server import LOOPBACK_HOSTS
+
+    connect(address)
+    cpus = cluster_cpus()
+    if replicas * threads > cpus:
+        raise click.ClickException(f"--replicas {replicas} with --threads {threads} needs "
+                                   f"{replicas * threads} CPUs; the Ray cluster has {cpus}")
+    if settings.host not in LOOPBACK_HOSTS and not settings.api_key:
+        logging.getLogger("edgetts").warning("binding to %s: the server is reachable from other "
+                                             "machines and has no --api-key", settings.host)
+    click.echo(f"loading {settings.model_id} in {replicas} Ray Serve replicas x {threads} threads ...",
+               err=True)
+    serve_on_ray(make_solver, settings, replicas, threads,
+                 ready=lambda base: click.echo(f"serving {base}/v1 ({replicas} replicas); Ctrl-C stops",
+                                               err=True))
 
 
 if __name__ == "__main__":
