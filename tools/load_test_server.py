@@ -10,6 +10,7 @@ A client that gets 503 waits ``min(Retry-After, --backoff-max-s)`` before its ne
 a polite client would; the load stays high because there are more clients than queue places.
 
     EDGETTS_THREADS=1 python tools/load_test_server.py --clients 8 --duration-s 120 --deadline-s 3
+    python tools/load_test_server.py --clients 4 --serve-args "--ray local --replicas 2 --threads 1"
 
 Only ever talks to 127.0.0.1.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -109,7 +111,8 @@ def rss_mb(pid: int, key: str) -> float:
 
 def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "edgetts.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--max-tokens", str(args.max_tokens), "--max-queue", str(args.max_queue)]
+           "--max-tokens", str(args.max_tokens), "--max-queue", str(args.max_queue),
+           *shlex.split(args.serve_args)]
     env = {**os.environ, "EDGETTS_THREADS": os.environ.get("EDGETTS_THREADS", "1")}
     log = open(args.server_log, "w")  # stays open as long as the server runs
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -166,6 +169,9 @@ def main() -> None:
     parser.add_argument("--backoff-max-s", type=float, default=1.0)
     parser.add_argument("--after", type=int, default=2, help="Ordinary requests after the load.")
     parser.add_argument("--server-log", default="/tmp/edgetts-load-server.log")
+    parser.add_argument("--serve-args", default="",
+                        help="More `edgetts serve` arguments, e.g. '--threads 2' or "
+                             "'--ray local --replicas 2 --threads 1' (peak RSS is then the driver's only).")
     parser.add_argument("--json", dest="json_out", default=None, help="Also write the report here.")
     args = parser.parse_args()
 
@@ -223,6 +229,7 @@ def summarize(samples: list[Sample], after: list[Sample], health: tuple[int, dic
     return {
         "clients": args.clients, "duration_s": round(load_s, 1), "deadline_s": args.deadline_s,
         "strategy": f"{args.strategy} n={args.n}", "max_tokens": args.max_tokens,
+        "serve_args": args.serve_args,
         "max_queue": args.max_queue,
         "requests": len(samples), "served_200": len(ok),
         "throughput_per_min": round(len(ok) / load_s * 60, 1) if load_s else 0.0,
