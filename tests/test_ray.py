@@ -153,6 +153,21 @@ def test_a_problem_that_kills_its_actor_is_given_up_the_rest_written_once(ray_lo
     assert sum("failed on problem poison" in m for m in edgetts_log) == MAX_ATTEMPTS
 
 
+def test_offline_mode_reaches_the_actors(ray_local, monkeypatch):
+    """`edgetts --offline` sets EDGETTS_OFFLINE in the driver; actors on other nodes must see it."""
+    from edgetts.distributed.run import run_sharded
+
+    def make_worker():
+        import os
+
+        return lambda problem: {"id": problem.id, "offline": os.environ.get("EDGETTS_OFFLINE")}
+
+    monkeypatch.setenv("EDGETTS_OFFLINE", "1")
+    written: list[dict] = []
+    run_sharded([SimpleNamespace(id="a")], make_worker, written.append, actors=1, threads=1)
+    assert written == [{"id": "a", "offline": "1"}]
+
+
 @pytest.fixture(scope="module")
 def single(data, tmp_path_factory) -> Path:
     """The 6 problems in one process (no Ray): the answers every sharding must give."""

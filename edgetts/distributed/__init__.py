@@ -9,6 +9,7 @@ import time, so ``import edgetts`` and every command without ``--ray`` never loa
 from __future__ import annotations
 
 import logging
+import os
 from types import ModuleType
 
 INSTALL_HINT = 'pip install "edgetts[ray]"'
@@ -55,3 +56,14 @@ def cluster_cpus() -> int:
     import ray
 
     return int(ray.cluster_resources().get("CPU", 0))
+
+
+# Variables of this process that actors and replicas on other nodes must see too: offline mode
+# (`edgetts --offline` sets it here only). EDGETTS_HOME is not one: a path is a node's own.
+FORWARDED_ENV = ("EDGETTS_OFFLINE",)
+
+
+def actor_env() -> dict[str, str]:
+    """A Ray ``runtime_env`` carrying :data:`FORWARDED_ENV` to every actor (empty: none set)."""
+    env = {key: os.environ[key] for key in FORWARDED_ENV if os.environ.get(key)}
+    return {"env_vars": env} if env else {}

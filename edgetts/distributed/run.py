@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgetts.distributed import RayUnavailable, cluster_cpus, require_ray
+from edgetts.distributed import RayUnavailable, actor_env, cluster_cpus, require_ray
 
 log = logging.getLogger("edgetts")
 
@@ -135,7 +135,9 @@ def run_sharded(
     actor_cls = _actor_class()
     run_id = uuid.uuid4().hex[:8]
     handles = [
-        actor_cls.options(name=f"{ACTOR_PREFIX}-{run_id}-{i}", num_cpus=threads).remote(make_worker)
+        actor_cls.options(
+            name=f"{ACTOR_PREFIX}-{run_id}-{i}", num_cpus=threads, runtime_env=actor_env() or None
+        ).remote(make_worker)
         for i in range(actors)
     ]
     failures = [0] * actors  # deaths per actor; past MAX_RESTARTS Ray gives it up, and so do we

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from edgetts.distributed import require_ray
+from edgetts.distributed import actor_env, require_ray
 
 if TYPE_CHECKING:
     from edgetts.server import ServerSettings
@@ -81,7 +81,7 @@ def build_application(
         EdgettsReplica,
         name="EdgettsReplica",
         num_replicas=replicas,
-        ray_actor_options={"num_cpus": threads},
+        ray_actor_options={"num_cpus": threads, **({"runtime_env": actor_env()} if actor_env() else {})},
         max_ongoing_requests=settings.max_queue + 1 + ONGOING_HEADROOM,
         graceful_shutdown_timeout_s=settings.shutdown_grace_s,
     )
