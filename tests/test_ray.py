@@ -97,6 +97,19 @@ def test_ray_options_out_of_place_are_usage_errors(args, words):
     assert result.exit_code == 2 and words in result.output, result.output
 
 
+def test_an_address_that_takes_no_connection_fails_at_once(tmp_path):
+    pytest.importorskip("ray")
+    port = _free_port()  # nothing listens there
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"question": "What is 2 + 3?", "answer": "5"}) + "\n")
+    start = time.monotonic()
+    result = CliRunner().invoke(
+        main, ["run", "--data", str(data), "--out", str(tmp_path / "r.jsonl"), "--ray", f"127.0.0.1:{port}"]
+    )
+    assert result.exit_code == 1 and f"cannot reach the Ray cluster at 127.0.0.1:{port}" in result.output
+    assert time.monotonic() - start < 30
+
+
 # -- real Ray ----------------------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from types import ModuleType
 
 INSTALL_HINT = 'pip install "edgetts[ray]"'
@@ -17,6 +18,7 @@ LOCAL = "local"  # --ray local: always a new Ray instance on this machine
 # What a bare --ray means: join the cluster `ray start` made on this machine, else start one
 # (Ray's own rule for ray.init() without an address).
 DETECT = ""
+CONNECT_TIMEOUT_S = 5.0
 
 log = logging.getLogger("edgetts")
 
@@ -40,6 +42,7 @@ def connect(address: str) -> ModuleType:
     ray = require_ray()
     if ray.is_initialized():
         return ray
+    _check_reachable(address)
     kwargs: dict = {"include_dashboard": False} if address in (LOCAL, DETECT) else {}
     try:
         ray.init(address=address or None, log_to_driver=True, **kwargs)
@@ -49,6 +52,20 @@ def connect(address: str) -> ModuleType:
     resources = ray.cluster_resources()
     log.info("Ray: %d nodes, %g CPUs", len(ray.nodes()), resources.get("CPU", 0))
     return ray
+
+
+def _check_reachable(address: str) -> None:
+    """A HOST:PORT that takes no connection fails now: ray.init would retry it for minutes."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return  # local, auto, ray://...: Ray's own rules
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise RayUnavailable(
+            f"cannot reach the Ray cluster at {address}: {exc.strerror or exc} (is `ray start --head` "
+            "running there, and this port open?)"
+        ) from None
 
 
 def cluster_cpus() -> int:
