@@ -366,3 +366,35 @@ def test_serve_on_ray_answers_the_openai_client():
             proc.kill()
             code = proc.wait()
     assert code == 0, proc.stdout.read()
+
+
+@pytest.mark.slow
+def test_serve_on_ray_with_a_missing_model_says_so(tmp_path):
+    missing = tmp_path / "missing.gguf"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgetts.cli",
+            "serve",
+            "--ray",
+            "local",
+            "--replicas",
+            "1",
+            "--threads",
+            "1",
+            "--port",
+            str(_free_port()),
+            "--model",
+            str(missing),
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    error = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert error and "the replicas did not start" in error[0] and "missing.gguf" in error[0], proc.stderr[
+        -3000:
+    ]

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from edgetts.distributed import actor_env, require_ray
+from edgetts.distributed import RayUnavailable, actor_env, require_ray
 
 if TYPE_CHECKING:
     from edgetts.server import ServerSettings
@@ -102,7 +102,13 @@ def serve_on_ray(
     from ray import serve
 
     serve.start(http_options={"host": settings.host, "port": settings.port})
-    serve.run(build_application(make_solver, settings, replicas, threads), name=APP_NAME, route_prefix="/")
+    try:
+        serve.run(
+            build_application(make_solver, settings, replicas, threads), name=APP_NAME, route_prefix="/"
+        )
+    except RuntimeError as exc:  # a replica's constructor failed (after Serve's retries): say why
+        serve.delete(APP_NAME)
+        raise RayUnavailable(f"the replicas did not start: {_last_error_line(exc)}") from None
     base = f"http://{settings.host}:{settings.port}"
     if ready is not None:
         ready(base)
@@ -116,3 +122,10 @@ def serve_on_ray(
     finally:
         # Replicas cut their searches short (best answer so far) and then exit (graceful_shutdown).
         serve.delete(APP_NAME)
+
+
+def _last_error_line(exc: BaseException) -> str:
+    """The replica's own error from Serve's report (which quotes the whole remote traceback)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    errors = [line for line in lines if "Error:" in line or "Exception:" in line]
+    return errors[-1] if errors else (lines[-1] if lines else type(exc).__name__)
