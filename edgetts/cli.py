@@ -17,13 +17,13 @@ from pathlib import Path
 import click
 
 from edgetts import models as registry
+from edgetts.distributed import DETECT as DETECT_RAY  # what a bare --ray means (Ray loads later)
 from edgetts.grading import answers_equal
 from edgetts.search import STRATEGIES
 from edgetts.search.base import MAX_N, SearchResult
 from edgetts.solver import SolveOptions
 
 EXIT_INTERRUPTED = 130
-DETECT_RAY = ""  # a bare --ray (edgetts.distributed.DETECT, without importing it here)
 STRATEGY_NAMES = ["auto", "greedy", *STRATEGIES]
 LOG_LEVELS = ["debug", "info", "warning", "error"]
 
@@ -436,7 +436,7 @@ def _run_on_ray(todo: list, results, address: str, actors: int | None, desc: str
                              actors=n_actors, threads=threads, done=results.done)
     if report.given_up:
         raise click.ClickException(
-            f"{len(report.given_up)} problems lost their Ray actor {MAX_ATTEMPTS} times and "
+            f"{len(report.given_up)} problem(s) lost their Ray actor {MAX_ATTEMPTS} times and "
             f"were not answered ({', '.join(report.given_up[:10])}); the other results are in "
             f"{results.path}: run the same command again to retry them"
         )
@@ -468,7 +468,8 @@ def _run_settings(kw: dict) -> dict:
               metavar="[ADDRESS]",
               help="Shard the problems over Ray actors (pip install \"edgetts[ray]\"): ADDRESS of a "
                    "cluster (HOST:6379, ray://HOST:10001, auto), 'local' for a new local instance, "
-                   "none to join the cluster on this machine or else start one. --threads is per actor.")
+                   "none to join the cluster on this machine or else start one. --threads is per "
+                   "actor (default: $EDGETTS_THREADS, else 1).")
 @click.option("--actors", type=click.IntRange(1), default=None,
               help="With --ray: actors to start [default: as many as the cluster's CPUs fit at "
                    "--threads each].")
@@ -762,7 +763,8 @@ def bundle(out_dir: Path, model_names: tuple[str, ...], source: Path | None) -> 
               metavar="[ADDRESS]",
               help="Serve --replicas copies behind Ray Serve (pip install \"edgetts[ray]\"): ADDRESS "
                    "of a cluster (HOST:6379, auto), 'local' for a new local instance, none to join "
-                   "the cluster on this machine or else start one. --threads is per replica.")
+                   "the cluster on this machine or else start one. --threads is per replica "
+                   "(default: $EDGETTS_THREADS, else 1).")
 @click.option("--replicas", type=click.IntRange(1), default=None,
               help="With --ray: replicas, each with its own model [default: 1].")
 @_friendly_errors
