@@ -163,6 +163,7 @@ def test_a_problem_that_kills_its_actor_is_given_up_the_rest_written_once(ray_lo
     report = run_sharded(problems, make_worker, written.append, actors=2, threads=1, done={"e"})
     assert sorted(r["id"] for r in written) == ["a", "b", "c", "d"]  # "e" was done before
     assert report.given_up == ["poison"] and report.actor_failures == MAX_ATTEMPTS
+    assert len(report.overhead_s) == 4 and 0 < report.overhead_median_ms() < 5000
     assert sum("failed on problem poison" in m for m in edgetts_log) == MAX_ATTEMPTS
 
 

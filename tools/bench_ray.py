@@ -12,11 +12,16 @@ starting the instance, the actors and the round trips.
         --strategy majority -n 4 --work runs/bench_ray --json docs/bench/ray.json
 
 A configuration whose results file is complete is not run again (delete --work to remeasure).
+
+``--roundtrip K`` measures Ray's own cost per problem instead: K problems that take no time
+through the same driver loop (``run_sharded``) on 2 actors of a local Ray instance; the median of
+(row back - problem sent - the actor's own time in the call), in milliseconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -100,6 +105,34 @@ def summarize(record: dict, workers: int, reference: dict[str, tuple]) -> dict:
     }, sampled
 
 
+def _no_work():
+    """A worker that answers at once: what is left of a problem's time is Ray's."""
+    return lambda problem: {"id": problem.id}
+
+
+def roundtrip(k: int) -> None:
+    import ray
+
+    from edgetts.distributed.run import run_sharded
+
+    @dataclasses.dataclass
+    class Item:
+        id: str
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        rows: list[dict] = []
+        report = run_sharded([Item(str(i)) for i in range(k)], _no_work, rows.append, actors=2, threads=1)
+    finally:
+        ray.shutdown()
+    ms = sorted(x * 1000 for x in report.overhead_s)
+    print(
+        f"| problems | median ms | p95 ms | wall s (actor start included) |\n|---|---|---|---|\n"
+        f"| {len(rows)} | {statistics.median(ms):.2f} | {ms[int(0.95 * (len(ms) - 1))]:.2f} | "
+        f"{report.wall_s:.1f} |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -112,7 +145,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("runs/bench_ray"))
     parser.add_argument("--json", dest="json_out", type=Path, default=None)
+    parser.add_argument(
+        "--roundtrip",
+        type=int,
+        default=None,
+        metavar="K",
+        help="Only measure Ray's overhead per problem on K no-op problems.",
+    )
     args = parser.parse_args()
+    if args.roundtrip:
+        roundtrip(args.roundtrip)
+        return
     args.work.mkdir(parents=True, exist_ok=True)
 
     reference: dict[str, tuple] = {}

@@ -24,6 +24,7 @@ How a run flows (``edgetts run --ray``):
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 import uuid
 from collections import deque
@@ -51,6 +52,13 @@ class ShardedRun:
     actor_failures: int = 0
     actors: int = 0
     wall_s: float = 0.0
+    # Per row: seconds from sending a problem to having its row, beyond the actor's own time in
+    # the call (scheduling, pickling, transfer, the driver's loop): what Ray costs a problem.
+    overhead_s: list[float] = field(default_factory=list)
+
+    def overhead_median_ms(self) -> float:
+        """The median of :attr:`overhead_s`, in milliseconds (nan when no row came back)."""
+        return statistics.median(self.overhead_s) * 1000 if self.overhead_s else float("nan")
 
 
 def plan_actors(actors: int | None, threads: int) -> int:
@@ -86,10 +94,12 @@ def _actor_class() -> Any:
                 self._make_worker = make_worker
                 self._work: Callable[[Any], dict] | None = None
 
-            def solve(self, problem: Any) -> dict:
+            def solve(self, problem: Any) -> tuple[dict, float]:
+                """The problem's row, and the seconds this call took inside the actor."""
+                start = time.perf_counter()
                 if self._work is None:  # the model loads on the first problem, once per actor
                     self._work = self._make_worker()
-                return self._work(problem)
+                return self._work(problem), time.perf_counter() - start
 
         # max_task_retries=0: a call lost with its actor comes back to the driver, which puts the
         # problem back in the queue for whichever actor is free first (see module docstring).
@@ -142,14 +152,14 @@ def run_sharded(
     ]
     failures = [0] * actors  # deaths per actor; past MAX_RESTARTS Ray gives it up, and so do we
     attempts: dict[str, int] = {}
-    pending: dict[Any, tuple[int, Any]] = {}  # ObjectRef -> (actor index, problem)
+    pending: dict[Any, tuple[int, Any, float]] = {}  # ObjectRef -> (actor index, problem, sent at)
     try:
         while queue or pending:
-            busy = {index for index, _ in pending.values()}
+            busy = {index for index, _, _ in pending.values()}
             for index in range(actors):
                 if queue and index not in busy and failures[index] <= MAX_RESTARTS:
                     problem = queue.popleft()
-                    pending[handles[index].solve.remote(problem)] = (index, problem)
+                    pending[handles[index].solve.remote(problem)] = (index, problem, time.perf_counter())
             if not pending:
                 raise RayUnavailable(
                     f"every Ray actor died {MAX_RESTARTS + 1} times; "
@@ -157,10 +167,10 @@ def run_sharded(
                 )
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
-                index, problem = pending.pop(ref)
+                index, problem, sent = pending.pop(ref)
                 pid = str(problem.id)
                 try:
-                    row = ray.get(ref)
+                    row, inside_s = ray.get(ref)
                 except RayTaskError as exc:
                     # The solve's own error (as in one process): the cause, not Ray's wrapper.
                     raise _cause(exc) from None
@@ -184,6 +194,7 @@ def run_sharded(
                     continue
                 if pid in written:  # a retried attempt whose first one also came back
                     continue
+                report.overhead_s.append(time.perf_counter() - sent - inside_s)
                 written.add(pid)
                 on_row(row)
                 report.written += 1
@@ -191,6 +202,14 @@ def run_sharded(
         for handle in handles:  # also on Ctrl-C and errors: free the models on every node
             ray.kill(handle, no_restart=True)
         report.wall_s = time.perf_counter() - start
+    log.info(
+        "Ray: %d rows in %.1f s on %d actors; overhead per problem beyond the actors' own time: "
+        "median %.1f ms",
+        report.written,
+        report.wall_s,
+        actors,
+        report.overhead_median_ms(),
+    )
     return report
 
 
