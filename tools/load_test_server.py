@@ -127,7 +127,7 @@ def wait_ready(base: str, proc: subprocess.Popen, timeout_s: float = 300) -> dic
             status, health = get_json(f"{base}/health")
             if status == 200:
                 return health
-        except OSError:
+        except (OSError, ValueError):  # not up yet (a proxy in front may answer in plain text)
             pass
         time.sleep(0.5)
     raise SystemExit("the server did not become ready")
