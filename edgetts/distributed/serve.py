@@ -75,7 +75,8 @@ def build_application(
                 raise RuntimeError("this replica is shutting down")
 
         def __del__(self) -> None:
-            self.solver.close()
+            if getattr(self, "solver", None) is not None:  # None when __init__ failed
+                self.solver.close()
 
     deployment = serve.deployment(
         EdgettsReplica,
@@ -107,8 +108,9 @@ def serve_on_ray(
             build_application(make_solver, settings, replicas, threads), name=APP_NAME, route_prefix="/"
         )
     except RuntimeError as exc:  # a replica's constructor failed (after Serve's retries): say why
+        why = _replica_error(serve) or _last_error_line(str(exc))
         serve.delete(APP_NAME)
-        raise RayUnavailable(f"the replicas did not start: {_last_error_line(exc)}") from None
+        raise RayUnavailable(f"the replicas did not start: {why}") from None
     base = f"http://{settings.host}:{settings.port}"
     if ready is not None:
         ready(base)
@@ -124,8 +126,19 @@ def serve_on_ray(
         serve.delete(APP_NAME)
 
 
-def _last_error_line(exc: BaseException) -> str:
-    """The replica's own error from Serve's report (which quotes the whole remote traceback)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+def _replica_error(serve: Any) -> str | None:
+    """The replicas' own error, from the deployment's status (Serve's exception only says that
+    the deployment failed; its status quotes the constructor's traceback)."""
+    try:
+        app = serve.status().applications[APP_NAME]
+        message = "\n".join(d.message for d in app.deployments.values() if d.message)
+    except Exception:  # the status is a courtesy: never hide the failure behind another
+        return None
+    return _last_error_line(message) if message else None
+
+
+def _last_error_line(text: str) -> str:
+    """The last ``SomeError: message`` line of a report that quotes a remote traceback."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     errors = [line for line in lines if "Error:" in line or "Exception:" in line]
-    return errors[-1] if errors else (lines[-1] if lines else type(exc).__name__)
+    return errors[-1] if errors else (lines[-1] if lines else "unknown error")
