@@ -39,6 +39,7 @@ import llama_cpp
 import numpy as np
 
 from edgetts.confidence import token_stats
+from edgetts.gpu import default_gpu_layers
 from edgetts.llama.cpu_buffers import apply_cpu_buffer_policy
 from edgetts.llama.ggml import ggml_base_lib
 from edgetts.metadata import ModelMetadata, read_metadata
@@ -113,7 +114,9 @@ class PolicyConfig:
     n_ctx: int = 0  # KV cells in all; 0 = enough for the prompt plus n_seq_max full solutions
     n_batch: int = 512
     n_threads: int | None = None  # None = $EDGETTS_THREADS, else every core this process may use
-    n_gpu_layers: int = 0  # layers offloaded to the GPU (needs a CUDA build of llama.cpp)
+    # Layers offloaded to the GPU (needs a GPU build of llama.cpp); -1 = all; None =
+    # $EDGETTS_N_GPU_LAYERS, else 0 (edgetts.gpu.default_gpu_layers).
+    n_gpu_layers: int | None = None
     kv_type: str = "f16"  # "f16" or "q8_0"
     # Sampling for a root() given none (tools, tests); searches pass their own Sampling.
     temperature: float = DEFAULT_TEMPERATURE
@@ -268,7 +271,8 @@ class LlamaPolicy:
 
     def _load_model(self) -> llama_cpp.llama_model_p:
         params = llama_cpp.llama_model_default_params()
-        params.n_gpu_layers = self.config.n_gpu_layers
+        layers = self.config.n_gpu_layers
+        params.n_gpu_layers = default_gpu_layers() if layers is None else layers
         params.use_extra_bufts = apply_cpu_buffer_policy().use_extra_bufts  # no AMX (segfaults)
         model = llama_cpp.llama_model_load_from_file(str(self.model_path).encode(), params)
         if not model:

@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from edgetts.gpu import requested_gpu_layers
 from edgetts.metadata import read_metadata
 from edgetts.models import resolve
 from edgetts.policy import LlamaPolicy, PolicyConfig
@@ -265,7 +266,9 @@ class Solver:
             max_prompt_tokens=cfg.max_prompt_tokens, max_steps=options.max_steps,
             prompt_tokens=prompt_tokens_for(question), n_threads=cfg.n_threads,
             kv_type=cfg.kv_type if "kv_type" in self.pinned else None,
-            n_gpu_layers=cfg.n_gpu_layers if "n_gpu_layers" in self.pinned else None,
+            # Offload the user set, on the command line or in $EDGETTS_N_GPU_LAYERS, is kept;
+            # otherwise the plan offloads every layer when llama.cpp is a GPU build.
+            n_gpu_layers=cfg.n_gpu_layers if "n_gpu_layers" in self.pinned else requested_gpu_layers(),
         )
         return plan_for(cfg.model, budget, self.prm_dir)[0]
 
