@@ -44,7 +44,7 @@ from edgetts.llama.cpu_buffers import apply_cpu_buffer_policy
 from edgetts.llama.ggml import ggml_base_lib
 from edgetts.metadata import ModelMetadata, read_metadata
 from edgetts.models import resolve
-from edgetts.prompts import STEP_SEPARATOR, build_prompt, prompt_parts
+from edgetts.prompts import STEP_SEPARATOR, Conversation, RawPrompt, prompt_parts
 from edgetts.search.base import DEFAULT_TEMPERATURE, Deadline, Path, Sampling
 
 log = logging.getLogger("edgetts.llama")
@@ -66,6 +66,9 @@ def route_llama_logs() -> None:
     imports edgetts beside its own llama.cpp use keeps its log setup until then.
     """
     llama_cpp.llama_log_set(_llama_log, ctypes.c_void_p(0))
+
+# What a search roots in: a question (the math prompt around it), a whole conversation, a raw prompt.
+Prompt = str | Conversation | RawPrompt
 
 KV_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
 TEMPLATE_SLOT = 0
@@ -171,6 +174,7 @@ class _Seq:
     carry: bytes = b""  # text sampled past a step separator, belongs to the next step
     is_template: bool = False
     hidden: np.ndarray | None = None  # final hidden state of the last decoded token (capture_states)
+    tail: bytes = b""  # the end of the steps so far, for stop strings that span a step boundary
 
 
 @dataclass
@@ -347,37 +351,48 @@ class LlamaPolicy:
         n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece_buf, 256, 0, False)
         return self._piece_buf.raw[: max(n, 0)]
 
-    def prompt_text(self, question: str, system: str | None = None) -> str:
+    def prompt_text(self, question: Prompt, system: str | None = None) -> str:
         """The prompt for ``question`` as text (to show; :meth:`prompt_tokens` is what runs).
 
         ``system`` replaces the math instructions (code tasks and programs use their own)."""
-        return build_prompt(question, self.metadata.chat_template, bos=self._bos_text(), system=system)
+        return "".join(text for text, _ in self._prompt_parts(question, system))
 
-    def prompt_tokens(self, question: str, system: str | None = None) -> list[int]:
+    def prompt_tokens(self, question: Prompt, system: str | None = None) -> list[int]:
         """The prompt's tokens, special-token markers read in the template's text only: a
-        question never gains control of the chat (see :func:`edgetts.prompts.prompt_parts`)."""
+        question (or any message of a conversation) never gains control of the chat (see
+        :func:`edgetts.prompts.prompt_parts`)."""
+        tokens: list[int] = []
+        for text, trusted in self._prompt_parts(question, system):
+            # BOS (when the model wants one) before the first piece, trusted or not (a raw prompt)
+            tokens += self.tokenize(text, special=trusted, add_bos=not tokens)
+        return tokens
+
+    def _prompt_parts(self, question: Prompt, system: str | None) -> list[tuple[str, bool]]:
+        template, bos = self.metadata.chat_template, self._bos_text()
         try:
-            parts = prompt_parts(question, self.metadata.chat_template, bos=self._bos_text(), system=system)
+            if isinstance(question, str):
+                return prompt_parts(question, template, bos=bos, system=system)
+            if system is not None:
+                raise ValueError("a conversation or raw prompt brings its own system prompt")
+            return question.parts(template, bos=bos)
         except ValueError as exc:
             raise PolicyError(str(exc)) from None
-        tokens: list[int] = []
-        for text, trusted in parts:
-            tokens += self.tokenize(text, special=trusted, add_bos=not tokens and trusted)
-        return tokens
 
     def _bos_text(self) -> str:
         return self.piece(llama_cpp.llama_vocab_bos(self._vocab)).decode(errors="ignore")
 
     # -- StepGenerator -------------------------------------------------------------------------
 
-    def root(self, question: str, sampling: Sampling | None = None, system: str | None = None) -> Path:
+    def root(self, question: Prompt, sampling: Sampling | None = None, system: str | None = None) -> Path:
         """Clear the cache and prefill the prompt for ``question`` once (kept for a next root).
 
         The root begins a search: ``sampling`` (None: this policy's configured sampling) holds
         for every path grown from it, until the next root. ``system`` replaces the math
-        instructions (code tasks and programs use their own).
+        instructions (code tasks and programs use their own). ``question`` may also be a whole
+        :class:`~edgetts.prompts.Conversation` or a :class:`~edgetts.prompts.RawPrompt`.
         """
-        if not question or not question.strip():
+        text = question if isinstance(question, str) else question.question
+        if not text or not text.strip():
             raise PolicyError("the question is empty")
         sampling = sampling or self._configured_sampling()
         if sampling.max_tokens is not None and not 1 <= sampling.max_tokens <= self.config.max_tokens:
@@ -400,7 +415,7 @@ class LlamaPolicy:
             self.counters.seconds += time.perf_counter() - start
             return Path(handle=template)
         llama_cpp.llama_memory_clear(self._memory, True)
-        seq = _Seq(prompt=_Prompt(question, tokens), slot=TEMPLATE_SLOT, is_template=True)
+        seq = _Seq(prompt=_Prompt(text, tokens), slot=TEMPLATE_SLOT, is_template=True)
         self._template = None  # until the new prompt is fully decoded
         # Only the last prompt token's outputs are read (see _decode_quietly for why the rest
         # go separately when states are captured).
@@ -569,6 +584,7 @@ class LlamaPolicy:
             lineage=(*parent.lineage, index),
             carry=parent.carry,
             hidden=parent.hidden,
+            tail=parent.tail,
         )
         child_path = Path(steps=list(path.steps), handle=seq, n_tokens=path.n_tokens,
                           step_states=list(path.step_states), token_stats=list(path.token_stats),
@@ -711,6 +727,9 @@ class LlamaPolicy:
             child.step_bytes = child.step_bytes[: child.step_bytes.index(stop)]
             self._end_path(child, "eos")
             return
+        if self._sampling.stop and self._cut_at_stop(child):
+            self._end_path(child, "stop")
+            return
         if path.n_tokens >= (self._sampling.max_tokens or cfg.max_tokens):
             self._end_path(child, "max_tokens")
             return
@@ -726,7 +745,40 @@ class LlamaPolicy:
         if not child.to_end:
             child.closing = True  # decode this last token once more for its logits, then stop
 
+    def _cut_at_stop(self, child: _Child) -> bool:
+        """Whether a stop string of this search now appears; if so, cut the text where it begins.
+
+        The text since the last step (carry and the current step's bytes) is searched together
+        with the end of the steps before (``tail``), so a stop string that spans a step boundary
+        (``"\n\nAnswer"``) is found too; the finished steps then lose its first bytes.
+        """
+        seq = child.seq
+        window = seq.tail + seq.carry + child.step_bytes
+        hits = [window.find(s.encode()) for s in self._sampling.stop]
+        found = [i for i in hits if i >= 0]
+        if not found:
+            return False
+        cut = min(found)
+        before, pending = len(seq.tail), len(seq.carry)
+        if cut >= before + pending:
+            child.step_bytes = child.step_bytes[: cut - before - pending]
+        else:
+            child.step_bytes = b""
+            seq.carry = seq.carry[: max(cut - before, 0)]
+            if cut < before:  # the stop began in the last finished step: trim it
+                path = child.path
+                last = path.steps[-1].encode()[: -(before - cut)]
+                path.steps[-1] = last.decode("utf-8", errors="replace")
+                if not path.steps[-1].strip():  # nothing of that step is left
+                    path.steps.pop()
+                    del path.step_states[len(path.steps) :]
+                    del path.step_token_ends[len(path.steps) :]
+        return True
+
     def _push_step(self, child: _Child, data: bytes, last_token_decoded: bool = False) -> None:
+        stop_window = max((len(s.encode()) for s in self._sampling.stop), default=0)
+        if stop_window:
+            child.seq.tail = (child.seq.tail + child.seq.carry + data)[-stop_window:]
         text = (child.seq.carry + data).decode("utf-8", errors="replace")
         child.seq.carry = b""
         path = child.path

@@ -48,7 +48,8 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgetts.grading import answers_equal
-from edgetts.policy import PolicyError
+from edgetts.policy import PolicyError, Prompt
+from edgetts.prompts import ROLES, Conversation, RawPrompt
 from edgetts.search import NEEDS_SCORER, STRATEGIES
 from edgetts.search.base import Candidate, SearchResult
 from edgetts.solver import GREEDY, SolveOptions, Solver, validate_code_options
@@ -247,8 +248,9 @@ LEGACY_NOTE = ("top-level strategy/beam_width/max_steps/agg/deadline_s/memory_mb
                "budget; n is the number of choices")
 
 
-class ChatRequest(BaseModel):
-    """OpenAI's chat request (the fields that matter here) plus the edgetts search settings.
+class SearchRequest(BaseModel):
+    """What chat and text completion requests share: OpenAI's sampling fields plus the edgetts
+    search settings.
 
     ``n`` is OpenAI's: how many choices (the best distinct answers, ranked). The search goes in
     the ``edgetts`` extension object (:class:`SearchFields`). Unknown OpenAI fields (``user``,
@@ -258,8 +260,9 @@ class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str
-    messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
+    # OpenAI's stop: up to 4 strings; a solution ends where one first appears (cut off).
+    stop: str | list[str] | None = None
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
@@ -276,15 +279,59 @@ class ChatRequest(BaseModel):
     deadline_s: float | None = Field(None, gt=0)
     memory_mb: float | None = Field(None, gt=0)
 
+    def stops(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+    def prompt_input(self) -> Prompt:
+        """What the search roots in."""
+        raise NotImplementedError
+
     def question(self) -> str:
-        """The last user message: the solver answers one question, not a conversation."""
-        users = [m for m in self.messages if m.role == "user"]
-        if not users:
-            raise ApiError(400, "messages must contain a user message (the question)", param="messages")
-        question = users[-1].text()
-        if not question.strip():
-            raise ApiError(400, "the last user message is empty", param="messages")
-        return question
+        """The text a code task is written for."""
+        return self.prompt_input().question
+
+
+# OpenAI's newer name for the system role; tool and function turns have no place in a search.
+ROLE_ALIASES = {"developer": "system"}
+
+
+class ChatRequest(SearchRequest):
+    """OpenAI's chat request: the whole conversation goes through the model's chat template."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+
+    def prompt_input(self) -> Conversation:
+        """The conversation, each message's text untrusted (see :class:`Conversation`)."""
+        turns = []
+        for message in self.messages:
+            role = ROLE_ALIASES.get(message.role, message.role)
+            if role not in ROLES:
+                raise ApiError(400, f"message role {message.role!r} is not supported here; use "
+                                    "system, developer, user or assistant", param="messages")
+            turns.append((role, message.text()))
+        try:
+            return Conversation(tuple(turns))
+        except ValueError as exc:
+            raise ApiError(400, str(exc), param="messages") from None
+
+
+class CompletionRequest(SearchRequest):
+    """OpenAI's (legacy) text completion request: a raw prompt, continued with no template."""
+
+    prompt: str | list[str]
+    echo: bool = False
+
+    def prompt_input(self) -> RawPrompt:
+        prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
+        if len(prompts) != 1:
+            raise ApiError(400, "send one prompt per request (a list of prompts is not supported)",
+                           param="prompt")
+        if self.echo:
+            raise ApiError(400, "echo is not supported", param="echo")
+        try:
+            return RawPrompt(prompts[0])
+        except ValueError as exc:
+            raise ApiError(400, str(exc), param="prompt") from None
 
 
 class CandidateInfo(BaseModel):
@@ -368,6 +415,23 @@ class ChatCompletionChunk(BaseModel):
     edgetts: EdgettsInfo | dict[str, Progress] | None = None
 
 
+class TextChoice(BaseModel):
+    index: int = 0
+    text: str
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"]
+
+
+class TextCompletion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[TextChoice]
+    usage: Usage
+    edgetts: EdgettsInfo
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -400,7 +464,7 @@ class Health(BaseModel):
 class Job:
     """One request's search: what to run, its cancel event, and when it queued and started."""
 
-    question: str
+    question: Prompt  # a conversation or raw prompt (math), or the text of a code task
     options: SolveOptions
     n_choices: int = 1
     deprecation: str | None = None
@@ -490,7 +554,7 @@ class Engine:
             if job.task == "code":
                 from edgetts.code import CodeTask
 
-                task = CodeTask.from_prompt(job.question)
+                task = CodeTask.from_prompt(str(job.question))
                 return code_as_search_result(self.solver.solve_code(task, job.options, cancel=job.cancel))
             return self.solver.solve(job.question, job.options, cancel=job.cancel)
         finally:
@@ -573,7 +637,8 @@ def code_as_search_result(code: CodeResult) -> SearchResult:
 
 
 def _finish_reason(candidate: Candidate | None) -> Literal["stop", "length"]:
-    return "stop" if candidate is not None and candidate.stop_reason == "eos" else "length"
+    """OpenAI's: "stop" at the end of the text or a stop string, "length" when cut short."""
+    return "stop" if candidate is not None and candidate.stop_reason in ("eos", "stop") else "length"
 
 
 def _usage(result: SearchResult) -> Usage:
@@ -647,7 +712,7 @@ class App:
                                 f"{self.settings.model_id!r} (see GET /v1/models)",
                            param="model", code="model_not_found")
 
-    def job_for(self, req: ChatRequest) -> Job:
+    def job_for(self, req: SearchRequest) -> Job:
         """Turn a request into a validated search job (every 400 is raised here, before queueing)."""
         self.check_model(req.model)
         s = self.settings
@@ -699,15 +764,18 @@ class App:
             fields["memory_mb"] = memory
         if search.mode != "cot":
             fields["mode"] = search.mode
+        if req.stop is not None:
+            fields["stop"] = req.stops()
         options = SolveOptions(**fields)
         try:
             options.validate()
         except ValueError as exc:
-            raise ApiError(400, str(exc)) from None
-        return Job(question=req.question(), options=options, n_choices=choices, deprecation=deprecation)
+            raise ApiError(400, str(exc), param="stop" if "stop" in str(exc) else None) from None
+        return Job(question=req.prompt_input(), options=options, n_choices=choices,
+                   deprecation=deprecation)
 
     @staticmethod
-    def _search_of(req: ChatRequest) -> tuple[SearchFields, int | None, int, str | None, str]:
+    def _search_of(req: SearchRequest) -> tuple[SearchFields, int | None, int, str | None, str]:
         """(search fields, search budget, choices, deprecation note, error param prefix).
 
         With an ``edgetts`` object, ``n`` is OpenAI's number of choices; a request with the old
@@ -720,7 +788,7 @@ class App:
             return SearchFields(**legacy), req.n, 1, LEGACY_NOTE, ""
         return SearchFields(), None, req.n or 1, None, "edgetts."
 
-    def _code_job(self, req: ChatRequest, search: SearchFields, budget: int | None, where: str) -> Job:
+    def _code_job(self, req: SearchRequest, search: SearchFields, budget: int | None, where: str) -> Job:
         """A code task: strategy greedy, majority or exec (default), no budget planning."""
         s = self.settings
         n = budget or s.default_n
@@ -784,6 +852,25 @@ class App:
             created=int(time.time()),
             model=self.settings.model_id,
             choices=choices,
+            usage=_usage(result),
+            edgetts=_info(job, result),
+        )
+
+    async def complete_text(self, req: CompletionRequest, request: Request) -> TextCompletion:
+        """``/v1/completions``: the raw prompt continued; choices as for chat."""
+        if req.stream:
+            raise ApiError(400, "stream is not supported on /v1/completions; use /v1/chat/completions",
+                           param="stream")
+        job = self.job_for(req)
+        self.engine.submit(job)
+        result = await self.wait(job, request)
+        picks = ranked_choices(result, job.n_choices) or [None]
+        return TextCompletion(
+            id=f"cmpl-{uuid.uuid4().hex}",
+            created=int(time.time()),
+            model=self.settings.model_id,
+            choices=[TextChoice(index=i, text=c.text if c else "", finish_reason=_finish_reason(c))
+                     for i, c in enumerate(picks)],
             usage=_usage(result),
             edgetts=_info(job, result),
         )
@@ -932,6 +1019,10 @@ def create_app(solver: Solver, settings: ServerSettings | None = None) -> FastAP
             events = await state.stream(req)
             return EventSourceResponse(events, ping=15, shutdown_grace_period=settings.shutdown_grace_s)
         return await state.complete(req, request)
+
+    @app.post("/v1/completions", response_model=TextCompletion)
+    async def completions(req: CompletionRequest, request: Request) -> TextCompletion:
+        return await state.complete_text(req, request)
 
     app.add_middleware(Guard, api_key=settings.api_key, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
