@@ -159,15 +159,17 @@ class Conversation:
             chat_template,
             [{"role": r, "content": t} for r, t in own_system]
             + [{"role": role, "content": _marker(i)} for i, (role, _) in enumerate(messages)],
-            bos=bos, eos=eos,
+            bos=bos,
+            eos=eos,
         )
         pieces: list[tuple[str, bool]] = []
         rest = rendered
         for i, (_, text) in enumerate(messages):
             mark = _marker(i)
             if rendered.count(mark) != 1 or mark not in rest:
-                raise ValueError("the chat template does not show every message exactly once, in "
-                                 "order, as written")
+                raise ValueError(
+                    "the chat template does not show every message exactly once, in order, as written"
+                )
             head, rest = rest.split(mark)
             # spaces just before a message go with it, as in prompt_parts
             spaces = len(head) - len(head.rstrip(" "))
