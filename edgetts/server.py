@@ -6,7 +6,13 @@ best distinct answers the search found, ranked), and any model name means the lo
 (``{"strategy": "weighted_best_of_n", "samples": 16, "beam_width", "deadline_s", "memory_mb", ...}``;
 the old top-level fields still work, with a deprecation note), and every response carries an
 ``edgetts`` object with the final answer, the votes or scores and the counters. ``usage`` counts
-the prompt once (``prompt_tokens``) and every token the search sampled (``completion_tokens``).
+the prompt as prefilled (``prompt_tokens``) and every token the search sampled over all its paths
+(``completion_tokens``), not only the returned choices'.
+
+The whole conversation goes through the chat template (:class:`~edgetts.prompts.Conversation`):
+the client's system message replaces the math instructions, and every message is untrusted text.
+``stop`` ends each sampled solution where a stop string first appears. ``POST /v1/completions``
+continues a raw prompt (:class:`~edgetts.prompts.RawPrompt`) with no template.
 
 How requests flow:
 
@@ -263,6 +269,10 @@ class SearchRequest(BaseModel):
     stream: bool = False
     # OpenAI's stop: up to 4 strings; a solution ends where one first appears (cut off).
     stop: str | list[str] | None = None
+    # Not supported yet: read only to refuse them (a client asking for them must not get an
+    # answer without them as if they were fine).
+    logprobs: bool | int | None = None
+    top_logprobs: int | None = None
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
@@ -715,6 +725,9 @@ class App:
     def job_for(self, req: SearchRequest) -> Job:
         """Turn a request into a validated search job (every 400 is raised here, before queueing)."""
         self.check_model(req.model)
+        if req.logprobs or req.top_logprobs:
+            raise ApiError(400, "logprobs are not supported by this server yet", param="logprobs",
+                           code="unsupported_parameter")
         s = self.settings
         search, budget, choices, deprecation, where = self._search_of(req)
         if (search.task == "code" or search.mode != "cot") and not s.allow_exec:

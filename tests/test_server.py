@@ -451,6 +451,7 @@ def test_the_whole_conversation_and_stop_reach_the_solver():
         bad = [
             ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
             ({"stop": [""]}, "stop"),
+            ({"logprobs": True}, "logprobs"),  # not yet: refused rather than silently dropped
             ({"messages": [{"role": "tool", "content": "x"}, {"role": "user", "content": "q"}]}, "messages"),
             ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
              "messages"),
