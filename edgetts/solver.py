@@ -13,6 +13,7 @@ from edgetts.policy import LlamaPolicy, PolicyConfig
 from edgetts.scheduler import Budget, Plan, plan_for, prompt_tokens_for
 from edgetts.search import NEEDS_CONFIDENCE, NEEDS_SCORER, STRATEGIES, measured, run_search
 from edgetts.search.base import DEFAULT_TEMPERATURE, Sampling, SearchConfig, SearchResult, StepScorer
+from edgetts.search.registry import DEFAULT_N, GREEDY, REGISTRY
 
 log = logging.getLogger("edgetts")
 
@@ -20,8 +21,6 @@ if TYPE_CHECKING:
     from edgetts.code import CodeResult, CodeTask
     from edgetts.sandbox import Sandbox
 
-GREEDY = "greedy"
-DEFAULT_N = 4
 MODES = ("cot", "pot", "cot+pot")  # prose, programs run in the sandbox, or both voting together
 # Strategies a program vote can use: one vote each, or weighted by the verifier.
 POT_STRATEGIES = (GREEDY, "majority", "weighted_best_of_n", "auto")
@@ -93,7 +92,7 @@ class SolveOptions:
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
         if self.strategy != GREEDY:
-            self.search_config().validate(self.strategy)
+            REGISTRY[self.strategy].validate(self.search_config())
 
 
 def validate_code_options(options: SolveOptions) -> None:
@@ -158,6 +157,17 @@ class Solver:
 
             self._scorer = load_scorer(self.prm_dir, threads=self.prm_threads)
         return self._scorer
+
+    @property
+    def scorer_loaded(self) -> bool:
+        """Whether the PRM is loaded (``scorer`` loads it on first use)."""
+        return self._scorer is not None
+
+    def tokens_sampled(self) -> int:
+        """Tokens the loaded policy has sampled since it loaded, 0 when none is: a running
+        search's progress, read from another thread."""
+        policy = self._policy
+        return policy.counters.tokens_sampled if policy is not None else 0
 
     def solve(
         self,
