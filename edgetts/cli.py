@@ -18,12 +18,12 @@ import click
 
 from edgetts import models as registry
 from edgetts.grading import answers_equal
-from edgetts.search import STRATEGIES
 from edgetts.search.base import MAX_N, SearchResult
+from edgetts.search.registry import choices as strategy_choices
 from edgetts.solver import SolveOptions
 
 EXIT_INTERRUPTED = 130
-STRATEGY_NAMES = ["auto", "greedy", *STRATEGIES]
+STRATEGY_NAMES = strategy_choices()
 LOG_LEVELS = ["debug", "info", "warning", "error"]
 
 

@@ -44,14 +44,14 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path as FsPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgetts import paths
 from edgetts.gpu import installed_onnxruntimes, onnxruntime_problem
-from edgetts.search.base import Path
+from edgetts.search.base import SolutionPath
 
 log = logging.getLogger("edgetts.prm")
 
@@ -60,12 +60,12 @@ FORMAT_VERSION = 1
 OUTPUT_KINDS = ("logit", "label_softmax")
 
 
-def default_text_prm() -> FsPath:
+def default_text_prm() -> Path:
     """The text PRM used when no PRM is named: the user's ``prms/prm-minilm``, else the shipped."""
     return find_prm(DEFAULT_PRM_NAME)
 
 
-def find_prm(name: str) -> FsPath:
+def find_prm(name: str) -> Path:
     """A PRM folder by name: ``$EDGETTS_HOME/prms/NAME`` if there, else the shipped one."""
     user = paths.home() / "prms" / name
     return user if (user / "manifest.json").is_file() else paths.shipped_dir() / name
@@ -286,7 +286,7 @@ class PRMCounters:
     seconds: float = 0.0
 
 
-def _load_tokenizer(path: FsPath) -> Any:
+def _load_tokenizer(path: Path) -> Any:
     from tokenizers import Tokenizer
 
     if not path.is_file():
@@ -348,8 +348,8 @@ def check_contract(session: Any, m: Manifest, where: str) -> None:
 
 def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """A PRM directory's manifest as a dict, with a clear error when it is missing or bad."""
-    mpath = FsPath(directory) / "manifest.json"
-    if not FsPath(directory).is_dir():
+    mpath = Path(directory) / "manifest.json"
+    if not Path(directory).is_dir():
         raise PRMError(f"{directory}: PRM directory not found")
     if not mpath.is_file():
         raise PRMError(f"{mpath}: manifest not found")
@@ -385,7 +385,7 @@ def choose_providers(available: Sequence[str], use_cuda: bool | None) -> list[st
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
 
 
-def open_session(onnx_path: FsPath, threads: int | None, use_cuda: bool | None = None) -> Any:
+def open_session(onnx_path: Path, threads: int | None, use_cuda: bool | None = None) -> Any:
     """An onnxruntime session (providers from :func:`choose_providers`), clear errors."""
     import onnxruntime as ort
 
@@ -414,7 +414,7 @@ class PRMScorer:
     """Scores steps with an ONNX PRM; implements :class:`edgetts.search.base.StepScorer`."""
 
     def __init__(self, session: Any, tokenizer: Any, manifest: Manifest, batch_size: int = 16,
-                 directory: FsPath | None = None) -> None:
+                 directory: Path | None = None) -> None:
         self.session = session
         self.manifest = manifest
         self.builder = InputBuilder(tokenizer, manifest)
@@ -426,7 +426,7 @@ class PRMScorer:
     def load(cls, path: str | os.PathLike[str] | None = None, threads: int | None = None,
              use_cuda: bool | None = None, batch_size: int = 16) -> PRMScorer:
         """Load a PRM directory (None: the text PRM, ``prm-minilm``, see :func:`default_text_prm`)."""
-        d = FsPath(path) if path is not None else default_text_prm()
+        d = Path(path) if path is not None else default_text_prm()
         mpath = d / "manifest.json"
         try:
             manifest = Manifest.from_dict(read_manifest(d), str(mpath))
@@ -498,6 +498,6 @@ class PRMScorer:
         self.counters.seconds += time.perf_counter() - t0
         return result
 
-    def score(self, question: str, paths: list[Path]) -> list[list[float]]:
+    def score(self, question: str, paths: list[SolutionPath]) -> list[list[float]]:
         """StepScorer interface: per-step scores of each path's steps."""
         return self.score_steps(question, [list(p.steps) for p in paths])

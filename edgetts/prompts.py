@@ -229,3 +229,7 @@ class RawPrompt:
     def parts(self, chat_template: str | None, bos: str = "", eos: str = "") -> list[tuple[str, bool]]:
         """One untrusted piece (the policy adds the model's BOS token if it wants one)."""
         return [(self.text, False)]
+
+
+# What a search roots in: a question (the math prompt around it), a whole conversation, a raw prompt.
+Prompt = str | Conversation | RawPrompt

@@ -42,6 +42,8 @@ from pathlib import Path
 
 from edgetts import calibration as calib
 from edgetts.metadata import ModelMetadata
+from edgetts.search.auto import PROBE_N
+from edgetts.search.registry import DEFAULT_N, REGISTRY, names
 
 log = logging.getLogger("edgetts.scheduler")
 
@@ -62,11 +64,10 @@ EXPECTED_TOKEN_SHARE = 0.6
 TOKENS_PER_STEP = 45
 PROMPT_TEMPLATE_TOKENS = 40  # chat template around the question
 N_CHOICES = (1, 2, 4, 8, 16, 32)
-DEFAULT_N = 4
-PROBE_N = 4  # first samples "auto" draws to judge difficulty (see search/auto.py)
-SAMPLE_STRATEGIES = ("majority", "best_of_n", "weighted_best_of_n", "confidence_vote")
-TREE_STRATEGIES = ("beam_search", "dvts")
-SCORED = ("best_of_n", "weighted_best_of_n", "beam_search", "dvts", "auto")
+# What the memory model needs of each strategy, from the one table (edgetts/search/registry.py).
+SAMPLE_STRATEGIES = names("sample")
+TREE_STRATEGIES = names("tree")
+SCORED = tuple(name for name, info in REGISTRY.items() if info.reads_scorer)
 
 
 class PlanError(ValueError):

@@ -13,7 +13,15 @@ from edgetts.models import resolve
 from edgetts.policy import LlamaPolicy, PolicyConfig, Prompt
 from edgetts.scheduler import Budget, Plan, plan_for, prompt_tokens_for
 from edgetts.search import NEEDS_CONFIDENCE, NEEDS_SCORER, STRATEGIES, measured, run_search
-from edgetts.search.base import DEFAULT_TEMPERATURE, Path, Sampling, SearchConfig, SearchResult, StepScorer
+from edgetts.search.base import (
+    DEFAULT_TEMPERATURE,
+    Sampling,
+    SearchConfig,
+    SearchResult,
+    SolutionPath,
+    StepScorer,
+)
+from edgetts.search.registry import DEFAULT_N, GREEDY, REGISTRY
 
 log = logging.getLogger("edgetts")
 
@@ -21,8 +29,6 @@ if TYPE_CHECKING:
     from edgetts.code import CodeResult, CodeTask
     from edgetts.sandbox import Sandbox
 
-GREEDY = "greedy"
-DEFAULT_N = 4
 MODES = ("cot", "pot", "cot+pot")  # prose, programs run in the sandbox, or both voting together
 # Strategies a program vote can use: one vote each, or weighted by the verifier.
 POT_STRATEGIES = (GREEDY, "majority", "weighted_best_of_n", "auto")
@@ -101,7 +107,7 @@ class SolveOptions:
         if any(len(s) > MAX_STOP_CHARS for s in self.stop):
             raise ValueError(f"a stop string may have at most {MAX_STOP_CHARS} characters")
         if self.strategy != GREEDY:
-            self.search_config().validate(self.strategy)
+            REGISTRY[self.strategy].validate(self.search_config())
 
 
 def validate_code_options(options: SolveOptions) -> None:
@@ -166,6 +172,17 @@ class Solver:
 
             self._scorer = load_scorer(self.prm_dir, threads=self.prm_threads)
         return self._scorer
+
+    @property
+    def scorer_loaded(self) -> bool:
+        """Whether the PRM is loaded (``scorer`` loads it on first use)."""
+        return self._scorer is not None
+
+    def tokens_sampled(self) -> int:
+        """Tokens the loaded policy has sampled since it loaded, 0 when none is: a running
+        search's progress, read from another thread."""
+        policy = self._policy
+        return policy.counters.tokens_sampled if policy is not None else 0
 
     def solve(
         self,
@@ -390,7 +407,9 @@ class RootedIn:
     def __init__(self, policy: LlamaPolicy, prompt: Prompt) -> None:
         self._policy, self._prompt = policy, prompt
 
-    def root(self, question: str, sampling: Sampling | None = None, system: str | None = None) -> Path:
+    def root(
+        self, question: str, sampling: Sampling | None = None, system: str | None = None
+    ) -> SolutionPath:
         return self._policy.root(self._prompt, sampling, system)
 
     def __getattr__(self, name: str) -> Any:

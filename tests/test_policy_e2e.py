@@ -56,7 +56,7 @@ def test_a_second_root_for_the_same_prompt_reuses_the_prefill(policy):
         assert policy.counters.tokens_prefilled - before == prefilled  # not decoded again
         assert [p.text for p in again] == [p.text for p in first]  # greedy: same KV, same text
         policy.release(again)
-        assert sorted(policy._free_slots) == list(range(1, policy.config.n_seq_max + 1))
+        assert sorted(policy.slots.free) == list(range(1, policy.config.n_seq_max + 1))
     finally:
         policy.config.temperature, policy.config.max_tokens = temperature, max_tokens
 
@@ -89,7 +89,7 @@ def test_step_tree_decodes_each_token_once(policy):
     assert policy.counters.tokens_decoded - before == tree_tokens
     assert all(p.steps[: len(first[i // 2].steps)] == first[i // 2].steps for i, p in enumerate(second))
     policy.release(second)
-    assert sorted(policy._free_slots) == list(range(1, policy.config.n_seq_max + 1))
+    assert sorted(policy.slots.free) == list(range(1, policy.config.n_seq_max + 1))
 
 
 def test_more_children_than_slots_run_in_waves(policy):
@@ -99,7 +99,7 @@ def test_more_children_than_slots_run_in_waves(policy):
     policy.config.max_tokens = 256
     assert len(paths) == policy.config.n_seq_max + 4
     assert all(p.finished for p in paths)
-    assert sorted(policy._free_slots) == list(range(1, policy.config.n_seq_max + 1))
+    assert sorted(policy.slots.free) == list(range(1, policy.config.n_seq_max + 1))
 
 
 def test_parked_parents_are_rebuilt_and_counted_apart(policy):
@@ -122,7 +122,7 @@ def test_parked_parents_are_rebuilt_and_counted_apart(policy):
         assert rebuilt > 0
         assert policy.counters.tokens_decoded - decoded == tree_tokens - cut + rebuilt
         policy.release(second)
-        assert sorted(policy._free_slots) == list(range(1, cfg.n_seq_max + 1))
+        assert sorted(policy.slots.free) == list(range(1, cfg.n_seq_max + 1))
     finally:
         cfg.max_tokens, cfg.seed = saved
 

@@ -56,12 +56,14 @@ class FakeSolver:
     def __init__(self, delay_s: float = 0.0, others: tuple[str, ...] = ()) -> None:
         self.delay_s = delay_s
         self.others = others  # answers of further candidates, votes falling in this order
-        self.policy = SimpleNamespace(config=SimpleNamespace(max_tokens=0),
-                                      counters=SimpleNamespace(tokens_sampled=0))
-        self._policy, self._scorer = self.policy, None
+        self.policy = SimpleNamespace(config=SimpleNamespace(max_tokens=0))
+        self.scorer_loaded = False
         self.cancelled: list[bool] = []  # one entry per finished solve: was it cancelled?
         self.options: list = []  # the SolveOptions of every solve, in order
         self.questions: list = []  # what every solve was asked (a Conversation, a RawPrompt)
+
+    def tokens_sampled(self) -> int:
+        return 0
 
     def solve(self, question, options, cancel=None) -> SearchResult:
         self.options.append(options)

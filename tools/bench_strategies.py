@@ -52,14 +52,15 @@ from edgetts.probe import default_prm_dir, load_scorer, load_states, save_states
 from edgetts.prompts import split_steps
 from edgetts.search import run_search
 from edgetts.search.auto import difficulty_features  # the same features auto sees at run time
-from edgetts.search.base import Candidate, Sampling, SearchConfig, aggregate
-from edgetts.search.base import Path as StatePath
-from edgetts.search.best_of_n import pick
+from edgetts.search.base import Candidate, Sampling, SearchConfig, SolutionPath, aggregate
+from edgetts.search.common import pick
+from edgetts.search.registry import REGISTRY, names
 from edgetts.search.select import pick_by_vote, score_paths, to_candidate
 from edgetts.solver import SolveOptions
 
-SUBSET_STRATEGIES = ("majority", "best_of_n", "weighted_best_of_n")
-SEARCH_STRATEGIES = ("beam_search", "dvts")
+# Computed from the kept samples' PRM scores (confidence_vote needs token confidence instead).
+SUBSET_STRATEGIES = tuple(s for s in names("sample") if not REGISTRY[s].needs_confidence)
+SEARCH_STRATEGIES = names("tree")
 
 
 def _done(out: Path) -> set[tuple[str, str, str, int]]:
@@ -223,7 +224,7 @@ def states(args: argparse.Namespace) -> None:
         paths = []
         for c in row["candidates"]:
             steps = split_steps(c["text"])
-            paths.append(StatePath(steps=steps, step_states=policy.states_of(row["question"], steps)))
+            paths.append(SolutionPath(steps=steps, step_states=policy.states_of(row["question"], steps)))
         save_states(target, paths)
         print(f"{row['problem_id']}: states of {len(paths)} samples", flush=True)
 

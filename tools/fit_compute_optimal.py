@@ -42,7 +42,10 @@ from pathlib import Path
 from paired import sign_test_p
 from plots import accuracy_axes, accuracy_curve, dodged, save_accuracy_plot, standard_error
 
-from edgetts.search.auto import DEFAULT_BINS, PROBE_N, SAMPLE_STRATEGIES, ComputeOptimalTable
+from edgetts.search.auto import DEFAULT_BINS, PROBE_N, ComputeOptimalTable
+from edgetts.search.registry import names
+
+SAMPLE_STRATEGIES = names("sample")
 
 DEFAULT_STRATEGY = "weighted_best_of_n"  # auto's rule without a table (with a PRM)
 STRATEGY_ORDER = ("majority", "weighted_best_of_n", "best_of_n", "dvts", "beam_search")

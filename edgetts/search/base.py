@@ -41,7 +41,7 @@ class Sampling:
 
 
 @dataclass
-class Path:
+class SolutionPath:
     """One partial or finished solution: its steps so far and what we know about them."""
 
     steps: list[str] = field(default_factory=list)
@@ -70,7 +70,7 @@ class Path:
 class StepGenerator(Protocol):
     """Extends partial solutions, one step (or to the end) at a time."""
 
-    def root(self, question: str, sampling: Sampling | None = None) -> Path:
+    def root(self, question: str, sampling: Sampling | None = None) -> SolutionPath:
         """Return the empty path for ``question`` (the prompt is prefilled once, here or lazily).
 
         ``sampling`` holds for every path grown from this root (None: the generator's defaults).
@@ -79,11 +79,11 @@ class StepGenerator(Protocol):
 
     def extend(
         self,
-        paths: list[Path],
+        paths: list[SolutionPath],
         n_each: int,
         to_end: bool = False,
         deadline: Deadline | None = None,
-    ) -> list[Path]:
+    ) -> list[SolutionPath]:
         """Return ``n_each`` continuations of every path, grouped by parent in input order.
 
         Each child has one more step than its parent (or runs to the end when ``to_end``).
@@ -93,7 +93,7 @@ class StepGenerator(Protocol):
         """
         ...
 
-    def release(self, paths: list[Path]) -> None:
+    def release(self, paths: list[SolutionPath]) -> None:
         """Free whatever the generator holds for paths the strategy has dropped."""
         ...
 
@@ -102,7 +102,7 @@ class StepGenerator(Protocol):
 class StepScorer(Protocol):
     """Scores every step of every path with a process reward model, each score in [0, 1]."""
 
-    def score(self, question: str, paths: list[Path]) -> list[list[float]]: ...
+    def score(self, question: str, paths: list[SolutionPath]) -> list[list[float]]: ...
 
 
 # More paths than this per question is a typo, not a plan: at N = 64 the vote has long settled on
@@ -126,7 +126,7 @@ class SearchConfig:
     # that disconnect, shutdown); the search still ends normally and frees its KV sequences.
     cancel: threading.Event | None = field(default=None, repr=False, compare=False)
 
-    def validate(self, strategy: str) -> None:
+    def validate(self) -> None:
         """Raise ValueError with a user-facing message for impossible settings."""
         if self.n < 1:
             raise ValueError(f"n must be at least 1, got {self.n}")
@@ -138,16 +138,18 @@ class SearchConfig:
             raise ValueError(f"max_steps must be at least 1, got {self.max_steps}")
         if self.deadline_s is not None and self.deadline_s <= 0:
             raise ValueError(f"deadline_s must be positive, got {self.deadline_s}")
-        if strategy in ("beam_search", "dvts"):
-            if self.beam_width < 1:
-                raise ValueError(f"beam_width must be at least 1, got {self.beam_width}")
-            if self.beam_width > self.n:
-                raise ValueError(f"beam_width ({self.beam_width}) cannot exceed n ({self.n})")
-            if self.n % self.beam_width:
-                raise ValueError(
-                    f"n ({self.n}) must be a multiple of beam_width ({self.beam_width}) "
-                    f"for {strategy}"
-                )
+
+    def validate_beams(self, strategy: str) -> None:
+        """As :meth:`validate`, plus the beam settings a tree search (``strategy``) needs."""
+        self.validate()
+        if self.beam_width < 1:
+            raise ValueError(f"beam_width must be at least 1, got {self.beam_width}")
+        if self.beam_width > self.n:
+            raise ValueError(f"beam_width ({self.beam_width}) cannot exceed n ({self.n})")
+        if self.n % self.beam_width:
+            raise ValueError(
+                f"n ({self.n}) must be a multiple of beam_width ({self.beam_width}) for {strategy}"
+            )
 
 
 @dataclass
@@ -183,18 +185,6 @@ class SearchResult:
     votes: dict[str, float] = field(default_factory=dict)
     cut_short: bool = False
     counters: dict[str, float] = field(default_factory=dict)
-
-
-def sample_to_end(
-    question: str, generator: StepGenerator, config: SearchConfig
-) -> tuple[list[Path], Deadline]:
-    """``config.n`` full solutions from one prefill, sampled as ``config.sampling`` says, their KV
-    already released (the sample-based strategies need only the text from here on)."""
-    deadline = Deadline(config.deadline_s, config.cancel)
-    root = generator.root(question, config.sampling)
-    paths = generator.extend([root], config.n, to_end=True, deadline=deadline)
-    generator.release(paths)
-    return paths, deadline
 
 
 def aggregate(step_scores: Sequence[float], agg: str = "last") -> float:

@@ -12,7 +12,8 @@ confidence as weight. With one sample it is that sample, as majority is.
 from __future__ import annotations
 
 from edgetts.confidence import trace_confidence
-from edgetts.search.base import SearchConfig, SearchResult, StepGenerator, StepScorer, sample_to_end
+from edgetts.search.base import SearchConfig, SearchResult, StepGenerator, StepScorer
+from edgetts.search.common import sample_to_end
 from edgetts.search.select import pick_by_confidence, to_candidate
 
 KEEP = 0.9  # DeepConf-high: the 90 % most confident traces vote (10 % is its aggressive setting)
