@@ -12,8 +12,8 @@ from edgetts.models import resolve
 from edgetts.policy import LlamaPolicy, PolicyConfig
 from edgetts.scheduler import Budget, Plan, plan_for, prompt_tokens_for
 from edgetts.search import NEEDS_CONFIDENCE, NEEDS_SCORER, STRATEGIES, measured, run_search
-from edgetts.search.base import DEFAULT_TEMPERATURE, Sampling, SearchConfig, SearchResult, Verifier
-from edgetts.search.registry import DEFAULT_N, GREEDY, REGISTRY
+from edgetts.search.base import DEFAULT_N, Sampling, SearchConfig, SearchResult, Verifier
+from edgetts.search.registry import GREEDY, REGISTRY
 
 log = logging.getLogger("edgetts")
 
@@ -35,15 +35,15 @@ class SolveOptions:
 
     strategy: str = "auto"
     n: int | None = None  # None: the plan picks it under a budget, else DEFAULT_N
-    beam_width: int = 4
-    max_steps: int = 40
+    beam_width: int = SearchConfig.beam_width
+    max_steps: int = SearchConfig.max_steps
     agg: str | None = None  # None: the PRM manifest's default_aggregation
     deadline_s: float | None = None
     memory_mb: float | None = None  # peak resident memory budget; the Solver plans to fit it
-    temperature: float = DEFAULT_TEMPERATURE
-    top_p: float = 1.0
-    top_k: int = 0  # 0 = off
-    seed: int = 0
+    temperature: float = Sampling.temperature
+    top_p: float = Sampling.top_p
+    top_k: int = Sampling.top_k  # 0 = off
+    seed: int = Sampling.seed
     weighted_pick: bool = False
     max_tokens: int | None = None  # generated tokens per solution; None: the policy's limit
     # Math only: "cot" (prose), "pot" (programs run in the sandbox), "cot+pot" (both vote).

@@ -127,13 +127,14 @@ class Verifier(StepScorer, Protocol):
 # More paths than this per question is a typo, not a plan: at N = 64 the vote has long settled on
 # this machine's benchmarks (docs/bench), and every path holds its tokens and states in memory.
 MAX_N = 1024
+DEFAULT_N = 4  # samples, beams or leaves when neither the user nor a plan says
 
 
 @dataclass
 class SearchConfig:
     """Settings shared by all strategies. ``n`` counts samples, beams or leaves."""
 
-    n: int = 4
+    n: int = DEFAULT_N
     beam_width: int = 4
     max_steps: int = 40
     agg: str = "last"

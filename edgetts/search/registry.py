@@ -27,7 +27,6 @@ FinalPick = Callable[[list[Candidate], SearchConfig], tuple["Candidate | None", 
 Family = Literal["sample", "tree", "auto"]
 
 GREEDY = "greedy"  # one sample at temperature 0: not a search, but a choice users make
-DEFAULT_N = 4  # samples, beams or leaves when neither the user nor a plan says
 
 
 @dataclass(frozen=True)
