@@ -1,0 +1,60 @@
+"""The policy's bookkeeping without a model: the slot pool and the bytes-to-steps accumulator."""
+
+from edgetts.policy.slots import TEMPLATE_SLOT, SlotPool
+from edgetts.policy.steps import StepAccumulator
+
+
+def feed(acc: StepAccumulator, pieces: list[bytes]) -> list[str]:
+    """Add token pieces one at a time; the steps they complete, in order."""
+    steps = []
+    for piece in pieces:
+        assert not acc.add(piece)
+        step = acc.cut()
+        if step is not None:
+            steps.append(step)
+    return steps
+
+
+def test_a_step_ends_after_the_blank_line_and_the_rest_begins_the_next():
+    acc = StepAccumulator(max_step_tokens=100)
+    assert feed(acc, [b"Add 2", b" and 3.", b"\n\nSo"]) == ["Add 2 and 3.\n\n"]
+    assert acc.pending == b"So" and acc.n_tokens == 0
+    assert feed(acc, [b" 5.\n", b"\n"]) == ["So 5.\n\n"]
+
+
+def test_a_long_step_is_cut_at_max_step_tokens():
+    acc = StepAccumulator(max_step_tokens=3)
+    assert feed(acc, [b"a", b"b", b"c", b"d"]) == ["abc"]
+    assert acc.rest() == "d"
+
+
+def test_a_stop_string_ends_the_text_before_it():
+    acc = StepAccumulator(max_step_tokens=100, stop_strings=(b"\nQuestion:",))
+    assert not acc.add(b"The answer is 5.")
+    assert acc.add(b"\nQuestion: what")
+    assert acc.rest() == "The answer is 5."
+
+
+def test_bytes_of_one_character_are_decoded_only_together():
+    euro = "€".encode()  # three bytes, as two tokens may split them
+    acc = StepAccumulator(max_step_tokens=100)
+    assert feed(acc, [b"costs 5", euro[:2], euro[2:], b".\n\n"]) == ["costs 5€.\n\n"]
+
+
+def test_the_carry_of_an_earlier_extend_begins_the_next_step():
+    first = StepAccumulator(max_step_tokens=100)
+    feed(first, [b"one.\n\ntw"])
+    second = StepAccumulator(max_step_tokens=100, carry=first.leftover())
+    assert feed(second, [b"o.\n\n"]) == ["two.\n\n"]
+    assert second.leftover() == b""
+
+
+def test_slots_are_reused_last_freed_first_and_never_the_template():
+    pool = SlotPool(3)
+    assert len(pool) == 0  # nothing to fork from before the first prompt
+    pool.reset()
+    assert sorted(pool.free) == [1, 2, 3] and TEMPLATE_SLOT not in pool.free
+    assert pool.next_free() == pool.take() == 1
+    second = pool.take()
+    pool.give(second)
+    assert pool.take() == second and len(pool) == 1
