@@ -235,7 +235,7 @@ def measure_prm(prm_path: str | None, n_threads: int, progress=print) -> float |
         return None
     step = "We multiply 23 trees by 17 rows to get 391 trees, then 391 * 41 = 16031 apples.\n\n"
     steps = [[f"Step {i + 1}: {step}" for i in range(4)] for _ in range(16)]
-    if getattr(scorer, "needs_states", False):  # a policy probe: scores states, not text
+    if scorer.needs_states:  # a policy probe: scores states, not text
         import numpy as np
 
         from edgetts.search.base import SolutionPath

@@ -36,6 +36,7 @@ with a message naming the file or field.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -411,7 +412,12 @@ def open_session(onnx_path: Path, threads: int | None, use_cuda: bool | None = N
 
 
 class PRMScorer:
-    """Scores steps with an ONNX PRM; implements :class:`edgetts.search.base.StepScorer`."""
+    """Scores steps with an ONNX PRM from their text; a :class:`edgetts.search.base.Verifier`."""
+
+    # It reads the steps' text, whatever policy wrote them.
+    needs_states = False
+    needs_confidence = False
+    state_layers: tuple[int, ...] = ()
 
     def __init__(self, session: Any, tokenizer: Any, manifest: Manifest, batch_size: int = 16,
                  directory: Path | None = None) -> None:
@@ -472,6 +478,15 @@ class PRMScorer:
     def default_aggregation(self) -> str:
         """How this PRM's step scores are best combined into a path score (its manifest says)."""
         return self.manifest.default_aggregation
+
+    def check_policy(self, name: str, n_embd: int) -> None:
+        """Any policy will do: a text PRM reads the steps, not the policy's states."""
+
+    def with_batch_size(self, batch_size: int) -> PRMScorer:
+        """This PRM (same session, tokenizer and counters) scoring ``batch_size`` windows at once."""
+        view = copy.copy(self)
+        view.batch_size = max(1, batch_size)
+        return view
 
     def score_steps(self, question: str, steps_per_path: list[list[str]]) -> list[list[float]]:
         """Per-step scores in [0, 1] for each path (batched by length)."""

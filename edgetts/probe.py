@@ -76,7 +76,7 @@ class ProbeManifest:
 
 
 class ProbeScorer:
-    """Scores steps from ``SolutionPath.step_states``; implements the StepScorer interface."""
+    """Scores steps from ``SolutionPath.step_states``; a :class:`edgetts.search.base.Verifier`."""
 
     needs_states = True  # the policy must run with capture_states
 
@@ -104,6 +104,15 @@ class ProbeScorer:
     @property
     def default_aggregation(self) -> str:
         return self.manifest.default_aggregation
+
+    @property
+    def state_layers(self) -> tuple[int, ...]:
+        """The policy layers a step state is made of, as the probe was trained."""
+        return tuple(self.manifest.layers)
+
+    def with_batch_size(self, batch_size: int) -> ProbeScorer:
+        """This probe: it scores every state in one small product, with no batch to bound."""
+        return self
 
     @property
     def needs_confidence(self) -> bool:
@@ -162,8 +171,8 @@ class ProbeScorer:
             if len(p.step_token_ends) != len(p.steps):
                 raise PRMError(
                     f"PRM {self.manifest.name!r} reads token confidence, but path {i} has "
-                    f"{len(p.step_token_ends)} step ends for {len(p.steps)} steps: run the policy "
-                    "with capture_confidence=True (the Solver does this for you)"
+                    f"{len(p.step_token_ends)} step ends for {len(p.steps)} steps: sample "
+                    "with Sampling(record_confidence=True) (the Solver does this for you)"
                 )
             blocks.append(step_features(p.token_stats, p.step_token_ends)[:, columns])
         return np.vstack(blocks)

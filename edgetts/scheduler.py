@@ -42,8 +42,10 @@ from pathlib import Path
 
 from edgetts import calibration as calib
 from edgetts.metadata import ModelMetadata
+from edgetts.policy.config import PolicyConfig
 from edgetts.search.auto import PROBE_N
-from edgetts.search.registry import DEFAULT_N, REGISTRY, names
+from edgetts.search.base import DEFAULT_N, SearchConfig
+from edgetts.search.registry import REGISTRY, names
 
 log = logging.getLogger("edgetts.scheduler")
 
@@ -106,10 +108,10 @@ class Budget:
     deadline_s: float | None = None
     strategy: str = "auto"
     n: int | None = None
-    beam_width: int = 4
-    max_tokens: int = 512
-    max_prompt_tokens: int = 1024
-    max_steps: int = 40
+    beam_width: int = SearchConfig.beam_width
+    max_tokens: int = PolicyConfig.max_tokens
+    max_prompt_tokens: int = PolicyConfig.max_prompt_tokens
+    max_steps: int = SearchConfig.max_steps
     prompt_tokens: int = 160
     n_threads: int | None = None  # None = choose
     kv_type: str | None = None  # None = choose

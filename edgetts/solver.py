@@ -13,15 +13,8 @@ from edgetts.models import resolve
 from edgetts.policy import LlamaPolicy, PolicyConfig, Prompt
 from edgetts.scheduler import Budget, Plan, plan_for, prompt_tokens_for
 from edgetts.search import NEEDS_CONFIDENCE, NEEDS_SCORER, STRATEGIES, measured, run_search
-from edgetts.search.base import (
-    DEFAULT_TEMPERATURE,
-    Sampling,
-    SearchConfig,
-    SearchResult,
-    SolutionPath,
-    StepScorer,
-)
-from edgetts.search.registry import DEFAULT_N, GREEDY, REGISTRY
+from edgetts.search.base import DEFAULT_N, Sampling, SearchConfig, SearchResult, SolutionPath, Verifier
+from edgetts.search.registry import GREEDY, REGISTRY
 
 log = logging.getLogger("edgetts")
 
@@ -45,15 +38,15 @@ class SolveOptions:
 
     strategy: str = "auto"
     n: int | None = None  # None: the plan picks it under a budget, else DEFAULT_N
-    beam_width: int = 4
-    max_steps: int = 40
+    beam_width: int = SearchConfig.beam_width
+    max_steps: int = SearchConfig.max_steps
     agg: str | None = None  # None: the PRM manifest's default_aggregation
     deadline_s: float | None = None
     memory_mb: float | None = None  # peak resident memory budget; the Solver plans to fit it
-    temperature: float = DEFAULT_TEMPERATURE
-    top_p: float = 1.0
-    top_k: int = 0  # 0 = off
-    seed: int = 0
+    temperature: float = Sampling.temperature
+    top_p: float = Sampling.top_p
+    top_k: int = Sampling.top_k  # 0 = off
+    seed: int = Sampling.seed
     weighted_pick: bool = False
     max_tokens: int | None = None  # generated tokens per solution; None: the policy's limit
     # Math only: "cot" (prose), "pot" (programs run in the sandbox), "cot+pot" (both vote).
@@ -144,7 +137,7 @@ class Solver:
     last_plan: Plan | None = field(default=None, init=False, repr=False)
     _policy: LlamaPolicy | None = field(default=None, init=False, repr=False)
     _loaded_memory_mb: float = field(default=float("inf"), init=False, repr=False)  # its plan's
-    _scorer: StepScorer | None = field(default=None, init=False, repr=False)
+    _scorer: Verifier | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @property
@@ -166,7 +159,7 @@ class Solver:
         return str(default_prm_dir(meta.name, meta.n_embd))
 
     @property
-    def scorer(self) -> StepScorer:
+    def scorer(self) -> Verifier:
         if self._scorer is None:
             from edgetts.probe import load_scorer  # onnxruntime loads only when a PRM is needed
 
@@ -210,7 +203,10 @@ class Solver:
             if strategy == GREEDY:
                 strategy, config = "majority", replace(config, n=1)
             if options.agg is None and scorer is not None:
-                config = replace(config, agg=getattr(scorer, "default_aggregation", config.agg))
+                config = replace(config, agg=scorer.default_aggregation)
+            if strategy in NEEDS_CONFIDENCE or (scorer is not None and scorer.needs_confidence):
+                # token confidence is recorded per search, as it samples: no other context needed
+                config = replace(config, sampling=replace(config.sampling, record_confidence=True))
             if options.mode == "cot":
                 result = run_search(strategy, question, generator, scorer, config)  # type: ignore[arg-type]
             else:
@@ -270,7 +266,7 @@ class Solver:
 
     def _prepare(
         self, question: str, options: SolveOptions
-    ) -> tuple[Plan | None, StepScorer | None, LlamaPolicy]:
+    ) -> tuple[Plan | None, Verifier | None, LlamaPolicy]:
         options.validate()
         if options.max_tokens is not None and options.max_tokens > self.policy_config.max_tokens:
             raise ValueError(f"max_tokens={options.max_tokens} is more than this solver's limit "
@@ -279,7 +275,7 @@ class Solver:
         self.last_plan = plan
         strategy = "majority" if options.strategy == GREEDY else options.strategy
         scorer = self._scorer_for(strategy, plan)
-        return plan, scorer, self._policy_for(scorer, plan, options.memory_mb, strategy)
+        return plan, scorer, self._policy_for(scorer, plan, options.memory_mb)
 
     def plan(self, options: SolveOptions, question: str | None = None) -> Plan | None:
         """The scheduler's plan for a budget (memory and/or deadline); None without one.
@@ -302,7 +298,7 @@ class Solver:
         return plan_for(cfg.model, budget, self.prm_dir)[0]
 
     def _policy_for(
-        self, scorer: StepScorer | None, plan: Plan | None, memory_mb: float | None, strategy: str = ""
+        self, scorer: Verifier | None, plan: Plan | None, memory_mb: float | None
     ) -> LlamaPolicy:
         """A policy for this solve: the user's settings, as planned for its budget, recording
         step states when the PRM reads them (a policy probe).
@@ -316,27 +312,20 @@ class Solver:
         wanted = self.policy_config
         if plan is not None:
             wanted = replace(wanted, **{name: getattr(plan, name) for name in PLANNED_FIELDS})
-        if getattr(scorer, "needs_states", False):
-            layers = tuple(scorer.manifest.layers)  # type: ignore[union-attr]
-            wanted = replace(wanted, capture_states=True, state_layers=layers)
+        if scorer is not None and scorer.needs_states:
+            wanted = replace(wanted, capture_states=True, state_layers=scorer.state_layers)
         loaded = self._policy.config if self._policy is not None else None
         budget_fits = memory_mb is None or self._loaded_memory_mb <= memory_mb
         if loaded is None or not budget_fits or not _serves(loaded, wanted):
             self.close()
             self._policy = LlamaPolicy(wanted)
             self._loaded_memory_mb = plan.predicted_memory_mb if plan is not None else float("inf")
-        # Token confidence (confidence_vote, probes with confidence features) is a per-token
-        # flag, not a context setting: the loaded policy serves either way, so it is set on the
-        # policy's own copy of its settings, never on the user's.
-        confidence = strategy in NEEDS_CONFIDENCE or bool(getattr(scorer, "needs_confidence", False))
-        if getattr(self._policy.config, "capture_confidence", False) != confidence:
-            self._policy.config = replace(self._policy.config, capture_confidence=confidence)
-        if getattr(scorer, "needs_states", False):
+        if scorer is not None and scorer.needs_states:
             meta = self._policy.metadata
-            scorer.check_policy(meta.name, meta.n_embd)  # type: ignore[union-attr]
+            scorer.check_policy(meta.name, meta.n_embd)
         return self._policy
 
-    def _scorer_for(self, strategy: str, plan: Plan | None) -> StepScorer | None:
+    def _scorer_for(self, strategy: str, plan: Plan | None) -> Verifier | None:
         """The PRM when the strategy needs it; for auto, when it fits and loads (else agreement)."""
         if strategy in NEEDS_SCORER:
             return self._planned(self.scorer, plan)
@@ -349,11 +338,9 @@ class Solver:
             return None
 
     @staticmethod
-    def _planned(scorer: StepScorer, plan: Plan | None) -> StepScorer:
+    def _planned(scorer: Verifier, plan: Plan | None) -> Verifier:
         """Bound the PRM's batch as planned: its activations, not its weights, dominate memory."""
-        if plan is not None and hasattr(scorer, "batch_size"):
-            scorer.batch_size = plan.prm_batch_size
-        return scorer
+        return scorer.with_batch_size(plan.prm_batch_size) if plan is not None else scorer
 
     def close(self) -> None:
         """Free the llama.cpp context and model (a later solve loads them again)."""

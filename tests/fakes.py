@@ -99,6 +99,7 @@ class FakeGenerator:
     counters: GenCounters = field(default_factory=GenCounters)
     calls: list[ExtendCall] = field(default_factory=list)
     roots: int = 0
+    samplings: list[Sampling | None] = field(default_factory=list)  # each root's, in order
     # Sequence ids by state. Finished sequences may be released or not; unfinished ones must be.
     alive: set[int] = field(default_factory=set)
     consumed: set[int] = field(default_factory=set)
@@ -116,6 +117,7 @@ class FakeGenerator:
     def root(self, question: str, sampling: Sampling | None = None) -> SolutionPath:
         """The empty path; the prompt counts as prefilled once."""
         self.roots += 1
+        self.samplings.append(sampling)
         self.counters.tokens_prefilled += n_tokens(question)
         return self._new(SolutionPath())
 
@@ -216,6 +218,17 @@ class FakeScorer:
     default: float = 0.5
     counters: PRMCounters = field(default_factory=PRMCounters)
     seen: list[list[tuple[str, ...]]] = field(default_factory=list)
+    # The rest of the Verifier protocol (what a Solver asks of its scorer): a text scorer.
+    default_aggregation: str = "last"
+    needs_states: bool = False
+    needs_confidence: bool = False
+    state_layers: tuple[int, ...] = ()
+
+    def check_policy(self, name: str, n_embd: int) -> None:
+        """Any policy: it reads text."""
+
+    def with_batch_size(self, batch_size: int) -> FakeScorer:
+        return self
 
     def score(self, question: str, paths: list[SolutionPath]) -> list[list[float]]:
         """One score per step of every path."""

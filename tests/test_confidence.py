@@ -122,7 +122,7 @@ def test_confidence_vote_runs_as_a_strategy_without_a_prm():
 
 
 def test_confidence_vote_refuses_a_policy_that_records_no_confidence():
-    with pytest.raises(ValueError, match="capture_confidence"):
+    with pytest.raises(ValueError, match="record_confidence"):
         run_search("confidence_vote", "q", FakeGenerator(tree_policy(TREE)), None, SearchConfig(n=2))
 
 

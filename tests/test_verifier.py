@@ -71,7 +71,7 @@ def test_missing_confidence_is_an_error_not_a_silent_zero(tmp_path: Path) -> Non
     scorer = load_scorer(tmp_path / "p", threads=1)
     p = conf_path(np.random.default_rng(1), 2)
     p.step_token_ends = []
-    with pytest.raises(PRMError, match="capture_confidence"):
+    with pytest.raises(PRMError, match="record_confidence"):
         scorer.score("q", [p])
 
 

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 
 from edgetts.llama.errors import LlamaError
-from edgetts.search.base import DEFAULT_TEMPERATURE
+from edgetts.search.base import Sampling
 
 
 def default_threads() -> int:
@@ -58,10 +58,10 @@ class PolicyConfig:
     n_gpu_layers: int | None = None
     kv_type: str = "f16"  # "f16" or "q8_0"
     # Sampling for a root() given none (tools, tests); searches pass their own Sampling.
-    temperature: float = DEFAULT_TEMPERATURE
-    top_p: float = 1.0
-    top_k: int = 0  # 0 = off
-    seed: int = 0
+    temperature: float = Sampling.temperature
+    top_p: float = Sampling.top_p
+    top_k: int = Sampling.top_k  # 0 = off
+    seed: int = Sampling.seed
     # Record the final hidden state at each step's last token on the path (Path.step_states), for
     # scorers that read the policy's own states (edgetts.probe). Costs one vector copy per step.
     # A path cut by max_tokens (or a stop string) keeps the state before its last token.

@@ -513,7 +513,7 @@ class LlamaPolicy:
         child.sampler = self._new_sampler(seq)
         if seq.n_cached == len(seq.tokens) and parent.logits is not None:
             token = child.sampler.sample_from(parent.logits)
-            self._accept(child, token, self._stats(parent.logits, token))
+            self._accept(child, token, self._stats(child, parent.logits, token))
         else:
             child.to_decode = seq.tokens[seq.n_cached :]
             self.counters.tokens_redecoded += len(child.to_decode)
@@ -564,10 +564,13 @@ class LlamaPolicy:
                 child.done = True
                 continue
             token = child.sampler.sample(self.context, row)  # type: ignore[union-attr]
-            self._accept(child, token, self._stats(self.context.logits_view(row), token))
+            self._accept(child, token, self._stats(child, self.context.logits_view(row), token))
 
-    def _stats(self, logits: np.ndarray, token: int) -> tuple[float, float, float] | None:
-        return token_stats(logits, token) if self.config.capture_confidence else None
+    def _stats(self, child: _Child, logits: np.ndarray, token: int) -> tuple[float, float, float] | None:
+        return token_stats(logits, token) if self._records_confidence(child.seq) else None
+
+    def _records_confidence(self, seq: _Seq) -> bool:
+        return self.config.capture_confidence or seq.sampling.record_confidence
 
     def _accept(self, child: _Child, token: int, stats: tuple[float, float, float] | None = None) -> None:
         """Record a sampled token: end the path, end the step, or queue it for decoding."""
@@ -607,11 +610,11 @@ class LlamaPolicy:
         path = child.path
         if text.strip():
             path.steps.append(text)
-            if self.config.capture_confidence:
+            if self._records_confidence(child.seq):
                 path.step_token_ends.append(len(path.token_stats))
         elif path.steps:
             path.steps[-1] += text  # blank lines belong to the step before
-            if self.config.capture_confidence:
+            if self._records_confidence(child.seq):
                 path.step_token_ends[-1] = len(path.token_stats)
         else:
             return

@@ -38,6 +38,9 @@ class Sampling:
     # Strings that end a path where they first appear (cut off, stop_reason "stop"): a client's
     # OpenAI ``stop``. Matched in the text as written, across step boundaries too.
     stop: tuple[str, ...] = ()
+    # Also record each generated token's confidence (SolutionPath.token_stats, edgetts.confidence)
+    # for confidence votes and probes that read it; a generator may record it anyway.
+    record_confidence: bool = False
 
 
 @dataclass
@@ -105,16 +108,37 @@ class StepScorer(Protocol):
     def score(self, question: str, paths: list[SolutionPath]) -> list[list[float]]: ...
 
 
+@runtime_checkable
+class Verifier(StepScorer, Protocol):
+    """A loaded step scorer as the solver sees it: what it needs the policy to record, its
+    defaults, and its cost counters (a text PRM, or a probe on the policy's own states)."""
+
+    needs_states: bool  # reads SolutionPath.step_states: the policy must capture them
+    needs_confidence: bool  # reads SolutionPath.token_stats: the policy must record them
+    state_layers: tuple[int, ...]  # the policy layers a step state is made of (when needs_states)
+    default_aggregation: str  # how its step scores best make one path score
+
+    def check_policy(self, name: str, n_embd: int) -> None:
+        """Raise unless this scorer can read the states of the policy ``name`` (width ``n_embd``)."""
+        ...
+
+    def with_batch_size(self, batch_size: int) -> Verifier:
+        """The same scorer (same session and counters) scoring at most ``batch_size`` inputs at
+        once: a memory plan's bound on its activations."""
+        ...
+
+
 # More paths than this per question is a typo, not a plan: at N = 64 the vote has long settled on
 # this machine's benchmarks (docs/bench), and every path holds its tokens and states in memory.
 MAX_N = 1024
+DEFAULT_N = 4  # samples, beams or leaves when neither the user nor a plan says
 
 
 @dataclass
 class SearchConfig:
     """Settings shared by all strategies. ``n`` counts samples, beams or leaves."""
 
-    n: int = 4
+    n: int = DEFAULT_N
     beam_width: int = 4
     max_steps: int = 40
     agg: str = "last"

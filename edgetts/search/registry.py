@@ -27,7 +27,6 @@ FinalPick = Callable[[list[Candidate], SearchConfig], tuple["Candidate | None", 
 Family = Literal["sample", "tree", "auto"]
 
 GREEDY = "greedy"  # one sample at temperature 0: not a search, but a choice users make
-DEFAULT_N = 4  # samples, beams or leaves when neither the user nor a plan says
 
 
 @dataclass(frozen=True)
@@ -59,40 +58,17 @@ def _confidence(candidates: list[Candidate], _: SearchConfig):
     return pick_by_confidence(candidates, [c.score or 0.0 for c in candidates], KEEP)
 
 
+def _guided(name: str, run: Strategy, family: Family, final_pick: FinalPick) -> StrategyInfo:
+    """A strategy the PRM drives: it cannot run without one."""
+    return StrategyInfo(name, run, family, needs_scorer=True, reads_scorer=True, final_pick=final_pick)
+
+
 _ENTRIES = (
     StrategyInfo("majority", majority, "sample", needs_scorer=False, reads_scorer=False, final_pick=_vote),
-    StrategyInfo(
-        "best_of_n",
-        best_of_n,
-        "sample",
-        needs_scorer=True,
-        reads_scorer=True,
-        final_pick=lambda c, _: pick(c, weighted=False),
-    ),
-    StrategyInfo(
-        "weighted_best_of_n",
-        weighted_best_of_n,
-        "sample",
-        needs_scorer=True,
-        reads_scorer=True,
-        final_pick=lambda c, _: pick(c, weighted=True),
-    ),
-    StrategyInfo(
-        "beam_search",
-        beam_search,
-        "tree",
-        needs_scorer=True,
-        reads_scorer=True,
-        final_pick=lambda c, cfg: pick(c, weighted=cfg.weighted_pick),
-    ),
-    StrategyInfo(
-        "dvts",
-        dvts,
-        "tree",
-        needs_scorer=True,
-        reads_scorer=True,
-        final_pick=lambda c, _: pick(c, weighted=True),
-    ),
+    _guided("best_of_n", best_of_n, "sample", lambda c, _: pick(c, weighted=False)),
+    _guided("weighted_best_of_n", weighted_best_of_n, "sample", lambda c, _: pick(c, weighted=True)),
+    _guided("beam_search", beam_search, "tree", lambda c, cfg: pick(c, weighted=cfg.weighted_pick)),
+    _guided("dvts", dvts, "tree", lambda c, _: pick(c, weighted=True)),
     StrategyInfo("auto", auto, "auto", needs_scorer=False, reads_scorer=True, final_pick=None),
     StrategyInfo(
         "confidence_vote",

@@ -68,9 +68,7 @@ class App:
         self.settings = settings
         self.engine = Engine(solver, settings.max_queue, expected_s=settings.default_deadline_s or 5.0)
         self.strategies = known_strategies()
-        self.default_strategy = settings.default_strategy or (
-            "auto" if "auto" in self.strategies else "majority"
-        )
+        self.default_strategy = settings.default_strategy or "auto"
         if self.default_strategy not in self.strategies:
             raise ValueError(
                 f"unknown default strategy {self.default_strategy!r}; choose one of {sorted(self.strategies)}"

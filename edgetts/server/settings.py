@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edgetts.policy.config import PolicyConfig
+from edgetts.search.base import DEFAULT_N
+
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -16,12 +19,12 @@ class ServerSettings:
     api_key: str | None = None  # when set, /v1/* needs ``Authorization: Bearer <key>``
     model_id: str = "edgetts"  # the name /v1/models lists and requests must use
     model_aliases: tuple[str, ...] = ()  # other accepted names (file name, path)
-    max_tokens: int = 512  # per solution; the policy's context is sized for it
+    max_tokens: int = PolicyConfig.max_tokens  # per solution; the policy's context is sized for it
     max_n: int = 16
     max_queue: int = 4  # requests waiting behind the one being searched
     max_body_bytes: int = 256 * 1024
-    default_strategy: str | None = None  # None: "auto" once SolveOptions has it, else majority
-    default_n: int = 4
+    default_strategy: str | None = None  # None: "auto"
+    default_n: int = DEFAULT_N
     default_deadline_s: float | None = None
     memory_mb: float | None = None  # the server's budget, passed to "auto" when supported
     progress_interval_s: float = 1.0  # streaming: one progress chunk this often while searching
