@@ -235,13 +235,13 @@ def measure_prm(prm_path: str | None, n_threads: int, progress=print) -> float |
         return None
     step = "We multiply 23 trees by 17 rows to get 391 trees, then 391 * 41 = 16031 apples.\n\n"
     steps = [[f"Step {i + 1}: {step}" for i in range(4)] for _ in range(16)]
-    if getattr(scorer, "needs_states", False):  # a policy probe: scores states, not text
+    if scorer.needs_states:  # a policy probe: scores states, not text
         import numpy as np
 
-        from edgetts.search.base import Path as SearchPath
+        from edgetts.search.base import SolutionPath
 
         width = scorer.manifest.hidden_size
-        paths = [SearchPath(steps=s, step_states=[np.ones(width, np.float32)] * len(s)) for s in steps]
+        paths = [SolutionPath(steps=s, step_states=[np.ones(width, np.float32)] * len(s)) for s in steps]
         scorer.score(CALIBRATION_QUESTION, paths[:2])
         start = time.perf_counter()
         scorer.score(CALIBRATION_QUESTION, paths)

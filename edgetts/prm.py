@@ -36,32 +36,37 @@ with a message naming the file or field.
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
 import math
 import os
 import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path as FsPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgetts import paths
-from edgetts.search.base import Path
+from edgetts.gpu import installed_onnxruntimes, onnxruntime_problem
+from edgetts.search.base import SolutionPath
+
+log = logging.getLogger("edgetts.prm")
 
 DEFAULT_PRM_NAME = "prm-minilm"  # the shipped text PRM, for any policy
 FORMAT_VERSION = 1
 OUTPUT_KINDS = ("logit", "label_softmax")
 
 
-def default_text_prm() -> FsPath:
+def default_text_prm() -> Path:
     """The text PRM used when no PRM is named: the user's ``prms/prm-minilm``, else the shipped."""
     return find_prm(DEFAULT_PRM_NAME)
 
 
-def find_prm(name: str) -> FsPath:
+def find_prm(name: str) -> Path:
     """A PRM folder by name: ``$EDGETTS_HOME/prms/NAME`` if there, else the shipped one."""
     user = paths.home() / "prms" / name
     return user if (user / "manifest.json").is_file() else paths.shipped_dir() / name
@@ -282,7 +287,7 @@ class PRMCounters:
     seconds: float = 0.0
 
 
-def _load_tokenizer(path: FsPath) -> Any:
+def _load_tokenizer(path: Path) -> Any:
     from tokenizers import Tokenizer
 
     if not path.is_file():
@@ -344,8 +349,8 @@ def check_contract(session: Any, m: Manifest, where: str) -> None:
 
 def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """A PRM directory's manifest as a dict, with a clear error when it is missing or bad."""
-    mpath = FsPath(directory) / "manifest.json"
-    if not FsPath(directory).is_dir():
+    mpath = Path(directory) / "manifest.json"
+    if not Path(directory).is_dir():
         raise PRMError(f"{directory}: PRM directory not found")
     if not mpath.is_file():
         raise PRMError(f"{mpath}: manifest not found")
@@ -372,14 +377,16 @@ def choose_providers(available: Sequence[str], use_cuda: bool | None) -> list[st
         if device not in ("auto", "cpu", "cuda"):
             raise PRMError(f"{DEVICE_ENV} must be auto, cpu or cuda, got {device!r}")
         if device == "cuda" and "CUDAExecutionProvider" not in available:
-            raise PRMError(f"{DEVICE_ENV}=cuda but this onnxruntime has no CUDA provider "
-                           "(install onnxruntime-gpu in place of onnxruntime)")
+            shadow = onnxruntime_problem(installed_onnxruntimes(), available)
+            raise PRMError(f"{DEVICE_ENV}=cuda but this onnxruntime has no CUDA provider: "
+                           + (shadow or "install onnxruntime-gpu in place of onnxruntime "
+                              '(README, "GPU")'))
         use_cuda = device != "cpu"
     cuda = use_cuda and "CUDAExecutionProvider" in available
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
 
 
-def open_session(onnx_path: FsPath, threads: int | None, use_cuda: bool | None = None) -> Any:
+def open_session(onnx_path: Path, threads: int | None, use_cuda: bool | None = None) -> Any:
     """An onnxruntime session (providers from :func:`choose_providers`), clear errors."""
     import onnxruntime as ort
 
@@ -390,7 +397,12 @@ def open_session(onnx_path: FsPath, threads: int | None, use_cuda: bool | None =
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    providers = choose_providers(ort.get_available_providers(), use_cuda)
+    available = ort.get_available_providers()
+    providers = choose_providers(available, use_cuda)
+    if "CUDAExecutionProvider" not in available:
+        shadow = onnxruntime_problem(installed_onnxruntimes(), available)
+        if shadow:  # onnxruntime-gpu was meant to run this PRM; say why it runs on the CPU
+            log.warning("the PRM runs on the CPU: %s", shadow)
     try:
         return ort.InferenceSession(str(onnx_path), opts, providers=providers)
     except Exception as e:  # onnxruntime raises its own exception types for bad files
@@ -400,10 +412,15 @@ def open_session(onnx_path: FsPath, threads: int | None, use_cuda: bool | None =
 
 
 class PRMScorer:
-    """Scores steps with an ONNX PRM; implements :class:`edgetts.search.base.StepScorer`."""
+    """Scores steps with an ONNX PRM from their text; a :class:`edgetts.search.base.Verifier`."""
+
+    # It reads the steps' text, whatever policy wrote them.
+    needs_states = False
+    needs_confidence = False
+    state_layers: tuple[int, ...] = ()
 
     def __init__(self, session: Any, tokenizer: Any, manifest: Manifest, batch_size: int = 16,
-                 directory: FsPath | None = None) -> None:
+                 directory: Path | None = None) -> None:
         self.session = session
         self.manifest = manifest
         self.builder = InputBuilder(tokenizer, manifest)
@@ -415,7 +432,7 @@ class PRMScorer:
     def load(cls, path: str | os.PathLike[str] | None = None, threads: int | None = None,
              use_cuda: bool | None = None, batch_size: int = 16) -> PRMScorer:
         """Load a PRM directory (None: the text PRM, ``prm-minilm``, see :func:`default_text_prm`)."""
-        d = FsPath(path) if path is not None else default_text_prm()
+        d = Path(path) if path is not None else default_text_prm()
         mpath = d / "manifest.json"
         try:
             manifest = Manifest.from_dict(read_manifest(d), str(mpath))
@@ -462,6 +479,15 @@ class PRMScorer:
         """How this PRM's step scores are best combined into a path score (its manifest says)."""
         return self.manifest.default_aggregation
 
+    def check_policy(self, name: str, n_embd: int) -> None:
+        """Any policy will do: a text PRM reads the steps, not the policy's states."""
+
+    def with_batch_size(self, batch_size: int) -> PRMScorer:
+        """This PRM (same session, tokenizer and counters) scoring ``batch_size`` windows at once."""
+        view = copy.copy(self)
+        view.batch_size = max(1, batch_size)
+        return view
+
     def score_steps(self, question: str, steps_per_path: list[list[str]]) -> list[list[float]]:
         """Per-step scores in [0, 1] for each path (batched by length)."""
         return self.score_pairs([(question, steps) for steps in steps_per_path])
@@ -487,6 +513,6 @@ class PRMScorer:
         self.counters.seconds += time.perf_counter() - t0
         return result
 
-    def score(self, question: str, paths: list[Path]) -> list[list[float]]:
+    def score(self, question: str, paths: list[SolutionPath]) -> list[list[float]]:
         """StepScorer interface: per-step scores of each path's steps."""
         return self.score_steps(question, [list(p.steps) for p in paths])

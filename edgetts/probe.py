@@ -2,7 +2,7 @@
 
 While it decodes, the policy already computes a final hidden state for every token. With
 ``PolicyConfig.capture_states`` it keeps the one at each step's last token on the path
-(``Path.step_states``), and this scorer maps each to a step score with a tiny head (a logistic
+(``SolutionPath.step_states``), and this scorer maps each to a step score with a tiny head (a logistic
 probe trained by ``tools/train_probe.py`` on the policy's own samples, labelled by their final
 answers: the score estimates how likely a solution that has come this far ends right). Scoring
 is one matrix product per call: the cost of a second model's forward pass disappears, which is
@@ -21,14 +21,14 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path as FsPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgetts.confidence import STEP_FEATURES, step_features
 from edgetts.prm import PRMCounters, PRMError, calculator_capped, open_session, read_manifest
-from edgetts.search.base import AGGREGATIONS, Path
+from edgetts.search.base import AGGREGATIONS, SolutionPath
 
 KIND = "policy_probe"
 
@@ -76,11 +76,11 @@ class ProbeManifest:
 
 
 class ProbeScorer:
-    """Scores steps from ``Path.step_states``; implements the StepScorer interface."""
+    """Scores steps from ``SolutionPath.step_states``; a :class:`edgetts.search.base.Verifier`."""
 
     needs_states = True  # the policy must run with capture_states
 
-    def __init__(self, session: Any, manifest: ProbeManifest, directory: FsPath | None = None) -> None:
+    def __init__(self, session: Any, manifest: ProbeManifest, directory: Path | None = None) -> None:
         self.session = session
         self.manifest = manifest
         self.directory = directory
@@ -90,7 +90,7 @@ class ProbeScorer:
     def load(cls, path: str | os.PathLike[str], threads: int | None = None,
              use_cuda: bool | None = None) -> ProbeScorer:
         """Load a probe directory; the ONNX input and output are checked against the manifest."""
-        d = FsPath(path)
+        d = Path(path)
         where = str(d / "manifest.json")
         try:
             manifest = ProbeManifest.from_dict(read_manifest(d), where)
@@ -104,6 +104,15 @@ class ProbeScorer:
     @property
     def default_aggregation(self) -> str:
         return self.manifest.default_aggregation
+
+    @property
+    def state_layers(self) -> tuple[int, ...]:
+        """The policy layers a step state is made of, as the probe was trained."""
+        return tuple(self.manifest.layers)
+
+    def with_batch_size(self, batch_size: int) -> ProbeScorer:
+        """This probe: it scores every state in one small product, with no batch to bound."""
+        return self
 
     @property
     def needs_confidence(self) -> bool:
@@ -130,7 +139,7 @@ class ProbeScorer:
         logit = np.asarray(out, dtype=np.float64).reshape(len(states))
         return 1.0 / (1.0 + np.exp(-logit))
 
-    def score(self, question: str, paths: list[Path]) -> list[list[float]]:
+    def score(self, question: str, paths: list[SolutionPath]) -> list[list[float]]:
         """StepScorer interface: one score per step, read from each path's recorded states."""
         t0 = time.perf_counter()
         for i, p in enumerate(paths):
@@ -154,7 +163,7 @@ class ProbeScorer:
         return result
 
 
-    def _confidence_features(self, paths: list[Path]) -> np.ndarray:
+    def _confidence_features(self, paths: list[SolutionPath]) -> np.ndarray:
         """The manifest's confidence features of every step of ``paths``, in step order."""
         columns = [STEP_FEATURES.index(f) for f in self.manifest.features]
         blocks = []
@@ -162,8 +171,8 @@ class ProbeScorer:
             if len(p.step_token_ends) != len(p.steps):
                 raise PRMError(
                     f"PRM {self.manifest.name!r} reads token confidence, but path {i} has "
-                    f"{len(p.step_token_ends)} step ends for {len(p.steps)} steps: run the policy "
-                    "with capture_confidence=True (the Solver does this for you)"
+                    f"{len(p.step_token_ends)} step ends for {len(p.steps)} steps: sample "
+                    "with Sampling(record_confidence=True) (the Solver does this for you)"
                 )
             blocks.append(step_features(p.token_stats, p.step_token_ends)[:, columns])
         return np.vstack(blocks)
@@ -205,7 +214,7 @@ def load_scorer(path: str | os.PathLike[str] | None = None, threads: int | None 
     return PRMScorer.load(path, threads=threads, use_cuda=use_cuda)
 
 
-def save_states(file: str | os.PathLike[str], paths: list[Path]) -> None:
+def save_states(file: str | os.PathLike[str], paths: list[SolutionPath]) -> None:
     """Keep paths' steps and step states (float16) in one ``.npz``, for rescoring or training;
     with their token confidence too when every path recorded it (``capture_confidence``)."""
     flat = [s for p in paths for s in p.step_states]
@@ -223,13 +232,13 @@ def save_states(file: str | os.PathLike[str], paths: list[Path]) -> None:
              steps=np.array([s for p in paths for s in p.steps], dtype=str), **extra)
 
 
-def load_states(file: str | os.PathLike[str]) -> list[Path]:
+def load_states(file: str | os.PathLike[str]) -> list[SolutionPath]:
     """Paths (steps, float32 step states and any token confidence) as :func:`save_states` kept
     them."""
     z = np.load(file)
     bounds = np.cumsum(np.r_[0, z["nsteps"]])
     H, steps = z["H"].astype(np.float32), [str(s) for s in z["steps"]]
-    paths = [Path(steps=steps[a:b], step_states=list(H[a:b]), finished=True)
+    paths = [SolutionPath(steps=steps[a:b], step_states=list(H[a:b]), finished=True)
              for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
     if "token_stats" in z:
         tb = np.cumsum(np.r_[0, z["ntokens"]])
@@ -239,7 +248,7 @@ def load_states(file: str | os.PathLike[str]) -> list[Path]:
     return paths
 
 
-def default_prm_dir(policy_name: str, n_embd: int, *roots: FsPath) -> FsPath:
+def default_prm_dir(policy_name: str, n_embd: int, *roots: Path) -> Path:
     """The PRM for a policy: a probe made for it (its manifest names the policy; the user's
     ``$EDGETTS_HOME/prms`` first, then the shipped ones), else the text PRM, which reads any
     policy's text. ``roots``: folders of PRM folders to search instead."""

@@ -42,6 +42,10 @@ from pathlib import Path
 
 from edgetts import calibration as calib
 from edgetts.metadata import ModelMetadata
+from edgetts.policy.config import PolicyConfig
+from edgetts.search.auto import PROBE_N
+from edgetts.search.base import DEFAULT_N, SearchConfig
+from edgetts.search.registry import REGISTRY, names
 
 log = logging.getLogger("edgetts.scheduler")
 
@@ -62,11 +66,10 @@ EXPECTED_TOKEN_SHARE = 0.6
 TOKENS_PER_STEP = 45
 PROMPT_TEMPLATE_TOKENS = 40  # chat template around the question
 N_CHOICES = (1, 2, 4, 8, 16, 32)
-DEFAULT_N = 4
-PROBE_N = 4  # first samples "auto" draws to judge difficulty (see search/auto.py)
-SAMPLE_STRATEGIES = ("majority", "best_of_n", "weighted_best_of_n", "confidence_vote")
-TREE_STRATEGIES = ("beam_search", "dvts")
-SCORED = ("best_of_n", "weighted_best_of_n", "beam_search", "dvts", "auto")
+# What the memory model needs of each strategy, from the one table (edgetts/search/registry.py).
+SAMPLE_STRATEGIES = names("sample")
+TREE_STRATEGIES = names("tree")
+SCORED = tuple(name for name, info in REGISTRY.items() if info.reads_scorer)
 
 
 class PlanError(ValueError):
@@ -105,10 +108,10 @@ class Budget:
     deadline_s: float | None = None
     strategy: str = "auto"
     n: int | None = None
-    beam_width: int = 4
-    max_tokens: int = 512
-    max_prompt_tokens: int = 1024
-    max_steps: int = 40
+    beam_width: int = SearchConfig.beam_width
+    max_tokens: int = PolicyConfig.max_tokens
+    max_prompt_tokens: int = PolicyConfig.max_prompt_tokens
+    max_steps: int = SearchConfig.max_steps
     prompt_tokens: int = 160
     n_threads: int | None = None  # None = choose
     kv_type: str | None = None  # None = choose
@@ -142,7 +145,8 @@ class Plan:
             f"plan: {self.strategy} N={self.n}"
             + (f" beam width {self.beam_width}" if self.strategy in TREE_STRATEGIES else "")
             + f", {self.n_seq_max} KV slots, n_ctx {self.n_ctx}, KV {self.kv_type}, "
-            f"{self.n_threads} threads, {self.n_gpu_layers} GPU layers, max {self.max_tokens} tokens"
+            f"{self.n_threads} threads, {'all' if self.n_gpu_layers < 0 else self.n_gpu_layers} GPU layers, "
+            f"max {self.max_tokens} tokens"
             + (f", PRM batch {self.prm_batch_size}" if self.use_prm else ""),
             f"memory: {self.memory.describe()}",
             f"time: ~{self.predicted_s:.1f} s predicted ({self.calibration_source} speeds)",
@@ -363,6 +367,12 @@ def make_plan(
                      "estimated (run `edgetts calibrate --prm ...`)")
     gpu_layers = budget.n_gpu_layers if budget.n_gpu_layers is not None else (
         meta.n_layers + 1 if gpu_offload else 0)
+    if gpu_layers and not gpu_offload:
+        # A CPU build of llama.cpp ignores the offload and keeps every layer in host memory, so
+        # counting them as GPU memory would let a plan overrun the host budget.
+        notes.append(f"{'all' if gpu_layers < 0 else gpu_layers} GPU layers asked for, but this llama.cpp "
+                     "is a CPU build: they stay in host memory (README, \"GPU\")")
+        gpu_layers = 0
     use_prm = budget.strategy in SCORED and prm is not None
     if budget.strategy in SCORED and budget.strategy != "auto" and not use_prm:
         raise PlanError(f"strategy {budget.strategy!r} needs a PRM and none was found")

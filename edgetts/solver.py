@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from edgetts.gpu import requested_gpu_layers
 from edgetts.metadata import read_metadata
 from edgetts.models import resolve
-from edgetts.policy import LlamaPolicy, PolicyConfig
+from edgetts.policy import LlamaPolicy, PolicyConfig, Prompt
 from edgetts.scheduler import Budget, Plan, plan_for, prompt_tokens_for
 from edgetts.search import NEEDS_CONFIDENCE, NEEDS_SCORER, STRATEGIES, measured, run_search
-from edgetts.search.base import DEFAULT_TEMPERATURE, Sampling, SearchConfig, SearchResult, StepScorer
+from edgetts.search.base import DEFAULT_N, Sampling, SearchConfig, SearchResult, SolutionPath, Verifier
+from edgetts.search.registry import GREEDY, REGISTRY
 
 log = logging.getLogger("edgetts")
 
@@ -20,12 +22,12 @@ if TYPE_CHECKING:
     from edgetts.code import CodeResult, CodeTask
     from edgetts.sandbox import Sandbox
 
-GREEDY = "greedy"
-DEFAULT_N = 4
 MODES = ("cot", "pot", "cot+pot")  # prose, programs run in the sandbox, or both voting together
 # Strategies a program vote can use: one vote each, or weighted by the verifier.
 POT_STRATEGIES = (GREEDY, "majority", "weighted_best_of_n", "auto")
 CODE_STRATEGIES = (GREEDY, "majority", "exec", "auto")  # auto = exec for code tasks
+MAX_STOP = 4  # stop strings per request, as OpenAI allows
+MAX_STOP_CHARS = 256  # each is searched for after every token: keep that cheap
 # PolicyConfig fields a budget plan sets (unless the user pinned them, see Solver.pinned).
 PLANNED_FIELDS = ("n_seq_max", "n_ctx", "kv_type", "n_threads", "n_gpu_layers")
 
@@ -36,20 +38,21 @@ class SolveOptions:
 
     strategy: str = "auto"
     n: int | None = None  # None: the plan picks it under a budget, else DEFAULT_N
-    beam_width: int = 4
-    max_steps: int = 40
+    beam_width: int = SearchConfig.beam_width
+    max_steps: int = SearchConfig.max_steps
     agg: str | None = None  # None: the PRM manifest's default_aggregation
     deadline_s: float | None = None
     memory_mb: float | None = None  # peak resident memory budget; the Solver plans to fit it
-    temperature: float = DEFAULT_TEMPERATURE
-    top_p: float = 1.0
-    top_k: int = 0  # 0 = off
-    seed: int = 0
+    temperature: float = Sampling.temperature
+    top_p: float = Sampling.top_p
+    top_k: int = Sampling.top_k  # 0 = off
+    seed: int = Sampling.seed
     weighted_pick: bool = False
     max_tokens: int | None = None  # generated tokens per solution; None: the policy's limit
     # Math only: "cot" (prose), "pot" (programs run in the sandbox), "cot+pot" (both vote).
     mode: str = "cot"
     pot_n: int | None = None  # programs for cot+pot (None: as many as prose samples, n)
+    stop: tuple[str, ...] = ()  # strings that end a solution where they appear (OpenAI's stop)
 
     def search_config(self) -> SearchConfig:
         return SearchConfig(
@@ -66,7 +69,7 @@ class SolveOptions:
         """How the search samples (greedy: temperature 0)."""
         temperature = 0.0 if self.strategy == GREEDY else self.temperature
         return Sampling(temperature=temperature, top_p=self.top_p, top_k=self.top_k, seed=self.seed,
-                        max_tokens=self.max_tokens)
+                        max_tokens=self.max_tokens, stop=tuple(self.stop))
 
     def validate(self) -> None:
         """Raise ValueError on settings no strategy can run with, before any model loads."""
@@ -92,8 +95,12 @@ class SolveOptions:
             raise ValueError(f"memory_mb must be positive, got {self.memory_mb}")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if len(self.stop) > MAX_STOP or not all(isinstance(s, str) and s for s in self.stop):
+            raise ValueError(f"stop takes up to {MAX_STOP} non-empty strings, got {list(self.stop)!r}")
+        if any(len(s) > MAX_STOP_CHARS for s in self.stop):
+            raise ValueError(f"a stop string may have at most {MAX_STOP_CHARS} characters")
         if self.strategy != GREEDY:
-            self.search_config().validate(self.strategy)
+            REGISTRY[self.strategy].validate(self.search_config())
 
 
 def validate_code_options(options: SolveOptions) -> None:
@@ -130,7 +137,7 @@ class Solver:
     last_plan: Plan | None = field(default=None, init=False, repr=False)
     _policy: LlamaPolicy | None = field(default=None, init=False, repr=False)
     _loaded_memory_mb: float = field(default=float("inf"), init=False, repr=False)  # its plan's
-    _scorer: StepScorer | None = field(default=None, init=False, repr=False)
+    _scorer: Verifier | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @property
@@ -152,37 +159,56 @@ class Solver:
         return str(default_prm_dir(meta.name, meta.n_embd))
 
     @property
-    def scorer(self) -> StepScorer:
+    def scorer(self) -> Verifier:
         if self._scorer is None:
             from edgetts.probe import load_scorer  # onnxruntime loads only when a PRM is needed
 
             self._scorer = load_scorer(self.prm_dir, threads=self.prm_threads)
         return self._scorer
 
+    @property
+    def scorer_loaded(self) -> bool:
+        """Whether the PRM is loaded (``scorer`` loads it on first use)."""
+        return self._scorer is not None
+
+    def tokens_sampled(self) -> int:
+        """Tokens the loaded policy has sampled since it loaded, 0 when none is: a running
+        search's progress, read from another thread."""
+        policy = self._policy
+        return policy.counters.tokens_sampled if policy is not None else 0
+
     def solve(
         self,
-        question: str,
+        question: Prompt,
         options: SolveOptions | None = None,
         cancel: threading.Event | None = None,
     ) -> SearchResult:
         """Answer one question; safe to call from several threads (questions run one at a time).
 
         Setting ``cancel`` (from any thread) ends the search as if its deadline had passed.
+        ``question`` may be a whole :class:`~edgetts.prompts.Conversation` (the server's chat) or
+        a :class:`~edgetts.prompts.RawPrompt`: every search then roots in it, while the PRM and
+        program-aided math read its last user message.
         """
         options = options or SolveOptions()
         if options.mode != "cot":
             self._need_sandbox(f"--mode {options.mode}")
+        prompt, question = question, question if isinstance(question, str) else question.question
         with self._lock:
             plan, scorer, policy = self._prepare(question, options)
+            generator = policy if isinstance(prompt, str) else RootedIn(policy, prompt)
             strategy, config = options.strategy, replace(options.search_config(), cancel=cancel)
             if plan is not None:
                 config = replace(config, n=plan.n, beam_width=plan.beam_width)
             if strategy == GREEDY:
                 strategy, config = "majority", replace(config, n=1)
             if options.agg is None and scorer is not None:
-                config = replace(config, agg=getattr(scorer, "default_aggregation", config.agg))
+                config = replace(config, agg=scorer.default_aggregation)
+            if strategy in NEEDS_CONFIDENCE or (scorer is not None and scorer.needs_confidence):
+                # token confidence is recorded per search, as it samples: no other context needed
+                config = replace(config, sampling=replace(config.sampling, record_confidence=True))
             if options.mode == "cot":
-                result = run_search(strategy, question, policy, scorer, config)
+                result = run_search(strategy, question, generator, scorer, config)  # type: ignore[arg-type]
             else:
                 from edgetts.pot import PotConfig, program_of_thought
 
@@ -240,7 +266,7 @@ class Solver:
 
     def _prepare(
         self, question: str, options: SolveOptions
-    ) -> tuple[Plan | None, StepScorer | None, LlamaPolicy]:
+    ) -> tuple[Plan | None, Verifier | None, LlamaPolicy]:
         options.validate()
         if options.max_tokens is not None and options.max_tokens > self.policy_config.max_tokens:
             raise ValueError(f"max_tokens={options.max_tokens} is more than this solver's limit "
@@ -249,7 +275,7 @@ class Solver:
         self.last_plan = plan
         strategy = "majority" if options.strategy == GREEDY else options.strategy
         scorer = self._scorer_for(strategy, plan)
-        return plan, scorer, self._policy_for(scorer, plan, options.memory_mb, strategy)
+        return plan, scorer, self._policy_for(scorer, plan, options.memory_mb)
 
     def plan(self, options: SolveOptions, question: str | None = None) -> Plan | None:
         """The scheduler's plan for a budget (memory and/or deadline); None without one.
@@ -265,12 +291,14 @@ class Solver:
             max_prompt_tokens=cfg.max_prompt_tokens, max_steps=options.max_steps,
             prompt_tokens=prompt_tokens_for(question), n_threads=cfg.n_threads,
             kv_type=cfg.kv_type if "kv_type" in self.pinned else None,
-            n_gpu_layers=cfg.n_gpu_layers if "n_gpu_layers" in self.pinned else None,
+            # Offload the user set, on the command line or in $EDGETTS_N_GPU_LAYERS, is kept;
+            # otherwise the plan offloads every layer when llama.cpp is a GPU build.
+            n_gpu_layers=cfg.n_gpu_layers if "n_gpu_layers" in self.pinned else requested_gpu_layers(),
         )
         return plan_for(cfg.model, budget, self.prm_dir)[0]
 
     def _policy_for(
-        self, scorer: StepScorer | None, plan: Plan | None, memory_mb: float | None, strategy: str = ""
+        self, scorer: Verifier | None, plan: Plan | None, memory_mb: float | None
     ) -> LlamaPolicy:
         """A policy for this solve: the user's settings, as planned for its budget, recording
         step states when the PRM reads them (a policy probe).
@@ -284,27 +312,20 @@ class Solver:
         wanted = self.policy_config
         if plan is not None:
             wanted = replace(wanted, **{name: getattr(plan, name) for name in PLANNED_FIELDS})
-        if getattr(scorer, "needs_states", False):
-            layers = tuple(scorer.manifest.layers)  # type: ignore[union-attr]
-            wanted = replace(wanted, capture_states=True, state_layers=layers)
+        if scorer is not None and scorer.needs_states:
+            wanted = replace(wanted, capture_states=True, state_layers=scorer.state_layers)
         loaded = self._policy.config if self._policy is not None else None
         budget_fits = memory_mb is None or self._loaded_memory_mb <= memory_mb
         if loaded is None or not budget_fits or not _serves(loaded, wanted):
             self.close()
             self._policy = LlamaPolicy(wanted)
             self._loaded_memory_mb = plan.predicted_memory_mb if plan is not None else float("inf")
-        # Token confidence (confidence_vote, probes with confidence features) is a per-token
-        # flag, not a context setting: the loaded policy serves either way, so it is set on the
-        # policy's own copy of its settings, never on the user's.
-        confidence = strategy in NEEDS_CONFIDENCE or bool(getattr(scorer, "needs_confidence", False))
-        if getattr(self._policy.config, "capture_confidence", False) != confidence:
-            self._policy.config = replace(self._policy.config, capture_confidence=confidence)
-        if getattr(scorer, "needs_states", False):
+        if scorer is not None and scorer.needs_states:
             meta = self._policy.metadata
-            scorer.check_policy(meta.name, meta.n_embd)  # type: ignore[union-attr]
+            scorer.check_policy(meta.name, meta.n_embd)
         return self._policy
 
-    def _scorer_for(self, strategy: str, plan: Plan | None) -> StepScorer | None:
+    def _scorer_for(self, strategy: str, plan: Plan | None) -> Verifier | None:
         """The PRM when the strategy needs it; for auto, when it fits and loads (else agreement)."""
         if strategy in NEEDS_SCORER:
             return self._planned(self.scorer, plan)
@@ -317,11 +338,9 @@ class Solver:
             return None
 
     @staticmethod
-    def _planned(scorer: StepScorer, plan: Plan | None) -> StepScorer:
+    def _planned(scorer: Verifier, plan: Plan | None) -> Verifier:
         """Bound the PRM's batch as planned: its activations, not its weights, dominate memory."""
-        if plan is not None and hasattr(scorer, "batch_size"):
-            scorer.batch_size = plan.prm_batch_size
-        return scorer
+        return scorer.with_batch_size(plan.prm_batch_size) if plan is not None else scorer
 
     def close(self) -> None:
         """Free the llama.cpp context and model (a later solve loads them again)."""
@@ -362,3 +381,23 @@ def solve(question: str, model: str | None = None, **options) -> SearchResult:
         return solver.solve(question, SolveOptions(**options))
     finally:
         solver.close()
+
+
+class RootedIn:
+    """The policy with every search rooted in one prompt (a conversation or a raw prompt).
+
+    Searches call ``root(question)`` with the question text, which is also what the PRM reads;
+    this passes the whole prompt instead, so the strategies need not know about conversations.
+    Everything else (extend, release, counters) is the policy's own.
+    """
+
+    def __init__(self, policy: LlamaPolicy, prompt: Prompt) -> None:
+        self._policy, self._prompt = policy, prompt
+
+    def root(
+        self, question: str, sampling: Sampling | None = None, system: str | None = None
+    ) -> SolutionPath:
+        return self._policy.root(self._prompt, sampling, system)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._policy, name)

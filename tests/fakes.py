@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from edgetts.search.base import Deadline, Path, Sampling
+from edgetts.search.base import Deadline, Sampling, SolutionPath
 
 # policy(prefix_steps, child_index) -> (step_text, finishes_the_path)
 Policy = Callable[[tuple[str, ...], int], tuple[str, bool]]
@@ -99,6 +99,7 @@ class FakeGenerator:
     counters: GenCounters = field(default_factory=GenCounters)
     calls: list[ExtendCall] = field(default_factory=list)
     roots: int = 0
+    samplings: list[Sampling | None] = field(default_factory=list)  # each root's, in order
     # Sequence ids by state. Finished sequences may be released or not; unfinished ones must be.
     alive: set[int] = field(default_factory=set)
     consumed: set[int] = field(default_factory=set)
@@ -113,23 +114,24 @@ class FakeGenerator:
         """Prompt tokens (once per root) plus the new tokens of every generated step."""
         return self.counters.tokens_prefilled + self.counters.tokens_decoded
 
-    def root(self, question: str, sampling: Sampling | None = None) -> Path:
+    def root(self, question: str, sampling: Sampling | None = None) -> SolutionPath:
         """The empty path; the prompt counts as prefilled once."""
         self.roots += 1
+        self.samplings.append(sampling)
         self.counters.tokens_prefilled += n_tokens(question)
-        return self._new(Path())
+        return self._new(SolutionPath())
 
     def extend(
         self,
-        paths: list[Path],
+        paths: list[SolutionPath],
         n_each: int,
         to_end: bool = False,
         deadline: Deadline | None = None,
-    ) -> list[Path]:
+    ) -> list[SolutionPath]:
         """``n_each`` children per unfinished parent (consumed); finished parents pass through."""
         start = time.perf_counter()
         self.calls.append(ExtendCall([tuple(p.steps) for p in paths], n_each, to_end))
-        out: list[Path] = []
+        out: list[SolutionPath] = []
         for parent in paths:
             self._check_alive(parent, "extend")
             if parent.finished:
@@ -142,7 +144,7 @@ class FakeGenerator:
         self.counters.seconds += time.perf_counter() - start
         return out
 
-    def release(self, paths: list[Path]) -> None:
+    def release(self, paths: list[SolutionPath]) -> None:
         """Drop sequences; releasing a consumed or already released one is a strategy bug."""
         for path in paths:
             self._check_alive(path, "release")
@@ -153,8 +155,8 @@ class FakeGenerator:
         """Unfinished sequences nobody released: KV the strategy would leak."""
         return self.alive - self.finished
 
-    def _grow(self, parent: Path, i: int, to_end: bool, deadline: Deadline | None) -> Path:
-        child = Path(steps=list(parent.steps), n_tokens=parent.n_tokens)
+    def _grow(self, parent: SolutionPath, i: int, to_end: bool, deadline: Deadline | None) -> SolutionPath:
+        child = SolutionPath(steps=list(parent.steps), n_tokens=parent.n_tokens)
         while True:
             if deadline is not None and deadline.expired():
                 # Like the real generator: a step not yet started is not started; a child that
@@ -177,7 +179,7 @@ class FakeGenerator:
             if done or not to_end or child.stop_reason == "deadline":
                 return child
 
-    def _new(self, path: Path) -> Path:
+    def _new(self, path: SolutionPath) -> SolutionPath:
         path.handle = self._next_id
         self._next_id += 1
         self.alive.add(path.handle)
@@ -186,7 +188,7 @@ class FakeGenerator:
         self.peak_alive = max(self.peak_alive, len(self.alive))
         return path
 
-    def _check_alive(self, path: Path, what: str) -> None:
+    def _check_alive(self, path: SolutionPath, what: str) -> None:
         if path.handle in self.consumed:
             raise AssertionError(f"{what} of a consumed path {path.steps!r}")
         if path.handle in self.released:
@@ -216,8 +218,19 @@ class FakeScorer:
     default: float = 0.5
     counters: PRMCounters = field(default_factory=PRMCounters)
     seen: list[list[tuple[str, ...]]] = field(default_factory=list)
+    # The rest of the Verifier protocol (what a Solver asks of its scorer): a text scorer.
+    default_aggregation: str = "last"
+    needs_states: bool = False
+    needs_confidence: bool = False
+    state_layers: tuple[int, ...] = ()
 
-    def score(self, question: str, paths: list[Path]) -> list[list[float]]:
+    def check_policy(self, name: str, n_embd: int) -> None:
+        """Any policy: it reads text."""
+
+    def with_batch_size(self, batch_size: int) -> FakeScorer:
+        return self
+
+    def score(self, question: str, paths: list[SolutionPath]) -> list[list[float]]:
         """One score per step of every path."""
         self.counters.calls += 1
         self.counters.steps_scored += sum(len(p.steps) for p in paths)

@@ -69,7 +69,7 @@ def test_rescore_with_a_policy_probe_reads_kept_states(tmp_path):
     import train_probe
 
     from edgetts.probe import save_states
-    from edgetts.search.base import Path as StatePath
+    from edgetts.search.base import SolutionPath
 
     width = 4
     # The head scores the first state coordinate: samples answering 12 get +3, the others -3.
@@ -86,7 +86,7 @@ def test_rescore_with_a_policy_probe_reads_kept_states(tmp_path):
     states = tmp_path / "bench.states"
     states.mkdir()
     save_states(states / "a.npz", [
-        StatePath(steps=["So.\n\n", f"The answer is {a}."],
+        SolutionPath(steps=["So.\n\n", f"The answer is {a}."],
                   step_states=[np.zeros(width), np.array([3.0 if a == "12" else -3.0, 0, 0, 0])])
         for a in answers])  # problem "b" has no kept states: skipped, said so
     out = tmp_path / "rescored.jsonl"

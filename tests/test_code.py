@@ -19,7 +19,7 @@ from edgetts.code.select import Behaviour, select_program
 from edgetts.code.task import CODE_SYSTEM, TESTS_SYSTEM
 from edgetts.pot import POT_SYSTEM, PotConfig, printed_answer, program_of, program_of_thought
 from edgetts.sandbox import Limits, Sandbox
-from edgetts.search.base import Path
+from edgetts.search.base import SolutionPath
 
 PROMPT = '''from typing import List
 
@@ -53,10 +53,10 @@ class ScriptedGenerator:
         self.counters = GenCounters()
         self.roots: list[tuple[str | None, str]] = []
 
-    def root(self, question: str, sampling=None, system: str | None = None) -> Path:
+    def root(self, question: str, sampling=None, system: str | None = None) -> SolutionPath:
         self.roots.append((system, question))
         self.counters.tokens_prefilled += n_tokens(question)
-        return Path(handle=system)
+        return SolutionPath(handle=system)
 
     def extend(self, paths, n_each, to_end=False, deadline=None):
         out = []
@@ -65,7 +65,8 @@ class ScriptedGenerator:
             for i in range(n_each):
                 text = replies[i % len(replies)]
                 self.counters.tokens_decoded += n_tokens(text)
-                out.append(Path(steps=[text], finished=True, stop_reason="eos", n_tokens=n_tokens(text)))
+                path = SolutionPath(steps=[text], finished=True, stop_reason="eos", n_tokens=n_tokens(text))
+                out.append(path)
         return out
 
     def release(self, paths) -> None:

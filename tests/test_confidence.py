@@ -11,7 +11,7 @@ from fakes import FakeGenerator, n_tokens, tree_policy
 
 from edgetts.confidence import STEP_FEATURES, step_features, token_stats, trace_confidence, window_confs
 from edgetts.search import NEEDS_CONFIDENCE, NEEDS_SCORER, run_search
-from edgetts.search.base import Candidate, Path, SearchConfig
+from edgetts.search.base import Candidate, SearchConfig, SolutionPath
 from edgetts.search.select import pick_by_confidence
 
 
@@ -122,10 +122,10 @@ def test_confidence_vote_runs_as_a_strategy_without_a_prm():
 
 
 def test_confidence_vote_refuses_a_policy_that_records_no_confidence():
-    with pytest.raises(ValueError, match="capture_confidence"):
+    with pytest.raises(ValueError, match="record_confidence"):
         run_search("confidence_vote", "q", FakeGenerator(tree_policy(TREE)), None, SearchConfig(n=2))
 
 
 def test_path_copies_carry_token_stats():
-    p = Path(steps=["a"], token_stats=[(-1.0, 0.0, 1.0)], step_token_ends=[1])
+    p = SolutionPath(steps=["a"], token_stats=[(-1.0, 0.0, 1.0)], step_token_ends=[1])
     assert p.token_stats and p.step_token_ends == [1]

@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from pathlib import Path as FsPath
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edgetts.prm import PRMError, PRMScorer, default_text_prm
-from edgetts.search.base import Path, StepScorer
+from edgetts.search.base import SolutionPath, StepScorer
 
-TOOLS = FsPath(__file__).resolve().parent.parent / "tools"
+TOOLS = Path(__file__).resolve().parent.parent / "tools"
 
 QUESTION = ("Tom buys 4 boxes of pencils. Each box has 12 pencils. He gives 10 pencils to his "
             "sister. How many pencils does Tom have left?")
@@ -30,13 +30,13 @@ def scorer() -> PRMScorer:
     return PRMScorer.load(threads=1)
 
 
-def copy_prm(tmp_path: FsPath) -> FsPath:
+def copy_prm(tmp_path: Path) -> Path:
     d = tmp_path / "prm"
     shutil.copytree(default_text_prm(), d)
     return d
 
 
-def edit_manifest(d: FsPath, **changes: object) -> None:
+def edit_manifest(d: Path, **changes: object) -> None:
     m = json.loads((d / "manifest.json").read_text())
     for k, v in changes.items():
         if v is None:
@@ -68,7 +68,7 @@ def test_step_scorer_protocol_and_counters(scorer: PRMScorer) -> None:
     assert isinstance(scorer, StepScorer)
     before = scorer.counters.steps_scored
     calls = scorer.counters.calls
-    out = scorer.score(QUESTION, [Path(steps=[s + "\n\n" for s in GOOD]), Path(steps=[])])
+    out = scorer.score(QUESTION, [SolutionPath(steps=[s + "\n\n" for s in GOOD]), SolutionPath(steps=[])])
     assert out[1] == []
     assert np.allclose(out[0], scorer.score_steps(QUESTION, [GOOD])[0], atol=1e-6)
     assert scorer.counters.steps_scored == before + 2 * len(GOOD)
@@ -105,7 +105,7 @@ def test_long_inputs_are_truncated_not_rejected(scorer: PRMScorer) -> None:
     assert windows[0].step_indices[-1] == len(steps) - 1
 
 
-def test_missing_dir_and_files(tmp_path: FsPath) -> None:
+def test_missing_dir_and_files(tmp_path: Path) -> None:
     with pytest.raises(PRMError, match="not found"):
         PRMScorer.load(tmp_path / "nope")
     d = copy_prm(tmp_path)
@@ -114,7 +114,7 @@ def test_missing_dir_and_files(tmp_path: FsPath) -> None:
         PRMScorer.load(d)
 
 
-def test_truncated_onnx(tmp_path: FsPath) -> None:
+def test_truncated_onnx(tmp_path: Path) -> None:
     d = copy_prm(tmp_path)
     data = (d / "model.onnx").read_bytes()
     (d / "model.onnx").write_bytes(data[: len(data) // 3])
@@ -122,14 +122,14 @@ def test_truncated_onnx(tmp_path: FsPath) -> None:
         PRMScorer.load(d)
 
 
-def test_manifest_missing_field(tmp_path: FsPath) -> None:
+def test_manifest_missing_field(tmp_path: Path) -> None:
     d = copy_prm(tmp_path)
     edit_manifest(d, output=None)
     with pytest.raises(PRMError, match="missing field.*output"):
         PRMScorer.load(d)
 
 
-def test_manifest_bad_json_and_values(tmp_path: FsPath) -> None:
+def test_manifest_bad_json_and_values(tmp_path: Path) -> None:
     d = copy_prm(tmp_path)
     (d / "manifest.json").write_text("{not json")
     with pytest.raises(PRMError, match="not valid JSON"):
@@ -140,7 +140,7 @@ def test_manifest_bad_json_and_values(tmp_path: FsPath) -> None:
         PRMScorer.load(d2)
 
 
-def test_manifest_disagrees_with_graph(tmp_path: FsPath) -> None:
+def test_manifest_disagrees_with_graph(tmp_path: Path) -> None:
     d = copy_prm(tmp_path)
     edit_manifest(d, output={"name": "scores", "kind": "logit"})
     with pytest.raises(PRMError, match="'scores' is not a graph output"):
@@ -155,7 +155,7 @@ def test_manifest_disagrees_with_graph(tmp_path: FsPath) -> None:
         PRMScorer.load(d)
 
 
-def test_bad_tokenizer_and_step_tag(tmp_path: FsPath) -> None:
+def test_bad_tokenizer_and_step_tag(tmp_path: Path) -> None:
     d = copy_prm(tmp_path)
     (d / "tokenizer.json").write_text('{"version": "1.0", "model": 3}')
     with pytest.raises(PRMError, match="tokenizer file does not load"):
@@ -166,7 +166,7 @@ def test_bad_tokenizer_and_step_tag(tmp_path: FsPath) -> None:
         PRMScorer.load(d2)
 
 
-def test_contract_rejects_wrong_graph(tmp_path: FsPath) -> None:
+def test_contract_rejects_wrong_graph(tmp_path: Path) -> None:
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
@@ -187,7 +187,7 @@ def test_contract_rejects_wrong_graph(tmp_path: FsPath) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["qwen-prm", "math-shepherd"])
-def test_tiny_public_prm_export_parity(tmp_path: FsPath, kind: str) -> None:
+def test_tiny_public_prm_export_parity(tmp_path: Path, kind: str) -> None:
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     pytest.importorskip("onnx")
@@ -217,7 +217,7 @@ def test_arithmetic_error(step: str, wrong: bool) -> None:
     assert arithmetic_error(step) is wrong
 
 
-def test_calculator_check_caps_wrong_arithmetic(tmp_path: FsPath) -> None:
+def test_calculator_check_caps_wrong_arithmetic(tmp_path: Path) -> None:
     d = copy_prm(tmp_path)
     edit_manifest(d, calculator_check=True, calculator_cap=0.01)
     s = PRMScorer.load(d, threads=1)

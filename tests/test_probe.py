@@ -4,24 +4,24 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path as FsPath
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edgetts.prm import PRMError, PRMScorer
 from edgetts.probe import ProbeScorer, load_scorer, load_states, save_states
-from edgetts.search.base import Path
+from edgetts.search.base import SolutionPath
 
 pytest.importorskip("onnx")
-sys.path.insert(0, str(FsPath(__file__).resolve().parent.parent / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 
 import train_probe  # noqa: E402
 
 WIDTH = 8
 
 
-def write_probe(d: FsPath, w: np.ndarray, b: float, **manifest: object) -> FsPath:
+def write_probe(d: Path, w: np.ndarray, b: float, **manifest: object) -> Path:
     m = {"kind": "policy_probe", "name": "tiny-probe", "hidden_size": len(w),
          "policy": {"name": "tiny-policy", "n_embd": len(w)}, "default_aggregation": "last",
          "calculator_check": False, **manifest}
@@ -29,13 +29,13 @@ def write_probe(d: FsPath, w: np.ndarray, b: float, **manifest: object) -> FsPat
     return d
 
 
-def paths_with_states(rng: np.random.Generator, n_steps: list[int]) -> list[Path]:
-    return [Path(steps=[f"step {i}\n\n" for i in range(k)],
+def paths_with_states(rng: np.random.Generator, n_steps: list[int]) -> list[SolutionPath]:
+    return [SolutionPath(steps=[f"step {i}\n\n" for i in range(k)],
                  step_states=[rng.normal(size=WIDTH).astype(np.float32) for _ in range(k)])
             for k in n_steps]
 
 
-def test_scores_are_the_logistic_head(tmp_path: FsPath) -> None:
+def test_scores_are_the_logistic_head(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     w, b = rng.normal(size=WIDTH), 0.3
     scorer = load_scorer(write_probe(tmp_path / "p", w, b), threads=1)
@@ -49,29 +49,29 @@ def test_scores_are_the_logistic_head(tmp_path: FsPath) -> None:
     assert scorer.counters.steps_scored == 4
 
 
-def test_calculator_check_caps_wrong_arithmetic(tmp_path: FsPath) -> None:
+def test_calculator_check_caps_wrong_arithmetic(tmp_path: Path) -> None:
     scorer = load_scorer(write_probe(tmp_path / "p", np.zeros(WIDTH), 5.0, calculator_check=True,
                                      calculator_cap=0.05), threads=1)
-    path = Path(steps=["So 4 * 12 = 52 pencils.\n\n", "The answer is 52."],
+    path = SolutionPath(steps=["So 4 * 12 = 52 pencils.\n\n", "The answer is 52."],
                 step_states=[np.zeros(WIDTH, np.float32)] * 2)
     assert scorer.score("q", [path])[0][0] <= 0.05
     assert scorer.score("q", [path])[0][1] > 0.99
 
 
-def test_paths_without_states_are_refused(tmp_path: FsPath) -> None:
+def test_paths_without_states_are_refused(tmp_path: Path) -> None:
     scorer = load_scorer(write_probe(tmp_path / "p", np.zeros(WIDTH), 0.0), threads=1)
     with pytest.raises(PRMError, match="capture_states"):
-        scorer.score("q", [Path(steps=["a\n\n", "b"])])
+        scorer.score("q", [SolutionPath(steps=["a\n\n", "b"])])
 
 
-def test_policy_mismatch_is_named(tmp_path: FsPath) -> None:
+def test_policy_mismatch_is_named(tmp_path: Path) -> None:
     scorer = load_scorer(write_probe(tmp_path / "p", np.zeros(WIDTH), 0.0), threads=1)
     scorer.check_policy("tiny-policy", WIDTH)
     with pytest.raises(PRMError, match="reads the hidden states of 'tiny-policy'"):
         scorer.check_policy("other-model", 896)
 
 
-def test_contract_and_manifest_errors(tmp_path: FsPath) -> None:
+def test_contract_and_manifest_errors(tmp_path: Path) -> None:
     d = write_probe(tmp_path / "p", np.zeros(WIDTH), 0.0)
     m = json.loads((d / "manifest.json").read_text())
     (d / "manifest.json").write_text(json.dumps({**m, "hidden_size": WIDTH + 1}))
@@ -96,7 +96,7 @@ def test_load_scorer_picks_the_text_prm_by_default() -> None:
     assert isinstance(load_scorer(None, threads=1), PRMScorer)
 
 
-def test_states_round_trip(tmp_path: FsPath) -> None:
+def test_states_round_trip(tmp_path: Path) -> None:
     paths = paths_with_states(np.random.default_rng(1), [2, 0, 3])
     save_states(tmp_path / "s.npz", paths)
     back = load_states(tmp_path / "s.npz")
@@ -105,7 +105,7 @@ def test_states_round_trip(tmp_path: FsPath) -> None:
         for x, y in zip(a.step_states, b.step_states, strict=True):
             np.testing.assert_allclose(x, y, atol=1e-2)  # kept as float16
     with pytest.raises(ValueError, match="capture_states"):
-        save_states(tmp_path / "t.npz", [Path(steps=["a"])])
+        save_states(tmp_path / "t.npz", [SolutionPath(steps=["a"])])
 
 
 def test_fit_logistic_separates_and_folds_standardisation() -> None:
@@ -118,7 +118,7 @@ def test_fit_logistic_separates_and_folds_standardisation() -> None:
     assert abs(w[0]) > 5 * np.abs(w[1:]).max()
 
 
-def test_default_prm_is_the_policys_own_probe_when_one_ships(tmp_path: FsPath) -> None:
+def test_default_prm_is_the_policys_own_probe_when_one_ships(tmp_path: Path) -> None:
     from edgetts.prm import default_text_prm
     from edgetts.probe import default_prm_dir
 
@@ -130,7 +130,7 @@ def test_default_prm_is_the_policys_own_probe_when_one_ships(tmp_path: FsPath) -
     assert default_prm_dir("another-policy", WIDTH, tmp_path) == default_text_prm()
 
 
-def test_a_probe_on_two_layers_is_twice_as_wide_and_found_for_its_policy(tmp_path: FsPath) -> None:
+def test_a_probe_on_two_layers_is_twice_as_wide_and_found_for_its_policy(tmp_path: Path) -> None:
     from edgetts.probe import default_prm_dir
 
     d = write_probe(tmp_path / "two", np.zeros(2 * WIDTH), 0.0, layers=[12, -1])
@@ -142,9 +142,9 @@ def test_a_probe_on_two_layers_is_twice_as_wide_and_found_for_its_policy(tmp_pat
     assert default_prm_dir("tiny-policy", WIDTH, tmp_path) == d
 
 
-def test_training_rows_pick_some_of_their_captured_layers(tmp_path: FsPath) -> None:
+def test_training_rows_pick_some_of_their_captured_layers(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    paths = [Path(steps=["a\n\n", "b"], step_states=[rng.normal(size=3 * WIDTH).astype(np.float32)
+    paths = [SolutionPath(steps=["a\n\n", "b"], step_states=[rng.normal(size=3 * WIDTH).astype(np.float32)
                                                       for _ in range(2)])]
     train_probe._save(tmp_path, {"key": "k", "question": "q", "layers": [8, 12, -1],
                                  "candidates": [{"correct": True}]}, paths)
@@ -157,7 +157,7 @@ def test_training_rows_pick_some_of_their_captured_layers(tmp_path: FsPath) -> N
         train_probe.load_dir(str(tmp_path), [16])
 
 
-def test_layers_ranks_an_informative_layer_above_noise(tmp_path: FsPath, capsys) -> None:
+def test_layers_ranks_an_informative_layer_above_noise(tmp_path: Path, capsys) -> None:
     """Captured [3, -1]: block 3 carries the outcome, the final state is noise."""
     from types import SimpleNamespace
 
@@ -169,7 +169,7 @@ def test_layers_ranks_an_informative_layer_above_noise(tmp_path: FsPath, capsys)
             signal = rng.normal(size=WIDTH) + (1.5 if right else -1.5)
             states = [np.concatenate([signal + rng.normal(size=WIDTH) * 0.1, rng.normal(size=WIDTH)])
                       .astype(np.float32) for _ in range(2)]
-            paths.append(Path(steps=["a\n\n", "b"], step_states=states))
+            paths.append(SolutionPath(steps=["a\n\n", "b"], step_states=states))
             cands.append({"correct": right, "answer": "1" if right else str(j + 2), "text": "a\n\nb",
                           "score": None, "step_scores": [], "n_tokens": 2, "stop_reason": "eos"})
         train_probe._save(tmp_path, {"key": f"k{k}", "question": f"q{k}", "gold": "1",

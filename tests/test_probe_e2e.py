@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path as FsPath
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +14,7 @@ from edgetts.prompts import split_steps
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("onnx")
-sys.path.insert(0, str(FsPath(__file__).resolve().parent.parent / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 
 import train_probe  # noqa: E402
 

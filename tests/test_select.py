@@ -6,7 +6,7 @@ import pytest
 from fakes import FakeGenerator, FakeScorer, tree_policy
 
 from edgetts.search import run_search
-from edgetts.search.base import Candidate, Path, SearchConfig
+from edgetts.search.base import Candidate, SearchConfig, SolutionPath
 from edgetts.search.majority import majority
 from edgetts.search.select import (
     group_by_answer,
@@ -37,13 +37,13 @@ def one_step_tree(*finals: str) -> dict:
 
 
 def test_to_candidate_extracts_normalises_and_aggregates():
-    path = Path(steps=["x = 3\n", "so \\boxed{18.0}"], finished=True, stop_reason="eos")
+    path = SolutionPath(steps=["x = 3\n", "so \\boxed{18.0}"], finished=True, stop_reason="eos")
     path.scores, path.n_tokens = [0.5, 0.8], 7
     c = to_candidate(path, "min")
     assert (c.answer, c.score, c.step_scores, c.n_tokens) == ("18", 0.5, [0.5, 0.8], 7)
     assert to_candidate(path, "prod").score == pytest.approx(0.4)
-    assert to_candidate(Path(), "last").answer is None
-    assert to_candidate(Path(steps=["no answer"]), "last").score is None
+    assert to_candidate(SolutionPath(), "last").answer is None
+    assert to_candidate(SolutionPath(steps=["no answer"]), "last").score is None
 
 
 def test_group_by_answer_merges_equivalent_answers_in_first_seen_order():
@@ -100,12 +100,12 @@ class ListScorer:
     def __init__(self, scores: list[list[float]]) -> None:
         self.scores = scores
 
-    def score(self, question: str, paths: list[Path]) -> list[list[float]]:
+    def score(self, question: str, paths: list[SolutionPath]) -> list[list[float]]:
         return self.scores
 
 
 def test_score_paths_stores_scores_per_step():
-    paths = [Path(steps=["a", "b"]), Path(steps=["c"])]
+    paths = [SolutionPath(steps=["a", "b"]), SolutionPath(steps=["c"])]
     score_paths(FakeScorer({"a": 0.1, "b": 0.2, "c": 0.3}), "q", paths)
     assert [p.scores for p in paths] == [[0.1, 0.2], [0.3]]
 
@@ -119,7 +119,7 @@ def test_score_paths_stores_scores_per_step():
     ],
 )
 def test_score_paths_rejects_wrong_counts(scores, message):
-    paths = [Path(steps=["a", "b"]), Path(steps=["c"])]
+    paths = [SolutionPath(steps=["a", "b"]), SolutionPath(steps=["c"])]
     with pytest.raises(ValueError, match=message):
         score_paths(ListScorer(scores), "q", paths)
 
@@ -169,8 +169,8 @@ def test_run_search_majority_counts_costs():
 
 def test_cut_path_with_unfinished_box_loses_to_a_real_answer():
     # seen: "\(\boxed" from a path cut at the token limit won a tie against 5
-    cut = Path(steps=["So the final answer is \\(\\boxed"], finished=True, stop_reason="max_tokens")
-    done = Path(steps=["2 + 3 = 5"], finished=True, stop_reason="eos")
+    cut = SolutionPath(steps=["So the final answer is \\(\\boxed"], finished=True, stop_reason="max_tokens")
+    done = SolutionPath(steps=["2 + 3 = 5"], finished=True, stop_reason="eos")
     candidates = [to_candidate(cut), to_candidate(done)]
     assert candidates[0].answer is None
     chosen, votes = pick_by_vote(candidates, lambda c: 1.0)
@@ -179,8 +179,8 @@ def test_cut_path_with_unfinished_box_loses_to_a_real_answer():
 
 def test_deadline_cut_paths_vote_only_when_nothing_better():
     # seen: paths cut by a deadline voted "3," (the last number they were writing)
-    cut = [Path(steps=["We have 3, then"], stop_reason="deadline") for _ in range(2)]
-    done = Path(steps=["It is 7"], finished=True, stop_reason="eos")
+    cut = [SolutionPath(steps=["We have 3, then"], stop_reason="deadline") for _ in range(2)]
+    done = SolutionPath(steps=["It is 7"], finished=True, stop_reason="eos")
     guesses = [to_candidate(p) for p in cut]
     assert [(c.answer, c.provisional) for c in guesses] == [("3", True), ("3", True)]
     assert pick_by_vote([*guesses, to_candidate(done)], lambda c: 1.0)[1] == {"7": 1.0}

@@ -86,8 +86,9 @@ def test_confidence_vote_turns_token_confidence_on_and_off_without_touching_the_
     generator.config = dc_replace(solver.policy_config)  # the loaded policy's own copy
     solver._policy = generator
     result = solver.solve("q", SolveOptions(strategy="confidence_vote", n=2))
-    assert result.answer == "2" and generator.config.capture_confidence
+    assert result.answer == "2" and generator.samplings[-1].record_confidence
     assert not solver.policy_config.capture_confidence  # the user's settings stay as given
+    assert not generator.config.capture_confidence  # nor the loaded policy's: it is per search
     solver.solve("q", SolveOptions(strategy="majority", n=2))
-    assert not generator.config.capture_confidence
+    assert not generator.samplings[-1].record_confidence
 

@@ -9,7 +9,7 @@ import pytest
 from fakes import FakeGenerator, FakeScorer, n_tokens, random_policy, tree_policy
 
 from edgetts.search import NEEDS_SCORER, STRATEGIES, run_search
-from edgetts.search.base import Path, SearchConfig
+from edgetts.search.base import SearchConfig, SolutionPath
 from edgetts.search.beam_search import beam_search, top_k
 from edgetts.search.best_of_n import best_of_n, weighted_best_of_n
 from edgetts.search.dvts import best_first, dvts
@@ -399,7 +399,7 @@ class OffByOneScorer(FakeScorer):
         super().__init__()
         self.drop = drop
 
-    def score(self, question: str, paths: list[Path]) -> list[list[float]]:
+    def score(self, question: str, paths: list[SolutionPath]) -> list[list[float]]:
         scores = super().score(question, paths)
         return scores[:-1] if self.drop == "path" else [s[:-1] for s in scores]
 

@@ -58,7 +58,7 @@ def check_search(policy, scorer, strategy, question):
     assert result.counters["tokens_redecoded"] == 0  # 4 sequences fit the 8 slots: no rebuild
     assert result.counters["prm_calls"] >= 1
     # Every KV sequence the search used is free again.
-    assert sorted(policy._free_slots) == list(range(1, policy.config.n_seq_max + 1))
+    assert sorted(policy.slots.free) == list(range(1, policy.config.n_seq_max + 1))
     if strategy == "best_of_n":  # the pick is the top-scored candidate with an answer
         scored = [c.score for c in result.candidates if c.answer is not None]
         assert result.chosen.score == max(scored)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path as FsPath
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,10 +12,10 @@ import pytest
 from edgetts.confidence import STEP_FEATURES, step_features
 from edgetts.prm import PRMError
 from edgetts.probe import ProbeScorer, default_prm_dir, load_scorer
-from edgetts.search.base import Path
+from edgetts.search.base import SolutionPath
 
 pytest.importorskip("onnx")
-sys.path.insert(0, str(FsPath(__file__).resolve().parent.parent / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 
 import label_steps  # noqa: E402
 import train_verifier as tv  # noqa: E402
@@ -35,9 +35,9 @@ def manifest(width: int, **extra: object) -> dict:
     }
 
 
-def conf_path(rng: np.random.Generator, n_steps: int) -> Path:
+def conf_path(rng: np.random.Generator, n_steps: int) -> SolutionPath:
     stats = [(-rng.random(), rng.random(), 5 + rng.random()) for _ in range(4 * n_steps)]
-    return Path(
+    return SolutionPath(
         steps=[f"s{i}\n\n" for i in range(n_steps)],
         step_states=[rng.normal(size=WIDTH).astype(np.float32) for _ in range(n_steps)],
         token_stats=stats,
@@ -45,7 +45,7 @@ def conf_path(rng: np.random.Generator, n_steps: int) -> Path:
     )
 
 
-def test_a_probe_with_confidence_features_reads_them_after_the_states(tmp_path: FsPath) -> None:
+def test_a_probe_with_confidence_features_reads_them_after_the_states(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     feats = ["min_logprob", "mean_conf"]
     W1 = rng.normal(size=(WIDTH + 2, 1)).astype(np.float32)
@@ -62,7 +62,7 @@ def test_a_probe_with_confidence_features_reads_them_after_the_states(tmp_path: 
         np.testing.assert_allclose(scores, 1 / (1 + np.exp(-(X @ W1[:, 0] + 0.2))), atol=1e-4)
 
 
-def test_missing_confidence_is_an_error_not_a_silent_zero(tmp_path: FsPath) -> None:
+def test_missing_confidence_is_an_error_not_a_silent_zero(tmp_path: Path) -> None:
     tv.export_head(
         tv.Head(np.ones((WIDTH + 1, 1), np.float32), np.zeros(1, np.float32)),
         tmp_path / "p",
@@ -71,11 +71,11 @@ def test_missing_confidence_is_an_error_not_a_silent_zero(tmp_path: FsPath) -> N
     scorer = load_scorer(tmp_path / "p", threads=1)
     p = conf_path(np.random.default_rng(1), 2)
     p.step_token_ends = []
-    with pytest.raises(PRMError, match="capture_confidence"):
+    with pytest.raises(PRMError, match="record_confidence"):
         scorer.score("q", [p])
 
 
-def test_unknown_feature_names_are_refused(tmp_path: FsPath) -> None:
+def test_unknown_feature_names_are_refused(tmp_path: Path) -> None:
     tv.export_head(
         tv.Head(np.ones((WIDTH + 1, 1), np.float32), np.zeros(1, np.float32)),
         tmp_path / "p",
@@ -85,7 +85,7 @@ def test_unknown_feature_names_are_refused(tmp_path: FsPath) -> None:
         load_scorer(tmp_path / "p", threads=1)
 
 
-def test_default_prm_dir_counts_features_in_the_width(tmp_path: FsPath) -> None:
+def test_default_prm_dir_counts_features_in_the_width(tmp_path: Path) -> None:
     tv.export_head(
         tv.Head(np.ones((2 * WIDTH + 2, 1), np.float32), np.zeros(1, np.float32)),
         tmp_path / "probe",
@@ -95,7 +95,7 @@ def test_default_prm_dir_counts_features_in_the_width(tmp_path: FsPath) -> None:
     assert default_prm_dir("tiny-policy", WIDTH + 1, tmp_path) != tmp_path / "probe"
 
 
-def test_mlp_export_matches_the_numpy_head(tmp_path: FsPath) -> None:
+def test_mlp_export_matches_the_numpy_head(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     head = tv.Head(
         rng.normal(size=(WIDTH, 5)).astype(np.float32),
@@ -126,7 +126,7 @@ def test_step_labels_follow_the_first_error() -> None:
     assert label_steps.step_labels(3, []) == [1, 1, 1]
 
 
-def test_prmbench_items_keep_one_original_per_problem(tmp_path: FsPath) -> None:
+def test_prmbench_items_keep_one_original_per_problem(tmp_path: Path) -> None:
     rows = [
         {
             "idx": "a",
@@ -167,7 +167,7 @@ def test_step_auc_counts_ties_half_and_matches_pair_counting() -> None:
     assert tv.first_error(np.array([1, 1, 0, 1.0])) == 2 and tv.first_error(np.ones(3)) == -1
 
 
-def test_kept_states_carry_token_confidence(tmp_path: FsPath) -> None:
+def test_kept_states_carry_token_confidence(tmp_path: Path) -> None:
     from edgetts.probe import load_states, save_states
 
     rng = np.random.default_rng(5)
@@ -178,7 +178,7 @@ def test_kept_states_carry_token_confidence(tmp_path: FsPath) -> None:
         assert b.step_token_ends == a.step_token_ends
         np.testing.assert_allclose(np.array(b.token_stats), np.array(a.token_stats), rtol=1e-6)
     # without confidence recorded, none is invented
-    save_states(tmp_path / "t.npz", [Path(steps=["a"], step_states=[np.zeros(WIDTH, np.float32)])])
+    save_states(tmp_path / "t.npz", [SolutionPath(steps=["a"], step_states=[np.zeros(WIDTH, np.float32)])])
     assert load_states(tmp_path / "t.npz")[0].step_token_ends == []
 
 
@@ -188,17 +188,17 @@ class PrefixPolicy:
     def __init__(self) -> None:
         self.prefixes: list[list[str]] = []
 
-    def path_from(self, question: str, steps: list[str]) -> Path:
+    def path_from(self, question: str, steps: list[str]) -> SolutionPath:
         self.prefixes.append(list(steps))
-        return Path(steps=list(steps))
+        return SolutionPath(steps=list(steps))
 
-    def extend(self, paths: list[Path], n_each: int, to_end: bool = False) -> list[Path]:
+    def extend(self, paths: list[SolutionPath], n_each: int, to_end: bool = False) -> list[SolutionPath]:
         (p,) = paths
         # after one step, every other rollout ends right; after two, all of them
         right = [i % 2 == 0 for i in range(n_each)] if len(p.steps) == 1 else [True] * n_each
-        return [Path(steps=[*p.steps, f"\\boxed{{{7 if ok else 8}}}"], finished=True) for ok in right]
+        return [SolutionPath(steps=[*p.steps, f"\\boxed{{{7 if ok else 8}}}"], finished=True) for ok in right]
 
-    def release(self, paths: list[Path]) -> None:
+    def release(self, paths: list[SolutionPath]) -> None:
         pass
 
 

@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 from edgetts.prm import PRMScorer, read_manifest  # noqa: E402
 from edgetts.probe import KIND, ProbeScorer  # noqa: E402
-from edgetts.search.base import Path as SearchPath  # noqa: E402
+from edgetts.search.base import SolutionPath  # noqa: E402
 
 
 def run_once(scorer: Any, items: list[dict], batch: int) -> tuple[int, float]:
@@ -45,7 +45,7 @@ def score(scorer: Any, item: dict, batch: int) -> None:
     if getattr(scorer, "needs_states", False):
         rng = np.random.default_rng(0)
         states = [rng.standard_normal(scorer.manifest.hidden_size).astype(np.float32) for _ in item["steps"]]
-        paths = [SearchPath(steps=item["steps"], step_states=states) for _ in range(batch)]
+        paths = [SolutionPath(steps=item["steps"], step_states=states) for _ in range(batch)]
         scorer.score(item["problem"], paths)
     else:
         scorer.score_steps(item["problem"], [item["steps"]] * batch)

@@ -23,6 +23,9 @@ import zlib
 import llama_cpp
 import numpy as np
 
+from edgetts.gpu import default_gpu_layers
+from edgetts.llama.context import LlamaBatch
+from edgetts.llama.sampler import Sampler
 from edgetts.models import resolve
 from edgetts.policy import LlamaPolicy, PolicyConfig
 from edgetts.search.base import Sampling
@@ -69,60 +72,41 @@ def bench_sequential(llm: llama_cpp.Llama, prompt: str, n: int, max_tokens: int,
 
 def bench_reprefill(policy: LlamaPolicy, n: int, max_tokens: int, seed: int):
     """(c): the same batched decoding, but each sample prefills its own copy of the prompt."""
-    ctx, vocab = policy._ctx, policy._vocab
+    ctx, model = policy.context, policy.model
     prompt = policy.prompt_tokens(QUESTION)
-    memory = llama_cpp.llama_get_memory(ctx)
     start = time.perf_counter()
-    llama_cpp.llama_memory_clear(memory, True)
-    batch = llama_cpp.llama_batch_init(max(len(prompt), n), 0, 1)
+    ctx.clear()
+    batch = LlamaBatch(max(len(prompt), n))
     rows = []
     for seq in range(n):  # one sequence at a time: n_batch bounds one decode call
-        batch.n_tokens = 0
+        batch.clear()
         for pos, tok in enumerate(prompt):
-            _add(batch, tok, pos, seq, pos == len(prompt) - 1)
-        if llama_cpp.llama_decode(ctx, batch) != 0:
-            raise RuntimeError("prefill failed")
-        rows.append(policy._logits(len(prompt) - 1))
-    samplers = [_sampler(seed, i) for i in range(n)]
-    tokens = [policy._sample_from(s, logits) for s, logits in zip(samplers, rows, strict=True)]
-    live = {i for i in range(n) if not llama_cpp.llama_vocab_is_eog(vocab, tokens[i])}
+            batch.add(tok, pos, seq, pos == len(prompt) - 1)
+        ctx.decode(batch)
+        rows.append(ctx.logits_view(len(prompt) - 1).copy())
+    samplers = [Sampler(0.8, 1.0, 0, zlib.crc32(f"{seed}:{i}".encode())) for i in range(n)]
+    tokens = [s.sample_from(logits) for s, logits in zip(samplers, rows, strict=True)]
+    live = {i for i in range(n) if not model.is_end(tokens[i])}
     generated, pos = len(live), len(prompt)
     while live and generated < n * max_tokens and pos < len(prompt) + max_tokens - 1:
         order = sorted(live)
-        batch.n_tokens = 0
+        batch.clear()
         for seq in order:
-            _add(batch, tokens[seq], pos, seq, True)
-        if llama_cpp.llama_decode(ctx, batch) != 0:
-            raise RuntimeError("decode failed")
+            batch.add(tokens[seq], pos, seq, True)
+        ctx.decode(batch)
         pos += 1
         for row, seq in enumerate(order):
-            tokens[seq] = llama_cpp.llama_sampler_sample(samplers[seq], ctx, row)
-            if llama_cpp.llama_vocab_is_eog(vocab, tokens[seq]):
+            tokens[seq] = samplers[seq].sample(ctx, row)
+            if model.is_end(tokens[seq]):
                 live.discard(seq)
             else:
                 generated += 1
     seconds = time.perf_counter() - start
     for s in samplers:
-        llama_cpp.llama_sampler_free(s)
-    llama_cpp.llama_batch_free(batch)
-    llama_cpp.llama_memory_clear(memory, True)
+        s.close()
+    batch.close()
+    ctx.clear()
     return generated, n * len(prompt), seconds
-
-
-def _add(batch, token: int, pos: int, seq: int, logits: bool) -> None:
-    i = batch.n_tokens
-    batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
-    batch.seq_id[i][0], batch.logits[i] = seq, logits
-    batch.n_tokens = i + 1
-
-
-def _sampler(seed: int, index: int):
-    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(0.8))
-    llama_cpp.llama_sampler_chain_add(
-        chain, llama_cpp.llama_sampler_init_dist(zlib.crc32(f"{seed}:{index}".encode()))
-    )
-    return chain
 
 
 def matmul_gflops(threads: int, size: int = 1024, repeats: int = 5) -> float:
@@ -146,7 +130,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--skip-sequential", action="store_true", help="(b) is the slowest; skip it")
+    ap.add_argument(
+        "--n-gpu-layers",
+        type=int,
+        default=None,
+        help="layers offloaded, for every way (-1: all; default: $EDGETTS_N_GPU_LAYERS, else 0)",
+    )
     args = ap.parse_args()
+    gpu_layers = default_gpu_layers() if args.n_gpu_layers is None else args.n_gpu_layers
 
     n_max = max(args.n)
     policy = LlamaPolicy(
@@ -156,10 +147,15 @@ def main() -> None:
             max_tokens=args.max_tokens,
             n_threads=args.threads,
             n_ctx=n_max * (args.max_tokens + 512),
+            n_gpu_layers=gpu_layers,
         )
     )
     llm = llama_cpp.Llama(
-        str(resolve(args.model)), n_ctx=args.max_tokens + 512, n_threads=args.threads, verbose=False
+        str(resolve(args.model)),
+        n_ctx=args.max_tokens + 512,
+        n_threads=args.threads,
+        n_gpu_layers=gpu_layers,
+        verbose=False,
     )
     prompt = policy.prompt_text(QUESTION)
     ways = {
@@ -171,7 +167,7 @@ def main() -> None:
 
     print(
         f"model {policy.metadata.name}, {policy.metadata.n_params / 1e6:.0f}M params, "
-        f"{args.threads} threads, up to {args.max_tokens} tokens per sample, "
+        f"{args.threads} threads, {gpu_layers} GPU layers, up to {args.max_tokens} tokens per sample, "
         f"median of {args.repeats}",
         flush=True,
     )
@@ -199,6 +195,9 @@ def main() -> None:
         if (n, "b") in rates:
             parts.append(f"(a)/(b) = {rates[n, 'a'] / rates[n, 'b']:.2f}x")
         print("  ".join(parts))
+    if gpu_layers != 0:  # the roofline below measures the CPU's matmul rate
+        print("\nroofline: not measured (a GPU run; it measures the CPU)")
+        return
     gflops = matmul_gflops(args.threads)
     roofline = gflops * 1e9 / (2 * policy.metadata.n_params)
     best = max(rates[n, "a"] for n in args.n)

@@ -45,7 +45,7 @@ from edgetts.grading import answers_equal, extract_answer, normalize_answer  # n
 from edgetts.policy import LlamaPolicy, PolicyConfig  # noqa: E402
 from edgetts.probe import save_states  # noqa: E402
 from edgetts.prompts import split_steps  # noqa: E402
-from edgetts.search.base import Path as StatePath  # noqa: E402
+from edgetts.search.base import SolutionPath  # noqa: E402
 from edgetts.search.select import to_candidate  # noqa: E402
 
 ROUND = 4  # decimals kept of the step statistics in the compact rows
@@ -57,7 +57,7 @@ def done_keys(out: Path) -> set[str]:
     return {json.loads(line)["key"] for line in f.open(encoding="utf-8")} if f.is_file() else set()
 
 
-def write_row(out: Path, row: dict, paths: list[StatePath]) -> None:
+def write_row(out: Path, row: dict, paths: list[SolutionPath]) -> None:
     """States first, then the row: a row in results.jsonl means its states are on disk."""
     (out / "states").mkdir(parents=True, exist_ok=True)
     save_states(out / "states" / f"{row['key']}.npz", paths)
@@ -65,7 +65,7 @@ def write_row(out: Path, row: dict, paths: list[StatePath]) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def stats_of(path: StatePath) -> list[list[float]]:
+def stats_of(path: SolutionPath) -> list[list[float]]:
     """The path's per-step token statistics (``STEP_FEATURES``), rounded for the rows."""
     feats = step_features(path.token_stats, path.step_token_ends)
     return np.round(feats, ROUND).tolist()
@@ -171,7 +171,7 @@ def prmbench(args: argparse.Namespace) -> None:
 # -- outcome labels from the policy's own samples ---------------------------------------------
 
 
-def candidate_row(path: StatePath, gold: str) -> dict:
+def candidate_row(path: SolutionPath, gold: str) -> dict:
     """A sample as committed: its text, answer, label, per-step statistics, trace confidences."""
     c = asdict(to_candidate(path))
     confs = [s[2] for s in path.token_stats]

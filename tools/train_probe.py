@@ -42,7 +42,7 @@ from edgetts.grading import answers_equal  # noqa: E402
 from edgetts.policy import LlamaPolicy, PolicyConfig  # noqa: E402
 from edgetts.probe import load_states, save_states  # noqa: E402
 from edgetts.prompts import split_steps  # noqa: E402
-from edgetts.search.base import Path as StatePath  # noqa: E402
+from edgetts.search.base import SolutionPath  # noqa: E402
 from edgetts.search.select import to_candidate  # noqa: E402
 
 CALCULATOR_CAP = 0.05  # the shipped text PRM's; written into the manifest
@@ -53,7 +53,7 @@ def _done_keys(out: Path) -> set[str]:
     return {json.loads(line)["key"] for line in f.open()} if f.is_file() else set()
 
 
-def _save(out: Path, row: dict, paths: list[StatePath]) -> None:
+def _save(out: Path, row: dict, paths: list[SolutionPath]) -> None:
     """States first, then the row: a row in results.jsonl means its states are on disk."""
     (out / "states").mkdir(parents=True, exist_ok=True)
     save_states(out / "states" / f"{row['key']}.npz", paths)
@@ -101,7 +101,7 @@ def extract(args: argparse.Namespace) -> None:
             paths = []
             for c in row["candidates"]:
                 steps = split_steps(c["text"])
-                paths.append(StatePath(steps=steps, step_states=policy.states_of(question, steps)))
+                paths.append(SolutionPath(steps=steps, step_states=policy.states_of(question, steps)))
             for c in row["candidates"]:
                 if "correct" not in c:
                     c["correct"] = answers_equal(c.get("answer"), row.get("gold"))

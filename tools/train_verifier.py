@@ -216,14 +216,14 @@ def folds_of(rows: list[EvalRow], k: int, seed: int = 0) -> list[int]:
 
 def shipped_probe(prm: str, rows: list[EvalRow], captured: list[int]) -> dict[str, dict]:
     """The shipped probe on the rows' recorded states (its own layers and aggregation)."""
-    from edgetts.search.base import Path as StatePath
+    from edgetts.search.base import SolutionPath
 
     probe = ProbeScorer.load(prm, threads=1)
     layers, agg = probe.manifest.layers, probe.manifest.default_aggregation
     scores = []
     for r in rows:
         paths = [
-            StatePath(steps=s.steps, step_states=list(features(s, captured, layers, False)))
+            SolutionPath(steps=s.steps, step_states=list(features(s, captured, layers, False)))
             for s in r.solutions
             if len(s.labels)
         ]

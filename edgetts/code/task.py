@@ -34,7 +34,7 @@ from edgetts.code.extract import (
 )
 from edgetts.code.select import Behaviour, select_program
 from edgetts.sandbox import Check, RunResult, Sandbox
-from edgetts.search.base import Deadline, Path, Sampling
+from edgetts.search.base import Deadline, Sampling, SolutionPath
 
 CODE_SYSTEM = (
     "You are an expert Python programmer. Reply with one ```python code block containing the complete "
@@ -52,13 +52,15 @@ SELECTIONS: tuple[str, ...] = ("exec", "majority", "first")
 class ProgramGenerator(Protocol):
     """A StepGenerator whose prompt instruction can be replaced (the llama.cpp policy is one)."""
 
-    def root(self, question: str, sampling: Sampling | None = None, system: str | None = None) -> Path: ...
+    def root(
+        self, question: str, sampling: Sampling | None = None, system: str | None = None
+    ) -> SolutionPath: ...
 
     def extend(
-        self, paths: list[Path], n_each: int, to_end: bool = False, deadline: Deadline | None = None
-    ) -> list[Path]: ...
+        self, paths: list[SolutionPath], n_each: int, to_end: bool = False, deadline: Deadline | None = None
+    ) -> list[SolutionPath]: ...
 
-    def release(self, paths: list[Path]) -> None: ...
+    def release(self, paths: list[SolutionPath]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,7 @@ def sample_replies(
     n: int,
     deadline: Deadline,
     sampling: Sampling | None = None,
-) -> list[Path]:
+) -> list[SolutionPath]:
     """``n`` full replies to ``message`` forked from one prefill; their KV is released."""
     root = generator.root(message, sampling, system=system)
     paths = generator.extend([root], n, to_end=True, deadline=deadline)

@@ -6,29 +6,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 
-from edgetts.search.auto import auto
 from edgetts.search.base import SearchConfig, SearchResult, StepGenerator, StepScorer
-from edgetts.search.beam_search import beam_search
-from edgetts.search.best_of_n import best_of_n, weighted_best_of_n
-from edgetts.search.confidence_vote import confidence_vote
-from edgetts.search.dvts import dvts
-from edgetts.search.majority import majority
+from edgetts.search.registry import REGISTRY, Strategy
 
-Strategy = Callable[[str, StepGenerator, "StepScorer | None", SearchConfig], SearchResult]
-
-STRATEGIES: dict[str, Strategy] = {
-    "majority": majority,
-    "best_of_n": best_of_n,
-    "weighted_best_of_n": weighted_best_of_n,
-    "beam_search": beam_search,
-    "dvts": dvts,
-    "auto": auto,
-    "confidence_vote": confidence_vote,
-}
+STRATEGIES: dict[str, Strategy] = {name: info.run for name, info in REGISTRY.items()}
 # Strategies that cannot work without a step scorer.
-NEEDS_SCORER: set[str] = {"best_of_n", "weighted_best_of_n", "beam_search", "dvts"}
-# Strategies that read the policy's token confidence (PolicyConfig.capture_confidence).
-NEEDS_CONFIDENCE: set[str] = {"confidence_vote"}
+NEEDS_SCORER: set[str] = {name for name, info in REGISTRY.items() if info.needs_scorer}
+# Strategies that read the policy's token confidence.
+NEEDS_CONFIDENCE: set[str] = {name for name, info in REGISTRY.items() if info.needs_confidence}
 
 
 def _counters(obj: object) -> dict[str, float]:
@@ -51,12 +36,13 @@ def run_search(
     decoded again to rebuild parked paths (``tokens_redecoded``, non-zero only when the paths
     outnumber the generator's KV slots and ran in waves).
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {sorted(STRATEGIES)}")
-    config.validate(strategy)
-    if strategy in NEEDS_SCORER and scorer is None:
+    if strategy not in REGISTRY:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {sorted(REGISTRY)}")
+    info = REGISTRY[strategy]
+    info.validate(config)
+    if info.needs_scorer and scorer is None:
         raise ValueError(f"strategy {strategy!r} needs a PRM (step scorer)")
-    return measured(generator, scorer, lambda: STRATEGIES[strategy](question, generator, scorer, config))
+    return measured(generator, scorer, lambda: info.run(question, generator, scorer, config))
 
 
 def measured(

@@ -26,7 +26,7 @@ import logging
 import statistics
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from pathlib import Path as FsPath
+from pathlib import Path
 
 from edgetts.paths import find_asset
 from edgetts.search.base import (
@@ -37,9 +37,8 @@ from edgetts.search.base import (
     StepGenerator,
     StepScorer,
 )
-from edgetts.search.beam_search import beam_search
-from edgetts.search.best_of_n import best_of_n, pick, score_in_time
-from edgetts.search.dvts import dvts
+from edgetts.search.best_of_n import best_of_n
+from edgetts.search.common import score_in_time
 from edgetts.search.majority import majority
 from edgetts.search.select import pick_by_vote, to_candidate
 
@@ -49,7 +48,6 @@ TABLE_NAME = "compute_optimal.json"  # shipped in edgetts/assets; $EDGETTS_HOME/
 PROBE_N = 4
 SEED_OFFSET = 1_000_003
 MIN_REMAINING_S = 0.05  # less than this left: answer from the probes instead of starting more
-SAMPLE_STRATEGIES = ("majority", "best_of_n", "weighted_best_of_n")
 NO_PRM = ("majority",)
 # Bins over the probes' features, first match wins. Shared with tools/fit_compute_optimal.py.
 DEFAULT_BINS = (
@@ -106,7 +104,7 @@ class ComputeOptimalTable:
         A budget no larger than the probes only picks among them: a tree search would start over.
         """
         choice = self._lookup(features, budget_n, have_prm)
-        if budget_n <= PROBE_N and choice.strategy not in SAMPLE_STRATEGIES:
+        if budget_n <= PROBE_N and family_of(choice.strategy) != "sample":
             choice.strategy = "weighted_best_of_n"
             choice.reason += "; budget within the probes: weighted best-of-N over them"
         return choice
@@ -135,7 +133,7 @@ def load_table(path: str | None = None) -> ComputeOptimalTable:
     table means the default rule everywhere."""
     path = path or str(find_asset(TABLE_NAME))
     try:
-        return ComputeOptimalTable.from_dict(json.loads(FsPath(path).read_text()))
+        return ComputeOptimalTable.from_dict(json.loads(Path(path).read_text()))
     except (OSError, ValueError, TypeError) as exc:
         log.warning("compute-optimal table %s unusable (%s): default rule only", path, exc)
         return ComputeOptimalTable()
@@ -154,7 +152,7 @@ def auto(
     table: ComputeOptimalTable | None = None,
 ) -> SearchResult:
     """Probe, choose by difficulty and budget ``config.n``, continue reusing the probes."""
-    config.validate("auto")
+    config.validate()
     table = table or load_table()
     deadline = Deadline(config.deadline_s, config.cancel)
     root = generator.root(question, config.sampling)
@@ -203,7 +201,7 @@ def _continue(
     if deadline.expired() or remaining_s < max(MIN_REMAINING_S, 2 * prefill_s):
         return None
     deadline_s = None if config.deadline_s is None else remaining_s
-    if choice.strategy in SAMPLE_STRATEGIES:
+    if family_of(choice.strategy) == "sample":
         if choice.n <= n_probes:
             return None
         sub = replace(config, n=choice.n - n_probes, deadline_s=deadline_s)
@@ -216,16 +214,24 @@ def _continue(
         width = min(config.beam_width, choice.n)
         sub = replace(config, n=max(width, choice.n // width * width), beam_width=width,
                       deadline_s=deadline_s)
-        run = beam_search if choice.strategy == "beam_search" else dvts
+        run = _registry()[choice.strategy].run
     return run(question, generator, scorer, _reseeded(sub))
 
 
 def _pick(strategy: str, candidates: list[Candidate], config: SearchConfig):
     """The chosen strategy's own final rule, over probes and continuation together."""
-    if strategy == "majority":
-        return pick_by_vote(candidates, lambda c: 1.0)
-    if strategy == "best_of_n":
-        return pick(candidates, weighted=False)
-    if strategy == "beam_search":
-        return pick(candidates, weighted=config.weighted_pick)
-    return pick(candidates, weighted=True)  # weighted best-of-N, DVTS
+    final_pick = _registry()[strategy].final_pick
+    assert final_pick is not None, f"auto's table names {strategy!r}, which has no final pick"
+    return final_pick(candidates, config)
+
+
+def _registry() -> dict:
+    # Imported here: the registry imports this module (auto is one of its strategies).
+    from edgetts.search.registry import REGISTRY
+
+    return REGISTRY
+
+
+def family_of(strategy: str) -> str:
+    """The registry's family of ``strategy`` ("sample", "tree", "auto")."""
+    return _registry()[strategy].family

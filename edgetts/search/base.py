@@ -35,15 +35,22 @@ class Sampling:
     top_k: int = 0  # 0 = off
     seed: int = 0
     max_tokens: int | None = None  # generated tokens per solution; None: the generator's limit
+    # Strings that end a path where they first appear (cut off, stop_reason "stop"): a client's
+    # OpenAI ``stop``. Matched in the text as written, across step boundaries too.
+    stop: tuple[str, ...] = ()
+    # Also record each generated token's confidence (SolutionPath.token_stats, edgetts.confidence)
+    # for confidence votes and probes that read it; a generator may record it anyway.
+    record_confidence: bool = False
 
 
 @dataclass
-class Path:
+class SolutionPath:
     """One partial or finished solution: its steps so far and what we know about them."""
 
     steps: list[str] = field(default_factory=list)
     finished: bool = False
-    # Why generation stopped: "eos", "max_tokens", "deadline" (or None while unfinished).
+    # Why generation stopped: "eos", "stop" (a Sampling.stop string), "max_tokens", "deadline"
+    # (or None while unfinished).
     stop_reason: str | None = None
     # Opaque to strategies: the generator keeps its KV-sequence bookkeeping here.
     handle: Any = None
@@ -66,7 +73,7 @@ class Path:
 class StepGenerator(Protocol):
     """Extends partial solutions, one step (or to the end) at a time."""
 
-    def root(self, question: str, sampling: Sampling | None = None) -> Path:
+    def root(self, question: str, sampling: Sampling | None = None) -> SolutionPath:
         """Return the empty path for ``question`` (the prompt is prefilled once, here or lazily).
 
         ``sampling`` holds for every path grown from this root (None: the generator's defaults).
@@ -75,11 +82,11 @@ class StepGenerator(Protocol):
 
     def extend(
         self,
-        paths: list[Path],
+        paths: list[SolutionPath],
         n_each: int,
         to_end: bool = False,
         deadline: Deadline | None = None,
-    ) -> list[Path]:
+    ) -> list[SolutionPath]:
         """Return ``n_each`` continuations of every path, grouped by parent in input order.
 
         Each child has one more step than its parent (or runs to the end when ``to_end``).
@@ -89,7 +96,7 @@ class StepGenerator(Protocol):
         """
         ...
 
-    def release(self, paths: list[Path]) -> None:
+    def release(self, paths: list[SolutionPath]) -> None:
         """Free whatever the generator holds for paths the strategy has dropped."""
         ...
 
@@ -98,19 +105,40 @@ class StepGenerator(Protocol):
 class StepScorer(Protocol):
     """Scores every step of every path with a process reward model, each score in [0, 1]."""
 
-    def score(self, question: str, paths: list[Path]) -> list[list[float]]: ...
+    def score(self, question: str, paths: list[SolutionPath]) -> list[list[float]]: ...
+
+
+@runtime_checkable
+class Verifier(StepScorer, Protocol):
+    """A loaded step scorer as the solver sees it: what it needs the policy to record, its
+    defaults, and its cost counters (a text PRM, or a probe on the policy's own states)."""
+
+    needs_states: bool  # reads SolutionPath.step_states: the policy must capture them
+    needs_confidence: bool  # reads SolutionPath.token_stats: the policy must record them
+    state_layers: tuple[int, ...]  # the policy layers a step state is made of (when needs_states)
+    default_aggregation: str  # how its step scores best make one path score
+
+    def check_policy(self, name: str, n_embd: int) -> None:
+        """Raise unless this scorer can read the states of the policy ``name`` (width ``n_embd``)."""
+        ...
+
+    def with_batch_size(self, batch_size: int) -> Verifier:
+        """The same scorer (same session and counters) scoring at most ``batch_size`` inputs at
+        once: a memory plan's bound on its activations."""
+        ...
 
 
 # More paths than this per question is a typo, not a plan: at N = 64 the vote has long settled on
 # this machine's benchmarks (docs/bench), and every path holds its tokens and states in memory.
 MAX_N = 1024
+DEFAULT_N = 4  # samples, beams or leaves when neither the user nor a plan says
 
 
 @dataclass
 class SearchConfig:
     """Settings shared by all strategies. ``n`` counts samples, beams or leaves."""
 
-    n: int = 4
+    n: int = DEFAULT_N
     beam_width: int = 4
     max_steps: int = 40
     agg: str = "last"
@@ -122,7 +150,7 @@ class SearchConfig:
     # that disconnect, shutdown); the search still ends normally and frees its KV sequences.
     cancel: threading.Event | None = field(default=None, repr=False, compare=False)
 
-    def validate(self, strategy: str) -> None:
+    def validate(self) -> None:
         """Raise ValueError with a user-facing message for impossible settings."""
         if self.n < 1:
             raise ValueError(f"n must be at least 1, got {self.n}")
@@ -134,16 +162,18 @@ class SearchConfig:
             raise ValueError(f"max_steps must be at least 1, got {self.max_steps}")
         if self.deadline_s is not None and self.deadline_s <= 0:
             raise ValueError(f"deadline_s must be positive, got {self.deadline_s}")
-        if strategy in ("beam_search", "dvts"):
-            if self.beam_width < 1:
-                raise ValueError(f"beam_width must be at least 1, got {self.beam_width}")
-            if self.beam_width > self.n:
-                raise ValueError(f"beam_width ({self.beam_width}) cannot exceed n ({self.n})")
-            if self.n % self.beam_width:
-                raise ValueError(
-                    f"n ({self.n}) must be a multiple of beam_width ({self.beam_width}) "
-                    f"for {strategy}"
-                )
+
+    def validate_beams(self, strategy: str) -> None:
+        """As :meth:`validate`, plus the beam settings a tree search (``strategy``) needs."""
+        self.validate()
+        if self.beam_width < 1:
+            raise ValueError(f"beam_width must be at least 1, got {self.beam_width}")
+        if self.beam_width > self.n:
+            raise ValueError(f"beam_width ({self.beam_width}) cannot exceed n ({self.n})")
+        if self.n % self.beam_width:
+            raise ValueError(
+                f"n ({self.n}) must be a multiple of beam_width ({self.beam_width}) for {strategy}"
+            )
 
 
 @dataclass
@@ -179,18 +209,6 @@ class SearchResult:
     votes: dict[str, float] = field(default_factory=dict)
     cut_short: bool = False
     counters: dict[str, float] = field(default_factory=dict)
-
-
-def sample_to_end(
-    question: str, generator: StepGenerator, config: SearchConfig
-) -> tuple[list[Path], Deadline]:
-    """``config.n`` full solutions from one prefill, sampled as ``config.sampling`` says, their KV
-    already released (the sample-based strategies need only the text from here on)."""
-    deadline = Deadline(config.deadline_s, config.cancel)
-    root = generator.root(question, config.sampling)
-    paths = generator.extend([root], config.n, to_end=True, deadline=deadline)
-    generator.release(paths)
-    return paths, deadline
 
 
 def aggregate(step_scores: Sequence[float], agg: str = "last") -> float:

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 from edgetts.search.base import (
     Deadline,
-    Path,
     SearchConfig,
     SearchResult,
+    SolutionPath,
     StepGenerator,
     StepScorer,
     aggregate,
 )
-from edgetts.search.best_of_n import conclude, require_scorer, score_in_time
+from edgetts.search.common import complete, conclude, require_scorer, score_in_time, set_aside_finished
 
 
 def beam_search(
@@ -31,10 +31,11 @@ def beam_search(
     config: SearchConfig,
 ) -> SearchResult:
     """Keep the N/M best partial solutions each step, expand each M ways, pick among finished."""
-    scorer = require_scorer("beam_search", scorer, config)
+    config.validate_beams("beam_search")
+    scorer = require_scorer("beam_search", scorer)
     deadline = Deadline(config.deadline_s, config.cancel)
     keep = config.n // config.beam_width
-    finished: list[Path] = []
+    finished: list[SolutionPath] = []
     live = generator.extend([generator.root(question, config.sampling)], config.n, deadline=deadline)
     for round_ in range(1, config.max_steps + 1):
         score_in_time(scorer, question, live, finished, deadline)
@@ -58,17 +59,7 @@ def beam_search(
     )
 
 
-def set_aside_finished(
-    generator: StepGenerator, paths: list[Path], finished: list[Path]
-) -> list[Path]:
-    """Move finished paths into ``finished`` (releasing their KV) and return the unfinished ones."""
-    done = [p for p in paths if p.finished]
-    generator.release(done)
-    finished.extend(done)
-    return [p for p in paths if not p.finished]
-
-
-def top_k(generator: StepGenerator, paths: list[Path], k: int, agg: str) -> list[Path]:
+def top_k(generator: StepGenerator, paths: list[SolutionPath], k: int, agg: str) -> list[SolutionPath]:
     """Keep the ``k`` best-scored paths with distinct steps (earliest first on ties), release the rest.
 
     Two beams with the same steps are one partial solution twice (common when sampling cool), so a
@@ -86,17 +77,3 @@ def top_k(generator: StepGenerator, paths: list[Path], k: int, agg: str) -> list
     generator.release([p for i, p in enumerate(paths) if i not in kept])
     # Input order is kept so that expansion order (and so sampling) does not depend on scores.
     return [p for i, p in enumerate(paths) if i in kept]
-
-
-def complete(
-    generator: StepGenerator,
-    scorer: StepScorer,
-    question: str,
-    live: list[Path],
-    finished: list[Path],
-    deadline: Deadline,
-) -> list[Path]:
-    """Run ``live`` paths to the end, score them, set the finished ones aside; return the rest."""
-    done = generator.extend(live, 1, to_end=True, deadline=deadline)
-    score_in_time(scorer, question, done, finished, deadline)
-    return set_aside_finished(generator, done, finished)

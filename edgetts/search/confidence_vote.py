@@ -1,7 +1,7 @@
 """Confidence-weighted vote (DeepConf, offline): majority voting for a policy without a PRM.
 
 N full samples, as majority voting draws them, with the policy recording each token's top-k
-confidence (``PolicyConfig.capture_confidence``; no second model, one pass over logits the
+confidence (``Sampling.record_confidence``; no second model, one pass over logits the
 policy computed anyway). Each trace gets DeepConf's *lowest group confidence*: the lowest mean
 confidence over any window of consecutive tokens (:func:`edgetts.confidence.trace_confidence`),
 which drops where the model hesitated, often where it went wrong. The least confident traces are
@@ -12,7 +12,8 @@ confidence as weight. With one sample it is that sample, as majority is.
 from __future__ import annotations
 
 from edgetts.confidence import trace_confidence
-from edgetts.search.base import SearchConfig, SearchResult, StepGenerator, StepScorer, sample_to_end
+from edgetts.search.base import SearchConfig, SearchResult, StepGenerator, StepScorer
+from edgetts.search.common import sample_to_end
 from edgetts.search.select import pick_by_confidence, to_candidate
 
 KEEP = 0.9  # DeepConf-high: the 90 % most confident traces vote (10 % is its aggressive setting)
@@ -29,8 +30,8 @@ def confidence_vote(
     paths, deadline = sample_to_end(question, generator, config)
     if any(p.n_tokens and not p.token_stats for p in paths):
         raise ValueError(
-            "confidence_vote needs the policy's token confidence: run it with "
-            "capture_confidence=True (the Solver does this for you)"
+            "confidence_vote needs the policy's token confidence: sample with "
+            "Sampling(record_confidence=True) (the Solver does this for you)"
         )
     confidences = [trace_confidence([s[2] for s in p.token_stats], MODE) for p in paths]
     candidates = [to_candidate(p, config.agg) for p in paths]

@@ -16,15 +16,14 @@ from __future__ import annotations
 
 from edgetts.search.base import (
     Deadline,
-    Path,
     SearchConfig,
     SearchResult,
+    SolutionPath,
     StepGenerator,
     StepScorer,
     aggregate,
 )
-from edgetts.search.beam_search import complete, set_aside_finished
-from edgetts.search.best_of_n import conclude, require_scorer, score_in_time
+from edgetts.search.common import complete, conclude, require_scorer, score_in_time, set_aside_finished
 
 
 def dvts(
@@ -34,13 +33,14 @@ def dvts(
     config: SearchConfig,
 ) -> SearchResult:
     """Grow N/M subtrees greedily by PRM score, then vote over their leaves weighted by score."""
-    scorer = require_scorer("dvts", scorer, config)
+    config.validate_beams("dvts")
+    scorer = require_scorer("dvts", scorer)
     deadline = Deadline(config.deadline_s, config.cancel)
     width = config.beam_width
-    leaves: list[Path] = []
+    leaves: list[SolutionPath] = []
     children = generator.extend([generator.root(question, config.sampling)], config.n, deadline=deadline)
     subtrees = [children[i : i + width] for i in range(0, len(children), width)]
-    live: list[Path] = []
+    live: list[SolutionPath] = []
     for round_ in range(1, config.max_steps + 1):
         score_in_time(scorer, question, [p for g in subtrees for p in g], leaves, deadline)
         subtrees = [best_first(generator, group, leaves, config.agg) for group in subtrees]
@@ -68,8 +68,8 @@ def dvts(
 
 
 def best_first(
-    generator: StepGenerator, group: list[Path], leaves: list[Path], agg: str
-) -> list[Path]:
+    generator: StepGenerator, group: list[SolutionPath], leaves: list[SolutionPath], agg: str
+) -> list[SolutionPath]:
     """One subtree's round: keep finished children as leaves, return the live ones best first.
 
     Returns an empty list when the subtree has ended, i.e. its best child is finished (its

@@ -6,7 +6,8 @@ needed; when one is given, each candidate is also scored so the user sees PRM sc
 
 from __future__ import annotations
 
-from edgetts.search.base import SearchConfig, SearchResult, StepGenerator, StepScorer, sample_to_end
+from edgetts.search.base import SearchConfig, SearchResult, StepGenerator, StepScorer
+from edgetts.search.common import sample_to_end
 from edgetts.search.select import pick_by_vote, score_paths, to_candidate
 
 

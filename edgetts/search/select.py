@@ -20,12 +20,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from edgetts.grading import answers_equal, extract_answer, normalize_answer
-from edgetts.search.base import Candidate, Path, StepScorer, aggregate
+from edgetts.search.base import Candidate, SolutionPath, StepScorer, aggregate
 
 
-def to_candidate(path: Path, agg: str = "last") -> Candidate:
+def to_candidate(path: SolutionPath, agg: str = "last") -> Candidate:
     """Summarise a (finished) path for the result."""
-    complete = path.finished and path.stop_reason in (None, "eos")
+    complete = path.finished and path.stop_reason in (None, "eos", "stop")
     answer = extract_answer(path.text, complete=complete) if path.finished or path.steps else None
     provisional = False
     if answer is None and not complete and path.steps:
@@ -48,7 +48,7 @@ def voters(candidates: Sequence[Candidate]) -> list[int]:
     return real or [i for i, c in enumerate(candidates) if c.answer is not None]
 
 
-def score_paths(scorer: StepScorer, question: str, paths: list[Path]) -> None:
+def score_paths(scorer: StepScorer, question: str, paths: list[SolutionPath]) -> None:
     """Score every step of ``paths`` in one scorer call and store the scores on each path.
 
     Raises ValueError when the scorer answers for the wrong number of paths or steps, since a

@@ -11,8 +11,9 @@ How a question is answered, in KV-cache terms:
   sequence id, so a shared prefix is stored once), samples its first token from the parent's saved
   logits with its own sampler, and from then on every live child decodes together, one row each,
   in a single ``llama_batch`` per token. The last child of a parent inherits the parent's slot.
-* A child stops at the step separator (a blank line), at end of generation, at the token limit or
-  at the deadline. The token that closed a step is decoded once more so its logits can seed the
+* A child stops at the step separator (a blank line), at end of generation, at one of the
+  search's stop strings (cut off, across step boundaries too: see :mod:`.steps`), at the token
+  limit or at the deadline. The token that closed a step is decoded once more so its logits can seed the
   next round, which makes the decoded-token count exactly: the prompt once plus every token of
   the search tree.
 * ``release(paths)`` drops sequences (``llama_memory_seq_rm``); finished paths free theirs at once.
@@ -26,127 +27,28 @@ that cost, which is zero whenever the slots suffice.
 
 from __future__ import annotations
 
-import ctypes
-import logging
-import os
 import time
 import zlib
 from collections import deque
 from dataclasses import dataclass, field, replace
-from pathlib import Path as FsPath
+from pathlib import Path
 
-import llama_cpp
 import numpy as np
 
 from edgetts.confidence import token_stats
-from edgetts.llama.cpu_buffers import apply_cpu_buffer_policy
-from edgetts.llama.ggml import ggml_base_lib
+from edgetts.gpu import default_gpu_layers
+from edgetts.llama.context import KV_TYPES, LlamaBatch, LlamaContext
+from edgetts.llama.errors import LlamaError
+from edgetts.llama.layer_tap import LayerTap
+from edgetts.llama.model import LlamaModel
+from edgetts.llama.sampler import Sampler
 from edgetts.metadata import ModelMetadata, read_metadata
 from edgetts.models import resolve
-from edgetts.prompts import STEP_SEPARATOR, build_prompt, prompt_parts
-from edgetts.search.base import DEFAULT_TEMPERATURE, Deadline, Path, Sampling
-
-log = logging.getLogger("edgetts.llama")
-
-
-@llama_cpp.llama_log_callback
-def _llama_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    # llama.cpp prints every load detail to stderr by default. Keep its errors (ggml level 4);
-    # warnings (3) go to INFO and the rest to DEBUG, for whoever turns logging up.
-    message = text.decode("utf-8", errors="replace").rstrip()
-    if message:
-        log.log({4: logging.ERROR, 3: logging.INFO}.get(level, logging.DEBUG), message)
-
-
-def route_llama_logs() -> None:
-    """Send llama.cpp's log through Python logging (``edgetts.llama``) instead of stderr.
-
-    Process-wide, so it happens when edgetts loads a model, not when it is imported: an app that
-    imports edgetts beside its own llama.cpp use keeps its log setup until then.
-    """
-    llama_cpp.llama_log_set(_llama_log, ctypes.c_void_p(0))
-
-KV_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
-TEMPLATE_SLOT = 0
-
-
-def default_threads() -> int:
-    """Threads for llama.cpp: ``$EDGETTS_THREADS`` if set, else the cores we may run on.
-
-    More threads than free cores is much slower than fewer (llama.cpp's threads wait on each
-    other at every layer), so on a busy machine set EDGETTS_THREADS below the core count.
-    """
-    env = os.environ.get("EDGETTS_THREADS")
-    if env:
-        if not env.strip().isdigit():
-            raise PolicyError(f"EDGETTS_THREADS must be a whole number, got {env!r}")
-        return check_threads(int(env))
-    return available_cores()
-
-
-def available_cores() -> int:
-    """Cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def check_threads(n_threads: int | None) -> int | None:
-    """``n_threads`` if it is 1..the cores here; more threads than cores only slow llama.cpp."""
-    if n_threads is not None and not 1 <= n_threads <= available_cores():
-        raise PolicyError(f"threads must be 1..{available_cores()} (the cores this process may use), "
-                          f"got {n_threads}")
-    return n_threads
-
-
-class PolicyError(Exception):
-    """The policy cannot run this request; the message says why and what to change."""
-
-
-@dataclass
-class PolicyConfig:
-    """Settings of the llama.cpp policy. Token counts are per solution unless named otherwise."""
-
-    model: str | None = None  # registry name or .gguf path; None = the default model
-    n_seq_max: int = 16  # sequences decoded together (beams, samples) besides the template
-    max_tokens: int = 512  # generated tokens per solution, at most (the context is sized for it)
-    max_step_tokens: int = 256  # a step longer than this is cut into two
-    max_prompt_tokens: int = 1024
-    n_ctx: int = 0  # KV cells in all; 0 = enough for the prompt plus n_seq_max full solutions
-    n_batch: int = 512
-    n_threads: int | None = None  # None = $EDGETTS_THREADS, else every core this process may use
-    n_gpu_layers: int = 0  # layers offloaded to the GPU (needs a CUDA build of llama.cpp)
-    kv_type: str = "f16"  # "f16" or "q8_0"
-    # Sampling for a root() given none (tools, tests); searches pass their own Sampling.
-    temperature: float = DEFAULT_TEMPERATURE
-    top_p: float = 1.0
-    top_k: int = 0  # 0 = off
-    seed: int = 0
-    # Record the final hidden state at each step's last token on the path (Path.step_states), for
-    # scorers that read the policy's own states (edgetts.probe). Costs one vector copy per step.
-    # A path cut by max_tokens (or a stop string) keeps the state before its last token.
-    capture_states: bool = False
-    # What a step state is made of: -1 is the final hidden state (after the output norm), i >= 0
-    # the output of transformer block i (read through llama.cpp's eval callback); several are
-    # concatenated in this order. A probe's manifest names the layers it was trained on.
-    state_layers: tuple[int, ...] = (-1,)
-    # Record each generated token's log-probability, entropy and top-k confidence
-    # (Path.token_stats, edgetts.confidence): one pass over the logits llama.cpp already
-    # computed, for confidence-weighted votes and probes that read confidence features.
-    capture_confidence: bool = False
-
-    def resolved_n_ctx(self) -> int:
-        return self.n_ctx or self.max_prompt_tokens + self.n_seq_max * self.max_tokens
-
-
-@dataclass
-class GeneratorCounters:
-    tokens_prefilled: int = 0  # prompt tokens decoded
-    # tokens decoded after the prompt: each token of the search tree once, plus tokens_redecoded
-    tokens_decoded: int = 0
-    tokens_redecoded: int = 0  # decoded again to rebuild parked paths (waves), part of the above
-    tokens_sampled: int = 0
-    sequences_forked: int = 0
-    decode_calls: int = 0
-    seconds: float = 0.0
+from edgetts.policy.config import GeneratorCounters, PolicyConfig, PolicyError, check_threads, default_threads
+from edgetts.policy.slots import TEMPLATE_SLOT, SlotPool
+from edgetts.policy.steps import StepAccumulator, trim_steps
+from edgetts.prompts import STEP_SEPARATOR, Prompt, prompt_parts
+from edgetts.search.base import Deadline, Sampling, SolutionPath
 
 
 @dataclass
@@ -157,9 +59,10 @@ class _Prompt:
 
 @dataclass
 class _Seq:
-    """The generator's side of a Path (kept in ``Path.handle``)."""
+    """The generator's side of a SolutionPath (kept in ``SolutionPath.handle``)."""
 
     prompt: _Prompt
+    sampling: Sampling  # the search's, from its root: every path grown from it samples so
     tokens: list[int] = field(default_factory=list)  # generated after the prompt
     slot: int | None = None  # KV sequence id; None when parked or freed
     n_cached: int = 0  # how many of ``tokens`` the slot's KV holds
@@ -168,55 +71,26 @@ class _Seq:
     carry: bytes = b""  # text sampled past a step separator, belongs to the next step
     is_template: bool = False
     hidden: np.ndarray | None = None  # final hidden state of the last decoded token (capture_states)
+    tail: bytes = b""  # the end of the steps so far, for search stop strings across a step boundary
 
 
 @dataclass
 class _Child:
     """A path being generated in the current ``extend`` call."""
 
-    path: Path
+    path: SolutionPath
     seq: _Seq
     parent: _Seq
+    steps: StepAccumulator
     last_of_parent: bool
     to_end: bool
     take_parent_slot: bool = False  # set when slots run out: siblings rebuild from the template
     # Step whose last token is still to be decoded: its hidden state comes with that decode.
     state_pending: int | None = None
-    sampler: llama_cpp.llama_sampler_p | None = None
+    sampler: Sampler | None = None
     to_decode: list[int] = field(default_factory=list)
-    step_bytes: bytes = b""
-    step_tokens: int = 0
     closing: bool = False  # the step is complete once ``to_decode`` is decoded
     done: bool = False
-
-
-class _LayerTap:
-    """Copies transformer blocks' outputs (graph nodes ``l_out-<i>``) as llama.cpp computes a batch.
-
-    llama.cpp shows its eval callback every node of the graph twice: first asking whether we want
-    it, then, for those we do, once it is computed. Only the asked-for blocks are copied (through
-    ``ggml_backend_tensor_get``, so GPU-resident tensors work too), and only while ``on``. Rows
-    are the batch's tokens in order (blocks before the last hold every token, not only outputs).
-    """
-
-    def __init__(self, layers: tuple[int, ...], n_embd: int) -> None:
-        ggml = ggml_base_lib()
-        self.names = {f"l_out-{i}".encode(): i for i in layers if i >= 0}
-        self.rows: dict[int, np.ndarray] = {}
-        self.on = True
-
-        @llama_cpp.ggml_backend_sched_eval_callback
-        def callback(tensor: ctypes.c_void_p, ask: bool, _user: ctypes.c_void_p) -> bool:
-            layer = self.names.get(ggml.ggml_get_name(tensor))
-            if ask:
-                return layer is not None
-            if self.on and layer is not None:
-                out = np.empty(ggml.ggml_nelements(tensor), dtype=np.float32)
-                ggml.ggml_backend_tensor_get(tensor, out.ctypes.data, 0, out.nbytes)
-                self.rows[layer] = out.reshape(-1, n_embd)
-            return True
-
-        self.callback = callback  # llama.cpp keeps only the pointer: hold the function here
 
 
 class LlamaPolicy:
@@ -232,7 +106,7 @@ class LlamaPolicy:
             raise PolicyError(f"unknown KV cache type {cfg.kv_type!r}; choose one of {list(KV_TYPES)}")
         if cfg.n_seq_max < 1:
             raise PolicyError(f"n_seq_max must be at least 1, got {cfg.n_seq_max}")
-        self.model_path: FsPath = resolve(cfg.model)
+        self.model_path: Path = resolve(cfg.model)
         self.metadata: ModelMetadata = read_metadata(self.model_path)
         n_ctx_train = self.metadata.n_ctx_train
         if n_ctx_train and cfg.max_tokens + cfg.max_prompt_tokens > n_ctx_train:
@@ -240,87 +114,39 @@ class LlamaPolicy:
                 f"max_tokens={cfg.max_tokens} plus a prompt of up to {cfg.max_prompt_tokens} tokens is "
                 f"more than this model's context of {n_ctx_train} tokens"
             )
-        self.counters = GeneratorCounters()
-        route_llama_logs()
-        llama_cpp.llama_backend_init()
         n_layers = self.metadata.n_layers
         # The last block keeps only its output rows (llama.cpp drops the rest before it), so it
         # is read as -1, after the output norm.
         if not cfg.state_layers or any(not -1 <= i < n_layers - 1 for i in cfg.state_layers):
-            raise PolicyError(f"state_layers must be -1 (the final state) or blocks 0..{n_layers - 2}, "
-                              f"got {cfg.state_layers}")
-        wants_blocks = cfg.capture_states and any(i >= 0 for i in cfg.state_layers)
-        self._tap = _LayerTap(cfg.state_layers, self.metadata.n_embd) if wants_blocks else None
-        self._model = self._load_model()
-        self._ctx = self._new_context()
-        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
-        self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
-        self._n_embd = llama_cpp.llama_model_n_embd(self._model)
-        self._memory = llama_cpp.llama_get_memory(self._ctx)
-        self._batch = llama_cpp.llama_batch_init(cfg.n_batch, 0, 1)
-        self._piece_buf = ctypes.create_string_buffer(256)
-        self._free_slots: list[int] = []
-        self._template: _Seq | None = None  # the prefilled prompt in slot 0, reused by root()
-        self._sampling = self._configured_sampling()  # the current search's, set by root()
-        self._stop_strings = [] if self.metadata.chat_template else [b"\nQuestion:"]
-
-    # -- setup ---------------------------------------------------------------------------------
-
-    def _load_model(self) -> llama_cpp.llama_model_p:
-        params = llama_cpp.llama_model_default_params()
-        params.n_gpu_layers = self.config.n_gpu_layers
-        params.use_extra_bufts = apply_cpu_buffer_policy().use_extra_bufts  # no AMX (segfaults)
-        model = llama_cpp.llama_model_load_from_file(str(self.model_path).encode(), params)
-        if not model:
-            raise PolicyError(f"llama.cpp could not load {self.model_path} (corrupt or unsupported)")
-        return model
-
-    def _new_context(self) -> llama_cpp.llama_context_p:
-        cfg = self.config
-        params = llama_cpp.llama_context_default_params()
-        params.n_ctx = cfg.resolved_n_ctx()
-        params.n_batch = cfg.n_batch
-        params.n_ubatch = cfg.n_batch
-        params.n_seq_max = cfg.n_seq_max + 1  # + the template sequence
-        threads = cfg.n_threads or default_threads()
-        params.n_threads = threads
-        params.n_threads_batch = threads
-        params.type_k = KV_TYPES[cfg.kv_type]
-        params.type_v = KV_TYPES[cfg.kv_type]
-        # A quantized V cache needs flash attention; f16 lets llama.cpp decide.
-        params.flash_attn_type = (
-            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
-            if cfg.kv_type != "f16"
-            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
-        )
-        params.kv_unified = True  # shared prefixes stored once, whatever the number of forks
-        if cfg.capture_states:
-            # Per-token final hidden states beside the logits, for the rows we ask logits of.
-            params.embeddings = True
-            params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_NONE
-        if self._tap is not None:
-            params.cb_eval = self._tap.callback
-            params.cb_eval_user_data = None
-        params.no_perf = True
-        ctx = llama_cpp.llama_init_from_model(self._model, params)
-        if not ctx:
             raise PolicyError(
-                f"llama.cpp could not create a context of {params.n_ctx} tokens "
-                f"for {cfg.n_seq_max} sequences (out of memory?)"
+                f"state_layers must be -1 (the final state) or blocks 0..{n_layers - 2}, "
+                f"got {cfg.state_layers}"
             )
-        return ctx
+        self.counters = GeneratorCounters()
+        wants_blocks = cfg.capture_states and any(i >= 0 for i in cfg.state_layers)
+        self._tap = LayerTap(cfg.state_layers, self.metadata.n_embd) if wants_blocks else None
+        layers = default_gpu_layers() if cfg.n_gpu_layers is None else cfg.n_gpu_layers
+        self.model = LlamaModel(self.model_path, layers)
+        self.context = LlamaContext(
+            self.model,
+            n_ctx=cfg.resolved_n_ctx(),
+            n_batch=cfg.n_batch,
+            n_seq_max=cfg.n_seq_max + 1,  # + the template sequence
+            n_threads=cfg.n_threads or default_threads(),
+            kv_type=cfg.kv_type,
+            embeddings=cfg.capture_states,
+            tap=self._tap,
+        )
+        self._batch = LlamaBatch(cfg.n_batch)
+        self.slots = SlotPool(cfg.n_seq_max)
+        self._template: _Seq | None = None  # the prefilled prompt in slot 0, reused by root()
+        self._stop_strings = () if self.metadata.chat_template else (b"\nQuestion:",)
 
     def close(self) -> None:
-        """Free the llama.cpp context and model (also done when the object is collected)."""
-        if getattr(self, "_batch", None) is not None:
-            llama_cpp.llama_batch_free(self._batch)
-            self._batch = None
-        if getattr(self, "_ctx", None):
-            llama_cpp.llama_free(self._ctx)
-            self._ctx = None
-        if getattr(self, "_model", None):
-            llama_cpp.llama_model_free(self._model)
-            self._model = None
+        """Free the llama.cpp batch, context and model (also done when the object is collected)."""
+        for owner in ("_batch", "context", "model"):
+            if getattr(self, owner, None) is not None:
+                getattr(self, owner).close()
 
     def __del__(self) -> None:
         self.close()
@@ -330,56 +156,62 @@ class LlamaPolicy:
     def tokenize(self, text: str, special: bool = True, add_bos: bool | None = None) -> list[int]:
         """Tokens of ``text``; ``special``: read special-token markers in it (trusted text only)
         and add the BOS token if the model wants one (``add_bos`` decides on its own if given)."""
-        data = text.encode()
-        capacity = len(data) + 16
-        buf = (llama_cpp.llama_token * capacity)()
-        add = special if add_bos is None else add_bos
-        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, add, special)
-        if n < 0:
-            raise PolicyError("prompt too long to tokenize")
-        return list(buf[:n])
+        try:
+            return self.model.tokenize(text, special, special if add_bos is None else add_bos)
+        except LlamaError as exc:
+            raise PolicyError(str(exc)) from None
 
     def piece(self, token: int) -> bytes:
-        n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece_buf, 256, 0, False)
-        return self._piece_buf.raw[: max(n, 0)]
+        return self.model.piece(token)
 
-    def prompt_text(self, question: str, system: str | None = None) -> str:
+    def prompt_text(self, question: Prompt, system: str | None = None) -> str:
         """The prompt for ``question`` as text (to show; :meth:`prompt_tokens` is what runs).
 
         ``system`` replaces the math instructions (code tasks and programs use their own)."""
-        return build_prompt(question, self.metadata.chat_template, bos=self._bos_text(), system=system)
+        return "".join(text for text, _ in self._prompt_parts(question, system))
 
-    def prompt_tokens(self, question: str, system: str | None = None) -> list[int]:
+    def prompt_tokens(self, question: Prompt, system: str | None = None) -> list[int]:
         """The prompt's tokens, special-token markers read in the template's text only: a
-        question never gains control of the chat (see :func:`edgetts.prompts.prompt_parts`)."""
-        try:
-            parts = prompt_parts(question, self.metadata.chat_template, bos=self._bos_text(), system=system)
-        except ValueError as exc:
-            raise PolicyError(str(exc)) from None
+        question (or any message of a conversation) never gains control of the chat (see
+        :func:`edgetts.prompts.prompt_parts`)."""
         tokens: list[int] = []
-        for text, trusted in parts:
-            tokens += self.tokenize(text, special=trusted, add_bos=not tokens and trusted)
+        for text, trusted in self._prompt_parts(question, system):
+            # BOS (when the model wants one) before the first piece, trusted or not (a raw prompt)
+            tokens += self.tokenize(text, special=trusted, add_bos=not tokens)
         return tokens
 
-    def _bos_text(self) -> str:
-        return self.piece(llama_cpp.llama_vocab_bos(self._vocab)).decode(errors="ignore")
+    def _prompt_parts(self, question: Prompt, system: str | None) -> list[tuple[str, bool]]:
+        template, bos = self.metadata.chat_template, self.model.bos_text
+        try:
+            if isinstance(question, str):
+                return prompt_parts(question, template, bos=bos, system=system)
+            if system is not None:
+                raise ValueError("a conversation or raw prompt brings its own system prompt")
+            return question.parts(template, bos=bos)
+        except ValueError as exc:
+            raise PolicyError(str(exc)) from None
 
     # -- StepGenerator -------------------------------------------------------------------------
 
-    def root(self, question: str, sampling: Sampling | None = None, system: str | None = None) -> Path:
+    def root(
+        self, question: Prompt, sampling: Sampling | None = None, system: str | None = None
+    ) -> SolutionPath:
         """Clear the cache and prefill the prompt for ``question`` once (kept for a next root).
 
         The root begins a search: ``sampling`` (None: this policy's configured sampling) holds
-        for every path grown from it, until the next root. ``system`` replaces the math
-        instructions (code tasks and programs use their own).
+        for every path grown from it. ``system`` replaces the math instructions (code tasks and
+        programs use their own). ``question`` may also be a whole
+        :class:`~edgetts.prompts.Conversation` or a :class:`~edgetts.prompts.RawPrompt`.
         """
-        if not question or not question.strip():
+        text = question if isinstance(question, str) else question.question
+        if not text or not text.strip():
             raise PolicyError("the question is empty")
         sampling = sampling or self._configured_sampling()
         if sampling.max_tokens is not None and not 1 <= sampling.max_tokens <= self.config.max_tokens:
-            raise PolicyError(f"max_tokens must be 1..{self.config.max_tokens} (the limit this policy's "
-                              f"context was made for), got {sampling.max_tokens}")
-        self._sampling = sampling
+            raise PolicyError(
+                f"max_tokens must be 1..{self.config.max_tokens} (the limit this policy's "
+                f"context was made for), got {sampling.max_tokens}"
+            )
         start = time.perf_counter()
         tokens = self.prompt_tokens(question, system)
         limit = min(self.config.max_prompt_tokens, self.config.resolved_n_ctx() - self.config.max_tokens)
@@ -388,41 +220,53 @@ class LlamaPolicy:
                 f"the question is too long: its prompt has {len(tokens)} tokens, the limit is "
                 f"{limit} (raise max_prompt_tokens / n_ctx)"
             )
-        self._free_slots = list(range(self.config.n_seq_max, 0, -1))  # slot 0 is the template
+        self.slots.reset()
         template = self._template
         if template is not None and template.prompt.tokens == tokens and template.logits is not None:
-            for slot in self._free_slots:
-                llama_cpp.llama_memory_seq_rm(self._memory, slot, -1, -1)
-            self.counters.seconds += time.perf_counter() - start
-            return Path(handle=template)
-        llama_cpp.llama_memory_clear(self._memory, True)
-        seq = _Seq(prompt=_Prompt(question, tokens), slot=TEMPLATE_SLOT, is_template=True)
+            for slot in self.slots.free:
+                self.context.seq_remove(slot)
+        else:
+            template = self._prefill(text, tokens)
+        self.counters.seconds += time.perf_counter() - start
+        # The template's KV and logits serve every search on this prompt; each root has its own
+        # sampling, so it gets its own view of them.
+        return SolutionPath(handle=replace(template, sampling=sampling))
+
+    def _prefill(self, question: str, tokens: list[int]) -> _Seq:
+        """Decode the prompt into the template slot, alone in a clear cache."""
+        self.context.clear()
         self._template = None  # until the new prompt is fully decoded
         # Only the last prompt token's outputs are read (see _decode_quietly for why the rest
         # go separately when states are captured).
         head = tokens[:-1] if self.config.capture_states else []
         self._decode_quietly(head, 0, TEMPLATE_SLOT)
-        self._decode_tokens(tokens[len(head):], len(head), TEMPLATE_SLOT, output_last=True)
+        self._decode_tokens(tokens[len(head) :], len(head), TEMPLATE_SLOT, output_last=True)
         self.counters.tokens_prefilled += len(tokens)
-        seq.logits = self._logits(self._batch.n_tokens - 1)
+        last_row = self._batch.n_tokens - 1
+        seq = _Seq(
+            prompt=_Prompt(question, tokens),
+            sampling=self._configured_sampling(),
+            slot=TEMPLATE_SLOT,
+            is_template=True,
+            logits=self._logits(last_row),
+        )
         if self.config.capture_states:
-            seq.hidden = self._state(self._batch.n_tokens - 1)
+            seq.hidden = self._state(last_row)
         self._template = seq
-        self.counters.seconds += time.perf_counter() - start
-        return Path(handle=seq)
+        return seq
 
     def extend(
         self,
-        paths: list[Path],
+        paths: list[SolutionPath],
         n_each: int,
         to_end: bool = False,
         deadline: Deadline | None = None,
-    ) -> list[Path]:
+    ) -> list[SolutionPath]:
         """Fork each path into ``n_each`` children and decode them together (see module doc)."""
         if n_each < 1:
             raise PolicyError(f"n_each must be at least 1, got {n_each}")
         start = time.perf_counter()
-        out: list[Path] = []
+        out: list[SolutionPath] = []
         queue: deque[_Child] = deque()
         for path in paths:
             if path.finished:
@@ -433,9 +277,19 @@ class LlamaPolicy:
                 child = self._child(path, parent, j, last=(j == n_each - 1), to_end=to_end)
                 out.append(child.path)
                 queue.append(child)
-        self._run(queue, to_end, deadline)
+        self._run(queue, deadline)
         self.counters.seconds += time.perf_counter() - start
         return out
+
+    def release(self, paths: list[SolutionPath]) -> None:
+        """Drop the KV sequences of paths the strategy no longer needs."""
+        for path in paths:
+            seq = path.handle
+            if isinstance(seq, _Seq) and not seq.is_template:
+                self._free(seq)
+                seq.logits = None
+
+    # -- written solutions ---------------------------------------------------------------------
 
     def states_of(self, question: str, steps: list[str]) -> list[np.ndarray]:
         """The hidden state at each step's last token of a written solution (``capture_states``).
@@ -446,8 +300,8 @@ class LlamaPolicy:
         """
         return self.read_solution(question, steps).step_states
 
-    def read_solution(self, question: str, steps: list[str], confidence: bool = False) -> Path:
-        """Prefill a written solution: a Path with the states a generation would have recorded.
+    def read_solution(self, question: str, steps: list[str], confidence: bool = False) -> SolutionPath:
+        """Prefill a written solution: a path with the states a generation would have recorded.
 
         ``step_states`` holds the hidden state at each step's last token (``capture_states``);
         with ``confidence``, ``token_stats`` and ``step_token_ends`` too, each token judged by
@@ -462,9 +316,9 @@ class LlamaPolicy:
             raise PolicyError("read_solution needs a policy created with capture_states=True")
         root = self.root(question)
         tokens, ends = self._solution_tokens(steps, close_last=False)
-        slot = self._free_slots[-1]
-        llama_cpp.llama_memory_seq_rm(self._memory, slot, -1, -1)
-        llama_cpp.llama_memory_seq_cp(self._memory, TEMPLATE_SLOT, slot, -1, -1)
+        slot = self.slots.next_free()
+        self.context.seq_remove(slot)
+        self.context.seq_copy(TEMPLATE_SLOT, slot)
         first = len(root.handle.prompt.tokens)
         limit = self.config.resolved_n_ctx() - first
         if len(tokens) > limit:
@@ -472,12 +326,17 @@ class LlamaPolicy:
         try:
             states, stats, _ = self._decode_solution(root, tokens, ends, slot, confidence)
         finally:
-            llama_cpp.llama_memory_seq_rm(self._memory, slot, -1, -1)
-        return Path(steps=list(steps), step_states=[states[e] for e in ends], finished=True,
-                    n_tokens=len(tokens), token_stats=stats,
-                    step_token_ends=[e + 1 for e in ends] if confidence else [])
+            self.context.seq_remove(slot)
+        return SolutionPath(
+            steps=list(steps),
+            step_states=[states[e] for e in ends],
+            finished=True,
+            n_tokens=len(tokens),
+            token_stats=stats,
+            step_token_ends=[e + 1 for e in ends] if confidence else [],
+        )
 
-    def path_from(self, question: str, steps: list[str]) -> Path:
+    def path_from(self, question: str, steps: list[str]) -> SolutionPath:
         """An unfinished path holding a written solution's ``steps``, ready to :meth:`extend`.
 
         The steps (each closed by the step separator) are decoded once into a slot of their own
@@ -487,28 +346,41 @@ class LlamaPolicy:
         """
         root = self.root(question)
         tokens, ends = self._solution_tokens(steps, close_last=True)
-        if not tokens or not self._free_slots:
+        if not tokens or not len(self.slots):
             raise PolicyError("path_from needs at least one step and a free slot")
         prompt = root.handle.prompt
         if len(prompt.tokens) + len(tokens) + self.config.max_tokens > self.config.resolved_n_ctx():
             raise PolicyError(f"the solution has {len(tokens)} tokens; the context is too small")
-        slot = self._free_slots.pop()
-        llama_cpp.llama_memory_seq_cp(self._memory, TEMPLATE_SLOT, slot, -1, -1)
+        slot = self.slots.take()
+        self.context.seq_copy(TEMPLATE_SLOT, slot)
         cfg = self.config
         # The prefix's steps get what generation would have recorded for them (states,
         # confidence), so its children's steps line up with their scores.
-        states, stats, logits = self._decode_solution(root, tokens, ends if cfg.capture_states else [],
-                                                      slot, cfg.capture_confidence)
+        states, stats, logits = self._decode_solution(
+            root, tokens, ends if cfg.capture_states else [], slot, cfg.capture_confidence
+        )
         self.counters.tokens_decoded += len(tokens)
-        seq = _Seq(prompt=prompt, tokens=tokens, slot=slot, n_cached=len(tokens), logits=logits,
-                   hidden=states.get(len(tokens) - 1))
-        return Path(steps=list(steps), handle=seq, n_tokens=len(tokens),
-                    step_states=[states[e] for e in ends] if cfg.capture_states else [],
-                    token_stats=stats,
-                    step_token_ends=[e + 1 for e in ends] if cfg.capture_confidence else [])
+        seq = _Seq(
+            prompt=prompt,
+            sampling=root.handle.sampling,
+            tokens=tokens,
+            slot=slot,
+            n_cached=len(tokens),
+            logits=logits,
+            hidden=states.get(len(tokens) - 1),
+        )
+        return SolutionPath(
+            steps=list(steps),
+            handle=seq,
+            n_tokens=len(tokens),
+            step_states=[states[e] for e in ends] if cfg.capture_states else [],
+            token_stats=stats,
+            step_token_ends=[e + 1 for e in ends] if cfg.capture_confidence else [],
+        )
 
-    def _decode_solution(self, root: Path, tokens: list[int], ends: list[int], slot: int,
-                         confidence: bool) -> tuple[dict[int, np.ndarray], list, np.ndarray]:
+    def _decode_solution(
+        self, root: SolutionPath, tokens: list[int], ends: list[int], slot: int, confidence: bool
+    ) -> tuple[dict[int, np.ndarray], list, np.ndarray]:
         """Decode a solution's tokens after the prompt into ``slot``: the states at ``ends``, the
         tokens' confidence (each judged by the logits before it, the prompt's for the first) and
         the last token's logits."""
@@ -518,16 +390,17 @@ class LlamaPolicy:
         stats = [token_stats(root.handle.logits, tokens[0])] if confidence and tokens else []
         logits = root.handle.logits
         for start in range(0, len(tokens), self.config.n_batch):
-            self._batch.n_tokens = 0
+            self._batch.clear()
             chunk = range(start, min(start + self.config.n_batch, len(tokens)))
             for i in chunk:
-                self._add(tokens[i], first + i, slot, confidence or i in wanted or i == last)
+                self._batch.add(tokens[i], first + i, slot, confidence or i in wanted or i == last)
             self._decode()
             rows = {i: row for row, i in enumerate(chunk)}
             states.update({i: self._state(rows[i]) for i in wanted if i in rows})
             if confidence:
-                stats += [token_stats(self._logits_view(rows[i]), tokens[i + 1])
-                          for i in chunk if i < last]
+                stats += [
+                    token_stats(self.context.logits_view(rows[i]), tokens[i + 1]) for i in chunk if i < last
+                ]
             if last in rows:
                 logits = self._logits(rows[last])
         return states, stats, logits
@@ -544,34 +417,42 @@ class LlamaPolicy:
             ends.append(max(len(tokens) - 1, 0))
         return tokens, ends
 
-    def release(self, paths: list[Path]) -> None:
-        """Drop the KV sequences of paths the strategy no longer needs."""
-        for path in paths:
-            seq = path.handle
-            if isinstance(seq, _Seq) and not seq.is_template:
-                self._free(seq)
-                seq.logits = None
-
     def _configured_sampling(self) -> Sampling:
         cfg = self.config
         return Sampling(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, seed=cfg.seed)
 
     # -- generation ----------------------------------------------------------------------------
 
-    def _child(self, path: Path, parent: _Seq, index: int, last: bool, to_end: bool) -> _Child:
+    def _child(self, path: SolutionPath, parent: _Seq, index: int, last: bool, to_end: bool) -> _Child:
         seq = _Seq(
             prompt=parent.prompt,
+            sampling=parent.sampling,
             tokens=list(parent.tokens),
             lineage=(*parent.lineage, index),
             carry=parent.carry,
             hidden=parent.hidden,
+            tail=parent.tail,
         )
-        child_path = Path(steps=list(path.steps), handle=seq, n_tokens=path.n_tokens,
-                          step_states=list(path.step_states), token_stats=list(path.token_stats),
-                          step_token_ends=list(path.step_token_ends))
-        return _Child(path=child_path, seq=seq, parent=parent, last_of_parent=last, to_end=to_end)
+        child_path = SolutionPath(
+            steps=list(path.steps),
+            handle=seq,
+            n_tokens=path.n_tokens,
+            step_states=list(path.step_states),
+            token_stats=list(path.token_stats),
+            step_token_ends=list(path.step_token_ends),
+        )
+        steps = StepAccumulator(
+            self.config.max_step_tokens,
+            self._stop_strings,
+            search_stops=tuple(s.encode() for s in parent.sampling.stop),
+            carry=parent.carry,
+            tail=parent.tail,
+        )
+        return _Child(
+            path=child_path, seq=seq, parent=parent, steps=steps, last_of_parent=last, to_end=to_end
+        )
 
-    def _run(self, queue: deque[_Child], to_end: bool, deadline: Deadline | None) -> None:
+    def _run(self, queue: deque[_Child], deadline: Deadline | None) -> None:
         active: list[_Child] = []
         waiting: list[_Child] = []  # finished their step, still holding a slot
         while queue or active:
@@ -596,7 +477,7 @@ class LlamaPolicy:
                     waiting.append(child)
 
     def _can_start(self, child: _Child, active: list[_Child], waiting: list[_Child]) -> bool:
-        if self._inherits(child) or self._free_slots:
+        if self._inherits(child) or len(self.slots):
             return True
         if waiting:
             self._free(waiting.pop(0).seq)  # park: rebuilt later by re-decoding its tokens
@@ -621,18 +502,18 @@ class LlamaPolicy:
             seq.slot, parent.slot = parent.slot, None
             seq.n_cached = parent.n_cached
         elif parent.slot is not None:
-            seq.slot = self._free_slots.pop()
-            llama_cpp.llama_memory_seq_cp(self._memory, parent.slot, seq.slot, -1, -1)
+            seq.slot = self.slots.take()
+            self.context.seq_copy(parent.slot, seq.slot)
             seq.n_cached = parent.n_cached
         else:  # parent was parked: rebuild from the template prompt
-            seq.slot = self._free_slots.pop()
-            llama_cpp.llama_memory_seq_cp(self._memory, TEMPLATE_SLOT, seq.slot, -1, -1)
+            seq.slot = self.slots.take()
+            self.context.seq_copy(TEMPLATE_SLOT, seq.slot)
             seq.n_cached = 0
         self.counters.sequences_forked += 1
-        child.sampler = self._new_sampler(seq.lineage)
+        child.sampler = self._new_sampler(seq)
         if seq.n_cached == len(seq.tokens) and parent.logits is not None:
-            token = self._sample_from(child.sampler, parent.logits)
-            self._accept(child, token, self._stats(parent.logits, token))
+            token = child.sampler.sample_from(parent.logits)
+            self._accept(child, token, self._stats(child, parent.logits, token))
         else:
             child.to_decode = seq.tokens[seq.n_cached :]
             self.counters.tokens_redecoded += len(child.to_decode)
@@ -656,25 +537,25 @@ class LlamaPolicy:
                 seq.n_cached += len(rebuilt)
                 if len(seq.tokens) < seq.n_cached:  # rebuilt tokens are back in the path
                     seq.tokens.extend(rebuilt)
-        self._batch.n_tokens = 0
+        batch = self._batch
+        batch.clear()
         rows: list[tuple[_Child, int]] = []
         for child in active:
-            room = self.config.n_batch - self._batch.n_tokens
-            if room <= 0:
+            if batch.room <= 0:
                 break
             seq = child.seq
-            part, child.to_decode = child.to_decode[:room], child.to_decode[room:]
+            part, child.to_decode = child.to_decode[: batch.room], child.to_decode[batch.room :]
             complete = not child.to_decode
             for k, tok in enumerate(part):
                 pos = len(seq.prompt.tokens) + seq.n_cached + k
-                self._add(tok, pos, seq.slot, complete and k == len(part) - 1)
+                batch.add(tok, pos, seq.slot, complete and k == len(part) - 1)
             seq.n_cached += len(part)
             if len(seq.tokens) < seq.n_cached:  # rebuilt tokens are back in the path
                 seq.tokens.extend(part)
             if complete:
-                rows.append((child, self._batch.n_tokens - 1))
+                rows.append((child, batch.n_tokens - 1))
         self._decode()
-        self.counters.tokens_decoded += self._batch.n_tokens
+        self.counters.tokens_decoded += batch.n_tokens
         for child, row in rows:
             if self.config.capture_states:
                 self._read_state(child, row)
@@ -682,57 +563,58 @@ class LlamaPolicy:
                 child.seq.logits = self._logits(row)
                 child.done = True
                 continue
-            token = llama_cpp.llama_sampler_sample(child.sampler, self._ctx, row)
-            self._accept(child, token, self._stats(self._logits_view(row), token))
+            token = child.sampler.sample(self.context, row)  # type: ignore[union-attr]
+            self._accept(child, token, self._stats(child, self.context.logits_view(row), token))
 
-    def _stats(self, logits: np.ndarray, token: int) -> tuple[float, float, float] | None:
-        return token_stats(logits, token) if self.config.capture_confidence else None
+    def _stats(self, child: _Child, logits: np.ndarray, token: int) -> tuple[float, float, float] | None:
+        return token_stats(logits, token) if self._records_confidence(child.seq) else None
+
+    def _records_confidence(self, seq: _Seq) -> bool:
+        return self.config.capture_confidence or seq.sampling.record_confidence
 
     def _accept(self, child: _Child, token: int, stats: tuple[float, float, float] | None = None) -> None:
         """Record a sampled token: end the path, end the step, or queue it for decoding."""
-        cfg = self.config
         path, seq = child.path, child.seq
         self.counters.tokens_sampled += 1
-        if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+        if self.model.is_end(token):
             self._end_path(child, "eos")
             return
         if stats is not None:
             path.token_stats.append(stats)
         seq.tokens.append(token)
         path.n_tokens += 1
-        child.step_tokens += 1
-        child.step_bytes += self.piece(token)
-        stop = next((s for s in self._stop_strings if s in child.step_bytes), None)
-        if stop is not None:
-            child.step_bytes = child.step_bytes[: child.step_bytes.index(stop)]
-            self._end_path(child, "eos")
+        reason = child.steps.add(self.model.piece(token))  # a stop string appeared
+        if reason is not None:
+            if child.steps.trimmed:  # a search stop string that began in the finished steps
+                self._trim_steps(path, child.steps.trimmed)
+            self._end_path(child, reason)
             return
-        if path.n_tokens >= (self._sampling.max_tokens or cfg.max_tokens):
+        if path.n_tokens >= (seq.sampling.max_tokens or self.config.max_tokens):
             self._end_path(child, "max_tokens")
             return
         child.to_decode = [token]
-        sep = STEP_SEPARATOR.encode()
-        cut = child.step_bytes.find(sep)
-        if cut < 0 and child.step_tokens < cfg.max_step_tokens:
+        step = child.steps.cut()
+        if step is None:
             return
-        end = cut + len(sep) if cut >= 0 else len(child.step_bytes)
-        self._push_step(child, child.step_bytes[:end])
-        child.step_bytes = child.step_bytes[end:]
-        child.step_tokens = 0
+        self._push_step(child, step)
         if not child.to_end:
             child.closing = True  # decode this last token once more for its logits, then stop
 
-    def _push_step(self, child: _Child, data: bytes, last_token_decoded: bool = False) -> None:
-        text = (child.seq.carry + data).decode("utf-8", errors="replace")
-        child.seq.carry = b""
+    @staticmethod
+    def _trim_steps(path: SolutionPath, n_bytes: int) -> None:
+        trim_steps(path.steps, n_bytes)
+        del path.step_states[len(path.steps) :]
+        del path.step_token_ends[len(path.steps) :]
+
+    def _push_step(self, child: _Child, text: str, last_token_decoded: bool = False) -> None:
         path = child.path
         if text.strip():
             path.steps.append(text)
-            if self.config.capture_confidence:
+            if self._records_confidence(child.seq):
                 path.step_token_ends.append(len(path.token_stats))
         elif path.steps:
             path.steps[-1] += text  # blank lines belong to the step before
-            if self.config.capture_confidence:
+            if self._records_confidence(child.seq):
                 path.step_token_ends[-1] = len(path.token_stats)
         else:
             return
@@ -750,8 +632,7 @@ class LlamaPolicy:
         parts = []
         for layer in self.config.state_layers:
             if layer < 0:
-                ptr = llama_cpp.llama_get_embeddings_ith(self._ctx, row)
-                parts.append(np.ctypeslib.as_array(ptr, shape=(self._n_embd,)).copy())
+                parts.append(self.context.embedding(row))
             else:
                 parts.append(self._tap.rows[layer][row].copy())  # type: ignore[union-attr]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -765,8 +646,7 @@ class LlamaPolicy:
     def _end_path(self, child: _Child, reason: str) -> None:
         # At an end of sequence the text's last token is the one just decoded; at a length or
         # stop-string cut it was sampled but is never decoded, so the state before it stands in.
-        self._push_step(child, child.step_bytes, last_token_decoded=True)
-        child.step_bytes = b""
+        self._push_step(child, child.steps.rest(), last_token_decoded=True)
         child.path.finished = True
         child.path.stop_reason = reason
         child.done = True
@@ -774,13 +654,13 @@ class LlamaPolicy:
 
     def _finish_child(self, child: _Child) -> None:
         if child.sampler is not None:
-            llama_cpp.llama_sampler_free(child.sampler)
+            child.sampler.close()
             child.sampler = None
         seq = child.seq
         if child.path.finished:
             self._free(seq)  # a finished path is never extended: its KV is not needed
         else:
-            seq.carry = child.step_bytes
+            seq.carry, seq.tail = child.steps.leftover(), child.steps.tail
 
     def _stop_at_deadline(self, child: _Child) -> None:
         """Leave the child as it is; a later extend decodes whatever its KV lacks."""
@@ -790,34 +670,24 @@ class LlamaPolicy:
                 child.seq.slot, child.parent.slot = child.parent.slot, None
                 child.seq.n_cached, child.seq.logits = child.parent.n_cached, child.parent.logits
             return
-        if child.step_bytes:
-            self._push_step(child, child.step_bytes)
-            child.step_bytes = b""
+        if child.steps.pending:
+            self._push_step(child, child.steps.rest())
+        child.seq.carry, child.seq.tail = child.steps.leftover(), child.steps.tail
         child.seq.logits = None  # tokens past n_cached (sampled, not decoded) are decoded later
-        llama_cpp.llama_sampler_free(child.sampler)
+        child.sampler.close()
         child.sampler = None
 
     # -- llama.cpp helpers ---------------------------------------------------------------------
-
-    def _add(self, token: int, pos: int, slot: int, logits: bool) -> None:
-        b = self._batch
-        i = b.n_tokens
-        if i >= self.config.n_batch:
-            raise PolicyError(f"batch overflow: more than n_batch={self.config.n_batch} tokens")
-        b.token[i] = token
-        b.pos[i] = pos
-        b.n_seq_id[i] = 1
-        b.seq_id[i][0] = slot
-        b.logits[i] = logits
-        b.n_tokens = i + 1
 
     def _decode_tokens(self, tokens: list[int], first_pos: int, slot: int, output_last: bool) -> None:
         """Decode ``tokens`` into ``slot`` in batches of n_batch, outputs for the last one only."""
         for start in range(0, len(tokens), self.config.n_batch):
             chunk = tokens[start : start + self.config.n_batch]
-            self._batch.n_tokens = 0
+            self._batch.clear()
             for i, tok in enumerate(chunk):
-                self._add(tok, first_pos + start + i, slot, output_last and start + i == len(tokens) - 1)
+                self._batch.add(
+                    tok, first_pos + start + i, slot, output_last and start + i == len(tokens) - 1
+                )
             self._decode()
 
     def _decode_quietly(self, tokens: list[int], first_pos: int, slot: int) -> None:
@@ -830,72 +700,38 @@ class LlamaPolicy:
         if not tokens:
             return
         if self.config.capture_states:
-            llama_cpp.llama_set_embeddings(self._ctx, False)
+            self.context.set_embeddings(False)
         if self._tap is not None:
             self._tap.on = False
         try:
             self._decode_tokens(tokens, first_pos, slot, output_last=False)
         finally:
             if self.config.capture_states:
-                llama_cpp.llama_set_embeddings(self._ctx, True)
+                self.context.set_embeddings(True)
             if self._tap is not None:
                 self._tap.on = True
 
     def _decode(self) -> None:
-        ret = llama_cpp.llama_decode(self._ctx, self._batch)
         self.counters.decode_calls += 1
-        if ret == 1:
-            raise PolicyError(
-                f"the KV cache is full (n_ctx={self.config.resolved_n_ctx()}); "
-                "raise n_ctx or lower n_seq_max / max_tokens"
-            )
-        if ret != 0:
-            raise PolicyError(f"llama_decode failed with code {ret}")
+        try:
+            self.context.decode(self._batch)
+        except LlamaError as exc:
+            raise PolicyError(str(exc)) from None
 
     def _logits(self, row: int) -> np.ndarray:
-        return self._logits_view(row).copy()
+        return self.context.logits_view(row).copy()
 
-    def _logits_view(self, row: int) -> np.ndarray:
-        """Batch row ``row``'s logits in llama.cpp's buffer: valid until the next decode."""
-        ptr = llama_cpp.llama_get_logits_ith(self._ctx, row)
-        return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
-
-    def _new_sampler(self, lineage: tuple[int, ...]) -> llama_cpp.llama_sampler_p:
-        cfg = self._sampling
-        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-        if cfg.temperature <= 0:
-            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
-            return chain
+    def _new_sampler(self, seq: _Seq) -> Sampler:
+        s = seq.sampling
         # Each path gets its own stream, fixed by the run seed and its place in the tree, so a
         # run is reproducible whatever order the batch happens to decode in.
-        seed = zlib.crc32(repr((cfg.seed, lineage)).encode())
-        if cfg.top_k > 0:
-            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_k(cfg.top_k))
-        if cfg.top_p < 1.0:
-            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(cfg.top_p, 1))
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(cfg.temperature))
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))
-        return chain
-
-    def _sample_from(self, sampler: llama_cpp.llama_sampler_p, logits: np.ndarray) -> int:
-        """Sample from saved logits (a fork's first token) with the child's own sampler."""
-        data = (llama_cpp.llama_token_data * self._n_vocab)()
-        view = np.ctypeslib.as_array(data).view(
-            np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
-        )
-        view["id"] = np.arange(self._n_vocab, dtype=np.int32)
-        view["logit"] = logits
-        view["p"] = 0.0
-        arr = llama_cpp.llama_token_data_array(data=data, size=self._n_vocab, selected=-1, sorted=False)
-        llama_cpp.llama_sampler_apply(sampler, ctypes.byref(arr))
-        token = int(data[arr.selected].id)
-        llama_cpp.llama_sampler_accept(sampler, token)
-        return token
+        seed = zlib.crc32(repr((s.seed, seq.lineage)).encode())
+        return Sampler(s.temperature, s.top_p, s.top_k, seed)
 
     def _free(self, seq: _Seq) -> None:
         if seq.slot is None or seq.is_template:
             return
-        llama_cpp.llama_memory_seq_rm(self._memory, seq.slot, -1, -1)
-        self._free_slots.append(seq.slot)
+        self.context.seq_remove(seq.slot)
+        self.slots.give(seq.slot)
         seq.slot = None
         seq.n_cached = 0

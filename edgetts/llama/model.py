@@ -1,0 +1,65 @@
+"""The model: owns a ``llama_model`` and reads its vocabulary (tokens in, bytes out)."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import llama_cpp
+
+from edgetts.llama.cpu_buffers import apply_cpu_buffer_policy
+from edgetts.llama.errors import LlamaError
+from edgetts.llama.logs import route_llama_logs
+
+PIECE_BYTES = 256  # longer than any token's text
+
+
+class LlamaModel:
+    """A GGUF model loaded by llama.cpp; :meth:`close` (or collection) frees it."""
+
+    def __init__(self, path: Path, n_gpu_layers: int = 0) -> None:
+        route_llama_logs()
+        llama_cpp.llama_backend_init()
+        params = llama_cpp.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers  # -1: every layer
+        params.use_extra_bufts = apply_cpu_buffer_policy().use_extra_bufts  # no AMX (segfaults)
+        self.path = path
+        self.ptr = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+        if not self.ptr:
+            raise LlamaError(f"llama.cpp could not load {path} (corrupt or unsupported)")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.ptr)
+        self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self.n_embd: int = llama_cpp.llama_model_n_embd(self.ptr)
+        self._piece_buf = ctypes.create_string_buffer(PIECE_BYTES)
+
+    def tokenize(self, text: str, special: bool, add_bos: bool) -> list[int]:
+        """Tokens of ``text``; ``special``: read special-token markers in it (trusted text only)."""
+        data = text.encode()
+        capacity = len(data) + 16
+        buf = (llama_cpp.llama_token * capacity)()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_bos, special)
+        if n < 0:
+            raise LlamaError("prompt too long to tokenize")
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes ``token`` stands for (special tokens as nothing)."""
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece_buf, PIECE_BYTES, 0, False)
+        return self._piece_buf.raw[: max(n, 0)]
+
+    def is_end(self, token: int) -> bool:
+        """Whether ``token`` ends generation (end of sequence or turn)."""
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    @property
+    def bos_text(self) -> str:
+        """The beginning-of-sequence token's text (chat templates write it out)."""
+        return self.piece(llama_cpp.llama_vocab_bos(self.vocab)).decode(errors="ignore")
+
+    def close(self) -> None:
+        if getattr(self, "ptr", None):
+            llama_cpp.llama_model_free(self.ptr)
+            self.ptr = None
+
+    def __del__(self) -> None:
+        self.close()

@@ -1,0 +1,91 @@
+"""The policy's settings, its counters, and the threads llama.cpp may use."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from edgetts.llama.errors import LlamaError
+from edgetts.search.base import Sampling
+
+
+def default_threads() -> int:
+    """Threads for llama.cpp: ``$EDGETTS_THREADS`` if set, else the cores we may run on.
+
+    More threads than free cores is much slower than fewer (llama.cpp's threads wait on each
+    other at every layer), so on a busy machine set EDGETTS_THREADS below the core count.
+    """
+    env = os.environ.get("EDGETTS_THREADS")
+    if env:
+        if not env.strip().isdigit():
+            raise PolicyError(f"EDGETTS_THREADS must be a whole number, got {env!r}")
+        return check_threads(int(env))
+    return available_cores()
+
+
+def available_cores() -> int:
+    """Cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def check_threads(n_threads: int | None) -> int | None:
+    """``n_threads`` if it is 1..the cores here; more threads than cores only slow llama.cpp."""
+    if n_threads is not None and not 1 <= n_threads <= available_cores():
+        raise PolicyError(
+            f"threads must be 1..{available_cores()} (the cores this process may use), got {n_threads}"
+        )
+    return n_threads
+
+
+class PolicyError(LlamaError):
+    """The policy cannot run this request; the message says why and what to change."""
+
+
+@dataclass
+class PolicyConfig:
+    """Settings of the llama.cpp policy. Token counts are per solution unless named otherwise."""
+
+    model: str | None = None  # registry name or .gguf path; None = the default model
+    n_seq_max: int = 16  # sequences decoded together (beams, samples) besides the template
+    max_tokens: int = 512  # generated tokens per solution, at most (the context is sized for it)
+    max_step_tokens: int = 256  # a step longer than this is cut into two
+    max_prompt_tokens: int = 1024
+    n_ctx: int = 0  # KV cells in all; 0 = enough for the prompt plus n_seq_max full solutions
+    n_batch: int = 512
+    n_threads: int | None = None  # None = $EDGETTS_THREADS, else every core this process may use
+    # Layers offloaded to the GPU (needs a GPU build of llama.cpp); -1 = all; None =
+    # $EDGETTS_N_GPU_LAYERS, else 0 (edgetts.gpu.default_gpu_layers).
+    n_gpu_layers: int | None = None
+    kv_type: str = "f16"  # "f16" or "q8_0"
+    # Sampling for a root() given none (tools, tests); searches pass their own Sampling.
+    temperature: float = Sampling.temperature
+    top_p: float = Sampling.top_p
+    top_k: int = Sampling.top_k  # 0 = off
+    seed: int = Sampling.seed
+    # Record the final hidden state at each step's last token on the path (Path.step_states), for
+    # scorers that read the policy's own states (edgetts.probe). Costs one vector copy per step.
+    # A path cut by max_tokens (or a stop string) keeps the state before its last token.
+    capture_states: bool = False
+    # What a step state is made of: -1 is the final hidden state (after the output norm), i >= 0
+    # the output of transformer block i (read through llama.cpp's eval callback); several are
+    # concatenated in this order. A probe's manifest names the layers it was trained on.
+    state_layers: tuple[int, ...] = (-1,)
+    # Record each generated token's log-probability, entropy and top-k confidence
+    # (Path.token_stats, edgetts.confidence): one pass over the logits llama.cpp already
+    # computed, for confidence-weighted votes and probes that read confidence features.
+    capture_confidence: bool = False
+
+    def resolved_n_ctx(self) -> int:
+        return self.n_ctx or self.max_prompt_tokens + self.n_seq_max * self.max_tokens
+
+
+@dataclass
+class GeneratorCounters:
+    tokens_prefilled: int = 0  # prompt tokens decoded
+    # tokens decoded after the prompt: each token of the search tree once, plus tokens_redecoded
+    tokens_decoded: int = 0
+    tokens_redecoded: int = 0  # decoded again to rebuild parked paths (waves), part of the above
+    tokens_sampled: int = 0
+    sequences_forked: int = 0
+    decode_calls: int = 0
+    seconds: float = 0.0

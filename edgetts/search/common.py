@@ -1,0 +1,117 @@
+"""Helpers every strategy shares: sampling to the end, scoring in time, and the final pick.
+
+Beam search and DVTS end the way best-of-N does: their finished beams or leaves are judged like
+best-of-N samples (:func:`pick`), and a search cut short by its deadline still answers from what
+it has (:func:`conclude`).
+"""
+
+from __future__ import annotations
+
+from edgetts.grading import extract_answer, normalize_answer
+from edgetts.search.base import (
+    Candidate,
+    Deadline,
+    SearchConfig,
+    SearchResult,
+    SolutionPath,
+    StepGenerator,
+    StepScorer,
+)
+from edgetts.search.select import pick_best, pick_by_vote, score_paths, to_candidate
+
+
+def sample_to_end(
+    question: str, generator: StepGenerator, config: SearchConfig
+) -> tuple[list[SolutionPath], Deadline]:
+    """``config.n`` full solutions from one prefill, sampled as ``config.sampling`` says, their KV
+    already released (the sample-based strategies need only the text from here on)."""
+    deadline = Deadline(config.deadline_s, config.cancel)
+    root = generator.root(question, config.sampling)
+    paths = generator.extend([root], config.n, to_end=True, deadline=deadline)
+    generator.release(paths)
+    return paths, deadline
+
+
+def require_scorer(strategy: str, scorer: StepScorer | None) -> StepScorer:
+    """The PRM, checked to be there before any work starts."""
+    if scorer is None:
+        raise ValueError(f"strategy {strategy!r} needs a PRM (step scorer)")
+    return scorer
+
+
+def score_in_time(
+    scorer: StepScorer,
+    question: str,
+    paths: list[SolutionPath],
+    finished: list[SolutionPath],
+    deadline: Deadline,
+) -> None:
+    """Score ``paths`` (new this round); past the deadline, only those that can still matter.
+
+    Once the deadline has passed, the search ends with a pick among finished paths, and unfinished
+    ones are only a fallback when no finished path has an answer; scoring them anyway would be the
+    one PRM call that runs the search further past its deadline.
+    """
+    if deadline.expired():
+        done = finished + [p for p in paths if p.finished]
+        if any(normalize_answer(extract_answer(p.text)) is not None for p in done):
+            paths = [p for p in paths if p.finished]
+    score_paths(scorer, question, paths)
+
+
+def pick(candidates: list[Candidate], weighted: bool) -> tuple[Candidate | None, dict[str, float]]:
+    """Highest-scored candidate, or the answer with the largest summed score when ``weighted``."""
+    if weighted:
+        return pick_by_vote(candidates, lambda c: c.score if c.score is not None else 0.0)
+    return pick_best(candidates), {}
+
+
+def conclude(
+    strategy: str,
+    finished: list[SolutionPath],
+    partial: list[SolutionPath],
+    config: SearchConfig,
+    weighted: bool,
+    cut_short: bool,
+) -> SearchResult:
+    """Pick among scored paths and build the result.
+
+    Finished paths are preferred; unfinished (``partial``) ones only join when no finished path
+    has an answer, so a search cut short by its deadline still answers when any path has one.
+    """
+    candidates = [to_candidate(p, config.agg) for p in finished]
+    if not any(c.answer is not None and not c.provisional for c in candidates):
+        candidates += [to_candidate(p, config.agg) for p in partial]
+    chosen, votes = pick(candidates, weighted)
+    return SearchResult(
+        strategy=strategy,
+        answer=chosen.answer if chosen else None,
+        chosen=chosen,
+        candidates=candidates,
+        votes=votes,
+        cut_short=cut_short or any(p.stop_reason == "deadline" for p in finished + partial),
+    )
+
+
+def set_aside_finished(
+    generator: StepGenerator, paths: list[SolutionPath], finished: list[SolutionPath]
+) -> list[SolutionPath]:
+    """Move finished paths into ``finished`` (releasing their KV) and return the unfinished ones."""
+    done = [p for p in paths if p.finished]
+    generator.release(done)
+    finished.extend(done)
+    return [p for p in paths if not p.finished]
+
+
+def complete(
+    generator: StepGenerator,
+    scorer: StepScorer,
+    question: str,
+    live: list[SolutionPath],
+    finished: list[SolutionPath],
+    deadline: Deadline,
+) -> list[SolutionPath]:
+    """Run ``live`` paths to the end, score them, set the finished ones aside; return the rest."""
+    done = generator.extend(live, 1, to_end=True, deadline=deadline)
+    score_in_time(scorer, question, done, finished, deadline)
+    return set_aside_finished(generator, done, finished)

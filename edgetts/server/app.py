@@ -1,0 +1,528 @@
+"""The FastAPI app: request handlers over one solver, and ``serve`` to run it with uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from edgetts.policy import PolicyError
+from edgetts.search import NEEDS_SCORER
+from edgetts.search.base import SearchResult
+from edgetts.search.registry import choices, names
+from edgetts.server.engine import Engine, Job
+from edgetts.server.errors import ApiError, http_error, validation_error
+from edgetts.server.guard import Guard
+from edgetts.server.responses import edgetts_info, finish_reason_of, ranked_choices, usage_of
+from edgetts.server.schemas import (
+    LEGACY_FIELDS,
+    LEGACY_NOTE,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatRequest,
+    Choice,
+    ChunkChoice,
+    CompletionRequest,
+    Delta,
+    Health,
+    ModelCard,
+    ModelList,
+    Progress,
+    ResponseMessage,
+    SearchFields,
+    SearchRequest,
+    TextChoice,
+    TextCompletion,
+)
+from edgetts.server.settings import LOOPBACK_HOSTS, ServerSettings
+from edgetts.solver import SolveOptions, Solver, validate_code_options
+
+log = logging.getLogger("edgetts.server")
+
+DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is still there
+
+
+def known_strategies() -> set[str]:
+    """Strategy names requests may use."""
+    return set(choices())
+
+
+class App:
+    """The request handlers, holding the solver, the settings and the queue."""
+
+    def __init__(self, solver: Solver, settings: ServerSettings) -> None:
+        self.solver = solver
+        self.settings = settings
+        self.engine = Engine(solver, settings.max_queue, expected_s=settings.default_deadline_s or 5.0)
+        self.strategies = known_strategies()
+        self.default_strategy = settings.default_strategy or "auto"
+        if self.default_strategy not in self.strategies:
+            raise ValueError(
+                f"unknown default strategy {self.default_strategy!r}; choose one of {sorted(self.strategies)}"
+            )
+        self.prm_state = "loaded" if solver.scorer_loaded else "not loaded"
+        self.created = int(time.time())
+
+    # -- validation ------------------------------------------------------------------------
+
+    def check_model(self, model: str) -> None:
+        strict = self.settings.strict_model
+        if strict and model not in (self.settings.model_id, *self.settings.model_aliases):
+            raise ApiError(
+                404,
+                f"the model {model!r} does not exist here; this server runs "
+                f"{self.settings.model_id!r} (see GET /v1/models)",
+                param="model",
+                code="model_not_found",
+            )
+
+    def job_for(self, req: SearchRequest) -> Job:
+        """Turn a request into a validated search job (every 400 is raised here, before queueing)."""
+        self.check_model(req.model)
+        if req.logprobs or req.top_logprobs:
+            raise ApiError(
+                400,
+                "logprobs are not supported by this server yet",
+                param="logprobs",
+                code="unsupported_parameter",
+            )
+        s = self.settings
+        search, budget, choices, deprecation, where = self._search_of(req)
+        if (search.task == "code" or search.mode != "cot") and not s.allow_exec:
+            what = "task=code" if search.task == "code" else f"mode={search.mode}"
+            raise ApiError(
+                400,
+                f"{what} runs model-written code, which this server does not allow; "
+                "start it with `edgetts serve --allow-exec`",
+                param=f"{where}task" if search.task == "code" else f"{where}mode",
+                code="exec_not_allowed",
+            )
+        if search.task == "code":
+            return self._code_job(req, search, budget, where)
+        strategy = search.strategy or self.default_strategy
+        if strategy not in self.strategies:
+            raise ApiError(
+                400,
+                f"unknown strategy {strategy!r}; choose one of {sorted(self.strategies)}",
+                param=f"{where}strategy",
+                code="invalid_strategy",
+            )
+        if strategy in NEEDS_SCORER and self.prm_state != "loaded":
+            raise ApiError(
+                400,
+                f"strategy {strategy!r} needs the PRM, which this server has not loaded ({self.prm_state})",
+                param=f"{where}strategy",
+            )
+        # auto picks its own budget (under the deadline / memory budget) unless the request names one
+        n = budget or (None if strategy == "auto" else max(s.default_n, choices))
+        budget_param = "n" if where == "" else "edgetts.samples"
+        if n is not None and n > s.max_n:
+            raise ApiError(
+                400, f"a search of {n} is more than this server allows (max {s.max_n})", param=budget_param
+            )
+        if choices > s.max_n:
+            raise ApiError(
+                400, f"n={choices} choices is more than this server allows (max {s.max_n})", param="n"
+            )
+        max_tokens = req.max_completion_tokens or req.max_tokens or s.max_tokens
+        if max_tokens > s.max_tokens:
+            raise ApiError(
+                400,
+                f"max_tokens={max_tokens} is more than this server allows (max {s.max_tokens})",
+                param="max_tokens",
+            )
+        fields: dict[str, Any] = {"strategy": strategy, "max_tokens": max_tokens}
+        if n is not None:
+            fields["n"] = n
+        for name in ("beam_width", "max_steps", "agg"):
+            if getattr(search, name) is not None:
+                fields[name] = getattr(search, name)
+        for name in ("temperature", "top_p", "top_k", "seed"):
+            if getattr(req, name) is not None:
+                fields[name] = getattr(req, name)
+        if "beam_width" not in fields and n is not None and strategy in names("tree"):
+            fields["beam_width"] = min(4, n)  # so a plain budget works without also picking a width
+        deadline = search.deadline_s or s.default_deadline_s
+        if deadline is not None:
+            fields["deadline_s"] = deadline
+        memory = self._memory_mb(search.memory_mb)
+        if memory is not None:
+            fields["memory_mb"] = memory
+        if search.mode != "cot":
+            fields["mode"] = search.mode
+        if req.stop is not None:
+            fields["stop"] = req.stops()
+        options = SolveOptions(**fields)
+        try:
+            options.validate()
+        except ValueError as exc:
+            raise ApiError(400, str(exc), param="stop" if "stop" in str(exc) else None) from None
+        return Job(question=req.prompt_input(), options=options, n_choices=choices, deprecation=deprecation)
+
+    @staticmethod
+    def _search_of(req: SearchRequest) -> tuple[SearchFields, int | None, int, str | None, str]:
+        """(search fields, search budget, choices, deprecation note, error param prefix).
+
+        With an ``edgetts`` object, ``n`` is OpenAI's number of choices; a request with the old
+        top-level search fields instead keeps their old meaning (``n`` = budget, one choice).
+        """
+        if req.edgetts is not None:
+            return req.edgetts, req.edgetts.samples, req.n or 1, None, "edgetts."
+        legacy = {name: getattr(req, name) for name in LEGACY_FIELDS if getattr(req, name) is not None}
+        if legacy:
+            return SearchFields(**legacy), req.n, 1, LEGACY_NOTE, ""
+        return SearchFields(), None, req.n or 1, None, "edgetts."
+
+    def _code_job(self, req: SearchRequest, search: SearchFields, budget: int | None, where: str) -> Job:
+        """A code task: strategy greedy, majority or exec (default), no budget planning."""
+        s = self.settings
+        n = budget or s.default_n
+        if n > s.max_n:
+            raise ApiError(
+                400,
+                f"a search of {n} is more than this server allows (max {s.max_n})",
+                param=f"{where}samples" if where else "n",
+            )
+        max_tokens = req.max_completion_tokens or req.max_tokens or s.max_tokens
+        if max_tokens > s.max_tokens:
+            raise ApiError(
+                400,
+                f"max_tokens={max_tokens} is more than this server allows (max {s.max_tokens})",
+                param="max_tokens",
+            )
+        fields: dict[str, Any] = {"strategy": search.strategy or "exec", "n": n, "max_tokens": max_tokens}
+        for name in ("temperature", "top_p", "top_k", "seed"):
+            if getattr(req, name) is not None:
+                fields[name] = getattr(req, name)
+        if search.deadline_s or s.default_deadline_s:
+            fields["deadline_s"] = search.deadline_s or s.default_deadline_s
+        options = SolveOptions(**fields)
+        try:
+            validate_code_options(options)
+        except ValueError as exc:
+            raise ApiError(400, str(exc), param=f"{where}strategy") from None
+        return Job(question=req.question(), options=options, task="code")
+
+    def _memory_mb(self, requested: float | None) -> float | None:
+        """The request's memory budget, capped by the server's own."""
+        budget = self.settings.memory_mb
+        if requested is None:
+            return budget
+        return requested if budget is None else min(requested, budget)
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def wait(self, job: Job, request: Request | None = None) -> SearchResult:
+        """Wait for ``job``; a client that disconnects abandons it. Errors come back as ApiError."""
+        assert job.future is not None
+        future = asyncio.wrap_future(job.future)
+        try:
+            while not future.done():
+                await asyncio.wait({future}, timeout=DISCONNECT_POLL_S)
+                if not future.done() and request is not None and await request.is_disconnected():
+                    log.info("client disconnected: search cancelled")
+                    job.abandon()
+                    raise ApiError(499, "client closed the request", code="client_closed")
+            return _result(job, future)
+        finally:
+            if not future.done():  # cancelled by the server (shutdown timeout)
+                job.abandon()
+
+    async def complete(self, req: ChatRequest, request: Request) -> ChatCompletion:
+        job = self.job_for(req)
+        self.engine.submit(job)
+        result = await self.wait(job, request)
+        picks = ranked_choices(result, job.n_choices) or [None]
+        choices = [
+            Choice(
+                index=i,
+                message=ResponseMessage(content=c.text.strip() if c else ""),
+                finish_reason=finish_reason_of(c),
+            )
+            for i, c in enumerate(picks)
+        ]
+        return ChatCompletion(
+            id=f"chatcmpl-{uuid.uuid4().hex}",
+            created=int(time.time()),
+            model=self.settings.model_id,
+            choices=choices,
+            usage=usage_of(result),
+            edgetts=edgetts_info(job, result),
+        )
+
+    async def complete_text(self, req: CompletionRequest, request: Request) -> TextCompletion:
+        """``/v1/completions``: the raw prompt continued; choices as for chat."""
+        if req.stream:
+            raise ApiError(
+                400,
+                "stream is not supported on /v1/completions; use /v1/chat/completions",
+                param="stream",
+            )
+        job = self.job_for(req)
+        self.engine.submit(job)
+        result = await self.wait(job, request)
+        picks = ranked_choices(result, job.n_choices) or [None]
+        return TextCompletion(
+            id=f"cmpl-{uuid.uuid4().hex}",
+            created=int(time.time()),
+            model=self.settings.model_id,
+            choices=[
+                TextChoice(index=i, text=c.text if c else "", finish_reason=finish_reason_of(c))
+                for i, c in enumerate(picks)
+            ],
+            usage=usage_of(result),
+            edgetts=edgetts_info(job, result),
+        )
+
+    async def stream(self, req: ChatRequest) -> AsyncIterator[dict[str, str]]:
+        """Validate and queue now (so errors are plain 4xx/503), then stream the events.
+
+        Returns the event iterator: a role chunk, a progress chunk every ``progress_interval_s``,
+        the answer, a last chunk with the finish reason and the ``edgetts`` result, ``[DONE]``.
+        """
+        job = self.job_for(req)
+        self.engine.submit(job)
+        return self._events(job)
+
+    async def _events(self, job: Job) -> AsyncIterator[dict[str, str]]:
+        base = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "created": int(time.time()),
+            "model": self.settings.model_id,
+        }
+
+        def event(delta: Delta, index: int = 0, **extra: Any) -> dict[str, str]:
+            finish = extra.pop("finish_reason", None)
+            chunk = ChatCompletionChunk(
+                **base, choices=[ChunkChoice(index=index, delta=delta, finish_reason=finish)], **extra
+            ).model_dump(mode="json")
+            # Like OpenAI: the delta holds only what changed, finish_reason stays (null).
+            chunk["choices"][0]["delta"] = delta.model_dump(exclude_none=True)
+            for key in ("usage", "edgetts"):
+                if chunk[key] is None:
+                    del chunk[key]
+            return {"data": json.dumps(chunk, ensure_ascii=False)}
+
+        assert job.future is not None
+        future = asyncio.wrap_future(job.future)
+        try:
+            yield event(Delta(role="assistant", content=""))
+            while not future.done():
+                await asyncio.wait({future}, timeout=self.settings.progress_interval_s)
+                if not future.done():
+                    yield event(Delta(), edgetts={"progress": self._progress(job)})
+            try:
+                result = _result(job, future)
+            except ApiError as exc:
+                yield {"data": json.dumps(exc.body())}  # OpenAI clients raise on an error event
+                return
+            picks = ranked_choices(result, job.n_choices) or [None]
+            for i, pick in enumerate(picks):
+                if i:
+                    yield event(Delta(role="assistant", content=""), index=i)
+                yield event(Delta(content=pick.text.strip() if pick else ""), index=i)
+            for i, pick in enumerate(picks[:-1]):
+                yield event(Delta(), index=i, finish_reason=finish_reason_of(pick))
+            yield event(
+                Delta(),
+                index=len(picks) - 1,
+                finish_reason=finish_reason_of(picks[-1]),
+                usage=usage_of(result),
+                edgetts=edgetts_info(job, result),
+            )
+            yield {"data": "[DONE]"}
+        finally:
+            if not future.done():  # the client went away (or the server dropped the stream)
+                log.info("stream closed early: search cancelled")
+                job.abandon()
+
+    def _progress(self, job: Job) -> Progress:
+        elapsed = round(time.perf_counter() - job.queued_at, 3)
+        if job.started_at is None:
+            return Progress(state="queued", elapsed_s=elapsed, queue_position=self.engine.position(job))
+        tokens = self.engine.tokens_generated(job)
+        return Progress(state="searching", elapsed_s=elapsed, tokens_generated=tokens)
+
+    def health(self) -> Health:
+        engine = self.engine
+        running = sum(1 for j in list(engine.jobs) if j.started_at is not None)
+        return Health(
+            status="shutting_down" if engine.closing else "ok",
+            model=self.settings.model_id,
+            prm=self.prm_state,
+            running=running,
+            queued=len(engine.jobs) - running,
+            max_queue=engine.max_queue,
+            served=engine.served,
+            failed=engine.failed,
+            cancelled=engine.cancelled,
+            rejected=engine.rejected,
+        )
+
+
+def _result(job: Job, future: asyncio.Future) -> SearchResult:
+    """The finished job's result, with the errors users cause turned into ApiError."""
+    if future.cancelled():
+        raise ApiError(503, "the request was cancelled", type="server_error", code="cancelled")
+    try:
+        result = future.result()
+    except ApiError:
+        raise
+    except (PolicyError, ValueError) as exc:  # e.g. a question longer than the context
+        raise ApiError(400, str(exc)) from None
+    except Exception as exc:
+        log.exception("search failed")
+        raise ApiError(500, f"the search failed: {exc}", type="server_error") from None
+    if result is None:
+        raise ApiError(503, "the server is shutting down", type="server_error", code="shutting_down")
+    return result
+
+
+def create_app(solver: Solver, settings: ServerSettings | None = None) -> FastAPI:
+    """The FastAPI app serving ``solver`` (models are expected to be loaded already)."""
+    from sse_starlette.sse import EventSourceResponse  # imported here: it patches uvicorn on import
+
+    settings = settings or ServerSettings()
+    state = App(solver, settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        state.engine.loop = asyncio.get_running_loop()
+        yield
+        state.engine.close()  # uvicorn has already waited for (or dropped) open requests
+
+    app = FastAPI(title="edgetts", version="0.1.0", lifespan=lifespan)
+    app.state.edgetts = state
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_error(exc).response()
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+        return http_error(exc).response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return ApiError(500, f"internal error: {exc}", type="server_error").response()
+
+    @app.get("/health", response_model=Health)
+    async def health() -> JSONResponse:
+        report = state.health()
+        return JSONResponse(report.model_dump(), status_code=200 if report.status == "ok" else 503)
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def list_models() -> ModelList:
+        return ModelList(data=[ModelCard(id=settings.model_id, created=state.created)])
+
+    @app.post("/v1/chat/completions", response_model=ChatCompletion)
+    async def chat_completions(req: ChatRequest, request: Request):
+        if req.stream:
+            events = await state.stream(req)
+            return EventSourceResponse(events, ping=15, shutdown_grace_period=settings.shutdown_grace_s)
+        return await state.complete(req, request)
+
+    @app.post("/v1/completions", response_model=TextCompletion)
+    async def completions(req: CompletionRequest, request: Request) -> TextCompletion:
+        return await state.complete_text(req, request)
+
+    app.add_middleware(Guard, api_key=settings.api_key, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        # Added last, so it is outermost: a browser's preflight (no API key) is answered here.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    return app
+
+
+# -- running it ----------------------------------------------------------------------------------
+
+
+def model_names(model: str | None) -> tuple[str, tuple[str, ...]]:
+    """The id /v1/models shows for ``model`` (registry name or .gguf path) and accepted aliases."""
+    from edgetts import models as registry
+
+    if model is None:
+        model = registry.default_model_name()
+    reg = registry.load_registry()
+    if model in reg:
+        return model, (reg[model].file,)
+    path = Path(model)
+    return path.stem, (path.name, model)
+
+
+def load_solver(solver: Solver) -> str:
+    """Load the policy now and the PRM if it loads; return the PRM state for /health."""
+    solver.policy  # noqa: B018 -- loading is the point
+    try:
+        solver.scorer  # noqa: B018
+    except Exception as exc:  # the server still serves greedy and majority without it
+        log.warning("PRM not loaded (%s); PRM strategies will be refused", exc)
+        return f"unavailable: {exc}"
+    return "loaded"
+
+
+def serve(solver: Solver, settings: ServerSettings) -> None:
+    """Load the models, serve until Ctrl-C / SIGTERM, then shut down cleanly and free the models."""
+    import uvicorn
+
+    if settings.host not in LOOPBACK_HOSTS:
+        log.warning(
+            "binding to %s: the server is reachable from other machines%s",
+            settings.host,
+            "" if settings.api_key else " and has no --api-key",
+        )
+    if settings.default_strategy not in (None, *known_strategies()):
+        raise ValueError(
+            f"unknown strategy {settings.default_strategy!r}; choose one of {sorted(known_strategies())}"
+        )
+    # The context is sized once, for the server's max_tokens; a request asks for at most that.
+    solver.policy_config = dataclasses.replace(
+        solver.policy_config, n_ctx=solver.policy_config.resolved_n_ctx()
+    )
+    prm_state = load_solver(solver)
+    app = create_app(solver, settings)
+    state: App = app.state.edgetts
+    state.prm_state = prm_state
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            state.engine.begin_shutdown()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,
+    )
+    try:
+        Server(config).run()
+    except KeyboardInterrupt:
+        pass  # uvicorn re-raises Ctrl-C once its graceful shutdown is done: that is a clean exit
+    finally:
+        solver.close()

@@ -1,0 +1,95 @@
+"""Search results in the response's terms: choices, usage, the ``edgetts`` object."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Literal
+
+from edgetts.grading import answers_equal
+from edgetts.search.base import Candidate, SearchResult
+from edgetts.server.schemas import CandidateInfo, EdgettsInfo, Usage
+from edgetts.solver import GREEDY
+
+if TYPE_CHECKING:
+    from edgetts.code import CodeResult
+    from edgetts.server.engine import Job
+
+
+def code_as_search_result(code: CodeResult) -> SearchResult:
+    """A code task's result in the response's shape: the answer is the chosen program, each
+    candidate's answer its program, and the votes each behaviour cluster's support."""
+    candidates = [
+        Candidate(
+            text=c.text,
+            answer=c.program,
+            score=None,
+            step_scores=[],
+            n_tokens=c.n_tokens,
+            stop_reason=c.stop_reason,
+        )
+        for c in code.candidates
+    ]
+    chosen = candidates[code.chosen] if code.chosen is not None else None
+    if chosen is not None and code.program is not None:
+        chosen = dataclasses.replace(chosen, text=f"```python\n{code.program.rstrip()}\n```")
+        candidates[code.chosen] = chosen
+    votes = {f"cluster {i}": c["support"] for i, c in enumerate(code.clusters)}
+    return SearchResult(
+        strategy=f"code {code.strategy}",
+        answer=code.program,
+        chosen=chosen,
+        candidates=candidates,
+        votes=votes,
+        cut_short=code.cut_short,
+        counters=dict(code.counters),
+    )
+
+
+def finish_reason_of(candidate: Candidate | None) -> Literal["stop", "length"]:
+    """OpenAI's: "stop" at the end of the text or a stop string, "length" when cut short."""
+    return "stop" if candidate is not None and candidate.stop_reason in ("eos", "stop") else "length"
+
+
+def usage_of(result: SearchResult) -> Usage:
+    prompt = int(result.counters.get("tokens_prefilled", 0))
+    completion = int(result.counters.get("tokens_sampled", 0))
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+def edgetts_info(job: Job, result: SearchResult) -> EdgettsInfo:
+    chosen = result.chosen
+    index = next((i for i, c in enumerate(result.candidates) if c is chosen), None)
+    started = job.started_at or job.queued_at
+    return EdgettsInfo(
+        answer=result.answer,
+        strategy=result.strategy,
+        n=1 if job.options.strategy == GREEDY else job.options.n or len(result.candidates),
+        cut_short=result.cut_short,
+        votes=result.votes,
+        chosen_index=index,
+        step_scores=chosen.step_scores if chosen else [],
+        candidates=[
+            CandidateInfo(answer=c.answer, score=c.score, n_tokens=c.n_tokens, stop_reason=c.stop_reason)
+            for c in result.candidates
+        ],
+        counters=result.counters,
+        queue_s=round(started - job.queued_at, 3),
+        search_s=round((job.finished_at or started) - started, 3),
+        deprecation=job.deprecation,
+    )
+
+
+def ranked_choices(result: SearchResult, k: int) -> list[Candidate]:
+    """Up to ``k`` candidates with distinct answers: the pick first, then the other answers by
+    their vote (or score), each by its best-scored path. Fewer when fewer answers were found."""
+    chosen = [result.chosen] if result.chosen is not None else []
+
+    def rank(c: Candidate) -> tuple[float, float]:
+        return (result.votes.get(c.answer or "", 0.0), c.score if c.score is not None else 0.0)
+
+    for cand in sorted(result.candidates, key=rank, reverse=True):
+        if len(chosen) >= k:
+            break
+        if cand.answer is not None and all(not answers_equal(cand.answer, c.answer) for c in chosen):
+            chosen.append(cand)
+    return chosen

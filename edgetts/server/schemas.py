@@ -1,0 +1,275 @@
+"""Request and response bodies: OpenAI's chat and text completion types plus the ``edgetts``
+extension."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgetts.prompts import ROLES, Conversation, Prompt, RawPrompt
+from edgetts.server.errors import ApiError
+
+
+class ContentPart(BaseModel):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: str | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            if any(part.type != "text" for part in self.content):
+                raise ApiError(400, "only text content parts are supported", param="messages")
+            return "".join(part.text or "" for part in self.content)
+        return self.content or ""
+
+
+class SearchFields(BaseModel):
+    """The ``edgetts`` extension object of a request: which search, and how much of it."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt search field is a 400, not a no-op
+
+    strategy: str | None = None
+    samples: int | None = Field(None, ge=1)  # samples, beams or leaves: the search budget
+    beam_width: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    agg: Literal["last", "min", "prod"] | None = None
+    deadline_s: float | None = Field(None, gt=0)
+    memory_mb: float | None = Field(None, gt=0)
+    # Model-written code runs only on a server started with --allow-exec (else a 400).
+    task: Literal["math", "code"] = "math"  # code: write a function; the reply is the program
+    mode: Literal["cot", "pot", "cot+pot"] = "cot"  # math by prose, programs, or both
+
+
+# Search fields once read at the top level of a request (with ``n`` as the budget); still
+# accepted when the request has no ``edgetts`` object, with a deprecation note in the response.
+LEGACY_FIELDS = ("strategy", "beam_width", "max_steps", "agg", "deadline_s", "memory_mb")
+LEGACY_NOTE = (
+    "top-level strategy/beam_width/max_steps/agg/deadline_s/memory_mb (and n as the search "
+    'budget) are deprecated: send them in an "edgetts" object, with "samples" for the '
+    "budget; n is the number of choices"
+)
+
+
+class SearchRequest(BaseModel):
+    """What chat and text completion requests share: OpenAI's sampling fields plus the edgetts
+    search settings.
+
+    ``n`` is OpenAI's: how many choices (the best distinct answers, ranked). The search goes in
+    the ``edgetts`` extension object (:class:`SearchFields`). Unknown OpenAI fields (``user``,
+    ...) are ignored so stock clients work.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    stream: bool = False
+    # OpenAI's stop: up to 4 strings; a solution ends where one first appears (cut off).
+    stop: str | list[str] | None = None
+    # Not supported yet: read only to refuse them (a client asking for them must not get an
+    # answer without them as if they were fine).
+    logprobs: bool | int | None = None
+    top_logprobs: int | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)  # an extension, as llama.cpp's server has it
+    seed: int | None = None
+    n: int | None = Field(None, ge=1)
+    edgetts: SearchFields | None = None
+    # deprecated top-level search fields (see LEGACY_FIELDS)
+    strategy: str | None = None
+    beam_width: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    agg: Literal["last", "min", "prod"] | None = None
+    deadline_s: float | None = Field(None, gt=0)
+    memory_mb: float | None = Field(None, gt=0)
+
+    def stops(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+    def prompt_input(self) -> Prompt:
+        """What the search roots in."""
+        raise NotImplementedError
+
+    def question(self) -> str:
+        """The text a code task is written for."""
+        return self.prompt_input().question
+
+
+# OpenAI's newer name for the system role; tool and function turns have no place in a search.
+ROLE_ALIASES = {"developer": "system"}
+
+
+class ChatRequest(SearchRequest):
+    """OpenAI's chat request: the whole conversation goes through the model's chat template."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+
+    def prompt_input(self) -> Conversation:
+        """The conversation, each message's text untrusted (see :class:`Conversation`)."""
+        turns = []
+        for message in self.messages:
+            role = ROLE_ALIASES.get(message.role, message.role)
+            if role not in ROLES:
+                raise ApiError(
+                    400,
+                    f"message role {message.role!r} is not supported here; use "
+                    "system, developer, user or assistant",
+                    param="messages",
+                )
+            turns.append((role, message.text()))
+        try:
+            return Conversation(tuple(turns))
+        except ValueError as exc:
+            raise ApiError(400, str(exc), param="messages") from None
+
+
+class CompletionRequest(SearchRequest):
+    """OpenAI's (legacy) text completion request: a raw prompt, continued with no template."""
+
+    prompt: str | list[str]
+    echo: bool = False
+
+    def prompt_input(self) -> RawPrompt:
+        prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
+        if len(prompts) != 1:
+            raise ApiError(
+                400, "send one prompt per request (a list of prompts is not supported)", param="prompt"
+            )
+        if self.echo:
+            raise ApiError(400, "echo is not supported", param="echo")
+        try:
+            return RawPrompt(prompts[0])
+        except ValueError as exc:
+            raise ApiError(400, str(exc), param="prompt") from None
+
+
+class CandidateInfo(BaseModel):
+    answer: str | None
+    score: float | None
+    n_tokens: int
+    stop_reason: str | None
+
+
+class EdgettsInfo(BaseModel):
+    """The search behind the answer: what it picked, why, and what it cost."""
+
+    answer: str | None
+    strategy: str
+    n: int
+    cut_short: bool
+    votes: dict[str, float]
+    chosen_index: int | None
+    step_scores: list[float]
+    candidates: list[CandidateInfo]
+    counters: dict[str, int | float]
+    queue_s: float
+    search_s: float
+    deprecation: str | None = None
+
+
+class Progress(BaseModel):
+    state: Literal["queued", "searching"]
+    elapsed_s: float
+    queue_position: int | None = None
+    tokens_generated: int = 0
+
+
+class ResponseMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: ResponseMessage
+    finish_reason: Literal["stop", "length"]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    edgetts: EdgettsInfo
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: Delta
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One streamed event; ``edgetts`` holds progress while searching and the result at the end."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+    edgetts: EdgettsInfo | dict[str, Progress] | None = None
+
+
+class TextChoice(BaseModel):
+    index: int = 0
+    text: str
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"]
+
+
+class TextCompletion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[TextChoice]
+    usage: Usage
+    edgetts: EdgettsInfo
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "edgetts"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "shutting_down"]
+    model: str
+    prm: str  # "loaded" or why it is not
+    running: int
+    queued: int
+    max_queue: int
+    served: int  # searches that answered
+    failed: int  # searches that raised (bad input found late, a model error)
+    cancelled: int  # clients that left, and searches stopped by shutdown before they started
+    rejected: int  # turned away at the door (503: queue full, deadline unreachable)
