@@ -3,7 +3,7 @@
 Each replica is a Ray Serve deployment replica that builds the very app ``edgetts serve`` runs
 (:func:`edgetts.server.create_app`, through Serve's late-bound ingress) around a solver of its
 own: the same routes, errors, API-key check, body limit, queue and 503s. Serve's proxy (on every
-node, at ``--host``/``--port``) routes each request to the replica with the fewest requests
+node with a replica, at ``--host``/``--port``) routes each request to a replica with few requests
 in flight, so the pool answers as many searches at once as it has replicas.
 
 What differs from one server:
