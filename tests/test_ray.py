@@ -167,6 +167,25 @@ def test_a_problem_that_kills_its_actor_is_given_up_the_rest_written_once(ray_lo
     assert sum("failed on problem poison" in m for m in edgetts_log) == MAX_ATTEMPTS
 
 
+def test_an_error_the_solve_raises_stops_the_run_as_in_one_process(ray_local):
+    from edgetts.distributed.run import run_sharded
+
+    def make_worker():
+        def work(problem):
+            if problem.id == "long":
+                raise ValueError("the question is too long")
+            return {"id": problem.id}
+
+        return work
+
+    written: list[dict] = []
+    with pytest.raises(ValueError, match="the question is too long"):  # its own type, not Ray's
+        run_sharded([SimpleNamespace(id="long")], make_worker, written.append, actors=1, threads=1)
+    assert written == []
+    leftover = [n for n in ray_local.util.list_named_actors() if str(n).startswith("edgetts-run-")]
+    assert leftover == []  # the actors were freed
+
+
 def test_offline_mode_reaches_the_actors(ray_local, monkeypatch):
     """`edgetts --offline` sets EDGETTS_OFFLINE in the driver; actors on other nodes must see it."""
     from edgetts.distributed.run import run_sharded
