@@ -137,22 +137,13 @@ class App:
             raise ApiError(
                 400, f"n={choices} choices is more than this server allows (max {s.max_n})", param="n"
             )
-        max_tokens = req.max_completion_tokens or req.max_tokens or s.max_tokens
-        if max_tokens > s.max_tokens:
-            raise ApiError(
-                400,
-                f"max_tokens={max_tokens} is more than this server allows (max {s.max_tokens})",
-                param="max_tokens",
-            )
-        fields: dict[str, Any] = {"strategy": strategy, "max_tokens": max_tokens}
+        fields: dict[str, Any] = {"strategy": strategy, "max_tokens": self._max_tokens(req)}
         if n is not None:
             fields["n"] = n
         for name in ("beam_width", "max_steps", "agg"):
             if getattr(search, name) is not None:
                 fields[name] = getattr(search, name)
-        for name in ("temperature", "top_p", "top_k", "seed"):
-            if getattr(req, name) is not None:
-                fields[name] = getattr(req, name)
+        fields.update(self._sampling_fields(req))
         if "beam_width" not in fields and n is not None and strategy in names("tree"):
             fields["beam_width"] = min(4, n)  # so a plain budget works without also picking a width
         deadline = search.deadline_s or s.default_deadline_s
@@ -171,6 +162,27 @@ class App:
         except ValueError as exc:
             raise ApiError(400, str(exc), param="stop" if "stop" in str(exc) else None) from None
         return Job(question=req.prompt_input(), options=options, n_choices=choices, deprecation=deprecation)
+
+    def _max_tokens(self, req: SearchRequest) -> int:
+        """Tokens per solution the request asks for (the server's limit if none), within it."""
+        limit = self.settings.max_tokens
+        max_tokens = req.max_completion_tokens or req.max_tokens or limit
+        if max_tokens > limit:
+            raise ApiError(
+                400,
+                f"max_tokens={max_tokens} is more than this server allows (max {limit})",
+                param="max_tokens",
+            )
+        return max_tokens
+
+    @staticmethod
+    def _sampling_fields(req: SearchRequest) -> dict[str, Any]:
+        """The OpenAI sampling fields the request sets."""
+        return {
+            name: getattr(req, name)
+            for name in ("temperature", "top_p", "top_k", "seed")
+            if getattr(req, name) is not None
+        }
 
     @staticmethod
     def _search_of(req: SearchRequest) -> tuple[SearchFields, int | None, int, str | None, str]:
@@ -196,17 +208,8 @@ class App:
                 f"a search of {n} is more than this server allows (max {s.max_n})",
                 param=f"{where}samples" if where else "n",
             )
-        max_tokens = req.max_completion_tokens or req.max_tokens or s.max_tokens
-        if max_tokens > s.max_tokens:
-            raise ApiError(
-                400,
-                f"max_tokens={max_tokens} is more than this server allows (max {s.max_tokens})",
-                param="max_tokens",
-            )
-        fields: dict[str, Any] = {"strategy": search.strategy or "exec", "n": n, "max_tokens": max_tokens}
-        for name in ("temperature", "top_p", "top_k", "seed"):
-            if getattr(req, name) is not None:
-                fields[name] = getattr(req, name)
+        fields = {"strategy": search.strategy or "exec", "n": n, "max_tokens": self._max_tokens(req)}
+        fields.update(self._sampling_fields(req))
         if search.deadline_s or s.default_deadline_s:
             fields["deadline_s"] = search.deadline_s or s.default_deadline_s
         options = SolveOptions(**fields)
