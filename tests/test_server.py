@@ -329,6 +329,25 @@ def test_serve_streams_greedy(served):
 
 
 @pytest.mark.slow
+def test_serve_returns_the_chosen_paths_token_logprobs(served):
+    base, model, _ = served
+    reply = client(base, timeout=120).chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "What is 6 * 7?"}], max_tokens=32,
+        logprobs=True, extra_body={"edgetts": {"strategy": "greedy"}},
+    )
+    content = reply.choices[0].logprobs.content
+    assert content and all(t.logprob <= 0 and t.top_logprobs == [] for t in content)
+    # the tokens spell the reply (which the server strips of surrounding blank space)
+    assert "".join(t.token for t in content).strip() == reply.choices[0].message.content
+    assert len(content) <= reply.usage.completion_tokens
+    plain = client(base, timeout=120).chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "What is 6 * 7?"}], max_tokens=32,
+        extra_body={"edgetts": {"strategy": "greedy"}},
+    )
+    assert plain.choices[0].logprobs is None  # nothing kept unless asked for
+
+
+@pytest.mark.slow
 def test_serve_refuses_bad_requests_and_wrong_keys(served):
     base, model, _ = served
     with pytest.raises(openai.BadRequestError):
@@ -453,7 +472,8 @@ def test_the_whole_conversation_and_stop_reach_the_solver():
         bad = [
             ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
             ({"stop": [""]}, "stop"),
-            ({"logprobs": True}, "logprobs"),  # not yet: refused rather than silently dropped
+            ({"logprobs": True, "top_logprobs": 2}, "top_logprobs"),  # no alternatives are kept
+            ({"logprobs": 3}, "logprobs"),  # the completions API's integer form
             ({"messages": [{"role": "tool", "content": "x"}, {"role": "user", "content": "q"}]}, "messages"),
             ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
              "messages"),

@@ -41,6 +41,9 @@ class Sampling:
     # Also record each generated token's confidence (SolutionPath.token_stats, edgetts.confidence)
     # for confidence votes and probes that read it; a generator may record it anyway.
     record_confidence: bool = False
+    # Also keep each generated token's bytes beside its confidence (SolutionPath.token_pieces),
+    # so a reply can show its tokens' log-probabilities (OpenAI ``logprobs``).
+    record_tokens: bool = False
 
 
 @dataclass
@@ -62,6 +65,7 @@ class SolutionPath:
     # Per generated token (logprob, entropy, DeepConf confidence) and, per step, how many of the
     # path's tokens it ends at, when the generator records them (edgetts.confidence).
     token_stats: list[tuple[float, float, float]] = field(default_factory=list)
+    token_pieces: list[bytes] = field(default_factory=list)  # each token's bytes (record_tokens)
     step_token_ends: list[int] = field(default_factory=list)
 
     @property
@@ -189,6 +193,9 @@ class Candidate:
     # The answer is only the last number of a path that was cut short (token limit, deadline),
     # not one it wrote out: it votes only when no candidate has a real answer (see select.py).
     provisional: bool = False
+    # Each generated token's text and log-probability under the policy, when the search
+    # recorded them (Sampling.record_tokens): what OpenAI's ``logprobs`` shows.
+    token_logprobs: list[tuple[str, float]] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Candidate:
