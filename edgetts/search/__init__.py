@@ -45,9 +45,7 @@ def run_search(
     return measured(generator, scorer, lambda: info.run(question, generator, scorer, config))
 
 
-def measured(
-    generator: object, scorer: object, search: Callable[[], SearchResult]
-) -> SearchResult:
+def measured(generator: object, scorer: object, search: Callable[[], SearchResult]) -> SearchResult:
     """Run ``search`` and set its counters from the generator's and scorer's counter deltas.
 
     Counters: tokens prefilled and decoded (from the generator), PRM calls and steps scored
