@@ -77,6 +77,10 @@ class SolutionPath:
 class StepGenerator(Protocol):
     """Extends partial solutions, one step (or to the end) at a time."""
 
+    # What the generator has spent so far (a dataclass of numbers: tokens prefilled, decoded,
+    # re-decoded, seconds): a search's cost is the difference across it (search.measured).
+    counters: Any
+
     def root(self, question: str, sampling: Sampling | None = None) -> SolutionPath:
         """Return the empty path for ``question`` (the prompt is prefilled once, here or lazily).
 
@@ -108,6 +112,8 @@ class StepGenerator(Protocol):
 @runtime_checkable
 class StepScorer(Protocol):
     """Scores every step of every path with a process reward model, each score in [0, 1]."""
+
+    counters: Any  # what it has spent so far (calls, steps scored, seconds), as the generator's
 
     def score(self, question: str, paths: list[SolutionPath]) -> list[list[float]]: ...
 
