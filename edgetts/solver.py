@@ -53,6 +53,7 @@ class SolveOptions:
     mode: str = "cot"
     pot_n: int | None = None  # programs for cot+pot (None: as many as prose samples, n)
     stop: tuple[str, ...] = ()  # strings that end a solution where they appear (OpenAI's stop)
+    logprobs: bool = False  # keep each token's text and log-probability (Candidate.token_logprobs)
 
     def search_config(self) -> SearchConfig:
         return SearchConfig(
@@ -69,7 +70,7 @@ class SolveOptions:
         """How the search samples (greedy: temperature 0)."""
         temperature = 0.0 if self.strategy == GREEDY else self.temperature
         return Sampling(temperature=temperature, top_p=self.top_p, top_k=self.top_k, seed=self.seed,
-                        max_tokens=self.max_tokens, stop=tuple(self.stop))
+                        max_tokens=self.max_tokens, stop=tuple(self.stop), record_tokens=self.logprobs)
 
     def validate(self) -> None:
         """Raise ValueError on settings no strategy can run with, before any model loads."""

@@ -26,7 +26,7 @@ from edgetts.search.registry import choices, names
 from edgetts.server.engine import Engine, Job
 from edgetts.server.errors import ApiError, http_error, validation_error
 from edgetts.server.guard import Guard
-from edgetts.server.responses import edgetts_info, finish_reason_of, ranked_choices, usage_of
+from edgetts.server.responses import edgetts_info, finish_reason_of, logprobs_of, ranked_choices, usage_of
 from edgetts.server.schemas import (
     LEGACY_FIELDS,
     LEGACY_NOTE,
@@ -92,10 +92,17 @@ class App:
     def job_for(self, req: SearchRequest) -> Job:
         """Turn a request into a validated search job (every 400 is raised here, before queueing)."""
         self.check_model(req.model)
-        if req.logprobs or req.top_logprobs:
+        if req.top_logprobs:
             raise ApiError(
                 400,
-                "logprobs are not supported by this server yet",
+                "top_logprobs is not supported: the policy keeps each token's own log-probability only",
+                param="top_logprobs",
+                code="unsupported_parameter",
+            )
+        if req.logprobs is not None and not isinstance(req.logprobs, bool):
+            raise ApiError(
+                400,
+                "logprobs must be true or false (the older integer form is not supported)",
                 param="logprobs",
                 code="unsupported_parameter",
             )
@@ -137,22 +144,13 @@ class App:
             raise ApiError(
                 400, f"n={choices} choices is more than this server allows (max {s.max_n})", param="n"
             )
-        max_tokens = req.max_completion_tokens or req.max_tokens or s.max_tokens
-        if max_tokens > s.max_tokens:
-            raise ApiError(
-                400,
-                f"max_tokens={max_tokens} is more than this server allows (max {s.max_tokens})",
-                param="max_tokens",
-            )
-        fields: dict[str, Any] = {"strategy": strategy, "max_tokens": max_tokens}
+        fields: dict[str, Any] = {"strategy": strategy, "max_tokens": self._max_tokens(req)}
         if n is not None:
             fields["n"] = n
         for name in ("beam_width", "max_steps", "agg"):
             if getattr(search, name) is not None:
                 fields[name] = getattr(search, name)
-        for name in ("temperature", "top_p", "top_k", "seed"):
-            if getattr(req, name) is not None:
-                fields[name] = getattr(req, name)
+        fields.update(self._sampling_fields(req))
         if "beam_width" not in fields and n is not None and strategy in names("tree"):
             fields["beam_width"] = min(4, n)  # so a plain budget works without also picking a width
         deadline = search.deadline_s or s.default_deadline_s
@@ -165,12 +163,35 @@ class App:
             fields["mode"] = search.mode
         if req.stop is not None:
             fields["stop"] = req.stops()
+        if req.logprobs:
+            fields["logprobs"] = True
         options = SolveOptions(**fields)
         try:
             options.validate()
         except ValueError as exc:
             raise ApiError(400, str(exc), param="stop" if "stop" in str(exc) else None) from None
         return Job(question=req.prompt_input(), options=options, n_choices=choices, deprecation=deprecation)
+
+    def _max_tokens(self, req: SearchRequest) -> int:
+        """Tokens per solution the request asks for (the server's limit if none), within it."""
+        limit = self.settings.max_tokens
+        max_tokens = req.max_completion_tokens or req.max_tokens or limit
+        if max_tokens > limit:
+            raise ApiError(
+                400,
+                f"max_tokens={max_tokens} is more than this server allows (max {limit})",
+                param="max_tokens",
+            )
+        return max_tokens
+
+    @staticmethod
+    def _sampling_fields(req: SearchRequest) -> dict[str, Any]:
+        """The OpenAI sampling fields the request sets."""
+        return {
+            name: getattr(req, name)
+            for name in ("temperature", "top_p", "top_k", "seed")
+            if getattr(req, name) is not None
+        }
 
     @staticmethod
     def _search_of(req: SearchRequest) -> tuple[SearchFields, int | None, int, str | None, str]:
@@ -196,17 +217,8 @@ class App:
                 f"a search of {n} is more than this server allows (max {s.max_n})",
                 param=f"{where}samples" if where else "n",
             )
-        max_tokens = req.max_completion_tokens or req.max_tokens or s.max_tokens
-        if max_tokens > s.max_tokens:
-            raise ApiError(
-                400,
-                f"max_tokens={max_tokens} is more than this server allows (max {s.max_tokens})",
-                param="max_tokens",
-            )
-        fields: dict[str, Any] = {"strategy": search.strategy or "exec", "n": n, "max_tokens": max_tokens}
-        for name in ("temperature", "top_p", "top_k", "seed"):
-            if getattr(req, name) is not None:
-                fields[name] = getattr(req, name)
+        fields = {"strategy": search.strategy or "exec", "n": n, "max_tokens": self._max_tokens(req)}
+        fields.update(self._sampling_fields(req))
         if search.deadline_s or s.default_deadline_s:
             fields["deadline_s"] = search.deadline_s or s.default_deadline_s
         options = SolveOptions(**fields)
@@ -250,6 +262,7 @@ class App:
             Choice(
                 index=i,
                 message=ResponseMessage(content=c.text.strip() if c else ""),
+                logprobs=logprobs_of(c),
                 finish_reason=finish_reason_of(c),
             )
             for i, c in enumerate(picks)
@@ -270,6 +283,13 @@ class App:
                 400,
                 "stream is not supported on /v1/completions; use /v1/chat/completions",
                 param="stream",
+            )
+        if req.logprobs:
+            raise ApiError(
+                400,
+                "logprobs is not supported on /v1/completions; use /v1/chat/completions",
+                param="logprobs",
+                code="unsupported_parameter",
             )
         job = self.job_for(req)
         self.engine.submit(job)
@@ -306,9 +326,9 @@ class App:
 
         def event(delta: Delta, index: int = 0, **extra: Any) -> dict[str, str]:
             finish = extra.pop("finish_reason", None)
-            chunk = ChatCompletionChunk(
-                **base, choices=[ChunkChoice(index=index, delta=delta, finish_reason=finish)], **extra
-            ).model_dump(mode="json")
+            logprobs = extra.pop("logprobs", None)
+            choice = ChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish)
+            chunk = ChatCompletionChunk(**base, choices=[choice], **extra).model_dump(mode="json")
             # Like OpenAI: the delta holds only what changed, finish_reason stays (null).
             chunk["choices"][0]["delta"] = delta.model_dump(exclude_none=True)
             for key in ("usage", "edgetts"):
@@ -333,7 +353,9 @@ class App:
             for i, pick in enumerate(picks):
                 if i:
                     yield event(Delta(role="assistant", content=""), index=i)
-                yield event(Delta(content=pick.text.strip() if pick else ""), index=i)
+                yield event(
+                    Delta(content=pick.text.strip() if pick else ""), index=i, logprobs=logprobs_of(pick)
+                )
             for i, pick in enumerate(picks[:-1]):
                 yield event(Delta(), index=i, finish_reason=finish_reason_of(pick))
             yield event(
