@@ -108,6 +108,17 @@ def _search_options(func):
     return func
 
 
+def _ray_option(what: str, unit: str):
+    """``--ray [ADDRESS]`` for ``run`` and ``serve`` (one definition, so they never drift apart)."""
+    return click.option(
+        "--ray", "ray_address", is_flag=False, flag_value=DETECT_RAY, default=None, metavar="[ADDRESS]",
+        help=f"{what} (pip install \"edgetts[ray]\"): ADDRESS of a cluster (HOST:6379, "
+             "ray://HOST:10001, auto), 'local' for a new local instance, none to join the cluster on "
+             f"this machine or else start one. --threads is per {unit} (default: $EDGETTS_THREADS, "
+             "else 1).",
+    )
+
+
 def _make_solver(kw: dict):
     from edgetts.policy import PolicyConfig
     from edgetts.solver import Solver
@@ -464,12 +475,7 @@ def _run_settings(kw: dict) -> dict:
 @click.option("--answer-key", default=None, help="Gold answer field.")
 @click.option("--id-key", default=None, help="Problem id field (default: idx/id/line number).")
 @_search_options
-@click.option("--ray", "ray_address", is_flag=False, flag_value=DETECT_RAY, default=None,
-              metavar="[ADDRESS]",
-              help="Shard the problems over Ray actors (pip install \"edgetts[ray]\"): ADDRESS of a "
-                   "cluster (HOST:6379, ray://HOST:10001, auto), 'local' for a new local instance, "
-                   "none to join the cluster on this machine or else start one. --threads is per "
-                   "actor (default: $EDGETTS_THREADS, else 1).")
+@_ray_option("Shard the problems over Ray actors", "actor")
 @click.option("--actors", type=click.IntRange(1), default=None,
               help="With --ray: actors to start [default: as many as the cluster's CPUs fit at "
                    "--threads each].")
@@ -779,12 +785,7 @@ def bundle(out_dir: Path, model_names: tuple[str, ...], source: Path | None) -> 
                    "(refused with a 400 otherwise).")
 @click.option("--allow-weak-sandbox", is_flag=True,
               help="With --allow-exec: run code even where the sandbox cannot set its limits.")
-@click.option("--ray", "ray_address", is_flag=False, flag_value=DETECT_RAY, default=None,
-              metavar="[ADDRESS]",
-              help="Serve --replicas copies behind Ray Serve (pip install \"edgetts[ray]\"): ADDRESS "
-                   "of a cluster (HOST:6379, auto), 'local' for a new local instance, none to join "
-                   "the cluster on this machine or else start one. --threads is per replica "
-                   "(default: $EDGETTS_THREADS, else 1).")
+@_ray_option("Serve --replicas copies behind Ray Serve", "replica")
 @click.option("--replicas", type=click.IntRange(1), default=None,
               help="With --ray: replicas, each with its own model [default: 1].")
 @_friendly_errors
