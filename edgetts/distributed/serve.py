@@ -17,7 +17,6 @@ What differs from one server:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import signal
 import threading
@@ -54,18 +53,13 @@ def build_application(
             from edgetts.server import load_solver
 
             solver = make_solver()
-            # As `edgetts serve` does: one context sized for the server's max_tokens.
-            solver.policy_config = dataclasses.replace(
-                solver.policy_config, n_ctx=solver.policy_config.resolved_n_ctx()
-            )
-            self.prm_state = load_solver(solver)
+            self.prm_state = load_solver(solver)  # as `edgetts serve` starts
             self.solver, self.settings = solver, settings
 
         def __serve_build_asgi_app__(self) -> Any:
             from edgetts.server import create_app
 
-            app = create_app(self.solver, self.settings)
-            app.state.edgetts.prm_state = self.prm_state
+            app = create_app(self.solver, self.settings, prm_state=self.prm_state)
             self.state = app.state.edgetts
             return app
 

@@ -63,7 +63,7 @@ def known_strategies() -> set[str]:
 class App:
     """The request handlers, holding the solver, the settings and the queue."""
 
-    def __init__(self, solver: Solver, settings: ServerSettings) -> None:
+    def __init__(self, solver: Solver, settings: ServerSettings, prm_state: str | None = None) -> None:
         self.solver = solver
         self.settings = settings
         self.engine = Engine(solver, settings.max_queue, expected_s=settings.default_deadline_s or 5.0)
@@ -73,7 +73,7 @@ class App:
             raise ValueError(
                 f"unknown default strategy {self.default_strategy!r}; choose one of {sorted(self.strategies)}"
             )
-        self.prm_state = "loaded" if solver.scorer_loaded else "not loaded"
+        self.prm_state = prm_state or ("loaded" if solver.scorer_loaded else "not loaded")
         self.created = int(time.time())
 
     # -- validation ------------------------------------------------------------------------
@@ -413,12 +413,15 @@ def _result(job: Job, future: asyncio.Future) -> SearchResult:
     return result
 
 
-def create_app(solver: Solver, settings: ServerSettings | None = None) -> FastAPI:
-    """The FastAPI app serving ``solver`` (models are expected to be loaded already)."""
+def create_app(
+    solver: Solver, settings: ServerSettings | None = None, prm_state: str | None = None
+) -> FastAPI:
+    """The FastAPI app serving ``solver`` (loaded by :func:`load_solver`, whose PRM state is
+    ``prm_state``; None: the PRM counts as loaded if the solver holds one)."""
     from sse_starlette.sse import EventSourceResponse  # imported here: it patches uvicorn on import
 
     settings = settings or ServerSettings()
-    state = App(solver, settings)
+    state = App(solver, settings, prm_state)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -497,7 +500,13 @@ def model_names(model: str | None) -> tuple[str, tuple[str, ...]]:
 
 
 def load_solver(solver: Solver) -> str:
-    """Load the policy now and the PRM if it loads; return the PRM state for /health."""
+    """Size the policy's context once, for the server's requests, load the policy now and the
+    PRM if it loads; return the PRM state for /health. Every server (and Ray Serve replica)
+    starts this way."""
+    # The context is sized once, for the server's max_tokens; a request asks for at most that.
+    solver.policy_config = dataclasses.replace(
+        solver.policy_config, n_ctx=solver.policy_config.resolved_n_ctx()
+    )
     solver.policy  # noqa: B018 -- loading is the point
     try:
         solver.scorer  # noqa: B018
@@ -521,14 +530,8 @@ def serve(solver: Solver, settings: ServerSettings) -> None:
         raise ValueError(
             f"unknown strategy {settings.default_strategy!r}; choose one of {sorted(known_strategies())}"
         )
-    # The context is sized once, for the server's max_tokens; a request asks for at most that.
-    solver.policy_config = dataclasses.replace(
-        solver.policy_config, n_ctx=solver.policy_config.resolved_n_ctx()
-    )
-    prm_state = load_solver(solver)
-    app = create_app(solver, settings)
+    app = create_app(solver, settings, prm_state=load_solver(solver))
     state: App = app.state.edgetts
-    state.prm_state = prm_state
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
