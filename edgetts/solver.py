@@ -26,7 +26,7 @@ MODES = ("cot", "pot", "cot+pot")  # prose, programs run in the sandbox, or both
 POT_STRATEGIES = (GREEDY, "majority", "weighted_best_of_n", "auto")
 CODE_STRATEGIES = (GREEDY, "majority", "exec", "auto")  # auto = exec for code tasks
 # PolicyConfig fields a budget plan sets (unless the user pinned them, see Solver.pinned).
-PLANNED_FIELDS = ("n_seq_max", "n_ctx", "kv_type", "n_threads", "n_gpu_layers")
+PLANNED_FIELDS = ("n_seq_max", "n_ctx", "kv_type", "n_threads", "n_gpu_layers", "park_mb")
 
 
 @dataclass

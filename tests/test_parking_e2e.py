@@ -92,10 +92,10 @@ def grow_in_waves(policy: LlamaPolicy) -> tuple[list[SolutionPath], list[Solutio
 
 @pytest.fixture(scope="module")
 def waves() -> dict[float, tuple[LlamaPolicy, list[str], dict[str, int]]]:
-    """The same two rounds with a park budget that holds everything, one that holds part (0.5 MB,
-    about 40 tokens of this model's KV), and none (the re-decoding fallback only)."""
+    """The same two rounds with a park budget that holds everything, one too small for any path
+    (0.1 MB, 8 tokens of this model's KV) and none (``park_mb=0``: re-decoding only)."""
     runs = {}
-    for park_mb in (64.0, 0.5, 0.0):
+    for park_mb in (64.0, 0.1, 0.0):
         policy = small_policy(park_mb)
         before = dict(vars(policy.counters))
         first, second, tree = grow_in_waves(policy)
@@ -124,17 +124,16 @@ def test_without_a_park_budget_parked_paths_are_decoded_again(waves):
     assert c["tokens_decoded"] == c["tree"] + c["tokens_redecoded"]
 
 
-def test_past_the_park_budget_the_rest_is_decoded_again(waves):
-    policy, _, c = waves[0.5]
-    assert c["tokens_restored"] > 0 and c["tokens_redecoded"] > 0
+def test_past_the_park_budget_paths_are_decoded_again(waves):
+    policy, _, c = waves[0.1]
+    assert c["tokens_restored"] == 0 and c["bytes_parked"] == 0 and policy.parking.peak == 0
     assert c["tokens_decoded"] == c["tree"] + c["tokens_redecoded"]
-    assert policy.parking.peak <= policy.parking.limit and policy.parking.used == 0
-    # Every parked path's tokens came back one way or the other, whatever the budget.
+    # Whatever the budget, the same parked tokens come back, restored or decoded again.
     full, none = waves[64.0][2], waves[0.0][2]
-    assert c["tokens_restored"] + c["tokens_redecoded"] == full["tokens_restored"] == none["tokens_redecoded"]
+    assert c["tokens_redecoded"] == full["tokens_restored"] == none["tokens_redecoded"] > 0
 
 
 def test_parking_does_not_change_what_is_generated(waves):
     """Same seed, same texts: restoring is a copy of the KV re-decoding computes again."""
     texts = {park_mb: run[1] for park_mb, run in waves.items()}
-    assert texts[64.0] == texts[0.5] == texts[0.0]
+    assert texts[64.0] == texts[0.1] == texts[0.0]
