@@ -173,6 +173,12 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeat", type=int, default=1, help="runs per search; wall time is their median")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument(
+        "--parallel",
+        action="store_true",
+        help="run the modes at the same time (on a shared machine both then see the same load; "
+        "each still has its own process and peak RSS)",
+    )
     p.add_argument("--out", default=None, help="also write both modes' results here (JSON)")
     p.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)  # a worker process
     args = p.parse_args()
@@ -180,10 +186,17 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
     results = {}
+    workers = {}
     for mode in args.modes:
         cmd = [sys.executable, __file__, *sys.argv[1:], "--mode", mode]
-        out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
-        results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+        workers[mode] = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        if not args.parallel:
+            workers[mode].wait()
+    for mode, proc in workers.items():
+        stdout, _ = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"the {mode} run failed (exit code {proc.returncode})")
+        results[mode] = json.loads(stdout.strip().splitlines()[-1])
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=1))
