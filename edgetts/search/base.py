@@ -35,9 +35,15 @@ class Sampling:
     top_k: int = 0  # 0 = off
     seed: int = 0
     max_tokens: int | None = None  # generated tokens per solution; None: the generator's limit
+    # Strings that end a path where they first appear (cut off, stop_reason "stop"): a client's
+    # OpenAI ``stop``. Matched in the text as written, across step boundaries too.
+    stop: tuple[str, ...] = ()
     # Also record each generated token's confidence (SolutionPath.token_stats, edgetts.confidence)
     # for confidence votes and probes that read it; a generator may record it anyway.
     record_confidence: bool = False
+    # Also keep each generated token's bytes beside its confidence (SolutionPath.token_pieces),
+    # so a reply can show its tokens' log-probabilities (OpenAI ``logprobs``).
+    record_tokens: bool = False
 
 
 @dataclass
@@ -46,7 +52,8 @@ class SolutionPath:
 
     steps: list[str] = field(default_factory=list)
     finished: bool = False
-    # Why generation stopped: "eos", "max_tokens", "deadline" (or None while unfinished).
+    # Why generation stopped: "eos", "stop" (a Sampling.stop string), "max_tokens", "deadline"
+    # (or None while unfinished).
     stop_reason: str | None = None
     # Opaque to strategies: the generator keeps its KV-sequence bookkeeping here.
     handle: Any = None
@@ -58,6 +65,7 @@ class SolutionPath:
     # Per generated token (logprob, entropy, DeepConf confidence) and, per step, how many of the
     # path's tokens it ends at, when the generator records them (edgetts.confidence).
     token_stats: list[tuple[float, float, float]] = field(default_factory=list)
+    token_pieces: list[bytes] = field(default_factory=list)  # each token's bytes (record_tokens)
     step_token_ends: list[int] = field(default_factory=list)
 
     @property
@@ -68,6 +76,10 @@ class SolutionPath:
 @runtime_checkable
 class StepGenerator(Protocol):
     """Extends partial solutions, one step (or to the end) at a time."""
+
+    # What the generator has spent so far (a dataclass of numbers: tokens prefilled, decoded,
+    # re-decoded, seconds): a search's cost is the difference across it (search.measured).
+    counters: Any
 
     def root(self, question: str, sampling: Sampling | None = None) -> SolutionPath:
         """Return the empty path for ``question`` (the prompt is prefilled once, here or lazily).
@@ -100,6 +112,8 @@ class StepGenerator(Protocol):
 @runtime_checkable
 class StepScorer(Protocol):
     """Scores every step of every path with a process reward model, each score in [0, 1]."""
+
+    counters: Any  # what it has spent so far (calls, steps scored, seconds), as the generator's
 
     def score(self, question: str, paths: list[SolutionPath]) -> list[list[float]]: ...
 
@@ -185,6 +199,9 @@ class Candidate:
     # The answer is only the last number of a path that was cut short (token limit, deadline),
     # not one it wrote out: it votes only when no candidate has a real answer (see select.py).
     provisional: bool = False
+    # Each generated token's text and log-probability under the policy, when the search
+    # recorded them (Sampling.record_tokens): what OpenAI's ``logprobs`` shows.
+    token_logprobs: list[tuple[str, float]] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Candidate:

@@ -25,7 +25,7 @@ from edgetts.search.base import Candidate, SolutionPath, StepScorer, aggregate
 
 def to_candidate(path: SolutionPath, agg: str = "last") -> Candidate:
     """Summarise a (finished) path for the result."""
-    complete = path.finished and path.stop_reason in (None, "eos")
+    complete = path.finished and path.stop_reason in (None, "eos", "stop")
     answer = extract_answer(path.text, complete=complete) if path.finished or path.steps else None
     provisional = False
     if answer is None and not complete and path.steps:
@@ -39,6 +39,10 @@ def to_candidate(path: SolutionPath, agg: str = "last") -> Candidate:
         n_tokens=path.n_tokens,
         stop_reason=path.stop_reason,
         provisional=provisional,
+        token_logprobs=[
+            (piece.decode("utf-8", errors="replace"), stats[0])
+            for piece, stats in zip(path.token_pieces, path.token_stats, strict=False)
+        ],
     )
 
 

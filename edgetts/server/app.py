@@ -26,7 +26,7 @@ from edgetts.search.registry import choices, names
 from edgetts.server.engine import Engine, Job
 from edgetts.server.errors import ApiError, http_error, validation_error
 from edgetts.server.guard import Guard
-from edgetts.server.responses import edgetts_info, finish_reason_of, ranked_choices, usage_of
+from edgetts.server.responses import edgetts_info, finish_reason_of, logprobs_of, ranked_choices, usage_of
 from edgetts.server.schemas import (
     LEGACY_FIELDS,
     LEGACY_NOTE,
@@ -35,6 +35,7 @@ from edgetts.server.schemas import (
     ChatRequest,
     Choice,
     ChunkChoice,
+    CompletionRequest,
     Delta,
     Health,
     ModelCard,
@@ -42,6 +43,9 @@ from edgetts.server.schemas import (
     Progress,
     ResponseMessage,
     SearchFields,
+    SearchRequest,
+    TextChoice,
+    TextCompletion,
 )
 from edgetts.server.settings import LOOPBACK_HOSTS, ServerSettings
 from edgetts.solver import SolveOptions, Solver, validate_code_options
@@ -85,9 +89,23 @@ class App:
                 code="model_not_found",
             )
 
-    def job_for(self, req: ChatRequest) -> Job:
+    def job_for(self, req: SearchRequest) -> Job:
         """Turn a request into a validated search job (every 400 is raised here, before queueing)."""
         self.check_model(req.model)
+        if req.top_logprobs:
+            raise ApiError(
+                400,
+                "top_logprobs is not supported: the policy keeps each token's own log-probability only",
+                param="top_logprobs",
+                code="unsupported_parameter",
+            )
+        if req.logprobs is not None and not isinstance(req.logprobs, bool):
+            raise ApiError(
+                400,
+                "logprobs must be true or false (the older integer form is not supported)",
+                param="logprobs",
+                code="unsupported_parameter",
+            )
         s = self.settings
         search, budget, choices, deprecation, where = self._search_of(req)
         if (search.task == "code" or search.mode != "cot") and not s.allow_exec:
@@ -126,22 +144,13 @@ class App:
             raise ApiError(
                 400, f"n={choices} choices is more than this server allows (max {s.max_n})", param="n"
             )
-        max_tokens = req.max_completion_tokens or req.max_tokens or s.max_tokens
-        if max_tokens > s.max_tokens:
-            raise ApiError(
-                400,
-                f"max_tokens={max_tokens} is more than this server allows (max {s.max_tokens})",
-                param="max_tokens",
-            )
-        fields: dict[str, Any] = {"strategy": strategy, "max_tokens": max_tokens}
+        fields: dict[str, Any] = {"strategy": strategy, "max_tokens": self._max_tokens(req)}
         if n is not None:
             fields["n"] = n
         for name in ("beam_width", "max_steps", "agg"):
             if getattr(search, name) is not None:
                 fields[name] = getattr(search, name)
-        for name in ("temperature", "top_p", "top_k", "seed"):
-            if getattr(req, name) is not None:
-                fields[name] = getattr(req, name)
+        fields.update(self._sampling_fields(req))
         if "beam_width" not in fields and n is not None and strategy in names("tree"):
             fields["beam_width"] = min(4, n)  # so a plain budget works without also picking a width
         deadline = search.deadline_s or s.default_deadline_s
@@ -152,15 +161,40 @@ class App:
             fields["memory_mb"] = memory
         if search.mode != "cot":
             fields["mode"] = search.mode
+        if req.stop is not None:
+            fields["stop"] = req.stops()
+        if req.logprobs:
+            fields["logprobs"] = True
         options = SolveOptions(**fields)
         try:
             options.validate()
         except ValueError as exc:
-            raise ApiError(400, str(exc)) from None
-        return Job(question=req.question(), options=options, n_choices=choices, deprecation=deprecation)
+            raise ApiError(400, str(exc), param="stop" if "stop" in str(exc) else None) from None
+        return Job(question=req.prompt_input(), options=options, n_choices=choices, deprecation=deprecation)
+
+    def _max_tokens(self, req: SearchRequest) -> int:
+        """Tokens per solution the request asks for (the server's limit if none), within it."""
+        limit = self.settings.max_tokens
+        max_tokens = req.max_completion_tokens or req.max_tokens or limit
+        if max_tokens > limit:
+            raise ApiError(
+                400,
+                f"max_tokens={max_tokens} is more than this server allows (max {limit})",
+                param="max_tokens",
+            )
+        return max_tokens
 
     @staticmethod
-    def _search_of(req: ChatRequest) -> tuple[SearchFields, int | None, int, str | None, str]:
+    def _sampling_fields(req: SearchRequest) -> dict[str, Any]:
+        """The OpenAI sampling fields the request sets."""
+        return {
+            name: getattr(req, name)
+            for name in ("temperature", "top_p", "top_k", "seed")
+            if getattr(req, name) is not None
+        }
+
+    @staticmethod
+    def _search_of(req: SearchRequest) -> tuple[SearchFields, int | None, int, str | None, str]:
         """(search fields, search budget, choices, deprecation note, error param prefix).
 
         With an ``edgetts`` object, ``n`` is OpenAI's number of choices; a request with the old
@@ -173,7 +207,7 @@ class App:
             return SearchFields(**legacy), req.n, 1, LEGACY_NOTE, ""
         return SearchFields(), None, req.n or 1, None, "edgetts."
 
-    def _code_job(self, req: ChatRequest, search: SearchFields, budget: int | None, where: str) -> Job:
+    def _code_job(self, req: SearchRequest, search: SearchFields, budget: int | None, where: str) -> Job:
         """A code task: strategy greedy, majority or exec (default), no budget planning."""
         s = self.settings
         n = budget or s.default_n
@@ -183,17 +217,8 @@ class App:
                 f"a search of {n} is more than this server allows (max {s.max_n})",
                 param=f"{where}samples" if where else "n",
             )
-        max_tokens = req.max_completion_tokens or req.max_tokens or s.max_tokens
-        if max_tokens > s.max_tokens:
-            raise ApiError(
-                400,
-                f"max_tokens={max_tokens} is more than this server allows (max {s.max_tokens})",
-                param="max_tokens",
-            )
-        fields: dict[str, Any] = {"strategy": search.strategy or "exec", "n": n, "max_tokens": max_tokens}
-        for name in ("temperature", "top_p", "top_k", "seed"):
-            if getattr(req, name) is not None:
-                fields[name] = getattr(req, name)
+        fields = {"strategy": search.strategy or "exec", "n": n, "max_tokens": self._max_tokens(req)}
+        fields.update(self._sampling_fields(req))
         if search.deadline_s or s.default_deadline_s:
             fields["deadline_s"] = search.deadline_s or s.default_deadline_s
         options = SolveOptions(**fields)
@@ -237,6 +262,7 @@ class App:
             Choice(
                 index=i,
                 message=ResponseMessage(content=c.text.strip() if c else ""),
+                logprobs=logprobs_of(c),
                 finish_reason=finish_reason_of(c),
             )
             for i, c in enumerate(picks)
@@ -246,6 +272,37 @@ class App:
             created=int(time.time()),
             model=self.settings.model_id,
             choices=choices,
+            usage=usage_of(result),
+            edgetts=edgetts_info(job, result),
+        )
+
+    async def complete_text(self, req: CompletionRequest, request: Request) -> TextCompletion:
+        """``/v1/completions``: the raw prompt continued; choices as for chat."""
+        if req.stream:
+            raise ApiError(
+                400,
+                "stream is not supported on /v1/completions; use /v1/chat/completions",
+                param="stream",
+            )
+        if req.logprobs:
+            raise ApiError(
+                400,
+                "logprobs is not supported on /v1/completions; use /v1/chat/completions",
+                param="logprobs",
+                code="unsupported_parameter",
+            )
+        job = self.job_for(req)
+        self.engine.submit(job)
+        result = await self.wait(job, request)
+        picks = ranked_choices(result, job.n_choices) or [None]
+        return TextCompletion(
+            id=f"cmpl-{uuid.uuid4().hex}",
+            created=int(time.time()),
+            model=self.settings.model_id,
+            choices=[
+                TextChoice(index=i, text=c.text if c else "", finish_reason=finish_reason_of(c))
+                for i, c in enumerate(picks)
+            ],
             usage=usage_of(result),
             edgetts=edgetts_info(job, result),
         )
@@ -269,9 +326,9 @@ class App:
 
         def event(delta: Delta, index: int = 0, **extra: Any) -> dict[str, str]:
             finish = extra.pop("finish_reason", None)
-            chunk = ChatCompletionChunk(
-                **base, choices=[ChunkChoice(index=index, delta=delta, finish_reason=finish)], **extra
-            ).model_dump(mode="json")
+            logprobs = extra.pop("logprobs", None)
+            choice = ChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish)
+            chunk = ChatCompletionChunk(**base, choices=[choice], **extra).model_dump(mode="json")
             # Like OpenAI: the delta holds only what changed, finish_reason stays (null).
             chunk["choices"][0]["delta"] = delta.model_dump(exclude_none=True)
             for key in ("usage", "edgetts"):
@@ -296,7 +353,9 @@ class App:
             for i, pick in enumerate(picks):
                 if i:
                     yield event(Delta(role="assistant", content=""), index=i)
-                yield event(Delta(content=pick.text.strip() if pick else ""), index=i)
+                yield event(
+                    Delta(content=pick.text.strip() if pick else ""), index=i, logprobs=logprobs_of(pick)
+                )
             for i, pick in enumerate(picks[:-1]):
                 yield event(Delta(), index=i, finish_reason=finish_reason_of(pick))
             yield event(
@@ -402,6 +461,10 @@ def create_app(solver: Solver, settings: ServerSettings | None = None) -> FastAP
             events = await state.stream(req)
             return EventSourceResponse(events, ping=15, shutdown_grace_period=settings.shutdown_grace_s)
         return await state.complete(req, request)
+
+    @app.post("/v1/completions", response_model=TextCompletion)
+    async def completions(req: CompletionRequest, request: Request) -> TextCompletion:
+        return await state.complete_text(req, request)
 
     app.add_middleware(Guard, api_key=settings.api_key, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 from edgetts.grading import answers_equal
 from edgetts.search.base import Candidate, SearchResult
-from edgetts.server.schemas import CandidateInfo, EdgettsInfo, Usage
+from edgetts.server.schemas import CandidateInfo, ChoiceLogprobs, EdgettsInfo, TokenLogprob, Usage
 from edgetts.solver import GREEDY
 
 if TYPE_CHECKING:
@@ -45,8 +45,20 @@ def code_as_search_result(code: CodeResult) -> SearchResult:
     )
 
 
+def logprobs_of(candidate: Candidate | None) -> ChoiceLogprobs | None:
+    """The choice's tokens and their log-probabilities, when the search kept them."""
+    if candidate is None or not candidate.token_logprobs:
+        return None
+    content = [
+        TokenLogprob(token=text, logprob=logprob, bytes=list(text.encode()))
+        for text, logprob in candidate.token_logprobs
+    ]
+    return ChoiceLogprobs(content=content)
+
+
 def finish_reason_of(candidate: Candidate | None) -> Literal["stop", "length"]:
-    return "stop" if candidate is not None and candidate.stop_reason == "eos" else "length"
+    """OpenAI's: "stop" at the end of the text or a stop string, "length" when cut short."""
+    return "stop" if candidate is not None and candidate.stop_reason in ("eos", "stop") else "length"
 
 
 def usage_of(result: SearchResult) -> Usage:
