@@ -350,8 +350,10 @@ def _show(result: SearchResult) -> None:
     if result.votes:
         click.echo(f"votes: {', '.join(f'{a}: {v:g}' for a, v in result.votes.items())}")
     c = result.counters
-    rebuilt = c.get("tokens_redecoded", 0)
-    waves = f" (+{rebuilt} decoded again: paths ran in waves)" if rebuilt else ""
+    rebuilt, restored = c.get("tokens_redecoded", 0), c.get("tokens_restored", 0)
+    parts = [f"+{rebuilt} decoded again"] if rebuilt else []
+    parts += [f"{restored} restored from host memory"] if restored else []
+    waves = f" ({', '.join(parts)}: paths ran in waves)" if parts else ""
     click.echo(
         f"tokens: {c.get('tokens_prefilled', 0)} prefilled, {c.get('tokens_generated', 0)} generated"
         f"{waves}; PRM: {c.get('prm_calls', 0)} calls, {c.get('prm_steps_scored', 0)} steps"

@@ -12,6 +12,12 @@ as peak resident memory of the whole process:
 * compute buffers: fixed 32 MB plus 15 % of the weights, and 16 bytes x vocabulary per sequence
   (logit rows and their copies). These two constants were fitted to measured peaks of
   Qwen2.5-0.5B and Gemma-3-270M (each within 2 %);
+* parked paths (:func:`park_mb`), only when a tree search's paths outnumber the KV slots: the
+  policy keeps a
+waiting path's own KV cells in host memory instead of decoding them again later. The plan
+  sizes this park budget for the paths beyond the slots at the expected solution length
+  (``EXPECTED_TOKEN_SHARE`` of ``max_tokens``), capped by :attr:`PolicyConfig.park_mb`, and the
+  policy it configures holds no more than that: past it, parked paths are decoded again;
 * PRM (:func:`prm_cost`), by its kind. A text PRM: onnxruntime and the tokenizer (52 MB
   measured), the graph's initializers, and the activations of one batch of input windows: about
   100 MB per full 512-token window of the shipped MiniLM (measured 100 / 98 / 97 MB per window at
@@ -70,6 +76,9 @@ N_CHOICES = (1, 2, 4, 8, 16, 32)
 SAMPLE_STRATEGIES = names("sample")
 TREE_STRATEGIES = names("tree")
 SCORED = tuple(name for name, info in REGISTRY.items() if info.reads_scorer)
+# Paths wait between rounds only in a tree search (auto may end in one): samples run to their end,
+# so they free their slot and are never parked.
+PARKING = (*TREE_STRATEGIES, "auto")
 
 
 class PlanError(ValueError):
@@ -85,15 +94,18 @@ class MemoryEstimate:
     kv_mb: float
     compute_mb: float
     prm_mb: float = 0.0
+    park_mb: float = 0.0  # parked paths' KV in host memory (paths beyond the KV slots)
     gpu_mb: float = 0.0  # on the GPU, not counted in total_mb
 
     @property
     def total_mb(self) -> float:
-        return self.runtime_mb + self.weights_mb + self.kv_mb + self.compute_mb + self.prm_mb
+        return self.runtime_mb + self.weights_mb + self.kv_mb + self.compute_mb + self.prm_mb + self.park_mb
 
     def describe(self) -> str:
         parts = [f"runtime {self.runtime_mb:.0f}", f"weights {self.weights_mb:.0f}",
                  f"KV {self.kv_mb:.0f}", f"compute {self.compute_mb:.0f}"]
+        if self.park_mb:
+            parts.append(f"parked {self.park_mb:.0f}")
         if self.prm_mb:
             parts.append(f"PRM {self.prm_mb:.0f}")
         text = " + ".join(parts) + f" = {self.total_mb:.0f} MB"
@@ -131,6 +143,7 @@ class Plan:
     n_threads: int
     n_gpu_layers: int
     max_tokens: int
+    park_mb: float  # host memory for parked paths (PolicyConfig.park_mb); 0 when slots suffice
     use_prm: bool
     prm_batch_size: int
     predicted_memory_mb: float
@@ -147,6 +160,7 @@ class Plan:
             + f", {self.n_seq_max} KV slots, n_ctx {self.n_ctx}, KV {self.kv_type}, "
             f"{self.n_threads} threads, {'all' if self.n_gpu_layers < 0 else self.n_gpu_layers} GPU layers, "
             f"max {self.max_tokens} tokens"
+            + (f", {self.park_mb:.0f} MB to park paths" if self.park_mb else "")
             + (f", PRM batch {self.prm_batch_size}" if self.use_prm else ""),
             f"memory: {self.memory.describe()}",
             f"time: ~{self.predicted_s:.1f} s predicted ({self.calibration_source} speeds)",
@@ -161,6 +175,23 @@ def kv_mb(meta: ModelMetadata, n_ctx: int, kv_type: str) -> float:
     """KV cache size: every layer at full ``n_ctx`` (swa_full, see module doc)."""
     cells = math.ceil(n_ctx / KV_PAD) * KV_PAD
     return meta.kv_bytes_per_token(KV_BYTES_PER_ELEMENT[kv_type]) * cells / MB
+
+
+def park_mb(
+    meta: ModelMetadata,
+    n: int,
+    n_seq_max: int,
+    max_tokens: int,
+    kv_type: str,
+    limit_mb: float = PolicyConfig.park_mb,
+) -> float:
+    """Host memory for parked paths: the paths beyond the KV slots, each with its own KV cells at
+    the expected solution length (the prompt's stay in the template), at most ``limit_mb``."""
+    if n <= n_seq_max:
+        return 0.0
+    tokens = EXPECTED_TOKEN_SHARE * max_tokens
+    per_token = meta.kv_bytes_per_token(KV_BYTES_PER_ELEMENT[kv_type])  # swa_full: every layer
+    return min(limit_mb, (n - n_seq_max) * tokens * per_token / MB)
 
 
 def vocab_size(path: str | Path) -> int:
@@ -258,8 +289,12 @@ def estimate_memory(
     n_gpu_layers: int = 0,
     prm_mb: float | None = None,
     n_vocab: int | None = None,
+    park_mb: float = 0.0,
 ) -> MemoryEstimate:
-    """Peak resident memory of a solve with these settings (see the module doc for each part)."""
+    """Peak resident memory of a solve with these settings (see the module doc for each part).
+
+    ``park_mb`` is the policy's budget for parked paths (:func:`park_mb`, PolicyConfig.park_mb):
+    counted in full, as a search whose paths outnumber the slots may fill it."""
     n_vocab = n_vocab if n_vocab is not None else vocab_size(meta.path)
     # llama.cpp reads any negative count as "every layer" (the output layer included).
     offloaded = meta.n_layers + 1 if n_gpu_layers < 0 else min(n_gpu_layers, meta.n_layers + 1)
@@ -274,6 +309,7 @@ def estimate_memory(
         kv_mb=kv * (1 - on_gpu),
         compute_mb=compute,
         prm_mb=prm_mb or 0.0,
+        park_mb=park_mb,
         gpu_mb=(weights + kv) * on_gpu,
     )
 
@@ -290,8 +326,10 @@ def predict_seconds(
     prompt_tokens: int,
     max_steps: int = 40,
     use_prm: bool = True,
+    parks: bool = False,
 ) -> float:
-    """Predicted search time (model load excluded) of one question."""
+    """Predicted search time (model load excluded) of one question; ``parks``: paths beyond the
+    KV slots are parked in host memory (restored, not decoded again)."""
     tokens = EXPECTED_TOKEN_SHARE * max_tokens
     steps = max(1.0, min(max_steps, tokens / TOKENS_PER_STEP))
     prefill_s = prompt_tokens / cal.prefill_tok_s
@@ -303,7 +341,7 @@ def predict_seconds(
 
     def tree_s(k: int) -> float:
         decode = k * tokens / cal.decode_at(min(k, n_seq_max))
-        if n_seq_max < k:
+        if n_seq_max < k and not parks:
             decode *= 1.5  # parked beams are rebuilt by decoding their tokens again
         return prefill_s + decode + k * steps * (steps + 1) / 2 / prm_rate
 
@@ -392,13 +430,16 @@ def make_plan(
 
     def build(n: int, slots: int, kv_type: str, with_prm: bool) -> Plan:
         n_ctx = budget.max_prompt_tokens + slots * budget.max_tokens
+        parks = budget.strategy in PARKING
+        parked = park_mb(meta, n, slots, budget.max_tokens, kv_type) if parks else 0.0
         mem = estimate_memory(meta, n_ctx, slots, kv_type, gpu_layers,
-                              prm.memory_mb if with_prm else None, n_vocab)
+                              prm.memory_mb if with_prm else None, n_vocab, parked)
         seconds = predict_seconds(cal, budget.strategy, n, slots, budget.max_tokens,
-                                  budget.prompt_tokens, budget.max_steps, with_prm)
+                                  budget.prompt_tokens, budget.max_steps, with_prm, parked > 0)
         return Plan(strategy=budget.strategy, n=n, beam_width=min(budget.beam_width, n),
                     n_seq_max=slots, n_ctx=n_ctx, kv_type=kv_type, n_threads=threads,
-                    n_gpu_layers=gpu_layers, max_tokens=budget.max_tokens, use_prm=with_prm,
+                    n_gpu_layers=gpu_layers, max_tokens=budget.max_tokens, park_mb=round(parked, 1),
+                    use_prm=with_prm,
                     prm_batch_size=PRM_BATCH_SIZE,
                     predicted_memory_mb=round(mem.total_mb, 1), predicted_s=round(seconds, 2),
                     memory=mem, calibration_source=cal.source, notes=list(notes))
@@ -433,7 +474,8 @@ def _annotate(plan: Plan, budget: Budget, with_prm: bool, wanted_prm: bool) -> P
         plan.notes.append("the PRM does not fit the memory budget: auto judges difficulty by "
                           "agreement alone and picks among PRM-free strategies")
     if plan.n_seq_max < plan.n:
-        plan.notes.append(f"{plan.n} paths share {plan.n_seq_max} KV slots: they run in waves")
+        parked = f", waiting paths parked in {plan.park_mb:.0f} MB of host memory" if plan.park_mb else ""
+        plan.notes.append(f"{plan.n} paths share {plan.n_seq_max} KV slots: they run in waves{parked}")
     if budget.deadline_s is None and budget.n is None and plan.strategy != "greedy":
         plan.notes.append(f"no deadline: N stays at the default {DEFAULT_N} (give --deadline-s to "
                           "let edgetts spend more)")

@@ -29,7 +29,7 @@ CODE_STRATEGIES = (GREEDY, "majority", "exec", "auto")  # auto = exec for code t
 MAX_STOP = 4  # stop strings per request, as OpenAI allows
 MAX_STOP_CHARS = 256  # each is searched for after every token: keep that cheap
 # PolicyConfig fields a budget plan sets (unless the user pinned them, see Solver.pinned).
-PLANNED_FIELDS = ("n_seq_max", "n_ctx", "kv_type", "n_threads", "n_gpu_layers")
+PLANNED_FIELDS = ("n_seq_max", "n_ctx", "kv_type", "n_threads", "n_gpu_layers", "park_mb")
 
 
 @dataclass

@@ -1,8 +1,9 @@
-"""The policy's bookkeeping without a model: the slot pool and the bytes-to-steps accumulator."""
+"""The policy's bookkeeping without a model: the slot pool, the park budget and the bytes-to-steps
+accumulator."""
 
 import pytest
 
-from edgetts.policy.slots import TEMPLATE_SLOT, SlotPool
+from edgetts.policy.slots import TEMPLATE_SLOT, ParkBudget, SlotPool
 from edgetts.policy.steps import StepAccumulator, trim_steps
 
 
@@ -60,6 +61,27 @@ def test_slots_are_reused_last_freed_first_and_never_the_template():
     second = pool.take()
     pool.give(second)
     assert pool.take() == second and len(pool) == 1
+
+
+def test_park_budget_holds_within_its_limit_and_gives_back():
+    budget = ParkBudget(100)
+    assert budget.hold(60) and budget.used == 60
+    assert not budget.hold(41)  # past the limit: nothing reserved, the caller re-decodes instead
+    assert budget.used == 60
+    assert budget.hold(40) and budget.used == 100 == budget.peak
+    budget.drop(60)
+    assert budget.used == 40 and budget.peak == 100
+    assert budget.hold(50) and budget.used == 90 and budget.peak == 100
+    with pytest.raises(ValueError):
+        budget.drop(91)  # more than is held: a bookkeeping bug, not a silent negative
+
+
+def test_a_zero_park_budget_holds_nothing():
+    budget = ParkBudget(0)
+    assert not budget.hold(1) and budget.used == 0
+    assert not ParkBudget(10).hold(0)  # an empty copy is never held (nothing to restore)
+    with pytest.raises(ValueError):
+        ParkBudget(-1)
 
 
 # -- the search's stop strings (Sampling.stop: a client's OpenAI stop) ---------------------------

@@ -100,6 +100,27 @@ def test_tight_memory_picks_q8_then_waves():
     assert waves.n_seq_max < 32 and "waves" in waves.explain()
 
 
+def test_parked_paths_are_counted_only_when_paths_outnumber_the_slots():
+    all_at_once = plan(Budget(n=16, strategy="beam_search", max_tokens=400))
+    assert all_at_once.n_seq_max == 16 and all_at_once.park_mb == 0
+    assert all_at_once.memory.park_mb == 0 and "parked" not in all_at_once.memory.describe()
+    per_token = 24 * 2 * (64 + 64) * 2  # the path's own cells only: the template has the prompt
+    expected = 48 * scheduler.EXPECTED_TOKEN_SHARE * 400 * per_token / 2**20
+    assert scheduler.park_mb(META, 64, 16, 400, "f16") == pytest.approx(expected)
+    assert scheduler.park_mb(META, 64, 16, 400, "f16", limit_mb=10) == 10  # PolicyConfig.park_mb caps it
+    # A tight budget: the plan runs 32 beams in waves and counts what parking them takes.
+    waves = plan(Budget(memory_mb=1000, n=32, strategy="beam_search", max_tokens=1024))
+    assert waves.n_seq_max < 32 and waves.park_mb > 0 and "parked in" in waves.explain()
+    assert waves.memory.park_mb == pytest.approx(waves.park_mb, abs=0.1)
+    assert waves.predicted_memory_mb <= 1000 and "parked" in waves.memory.describe()
+    unparked = estimate_memory(META, waves.n_ctx, waves.n_seq_max, waves.kv_type, 0, TEXT_PRM.memory_mb,
+                               VOCAB)
+    assert waves.memory.total_mb == pytest.approx(unparked.total_mb + waves.memory.park_mb)
+    # Samples run to their end and free their slot: never parked, nothing counted.
+    samples = plan(Budget(memory_mb=800, n=32, strategy="majority", max_tokens=1024))
+    assert samples.n_seq_max < 32 and samples.park_mb == 0 and samples.memory.park_mb == 0
+
+
 def test_pinned_settings_are_kept():
     p = plan(Budget(memory_mb=4000, kv_type="q8_0", n_gpu_layers=0, n_threads=3),
              gpu_offload=True)

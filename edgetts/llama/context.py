@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+
 import llama_cpp
 import numpy as np
 
@@ -136,9 +138,43 @@ class LlamaContext:
         """Sequence ``dst`` also holds every cell of ``src`` (tagged, not copied: unified cache)."""
         llama_cpp.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
 
-    def seq_remove(self, seq: int) -> None:
-        """Drop sequence ``seq`` from the KV cache."""
-        llama_cpp.llama_memory_seq_rm(self.memory, seq, -1, -1)
+    def seq_remove(self, seq: int, p0: int = -1, p1: int = -1) -> None:
+        """Drop sequence ``seq`` from the KV cache, or only its positions ``p0 <= pos < p1``
+        (-1: open end). Cells other sequences also hold stay theirs."""
+        llama_cpp.llama_memory_seq_rm(self.memory, seq, p0, p1)
+
+    def seq_state_size(self, seq: int) -> int:
+        """Bytes :meth:`seq_save` would copy for sequence ``seq`` now."""
+        return int(llama_cpp.llama_state_seq_get_size(self.ptr, seq))
+
+    def seq_save(self, seq: int) -> np.ndarray:
+        """Copy the KV cells of sequence ``seq`` (every cell tagged with it) into host memory.
+
+        The copy is llama.cpp's own serialization: each cell's position, then per layer the K
+        and V rows. It holds the cells whatever other sequences share them; drop positions
+        first (:meth:`seq_remove`) to leave a shared prefix out.
+        """
+        size = self.seq_state_size(seq)
+        buf = np.empty(size, dtype=np.uint8)
+        written = llama_cpp.llama_state_seq_get_data(self.ptr, _u8(buf), size, seq)
+        if written != size:
+            raise LlamaError(f"saving KV sequence {seq} wrote {written} of {size} bytes")
+        return buf
+
+    def seq_restore(self, data: np.ndarray, seq: int) -> bool:
+        """Load cells saved by :meth:`seq_save` into sequence ``seq`` (emptied first).
+
+        They go into fresh cells in one contiguous run (llama.cpp's restore asks for that); when
+        the cache has no such run free it restores nothing and this returns False.
+        """
+        return llama_cpp.llama_state_seq_set_data(self.ptr, _u8(data), data.nbytes, seq) > 0
+
+    def seq_positions(self, seq: int) -> tuple[int, int]:
+        """The lowest and highest position sequence ``seq`` holds ((-1, -1) when empty)."""
+        return (
+            llama_cpp.llama_memory_seq_pos_min(self.memory, seq),
+            llama_cpp.llama_memory_seq_pos_max(self.memory, seq),
+        )
 
     def clear(self) -> None:
         """Empty the KV cache."""
@@ -151,3 +187,8 @@ class LlamaContext:
 
     def __del__(self) -> None:
         self.close()
+
+
+def _u8(buf: np.ndarray) -> ctypes._Pointer:  # type: ignore[type-arg]
+    """``buf``'s memory as the ``uint8_t *`` llama.cpp's state functions take."""
+    return buf.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))

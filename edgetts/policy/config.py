@@ -74,6 +74,11 @@ class PolicyConfig:
     # (Path.token_stats, edgetts.confidence): one pass over the logits llama.cpp already
     # computed, for confidence-weighted votes and probes that read confidence features.
     capture_confidence: bool = False
+    # Host memory (MB of 2**20 bytes) for parked paths: when paths outnumber the KV slots, a
+    # path waiting for its next round gives up its slot but keeps its own KV cells here, and is
+    # restored (a copy) instead of decoded again. Beyond it, and with 0, parked paths are
+    # rebuilt by decoding their tokens again. The scheduler counts it in the plan's memory.
+    park_mb: float = 512.0
 
     def resolved_n_ctx(self) -> int:
         return self.n_ctx or self.max_prompt_tokens + self.n_seq_max * self.max_tokens
@@ -85,6 +90,8 @@ class GeneratorCounters:
     # tokens decoded after the prompt: each token of the search tree once, plus tokens_redecoded
     tokens_decoded: int = 0
     tokens_redecoded: int = 0  # decoded again to rebuild parked paths (waves), part of the above
+    tokens_restored: int = 0  # parked paths' tokens restored from host memory instead (park_mb)
+    bytes_parked: int = 0  # KV bytes copied to host memory when parking (restores read them back)
     tokens_sampled: int = 0
     sequences_forked: int = 0
     decode_calls: int = 0

@@ -20,9 +20,15 @@ How a question is answered, in KV-cache terms:
 
 Slots are finite (``n_seq_max``). When more children are asked for than there are slots, they run
 in waves: a child waits until a slot frees up, and when every slot is held by a path that is only
-waiting for the next round, that path is *parked* (its KV dropped). A parked path that is extended
-later is rebuilt from the template by decoding its own tokens again; ``tokens_redecoded`` counts
-that cost, which is zero whenever the slots suffice.
+waiting for the next round, that path is *parked*: it gives up its slot, and its own KV cells
+(those after the prompt, which the template holds anyway) are copied to host memory
+(``llama_state_seq_get_data``). A child of a parked path restores them into a free slot (a copy,
+``llama_state_seq_set_data``), tags the template's prompt cells with that slot again, and samples
+its first token from the logits its parent kept when its step closed: no token is decoded again.
+``tokens_restored`` counts the tokens brought back that way. The copies live within
+``PolicyConfig.park_mb``; past it (or when the cache has no contiguous run of free cells to
+restore into) a parked path is rebuilt from the template by decoding its own tokens again, which
+``tokens_redecoded`` counts. Both are zero whenever the slots suffice.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from edgetts.llama.sampler import Sampler
 from edgetts.metadata import ModelMetadata, read_metadata
 from edgetts.models import resolve
 from edgetts.policy.config import GeneratorCounters, PolicyConfig, PolicyError, check_threads, default_threads
-from edgetts.policy.slots import TEMPLATE_SLOT, SlotPool
+from edgetts.policy.slots import TEMPLATE_SLOT, ParkBudget, SlotPool
 from edgetts.policy.steps import StepAccumulator, trim_steps
 from edgetts.prompts import STEP_SEPARATOR, Prompt, prompt_parts
 from edgetts.search.base import Deadline, Sampling, SolutionPath
@@ -72,6 +78,10 @@ class _Seq:
     is_template: bool = False
     hidden: np.ndarray | None = None  # final hidden state of the last decoded token (capture_states)
     tail: bytes = b""  # the end of the steps so far, for search stop strings across a step boundary
+    # The path's own KV cells (after the prompt) in host memory while it is parked, and how many
+    # of ``tokens`` they hold; None when it was not parked or nothing needs them any more.
+    parked: np.ndarray | None = None
+    parked_n: int = 0
 
 
 @dataclass
@@ -139,6 +149,10 @@ class LlamaPolicy:
         )
         self._batch = LlamaBatch(cfg.n_batch)
         self.slots = SlotPool(cfg.n_seq_max)
+        if cfg.park_mb < 0:
+            raise PolicyError(f"park_mb must be 0 (no parking in host memory) or more, got {cfg.park_mb}")
+        self.parking = ParkBudget(int(cfg.park_mb * (1 << 20)))
+        self._parked: dict[int, _Seq] = {}  # id -> path whose KV is in host memory
         self._template: _Seq | None = None  # the prefilled prompt in slot 0, reused by root()
         self._stop_strings = () if self.metadata.chat_template else (b"\nQuestion:",)
 
@@ -221,6 +235,7 @@ class LlamaPolicy:
                 f"{limit} (raise max_prompt_tokens / n_ctx)"
             )
         self.slots.reset()
+        self._drop_parked()  # the previous search's paths are done with
         template = self._template
         if template is not None and template.prompt.tokens == tokens and template.logits is not None:
             for slot in self.slots.free:
@@ -287,6 +302,7 @@ class LlamaPolicy:
             seq = path.handle
             if isinstance(seq, _Seq) and not seq.is_template:
                 self._free(seq)
+                self._unpark(seq)
                 seq.logits = None
 
     # -- written solutions ---------------------------------------------------------------------
@@ -481,7 +497,7 @@ class LlamaPolicy:
         if self._inherits(child) or len(self.slots):
             return True
         if waiting:
-            self._free(waiting.pop(0).seq)  # park: rebuilt later by re-decoding its tokens
+            self._park(waiting.pop(0).seq)  # restored later, or rebuilt by decoding its tokens
             return True
         if active:
             return False  # wait for an active child to finish or close its step
@@ -500,16 +516,22 @@ class LlamaPolicy:
     def _start(self, child: _Child) -> None:
         parent, seq = child.parent, child.seq
         if self._inherits(child):
+            if not child.last_of_parent:  # its siblings start later from a copy of the parent
+                self._save(parent)
             seq.slot, parent.slot = parent.slot, None
             seq.n_cached = parent.n_cached
         elif parent.slot is not None:
             seq.slot = self.slots.take()
             self.context.seq_copy(parent.slot, seq.slot)
             seq.n_cached = parent.n_cached
-        else:  # parent was parked: rebuild from the template prompt
+        else:  # parent was parked: restore its copy, or rebuild from the template prompt
             seq.slot = self.slots.take()
+            if parent.parked is not None and self.context.seq_restore(parent.parked, seq.slot):
+                seq.n_cached = parent.parked_n
+                self.counters.tokens_restored += parent.parked_n
+            else:
+                seq.n_cached = 0
             self.context.seq_copy(TEMPLATE_SLOT, seq.slot)
-            seq.n_cached = 0
         self.counters.sequences_forked += 1
         child.sampler = self._new_sampler(seq)
         if seq.n_cached == len(seq.tokens) and parent.logits is not None:
@@ -521,6 +543,7 @@ class LlamaPolicy:
             seq.tokens = seq.tokens[: seq.n_cached]
         if child.last_of_parent and not parent.is_template:
             parent.logits = None  # no sibling needs it any more (the template's serve a next root)
+            self._unpark(parent)
 
     def _step(self, active: list[_Child]) -> None:
         """Decode one batch: every active child's pending tokens, then sample each child.
@@ -732,6 +755,44 @@ class LlamaPolicy:
         # run is reproducible whatever order the batch happens to decode in.
         seed = zlib.crc32(repr((s.seed, seq.lineage)).encode())
         return Sampler(s.temperature, s.top_p, s.top_k, seed)
+
+    def _park(self, seq: _Seq) -> None:
+        """Give up ``seq``'s slot for another path, keeping its KV in host memory if it fits."""
+        self._save(seq)
+        self._free(seq)
+
+    def _save(self, seq: _Seq) -> None:
+        """Copy the KV cells ``seq`` holds past the prompt to host memory, within the park budget.
+
+        The template keeps the prompt's cells for every path, so they are left out: the slot's
+        tags on them are dropped for the copy and put back after (tags only, no data moves).
+        """
+        if seq.slot is None or seq.is_template or seq.parked is not None or seq.n_cached == 0:
+            return
+        if self.parking.limit == 0:
+            return
+        self.context.seq_remove(seq.slot, 0, len(seq.prompt.tokens))
+        try:
+            size = self.context.seq_state_size(seq.slot)
+            if self.parking.hold(size):
+                seq.parked = self.context.seq_save(seq.slot)
+                seq.parked_n = seq.n_cached
+                self._parked[id(seq)] = seq
+                self.counters.bytes_parked += size
+        finally:
+            self.context.seq_copy(TEMPLATE_SLOT, seq.slot)
+
+    def _unpark(self, seq: _Seq) -> None:
+        """Drop ``seq``'s copy in host memory: no child will restore it any more."""
+        if seq.parked is not None:
+            self.parking.drop(seq.parked.nbytes)
+            seq.parked = None
+            seq.parked_n = 0
+            self._parked.pop(id(seq), None)
+
+    def _drop_parked(self) -> None:
+        for seq in list(self._parked.values()):
+            self._unpark(seq)
 
     def _free(self, seq: _Seq) -> None:
         if seq.slot is None or seq.is_template:

@@ -32,3 +32,33 @@ class SlotPool:
 
     def __len__(self) -> int:
         return len(self.free)
+
+
+class ParkBudget:
+    """Bytes of parked KV held in host memory, within a limit (0: parking keeps nothing).
+
+    A path parked for lack of KV slots keeps its own cells here, to be restored instead of
+    decoded again; past the limit it is dropped and rebuilt by decoding (the fallback). The
+    policy holds bytes when it saves a path and drops them when no child will restore it.
+    """
+
+    def __init__(self, limit_bytes: int) -> None:
+        if limit_bytes < 0:
+            raise ValueError(f"the park budget must be 0 or more bytes, got {limit_bytes}")
+        self.limit = limit_bytes
+        self.used = 0
+        self.peak = 0  # the most held at once since the policy was made
+
+    def hold(self, n_bytes: int) -> bool:
+        """Reserve ``n_bytes`` if they fit under the limit; False (nothing reserved) if not."""
+        if n_bytes <= 0 or self.used + n_bytes > self.limit:
+            return False
+        self.used += n_bytes
+        self.peak = max(self.peak, self.used)
+        return True
+
+    def drop(self, n_bytes: int) -> None:
+        """Give back bytes reserved with :meth:`hold`."""
+        if not 0 <= n_bytes <= self.used:
+            raise ValueError(f"dropping {n_bytes} bytes, but only {self.used} are held")
+        self.used -= n_bytes
