@@ -248,10 +248,18 @@ class LlamaPolicy:
         n_each: int,
         to_end: bool = False,
         deadline: Deadline | None = None,
+        first_index: int = 0,
     ) -> list[SolutionPath]:
-        """Fork each path into ``n_each`` children and decode them together (see module doc)."""
+        """Fork each path into ``n_each`` children and decode them together (see module doc).
+
+        Children are numbered from ``first_index`` in their lineage, which seeds their samplers:
+        a second call on a new root with ``first_index=k`` draws what children ``k..`` of one
+        call would have drawn (adaptive sampling's later waves).
+        """
         if n_each < 1:
             raise PolicyError(f"n_each must be at least 1, got {n_each}")
+        if first_index < 0:
+            raise PolicyError(f"first_index must be >= 0, got {first_index}")
         start = time.perf_counter()
         out: list[SolutionPath] = []
         queue: deque[_Child] = deque()
@@ -261,7 +269,7 @@ class LlamaPolicy:
                 continue
             parent: _Seq = path.handle
             for j in range(n_each):
-                child = self._child(path, parent, j, last=(j == n_each - 1), to_end=to_end)
+                child = self._child(path, parent, first_index + j, last=(j == n_each - 1), to_end=to_end)
                 out.append(child.path)
                 queue.append(child)
         self._run(queue, deadline)

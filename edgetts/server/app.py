@@ -152,6 +152,7 @@ class App:
             fields["memory_mb"] = memory
         if search.mode != "cot":
             fields["mode"] = search.mode
+        fields["adaptive"] = search.adaptive
         options = SolveOptions(**fields)
         try:
             options.validate()
