@@ -1,0 +1,204 @@
+"""Adaptive sampling replayed over kept sample sets: tokens saved and accuracy, per threshold.
+
+Each kept row (``tools/label_steps.py sample``; ``data/labels/*.jsonl.gz`` or a run's
+``results.jsonl``) holds one problem's N samples in the order the policy drew them, each with its
+answer, whether it is right, its token count and trace confidence. Live adaptive sampling draws
+exactly those samples in that order (waves are numbered on: ``StepGenerator.extend(first_index)``)
+and stops where :func:`edgetts.search.adaptive.replay` stops, so replaying the rule over a row is
+what a live run at the same seed would have done, without decoding a token::
+
+    python tools/bench_adaptive.py data/labels/gsm8k_test.jsonl.gz data/labels/mawps.jsonl.gz \\
+        --thresholds 0.8 0.9 0.95 0.99
+
+Per dataset and vote (majority; DeepConf's confidence vote), for the full N and each threshold:
+accuracy, the paired sign test against the full N (``tools/paired.py``), the generated tokens
+(summed over problems) and the samples used per problem (median, mean). Rows of several files
+for one problem count once (the one with more samples). Weighted best-of-N needs PRM scores,
+which kept rows do not carry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import statistics
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from paired import compare  # noqa: E402
+
+from edgetts.search.adaptive import AdaptiveStop, Tally, replay  # noqa: E402
+from edgetts.search.base import Candidate  # noqa: E402
+from edgetts.search.confidence_vote import KEEP, MODE  # noqa: E402
+from edgetts.search.select import (  # noqa: E402
+    pick_by_confidence,
+    pick_by_vote,
+    tally_confidence,
+    tally_votes,
+)
+
+DEFAULT_THRESHOLDS = (0.8, 0.9, 0.95, 0.99)
+
+
+@dataclass
+class Problem:
+    """One kept row: its samples in drawing order and which of them are right."""
+
+    key: str
+    dataset: str
+    candidates: list[Candidate]
+    correct: list[bool]
+    confidence: list[float]  # DeepConf trace confidence (MODE) per sample
+
+    @property
+    def n(self) -> int:
+        return len(self.candidates)
+
+
+def _open(path: Path) -> Iterable[str]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        yield from f
+
+
+def load(paths: list[Path]) -> list[Problem]:
+    """Kept rows from ``paths``, one per problem (the one with the most samples)."""
+    best: dict[str, Problem] = {}
+    for path in paths:
+        for line in _open(path):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            cands = row["candidates"]
+            problem = Problem(
+                key=row["key"],
+                dataset=row["dataset"],
+                candidates=[Candidate.from_dict(c) for c in cands],
+                correct=[bool(c["correct"]) for c in cands],
+                confidence=[_confidence(c) for c in cands],
+            )
+            if problem.key not in best or problem.n > best[problem.key].n:
+                best[problem.key] = problem
+    return list(best.values())
+
+
+def _confidence(cand: dict) -> float:
+    conf = cand.get("trace_conf") or {}
+    return float(conf[MODE]) if MODE in conf else 0.0
+
+
+# A vote over a row's first k samples: (its tally for the stopping rule, is its pick right)
+Vote = Callable[[Problem, int], tuple[Tally, bool]]
+
+
+def majority_vote(p: Problem, k: int) -> tuple[Tally, bool]:
+    """Majority over the first ``k`` samples, as ``majority`` counts it."""
+    cands = p.candidates[:k]
+    chosen, _ = pick_by_vote(cands, lambda c: 1.0)
+    return tally_votes(cands, lambda c: 1.0), _right(p, chosen)
+
+
+def confidence_vote(p: Problem, k: int) -> tuple[Tally, bool]:
+    """DeepConf's filtered, confidence-weighted vote over the first ``k``, as ``confidence_vote``."""
+    cands, confs = p.candidates[:k], p.confidence[:k]
+    chosen, _ = pick_by_confidence(cands, confs, KEEP)
+    return tally_confidence(cands, confs, KEEP), _right(p, chosen)
+
+
+def _right(p: Problem, chosen: Candidate | None) -> bool:
+    if chosen is None:
+        return False
+    index = next(i for i, c in enumerate(p.candidates) if c is chosen)
+    return p.correct[index]
+
+
+VOTES: dict[str, Vote] = {"majority": majority_vote, "confidence_vote": confidence_vote}
+
+
+def simulate(problems: list[Problem], vote: Vote, rule: AdaptiveStop | None) -> dict[str, dict]:
+    """key -> samples used, tokens used, right; ``rule`` None: all N."""
+    out = {}
+    for p in problems:
+        k = p.n if rule is None else replay(rule, p.n, lambda k, p=p: vote(p, k)[0])
+        out[p.key] = {
+            "samples": k,
+            "tokens": sum(c.n_tokens for c in p.candidates[:k]),
+            "right": vote(p, k)[1],
+        }
+    return out
+
+
+def table(problems: list[Problem], thresholds: list[float], min_n: int, wave: int) -> list[str]:
+    """Markdown rows: per dataset and vote, the full N and each threshold."""
+    lines = [
+        "| dataset | vote | rule | problems | accuracy | Δ points | won/lost (p) "
+        "| tokens | saved | samples median / mean |",
+        "|---|---|---|---:|---:|---:|---|---:|---:|---|",
+    ]
+    for dataset in sorted({p.dataset for p in problems}):
+        rows = [p for p in problems if p.dataset == dataset]
+        for name, vote in VOTES.items():
+            full = simulate(rows, vote, None)
+            full_tokens = sum(r["tokens"] for r in full.values())
+            full_acc = _acc(full)
+            lines.append(_line(dataset, name, f"all {_ns(rows)}", full, full_acc, None, full_tokens))
+            for threshold in thresholds:
+                rule = AdaptiveStop(threshold=threshold, min_n=min_n, wave=wave)
+                res = simulate(rows, vote, rule)
+                lines.append(_line(dataset, name, f"Beta {threshold:g}", res, full_acc, full, full_tokens))
+    return lines
+
+
+def _ns(rows: list[Problem]) -> str:
+    ns = sorted({p.n for p in rows})
+    return "N = " + "/".join(str(n) for n in ns)
+
+
+def _acc(res: dict[str, dict]) -> float:
+    return 100.0 * sum(r["right"] for r in res.values()) / max(len(res), 1)
+
+
+def _line(
+    dataset: str,
+    vote: str,
+    rule: str,
+    res: dict[str, dict],
+    full_acc: float,
+    full: dict[str, dict] | None,
+    full_tokens: int,
+) -> str:
+    acc = _acc(res)
+    tokens = sum(r["tokens"] for r in res.values())
+    samples = [r["samples"] for r in res.values()]
+    if full is None:
+        delta, paired, saved = "", "", ""
+    else:
+        pair = compare({k: r["right"] for k, r in res.items()}, {k: r["right"] for k, r in full.items()})
+        delta = f"{acc - full_acc:+.1f}"
+        paired = f"{pair.wins}/{pair.losses} ({pair.p_value:.2f})"
+        saved = f"{100.0 * (1 - tokens / max(full_tokens, 1)):.0f} %"
+    return (
+        f"| {dataset} | {vote} | {rule} | {len(res)} | {acc:.1f} % | {delta} | {paired} "
+        f"| {tokens} | {saved} | {statistics.median(samples):g} / {statistics.fmean(samples):.1f} |"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("files", nargs="+", type=Path, help="kept sample rows (.jsonl or .jsonl.gz)")
+    ap.add_argument("--thresholds", nargs="+", type=float, default=list(DEFAULT_THRESHOLDS))
+    ap.add_argument("--min-n", type=int, default=AdaptiveStop.min_n)
+    ap.add_argument("--wave", type=int, default=AdaptiveStop.wave)
+    args = ap.parse_args(argv)
+    problems = load(args.files)
+    print(f"# adaptive sampling replayed: min_n {args.min_n}, wave {args.wave}")
+    print("\n".join(table(problems, args.thresholds, args.min_n, args.wave)))
+
+
+if __name__ == "__main__":
+    main()
