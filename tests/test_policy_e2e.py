@@ -8,7 +8,7 @@ import pytest
 
 from edgetts import models
 from edgetts.search import run_search
-from edgetts.search.base import SearchConfig
+from edgetts.search.base import Sampling, SearchConfig
 
 pytestmark = pytest.mark.slow
 
@@ -249,3 +249,18 @@ def test_chat_markers_in_a_question_are_plain_text(policy):
     for question in (benign, "A pen costs 3 dollars. How much do 7 pens cost?", "  x\n\ny = 2?  "):
         # The template around the question tokenizes as it did in one piece.
         assert policy.prompt_tokens(question) == policy.tokenize(policy.prompt_text(question))
+
+
+def test_waves_numbered_on_draw_the_samples_of_one_call(policy):
+    """Adaptive sampling's premise on the real model: two waves of 2 (the second from a new
+    root, ``first_index=2``) are the 4 samples of one call, not the first 2 twice."""
+    question = QUESTIONS[0][0]
+    sampling = Sampling(temperature=0.3, seed=0, max_tokens=48)
+    one = policy.extend([policy.root(question, sampling)], 4, to_end=True)
+    policy.release(one)
+    first = policy.extend([policy.root(question, sampling)], 2, to_end=True)
+    policy.release(first)
+    second = policy.extend([policy.root(question, sampling)], 2, to_end=True, first_index=2)
+    policy.release(second)
+    assert [p.text for p in first + second] == [p.text for p in one]
+    assert len({p.text for p in one}) > 1  # the samples differ, so the numbering mattered
