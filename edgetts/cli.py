@@ -88,8 +88,8 @@ def _search_options(func):
         click.option("--threads", type=click.IntRange(1), default=None,
                      help="CPU threads (default: $EDGETTS_THREADS, else all cores)."),
         click.option("--n-gpu-layers", type=click.IntRange(-1), default=None,
-                     help="Layers to offload to a GPU (CUDA build of llama.cpp; -1: all) [default: 0, "
-                          "or planned under a budget]."),
+                     help="Layers to offload to a GPU (CUDA build of llama.cpp; -1: all) [default: "
+                          "$EDGETTS_N_GPU_LAYERS, else 0, or planned under a budget]."),
         click.option("--kv-type", default=None, type=click.Choice(["f16", "q8_0"]),
                      help="KV cache element type [default: f16, or planned under a budget]."),
         click.option("--task", default="math", show_default=True, type=click.Choice(["math", "code"]),
@@ -132,7 +132,7 @@ def _make_solver(kw: dict):
     n_parallel = max(options.search_config().n, 1) if options.strategy != "greedy" else 1
     policy_config = PolicyConfig(
         model=kw["model"], max_tokens=kw["max_tokens"], n_threads=kw["threads"],
-        n_gpu_layers=kw["n_gpu_layers"] or 0, kv_type=kw["kv_type"] or "f16",
+        n_gpu_layers=kw["n_gpu_layers"], kv_type=kw["kv_type"] or "f16",
         n_seq_max=min(n_parallel, 16),
     )
     pinned = frozenset(k for k in ("kv_type", "n_gpu_layers") if kw[k] is not None)
@@ -556,6 +556,26 @@ def sandbox() -> None:
     click.echo("weak: refused unless --allow-weak-sandbox" if iso.weak else "ok: model-written code may run")
 
 
+@main.command()
+@click.option("--require-cuda", is_flag=True,
+              help="Also fail unless llama.cpp can offload and onnxruntime has its CUDA provider.")
+@_friendly_errors
+def gpu(require_cuda: bool) -> None:
+    """Print what this install offers a GPU run; exit 1 on a set-up problem, with its fix.
+
+    The problem it looks for: a CPU onnxruntime installed beside onnxruntime-gpu (both write the
+    same package, so the PRM may silently run on the CPU).
+    """
+    from edgetts.gpu import report
+
+    lines, problems = report(require_cuda=require_cuda)
+    for line in lines:
+        click.echo(line)
+    if problems:
+        raise click.ClickException("\n".join(problems))
+    click.echo("ok")
+
+
 @main.group(invoke_without_command=True)
 @click.pass_context
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per model, one per line.")
@@ -669,8 +689,8 @@ def bundle(out_dir: Path, model_names: tuple[str, ...], source: Path | None) -> 
               help="Largest request body.")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="CPU threads (default: $EDGETTS_THREADS or all).")
-@click.option("--n-gpu-layers", default=0, show_default=True, type=click.IntRange(-1),
-              help="Layers to offload to a GPU (-1: all).")
+@click.option("--n-gpu-layers", default=None, type=click.IntRange(-1),
+              help="Layers to offload to a GPU (-1: all) [default: $EDGETTS_N_GPU_LAYERS, else 0].")
 @click.option("--kv-type", default="f16", show_default=True, type=click.Choice(["f16", "q8_0"]))
 @click.option("--strict-model", is_flag=True,
               help="Answer only requests naming this model (default: any name means it).")
@@ -686,7 +706,7 @@ def serve(host: str, port: int, api_key: str | None, api_key_file: Path | None, 
           prm_path: str | None,
           strategy: str | None, n: int, deadline_s: float | None, memory_mb: float | None,
           max_n: int, max_queue: int, max_tokens: int, max_body_kb: int, threads: int | None,
-          n_gpu_layers: int, kv_type: str, strict_model: bool, cors_origins: tuple[str, ...],
+          n_gpu_layers: int | None, kv_type: str, strict_model: bool, cors_origins: tuple[str, ...],
           allow_exec: bool, allow_weak_sandbox: bool) -> None:
     """Serve an OpenAI-compatible API (POST /v1/chat/completions) on HOST:PORT.
 

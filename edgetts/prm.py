@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 import re
@@ -50,7 +51,10 @@ from typing import Any
 import numpy as np
 
 from edgetts import paths
+from edgetts.gpu import installed_onnxruntimes, onnxruntime_problem
 from edgetts.search.base import SolutionPath
+
+log = logging.getLogger("edgetts.prm")
 
 DEFAULT_PRM_NAME = "prm-minilm"  # the shipped text PRM, for any policy
 FORMAT_VERSION = 1
@@ -373,8 +377,10 @@ def choose_providers(available: Sequence[str], use_cuda: bool | None) -> list[st
         if device not in ("auto", "cpu", "cuda"):
             raise PRMError(f"{DEVICE_ENV} must be auto, cpu or cuda, got {device!r}")
         if device == "cuda" and "CUDAExecutionProvider" not in available:
-            raise PRMError(f"{DEVICE_ENV}=cuda but this onnxruntime has no CUDA provider "
-                           "(install onnxruntime-gpu in place of onnxruntime)")
+            shadow = onnxruntime_problem(installed_onnxruntimes(), available)
+            raise PRMError(f"{DEVICE_ENV}=cuda but this onnxruntime has no CUDA provider: "
+                           + (shadow or "install onnxruntime-gpu in place of onnxruntime "
+                              '(README, "GPU")'))
         use_cuda = device != "cpu"
     cuda = use_cuda and "CUDAExecutionProvider" in available
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
@@ -391,7 +397,12 @@ def open_session(onnx_path: Path, threads: int | None, use_cuda: bool | None = N
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    providers = choose_providers(ort.get_available_providers(), use_cuda)
+    available = ort.get_available_providers()
+    providers = choose_providers(available, use_cuda)
+    if "CUDAExecutionProvider" not in available:
+        shadow = onnxruntime_problem(installed_onnxruntimes(), available)
+        if shadow:  # onnxruntime-gpu was meant to run this PRM; say why it runs on the CPU
+            log.warning("the PRM runs on the CPU: %s", shadow)
     try:
         return ort.InferenceSession(str(onnx_path), opts, providers=providers)
     except Exception as e:  # onnxruntime raises its own exception types for bad files

@@ -6,6 +6,8 @@ separator the PRM scores at) and the final answer in ``\\boxed{}`` (what grading
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 STEP_SEPARATOR = "\n\n"
@@ -106,3 +108,128 @@ def prompt_parts(
     spaces = len(head) - len(head.rstrip(" "))
     head, question = head[: len(head) - spaces], head[len(head) - spaces :] + question
     return [(part, trusted) for part, trusted in ((head, True), (question, False), (tail, True)) if part]
+
+
+# -- whole conversations and raw prompts (the server) -------------------------------------------
+
+ROLES = ("system", "user", "assistant")
+
+
+def _marker(i: int) -> str:
+    """Stands in for message ``i``'s text while the template renders (see _QUESTION_MARK)."""
+    return f"\x00edgetts-message-{i}\x00"
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A chat as a client sent it: ``(role, text)`` turns ending with a user's. Every text is
+    untrusted, the system prompt included: only the chat template's own text is special.
+
+    With no system message, the math instructions (:data:`SYSTEM_PROMPT`) stand in for one, so a
+    one-question conversation is the same prompt as :func:`prompt_parts` makes.
+    """
+
+    messages: tuple[tuple[str, str], ...]
+
+    def __post_init__(self) -> None:
+        if not self.messages:
+            raise ValueError("the conversation has no messages")
+        for role, text in self.messages:
+            if role not in ROLES:
+                raise ValueError(f"unknown message role {role!r}; use one of {', '.join(ROLES)}")
+            if "\x00" in text:
+                raise ValueError(f"a {role} message contains a NUL character")
+        if self.messages[-1][0] != "user":
+            raise ValueError("the conversation must end with a user message (the question)")
+        if not self.question.strip():
+            raise ValueError("the last user message is empty")
+
+    @property
+    def question(self) -> str:
+        """The last user message: what the PRM scores steps against and answers are read for."""
+        return self.messages[-1][1]
+
+    def parts(self, chat_template: str | None, bos: str = "", eos: str = "") -> list[tuple[str, bool]]:
+        """The prompt as ``(text, trusted)`` pieces, like :func:`prompt_parts`, every message untrusted."""
+        messages = [(role, text.strip()) for role, text in self.messages]
+        if not chat_template:
+            return _plain_conversation(messages)
+        own_system = [] if any(role == "system" for role, _ in messages) else [("system", SYSTEM_PROMPT)]
+        rendered = render_chat(
+            chat_template,
+            [{"role": r, "content": t} for r, t in own_system]
+            + [{"role": role, "content": _marker(i)} for i, (role, _) in enumerate(messages)],
+            bos=bos,
+            eos=eos,
+        )
+        pieces: list[tuple[str, bool]] = []
+        rest = rendered
+        for i, (_, text) in enumerate(messages):
+            mark = _marker(i)
+            if rendered.count(mark) != 1 or mark not in rest:
+                raise ValueError(
+                    "the chat template does not show every message exactly once, in order, as written"
+                )
+            head, rest = rest.split(mark)
+            # spaces just before a message go with it, as in prompt_parts
+            spaces = len(head) - len(head.rstrip(" "))
+            pieces += [(head[: len(head) - spaces], True), (head[len(head) - spaces :] + text, False)]
+        pieces.append((rest, True))
+        return _joined(pieces)
+
+
+def _joined(pieces: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
+    """Empty pieces dropped and neighbours of the same trust joined (they tokenize as one text)."""
+    out: list[tuple[str, bool]] = []
+    for text, trusted in pieces:
+        if not text:
+            continue
+        if out and out[-1][1] == trusted:
+            out[-1] = (out[-1][0] + text, trusted)
+        else:
+            out.append((text, trusted))
+    return out
+
+
+def _plain_conversation(messages: list[tuple[str, str]]) -> list[tuple[str, bool]]:
+    """A conversation for a base model (no chat template), in the few-shot prompt's format."""
+    system = [text for role, text in messages if role == "system"]
+    turns = [(role, text) for role, text in messages if role != "system"]
+    if system:
+        pieces: list[tuple[str, bool]] = [("\n\n".join(system), False), ("\n\n\n", True)]
+    else:
+        head, _ = few_shot_prompt(_QUESTION_MARK).split("Question: " + _QUESTION_MARK)
+        pieces = [(head, True)]
+    for role, text in turns:
+        if role == "user":
+            # the space goes with the question, as in prompt_parts
+            pieces += [("Question:", True), (" " + text, False), ("\nAnswer:\n", True)]
+        else:
+            pieces += [(text, False), ("\n\n\n", True)]
+    return _joined(pieces)
+
+
+@dataclass(frozen=True)
+class RawPrompt:
+    """A prompt as text, with no template (``/v1/completions``): continued as written. The text
+    is untrusted: chat markers in it are plain text, never special tokens."""
+
+    text: str
+
+    def __post_init__(self) -> None:
+        if "\x00" in self.text:
+            raise ValueError("the prompt contains a NUL character")
+        if not self.text.strip():
+            raise ValueError("the prompt is empty")
+
+    @property
+    def question(self) -> str:
+        return self.text
+
+    def parts(self, chat_template: str | None, bos: str = "", eos: str = "") -> list[tuple[str, bool]]:
+        """One untrusted piece (the policy adds the model's BOS token if it wants one)."""
+        return [(self.text, False)]
+
+
+# What a search roots in: a question (the math prompt around it), a whole conversation, a raw prompt.
+Prompt = str | Conversation | RawPrompt

@@ -145,7 +145,8 @@ class Plan:
             f"plan: {self.strategy} N={self.n}"
             + (f" beam width {self.beam_width}" if self.strategy in TREE_STRATEGIES else "")
             + f", {self.n_seq_max} KV slots, n_ctx {self.n_ctx}, KV {self.kv_type}, "
-            f"{self.n_threads} threads, {self.n_gpu_layers} GPU layers, max {self.max_tokens} tokens"
+            f"{self.n_threads} threads, {'all' if self.n_gpu_layers < 0 else self.n_gpu_layers} GPU layers, "
+            f"max {self.max_tokens} tokens"
             + (f", PRM batch {self.prm_batch_size}" if self.use_prm else ""),
             f"memory: {self.memory.describe()}",
             f"time: ~{self.predicted_s:.1f} s predicted ({self.calibration_source} speeds)",
@@ -366,6 +367,12 @@ def make_plan(
                      "estimated (run `edgetts calibrate --prm ...`)")
     gpu_layers = budget.n_gpu_layers if budget.n_gpu_layers is not None else (
         meta.n_layers + 1 if gpu_offload else 0)
+    if gpu_layers and not gpu_offload:
+        # A CPU build of llama.cpp ignores the offload and keeps every layer in host memory, so
+        # counting them as GPU memory would let a plan overrun the host budget.
+        notes.append(f"{'all' if gpu_layers < 0 else gpu_layers} GPU layers asked for, but this llama.cpp "
+                     "is a CPU build: they stay in host memory (README, \"GPU\")")
+        gpu_layers = 0
     use_prm = budget.strategy in SCORED and prm is not None
     if budget.strategy in SCORED and budget.strategy != "auto" and not use_prm:
         raise PlanError(f"strategy {budget.strategy!r} needs a PRM and none was found")

@@ -5,15 +5,16 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from edgetts.gpu import requested_gpu_layers
 from edgetts.metadata import read_metadata
 from edgetts.models import resolve
-from edgetts.policy import LlamaPolicy, PolicyConfig
+from edgetts.policy import LlamaPolicy, PolicyConfig, Prompt
 from edgetts.scheduler import Budget, Plan, plan_for, prompt_tokens_for
 from edgetts.search import NEEDS_CONFIDENCE, NEEDS_SCORER, STRATEGIES, measured, run_search
 from edgetts.search.adaptive import AdaptiveStop
-from edgetts.search.base import DEFAULT_N, Sampling, SearchConfig, SearchResult, Verifier
+from edgetts.search.base import DEFAULT_N, Sampling, SearchConfig, SearchResult, SolutionPath, Verifier
 from edgetts.search.registry import GREEDY, REGISTRY
 
 log = logging.getLogger("edgetts")
@@ -26,6 +27,8 @@ MODES = ("cot", "pot", "cot+pot")  # prose, programs run in the sandbox, or both
 # Strategies a program vote can use: one vote each, or weighted by the verifier.
 POT_STRATEGIES = (GREEDY, "majority", "weighted_best_of_n", "auto")
 CODE_STRATEGIES = (GREEDY, "majority", "exec", "auto")  # auto = exec for code tasks
+MAX_STOP = 4  # stop strings per request, as OpenAI allows
+MAX_STOP_CHARS = 256  # each is searched for after every token: keep that cheap
 # PolicyConfig fields a budget plan sets (unless the user pinned them, see Solver.pinned).
 PLANNED_FIELDS = ("n_seq_max", "n_ctx", "kv_type", "n_threads", "n_gpu_layers")
 
@@ -54,6 +57,7 @@ class SolveOptions:
     # on the kept GSM8K / MAWPS samples it saves most tokens at the same accuracy
     # (tools/bench_adaptive.py). False: always n samples (--no-adaptive, "adaptive": false).
     adaptive: bool = True
+    stop: tuple[str, ...] = ()  # strings that end a solution where they appear (OpenAI's stop)
 
     def search_config(self) -> SearchConfig:
         return SearchConfig(
@@ -71,7 +75,7 @@ class SolveOptions:
         """How the search samples (greedy: temperature 0)."""
         temperature = 0.0 if self.strategy == GREEDY else self.temperature
         return Sampling(temperature=temperature, top_p=self.top_p, top_k=self.top_k, seed=self.seed,
-                        max_tokens=self.max_tokens)
+                        max_tokens=self.max_tokens, stop=tuple(self.stop))
 
     def validate(self) -> None:
         """Raise ValueError on settings no strategy can run with, before any model loads."""
@@ -97,6 +101,10 @@ class SolveOptions:
             raise ValueError(f"memory_mb must be positive, got {self.memory_mb}")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if len(self.stop) > MAX_STOP or not all(isinstance(s, str) and s for s in self.stop):
+            raise ValueError(f"stop takes up to {MAX_STOP} non-empty strings, got {list(self.stop)!r}")
+        if any(len(s) > MAX_STOP_CHARS for s in self.stop):
+            raise ValueError(f"a stop string may have at most {MAX_STOP_CHARS} characters")
         if self.strategy != GREEDY:
             REGISTRY[self.strategy].validate(self.search_config())
 
@@ -177,19 +185,24 @@ class Solver:
 
     def solve(
         self,
-        question: str,
+        question: Prompt,
         options: SolveOptions | None = None,
         cancel: threading.Event | None = None,
     ) -> SearchResult:
         """Answer one question; safe to call from several threads (questions run one at a time).
 
         Setting ``cancel`` (from any thread) ends the search as if its deadline had passed.
+        ``question`` may be a whole :class:`~edgetts.prompts.Conversation` (the server's chat) or
+        a :class:`~edgetts.prompts.RawPrompt`: every search then roots in it, while the PRM and
+        program-aided math read its last user message.
         """
         options = options or SolveOptions()
         if options.mode != "cot":
             self._need_sandbox(f"--mode {options.mode}")
+        prompt, question = question, question if isinstance(question, str) else question.question
         with self._lock:
             plan, scorer, policy = self._prepare(question, options)
+            generator = policy if isinstance(prompt, str) else RootedIn(policy, prompt)
             strategy, config = options.strategy, replace(options.search_config(), cancel=cancel)
             if plan is not None:
                 config = replace(config, n=plan.n, beam_width=plan.beam_width)
@@ -201,7 +214,7 @@ class Solver:
                 # token confidence is recorded per search, as it samples: no other context needed
                 config = replace(config, sampling=replace(config.sampling, record_confidence=True))
             if options.mode == "cot":
-                result = run_search(strategy, question, policy, scorer, config)
+                result = run_search(strategy, question, generator, scorer, config)  # type: ignore[arg-type]
             else:
                 from edgetts.pot import PotConfig, program_of_thought
 
@@ -284,7 +297,9 @@ class Solver:
             max_prompt_tokens=cfg.max_prompt_tokens, max_steps=options.max_steps,
             prompt_tokens=prompt_tokens_for(question), n_threads=cfg.n_threads,
             kv_type=cfg.kv_type if "kv_type" in self.pinned else None,
-            n_gpu_layers=cfg.n_gpu_layers if "n_gpu_layers" in self.pinned else None,
+            # Offload the user set, on the command line or in $EDGETTS_N_GPU_LAYERS, is kept;
+            # otherwise the plan offloads every layer when llama.cpp is a GPU build.
+            n_gpu_layers=cfg.n_gpu_layers if "n_gpu_layers" in self.pinned else requested_gpu_layers(),
         )
         return plan_for(cfg.model, budget, self.prm_dir)[0]
 
@@ -372,3 +387,23 @@ def solve(question: str, model: str | None = None, **options) -> SearchResult:
         return solver.solve(question, SolveOptions(**options))
     finally:
         solver.close()
+
+
+class RootedIn:
+    """The policy with every search rooted in one prompt (a conversation or a raw prompt).
+
+    Searches call ``root(question)`` with the question text, which is also what the PRM reads;
+    this passes the whole prompt instead, so the strategies need not know about conversations.
+    Everything else (extend, release, counters) is the policy's own.
+    """
+
+    def __init__(self, policy: LlamaPolicy, prompt: Prompt) -> None:
+        self._policy, self._prompt = policy, prompt
+
+    def root(
+        self, question: str, sampling: Sampling | None = None, system: str | None = None
+    ) -> SolutionPath:
+        return self._policy.root(self._prompt, sampling, system)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._policy, name)

@@ -51,7 +51,8 @@ def test_leave_one_out_beats_every_fixed_strategy_on_separable_bins(capsys):
     fco.evaluate(toy_problems(), [16], min_problems=3)
     line = capsys.readouterr().out.splitlines()[-1].split()
     auto, fixed = line[1], line[3::2]
-    assert auto == "100.0%" and all(f != "100.0%" for f in fixed), line
+    assert auto == "100.0%±0.0%" and all(not f.startswith("100.0%") for f in fixed), line
+    assert "75.0%±8.8%" in fixed  # beam search, 18 of 24 right: sqrt(0.75 x 0.25 / 24) = 8.8 %
 
 
 def test_require_keeps_the_problems_benched_with_a_configuration(tmp_path, monkeypatch, capsys):

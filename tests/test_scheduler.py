@@ -107,6 +107,27 @@ def test_pinned_settings_are_kept():
     assert plan(Budget(memory_mb=4000), gpu_offload=True).n_gpu_layers == META.n_layers + 1
 
 
+def test_all_layers_offloaded_is_accounted_in_the_plan():
+    """-1 (every layer, as llama.cpp reads it) moves weights and KV off the host like a full count,
+    so a budget that only fits with offload gets a plan with -1, and a CPU plan would not fit."""
+    budget = Budget(memory_mb=4000, n=16, strategy="majority", kv_type="f16")
+    every, full, none = (plan(replace(budget, n_gpu_layers=k), gpu_offload=True)
+                         for k in (-1, META.n_layers + 1, 0))
+    assert every.n_gpu_layers == -1
+    assert every.memory == full.memory and every.memory.weights_mb == 0 and every.memory.kv_mb == 0
+    assert every.memory.gpu_mb > 300 and "on the GPU" in every.memory.describe()
+    assert none.predicted_memory_mb - every.predicted_memory_mb > 300
+    tight = replace(budget, memory_mb=every.predicted_memory_mb + 1, n=16)
+    assert plan(replace(tight, n_gpu_layers=-1), gpu_offload=True).n_seq_max == 16
+    with pytest.raises(PlanError):
+        plan(replace(tight, n_gpu_layers=0, kv_type="q8_0", memory_mb=every.predicted_memory_mb - 200),
+             gpu_offload=True)
+    # A CPU build of llama.cpp keeps the layers in host memory whatever was asked: so does the plan.
+    cpu_build = plan(replace(budget, n_gpu_layers=-1), gpu_offload=False)
+    assert cpu_build.n_gpu_layers == 0 and cpu_build.memory == none.memory
+    assert any("CPU build" in note for note in cpu_build.notes)
+
+
 def test_budget_too_small_says_what_fits():
     with pytest.raises(PlanError, match=r"needs at least \d+ MB"):
         plan(Budget(memory_mb=300))
@@ -236,14 +257,19 @@ def test_solver_plans_only_under_a_budget(monkeypatch):
 
     def fake_plan_for(model, budget, prm_dir):
         seen["budget"] = budget
-        return plan(budget), META
+        return plan(budget, gpu_offload=True), META
 
     monkeypatch.setattr(solver_mod, "plan_for", fake_plan_for)
+    monkeypatch.delenv("EDGETTS_N_GPU_LAYERS", raising=False)
     s = solver_mod.Solver(PolicyConfig(max_tokens=256), pinned=frozenset({"kv_type"}))
     assert s.plan(solver_mod.SolveOptions()) is None
     p = s.plan(solver_mod.SolveOptions(memory_mb=4000, deadline_s=100), "What is 6 * 7?")
     assert seen["budget"].kv_type == "f16" and seen["budget"].n_gpu_layers is None
     assert seen["budget"].max_tokens == 256 and p.kv_type == "f16"
+    # $EDGETTS_N_GPU_LAYERS is the user's setting too: the plan keeps it (and accounts it).
+    monkeypatch.setenv("EDGETTS_N_GPU_LAYERS", "-1")
+    p = s.plan(solver_mod.SolveOptions(memory_mb=4000, deadline_s=100), "What is 6 * 7?")
+    assert seen["budget"].n_gpu_layers == -1 and p.n_gpu_layers == -1 and p.memory.weights_mb == 0
 
 
 class LoadedPolicy:

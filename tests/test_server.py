@@ -60,12 +60,14 @@ class FakeSolver:
         self.scorer_loaded = False
         self.cancelled: list[bool] = []  # one entry per finished solve: was it cancelled?
         self.options: list = []  # the SolveOptions of every solve, in order
+        self.questions: list = []  # what every solve was asked (a Conversation, a RawPrompt)
 
     def tokens_sampled(self) -> int:
         return 0
 
     def solve(self, question, options, cancel=None) -> SearchResult:
         self.options.append(options)
+        self.questions.append(question)
         deadline = Deadline(options.deadline_s, cancel)
         start = time.perf_counter()
         while time.perf_counter() - start < self.delay_s and not deadline.expired():
@@ -347,6 +349,47 @@ def test_serve_runs_a_prm_strategy(served):
 
 
 @pytest.mark.slow
+def test_serve_speaks_openai_to_the_openai_client(served):
+    """Issue 23's check, on the real model: a system prompt changes the answer's format, n = 2
+    gives two ranked distinct answers, stop cuts, and an unknown model name is the loaded policy."""
+    base, _, _ = served
+    c = client(base, timeout=300)
+    question = [{"role": "user", "content": "What is 2+3?"}]
+    greedy = {"edgetts": {"strategy": "greedy"}}
+
+    plain = c.chat.completions.create(model="gpt-4o-mini", messages=question, extra_body=greedy)
+    assert plain.model != "gpt-4o-mini" and plain.choices[0].message.content  # any name works
+    system = {"role": "system", "content": "Reply with the number only. No words, no steps."}
+    terse = c.chat.completions.create(model="gpt-4o-mini", extra_body=greedy, messages=[system, *question])
+    # the math instructions ask for steps separated by blank lines; this system prompt for a number
+    assert "\n\n" in plain.choices[0].message.content
+    assert terse.choices[0].message.content.strip() == "5", terse.choices[0].message.content
+    assert terse.choices[0].finish_reason == "stop"
+
+    two = c.chat.completions.create(
+        model="gpt-4o-mini", n=2, messages=[{"role": "user", "content": "What is 17 * 23 - 45 / 9?"}],
+        temperature=1.2, seed=3, extra_body={"edgetts": {"strategy": "majority", "samples": 4}})
+    info = two.model_extra["edgetts"]
+    ranked = sorted(info["votes"], key=info["votes"].get, reverse=True)
+    assert len(ranked) >= 2, info  # the search found two distinct answers to return
+    assert [ch.index for ch in two.choices] == [0, 1]
+    assert info["answer"] == ranked[0] and ranked[0] in two.choices[0].message.content
+    assert ranked[1] in two.choices[1].message.content  # the runner-up, second
+
+    stopped = c.chat.completions.create(model="m", messages=question, stop=["\n\n"], extra_body=greedy)
+    full = plain.choices[0].message.content
+    cut = stopped.choices[0].message.content
+    assert stopped.choices[0].finish_reason == "stop"
+    assert "\n\n" not in cut and full.startswith(cut) and len(cut) < len(full)
+    assert stopped.usage.completion_tokens < plain.usage.completion_tokens
+
+    # a raw prompt is continued as written, no chat template around it
+    raw = c.completions.create(model="m", prompt="1, 2, 3, 4,", max_tokens=4, stop=[","], extra_body=greedy)
+    assert raw.choices[0].text.strip() == "5" and raw.choices[0].finish_reason == "stop", raw
+    assert raw.usage.prompt_tokens < plain.usage.prompt_tokens  # no template, no instructions
+
+
+@pytest.mark.slow
 def test_serve_shuts_down_cleanly_mid_request(served):
     """Last on purpose: Ctrl-C while a search runs; it answers cut short and the process exits 0."""
     base, model, proc = served
@@ -384,6 +427,60 @@ def test_openai_n_is_the_number_of_ranked_choices():
         with pytest.raises(openai.BadRequestError) as err:
             ask(c, edgetts={"strategy": "majority", "sampels": 4})
         assert "sampels" in err.value.body["message"]
+
+
+def test_the_whole_conversation_and_stop_reach_the_solver():
+    """System prompt (also as "developer") and earlier turns reach the solver as one Conversation;
+    OpenAI's stop, a string or up to 4, reaches the search's sampling."""
+    from edgetts.prompts import Conversation
+
+    solver = FakeSolver()
+    with ThreadedServer(create_app(solver, ServerSettings(model_id=MODEL, max_n=8))) as base:
+        c = client(base)
+        c.chat.completions.create(model=MODEL, stop=["\n\n", "Therefore"], messages=[
+            {"role": "developer", "content": "Answer in one line."},
+            {"role": "user", "content": "What is 2+3?"},
+            {"role": "assistant", "content": "5"},
+            {"role": "user", "content": [{"type": "text", "text": "And 2+4?"}]},
+        ])
+        turns = (("system", "Answer in one line."), ("user", "What is 2+3?"), ("assistant", "5"),
+                 ("user", "And 2+4?"))
+        assert solver.questions[-1] == Conversation(turns)
+        assert solver.options[-1].stop == ("\n\n", "Therefore")
+        assert solver.options[-1].sampling().stop == ("\n\n", "Therefore")
+        c.chat.completions.create(model=MODEL, stop="END", messages=[{"role": "user", "content": "2+3?"}])
+        assert solver.options[-1].stop == ("END",)
+        bad = [
+            ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+            ({"stop": [""]}, "stop"),
+            ({"logprobs": True}, "logprobs"),  # not yet: refused rather than silently dropped
+            ({"messages": [{"role": "tool", "content": "x"}, {"role": "user", "content": "q"}]}, "messages"),
+            ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
+             "messages"),
+        ]
+        for fields, param in bad:
+            body = {"model": MODEL, "messages": [{"role": "user", "content": "q"}], **fields}
+            status, _, payload = post(base, json.dumps(body).encode())
+            assert status == 400, payload
+            assert_openai_error(payload)
+            assert payload["error"]["param"] == param, payload
+
+
+def test_text_completions_take_a_raw_prompt():
+    from edgetts.prompts import RawPrompt
+
+    solver = FakeSolver(others=("40",))
+    with ThreadedServer(create_app(solver, ServerSettings(model_id=MODEL, max_n=8))) as base:
+        c = client(base)
+        reply = c.completions.create(model="any-name", prompt="Q: 6 * 7?\nA:", n=2, stop=["\nQ:"])
+        assert reply.object == "text_completion" and reply.id.startswith("cmpl-")
+        assert [ch.text for ch in reply.choices] == ["6 * 7 = 42.\n\n\\boxed{42}", "\\boxed{40}"]
+        assert [ch.finish_reason for ch in reply.choices] == ["stop", "length"]
+        assert reply.usage.prompt_tokens == 20 and reply.usage.completion_tokens == 9
+        assert solver.questions[-1] == RawPrompt("Q: 6 * 7?\nA:") and solver.options[-1].stop == ("\nQ:",)
+        for extra in ({"prompt": ["a", "b"]}, {"prompt": "   "}, {"prompt": "a", "stream": True}):
+            with pytest.raises(openai.BadRequestError):
+                c.completions.create(model=MODEL, **{"prompt": "x", **extra})
 
 
 def test_strict_model_and_cors():

@@ -169,7 +169,9 @@ python tools/fit_compute_optimal.py {B}/*.rescored.jsonl --out edgetts/assets/co
 ```
 
 The plots: `report ... --plot {B}/NAME.png` and `fit_compute_optimal.py ... --eval --plot`; the
-code rows: `tools/bench_code.py run` (see [code.md](code.md)).
+code rows: `tools/bench_code.py run` (see [code.md](code.md)). In every plot the bars are one
+standard error (the tables' ±; a greedy line's is the grey band), and points at the same N are
+spread a little sideways so that their bars do not overlap.
 """
 
 

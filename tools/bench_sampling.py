@@ -23,6 +23,7 @@ import zlib
 import llama_cpp
 import numpy as np
 
+from edgetts.gpu import default_gpu_layers
 from edgetts.llama.context import LlamaBatch
 from edgetts.llama.sampler import Sampler
 from edgetts.models import resolve
@@ -129,7 +130,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--skip-sequential", action="store_true", help="(b) is the slowest; skip it")
+    ap.add_argument(
+        "--n-gpu-layers",
+        type=int,
+        default=None,
+        help="layers offloaded, for every way (-1: all; default: $EDGETTS_N_GPU_LAYERS, else 0)",
+    )
     args = ap.parse_args()
+    gpu_layers = default_gpu_layers() if args.n_gpu_layers is None else args.n_gpu_layers
 
     n_max = max(args.n)
     policy = LlamaPolicy(
@@ -139,10 +147,15 @@ def main() -> None:
             max_tokens=args.max_tokens,
             n_threads=args.threads,
             n_ctx=n_max * (args.max_tokens + 512),
+            n_gpu_layers=gpu_layers,
         )
     )
     llm = llama_cpp.Llama(
-        str(resolve(args.model)), n_ctx=args.max_tokens + 512, n_threads=args.threads, verbose=False
+        str(resolve(args.model)),
+        n_ctx=args.max_tokens + 512,
+        n_threads=args.threads,
+        n_gpu_layers=gpu_layers,
+        verbose=False,
     )
     prompt = policy.prompt_text(QUESTION)
     ways = {
@@ -154,7 +167,7 @@ def main() -> None:
 
     print(
         f"model {policy.metadata.name}, {policy.metadata.n_params / 1e6:.0f}M params, "
-        f"{args.threads} threads, up to {args.max_tokens} tokens per sample, "
+        f"{args.threads} threads, {gpu_layers} GPU layers, up to {args.max_tokens} tokens per sample, "
         f"median of {args.repeats}",
         flush=True,
     )
@@ -182,6 +195,9 @@ def main() -> None:
         if (n, "b") in rates:
             parts.append(f"(a)/(b) = {rates[n, 'a'] / rates[n, 'b']:.2f}x")
         print("  ".join(parts))
+    if gpu_layers != 0:  # the roofline below measures the CPU's matmul rate
+        print("\nroofline: not measured (a GPU run; it measures the CPU)")
+        return
     gflops = matmul_gflops(args.threads)
     roofline = gflops * 1e9 / (2 * policy.metadata.n_params)
     best = max(rates[n, "a"] for n in args.n)

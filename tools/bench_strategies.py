@@ -41,7 +41,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import paired
-from plots import accuracy_axes, save_accuracy_plot
+from plots import accuracy_axes, accuracy_curve, accuracy_level, dodged, save_accuracy_plot, standard_error
 
 from edgetts.data import load_problems
 from edgetts.grading import answers_equal
@@ -268,7 +268,7 @@ def report(args: argparse.Namespace) -> None:
     print(f"{len(common)} problems common to every row; ± is one standard error")
     print(f"{'model':<30} {'strategy':<20} {'N':>3} {'accuracy':>9} {'±':>6} {'gen tokens':>11}")
     for (model, strategy, n), s in summary.items():
-        se = (s["accuracy"] * (1 - s["accuracy"]) / max(s["problems"], 1)) ** 0.5
+        se = standard_error(s["accuracy"], s["problems"])
         print(f"{model:<30} {strategy:<20} {n:>3} {s['accuracy']:>9.1%} {se:>6.1%} {s['tokens']:>11.0f}")
     if args.plot:
         plot(summary, args.plot, args.title or Path(args.results[0]).stem, len(common))
@@ -308,17 +308,19 @@ def plot(summary: dict, path: str, title: str, n_problems: int) -> None:
     fig, ax = accuracy_axes()
     colors = dict(zip(("majority", "best_of_n", "weighted_best_of_n", "beam_search", "dvts"),
                       ("tab:gray", "tab:blue", "tab:green", "tab:red", "tab:purple"), strict=True))
-    for strategy, color in colors.items():
-        points = sorted((n, s["accuracy"]) for (m, st, n), s in summary.items()
+    drawn = [st for st in colors if any(m == default and k == st for m, k, _ in summary)]
+    for index, strategy in enumerate(drawn):
+        points = sorted((n, s["accuracy"], s["problems"]) for (m, st, n), s in summary.items()
                         if m == default and st == strategy)
-        if points:
-            ax.plot(*zip(*points, strict=True), marker="o", color=color, label=strategy.replace("_", " "))
+        ns, accuracy, problems = zip(*points, strict=True)
+        accuracy_curve(ax, dodged(ns, index, len(drawn)), accuracy, problems, color=colors[strategy],
+                       label=strategy.replace("_", " "))
     styles = iter(["--", ":"])
     for model in models:
         greedy = summary.get((model, "greedy", 1))
         if greedy:
-            ax.axhline(greedy["accuracy"], linestyle=next(styles, "-."), color="black",
-                       label=f"{model} greedy")
+            accuracy_level(ax, greedy["accuracy"], greedy["problems"], linestyle=next(styles, "-."),
+                           color="black", label=f"{model} greedy")
     save_accuracy_plot(fig, ax, path, "N (samples / beams), log scale",
                        f"{title} ({n_problems} problems, policy {default})")
 

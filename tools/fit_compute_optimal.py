@@ -40,7 +40,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from paired import sign_test_p
-from plots import accuracy_axes, save_accuracy_plot
+from plots import accuracy_axes, accuracy_curve, dodged, save_accuracy_plot, standard_error
 
 from edgetts.search.auto import DEFAULT_BINS, PROBE_N, ComputeOptimalTable
 from edgetts.search.registry import names
@@ -191,9 +191,9 @@ def evaluate(problems: list[dict], budgets: list[int], min_problems: int,
     """
     fixed = sorted({s for p in problems for s, _ in p["correct"]})
     curves: dict[str, list[tuple]] = defaultdict(list)
-    print(f"{len(problems)} problems; accuracy (mean generated tokens); auto is leave-one-out; "
-          "- : not run on every problem (no fair comparison)")
-    print(f"{'N':>3} {'auto':>16} " + " ".join(f"{s:>22}" for s in fixed))
+    print(f"{len(problems)} problems; accuracy ± one standard error (mean generated tokens); "
+          "auto is leave-one-out; - : not run on every problem (no fair comparison)")
+    print(f"{'N':>3} {'auto':>22} " + " ".join(f"{s:>22}" for s in fixed))
     for budget in budgets:
         outcomes = []
         for i, p in enumerate(problems):
@@ -202,7 +202,7 @@ def evaluate(problems: list[dict], budgets: list[int], min_problems: int,
             outcomes.append(auto_outcome(table, p, budget))
         hits, tokens = [o[0] for o in outcomes], [o[1] for o in outcomes]
         curves["auto"].append((budget, statistics.fmean(tokens), statistics.fmean(hits)))
-        cells = [cell(hits, tokens, 16)]
+        cells = [cell(hits, tokens, 22)]
         for s in fixed:
             if not all((s, budget) in p["correct"] for p in problems):
                 cells.append(f"{'-':>22}")
@@ -218,11 +218,15 @@ def evaluate(problems: list[dict], budgets: list[int], min_problems: int,
 def plot(curves: dict[str, list[tuple]], path: str, n_problems: int) -> None:
     """Accuracy against mean generated tokens: auto is worth it where its line lies above."""
     fig, ax = accuracy_axes()
-    for strategy, points in sorted(curves.items(), key=lambda kv: kv[0] != "auto"):
-        _, tokens, accuracy = zip(*points, strict=True)
+    ordered = sorted(curves.items(), key=lambda kv: kv[0] != "auto")
+    for index, (strategy, points) in enumerate(ordered):
+        budgets, tokens, accuracy = zip(*points, strict=True)
+        xs = dodged(tokens, index, len(ordered))
         style = {"color": "black", "linewidth": 2.5} if strategy == "auto" else {"alpha": 0.8}
-        ax.plot(tokens, accuracy, marker="o", label=strategy.replace("_", " "), **style)
-        for n, x, y in points:
+        # every point is over all n_problems (evaluate keeps only those), so one count serves
+        accuracy_curve(ax, xs, accuracy, [n_problems] * len(points), label=strategy.replace("_", " "),
+                       **style)
+        for n, x, y in zip(budgets, xs, accuracy, strict=True):
             ax.annotate(f"{n}", (x, y), textcoords="offset points", xytext=(3, -10), fontsize=7)
     save_accuracy_plot(fig, ax, path, "mean generated tokens per problem, log scale (labels: budget N)",
                        f"auto (leave-one-out) against fixed strategies, {n_problems} problems")
@@ -231,7 +235,9 @@ def plot(curves: dict[str, list[tuple]], path: str, n_problems: int) -> None:
 def cell(hits: list[bool], tokens: list[int], width: int) -> str:
     if not hits:
         return f"{'-':>{width}}"
-    return f"{statistics.fmean(hits):.1%} ({statistics.fmean(tokens):.0f})".rjust(width)
+    accuracy = statistics.fmean(hits)
+    se = standard_error(accuracy, len(hits))
+    return f"{accuracy:.1%}±{se:.1%} ({statistics.fmean(tokens):.0f})".rjust(width)
 
 
 def main() -> None:

@@ -14,12 +14,14 @@ from edgetts.policy.config import (
     default_threads,
 )
 from edgetts.policy.llama_policy import LlamaPolicy
+from edgetts.prompts import Prompt
 
 __all__ = [
     "GeneratorCounters",
     "LlamaPolicy",
     "PolicyConfig",
     "PolicyError",
+    "Prompt",
     "available_cores",
     "check_threads",
     "default_threads",

@@ -53,7 +53,9 @@ class PolicyConfig:
     n_ctx: int = 0  # KV cells in all; 0 = enough for the prompt plus n_seq_max full solutions
     n_batch: int = 512
     n_threads: int | None = None  # None = $EDGETTS_THREADS, else every core this process may use
-    n_gpu_layers: int = 0  # layers offloaded to the GPU (needs a CUDA build of llama.cpp)
+    # Layers offloaded to the GPU (needs a GPU build of llama.cpp); -1 = all; None =
+    # $EDGETTS_N_GPU_LAYERS, else 0 (edgetts.gpu.default_gpu_layers).
+    n_gpu_layers: int | None = None
     kv_type: str = "f16"  # "f16" or "q8_0"
     # Sampling for a root() given none (tools, tests); searches pass their own Sampling.
     temperature: float = Sampling.temperature

@@ -11,8 +11,9 @@ How a question is answered, in KV-cache terms:
   sequence id, so a shared prefix is stored once), samples its first token from the parent's saved
   logits with its own sampler, and from then on every live child decodes together, one row each,
   in a single ``llama_batch`` per token. The last child of a parent inherits the parent's slot.
-* A child stops at the step separator (a blank line), at end of generation, at the token limit or
-  at the deadline. The token that closed a step is decoded once more so its logits can seed the
+* A child stops at the step separator (a blank line), at end of generation, at one of the
+  search's stop strings (cut off, across step boundaries too: see :mod:`.steps`), at the token
+  limit or at the deadline. The token that closed a step is decoded once more so its logits can seed the
   next round, which makes the decoded-token count exactly: the prompt once plus every token of
   the search tree.
 * ``release(paths)`` drops sequences (``llama_memory_seq_rm``); finished paths free theirs at once.
@@ -35,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetts.confidence import token_stats
+from edgetts.gpu import default_gpu_layers
 from edgetts.llama.context import KV_TYPES, LlamaBatch, LlamaContext
 from edgetts.llama.errors import LlamaError
 from edgetts.llama.layer_tap import LayerTap
@@ -44,8 +46,8 @@ from edgetts.metadata import ModelMetadata, read_metadata
 from edgetts.models import resolve
 from edgetts.policy.config import GeneratorCounters, PolicyConfig, PolicyError, check_threads, default_threads
 from edgetts.policy.slots import TEMPLATE_SLOT, SlotPool
-from edgetts.policy.steps import StepAccumulator
-from edgetts.prompts import STEP_SEPARATOR, build_prompt, prompt_parts
+from edgetts.policy.steps import StepAccumulator, trim_steps
+from edgetts.prompts import STEP_SEPARATOR, Prompt, prompt_parts
 from edgetts.search.base import Deadline, Sampling, SolutionPath
 
 
@@ -69,6 +71,7 @@ class _Seq:
     carry: bytes = b""  # text sampled past a step separator, belongs to the next step
     is_template: bool = False
     hidden: np.ndarray | None = None  # final hidden state of the last decoded token (capture_states)
+    tail: bytes = b""  # the end of the steps so far, for search stop strings across a step boundary
 
 
 @dataclass
@@ -122,7 +125,8 @@ class LlamaPolicy:
         self.counters = GeneratorCounters()
         wants_blocks = cfg.capture_states and any(i >= 0 for i in cfg.state_layers)
         self._tap = LayerTap(cfg.state_layers, self.metadata.n_embd) if wants_blocks else None
-        self.model = LlamaModel(self.model_path, cfg.n_gpu_layers)
+        layers = default_gpu_layers() if cfg.n_gpu_layers is None else cfg.n_gpu_layers
+        self.model = LlamaModel(self.model_path, layers)
         self.context = LlamaContext(
             self.model,
             n_ctx=cfg.resolved_n_ctx(),
@@ -160,38 +164,47 @@ class LlamaPolicy:
     def piece(self, token: int) -> bytes:
         return self.model.piece(token)
 
-    def prompt_text(self, question: str, system: str | None = None) -> str:
+    def prompt_text(self, question: Prompt, system: str | None = None) -> str:
         """The prompt for ``question`` as text (to show; :meth:`prompt_tokens` is what runs).
 
         ``system`` replaces the math instructions (code tasks and programs use their own)."""
-        return build_prompt(question, self.metadata.chat_template, bos=self.model.bos_text, system=system)
+        return "".join(text for text, _ in self._prompt_parts(question, system))
 
-    def prompt_tokens(self, question: str, system: str | None = None) -> list[int]:
+    def prompt_tokens(self, question: Prompt, system: str | None = None) -> list[int]:
         """The prompt's tokens, special-token markers read in the template's text only: a
-        question never gains control of the chat (see :func:`edgetts.prompts.prompt_parts`)."""
+        question (or any message of a conversation) never gains control of the chat (see
+        :func:`edgetts.prompts.prompt_parts`)."""
+        tokens: list[int] = []
+        for text, trusted in self._prompt_parts(question, system):
+            # BOS (when the model wants one) before the first piece, trusted or not (a raw prompt)
+            tokens += self.tokenize(text, special=trusted, add_bos=not tokens)
+        return tokens
+
+    def _prompt_parts(self, question: Prompt, system: str | None) -> list[tuple[str, bool]]:
+        template, bos = self.metadata.chat_template, self.model.bos_text
         try:
-            parts = prompt_parts(
-                question, self.metadata.chat_template, bos=self.model.bos_text, system=system
-            )
+            if isinstance(question, str):
+                return prompt_parts(question, template, bos=bos, system=system)
+            if system is not None:
+                raise ValueError("a conversation or raw prompt brings its own system prompt")
+            return question.parts(template, bos=bos)
         except ValueError as exc:
             raise PolicyError(str(exc)) from None
-        tokens: list[int] = []
-        for text, trusted in parts:
-            tokens += self.tokenize(text, special=trusted, add_bos=not tokens and trusted)
-        return tokens
 
     # -- StepGenerator -------------------------------------------------------------------------
 
     def root(
-        self, question: str, sampling: Sampling | None = None, system: str | None = None
+        self, question: Prompt, sampling: Sampling | None = None, system: str | None = None
     ) -> SolutionPath:
         """Clear the cache and prefill the prompt for ``question`` once (kept for a next root).
 
         The root begins a search: ``sampling`` (None: this policy's configured sampling) holds
         for every path grown from it. ``system`` replaces the math instructions (code tasks and
-        programs use their own).
+        programs use their own). ``question`` may also be a whole
+        :class:`~edgetts.prompts.Conversation` or a :class:`~edgetts.prompts.RawPrompt`.
         """
-        if not question or not question.strip():
+        text = question if isinstance(question, str) else question.question
+        if not text or not text.strip():
             raise PolicyError("the question is empty")
         sampling = sampling or self._configured_sampling()
         if sampling.max_tokens is not None and not 1 <= sampling.max_tokens <= self.config.max_tokens:
@@ -213,7 +226,7 @@ class LlamaPolicy:
             for slot in self.slots.free:
                 self.context.seq_remove(slot)
         else:
-            template = self._prefill(question, tokens)
+            template = self._prefill(text, tokens)
         self.counters.seconds += time.perf_counter() - start
         # The template's KV and logits serve every search on this prompt; each root has its own
         # sampling, so it gets its own view of them.
@@ -426,6 +439,7 @@ class LlamaPolicy:
             lineage=(*parent.lineage, index),
             carry=parent.carry,
             hidden=parent.hidden,
+            tail=parent.tail,
         )
         child_path = SolutionPath(
             steps=list(path.steps),
@@ -435,7 +449,13 @@ class LlamaPolicy:
             token_stats=list(path.token_stats),
             step_token_ends=list(path.step_token_ends),
         )
-        steps = StepAccumulator(self.config.max_step_tokens, self._stop_strings, carry=parent.carry)
+        steps = StepAccumulator(
+            self.config.max_step_tokens,
+            self._stop_strings,
+            search_stops=tuple(s.encode() for s in parent.sampling.stop),
+            carry=parent.carry,
+            tail=parent.tail,
+        )
         return _Child(
             path=child_path, seq=seq, parent=parent, steps=steps, last_of_parent=last, to_end=to_end
         )
@@ -571,8 +591,11 @@ class LlamaPolicy:
             path.token_stats.append(stats)
         seq.tokens.append(token)
         path.n_tokens += 1
-        if child.steps.add(self.model.piece(token)):  # a stop string
-            self._end_path(child, "eos")
+        reason = child.steps.add(self.model.piece(token))  # a stop string appeared
+        if reason is not None:
+            if child.steps.trimmed:  # a search stop string that began in the finished steps
+                self._trim_steps(path, child.steps.trimmed)
+            self._end_path(child, reason)
             return
         if path.n_tokens >= (seq.sampling.max_tokens or self.config.max_tokens):
             self._end_path(child, "max_tokens")
@@ -584,6 +607,12 @@ class LlamaPolicy:
         self._push_step(child, step)
         if not child.to_end:
             child.closing = True  # decode this last token once more for its logits, then stop
+
+    @staticmethod
+    def _trim_steps(path: SolutionPath, n_bytes: int) -> None:
+        trim_steps(path.steps, n_bytes)
+        del path.step_states[len(path.steps) :]
+        del path.step_token_ends[len(path.steps) :]
 
     def _push_step(self, child: _Child, text: str, last_token_decoded: bool = False) -> None:
         path = child.path
@@ -639,7 +668,7 @@ class LlamaPolicy:
         if child.path.finished:
             self._free(seq)  # a finished path is never extended: its KV is not needed
         else:
-            seq.carry = child.steps.leftover()
+            seq.carry, seq.tail = child.steps.leftover(), child.steps.tail
 
     def _stop_at_deadline(self, child: _Child) -> None:
         """Leave the child as it is; a later extend decodes whatever its KV lacks."""
@@ -651,7 +680,7 @@ class LlamaPolicy:
             return
         if child.steps.pending:
             self._push_step(child, child.steps.rest())
-        child.seq.carry = child.steps.leftover()
+        child.seq.carry, child.seq.tail = child.steps.leftover(), child.steps.tail
         child.seq.logits = None  # tokens past n_cached (sampled, not decoded) are decoded later
         child.sampler.close()
         child.sampler = None

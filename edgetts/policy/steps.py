@@ -4,6 +4,12 @@ Tokens arrive as bytes: a token may hold part of a UTF-8 character, so text is d
 once a step is complete. A step ends after the step separator (a blank line) or after
 ``max_step_tokens`` tokens; a stop string ends the whole path before it. Bytes sampled past a
 separator begin the next step, and a path extended again later carries them over (``carry``).
+
+Two kinds of stop string: the model's own (a base model's next ``"\\nQuestion:"``, the path ends
+as at end of sequence) and the search's (:attr:`~edgetts.search.base.Sampling.stop`, a client's
+OpenAI ``stop``: stop_reason ``"stop"``). The search's are matched in the text as written, across
+step boundaries too: the end of the finished steps (``tail``) is searched with the text since,
+and a stop string that began in them takes its first bytes off them (``trimmed``).
 """
 
 from __future__ import annotations
@@ -20,19 +26,39 @@ class StepAccumulator:
     """One path's bytes since its last complete step."""
 
     max_step_tokens: int
-    stop_strings: tuple[bytes, ...] = ()
+    stop_strings: tuple[bytes, ...] = ()  # the model's own: the path ends as at end of sequence
+    search_stops: tuple[bytes, ...] = ()  # the search's (Sampling.stop): stop_reason "stop"
     carry: bytes = b""  # begun in an earlier extend: the front of the next step's text
+    tail: bytes = b""  # the end of the finished steps, as long as the longest search stop string
     pending: bytes = b""  # sampled in this extend, not yet in a step
     n_tokens: int = 0  # tokens of the step being written
+    trimmed: int = 0  # bytes a search stop string took off the end of the finished steps
 
-    def add(self, piece: bytes) -> bool:
-        """Take one token's bytes; True if a stop string appeared (the text now ends before it)."""
+    def add(self, piece: bytes) -> str | None:
+        """Take one token's bytes. If a stop string appeared, the text now ends before it and
+        the path's stop reason comes back: ``"eos"`` for the model's own, ``"stop"`` for the
+        search's (one that began in the finished steps sets ``trimmed``)."""
         self.n_tokens += 1
         self.pending += piece
         stop = next((s for s in self.stop_strings if s in self.pending), None)
-        if stop is None:
+        if stop is not None:
+            self.pending = self.pending[: self.pending.index(stop)]
+            return "eos"
+        if self.search_stops and self._cut_at_search_stop():
+            return "stop"
+        return None
+
+    def _cut_at_search_stop(self) -> bool:
+        window = self.tail + self.carry + self.pending
+        found = [at for at in (window.find(s) for s in self.search_stops) if at >= 0]
+        if not found:
             return False
-        self.pending = self.pending[: self.pending.index(stop)]
+        kept = window[: min(found)]
+        before, carried = len(self.tail), len(self.carry)
+        self.trimmed = max(before - len(kept), 0)
+        self.tail = kept[:before]
+        self.carry = kept[before : before + carried]
+        self.pending = kept[before + carried :]
         return True
 
     def cut(self) -> str | None:
@@ -56,6 +82,26 @@ class StepAccumulator:
         return self.carry + self.pending
 
     def _text(self, data: bytes) -> str:
-        text = (self.carry + data).decode("utf-8", errors="replace")
+        step = self.carry + data
         self.carry = b""
-        return text
+        if self.search_stops:  # what a stop string spanning the next step boundary begins with
+            longest = max(len(s) for s in self.search_stops)
+            self.tail = (self.tail + step)[-longest:]
+        return step.decode("utf-8", errors="replace")
+
+
+def trim_steps(steps: list[str], n_bytes: int) -> None:
+    """Take ``n_bytes`` (UTF-8) off the end of ``steps``, in place: a search stop string began in
+    them (:attr:`StepAccumulator.trimmed`). Steps left blank go."""
+    if n_bytes <= 0:
+        return
+    while n_bytes > 0 and steps:
+        data = steps[-1].encode()
+        if len(data) > n_bytes:
+            steps[-1] = data[:-n_bytes].decode("utf-8", errors="replace")
+            n_bytes = 0
+        else:
+            n_bytes -= len(data)
+            steps.pop()
+    while steps and not steps[-1].strip():
+        steps.pop()

@@ -37,6 +37,9 @@ class Sampling:
     top_k: int = 0  # 0 = off
     seed: int = 0
     max_tokens: int | None = None  # generated tokens per solution; None: the generator's limit
+    # Strings that end a path where they first appear (cut off, stop_reason "stop"): a client's
+    # OpenAI ``stop``. Matched in the text as written, across step boundaries too.
+    stop: tuple[str, ...] = ()
     # Also record each generated token's confidence (SolutionPath.token_stats, edgetts.confidence)
     # for confidence votes and probes that read it; a generator may record it anyway.
     record_confidence: bool = False
@@ -48,7 +51,8 @@ class SolutionPath:
 
     steps: list[str] = field(default_factory=list)
     finished: bool = False
-    # Why generation stopped: "eos", "max_tokens", "deadline" (or None while unfinished).
+    # Why generation stopped: "eos", "stop" (a Sampling.stop string), "max_tokens", "deadline"
+    # (or None while unfinished).
     stop_reason: str | None = None
     # Opaque to strategies: the generator keeps its KV-sequence bookkeeping here.
     handle: Any = None

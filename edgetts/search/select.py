@@ -26,7 +26,7 @@ from edgetts.search.base import Candidate, SolutionPath, StepScorer, aggregate
 
 def to_candidate(path: SolutionPath, agg: str = "last") -> Candidate:
     """Summarise a (finished) path for the result."""
-    complete = path.finished and path.stop_reason in (None, "eos")
+    complete = path.finished and path.stop_reason in (None, "eos", "stop")
     answer = extract_answer(path.text, complete=complete) if path.finished or path.steps else None
     provisional = False
     if answer is None and not complete and path.steps:

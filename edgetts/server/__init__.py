@@ -6,7 +6,13 @@ best distinct answers the search found, ranked), and any model name means the lo
 (``{"strategy": "weighted_best_of_n", "samples": 16, "beam_width", "deadline_s", "memory_mb", ...}``;
 the old top-level fields still work, with a deprecation note), and every response carries an
 ``edgetts`` object with the final answer, the votes or scores and the counters. ``usage`` counts
-the prompt once (``prompt_tokens``) and every token the search sampled (``completion_tokens``).
+the prompt as prefilled (``prompt_tokens``) and every token the search sampled over all its paths
+(``completion_tokens``), not only the returned choices'.
+
+The whole conversation goes through the chat template (:class:`~edgetts.prompts.Conversation`):
+the client's system message replaces the math instructions, and every message is untrusted text.
+``stop`` ends each sampled solution where a stop string first appears. ``POST /v1/completions``
+continues a raw prompt (:class:`~edgetts.prompts.RawPrompt`) with no template.
 
 How requests flow:
 

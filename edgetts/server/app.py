@@ -35,6 +35,7 @@ from edgetts.server.schemas import (
     ChatRequest,
     Choice,
     ChunkChoice,
+    CompletionRequest,
     Delta,
     Health,
     ModelCard,
@@ -42,6 +43,9 @@ from edgetts.server.schemas import (
     Progress,
     ResponseMessage,
     SearchFields,
+    SearchRequest,
+    TextChoice,
+    TextCompletion,
 )
 from edgetts.server.settings import LOOPBACK_HOSTS, ServerSettings
 from edgetts.solver import SolveOptions, Solver, validate_code_options
@@ -85,9 +89,16 @@ class App:
                 code="model_not_found",
             )
 
-    def job_for(self, req: ChatRequest) -> Job:
+    def job_for(self, req: SearchRequest) -> Job:
         """Turn a request into a validated search job (every 400 is raised here, before queueing)."""
         self.check_model(req.model)
+        if req.logprobs or req.top_logprobs:
+            raise ApiError(
+                400,
+                "logprobs are not supported by this server yet",
+                param="logprobs",
+                code="unsupported_parameter",
+            )
         s = self.settings
         search, budget, choices, deprecation, where = self._search_of(req)
         if (search.task == "code" or search.mode != "cot") and not s.allow_exec:
@@ -153,15 +164,17 @@ class App:
         if search.mode != "cot":
             fields["mode"] = search.mode
         fields["adaptive"] = search.adaptive
+        if req.stop is not None:
+            fields["stop"] = req.stops()
         options = SolveOptions(**fields)
         try:
             options.validate()
         except ValueError as exc:
-            raise ApiError(400, str(exc)) from None
-        return Job(question=req.question(), options=options, n_choices=choices, deprecation=deprecation)
+            raise ApiError(400, str(exc), param="stop" if "stop" in str(exc) else None) from None
+        return Job(question=req.prompt_input(), options=options, n_choices=choices, deprecation=deprecation)
 
     @staticmethod
-    def _search_of(req: ChatRequest) -> tuple[SearchFields, int | None, int, str | None, str]:
+    def _search_of(req: SearchRequest) -> tuple[SearchFields, int | None, int, str | None, str]:
         """(search fields, search budget, choices, deprecation note, error param prefix).
 
         With an ``edgetts`` object, ``n`` is OpenAI's number of choices; a request with the old
@@ -174,7 +187,7 @@ class App:
             return SearchFields(**legacy), req.n, 1, LEGACY_NOTE, ""
         return SearchFields(), None, req.n or 1, None, "edgetts."
 
-    def _code_job(self, req: ChatRequest, search: SearchFields, budget: int | None, where: str) -> Job:
+    def _code_job(self, req: SearchRequest, search: SearchFields, budget: int | None, where: str) -> Job:
         """A code task: strategy greedy, majority or exec (default), no budget planning."""
         s = self.settings
         n = budget or s.default_n
@@ -247,6 +260,30 @@ class App:
             created=int(time.time()),
             model=self.settings.model_id,
             choices=choices,
+            usage=usage_of(result),
+            edgetts=edgetts_info(job, result),
+        )
+
+    async def complete_text(self, req: CompletionRequest, request: Request) -> TextCompletion:
+        """``/v1/completions``: the raw prompt continued; choices as for chat."""
+        if req.stream:
+            raise ApiError(
+                400,
+                "stream is not supported on /v1/completions; use /v1/chat/completions",
+                param="stream",
+            )
+        job = self.job_for(req)
+        self.engine.submit(job)
+        result = await self.wait(job, request)
+        picks = ranked_choices(result, job.n_choices) or [None]
+        return TextCompletion(
+            id=f"cmpl-{uuid.uuid4().hex}",
+            created=int(time.time()),
+            model=self.settings.model_id,
+            choices=[
+                TextChoice(index=i, text=c.text if c else "", finish_reason=finish_reason_of(c))
+                for i, c in enumerate(picks)
+            ],
             usage=usage_of(result),
             edgetts=edgetts_info(job, result),
         )
@@ -403,6 +440,10 @@ def create_app(solver: Solver, settings: ServerSettings | None = None) -> FastAP
             events = await state.stream(req)
             return EventSourceResponse(events, ping=15, shutdown_grace_period=settings.shutdown_grace_s)
         return await state.complete(req, request)
+
+    @app.post("/v1/completions", response_model=TextCompletion)
+    async def completions(req: CompletionRequest, request: Request) -> TextCompletion:
+        return await state.complete_text(req, request)
 
     app.add_middleware(Guard, api_key=settings.api_key, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:

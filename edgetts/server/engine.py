@@ -10,6 +10,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from edgetts.prompts import Prompt
 from edgetts.search.base import SearchResult
 from edgetts.server.errors import ApiError
 from edgetts.server.responses import code_as_search_result
@@ -24,7 +25,7 @@ MIN_SEARCH_SHARE = 0.5
 class Job:
     """One request's search: what to run, its cancel event, and when it queued and started."""
 
-    question: str
+    question: Prompt  # a conversation or raw prompt (math), or the text of a code task
     options: SolveOptions
     n_choices: int = 1
     deprecation: str | None = None
@@ -126,7 +127,7 @@ class Engine:
             if job.task == "code":
                 from edgetts.code import CodeTask
 
-                task = CodeTask.from_prompt(job.question)
+                task = CodeTask.from_prompt(str(job.question))
                 return code_as_search_result(self.solver.solve_code(task, job.options, cancel=job.cancel))
             return self.solver.solve(job.question, job.options, cancel=job.cancel)
         finally:

@@ -46,7 +46,8 @@ def code_as_search_result(code: CodeResult) -> SearchResult:
 
 
 def finish_reason_of(candidate: Candidate | None) -> Literal["stop", "length"]:
-    return "stop" if candidate is not None and candidate.stop_reason == "eos" else "length"
+    """OpenAI's: "stop" at the end of the text or a stop string, "length" when cut short."""
+    return "stop" if candidate is not None and candidate.stop_reason in ("eos", "stop") else "length"
 
 
 def usage_of(result: SearchResult) -> Usage:

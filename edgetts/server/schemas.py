@@ -1,4 +1,5 @@
-"""Request and response bodies: OpenAI's chat completion types plus the ``edgetts`` extension."""
+"""Request and response bodies: OpenAI's chat and text completion types plus the ``edgetts``
+extension."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgetts.prompts import ROLES, Conversation, Prompt, RawPrompt
 from edgetts.server.errors import ApiError
 
 
@@ -57,8 +59,9 @@ LEGACY_NOTE = (
 )
 
 
-class ChatRequest(BaseModel):
-    """OpenAI's chat request (the fields that matter here) plus the edgetts search settings.
+class SearchRequest(BaseModel):
+    """What chat and text completion requests share: OpenAI's sampling fields plus the edgetts
+    search settings.
 
     ``n`` is OpenAI's: how many choices (the best distinct answers, ranked). The search goes in
     the ``edgetts`` extension object (:class:`SearchFields`). Unknown OpenAI fields (``user``,
@@ -68,8 +71,13 @@ class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str
-    messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
+    # OpenAI's stop: up to 4 strings; a solution ends where one first appears (cut off).
+    stop: str | list[str] | None = None
+    # Not supported yet: read only to refuse them (a client asking for them must not get an
+    # answer without them as if they were fine).
+    logprobs: bool | int | None = None
+    top_logprobs: int | None = None
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
@@ -86,15 +94,64 @@ class ChatRequest(BaseModel):
     deadline_s: float | None = Field(None, gt=0)
     memory_mb: float | None = Field(None, gt=0)
 
+    def stops(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+    def prompt_input(self) -> Prompt:
+        """What the search roots in."""
+        raise NotImplementedError
+
     def question(self) -> str:
-        """The last user message: the solver answers one question, not a conversation."""
-        users = [m for m in self.messages if m.role == "user"]
-        if not users:
-            raise ApiError(400, "messages must contain a user message (the question)", param="messages")
-        question = users[-1].text()
-        if not question.strip():
-            raise ApiError(400, "the last user message is empty", param="messages")
-        return question
+        """The text a code task is written for."""
+        return self.prompt_input().question
+
+
+# OpenAI's newer name for the system role; tool and function turns have no place in a search.
+ROLE_ALIASES = {"developer": "system"}
+
+
+class ChatRequest(SearchRequest):
+    """OpenAI's chat request: the whole conversation goes through the model's chat template."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+
+    def prompt_input(self) -> Conversation:
+        """The conversation, each message's text untrusted (see :class:`Conversation`)."""
+        turns = []
+        for message in self.messages:
+            role = ROLE_ALIASES.get(message.role, message.role)
+            if role not in ROLES:
+                raise ApiError(
+                    400,
+                    f"message role {message.role!r} is not supported here; use "
+                    "system, developer, user or assistant",
+                    param="messages",
+                )
+            turns.append((role, message.text()))
+        try:
+            return Conversation(tuple(turns))
+        except ValueError as exc:
+            raise ApiError(400, str(exc), param="messages") from None
+
+
+class CompletionRequest(SearchRequest):
+    """OpenAI's (legacy) text completion request: a raw prompt, continued with no template."""
+
+    prompt: str | list[str]
+    echo: bool = False
+
+    def prompt_input(self) -> RawPrompt:
+        prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
+        if len(prompts) != 1:
+            raise ApiError(
+                400, "send one prompt per request (a list of prompts is not supported)", param="prompt"
+            )
+        if self.echo:
+            raise ApiError(400, "echo is not supported", param="echo")
+        try:
+            return RawPrompt(prompts[0])
+        except ValueError as exc:
+            raise ApiError(400, str(exc), param="prompt") from None
 
 
 class CandidateInfo(BaseModel):
@@ -176,6 +233,23 @@ class ChatCompletionChunk(BaseModel):
     choices: list[ChunkChoice]
     usage: Usage | None = None
     edgetts: EdgettsInfo | dict[str, Progress] | None = None
+
+
+class TextChoice(BaseModel):
+    index: int = 0
+    text: str
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"]
+
+
+class TextCompletion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[TextChoice]
+    usage: Usage
+    edgetts: EdgettsInfo
 
 
 class ModelCard(BaseModel):
