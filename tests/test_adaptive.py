@@ -184,3 +184,15 @@ def test_tally_counts_only_answers_that_vote():
     paths = gen.extend([gen.root("q")], 2, to_end=True)
     cands = [to_candidate(p) for p in paths]
     assert tally_votes(cands, lambda c: 1.0) == Tally({"2": 2.0}, 2)
+
+
+def test_auto_with_a_prm_continues_weighted_scoring_each_wave():
+    policy = random_policy(seed=3, answers=("1", "2", "3", "4"))
+    gen, scorer = FakeGenerator(policy), FakeScorer(default=0.5)
+    result = auto("q", gen, scorer, SearchConfig(n=16, adaptive=RULE), table=ComputeOptimalTable())
+    assert result.strategy == "auto:weighted_best_of_n"
+    k = len(result.candidates)
+    assert [c.first_index for c in gen.calls] == list(range(0, k, 4))
+    assert scorer.counters.calls == len(gen.calls)  # the probes, then each wave once
+    assert all(c.score is not None for c in result.candidates)
+    assert not gen.leaks()

@@ -247,9 +247,12 @@ def _continue_in_waves(
             return tally_votes(candidates, lambda c: c.score if c.score is not None else 0.0)
         return tally_votes(candidates, lambda c: 1.0)
 
+    scored = list(probes)
+
     def score(wave: list[SolutionPath], deadline: Deadline) -> None:
-        if scorer is not None:
-            score_in_time(scorer, question, wave, [], deadline)
+        if scorer is not None:  # earlier finished samples count as answers in hand past the deadline
+            score_in_time(scorer, question, wave, [p for p in scored if p.finished], deadline)
+        scored.extend(wave)
 
     paths, deadline = sample_in_waves(question, generator, config, tally, score, prior=probes)
     return SearchResult(

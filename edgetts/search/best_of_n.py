@@ -70,8 +70,12 @@ def _sample_weighted(
     """Samples scored wave by wave (KV freed before each PRM call), until the weighted vote
     settles (all at once without ``config.adaptive``)."""
 
+    scored: list[SolutionPath] = []
+
     def score(wave: list[SolutionPath], deadline: Deadline) -> None:
-        score_in_time(scorer, question, wave, [], deadline)
+        # earlier waves' finished samples count as answers in hand past the deadline
+        score_in_time(scorer, question, wave, [p for p in scored if p.finished], deadline)
+        scored.extend(wave)
 
     def tally(paths: list[SolutionPath]) -> Tally:
         candidates = [to_candidate(p, config.agg) for p in paths]
