@@ -9,6 +9,9 @@ what a live run at the same seed would have done, without decoding a token::
 
     python tools/bench_adaptive.py data/labels/gsm8k_test.jsonl.gz data/labels/mawps.jsonl.gz \\
         --thresholds 0.8 0.9 0.95 0.99
+    # and a live run (`edgetts run --strategy majority -n 16 ...`) against the bench's full N
+    python tools/bench_adaptive.py data/labels/gsm8k_test.jsonl.gz \\
+        --live runs/adaptive/gsm8k_test_majority16.jsonl --baseline docs/bench/gsm8k_test.jsonl
 
 Per dataset and vote (majority; DeepConf's confidence vote), for the full N and each threshold:
 accuracy, the paired sign test against the full N (``tools/paired.py``), the generated tokens
@@ -188,16 +191,70 @@ def _line(
     )
 
 
+def live_table(live_path: Path, baseline_path: Path, kept: list[Problem]) -> list[str]:
+    """A live adaptive run (``edgetts run`` rows) against the full-N baseline rows of the bench
+    (``docs/bench/*.jsonl``, strategy and n as the live run's), and against the replay over kept
+    rows of the same problems (what the simulation predicted for them)."""
+    live = [json.loads(line) for line in _open(live_path) if line.strip()]
+    strategy, n = live[0]["strategy"], live[0]["n"]
+    base = {
+        r["problem_id"]: r
+        for r in map(json.loads, _open(baseline_path))
+        if r["strategy"] == strategy and r["n"] == n
+    }
+    rows = [r for r in live if str(r["id"]) in base]
+    right = {str(r["id"]): bool(r["correct"]) for r in rows}
+    full = {k: bool(base[k]["correct"]) for k in right}
+    pair = compare(right, full)
+    tokens = sum(sum(c["n_tokens"] for c in r["candidates"]) for r in rows)
+    full_tokens = sum(base[k]["tokens_generated"] for k in right)
+    samples = [len(r["candidates"]) for r in rows]
+    lines = [
+        f"# live {strategy}, N = {n} at most, vs the bench's full N ({baseline_path}): {len(rows)} problems",
+        f"accuracy {_pct(pair.a_right, len(rows))} vs {_pct(pair.b_right, len(rows))}"
+        f" (won/lost {pair.wins}/{pair.losses}, p = {pair.p_value:.2f}); tokens {tokens} vs {full_tokens}"
+        f" ({100 * (1 - tokens / max(full_tokens, 1)):.0f} % saved); samples median"
+        f" {statistics.median(samples):g}, mean {statistics.fmean(samples):.1f};"
+        f" seconds {sum(r['seconds'] for r in rows):.0f}",
+    ]
+    by_key = {p.key: p for p in kept}
+    dataset = baseline_path.name.split(".")[0]  # the bench's file is named by its dataset
+    same_k = same_answer = checked = 0
+    for r in rows:
+        p = by_key.get(f"{dataset}-{r['id']}")
+        if p is None:
+            continue
+        checked += 1
+        k = replay(AdaptiveStop(), p.n, lambda m, p=p: majority_vote(p, m)[0])
+        chosen, _ = pick_by_vote(p.candidates[:k], lambda c: 1.0)
+        same_k += k == len(r["candidates"])
+        same_answer += (chosen.answer if chosen else None) == r["answer"]
+    if checked:
+        lines.append(
+            f"replay over kept rows of the same problems: samples equal on {same_k}/{checked}, "
+            f"answer equal on {same_answer}/{checked}"
+        )
+    return lines
+
+
+def _pct(k: int, n: int) -> str:
+    return f"{100.0 * k / max(n, 1):.1f} %"
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("files", nargs="+", type=Path, help="kept sample rows (.jsonl or .jsonl.gz)")
     ap.add_argument("--thresholds", nargs="+", type=float, default=list(DEFAULT_THRESHOLDS))
     ap.add_argument("--min-n", type=int, default=AdaptiveStop.min_n)
     ap.add_argument("--wave", type=int, default=AdaptiveStop.wave)
+    ap.add_argument("--live", type=Path, help="an `edgetts run` results file of a live adaptive run")
+    ap.add_argument("--baseline", type=Path, help="the bench rows of the full N (with --live)")
     args = ap.parse_args(argv)
     problems = load(args.files)
     print(f"# adaptive sampling replayed: min_n {args.min_n}, wave {args.wave}")
     print("\n".join(table(problems, args.thresholds, args.min_n, args.wave)))
+    if args.live and args.baseline:
+        print("\n".join(live_table(args.live, args.baseline, problems)))
 
 
 if __name__ == "__main__":
