@@ -9,6 +9,9 @@ what a live run at the same seed would have done, without decoding a token::
 
     python tools/bench_adaptive.py data/labels/gsm8k_test.jsonl.gz data/labels/mawps.jsonl.gz \\
         --thresholds 0.8 0.9 0.95 0.99
+    # all problems of the bench's rows: a lower bound from the problems that stop after one wave
+    python tools/bench_adaptive.py data/labels/*.jsonl.gz \\
+        --bench docs/bench/gsm8k_test.jsonl docs/bench/mawps.jsonl
     # and a live run (`edgetts run --strategy majority -n 16 ...`) against the bench's full N
     python tools/bench_adaptive.py data/labels/gsm8k_test.jsonl.gz \\
         --live runs/adaptive/gsm8k_test_majority16.jsonl --baseline docs/bench/gsm8k_test.jsonl
@@ -237,6 +240,34 @@ def live_table(live_path: Path, baseline_path: Path, kept: list[Problem]) -> lis
     return lines
 
 
+def first_wave_bound(bench_path: Path, rule: AdaptiveStop) -> str:
+    """What the bench's full-N rows alone say (all their problems, no kept samples): a problem
+    whose first 4 samples agree (``difficulty_features.agreement`` = 1, as ``auto`` probes) stops
+    after the first wave with majority@4's answer; the rest are counted at the full N. So the
+    tokens saved are a lower bound and the accuracy is exact for the problems that stop there.
+    Valid when the first wave is 4 and 4 agreeing votes settle (threshold <= 31/32, min_n <= 4).
+    """
+    if rule.waves(16)[0] != 4 or not rule.settled(Tally({"a": 4.0}, 4), 4):
+        return f"first-wave bound: not for this rule ({rule})"
+    rows = [json.loads(line) for line in _open(bench_path) if line.strip()]
+    by = {(r["problem_id"], r["n"]): r for r in rows if r["strategy"] == "majority"}
+    if not any(n == 4 for _, n in by):
+        return f"{bench_path}: no majority rows at N = 4 and more"
+    n_max = max(n for _, n in by)
+    ids = sorted({i for i, n in by if n == n_max and (i, 4) in by})
+    early = [i for i in ids if by[(i, n_max)]["difficulty_features"].get("agreement") == 1.0]
+    full_tokens = sum(by[(i, n_max)]["tokens_generated"] for i in ids)
+    saved = sum(by[(i, n_max)]["tokens_generated"] - by[(i, 4)]["tokens_generated"] for i in early)
+    adaptive = {i: bool(by[(i, 4) if i in early else (i, n_max)]["correct"]) for i in ids}
+    pair = compare(adaptive, {i: bool(by[(i, n_max)]["correct"]) for i in ids})
+    return (
+        f"{bench_path}: {len(ids)} problems, majority N = {n_max}; {len(early)} stop after the first "
+        f"wave: at least {100.0 * saved / max(full_tokens, 1):.0f} % fewer tokens; accuracy "
+        f"{_pct(pair.b_right, len(ids))} -> {_pct(pair.a_right, len(ids))} "
+        f"(won/lost {pair.wins}/{pair.losses})"
+    )
+
+
 def _pct(k: int, n: int) -> str:
     return f"{100.0 * k / max(n, 1):.1f} %"
 
@@ -249,10 +280,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--wave", type=int, default=AdaptiveStop.wave)
     ap.add_argument("--live", type=Path, help="an `edgetts run` results file of a live adaptive run")
     ap.add_argument("--baseline", type=Path, help="the bench rows of the full N (with --live)")
+    ap.add_argument(
+        "--bench",
+        nargs="*",
+        type=Path,
+        default=[],
+        help="bench rows (docs/bench/*.jsonl): the first-wave lower bound on all their problems",
+    )
     args = ap.parse_args(argv)
     problems = load(args.files)
     print(f"# adaptive sampling replayed: min_n {args.min_n}, wave {args.wave}")
     print("\n".join(table(problems, args.thresholds, args.min_n, args.wave)))
+    rule = AdaptiveStop(min_n=args.min_n, wave=args.wave)
+    for path in args.bench:
+        print(first_wave_bound(path, rule))
     if args.live and args.baseline:
         print("\n".join(live_table(args.live, args.baseline, problems)))
 
