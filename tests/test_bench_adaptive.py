@@ -83,3 +83,28 @@ def test_live_rows_compare_with_the_baseline_and_the_replay(tmp_path):
     text = "\n".join(bench.live_table(live, base, problems))
     assert "tokens 46 vs 280" in text
     assert "samples equal on 1/1, answer equal on 1/1" in text
+
+
+def test_first_wave_bound_takes_majority_at_4_where_the_probes_agree(tmp_path):
+    def row(pid, n, correct, tokens, agreement):
+        return {
+            "problem_id": pid,
+            "strategy": "majority",
+            "n": n,
+            "correct": correct,
+            "tokens_generated": tokens,
+            "difficulty_features": {"agreement": agreement},
+        }
+
+    rows = [
+        row("0", 4, True, 100, 1.0),
+        row("0", 16, False, 400, 1.0),
+        row("1", 4, False, 100, 0.5),
+        row("1", 16, True, 400, 0.5),
+    ]
+    path = tmp_path / "toy.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    line = bench.first_wave_bound(path, AdaptiveStop())
+    assert "1 stop after the first wave: at least 38 % fewer tokens" in line  # 300 of 800
+    assert "50.0 % -> 100.0 % (won/lost 1/0)" in line
+    assert "not for this rule" in bench.first_wave_bound(path, AdaptiveStop(threshold=0.99))
