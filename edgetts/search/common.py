@@ -59,7 +59,7 @@ def sample_in_waves(
     prompt) numbered on from the samples before it (``first_index``), so the first ``k`` samples
     are the first ``k`` of one call for all ``n``: the stop is
     :func:`edgetts.search.adaptive.replay` over the same vote, and simulations over kept samples
-    match live runs. Waves end early at the deadline.
+    match live runs. No wave starts after the deadline (the first always does, as without waves).
     """
     deadline = deadline or Deadline(config.deadline_s, config.cancel)
     rule = config.adaptive
