@@ -300,16 +300,24 @@ def test_stop_strings_end_generation_and_are_cut_off(policy):
         assert cut.n_tokens < free.n_tokens
 
 
-def test_waves_numbered_on_draw_the_samples_of_one_call(policy):
-    """Adaptive sampling's premise on the real model: two waves of 2 (the second from a new
-    root, ``first_index=2``) are the 4 samples of one call, not the first 2 twice."""
+def test_waves_numbered_on_are_new_samples_and_deterministic(policy):
+    """Adaptive sampling's premise on the real model: a second wave from a new root with
+    ``first_index`` draws new samples (not the first wave again, as it would without), and the
+    waves are the same at the same seed.
+
+    Not asserted: that the waves equal one call for all the samples token for token. They are
+    seeded alike, but llama.cpp's logits round differently with the rows in a batch, so a long
+    sample can part from its twin (measured on GSM8K test 0, ~300 tokens each: 4 of 8 samples
+    differed between one batch of 8 and two waves of 4).
+    """
     question = QUESTIONS[0][0]
     sampling = Sampling(temperature=0.3, seed=0, max_tokens=48)
-    one = policy.extend([policy.root(question, sampling)], 4, to_end=True)
-    policy.release(one)
-    first = policy.extend([policy.root(question, sampling)], 2, to_end=True)
-    policy.release(first)
-    second = policy.extend([policy.root(question, sampling)], 2, to_end=True, first_index=2)
-    policy.release(second)
-    assert [p.text for p in first + second] == [p.text for p in one]
-    assert len({p.text for p in one}) > 1  # the samples differ, so the numbering mattered
+
+    def wave(first_index: int) -> list[str]:
+        paths = policy.extend([policy.root(question, sampling)], 2, to_end=True, first_index=first_index)
+        policy.release(paths)
+        return [p.text for p in paths]
+
+    first, repeat, second = wave(0), wave(0), wave(2)
+    assert repeat == first  # deterministic at a seed, batch for batch
+    assert second != first  # numbered on: new samples, not the first wave again

@@ -3,9 +3,11 @@
 Each kept row (``tools/label_steps.py sample``; ``data/labels/*.jsonl.gz`` or a run's
 ``results.jsonl``) holds one problem's N samples in the order the policy drew them, each with its
 answer, whether it is right, its token count and trace confidence. Live adaptive sampling draws
-exactly those samples in that order (waves are numbered on: ``StepGenerator.extend(first_index)``)
-and stops where :func:`edgetts.search.adaptive.replay` stops, so replaying the rule over a row is
-what a live run at the same seed would have done, without decoding a token::
+samples seeded as those, in that order (waves are numbered on: ``StepGenerator.extend(first_index)``)
+and stops where :func:`edgetts.search.adaptive.replay` stops, so replaying the rule over a row
+estimates a live run at the same seed without decoding a token. An estimate, not a copy: on
+llama.cpp a sample's tokens depend a little on the other rows of its batch (float rounding), so
+live samples part from kept ones now and then (``--live`` counts how often the two agree)::
 
     python tools/bench_adaptive.py data/labels/gsm8k_test.jsonl.gz data/labels/mawps.jsonl.gz \\
         --thresholds 0.8 0.9 0.95 0.99

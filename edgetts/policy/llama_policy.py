@@ -266,8 +266,9 @@ class LlamaPolicy:
         """Fork each path into ``n_each`` children and decode them together (see module doc).
 
         Children are numbered from ``first_index`` in their lineage, which seeds their samplers:
-        a second call on a new root with ``first_index=k`` draws what children ``k..`` of one
-        call would have drawn (adaptive sampling's later waves).
+        a second call on a new root with ``first_index=k`` samples with the streams of children
+        ``k..`` of one call (adaptive sampling's later waves). Token for token the same only
+        while the logits are: they round a little differently with the rows in the batch.
         """
         if n_each < 1:
             raise PolicyError(f"n_each must be at least 1, got {n_each}")

@@ -10,7 +10,9 @@ the leader and ``v2`` for the runner-up, the leader's share of the two, under a 
 ``Beta(v1 + 1, v2 + 1)``; the probability that it stays the majority is the chance that share
 exceeds one half. It is computed exactly (the regularised incomplete Beta function, no sampling),
 so the decision is a pure function of the votes: deterministic, and the same in a simulation over
-kept samples as live.
+kept samples as live. (The samples themselves are seeded as in one run of N; on llama.cpp a long
+sample can still differ token-wise from its full-run twin, since logits round differently with
+the rows in a batch: a replay is then an estimate of a live run, not its copy.)
 
 Weighted votes (PRM scores, trace confidence) enter as their *shares* of the total weight, scaled
 to the number of samples that voted: ``v = n_votes * weight / total``. So the evidence grows with

@@ -15,8 +15,8 @@ Without a PRM, difficulty is agreement alone and only majority can be chosen.
 
 With ``config.adaptive`` a majority or weighted best-of-N choice continues in waves after the
 probes (which are its first wave) and stops once its vote has settled, ``choice.n`` at most. Those
-waves are numbered on from the probes under the probes' own seed, so they are the samples a single
-run of N would have drawn (what the kept sample sets and ``tools/bench_adaptive.py`` replay).
+waves are numbered on from the probes under the probes' own seed, so they are seeded as the
+samples of a single run of N (what the kept sample sets and ``tools/bench_adaptive.py`` replay).
 
 The continuation calls ``generator.root`` again; the llama.cpp policy keeps the prefilled prompt
 and forks from it again (another generator may prefill once more, which the deadline check

@@ -95,8 +95,8 @@ class StepGenerator(Protocol):
         Each child has one more step than its parent (or runs to the end when ``to_end``).
         Children are numbered ``first_index, first_index + 1, ...`` among their parent's
         children, and a child's number (with the seed) fixes what it samples: a later wave of
-        samples from a new root passes how many came before, and so draws the samples one call
-        for all of them would have drawn (adaptive sampling), not the first ones again.
+        samples from a new root passes how many came before, and so draws samples seeded as
+        those of one call for all of them (adaptive sampling), not the first ones again.
         Finished parents are returned unchanged (once) instead of being extended.
         The input paths are consumed. When ``deadline`` expires mid-way, generation stops and
         the children come back as they are (unfinished, possibly with a partial last step).

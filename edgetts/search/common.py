@@ -56,10 +56,11 @@ def sample_in_waves(
     ``prior`` are samples already drawn from this question at this sampling (``auto``'s probes):
     they count towards ``n`` and the vote, and the new samples are numbered after them. Returns
     only the new samples. Each wave forks from a new root (the policy reuses the prefilled
-    prompt) numbered on from the samples before it (``first_index``), so the first ``k`` samples
-    are the first ``k`` of one call for all ``n``: the stop is
-    :func:`edgetts.search.adaptive.replay` over the same vote, and simulations over kept samples
-    match live runs. No wave starts after the deadline (the first always does, as without waves).
+    prompt) numbered on from the samples before it (``first_index``), so sample ``i`` is seeded
+    as sample ``i`` of one call for all ``n`` (identical with a generator whose samples do not
+    depend on their batch; llama.cpp's logits round differently with the batch's rows, so a long
+    sample may part from its twin), and the stop is :func:`edgetts.search.adaptive.replay` over
+    the same vote. No wave starts after the deadline (the first always does, as without waves).
     """
     deadline = deadline or Deadline(config.deadline_s, config.cancel)
     rule = config.adaptive
