@@ -91,12 +91,21 @@ def make_bundle(out: Path, names: list[str], source: Path | None = None, log=pri
         shutil.copyfile(registry.pull(spec), model_dir / spec.file)
         (model_dir / f"{name}.json").write_text(json.dumps(_manifest(spec), indent=2) + "\n")
     python = ".".join(map(str, sys.version_info[:2]))
-    (out / "INSTALL.txt").write_text(INSTALL_TEXT.format(
-        made=time.strftime("%Y-%m-%d"), platform=sys.platform, python=python,
-        wheels=wheels.resolve(), models=model_dir.resolve(), names=", ".join(names)))
+    (out / "INSTALL.txt").write_text(
+        INSTALL_TEXT.format(
+            made=time.strftime("%Y-%m-%d"),
+            platform=sys.platform,
+            python=python,
+            wheels=wheels.resolve(),
+            models=model_dir.resolve(),
+            names=", ".join(names),
+        )
+    )
     files = list(wheels.glob("*.whl"))
     return BundleReport(
-        directory=str(out), models=tuple(names), wheels=len(files),
+        directory=str(out),
+        models=tuple(names),
+        wheels=len(files),
         wheels_bytes=sum(f.stat().st_size for f in files),
         models_bytes=sum(f.stat().st_size for f in model_dir.glob("*.gguf")),
         seconds=round(time.perf_counter() - start, 1),
@@ -161,8 +170,12 @@ def _import_file(gguf: Path, name: str) -> str:
     if name in shipped and shipped[name].sha256 != sha:
         raise ModelError(f"{name!r} is already a registry model with other weights; choose another name")
     spec = ModelSpec(
-        name=name, file=f"{name}.gguf", kind="instruct" if meta.chat_template else "base",
-        size_bytes=gguf.stat().st_size, sha256=sha, default=False,
+        name=name,
+        file=f"{name}.gguf",
+        kind="instruct" if meta.chat_template else "base",
+        size_bytes=gguf.stat().st_size,
+        sha256=sha,
+        default=False,
         description=f"imported from {gguf.name} ({meta.architecture}, {meta.n_params / 1e6:.0f}M params)",
     )
     _install(gguf, spec)

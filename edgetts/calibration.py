@@ -114,16 +114,25 @@ def machine_id() -> str:
     cpu = platform.processor()
     try:
         cpu = next(
-            (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-             if line.startswith("model name")),
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
             cpu,
         )
     except OSError:
         pass
     import llama_cpp
 
-    parts = [platform.node(), platform.machine(), cpu, str(os.cpu_count()), llama_cpp.__version__,
-             str(bool(llama_cpp.llama_supports_gpu_offload()))]
+    parts = [
+        platform.node(),
+        platform.machine(),
+        cpu,
+        str(os.cpu_count()),
+        llama_cpp.__version__,
+        str(bool(llama_cpp.llama_supports_gpu_offload())),
+    ]
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:12]
 
 
@@ -186,8 +195,14 @@ def measure(
     from edgetts.policy import LlamaPolicy, PolicyConfig
 
     batches = sorted(set(batches))
-    config = PolicyConfig(model=model, n_seq_max=batches[-1], max_tokens=tokens, n_threads=n_threads,
-                          temperature=1.0, max_prompt_tokens=512)
+    config = PolicyConfig(
+        model=model,
+        n_seq_max=batches[-1],
+        max_tokens=tokens,
+        n_threads=n_threads,
+        temperature=1.0,
+        max_prompt_tokens=512,
+    )
     policy = LlamaPolicy(config)
     try:
         prefill_tok, prefill_s, decode = 0, 0.0, {}
@@ -218,9 +233,15 @@ def measure(
 
         prm_path = str(default_prm_dir(meta.name, meta.n_embd))
     prm = measure_prm(prm_path, n_threads, progress)
-    cal = Calibration(model_key=model_key(meta), machine_id=machine_id(), n_threads=n_threads,
-                      prefill_tok_s=prefill, decode_tok_s=decode, prm_steps_s=prm,
-                      prm=Path(prm_path).name if prm is not None else None)
+    cal = Calibration(
+        model_key=model_key(meta),
+        machine_id=machine_id(),
+        n_threads=n_threads,
+        prefill_tok_s=prefill,
+        decode_tok_s=decode,
+        prm_steps_s=prm,
+        prm=Path(prm_path).name if prm is not None else None,
+    )
     return cal, meta
 
 

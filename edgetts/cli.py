@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from edgetts import models as registry
+from edgetts.distributed import DETECT as DETECT_RAY  # what a bare --ray means (Ray loads later)
 from edgetts.grading import answers_equal
 from edgetts.search.base import MAX_N, SearchResult
 from edgetts.search.registry import choices as strategy_choices
@@ -33,13 +34,14 @@ def _friendly_errors(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         from edgetts.data import DataError
+        from edgetts.distributed import RayUnavailable
         from edgetts.policy import PolicyError
         from edgetts.results import ResultsError
         from edgetts.sandbox import SandboxUnavailable
 
         known: tuple[type[BaseException], ...] = (
             registry.ModelError, PolicyError, DataError, ResultsError, ValueError, OSError,
-            SandboxUnavailable,
+            SandboxUnavailable, RayUnavailable,
         )
         try:
             return func(*args, **kwargs)
@@ -108,6 +110,17 @@ def _search_options(func):
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def _ray_option(what: str, unit: str):
+    """``--ray [ADDRESS]`` for ``run`` and ``serve`` (one definition, so they never drift apart)."""
+    return click.option(
+        "--ray", "ray_address", is_flag=False, flag_value=DETECT_RAY, default=None, metavar="[ADDRESS]",
+        help=f"{what} (pip install \"edgetts[ray]\"): ADDRESS of a cluster (HOST:6379, "
+             "ray://HOST:10001, auto), 'local' for a new local instance, none to join the cluster on "
+             f"this machine or else start one. --threads is per {unit} (default: $EDGETTS_THREADS, "
+             "else 1).",
+    )
 
 
 def _make_solver(kw: dict):
@@ -381,6 +394,69 @@ def _record(problem, result, options, model: str | None, seconds: float) -> dict
     }
 
 
+def solve_record(solver, options: SolveOptions, problem, model: str | None) -> dict:
+    """Solve one problem into its results row: the same code in one process and on a Ray actor."""
+    import time
+
+    start = time.perf_counter()
+    result = solver.solve(problem.question, options)
+    seconds = time.perf_counter() - start
+    planned = solver.last_plan  # under a budget the plan, not the options, set N
+    used = replace(options, n=planned.n) if planned else options
+    return _record(problem, result, used, model, seconds)
+
+
+def problem_worker(kw: dict):
+    """A solver built from ``run``'s options, as a function from a problem to its row (what a
+    Ray actor calls ``functools.partial(problem_worker, kw)`` to get; the model loads lazily)."""
+    solver, options = _make_solver(kw)
+    return functools.partial(solve_record, solver, options, model=kw["model"])
+
+
+def _ray_threads(kw: dict) -> int:
+    """Threads per Ray actor: --threads, else $EDGETTS_THREADS, else 1 (an actor per core; a
+    default of all cores would give every actor of a node all of its cores). Not checked against
+    this machine's cores: the actors may run on bigger nodes."""
+    if kw["threads"] is not None:
+        return kw["threads"]
+    env = os.environ.get("EDGETTS_THREADS", "").strip()
+    if not env:
+        return 1
+    if not env.isdigit() or int(env) < 1:
+        raise click.UsageError(f"EDGETTS_THREADS must be a positive whole number, got {env!r}")
+    return int(env)
+
+
+def _run_on_ray(todo: list, results, address: str, actors: int | None, desc: str, kw: dict) -> None:
+    """``run --ray``: the problems sharded over Ray actors; this process alone writes the file."""
+    from tqdm import tqdm
+
+    from edgetts.distributed import connect
+    from edgetts.distributed.run import MAX_ATTEMPTS, plan_actors, run_sharded
+
+    if not todo:
+        return
+    threads = _ray_threads(kw)
+    connect(address)
+    n_actors = min(plan_actors(actors, threads), len(todo))
+    click.echo(f"Ray: {n_actors} actors x {threads} threads", err=True)
+    worker_kw = {**kw, "threads": threads, "explain": False}
+    with tqdm(total=len(todo), desc=desc, unit="problem", disable=None, file=sys.stderr) as bar:
+
+        def write(row: dict) -> None:
+            results.append(row)
+            bar.update(1)
+
+        report = run_sharded(todo, functools.partial(problem_worker, worker_kw), write,
+                             actors=n_actors, threads=threads, done=results.done)
+    if report.given_up:
+        raise click.ClickException(
+            f"{len(report.given_up)} problem(s) lost their Ray actor {MAX_ATTEMPTS} times and "
+            f"were not answered ({', '.join(report.given_up[:10])}); the other results are in "
+            f"{results.path}: run the same command again to retry them"
+        )
+
+
 # Settings that change a run's answers; a results file keeps them, and a resume must match.
 # (Threads and GPU offload change only the speed.)
 ANSWER_SETTINGS = ("strategy", "n", "beam_width", "max_steps", "agg", "temperature", "top_p", "top_k",
@@ -403,13 +479,19 @@ def _run_settings(kw: dict) -> dict:
 @click.option("--answer-key", default=None, help="Gold answer field.")
 @click.option("--id-key", default=None, help="Problem id field (default: idx/id/line number).")
 @_search_options
+@_ray_option("Shard the problems over Ray actors", "actor")
+@click.option("--actors", type=click.IntRange(1), default=None,
+              help="With --ray: actors to start [default: as many as the cluster's CPUs fit at "
+                   "--threads each].")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @_friendly_errors
-def run(data_path: Path, out_path: Path, limit, question_key, answer_key, id_key, as_json: bool,
-        **kw) -> None:
-    """Answer every problem in a benchmark file, appending one JSON line per problem."""
-    import time
+def run(data_path: Path, out_path: Path, limit, question_key, answer_key, id_key, ray_address: str | None,
+        actors: int | None, as_json: bool, **kw) -> None:
+    """Answer every problem in a benchmark file, appending one JSON line per problem.
 
+    With --ray the problems run on Ray actors (one solver each) and this process appends their
+    rows as they finish: in any order, each problem once, resumable as without Ray.
+    """
     from tqdm import tqdm
 
     from edgetts.data import load_problems
@@ -417,6 +499,14 @@ def run(data_path: Path, out_path: Path, limit, question_key, answer_key, id_key
 
     if out_path.exists() and data_path.exists() and out_path.resolve() == data_path.resolve():
         raise click.UsageError("--out is the --data file; results go to a file of their own")
+    if ray_address is not None:
+        if kw["task"] == "code":
+            raise click.UsageError("--ray runs math problems; --task code runs in one process")
+        from edgetts.distributed import require_ray
+
+        require_ray()  # before anything loads or is read: say at once how to get it
+    elif actors is not None:
+        raise click.UsageError("--actors is for --ray")
     if kw["task"] == "code":
         _run_code(data_path, out_path, limit, kw)
         return
@@ -429,15 +519,13 @@ def run(data_path: Path, out_path: Path, limit, question_key, answer_key, id_key
     solver, options = _make_solver(kw)
     if kw["explain"]:
         _explain(solver, options, todo[0].question if todo else None)
+    desc = f"{options.strategy} n={options.n}"
     try:
-        for problem in tqdm(todo, desc=f"{options.strategy} n={options.n}", unit="problem",
-                            disable=None, file=sys.stderr):
-            start = time.perf_counter()
-            result = solver.solve(problem.question, options)
-            seconds = time.perf_counter() - start
-            planned = solver.last_plan  # under a budget the plan, not the options, set N
-            used = replace(options, n=planned.n) if planned else options
-            results.append(_record(problem, result, used, kw["model"], seconds))
+        if ray_address is not None:
+            _run_on_ray(todo, results, ray_address, actors, desc, kw)
+        else:
+            for problem in tqdm(todo, desc=desc, unit="problem", disable=None, file=sys.stderr):
+                results.append(solve_record(solver, options, problem, kw["model"]))
     except KeyboardInterrupt:
         _stop_interrupted(len(results.records), out_path)
     correct, graded = results.accuracy()
@@ -701,13 +789,17 @@ def bundle(out_dir: Path, model_names: tuple[str, ...], source: Path | None) -> 
                    "(refused with a 400 otherwise).")
 @click.option("--allow-weak-sandbox", is_flag=True,
               help="With --allow-exec: run code even where the sandbox cannot set its limits.")
+@_ray_option("Serve --replicas copies behind Ray Serve", "replica")
+@click.option("--replicas", type=click.IntRange(1), default=None,
+              help="With --ray: replicas, each with its own model [default: 1].")
 @_friendly_errors
 def serve(host: str, port: int, api_key: str | None, api_key_file: Path | None, model: str | None,
           prm_path: str | None,
           strategy: str | None, n: int, deadline_s: float | None, memory_mb: float | None,
           max_n: int, max_queue: int, max_tokens: int, max_body_kb: int, threads: int | None,
           n_gpu_layers: int | None, kv_type: str, strict_model: bool, cors_origins: tuple[str, ...],
-          allow_exec: bool, allow_weak_sandbox: bool) -> None:
+          allow_exec: bool, allow_weak_sandbox: bool, ray_address: str | None,
+          replicas: int | None) -> None:
     """Serve an OpenAI-compatible API (POST /v1/chat/completions) on HOST:PORT.
 
     Example: edgetts serve --port 8000, then point any OpenAI client at http://127.0.0.1:8000/v1
@@ -715,10 +807,15 @@ def serve(host: str, port: int, api_key: str | None, api_key_file: Path | None, 
     from edgetts.policy import PolicyConfig
     from edgetts.server import ServerSettings, model_names
     from edgetts.server import serve as run_server
-    from edgetts.solver import Solver
 
     if n > max_n:
         raise click.UsageError(f"--n {n} is more than --max-n {max_n}")
+    if ray_address is not None:
+        from edgetts.distributed import require_ray
+
+        require_ray()  # before anything loads: say at once how to get it
+    elif replicas is not None:
+        raise click.UsageError("--replicas is for --ray")
     if api_key_file is not None:
         lines = api_key_file.read_text(encoding="utf-8").splitlines()
         api_key = lines[0] if lines else ""
@@ -735,6 +832,29 @@ def serve(host: str, port: int, api_key: str | None, api_key_file: Path | None, 
         default_strategy=strategy, default_n=n, default_deadline_s=deadline_s, memory_mb=memory_mb,
         strict_model=strict_model, cors_origins=cors_origins, allow_exec=allow_exec,
     )
+    if ray_address is not None:
+        threads = _ray_threads({"threads": threads})
+    policy_config = PolicyConfig(
+        model=model, max_tokens=max_tokens, n_threads=threads, n_gpu_layers=n_gpu_layers,
+        kv_type=kv_type, n_seq_max=min(max_n, 16),
+    )
+    make_solver = functools.partial(server_solver, policy_config, prm_path, threads, allow_exec,
+                                    allow_weak_sandbox)
+    if ray_address is None:
+        solver = make_solver()  # the sandbox check refuses a weak one before the model loads
+        click.echo(f"loading {model_id} ...", err=True)
+        run_server(solver, settings)
+        return
+    _serve_on_ray(make_solver, settings, ray_address, replicas or 1, threads)
+
+
+def server_solver(policy_config, prm_path: str | None, threads: int | None, allow_exec: bool,
+                  allow_weak_sandbox: bool):
+    """The server's solver (models not loaded yet), with a sandbox when code may run. Built
+    where it serves: in this process, or in each Ray Serve replica (each node checks its own
+    isolation, and its sandbox runs its own Python)."""
+    from edgetts.solver import Solver
+
     sandbox = None
     if allow_exec:
         from edgetts.sandbox import Sandbox, SandboxUnavailable
@@ -744,12 +864,28 @@ def serve(host: str, port: int, api_key: str | None, api_key_file: Path | None, 
         if isolation.weak and not allow_weak_sandbox:
             raise SandboxUnavailable("--allow-exec: this machine cannot contain model-written code\n"
                                      + isolation.describe() + "\nadd --allow-weak-sandbox to run it anyway")
-    policy_config = PolicyConfig(
-        model=model, max_tokens=max_tokens, n_threads=threads, n_gpu_layers=n_gpu_layers,
-        kv_type=kv_type, n_seq_max=min(max_n, 16),
-    )
-    click.echo(f"loading {model_id} ...", err=True)
-    run_server(Solver(policy_config, prm_path=prm_path, prm_threads=threads, sandbox=sandbox), settings)
+    return Solver(policy_config, prm_path=prm_path, prm_threads=threads, sandbox=sandbox)
+
+
+def _serve_on_ray(make_solver, settings, address: str, replicas: int, threads: int) -> None:
+    """``serve --ray``: the app in ``replicas`` Ray Serve replicas until Ctrl-C / SIGTERM."""
+    from edgetts.distributed import cluster_cpus, connect
+    from edgetts.distributed.serve import serve_on_ray
+    from edgetts.server.settings import LOOPBACK_HOSTS
+
+    connect(address)
+    cpus = cluster_cpus()
+    if replicas * threads > cpus:
+        raise click.ClickException(f"--replicas {replicas} with --threads {threads} needs "
+                                   f"{replicas * threads} CPUs; the Ray cluster has {cpus}")
+    if settings.host not in LOOPBACK_HOSTS and not settings.api_key:
+        logging.getLogger("edgetts").warning("binding to %s: the server is reachable from other "
+                                             "machines and has no --api-key", settings.host)
+    click.echo(f"loading {settings.model_id} in {replicas} Ray Serve replicas x {threads} threads ...",
+               err=True)
+    serve_on_ray(make_solver, settings, replicas, threads,
+                 ready=lambda base: click.echo(f"serving {base}/v1 ({replicas} replicas); Ctrl-C stops",
+                                               err=True))
 
 
 if __name__ == "__main__":

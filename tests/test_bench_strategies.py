@@ -17,8 +17,14 @@ from edgetts.search.base import Candidate  # noqa: E402
 
 
 def cand(answer: str | None, score: float, n_tokens: int = 10) -> Candidate:
-    return Candidate(text=f"so \\boxed{{{answer}}}", answer=answer, score=score, step_scores=[score],
-                     n_tokens=n_tokens, stop_reason="eos")
+    return Candidate(
+        text=f"so \\boxed{{{answer}}}",
+        answer=answer,
+        score=score,
+        step_scores=[score],
+        n_tokens=n_tokens,
+        stop_reason="eos",
+    )
 
 
 def test_subset_rows_use_the_first_n_samples():
@@ -46,10 +52,21 @@ def test_rescore_kept_samples_with_the_shipped_prm(tmp_path):
     samples = tmp_path / "bench.samples.jsonl"
     rows = []
     for pid in ("a", "b"):
-        cands = [{"text": t, "answer": a, "score": None, "step_scores": [], "n_tokens": 20,
-                  "stop_reason": "eos"} for t, a in ((bad, "7"), (good, "12"), (bad, "7"), (good, "12"))]
-        rows.append({"problem_id": pid, "dataset": "toy", "model": "m", "gold": "12",
-                     "question": question, "seconds": 4.0, "candidates": cands})
+        cands = [
+            {"text": t, "answer": a, "score": None, "step_scores": [], "n_tokens": 20, "stop_reason": "eos"}
+            for t, a in ((bad, "7"), (good, "12"), (bad, "7"), (good, "12"))
+        ]
+        rows.append(
+            {
+                "problem_id": pid,
+                "dataset": "toy",
+                "model": "m",
+                "gold": "12",
+                "question": question,
+                "seconds": 4.0,
+                "candidates": cands,
+            }
+        )
     samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "rescored.jsonl"
     args = argparse.Namespace(samples=str(samples), prm=None, out=str(out), n=[1, 4], agg=None, threads=1)
@@ -73,25 +90,62 @@ def test_rescore_with_a_policy_probe_reads_kept_states(tmp_path):
 
     width = 4
     # The head scores the first state coordinate: samples answering 12 get +3, the others -3.
-    train_probe.export(tmp_path / "probe", np.array([1.0, 0, 0, 0]), 0.0,
-                       {"kind": "policy_probe", "name": "p", "hidden_size": width,
-                        "policy": {"name": "m", "n_embd": width}, "default_aggregation": "last"})
+    train_probe.export(
+        tmp_path / "probe",
+        np.array([1.0, 0, 0, 0]),
+        0.0,
+        {
+            "kind": "policy_probe",
+            "name": "p",
+            "hidden_size": width,
+            "policy": {"name": "m", "n_embd": width},
+            "default_aggregation": "last",
+        },
+    )
     answers = ["7", "12", "7", "7"]
-    cands = [{"text": f"So.\n\nThe answer is \\boxed{{{a}}}.", "answer": a, "score": None,
-              "step_scores": [], "n_tokens": 10, "stop_reason": "eos"} for a in answers]
-    rows = [{"problem_id": pid, "dataset": "toy", "model": "m", "gold": "12", "question": "q",
-             "seconds": 1.0, "candidates": cands} for pid in ("a", "b")]
+    cands = [
+        {
+            "text": f"So.\n\nThe answer is \\boxed{{{a}}}.",
+            "answer": a,
+            "score": None,
+            "step_scores": [],
+            "n_tokens": 10,
+            "stop_reason": "eos",
+        }
+        for a in answers
+    ]
+    rows = [
+        {
+            "problem_id": pid,
+            "dataset": "toy",
+            "model": "m",
+            "gold": "12",
+            "question": "q",
+            "seconds": 1.0,
+            "candidates": cands,
+        }
+        for pid in ("a", "b")
+    ]
     samples = tmp_path / "bench.samples.jsonl"
     samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
     states = tmp_path / "bench.states"
     states.mkdir()
-    save_states(states / "a.npz", [
-        SolutionPath(steps=["So.\n\n", f"The answer is {a}."],
-                  step_states=[np.zeros(width), np.array([3.0 if a == "12" else -3.0, 0, 0, 0])])
-        for a in answers])  # problem "b" has no kept states: skipped, said so
+    save_states(
+        states / "a.npz",
+        [
+            SolutionPath(
+                steps=["So.\n\n", f"The answer is {a}."],
+                step_states=[np.zeros(width), np.array([3.0 if a == "12" else -3.0, 0, 0, 0])],
+            )
+            for a in answers
+        ],
+    )  # problem "b" has no kept states: skipped, said so
     out = tmp_path / "rescored.jsonl"
-    bench.rescore(argparse.Namespace(samples=str(samples), prm=str(tmp_path / "probe"), out=str(out),
-                                     n=[4], agg=None, threads=1))
+    bench.rescore(
+        argparse.Namespace(
+            samples=str(samples), prm=str(tmp_path / "probe"), out=str(out), n=[4], agg=None, threads=1
+        )
+    )
     got = {r["strategy"]: r for r in map(json.loads, out.read_text().splitlines())}
     assert set(got) == {"majority", "best_of_n", "weighted_best_of_n"}
     assert got["majority"]["answer"] == "7" and not got["majority"]["correct"]
@@ -101,14 +155,26 @@ def test_rescore_with_a_policy_probe_reads_kept_states(tmp_path):
 
 def test_report_only_keeps_one_n_of_a_strategy(tmp_path, capsys):
     """``--only beam_search:4`` keeps beam search's N=4 rows, not the N=16 ones run on fewer problems."""
-    rows = [{"problem_id": p, "model": "m", "strategy": s, "n": n, "correct": True, "tokens_generated": 10}
-            for p in ("a", "b") for s, n in (("majority", 16), ("beam_search", 4))]
-    rows.append({"problem_id": "a", "model": "m", "strategy": "beam_search", "n": 16, "correct": True,
-                 "tokens_generated": 10})
+    rows = [
+        {"problem_id": p, "model": "m", "strategy": s, "n": n, "correct": True, "tokens_generated": 10}
+        for p in ("a", "b")
+        for s, n in (("majority", 16), ("beam_search", 4))
+    ]
+    rows.append(
+        {
+            "problem_id": "a",
+            "model": "m",
+            "strategy": "beam_search",
+            "n": 16,
+            "correct": True,
+            "tokens_generated": 10,
+        }
+    )
     results = tmp_path / "rows.jsonl"
     results.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    bench.report(argparse.Namespace(results=[str(results)], only=["majority", "beam_search:4"],
-                                    plot=None, title=None))
+    bench.report(
+        argparse.Namespace(results=[str(results)], only=["majority", "beam_search:4"], plot=None, title=None)
+    )
     out = capsys.readouterr().out
     assert out.startswith("2 problems common")
     kept = {tuple(line.split()[1:3]) for line in out.splitlines()[2:]}
@@ -126,8 +192,20 @@ def test_sign_test_matches_the_binomial_tails():
 def write_rows(path: Path, strategy: str, n: int, correct: dict[str, bool], model: str = "m") -> None:
     with path.open("a") as f:
         for pid, ok in correct.items():
-            f.write(json.dumps({"problem_id": pid, "dataset": "d", "model": model, "strategy": strategy,
-                                "n": n, "correct": ok, "tokens_generated": 1}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "problem_id": pid,
+                        "dataset": "d",
+                        "model": model,
+                        "strategy": strategy,
+                        "n": n,
+                        "correct": ok,
+                        "tokens_generated": 1,
+                    }
+                )
+                + "\n"
+            )
 
 
 def test_compare_pairs_on_shared_problems_only(tmp_path, capsys):
@@ -140,13 +218,16 @@ def test_compare_pairs_on_shared_problems_only(tmp_path, capsys):
     assert "2/3 right" in out and "won 1, lost 1" in out and "p = 1" in out
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("{a}:beam_search", "FILE:STRATEGY:N"),
-    ("{a}:beam_search:four", "FILE:STRATEGY:N"),
-    ("{missing}:beam_search:4", "no such results file"),
-    ("{a}:dvts:4", "no rows"),
-    ("{mixed}:beam_search:4", "several models"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("{a}:beam_search", "FILE:STRATEGY:N"),
+        ("{a}:beam_search:four", "FILE:STRATEGY:N"),
+        ("{missing}:beam_search:4", "no such results file"),
+        ("{a}:dvts:4", "no rows"),
+        ("{mixed}:beam_search:4", "several models"),
+    ],
+)
 def test_compare_rejects_bad_specs(tmp_path, spec, message):
     a, mixed = tmp_path / "a.jsonl", tmp_path / "mixed.jsonl"
     write_rows(a, "beam_search", 4, {"1": True})

@@ -23,8 +23,13 @@ def home(tmp_path, monkeypatch):
 
 
 def fake_bundle(folder: Path, data: bytes) -> ModelSpec:
-    spec = ModelSpec(name="tiny", file="tiny.gguf", kind="base", size_bytes=len(data),
-                     sha256=hashlib.sha256(data).hexdigest())
+    spec = ModelSpec(
+        name="tiny",
+        file="tiny.gguf",
+        kind="base",
+        size_bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
     folder.mkdir(parents=True)
     (folder / "tiny.gguf").write_bytes(data)
     (folder / "tiny.json").write_text(json.dumps(bundle._manifest(spec)))
@@ -71,27 +76,54 @@ def test_a_bundle_installs_and_answers_with_no_network(tmp_path):
     """Bundle the 270M model; install from it in a fresh venv with --no-index; with
     EDGETTS_OFFLINE=1 and a fresh EDGETTS_HOME, import and answer; then remove the model."""
     out = tmp_path / "bundle"
-    made = subprocess.run([sys.executable, "-m", "edgetts.cli", "bundle", "--out", str(out),
-                           "--model", "gemma-3-270m"], capture_output=True, text=True, timeout=1800)
+    made = subprocess.run(
+        [sys.executable, "-m", "edgetts.cli", "bundle", "--out", str(out), "--model", "gemma-3-270m"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert made.returncode == 0, made.stderr
     assert (out / "INSTALL.txt").is_file() and list((out / "wheels").glob("edgetts-*.whl"))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    install = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "--no-index",
-                              "--find-links", str(out / "wheels"), "edgetts"],
-                             capture_output=True, text=True, timeout=1200)
+    install = subprocess.run(
+        [
+            str(venv / "bin" / "pip"),
+            "install",
+            "--quiet",
+            "--no-index",
+            "--find-links",
+            str(out / "wheels"),
+            "edgetts",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert install.returncode == 0, install.stderr
-    env = {**os.environ, "EDGETTS_OFFLINE": "1", "EDGETTS_HOME": str(tmp_path / "home"),
-           "EDGETTS_THREADS": "1", "PIP_INDEX_URL": "http://127.0.0.1:9/"}  # any index use fails
+    env = {
+        **os.environ,
+        "EDGETTS_OFFLINE": "1",
+        "EDGETTS_HOME": str(tmp_path / "home"),
+        "EDGETTS_THREADS": "1",
+        "PIP_INDEX_URL": "http://127.0.0.1:9/",
+    }  # any index use fails
 
     def edgetts(*args):
-        return subprocess.run([str(venv / "bin" / "edgetts"), *args], capture_output=True, text=True,
-                              env=env, cwd=tmp_path, timeout=600)
+        return subprocess.run(
+            [str(venv / "bin" / "edgetts"), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=600,
+        )
 
     imported = edgetts("models", "import", str(out / "models"))
     assert imported.returncode == 0, imported.stderr
-    answer = edgetts("solve", "What is 2+3?", "-m", "gemma-3-270m", "--strategy", "greedy",
-                     "--max-tokens", "48")
+    answer = edgetts(
+        "solve", "What is 2+3?", "-m", "gemma-3-270m", "--strategy", "greedy", "--max-tokens", "48"
+    )
     assert answer.returncode == 0 and answer.stdout.strip(), answer.stderr
     (tmp_path / "home" / "models" / "gemma-3-270m-q4_k_m.gguf").unlink()
     missing = edgetts("solve", "What is 2+3?", "-m", "gemma-3-270m", "--strategy", "greedy")

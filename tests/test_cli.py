@@ -7,11 +7,25 @@ from edgetts.search.base import Candidate, SearchResult
 def test_show_lists_every_candidate_and_the_cost(capsys):
     right = Candidate("3 * 7 = 21\n\n\\boxed{21}", "21", 0.9, [0.8, 0.9], 12, "eos")
     wrong = Candidate("3 + 7 = 10\n\n\\boxed{10}", "10", 0.2, [0.2, 0.4], 11, "eos")
-    result = SearchResult("best_of_n", "21", right, [wrong, right], votes={},
-                          counters={"tokens_prefilled": 40, "tokens_decoded": 23, "tokens_redecoded": 0,
-                                    "tokens_generated": 23, "prm_calls": 1,
-                                    "prm_steps_scored": 4, "policy_s": 1.5, "prm_s": 0.01,
-                                    "other_s": 0.02, "wall_s": 1.53})
+    result = SearchResult(
+        "best_of_n",
+        "21",
+        right,
+        [wrong, right],
+        votes={},
+        counters={
+            "tokens_prefilled": 40,
+            "tokens_decoded": 23,
+            "tokens_redecoded": 0,
+            "tokens_generated": 23,
+            "prm_calls": 1,
+            "prm_steps_scored": 4,
+            "policy_s": 1.5,
+            "prm_s": 0.01,
+            "other_s": 0.02,
+            "wall_s": 1.53,
+        },
+    )
     _show(result)
     out = capsys.readouterr().out
     assert "strategy: best_of_n" in out and "step scores: 0.80 0.90" in out
@@ -23,9 +37,19 @@ def test_show_lists_every_candidate_and_the_cost(capsys):
 
 def test_show_tells_tokens_decoded_again_in_waves(capsys):
     chosen = Candidate("\\boxed{21}", "21", 0.9, [0.9], 5, "eos")
-    result = SearchResult("beam_search", "21", chosen, [chosen], votes={},
-                          counters={"tokens_prefilled": 40, "tokens_decoded": 90, "tokens_redecoded": 30,
-                                    "tokens_generated": 60})
+    result = SearchResult(
+        "beam_search",
+        "21",
+        chosen,
+        [chosen],
+        votes={},
+        counters={
+            "tokens_prefilled": 40,
+            "tokens_decoded": 90,
+            "tokens_redecoded": 30,
+            "tokens_generated": 60,
+        },
+    )
     _show(result)
     assert "40 prefilled, 60 generated (+30 decoded again: paths ran in waves);" in capsys.readouterr().out
 

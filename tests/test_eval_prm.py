@@ -11,8 +11,18 @@ from eval_prm import selection_accuracy  # noqa: E402
 
 
 def row(gold: str, answers: list[str | None]) -> dict:
-    cands = [{"text": f"\\boxed{{{a}}}", "answer": a, "score": None, "step_scores": [], "n_tokens": 5,
-              "stop_reason": "eos", "correct": a == gold} for a in answers]
+    cands = [
+        {
+            "text": f"\\boxed{{{a}}}",
+            "answer": a,
+            "score": None,
+            "step_scores": [],
+            "n_tokens": 5,
+            "stop_reason": "eos",
+            "correct": a == gold,
+        }
+        for a in answers
+    ]
     return {"gold": gold, "candidates": cands}
 
 
@@ -48,11 +58,15 @@ def test_processbench_scores_of_the_shipped_probe():
 
     from edgetts.paths import shipped_dir
 
-    item = {"id": "x", "generator": "hand", "problem": "Tom has 3 boxes of 4 apples. How many apples?",
-            "steps": ["3 boxes of 4 apples is 3 * 4 = 12 apples.", "Therefore, the answer is 12."],
-            "final_answer_correct": True, "label": -1}
-    wrong = {**item, "steps": ["3 boxes of 4 apples is 3 * 4 = 15 apples.", "The answer is 15."],
-             "label": 0}
+    item = {
+        "id": "x",
+        "generator": "hand",
+        "problem": "Tom has 3 boxes of 4 apples. How many apples?",
+        "steps": ["3 boxes of 4 apples is 3 * 4 = 12 apples.", "Therefore, the answer is 12."],
+        "final_answer_correct": True,
+        "label": -1,
+    }
+    wrong = {**item, "steps": ["3 boxes of 4 apples is 3 * 4 = 15 apples.", "The answer is 15."], "label": 0}
     scores, manifest = prm_scores(str(shipped_dir() / "prm-probe-qwen05"), 1, {"f": [item, wrong]}, 1)
     assert manifest.calculator_check  # the shipped setting is reported, though scoring ran without
     assert [len(s) for s in scores["f"]] == [2, 2]

@@ -14,19 +14,30 @@ from edgetts.search.auto import ComputeOptimalTable  # noqa: E402
 
 
 def rows_for(problem_id: str, agreement: float, correct: dict[tuple[str, int], bool]) -> list[dict]:
-    return [{"problem_id": problem_id, "dataset": "toy", "strategy": s, "n": n, "correct": ok,
-             "tokens_generated": 100 * n, "difficulty_features": {"agreement": agreement}}
-            for (s, n), ok in correct.items()]
+    return [
+        {
+            "problem_id": problem_id,
+            "dataset": "toy",
+            "strategy": s,
+            "n": n,
+            "correct": ok,
+            "tokens_generated": 100 * n,
+            "difficulty_features": {"agreement": agreement},
+        }
+        for (s, n), ok in correct.items()
+    ]
 
 
 def toy_problems() -> list[dict]:
     """Easy problems (all probes agree): majority is right. Hard ones: only beam search at 16."""
     rows = []
     for i in range(12):  # enough for a sign test to tell the bins apart
-        rows += rows_for(f"e{i}", 1.0, {("majority", 4): True, ("majority", 16): True,
-                                        ("beam_search", 16): i % 2 == 0})
-        rows += rows_for(f"h{i}", 0.25, {("majority", 4): False, ("majority", 16): False,
-                                         ("beam_search", 16): True})
+        rows += rows_for(
+            f"e{i}", 1.0, {("majority", 4): True, ("majority", 16): True, ("beam_search", 16): i % 2 == 0}
+        )
+        rows += rows_for(
+            f"h{i}", 0.25, {("majority", 4): False, ("majority", 16): False, ("beam_search", 16): True}
+        )
     return list(fco.by_problem(rows).values())
 
 
@@ -60,8 +71,11 @@ def test_require_keeps_the_problems_benched_with_a_configuration(tmp_path, monke
     rows += rows_for("b", 1.0, {("majority", 4): True})
     results = tmp_path / "rows.jsonl"
     results.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    monkeypatch.setattr(sys, "argv", ["fit", str(results), "--require", "beam_search:4",
-                                      "--out", str(tmp_path / "table.json")])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["fit", str(results), "--require", "beam_search:4", "--out", str(tmp_path / "table.json")],
+    )
     fco.main()
     assert "wrote" in capsys.readouterr().out
     assert json.loads((tmp_path / "table.json").read_text())["n_problems"] == 1
@@ -96,8 +110,9 @@ def test_a_bin_leaves_the_overall_choice_only_for_a_real_gain():
 
 
 def test_auto_is_never_fitted_to_fewer_samples_than_its_probes():
-    rows = rows_for("a", 0.25, {("majority", 1): True, ("majority", 4): False,
-                                ("weighted_best_of_n", 4): True})
+    rows = rows_for(
+        "a", 0.25, {("majority", 1): True, ("majority", 4): False, ("weighted_best_of_n", 4): True}
+    )
     entry = fco.best_entry(list(fco.by_problem(rows).values()), 16)
     assert (entry["strategy"], entry["n"]) == ("weighted_best_of_n", 4)
 

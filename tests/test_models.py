@@ -80,8 +80,14 @@ def test_concurrent_pulls_take_turns(fake_cache, monkeypatch):
     from edgetts.models import Part
 
     data = b"GGUF" + bytes(1000)
-    spec = ModelSpec(name="tiny", file="tiny.gguf", kind="base", size_bytes=len(data),
-                     sha256=hashlib.sha256(data).hexdigest(), parts=(Part("p", "1", "m"),))
+    spec = ModelSpec(
+        name="tiny",
+        file="tiny.gguf",
+        kind="base",
+        size_bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        parts=(Part("p", "1", "m"),),
+    )
     writers: list[int] = []
 
     def assemble(spec, target, progress):

@@ -59,8 +59,11 @@ def test_report_plot_has_the_tables_error_bars_and_an_outside_legend(tmp_path, m
     x_best = bars["best of n"].lines[0].get_xdata()[0]
     assert x_majority != x_best and abs(x_majority / x_best - 1) < 0.1
     # the greedy level carries its standard error as a band
-    assert any(abs(p.get_height() - 2 * plots.standard_error(0.45, 100)) < 1e-9
-               for p in ax.patches if hasattr(p, "get_height"))
+    assert any(
+        abs(p.get_height() - 2 * plots.standard_error(0.45, 100)) < 1e-9
+        for p in ax.patches
+        if hasattr(p, "get_height")
+    )
     # the legend lies right of the axes, inside the figure: it covers no line and is not cut off
     renderer = fig.canvas.get_renderer()
     legend = ax.get_legend().get_window_extent(renderer)

@@ -15,14 +15,20 @@ from edgetts.search.base import SolutionPath, StepScorer
 
 TOOLS = Path(__file__).resolve().parent.parent / "tools"
 
-QUESTION = ("Tom buys 4 boxes of pencils. Each box has 12 pencils. He gives 10 pencils to his "
-            "sister. How many pencils does Tom have left?")
-GOOD = ["Tom buys 4 boxes with 12 pencils each, so he has 4 * 12 = 48 pencils.",
-        "He gives 10 pencils away, so he has 48 - 10 = 38 pencils left.",
-        "The answer is 38."]
-BAD = ["Tom buys 4 boxes with 12 pencils each, so he has 4 * 12 = 52 pencils.",
-       "He gives 10 pencils away, so he has 52 - 10 = 42 pencils left.",
-       "The answer is 42."]
+QUESTION = (
+    "Tom buys 4 boxes of pencils. Each box has 12 pencils. He gives 10 pencils to his "
+    "sister. How many pencils does Tom have left?"
+)
+GOOD = [
+    "Tom buys 4 boxes with 12 pencils each, so he has 4 * 12 = 48 pencils.",
+    "He gives 10 pencils away, so he has 48 - 10 = 38 pencils left.",
+    "The answer is 38.",
+]
+BAD = [
+    "Tom buys 4 boxes with 12 pencils each, so he has 4 * 12 = 52 pencils.",
+    "He gives 10 pencils away, so he has 52 - 10 = 42 pencils left.",
+    "The answer is 42.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -145,12 +151,16 @@ def test_manifest_disagrees_with_graph(tmp_path: Path) -> None:
     edit_manifest(d, output={"name": "scores", "kind": "logit"})
     with pytest.raises(PRMError, match="'scores' is not a graph output"):
         PRMScorer.load(d)
-    edit_manifest(d, output={"name": "logits", "kind": "label_softmax", "positive_index": 1,
-                             "negative_index": 0})
+    edit_manifest(
+        d, output={"name": "logits", "kind": "label_softmax", "positive_index": 1, "negative_index": 0}
+    )
     with pytest.raises(PRMError, match="rank 2; kind 'label_softmax'"):
         PRMScorer.load(d)
-    edit_manifest(d, output={"name": "logits", "kind": "logit"},
-                  inputs={"input_ids": "input_ids", "attention_mask": "attention_mask"})
+    edit_manifest(
+        d,
+        output={"name": "logits", "kind": "logit"},
+        inputs={"input_ids": "input_ids", "attention_mask": "attention_mask"},
+    )
     with pytest.raises(PRMError, match=r"\['token_type_ids'\] are not named"):
         PRMScorer.load(d)
 
@@ -205,11 +215,21 @@ def test_tiny_public_prm_export_parity(tmp_path: Path, kind: str) -> None:
 
 @pytest.mark.parametrize(
     ("step", "wrong"),
-    [("so he has 4 * 12 = 48 pencils.", False), ("so he has 4 * 12 = 52 pencils.", True),
-     ("5.2 x 5 = $11.", True), ("$5.2 x 5 = $26", False), ("10/3 = 3.33", False),
-     ("10/3=4", True), ("x^2 + 3 = 7", False), ("-3 + 5 = 2", False),
-     ("2 + 3 = 5 + 1 = 6", False), ("$3 \\times 4 = 13$", True), ("1,000 + 200 = 1,200", False),
-     ("35 questions x 2/5 = 14", False), ("no numbers here", False)],
+    [
+        ("so he has 4 * 12 = 48 pencils.", False),
+        ("so he has 4 * 12 = 52 pencils.", True),
+        ("5.2 x 5 = $11.", True),
+        ("$5.2 x 5 = $26", False),
+        ("10/3 = 3.33", False),
+        ("10/3=4", True),
+        ("x^2 + 3 = 7", False),
+        ("-3 + 5 = 2", False),
+        ("2 + 3 = 5 + 1 = 6", False),
+        ("$3 \\times 4 = 13$", True),
+        ("1,000 + 200 = 1,200", False),
+        ("35 questions x 2/5 = 14", False),
+        ("no numbers here", False),
+    ],
 )
 def test_arithmetic_error(step: str, wrong: bool) -> None:
     from edgetts.prm import arithmetic_error
@@ -229,13 +249,16 @@ BOTH = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 CPU = ["CPUExecutionProvider"]
 
 
-@pytest.mark.parametrize("available, use_cuda, env, expected", [
-    (BOTH, None, "", BOTH),
-    (BOTH, None, "cpu", CPU),
-    (BOTH, False, "cuda", CPU),  # an explicit argument wins over the environment
-    (CPU, None, "auto", CPU),
-    (CPU, True, "", CPU),
-])
+@pytest.mark.parametrize(
+    "available, use_cuda, env, expected",
+    [
+        (BOTH, None, "", BOTH),
+        (BOTH, None, "cpu", CPU),
+        (BOTH, False, "cuda", CPU),  # an explicit argument wins over the environment
+        (CPU, None, "auto", CPU),
+        (CPU, True, "", CPU),
+    ],
+)
 def test_prm_picks_cuda_when_onnxruntime_offers_it(monkeypatch, available, use_cuda, env, expected):
     from edgetts.prm import choose_providers
 

@@ -22,17 +22,27 @@ WIDTH = 8
 
 
 def write_probe(d: Path, w: np.ndarray, b: float, **manifest: object) -> Path:
-    m = {"kind": "policy_probe", "name": "tiny-probe", "hidden_size": len(w),
-         "policy": {"name": "tiny-policy", "n_embd": len(w)}, "default_aggregation": "last",
-         "calculator_check": False, **manifest}
+    m = {
+        "kind": "policy_probe",
+        "name": "tiny-probe",
+        "hidden_size": len(w),
+        "policy": {"name": "tiny-policy", "n_embd": len(w)},
+        "default_aggregation": "last",
+        "calculator_check": False,
+        **manifest,
+    }
     train_probe.export(d, w, b, m)
     return d
 
 
 def paths_with_states(rng: np.random.Generator, n_steps: list[int]) -> list[SolutionPath]:
-    return [SolutionPath(steps=[f"step {i}\n\n" for i in range(k)],
-                 step_states=[rng.normal(size=WIDTH).astype(np.float32) for _ in range(k)])
-            for k in n_steps]
+    return [
+        SolutionPath(
+            steps=[f"step {i}\n\n" for i in range(k)],
+            step_states=[rng.normal(size=WIDTH).astype(np.float32) for _ in range(k)],
+        )
+        for k in n_steps
+    ]
 
 
 def test_scores_are_the_logistic_head(tmp_path: Path) -> None:
@@ -50,10 +60,14 @@ def test_scores_are_the_logistic_head(tmp_path: Path) -> None:
 
 
 def test_calculator_check_caps_wrong_arithmetic(tmp_path: Path) -> None:
-    scorer = load_scorer(write_probe(tmp_path / "p", np.zeros(WIDTH), 5.0, calculator_check=True,
-                                     calculator_cap=0.05), threads=1)
-    path = SolutionPath(steps=["So 4 * 12 = 52 pencils.\n\n", "The answer is 52."],
-                step_states=[np.zeros(WIDTH, np.float32)] * 2)
+    scorer = load_scorer(
+        write_probe(tmp_path / "p", np.zeros(WIDTH), 5.0, calculator_check=True, calculator_cap=0.05),
+        threads=1,
+    )
+    path = SolutionPath(
+        steps=["So 4 * 12 = 52 pencils.\n\n", "The answer is 52."],
+        step_states=[np.zeros(WIDTH, np.float32)] * 2,
+    )
     assert scorer.score("q", [path])[0][0] <= 0.05
     assert scorer.score("q", [path])[0][1] > 0.99
 
@@ -144,13 +158,20 @@ def test_a_probe_on_two_layers_is_twice_as_wide_and_found_for_its_policy(tmp_pat
 
 def test_training_rows_pick_some_of_their_captured_layers(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    paths = [SolutionPath(steps=["a\n\n", "b"], step_states=[rng.normal(size=3 * WIDTH).astype(np.float32)
-                                                      for _ in range(2)])]
-    train_probe._save(tmp_path, {"key": "k", "question": "q", "layers": [8, 12, -1],
-                                 "candidates": [{"correct": True}]}, paths)
+    paths = [
+        SolutionPath(
+            steps=["a\n\n", "b"],
+            step_states=[rng.normal(size=3 * WIDTH).astype(np.float32) for _ in range(2)],
+        )
+    ]
+    train_probe._save(
+        tmp_path,
+        {"key": "k", "question": "q", "layers": [8, 12, -1], "candidates": [{"correct": True}]},
+        paths,
+    )
     full = np.stack(paths[0].step_states).astype(np.float16).astype(np.float32)
     (row,) = train_probe.load_dir(str(tmp_path), [-1, 8])
-    np.testing.assert_array_equal(row["states"][0], np.hstack([full[:, 2 * WIDTH:], full[:, :WIDTH]]))
+    np.testing.assert_array_equal(row["states"][0], np.hstack([full[:, 2 * WIDTH :], full[:, :WIDTH]]))
     assert row["layers"] == [-1, 8]
     assert train_probe.load_dir(str(tmp_path))[0]["states"][0].shape == (2, 3 * WIDTH)
     with pytest.raises(SystemExit, match="no states of layer"):
@@ -167,13 +188,29 @@ def test_layers_ranks_an_informative_layer_above_noise(tmp_path: Path, capsys) -
         for j in range(4):
             right = (j + k) % 2 == 0
             signal = rng.normal(size=WIDTH) + (1.5 if right else -1.5)
-            states = [np.concatenate([signal + rng.normal(size=WIDTH) * 0.1, rng.normal(size=WIDTH)])
-                      .astype(np.float32) for _ in range(2)]
+            states = [
+                np.concatenate([signal + rng.normal(size=WIDTH) * 0.1, rng.normal(size=WIDTH)]).astype(
+                    np.float32
+                )
+                for _ in range(2)
+            ]
             paths.append(SolutionPath(steps=["a\n\n", "b"], step_states=states))
-            cands.append({"correct": right, "answer": "1" if right else str(j + 2), "text": "a\n\nb",
-                          "score": None, "step_scores": [], "n_tokens": 2, "stop_reason": "eos"})
-        train_probe._save(tmp_path, {"key": f"k{k}", "question": f"q{k}", "gold": "1",
-                                     "layers": [3, -1], "candidates": cands}, paths)
+            cands.append(
+                {
+                    "correct": right,
+                    "answer": "1" if right else str(j + 2),
+                    "text": "a\n\nb",
+                    "score": None,
+                    "step_scores": [],
+                    "n_tokens": 2,
+                    "stop_reason": "eos",
+                }
+            )
+        train_probe._save(
+            tmp_path,
+            {"key": f"k{k}", "question": f"q{k}", "gold": "1", "layers": [3, -1], "candidates": cands},
+            paths,
+        )
     train_probe.layers(SimpleNamespace(train=[str(tmp_path)], folds=5, l2=[0.1]))
     table = {line.split()[0]: float(line.split()[1]) for line in capsys.readouterr().out.splitlines()[1:]}
     assert table["3"] > 90 and table["-1"] < 75

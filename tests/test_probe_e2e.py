@@ -23,8 +23,7 @@ QUESTION = "Tom has 3 boxes with 4 apples each. He eats 2 apples. How many apple
 
 @pytest.fixture(scope="module")
 def capturing():
-    pol = LlamaPolicy(PolicyConfig(n_seq_max=4, max_tokens=256, temperature=0.0, seed=0,
-                                   capture_states=True))
+    pol = LlamaPolicy(PolicyConfig(n_seq_max=4, max_tokens=256, temperature=0.0, seed=0, capture_states=True))
     yield pol
     pol.close()
 
@@ -64,8 +63,11 @@ def test_block_outputs_join_the_final_state_and_match_a_prefill(capturing):
     is the same from generation and from a prefill of the written text."""
     n = capturing.metadata.n_embd
     whole = capturing.extend([capturing.root(QUESTION)], 1, to_end=True)[0]
-    tapped = LlamaPolicy(PolicyConfig(n_seq_max=4, max_tokens=256, temperature=0.0, seed=0,
-                                      capture_states=True, state_layers=(12, -1)))
+    tapped = LlamaPolicy(
+        PolicyConfig(
+            n_seq_max=4, max_tokens=256, temperature=0.0, seed=0, capture_states=True, state_layers=(12, -1)
+        )
+    )
     try:
         path = tapped.extend([tapped.root(QUESTION)], 1, to_end=True)[0]
         prefilled = tapped.states_of(QUESTION, path.steps)
@@ -103,8 +105,13 @@ def test_solver_runs_beam_search_on_a_probe_and_refuses_another_policys(tmp_path
 
     meta = capturing.metadata
     w = np.random.default_rng(0).normal(size=meta.n_embd) / np.sqrt(meta.n_embd)
-    manifest = {"kind": "policy_probe", "name": "probe", "hidden_size": meta.n_embd,
-                "policy": {"name": meta.name, "n_embd": meta.n_embd}, "default_aggregation": "min"}
+    manifest = {
+        "kind": "policy_probe",
+        "name": "probe",
+        "hidden_size": meta.n_embd,
+        "policy": {"name": meta.name, "n_embd": meta.n_embd},
+        "default_aggregation": "min",
+    }
     train_probe.export(tmp_path / "probe", w, 0.0, manifest)
     solver = Solver(PolicyConfig(n_seq_max=4, max_tokens=160), prm_path=str(tmp_path / "probe"))
     try:
@@ -122,9 +129,24 @@ def test_solver_runs_beam_search_on_a_probe_and_refuses_another_policys(tmp_path
     other = {**manifest, "policy": {"name": "some-other-model", "n_embd": meta.n_embd}}
     train_probe.export(tmp_path / "other", w, 0.0, other)
     proc = subprocess.run(
-        [sys.executable, "-m", "edgetts.cli", "solve", QUESTION, "--strategy", "best_of_n", "-n", "2",
-         "--prm", str(tmp_path / "other"), "--max-tokens", "40"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "edgetts.cli",
+            "solve",
+            QUESTION,
+            "--strategy",
+            "best_of_n",
+            "-n",
+            "2",
+            "--prm",
+            str(tmp_path / "other"),
+            "--max-tokens",
+            "40",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode != 0
     assert "reads the hidden states of 'some-other-model'" in proc.stderr
@@ -136,8 +158,13 @@ def test_solver_gives_the_policy_the_layers_its_probe_reads(tmp_path, capturing)
 
     meta = capturing.metadata
     w = np.random.default_rng(1).normal(size=2 * meta.n_embd) / np.sqrt(meta.n_embd)
-    manifest = {"kind": "policy_probe", "name": "probe2", "hidden_size": 2 * meta.n_embd,
-                "layers": [12, -1], "policy": {"name": meta.name, "n_embd": meta.n_embd}}
+    manifest = {
+        "kind": "policy_probe",
+        "name": "probe2",
+        "hidden_size": 2 * meta.n_embd,
+        "layers": [12, -1],
+        "policy": {"name": meta.name, "n_embd": meta.n_embd},
+    }
     train_probe.export(tmp_path / "probe2", w, 0.0, manifest)
     solver = Solver(PolicyConfig(n_seq_max=2, max_tokens=120), prm_path=str(tmp_path / "probe2"))
     try:

@@ -73,15 +73,35 @@ class FakeSolver:
         while time.perf_counter() - start < self.delay_s and not deadline.expired():
             time.sleep(0.01)
         self.cancelled.append(cancel is not None and cancel.is_set())
-        chosen = Candidate(text="6 * 7 = 42.\n\n\\boxed{42}", answer="42", score=None,
-                           step_scores=[], n_tokens=9, stop_reason="eos")
-        others = [Candidate(text=f"\\boxed{{{a}}}", answer=a, score=None, step_scores=[], n_tokens=3,
-                            stop_reason="max_tokens") for a in self.others]
+        chosen = Candidate(
+            text="6 * 7 = 42.\n\n\\boxed{42}",
+            answer="42",
+            score=None,
+            step_scores=[],
+            n_tokens=9,
+            stop_reason="eos",
+        )
+        others = [
+            Candidate(
+                text=f"\\boxed{{{a}}}",
+                answer=a,
+                score=None,
+                step_scores=[],
+                n_tokens=3,
+                stop_reason="max_tokens",
+            )
+            for a in self.others
+        ]
         votes = {"42": 1.0 + len(self.others), **{a: 1.0 + i for i, a in enumerate(reversed(self.others))}}
-        return SearchResult(strategy=options.strategy, answer="42", chosen=chosen,
-                            candidates=[chosen, *others], votes=votes if self.others else {"42": 1.0},
-                            cut_short=deadline.expired(),
-                            counters={"tokens_prefilled": 20, "tokens_sampled": 9})
+        return SearchResult(
+            strategy=options.strategy,
+            answer="42",
+            chosen=chosen,
+            candidates=[chosen, *others],
+            votes=votes if self.others else {"42": 1.0},
+            cut_short=deadline.expired(),
+            counters={"tokens_prefilled": 20, "tokens_sampled": 9},
+        )
 
 
 class ThreadedServer:
@@ -135,8 +155,9 @@ def assert_openai_error(payload: dict) -> None:
 def fake():
     """A fake-backed server: (base url, the fake solver)."""
     solver = FakeSolver(delay_s=0.2)
-    settings = ServerSettings(model_id=MODEL, api_key=KEY, max_n=8, max_queue=1, max_body_bytes=4096,
-                              progress_interval_s=0.05)
+    settings = ServerSettings(
+        model_id=MODEL, api_key=KEY, max_n=8, max_queue=1, max_body_bytes=4096, progress_interval_s=0.05
+    )
     with ThreadedServer(create_app(solver, settings)) as base:
         yield base, solver
 
@@ -157,8 +178,11 @@ def test_completion_carries_the_search(fake):
 
 def test_stream_sends_progress_then_the_answer(fake):
     base, _ = fake
-    chunks = list(client(base).chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "What is 6 * 7?"}], stream=True))
+    chunks = list(
+        client(base).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "What is 6 * 7?"}], stream=True
+        )
+    )
     progress = [c for c in chunks if "progress" in (c.model_extra.get("edgetts") or {})]
     assert progress, "no progress chunk while searching"
     text = "".join(c.choices[0].delta.content or "" for c in chunks)
@@ -170,8 +194,12 @@ def test_stream_sends_progress_then_the_answer(fake):
 def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(fake):
     base, _ = fake
     c = client(base)
-    for extra, param in [({"strategy": "magic"}, "strategy"), ({"n": 9}, "n"),
-                         ({"deadline_s": 0}, "deadline_s"), ({"max_tokens": 10**6}, "max_tokens")]:
+    for extra, param in [
+        ({"strategy": "magic"}, "strategy"),
+        ({"n": 9}, "n"),
+        ({"deadline_s": 0}, "deadline_s"),
+        ({"max_tokens": 10**6}, "max_tokens"),
+    ]:
         with pytest.raises(openai.BadRequestError) as err:
             ask(c, **extra)
         assert err.value.body["param"] == param, extra
@@ -216,8 +244,9 @@ def test_full_queue_answers_503_with_retry_after(fake):
     for started, t in enumerate(threads, start=1):  # one running, one waiting: max_queue=1 is full
         t.start()
         wait_for_health(base, lambda h, k=started: h["running"] + h["queued"] == k)
-    status, headers, payload = post(base, json.dumps(
-        {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}).encode())
+    status, headers, payload = post(
+        base, json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    )
     assert status == 503 and int(headers["retry-after"]) >= 1
     assert payload["error"]["code"] == "queue_full"
     for t in threads:
@@ -232,8 +261,12 @@ def test_deadline_counts_the_queue_and_an_unreachable_one_is_refused_at_once(fak
     first.start()
     wait_for_health(base, lambda h: h["running"] == 1)
     start = time.perf_counter()
-    status, headers, payload = post(base, json.dumps(
-        {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "deadline_s": 0.5}).encode())
+    status, headers, payload = post(
+        base,
+        json.dumps(
+            {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "deadline_s": 0.5}
+        ).encode(),
+    )
     assert status == 503 and payload["error"]["code"] == "deadline_unreachable"
     assert time.perf_counter() - start < 0.5 and int(headers["retry-after"]) >= 1
     first.join()
@@ -258,8 +291,13 @@ def test_cancel_event_ends_a_search_like_a_deadline_and_frees_every_path():
     cancel = threading.Event()
     threading.Timer(0.1, cancel.set).start()
     start = time.perf_counter()
-    result = run_search("beam_search", "q", generator, FakeScorer(),
-                        SearchConfig(n=4, beam_width=2, max_steps=50, cancel=cancel))
+    result = run_search(
+        "beam_search",
+        "q",
+        generator,
+        FakeScorer(),
+        SearchConfig(n=4, beam_width=2, max_steps=50, cancel=cancel),
+    )
     assert time.perf_counter() - start < 1.0
     assert result.cut_short
     assert not generator.leaks()
@@ -280,9 +318,26 @@ def served():
     port = _free_port()
     env = {**os.environ, "EDGETTS_THREADS": os.environ.get("EDGETTS_THREADS", "1")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edgetts.cli", "serve", "--port", str(port), "--api-key", KEY,
-         "--max-tokens", "40", "--max-n", "4", "--n", "2"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "edgetts.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--api-key",
+            KEY,
+            "--max-tokens",
+            "40",
+            "--max-n",
+            "4",
+            "--n",
+            "2",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -318,14 +373,41 @@ def test_serve_answers_with_a_strategy(served):
 def test_serve_streams_greedy(served):
     base, model, _ = served
     stream = client(base, timeout=120).chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "What is 6 * 7?"}], stream=True,
-        max_tokens=32, extra_body={"strategy": "greedy"},
+        model=model,
+        messages=[{"role": "user", "content": "What is 6 * 7?"}],
+        stream=True,
+        max_tokens=32,
+        extra_body={"strategy": "greedy"},
     )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks).strip()
     final = chunks[-1].model_extra["edgetts"]
     assert final["strategy"] == "greedy" and final["n"] == 1
+
+
+@pytest.mark.slow
+def test_serve_returns_the_chosen_paths_token_logprobs(served):
+    base, model, _ = served
+    reply = client(base, timeout=120).chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "What is 6 * 7?"}],
+        max_tokens=32,
+        logprobs=True,
+        extra_body={"edgetts": {"strategy": "greedy"}},
+    )
+    content = reply.choices[0].logprobs.content
+    assert content and all(t.logprob <= 0 and t.top_logprobs == [] for t in content)
+    # the tokens spell the reply (which the server strips of surrounding blank space)
+    assert "".join(t.token for t in content).strip() == reply.choices[0].message.content
+    assert len(content) <= reply.usage.completion_tokens
+    plain = client(base, timeout=120).chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "What is 6 * 7?"}],
+        max_tokens=32,
+        extra_body={"edgetts": {"strategy": "greedy"}},
+    )
+    assert plain.choices[0].logprobs is None  # nothing kept unless asked for
 
 
 @pytest.mark.slow
@@ -367,8 +449,13 @@ def test_serve_speaks_openai_to_the_openai_client(served):
     assert terse.choices[0].finish_reason == "stop"
 
     two = c.chat.completions.create(
-        model="gpt-4o-mini", n=2, messages=[{"role": "user", "content": "What is 17 * 23 - 45 / 9?"}],
-        temperature=1.2, seed=3, extra_body={"edgetts": {"strategy": "majority", "samples": 4}})
+        model="gpt-4o-mini",
+        n=2,
+        messages=[{"role": "user", "content": "What is 17 * 23 - 45 / 9?"}],
+        temperature=1.2,
+        seed=3,
+        extra_body={"edgetts": {"strategy": "majority", "samples": 4}},
+    )
     info = two.model_extra["edgetts"]
     ranked = sorted(info["votes"], key=info["votes"].get, reverse=True)
     assert len(ranked) >= 2, info  # the search found two distinct answers to return
@@ -394,8 +481,9 @@ def test_serve_shuts_down_cleanly_mid_request(served):
     """Last on purpose: Ctrl-C while a search runs; it answers cut short and the process exits 0."""
     base, model, proc = served
     replies: list[object] = []
-    worker = threading.Thread(target=lambda: replies.append(
-        ask(client(base, timeout=60), model=model, strategy="majority", n=4)))
+    worker = threading.Thread(
+        target=lambda: replies.append(ask(client(base, timeout=60), model=model, strategy="majority", n=4))
+    )
     worker.start()
     wait_for_health(base, lambda h: h["running"] == 1)
     proc.send_signal(signal.SIGINT)
@@ -414,8 +502,12 @@ def test_openai_n_is_the_number_of_ranked_choices():
         c = client(base)
         one = ask(c, n=1)
         assert len(one.choices) == 1 and solver.options[-1].n != 1  # auto picks its own budget
-        two = c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "6 * 7?"}],
-                                        n=2, extra_body={"edgetts": {"strategy": "majority", "samples": 6}})
+        two = c.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "6 * 7?"}],
+            n=2,
+            extra_body={"edgetts": {"strategy": "majority", "samples": 6}},
+        )
         assert [ch.message.content for ch in two.choices] == ["6 * 7 = 42.\n\n\\boxed{42}", "\\boxed{40}"]
         assert [ch.index for ch in two.choices] == [0, 1]
         assert [ch.finish_reason for ch in two.choices] == ["stop", "length"]
@@ -437,14 +529,22 @@ def test_the_whole_conversation_and_stop_reach_the_solver():
     solver = FakeSolver()
     with ThreadedServer(create_app(solver, ServerSettings(model_id=MODEL, max_n=8))) as base:
         c = client(base)
-        c.chat.completions.create(model=MODEL, stop=["\n\n", "Therefore"], messages=[
-            {"role": "developer", "content": "Answer in one line."},
-            {"role": "user", "content": "What is 2+3?"},
-            {"role": "assistant", "content": "5"},
-            {"role": "user", "content": [{"type": "text", "text": "And 2+4?"}]},
-        ])
-        turns = (("system", "Answer in one line."), ("user", "What is 2+3?"), ("assistant", "5"),
-                 ("user", "And 2+4?"))
+        c.chat.completions.create(
+            model=MODEL,
+            stop=["\n\n", "Therefore"],
+            messages=[
+                {"role": "developer", "content": "Answer in one line."},
+                {"role": "user", "content": "What is 2+3?"},
+                {"role": "assistant", "content": "5"},
+                {"role": "user", "content": [{"type": "text", "text": "And 2+4?"}]},
+            ],
+        )
+        turns = (
+            ("system", "Answer in one line."),
+            ("user", "What is 2+3?"),
+            ("assistant", "5"),
+            ("user", "And 2+4?"),
+        )
         assert solver.questions[-1] == Conversation(turns)
         assert solver.options[-1].stop == ("\n\n", "Therefore")
         assert solver.options[-1].sampling().stop == ("\n\n", "Therefore")
@@ -453,10 +553,13 @@ def test_the_whole_conversation_and_stop_reach_the_solver():
         bad = [
             ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
             ({"stop": [""]}, "stop"),
-            ({"logprobs": True}, "logprobs"),  # not yet: refused rather than silently dropped
+            ({"logprobs": True, "top_logprobs": 2}, "top_logprobs"),  # no alternatives are kept
+            ({"logprobs": 3}, "logprobs"),  # the completions API's integer form
             ({"messages": [{"role": "tool", "content": "x"}, {"role": "user", "content": "q"}]}, "messages"),
-            ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
-             "messages"),
+            (
+                {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
+                "messages",
+            ),
         ]
         for fields, param in bad:
             body = {"model": MODEL, "messages": [{"role": "user", "content": "q"}], **fields}
@@ -484,14 +587,20 @@ def test_text_completions_take_a_raw_prompt():
 
 
 def test_strict_model_and_cors():
-    settings = ServerSettings(model_id=MODEL, strict_model=True, cors_origins=("http://localhost:3000",),
-                              api_key=KEY)
+    settings = ServerSettings(
+        model_id=MODEL, strict_model=True, cors_origins=("http://localhost:3000",), api_key=KEY
+    )
     with ThreadedServer(create_app(FakeSolver(), settings)) as base:
         with pytest.raises(openai.NotFoundError):
             ask(client(base), model="gpt-4o-mini")
         preflight = urllib.request.Request(
-            f"{base}/v1/chat/completions", method="OPTIONS",
-            headers={"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST",
-                     "Access-Control-Request-Headers": "authorization, content-type"})
+            f"{base}/v1/chat/completions",
+            method="OPTIONS",
+            headers={
+                "Origin": "http://localhost:3000",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, content-type",
+            },
+        )
         with urllib.request.urlopen(preflight, timeout=10) as resp:
             assert resp.headers["access-control-allow-origin"] == "http://localhost:3000"

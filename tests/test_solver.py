@@ -5,15 +5,18 @@ import pytest
 from edgetts.solver import SolveOptions
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"strategy": "bogus"}, "unknown strategy"),
-    ({"temperature": -0.1}, "temperature"),
-    ({"top_p": 0.0}, "top_p"),
-    ({"top_p": 1.5}, "top_p"),
-    ({"top_k": -1}, "top_k"),
-    ({"memory_mb": 0}, "memory_mb"),
-    ({"strategy": "beam_search", "n": 6, "beam_width": 4}, "multiple"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"strategy": "bogus"}, "unknown strategy"),
+        ({"temperature": -0.1}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -1}, "top_k"),
+        ({"memory_mb": 0}, "memory_mb"),
+        ({"strategy": "beam_search", "n": 6, "beam_width": 4}, "multiple"),
+    ],
+)
 def test_bad_options_are_refused(bad, message):
     with pytest.raises(ValueError, match=message):
         SolveOptions(**bad).validate()
@@ -43,11 +46,14 @@ def solver_with_fakes(default_aggregation: str):
     return solver
 
 
-@pytest.mark.parametrize("manifest_agg, asked, answer", [
-    ("min", None, "2"),    # the PRM's own aggregation by default: "good" dips to 0.1
-    ("last", None, "1"),
-    ("min", "last", "1"),  # an explicit --agg wins
-])
+@pytest.mark.parametrize(
+    "manifest_agg, asked, answer",
+    [
+        ("min", None, "2"),  # the PRM's own aggregation by default: "good" dips to 0.1
+        ("last", None, "1"),
+        ("min", "last", "1"),  # an explicit --agg wins
+    ],
+)
 def test_aggregation_defaults_to_the_prms_own(manifest_agg, asked, answer):
     solver = solver_with_fakes(manifest_agg)
     result = solver.solve("q", SolveOptions(strategy="best_of_n", n=2, agg=asked))
@@ -91,4 +97,3 @@ def test_confidence_vote_turns_token_confidence_on_and_off_without_touching_the_
     assert not generator.config.capture_confidence  # nor the loaded policy's: it is per search
     solver.solve("q", SolveOptions(strategy="majority", n=2))
     assert not generator.samplings[-1].record_confidence
-

@@ -145,9 +145,9 @@ def test_beam_search_schedule_on_random_tree():
     config = SearchConfig(n=n, beam_width=width, max_steps=max_steps)
     result, gen, scorer = random_run("beam_search", config, p_finish=0.0, max_depth=7)
     # Step rounds: N from the root, then N/M survivors expanded M times each...
-    assert [(len(c.parents), c.n_each) for c in gen.calls[:max_steps]] == [(1, n)] + [
-        (n // width, width)
-    ] * (max_steps - 1)
+    assert [(len(c.parents), c.n_each) for c in gen.calls[:max_steps]] == [(1, n)] + [(n // width, width)] * (
+        max_steps - 1
+    )
     # ...and each round's survivors are exactly the top N/M of what the PRM just scored.
     for scored, call in zip(scorer.seen[: max_steps - 1], gen.calls[1:max_steps], strict=True):
         ranked = sorted(scored, key=lambda steps: -try_score(steps[-1]))
@@ -261,9 +261,9 @@ def test_dvts_schedule_on_random_tree():
     n, width, max_steps = 8, 2, 3
     config = SearchConfig(n=n, beam_width=width, max_steps=max_steps)
     result, gen, scorer = random_run("dvts", config, p_finish=0.0, max_depth=6)
-    assert [(len(c.parents), c.n_each) for c in gen.calls[:max_steps]] == [(1, n)] + [
-        (n // width, width)
-    ] * (max_steps - 1)
+    assert [(len(c.parents), c.n_each) for c in gen.calls[:max_steps]] == [(1, n)] + [(n // width, width)] * (
+        max_steps - 1
+    )
     # Each subtree's survivor is the best of its own M children.
     for scored, call in zip(scorer.seen[: max_steps - 1], gen.calls[1:max_steps], strict=True):
         groups = [scored[i : i + width] for i in range(0, n, width)]

@@ -47,8 +47,11 @@ print(json.dumps({"plan": plan.explain().splitlines()[0].removeprefix("plan: "),
 def run_budget(memory_mb: float, deadline_s: float, questions: list[str]) -> dict:
     """Solve ``questions`` in a fresh process under one budget; its result and peak RSS."""
     start = time.perf_counter()
-    child = subprocess.run([sys.executable, "-c", CHILD, json.dumps([memory_mb, deadline_s, questions])],
-                           capture_output=True, text=True)
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps([memory_mb, deadline_s, questions])],
+        capture_output=True,
+        text=True,
+    )
     if child.returncode:
         why = child.stderr.strip()[-2000:]
         raise SystemExit(f"budget {memory_mb:g} MB / {deadline_s:g} s failed:\n{why}")
@@ -59,8 +62,12 @@ def run_budget(memory_mb: float, deadline_s: float, questions: list[str]) -> dic
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--budgets", nargs="+", default=["750:10", "1000:30", "2000:90"],
-                    help="MEMORY_MB:DEADLINE_S, one per budget")
+    ap.add_argument(
+        "--budgets",
+        nargs="+",
+        default=["750:10", "1000:30", "2000:90"],
+        help="MEMORY_MB:DEADLINE_S, one per budget",
+    )
     ap.add_argument("--data", required=True, help="questions (any shape edgetts run reads)")
     ap.add_argument("--limit", type=int, default=3, help="questions per budget")
     ap.add_argument("--out", default=None, help="append the rows as JSON lines here")
@@ -78,14 +85,18 @@ def main() -> None:
             with open(args.out, "a") as f:
                 f.write(json.dumps(rows[-1]) + "\n")
     print(f"{len(questions)} questions per budget; peak = the whole process (model load included)")
-    print(f"{'budget MB':>9} {'pred MB':>8} {'peak MB':>8} {'peak/bud':>8} {'deadline':>8} "
-          f"{'pred s':>7} {'max s':>6} {'cut':>4}  plan")
+    print(
+        f"{'budget MB':>9} {'pred MB':>8} {'peak MB':>8} {'peak/bud':>8} {'deadline':>8} "
+        f"{'pred s':>7} {'max s':>6} {'cut':>4}  plan"
+    )
     for r in rows:
         slowest = max(x["seconds"] for x in r["runs"])
         cut = sum(x["cut_short"] for x in r["runs"])
-        print(f"{r['memory_mb']:>9.0f} {r['predicted_mb']:>8.0f} {r['peak_mb']:>8.0f} "
-              f"{r['peak_mb'] / r['memory_mb']:>8.0%} {r['deadline_s']:>7.0f}s {r['predicted_s']:>7.1f} "
-              f"{slowest:>6.1f} {cut:>4}  {r['plan']}")
+        print(
+            f"{r['memory_mb']:>9.0f} {r['predicted_mb']:>8.0f} {r['peak_mb']:>8.0f} "
+            f"{r['peak_mb'] / r['memory_mb']:>8.0%} {r['deadline_s']:>7.0f}s {r['predicted_s']:>7.1f} "
+            f"{slowest:>6.1f} {cut:>4}  {r['plan']}"
+        )
 
 
 if __name__ == "__main__":

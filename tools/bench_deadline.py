@@ -64,11 +64,19 @@ def main() -> None:
         start = time.perf_counter()
         result = solver.solve(problem.question, options)
         wall_s = time.perf_counter() - start
-        row = {"run": i, "strategy": result.strategy, "n": plan.n, "deadline_s": deadline_s,
-               "wall_s": round(wall_s, 3), "overrun_s": round(wall_s - deadline_s, 3),
-               "search_s": result.counters.get("wall_s"), "prm_s": result.counters.get("prm_s"),
-               "cut_short": result.cut_short, "answer": result.answer,
-               "within": wall_s <= deadline_s + tolerance_s(deadline_s)}
+        row = {
+            "run": i,
+            "strategy": result.strategy,
+            "n": plan.n,
+            "deadline_s": deadline_s,
+            "wall_s": round(wall_s, 3),
+            "overrun_s": round(wall_s - deadline_s, 3),
+            "search_s": result.counters.get("wall_s"),
+            "prm_s": result.counters.get("prm_s"),
+            "cut_short": result.cut_short,
+            "answer": result.answer,
+            "within": wall_s <= deadline_s + tolerance_s(deadline_s),
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
         if args.out:
@@ -78,8 +86,10 @@ def main() -> None:
     if not overruns:
         return
     print(f"\n{len(rows)} runs, deadlines {args.deadlines} s, overrun = wall - deadline (s):")
-    print(f"  p50 {percentile(overruns, 0.5):+.3f}  p95 {percentile(overruns, 0.95):+.3f}  "
-          f"max {max(overruns):+.3f}  mean {statistics.fmean(overruns):+.3f}")
+    print(
+        f"  p50 {percentile(overruns, 0.5):+.3f}  p95 {percentile(overruns, 0.95):+.3f}  "
+        f"max {max(overruns):+.3f}  mean {statistics.fmean(overruns):+.3f}"
+    )
     print(f"  within deadline + max(10%, 0.5 s): {sum(r['within'] for r in rows)}/{len(rows)}")
     for strategy in sorted({r["strategy"].split(":")[0] for r in rows}):
         sub = [r["overrun_s"] for r in rows if r["strategy"].split(":")[0] == strategy]

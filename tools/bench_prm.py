@@ -66,8 +66,15 @@ def bench(prm: str, items: list[dict], batch: int, repeats: int, threads: int) -
         rates.append(n / s)
     med = statistics.median(rates)
     size = (Path(prm) / scorer.manifest.model_file).stat().st_size / 2**20
-    return {"prm": prm, "precision": precision, "batch": batch,
-            "steps_per_s": med, "ms_per_step": 1000 / med, "runs": rates, "onnx_mb": size}
+    return {
+        "prm": prm,
+        "precision": precision,
+        "batch": batch,
+        "steps_per_s": med,
+        "ms_per_step": 1000 / med,
+        "runs": rates,
+        "onnx_mb": size,
+    }
 
 
 def main() -> None:
@@ -82,16 +89,19 @@ def main() -> None:
     args = ap.parse_args()
     items = json.loads(Path(args.data).read_text())[: args.items]
     n_steps = sum(len(it["steps"]) for it in items)
-    print(f"{len(items)} items, {n_steps} steps each pass, {args.threads} thread(s), "
-          f"median of {args.repeats}")
+    print(
+        f"{len(items)} items, {n_steps} steps each pass, {args.threads} thread(s), median of {args.repeats}"
+    )
     print(f"{'prm':36s} {'prec':>5s} {'batch':>5s} {'steps/s':>9s} {'ms/step':>8s} {'MB':>6s}")
     rows = []
     for prm in args.prm:
         for b in args.batch:
             r = bench(prm, items, b, args.repeats, args.threads)
             rows.append(r)
-            print(f"{prm:36s} {r['precision']:>5s} {b:5d} {r['steps_per_s']:9.1f} "
-                  f"{r['ms_per_step']:8.2f} {r['onnx_mb']:6.1f}")
+            print(
+                f"{prm:36s} {r['precision']:>5s} {b:5d} {r['steps_per_s']:9.1f} "
+                f"{r['ms_per_step']:8.2f} {r['onnx_mb']:6.1f}"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

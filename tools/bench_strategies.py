@@ -97,8 +97,15 @@ def subset_rows(candidates: list[Candidate], gold: str, n_list: list[int]) -> li
         tokens = sum(c.n_tokens for c in subset)
         for strategy, chosen in picks.items():
             answer = chosen.answer if chosen else None
-            rows.append({"strategy": strategy, "n": n, "answer": answer,
-                         "correct": answers_equal(answer, gold), "tokens_generated": tokens})
+            rows.append(
+                {
+                    "strategy": strategy,
+                    "n": n,
+                    "answer": answer,
+                    "correct": answers_equal(answer, gold),
+                    "tokens_generated": tokens,
+                }
+            )
     return rows
 
 
@@ -108,7 +115,7 @@ def run(args: argparse.Namespace) -> None:
     kept = samples_path(out, args.samples)
     problems = load_problems(args.data, args.question_key, args.answer_key, args.id_key, args.limit)
     # A shard (--offset) lets two processes share the 2 cores on one sweep, appending to one file.
-    problems = problems[args.offset:]
+    problems = problems[args.offset :]
     model = args.model or next(s.name for s in load_registry().values() if s.default)
     # The PRM edgetts itself would pick for this policy (its own probe when one ships).
     meta = read_metadata(resolve(args.model))
@@ -116,10 +123,17 @@ def run(args: argparse.Namespace) -> None:
     scorer = load_scorer(prm, threads=default_threads()) if args.only != ["greedy"] else None
     # Kept states are those the PRM reads (a probe's layers), so a rescore with it needs no policy.
     layers = tuple(getattr(getattr(scorer, "manifest", None), "layers", None) or [-1])
-    policy = LlamaPolicy(PolicyConfig(model=args.model, max_tokens=args.max_tokens,
-                                      n_seq_max=min(args.n_max, 16), seed=args.seed,
-                                      capture_states=True, state_layers=layers,
-                                      capture_confidence=getattr(scorer, "needs_confidence", False)))
+    policy = LlamaPolicy(
+        PolicyConfig(
+            model=args.model,
+            max_tokens=args.max_tokens,
+            n_seq_max=min(args.n_max, 16),
+            seed=args.seed,
+            capture_states=True,
+            state_layers=layers,
+            capture_confidence=getattr(scorer, "needs_confidence", False),
+        )
+    )
     n_list = sorted(n for n in args.n if n <= args.n_max)
     sampling = Sampling(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
     agg = args.agg or (scorer.default_aggregation if scorer else "last")
@@ -127,17 +141,25 @@ def run(args: argparse.Namespace) -> None:
         base = {"problem_id": problem.id, "dataset": args.dataset, "model": model, "gold": problem.answer}
 
         def todo(strategy: str, n: int, problem_id: str = problem.id) -> bool:
-            return (problem_id, model, strategy, n) not in done and (
-                not args.only or strategy in args.only)
+            return (problem_id, model, strategy, n) not in done and (not args.only or strategy in args.only)
 
         features: dict[str, float] = {}
         if todo("greedy", 1):
             greedy = SearchConfig(n=1, sampling=dataclasses.replace(sampling, temperature=0.0))
             result = run_search("majority", problem.question, policy, None, greedy)
-            _append(out, {**base, "strategy": "greedy", "n": 1, "answer": result.answer,
-                          "correct": answers_equal(result.answer, problem.answer),
-                          "tokens_generated": result.counters["tokens_generated"],
-                          "seconds": result.counters["wall_s"], "difficulty_features": {}})
+            _append(
+                out,
+                {
+                    **base,
+                    "strategy": "greedy",
+                    "n": 1,
+                    "answer": result.answer,
+                    "correct": answers_equal(result.answer, problem.answer),
+                    "tokens_generated": result.counters["tokens_generated"],
+                    "seconds": result.counters["wall_s"],
+                    "difficulty_features": {},
+                },
+            )
         if any(todo(s, n) for s in SUBSET_STRATEGIES for n in n_list):
             start = time.perf_counter()
             paths = policy.extend([policy.root(problem.question, sampling)], args.n_max, to_end=True)
@@ -149,25 +171,51 @@ def run(args: argparse.Namespace) -> None:
             # The samples are the expensive part: keep them so another PRM can rescore them later.
             kept_states_dir(kept).mkdir(parents=True, exist_ok=True)
             save_states(kept_states_dir(kept) / f"{problem.id}.npz", paths)
-            _append(kept, {**base, "question": problem.question, "prm": str(scorer.directory),
-                           "seconds": round(seconds, 3), "candidates": [asdict(c) for c in candidates]})
+            _append(
+                kept,
+                {
+                    **base,
+                    "question": problem.question,
+                    "prm": str(scorer.directory),
+                    "seconds": round(seconds, 3),
+                    "candidates": [asdict(c) for c in candidates],
+                },
+            )
             for row in subset_rows(candidates, problem.answer, n_list):
                 if todo(row["strategy"], row["n"]):
-                    _append(out, {**base, **row, "seconds": round(seconds * row["n"] / args.n_max, 3),
-                                  "prm": str(prm), "difficulty_features": features})
+                    _append(
+                        out,
+                        {
+                            **base,
+                            **row,
+                            "seconds": round(seconds * row["n"] / args.n_max, 3),
+                            "prm": str(prm),
+                            "difficulty_features": features,
+                        },
+                    )
         for strategy in SEARCH_STRATEGIES:
             for n in n_list:
                 if n < args.beam_width or not todo(strategy, n) or n > args.search_n_max:
                     continue
-                config = SearchConfig(n=n, beam_width=args.beam_width, max_steps=args.max_steps, agg=agg,
-                                      sampling=sampling)
+                config = SearchConfig(
+                    n=n, beam_width=args.beam_width, max_steps=args.max_steps, agg=agg, sampling=sampling
+                )
                 result = run_search(strategy, problem.question, policy, scorer, config)
-                _append(out, {**base, "strategy": strategy, "n": n, "answer": result.answer,
-                              "correct": answers_equal(result.answer, problem.answer),
-                              "tokens_generated": result.counters["tokens_generated"],
-                              "tokens_redecoded": result.counters["tokens_redecoded"],
-                              "seconds": result.counters["wall_s"], "prm": str(prm),
-                              "difficulty_features": features})
+                _append(
+                    out,
+                    {
+                        **base,
+                        "strategy": strategy,
+                        "n": n,
+                        "answer": result.answer,
+                        "correct": answers_equal(result.answer, problem.answer),
+                        "tokens_generated": result.counters["tokens_generated"],
+                        "tokens_redecoded": result.counters["tokens_redecoded"],
+                        "seconds": result.counters["wall_s"],
+                        "prm": str(prm),
+                        "difficulty_features": features,
+                    },
+                )
         print(f"[{index + 1}/{len(problems)}] {problem.id} done", flush=True)
 
 
@@ -190,18 +238,30 @@ def rescore(args: argparse.Namespace) -> None:
             scored = scorer.score(sample_row["question"], load_states(kept))
         else:
             scored = scorer.score_steps(sample_row["question"], [split_steps(c.text) for c in cands])
-        cands = [dataclasses.replace(c, step_scores=sc, score=aggregate(sc, agg) if sc else None)
-                 for c, sc in zip(cands, scored, strict=True)]
+        cands = [
+            dataclasses.replace(c, step_scores=sc, score=aggregate(sc, agg) if sc else None)
+            for c, sc in zip(cands, scored, strict=True)
+        ]
         base = {k: sample_row[k] for k in ("problem_id", "dataset", "model", "gold")}
         features = difficulty_features(cands)
         for row in subset_rows(cands, sample_row["gold"], [n for n in n_list if n <= len(cands)]):
             if (base["problem_id"], base["model"], row["strategy"], row["n"]) not in done:
                 seconds = sample_row["seconds"] * row["n"] / len(cands)
-                _append(out, {**base, **row, "seconds": round(seconds, 3), "prm": str(scorer.directory),
-                              "difficulty_features": features})
+                _append(
+                    out,
+                    {
+                        **base,
+                        **row,
+                        "seconds": round(seconds, 3),
+                        "prm": str(scorer.directory),
+                        "difficulty_features": features,
+                    },
+                )
     if skipped:
-        print(f"{skipped} problems skipped: no step states kept in {kept_states} (sampled before "
-              "run kept them); this PRM reads the policy's states")
+        print(
+            f"{skipped} problems skipped: no step states kept in {kept_states} (sampled before "
+            "run kept them); this PRM reads the policy's states"
+        )
     print(f"rows written to {out}")
 
 
@@ -215,8 +275,7 @@ def states(args: argparse.Namespace) -> None:
     samples = Path(args.samples)
     folder = kept_states_dir(samples)
     folder.mkdir(parents=True, exist_ok=True)
-    policy = LlamaPolicy(PolicyConfig(model=args.model, n_seq_max=1, max_tokens=1024,
-                                      capture_states=True))
+    policy = LlamaPolicy(PolicyConfig(model=args.model, n_seq_max=1, max_tokens=1024, capture_states=True))
     for row in load_rows([args.samples]):
         target = folder / f"{row['problem_id']}.npz"
         if target.is_file():
@@ -298,31 +357,54 @@ def compare(args: argparse.Namespace) -> None:
     k = result.problems
     print(f"A {args.a}: {result.a_right}/{k} right ({result.a_right / k:.1%})")
     print(f"B {args.b}: {result.b_right}/{k} right ({result.b_right / k:.1%})")
-    print(f"on {k} shared problems A won {result.wins}, lost {result.losses} "
-          f"(two-sided sign test p = {result.p_value:.3g})")
+    print(
+        f"on {k} shared problems A won {result.wins}, lost {result.losses} "
+        f"(two-sided sign test p = {result.p_value:.3g})"
+    )
 
 
 def plot(summary: dict, path: str, title: str, n_problems: int) -> None:
     models = sorted({m for m, _, _ in summary})
     default = next(s.name for s in load_registry().values() if s.default)
     fig, ax = accuracy_axes()
-    colors = dict(zip(("majority", "best_of_n", "weighted_best_of_n", "beam_search", "dvts"),
-                      ("tab:gray", "tab:blue", "tab:green", "tab:red", "tab:purple"), strict=True))
+    colors = dict(
+        zip(
+            ("majority", "best_of_n", "weighted_best_of_n", "beam_search", "dvts"),
+            ("tab:gray", "tab:blue", "tab:green", "tab:red", "tab:purple"),
+            strict=True,
+        )
+    )
     drawn = [st for st in colors if any(m == default and k == st for m, k, _ in summary)]
     for index, strategy in enumerate(drawn):
-        points = sorted((n, s["accuracy"], s["problems"]) for (m, st, n), s in summary.items()
-                        if m == default and st == strategy)
+        points = sorted(
+            (n, s["accuracy"], s["problems"])
+            for (m, st, n), s in summary.items()
+            if m == default and st == strategy
+        )
         ns, accuracy, problems = zip(*points, strict=True)
-        accuracy_curve(ax, dodged(ns, index, len(drawn)), accuracy, problems, color=colors[strategy],
-                       label=strategy.replace("_", " "))
+        accuracy_curve(
+            ax,
+            dodged(ns, index, len(drawn)),
+            accuracy,
+            problems,
+            color=colors[strategy],
+            label=strategy.replace("_", " "),
+        )
     styles = iter(["--", ":"])
     for model in models:
         greedy = summary.get((model, "greedy", 1))
         if greedy:
-            accuracy_level(ax, greedy["accuracy"], greedy["problems"], linestyle=next(styles, "-."),
-                           color="black", label=f"{model} greedy")
-    save_accuracy_plot(fig, ax, path, "N (samples / beams), log scale",
-                       f"{title} ({n_problems} problems, policy {default})")
+            accuracy_level(
+                ax,
+                greedy["accuracy"],
+                greedy["problems"],
+                linestyle=next(styles, "-."),
+                color="black",
+                label=f"{model} greedy",
+            )
+    save_accuracy_plot(
+        fig, ax, path, "N (samples / beams), log scale", f"{title} ({n_problems} problems, policy {default})"
+    )
 
 
 def main() -> None:
@@ -331,25 +413,37 @@ def main() -> None:
     r = sub.add_parser("run", help="answer problems with every strategy, append rows")
     r.add_argument("--data", required=True)
     r.add_argument("--out", required=True)
-    r.add_argument("--samples", default=None,
-                   help="where to keep the samples (they hold the question text, so keep them out of "
-                   "the repo): default <out>.samples.jsonl, their step states beside it in <name>.states/")
+    r.add_argument(
+        "--samples",
+        default=None,
+        help="where to keep the samples (they hold the question text, so keep them out of "
+        "the repo): default <out>.samples.jsonl, their step states beside it in <name>.states/",
+    )
     r.add_argument("--dataset", default="data")
     r.add_argument("--limit", type=int, default=None)
-    r.add_argument("--offset", type=int, default=0,
-                   help="skip the first K of the --limit problems (to run shards side by side)")
+    r.add_argument(
+        "--offset",
+        type=int,
+        default=0,
+        help="skip the first K of the --limit problems (to run shards side by side)",
+    )
     r.add_argument("--question-key")
     r.add_argument("--answer-key")
     r.add_argument("--id-key")
     r.add_argument("--model", default=None, help="policy (default: the default model)")
-    r.add_argument("--prm", default=None,
-                   help="PRM directory (default: the one edgetts picks for the policy)")
+    r.add_argument(
+        "--prm", default=None, help="PRM directory (default: the one edgetts picks for the policy)"
+    )
     r.add_argument("--n", type=int, nargs="+", default=[1, 4, 16])
     r.add_argument("--n-max", type=int, default=16, help="samples drawn once per problem")
     r.add_argument("--search-n-max", type=int, default=16, help="largest N for beam search / DVTS")
     r.add_argument("--beam-width", type=int, default=4)
-    r.add_argument("--agg", choices=["last", "min", "prod"], default=None,
-                   help="path score from step scores (default: the PRM manifest's)")
+    r.add_argument(
+        "--agg",
+        choices=["last", "min", "prod"],
+        default=None,
+        help="path score from step scores (default: the PRM manifest's)",
+    )
     r.add_argument("--max-steps", type=int, default=12)
     r.add_argument("--max-tokens", type=int, default=400)
     r.add_argument("--temperature", type=float, default=SolveOptions.temperature)
@@ -361,16 +455,24 @@ def main() -> None:
     p.add_argument("--results", nargs="+", required=True)
     p.add_argument("--plot", default=None, help="PNG path")
     p.add_argument("--title", default=None)
-    p.add_argument("--only", nargs="*", default=[],
-                   help="only these strategies, or STRATEGY:N for one N of one (a partial run: more "
-                   "problems in common), e.g. majority best_of_n beam_search:4")
+    p.add_argument(
+        "--only",
+        nargs="*",
+        default=[],
+        help="only these strategies, or STRATEGY:N for one N of one (a partial run: more "
+        "problems in common), e.g. majority best_of_n beam_search:4",
+    )
     q = sub.add_parser("rescore", help="sample-based rows again, from kept samples, with another PRM")
     q.add_argument("--samples", required=True, help="<out>.samples.jsonl written by run")
     q.add_argument("--prm", required=True, help="PRM directory")
     q.add_argument("--out", required=True, help="results JSONL (appended, resumable)")
     q.add_argument("--n", type=int, nargs="+", default=[1, 4, 16])
-    q.add_argument("--agg", choices=["last", "min", "prod"], default=None,
-                   help="path score from step scores (default: the PRM manifest's)")
+    q.add_argument(
+        "--agg",
+        choices=["last", "min", "prod"],
+        default=None,
+        help="path score from step scores (default: the PRM manifest's)",
+    )
     q.add_argument("--threads", type=int, default=1)
     t = sub.add_parser("states", help="step states of kept samples that have none (a prefill each)")
     t.add_argument("--samples", required=True, help="<out>.samples.jsonl written by run")

@@ -35,9 +35,7 @@ from edgetts.prompts import split_steps
 
 DATA = Path("/work/shared/data")
 NUM = r"-?\$?\d[\d,]*(?:\.\d+)?"
-EQ_RE = re.compile(
-    rf"(?P<lhs>{NUM}(?:\s*[-+*/x×]\s*{NUM})+)\s*=\s*(?P<rhs>-?\$?\d[\d,]*(?:\.\d+)?)"
-)
+EQ_RE = re.compile(rf"(?P<lhs>{NUM}(?:\s*[-+*/x×]\s*{NUM})+)\s*=\s*(?P<rhs>-?\$?\d[\d,]*(?:\.\d+)?)")
 NUMBER_RE = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?![\w])")
 
 
@@ -95,8 +93,9 @@ def load_prmbench(pattern: str = str(DATA / "prmbench_train" / "*.jsonl")) -> li
             labels = [1 if i < first else 0 for i in range(len(mod))]
             mq = d.get("modified_question") or q
             out.append(
-                Example(f"{idx}-{d['classification']}", idx, "prmbench", mq, mod, labels,
-                        kind=d["classification"])
+                Example(
+                    f"{idx}-{d['classification']}", idx, "prmbench", mq, mod, labels, kind=d["classification"]
+                )
             )
     return out
 
@@ -122,8 +121,13 @@ def math_steps(solution: str, max_steps: int = 12) -> list[str]:
         buf += ch
         if ch == "$" and (i == 0 or solution[i - 1] != "\\"):
             in_math = not in_math
-        if (not in_math and ch in ".!?" and i + 1 < len(solution)
-                and solution[i + 1] == " " and len(buf.strip()) > 20):
+        if (
+            not in_math
+            and ch in ".!?"
+            and i + 1 < len(solution)
+            and solution[i + 1] == " "
+            and len(buf.strip()) > 20
+        ):
             sents.append(buf.strip())
             buf = ""
         i += 1
@@ -228,8 +232,9 @@ def corrupt(ex: Example, rng: random.Random, n: int) -> list[Example]:
         new_step, kind = res
         steps = ex.steps[:k] + [new_step] + ex.steps[k + 1 :]
         labels = [1 if i < k else 0 for i in range(len(steps))]
-        out.append(Example(f"{ex.id}-c{len(out)}", ex.group, ex.source, ex.question, steps,
-                           labels, kind=kind))
+        out.append(
+            Example(f"{ex.id}-c{len(out)}", ex.group, ex.source, ex.question, steps, labels, kind=kind)
+        )
     return out
 
 
@@ -247,8 +252,14 @@ def load_reference(name: str, limit: int, n_corrupt: int, seed: int) -> list[Exa
             q, steps = d["problem"], math_steps(d["solution"])
         if len(steps) < 2:
             continue
-        clean = Example(f"{name}-{i}", f"{name}-{hashlib.sha1(q.encode()).hexdigest()[:10]}",
-                        name, q, steps, [1] * len(steps))
+        clean = Example(
+            f"{name}-{i}",
+            f"{name}-{hashlib.sha1(q.encode()).hexdigest()[:10]}",
+            name,
+            q,
+            steps,
+            [1] * len(steps),
+        )
         out.append(clean)
         out.extend(corrupt(clean, rng, n_corrupt))
     return out
@@ -265,17 +276,33 @@ def load_onpolicy(path: str, source: str = "onpolicy") -> list[Example]:
             if not steps or c.get("correct") is None:
                 continue
             labels = [1] * len(steps) if c["correct"] else [-1] * (len(steps) - 1) + [0]
-            out.append(Example(f"{source}-{n}-{j}", f"{source}-{d.get('id', n)}", source, q,
-                               steps, labels, kind="outcome"))
+            out.append(
+                Example(
+                    f"{source}-{n}-{j}",
+                    f"{source}-{d.get('id', n)}",
+                    source,
+                    q,
+                    steps,
+                    labels,
+                    kind="outcome",
+                )
+            )
     return out
 
 
 def to_processbench(exs: list[Example]) -> list[dict]:
     """ProcessBench items from fully labelled examples."""
     return [
-        {"id": e.id, "generator": f"{e.source}:{e.kind}", "problem": e.question, "steps": e.steps,
-         "final_answer_correct": e.first_error < 0, "label": e.first_error}
-        for e in exs if -1 not in e.labels
+        {
+            "id": e.id,
+            "generator": f"{e.source}:{e.kind}",
+            "problem": e.question,
+            "steps": e.steps,
+            "final_answer_correct": e.first_error < 0,
+            "label": e.first_error,
+        }
+        for e in exs
+        if -1 not in e.labels
     ]
 
 
@@ -317,8 +344,7 @@ def main() -> None:
             splits[s].extend(lst)
             if s != "train" and not name.startswith("onpolicy"):
                 (out / f"pb_{s}_{name}.json").write_text(json.dumps(to_processbench(lst)))
-        print(name, {s: len(v) for s, v in per.items()},
-              "neg", sum(e.first_error >= 0 for e in exs))
+        print(name, {s: len(v) for s, v in per.items()}, "neg", sum(e.first_error >= 0 for e in exs))
     random.Random(args.seed).shuffle(splits["train"])
     for s, lst in splits.items():
         write_jsonl(out / f"{s}.jsonl", lst)

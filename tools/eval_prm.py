@@ -54,16 +54,14 @@ def prf(preds: list[int], labels: list[int]) -> dict[str, float]:
     a_err = 100.0 * float(np.mean(err)) if err else 0.0
     a_cor = 100.0 * float(np.mean(cor)) if cor else 0.0
     f1 = 2 * a_err * a_cor / (a_err + a_cor) if a_err + a_cor > 0 else 0.0
-    return {"error_acc": a_err, "correct_acc": a_cor, "f1": f1, "n_error": len(err),
-            "n_correct": len(cor)}
+    return {"error_acc": a_err, "correct_acc": a_cor, "f1": f1, "n_error": len(err), "n_correct": len(cor)}
 
 
 def pick_threshold(scores: Scores, labels: Labels) -> tuple[float, float]:
     """Threshold with the best mean F1 over the given files; returns (threshold, mean F1)."""
     best = (0.5, -1.0)
     for t in GRID:
-        f = float(np.mean([prf([first_below(s, t) for s in scores[n]], labels[n])["f1"]
-                           for n in scores]))
+        f = float(np.mean([prf([first_below(s, t) for s in scores[n]], labels[n])["f1"] for n in scores]))
         if f > best[1]:
             best = (t, f)
     return best
@@ -77,8 +75,9 @@ def load_items(path: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def prm_scores(prm: str | None, threads: int | None, files: dict[str, list[dict]],
-               batch: int) -> tuple[Scores, Any]:
+def prm_scores(
+    prm: str | None, threads: int | None, files: dict[str, list[dict]], batch: int
+) -> tuple[Scores, Any]:
     """Raw per-step scores (calculator check off) of an ONNX PRM for every file, and its manifest.
 
     Windows are grouped ``batch`` per onnxruntime call (fp32 and int8-weight scores do not
@@ -97,8 +96,7 @@ def prm_scores(prm: str | None, threads: int | None, files: dict[str, list[dict]
     for p, items in files.items():
         out[p] = []
         for b in range(0, len(items), chunk):
-            out[p].extend(scorer.score_pairs([(it["problem"], it["steps"])
-                                              for it in items[b : b + chunk]]))
+            out[p].extend(scorer.score_pairs([(it["problem"], it["steps"]) for it in items[b : b + chunk]]))
     return out, manifest
 
 
@@ -116,15 +114,24 @@ def probe_scores(prm: str, threads: int | None, files: dict[str, list[dict]]) ->
     scorer.manifest.calculator_check = False
     # The default policy: check_policy refuses the pairing if the probe was made for another.
     # Room for the longest items (PRMBench problems run past 1,500 prompt tokens).
-    policy = LlamaPolicy(PolicyConfig(n_seq_max=1, max_prompt_tokens=4096, max_tokens=4096,
-                                      n_threads=threads, capture_states=True,
-                                      state_layers=tuple(scorer.manifest.layers)))
+    policy = LlamaPolicy(
+        PolicyConfig(
+            n_seq_max=1,
+            max_prompt_tokens=4096,
+            max_tokens=4096,
+            n_threads=threads,
+            capture_states=True,
+            state_layers=tuple(scorer.manifest.layers),
+        )
+    )
     scorer.check_policy(policy.metadata.name, policy.metadata.n_embd)
     out: Scores = {}
     for p, items in files.items():
         # Token confidence too when the probe reads it (manifest "features").
-        paths = [policy.read_solution(it["problem"], it["steps"], confidence=scorer.needs_confidence)
-                 for it in items]
+        paths = [
+            policy.read_solution(it["problem"], it["steps"], confidence=scorer.needs_confidence)
+            for it in items
+        ]
         out[p] = [scorer.score(it["problem"], [path])[0] for it, path in zip(items, paths, strict=True)]
     policy.close()
     return out, manifest
@@ -134,12 +141,21 @@ def with_calculator(scores: Scores, files: dict[str, list[dict]], cap: float) ->
     """Apply the runtime's calculator check (cap scores of steps with false arithmetic)."""
     from edgetts.prm import calculator_capped
 
-    return {p: [calculator_capped(it["steps"], sc, cap) for sc, it in zip(scores[p], files[p], strict=True)]
-            for p in scores}
+    return {
+        p: [calculator_capped(it["steps"], sc, cap) for sc, it in zip(scores[p], files[p], strict=True)]
+        for p in scores
+    }
 
 
-def report(name: str, scores: Scores, files: dict[str, list[dict]], data: list[str],
-           dev: list[str], fixed: float | None, default_thr: float) -> dict:
+def report(
+    name: str,
+    scores: Scores,
+    files: dict[str, list[dict]],
+    data: list[str],
+    dev: list[str],
+    fixed: float | None,
+    default_thr: float,
+) -> dict:
     """Pick the threshold on dev (unless fixed), print the per-file table, return results."""
     labels = {p: [it["label"] for it in files[p]] for p in files}
     thr = default_thr
@@ -147,15 +163,19 @@ def report(name: str, scores: Scores, files: dict[str, list[dict]], data: list[s
         thr = fixed
     elif dev:
         thr, _ = pick_threshold({p: scores[p] for p in dev}, {p: labels[p] for p in dev})
-    print(f"{name}  threshold={thr:.2f}" + (f" (picked on {len(dev)} dev file(s))"
-                                           if dev and fixed is None else ""))
+    print(
+        f"{name}  threshold={thr:.2f}"
+        + (f" (picked on {len(dev)} dev file(s))" if dev and fixed is None else "")
+    )
     print(f"{'file':44s} {'n_err':>6s} {'n_ok':>6s} {'err_acc':>8s} {'ok_acc':>8s} {'F1':>6s}")
     results = {}
     for p in data:
         r = prf([first_below(s, thr) for s in scores[p]], labels[p])
         results[p] = r
-        print(f"{Path(p).name:44s} {r['n_error']:6d} {r['n_correct']:6d} {r['error_acc']:8.1f} "
-              f"{r['correct_acc']:8.1f} {r['f1']:6.1f}")
+        print(
+            f"{Path(p).name:44s} {r['n_error']:6d} {r['n_correct']:6d} {r['error_acc']:8.1f} "
+            f"{r['correct_acc']:8.1f} {r['f1']:6.1f}"
+        )
     mean = float(np.mean([r["f1"] for r in results.values()]))
     print(f"{'mean F1':44s} {'':6s} {'':6s} {'':8s} {'':8s} {mean:6.1f}")
     return {"name": name, "threshold": thr, "files": results, "mean_f1": mean}
@@ -163,8 +183,7 @@ def report(name: str, scores: Scores, files: dict[str, list[dict]], data: list[s
 
 def length_scores(items: list[dict], sign: float) -> list[list[float]]:
     """Trivial baseline: score = squashed step length (sign=+1: long is bad; -1: short is bad)."""
-    return [[1.0 / (1.0 + np.exp(sign * (len(s) - 150) / 60.0)) for s in it["steps"]]
-            for it in items]
+    return [[1.0 / (1.0 + np.exp(sign * (len(s) - 150) / 60.0)) for s in it["steps"]] for it in items]
 
 
 def is_correct(candidate: dict, row: dict) -> bool:
@@ -183,8 +202,9 @@ def selection_gain(path: str, prm: str | None, threads: int, agg: str | None) ->
     scorer = PRMScorer.load(prm, threads=threads)
     agg = agg or scorer.manifest.default_aggregation
     rows = load_selection_rows(path)
-    scores = [scorer.score_steps(question_of(r), [split_steps(c["text"]) for c in r["candidates"]])
-              for r in rows]
+    scores = [
+        scorer.score_steps(question_of(r), [split_steps(c["text"]) for c in r["candidates"]]) for r in rows
+    ]
     return {"agg": agg, **selection_accuracy(rows, scores, agg)}
 
 
@@ -225,30 +245,40 @@ def selection_accuracy(rows: list[dict], scores: list[list[list[float]]], agg: s
         # votes go to the earliest answer), so the baseline is the same whatever PRM is judged.
         unscored = [replace(Candidate.from_dict(c), score=None) for c in r["candidates"]]
         cands = [replace(c, score=sc) for c, sc in zip(unscored, path_scores, strict=True)]
-        picks = {"majority": (pick_by_vote(unscored, lambda c: 1.0)[0], unscored),
-                 "prm_best": (pick_best(cands), cands),
-                 "prm_weighted": (pick_by_vote(cands, lambda c: c.score)[0], cands)}
+        picks = {
+            "majority": (pick_by_vote(unscored, lambda c: 1.0)[0], unscored),
+            "prm_best": (pick_best(cands), cands),
+            "prm_weighted": (pick_by_vote(cands, lambda c: c.score)[0], cands),
+        }
         for name, (pick, pool) in picks.items():
             ok = pick is not None and pick.answer is not None
             hits[name].append(ok and graded[next(i for i, c in enumerate(pool) if c is pick)])
         hits["oracle"].append(any(graded))
-    return {"n_problems": len(hits["oracle"]),
-            **{k: 100.0 * float(np.mean(v)) for k, v in hits.items() if v},
-            "pair_auc": 100.0 * float(np.mean(pairs)) if pairs else None, "pairs": len(pairs)}
+    return {
+        "n_problems": len(hits["oracle"]),
+        **{k: 100.0 * float(np.mean(v)) for k, v in hits.items() if v},
+        "pair_auc": 100.0 * float(np.mean(pairs)) if pairs else None,
+        "pairs": len(pairs),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", nargs="+", default=[], help="ProcessBench-format files to report")
-    ap.add_argument("--selection", default=None,
-                    help="edgetts run results or bench_strategies samples JSONL (best-of-N)")
+    ap.add_argument(
+        "--selection", default=None, help="edgetts run results or bench_strategies samples JSONL (best-of-N)"
+    )
     ap.add_argument("--agg", choices=["last", "min", "prod"], default=None)
     ap.add_argument("--dev", nargs="*", default=[], help="files to pick the threshold on")
     ap.add_argument("--prm", default=None, help="PRM directory (default: edgetts/assets/prm-minilm)")
     ap.add_argument("--baseline", choices=["length", "calculator"], default=None)
     ap.add_argument("--threshold", type=float, default=None, help="fixed threshold (no picking)")
-    ap.add_argument("--calculator", choices=["manifest", "on", "off", "both"], default="manifest",
-                    help="override the manifest's calculator_check (arithmetic check)")
+    ap.add_argument(
+        "--calculator",
+        choices=["manifest", "on", "off", "both"],
+        default="manifest",
+        help="override the manifest's calculator_check (arithmetic check)",
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=16, help="items scored per onnxruntime call")
     ap.add_argument("--limit", type=int, default=None, help="first N items of each file")
@@ -268,26 +298,42 @@ def main() -> None:
     if args.baseline == "calculator":
         from edgetts.prm import arithmetic_error
 
-        scores = {p: [[0.0 if arithmetic_error(s) else 1.0 for s in it["steps"]] for it in files[p]]
-                  for p in files}
+        scores = {
+            p: [[0.0 if arithmetic_error(s) else 1.0 for s in it["steps"]] for it in files[p]] for p in files
+        }
         runs.append(("baseline:calculator-only", scores, 0.5))
     elif args.baseline == "length":
         dev_labels = {p: [it["label"] for it in files[p]] for p in args.dev}
-        sign = max((1.0, -1.0), key=lambda sg: pick_threshold(
-            {p: length_scores(files[p], sg) for p in args.dev}, dev_labels)[1]) if args.dev else 1.0
-        runs.append((f"baseline:length(sign={sign:+.0f})",
-                     {p: length_scores(files[p], sign) for p in files}, 0.5))
+        sign = (
+            max(
+                (1.0, -1.0),
+                key=lambda sg: pick_threshold({p: length_scores(files[p], sg) for p in args.dev}, dev_labels)[
+                    1
+                ],
+            )
+            if args.dev
+            else 1.0
+        )
+        runs.append(
+            (f"baseline:length(sign={sign:+.0f})", {p: length_scores(files[p], sign) for p in files}, 0.5)
+        )
     else:
         raw, manifest = prm_scores(args.prm, args.threads, files, args.batch)
         modes = {"manifest": ["on" if manifest.calculator_check else "off"], "both": ["off", "on"]}
         for mode in modes.get(args.calculator, [args.calculator]):
             sc = raw if mode == "off" else with_calculator(raw, files, manifest.calculator_cap)
-            runs.append((f"{args.prm or 'edgetts/assets/prm-minilm'} calculator={mode}", sc,
-                         getattr(manifest, "threshold", 0.5)))
+            runs.append(
+                (
+                    f"{args.prm or 'edgetts/assets/prm-minilm'} calculator={mode}",
+                    sc,
+                    getattr(manifest, "threshold", 0.5),
+                )
+            )
     print(f"scored in {time.perf_counter() - t0:.1f}s")
     out = [report(n, sc, files, args.data, args.dev, args.threshold, thr) for n, sc, thr in runs]
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
+
 
 if __name__ == "__main__":
     main()

@@ -42,10 +42,14 @@ def export_onnx(model: torch.nn.Module, path: Path, opset: int = 17) -> None:
     types = torch.zeros_like(ids)
     axes = {0: "batch", 1: "sequence"}
     torch.onnx.export(
-        model, (ids, mask, types), str(path), dynamo=False, opset_version=opset,
-        input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=["logits"],
-        dynamic_axes={"input_ids": axes, "attention_mask": axes, "token_type_ids": axes,
-                      "logits": axes},
+        model,
+        (ids, mask, types),
+        str(path),
+        dynamo=False,
+        opset_version=opset,
+        input_names=["input_ids", "attention_mask", "token_type_ids"],
+        output_names=["logits"],
+        dynamic_axes={"input_ids": axes, "attention_mask": axes, "token_type_ids": axes, "logits": axes},
     )
 
 
@@ -60,15 +64,21 @@ def quantize_int8(src: Path, dst: Path, mode: str, ops: list[str]) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     if mode == "dynamic":
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=ops)
+        quantize_dynamic(
+            str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=ops
+        )
         return
     import onnx
     from onnxruntime.quantization import matmul_nbits_quantizer as nbits
 
-    cfg = nbits.DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, bits=8,
-                                             op_types_to_quantize=("MatMul",),
-                                             quant_axes=(("MatMul", 0),), accuracy_level=4)
+    cfg = nbits.DefaultWeightOnlyQuantConfig(
+        block_size=32,
+        is_symmetric=True,
+        bits=8,
+        op_types_to_quantize=("MatMul",),
+        quant_axes=(("MatMul", 0),),
+        accuracy_level=4,
+    )
     q = nbits.MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=cfg)
     q.process()
     model = q.model.model
@@ -89,16 +99,19 @@ def quantize_embedding_rows(model: Any, name: str) -> None:
     scale = np.maximum(np.abs(w).max(axis=1, keepdims=True), 1e-8) / 127.0
     wq = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
     g.initializer.remove(init)
-    g.initializer.extend([numpy_helper.from_array(wq, name + "_int8"),
-                          numpy_helper.from_array(scale.astype(np.float32), name + "_scale")])
+    g.initializer.extend(
+        [
+            numpy_helper.from_array(wq, name + "_int8"),
+            numpy_helper.from_array(scale.astype(np.float32), name + "_scale"),
+        ]
+    )
     node = next(n for n in g.node if n.op_type == "Gather" and n.input[0] == name)
     ids, out = node.input[1], node.output[0]
     idx = list(g.node).index(node)
     g.node.remove(node)
     new = [
         helper.make_node("Gather", [name + "_int8", ids], [out + "_q"], name=out + "_gq"),
-        helper.make_node("Cast", [out + "_q"], [out + "_f"], to=TensorProto.FLOAT,
-                         name=out + "_cast"),
+        helper.make_node("Cast", [out + "_q"], [out + "_f"], to=TensorProto.FLOAT, name=out + "_cast"),
         helper.make_node("Gather", [name + "_scale", ids], [out + "_s"], name=out + "_gs"),
         helper.make_node("Mul", [out + "_f", out + "_s"], [out], name=out + "_mul"),
     ]
@@ -125,8 +138,11 @@ def parity(model: torch.nn.Module, prm_dir: Path, data: Path, n: int = 32) -> fl
             ids = torch.tensor([w.ids])
             with torch.no_grad():
                 ref = model(ids, torch.ones_like(ids), torch.tensor([w.types]))[0, w.tag_positions]
-            feed = {"input_ids": ids.numpy(), "attention_mask": np.ones_like(ids.numpy()),
-                    "token_type_ids": np.array([w.types], dtype=np.int64)}
+            feed = {
+                "input_ids": ids.numpy(),
+                "attention_mask": np.ones_like(ids.numpy()),
+                "token_type_ids": np.array([w.types], dtype=np.int64),
+            }
             got = scorer.session.run(["logits"], feed)[0][0, w.tag_positions]
             worst = max(worst, float(np.abs(got - ref.numpy()).max()))
     return worst
@@ -136,16 +152,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", required=True, help="state dict written by train_prm.py")
     ap.add_argument("--out", required=True, help="PRM directory to write")
-    ap.add_argument("--quant", choices=["none", "dynamic", "weight"], default="none",
-                    help="int8: dynamic (fastest) or weight-only (batch-independent scores)")
-    ap.add_argument("--int8-ops", default="MatMul,Gemm,Gather",
-                    help="op types quantized by --quant dynamic")
+    ap.add_argument(
+        "--quant",
+        choices=["none", "dynamic", "weight"],
+        default="none",
+        help="int8: dynamic (fastest) or weight-only (batch-independent scores)",
+    )
+    ap.add_argument("--int8-ops", default="MatMul,Gemm,Gather", help="op types quantized by --quant dynamic")
     ap.add_argument("--threshold", type=float, default=0.5, help="manifest threshold")
     ap.add_argument("--max-length", type=int, default=512)
-    ap.add_argument("--agg", choices=["last", "min", "prod"], default="min",
-                    help="manifest default_aggregation (measure with eval_prm.py --selection)")
-    ap.add_argument("--calculator-cap", type=float, default=0.05,
-                    help="cap the score of a step with a false plain-number equation (0: off)")
+    ap.add_argument(
+        "--agg",
+        choices=["last", "min", "prod"],
+        default="min",
+        help="manifest default_aggregation (measure with eval_prm.py --selection)",
+    )
+    ap.add_argument(
+        "--calculator-cap",
+        type=float,
+        default=0.05,
+        help="cap the score of a step with a false plain-number equation (0: off)",
+    )
     ap.add_argument("--parity-data", default="work/prm/pb_dev_prmbench.json")
     ap.add_argument("--tol", type=float, default=1e-3, help="fp32 parity tolerance (logits)")
     args = ap.parse_args()
@@ -174,8 +201,16 @@ def main() -> None:
     InputBuilder(_load_tokenizer(out / "tokenizer.json"), Manifest.from_dict(man))
     diff = parity(model, out, Path(args.parity_data))
     size = (out / "model.onnx").stat().st_size / 2**20
-    print(json.dumps({"out": str(out), "precision": man["precision"], "onnx_mb": round(size, 1),
-                      "parity_max_abs_logit_diff": diff}))
+    print(
+        json.dumps(
+            {
+                "out": str(out),
+                "precision": man["precision"],
+                "onnx_mb": round(size, 1),
+                "parity_max_abs_logit_diff": diff,
+            }
+        )
+    )
     if args.quant == "none" and diff > args.tol:
         raise SystemExit(f"parity failed: max abs diff {diff:.2e} > {args.tol}")
 

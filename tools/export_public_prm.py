@@ -48,16 +48,14 @@ LAYOUTS: dict[str, dict[str, Any]] = {
         "prefix": f"<|im_start|>system\n{QWEN_SYSTEM}<|im_end|>\n<|im_start|>user\n",
         "middle": "<|im_end|>\n<|im_start|>assistant\n",
         "suffix": "<|im_end|><|endoftext|>",
-        "output": {"name": "logits", "kind": "label_softmax", "positive_index": 1,
-                   "negative_index": 0},
+        "output": {"name": "logits", "kind": "label_softmax", "positive_index": 1, "negative_index": 0},
     },
     "math-shepherd": {
         "step_tag": "ки",
         "prefix": "",
         "middle": " ",
         "suffix": "",
-        "output": {"name": "logits", "kind": "label_softmax", "positive_index": 1,
-                   "negative_index": 0},
+        "output": {"name": "logits", "kind": "label_softmax", "positive_index": 1, "negative_index": 0},
     },
 }
 
@@ -103,14 +101,17 @@ def tiny_tokenizer(path: Path, specials: list[str]) -> Any:
     """A small word-level tokenizer (written to ``path``) with the family's special tokens."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    words = ("the a is of to and in we so step answer total each per has have then find "
-             "apples cost dollars times plus minus equals boxed + - * / = ( ) . , : $ \\ { }").split()
+    words = (
+        "the a is of to and in we so step answer total each per has have then find "
+        "apples cost dollars times plus minus equals boxed + - * / = ( ) . , : $ \\ { }"
+    ).split()
     vocab = {"[UNK]": 0}
     for w in words + [str(i) for i in range(100)]:
         vocab.setdefault(w, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(), pre_tokenizers.Digits()])
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(), pre_tokenizers.Digits()]
+    )
     tok.add_special_tokens(specials)
     tok.save(str(path))
     return tok
@@ -122,15 +123,29 @@ def tiny_model(kind: str, tok: Any) -> tuple[nn.Module, dict[str, Any]]:
     if kind == "qwen-prm":
         from transformers import Qwen2Config, Qwen2Model
 
-        cfg = Qwen2Config(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128,
-                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                          max_position_embeddings=512, attn_implementation="eager")
+        cfg = Qwen2Config(
+            vocab_size=tok.get_vocab_size(),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            attn_implementation="eager",
+        )
         return TwoLabelPRM(Qwen2Model(cfg), cfg.hidden_size).eval(), {}
     from transformers import MistralConfig, MistralForCausalLM
 
-    cfg = MistralConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128,
-                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                        max_position_embeddings=512, attn_implementation="eager")
+    cfg = MistralConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        attn_implementation="eager",
+    )
     good, bad = tok.token_to_id("+"), tok.token_to_id("-")
     return LabelTokenPRM(MistralForCausalLM(cfg), bad, good).eval(), {"label_tokens": ["-", "+"]}
 
@@ -142,16 +157,21 @@ def local_model(kind: str, model_dir: Path, good: str, bad: str) -> tuple[nn.Mod
     if kind == "qwen-prm":
         from transformers import AutoModel
 
-        m = AutoModel.from_pretrained(model_dir, trust_remote_code=True, local_files_only=True,
-                                      attn_implementation="eager", torch_dtype=torch.float32)
+        m = AutoModel.from_pretrained(
+            model_dir,
+            trust_remote_code=True,
+            local_files_only=True,
+            attn_implementation="eager",
+            torch_dtype=torch.float32,
+        )
         return Wrapped(m).eval(), {}
     from transformers import AutoModelForCausalLM
 
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     ids = [tok.encode(t, add_special_tokens=False).ids[-1] for t in (bad, good)]
-    lm = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True,
-                                              attn_implementation="eager",
-                                              torch_dtype=torch.float32)
+    lm = AutoModelForCausalLM.from_pretrained(
+        model_dir, local_files_only=True, attn_implementation="eager", torch_dtype=torch.float32
+    )
     return LabelTokenPRM(lm, *ids).eval(), {"label_tokens": [bad, good]}
 
 
@@ -160,23 +180,42 @@ def export(model: nn.Module, path: Path, opset: int = 17) -> None:
     ids = torch.randint(1, 50, (2, 16))
     axes = {0: "batch", 1: "sequence"}
     with torch.no_grad():
-        torch.onnx.export(model, (ids, torch.ones_like(ids)), str(path), dynamo=False,
-                          opset_version=opset, input_names=["input_ids", "attention_mask"],
-                          output_names=["logits"],
-                          dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": axes})
+        torch.onnx.export(
+            model,
+            (ids, torch.ones_like(ids)),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["input_ids", "attention_mask"],
+            output_names=["logits"],
+            dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": axes},
+        )
 
 
 def write_manifest(out: Path, kind: str, name: str, max_length: int, extra: dict) -> None:
     lay = LAYOUTS[kind]
-    man = {"name": name, "format_version": 1, "step_tag": lay["step_tag"],
-           "step_separator": "\n\n", "max_length": max_length, "max_question_tokens": 256,
-           "max_step_tokens": 256, "prefix": lay["prefix"], "middle": lay["middle"],
-           "suffix": lay["suffix"], "pad_id": 0,
-           "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask"},
-           "output": lay["output"], "score_positions": "step_tag",
-           "default_aggregation": "min" if kind == "math-shepherd" else "last",
-           "threshold": 0.5, "model_file": "model.onnx", "tokenizer_file": "tokenizer.json",
-           "family": kind, **extra}
+    man = {
+        "name": name,
+        "format_version": 1,
+        "step_tag": lay["step_tag"],
+        "step_separator": "\n\n",
+        "max_length": max_length,
+        "max_question_tokens": 256,
+        "max_step_tokens": 256,
+        "prefix": lay["prefix"],
+        "middle": lay["middle"],
+        "suffix": lay["suffix"],
+        "pad_id": 0,
+        "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask"},
+        "output": lay["output"],
+        "score_positions": "step_tag",
+        "default_aggregation": "min" if kind == "math-shepherd" else "last",
+        "threshold": 0.5,
+        "model_file": "model.onnx",
+        "tokenizer_file": "tokenizer.json",
+        "family": kind,
+        **extra,
+    }
     (out / "manifest.json").write_text(json.dumps(man, indent=1, ensure_ascii=False) + "\n")
 
 
@@ -190,8 +229,9 @@ def parity(model: nn.Module, out: Path, question: str, steps: list[list[str]]) -
             ids = torch.tensor([w.ids])
             with torch.no_grad():
                 ref = model(ids, torch.ones_like(ids))[0]
-            onnx_out = scorer.session.run(["logits"], {"input_ids": ids.numpy(),
-                                                       "attention_mask": np.ones_like(ids.numpy())})
+            onnx_out = scorer.session.run(
+                ["logits"], {"input_ids": ids.numpy(), "attention_mask": np.ones_like(ids.numpy())}
+            )
             out_diff = max(out_diff, float(np.abs(onnx_out[0][0] - ref.numpy()).max()))
             p = torch.softmax(ref[w.tag_positions], dim=-1)[:, 1].numpy()
             mine = np.array([g[i] for i in w.step_indices])
@@ -199,14 +239,22 @@ def parity(model: nn.Module, out: Path, question: str, steps: list[list[str]]) -
     return {"max_abs_output_diff": out_diff, "max_abs_score_diff": score_diff}
 
 
-def run(kind: str, out: Path, tiny: bool, model_dir: Path | None = None, good: str = "+",
-        bad: str = "-", max_length: int = 512) -> dict[str, float]:
+def run(
+    kind: str,
+    out: Path,
+    tiny: bool,
+    model_dir: Path | None = None,
+    good: str = "+",
+    bad: str = "-",
+    max_length: int = 512,
+) -> dict[str, float]:
     """Build or load the model, export it, write tokenizer + manifest, check parity."""
     out.mkdir(parents=True, exist_ok=True)
     lay = LAYOUTS[kind]
     if tiny:
-        specials = [lay["step_tag"]] + (["<|im_start|>", "<|im_end|>", "<|endoftext|>"]
-                                        if kind == "qwen-prm" else [])
+        specials = [lay["step_tag"]] + (
+            ["<|im_start|>", "<|im_end|>", "<|endoftext|>"] if kind == "qwen-prm" else []
+        )
         tok = tiny_tokenizer(out / "tokenizer.json", specials)
         model, extra = tiny_model(kind, tok)
         name = f"tiny-{kind}"
@@ -220,8 +268,11 @@ def run(kind: str, out: Path, tiny: bool, model_dir: Path | None = None, good: s
         (out / "model.onnx").write_bytes((Path(tmp) / "model.onnx").read_bytes())
     write_manifest(out, kind, name, max_length, extra)
     q = "Each apple costs 3 dollars . We buy 4 apples . Find the total cost ."
-    steps = [["Each apple costs 3 dollars .", "4 times 3 equals 12 .", "The answer is 12 ."],
-             ["4 plus 3 equals 7 ."], []]
+    steps = [
+        ["Each apple costs 3 dollars .", "4 times 3 equals 12 .", "The answer is 12 ."],
+        ["4 plus 3 equals 7 ."],
+        [],
+    ]
     return parity(model, out, q, steps)
 
 
@@ -238,8 +289,9 @@ def main() -> None:
     ap.add_argument("--tol", type=float, default=1e-4)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    res = run(args.kind, Path(args.out), args.tiny, args.model_dir, args.good_token,
-              args.bad_token, args.max_length)
+    res = run(
+        args.kind, Path(args.out), args.tiny, args.model_dir, args.good_token, args.bad_token, args.max_length
+    )
     print(json.dumps({"out": args.out, **res}))
     if max(res.values()) > args.tol:
         raise SystemExit(f"parity failed: {res} > {args.tol}")

@@ -89,8 +89,12 @@ def best_entry(problems: list[dict], budget: int) -> dict | None:
     """The (strategy, n <= budget) with the highest accuracy over ``problems``."""
     # Auto always draws its probes and picks over them, so fewer samples is not a choice it has.
     floor = min(PROBE_N, budget)
-    keys = {k for p in problems for k in p["correct"]
-            if k[1] <= budget and (k[0] not in SAMPLE_STRATEGIES or k[1] >= floor)}
+    keys = {
+        k
+        for p in problems
+        for k in p["correct"]
+        if k[1] <= budget and (k[0] not in SAMPLE_STRATEGIES or k[1] >= floor)
+    }
     scored = []
     for strategy, n in keys:
         results = [p["correct"][strategy, n] for p in problems if (strategy, n) in p["correct"]]
@@ -104,8 +108,9 @@ def best_entry(problems: list[dict], budget: int) -> dict | None:
     return {"strategy": strategy, "n": n, "accuracy": round(-acc, 4), "problems": len(problems)}
 
 
-def beats(problems: list[dict], challenger: tuple[str, int], incumbent: tuple[str, int],
-          min_gain: int, alpha: float) -> bool:
+def beats(
+    problems: list[dict], challenger: tuple[str, int], incumbent: tuple[str, int], min_gain: int, alpha: float
+) -> bool:
     """Whether ``challenger`` is right on at least ``min_gain`` more problems than ``incumbent``
     and a one-sided sign test on the problems where they disagree says so at level ``alpha``."""
     wins = sum(p["correct"][challenger] and not p["correct"][incumbent] for p in problems)
@@ -123,12 +128,17 @@ def overall_entry(problems: list[dict], budget: int, min_gain: int, alpha: float
     if beats(problems, (best["strategy"], best["n"]), default, min_gain, alpha):
         return best
     hits = sum(p["correct"][default] for p in problems)
-    return {"strategy": DEFAULT_STRATEGY, "n": budget, "accuracy": round(hits / len(problems), 4),
-            "problems": len(problems)}
+    return {
+        "strategy": DEFAULT_STRATEGY,
+        "n": budget,
+        "accuracy": round(hits / len(problems), 4),
+        "problems": len(problems),
+    }
 
 
-def bin_entry(group: list[dict], everyone: list[dict], budget: int, min_gain: int,
-              alpha: float) -> dict | None:
+def bin_entry(
+    group: list[dict], everyone: list[dict], budget: int, min_gain: int, alpha: float
+) -> dict | None:
     """The bin's entry at ``budget``: the overall choice unless the bin's own best beats it there."""
     overall, local = overall_entry(everyone, budget, min_gain, alpha), best_entry(group, budget)
     if overall is None or local is None:
@@ -142,8 +152,9 @@ def bin_entry(group: list[dict], everyone: list[dict], budget: int, min_gain: in
     return {**overall, "accuracy": round(hits / len(group), 4), "problems": len(group), "overall": True}
 
 
-def fit(problems: list[dict], min_problems: int, min_gain: int = 2,
-        alpha: float = 0.05) -> tuple[dict, dict[str, list[dict]]]:
+def fit(
+    problems: list[dict], min_problems: int, min_gain: int = 2, alpha: float = 0.05
+) -> tuple[dict, dict[str, list[dict]]]:
     """Table entries per bin and budget from per-problem results (see the module doc)."""
     table = ComputeOptimalTable()
     binned: dict[str, list[dict]] = defaultdict(list)
@@ -156,8 +167,11 @@ def fit(problems: list[dict], min_problems: int, min_gain: int = 2,
         pooled = len(group) < min_problems
         row = {}
         for budget in budgets:
-            entry = (overall_entry(problems, budget, min_gain, alpha) if pooled
-                     else bin_entry(group, problems, budget, min_gain, alpha))
+            entry = (
+                overall_entry(problems, budget, min_gain, alpha)
+                if pooled
+                else bin_entry(group, problems, budget, min_gain, alpha)
+            )
             if entry:
                 row[str(budget)] = {**entry, "pooled": pooled, "bin_problems": len(group)}
         if row:
@@ -183,16 +197,19 @@ def auto_outcome(table: ComputeOptimalTable, p: dict, budget: int) -> tuple[bool
     return bool(p["correct"].get(key)), tokens
 
 
-def evaluate(problems: list[dict], budgets: list[int], min_problems: int,
-             min_gain: int = 2, alpha: float = 0.05) -> dict[str, list[tuple]]:
+def evaluate(
+    problems: list[dict], budgets: list[int], min_problems: int, min_gain: int = 2, alpha: float = 0.05
+) -> dict[str, list[tuple]]:
     """Auto, leave-one-out, against every fixed strategy at the same budget N; prints the table.
 
     Returns strategy -> [(N, mean generated tokens, accuracy)] for the points on every problem.
     """
     fixed = sorted({s for p in problems for s, _ in p["correct"]})
     curves: dict[str, list[tuple]] = defaultdict(list)
-    print(f"{len(problems)} problems; accuracy ± one standard error (mean generated tokens); "
-          "auto is leave-one-out; - : not run on every problem (no fair comparison)")
+    print(
+        f"{len(problems)} problems; accuracy ± one standard error (mean generated tokens); "
+        "auto is leave-one-out; - : not run on every problem (no fair comparison)"
+    )
     print(f"{'N':>3} {'auto':>22} " + " ".join(f"{s:>22}" for s in fixed))
     for budget in budgets:
         outcomes = []
@@ -224,12 +241,18 @@ def plot(curves: dict[str, list[tuple]], path: str, n_problems: int) -> None:
         xs = dodged(tokens, index, len(ordered))
         style = {"color": "black", "linewidth": 2.5} if strategy == "auto" else {"alpha": 0.8}
         # every point is over all n_problems (evaluate keeps only those), so one count serves
-        accuracy_curve(ax, xs, accuracy, [n_problems] * len(points), label=strategy.replace("_", " "),
-                       **style)
+        accuracy_curve(
+            ax, xs, accuracy, [n_problems] * len(points), label=strategy.replace("_", " "), **style
+        )
         for n, x, y in zip(budgets, xs, accuracy, strict=True):
             ax.annotate(f"{n}", (x, y), textcoords="offset points", xytext=(3, -10), fontsize=7)
-    save_accuracy_plot(fig, ax, path, "mean generated tokens per problem, log scale (labels: budget N)",
-                       f"auto (leave-one-out) against fixed strategies, {n_problems} problems")
+    save_accuracy_plot(
+        fig,
+        ax,
+        path,
+        "mean generated tokens per problem, log scale (labels: budget N)",
+        f"auto (leave-one-out) against fixed strategies, {n_problems} problems",
+    )
 
 
 def cell(hits: list[bool], tokens: list[int], width: int) -> str:
@@ -246,25 +269,40 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="where to write the table")
     ap.add_argument("--model", default=None, help="only rows of this policy")
     ap.add_argument("--min-problems", type=int, default=8)
-    ap.add_argument("--min-gain", type=int, default=2,
-                    help="problems a choice must win over the one it replaces (default rule, or a bin's)")
-    ap.add_argument("--alpha", type=float, default=0.05,
-                    help="level of the one-sided sign test a replacement must also pass")
+    ap.add_argument(
+        "--min-gain",
+        type=int,
+        default=2,
+        help="problems a choice must win over the one it replaces (default rule, or a bin's)",
+    )
+    ap.add_argument(
+        "--alpha",
+        type=float,
+        default=0.05,
+        help="level of the one-sided sign test a replacement must also pass",
+    )
     ap.add_argument("--eval", action="store_true", help="print auto vs fixed accuracy per budget")
     ap.add_argument("--plot", default=None, help="with --eval: PNG of accuracy against tokens")
-    ap.add_argument("--require", nargs="*", default=[], metavar="STRATEGY:N",
-                    help="only problems benched with these configurations (e.g. beam_search:4)")
+    ap.add_argument(
+        "--require",
+        nargs="*",
+        default=[],
+        metavar="STRATEGY:N",
+        help="only problems benched with these configurations (e.g. beam_search:4)",
+    )
     args = ap.parse_args()
     rows = load_rows(args.results, args.model)
     required = parse_required(args.require)
     problems = [p for p in by_problem(rows).values() if all(k in p["correct"] for k in required)]
     fitted, binned = fit(problems, args.min_problems, args.min_gain, args.alpha)
-    note = (f"fitted from bench_strategies.py results: {fitted['n_problems']} problems, {len(rows)} "
-            "rows; ties go to the smaller n, then to majority, so a small bench that cannot tell "
-            "strategies apart yields cheap choices: re-fit from a full bench run"
-            if fitted["entries"] else
-            "no bench results were available when this was written: the table is empty and auto "
-            "uses its default rule (weighted best-of-N at the full budget; majority without a PRM)")
+    note = (
+        f"fitted from bench_strategies.py results: {fitted['n_problems']} problems, {len(rows)} "
+        "rows; ties go to the smaller n, then to majority, so a small bench that cannot tell "
+        "strategies apart yields cheap choices: re-fit from a full bench run"
+        if fitted["entries"]
+        else "no bench results were available when this was written: the table is empty and auto "
+        "uses its default rule (weighted best-of-N at the full budget; majority without a PRM)"
+    )
     doc = {
         "format_version": 1,
         "note": note,

@@ -10,6 +10,7 @@ A client that gets 503 waits ``min(Retry-After, --backoff-max-s)`` before its ne
 a polite client would; the load stays high because there are more clients than queue places.
 
     EDGETTS_THREADS=1 python tools/load_test_server.py --clients 8 --duration-s 120 --deadline-s 3
+    python tools/load_test_server.py --clients 4 --serve-args "--ray local --replicas 2 --threads 1"
 
 Only ever talks to 127.0.0.1.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -109,7 +111,8 @@ def rss_mb(pid: int, key: str) -> float:
 
 def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "edgetts.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--max-tokens", str(args.max_tokens), "--max-queue", str(args.max_queue)]
+           "--max-tokens", str(args.max_tokens), "--max-queue", str(args.max_queue),
+           *shlex.split(args.serve_args)]
     env = {**os.environ, "EDGETTS_THREADS": os.environ.get("EDGETTS_THREADS", "1")}
     log = open(args.server_log, "w")  # stays open as long as the server runs
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -124,7 +127,7 @@ def wait_ready(base: str, proc: subprocess.Popen, timeout_s: float = 300) -> dic
             status, health = get_json(f"{base}/health")
             if status == 200:
                 return health
-        except OSError:
+        except (OSError, ValueError):  # not up yet (a proxy in front may answer in plain text)
             pass
         time.sleep(0.5)
     raise SystemExit("the server did not become ready")
@@ -135,9 +138,9 @@ def client_loop(base: str, model: str, args: argparse.Namespace, stats: Stats, s
     i = index
     while time.monotonic() < stop_at and budget.acquire(blocking=False):
         body = {"model": model, "messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
-                "strategy": args.strategy, "n": args.n, "deadline_s": args.deadline_s,
+                "strategy": args.strategy, "n": args.n, "deadline_s": args.deadline_s or None,
                 "max_tokens": args.max_tokens, "seed": i}
-        sample = post(base, body, timeout=args.deadline_s * 10 + 30)
+        sample = post(base, body, timeout=args.deadline_s * 10 + 30 if args.deadline_s else 900)
         stats.add(sample)
         i += args.clients
         if sample.status == 503:
@@ -158,7 +161,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--duration-s", type=float, default=120)
     parser.add_argument("--max-requests", type=int, default=2000, help="Cap on load requests in all.")
-    parser.add_argument("--deadline-s", type=float, default=3.0)
+    parser.add_argument("--deadline-s", type=float, default=3.0,
+                        help="Each request's deadline_s; 0: none (no search is cut, none refused for time).")
     parser.add_argument("--strategy", default="majority")
     parser.add_argument("--n", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=128)
@@ -166,6 +170,9 @@ def main() -> None:
     parser.add_argument("--backoff-max-s", type=float, default=1.0)
     parser.add_argument("--after", type=int, default=2, help="Ordinary requests after the load.")
     parser.add_argument("--server-log", default="/tmp/edgetts-load-server.log")
+    parser.add_argument("--serve-args", default="",
+                        help="More `edgetts serve` arguments, e.g. '--threads 2' or "
+                             "'--ray local --replicas 2 --threads 1' (peak RSS is then the driver's only).")
     parser.add_argument("--json", dest="json_out", default=None, help="Also write the report here.")
     args = parser.parse_args()
 
@@ -223,6 +230,7 @@ def summarize(samples: list[Sample], after: list[Sample], health: tuple[int, dic
     return {
         "clients": args.clients, "duration_s": round(load_s, 1), "deadline_s": args.deadline_s,
         "strategy": f"{args.strategy} n={args.n}", "max_tokens": args.max_tokens,
+        "serve_args": args.serve_args,
         "max_queue": args.max_queue,
         "requests": len(samples), "served_200": len(ok),
         "throughput_per_min": round(len(ok) / load_s * 60, 1) if load_s else 0.0,
@@ -230,8 +238,9 @@ def summarize(samples: list[Sample], after: list[Sample], health: tuple[int, dic
         "status_counts": by_status, "count_503": sum(s.status == 503 for s in samples),
         "p50_latency_s": round(pct(latencies, 0.5), 2), "p95_latency_s": round(pct(latencies, 0.95), 2),
         "max_latency_s": round(max(latencies), 2) if latencies else None,
-        "over_deadline": sum(lat > args.deadline_s for lat in latencies),
-        "p95_over_deadline_s": round(pct([lat - args.deadline_s for lat in latencies], 0.95), 2),
+        "over_deadline": sum(lat > args.deadline_s for lat in latencies) if args.deadline_s else None,
+        "p95_over_deadline_s": round(pct([lat - args.deadline_s for lat in latencies], 0.95), 2)
+        if args.deadline_s else None,
         "p50_queue_s": round(pct([s.queue_s for s in ok], 0.5), 2),
         "p50_search_s": round(pct([s.search_s for s in ok], 0.5), 2),
         "p503_latency_ms": round(pct([s.latency_s for s in samples if s.status == 503], 0.5) * 1000, 1),

@@ -36,8 +36,11 @@ def base_manifest(max_length: int = 512) -> dict[str, Any]:
         "middle": "[SEP]",
         "suffix": "[SEP]",
         "pad_id": 0,
-        "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
-                   "token_type_ids": "token_type_ids"},
+        "inputs": {
+            "input_ids": "input_ids",
+            "attention_mask": "attention_mask",
+            "token_type_ids": "token_type_ids",
+        },
         "output": {"name": "logits", "kind": "logit"},
         "score_positions": "step_tag",
         "default_aggregation": "last",
@@ -57,10 +60,12 @@ class EncoderPRM(nn.Module):
         self.encoder = BertModel(config, add_pooling_layer=False)
         self.head = nn.Linear(config.hidden_size, 1)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor) -> torch.Tensor:
-        h = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
-                         token_type_ids=token_type_ids).last_hidden_state
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
+        h = self.encoder(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).last_hidden_state
         return self.head(h).squeeze(-1)
 
 

@@ -47,9 +47,13 @@ CALCULATOR_CAP = 0.05  # as in the shipped manifest
 Item = tuple[list[int], list[int], list[int], list[int]]  # ids, types, tag positions, labels
 
 
-def load_items(path: Path, builder: InputBuilder, source_weight: dict[str, int],
-               source_limit: dict[str, int] | None = None,
-               source_offset: dict[str, int] | None = None) -> list[Item]:
+def load_items(
+    path: Path,
+    builder: InputBuilder,
+    source_weight: dict[str, int],
+    source_limit: dict[str, int] | None = None,
+    source_offset: dict[str, int] | None = None,
+) -> list[Item]:
     """Windows with per-tag labels from a data JSONL (sources repeated by their weight; of each
     source, skip the first ``source_offset`` examples and keep at most ``source_limit``)."""
     kept: list[dict] = []
@@ -82,8 +86,11 @@ def onpolicy_examples(paths: list[str]) -> list[dict]:
     """Samples of the policy (``edgetts run`` results) labelled by their final answer."""
     from build_prm_data import load_onpolicy
 
-    return [{"source": "onpolicy", "question": e.question, "steps": e.steps, "labels": e.labels}
-            for p in paths for e in load_onpolicy(p)]
+    return [
+        {"source": "onpolicy", "question": e.question, "steps": e.steps, "labels": e.labels}
+        for p in paths
+        for e in load_onpolicy(p)
+    ]
 
 
 def batches(items: list[Item], max_tokens: int, max_batch: int, rng: random.Random) -> list[list[int]]:
@@ -123,8 +130,9 @@ def collate(items: list[Item], idx: list[int]) -> tuple[torch.Tensor, ...]:
 
 
 @torch.no_grad()
-def score_examples(model: torch.nn.Module, builder: InputBuilder, examples: list[dict],
-                   batch: int = 16) -> list[list[float]]:
+def score_examples(
+    model: torch.nn.Module, builder: InputBuilder, examples: list[dict], batch: int = 16
+) -> list[list[float]]:
     """Per-step sigmoid scores for ProcessBench-format items with the torch model."""
     model.eval()
     jobs = []
@@ -165,10 +173,13 @@ def selection_eval(model: torch.nn.Module, builder: InputBuilder, rows: list[dic
     time (the calculator cap included)."""
     from edgetts.prm import calculator_capped
 
-    examples = [{"problem": question_of(r), "steps": split_steps(c["text"])}
-                for r in rows for c in r["candidates"]]
-    flat = iter(calculator_capped(e["steps"], s, CALCULATOR_CAP)
-                for e, s in zip(examples, score_examples(model, builder, examples), strict=True))
+    examples = [
+        {"problem": question_of(r), "steps": split_steps(c["text"])} for r in rows for c in r["candidates"]
+    ]
+    flat = iter(
+        calculator_capped(e["steps"], s, CALCULATOR_CAP)
+        for e, s in zip(examples, score_examples(model, builder, examples), strict=True)
+    )
     scores = [[next(flat) for _ in r["candidates"]] for r in rows]
     return selection_accuracy(rows, scores, agg)
 
@@ -184,19 +195,42 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--head-lr", type=float, default=1e-3)
-    ap.add_argument("--agg", choices=["last", "min", "prod"], default="min",
-                    help="path score for --onpolicy-dev (the manifest's default_aggregation)")
-    ap.add_argument("--weight", action="append", default=[],
-                    help="SOURCE=K: repeat a source's items K times (prmbench, gsm8k, math, onpolicy)")
-    ap.add_argument("--onpolicy-train", action="append", default=[],
-                    help="edgetts run results JSONL: the policy's samples, labelled by final answer")
-    ap.add_argument("--onpolicy-dev", default=None,
-                    help="results JSONL of held-out problems: keep the checkpoint that ranks their "
-                         "right samples above their wrong ones best (pair AUC; ties: dev F1)")
-    ap.add_argument("--limit", action="append", default=["gsm8k=3000", "math=2000"],
-                    help="SOURCE=N: use at most N examples of a source (CPU budget)")
-    ap.add_argument("--offset", action="append", default=[],
-                    help="SOURCE=N: skip the first N examples of a source (fresh data)")
+    ap.add_argument(
+        "--agg",
+        choices=["last", "min", "prod"],
+        default="min",
+        help="path score for --onpolicy-dev (the manifest's default_aggregation)",
+    )
+    ap.add_argument(
+        "--weight",
+        action="append",
+        default=[],
+        help="SOURCE=K: repeat a source's items K times (prmbench, gsm8k, math, onpolicy)",
+    )
+    ap.add_argument(
+        "--onpolicy-train",
+        action="append",
+        default=[],
+        help="edgetts run results JSONL: the policy's samples, labelled by final answer",
+    )
+    ap.add_argument(
+        "--onpolicy-dev",
+        default=None,
+        help="results JSONL of held-out problems: keep the checkpoint that ranks their "
+        "right samples above their wrong ones best (pair AUC; ties: dev F1)",
+    )
+    ap.add_argument(
+        "--limit",
+        action="append",
+        default=["gsm8k=3000", "math=2000"],
+        help="SOURCE=N: use at most N examples of a source (CPU budget)",
+    )
+    ap.add_argument(
+        "--offset",
+        action="append",
+        default=[],
+        help="SOURCE=N: skip the first N examples of a source (fresh data)",
+    )
     ap.add_argument("--init", default=None, help="start from these PRM weights (model.pt)")
     ap.add_argument("--eval-every", type=int, default=300)
     ap.add_argument("--dev-per-file", type=int, default=150)
@@ -231,8 +265,9 @@ def main() -> None:
     model.encoder.embeddings.requires_grad_(False)
     head = list(model.head.parameters())
     body = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head")]
-    opt = torch.optim.AdamW([{"params": body, "lr": args.lr}, {"params": head, "lr": args.head_lr}],
-                            weight_decay=0.01)
+    opt = torch.optim.AdamW(
+        [{"params": body, "lr": args.lr}, {"params": head, "lr": args.head_lr}], weight_decay=0.01
+    )
     warm = max(1, args.max_steps // 20)
 
     def lr_factor(s: int) -> float:
@@ -290,8 +325,13 @@ def main() -> None:
             n_loss += 1
             mins = (time.time() - t0) / 60
             if step % 25 == 0:
-                rec = {"step": step, "epoch": epoch, "loss": run_loss / n_loss, "min": round(mins, 2),
-                       "lr": sched.get_last_lr()[0]}
+                rec = {
+                    "step": step,
+                    "epoch": epoch,
+                    "loss": run_loss / n_loss,
+                    "min": round(mins, 2),
+                    "lr": sched.get_last_lr()[0],
+                }
                 print(json.dumps(rec), flush=True)
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
@@ -299,9 +339,18 @@ def main() -> None:
             done = step >= args.max_steps or mins >= args.max_minutes
             if step % args.eval_every == 0 or done:
                 evaluate_and_keep()
-                torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
-                            "sched": sched.state_dict(), "step": step, "epoch": epoch,
-                            "best": best, "rng": rng.getstate()}, out / "last.pt")
+                torch.save(
+                    {
+                        "model": model.state_dict(),
+                        "opt": opt.state_dict(),
+                        "sched": sched.state_dict(),
+                        "step": step,
+                        "epoch": epoch,
+                        "best": best,
+                        "rng": rng.getstate(),
+                    },
+                    out / "last.pt",
+                )
             if done:
                 break
         epoch += 1

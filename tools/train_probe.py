@@ -65,10 +65,18 @@ def sample(args: argparse.Namespace) -> None:
     out = Path(args.out)
     done = _done_keys(out)
     problems = load_problems(args.data, args.question_key, args.answer_key, args.id_key, args.limit)
-    policy = LlamaPolicy(PolicyConfig(model=args.model, n_seq_max=args.n, max_tokens=args.max_tokens,
-                                      temperature=args.temperature, seed=args.seed,
-                                      capture_states=True, state_layers=tuple(args.layers)))
-    for k, problem in enumerate(problems[args.offset:], start=args.offset):
+    policy = LlamaPolicy(
+        PolicyConfig(
+            model=args.model,
+            n_seq_max=args.n,
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
+            seed=args.seed,
+            capture_states=True,
+            state_layers=tuple(args.layers),
+        )
+    )
+    for k, problem in enumerate(problems[args.offset :], start=args.offset):
         if problem.id in done:
             continue
         paths = policy.extend([policy.root(problem.question)], args.n, to_end=True)
@@ -78,9 +86,15 @@ def sample(args: argparse.Namespace) -> None:
             c = asdict(to_candidate(p))
             c["correct"] = answers_equal(c["answer"], problem.answer)
             cands.append(c)
-        row = {"key": problem.id, "id": problem.id, "question": problem.question,
-               "gold": problem.answer, "temperature": args.temperature, "layers": args.layers,
-               "candidates": cands}
+        row = {
+            "key": problem.id,
+            "id": problem.id,
+            "question": problem.question,
+            "gold": problem.answer,
+            "temperature": args.temperature,
+            "layers": args.layers,
+            "candidates": cands,
+        }
         _save(out, row, paths)
         right = sum(c["correct"] for c in cands)
         print(f"[{k + 1}/{len(problems)}] {problem.id}: {right}/{len(cands)} right", flush=True)
@@ -89,8 +103,15 @@ def sample(args: argparse.Namespace) -> None:
 def extract(args: argparse.Namespace) -> None:
     out = Path(args.out)
     done = _done_keys(out)
-    policy = LlamaPolicy(PolicyConfig(model=args.model, n_seq_max=1, capture_states=True,
-                                      max_tokens=1024, state_layers=tuple(args.layers)))
+    policy = LlamaPolicy(
+        PolicyConfig(
+            model=args.model,
+            n_seq_max=1,
+            capture_states=True,
+            max_tokens=1024,
+            state_layers=tuple(args.layers),
+        )
+    )
     for path in args.results:
         for line_no, line in enumerate(open(path, encoding="utf-8")):
             row = json.loads(line)
@@ -105,8 +126,14 @@ def extract(args: argparse.Namespace) -> None:
             for c in row["candidates"]:
                 if "correct" not in c:
                     c["correct"] = answers_equal(c.get("answer"), row.get("gold"))
-            row = {"key": key, "id": str(row.get("id", row.get("problem_id"))), "question": question,
-                   "gold": row.get("gold"), "layers": args.layers, "candidates": row["candidates"]}
+            row = {
+                "key": key,
+                "id": str(row.get("id", row.get("problem_id"))),
+                "question": question,
+                "gold": row.get("gold"),
+                "layers": args.layers,
+                "candidates": row["candidates"],
+            }
             _save(out, row, paths)
             print(f"{key}: {len(paths)} candidates", flush=True)
 
@@ -129,10 +156,11 @@ def load_dir(directory: str, layers: list[int] | None = None) -> list[dict]:
         wanted = layers or captured
         missing = [layer for layer in wanted if layer not in captured]
         if missing:
-            raise SystemExit(f"{d}: {row['key']} has no states of layer(s) {missing} "
-                             f"(captured: {captured})")
-        row["states"] = [pick_layers(np.stack(p.step_states), captured, wanted) if p.step_states
-                         else np.zeros((0, 1)) for p in paths]
+            raise SystemExit(f"{d}: {row['key']} has no states of layer(s) {missing} (captured: {captured})")
+        row["states"] = [
+            pick_layers(np.stack(p.step_states), captured, wanted) if p.step_states else np.zeros((0, 1))
+            for p in paths
+        ]
         row["steps"] = [p.steps for p in paths]
         row["layers"] = wanted
         rows.append(row)
@@ -144,14 +172,18 @@ def pick_layers(states: np.ndarray, captured: list[int], wanted: list[int]) -> n
     if wanted == captured:
         return states
     width = states.shape[1] // len(captured)
-    return np.hstack([states[:, k * width:(k + 1) * width] for k in map(captured.index, wanted)])
+    return np.hstack([states[:, k * width : (k + 1) * width] for k in map(captured.index, wanted)])
 
 
 def step_data(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     """Every step state with its sample's outcome label."""
     X = [s for r in rows for st in r["states"] for s in st]
-    y = [float(c["correct"]) for r in rows for c, st in zip(r["candidates"], r["states"], strict=True)
-         for _ in st]
+    y = [
+        float(c["correct"])
+        for r in rows
+        for c, st in zip(r["candidates"], r["states"], strict=True)
+        for _ in st
+    ]
     return np.stack(X), np.array(y)
 
 
@@ -180,8 +212,9 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float, iters: int = 30) -> tu
     return w_raw, float(theta[-1] - mu @ w_raw)
 
 
-def head_scores(rows: list[dict], w: np.ndarray, b: float,
-                calculator_cap: float | None = CALCULATOR_CAP) -> list[list[list[float]]]:
+def head_scores(
+    rows: list[dict], w: np.ndarray, b: float, calculator_cap: float | None = CALCULATOR_CAP
+) -> list[list[list[float]]]:
     """Step scores of every candidate of ``rows`` as the runtime computes them: the head, then
     (unless ``calculator_cap`` is None) the calculator check."""
     from edgetts.prm import calculator_capped
@@ -190,8 +223,10 @@ def head_scores(rows: list[dict], w: np.ndarray, b: float,
     for r in rows:
         per_cand = [list(1 / (1 + np.exp(-(st @ w + b)))) if len(st) else [] for st in r["states"]]
         if calculator_cap is not None:
-            per_cand = [calculator_capped(steps, sc, calculator_cap)
-                        for steps, sc in zip(r["steps"], per_cand, strict=True)]
+            per_cand = [
+                calculator_capped(steps, sc, calculator_cap)
+                for steps, sc in zip(r["steps"], per_cand, strict=True)
+            ]
         out.append(per_cand)
     return out
 
@@ -222,8 +257,10 @@ def export(out: Path, w: np.ndarray, b: float, manifest: dict) -> None:
         "policy_probe",
         [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", d])],
         [helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["batch", 1])],
-        [numpy_helper.from_array(w.astype(np.float32).reshape(d, 1), "W"),
-         numpy_helper.from_array(np.array([b], dtype=np.float32), "B")],
+        [
+            numpy_helper.from_array(w.astype(np.float32).reshape(d, 1), "W"),
+            numpy_helper.from_array(np.array([b], dtype=np.float32), "B"),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
@@ -251,11 +288,16 @@ def fit(args: argparse.Namespace) -> None:
     # than a few dozen dev problems) and the head is fitted on all of it; else on train, judged
     # on dev.
     pool = train + dev if args.folds else dev
-    where = (f"{args.folds}-fold cross-validation by problem over {len(pool)} runs" if args.folds
-             else f"{len(dev)} held-out runs ({', '.join(args.dev)})")
+    where = (
+        f"{args.folds}-fold cross-validation by problem over {len(pool)} runs"
+        if args.folds
+        else f"{len(dev)} held-out runs ({', '.join(args.dev)})"
+    )
     X, y = step_data(train)
-    print(f"train: {len(train)} runs, {len(X)} step states, {y.mean():.2f} positive; "
-          f"judged on {where}", flush=True)
+    print(
+        f"train: {len(train)} runs, {len(X)} step states, {y.mean():.2f} positive; judged on {where}",
+        flush=True,
+    )
     results = []
     for l2 in args.l2:
         if args.folds:
@@ -264,8 +306,18 @@ def fit(args: argparse.Namespace) -> None:
             scores = head_scores(dev, *fit_logistic(X, y, l2))
         res = {agg: selection_accuracy(pool, scores, agg) for agg in ("last", "min", "prod")}
         results.append((max(res[a]["pair_auc"] or 0 for a in res), l2, res))
-        print(json.dumps({"l2": l2, **{a: {k: round(v, 1) for k, v in r.items() if isinstance(v, float)}
-                                        for a, r in res.items()}}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "l2": l2,
+                    **{
+                        a: {k: round(v, 1) for k, v in r.items() if isinstance(v, float)}
+                        for a, r in res.items()
+                    },
+                }
+            ),
+            flush=True,
+        )
     _, l2, res = max(results, key=lambda t: t[0])
     agg = max(res, key=lambda a: res[a]["pair_auc"] or 0)
     final = train + dev if args.folds else train
@@ -273,14 +325,21 @@ def fit(args: argparse.Namespace) -> None:
     w, b = fit_logistic(X, y, l2)
     meta = read_metadata(resolve(args.model))
     manifest = {
-        "kind": "policy_probe", "name": Path(args.out).name, "hidden_size": int(len(w)), "layers": layers,
+        "kind": "policy_probe",
+        "name": Path(args.out).name,
+        "hidden_size": int(len(w)),
+        "layers": layers,
         "policy": {"name": meta.name, "n_embd": meta.n_embd, "file": Path(resolve(args.model)).name},
-        "input_name": "hidden", "output_name": "logit", "default_aggregation": agg,
-        "calculator_check": True, "calculator_cap": CALCULATOR_CAP, "model_file": "model.onnx",
+        "input_name": "hidden",
+        "output_name": "logit",
+        "default_aggregation": agg,
+        "calculator_check": True,
+        "calculator_cap": CALCULATOR_CAP,
+        "model_file": "model.onnx",
         "training": {
             "data": f"{len(final)} runs of the policy's own samples "
-                    f"({', '.join(args.train + (args.dev if args.folds else []))}), {len(X)} step "
-                    "states, outcome labels (1 on every step of a sample whose answer is right)",
+            f"({', '.join(args.train + (args.dev if args.folds else []))}), {len(X)} step "
+            "states, outcome labels (1 on every step of a sample whose answer is right)",
             "picked_on": f"{where}: l2 {l2}, aggregation {agg!r}",
             "held_out_selection": res[agg],
             **({"note": args.note} if args.note else {}),
@@ -298,8 +357,7 @@ def layers(args: argparse.Namespace) -> None:
     captured = every[0]["layers"]
     print(f"{'layers':>12} {'pair AUC':>9} {'weighted':>9} {'best':>6} {'majority':>9}  (l2, aggregation)")
     for choice in [[layer] for layer in captured]:  # joined layers: fit --layers (Newton is O(d^3))
-        rows = [{**r, "states": [pick_layers(st, captured, choice) for st in r["states"]]}
-                for r in every]
+        rows = [{**r, "states": [pick_layers(st, captured, choice) for st in r["states"]]} for r in every]
         best = None
         for l2 in args.l2:
             scores = held_out_scores(rows, l2, args.folds)
@@ -308,8 +366,11 @@ def layers(args: argparse.Namespace) -> None:
                 if best is None or (res["pair_auc"] or 0) > (best[0]["pair_auc"] or 0):
                     best = (res, l2, agg)
         res, l2, agg = best
-        print(f"{' '.join(map(str, choice)):>12} {res['pair_auc']:9.1f} {res['prm_weighted']:9.1f} "
-              f"{res['prm_best']:6.1f} {res['majority']:9.1f}  ({l2}, {agg}; {len(rows)} runs)", flush=True)
+        print(
+            f"{' '.join(map(str, choice)):>12} {res['pair_auc']:9.1f} {res['prm_weighted']:9.1f} "
+            f"{res['prm_best']:6.1f} {res['majority']:9.1f}  ({l2}, {agg}; {len(rows)} runs)",
+            flush=True,
+        )
 
 
 def judge(args: argparse.Namespace) -> None:
@@ -329,8 +390,9 @@ def judge(args: argparse.Namespace) -> None:
     report[args.prm] = selection_accuracy(rows, scores, args.agg or probe.default_aggregation)
     for text_prm in args.text_prm:
         scorer = PRMScorer.load(text_prm, threads=1)
-        scores = [scorer.score_steps(r["question"], [split_steps(c["text"]) for c in r["candidates"]])
-                  for r in rows]
+        scores = [
+            scorer.score_steps(r["question"], [split_steps(c["text"]) for c in r["candidates"]]) for r in rows
+        ]
         report[text_prm] = selection_accuracy(rows, scores, args.agg or scorer.default_aggregation)
     print(f"{len(rows)} problems with kept states in {folder}")
     print(json.dumps(report, indent=1))
@@ -359,8 +421,12 @@ def main() -> None:
     f.add_argument("--dev", nargs="*", default=[], help="held-out runs (optional with --folds)")
     f.add_argument("--out", required=True)
     f.add_argument("--l2", type=float, nargs="+", default=[0.001, 0.003, 0.01, 0.03, 0.1, 0.3])
-    f.add_argument("--folds", type=int, default=0,
-                   help="pick L2 by grouped K-fold CV over train + dev, fit on all (0: judge on dev)")
+    f.add_argument(
+        "--folds",
+        type=int,
+        default=0,
+        help="pick L2 by grouped K-fold CV over train + dev, fit on all (0: judge on dev)",
+    )
     f.add_argument("--note", default=None, help="what the data is, for the manifest's training.note")
     c = sub.add_parser("layers", help="grouped CV of a head on each captured layer alone")
     c.add_argument("--train", nargs="+", required=True)
@@ -372,11 +438,21 @@ def main() -> None:
     j.add_argument("--text-prm", nargs="*", default=[], help="text PRMs to judge on the same rows")
     j.add_argument("--agg", choices=["last", "min", "prod"], default=None)
     for p in (s, e):
-        p.add_argument("--layers", type=int, nargs="+", default=[-1],
-                       help="what a step state joins: -1 the final hidden state, i >= 0 block i's "
-                       "output (capture several, then pick with fit --layers)")
-    f.add_argument("--layers", type=int, nargs="+", default=None,
-                   help="fit on these of the captured layers (default: all of them)")
+        p.add_argument(
+            "--layers",
+            type=int,
+            nargs="+",
+            default=[-1],
+            help="what a step state joins: -1 the final hidden state, i >= 0 block i's "
+            "output (capture several, then pick with fit --layers)",
+        )
+    f.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="fit on these of the captured layers (default: all of them)",
+    )
     for p in (s, e, f):
         p.add_argument("-m", "--model", default=None, help="policy (default: the default model)")
     args = ap.parse_args()

@@ -448,6 +448,7 @@ class LlamaPolicy:
             n_tokens=path.n_tokens,
             step_states=list(path.step_states),
             token_stats=list(path.token_stats),
+            token_pieces=list(path.token_pieces),
             step_token_ends=list(path.step_token_ends),
         )
         steps = StepAccumulator(
@@ -579,7 +580,8 @@ class LlamaPolicy:
         return token_stats(logits, token) if self._records_confidence(child.seq) else None
 
     def _records_confidence(self, seq: _Seq) -> bool:
-        return self.config.capture_confidence or seq.sampling.record_confidence
+        s = seq.sampling
+        return self.config.capture_confidence or s.record_confidence or s.record_tokens
 
     def _accept(self, child: _Child, token: int, stats: tuple[float, float, float] | None = None) -> None:
         """Record a sampled token: end the path, end the step, or queue it for decoding."""
@@ -588,11 +590,14 @@ class LlamaPolicy:
         if self.model.is_end(token):
             self._end_path(child, "eos")
             return
+        piece = self.model.piece(token)
         if stats is not None:
             path.token_stats.append(stats)
+            if seq.sampling.record_tokens:
+                path.token_pieces.append(piece)
         seq.tokens.append(token)
         path.n_tokens += 1
-        reason = child.steps.add(self.model.piece(token))  # a stop string appeared
+        reason = child.steps.add(piece)  # a stop string appeared
         if reason is not None:
             if child.steps.trimmed:  # a search stop string that began in the finished steps
                 self._trim_steps(path, child.steps.trimmed)

@@ -16,8 +16,8 @@ NEEDS_SCORER: set[str] = {name for name, info in REGISTRY.items() if info.needs_
 NEEDS_CONFIDENCE: set[str] = {name for name, info in REGISTRY.items() if info.needs_confidence}
 
 
-def _counters(obj: object) -> dict[str, float]:
-    counters = getattr(obj, "counters", None)
+def _counters(obj: StepGenerator | StepScorer | None) -> dict[str, float]:
+    counters = obj.counters if obj is not None else None
     return asdict(counters) if is_dataclass(counters) else {}
 
 
@@ -46,7 +46,7 @@ def run_search(
 
 
 def measured(
-    generator: object, scorer: object, search: Callable[[], SearchResult]
+    generator: StepGenerator, scorer: StepScorer | None, search: Callable[[], SearchResult]
 ) -> SearchResult:
     """Run ``search`` and set its counters from the generator's and scorer's counter deltas.
 

@@ -43,6 +43,9 @@ class Sampling:
     # Also record each generated token's confidence (SolutionPath.token_stats, edgetts.confidence)
     # for confidence votes and probes that read it; a generator may record it anyway.
     record_confidence: bool = False
+    # Also keep each generated token's bytes beside its confidence (SolutionPath.token_pieces),
+    # so a reply can show its tokens' log-probabilities (OpenAI ``logprobs``).
+    record_tokens: bool = False
 
 
 @dataclass
@@ -64,6 +67,7 @@ class SolutionPath:
     # Per generated token (logprob, entropy, DeepConf confidence) and, per step, how many of the
     # path's tokens it ends at, when the generator records them (edgetts.confidence).
     token_stats: list[tuple[float, float, float]] = field(default_factory=list)
+    token_pieces: list[bytes] = field(default_factory=list)  # each token's bytes (record_tokens)
     step_token_ends: list[int] = field(default_factory=list)
 
     @property
@@ -74,6 +78,10 @@ class SolutionPath:
 @runtime_checkable
 class StepGenerator(Protocol):
     """Extends partial solutions, one step (or to the end) at a time."""
+
+    # What the generator has spent so far (a dataclass of numbers: tokens prefilled, decoded,
+    # re-decoded, seconds): a search's cost is the difference across it (search.measured).
+    counters: Any
 
     def root(self, question: str, sampling: Sampling | None = None) -> SolutionPath:
         """Return the empty path for ``question`` (the prompt is prefilled once, here or lazily).
@@ -111,6 +119,8 @@ class StepGenerator(Protocol):
 @runtime_checkable
 class StepScorer(Protocol):
     """Scores every step of every path with a process reward model, each score in [0, 1]."""
+
+    counters: Any  # what it has spent so far (calls, steps scored, seconds), as the generator's
 
     def score(self, question: str, paths: list[SolutionPath]) -> list[list[float]]: ...
 
@@ -203,6 +213,9 @@ class Candidate:
     # The answer is only the last number of a path that was cut short (token limit, deadline),
     # not one it wrote out: it votes only when no candidate has a real answer (see select.py).
     provisional: bool = False
+    # Each generated token's text and log-probability under the policy, when the search
+    # recorded them (Sampling.record_tokens): what OpenAI's ``logprobs`` shows.
+    token_logprobs: list[tuple[str, float]] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Candidate:

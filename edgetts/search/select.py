@@ -40,6 +40,10 @@ def to_candidate(path: SolutionPath, agg: str = "last") -> Candidate:
         n_tokens=path.n_tokens,
         stop_reason=path.stop_reason,
         provisional=provisional,
+        token_logprobs=[
+            (piece.decode("utf-8", errors="replace"), stats[0])
+            for piece, stats in zip(path.token_pieces, path.token_stats, strict=False)
+        ],
     )
 
 

@@ -26,7 +26,7 @@ from edgetts.search.registry import choices, names
 from edgetts.server.engine import Engine, Job
 from edgetts.server.errors import ApiError, http_error, validation_error
 from edgetts.server.guard import Guard
-from edgetts.server.responses import edgetts_info, finish_reason_of, ranked_choices, usage_of
+from edgetts.server.responses import edgetts_info, finish_reason_of, logprobs_of, ranked_choices, usage_of
 from edgetts.server.schemas import (
     LEGACY_FIELDS,
     LEGACY_NOTE,
@@ -63,7 +63,7 @@ def known_strategies() -> set[str]:
 class App:
     """The request handlers, holding the solver, the settings and the queue."""
 
-    def __init__(self, solver: Solver, settings: ServerSettings) -> None:
+    def __init__(self, solver: Solver, settings: ServerSettings, prm_state: str | None = None) -> None:
         self.solver = solver
         self.settings = settings
         self.engine = Engine(solver, settings.max_queue, expected_s=settings.default_deadline_s or 5.0)
@@ -73,7 +73,7 @@ class App:
             raise ValueError(
                 f"unknown default strategy {self.default_strategy!r}; choose one of {sorted(self.strategies)}"
             )
-        self.prm_state = "loaded" if solver.scorer_loaded else "not loaded"
+        self.prm_state = prm_state or ("loaded" if solver.scorer_loaded else "not loaded")
         self.created = int(time.time())
 
     # -- validation ------------------------------------------------------------------------
@@ -92,10 +92,17 @@ class App:
     def job_for(self, req: SearchRequest) -> Job:
         """Turn a request into a validated search job (every 400 is raised here, before queueing)."""
         self.check_model(req.model)
-        if req.logprobs or req.top_logprobs:
+        if req.top_logprobs:
             raise ApiError(
                 400,
-                "logprobs are not supported by this server yet",
+                "top_logprobs is not supported: the policy keeps each token's own log-probability only",
+                param="top_logprobs",
+                code="unsupported_parameter",
+            )
+        if req.logprobs is not None and not isinstance(req.logprobs, bool):
+            raise ApiError(
+                400,
+                "logprobs must be true or false (the older integer form is not supported)",
                 param="logprobs",
                 code="unsupported_parameter",
             )
@@ -137,22 +144,13 @@ class App:
             raise ApiError(
                 400, f"n={choices} choices is more than this server allows (max {s.max_n})", param="n"
             )
-        max_tokens = req.max_completion_tokens or req.max_tokens or s.max_tokens
-        if max_tokens > s.max_tokens:
-            raise ApiError(
-                400,
-                f"max_tokens={max_tokens} is more than this server allows (max {s.max_tokens})",
-                param="max_tokens",
-            )
-        fields: dict[str, Any] = {"strategy": strategy, "max_tokens": max_tokens}
+        fields: dict[str, Any] = {"strategy": strategy, "max_tokens": self._max_tokens(req)}
         if n is not None:
             fields["n"] = n
         for name in ("beam_width", "max_steps", "agg"):
             if getattr(search, name) is not None:
                 fields[name] = getattr(search, name)
-        for name in ("temperature", "top_p", "top_k", "seed"):
-            if getattr(req, name) is not None:
-                fields[name] = getattr(req, name)
+        fields.update(self._sampling_fields(req))
         if "beam_width" not in fields and n is not None and strategy in names("tree"):
             fields["beam_width"] = min(4, n)  # so a plain budget works without also picking a width
         deadline = search.deadline_s or s.default_deadline_s
@@ -166,12 +164,35 @@ class App:
         fields["adaptive"] = search.adaptive
         if req.stop is not None:
             fields["stop"] = req.stops()
+        if req.logprobs:
+            fields["logprobs"] = True
         options = SolveOptions(**fields)
         try:
             options.validate()
         except ValueError as exc:
             raise ApiError(400, str(exc), param="stop" if "stop" in str(exc) else None) from None
         return Job(question=req.prompt_input(), options=options, n_choices=choices, deprecation=deprecation)
+
+    def _max_tokens(self, req: SearchRequest) -> int:
+        """Tokens per solution the request asks for (the server's limit if none), within it."""
+        limit = self.settings.max_tokens
+        max_tokens = req.max_completion_tokens or req.max_tokens or limit
+        if max_tokens > limit:
+            raise ApiError(
+                400,
+                f"max_tokens={max_tokens} is more than this server allows (max {limit})",
+                param="max_tokens",
+            )
+        return max_tokens
+
+    @staticmethod
+    def _sampling_fields(req: SearchRequest) -> dict[str, Any]:
+        """The OpenAI sampling fields the request sets."""
+        return {
+            name: getattr(req, name)
+            for name in ("temperature", "top_p", "top_k", "seed")
+            if getattr(req, name) is not None
+        }
 
     @staticmethod
     def _search_of(req: SearchRequest) -> tuple[SearchFields, int | None, int, str | None, str]:
@@ -197,17 +218,8 @@ class App:
                 f"a search of {n} is more than this server allows (max {s.max_n})",
                 param=f"{where}samples" if where else "n",
             )
-        max_tokens = req.max_completion_tokens or req.max_tokens or s.max_tokens
-        if max_tokens > s.max_tokens:
-            raise ApiError(
-                400,
-                f"max_tokens={max_tokens} is more than this server allows (max {s.max_tokens})",
-                param="max_tokens",
-            )
-        fields: dict[str, Any] = {"strategy": search.strategy or "exec", "n": n, "max_tokens": max_tokens}
-        for name in ("temperature", "top_p", "top_k", "seed"):
-            if getattr(req, name) is not None:
-                fields[name] = getattr(req, name)
+        fields = {"strategy": search.strategy or "exec", "n": n, "max_tokens": self._max_tokens(req)}
+        fields.update(self._sampling_fields(req))
         if search.deadline_s or s.default_deadline_s:
             fields["deadline_s"] = search.deadline_s or s.default_deadline_s
         options = SolveOptions(**fields)
@@ -251,6 +263,7 @@ class App:
             Choice(
                 index=i,
                 message=ResponseMessage(content=c.text.strip() if c else ""),
+                logprobs=logprobs_of(c),
                 finish_reason=finish_reason_of(c),
             )
             for i, c in enumerate(picks)
@@ -271,6 +284,13 @@ class App:
                 400,
                 "stream is not supported on /v1/completions; use /v1/chat/completions",
                 param="stream",
+            )
+        if req.logprobs:
+            raise ApiError(
+                400,
+                "logprobs is not supported on /v1/completions; use /v1/chat/completions",
+                param="logprobs",
+                code="unsupported_parameter",
             )
         job = self.job_for(req)
         self.engine.submit(job)
@@ -307,9 +327,9 @@ class App:
 
         def event(delta: Delta, index: int = 0, **extra: Any) -> dict[str, str]:
             finish = extra.pop("finish_reason", None)
-            chunk = ChatCompletionChunk(
-                **base, choices=[ChunkChoice(index=index, delta=delta, finish_reason=finish)], **extra
-            ).model_dump(mode="json")
+            logprobs = extra.pop("logprobs", None)
+            choice = ChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish)
+            chunk = ChatCompletionChunk(**base, choices=[choice], **extra).model_dump(mode="json")
             # Like OpenAI: the delta holds only what changed, finish_reason stays (null).
             chunk["choices"][0]["delta"] = delta.model_dump(exclude_none=True)
             for key in ("usage", "edgetts"):
@@ -334,7 +354,9 @@ class App:
             for i, pick in enumerate(picks):
                 if i:
                     yield event(Delta(role="assistant", content=""), index=i)
-                yield event(Delta(content=pick.text.strip() if pick else ""), index=i)
+                yield event(
+                    Delta(content=pick.text.strip() if pick else ""), index=i, logprobs=logprobs_of(pick)
+                )
             for i, pick in enumerate(picks[:-1]):
                 yield event(Delta(), index=i, finish_reason=finish_reason_of(pick))
             yield event(
@@ -392,12 +414,15 @@ def _result(job: Job, future: asyncio.Future) -> SearchResult:
     return result
 
 
-def create_app(solver: Solver, settings: ServerSettings | None = None) -> FastAPI:
-    """The FastAPI app serving ``solver`` (models are expected to be loaded already)."""
+def create_app(
+    solver: Solver, settings: ServerSettings | None = None, prm_state: str | None = None
+) -> FastAPI:
+    """The FastAPI app serving ``solver`` (loaded by :func:`load_solver`, whose PRM state is
+    ``prm_state``; None: the PRM counts as loaded if the solver holds one)."""
     from sse_starlette.sse import EventSourceResponse  # imported here: it patches uvicorn on import
 
     settings = settings or ServerSettings()
-    state = App(solver, settings)
+    state = App(solver, settings, prm_state)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -476,7 +501,13 @@ def model_names(model: str | None) -> tuple[str, tuple[str, ...]]:
 
 
 def load_solver(solver: Solver) -> str:
-    """Load the policy now and the PRM if it loads; return the PRM state for /health."""
+    """Size the policy's context once, for the server's requests, load the policy now and the
+    PRM if it loads; return the PRM state for /health. Every server (and Ray Serve replica)
+    starts this way."""
+    # The context is sized once, for the server's max_tokens; a request asks for at most that.
+    solver.policy_config = dataclasses.replace(
+        solver.policy_config, n_ctx=solver.policy_config.resolved_n_ctx()
+    )
     solver.policy  # noqa: B018 -- loading is the point
     try:
         solver.scorer  # noqa: B018
@@ -500,14 +531,8 @@ def serve(solver: Solver, settings: ServerSettings) -> None:
         raise ValueError(
             f"unknown strategy {settings.default_strategy!r}; choose one of {sorted(known_strategies())}"
         )
-    # The context is sized once, for the server's max_tokens; a request asks for at most that.
-    solver.policy_config = dataclasses.replace(
-        solver.policy_config, n_ctx=solver.policy_config.resolved_n_ctx()
-    )
-    prm_state = load_solver(solver)
-    app = create_app(solver, settings)
+    app = create_app(solver, settings, prm_state=load_solver(solver))
     state: App = app.state.edgetts
-    state.prm_state = prm_state
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:

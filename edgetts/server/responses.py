@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 from edgetts.grading import answers_equal
 from edgetts.search.base import Candidate, SearchResult
-from edgetts.server.schemas import CandidateInfo, EdgettsInfo, Usage
+from edgetts.server.schemas import CandidateInfo, ChoiceLogprobs, EdgettsInfo, TokenLogprob, Usage
 from edgetts.solver import GREEDY
 
 if TYPE_CHECKING:
@@ -43,6 +43,17 @@ def code_as_search_result(code: CodeResult) -> SearchResult:
         cut_short=code.cut_short,
         counters=dict(code.counters),
     )
+
+
+def logprobs_of(candidate: Candidate | None) -> ChoiceLogprobs | None:
+    """The choice's tokens and their log-probabilities, when the search kept them."""
+    if candidate is None or not candidate.token_logprobs:
+        return None
+    content = [
+        TokenLogprob(token=text, logprob=logprob, bytes=list(text.encode()))
+        for text, logprob in candidate.token_logprobs
+    ]
+    return ChoiceLogprobs(content=content)
 
 
 def finish_reason_of(candidate: Candidate | None) -> Literal["stop", "length"]:

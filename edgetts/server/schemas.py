@@ -3,7 +3,7 @@ extension."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -74,8 +74,8 @@ class SearchRequest(BaseModel):
     stream: bool = False
     # OpenAI's stop: up to 4 strings; a solution ends where one first appears (cut off).
     stop: str | list[str] | None = None
-    # Not supported yet: read only to refuse them (a client asking for them must not get an
-    # answer without them as if they were fine).
+    # Chat: true returns the chosen paths' token log-probabilities (top_logprobs is refused:
+    # the policy keeps no alternatives). /v1/completions' older integer form is refused.
     logprobs: bool | int | None = None
     top_logprobs: int | None = None
     max_tokens: int | None = Field(None, ge=1)
@@ -190,9 +190,23 @@ class ResponseMessage(BaseModel):
     content: str
 
 
+class TokenLogprob(BaseModel):
+    """One generated token and its log-probability under the policy (OpenAI's shape)."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list[dict[str, Any]] = []
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None = None
+
+
 class Choice(BaseModel):
     index: int = 0
     message: ResponseMessage
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: Literal["stop", "length"]
 
 
@@ -220,6 +234,7 @@ class Delta(BaseModel):
 class ChunkChoice(BaseModel):
     index: int = 0
     delta: Delta
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None = None
 
 
