@@ -71,6 +71,10 @@ def _search_options(func):
         click.option("--top-k", default=SolveOptions.top_k, show_default=True, type=int,
                      help="Sample among the k likeliest tokens only (0: off)."),
         click.option("--seed", default=0, show_default=True, type=int),
+        click.option("--no-adaptive", is_flag=True,
+                     help="Always draw all N samples: majority, weighted best-of-N, confidence vote "
+                          "and auto otherwise sample in waves of 4 and stop once the vote has "
+                          "settled (Adaptive-Consistency's Beta rule, 0.95)."),
         click.option("--deadline-s", type=float, default=None,
                      help="Answer within this many seconds (model load excluded); plans N to fit."),
         click.option("--memory-mb", type=float, default=None,
@@ -127,7 +131,7 @@ def _make_solver(kw: dict):
         strategy=kw["strategy"], n=kw["n"], beam_width=kw["beam_width"],
         max_steps=kw["max_steps"], agg=kw["agg"], deadline_s=kw["deadline_s"],
         memory_mb=kw["memory_mb"], temperature=kw["temperature"], top_p=kw["top_p"], top_k=kw["top_k"],
-        seed=kw["seed"], mode=kw["mode"], pot_n=kw["pot_n"],
+        seed=kw["seed"], mode=kw["mode"], pot_n=kw["pot_n"], adaptive=not kw["no_adaptive"],
     )
     code = kw["task"] == "code"
     if code:
@@ -458,7 +462,7 @@ def _run_on_ray(todo: list, results, address: str, actors: int | None, desc: str
 # Settings that change a run's answers; a results file keeps them, and a resume must match.
 # (Threads and GPU offload change only the speed.)
 ANSWER_SETTINGS = ("strategy", "n", "beam_width", "max_steps", "agg", "temperature", "top_p", "top_k",
-                   "seed", "deadline_s", "memory_mb", "max_tokens", "kv_type", "prm_path")
+                   "seed", "deadline_s", "memory_mb", "max_tokens", "kv_type", "prm_path", "no_adaptive")
 
 
 def _run_settings(kw: dict) -> dict:

@@ -83,6 +83,7 @@ class ExtendCall:
     parents: list[tuple[str, ...]]
     n_each: int
     to_end: bool
+    first_index: int = 0
 
 
 @dataclass
@@ -127,10 +128,14 @@ class FakeGenerator:
         n_each: int,
         to_end: bool = False,
         deadline: Deadline | None = None,
+        first_index: int = 0,
     ) -> list[SolutionPath]:
-        """``n_each`` children per unfinished parent (consumed); finished parents pass through."""
+        """``n_each`` children per unfinished parent (consumed); finished parents pass through.
+
+        Child ``i`` follows the policy's child index ``first_index + i``, as the real
+        generator's samplers are seeded by it."""
         start = time.perf_counter()
-        self.calls.append(ExtendCall([tuple(p.steps) for p in paths], n_each, to_end))
+        self.calls.append(ExtendCall([tuple(p.steps) for p in paths], n_each, to_end, first_index))
         out: list[SolutionPath] = []
         for parent in paths:
             self._check_alive(parent, "extend")
@@ -139,7 +144,7 @@ class FakeGenerator:
                 continue
             self.alive.remove(parent.handle)
             self.consumed.add(parent.handle)
-            for i in range(n_each):
+            for i in range(first_index, first_index + n_each):
                 out.append(self._new(self._grow(parent, i, to_end, deadline)))
         self.counters.seconds += time.perf_counter() - start
         return out

@@ -115,3 +115,25 @@ def test_defaults_from_the_config_file_then_the_environment(tmp_path, monkeypatc
     config.write_text("[solve\n")
     result = CliRunner().invoke(main, ["solve", "--help"])
     assert result.exit_code == 1 and "config file" in result.output
+
+
+def test_no_adaptive_turns_adaptive_sampling_off(monkeypatch):
+    from click.testing import CliRunner
+
+    import edgetts.cli as cli
+    from edgetts.cli import main
+
+    seen: list[dict] = []
+
+    class Stop(Exception):
+        pass
+
+    def record(**kw):
+        seen.append(kw)
+        raise Stop
+
+    monkeypatch.setattr(cli, "SolveOptions", record)
+    for args, adaptive in (([], True), (["--no-adaptive"], False)):
+        result = CliRunner().invoke(main, ["solve", "What is 2+3?", "--strategy", "majority", *args])
+        assert isinstance(result.exception, Stop), result.output
+        assert seen[-1]["adaptive"] is adaptive

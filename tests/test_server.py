@@ -236,6 +236,15 @@ def test_sampling_fields_reach_the_solver(fake):
     assert solver.options[-1].top_k == 0  # the solver's defaults when a request says nothing
 
 
+def test_adaptive_sampling_is_on_unless_the_request_turns_it_off(fake):
+    base, solver = fake
+    ask(client(base), edgetts={"strategy": "majority", "samples": 8})
+    assert solver.options[-1].adaptive is True
+    ask(client(base), edgetts={"strategy": "majority", "samples": 8, "adaptive": False})
+    assert solver.options[-1].adaptive is False
+    assert solver.options[-1].search_config().adaptive is None
+
+
 def test_full_queue_answers_503_with_retry_after(fake):
     base, solver = fake
     solver.delay_s = 1.0

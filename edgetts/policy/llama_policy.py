@@ -276,10 +276,19 @@ class LlamaPolicy:
         n_each: int,
         to_end: bool = False,
         deadline: Deadline | None = None,
+        first_index: int = 0,
     ) -> list[SolutionPath]:
-        """Fork each path into ``n_each`` children and decode them together (see module doc)."""
+        """Fork each path into ``n_each`` children and decode them together (see module doc).
+
+        Children are numbered from ``first_index`` in their lineage, which seeds their samplers:
+        a second call on a new root with ``first_index=k`` samples with the streams of children
+        ``k..`` of one call (adaptive sampling's later waves). Token for token the same only
+        while the logits are: they round a little differently with the rows in the batch.
+        """
         if n_each < 1:
             raise PolicyError(f"n_each must be at least 1, got {n_each}")
+        if first_index < 0:
+            raise PolicyError(f"first_index must be >= 0, got {first_index}")
         start = time.perf_counter()
         out: list[SolutionPath] = []
         queue: deque[_Child] = deque()
@@ -289,7 +298,7 @@ class LlamaPolicy:
                 continue
             parent: _Seq = path.handle
             for j in range(n_each):
-                child = self._child(path, parent, j, last=(j == n_each - 1), to_end=to_end)
+                child = self._child(path, parent, first_index + j, last=(j == n_each - 1), to_end=to_end)
                 out.append(child.path)
                 queue.append(child)
         self._run(queue, deadline)

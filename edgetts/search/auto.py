@@ -13,6 +13,11 @@
 
 Without a PRM, difficulty is agreement alone and only majority can be chosen.
 
+With ``config.adaptive`` a majority or weighted best-of-N choice continues in waves after the
+probes (which are its first wave) and stops once its vote has settled, ``choice.n`` at most. Those
+waves are numbered on from the probes under the probes' own seed, so they are seeded as the
+samples of a single run of N (what the kept sample sets and ``tools/bench_adaptive.py`` replay).
+
 The continuation calls ``generator.root`` again; the llama.cpp policy keeps the prefilled prompt
 and forks from it again (another generator may prefill once more, which the deadline check
 allows for). Its sampler seed is offset meanwhile so the new samples differ from the probes (the
@@ -29,18 +34,20 @@ from functools import lru_cache
 from pathlib import Path
 
 from edgetts.paths import find_asset
+from edgetts.search.adaptive import Tally
 from edgetts.search.base import (
     Candidate,
     Deadline,
     SearchConfig,
     SearchResult,
+    SolutionPath,
     StepGenerator,
     StepScorer,
 )
 from edgetts.search.best_of_n import best_of_n
-from edgetts.search.common import score_in_time
+from edgetts.search.common import sample_in_waves, score_in_time
 from edgetts.search.majority import majority
-from edgetts.search.select import pick_by_vote, to_candidate
+from edgetts.search.select import pick_by_vote, tally_votes, to_candidate
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +56,7 @@ PROBE_N = 4
 SEED_OFFSET = 1_000_003
 MIN_REMAINING_S = 0.05  # less than this left: answer from the probes instead of starting more
 NO_PRM = ("majority",)
+VOTES = ("majority", "weighted_best_of_n")  # choices whose continuation may stop early
 # Bins over the probes' features, first match wins. Shared with tools/fit_compute_optimal.py.
 DEFAULT_BINS = (
     {"name": "easy", "agreement_min": 1.0},
@@ -165,7 +173,7 @@ def auto(
         log.info("auto: no PRM, difficulty from answer agreement alone")
     features = difficulty_features([to_candidate(p, config.agg) for p in probes])
     choice = table.choose(features, config.n, scorer is not None)
-    extra = _continue(question, generator, scorer, config, choice, len(probes), deadline, prefill_s)
+    extra = _continue(question, generator, scorer, config, choice, probes, deadline, prefill_s)
     candidates = [to_candidate(p, config.agg) for p in probes if p.finished]
     candidates += extra.candidates if extra is not None else []
     if not any(c.answer is not None and not c.provisional for c in candidates):  # as conclude()
@@ -188,7 +196,7 @@ def _continue(
     scorer: StepScorer | None,
     config: SearchConfig,
     choice: Choice,
-    n_probes: int,
+    probes: list[SolutionPath],
     deadline: Deadline,
     prefill_s: float = 0.0,
 ) -> SearchResult | None:
@@ -201,9 +209,13 @@ def _continue(
     if deadline.expired() or remaining_s < max(MIN_REMAINING_S, 2 * prefill_s):
         return None
     deadline_s = None if config.deadline_s is None else remaining_s
+    n_probes = len(probes)
     if family_of(choice.strategy) == "sample":
         if choice.n <= n_probes:
             return None
+        if config.adaptive is not None and choice.strategy in VOTES:
+            sub = replace(config, n=choice.n, deadline_s=deadline_s)
+            return _continue_in_waves(question, generator, scorer, sub, choice.strategy, probes)
         sub = replace(config, n=choice.n - n_probes, deadline_s=deadline_s)
         # Only the samples are wanted here (the pick over probes + these is _pick's); best_of_n
         # scores them deadline-aware, majority needs no scores at all.
@@ -216,6 +228,40 @@ def _continue(
                       deadline_s=deadline_s)
         run = _registry()[choice.strategy].run
     return run(question, generator, scorer, _reseeded(sub))
+
+
+def _continue_in_waves(
+    question: str,
+    generator: StepGenerator,
+    scorer: StepScorer | None,
+    config: SearchConfig,
+    strategy: str,
+    probes: list[SolutionPath],
+) -> SearchResult:
+    """Adaptive continuation: waves after the probes until the chosen vote settles."""
+    weighted = strategy == "weighted_best_of_n" and scorer is not None
+
+    def tally(paths: list[SolutionPath]) -> Tally:
+        candidates = [to_candidate(p, config.agg) for p in paths]
+        if weighted:
+            return tally_votes(candidates, lambda c: c.score if c.score is not None else 0.0)
+        return tally_votes(candidates, lambda c: 1.0)
+
+    scored = list(probes)
+
+    def score(wave: list[SolutionPath], deadline: Deadline) -> None:
+        if scorer is not None:  # earlier finished samples count as answers in hand past the deadline
+            score_in_time(scorer, question, wave, [p for p in scored if p.finished], deadline)
+        scored.extend(wave)
+
+    paths, deadline = sample_in_waves(question, generator, config, tally, score, prior=probes)
+    return SearchResult(
+        strategy=strategy,
+        answer=None,  # the pick is over probes and these together (_pick)
+        chosen=None,
+        candidates=[to_candidate(p, config.agg) for p in paths],
+        cut_short=deadline.expired() or any(p.stop_reason == "deadline" for p in paths),
+    )
 
 
 def _pick(strategy: str, candidates: list[Candidate], config: SearchConfig):

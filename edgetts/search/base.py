@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from edgetts.search.adaptive import AdaptiveStop
+
 Aggregation = Literal["last", "min", "prod"]
 AGGREGATIONS: tuple[str, ...] = ("last", "min", "prod")
 # The small default policy degenerates when sampled hot: on GSM8K train problems, T=0.3 gave right
@@ -94,10 +96,15 @@ class StepGenerator(Protocol):
         n_each: int,
         to_end: bool = False,
         deadline: Deadline | None = None,
+        first_index: int = 0,
     ) -> list[SolutionPath]:
         """Return ``n_each`` continuations of every path, grouped by parent in input order.
 
         Each child has one more step than its parent (or runs to the end when ``to_end``).
+        Children are numbered ``first_index, first_index + 1, ...`` among their parent's
+        children, and a child's number (with the seed) fixes what it samples: a later wave of
+        samples from a new root passes how many came before, and so draws samples seeded as
+        those of one call for all of them (adaptive sampling), not the first ones again.
         Finished parents are returned unchanged (once) instead of being extended.
         The input paths are consumed. When ``deadline`` expires mid-way, generation stops and
         the children come back as they are (unfinished, possibly with a partial last step).
@@ -156,6 +163,11 @@ class SearchConfig:
     # For beam search: group finished beams by answer and sum scores (weighted pick).
     weighted_pick: bool = False
     sampling: Sampling = field(default_factory=Sampling)
+    # Adaptive sampling for the vote-based strategies (majority, weighted best-of-N, confidence
+    # vote, auto's sample continuation): draw in waves, stop once the vote has settled; ``n``
+    # stays the maximum. None here (exactly ``n``, as benchmarks and tools ask); the Solver, CLI
+    # and server turn it on unless told not to (SolveOptions.adaptive).
+    adaptive: AdaptiveStop | None = None
     # Set from another thread to stop the search as if its deadline had passed (server clients
     # that disconnect, shutdown); the search still ends normally and frees its KV sequences.
     cancel: threading.Event | None = field(default=None, repr=False, compare=False)
@@ -172,6 +184,8 @@ class SearchConfig:
             raise ValueError(f"max_steps must be at least 1, got {self.max_steps}")
         if self.deadline_s is not None and self.deadline_s <= 0:
             raise ValueError(f"deadline_s must be positive, got {self.deadline_s}")
+        if self.adaptive is not None:
+            self.adaptive.validate()
 
     def validate_beams(self, strategy: str) -> None:
         """As :meth:`validate`, plus the beam settings a tree search (``strategy``) needs."""

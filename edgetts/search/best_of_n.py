@@ -2,18 +2,24 @@
 
 * ``best_of_n`` keeps the single sample with the highest aggregated score (``config.agg``).
 * ``weighted_best_of_n`` sums aggregated scores per distinct answer and returns the answer with the
-  largest total, so several decent samples agreeing can beat one lucky high score.
+  largest total, so several decent samples agreeing can beat one lucky high score. With
+  ``config.adaptive`` it samples in waves, scores each wave as it finishes, and stops once the
+  PRM-weighted vote has settled (``n`` at most). Plain best-of-N has no vote to settle: always N.
 """
 
 from __future__ import annotations
 
+from edgetts.search.adaptive import Tally
 from edgetts.search.base import (
+    Deadline,
     SearchConfig,
     SearchResult,
+    SolutionPath,
     StepGenerator,
     StepScorer,
 )
-from edgetts.search.common import conclude, require_scorer, sample_to_end, score_in_time
+from edgetts.search.common import conclude, require_scorer, sample_in_waves, sample_to_end, score_in_time
+from edgetts.search.select import tally_votes, to_candidate
 
 
 def best_of_n(
@@ -48,8 +54,31 @@ def _sample_and_pick(
 ) -> SearchResult:
     config.validate()
     scorer = require_scorer(strategy, scorer)
-    paths, deadline = sample_to_end(question, generator, config)  # KV freed before the slow PRM
-    score_in_time(scorer, question, paths, [], deadline)
+    if weighted:
+        paths, deadline = _sample_weighted(question, generator, scorer, config)
+    else:
+        paths, deadline = sample_to_end(question, generator, config)  # KV freed before the slow PRM
+        score_in_time(scorer, question, paths, [], deadline)
     finished = [p for p in paths if p.finished]
     partial = [p for p in paths if not p.finished]
     return conclude(strategy, finished, partial, config, weighted, cut_short=bool(partial))
+
+
+def _sample_weighted(
+    question: str, generator: StepGenerator, scorer: StepScorer, config: SearchConfig
+) -> tuple[list[SolutionPath], Deadline]:
+    """Samples scored wave by wave (KV freed before each PRM call), until the weighted vote
+    settles (all at once without ``config.adaptive``)."""
+
+    scored: list[SolutionPath] = []
+
+    def score(wave: list[SolutionPath], deadline: Deadline) -> None:
+        # earlier waves' finished samples count as answers in hand past the deadline
+        score_in_time(scorer, question, wave, [p for p in scored if p.finished], deadline)
+        scored.extend(wave)
+
+    def tally(paths: list[SolutionPath]) -> Tally:
+        candidates = [to_candidate(p, config.agg) for p in paths]
+        return tally_votes(candidates, lambda c: c.score if c.score is not None else 0.0)
+
+    return sample_in_waves(question, generator, config, tally, on_wave=score)

@@ -7,7 +7,10 @@ it has (:func:`conclude`).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from edgetts.grading import extract_answer, normalize_answer
+from edgetts.search.adaptive import Tally
 from edgetts.search.base import (
     Candidate,
     Deadline,
@@ -30,6 +33,55 @@ def sample_to_end(
     paths = generator.extend([root], config.n, to_end=True, deadline=deadline)
     generator.release(paths)
     return paths, deadline
+
+
+# The vote over paths drawn so far, as the strategy's own final pick would count it.
+Tallier = Callable[[list[SolutionPath]], Tally]
+# Called on each wave as it finishes (e.g. to score it with the PRM before the next check).
+WaveHook = Callable[[list[SolutionPath], Deadline], None]
+
+
+def sample_in_waves(
+    question: str,
+    generator: StepGenerator,
+    config: SearchConfig,
+    tally: Tallier,
+    on_wave: WaveHook | None = None,
+    prior: Sequence[SolutionPath] = (),
+    deadline: Deadline | None = None,
+) -> tuple[list[SolutionPath], Deadline]:
+    """Up to ``config.n`` full solutions, drawn in waves until the vote settles
+    (``config.adaptive``; all ``config.n`` at once when it is None), their KV released.
+
+    ``prior`` are samples already drawn from this question at this sampling (``auto``'s probes):
+    they count towards ``n`` and the vote, and the new samples are numbered after them. Returns
+    only the new samples. Each wave forks from a new root (the policy reuses the prefilled
+    prompt) numbered on from the samples before it (``first_index``), so sample ``i`` is seeded
+    as sample ``i`` of one call for all ``n`` (identical with a generator whose samples do not
+    depend on their batch; llama.cpp's logits round differently with the batch's rows, so a long
+    sample may part from its twin), and the stop is :func:`edgetts.search.adaptive.replay` over
+    the same vote. No wave starts after the deadline (the first always does, as without waves).
+    """
+    deadline = deadline or Deadline(config.deadline_s, config.cancel)
+    rule = config.adaptive
+    drawn = list(prior)
+    sizes = [config.n - len(drawn)] if rule is None else rule.waves(config.n, len(drawn))
+    if rule is not None and drawn and rule.settled(tally(drawn), len(drawn)):
+        sizes = []
+    new: list[SolutionPath] = []
+    for size in sizes:
+        if size < 1 or (new and deadline.expired()):
+            break
+        root = generator.root(question, config.sampling)
+        wave = generator.extend([root], size, to_end=True, deadline=deadline, first_index=len(drawn))
+        generator.release(wave)
+        if on_wave is not None:
+            on_wave(wave, deadline)
+        new += wave
+        drawn += wave
+        if rule is not None and rule.settled(tally(drawn), len(drawn)):
+            break
+    return new, deadline
 
 
 def require_scorer(strategy: str, scorer: StepScorer | None) -> StepScorer:

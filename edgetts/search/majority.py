@@ -2,13 +2,15 @@
 
 With ``n=1`` and a temperature of 0 in the generator this is greedy decoding. The scorer is not
 needed; when one is given, each candidate is also scored so the user sees PRM scores beside votes.
+With ``config.adaptive`` the samples come in waves until the vote has settled (``n`` at most).
 """
 
 from __future__ import annotations
 
-from edgetts.search.base import SearchConfig, SearchResult, StepGenerator, StepScorer
-from edgetts.search.common import sample_to_end
-from edgetts.search.select import pick_by_vote, score_paths, to_candidate
+from edgetts.search.adaptive import Tally
+from edgetts.search.base import SearchConfig, SearchResult, SolutionPath, StepGenerator, StepScorer
+from edgetts.search.common import sample_in_waves
+from edgetts.search.select import pick_by_vote, score_paths, tally_votes, to_candidate
 
 
 def majority(
@@ -17,8 +19,13 @@ def majority(
     scorer: StepScorer | None,
     config: SearchConfig,
 ) -> SearchResult:
-    """Sample ``config.n`` solutions to the end and vote on their final answers."""
-    paths, deadline = sample_to_end(question, generator, config)
+    """Sample ``config.n`` solutions (fewer once the vote settles, when adaptive) and vote on their
+    final answers."""
+
+    def tally(paths: list[SolutionPath]) -> Tally:
+        return tally_votes([to_candidate(p, config.agg) for p in paths], lambda c: 1.0)
+
+    paths, deadline = sample_in_waves(question, generator, config, tally)
     if scorer is not None:
         score_paths(scorer, question, paths)
     candidates = [to_candidate(p, config.agg) for p in paths]

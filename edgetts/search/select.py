@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from edgetts.grading import answers_equal, extract_answer, normalize_answer
+from edgetts.search.adaptive import Tally
 from edgetts.search.base import Candidate, SolutionPath, StepScorer, aggregate
 
 
@@ -111,6 +112,28 @@ def pick_by_vote(
     return chosen, {str(k): v for k, v in totals.items()}
 
 
+def tally_votes(candidates: Sequence[Candidate], weight: Callable[[Candidate], float]) -> Tally:
+    """The vote :func:`pick_by_vote` would count, as adaptive sampling's stopping rule reads it."""
+    _, totals = pick_by_vote(candidates, weight)
+    return Tally(totals, len(voters(candidates)))
+
+
+def tally_confidence(candidates: Sequence[Candidate], confidences: Sequence[float], keep: float) -> Tally:
+    """The vote :func:`pick_by_confidence` would count: its kept candidates that voted."""
+    _, totals = pick_by_confidence(candidates, confidences, keep)
+    return Tally(totals, len(voters([candidates[i] for i in kept_by_confidence(confidences, keep)])))
+
+
+def kept_by_confidence(confidences: Sequence[float], keep: float) -> list[int]:
+    """Indices of the ``keep`` share of most confident candidates (at least one), in sample
+    order; ties in confidence keep the earlier sample, so the filter is deterministic."""
+    if not confidences:
+        return []
+    n_keep = max(1, round(keep * len(confidences)))
+    order = sorted(range(len(confidences)), key=lambda i: (-confidences[i], i))
+    return sorted(order[:n_keep])
+
+
 def pick_best(candidates: Sequence[Candidate]) -> Candidate | None:
     """The single highest-scored candidate (first one on ties), parseable answers first."""
     if not candidates:
@@ -141,9 +164,7 @@ def pick_by_confidence(
         return None, {}
     if len(confidences) != len(candidates):
         raise ValueError(f"{len(confidences)} confidences for {len(candidates)} candidates")
-    n_keep = max(1, round(keep * len(candidates)))
-    order = sorted(range(len(candidates)), key=lambda i: (-confidences[i], i))
-    kept = sorted(order[:n_keep])
+    kept = kept_by_confidence(confidences, keep)
     weight = {id(candidates[i]): float(confidences[i]) for i in kept}
     chosen, votes = pick_by_vote([candidates[i] for i in kept], lambda c: weight[id(c)])
     if chosen is not None and chosen.answer is None:  # no kept sample parsed: any that did

@@ -161,6 +161,7 @@ class App:
             fields["memory_mb"] = memory
         if search.mode != "cot":
             fields["mode"] = search.mode
+        fields["adaptive"] = search.adaptive
         if req.stop is not None:
             fields["stop"] = req.stops()
         if req.logprobs:

@@ -45,6 +45,8 @@ class SearchFields(BaseModel):
     # Model-written code runs only on a server started with --allow-exec (else a 400).
     task: Literal["math", "code"] = "math"  # code: write a function; the reply is the program
     mode: Literal["cot", "pot", "cot+pot"] = "cot"  # math by prose, programs, or both
+    # false: always all the samples (else vote-based searches stop once their vote has settled)
+    adaptive: bool = True
 
 
 # Search fields once read at the top level of a request (with ``n`` as the budget); still

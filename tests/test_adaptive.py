@@ -1,0 +1,198 @@
+"""Adaptive sampling: the Beta stopping rule, its waves, and the strategies that sample in them."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import replace
+
+import pytest
+
+from edgetts.search.adaptive import AdaptiveStop, Tally, leader_probability, regularized_beta, replay
+from edgetts.search.auto import PROBE_N, ComputeOptimalTable, auto
+from edgetts.search.base import SearchConfig
+from edgetts.search.best_of_n import weighted_best_of_n
+from edgetts.search.majority import majority
+from edgetts.search.select import tally_votes, to_candidate
+from edgetts.server.schemas import SearchFields
+from edgetts.solver import SolveOptions
+from tests.fakes import FakeGenerator, FakeScorer, random_policy, tree_policy
+
+RULE = AdaptiveStop(threshold=0.95, min_n=4, wave=4)
+UNANIMOUS = tree_policy({"x = 2\n": {"so the answer is \\boxed{2}": {}}})
+
+
+def binomial_beta_tail(v1: int, v2: int) -> float:
+    """P(Beta(v1 + 1, v2 + 1) > 1/2) for whole votes: P(Binomial(v1 + v2 + 1, 1/2) <= v1)."""
+    n = v1 + v2 + 1
+    return sum(math.comb(n, k) for k in range(v1 + 1)) / 2**n
+
+
+@pytest.mark.parametrize("v1, v2", [(1, 0), (4, 0), (5, 0), (3, 1), (6, 2), (10, 5), (60, 50), (2, 2)])
+def test_leader_probability_is_the_exact_beta_tail(v1, v2):
+    totals = {"a": float(v1), "b": float(v2)} if v2 else {"a": float(v1)}
+    assert leader_probability(Tally(totals, v1 + v2)) == pytest.approx(binomial_beta_tail(v1, v2), abs=1e-12)
+
+
+def test_regularized_beta_for_real_parameters_matches_integration():
+    a, b = 3.3, 1.7
+    steps = 200_000  # midpoint rule on the Beta density
+    density = lambda x: x ** (a - 1) * (1 - x) ** (b - 1)  # noqa: E731
+    norm = math.exp(math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b))
+    integral = sum(density((i + 0.5) / steps * 0.5) for i in range(steps)) * 0.5 / steps / norm
+    assert regularized_beta(0.5, a, b) == pytest.approx(integral, rel=1e-6)
+
+
+def test_weights_count_by_their_shares_of_the_voters():
+    # 3 voters; weights 0.9 vs 0.1 of the total: as 2.7 votes against 0.3, whatever the scale
+    small = leader_probability(Tally({"a": 0.09, "b": 0.01}, 3))
+    large = leader_probability(Tally({"a": 90.0, "b": 10.0}, 3))
+    assert small == pytest.approx(large)
+    assert small == pytest.approx(regularized_beta(0.5, 1.3, 3.7))
+    assert leader_probability(Tally({}, 0)) == 0.0
+
+
+def test_four_agreeing_samples_settle_at_095_three_against_one_do_not():
+    assert RULE.settled(Tally({"2": 4.0}, 4), 4)  # 31/32
+    assert not RULE.settled(Tally({"2": 3.0, "3": 1.0}, 4), 4)  # 0.81
+    assert RULE.settled(Tally({"2": 6.0}, 6), 6)
+    assert not AdaptiveStop(min_n=8).settled(Tally({"2": 6.0}, 6), 6)  # below min_n: never
+
+
+def test_samples_already_drawn_below_min_n_do_not_stop():
+    unanimous = lambda k: Tally({"2": float(k)}, k)  # noqa: E731
+    assert replay(AdaptiveStop(min_n=8, wave=4), 16, unanimous, drawn=4) == 8
+    assert replay(AdaptiveStop(min_n=4, wave=4), 16, unanimous, drawn=4) == 4
+    gen = FakeGenerator(UNANIMOUS)
+    rule = AdaptiveStop(min_n=8, wave=4)
+    result = auto("q", gen, None, SearchConfig(n=16, adaptive=rule), table=ComputeOptimalTable())
+    assert len(result.candidates) == 8  # the probes, then one wave to reach min_n
+
+
+def test_waves_reach_min_n_first_and_end_at_n():
+    assert AdaptiveStop(min_n=4, wave=4).waves(16) == [4, 4, 4, 4]
+    assert AdaptiveStop(min_n=6, wave=4).waves(16) == [6, 4, 4, 2]
+    assert AdaptiveStop(min_n=4, wave=4).waves(16, drawn=4) == [4, 4, 4]
+    assert AdaptiveStop(min_n=8, wave=2).waves(5) == [5]
+    with pytest.raises(ValueError):
+        AdaptiveStop(threshold=0.4).validate()
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_replay_never_stops_before_min_n_nor_after_n(seed):
+    rng = random.Random(seed)
+    n, rule = (
+        rng.randint(1, 24),
+        AdaptiveStop(threshold=rng.choice([0.6, 0.9, 0.95]), min_n=rng.randint(1, 8), wave=rng.randint(1, 5)),
+    )
+    answers = [rng.choice("aab") for _ in range(n)]  # often settled early
+
+    def tally(k: int) -> Tally:
+        counts = {a: float(answers[:k].count(a)) for a in set(answers[:k])}
+        return Tally(counts, k)
+
+    used = replay(rule, n, tally)
+    assert min(rule.min_n, n) <= used <= n
+    assert used == n or rule.settled(tally(used), used)
+
+
+def test_adaptive_majority_stops_after_one_wave_when_all_agree():
+    gen = FakeGenerator(UNANIMOUS)
+    result = majority("q", gen, None, SearchConfig(n=16, adaptive=RULE))
+    assert len(result.candidates) == 4 and result.answer == "2"
+    assert [c.first_index for c in gen.calls] == [0]
+    assert not gen.leaks()
+
+
+def test_adaptive_majority_waves_continue_the_numbering_and_match_a_full_run():
+    policy = random_policy(seed=3, answers=("1", "2", "3", "4"))  # rarely settles: several waves
+    full = majority("q", FakeGenerator(policy), None, SearchConfig(n=16))
+    gen = FakeGenerator(policy)
+    live = majority("q", gen, None, SearchConfig(n=16, adaptive=RULE))
+    k = len(live.candidates)
+    assert 4 < k <= 16
+    assert [c.first_index for c in gen.calls] == list(range(0, k, 4))
+    assert [c.n_each for c in gen.calls] == [4] * (k // 4)
+    # the first k live samples are the first k of one run of 16 ...
+    assert [c.text for c in live.candidates] == [c.text for c in full.candidates[:k]]
+    # ... and a replay over the full run's samples stops where the live run did
+    votes = lambda m: tally_votes(full.candidates[:m], lambda c: 1.0)  # noqa: E731
+    assert replay(RULE, 16, votes) == k
+    assert not gen.leaks()
+
+
+def test_adaptive_sampling_is_deterministic_at_a_seed():
+    runs = [
+        majority("q", FakeGenerator(random_policy(seed=5)), None, SearchConfig(n=16, adaptive=RULE))
+        for _ in range(2)
+    ]
+    assert [c.text for c in runs[0].candidates] == [c.text for c in runs[1].candidates]
+    assert runs[0].answer == runs[1].answer
+
+
+def test_adaptive_off_draws_all_n_in_one_call():
+    gen = FakeGenerator(UNANIMOUS)
+    result = majority("q", gen, None, SearchConfig(n=16))
+    assert len(result.candidates) == 16 and len(gen.calls) == 1
+
+
+def test_weighted_best_of_n_scores_each_wave_before_deciding():
+    policy = random_policy(seed=1, answers=("1", "2", "3"))
+    scorer = FakeScorer(default=0.5)
+    gen = FakeGenerator(policy)
+    result = weighted_best_of_n("q", gen, scorer, SearchConfig(n=16, adaptive=RULE))
+    k = len(result.candidates)
+    assert scorer.counters.calls == k // 4  # one PRM call per wave
+    assert all(c.score is not None for c in result.candidates)
+    # stopped where the PRM-weighted vote of its own candidates says
+    weighted = lambda m: tally_votes(result.candidates[:m], lambda c: c.score or 0.0)  # noqa: E731
+    assert k == 16 or RULE.settled(weighted(k), k)
+    assert not gen.leaks()
+
+
+def test_auto_continues_after_the_probes_under_their_seed():
+    policy = random_policy(seed=3, answers=("1", "2", "3", "4"))
+    gen = FakeGenerator(policy)
+    config = SearchConfig(n=16, adaptive=RULE)
+    result = auto("q", gen, None, config, table=ComputeOptimalTable())  # default rule: majority
+    assert result.strategy == "auto:majority"
+    k = len(result.candidates)
+    assert [c.first_index for c in gen.calls] == list(range(0, k, 4))
+    assert {s.seed for s in gen.samplings} == {config.sampling.seed}  # probes' seed, numbered on
+    full = majority("q", FakeGenerator(policy), None, SearchConfig(n=16))
+    assert [c.text for c in result.candidates] == [c.text for c in full.candidates[:k]]
+
+
+def test_auto_stops_at_the_probes_when_they_agree():
+    gen = FakeGenerator(UNANIMOUS)
+    result = auto("q", gen, None, SearchConfig(n=16, adaptive=RULE), table=ComputeOptimalTable())
+    assert len(result.candidates) == PROBE_N and len(gen.calls) == 1
+
+
+def test_adaptive_is_on_for_users_and_can_be_turned_off():
+    assert SolveOptions().search_config().adaptive == AdaptiveStop()
+    assert SolveOptions(adaptive=False).search_config().adaptive is None
+    assert SearchFields().adaptive is True
+    assert SearchFields(adaptive=False).adaptive is False
+    assert SearchConfig().adaptive is None  # the library default: exactly n (benchmarks, tools)
+    with pytest.raises(ValueError):
+        replace(SearchConfig(), adaptive=AdaptiveStop(wave=0)).validate()
+
+
+def test_tally_counts_only_answers_that_vote():
+    gen = FakeGenerator(UNANIMOUS)
+    paths = gen.extend([gen.root("q")], 2, to_end=True)
+    cands = [to_candidate(p) for p in paths]
+    assert tally_votes(cands, lambda c: 1.0) == Tally({"2": 2.0}, 2)
+
+
+def test_auto_with_a_prm_continues_weighted_scoring_each_wave():
+    policy = random_policy(seed=3, answers=("1", "2", "3", "4"))
+    gen, scorer = FakeGenerator(policy), FakeScorer(default=0.5)
+    result = auto("q", gen, scorer, SearchConfig(n=16, adaptive=RULE), table=ComputeOptimalTable())
+    assert result.strategy == "auto:weighted_best_of_n"
+    k = len(result.candidates)
+    assert [c.first_index for c in gen.calls] == list(range(0, k, 4))
+    assert scorer.counters.calls == len(gen.calls)  # the probes, then each wave once
+    assert all(c.score is not None for c in result.candidates)
+    assert not gen.leaks()

@@ -1,0 +1,110 @@
+"""tools/bench_adaptive.py: the replay over kept rows and the live comparison, on small made-up rows."""
+
+import gzip
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+
+import bench_adaptive as bench  # noqa: E402
+
+from edgetts.search.adaptive import AdaptiveStop  # noqa: E402
+
+
+def kept_row(key: str, answers: list[str], gold: str) -> dict:
+    cands = [
+        {
+            "text": f"so the answer is \\boxed{{{a}}}",
+            "answer": a,
+            "score": None,
+            "step_scores": [],
+            "n_tokens": 10 + i,
+            "stop_reason": "eos",
+            "correct": a == gold,
+            "trace_conf": {"lowest": 5.0 + (i % 3)},
+        }
+        for i, a in enumerate(answers)
+    ]
+    return {"key": key, "dataset": "toy", "id": key.split("-")[1], "gold": gold, "candidates": cands}
+
+
+def write(path: Path, rows: list[dict]) -> Path:
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return path
+
+
+def test_replay_stops_an_agreeing_row_after_one_wave_and_counts_its_tokens(tmp_path):
+    easy = kept_row("toy-0", ["7"] * 16, "7")
+    mixed = kept_row("toy-1", ["1", "2", "3", "4"] * 4, "1")
+    problems = bench.load([write(tmp_path / "k.jsonl.gz", [easy, mixed])])
+    res = bench.simulate(problems, bench.majority_vote, AdaptiveStop())
+    assert res["toy-0"] == {"samples": 4, "tokens": 10 + 11 + 12 + 13, "right": True}
+    assert res["toy-1"]["samples"] == 16  # a four-way tie never settles
+    full = bench.simulate(problems, bench.majority_vote, None)
+    assert full["toy-0"]["samples"] == 16 and full["toy-0"]["tokens"] == sum(range(10, 26))
+    lines = bench.table(problems, [0.95], 4, 4)
+    assert any("Beta 0.95" in line and "| majority |" in line for line in lines)
+
+
+def test_rows_of_one_problem_in_several_files_count_once_the_longest(tmp_path):
+    short = kept_row("toy-0", ["7"] * 8, "7")
+    long = kept_row("toy-0", ["7"] * 16, "7")
+    problems = bench.load([write(tmp_path / "a.jsonl.gz", [short]), write(tmp_path / "b.jsonl.gz", [long])])
+    assert [p.n for p in problems] == [16]
+
+
+def test_live_rows_compare_with_the_baseline_and_the_replay(tmp_path):
+    easy = kept_row("toy-0", ["7"] * 16, "7")
+    live = tmp_path / "live.jsonl"
+    live.write_text(
+        json.dumps(
+            {
+                "id": "0",
+                "strategy": "majority",
+                "n": 16,
+                "answer": "7",
+                "correct": True,
+                "seconds": 2.0,
+                "candidates": easy["candidates"][:4],
+            }
+        )
+        + "\n"
+    )
+    base = tmp_path / "toy.jsonl"
+    base.write_text(
+        json.dumps(
+            {"problem_id": "0", "strategy": "majority", "n": 16, "correct": True, "tokens_generated": 280}
+        )
+        + "\n"
+    )
+    problems = bench.load([write(tmp_path / "k.jsonl.gz", [easy])])
+    text = "\n".join(bench.live_table(live, base, problems))
+    assert "tokens 46 vs 280" in text
+    assert "samples equal on 1/1, answer equal on 1/1" in text
+
+
+def test_first_wave_bound_takes_majority_at_4_where_the_probes_agree(tmp_path):
+    def row(pid, n, correct, tokens, agreement):
+        return {
+            "problem_id": pid,
+            "strategy": "majority",
+            "n": n,
+            "correct": correct,
+            "tokens_generated": tokens,
+            "difficulty_features": {"agreement": agreement},
+        }
+
+    rows = [
+        row("0", 4, True, 100, 1.0),
+        row("0", 16, False, 400, 1.0),
+        row("1", 4, False, 100, 0.5),
+        row("1", 16, True, 400, 0.5),
+    ]
+    path = tmp_path / "toy.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    line = bench.first_wave_bound(path, AdaptiveStop())
+    assert "1 stop after the first wave: at least 38 % fewer tokens" in line  # 300 of 800
+    assert "50.0 % -> 100.0 % (won/lost 1/0)" in line
+    assert "not for this rule" in bench.first_wave_bound(path, AdaptiveStop(threshold=0.99))

@@ -1,0 +1,304 @@
+"""Adaptive sampling replayed over kept sample sets: tokens saved and accuracy, per threshold.
+
+Each kept row (``tools/label_steps.py sample``; ``data/labels/*.jsonl.gz`` or a run's
+``results.jsonl``) holds one problem's N samples in the order the policy drew them, each with its
+answer, whether it is right, its token count and trace confidence. Live adaptive sampling draws
+samples seeded as those, in that order (waves are numbered on: ``StepGenerator.extend(first_index)``)
+and stops where :func:`edgetts.search.adaptive.replay` stops, so replaying the rule over a row
+estimates a live run at the same seed without decoding a token. An estimate, not a copy: on
+llama.cpp a sample's tokens depend a little on the other rows of its batch (float rounding), so
+live samples part from kept ones now and then (``--live`` counts how often the two agree)::
+
+    python tools/bench_adaptive.py data/labels/gsm8k_test.jsonl.gz data/labels/mawps.jsonl.gz \\
+        --thresholds 0.8 0.9 0.95 0.99
+    # all problems of the bench's rows: a lower bound from the problems that stop after one wave
+    python tools/bench_adaptive.py data/labels/*.jsonl.gz \\
+        --bench docs/bench/gsm8k_test.jsonl docs/bench/mawps.jsonl
+    # and a live run (`edgetts run --strategy majority -n 16 ...`) against the bench's full N
+    python tools/bench_adaptive.py data/labels/gsm8k_test.jsonl.gz \\
+        --live runs/adaptive/gsm8k_test_majority16.jsonl --baseline docs/bench/gsm8k_test.jsonl
+
+Per dataset and vote (majority; DeepConf's confidence vote), for the full N and each threshold:
+accuracy, the paired sign test against the full N (``tools/paired.py``), the generated tokens
+(summed over problems) and the samples used per problem (median, mean). Rows of several files
+for one problem count once (the one with more samples). Weighted best-of-N needs PRM scores,
+which kept rows do not carry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import statistics
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from paired import compare  # noqa: E402
+
+from edgetts.search.adaptive import AdaptiveStop, Tally, replay  # noqa: E402
+from edgetts.search.base import Candidate  # noqa: E402
+from edgetts.search.confidence_vote import KEEP, MODE  # noqa: E402
+from edgetts.search.select import (  # noqa: E402
+    pick_by_confidence,
+    pick_by_vote,
+    tally_confidence,
+    tally_votes,
+)
+
+DEFAULT_THRESHOLDS = (0.8, 0.9, 0.95, 0.99)
+
+
+@dataclass
+class Problem:
+    """One kept row: its samples in drawing order and which of them are right."""
+
+    key: str
+    dataset: str
+    candidates: list[Candidate]
+    correct: list[bool]
+    confidence: list[float]  # DeepConf trace confidence (MODE) per sample
+
+    @property
+    def n(self) -> int:
+        return len(self.candidates)
+
+
+def _open(path: Path) -> Iterable[str]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        yield from f
+
+
+def load(paths: list[Path]) -> list[Problem]:
+    """Kept rows from ``paths``, one per problem (the one with the most samples)."""
+    best: dict[str, Problem] = {}
+    for path in paths:
+        for line in _open(path):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            cands = row["candidates"]
+            problem = Problem(
+                key=row["key"],
+                dataset=row["dataset"],
+                candidates=[Candidate.from_dict(c) for c in cands],
+                correct=[bool(c["correct"]) for c in cands],
+                confidence=[_confidence(c) for c in cands],
+            )
+            if problem.key not in best or problem.n > best[problem.key].n:
+                best[problem.key] = problem
+    return list(best.values())
+
+
+def _confidence(cand: dict) -> float:
+    conf = cand.get("trace_conf") or {}
+    return float(conf[MODE]) if MODE in conf else 0.0
+
+
+# A vote over a row's first k samples: (its tally for the stopping rule, is its pick right)
+Vote = Callable[[Problem, int], tuple[Tally, bool]]
+
+
+def majority_vote(p: Problem, k: int) -> tuple[Tally, bool]:
+    """Majority over the first ``k`` samples, as ``majority`` counts it."""
+    cands = p.candidates[:k]
+    chosen, _ = pick_by_vote(cands, lambda c: 1.0)
+    return tally_votes(cands, lambda c: 1.0), _right(p, chosen)
+
+
+def confidence_vote(p: Problem, k: int) -> tuple[Tally, bool]:
+    """DeepConf's filtered, confidence-weighted vote over the first ``k``, as ``confidence_vote``."""
+    cands, confs = p.candidates[:k], p.confidence[:k]
+    chosen, _ = pick_by_confidence(cands, confs, KEEP)
+    return tally_confidence(cands, confs, KEEP), _right(p, chosen)
+
+
+def _right(p: Problem, chosen: Candidate | None) -> bool:
+    if chosen is None:
+        return False
+    index = next(i for i, c in enumerate(p.candidates) if c is chosen)
+    return p.correct[index]
+
+
+VOTES: dict[str, Vote] = {"majority": majority_vote, "confidence_vote": confidence_vote}
+
+
+def simulate(problems: list[Problem], vote: Vote, rule: AdaptiveStop | None) -> dict[str, dict]:
+    """key -> samples used, tokens used, right; ``rule`` None: all N."""
+    out = {}
+    for p in problems:
+        k = p.n if rule is None else replay(rule, p.n, lambda k, p=p: vote(p, k)[0])
+        out[p.key] = {
+            "samples": k,
+            "tokens": sum(c.n_tokens for c in p.candidates[:k]),
+            "right": vote(p, k)[1],
+        }
+    return out
+
+
+def table(problems: list[Problem], thresholds: list[float], min_n: int, wave: int) -> list[str]:
+    """Markdown rows: per dataset and vote, the full N and each threshold."""
+    lines = [
+        "| dataset | vote | rule | problems | accuracy | Δ points | won/lost (p) "
+        "| tokens | saved | samples median / mean |",
+        "|---|---|---|---:|---:|---:|---|---:|---:|---|",
+    ]
+    for dataset in sorted({p.dataset for p in problems}):
+        rows = [p for p in problems if p.dataset == dataset]
+        for name, vote in VOTES.items():
+            full = simulate(rows, vote, None)
+            full_tokens = sum(r["tokens"] for r in full.values())
+            full_acc = _acc(full)
+            lines.append(_line(dataset, name, f"all {_ns(rows)}", full, full_acc, None, full_tokens))
+            for threshold in thresholds:
+                rule = AdaptiveStop(threshold=threshold, min_n=min_n, wave=wave)
+                res = simulate(rows, vote, rule)
+                lines.append(_line(dataset, name, f"Beta {threshold:g}", res, full_acc, full, full_tokens))
+    return lines
+
+
+def _ns(rows: list[Problem]) -> str:
+    ns = sorted({p.n for p in rows})
+    return "N = " + "/".join(str(n) for n in ns)
+
+
+def _acc(res: dict[str, dict]) -> float:
+    return 100.0 * sum(r["right"] for r in res.values()) / max(len(res), 1)
+
+
+def _line(
+    dataset: str,
+    vote: str,
+    rule: str,
+    res: dict[str, dict],
+    full_acc: float,
+    full: dict[str, dict] | None,
+    full_tokens: int,
+) -> str:
+    acc = _acc(res)
+    tokens = sum(r["tokens"] for r in res.values())
+    samples = [r["samples"] for r in res.values()]
+    if full is None:
+        delta, paired, saved = "", "", ""
+    else:
+        pair = compare({k: r["right"] for k, r in res.items()}, {k: r["right"] for k, r in full.items()})
+        delta = f"{acc - full_acc:+.1f}"
+        paired = f"{pair.wins}/{pair.losses} ({pair.p_value:.2f})"
+        saved = f"{100.0 * (1 - tokens / max(full_tokens, 1)):.0f} %"
+    return (
+        f"| {dataset} | {vote} | {rule} | {len(res)} | {acc:.1f} % | {delta} | {paired} "
+        f"| {tokens} | {saved} | {statistics.median(samples):g} / {statistics.fmean(samples):.1f} |"
+    )
+
+
+def live_table(live_path: Path, baseline_path: Path, kept: list[Problem]) -> list[str]:
+    """A live adaptive run (``edgetts run`` rows) against the full-N baseline rows of the bench
+    (``docs/bench/*.jsonl``, strategy and n as the live run's), and against the replay over kept
+    rows of the same problems (what the simulation predicted for them)."""
+    live = [json.loads(line) for line in _open(live_path) if line.strip()]
+    strategy, n = live[0]["strategy"], live[0]["n"]
+    base = {
+        r["problem_id"]: r
+        for r in map(json.loads, _open(baseline_path))
+        if r["strategy"] == strategy and r["n"] == n
+    }
+    rows = [r for r in live if str(r["id"]) in base]
+    right = {str(r["id"]): bool(r["correct"]) for r in rows}
+    full = {k: bool(base[k]["correct"]) for k in right}
+    pair = compare(right, full)
+    tokens = sum(sum(c["n_tokens"] for c in r["candidates"]) for r in rows)
+    full_tokens = sum(base[k]["tokens_generated"] for k in right)
+    samples = [len(r["candidates"]) for r in rows]
+    lines = [
+        f"# live {strategy}, N = {n} at most, vs the bench's full N ({baseline_path}): {len(rows)} problems",
+        f"accuracy {_pct(pair.a_right, len(rows))} vs {_pct(pair.b_right, len(rows))}"
+        f" (won/lost {pair.wins}/{pair.losses}, p = {pair.p_value:.2f}); tokens {tokens} vs {full_tokens}"
+        f" ({100 * (1 - tokens / max(full_tokens, 1)):.0f} % saved); samples median"
+        f" {statistics.median(samples):g}, mean {statistics.fmean(samples):.1f};"
+        f" seconds {sum(r['seconds'] for r in rows):.0f}",
+    ]
+    by_key = {p.key: p for p in kept}
+    dataset = baseline_path.name.split(".")[0]  # the bench's file is named by its dataset
+    same_k = same_answer = checked = 0
+    for r in rows:
+        p = by_key.get(f"{dataset}-{r['id']}")
+        if p is None:
+            continue
+        checked += 1
+        k = replay(AdaptiveStop(), p.n, lambda m, p=p: majority_vote(p, m)[0])
+        chosen, _ = pick_by_vote(p.candidates[:k], lambda c: 1.0)
+        same_k += k == len(r["candidates"])
+        same_answer += (chosen.answer if chosen else None) == r["answer"]
+    if checked:
+        lines.append(
+            f"replay over kept rows of the same problems: samples equal on {same_k}/{checked}, "
+            f"answer equal on {same_answer}/{checked}"
+        )
+    return lines
+
+
+def first_wave_bound(bench_path: Path, rule: AdaptiveStop) -> str:
+    """What the bench's full-N rows alone say (all their problems, no kept samples): a problem
+    whose first 4 samples agree (``difficulty_features.agreement`` = 1, as ``auto`` probes) stops
+    after the first wave with majority@4's answer; the rest are counted at the full N. So the
+    tokens saved are a lower bound and the accuracy is exact for the problems that stop there.
+    Valid when the first wave is 4 and 4 agreeing votes settle (threshold <= 31/32, min_n <= 4).
+    """
+    if rule.waves(16)[0] != 4 or not rule.settled(Tally({"a": 4.0}, 4), 4):
+        return f"first-wave bound: not for this rule ({rule})"
+    rows = [json.loads(line) for line in _open(bench_path) if line.strip()]
+    by = {(r["problem_id"], r["n"]): r for r in rows if r["strategy"] == "majority"}
+    if not any(n == 4 for _, n in by):
+        return f"{bench_path}: no majority rows at N = 4 and more"
+    n_max = max(n for _, n in by)
+    ids = sorted({i for i, n in by if n == n_max and (i, 4) in by})
+    early = [i for i in ids if by[(i, n_max)]["difficulty_features"].get("agreement") == 1.0]
+    full_tokens = sum(by[(i, n_max)]["tokens_generated"] for i in ids)
+    saved = sum(by[(i, n_max)]["tokens_generated"] - by[(i, 4)]["tokens_generated"] for i in early)
+    adaptive = {i: bool(by[(i, 4) if i in early else (i, n_max)]["correct"]) for i in ids}
+    pair = compare(adaptive, {i: bool(by[(i, n_max)]["correct"]) for i in ids})
+    return (
+        f"{bench_path}: {len(ids)} problems, majority N = {n_max}; {len(early)} stop after the first "
+        f"wave: at least {100.0 * saved / max(full_tokens, 1):.0f} % fewer tokens; accuracy "
+        f"{_pct(pair.b_right, len(ids))} -> {_pct(pair.a_right, len(ids))} "
+        f"(won/lost {pair.wins}/{pair.losses})"
+    )
+
+
+def _pct(k: int, n: int) -> str:
+    return f"{100.0 * k / max(n, 1):.1f} %"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("files", nargs="+", type=Path, help="kept sample rows (.jsonl or .jsonl.gz)")
+    ap.add_argument("--thresholds", nargs="+", type=float, default=list(DEFAULT_THRESHOLDS))
+    ap.add_argument("--min-n", type=int, default=AdaptiveStop.min_n)
+    ap.add_argument("--wave", type=int, default=AdaptiveStop.wave)
+    ap.add_argument("--live", type=Path, help="an `edgetts run` results file of a live adaptive run")
+    ap.add_argument("--baseline", type=Path, help="the bench rows of the full N (with --live)")
+    ap.add_argument(
+        "--bench",
+        nargs="*",
+        type=Path,
+        default=[],
+        help="bench rows (docs/bench/*.jsonl): the first-wave lower bound on all their problems",
+    )
+    args = ap.parse_args(argv)
+    problems = load(args.files)
+    print(f"# adaptive sampling replayed: min_n {args.min_n}, wave {args.wave}")
+    print("\n".join(table(problems, args.thresholds, args.min_n, args.wave)))
+    rule = AdaptiveStop(min_n=args.min_n, wave=args.wave)
+    for path in args.bench:
+        print(first_wave_bound(path, rule))
+    if args.live and args.baseline:
+        print("\n".join(live_table(args.live, args.baseline, problems)))
+
+
+if __name__ == "__main__":
+    main()
