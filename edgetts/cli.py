@@ -40,8 +40,14 @@ def _friendly_errors(func):
         from edgetts.sandbox import SandboxUnavailable
 
         known: tuple[type[BaseException], ...] = (
-            registry.ModelError, PolicyError, DataError, ResultsError, ValueError, OSError,
-            SandboxUnavailable, RayUnavailable,
+            registry.ModelError,
+            PolicyError,
+            DataError,
+            ResultsError,
+            ValueError,
+            OSError,
+            SandboxUnavailable,
+            RayUnavailable,
         )
         try:
             return func(*args, **kwargs)
@@ -54,58 +60,144 @@ def _friendly_errors(func):
 def _search_options(func):
     """Options shared by ``solve`` and ``run`` (one definition, so they never drift apart)."""
     options = [
-        click.option("--strategy", default="auto", show_default=True, type=click.Choice(STRATEGY_NAMES),
-                     help="How to search (see the README's table)."),
-        click.option("-n", "--n", "n", type=click.IntRange(1, MAX_N), default=None,
-                     help="Samples (majority, best-of-N), beams (beam search) or leaves (DVTS) "
-                          "[default: planned under a budget, else 4]."),
-        click.option("--beam-width", default=4, show_default=True, type=click.IntRange(1, MAX_N),
-                     help="Expansions per kept beam (beam search, DVTS)."),
-        click.option("--max-steps", default=40, show_default=True, type=click.IntRange(1),
-                     help="Search rounds at most."),
-        click.option("--agg", default=None, type=click.Choice(["last", "min", "prod"]),
-                     help="How step scores combine into a path score [default: the PRM's own, "
-                          "from its manifest]."),
+        click.option(
+            "--strategy",
+            default="auto",
+            show_default=True,
+            type=click.Choice(STRATEGY_NAMES),
+            help="How to search (see the README's table).",
+        ),
+        click.option(
+            "-n",
+            "--n",
+            "n",
+            type=click.IntRange(1, MAX_N),
+            default=None,
+            help="Samples (majority, best-of-N), beams (beam search) or leaves (DVTS) "
+            "[default: planned under a budget, else 4].",
+        ),
+        click.option(
+            "--beam-width",
+            default=4,
+            show_default=True,
+            type=click.IntRange(1, MAX_N),
+            help="Expansions per kept beam (beam search, DVTS).",
+        ),
+        click.option(
+            "--max-steps",
+            default=40,
+            show_default=True,
+            type=click.IntRange(1),
+            help="Search rounds at most.",
+        ),
+        click.option(
+            "--agg",
+            default=None,
+            type=click.Choice(["last", "min", "prod"]),
+            help="How step scores combine into a path score [default: the PRM's own, from its manifest].",
+        ),
         click.option("--temperature", default=SolveOptions.temperature, show_default=True, type=float),
         click.option("--top-p", default=SolveOptions.top_p, show_default=True, type=float),
-        click.option("--top-k", default=SolveOptions.top_k, show_default=True, type=int,
-                     help="Sample among the k likeliest tokens only (0: off)."),
+        click.option(
+            "--top-k",
+            default=SolveOptions.top_k,
+            show_default=True,
+            type=int,
+            help="Sample among the k likeliest tokens only (0: off).",
+        ),
         click.option("--seed", default=0, show_default=True, type=int),
-        click.option("--no-adaptive", is_flag=True,
-                     help="Always draw all N samples: majority, weighted best-of-N, confidence vote "
-                          "and auto otherwise sample in waves of 4 and stop once the vote has "
-                          "settled (Adaptive-Consistency's Beta rule, 0.95)."),
-        click.option("--deadline-s", type=float, default=None,
-                     help="Answer within this many seconds (model load excluded); plans N to fit."),
-        click.option("--memory-mb", type=float, default=None,
-                     help="Peak memory budget (MB of 2**20 bytes); plans N, KV cache and slots to fit."),
+        click.option(
+            "--no-adaptive",
+            is_flag=True,
+            help="Always draw all N samples: majority, weighted best-of-N, confidence vote "
+            "and auto otherwise sample in waves of 4 and stop once the vote has "
+            "settled (Adaptive-Consistency's Beta rule, 0.95).",
+        ),
+        click.option(
+            "--deadline-s",
+            type=float,
+            default=None,
+            help="Answer within this many seconds (model load excluded); plans N to fit.",
+        ),
+        click.option(
+            "--memory-mb",
+            type=float,
+            default=None,
+            help="Peak memory budget (MB of 2**20 bytes); plans N, KV cache and slots to fit.",
+        ),
         click.option("--explain", is_flag=True, help="Print the budget plan (to stderr) first."),
-        click.option("-m", "--model", default=None,
-                     help="Registry name or path to a .gguf file (default: the default model)."),
-        click.option("--prm", "prm_path", default=None,
-                     help="PRM directory: a text PRM or a policy probe (default: the one "
-                          "shipped for the policy)."),
-        click.option("--max-tokens", default=512, show_default=True, type=click.IntRange(1),
-                     help="Generated tokens per solution."),
-        click.option("--threads", type=click.IntRange(1), default=None,
-                     help="CPU threads (default: $EDGETTS_THREADS, else all cores)."),
-        click.option("--n-gpu-layers", type=click.IntRange(-1), default=None,
-                     help="Layers to offload to a GPU (CUDA build of llama.cpp; -1: all) [default: "
-                          "$EDGETTS_N_GPU_LAYERS, else 0, or planned under a budget]."),
-        click.option("--kv-type", default=None, type=click.Choice(["f16", "q8_0"]),
-                     help="KV cache element type [default: f16, or planned under a budget]."),
-        click.option("--task", default="math", show_default=True, type=click.Choice(["math", "code"]),
-                     help="code: write a Python function, run the candidates in the sandbox, pick by "
-                          "behaviour (strategy greedy, majority or exec; auto = exec)."),
-        click.option("--mode", default="cot", show_default=True, type=click.Choice(["cot", "pot", "cot+pot"]),
-                     help="Math: prose (cot), Python programs run in the sandbox (pot), or both voting."),
-        click.option("--pot-n", type=int, default=None,
-                     help="Programs for --mode cot+pot [default: as many as prose samples, -n]."),
-        click.option("--tests", "tests_path", default=None, type=click.Path(path_type=Path),
-                     help="Code tasks: a Python file of asserts / test_* functions (visible tests)."),
-        click.option("--allow-weak-sandbox", is_flag=True,
-                     help="Run model-written code even where the sandbox cannot set its limits "
-                          "(see `edgetts sandbox`)."),
+        click.option(
+            "-m",
+            "--model",
+            default=None,
+            help="Registry name or path to a .gguf file (default: the default model).",
+        ),
+        click.option(
+            "--prm",
+            "prm_path",
+            default=None,
+            help="PRM directory: a text PRM or a policy probe (default: the one shipped for the policy).",
+        ),
+        click.option(
+            "--max-tokens",
+            default=512,
+            show_default=True,
+            type=click.IntRange(1),
+            help="Generated tokens per solution.",
+        ),
+        click.option(
+            "--threads",
+            type=click.IntRange(1),
+            default=None,
+            help="CPU threads (default: $EDGETTS_THREADS, else all cores).",
+        ),
+        click.option(
+            "--n-gpu-layers",
+            type=click.IntRange(-1),
+            default=None,
+            help="Layers to offload to a GPU (CUDA build of llama.cpp; -1: all) [default: "
+            "$EDGETTS_N_GPU_LAYERS, else 0, or planned under a budget].",
+        ),
+        click.option(
+            "--kv-type",
+            default=None,
+            type=click.Choice(["f16", "q8_0"]),
+            help="KV cache element type [default: f16, or planned under a budget].",
+        ),
+        click.option(
+            "--task",
+            default="math",
+            show_default=True,
+            type=click.Choice(["math", "code"]),
+            help="code: write a Python function, run the candidates in the sandbox, pick by "
+            "behaviour (strategy greedy, majority or exec; auto = exec).",
+        ),
+        click.option(
+            "--mode",
+            default="cot",
+            show_default=True,
+            type=click.Choice(["cot", "pot", "cot+pot"]),
+            help="Math: prose (cot), Python programs run in the sandbox (pot), or both voting.",
+        ),
+        click.option(
+            "--pot-n",
+            type=int,
+            default=None,
+            help="Programs for --mode cot+pot [default: as many as prose samples, -n].",
+        ),
+        click.option(
+            "--tests",
+            "tests_path",
+            default=None,
+            type=click.Path(path_type=Path),
+            help="Code tasks: a Python file of asserts / test_* functions (visible tests).",
+        ),
+        click.option(
+            "--allow-weak-sandbox",
+            is_flag=True,
+            help="Run model-written code even where the sandbox cannot set its limits "
+            "(see `edgetts sandbox`).",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -115,11 +207,16 @@ def _search_options(func):
 def _ray_option(what: str, unit: str):
     """``--ray [ADDRESS]`` for ``run`` and ``serve`` (one definition, so they never drift apart)."""
     return click.option(
-        "--ray", "ray_address", is_flag=False, flag_value=DETECT_RAY, default=None, metavar="[ADDRESS]",
-        help=f"{what} (pip install \"edgetts[ray]\"): ADDRESS of a cluster (HOST:6379, "
-             "ray://HOST:10001, auto), 'local' for a new local instance, none to join the cluster on "
-             f"this machine or else start one. --threads is per {unit} (default: $EDGETTS_THREADS, "
-             "else 1).",
+        "--ray",
+        "ray_address",
+        is_flag=False,
+        flag_value=DETECT_RAY,
+        default=None,
+        metavar="[ADDRESS]",
+        help=f'{what} (pip install "edgetts[ray]"): ADDRESS of a cluster (HOST:6379, '
+        "ray://HOST:10001, auto), 'local' for a new local instance, none to join the cluster on "
+        f"this machine or else start one. --threads is per {unit} (default: $EDGETTS_THREADS, "
+        "else 1).",
     )
 
 
@@ -128,10 +225,20 @@ def _make_solver(kw: dict):
     from edgetts.solver import Solver
 
     options = SolveOptions(
-        strategy=kw["strategy"], n=kw["n"], beam_width=kw["beam_width"],
-        max_steps=kw["max_steps"], agg=kw["agg"], deadline_s=kw["deadline_s"],
-        memory_mb=kw["memory_mb"], temperature=kw["temperature"], top_p=kw["top_p"], top_k=kw["top_k"],
-        seed=kw["seed"], mode=kw["mode"], pot_n=kw["pot_n"], adaptive=not kw["no_adaptive"],
+        strategy=kw["strategy"],
+        n=kw["n"],
+        beam_width=kw["beam_width"],
+        max_steps=kw["max_steps"],
+        agg=kw["agg"],
+        deadline_s=kw["deadline_s"],
+        memory_mb=kw["memory_mb"],
+        temperature=kw["temperature"],
+        top_p=kw["top_p"],
+        top_k=kw["top_k"],
+        seed=kw["seed"],
+        mode=kw["mode"],
+        pot_n=kw["pot_n"],
+        adaptive=not kw["no_adaptive"],
     )
     code = kw["task"] == "code"
     if code:
@@ -144,8 +251,11 @@ def _make_solver(kw: dict):
         options.validate()  # fail on bad settings before a model loads
     n_parallel = max(options.search_config().n, 1) if options.strategy != "greedy" else 1
     policy_config = PolicyConfig(
-        model=kw["model"], max_tokens=kw["max_tokens"], n_threads=kw["threads"],
-        n_gpu_layers=kw["n_gpu_layers"], kv_type=kw["kv_type"] or "f16",
+        model=kw["model"],
+        max_tokens=kw["max_tokens"],
+        n_threads=kw["threads"],
+        n_gpu_layers=kw["n_gpu_layers"],
+        kv_type=kw["kv_type"] or "f16",
         n_seq_max=min(n_parallel, 16),
     )
     pinned = frozenset(k for k in ("kv_type", "n_gpu_layers") if kw[k] is not None)
@@ -215,8 +325,10 @@ def load_config(path: Path) -> dict:
         return {key.replace("-", "_"): value for key, value in table.items() if not isinstance(value, dict)}
 
     shared = names(data)
-    return {**shared, **{command: {**shared, **names(table)} for command, table in data.items()
-                         if isinstance(table, dict)}}
+    return {
+        **shared,
+        **{command: {**shared, **names(table)} for command, table in data.items() if isinstance(table, dict)},
+    }
 
 
 class _Main(click.Group):
@@ -230,12 +342,19 @@ class _Main(click.Group):
 
 @click.group(cls=_Main)
 @click.version_option(package_name="edgetts")
-@click.option("--offline", is_flag=True,
-              help="Never reach the network: a missing model is an error naming what to bring "
-                   "(also $EDGETTS_OFFLINE=1).")
+@click.option(
+    "--offline",
+    is_flag=True,
+    help="Never reach the network: a missing model is an error naming what to bring "
+    "(also $EDGETTS_OFFLINE=1).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Say what happens (--log-level info).")
-@click.option("--log-level", type=click.Choice(LOG_LEVELS), default=None,
-              help="How much edgetts and llama.cpp tell on stderr [default: warning].")
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS),
+    default=None,
+    help="How much edgetts and llama.cpp tell on stderr [default: warning].",
+)
 def main(offline: bool, verbose: bool, log_level: str | None) -> None:
     """edgetts: small models answer better by spending compute at answer time.
 
@@ -313,20 +432,25 @@ def _show_code(result) -> None:
             continue
         passed = [v["name"] for v in cand.visible if v["passed"]]
         failed = [v["name"] for v in cand.visible if not v["passed"]]
-        echo(f"  {i + 1:>2}. visible {len(passed)}/{len(cand.visible)}, generated "
-             f"{cand.generated_passed}/{len(result.generated_tests)}, cluster {cand.cluster}, "
-             f"{cand.n_tokens} tokens{mark}")
+        echo(
+            f"  {i + 1:>2}. visible {len(passed)}/{len(cand.visible)}, generated "
+            f"{cand.generated_passed}/{len(result.generated_tests)}, cluster {cand.cluster}, "
+            f"{cand.n_tokens} tokens{mark}"
+        )
         for name in failed:
             echo(f"       failed: {name}")
     c = result.counters
-    echo(f"tokens: {c['tokens_prefilled']} prefilled, {c['tokens_generated']} generated; sandbox: "
-         f"{c['sandbox_runs']} runs, {c['sandbox_s']:.2f} s of {c['wall_s']:.1f} s")
+    echo(
+        f"tokens: {c['tokens_prefilled']} prefilled, {c['tokens_generated']} generated; sandbox: "
+        f"{c['sandbox_runs']} runs, {c['sandbox_s']:.2f} s of {c['wall_s']:.1f} s"
+    )
 
 
 def _stop_interrupted(kept: int, out_path: Path) -> None:
     """Ctrl-C during a run: say what was kept and how to resume, exit 130."""
-    click.echo(f"\ninterrupted: {kept} results kept in {out_path}; run the same command again to "
-               "resume", err=True)
+    click.echo(
+        f"\ninterrupted: {kept} results kept in {out_path}; run the same command again to resume", err=True
+    )
     sys.exit(EXIT_INTERRUPTED)
 
 
@@ -449,8 +573,14 @@ def _run_on_ray(todo: list, results, address: str, actors: int | None, desc: str
             results.append(row)
             bar.update(1)
 
-        report = run_sharded(todo, functools.partial(problem_worker, worker_kw), write,
-                             actors=n_actors, threads=threads, done=results.done)
+        report = run_sharded(
+            todo,
+            functools.partial(problem_worker, worker_kw),
+            write,
+            actors=n_actors,
+            threads=threads,
+            done=results.done,
+        )
     if report.given_up:
         raise click.ClickException(
             f"{len(report.given_up)} problem(s) lost their Ray actor {MAX_ATTEMPTS} times and "
@@ -461,8 +591,23 @@ def _run_on_ray(todo: list, results, address: str, actors: int | None, desc: str
 
 # Settings that change a run's answers; a results file keeps them, and a resume must match.
 # (Threads and GPU offload change only the speed.)
-ANSWER_SETTINGS = ("strategy", "n", "beam_width", "max_steps", "agg", "temperature", "top_p", "top_k",
-                   "seed", "deadline_s", "memory_mb", "max_tokens", "kv_type", "prm_path", "no_adaptive")
+ANSWER_SETTINGS = (
+    "strategy",
+    "n",
+    "beam_width",
+    "max_steps",
+    "agg",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "deadline_s",
+    "memory_mb",
+    "max_tokens",
+    "kv_type",
+    "prm_path",
+    "no_adaptive",
+)
 
 
 def _run_settings(kw: dict) -> dict:
@@ -472,23 +617,46 @@ def _run_settings(kw: dict) -> dict:
 
 
 @main.command()
-@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
-              help="Benchmark file (JSONL, or a .json list).")
-@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path),
-              help="Results JSONL; appended, and a rerun skips problems already in it.")
+@click.option(
+    "--data",
+    "data_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Benchmark file (JSONL, or a .json list).",
+)
+@click.option(
+    "--out",
+    "out_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Results JSONL; appended, and a rerun skips problems already in it.",
+)
 @click.option("--limit", type=int, default=None, help="Only the first LIMIT problems.")
 @click.option("--question-key", default=None, help="Question field(s), e.g. body+question.")
 @click.option("--answer-key", default=None, help="Gold answer field.")
 @click.option("--id-key", default=None, help="Problem id field (default: idx/id/line number).")
 @_search_options
 @_ray_option("Shard the problems over Ray actors", "actor")
-@click.option("--actors", type=click.IntRange(1), default=None,
-              help="With --ray: actors to start [default: as many as the cluster's CPUs fit at "
-                   "--threads each].")
+@click.option(
+    "--actors",
+    type=click.IntRange(1),
+    default=None,
+    help="With --ray: actors to start [default: as many as the cluster's CPUs fit at --threads each].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @_friendly_errors
-def run(data_path: Path, out_path: Path, limit, question_key, answer_key, id_key, ray_address: str | None,
-        actors: int | None, as_json: bool, **kw) -> None:
+def run(
+    data_path: Path,
+    out_path: Path,
+    limit,
+    question_key,
+    answer_key,
+    id_key,
+    ray_address: str | None,
+    actors: int | None,
+    as_json: bool,
+    **kw,
+) -> None:
     """Answer every problem in a benchmark file, appending one JSON line per problem.
 
     With --ray the problems run on Ray actors (one solver each) and this process appends their
@@ -516,8 +684,9 @@ def run(data_path: Path, out_path: Path, limit, question_key, answer_key, id_key
     results = ResultsFile(out_path, settings=_run_settings(kw))
     todo = [p for p in problems if p.id not in results.done]
     if len(todo) < len(problems):
-        click.echo(f"resuming: {len(problems) - len(todo)} of {len(problems)} already in {out_path}",
-                   err=True)
+        click.echo(
+            f"resuming: {len(problems) - len(todo)} of {len(problems)} already in {out_path}", err=True
+        )
     solver, options = _make_solver(kw)
     if kw["explain"]:
         _explain(solver, options, todo[0].question if todo else None)
@@ -532,8 +701,13 @@ def run(data_path: Path, out_path: Path, limit, question_key, answer_key, id_key
         _stop_interrupted(len(results.records), out_path)
     correct, graded = results.accuracy()
     if as_json:
-        summary = {"out": str(out_path), "answered": len(results.records), "graded": graded,
-                   "correct": correct, "accuracy": correct / graded if graded else None}
+        summary = {
+            "out": str(out_path),
+            "answered": len(results.records),
+            "graded": graded,
+            "correct": correct,
+            "accuracy": correct / graded if graded else None,
+        }
         click.echo(json.dumps(summary))
     elif graded:
         click.echo(f"accuracy: {correct}/{graded} = {correct / graded:.1%}")
@@ -557,12 +731,14 @@ def _run_code(data_path: Path, out_path: Path, limit: int | None, kw: dict) -> N
     results = ResultsFile(out_path)
     todo = [p for p in problems if p.id not in results.done]
     if len(todo) < len(problems):
-        click.echo(f"resuming: {len(problems) - len(todo)} of {len(problems)} already in {out_path}",
-                   err=True)
+        click.echo(
+            f"resuming: {len(problems) - len(todo)} of {len(problems)} already in {out_path}", err=True
+        )
     solver, options = _make_solver(kw)
     try:
-        for problem in tqdm(todo, desc=f"code {options.strategy} n={options.n}", unit="problem",
-                            disable=None, file=sys.stderr):
+        for problem in tqdm(
+            todo, desc=f"code {options.strategy} n={options.n}", unit="problem", disable=None, file=sys.stderr
+        ):
             start = time.perf_counter()
             task = CodeTask(problem.prompt, problem.entry_point, tests)
             result = solver.solve_code(task, options)
@@ -578,14 +754,25 @@ def _run_code(data_path: Path, out_path: Path, limit: int | None, kw: dict) -> N
                 {**asdict(c), "correct": hidden.get(c.program, False) if problem.test is not None else None}
                 for c in result.candidates
             ]
-            results.append({
-                "id": problem.id, "entry_point": result.entry_point, "correct": correct,
-                "program": result.program, "strategy": result.strategy, "n": len(result.candidates),
-                "seed": options.seed, "model": kw["model"], "chosen": result.chosen,
-                "visible_tests": result.visible_tests, "generated_tests": result.generated_tests,
-                "clusters": result.clusters, "candidates": candidates, "counters": result.counters,
-                "seconds": round(time.perf_counter() - start, 3),
-            })
+            results.append(
+                {
+                    "id": problem.id,
+                    "entry_point": result.entry_point,
+                    "correct": correct,
+                    "program": result.program,
+                    "strategy": result.strategy,
+                    "n": len(result.candidates),
+                    "seed": options.seed,
+                    "model": kw["model"],
+                    "chosen": result.chosen,
+                    "visible_tests": result.visible_tests,
+                    "generated_tests": result.generated_tests,
+                    "clusters": result.clusters,
+                    "candidates": candidates,
+                    "counters": result.counters,
+                    "seconds": round(time.perf_counter() - start, 3),
+                }
+            )
     except KeyboardInterrupt:
         _stop_interrupted(len(results.records), out_path)
     correct, graded = results.accuracy()
@@ -612,16 +799,23 @@ def plan(question: str | None, **kw) -> None:
 
 @main.command()
 @click.option("-m", "--model", default=None, help="Registry name or .gguf path (default model).")
-@click.option("--prm", "prm_path", default=None,
-              help="PRM directory (default: the one shipped for the policy).")
-@click.option("--threads", type=click.IntRange(1), default=None,
-              help="CPU threads (default: $EDGETTS_THREADS or all).")
-@click.option("--batches", default="1,2,4,8,16,32", show_default=True,
-              help="Batch sizes (sequences decoded together) to measure.")
+@click.option(
+    "--prm", "prm_path", default=None, help="PRM directory (default: the one shipped for the policy)."
+)
+@click.option(
+    "--threads", type=click.IntRange(1), default=None, help="CPU threads (default: $EDGETTS_THREADS or all)."
+)
+@click.option(
+    "--batches",
+    default="1,2,4,8,16,32",
+    show_default=True,
+    help="Batch sizes (sequences decoded together) to measure.",
+)
 @click.option("--tokens", default=16, show_default=True, help="Tokens decoded per sequence and batch.")
 @_friendly_errors
-def calibrate(model: str | None, prm_path: str | None, threads: int | None, batches: str,
-              tokens: int) -> None:
+def calibrate(
+    model: str | None, prm_path: str | None, threads: int | None, batches: str, tokens: int
+) -> None:
     """Measure prefill, decode (per batch size) and PRM speed here; save them for the planner."""
     from edgetts import calibration
     from edgetts.policy import default_threads
@@ -630,8 +824,9 @@ def calibrate(model: str | None, prm_path: str | None, threads: int | None, batc
     if not sizes or min(sizes) < 1:
         raise click.UsageError("--batches must list positive integers, e.g. 1,2,4,8")
     n_threads = threads or default_threads()
-    cal, meta = calibration.measure(model, prm_path, n_threads, sizes, tokens,
-                                    progress=lambda line: click.echo(line, err=True))
+    cal, meta = calibration.measure(
+        model, prm_path, n_threads, sizes, tokens, progress=lambda line: click.echo(line, err=True)
+    )
     click.echo(str(calibration.save(cal, meta)))
 
 
@@ -647,8 +842,11 @@ def sandbox() -> None:
 
 
 @main.command()
-@click.option("--require-cuda", is_flag=True,
-              help="Also fail unless llama.cpp can offload and onnxruntime has its CUDA provider.")
+@click.option(
+    "--require-cuda",
+    is_flag=True,
+    help="Also fail unless llama.cpp can offload and onnxruntime has its CUDA provider.",
+)
 @_friendly_errors
 def gpu(require_cuda: bool) -> None:
     """Print what this install offers a GPU run; exit 1 on a set-up problem, with its fix.
@@ -675,9 +873,18 @@ def models(ctx: click.Context, as_json: bool) -> None:
         return
     for spec in registry.load_registry().values():
         if as_json:
-            click.echo(json.dumps({"name": spec.name, "default": spec.default, "kind": spec.kind,
-                                   "size_bytes": spec.size_bytes, "ready": registry.is_ready(spec),
-                                   "path": str(registry.model_path(spec))}))
+            click.echo(
+                json.dumps(
+                    {
+                        "name": spec.name,
+                        "default": spec.default,
+                        "kind": spec.kind,
+                        "size_bytes": spec.size_bytes,
+                        "ready": registry.is_ready(spec),
+                        "path": str(registry.model_path(spec)),
+                    }
+                )
+            )
             continue
         state = "ready" if registry.is_ready(spec) else "not pulled"
         default = " (default)" if spec.default else ""
@@ -729,12 +936,25 @@ def _spec(name: str | None) -> registry.ModelSpec:
 
 
 @main.command()
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="New or empty folder for the bundle.")
-@click.option("--model", "model_names", multiple=True,
-              help="Registry model to include (repeat for more; default: the default model).")
-@click.option("--source", type=click.Path(exists=True, path_type=Path), default=None,
-              help="edgetts checkout or wheel to bundle (default: the one running, if a checkout).")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="New or empty folder for the bundle.",
+)
+@click.option(
+    "--model",
+    "model_names",
+    multiple=True,
+    help="Registry model to include (repeat for more; default: the default model).",
+)
+@click.option(
+    "--source",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="edgetts checkout or wheel to bundle (default: the one running, if a checkout).",
+)
 @_friendly_errors
 def bundle(out_dir: Path, model_names: tuple[str, ...], source: Path | None) -> None:
     """Make an air-gapped bundle: wheels, verified models, INSTALL.txt (see edgetts/bundle.py).
@@ -744,64 +964,147 @@ def bundle(out_dir: Path, model_names: tuple[str, ...], source: Path | None) -> 
     from edgetts.bundle import make_bundle
 
     report = make_bundle(out_dir, list(model_names), source, log=lambda line: click.echo(line, err=True))
-    click.echo(f"{report.directory}: {report.wheels} wheels ({report.wheels_bytes / 1e6:,.0f} MB), "
-               f"models {', '.join(report.models)} ({report.models_bytes / 1e6:,.0f} MB), "
-               f"{report.seconds:.0f} s; see INSTALL.txt there")
+    click.echo(
+        f"{report.directory}: {report.wheels} wheels ({report.wheels_bytes / 1e6:,.0f} MB), "
+        f"models {', '.join(report.models)} ({report.models_bytes / 1e6:,.0f} MB), "
+        f"{report.seconds:.0f} s; see INSTALL.txt there"
+    )
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to bind; anything but loopback exposes the server to the network.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind; anything but loopback exposes the server to the network.",
+)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--api-key", envvar="EDGETTS_API_KEY", default=None, show_envvar=True,
-              help="Require 'Authorization: Bearer KEY' on /v1. A key given here shows in `ps` to "
-                   "every user of this machine: prefer $EDGETTS_API_KEY or --api-key-file.")
-@click.option("--api-key-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="Read the API key from this file (its first line).")
-@click.option("-m", "--model", default=None,
-              help="Registry name or path to a .gguf file (default: the default model).")
-@click.option("--prm", "prm_path", default=None,
-              help="PRM directory (default: the one shipped for the policy).")
-@click.option("--strategy", default=None, type=click.Choice(STRATEGY_NAMES),
-              help="Default strategy for requests that name none (default: auto when available, "
-                   "else majority).")
-@click.option("-n", "--n", "n", default=4, show_default=True, type=click.IntRange(1, MAX_N),
-              help="Default n for requests.")
+@click.option(
+    "--api-key",
+    envvar="EDGETTS_API_KEY",
+    default=None,
+    show_envvar=True,
+    help="Require 'Authorization: Bearer KEY' on /v1. A key given here shows in `ps` to "
+    "every user of this machine: prefer $EDGETTS_API_KEY or --api-key-file.",
+)
+@click.option(
+    "--api-key-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Read the API key from this file (its first line).",
+)
+@click.option(
+    "-m", "--model", default=None, help="Registry name or path to a .gguf file (default: the default model)."
+)
+@click.option(
+    "--prm", "prm_path", default=None, help="PRM directory (default: the one shipped for the policy)."
+)
+@click.option(
+    "--strategy",
+    default=None,
+    type=click.Choice(STRATEGY_NAMES),
+    help="Default strategy for requests that name none (default: auto when available, else majority).",
+)
+@click.option(
+    "-n",
+    "--n",
+    "n",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, MAX_N),
+    help="Default n for requests.",
+)
 @click.option("--deadline-s", type=float, default=None, help="Default deadline for requests.")
 @click.option("--memory-mb", type=float, default=None, help="Memory budget for strategy auto.")
-@click.option("--max-n", default=16, show_default=True, type=click.IntRange(1, MAX_N),
-              help="Largest n a request may ask for.")
-@click.option("--max-queue", default=4, show_default=True, type=click.IntRange(0),
-              help="Requests that may wait behind the running one; more get 503 + Retry-After.")
-@click.option("--max-tokens", default=512, show_default=True, type=click.IntRange(1),
-              help="Generated tokens per solution, at most (requests may ask for fewer).")
-@click.option("--max-body-kb", default=256, show_default=True, type=click.IntRange(1),
-              help="Largest request body.")
-@click.option("--threads", type=click.IntRange(1), default=None,
-              help="CPU threads (default: $EDGETTS_THREADS or all).")
-@click.option("--n-gpu-layers", default=None, type=click.IntRange(-1),
-              help="Layers to offload to a GPU (-1: all) [default: $EDGETTS_N_GPU_LAYERS, else 0].")
+@click.option(
+    "--max-n",
+    default=16,
+    show_default=True,
+    type=click.IntRange(1, MAX_N),
+    help="Largest n a request may ask for.",
+)
+@click.option(
+    "--max-queue",
+    default=4,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Requests that may wait behind the running one; more get 503 + Retry-After.",
+)
+@click.option(
+    "--max-tokens",
+    default=512,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Generated tokens per solution, at most (requests may ask for fewer).",
+)
+@click.option(
+    "--max-body-kb", default=256, show_default=True, type=click.IntRange(1), help="Largest request body."
+)
+@click.option(
+    "--threads", type=click.IntRange(1), default=None, help="CPU threads (default: $EDGETTS_THREADS or all)."
+)
+@click.option(
+    "--n-gpu-layers",
+    default=None,
+    type=click.IntRange(-1),
+    help="Layers to offload to a GPU (-1: all) [default: $EDGETTS_N_GPU_LAYERS, else 0].",
+)
 @click.option("--kv-type", default="f16", show_default=True, type=click.Choice(["f16", "q8_0"]))
-@click.option("--strict-model", is_flag=True,
-              help="Answer only requests naming this model (default: any name means it).")
-@click.option("--cors-origin", "cors_origins", multiple=True,
-              help="Browser origin allowed to call the API, e.g. http://localhost:3000 (repeatable).")
-@click.option("--allow-exec", is_flag=True,
-              help="Run model-written code in the sandbox for requests with task=code or mode=pot "
-                   "(refused with a 400 otherwise).")
-@click.option("--allow-weak-sandbox", is_flag=True,
-              help="With --allow-exec: run code even where the sandbox cannot set its limits.")
+@click.option(
+    "--strict-model",
+    is_flag=True,
+    help="Answer only requests naming this model (default: any name means it).",
+)
+@click.option(
+    "--cors-origin",
+    "cors_origins",
+    multiple=True,
+    help="Browser origin allowed to call the API, e.g. http://localhost:3000 (repeatable).",
+)
+@click.option(
+    "--allow-exec",
+    is_flag=True,
+    help="Run model-written code in the sandbox for requests with task=code or mode=pot "
+    "(refused with a 400 otherwise).",
+)
+@click.option(
+    "--allow-weak-sandbox",
+    is_flag=True,
+    help="With --allow-exec: run code even where the sandbox cannot set its limits.",
+)
 @_ray_option("Serve --replicas copies behind Ray Serve", "replica")
-@click.option("--replicas", type=click.IntRange(1), default=None,
-              help="With --ray: replicas, each with its own model [default: 1].")
+@click.option(
+    "--replicas",
+    type=click.IntRange(1),
+    default=None,
+    help="With --ray: replicas, each with its own model [default: 1].",
+)
 @_friendly_errors
-def serve(host: str, port: int, api_key: str | None, api_key_file: Path | None, model: str | None,
-          prm_path: str | None,
-          strategy: str | None, n: int, deadline_s: float | None, memory_mb: float | None,
-          max_n: int, max_queue: int, max_tokens: int, max_body_kb: int, threads: int | None,
-          n_gpu_layers: int | None, kv_type: str, strict_model: bool, cors_origins: tuple[str, ...],
-          allow_exec: bool, allow_weak_sandbox: bool, ray_address: str | None,
-          replicas: int | None) -> None:
+def serve(
+    host: str,
+    port: int,
+    api_key: str | None,
+    api_key_file: Path | None,
+    model: str | None,
+    prm_path: str | None,
+    strategy: str | None,
+    n: int,
+    deadline_s: float | None,
+    memory_mb: float | None,
+    max_n: int,
+    max_queue: int,
+    max_tokens: int,
+    max_body_kb: int,
+    threads: int | None,
+    n_gpu_layers: int | None,
+    kv_type: str,
+    strict_model: bool,
+    cors_origins: tuple[str, ...],
+    allow_exec: bool,
+    allow_weak_sandbox: bool,
+    ray_address: str | None,
+    replicas: int | None,
+) -> None:
     """Serve an OpenAI-compatible API (POST /v1/chat/completions) on HOST:PORT.
 
     Example: edgetts serve --port 8000, then point any OpenAI client at http://127.0.0.1:8000/v1
@@ -822,26 +1125,42 @@ def serve(host: str, port: int, api_key: str | None, api_key_file: Path | None, 
         lines = api_key_file.read_text(encoding="utf-8").splitlines()
         api_key = lines[0] if lines else ""
     if api_key is not None and not api_key.strip():
-        raise click.ClickException("the API key is empty: it would let every client in; give a key "
-                                   "or none")
+        raise click.ClickException("the API key is empty: it would let every client in; give a key or none")
     api_key = api_key.strip() if api_key is not None else None
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s:     %(message)s")
     logging.getLogger("edgetts").setLevel(logging.INFO)
     model_id, aliases = model_names(model)
     settings = ServerSettings(
-        host=host, port=port, api_key=api_key, model_id=model_id, model_aliases=aliases,
-        max_tokens=max_tokens, max_n=max_n, max_queue=max_queue, max_body_bytes=max_body_kb * 1024,
-        default_strategy=strategy, default_n=n, default_deadline_s=deadline_s, memory_mb=memory_mb,
-        strict_model=strict_model, cors_origins=cors_origins, allow_exec=allow_exec,
+        host=host,
+        port=port,
+        api_key=api_key,
+        model_id=model_id,
+        model_aliases=aliases,
+        max_tokens=max_tokens,
+        max_n=max_n,
+        max_queue=max_queue,
+        max_body_bytes=max_body_kb * 1024,
+        default_strategy=strategy,
+        default_n=n,
+        default_deadline_s=deadline_s,
+        memory_mb=memory_mb,
+        strict_model=strict_model,
+        cors_origins=cors_origins,
+        allow_exec=allow_exec,
     )
     if ray_address is not None:
         threads = _ray_threads({"threads": threads})
     policy_config = PolicyConfig(
-        model=model, max_tokens=max_tokens, n_threads=threads, n_gpu_layers=n_gpu_layers,
-        kv_type=kv_type, n_seq_max=min(max_n, 16),
+        model=model,
+        max_tokens=max_tokens,
+        n_threads=threads,
+        n_gpu_layers=n_gpu_layers,
+        kv_type=kv_type,
+        n_seq_max=min(max_n, 16),
     )
-    make_solver = functools.partial(server_solver, policy_config, prm_path, threads, allow_exec,
-                                    allow_weak_sandbox)
+    make_solver = functools.partial(
+        server_solver, policy_config, prm_path, threads, allow_exec, allow_weak_sandbox
+    )
     if ray_address is None:
         solver = make_solver()  # the sandbox check refuses a weak one before the model loads
         click.echo(f"loading {model_id} ...", err=True)
@@ -850,8 +1169,9 @@ def serve(host: str, port: int, api_key: str | None, api_key_file: Path | None, 
     _serve_on_ray(make_solver, settings, ray_address, replicas or 1, threads)
 
 
-def server_solver(policy_config, prm_path: str | None, threads: int | None, allow_exec: bool,
-                  allow_weak_sandbox: bool):
+def server_solver(
+    policy_config, prm_path: str | None, threads: int | None, allow_exec: bool, allow_weak_sandbox: bool
+):
     """The server's solver (models not loaded yet), with a sandbox when code may run. Built
     where it serves: in this process, or in each Ray Serve replica (each node checks its own
     isolation, and its sandbox runs its own Python)."""
@@ -864,8 +1184,11 @@ def server_solver(policy_config, prm_path: str | None, threads: int | None, allo
         sandbox = Sandbox(allow_weak=allow_weak_sandbox)
         isolation = sandbox.isolation()  # refuse at startup, not at the first request
         if isolation.weak and not allow_weak_sandbox:
-            raise SandboxUnavailable("--allow-exec: this machine cannot contain model-written code\n"
-                                     + isolation.describe() + "\nadd --allow-weak-sandbox to run it anyway")
+            raise SandboxUnavailable(
+                "--allow-exec: this machine cannot contain model-written code\n"
+                + isolation.describe()
+                + "\nadd --allow-weak-sandbox to run it anyway"
+            )
     return Solver(policy_config, prm_path=prm_path, prm_threads=threads, sandbox=sandbox)
 
 
@@ -878,16 +1201,24 @@ def _serve_on_ray(make_solver, settings, address: str, replicas: int, threads: i
     connect(address)
     cpus = cluster_cpus()
     if replicas * threads > cpus:
-        raise click.ClickException(f"--replicas {replicas} with --threads {threads} needs "
-                                   f"{replicas * threads} CPUs; the Ray cluster has {cpus}")
+        raise click.ClickException(
+            f"--replicas {replicas} with --threads {threads} needs "
+            f"{replicas * threads} CPUs; the Ray cluster has {cpus}"
+        )
     if settings.host not in LOOPBACK_HOSTS and not settings.api_key:
-        logging.getLogger("edgetts").warning("binding to %s: the server is reachable from other "
-                                             "machines and has no --api-key", settings.host)
-    click.echo(f"loading {settings.model_id} in {replicas} Ray Serve replicas x {threads} threads ...",
-               err=True)
-    serve_on_ray(make_solver, settings, replicas, threads,
-                 ready=lambda base: click.echo(f"serving {base}/v1 ({replicas} replicas); Ctrl-C stops",
-                                               err=True))
+        logging.getLogger("edgetts").warning(
+            "binding to %s: the server is reachable from other machines and has no --api-key", settings.host
+        )
+    click.echo(
+        f"loading {settings.model_id} in {replicas} Ray Serve replicas x {threads} threads ...", err=True
+    )
+    serve_on_ray(
+        make_solver,
+        settings,
+        replicas,
+        threads,
+        ready=lambda base: click.echo(f"serving {base}/v1 ({replicas} replicas); Ctrl-C stops", err=True),
+    )
 
 
 if __name__ == "__main__":

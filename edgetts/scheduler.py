@@ -102,8 +102,12 @@ class MemoryEstimate:
         return self.runtime_mb + self.weights_mb + self.kv_mb + self.compute_mb + self.prm_mb + self.park_mb
 
     def describe(self) -> str:
-        parts = [f"runtime {self.runtime_mb:.0f}", f"weights {self.weights_mb:.0f}",
-                 f"KV {self.kv_mb:.0f}", f"compute {self.compute_mb:.0f}"]
+        parts = [
+            f"runtime {self.runtime_mb:.0f}",
+            f"weights {self.weights_mb:.0f}",
+            f"KV {self.kv_mb:.0f}",
+            f"compute {self.compute_mb:.0f}",
+        ]
         if self.park_mb:
             parts.append(f"parked {self.park_mb:.0f}")
         if self.prm_mb:
@@ -251,8 +255,11 @@ def prm_cost(prm_dir: str | Path | None) -> PrmCost | None:
     weights_mb = _prm_bytes(str(model), stat.st_size, stat.st_mtime) / MB
     if _is_probe(directory):
         return PrmCost(directory.name, PROBE_RUNTIME_MB + weights_mb, PROBE_FALLBACK_STEPS_S)
-    return PrmCost(directory.name, PRM_RUNTIME_MB + weights_mb + PRM_WINDOW_MB * PRM_BATCH_SIZE,
-                   calib.FALLBACK_PRM_STEPS_S)
+    return PrmCost(
+        directory.name,
+        PRM_RUNTIME_MB + weights_mb + PRM_WINDOW_MB * PRM_BATCH_SIZE,
+        calib.FALLBACK_PRM_STEPS_S,
+    )
 
 
 def _is_probe(directory: Path) -> bool:
@@ -275,8 +282,12 @@ def _prm_bytes(path: str, size: int, mtime: float) -> int:
         from onnx import helper
 
         graph = onnx.load(str(model), load_external_data=False).graph
-        return int(sum(np.prod(t.dims) * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-                       for t in graph.initializer))
+        return int(
+            sum(
+                np.prod(t.dims) * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+                for t in graph.initializer
+            )
+        )
     except Exception:  # no onnx, or a graph it cannot read: the file size is close enough
         return model.stat().st_size
 
@@ -397,19 +408,25 @@ def make_plan(
         cal = calib.estimate(meta, threads)
         if prm is not None:
             cal.prm_steps_s = prm.fallback_steps_s
-        notes.append(f"{cal_note or 'no calibration'}; until then: conservative speed estimates "
-                     "from the model size")
+        notes.append(
+            f"{cal_note or 'no calibration'}; until then: conservative speed estimates from the model size"
+        )
     elif prm is not None and cal.prm is not None and cal.prm != prm.name:
         cal = replace(cal, prm_steps_s=prm.fallback_steps_s)
-        notes.append(f"the calibration measured PRM {cal.prm!r}, not {prm.name!r}: its speed is "
-                     "estimated (run `edgetts calibrate --prm ...`)")
-    gpu_layers = budget.n_gpu_layers if budget.n_gpu_layers is not None else (
-        meta.n_layers + 1 if gpu_offload else 0)
+        notes.append(
+            f"the calibration measured PRM {cal.prm!r}, not {prm.name!r}: its speed is "
+            "estimated (run `edgetts calibrate --prm ...`)"
+        )
+    gpu_layers = (
+        budget.n_gpu_layers if budget.n_gpu_layers is not None else (meta.n_layers + 1 if gpu_offload else 0)
+    )
     if gpu_layers and not gpu_offload:
         # A CPU build of llama.cpp ignores the offload and keeps every layer in host memory, so
         # counting them as GPU memory would let a plan overrun the host budget.
-        notes.append(f"{'all' if gpu_layers < 0 else gpu_layers} GPU layers asked for, but this llama.cpp "
-                     "is a CPU build: they stay in host memory (README, \"GPU\")")
+        notes.append(
+            f"{'all' if gpu_layers < 0 else gpu_layers} GPU layers asked for, but this llama.cpp "
+            'is a CPU build: they stay in host memory (README, "GPU")'
+        )
         gpu_layers = 0
     use_prm = budget.strategy in SCORED and prm is not None
     if budget.strategy in SCORED and budget.strategy != "auto" and not use_prm:
@@ -425,24 +442,48 @@ def make_plan(
         )
 
     if budget.deadline_s is not None and budget.deadline_s < 3 * prefill_s:
-        notes.append(f"the deadline is under 3x the predicted prefill ({prefill_s:.1f} s), which no "
-                     "deadline can interrupt: on a busy machine it alone may overrun")
+        notes.append(
+            f"the deadline is under 3x the predicted prefill ({prefill_s:.1f} s), which no "
+            "deadline can interrupt: on a busy machine it alone may overrun"
+        )
 
     def build(n: int, slots: int, kv_type: str, with_prm: bool) -> Plan:
         n_ctx = budget.max_prompt_tokens + slots * budget.max_tokens
         parks = budget.strategy in PARKING
         parked = park_mb(meta, n, slots, budget.max_tokens, kv_type) if parks else 0.0
-        mem = estimate_memory(meta, n_ctx, slots, kv_type, gpu_layers,
-                              prm.memory_mb if with_prm else None, n_vocab, parked)
-        seconds = predict_seconds(cal, budget.strategy, n, slots, budget.max_tokens,
-                                  budget.prompt_tokens, budget.max_steps, with_prm, parked > 0)
-        return Plan(strategy=budget.strategy, n=n, beam_width=min(budget.beam_width, n),
-                    n_seq_max=slots, n_ctx=n_ctx, kv_type=kv_type, n_threads=threads,
-                    n_gpu_layers=gpu_layers, max_tokens=budget.max_tokens, park_mb=round(parked, 1),
-                    use_prm=with_prm,
-                    prm_batch_size=PRM_BATCH_SIZE,
-                    predicted_memory_mb=round(mem.total_mb, 1), predicted_s=round(seconds, 2),
-                    memory=mem, calibration_source=cal.source, notes=list(notes))
+        mem = estimate_memory(
+            meta, n_ctx, slots, kv_type, gpu_layers, prm.memory_mb if with_prm else None, n_vocab, parked
+        )
+        seconds = predict_seconds(
+            cal,
+            budget.strategy,
+            n,
+            slots,
+            budget.max_tokens,
+            budget.prompt_tokens,
+            budget.max_steps,
+            with_prm,
+            parked > 0,
+        )
+        return Plan(
+            strategy=budget.strategy,
+            n=n,
+            beam_width=min(budget.beam_width, n),
+            n_seq_max=slots,
+            n_ctx=n_ctx,
+            kv_type=kv_type,
+            n_threads=threads,
+            n_gpu_layers=gpu_layers,
+            max_tokens=budget.max_tokens,
+            park_mb=round(parked, 1),
+            use_prm=with_prm,
+            prm_batch_size=PRM_BATCH_SIZE,
+            predicted_memory_mb=round(mem.total_mb, 1),
+            predicted_s=round(seconds, 2),
+            memory=mem,
+            calibration_source=cal.source,
+            notes=list(notes),
+        )
 
     prm_options = [True, False] if use_prm and budget.strategy == "auto" else [use_prm]
     for with_prm in prm_options:
@@ -458,8 +499,10 @@ def make_plan(
             return _annotate(in_time[0], budget, with_prm, use_prm)
         if fitting:  # fits in memory, but even the cheapest is predicted to run past the deadline
             plan = min(fitting, key=lambda p: (p.predicted_s, -p.n))
-            plan.notes.append(f"predicted {plan.predicted_s:.1f} s exceeds the {budget.deadline_s:g} s "
-                              "deadline: the answer will be the best found when time runs out")
+            plan.notes.append(
+                f"predicted {plan.predicted_s:.1f} s exceeds the {budget.deadline_s:g} s "
+                "deadline: the answer will be the best found when time runs out"
+            )
             return _annotate(plan, budget, with_prm, use_prm)
     smallest = build(min(_n_choices(budget)), 1, kv_types[-1], prm_options[-1])
     raise PlanError(
@@ -471,14 +514,17 @@ def make_plan(
 
 def _annotate(plan: Plan, budget: Budget, with_prm: bool, wanted_prm: bool) -> Plan:
     if wanted_prm and not with_prm:
-        plan.notes.append("the PRM does not fit the memory budget: auto judges difficulty by "
-                          "agreement alone and picks among PRM-free strategies")
+        plan.notes.append(
+            "the PRM does not fit the memory budget: auto judges difficulty by "
+            "agreement alone and picks among PRM-free strategies"
+        )
     if plan.n_seq_max < plan.n:
         parked = f", waiting paths parked in {plan.park_mb:.0f} MB of host memory" if plan.park_mb else ""
         plan.notes.append(f"{plan.n} paths share {plan.n_seq_max} KV slots: they run in waves{parked}")
     if budget.deadline_s is None and budget.n is None and plan.strategy != "greedy":
-        plan.notes.append(f"no deadline: N stays at the default {DEFAULT_N} (give --deadline-s to "
-                          "let edgetts spend more)")
+        plan.notes.append(
+            f"no deadline: N stays at the default {DEFAULT_N} (give --deadline-s to let edgetts spend more)"
+        )
     return plan
 
 
@@ -500,9 +546,15 @@ def plan_for(
     if cal is None and note and note.startswith("ignoring"):
         log.warning(note)  # a broken file deserves a word even without --explain
     prm = prm_cost(prm_dir) if budget.strategy in SCORED else None
-    plan = make_plan(meta, budget, cal, note, prm,
-                     gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()),
-                     default_threads=threads)
+    plan = make_plan(
+        meta,
+        budget,
+        cal,
+        note,
+        prm,
+        gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()),
+        default_threads=threads,
+    )
     return plan, meta
 
 

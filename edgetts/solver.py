@@ -75,8 +75,15 @@ class SolveOptions:
     def sampling(self) -> Sampling:
         """How the search samples (greedy: temperature 0)."""
         temperature = 0.0 if self.strategy == GREEDY else self.temperature
-        return Sampling(temperature=temperature, top_p=self.top_p, top_k=self.top_k, seed=self.seed,
-                        max_tokens=self.max_tokens, stop=tuple(self.stop), record_tokens=self.logprobs)
+        return Sampling(
+            temperature=temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            seed=self.seed,
+            max_tokens=self.max_tokens,
+            stop=tuple(self.stop),
+            record_tokens=self.logprobs,
+        )
 
     def validate(self) -> None:
         """Raise ValueError on settings no strategy can run with, before any model loads."""
@@ -223,7 +230,9 @@ class Solver:
                     mode=options.mode,
                     n_pot=config.n if options.mode == "pot" or options.pot_n is None else options.pot_n,
                     n_cot=config.n if options.mode == "cot+pot" else 0,
-                    agg=config.agg, deadline_s=config.deadline_s, cancel=cancel,
+                    agg=config.agg,
+                    deadline_s=config.deadline_s,
+                    cancel=cancel,
                     sampling=config.sampling,
                 )
                 pot.validate()
@@ -252,8 +261,13 @@ class Solver:
         greedy = options.strategy == GREEDY
         n = 1 if greedy else (options.n if options.n is not None else DEFAULT_N)
         selection = "first" if greedy else ("majority" if options.strategy == "majority" else "exec")
-        config = CodeConfig(n=n, selection=selection, deadline_s=options.deadline_s, cancel=cancel,
-                            sampling=options.sampling())
+        config = CodeConfig(
+            n=n,
+            selection=selection,
+            deadline_s=options.deadline_s,
+            cancel=cancel,
+            sampling=options.sampling(),
+        )
         config.validate()
         with self._lock:
             return solve_code(task, self.policy, self.sandbox, config)
@@ -261,7 +275,6 @@ class Solver:
     def _need_sandbox(self, what: str) -> None:
         if self.sandbox is None:
             raise ValueError(f"{what} run model-written code: this solver has no sandbox (exec not allowed)")
-
 
     def prepare(self, question: str, options: SolveOptions | None = None) -> Plan | None:
         """Plan and load all that a solve of ``question`` under ``options`` would use, and return
@@ -276,8 +289,10 @@ class Solver:
     ) -> tuple[Plan | None, Verifier | None, LlamaPolicy]:
         options.validate()
         if options.max_tokens is not None and options.max_tokens > self.policy_config.max_tokens:
-            raise ValueError(f"max_tokens={options.max_tokens} is more than this solver's limit "
-                             f"of {self.policy_config.max_tokens} (PolicyConfig.max_tokens)")
+            raise ValueError(
+                f"max_tokens={options.max_tokens} is more than this solver's limit "
+                f"of {self.policy_config.max_tokens} (PolicyConfig.max_tokens)"
+            )
         plan = self.plan(options, question)
         self.last_plan = plan
         strategy = "majority" if options.strategy == GREEDY else options.strategy
@@ -293,10 +308,16 @@ class Solver:
             return None
         cfg = self.policy_config
         budget = Budget(
-            memory_mb=options.memory_mb, deadline_s=options.deadline_s, strategy=options.strategy,
-            n=options.n, beam_width=options.beam_width, max_tokens=cfg.max_tokens,
-            max_prompt_tokens=cfg.max_prompt_tokens, max_steps=options.max_steps,
-            prompt_tokens=prompt_tokens_for(question), n_threads=cfg.n_threads,
+            memory_mb=options.memory_mb,
+            deadline_s=options.deadline_s,
+            strategy=options.strategy,
+            n=options.n,
+            beam_width=options.beam_width,
+            max_tokens=cfg.max_tokens,
+            max_prompt_tokens=cfg.max_prompt_tokens,
+            max_steps=options.max_steps,
+            prompt_tokens=prompt_tokens_for(question),
+            n_threads=cfg.n_threads,
             kv_type=cfg.kv_type if "kv_type" in self.pinned else None,
             # Offload the user set, on the command line or in $EDGETTS_N_GPU_LAYERS, is kept;
             # otherwise the plan offloads every layer when llama.cpp is a GPU build.
@@ -304,9 +325,7 @@ class Solver:
         )
         return plan_for(cfg.model, budget, self.prm_dir)[0]
 
-    def _policy_for(
-        self, scorer: Verifier | None, plan: Plan | None, memory_mb: float | None
-    ) -> LlamaPolicy:
+    def _policy_for(self, scorer: Verifier | None, plan: Plan | None, memory_mb: float | None) -> LlamaPolicy:
         """A policy for this solve: the user's settings, as planned for its budget, recording
         step states when the PRM reads them (a policy probe).
 
@@ -363,8 +382,17 @@ class Solver:
 
 
 # Settings a loaded policy must have exactly as wanted to serve a solve (the rest only as much).
-SAME_FIELDS = ("model", "kv_type", "n_threads", "n_gpu_layers", "capture_states", "state_layers",
-               "max_prompt_tokens", "max_step_tokens", "n_batch")
+SAME_FIELDS = (
+    "model",
+    "kv_type",
+    "n_threads",
+    "n_gpu_layers",
+    "capture_states",
+    "state_layers",
+    "max_prompt_tokens",
+    "max_step_tokens",
+    "n_batch",
+)
 
 
 def _serves(loaded: PolicyConfig, wanted: PolicyConfig) -> bool:

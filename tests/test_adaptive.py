@@ -7,6 +7,7 @@ import random
 from dataclasses import replace
 
 import pytest
+from fakes import FakeGenerator, FakeScorer, random_policy, tree_policy
 
 from edgetts.search.adaptive import AdaptiveStop, Tally, leader_probability, regularized_beta, replay
 from edgetts.search.auto import PROBE_N, ComputeOptimalTable, auto
@@ -16,7 +17,6 @@ from edgetts.search.majority import majority
 from edgetts.search.select import tally_votes, to_candidate
 from edgetts.server.schemas import SearchFields
 from edgetts.solver import SolveOptions
-from tests.fakes import FakeGenerator, FakeScorer, random_policy, tree_policy
 
 RULE = AdaptiveStop(threshold=0.95, min_n=4, wave=4)
 UNANIMOUS = tree_policy({"x = 2\n": {"so the answer is \\boxed{2}": {}}})

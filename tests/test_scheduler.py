@@ -17,9 +17,21 @@ from edgetts.scheduler import Budget, PlanError, estimate_memory, kv_mb, make_pl
 
 # Shaped like Qwen2.5-0.5B Q4_K_M (the default policy).
 META = ModelMetadata(
-    path="/nonexistent/qwen.gguf", architecture="qwen2", name="q", n_layers=24, n_ctx_train=32768,
-    n_embd=896, n_head=14, n_head_kv=2, head_dim_k=64, head_dim_v=64, n_params=630_167_424,
-    weights_bytes=485_452_288, file_bytes=491_400_064, chat_template=None, sliding_window=None,
+    path="/nonexistent/qwen.gguf",
+    architecture="qwen2",
+    name="q",
+    n_layers=24,
+    n_ctx_train=32768,
+    n_embd=896,
+    n_head=14,
+    n_head_kv=2,
+    head_dim_k=64,
+    head_dim_v=64,
+    n_params=630_167_424,
+    weights_bytes=485_452_288,
+    file_bytes=491_400_064,
+    chat_template=None,
+    sliding_window=None,
     swa_layers=0,
 )
 VOCAB = 151_936
@@ -29,13 +41,18 @@ TEXT_PRM = scheduler.PrmCost("prm-minilm", 52.0 + 22_607_241 / 2**20 + 100.0, 40
 
 def cal(decode=None, prefill=200.0, prm=150.0) -> calib.Calibration:
     decode = decode or {1: 10.0, 4: 25.0, 16: 40.0, 32: 45.0}
-    return calib.Calibration(model_key=calib.model_key(META), machine_id="m", n_threads=1,
-                             prefill_tok_s=prefill, decode_tok_s=decode, prm_steps_s=prm)
+    return calib.Calibration(
+        model_key=calib.model_key(META),
+        machine_id="m",
+        n_threads=1,
+        prefill_tok_s=prefill,
+        decode_tok_s=decode,
+        prm_steps_s=prm,
+    )
 
 
 def plan(budget: Budget, c: calib.Calibration | None = None, **kw):
-    return make_plan(META, budget, c or cal(), prm=kw.pop("prm", TEXT_PRM),
-                     n_vocab=VOCAB, **kw)
+    return make_plan(META, budget, c or cal(), prm=kw.pop("prm", TEXT_PRM), n_vocab=VOCAB, **kw)
 
 
 def test_kv_is_padded_and_q8_is_about_half():
@@ -46,8 +63,9 @@ def test_kv_is_padded_and_q8_is_about_half():
 
 def test_memory_parts_add_up_and_gpu_moves_weights_off_the_host():
     cpu = estimate_memory(META, 9216, 16, "f16", 0, TEXT_PRM.memory_mb, VOCAB)
-    assert cpu.total_mb == pytest.approx(cpu.runtime_mb + cpu.weights_mb + cpu.kv_mb + cpu.compute_mb
-                                         + cpu.prm_mb)
+    assert cpu.total_mb == pytest.approx(
+        cpu.runtime_mb + cpu.weights_mb + cpu.kv_mb + cpu.compute_mb + cpu.prm_mb
+    )
     assert cpu.weights_mb == pytest.approx(META.weights_bytes / 2**20)
     assert cpu.prm_mb > 100 and cpu.gpu_mb == 0
     gpu = estimate_memory(META, 9216, 16, "f16", META.n_layers + 1, TEXT_PRM.memory_mb, VOCAB)
@@ -113,8 +131,9 @@ def test_parked_paths_are_counted_only_when_paths_outnumber_the_slots():
     assert waves.n_seq_max < 32 and waves.park_mb > 0 and "parked in" in waves.explain()
     assert waves.memory.park_mb == pytest.approx(waves.park_mb, abs=0.1)
     assert waves.predicted_memory_mb <= 1000 and "parked" in waves.memory.describe()
-    unparked = estimate_memory(META, waves.n_ctx, waves.n_seq_max, waves.kv_type, 0, TEXT_PRM.memory_mb,
-                               VOCAB)
+    unparked = estimate_memory(
+        META, waves.n_ctx, waves.n_seq_max, waves.kv_type, 0, TEXT_PRM.memory_mb, VOCAB
+    )
     assert waves.memory.total_mb == pytest.approx(unparked.total_mb + waves.memory.park_mb)
     # Samples run to their end and free their slot: never parked, nothing counted.
     samples = plan(Budget(memory_mb=800, n=32, strategy="majority", max_tokens=1024))
@@ -122,8 +141,7 @@ def test_parked_paths_are_counted_only_when_paths_outnumber_the_slots():
 
 
 def test_pinned_settings_are_kept():
-    p = plan(Budget(memory_mb=4000, kv_type="q8_0", n_gpu_layers=0, n_threads=3),
-             gpu_offload=True)
+    p = plan(Budget(memory_mb=4000, kv_type="q8_0", n_gpu_layers=0, n_threads=3), gpu_offload=True)
     assert (p.kv_type, p.n_gpu_layers, p.n_threads) == ("q8_0", 0, 3)
     assert plan(Budget(memory_mb=4000), gpu_offload=True).n_gpu_layers == META.n_layers + 1
 
@@ -132,8 +150,9 @@ def test_all_layers_offloaded_is_accounted_in_the_plan():
     """-1 (every layer, as llama.cpp reads it) moves weights and KV off the host like a full count,
     so a budget that only fits with offload gets a plan with -1, and a CPU plan would not fit."""
     budget = Budget(memory_mb=4000, n=16, strategy="majority", kv_type="f16")
-    every, full, none = (plan(replace(budget, n_gpu_layers=k), gpu_offload=True)
-                         for k in (-1, META.n_layers + 1, 0))
+    every, full, none = (
+        plan(replace(budget, n_gpu_layers=k), gpu_offload=True) for k in (-1, META.n_layers + 1, 0)
+    )
     assert every.n_gpu_layers == -1
     assert every.memory == full.memory and every.memory.weights_mb == 0 and every.memory.kv_mb == 0
     assert every.memory.gpu_mb > 300 and "on the GPU" in every.memory.describe()
@@ -141,8 +160,10 @@ def test_all_layers_offloaded_is_accounted_in_the_plan():
     tight = replace(budget, memory_mb=every.predicted_memory_mb + 1, n=16)
     assert plan(replace(tight, n_gpu_layers=-1), gpu_offload=True).n_seq_max == 16
     with pytest.raises(PlanError):
-        plan(replace(tight, n_gpu_layers=0, kv_type="q8_0", memory_mb=every.predicted_memory_mb - 200),
-             gpu_offload=True)
+        plan(
+            replace(tight, n_gpu_layers=0, kv_type="q8_0", memory_mb=every.predicted_memory_mb - 200),
+            gpu_offload=True,
+        )
     # A CPU build of llama.cpp keeps the layers in host memory whatever was asked: so does the plan.
     cpu_build = plan(replace(budget, n_gpu_layers=-1), gpu_offload=False)
     assert cpu_build.n_gpu_layers == 0 and cpu_build.memory == none.memory
@@ -185,9 +206,15 @@ def test_prm_cost_by_kind_of_the_shipped_prms():
 
 def test_calibration_of_another_prm_is_not_used_for_its_speed():
     probe = scheduler.PrmCost("prm-probe-qwen05", 38.0, 5000.0)
-    slow_text = calib.Calibration(model_key=calib.model_key(META), machine_id="m", n_threads=1,
-                                  prefill_tok_s=200.0, decode_tok_s={1: 10.0, 16: 40.0},
-                                  prm_steps_s=2.0, prm="prm-minilm")
+    slow_text = calib.Calibration(
+        model_key=calib.model_key(META),
+        machine_id="m",
+        n_threads=1,
+        prefill_tok_s=200.0,
+        decode_tok_s={1: 10.0, 16: 40.0},
+        prm_steps_s=2.0,
+        prm="prm-minilm",
+    )
     budget = Budget(deadline_s=30, strategy="beam_search")
     p = plan(budget, slow_text, prm=probe)
     assert "measured PRM 'prm-minilm'" in p.explain()
@@ -247,21 +274,29 @@ RSS_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("settings", [
-    {"n_seq_max": 8, "max_tokens": 32, "kv_type": "f16", "n_ctx": 8192},
-    {"n_seq_max": 2, "max_tokens": 32, "kv_type": "q8_0"},
-    # Hidden states for the probe: a long prompt (~400 tokens) must not make llama.cpp output
-    # every prompt token's logits (0.6 MB a token).
-    {"n_seq_max": 4, "max_tokens": 32, "capture_states": True, "question_repeats": 10},
-])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"n_seq_max": 8, "max_tokens": 32, "kv_type": "f16", "n_ctx": 8192},
+        {"n_seq_max": 2, "max_tokens": 32, "kv_type": "q8_0"},
+        # Hidden states for the probe: a long prompt (~400 tokens) must not make llama.cpp output
+        # every prompt token's logits (0.6 MB a token).
+        {"n_seq_max": 4, "max_tokens": 32, "capture_states": True, "question_repeats": 10},
+    ],
+)
 def test_memory_estimate_matches_measured_peak_rss(settings, monkeypatch):
     """A real (short) run in a subprocess: estimated peak within 15 % of VmHWM."""
     from edgetts.metadata import read_metadata
     from edgetts.policy import PolicyConfig
 
     monkeypatch.setenv("EDGETTS_THREADS", "1")
-    out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, json.dumps(settings)],
-                         capture_output=True, text=True, check=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", RSS_SCRIPT, json.dumps(settings)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
     measured = json.loads(out.stdout.strip().splitlines()[-1])
     meta = read_metadata(measured["path"])
     cfg = PolicyConfig(**{k: v for k, v in settings.items() if k != "question_repeats"})
@@ -317,8 +352,12 @@ def test_solver_keeps_a_loaded_context_that_covers_the_plan(monkeypatch):
     s = solver_mod.Solver(PolicyConfig(max_tokens=256, n_seq_max=16))
     big = plan(Budget(memory_mb=4000, deadline_s=100, max_tokens=256))
     assert s._policy_for(None, big, 4000).config.n_seq_max == big.n_seq_max
-    smaller = replace(big, n_seq_max=max(1, big.n_seq_max // 2), n_ctx=big.n_ctx // 2,
-                      predicted_memory_mb=big.predicted_memory_mb / 2)
+    smaller = replace(
+        big,
+        n_seq_max=max(1, big.n_seq_max // 2),
+        n_ctx=big.n_ctx // 2,
+        predicted_memory_mb=big.predicted_memory_mb / 2,
+    )
     assert s._policy_for(None, smaller, 4000).config.n_seq_max == big.n_seq_max  # kept
     assert len(LoadedPolicy.log) == 1
     s._policy_for(None, smaller, big.predicted_memory_mb - 1)  # the loaded one no longer fits

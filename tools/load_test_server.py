@@ -71,16 +71,22 @@ def free_port() -> int:
 def post(base: str, body: dict, timeout: float) -> Sample:
     """One chat completion; every outcome (200, 4xx/5xx, socket error) becomes a Sample."""
     data = json.dumps(body).encode()
-    request = urllib.request.Request(f"{base}/v1/chat/completions", data=data,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{base}/v1/chat/completions", data=data, headers={"Content-Type": "application/json"}
+    )
     start = time.perf_counter()
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             payload = json.loads(resp.read())
             info = payload["edgetts"]
-            return Sample(200, time.perf_counter() - start, cut_short=info["cut_short"],
-                          answered=info["answer"] is not None, queue_s=info["queue_s"],
-                          search_s=info["search_s"])
+            return Sample(
+                200,
+                time.perf_counter() - start,
+                cut_short=info["cut_short"],
+                answered=info["answer"] is not None,
+                queue_s=info["queue_s"],
+                search_s=info["search_s"],
+            )
     except urllib.error.HTTPError as err:
         latency = time.perf_counter() - start
         try:
@@ -110,9 +116,21 @@ def rss_mb(pid: int, key: str) -> float:
 
 
 def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "edgetts.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--max-tokens", str(args.max_tokens), "--max-queue", str(args.max_queue),
-           *shlex.split(args.serve_args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgetts.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-tokens",
+        str(args.max_tokens),
+        "--max-queue",
+        str(args.max_queue),
+        *shlex.split(args.serve_args),
+    ]
     env = {**os.environ, "EDGETTS_THREADS": os.environ.get("EDGETTS_THREADS", "1")}
     log = open(args.server_log, "w")  # stays open as long as the server runs
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -133,13 +151,26 @@ def wait_ready(base: str, proc: subprocess.Popen, timeout_s: float = 300) -> dic
     raise SystemExit("the server did not become ready")
 
 
-def client_loop(base: str, model: str, args: argparse.Namespace, stats: Stats, stop_at: float,
-                budget: threading.Semaphore, index: int) -> None:
+def client_loop(
+    base: str,
+    model: str,
+    args: argparse.Namespace,
+    stats: Stats,
+    stop_at: float,
+    budget: threading.Semaphore,
+    index: int,
+) -> None:
     i = index
     while time.monotonic() < stop_at and budget.acquire(blocking=False):
-        body = {"model": model, "messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
-                "strategy": args.strategy, "n": args.n, "deadline_s": args.deadline_s or None,
-                "max_tokens": args.max_tokens, "seed": i}
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
+            "strategy": args.strategy,
+            "n": args.n,
+            "deadline_s": args.deadline_s or None,
+            "max_tokens": args.max_tokens,
+            "seed": i,
+        }
         sample = post(base, body, timeout=args.deadline_s * 10 + 30 if args.deadline_s else 900)
         stats.add(sample)
         i += args.clients
@@ -161,8 +192,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--duration-s", type=float, default=120)
     parser.add_argument("--max-requests", type=int, default=2000, help="Cap on load requests in all.")
-    parser.add_argument("--deadline-s", type=float, default=3.0,
-                        help="Each request's deadline_s; 0: none (no search is cut, none refused for time).")
+    parser.add_argument(
+        "--deadline-s",
+        type=float,
+        default=3.0,
+        help="Each request's deadline_s; 0: none (no search is cut, none refused for time).",
+    )
     parser.add_argument("--strategy", default="majority")
     parser.add_argument("--n", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=128)
@@ -170,9 +205,12 @@ def main() -> None:
     parser.add_argument("--backoff-max-s", type=float, default=1.0)
     parser.add_argument("--after", type=int, default=2, help="Ordinary requests after the load.")
     parser.add_argument("--server-log", default="/tmp/edgetts-load-server.log")
-    parser.add_argument("--serve-args", default="",
-                        help="More `edgetts serve` arguments, e.g. '--threads 2' or "
-                             "'--ray local --replicas 2 --threads 1' (peak RSS is then the driver's only).")
+    parser.add_argument(
+        "--serve-args",
+        default="",
+        help="More `edgetts serve` arguments, e.g. '--threads 2' or "
+        "'--ray local --replicas 2 --threads 1' (peak RSS is then the driver's only).",
+    )
     parser.add_argument("--json", dest="json_out", default=None, help="Also write the report here.")
     args = parser.parse_args()
 
@@ -183,13 +221,18 @@ def main() -> None:
         t0 = time.monotonic()
         wait_ready(base, proc)
         model = get_json(f"{base}/v1/models")[1]["data"][0]["id"]
-        print(f"server ready in {time.monotonic() - t0:.1f} s ({model}); "
-              f"RSS {rss_mb(proc.pid, 'VmRSS'):.0f} MB", file=sys.stderr)
+        print(
+            f"server ready in {time.monotonic() - t0:.1f} s ({model}); "
+            f"RSS {rss_mb(proc.pid, 'VmRSS'):.0f} MB",
+            file=sys.stderr,
+        )
 
         stats, budget = Stats(), threading.Semaphore(args.max_requests)
         stop_at = time.monotonic() + args.duration_s
-        threads = [threading.Thread(target=client_loop, args=(base, model, args, stats, stop_at, budget, k))
-                   for k in range(args.clients)]
+        threads = [
+            threading.Thread(target=client_loop, args=(base, model, args, stats, stop_at, budget, k))
+            for k in range(args.clients)
+        ]
         load_start = time.monotonic()
         for t in threads:
             t.start()
@@ -200,9 +243,20 @@ def main() -> None:
         # The server must be back to normal: idle, healthy, answering ordinary requests.
         while get_json(f"{base}/health")[1]["running"] or get_json(f"{base}/health")[1]["queued"]:
             time.sleep(0.2)
-        after = [post(base, {"model": model, "messages": [{"role": "user", "content": q}],
-                             "strategy": "majority", "n": 2, "max_tokens": 64}, timeout=300)
-                 for q in QUESTIONS[: args.after]]
+        after = [
+            post(
+                base,
+                {
+                    "model": model,
+                    "messages": [{"role": "user", "content": q}],
+                    "strategy": "majority",
+                    "n": 2,
+                    "max_tokens": 64,
+                },
+                timeout=300,
+            )
+            for q in QUESTIONS[: args.after]
+        ]
         health = get_json(f"{base}/health")
         peak_rss = rss_mb(proc.pid, "VmHWM")
     finally:
@@ -219,8 +273,15 @@ def main() -> None:
         Path(args.json_out).write_text(json.dumps(report, indent=2))
 
 
-def summarize(samples: list[Sample], after: list[Sample], health: tuple[int, dict], peak_rss: float,
-              exit_code: int, load_s: float, args: argparse.Namespace) -> dict:
+def summarize(
+    samples: list[Sample],
+    after: list[Sample],
+    health: tuple[int, dict],
+    peak_rss: float,
+    exit_code: int,
+    load_s: float,
+    args: argparse.Namespace,
+) -> dict:
     ok = [s for s in samples if s.status == 200]
     by_status: dict[str, int] = {}
     for s in samples:
@@ -228,26 +289,35 @@ def summarize(samples: list[Sample], after: list[Sample], health: tuple[int, dic
         by_status[key] = by_status.get(key, 0) + 1
     latencies = [s.latency_s for s in ok]
     return {
-        "clients": args.clients, "duration_s": round(load_s, 1), "deadline_s": args.deadline_s,
-        "strategy": f"{args.strategy} n={args.n}", "max_tokens": args.max_tokens,
+        "clients": args.clients,
+        "duration_s": round(load_s, 1),
+        "deadline_s": args.deadline_s,
+        "strategy": f"{args.strategy} n={args.n}",
+        "max_tokens": args.max_tokens,
         "serve_args": args.serve_args,
         "max_queue": args.max_queue,
-        "requests": len(samples), "served_200": len(ok),
+        "requests": len(samples),
+        "served_200": len(ok),
         "throughput_per_min": round(len(ok) / load_s * 60, 1) if load_s else 0.0,
-        "with_answer": sum(s.answered for s in ok), "cut_short": sum(s.cut_short for s in ok),
-        "status_counts": by_status, "count_503": sum(s.status == 503 for s in samples),
-        "p50_latency_s": round(pct(latencies, 0.5), 2), "p95_latency_s": round(pct(latencies, 0.95), 2),
+        "with_answer": sum(s.answered for s in ok),
+        "cut_short": sum(s.cut_short for s in ok),
+        "status_counts": by_status,
+        "count_503": sum(s.status == 503 for s in samples),
+        "p50_latency_s": round(pct(latencies, 0.5), 2),
+        "p95_latency_s": round(pct(latencies, 0.95), 2),
         "max_latency_s": round(max(latencies), 2) if latencies else None,
         "over_deadline": sum(lat > args.deadline_s for lat in latencies) if args.deadline_s else None,
         "p95_over_deadline_s": round(pct([lat - args.deadline_s for lat in latencies], 0.95), 2)
-        if args.deadline_s else None,
+        if args.deadline_s
+        else None,
         "p50_queue_s": round(pct([s.queue_s for s in ok], 0.5), 2),
         "p50_search_s": round(pct([s.search_s for s in ok], 0.5), 2),
         "p503_latency_ms": round(pct([s.latency_s for s in samples if s.status == 503], 0.5) * 1000, 1),
         "peak_rss_mb": round(peak_rss, 0),
         "after_load_ok": f"{sum(s.status == 200 and s.answered for s in after)}/{len(after)}",
         "after_load_latency_s": [round(s.latency_s, 2) for s in after],
-        "health_after": health[1], "server_exit_code": exit_code,
+        "health_after": health[1],
+        "server_exit_code": exit_code,
     }
 
 

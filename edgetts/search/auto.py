@@ -96,13 +96,17 @@ class ComputeOptimalTable:
 
     @classmethod
     def from_dict(cls, data: dict) -> ComputeOptimalTable:
-        return cls(bins=list(data.get("bins") or DEFAULT_BINS), entries=dict(data.get("table") or {}),
-                   fitted_from=list(data.get("fitted_from") or []))
+        return cls(
+            bins=list(data.get("bins") or DEFAULT_BINS),
+            entries=dict(data.get("table") or {}),
+            fitted_from=list(data.get("fitted_from") or []),
+        )
 
     def bin_of(self, features: dict[str, float]) -> str:
         for b in self.bins:
-            if features.get("agreement", 0.0) >= b.get("agreement_min", 0.0) and \
-                    features.get("prm_mean", 0.0) >= b.get("prm_mean_min", 0.0):
+            if features.get("agreement", 0.0) >= b.get("agreement_min", 0.0) and features.get(
+                "prm_mean", 0.0
+            ) >= b.get("prm_mean_min", 0.0):
                 return b["name"]
         return self.bins[-1]["name"]
 
@@ -185,7 +189,8 @@ def auto(
         chosen=chosen,
         candidates=candidates,
         votes=votes,
-        cut_short=deadline.expired() or any(p.stop_reason == "deadline" for p in probes)
+        cut_short=deadline.expired()
+        or any(p.stop_reason == "deadline" for p in probes)
         or bool(extra and extra.cut_short),
     )
 
@@ -224,8 +229,9 @@ def _continue(
         run = best_of_n
     else:
         width = min(config.beam_width, choice.n)
-        sub = replace(config, n=max(width, choice.n // width * width), beam_width=width,
-                      deadline_s=deadline_s)
+        sub = replace(
+            config, n=max(width, choice.n // width * width), beam_width=width, deadline_s=deadline_s
+        )
         run = _registry()[choice.strategy].run
     return run(question, generator, scorer, _reseeded(sub))
 

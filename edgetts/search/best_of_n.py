@@ -39,9 +39,7 @@ def weighted_best_of_n(
     config: SearchConfig,
 ) -> SearchResult:
     """Sample ``config.n`` solutions and return the answer with the largest summed PRM score."""
-    return _sample_and_pick(
-        "weighted_best_of_n", question, generator, scorer, config, weighted=True
-    )
+    return _sample_and_pick("weighted_best_of_n", question, generator, scorer, config, weighted=True)
 
 
 def _sample_and_pick(

@@ -67,8 +67,7 @@ def score_paths(scorer: StepScorer, question: str, paths: list[SolutionPath]) ->
     for i, (path, step_scores) in enumerate(zip(paths, scores, strict=True)):
         if len(step_scores) != len(path.steps):
             raise ValueError(
-                f"scorer returned {len(step_scores)} scores for path {i}, "
-                f"which has {len(path.steps)} steps"
+                f"scorer returned {len(step_scores)} scores for path {i}, which has {len(path.steps)} steps"
             )
         path.scores = [float(s) for s in step_scores]
 
