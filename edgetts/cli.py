@@ -19,8 +19,10 @@ import click
 from edgetts import models as registry
 from edgetts.distributed import DETECT as DETECT_RAY  # what a bare --ray means (Ray loads later)
 from edgetts.grading import answers_equal
+from edgetts.policy.config import PolicyConfig
 from edgetts.search.base import MAX_N, SearchResult
 from edgetts.search.registry import choices as strategy_choices
+from edgetts.server.settings import ServerSettings
 from edgetts.solver import SolveOptions
 
 EXIT_INTERRUPTED = 130
@@ -78,14 +80,14 @@ def _search_options(func):
         ),
         click.option(
             "--beam-width",
-            default=4,
+            default=SolveOptions.beam_width,
             show_default=True,
             type=click.IntRange(1, MAX_N),
             help="Expansions per kept beam (beam search, DVTS).",
         ),
         click.option(
             "--max-steps",
-            default=40,
+            default=SolveOptions.max_steps,
             show_default=True,
             type=click.IntRange(1),
             help="Search rounds at most.",
@@ -105,7 +107,7 @@ def _search_options(func):
             type=int,
             help="Sample among the k likeliest tokens only (0: off).",
         ),
-        click.option("--seed", default=0, show_default=True, type=int),
+        click.option("--seed", default=SolveOptions.seed, show_default=True, type=int),
         click.option(
             "--no-adaptive",
             is_flag=True,
@@ -140,7 +142,7 @@ def _search_options(func):
         ),
         click.option(
             "--max-tokens",
-            default=512,
+            default=PolicyConfig.max_tokens,
             show_default=True,
             type=click.IntRange(1),
             help="Generated tokens per solution.",
@@ -978,7 +980,7 @@ def bundle(out_dir: Path, model_names: tuple[str, ...], source: Path | None) -> 
     show_default=True,
     help="Address to bind; anything but loopback exposes the server to the network.",
 )
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--port", default=ServerSettings.port, show_default=True, type=click.IntRange(0, 65535))
 @click.option(
     "--api-key",
     envvar="EDGETTS_API_KEY",
@@ -1009,7 +1011,7 @@ def bundle(out_dir: Path, model_names: tuple[str, ...], source: Path | None) -> 
     "-n",
     "--n",
     "n",
-    default=4,
+    default=ServerSettings.default_n,
     show_default=True,
     type=click.IntRange(1, MAX_N),
     help="Default n for requests.",
@@ -1018,27 +1020,31 @@ def bundle(out_dir: Path, model_names: tuple[str, ...], source: Path | None) -> 
 @click.option("--memory-mb", type=float, default=None, help="Memory budget for strategy auto.")
 @click.option(
     "--max-n",
-    default=16,
+    default=ServerSettings.max_n,
     show_default=True,
     type=click.IntRange(1, MAX_N),
     help="Largest n a request may ask for.",
 )
 @click.option(
     "--max-queue",
-    default=4,
+    default=ServerSettings.max_queue,
     show_default=True,
     type=click.IntRange(0),
     help="Requests that may wait behind the running one; more get 503 + Retry-After.",
 )
 @click.option(
     "--max-tokens",
-    default=512,
+    default=ServerSettings.max_tokens,
     show_default=True,
     type=click.IntRange(1),
     help="Generated tokens per solution, at most (requests may ask for fewer).",
 )
 @click.option(
-    "--max-body-kb", default=256, show_default=True, type=click.IntRange(1), help="Largest request body."
+    "--max-body-kb",
+    default=ServerSettings.max_body_bytes // 1024,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Largest request body.",
 )
 @click.option(
     "--threads", type=click.IntRange(1), default=None, help="CPU threads (default: $EDGETTS_THREADS or all)."

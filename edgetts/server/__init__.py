@@ -27,23 +27,29 @@ How requests flow:
 * Errors use OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``.
 """
 
-from edgetts.server.app import App, create_app, known_strategies, load_solver, model_names, serve
-from edgetts.server.engine import Engine, Job
-from edgetts.server.errors import ApiError
-from edgetts.server.responses import code_as_search_result, ranked_choices
-from edgetts.server.settings import ServerSettings
+import importlib
 
-__all__ = [
-    "ApiError",
-    "App",
-    "Engine",
-    "Job",
-    "ServerSettings",
-    "code_as_search_result",
-    "create_app",
-    "known_strategies",
-    "load_solver",
-    "model_names",
-    "ranked_choices",
-    "serve",
-]
+# Where each public name lives. They load on first use (PEP 562), so that reading the settings'
+# defaults (the CLI's option defaults do) does not import the web framework.
+_HOMES = {
+    "App": "app",
+    "create_app": "app",
+    "known_strategies": "app",
+    "load_solver": "app",
+    "model_names": "app",
+    "serve": "app",
+    "Engine": "engine",
+    "Job": "engine",
+    "ApiError": "errors",
+    "code_as_search_result": "responses",
+    "ranked_choices": "responses",
+    "ServerSettings": "settings",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'edgetts.server' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"edgetts.server.{_HOMES[name]}"), name)
