@@ -18,10 +18,17 @@ training under ``runs/``, not committed, since a prefill recomputes them)::
         --out runs/labels/gsm8k_train_mc -k 4 --limit 20
     # the compact rows to commit (gzip, no question text, no states)
     python tools/label_steps.py pack runs/labels/prmbench data/labels/prmbench.jsonl.gz
+    # on a new machine: the committed rows back into a directory, their states recomputed by a
+    # prefill of each kept solution (no sampling; a resumed `sample` run then skips those keys)
+    python tools/label_steps.py restore data/labels/gsm8k_train.jsonl.gz \
+        --data ../shared/data/gsm8k_train.jsonl --out runs/labels/gsm8k_train
 
 Step statistics are :data:`edgetts.confidence.STEP_FEATURES`, one row per step. Run with
 ``EDGETTS_THREADS=1`` in the background on a shared CPU (``nohup ... > log 2>&1 &``); on a CUDA
-build of llama.cpp add ``--n-gpu-layers 99`` (``tools/label_gpu.sh`` runs all three at once).
+build of llama.cpp add ``--n-gpu-layers 99`` (``GPU_LAYERS=99 tools/label_all.sh`` runs the queue).
+
+A prefilled state is what sampling recorded up to float rounding (llama.cpp's logits and states
+shift a little with the rows in a batch), so a restored directory trains as the original did.
 """
 
 from __future__ import annotations
@@ -288,6 +295,72 @@ def rollout(args: argparse.Namespace) -> None:
         print(f"{key}: {len(steps)} steps, labels {labels}, {time.perf_counter() - t0:.0f} s", flush=True)
 
 
+# -- restoring committed rows -----------------------------------------------------------------
+
+
+def kept_solutions(row: dict, questions: dict[str, str], prmbench_steps: dict[str, list[str]]) -> list:
+    """(question, steps) of each solution a committed row holds, in the order its states were saved."""
+    if row["source"] == "prmbench":
+        item = prmbench_steps[row["key"]]
+        return [(item["question"], [s.strip() for s in item["steps"] if s.strip()])]
+    question = questions[str(row["id"])]
+    if row["source"] == "rollout":
+        return [(question, split_steps(row["text"]))]
+    return [(question, split_steps(c["text"])) for c in row["candidates"]]
+
+
+def step_counts(row: dict) -> list[int]:
+    """Steps per solution as the row recorded them (its per-step statistics)."""
+    if row["source"] == "sample":
+        return [len(c["step_stats"]) for c in row["candidates"]]
+    return [len(row["step_stats"])]
+
+
+def restore(args: argparse.Namespace) -> None:
+    """Bring packed rows back into ``--out`` with their states, prefilling each kept solution.
+
+    A row already in ``--out`` whose states file is missing (rows unpacked by hand, or a copied
+    ``results.jsonl``) gets its states and is not written twice; a row with states is skipped.
+    """
+    out = Path(args.out)
+    done = done_keys(out)
+    with gzip.open(args.src, "rt", encoding="utf-8") as f:
+        rows = [r for r in map(json.loads, f) if not (out / "states" / f"{r['key']}.npz").is_file()]
+    questions, prmbench_steps = {}, {}
+    if any(r["source"] == "prmbench" for r in rows):
+        prmbench_steps = {i["key"]: i for i in prmbench_items(args.data)}
+    else:
+        questions = {str(p.id): p.question for p in load_problems(args.data[0])}
+    missing = [r["key"] for r in rows if r["source"] != "prmbench" and str(r["id"]) not in questions]
+    missing += [r["key"] for r in rows if r["source"] == "prmbench" and r["key"] not in prmbench_steps]
+    if missing:
+        sys.exit(
+            f"error: {len(missing)} rows have no question in {' '.join(args.data)} (first: {missing[0]})"
+        )
+    if args.layers is None:
+        layers = {tuple(r["layers"]) for r in rows}
+        if len(layers) > 1:
+            sys.exit(f"error: the rows captured different layers {sorted(layers)}; pass --layers")
+        args.layers = list(layers.pop()) if layers else [6, 12, 18, -1]
+    policy = make_policy(args, n_seq_max=1, max_tokens=args.max_tokens)
+    t0, tokens = time.perf_counter(), 0
+    for k, row in enumerate(rows):
+        solutions = kept_solutions(row, questions, prmbench_steps)
+        paths = [policy.read_solution(q, steps, confidence=True) for q, steps in solutions]
+        if [len(p.steps) for p in paths] != step_counts(row):
+            print(f"skip {row['key']}: its steps split differently from the recorded statistics", flush=True)
+            continue
+        if row["key"] in done:
+            (out / "states").mkdir(parents=True, exist_ok=True)
+            save_states(out / "states" / f"{row['key']}.npz", paths)
+        else:
+            write_row(out, row, paths)
+        tokens += sum(p.n_tokens for p in paths)
+        print(
+            f"[{k + 1}/{len(rows)}] {row['key']}: {tokens / (time.perf_counter() - t0):.0f} tok/s", flush=True
+        )
+
+
 # -- packing ----------------------------------------------------------------------------------
 
 
@@ -327,19 +400,26 @@ def main() -> None:
     r.add_argument("-k", type=int, default=4, help="rollouts per step")
     r.add_argument("--per-problem", type=int, default=2, help="samples rolled out per problem")
     r.add_argument("--limit", type=int, default=None, help="problems")
-    for p in (b, s, r):
+    t = sub.add_parser("restore", help="committed rows back into a directory, states by prefill")
+    t.add_argument("src", help="a packed .jsonl.gz (data/labels/)")
+    t.add_argument("--data", nargs="+", required=True, help="the questions (PRMBench: its files)")
+    for p in (b, s, r, t):
         p.add_argument("--out", required=True)
-        p.add_argument("--layers", type=int, nargs="+", default=[6, 12, 18, -1])
         p.add_argument("--max-tokens", type=int, default=400)
         p.add_argument("--temperature", type=float, default=0.3)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--n-gpu-layers", type=int, default=0)
         p.add_argument("-m", "--model", default=None)
+    for p in (b, s, r):
+        p.add_argument("--layers", type=int, nargs="+", default=[6, 12, 18, -1])
+    t.add_argument("--layers", type=int, nargs="+", default=None, help="default: the rows' own")
     k = sub.add_parser("pack", help="gzip the compact rows of an output directory")
     k.add_argument("src")
     k.add_argument("dest")
     args = ap.parse_args()
-    {"prmbench": prmbench, "sample": sample, "rollout": rollout, "pack": pack}[args.cmd](args)
+    {"prmbench": prmbench, "sample": sample, "rollout": rollout, "restore": restore, "pack": pack}[args.cmd](
+        args
+    )
 
 
 if __name__ == "__main__":
