@@ -4,8 +4,8 @@ Starts two ``edgetts serve`` processes on loopback with the same model and threa
 (``--concurrent 1``: one search at a time, the engine before continuous batching) and
 ``batched`` (``--concurrent C``: C searches share one decode loop). For each client count, each
 round runs the same closed load against each server in turn, alternating which goes first, so
-the machine's other load hits both alike: every client sends ``--requests-per-client`` chat
-completions back to back (majority@n, no deadline, ``--max-tokens``), and the round measures
+the machine's other load hits both alike: every client sends ceil(``--requests`` / clients) chat
+completions back to back (at least one) (majority@n, no deadline, ``--max-tokens``), and the round measures
 
 * aggregate generated tok/s: the completion tokens of all answers / the wall time from the
   first request to the last answer,
@@ -21,6 +21,7 @@ Only ever talks to 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import statistics
@@ -46,8 +47,10 @@ def closed_load(base: str, model: str, args: argparse.Namespace, clients: int, r
     samples: list[Sample] = []
     lock = threading.Lock()
 
+    per_client = max(1, math.ceil(args.requests / clients))
+
     def client(k: int) -> None:
-        for r in range(args.requests_per_client):
+        for r in range(per_client):
             i = k + clients * r
             body = {
                 "model": model,
@@ -87,7 +90,9 @@ def main() -> None:
     )
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--requests-per-client", type=int, default=2)
+    parser.add_argument(
+        "--requests", type=int, default=4, help="Requests per configuration, at least one per client."
+    )
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--concurrent", type=int, default=8, help="The batched server's --concurrent.")
@@ -140,7 +145,7 @@ def print_table(rows: dict[tuple[int, str], list[dict]], args: argparse.Namespac
         return statistics.median(r[key] for r in rows[clients, name])
 
     print(
-        f"majority@{args.n}, max_tokens {args.max_tokens}, {args.requests_per_client} requests per client, "
+        f"majority@{args.n}, max_tokens {args.max_tokens}, >= {args.requests} requests (>= 1 per client), "
         f"medians of {args.rounds} rounds; batched = --concurrent {args.concurrent}"
     )
     print(
