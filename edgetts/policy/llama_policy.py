@@ -2,10 +2,11 @@
 
 How a question is answered, in KV-cache terms:
 
-* ``root(question)`` clears the cache and decodes the prompt once into the *template* sequence
-  (slot 0), keeping the logits of its last token. Asked again for the same prompt, it drops every
-  other sequence but keeps the template, so a second round of samples (``auto`` continuing after
-  its probes, a server retry) forks from the same prefill instead of decoding the prompt again.
+* ``root(question)`` decodes the prompt once into a *template* sequence, keeping the logits of
+  its last token, and drops the search's earlier paths. Asked again for the same prompt it keeps
+  the template, so a second round of samples (``auto`` continuing after its probes, a server
+  retry) forks from the same prefill instead of decoding the prompt again. A search alone starts
+  from a clear cache with its template in sequence 0, as it always did.
 * ``extend(paths, n_each)`` forks every parent into children. A child copies its parent's sequence
   (``llama_memory_seq_cp``; with the unified KV cache this only tags the same cells with one more
   sequence id, so a shared prefix is stored once), samples its first token from the parent's saved
@@ -18,13 +19,24 @@ How a question is answered, in KV-cache terms:
   the search tree.
 * ``release(paths)`` drops sequences (``llama_memory_seq_rm``); finished paths free theirs at once.
 
-Slots are finite (``n_seq_max``). When more children are asked for than there are slots, they run
-in waves: a child waits until a slot frees up, and when every slot is held by a path that is only
-waiting for the next round, that path is *parked*: it gives up its slot, and its own KV cells
-(those after the prompt, which the template holds anyway) are copied to host memory
-(``llama_state_seq_get_data``). A child of a parked path restores them into a free slot (a copy,
-``llama_state_seq_set_data``), tags the template's prompt cells with that slot again, and samples
-its first token from the logits its parent kept when its step closed: no token is decoded again.
+Several searches at once (``PolicyConfig.max_searches``): each runs in a
+:class:`~edgetts.policy.session.PolicySession` (``root``/``extend`` on the policy itself use one
+per thread) with its own counters; each prompt has a template sequence of its own (ids 0 and
+``n_seq_max + 1 ...``; an unused one is dropped for a new prompt, and a root waits while every
+template serves a running search). Their ``extend`` calls meet in one
+:class:`~edgetts.policy.loop.DecodeLoop`: each pass (:meth:`LlamaPolicy._advance`) starts what
+can start, earliest call first, and decodes the active children of *every* search in one batch.
+Everything that touches the context runs on the loop's driver, one thread at a time.
+
+Slots are finite (``n_seq_max``, shared by all searches). When more children are asked for than
+there are slots, they run in waves: a child waits until a slot frees up (another search's too),
+and when every slot is held by a path that is only waiting for the next round (its own search's
+first, then any search's, see ``_can_start``), that path is *parked*: it gives up its slot,
+and its own KV cells (those after the prompt, which the template holds anyway) are copied to
+host memory (``llama_state_seq_get_data``). A child of a parked path restores them into a free
+slot (a copy, ``llama_state_seq_set_data``), tags the template's prompt cells with that slot
+again, and samples its first token from the logits its parent kept when its step closed: no
+token is decoded again.
 ``tokens_restored`` counts the tokens brought back that way. The copies live within
 ``PolicyConfig.park_mb``; past it (or when the cache has no contiguous run of free cells to
 restore into) a parked path is rebuilt from the template by decoding its own tokens again, which
