@@ -100,6 +100,12 @@ def test_two_concurrent_searches_get_what_they_get_alone_and_their_counters_add_
     assert sum(c.decode_calls for c in counters) > calls * 1.3
     assert len(shared.slots) == shared.config.n_seq_max and not shared._slot_owner
 
+    # Alone again after them: the same tokens as alone before (no other prompt's cells around)
+    again: dict = {}
+    question, seed = QUESTIONS[0]
+    sample(shared, question, seed, again)
+    assert again[question]["pieces"] == alone[question]["pieces"]
+
 
 def test_a_cancelled_search_frees_its_slots_and_the_other_one_finishes():
     policy = LlamaPolicy(PolicyConfig(n_seq_max=N, max_tokens=96, seed=0, max_searches=2))
@@ -161,3 +167,29 @@ def test_searches_wanting_more_slots_than_there_are_take_turns_without_deadlock(
         assert len(policy.slots) == 2 and not policy._slot_owner and not policy._parked
     finally:
         policy.close()
+
+
+def test_solver_calls_from_threads_share_the_policy_and_answer_as_alone():
+    """An embedding app's threads: Solver.solve from two threads at once, majority at a seed."""
+    from edgetts.solver import SolveOptions, Solver
+
+    options = SolveOptions(strategy="majority", n=N, seed=3, max_tokens=96, adaptive=False)
+    config = PolicyConfig(n_seq_max=2 * N, max_tokens=96, max_searches=2)
+    with Solver(config) as solver:
+        alone = {q: solver.solve(q, options) for q, _ in QUESTIONS}
+        together: dict = {}
+        start = threading.Barrier(len(QUESTIONS))
+
+        def solve(question: str) -> None:
+            start.wait()
+            together[question] = solver.solve(question, options)
+
+        run_threads(*[lambda q=q: solve(q) for q, _ in QUESTIONS])
+        policy = solver.policy
+    for question, _ in QUESTIONS:
+        assert together[question].answer == alone[question].answer
+        # its own tokens, not both searches': each path's, plus the end-of-text token it sampled
+        counted = together[question].counters["tokens_sampled"]
+        written = sum(c.n_tokens for c in together[question].candidates)
+        assert written <= counted <= written + N
+    assert len(policy.slots) == 2 * N and not policy._slot_owner

@@ -166,6 +166,7 @@ class LlamaPolicy:
                 f"got {cfg.state_layers}"
             )
         self.counters = GeneratorCounters()
+        self._counting = threading.Lock()  # callers add their seconds while the driver counts tokens
         wants_blocks = cfg.capture_states and any(i >= 0 for i in cfg.state_layers)
         self._tap = LayerTap(cfg.state_layers, self.metadata.n_embd) if wants_blocks else None
         layers = default_gpu_layers() if cfg.n_gpu_layers is None else cfg.n_gpu_layers
@@ -187,6 +188,8 @@ class LlamaPolicy:
         # Prefilled prompts by their tokens, least recently rooted first; one slot each, slot 0
         # first, then the ids after the path slots.
         self._templates: dict[tuple[int, ...], _Seq] = {}
+        # The template prefilled into a clear cache, while no other prefill has followed it.
+        self._fresh_template: _Seq | None = None
         self._template_slots = [TEMPLATE_SLOT, *range(cfg.n_seq_max + 1, cfg.n_seq_max + cfg.max_searches)]
         self._loop = DecodeLoop(self._advance)
         self._local = threading.local()  # each thread's default session (root/extend called here)
@@ -309,15 +312,31 @@ class LlamaPolicy:
         self, search: PolicySession, text: str, tokens: list[int], sampling: Sampling
     ) -> SolutionPath | object:
         """On the loop: ``search``'s root, prefilling its prompt unless a template holds it
-        already; RETRY while every template slot serves another search."""
+        already; RETRY while every template slot serves another search.
+
+        A search alone starts from the cache a search alone always had: its prompt's prefill
+        reused only if it is the last one made and it was made into a clear cache, else the
+        cache is cleared and the prompt prefilled again. So the KV layout, and with it every
+        logit, is what it would be with no other search before it (other prompts' cells would
+        widen the attention's span and round the logits a little differently).
+        """
         self._drop_paths_of(search)  # its previous paths are done with
         key = tuple(tokens)
+        alone = self._cache_idle(search)  # (before the pop: another search may use this prompt)
         template = self._templates.pop(key, None)
+        if alone and template is not self._fresh_template:
+            template = None
         if template is None:
-            slot = self._free_template_slot(search)
-            if slot is None:
-                return RETRY
-            template = self._prefill(search, text, tokens, slot)
+            if alone:
+                self.context.clear()
+                self._templates.clear()
+                slot: int | None = TEMPLATE_SLOT
+            else:
+                slot = self._free_template_slot(search)
+                if slot is None:
+                    return RETRY
+            template = self._prefill(search, text, tokens, slot)  # type: ignore[arg-type]
+            self._fresh_template = template if alone else None
         self._templates[key] = template  # the most recently rooted last
         if search.template is not template:
             self._stop_using_template(search)
@@ -331,10 +350,6 @@ class LlamaPolicy:
         """A template slot for a new prompt: a free one, else the least recently rooted prompt
         no session uses (or only default sessions, see :meth:`_thread_session`), dropped; None
         while every template serves a search."""
-        if self._cache_idle(search):
-            self.context.clear()  # alone: every prefill starts from an empty cache, as it always did
-            self._templates.clear()
-            return TEMPLATE_SLOT
         taken = {t.prompt.slot for t in self._templates.values()}
         free = [slot for slot in self._template_slots if slot not in taken]
         if free:
@@ -1017,7 +1032,8 @@ class LlamaPolicy:
 
     def _count(self, search: PolicySession | None, **amounts: float) -> None:
         """Add ``amounts`` to the policy's counters and to ``search``'s (their share of them)."""
-        for name, amount in amounts.items():
-            setattr(self.counters, name, getattr(self.counters, name) + amount)
-            if search is not None:
-                setattr(search.counters, name, getattr(search.counters, name) + amount)
+        with self._counting:
+            for name, amount in amounts.items():
+                setattr(self.counters, name, getattr(self.counters, name) + amount)
+                if search is not None:
+                    setattr(search.counters, name, getattr(search.counters, name) + amount)
