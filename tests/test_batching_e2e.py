@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 
 import pytest
 
@@ -30,6 +29,7 @@ PREFIX_TOKENS = 32  # compared token for token
 # logits a little differently in llama.cpp): measured 6 of 8 paths identical over their first
 # 32 tokens, and at most 0.14 between a token's log-probabilities alone and batched.
 MIN_SAME_PREFIX = 5  # of the 2 x N paths
+MIN_SAME_ANSWERS = N // 2  # of each search's N paths, path i against path i (seeded alike)
 MAX_LOGPROB_DIFF = 0.3  # a row read from the wrong sequence is off by whole units
 JOIN_S = 600
 
@@ -66,12 +66,6 @@ def run_threads(*targets) -> None:
     assert not any(thread.is_alive() for thread in threads), "a search never returned"
 
 
-def leader(answers: list[str | None]) -> str | None:
-    """The answer most paths gave (paths cut before an answer do not vote)."""
-    votes = Counter(a for a in answers if a is not None).most_common(1)
-    return votes[0][0] if votes else None
-
-
 def common_prefix(a: list, b: list) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
@@ -88,7 +82,8 @@ def test_two_concurrent_searches_get_what_they_get_alone_and_their_counters_add_
     same_prefix = 0
     for question, _ in QUESTIONS:
         a, b = alone[question], together[question]
-        assert leader(a["answers"]) == leader(b["answers"]), (a["answers"], b["answers"])
+        same_answers = sum(x == y for x, y in zip(a["answers"], b["answers"], strict=True))
+        assert same_answers >= MIN_SAME_ANSWERS, (a["answers"], b["answers"])
         for i in range(N):
             n = common_prefix(a["pieces"][i], b["pieces"][i])
             same_prefix += n >= PREFIX_TOKENS
