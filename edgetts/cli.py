@@ -1026,11 +1026,18 @@ def bundle(out_dir: Path, model_names: tuple[str, ...], source: Path | None) -> 
     help="Largest n a request may ask for.",
 )
 @click.option(
+    "--concurrent",
+    default=ServerSettings.concurrent,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Searches run at once, their paths decoded together in one batch (1: one at a time).",
+)
+@click.option(
     "--max-queue",
     default=ServerSettings.max_queue,
     show_default=True,
     type=click.IntRange(0),
-    help="Requests that may wait behind the running one; more get 503 + Retry-After.",
+    help="Requests that may wait behind the running ones; more get 503 + Retry-After.",
 )
 @click.option(
     "--max-tokens",
@@ -1098,6 +1105,7 @@ def serve(
     deadline_s: float | None,
     memory_mb: float | None,
     max_n: int,
+    concurrent: int,
     max_queue: int,
     max_tokens: int,
     max_body_kb: int,
@@ -1144,6 +1152,7 @@ def serve(
         model_aliases=aliases,
         max_tokens=max_tokens,
         max_n=max_n,
+        concurrent=concurrent,
         max_queue=max_queue,
         max_body_bytes=max_body_kb * 1024,
         default_strategy=strategy,
@@ -1163,6 +1172,7 @@ def serve(
         n_gpu_layers=n_gpu_layers,
         kv_type=kv_type,
         n_seq_max=min(max_n, 16),
+        max_searches=concurrent,
     )
     make_solver = functools.partial(
         server_solver, policy_config, prm_path, threads, allow_exec, allow_weak_sandbox

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +13,8 @@ from edgetts.gpu import requested_gpu_layers
 from edgetts.metadata import read_metadata
 from edgetts.models import resolve
 from edgetts.policy import LlamaPolicy, PolicyConfig, Prompt
+from edgetts.policy.config import GeneratorCounters
+from edgetts.policy.session import PolicySession
 from edgetts.scheduler import Budget, Plan, plan_for, prompt_tokens_for
 from edgetts.search import NEEDS_CONFIDENCE, NEEDS_SCORER, STRATEGIES, measured, run_search
 from edgetts.search.adaptive import AdaptiveStop
@@ -152,7 +156,11 @@ class Solver:
     _policy: LlamaPolicy | None = field(default=None, init=False, repr=False)
     _loaded_memory_mb: float = field(default=float("inf"), init=False, repr=False)  # its plan's
     _scorer: Verifier | None = field(default=None, init=False, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    # Held while planning and loading, not while searching: searches on several threads share
+    # the loaded policy (PolicyConfig.max_searches of them at once, in one decode loop); a
+    # reload waits until none is running (``_searching`` counts them).
+    _lock: threading.Condition = field(default_factory=threading.Condition, init=False, repr=False)
+    _searching: int = field(default=0, init=False, repr=False)
 
     @property
     def policy(self) -> LlamaPolicy:
@@ -186,8 +194,8 @@ class Solver:
         return self._scorer is not None
 
     def tokens_sampled(self) -> int:
-        """Tokens the loaded policy has sampled since it loaded, 0 when none is: a running
-        search's progress, read from another thread."""
+        """Tokens the loaded policy has sampled since it loaded, 0 when none is (all searches
+        together; one search's are in the ``counters`` given to :meth:`solve`)."""
         policy = self._policy
         return policy.counters.tokens_sampled if policy is not None else 0
 
@@ -196,10 +204,15 @@ class Solver:
         question: Prompt,
         options: SolveOptions | None = None,
         cancel: threading.Event | None = None,
+        counters: GeneratorCounters | None = None,
     ) -> SearchResult:
-        """Answer one question; safe to call from several threads (questions run one at a time).
+        """Answer one question; safe to call from several threads at once.
 
-        Setting ``cancel`` (from any thread) ends the search as if its deadline had passed.
+        Concurrent solves share the loaded policy: up to ``PolicyConfig.max_searches`` of them
+        decode in one batch (more wait for a prompt slot), each with its own deadline, cancel
+        and counters. Setting ``cancel`` (from any thread) ends the search as if its deadline
+        had passed. ``counters``: the policy's work for this search is counted there too (to
+        watch its progress from another thread).
         ``question`` may be a whole :class:`~edgetts.prompts.Conversation` (the server's chat) or
         a :class:`~edgetts.prompts.RawPrompt`: every search then roots in it, while the PRM and
         program-aided math read its last user message.
@@ -208,9 +221,8 @@ class Solver:
         if options.mode != "cot":
             self._need_sandbox(f"--mode {options.mode}")
         prompt, question = question, question if isinstance(question, str) else question.question
-        with self._lock:
-            plan, scorer, policy = self._prepare(question, options)
-            generator = policy if isinstance(prompt, str) else RootedIn(policy, prompt)
+        with self._searching_on(question, options, counters) as (plan, scorer, session):
+            generator = session if isinstance(prompt, str) else RootedIn(session, prompt)
             strategy, config = options.strategy, replace(options.search_config(), cancel=cancel)
             if plan is not None:
                 config = replace(config, n=plan.n, beam_width=plan.beam_width)
@@ -238,14 +250,18 @@ class Solver:
                 pot.validate()
                 weigh = scorer if strategy != "majority" else None
                 result = measured(
-                    policy, scorer, lambda: program_of_thought(question, policy, self.sandbox, weigh, pot)
+                    session, scorer, lambda: program_of_thought(question, session, self.sandbox, weigh, pot)
                 )
         if options.strategy == GREEDY:
             result.strategy = GREEDY if options.mode == "cot" else f"{GREEDY} {options.mode}"
         return result
 
     def solve_code(
-        self, task: CodeTask, options: SolveOptions | None = None, cancel: threading.Event | None = None
+        self,
+        task: CodeTask,
+        options: SolveOptions | None = None,
+        cancel: threading.Event | None = None,
+        counters: GeneratorCounters | None = None,
     ) -> CodeResult:
         """Write, run and pick a program for ``task`` (see :mod:`edgetts.code`).
 
@@ -269,8 +285,29 @@ class Solver:
             sampling=options.sampling(),
         )
         config.validate()
+        with self._searching_on(None, SolveOptions(), counters) as (_, _, session):
+            return solve_code(task, session, self.sandbox, config)
+
+    @contextmanager
+    def _searching_on(
+        self, question: str | None, options: SolveOptions, counters: GeneratorCounters | None
+    ) -> Iterator[tuple[Plan | None, Verifier | None, PolicySession]]:
+        """Plan and load for a search (a code task: ``question`` None, the policy as loaded),
+        then give it a session on the policy, closed (its slots freed) when the search ends."""
         with self._lock:
-            return solve_code(task, self.policy, self.sandbox, config)
+            if question is None:
+                plan, scorer, policy = None, None, self.policy  # as loaded (the user's settings if none is)
+            else:
+                plan, scorer, policy = self._prepare(question, options)
+            self._searching += 1
+        session = policy.session(counters)
+        try:
+            yield plan, scorer, session
+        finally:
+            session.close()
+            with self._lock:
+                self._searching -= 1
+                self._lock.notify_all()
 
     def _need_sandbox(self, what: str) -> None:
         if self.sandbox is None:
@@ -340,12 +377,18 @@ class Solver:
             wanted = replace(wanted, **{name: getattr(plan, name) for name in PLANNED_FIELDS})
         if scorer is not None and scorer.needs_states:
             wanted = replace(wanted, capture_states=True, state_layers=scorer.state_layers)
-        loaded = self._policy.config if self._policy is not None else None
-        budget_fits = memory_mb is None or self._loaded_memory_mb <= memory_mb
-        if loaded is None or not budget_fits or not _serves(loaded, wanted):
+        while True:
+            loaded = self._policy.config if self._policy is not None else None
+            budget_fits = memory_mb is None or self._loaded_memory_mb <= memory_mb
+            if loaded is not None and budget_fits and _serves(loaded, wanted):
+                break
+            if self._searching:  # never pull the context from under a running search
+                self._lock.wait()
+                continue
             self.close()
             self._policy = LlamaPolicy(wanted)
             self._loaded_memory_mb = plan.predicted_memory_mb if plan is not None else float("inf")
+            break
         if scorer is not None and scorer.needs_states:
             meta = self._policy.metadata
             scorer.check_policy(meta.name, meta.n_embd)
@@ -400,6 +443,7 @@ def _serves(loaded: PolicyConfig, wanted: PolicyConfig) -> bool:
     return (
         all(getattr(loaded, name) == getattr(wanted, name) for name in SAME_FIELDS)
         and loaded.n_seq_max >= wanted.n_seq_max
+        and loaded.max_searches >= wanted.max_searches
         and loaded.resolved_n_ctx() >= wanted.resolved_n_ctx()
         and loaded.max_tokens >= wanted.max_tokens
     )

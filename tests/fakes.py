@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from edgetts.search.base import Deadline, Sampling, SolutionPath
 
@@ -108,7 +109,13 @@ class FakeGenerator:
     finished: set[int] = field(default_factory=set)
     peak_alive: int = 0
     cut_steps: int = 0  # steps cut short by a deadline
+    sessions_closed: int = 0
     _next_id: int = 0
+
+    def session(self, counters: object = None) -> FakeSession:
+        """The generator for one search, as the real policy's (the fake's searches all count in
+        its own counters; ``counters`` is not used)."""
+        return FakeSession(self)
 
     @property
     def tokens_total(self) -> int:
@@ -200,6 +207,19 @@ class FakeGenerator:
             raise AssertionError(f"{what} of a released path {path.steps!r}")
         if path.handle not in self.alive:
             raise AssertionError(f"{what} of a path this generator never made: {path.steps!r}")
+
+
+class FakeSession:
+    """One search's view of a FakeGenerator: the generator itself, with a close to count."""
+
+    def __init__(self, generator: FakeGenerator) -> None:
+        self.generator = generator
+
+    def close(self) -> None:
+        self.generator.sessions_closed += 1
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.generator, name)
 
 
 @dataclass

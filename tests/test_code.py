@@ -4,7 +4,7 @@ scripted generator with the real sandbox (no model)."""
 from __future__ import annotations
 
 import pytest
-from fakes import GenCounters, n_tokens
+from fakes import FakeSession, GenCounters, n_tokens
 
 from edgetts.code import CodeConfig, CodeTask, solve_code
 from edgetts.code.checks import docstring_checks, file_checks, hidden_check
@@ -52,6 +52,7 @@ class ScriptedGenerator:
         self.script = script
         self.counters = GenCounters()
         self.roots: list[tuple[str | None, str]] = []
+        self.sessions_closed = 0
 
     def root(self, question: str, sampling=None, system: str | None = None) -> SolutionPath:
         self.roots.append((system, question))
@@ -71,6 +72,9 @@ class ScriptedGenerator:
 
     def release(self, paths) -> None:
         pass
+
+    def session(self, counters=None) -> FakeSession:
+        return FakeSession(self)
 
 
 @pytest.fixture(scope="module")

@@ -65,7 +65,7 @@ class FakeSolver:
     def tokens_sampled(self) -> int:
         return 0
 
-    def solve(self, question, options, cancel=None) -> SearchResult:
+    def solve(self, question, options, cancel=None, counters=None) -> SearchResult:
         self.options.append(options)
         self.questions.append(question)
         deadline = Deadline(options.deadline_s, cancel)
@@ -261,6 +261,50 @@ def test_full_queue_answers_503_with_retry_after(fake):
     for t in threads:
         t.join()
     assert len(results) == 2  # the queued requests were served normally
+
+
+def test_concurrent_searches_run_at_once_and_the_queue_holds_the_rest():
+    """concurrent=2: two searches run together, max_queue more wait, one more gets 503."""
+    solver = FakeSolver(delay_s=1.0)
+    settings = ServerSettings(
+        model_id=MODEL, api_key=KEY, concurrent=2, max_queue=1, progress_interval_s=0.05
+    )
+    with ThreadedServer(create_app(solver, settings)) as base:
+        results: list[object] = []
+        threads = [threading.Thread(target=lambda: results.append(ask(client(base)))) for _ in range(3)]
+        for t in threads[:2]:
+            t.start()
+        wait_for_health(base, lambda h: h["running"] == 2 and h["queued"] == 0)  # both at once
+        threads[2].start()
+        wait_for_health(base, lambda h: h["running"] == 2 and h["queued"] == 1)
+        status, _, payload = post(
+            base, json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}).encode()
+        )
+        assert status == 503 and payload["error"]["code"] == "queue_full"
+        start = time.perf_counter()
+        for t in threads:
+            t.join()
+        # two searches in parallel then the queued one: about 2 x delay_s, not 3 x
+        assert len(results) == 3 and time.perf_counter() - start < 2.8
+        with urllib.request.urlopen(f"{base}/health", timeout=5) as resp:
+            health = json.loads(resp.read())
+        assert health["served"] == 3 and health["running"] == 0 and health["rejected"] == 1
+
+
+def test_queued_requests_count_their_place_behind_the_running_ones():
+    from edgetts.server.engine import Engine, Job
+    from edgetts.solver import SolveOptions
+
+    solver = FakeSolver(delay_s=0.5)
+    engine = Engine(solver, max_queue=4, concurrent=2)
+    jobs = [Job(question="q", options=SolveOptions(strategy="majority")) for _ in range(4)]
+    try:
+        for job in jobs:
+            engine.submit(job)
+        assert [engine.position(job) for job in jobs] == [0, 0, 1, 2]
+        assert engine._expected_wait() > 0  # all workers busy: a new job would wait
+    finally:
+        engine.close()
 
 
 def test_deadline_counts_the_queue_and_an_unreachable_one_is_refused_at_once(fake):

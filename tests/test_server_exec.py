@@ -16,7 +16,7 @@ from edgetts.server import ServerSettings, create_app  # noqa: E402
 class CodeSolver(FakeSolver):
     """FakeSolver that also answers code tasks with a fixed program."""
 
-    def solve_code(self, task, options, cancel=None) -> CodeResult:
+    def solve_code(self, task, options, cancel=None, counters=None) -> CodeResult:
         self.options.append(options)
         self.tasks = [*getattr(self, "tasks", []), task]
         program = "def add(a, b):\n    return a + b\n"

@@ -50,6 +50,7 @@ class Sample:
     queue_s: float = 0.0
     search_s: float = 0.0
     retry_after: float | None = None
+    tokens: int = 0  # generated (usage.completion_tokens: every path's sampled tokens)
 
 
 @dataclass
@@ -86,6 +87,7 @@ def post(base: str, body: dict, timeout: float) -> Sample:
                 answered=info["answer"] is not None,
                 queue_s=info["queue_s"],
                 search_s=info["search_s"],
+                tokens=payload.get("usage", {}).get("completion_tokens", 0),
             )
     except urllib.error.HTTPError as err:
         latency = time.perf_counter() - start

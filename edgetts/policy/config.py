@@ -79,13 +79,26 @@ class PolicyConfig:
     # restored (a copy) instead of decoded again. Beyond it, and with 0, parked paths are
     # rebuilt by decoding their tokens again. The scheduler counts it in the plan's memory.
     park_mb: float = 512.0
+    # Searches that may share the context at once (threads of an app, a server's concurrent
+    # requests): each keeps its prompt's prefill in a sequence of its own, and their paths share
+    # the n_seq_max slots and one decode batch (edgetts.policy.loop). 1: one prompt at a time.
+    max_searches: int = 1
 
     def resolved_n_ctx(self) -> int:
-        return self.n_ctx or self.max_prompt_tokens + self.n_seq_max * self.max_tokens
+        """KV cells: the set ``n_ctx``, else room for every search's prompt and n_seq_max solutions."""
+        return self.n_ctx or self.max_searches * self.max_prompt_tokens + self.n_seq_max * self.max_tokens
 
 
 @dataclass
 class GeneratorCounters:
+    """What a policy (or one search on it, :class:`~edgetts.policy.session.PolicySession`) spent.
+
+    The token counts of concurrent searches add up to the policy's. ``decode_calls`` counts the
+    batches a search took part in (a batch shared by two searches counts for each, once in the
+    policy's), and ``seconds`` is each search's own wall time in the policy (summed in the
+    policy's, so concurrent searches count the same second more than once).
+    """
+
     tokens_prefilled: int = 0  # prompt tokens decoded
     # tokens decoded after the prompt: each token of the search tree once, plus tokens_redecoded
     tokens_decoded: int = 0

@@ -2,10 +2,11 @@
 
 How a question is answered, in KV-cache terms:
 
-* ``root(question)`` clears the cache and decodes the prompt once into the *template* sequence
-  (slot 0), keeping the logits of its last token. Asked again for the same prompt, it drops every
-  other sequence but keeps the template, so a second round of samples (``auto`` continuing after
-  its probes, a server retry) forks from the same prefill instead of decoding the prompt again.
+* ``root(question)`` decodes the prompt once into a *template* sequence, keeping the logits of
+  its last token, and drops the search's earlier paths. Asked again for the same prompt it keeps
+  the template, so a second round of samples (``auto`` continuing after its probes, a server
+  retry) forks from the same prefill instead of decoding the prompt again. A search alone starts
+  from a clear cache with its template in sequence 0, as it always did.
 * ``extend(paths, n_each)`` forks every parent into children. A child copies its parent's sequence
   (``llama_memory_seq_cp``; with the unified KV cache this only tags the same cells with one more
   sequence id, so a shared prefix is stored once), samples its first token from the parent's saved
@@ -18,13 +19,24 @@ How a question is answered, in KV-cache terms:
   the search tree.
 * ``release(paths)`` drops sequences (``llama_memory_seq_rm``); finished paths free theirs at once.
 
-Slots are finite (``n_seq_max``). When more children are asked for than there are slots, they run
-in waves: a child waits until a slot frees up, and when every slot is held by a path that is only
-waiting for the next round, that path is *parked*: it gives up its slot, and its own KV cells
-(those after the prompt, which the template holds anyway) are copied to host memory
-(``llama_state_seq_get_data``). A child of a parked path restores them into a free slot (a copy,
-``llama_state_seq_set_data``), tags the template's prompt cells with that slot again, and samples
-its first token from the logits its parent kept when its step closed: no token is decoded again.
+Several searches at once (``PolicyConfig.max_searches``): each runs in a
+:class:`~edgetts.policy.session.PolicySession` (``root``/``extend`` on the policy itself use one
+per thread) with its own counters; each prompt has a template sequence of its own (ids 0 and
+``n_seq_max + 1 ...``; an unused one is dropped for a new prompt, and a root waits while every
+template serves a running search). Their ``extend`` calls meet in one
+:class:`~edgetts.policy.loop.DecodeLoop`: each pass (:meth:`LlamaPolicy._advance`) starts what
+can start, earliest call first, and decodes the active children of *every* search in one batch.
+Everything that touches the context runs on the loop's driver, one thread at a time.
+
+Slots are finite (``n_seq_max``, shared by all searches). When more children are asked for than
+there are slots, they run in waves: a child waits until a slot frees up (another search's too),
+and when every slot is held by a path that is only waiting for the next round (its own search's
+first, then any search's, see ``_can_start``), that path is *parked*: it gives up its slot,
+and its own KV cells (those after the prompt, which the template holds anyway) are copied to
+host memory (``llama_state_seq_get_data``). A child of a parked path restores them into a free
+slot (a copy, ``llama_state_seq_set_data``), tags the template's prompt cells with that slot
+again, and samples its first token from the logits its parent kept when its step closed: no
+token is decoded again.
 ``tokens_restored`` counts the tokens brought back that way. The copies live within
 ``PolicyConfig.park_mb``; past it (or when the cache has no contiguous run of free cells to
 restore into) a parked path is rebuilt from the template by decoding its own tokens again, which
@@ -33,6 +45,7 @@ restore into) a parked path is rebuilt from the template by decoding its own tok
 
 from __future__ import annotations
 
+import threading
 import time
 import zlib
 from collections import deque
@@ -51,6 +64,8 @@ from edgetts.llama.sampler import Sampler
 from edgetts.metadata import ModelMetadata, read_metadata
 from edgetts.models import resolve
 from edgetts.policy.config import GeneratorCounters, PolicyConfig, PolicyError, check_threads, default_threads
+from edgetts.policy.loop import RETRY, DecodeLoop, Run
+from edgetts.policy.session import PolicySession
 from edgetts.policy.slots import TEMPLATE_SLOT, ParkBudget, SlotPool
 from edgetts.policy.steps import StepAccumulator, trim_steps
 from edgetts.prompts import STEP_SEPARATOR, Prompt, prompt_parts
@@ -61,6 +76,7 @@ from edgetts.search.base import Deadline, Sampling, SolutionPath
 class _Prompt:
     question: str
     tokens: list[int]
+    slot: int  # the KV sequence holding its prefill (the template's)
 
 
 @dataclass
@@ -82,6 +98,9 @@ class _Seq:
     # of ``tokens`` they hold; None when it was not parked or nothing needs them any more.
     parked: np.ndarray | None = None
     parked_n: int = 0
+    search: PolicySession | None = None  # the search it belongs to: counts its cost, owns its slot
+    # A template only: the sessions whose paths grow from it (it stays while any does).
+    users: list[PolicySession] = field(default_factory=list)
 
 
 @dataclass
@@ -103,6 +122,18 @@ class _Child:
     done: bool = False
 
 
+class _Run(Run):
+    """One ``extend`` call's children, advanced by the decode loop's passes with everyone else's."""
+
+    def __init__(self, search: PolicySession, queue: deque[_Child], deadline: Deadline | None) -> None:
+        super().__init__()
+        self.search = search
+        self.queue = queue  # not started yet
+        self.deadline = deadline
+        self.active: list[_Child] = []  # decoding
+        self.waiting: list[_Child] = []  # finished their step, still holding a slot
+
+
 class LlamaPolicy:
     """A GGUF model on llama.cpp implementing the StepGenerator interface."""
 
@@ -116,6 +147,8 @@ class LlamaPolicy:
             raise PolicyError(f"unknown KV cache type {cfg.kv_type!r}; choose one of {list(KV_TYPES)}")
         if cfg.n_seq_max < 1:
             raise PolicyError(f"n_seq_max must be at least 1, got {cfg.n_seq_max}")
+        if cfg.max_searches < 1:
+            raise PolicyError(f"max_searches must be at least 1, got {cfg.max_searches}")
         self.model_path: Path = resolve(cfg.model)
         self.metadata: ModelMetadata = read_metadata(self.model_path)
         n_ctx_train = self.metadata.n_ctx_train
@@ -133,6 +166,7 @@ class LlamaPolicy:
                 f"got {cfg.state_layers}"
             )
         self.counters = GeneratorCounters()
+        self._counting = threading.Lock()  # callers add their seconds while the driver counts tokens
         wants_blocks = cfg.capture_states and any(i >= 0 for i in cfg.state_layers)
         self._tap = LayerTap(cfg.state_layers, self.metadata.n_embd) if wants_blocks else None
         layers = default_gpu_layers() if cfg.n_gpu_layers is None else cfg.n_gpu_layers
@@ -141,7 +175,7 @@ class LlamaPolicy:
             self.model,
             n_ctx=cfg.resolved_n_ctx(),
             n_batch=cfg.n_batch,
-            n_seq_max=cfg.n_seq_max + 1,  # + the template sequence
+            n_seq_max=cfg.n_seq_max + cfg.max_searches,  # + a template sequence per search
             n_threads=cfg.n_threads or default_threads(),
             kv_type=cfg.kv_type,
             embeddings=cfg.capture_states,
@@ -149,11 +183,20 @@ class LlamaPolicy:
         )
         self._batch = LlamaBatch(cfg.n_batch)
         self.slots = SlotPool(cfg.n_seq_max)
+        self.slots.reset()
+        self._slot_owner: dict[int, _Seq] = {}  # path slot -> the path holding it
+        # Prefilled prompts by their tokens, least recently rooted first; one slot each, slot 0
+        # first, then the ids after the path slots.
+        self._templates: dict[tuple[int, ...], _Seq] = {}
+        # The template prefilled into a clear cache, while no other prefill has followed it.
+        self._fresh_template: _Seq | None = None
+        self._template_slots = [TEMPLATE_SLOT, *range(cfg.n_seq_max + 1, cfg.n_seq_max + cfg.max_searches)]
+        self._loop = DecodeLoop(self._advance)
+        self._local = threading.local()  # each thread's default session (root/extend called here)
         if cfg.park_mb < 0:
             raise PolicyError(f"park_mb must be 0 (no parking in host memory) or more, got {cfg.park_mb}")
         self.parking = ParkBudget(int(cfg.park_mb * (1 << 20)))
         self._parked: dict[int, _Seq] = {}  # id -> path whose KV is in host memory
-        self._template: _Seq | None = None  # the prefilled prompt in slot 0, reused by root()
         self._stop_strings = () if self.metadata.chat_template else (b"\nQuestion:",)
 
     def close(self) -> None:
@@ -207,16 +250,43 @@ class LlamaPolicy:
 
     # -- StepGenerator -------------------------------------------------------------------------
 
+    def session(self, counters: GeneratorCounters | None = None) -> PolicySession:
+        """A generator for one search that may run beside others on this policy (see
+        :mod:`edgetts.policy.session`); close it when the search ends. ``counters``: where it
+        counts (its own if None)."""
+        return PolicySession(self, counters)
+
+    def _thread_session(self) -> PolicySession:
+        """The session :meth:`root` and :meth:`extend` use when called on the policy itself:
+        one per thread, replaced at each root (its paths dropped, as a new root always did)."""
+        session = getattr(self._local, "session", None)
+        if session is None or session.closed:
+            session = self._local.session = PolicySession(self)
+            session.is_default = True
+        return session
+
     def root(
         self, question: Prompt, sampling: Sampling | None = None, system: str | None = None
     ) -> SolutionPath:
-        """Clear the cache and prefill the prompt for ``question`` once (kept for a next root).
+        """Prefill the prompt for ``question`` once (kept for a next root of the same prompt).
 
         The root begins a search: ``sampling`` (None: this policy's configured sampling) holds
         for every path grown from it. ``system`` replaces the math instructions (code tasks and
         programs use their own). ``question`` may also be a whole
         :class:`~edgetts.prompts.Conversation` or a :class:`~edgetts.prompts.RawPrompt`.
+        Called on the policy, it runs in this thread's default session: the paths of this
+        thread's previous search are dropped. Concurrent searches use :meth:`session`.
         """
+        return self.search_root(self._thread_session(), question, sampling, system)
+
+    def search_root(
+        self,
+        search: PolicySession,
+        question: Prompt,
+        sampling: Sampling | None = None,
+        system: str | None = None,
+    ) -> SolutionPath:
+        """:meth:`root` for ``search`` (a :class:`PolicySession` calls this)."""
         text = question if isinstance(question, str) else question.question
         if not text or not text.strip():
             raise PolicyError("the question is empty")
@@ -234,40 +304,112 @@ class LlamaPolicy:
                 f"the question is too long: its prompt has {len(tokens)} tokens, the limit is "
                 f"{limit} (raise max_prompt_tokens / n_ctx)"
             )
-        self.slots.reset()
-        self._drop_parked()  # the previous search's paths are done with
-        template = self._template
-        if template is not None and template.prompt.tokens == tokens and template.logits is not None:
-            for slot in self.slots.free:
-                self.context.seq_remove(slot)
-        else:
-            template = self._prefill(text, tokens)
-        self.counters.seconds += time.perf_counter() - start
+        path = self._loop.call(lambda: self._root_now(search, text, tokens, sampling))
+        self._count(search, seconds=time.perf_counter() - start)
+        return path
+
+    def _root_now(
+        self, search: PolicySession, text: str, tokens: list[int], sampling: Sampling
+    ) -> SolutionPath | object:
+        """On the loop: ``search``'s root, prefilling its prompt unless a template holds it
+        already; RETRY while every template slot serves another search.
+
+        A search alone starts from the cache a search alone always had: its prompt's prefill
+        reused only if it is the last one made and it was made into a clear cache, else the
+        cache is cleared and the prompt prefilled again. So the KV layout, and with it every
+        logit, is what it would be with no other search before it (other prompts' cells would
+        widen the attention's span and round the logits a little differently).
+        """
+        self._drop_paths_of(search)  # its previous paths are done with
+        key = tuple(tokens)
+        alone = self._cache_idle(search)  # (before the pop: another search may use this prompt)
+        template = self._templates.pop(key, None)
+        if alone and template is not self._fresh_template:
+            template = None
+        if template is None:
+            if alone:
+                self.context.clear()
+                self._templates.clear()
+                slot: int | None = TEMPLATE_SLOT
+            else:
+                slot = self._free_template_slot(search)
+                if slot is None:
+                    return RETRY
+            template = self._prefill(search, text, tokens, slot)  # type: ignore[arg-type]
+            self._fresh_template = template if alone else None
+        self._templates[key] = template  # the most recently rooted last
+        if search.template is not template:
+            self._stop_using_template(search)
+            template.users.append(search)
+            search.template = template
         # The template's KV and logits serve every search on this prompt; each root has its own
         # sampling, so it gets its own view of them.
-        return SolutionPath(handle=replace(template, sampling=sampling))
+        return SolutionPath(handle=replace(template, sampling=sampling, search=search, users=[]))
 
-    def _prefill(self, question: str, tokens: list[int]) -> _Seq:
-        """Decode the prompt into the template slot, alone in a clear cache."""
-        self.context.clear()
-        self._template = None  # until the new prompt is fully decoded
+    def _free_template_slot(self, search: PolicySession) -> int | None:
+        """A template slot for a new prompt: a free one, else the least recently rooted prompt
+        no session uses (or only default sessions, see :meth:`_thread_session`), dropped; None
+        while every template serves a search."""
+        taken = {t.prompt.slot for t in self._templates.values()}
+        free = [slot for slot in self._template_slots if slot not in taken]
+        if free:
+            return free[0]
+        for key, template in self._templates.items():
+            if all(user.is_default and user is not search for user in template.users):
+                for user in list(template.users):
+                    self._close_now(user)
+                del self._templates[key]
+                self.context.seq_remove(template.prompt.slot)
+                return template.prompt.slot
+        return None
+
+    def _cache_idle(self, search: PolicySession) -> bool:
+        """Nothing in the cache serves a search but ``search``'s own template."""
+        if self._slot_owner or self._parked:
+            return False
+        return all(user is search for t in self._templates.values() for user in t.users)
+
+    def _stop_using_template(self, search: PolicySession) -> None:
+        template = search.template
+        if template is not None and search in template.users:
+            template.users.remove(search)
+        search.template = None
+
+    def close_search(self, search: PolicySession) -> None:
+        """Free what ``search``'s paths hold (a :class:`PolicySession` closing calls this)."""
+        self._loop.post(lambda: self._close_now(search))
+
+    def _close_now(self, search: PolicySession) -> None:
+        search.closed = True
+        self._drop_paths_of(search)
+        self._stop_using_template(search)
+
+    def _drop_paths_of(self, search: PolicySession) -> None:
+        """Free every slot and parked copy of ``search``'s paths."""
+        for seq in [seq for seq in self._slot_owner.values() if seq.search is search]:
+            self._free(seq)
+        for seq in [seq for seq in self._parked.values() if seq.search is search]:
+            self._unpark(seq)
+
+    def _prefill(self, search: PolicySession, question: str, tokens: list[int], slot: int) -> _Seq:
+        """Decode the prompt into template slot ``slot``."""
+        self.context.seq_remove(slot)
         # Only the last prompt token's outputs are read (see _decode_quietly for why the rest
         # go separately when states are captured).
         head = tokens[:-1] if self.config.capture_states else []
-        self._decode_quietly(head, 0, TEMPLATE_SLOT)
-        self._decode_tokens(tokens[len(head) :], len(head), TEMPLATE_SLOT, output_last=True)
-        self.counters.tokens_prefilled += len(tokens)
+        self._decode_quietly(head, 0, slot, search)
+        self._decode_tokens(tokens[len(head) :], len(head), slot, search, output_last=True)
+        self._count(search, tokens_prefilled=len(tokens))
         last_row = self._batch.n_tokens - 1
         seq = _Seq(
-            prompt=_Prompt(question, tokens),
+            prompt=_Prompt(question, tokens, slot),
             sampling=self._configured_sampling(),
-            slot=TEMPLATE_SLOT,
+            slot=slot,
             is_template=True,
             logits=self._logits(last_row),
         )
         if self.config.capture_states:
             seq.hidden = self._state(last_row)
-        self._template = seq
         return seq
 
     def extend(
@@ -285,6 +427,19 @@ class LlamaPolicy:
         ``k..`` of one call (adaptive sampling's later waves). Token for token the same only
         while the logits are: they round a little differently with the rows in the batch.
         """
+        return self.search_extend(self._thread_session(), paths, n_each, to_end, deadline, first_index)
+
+    def search_extend(
+        self,
+        search: PolicySession,
+        paths: list[SolutionPath],
+        n_each: int,
+        to_end: bool = False,
+        deadline: Deadline | None = None,
+        first_index: int = 0,
+    ) -> list[SolutionPath]:
+        """:meth:`extend` for ``search``: its children join the decode loop's batch with every
+        other search's and this returns when they have reached their step boundary."""
         if n_each < 1:
             raise PolicyError(f"n_each must be at least 1, got {n_each}")
         if first_index < 0:
@@ -298,15 +453,23 @@ class LlamaPolicy:
                 continue
             parent: _Seq = path.handle
             for j in range(n_each):
-                child = self._child(path, parent, first_index + j, last=(j == n_each - 1), to_end=to_end)
+                child = self._child(
+                    search, path, parent, first_index + j, last=(j == n_each - 1), to_end=to_end
+                )
                 out.append(child.path)
                 queue.append(child)
-        self._run(queue, deadline)
-        self.counters.seconds += time.perf_counter() - start
+        if queue:
+            self._loop.run(_Run(search, queue, deadline))
+        self._count(search, seconds=time.perf_counter() - start)
         return out
 
     def release(self, paths: list[SolutionPath]) -> None:
-        """Drop the KV sequences of paths the strategy no longer needs."""
+        """Drop the KV sequences of paths the strategy no longer needs (before the next pass of
+        the decode loop; at once when no other thread is using the policy)."""
+        paths = list(paths)
+        self._loop.post(lambda: self._release_now(paths))
+
+    def _release_now(self, paths: list[SolutionPath]) -> None:
         for path in paths:
             seq = path.handle
             if isinstance(seq, _Seq) and not seq.is_template:
@@ -341,17 +504,23 @@ class LlamaPolicy:
             raise PolicyError("read_solution needs a policy created with capture_states=True")
         root = self.root(question)
         tokens, ends = self._solution_tokens(steps, close_last=False)
-        slot = self.slots.next_free()
-        self.context.seq_remove(slot)
-        self.context.seq_copy(TEMPLATE_SLOT, slot)
         first = len(root.handle.prompt.tokens)
         limit = self.config.resolved_n_ctx() - first
         if len(tokens) > limit:
             raise PolicyError(f"the solution has {len(tokens)} tokens; the context holds {limit}")
-        try:
-            states, stats, _ = self._decode_solution(root, tokens, ends, slot, confidence)
-        finally:
+
+        def decode() -> tuple[dict[int, np.ndarray], list, np.ndarray]:  # on the loop
+            if not len(self.slots):
+                raise PolicyError("read_solution needs a free KV slot")
+            slot = self.slots.next_free()
             self.context.seq_remove(slot)
+            self.context.seq_copy(root.handle.prompt.slot, slot)
+            try:
+                return self._decode_solution(root, tokens, ends, slot, confidence)
+            finally:
+                self.context.seq_remove(slot)
+
+        states, stats, _ = self._loop.call(decode)
         return SolutionPath(
             steps=list(steps),
             step_states=[states[e] for e in ends],
@@ -371,29 +540,28 @@ class LlamaPolicy:
         """
         root = self.root(question)
         tokens, ends = self._solution_tokens(steps, close_last=True)
-        if not tokens or not len(self.slots):
-            raise PolicyError("path_from needs at least one step and a free slot")
         prompt = root.handle.prompt
+        if not tokens:
+            raise PolicyError("path_from needs at least one step")
         if len(prompt.tokens) + len(tokens) + self.config.max_tokens > self.config.resolved_n_ctx():
             raise PolicyError(f"the solution has {len(tokens)} tokens; the context is too small")
-        slot = self.slots.take()
-        self.context.seq_copy(TEMPLATE_SLOT, slot)
         cfg = self.config
-        # The prefix's steps get what generation would have recorded for them (states,
-        # confidence), so its children's steps line up with their scores.
-        states, stats, logits = self._decode_solution(
-            root, tokens, ends if cfg.capture_states else [], slot, cfg.capture_confidence
-        )
-        self.counters.tokens_decoded += len(tokens)
-        seq = _Seq(
-            prompt=prompt,
-            sampling=root.handle.sampling,
-            tokens=tokens,
-            slot=slot,
-            n_cached=len(tokens),
-            logits=logits,
-            hidden=states.get(len(tokens) - 1),
-        )
+        seq = _Seq(prompt=prompt, sampling=root.handle.sampling, tokens=tokens, search=root.handle.search)
+
+        def decode() -> tuple[dict[int, np.ndarray], list, np.ndarray]:  # on the loop
+            if not len(self.slots):
+                raise PolicyError("path_from needs a free KV slot")
+            self._take_slot(seq)
+            self.context.seq_copy(prompt.slot, seq.slot)
+            # The prefix's steps get what generation would have recorded for them (states,
+            # confidence), so its children's steps line up with their scores.
+            return self._decode_solution(
+                root, tokens, ends if cfg.capture_states else [], seq.slot, cfg.capture_confidence
+            )
+
+        states, stats, logits = self._loop.call(decode)
+        self._count(seq.search, tokens_decoded=len(tokens))
+        seq.n_cached, seq.logits, seq.hidden = len(tokens), logits, states.get(len(tokens) - 1)
         return SolutionPath(
             steps=list(steps),
             handle=seq,
@@ -419,7 +587,7 @@ class LlamaPolicy:
             chunk = range(start, min(start + self.config.n_batch, len(tokens)))
             for i in chunk:
                 self._batch.add(tokens[i], first + i, slot, confidence or i in wanted or i == last)
-            self._decode()
+            self._decode(root.handle.search)
             rows = {i: row for row, i in enumerate(chunk)}
             states.update({i: self._state(rows[i]) for i in wanted if i in rows})
             if confidence:
@@ -448,10 +616,13 @@ class LlamaPolicy:
 
     # -- generation ----------------------------------------------------------------------------
 
-    def _child(self, path: SolutionPath, parent: _Seq, index: int, last: bool, to_end: bool) -> _Child:
+    def _child(
+        self, search: PolicySession, path: SolutionPath, parent: _Seq, index: int, last: bool, to_end: bool
+    ) -> _Child:
         seq = _Seq(
             prompt=parent.prompt,
             sampling=parent.sampling,
+            search=search,
             tokens=list(parent.tokens),
             lineage=(*parent.lineage, index),
             carry=parent.carry,
@@ -478,42 +649,72 @@ class LlamaPolicy:
             path=child_path, seq=seq, parent=parent, steps=steps, last_of_parent=last, to_end=to_end
         )
 
-    def _run(self, queue: deque[_Child], deadline: Deadline | None) -> None:
-        active: list[_Child] = []
-        waiting: list[_Child] = []  # finished their step, still holding a slot
-        while queue or active:
-            if deadline is not None and deadline.expired():
-                for child in [*active, *queue]:
+    def _advance(self, runs: list[_Run]) -> bool:
+        """One pass of the decode loop over every search's live ``extend``: stop those past
+        their deadline, start the children that can have a slot (the earliest run first), then
+        decode one batch for all active children. Says whether anything happened; marks runs
+        done when all their children have reached their step boundary."""
+        progressed = False
+        for run in runs:
+            if run.deadline is not None and run.deadline.expired():
+                for child in [*run.active, *run.queue]:
                     self._stop_at_deadline(child)
-                return
-            while queue and self._can_start(queue[0], active, waiting):
-                child = queue.popleft()
+                run.active, run.queue = [], deque()
+                run.done = progressed = True
+        for run in runs:
+            while run.queue and self._can_start(run.queue[0], run, runs):
+                child = run.queue.popleft()
                 self._start(child)
+                progressed = True
                 if child.done:  # ended on its very first token
                     self._finish_child(child)
                 else:
-                    active.append(child)
-            if not active:
-                continue
+                    run.active.append(child)
+        active = [child for run in runs for child in run.active]
+        if active:
             self._step(active)
-            for child in [c for c in active if c.done]:
-                active.remove(child)
-                self._finish_child(child)
-                if child.seq.slot is not None:
-                    waiting.append(child)
+            progressed = True
+            for run in runs:
+                for child in [c for c in run.active if c.done]:
+                    run.active.remove(child)
+                    self._finish_child(child)
+                    if child.seq.slot is not None:
+                        run.waiting.append(child)
+        for run in runs:
+            if not run.queue and not run.active:
+                run.done = True
+        return progressed
 
-    def _can_start(self, child: _Child, active: list[_Child], waiting: list[_Child]) -> bool:
+    def _can_start(self, child: _Child, run: _Run, runs: list[_Run]) -> bool:
+        """Whether ``child`` can start now, freeing a slot for it if that is the way forward.
+
+        Slots run short when the searches want more paths than there are. In order: a free
+        slot; one of this run's children done with its step gives up its slot (parked); wait
+        while any child anywhere is decoding (it frees or parks a slot soon); with nothing
+        decoding, another run's done child is parked, then the child takes its own parent's
+        slot (its siblings rebuild from a copy), then any idle path's slot (a path of a search
+        between rounds: parked, restored when extended). Some slot is always held by an idle
+        path when nothing decodes, so the searches never wait on each other forever.
+        """
         if self._inherits(child) or len(self.slots):
             return True
-        if waiting:
-            self._park(waiting.pop(0).seq)  # restored later, or rebuilt by decoding its tokens
+        if run.waiting:
+            self._park(run.waiting.pop(0).seq)  # restored later, or rebuilt by decoding its tokens
             return True
-        if active:
+        if any(r.active for r in runs):
             return False  # wait for an active child to finish or close its step
+        for other in runs:
+            if other.waiting:
+                self._park(other.waiting.pop(0).seq)
+                return True
         parent = child.parent
-        if parent.slot is None or parent.is_template:
+        if parent.slot is not None and not parent.is_template:
+            child.take_parent_slot = True  # every slot holds a parent: siblings rebuild later
+            return True
+        idle = next(iter(self._slot_owner.values()), None)
+        if idle is None:
             raise PolicyError("no KV sequence slot can be freed; raise n_seq_max")
-        child.take_parent_slot = True  # every slot holds a parent: siblings rebuild later
+        self._park(idle)
         return True
 
     @staticmethod
@@ -524,31 +725,31 @@ class LlamaPolicy:
 
     def _start(self, child: _Child) -> None:
         parent, seq = child.parent, child.seq
+        search = seq.search
         if self._inherits(child):
             if not child.last_of_parent:  # its siblings start later from a copy of the parent
                 self._save(parent)
-            seq.slot, parent.slot = parent.slot, None
-            seq.n_cached = parent.n_cached
+            self._hand_slot(parent, seq)
         elif parent.slot is not None:
-            seq.slot = self.slots.take()
+            self._take_slot(seq)
             self.context.seq_copy(parent.slot, seq.slot)
             seq.n_cached = parent.n_cached
         else:  # parent was parked: restore its copy, or rebuild from the template prompt
-            seq.slot = self.slots.take()
+            self._take_slot(seq)
             if parent.parked is not None and self.context.seq_restore(parent.parked, seq.slot):
                 seq.n_cached = parent.parked_n
-                self.counters.tokens_restored += parent.parked_n
+                self._count(search, tokens_restored=parent.parked_n)
             else:
                 seq.n_cached = 0
-            self.context.seq_copy(TEMPLATE_SLOT, seq.slot)
-        self.counters.sequences_forked += 1
+            self.context.seq_copy(seq.prompt.slot, seq.slot)
+        self._count(search, sequences_forked=1)
         child.sampler = self._new_sampler(seq)
         if seq.n_cached == len(seq.tokens) and parent.logits is not None:
             token = child.sampler.sample_from(parent.logits)
             self._accept(child, token, self._stats(child, parent.logits, token))
         else:
             child.to_decode = seq.tokens[seq.n_cached :]
-            self.counters.tokens_redecoded += len(child.to_decode)
+            self._count(search, tokens_redecoded=len(child.to_decode))
             seq.tokens = seq.tokens[: seq.n_cached]
         if child.last_of_parent and not parent.is_template:
             parent.logits = None  # no sibling needs it any more (the template's serve a next root)
@@ -557,6 +758,7 @@ class LlamaPolicy:
     def _step(self, active: list[_Child]) -> None:
         """Decode one batch: every active child's pending tokens, then sample each child.
 
+        The children may belong to several searches: each counts the rows it put in the batch.
         A child rebuilding a parked path may have more tokens pending than the batch holds; it
         then decodes a slice now and samples in a later batch. With captured states, all but its
         last rebuilt token go first, quietly (see _decode_quietly).
@@ -564,8 +766,8 @@ class LlamaPolicy:
         if self.config.capture_states:
             for child in [c for c in active if len(c.to_decode) > 1]:
                 seq, rebuilt = child.seq, child.to_decode[:-1]
-                self._decode_quietly(rebuilt, len(seq.prompt.tokens) + seq.n_cached, seq.slot)
-                self.counters.tokens_decoded += len(rebuilt)
+                self._decode_quietly(rebuilt, len(seq.prompt.tokens) + seq.n_cached, seq.slot, seq.search)
+                self._count(seq.search, tokens_decoded=len(rebuilt))
                 child.to_decode = child.to_decode[-1:]
                 seq.n_cached += len(rebuilt)
                 if len(seq.tokens) < seq.n_cached:  # rebuilt tokens are back in the path
@@ -573,6 +775,7 @@ class LlamaPolicy:
         batch = self._batch
         batch.clear()
         rows: list[tuple[_Child, int]] = []
+        searches: dict[int, PolicySession | None] = {}
         for child in active:
             if batch.room <= 0:
                 break
@@ -587,8 +790,9 @@ class LlamaPolicy:
                 seq.tokens.extend(part)
             if complete:
                 rows.append((child, batch.n_tokens - 1))
-        self._decode()
-        self.counters.tokens_decoded += batch.n_tokens
+            self._count(seq.search, tokens_decoded=len(part))
+            searches[id(seq.search)] = seq.search
+        self._decode(*searches.values())
         for child, row in rows:
             if self.config.capture_states:
                 self._read_state(child, row)
@@ -609,7 +813,7 @@ class LlamaPolicy:
     def _accept(self, child: _Child, token: int, stats: tuple[float, float, float] | None = None) -> None:
         """Record a sampled token: end the path, end the step, or queue it for decoding."""
         path, seq = child.path, child.seq
-        self.counters.tokens_sampled += 1
+        self._count(seq.search, tokens_sampled=1)
         if self.model.is_end(token):
             self._end_path(child, "eos")
             return
@@ -704,8 +908,8 @@ class LlamaPolicy:
         child.path.stop_reason = "deadline"
         if child.sampler is None:  # never started: it stands for its parent as it was
             if self._inherits(child):
-                child.seq.slot, child.parent.slot = child.parent.slot, None
-                child.seq.n_cached, child.seq.logits = child.parent.n_cached, child.parent.logits
+                self._hand_slot(child.parent, child.seq)
+                child.seq.logits = child.parent.logits
             return
         if child.steps.pending:
             self._push_step(child, child.steps.rest())
@@ -716,8 +920,11 @@ class LlamaPolicy:
 
     # -- llama.cpp helpers ---------------------------------------------------------------------
 
-    def _decode_tokens(self, tokens: list[int], first_pos: int, slot: int, output_last: bool) -> None:
-        """Decode ``tokens`` into ``slot`` in batches of n_batch, outputs for the last one only."""
+    def _decode_tokens(
+        self, tokens: list[int], first_pos: int, slot: int, search: PolicySession | None, output_last: bool
+    ) -> None:
+        """Decode ``tokens`` into ``slot`` for ``search`` in batches of n_batch, outputs for the
+        last one only."""
         for start in range(0, len(tokens), self.config.n_batch):
             chunk = tokens[start : start + self.config.n_batch]
             self._batch.clear()
@@ -725,9 +932,11 @@ class LlamaPolicy:
                 self._batch.add(
                     tok, first_pos + start + i, slot, output_last and start + i == len(tokens) - 1
                 )
-            self._decode()
+            self._decode(search)
 
-    def _decode_quietly(self, tokens: list[int], first_pos: int, slot: int) -> None:
+    def _decode_quietly(
+        self, tokens: list[int], first_pos: int, slot: int, search: PolicySession | None
+    ) -> None:
         """Decode tokens whose outputs nobody reads (a prompt's head, a parked path's rebuild).
 
         While embeddings are on (``capture_states``) llama.cpp outputs *every* token of a batch,
@@ -741,15 +950,19 @@ class LlamaPolicy:
         if self._tap is not None:
             self._tap.on = False
         try:
-            self._decode_tokens(tokens, first_pos, slot, output_last=False)
+            self._decode_tokens(tokens, first_pos, slot, search, output_last=False)
         finally:
             if self.config.capture_states:
                 self.context.set_embeddings(True)
             if self._tap is not None:
                 self._tap.on = True
 
-    def _decode(self) -> None:
+    def _decode(self, *searches: PolicySession | None) -> None:
+        """Decode the batch; each of ``searches`` (those with rows in it) counts the call."""
         self.counters.decode_calls += 1
+        for search in searches:
+            if search is not None:
+                search.counters.decode_calls += 1
         try:
             self.context.decode(self._batch)
         except LlamaError as exc:
@@ -787,9 +1000,9 @@ class LlamaPolicy:
                 seq.parked = self.context.seq_save(seq.slot)
                 seq.parked_n = seq.n_cached
                 self._parked[id(seq)] = seq
-                self.counters.bytes_parked += size
+                self._count(seq.search, bytes_parked=size)
         finally:
-            self.context.seq_copy(TEMPLATE_SLOT, seq.slot)
+            self.context.seq_copy(seq.prompt.slot, seq.slot)
 
     def _unpark(self, seq: _Seq) -> None:
         """Drop ``seq``'s copy in host memory: no child will restore it any more."""
@@ -799,14 +1012,28 @@ class LlamaPolicy:
             seq.parked_n = 0
             self._parked.pop(id(seq), None)
 
-    def _drop_parked(self) -> None:
-        for seq in list(self._parked.values()):
-            self._unpark(seq)
-
     def _free(self, seq: _Seq) -> None:
         if seq.slot is None or seq.is_template:
             return
         self.context.seq_remove(seq.slot)
         self.slots.give(seq.slot)
+        self._slot_owner.pop(seq.slot, None)
         seq.slot = None
         seq.n_cached = 0
+
+    def _take_slot(self, seq: _Seq) -> None:
+        seq.slot = self.slots.take()
+        self._slot_owner[seq.slot] = seq
+
+    def _hand_slot(self, parent: _Seq, child: _Seq) -> None:
+        """``child`` takes over ``parent``'s slot and what it holds."""
+        child.slot, child.n_cached, parent.slot = parent.slot, parent.n_cached, None
+        self._slot_owner[child.slot] = child
+
+    def _count(self, search: PolicySession | None, **amounts: float) -> None:
+        """Add ``amounts`` to the policy's counters and to ``search``'s (their share of them)."""
+        with self._counting:
+            for name, amount in amounts.items():
+                setattr(self.counters, name, getattr(self.counters, name) + amount)
+                if search is not None:
+                    setattr(search.counters, name, getattr(search.counters, name) + amount)

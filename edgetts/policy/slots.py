@@ -6,7 +6,8 @@ TEMPLATE_SLOT = 0  # the prefilled prompt's sequence; never handed out
 
 
 class SlotPool:
-    """Sequence ids ``1..n_slots`` for the paths being decoded; ``TEMPLATE_SLOT`` holds the prompt.
+    """Sequence ids ``1..n_slots`` for the paths being decoded, shared by every search on the
+    policy; ``TEMPLATE_SLOT`` (and the ids after ``n_slots``) hold prompts.
 
     A freed id is the next one taken, so a search that forks and frees in turn keeps reusing
     the same few ids. The KV cells behind an id are the policy's to drop when it frees one.
@@ -14,7 +15,7 @@ class SlotPool:
 
     def __init__(self, n_slots: int) -> None:
         self.n_slots = n_slots
-        self.free: list[int] = []  # empty until the first prompt: nothing to fork from yet
+        self.free: list[int] = []  # the policy resets it (every id free) once its context exists
 
     def reset(self) -> None:
         """Every id free (a new prompt: the cache holds only the template)."""

@@ -66,7 +66,12 @@ class App:
     def __init__(self, solver: Solver, settings: ServerSettings, prm_state: str | None = None) -> None:
         self.solver = solver
         self.settings = settings
-        self.engine = Engine(solver, settings.max_queue, expected_s=settings.default_deadline_s or 5.0)
+        self.engine = Engine(
+            solver,
+            settings.max_queue,
+            expected_s=settings.default_deadline_s or 5.0,
+            concurrent=settings.concurrent,
+        )
         self.strategies = known_strategies()
         self.default_strategy = settings.default_strategy or "auto"
         if self.default_strategy not in self.strategies:

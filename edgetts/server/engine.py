@@ -1,4 +1,11 @@
-"""The search queue: requests wait in a bounded queue and run one at a time on a worker thread."""
+"""The search queue: requests wait in a bounded queue and run on worker threads.
+
+``concurrent`` searches run at once, one per worker thread; they share the solver's policy and
+its one decode loop (every live path of every running search advances in the same llama.cpp
+batch, see :mod:`edgetts.policy.loop`), each with its own deadline, cancel and counters. With
+``concurrent=1`` searches run one at a time, as the serial engine did. Beyond the running ones,
+``max_queue`` requests wait; more get 503 with Retry-After.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from edgetts.policy.config import GeneratorCounters
 from edgetts.prompts import Prompt
 from edgetts.search.base import SearchResult
 from edgetts.server.errors import ApiError
@@ -34,8 +42,8 @@ class Job:
     queued_at: float = field(default_factory=time.perf_counter)
     started_at: float | None = None
     finished_at: float | None = None
-    tokens_at_start: int = 0
     task: str = "math"
+    counters: GeneratorCounters = field(default_factory=GeneratorCounters)  # its search's share
 
     def abandon(self) -> None:
         """The client is gone: never start, or stop the search at its next check."""
@@ -45,12 +53,15 @@ class Job:
 
 
 class Engine:
-    """Runs searches one at a time on a worker thread, behind a bounded queue."""
+    """Runs up to ``concurrent`` searches at once on worker threads, behind a bounded queue."""
 
-    def __init__(self, solver: Solver, max_queue: int, expected_s: float = 5.0) -> None:
+    def __init__(self, solver: Solver, max_queue: int, expected_s: float = 5.0, concurrent: int = 1) -> None:
+        if concurrent < 1:
+            raise ValueError(f"concurrent must be at least 1, got {concurrent}")
         self.solver = solver
         self.max_queue = max_queue
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgetts-search")
+        self.concurrent = concurrent
+        self.executor = ThreadPoolExecutor(max_workers=concurrent, thread_name_prefix="edgetts-search")
         self.jobs: list[Job] = []  # submitted and not done, in queue order
         self.closing = False
         self.served = 0
@@ -72,7 +83,7 @@ class Engine:
                 raise ApiError(503, "the server is shutting down", type="server_error", code="shutting_down")
             wait = self._expected_wait()
             retry = {"Retry-After": str(max(1, math.ceil(wait)))}
-            if len(self.jobs) > self.max_queue:  # one running + max_queue waiting
+            if len(self.jobs) >= self.concurrent + self.max_queue:  # running + waiting
                 self.rejected += 1
                 raise ApiError(
                     503,
@@ -97,7 +108,10 @@ class Engine:
         job.future.add_done_callback(lambda _: self._done(job))
 
     def _expected_wait(self) -> float:
-        """Seconds until a new job would start: each job ahead takes its deadline or the average."""
+        """Seconds until a new job would start: each job ahead takes its deadline or the average,
+        shared among the ``concurrent`` workers; none while a worker is free."""
+        if len(self.jobs) < self.concurrent:
+            return 0.0
         now, wait = time.perf_counter(), 0.0
         for job in self.jobs:
             deadline = job.options.deadline_s
@@ -105,7 +119,7 @@ class Engine:
             if job.started_at is not None:  # running (its deadline now counts from the start)
                 need = (deadline if deadline is not None else need) - (now - job.started_at)
             wait += max(need, 0.0)
-        return wait
+        return wait / self.concurrent
 
     def _run(self, job: Job) -> SearchResult | None:
         """On the worker thread. ``None`` means the job was cancelled before it started."""
@@ -122,14 +136,14 @@ class Engine:
                     code="deadline_exceeded",
                 )
             job.options = dataclasses.replace(job.options, deadline_s=left)
-        job.tokens_at_start = self.solver.tokens_sampled()
         try:
             if job.task == "code":
                 from edgetts.code import CodeTask
 
                 task = CodeTask.from_prompt(str(job.question))
-                return code_as_search_result(self.solver.solve_code(task, job.options, cancel=job.cancel))
-            return self.solver.solve(job.question, job.options, cancel=job.cancel)
+                code = self.solver.solve_code(task, job.options, cancel=job.cancel, counters=job.counters)
+                return code_as_search_result(code)
+            return self.solver.solve(job.question, job.options, cancel=job.cancel, counters=job.counters)
         finally:
             job.finished_at = time.perf_counter()
 
@@ -149,15 +163,14 @@ class Engine:
                 self.avg_s = 0.8 * self.avg_s + 0.2 * (job.finished_at - job.started_at)
 
     def position(self, job: Job) -> int:
-        """0 while searching, else how many requests are ahead of it."""
+        """0 while searching (or about to), else how many requests are ahead of it, counting
+        one running search (as with one worker: the place in line)."""
         with self._lock:
-            return self.jobs.index(job) if job in self.jobs else 0
+            return max(0, self.jobs.index(job) - self.concurrent + 1) if job in self.jobs else 0
 
     def tokens_generated(self, job: Job) -> int:
         """Tokens sampled for ``job`` so far (0 while it waits)."""
-        if job.started_at is None:
-            return 0
-        return self.solver.tokens_sampled() - job.tokens_at_start
+        return job.counters.tokens_sampled
 
     def begin_shutdown(self) -> None:
         """Refuse new work and cut every search short; safe to call from a signal handler."""

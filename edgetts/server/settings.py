@@ -21,7 +21,10 @@ class ServerSettings:
     model_aliases: tuple[str, ...] = ()  # other accepted names (file name, path)
     max_tokens: int = PolicyConfig.max_tokens  # per solution; the policy's context is sized for it
     max_n: int = 16
-    max_queue: int = 4  # requests waiting behind the one being searched
+    # Searches run at once, sharing the policy's one decode loop (PolicyConfig.max_searches);
+    # 1: one at a time (the serial engine).
+    concurrent: int = 1
+    max_queue: int = 4  # requests waiting behind the running ones
     max_body_bytes: int = 256 * 1024
     default_strategy: str | None = None  # None: "auto"
     default_n: int = DEFAULT_N

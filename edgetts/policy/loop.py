@@ -1,0 +1,171 @@
+"""One decode loop for every thread that uses the policy: whichever caller waits drives it.
+
+Searches on several threads share one llama.cpp context, and a context is used by one thread at
+a time. So callers do not touch it themselves: they hand the loop *work* and wait.
+
+* A :class:`Task` is a function to run with the context to itself (a prompt's prefill, freeing
+  sequences). It may answer :data:`RETRY` to be tried again before each later pass (a prompt
+  waiting for a template slot).
+* A :class:`Run` is a set of sequences to advance until they reach their step boundary (one
+  ``extend``). Every pass advances *all* registered runs together, one ``llama_batch`` for the
+  union of their live sequences, via the ``advance`` function the policy gives the loop.
+
+Nobody owns the loop thread: the first caller that finds no driver becomes the driver, runs
+passes until its own work is done, then hands over to a caller whose work is not done yet
+(leader/follower). A caller alone is its own driver, so one search pays no thread hand-off per
+token, and its work is done in the same order as before there was a loop.
+
+When a pass makes no progress (every run waits for KV slots that other searches hold between
+rounds) the driver sleeps until new work arrives (a release frees slots) or ``IDLE_WAIT_S``
+passes (deadlines are checked each pass).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+IDLE_WAIT_S = 0.05  # a driver with nothing to decode checks deadlines this often
+RETRY = object()  # a Task's answer: "not now, try me again before the next pass"
+
+
+class Work:
+    """Something a caller waits for; the driver sets ``done`` (and ``error`` if it failed)."""
+
+    def __init__(self) -> None:
+        self.done = False
+        self.error: BaseException | None = None
+        self.result: Any = None
+
+
+class Task(Work):
+    """A function run by the driver between passes, with the context to itself."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        super().__init__()
+        self.fn = fn
+
+
+class Run(Work):
+    """Sequences advanced by every pass until the policy marks the run ``done``."""
+
+
+class DecodeLoop:
+    """Runs tasks and passes over all registered runs for the threads waiting on them.
+
+    ``advance(runs)`` makes one pass over the live runs (the policy: deadlines, slots, one
+    batch) and says whether anything happened; it marks runs done, or sets their ``error``.
+    """
+
+    def __init__(self, advance: Callable[[list[Run]], bool]) -> None:
+        self._advance = advance
+        self._cond = threading.Condition()
+        self._inbox: list[Work] = []  # submitted, not yet seen by the driver
+        self._driving = False
+        # Only the driver reads or writes these:
+        self._runs: list[Run] = []  # registered, not done, in arrival order (first come first served)
+        self._deferred: list[Task] = []  # tasks that answered RETRY
+        self.passes = 0  # passes made (a test's window into the loop)
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the driver with the context to itself and return what it returns."""
+        return self._wait(Task(fn)).result
+
+    def post(self, fn: Callable[[], Any]) -> None:
+        """Have ``fn`` run before the loop's next pass, without waiting for it (freeing
+        sequences): now when nobody drives, else by the driver before its next pass."""
+        self._submit(Task(fn))
+        with self._cond:
+            if self._driving:
+                return
+            self._driving = True
+        self._drive_then_hand_over(None)
+
+    def run(self, run: Run) -> None:
+        """Register ``run`` and return when a pass has marked it done (raise its error)."""
+        self._wait(run)
+
+    def _submit(self, work: Work) -> None:
+        with self._cond:
+            self._inbox.append(work)
+            self._cond.notify_all()  # an idle driver picks it up
+
+    def _wait(self, work: Work) -> Work:
+        """Submit ``work`` and wait for it, driving the loop whenever nobody is."""
+        self._submit(work)
+        with self._cond:
+            while not work.done:
+                if not self._driving:
+                    self._driving = True
+                    break
+                self._cond.wait()
+        if not work.done:
+            self._drive_then_hand_over(work)
+        if work.error is not None:
+            raise work.error
+        return work
+
+    def _drive_then_hand_over(self, work: Work | None) -> None:
+        try:
+            self._drive(work)
+        finally:
+            with self._cond:
+                self._driving = False
+                self._cond.notify_all()  # a caller whose work is not done takes over
+
+    def _drive(self, work: Work | None) -> None:
+        """Passes until ``work`` is done (None: take the inbox once, for a post)."""
+        while True:
+            with self._cond:
+                new, self._inbox = self._inbox, []
+            self._take(new)
+            if work is None or work.done:
+                return  # runs still registered have callers waiting: one of them drives next
+            progressed = self._pass()
+            if not progressed and not work.done:
+                with self._cond:
+                    if not self._inbox:
+                        self._cond.wait(IDLE_WAIT_S)
+
+    def _take(self, new: list[Work]) -> None:
+        """Register new runs, then run the tasks: deferred ones first, in arrival order."""
+        tasks = self._deferred
+        self._deferred = []
+        for item in new:
+            if isinstance(item, Task):
+                tasks.append(item)
+            else:
+                self._runs.append(item)  # type: ignore[arg-type]
+        finished = False
+        for task in tasks:
+            try:
+                outcome = task.fn()
+            except BaseException as exc:  # the caller raises it
+                task.error, outcome = exc, None
+            if outcome is RETRY:
+                self._deferred.append(task)
+                continue
+            task.result, task.done, finished = outcome, True, True
+        if finished:
+            self._notify()
+
+    def _pass(self) -> bool:
+        """One pass over the live runs; wake their callers when some are done."""
+        if not self._runs:
+            return False
+        self.passes += 1
+        try:
+            progressed = self._advance(self._runs)
+        except BaseException as exc:  # not one run's fault that advance could tell: all fail
+            for run in self._runs:
+                run.error, run.done = exc, True
+            progressed = True
+        if any(run.done for run in self._runs):
+            self._runs = [run for run in self._runs if not run.done]
+            self._notify()
+        return progressed
+
+    def _notify(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
