@@ -64,8 +64,17 @@ class EvalRow:
 
 
 def read_rows(directory: str) -> list[dict]:
+    """The rows of a label directory that have their states (``label_steps.py restore`` skips
+    rows it cannot rebuild exactly; those are left out here, and counted on stderr)."""
     with (Path(directory) / "results.jsonl").open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
+        rows = [json.loads(line) for line in f]
+    kept = [r for r in rows if (Path(directory) / "states" / f"{r['key']}.npz").exists()]
+    if len(kept) < len(rows):
+        print(
+            f"{directory}: {len(rows) - len(kept)} of {len(rows)} rows have no states, left out",
+            file=sys.stderr,
+        )
+    return kept
 
 
 def load_step_labelled(directory: str) -> list[Solution]:
