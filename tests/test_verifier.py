@@ -115,10 +115,44 @@ def test_fit_separates_a_learnable_problem(hidden: int) -> None:
     rng = np.random.default_rng(3)
     X = rng.normal(size=(400, 10)).astype(np.float32) * 3 + 1
     y = (X[:, 0] - 0.5 * X[:, 3] > 1).astype(np.float32)
-    head = tv.fit(X, y, hidden=hidden, wd=1e-4, epochs=200)
+    head = tv.fit(X, y, np.zeros(len(y), dtype=int), hidden=hidden, wd=1e-4, epochs=200)
     s = head.logits(X)
     auc = np.mean([a > b for a in s[y == 1] for b in s[y == 0]])
     assert auc > 0.97
+
+
+def test_within_problem_features_keep_only_what_tells_a_problems_rows_apart() -> None:
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(12, 3))
+    g = np.repeat([0, 1, 2], 4)
+    Z = tv.within_problem(X, g)
+    for k in range(3):
+        np.testing.assert_allclose(Z[g == k].mean(0), X.mean(0))
+        np.testing.assert_allclose(np.diff(Z[g == k], axis=0), np.diff(X[g == k], axis=0))
+
+
+def test_a_head_fit_within_problems_ranks_a_problems_samples_by_their_own_signal() -> None:
+    """Problem difficulty (feature 0, plus noise that means nothing) decides most outcomes; in a
+    few problems the samples' own signal (feature 1) does. A head fit on all rows leans on
+    feature 0 and ranks those problems' samples by its noise; one fit within problems does not."""
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    g = np.repeat(np.arange(60), 8)
+    difficulty = rng.normal(size=60)[g] * 3
+    signal = rng.normal(size=len(g))
+    mixed = np.isin(g, np.arange(0, 60, 6))
+    y = np.where(mixed, signal > 0, difficulty > 0).astype(np.float32)
+    X = np.stack([difficulty + rng.normal(size=len(g)), 0.3 * signal], 1).astype(np.float32)
+
+    def pair_auc(head: tv.Head) -> float:
+        s = head.logits(X)
+        k_mixed = np.arange(0, 60, 6)
+        return np.mean(
+            [a > b for k in k_mixed for a in s[(g == k) & (y == 1)] for b in s[(g == k) & (y == 0)]]
+        )
+
+    assert pair_auc(tv.fit(X, y, g, hidden=0, wd=1e-4, within=True)) > 0.9
+    assert pair_auc(tv.fit(X, y, g, hidden=0, wd=1e-4)) < 0.8
 
 
 def test_step_labels_follow_the_first_error() -> None:

@@ -129,9 +129,31 @@ def features(sol: Solution, captured: list[int], layers: list[int], conf: bool) 
 
 
 def design(sols: list[Solution], captured: list[int], layers: list[int], conf: bool):
-    X = np.vstack([features(s, captured, layers, conf) for s in sols if len(s.labels)])
-    y = np.concatenate([s.labels for s in sols if len(s.labels)])
-    return X, y
+    """Step rows of ``sols``: features, labels, and each row's problem (an int per group)."""
+    kept = [s for s in sols if len(s.labels)]
+    X = np.vstack([features(s, captured, layers, conf) for s in kept])
+    y = np.concatenate([s.labels for s in kept])
+    ids: dict[str, int] = {}
+    g = np.concatenate([np.full(len(s.labels), ids.setdefault(s.group, len(ids))) for s in kept])
+    return X, y, g
+
+
+def within_problem(X: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """``X`` minus its problem's mean row, plus the overall mean: what tells a problem's samples
+    apart stays, what tells problems apart (how hard the question is) goes. Outcome labels are
+    mostly the latter, and a verifier ranks samples of one problem."""
+    sums = np.zeros((g.max() + 1, X.shape[1]))
+    np.add.at(sums, g, X)
+    means = sums / np.bincount(g)[:, None]
+    return X - means[g] + X.mean(0)
+
+
+def parse_model(spec: str) -> tuple[int, bool]:
+    """``linear``, ``mlpH``, either with ``-within``: (hidden width or 0, train within problems)."""
+    name, _, within = spec.partition("-")
+    if within not in ("", "within"):
+        raise SystemExit(f"unknown model {spec!r}: linear or mlpH, optionally with -within")
+    return (0 if name == "linear" else int(name.removeprefix("mlp"))), bool(within)
 
 
 # -- the model ------------------------------------------------------------------------------
@@ -154,9 +176,31 @@ class Head:
         return (np.maximum(h, 0) @ self.W2 + self.b2)[:, 0]
 
 
-def fit(X: np.ndarray, y: np.ndarray, hidden: int, wd: float, epochs: int = 200, seed: int = 0) -> Head:
-    """Class-balanced BCE on standardised features, full-batch Adam; returns raw-feature weights."""
+def fit(
+    X: np.ndarray,
+    y: np.ndarray,
+    g: np.ndarray,
+    hidden: int,
+    wd: float,
+    within: bool = False,
+    epochs: int = 200,
+    seed: int = 0,
+) -> Head:
+    """Class-balanced BCE on standardised features, full-batch Adam; returns raw-feature weights.
+
+    ``within``: train on :func:`within_problem` features (``g``: each row's problem); the head
+    then reads raw features as if they sat at their problem's mean."""
     import torch
+
+    if within:
+        # A problem whose rows all carry one label says nothing about telling its samples apart.
+        lo = np.full(g.max() + 1, np.inf)
+        hi = np.full(g.max() + 1, -np.inf)
+        np.minimum.at(lo, g, y)
+        np.maximum.at(hi, g, y)
+        mixed = (hi > lo)[g]
+        X, y, g = X[mixed], y[mixed], np.unique(g[mixed], return_inverse=True)[1]
+        X = within_problem(X, g)
 
     torch.manual_seed(seed)
     mu, sd = X.mean(0), X.std(0) + 1e-4
@@ -288,7 +332,9 @@ def best_threshold(scores: list[np.ndarray], labels: list[int]) -> float:
     return max(GRID, key=lambda t: prf([first_below(list(s), t) for s in scores], labels)["f1"])
 
 
-def step_cv(sols: list[Solution], captured, layers, conf, hidden: int, wd: float, folds: int) -> dict:
+def step_cv(
+    sols: list[Solution], captured, layers, conf, hidden: int, wd: float, folds: int, within: bool = False
+) -> dict:
     """Grouped K-fold over problems: step AUC and ProcessBench-format F1 (threshold picked on each
     fold's training solutions, never on the judged ones)."""
     groups = sorted({s.group for s in sols})
@@ -298,7 +344,7 @@ def step_cv(sols: list[Solution], captured, layers, conf, hidden: int, wd: float
     for k in range(folds):
         train = [s for s in sols if fold_of[s.group] != k]
         test = [s for s in sols if fold_of[s.group] == k]
-        head = fit(*design(train, captured, layers, conf), hidden, wd)
+        head = fit(*design(train, captured, layers, conf), hidden, wd, within)
 
         def sig(sol: Solution, head: Head = head) -> np.ndarray:
             return 1 / (1 + np.exp(-head.logits(features(sol, captured, layers, conf))))
@@ -354,6 +400,7 @@ def run_config(
     hidden: int,
     wd: float,
     cv_outcome: int,
+    within: bool = False,
 ) -> dict[str, dict]:
     """Fit on ``train_fixed`` and judge each eval set; with ``cv_outcome`` K, the eval sets'
     problems are also dealt into K folds and each fold is judged by a head that trained on the
@@ -364,10 +411,10 @@ def run_config(
         heads = {}
         for k in range(cv_outcome):
             extra = [s for (_, r), f in zip(rows, fold, strict=True) if f != k for s in r.solutions]
-            heads[k] = fit(*design(train_fixed + extra, captured, layers, conf), hidden, wd)
+            heads[k] = fit(*design(train_fixed + extra, captured, layers, conf), hidden, wd, within)
         head_of = [heads[f] for f in fold]
     else:
-        head = fit(*design(train_fixed, captured, layers, conf), hidden, wd)
+        head = fit(*design(train_fixed, captured, layers, conf), hidden, wd, within)
         head_of = [head] * len(rows)
     out = {}
     for name in evals:
@@ -401,17 +448,18 @@ def ablate(args: argparse.Namespace) -> None:
         for spec in args.step_cv:
             feats, model = spec.split(":")
             layers, conf = FEATURE_SETS[feats]
-            hidden = 0 if model == "linear" else int(model.removeprefix("mlp"))
-            res = step_cv(prm, captured, layers, conf, hidden, args.wd, args.cv)
+            hidden, within = parse_model(model)
+            res = step_cv(prm, captured, layers, conf, hidden, args.wd, args.cv, within)
             report["step_cv"][spec] = res
             print("step_cv", spec, json.dumps(res), flush=True)
     sources = {"prmbench": prm, "rollout": roll, "outcome_train": outcome_train}
     for spec in args.configs:
         src, feats, model = spec.split(":")
         layers, conf = FEATURE_SETS[feats]
-        hidden = 0 if model == "linear" else int(model.removeprefix("mlp"))
+        hidden, within = parse_model(model)
         train = [s for part in src.split("+") if part != "cv" for s in sources[part]]
-        res = run_config(train, evals, captured, layers, conf, hidden, args.wd, args.cv if "cv" in src else 0)
+        cv = args.cv if "cv" in src else 0
+        res = run_config(train, evals, captured, layers, conf, hidden, args.wd, cv, within)
         row = {"config": spec, "train_solutions": len(train), "results": res}
         report["runs"].append(row)
         summary = {
@@ -490,8 +538,8 @@ def export(args: argparse.Namespace) -> None:
     sols = [s for d in args.prmbench for s in load_step_labelled(d)]
     sols += [s for d in args.rollout for s in load_step_labelled(d)]
     sols += [s for d in args.outcome for r in load_samples(d) for s in r.solutions]
-    X, y = design(sols, args.captured, layers, conf)
-    head = fit(X, y, args.hidden, args.wd)
+    X, y, g = design(sols, args.captured, layers, conf)
+    head = fit(X, y, g, args.hidden, args.wd, args.within)
     meta = read_metadata(resolve(None))
     feats = list(STEP_FEATURES) if conf else []
     manifest = {
@@ -523,6 +571,7 @@ def main() -> None:
     ap.add_argument("--export", default=None, help="fit --features/--hidden on all data, write here")
     ap.add_argument("--features", default="last", choices=list(FEATURE_SETS))
     ap.add_argument("--hidden", type=int, default=0)
+    ap.add_argument("--within", action="store_true", help="train within problems (see within_problem)")
     ap.add_argument("--agg", default="min", choices=["last", "min", "prod"])
     ap.add_argument("--note", default=None)
     ap.add_argument("--prmbench", nargs="*", default=[])
@@ -540,7 +589,7 @@ def main() -> None:
         default=["prmbench:last:linear", "prmbench:all+conf:linear", "cv:last:linear"],
         help="SOURCES:FEATURES:MODEL, SOURCES joined by + from prmbench, rollout, outcome_train, "
         f"cv (the eval sets' other folds); FEATURES one of {list(FEATURE_SETS)}; MODEL linear "
-        "or mlpH",
+        "or mlpH, either with -within (features minus their problem's mean)",
     )
     ap.add_argument(
         "--step-cv",
