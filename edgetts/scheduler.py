@@ -132,6 +132,9 @@ class Budget:
     n_threads: int | None = None  # None = choose
     kv_type: str | None = None  # None = choose
     n_gpu_layers: int | None = None  # None = choose (all when llama.cpp has a GPU)
+    # Searches sharing the loaded policy at once (PolicyConfig.max_searches): each keeps its
+    # prompt's prefill in KV cells and a sequence of its own, so the plan counts every one.
+    searches: int = PolicyConfig.max_searches
 
 
 @dataclass
@@ -301,8 +304,12 @@ def estimate_memory(
     prm_mb: float | None = None,
     n_vocab: int | None = None,
     park_mb: float = 0.0,
+    searches: int = 1,
 ) -> MemoryEstimate:
     """Peak resident memory of a solve with these settings (see the module doc for each part).
+
+    ``searches``: prompts held at once (PolicyConfig.max_searches), a sequence each beside the
+    ``n_seq_max`` solution slots; their KV cells are in ``n_ctx``.
 
     ``park_mb`` is the policy's budget for parked paths (:func:`park_mb`, PolicyConfig.park_mb):
     counted in full, as a search whose paths outnumber the slots may fill it."""
@@ -313,7 +320,7 @@ def estimate_memory(
     weights = meta.weights_bytes / MB
     kv = kv_mb(meta, n_ctx, kv_type)
     compute = COMPUTE_FIXED_MB + COMPUTE_WEIGHT_SHARE * weights * (1 - on_gpu)
-    compute += SEQ_BYTES_PER_VOCAB * n_vocab * (n_seq_max + 1) / MB
+    compute += SEQ_BYTES_PER_VOCAB * n_vocab * (n_seq_max + searches) / MB
     return MemoryEstimate(
         runtime_mb=RUNTIME_MB,
         weights_mb=weights * (1 - on_gpu),
@@ -322,6 +329,29 @@ def estimate_memory(
         prm_mb=prm_mb or 0.0,
         park_mb=park_mb,
         gpu_mb=(weights + kv) * on_gpu,
+    )
+
+
+def estimate_for_policy(
+    config: PolicyConfig, meta: ModelMetadata, n_vocab: int, prm_mb: float | None, parked_mb: float
+) -> MemoryEstimate:
+    """The estimate for a loaded policy configured as ``config``: its context (every search's
+    prompt and the solution slots), the PRM's ``prm_mb`` if one is loaded, and ``parked_mb`` of
+    parked paths (what parking held at its peak, at most ``config.park_mb``)."""
+    import llama_cpp
+
+    # A CPU build of llama.cpp keeps every layer in host memory, whatever offload was asked for.
+    gpu_layers = config.n_gpu_layers if llama_cpp.llama_supports_gpu_offload() else 0
+    return estimate_memory(
+        meta,
+        config.resolved_n_ctx(),
+        config.n_seq_max,
+        config.kv_type,
+        gpu_layers,
+        prm_mb,
+        n_vocab,
+        parked_mb,
+        config.max_searches,
     )
 
 
@@ -448,11 +478,12 @@ def make_plan(
         )
 
     def build(n: int, slots: int, kv_type: str, with_prm: bool) -> Plan:
-        n_ctx = budget.max_prompt_tokens + slots * budget.max_tokens
+        n_ctx = budget.searches * budget.max_prompt_tokens + slots * budget.max_tokens
         parks = budget.strategy in PARKING
         parked = park_mb(meta, n, slots, budget.max_tokens, kv_type) if parks else 0.0
+        prm_mb = prm.memory_mb if with_prm else None
         mem = estimate_memory(
-            meta, n_ctx, slots, kv_type, gpu_layers, prm.memory_mb if with_prm else None, n_vocab, parked
+            meta, n_ctx, slots, kv_type, gpu_layers, prm_mb, n_vocab, parked, budget.searches
         )
         seconds = predict_seconds(
             cal,

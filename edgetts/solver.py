@@ -15,7 +15,17 @@ from edgetts.models import resolve
 from edgetts.policy import LlamaPolicy, PolicyConfig, Prompt
 from edgetts.policy.config import GeneratorCounters
 from edgetts.policy.session import PolicySession
-from edgetts.scheduler import Budget, Plan, plan_for, prompt_tokens_for
+from edgetts.scheduler import (
+    MB,
+    Budget,
+    MemoryEstimate,
+    Plan,
+    estimate_for_policy,
+    plan_for,
+    prm_cost,
+    prompt_tokens_for,
+    vocab_size,
+)
 from edgetts.search import NEEDS_CONFIDENCE, NEEDS_SCORER, STRATEGIES, measured, run_search
 from edgetts.search.adaptive import AdaptiveStop
 from edgetts.search.base import DEFAULT_N, Sampling, SearchConfig, SearchResult, SolutionPath, Verifier
@@ -336,6 +346,22 @@ class Solver:
         scorer = self._scorer_for(strategy, plan)
         return plan, scorer, self._policy_for(scorer, plan, options.memory_mb)
 
+    def memory_estimate(self) -> MemoryEstimate | None:
+        """The scheduler's estimate of this solver's resident memory with the loaded policy (see
+        :func:`~edgetts.scheduler.estimate_for_policy`; parked paths as held at their peak so
+        far), to hold against the process's peak RSS. None while no policy is loaded."""
+        policy = self._policy
+        if policy is None:
+            return None
+        cost = prm_cost(self.prm_dir) if self.scorer_loaded else None
+        return estimate_for_policy(
+            policy.config,
+            policy.metadata,
+            vocab_size(policy.model_path),
+            cost.memory_mb if cost else None,
+            policy.parking.peak / MB,
+        )
+
     def plan(self, options: SolveOptions, question: str | None = None) -> Plan | None:
         """The scheduler's plan for a budget (memory and/or deadline); None without one.
 
@@ -355,6 +381,7 @@ class Solver:
             max_steps=options.max_steps,
             prompt_tokens=prompt_tokens_for(question),
             n_threads=cfg.n_threads,
+            searches=cfg.max_searches,
             kv_type=cfg.kv_type if "kv_type" in self.pinned else None,
             # Offload the user set, on the command line or in $EDGETTS_N_GPU_LAYERS, is kept;
             # otherwise the plan offloads every layer when llama.cpp is a GPU build.

@@ -146,6 +146,20 @@ def test_pinned_settings_are_kept():
     assert plan(Budget(memory_mb=4000), gpu_offload=True).n_gpu_layers == META.n_layers + 1
 
 
+def test_concurrent_searches_each_get_their_prompt_in_the_plan():
+    """A policy shared by 4 searches holds 4 prompts' KV cells and sequences: the plan's context
+    and memory count them, and under a budget that only fits one prompt it takes fewer slots."""
+    budget = Budget(memory_mb=4000, n=16, strategy="majority", kv_type="f16", max_tokens=512)
+    one, four = plan(budget), plan(replace(budget, searches=4))
+    assert four.n_ctx - one.n_ctx == 3 * budget.max_prompt_tokens
+    extra_kv = kv_mb(META, four.n_ctx, "f16") - kv_mb(META, one.n_ctx, "f16")
+    assert four.predicted_memory_mb - one.predicted_memory_mb == pytest.approx(
+        extra_kv + scheduler.SEQ_BYTES_PER_VOCAB * VOCAB * 3 / 2**20, abs=0.2
+    )
+    tight = plan(replace(budget, memory_mb=one.predicted_memory_mb + 1, searches=4))
+    assert tight.n_seq_max < one.n_seq_max and tight.predicted_memory_mb <= one.predicted_memory_mb + 1
+
+
 def test_all_layers_offloaded_is_accounted_in_the_plan():
     """-1 (every layer, as llama.cpp reads it) moves weights and KV off the host like a full count,
     so a budget that only fits with offload gets a plan with -1, and a CPU plan would not fit."""

@@ -65,6 +65,9 @@ class FakeSolver:
     def tokens_sampled(self) -> int:
         return 0
 
+    def memory_estimate(self) -> None:
+        return None  # no policy loaded
+
     def solve(self, question, options, cancel=None, counters=None) -> SearchResult:
         self.options.append(options)
         self.questions.append(question)

@@ -11,6 +11,9 @@ completions back to back (at least one) (majority@n, no deadline, ``--max-tokens
   first request to the last answer,
 * p50 / p95 latency of the requests, and the server's CPU seconds over the round.
 
+At the end each server's peak RSS is printed beside the scheduler's estimate for its policy
+(``/health``: ``peak_rss_mb``, ``memory_estimate_mb``).
+
 The table shows medians over ``--rounds`` and the ratios batched / serial.
 
     EDGETTS_THREADS=1 python tools/bench_concurrent_server.py --clients 1 4 8 --rounds 3
@@ -132,12 +135,19 @@ def main() -> None:
                         flush=True,
                     )
                 order.reverse()  # alternate who goes first
+        memory = {name: get_json(f"{base}/health")[1] for name, (base, _) in servers.items()}
     finally:
         for _, proc in servers.values():
             proc.send_signal(signal.SIGINT)
         for _, proc in servers.values():
             proc.wait(timeout=60)
     print_table(rows, args)
+    for name, health in memory.items():
+        rss, estimate = health["peak_rss_mb"], health["memory_estimate_mb"]
+        print(
+            f"{name}: peak RSS {rss:.0f} MB, scheduler's estimate {estimate:.0f} MB "
+            f"({rss / estimate - 1:+.0%})"
+        )
 
 
 def print_table(rows: dict[tuple[int, str], list[dict]], args: argparse.Namespace) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -387,6 +388,7 @@ class App:
     def health(self) -> Health:
         engine = self.engine
         running = sum(1 for j in list(engine.jobs) if j.started_at is not None)
+        estimate = engine.solver.memory_estimate()
         return Health(
             status="shutting_down" if engine.closing else "ok",
             model=self.settings.model_id,
@@ -398,7 +400,21 @@ class App:
             failed=engine.failed,
             cancelled=engine.cancelled,
             rejected=engine.rejected,
+            peak_rss_mb=peak_rss_mb(),
+            memory_estimate_mb=round(estimate.total_mb, 1) if estimate is not None else None,
         )
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory in MB, or None where ``resource`` is missing (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(
+        peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1
+    )  # bytes on macOS, KiB elsewhere
 
 
 def _result(job: Job, future: asyncio.Future) -> SearchResult:

@@ -290,3 +290,7 @@ class Health(BaseModel):
     failed: int  # searches that raised (bad input found late, a model error)
     cancelled: int  # clients that left, and searches stopped by shutdown before they started
     rejected: int  # turned away at the door (503: queue full, deadline unreachable)
+    # The process's peak resident memory so far (None where the OS does not say), beside the
+    # scheduler's estimate for the loaded policy (None until the first search loads it).
+    peak_rss_mb: float | None = None
+    memory_estimate_mb: float | None = None
