@@ -423,6 +423,12 @@ def test_serve_answers_with_a_strategy(served):
     assert sum(info["votes"].values()) == sum(c["answer"] is not None for c in info["candidates"])
     assert reply.choices[0].message.content
     assert info["counters"]["tokens_prefilled"] > 0
+    # The scheduler's estimate for the loaded policy holds the process's peak memory (#21: within
+    # 15 %; measured within 2 % by tools/bench_concurrent_server.py).
+    with urllib.request.urlopen(f"{base}/health", timeout=5) as resp:
+        health = json.loads(resp.read())
+    assert health["memory_estimate_mb"] > 300
+    assert abs(health["peak_rss_mb"] / health["memory_estimate_mb"] - 1) < 0.15, health
 
 
 @pytest.mark.slow
