@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
 import pytest
-
-ENV = {**os.environ, "EDGETTS_THREADS": os.environ.get("EDGETTS_THREADS", "1")}
+from serving import ENV, start_serve, wait_until_healthy
 
 
 def edgetts(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -131,46 +129,15 @@ def test_too_many_tokens_for_the_models_context():
     assert refused(proc, "more than this model's context")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_a_request_with_a_memory_budget_leaves_the_server_as_it_was():
     """Seen: after one request with memory_mb, a beam search that had worked failed with 400
     "no KV sequence slot can be freed" for good, while /health said ok."""
     from openai import OpenAI
 
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "edgetts.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--max-tokens",
-            "48",
-            "--max-n",
-            "4",
-        ],
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    base, proc = start_serve("--max-tokens", "48", "--max-n", "4", env=ENV)
     try:
-        for _ in range(600):
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.2)
+        wait_until_healthy(base, proc)
         client = OpenAI(base_url=f"{base}/v1", api_key="unused")
         model = client.models.list().data[0].id
         messages = [{"role": "user", "content": "What is 2+3?"}]

@@ -14,21 +14,19 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
+from serving import ENV, free_port, start_serve, wait_until_healthy
 
 from edgetts.cli import main
 
-ENV = {**os.environ, "EDGETTS_THREADS": os.environ.get("EDGETTS_THREADS", "1")}
 PROBLEMS = [
     ("p1", "A pen costs 3 dollars. How much do 7 pens cost?", "21"),
     ("p2", "Tom has 12 apples and gives away 5. How many apples does he have left?", "7"),
@@ -99,7 +97,7 @@ def test_ray_options_out_of_place_are_usage_errors(args, words):
 
 def test_an_address_that_takes_no_connection_fails_at_once(tmp_path):
     pytest.importorskip("ray")
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"question": "What is 2 + 3?", "answer": "5"}) + "\n")
     start = time.monotonic()
@@ -147,7 +145,6 @@ def test_a_problem_that_kills_its_actor_is_given_up_the_rest_written_once(ray_lo
     from edgetts.distributed.run import MAX_ATTEMPTS, run_sharded
 
     def make_worker():
-        import os
         import time
 
         def work(problem):
@@ -191,7 +188,6 @@ def test_offline_mode_reaches_the_actors(ray_local, monkeypatch):
     from edgetts.distributed.run import run_sharded
 
     def make_worker():
-        import os
 
         return lambda problem: {"id": problem.id, "offline": os.environ.get("EDGETTS_OFFLINE")}
 
@@ -306,55 +302,15 @@ def test_a_ray_run_refuses_a_file_of_other_settings(ray_local, data, single, tmp
 # -- serve --ray --------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_serve_on_ray_answers_the_openai_client():
     """`edgetts serve --ray local --replicas 2` as a user starts it; Ctrl-C ends it cleanly."""
     openai = pytest.importorskip("openai")
-    port, key = _free_port(), "ray-test-key"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "edgetts.cli",
-            "serve",
-            "--ray",
-            "local",
-            "--replicas",
-            "2",
-            "--threads",
-            "1",
-            "--port",
-            str(port),
-            "--api-key",
-            key,
-            "--max-tokens",
-            "40",
-            "--max-n",
-            "4",
-            "--n",
-            "2",
-        ],
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    key = "ray-test-key"
+    args = ("--ray", "local", "--replicas", "2", "--threads", "1", "--api-key", key)
+    base, proc = start_serve(*args, "--max-tokens", "40", "--max-n", "4", "--n", "2", env=ENV)
     try:
-        for _ in range(1200):
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=1) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.25)
+        wait_until_healthy(base, proc, timeout_s=600)
         client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, timeout=120, max_retries=0)
         model = client.models.list().data[0].id
         assert model == "qwen2.5-coder-0.5b-instruct"
@@ -404,7 +360,7 @@ def test_serve_on_ray_with_a_missing_model_says_so(tmp_path):
             "--threads",
             "1",
             "--port",
-            str(_free_port()),
+            str(free_port()),
             "--model",
             str(missing),
         ],

@@ -8,11 +8,7 @@ real default model and end by shutting it down with Ctrl-C while a request is in
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -27,6 +23,7 @@ openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 
 from fakes import FakeGenerator, FakeScorer, random_policy  # noqa: E402
+from serving import start_serve, wait_until_healthy  # noqa: E402
 
 from edgetts.search import run_search  # noqa: E402
 from edgetts.search.base import Candidate, Deadline, SearchConfig, SearchResult  # noqa: E402
@@ -362,50 +359,12 @@ def test_cancel_event_ends_a_search_like_a_deadline_and_frees_every_path():
 # -- slow: `edgetts serve` with the real model --------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served():
     """``edgetts serve`` on a free loopback port: (base url, model id, process)."""
-    port = _free_port()
-    env = {**os.environ, "EDGETTS_THREADS": os.environ.get("EDGETTS_THREADS", "1")}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "edgetts.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--api-key",
-            KEY,
-            "--max-tokens",
-            "40",
-            "--max-n",
-            "4",
-            "--n",
-            "2",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    base, proc = start_serve("--api-key", KEY, "--max-tokens", "40", "--max-n", "4", "--n", "2")
     try:
-        for _ in range(600):
-            if proc.poll() is not None:
-                pytest.fail(f"edgetts serve exited: {proc.stdout.read()}")
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=1) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.2)
+        wait_until_healthy(base, proc)
         models = client(base).models.list()
         yield base, models.data[0].id, proc
     finally:
