@@ -64,3 +64,16 @@ def test_pot_vote_ignores_programs_that_failed() -> None:
     }
     assert bench_pot.vote(row, 1) == (False, 5)
     assert bench_pot.vote(row, 4) == (True, 26)
+
+
+def test_cot_and_pot_vote_together_from_the_first_of_each() -> None:
+    """Prose says 7 twice, then every sample something else; the programs say 9 three times,
+    then fail: together 9 outvotes 7, prose alone picks 7."""
+    others = [{"answer": str(100 + i), "n_tokens": 10} for i in range(14)]
+    prose = {"0": {"candidates": [{"answer": "7", "n_tokens": 10}] * 2 + others}}
+    programs = [{"answer": "9", "n_tokens": 4}] * 3 + [{"answer": None, "n_tokens": 4}] * 13
+    pot = {"0": {"gold": "9", "candidates": programs}}
+    got = bench_pot.hybrid_configs(pot, prose, ["0"])
+    assert got["cot+pot majority 4+4"]["0"] == (True, 4 * 10 + 4 * 4)
+    assert got["cot+pot majority 8+8"]["0"] == (True, 8 * 10 + 8 * 4)
+    assert got["kept prose majority N=8"]["0"] == (False, 80)

@@ -10,6 +10,10 @@ problem beside each, and paired sign tests.
     python tools/bench_pot.py run --data ../shared/data/gsm8k_test.jsonl --limit 25 --n 16 \\
         --out runs/pot/gsm8k_test.jsonl
     python tools/bench_pot.py report --pot runs/pot/gsm8k_test.jsonl --prose docs/bench/gsm8k_test.jsonl
+
+With ``--prose-samples data/labels/gsm8k_test.jsonl.gz`` (kept prose samples, one row of N per
+problem) it adds cot+pot (``--mode cot+pot``): the first k prose samples and the first m programs
+vote together, beside prose alone from those same kept samples.
 """
 
 from __future__ import annotations
@@ -94,13 +98,32 @@ def run(args: argparse.Namespace) -> None:
 
 def vote(row: dict, n: int) -> tuple[bool, int]:
     """Majority over the first ``n`` programs' answers (failed ones never vote); tokens spent."""
-    cands = row["candidates"][:n]
+    return vote_over(row["candidates"][:n], row["gold"])
+
+
+def vote_over(cands: list[dict], gold: str) -> tuple[bool, int]:
+    """Majority over kept candidates (``answer``, ``n_tokens``; no answer never votes): whether
+    it is right, and the tokens they cost."""
     tokens = sum(c["n_tokens"] for c in cands)
     as_cands = [Candidate("", c["answer"], None, [], c["n_tokens"], None) for c in cands]
     chosen, _ = pick_by_vote(as_cands, lambda c: 1.0)
     return bool(
-        chosen is not None and chosen.answer is not None and answers_equal(chosen.answer, row["gold"])
+        chosen is not None and chosen.answer is not None and answers_equal(chosen.answer, gold)
     ), tokens
+
+
+def hybrid_configs(pot: dict[str, dict], samples: dict[str, dict], shared: list[str]) -> dict[str, dict]:
+    """cot+pot: the first ``k`` kept prose samples and the first ``m`` programs of each problem vote
+    together; beside them prose alone from the same kept samples (``label_steps.py sample`` rows,
+    so the comparison is within one sampling run). name -> {problem: (right, tokens)}."""
+    out: dict[str, dict] = {}
+    for k, m in [(8, 0), (16, 0), (4, 4), (8, 8), (16, 16)]:
+        name = f"kept prose majority N={k}" if not m else f"cot+pot majority {k}+{m}"
+        out[name] = {
+            i: vote_over(samples[i]["candidates"][:k] + pot[i]["candidates"][:m], pot[i]["gold"])
+            for i in shared
+        }
+    return out
 
 
 def _rows(path: str) -> list[dict]:
@@ -138,6 +161,14 @@ def report(args: argparse.Namespace) -> None:
             name = f"prose {strategy} N={n}"
             configs[name] = {k: bool(rows[k]["correct"]) for k in shared}
             tokens[name] = statistics.mean(rows[k]["tokens_generated"] for k in shared)
+    if args.prose_samples:
+        kept = {r["id"]: r for r in _rows(args.prose_samples)}
+        missing = [k for k in shared if k not in kept]
+        if missing:
+            sys.exit(f"Error: {args.prose_samples} has no kept samples of problems {', '.join(missing[:5])}")
+        for name, got in hybrid_configs(pot, kept, shared).items():
+            configs[name] = {k: ok for k, (ok, _) in got.items()}
+            tokens[name] = statistics.mean(t for _, t in got.values())
     print(f"{len(shared)} problems ({shared[0]} .. {shared[-1]})\n")
     print(f"{'configuration':34s} {'accuracy':>12s} {'tokens/problem':>15s}")
     for name, res in configs.items():
@@ -174,6 +205,11 @@ def main() -> None:
     p = sub.add_parser("report")
     p.add_argument("--pot", required=True)
     p.add_argument("--prose", required=True)
+    p.add_argument(
+        "--prose-samples",
+        default=None,
+        help="kept prose samples (data/labels/gsm8k_test.jsonl.gz): adds cot+pot and prose alone from them",
+    )
     p.add_argument("--pair", dest="pairs", nargs=2, action="append", metavar=("A", "B"))
     args = ap.parse_args()
     {"run": run, "report": report}[args.cmd](args)
