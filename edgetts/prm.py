@@ -517,6 +517,12 @@ class PRMScorer:
         view.batch_size = max(1, batch_size)
         return view
 
+    def with_own_counters(self) -> PRMScorer:
+        """This PRM (same session, tokenizer and batch size) counting in fresh counters."""
+        view = copy.copy(self)
+        view.counters = PRMCounters()
+        return view
+
     def score_steps(self, question: str, steps_per_path: list[list[str]]) -> list[list[float]]:
         """Per-step scores in [0, 1] for each path (batched by length)."""
         return self.score_pairs([(question, steps) for steps in steps_per_path])

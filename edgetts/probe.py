@@ -17,6 +17,7 @@ arithmetic is wrong.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -115,6 +116,12 @@ class ProbeScorer:
     def with_batch_size(self, batch_size: int) -> ProbeScorer:
         """This probe: it scores every state in one small product, with no batch to bound."""
         return self
+
+    def with_own_counters(self) -> ProbeScorer:
+        """This probe (same ONNX session) counting in fresh counters."""
+        view = copy.copy(self)
+        view.counters = PRMCounters()
+        return view
 
     @property
     def needs_confidence(self) -> bool:

@@ -309,6 +309,8 @@ class Solver:
                 plan, scorer, policy = None, None, self.policy  # as loaded (the user's settings if none is)
             else:
                 plan, scorer, policy = self._prepare(question, options)
+                if scorer is not None:  # this search's PRM work, apart from its neighbours'
+                    scorer = scorer.with_own_counters()
             self._searching += 1
         session = policy.session(counters)
         try:

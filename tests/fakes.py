@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from edgetts.search.base import Deadline, Sampling, SolutionPath
@@ -254,6 +254,9 @@ class FakeScorer:
 
     def with_batch_size(self, batch_size: int) -> FakeScorer:
         return self
+
+    def with_own_counters(self) -> FakeScorer:
+        return replace(self, counters=PRMCounters())  # ``seen`` stays the one list
 
     def score(self, question: str, paths: list[SolutionPath]) -> list[list[float]]:
         """One score per step of every path."""

@@ -59,6 +59,21 @@ def test_scores_are_the_logistic_head(tmp_path: Path) -> None:
     assert scorer.counters.steps_scored == 4
 
 
+def test_a_search_counts_its_own_scoring_apart_from_its_neighbours(tmp_path: Path) -> None:
+    """Concurrent searches share one loaded probe; each counts only what it scored."""
+    rng = np.random.default_rng(1)
+    shared = load_scorer(write_probe(tmp_path / "p", rng.normal(size=WIDTH), 0.0), threads=1)
+    first, second = shared.with_own_counters(), shared.with_own_counters()
+    assert first.session is shared.session and second.session is shared.session
+    first.score("q", paths_with_states(rng, [3, 2]))
+    second.score("q", paths_with_states(rng, [1]))
+    assert (first.counters.steps_scored, second.counters.steps_scored, shared.counters.steps_scored) == (
+        5,
+        1,
+        0,
+    )
+
+
 def test_calculator_check_caps_wrong_arithmetic(tmp_path: Path) -> None:
     scorer = load_scorer(
         write_probe(tmp_path / "p", np.zeros(WIDTH), 5.0, calculator_check=True, calculator_cap=0.05),

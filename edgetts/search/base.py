@@ -144,6 +144,11 @@ class Verifier(StepScorer, Protocol):
         once: a memory plan's bound on its activations."""
         ...
 
+    def with_own_counters(self) -> Verifier:
+        """The same scorer (same session, same settings) counting its work from zero in counters
+        of its own: one search's, while concurrent searches share the loaded model."""
+        ...
+
 
 # More paths than this per question is a typo, not a plan: at N = 64 the vote has long settled on
 # this machine's benchmarks (docs/bench), and every path holds its tokens and states in memory.
