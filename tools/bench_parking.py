@@ -33,7 +33,7 @@ from edgetts.metadata import read_metadata
 from edgetts.models import resolve
 from edgetts.policy import LlamaPolicy, PolicyConfig, default_threads
 from edgetts.probe import default_prm_dir, load_scorer
-from edgetts.scheduler import estimate_memory, park_mb, prm_cost, vocab_size
+from edgetts.scheduler import estimate_for_policy, park_mb, prm_cost, vocab_size
 from edgetts.search import run_search
 from edgetts.search.base import Sampling, SearchConfig
 
@@ -68,14 +68,9 @@ def worker(args: argparse.Namespace) -> dict:
     )
     policy = LlamaPolicy(config)
     cost = prm_cost(prm)
-    estimate = estimate_memory(
-        meta,
-        config.resolved_n_ctx(),
-        config.n_seq_max,
-        config.kv_type,
-        prm_mb=cost.memory_mb if cost else None,
-        n_vocab=vocab_size(policy.model_path),
-        park_mb=policy_park,
+    # The parking budget counted in full: the plan's bound, which this run may fill.
+    estimate = estimate_for_policy(
+        config, meta, vocab_size(policy.model_path), cost.memory_mb if cost else None, policy_park
     )
     problems = load_problems(args.data, limit=args.limit)
     rows = []

@@ -411,10 +411,8 @@ def peak_rss_mb() -> float | None:
         import resource
     except ImportError:
         return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(
-        peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1
-    )  # bytes on macOS, KiB elsewhere
+    unit_bytes = 1 if sys.platform == "darwin" else 1 << 10  # ru_maxrss: bytes on macOS, KiB elsewhere
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit_bytes / (1 << 20), 1)
 
 
 def _result(job: Job, future: asyncio.Future) -> SearchResult:
