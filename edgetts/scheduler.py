@@ -42,6 +42,7 @@ from __future__ import annotations
 import logging
 import math
 import struct
+import sys
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -330,6 +331,28 @@ def estimate_memory(
         park_mb=park_mb,
         gpu_mb=(weights + kv) * on_gpu,
     )
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory in MB, the measured side of ``estimate_memory``.
+
+    Linux's VmHWM belongs to the address space, so it starts afresh at exec. ``ru_maxrss`` does
+    not: a server that a 3 GB test runner (or any big parent) spawned reports the parent's size,
+    which is why it is only the fallback (macOS). None where neither exists (Windows).
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    try:
+        import resource
+    except ImportError:
+        return None
+    unit_bytes = 1 if sys.platform == "darwin" else 1 << 10  # ru_maxrss: bytes on macOS, KiB elsewhere
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit_bytes / (1 << 20), 1)
 
 
 def estimate_for_policy(

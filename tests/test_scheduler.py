@@ -13,7 +13,7 @@ import pytest
 from edgetts import calibration as calib
 from edgetts import scheduler
 from edgetts.metadata import ModelMetadata
-from edgetts.scheduler import Budget, PlanError, estimate_memory, kv_mb, make_plan
+from edgetts.scheduler import Budget, PlanError, estimate_memory, kv_mb, make_plan, peak_rss_mb
 
 # Shaped like Qwen2.5-0.5B Q4_K_M (the default policy).
 META = ModelMetadata(
@@ -430,3 +430,18 @@ def test_calibrate_measures_and_the_planner_uses_it(tmp_path, monkeypatch):
     assert loaded.prefill_tok_s > 0 and loaded.prm_steps_s > 0
     plan, _ = scheduler.plan_for(None, Budget(deadline_s=30, n_threads=1))
     assert plan.calibration_source == "measured"
+
+
+def test_peak_rss_is_the_process_own_not_its_parents():
+    """A server spawned by a big process (pytest with torch loaded, in CI) reports its own peak.
+
+    ``ru_maxrss`` carries the parent's size across fork and exec; CI's server reported 2.8 GB for a
+    720 MB process until VmHWM replaced it.
+    """
+    ballast = bytearray(b"\x01") * (600 << 20)  # written, so resident
+    code = "from edgetts.scheduler import peak_rss_mb; print(peak_rss_mb())"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    child_mb = float(child.stdout)
+    assert peak_rss_mb() > 600
+    assert child_mb < 400, child_mb
+    del ballast

@@ -33,19 +33,12 @@ from edgetts.metadata import read_metadata
 from edgetts.models import resolve
 from edgetts.policy import LlamaPolicy, PolicyConfig, default_threads
 from edgetts.probe import default_prm_dir, load_scorer
-from edgetts.scheduler import estimate_for_policy, park_mb, prm_cost, vocab_size
+from edgetts.scheduler import estimate_for_policy, park_mb, peak_rss_mb, prm_cost, vocab_size
 from edgetts.search import run_search
 from edgetts.search.base import Sampling, SearchConfig
 
 MB = 1 << 20
 MODES = ("off", "on")
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far (VmHWM), in MB."""
-    with open("/proc/self/status") as status:
-        hwm = next(line for line in status if line.startswith("VmHWM"))
-    return int(hwm.split()[1]) / 1024
 
 
 def worker(args: argparse.Namespace) -> dict:

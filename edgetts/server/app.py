@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -20,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from edgetts import scheduler
 from edgetts.policy import PolicyError
 from edgetts.search import NEEDS_SCORER
 from edgetts.search.base import SearchResult
@@ -400,19 +400,9 @@ class App:
             failed=engine.failed,
             cancelled=engine.cancelled,
             rejected=engine.rejected,
-            peak_rss_mb=peak_rss_mb(),
+            peak_rss_mb=scheduler.peak_rss_mb(),
             memory_estimate_mb=round(estimate.total_mb, 1) if estimate is not None else None,
         )
-
-
-def peak_rss_mb() -> float | None:
-    """This process's peak resident memory in MB, or None where ``resource`` is missing (Windows)."""
-    try:
-        import resource
-    except ImportError:
-        return None
-    unit_bytes = 1 if sys.platform == "darwin" else 1 << 10  # ru_maxrss: bytes on macOS, KiB elsewhere
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit_bytes / (1 << 20), 1)
 
 
 def _result(job: Job, future: asyncio.Future) -> SearchResult:
