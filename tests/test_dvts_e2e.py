@@ -21,10 +21,13 @@ def test_dvts_subtrees_decode_at_different_depths_in_one_batch(policy, scorer, m
     advance = policy._loop._advance
 
     def spy(runs):
-        # The depth of every one-step run in this pass: its children's steps before this one (a
-        # child pushes its step as it ends it; runs to the end are left out, they push many).
-        children = [c for run in runs for c in [*run.active, *run.queue] if not c.to_end]
-        depths_per_pass.append({len(c.path.steps) for c in children})
+        # The depth of every one-step run in this pass: the fewest steps among its children (a
+        # child pushes its step a token before it is done; runs to the end push many, left out).
+        depths = set()
+        for run in runs:
+            steps = [len(c.path.steps) for c in [*run.active, *run.queue] if not c.to_end]
+            depths |= {min(steps)} if steps else set()
+        depths_per_pass.append(depths)
         return advance(runs)
 
     monkeypatch.setattr(policy._loop, "_advance", spy)
