@@ -348,12 +348,26 @@ def test_dvts_apart_picks_as_rounds_when_subtrees_keep_pace(seed, agg):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_dvts_apart_stops_at_n_leaves(seed):
+def test_dvts_apart_stops_growing_at_n_leaves(seed):
+    # Finished steps score low, so no subtree ends early: leaves pile up until there are N.
+    scorer = FakeScorer(rule=lambda step: 0.1 if "boxed" in step else 0.9)
+    gen = FakeGenerator(random_policy(seed=seed, p_finish=0.3, max_depth=40))
     config = SearchConfig(n=8, beam_width=2, max_steps=40)
-    result, gen, _ = random_run("dvts", config, seed=seed, p_finish=0.5, max_depth=40)
-    # No subtree grows once N leaves are in: at most one extension per subtree was under way.
-    finished = [c for c in result.candidates if c.stop_reason == "eos"]
-    assert len(finished) < config.n + config.n
+    leaves = 0  # finished paths scored so far: each is a leaf
+    score, submit = scorer.score, gen.submit
+
+    def count_leaves(question, paths):
+        nonlocal leaves
+        leaves += sum(p.finished for p in paths)
+        return score(question, paths)
+
+    def submit_below_n(*args, **kwargs):
+        assert leaves < config.n, "a subtree grew after N leaves were in"
+        return submit(*args, **kwargs)
+
+    scorer.score, gen.submit = count_leaves, submit_below_n  # type: ignore[method-assign]
+    result = dvts("q", gen, scorer, config)
+    assert leaves >= config.n and len(result.candidates) >= config.n
     assert gen.leaks() == set() and gen.in_flight == []
 
 
