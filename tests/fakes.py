@@ -6,6 +6,9 @@ generator relies on: a path given to ``extend`` is consumed, a consumed or relea
 be extended or released again, and at the end :meth:`FakeGenerator.leaks` lists what a strategy
 forgot to release. It counts tokens like a real decoder would (the prompt once, then only the new
 tokens of every generated step), so regenerating a prefix shows up as extra tokens.
+Submitted extensions (``submit``/``wait_any``) come back in the order a batched decoder would
+finish them: each is done after its longest child's new tokens, counted on a clock of decoded
+tokens from when it was submitted (ties in submission order).
 
 :class:`FakeScorer` maps each step's text to a score through a table and/or a rule.
 """
@@ -87,6 +90,15 @@ class ExtendCall:
     first_index: int = 0
 
 
+@dataclass(eq=False)  # tickets are told apart by identity
+class FakePending:
+    """A submitted extension: its children (grown at once) and when a batch would have them."""
+
+    children: list[SolutionPath]
+    ends_at: int  # the fake's token clock when its longest child is done
+    order: int  # submission number, for ties
+
+
 @dataclass
 class FakeGenerator:
     """A StepGenerator over a policy that checks the consume/release contract.
@@ -110,6 +122,9 @@ class FakeGenerator:
     peak_alive: int = 0
     cut_steps: int = 0  # steps cut short by a deadline
     sessions_closed: int = 0
+    clock: int = 0  # tokens a batched decoder would have decoded per row so far (submit/wait_any)
+    in_flight: list[FakePending] = field(default_factory=list)  # submitted, not collected
+    submitted: int = 0
     _next_id: int = 0
 
     def session(self, counters: object = None) -> FakeSession:
@@ -143,18 +158,38 @@ class FakeGenerator:
         generator's samplers are seeded by it."""
         start = time.perf_counter()
         self.calls.append(ExtendCall([tuple(p.steps) for p in paths], n_each, to_end, first_index))
-        out: list[SolutionPath] = []
-        for parent in paths:
-            self._check_alive(parent, "extend")
-            if parent.finished:
-                out.append(parent)
-                continue
-            self.alive.remove(parent.handle)
-            self.consumed.add(parent.handle)
-            for i in range(first_index, first_index + n_each):
-                out.append(self._new(self._grow(parent, i, to_end, deadline)))
+        out = [c for p in paths for c in self._children(p, n_each, to_end, deadline, first_index)]
         self.counters.seconds += time.perf_counter() - start
         return out
+
+    def submit(
+        self,
+        paths: list[SolutionPath],
+        n_each: int,
+        to_end: bool = False,
+        deadline: Deadline | None = None,
+    ) -> FakePending:
+        """As ``extend``, collected later by ``wait_any`` in the order a batch would finish."""
+        self.calls.append(ExtendCall([tuple(p.steps) for p in paths], n_each, to_end))
+        children: list[SolutionPath] = []
+        longest = 0
+        for parent in paths:
+            kids = self._children(parent, n_each, to_end, deadline, 0)
+            longest = max([longest] + [k.n_tokens - parent.n_tokens for k in kids])
+            children += kids
+        pending = FakePending(children, self.clock + longest, self.submitted)
+        self.submitted += 1
+        self.in_flight.append(pending)
+        return pending
+
+    def wait_any(self, tickets: list[FakePending]) -> tuple[FakePending, list[SolutionPath]]:
+        """The ticket a batched decoder would finish first; the clock moves on to its end."""
+        if not tickets or any(t not in self.in_flight for t in tickets):
+            raise AssertionError("wait_any on a ticket not in flight (collected twice?)")
+        first = min(tickets, key=lambda t: (t.ends_at, t.order))
+        self.in_flight.remove(first)
+        self.clock = max(self.clock, first.ends_at)
+        return first, first.children
 
     def release(self, paths: list[SolutionPath]) -> None:
         """Drop sequences; releasing a consumed or already released one is a strategy bug."""
@@ -166,6 +201,17 @@ class FakeGenerator:
     def leaks(self) -> set[int]:
         """Unfinished sequences nobody released: KV the strategy would leak."""
         return self.alive - self.finished
+
+    def _children(
+        self, parent: SolutionPath, n_each: int, to_end: bool, deadline: Deadline | None, first_index: int
+    ) -> list[SolutionPath]:
+        self._check_alive(parent, "extend")
+        if parent.finished:
+            return [parent]
+        self.alive.remove(parent.handle)
+        self.consumed.add(parent.handle)
+        indices = range(first_index, first_index + n_each)
+        return [self._new(self._grow(parent, i, to_end, deadline)) for i in indices]
 
     def _grow(self, parent: SolutionPath, i: int, to_end: bool, deadline: Deadline | None) -> SolutionPath:
         child = SolutionPath(steps=list(parent.steps), n_tokens=parent.n_tokens)

@@ -213,3 +213,25 @@ def test_many_callers_with_short_and_long_runs_all_return():
 
     in_threads(*[call(run) for run in runs])
     assert all(run.done for run in runs)
+
+
+def test_submitted_runs_advance_together_and_come_back_as_each_is_done():
+    decoder = FakeDecoder(pass_s=0)
+    loop = DecodeLoop(decoder.advance)
+    short, long = FakeRun("short", 1), FakeRun("long", 3)
+    loop.submit(short)
+    loop.submit(long)
+    assert loop.wait_any([long, short]) is short  # after one pass, the long one still going
+    again = FakeRun("again", 1)
+    loop.submit(again)  # joins the long one's batch while it decodes
+    assert loop.wait_any([long, again]) is again
+    assert loop.wait_any([long]) is long
+    assert decoder.passes == [["short", "long"], ["long", "again"], ["long"]]
+
+
+def test_wait_any_raises_the_error_of_a_failed_run():
+    loop = DecodeLoop(FakeDecoder(pass_s=0, fail_at=1).advance)
+    run = FakeRun("a", 2)
+    loop.submit(run)
+    with pytest.raises(RuntimeError, match="decode failed"):
+        loop.wait_any([run])

@@ -3,7 +3,9 @@ round-by-round schedules, the KV-sharing contract, deadlines and bad input."""
 
 from __future__ import annotations
 
+import threading
 import time
+from dataclasses import replace
 
 import pytest
 from fakes import FakeGenerator, FakeScorer, n_tokens, random_policy, tree_policy
@@ -217,9 +219,15 @@ def dvts_scores(a: float = 0.9, b: float = 0.8) -> dict[str, float]:
     }  # fmt: skip
 
 
-def test_dvts_subtrees_are_independent():
+def grown(gen: FakeGenerator) -> list[tuple[tuple[str, ...], ...]]:
+    """The parents of every extend after the first, one tuple per call."""
+    return [tuple(c.parents) for c in gen.calls[1:]]
+
+
+def test_dvts_subtrees_are_independent_in_rounds():
     gen = FakeGenerator(tree_policy(DVTS_TREE))
-    result = dvts("q", gen, FakeScorer(dvts_scores()), SearchConfig(n=4, beam_width=2))
+    config = SearchConfig(n=4, beam_width=2, dvts_rounds=True)
+    result = dvts("q", gen, FakeScorer(dvts_scores()), config)
     # One batched extend per round, best child of each subtree, M children each.
     assert [(c.parents, c.n_each, c.to_end) for c in gen.calls] == [
         ([()], 4, False),
@@ -232,16 +240,34 @@ def test_dvts_subtrees_are_independent():
     assert not result.cut_short and gen.alive == set()
 
 
-@pytest.mark.parametrize("a, b", [(0.05, 0.01), (0.9, 0.95), (0.3, 0.3)])
-def test_dvts_one_subtrees_scores_never_prune_another(a, b):
+def test_dvts_subtrees_are_independent_apart():
     gen = FakeGenerator(tree_policy(DVTS_TREE))
-    dvts("q", gen, FakeScorer(dvts_scores(a, b)), SearchConfig(n=4, beam_width=2))
-    second = gen.calls[1].parents
+    result = dvts("q", gen, FakeScorer(dvts_scores()), SearchConfig(n=4, beam_width=2))
+    # One extension per subtree, submitted on its own: the same parents as the rounds above.
+    assert [(c.parents, c.n_each, c.to_end) for c in gen.calls] == [
+        ([()], 4, False),
+        ([("a",)], 2, False),
+        ([("c",)], 2, False),
+        ([("c", "c2")], 2, False),  # c's one-word children came back before a's two-word a2
+        ([("a", "a1")], 2, False),
+    ]
+    assert sorted(c.answer for c in result.candidates) == ["1", "1", "1", "2", "2"]
+    assert result.answer == "1" and result.votes == pytest.approx({"1": 1.5, "2": 0.9})
+    assert not result.cut_short and gen.alive == set() and gen.in_flight == []
+
+
+@pytest.mark.parametrize("rounds", [True, False])
+@pytest.mark.parametrize("a, b", [(0.05, 0.01), (0.9, 0.95), (0.3, 0.3)])
+def test_dvts_one_subtrees_scores_never_prune_another(a, b, rounds):
+    gen = FakeGenerator(tree_policy(DVTS_TREE))
+    dvts("q", gen, FakeScorer(dvts_scores(a, b)), SearchConfig(n=4, beam_width=2, dvts_rounds=rounds))
+    second = [p for call in grown(gen) for p in call][:2]
     assert second[1] == ("c",)  # subtree 2's pick does not depend on subtree 1's scores
     assert second[0] == (("a",) if a >= b else ("b",))
 
 
-def test_dvts_subtree_ends_when_its_best_child_finished():
+@pytest.mark.parametrize("rounds", [True, False])
+def test_dvts_subtree_ends_when_its_best_child_finished(rounds):
     tree = {
         "a \\boxed{1}": {},
         "b": {"b1 \\boxed{2}": {}},
@@ -250,16 +276,16 @@ def test_dvts_subtree_ends_when_its_best_child_finished():
     }
     scores = {"a \\boxed{1}": 0.9, "b": 0.5, "c": 0.6, "d": 0.1}
     gen = FakeGenerator(tree_policy(tree))
-    result = dvts("q", gen, FakeScorer(scores), SearchConfig(n=4, beam_width=2))
+    result = dvts("q", gen, FakeScorer(scores), SearchConfig(n=4, beam_width=2, dvts_rounds=rounds))
     # Subtree {a, b} ends at once (a finished and is best), b is released; {c, d} goes on with c.
-    assert gen.calls[1].parents == [("c",)]
+    assert gen.calls[1].parents == [("c",)] and len(gen.calls) == 2
     assert sorted(c.answer for c in result.candidates) == ["1", "3", "3"]
     assert gen.alive == set()
 
 
 def test_dvts_schedule_on_random_tree():
     n, width, max_steps = 8, 2, 3
-    config = SearchConfig(n=n, beam_width=width, max_steps=max_steps)
+    config = SearchConfig(n=n, beam_width=width, max_steps=max_steps, dvts_rounds=True)
     result, gen, scorer = random_run("dvts", config, p_finish=0.0, max_depth=6)
     assert [(len(c.parents), c.n_each) for c in gen.calls[:max_steps]] == [(1, n)] + [(n // width, width)] * (
         max_steps - 1
@@ -271,6 +297,100 @@ def test_dvts_schedule_on_random_tree():
         assert call.parents == best
     assert gen.calls[max_steps].to_end and len(gen.calls[max_steps].parents) == n
     assert len(result.candidates) == n and gen.alive == set() and gen.peak_alive <= n
+
+
+def test_dvts_schedule_apart_on_random_tree():
+    n, width, max_steps = 8, 2, 3
+    config = SearchConfig(n=n, beam_width=width, max_steps=max_steps)
+    result, gen, scorer = random_run("dvts", config, p_finish=0.0, max_depth=6)
+    # All first steps scored in one call, then one call per subtree as its children come back.
+    assert len(scorer.seen[0]) == n and all(len(seen) == width for seen in scorer.seen[1:])
+    # Per subtree: max_steps - 1 expansions of its best child, then its M children to the end.
+    assert [(len(c.parents), c.n_each, c.to_end) for c in gen.calls[1:]] == (
+        [(1, width, False)] * (n // width) * (max_steps - 1) + [(width, 1, True)] * (n // width)
+    )
+    assert len(result.candidates) == n and gen.alive == set() and gen.peak_alive <= n
+
+
+# A subtree of one-word steps ({s, t}) next to one of ten-word steps: the short one must not wait.
+LONG = "long " * 9 + "step"
+SHORT_STEPS = {"s1": {"s2": {"s3 \\boxed{1}": {}}}}
+LONG_STEPS = {LONG + "1": {LONG + "2 \\boxed{2}": {}}}
+SPEED_TREE = {"s": SHORT_STEPS, "t": SHORT_STEPS, LONG: LONG_STEPS, "other " + LONG: LONG_STEPS}
+
+
+def test_dvts_short_subtree_grows_while_a_long_one_decodes():
+    gen = FakeGenerator(tree_policy(SPEED_TREE))
+    config = SearchConfig(n=4, beam_width=2, max_steps=10)
+    result = dvts("q", gen, FakeScorer(), config)
+    parents = [call[0] for call in grown(gen)]
+    # The short subtree went three steps deep before the long one's second step came back.
+    assert parents.index(("s", "s1", "s2")) < parents.index((LONG, LONG + "1"))
+    assert sorted(c.answer for c in result.candidates) == ["1", "1", "2", "2"]
+    assert gen.alive == set() and gen.in_flight == []
+    # In rounds, the short subtree waits for the long one every round.
+    gen = FakeGenerator(tree_policy(SPEED_TREE))
+    dvts("q", gen, FakeScorer(), replace(config, dvts_rounds=True))
+    assert grown(gen)[1] == (("s", "s1"), (LONG, LONG + "1"))
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("agg", ["last", "min"])
+def test_dvts_apart_picks_as_rounds_when_subtrees_keep_pace(seed, agg):
+    # random_policy's steps all have the same length, so the subtrees come back together.
+    picks = []
+    for rounds in (True, False):
+        config = SearchConfig(n=8, beam_width=2, max_steps=4, agg=agg, dvts_rounds=rounds)
+        result, gen, _ = random_run("dvts", config, seed=seed, p_finish=0.0, max_depth=8)
+        picks.append((result.answer, sorted((c.text, c.score) for c in result.candidates)))
+        assert gen.alive == set() and gen.in_flight == []
+    assert picks[0] == picks[1]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_dvts_apart_stops_growing_at_n_leaves(seed):
+    # Finished steps score low, so no subtree ends early: leaves pile up until there are N.
+    scorer = FakeScorer(rule=lambda step: 0.1 if "boxed" in step else 0.9)
+    gen = FakeGenerator(random_policy(seed=seed, p_finish=0.3, max_depth=40))
+    config = SearchConfig(n=8, beam_width=2, max_steps=40)
+    leaves = 0  # finished paths scored so far: each is a leaf
+    score, submit = scorer.score, gen.submit
+
+    def count_leaves(question, paths):
+        nonlocal leaves
+        leaves += sum(p.finished for p in paths)
+        return score(question, paths)
+
+    def submit_below_n(*args, **kwargs):
+        assert leaves < config.n, "a subtree grew after N leaves were in"
+        return submit(*args, **kwargs)
+
+    scorer.score, gen.submit = count_leaves, submit_below_n  # type: ignore[method-assign]
+    result = dvts("q", gen, scorer, config)
+    assert leaves >= config.n and len(result.candidates) >= config.n
+    assert gen.leaks() == set() and gen.in_flight == []
+
+
+def test_dvts_apart_cancel_stops_growing():
+    cancel = threading.Event()
+    scorer = FakeScorer(rule=try_score)
+    calls = []
+
+    def score(question, paths):
+        calls.append(len(paths))
+        if len(calls) == 3:
+            cancel.set()  # a client disconnects while subtrees are under way
+        return FakeScorer.score(scorer, question, paths)
+
+    scorer.score = score  # type: ignore[method-assign]
+    gen = FakeGenerator(random_policy(p_finish=0.0, max_depth=10**6))
+    config = SearchConfig(n=8, beam_width=2, max_steps=1000, cancel=cancel)
+    result = dvts("q", gen, scorer, config)
+    # Scored: the first steps, then subtrees 1 and 2 (1 grows again, 2 is cancelled while
+    # scored); the three under way come back and are scored, and nothing grows after the cancel.
+    assert calls == [8, 2, 2, 2, 2, 2] and len(gen.calls) == 1 + 4 + 1
+    assert result.cut_short and result.answer is not None
+    assert gen.leaks() == set() and gen.in_flight == []
 
 
 # --- contract checks across strategies ----------------------------------------------------------

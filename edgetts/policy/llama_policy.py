@@ -128,10 +128,11 @@ class _Run(Run):
     def __init__(self, search: PolicySession, queue: deque[_Child], deadline: Deadline | None) -> None:
         super().__init__()
         self.search = search
-        self.queue = queue  # not started yet
+        self.queue = queue  # not started yet (filled by _new_run)
         self.deadline = deadline
         self.active: list[_Child] = []  # decoding
         self.waiting: list[_Child] = []  # finished their step, still holding a slot
+        self.children: list[SolutionPath] = []  # what the extend returns, in its order
 
 
 class LlamaPolicy:
@@ -440,28 +441,79 @@ class LlamaPolicy:
     ) -> list[SolutionPath]:
         """:meth:`extend` for ``search``: its children join the decode loop's batch with every
         other search's and this returns when they have reached their step boundary."""
+        start = time.perf_counter()
+        run = self._new_run(search, paths, n_each, to_end, deadline, first_index)
+        if not run.done:
+            self._loop.run(run)
+        self._count(search, seconds=time.perf_counter() - start)
+        return run.children
+
+    def submit(
+        self,
+        paths: list[SolutionPath],
+        n_each: int,
+        to_end: bool = False,
+        deadline: Deadline | None = None,
+    ) -> _Run:
+        """Start :meth:`extend` without waiting (see StepGenerator.submit); :meth:`wait_any`
+        collects it."""
+        return self.search_submit(self._thread_session(), paths, n_each, to_end, deadline)
+
+    def wait_any(self, tickets: list[_Run]) -> tuple[_Run, list[SolutionPath]]:
+        """The first submitted extension among ``tickets`` whose children are all back."""
+        return self.search_wait_any(self._thread_session(), tickets)
+
+    def search_submit(
+        self,
+        search: PolicySession,
+        paths: list[SolutionPath],
+        n_each: int,
+        to_end: bool = False,
+        deadline: Deadline | None = None,
+    ) -> _Run:
+        """:meth:`submit` for ``search``: its children are one more run in the decode loop,
+        advanced by every pass from now on, beside this search's other runs."""
+        run = self._new_run(search, paths, n_each, to_end, deadline, 0)
+        if not run.done:
+            self._loop.submit(run)
+        return run
+
+    def search_wait_any(self, search: PolicySession, tickets: list[_Run]) -> tuple[_Run, list[SolutionPath]]:
+        """:meth:`wait_any` for ``search``; the wait counts as its time in the policy (runs
+        under way together count once)."""
+        start = time.perf_counter()
+        run = self._loop.wait_any(tickets)
+        self._count(search, seconds=time.perf_counter() - start)
+        return run, run.children
+
+    def _new_run(
+        self,
+        search: PolicySession,
+        paths: list[SolutionPath],
+        n_each: int,
+        to_end: bool,
+        deadline: Deadline | None,
+        first_index: int,
+    ) -> _Run:
+        """The children of one extend as a run (already done when every parent is finished)."""
         if n_each < 1:
             raise PolicyError(f"n_each must be at least 1, got {n_each}")
         if first_index < 0:
             raise PolicyError(f"first_index must be >= 0, got {first_index}")
-        start = time.perf_counter()
-        out: list[SolutionPath] = []
-        queue: deque[_Child] = deque()
+        run = _Run(search, deque(), deadline)
         for path in paths:
             if path.finished:
-                out.append(path)
+                run.children.append(path)
                 continue
             parent: _Seq = path.handle
             for j in range(n_each):
                 child = self._child(
                     search, path, parent, first_index + j, last=(j == n_each - 1), to_end=to_end
                 )
-                out.append(child.path)
-                queue.append(child)
-        if queue:
-            self._loop.run(_Run(search, queue, deadline))
-        self._count(search, seconds=time.perf_counter() - start)
-        return out
+                run.children.append(child.path)
+                run.queue.append(child)
+        run.done = not run.queue
+        return run
 
     def release(self, paths: list[SolutionPath]) -> None:
         """Drop the KV sequences of paths the strategy no longer needs (before the next pass of

@@ -9,6 +9,8 @@ a time. So callers do not touch it themselves: they hand the loop *work* and wai
 * A :class:`Run` is a set of sequences to advance until they reach their step boundary (one
   ``extend``). Every pass advances *all* registered runs together, one ``llama_batch`` for the
   union of their live sequences, via the ``advance`` function the policy gives the loop.
+  A caller may have several runs under way at once (:meth:`DecodeLoop.submit`, then
+  :meth:`DecodeLoop.wait_any`): DVTS's subtrees each advance as soon as their own run is done.
 
 Nobody owns the loop thread: the first caller that finds no driver becomes the driver, runs
 passes until its own work is done, then hands over to a caller whose work is not done yet
@@ -23,7 +25,7 @@ passes (deadlines are checked each pass).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 IDLE_WAIT_S = 0.05  # a driver with nothing to decode checks deadlines this often
@@ -86,6 +88,21 @@ class DecodeLoop:
         """Register ``run`` and return when a pass has marked it done (raise its error)."""
         self._wait(run)
 
+    def submit(self, run: Run) -> None:
+        """Register ``run`` without waiting for it: from the next pass on it advances with the
+        others (whoever drives); :meth:`wait_any` collects it."""
+        self._submit(run)
+
+    def wait_any(self, runs: Sequence[Run]) -> Run:
+        """Return the first of ``runs`` (all submitted) that is done, driving the loop until one
+        is when nobody else does; raise its error if it failed."""
+        done = next((run for run in runs if run.done), None)
+        if done is None:
+            done = self._wait_any(runs)
+        if done.error is not None:
+            raise done.error
+        return done
+
     def _submit(self, work: Work) -> None:
         with self._cond:
             self._inbox.append(work)
@@ -94,36 +111,43 @@ class DecodeLoop:
     def _wait(self, work: Work) -> Work:
         """Submit ``work`` and wait for it, driving the loop whenever nobody is."""
         self._submit(work)
-        with self._cond:
-            while not work.done:
-                if not self._driving:
-                    self._driving = True
-                    break
-                self._cond.wait()
-        if not work.done:
-            self._drive_then_hand_over(work)
+        self._wait_any([work])
         if work.error is not None:
             raise work.error
         return work
 
-    def _drive_then_hand_over(self, work: Work | None) -> None:
+    def _wait_any(self, works: Sequence[Work]) -> Work:
+        """Wait until one of ``works`` (submitted) is done, driving whenever nobody is."""
+        with self._cond:
+            while not any(work.done for work in works):
+                if not self._driving:
+                    self._driving = True
+                    break
+                self._cond.wait()
+        if not any(work.done for work in works):
+            self._drive_then_hand_over(works)
+        return next(work for work in works if work.done)
+
+    def _drive_then_hand_over(self, works: Sequence[Work] | None) -> None:
         try:
-            self._drive(work)
+            self._drive(works)
         finally:
             with self._cond:
                 self._driving = False
                 self._cond.notify_all()  # a caller whose work is not done takes over
 
-    def _drive(self, work: Work | None) -> None:
-        """Passes until ``work`` is done (None: take the inbox once, for a post)."""
+    def _drive(self, works: Sequence[Work] | None) -> None:
+        """Passes until one of ``works`` is done (None: take the inbox once, for a post)."""
         while True:
             with self._cond:
                 new, self._inbox = self._inbox, []
             self._take(new)
-            if work is None or work.done:
-                return  # runs still registered have callers waiting: one of them drives next
+            if works is None or any(work.done for work in works):
+                # Runs still registered have callers waiting (or collecting them later with
+                # wait_any): one of them drives next.
+                return
             progressed = self._pass()
-            if not progressed and not work.done:
+            if not progressed and not any(work.done for work in works):
                 with self._cond:
                     if not self._inbox:
                         self._cond.wait(IDLE_WAIT_S)

@@ -52,6 +52,20 @@ class PolicySession:
         """As :meth:`LlamaPolicy.extend`, decoded in one batch with every other session's paths."""
         return self.policy.search_extend(self, paths, n_each, to_end, deadline, first_index)
 
+    def submit(
+        self,
+        paths: list[SolutionPath],
+        n_each: int,
+        to_end: bool = False,
+        deadline: Deadline | None = None,
+    ) -> Any:
+        """As :meth:`LlamaPolicy.submit`: one more run in the shared batch, not waited for."""
+        return self.policy.search_submit(self, paths, n_each, to_end, deadline)
+
+    def wait_any(self, tickets: list[Any]) -> tuple[Any, list[SolutionPath]]:
+        """As :meth:`LlamaPolicy.wait_any`: the first of this search's submitted runs done."""
+        return self.policy.search_wait_any(self, tickets)
+
     def release(self, paths: list[SolutionPath]) -> None:
         """Drop the KV sequences of paths the strategy no longer needs."""
         self.policy.release(paths)

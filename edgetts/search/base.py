@@ -111,6 +111,27 @@ class StepGenerator(Protocol):
         """
         ...
 
+    def submit(
+        self,
+        paths: list[SolutionPath],
+        n_each: int,
+        to_end: bool = False,
+        deadline: Deadline | None = None,
+    ) -> Any:
+        """Start :meth:`extend` (``first_index`` 0) without waiting for it; return a ticket.
+
+        Several submitted extensions decode together (one batch on the real policy), and a new
+        one may be submitted while others are under way: a tree search whose subtrees are
+        independent (DVTS) grows each as soon as its own children are back (:meth:`wait_any`).
+        """
+        ...
+
+    def wait_any(self, tickets: Sequence[Any]) -> tuple[Any, list[SolutionPath]]:
+        """Wait until the children of one of ``tickets`` (from :meth:`submit`, not yet
+        collected) have all reached their step boundary; return that ticket and its children,
+        as :meth:`extend` would have. Every ticket must be collected once."""
+        ...
+
     def release(self, paths: list[SolutionPath]) -> None:
         """Free whatever the generator holds for paths the strategy has dropped."""
         ...
@@ -167,6 +188,10 @@ class SearchConfig:
     deadline_s: float | None = None
     # For beam search: group finished beams by answer and sum scores (weighted pick).
     weighted_pick: bool = False
+    # For DVTS: grow the subtrees in lock-step rounds (one extend for all, every subtree waits
+    # for the slowest), as search-and-learn does, instead of each as soon as its own children are
+    # scored. Same picks; kept to measure what the barrier costs (tools/bench_tree_throughput.py).
+    dvts_rounds: bool = False
     sampling: Sampling = field(default_factory=Sampling)
     # Adaptive sampling for the vote-based strategies (majority, weighted best-of-N, confidence
     # vote, auto's sample continuation): draw in waves, stop once the vote has settled; ``n``

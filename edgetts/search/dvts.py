@@ -1,18 +1,24 @@
 """Diverse verifier tree search (DVTS, as in search-and-learn's ``dvts.py``).
 
-N/M independent subtrees of beam width M. Round 1 samples N first steps from the prompt and deals
-them out M per subtree. Every round the PRM scores all children; finished children are kept as
-leaves; each subtree keeps only its best child (by aggregated score, compared within the subtree
-only) and expands it into M children next round. A subtree ends when its best child is finished.
-The search stops after ``config.max_steps`` rounds (the subtrees' live children are then completed
-to the end), when N leaves have finished, when every subtree has ended, or at the deadline. The
-leaves of all subtrees are combined by weighted best-of-N.
+N/M independent subtrees of beam width M. The first step samples N first steps from the prompt
+and deals them out M per subtree. Each time a subtree's children are back, the PRM scores them;
+finished children are kept as leaves; the subtree keeps only its best child (by aggregated score,
+compared within the subtree only) and expands it into M children. A subtree ends when its best
+child is finished; after ``config.max_steps`` steps its live children are completed to the end.
+The search stops growing when N leaves have finished, when every subtree has ended, or at the
+deadline. The leaves of all subtrees are combined by weighted best-of-N.
 
-All subtrees extend together in one ``extend`` call per round, which the batched generator decodes
-as one batch; keeping them apart is only bookkeeping here.
+The subtrees need no round barrier: each is submitted to the generator on its own
+(:meth:`StepGenerator.submit`) and grows again as soon as its own children are back and scored
+(:meth:`StepGenerator.wait_any`), while the others are still decoding in the same batch. So a
+subtree of short steps never waits for one of long steps. ``SearchConfig.dvts_rounds`` keeps
+search-and-learn's lock-step rounds (one ``extend`` for all subtrees per round) for comparison;
+both make the same picks when every subtree's steps take equally long.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from edgetts.search.base import (
     Deadline,
@@ -36,11 +42,91 @@ def dvts(
     config.validate_beams("dvts")
     scorer = require_scorer("dvts", scorer)
     deadline = Deadline(config.deadline_s, config.cancel)
+    grow = grow_in_rounds if config.dvts_rounds else grow_apart
+    leaves, live = grow(question, generator, scorer, config, deadline)
+    generator.release(live)
+    return conclude(
+        "dvts",
+        leaves,
+        live,
+        config,
+        weighted=True,
+        cut_short=bool(live) and len(leaves) < config.n,
+    )
+
+
+def first_subtrees(
+    question: str, generator: StepGenerator, config: SearchConfig, deadline: Deadline
+) -> list[list[SolutionPath]]:
+    """N first steps from one prefill, dealt out M per subtree."""
     width = config.beam_width
-    leaves: list[SolutionPath] = []
     children = generator.extend([generator.root(question, config.sampling)], config.n, deadline=deadline)
-    subtrees = [children[i : i + width] for i in range(0, len(children), width)]
+    return [children[i : i + width] for i in range(0, len(children), width)]
+
+
+def grow_apart(
+    question: str,
+    generator: StepGenerator,
+    scorer: StepScorer,
+    config: SearchConfig,
+    deadline: Deadline,
+) -> tuple[list[SolutionPath], list[SolutionPath]]:
+    """Grow every subtree on its own, without a round barrier; return (leaves, live paths).
+
+    ``pending`` maps each submitted extension to its subtree's depth (steps its children have
+    once back), or to None for a subtree's last extension, which runs its children to the end.
+    """
+    leaves: list[SolutionPath] = []
     live: list[SolutionPath] = []
+    pending: dict[Any, int | None] = {}
+    arrived: list[tuple[list[SolutionPath], int | None]] = [
+        (group, 1) for group in first_subtrees(question, generator, config, deadline)
+    ]
+    try:
+        while arrived or pending:
+            if not arrived:
+                ticket, group = generator.wait_any(list(pending))
+                arrived.append((group, pending.pop(ticket)))
+            # What is back together is scored together (all subtrees' first steps: one call).
+            batch, arrived = arrived, []
+            score_in_time(scorer, question, [p for g, _ in batch for p in g], leaves, deadline)
+            for group, depth in batch:
+                if depth is None:  # completed to the end: what is still unfinished was cut short
+                    live += set_aside_finished(generator, group, leaves)
+                    continue
+                group = best_first(generator, group, leaves, config.agg)
+                if not group:
+                    continue
+                if len(leaves) >= config.n or deadline.expired():
+                    live += group  # stop growing; subtrees under way still come back and count
+                elif depth == config.max_steps:
+                    pending[generator.submit(group, 1, to_end=True, deadline=deadline)] = None
+                else:
+                    # Only the best child grows; its siblings are dropped.
+                    generator.release(group[1:])
+                    ticket = generator.submit(group[:1], config.beam_width, deadline=deadline)
+                    pending[ticket] = depth + 1
+    finally:
+        # Only after an error: collect what is still under way, so that no sequence leaks.
+        while pending:
+            ticket, group = generator.wait_any(list(pending))
+            del pending[ticket]
+            generator.release([p for p in group if not p.finished])
+    return leaves, live
+
+
+def grow_in_rounds(
+    question: str,
+    generator: StepGenerator,
+    scorer: StepScorer,
+    config: SearchConfig,
+    deadline: Deadline,
+) -> tuple[list[SolutionPath], list[SolutionPath]]:
+    """Grow all subtrees in lock-step rounds, one ``extend`` for all of them per round, scored
+    together (search-and-learn's schedule: every round waits for its slowest subtree)."""
+    leaves: list[SolutionPath] = []
+    live: list[SolutionPath] = []
+    subtrees = first_subtrees(question, generator, config, deadline)
     for round_ in range(1, config.max_steps + 1):
         score_in_time(scorer, question, [p for g in subtrees for p in g], leaves, deadline)
         subtrees = [best_first(generator, group, leaves, config.agg) for group in subtrees]
@@ -54,23 +140,16 @@ def dvts(
         # Only the best child of each subtree grows; its siblings are dropped.
         generator.release([p for group in subtrees for p in group[1:]])
         best = [group[0] for group in subtrees]
-        children = generator.extend(best, width, deadline=deadline)
+        children = generator.extend(best, config.beam_width, deadline=deadline)
+        width = config.beam_width
         subtrees = [children[i : i + width] for i in range(0, len(children), width)]
-    generator.release(live)
-    return conclude(
-        "dvts",
-        leaves,
-        live,
-        config,
-        weighted=True,
-        cut_short=bool(live) and len(leaves) < config.n,
-    )
+    return leaves, live
 
 
 def best_first(
     generator: StepGenerator, group: list[SolutionPath], leaves: list[SolutionPath], agg: str
 ) -> list[SolutionPath]:
-    """One subtree's round: keep finished children as leaves, return the live ones best first.
+    """One subtree's step: keep finished children as leaves, return the live ones best first.
 
     Returns an empty list when the subtree has ended, i.e. its best child is finished (its
     unfinished siblings are then released). Ties go to the earliest child.
