@@ -32,7 +32,7 @@ def test_dvts_subtrees_decode_at_different_depths_in_one_batch(policy, scorer, m
 
     monkeypatch.setattr(policy._loop, "_advance", spy)
     policy.config.seed, policy.config.max_tokens = 0, 200
-    config = SearchConfig(n=8, beam_width=4, max_steps=8)
+    config = SearchConfig(n=8, beam_width=4, max_steps=8, dvts_rounds=False)
     try:
         result = run_search("dvts", QUESTION, policy, scorer, config)
     finally:

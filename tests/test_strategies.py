@@ -242,7 +242,7 @@ def test_dvts_subtrees_are_independent_in_rounds():
 
 def test_dvts_subtrees_are_independent_apart():
     gen = FakeGenerator(tree_policy(DVTS_TREE))
-    result = dvts("q", gen, FakeScorer(dvts_scores()), SearchConfig(n=4, beam_width=2))
+    result = dvts("q", gen, FakeScorer(dvts_scores()), SearchConfig(n=4, beam_width=2, dvts_rounds=False))
     # One extension per subtree, submitted on its own: the same parents as the rounds above.
     assert [(c.parents, c.n_each, c.to_end) for c in gen.calls] == [
         ([()], 4, False),
@@ -301,7 +301,7 @@ def test_dvts_schedule_on_random_tree():
 
 def test_dvts_schedule_apart_on_random_tree():
     n, width, max_steps = 8, 2, 3
-    config = SearchConfig(n=n, beam_width=width, max_steps=max_steps)
+    config = SearchConfig(n=n, beam_width=width, max_steps=max_steps, dvts_rounds=False)
     result, gen, scorer = random_run("dvts", config, p_finish=0.0, max_depth=6)
     # All first steps scored in one call, then one call per subtree as its children come back.
     assert len(scorer.seen[0]) == n and all(len(seen) == width for seen in scorer.seen[1:])
@@ -321,7 +321,7 @@ SPEED_TREE = {"s": SHORT_STEPS, "t": SHORT_STEPS, LONG: LONG_STEPS, "other " + L
 
 def test_dvts_short_subtree_grows_while_a_long_one_decodes():
     gen = FakeGenerator(tree_policy(SPEED_TREE))
-    config = SearchConfig(n=4, beam_width=2, max_steps=10)
+    config = SearchConfig(n=4, beam_width=2, max_steps=10, dvts_rounds=False)
     result = dvts("q", gen, FakeScorer(), config)
     parents = [call[0] for call in grown(gen)]
     # The short subtree went three steps deep before the long one's second step came back.
@@ -352,7 +352,7 @@ def test_dvts_apart_stops_growing_at_n_leaves(seed):
     # Finished steps score low, so no subtree ends early: leaves pile up until there are N.
     scorer = FakeScorer(rule=lambda step: 0.1 if "boxed" in step else 0.9)
     gen = FakeGenerator(random_policy(seed=seed, p_finish=0.3, max_depth=40))
-    config = SearchConfig(n=8, beam_width=2, max_steps=40)
+    config = SearchConfig(n=8, beam_width=2, max_steps=40, dvts_rounds=False)
     leaves = 0  # finished paths scored so far: each is a leaf
     score, submit = scorer.score, gen.submit
 
@@ -384,7 +384,7 @@ def test_dvts_apart_cancel_stops_growing():
 
     scorer.score = score  # type: ignore[method-assign]
     gen = FakeGenerator(random_policy(p_finish=0.0, max_depth=10**6))
-    config = SearchConfig(n=8, beam_width=2, max_steps=1000, cancel=cancel)
+    config = SearchConfig(n=8, beam_width=2, max_steps=1000, cancel=cancel, dvts_rounds=False)
     result = dvts("q", gen, scorer, config)
     # Scored: the first steps, then subtrees 1 and 2 (1 grows again, 2 is cancelled while
     # scored); the three under way come back and are scored, and nothing grows after the cancel.

@@ -2,8 +2,8 @@
 sampling's, at the same N, side by side in one run (issue #21, "no round barrier").
 
 Four searches per problem, alternated so that a slow spell of the machine hits them alike:
-sampling (``majority``), DVTS in lock-step rounds (``SearchConfig.dvts_rounds``, the old
-schedule), DVTS without a barrier (each subtree grows as soon as its own children are scored),
+sampling (``majority``), DVTS in lock-step rounds (``SearchConfig.dvts_rounds``, the
+default), DVTS without a barrier (each subtree grows as soon as its own children are scored),
 and beam search (which keeps its rounds). Each repeat takes the next GSM8K test problem.
 
 Decode tokens/s is tokens decoded over the seconds the search spent in the policy (its PRM calls
@@ -33,8 +33,8 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k_test.jso
 # (label, strategy, SearchConfig changes): the rows of the table, in the order they run.
 METHODS = (
     ("sampling", "majority", {}),
-    ("dvts rounds (old)", "dvts", {"dvts_rounds": True}),
-    ("dvts apart (new)", "dvts", {}),
+    ("dvts rounds (default)", "dvts", {"dvts_rounds": True}),
+    ("dvts apart", "dvts", {"dvts_rounds": False}),
     ("beam search", "beam_search", {}),
 )
 

@@ -8,12 +8,13 @@ child is finished; after ``config.max_steps`` steps its live children are comple
 The search stops growing when N leaves have finished, when every subtree has ended, or at the
 deadline. The leaves of all subtrees are combined by weighted best-of-N.
 
-The subtrees need no round barrier: each is submitted to the generator on its own
-(:meth:`StepGenerator.submit`) and grows again as soon as its own children are back and scored
-(:meth:`StepGenerator.wait_any`), while the others are still decoding in the same batch. So a
-subtree of short steps never waits for one of long steps. ``SearchConfig.dvts_rounds`` keeps
-search-and-learn's lock-step rounds (one ``extend`` for all subtrees per round) for comparison;
-both make the same picks when every subtree's steps take equally long.
+The subtrees need no round barrier. By default they still grow in search-and-learn's lock-step
+rounds (one ``extend`` for all subtrees per round); with ``SearchConfig(dvts_rounds=False)`` each
+is submitted to the generator on its own (:meth:`StepGenerator.submit`) and grows again as soon as
+its own children are back and scored (:meth:`StepGenerator.wait_any`), while the others are still
+decoding in the same batch, so a subtree of short steps never waits for one of long steps. Both
+make the same picks when every subtree's steps take equally long; rounds measured faster on a
+2-core CPU (``tools/bench_tree_throughput.py``), so they stay the default.
 """
 
 from __future__ import annotations
