@@ -14,7 +14,9 @@ How a run flows (``edgetts run --ray``):
   cache (``LlamaPolicy.root``), so neither the actor nor the order matters.
 * An actor that dies (killed, out of memory, its node lost) fails its problem with a
   ``RayActorError``: the problem goes back to the front of the queue for the next free actor, and
-  Ray restarts the dead actor (``max_restarts``) to take work again. No row was written for the
+  Ray restarts the dead actor (``max_restarts``); it takes work again once it answers a ping
+  (calls to an actor being restarted fail at once, and would otherwise use up the attempts of
+  whatever problem they carried). No row was written for the
   lost attempt, so nothing is lost or duplicated. A problem that kills ``max_attempts`` actors in
   a row is given up (reported, not written: a rerun retries it). An error the solve itself raises
   (a question too long for the context, a missing model on a node) stops the run as it would in
@@ -40,6 +42,8 @@ log = logging.getLogger("edgetts")
 MAX_RESTARTS = 3
 # A problem whose attempt died with its actor this many times is given up (a rerun retries it).
 MAX_ATTEMPTS = 3
+# How often to ask an actor that Ray is restarting whether it is up again.
+PROBE_INTERVAL_S = 0.5
 ACTOR_PREFIX = "edgetts-run"  # actor names: edgetts-run-<run id>-<index> (see list_named_actors)
 
 
@@ -94,6 +98,10 @@ def _actor_class() -> Any:
                 self._make_worker = make_worker
                 self._work: Callable[[Any], dict] | None = None
 
+            def ready(self) -> bool:
+                """Answers once the actor is up again after a restart (costs nothing)."""
+                return True
+
             def solve(self, problem: Any) -> tuple[dict, float]:
                 """The problem's row, and the seconds this call took inside the actor."""
                 start = time.perf_counter()
@@ -126,6 +134,7 @@ def run_sharded(
     """
     ray = require_ray()
     from ray.exceptions import (
+        ActorUnavailableError,
         NodeDiedError,
         ObjectLostError,
         OutOfMemoryError,
@@ -153,20 +162,43 @@ def run_sharded(
     failures = [0] * actors  # deaths per actor; past MAX_RESTARTS Ray gives it up, and so do we
     attempts: dict[str, int] = {}
     pending: dict[Any, tuple[int, Any, float]] = {}  # ObjectRef -> (actor index, problem, sent at)
+    # An actor that died gets no problem until it answers ``ready`` again: while Ray restarts it,
+    # calls fail at once (ActorUnavailableError), and those must not count as the problem's
+    # attempts. ``probes``: ping ref -> actor index; ``probe_at``: actor index -> when to ping.
+    probes: dict[Any, int] = {}
+    probe_at: dict[int, float] = {}
     try:
         while queue or pending:
-            busy = {index for index, _, _ in pending.values()}
+            busy = {index for index, _, _ in pending.values()} | set(probes.values()) | set(probe_at)
             for index in range(actors):
                 if queue and index not in busy and failures[index] <= MAX_RESTARTS:
                     problem = queue.popleft()
                     pending[handles[index].solve.remote(problem)] = (index, problem, time.perf_counter())
-            if not pending:
+            now = time.perf_counter()
+            for index, at in list(probe_at.items()):
+                if at <= now:
+                    del probe_at[index]
+                    probes[handles[index].ready.remote()] = index
+            if not pending and not probes and not probe_at:
                 raise RayUnavailable(
                     f"every Ray actor died {MAX_RESTARTS + 1} times; "
                     f"{len(queue)} problems were not answered (rerun to retry them)"
                 )
-            ready, _ = ray.wait(list(pending), num_returns=1)
+            wait_s = max(0.0, min(probe_at.values()) - now) if probe_at else None
+            if not pending and not probes:  # only actors waiting for their next ping
+                time.sleep(wait_s or 0.0)
+                continue
+            ready, _ = ray.wait([*pending, *probes], num_returns=1, timeout=wait_s)
             for ref in ready:
+                if ref in probes:
+                    index = probes.pop(ref)
+                    try:
+                        ray.get(ref)
+                    except ActorUnavailableError:  # still restarting: ask again shortly
+                        probe_at[index] = time.perf_counter() + PROBE_INTERVAL_S
+                    except lost:  # out of restarts: the run goes on without it
+                        failures[index] = MAX_RESTARTS + 1
+                    continue
                 index, problem, sent = pending.pop(ref)
                 pid = str(problem.id)
                 try:
@@ -177,6 +209,8 @@ def run_sharded(
                 except lost as exc:
                     failures[index] += 1
                     report.actor_failures += 1
+                    if failures[index] <= MAX_RESTARTS:
+                        probe_at[index] = time.perf_counter()
                     attempts[pid] = attempts.get(pid, 0) + 1
                     log.warning(
                         "Ray actor %d failed on problem %s (%s); %s",
