@@ -352,7 +352,7 @@ def peak_rss_mb() -> float | None:
     except ImportError:
         return None
     unit_bytes = 1 if sys.platform == "darwin" else 1 << 10  # ru_maxrss: bytes on macOS, KiB elsewhere
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit_bytes / (1 << 20), 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit_bytes / MB, 1)
 
 
 def estimate_for_policy(

@@ -33,11 +33,10 @@ from edgetts.metadata import read_metadata
 from edgetts.models import resolve
 from edgetts.policy import LlamaPolicy, PolicyConfig, default_threads
 from edgetts.probe import default_prm_dir, load_scorer
-from edgetts.scheduler import estimate_for_policy, park_mb, peak_rss_mb, prm_cost, vocab_size
+from edgetts.scheduler import MB, estimate_for_policy, park_mb, peak_rss_mb, prm_cost, vocab_size
 from edgetts.search import run_search
 from edgetts.search.base import Sampling, SearchConfig
 
-MB = 1 << 20
 MODES = ("off", "on")
 
 
