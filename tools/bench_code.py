@@ -236,7 +236,10 @@ def report(args: argparse.Namespace) -> None:
         secs_text = f"{secs:10.1f}" if secs is not None else f"{'-':>10s}"
         print(f"{name:30s} {right:4d} = {right / len(shared):5.1%} {tok:15.0f} {secs_text}")
     print("\npaired sign tests (wins / losses, two-sided p):")
-    for a, b in args.pairs or []:
+    verified = f"exec-verified N={n_max}"
+    majority = f"majority of outputs N={n_max}"
+    headline = [(verified, "greedy 1.5B"), (verified, "greedy 0.5B"), (verified, majority)]
+    for a, b in args.pairs or headline:
         if a in configs and b in configs:
             p = paired.compare(configs[a], configs[b])
             print(f"  {a} vs {b}: {p.wins} / {p.losses}, p = {p.p_value:.3f}")
