@@ -9,6 +9,10 @@ problems, strategies and seed in both; the table sums every search of a mode:
     python tools/bench_parking.py --data ../shared/data/mawps.jsonl --limit 5 --n 64 \\
         --n-seq-max 16 --strategies beam_search dvts --out runs/parking.json
 
+A long sweep can go a problem at a time (``--offset K --limit 1 --out runs/parking/K.json``) and
+the parts be put together afterwards: ``python tools/bench_parking.py --report runs/parking/*.json``
+(CPU seconds add up; peak RSS is the largest part's).
+
 Columns: tokens decoded after the prompts (the trees' tokens plus re-decoded ones), tokens
 re-decoded, tokens restored from host memory, MB copied to host, the most held at once, wall time
 of the searches (the median over ``--repeat`` runs; model loading excluded), CPU seconds of the
@@ -64,7 +68,7 @@ def worker(args: argparse.Namespace) -> dict:
     estimate = estimate_for_policy(
         config, meta, vocab_size(policy.model_path), cost.memory_mb if cost else None, policy_park
     )
-    problems = load_problems(args.data, limit=args.limit)
+    problems = load_problems(args.data, limit=args.offset + args.limit)[args.offset :]
     rows = []
     cpu_start = resource.getrusage(resource.RUSAGE_SELF)
     for problem in problems:
@@ -112,6 +116,21 @@ def worker(args: argparse.Namespace) -> dict:
     }
 
 
+def merge(parts: list[dict[str, dict]]) -> dict[str, dict]:
+    """Several runs' results as one: rows and CPU seconds add up, peaks are the largest."""
+    merged = {}
+    for mode in MODES:
+        runs = [part[mode] for part in parts]
+        merged[mode] = {
+            **runs[0],
+            "rows": [row for run in runs for row in run["rows"]],
+            "cpu_s": round(sum(run["cpu_s"] for run in runs), 1),
+            "peak_parked_mb": max(run["peak_parked_mb"] for run in runs),
+            "peak_rss_mb": max(run["peak_rss_mb"] for run in runs),
+        }
+    return merged
+
+
 def table(results: dict[str, dict]) -> str:
     """The modes side by side, summed over every search, and whether their answers agree."""
     head = (
@@ -148,7 +167,8 @@ def table(results: dict[str, dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="../shared/data/mawps.jsonl")
-    p.add_argument("--limit", type=int, default=5, help="the first problems of --data")
+    p.add_argument("--limit", type=int, default=5, help="how many problems of --data")
+    p.add_argument("--offset", type=int, default=0, help="skip this many problems of --data first")
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--n-seq-max", type=int, default=16)
     p.add_argument("--beam-width", type=int, default=SearchConfig.beam_width)
@@ -168,7 +188,11 @@ def main() -> None:
     )
     p.add_argument("--out", default=None, help="also write both modes' results here (JSON)")
     p.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)  # a worker process
+    p.add_argument("--report", nargs="+", metavar="JSON", help="print the table of these --out files, merged")
     args = p.parse_args()
+    if args.report:
+        print(table(merge([json.loads(Path(f).read_text()) for f in args.report])))
+        return
     if args.mode:
         print(json.dumps(worker(args)))
         return
