@@ -153,10 +153,16 @@ def assert_openai_error(payload: dict) -> None:
 
 @pytest.fixture
 def fake():
-    """A fake-backed server: (base url, the fake solver)."""
+    """A fake-backed server running one search at a time: (base url, the fake solver)."""
     solver = FakeSolver(delay_s=0.2)
     settings = ServerSettings(
-        model_id=MODEL, api_key=KEY, max_n=8, max_queue=1, max_body_bytes=4096, progress_interval_s=0.05
+        model_id=MODEL,
+        api_key=KEY,
+        max_n=8,
+        concurrent=1,
+        max_queue=1,
+        max_body_bytes=4096,
+        progress_interval_s=0.05,
     )
     with ThreadedServer(create_app(solver, settings)) as base:
         yield base, solver
