@@ -8,7 +8,7 @@ import pytest
 from edgetts.confidence import step_features
 from edgetts.policy import LlamaPolicy, PolicyConfig
 from edgetts.search import run_search
-from edgetts.search.base import SearchConfig
+from edgetts.search.base import Sampling, SearchConfig
 
 pytestmark = pytest.mark.slow
 
@@ -55,11 +55,8 @@ def test_path_from_forks_continuations_of_a_written_prefix(confident):
 
 
 def test_confidence_vote_runs_on_the_real_policy(confident):
-    confident.config.temperature = 0.7
-    try:
-        result = run_search("confidence_vote", QUESTION, confident, None, SearchConfig(n=4))
-    finally:
-        confident.config.temperature = 0.0
+    config = SearchConfig(n=4, sampling=Sampling(temperature=0.7))
+    result = run_search("confidence_vote", QUESTION, confident, None, config)
     assert len(result.candidates) == 4 and all(c.score and c.score > 0 for c in result.candidates)
     # the vote's winner is the answer with the largest summed confidence (all four kept at KEEP 0.9)
     assert result.answer == max(result.votes, key=result.votes.get)

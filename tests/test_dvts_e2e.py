@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from edgetts.search import run_search
-from edgetts.search.base import SearchConfig
+from edgetts.search.base import Sampling, SearchConfig
 
 pytestmark = pytest.mark.slow
 
@@ -31,12 +31,9 @@ def test_dvts_subtrees_decode_at_different_depths_in_one_batch(policy, scorer, m
         return advance(runs)
 
     monkeypatch.setattr(policy._loop, "_advance", spy)
-    policy.config.seed, policy.config.max_tokens = 0, 200
-    config = SearchConfig(n=8, beam_width=4, max_steps=8, dvts_rounds=False)
-    try:
-        result = run_search("dvts", QUESTION, policy, scorer, config)
-    finally:
-        policy.config.max_tokens = 256
+    sampling = Sampling(seed=0, max_tokens=200)
+    config = SearchConfig(n=8, beam_width=4, max_steps=8, dvts_rounds=False, sampling=sampling)
+    result = run_search("dvts", QUESTION, policy, scorer, config)
 
     assert result.answer is not None and result.candidates
     assert all(c.step_scores for c in result.candidates)

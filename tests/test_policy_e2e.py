@@ -20,8 +20,7 @@ QUESTIONS = [
 
 @pytest.mark.parametrize("question, gold", QUESTIONS)
 def test_majority_returns_parsed_answer(policy, question, gold):
-    policy.config.seed = 0
-    result = run_search("majority", question, policy, None, SearchConfig(n=4))
+    result = run_search("majority", question, policy, None, SearchConfig(n=4, sampling=Sampling(seed=0)))
     assert len(result.candidates) == 4
     assert result.answer is not None
     assert sum(result.votes.values()) == sum(c.answer is not None for c in result.candidates)
@@ -44,36 +43,27 @@ def test_prompt_is_prefilled_once_for_n_sequences(policy):
 
 def test_a_second_root_for_the_same_prompt_reuses_the_prefill(policy):
     question = QUESTIONS[1][0]
-    temperature, max_tokens = policy.config.temperature, policy.config.max_tokens
-    policy.config.temperature, policy.config.max_tokens = 0.0, 40
-    try:
-        policy.root(QUESTIONS[0][0])  # another prompt first: the next root must prefill
-        before = policy.counters.tokens_prefilled
-        first = policy.extend([policy.root(question)], 2, to_end=True)
-        prefilled = policy.counters.tokens_prefilled - before
-        assert prefilled == len(policy.prompt_tokens(question))
-        again = policy.extend([policy.root(question)], 2, to_end=True)
-        assert policy.counters.tokens_prefilled - before == prefilled  # not decoded again
-        assert [p.text for p in again] == [p.text for p in first]  # greedy: same KV, same text
-        policy.release(again)
-        assert sorted(policy.slots.free) == list(range(1, policy.config.n_seq_max + 1))
-    finally:
-        policy.config.temperature, policy.config.max_tokens = temperature, max_tokens
+    greedy = Sampling(temperature=0.0, max_tokens=40)
+    policy.root(QUESTIONS[0][0], greedy)  # another prompt first: the next root must prefill
+    before = policy.counters.tokens_prefilled
+    first = policy.extend([policy.root(question, greedy)], 2, to_end=True)
+    prefilled = policy.counters.tokens_prefilled - before
+    assert prefilled == len(policy.prompt_tokens(question))
+    again = policy.extend([policy.root(question, greedy)], 2, to_end=True)
+    assert policy.counters.tokens_prefilled - before == prefilled  # not decoded again
+    assert [p.text for p in again] == [p.text for p in first]  # greedy: same KV, same text
+    policy.release(again)
+    assert sorted(policy.slots.free) == list(range(1, policy.config.n_seq_max + 1))
 
 
 def test_top_k_of_one_samples_the_greedy_text(policy):
-    cfg = policy.config
-    saved = (cfg.temperature, cfg.top_k, cfg.max_tokens)
-    try:
-        cfg.max_tokens = 40
-        cfg.temperature, cfg.top_k = 0.0, 0
-        # Same batch shape both times, so the logits are bit-identical.
-        greedy = policy.extend([policy.root(QUESTIONS[0][0])], 3, to_end=True)
-        cfg.temperature, cfg.top_k = 1.5, 1  # hot, but only one token may be drawn
-        sampled = policy.extend([policy.root(QUESTIONS[0][0])], 3, to_end=True)
-        assert [p.text for p in sampled] == [p.text for p in greedy]
-    finally:
-        cfg.temperature, cfg.top_k, cfg.max_tokens = saved
+    # Same batch shape both times, so the logits are bit-identical.
+    greedy = policy.extend(
+        [policy.root(QUESTIONS[0][0], Sampling(temperature=0.0, max_tokens=40))], 3, to_end=True
+    )
+    hot_top1 = Sampling(temperature=1.5, top_k=1, max_tokens=40)  # hot, but only one token may be drawn
+    sampled = policy.extend([policy.root(QUESTIONS[0][0], hot_top1)], 3, to_end=True)
+    assert [p.text for p in sampled] == [p.text for p in greedy]
 
 
 def test_step_tree_decodes_each_token_once(policy):
@@ -93,10 +83,8 @@ def test_step_tree_decodes_each_token_once(policy):
 
 
 def test_more_children_than_slots_run_in_waves(policy):
-    policy.config.max_tokens = 40
-    root = policy.root(QUESTIONS[1][0])
+    root = policy.root(QUESTIONS[1][0], Sampling(max_tokens=40))
     paths = policy.extend([root], policy.config.n_seq_max + 4, to_end=True)
-    policy.config.max_tokens = 256
     assert len(paths) == policy.config.n_seq_max + 4
     assert all(p.finished for p in paths)
     assert sorted(policy.slots.free) == list(range(1, policy.config.n_seq_max + 1))
@@ -106,39 +94,34 @@ def test_parked_parents_are_restored_and_counted_apart(policy):
     """More parents than slots: parked ones are restored from host memory, not decoded again
     (tests/test_parking_e2e.py has the re-decoding fallback)."""
     cfg = policy.config
-    saved = cfg.max_tokens, cfg.seed
-    try:
-        cfg.max_tokens, cfg.seed = 96, 0
-        decoded, redecoded = policy.counters.tokens_decoded, policy.counters.tokens_redecoded
-        restored = policy.counters.tokens_restored
-        first = policy.extend([policy.root(QUESTIONS[0][0])], cfg.n_seq_max)
-        live = [p for p in first if not p.finished]
-        assert len(live) > 2
-        second = policy.extend(live, 2)  # twice as many children as slots: parents get parked
-        tree_tokens = sum(p.n_tokens for p in first) + sum(
-            p.n_tokens - live[i // 2].n_tokens for i, p in enumerate(second)
-        )
-        # a path cut at max_tokens counts its last sampled token, which is never decoded
-        cut = sum(p.stop_reason == "max_tokens" for p in [*first, *second])
-        assert policy.counters.tokens_restored - restored > 0
-        assert policy.counters.tokens_redecoded == redecoded
-        assert policy.counters.tokens_decoded - decoded == tree_tokens - cut
-        policy.release(second)
-        assert policy.parking.used == 0  # parents' copies went with their last child, the rest here
-        assert sorted(policy.slots.free) == list(range(1, cfg.n_seq_max + 1))
-    finally:
-        cfg.max_tokens, cfg.seed = saved
+    decoded, redecoded = policy.counters.tokens_decoded, policy.counters.tokens_redecoded
+    restored = policy.counters.tokens_restored
+    first = policy.extend([policy.root(QUESTIONS[0][0], Sampling(seed=0, max_tokens=96))], cfg.n_seq_max)
+    live = [p for p in first if not p.finished]
+    assert len(live) > 2
+    second = policy.extend(live, 2)  # twice as many children as slots: parents get parked
+    tree_tokens = sum(p.n_tokens for p in first) + sum(
+        p.n_tokens - live[i // 2].n_tokens for i, p in enumerate(second)
+    )
+    # a path cut at max_tokens counts its last sampled token, which is never decoded
+    cut = sum(p.stop_reason == "max_tokens" for p in [*first, *second])
+    assert policy.counters.tokens_restored - restored > 0
+    assert policy.counters.tokens_redecoded == redecoded
+    assert policy.counters.tokens_decoded - decoded == tree_tokens - cut
+    policy.release(second)
+    assert policy.parking.used == 0  # parents' copies went with their last child, the rest here
+    assert sorted(policy.slots.free) == list(range(1, cfg.n_seq_max + 1))
 
 
 def test_same_seed_same_answer(policy):
     question = "Sara reads 15 pages a day for 4 days. How many pages does she read?"
     runs = []
     for _ in range(2):
-        policy.config.seed = 123
-        result = run_search("majority", question, policy, None, SearchConfig(n=3))
+        result = run_search(
+            "majority", question, policy, None, SearchConfig(n=3, sampling=Sampling(seed=123))
+        )
         runs.append([c.text for c in result.candidates])
     assert runs[0] == runs[1]
-    policy.config.seed = 0
 
 
 def _edgetts(*args, cwd=None):

@@ -11,6 +11,7 @@ import pytest
 
 from edgetts.policy import LlamaPolicy, PolicyConfig, PolicyError
 from edgetts.prompts import split_steps
+from edgetts.search.base import Sampling
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("onnx")
@@ -84,16 +85,12 @@ def test_block_outputs_join_the_final_state_and_match_a_prefill(capturing):
 
 
 def test_every_step_keeps_a_state_when_paths_are_parked_and_rebuilt(capturing):
-    capturing.config.temperature = 0.8
-    try:
-        live = capturing.extend([capturing.root(QUESTION)], 3)
-        for _ in range(3):  # 9 children of 3 parents on 4 slots: parents are parked and rebuilt
-            keep = [p for p in live if not p.finished][:3]
-            capturing.release([p for p in live if all(p is not k for k in keep)])
-            live = capturing.extend(keep, 3)
-        capturing.release(live)
-    finally:
-        capturing.config.temperature = 0.0
+    live = capturing.extend([capturing.root(QUESTION, Sampling(temperature=0.8))], 3)
+    for _ in range(3):  # 9 children of 3 parents on 4 slots: parents are parked and rebuilt
+        keep = [p for p in live if not p.finished][:3]
+        capturing.release([p for p in live if all(p is not k for k in keep)])
+        live = capturing.extend(keep, 3)
+    capturing.release(live)
     assert live
     for p in live:
         assert len(p.step_states) == len(p.steps)

@@ -4,7 +4,7 @@
 import pytest
 
 from edgetts.search import run_search
-from edgetts.search.base import SearchConfig
+from edgetts.search.base import Sampling, SearchConfig
 
 pytestmark = pytest.mark.slow
 
@@ -44,12 +44,10 @@ def test_strategy_end_to_end_with_the_policy_probe(probe_policy, strategy):
 
 def check_search(policy, scorer, strategy, question):
     """Run one search with N=4 and check what every strategy owes: answer, scores, counters."""
-    policy.config.seed, policy.config.max_tokens = 0, 200
     policy.root("What is 1 + 1?")  # another prompt in the cache: this search must prefill its own
     prompt_tokens = len(policy.prompt_tokens(question))
-    config = SearchConfig(n=4, beam_width=2, max_steps=8)
+    config = SearchConfig(n=4, beam_width=2, max_steps=8, sampling=Sampling(seed=0, max_tokens=200))
     result = run_search(strategy, question, policy, scorer, config)
-    policy.config.max_tokens = 256
 
     assert result.answer is not None and result.chosen is not None
     assert result.candidates and all(c.step_scores for c in result.candidates)

@@ -41,7 +41,7 @@ class PolicyError(LlamaError):
     """The policy cannot run this request; the message says why and what to change."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class PolicyConfig:
     """Settings of the llama.cpp policy. Token counts are per solution unless named otherwise."""
 
