@@ -6,7 +6,12 @@ is about a GPU install; the CPU install of this machine is checked for real.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -14,6 +19,7 @@ from click.testing import CliRunner
 from edgetts import gpu
 from edgetts.cli import main
 
+TOOLS = Path(__file__).resolve().parent.parent / "tools"
 CUDA = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 CPU = ["CPUExecutionProvider"]
 
@@ -134,3 +140,31 @@ def test_readme_gpu_install_pins_the_llama_version_pyproject_pins():
     assert (
         'CMAKE_ARGS="-DGGML_CUDA=on"' in section and "pip uninstall -y onnxruntime onnxruntime-gpu" in section
     )
+
+
+@pytest.mark.slow
+def test_the_offline_gpu_smoke_check_runs_and_passes_as_a_dry_run_on_cpu(tmp_path):
+    """tools/gpu_smoke.py on the tiny model tools/make_tiny_gguf.py writes, with its 'GPU' run
+    on the CPU too (--gpu-layers 0): every check the GPU machine will run, with the same code."""
+    tiny = tmp_path / "tiny.gguf"
+    subprocess.run([sys.executable, str(TOOLS / "make_tiny_gguf.py"), "--out", str(tiny)], check=True)
+    assert tiny.stat().st_size < 20 * 2**20  # it must travel in the GPU machine's 64 MiB
+    report = tmp_path / "smoke.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(TOOLS / "gpu_smoke.py"),
+            "--model",
+            str(tiny),
+            "--gpu-layers",
+            "0",
+            "--json",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "EDGETTS_THREADS": "1"},
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    checks = json.loads(report.read_text())["checks"]
+    assert len(checks) == 5 and all(c["ok"] for c in checks), checks
