@@ -62,7 +62,10 @@ check() {
     export PYTHONPATH=$site:$ROOT
     (cd "$ROOT" && "$PY" -m edgetts.cli gpu --require-cuda 2>&1 | tee -a "$out/gpu.txt") || true
     cd "$ROOT"
-    "$PY" tools/gpu_smoke.py --model "$BUNDLE/tiny-qwen2.gguf" --json "$out/smoke.json" 2>&1 | tee "$out/smoke.txt"
+    "$PY" tools/gpu_smoke.py --model "$BUNDLE/tiny-qwen2.gguf" --json "$out/smoke.json" 2>&1 | tee "$out/smoke.txt" \
+        || { echo "gpu_offline.sh: the smoke check failed; loading after each set-up step:" >&2
+             "$PY" tools/gpu_smoke.py --model "$BUNDLE/tiny-qwen2.gguf" --bisect-load --gpu-layers 0 \
+                 --json "$out/bisect.json" 2>&1 | tee "$out/bisect.txt"; exit 1; }
 }
 
 case "${1:-}" in

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -128,10 +129,48 @@ def leading_equal(a: list[str], b: list[str]) -> int:
     return n
 
 
+# Model loads that differ by one piece of edgetts's set-up, each in a process of its own (a crash
+# kills only its own): which piece a GPU build fails on. Each line runs before the load.
+LOAD_STEPS = {
+    "plain llama.cpp": "",
+    "after llama_print_system_info()": "llama_cpp.llama_print_system_info()",
+    "after edgetts's log callback": "from edgetts.llama.logs import route_llama_logs; route_llama_logs()",
+    "after the CPU buffer edit": "from edgetts.llama.cpu_buffers import apply_cpu_buffer_policy; "
+    "apply_cpu_buffer_policy()",
+    "edgetts LlamaModel": "from edgetts.llama.model import LlamaModel\n"
+    "LlamaModel(MODEL, LAYERS)\nraise SystemExit",
+}
+LOAD = """
+import sys
+from pathlib import Path
+import llama_cpp
+MODEL, LAYERS = Path(sys.argv[1]), int(sys.argv[2])
+llama_cpp.llama_backend_init()
+{step}
+params = llama_cpp.llama_model_default_params()
+params.n_gpu_layers = LAYERS
+assert llama_cpp.llama_model_load_from_file(str(MODEL).encode(), params)
+"""
+
+
+def bisect_load(model: str, gpu_layers: int) -> list[tuple[str, bool, str]]:
+    """Load the model once per :data:`LOAD_STEPS` entry, each in a fresh process."""
+    rows = []
+    for name, step in LOAD_STEPS.items():
+        run = subprocess.run(
+            [sys.executable, "-X", "faulthandler", "-c", LOAD.format(step=step), model, str(gpu_layers)],
+            capture_output=True,
+            text=True,
+        )
+        rows.append((f"load {name}", run.returncode == 0, f"exit {run.returncode}"))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--bisect-load", action="store_true", help="only load the model after each set-up step")
     ap.add_argument(
         "--gpu-layers",
         type=int,
@@ -140,6 +179,8 @@ def main() -> None:
     )
     args = ap.parse_args()
     layers = args.gpu_layers
+    if args.bisect_load:
+        report(bisect_load(args.model, layers), {}, args.json)
 
     import llama_cpp
 

@@ -83,7 +83,11 @@ def apply_cpu_buffer_policy(allow_amx: bool | None = None) -> CpuBufferPlan:
             while array[len(_original)]:
                 _original.append(array[len(_original)])
         names = [ggml.buffer_type_name(buft) for buft in _original]
-        plan = plan_cpu_buffers(names, allow_amx, cpu_has_amx())
+        # The list holds AMX only where the build and this CPU both have it, so it answers the
+        # question without llama_print_system_info(), which on a CUDA build also sets up the
+        # CUDA backend's feature strings (and was the last thing before a model load that
+        # crashed on the lent H200 machine in stop 31; not confirmed as the cause).
+        plan = plan_cpu_buffers(names, allow_amx, cpu_has_amx=AMX_BUFFER in names)
         kept = [buft for buft, name in zip(_original, names, strict=True) if name in plan.kept]
         # The array holds len(_original) entries and a terminating null: rewrite it in place.
         for i in range(len(_original) + 1):
