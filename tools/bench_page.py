@@ -142,6 +142,17 @@ SECTIONS = (
             f"--sampled {B}/humaneval_n16.jsonl.gz --greedy-big {B}/humaneval_greedy_1.5b.jsonl.gz",
         ),
     ),
+    Section(
+        "Program-aided math: programs run in the sandbox against prose (first 100 of each set)",
+        "16 programs per problem (`tools/bench_pot.py`), their printed numbers voting; prose rows as "
+        "above; `cot+pot k+m` lets k kept prose samples and m programs vote together. More in "
+        "[code.md](code.md).",
+        tuple(
+            f"python tools/bench_pot.py report --pot {B}/pot_{d}.jsonl.gz --prose {B}/{d}.jsonl "
+            f"--prose-samples data/labels/{d}.jsonl.gz"
+            for d in ("gsm8k_test", "mawps")
+        ),
+    ),
 )
 
 LIVE = """## Speed (run, not recomputed)

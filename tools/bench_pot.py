@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import math
 import os
 import statistics
 import sys
@@ -132,6 +133,15 @@ def _rows(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def _is_negation(answer: str | None, gold: str) -> bool:
+    """Whether a program printed minus the right number (a sign slip, e.g. a loss as negative)."""
+    try:
+        value, right = float(answer), float(gold)
+    except (TypeError, ValueError):
+        return False
+    return right != 0 and math.isclose(value, -right, rel_tol=1e-9)
+
+
 def report(args: argparse.Namespace) -> None:
     pot = {r["problem_id"]: r for r in _rows(args.pot)}
     prose: dict[tuple[str, int], dict[str, dict]] = {}
@@ -182,8 +192,20 @@ def report(args: argparse.Namespace) -> None:
         f"sandbox: {statistics.mean(ms):.0f} ms per program run; "
         f"{statistics.mean(pot[k]['sandbox_s'] / pot[k]['seconds'] for k in shared):.1%} of wall time"
     )
+    wrong = [c for k in shared for c in pot[k]["candidates"] if c["answer"] is not None and not c["correct"]]
+    negated = sum(_is_negation(c["answer"], pot[k]["gold"]) for k in shared for c in pot[k]["candidates"])
+    print(
+        f"programs that printed a wrong number: {len(wrong)}; of them the gold answer's negation: "
+        f"{negated} ({negated / max(len(wrong), 1):.0%})"
+    )
     print("\npaired sign tests (A wins / B wins, two-sided p):")
-    for a, b in args.pairs or []:
+    top = f"pot majority N={n_max}"
+    headline = [
+        (top, "prose weighted_best_of_n N=16"),
+        (top, "prose majority N=16"),
+        ("cot+pot majority 8+8", "prose weighted_best_of_n N=16"),
+    ]
+    for a, b in args.pairs or headline:
         if a in configs and b in configs:
             p = paired.compare(configs[a], configs[b])
             print(f"  {a} vs {b}: {p.wins} / {p.losses}, p = {p.p_value:.3f}")
