@@ -4,7 +4,7 @@ Where the real policy cannot travel (the lent GPU machine takes 64 MiB; `tools/g
 this runs edgetts's llama.cpp paths on a tiny random model (`tools/make_tiny_gguf.py`) twice, all
 layers on the CPU and all on the GPU, and checks what must hold on any model:
 
-* the build offloads (``llama_supports_gpu_offload``) and the GPU run puts its layers there;
+* the build offloads (``llama_supports_gpu_offload``);
 * seeded paths from one prefill, forked, decoded in one batch per token: the GPU's tokens against
   the CPU's (float differences may part them after a near tie: the share of equal leading tokens
   is reported, and the first token must agree);
@@ -15,7 +15,9 @@ layers on the CPU and all on the GPU, and checks what must hold on any model:
 * batched sampling speed at N = 1, 16, 64 on each (the tiny model's, so only the ratio between
   rows says anything about the loop).
 
-Prints a table and writes it as JSON (``--json``); exits 1 when a check fails::
+Prints a table and writes it as JSON (``--json``); exits 1 when a check fails. ``--bisect-load``
+instead loads the model after each of edgetts's set-up steps in turn, each in its own process
+(what a crash at load needs first)::
 
     python tools/gpu_smoke.py --model .gpu/tiny-qwen2.gguf --json $OUT/smoke.json
 """
