@@ -108,3 +108,18 @@ def test_first_wave_bound_takes_majority_at_4_where_the_probes_agree(tmp_path):
     assert "1 stop after the first wave: at least 38 % fewer tokens" in line  # 300 of 800
     assert "50.0 % -> 100.0 % (won/lost 1/0)" in line
     assert "not for this rule" in bench.first_wave_bound(path, AdaptiveStop(threshold=0.99))
+
+
+def test_weighted_vote_follows_the_scores_and_only_scored_problems_get_rows(tmp_path):
+    # Four "1"s and twelve "2"s: majority picks 2; scores that favour 1 make weighted pick 1.
+    row = kept_row("toy-0", ["1"] * 4 + ["2"] * 12, "1")
+    unscored = kept_row("toy-1", ["3"] * 16, "3")
+    problems = bench.load([write(tmp_path / "k.jsonl.gz", [row, unscored])])
+    scored = next(p for p in problems if p.key == "toy-0")
+    scored.scores = [0.9] * 4 + [0.1] * 12
+    assert not bench.majority_vote(scored, 16)[1]
+    tally, right = bench.weighted_vote(scored, 16)
+    assert right and tally.totals["1"] > tally.totals["2"]
+    assert scored.candidates[0].score is None  # the kept candidates are left as they were
+    weighted = [line for line in bench.table(problems, [0.95], 4, 4) if "| weighted_best_of_n |" in line]
+    assert weighted and all("| 1 |" in line for line in weighted)  # toy-1 has no scores: left out

@@ -22,7 +22,10 @@ Per dataset and vote (majority; DeepConf's confidence vote), for the full N and 
 accuracy, the paired sign test against the full N (``tools/paired.py``), the generated tokens
 (summed over problems) and the samples used per problem (median, mean). Rows of several files
 for one problem count once (the one with more samples). Weighted best-of-N needs PRM scores,
-which kept rows do not carry.
+which kept rows do not carry: ``--states runs/labels/gsm8k_test ...`` scores each sample with the
+probe (``--prm``, default the shipped one) from the step states a label run keeps beside its rows
+(``tools/label_steps.py restore`` recomputes them on a new machine) and adds its rows for the
+problems whose states are there.
 """
 
 from __future__ import annotations
@@ -33,15 +36,17 @@ import json
 import statistics
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from paired import compare  # noqa: E402
 
 from edgetts.search.adaptive import AdaptiveStop, Tally, replay  # noqa: E402
-from edgetts.search.base import Candidate  # noqa: E402
+from edgetts.search.base import Candidate, aggregate  # noqa: E402
 from edgetts.search.confidence_vote import KEEP, MODE  # noqa: E402
 from edgetts.search.select import (  # noqa: E402
     pick_by_confidence,
@@ -62,6 +67,8 @@ class Problem:
     candidates: list[Candidate]
     correct: list[bool]
     confidence: list[float]  # DeepConf trace confidence (MODE) per sample
+    layers: tuple[int, ...] = ()  # the policy layers its step states were kept from
+    scores: list[float] | None = None  # each sample's PRM score, when add_probe_scores found states
 
     @property
     def n(self) -> int:
@@ -89,6 +96,7 @@ def load(paths: list[Path]) -> list[Problem]:
                 candidates=[Candidate.from_dict(c) for c in cands],
                 correct=[bool(c["correct"]) for c in cands],
                 confidence=[_confidence(c) for c in cands],
+                layers=tuple(row.get("layers") or ()),
             )
             if problem.key not in best or problem.n > best[problem.key].n:
                 best[problem.key] = problem
@@ -98,6 +106,34 @@ def load(paths: list[Path]) -> list[Problem]:
 def _confidence(cand: dict) -> float:
     conf = cand.get("trace_conf") or {}
     return float(conf[MODE]) if MODE in conf else 0.0
+
+
+def add_probe_scores(problems: list[Problem], state_dirs: list[Path], prm: Path) -> int:
+    """Score each problem's samples with the probe in ``prm`` from their kept step states
+    (``<dir>/states/<key>.npz``, as ``tools/label_steps.py sample`` / ``restore`` leave them),
+    each sample's score aggregated as the probe's manifest says; returns how many were scored."""
+    from edgetts.probe import ProbeScorer, load_states
+
+    scorer = ProbeScorer.load(prm, threads=1)
+    done = 0
+    for p in problems:
+        file = next(
+            (d / "states" / f"{p.key}.npz" for d in state_dirs if (d / "states" / f"{p.key}.npz").is_file()),
+            None,
+        )
+        if file is None or not p.layers:
+            continue
+        paths = load_states(file)
+        width = len(paths[0].step_states[0]) // len(p.layers) if paths and paths[0].step_states else 0
+        pick = [p.layers.index(layer) for layer in scorer.state_layers]
+        for path in paths:
+            path.step_states = [
+                np.concatenate([s[i * width : (i + 1) * width] for i in pick]) for s in path.step_states
+            ]
+        scores = scorer.score("", paths)
+        p.scores = [aggregate(s, scorer.default_aggregation) if s else 0.0 for s in scores]
+        done += 1
+    return done
 
 
 # A vote over a row's first k samples: (its tally for the stopping rule, is its pick right)
@@ -125,7 +161,20 @@ def _right(p: Problem, chosen: Candidate | None) -> bool:
     return p.correct[index]
 
 
-VOTES: dict[str, Vote] = {"majority": majority_vote, "confidence_vote": confidence_vote}
+def weighted_vote(p: Problem, k: int) -> tuple[Tally, bool]:
+    """Weighted best-of-N over the first ``k``: answers summed by PRM score (add_probe_scores)."""
+    assert p.scores is not None, "weighted_vote needs add_probe_scores"
+    cands = [replace(c, score=s) for c, s in zip(p.candidates[:k], p.scores, strict=False)]
+    chosen, _ = pick_by_vote(cands, lambda c: c.score or 0.0)
+    index = next((i for i, c in enumerate(cands) if c is chosen), None)
+    return tally_votes(cands, lambda c: c.score or 0.0), index is not None and p.correct[index]
+
+
+VOTES: dict[str, Vote] = {
+    "majority": majority_vote,
+    "confidence_vote": confidence_vote,
+    "weighted_best_of_n": weighted_vote,
+}
 
 
 def simulate(problems: list[Problem], vote: Vote, rule: AdaptiveStop | None) -> dict[str, dict]:
@@ -151,6 +200,10 @@ def table(problems: list[Problem], thresholds: list[float], min_n: int, wave: in
     for dataset in sorted({p.dataset for p in problems}):
         rows = [p for p in problems if p.dataset == dataset]
         for name, vote in VOTES.items():
+            if vote is weighted_vote:  # only the problems whose states were found (--states)
+                rows = [p for p in rows if p.scores is not None]
+                if not rows:
+                    continue
             full = simulate(rows, vote, None)
             full_tokens = sum(r["tokens"] for r in full.values())
             full_acc = _acc(full)
@@ -289,8 +342,21 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         help="bench rows (docs/bench/*.jsonl): the first-wave lower bound on all their problems",
     )
+    ap.add_argument(
+        "--states",
+        nargs="*",
+        type=Path,
+        default=[],
+        help="label-set directories with the rows' step states (runs/labels/*): adds weighted best-of-N",
+    )
+    ap.add_argument("--prm", type=Path, default=None, help="probe for --states (default: the shipped one)")
     args = ap.parse_args(argv)
     problems = load(args.files)
+    if args.states:
+        from edgetts.paths import shipped_dir
+
+        scored = add_probe_scores(problems, args.states, args.prm or shipped_dir() / "prm-probe-qwen05")
+        print(f"# PRM scores from kept states: {scored} of {len(problems)} problems")
     print(f"# adaptive sampling replayed: min_n {args.min_n}, wave {args.wave}")
     print("\n".join(table(problems, args.thresholds, args.min_n, args.wave)))
     rule = AdaptiveStop(min_n=args.min_n, wave=args.wave)
