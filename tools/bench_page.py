@@ -168,7 +168,7 @@ python tools/bench_deadline.py                                # answers under a 
 python tools/load_test_server.py                              # edgetts serve under concurrent clients
 python tools/bench_concurrent_server.py --clients 1 4 8      # serial against batched server engine
 python tools/bench_tree_throughput.py                         # tree searches' tok/s against sampling's
-python tools/bench_parking.py --limit 5                       # N = 64 trees on 16 slots: parking vs re-decoding
+python tools/bench_parking.py --limit 5                       # N = 64 trees, 16 slots: parking
 python tools/gpu_smoke.py --model .gpu/tiny-qwen2.gguf        # GPU against CPU (tools/gpu_offline.sh)
 ```
 """
