@@ -112,24 +112,22 @@ def add_probe_scores(problems: list[Problem], state_dirs: list[Path], prm: Path)
     """Score each problem's samples with the probe in ``prm`` from their kept step states
     (``<dir>/states/<key>.npz``, as ``tools/label_steps.py sample`` / ``restore`` leave them),
     each sample's score aggregated as the probe's manifest says; returns how many were scored."""
+    from train_probe import pick_layers
+
     from edgetts.probe import ProbeScorer, load_states
 
     scorer = ProbeScorer.load(prm, threads=1)
+    wanted = list(scorer.state_layers)
     done = 0
     for p in problems:
-        file = next(
-            (d / "states" / f"{p.key}.npz" for d in state_dirs if (d / "states" / f"{p.key}.npz").is_file()),
-            None,
-        )
+        files = [d / "states" / f"{p.key}.npz" for d in state_dirs]
+        file = next((f for f in files if f.is_file()), None)
         if file is None or not p.layers:
             continue
         paths = load_states(file)
-        width = len(paths[0].step_states[0]) // len(p.layers) if paths and paths[0].step_states else 0
-        pick = [p.layers.index(layer) for layer in scorer.state_layers]
         for path in paths:
-            path.step_states = [
-                np.concatenate([s[i * width : (i + 1) * width] for i in pick]) for s in path.step_states
-            ]
+            if path.step_states:
+                path.step_states = list(pick_layers(np.vstack(path.step_states), list(p.layers), wanted))
         scores = scorer.score("", paths)
         p.scores = [aggregate(s, scorer.default_aggregation) if s else 0.0 for s in scores]
         done += 1
@@ -144,20 +142,21 @@ def majority_vote(p: Problem, k: int) -> tuple[Tally, bool]:
     """Majority over the first ``k`` samples, as ``majority`` counts it."""
     cands = p.candidates[:k]
     chosen, _ = pick_by_vote(cands, lambda c: 1.0)
-    return tally_votes(cands, lambda c: 1.0), _right(p, chosen)
+    return tally_votes(cands, lambda c: 1.0), _right(p, chosen, cands)
 
 
 def confidence_vote(p: Problem, k: int) -> tuple[Tally, bool]:
     """DeepConf's filtered, confidence-weighted vote over the first ``k``, as ``confidence_vote``."""
     cands, confs = p.candidates[:k], p.confidence[:k]
     chosen, _ = pick_by_confidence(cands, confs, KEEP)
-    return tally_confidence(cands, confs, KEEP), _right(p, chosen)
+    return tally_confidence(cands, confs, KEEP), _right(p, chosen, cands)
 
 
-def _right(p: Problem, chosen: Candidate | None) -> bool:
+def _right(p: Problem, chosen: Candidate | None, among: list[Candidate]) -> bool:
+    """Whether ``chosen``, one of ``among`` (the row's first samples, in order), is right."""
     if chosen is None:
         return False
-    index = next(i for i, c in enumerate(p.candidates) if c is chosen)
+    index = next(i for i, c in enumerate(among) if c is chosen)
     return p.correct[index]
 
 
@@ -166,8 +165,7 @@ def weighted_vote(p: Problem, k: int) -> tuple[Tally, bool]:
     assert p.scores is not None, "weighted_vote needs add_probe_scores"
     cands = [replace(c, score=s) for c, s in zip(p.candidates[:k], p.scores, strict=False)]
     chosen, _ = pick_by_vote(cands, lambda c: c.score or 0.0)
-    index = next((i for i, c in enumerate(cands) if c is chosen), None)
-    return tally_votes(cands, lambda c: c.score or 0.0), index is not None and p.correct[index]
+    return tally_votes(cands, lambda c: c.score or 0.0), _right(p, chosen, cands)
 
 
 VOTES: dict[str, Vote] = {
