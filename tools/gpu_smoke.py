@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetts.policy import LlamaPolicy, PolicyConfig
+from edgetts.policy import LlamaPolicy, PolicyConfig, default_threads
 from edgetts.search.base import Sampling
 
 QUESTION = "Tom has 12 apples and gives away 5. How many apples does he have left?"
@@ -235,13 +234,12 @@ def main() -> None:
         )
     )
 
-    threads = os.cpu_count() or 1
     speeds = {
         f"{where} N={n}": speed(args.model, n_layers, n)
         for where, n_layers in (("cpu", 0), ("gpu", layers))
         for n in (1, 16, 64)
     }
-    report(checks, {"tok_per_s": speeds, "cpu_threads": threads}, args.json)
+    report(checks, {"tok_per_s": speeds, "cpu_threads": default_threads()}, args.json)
 
 
 def report(checks: list[tuple[str, bool, str]], extra: dict, json_path: str | None) -> None:
