@@ -69,7 +69,17 @@ def test_rescore_kept_samples_with_the_shipped_prm(tmp_path):
         )
     samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "rescored.jsonl"
-    args = argparse.Namespace(samples=str(samples), prm=None, out=str(out), n=[1, 4], agg=None, threads=1)
+    args = argparse.Namespace(
+        samples=str(samples),
+        labels=None,
+        data=None,
+        model=None,
+        prm=None,
+        out=str(out),
+        n=[1, 4],
+        agg=None,
+        threads=1,
+    )
     bench.rescore(args)
     got = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(got) == 2 * 3 * 2  # problems x sample-based strategies x N
@@ -143,7 +153,15 @@ def test_rescore_with_a_policy_probe_reads_kept_states(tmp_path):
     out = tmp_path / "rescored.jsonl"
     bench.rescore(
         argparse.Namespace(
-            samples=str(samples), prm=str(tmp_path / "probe"), out=str(out), n=[4], agg=None, threads=1
+            samples=str(samples),
+            labels=None,
+            data=None,
+            model=None,
+            prm=str(tmp_path / "probe"),
+            out=str(out),
+            n=[4],
+            agg=None,
+            threads=1,
         )
     )
     got = {r["strategy"]: r for r in map(json.loads, out.read_text().splitlines())}
@@ -151,6 +169,63 @@ def test_rescore_with_a_policy_probe_reads_kept_states(tmp_path):
     assert got["majority"]["answer"] == "7" and not got["majority"]["correct"]
     assert got["best_of_n"]["answer"] == "12" and got["best_of_n"]["correct"]
     assert got["weighted_best_of_n"]["answer"] == "12"  # 0.95 against 3 x 0.05
+
+
+def test_rescore_label_rows_picks_the_probes_layers_from_wider_states(tmp_path):
+    """``--labels``: label_steps rows whose states join layers 12 and -1; a probe of layer -1 alone
+    must read the second block (the first would pick the wrong answer)."""
+    pytest.importorskip("onnx")
+    import train_probe
+
+    from edgetts.probe import save_states
+    from edgetts.search.base import SolutionPath
+
+    width = 4
+    train_probe.export(
+        tmp_path / "probe",
+        np.array([1.0, 0, 0, 0]),
+        0.0,
+        {
+            "kind": "policy_probe",
+            "name": "p",
+            "hidden_size": width,
+            "policy": {"name": "m", "n_embd": width},
+            "default_aggregation": "last",
+        },
+    )
+    answers = ["7", "12", "7", "7"]
+    text = "So.\n\nThe answer is \\boxed{{{}}}."
+    cands = [
+        {"text": text.format(a), "answer": a, "score": None, "step_scores": [], "n_tokens": 10}
+        | {"stop_reason": "eos", "correct": a == "12", "step_stats": []}
+        for a in answers
+    ]
+    labels = tmp_path / "labels"
+    row = {"key": "toy-0", "source": "sample", "dataset": "toy", "id": "0", "gold": "12"}
+    row |= {"layers": [12, -1], "candidates": cands}
+    (labels / "states").mkdir(parents=True)
+    (labels / "results.jsonl").write_text(json.dumps(row) + "\n")
+
+    def state(first_block: float, last_block: float) -> np.ndarray:
+        return np.array([first_block, 0, 0, 0, last_block, 0, 0, 0])
+
+    save_states(
+        labels / "states" / "toy-0.npz",
+        [
+            SolutionPath(
+                steps=["So.\n\n", f"The answer is {a}."],
+                step_states=[state(0, 0), state(-3.0 if a == "12" else 3.0, 3.0 if a == "12" else -3.0)],
+            )
+            for a in answers
+        ],
+    )
+    out = tmp_path / "rescored.jsonl"
+    args = dict(samples=None, labels=str(labels), data=None, model="m", prm=str(tmp_path / "probe"))
+    bench.rescore(argparse.Namespace(**args, out=str(out), n=[4], agg=None, threads=1))
+    got = {r["strategy"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert got["best_of_n"]["answer"] == "12" and got["best_of_n"]["correct"]
+    assert got["majority"]["answer"] == "7"
+    assert got["best_of_n"]["problem_id"] == "0" and got["best_of_n"]["seconds"] is None
 
 
 def test_report_only_keeps_one_n_of_a_strategy(tmp_path, capsys):

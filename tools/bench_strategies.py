@@ -11,13 +11,17 @@ line per (problem, strategy, N) is appended to ``--out``; a rerun skips what is 
     python tools/bench_strategies.py report --results runs/bench_gsm8k.jsonl --plot docs/gsm8k.png
     python tools/bench_strategies.py rescore --samples runs/bench_gsm8k.samples.jsonl \\
         --prm work/prm/new --out runs/bench_gsm8k_newprm.jsonl
+    python tools/bench_strategies.py rescore --labels runs/labels/gsm8k_test \\
+        --prm edgetts/assets/prm-probe-qwen05 --out runs/gsm8k_test.rescored.jsonl
     python tools/bench_strategies.py compare runs/bench_gsm8k.jsonl:beam_search:4 \\
         runs/bench_gsm8k.jsonl:best_of_n:16     # paired: wins, losses, sign test
 
 ``run`` also keeps every problem's samples in ``<out>.samples.jsonl`` and their step states (the
 policy's hidden state at each step end) in ``<out>.states/<problem_id>.npz``: ``rescore``
 recomputes the sample-based rows (majority, best-of-N, weighted best-of-N) with another PRM, a
-text PRM or a policy probe (``edgetts.probe``), without sampling again.
+text PRM or a policy probe (``edgetts.probe``), without sampling again. ``rescore --labels`` reads
+the committed N = 16 sets instead (``data/labels/*.jsonl.gz``, unpacked with their states by
+``tools/label_steps.py restore``): the bench's selection tables are made from those.
 
 Rows: ``{problem_id, dataset, model, strategy, n, correct, answer, gold, tokens_generated,
 seconds, prm, difficulty_features}``; ``tokens_generated`` counts each generated token once (a
@@ -40,13 +44,15 @@ from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import paired
 from plots import accuracy_axes, accuracy_curve, accuracy_level, dodged, save_accuracy_plot, standard_error
+from train_probe import pick_layers
 
 from edgetts.data import load_problems
 from edgetts.grading import answers_equal
 from edgetts.metadata import read_metadata
-from edgetts.models import load_registry, resolve
+from edgetts.models import default_model_name, load_registry, resolve
 from edgetts.policy import LlamaPolicy, PolicyConfig, default_threads
 from edgetts.probe import default_prm_dir, load_scorer, load_states, save_states
 from edgetts.prompts import split_steps
@@ -219,23 +225,68 @@ def run(args: argparse.Namespace) -> None:
         print(f"[{index + 1}/{len(problems)}] {problem.id} done", flush=True)
 
 
+def kept_sample_rows(args: argparse.Namespace) -> list[dict]:
+    """The kept sample sets ``rescore`` reads, each row with ``states_file`` and ``layers``.
+
+    ``--samples``: ``run``'s ``<out>.samples.jsonl`` (states in ``<out>.states``, the policy
+    probe's own layers). ``--labels``: a ``tools/label_steps.py sample`` folder (``results.jsonl``
+    and ``states/``, as ``label_steps.py restore`` rebuilds them from the committed
+    ``data/labels`` rows), whose rows hold no question (``--data`` gives them to a text PRM).
+    """
+    if args.samples:
+        folder = kept_states_dir(Path(args.samples))
+        return [
+            {**r, "states_file": folder / f"{r['problem_id']}.npz", "layers": None}
+            for r in load_rows([args.samples])
+        ]
+    folder = Path(args.labels)
+    questions = {str(p.id): p.question for p in load_problems(args.data)} if args.data else {}
+    return [
+        {
+            "problem_id": str(r["id"]),
+            "dataset": r["dataset"],
+            "model": args.model or default_model_name(),
+            "gold": r["gold"],
+            "question": questions.get(str(r["id"]), ""),
+            "seconds": None,  # label runs kept no per-problem time
+            "candidates": r["candidates"],
+            "states_file": folder / "states" / f"{r['key']}.npz",
+            "layers": r["layers"],
+        }
+        for r in load_rows([str(folder / "results.jsonl")])
+        if r["source"] == "sample"
+    ]
+
+
+def kept_paths(sample_row: dict, wanted_layers: list[int]) -> list[SolutionPath]:
+    """The row's kept step states, cut to the layers a probe reads when more were captured."""
+    paths = load_states(sample_row["states_file"])
+    if sample_row["layers"] is not None:
+        for path in paths:
+            if path.step_states:
+                states = np.vstack(path.step_states)
+                path.step_states = list(pick_layers(states, list(sample_row["layers"]), wanted_layers))
+    return paths
+
+
 def rescore(args: argparse.Namespace) -> None:
     """Sample-based rows again from kept samples, scored by another PRM (no policy needed)."""
     scorer = load_scorer(args.prm, threads=args.threads)
+    if args.labels and not getattr(scorer, "needs_states", False) and not args.data:
+        sys.exit("error: --labels rows hold no question; a text PRM needs them from --data")
     out = Path(args.out)
     done = _done(out)
     n_list = sorted(args.n)
     agg = args.agg or scorer.default_aggregation
-    kept_states = kept_states_dir(Path(args.samples))
     skipped = 0
-    for sample_row in load_rows([args.samples]):
+    for sample_row in kept_sample_rows(args):
         cands = [Candidate.from_dict(c) for c in sample_row["candidates"]]
         if getattr(scorer, "needs_states", False):
-            kept = kept_states / f"{sample_row['problem_id']}.npz"
-            if not kept.is_file():
+            if not sample_row["states_file"].is_file():
                 skipped += 1
                 continue
-            scored = scorer.score(sample_row["question"], load_states(kept))
+            paths = kept_paths(sample_row, list(scorer.state_layers))
+            scored = scorer.score(sample_row["question"], paths)
         else:
             scored = scorer.score_steps(sample_row["question"], [split_steps(c.text) for c in cands])
         cands = [
@@ -246,21 +297,22 @@ def rescore(args: argparse.Namespace) -> None:
         features = difficulty_features(cands)
         for row in subset_rows(cands, sample_row["gold"], [n for n in n_list if n <= len(cands)]):
             if (base["problem_id"], base["model"], row["strategy"], row["n"]) not in done:
-                seconds = sample_row["seconds"] * row["n"] / len(cands)
+                total = sample_row["seconds"]
+                seconds = None if total is None else round(total * row["n"] / len(cands), 3)
                 _append(
                     out,
                     {
                         **base,
                         **row,
-                        "seconds": round(seconds, 3),
+                        "seconds": seconds,
                         "prm": str(scorer.directory),
                         "difficulty_features": features,
                     },
                 )
     if skipped:
         print(
-            f"{skipped} problems skipped: no step states kept in {kept_states} (sampled before "
-            "run kept them); this PRM reads the policy's states"
+            f"{skipped} problems skipped: no step states kept for them (sampled before run kept "
+            "them, or not restored); this PRM reads the policy's states"
         )
     print(f"rows written to {out}")
 
@@ -463,7 +515,17 @@ def main() -> None:
         "problems in common), e.g. majority best_of_n beam_search:4",
     )
     q = sub.add_parser("rescore", help="sample-based rows again, from kept samples, with another PRM")
-    q.add_argument("--samples", required=True, help="<out>.samples.jsonl written by run")
+    kept = q.add_mutually_exclusive_group(required=True)
+    kept.add_argument("--samples", help="<out>.samples.jsonl written by run")
+    kept.add_argument(
+        "--labels", help="a tools/label_steps.py sample folder (results.jsonl and states/): data/labels sets"
+    )
+    q.add_argument("--data", default=None, help="with --labels and a text PRM: the questions' file")
+    q.add_argument(
+        "--model",
+        default=None,
+        help="with --labels: the policy that sampled them (default: the default policy)",
+    )
     q.add_argument("--prm", required=True, help="PRM directory")
     q.add_argument("--out", required=True, help="results JSONL (appended, resumable)")
     q.add_argument("--n", type=int, nargs="+", default=[1, 4, 16])
