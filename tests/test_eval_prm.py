@@ -72,3 +72,37 @@ def test_processbench_scores_of_the_shipped_probe():
     assert [len(s) for s in scores["f"]] == [2, 2]
     assert all(0.0 <= x <= 1.0 for s in scores["f"] for x in s)
     assert first_below(scores["f"][0], 0.0) == -1
+
+
+@pytest.mark.slow
+def test_eval_prm_with_only_data_judges_the_shipped_default_at_its_manifest_threshold(tmp_path):
+    """``eval_prm.py --data FILE`` alone: the step verifier a search would use for the default
+    policy (its probe, items prefilled through the policy) at the threshold in its manifest."""
+    import json
+    import subprocess
+
+    from eval_prm import default_step_verifier
+
+    from edgetts.probe import ProbeScorer
+
+    verifier = default_step_verifier()
+    manifest = ProbeScorer.load(verifier).manifest  # a probe ships for the default policy
+    item = {
+        "id": "x",
+        "generator": "hand",
+        "problem": "Tom has 3 boxes of 4 apples. How many apples?",
+        "steps": ["3 boxes of 4 apples is 3 * 4 = 12 apples.", "Therefore, the answer is 12."],
+        "final_answer_correct": True,
+        "label": -1,
+    }
+    data = tmp_path / "pb.json"
+    data.write_text(
+        json.dumps([item, {**item, "steps": ["3 * 4 = 15 apples.", "The answer is 15."], "label": 0}])
+    )
+    out = tmp_path / "out.json"
+    tool = Path(__file__).resolve().parent.parent / "tools" / "eval_prm.py"
+    subprocess.run([sys.executable, str(tool), "--data", str(data), "--json", str(out)], check=True)
+    (run,) = json.loads(out.read_text())
+    assert run["name"] == f"{verifier} calculator=on"
+    assert run["threshold"] == manifest.threshold
+    assert run["files"][str(data)]["n_error"] == 1 and run["files"][str(data)]["n_correct"] == 1

@@ -16,9 +16,13 @@ PRM-weighted vote) against majority voting and the oracle (any candidate correct
 short = bad, and the threshold are picked on the dev files): the trivial baseline to beat.
 ``--baseline calculator`` flags only steps with a false plain-number equation (no model).
 
-Example::
+Without ``--prm`` the PRM is the step verifier a search uses for the default policy (its
+hidden-state probe, each item prefilled through the policy), at its manifest threshold, so
+``python tools/eval_prm.py --data FILE`` judges exactly what ships. Example::
 
-    python tools/eval_prm.py --dev work/prm/pb_dev_*.json --data work/prm/pb_test_*.json
+    python tools/eval_prm.py --data work/prm/pb_test_gsm8k.json
+    python tools/eval_prm.py --prm edgetts/assets/prm-minilm --dev work/prm/pb_dev_*.json \\
+        --data work/prm/pb_test_*.json
 """
 
 from __future__ import annotations
@@ -73,6 +77,16 @@ def load_items(path: str) -> list[dict]:
     if text.lstrip().startswith("["):
         return json.loads(text)
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def default_step_verifier() -> str:
+    """The PRM a search uses for the default policy when none is named (``Solver.prm_dir``)."""
+    from edgetts.metadata import read_metadata
+    from edgetts.models import resolve
+    from edgetts.probe import default_prm_dir
+
+    meta = read_metadata(resolve(None))
+    return str(default_prm_dir(meta.name, meta.n_embd))
 
 
 def prm_scores(
@@ -270,7 +284,12 @@ def main() -> None:
     )
     ap.add_argument("--agg", choices=["last", "min", "prod"], default=None)
     ap.add_argument("--dev", nargs="*", default=[], help="files to pick the threshold on")
-    ap.add_argument("--prm", default=None, help="PRM directory (default: edgetts/assets/prm-minilm)")
+    ap.add_argument(
+        "--prm",
+        default=None,
+        help="PRM directory (default: the step verifier edgetts uses for the default policy, "
+        "its hidden-state probe, whose items are prefilled through the policy)",
+    )
     ap.add_argument("--baseline", choices=["length", "calculator"], default=None)
     ap.add_argument("--threshold", type=float, default=None, help="fixed threshold (no picking)")
     ap.add_argument(
@@ -318,13 +337,14 @@ def main() -> None:
             (f"baseline:length(sign={sign:+.0f})", {p: length_scores(files[p], sign) for p in files}, 0.5)
         )
     else:
+        args.prm = args.prm or default_step_verifier()
         raw, manifest = prm_scores(args.prm, args.threads, files, args.batch)
         modes = {"manifest": ["on" if manifest.calculator_check else "off"], "both": ["off", "on"]}
         for mode in modes.get(args.calculator, [args.calculator]):
             sc = raw if mode == "off" else with_calculator(raw, files, manifest.calculator_cap)
             runs.append(
                 (
-                    f"{args.prm or 'edgetts/assets/prm-minilm'} calculator={mode}",
+                    f"{args.prm} calculator={mode}",
                     sc,
                     getattr(manifest, "threshold", 0.5),
                 )
