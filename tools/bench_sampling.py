@@ -2,7 +2,9 @@
 
 (a) edgetts: the prompt prefilled once, forked to N sequences, all decoded in one batch per token;
 (b) what a user would otherwise write: N sequential completions with llama-cpp-python's ``Llama``;
-(c) naive batching: the prompt prefilled again for every sample, then one batch per token.
+(c) naive batching: the prompt prefilled again for every sample, then one batch per token;
+(s) with ``--state-layers``: (a) again, keeping each step's hidden state of those layers (what a
+    policy probe reads while a search decodes), one way per layer set, to price the capture.
 
 Prints aggregate generated tokens per second, tokens prefilled and the ratios, each the median of
 ``--repeats`` runs, plus a compute roofline: 2 x params FLOP per token against a measured matmul
@@ -10,6 +12,7 @@ rate, and (a)'s fraction of it.
 
     python tools/bench_sampling.py                    # N in 1 4 16, 256 tokens, 3 repeats
     python tools/bench_sampling.py --n 16 --repeats 5 --threads 2
+    python tools/bench_sampling.py --n 16 --skip-sequential --state-layers -1 12,-1
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 import statistics
 import time
 import zlib
+from dataclasses import replace
 
 import llama_cpp
 import numpy as np
@@ -131,6 +135,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--skip-sequential", action="store_true", help="(b) is the slowest; skip it")
     ap.add_argument(
+        "--state-layers",
+        nargs="*",
+        default=[],
+        help="layer sets (comma-separated, e.g. -1 12,-1) whose step states (a) also keeps: one way each",
+    )
+    ap.add_argument(
         "--n-gpu-layers",
         type=int,
         default=None,
@@ -140,16 +150,21 @@ def main() -> None:
     gpu_layers = default_gpu_layers() if args.n_gpu_layers is None else args.n_gpu_layers
 
     n_max = max(args.n)
-    policy = LlamaPolicy(
-        PolicyConfig(
-            model=args.model,
-            n_seq_max=n_max,
-            max_tokens=args.max_tokens,
-            n_threads=args.threads,
-            n_ctx=n_max * (args.max_tokens + 512),
-            n_gpu_layers=gpu_layers,
-        )
+    config = PolicyConfig(
+        model=args.model,
+        n_seq_max=n_max,
+        max_tokens=args.max_tokens,
+        n_threads=args.threads,
+        n_ctx=n_max * (args.max_tokens + 512),
+        n_gpu_layers=gpu_layers,
     )
+    policy = LlamaPolicy(config)
+    capturing = {
+        f"s{layers}": LlamaPolicy(
+            replace(config, capture_states=True, state_layers=tuple(int(x) for x in layers.split(",")))
+        )
+        for layers in args.state_layers
+    }
     llm = llama_cpp.Llama(
         str(resolve(args.model)),
         n_ctx=args.max_tokens + 512,
@@ -164,6 +179,8 @@ def main() -> None:
     }
     if not args.skip_sequential:
         ways["b"] = lambda n, s: bench_sequential(llm, prompt, n, args.max_tokens, s)
+    for way, capturing_policy in capturing.items():
+        ways[way] = lambda n, s, p=capturing_policy: bench_batched(p, n, args.max_tokens, s)
 
     print(
         f"model {policy.metadata.name}, {policy.metadata.n_params / 1e6:.0f}M params, "
@@ -175,6 +192,7 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     names = {"a": "(a) batched, prefill once", "b": "(b) sequential Llama", "c": "(c) batched, re-prefill"}
+    names |= {way: f"(a) + states of {way[1:]}" for way in capturing}
     rates: dict[tuple[int, str], float] = {}
     for n in args.n:
         # Repeats interleave the ways, so a noisy neighbour slows all of them alike.
@@ -194,6 +212,7 @@ def main() -> None:
         parts = [f"N={n}: (a)/(c) = {rates[n, 'a'] / rates[n, 'c']:.2f}x"]
         if (n, "b") in rates:
             parts.append(f"(a)/(b) = {rates[n, 'a'] / rates[n, 'b']:.2f}x")
+        parts += [f"states of {way[1:]}/(a) = {rates[n, way] / rates[n, 'a']:.3f}x" for way in capturing]
         print("  ".join(parts))
     if gpu_layers != 0:  # the roofline below measures the CPU's matmul rate
         print("\nroofline: not measured (a GPU run; it measures the CPU)")
