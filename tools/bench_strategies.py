@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gzip
 import json
 import os
 import statistics
@@ -341,9 +342,12 @@ def states(args: argparse.Namespace) -> None:
 
 
 def load_rows(paths: list[str]) -> list[dict]:
+    """JSON lines of every file, a ``.gz`` one read through gzip."""
     rows = []
     for path in paths:
-        rows += [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        opener = gzip.open if str(path).endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as f:
+            rows += [json.loads(line) for line in f if line.strip()]
     return rows
 
 
