@@ -35,6 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from eval_prm import GRID, first_below, prf, selection_accuracy  # noqa: E402
+from train_probe import pick_layers  # noqa: E402
 
 from edgetts.confidence import STEP_FEATURES  # noqa: E402
 from edgetts.prm import calculator_capped  # noqa: E402
@@ -121,8 +122,7 @@ def load_samples(directory: str) -> list[EvalRow]:
 
 def features(sol: Solution, captured: list[int], layers: list[int], conf: bool) -> np.ndarray:
     """The probe's input for a solution: the chosen layers' states, then the statistics."""
-    width = sol.states.shape[1] // len(captured)
-    parts = [sol.states[:, captured.index(k) * width : (captured.index(k) + 1) * width] for k in layers]
+    parts = [pick_layers(sol.states, captured, layers)]
     if conf:
         parts.append(sol.stats)
     return np.hstack(parts).astype(np.float32)
