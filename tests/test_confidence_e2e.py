@@ -63,3 +63,32 @@ def test_confidence_vote_runs_on_the_real_policy(confident):
     assert sum(result.votes.values()) == pytest.approx(
         sum(c.score for c in result.candidates if c.answer is not None)
     )
+
+
+def test_a_kept_sample_cut_at_max_step_tokens_reads_back_with_its_generated_steps():
+    """Generation cuts a step at ``max_step_tokens``; the kept text joins the pieces with no
+    separator. ``as_generated`` cuts the text again where generation did, so a kept sample gets
+    back one state per generated step (label restores and rescoring need exactly those)."""
+    from edgetts.prompts import split_steps
+
+    pol = LlamaPolicy(
+        PolicyConfig(n_seq_max=1, max_tokens=256, max_step_tokens=12, temperature=0.0, capture_states=True)
+    )
+    try:
+        path = pol.extend([pol.root(QUESTION)], 1, to_end=True)[0]
+        # Ended by the model: a path cut by max_tokens never decoded its last token, so its
+        # last state is the token before's, where a prefill reads the last token's.
+        assert path.stop_reason == "eos"
+        written = split_steps(path.text)
+        assert len(path.steps) > len(written)  # some steps were cut at 12 tokens
+        read = pol.read_solution(QUESTION, written, as_generated=True)
+        assert len(read.steps) == len(path.steps) == len(read.step_states)
+        cosine = [
+            float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+            for a, b in zip(read.step_states, path.step_states, strict=True)
+        ]
+        assert min(cosine) > 0.95, cosine  # the same positions, up to batch numerics
+        plain = pol.read_solution(QUESTION, written)
+        assert len(plain.steps) == len(written)  # without it the given steps stay the units
+    finally:
+        pol.close()

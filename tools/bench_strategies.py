@@ -333,10 +333,10 @@ def states(args: argparse.Namespace) -> None:
         target = folder / f"{row['problem_id']}.npz"
         if target.is_file():
             continue
-        paths = []
-        for c in row["candidates"]:
-            steps = split_steps(c["text"])
-            paths.append(SolutionPath(steps=steps, step_states=policy.states_of(row["question"], steps)))
+        paths = [
+            policy.read_solution(row["question"], split_steps(c["text"]), as_generated=True)
+            for c in row["candidates"]
+        ]
         save_states(target, paths)
         print(f"{row['problem_id']}: states of {len(paths)} samples", flush=True)
 

@@ -346,7 +346,12 @@ def restore(args: argparse.Namespace) -> None:
     t0, tokens = time.perf_counter(), 0
     for k, row in enumerate(rows):
         solutions = kept_solutions(row, questions, prmbench_steps)
-        paths = [policy.read_solution(q, steps, confidence=not args.states_only) for q, steps in solutions]
+        paths = [
+            policy.read_solution(
+                q, steps, confidence=not args.states_only, as_generated=row["source"] != "prmbench"
+            )
+            for q, steps in solutions
+        ]
         if [len(p.steps) for p in paths] != step_counts(row):
             print(f"skip {row['key']}: its steps split differently from the recorded statistics", flush=True)
             continue

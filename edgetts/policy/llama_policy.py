@@ -540,7 +540,9 @@ class LlamaPolicy:
         """
         return self.read_solution(question, steps).step_states
 
-    def read_solution(self, question: str, steps: list[str], confidence: bool = False) -> SolutionPath:
+    def read_solution(
+        self, question: str, steps: list[str], confidence: bool = False, as_generated: bool = False
+    ) -> SolutionPath:
         """Prefill a written solution: a path with the states a generation would have recorded.
 
         ``step_states`` holds the hidden state at each step's last token (``capture_states``);
@@ -551,11 +553,16 @@ class LlamaPolicy:
         starts from a clear cache (the prompt's prefill is reused): not for use in the middle
         of a search. It decodes with embeddings on, so llama.cpp keeps logits for up to n_batch
         tokens at once (0.6 MB each): fine for the tools it serves, not for a tight budget.
+
+        ``as_generated``: the steps are the policy's own text (kept samples, joined as written):
+        a step longer than ``max_step_tokens`` is cut there as generation cut it, so the path
+        may hold more steps than ``steps``, each with the state its generation recorded.
+        Without it the given steps stay the units (labelled solutions, scored step by step).
         """
         if not self.config.capture_states:
             raise PolicyError("read_solution needs a policy created with capture_states=True")
         root = self.root(question)
-        tokens, ends = self._solution_tokens(steps, close_last=False)
+        tokens, ends, steps = self._solution_tokens(steps, close_last=False, cut_long=as_generated)
         first = len(root.handle.prompt.tokens)
         limit = self.config.resolved_n_ctx() - first
         if len(tokens) > limit:
@@ -591,7 +598,7 @@ class LlamaPolicy:
         Like :meth:`root` it starts from a clear cache when the prompt changes.
         """
         root = self.root(question)
-        tokens, ends = self._solution_tokens(steps, close_last=True)
+        tokens, ends, steps = self._solution_tokens(steps, close_last=True, cut_long=False)
         prompt = root.handle.prompt
         if not tokens:
             raise PolicyError("path_from needs at least one step")
@@ -650,17 +657,34 @@ class LlamaPolicy:
                 logits = self._logits(rows[last])
         return states, stats, logits
 
-    def _solution_tokens(self, steps: list[str], close_last: bool) -> tuple[list[int], list[int]]:
+    def _solution_tokens(
+        self, steps: list[str], close_last: bool, cut_long: bool
+    ) -> tuple[list[int], list[int], list[str]]:
         """Tokens of written steps, each tokenized on its own with its separator (as generation
-        cuts them), and the index of each step's last token."""
+        cuts them), the index of each step's last token, and the steps. ``cut_long``: a step of
+        more than ``max_step_tokens`` tokens becomes pieces of that many, as generation cuts it
+        (:class:`~edgetts.policy.steps.StepAccumulator`), each piece a step of its own."""
         tokens: list[int] = []
         ends: list[int] = []
+        pieces: list[str] = []
+        most = self.config.max_step_tokens if cut_long else None
         for i, step in enumerate(steps):
             if (close_last or i < len(steps) - 1) and not step.endswith(STEP_SEPARATOR):
                 step += STEP_SEPARATOR
-            tokens += self.tokenize(step, special=False)
-            ends.append(max(len(tokens) - 1, 0))
-        return tokens, ends
+            step_tokens = self.tokenize(step, special=False)
+            if most is None or len(step_tokens) <= most:
+                tokens += step_tokens
+                ends.append(max(len(tokens) - 1, 0))
+                pieces.append(steps[i])
+                continue
+            cut = [step_tokens[at : at + most] for at in range(0, len(step_tokens), most)]
+            for piece in cut:
+                tokens += piece
+                ends.append(len(tokens) - 1)
+                pieces.append(b"".join(map(self.piece, piece)).decode("utf-8", errors="replace"))
+            if not steps[i].endswith(STEP_SEPARATOR):  # given without it, as split_steps gives steps
+                pieces[-1] = pieces[-1].removesuffix(STEP_SEPARATOR)
+        return tokens, ends, pieces
 
     def _configured_sampling(self) -> Sampling:
         cfg = self.config
