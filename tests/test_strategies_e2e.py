@@ -21,8 +21,12 @@ def probe_policy():
     from edgetts.policy import LlamaPolicy, PolicyConfig
     from edgetts.probe import ProbeScorer
 
-    pol = LlamaPolicy(PolicyConfig(n_seq_max=8, max_tokens=256, seed=0, capture_states=True))
-    yield pol, ProbeScorer.load(shipped_dir() / "prm-probe-qwen05", threads=1)
+    probe = ProbeScorer.load(shipped_dir() / "prm-probe-qwen05", threads=1)
+    config = PolicyConfig(
+        n_seq_max=8, max_tokens=256, seed=0, capture_states=True, state_layers=probe.state_layers
+    )
+    pol = LlamaPolicy(config)
+    yield pol, probe
     pol.close()
 
 
