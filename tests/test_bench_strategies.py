@@ -156,6 +156,7 @@ def test_rescore_with_a_policy_probe_reads_kept_states(tmp_path):
             samples=str(samples),
             labels=None,
             data=None,
+            limit=None,
             model=None,
             prm=str(tmp_path / "probe"),
             out=str(out),
@@ -220,7 +221,9 @@ def test_rescore_label_rows_picks_the_probes_layers_from_wider_states(tmp_path):
         ],
     )
     out = tmp_path / "rescored.jsonl"
-    args = dict(samples=None, labels=str(labels), data=None, model="m", prm=str(tmp_path / "probe"))
+    args = dict(
+        samples=None, labels=str(labels), data=None, limit=None, model="m", prm=str(tmp_path / "probe")
+    )
     bench.rescore(argparse.Namespace(**args, out=str(out), n=[4], agg=None, threads=1))
     got = {r["strategy"]: r for r in map(json.loads, out.read_text().splitlines())}
     assert got["best_of_n"]["answer"] == "12" and got["best_of_n"]["correct"]

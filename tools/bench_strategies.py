@@ -242,6 +242,9 @@ def kept_sample_rows(args: argparse.Namespace) -> list[dict]:
         ]
     folder = Path(args.labels)
     questions = {str(p.id): p.question for p in load_problems(args.data)} if args.data else {}
+    rows = [r for r in load_rows([str(folder / "results.jsonl")]) if r["source"] == "sample"]
+    # The dataset's first --limit problems (label rows are written in no particular order).
+    rows = sorted(rows, key=lambda r: (len(str(r["id"])), str(r["id"])))[: args.limit]
     return [
         {
             "problem_id": str(r["id"]),
@@ -254,8 +257,7 @@ def kept_sample_rows(args: argparse.Namespace) -> list[dict]:
             "states_file": folder / "states" / f"{r['key']}.npz",
             "layers": r["layers"],
         }
-        for r in load_rows([str(folder / "results.jsonl")])
-        if r["source"] == "sample"
+        for r in rows
     ]
 
 
@@ -525,6 +527,7 @@ def main() -> None:
         "--labels", help="a tools/label_steps.py sample folder (results.jsonl and states/): data/labels sets"
     )
     q.add_argument("--data", default=None, help="with --labels and a text PRM: the questions' file")
+    q.add_argument("--limit", type=int, default=None, help="with --labels: the first N problems only")
     q.add_argument(
         "--model",
         default=None,
