@@ -131,7 +131,7 @@ SECTIONS = (
         ),
     ),
     Section(
-        "Auto against fixed strategies (both sets, 200 problems, leave-one-out)",
+        "Auto against fixed strategies (both sets, leave-one-out)",
         "`auto` picks a strategy and N per question from the table fitted on the other problems.",
         (
             f"python tools/fit_compute_optimal.py {B}/gsm8k_test.rescored.jsonl "
