@@ -330,7 +330,14 @@ def states(args: argparse.Namespace) -> None:
     samples = Path(args.samples)
     folder = kept_states_dir(samples)
     folder.mkdir(parents=True, exist_ok=True)
-    policy = LlamaPolicy(PolicyConfig(model=args.model, n_seq_max=1, max_tokens=1024, capture_states=True))
+    meta = read_metadata(resolve(args.model))
+    probe = load_scorer(args.prm or default_prm_dir(meta.name, meta.n_embd), threads=1)
+    # The layers the probe reads, as run keeps them (a text PRM reads no states: the final layer).
+    layers = tuple(getattr(probe, "state_layers", ())) or (-1,)
+    config = PolicyConfig(
+        model=args.model, n_seq_max=1, max_tokens=1024, capture_states=True, state_layers=layers
+    )
+    policy = LlamaPolicy(config)
     for row in load_rows([args.samples]):
         target = folder / f"{row['problem_id']}.npz"
         if target.is_file():
@@ -546,6 +553,7 @@ def main() -> None:
     t = sub.add_parser("states", help="step states of kept samples that have none (a prefill each)")
     t.add_argument("--samples", required=True, help="<out>.samples.jsonl written by run")
     t.add_argument("--model", default=None)
+    t.add_argument("--prm", default=None, help="the probe whose layers to keep (default: the policy's own)")
     c = sub.add_parser("compare", help="A against B on the problems both ran: wins, losses, sign test")
     c.add_argument("a", help="FILE:STRATEGY:N, e.g. docs/bench/mawps.jsonl:beam_search:4")
     c.add_argument("b", help="FILE:STRATEGY:N, e.g. docs/bench/mawps.jsonl:best_of_n:16")
