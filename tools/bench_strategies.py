@@ -116,6 +116,11 @@ def subset_rows(candidates: list[Candidate], gold: str, n_list: list[int]) -> li
     return rows
 
 
+def kept_layers(scorer: object) -> tuple[int, ...]:
+    """The policy layers whose step states are kept: a probe's own, else the final layer."""
+    return tuple(getattr(scorer, "state_layers", ())) or (-1,)
+
+
 def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     done = _done(out)
@@ -129,7 +134,7 @@ def run(args: argparse.Namespace) -> None:
     prm = args.prm or default_prm_dir(meta.name, meta.n_embd)
     scorer = load_scorer(prm, threads=default_threads()) if args.only != ["greedy"] else None
     # Kept states are those the PRM reads (a probe's layers), so a rescore with it needs no policy.
-    layers = tuple(getattr(getattr(scorer, "manifest", None), "layers", None) or [-1])
+    layers = kept_layers(scorer)
     policy = LlamaPolicy(
         PolicyConfig(
             model=args.model,
