@@ -160,6 +160,13 @@ class ProbeScorer:
                     "capture_states=True (the Solver does this for you)"
                 )
         states = [s for p in paths for s in p.step_states]
+        width = self.manifest.hidden_size - len(self.manifest.features)
+        if states and len(states[0]) != width:
+            raise PRMError(
+                f"PRM {self.manifest.name!r} reads step states {width} wide (layers "
+                f"{self.manifest.layers}), the paths hold {len(states[0])}: record them with "
+                f"state_layers={tuple(self.manifest.layers)}"
+            )
         if self.manifest.features and states:
             states = list(np.hstack([np.stack(states), self._confidence_features(paths)]))
         flat = iter(self.score_states(np.stack(states)) if states else [])

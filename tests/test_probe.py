@@ -45,6 +45,14 @@ def paths_with_states(rng: np.random.Generator, n_steps: list[int]) -> list[Solu
     ]
 
 
+def test_states_of_other_layers_get_a_clear_error(tmp_path: Path) -> None:
+    """States recorded for another layer set (a final-layer run scored by a two-layer probe)."""
+    rng = np.random.default_rng(0)
+    scorer = load_scorer(write_probe(tmp_path / "p", rng.normal(size=2 * WIDTH), 0.0, layers=[12, -1]))
+    with pytest.raises(PRMError, match=r"16 wide .* hold 8: record them with state_layers=\(12, -1\)"):
+        scorer.score("q", paths_with_states(rng, [2]))
+
+
 def test_scores_are_the_logistic_head(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     w, b = rng.normal(size=WIDTH), 0.3
