@@ -277,6 +277,16 @@ def load_states(file: str | os.PathLike[str]) -> list[SolutionPath]:
     return paths
 
 
+def policy_prm_dir(model: str | None = None) -> Path:
+    """The PRM edgetts runs ``model`` with (a registry name or GGUF path; None: the default
+    policy): :func:`default_prm_dir` for its GGUF's name and width."""
+    from edgetts.metadata import read_metadata
+    from edgetts.models import resolve
+
+    meta = read_metadata(resolve(model))
+    return default_prm_dir(meta.name, meta.n_embd)
+
+
 def default_prm_dir(policy_name: str, n_embd: int, *roots: Path) -> Path:
     """The PRM for a policy: a probe made for it (its manifest names the policy; the user's
     ``$EDGETTS_HOME/prms`` first, then the shipped ones), else the text PRM, which reads any

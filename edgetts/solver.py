@@ -10,8 +10,6 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from edgetts.gpu import requested_gpu_layers
-from edgetts.metadata import read_metadata
-from edgetts.models import resolve
 from edgetts.policy import LlamaPolicy, PolicyConfig, Prompt
 from edgetts.policy.config import GeneratorCounters
 from edgetts.policy.session import PolicySession
@@ -185,10 +183,9 @@ class Solver:
         hidden-state probe when one ships, else the text PRM)."""
         if self.prm_path is not None:
             return self.prm_path
-        from edgetts.probe import default_prm_dir
+        from edgetts.probe import policy_prm_dir
 
-        meta = read_metadata(resolve(self.policy_config.model))
-        return str(default_prm_dir(meta.name, meta.n_embd))
+        return str(policy_prm_dir(self.policy_config.model))
 
     @property
     def scorer(self) -> Verifier:

@@ -81,11 +81,9 @@ def test_eval_prm_with_only_data_judges_the_shipped_default_at_its_manifest_thre
     import json
     import subprocess
 
-    from eval_prm import default_step_verifier
+    from edgetts.probe import ProbeScorer, policy_prm_dir
 
-    from edgetts.probe import ProbeScorer
-
-    verifier = default_step_verifier()
+    verifier = str(policy_prm_dir())
     manifest = ProbeScorer.load(verifier).manifest  # a probe ships for the default policy
     item = {
         "id": "x",

@@ -37,7 +37,7 @@ def _capture(monkeypatch) -> dict:
 def test_report_plot_has_the_tables_error_bars_and_an_outside_legend(tmp_path, monkeypatch):
     from matplotlib.container import ErrorbarContainer
 
-    default = next(s.name for s in bench.load_registry().values() if s.default)
+    default = bench.default_model_name()  # the policy the plot draws as the default
     summary = {
         (default, "majority", 1): {"accuracy": 0.4, "tokens": 100, "problems": 100},
         (default, "majority", 4): {"accuracy": 0.5, "tokens": 400, "problems": 100},

@@ -39,8 +39,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from paired import compare  # noqa: E402
@@ -112,9 +110,9 @@ def add_probe_scores(problems: list[Problem], state_dirs: list[Path], prm: Path)
     """Score each problem's samples with the probe in ``prm`` from their kept step states
     (``<dir>/states/<key>.npz``, as ``tools/label_steps.py sample`` / ``restore`` leave them),
     each sample's score aggregated as the probe's manifest says; returns how many were scored."""
-    from train_probe import pick_layers
+    from train_probe import load_layers
 
-    from edgetts.probe import ProbeScorer, load_states
+    from edgetts.probe import ProbeScorer
 
     scorer = ProbeScorer.load(prm, threads=1)
     wanted = list(scorer.state_layers)
@@ -124,11 +122,7 @@ def add_probe_scores(problems: list[Problem], state_dirs: list[Path], prm: Path)
         file = next((f for f in files if f.is_file()), None)
         if file is None or not p.layers:
             continue
-        paths = load_states(file)
-        for path in paths:
-            if path.step_states:
-                path.step_states = list(pick_layers(np.vstack(path.step_states), list(p.layers), wanted))
-        scores = scorer.score("", paths)
+        scores = scorer.score("", load_layers(file, list(p.layers), wanted))
         p.scores = [aggregate(s, scorer.default_aggregation) if s else 0.0 for s in scores]
         done += 1
     return done

@@ -45,17 +45,15 @@ from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import paired
 from plots import accuracy_axes, accuracy_curve, accuracy_level, dodged, save_accuracy_plot, standard_error
-from train_probe import pick_layers
+from train_probe import load_layers
 
 from edgetts.data import load_problems
 from edgetts.grading import answers_equal
-from edgetts.metadata import read_metadata
-from edgetts.models import default_model_name, load_registry, resolve
+from edgetts.models import default_model_name
 from edgetts.policy import LlamaPolicy, PolicyConfig, default_threads
-from edgetts.probe import default_prm_dir, load_scorer, load_states, save_states
+from edgetts.probe import load_scorer, load_states, policy_prm_dir, save_states
 from edgetts.prompts import split_steps
 from edgetts.search import run_search
 from edgetts.search.auto import difficulty_features  # the same features auto sees at run time
@@ -128,10 +126,9 @@ def run(args: argparse.Namespace) -> None:
     problems = load_problems(args.data, args.question_key, args.answer_key, args.id_key, args.limit)
     # A shard (--offset) lets two processes share the 2 cores on one sweep, appending to one file.
     problems = problems[args.offset :]
-    model = args.model or next(s.name for s in load_registry().values() if s.default)
+    model = args.model or default_model_name()
     # The PRM edgetts itself would pick for this policy (its own probe when one ships).
-    meta = read_metadata(resolve(args.model))
-    prm = args.prm or default_prm_dir(meta.name, meta.n_embd)
+    prm = args.prm or policy_prm_dir(args.model)
     scorer = load_scorer(prm, threads=default_threads()) if args.only != ["greedy"] else None
     # Kept states are those the PRM reads (a probe's layers), so a rescore with it needs no policy.
     layers = kept_layers(scorer)
@@ -268,13 +265,9 @@ def kept_sample_rows(args: argparse.Namespace) -> list[dict]:
 
 def kept_paths(sample_row: dict, wanted_layers: list[int]) -> list[SolutionPath]:
     """The row's kept step states, cut to the layers a probe reads when more were captured."""
-    paths = load_states(sample_row["states_file"])
-    if sample_row["layers"] is not None:
-        for path in paths:
-            if path.step_states:
-                states = np.vstack(path.step_states)
-                path.step_states = list(pick_layers(states, list(sample_row["layers"]), wanted_layers))
-    return paths
+    if sample_row["layers"] is None:  # run kept the probe's own layers
+        return load_states(sample_row["states_file"])
+    return load_layers(sample_row["states_file"], list(sample_row["layers"]), wanted_layers)
 
 
 def rescore(args: argparse.Namespace) -> None:
@@ -335,12 +328,9 @@ def states(args: argparse.Namespace) -> None:
     samples = Path(args.samples)
     folder = kept_states_dir(samples)
     folder.mkdir(parents=True, exist_ok=True)
-    meta = read_metadata(resolve(args.model))
-    probe = load_scorer(args.prm or default_prm_dir(meta.name, meta.n_embd), threads=1)
-    # The layers the probe reads, as run keeps them (a text PRM reads no states: the final layer).
-    layers = tuple(getattr(probe, "state_layers", ())) or (-1,)
+    probe = load_scorer(args.prm or policy_prm_dir(args.model), threads=1)
     config = PolicyConfig(
-        model=args.model, n_seq_max=1, max_tokens=1024, capture_states=True, state_layers=layers
+        model=args.model, n_seq_max=1, max_tokens=1024, capture_states=True, state_layers=kept_layers(probe)
     )
     policy = LlamaPolicy(config)
     for row in load_rows([args.samples]):
@@ -435,7 +425,7 @@ def compare(args: argparse.Namespace) -> None:
 
 def plot(summary: dict, path: str, title: str, n_problems: int) -> None:
     models = sorted({m for m, _, _ in summary})
-    default = next(s.name for s in load_registry().values() if s.default)
+    default = default_model_name()
     fig, ax = accuracy_axes()
     colors = dict(
         zip(

@@ -79,16 +79,6 @@ def load_items(path: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def default_step_verifier() -> str:
-    """The PRM a search uses for the default policy when none is named (``Solver.prm_dir``)."""
-    from edgetts.metadata import read_metadata
-    from edgetts.models import resolve
-    from edgetts.probe import default_prm_dir
-
-    meta = read_metadata(resolve(None))
-    return str(default_prm_dir(meta.name, meta.n_embd))
-
-
 def prm_scores(
     prm: str | None, threads: int | None, files: dict[str, list[dict]], batch: int
 ) -> tuple[Scores, Any]:
@@ -337,7 +327,9 @@ def main() -> None:
             (f"baseline:length(sign={sign:+.0f})", {p: length_scores(files[p], sign) for p in files}, 0.5)
         )
     else:
-        args.prm = args.prm or default_step_verifier()
+        from edgetts.probe import policy_prm_dir  # what a search uses for the default policy
+
+        args.prm = args.prm or str(policy_prm_dir())
         raw, manifest = prm_scores(args.prm, args.threads, files, args.batch)
         modes = {"manifest": ["on" if manifest.calculator_check else "off"], "both": ["off", "on"]}
         for mode in modes.get(args.calculator, [args.calculator]):

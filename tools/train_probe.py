@@ -167,6 +167,16 @@ def load_dir(directory: str, layers: list[int] | None = None) -> list[dict]:
     return rows
 
 
+def load_layers(file: str | Path, captured: list[int], wanted: list[int]) -> list[SolutionPath]:
+    """Kept paths (:func:`edgetts.probe.load_states`) with each step state cut from the
+    ``captured`` layers to the ``wanted`` ones (what a probe of those layers reads)."""
+    paths = load_states(file)
+    for path in paths:
+        if path.step_states:
+            path.step_states = list(pick_layers(np.vstack(path.step_states), captured, wanted))
+    return paths
+
+
 def pick_layers(states: np.ndarray, captured: list[int], wanted: list[int]) -> np.ndarray:
     """Columns of ``wanted`` layers from states that join the ``captured`` ones (equal widths)."""
     if wanted == captured:
