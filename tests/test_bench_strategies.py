@@ -91,27 +91,28 @@ def test_rescore_kept_samples_with_the_shipped_prm(tmp_path):
     assert len(out.read_text().splitlines()) == len(got)
 
 
-def test_rescore_with_a_policy_probe_reads_kept_states(tmp_path):
+def first_coordinate_probe(directory: Path, width: int) -> None:
+    """A probe of policy "m" whose logit is a step state's first coordinate (aggregation last)."""
     pytest.importorskip("onnx")
     import train_probe
 
+    manifest = {
+        "kind": "policy_probe",
+        "name": "p",
+        "hidden_size": width,
+        "policy": {"name": "m", "n_embd": width},
+        "default_aggregation": "last",
+    }
+    train_probe.export(directory, np.eye(width)[0], 0.0, manifest)
+
+
+def test_rescore_with_a_policy_probe_reads_kept_states(tmp_path):
     from edgetts.probe import save_states
     from edgetts.search.base import SolutionPath
 
     width = 4
     # The head scores the first state coordinate: samples answering 12 get +3, the others -3.
-    train_probe.export(
-        tmp_path / "probe",
-        np.array([1.0, 0, 0, 0]),
-        0.0,
-        {
-            "kind": "policy_probe",
-            "name": "p",
-            "hidden_size": width,
-            "policy": {"name": "m", "n_embd": width},
-            "default_aggregation": "last",
-        },
-    )
+    first_coordinate_probe(tmp_path / "probe", width)
     answers = ["7", "12", "7", "7"]
     cands = [
         {
@@ -175,25 +176,11 @@ def test_rescore_with_a_policy_probe_reads_kept_states(tmp_path):
 def test_rescore_label_rows_picks_the_probes_layers_from_wider_states(tmp_path):
     """``--labels``: label_steps rows whose states join layers 12 and -1; a probe of layer -1 alone
     must read the second block (the first would pick the wrong answer)."""
-    pytest.importorskip("onnx")
-    import train_probe
-
     from edgetts.probe import save_states
     from edgetts.search.base import SolutionPath
 
     width = 4
-    train_probe.export(
-        tmp_path / "probe",
-        np.array([1.0, 0, 0, 0]),
-        0.0,
-        {
-            "kind": "policy_probe",
-            "name": "p",
-            "hidden_size": width,
-            "policy": {"name": "m", "n_embd": width},
-            "default_aggregation": "last",
-        },
-    )
+    first_coordinate_probe(tmp_path / "probe", width)
     answers = ["7", "12", "7", "7"]
     text = "So.\n\nThe answer is \\boxed{{{}}}."
     cands = [

@@ -9,6 +9,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 
 from eval_prm import selection_accuracy  # noqa: E402
 
+# A ProcessBench item whose every step is right (label -1); tests derive wrong ones from it.
+RIGHT_ITEM = {
+    "id": "x",
+    "generator": "hand",
+    "problem": "Tom has 3 boxes of 4 apples. How many apples?",
+    "steps": ["3 boxes of 4 apples is 3 * 4 = 12 apples.", "Therefore, the answer is 12."],
+    "final_answer_correct": True,
+    "label": -1,
+}
+
 
 def row(gold: str, answers: list[str | None]) -> dict:
     cands = [
@@ -58,14 +68,7 @@ def test_processbench_scores_of_the_shipped_probe():
 
     from edgetts.paths import shipped_dir
 
-    item = {
-        "id": "x",
-        "generator": "hand",
-        "problem": "Tom has 3 boxes of 4 apples. How many apples?",
-        "steps": ["3 boxes of 4 apples is 3 * 4 = 12 apples.", "Therefore, the answer is 12."],
-        "final_answer_correct": True,
-        "label": -1,
-    }
+    item = RIGHT_ITEM
     wrong = {**item, "steps": ["3 boxes of 4 apples is 3 * 4 = 15 apples.", "The answer is 15."], "label": 0}
     scores, manifest = prm_scores(str(shipped_dir() / "prm-probe-qwen05"), 1, {"f": [item, wrong]}, 1)
     assert manifest.calculator_check  # the shipped setting is reported, though scoring ran without
@@ -85,14 +88,7 @@ def test_eval_prm_with_only_data_judges_the_shipped_default_at_its_manifest_thre
 
     verifier = str(policy_prm_dir())
     manifest = ProbeScorer.load(verifier).manifest  # a probe ships for the default policy
-    item = {
-        "id": "x",
-        "generator": "hand",
-        "problem": "Tom has 3 boxes of 4 apples. How many apples?",
-        "steps": ["3 boxes of 4 apples is 3 * 4 = 12 apples.", "Therefore, the answer is 12."],
-        "final_answer_correct": True,
-        "label": -1,
-    }
+    item = RIGHT_ITEM
     data = tmp_path / "pb.json"
     data.write_text(
         json.dumps([item, {**item, "steps": ["3 * 4 = 15 apples.", "The answer is 15."], "label": 0}])
