@@ -179,6 +179,31 @@ def test_prmbench_items_keep_one_original_per_problem(tmp_path: Path) -> None:
     assert items[1]["error_steps"] == [2]
 
 
+def test_prmbench_items_of_a_split_leave_the_other_splits_problems_out(tmp_path: Path) -> None:
+    from build_prm_data import DEV_FRAC, TEST_FRAC, split_of
+
+    ids = [f"prm_train_p1_{k}" for k in range(40)]
+    rows = [
+        {
+            "idx": idx,
+            "classification": "circular",
+            "original_question": "q",
+            "original_process": ["x", "y"],
+            "modified_process": ["x", "z"],
+            "error_steps": [2],
+        }
+        for idx in ids
+    ]
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    splits = {idx: split_of(idx, DEV_FRAC, TEST_FRAC) for idx in ids}
+    assert set(splits.values()) == {"train", "dev", "test"}  # the test sees every split
+    for split in ("train", "dev", "test"):
+        kept = {i["idx"] for i in label_steps.prmbench_items([str(f)], split)}
+        assert kept == {idx for idx in ids if splits[idx] == split}
+    assert len(label_steps.prmbench_items([str(f)])) == 2 * len(ids)
+
+
 def test_rollout_targets_alternate_wrong_and_right() -> None:
     row = {
         "candidates": [

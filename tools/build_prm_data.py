@@ -34,6 +34,8 @@ from pathlib import Path
 from edgetts.prompts import split_steps
 
 DATA = Path("/work/shared/data")
+DEV_FRAC = 0.08  # share of problems (by hash) in the dev split
+TEST_FRAC = 0.08  # and in the test split
 NUM = r"-?\$?\d[\d,]*(?:\.\d+)?"
 EQ_RE = re.compile(rf"(?P<lhs>{NUM}(?:\s*[-+*/x×]\s*{NUM})+)\s*=\s*(?P<rhs>-?\$?\d[\d,]*(?:\.\d+)?)")
 NUMBER_RE = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?![\w])")
@@ -321,8 +323,8 @@ def main() -> None:
     ap.add_argument("--math-limit", type=int, default=7500)
     ap.add_argument("--n-corrupt", type=int, default=1, help="corruptions per reference solution")
     ap.add_argument("--onpolicy", action="append", default=[], help="edgetts run results JSONL")
-    ap.add_argument("--dev-frac", type=float, default=0.08)
-    ap.add_argument("--test-frac", type=float, default=0.08)
+    ap.add_argument("--dev-frac", type=float, default=DEV_FRAC)
+    ap.add_argument("--test-frac", type=float, default=TEST_FRAC)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     out = Path(args.out)

@@ -46,6 +46,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from build_prm_data import DEV_FRAC, TEST_FRAC, split_of  # noqa: E402
+
 from edgetts.confidence import STEP_FEATURES, step_features, trace_confidence  # noqa: E402
 from edgetts.data import load_problems  # noqa: E402
 from edgetts.grading import answers_equal, extract_answer, normalize_answer  # noqa: E402
@@ -97,11 +99,13 @@ def make_policy(args: argparse.Namespace, n_seq_max: int, max_tokens: int) -> Ll
 # -- PRMBench ---------------------------------------------------------------------------------
 
 
-def prmbench_items(files: list[str]) -> list[dict]:
+def prmbench_items(files: list[str], split: str | None = None) -> list[dict]:
     """Every solution to prefill: one original per problem, then its modified variants.
 
     Items of one problem come together so the prompt's prefill is reused; problems come in
-    file order, so a run stopped early still covers every kind of error.
+    file order, so a run stopped early still covers every kind of error. ``split`` keeps only
+    the problems of that split of ``tools/build_prm_data.py``: its ProcessBench dev/test files
+    are made of the same PRMBench problems, so a probe trained on "train" leaves them held out.
     """
     by_idx: dict[str, list[dict]] = {}
     for file in files:
@@ -132,6 +136,8 @@ def prmbench_items(files: list[str]) -> list[dict]:
                     "error_steps": errors,
                 }
             )
+    if split is not None:
+        by_idx = {idx: items for idx, items in by_idx.items() if split_of(idx, DEV_FRAC, TEST_FRAC) == split}
     return [item for items in by_idx.values() for item in items]
 
 
@@ -145,7 +151,7 @@ def step_labels(n_steps: int, error_steps: list[int]) -> list[int]:
 def prmbench(args: argparse.Namespace) -> None:
     out = Path(args.out)
     done = done_keys(out)
-    items = [i for i in prmbench_items(args.data) if i["key"] not in done]
+    items = [i for i in prmbench_items(args.data, args.split) if i["key"] not in done]
     if args.limit is not None:
         items = items[: args.limit]
     policy = make_policy(args, n_seq_max=1, max_tokens=args.max_tokens)
@@ -391,6 +397,11 @@ def main() -> None:
     b = sub.add_parser("prmbench", help="prefill PRMBench originals and modified processes")
     b.add_argument("--data", nargs="+", required=True)
     b.add_argument("--limit", type=int, default=None, help="at most this many solutions this run")
+    b.add_argument(
+        "--split",
+        choices=["train", "dev", "test"],
+        help="only problems of this split of tools/build_prm_data.py (train: its dev/test stay held out)",
+    )
     s = sub.add_parser("sample", help="N samples per problem with states and confidence (outcome labels)")
     s.add_argument("--data", required=True)
     s.add_argument("-n", "--n", type=int, default=8)
