@@ -151,7 +151,7 @@ def step_labels(n_steps: int, error_steps: list[int]) -> list[int]:
 def prmbench(args: argparse.Namespace) -> None:
     out = Path(args.out)
     done = done_keys(out)
-    items = [i for i in prmbench_items(args.data, args.split) if i["key"] not in done]
+    items = [i for i in prmbench_items(args.data, args.split)[args.offset :] if i["key"] not in done]
     if args.limit is not None:
         items = items[: args.limit]
     policy = make_policy(args, n_seq_max=1, max_tokens=args.max_tokens)
@@ -397,6 +397,7 @@ def main() -> None:
     b = sub.add_parser("prmbench", help="prefill PRMBench originals and modified processes")
     b.add_argument("--data", nargs="+", required=True)
     b.add_argument("--limit", type=int, default=None, help="at most this many solutions this run")
+    b.add_argument("--offset", type=int, default=0, help="skip the first K solutions (a second process)")
     b.add_argument(
         "--split",
         choices=["train", "dev", "test"],
