@@ -331,3 +331,32 @@ def test_restored_rows_get_states_a_prefill_recomputes(tmp_path: Path) -> None:
     diff = np.abs(recorded - recomputed)
     assert diff[:, STEP_FEATURES.index("log_tokens")].max() < 1e-3
     assert np.median(diff) < 0.05 and diff.max() < 0.5
+
+
+def labelled_solutions(rng: np.random.Generator, groups: range, informative: bool) -> list[tv.Solution]:
+    """Solutions whose first error (if any) shows in state feature 0 when ``informative``."""
+    sols = []
+    for g in groups:
+        n = 6
+        first = int(rng.integers(1, n)) if g % 2 else n  # half the solutions are right throughout
+        labels = np.array([1.0 if i < first else 0.0 for i in range(n)], dtype=np.float32)
+        states = rng.normal(size=(n, 4 * WIDTH)).astype(np.float32)
+        if informative:
+            states[:, 0] += 4 * (labels - 0.5)
+        stats = np.zeros((n, len(STEP_FEATURES)), np.float32)
+        sols.append(tv.Solution(str(g), "prmbench", states, stats, labels, [f"step {i}" for i in range(n)]))
+    return sols
+
+
+def test_a_step_head_is_judged_on_other_problems_with_a_threshold_from_dev() -> None:
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(6)
+    captured, layers = [6, 12, 18, -1], [12, -1]  # feature 0 is block 6's: a head on 12, -1 misses it
+    train = labelled_solutions(rng, range(0, 60), True)
+    dev, test = labelled_solutions(rng, range(60, 80), True), labelled_solutions(rng, range(80, 100), True)
+    head = tv.fit(*tv.design(train, captured, [6], False), hidden=0, wd=1e-3)
+    got = tv.step_heldout(head, dev, test, captured, [6], False)
+    assert got["test"]["step_auc"] > 90 and got["test"]["f1"] > 60
+    assert 0 < got["threshold"] < 1
+    blind = tv.fit(*tv.design(train, captured, layers, False), hidden=0, wd=1e-3)
+    assert tv.step_heldout(blind, dev, test, captured, layers, False)["test"]["step_auc"] < 75

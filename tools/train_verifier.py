@@ -363,6 +363,63 @@ def step_cv(
     }
 
 
+def first_error_f1(scores: list[np.ndarray], sols: list[Solution], threshold: float) -> dict:
+    """Step AUC and ProcessBench-format F1 of per-step ``scores`` of ``sols`` at ``threshold``."""
+    preds = [first_below(list(sc), threshold) for sc in scores]
+    auc = step_auc(np.concatenate(scores), np.concatenate([s.labels for s in sols]))
+    res = prf(preds, [first_error(s.labels) for s in sols])
+    return {
+        "step_auc": round(auc, 1),
+        **{k: round(v, 1) if isinstance(v, float) else v for k, v in res.items()},
+    }
+
+
+def step_heldout(head: Head, dev: list[Solution], test: list[Solution], captured, layers, conf) -> dict:
+    """A fitted head on step-labelled solutions of problems it never saw: the threshold picked on
+    ``dev``, then step AUC and F1 on ``dev`` (in-sample threshold) and on ``test``. Scores are
+    the runtime's: sigmoid, then the calculator check."""
+    scores = {
+        name: [np.asarray(step_scores(head, s, captured, layers, conf, True)) for s in sols]
+        for name, sols in (("dev", dev), ("test", test))
+    }
+    threshold = best_threshold(scores["dev"], [first_error(s.labels) for s in dev])
+    out: dict = {"threshold": threshold}
+    for name, sols in (("dev", dev), ("test", test)):
+        out[name] = first_error_f1(scores[name], sols, threshold)
+    return out
+
+
+def shipped_step_heldout(prm: str, dev: list[Solution], test: list[Solution], captured) -> dict:
+    """The shipped probe on the same held-out solutions, at its manifest threshold and at the
+    best one on ``dev``; and the calculator check alone (1, or its cap on a false equation)."""
+    probe = ProbeScorer.load(prm, threads=1)
+    layers, cap = probe.manifest.layers, probe.manifest.calculator_cap
+    out: dict = {}
+    for name, sols in (("dev", dev), ("test", test)):
+        raw = [probe.score_states(features(s, captured, layers, False)) for s in sols]
+        shipped = [
+            np.asarray(calculator_capped(s.steps, list(r), cap)) for s, r in zip(sols, raw, strict=True)
+        ]
+        calc = [np.asarray(calculator_capped(s.steps, [1.0] * len(s.labels), cap)) for s in sols]
+        out[name] = {"shipped": shipped, "calculator": calc}
+    best = best_threshold(out["dev"]["shipped"], [first_error(s.labels) for s in dev])
+    report: dict = {}
+    for label, key, threshold in (
+        (
+            f"shipped probe at its manifest threshold {probe.manifest.threshold}",
+            "shipped",
+            probe.manifest.threshold,
+        ),
+        (f"shipped probe at the best dev threshold {best}", "shipped", best),
+        ("calculator check alone", "calculator", 0.5),
+    ):
+        report[label] = {
+            name: first_error_f1(out[name][key], sols, threshold)
+            for name, sols in (("dev", dev), ("test", test))
+        }
+    return report
+
+
 def step_baselines(sols: list[Solution], shipped: str, captured: list[int]) -> dict[str, float]:
     """Step AUC of trivial and current scorers on the step-labelled solutions: the step's position
     (earlier = better: labels are 1 before the first error, so position alone ranks well) and
@@ -453,6 +510,26 @@ def ablate(args: argparse.Namespace) -> None:
             report["step_cv"][spec] = res
             print("step_cv", spec, json.dumps(res), flush=True)
     sources = {"prmbench": prm, "rollout": roll, "outcome_train": outcome_train}
+    if args.step_heldout:
+        dev = [s for d in args.step_dev for s in load_step_labelled(d)]
+        test = [s for d in args.step_test for s in load_step_labelled(d)]
+        seen = {s.group for part in sources.values() for s in part} & {s.group for s in dev + test}
+        if seen:
+            raise SystemExit(
+                f"{len(seen)} held-out step problems are also training problems, e.g. {min(seen)}"
+            )
+        report["step_heldout"] = {"baselines": shipped_step_heldout(args.shipped, dev, test, captured)}
+        for name, res in report["step_heldout"]["baselines"].items():
+            print("step_heldout", name, json.dumps(res), flush=True)
+        for spec in args.step_heldout:
+            src, feats, model = spec.split(":")
+            layers, conf = FEATURE_SETS[feats]
+            hidden, within = parse_model(model)
+            train = [s for part in src.split("+") for s in sources[part]]
+            head = fit(*design(train, captured, layers, conf), hidden, args.wd, within)
+            res = {"train_solutions": len(train), **step_heldout(head, dev, test, captured, layers, conf)}
+            report["step_heldout"][spec] = res
+            print("step_heldout", spec, json.dumps(res), flush=True)
     for spec in args.configs:
         src, feats, model = spec.split(":")
         layers, conf = FEATURE_SETS[feats]
@@ -596,6 +673,19 @@ def main() -> None:
         nargs="*",
         default=[],
         help="FEATURES:MODEL configs judged by grouped CV on the PRMBench solutions (step AUC, F1)",
+    )
+    ap.add_argument(
+        "--step-heldout",
+        nargs="*",
+        default=[],
+        help="SOURCES:FEATURES:MODEL heads fitted on SOURCES and judged on step-labelled solutions of "
+        "other problems: threshold picked on --step-dev, F1 and step AUC on --step-dev and --step-test",
+    )
+    ap.add_argument(
+        "--step-dev", nargs="*", default=[], help="step-labelled dirs (label_steps prmbench --split dev)"
+    )
+    ap.add_argument(
+        "--step-test", nargs="*", default=[], help="step-labelled dirs (label_steps prmbench --split test)"
     )
     ap.add_argument("--out", default=None, help="write the full report (JSON) here")
     args = ap.parse_args()
