@@ -116,8 +116,8 @@ SECTIONS = (
         "Selection at N = 1 to 16 from the committed samples: the shipped probe against the previous one",
         "The sample-based rows recomputed from the N = 16 sample sets committed in `data/labels` "
         "(`bench_strategies.py rescore --labels`; the same samples for both probes, a draw of its own, "
-        "so majority differs a little from the live rows above), so far the first 74 GSM8K and 66 MAWPS "
-        "problems (`--limit`: the problems whose states were restored). First the default probe "
+        "so majority differs a little from the live rows above), on all 100 problems of each set. "
+        "First the default probe "
         "(block 12 and the final layer), then the previous one (the final layer), then the two paired.",
         (
             report("gsm8k_test.rescored.jsonl"),
