@@ -510,7 +510,9 @@ def ablate(args: argparse.Namespace) -> None:
             report["step_cv"][spec] = res
             print("step_cv", spec, json.dumps(res), flush=True)
     sources = {"prmbench": prm, "rollout": roll, "outcome_train": outcome_train}
-    if args.step_heldout:
+    if args.step_dev or args.step_test:
+        if not (args.step_dev and args.step_test):
+            raise SystemExit("--step-dev and --step-test go together")
         dev = [s for d in args.step_dev for s in load_step_labelled(d)]
         test = [s for d in args.step_test for s in load_step_labelled(d)]
         seen = {s.group for part in sources.values() for s in part} & {s.group for s in dev + test}
@@ -546,7 +548,10 @@ def ablate(args: argparse.Namespace) -> None:
         print(spec, json.dumps(summary), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    print(markdown(report, list(evals)))
+    if evals:
+        print(markdown(report, list(evals)))
+    if "step_heldout" in report:
+        print(step_markdown(report["step_heldout"]))
 
 
 def markdown(report: dict, sets: list[str]) -> str:
@@ -569,6 +574,26 @@ def markdown(report: dict, sets: list[str]) -> str:
             for n in sets
         )
         lines.append(f"| {run['config']} | {run['train_solutions']} | {cells} |")
+    return "\n".join(lines)
+
+
+def step_markdown(results: dict) -> str:
+    """The held-out step judgement as a Markdown table (F1 with error / correct accuracy)."""
+    lines = [
+        "| step scorer | training solutions | threshold | dev step AUC | dev F1 (err / cor) "
+        "| test step AUC | test F1 (err / cor) |",
+        "|---" * 7 + "|",
+    ]
+
+    def cells(r: dict) -> str:
+        return f"{r['step_auc']:.1f} | {r['f1']:.1f} ({r['error_acc']:.1f} / {r['correct_acc']:.1f})"
+
+    for name, r in results["baselines"].items():
+        lines.append(f"| {name} | | | {cells(r['dev'])} | {cells(r['test'])} |")
+    for spec, r in results.items():
+        if spec != "baselines":
+            row = f"| {spec} | {r['train_solutions']} | {r['threshold']}"
+            lines.append(f"{row} | {cells(r['dev'])} | {cells(r['test'])} |")
     return "\n".join(lines)
 
 
