@@ -360,3 +360,17 @@ def test_a_step_head_is_judged_on_other_problems_with_a_threshold_from_dev() -> 
     assert 0 < got["threshold"] < 1
     blind = tv.fit(*tv.design(train, captured, layers, False), hidden=0, wd=1e-3)
     assert tv.step_heldout(blind, dev, test, captured, layers, False)["test"]["step_auc"] < 75
+
+
+def test_a_blend_of_two_linear_heads_averages_their_logits_and_reads_back_from_onnx(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    shipped = tv.Head(rng.normal(size=(WIDTH, 1)).astype(np.float32), np.array([0.3], np.float32))
+    tv.export_head(shipped, tmp_path / "shipped", manifest(WIDTH))
+    other = tv.read_head(str(tmp_path / "shipped"))
+    fitted = tv.Head(rng.normal(size=(WIDTH, 1)).astype(np.float32), np.array([-1.0], np.float32))
+    X = rng.normal(size=(5, WIDTH)).astype(np.float32)
+    blended = tv.Blend(other, 0.25)(fitted)
+    np.testing.assert_allclose(
+        blended.logits(X), 0.25 * fitted.logits(X) + 0.75 * shipped.logits(X), atol=1e-5
+    )
+    np.testing.assert_allclose(tv.Blend(other, 0.0)(fitted).logits(X), shipped.logits(X), atol=1e-6)

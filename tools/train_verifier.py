@@ -236,6 +236,40 @@ def fit(
     )
 
 
+@dataclass(frozen=True)
+class Blend:
+    """Average a fitted linear head's logits with another's on the same features: ``weight`` on
+    the fitted one. Two linear heads averaged are one linear head, so the blend ships as a
+    single ``Gemm`` like either."""
+
+    other: Head
+    weight: float
+
+    def __call__(self, head: Head) -> Head:
+        if head.W2 is not None or self.other.W2 is not None or head.W1.shape != self.other.W1.shape:
+            raise SystemExit("--blend-shipped needs linear heads on the shipped probe's features")
+        w = self.weight
+        return Head(w * head.W1 + (1 - w) * self.other.W1, w * head.b1 + (1 - w) * self.other.b1)
+
+
+def read_head(prm: str) -> Head:
+    """A linear probe's weights (``Gemm`` initialisers W1, B1) back from its ONNX graph."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(Path(prm) / "model.onnx")).graph
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    if set(weights) != {"W1", "B1"}:
+        raise SystemExit(f"{prm}: not a linear probe (initialisers {sorted(weights)})")
+    return Head(weights["W1"].astype(np.float32), weights["B1"].astype(np.float32))
+
+
+def fit_head(sols: list[Solution], captured, layers, conf, hidden, wd, within, blend: Blend | None) -> Head:
+    """:func:`fit` on ``sols``' step rows, then blended when ``blend`` says so."""
+    head = fit(*design(sols, captured, layers, conf), hidden, wd, within)
+    return blend(head) if blend else head
+
+
 def step_scores(head: Head, sol: Solution, captured, layers, conf, calculator: bool) -> list[float]:
     """The runtime's step scores of a solution: sigmoid of the head, then the calculator check."""
     if not len(sol.labels):
@@ -458,6 +492,7 @@ def run_config(
     wd: float,
     cv_outcome: int,
     within: bool = False,
+    blend: Blend | None = None,
 ) -> dict[str, dict]:
     """Fit on ``train_fixed`` and judge each eval set; with ``cv_outcome`` K, the eval sets'
     problems are also dealt into K folds and each fold is judged by a head that trained on the
@@ -468,10 +503,10 @@ def run_config(
         heads = {}
         for k in range(cv_outcome):
             extra = [s for (_, r), f in zip(rows, fold, strict=True) if f != k for s in r.solutions]
-            heads[k] = fit(*design(train_fixed + extra, captured, layers, conf), hidden, wd, within)
+            heads[k] = fit_head(train_fixed + extra, captured, layers, conf, hidden, wd, within, blend)
         head_of = [heads[f] for f in fold]
     else:
-        head = fit(*design(train_fixed, captured, layers, conf), hidden, wd, within)
+        head = fit_head(train_fixed, captured, layers, conf, hidden, wd, within, blend)
         head_of = [head] * len(rows)
     out = {}
     for name in evals:
@@ -510,6 +545,7 @@ def ablate(args: argparse.Namespace) -> None:
             report["step_cv"][spec] = res
             print("step_cv", spec, json.dumps(res), flush=True)
     sources = {"prmbench": prm, "rollout": roll, "outcome_train": outcome_train}
+    blend = None if args.blend_shipped is None else Blend(read_head(args.shipped), args.blend_shipped)
     if args.step_dev or args.step_test:
         if not (args.step_dev and args.step_test):
             raise SystemExit("--step-dev and --step-test go together")
@@ -528,7 +564,7 @@ def ablate(args: argparse.Namespace) -> None:
             layers, conf = FEATURE_SETS[feats]
             hidden, within = parse_model(model)
             train = [s for part in src.split("+") for s in sources[part]]
-            head = fit(*design(train, captured, layers, conf), hidden, args.wd, within)
+            head = fit_head(train, captured, layers, conf, hidden, args.wd, within, blend)
             res = {"train_solutions": len(train), **step_heldout(head, dev, test, captured, layers, conf)}
             report["step_heldout"][spec] = res
             print("step_heldout", spec, json.dumps(res), flush=True)
@@ -538,7 +574,7 @@ def ablate(args: argparse.Namespace) -> None:
         hidden, within = parse_model(model)
         train = [s for part in src.split("+") if part != "cv" for s in sources[part]]
         cv = args.cv if "cv" in src else 0
-        res = run_config(train, evals, captured, layers, conf, hidden, args.wd, cv, within)
+        res = run_config(train, evals, captured, layers, conf, hidden, args.wd, cv, within, blend)
         row = {"config": spec, "train_solutions": len(train), "results": res}
         report["runs"].append(row)
         summary = {
@@ -642,6 +678,8 @@ def export(args: argparse.Namespace) -> None:
     sols += [s for d in args.outcome for r in load_samples(d) for s in r.solutions]
     X, y, g = design(sols, args.captured, layers, conf)
     head = fit(X, y, g, args.hidden, args.wd, args.within)
+    if args.blend_shipped is not None:
+        head = Blend(read_head(args.shipped), args.blend_shipped)(head)
     meta = read_metadata(resolve(None))
     feats = list(STEP_FEATURES) if conf else []
     manifest = {
@@ -660,7 +698,12 @@ def export(args: argparse.Namespace) -> None:
         "training": {
             "data": f"{len(sols)} solutions, {len(X)} step states: "
             + ", ".join(args.prmbench + args.rollout + args.outcome),
-            "head": f"hidden {args.hidden}, weight decay {args.wd}",
+            "head": f"hidden {args.hidden}, weight decay {args.wd}"
+            + (
+                ""
+                if args.blend_shipped is None
+                else f"; logits averaged with {args.shipped}'s, weight {args.blend_shipped} on this fit"
+            ),
             **({"note": args.note} if args.note else {}),
         },
     }
@@ -711,6 +754,14 @@ def main() -> None:
     )
     ap.add_argument(
         "--step-test", nargs="*", default=[], help="step-labelled dirs (label_steps prmbench --split test)"
+    )
+    ap.add_argument(
+        "--blend-shipped",
+        type=float,
+        default=None,
+        metavar="W",
+        help="judge (and export) every fitted head averaged with the shipped probe's logits, W on the "
+        "fitted one (linear heads on the shipped probe's features)",
     )
     ap.add_argument("--out", default=None, help="write the full report (JSON) here")
     args = ap.parse_args()
