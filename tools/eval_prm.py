@@ -43,7 +43,9 @@ from edgetts.prompts import split_steps  # noqa: E402
 
 Scores = dict[str, list[list[float]]]
 Labels = dict[str, list[int]]
-GRID = [round(x, 2) for x in np.arange(0.01, 1.0, 0.01)]
+# Thresholds tried when one is picked; below 0.01 too, as heads trained with class balance on
+# step labels put the first error's score far down.
+GRID = [1e-4, 2e-4, 5e-4, 0.001, 0.002, 0.005] + [round(x, 2) for x in np.arange(0.01, 1.0, 0.01)]
 
 
 def first_below(scores: list[float], threshold: float) -> int:
