@@ -374,3 +374,11 @@ def test_a_blend_of_two_linear_heads_averages_their_logits_and_reads_back_from_o
         blended.logits(X), 0.25 * fitted.logits(X) + 0.75 * shipped.logits(X), atol=1e-5
     )
     np.testing.assert_allclose(tv.Blend(other, 0.0)(fitted).logits(X), shipped.logits(X), atol=1e-6)
+
+
+def test_confidence_features_alone_take_no_state_columns() -> None:
+    rng = np.random.default_rng(8)
+    (sol,) = labelled_solutions(rng, range(1), True)
+    sol.stats[:] = 1.0
+    X = tv.features(sol, [6, 12, 18, -1], [], True)
+    assert X.shape == (len(sol.labels), len(STEP_FEATURES)) and (X == 1.0).all()

@@ -181,6 +181,8 @@ def pick_layers(states: np.ndarray, captured: list[int], wanted: list[int]) -> n
     """Columns of ``wanted`` layers from states that join the ``captured`` ones (equal widths)."""
     if wanted == captured:
         return states
+    if not wanted:  # a head on confidence features alone
+        return states[:, :0]
     width = states.shape[1] // len(captured)
     return np.hstack([states[:, k * width : (k + 1) * width] for k in map(captured.index, wanted)])
 

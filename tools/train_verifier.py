@@ -695,6 +695,7 @@ def export(args: argparse.Namespace) -> None:
         "calculator_check": True,
         "calculator_cap": CALCULATOR_CAP,
         "model_file": "model.onnx",
+        **({} if args.threshold is None else {"threshold": args.threshold}),
         "training": {
             "data": f"{len(sols)} solutions, {len(X)} step states: "
             + ", ".join(args.prmbench + args.rollout + args.outcome),
@@ -719,6 +720,12 @@ def main() -> None:
     ap.add_argument("--within", action="store_true", help="train within problems (see within_problem)")
     ap.add_argument("--agg", default="min", choices=["last", "min", "prod"])
     ap.add_argument("--note", default=None)
+    ap.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="with --export: the manifest's first-error threshold (pick it with --step-heldout on dev)",
+    )
     ap.add_argument("--prmbench", nargs="*", default=[])
     ap.add_argument("--rollout", nargs="*", default=[])
     ap.add_argument("--outcome", nargs="*", default=[], help="sample dirs used for training only")
