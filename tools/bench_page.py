@@ -108,6 +108,21 @@ SECTIONS = (
         "mawps_n64.png",
     ),
     Section(
+        "Beam search at N = 4 guided by the default probe, and by the step-label blend (MAWPS, first 50)",
+        "Live beam search, run again in stop 33 with the default probe (block 12 and the final layer; "
+        "`mawps.live_tree.jsonl`) and with `models/prm-probe-qwen05-steps` (that probe averaged with a "
+        "head trained on PRMBench step labels; `mawps.live_tree_steps.jsonl`), against the previous "
+        "probe's live rows and the sample-based rows rescored from the committed samples.",
+        (
+            report("mawps.live_tree.jsonl"),
+            report("mawps.live_tree_steps.jsonl"),
+            compare("mawps.live_tree.jsonl:beam_search:4", "mawps.jsonl:beam_search:4"),
+            compare("mawps.live_tree_steps.jsonl:beam_search:4", "mawps.live_tree.jsonl:beam_search:4"),
+            compare("mawps.live_tree.jsonl:beam_search:4", "mawps.rescored.jsonl:best_of_n:16"),
+            compare("mawps.live_tree.jsonl:beam_search:4", "mawps.rescored.jsonl:majority:16"),
+        ),
+    ),
+    Section(
         "Beam search guided by the text PRM (MAWPS, N = 4)",
         "",
         (report("mawps_beam_text_prm.jsonl"),),
@@ -216,6 +231,10 @@ python tools/bench_strategies.py run --data ../shared/data/mawps.jsonl --limit 1
     --out {B}/mawps_n64.jsonl --only {ALL} --n 1 4 16 64 --n-max 64 --search-n-max 64
 python tools/bench_strategies.py run --data ../shared/data/mawps.jsonl --limit 100 --dataset mawps \\
     --prm edgetts/assets/prm-minilm --only beam_search --n 4 --out {B}/mawps_beam_text_prm.jsonl
+for p in edgetts/assets/prm-probe-qwen05:live_tree models/prm-probe-qwen05-steps:live_tree_steps; do
+  python tools/bench_strategies.py run --data ../shared/data/mawps.jsonl --limit 50 --dataset mawps \\
+      --prm ${{p%%:*}} --only beam_search --n 4 --search-n-max 4 --out {B}/mawps.${{p#*:}}.jsonl
+done
 python tools/fit_compute_optimal.py {B}/*.rescored.jsonl --out edgetts/assets/compute_optimal.json
 ```
 
