@@ -108,11 +108,12 @@ SECTIONS = (
         "mawps_n64.png",
     ),
     Section(
-        "Beam search at N = 4 guided by the default probe, and by the step-label blend (MAWPS, first 50)",
+        "Beam search guided by the default probe (N = 4, 16) and by the step-label blend (N = 4), MAWPS",
         "Live beam search, run again in stop 33 with the default probe (block 12 and the final layer; "
         "`mawps.live_tree.jsonl`) and with `models/prm-probe-qwen05-steps` (that probe averaged with a "
         "head trained on PRMBench step labels; `mawps.live_tree_steps.jsonl`), against the previous "
-        "probe's live rows and the sample-based rows rescored from the committed samples.",
+        "probe's live rows and the sample-based rows rescored from the committed samples; at N = 16, "
+        "`mawps.live_tree16.jsonl` (default probe).",
         (
             report("mawps.live_tree.jsonl"),
             report("mawps.live_tree_steps.jsonl"),
@@ -120,6 +121,9 @@ SECTIONS = (
             compare("mawps.live_tree_steps.jsonl:beam_search:4", "mawps.live_tree.jsonl:beam_search:4"),
             compare("mawps.live_tree.jsonl:beam_search:4", "mawps.rescored.jsonl:best_of_n:16"),
             compare("mawps.live_tree.jsonl:beam_search:4", "mawps.rescored.jsonl:majority:16"),
+            report("mawps.live_tree16.jsonl"),
+            compare("mawps.live_tree16.jsonl:beam_search:16", "mawps.rescored.jsonl:majority:16"),
+            compare("mawps.live_tree16.jsonl:beam_search:16", "mawps.jsonl:beam_search:16"),
         ),
     ),
     Section(
@@ -235,6 +239,8 @@ for p in edgetts/assets/prm-probe-qwen05:live_tree models/prm-probe-qwen05-steps
   python tools/bench_strategies.py run --data ../shared/data/mawps.jsonl --limit 50 --dataset mawps \\
       --prm ${{p%%:*}} --only beam_search --n 4 --search-n-max 4 --out {B}/mawps.${{p#*:}}.jsonl
 done
+python tools/bench_strategies.py run --data ../shared/data/mawps.jsonl --limit 50 --dataset mawps \\
+    --only beam_search --n 16 --search-n-max 16 --out {B}/mawps.live_tree16.jsonl
 python tools/fit_compute_optimal.py {B}/*.rescored.jsonl --out edgetts/assets/compute_optimal.json
 ```
 
