@@ -148,6 +148,14 @@ def within_problem(X: np.ndarray, g: np.ndarray) -> np.ndarray:
     return X - means[g] + X.mean(0)
 
 
+def parse_head(spec: str) -> tuple[list[int], bool, int, bool]:
+    """``FEATURES:MODEL`` (e.g. ``mid+last:linear``): layers, confidence features, hidden width
+    (0: linear) and whether to train within problems."""
+    feats, model = spec.split(":")
+    layers, conf = FEATURE_SETS[feats]
+    return (layers, conf, *parse_model(model))
+
+
 def parse_model(spec: str) -> tuple[int, bool]:
     """``linear``, ``mlpH``, either with ``-within``: (hidden width or 0, train within problems)."""
     name, _, within = spec.partition("-")
@@ -374,7 +382,7 @@ def step_cv(
     groups = sorted({s.group for s in sols})
     rng = np.random.default_rng(0)
     fold_of = {g: i % folds for i, g in enumerate(rng.permutation(groups))}
-    all_scores, all_labels, preds, truths = [], [], [], []
+    all_scores, judged, preds = [], [], []
     for k in range(folds):
         train = [s for s in sols if fold_of[s.group] != k]
         test = [s for s in sols if fold_of[s.group] == k]
@@ -387,25 +395,25 @@ def step_cv(
         for sol in test:
             sc = sig(sol)
             all_scores.append(sc)
-            all_labels.append(sol.labels)
+            judged.append(sol)
             preds.append(first_below(list(sc), t))
-            truths.append(first_error(sol.labels))
-    auc = step_auc(np.concatenate(all_scores), np.concatenate(all_labels))
-    return {
-        "step_auc": round(auc, 1),
-        **{k: round(v, 1) if isinstance(v, float) else v for k, v in prf(preds, truths).items()},
-    }
+    return step_report(all_scores, judged, preds)
 
 
-def first_error_f1(scores: list[np.ndarray], sols: list[Solution], threshold: float) -> dict:
-    """Step AUC and ProcessBench-format F1 of per-step ``scores`` of ``sols`` at ``threshold``."""
-    preds = [first_below(list(sc), threshold) for sc in scores]
+def step_report(scores: list[np.ndarray], sols: list[Solution], preds: list[int]) -> dict:
+    """Step AUC of per-step ``scores`` of ``sols``, and ProcessBench-format F1 of ``preds`` (each
+    solution's predicted first error) against their labels."""
     auc = step_auc(np.concatenate(scores), np.concatenate([s.labels for s in sols]))
     res = prf(preds, [first_error(s.labels) for s in sols])
     return {
         "step_auc": round(auc, 1),
         **{k: round(v, 1) if isinstance(v, float) else v for k, v in res.items()},
     }
+
+
+def first_error_f1(scores: list[np.ndarray], sols: list[Solution], threshold: float) -> dict:
+    """:func:`step_report` with the first step under ``threshold`` as each prediction."""
+    return step_report(scores, sols, [first_below(list(sc), threshold) for sc in scores])
 
 
 def step_heldout(head: Head, dev: list[Solution], test: list[Solution], captured, layers, conf) -> dict:
@@ -538,9 +546,7 @@ def ablate(args: argparse.Namespace) -> None:
         report["step_cv"] = {"baselines": step_baselines(prm, args.shipped, captured)}
         print("step_cv baselines", json.dumps(report["step_cv"]["baselines"]), flush=True)
         for spec in args.step_cv:
-            feats, model = spec.split(":")
-            layers, conf = FEATURE_SETS[feats]
-            hidden, within = parse_model(model)
+            layers, conf, hidden, within = parse_head(spec)
             res = step_cv(prm, captured, layers, conf, hidden, args.wd, args.cv, within)
             report["step_cv"][spec] = res
             print("step_cv", spec, json.dumps(res), flush=True)
@@ -560,18 +566,16 @@ def ablate(args: argparse.Namespace) -> None:
         for name, res in report["step_heldout"]["baselines"].items():
             print("step_heldout", name, json.dumps(res), flush=True)
         for spec in args.step_heldout:
-            src, feats, model = spec.split(":")
-            layers, conf = FEATURE_SETS[feats]
-            hidden, within = parse_model(model)
+            src, head_spec = spec.split(":", 1)
+            layers, conf, hidden, within = parse_head(head_spec)
             train = [s for part in src.split("+") for s in sources[part]]
             head = fit_head(train, captured, layers, conf, hidden, args.wd, within, blend)
             res = {"train_solutions": len(train), **step_heldout(head, dev, test, captured, layers, conf)}
             report["step_heldout"][spec] = res
             print("step_heldout", spec, json.dumps(res), flush=True)
     for spec in args.configs:
-        src, feats, model = spec.split(":")
-        layers, conf = FEATURE_SETS[feats]
-        hidden, within = parse_model(model)
+        src, head_spec = spec.split(":", 1)
+        layers, conf, hidden, within = parse_head(head_spec)
         train = [s for part in src.split("+") if part != "cv" for s in sources[part]]
         cv = args.cv if "cv" in src else 0
         res = run_config(train, evals, captured, layers, conf, hidden, args.wd, cv, within, blend)
