@@ -113,7 +113,7 @@ def _search_options(func):
             is_flag=True,
             help="Always draw all N samples: majority, weighted best-of-N, confidence vote "
             "and auto otherwise sample in waves of 4 and stop once the vote has "
-            "settled (Adaptive-Consistency's Beta rule, 0.95).",
+            "settled (the leader stays ahead through the samples left with probability 0.95).",
         ),
         click.option(
             "--deadline-s",

@@ -1,7 +1,8 @@
-"""Adaptive sampling: the Beta stopping rule, its waves, and the strategies that sample in them."""
+"""Adaptive sampling: the stopping rules, their waves, and the strategies that sample in them."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from dataclasses import replace
@@ -9,7 +10,14 @@ from dataclasses import replace
 import pytest
 from fakes import FakeGenerator, FakeScorer, random_policy, tree_policy
 
-from edgetts.search.adaptive import AdaptiveStop, Tally, leader_probability, regularized_beta, replay
+from edgetts.search.adaptive import (
+    AdaptiveStop,
+    Tally,
+    leader_probability,
+    regularized_beta,
+    replay,
+    stay_ahead_probability,
+)
 from edgetts.search.auto import PROBE_N, ComputeOptimalTable, auto
 from edgetts.search.base import SearchConfig
 from edgetts.search.best_of_n import weighted_best_of_n
@@ -19,6 +27,7 @@ from edgetts.server.schemas import SearchFields
 from edgetts.solver import SolveOptions
 
 RULE = AdaptiveStop(threshold=0.95, min_n=4, wave=4)
+BETA = AdaptiveStop(threshold=0.95, min_n=4, wave=4, rule="beta")
 UNANIMOUS = tree_policy({"x = 2\n": {"so the answer is \\boxed{2}": {}}})
 
 
@@ -53,10 +62,59 @@ def test_weights_count_by_their_shares_of_the_voters():
 
 
 def test_four_agreeing_samples_settle_at_095_three_against_one_do_not():
-    assert RULE.settled(Tally({"2": 4.0}, 4), 4)  # 31/32
-    assert not RULE.settled(Tally({"2": 3.0, "3": 1.0}, 4), 4)  # 0.81
-    assert RULE.settled(Tally({"2": 6.0}, 6), 6)
-    assert not AdaptiveStop(min_n=8).settled(Tally({"2": 6.0}, 6), 6)  # below min_n: never
+    assert BETA.settled(Tally({"2": 4.0}, 4), 4, 16)  # 31/32
+    assert not BETA.settled(Tally({"2": 3.0, "3": 1.0}, 4), 4, 16)  # 0.81
+    assert BETA.settled(Tally({"2": 6.0}, 6), 6, 16)
+    assert not AdaptiveStop(min_n=8, rule="beta").settled(Tally({"2": 6.0}, 6), 6, 16)  # below min_n: never
+
+
+def urn_stay_probability(v1: int, v2: int, rest: int, remaining: int) -> float:
+    """The budget rule by brute force: every sequence of the remaining draws from a Polya urn
+    with leader, runner-up and rest, each one prior ball, its probability drawn step by step."""
+    total = 0.0
+    for seq in itertools.product(range(3), repeat=remaining):
+        balls, p = [v1 + 1.0, v2 + 1.0, rest + 1.0], 1.0
+        for colour in seq:
+            p *= balls[colour] / sum(balls)
+            balls[colour] += 1.0
+        margin = balls[0] - balls[1]
+        total += p * (1.0 if margin > 0 else 0.5 if margin == 0 else 0.0)
+    return total
+
+
+@pytest.mark.parametrize(
+    "v1, v2, rest, remaining",
+    [(4, 0, 0, 4), (3, 1, 0, 4), (2, 1, 1, 5), (2, 2, 0, 3), (3, 0, 3, 6), (1, 0, 0, 1)],
+)
+def test_budget_rule_is_the_polya_urn_summed_exactly(v1, v2, rest, remaining):
+    # the rest: samples without an answer here (other answers weaker than the runner-up count alike)
+    tally = Tally({k: w for k, w in {"a": float(v1), "b": float(v2)}.items() if w}, v1 + v2)
+    drawn = v1 + v2 + rest
+    expected = urn_stay_probability(v1, v2, rest, remaining)
+    assert stay_ahead_probability(tally, drawn, remaining) == pytest.approx(expected, abs=1e-12)
+
+
+def test_budget_rule_counts_samples_without_an_answer_as_the_rest():
+    # 4 drawn, 3 voted for "a", 1 had no answer: the rest holds that one sample
+    tally = Tally({"a": 3.0}, 3)
+    assert stay_ahead_probability(tally, 4, 5) == pytest.approx(urn_stay_probability(3, 0, 1, 5), abs=1e-12)
+
+
+def test_budget_rule_tends_to_the_beta_rule_and_stops_sooner_with_few_samples_left():
+    tally = Tally({"a": 3.0, "b": 1.0}, 4)
+    beta = leader_probability(tally)  # 0.8125
+    far = stay_ahead_probability(tally, 4, 400)
+    assert far == pytest.approx(beta, abs=0.01)
+    near = [stay_ahead_probability(tally, 4, r) for r in (12, 4, 1)]
+    assert beta < near[0] < near[1] < near[2] == 1.0  # one sample cannot overturn a lead of two
+    assert not RULE.settled(tally, 4, 16) and RULE.settled(tally, 4, 5)
+    assert stay_ahead_probability(Tally({}, 0), 4, 4) == 0.0
+    assert stay_ahead_probability(Tally({"a": 1.0, "b": 1.0}, 2), 2, 6) == pytest.approx(0.5)
+
+
+def test_unknown_rule_is_refused():
+    with pytest.raises(ValueError, match="adaptive rule"):
+        AdaptiveStop(rule="dirichlet").validate()
 
 
 def test_samples_already_drawn_below_min_n_do_not_stop():
@@ -83,7 +141,12 @@ def test_replay_never_stops_before_min_n_nor_after_n(seed):
     rng = random.Random(seed)
     n, rule = (
         rng.randint(1, 24),
-        AdaptiveStop(threshold=rng.choice([0.6, 0.9, 0.95]), min_n=rng.randint(1, 8), wave=rng.randint(1, 5)),
+        AdaptiveStop(
+            threshold=rng.choice([0.6, 0.9, 0.95]),
+            min_n=rng.randint(1, 8),
+            wave=rng.randint(1, 5),
+            rule=rng.choice(["budget", "beta"]),
+        ),
     )
     answers = [rng.choice("aab") for _ in range(n)]  # often settled early
 
@@ -93,7 +156,7 @@ def test_replay_never_stops_before_min_n_nor_after_n(seed):
 
     used = replay(rule, n, tally)
     assert min(rule.min_n, n) <= used <= n
-    assert used == n or rule.settled(tally(used), used)
+    assert used == n or rule.settled(tally(used), used, n)
 
 
 def test_adaptive_majority_stops_after_one_wave_when_all_agree():
@@ -146,7 +209,7 @@ def test_weighted_best_of_n_scores_each_wave_before_deciding():
     assert all(c.score is not None for c in result.candidates)
     # stopped where the PRM-weighted vote of its own candidates says
     weighted = lambda m: tally_votes(result.candidates[:m], lambda c: c.score or 0.0)  # noqa: E731
-    assert k == 16 or RULE.settled(weighted(k), k)
+    assert k == 16 or RULE.settled(weighted(k), k, 16)
     assert not gen.leaks()
 
 

@@ -46,6 +46,8 @@ def test_replay_stops_an_agreeing_row_after_one_wave_and_counts_its_tokens(tmp_p
     assert full["toy-0"]["samples"] == 16 and full["toy-0"]["tokens"] == sum(range(10, 26))
     lines = bench.table(problems, [0.95], 4, 4)
     assert any("Beta 0.95" in line and "| majority |" in line for line in lines)
+    assert any("budget 0.95" in line and "| majority |" in line for line in lines)
+    assert not any("budget" in line for line in bench.table(problems, [0.95], 4, 4, rules=["beta"]))
 
 
 def test_rows_of_one_problem_in_several_files_count_once_the_longest(tmp_path):
@@ -80,7 +82,7 @@ def test_live_rows_compare_with_the_baseline_and_the_replay(tmp_path):
         + "\n"
     )
     problems = bench.load([write(tmp_path / "k.jsonl.gz", [easy])])
-    text = "\n".join(bench.live_table(live, base, problems))
+    text = "\n".join(bench.live_table(live, base, problems, AdaptiveStop(rule="beta")))
     assert "tokens 46 vs 280" in text
     assert "samples equal on 1/1, answer equal on 1/1" in text
 
@@ -104,10 +106,10 @@ def test_first_wave_bound_takes_majority_at_4_where_the_probes_agree(tmp_path):
     ]
     path = tmp_path / "toy.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    line = bench.first_wave_bound(path, AdaptiveStop())
+    line = bench.first_wave_bound(path, AdaptiveStop(rule="beta"))
     assert "1 stop after the first wave: at least 38 % fewer tokens" in line  # 300 of 800
     assert "50.0 % -> 100.0 % (won/lost 1/0)" in line
-    assert "not for this rule" in bench.first_wave_bound(path, AdaptiveStop(threshold=0.99))
+    assert "not for this rule" in bench.first_wave_bound(path, AdaptiveStop(threshold=0.99, rule="beta"))
 
 
 def test_weighted_vote_follows_the_scores_and_only_scored_problems_get_rows(tmp_path):

@@ -35,7 +35,7 @@ import gzip
 import json
 import statistics
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from paired import compare  # noqa: E402
 
-from edgetts.search.adaptive import AdaptiveStop, Tally, replay  # noqa: E402
+from edgetts.search.adaptive import RULES, AdaptiveStop, Tally, replay  # noqa: E402
 from edgetts.search.base import Candidate, aggregate  # noqa: E402
 from edgetts.search.confidence_vote import KEEP, MODE  # noqa: E402
 from edgetts.search.select import (  # noqa: E402
@@ -54,6 +54,7 @@ from edgetts.search.select import (  # noqa: E402
 )
 
 DEFAULT_THRESHOLDS = (0.8, 0.9, 0.95, 0.99)
+RULE_LABELS = {"beta": "Beta", "budget": "budget"}  # the table's rule column
 
 
 @dataclass
@@ -182,8 +183,10 @@ def simulate(problems: list[Problem], vote: Vote, rule: AdaptiveStop | None) -> 
     return out
 
 
-def table(problems: list[Problem], thresholds: list[float], min_n: int, wave: int) -> list[str]:
-    """Markdown rows: per dataset and vote, the full N and each threshold."""
+def table(
+    problems: list[Problem], thresholds: list[float], min_n: int, wave: int, rules: Sequence[str] = RULES
+) -> list[str]:
+    """Markdown rows: per dataset and vote, the full N and each rule at each threshold."""
     lines = [
         "| dataset | vote | rule | problems | accuracy | Δ points | won/lost (p) "
         "| tokens | saved | samples median / mean |",
@@ -200,10 +203,12 @@ def table(problems: list[Problem], thresholds: list[float], min_n: int, wave: in
             full_tokens = sum(r["tokens"] for r in full.values())
             full_acc = _acc(full)
             lines.append(_line(dataset, name, f"all {_ns(rows)}", full, full_acc, None, full_tokens))
-            for threshold in thresholds:
-                rule = AdaptiveStop(threshold=threshold, min_n=min_n, wave=wave)
-                res = simulate(rows, vote, rule)
-                lines.append(_line(dataset, name, f"Beta {threshold:g}", res, full_acc, full, full_tokens))
+            for rule_name in rules:
+                for threshold in thresholds:
+                    rule = AdaptiveStop(threshold=threshold, min_n=min_n, wave=wave, rule=rule_name)
+                    res = simulate(rows, vote, rule)
+                    label = f"{RULE_LABELS[rule_name]} {threshold:g}"
+                    lines.append(_line(dataset, name, label, res, full_acc, full, full_tokens))
     return lines
 
 
@@ -241,10 +246,11 @@ def _line(
     )
 
 
-def live_table(live_path: Path, baseline_path: Path, kept: list[Problem]) -> list[str]:
+def live_table(live_path: Path, baseline_path: Path, kept: list[Problem], rule: AdaptiveStop) -> list[str]:
     """A live adaptive run (``edgetts run`` rows) against the full-N baseline rows of the bench
-    (``docs/bench/*.jsonl``, strategy and n as the live run's), and against the replay over kept
-    rows of the same problems (what the simulation predicted for them)."""
+    (``docs/bench/*.jsonl``, strategy and n as the live run's), and against the replay of
+    ``rule`` (the one the live run used) over kept rows of the same problems (what the
+    simulation predicted for them)."""
     live = [json.loads(line) for line in _open(live_path) if line.strip()]
     strategy, n = live[0]["strategy"], live[0]["n"]
     base = {
@@ -275,7 +281,7 @@ def live_table(live_path: Path, baseline_path: Path, kept: list[Problem]) -> lis
         if p is None:
             continue
         checked += 1
-        k = replay(AdaptiveStop(), p.n, lambda m, p=p: majority_vote(p, m)[0])
+        k = replay(rule, p.n, lambda m, p=p: majority_vote(p, m)[0])
         chosen, _ = pick_by_vote(p.candidates[:k], lambda c: 1.0)
         same_k += k == len(r["candidates"])
         same_answer += (chosen.answer if chosen else None) == r["answer"]
@@ -294,7 +300,7 @@ def first_wave_bound(bench_path: Path, rule: AdaptiveStop) -> str:
     tokens saved are a lower bound and the accuracy is exact for the problems that stop there.
     Valid when the first wave is 4 and 4 agreeing votes settle (threshold <= 31/32, min_n <= 4).
     """
-    if rule.waves(16)[0] != 4 or not rule.settled(Tally({"a": 4.0}, 4), 4):
+    if rule.waves(16)[0] != 4 or not rule.settled(Tally({"a": 4.0}, 4), 4, 16):
         return f"first-wave bound: not for this rule ({rule})"
     rows = [json.loads(line) for line in _open(bench_path) if line.strip()]
     by = {(r["problem_id"], r["n"]): r for r in rows if r["strategy"] == "majority"}
@@ -325,7 +331,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--thresholds", nargs="+", type=float, default=list(DEFAULT_THRESHOLDS))
     ap.add_argument("--min-n", type=int, default=AdaptiveStop.min_n)
     ap.add_argument("--wave", type=int, default=AdaptiveStop.wave)
+    ap.add_argument("--rules", nargs="+", choices=RULES, default=list(RULES), help="stopping rules to replay")
     ap.add_argument("--live", type=Path, help="an `edgetts run` results file of a live adaptive run")
+    ap.add_argument(
+        "--live-rule",
+        choices=RULES,
+        default=AdaptiveStop.rule,
+        help="the rule the live run used (its rows do not say; the committed 15 used beta)",
+    )
     ap.add_argument("--baseline", type=Path, help="the bench rows of the full N (with --live)")
     ap.add_argument(
         "--bench",
@@ -350,12 +363,12 @@ def main(argv: list[str] | None = None) -> None:
         scored = add_probe_scores(problems, args.states, args.prm or shipped_dir() / "prm-probe-qwen05")
         print(f"# PRM scores from kept states: {scored} of {len(problems)} problems")
     print(f"# adaptive sampling replayed: min_n {args.min_n}, wave {args.wave}")
-    print("\n".join(table(problems, args.thresholds, args.min_n, args.wave)))
-    rule = AdaptiveStop(min_n=args.min_n, wave=args.wave)
+    print("\n".join(table(problems, args.thresholds, args.min_n, args.wave, args.rules)))
     for path in args.bench:
-        print(first_wave_bound(path, rule))
+        print(first_wave_bound(path, AdaptiveStop(min_n=args.min_n, wave=args.wave, rule="beta")))
     if args.live and args.baseline:
-        print("\n".join(live_table(args.live, args.baseline, problems)))
+        live_rule = AdaptiveStop(min_n=args.min_n, wave=args.wave, rule=args.live_rule)
+        print("\n".join(live_table(args.live, args.baseline, problems, live_rule)))
 
 
 if __name__ == "__main__":

@@ -161,14 +161,16 @@ SECTIONS = (
     ),
     Section(
         "Adaptive sampling: stopping when the vote is settled (replayed, then live)",
-        "Adaptive-Consistency's Beta rule (`edgetts/search/adaptive.py`; the default is 0.95) replayed "
-        "over the kept 16 samples per problem (`data/labels`), then a live run of the first 15 GSM8K "
-        "problems against the bench's full N. The 0.5B policy rarely agrees with itself on GSM8K, so "
-        "the vote seldom settles there.",
+        "Two stopping rules (`edgetts/search/adaptive.py`) replayed over the kept 16 samples per "
+        "problem (`data/labels`): Adaptive-Consistency's Beta rule, and the budget rule (the default "
+        "since stop 34, threshold 0.95), which asks whether the leader stays ahead through the samples "
+        "left to draw rather than for ever. Then a live run of the first 15 GSM8K problems (drawn "
+        "under the Beta rule) against the bench's full N. The 0.5B policy rarely agrees with itself "
+        "on GSM8K, so the vote seldom settles there.",
         (
             "python tools/bench_adaptive.py data/labels/gsm8k_test.jsonl.gz data/labels/mawps.jsonl.gz "
             f"--thresholds 0.8 0.9 0.95 0.99 --live {B}/adaptive_gsm8k_test_live.jsonl.gz "
-            f"--baseline {B}/gsm8k_test.jsonl",
+            f"--live-rule beta --baseline {B}/gsm8k_test.jsonl",
         ),
     ),
     Section(

@@ -66,7 +66,7 @@ def sample_in_waves(
     rule = config.adaptive
     drawn = list(prior)
     sizes = [config.n - len(drawn)] if rule is None else rule.waves(config.n, len(drawn))
-    if rule is not None and drawn and rule.settled(tally(drawn), len(drawn)):
+    if rule is not None and drawn and rule.settled(tally(drawn), len(drawn), config.n):
         sizes = []
     new: list[SolutionPath] = []
     for size in sizes:
@@ -79,7 +79,7 @@ def sample_in_waves(
             on_wave(wave, deadline)
         new += wave
         drawn += wave
-        if rule is not None and rule.settled(tally(drawn), len(drawn)):
+        if rule is not None and rule.settled(tally(drawn), len(drawn), config.n):
             break
     return new, deadline
 
