@@ -382,3 +382,25 @@ def test_confidence_features_alone_take_no_state_columns() -> None:
     sol.stats[:] = 1.0
     X = tv.features(sol, [6, 12, 18, -1], [], True)
     assert X.shape == (len(sol.labels), len(STEP_FEATURES)) and (X == 1.0).all()
+
+
+def test_near_copies_of_held_out_problems_are_found_by_their_words_not_numbers():
+    held = [
+        "Joan found 70 seashells on the beach. She gave Sam some. She has 27 left. How many did she give?"
+    ]
+    twin = "Joan found 12 seashells on the beach. She gave Sam some. She has 5 left. How many did she give?"
+    other = "A train travels 60 miles per hour for 3 hours. How far does it go?"
+    assert label_steps.near_copies([twin, other], held) == [True, False]
+    assert label_steps.near_copies([other], []) == [False]
+
+
+def test_held_out_specs_take_the_first_k_problems(tmp_path):
+    f = tmp_path / "mawps.jsonl"
+    rows = [
+        {"input": f"Question number {w}?", "target": i, "idx": i}
+        for i, w in enumerate(["one", "two", "three"])
+    ]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert label_steps.held_out_questions([f"{f}:2"]) == ["Question number one?", "Question number two?"]
+    with pytest.raises(SystemExit, match="FILE:K"):
+        label_steps.held_out_questions([str(f)])

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -202,11 +203,48 @@ def candidate_row(path: SolutionPath, gold: str) -> dict:
     }
 
 
+# Training problems whose words overlap an evaluation problem's this much (Jaccard) are dropped:
+# MAWPS repeats its templates with other numbers and names, and a near-copy of an eval problem in
+# the training set would inflate every held-out figure.
+NEAR_COPY_JACCARD = 0.5
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z]+", text.lower()))
+
+
+def near_copies(questions: list[str], held_out: list[str]) -> list[bool]:
+    """For each question: whether its words overlap a held-out question's by NEAR_COPY_JACCARD
+    or more (numbers ignored), i.e. whether it is a copy or a template twin of an eval problem."""
+    held = [_words(q) for q in held_out]
+
+    def near(q: str) -> bool:
+        w = _words(q)
+        return any(len(w & h) >= NEAR_COPY_JACCARD * max(len(w | h), 1) for h in held)
+
+    return [near(q) for q in questions]
+
+
+def held_out_questions(specs: list[str]) -> list[str]:
+    """Questions of ``FILE:K`` specs (the first K problems of FILE, the evaluation set)."""
+    out: list[str] = []
+    for spec in specs:
+        path, _, k = spec.rpartition(":")
+        if not path or not k.isdigit():
+            raise SystemExit(f"--held-out wants FILE:K (the first K problems of FILE), got {spec!r}")
+        out += [p.question for p in load_problems(path)[: int(k)]]
+    return out
+
+
 def sample(args: argparse.Namespace) -> None:
     out = Path(args.out)
     done = done_keys(out)
     problems = load_problems(args.data, args.question_key, args.answer_key, args.id_key)
     problems = problems[args.offset : None if args.limit is None else args.offset + args.limit]
+    if args.held_out:
+        copies = near_copies([p.question for p in problems], held_out_questions(args.held_out))
+        print(f"{sum(copies)} of {len(problems)} problems skipped: near-copies of held-out ones", flush=True)
+        problems = [p for p, copy in zip(problems, copies, strict=True) if not copy]
     policy = make_policy(args, n_seq_max=args.n, max_tokens=args.max_tokens)
     dataset = Path(args.data).stem
     for k, problem in enumerate(problems):
@@ -411,6 +449,13 @@ def main() -> None:
     s.add_argument("--question-key", default=None)
     s.add_argument("--answer-key", default=None)
     s.add_argument("--id-key", default=None)
+    s.add_argument(
+        "--held-out",
+        nargs="*",
+        default=[],
+        metavar="FILE:K",
+        help="skip problems that are near-copies of the first K of FILE (the eval set; see near_copies)",
+    )
     r = sub.add_parser("rollout", help="Monte-Carlo step labels for kept samples")
     r.add_argument("--samples", required=True, help="a `sample` output directory")
     r.add_argument("--data", required=True, help="the questions of those samples")
