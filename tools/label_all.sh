@@ -5,7 +5,8 @@
 #   CUDA build:   GPU_LAYERS=99 bash tools/label_all.sh     (all of it in minutes, not hours)
 # Sizes: EVAL_MAWPS / EVAL_GSM8K problems of N = 16 held-out samples (the bench's first ones),
 # PRMBENCH_FIRST PRMBench-train prefills and the dev/test splits between them, then every other
-# PRMBench-train prefill, then OUTCOME_LIMIT GSM8K-train problems x 8, then MC rollouts.
+# PRMBench-train prefill, then OUTCOME_LIMIT GSM8K-train problems x 8, MAWPS_TRAIN_LIMIT MAWPS
+# problems after the eval set x 8, then MC rollouts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python}
@@ -27,5 +28,9 @@ $PY "${L[@]}" prmbench --data "$DATA"/prmbench_train/*.jsonl --split train --lay
     --out "$OUT/prmbench_train" "${G[@]}"
 $PY "${L[@]}" sample --data "$DATA/gsm8k_train.jsonl" --out "$OUT/gsm8k_train" -n 8 --offset 200 \
     --limit "${OUTCOME_LIMIT:-400}" "${G[@]}"
+# MAWPS-style outcome labels: MAWPS after the bench's first 100 (the eval set), near-copies of
+# those 100 skipped (label_steps.near_copies); its own directory, so the two queues never share one.
+$PY "${L[@]}" sample --data "$DATA/mawps.jsonl" --out "$OUT/mawps_train" -n 8 --offset 100 \
+    --limit "${MAWPS_TRAIN_LIMIT:-400}" --held-out "$DATA/mawps.jsonl:100" "${G[@]}"
 $PY "${L[@]}" rollout --samples "$OUT/gsm8k_train" --data "$DATA/gsm8k_train.jsonl" \
     --out "$OUT/gsm8k_train_mc" -k 4 --limit "${ROLLOUT_LIMIT:-100}" "${G[@]}"
