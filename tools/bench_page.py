@@ -127,6 +127,19 @@ SECTIONS = (
         ),
     ),
     Section(
+        "DVTS guided by the default probe (MAWPS, N = 4)",
+        "Live DVTS (stop 34) with the default probe (`mawps.live_dvts.jsonl`), against the previous "
+        "probe's DVTS rows, the default probe's beam search, and the sample-based rows rescored from "
+        "the committed samples.",
+        (
+            report("mawps.live_dvts.jsonl"),
+            compare("mawps.live_dvts.jsonl:dvts:4", "mawps.jsonl:dvts:4"),
+            compare("mawps.live_dvts.jsonl:dvts:4", "mawps.live_tree.jsonl:beam_search:4"),
+            compare("mawps.live_dvts.jsonl:dvts:4", "mawps.rescored.jsonl:best_of_n:16"),
+            compare("mawps.live_dvts.jsonl:dvts:4", "mawps.rescored.jsonl:majority:16"),
+        ),
+    ),
+    Section(
         "Beam search guided by the text PRM (MAWPS, N = 4)",
         "",
         (report("mawps_beam_text_prm.jsonl"),),
@@ -243,6 +256,8 @@ for p in edgetts/assets/prm-probe-qwen05:live_tree models/prm-probe-qwen05-steps
 done
 python tools/bench_strategies.py run --data ../shared/data/mawps.jsonl --limit 50 --dataset mawps \\
     --only beam_search --n 16 --search-n-max 16 --out {B}/mawps.live_tree16.jsonl
+python tools/bench_strategies.py run --data ../shared/data/mawps.jsonl --limit 50 --dataset mawps \\
+    --only dvts --n 4 --search-n-max 4 --out {B}/mawps.live_dvts.jsonl
 python tools/fit_compute_optimal.py {B}/*.rescored.jsonl --out edgetts/assets/compute_optimal.json
 ```
 
