@@ -127,16 +127,21 @@ SECTIONS = (
         ),
     ),
     Section(
-        "DVTS guided by the default probe (MAWPS, N = 4)",
-        "Live DVTS (stop 34) with the default probe (`mawps.live_dvts.jsonl`), against the previous "
-        "probe's DVTS rows, the default probe's beam search, and the sample-based rows rescored from "
-        "the committed samples.",
+        "DVTS guided by the default probe (MAWPS, N = 4, 16)",
+        "Live DVTS (stop 34) with the default probe at N = 4 (`mawps.live_dvts.jsonl`) and N = 16 "
+        "(`mawps.live_dvts16.jsonl`, two shards), against the previous probe's DVTS rows, the "
+        "default probe's beam search, and the sample-based rows rescored from the committed samples.",
         (
             report("mawps.live_dvts.jsonl"),
             compare("mawps.live_dvts.jsonl:dvts:4", "mawps.jsonl:dvts:4"),
             compare("mawps.live_dvts.jsonl:dvts:4", "mawps.live_tree.jsonl:beam_search:4"),
             compare("mawps.live_dvts.jsonl:dvts:4", "mawps.rescored.jsonl:best_of_n:16"),
             compare("mawps.live_dvts.jsonl:dvts:4", "mawps.rescored.jsonl:majority:16"),
+            report("mawps.live_dvts16.jsonl"),
+            compare("mawps.live_dvts16.jsonl:dvts:16", "mawps.jsonl:dvts:16"),
+            compare("mawps.live_dvts16.jsonl:dvts:16", "mawps.live_tree16.jsonl:beam_search:16"),
+            compare("mawps.live_dvts16.jsonl:dvts:16", "mawps.rescored.jsonl:majority:16"),
+            compare("mawps.live_dvts16.jsonl:dvts:16", "mawps.rescored.jsonl:weighted_best_of_n:16"),
         ),
     ),
     Section(
@@ -258,6 +263,8 @@ python tools/bench_strategies.py run --data ../shared/data/mawps.jsonl --limit 5
     --only beam_search --n 16 --search-n-max 16 --out {B}/mawps.live_tree16.jsonl
 python tools/bench_strategies.py run --data ../shared/data/mawps.jsonl --limit 50 --dataset mawps \\
     --only dvts --n 4 --search-n-max 4 --out {B}/mawps.live_dvts.jsonl
+python tools/bench_strategies.py run --data ../shared/data/mawps.jsonl --limit 50 --dataset mawps \\
+    --only dvts --n 16 --search-n-max 16 --out {B}/mawps.live_dvts16.jsonl   # 2 shards: --offset 32
 python tools/fit_compute_optimal.py {B}/*.rescored.jsonl --out edgetts/assets/compute_optimal.json
 ```
 
