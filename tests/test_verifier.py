@@ -121,6 +121,33 @@ def test_fit_separates_a_learnable_problem(hidden: int) -> None:
     assert auc > 0.97
 
 
+def test_a_linear_fit_is_the_losss_one_minimum_whatever_the_seed_or_row_order() -> None:
+    """Convex, so fitted to convergence: the seed and the row order change nothing, and a step
+    along the gradient from the head makes the loss no lower."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(300, 12)).astype(np.float32) * 2 - 1
+    y = (X[:, 1] + rng.normal(size=300) > 0).astype(np.float32)
+    g = np.zeros(len(y), dtype=int)
+    head = tv.fit(X, y, g, hidden=0, wd=0.1, seed=0)
+    order = rng.permutation(len(y))
+    again = tv.fit(X[order], y[order], g, hidden=0, wd=0.1, seed=7)
+    np.testing.assert_allclose(again.W1, head.W1, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(again.b1, head.b1, rtol=1e-4, atol=1e-6)
+
+    mu, sd = X.mean(0), X.std(0) + 1e-4
+    w = torch.tensor(head.W1[:, 0] * sd, dtype=torch.float64, requires_grad=True)  # standardised terms
+    b = torch.tensor(head.b1 + mu @ head.W1, dtype=torch.float64, requires_grad=True)
+    Z, t = torch.tensor((X - mu) / sd, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)
+    pos = float(y.mean())
+    weight = torch.where(t > 0.5, 0.5 / pos, 0.5 / (1 - pos))
+    loss = (
+        torch.nn.functional.binary_cross_entropy_with_logits(Z @ w + b, t, weight=weight) + 0.1 * (w**2).sum()
+    )
+    loss.backward()
+    assert float(torch.linalg.vector_norm(w.grad)) < 1e-3
+
+
 def test_within_problem_features_keep_only_what_tells_a_problems_rows_apart() -> None:
     rng = np.random.default_rng(4)
     X = rng.normal(size=(12, 3))
