@@ -258,21 +258,43 @@ def held_out_scores(rows: list[dict], l2: float, folds: int, seed: int = 0) -> l
     return scores
 
 
-def export(out: Path, w: np.ndarray, b: float, manifest: dict) -> None:
-    """The head as a one-node ONNX graph (Gemm) and its manifest."""
+def export(
+    out: Path,
+    w: np.ndarray,
+    b: float | np.ndarray,
+    manifest: dict,
+    hidden_layer: tuple[np.ndarray, np.ndarray] | None = None,
+) -> None:
+    """A probe directory: the head as an ONNX graph and its manifest.
+
+    ``w`` ([d] or [d, k]) and ``b`` are the first Gemm's weights; alone they give the logit (a
+    linear head, one ``Gemm``). ``hidden_layer`` (W2 [k, 1], B2 [1]) makes it an MLP:
+    Gemm, Relu, Gemm."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     d = len(w)
+    W1 = np.asarray(w, dtype=np.float32).reshape(d, -1)
+    inits = [
+        numpy_helper.from_array(W1, "W1"),
+        numpy_helper.from_array(np.atleast_1d(b).astype(np.float32), "B1"),
+    ]
+    if hidden_layer is None:
+        nodes = [helper.make_node("Gemm", ["hidden", "W1", "B1"], ["logit"])]
+    else:
+        W2, B2 = (np.asarray(a, dtype=np.float32) for a in hidden_layer)
+        inits += [numpy_helper.from_array(W2, "W2"), numpy_helper.from_array(B2, "B2")]
+        nodes = [
+            helper.make_node("Gemm", ["hidden", "W1", "B1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("Gemm", ["r", "W2", "B2"], ["logit"]),
+        ]
     graph = helper.make_graph(
-        [helper.make_node("Gemm", ["hidden", "W", "B"], ["logit"])],
+        nodes,
         "policy_probe",
         [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", d])],
         [helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["batch", 1])],
-        [
-            numpy_helper.from_array(w.astype(np.float32).reshape(d, 1), "W"),
-            numpy_helper.from_array(np.array([b], dtype=np.float32), "B"),
-        ],
+        inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8

@@ -35,6 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import train_probe  # noqa: E402
 from eval_prm import GRID, first_below, prf, selection_accuracy  # noqa: E402
 from train_probe import pick_layers  # noqa: E402
 
@@ -680,33 +681,8 @@ def step_markdown(results: dict) -> str:
 
 def export_head(head: Head, out: Path, manifest: dict) -> None:
     """The head as an ONNX graph (Gemm, or Gemm-Relu-Gemm) and its manifest."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    d = head.W1.shape[0]
-    inits = [numpy_helper.from_array(head.W1, "W1"), numpy_helper.from_array(head.b1, "B1")]
-    if head.W2 is None:
-        nodes = [helper.make_node("Gemm", ["hidden", "W1", "B1"], ["logit"])]
-    else:
-        inits += [numpy_helper.from_array(head.W2, "W2"), numpy_helper.from_array(head.b2, "B2")]
-        nodes = [
-            helper.make_node("Gemm", ["hidden", "W1", "B1"], ["h"]),
-            helper.make_node("Relu", ["h"], ["r"]),
-            helper.make_node("Gemm", ["r", "W2", "B2"], ["logit"]),
-        ]
-    graph = helper.make_graph(
-        nodes,
-        "policy_probe",
-        [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", d])],
-        [helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["batch", 1])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    out.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, out / "model.onnx")
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    hidden_layer = None if head.W2 is None else (head.W2, head.b2)
+    train_probe.export(out, head.W1, head.b1, manifest, hidden_layer)
 
 
 def export(args: argparse.Namespace) -> None:
