@@ -20,6 +20,7 @@ from edgetts import models as registry
 from edgetts.distributed import DETECT as DETECT_RAY  # what a bare --ray means (Ray loads later)
 from edgetts.grading import answers_equal
 from edgetts.policy.config import PolicyConfig
+from edgetts.search.adaptive import AdaptiveStop
 from edgetts.search.base import MAX_N, SearchResult
 from edgetts.search.registry import choices as strategy_choices
 from edgetts.server.settings import ServerSettings
@@ -112,8 +113,9 @@ def _search_options(func):
             "--no-adaptive",
             is_flag=True,
             help="Always draw all N samples: majority, weighted best-of-N, confidence vote "
-            "and auto otherwise sample in waves of 4 and stop once the vote has "
-            "settled (the leader stays ahead through the samples left with probability 0.95).",
+            f"and auto otherwise sample in waves of {AdaptiveStop.wave} and stop once the vote has "
+            "settled (the leader stays ahead through the samples left with probability "
+            f"{AdaptiveStop.threshold}).",
         ),
         click.option(
             "--deadline-s",
