@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from edgetts.server.settings import ServerSettings
 from edgetts.solver import SolveOptions
 
 EXIT_INTERRUPTED = 130
+MAX_CONCURRENT = 16  # run --concurrent: problems at once (each holds a prompt sequence)
 STRATEGY_NAMES = strategy_choices()
 LOG_LEVELS = ["debug", "info", "warning", "error"]
 
@@ -254,13 +256,15 @@ def _make_solver(kw: dict):
             raise click.UsageError("--tests is for --task code")
         options.validate()  # fail on bad settings before a model loads
     n_parallel = max(options.search_config().n, 1) if options.strategy != "greedy" else 1
+    searches = kw.get("concurrent", 1)  # problems in flight at once (``run --concurrent``)
     policy_config = PolicyConfig(
         model=kw["model"],
         max_tokens=kw["max_tokens"],
         n_threads=kw["threads"],
         n_gpu_layers=kw["n_gpu_layers"],
         kv_type=kw["kv_type"] or "f16",
-        n_seq_max=min(n_parallel, 16),
+        n_seq_max=min(n_parallel, 16) * searches,
+        max_searches=searches,
     )
     pinned = frozenset(k for k in ("kv_type", "n_gpu_layers") if kw[k] is not None)
     sandbox = None
@@ -524,14 +528,20 @@ def _record(problem, result, options, model: str | None, seconds: float) -> dict
     }
 
 
-def solve_record(solver, options: SolveOptions, problem, model: str | None) -> dict:
-    """Solve one problem into its results row: the same code in one process and on a Ray actor."""
+def solve_record(
+    solver, options: SolveOptions, problem, model: str | None, cancel: threading.Event | None = None
+) -> dict:
+    """Solve one problem into its results row: the same code in one process, on its worker
+    threads (``--concurrent``) and on a Ray actor. ``cancel`` ends the search early (its row
+    is then cut short: the caller drops it)."""
     import time
 
+    # This problem's plan (under a budget it, not the options, sets N), made and loaded before
+    # the clock starts; not the solver's last plan, which a concurrent solve may have replaced.
+    planned = solver.prepare(problem.question, options)
     start = time.perf_counter()
-    result = solver.solve(problem.question, options)
+    result = solver.solve(problem.question, options, cancel=cancel)
     seconds = time.perf_counter() - start
-    planned = solver.last_plan  # under a budget the plan, not the options, set N
     used = replace(options, n=planned.n) if planned else options
     return _record(problem, result, used, model, seconds)
 
@@ -593,6 +603,42 @@ def _run_on_ray(todo: list, results, address: str, actors: int | None, desc: str
         )
 
 
+def _run_concurrent(todo: list, results, solver, options: SolveOptions, kw: dict, desc: str) -> None:
+    """``run --concurrent K``: K worker threads each solve one problem at a time on the one
+    solver (their searches decode in one batch); this thread alone appends the rows, as they
+    finish. On Ctrl-C the searches under way are cancelled and their rows dropped (a cut-short
+    search is not its answer): a rerun solves them again."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    from tqdm import tqdm
+
+    cancel = threading.Event()
+    queue = iter(todo)
+    with (
+        ThreadPoolExecutor(max_workers=kw["concurrent"], thread_name_prefix="edgetts-run") as pool,
+        tqdm(total=len(todo), desc=desc, unit="problem", disable=None, file=sys.stderr) as bar,
+    ):
+
+        def start_next(running: set) -> None:
+            problem = next(queue, None)
+            if problem is not None:
+                running.add(pool.submit(solve_record, solver, options, problem, kw["model"], cancel))
+
+        running: set = set()
+        for _ in range(kw["concurrent"]):
+            start_next(running)
+        try:
+            while running:
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    results.append(future.result())  # a search's error stops the run, as without K
+                    bar.update(1)
+                    start_next(running)
+        except BaseException:
+            cancel.set()  # the others stop at their next check; their rows are not written
+            raise
+
+
 # Settings that change a run's answers; a results file keeps them, and a resume must match.
 # (Threads and GPU offload change only the speed.)
 ANSWER_SETTINGS = (
@@ -647,6 +693,14 @@ def _run_settings(kw: dict) -> dict:
     default=None,
     help="With --ray: actors to start [default: as many as the cluster's CPUs fit at --threads each].",
 )
+@click.option(
+    "--concurrent",
+    type=click.IntRange(1, MAX_CONCURRENT),
+    default=1,
+    show_default=True,
+    help="Problems solved at once, their searches decoding in one batch (fills the rows a tree "
+    "search's round leaves idle; on a GPU, K times the batch). Rows are appended as they finish.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @_friendly_errors
 def run(
@@ -663,8 +717,9 @@ def run(
 ) -> None:
     """Answer every problem in a benchmark file, appending one JSON line per problem.
 
-    With --ray the problems run on Ray actors (one solver each) and this process appends their
-    rows as they finish: in any order, each problem once, resumable as without Ray.
+    With --concurrent K, K problems are solved at once on one model: their searches share one
+    decode loop. With --ray the problems run on Ray actors (one solver each) and this process
+    appends their rows as they finish. Either way: in any order, each problem once, resumable.
     """
     from tqdm import tqdm
 
@@ -673,6 +728,10 @@ def run(
 
     if out_path.exists() and data_path.exists() and out_path.resolve() == data_path.resolve():
         raise click.UsageError("--out is the --data file; results go to a file of their own")
+    if kw["concurrent"] > 1 and (ray_address is not None or kw["task"] == "code"):
+        raise click.UsageError(
+            "--concurrent runs math problems in this process (not with --ray or --task code)"
+        )
     if ray_address is not None:
         if kw["task"] == "code":
             raise click.UsageError("--ray runs math problems; --task code runs in one process")
@@ -698,6 +757,8 @@ def run(
     try:
         if ray_address is not None:
             _run_on_ray(todo, results, ray_address, actors, desc, kw)
+        elif kw["concurrent"] > 1:
+            _run_concurrent(todo, results, solver, options, kw, desc)
         else:
             for problem in tqdm(todo, desc=desc, unit="problem", disable=None, file=sys.stderr):
                 results.append(solve_record(solver, options, problem, kw["model"]))

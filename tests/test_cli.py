@@ -1,6 +1,9 @@
 """edgetts solve --show: what a user sees of a result (no model needed)."""
 
-from edgetts.cli import _show
+import pytest
+from click.testing import CliRunner
+
+from edgetts.cli import _show, main
 from edgetts.search.base import Candidate, SearchResult
 
 
@@ -137,3 +140,17 @@ def test_no_adaptive_turns_adaptive_sampling_off(monkeypatch):
         result = CliRunner().invoke(main, ["solve", "What is 2+3?", "--strategy", "majority", *args])
         assert isinstance(result.exception, Stop), result.output
         assert seen[-1]["adaptive"] is adaptive
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--concurrent", "2", "--task", "code"], "--concurrent runs math problems"),
+        (["--concurrent", "2", "--ray"], "--concurrent runs math problems"),
+        (["--concurrent", "0"], "--concurrent"),
+        (["--concurrent", "17"], "--concurrent"),
+    ],
+)
+def test_concurrent_out_of_place_or_range_is_a_usage_error(extra, words):
+    result = CliRunner().invoke(main, ["run", "--data", "d.jsonl", "--out", "r.jsonl", *extra])
+    assert result.exit_code == 2 and words in result.output, result.output

@@ -168,12 +168,39 @@ def test_cli_run_bad_data_and_resume(tmp_path):
     assert proc.returncode == 1 and "not JSON" in proc.stderr
 
 
+def test_cli_run_concurrent_answers_each_problem_once_as_one_at_a_time_does(tmp_path):
+    """--concurrent 2: two searches share the decode loop; every problem is answered once,
+    a rerun resumes, and the answers are those of a run one problem at a time (greedy on easy
+    questions: the batch layout's float rounding does not change them)."""
+    extra = [("What is 9 + 4?", "13"), ("Sam has 3 bags of 5 apples. How many apples?", "15")]
+    data = tmp_path / "d.jsonl"
+    data.write_text(
+        "".join(json.dumps({"question": q, "answer": f"#### {a}"}) + "\n" for q, a in QUESTIONS + extra)
+    )
+    args = ["run", "--data", str(data), "--strategy", "greedy", "--max-tokens", "200"]
+    alone, together = tmp_path / "alone.jsonl", tmp_path / "together.jsonl"
+    assert _edgetts(*args, "--out", str(alone)).returncode == 0
+    proc = _edgetts(*args, "--out", str(together), "--concurrent", "2", "--limit", "3")
+    assert proc.returncode == 0, proc.stderr
+    proc = _edgetts(*args, "--out", str(together), "--concurrent", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming: 3 of 4" in proc.stderr
+
+    def answers(path):
+        return {r["id"]: r["answer"] for r in map(json.loads, path.read_text().splitlines())}
+
+    rows = together.read_text().splitlines()
+    assert len(rows) == 4 and sorted(answers(together)) == ["1", "2", "3", "4"]
+    assert answers(together) == answers(alone)
+
+
 def test_cli_question_longer_than_context(tmp_path):
     proc = _edgetts("solve", "word " * 3000, "--strategy", "greedy")
     assert proc.returncode == 1 and "too long" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_cli_run_keyboard_interrupt_keeps_lines(tmp_path):
+@pytest.mark.parametrize("concurrent", ["1", "2"])
+def test_cli_run_keyboard_interrupt_keeps_lines(tmp_path, concurrent):
     import signal
     import time
 
@@ -199,6 +226,8 @@ def test_cli_run_keyboard_interrupt_keeps_lines(tmp_path):
             "greedy",
             "--max-tokens",
             "120",
+            "--concurrent",
+            concurrent,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -216,6 +245,8 @@ def test_cli_run_keyboard_interrupt_keeps_lines(tmp_path):
     assert "interrupted" in stderr and "Traceback" not in stderr
     kept = [json.loads(line) for line in out.read_text().splitlines()]
     assert 1 <= len(kept) < 40
+    assert len({r["id"] for r in kept}) == len(kept)
+    assert not any(r["cut_short"] for r in kept)  # a search cancelled by Ctrl-C leaves no row
 
 
 @pytest.mark.slow
