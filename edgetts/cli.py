@@ -227,6 +227,7 @@ def _ray_option(what: str, unit: str):
 
 
 def _make_solver(kw: dict):
+    from edgetts.llama.context import MAX_SEQUENCES
     from edgetts.policy import PolicyConfig
     from edgetts.solver import Solver
 
@@ -263,7 +264,7 @@ def _make_solver(kw: dict):
         n_threads=kw["threads"],
         n_gpu_layers=kw["n_gpu_layers"],
         kv_type=kw["kv_type"] or "f16",
-        n_seq_max=min(n_parallel, 16) * searches,
+        n_seq_max=min(min(n_parallel, 16) * searches, MAX_SEQUENCES - searches),
         max_searches=searches,
     )
     pinned = frozenset(k for k in ("kv_type", "n_gpu_layers") if kw[k] is not None)

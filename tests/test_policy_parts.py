@@ -164,3 +164,10 @@ def test_the_tail_is_kept_only_for_search_stop_strings():
 def test_trim_steps(steps, n_bytes, expected):
     trim_steps(steps, n_bytes)
     assert steps == expected
+
+
+def test_more_sequences_than_llama_cpp_holds_is_refused_before_the_model_loads():
+    from edgetts.policy import LlamaPolicy, PolicyConfig, PolicyError
+
+    with pytest.raises(PolicyError, match="at most 256"):
+        LlamaPolicy(PolicyConfig(model="/nonexistent.gguf", n_seq_max=250, max_searches=8))

@@ -12,6 +12,7 @@ from edgetts.llama.layer_tap import LayerTap
 from edgetts.llama.model import LlamaModel
 
 KV_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
+MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ: sequences one context can hold (checked: 257 fails)
 
 
 class LlamaBatch:

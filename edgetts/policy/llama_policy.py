@@ -56,7 +56,7 @@ import numpy as np
 
 from edgetts.confidence import token_stats
 from edgetts.gpu import default_gpu_layers
-from edgetts.llama.context import KV_TYPES, LlamaBatch, LlamaContext
+from edgetts.llama.context import KV_TYPES, MAX_SEQUENCES, LlamaBatch, LlamaContext
 from edgetts.llama.errors import LlamaError
 from edgetts.llama.layer_tap import LayerTap
 from edgetts.llama.model import LlamaModel
@@ -150,6 +150,11 @@ class LlamaPolicy:
             raise PolicyError(f"n_seq_max must be at least 1, got {cfg.n_seq_max}")
         if cfg.max_searches < 1:
             raise PolicyError(f"max_searches must be at least 1, got {cfg.max_searches}")
+        if cfg.n_seq_max + cfg.max_searches > MAX_SEQUENCES:  # a template sequence per search
+            raise PolicyError(
+                f"n_seq_max + max_searches is at most {MAX_SEQUENCES} (llama.cpp's limit), "
+                f"got {cfg.n_seq_max} + {cfg.max_searches}"
+            )
         self.model_path: Path = resolve(cfg.model)
         self.metadata: ModelMetadata = read_metadata(self.model_path)
         n_ctx_train = self.metadata.n_ctx_train
