@@ -145,6 +145,20 @@ SECTIONS = (
         ),
     ),
     Section(
+        "Beam search guided by the default probe (GSM8K, N = 4)",
+        "Live beam search (stop 35) with the default probe at N = 4 on the first 50 GSM8K test "
+        "problems (`gsm8k_test.live_tree.jsonl`), against the previous probe's beam search and the "
+        "sample-based rows rescored from the committed samples. At N = 4 with beam width 4, DVTS is "
+        "this same search (one subtree of four): its run gave the same answers and token counts on "
+        "every problem it finished, so it was stopped.",
+        (
+            report("gsm8k_test.live_tree.jsonl"),
+            compare("gsm8k_test.live_tree.jsonl:beam_search:4", "gsm8k_test.jsonl:beam_search:4"),
+            compare("gsm8k_test.live_tree.jsonl:beam_search:4", "gsm8k_test.rescored.jsonl:best_of_n:16"),
+            compare("gsm8k_test.live_tree.jsonl:beam_search:4", "gsm8k_test.rescored.jsonl:majority:16"),
+        ),
+    ),
+    Section(
         "Beam search guided by the text PRM (MAWPS, N = 4)",
         "",
         (report("mawps_beam_text_prm.jsonl"),),
@@ -182,13 +196,17 @@ SECTIONS = (
         "Two stopping rules (`edgetts/search/adaptive.py`) replayed over the kept 16 samples per "
         "problem (`data/labels`): Adaptive-Consistency's Beta rule, and the budget rule (the default "
         "since stop 34, threshold 0.95), which asks whether the leader stays ahead through the samples "
-        "left to draw rather than for ever. Then a live run of the first 15 GSM8K problems (drawn "
-        "under the Beta rule) against the bench's full N. The 0.5B policy rarely agrees with itself "
-        "on GSM8K, so the vote seldom settles there.",
+        "left to draw rather than for ever. Then live runs against the bench's full N: the first 15 "
+        "GSM8K problems drawn under the Beta rule (stop 33), and the first 50 under the budget rule, "
+        "the default (stop 35; `edgetts run --strategy majority -n 16`, two shards). The 0.5B policy "
+        "rarely agrees with itself on GSM8K, so the vote seldom settles there.",
         (
             "python tools/bench_adaptive.py data/labels/gsm8k_test.jsonl.gz data/labels/mawps.jsonl.gz "
             f"--thresholds 0.8 0.9 0.95 0.99 --live {B}/adaptive_gsm8k_test_live.jsonl.gz "
             f"--live-rule beta --baseline {B}/gsm8k_test.jsonl",
+            "python tools/bench_adaptive.py data/labels/gsm8k_test.jsonl.gz --thresholds 0.95 --rules budget "
+            f"--live {B}/adaptive_gsm8k_test_live_budget.jsonl.gz --live-rule budget "
+            f"--baseline {B}/gsm8k_test.jsonl",
         ),
     ),
     Section(
@@ -265,6 +283,11 @@ python tools/bench_strategies.py run --data ../shared/data/mawps.jsonl --limit 5
     --only dvts --n 4 --search-n-max 4 --out {B}/mawps.live_dvts.jsonl
 python tools/bench_strategies.py run --data ../shared/data/mawps.jsonl --limit 50 --dataset mawps \\
     --only dvts --n 16 --search-n-max 16 --out {B}/mawps.live_dvts16.jsonl   # 2 shards: --offset 32
+python tools/bench_strategies.py run --data ../shared/data/gsm8k_test.jsonl --limit 50 --dataset gsm8k_test \\
+    --only beam_search --n 4 --search-n-max 4 --out {B}/gsm8k_test.live_tree.jsonl
+# adaptive majority at N = 16 (the default budget rule), live, the question text dropped from the rows
+edgetts run --data ../shared/data/gsm8k_test.jsonl --limit 50 --strategy majority -n 16 --max-tokens 400 \\
+    --seed 0 --out runs/adaptive_gsm8k_test_live_budget.jsonl     # this session: 2 shards of 25
 python tools/fit_compute_optimal.py {B}/*.rescored.jsonl --out edgetts/assets/compute_optimal.json
 ```
 
