@@ -145,17 +145,25 @@ SECTIONS = (
         ),
     ),
     Section(
-        "Beam search guided by the default probe (GSM8K, N = 4)",
-        "Live beam search (stop 35) with the default probe at N = 4 on the first 50 GSM8K test "
-        "problems (`gsm8k_test.live_tree.jsonl`), against the previous probe's beam search and the "
-        "sample-based rows rescored from the committed samples. At N = 4 with beam width 4, DVTS is "
-        "this same search (one subtree of four): its run gave the same answers and token counts on "
-        "every problem it finished, so it was stopped.",
+        "Beam search guided by the default probe (GSM8K, N = 4, 16)",
+        "Live beam search (stop 35) with the default probe at N = 4 (`gsm8k_test.live_tree.jsonl`) "
+        "and N = 16 (`gsm8k_test.live_tree16.jsonl`, three one-thread shards) on the first 50 GSM8K "
+        "test problems, against the previous probe's beam search and the sample-based rows rescored "
+        "from the committed samples. At N = 4 with beam width 4, DVTS is this same search (one "
+        "subtree of four): its run gave the same answers and token counts on every problem it "
+        "finished, so it was stopped.",
         (
             report("gsm8k_test.live_tree.jsonl"),
             compare("gsm8k_test.live_tree.jsonl:beam_search:4", "gsm8k_test.jsonl:beam_search:4"),
             compare("gsm8k_test.live_tree.jsonl:beam_search:4", "gsm8k_test.rescored.jsonl:best_of_n:16"),
             compare("gsm8k_test.live_tree.jsonl:beam_search:4", "gsm8k_test.rescored.jsonl:majority:16"),
+            report("gsm8k_test.live_tree16.jsonl"),
+            compare("gsm8k_test.live_tree16.jsonl:beam_search:16", "gsm8k_test.jsonl:beam_search:16"),
+            compare("gsm8k_test.live_tree16.jsonl:beam_search:16", "gsm8k_test.rescored.jsonl:majority:16"),
+            compare(
+                "gsm8k_test.live_tree16.jsonl:beam_search:16",
+                "gsm8k_test.rescored.jsonl:weighted_best_of_n:16",
+            ),
         ),
     ),
     Section(
@@ -285,6 +293,8 @@ python tools/bench_strategies.py run --data ../shared/data/mawps.jsonl --limit 5
     --only dvts --n 16 --search-n-max 16 --out {B}/mawps.live_dvts16.jsonl   # 2 shards: --offset 32
 python tools/bench_strategies.py run --data ../shared/data/gsm8k_test.jsonl --limit 50 --dataset gsm8k_test \\
     --only beam_search --n 4 --search-n-max 4 --out {B}/gsm8k_test.live_tree.jsonl
+python tools/bench_strategies.py run --data ../shared/data/gsm8k_test.jsonl --limit 50 --dataset gsm8k_test \\
+    --only beam_search --n 16 --search-n-max 16 --out {B}/gsm8k_test.live_tree16.jsonl  # shards: --offset
 # adaptive majority at N = 16 (the default budget rule), live, the question text dropped from the rows
 edgetts run --data ../shared/data/gsm8k_test.jsonl --limit 50 --strategy majority -n 16 --max-tokens 400 \\
     --seed 0 --out runs/adaptive_gsm8k_test_live_budget.jsonl     # this session: 2 shards of 25
