@@ -610,31 +610,25 @@ def _run_concurrent(todo: list, results, solver, options: SolveOptions, kw: dict
     finish. On Ctrl-C the searches under way are cancelled and their rows dropped (a cut-short
     search is not its answer): a rerun solves them again."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+    from itertools import islice
 
     from tqdm import tqdm
 
     cancel = threading.Event()
-    queue = iter(todo)
+    solve = functools.partial(solve_record, solver, options, model=kw["model"], cancel=cancel)
+    waiting = iter(todo)
     with (
         ThreadPoolExecutor(max_workers=kw["concurrent"], thread_name_prefix="edgetts-run") as pool,
         tqdm(total=len(todo), desc=desc, unit="problem", disable=None, file=sys.stderr) as bar,
     ):
-
-        def start_next(running: set) -> None:
-            problem = next(queue, None)
-            if problem is not None:
-                running.add(pool.submit(solve_record, solver, options, problem, kw["model"], cancel))
-
-        running: set = set()
-        for _ in range(kw["concurrent"]):
-            start_next(running)
+        running = {pool.submit(solve, problem) for problem in islice(waiting, kw["concurrent"])}
         try:
             while running:
                 finished, running = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     results.append(future.result())  # a search's error stops the run, as without K
                     bar.update(1)
-                    start_next(running)
+                    running |= {pool.submit(solve, problem) for problem in islice(waiting, 1)}
         except BaseException:
             cancel.set()  # the others stop at their next check; their rows are not written
             raise
