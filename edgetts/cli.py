@@ -538,7 +538,7 @@ def solve_record(
     import time
 
     # This problem's plan (under a budget it, not the options, sets N), made and loaded before
-    # the clock starts; not the solver's last plan, which a concurrent solve may have replaced.
+    # the clock starts.
     planned = solver.prepare(problem.question, options)
     start = time.perf_counter()
     result = solver.solve(problem.question, options, cancel=cancel)

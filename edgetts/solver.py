@@ -160,7 +160,6 @@ class Solver:
     pinned: frozenset[str] = frozenset()
     # Where model-written code runs (--mode pot, code tasks); None: such requests are refused.
     sandbox: Sandbox | None = None
-    last_plan: Plan | None = field(default=None, init=False, repr=False)
     _policy: LlamaPolicy | None = field(default=None, init=False, repr=False)
     _loaded_memory_mb: float = field(default=float("inf"), init=False, repr=False)  # its plan's
     _scorer: Verifier | None = field(default=None, init=False, repr=False)
@@ -340,7 +339,6 @@ class Solver:
                 f"of {self.policy_config.max_tokens} (PolicyConfig.max_tokens)"
             )
         plan = self.plan(options, question)
-        self.last_plan = plan
         strategy = "majority" if options.strategy == GREEDY else options.strategy
         scorer = self._scorer_for(strategy, plan)
         return plan, scorer, self._policy_for(scorer, plan, options.memory_mb)

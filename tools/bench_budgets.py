@@ -29,14 +29,13 @@ solver = Solver()
 runs = []
 for question in questions:
     options = SolveOptions(memory_mb=memory_mb, deadline_s=deadline_s)
-    solver.prepare(question, options)  # the deadline excludes model load, so load first
+    plan = solver.prepare(question, options)  # the deadline excludes model load, so load first
     start = time.perf_counter()
     result = solver.solve(question, options)
     runs.append({"seconds": time.perf_counter() - start, "answer": result.answer,
                  "strategy": result.strategy, "cut_short": result.cut_short,
                  "tokens_generated": result.counters.get("tokens_generated", 0),
                  "tokens_redecoded": result.counters.get("tokens_redecoded", 0)})
-plan = solver.last_plan
 hwm_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
 print(json.dumps({"plan": plan.explain().splitlines()[0].removeprefix("plan: "),
                   "predicted_mb": plan.predicted_memory_mb, "predicted_s": plan.predicted_s,
