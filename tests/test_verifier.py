@@ -273,16 +273,22 @@ class PrefixPolicy:
 
     def __init__(self) -> None:
         self.prefixes: list[list[str]] = []
+        self.batches: list[int] = []  # prefixes per extend
 
     def path_from(self, question: str, steps: list[str]) -> SolutionPath:
         self.prefixes.append(list(steps))
         return SolutionPath(steps=list(steps))
 
     def extend(self, paths: list[SolutionPath], n_each: int, to_end: bool = False) -> list[SolutionPath]:
-        (p,) = paths
-        # after one step, every other rollout ends right; after two, all of them
-        right = [i % 2 == 0 for i in range(n_each)] if len(p.steps) == 1 else [True] * n_each
-        return [SolutionPath(steps=[*p.steps, f"\\boxed{{{7 if ok else 8}}}"], finished=True) for ok in right]
+        self.batches.append(len(paths))
+        children = []
+        for p in paths:  # children come per parent, in the parents' order (as LlamaPolicy's)
+            # after one step, every other rollout ends right; after two, all of them
+            right = [i % 2 == 0 for i in range(n_each)] if len(p.steps) == 1 else [True] * n_each
+            children += [
+                SolutionPath(steps=[*p.steps, f"\\boxed{{{7 if ok else 8}}}"], finished=True) for ok in right
+            ]
+        return children
 
     def release(self, paths: list[SolutionPath]) -> None:
         pass
@@ -294,6 +300,17 @@ def test_mc_labels_are_the_share_of_rollouts_that_end_right() -> None:
     labels = label_steps.mc_labels(policy, "q", steps, "7", k=4)
     assert labels == [0.5, 1.0, 0.0]  # the last step's label is the sample's own (wrong) outcome
     assert policy.prefixes == [steps[:1], steps[:2]]
+    assert policy.batches == [1, 1]  # by default one prefix's rollouts at a time
+
+
+@pytest.mark.parametrize("n_seq_max", [8, 12, 64])
+def test_mc_labels_batch_prefixes_without_mixing_their_rollouts(n_seq_max: int) -> None:
+    policy = PrefixPolicy()
+    steps = ["a\n\n", "b\n\n", "c\n\n", "so \\boxed{8}"]
+    labels = label_steps.mc_labels(policy, "q", steps, "7", k=4, n_seq_max=n_seq_max)
+    assert labels == [0.5, 1.0, 1.0, 0.0]
+    assert policy.prefixes == [steps[:1], steps[:2], steps[:3]]
+    assert policy.batches == {8: [2, 1], 12: [3], 64: [3]}[n_seq_max]
 
 
 def test_kept_solutions_read_each_source_in_the_order_its_states_were_saved() -> None:
