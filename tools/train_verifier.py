@@ -7,7 +7,8 @@ stays onnxruntime only. Labels:
 
 * ``prmbench``: human step labels (1 while the solution is still right, 0 from the first error);
 * ``outcome``: every step of a sample gets its final answer's grade (what the shipped probe used);
-* ``rollout``: Monte-Carlo labels, the share of rollouts from that step that end right.
+* ``rollout``: Monte-Carlo labels, the share of rollouts from that step that end right
+  (``rollout_outcome``: the same solutions with their outcome label on every step).
 
 Judged on held-out N-sample sets (``label_steps.py sample`` directories, e.g. the bench's
 GSM8K-test and MAWPS problems) by pair AUC and the selections of ``eval_prm.selection_accuracy``;
@@ -27,7 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -87,7 +88,10 @@ def load_step_labelled(directory: str) -> list[Solution]:
         (path,) = load_states(Path(directory) / "states" / f"{row['key']}.npz")
         out.append(
             Solution(
-                group=str(row.get("idx") or row.get("id")),
+                # a rollout's problem is named as its outcome rows name it (load_samples)
+                group=f"{row['dataset']}-{row['id']}"
+                if row["source"] == "rollout"
+                else str(row.get("idx") or row.get("id")),
                 source=row["source"],
                 states=np.stack(path.step_states),
                 stats=np.asarray(row["step_stats"], dtype=np.float32).reshape(-1, len(STEP_FEATURES)),
@@ -592,7 +596,15 @@ def ablate(args: argparse.Namespace) -> None:
             res = step_cv(prm, captured, layers, conf, hidden, args.wd, args.cv, within)
             report["step_cv"][spec] = res
             print("step_cv", spec, json.dumps(res), flush=True)
-    sources = {"prmbench": prm, "rollout": roll, "outcome_train": outcome_train}
+    # rollout_outcome: the rolled-out samples with their own outcome on every step instead, so
+    # the two label kinds are compared on the very same solutions
+    roll_outcome = [replace(s, labels=np.full(len(s.labels), s.labels[-1])) for s in roll]
+    sources = {
+        "prmbench": prm,
+        "rollout": roll,
+        "rollout_outcome": roll_outcome,
+        "outcome_train": outcome_train,
+    }
     blend = None if args.blend_shipped is None else Blend(read_head(args.shipped), args.blend_shipped)
     if args.step_dev or args.step_test:
         if not (args.step_dev and args.step_test):
@@ -760,7 +772,8 @@ def main() -> None:
         "--configs",
         nargs="*",
         default=["prmbench:last:linear", "prmbench:all+conf:linear", "cv:last:linear"],
-        help="SOURCES:FEATURES:MODEL, SOURCES joined by + from prmbench, rollout, outcome_train, "
+        help="SOURCES:FEATURES:MODEL, SOURCES joined by + from prmbench, rollout, rollout_outcome "
+        "(the rolled-out samples, outcome labels), outcome_train, "
         f"cv (the eval sets' other folds); FEATURES one of {list(FEATURE_SETS)}; MODEL linear "
         "or mlpH, either with -within (features minus their problem's mean)",
     )
