@@ -301,3 +301,23 @@ def test_compare_rejects_bad_specs(tmp_path, spec, message):
     spec = spec.format(a=a, mixed=mixed, missing=tmp_path / "nope.jsonl")
     with pytest.raises(SystemExit, match=message):
         bench.compare(argparse.Namespace(a=spec, b=f"{a}:beam_search:4"))
+
+
+def test_repick_sums_the_kept_paths_scores_per_answer(tmp_path, capsys):
+    """The top path says 8; two paths saying 7 outscore it together. Rows without kept paths
+    (written before ``run`` kept them) are left out, and a second repick adds nothing."""
+    finished = [bench.pick_record(cand(a, s)) for a, s in (("8", 0.9), ("7", 0.6), ("7", 0.5))]
+    row = {"problem_id": "1", "dataset": "d", "model": "m", "gold": "7", "strategy": "dvts", "n": 4}
+    rows = [
+        {**row, "answer": "8", "correct": False, "tokens_generated": 30, "finished": finished},
+        {**row, "problem_id": "2", "answer": "7", "correct": True, "tokens_generated": 30},
+        {**row, "strategy": "majority", "answer": "7", "correct": True, "tokens_generated": 30},
+    ]
+    results, out = tmp_path / "rows.jsonl", tmp_path / "repicked.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for _ in range(2):
+        bench.repick(argparse.Namespace(results=[str(results)], out=str(out)))
+    (picked,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert picked["strategy"] == "dvts_weighted" and picked["answer"] == "7" and picked["correct"]
+    assert "finished" not in picked and picked["tokens_generated"] == 30
+    assert "1 of 2 rows kept no finished paths" in capsys.readouterr().err

@@ -114,6 +114,17 @@ def subset_rows(candidates: list[Candidate], gold: str, n_list: list[int]) -> li
     return rows
 
 
+def pick_record(c: Candidate) -> dict:
+    """A tree search's finished path as its row keeps it: answer and scores, no text."""
+    return {
+        "answer": c.answer,
+        "score": None if c.score is None else round(c.score, 5),
+        "step_scores": [round(x, 5) for x in c.step_scores],
+        "n_tokens": c.n_tokens,
+        "provisional": c.provisional,
+    }
+
+
 def kept_layers(scorer: object) -> tuple[int, ...]:
     """The policy layers whose step states are kept: a probe's own, else the final layer."""
     return tuple(getattr(scorer, "state_layers", ())) or (-1,)
@@ -223,6 +234,8 @@ def run(args: argparse.Namespace) -> None:
                         "seconds": result.counters["wall_s"],
                         "prm": str(prm),
                         "difficulty_features": features,
+                        # what the search picked among (no text), so `repick` can pick again
+                        "finished": [pick_record(c) for c in result.candidates],
                     },
                 )
         print(f"[{index + 1}/{len(problems)}] {problem.id} done", flush=True)
@@ -423,6 +436,31 @@ def compare(args: argparse.Namespace) -> None:
     )
 
 
+def repick(args: argparse.Namespace) -> None:
+    """Tree-search rows again with the finished paths' answers summed by score (weighted pick)
+    instead of the top score: ``STRATEGY_weighted`` rows, from the paths the rows kept."""
+    out = Path(args.out)
+    done = _done(out)
+    rows = [r for r in load_rows(args.results) if r["strategy"] in SEARCH_STRATEGIES]
+    kept = [r for r in rows if "finished" in r]
+    if len(kept) < len(rows):
+        print(
+            f"{len(rows) - len(kept)} of {len(rows)} rows kept no finished paths: left out", file=sys.stderr
+        )
+    for r in kept:
+        strategy = f"{r['strategy']}_weighted"
+        if (r["problem_id"], r["model"], strategy, r["n"]) in done:
+            continue
+        candidates = [Candidate(text="", stop_reason=None, **c) for c in r["finished"]]
+        chosen, _ = pick(candidates, weighted=True)
+        answer = chosen.answer if chosen else None
+        fresh = {k: v for k, v in r.items() if k != "finished"}
+        _append(
+            out,
+            {**fresh, "strategy": strategy, "answer": answer, "correct": answers_equal(answer, r["gold"])},
+        )
+
+
 def plot(summary: dict, path: str, title: str, n_problems: int) -> None:
     models = sorted({m for m, _, _ in summary})
     default = default_model_name()
@@ -552,8 +590,18 @@ def main() -> None:
     c = sub.add_parser("compare", help="A against B on the problems both ran: wins, losses, sign test")
     c.add_argument("a", help="FILE:STRATEGY:N, e.g. docs/bench/mawps.jsonl:beam_search:4")
     c.add_argument("b", help="FILE:STRATEGY:N, e.g. docs/bench/mawps.jsonl:best_of_n:16")
+    w = sub.add_parser("repick", help="tree-search rows again, the finished paths' answers summed by score")
+    w.add_argument("--results", nargs="+", required=True, help="run's rows (beam search, DVTS)")
+    w.add_argument("--out", required=True, help="results JSONL (appended, resumable)")
     args = ap.parse_args()
-    commands = {"run": run, "report": report, "rescore": rescore, "states": states, "compare": compare}
+    commands = {
+        "run": run,
+        "report": report,
+        "rescore": rescore,
+        "states": states,
+        "compare": compare,
+        "repick": repick,
+    }
     commands[args.command](args)
 
 
