@@ -167,6 +167,34 @@ SECTIONS = (
         ),
     ),
     Section(
+        "DVTS guided by the default probe (GSM8K, N = 16)",
+        "Live DVTS (stop 36) with the default probe at N = 16 on the first 50 GSM8K test problems "
+        "(`gsm8k_test.live_dvts16.jsonl.gz`, one one-thread process; its first 9 problems ran "
+        "again once rows kept their paths, with the same answers and token counts), against the "
+        "default probe's beam search and the sample-based rows rescored from the committed samples. "
+        "The rows keep their "
+        "finished paths' answers and scores, so `bench_strategies.py repick` also gives DVTS with the "
+        "answers summed by score instead of the top path (`gsm8k_test.live_dvts16_weighted.jsonl`).",
+        (
+            report("gsm8k_test.live_dvts16.jsonl.gz", "gsm8k_test.live_dvts16_weighted.jsonl"),
+            compare("gsm8k_test.live_dvts16.jsonl.gz:dvts:16", "gsm8k_test.jsonl:dvts:16"),
+            compare("gsm8k_test.live_dvts16.jsonl.gz:dvts:16", "gsm8k_test.live_tree16.jsonl:beam_search:16"),
+            compare("gsm8k_test.live_dvts16.jsonl.gz:dvts:16", "gsm8k_test.rescored.jsonl:majority:16"),
+            compare(
+                "gsm8k_test.live_dvts16.jsonl.gz:dvts:16",
+                "gsm8k_test.rescored.jsonl:weighted_best_of_n:16",
+            ),
+            compare(
+                "gsm8k_test.live_dvts16_weighted.jsonl:dvts_weighted:16",
+                "gsm8k_test.live_dvts16.jsonl.gz:dvts:16",
+            ),
+            compare(
+                "gsm8k_test.live_dvts16_weighted.jsonl:dvts_weighted:16",
+                "gsm8k_test.rescored.jsonl:majority:16",
+            ),
+        ),
+    ),
+    Section(
         "Beam search guided by the text PRM (MAWPS, N = 4)",
         "",
         (report("mawps_beam_text_prm.jsonl"),),
@@ -295,6 +323,11 @@ python tools/bench_strategies.py run --data ../shared/data/gsm8k_test.jsonl --li
     --only beam_search --n 4 --search-n-max 4 --out {B}/gsm8k_test.live_tree.jsonl
 python tools/bench_strategies.py run --data ../shared/data/gsm8k_test.jsonl --limit 50 --dataset gsm8k_test \\
     --only beam_search --n 16 --search-n-max 16 --out {B}/gsm8k_test.live_tree16.jsonl  # shards: --offset
+python tools/bench_strategies.py run --data ../shared/data/gsm8k_test.jsonl --limit 50 --dataset gsm8k_test \\
+    --only dvts --n 16 --search-n-max 16 --out runs/gsm8k_test.live_dvts16.jsonl
+gzip -nc runs/gsm8k_test.live_dvts16.jsonl > {B}/gsm8k_test.live_dvts16.jsonl.gz
+python tools/bench_strategies.py repick --results {B}/gsm8k_test.live_dvts16.jsonl.gz \\
+    --out {B}/gsm8k_test.live_dvts16_weighted.jsonl
 # adaptive majority at N = 16 (the default budget rule), live, the question text dropped from the rows
 edgetts run --data ../shared/data/gsm8k_test.jsonl --limit 50 --strategy majority -n 16 --max-tokens 400 \\
     --seed 0 --out runs/adaptive_gsm8k_test_live_budget.jsonl     # this session: 2 shards of 25
