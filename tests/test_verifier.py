@@ -303,14 +303,14 @@ def test_mc_labels_are_the_share_of_rollouts_that_end_right() -> None:
     assert policy.batches == [1, 1]  # by default one prefix's rollouts at a time
 
 
-@pytest.mark.parametrize("n_seq_max", [8, 12, 64])
-def test_mc_labels_batch_prefixes_without_mixing_their_rollouts(n_seq_max: int) -> None:
+@pytest.mark.parametrize("per_batch", [2, 3, 16])
+def test_mc_labels_batch_prefixes_without_mixing_their_rollouts(per_batch: int) -> None:
     policy = PrefixPolicy()
     steps = ["a\n\n", "b\n\n", "c\n\n", "so \\boxed{8}"]
-    labels = label_steps.mc_labels(policy, "q", steps, "7", k=4, n_seq_max=n_seq_max)
+    labels = label_steps.mc_labels(policy, "q", steps, "7", k=4, per_batch=per_batch)
     assert labels == [0.5, 1.0, 1.0, 0.0]
     assert policy.prefixes == [steps[:1], steps[:2], steps[:3]]
-    assert policy.batches == {8: [2, 1], 12: [3], 64: [3]}[n_seq_max]
+    assert policy.batches == {2: [2, 1], 3: [3], 16: [3]}[per_batch]
 
 
 def test_kept_solutions_read_each_source_in_the_order_its_states_were_saved() -> None:

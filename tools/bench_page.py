@@ -172,9 +172,9 @@ SECTIONS = (
         "(`gsm8k_test.live_dvts16.jsonl.gz`, one one-thread process; its first 9 problems ran "
         "again once rows kept their paths, with the same answers and token counts), against the "
         "default probe's beam search and the sample-based rows rescored from the committed samples. "
-        "The rows keep their "
-        "finished paths' answers and scores, so `bench_strategies.py repick` also gives DVTS with the "
-        "answers summed by score instead of the top path (`gsm8k_test.live_dvts16_weighted.jsonl`).",
+        "The rows keep their finished paths' answers and scores, so `bench_strategies.py repick` "
+        "also gives DVTS with the answers summed by score instead of the top path "
+        "(`gsm8k_test.live_dvts16_weighted.jsonl`).",
         (
             report("gsm8k_test.live_dvts16.jsonl.gz", "gsm8k_test.live_dvts16_weighted.jsonl"),
             compare("gsm8k_test.live_dvts16.jsonl.gz:dvts:16", "gsm8k_test.jsonl:dvts:16"),

@@ -293,14 +293,13 @@ def rollout_targets(rows: list[dict], per_problem: int) -> Iterator[tuple[dict, 
 
 
 def mc_labels(
-    policy: LlamaPolicy, question: str, steps: list[str], gold: str, k: int, n_seq_max: int | None = None
+    policy: LlamaPolicy, question: str, steps: list[str], gold: str, k: int, per_batch: int = 1
 ) -> list[float]:
     """Share of ``k`` continuations from the end of each step (but the last) that end right; the
     last step's label is the sample's own outcome. Each prefix is prefilled once into a slot and
-    forked ``k`` ways (seq_cp shares its KV), never re-decoded per rollout; the prefixes of as
-    many steps as ``n_seq_max`` sequences hold (default: one) decode in one batch, which is
-    several times the throughput of one prefix's ``k`` rows on a CPU."""
-    per_batch = max(1, (n_seq_max or k) // k)
+    forked ``k`` ways (seq_cp shares its KV), never re-decoded per rollout; the rollouts of
+    ``per_batch`` steps' prefixes decode together (``per_batch * k`` rows, so the policy needs
+    that many sequences), which keeps the batch fuller than one prefix's ``k`` rows."""
     ends = list(range(1, len(steps)))
     labels = []
     for first in range(0, len(ends), per_batch):
@@ -320,15 +319,14 @@ def rollout(args: argparse.Namespace) -> None:
     rows = [json.loads(line) for line in (src / "results.jsonl").open(encoding="utf-8")]
     questions = {p.id: p.question for p in load_problems(args.data)}
     rows = [r for r in rows if r["id"] in questions][: args.limit]
-    n_seq_max = args.k * args.batch_prefixes
-    policy = make_policy(args, n_seq_max=n_seq_max, max_tokens=args.max_tokens)
+    policy = make_policy(args, n_seq_max=args.k * args.batch_prefixes, max_tokens=args.max_tokens)
     for row, i, cand in rollout_targets(rows, args.per_problem):
         key = f"{row['key']}-{i}"
         if key in done:
             continue
         t0 = time.perf_counter()
         steps = split_steps(cand["text"])
-        labels = mc_labels(policy, questions[row["id"]], steps, row["gold"], args.k, n_seq_max)
+        labels = mc_labels(policy, questions[row["id"]], steps, row["gold"], args.k, args.batch_prefixes)
         path = policy.read_solution(questions[row["id"]], steps, confidence=True)
         out_row = {
             "key": key,
