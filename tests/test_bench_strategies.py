@@ -87,6 +87,9 @@ def test_rescore_kept_samples_with_the_shipped_prm(tmp_path):
     # The calculator check caps "3 * 4 = 7", so the PRM's pick among all four is the right one.
     assert best["a", 4]["answer"] == "12" and best["a", 4]["correct"]
     assert best["a", 1]["answer"] == "7"  # N=1 sees only the first sample
+    # the shipped text PRM (no states kept) is named by its place in the repository, alike on
+    # every machine
+    assert {r["prm"] for r in got} == {"edgetts/assets/prm-minilm"}
     bench.rescore(args)  # resumable: nothing is added twice
     assert len(out.read_text().splitlines()) == len(got)
 

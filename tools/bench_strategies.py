@@ -66,6 +66,14 @@ from edgetts.solver import SolveOptions
 # Computed from the kept samples' PRM scores (confidence_vote needs token confidence instead).
 SUBSET_STRATEGIES = tuple(s for s in names("sample") if not REGISTRY[s].needs_confidence)
 SEARCH_STRATEGIES = names("tree")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def prm_label(directory: str | Path) -> str:
+    """How a row names its PRM: relative to the repository when it ships there, so rows made on
+    two machines name the shipped PRM alike; any other path as given."""
+    path = Path(directory).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(directory)
 
 
 def _done(out: Path) -> set[tuple[str, str, str, int]]:
@@ -196,7 +204,7 @@ def run(args: argparse.Namespace) -> None:
                 {
                     **base,
                     "question": problem.question,
-                    "prm": str(scorer.directory),
+                    "prm": prm_label(scorer.directory),
                     "seconds": round(seconds, 3),
                     "candidates": [asdict(c) for c in candidates],
                 },
@@ -209,7 +217,7 @@ def run(args: argparse.Namespace) -> None:
                             **base,
                             **row,
                             "seconds": round(seconds * row["n"] / args.n_max, 3),
-                            "prm": str(prm),
+                            "prm": prm_label(prm),
                             "difficulty_features": features,
                         },
                     )
@@ -232,7 +240,7 @@ def run(args: argparse.Namespace) -> None:
                         "tokens_generated": result.counters["tokens_generated"],
                         "tokens_redecoded": result.counters["tokens_redecoded"],
                         "seconds": result.counters["wall_s"],
-                        "prm": str(prm),
+                        "prm": prm_label(prm),
                         "difficulty_features": features,
                         # what the search picked among (no text), so `repick` can pick again
                         "finished": [pick_record(c) for c in result.candidates],
@@ -319,7 +327,7 @@ def rescore(args: argparse.Namespace) -> None:
                         **base,
                         **row,
                         "seconds": seconds,
-                        "prm": str(scorer.directory),
+                        "prm": prm_label(scorer.directory),
                         "difficulty_features": features,
                     },
                 )

@@ -585,8 +585,9 @@ def ablate(args: argparse.Namespace) -> None:
         report["baselines"][name] = {
             "n_problems": len(rows),
             **confidence_baselines(rows),
-            "shipped_probe": shipped_probe(args.shipped, rows, captured),
         }
+        if args.shipped != "none":  # "none": states of another model, which the probe cannot read
+            report["baselines"][name]["shipped_probe"] = shipped_probe(args.shipped, rows, captured)
     print(json.dumps(report["baselines"], indent=1), flush=True)
     if args.step_cv and prm:
         report["step_cv"] = {"baselines": step_baselines(prm, args.shipped, captured)}
@@ -659,9 +660,10 @@ def markdown(report: dict, sets: list[str]) -> str:
         + " | ".join(f"{b['conf_pair_auc']:.1f} | {b['conf_vote_keep0.9']:.1f}" for b in base)
         + " |"
     )
-    shipped = [next(iter(b["shipped_probe"].values())) for b in base]
-    cells = " | ".join(f"{r['pair_auc']:.1f} | {r['prm_weighted']:.1f}" for r in shipped)
-    lines.append(f"| shipped probe (its own layer and aggregation) | | {cells} |")
+    if all("shipped_probe" in b for b in base):
+        shipped = [next(iter(b["shipped_probe"].values())) for b in base]
+        cells = " | ".join(f"{r['pair_auc']:.1f} | {r['prm_weighted']:.1f}" for r in shipped)
+        lines.append(f"| shipped probe (its own layer and aggregation) | | {cells} |")
     for run in report["runs"]:
         cells = " | ".join(
             f"{run['results'][n]['min']['pair_auc']:.1f} | {run['results'][n]['min']['prm_weighted']:.1f}"
@@ -764,7 +766,11 @@ def main() -> None:
     ap.add_argument("--outcome", nargs="*", default=[], help="sample dirs used for training only")
     ap.add_argument("--eval", nargs="*", default=[], help="held-out sample dirs")
     ap.add_argument("--captured", type=int, nargs="+", default=[6, 12, 18, -1])
-    ap.add_argument("--shipped", default="edgetts/assets/prm-probe-qwen05")
+    ap.add_argument(
+        "--shipped",
+        default="edgetts/assets/prm-probe-qwen05",
+        help="the probe to compare with, or none (states restored through another model)",
+    )
     ap.add_argument("--cv", type=int, default=5, help="folds for sources with 'cv' (eval outcome)")
     ap.add_argument("--wd", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=1)
