@@ -226,7 +226,9 @@ def _ray_option(what: str, unit: str):
     )
 
 
-def _make_solver(kw: dict):
+def _make_solver(kw: dict, searches: int = 1):
+    """The solver and options of a command's flags; ``searches``: problems in flight at once on
+    its one model (``run --concurrent``), each holding a prompt sequence besides its paths."""
     from edgetts.llama.context import MAX_SEQUENCES
     from edgetts.policy import PolicyConfig
     from edgetts.solver import Solver
@@ -257,7 +259,6 @@ def _make_solver(kw: dict):
             raise click.UsageError("--tests is for --task code")
         options.validate()  # fail on bad settings before a model loads
     n_parallel = max(options.search_config().n, 1) if options.strategy != "greedy" else 1
-    searches = kw.get("concurrent", 1)  # problems in flight at once (``run --concurrent``)
     policy_config = PolicyConfig(
         model=kw["model"],
         max_tokens=kw["max_tokens"],
@@ -745,7 +746,7 @@ def run(
         click.echo(
             f"resuming: {len(problems) - len(todo)} of {len(problems)} already in {out_path}", err=True
         )
-    solver, options = _make_solver(kw)
+    solver, options = _make_solver(kw, searches=kw["concurrent"])
     if kw["explain"]:
         _explain(solver, options, todo[0].question if todo else None)
     desc = f"{options.strategy} n={options.n}"
