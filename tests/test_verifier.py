@@ -325,6 +325,18 @@ def test_kept_solutions_read_each_source_in_the_order_its_states_were_saved() ->
     assert label_steps.step_counts({"source": "sample", "candidates": [{"step_stats": [[0]] * 2}]}) == [2]
 
 
+def test_restore_limit_takes_the_first_problems_by_number_not_by_key() -> None:
+    rows = [{"dataset": "g", "id": i, "key": f"g-{i}"} for i in (10, 2, 1, 30)]
+    rows.append({"dataset": "p", "key": "p-x"})  # PRMBench rows: no numeric id
+    assert [r["key"] for r in sorted(rows, key=label_steps.problem_order)] == [
+        "g-1",
+        "g-2",
+        "g-10",
+        "g-30",
+        "p-x",
+    ]
+
+
 def test_restore_refuses_rows_whose_question_it_cannot_find(tmp_path: Path) -> None:
     import gzip
 

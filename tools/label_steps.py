@@ -366,6 +366,12 @@ def step_counts(row: dict) -> list[int]:
     return [len(row["step_stats"])]
 
 
+def problem_order(row: dict) -> tuple:
+    """Rows in their dataset's problem order: numeric ids as numbers (2 before 10), then keys."""
+    pid = str(row.get("id", ""))
+    return (row.get("dataset", ""), not pid.isdigit(), int(pid) if pid.isdigit() else 0, row["key"])
+
+
 def restore(args: argparse.Namespace) -> None:
     """Bring packed rows back into ``--out`` with their states, prefilling each kept solution.
 
@@ -375,7 +381,10 @@ def restore(args: argparse.Namespace) -> None:
     out = Path(args.out)
     done = done_keys(out)
     with gzip.open(args.src, "rt", encoding="utf-8") as f:
-        rows = [r for r in map(json.loads, f) if not (out / "states" / f"{r['key']}.npz").is_file()]
+        rows = list(map(json.loads, f))
+    if args.limit is not None:
+        rows = sorted(rows, key=problem_order)[: args.limit]
+    rows = [r for r in rows if not (out / "states" / f"{r['key']}.npz").is_file()]
     questions, prmbench_steps = {}, {}
     if any(r["source"] == "prmbench" for r in rows):
         prmbench_steps = {i["key"]: i for i in prmbench_items(args.data)}
@@ -484,6 +493,12 @@ def main() -> None:
     for p in (b, s, r):
         p.add_argument("--layers", type=int, nargs="+", default=[6, 12, 18, -1])
     t.add_argument("--layers", type=int, nargs="+", default=None, help="default: the rows' own")
+    t.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="only the first N problems, in problem-id order (the bench's first N problems)",
+    )
     t.add_argument(
         "--states-only",
         action="store_true",
