@@ -497,7 +497,8 @@ def main() -> None:
         "--limit",
         type=int,
         default=None,
-        help="only the first N problems, in problem-id order (the bench's first N problems)",
+        help="only the first N rows, in problem-id order (a sample row holds one problem: the "
+        "bench's first N problems)",
     )
     t.add_argument(
         "--states-only",

@@ -575,6 +575,10 @@ def ablate(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.shipped == "none" and (
+        args.step_cv or args.step_dev or args.step_test or args.blend_shipped is not None
+    ):
+        raise SystemExit("--shipped none: the step judgements and --blend-shipped need a shipped probe")
     prm = [s for d in args.prmbench for s in load_step_labelled(d)]
     roll = [s for d in args.rollout for s in load_step_labelled(d)]
     outcome_train = [s for d in args.outcome for r in load_samples(d) for s in r.solutions]
