@@ -120,6 +120,12 @@ def _search_options(func):
             f"{AdaptiveStop.threshold}).",
         ),
         click.option(
+            "--no-check-arithmetic",
+            is_flag=True,
+            help="Let every answer vote. By default a solution whose written arithmetic does not "
+            "hold (48 * 3 = 124) votes only when no solution without such a slip has an answer.",
+        ),
+        click.option(
             "--deadline-s",
             type=float,
             default=None,
@@ -248,6 +254,7 @@ def _make_solver(kw: dict, searches: int = 1):
         mode=kw["mode"],
         pot_n=kw["pot_n"],
         adaptive=not kw["no_adaptive"],
+        check_arithmetic=not kw["no_check_arithmetic"],
     )
     code = kw["task"] == "code"
     if code:
@@ -653,6 +660,7 @@ ANSWER_SETTINGS = (
     "kv_type",
     "prm_path",
     "no_adaptive",
+    "no_check_arithmetic",
 )
 
 

@@ -43,6 +43,7 @@ class PotConfig:
     deadline_s: float | None = None
     cancel: threading.Event | None = field(default=None, repr=False, compare=False)
     sampling: Sampling | None = None  # None: the generator's own
+    check_arithmetic: bool = True  # prose samples with a wrong sum vote last (SearchConfig's)
 
     def validate(self) -> None:
         """Raise ValueError with a user-facing message for impossible settings."""
@@ -115,7 +116,7 @@ def program_of_thought(
             )
         )
     sandbox_s = time.perf_counter() - start
-    candidates += [to_candidate(p, config.agg) for p in prose]
+    candidates += [to_candidate(p, config.agg, config.check_arithmetic) for p in prose]
     weighted = scorer is not None
     chosen, votes = pick_by_vote(candidates, (lambda c: c.score or 0.0) if weighted else (lambda c: 1.0))
     return SearchResult(

@@ -39,9 +39,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import os
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -51,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from edgetts import paths
+from edgetts.arithmetic import calculator_capped
 from edgetts.gpu import installed_onnxruntimes, onnxruntime_problem
 from edgetts.search.base import SolutionPath
 
@@ -241,50 +240,6 @@ class InputBuilder:
             out.append(Window(ids, types, tags, list(range(start, end))))
             end = start
         return out
-
-
-_NUM = r"\$?\d[\d,]*(?:\.\d+)?"
-_OP = r"\s*(?:[-+*/×÷]|\\times|\\cdot|\\div|(?<=[\d ])x(?=[ \d$]))\s*"
-_EQ = re.compile(
-    rf"(?P<lhs>{_NUM}(?:{_OP}{_NUM})+)\s*=\s*(?P<rhs>-?{_NUM})(?!\s*(?:{_OP})\d)(?!\.?\d)(?![\^/])"
-)
-_OP_BEFORE = re.compile(r"(?:[-+*/×÷]|\\times|\\cdot|\\div|\bx)\s*$")
-
-
-def _to_float(s: str) -> float:
-    return float(s.replace("$", "").replace(",", ""))
-
-
-def arithmetic_error(step: str) -> bool:
-    """True when the step states a plain-number equation that is false ("4 * 12 = 52").
-
-    Only equations made of numbers and + - * / x (also LaTeX times/cdot/div) are checked; the
-    right side may be rounded to its own number of decimals. Anything else counts as no error.
-    """
-    for m in _EQ.finditer(step):
-        before = step[m.start() - 1] if m.start() else " "
-        if before in "+-*/^×÷.,:_\\{(" or before.isalnum() or _OP_BEFORE.search(step[: m.start()]):
-            continue
-        expr = m["lhs"].replace("$", "").replace(",", "")
-        for a, b in (("\\times", "*"), ("\\cdot", "*"), ("\\div", "/"), ("×", "*"), ("÷", "/"), ("x", "*")):
-            expr = expr.replace(a, b)
-        if not re.fullmatch(r"[\d.+\-*/ ]+", expr):
-            continue
-        try:
-            val = float(eval(expr, {"__builtins__": {}}))  # noqa: S307 - digits and + - * / only
-            rhs = _to_float(m["rhs"])
-        except (SyntaxError, ZeroDivisionError, ValueError, OverflowError):
-            continue
-        decimals = len(m["rhs"].split(".")[1]) if "." in m["rhs"] else 0
-        tol = max(0.5 * 10**-decimals, 1e-6 * abs(val)) + 1e-9
-        if not math.isfinite(val) or abs(val - rhs) > tol:
-            return True
-    return False
-
-
-def calculator_capped(steps: Sequence[str], scores: Sequence[float], cap: float) -> list[float]:
-    """The calculator check: ``scores`` with every step that states false arithmetic capped at ``cap``."""
-    return [min(v, cap) if arithmetic_error(st) else v for v, st in zip(scores, steps, strict=True)]
 
 
 @dataclass

@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from edgetts.arithmetic import calculator_capped
 from edgetts.confidence import STEP_FEATURES, step_features
-from edgetts.prm import PRMCounters, PRMError, calculator_capped, open_session, read_manifest
+from edgetts.prm import PRMCounters, PRMError, open_session, read_manifest
 from edgetts.search.base import AGGREGATIONS, SolutionPath
 
 KIND = "policy_probe"

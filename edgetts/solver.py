@@ -69,6 +69,9 @@ class SolveOptions:
     # on the kept GSM8K / MAWPS samples it saves most tokens at the same accuracy
     # (tools/bench_adaptive.py). False: always n samples (--no-adaptive, "adaptive": false).
     adaptive: bool = True
+    # A solution whose written sums do not hold votes only when none without such a slip has an
+    # answer (edgetts.arithmetic). False: every answer votes (--no-check-arithmetic).
+    check_arithmetic: bool = SearchConfig.check_arithmetic
     stop: tuple[str, ...] = ()  # strings that end a solution where they appear (OpenAI's stop)
     logprobs: bool = False  # keep each token's text and log-probability (Candidate.token_logprobs)
 
@@ -82,6 +85,7 @@ class SolveOptions:
             weighted_pick=self.weighted_pick,
             sampling=self.sampling(),
             adaptive=AdaptiveStop() if self.adaptive else None,
+            check_arithmetic=self.check_arithmetic,
         )
 
     def sampling(self) -> Sampling:
@@ -252,6 +256,7 @@ class Solver:
                     deadline_s=config.deadline_s,
                     cancel=cancel,
                     sampling=config.sampling,
+                    check_arithmetic=config.check_arithmetic,
                 )
                 pot.validate()
                 weigh = scorer if strategy != "majority" else None

@@ -79,9 +79,20 @@ def test_rescore_kept_samples_with_the_shipped_prm(tmp_path):
         n=[1, 4],
         agg=None,
         threads=1,
+        no_check_arithmetic=False,
     )
     bench.rescore(args)
     got = [json.loads(line) for line in out.read_text().splitlines()]
+    majority = {(r["problem_id"], r["n"]): r["answer"] for r in got if r["strategy"] == "majority"}
+    assert majority["a", 4] == "12"  # the two samples that write 3 * 4 = 7 vote only last
+    plain = argparse.Namespace(
+        **{**vars(args), "out": str(tmp_path / "plain.jsonl"), "no_check_arithmetic": True}
+    )
+    bench.rescore(plain)
+    rows = [json.loads(line) for line in Path(plain.out).read_text().splitlines()]
+    assert {r["answer"] for r in rows if r["strategy"] == "majority" and r["n"] == 4} == {
+        "7"
+    }  # 2-2: earliest
     assert len(got) == 2 * 3 * 2  # problems x sample-based strategies x N
     best = {(r["problem_id"], r["n"]): r for r in got if r["strategy"] == "best_of_n"}
     # The calculator check caps "3 * 4 = 7", so the PRM's pick among all four is the right one.
@@ -167,6 +178,7 @@ def test_rescore_with_a_policy_probe_reads_kept_states(tmp_path):
             n=[4],
             agg=None,
             threads=1,
+            no_check_arithmetic=False,
         )
     )
     got = {r["strategy"]: r for r in map(json.loads, out.read_text().splitlines())}
@@ -214,7 +226,9 @@ def test_rescore_label_rows_picks_the_probes_layers_from_wider_states(tmp_path):
     args = dict(
         samples=None, labels=str(labels), data=None, limit=None, model="m", prm=str(tmp_path / "probe")
     )
-    bench.rescore(argparse.Namespace(**args, out=str(out), n=[4], agg=None, threads=1))
+    bench.rescore(
+        argparse.Namespace(**args, out=str(out), n=[4], agg=None, threads=1, no_check_arithmetic=False)
+    )
     got = {r["strategy"]: r for r in map(json.loads, out.read_text().splitlines())}
     assert got["best_of_n"]["answer"] == "12" and got["best_of_n"]["correct"]
     assert got["majority"]["answer"] == "7"

@@ -120,7 +120,7 @@ def test_defaults_from_the_config_file_then_the_environment(tmp_path, monkeypatc
     assert result.exit_code == 1 and "config file" in result.output
 
 
-def test_no_adaptive_turns_adaptive_sampling_off(monkeypatch):
+def test_no_adaptive_and_no_check_arithmetic_reach_the_solve_options(monkeypatch):
     from click.testing import CliRunner
 
     import edgetts.cli as cli
@@ -140,6 +140,10 @@ def test_no_adaptive_turns_adaptive_sampling_off(monkeypatch):
         result = CliRunner().invoke(main, ["solve", "What is 2+3?", "--strategy", "majority", *args])
         assert isinstance(result.exception, Stop), result.output
         assert seen[-1]["adaptive"] is adaptive
+    for args, check in (([], True), (["--no-check-arithmetic"], False)):
+        result = CliRunner().invoke(main, ["solve", "What is 2+3?", "--strategy", "majority", *args])
+        assert isinstance(result.exception, Stop), result.output
+        assert seen[-1]["check_arithmetic"] is check
 
 
 @pytest.mark.parametrize(

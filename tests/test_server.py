@@ -251,6 +251,14 @@ def test_adaptive_sampling_is_on_unless_the_request_turns_it_off(fake):
     assert solver.options[-1].search_config().adaptive is None
 
 
+def test_the_arithmetic_check_is_on_unless_the_request_turns_it_off(fake):
+    base, solver = fake
+    ask(client(base), edgetts={"strategy": "majority", "samples": 4})
+    assert solver.options[-1].search_config().check_arithmetic is True
+    ask(client(base), edgetts={"strategy": "majority", "samples": 4, "check_arithmetic": False})
+    assert solver.options[-1].search_config().check_arithmetic is False
+
+
 def test_full_queue_answers_503_with_retry_after(fake):
     base, solver = fake
     solver.delay_s = 1.0

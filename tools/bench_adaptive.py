@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from paired import compare  # noqa: E402
 
+from edgetts.arithmetic import has_wrong_arithmetic  # noqa: E402
 from edgetts.search.adaptive import RULES, AdaptiveStop, Tally, replay  # noqa: E402
 from edgetts.search.base import Candidate, aggregate  # noqa: E402
 from edgetts.search.confidence_vote import KEEP, MODE  # noqa: E402
@@ -80,8 +81,9 @@ def _open(path: Path) -> Iterable[str]:
         yield from f
 
 
-def load(paths: list[Path]) -> list[Problem]:
-    """Kept rows from ``paths``, one per problem (the one with the most samples)."""
+def load(paths: list[Path], check_arithmetic: bool = True) -> list[Problem]:
+    """Kept rows from ``paths``, one per problem (the one with the most samples); with
+    ``check_arithmetic`` each sample is marked as a search marks it (edgetts.arithmetic)."""
     best: dict[str, Problem] = {}
     for path in paths:
         for line in _open(path):
@@ -92,7 +94,13 @@ def load(paths: list[Path]) -> list[Problem]:
             problem = Problem(
                 key=row["key"],
                 dataset=row["dataset"],
-                candidates=[Candidate.from_dict(c) for c in cands],
+                candidates=[
+                    replace(
+                        Candidate.from_dict(c),
+                        arithmetic_error=check_arithmetic and has_wrong_arithmetic(c["text"]),
+                    )
+                    for c in cands
+                ],
                 correct=[bool(c["correct"]) for c in cands],
                 confidence=[_confidence(c) for c in cands],
                 layers=tuple(row.get("layers") or ()),
@@ -354,9 +362,14 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         help="label-set directories with the rows' step states (runs/labels/*): adds weighted best-of-N",
     )
+    ap.add_argument(
+        "--no-check-arithmetic",
+        action="store_true",
+        help="let every sample vote, as runs before stop 38 did (default: as searches now vote)",
+    )
     ap.add_argument("--prm", type=Path, default=None, help="probe for --states (default: the shipped one)")
     args = ap.parse_args(argv)
-    problems = load(args.files)
+    problems = load(args.files, check_arithmetic=not args.no_check_arithmetic)
     if args.states:
         from edgetts.paths import shipped_dir
 

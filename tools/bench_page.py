@@ -219,6 +219,22 @@ SECTIONS = (
         ),
     ),
     Section(
+        "The calculator check in the vote (stop 38)",
+        "The same committed samples and default-probe scores, rescored as searches now vote: a "
+        "sample whose written arithmetic does not hold (`4 * 12 = 52`, `edgetts/arithmetic.py`) votes "
+        "only when no sample without such a slip has an answer. The rows above are the same rescore "
+        "with `--no-check-arithmetic`; the live tree searches above ran before the check.",
+        (
+            report("gsm8k_test.rescored_arith.jsonl.gz"),
+            report("mawps.rescored_arith.jsonl.gz"),
+            *(
+                compare(f"{d}.rescored_arith.jsonl.gz:{s}", f"{d}.rescored.jsonl:{s}")
+                for d in ("gsm8k_test", "mawps")
+                for s in ("majority:16", "weighted_best_of_n:16", "majority:4")
+            ),
+        ),
+    ),
+    Section(
         "Auto against fixed strategies (both sets, leave-one-out)",
         "`auto` picks a strategy and N per question from the table fitted on the other problems.",
         (
@@ -235,14 +251,18 @@ SECTIONS = (
         "left to draw rather than for ever. Then live runs against the bench's full N: the first 15 "
         "GSM8K problems drawn under the Beta rule (stop 33), and the first 50 under the budget rule, "
         "the default (stop 35; `edgetts run --strategy majority -n 16`, two shards). The 0.5B policy "
-        "rarely agrees with itself on GSM8K, so the vote seldom settles there.",
+        "rarely agrees with itself on GSM8K, so the vote seldom settles there. These ran before the "
+        "calculator check joined the vote (stop 38), so their replays let every sample vote "
+        "(`--no-check-arithmetic`); the last table replays the default rule as searches now vote.",
         (
             "python tools/bench_adaptive.py data/labels/gsm8k_test.jsonl.gz data/labels/mawps.jsonl.gz "
             f"--thresholds 0.8 0.9 0.95 0.99 --live {B}/adaptive_gsm8k_test_live.jsonl.gz "
-            f"--live-rule beta --baseline {B}/gsm8k_test.jsonl",
+            f"--live-rule beta --baseline {B}/gsm8k_test.jsonl --no-check-arithmetic",
             "python tools/bench_adaptive.py data/labels/gsm8k_test.jsonl.gz --thresholds 0.95 --rules budget "
             f"--live {B}/adaptive_gsm8k_test_live_budget.jsonl.gz --live-rule budget "
-            f"--baseline {B}/gsm8k_test.jsonl",
+            f"--baseline {B}/gsm8k_test.jsonl --no-check-arithmetic",
+            "python tools/bench_adaptive.py data/labels/gsm8k_test.jsonl.gz data/labels/mawps.jsonl.gz "
+            "--thresholds 0.95 --rules budget",
         ),
     ),
     Section(
@@ -299,9 +319,12 @@ for d in gsm8k_test mawps; do
   # the committed N = 16 sets with their step states (a prefill), then rescored by both probes
   python tools/label_steps.py restore data/labels/$d.jsonl.gz --states-only \\
       --data ../shared/data/$d.jsonl --out runs/labels/$d
-  python tools/bench_strategies.py rescore --labels runs/labels/$d \\
+  python tools/bench_strategies.py rescore --labels runs/labels/$d --no-check-arithmetic \\
       --prm edgetts/assets/prm-probe-qwen05 --n 1 2 4 8 16 --out {B}/$d.rescored.jsonl
   python tools/bench_strategies.py rescore --labels runs/labels/$d \\
+      --prm edgetts/assets/prm-probe-qwen05 --n 1 2 4 8 16 --out runs/$d.rescored_arith.jsonl
+  gzip -nc runs/$d.rescored_arith.jsonl > {B}/$d.rescored_arith.jsonl.gz
+  python tools/bench_strategies.py rescore --labels runs/labels/$d --no-check-arithmetic \\
       --prm models/prm-probe-qwen05-last --n 1 2 4 8 16 --out runs/$d.rescored_last.jsonl
   gzip -nc runs/$d.rescored_last.jsonl > {B}/$d.rescored_last.jsonl.gz
 done

@@ -49,6 +49,7 @@ import paired
 from plots import accuracy_axes, accuracy_curve, accuracy_level, dodged, save_accuracy_plot, standard_error
 from train_probe import load_layers
 
+from edgetts.arithmetic import has_wrong_arithmetic
 from edgetts.data import load_problems
 from edgetts.grading import answers_equal
 from edgetts.models import default_model_name
@@ -316,7 +317,9 @@ def rescore(args: argparse.Namespace) -> None:
             for c, sc in zip(cands, scored, strict=True)
         ]
         base = {k: sample_row[k] for k in ("problem_id", "dataset", "model", "gold")}
-        features = difficulty_features(cands)
+        features = difficulty_features(cands)  # every sample counts, as auto computes them
+        if not args.no_check_arithmetic:  # as a search marks its candidates (edgetts.arithmetic)
+            cands = [dataclasses.replace(c, arithmetic_error=has_wrong_arithmetic(c.text)) for c in cands]
         for row in subset_rows(cands, sample_row["gold"], [n for n in n_list if n <= len(cands)]):
             if (base["problem_id"], base["model"], row["strategy"], row["n"]) not in done:
                 total = sample_row["seconds"]
@@ -591,6 +594,12 @@ def main() -> None:
         help="path score from step scores (default: the PRM manifest's)",
     )
     q.add_argument("--threads", type=int, default=1)
+    q.add_argument(
+        "--no-check-arithmetic",
+        action="store_true",
+        help="let every sample vote (as before stop 38); by default a sample whose written sums "
+        "do not hold votes only when none without such a slip has an answer, as searches do",
+    )
     t = sub.add_parser("states", help="step states of kept samples that have none (a prefill each)")
     t.add_argument("--samples", required=True, help="<out>.samples.jsonl written by run")
     t.add_argument("--model", default=None)

@@ -40,8 +40,8 @@ import train_probe  # noqa: E402
 from eval_prm import GRID, first_below, prf, selection_accuracy  # noqa: E402
 from train_probe import pick_layers  # noqa: E402
 
+from edgetts.arithmetic import calculator_capped  # noqa: E402
 from edgetts.confidence import STEP_FEATURES  # noqa: E402
-from edgetts.prm import calculator_capped  # noqa: E402
 from edgetts.probe import ProbeScorer, load_states  # noqa: E402
 
 CALCULATOR_CAP = 0.05

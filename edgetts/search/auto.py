@@ -175,13 +175,14 @@ def auto(
         score_in_time(scorer, question, probes, [], deadline)
     else:
         log.info("auto: no PRM, difficulty from answer agreement alone")
-    features = difficulty_features([to_candidate(p, config.agg) for p in probes])
+    # Every probe counts towards the agreement, as when the compute-optimal table was fitted.
+    features = difficulty_features([to_candidate(p, config.agg, check_arithmetic=False) for p in probes])
     choice = table.choose(features, config.n, scorer is not None)
     extra = _continue(question, generator, scorer, config, choice, probes, deadline, prefill_s)
-    candidates = [to_candidate(p, config.agg) for p in probes if p.finished]
+    candidates = [to_candidate(p, config.agg, config.check_arithmetic) for p in probes if p.finished]
     candidates += extra.candidates if extra is not None else []
     if not any(c.answer is not None and not c.provisional for c in candidates):  # as conclude()
-        candidates += [to_candidate(p, config.agg) for p in probes if not p.finished]
+        candidates += [to_candidate(p, config.agg, config.check_arithmetic) for p in probes if not p.finished]
     chosen, votes = _pick(choice.strategy, candidates, config)
     return SearchResult(
         strategy=f"auto:{choice.strategy}",
@@ -248,7 +249,7 @@ def _continue_in_waves(
     weighted = strategy == "weighted_best_of_n" and scorer is not None
 
     def tally(paths: list[SolutionPath]) -> Tally:
-        candidates = [to_candidate(p, config.agg) for p in paths]
+        candidates = [to_candidate(p, config.agg, config.check_arithmetic) for p in paths]
         if weighted:
             return tally_votes(candidates, lambda c: c.score if c.score is not None else 0.0)
         return tally_votes(candidates, lambda c: 1.0)
@@ -265,7 +266,7 @@ def _continue_in_waves(
         strategy=strategy,
         answer=None,  # the pick is over probes and these together (_pick)
         chosen=None,
-        candidates=[to_candidate(p, config.agg) for p in paths],
+        candidates=[to_candidate(p, config.agg, config.check_arithmetic) for p in paths],
         cut_short=deadline.expired() or any(p.stop_reason == "deadline" for p in paths),
     )
 

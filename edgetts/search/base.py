@@ -200,6 +200,9 @@ class SearchConfig:
     # stays the maximum. None here (exactly ``n``, as benchmarks and tools ask); the Solver, CLI
     # and server turn it on unless told not to (SolveOptions.adaptive).
     adaptive: AdaptiveStop | None = None
+    # Check the arithmetic each solution writes out (edgetts.arithmetic): a solution with a wrong
+    # sum votes only when none without one has an answer. False: every answer votes.
+    check_arithmetic: bool = True
     # Set from another thread to stop the search as if its deadline had passed (server clients
     # that disconnect, shutdown); the search still ends normally and frees its KV sequences.
     cancel: threading.Event | None = field(default=None, repr=False, compare=False)
@@ -245,6 +248,9 @@ class Candidate:
     # The answer is only the last number of a path that was cut short (token limit, deadline),
     # not one it wrote out: it votes only when no candidate has a real answer (see select.py).
     provisional: bool = False
+    # The text writes a sum that does not hold (``48 * 3 = 124``, edgetts.arithmetic): it votes
+    # only when no candidate without one has an answer (see select.py).
+    arithmetic_error: bool = False
     # Each generated token's text and log-probability under the policy, when the search
     # recorded them (Sampling.record_tokens): what OpenAI's ``logprobs`` shows.
     token_logprobs: list[tuple[str, float]] = field(default_factory=list)

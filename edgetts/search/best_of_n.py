@@ -76,7 +76,7 @@ def _sample_weighted(
         scored.extend(wave)
 
     def tally(paths: list[SolutionPath]) -> Tally:
-        candidates = [to_candidate(p, config.agg) for p in paths]
+        candidates = [to_candidate(p, config.agg, config.check_arithmetic) for p in paths]
         return tally_votes(candidates, lambda c: c.score if c.score is not None else 0.0)
 
     return sample_in_waves(question, generator, config, tally, on_wave=score)

@@ -131,9 +131,9 @@ def conclude(
     Finished paths are preferred; unfinished (``partial``) ones only join when no finished path
     has an answer, so a search cut short by its deadline still answers when any path has one.
     """
-    candidates = [to_candidate(p, config.agg) for p in finished]
+    candidates = [to_candidate(p, config.agg, config.check_arithmetic) for p in finished]
     if not any(c.answer is not None and not c.provisional for c in candidates):
-        candidates += [to_candidate(p, config.agg) for p in partial]
+        candidates += [to_candidate(p, config.agg, config.check_arithmetic) for p in partial]
     chosen, votes = pick(candidates, weighted)
     return SearchResult(
         strategy=strategy,

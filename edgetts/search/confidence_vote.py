@@ -31,11 +31,13 @@ def confidence_vote(
     """Sample ``config.n`` solutions, drop the least confident, vote weighted by confidence."""
 
     def tally(paths: list[SolutionPath]) -> Tally:
-        return tally_confidence([to_candidate(p, config.agg) for p in paths], _confidences(paths), KEEP)
+        return tally_confidence(
+            [to_candidate(p, config.agg, config.check_arithmetic) for p in paths], _confidences(paths), KEEP
+        )
 
     paths, deadline = sample_in_waves(question, generator, config, tally)
     confidences = _confidences(paths)
-    candidates = [to_candidate(p, config.agg) for p in paths]
+    candidates = [to_candidate(p, config.agg, config.check_arithmetic) for p in paths]
     for cand, conf in zip(candidates, confidences, strict=True):
         cand.score = conf  # what the vote weighed, shown where a PRM score would be
     chosen, votes = pick_by_confidence(candidates, confidences, KEEP)

@@ -23,12 +23,14 @@ def majority(
     final answers."""
 
     def tally(paths: list[SolutionPath]) -> Tally:
-        return tally_votes([to_candidate(p, config.agg) for p in paths], lambda c: 1.0)
+        return tally_votes(
+            [to_candidate(p, config.agg, config.check_arithmetic) for p in paths], lambda c: 1.0
+        )
 
     paths, deadline = sample_in_waves(question, generator, config, tally)
     if scorer is not None:
         score_paths(scorer, question, paths)
-    candidates = [to_candidate(p, config.agg) for p in paths]
+    candidates = [to_candidate(p, config.agg, config.check_arithmetic) for p in paths]
     chosen, votes = pick_by_vote(candidates, lambda c: 1.0)
     return SearchResult(
         strategy="majority",

@@ -2,6 +2,8 @@
 
 Every strategy ends here, so ties and unparseable answers are handled once:
 
+* a path whose written arithmetic is wrong (``48 * 3 = 124``; :mod:`edgetts.arithmetic`) votes
+  only when no path without such a slip has an answer (``SearchConfig.check_arithmetic``);
 * paths whose answer cannot be extracted never vote (they are still listed as candidates); a path
   cut short (token limit, deadline) answers only with an explicit, complete answer (a closed
   ``\\boxed{}``, "the answer is N"); the last number it was writing is only a *provisional*
@@ -19,13 +21,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from edgetts.arithmetic import has_wrong_arithmetic
 from edgetts.grading import answers_equal, extract_answer, normalize_answer
 from edgetts.search.adaptive import Tally
 from edgetts.search.base import Candidate, SolutionPath, StepScorer, aggregate
 
 
-def to_candidate(path: SolutionPath, agg: str = "last") -> Candidate:
-    """Summarise a (finished) path for the result."""
+def to_candidate(path: SolutionPath, agg: str = "last", check_arithmetic: bool = True) -> Candidate:
+    """Summarise a (finished) path for the result; ``check_arithmetic``: mark a path whose
+    written sums do not hold (:func:`edgetts.arithmetic.has_wrong_arithmetic`)."""
     complete = path.finished and path.stop_reason in (None, "eos", "stop")
     answer = extract_answer(path.text, complete=complete) if path.finished or path.steps else None
     provisional = False
@@ -40,6 +44,7 @@ def to_candidate(path: SolutionPath, agg: str = "last") -> Candidate:
         n_tokens=path.n_tokens,
         stop_reason=path.stop_reason,
         provisional=provisional,
+        arithmetic_error=check_arithmetic and has_wrong_arithmetic(path.text),
         token_logprobs=[
             (piece.decode("utf-8", errors="replace"), stats[0])
             for piece, stats in zip(path.token_pieces, path.token_stats, strict=False)
@@ -48,9 +53,11 @@ def to_candidate(path: SolutionPath, agg: str = "last") -> Candidate:
 
 
 def voters(candidates: Sequence[Candidate]) -> list[int]:
-    """Indices of the candidates whose answers vote: real answers, else provisional ones."""
+    """Indices of the candidates whose answers vote: real answers whose written sums hold, else
+    all real answers, else provisional ones."""
     real = [i for i, c in enumerate(candidates) if c.answer is not None and not c.provisional]
-    return real or [i for i, c in enumerate(candidates) if c.answer is not None]
+    checked = [i for i in real if not candidates[i].arithmetic_error]
+    return checked or real or [i for i, c in enumerate(candidates) if c.answer is not None]
 
 
 def score_paths(scorer: StepScorer, question: str, paths: list[SolutionPath]) -> None:

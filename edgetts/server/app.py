@@ -168,6 +168,7 @@ class App:
         if search.mode != "cot":
             fields["mode"] = search.mode
         fields["adaptive"] = search.adaptive
+        fields["check_arithmetic"] = search.check_arithmetic
         if req.stop is not None:
             fields["stop"] = req.stops()
         if req.logprobs:

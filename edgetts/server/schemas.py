@@ -47,6 +47,8 @@ class SearchFields(BaseModel):
     mode: Literal["cot", "pot", "cot+pot"] = "cot"  # math by prose, programs, or both
     # false: always all the samples (else vote-based searches stop once their vote has settled)
     adaptive: bool = True
+    # false: every answer votes (else a solution whose written sums do not hold votes last)
+    check_arithmetic: bool = True
 
 
 # Search fields once read at the top level of a request (with ``n`` as the budget); still

@@ -1,0 +1,59 @@
+"""The calculator check (edgetts.arithmetic) and how a vote uses it (select.voters)."""
+
+from __future__ import annotations
+
+import pytest
+from fakes import FakeGenerator, tree_policy
+
+from edgetts.arithmetic import calculator_capped, has_wrong_arithmetic
+from edgetts.search.base import SearchConfig
+from edgetts.search.majority import majority
+
+
+@pytest.mark.parametrize(
+    ("text", "wrong"),
+    [
+        ("so he has 4 * 12 = 48 pencils.", False),
+        ("so he has 4 * 12 = 52 pencils.", True),
+        ("5.2 x 5 = $11.", True),
+        ("$5.2 x 5 = $26", False),
+        ("10/3 = 3.33", False),
+        ("10/3=4", True),
+        ("x^2 + 3 = 7", False),
+        ("-3 + 5 = 2", False),
+        ("2 + 3 = 5 + 1 = 6", False),
+        ("$3 \\times 4 = 13$", True),
+        ("1,000 + 200 = 1,200", False),
+        ("35 questions x 2/5 = 14", False),
+        ("no numbers here", False),
+        ("2S + 30 = 110", False),  # algebra, not a sum
+        ("9**9**9 = 1", False),  # a power is never computed
+        ("First 2 + 2 = 4.\n\nThen 4 * 3 = 11.", True),  # a whole solution: any of its steps
+    ],
+)
+def test_has_wrong_arithmetic(text: str, wrong: bool) -> None:
+    assert has_wrong_arithmetic(text) is wrong
+
+
+def test_calculator_capped_caps_only_the_wrong_steps() -> None:
+    assert calculator_capped(["4 * 12 = 52", "so 48"], [0.9, 0.8], 0.05) == [0.05, 0.8]
+
+
+def test_a_sample_with_a_wrong_sum_votes_last() -> None:
+    # Two samples reach 7 through a wrong sum, one reaches 8 with sums that hold.
+    tree = {
+        "4 * 3 = 11, so \\boxed{7}": {},
+        "4 + 4 = 8, so \\boxed{8}": {},
+        "6 * 2 = 14, so \\boxed{7}": {},
+    }
+    checked = majority("q", FakeGenerator(tree_policy(tree)), None, SearchConfig(n=3))
+    assert checked.answer == "8" and checked.votes == {"8": 1.0}
+    assert [c.arithmetic_error for c in checked.candidates] == [True, False, True]
+    plain = majority("q", FakeGenerator(tree_policy(tree)), None, SearchConfig(n=3, check_arithmetic=False))
+    assert plain.answer == "7" and not any(c.arithmetic_error for c in plain.candidates)
+
+
+def test_when_every_answer_has_a_wrong_sum_they_all_vote() -> None:
+    tree = {"1 + 1 = 3, \\boxed{3}": {}, "2 * 2 = 5, \\boxed{5}": {}, "1 + 1 = 3 \\boxed{3}.": {}}
+    result = majority("q", FakeGenerator(tree_policy(tree)), None, SearchConfig(n=3))
+    assert result.answer == "3" and result.votes == {"3": 2.0, "5": 1.0}
