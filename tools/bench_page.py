@@ -300,6 +300,7 @@ python tools/load_test_server.py                              # edgetts serve un
 python tools/bench_concurrent_server.py --clients 1 4 8      # serial against batched server engine
 python tools/bench_tree_throughput.py                         # tree searches' tok/s against sampling's
 python tools/bench_parking.py --limit 5                       # N = 64 trees, 16 slots: parking
+python tools/bench_kv_streams.py                              # unified KV cache against per-sequence streams
 python tools/gpu_smoke.py --model .gpu/tiny-qwen2.gguf        # GPU against CPU (tools/gpu_offline.sh)
 ```
 """
