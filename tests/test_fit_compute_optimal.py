@@ -143,3 +143,16 @@ def test_beats_needs_the_gain_and_a_sign_test():
     assert fco.beats(problems(5, 0, 9), ("a", 4), ("b", 4), min_gain=2, alpha=0.05)  # p = 1/32
     assert not fco.beats(problems(4, 0, 9), ("a", 4), ("b", 4), min_gain=2, alpha=0.05)  # p = 1/16
     assert not fco.beats(problems(9, 8, 0), ("a", 4), ("b", 4), min_gain=2, alpha=1.0)  # gain 1
+
+
+def test_load_rows_reads_gzipped_rows_as_plain_ones(tmp_path):
+    import gzip
+
+    rows = rows_for("a", 1.0, {("majority", 4): True}) + rows_for("b", 0.5, {("greedy", 1): True})
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    (tmp_path / "rows.jsonl").write_text(text)
+    with gzip.open(tmp_path / "rows.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write(text)
+    plain = fco.load_rows([str(tmp_path / "rows.jsonl")], None)
+    assert fco.load_rows([str(tmp_path / "rows.jsonl.gz")], None) == plain
+    assert [r["problem_id"] for r in plain] == ["a"]  # greedy rows are not auto's to pick

@@ -33,6 +33,7 @@ With no rows at all the table is written empty and says so: auto then uses its d
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import statistics
 import time
@@ -54,7 +55,10 @@ STRATEGY_ORDER = ("majority", "weighted_best_of_n", "best_of_n", "dvts", "beam_s
 def load_rows(paths: list[str], model: str | None) -> list[dict]:
     rows = []
     for path in paths:
-        for line in Path(path).read_text().splitlines():
+        opener = gzip.open if path.endswith(".gz") else open  # the page keeps some rows gzipped
+        with opener(path, "rt", encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        for line in lines:
             if line.strip():
                 row = json.loads(line)
                 if row.get("strategy") != "greedy" and (model is None or row.get("model") == model):
