@@ -198,6 +198,12 @@ def _search_options(func):
             help="Programs for --mode cot+pot [default: as many as prose samples, -n].",
         ),
         click.option(
+            "--run-programs",
+            is_flag=True,
+            help="Math prose: run the Python a solution writes (in the sandbox) and let the number "
+            "it prints replace the answer written after it, then pick again.",
+        ),
+        click.option(
             "--tests",
             "tests_path",
             default=None,
@@ -255,6 +261,7 @@ def _make_solver(kw: dict, searches: int = 1):
         pot_n=kw["pot_n"],
         adaptive=not kw["no_adaptive"],
         check_arithmetic=not kw["no_check_arithmetic"],
+        run_programs=kw["run_programs"],
     )
     code = kw["task"] == "code"
     if code:
@@ -277,7 +284,7 @@ def _make_solver(kw: dict, searches: int = 1):
     )
     pinned = frozenset(k for k in ("kv_type", "n_gpu_layers") if kw[k] is not None)
     sandbox = None
-    if code or options.mode != "cot":  # the user asked for model-written code to run
+    if code or options.mode != "cot" or options.run_programs:  # the user asked for code to run
         from edgetts.sandbox import Sandbox
 
         sandbox = Sandbox(allow_weak=kw["allow_weak_sandbox"])
@@ -661,6 +668,7 @@ ANSWER_SETTINGS = (
     "prm_path",
     "no_adaptive",
     "no_check_arithmetic",
+    "run_programs",
 )
 
 

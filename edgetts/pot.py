@@ -15,7 +15,8 @@ from __future__ import annotations
 import re
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 from edgetts.code.extract import code_blocks
 from edgetts.code.task import ProgramGenerator, sample_replies
@@ -132,4 +133,59 @@ def program_of_thought(
             "sandbox_runs": len(runs),
             "sandbox_s": round(sandbox_s, 3),
         },
+    )
+
+
+# Prose that writes a program: only fenced Python counts (a fence-less reply is prose, not code).
+_PYTHON_FENCE = re.compile(r"```(?:python|py|python3)\s*\n", re.IGNORECASE)
+
+
+def run_written_programs(
+    candidates: list[Candidate], sandbox: Sandbox, deadline: Deadline | None = None
+) -> tuple[list[Candidate], int]:
+    """``candidates`` with each prose solution's own program run; and how many programs ran.
+
+    A prose solution that writes a Python block often states the block's output without running
+    it, and a small model invents that output (``12.0`` where the code prints ``3.0``). Each
+    distinct program (the first fenced Python block that parses) runs once in the sandbox. When it
+    prints a number, that number is the candidate's answer: a real one (not provisional), and its
+    written sums no longer count against it (the program did them). A program that fails or
+    prints no number leaves its candidate as it was. Programs stop starting once ``deadline``
+    expires.
+    """
+    runs: dict[str, RunResult] = {}
+    out = []
+    for cand in candidates:
+        program = program_of(cand.text) if _PYTHON_FENCE.search(cand.text) else None
+        if program is not None and program not in runs and not (deadline and deadline.expired()):
+            runs[program] = sandbox.run(program)
+        printed = printed_answer(runs[program]) if program in runs else None
+        if printed is not None:
+            cand = replace(cand, answer=printed, provisional=False, arithmetic_error=False)
+        out.append(cand)
+    return out, len(runs)
+
+
+def answer_by_programs(
+    result: SearchResult,
+    sandbox: Sandbox,
+    final_pick: Callable[[list[Candidate]], tuple[Candidate | None, dict[str, float]]],
+    deadline: Deadline | None = None,
+) -> SearchResult:
+    """``result`` with its prose solutions' programs run (:func:`run_written_programs`) and
+    ``final_pick`` (the strategy's own) made again; unchanged when no program ran. The counters
+    gain ``programs_run`` and ``sandbox_s``."""
+    start = time.perf_counter()
+    candidates, ran = run_written_programs(result.candidates, sandbox, deadline)
+    if not ran:
+        return result
+    chosen, votes = final_pick(candidates)
+    sandbox_s = round(time.perf_counter() - start, 3)
+    return replace(
+        result,
+        answer=chosen.answer if chosen else None,
+        chosen=chosen,
+        candidates=candidates,
+        votes=votes,
+        counters={**result.counters, "programs_run": ran, "sandbox_s": sandbox_s},
     )

@@ -26,7 +26,15 @@ from edgetts.scheduler import (
 )
 from edgetts.search import NEEDS_CONFIDENCE, NEEDS_SCORER, STRATEGIES, measured, run_search
 from edgetts.search.adaptive import AdaptiveStop
-from edgetts.search.base import DEFAULT_N, Sampling, SearchConfig, SearchResult, SolutionPath, Verifier
+from edgetts.search.base import (
+    DEFAULT_N,
+    Deadline,
+    Sampling,
+    SearchConfig,
+    SearchResult,
+    SolutionPath,
+    Verifier,
+)
 from edgetts.search.registry import GREEDY, REGISTRY
 
 log = logging.getLogger("edgetts")
@@ -72,6 +80,9 @@ class SolveOptions:
     # A solution whose written sums do not hold votes only when none without such a slip has an
     # answer (edgetts.arithmetic). False: every answer votes (--no-check-arithmetic).
     check_arithmetic: bool = SearchConfig.check_arithmetic
+    # Math prose only: run the Python a solution writes (in the sandbox) and let the number it
+    # prints replace the answer written after it, then pick again (edgetts.pot.answer_by_programs).
+    run_programs: bool = False
     stop: tuple[str, ...] = ()  # strings that end a solution where they appear (OpenAI's stop)
     logprobs: bool = False  # keep each token's text and log-probability (Candidate.token_logprobs)
 
@@ -112,6 +123,10 @@ class SolveOptions:
             )
         if self.pot_n is not None and self.pot_n < 1:
             raise ValueError(f"pot_n must be at least 1, got {self.pot_n}")
+        if self.run_programs and self.mode != "cot":
+            raise ValueError(
+                f"run_programs is for prose solutions (mode cot); --mode {self.mode} runs its programs"
+            )
         if self.strategy != GREEDY and self.strategy not in STRATEGIES:
             choices = sorted([GREEDY, *STRATEGIES])
             raise ValueError(f"unknown strategy {self.strategy!r}; choose one of {choices}")
@@ -230,6 +245,8 @@ class Solver:
         options = options or SolveOptions()
         if options.mode != "cot":
             self._need_sandbox(f"--mode {options.mode}")
+        if options.run_programs:
+            self._need_sandbox("--run-programs")
         prompt, question = question, question if isinstance(question, str) else question.question
         with self._searching_on(question, options, counters) as (plan, scorer, session):
             generator = session if isinstance(prompt, str) else RootedIn(session, prompt)
@@ -244,7 +261,10 @@ class Solver:
                 # token confidence is recorded per search, as it samples: no other context needed
                 config = replace(config, sampling=replace(config.sampling, record_confidence=True))
             if options.mode == "cot":
+                deadline = Deadline(config.deadline_s, cancel)  # the search's own, started alike
                 result = run_search(strategy, question, generator, scorer, config)  # type: ignore[arg-type]
+                if options.run_programs:
+                    result = self._answer_by_programs(result, config, deadline)
             else:
                 from edgetts.pot import PotConfig, program_of_thought
 
@@ -321,6 +341,18 @@ class Solver:
             with self._lock:
                 self._searching -= 1
                 self._lock.notify_all()
+
+    def _answer_by_programs(
+        self, result: SearchResult, config: SearchConfig, deadline: Deadline
+    ) -> SearchResult:
+        """``result`` with its prose solutions' programs run and the strategy's pick made again."""
+        from edgetts.pot import answer_by_programs
+
+        info = REGISTRY[result.strategy.removeprefix("auto:")]  # auto reports what it continued with
+        assert info.final_pick is not None and self.sandbox is not None
+        return answer_by_programs(
+            result, self.sandbox, lambda candidates: info.final_pick(candidates, config), deadline
+        )
 
     def _need_sandbox(self, what: str) -> None:
         if self.sandbox is None:

@@ -80,6 +80,7 @@ def test_rescore_kept_samples_with_the_shipped_prm(tmp_path):
         agg=None,
         threads=1,
         no_check_arithmetic=False,
+        run_programs=False,
     )
     bench.rescore(args)
     got = [json.loads(line) for line in out.read_text().splitlines()]
@@ -179,6 +180,7 @@ def test_rescore_with_a_policy_probe_reads_kept_states(tmp_path):
             agg=None,
             threads=1,
             no_check_arithmetic=False,
+            run_programs=False,
         )
     )
     got = {r["strategy"]: r for r in map(json.loads, out.read_text().splitlines())}
@@ -227,7 +229,9 @@ def test_rescore_label_rows_picks_the_probes_layers_from_wider_states(tmp_path):
         samples=None, labels=str(labels), data=None, limit=None, model="m", prm=str(tmp_path / "probe")
     )
     bench.rescore(
-        argparse.Namespace(**args, out=str(out), n=[4], agg=None, threads=1, no_check_arithmetic=False)
+        argparse.Namespace(
+            **args, out=str(out), n=[4], agg=None, threads=1, no_check_arithmetic=False, run_programs=False
+        )
     )
     got = {r["strategy"]: r for r in map(json.loads, out.read_text().splitlines())}
     assert got["best_of_n"]["answer"] == "12" and got["best_of_n"]["correct"]

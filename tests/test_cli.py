@@ -120,7 +120,7 @@ def test_defaults_from_the_config_file_then_the_environment(tmp_path, monkeypatc
     assert result.exit_code == 1 and "config file" in result.output
 
 
-def test_no_adaptive_and_no_check_arithmetic_reach_the_solve_options(monkeypatch):
+def test_adaptive_arithmetic_and_program_flags_reach_the_solve_options(monkeypatch):
     from click.testing import CliRunner
 
     import edgetts.cli as cli
@@ -144,6 +144,10 @@ def test_no_adaptive_and_no_check_arithmetic_reach_the_solve_options(monkeypatch
         result = CliRunner().invoke(main, ["solve", "What is 2+3?", "--strategy", "majority", *args])
         assert isinstance(result.exception, Stop), result.output
         assert seen[-1]["check_arithmetic"] is check
+    for args, run in (([], False), (["--run-programs"], True)):
+        result = CliRunner().invoke(main, ["solve", "What is 2+3?", "--strategy", "majority", *args])
+        assert isinstance(result.exception, Stop), result.output
+        assert seen[-1]["run_programs"] is run
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from edgetts.code.select import Behaviour, select_program
 from edgetts.code.task import CODE_SYSTEM, TESTS_SYSTEM
 from edgetts.pot import POT_SYSTEM, PotConfig, printed_answer, program_of, program_of_thought
 from edgetts.sandbox import Limits, Sandbox
-from edgetts.search.base import SolutionPath
+from edgetts.search.base import Deadline, SolutionPath
 
 PROMPT = '''from typing import List
 
@@ -292,6 +292,40 @@ def test_cot_plus_pot_votes_together(sandbox: Sandbox) -> None:
     assert [s for s, _ in gen.roots] == [POT_SYSTEM, None]
 
 
+def test_prose_answers_by_the_programs_it_writes(sandbox: Sandbox) -> None:
+    from fakes import FakeGenerator, tree_policy
+
+    from edgetts.pot import answer_by_programs
+    from edgetts.search.base import SearchConfig
+    from edgetts.search.majority import majority
+    from edgetts.search.registry import REGISTRY
+
+    invented = "```python\nprint(9 - 2 / 3 * 9)\n```\n```output\n12.0\n```\nSo \\boxed{12}."
+    tree = {
+        invented: {},  # the program prints 3.0: the written 12 was invented
+        "9 - 6 = 12, so \\boxed{12}.": {},  # a false sum: votes last
+        "So \\boxed{12}.": {},  # prose without a program keeps its answer
+        invented + " ": {},  # the same program again: it runs once
+        "```python\nx = 1\n```\nSo \\boxed{12}.": {},  # prints nothing: keeps its answer
+    }
+    config = SearchConfig(n=5)
+    result = majority("q", FakeGenerator(tree_policy(tree)), None, config)
+    assert result.answer == "12" and result.votes == {"12": 4.0}
+    pick = REGISTRY["majority"].final_pick
+    ran = answer_by_programs(result, sandbox, lambda cands: pick(cands, config))
+    assert [c.answer for c in ran.candidates] == ["3", "12", "12", "3", "12"]
+    assert ran.answer == "3" and ran.votes == {"3": 2.0, "12": 2.0}  # a tie: the earliest answer
+    assert ran.counters["programs_run"] == 2 and result.answer == "12"  # the input is not changed
+    expired = Deadline(0.0)
+    assert answer_by_programs(result, sandbox, lambda cands: pick(cands, config), expired) is result
+    # The solver re-picks by the rule of the strategy that ran, auto's continuation included.
+    from edgetts.solver import Solver
+
+    result.strategy = "auto:majority"
+    via_solver = Solver(sandbox=sandbox)._answer_by_programs(result, config, Deadline(None))
+    assert via_solver.answer == "3" and via_solver.strategy == "auto:majority"
+
+
 # -- wiring: no model needed ---------------------------------------------------------------------
 
 
@@ -303,6 +337,10 @@ def test_solver_without_a_sandbox_refuses_model_written_code() -> None:
         solver.solve_code(CodeTask.from_prompt(PROMPT), SolveOptions(strategy="exec"))
     with pytest.raises(ValueError, match="no sandbox"):
         solver.solve("What is 2 + 2?", SolveOptions(mode="pot", strategy="majority"))
+    with pytest.raises(ValueError, match="no sandbox"):
+        solver.solve("What is 2 + 2?", SolveOptions(strategy="majority", run_programs=True))
+    with pytest.raises(ValueError, match="prose solutions"):
+        SolveOptions(mode="pot", strategy="majority", run_programs=True).validate()
     assert solver._policy is None
 
 

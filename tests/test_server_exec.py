@@ -55,6 +55,7 @@ def test_code_and_programs_are_refused_without_allow_exec() -> None:
             ({"task": "code"}, "edgetts.task"),
             ({"mode": "pot"}, "edgetts.mode"),
             ({"mode": "cot+pot"}, "edgetts.mode"),
+            ({"run_programs": True}, "edgetts.run_programs"),
         ]:
             with pytest.raises(openai.BadRequestError) as err:
                 ask(c, edgetts=extra)
@@ -84,5 +85,7 @@ def test_allowed_pot_mode_reaches_the_solver() -> None:
     with server as base:
         ask(client(base), edgetts={"mode": "pot", "strategy": "majority", "samples": 4})
         assert solver.options[-1].mode == "pot"
+        ask(client(base), edgetts={"strategy": "majority", "samples": 4, "run_programs": True})
+        assert solver.options[-1].run_programs and solver.options[-1].mode == "cot"
         with pytest.raises(openai.BadRequestError):
             ask(client(base), edgetts={"mode": "pot", "strategy": "beam_search"})

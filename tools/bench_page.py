@@ -219,16 +219,24 @@ SECTIONS = (
         ),
     ),
     Section(
-        "The calculator check in the vote (stop 38)",
+        "The calculator check in the vote, and the samples' own programs run (stop 38)",
         "The same committed samples and default-probe scores, rescored as searches now vote: a "
         "sample whose written arithmetic does not hold (`4 * 12 = 52`, `edgetts/arithmetic.py`) votes "
-        "only when no sample without such a slip has an answer. The rows above are the same rescore "
-        "with `--no-check-arithmetic`; the live tree searches above ran before the check.",
+        "only when no sample without such a slip has an answer (`*.rescored_arith`). The rows above "
+        "are the same rescore with `--no-check-arithmetic`; the live tree searches above ran before "
+        "the check. Then `--run-programs` on top (`*.rescored_programs`): the Python block a sample "
+        "writes runs in the sandbox and the number it prints replaces the answer written after it "
+        "(`--run-programs`, off by default: it runs model-written code).",
         (
             report("gsm8k_test.rescored_arith.jsonl.gz"),
             report("mawps.rescored_arith.jsonl.gz"),
             *(
                 compare(f"{d}.rescored_arith.jsonl.gz:{s}", f"{d}.rescored.jsonl:{s}")
+                for d in ("gsm8k_test", "mawps")
+                for s in ("majority:16", "weighted_best_of_n:16", "majority:4")
+            ),
+            *(
+                compare(f"{d}.rescored_programs.jsonl.gz:{s}", f"{d}.rescored_arith.jsonl.gz:{s}")
                 for d in ("gsm8k_test", "mawps")
                 for s in ("majority:16", "weighted_best_of_n:16", "majority:4")
             ),
@@ -325,6 +333,9 @@ for d in gsm8k_test mawps; do
   python tools/bench_strategies.py rescore --labels runs/labels/$d \\
       --prm edgetts/assets/prm-probe-qwen05 --n 1 2 4 8 16 --out runs/$d.rescored_arith.jsonl
   gzip -nc runs/$d.rescored_arith.jsonl > {B}/$d.rescored_arith.jsonl.gz
+  python tools/bench_strategies.py rescore --labels runs/labels/$d --run-programs \\
+      --prm edgetts/assets/prm-probe-qwen05 --n 1 2 4 8 16 --out runs/$d.rescored_programs.jsonl
+  gzip -nc runs/$d.rescored_programs.jsonl > {B}/$d.rescored_programs.jsonl.gz
   python tools/bench_strategies.py rescore --labels runs/labels/$d --no-check-arithmetic \\
       --prm models/prm-probe-qwen05-last --n 1 2 4 8 16 --out runs/$d.rescored_last.jsonl
   gzip -nc runs/$d.rescored_last.jsonl > {B}/$d.rescored_last.jsonl.gz

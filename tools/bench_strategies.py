@@ -54,8 +54,10 @@ from edgetts.data import load_problems
 from edgetts.grading import answers_equal
 from edgetts.models import default_model_name
 from edgetts.policy import LlamaPolicy, PolicyConfig, default_threads
+from edgetts.pot import run_written_programs
 from edgetts.probe import load_scorer, load_states, policy_prm_dir, save_states
 from edgetts.prompts import split_steps
+from edgetts.sandbox import Sandbox
 from edgetts.search import run_search
 from edgetts.search.auto import difficulty_features  # the same features auto sees at run time
 from edgetts.search.base import Candidate, Sampling, SearchConfig, SolutionPath, aggregate
@@ -295,6 +297,7 @@ def kept_paths(sample_row: dict, wanted_layers: list[int]) -> list[SolutionPath]
 def rescore(args: argparse.Namespace) -> None:
     """Sample-based rows again from kept samples, scored by another PRM (no policy needed)."""
     scorer = load_scorer(args.prm, threads=args.threads)
+    sandbox = Sandbox() if args.run_programs else None
     if args.labels and not getattr(scorer, "needs_states", False) and not args.data:
         sys.exit("error: --labels rows hold no question; a text PRM needs them from --data")
     out = Path(args.out)
@@ -320,6 +323,8 @@ def rescore(args: argparse.Namespace) -> None:
         features = difficulty_features(cands)  # every sample counts, as auto computes them
         if not args.no_check_arithmetic:  # as a search marks its candidates (edgetts.arithmetic)
             cands = [dataclasses.replace(c, arithmetic_error=has_wrong_arithmetic(c.text)) for c in cands]
+        if sandbox is not None:  # --run-programs: as the Solver does after a search
+            cands, _ = run_written_programs(cands, sandbox)
         for row in subset_rows(cands, sample_row["gold"], [n for n in n_list if n <= len(cands)]):
             if (base["problem_id"], base["model"], row["strategy"], row["n"]) not in done:
                 total = sample_row["seconds"]
@@ -599,6 +604,12 @@ def main() -> None:
         action="store_true",
         help="let every sample vote (as before stop 38); by default a sample whose written sums "
         "do not hold votes only when none without such a slip has an answer, as searches do",
+    )
+    q.add_argument(
+        "--run-programs",
+        action="store_true",
+        help="run the Python each kept sample writes (in the sandbox) and let its printed number "
+        "answer, as SolveOptions(run_programs=True) does",
     )
     t = sub.add_parser("states", help="step states of kept samples that have none (a prefill each)")
     t.add_argument("--samples", required=True, help="<out>.samples.jsonl written by run")

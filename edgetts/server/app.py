@@ -114,13 +114,14 @@ class App:
             )
         s = self.settings
         search, budget, choices, deprecation, where = self._search_of(req)
-        if (search.task == "code" or search.mode != "cot") and not s.allow_exec:
-            what = "task=code" if search.task == "code" else f"mode={search.mode}"
+        if (search.task == "code" or search.mode != "cot" or search.run_programs) and not s.allow_exec:
+            field = "task" if search.task == "code" else "mode" if search.mode != "cot" else "run_programs"
+            what = {"task": "task=code", "mode": f"mode={search.mode}", "run_programs": "run_programs"}[field]
             raise ApiError(
                 400,
                 f"{what} runs model-written code, which this server does not allow; "
                 "start it with `edgetts serve --allow-exec`",
-                param=f"{where}task" if search.task == "code" else f"{where}mode",
+                param=f"{where}{field}",
                 code="exec_not_allowed",
             )
         if search.task == "code":
@@ -169,6 +170,8 @@ class App:
             fields["mode"] = search.mode
         fields["adaptive"] = search.adaptive
         fields["check_arithmetic"] = search.check_arithmetic
+        if search.run_programs:
+            fields["run_programs"] = True
         if req.stop is not None:
             fields["stop"] = req.stops()
         if req.logprobs:

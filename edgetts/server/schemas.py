@@ -49,6 +49,8 @@ class SearchFields(BaseModel):
     adaptive: bool = True
     # false: every answer votes (else a solution whose written sums do not hold votes last)
     check_arithmetic: bool = True
+    # true: run the Python a prose solution writes and let its printed number answer (--allow-exec)
+    run_programs: bool = False
 
 
 # Search fields once read at the top level of a request (with ``n`` as the budget); still
