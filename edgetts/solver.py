@@ -153,8 +153,9 @@ def validate_code_options(options: SolveOptions) -> None:
     if options.strategy not in CODE_STRATEGIES:
         choices = ", ".join(CODE_STRATEGIES)
         raise ValueError(f"for code tasks choose strategy {choices}, not {options.strategy!r}")
-    if options.mode != "cot":
-        raise ValueError("mode is for math; code tasks always run their programs")
+    if options.mode != "cot" or options.run_programs:
+        what = "run_programs" if options.run_programs else "mode"
+        raise ValueError(f"{what} is for math; code tasks always run their programs")
     # The sampling and budget checks are the math ones; only the strategy names differ.
     replace(options, strategy=GREEDY if options.strategy == GREEDY else "majority").validate()
 

@@ -19,6 +19,8 @@ from edgetts.code.task import CodeCandidate, CodeResult
             "for code tasks choose",
         ),
         (["solve", "--task", "code", "def f(x):\n    pass", "--mode", "pot"], "mode is for math"),
+        (["solve", "--task", "code", "def f(x):\n    pass", "--run-programs"], "run_programs is for math"),
+        (["solve", "What is 2+2?", "--mode", "pot", "--run-programs"], "for prose solutions"),
         (
             ["solve", "--task", "code", "def f(x):\n    pass", "--tests", "/no/such/tests.py"],
             "cannot read tests",
