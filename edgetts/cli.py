@@ -672,6 +672,12 @@ ANSWER_SETTINGS = (
 )
 
 
+# Settings recorded since a later version, each with the value that does what runs did before:
+# a results file made then resumes with that value (no_adaptive: every sample was drawn;
+# no_check_arithmetic: every answer voted; run_programs: no program ran).
+UNRECORDED_SETTINGS = {"no_adaptive": True, "no_check_arithmetic": True, "run_programs": False}
+
+
 def _run_settings(kw: dict) -> dict:
     settings = {key: kw[key] for key in ANSWER_SETTINGS}
     settings["model"] = kw["model"] or registry.default_model_name()
@@ -756,7 +762,7 @@ def run(
         _run_code(data_path, out_path, limit, kw)
         return
     problems = load_problems(data_path, question_key, answer_key, id_key, limit)
-    results = ResultsFile(out_path, settings=_run_settings(kw))
+    results = ResultsFile(out_path, settings=_run_settings(kw), unrecorded=UNRECORDED_SETTINGS)
     todo = [p for p in problems if p.id not in results.done]
     if len(todo) < len(problems):
         click.echo(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,17 @@ class ResultsError(ValueError):
 class ResultsFile:
     """Append-only JSONL results keyed by problem id, all made with one run's settings."""
 
-    def __init__(self, path: str | Path, settings: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        settings: dict[str, Any] | None = None,
+        unrecorded: Mapping[str, Any] | None = None,
+    ) -> None:
+        """``unrecorded``: for a setting added after a file was made, the value that does what
+        runs did before it existed (a file without it resumes only with that value)."""
         self.path = Path(path)
         self.settings = settings
+        self.unrecorded = dict(unrecorded or {})
         self.records: list[dict] = self._read()
         self.done: set[str] = {str(r["id"]) for r in self.records}
         if settings is not None:
@@ -79,6 +88,7 @@ class ResultsFile:
         recorded = next((r["settings"] for r in self.records if isinstance(r.get("settings"), dict)), None)
         if recorded is None:
             return  # a new file, or one from before settings were recorded
+        recorded = {**{k: v for k, v in self.unrecorded.items() if k in settings}, **recorded}
         differ = [
             f"{key} was {recorded.get(key)!r}, now {settings.get(key)!r}"
             for key in sorted(set(recorded) | set(settings))

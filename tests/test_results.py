@@ -54,6 +54,15 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         ResultsFile(out, settings={"strategy": "best_of_n", "n": 4})
 
 
+def test_a_setting_added_later_resumes_only_with_the_value_that_does_what_runs_did(tmp_path):
+    out = tmp_path / "r.jsonl"
+    ResultsFile(out, settings={"n": 8}).append({"id": "1", "correct": True})  # before "check"
+    old_way = {"check": False}
+    assert ResultsFile(out, settings={"n": 8, "check": False}, unrecorded=old_way).done == {"1"}
+    with pytest.raises(ResultsError, match="check was False, now True"):
+        ResultsFile(out, settings={"n": 8, "check": True}, unrecorded=old_way)
+
+
 def test_unwritable_output_fails_at_once(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
