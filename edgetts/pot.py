@@ -22,7 +22,15 @@ from edgetts.code.extract import code_blocks
 from edgetts.code.task import ProgramGenerator, sample_replies
 from edgetts.grading import normalize_answer
 from edgetts.sandbox import RunResult, Sandbox
-from edgetts.search.base import Candidate, Deadline, Sampling, SearchResult, StepScorer, aggregate
+from edgetts.search.base import (
+    Candidate,
+    Deadline,
+    Sampling,
+    SearchConfig,
+    SearchResult,
+    StepScorer,
+    aggregate,
+)
 from edgetts.search.select import pick_by_vote, score_paths, to_candidate
 
 POT_SYSTEM = (
@@ -44,7 +52,7 @@ class PotConfig:
     deadline_s: float | None = None
     cancel: threading.Event | None = field(default=None, repr=False, compare=False)
     sampling: Sampling | None = None  # None: the generator's own
-    check_arithmetic: bool = True  # prose samples with a wrong sum vote last (SearchConfig's)
+    check_arithmetic: bool = SearchConfig.check_arithmetic  # prose samples with a wrong sum vote last
 
     def validate(self) -> None:
         """Raise ValueError with a user-facing message for impossible settings."""

@@ -1,11 +1,12 @@
 """Decode speed with one unified KV cache against one KV stream per sequence, side by side.
 
-edgetts keeps every sequence in one unified KV cache (``kv_unified = True``,
-``edgetts/llama/context.py``), so a prompt forked into N samples is stored once. The price: in
-llama.cpp each decoded row's attention runs over every used cell of the cache (other rows' cells
-masked), so a wide batch, or other searches' sequences kept in the same cache, make every row
-dearer. With ``kv_unified = False`` (llama-server's default) each sequence has its own stream and
-attends to its own cells only, but a fork copies the prompt into each stream.
+edgetts keeps every sequence in one unified KV cache (``kv_unified = True`` in
+``edgetts/llama/context.py``, so this makes its own context), and a prompt forked into N
+samples is stored once. The price: in llama.cpp each decoded row's attention runs over every
+used cell of the cache (other rows' cells masked), so a wide batch, or other searches'
+sequences kept in the same cache, make every row dearer. With ``kv_unified = False``
+(llama-server's default) each sequence has its own stream and attends to its own cells only,
+but a fork copies the prompt into each stream.
 
 This measures the difference on this machine: B rows forked from one prompt, decoded
 ``--tokens`` steps, optionally with ``--idle`` other sequences of ``--idle-cells`` cells each
@@ -24,6 +25,7 @@ import time
 import llama_cpp
 import numpy as np
 
+from edgetts.llama.context import LlamaBatch
 from edgetts.llama.model import LlamaModel
 from edgetts.models import resolve
 from edgetts.policy import default_threads
@@ -50,15 +52,14 @@ def decode_rate(
     ctx = llama_cpp.llama_init_from_model(model.ptr, params)
     if not ctx:
         raise SystemExit(f"llama.cpp could not make a context of {params.n_ctx} cells")
-    batch = llama_cpp.llama_batch_init(512, 0, 1)
+    batch = LlamaBatch(512)
     rng = np.random.default_rng(0)
 
     def decode(items: list[tuple[int, int, int, bool]]) -> None:
-        batch.n_tokens = len(items)
-        for i, (token, pos, seq, logits) in enumerate(items):
-            batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
-            batch.seq_id[i][0], batch.logits[i] = seq, logits
-        if llama_cpp.llama_decode(ctx, batch) != 0:
+        batch.clear()
+        for token, pos, seq, logits in items:
+            batch.add(token, pos, seq, logits)
+        if llama_cpp.llama_decode(ctx, batch.ptr) != 0:
             raise SystemExit("llama_decode failed (KV cache full?)")
 
     try:
@@ -81,7 +82,7 @@ def decode_rate(
             if step >= WARMUP_STEPS:
                 seconds += time.perf_counter() - start
     finally:
-        llama_cpp.llama_batch_free(batch)
+        batch.close()
         llama_cpp.llama_free(ctx)
     return rows * (steps - WARMUP_STEPS) / seconds
 

@@ -114,9 +114,15 @@ class App:
             )
         s = self.settings
         search, budget, choices, deprecation, where = self._search_of(req)
-        if (search.task == "code" or search.mode != "cot" or search.run_programs) and not s.allow_exec:
-            field = "task" if search.task == "code" else "mode" if search.mode != "cot" else "run_programs"
-            what = {"task": "task=code", "mode": f"mode={search.mode}", "run_programs": "run_programs"}[field]
+        runs_code = None  # (the field that asks for model-written code to run, how to name it)
+        if search.task == "code":
+            runs_code = ("task", "task=code")
+        elif search.mode != "cot":
+            runs_code = ("mode", f"mode={search.mode}")
+        elif search.run_programs:
+            runs_code = ("run_programs", "run_programs")
+        if runs_code is not None and not s.allow_exec:
+            field, what = runs_code
             raise ApiError(
                 400,
                 f"{what} runs model-written code, which this server does not allow; "
@@ -170,8 +176,7 @@ class App:
             fields["mode"] = search.mode
         fields["adaptive"] = search.adaptive
         fields["check_arithmetic"] = search.check_arithmetic
-        if search.run_programs:
-            fields["run_programs"] = True
+        fields["run_programs"] = search.run_programs
         if req.stop is not None:
             fields["stop"] = req.stops()
         if req.logprobs:
