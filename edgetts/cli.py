@@ -120,6 +120,13 @@ def _search_options(func):
             f"{AdaptiveStop.threshold}).",
         ),
         click.option(
+            "--no-prune",
+            is_flag=True,
+            help="Let every sample of weighted best-of-N (and auto's weighted vote) run to its "
+            "end. By default, with adaptive sampling, a sample whose weakest step so far scores "
+            "under the verifier's prune_below (its manifest; the shipped probe's 0.2) stops there.",
+        ),
+        click.option(
             "--no-check-arithmetic",
             is_flag=True,
             help="Let every answer vote. By default a solution whose written arithmetic does not "
@@ -260,6 +267,7 @@ def _make_solver(kw: dict, searches: int = 1):
         mode=kw["mode"],
         pot_n=kw["pot_n"],
         adaptive=not kw["no_adaptive"],
+        prune=not kw["no_prune"],
         check_arithmetic=not kw["no_check_arithmetic"],
         run_programs=kw["run_programs"],
     )
@@ -667,6 +675,7 @@ ANSWER_SETTINGS = (
     "kv_type",
     "prm_path",
     "no_adaptive",
+    "no_prune",
     "no_check_arithmetic",
     "run_programs",
 )
@@ -674,8 +683,14 @@ ANSWER_SETTINGS = (
 
 # Settings recorded since a later version, each with the value that does what runs did before:
 # a results file made then resumes with that value (no_adaptive: every sample was drawn;
-# no_check_arithmetic: every answer voted; run_programs: no program ran).
-UNRECORDED_SETTINGS = {"no_adaptive": True, "no_check_arithmetic": True, "run_programs": False}
+# no_prune: every sample ran to its end; no_check_arithmetic: every answer voted; run_programs:
+# no program ran).
+UNRECORDED_SETTINGS = {
+    "no_adaptive": True,
+    "no_prune": True,
+    "no_check_arithmetic": True,
+    "run_programs": False,
+}
 
 
 def _run_settings(kw: dict) -> dict:

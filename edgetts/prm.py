@@ -102,6 +102,9 @@ class Manifest:
     # ("4 * 12 = 52") gets its score capped at calculator_cap.
     calculator_check: bool = False
     calculator_cap: float = 0.05
+    # Weighted best-of-N stops a sample whose weakest step so far scores under this
+    # (AdaptiveStop.prune_below; on this scorer's own scale). None: no pruning.
+    prune_below: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     REQUIRED = ("name", "step_tag", "max_length", "inputs", "output")
@@ -146,7 +149,16 @@ class Manifest:
             )
         if not isinstance(m.max_length, int) or m.max_length < 16:
             raise PRMError(f"{where}: max_length must be an int >= 16, got {m.max_length!r}")
+        check_prune_below(m.prune_below, where)
         return m
+
+
+def check_prune_below(value: object, where: str) -> None:
+    """Raise PRMError unless a manifest's ``prune_below`` is None or a number in (0, 1)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+        raise PRMError(f"{where}: prune_below must be a number in (0, 1) or null, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "extra"}
@@ -462,6 +474,11 @@ class PRMScorer:
     def default_aggregation(self) -> str:
         """How this PRM's step scores are best combined into a path score (its manifest says)."""
         return self.manifest.default_aggregation
+
+    @property
+    def prune_below(self) -> float | None:
+        """The score under which weighted best-of-N stops a sample early (its manifest says)."""
+        return self.manifest.prune_below
 
     def check_policy(self, name: str, n_embd: int) -> None:
         """Any policy will do: a text PRM reads the steps, not the policy's states."""

@@ -29,7 +29,7 @@ import numpy as np
 
 from edgetts.arithmetic import calculator_capped
 from edgetts.confidence import STEP_FEATURES, step_features
-from edgetts.prm import PRMCounters, PRMError, open_session, read_manifest
+from edgetts.prm import PRMCounters, PRMError, check_prune_below, open_session, read_manifest
 from edgetts.search.base import AGGREGATIONS, SolutionPath
 
 KIND = "policy_probe"
@@ -57,6 +57,9 @@ class ProbeManifest:
     # states, so hidden_size = n_embd * len(layers) + len(features); the policy must record
     # token confidence (capture_confidence) for them.
     features: list[str] = field(default_factory=list)
+    # Weighted best-of-N stops a sample whose weakest step so far scores under this
+    # (AdaptiveStop.prune_below; on this scorer's own scale). None: no pruning.
+    prune_below: float | None = None
     training: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -75,6 +78,7 @@ class ProbeManifest:
             raise PRMError(
                 f"{where}: default_aggregation {m.default_aggregation!r} is not one of {list(AGGREGATIONS)}"
             )
+        check_prune_below(m.prune_below, where)
         return m
 
 
@@ -108,6 +112,11 @@ class ProbeScorer:
     @property
     def default_aggregation(self) -> str:
         return self.manifest.default_aggregation
+
+    @property
+    def prune_below(self) -> float | None:
+        """The score under which weighted best-of-N stops a sample early (its manifest says)."""
+        return self.manifest.prune_below
 
     @property
     def state_layers(self) -> tuple[int, ...]:

@@ -77,6 +77,10 @@ class SolveOptions:
     # on the kept GSM8K / MAWPS samples it saves most tokens at the same accuracy
     # (tools/bench_adaptive.py). False: always n samples (--no-adaptive, "adaptive": false).
     adaptive: bool = True
+    # With adaptive sampling and a verifier whose manifest sets prune_below: weighted best-of-N
+    # (and auto's weighted continuation) stops a sample once its weakest step so far scores
+    # under it (AdaptiveStop.prune_below). False: every sample runs to its end (--no-prune).
+    prune: bool = True
     # A solution whose written sums do not hold votes only when none without such a slip has an
     # answer (edgetts.arithmetic). False: every answer votes (--no-check-arithmetic).
     check_arithmetic: bool = SearchConfig.check_arithmetic
@@ -258,6 +262,8 @@ class Solver:
                 strategy, config = "majority", replace(config, n=1)
             if options.agg is None and scorer is not None:
                 config = replace(config, agg=scorer.default_aggregation)
+            if options.prune and config.adaptive is not None and scorer is not None:
+                config = replace(config, adaptive=replace(config.adaptive, prune_below=scorer.prune_below))
             if strategy in NEEDS_CONFIDENCE or (scorer is not None and scorer.needs_confidence):
                 # token confidence is recorded per search, as it samples: no other context needed
                 config = replace(config, sampling=replace(config.sampling, record_confidence=True))

@@ -151,14 +151,17 @@ class FakeGenerator:
         to_end: bool = False,
         deadline: Deadline | None = None,
         first_index: int = 0,
+        stop_early: Callable[[SolutionPath], bool] | None = None,
     ) -> list[SolutionPath]:
         """``n_each`` children per unfinished parent (consumed); finished parents pass through.
 
         Child ``i`` follows the policy's child index ``first_index + i``, as the real
-        generator's samplers are seeded by it."""
+        generator's samplers are seeded by it. ``stop_early`` (with ``to_end``) is asked after
+        each new step, as the real generator does, and ends a child "pruned"."""
         start = time.perf_counter()
         self.calls.append(ExtendCall([tuple(p.steps) for p in paths], n_each, to_end, first_index))
-        out = [c for p in paths for c in self._children(p, n_each, to_end, deadline, first_index)]
+        stop_early = stop_early if to_end else None
+        out = [c for p in paths for c in self._children(p, n_each, to_end, deadline, first_index, stop_early)]
         self.counters.seconds += time.perf_counter() - start
         return out
 
@@ -203,7 +206,13 @@ class FakeGenerator:
         return self.alive - self.finished
 
     def _children(
-        self, parent: SolutionPath, n_each: int, to_end: bool, deadline: Deadline | None, first_index: int
+        self,
+        parent: SolutionPath,
+        n_each: int,
+        to_end: bool,
+        deadline: Deadline | None,
+        first_index: int,
+        stop_early: Callable[[SolutionPath], bool] | None = None,
     ) -> list[SolutionPath]:
         self._check_alive(parent, "extend")
         if parent.finished:
@@ -211,9 +220,16 @@ class FakeGenerator:
         self.alive.remove(parent.handle)
         self.consumed.add(parent.handle)
         indices = range(first_index, first_index + n_each)
-        return [self._new(self._grow(parent, i, to_end, deadline)) for i in indices]
+        return [self._new(self._grow(parent, i, to_end, deadline, stop_early)) for i in indices]
 
-    def _grow(self, parent: SolutionPath, i: int, to_end: bool, deadline: Deadline | None) -> SolutionPath:
+    def _grow(
+        self,
+        parent: SolutionPath,
+        i: int,
+        to_end: bool,
+        deadline: Deadline | None,
+        stop_early: Callable[[SolutionPath], bool] | None = None,
+    ) -> SolutionPath:
         child = SolutionPath(steps=list(parent.steps), n_tokens=parent.n_tokens)
         while True:
             if deadline is not None and deadline.expired():
@@ -235,6 +251,9 @@ class FakeGenerator:
             if done:
                 child.finished, child.stop_reason = True, "eos"
             if done or not to_end or child.stop_reason == "deadline":
+                return child
+            if stop_early is not None and stop_early(child):
+                child.finished, child.stop_reason = True, "pruned"
                 return child
 
     def _new(self, path: SolutionPath) -> SolutionPath:
@@ -291,6 +310,7 @@ class FakeScorer:
     seen: list[list[tuple[str, ...]]] = field(default_factory=list)
     # The rest of the Verifier protocol (what a Solver asks of its scorer): a text scorer.
     default_aggregation: str = "last"
+    prune_below: float | None = None
     needs_states: bool = False
     needs_confidence: bool = False
     state_layers: tuple[int, ...] = ()

@@ -259,3 +259,73 @@ def test_auto_with_a_prm_continues_weighted_scoring_each_wave():
     assert scorer.counters.calls == len(gen.calls)  # the probes, then each wave once
     assert all(c.score is not None for c in result.candidates)
     assert not gen.leaks()
+
+
+# Samples 0 and 2 take a wrong turn the PRM scores 0.1 and would run two more steps; 1 and 3 are fine.
+PRUNE_TREE = tree_policy(
+    {
+        "a wrong turn\n": {"more words on it\n": {"so the answer is \\boxed{52}": {}}},
+        "x = 2\n": {"so the answer is \\boxed{2}": {}},
+    }
+)
+PRUNE_SCORES = {"a wrong turn": 0.1}
+PRUNING = replace(RULE, prune_below=0.2)
+
+
+def test_weighted_vote_stops_a_sample_at_the_step_that_scores_under_prune_below():
+    scorer = FakeScorer(PRUNE_SCORES, default=0.9)
+    gen = FakeGenerator(PRUNE_TREE)
+    result = weighted_best_of_n("q", gen, scorer, SearchConfig(n=4, agg="min", adaptive=PRUNING))
+    assert result.answer == "2"
+    pruned = [c for c in result.candidates if c.stop_reason == "pruned"]
+    assert [c.text for c in pruned] == ["a wrong turn\n"] * 2  # nothing decoded after that step
+    assert all(c.step_scores == [0.1] for c in pruned)
+    full_gen = FakeGenerator(PRUNE_TREE)
+    weighted_best_of_n(
+        "q", full_gen, FakeScorer(PRUNE_SCORES, default=0.9), SearchConfig(n=4, agg="min", adaptive=RULE)
+    )
+    assert gen.counters.tokens_decoded < full_gen.counters.tokens_decoded
+    assert not gen.leaks()
+
+
+def test_a_pruned_answer_votes_only_when_no_sample_has_a_real_one():
+    gen = FakeGenerator(tree_policy({"so far \\boxed{7}\n": {"and on \\boxed{8}": {}}}))
+    [path] = gen.extend([gen.root("q")], 1, to_end=True, stop_early=lambda p: True)
+    assert path.finished and path.stop_reason == "pruned" and path.steps == ["so far \\boxed{7}\n"]
+    pruned = to_candidate(path)
+    assert pruned.answer == "7" and pruned.provisional
+    other = FakeGenerator(UNANIMOUS)
+    real = to_candidate(other.extend([other.root("q")], 1, to_end=True)[0])
+    # provisional answers are a fallback: they never count as votes that settle a wave
+    assert tally_votes([pruned, pruned], lambda c: 1.0).n_votes == 0
+    assert tally_votes([pruned, real], lambda c: 1.0) == Tally({"2": 1.0}, 1)
+
+
+def test_majority_never_prunes_and_pruning_needs_a_threshold():
+    gen = FakeGenerator(PRUNE_TREE)
+    result = majority("q", gen, None, SearchConfig(n=4, adaptive=PRUNING))
+    assert all(c.stop_reason == "eos" for c in result.candidates)
+    for bad in (0.0, 1.0, -0.2):
+        with pytest.raises(ValueError, match="prune_below"):
+            replace(RULE, prune_below=bad).validate()
+
+
+def test_a_scorer_error_while_pruning_is_raised_on_the_searchs_thread():
+    def broken(step: str) -> float:
+        raise RuntimeError("scorer broke")
+
+    gen = FakeGenerator(PRUNE_TREE)
+    with pytest.raises(RuntimeError, match="scorer broke"):
+        weighted_best_of_n("q", gen, FakeScorer(rule=broken), SearchConfig(n=4, adaptive=PRUNING))
+    assert not gen.leaks()
+
+
+def test_auto_prunes_its_weighted_continuation_not_its_probes():
+    scorer = FakeScorer(PRUNE_SCORES, default=0.9)
+    gen = FakeGenerator(PRUNE_TREE)
+    config = SearchConfig(n=16, agg="min", adaptive=replace(PRUNING, threshold=0.999))
+    result = auto("q", gen, scorer, config, table=ComputeOptimalTable())
+    assert result.strategy == "auto:weighted_best_of_n" and result.answer == "2"
+    reasons = [c.stop_reason for c in result.candidates]
+    assert "pruned" not in reasons[:PROBE_N] and "pruned" in reasons[PROBE_N:]
+    assert not gen.leaks()

@@ -140,6 +140,10 @@ def test_adaptive_arithmetic_and_program_flags_reach_the_solve_options(monkeypat
         result = CliRunner().invoke(main, ["solve", "What is 2+3?", "--strategy", "majority", *args])
         assert isinstance(result.exception, Stop), result.output
         assert seen[-1]["adaptive"] is adaptive
+    for args, prune in (([], True), (["--no-prune"], False)):
+        result = CliRunner().invoke(main, ["solve", "What is 2+3?", "--strategy", "majority", *args])
+        assert isinstance(result.exception, Stop), result.output
+        assert seen[-1]["prune"] is prune
     for args, check in (([], True), (["--no-check-arithmetic"], False)):
         result = CliRunner().invoke(main, ["solve", "What is 2+3?", "--strategy", "majority", *args])
         assert isinstance(result.exception, Stop), result.output

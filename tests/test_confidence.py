@@ -95,8 +95,8 @@ class ConfGenerator(FakeGenerator):
 
     confs: dict[str, float] = field(default_factory=dict)
 
-    def _grow(self, parent, i, to_end, deadline):
-        child = super()._grow(parent, i, to_end, deadline)
+    def _grow(self, parent, i, to_end, deadline, stop_early=None):
+        child = super()._grow(parent, i, to_end, deadline, stop_early)
         child.token_stats = list(parent.token_stats)
         for step in child.steps[len(parent.steps) :]:
             conf = next((v for k, v in self.confs.items() if k in step), 5.0)

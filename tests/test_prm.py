@@ -144,6 +144,11 @@ def test_manifest_bad_json_and_values(tmp_path: Path) -> None:
     edit_manifest(d2, output={"name": "logits", "kind": "probability"})
     with pytest.raises(PRMError, match="output.kind"):
         PRMScorer.load(d2)
+    d3 = copy_prm(tmp_path / "c")
+    assert PRMScorer.load(d3).prune_below is None  # the shipped text PRM does not prune
+    edit_manifest(d3, prune_below=2)
+    with pytest.raises(PRMError, match="prune_below"):
+        PRMScorer.load(d3)
 
 
 def test_manifest_disagrees_with_graph(tmp_path: Path) -> None:

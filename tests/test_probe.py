@@ -123,6 +123,14 @@ def test_contract_and_manifest_errors(tmp_path: Path) -> None:
     (d / "manifest.json").write_text(json.dumps({**m, "default_aggregation": "mean"}))
     with pytest.raises(PRMError, match="default_aggregation"):
         ProbeScorer.load(d)
+    for bad in (1.5, 0, "0.2", True):
+        (d / "manifest.json").write_text(json.dumps({**m, "prune_below": bad}))
+        with pytest.raises(PRMError, match="prune_below"):
+            ProbeScorer.load(d)
+    (d / "manifest.json").write_text(json.dumps({**m, "prune_below": 0.3}))
+    assert ProbeScorer.load(d).prune_below == 0.3
+    (d / "manifest.json").write_text(json.dumps(m))
+    assert ProbeScorer.load(d).prune_below is None
     (d / "manifest.json").write_text(json.dumps(m))
     (d / "model.onnx").write_bytes((d / "model.onnx").read_bytes()[:20])
     with pytest.raises(PRMError, match="does not load"):

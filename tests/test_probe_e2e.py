@@ -84,6 +84,27 @@ def test_block_outputs_join_the_final_state_and_match_a_prefill(capturing):
     assert min(cosine(a[:n], b[:n]) for a, b in zip(prefilled, path.step_states, strict=True)) > 0.99
 
 
+def test_a_path_stopped_early_is_the_full_paths_prefix_with_its_states(capturing):
+    """stop_early sees each step once it is complete with its state; a pruned path is the
+    unpruned one cut at that step (same seed, same batch shape: same tokens), its KV freed."""
+    sampling = Sampling(temperature=0.8, seed=3)
+    whole = capturing.extend([capturing.root(QUESTION, sampling)], 1, to_end=True)[0]
+    assert len(whole.steps) >= 3
+    asked: list[tuple[int, int, bool]] = []
+
+    def stop_at_two(path) -> bool:
+        asked.append((len(path.steps), len(path.step_states), path.step_states[-1] is not None))
+        return len(path.steps) >= 2
+
+    cut = capturing.extend([capturing.root(QUESTION, sampling)], 1, to_end=True, stop_early=stop_at_two)[0]
+    assert asked == [(1, 1, True), (2, 2, True)]
+    assert cut.finished and cut.stop_reason == "pruned"
+    assert cut.steps == whole.steps[:2] and cut.n_tokens < whole.n_tokens
+    for a, b in zip(cut.step_states, whole.step_states[:2], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert sorted(capturing.slots.free) == list(range(1, capturing.config.n_seq_max + 1))
+
+
 def test_every_step_keeps_a_state_when_paths_are_parked_and_rebuilt(capturing):
     live = capturing.extend([capturing.root(QUESTION, Sampling(temperature=0.8))], 3)
     for _ in range(3):  # 9 children of 3 parents on 4 slots: parents are parked and rebuilt

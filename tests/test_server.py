@@ -251,6 +251,14 @@ def test_adaptive_sampling_is_on_unless_the_request_turns_it_off(fake):
     assert solver.options[-1].search_config().adaptive is None
 
 
+def test_pruning_is_on_unless_the_request_turns_it_off(fake):
+    base, solver = fake
+    ask(client(base), edgetts={"strategy": "majority", "samples": 8})
+    assert solver.options[-1].prune is True
+    ask(client(base), edgetts={"strategy": "majority", "samples": 8, "prune": False})
+    assert solver.options[-1].prune is False
+
+
 def test_the_arithmetic_check_is_on_unless_the_request_turns_it_off(fake):
     base, solver = fake
     ask(client(base), edgetts={"strategy": "majority", "samples": 4})

@@ -60,6 +60,42 @@ def test_aggregation_defaults_to_the_prms_own(manifest_agg, asked, answer):
     assert result.answer == answer
 
 
+@pytest.mark.parametrize("manifest_prune, prune, pruned", [(0.2, True, 1), (0.2, False, 0), (None, True, 0)])
+def test_solver_prunes_as_the_verifiers_manifest_says_unless_told_not_to(manifest_prune, prune, pruned):
+    solver = solver_with_fakes("min")
+    solver._scorer.prune_below = manifest_prune  # "weak" scores 0.1: under 0.2
+    options = SolveOptions(strategy="weighted_best_of_n", n=2, prune=prune)
+    result = solver.solve("q", options)
+    assert [c.stop_reason for c in result.candidates].count("pruned") == pruned
+    assert result.answer == "2"
+    no_waves = solver.solve("q", SolveOptions(strategy="weighted_best_of_n", n=2, adaptive=False))
+    assert "pruned" not in [c.stop_reason for c in no_waves.candidates]  # pruning is adaptive's
+
+
+@pytest.mark.slow
+def test_weighted_vote_on_the_real_probe_prunes_exactly_the_samples_under_its_threshold():
+    """The default policy and probe: a sample stops at the first step scoring under the
+    manifest's prune_below, and a sample that ran on never scored under it before its end."""
+    from edgetts.solver import Solver
+
+    question = (
+        "Janet's ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes "
+        "muffins for her friends every day with four. She sells the remainder at the farmers' "
+        "market daily for $2 per fresh duck egg. How much in dollars does she make every day?"
+    )
+    with Solver() as solver:
+        options = SolveOptions(strategy="weighted_best_of_n", n=8, max_tokens=300)
+        result = solver.solve(question, options)
+        below = solver._scorer.prune_below
+    assert below is not None  # the shipped probe prunes
+    for c in result.candidates:
+        if c.stop_reason == "pruned":
+            assert min(c.step_scores) < below <= min(c.step_scores[:-1], default=1.0)
+            assert c.provisional or c.answer is None
+        else:
+            assert min(c.step_scores[:-1], default=1.0) >= below
+
+
 @pytest.mark.slow
 def test_prepare_loads_what_solve_then_uses():
     """prepare() plans and loads up front, so a timed solve does not include the model load."""

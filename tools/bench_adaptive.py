@@ -36,7 +36,7 @@ import json
 import statistics
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,13 +45,14 @@ from paired import compare  # noqa: E402
 
 from edgetts.arithmetic import has_wrong_arithmetic  # noqa: E402
 from edgetts.search.adaptive import RULES, AdaptiveStop, Tally, replay  # noqa: E402
-from edgetts.search.base import Candidate, aggregate  # noqa: E402
+from edgetts.search.base import Candidate, SolutionPath, aggregate  # noqa: E402
 from edgetts.search.confidence_vote import KEEP, MODE  # noqa: E402
 from edgetts.search.select import (  # noqa: E402
     pick_by_confidence,
     pick_by_vote,
     tally_confidence,
     tally_votes,
+    to_candidate,
 )
 
 DEFAULT_THRESHOLDS = (0.8, 0.9, 0.95, 0.99)
@@ -67,8 +68,11 @@ class Problem:
     candidates: list[Candidate]
     correct: list[bool]
     confidence: list[float]  # DeepConf trace confidence (MODE) per sample
+    step_ends: list[list[int]] = field(default_factory=list)  # per sample: tokens at each step's end
     layers: tuple[int, ...] = ()  # the policy layers its step states were kept from
     scores: list[float] | None = None  # each sample's PRM score, when add_probe_scores found states
+    # each sample as a path (steps, step scores, step_token_ends), when add_probe_scores found states
+    paths: list[SolutionPath] | None = None
 
     @property
     def n(self) -> int:
@@ -103,6 +107,7 @@ def load(paths: list[Path], check_arithmetic: bool = True) -> list[Problem]:
                 ],
                 correct=[bool(c["correct"]) for c in cands],
                 confidence=[_confidence(c) for c in cands],
+                step_ends=[list(c.get("step_token_ends") or []) for c in cands],
                 layers=tuple(row.get("layers") or ()),
             )
             if problem.key not in best or problem.n > best[problem.key].n:
@@ -131,10 +136,42 @@ def add_probe_scores(problems: list[Problem], state_dirs: list[Path], prm: Path)
         file = next((f for f in files if f.is_file()), None)
         if file is None or not p.layers:
             continue
-        scores = scorer.score("", load_layers(file, list(p.layers), wanted))
+        paths = load_layers(file, list(p.layers), wanted)
+        scores = scorer.score("", paths)  # the calculator check caps steps, as in a search
         p.scores = [aggregate(s, scorer.default_aggregation) if s else 0.0 for s in scores]
+        for path, step_scores, c, ends in zip(paths, scores, p.candidates, p.step_ends, strict=True):
+            path.scores, path.n_tokens, path.stop_reason = list(step_scores), c.n_tokens, "eos"
+            path.step_token_ends = path.step_token_ends or ends
+        p.paths = paths
         done += 1
     return done
+
+
+def pruned(p: Problem, below: float, check_arithmetic: bool = True) -> Problem:
+    """``p`` as weighted best-of-N with ``AdaptiveStop.prune_below`` would have drawn it: a sample
+    whose weakest step so far scores under ``below`` ends at that step (never at its last), its
+    tokens up to there, and votes as a pruned path does (:func:`to_candidate`)."""
+    assert p.paths is not None and p.scores is not None, "pruned needs add_probe_scores"
+    cands, scores = list(p.candidates), list(p.scores)
+    for i, path in enumerate(p.paths):
+        ends = path.step_token_ends
+        if len(ends) != len(path.steps) or len(path.scores) != len(path.steps):
+            continue  # kept without its token counts: runs to its end
+        lowest = 1.0
+        for k, score in enumerate(path.scores[:-1]):
+            lowest = min(lowest, score)
+            if lowest < below:
+                cut = SolutionPath(
+                    steps=path.steps[: k + 1],
+                    finished=True,
+                    stop_reason="pruned",
+                    n_tokens=ends[k],
+                    scores=path.scores[: k + 1],
+                )
+                cands[i] = to_candidate(cut, "min", check_arithmetic)
+                scores[i] = lowest
+                break
+    return replace(p, candidates=cands, scores=scores)
 
 
 # A vote over a row's first k samples: (its tally for the stopping rule, is its pick right)
@@ -192,9 +229,16 @@ def simulate(problems: list[Problem], vote: Vote, rule: AdaptiveStop | None) -> 
 
 
 def table(
-    problems: list[Problem], thresholds: list[float], min_n: int, wave: int, rules: Sequence[str] = RULES
+    problems: list[Problem],
+    thresholds: list[float],
+    min_n: int,
+    wave: int,
+    rules: Sequence[str] = RULES,
+    prune_below: Sequence[float] = (),
+    check_arithmetic: bool = True,
 ) -> list[str]:
-    """Markdown rows: per dataset and vote, the full N and each rule at each threshold."""
+    """Markdown rows: per dataset and vote, the full N and each rule at each threshold; for
+    weighted best-of-N also each ``prune_below`` (all N, and each rule), against the full N."""
     lines = [
         "| dataset | vote | rule | problems | accuracy | Δ points | won/lost (p) "
         "| tokens | saved | samples median / mean |",
@@ -211,12 +255,19 @@ def table(
             full_tokens = sum(r["tokens"] for r in full.values())
             full_acc = _acc(full)
             lines.append(_line(dataset, name, f"all {_ns(rows)}", full, full_acc, None, full_tokens))
-            for rule_name in rules:
-                for threshold in thresholds:
-                    rule = AdaptiveStop(threshold=threshold, min_n=min_n, wave=wave, rule=rule_name)
-                    res = simulate(rows, vote, rule)
-                    label = f"{RULE_LABELS[rule_name]} {threshold:g}"
-                    lines.append(_line(dataset, name, label, res, full_acc, full, full_tokens))
+            prunes = (None, *prune_below) if vote is weighted_vote else (None,)
+            for below in prunes:
+                cut = rows if below is None else [pruned(p, below, check_arithmetic) for p in rows]
+                suffix = "" if below is None else f", pruned under {below:g}"
+                if below is not None:
+                    res = simulate(cut, vote, None)
+                    lines.append(_line(dataset, name, f"all{suffix}", res, full_acc, full, full_tokens))
+                for rule_name in rules:
+                    for threshold in thresholds:
+                        rule = AdaptiveStop(threshold=threshold, min_n=min_n, wave=wave, rule=rule_name)
+                        res = simulate(cut, vote, rule)
+                        label = f"{RULE_LABELS[rule_name]} {threshold:g}{suffix}"
+                        lines.append(_line(dataset, name, label, res, full_acc, full, full_tokens))
     return lines
 
 
@@ -368,7 +419,17 @@ def main(argv: list[str] | None = None) -> None:
         help="let every sample vote, as runs before stop 38 did (default: as searches now vote)",
     )
     ap.add_argument("--prm", type=Path, default=None, help="probe for --states (default: the shipped one)")
+    ap.add_argument(
+        "--prune-below",
+        nargs="*",
+        type=float,
+        default=[],
+        help="with --states: also weighted best-of-N with samples pruned under each score "
+        "(AdaptiveStop.prune_below; the shipped probe's manifest says 0.2)",
+    )
     args = ap.parse_args(argv)
+    if args.prune_below and not args.states:
+        ap.error("--prune-below needs --states (the samples' step scores)")
     problems = load(args.files, check_arithmetic=not args.no_check_arithmetic)
     if args.states:
         from edgetts.paths import shipped_dir
@@ -376,7 +437,9 @@ def main(argv: list[str] | None = None) -> None:
         scored = add_probe_scores(problems, args.states, args.prm or shipped_dir() / "prm-probe-qwen05")
         print(f"# PRM scores from kept states: {scored} of {len(problems)} problems")
     print(f"# adaptive sampling replayed: min_n {args.min_n}, wave {args.wave}")
-    print("\n".join(table(problems, args.thresholds, args.min_n, args.wave, args.rules)))
+    check = not args.no_check_arithmetic
+    lines = table(problems, args.thresholds, args.min_n, args.wave, args.rules, args.prune_below, check)
+    print("\n".join(lines))
     for path in args.bench:
         print(first_wave_bound(path, AdaptiveStop(min_n=args.min_n, wave=args.wave, rule="beta")))
     if args.live and args.baseline:

@@ -49,6 +49,7 @@ import threading
 import time
 import zlib
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -120,6 +121,9 @@ class _Child:
     to_decode: list[int] = field(default_factory=list)
     closing: bool = False  # the step is complete once ``to_decode`` is decoded
     done: bool = False
+    # extend's stop_early (to_end only), and how many of the path's steps it has been asked about
+    stop_early: Callable[[SolutionPath], bool] | None = None
+    steps_asked: int = 0
 
 
 class _Run(Run):
@@ -425,6 +429,7 @@ class LlamaPolicy:
         to_end: bool = False,
         deadline: Deadline | None = None,
         first_index: int = 0,
+        stop_early: Callable[[SolutionPath], bool] | None = None,
     ) -> list[SolutionPath]:
         """Fork each path into ``n_each`` children and decode them together (see module doc).
 
@@ -433,7 +438,9 @@ class LlamaPolicy:
         ``k..`` of one call (adaptive sampling's later waves). Token for token the same only
         while the logits are: they round a little differently with the rows in the batch.
         """
-        return self.search_extend(self._thread_session(), paths, n_each, to_end, deadline, first_index)
+        return self.search_extend(
+            self._thread_session(), paths, n_each, to_end, deadline, first_index, stop_early
+        )
 
     def search_extend(
         self,
@@ -443,11 +450,13 @@ class LlamaPolicy:
         to_end: bool = False,
         deadline: Deadline | None = None,
         first_index: int = 0,
+        stop_early: Callable[[SolutionPath], bool] | None = None,
     ) -> list[SolutionPath]:
         """:meth:`extend` for ``search``: its children join the decode loop's batch with every
-        other search's and this returns when they have reached their step boundary."""
+        other search's and this returns when they have reached their step boundary.
+        ``stop_early`` runs on the decode loop's thread, between two batches."""
         start = time.perf_counter()
-        run = self._new_run(search, paths, n_each, to_end, deadline, first_index)
+        run = self._new_run(search, paths, n_each, to_end, deadline, first_index, stop_early)
         if not run.done:
             self._loop.run(run)
         self._count(search, seconds=time.perf_counter() - start)
@@ -499,6 +508,7 @@ class LlamaPolicy:
         to_end: bool,
         deadline: Deadline | None,
         first_index: int,
+        stop_early: Callable[[SolutionPath], bool] | None = None,
     ) -> _Run:
         """The children of one extend as a run (already done when every parent is finished)."""
         if n_each < 1:
@@ -515,6 +525,8 @@ class LlamaPolicy:
                 child = self._child(
                     search, path, parent, first_index + j, last=(j == n_each - 1), to_end=to_end
                 )
+                if to_end:
+                    child.stop_early, child.steps_asked = stop_early, len(path.steps)
                 run.children.append(child.path)
                 run.queue.append(child)
         run.done = not run.queue
@@ -881,6 +893,9 @@ class LlamaPolicy:
                 child.seq.logits = self._logits(row)
                 child.done = True
                 continue
+            if self._stops_early(child):
+                self._prune(child)
+                continue
             token = child.sampler.sample(self.context, row)  # type: ignore[union-attr]
             self._accept(child, token, self._stats(child, self.context.logits_view(row), token))
 
@@ -971,6 +986,27 @@ class LlamaPolicy:
         self._push_step(child, child.steps.rest(), last_token_decoded=True)
         child.path.finished = True
         child.path.stop_reason = reason
+        child.done = True
+        child.to_decode = []
+
+    @staticmethod
+    def _stops_early(child: _Child) -> bool:
+        """Ask ``stop_early`` about the child's new steps, once each is complete (its last token
+        decoded, so its state is in; extend's docstring)."""
+        path = child.path
+        if child.stop_early is None or child.state_pending is not None:
+            return False
+        if len(path.steps) <= child.steps_asked:
+            return False
+        child.steps_asked = len(path.steps)
+        return child.stop_early(path)
+
+    @staticmethod
+    def _prune(child: _Child) -> None:
+        """End the child at its last complete step (stop_early said so); text it sampled past
+        that step's end is dropped with the rest of the path's future."""
+        child.path.finished = True
+        child.path.stop_reason = "pruned"
         child.done = True
         child.to_decode = []
 

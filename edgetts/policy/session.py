@@ -10,6 +10,7 @@ or cancelled search hands its slots to the others at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from edgetts.policy.config import GeneratorCounters
@@ -48,9 +49,10 @@ class PolicySession:
         to_end: bool = False,
         deadline: Deadline | None = None,
         first_index: int = 0,
+        stop_early: Callable[[SolutionPath], bool] | None = None,
     ) -> list[SolutionPath]:
         """As :meth:`LlamaPolicy.extend`, decoded in one batch with every other session's paths."""
-        return self.policy.search_extend(self, paths, n_each, to_end, deadline, first_index)
+        return self.policy.search_extend(self, paths, n_each, to_end, deadline, first_index, stop_early)
 
     def submit(
         self,

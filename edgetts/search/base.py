@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -54,8 +54,8 @@ class SolutionPath:
 
     steps: list[str] = field(default_factory=list)
     finished: bool = False
-    # Why generation stopped: "eos", "stop" (a Sampling.stop string), "max_tokens", "deadline"
-    # (or None while unfinished).
+    # Why generation stopped: "eos", "stop" (a Sampling.stop string), "max_tokens", "deadline",
+    # "pruned" (its PRM score fell under AdaptiveStop.prune_below), or None while unfinished.
     stop_reason: str | None = None
     # Opaque to strategies: the generator keeps its KV-sequence bookkeeping here.
     handle: Any = None
@@ -97,6 +97,7 @@ class StepGenerator(Protocol):
         to_end: bool = False,
         deadline: Deadline | None = None,
         first_index: int = 0,
+        stop_early: Callable[[SolutionPath], bool] | None = None,
     ) -> list[SolutionPath]:
         """Return ``n_each`` continuations of every path, grouped by parent in input order.
 
@@ -108,6 +109,11 @@ class StepGenerator(Protocol):
         Finished parents are returned unchanged (once) instead of being extended.
         The input paths are consumed. When ``deadline`` expires mid-way, generation stops and
         the children come back as they are (unfinished, possibly with a partial last step).
+        ``stop_early`` (with ``to_end``) is asked about each child at each new step, once the
+        step is complete with its state and token statistics: True ends the child there,
+        finished with stop reason ``"pruned"`` (``AdaptiveStop.prune_below``). It may be called
+        from the generator's decode thread, so it must not raise (``search.common.Pruner``
+        keeps its errors for the search's thread).
         """
         ...
 
@@ -155,6 +161,7 @@ class Verifier(StepScorer, Protocol):
     needs_confidence: bool  # reads SolutionPath.token_stats: the policy must record them
     state_layers: tuple[int, ...]  # the policy layers a step state is made of (when needs_states)
     default_aggregation: str  # how its step scores best make one path score
+    prune_below: float | None  # the score under which a weighted vote's sample stops early
 
     def check_policy(self, name: str, n_embd: int) -> None:
         """Raise unless this scorer can read the states of the policy ``name`` (width ``n_embd``)."""

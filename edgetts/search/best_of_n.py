@@ -4,7 +4,9 @@
 * ``weighted_best_of_n`` sums aggregated scores per distinct answer and returns the answer with the
   largest total, so several decent samples agreeing can beat one lucky high score. With
   ``config.adaptive`` it samples in waves, scores each wave as it finishes, and stops once the
-  PRM-weighted vote has settled (``n`` at most). Plain best-of-N has no vote to settle: always N.
+  PRM-weighted vote has settled (``n`` at most); with ``config.adaptive.prune_below`` a sample
+  whose weakest step so far scores under it stops there (its vote would weigh less, whatever
+  its end). Plain best-of-N has no vote to settle: always N.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ from edgetts.search.base import (
     StepGenerator,
     StepScorer,
 )
-from edgetts.search.common import conclude, require_scorer, sample_in_waves, sample_to_end, score_in_time
+from edgetts.search.common import (
+    conclude,
+    pruner,
+    require_scorer,
+    sample_in_waves,
+    sample_to_end,
+    score_in_time,
+)
 from edgetts.search.select import tally_votes, to_candidate
 
 
@@ -79,4 +88,5 @@ def _sample_weighted(
         candidates = [to_candidate(p, config.agg, config.check_arithmetic) for p in paths]
         return tally_votes(candidates, lambda c: c.score if c.score is not None else 0.0)
 
-    return sample_in_waves(question, generator, config, tally, on_wave=score)
+    prune = pruner(scorer, question, config)
+    return sample_in_waves(question, generator, config, tally, on_wave=score, prune=prune)

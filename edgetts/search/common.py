@@ -41,6 +41,46 @@ Tallier = Callable[[list[SolutionPath]], Tally]
 WaveHook = Callable[[list[SolutionPath], Deadline], None]
 
 
+class Pruner:
+    """Stops a sample whose weakest step so far scores under ``threshold``
+    (``AdaptiveStop.prune_below``): the ``stop_early`` of :meth:`StepGenerator.extend`.
+
+    Each call scores the path's steps (kept on the path, as :func:`score_paths` does). The
+    generator calls it on its decode thread, where an exception would fail every search in the
+    batch; so the first error is kept, the sample runs on, and :meth:`raise_error` raises it on
+    the search's own thread once the wave is back.
+    """
+
+    def __init__(self, scorer: StepScorer, question: str, threshold: float) -> None:
+        self.scorer = scorer
+        self.question = question
+        self.threshold = threshold
+        self.error: Exception | None = None
+
+    def __call__(self, path: SolutionPath) -> bool:
+        if self.error is not None or not path.steps:
+            return False
+        try:
+            score_paths(self.scorer, self.question, [path])
+        except Exception as exc:  # noqa: BLE001 - raised on the search's thread (raise_error)
+            self.error = exc
+            return False
+        return min(path.scores) < self.threshold
+
+    def raise_error(self) -> None:
+        """Raise the error a call met, if any."""
+        if self.error is not None:
+            raise self.error
+
+
+def pruner(scorer: StepScorer | None, question: str, config: SearchConfig) -> Pruner | None:
+    """The Pruner ``config.adaptive`` asks for (None without a scorer or a ``prune_below``)."""
+    rule = config.adaptive
+    if scorer is None or rule is None or rule.prune_below is None:
+        return None
+    return Pruner(scorer, question, rule.prune_below)
+
+
 def sample_in_waves(
     question: str,
     generator: StepGenerator,
@@ -49,6 +89,7 @@ def sample_in_waves(
     on_wave: WaveHook | None = None,
     prior: Sequence[SolutionPath] = (),
     deadline: Deadline | None = None,
+    prune: Pruner | None = None,
 ) -> tuple[list[SolutionPath], Deadline]:
     """Up to ``config.n`` full solutions, drawn in waves until the vote settles
     (``config.adaptive``; all ``config.n`` at once when it is None), their KV released.
@@ -61,6 +102,7 @@ def sample_in_waves(
     depend on their batch; llama.cpp's logits round differently with the batch's rows, so a long
     sample may part from its twin), and the stop is :func:`edgetts.search.adaptive.replay` over
     the same vote. No wave starts after the deadline (the first always does, as without waves).
+    With ``prune``, a sample stops at the step where its PRM score falls under the threshold.
     """
     deadline = deadline or Deadline(config.deadline_s, config.cancel)
     rule = config.adaptive
@@ -73,8 +115,12 @@ def sample_in_waves(
         if size < 1 or (new and deadline.expired()):
             break
         root = generator.root(question, config.sampling)
-        wave = generator.extend([root], size, to_end=True, deadline=deadline, first_index=len(drawn))
+        wave = generator.extend(
+            [root], size, to_end=True, deadline=deadline, first_index=len(drawn), stop_early=prune
+        )
         generator.release(wave)
+        if prune is not None:
+            prune.raise_error()
         if on_wave is not None:
             on_wave(wave, deadline)
         new += wave

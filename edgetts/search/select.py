@@ -5,6 +5,7 @@ Every strategy ends here, so ties and unparseable answers are handled once:
 * a path whose written arithmetic is wrong (``48 * 3 = 124``; :mod:`edgetts.arithmetic`) votes
   only when no path without such a slip has an answer (``SearchConfig.check_arithmetic``);
 * paths whose answer cannot be extracted never vote (they are still listed as candidates); a path
+  pruned by its PRM score (``AdaptiveStop.prune_below``) votes only as a provisional answer; a path
   cut short (token limit, deadline) answers only with an explicit, complete answer (a closed
   ``\\boxed{}``, "the answer is N"); the last number it was writing is only a *provisional*
   answer, which votes when no candidate has a real one (so a search cut short by its deadline
@@ -35,6 +36,8 @@ def to_candidate(path: SolutionPath, agg: str = "last", check_arithmetic: bool =
     provisional = False
     if answer is None and not complete and path.steps:
         answer = extract_answer(path.text, complete=True)  # its last number: a guess at best
+        provisional = answer is not None
+    if path.stop_reason == "pruned":  # stopped as outvoted (AdaptiveStop.prune_below): a fallback
         provisional = answer is not None
     return Candidate(
         text=path.text,
@@ -119,15 +122,20 @@ def pick_by_vote(
 
 
 def tally_votes(candidates: Sequence[Candidate], weight: Callable[[Candidate], float]) -> Tally:
-    """The vote :func:`pick_by_vote` would count, as adaptive sampling's stopping rule reads it."""
+    """The vote :func:`pick_by_vote` would count, as adaptive sampling's stopping rule reads it:
+    provisional answers (a fallback: paths cut short or pruned) are not votes that can stop it."""
     _, totals = pick_by_vote(candidates, weight)
-    return Tally(totals, len(voters(candidates)))
+    return Tally(totals, _real_votes(candidates))
+
+
+def _real_votes(candidates: Sequence[Candidate]) -> int:
+    return sum(not candidates[i].provisional for i in voters(candidates))
 
 
 def tally_confidence(candidates: Sequence[Candidate], confidences: Sequence[float], keep: float) -> Tally:
     """The vote :func:`pick_by_confidence` would count: its kept candidates that voted."""
     _, totals = pick_by_confidence(candidates, confidences, keep)
-    return Tally(totals, len(voters([candidates[i] for i in kept_by_confidence(confidences, keep)])))
+    return Tally(totals, _real_votes([candidates[i] for i in kept_by_confidence(confidences, keep)]))
 
 
 def kept_by_confidence(confidences: Sequence[float], keep: float) -> list[int]:

@@ -175,6 +175,7 @@ class App:
         if search.mode != "cot":
             fields["mode"] = search.mode
         fields["adaptive"] = search.adaptive
+        fields["prune"] = search.prune
         fields["check_arithmetic"] = search.check_arithmetic
         fields["run_programs"] = search.run_programs
         if req.stop is not None:

@@ -47,6 +47,9 @@ class SearchFields(BaseModel):
     mode: Literal["cot", "pot", "cot+pot"] = "cot"  # math by prose, programs, or both
     # false: always all the samples (else vote-based searches stop once their vote has settled)
     adaptive: bool = True
+    # false: every sample of a weighted vote runs to its end (else one the verifier scores under
+    # its manifest's prune_below stops there)
+    prune: bool = True
     # false: every answer votes (else a solution whose written sums do not hold votes last)
     check_arithmetic: bool = True
     # true: run the Python a prose solution writes and let its printed number answer (--allow-exec)
