@@ -125,3 +125,39 @@ def test_weighted_vote_follows_the_scores_and_only_scored_problems_get_rows(tmp_
     assert scored.candidates[0].score is None  # the kept candidates are left as they were
     weighted = [line for line in bench.table(problems, [0.95], 4, 4) if "| weighted_best_of_n |" in line]
     assert weighted and all("| 1 |" in line for line in weighted)  # toy-1 has no scores: left out
+
+
+def test_pruning_replay_cuts_samples_at_the_first_step_under_the_threshold(tmp_path):
+    # 4 right two-step samples the probe likes; 12 wrong ones whose first step scores 0.1
+    row = kept_row("toy-0", ["1"] * 4 + ["2"] * 12, "1")
+    for c in row["candidates"]:
+        c["text"] = f"first I add\n\nso the answer is \\boxed{{{c['answer']}}}"
+        c["step_token_ends"] = [4, c["n_tokens"]]
+    first_end = len("first I add")
+    scores = {
+        "key": "toy-0",
+        "prm": "toy-probe",
+        "agg": "min",
+        "step_cuts": [[first_end, len(c["text"])] for c in row["candidates"]],
+        "step_scores": [[0.9, 0.9]] * 4 + [[0.1, 0.8]] * 12,
+    }
+    kept = write(tmp_path / "k.jsonl.gz", [row])
+    problems = bench.load([kept])
+    assert bench.add_step_scores(problems, [write(tmp_path / "s.jsonl.gz", [scores])]) == 1
+    [p] = problems
+    assert p.paths[0].steps == ["first I add", "\n\nso the answer is \\boxed{1}"]
+    cut = bench.pruned(p, 0.2)
+    assert [c.stop_reason for c in cut.candidates] == ["eos"] * 4 + ["pruned"] * 12
+    assert all(c.n_tokens == 4 and c.answer is None for c in cut.candidates[4:])  # no answer yet
+    assert bench.pruned(p, 0.05).candidates == p.candidates  # nothing under 0.05
+    assert bench.weighted_vote(cut, 16)[1]
+    lines = bench.table(problems, [0.95], 4, 4, rules=["budget"], prune_below=[0.2])
+    [all_pruned] = [line for line in lines if "all, pruned under 0.2" in line]
+    assert f"| {sum(range(10, 14)) + 12 * 4} |" in all_pruned  # the right ones in full, 4 tokens each else
+    # what save_step_scores keeps reads back the same
+    again = tmp_path / "again.jsonl.gz"
+    bench.save_step_scores(problems, again, "toy-probe", "min")
+    reread = bench.load([kept])
+    bench.add_step_scores(reread, [again])
+    assert [path.steps for path in reread[0].paths] == [path.steps for path in p.paths]
+    assert reread[0].scores == p.scores

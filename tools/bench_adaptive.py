@@ -147,6 +147,79 @@ def add_probe_scores(problems: list[Problem], state_dirs: list[Path], prm: Path)
     return done
 
 
+def step_cuts(text: str, steps: list[str]) -> list[int] | None:
+    """Where in ``text`` (a kept row's) each of ``steps`` (as its states file has them, maybe
+    stripped of separators) ends; the last runs to the end of the text. None if one is missing."""
+    cuts, pos = [], 0
+    for step in steps:
+        found = text.find(step.strip(), pos)
+        if found < 0:
+            return None
+        pos = found + len(step.strip())
+        cuts.append(pos)
+    if cuts:
+        cuts[-1] = len(text)
+    return cuts
+
+
+def save_step_scores(problems: list[Problem], out: Path, prm: str, agg: str) -> int:
+    """Keep what :func:`add_probe_scores` found, without the states: per problem and sample,
+    where each step ends in the row's text and its score (gzip JSONL; :func:`add_step_scores`)."""
+    kept = 0
+    with gzip.open(out, "wt", encoding="utf-8") as f:
+        for p in problems:
+            if p.paths is None:
+                continue
+            row = {
+                "key": p.key,
+                "prm": prm,
+                "agg": agg,
+                "step_cuts": [
+                    step_cuts(c.text, path.steps) for c, path in zip(p.candidates, p.paths, strict=True)
+                ],
+                "step_scores": [[round(v, 6) for v in path.scores] for path in p.paths],
+            }
+            f.write(json.dumps(row) + "\n")
+            kept += 1
+    return kept
+
+
+def add_step_scores(problems: list[Problem], files: list[Path]) -> int:
+    """Step scores kept by :func:`save_step_scores`, on the rows' own texts; returns how many
+    problems had them. A sample whose steps could not be placed in its text runs to its end."""
+    kept = {}
+    for file in files:
+        for line in _open(file):
+            if line.strip():
+                row = json.loads(line)
+                kept[row["key"]] = row
+    done = 0
+    for p in problems:
+        row = kept.get(p.key)
+        if row is None:
+            continue
+        paths = []
+        for c, cuts, scores, ends in zip(
+            p.candidates, row["step_cuts"], row["step_scores"], p.step_ends, strict=True
+        ):
+            bounds = [0, *(cuts or [len(c.text)])]
+            steps = [c.text[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+            paths.append(
+                SolutionPath(
+                    steps=steps,
+                    finished=True,
+                    stop_reason="eos",
+                    n_tokens=c.n_tokens,
+                    scores=list(scores) if cuts else [],
+                    step_token_ends=list(ends),
+                )
+            )
+        p.scores = [aggregate(s, row["agg"]) if s else 0.0 for s in row["step_scores"]]
+        p.paths = paths
+        done += 1
+    return done
+
+
 def pruned(p: Problem, below: float, check_arithmetic: bool = True) -> Problem:
     """``p`` as weighted best-of-N with ``AdaptiveStop.prune_below`` would have drawn it: a sample
     whose weakest step so far scores under ``below`` ends at that step (never at its last), its
@@ -305,11 +378,18 @@ def _line(
     )
 
 
-def live_table(live_path: Path, baseline_path: Path, kept: list[Problem], rule: AdaptiveStop) -> list[str]:
+def live_table(
+    live_path: Path,
+    baseline_path: Path,
+    kept: list[Problem],
+    rule: AdaptiveStop,
+    check_arithmetic: bool = True,
+) -> list[str]:
     """A live adaptive run (``edgetts run`` rows) against the full-N baseline rows of the bench
     (``docs/bench/*.jsonl``, strategy and n as the live run's), and against the replay of
-    ``rule`` (the one the live run used) over kept rows of the same problems (what the
-    simulation predicted for them)."""
+    ``rule`` (the one the live run used, with its ``prune_below``) over kept rows of the same
+    problems (what the simulation predicted for them). Majority, or weighted best-of-N where
+    the kept rows have PRM scores."""
     live = [json.loads(line) for line in _open(live_path) if line.strip()]
     strategy, n = live[0]["strategy"], live[0]["n"]
     base = {
@@ -334,15 +414,26 @@ def live_table(live_path: Path, baseline_path: Path, kept: list[Problem], rule: 
     ]
     by_key = {p.key: p for p in kept}
     dataset = baseline_path.name.split(".")[0]  # the bench's file is named by its dataset
+    vote = VOTES.get(strategy)
     same_k = same_answer = checked = 0
     for r in rows:
         p = by_key.get(f"{dataset}-{r['id']}")
-        if p is None:
+        if (
+            p is None
+            or vote not in (majority_vote, weighted_vote)
+            or (vote is weighted_vote and p.scores is None)
+        ):
             continue
+        if vote is weighted_vote and rule.prune_below is not None:
+            p = pruned(p, rule.prune_below, check_arithmetic)
         checked += 1
-        k = replay(rule, p.n, lambda m, p=p: majority_vote(p, m)[0])
-        chosen, _ = pick_by_vote(p.candidates[:k], lambda c: 1.0)
+        k = replay(rule, p.n, lambda m, p=p: vote(p, m)[0])
         same_k += k == len(r["candidates"])
+        if vote is weighted_vote:
+            cands = [replace(c, score=w) for c, w in zip(p.candidates[:k], p.scores or [], strict=False)]
+            chosen, _ = pick_by_vote(cands, lambda c: c.score or 0.0)
+        else:
+            chosen, _ = pick_by_vote(p.candidates[:k], lambda c: 1.0)
         same_answer += (chosen.answer if chosen else None) == r["answer"]
     if checked:
         lines.append(
@@ -398,6 +489,11 @@ def main(argv: list[str] | None = None) -> None:
         default=AdaptiveStop.rule,
         help="the rule the live run used (its rows do not say; the committed 15 used beta)",
     )
+    ap.add_argument(
+        "--live-prune-below",
+        type=float,
+        help="the prune_below the live run used (weighted best-of-N; its rows do not say)",
+    )
     ap.add_argument("--baseline", type=Path, help="the bench rows of the full N (with --live)")
     ap.add_argument(
         "--bench",
@@ -424,18 +520,41 @@ def main(argv: list[str] | None = None) -> None:
         nargs="*",
         type=float,
         default=[],
-        help="with --states: also weighted best-of-N with samples pruned under each score "
-        "(AdaptiveStop.prune_below; the shipped probe's manifest says 0.2)",
+        help="with --states or --step-scores: also weighted best-of-N with samples pruned under "
+        "each score (AdaptiveStop.prune_below; the shipped probe's manifest says 0.2)",
     )
+    ap.add_argument(
+        "--step-scores",
+        nargs="*",
+        type=Path,
+        default=[],
+        help="the probe's step scores kept by --save-step-scores (data/labels/*.probe_steps.jsonl.gz): "
+        "weighted best-of-N without the states",
+    )
+    ap.add_argument("--save-step-scores", type=Path, help="with --states: keep the step scores in this file")
     args = ap.parse_args(argv)
-    if args.prune_below and not args.states:
-        ap.error("--prune-below needs --states (the samples' step scores)")
+    if args.prune_below and not (args.states or args.step_scores):
+        ap.error("--prune-below needs --states or --step-scores (the samples' step scores)")
+    if args.save_step_scores and not args.states:
+        ap.error("--save-step-scores needs --states")
     problems = load(args.files, check_arithmetic=not args.no_check_arithmetic)
     if args.states:
         from edgetts.paths import shipped_dir
 
-        scored = add_probe_scores(problems, args.states, args.prm or shipped_dir() / "prm-probe-qwen05")
+        prm = args.prm or shipped_dir() / "prm-probe-qwen05"
+        scored = add_probe_scores(problems, args.states, prm)
         print(f"# PRM scores from kept states: {scored} of {len(problems)} problems")
+        if args.save_step_scores:
+            from edgetts.probe import ProbeScorer
+
+            agg = ProbeScorer.load(prm, threads=1).default_aggregation
+            save_step_scores(problems, args.save_step_scores, prm.name, agg)
+    elif args.step_scores:
+        scored = add_step_scores(problems, args.step_scores)
+        print(
+            f"# PRM step scores kept in {' '.join(map(str, args.step_scores))}: "
+            f"{scored} of {len(problems)} problems"
+        )
     print(f"# adaptive sampling replayed: min_n {args.min_n}, wave {args.wave}")
     check = not args.no_check_arithmetic
     lines = table(problems, args.thresholds, args.min_n, args.wave, args.rules, args.prune_below, check)
@@ -443,8 +562,10 @@ def main(argv: list[str] | None = None) -> None:
     for path in args.bench:
         print(first_wave_bound(path, AdaptiveStop(min_n=args.min_n, wave=args.wave, rule="beta")))
     if args.live and args.baseline:
-        live_rule = AdaptiveStop(min_n=args.min_n, wave=args.wave, rule=args.live_rule)
-        print("\n".join(live_table(args.live, args.baseline, problems, live_rule)))
+        live_rule = AdaptiveStop(
+            min_n=args.min_n, wave=args.wave, rule=args.live_rule, prune_below=args.live_prune_below
+        )
+        print("\n".join(live_table(args.live, args.baseline, problems, live_rule, check)))
 
 
 if __name__ == "__main__":

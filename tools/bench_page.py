@@ -274,6 +274,31 @@ SECTIONS = (
         ),
     ),
     Section(
+        "Pruning: weighted best-of-N stops the samples its probe has written off (replayed, then live)",
+        "With adaptive sampling, weighted best-of-N stops a sample at the step where its weakest "
+        "step so far scores under the verifier's `prune_below` (the shipped probe: 0.2; "
+        "`AdaptiveStop.prune_below`); a pruned sample votes only as a fallback. Replayed from the "
+        "committed samples and the probe's step scores on them (`data/labels/*.probe_steps.jsonl.gz`, "
+        "kept by `--save-step-scores` from the restored states), against all 16 samples; "
+        "first the held-out test sets, then the pick of 0.2 on training problems the probe never "
+        "saw (N = 8: the largest threshold that lost nothing), then a live run of the default "
+        "(`edgetts run --strategy weighted_best_of_n -n 16`, first 50 GSM8K test problems, stop 39) "
+        "against the same samples' full N with the calculator check.",
+        (
+            "python tools/bench_adaptive.py data/labels/gsm8k_test.jsonl.gz data/labels/mawps.jsonl.gz "
+            "--step-scores data/labels/gsm8k_test.probe_steps.jsonl.gz "
+            "data/labels/mawps.probe_steps.jsonl.gz --thresholds 0.9 0.95 --rules budget --prune-below 0.2",
+            "python tools/bench_adaptive.py data/labels/gsm8k_train_b.jsonl.gz "
+            "data/labels/mawps_train.jsonl.gz --step-scores data/labels/gsm8k_train_b.probe_steps.jsonl.gz "
+            "data/labels/mawps_train.probe_steps.jsonl.gz --thresholds 0.95 --rules budget "
+            "--prune-below 0.1 0.15 0.2 0.25 0.3",
+            "python tools/bench_adaptive.py data/labels/gsm8k_test.jsonl.gz "
+            "--step-scores data/labels/gsm8k_test.probe_steps.jsonl.gz --thresholds 0.95 --rules budget "
+            f"--prune-below 0.2 --live {B}/adaptive_prune_gsm8k_test_live.jsonl.gz --live-prune-below 0.2 "
+            f"--baseline {B}/gsm8k_test.rescored_arith.jsonl.gz",
+        ),
+    ),
+    Section(
         "Code: HumanEval (tuning half only) with execution as the verifier",
         "More in [code.md](code.md).",
         (
@@ -366,6 +391,17 @@ python tools/bench_strategies.py repick --results {B}/gsm8k_test.live_dvts16.jso
 # adaptive majority at N = 16 (the default budget rule), live, the question text dropped from the rows
 edgetts run --data ../shared/data/gsm8k_test.jsonl --limit 50 --strategy majority -n 16 --max-tokens 400 \\
     --seed 0 --out runs/adaptive_gsm8k_test_live_budget.jsonl     # this session: 2 shards of 25
+# pruning (stop 39): the probe's step scores on the kept samples (from their restored states),
+# then weighted best-of-N at N = 16 with the defaults, live
+for d in gsm8k_test mawps gsm8k_train_b mawps_train; do
+  python tools/bench_adaptive.py data/labels/$d.jsonl.gz --states runs/labels/$d --rules budget \\
+      --save-step-scores data/labels/$d.probe_steps.jsonl.gz
+done
+edgetts run --data ../shared/data/gsm8k_test.jsonl --limit 50 --strategy weighted_best_of_n -n 16 \\
+    --max-tokens 400 --seed 0 --out runs/adaptive_prune_gsm8k_test_live.jsonl
+python -c "import json, sys; [print(json.dumps({{k: v for k, v in json.loads(l).items() if k != 'question'}}))
+    for l in sys.stdin]" \\
+    < runs/adaptive_prune_gsm8k_test_live.jsonl | gzip -n > {B}/adaptive_prune_gsm8k_test_live.jsonl.gz
 python tools/fit_compute_optimal.py {B}/*.rescored.jsonl --out edgetts/assets/compute_optimal.json
 ```
 
