@@ -288,6 +288,16 @@ def test_weighted_vote_stops_a_sample_at_the_step_that_scores_under_prune_below(
     assert not gen.leaks()
 
 
+def test_a_wave_always_runs_one_sample_to_its_end():
+    wrong = tree_policy({"a wrong turn\n": {"more words on it\n": {"so the answer is \\boxed{52}": {}}}})
+    gen = FakeGenerator(wrong)
+    result = weighted_best_of_n(
+        "q", gen, FakeScorer(PRUNE_SCORES, default=0.9), SearchConfig(n=4, adaptive=PRUNING)
+    )
+    assert [c.stop_reason for c in result.candidates] == ["pruned"] * 3 + ["eos"]
+    assert result.answer == "52"  # a real answer, not a fragment's guess
+
+
 def test_a_pruned_answer_votes_only_when_no_sample_has_a_real_one():
     gen = FakeGenerator(tree_policy({"so far \\boxed{7}\n": {"and on \\boxed{8}": {}}}))
     [path] = gen.extend([gen.root("q")], 1, to_end=True, stop_early=lambda p: True)

@@ -146,11 +146,14 @@ def test_pruning_replay_cuts_samples_at_the_first_step_under_the_threshold(tmp_p
     assert bench.add_step_scores(problems, [write(tmp_path / "s.jsonl.gz", [scores])]) == 1
     [p] = problems
     assert p.paths[0].steps == ["first I add", "\n\nso the answer is \\boxed{1}"]
-    cut = bench.pruned(p, 0.2)
+    cut = bench.pruned(p, 0.2, [16])
     assert [c.stop_reason for c in cut.candidates] == ["eos"] * 4 + ["pruned"] * 12
     assert all(c.n_tokens == 4 and c.answer is None for c in cut.candidates[4:])  # no answer yet
-    assert bench.pruned(p, 0.05).candidates == p.candidates  # nothing under 0.05
+    assert bench.pruned(p, 0.05, [16]).candidates == p.candidates  # nothing under 0.05
     assert bench.weighted_vote(cut, 16)[1]
+    # in waves of 4, the waves of wrong samples each run their last sample to its end
+    in_waves = bench.pruned(p, 0.2, [4, 4, 4, 4])
+    assert [c.stop_reason for c in in_waves.candidates] == ["eos"] * 4 + (["pruned"] * 3 + ["eos"]) * 3
     lines = bench.table(problems, [0.95], 4, 4, rules=["budget"], prune_below=[0.2])
     [all_pruned] = [line for line in lines if "all, pruned under 0.2" in line]
     assert f"| {sum(range(10, 14)) + 12 * 4} |" in all_pruned  # the right ones in full, 4 tokens each else

@@ -220,31 +220,44 @@ def add_step_scores(problems: list[Problem], files: list[Path]) -> int:
     return done
 
 
-def pruned(p: Problem, below: float, check_arithmetic: bool = True) -> Problem:
-    """``p`` as weighted best-of-N with ``AdaptiveStop.prune_below`` would have drawn it: a sample
-    whose weakest step so far scores under ``below`` ends at that step (never at its last), its
-    tokens up to there, and votes as a pruned path does (:func:`to_candidate`)."""
+def pruned(p: Problem, below: float, waves: Sequence[int], check_arithmetic: bool = True) -> Problem:
+    """``p`` as weighted best-of-N with ``AdaptiveStop.prune_below`` would have drawn it in waves
+    of ``waves`` samples: a sample whose weakest step so far scores under ``below`` ends at that
+    step (never at its last), its tokens up to there, and votes as a pruned path does
+    (:func:`to_candidate`); but as :class:`edgetts.search.common.Pruner`, a wave stops at most all
+    but one of its samples, in the order a batch reaches them (tokens, then sample order)."""
     assert p.paths is not None and p.scores is not None, "pruned needs add_probe_scores"
     cands, scores = list(p.candidates), list(p.scores)
-    for i, path in enumerate(p.paths):
-        ends = path.step_token_ends
-        if len(ends) != len(path.steps) or len(path.scores) != len(path.steps):
-            continue  # kept without its token counts: runs to its end
-        lowest = 1.0
-        for k, score in enumerate(path.scores[:-1]):
-            lowest = min(lowest, score)
-            if lowest < below:
-                cut = SolutionPath(
-                    steps=path.steps[: k + 1],
-                    finished=True,
-                    stop_reason="pruned",
-                    n_tokens=ends[k],
-                    scores=path.scores[: k + 1],
-                )
-                cands[i] = to_candidate(cut, "min", check_arithmetic)
-                scores[i] = lowest
-                break
+    first = 0
+    for size in waves:
+        members = range(first, min(first + size, len(p.paths)))
+        first += size
+        cuts = {i: k for i in members if (k := _prune_step(p.paths[i], below)) is not None}
+        in_order = sorted(cuts, key=lambda i: (p.paths[i].step_token_ends[cuts[i]], i))
+        for i in in_order[: size - 1]:
+            path, k = p.paths[i], cuts[i]
+            cut = SolutionPath(
+                steps=path.steps[: k + 1],
+                finished=True,
+                stop_reason="pruned",
+                n_tokens=path.step_token_ends[k],
+                scores=path.scores[: k + 1],
+            )
+            cands[i] = to_candidate(cut, "min", check_arithmetic)
+            scores[i] = min(path.scores[: k + 1])
     return replace(p, candidates=cands, scores=scores)
+
+
+def _prune_step(path: SolutionPath, below: float) -> int | None:
+    """The step (not the last) at which ``path``'s weakest score so far first falls under ``below``."""
+    if len(path.step_token_ends) != len(path.steps) or len(path.scores) != len(path.steps):
+        return None  # kept without its token counts: runs to its end
+    lowest = 1.0
+    for k, score in enumerate(path.scores[:-1]):
+        lowest = min(lowest, score)
+        if lowest < below:
+            return k
+    return None
 
 
 # A vote over a row's first k samples: (its tally for the stopping rule, is its pick right)
@@ -330,14 +343,18 @@ def table(
             lines.append(_line(dataset, name, f"all {_ns(rows)}", full, full_acc, None, full_tokens))
             prunes = (None, *prune_below) if vote is weighted_vote else (None,)
             for below in prunes:
-                cut = rows if below is None else [pruned(p, below, check_arithmetic) for p in rows]
                 suffix = "" if below is None else f", pruned under {below:g}"
                 if below is not None:
-                    res = simulate(cut, vote, None)
+                    res = simulate([pruned(p, below, [p.n], check_arithmetic) for p in rows], vote, None)
                     lines.append(_line(dataset, name, f"all{suffix}", res, full_acc, full, full_tokens))
                 for rule_name in rules:
                     for threshold in thresholds:
                         rule = AdaptiveStop(threshold=threshold, min_n=min_n, wave=wave, rule=rule_name)
+                        cut = (
+                            rows
+                            if below is None
+                            else [pruned(p, below, rule.waves(p.n), check_arithmetic) for p in rows]
+                        )
                         res = simulate(cut, vote, rule)
                         label = f"{RULE_LABELS[rule_name]} {threshold:g}{suffix}"
                         lines.append(_line(dataset, name, label, res, full_acc, full, full_tokens))
@@ -425,7 +442,7 @@ def live_table(
         ):
             continue
         if vote is weighted_vote and rule.prune_below is not None:
-            p = pruned(p, rule.prune_below, check_arithmetic)
+            p = pruned(p, rule.prune_below, rule.waves(p.n), check_arithmetic)
         checked += 1
         k = replay(rule, p.n, lambda m, p=p: vote(p, m)[0])
         same_k += k == len(r["candidates"])

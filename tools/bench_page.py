@@ -277,7 +277,8 @@ SECTIONS = (
         "Pruning: weighted best-of-N stops the samples its probe has written off (replayed, then live)",
         "With adaptive sampling, weighted best-of-N stops a sample at the step where its weakest "
         "step so far scores under the verifier's `prune_below` (the shipped probe: 0.2; "
-        "`AdaptiveStop.prune_below`); a pruned sample votes only as a fallback. Replayed from the "
+        "`AdaptiveStop.prune_below`); a pruned sample votes only as a fallback, and each wave runs "
+        "one sample to its end. Replayed from the "
         "committed samples and the probe's step scores on them (`data/labels/*.probe_steps.jsonl.gz`, "
         "kept by `--save-step-scores` from the restored states), against all 16 samples; "
         "first the held-out test sets, then the pick of 0.2 on training problems the probe never "

@@ -45,7 +45,7 @@ from edgetts.search.base import (
     StepScorer,
 )
 from edgetts.search.best_of_n import best_of_n
-from edgetts.search.common import pruner, sample_in_waves, score_in_time
+from edgetts.search.common import pruning, sample_in_waves, score_in_time
 from edgetts.search.majority import majority
 from edgetts.search.select import pick_by_vote, tally_votes, to_candidate
 
@@ -261,7 +261,7 @@ def _continue_in_waves(
             score_in_time(scorer, question, wave, [p for p in scored if p.finished], deadline)
         scored.extend(wave)
 
-    prune = pruner(scorer, question, config) if weighted else None
+    prune = pruning(scorer, question, config) if weighted else None
     paths, deadline = sample_in_waves(question, generator, config, tally, score, prior=probes, prune=prune)
     return SearchResult(
         strategy=strategy,

@@ -22,7 +22,7 @@ from edgetts.search.base import (
 )
 from edgetts.search.common import (
     conclude,
-    pruner,
+    pruning,
     require_scorer,
     sample_in_waves,
     sample_to_end,
@@ -88,5 +88,5 @@ def _sample_weighted(
         candidates = [to_candidate(p, config.agg, config.check_arithmetic) for p in paths]
         return tally_votes(candidates, lambda c: c.score if c.score is not None else 0.0)
 
-    prune = pruner(scorer, question, config)
+    prune = pruning(scorer, question, config)
     return sample_in_waves(question, generator, config, tally, on_wave=score, prune=prune)

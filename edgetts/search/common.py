@@ -8,6 +8,7 @@ it has (:func:`conclude`).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from edgetts.grading import extract_answer, normalize_answer
 from edgetts.search.adaptive import Tally
@@ -41,9 +42,24 @@ Tallier = Callable[[list[SolutionPath]], Tally]
 WaveHook = Callable[[list[SolutionPath], Deadline], None]
 
 
+@dataclass(frozen=True)
+class Pruning:
+    """What pruning a sample needs: the PRM, the question it reads, and the score under which a
+    sample stops (``AdaptiveStop.prune_below``). :meth:`wave` makes each wave's ``stop_early``."""
+
+    scorer: StepScorer
+    question: str
+    below: float
+
+    def wave(self, size: int) -> Pruner:
+        """The ``stop_early`` of one wave of ``size`` samples."""
+        return Pruner(self, size)
+
+
 class Pruner:
-    """Stops a sample whose weakest step so far scores under ``threshold``
-    (``AdaptiveStop.prune_below``): the ``stop_early`` of :meth:`StepGenerator.extend`.
+    """Stops a sample of one wave whose weakest step so far scores under ``pruning.below``,
+    unless every other sample of the wave has been stopped: a wave always finishes one sample,
+    so the vote never rests on pruned fragments alone when the PRM dislikes them all.
 
     Each call scores the path's steps (kept on the path, as :func:`score_paths` does). The
     generator calls it on its decode thread, where an exception would fail every search in the
@@ -51,21 +67,23 @@ class Pruner:
     the search's own thread once the wave is back.
     """
 
-    def __init__(self, scorer: StepScorer, question: str, threshold: float) -> None:
-        self.scorer = scorer
-        self.question = question
-        self.threshold = threshold
+    def __init__(self, pruning: Pruning, size: int) -> None:
+        self.pruning = pruning
+        self.may_prune = size - 1  # samples this wave may still stop
         self.error: Exception | None = None
 
     def __call__(self, path: SolutionPath) -> bool:
-        if self.error is not None or not path.steps:
+        if self.error is not None or self.may_prune <= 0 or not path.steps:
             return False
         try:
-            score_paths(self.scorer, self.question, [path])
+            score_paths(self.pruning.scorer, self.pruning.question, [path])
         except Exception as exc:  # noqa: BLE001 - raised on the search's thread (raise_error)
             self.error = exc
             return False
-        return min(path.scores) < self.threshold
+        if min(path.scores) >= self.pruning.below:
+            return False
+        self.may_prune -= 1
+        return True
 
     def raise_error(self) -> None:
         """Raise the error a call met, if any."""
@@ -73,12 +91,12 @@ class Pruner:
             raise self.error
 
 
-def pruner(scorer: StepScorer | None, question: str, config: SearchConfig) -> Pruner | None:
-    """The Pruner ``config.adaptive`` asks for (None without a scorer or a ``prune_below``)."""
+def pruning(scorer: StepScorer | None, question: str, config: SearchConfig) -> Pruning | None:
+    """The pruning ``config.adaptive`` asks for (None without a scorer or a ``prune_below``)."""
     rule = config.adaptive
     if scorer is None or rule is None or rule.prune_below is None:
         return None
-    return Pruner(scorer, question, rule.prune_below)
+    return Pruning(scorer, question, rule.prune_below)
 
 
 def sample_in_waves(
@@ -89,7 +107,7 @@ def sample_in_waves(
     on_wave: WaveHook | None = None,
     prior: Sequence[SolutionPath] = (),
     deadline: Deadline | None = None,
-    prune: Pruner | None = None,
+    prune: Pruning | None = None,
 ) -> tuple[list[SolutionPath], Deadline]:
     """Up to ``config.n`` full solutions, drawn in waves until the vote settles
     (``config.adaptive``; all ``config.n`` at once when it is None), their KV released.
@@ -102,7 +120,8 @@ def sample_in_waves(
     depend on their batch; llama.cpp's logits round differently with the batch's rows, so a long
     sample may part from its twin), and the stop is :func:`edgetts.search.adaptive.replay` over
     the same vote. No wave starts after the deadline (the first always does, as without waves).
-    With ``prune``, a sample stops at the step where its PRM score falls under the threshold.
+    With ``prune``, a sample stops at the step where its PRM score falls under the threshold
+    (one sample of each wave always runs to its end: :class:`Pruner`).
     """
     deadline = deadline or Deadline(config.deadline_s, config.cancel)
     rule = config.adaptive
@@ -115,12 +134,13 @@ def sample_in_waves(
         if size < 1 or (new and deadline.expired()):
             break
         root = generator.root(question, config.sampling)
+        stop_early = prune.wave(size) if prune is not None else None
         wave = generator.extend(
-            [root], size, to_end=True, deadline=deadline, first_index=len(drawn), stop_early=prune
+            [root], size, to_end=True, deadline=deadline, first_index=len(drawn), stop_early=stop_early
         )
         generator.release(wave)
-        if prune is not None:
-            prune.raise_error()
+        if stop_early is not None:
+            stop_early.raise_error()
         if on_wave is not None:
             on_wave(wave, deadline)
         new += wave
