@@ -282,7 +282,8 @@ SECTIONS = (
         "committed samples and the probe's step scores on them (`data/labels/*.probe_steps.jsonl.gz`, "
         "kept by `--save-step-scores` from the restored states), against all 16 samples; "
         "first the held-out test sets, then the pick of 0.2 on training problems the probe never "
-        "saw (N = 8: the largest threshold that lost nothing), then a live run of the default "
+        "saw (N = 8, their rows named by dataset: 32 GSM8K-train, 98 MAWPS-train; 0.2 is the largest "
+        "threshold that lost nothing), then a live run of the default "
         "(`edgetts run --strategy weighted_best_of_n -n 16`, first 50 GSM8K test problems, stop 39) "
         "against the same samples' full N with the calculator check.",
         (
@@ -335,6 +336,7 @@ python tools/bench_concurrent_server.py --clients 1 4 8      # serial against ba
 python tools/bench_tree_throughput.py                         # tree searches' tok/s against sampling's
 python tools/bench_parking.py --limit 5                       # N = 64 trees, 16 slots: parking
 python tools/bench_kv_streams.py                              # unified KV cache against per-sequence streams
+python tools/bench_prune.py --data ../shared/data/gsm8k_test.jsonl   # all N / adaptive / + pruning
 python tools/gpu_smoke.py --model .gpu/tiny-qwen2.gguf        # GPU against CPU (tools/gpu_offline.sh)
 ```
 """
