@@ -38,6 +38,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -54,6 +55,9 @@ from edgetts.search.select import (  # noqa: E402
     tally_votes,
     to_candidate,
 )
+
+if TYPE_CHECKING:
+    from edgetts.probe import ProbeScorer
 
 DEFAULT_THRESHOLDS = (0.8, 0.9, 0.95, 0.99)
 RULE_LABELS = {"beta": "Beta", "budget": "budget"}  # the table's rule column
@@ -120,15 +124,12 @@ def _confidence(cand: dict) -> float:
     return float(conf[MODE]) if MODE in conf else 0.0
 
 
-def add_probe_scores(problems: list[Problem], state_dirs: list[Path], prm: Path) -> int:
-    """Score each problem's samples with the probe in ``prm`` from their kept step states
+def add_probe_scores(problems: list[Problem], state_dirs: list[Path], scorer: ProbeScorer) -> int:
+    """Score each problem's samples with the probe ``scorer`` from their kept step states
     (``<dir>/states/<key>.npz``, as ``tools/label_steps.py sample`` / ``restore`` leave them),
     each sample's score aggregated as the probe's manifest says; returns how many were scored."""
     from train_probe import load_layers
 
-    from edgetts.probe import ProbeScorer
-
-    scorer = ProbeScorer.load(prm, threads=1)
     wanted = list(scorer.state_layers)
     done = 0
     for p in problems:
@@ -288,10 +289,15 @@ def _right(p: Problem, chosen: Candidate | None, among: list[Candidate]) -> bool
 
 def weighted_vote(p: Problem, k: int) -> tuple[Tally, bool]:
     """Weighted best-of-N over the first ``k``: answers summed by PRM score (add_probe_scores)."""
-    assert p.scores is not None, "weighted_vote needs add_probe_scores"
-    cands = [replace(c, score=s) for c, s in zip(p.candidates[:k], p.scores, strict=False)]
+    cands = _scored(p, k)
     chosen, _ = pick_by_vote(cands, lambda c: c.score or 0.0)
     return tally_votes(cands, lambda c: c.score or 0.0), _right(p, chosen, cands)
+
+
+def _scored(p: Problem, k: int) -> list[Candidate]:
+    """The first ``k`` samples, each with its PRM score (the kept candidates are left as they were)."""
+    assert p.scores is not None, "weighted_vote needs add_probe_scores"
+    return [replace(c, score=s) for c, s in zip(p.candidates[:k], p.scores, strict=False)]
 
 
 VOTES: dict[str, Vote] = {
@@ -447,8 +453,7 @@ def live_table(
         k = replay(rule, p.n, lambda m, p=p: vote(p, m)[0])
         same_k += k == len(r["candidates"])
         if vote is weighted_vote:
-            cands = [replace(c, score=w) for c, w in zip(p.candidates[:k], p.scores or [], strict=False)]
-            chosen, _ = pick_by_vote(cands, lambda c: c.score or 0.0)
+            chosen, _ = pick_by_vote(_scored(p, k), lambda c: c.score or 0.0)
         else:
             chosen, _ = pick_by_vote(p.candidates[:k], lambda c: 1.0)
         same_answer += (chosen.answer if chosen else None) == r["answer"]
@@ -557,15 +562,14 @@ def main(argv: list[str] | None = None) -> None:
     problems = load(args.files, check_arithmetic=not args.no_check_arithmetic)
     if args.states:
         from edgetts.paths import shipped_dir
+        from edgetts.probe import ProbeScorer
 
         prm = args.prm or shipped_dir() / "prm-probe-qwen05"
-        scored = add_probe_scores(problems, args.states, prm)
+        scorer = ProbeScorer.load(prm, threads=1)
+        scored = add_probe_scores(problems, args.states, scorer)
         print(f"# PRM scores from kept states: {scored} of {len(problems)} problems")
         if args.save_step_scores:
-            from edgetts.probe import ProbeScorer
-
-            agg = ProbeScorer.load(prm, threads=1).default_aggregation
-            save_step_scores(problems, args.save_step_scores, prm.name, agg)
+            save_step_scores(problems, args.save_step_scores, prm.name, scorer.default_aggregation)
     elif args.step_scores:
         scored = add_step_scores(problems, args.step_scores)
         print(
