@@ -105,6 +105,9 @@ class Manifest:
     # Weighted best-of-N stops a sample whose weakest step so far scores under this
     # (AdaptiveStop.prune_below; on this scorer's own scale). None: no pruning.
     prune_below: float | None = None
+    # A vote weighted by this scorer stops sampling once its leader stays ahead with this chance
+    # (AdaptiveStop.weighted_threshold). None: the rule's own threshold.
+    adaptive_threshold: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     REQUIRED = ("name", "step_tag", "max_length", "inputs", "output")
@@ -149,16 +152,25 @@ class Manifest:
             )
         if not isinstance(m.max_length, int) or m.max_length < 16:
             raise PRMError(f"{where}: max_length must be an int >= 16, got {m.max_length!r}")
-        check_prune_below(m.prune_below, where)
+        check_stop_settings(m.prune_below, m.adaptive_threshold, where)
         return m
 
 
-def check_prune_below(value: object, where: str) -> None:
-    """Raise PRMError unless a manifest's ``prune_below`` is None or a number in (0, 1)."""
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
-        raise PRMError(f"{where}: prune_below must be a number in (0, 1) or null, got {value!r}")
+def check_stop_settings(prune_below: object, adaptive_threshold: object, where: str) -> None:
+    """Raise PRMError unless a manifest's ``prune_below`` is None or a number in (0, 1) and its
+    ``adaptive_threshold`` None or a number in [0.5, 1]."""
+
+    def number(value: object) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    if prune_below is not None and not (number(prune_below) and 0.0 < prune_below < 1.0):
+        raise PRMError(f"{where}: prune_below must be a number in (0, 1) or null, got {prune_below!r}")
+    if adaptive_threshold is not None and not (
+        number(adaptive_threshold) and 0.5 <= adaptive_threshold <= 1.0
+    ):
+        raise PRMError(
+            f"{where}: adaptive_threshold must be a number in [0.5, 1] or null, got {adaptive_threshold!r}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "extra"}
@@ -479,6 +491,11 @@ class PRMScorer:
     def prune_below(self) -> float | None:
         """The score under which weighted best-of-N stops a sample early (its manifest says)."""
         return self.manifest.prune_below
+
+    @property
+    def adaptive_threshold(self) -> float | None:
+        """The chance at which a vote weighted by this scorer stops sampling (its manifest says)."""
+        return self.manifest.adaptive_threshold
 
     def check_policy(self, name: str, n_embd: int) -> None:
         """Any policy will do: a text PRM reads the steps, not the policy's states."""

@@ -29,7 +29,7 @@ import numpy as np
 
 from edgetts.arithmetic import calculator_capped
 from edgetts.confidence import STEP_FEATURES, step_features
-from edgetts.prm import PRMCounters, PRMError, check_prune_below, open_session, read_manifest
+from edgetts.prm import PRMCounters, PRMError, check_stop_settings, open_session, read_manifest
 from edgetts.search.base import AGGREGATIONS, SolutionPath
 
 KIND = "policy_probe"
@@ -60,6 +60,9 @@ class ProbeManifest:
     # Weighted best-of-N stops a sample whose weakest step so far scores under this
     # (AdaptiveStop.prune_below; on this scorer's own scale). None: no pruning.
     prune_below: float | None = None
+    # A vote weighted by this probe stops sampling once its leader stays ahead with this chance
+    # (AdaptiveStop.weighted_threshold). None: the rule's own threshold.
+    adaptive_threshold: float | None = None
     training: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -78,7 +81,7 @@ class ProbeManifest:
             raise PRMError(
                 f"{where}: default_aggregation {m.default_aggregation!r} is not one of {list(AGGREGATIONS)}"
             )
-        check_prune_below(m.prune_below, where)
+        check_stop_settings(m.prune_below, m.adaptive_threshold, where)
         return m
 
 
@@ -117,6 +120,11 @@ class ProbeScorer:
     def prune_below(self) -> float | None:
         """The score under which weighted best-of-N stops a sample early (its manifest says)."""
         return self.manifest.prune_below
+
+    @property
+    def adaptive_threshold(self) -> float | None:
+        """The chance at which a vote weighted by this probe stops sampling (its manifest says)."""
+        return self.manifest.adaptive_threshold
 
     @property
     def state_layers(self) -> tuple[int, ...]:

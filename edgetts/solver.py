@@ -262,8 +262,12 @@ class Solver:
                 strategy, config = "majority", replace(config, n=1)
             if options.agg is None and scorer is not None:
                 config = replace(config, agg=scorer.default_aggregation)
-            if options.prune and config.adaptive is not None and scorer is not None:
-                config = replace(config, adaptive=replace(config.adaptive, prune_below=scorer.prune_below))
+            if config.adaptive is not None and scorer is not None:
+                # the verifier's own stopping settings, on its scale (its manifest)
+                adaptive = replace(config.adaptive, weighted_threshold=scorer.adaptive_threshold)
+                if options.prune:
+                    adaptive = replace(adaptive, prune_below=scorer.prune_below)
+                config = replace(config, adaptive=adaptive)
             if strategy in NEEDS_CONFIDENCE or (scorer is not None and scorer.needs_confidence):
                 # token confidence is recorded per search, as it samples: no other context needed
                 config = replace(config, sampling=replace(config.sampling, record_confidence=True))

@@ -311,6 +311,7 @@ class FakeScorer:
     # The rest of the Verifier protocol (what a Solver asks of its scorer): a text scorer.
     default_aggregation: str = "last"
     prune_below: float | None = None
+    adaptive_threshold: float | None = None
     needs_states: bool = False
     needs_confidence: bool = False
     state_layers: tuple[int, ...] = ()

@@ -339,3 +339,42 @@ def test_auto_prunes_its_weighted_continuation_not_its_probes():
     reasons = [c.stop_reason for c in result.candidates]
     assert "pruned" not in reasons[:PROBE_N] and "pruned" in reasons[PROBE_N:]
     assert not gen.leaks()
+
+
+def test_a_weighted_vote_stops_at_its_own_threshold_majority_at_the_rules():
+    policy = random_policy(seed=3, answers=("1", "2", "3", "4"))  # rarely settles: several waves
+    loose = replace(RULE, weighted_threshold=0.6)
+    assert loose.for_weighted_vote() == AdaptiveStop(threshold=0.6, min_n=4, wave=4)
+    assert RULE.for_weighted_vote() == RULE
+    drawn = {}
+    for rule in (RULE, loose):
+        gen = FakeGenerator(policy)
+        result = weighted_best_of_n("q", gen, FakeScorer(default=0.5), SearchConfig(n=16, adaptive=rule))
+        cands = result.candidates
+        weighted = lambda m, cands=cands: tally_votes(cands[:m], lambda c: c.score or 0.0)  # noqa: E731
+        assert replay(rule.for_weighted_vote(), 16, weighted) == len(cands)
+        drawn[rule] = len(result.candidates)
+        assert not gen.leaks()
+    assert drawn[loose] < drawn[RULE]
+    votes = [
+        len(majority("q", FakeGenerator(policy), None, SearchConfig(n=16, adaptive=rule)).candidates)
+        for rule in (RULE, loose)
+    ]
+    assert votes[0] == votes[1] == drawn[RULE]  # majority keeps the rule's own threshold
+    table = ComputeOptimalTable()  # its default rule: weighted best-of-N with a PRM
+    auto_drawn = [
+        len(
+            auto(
+                "q",
+                FakeGenerator(policy),
+                FakeScorer(default=0.5),
+                SearchConfig(n=16, adaptive=rule),
+                table=table,
+            ).candidates
+        )
+        for rule in (RULE, loose)
+    ]
+    assert auto_drawn[1] < auto_drawn[0]  # auto's weighted continuation uses it too
+    for bad in (0.4, 1.1):
+        with pytest.raises(ValueError, match="weighted_threshold"):
+            replace(RULE, weighted_threshold=bad).validate()

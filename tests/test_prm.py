@@ -146,9 +146,16 @@ def test_manifest_bad_json_and_values(tmp_path: Path) -> None:
         PRMScorer.load(d2)
     d3 = copy_prm(tmp_path / "c")
     assert PRMScorer.load(d3).prune_below is None  # the shipped text PRM does not prune
+    assert PRMScorer.load(d3).adaptive_threshold is None  # nor has it a weighted vote's threshold
     edit_manifest(d3, prune_below=2)
     with pytest.raises(PRMError, match="prune_below"):
         PRMScorer.load(d3)
+    d4 = copy_prm(tmp_path / "d")
+    edit_manifest(d4, adaptive_threshold=0.3)
+    with pytest.raises(PRMError, match="adaptive_threshold"):
+        PRMScorer.load(d4)
+    edit_manifest(d4, adaptive_threshold=0.9)
+    assert PRMScorer.load(d4).adaptive_threshold == 0.9
 
 
 def test_manifest_disagrees_with_graph(tmp_path: Path) -> None:

@@ -127,10 +127,16 @@ def test_contract_and_manifest_errors(tmp_path: Path) -> None:
         (d / "manifest.json").write_text(json.dumps({**m, "prune_below": bad}))
         with pytest.raises(PRMError, match="prune_below"):
             ProbeScorer.load(d)
-    (d / "manifest.json").write_text(json.dumps({**m, "prune_below": 0.3}))
+    for bad in (0.4, 1.2, "0.9", False):
+        (d / "manifest.json").write_text(json.dumps({**m, "adaptive_threshold": bad}))
+        with pytest.raises(PRMError, match="adaptive_threshold"):
+            ProbeScorer.load(d)
+    (d / "manifest.json").write_text(json.dumps({**m, "prune_below": 0.3, "adaptive_threshold": 0.9}))
     assert ProbeScorer.load(d).prune_below == 0.3
+    assert ProbeScorer.load(d).adaptive_threshold == 0.9
     (d / "manifest.json").write_text(json.dumps(m))
     assert ProbeScorer.load(d).prune_below is None
+    assert ProbeScorer.load(d).adaptive_threshold is None
     (d / "manifest.json").write_text(json.dumps(m))
     (d / "model.onnx").write_bytes((d / "model.onnx").read_bytes()[:20])
     with pytest.raises(PRMError, match="does not load"):

@@ -1,5 +1,7 @@
 """SolveOptions: settings no strategy can run with fail before any model loads."""
 
+from dataclasses import replace
+
 import pytest
 
 from edgetts.solver import SolveOptions
@@ -70,6 +72,31 @@ def test_solver_prunes_as_the_verifiers_manifest_says_unless_told_not_to(manifes
     assert result.answer == "2"
     no_waves = solver.solve("q", SolveOptions(strategy="weighted_best_of_n", n=2, adaptive=False))
     assert "pruned" not in [c.stop_reason for c in no_waves.candidates]  # pruning is adaptive's
+
+
+@pytest.mark.parametrize(
+    "options, threshold",
+    [
+        (SolveOptions(strategy="weighted_best_of_n", n=4), 0.9),
+        (SolveOptions(strategy="weighted_best_of_n", n=4, prune=False), 0.9),  # not pruning's own
+        (SolveOptions(strategy="auto", n=4), 0.9),
+    ],
+)
+def test_solver_gives_the_weighted_vote_the_verifiers_stopping_threshold(monkeypatch, options, threshold):
+    import edgetts.solver as solver_module
+
+    solver = solver_with_fakes("min")
+    solver._scorer.adaptive_threshold = threshold
+    seen = []
+    real_run_search = solver_module.run_search
+    monkeypatch.setattr(
+        solver_module, "run_search", lambda *args: seen.append(args[-1]) or real_run_search(*args)
+    )
+    solver.solve("q", options)
+    assert seen[-1].adaptive.weighted_threshold == threshold
+    assert seen[-1].adaptive.threshold == SolveOptions().search_config().adaptive.threshold
+    solver.solve("q", replace(options, adaptive=False))
+    assert seen[-1].adaptive is None
 
 
 @pytest.mark.slow

@@ -512,6 +512,12 @@ def main(argv: list[str] | None = None) -> None:
         help="the rule the live run used (its rows do not say; the committed 15 used beta)",
     )
     ap.add_argument(
+        "--live-threshold",
+        type=float,
+        default=AdaptiveStop.threshold,
+        help="the threshold the live run stopped at (a weighted vote: its verifier's adaptive_threshold)",
+    )
+    ap.add_argument(
         "--live-prune-below",
         type=float,
         help="the prune_below the live run used (weighted best-of-N; its rows do not say)",
@@ -584,7 +590,11 @@ def main(argv: list[str] | None = None) -> None:
         print(first_wave_bound(path, AdaptiveStop(min_n=args.min_n, wave=args.wave, rule="beta")))
     if args.live and args.baseline:
         live_rule = AdaptiveStop(
-            min_n=args.min_n, wave=args.wave, rule=args.live_rule, prune_below=args.live_prune_below
+            threshold=args.live_threshold,
+            min_n=args.min_n,
+            wave=args.wave,
+            rule=args.live_rule,
+            prune_below=args.live_prune_below,
         )
         print("\n".join(live_table(args.live, args.baseline, problems, live_rule, check)))
 

@@ -1,28 +1,37 @@
 """Wall time of weighted best-of-N with all N samples, with adaptive sampling, and with pruning.
 
 Tokens saved (``tools/bench_adaptive.py``) are not time saved: a wave lasts as long as its
-longest sample, and a batch of fewer rows decodes fewer tokens per second. This runs the three
-settings on the same problems in one process, one problem at a time and the settings in turn
-for each problem (so the machine's drift falls on all three alike), and prints per setting the
-problems right, the tokens generated, the seconds, the samples drawn and pruned, and the median
-over problems of its time and its tokens as a share of all N's::
+longest sample, and a batch of fewer rows decodes fewer tokens per second. This runs the settings
+on the same problems in one process, one problem at a time and the settings in turn for each
+problem (so the machine's drift falls on all of them alike), and prints per setting the problems
+right (with the paired sign test against all N), the tokens generated, the seconds, the samples
+drawn and pruned, and the median over problems of its time and its tokens as a share of all N's::
 
     python tools/bench_prune.py --data ../shared/data/gsm8k_test.jsonl --limit 5 -n 16
+    # the live check of the defaults against all N, resumable (rows appended to --out; a rerun
+    # skips what is there and prints the table over all of them)
+    python tools/bench_prune.py --data ../shared/data/gsm8k_test.jsonl --limit 50 -n 16 \\
+        --settings all prune --out runs/prune_live_gsm8k_test.jsonl
 
 Each setting's samples are seeded alike, so adaptive sampling draws the first samples of the
 full run and pruning cuts some of them short (up to the float differences that the batch's rows
-cause in llama.cpp).
+cause in llama.cpp). Rows hold no question text: the problem's index and id, the answer given and
+the gold one, and the counts above.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from paired import compare  # noqa: E402
 
 from edgetts.data import load_problems  # noqa: E402
 from edgetts.grading import answers_equal  # noqa: E402
@@ -31,16 +40,56 @@ from edgetts.solver import SolveOptions, Solver  # noqa: E402
 
 @dataclass(frozen=True)
 class Setting:
+    key: str  # as --settings names it
     name: str
     adaptive: bool
     prune: bool
 
 
 SETTINGS = (
-    Setting("all N", adaptive=False, prune=False),
-    Setting("adaptive", adaptive=True, prune=False),
-    Setting("adaptive + pruning", adaptive=True, prune=True),
+    Setting("all", "all N", adaptive=False, prune=False),
+    Setting("adaptive", "adaptive", adaptive=True, prune=False),
+    Setting("prune", "adaptive + pruning", adaptive=True, prune=True),
 )
+BASELINE = SETTINGS[0]  # the one every other is compared with
+
+
+def read_rows(path: Path | None) -> list[dict]:
+    """The rows a previous run appended to ``path`` (none when it is not there)."""
+    if path is None or not path.exists():
+        return []
+    with path.open() as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def table(rows: list[dict], settings: tuple[Setting, ...]) -> list[str]:
+    """The markdown table over the problems that have a row for every setting in ``settings``."""
+    by_setting = {s.key: {r["index"]: r for r in rows if r["setting"] == s.key} for s in settings}
+    problems = sorted(set.intersection(*(set(v) for v in by_setting.values())))
+    base = by_setting[settings[0].key]
+    right_base = {str(i): base[i]["right"] for i in problems}
+    lines = [
+        f"# weighted best-of-N, {len(problems)} problems, every setting against {settings[0].name}",
+        f"| setting | right | won/lost (p) | tokens | seconds | samples | pruned "
+        f"| time / {settings[0].name} (median) | tokens / {settings[0].name} (median) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in settings:
+        r = [by_setting[s.key][i] for i in problems]
+        paired = compare({str(i): by_setting[s.key][i]["right"] for i in problems}, right_base)
+        sign = f"{paired.wins}/{paired.losses} ({paired.p_value:.2f})" if s != settings[0] else ""
+        time_share = statistics.median(
+            a["seconds"] / base[i]["seconds"] for a, i in zip(r, problems, strict=True)
+        )
+        token_share = statistics.median(
+            a["tokens"] / base[i]["tokens"] for a, i in zip(r, problems, strict=True)
+        )
+        lines.append(
+            f"| {s.name} | {sum(x['right'] for x in r)} | {sign} | {sum(x['tokens'] for x in r)} "
+            f"| {sum(x['seconds'] for x in r):.0f} | {sum(x['samples'] for x in r)} "
+            f"| {sum(x['pruned'] for x in r)} | {time_share:.2f} | {token_share:.2f} |"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,12 +99,28 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("-n", type=int, default=16, help="samples at most")
     ap.add_argument("--max-tokens", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--settings",
+        nargs="+",
+        choices=[s.key for s in SETTINGS],
+        default=[s.key for s in SETTINGS],
+        help=f"which to run ({BASELINE.key!r}, the baseline, is always among them)",
+    )
+    ap.add_argument("--out", type=Path, help="append rows here and skip those already there (resume)")
     args = ap.parse_args(argv)
+    settings = tuple(s for s in SETTINGS if s.key in args.settings or s == BASELINE)
     problems = load_problems(args.data, limit=args.limit)
-    rows: dict[str, list[dict]] = {s.name: [] for s in SETTINGS}
-    with Solver() as solver:
-        for i, problem in enumerate(problems):
-            for s in SETTINGS:
+    rows = read_rows(args.out)
+    asked = (args.data.name, args.n, args.seed, args.max_tokens)
+    other = {(r["data"], r["n"], r["seed"], r["max_tokens"]) for r in rows} - {asked}
+    if other:
+        sys.exit(f"{args.out} holds rows of other runs (data, n, seed, max tokens): {sorted(other)}")
+    done = {(r["index"], r["setting"]) for r in rows}
+    todo = [(i, s) for i in range(len(problems)) for s in settings if (i, s.key) not in done]
+    if todo:
+        with Solver() as solver:
+            for i, s in todo:
+                problem = problems[i]
                 options = SolveOptions(
                     strategy="weighted_best_of_n",
                     n=args.n,
@@ -65,29 +130,29 @@ def main(argv: list[str] | None = None) -> None:
                     prune=s.prune,
                 )
                 result = solver.solve(problem.question, options)
-                rows[s.name].append(
-                    {
-                        "right": answers_equal(result.answer, problem.answer),
-                        "tokens": result.counters["tokens_generated"],
-                        "seconds": result.counters["wall_s"],
-                        "samples": len(result.candidates),
-                        "pruned": sum(c.stop_reason == "pruned" for c in result.candidates),
-                    }
-                )
-                print(f"# problem {i}: {s.name}: {rows[s.name][-1]}", file=sys.stderr, flush=True)
-    base = rows[SETTINGS[0].name]
-    print(f"# weighted best-of-N, N = {args.n} at most, {len(problems)} problems of {args.data}")
-    print("| setting | right | tokens | seconds | samples | pruned | time / all N | tokens / all N |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for s in SETTINGS:
-        r = rows[s.name]
-        time_share = statistics.median(a["seconds"] / b["seconds"] for a, b in zip(r, base, strict=True))
-        token_share = statistics.median(a["tokens"] / b["tokens"] for a, b in zip(r, base, strict=True))
-        print(
-            f"| {s.name} | {sum(x['right'] for x in r)} | {sum(x['tokens'] for x in r)} "
-            f"| {sum(x['seconds'] for x in r):.0f} | {sum(x['samples'] for x in r)} "
-            f"| {sum(x['pruned'] for x in r)} | {time_share:.2f} | {token_share:.2f} |"
-        )
+                row = {
+                    "index": i,
+                    "id": problem.id,
+                    "setting": s.key,
+                    "data": args.data.name,
+                    "n": args.n,
+                    "seed": args.seed,
+                    "max_tokens": args.max_tokens,
+                    "answer": result.answer,
+                    "gold": problem.answer,
+                    "right": answers_equal(result.answer, problem.answer),
+                    "tokens": result.counters["tokens_generated"],
+                    "seconds": round(result.counters["wall_s"], 2),
+                    "samples": len(result.candidates),
+                    "pruned": sum(c.stop_reason == "pruned" for c in result.candidates),
+                }
+                if args.out is not None:
+                    with args.out.open("a") as out:  # a row at a time: a stopped run keeps its rows
+                        out.write(json.dumps(row) + "\n")
+                rows.append(row)
+                print(f"# problem {i}: {s.name}: {row}", file=sys.stderr, flush=True)
+    print(f"# {args.data}, N = {args.n} at most, seed {args.seed}, max tokens {args.max_tokens}")
+    print("\n".join(table([r for r in rows if r["index"] < len(problems)], settings)))
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -88,6 +88,11 @@ class AdaptiveStop:
     # cut short, so its remaining tokens are never decoded (module docstring, "Pruning"). On the
     # PRM's own scale, so the Solver takes it from the verifier's manifest; None: no pruning.
     prune_below: float | None = None
+    # With a PRM-weighted vote (weighted best-of-N, auto's weighted continuation): the threshold
+    # it stops at instead of ``threshold``. Its evidence is the verifier's weights, whose spread
+    # is the verifier's own, so the Solver takes it from the verifier's manifest
+    # (``adaptive_threshold``, module docstring); None: ``threshold``.
+    weighted_threshold: float | None = None
 
     def validate(self) -> None:
         """Raise ValueError with a user-facing message for impossible settings."""
@@ -95,12 +100,22 @@ class AdaptiveStop:
             raise ValueError(f"adaptive rule must be one of {', '.join(RULES)}, got {self.rule!r}")
         if not 0.5 <= self.threshold <= 1.0:
             raise ValueError(f"adaptive threshold must be in [0.5, 1], got {self.threshold}")
+        if self.weighted_threshold is not None and not 0.5 <= self.weighted_threshold <= 1.0:
+            raise ValueError(
+                f"adaptive weighted_threshold must be in [0.5, 1], got {self.weighted_threshold}"
+            )
         if self.min_n < 1:
             raise ValueError(f"adaptive min_n must be at least 1, got {self.min_n}")
         if self.wave < 1:
             raise ValueError(f"adaptive wave must be at least 1, got {self.wave}")
         if self.prune_below is not None and not 0.0 < self.prune_below < 1.0:
             raise ValueError(f"adaptive prune_below must be in (0, 1), got {self.prune_below}")
+
+    def for_weighted_vote(self) -> AdaptiveStop:
+        """This rule as a PRM-weighted vote applies it: ``weighted_threshold`` when set."""
+        if self.weighted_threshold is None:
+            return self
+        return replace(self, threshold=self.weighted_threshold, weighted_threshold=None)
 
     def waves(self, n: int, drawn: int = 0) -> list[int]:
         """Sizes of the waves that bring ``drawn`` samples up to at most ``n``: the first reaches

@@ -45,7 +45,7 @@ from edgetts.search.base import (
     StepScorer,
 )
 from edgetts.search.best_of_n import best_of_n
-from edgetts.search.common import pruning, sample_in_waves, score_in_time
+from edgetts.search.common import as_weighted_vote, pruning, sample_in_waves, score_in_time
 from edgetts.search.majority import majority
 from edgetts.search.select import pick_by_vote, tally_votes, to_candidate
 
@@ -262,6 +262,7 @@ def _continue_in_waves(
         scored.extend(wave)
 
     prune = pruning(scorer, question, config) if weighted else None
+    config = as_weighted_vote(config) if weighted else config
     paths, deadline = sample_in_waves(question, generator, config, tally, score, prior=probes, prune=prune)
     return SearchResult(
         strategy=strategy,

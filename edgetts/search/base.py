@@ -162,6 +162,7 @@ class Verifier(StepScorer, Protocol):
     state_layers: tuple[int, ...]  # the policy layers a step state is made of (when needs_states)
     default_aggregation: str  # how its step scores best make one path score
     prune_below: float | None  # the score under which a weighted vote's sample stops early
+    adaptive_threshold: float | None  # the chance at which a vote weighted by it stops sampling
 
     def check_policy(self, name: str, n_embd: int) -> None:
         """Raise unless this scorer can read the states of the policy ``name`` (width ``n_embd``)."""

@@ -21,6 +21,7 @@ from edgetts.search.base import (
     StepScorer,
 )
 from edgetts.search.common import (
+    as_weighted_vote,
     conclude,
     pruning,
     require_scorer,
@@ -89,4 +90,5 @@ def _sample_weighted(
         return tally_votes(candidates, lambda c: c.score if c.score is not None else 0.0)
 
     prune = pruning(scorer, question, config)
+    config = as_weighted_vote(config)
     return sample_in_waves(question, generator, config, tally, on_wave=score, prune=prune)

@@ -8,7 +8,7 @@ it has (:func:`conclude`).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from edgetts.grading import extract_answer, normalize_answer
 from edgetts.search.adaptive import Tally
@@ -97,6 +97,14 @@ def pruning(scorer: StepScorer | None, question: str, config: SearchConfig) -> P
     if scorer is None or rule is None or rule.prune_below is None:
         return None
     return Pruning(scorer, question, rule.prune_below)
+
+
+def as_weighted_vote(config: SearchConfig) -> SearchConfig:
+    """``config`` with its stopping rule as a PRM-weighted vote applies it
+    (:meth:`edgetts.search.adaptive.AdaptiveStop.for_weighted_vote`)."""
+    if config.adaptive is None:
+        return config
+    return replace(config, adaptive=config.adaptive.for_weighted_vote())
 
 
 def sample_in_waves(
