@@ -301,6 +301,30 @@ SECTIONS = (
         ),
     ),
     Section(
+        "The weighted vote's own threshold: the verifier says when its vote has settled (replayed)",
+        "A vote weighted by the verifier stops at the verifier's own `adaptive_threshold` "
+        "(its manifest; `AdaptiveStop.weighted_threshold`), majority and the confidence vote at "
+        "0.95. The shipped probe's 0.8 is the lowest of 0.8, 0.85, 0.9 and 0.95 that lost no "
+        "problem against all N on problems the probe never saw: first 30 MAWPS problems (300-329) "
+        "at N = 16, made for this pick (stop 40, `tools/label_steps.py sample`), then the two N = 8 "
+        "sets of the pruning pick. With pruning under 0.2 every threshold loses the same one of "
+        "the 30, which pruning loses at all N. Then the held-out test sets, the default now being "
+        "the row `budget 0.8, pruned under 0.2` of weighted best-of-N.",
+        (
+            "python tools/bench_adaptive.py data/labels/mawps_train16.jsonl.gz "
+            "--step-scores data/labels/mawps_train16.probe_steps.jsonl.gz "
+            "--thresholds 0.8 0.85 0.9 0.95 --rules budget --prune-below 0.2",
+            "python tools/bench_adaptive.py data/labels/gsm8k_train_b.jsonl.gz "
+            "data/labels/mawps_train.jsonl.gz --step-scores data/labels/gsm8k_train_b.probe_steps.jsonl.gz "
+            "data/labels/mawps_train.probe_steps.jsonl.gz --thresholds 0.8 0.85 0.9 0.95 --rules budget "
+            "--prune-below 0.2",
+            "python tools/bench_adaptive.py data/labels/gsm8k_test.jsonl.gz data/labels/mawps.jsonl.gz "
+            "--step-scores data/labels/gsm8k_test.probe_steps.jsonl.gz "
+            "data/labels/mawps.probe_steps.jsonl.gz --thresholds 0.8 0.85 0.9 0.95 --rules budget "
+            "--prune-below 0.2",
+        ),
+    ),
+    Section(
         "Code: HumanEval (tuning half only) with execution as the verifier",
         "More in [code.md](code.md).",
         (
@@ -405,6 +429,13 @@ edgetts run --data ../shared/data/gsm8k_test.jsonl --limit 50 --strategy weighte
 python -c "import json, sys; [print(json.dumps({{k: v for k, v in json.loads(l).items() if k != 'question'}}))
     for l in sys.stdin]" \\
     < runs/adaptive_prune_gsm8k_test_live.jsonl | gzip -n > {B}/adaptive_prune_gsm8k_test_live.jsonl.gz
+# the weighted vote's threshold (stop 40): 30 MAWPS problems at N = 16 the probe never saw, their
+# step scores, then the new defaults live
+python tools/label_steps.py sample --data ../shared/data/mawps.jsonl --out runs/labels/mawps_train16 \\
+    -n 16 --offset 300 --limit 30 --layers 12 -1 --held-out ../shared/data/mawps.jsonl:100
+python tools/label_steps.py pack runs/labels/mawps_train16 data/labels/mawps_train16.jsonl.gz
+python tools/bench_adaptive.py data/labels/mawps_train16.jsonl.gz --states runs/labels/mawps_train16 \\
+    --rules budget --save-step-scores data/labels/mawps_train16.probe_steps.jsonl.gz
 python tools/fit_compute_optimal.py {B}/*.rescored.jsonl --out edgetts/assets/compute_optimal.json
 ```
 
