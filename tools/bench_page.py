@@ -309,7 +309,9 @@ SECTIONS = (
         "at N = 16, made for this pick (stop 40, `tools/label_steps.py sample`), then the two N = 8 "
         "sets of the pruning pick. With pruning under 0.2 every threshold loses the same one of "
         "the 30, which pruning loses at all N. Then the held-out test sets, the default now being "
-        "the row `budget 0.8, pruned under 0.2` of weighted best-of-N.",
+        "the row `budget 0.8, pruned under 0.2` of weighted best-of-N, and a live run of the "
+        "defaults (`edgetts run --strategy weighted_best_of_n -n 16`, first 50 GSM8K test problems, "
+        "stop 40, on another machine than the kept samples') against the same samples' full N.",
         (
             "python tools/bench_adaptive.py data/labels/mawps_train16.jsonl.gz "
             "--step-scores data/labels/mawps_train16.probe_steps.jsonl.gz "
@@ -322,6 +324,10 @@ SECTIONS = (
             "--step-scores data/labels/gsm8k_test.probe_steps.jsonl.gz "
             "data/labels/mawps.probe_steps.jsonl.gz --thresholds 0.8 0.85 0.9 0.95 --rules budget "
             "--prune-below 0.2",
+            "python tools/bench_adaptive.py data/labels/gsm8k_test.jsonl.gz "
+            "--step-scores data/labels/gsm8k_test.probe_steps.jsonl.gz --thresholds 0.8 --rules budget "
+            f"--prune-below 0.2 --live {B}/adaptive_w08_gsm8k_test_live.jsonl.gz --live-threshold 0.8 "
+            f"--live-prune-below 0.2 --baseline {B}/gsm8k_test.rescored_arith.jsonl.gz",
         ),
     ),
     Section(
@@ -436,6 +442,8 @@ python tools/label_steps.py sample --data ../shared/data/mawps.jsonl --out runs/
 python tools/label_steps.py pack runs/labels/mawps_train16 data/labels/mawps_train16.jsonl.gz
 python tools/bench_adaptive.py data/labels/mawps_train16.jsonl.gz --states runs/labels/mawps_train16 \\
     --rules budget --save-step-scores data/labels/mawps_train16.probe_steps.jsonl.gz
+edgetts run --data ../shared/data/gsm8k_test.jsonl --limit 50 --strategy weighted_best_of_n -n 16 \\
+    --max-tokens 400 --seed 0 --out runs/adaptive_w08_gsm8k_test_live.jsonl   # then gzip as above
 python tools/fit_compute_optimal.py {B}/*.rescored.jsonl --out edgetts/assets/compute_optimal.json
 ```
 
