@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 
 import bench_adaptive as bench  # noqa: E402
@@ -164,3 +166,30 @@ def test_pruning_replay_cuts_samples_at_the_first_step_under_the_threshold(tmp_p
     bench.add_step_scores(reread, [again])
     assert [path.steps for path in reread[0].paths] == [path.steps for path in p.paths]
     assert reread[0].scores == p.scores
+
+
+def test_a_live_full_n_run_serves_as_the_baseline_and_an_adaptive_one_is_refused(tmp_path):
+    def run_row(i: int, correct: bool, no_adaptive: bool) -> dict:
+        settings = {"no_adaptive": no_adaptive}
+        counters = {"tokens_generated": 100 + i}
+        return {
+            "id": i,
+            "strategy": "weighted_best_of_n",
+            "n": 16,
+            "correct": correct,
+            "settings": settings,
+            "counters": counters,
+        }
+
+    full = tmp_path / "full.jsonl"
+    full.write_text("".join(json.dumps(run_row(i, i == 1, True)) + "\n" for i in range(2)))
+    base = bench.full_n_rows(full, "weighted_best_of_n", 16)
+    assert base == {
+        "0": {"correct": False, "tokens_generated": 100},
+        "1": {"correct": True, "tokens_generated": 101},
+    }
+    assert bench.full_n_rows(full, "majority", 16) == {}
+    adaptive = tmp_path / "adaptive.jsonl"
+    adaptive.write_text(json.dumps(run_row(0, True, False)) + "\n")
+    with pytest.raises(SystemExit, match="not a full-N run"):
+        bench.full_n_rows(adaptive, "weighted_best_of_n", 16)

@@ -401,6 +401,26 @@ def _line(
     )
 
 
+def full_n_rows(path: Path, strategy: str, n: int) -> dict[str, dict]:
+    """Problem id -> ``{"correct", "tokens_generated"}`` of the full-N rows in ``path``: the
+    bench's rows (``docs/bench/*.jsonl``, one per strategy and N) or a live ``edgetts run
+    --no-adaptive`` results file (the same machine as the adaptive run: no drift between them)."""
+    base = {}
+    for r in map(json.loads, filter(str.strip, _open(path))):
+        if r["strategy"] != strategy or r["n"] != n:
+            continue
+        if "problem_id" in r:  # a bench row
+            base[str(r["problem_id"])] = r
+        else:  # an `edgetts run` row
+            if not r.get("settings", {}).get("no_adaptive", True):
+                raise SystemExit(f"{path}: not a full-N run (it sampled adaptively)")
+            base[str(r["id"])] = {
+                "correct": r["correct"],
+                "tokens_generated": r["counters"]["tokens_generated"],
+            }
+    return base
+
+
 def live_table(
     live_path: Path,
     baseline_path: Path,
@@ -415,11 +435,7 @@ def live_table(
     the kept rows have PRM scores."""
     live = [json.loads(line) for line in _open(live_path) if line.strip()]
     strategy, n = live[0]["strategy"], live[0]["n"]
-    base = {
-        r["problem_id"]: r
-        for r in map(json.loads, _open(baseline_path))
-        if r["strategy"] == strategy and r["n"] == n
-    }
+    base = full_n_rows(baseline_path, strategy, n)
     rows = [r for r in live if str(r["id"]) in base]
     right = {str(r["id"]): bool(r["correct"]) for r in rows}
     full = {k: bool(base[k]["correct"]) for k in right}
@@ -522,7 +538,11 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         help="the prune_below the live run used (weighted best-of-N; its rows do not say)",
     )
-    ap.add_argument("--baseline", type=Path, help="the bench rows of the full N (with --live)")
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        help="the full N (with --live): the bench's rows, or an `edgetts run --no-adaptive` results file",
+    )
     ap.add_argument(
         "--bench",
         nargs="*",
