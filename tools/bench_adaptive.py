@@ -444,7 +444,7 @@ def live_table(
     full_tokens = sum(base[k]["tokens_generated"] for k in right)
     samples = [len(r["candidates"]) for r in rows]
     lines = [
-        f"# live {strategy}, N = {n} at most, vs the bench's full N ({baseline_path}): {len(rows)} problems",
+        f"# live {strategy}, N = {n} at most, vs the full N ({baseline_path}): {len(rows)} problems",
         f"accuracy {_pct(pair.a_right, len(rows))} vs {_pct(pair.b_right, len(rows))}"
         f" (won/lost {pair.wins}/{pair.losses}, p = {pair.p_value:.2f}); tokens {tokens} vs {full_tokens}"
         f" ({100 * (1 - tokens / max(full_tokens, 1)):.0f} % saved); samples median"

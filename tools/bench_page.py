@@ -311,7 +311,9 @@ SECTIONS = (
         "the 30, which pruning loses at all N. Then the held-out test sets, the default now being "
         "the row `budget 0.8, pruned under 0.2` of weighted best-of-N, and a live run of the "
         "defaults (`edgetts run --strategy weighted_best_of_n -n 16`, first 50 GSM8K test problems, "
-        "stop 40, on another machine than the kept samples') against the same samples' full N.",
+        "stop 40, on another machine than the kept samples') against the same samples' full N, "
+        "then against all 16 samples drawn live on that machine (`--no-adaptive`; the first "
+        "problems only: the run was stopped at the session's end).",
         (
             "python tools/bench_adaptive.py data/labels/mawps_train16.jsonl.gz "
             "--step-scores data/labels/mawps_train16.probe_steps.jsonl.gz "
@@ -328,6 +330,10 @@ SECTIONS = (
             "--step-scores data/labels/gsm8k_test.probe_steps.jsonl.gz --thresholds 0.8 --rules budget "
             f"--prune-below 0.2 --live {B}/adaptive_w08_gsm8k_test_live.jsonl.gz --live-threshold 0.8 "
             f"--live-prune-below 0.2 --baseline {B}/gsm8k_test.rescored_arith.jsonl.gz",
+            "python tools/bench_adaptive.py data/labels/gsm8k_test.jsonl.gz "
+            "--step-scores data/labels/gsm8k_test.probe_steps.jsonl.gz --thresholds 0.8 --rules budget "
+            f"--prune-below 0.2 --live {B}/adaptive_w08_gsm8k_test_live.jsonl.gz --live-threshold 0.8 "
+            f"--live-prune-below 0.2 --baseline {B}/full16_gsm8k_test_live.jsonl.gz",
         ),
     ),
     Section(
@@ -444,6 +450,8 @@ python tools/bench_adaptive.py data/labels/mawps_train16.jsonl.gz --states runs/
     --rules budget --save-step-scores data/labels/mawps_train16.probe_steps.jsonl.gz
 edgetts run --data ../shared/data/gsm8k_test.jsonl --limit 50 --strategy weighted_best_of_n -n 16 \\
     --max-tokens 400 --seed 0 --out runs/adaptive_w08_gsm8k_test_live.jsonl   # then gzip as above
+edgetts run --data ../shared/data/gsm8k_test.jsonl --limit 50 --strategy weighted_best_of_n -n 16 \\
+    --no-adaptive --max-tokens 400 --seed 0 --out runs/full16_gsm8k_test_live.jsonl   # resumes
 python tools/fit_compute_optimal.py {B}/*.rescored.jsonl --out edgetts/assets/compute_optimal.json
 ```
 
