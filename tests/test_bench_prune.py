@@ -41,11 +41,12 @@ def test_table_pairs_each_setting_with_all_n_on_the_problems_both_have():
 
 def test_rows_of_another_run_are_refused_not_mixed(tmp_path):
     out = tmp_path / "rows.jsonl"
-    kept = {**row(0, "all", True, 1000, 10.0), "data": "x.jsonl", "n": 8, "seed": 0, "max_tokens": 400}
+    settings = {"data": "x.jsonl", "n": 8, "seed": 0, "max_tokens": 400}
+    kept = {"id": "0/all", **row(0, "all", True, 1000, 10.0), "settings": settings}
     out.write_text(json.dumps(kept) + "\n")
     data = tmp_path / "x.jsonl"
     data.write_text(json.dumps({"question": "q", "answer": "1"}) + "\n")
-    with pytest.raises(SystemExit, match="other runs"):
+    with pytest.raises(SystemExit, match="other settings .*n was 8, now 16"):
         bench.main(["--data", str(data), "--limit", "1", "-n", "16", "--out", str(out)])
     assert out.read_text() == json.dumps(kept) + "\n"  # nothing written over
 
@@ -56,7 +57,10 @@ def test_a_finished_run_resumes_to_its_table_without_solving_again(tmp_path, cap
     run = {"data": "x.jsonl", "n": 16, "seed": 0, "max_tokens": 400}
     out = tmp_path / "rows.jsonl"
     out.write_text(
-        "".join(json.dumps({**row(0, s.key, True, 100, 1.0), **run}) + "\n" for s in bench.SETTINGS)
+        "".join(
+            json.dumps({"id": bench.row_id(0, s), **row(0, s.key, True, 100, 1.0), "settings": run}) + "\n"
+            for s in bench.SETTINGS
+        )
     )
     bench.main(["--data", str(data), "--limit", "1", "--out", str(out)])  # no model: nothing left to run
     printed = capsys.readouterr().out

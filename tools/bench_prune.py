@@ -15,14 +15,14 @@ drawn and pruned, and the median over problems of its time and its tokens as a s
 
 Each setting's samples are seeded alike, so adaptive sampling draws the first samples of the
 full run and pruning cuts some of them short (up to the float differences that the batch's rows
-cause in llama.cpp). Rows hold no question text: the problem's index and id, the answer given and
-the gold one, and the counts above.
+cause in llama.cpp). Rows (an :class:`edgetts.results.ResultsFile`, so a rerun with other settings
+is refused) hold no question text: the problem's index and id, the answer given and the gold one,
+and the counts above.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from dataclasses import dataclass
@@ -35,6 +35,7 @@ from paired import compare  # noqa: E402
 
 from edgetts.data import load_problems  # noqa: E402
 from edgetts.grading import answers_equal  # noqa: E402
+from edgetts.results import ResultsError, ResultsFile  # noqa: E402
 from edgetts.solver import SolveOptions, Solver  # noqa: E402
 
 
@@ -54,12 +55,9 @@ SETTINGS = (
 BASELINE = SETTINGS[0]  # the one every other is compared with
 
 
-def read_rows(path: Path | None) -> list[dict]:
-    """The rows a previous run appended to ``path`` (none when it is not there)."""
-    if path is None or not path.exists():
-        return []
-    with path.open() as f:
-        return [json.loads(line) for line in f if line.strip()]
+def row_id(index: int, setting: Setting) -> str:
+    """A row's key in the results file: the problem's index and the setting."""
+    return f"{index}/{setting.key}"
 
 
 def table(rows: list[dict], settings: tuple[Setting, ...]) -> list[str]:
@@ -110,13 +108,14 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     settings = tuple(s for s in SETTINGS if s.key in args.settings or s == BASELINE)
     problems = load_problems(args.data, limit=args.limit)
-    rows = read_rows(args.out)
-    asked = (args.data.name, args.n, args.seed, args.max_tokens)
-    other = {(r["data"], r["n"], r["seed"], r["max_tokens"]) for r in rows} - {asked}
-    if other:
-        sys.exit(f"{args.out} holds rows of other runs (data, n, seed, max tokens): {sorted(other)}")
-    done = {(r["index"], r["setting"]) for r in rows}
-    todo = [(i, s) for i in range(len(problems)) for s in settings if (i, s.key) not in done]
+    run = {"data": args.data.name, "n": args.n, "seed": args.seed, "max_tokens": args.max_tokens}
+    try:  # a run's rows resume only under its own settings
+        out = ResultsFile(args.out, settings=run) if args.out is not None else None
+    except ResultsError as exc:
+        sys.exit(str(exc))
+    rows = list(out.records) if out is not None else []
+    done = out.done if out is not None else set()
+    todo = [(i, s) for i in range(len(problems)) for s in settings if row_id(i, s) not in done]
     if todo:
         with Solver() as solver:
             for i, s in todo:
@@ -131,13 +130,10 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 result = solver.solve(problem.question, options)
                 row = {
+                    "id": row_id(i, s),
                     "index": i,
-                    "id": problem.id,
+                    "problem_id": problem.id,
                     "setting": s.key,
-                    "data": args.data.name,
-                    "n": args.n,
-                    "seed": args.seed,
-                    "max_tokens": args.max_tokens,
                     "answer": result.answer,
                     "gold": problem.answer,
                     "right": answers_equal(result.answer, problem.answer),
@@ -146,9 +142,8 @@ def main(argv: list[str] | None = None) -> None:
                     "samples": len(result.candidates),
                     "pruned": sum(c.stop_reason == "pruned" for c in result.candidates),
                 }
-                if args.out is not None:
-                    with args.out.open("a") as out:  # a row at a time: a stopped run keeps its rows
-                        out.write(json.dumps(row) + "\n")
+                if out is not None:
+                    out.append(row)  # a row at a time: a stopped run keeps its rows
                 rows.append(row)
                 print(f"# problem {i}: {s.name}: {row}", file=sys.stderr, flush=True)
     print(f"# {args.data}, N = {args.n} at most, seed {args.seed}, max tokens {args.max_tokens}")
