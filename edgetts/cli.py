@@ -23,6 +23,7 @@ from edgetts.grading import answers_equal
 from edgetts.policy.config import PolicyConfig
 from edgetts.search.adaptive import AdaptiveStop
 from edgetts.search.base import MAX_N, SearchResult
+from edgetts.search.registry import REGISTRY
 from edgetts.search.registry import choices as strategy_choices
 from edgetts.server.settings import ServerSettings
 from edgetts.solver import SolveOptions
@@ -696,6 +697,14 @@ UNRECORDED_SETTINGS = {
 def _run_settings(kw: dict) -> dict:
     settings = {key: kw[key] for key in ANSWER_SETTINGS}
     settings["model"] = kw["model"] or registry.default_model_name()
+    strategy = REGISTRY.get(kw["strategy"])
+    if strategy is not None and strategy.reads_scorer:
+        # the PRM's content, not only its path: the default one changes with edgetts releases
+        # and with probes installed under $EDGETTS_HOME/prms, and its weights and stopping
+        # settings change the answers
+        from edgetts.probe import policy_prm_dir, verifier_fingerprint
+
+        settings["verifier"] = verifier_fingerprint(kw["prm_path"] or policy_prm_dir(kw["model"]))
     return settings
 
 

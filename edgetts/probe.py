@@ -253,6 +253,22 @@ def load_scorer(
     return PRMScorer.load(path, threads=threads, use_cuda=use_cuda)
 
 
+def verifier_fingerprint(path: str | os.PathLike[str]) -> str:
+    """``name@hash`` of a PRM directory: its manifest's name and a SHA-256 over every file the
+    scorer reads (all but READMEs). Results files record it, so a run resumed after the PRM
+    changed (a new edgetts shipping new weights or stopping settings, a probe installed under
+    ``$EDGETTS_HOME/prms``) is refused instead of mixing two verifiers' answers."""
+    import hashlib
+
+    folder = Path(path)
+    name = read_manifest(folder).get("name") or folder.name  # a clear error for a bad folder
+    digest = hashlib.sha256()
+    for file in sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("README")):
+        digest.update(file.name.encode() + b"\0")
+        digest.update(file.read_bytes() + b"\0")
+    return f"{name}@{digest.hexdigest()[:16]}"
+
+
 def save_states(file: str | os.PathLike[str], paths: list[SolutionPath]) -> None:
     """Keep paths' steps and step states (float16) in one ``.npz``, for rescoring or training;
     with their token confidence too when every path recorded it (``capture_confidence``)."""

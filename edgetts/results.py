@@ -27,6 +27,12 @@ from typing import Any
 RECORD_START = '{"id": '  # how every line this module writes begins (see append)
 
 
+def _shown(settings: Mapping[str, Any], key: str) -> str:
+    # a file made before a setting was recorded (and with no `unrecorded` value for it) cannot
+    # say what it was: say so rather than print None
+    return repr(settings[key]) if key in settings else "not recorded"
+
+
 class ResultsError(ValueError):
     """The output file cannot hold this run's results; the message says why and what to do."""
 
@@ -90,7 +96,7 @@ class ResultsFile:
             return  # a new file, or one from before settings were recorded
         recorded = {**{k: v for k, v in self.unrecorded.items() if k in settings}, **recorded}
         differ = [
-            f"{key} was {recorded.get(key)!r}, now {settings.get(key)!r}"
+            f"{key} was {_shown(recorded, key)}, now {_shown(settings, key)}"
             for key in sorted(set(recorded) | set(settings))
             if recorded.get(key) != settings.get(key)
         ]

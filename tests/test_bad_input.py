@@ -79,6 +79,30 @@ def test_resume_with_other_settings_is_refused(tmp_path, data):
     assert json.loads(out.read_text())["settings"] == settings
 
 
+def test_resume_after_the_verifier_changed_is_refused(tmp_path, data):
+    # the same --prm path, other contents: what an edgetts release shipping new probe weights or
+    # stopping settings does to the default PRM
+    import shutil
+
+    from edgetts.cli import _run_settings, run
+    from edgetts.probe import policy_prm_dir
+
+    prm = tmp_path / "prm"
+    shutil.copytree(policy_prm_dir(), prm)
+    out = tmp_path / "r.jsonl"
+    args = ["--data", str(data), "--out", str(out), "--strategy", "weighted_best_of_n", "--prm", str(prm)]
+    settings = _run_settings(run.make_context("run", list(args)).params)
+    assert settings["verifier"].startswith("prm-probe-qwen05@")
+    out.write_text(json.dumps({"id": "1", "correct": True, "settings": settings}) + "\n")
+    manifest = json.loads((prm / "manifest.json").read_text())
+    (prm / "manifest.json").write_text(json.dumps({**manifest, "prune_below": 0.3}))
+    proc = edgetts("run", *args)
+    assert refused(proc, "other settings", "verifier was 'prm-probe-qwen05@")
+    assert json.loads(out.read_text())["settings"] == settings
+    majority = _run_settings(run.make_context("run", [*args[:4], "--strategy", "majority"]).params)
+    assert "verifier" not in majority  # a vote that never reads a PRM resumes whatever ships
+
+
 @pytest.mark.parametrize(
     "args, words",
     [

@@ -181,6 +181,23 @@ def test_default_prm_is_the_policys_own_probe_when_one_ships(tmp_path: Path) -> 
     assert default_prm_dir("another-policy", WIDTH, tmp_path) == default_text_prm()
 
 
+def test_fingerprint_follows_what_the_scorer_reads_not_where_it_lies(tmp_path: Path) -> None:
+    from edgetts.probe import verifier_fingerprint
+
+    a = write_probe(tmp_path / "a", np.ones(WIDTH), 0.0, prune_below=0.2)
+    b = write_probe(tmp_path / "b", np.ones(WIDTH), 0.0, prune_below=0.2)
+    (b / "README.md").write_text("a model card says nothing the scorer reads")
+    assert verifier_fingerprint(a) == verifier_fingerprint(b)
+    assert verifier_fingerprint(a).startswith("tiny-probe@")
+    manifest = json.loads((b / "manifest.json").read_text())
+    (b / "manifest.json").write_text(json.dumps({**manifest, "prune_below": 0.3}))
+    assert verifier_fingerprint(a) != verifier_fingerprint(b)  # a stopping setting changed
+    c = write_probe(tmp_path / "c", np.full(WIDTH, 2.0), 0.0, prune_below=0.2)
+    assert verifier_fingerprint(a) != verifier_fingerprint(c)  # the weights changed
+    with pytest.raises(PRMError, match="not found"):
+        verifier_fingerprint(tmp_path / "missing")
+
+
 def test_a_probe_on_two_layers_is_twice_as_wide_and_found_for_its_policy(tmp_path: Path) -> None:
     from edgetts.probe import default_prm_dir
 

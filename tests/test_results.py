@@ -63,6 +63,13 @@ def test_a_setting_added_later_resumes_only_with_the_value_that_does_what_runs_d
         ResultsFile(out, settings={"n": 8, "check": True}, unrecorded=old_way)
 
 
+def test_a_setting_an_older_file_cannot_state_is_named_as_not_recorded(tmp_path):
+    out = tmp_path / "r.jsonl"
+    ResultsFile(out, settings={"n": 8}).append({"id": "1", "correct": True})  # before "verifier"
+    with pytest.raises(ResultsError, match="verifier was not recorded, now 'probe@12ab'"):
+        ResultsFile(out, settings={"n": 8, "verifier": "probe@12ab"})
+
+
 def test_unwritable_output_fails_at_once(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
