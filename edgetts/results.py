@@ -5,8 +5,8 @@ Re-running with the same ``--out`` skips the problems already in the file, so an
 
 What a results file is trusted with, and what it refuses:
 
-* Every line is a JSON object that starts with its ``"id"`` and records the ``settings`` of the
-  run that made it. A resume with other settings (another strategy, N, seed, model ...) is
+* Every line is a JSON object that starts with its id (``"id"``, or the ``id_field`` a tool's
+  rows are keyed by) and records the ``settings`` of the run that made it. A resume with other settings (another strategy, N, seed, model ...) is
   refused with what differs, since mixing two runs in one file would report neither's accuracy.
 * A last line that is not JSON and has no newline is a torn write: the process died while
   writing it. It is dropped on resume, but only if it is a torn *results* line (it starts as
@@ -23,9 +23,6 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-RECORD_START = '{"id": '  # how every line this module writes begins (see append)
-
 
 def _shown(settings: Mapping[str, Any], key: str) -> str:
     # a file made before a setting was recorded (and with no `unrecorded` value for it) cannot
@@ -45,14 +42,20 @@ class ResultsFile:
         path: str | Path,
         settings: dict[str, Any] | None = None,
         unrecorded: Mapping[str, Any] | None = None,
+        id_field: str = "id",
     ) -> None:
         """``unrecorded``: for a setting added after a file was made, the value that does what
-        runs did before it existed (a file without it resumes only with that value)."""
+        runs did before it existed (a file without it resumes only with that value).
+        ``id_field``: the field that keys each row and starts its line (``done`` holds its
+        values); benchmark tools key theirs by ``"problem_id"`` or ``"task_id"``."""
         self.path = Path(path)
         self.settings = settings
         self.unrecorded = dict(unrecorded or {})
+        self.id_field = id_field
+        # how every line this class writes begins (see append): a torn line is recognised by it
+        self.record_start = "{" + json.dumps(id_field) + ": "
         self.records: list[dict] = self._read()
-        self.done: set[str] = {str(r["id"]) for r in self.records}
+        self.done: set[str] = {str(r[id_field]) for r in self.records}
         if settings is not None:
             self._check_settings(settings)
         self._check_writable()
@@ -73,7 +76,7 @@ class ResultsFile:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
-                torn = line_no == len(lines) and not line.endswith("\n") and line.startswith(RECORD_START)
+                torn = line_no == len(lines) and not line.endswith("\n") and line.startswith(self.record_start)
                 if torn:
                     self._truncate_last_line(len(line.encode()))
                     break
@@ -81,9 +84,9 @@ class ResultsFile:
                     f"{self.path}:{line_no} is not JSON: the output must be a results JSONL file "
                     "(choose another --out; nothing was changed)"
                 ) from None
-            if not isinstance(record, dict) or "id" not in record:
+            if not isinstance(record, dict) or self.id_field not in record:
                 raise ResultsError(
-                    f"{self.path}:{line_no} has no 'id': not an edgetts results file "
+                    f"{self.path}:{line_no} has no {self.id_field!r}: not an edgetts results file "
                     "(choose another --out; nothing was changed)"
                 )
             records.append(record)
@@ -121,9 +124,10 @@ class ResultsFile:
 
     def append(self, record: dict) -> None:
         """Write one record (with this run's settings) and make sure it reached the disk."""
-        if "id" not in record:
-            raise ValueError("a results record needs an 'id'")
-        record = {"id": record["id"], **record}  # "id" first: a torn line is recognisable
+        key = self.id_field
+        if key not in record:
+            raise ValueError(f"a results record needs {key!r}")
+        record = {key: record[key], **record}  # its id first: a torn line is recognisable
         if self.settings is not None:
             record["settings"] = self.settings
         with self.path.open("a", encoding="utf-8") as f:
@@ -131,7 +135,7 @@ class ResultsFile:
             f.flush()
             os.fsync(f.fileno())
         self.records.append(record)
-        self.done.add(str(record["id"]))
+        self.done.add(str(record[key]))
 
     def accuracy(self) -> tuple[int, int]:
         """(correct, graded) over the records that have a gold answer."""

@@ -104,6 +104,15 @@ def test_rescore_kept_samples_with_the_shipped_prm(tmp_path):
     assert {r["prm"] for r in got} == {"edgetts/assets/prm-minilm"}
     bench.rescore(args)  # resumable: nothing is added twice
     assert len(out.read_text().splitlines()) == len(got)
+    # a line torn by a killed process is dropped and its row made again; other settings are
+    # refused without touching the file
+    text = out.read_text()
+    out.write_text(text[: text.rindex("{")] + text[text.rindex("{") :][:40])
+    bench.rescore(args)
+    assert out.read_text() == text
+    with pytest.raises(SystemExit, match="other settings .*check_arithmetic was True, now False"):
+        bench.rescore(argparse.Namespace(**{**vars(args), "no_check_arithmetic": True}))
+    assert out.read_text() == text
 
 
 def first_coordinate_probe(directory: Path, width: int) -> None:

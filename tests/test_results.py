@@ -70,6 +70,19 @@ def test_a_setting_an_older_file_cannot_state_is_named_as_not_recorded(tmp_path)
         ResultsFile(out, settings={"n": 8, "verifier": "probe@12ab"})
 
 
+def test_rows_keyed_by_another_field_resume_and_drop_their_own_torn_line(tmp_path):
+    out = tmp_path / "bench.jsonl"
+    rows = ResultsFile(out, id_field="problem_id")
+    rows.append({"model": "m", "problem_id": "7", "correct": True})
+    assert out.read_text().startswith('{"problem_id": "7"')  # its id first, as a torn line shows
+    with out.open("a") as f:
+        f.write('{"problem_id": "8", "mod')
+    assert ResultsFile(out, id_field="problem_id").done == {"7"}
+    assert out.read_text().count("\n") == 1 and "8" not in out.read_text()
+    with pytest.raises(ResultsError, match="has no 'task_id'"):
+        ResultsFile(out, id_field="task_id")
+
+
 def test_unwritable_output_fails_at_once(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -36,6 +36,7 @@ from edgetts.code import CodeConfig, CodeTask, solve_code
 from edgetts.code.checks import hidden_check
 from edgetts.code.select import Behaviour, select_program
 from edgetts.policy import LlamaPolicy, PolicyConfig
+from edgetts.results import ResultsError, ResultsFile
 
 TUNING_IDS = range(0, 82)
 
@@ -63,12 +64,6 @@ def _short(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
-def _done(path: Path) -> set[str]:
-    if not path.exists():
-        return set()
-    return {json.loads(line)["task_id"] for line in path.read_text().splitlines() if line.strip()}
-
-
 def run(args: argparse.Namespace) -> None:
     from edgetts.sandbox import Sandbox
 
@@ -76,13 +71,15 @@ def run(args: argparse.Namespace) -> None:
     if not args.heldout and any(i not in TUNING_IDS for i in ids):
         sys.exit("Error: HumanEval/82-163 are held out; pass --heldout to run them")
     rows = humaneval_rows()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    samples = out.with_suffix(".samples.jsonl")
-    done = _done(out)
-    todo = [rows[i] for i in ids if rows[i]["task_id"] not in done]
+    settings = {key: getattr(args, key) for key in ("model", "n", "temperature", "seed", "max_tokens")}
+    try:  # appended and fsynced, a torn last line dropped, a file of other settings refused
+        out = ResultsFile(args.out, settings=settings, id_field="task_id")
+        samples = ResultsFile(Path(args.out).with_suffix(".samples.jsonl"), id_field="task_id")
+    except ResultsError as exc:
+        sys.exit(f"Error: {exc}")
+    todo = [rows[i] for i in ids if rows[i]["task_id"] not in out.done]
     if not todo:
-        print(f"all {len(ids)} problems already in {out}", file=sys.stderr)
+        print(f"all {len(ids)} problems already in {out.path}", file=sys.stderr)
         return
     policy = LlamaPolicy(
         PolicyConfig(
@@ -141,20 +138,17 @@ def run(args: argparse.Namespace) -> None:
                 for c in result.candidates
             ],
         }
-        with out.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        with samples.open("a") as f:
-            f.write(
-                json.dumps(
-                    {
-                        "task_id": row["task_id"],
-                        "texts": [c.text for c in result.candidates],
-                        "generated_tests": result.generated_tests,
-                        "probes": result.probes,
-                    }
-                )
-                + "\n"
-            )
+        # the texts first: a row in --out means its samples are kept (a crash between the two
+        # writes makes the task again and keeps its texts twice, never a row without them)
+        samples.append(
+            {
+                "task_id": row["task_id"],
+                "texts": [c.text for c in result.candidates],
+                "generated_tests": result.generated_tests,
+                "probes": result.probes,
+            }
+        )
+        out.append(record)
         picked = record["candidates"][result.chosen]["hidden"] if result.chosen is not None else False
         print(
             f"{row['task_id']}: pick {'pass' if picked else 'fail'}, "

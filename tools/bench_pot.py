@@ -26,7 +26,6 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import paired
 
@@ -34,6 +33,7 @@ from edgetts.data import load_problems
 from edgetts.grading import answers_equal
 from edgetts.policy import LlamaPolicy, PolicyConfig
 from edgetts.pot import PotConfig, program_of_thought
+from edgetts.results import ResultsError, ResultsFile
 from edgetts.search.base import Candidate
 from edgetts.search.select import pick_by_vote
 
@@ -42,12 +42,12 @@ def run(args: argparse.Namespace) -> None:
     from edgetts.sandbox import Sandbox
 
     problems = load_problems(args.data, limit=args.limit)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    done = set()
-    if out.exists():
-        done = {json.loads(line)["problem_id"] for line in out.read_text().splitlines() if line.strip()}
-    todo = [p for p in problems if str(p.id) not in done]
+    settings = {key: getattr(args, key) for key in ("model", "n", "temperature", "seed", "max_tokens")}
+    try:  # appended and fsynced, a torn last line dropped, a file of other settings refused
+        out = ResultsFile(args.out, settings=settings, id_field="problem_id")
+    except ResultsError as exc:
+        sys.exit(f"Error: {exc}")
+    todo = [p for p in problems if str(p.id) not in out.done]
     if not todo:
         return
     policy = LlamaPolicy(
@@ -86,8 +86,7 @@ def run(args: argparse.Namespace) -> None:
                 for c in result.candidates
             ],
         }
-        with out.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        out.append(row)
         print(
             f"{problem.id}: vote {result.answer} (gold {problem.answer}), "
             f"{sum(c.answer is not None for c in result.candidates)}/{args.n} ran, {seconds:.0f}s",

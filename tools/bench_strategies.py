@@ -57,6 +57,7 @@ from edgetts.policy import LlamaPolicy, PolicyConfig, default_threads
 from edgetts.pot import run_written_programs
 from edgetts.probe import load_scorer, load_states, policy_prm_dir, save_states
 from edgetts.prompts import split_steps
+from edgetts.results import ResultsError, ResultsFile
 from edgetts.sandbox import Sandbox
 from edgetts.search import run_search
 from edgetts.search.auto import difficulty_features  # the same features auto sees at run time
@@ -79,17 +80,18 @@ def prm_label(directory: str | Path) -> str:
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(directory)
 
 
-def _done(out: Path) -> set[tuple[str, str, str, int]]:
-    if not out.exists():
-        return set()
-    rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
-    return {(r["problem_id"], r["model"], r["strategy"], r["n"]) for r in rows}
+def open_rows(out: Path, settings: dict | None) -> ResultsFile:
+    """A file of rows keyed by problem: appended and fsynced, a torn last line dropped, a file of
+    other settings refused (``edgetts.results``)."""
+    try:
+        return ResultsFile(out, settings=settings, id_field="problem_id")
+    except ResultsError as exc:
+        sys.exit(f"Error: {exc}")
 
 
-def _append(out: Path, row: dict) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("a") as f:
-        f.write(json.dumps(row) + "\n")
+def done_rows(rows: ResultsFile) -> set[tuple[str, str, str, int]]:
+    """The (problem, model, strategy, N) rows a results file already holds."""
+    return {(r["problem_id"], r["model"], r["strategy"], r["n"]) for r in rows.records}
 
 
 def samples_path(out: Path, samples: str | None = None) -> Path:
@@ -142,15 +144,18 @@ def kept_layers(scorer: object) -> tuple[int, ...]:
 
 
 def run(args: argparse.Namespace) -> None:
-    out = Path(args.out)
-    done = _done(out)
-    kept = samples_path(out, args.samples)
+    # The PRM edgetts itself would pick for this policy (its own probe when one ships).
+    prm = args.prm or policy_prm_dir(args.model)
+    # What every row of a file must share; the rows themselves differ by problem, strategy and N.
+    keys = "temperature top_p top_k seed max_tokens n_max beam_width max_steps agg".split()
+    settings = {key: getattr(args, key) for key in keys}
+    out = open_rows(Path(args.out), {**settings, "prm": prm_label(prm)})
+    done = done_rows(out)
+    kept = open_rows(samples_path(Path(args.out), args.samples), None)
     problems = load_problems(args.data, args.question_key, args.answer_key, args.id_key, args.limit)
     # A shard (--offset) lets two processes share the 2 cores on one sweep, appending to one file.
     problems = problems[args.offset :]
     model = args.model or default_model_name()
-    # The PRM edgetts itself would pick for this policy (its own probe when one ships).
-    prm = args.prm or policy_prm_dir(args.model)
     scorer = load_scorer(prm, threads=default_threads()) if args.only != ["greedy"] else None
     # Kept states are those the PRM reads (a probe's layers), so a rescore with it needs no policy.
     layers = kept_layers(scorer)
@@ -178,8 +183,7 @@ def run(args: argparse.Namespace) -> None:
         if todo("greedy", 1):
             greedy = SearchConfig(n=1, sampling=dataclasses.replace(sampling, temperature=0.0))
             result = run_search("majority", problem.question, policy, None, greedy)
-            _append(
-                out,
+            out.append(
                 {
                     **base,
                     "strategy": "greedy",
@@ -200,10 +204,9 @@ def run(args: argparse.Namespace) -> None:
             seconds = time.perf_counter() - start
             features = difficulty_features(candidates)
             # The samples are the expensive part: keep them so another PRM can rescore them later.
-            kept_states_dir(kept).mkdir(parents=True, exist_ok=True)
-            save_states(kept_states_dir(kept) / f"{problem.id}.npz", paths)
-            _append(
-                kept,
+            kept_states_dir(kept.path).mkdir(parents=True, exist_ok=True)
+            save_states(kept_states_dir(kept.path) / f"{problem.id}.npz", paths)
+            kept.append(
                 {
                     **base,
                     "question": problem.question,
@@ -214,8 +217,7 @@ def run(args: argparse.Namespace) -> None:
             )
             for row in subset_rows(candidates, problem.answer, n_list):
                 if todo(row["strategy"], row["n"]):
-                    _append(
-                        out,
+                    out.append(
                         {
                             **base,
                             **row,
@@ -232,8 +234,7 @@ def run(args: argparse.Namespace) -> None:
                     n=n, beam_width=args.beam_width, max_steps=args.max_steps, agg=agg, sampling=sampling
                 )
                 result = run_search(strategy, problem.question, policy, scorer, config)
-                _append(
-                    out,
+                out.append(
                     {
                         **base,
                         "strategy": strategy,
@@ -300,10 +301,16 @@ def rescore(args: argparse.Namespace) -> None:
     sandbox = Sandbox() if args.run_programs else None
     if args.labels and not getattr(scorer, "needs_states", False) and not args.data:
         sys.exit("error: --labels rows hold no question; a text PRM needs them from --data")
-    out = Path(args.out)
-    done = _done(out)
-    n_list = sorted(args.n)
     agg = args.agg or scorer.default_aggregation
+    settings = {
+        "prm": prm_label(scorer.directory),
+        "agg": agg,
+        "check_arithmetic": not args.no_check_arithmetic,
+        "run_programs": args.run_programs,
+    }
+    out = open_rows(Path(args.out), settings)
+    done = done_rows(out)
+    n_list = sorted(args.n)
     skipped = 0
     for sample_row in kept_sample_rows(args):
         cands = [Candidate.from_dict(c) for c in sample_row["candidates"]]
@@ -329,8 +336,7 @@ def rescore(args: argparse.Namespace) -> None:
             if (base["problem_id"], base["model"], row["strategy"], row["n"]) not in done:
                 total = sample_row["seconds"]
                 seconds = None if total is None else round(total * row["n"] / len(cands), 3)
-                _append(
-                    out,
+                out.append(
                     {
                         **base,
                         **row,
@@ -344,7 +350,7 @@ def rescore(args: argparse.Namespace) -> None:
             f"{skipped} problems skipped: no step states kept for them (sampled before run kept "
             "them, or not restored); this PRM reads the policy's states"
         )
-    print(f"rows written to {out}")
+    print(f"rows written to {out.path}")
 
 
 def kept_states_dir(samples: Path) -> Path:
@@ -455,8 +461,8 @@ def compare(args: argparse.Namespace) -> None:
 def repick(args: argparse.Namespace) -> None:
     """Tree-search rows again with the finished paths' answers summed by score (weighted pick)
     instead of the top score: ``STRATEGY_weighted`` rows, from the paths the rows kept."""
-    out = Path(args.out)
-    done = _done(out)
+    out = open_rows(Path(args.out), None)
+    done = done_rows(out)
     rows = [r for r in load_rows(args.results) if r["strategy"] in SEARCH_STRATEGIES]
     kept = [r for r in rows if "finished" in r]
     if len(kept) < len(rows):
@@ -471,8 +477,7 @@ def repick(args: argparse.Namespace) -> None:
         chosen, _ = pick(candidates, weighted=True)
         answer = chosen.answer if chosen else None
         fresh = {k: v for k, v in r.items() if k != "finished"}
-        _append(
-            out,
+        out.append(
             {**fresh, "strategy": strategy, "answer": answer, "correct": answers_equal(answer, r["gold"])},
         )
 
