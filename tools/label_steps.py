@@ -55,24 +55,28 @@ from edgetts.grading import answers_equal, extract_answer, normalize_answer  # n
 from edgetts.policy import LlamaPolicy, PolicyConfig  # noqa: E402
 from edgetts.probe import save_states  # noqa: E402
 from edgetts.prompts import split_steps  # noqa: E402
+from edgetts.results import ResultsError, ResultsFile  # noqa: E402
 from edgetts.search.base import SolutionPath  # noqa: E402
 from edgetts.search.select import to_candidate  # noqa: E402
 
 ROUND = 4  # decimals kept of the step statistics in the compact rows
 
 
-def done_keys(out: Path) -> set[str]:
-    """Keys already written to ``out/results.jsonl`` (what a resumed run skips)."""
-    f = out / "results.jsonl"
-    return {json.loads(line)["key"] for line in f.open(encoding="utf-8")} if f.is_file() else set()
+def open_rows(out: Path) -> ResultsFile:
+    """``out/results.jsonl``, whose ``done`` keys a resumed run skips. Rows are appended and
+    fsynced, and a line torn by a killed run is dropped (``edgetts.results``)."""
+    try:
+        return ResultsFile(out / "results.jsonl", id_field="key")
+    except ResultsError as exc:
+        sys.exit(f"Error: {exc}")
 
 
-def write_row(out: Path, row: dict, paths: list[SolutionPath]) -> None:
+def write_row(written: ResultsFile, row: dict, paths: list[SolutionPath]) -> None:
     """States first, then the row: a row in results.jsonl means its states are on disk."""
-    (out / "states").mkdir(parents=True, exist_ok=True)
-    save_states(out / "states" / f"{row['key']}.npz", paths)
-    with (out / "results.jsonl").open("a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
+    states = written.path.parent / "states"
+    states.mkdir(parents=True, exist_ok=True)
+    save_states(states / f"{row['key']}.npz", paths)
+    written.append(row)
 
 
 def stats_of(path: SolutionPath) -> list[list[float]]:
@@ -151,7 +155,8 @@ def step_labels(n_steps: int, error_steps: list[int]) -> list[int]:
 
 def prmbench(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    done = done_keys(out)
+    written = open_rows(out)
+    done = written.done
     items = [i for i in prmbench_items(args.data, args.split)[args.offset :] if i["key"] not in done]
     if args.limit is not None:
         items = items[: args.limit]
@@ -176,7 +181,7 @@ def prmbench(args: argparse.Namespace) -> None:
             "n_tokens": path.n_tokens,
             "step_stats": stats_of(path),
         }
-        write_row(out, row, [path])
+        write_row(written, row, [path])
         if k % 20 == 0:
             rate = tokens / (time.perf_counter() - t0)
             print(f"[{k + 1}/{len(items)}] {item['key']}: {len(steps)} steps; {rate:.0f} tok/s", flush=True)
@@ -238,7 +243,8 @@ def held_out_questions(specs: list[str]) -> list[str]:
 
 def sample(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    done = done_keys(out)
+    written = open_rows(out)
+    done = written.done
     problems = load_problems(args.data, args.question_key, args.answer_key, args.id_key)
     problems = problems[args.offset : None if args.limit is None else args.offset + args.limit]
     if args.held_out:
@@ -266,7 +272,7 @@ def sample(args: argparse.Namespace) -> None:
             "layers": args.layers,
             "candidates": cands,
         }
-        write_row(out, row, paths)
+        write_row(written, row, paths)
         right = sum(c["correct"] for c in cands)
         n_tok = sum(c["n_tokens"] for c in cands)
         print(
@@ -315,7 +321,8 @@ def mc_labels(
 
 def rollout(args: argparse.Namespace) -> None:
     src, out = Path(args.samples), Path(args.out)
-    done = done_keys(out)
+    written = open_rows(out)
+    done = written.done
     rows = [json.loads(line) for line in (src / "results.jsonl").open(encoding="utf-8")]
     questions = {p.id: p.question for p in load_problems(args.data)}
     rows = [r for r in rows if r["id"] in questions][: args.limit]
@@ -341,7 +348,7 @@ def rollout(args: argparse.Namespace) -> None:
             "text": cand["text"],
             "step_stats": stats_of(path),
         }
-        write_row(out, out_row, [path])
+        write_row(written, out_row, [path])
         print(f"{key}: {len(steps)} steps, labels {labels}, {time.perf_counter() - t0:.0f} s", flush=True)
 
 
@@ -379,7 +386,8 @@ def restore(args: argparse.Namespace) -> None:
     ``results.jsonl``) gets its states and is not written twice; a row with states is skipped.
     """
     out = Path(args.out)
-    done = done_keys(out)
+    written = open_rows(out)
+    done = written.done
     with gzip.open(args.src, "rt", encoding="utf-8") as f:
         rows = list(map(json.loads, f))
     if args.limit is not None:
@@ -418,7 +426,7 @@ def restore(args: argparse.Namespace) -> None:
             (out / "states").mkdir(parents=True, exist_ok=True)
             save_states(out / "states" / f"{row['key']}.npz", paths)
         else:
-            write_row(out, row, paths)
+            write_row(written, row, paths)
         tokens += sum(p.n_tokens for p in paths)
         print(
             f"[{k + 1}/{len(rows)}] {row['key']}: {tokens / (time.perf_counter() - t0):.0f} tok/s", flush=True
