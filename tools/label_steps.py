@@ -386,8 +386,6 @@ def restore(args: argparse.Namespace) -> None:
     ``results.jsonl``) gets its states and is not written twice; a row with states is skipped.
     """
     out = Path(args.out)
-    written = open_rows(out)
-    done = written.done
     with gzip.open(args.src, "rt", encoding="utf-8") as f:
         rows = list(map(json.loads, f))
     if args.limit is not None:
@@ -409,6 +407,8 @@ def restore(args: argparse.Namespace) -> None:
         if len(layers) > 1:
             sys.exit(f"error: the rows captured different layers {sorted(layers)}; pass --layers")
         args.layers = list(layers.pop()) if layers else [6, 12, 18, -1]
+    written = open_rows(out)  # after the checks above: a refused restore leaves no folder behind
+    done = written.done
     policy = make_policy(args, n_seq_max=1, max_tokens=args.max_tokens)
     t0, tokens = time.perf_counter(), 0
     for k, row in enumerate(rows):
