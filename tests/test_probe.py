@@ -16,6 +16,7 @@ from edgetts.search.base import SolutionPath
 pytest.importorskip("onnx")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 
+import label_steps  # noqa: E402
 import train_probe  # noqa: E402
 
 WIDTH = 8
@@ -218,8 +219,8 @@ def test_training_rows_pick_some_of_their_captured_layers(tmp_path: Path) -> Non
             step_states=[rng.normal(size=3 * WIDTH).astype(np.float32) for _ in range(2)],
         )
     ]
-    train_probe._save(
-        tmp_path,
+    label_steps.write_row(
+        label_steps.open_rows(tmp_path),
         {"key": "k", "question": "q", "layers": [8, 12, -1], "candidates": [{"correct": True}]},
         paths,
     )
@@ -237,6 +238,7 @@ def test_layers_ranks_an_informative_layer_above_noise(tmp_path: Path, capsys) -
     from types import SimpleNamespace
 
     rng = np.random.default_rng(0)
+    written = label_steps.open_rows(tmp_path)
     for k in range(10):
         cands, paths = [], []
         for j in range(4):
@@ -260,8 +262,8 @@ def test_layers_ranks_an_informative_layer_above_noise(tmp_path: Path, capsys) -
                     "stop_reason": "eos",
                 }
             )
-        train_probe._save(
-            tmp_path,
+        label_steps.write_row(
+            written,
             {"key": f"k{k}", "question": f"q{k}", "gold": "1", "layers": [3, -1], "candidates": cands},
             paths,
         )

@@ -37,10 +37,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from label_steps import open_rows, write_row  # noqa: E402
+
 from edgetts.data import load_problems  # noqa: E402
 from edgetts.grading import answers_equal  # noqa: E402
 from edgetts.policy import LlamaPolicy, PolicyConfig  # noqa: E402
-from edgetts.probe import load_states, save_states  # noqa: E402
+from edgetts.probe import load_states  # noqa: E402
 from edgetts.prompts import split_steps  # noqa: E402
 from edgetts.search.base import SolutionPath  # noqa: E402
 from edgetts.search.select import to_candidate  # noqa: E402
@@ -48,22 +50,10 @@ from edgetts.search.select import to_candidate  # noqa: E402
 CALCULATOR_CAP = 0.05  # the shipped text PRM's; written into the manifest
 
 
-def _done_keys(out: Path) -> set[str]:
-    f = out / "results.jsonl"
-    return {json.loads(line)["key"] for line in f.open()} if f.is_file() else set()
-
-
-def _save(out: Path, row: dict, paths: list[SolutionPath]) -> None:
-    """States first, then the row: a row in results.jsonl means its states are on disk."""
-    (out / "states").mkdir(parents=True, exist_ok=True)
-    save_states(out / "states" / f"{row['key']}.npz", paths)
-    with (out / "results.jsonl").open("a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
-
-
 def sample(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    done = _done_keys(out)
+    written = open_rows(out)
+    done = written.done
     problems = load_problems(args.data, args.question_key, args.answer_key, args.id_key, args.limit)
     policy = LlamaPolicy(
         PolicyConfig(
@@ -95,14 +85,15 @@ def sample(args: argparse.Namespace) -> None:
             "layers": args.layers,
             "candidates": cands,
         }
-        _save(out, row, paths)
+        write_row(written, row, paths)
         right = sum(c["correct"] for c in cands)
         print(f"[{k + 1}/{len(problems)}] {problem.id}: {right}/{len(cands)} right", flush=True)
 
 
 def extract(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    done = _done_keys(out)
+    written = open_rows(out)
+    done = written.done
     policy = LlamaPolicy(
         PolicyConfig(
             model=args.model,
@@ -134,7 +125,7 @@ def extract(args: argparse.Namespace) -> None:
                 "layers": args.layers,
                 "candidates": row["candidates"],
             }
-            _save(out, row, paths)
+            write_row(written, row, paths)
             print(f"{key}: {len(paths)} candidates", flush=True)
 
 
