@@ -6,8 +6,9 @@ Re-running with the same ``--out`` skips the problems already in the file, so an
 What a results file is trusted with, and what it refuses:
 
 * Every line is a JSON object that starts with its id (``"id"``, or the ``id_field`` a tool's
-  rows are keyed by) and records the ``settings`` of the run that made it. A resume with other settings (another strategy, N, seed, model ...) is
-  refused with what differs, since mixing two runs in one file would report neither's accuracy.
+  rows are keyed by) and records the ``settings`` of the run that made it. A resume with other
+  settings (another strategy, N, seed, model ...) is refused with what differs, since mixing
+  two runs in one file would report neither's accuracy.
 * A last line that is not JSON and has no newline is a torn write: the process died while
   writing it. It is dropped on resume, but only if it is a torn *results* line (it starts as
   this module writes lines). Anything else (a notes file, another program's output) is refused,
@@ -23,6 +24,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
 
 def _shown(settings: Mapping[str, Any], key: str) -> str:
     # a file made before a setting was recorded (and with no `unrecorded` value for it) cannot
@@ -76,8 +78,8 @@ class ResultsFile:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
-                torn = line_no == len(lines) and not line.endswith("\n") and line.startswith(self.record_start)
-                if torn:
+                last = line_no == len(lines) and not line.endswith("\n")
+                if last and line.startswith(self.record_start):  # torn
                     self._truncate_last_line(len(line.encode()))
                     break
                 raise ResultsError(

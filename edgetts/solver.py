@@ -263,8 +263,11 @@ class Solver:
             if options.agg is None and scorer is not None:
                 config = replace(config, agg=scorer.default_aggregation)
             if config.adaptive is not None and scorer is not None:
-                # the verifier's own stopping settings, on its scale (its manifest)
-                adaptive = replace(config.adaptive, weighted_threshold=scorer.adaptive_threshold)
+                # the verifier's own stopping settings, on its scale (its manifest), which were
+                # picked for path scores of its own aggregation: another keeps the defaults
+                adaptive = config.adaptive
+                if config.agg == scorer.default_aggregation:
+                    adaptive = replace(adaptive, weighted_threshold=scorer.adaptive_threshold)
                 if options.prune:
                     adaptive = replace(adaptive, prune_below=scorer.prune_below)
                 config = replace(config, adaptive=adaptive)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import threading
 from dataclasses import replace
 
 import pytest
@@ -19,8 +20,10 @@ from edgetts.search.adaptive import (
     stay_ahead_probability,
 )
 from edgetts.search.auto import PROBE_N, ComputeOptimalTable, auto
-from edgetts.search.base import SearchConfig
+from edgetts.search.base import Deadline, SearchConfig
 from edgetts.search.best_of_n import weighted_best_of_n
+from edgetts.search.common import score_in_time
+from edgetts.search.confidence_vote import confidence_vote
 from edgetts.search.majority import majority
 from edgetts.search.select import tally_votes, to_candidate
 from edgetts.server.schemas import SearchFields
@@ -240,6 +243,9 @@ def test_adaptive_is_on_for_users_and_can_be_turned_off():
     assert SearchConfig().adaptive is None  # the library default: exactly n (benchmarks, tools)
     with pytest.raises(ValueError):
         replace(SearchConfig(), adaptive=AdaptiveStop(wave=0)).validate()
+    for vote in (majority, confidence_vote):  # called directly: refused, not an endless loop
+        with pytest.raises(ValueError, match="wave"):
+            vote("q", FakeGenerator(UNANIMOUS), None, SearchConfig(n=8, adaptive=AdaptiveStop(wave=0)))
 
 
 def test_tally_counts_only_answers_that_vote():
@@ -292,10 +298,49 @@ def test_a_wave_always_runs_one_sample_to_its_end():
     wrong = tree_policy({"a wrong turn\n": {"more words on it\n": {"so the answer is \\boxed{52}": {}}}})
     gen = FakeGenerator(wrong)
     result = weighted_best_of_n(
-        "q", gen, FakeScorer(PRUNE_SCORES, default=0.9), SearchConfig(n=4, adaptive=PRUNING)
+        "q", gen, FakeScorer(PRUNE_SCORES, default=0.9), SearchConfig(n=4, agg="min", adaptive=PRUNING)
     )
     assert [c.stop_reason for c in result.candidates] == ["pruned"] * 3 + ["eos"]
     assert result.answer == "52"  # a real answer, not a fragment's guess
+
+
+@pytest.mark.parametrize("agg, prunes", [("min", True), ("prod", True), ("last", False)])
+def test_pruning_only_where_a_low_step_bounds_the_paths_score(agg, prunes):
+    # Under "last" a sample that took a wrong turn (0.1) may end well (0.9): it is no sample
+    # whose vote could not have weighed more, so it runs on.
+    gen = FakeGenerator(PRUNE_TREE)
+    config = SearchConfig(n=4, agg=agg, adaptive=PRUNING)
+    result = weighted_best_of_n("q", gen, FakeScorer(PRUNE_SCORES, default=0.9), config)
+    assert ("pruned" in [c.stop_reason for c in result.candidates]) == prunes
+    assert not gen.leaks()
+
+
+def test_weighted_waves_stopped_by_a_cancel_before_the_vote_settled_are_cut_short():
+    cancel = threading.Event()
+
+    def score_then_cancel(step: str) -> float:
+        cancel.set()  # as if the deadline passed while the first wave was scored
+        return 0.5
+
+    gen = FakeGenerator(random_policy(seed=3, answers=("1", "2", "3", "4")))
+    config = SearchConfig(n=16, adaptive=RULE, cancel=cancel)
+    result = weighted_best_of_n("q", gen, FakeScorer(rule=score_then_cancel), config)
+    assert len(result.candidates) == RULE.wave and all(c.stop_reason == "eos" for c in result.candidates)
+    assert result.cut_short  # every sample finished, but the vote had not settled
+    assert not gen.leaks()
+
+
+def test_past_the_deadline_a_pruned_fragment_is_no_answer_in_hand():
+    gen = FakeGenerator(tree_policy({"so far \\boxed{7}\n": {"and on \\boxed{8}": {}}}))
+    [pruned] = gen.extend([gen.root("q")], 1, to_end=True, stop_early=lambda p: True)
+    [partial] = gen.extend([gen.root("q")], 1)  # one step, cut by the deadline
+    assert pruned.finished and not partial.finished
+    cancel = threading.Event()
+    cancel.set()
+    scorer = FakeScorer(default=0.5)
+    score_in_time(scorer, "q", [partial], [pruned], Deadline(None, cancel))
+    assert partial.scores == [0.5]  # scored: the fallback is chosen on scores, not unscored
+    gen.release([partial])
 
 
 def test_a_pruned_answer_votes_only_when_no_sample_has_a_real_one():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -94,10 +95,15 @@ def test_a_path_stopped_early_is_the_full_paths_prefix_with_its_states(capturing
 
     def stop_at_two(path) -> bool:
         asked.append((len(path.steps), len(path.step_states), path.step_states[-1] is not None))
+        time.sleep(0.25)  # a PRM call: the scorer's time, not the policy's
         return len(path.steps) >= 2
 
-    cut = capturing.extend([capturing.root(QUESTION, sampling)], 1, to_end=True, stop_early=stop_at_two)[0]
+    root = capturing.root(QUESTION, sampling)
+    policy_s, start = capturing.counters.seconds, time.perf_counter()
+    cut = capturing.extend([root], 1, to_end=True, stop_early=stop_at_two)[0]
+    wall_s = time.perf_counter() - start
     assert asked == [(1, 1, True), (2, 2, True)]
+    assert capturing.counters.seconds - policy_s < wall_s - 0.45  # both callbacks left out
     assert cut.finished and cut.stop_reason == "pruned"
     assert cut.steps == whole.steps[:2] and cut.n_tokens < whole.n_tokens
     for a, b in zip(cut.step_states, whole.step_states[:2], strict=True):

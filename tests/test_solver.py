@@ -80,6 +80,8 @@ def test_solver_prunes_as_the_verifiers_manifest_says_unless_told_not_to(manifes
         (SolveOptions(strategy="weighted_best_of_n", n=4), 0.9),
         (SolveOptions(strategy="weighted_best_of_n", n=4, prune=False), 0.9),  # not pruning's own
         (SolveOptions(strategy="auto", n=4), 0.9),
+        # picked for the verifier's own aggregation ("min" here): another keeps the default
+        (SolveOptions(strategy="weighted_best_of_n", n=4, agg="last"), None),
     ],
 )
 def test_solver_gives_the_weighted_vote_the_verifiers_stopping_threshold(monkeypatch, options, threshold):

@@ -96,7 +96,8 @@ class GeneratorCounters:
     The token counts of concurrent searches add up to the policy's. ``decode_calls`` counts the
     batches a search took part in (a batch shared by two searches counts for each, once in the
     policy's), and ``seconds`` is each search's own wall time in the policy (summed in the
-    policy's, so concurrent searches count the same second more than once).
+    policy's, so concurrent searches count the same second more than once), less the time its
+    ``stop_early`` callbacks took (a PRM call when pruning: the scorer counts it).
     """
 
     tokens_prefilled: int = 0  # prompt tokens decoded

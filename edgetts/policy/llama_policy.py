@@ -989,8 +989,7 @@ class LlamaPolicy:
         child.done = True
         child.to_decode = []
 
-    @staticmethod
-    def _stops_early(child: _Child) -> bool:
+    def _stops_early(self, child: _Child) -> bool:
         """Ask ``stop_early`` about the child's new steps, once each is complete (its last token
         decoded, so its state is in; extend's docstring)."""
         path = child.path
@@ -999,7 +998,12 @@ class LlamaPolicy:
         if len(path.steps) <= child.steps_asked:
             return False
         child.steps_asked = len(path.steps)
-        return child.stop_early(path)
+        start = time.perf_counter()
+        stop = child.stop_early(path)
+        # The callback's time (pruning: a PRM call) is its own owner's to count (the scorer's),
+        # so it leaves the policy's seconds: policy + PRM time still add up to the wall time.
+        self._count(child.seq.search, seconds=-(time.perf_counter() - start))
+        return stop
 
     @staticmethod
     def _prune(child: _Child) -> None:

@@ -257,7 +257,9 @@ def _continue_in_waves(
     scored = list(probes)
 
     def score(wave: list[SolutionPath], deadline: Deadline) -> None:
-        if scorer is not None:  # earlier finished samples count as answers in hand past the deadline
+        # a majority vote needs no scores (as without waves); earlier finished samples count
+        # as answers in hand past the deadline
+        if weighted:
             score_in_time(scorer, question, wave, [p for p in scored if p.finished], deadline)
         scored.extend(wave)
 

@@ -69,7 +69,9 @@ def _sample_and_pick(
         score_in_time(scorer, question, paths, [], deadline)
     finished = [p for p in paths if p.finished]
     partial = [p for p in paths if not p.finished]
-    return conclude(strategy, finished, partial, config, weighted, cut_short=bool(partial))
+    # cut short: a sample the deadline stopped, or (weighted) waves stopped before the vote settled
+    cut_short = bool(partial) or deadline.expired()
+    return conclude(strategy, finished, partial, config, weighted, cut_short=cut_short)
 
 
 def _sample_weighted(

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from edgetts.grading import extract_answer, normalize_answer
 from edgetts.search.adaptive import Tally
 from edgetts.search.base import (
     Candidate,
@@ -91,10 +90,19 @@ class Pruner:
             raise self.error
 
 
+# Aggregations under which a weakest step below the threshold keeps the path's score below it
+# however the path ends (min is that step or lower, prod at most it): only then is a pruned
+# sample one whose vote could not have weighed more. Under "last" a path may recover.
+PRUNABLE_AGGREGATIONS = ("min", "prod")
+
+
 def pruning(scorer: StepScorer | None, question: str, config: SearchConfig) -> Pruning | None:
-    """The pruning ``config.adaptive`` asks for (None without a scorer or a ``prune_below``)."""
+    """The pruning ``config.adaptive`` asks for (None without a scorer or a ``prune_below``, and
+    for an aggregation under which a low step does not bound the path's score)."""
     rule = config.adaptive
     if scorer is None or rule is None or rule.prune_below is None:
+        return None
+    if config.agg not in PRUNABLE_AGGREGATIONS:
         return None
     return Pruning(scorer, question, rule.prune_below)
 
@@ -131,6 +139,7 @@ def sample_in_waves(
     With ``prune``, a sample stops at the step where its PRM score falls under the threshold
     (one sample of each wave always runs to its end: :class:`Pruner`).
     """
+    config.validate()  # every caller's: a wave of 0 samples would never end
     deadline = deadline or Deadline(config.deadline_s, config.cancel)
     rule = config.adaptive
     drawn = list(prior)
@@ -180,9 +189,16 @@ def score_in_time(
     """
     if deadline.expired():
         done = finished + [p for p in paths if p.finished]
-        if any(normalize_answer(extract_answer(p.text)) is not None for p in done):
+        if any(has_real_answer(p) for p in done):
             paths = [p for p in paths if p.finished]
     score_paths(scorer, question, paths)
+
+
+def has_real_answer(path: SolutionPath) -> bool:
+    """Whether the path ends with an answer that votes as one (not a pruned or cut-off
+    fragment's last number: :func:`conclude` takes those only when nothing better exists)."""
+    candidate = to_candidate(path, check_arithmetic=False)
+    return candidate.answer is not None and not candidate.provisional
 
 
 def pick(candidates: list[Candidate], weighted: bool) -> tuple[Candidate | None, dict[str, float]]:
