@@ -30,7 +30,7 @@ from edgetts.solver import SolveOptions
 
 EXIT_INTERRUPTED = 130
 MAX_CONCURRENT = 16  # run --concurrent: problems at once (each holds a prompt sequence)
-STRATEGY_NAMES = strategy_choices()
+STRATEGY_NAMES = [*strategy_choices(), "exec"]  # exec: code tasks only (--task code; auto is exec there)
 LOG_LEVELS = ["debug", "info", "warning", "error"]
 
 
@@ -364,13 +364,47 @@ def load_config(path: Path) -> dict:
     }
 
 
+def _renamed_flags(command: click.Command) -> dict[str, str]:
+    """A command's long flags, written as config keys (``prm``), whose parameter has another
+    name (``prm_path``): click looks defaults up by the parameter's name, users by the flag."""
+    renamed = {}
+    for param in command.params:
+        for opt in getattr(param, "opts", []):
+            flag = opt[2:].replace("-", "_") if opt.startswith("--") else None
+            if flag and flag != param.name:
+                renamed[flag] = param.name
+    return renamed
+
+
 class _Main(click.Group):
-    """Flags win over ``EDGETTS_<COMMAND>_<FLAG>`` variables, which win over the config file."""
+    """Flags win over ``EDGETTS_<COMMAND>_<FLAG>`` variables, which win over the config file.
+
+    Both name an option by its flag (``--prm``: ``prm = ...``, ``EDGETTS_SOLVE_PRM``), also
+    where its parameter is named otherwise; the parameter's own name works too.
+    """
 
     def make_context(self, info_name, args, parent=None, **extra):
         extra.setdefault("auto_envvar_prefix", "EDGETTS")
-        extra.setdefault("default_map", load_config(config_path()))
+        extra.setdefault("default_map", self._by_parameter(load_config(config_path())))
+        self._name_env_vars_by_flags()
         return super().make_context(info_name, args, parent, **extra)
+
+    def _by_parameter(self, defaults: dict) -> dict:
+        """The config's tables with flag-named keys renamed to their parameters'."""
+        out = dict(defaults)
+        for name, command in self.commands.items():
+            table, renamed = defaults.get(name), _renamed_flags(command)
+            if isinstance(table, dict):
+                out[name] = {renamed.get(key, key): value for key, value in table.items()}
+        return out
+
+    def _name_env_vars_by_flags(self) -> None:
+        for name, command in self.commands.items():
+            prefix = f"EDGETTS_{name.upper()}_"
+            for flag, param_name in _renamed_flags(command).items():
+                option = next(p for p in command.params if p.name == param_name)
+                if isinstance(option, click.Option) and option.envvar is None:
+                    option.envvar = [prefix + flag.upper(), prefix + param_name.upper()]
 
 
 @click.group(cls=_Main)
@@ -697,6 +731,10 @@ UNRECORDED_SETTINGS = {
 def _run_settings(kw: dict) -> dict:
     settings = {key: kw[key] for key in ANSWER_SETTINGS}
     settings["model"] = kw["model"] or registry.default_model_name()
+    if kw["task"] == "code":
+        # programs are picked by running them (no PRM); the visible tests change the pick
+        tests = kw["tests_path"]
+        return {**settings, "task": "code", "tests": None if tests is None else str(tests)}
     strategy = REGISTRY.get(kw["strategy"])
     if strategy is not None and strategy.reads_scorer:
         # the PRM's content, not only its path: the default one changes with edgetts releases
@@ -835,7 +873,7 @@ def _run_code(data_path: Path, out_path: Path, limit: int | None, kw: dict) -> N
 
     problems = load_code_problems(data_path, limit)
     tests = _code_tests(kw)
-    results = ResultsFile(out_path)
+    results = ResultsFile(out_path, settings=_run_settings(kw), unrecorded=UNRECORDED_SETTINGS)
     todo = [p for p in problems if p.id not in results.done]
     if len(todo) < len(problems):
         click.echo(

@@ -131,6 +131,8 @@ class SolveOptions:
             raise ValueError(
                 f"run_programs is for prose solutions (mode cot); --mode {self.mode} runs its programs"
             )
+        if self.strategy == "exec":
+            raise ValueError("strategy exec runs programs to pick one: it is for code tasks (--task code)")
         if self.strategy != GREEDY and self.strategy not in STRATEGIES:
             choices = sorted([GREEDY, *STRATEGIES])
             raise ValueError(f"unknown strategy {self.strategy!r}; choose one of {choices}")

@@ -122,6 +122,10 @@ def test_more_threads_than_cores_is_refused():
     assert refused(proc, "threads must be 1..")
 
 
+def test_exec_is_refused_for_math_with_where_it_belongs():
+    assert refused(edgetts("solve", "What is 2+3?", "--strategy", "exec"), "for code tasks (--task code)")
+
+
 def test_empty_question_exits_1():
     assert refused(edgetts("solve", "   "), "the question is empty")
 

@@ -120,6 +120,39 @@ def test_defaults_from_the_config_file_then_the_environment(tmp_path, monkeypatc
     assert result.exit_code == 1 and "config file" in result.output
 
 
+def test_config_keys_and_variables_are_named_as_the_flags(tmp_path, monkeypatch):
+    # --prm's parameter is prm_path, --json's as_json: users write the flag's name
+    from click.testing import CliRunner
+
+    import edgetts.cli as cli
+    from edgetts.cli import main
+
+    seen: list[dict] = []
+
+    class Stop(Exception):
+        pass
+
+    def record(*args, **kw):
+        seen.append(kw)
+        raise Stop
+
+    monkeypatch.setattr(cli, "_make_solver", lambda kw, **_: record(**kw))
+    config = tmp_path / "config.toml"
+    config.write_text('[solve]\nprm = "from-config"\n')
+    monkeypatch.setenv("EDGETTS_CONFIG", str(config))
+    CliRunner().invoke(main, ["solve", "What is 2+3?"])
+    assert seen[-1]["prm_path"] == "from-config"
+    monkeypatch.setenv("EDGETTS_SOLVE_PRM", "from-env")
+    CliRunner().invoke(main, ["solve", "What is 2+3?"])
+    assert seen[-1]["prm_path"] == "from-env"
+    CliRunner().invoke(main, ["solve", "What is 2+3?", "--prm", "from-flag"])
+    assert seen[-1]["prm_path"] == "from-flag"
+    monkeypatch.delenv("EDGETTS_SOLVE_PRM")
+    monkeypatch.setenv("EDGETTS_SOLVE_PRM_PATH", "by-parameter")  # still read
+    CliRunner().invoke(main, ["solve", "What is 2+3?"])
+    assert seen[-1]["prm_path"] == "by-parameter"
+
+
 def test_adaptive_arithmetic_and_program_flags_reach_the_solve_options(monkeypatch):
     from click.testing import CliRunner
 

@@ -149,6 +149,12 @@ def test_solve_code_and_pot_end_to_end_with_a_scripted_policy(monkeypatch, tmp_p
     record = json.loads(out.read_text())
     assert record["id"] == "T/0" and record["correct"] is True
     assert [c["correct"] for c in record["candidates"]] == [False, True, False]
+    assert record["settings"]["task"] == "code" and record["settings"]["n"] == 3
+    result = CliRunner().invoke(  # a resume with another N is refused, the row kept
+        main, ["run", "--task", "code", "--data", str(data), "--out", str(out), "-n", "4"]
+    )
+    assert result.exit_code == 1 and "n was 3, now 4" in result.output
+    assert json.loads(out.read_text()) == record
     result = CliRunner().invoke(
         main, ["solve", "What is 6 * 7?", "--mode", "pot", "--strategy", "majority", "-n", "3"]
     )
