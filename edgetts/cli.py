@@ -118,14 +118,16 @@ def _search_options(func):
             help="Always draw all N samples: majority, weighted best-of-N, confidence vote "
             f"and auto otherwise sample in waves of {AdaptiveStop.wave} and stop once the vote has "
             "settled (the leader stays ahead through the samples left with probability "
-            f"{AdaptiveStop.threshold}).",
+            f"{AdaptiveStop.threshold}; a PRM-weighted vote: the verifier's adaptive_threshold, "
+            "its manifest's, 0.8 for the shipped probe).",
         ),
         click.option(
             "--no-prune",
             is_flag=True,
             help="Let every sample of weighted best-of-N (and auto's weighted vote) run to its "
-            "end. By default, with adaptive sampling, a sample whose weakest step so far scores "
-            "under the verifier's prune_below (its manifest; the shipped probe's 0.2) stops there.",
+            "end. By default, with adaptive sampling and min or prod aggregation, a sample whose "
+            "weakest step so far scores under the verifier's prune_below (its manifest; the "
+            "shipped probe's 0.2) stops there.",
         ),
         click.option(
             "--no-check-arithmetic",
@@ -426,7 +428,7 @@ def main(offline: bool, verbose: bool, log_level: str | None) -> None:
     """edgetts: small models answer better by spending compute at answer time.
 
     Sample several reasoning paths on a local GGUF model, score their steps with a process
-    reward model, search, and answer. Everything runs offline.
+    reward model, search, and answer. Everything runs offline once the models are in place.
 
     Defaults come from ~/.config/edgetts/config.toml ($EDGETTS_CONFIG; a [solve] or [serve] table,
     keys named as the flags), then EDGETTS_<COMMAND>_<FLAG> variables, then the flags.
@@ -1013,7 +1015,7 @@ def gpu(require_cuda: bool) -> None:
 @click.pass_context
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per model, one per line.")
 def models(ctx: click.Context, as_json: bool) -> None:
-    """List the registry models (name, size, ready or not). Subcommands: pull, import, verify."""
+    """List the registry models (name, kind, size, ready or not). Subcommands: pull, import, verify."""
     if ctx.invoked_subcommand is not None:
         return
     for spec in registry.load_registry().values():
@@ -1147,8 +1149,8 @@ def bundle(out_dir: Path, model_names: tuple[str, ...], source: Path | None) -> 
 @click.option(
     "--strategy",
     default=None,
-    type=click.Choice(STRATEGY_NAMES),
-    help="Default strategy for requests that name none (default: auto when available, else majority).",
+    type=click.Choice(strategy_choices()),
+    help="Default strategy for requests that name none (default: auto).",
 )
 @click.option(
     "-n",
@@ -1160,7 +1162,12 @@ def bundle(out_dir: Path, model_names: tuple[str, ...], source: Path | None) -> 
     help="Default n for requests.",
 )
 @click.option("--deadline-s", type=float, default=None, help="Default deadline for requests.")
-@click.option("--memory-mb", type=float, default=None, help="Memory budget for strategy auto.")
+@click.option(
+    "--memory-mb",
+    type=float,
+    default=None,
+    help="Memory budget (MB) for every request: plans N, KV cache and slots; caps a request's memory_mb.",
+)
 @click.option(
     "--max-n",
     default=ServerSettings.max_n,
@@ -1205,7 +1212,12 @@ def bundle(out_dir: Path, model_names: tuple[str, ...], source: Path | None) -> 
     type=click.IntRange(-1),
     help="Layers to offload to a GPU (-1: all) [default: $EDGETTS_N_GPU_LAYERS, else 0].",
 )
-@click.option("--kv-type", default="f16", show_default=True, type=click.Choice(["f16", "q8_0"]))
+@click.option(
+    "--kv-type",
+    default=None,
+    type=click.Choice(["f16", "q8_0"]),
+    help="KV cache element type [default: f16, or planned under a budget].",
+)
 @click.option(
     "--strict-model",
     is_flag=True,
@@ -1254,7 +1266,7 @@ def serve(
     max_body_kb: int,
     threads: int | None,
     n_gpu_layers: int | None,
-    kv_type: str,
+    kv_type: str | None,
     strict_model: bool,
     cors_origins: tuple[str, ...],
     allow_exec: bool,
@@ -1313,12 +1325,14 @@ def serve(
         max_tokens=max_tokens,
         n_threads=threads,
         n_gpu_layers=n_gpu_layers,
-        kv_type=kv_type,
+        kv_type=kv_type or "f16",
         n_seq_max=min(max_n, 16),
         max_searches=concurrent,
     )
+    # what the user set, a request's budget plan keeps (as for solve and run)
+    pinned = frozenset(k for k, v in (("kv_type", kv_type), ("n_gpu_layers", n_gpu_layers)) if v is not None)
     make_solver = functools.partial(
-        server_solver, policy_config, prm_path, threads, allow_exec, allow_weak_sandbox
+        server_solver, policy_config, prm_path, threads, allow_exec, allow_weak_sandbox, pinned
     )
     if ray_address is None:
         solver = make_solver()  # the sandbox check refuses a weak one before the model loads
@@ -1329,7 +1343,12 @@ def serve(
 
 
 def server_solver(
-    policy_config, prm_path: str | None, threads: int | None, allow_exec: bool, allow_weak_sandbox: bool
+    policy_config,
+    prm_path: str | None,
+    threads: int | None,
+    allow_exec: bool,
+    allow_weak_sandbox: bool,
+    pinned: frozenset[str] = frozenset(),
 ):
     """The server's solver (models not loaded yet), with a sandbox when code may run. Built
     where it serves: in this process, or in each Ray Serve replica (each node checks its own
@@ -1348,7 +1367,7 @@ def server_solver(
                 + isolation.describe()
                 + "\nadd --allow-weak-sandbox to run it anyway"
             )
-    return Solver(policy_config, prm_path=prm_path, prm_threads=threads, sandbox=sandbox)
+    return Solver(policy_config, prm_path=prm_path, prm_threads=threads, pinned=pinned, sandbox=sandbox)
 
 
 def _serve_on_ray(make_solver, settings, address: str, replicas: int, threads: int) -> None:

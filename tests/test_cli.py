@@ -199,3 +199,18 @@ def test_adaptive_arithmetic_and_program_flags_reach_the_solve_options(monkeypat
 def test_concurrent_out_of_place_or_range_is_a_usage_error(extra, words):
     result = CliRunner().invoke(main, ["run", "--data", "d.jsonl", "--out", "r.jsonl", *extra])
     assert result.exit_code == 2 and words in result.output, result.output
+
+
+def test_serve_keeps_the_kv_type_and_offload_the_user_set_when_a_budget_plans(monkeypatch):
+    from click.testing import CliRunner
+
+    import edgetts.server
+    from edgetts.cli import main
+
+    solvers = []
+    monkeypatch.setattr(edgetts.server, "serve", lambda solver, settings: solvers.append(solver))
+    CliRunner().invoke(main, ["serve", "--memory-mb", "900", "--kv-type", "q8_0"], catch_exceptions=False)
+    CliRunner().invoke(main, ["serve", "--memory-mb", "900"], catch_exceptions=False)
+    pinned, planned = solvers
+    assert pinned.pinned == {"kv_type"} and pinned.policy_config.kv_type == "q8_0"
+    assert planned.pinned == frozenset() and planned.policy_config.kv_type == "f16"

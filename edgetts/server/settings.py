@@ -30,7 +30,7 @@ class ServerSettings:
     default_strategy: str | None = None  # None: "auto"
     default_n: int = DEFAULT_N
     default_deadline_s: float | None = None
-    memory_mb: float | None = None  # the server's budget, passed to "auto" when supported
+    memory_mb: float | None = None  # the server's budget: every request's plan, a cap on its own
     progress_interval_s: float = 1.0  # streaming: one progress chunk this often while searching
     shutdown_grace_s: float = 10.0  # how long shutdown waits for responses before dropping them
     # False: any model name a client sends means the loaded policy (clients come configured
