@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import sys
 import threading
@@ -61,6 +62,25 @@ def _friendly_errors(func):
             raise click.ClickException(str(exc)) from None
 
     return wrapper
+
+
+class _Positive(click.ParamType):
+    """A finite number above 0 (a deadline, a memory budget): 0, negatives, inf and nan are
+    usage errors at the command line, not failures at the first question or request."""
+
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number) or number <= 0:
+            self.fail(f"{value!r} is not a positive number", param, ctx)
+        return number
+
+
+POSITIVE = _Positive()
 
 
 def _search_options(func):
@@ -137,13 +157,13 @@ def _search_options(func):
         ),
         click.option(
             "--deadline-s",
-            type=float,
+            type=POSITIVE,
             default=None,
             help="Answer within this many seconds (model load excluded); plans N to fit.",
         ),
         click.option(
             "--memory-mb",
-            type=float,
+            type=POSITIVE,
             default=None,
             help="Peak memory budget (MB of 2**20 bytes); plans N, KV cache and slots to fit.",
         ),
@@ -1161,10 +1181,10 @@ def bundle(out_dir: Path, model_names: tuple[str, ...], source: Path | None) -> 
     type=click.IntRange(1, MAX_N),
     help="Default n for requests.",
 )
-@click.option("--deadline-s", type=float, default=None, help="Default deadline for requests.")
+@click.option("--deadline-s", type=POSITIVE, default=None, help="Default deadline for requests.")
 @click.option(
     "--memory-mb",
-    type=float,
+    type=POSITIVE,
     default=None,
     help="Memory budget (MB) for every request: plans N, KV cache and slots; caps a request's memory_mb.",
 )
@@ -1296,6 +1316,9 @@ def serve(
     if api_key is not None and not api_key.strip():
         raise click.ClickException("the API key is empty: it would let every client in; give a key or none")
     api_key = api_key.strip() if api_key is not None else None
+    if api_key is not None and not (api_key.isascii() and api_key.isprintable()):
+        # HTTP headers carry bytes a client may encode either way: such a key would never match
+        raise click.ClickException("the API key must be printable ASCII (letters, digits, symbols)")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s:     %(message)s")
     logging.getLogger("edgetts").setLevel(logging.INFO)
     model_id, aliases = model_names(model)

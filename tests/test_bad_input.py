@@ -136,6 +136,10 @@ def test_empty_question_exits_1():
         (["--n", "0"], ["0 is not in the range"]),
         (["--api-key", ""], ["the API key is empty"]),
         (["--max-queue", "-1"], ["-1 is not in the range"]),
+        (["--deadline-s", "0"], ["'0' is not a positive number"]),
+        (["--memory-mb", "nan"], ["'nan' is not a positive number"]),
+        (["--memory-mb", "-5"], ["'-5' is not a positive number"]),
+        (["--api-key", "schlüssel"], ["printable ASCII"]),
     ],
 )
 def test_serve_refuses_bad_settings_at_start(args, words):

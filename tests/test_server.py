@@ -222,6 +222,28 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(fake):
     assert ask(c).model_extra["edgetts"]["answer"] == "42"
 
 
+def test_what_a_search_cannot_honour_is_refused_and_nulls_mean_the_default(fake):
+    base, _ = fake
+    c = client(base)
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    for extra, param in [
+        ({"tools": [tool]}, "tools"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"edgetts": {"strategy": "majority"}, "n": 9}, "n"),  # the choices, not a budget not sent
+    ]:
+        with pytest.raises(openai.BadRequestError) as err:
+            ask(c, **extra)
+        assert err.value.body["param"] == param, extra
+    assert ask(c, tools=[], tool_choice="none", response_format={"type": "text"}).choices
+    question = [{"role": "user", "content": "6 * 7?"}]
+    infinite = {"model": MODEL, "messages": question, "edgetts": {"deadline_s": float("inf")}}
+    status, _, payload = post(base, json.dumps(infinite).encode())  # the literal Infinity
+    assert status == 400 and "deadline_s" in payload["error"]["param"]
+    null_stream = {"model": MODEL, "messages": question, "stream": None}
+    status, _, payload = post(base, json.dumps(null_stream).encode())
+    assert status == 200 and payload["choices"][0]["message"]["content"]
+
+
 def test_memory_mb_reaches_the_solver_capped_by_the_server_budget(fake):
     base, solver = fake
     ask(client(base), memory_mb=512)
@@ -642,7 +664,8 @@ def test_strict_model_and_cors():
             headers={
                 "Origin": "http://localhost:3000",
                 "Access-Control-Request-Method": "POST",
-                "Access-Control-Request-Headers": "authorization, content-type",
+                # the official JS client's own headers too
+                "Access-Control-Request-Headers": "authorization, content-type, x-stainless-lang",
             },
         )
         with urllib.request.urlopen(preflight, timeout=10) as resp:

@@ -98,6 +98,13 @@ class App:
     def job_for(self, req: SearchRequest) -> Job:
         """Turn a request into a validated search job (every 400 is raised here, before queueing)."""
         self.check_model(req.model)
+        if (field := req.unsupported()) is not None:
+            raise ApiError(
+                400,
+                f"{field} is not supported: edgetts answers in plain text (no tools, JSON mode or best_of)",
+                param=field,
+                code="unsupported_parameter",
+            )
         if req.top_logprobs:
             raise ApiError(
                 400,
@@ -147,15 +154,15 @@ class App:
                 param=f"{where}strategy",
             )
         # auto picks its own budget (under the deadline / memory budget) unless the request names one
+        if choices > s.max_n:  # first: a search sized from n would blame a field not sent
+            raise ApiError(
+                400, f"n={choices} choices is more than this server allows (max {s.max_n})", param="n"
+            )
         n = budget or (None if strategy == "auto" else max(s.default_n, choices))
         budget_param = "n" if where == "" else "edgetts.samples"
         if n is not None and n > s.max_n:
             raise ApiError(
                 400, f"a search of {n} is more than this server allows (max {s.max_n})", param=budget_param
-            )
-        if choices > s.max_n:
-            raise ApiError(
-                400, f"n={choices} choices is more than this server allows (max {s.max_n})", param="n"
             )
         fields: dict[str, Any] = {"strategy": strategy, "max_tokens": self._max_tokens(req)}
         if n is not None:
@@ -498,7 +505,10 @@ def create_app(
             CORSMiddleware,
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type"],
+            # any header: the official JS client sends its own (X-Stainless-*), and a preflight
+            # naming one not listed would fail; the origin list is what limits who may call
+            allow_headers=["*"],
+            expose_headers=["Retry-After"],
         )
     return app
 

@@ -33,7 +33,8 @@ class ChatMessage(BaseModel):
 class SearchFields(BaseModel):
     """The ``edgetts`` extension object of a request: which search, and how much of it."""
 
-    model_config = ConfigDict(extra="forbid")  # a misspelt search field is a 400, not a no-op
+    # a misspelt search field is a 400, not a no-op; Infinity and NaN are no budgets
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     strategy: str | None = None
     samples: int | None = Field(None, ge=1)  # samples, beams or leaves: the search budget
@@ -75,10 +76,10 @@ class SearchRequest(BaseModel):
     ...) are ignored so stock clients work.
     """
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     model: str
-    stream: bool = False
+    stream: bool | None = False  # OpenAI's spec allows null: false
     # OpenAI's stop: up to 4 strings; a solution ends where one first appears (cut off).
     stop: str | list[str] | None = None
     # Chat: true returns the chosen paths' token log-probabilities (top_logprobs is refused:
@@ -89,10 +90,29 @@ class SearchRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)  # an extension, as llama.cpp's server has it
+    top_k: int | None = Field(None, ge=0, le=2**31 - 1)  # an extension, as llama.cpp's server has it
     seed: int | None = None
     n: int | None = Field(None, ge=1)
     edgetts: SearchFields | None = None
+    # OpenAI fields a search cannot honour: read so that asking for them is a 400, not a reply
+    # that silently ignores them (tool calls, JSON mode, server-side best_of)
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
+    best_of: int | None = None
+
+    def unsupported(self) -> str | None:
+        """The first field set to something this server cannot do, if any."""
+        if self.tools:
+            return "tools"
+        if self.tool_choice not in (None, "none", "auto"):
+            return "tool_choice"
+        if self.response_format not in (None, {"type": "text"}):
+            return "response_format"
+        if self.best_of not in (None, 1):
+            return "best_of"
+        return None
+
     # deprecated top-level search fields (see LEGACY_FIELDS)
     strategy: str | None = None
     beam_width: int | None = Field(None, ge=1)
@@ -145,7 +165,7 @@ class CompletionRequest(SearchRequest):
     """OpenAI's (legacy) text completion request: a raw prompt, continued with no template."""
 
     prompt: str | list[str]
-    echo: bool = False
+    echo: bool | None = False  # null: false, as OpenAI's spec allows
 
     def prompt_input(self) -> RawPrompt:
         prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
