@@ -111,3 +111,37 @@ def test_auto_respects_deadline():
     assert time.perf_counter() - start < 0.3 + 0.1
     assert result.cut_short
     assert not gen.leaks()
+
+
+def quick_probes_slow_rest(steps: tuple[str, ...], i: int) -> tuple[str, bool]:
+    """Samples 0-3 (the probes) answer 7 at once; the later ones take 50 steps."""
+    if i < 4:
+        return "so the answer is \\boxed{7}", True
+    return f"step {len(steps)} of a long way round", len(steps) >= 50
+
+
+@pytest.mark.parametrize("strategy", ["weighted_best_of_n", "best_of_n", "majority"])
+def test_past_the_deadline_the_probes_answers_stand_and_cut_samples_are_not_scored(strategy):
+    gen = FakeGenerator(quick_probes_slow_rest, step_delay_s=0.01)
+    scorer = FakeScorer()
+    entries = {"easy": {"16": {"strategy": strategy, "n": 16}}}
+    result = auto("q", gen, scorer, SearchConfig(n=16, deadline_s=0.3), table=table(entries))
+    assert result.strategy == f"auto:{strategy}" and result.answer == "7" and result.cut_short
+    # the continuation's cut samples neither join the pick nor cost a PRM call past the deadline
+    assert [c.answer for c in result.candidates] == ["7"] * 4
+    assert all(len(steps) == 1 for call in scorer.seen for steps in call)
+    assert gen.calls[1].first_index == 4  # numbered on from the probes: one run of 16
+    assert not gen.leaks()
+
+
+def test_a_continuation_skipped_for_lack_of_time_is_cut_short():
+    class SlowRoot(FakeGenerator):
+        def root(self, *args, **kwargs):
+            time.sleep(0.15)  # a prefill: a second one would not fit in the time left
+            return super().root(*args, **kwargs)
+
+    gen = SlowRoot(AGREE)
+    entries = {"easy": {"16": {"strategy": "weighted_best_of_n", "n": 16}}}
+    result = auto("q", gen, FakeScorer(), SearchConfig(n=16, deadline_s=0.35), table=table(entries))
+    assert len(result.candidates) == 4 and gen.roots == 1
+    assert result.cut_short  # 16 were chosen, 4 drawn

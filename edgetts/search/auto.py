@@ -8,20 +8,22 @@
    ``tools/fit_compute_optimal.py``). Without a fitted entry the default rule is weighted best-of-N
    at the full budget (majority without a PRM); the result says which was used.
 3. Run the choice and *keep the probes*: for majority / best-of-N / weighted best-of-N they are
-   the first samples of the N (only the rest are drawn); for beam search and DVTS they join the
-   final pick as extra finished candidates.
+   the first samples of the N (only the rest are drawn, numbered on from them under the same
+   seed: the samples of a single run of N, as the bench's kept sample sets hold them); for beam
+   search and DVTS they join the final pick as extra finished candidates. Either way the final
+   pick is the chosen strategy's own, over probes and continuation together, with unfinished
+   paths only as a fallback when no finished one has an answer.
 
 Without a PRM, difficulty is agreement alone and only majority can be chosen.
 
 With ``config.adaptive`` a majority or weighted best-of-N choice continues in waves after the
-probes (which are its first wave) and stops once its vote has settled, ``choice.n`` at most. Those
-waves are numbered on from the probes under the probes' own seed, so they are seeded as the
-samples of a single run of N (what the kept sample sets and ``tools/bench_adaptive.py`` replay).
+probes (which are its first wave) and stops once its vote has settled, ``choice.n`` at most (what
+``tools/bench_adaptive.py`` replays).
 
 The continuation calls ``generator.root`` again; the llama.cpp policy keeps the prefilled prompt
 and forks from it again (another generator may prefill once more, which the deadline check
-allows for). Its sampler seed is offset meanwhile so the new samples differ from the probes (the
-policy seeds each path from the run seed and its place in the tree).
+allows for). A tree search's root gets an offset sampler seed, so its paths differ from the
+probes (the policy seeds each path from the run seed and its place in the tree).
 """
 
 from __future__ import annotations
@@ -44,9 +46,7 @@ from edgetts.search.base import (
     StepGenerator,
     StepScorer,
 )
-from edgetts.search.best_of_n import best_of_n
 from edgetts.search.common import as_weighted_vote, pruning, sample_in_waves, score_in_time
-from edgetts.search.majority import majority
 from edgetts.search.select import pick_by_vote, tally_votes, to_candidate
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ SEED_OFFSET = 1_000_003
 MIN_REMAINING_S = 0.05  # less than this left: answer from the probes instead of starting more
 NO_PRM = ("majority",)
 VOTES = ("majority", "weighted_best_of_n")  # choices whose continuation may stop early
+UNFINISHED = (None, "deadline")  # a path's stop_reason while it has not ended (cut, or between rounds)
 # Bins over the probes' features, first match wins. Shared with tools/fit_compute_optimal.py.
 DEFAULT_BINS = (
     {"name": "easy", "agreement_min": 1.0},
@@ -179,10 +180,12 @@ def auto(
     features = difficulty_features([to_candidate(p, config.agg, check_arithmetic=False) for p in probes])
     choice = table.choose(features, config.n, scorer is not None)
     extra = _continue(question, generator, scorer, config, choice, probes, deadline, prefill_s)
-    candidates = [to_candidate(p, config.agg, config.check_arithmetic) for p in probes if p.finished]
-    candidates += extra.candidates if extra is not None else []
-    if not any(c.answer is not None and not c.provisional for c in candidates):  # as conclude()
-        candidates += [to_candidate(p, config.agg, config.check_arithmetic) for p in probes if not p.finished]
+    # as conclude(): unfinished paths (the probes' or the continuation's) only as a fallback
+    everything = [to_candidate(p, config.agg, config.check_arithmetic) for p in probes]
+    everything += extra.candidates if extra is not None else []
+    candidates = [c for c in everything if c.stop_reason not in UNFINISHED]
+    if not any(c.answer is not None and not c.provisional for c in candidates):
+        candidates += [c for c in everything if c.stop_reason in UNFINISHED]
     chosen, votes = _pick(choice.strategy, candidates, config)
     return SearchResult(
         strategy=f"auto:{choice.strategy}",
@@ -192,7 +195,8 @@ def auto(
         votes=votes,
         cut_short=deadline.expired()
         or any(p.stop_reason == "deadline" for p in probes)
-        or bool(extra and extra.cut_short),
+        or bool(extra and extra.cut_short)
+        or (extra is None and choice.n > len(probes)),  # no time left to add what was chosen
     )
 
 
@@ -219,22 +223,13 @@ def _continue(
     if family_of(choice.strategy) == "sample":
         if choice.n <= n_probes:
             return None
-        if config.adaptive is not None and choice.strategy in VOTES:
-            sub = replace(config, n=choice.n, deadline_s=deadline_s)
-            return _continue_in_waves(question, generator, scorer, sub, choice.strategy, probes)
-        sub = replace(config, n=choice.n - n_probes, deadline_s=deadline_s)
-        # Only the samples are wanted here (the pick over probes + these is _pick's); best_of_n
-        # scores them deadline-aware, majority needs no scores at all.
-        if choice.strategy == "majority" or scorer is None:
-            return majority(question, generator, None, _reseeded(sub))
-        run = best_of_n
-    else:
-        width = min(config.beam_width, choice.n)
-        sub = replace(
-            config, n=max(width, choice.n // width * width), beam_width=width, deadline_s=deadline_s
-        )
-        run = _registry()[choice.strategy].run
-    return run(question, generator, scorer, _reseeded(sub))
+        # best-of-N has no vote to settle: it always draws its N
+        adaptive = config.adaptive if choice.strategy in VOTES else None
+        sub = replace(config, n=choice.n, deadline_s=deadline_s, adaptive=adaptive)
+        return _continue_in_waves(question, generator, scorer, sub, choice.strategy, probes)
+    width = min(config.beam_width, choice.n)
+    sub = replace(config, n=max(width, choice.n // width * width), beam_width=width, deadline_s=deadline_s)
+    return _registry()[choice.strategy].run(question, generator, scorer, _reseeded(sub))
 
 
 def _continue_in_waves(
@@ -245,8 +240,10 @@ def _continue_in_waves(
     strategy: str,
     probes: list[SolutionPath],
 ) -> SearchResult:
-    """Adaptive continuation: waves after the probes until the chosen vote settles."""
+    """The samples after the probes, numbered on from them: in waves until the chosen vote
+    settles (``config.adaptive``), else all of ``config.n`` at once."""
     weighted = strategy == "weighted_best_of_n" and scorer is not None
+    scored_by_prm = strategy != "majority" and scorer is not None  # majority needs no scores
 
     def tally(paths: list[SolutionPath]) -> Tally:
         candidates = [to_candidate(p, config.agg, config.check_arithmetic) for p in paths]
@@ -257,9 +254,8 @@ def _continue_in_waves(
     scored = list(probes)
 
     def score(wave: list[SolutionPath], deadline: Deadline) -> None:
-        # a majority vote needs no scores (as without waves); earlier finished samples count
-        # as answers in hand past the deadline
-        if weighted:
+        # earlier finished samples (the probes first) count as answers in hand past the deadline
+        if scored_by_prm:
             score_in_time(scorer, question, wave, [p for p in scored if p.finished], deadline)
         scored.extend(wave)
 
