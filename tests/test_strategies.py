@@ -193,6 +193,21 @@ def test_beam_search_keeps_finished_beams_aside():
     assert len(result.candidates) >= 4 and gen.alive == set()
 
 
+def test_beam_search_keeps_n_beams_a_round_when_fewer_survive():
+    # search-and-learn refills its active beams to N every iteration: fewer distinct survivors
+    # share the N new beams instead of the search narrowing for good
+    same_start = {"same": {"x": {"x \\boxed{1}": {}}, "y": {"y \\boxed{2}": {}}}}
+    gen = FakeGenerator(tree_policy(same_start))
+    beam_search("q", gen, FakeScorer(default=0.5), SearchConfig(n=8, beam_width=2, max_steps=2))
+    assert [(c.parents, c.n_each) for c in gen.calls[:2]] == [([()], 8), ([("same",)], 8)]
+    three_starts = {k: {f"{k}1 \\boxed{{1}}": {}} for k in ("a", "b", "c")}
+    gen = FakeGenerator(tree_policy(three_starts))
+    beam_search("q", gen, FakeScorer(default=0.5), SearchConfig(n=8, beam_width=2))
+    # 3 distinct survivors (of N/M = 4 kept): 3 + 3 + 2 children, the first ones one more
+    assert sorted((c.parents, c.n_each) for c in gen.calls[1:]) == [([("a",), ("b",)], 3), ([("c",)], 2)]
+    assert gen.alive == set() and gen.peak_alive <= 8
+
+
 def test_beam_search_stops_when_n_beams_finished():
     gen = FakeGenerator(tree_policy(ONE_STEP))
     result = beam_search("q", gen, FakeScorer(ONE_STEP_SCORES), SearchConfig(n=4, beam_width=2))

@@ -3,7 +3,9 @@
 N beams, beam width M. Round 1 samples N first steps from the prompt. Every round the PRM scores
 the live beams; beams that finished are set aside for the final pick, the top N/M unfinished ones
 with distinct steps survive and each is expanded into M beams with one more step; the rest are
-released at once.
+released at once. When fewer survive (duplicates, beams that finished), the survivors share the N
+new beams between them, as search-and-learn refills its active beams to N every iteration: the
+search keeps spending N beams a round instead of narrowing for good.
 The search stops after ``config.max_steps`` rounds (live beams are then completed to the end), when
 N beams have finished, when no live beam is left, or at the deadline. The finished beams are
 judged like best-of-N samples: by aggregated score, or summed per answer when
@@ -11,6 +13,8 @@ judged like best-of-N samples: by aggregated score, or summed per answer when
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from edgetts.search.base import (
     Deadline,
@@ -46,7 +50,7 @@ def beam_search(
             live = complete(generator, scorer, question, live, finished, deadline)
             break
         survivors = top_k(generator, live, keep, config.agg)
-        live = generator.extend(survivors, config.beam_width, deadline=deadline)
+        live = expand_to(generator, survivors, config.n, deadline)
     # Whatever is still live was cut short (deadline) or is surplus (N beams already finished).
     generator.release(live)
     return conclude(
@@ -59,12 +63,40 @@ def beam_search(
     )
 
 
+def expand_to(
+    generator: StepGenerator, parents: list[SolutionPath], n: int, deadline: Deadline
+) -> list[SolutionPath]:
+    """``n`` children over ``parents``, one more step each, shared as evenly as the count allows
+    (the first parents get one more): one extension when every parent gets the same number,
+    else two, decoded together in one batch (``submit``)."""
+    fewer, extra = divmod(n, len(parents))
+    groups = [(group, k) for group, k in ((parents[:extra], fewer + 1), (parents[extra:], fewer)) if group]
+    if len(groups) == 1:
+        return generator.extend(groups[0][0], groups[0][1], deadline=deadline)
+    tickets = [generator.submit(group, k, deadline=deadline) for group, k in groups]
+    children: dict[Any, list[SolutionPath]] = {}
+    try:
+        while len(children) < len(tickets):
+            ticket, group = generator.wait_any([t for t in tickets if t not in children])
+            children[ticket] = group
+    except BaseException:
+        # as dvts does: collect what is still under way, so that no sequence leaks
+        for ticket in tickets:
+            group = children.pop(ticket, None)
+            if group is None:
+                group = generator.wait_any([ticket])[1]
+            generator.release([p for p in group if not p.finished])
+        raise
+    return [child for ticket in tickets for child in children[ticket]]
+
+
 def top_k(generator: StepGenerator, paths: list[SolutionPath], k: int, agg: str) -> list[SolutionPath]:
     """Keep the ``k`` best-scored paths with distinct steps (earliest first on ties), release the rest.
 
     Two beams with the same steps are one partial solution twice (common when sampling cool), so a
     duplicate gives its place to the next distinct path, as search-and-learn's
-    ``filter_duplicates`` does. Fewer than ``k`` distinct paths means fewer survivors.
+    ``filter_duplicates`` does. Fewer than ``k`` distinct paths means fewer survivors (each then
+    grows more children: :func:`expand_to`).
     """
     ranked = sorted(range(len(paths)), key=lambda i: -aggregate(paths[i].scores, agg))
     kept: set[int] = set()
