@@ -21,6 +21,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,10 +65,13 @@ def _gold(record: dict, answer_key: str | None, path: Path, line_no: int) -> str
     if raw is None:
         return None
     raw = raw.strip()
-    raw = re.sub(r"\s*\([^()]*\)$", "", raw)  # ASDiv units: "15 (balls)"
+    # ASDiv units, "15 (balls)": only a number's trailing words in brackets, never an interval,
+    # a point or a product such as MATH's "(-2,1)" or "(a+5)(b+2)"
+    raw = re.sub(r"^(-?[\d.,]+)\s*\([A-Za-z][^()]*\)$", r"\1", raw)
     if re.fullmatch(r"-?\d+\.0+", raw):
         raw = raw.split(".")[0]  # MAWPS floats: "43.0"
-    return raw.replace(",", "") if re.fullmatch(r"-?[\d,]+(\.\d+)?", raw) else raw
+    # thousands separators ("1,234.5"), not lists ("-2,1")
+    return raw.replace(",", "") if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", raw) else raw
 
 
 def _question_key(record: dict) -> str:
@@ -84,9 +88,9 @@ def _records(path: Path):
                 text = f.read()
         else:
             text = path.read_text(encoding="utf-8")
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as exc:
         raise DataError(f"cannot read data file {path}: {exc}") from exc
-    if path.suffix == ".json":
+    if path.suffixes[-2:] in ([".json"], [".json", ".gz"]) or path.suffix == ".json":
         try:
             items = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -95,7 +99,8 @@ def _records(path: Path):
             raise DataError(f"{path}: expected a JSON list of objects")
         yield from ((i + 1, item) for i, item in enumerate(items))
         return
-    for line_no, line in enumerate(text.splitlines(), start=1):
+    # "\n" only: splitlines() would also break at U+2028 and the like, which JSON strings hold raw
+    for line_no, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -136,10 +141,19 @@ def load_problems(
         else:
             pid = record.get("unique_id", record.get("idx", record.get("id", line_no)))
         problems.append(Problem(str(pid), question, _gold(record, answer_key, path, line_no)))
-    ids = [p.id for p in problems]
-    if len(set(ids)) != len(ids):
-        raise DataError(f"{path}: problem ids are not unique; pass --id-key")
+    if not problems:
+        raise DataError(f"{path}: no problems found")
+    _check_unique([p.id for p in problems], path)
     return problems
+
+
+def _check_unique(ids: list[str], path: Path) -> None:
+    """Refuse a file whose rows share an id: results are keyed (and resumed) by id."""
+    seen: set[str] = set()
+    for pid in ids:
+        if pid in seen:
+            raise DataError(f"{path}: problem id {pid!r} appears more than once; pass --id-key")
+        seen.add(pid)
 
 
 @dataclass(frozen=True)
@@ -176,4 +190,5 @@ def load_code_problems(path: str | Path, limit: int | None = None) -> list[CodeP
         problems.append(CodeProblem(pid, prompt, entry or None, test or None))
     if not problems:
         raise DataError(f"{path}: no problems found")
+    _check_unique([p.id for p in problems], path)
     return problems

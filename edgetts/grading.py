@@ -25,6 +25,16 @@ _NUMBER_RE = re.compile(_NUMBER)
 _ANSWER_IS_RE = re.compile(r"answer is[:\s]*\$?\s*(.+?)(?:\$|\.\s|\.$|\n|$)", re.IGNORECASE)
 _HASHES_RE = re.compile(r"####\s*(.+)")
 _TEXT_RE = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")
+# A trailing unit: words of letters ("18 dollars", "12 eggs per day", "5 cm^2", "15 (balls)"),
+# one letter after a space ("5 m"), or glued to the number a capital ("0.625N") or an SI letter
+# ("5m", "3s"). Never a variable's letter ("3x", "2x^2"), an exponent ("1e5") or a number after
+# the words ("5 and 7", "4 hours and 30 minutes"): those are not plain numbers.
+_UNIT_WORD = r"[A-Za-z]{2,}(?:\^\d)?"
+_UNIT_RE = re.compile(
+    rf"(?:\s*\(?{_UNIT_WORD}(?:\s+{_UNIT_WORD})*\)?"  # words, maybe in brackets
+    r"|\s+[A-Za-z](?:\^\d)?"  # one letter after a space
+    r"|[A-Z]|[mgslh](?:\^\d)?)$"  # glued: a capital, or an SI letter
+)
 
 
 def last_boxed(text: str) -> str | None:
@@ -32,9 +42,11 @@ def last_boxed(text: str) -> str | None:
     start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
     if start < 0:
         return None
-    brace = text.find("{", start)
-    if brace < 0:
-        return None
+    rest = text[start + (6 if text.startswith("\\boxed", start) else 5) :]
+    if not rest.lstrip().startswith("{"):  # "\boxed 5": the token after it, not a later brace
+        token = re.match(r"\s+([^\s$]+)", rest)
+        return token.group(1).rstrip(".") if token else None
+    brace = len(text) - len(rest.lstrip())
     depth = 0
     for i in range(brace, len(text)):
         if text[i] == "{":
@@ -59,7 +71,7 @@ def extract_answer(text: str, complete: bool = True) -> str | None:
         return boxed
     if "\\boxed" in text or "\\fbox" in text:
         return None  # the answer was being written and stopped: no answer, not a fragment
-    matches = _ANSWER_IS_RE.findall(text)
+    matches = _ANSWER_IS_RE.findall(text.replace("\\$", ""))  # an escaped dollar is no delimiter
     if matches and _clean(matches[-1]):
         return _clean(matches[-1])
     hashes = _HASHES_RE.findall(text)
@@ -82,9 +94,8 @@ def as_number(answer: str) -> float | None:
     """Return ``answer`` as a float when it is a plain number (units and currency allowed)."""
     cleaned = _TEXT_RE.sub(r"\1", answer)
     cleaned = cleaned.replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "")
-    cleaned = cleaned.replace("\\!", "").replace("{,}", "").strip().rstrip(".")
-    # Drop a trailing unit word ("15 (balls)", "18 dollars", "5 cm^2").
-    cleaned = re.sub(r"\s*\(?[A-Za-z][A-Za-z\s^\d]*\)?$", "", cleaned).strip()
+    cleaned = cleaned.replace("\\!", "").replace("{,}", "").replace("\\,", "").replace("\\ ", "")
+    cleaned = _UNIT_RE.sub("", cleaned.strip().rstrip(".")).strip()
     if not re.fullmatch(_NUMBER, cleaned):
         frac = re.fullmatch(r"\\[dt]?frac\{(-?\d+)\}\{(\d+)\}", cleaned)
         if frac and int(frac.group(2)) != 0:
@@ -123,6 +134,8 @@ def answers_equal(a: str | None, b: str | None) -> bool:
         return False
     na, nb = as_number(a), as_number(b)
     if na is not None and nb is not None:
+        if na.is_integer() and nb.is_integer():
+            return na == nb  # 1000001 is not 1000000, however large
         return abs(na - nb) <= 1e-6 * max(1.0, abs(na), abs(nb))
     if normalize_answer(a) == normalize_answer(b):
         return True

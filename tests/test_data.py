@@ -1,8 +1,10 @@
+import gzip
 import json
+from pathlib import Path
 
 import pytest
 
-from edgetts.data import DataError, load_problems
+from edgetts.data import DataError, _gold, load_code_problems, load_problems
 
 
 def write_jsonl(path, rows):
@@ -63,5 +65,38 @@ def test_missing_file_and_duplicate_ids(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         load_problems(tmp_path / "none.jsonl")
     f = write_jsonl(tmp_path / "d.jsonl", [{"question": "a", "idx": 1}, {"question": "b", "idx": 1}])
-    with pytest.raises(DataError, match="not unique"):
+    with pytest.raises(DataError, match="id '1' appears more than once"):
         load_problems(f)
+    code = write_jsonl(tmp_path / "c.jsonl", [{"task_id": "T/0", "prompt": "def f(): ..."}] * 2)
+    with pytest.raises(DataError, match="id 'T/0' appears more than once"):
+        load_code_problems(code)
+    with pytest.raises(DataError, match="no problems found"):
+        load_problems(write_jsonl(tmp_path / "empty.jsonl", []))
+
+
+def test_gold_answers_keep_math_tuples_intervals_and_lists():
+    # ASDiv's "15 (balls)" loses its unit; MATH's brackets and lists are answers, not units
+    golds = {
+        "15 (balls)": "15",
+        "(-2,1)": "(-2,1)",
+        "(a+5)(b+2)": "(a+5)(b+2)",
+        "(0,9) \\cup (9,36)": "(0,9) \\cup (9,36)",
+        "-2,1": "-2,1",
+        "1,234": "1234",
+        "43.0": "43",
+    }
+    for raw, gold in golds.items():
+        assert _gold({"answer": raw}, None, Path("x"), 1) == gold, raw
+
+
+def test_a_line_separator_inside_a_string_is_text_and_a_corrupt_gzip_is_named(tmp_path):
+    f = tmp_path / "ls.jsonl"
+    f.write_text(json.dumps({"question": "a\u2028b?", "answer": "#### 3"}, ensure_ascii=False) + "\n")
+    assert load_problems(f)[0].question == "a\u2028b?"
+    bad = tmp_path / "bad.jsonl.gz"
+    bad.write_bytes(gzip.compress(b'{"question": "q"}\n')[:-12] + b"garbage!" * 2)
+    with pytest.raises(DataError, match="cannot read data file"):
+        load_problems(bad)
+    listed = tmp_path / "l.json.gz"
+    listed.write_bytes(gzip.compress(json.dumps([{"question": "q", "answer": "1"}]).encode()))
+    assert load_problems(listed)[0].answer == "1"

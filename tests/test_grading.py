@@ -15,6 +15,9 @@ from edgetts.grading import answers_equal, extract_answer, is_correct, last_boxe
         ("x = 5 and then y = 7", "7"),
         ("no numbers here", None),
         ("", None),
+        ("The answer is \\$5.", "5"),  # an escaped dollar is no math delimiter
+        ("The answer is $\\$ 5$", "5"),
+        ("x = \\boxed 5. Also \\frac{1}{2}", "5"),  # no brace: the token after it
     ],
 )
 def test_extract_answer(text, expected):
@@ -48,6 +51,10 @@ def test_cut_text_answers_only_explicitly():
         ("(3, \\frac{\\pi}{2})", "\\left( 3, \\frac{\\pi}{2} \\right)"),
         ("\\text{Purple}", "Purple"),
         ("50\\%", "50"),
+        ("1\\,000", "1000"),
+        ("50\\,\\%", "50"),
+        ("12 eggs per day", "12"),
+        ("5 m", "5"),
     ],
 )
 def test_equal_answers(a, b):
@@ -55,7 +62,25 @@ def test_equal_answers(a, b):
     assert answers_equal(b, a)
 
 
-@pytest.mark.parametrize("a, b", [("18", "19"), ("3,5", "35"), ("\\frac{1}{3}", "0.5"), (None, "1")])
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("18", "19"),
+        ("3,5", "35"),
+        ("\\frac{1}{3}", "0.5"),
+        (None, "1"),
+        # words with a number after them, or letters glued to it, are no unit
+        ("5 and 7", "5"),
+        ("2 or 3", "2"),
+        ("2x^2", "2"),
+        ("3x", "3"),
+        ("1e5", "1"),
+        ("4 hours and 30 minutes", "4"),
+        # whole numbers compare exactly, however large
+        ("1000001", "1000000"),
+        ("192000000", "192000100"),
+    ],
+)
 def test_unequal_answers(a, b):
     assert not answers_equal(a, b)
 
