@@ -22,6 +22,7 @@ from edgetts import models as registry
 from edgetts.distributed import DETECT as DETECT_RAY  # what a bare --ray means (Ray loads later)
 from edgetts.grading import answers_equal
 from edgetts.policy.config import PolicyConfig
+from edgetts.results import UNKNOWN
 from edgetts.search.adaptive import AdaptiveStop
 from edgetts.search.base import MAX_N, SearchResult
 from edgetts.search.registry import REGISTRY
@@ -741,18 +742,24 @@ ANSWER_SETTINGS = (
 # Settings recorded since a later version, each with the value that does what runs did before:
 # a results file made then resumes with that value (no_adaptive: every sample was drawn;
 # no_prune: every sample ran to its end; no_check_arithmetic: every answer voted; run_programs:
-# no program ran).
+# no program ran). Which data file and which verifier an older file was made with cannot be
+# known: it resumes with any (UNKNOWN); a file made since refuses another.
 UNRECORDED_SETTINGS = {
     "no_adaptive": True,
     "no_prune": True,
     "no_check_arithmetic": True,
     "run_programs": False,
+    "data": UNKNOWN,
+    "verifier": UNKNOWN,
 }
 
 
-def _run_settings(kw: dict) -> dict:
+def _run_settings(kw: dict, data: dict) -> dict:
+    """What a results file records of its run. ``data``: the data file's name and the keys it was
+    read with; rows are matched by problem id, and ids repeat across files (0, 1, 2 ...)."""
     settings = {key: kw[key] for key in ANSWER_SETTINGS}
     settings["model"] = kw["model"] or registry.default_model_name()
+    settings["data"] = data
     if kw["task"] == "code":
         # programs are picked by running them (no PRM); the visible tests change the pick
         tests = kw["tests_path"]
@@ -783,7 +790,7 @@ def _run_settings(kw: dict) -> dict:
     type=click.Path(path_type=Path),
     help="Results JSONL; appended, and a rerun skips problems already in it.",
 )
-@click.option("--limit", type=int, default=None, help="Only the first LIMIT problems.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Only the first LIMIT problems.")
 @click.option("--question-key", default=None, help="Question field(s), e.g. body+question.")
 @click.option("--answer-key", default=None, help="Gold answer field.")
 @click.option("--id-key", default=None, help="Problem id field (default: idx/id/line number).")
@@ -843,10 +850,11 @@ def run(
     elif actors is not None:
         raise click.UsageError("--actors is for --ray")
     if kw["task"] == "code":
-        _run_code(data_path, out_path, limit, kw)
+        _run_code(data_path, out_path, limit, kw, as_json)
         return
     problems = load_problems(data_path, question_key, answer_key, id_key, limit)
-    results = ResultsFile(out_path, settings=_run_settings(kw), unrecorded=UNRECORDED_SETTINGS)
+    data = {"file": data_path.name, "question_key": question_key, "answer_key": answer_key, "id_key": id_key}
+    results = ResultsFile(out_path, settings=_run_settings(kw, data), unrecorded=UNRECORDED_SETTINGS)
     todo = [p for p in problems if p.id not in results.done]
     if len(todo) < len(problems):
         click.echo(
@@ -866,6 +874,11 @@ def run(
                 results.append(solve_record(solver, options, problem, kw["model"]))
     except KeyboardInterrupt:
         _stop_interrupted(len(results.records), out_path)
+    _print_summary(results, out_path, as_json)
+
+
+def _print_summary(results, out_path: Path, as_json: bool, measure: str = "accuracy") -> None:
+    """``run``'s last line: the accuracy over the file's graded rows (one JSON object with --json)."""
     correct, graded = results.accuracy()
     if as_json:
         summary = {
@@ -877,12 +890,12 @@ def run(
         }
         click.echo(json.dumps(summary))
     elif graded:
-        click.echo(f"accuracy: {correct}/{graded} = {correct / graded:.1%}")
+        click.echo(f"{measure}: {correct}/{graded} = {correct / graded:.1%}")
     else:
-        click.echo(f"answered {len(results.records)} problems (no gold answers to grade)")
+        click.echo(f"answered {len(results.records)} problems (none could be graded)")
 
 
-def _run_code(data_path: Path, out_path: Path, limit: int | None, kw: dict) -> None:
+def _run_code(data_path: Path, out_path: Path, limit: int | None, kw: dict, as_json: bool) -> None:
     """``run --task code``: every HumanEval-style row, graded by its own hidden test."""
     import time
 
@@ -895,7 +908,9 @@ def _run_code(data_path: Path, out_path: Path, limit: int | None, kw: dict) -> N
 
     problems = load_code_problems(data_path, limit)
     tests = _code_tests(kw)
-    results = ResultsFile(out_path, settings=_run_settings(kw), unrecorded=UNRECORDED_SETTINGS)
+    results = ResultsFile(
+        out_path, settings=_run_settings(kw, {"file": data_path.name}), unrecorded=UNRECORDED_SETTINGS
+    )
     todo = [p for p in problems if p.id not in results.done]
     if len(todo) < len(problems):
         click.echo(
@@ -942,11 +957,7 @@ def _run_code(data_path: Path, out_path: Path, limit: int | None, kw: dict) -> N
             )
     except KeyboardInterrupt:
         _stop_interrupted(len(results.records), out_path)
-    correct, graded = results.accuracy()
-    if graded:
-        click.echo(f"pass@1: {correct}/{graded} = {correct / graded:.1%}")
-    else:
-        click.echo(f"answered {len(results.records)} problems (no hidden tests to grade)")
+    _print_summary(results, out_path, as_json, measure="pass@1")
 
 
 @main.command()

@@ -26,6 +26,16 @@ from pathlib import Path
 from typing import Any
 
 
+class _Unknown:
+    def __repr__(self) -> str:
+        return "UNKNOWN"
+
+
+# An ``unrecorded`` value for a setting whose value in older files cannot be known (which data
+# file, which verifier): such a file resumes whatever it is now; files made since are checked.
+UNKNOWN: Any = _Unknown()
+
+
 def _shown(settings: Mapping[str, Any], key: str) -> str:
     # a file made before a setting was recorded (and with no `unrecorded` value for it) cannot
     # say what it was: say so rather than print None
@@ -68,9 +78,12 @@ class ResultsFile:
         if self.path.is_dir():
             raise ResultsError(f"output {self.path} is a directory, not a JSONL file")
         try:
-            lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+            text = self.path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ResultsError(f"cannot read output file {self.path}: {exc}") from exc
+        # at "\n" only: a model's text may hold U+2028 and the like raw (ensure_ascii=False)
+        parts = text.split("\n")
+        lines = [part + "\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
         records = []
         for line_no, line in enumerate(lines, start=1):
             if not line.strip():
@@ -103,7 +116,7 @@ class ResultsFile:
         differ = [
             f"{key} was {_shown(recorded, key)}, now {_shown(settings, key)}"
             for key in sorted(set(recorded) | set(settings))
-            if recorded.get(key) != settings.get(key)
+            if recorded.get(key) != settings.get(key) and recorded.get(key) is not UNKNOWN
         ]
         if differ:
             raise ResultsError(

@@ -91,7 +91,7 @@ def test_resume_after_the_verifier_changed_is_refused(tmp_path, data):
     shutil.copytree(policy_prm_dir(), prm)
     out = tmp_path / "r.jsonl"
     args = ["--data", str(data), "--out", str(out), "--strategy", "weighted_best_of_n", "--prm", str(prm)]
-    settings = _run_settings(run.make_context("run", list(args)).params)
+    settings = _run_settings(run.make_context("run", list(args)).params, {"file": data.name})
     assert settings["verifier"].startswith("prm-probe-qwen05@")
     out.write_text(json.dumps({"id": "1", "correct": True, "settings": settings}) + "\n")
     manifest = json.loads((prm / "manifest.json").read_text())
@@ -99,8 +99,22 @@ def test_resume_after_the_verifier_changed_is_refused(tmp_path, data):
     proc = edgetts("run", *args)
     assert refused(proc, "other settings", "verifier was 'prm-probe-qwen05@")
     assert json.loads(out.read_text())["settings"] == settings
-    majority = _run_settings(run.make_context("run", [*args[:4], "--strategy", "majority"]).params)
+    majority = _run_settings(run.make_context("run", [*args[:4], "--strategy", "majority"]).params, {})
     assert "verifier" not in majority  # a vote that never reads a PRM resumes whatever ships
+
+
+def test_resume_with_another_data_file_is_refused(tmp_path, data):
+    # ids repeat across benchmarks (0, 1, 2 ...): another file's problems are not "done"
+    from edgetts.cli import _run_settings, run
+
+    out = tmp_path / "r.jsonl"
+    args = ["--data", str(data), "--out", str(out), "--strategy", "majority"]
+    data_keys = {"file": "gsm8k_test.jsonl", "question_key": None, "answer_key": None, "id_key": None}
+    settings = _run_settings(run.make_context("run", list(args)).params, data_keys)
+    out.write_text(json.dumps({"id": "1", "correct": True, "settings": settings}) + "\n")
+    proc = edgetts("run", *args)
+    assert refused(proc, "other settings", "data was {'file': 'gsm8k_test.jsonl'")
+    assert json.loads(out.read_text())["settings"] == settings
 
 
 @pytest.mark.parametrize(

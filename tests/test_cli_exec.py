@@ -155,6 +155,10 @@ def test_solve_code_and_pot_end_to_end_with_a_scripted_policy(monkeypatch, tmp_p
     )
     assert result.exit_code == 1 and "n was 3, now 4" in result.output
     assert json.loads(out.read_text()) == record
+    result = CliRunner().invoke(  # resumed: nothing to do, and --json prints one object
+        main, ["run", "--task", "code", "--data", str(data), "--out", str(out), "-n", "3", "--json"]
+    )
+    assert result.exit_code == 0 and json.loads(result.stdout)["accuracy"] == 1.0
     result = CliRunner().invoke(
         main, ["solve", "What is 6 * 7?", "--mode", "pot", "--strategy", "majority", "-n", "3"]
     )

@@ -83,6 +83,25 @@ def test_rows_keyed_by_another_field_resume_and_drop_their_own_torn_line(tmp_pat
         ResultsFile(out, id_field="task_id")
 
 
+def test_an_unknowable_setting_of_an_older_file_resumes_and_a_newer_file_checks_it(tmp_path):
+    from edgetts.results import UNKNOWN
+
+    out = tmp_path / "r.jsonl"
+    ResultsFile(out, settings={"n": 8}).append({"id": "1", "correct": True})  # before "data"
+    assert ResultsFile(out, settings={"n": 8, "data": "a.jsonl"}, unrecorded={"data": UNKNOWN}).done == {"1"}
+    other = tmp_path / "s.jsonl"
+    ResultsFile(other, settings={"n": 8, "data": "a.jsonl"}).append({"id": "1", "correct": True})
+    with pytest.raises(ResultsError, match="data was 'a.jsonl', now 'b.jsonl'"):
+        ResultsFile(other, settings={"n": 8, "data": "b.jsonl"}, unrecorded={"data": UNKNOWN})
+
+
+def test_a_line_separator_in_a_models_text_survives_a_resume(tmp_path):
+    out = tmp_path / "r.jsonl"
+    ResultsFile(out).append({"id": "1", "text": "a\u2028b\u0085c"})  # written raw (ensure_ascii off)
+    assert "\u2028" in out.read_text()
+    assert ResultsFile(out).records[0]["text"] == "a\u2028b\u0085c"
+
+
 def test_unwritable_output_fails_at_once(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
