@@ -102,6 +102,8 @@ class Calibration:
         speeds = [cal.prefill_tok_s, *decode.values()] + ([cal.prm_steps_s] if cal.prm_steps_s else [])
         if not decode or any(not math.isfinite(s) or s <= 0 for s in speeds):
             raise ValueError("speeds must be positive numbers")
+        if min(decode) < 1:
+            raise ValueError("decode speeds are per batch size, 1 or more")
         return cal
 
 

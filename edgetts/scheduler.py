@@ -363,8 +363,12 @@ def estimate_for_policy(
     parked paths (what parking held at its peak, at most ``config.park_mb``)."""
     import llama_cpp
 
-    # A CPU build of llama.cpp keeps every layer in host memory, whatever offload was asked for.
-    gpu_layers = config.n_gpu_layers if llama_cpp.llama_supports_gpu_offload() else 0
+    from edgetts.gpu import default_gpu_layers
+
+    # A CPU build of llama.cpp keeps every layer in host memory, whatever offload was asked for;
+    # on a GPU build no setting means what the policy loaded with (default_gpu_layers).
+    asked = default_gpu_layers() if config.n_gpu_layers is None else config.n_gpu_layers
+    gpu_layers = asked if llama_cpp.llama_supports_gpu_offload() else 0
     return estimate_memory(
         meta,
         config.resolved_n_ctx(),
@@ -431,7 +435,11 @@ def _n_choices(budget: Budget) -> list[int]:
     cap = max(N_CHOICES) if budget.deadline_s is not None else DEFAULT_N
     choices = [n for n in N_CHOICES if n <= cap]
     if budget.strategy in TREE_STRATEGIES:
-        choices = [n for n in choices if n >= budget.beam_width and n % budget.beam_width == 0]
+        # multiples of the beam width; past the cap (a wide beam) or off the list (width 3),
+        # the smallest tree that width makes
+        width = budget.beam_width
+        trees = [n for n in N_CHOICES if n >= width and n % width == 0]
+        choices = [n for n in trees if n <= cap] or trees[:1] or [width]
     return sorted(choices, reverse=True)
 
 

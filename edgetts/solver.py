@@ -151,7 +151,11 @@ class SolveOptions:
         if any(len(s) > MAX_STOP_CHARS for s in self.stop):
             raise ValueError(f"a stop string may have at most {MAX_STOP_CHARS} characters")
         if self.strategy != GREEDY:
-            REGISTRY[self.strategy].validate(self.search_config())
+            config = self.search_config()
+            if self.n is None and (self.memory_mb is not None or self.deadline_s is not None):
+                # the plan picks N (a multiple of the beam width for a tree): check the rest
+                config = replace(config, n=self.beam_width)
+            REGISTRY[self.strategy].validate(config)
 
 
 def validate_code_options(options: SolveOptions) -> None:
@@ -187,7 +191,9 @@ class Solver:
     # Where model-written code runs (--mode pot, code tasks); None: such requests are refused.
     sandbox: Sandbox | None = None
     _policy: LlamaPolicy | None = field(default=None, init=False, repr=False)
-    _loaded_memory_mb: float = field(default=float("inf"), init=False, repr=False)  # its plan's
+    # the loaded policy's own memory as its plan predicted it (the PRM apart: it stays loaded
+    # across policies, and is counted as it is needed)
+    _loaded_memory_mb: float = field(default=float("inf"), init=False, repr=False)
     _scorer: Verifier | None = field(default=None, init=False, repr=False)
     # Held while planning and loading, not while searching: searches on several threads share
     # the loaded policy (PolicyConfig.max_searches of them at once, in one decode loop); a
@@ -394,7 +400,24 @@ class Solver:
         plan = self.plan(options, question)
         strategy = "majority" if options.strategy == GREEDY else options.strategy
         scorer = self._scorer_for(strategy, plan)
+        if scorer is None and plan is not None and options.memory_mb is not None:
+            self._unload_scorer_over(options.memory_mb - plan.predicted_memory_mb)
         return plan, scorer, self._policy_for(scorer, plan, options.memory_mb)
+
+    def _resident_prm_mb(self, scorer: Verifier | None, plan: Plan | None) -> float:
+        """The PRM's memory beside the policy: as planned when this solve uses it, else what a
+        PRM loaded for an earlier solve still holds."""
+        if scorer is not None:
+            return plan.memory.prm_mb if plan is not None else 0.0
+        cost = prm_cost(self.prm_dir) if self.scorer_loaded else None
+        return cost.memory_mb if cost is not None else 0.0
+
+    def _unload_scorer_over(self, room_mb: float) -> None:
+        """Let go of a PRM an earlier solve loaded when this solve, which needs none, has less
+        room than it holds (searches still running keep their own reference)."""
+        if self.scorer_loaded and self._resident_prm_mb(None, None) > room_mb:
+            log.info("PRM unloaded: this solve's memory budget has no room for it")
+            self._scorer = None
 
     def memory_estimate(self) -> MemoryEstimate | None:
         """The scheduler's estimate of this solver's resident memory with the loaded policy (see
@@ -454,9 +477,10 @@ class Solver:
             wanted = replace(wanted, **{name: getattr(plan, name) for name in PLANNED_FIELDS})
         if scorer is not None and scorer.needs_states:
             wanted = replace(wanted, capture_states=True, state_layers=scorer.state_layers)
+        prm_mb = self._resident_prm_mb(scorer, plan)
         while True:
             loaded = self._policy.config if self._policy is not None else None
-            budget_fits = memory_mb is None or self._loaded_memory_mb <= memory_mb
+            budget_fits = memory_mb is None or self._loaded_memory_mb + prm_mb <= memory_mb
             if loaded is not None and budget_fits and _serves(loaded, wanted):
                 break
             if self._searching:  # never pull the context from under a running search
@@ -464,7 +488,9 @@ class Solver:
                 continue
             self.close()
             self._policy = LlamaPolicy(wanted)
-            self._loaded_memory_mb = plan.predicted_memory_mb if plan is not None else float("inf")
+            self._loaded_memory_mb = (
+                plan.predicted_memory_mb - plan.memory.prm_mb if plan is not None else float("inf")
+            )
             break
         if scorer is not None and scorer.needs_states:
             meta = self._policy.metadata
@@ -520,6 +546,7 @@ def _serves(loaded: PolicyConfig, wanted: PolicyConfig) -> bool:
     return (
         all(getattr(loaded, name) == getattr(wanted, name) for name in SAME_FIELDS)
         and loaded.n_seq_max >= wanted.n_seq_max
+        and loaded.park_mb >= wanted.park_mb  # else parked paths are decoded again
         and loaded.max_searches >= wanted.max_searches
         and loaded.resolved_n_ctx() >= wanted.resolved_n_ctx()
         and loaded.max_tokens >= wanted.max_tokens

@@ -374,11 +374,42 @@ def test_solver_keeps_a_loaded_context_that_covers_the_plan(monkeypatch):
     )
     assert s._policy_for(None, smaller, 4000).config.n_seq_max == big.n_seq_max  # kept
     assert len(LoadedPolicy.log) == 1
-    s._policy_for(None, smaller, big.predicted_memory_mb - 1)  # the loaded one no longer fits
+    policy_mb = big.predicted_memory_mb - big.memory.prm_mb  # the PRM is counted apart
+    s._policy_for(None, smaller, policy_mb - 1)  # the loaded one no longer fits
     assert LoadedPolicy.log[1:] == ["close", f"load {smaller.n_seq_max} f16"]
     s._policy_for(None, replace(smaller, kv_type="q8_0"), None)  # another cache type: reload
     assert LoadedPolicy.log[-1] == f"load {smaller.n_seq_max} q8_0"
+    reloads = len(LoadedPolicy.log)
+    s._policy_for(None, replace(smaller, kv_type="q8_0", park_mb=64.0), None)  # parking it lacks
+    assert len(LoadedPolicy.log) == reloads + 2 and s.policy.config.park_mb == 64.0
     assert s.policy_config == PolicyConfig(max_tokens=256, n_seq_max=16)  # never changed
+
+
+def test_a_prm_still_loaded_counts_against_the_budget_of_a_solve_that_reuses_the_policy(monkeypatch):
+    """Seen in review: a PRM loaded for an earlier solve stayed beside a policy reused for a
+    solve planned without one, 927 MB under a 900 MB budget."""
+    from dataclasses import replace
+
+    from edgetts import solver as solver_mod
+    from edgetts.policy import PolicyConfig
+    from edgetts.prm import default_text_prm
+    from edgetts.scheduler import prm_cost
+
+    monkeypatch.setattr(solver_mod, "LlamaPolicy", LoadedPolicy)
+    LoadedPolicy.log = []
+    s = solver_mod.Solver(PolicyConfig(max_tokens=256, n_seq_max=16), prm_path=str(default_text_prm()))
+    first = replace(plan(Budget(memory_mb=4000, max_tokens=256, strategy="majority")), n_seq_max=4)
+    s._policy_for(None, first, 4000)
+    policy_mb, held_mb = first.predicted_memory_mb, prm_cost(s.prm_dir).memory_mb
+    s._policy_for(None, first, policy_mb + 1)  # no PRM loaded: the policy fits
+    assert len(LoadedPolicy.log) == 1
+    s._scorer = object()  # a PRM an earlier solve loaded
+    s._policy_for(None, first, policy_mb + held_mb - 1)  # policy + PRM: over, so not kept
+    assert LoadedPolicy.log[1:] == ["close", "load 4 f16"]
+    s._unload_scorer_over(held_mb + 1)  # room for it: kept
+    assert s.scorer_loaded
+    s._unload_scorer_over(held_mb - 1)
+    assert not s.scorer_loaded
 
 
 def test_a_budgeted_solve_leaves_the_next_one_as_configured(monkeypatch):
@@ -445,3 +476,37 @@ def test_peak_rss_is_the_process_own_not_its_parents():
     assert peak_rss_mb() > 600
     assert child_mb < 400, child_mb
     del ballast
+
+
+def test_the_estimate_of_a_policy_without_an_offload_setting_on_a_gpu_build(monkeypatch):
+    """Seen in review: /health crashed on a CUDA build after a solve without --n-gpu-layers."""
+    import llama_cpp
+
+    from edgetts.policy import PolicyConfig
+    from edgetts.scheduler import estimate_for_policy
+
+    monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: True)
+    monkeypatch.delenv("EDGETTS_N_GPU_LAYERS", raising=False)
+    estimate = estimate_for_policy(PolicyConfig(), META, VOCAB, None, 0.0)
+    assert estimate.gpu_mb == 0 and estimate.weights_mb > 0  # no offload asked: all on the CPU
+    monkeypatch.setenv("EDGETTS_N_GPU_LAYERS", "-1")
+    assert estimate_for_policy(PolicyConfig(), META, VOCAB, None, 0.0).gpu_mb > 0
+
+
+@pytest.mark.parametrize("width, deadline_s, n", [(8, None, 8), (3, 60, 3), (8, 600, None)])
+def test_a_wide_or_odd_beam_gets_a_plan_not_an_error(width, deadline_s, n):
+    p = plan(Budget(memory_mb=4000, deadline_s=deadline_s, strategy="beam_search", beam_width=width))
+    assert p.n % width == 0 and (n is None or p.n == n)
+
+
+def test_a_calibration_with_a_batch_size_under_one_is_refused_as_corrupt():
+    data = {
+        "version": calib.FORMAT_VERSION,
+        "model_key": "k",
+        "machine_id": "m",
+        "n_threads": 1,
+        "prefill_tok_s": 200.0,
+        "decode_tok_s": {"0": 5.0, "4": 20.0},
+    }
+    with pytest.raises(ValueError, match="batch size"):
+        calib.Calibration.from_dict(data)

@@ -168,3 +168,9 @@ def test_confidence_vote_turns_token_confidence_on_and_off_without_touching_the_
     assert not generator.config.capture_confidence  # nor the loaded policy's: it is per search
     solver.solve("q", SolveOptions(strategy="majority", n=2))
     assert not generator.samplings[-1].record_confidence
+
+
+def test_a_wide_beam_under_a_budget_is_checked_against_the_plans_n_not_the_default():
+    SolveOptions(strategy="beam_search", beam_width=8, memory_mb=2000).validate()  # N: the plan's
+    with pytest.raises(ValueError, match="beam_width"):
+        SolveOptions(strategy="beam_search", beam_width=8, n=4).validate()
