@@ -312,8 +312,8 @@ SECTIONS = (
         "the row `budget 0.8, pruned under 0.2` of weighted best-of-N, and a live run of the "
         "defaults (`edgetts run --strategy weighted_best_of_n -n 16`, first 50 GSM8K test problems, "
         "stop 40, on another machine than the kept samples') against the same samples' full N, "
-        "then against all 16 samples drawn live on that machine (`--no-adaptive`; the first "
-        "problems only: the run was stopped at the session's end).",
+        "then against all 16 samples drawn live on that machine (`--no-adaptive`, stops 40-41: "
+        "the same right or wrong as the kept full N on all 50 problems).",
         (
             "python tools/bench_adaptive.py data/labels/mawps_train16.jsonl.gz "
             "--step-scores data/labels/mawps_train16.probe_steps.jsonl.gz "
