@@ -194,3 +194,28 @@ def test_solver_calls_from_threads_share_the_policy_and_answer_as_alone():
         written = sum(c.n_tokens for c in together[question].candidates)
         assert written <= counted <= written + N
     assert len(policy.slots) == 2 * N and not policy._slot_owner
+
+
+def test_two_searches_each_asking_for_a_second_prompt_do_not_wait_on_each_other(shared):
+    """Seen in review: a search rooting a second prompt (a code task's tests, cot+pot's
+    programs) waited while its first prompt held a template slot; two such searches waited on
+    each other for good."""
+    both_rooted = threading.Barrier(2, timeout=JOIN_S)
+    second: dict = {}
+
+    def search(first: str, then: str):
+        with shared.session() as session:
+            session.root(first, Sampling(seed=0))
+            both_rooted.wait()  # both template slots taken, each by its own search
+            session.root(then, Sampling(seed=0))  # the next prompt: needs a slot of its own
+            second[first] = True
+
+    threads = [
+        threading.Thread(target=search, args=(QUESTIONS[0][0], "What is 2 + 2?"), daemon=True),
+        threading.Thread(target=search, args=(QUESTIONS[1][0], "What is 3 + 3?"), daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)  # two short prefills each; waiting on each other never ends
+    assert len(second) == 2, "the searches waited on each other's template slots"

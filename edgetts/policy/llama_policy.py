@@ -342,6 +342,9 @@ class LlamaPolicy:
                 self._templates.clear()
                 slot: int | None = TEMPLATE_SLOT
             else:
+                # its old prompt (its paths are dropped) must not hold a slot against its new one:
+                # two searches each asking for a second prompt would wait on each other for good
+                self._stop_using_template(search)
                 slot = self._free_template_slot(search)
                 if slot is None:
                     return RETRY
