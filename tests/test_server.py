@@ -230,6 +230,7 @@ def test_what_a_search_cannot_honour_is_refused_and_nulls_mean_the_default(fake)
         ({"tools": [tool]}, "tools"),
         ({"response_format": {"type": "json_object"}}, "response_format"),
         ({"edgetts": {"strategy": "majority"}, "n": 9}, "n"),  # the choices, not a budget not sent
+        ({"max_completion_tokens": 10**6}, "max_completion_tokens"),
     ]:
         with pytest.raises(openai.BadRequestError) as err:
             ask(c, **extra)

@@ -199,12 +199,13 @@ class App:
     def _max_tokens(self, req: SearchRequest) -> int:
         """Tokens per solution the request asks for (the server's limit if none), within it."""
         limit = self.settings.max_tokens
+        field = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
         max_tokens = req.max_completion_tokens or req.max_tokens or limit
         if max_tokens > limit:
             raise ApiError(
                 400,
-                f"max_tokens={max_tokens} is more than this server allows (max {limit})",
-                param="max_tokens",
+                f"{field}={max_tokens} is more than this server allows (max {limit})",
+                param=field,  # the field the client sent
             )
         return max_tokens
 
