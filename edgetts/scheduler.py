@@ -136,6 +136,8 @@ class Budget:
     # Searches sharing the loaded policy at once (PolicyConfig.max_searches): each keeps its
     # prompt's prefill in KV cells and a sequence of its own, so the plan counts every one.
     searches: int = PolicyConfig.max_searches
+    # Host memory parking may hold at most (the user's PolicyConfig.park_mb): 0 re-decodes.
+    park_limit_mb: float = PolicyConfig.park_mb
 
 
 @dataclass
@@ -511,7 +513,7 @@ def make_plan(
     def build(n: int, slots: int, kv_type: str, with_prm: bool) -> Plan:
         n_ctx = budget.searches * budget.max_prompt_tokens + slots * budget.max_tokens
         parks = budget.strategy in PARKING
-        parked = park_mb(meta, n, slots, budget.max_tokens, kv_type) if parks else 0.0
+        parked = park_mb(meta, n, slots, budget.max_tokens, kv_type, budget.park_limit_mb) if parks else 0.0
         prm_mb = prm.memory_mb if with_prm else None
         mem = estimate_memory(
             meta, n_ctx, slots, kv_type, gpu_layers, prm_mb, n_vocab, parked, budget.searches

@@ -455,6 +455,7 @@ class Solver:
             prompt_tokens=prompt_tokens_for(question),
             n_threads=cfg.n_threads,
             searches=cfg.max_searches,
+            park_limit_mb=cfg.park_mb,  # the user's limit: a plan parks less, never more
             kv_type=cfg.kv_type if "kv_type" in self.pinned else None,
             # Offload the user set, on the command line or in $EDGETTS_N_GPU_LAYERS, is kept;
             # otherwise the plan offloads every layer when llama.cpp is a GPU build.

@@ -510,3 +510,10 @@ def test_a_calibration_with_a_batch_size_under_one_is_refused_as_corrupt():
     }
     with pytest.raises(ValueError, match="batch size"):
         calib.Calibration.from_dict(data)
+
+
+def test_a_plan_parks_no_more_than_the_users_limit():
+    wide = Budget(memory_mb=1000, deadline_s=600, strategy="beam_search", n=64, max_tokens=256)
+    assert plan(wide).park_mb > 0
+    assert plan(replace(wide, park_limit_mb=0.0)).park_mb == 0  # the user's 0: re-decode instead
+    assert plan(replace(wide, park_limit_mb=1.0)).park_mb <= 1.0
