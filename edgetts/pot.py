@@ -71,7 +71,7 @@ def program_of(reply: str) -> str | None:
     for block in code_blocks(reply):
         try:
             ast.parse(block)
-        except (SyntaxError, ValueError):
+        except (SyntaxError, ValueError, RecursionError, MemoryError):  # deep nesting too
             continue
         if block.strip():
             return block

@@ -14,7 +14,7 @@ What else is isolated depends on the OS (:meth:`Sandbox.isolation` reports what 
 
 * **Linux.** The child enters new network, mount, IPC and PID namespaces (``unshare``; a user
   namespace too when not root). No network: only a loopback device that is down. The working
-  directory, ``/tmp``, ``/var/tmp`` and ``/dev/shm`` are fresh size-capped tmpfs mounts that
+  directory, ``/tmp``, ``/var/tmp``, ``/dev/shm`` and ``/run/lock`` are fresh size-capped tmpfs mounts that
   vanish with the process, so files written there never reach the disk and cannot fill it. The
   candidate is PID 1 of its own PID namespace with a fresh ``/proc``: it sees no other process,
   and when it ends (or is killed, or its parent dies) the kernel kills everything it forked.
@@ -193,7 +193,7 @@ def setup():
         cwd = os.getcwd()
         mount(b"tmpfs", cwd, b"tmpfs", MS_NOSUID | MS_NODEV, size)
         os.chdir(cwd)  # into the new tmpfs; it stays our cwd when /tmp is masked below
-        for d in ("/tmp", "/var/tmp", "/dev/shm"):
+        for d in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock"):  # the world-writable places
             if os.path.isdir(d):
                 mount(b"tmpfs", d, b"tmpfs", MS_NOSUID | MS_NODEV, size)
         lib = []
@@ -519,7 +519,9 @@ def _interpret(
             continue  # not written by the harness
         try:
             msg = json.loads(line[len(prefix) :])
-        except ValueError:
+        except (ValueError, RecursionError):  # "[[[[..." nests past the parser's depth
+            continue
+        if not isinstance(msg, dict):  # only the harness writes objects; anything else is noise
             continue
         if "setup_error" in msg:
             setup_error = msg["setup_error"]

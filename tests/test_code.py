@@ -366,3 +366,12 @@ def test_load_code_problems_reads_gzip_and_checks_fields(tmp_path) -> None:
     bad.write_text(json.dumps({"prompt": "x", "test": "assert 1"}) + "\n")
     with pytest.raises(DataError, match="bad.jsonl:1: a 'test' needs the 'entry_point'"):
         load_code_problems(bad)
+
+
+def test_text_nested_too_deeply_to_parse_is_no_program_not_a_crash():
+    from edgetts.code.extract import defined_functions
+    from edgetts.pot import program_of
+
+    assert defined_functions("-" * 200000 + "1") == []
+    assert defined_functions("x" + ".a" * 200000) == []
+    assert program_of("```python\n" + "(" * 100000 + "\n```") is None

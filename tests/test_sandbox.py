@@ -127,6 +127,29 @@ def test_write_outside_the_temp_dir_fails(sandbox: Sandbox, tmp_path: Path) -> N
         assert not target.exists()
 
 
+def test_world_writable_host_folders_are_masked(sandbox: Sandbox) -> None:
+    """Seen in review: `nobody` could leave files in /run/lock, on the host's disk."""
+    if not Path("/run/lock").is_dir():
+        pytest.skip("no /run/lock here")
+    target = Path("/run/lock/edgetts-sandbox-test")
+    r = sandbox.run(f"open({str(target)!r}, 'w').write('x')\n", [Check("assert True")])
+    assert r.loaded  # written into the run's own tmpfs, gone with it
+    assert not target.exists()
+
+
+def test_report_lines_a_candidate_writes_cannot_crash_the_run(sandbox: Sandbox) -> None:
+    """Seen in review: a candidate reaching the harness's report function wrote a non-object
+    line and a deeply nested one, and Sandbox.run raised instead of returning a result."""
+    forged = (
+        "import os, sys\n"
+        "m = sys.modules['__main__']\n"
+        "m.report('done')\n"
+        "os.write(m.rep_fd, (m.nonce + ' ' + '[' * 100000 + '\\n').encode())\n"
+    )
+    r = sandbox.run(forged, [Check("assert True")])
+    assert isinstance(r.ok, bool)  # a result, not an exception
+
+
 def test_printing_megabytes_is_capped(sandbox: Sandbox) -> None:
     r = sandbox.run("while True:\n    print('x' * 100000)\n", [Check("assert True")])
     assert not r.ok and r.output_capped

@@ -18,7 +18,7 @@ _ARROW = re.compile(r"^\s*(?P<call>[A-Za-z_]\w*\(.*\))\s*(?:==|➞|=>|->)\s*(?P<
 def _docstring(prompt: str, entry_point: str | None) -> str:
     try:
         tree = ast.parse(prompt)
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # deep nesting too
         return prompt
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and (
@@ -37,10 +37,10 @@ def _example_check(call: str, want: str, name: str) -> Check | None:
             f"__got = {call}\n__want = {want}\n"
             f"assert __got == __want or repr(__got) == {want!r}, repr(__got)\n"
         )
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # deep nesting too
         try:
             ast.parse(call, mode="eval")
-        except (SyntaxError, ValueError):
+        except (SyntaxError, ValueError, RecursionError, MemoryError):  # deep nesting too
             return None
         code = f"__got = {call}\nassert repr(__got) == {want!r} or str(__got) == {want!r}, repr(__got)\n"
     return Check(code, name=name)
@@ -84,6 +84,8 @@ def file_checks(text: str, source: str = "tests") -> list[Check]:
         tree = ast.parse(text)
     except SyntaxError as exc:
         raise ValueError(f"{source}: line {exc.lineno}: {exc.msg}") from None
+    except (RecursionError, MemoryError):
+        raise ValueError(f"{source}: nested too deeply to parse") from None
     setup, checks = [], []
     for node in tree.body:
         segment = ast.get_source_segment(text, node, padded=True) or ast.unparse(node)

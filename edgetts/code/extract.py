@@ -26,7 +26,7 @@ def code_blocks(text: str) -> list[str]:
 def _parses(source: str) -> ast.Module | None:
     try:
         return ast.parse(source)
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # deep nesting too
         return None
 
 
