@@ -131,10 +131,13 @@ def test_world_writable_host_folders_are_masked(sandbox: Sandbox) -> None:
     """Seen in review: `nobody` could leave files in /run/lock, on the host's disk."""
     if not Path("/run/lock").is_dir():
         pytest.skip("no /run/lock here")
-    target = Path("/run/lock/edgetts-sandbox-test")
-    r = sandbox.run(f"open({str(target)!r}, 'w').write('x')\n", [Check("assert True")])
-    assert r.loaded  # written into the run's own tmpfs, gone with it
-    assert not target.exists()
+    target = Path(f"/run/lock/edgetts-sandbox-test-{os.getpid()}-{time.time_ns()}")
+    try:
+        r = sandbox.run(f"open({str(target)!r}, 'w').write('x')\n", [Check("assert True")])
+        assert r.loaded  # written into the run's own tmpfs, gone with it
+        assert not target.exists()
+    finally:
+        target.unlink(missing_ok=True)  # a failing run leaves it on the host: never twice
 
 
 def test_report_lines_a_candidate_writes_cannot_crash_the_run(sandbox: Sandbox) -> None:
