@@ -64,7 +64,7 @@ def report(*files: str, only: str = "") -> str:
     return f"python tools/bench_strategies.py report --results {paths}" + (f" --only {only}" if only else "")
 
 
-REFILL16 = "mawps.live_tree16_refill.jsonl"  # beam search keeping N beams a round (stop 41)
+REFILL16 = "mawps.live_tree16_refill.jsonl.gz"  # beam search keeping N beams a round (stop 41)
 
 
 def compare(a: str, b: str) -> str:
@@ -134,10 +134,10 @@ SECTIONS = (
         "Stop 41: when fewer than N/M distinct unfinished beams survive a round, the survivors now "
         "share the N new beams (search-and-learn refills its active beams to N every iteration); "
         "before, the search narrowed for good. The same problems, probe and settings as "
-        "`mawps.live_tree16.jsonl` (`mawps.live_tree16_refill.jsonl`), against it and against "
+        "`mawps.live_tree16.jsonl` (`mawps.live_tree16_refill.jsonl.gz`), against it and against "
         "majority at 16 from the committed samples (without and with the calculator check).",
         (
-            report("mawps.live_tree16_refill.jsonl"),
+            report(REFILL16),
             compare(f"{REFILL16}:beam_search:16", "mawps.live_tree16.jsonl:beam_search:16"),
             compare(f"{REFILL16}:beam_search:16", "mawps.rescored.jsonl:majority:16"),
             compare(f"{REFILL16}:beam_search:16", "mawps.rescored_arith.jsonl.gz:majority:16"),
@@ -432,7 +432,7 @@ done
 python tools/bench_strategies.py run --data ../shared/data/mawps.jsonl --limit 50 --dataset mawps \\
     --only beam_search --n 16 --search-n-max 16 --out {B}/mawps.live_tree16.jsonl
 python tools/bench_strategies.py run --data ../shared/data/mawps.jsonl --limit 50 --dataset mawps \\
-    --only beam_search --n 16 --search-n-max 16 --out {B}/mawps.live_tree16_refill.jsonl  # stop 41's beam
+    --only beam_search --n 16 --search-n-max 16 --out runs/mawps.live_tree16_refill.jsonl  # then gzip -n
 python tools/bench_strategies.py run --data ../shared/data/mawps.jsonl --limit 50 --dataset mawps \\
     --only dvts --n 4 --search-n-max 4 --out {B}/mawps.live_dvts.jsonl
 python tools/bench_strategies.py run --data ../shared/data/mawps.jsonl --limit 50 --dataset mawps \\
