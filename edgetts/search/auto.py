@@ -46,7 +46,7 @@ from edgetts.search.base import (
     StepGenerator,
     StepScorer,
 )
-from edgetts.search.common import as_weighted_vote, pruning, sample_in_waves, score_in_time
+from edgetts.search.common import as_weighted_vote, pruning, sample_in_waves, score_in_time, with_fallback
 from edgetts.search.select import pick_by_vote, tally_votes, to_candidate
 
 log = logging.getLogger(__name__)
@@ -183,9 +183,10 @@ def auto(
     # as conclude(): unfinished paths (the probes' or the continuation's) only as a fallback
     everything = [to_candidate(p, config.agg, config.check_arithmetic) for p in probes]
     everything += extra.candidates if extra is not None else []
-    candidates = [c for c in everything if c.stop_reason not in UNFINISHED]
-    if not any(c.answer is not None and not c.provisional for c in candidates):
-        candidates += [c for c in everything if c.stop_reason in UNFINISHED]
+    candidates = with_fallback(
+        [c for c in everything if c.stop_reason not in UNFINISHED],
+        [c for c in everything if c.stop_reason in UNFINISHED],
+    )
     chosen, votes = _pick(choice.strategy, candidates, config)
     return SearchResult(
         strategy=f"auto:{choice.strategy}",

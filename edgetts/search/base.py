@@ -263,6 +263,11 @@ class Candidate:
     # recorded them (Sampling.record_tokens): what OpenAI's ``logprobs`` shows.
     token_logprobs: list[tuple[str, float]] = field(default_factory=list)
 
+    @property
+    def has_answer(self) -> bool:
+        """An answer the path wrote out (not a provisional guess): one that votes as one."""
+        return self.answer is not None and not self.provisional
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Candidate:
         """A candidate from its JSON form (extra keys such as ``correct`` are ignored)."""

@@ -189,16 +189,16 @@ def score_in_time(
     """
     if deadline.expired():
         done = finished + [p for p in paths if p.finished]
-        if any(has_real_answer(p) for p in done):
+        # an answer in hand is a written one, not a pruned or cut-off fragment's last number
+        if any(to_candidate(p, check_arithmetic=False).has_answer for p in done):
             paths = [p for p in paths if p.finished]
     score_paths(scorer, question, paths)
 
 
-def has_real_answer(path: SolutionPath) -> bool:
-    """Whether the path ends with an answer that votes as one (not a pruned or cut-off
-    fragment's last number: :func:`conclude` takes those only when nothing better exists)."""
-    candidate = to_candidate(path, check_arithmetic=False)
-    return candidate.answer is not None and not candidate.provisional
+def with_fallback(finished: list[Candidate], unfinished: list[Candidate]) -> list[Candidate]:
+    """The finished candidates, and the unfinished ones only when no finished one has an
+    answer: a search cut short by its deadline still answers when any path has one."""
+    return finished if any(c.has_answer for c in finished) else finished + unfinished
 
 
 def pick(candidates: list[Candidate], weighted: bool) -> tuple[Candidate | None, dict[str, float]]:
@@ -218,12 +218,13 @@ def conclude(
 ) -> SearchResult:
     """Pick among scored paths and build the result.
 
-    Finished paths are preferred; unfinished (``partial``) ones only join when no finished path
-    has an answer, so a search cut short by its deadline still answers when any path has one.
+    Finished paths are preferred; unfinished (``partial``) ones only join as a fallback
+    (:func:`with_fallback`).
     """
-    candidates = [to_candidate(p, config.agg, config.check_arithmetic) for p in finished]
-    if not any(c.answer is not None and not c.provisional for c in candidates):
-        candidates += [to_candidate(p, config.agg, config.check_arithmetic) for p in partial]
+    candidates = with_fallback(
+        [to_candidate(p, config.agg, config.check_arithmetic) for p in finished],
+        [to_candidate(p, config.agg, config.check_arithmetic) for p in partial],
+    )
     chosen, votes = pick(candidates, weighted)
     return SearchResult(
         strategy=strategy,

@@ -58,7 +58,7 @@ def to_candidate(path: SolutionPath, agg: str = "last", check_arithmetic: bool =
 def voters(candidates: Sequence[Candidate]) -> list[int]:
     """Indices of the candidates whose answers vote: real answers whose written sums hold, else
     all real answers, else provisional ones."""
-    real = [i for i, c in enumerate(candidates) if c.answer is not None and not c.provisional]
+    real = [i for i, c in enumerate(candidates) if c.has_answer]
     checked = [i for i in real if not candidates[i].arithmetic_error]
     return checked or real or [i for i, c in enumerate(candidates) if c.answer is not None]
 
