@@ -220,7 +220,7 @@ def test_training_rows_pick_some_of_their_captured_layers(tmp_path: Path) -> Non
         )
     ]
     label_steps.write_row(
-        label_steps.open_rows(tmp_path),
+        label_steps.open_label_rows(tmp_path),
         {"key": "k", "question": "q", "layers": [8, 12, -1], "candidates": [{"correct": True}]},
         paths,
     )
@@ -238,7 +238,7 @@ def test_layers_ranks_an_informative_layer_above_noise(tmp_path: Path, capsys) -
     from types import SimpleNamespace
 
     rng = np.random.default_rng(0)
-    written = label_steps.open_rows(tmp_path)
+    written = label_steps.open_label_rows(tmp_path)
     for k in range(10):
         cands, paths = [], []
         for j in range(4):

@@ -31,12 +31,12 @@ import time
 from pathlib import Path
 
 import paired
+from rows import open_rows
 
 from edgetts.code import CodeConfig, CodeTask, solve_code
 from edgetts.code.checks import hidden_check
 from edgetts.code.select import Behaviour, select_program
 from edgetts.policy import LlamaPolicy, PolicyConfig
-from edgetts.results import ResultsError, ResultsFile
 
 TUNING_IDS = range(0, 82)
 
@@ -72,11 +72,8 @@ def run(args: argparse.Namespace) -> None:
         sys.exit("Error: HumanEval/82-163 are held out; pass --heldout to run them")
     rows = humaneval_rows()
     settings = {key: getattr(args, key) for key in ("model", "n", "temperature", "seed", "max_tokens")}
-    try:  # appended and fsynced, a torn last line dropped, a file of other settings refused
-        out = ResultsFile(args.out, settings=settings, id_field="task_id")
-        samples = ResultsFile(Path(args.out).with_suffix(".samples.jsonl"), id_field="task_id")
-    except ResultsError as exc:
-        sys.exit(f"Error: {exc}")
+    out = open_rows(args.out, settings, id_field="task_id")
+    samples = open_rows(Path(args.out).with_suffix(".samples.jsonl"), id_field="task_id")
     todo = [rows[i] for i in ids if rows[i]["task_id"] not in out.done]
     if not todo:
         print(f"all {len(ids)} problems already in {out.path}", file=sys.stderr)

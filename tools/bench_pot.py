@@ -28,12 +28,12 @@ import sys
 import time
 
 import paired
+from rows import open_rows
 
 from edgetts.data import load_problems
 from edgetts.grading import answers_equal
 from edgetts.policy import LlamaPolicy, PolicyConfig
 from edgetts.pot import PotConfig, program_of_thought
-from edgetts.results import ResultsError, ResultsFile
 from edgetts.search.base import Candidate
 from edgetts.search.select import pick_by_vote
 
@@ -43,10 +43,7 @@ def run(args: argparse.Namespace) -> None:
 
     problems = load_problems(args.data, limit=args.limit)
     settings = {key: getattr(args, key) for key in ("model", "n", "temperature", "seed", "max_tokens")}
-    try:  # appended and fsynced, a torn last line dropped, a file of other settings refused
-        out = ResultsFile(args.out, settings=settings, id_field="problem_id")
-    except ResultsError as exc:
-        sys.exit(f"Error: {exc}")
+    out = open_rows(args.out, settings)
     todo = [p for p in problems if str(p.id) not in out.done]
     if not todo:
         return

@@ -32,10 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from paired import compare  # noqa: E402
+from rows import open_rows  # noqa: E402
 
 from edgetts.data import load_problems  # noqa: E402
 from edgetts.grading import answers_equal  # noqa: E402
-from edgetts.results import ResultsError, ResultsFile  # noqa: E402
 from edgetts.solver import SolveOptions, Solver  # noqa: E402
 
 
@@ -109,10 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = tuple(s for s in SETTINGS if s.key in args.settings or s == BASELINE)
     problems = load_problems(args.data, limit=args.limit)
     run = {"data": args.data.name, "n": args.n, "seed": args.seed, "max_tokens": args.max_tokens}
-    try:  # a run's rows resume only under its own settings
-        out = ResultsFile(args.out, settings=run) if args.out is not None else None
-    except ResultsError as exc:
-        sys.exit(str(exc))
+    # a run's rows resume only under its own settings
+    out = open_rows(args.out, run, id_field="id") if args.out is not None else None
     rows = list(out.records) if out is not None else []
     done = out.done if out is not None else set()
     todo = [(i, s) for i in range(len(problems)) for s in settings if row_id(i, s) not in done]

@@ -47,6 +47,7 @@ from pathlib import Path
 
 import paired
 from plots import accuracy_axes, accuracy_curve, accuracy_level, dodged, save_accuracy_plot, standard_error
+from rows import open_rows
 from train_probe import load_layers
 
 from edgetts.arithmetic import has_wrong_arithmetic
@@ -57,7 +58,7 @@ from edgetts.policy import LlamaPolicy, PolicyConfig, default_threads
 from edgetts.pot import run_written_programs
 from edgetts.probe import load_scorer, load_states, policy_prm_dir, save_states
 from edgetts.prompts import split_steps
-from edgetts.results import ResultsError, ResultsFile
+from edgetts.results import ResultsFile
 from edgetts.sandbox import Sandbox
 from edgetts.search import run_search
 from edgetts.search.auto import difficulty_features  # the same features auto sees at run time
@@ -78,15 +79,6 @@ def prm_label(directory: str | Path) -> str:
     two machines name the shipped PRM alike; any other path as given."""
     path = Path(directory).resolve()
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(directory)
-
-
-def open_rows(out: Path, settings: dict | None) -> ResultsFile:
-    """A file of rows keyed by problem: appended and fsynced, a torn last line dropped, a file of
-    other settings refused (``edgetts.results``)."""
-    try:
-        return ResultsFile(out, settings=settings, id_field="problem_id")
-    except ResultsError as exc:
-        sys.exit(f"Error: {exc}")
 
 
 def done_rows(rows: ResultsFile) -> set[tuple[str, str, str, int]]:

@@ -48,6 +48,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from build_prm_data import DEV_FRAC, TEST_FRAC, split_of  # noqa: E402
+from rows import open_rows  # noqa: E402
 
 from edgetts.confidence import STEP_FEATURES, step_features, trace_confidence  # noqa: E402
 from edgetts.data import load_problems  # noqa: E402
@@ -55,20 +56,16 @@ from edgetts.grading import answers_equal, extract_answer, normalize_answer  # n
 from edgetts.policy import LlamaPolicy, PolicyConfig  # noqa: E402
 from edgetts.probe import save_states  # noqa: E402
 from edgetts.prompts import split_steps  # noqa: E402
-from edgetts.results import ResultsError, ResultsFile  # noqa: E402
+from edgetts.results import ResultsFile  # noqa: E402
 from edgetts.search.base import SolutionPath  # noqa: E402
 from edgetts.search.select import to_candidate  # noqa: E402
 
 ROUND = 4  # decimals kept of the step statistics in the compact rows
 
 
-def open_rows(out: Path) -> ResultsFile:
-    """``out/results.jsonl``, whose ``done`` keys a resumed run skips. Rows are appended and
-    fsynced, and a line torn by a killed run is dropped (``edgetts.results``)."""
-    try:
-        return ResultsFile(out / "results.jsonl", id_field="key")
-    except ResultsError as exc:
-        sys.exit(f"Error: {exc}")
+def open_label_rows(out: Path) -> ResultsFile:
+    """``out/results.jsonl``, whose ``done`` keys a resumed run skips (:func:`rows.open_rows`)."""
+    return open_rows(out / "results.jsonl", id_field="key")
 
 
 def write_row(written: ResultsFile, row: dict, paths: list[SolutionPath]) -> None:
@@ -155,7 +152,7 @@ def step_labels(n_steps: int, error_steps: list[int]) -> list[int]:
 
 def prmbench(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    written = open_rows(out)
+    written = open_label_rows(out)
     done = written.done
     items = [i for i in prmbench_items(args.data, args.split)[args.offset :] if i["key"] not in done]
     if args.limit is not None:
@@ -243,7 +240,7 @@ def held_out_questions(specs: list[str]) -> list[str]:
 
 def sample(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    written = open_rows(out)
+    written = open_label_rows(out)
     done = written.done
     problems = load_problems(args.data, args.question_key, args.answer_key, args.id_key)
     problems = problems[args.offset : None if args.limit is None else args.offset + args.limit]
@@ -321,7 +318,7 @@ def mc_labels(
 
 def rollout(args: argparse.Namespace) -> None:
     src, out = Path(args.samples), Path(args.out)
-    written = open_rows(out)
+    written = open_label_rows(out)
     done = written.done
     rows = [json.loads(line) for line in (src / "results.jsonl").open(encoding="utf-8")]
     questions = {p.id: p.question for p in load_problems(args.data)}
@@ -407,7 +404,7 @@ def restore(args: argparse.Namespace) -> None:
         if len(layers) > 1:
             sys.exit(f"error: the rows captured different layers {sorted(layers)}; pass --layers")
         args.layers = list(layers.pop()) if layers else [6, 12, 18, -1]
-    written = open_rows(out)  # after the checks above: a refused restore leaves no folder behind
+    written = open_label_rows(out)  # after the checks above: a refused restore leaves no folder behind
     done = written.done
     policy = make_policy(args, n_seq_max=1, max_tokens=args.max_tokens)
     t0, tokens = time.perf_counter(), 0

@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from label_steps import open_rows, write_row  # noqa: E402
+from label_steps import open_label_rows, write_row  # noqa: E402
 
 from edgetts.data import load_problems  # noqa: E402
 from edgetts.grading import answers_equal  # noqa: E402
@@ -52,7 +52,7 @@ CALCULATOR_CAP = 0.05  # the shipped text PRM's; written into the manifest
 
 def sample(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    written = open_rows(out)
+    written = open_label_rows(out)
     done = written.done
     problems = load_problems(args.data, args.question_key, args.answer_key, args.id_key, args.limit)
     policy = LlamaPolicy(
@@ -92,7 +92,7 @@ def sample(args: argparse.Namespace) -> None:
 
 def extract(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    written = open_rows(out)
+    written = open_label_rows(out)
     done = written.done
     policy = LlamaPolicy(
         PolicyConfig(
