@@ -90,7 +90,7 @@ def _records(path: Path):
             text = path.read_text(encoding="utf-8")
     except (OSError, EOFError, UnicodeDecodeError, zlib.error) as exc:
         raise DataError(f"cannot read data file {path}: {exc}") from exc
-    if path.suffixes[-2:] in ([".json"], [".json", ".gz"]) or path.suffix == ".json":
+    if path.suffix == ".json" or path.suffixes[-2:] == [".json", ".gz"]:
         try:
             items = json.loads(text)
         except json.JSONDecodeError as exc:
