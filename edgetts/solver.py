@@ -404,18 +404,22 @@ class Solver:
             self._unload_scorer_over(options.memory_mb - plan.predicted_memory_mb)
         return plan, scorer, self._policy_for(scorer, plan, options.memory_mb)
 
+    def _loaded_prm_mb(self) -> float:
+        """What the loaded PRM holds, by the scheduler's estimate (0 when none is loaded)."""
+        cost = prm_cost(self.prm_dir) if self.scorer_loaded else None
+        return cost.memory_mb if cost is not None else 0.0
+
     def _resident_prm_mb(self, scorer: Verifier | None, plan: Plan | None) -> float:
         """The PRM's memory beside the policy: as planned when this solve uses it, else what a
         PRM loaded for an earlier solve still holds."""
         if scorer is not None:
             return plan.memory.prm_mb if plan is not None else 0.0
-        cost = prm_cost(self.prm_dir) if self.scorer_loaded else None
-        return cost.memory_mb if cost is not None else 0.0
+        return self._loaded_prm_mb()
 
     def _unload_scorer_over(self, room_mb: float) -> None:
         """Let go of a PRM an earlier solve loaded when this solve, which needs none, has less
         room than it holds (searches still running keep their own reference)."""
-        if self.scorer_loaded and self._resident_prm_mb(None, None) > room_mb:
+        if self._loaded_prm_mb() > room_mb:
             log.info("PRM unloaded: this solve's memory budget has no room for it")
             self._scorer = None
 
@@ -426,12 +430,11 @@ class Solver:
         policy = self._policy
         if policy is None:
             return None
-        cost = prm_cost(self.prm_dir) if self.scorer_loaded else None
         return estimate_for_policy(
             policy.config,
             policy.metadata,
             vocab_size(policy.model_path),
-            cost.memory_mb if cost else None,
+            self._loaded_prm_mb(),
             policy.parking.peak / MB,
         )
 
