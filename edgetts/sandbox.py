@@ -13,23 +13,27 @@ Every call of :meth:`Sandbox.run` starts one fresh process, without a shell:
 What else is isolated depends on the OS (:meth:`Sandbox.isolation` reports what this machine gave):
 
 * **Linux.** The child enters new network, mount, IPC and PID namespaces (``unshare``; a user
-  namespace too when not root). No network: only a loopback device that is down. The working
-  directory, ``/tmp``, ``/var/tmp``, ``/dev/shm`` and ``/run/lock`` are fresh size-capped tmpfs mounts that
-  vanish with the process, so files written there never reach the disk and cannot fill it. The
-  candidate is PID 1 of its own PID namespace with a fresh ``/proc``: it sees no other process,
-  and when it ends (or is killed, or its parent dies) the kernel kills everything it forked.
-  Running as root, the child drops to ``nobody`` (uid/gid 65534, no supplementary groups) before
-  the candidate runs, because the kernel does not apply the process-count limit to root: after
-  the drop it does, so a fork bomb stops at the limit. Elsewhere the file system is visible but
-  read-only to ``nobody`` except world-writable places (masked by the tmpfs mounts above), and
-  the interpreter's standard library is bind-mounted read-only where ``nobody`` can read it.
+  namespace too when not root). No network: only a loopback device that is down. Every mount
+  of the host is made read-only in the child's mount namespace (``mount_setattr``, or a remount
+  of each mount on kernels before 5.12). The working directory, ``/tmp``, ``/var/tmp``,
+  ``/dev/shm`` and ``/run/lock`` are then fresh size-capped tmpfs mounts that vanish with the
+  process, so files written there never reach the disk and cannot fill it; nothing else can be
+  written. The candidate is PID 1 of its own PID namespace with a fresh ``/proc``: it sees no
+  other process, and when it ends (or is killed, or its parent dies) the kernel kills everything
+  it forked. It runs with no capabilities and ``no_new_privs``, so it cannot undo the mounts, and
+  a user namespace it makes itself gets copies of them that the kernel locks. Running as root,
+  the child drops to ``nobody`` (uid/gid 65534, no supplementary groups), because the kernel does
+  not apply the process-count limit to root: after the drop it does, so a fork bomb stops at the
+  limit; the interpreter's standard library is bind-mounted read-only where ``nobody`` can read
+  it. Run by another user, the candidate keeps that user's uid (the limit counts all of the
+  user's processes) inside a user namespace whose capabilities it drops.
 * **macOS.** rlimits and the timeout only: macOS does not enforce the address-space limit, and
   there is no network or file-system isolation (the candidate runs as the calling user and can
   write where the user can). This counts as *weak*.
 * **Windows.** Not supported: there are no rlimits and the report pipe cannot be passed, so
   :meth:`Sandbox.run` always raises :class:`SandboxUnavailable` there (``allow_weak`` too).
 * Linux without namespaces (a container that forbids ``unshare``): rlimits and the timeout, no
-  network or file-system isolation; weak, and as root the process-count limit cannot hold.
+  network or file-system isolation; weak (the candidate could write wherever its user can).
 
 A weak sandbox is refused (:class:`SandboxUnavailable`) unless the caller opts in with
 ``allow_weak=True`` (``--allow-weak-sandbox`` on the command line).
@@ -132,10 +136,13 @@ class Isolation:
     pid_namespace: bool
     uid: int | None  # the uid candidates run as
     notes: tuple[str, ...] = ()
+    read_only: bool = False  # the host's mounts are read-only to the candidate, and stay so
 
     @property
     def weak(self) -> bool:
-        return not (self.rlimits and self.process_limit)
+        # Without a read-only file system the candidate may write wherever its user can
+        # (a normal user's ~/.bashrc; nobody's world-writable folders).
+        return not (self.rlimits and self.process_limit and self.read_only)
 
     def describe(self) -> str:
         yes = {True: "yes", False: "NO"}
@@ -145,6 +152,7 @@ class Isolation:
             f"process-count limit binds (uid {self.uid}): {yes[self.process_limit]}",
             f"network cut off: {yes[self.network]}",
             f"file system: private tmpfs for cwd and /tmp: {yes[self.filesystem]}",
+            f"file system: the rest read-only, the candidate unable to undo it: {yes[self.read_only]}",
             f"own PID namespace: {yes[self.pid_namespace]}",
             *self.notes,
         ]
@@ -174,6 +182,35 @@ def setup():
     def mount(src, dst, fstype, flags, data):
         if libc.mount(src, dst.encode(), fstype, flags, data) != 0:
             raise OSError(ctypes.get_errno(), "mount %s failed" % dst)
+    def read_only_everywhere():
+        class MountAttr(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_uint64) for n in ("set", "clr", "propagation", "userns_fd")]
+        attr = MountAttr(1, 0, 0, 0)  # MOUNT_ATTR_RDONLY
+        libc.syscall.restype = ctypes.c_long
+        # mount_setattr(AT_FDCWD, "/", AT_RECURSIVE, ...): every mount at once (Linux 5.12+)
+        if libc.syscall(ctypes.c_long(442), ctypes.c_int(-100), b"/", ctypes.c_uint(0x8000),
+                        ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))) == 0:
+            return
+        # Older kernels: remount each mount, repeating the flags a user namespace locks.
+        import re
+        kept = {"nosuid": 2, "nodev": 4, "noexec": 8, "noatime": 1024, "nodiratime": 2048,
+                "relatime": 0x200000}
+        with open("/proc/self/mountinfo") as f:
+            rows = [line.split() for line in f]
+        for row in rows:
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), row[4])
+            flags = 0x1000 | 0x20 | 1  # MS_BIND | MS_REMOUNT | MS_RDONLY
+            for option in row[5].split(","):
+                flags |= kept.get(option, 0)
+            mount(None, point, None, flags, None)
+    def drop_capabilities():
+        class Header(ctypes.Structure):
+            _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+        class Data(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_uint32) for n in ("effective", "permitted", "inheritable")]
+        none = (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3 takes two of them, all zero here
+        if libc.capset(ctypes.byref(Header(0x20080522, 0)), none) != 0:
+            raise OSError(ctypes.get_errno(), "capset failed")
     root = os.getuid() == 0
     drop = root and cfg["drop_uid"]
     layers["uid"] = cfg["drop_uid"] if drop else os.getuid()
@@ -181,14 +218,21 @@ def setup():
         NEWNS, NEWUSER, NEWPID, NEWNET, NEWIPC = 0x20000, 0x10000000, 0x20000000, 0x40000000, 0x8000000
         uid, gid = os.getuid(), os.getgid()
         unshare(NEWNS | NEWNET | NEWIPC | NEWPID | (0 if root else NEWUSER))
-        if not root:  # become root of the new user namespace, mapped to our own uid outside
+        if not root:
+            # The new user namespace gives the capabilities to mount, dropped before the
+            # candidate runs. Our own uid inside, not root: an exec grants it nothing.
             with open("/proc/self/setgroups", "w") as f: f.write("deny")
-            with open("/proc/self/uid_map", "w") as f: f.write("0 %d 1" % uid)
-            with open("/proc/self/gid_map", "w") as f: f.write("0 %d 1" % gid)
+            with open("/proc/self/uid_map", "w") as f: f.write("%d %d 1" % (uid, uid))
+            with open("/proc/self/gid_map", "w") as f: f.write("%d %d 1" % (gid, gid))
         layers["network"] = True
         MS_REC, MS_PRIVATE, MS_BIND, MS_RDONLY, MS_REMOUNT = 0x4000, 0x40000, 0x1000, 1, 0x20
         MS_NOSUID, MS_NODEV = 2, 4
         mount(None, "/", None, MS_REC | MS_PRIVATE, None)  # nothing propagates back to the host
+        try:
+            read_only_everywhere()  # before the tmpfs masks: those stay writable
+            layers["read_only"] = True
+        except OSError as exc:
+            layers["read_only_error"] = str(exc)
         size = ("size=%dm,mode=1777" % lim["disk_mb"]).encode()
         cwd = os.getcwd()
         mount(b"tmpfs", cwd, b"tmpfs", MS_NOSUID | MS_NODEV, size)
@@ -241,9 +285,16 @@ def setup():
     if drop:  # root is exempt from RLIMIT_NPROC: run as an unprivileged user instead
         os.setgroups([])
         os.setgid(cfg["drop_uid"])
-        os.setuid(cfg["drop_uid"])
+        os.setuid(cfg["drop_uid"])  # from root to another uid: every capability goes too
         if os.getuid() == 0 or os.geteuid() == 0:
             raise OSError("could not drop root")
+    if linux and cfg["namespaces"]:
+        # No capabilities left to unmount or remount with; no exec (setuid file, file
+        # capabilities) can bring any back.
+        drop_capabilities()
+        if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+        layers["no_capabilities"] = True
 try:
     setup()
 except BaseException as exc:
@@ -331,6 +382,8 @@ class Sandbox:
             namespaces = False
             result = self._spawn("import fractions, typing\n", (), "__main__", namespaces=False)
         layers = result.layers
+        if layers.get("read_only_error"):
+            notes.append(f"could not make the file system read-only: {layers['read_only_error']}")
         if not result.ok:
             tail = result.stderr.strip().splitlines()[-1:] or [""]
             notes.append(f"probe run failed: {result.error} {tail[0]}")
@@ -346,6 +399,7 @@ class Sandbox:
             pid_namespace=bool(layers.get("pid_namespace")),
             uid=uid,
             notes=tuple(notes),
+            read_only=bool(layers.get("read_only")) and bool(layers.get("no_capabilities")),
         ), namespaces
 
     # -- running -------------------------------------------------------------------------------

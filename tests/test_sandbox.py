@@ -216,3 +216,103 @@ def test_weak_sandbox_is_refused_unless_allowed() -> None:
         weak.run("print(1)")
     allowed = Sandbox(FAST, namespaces=False, drop_uid=0, allow_weak=True)
     assert allowed.run("print(1)").stdout.strip() == "1"
+
+
+# A candidate that tries every way out of the masks it knows, then writes where its user can.
+ESCAPE = r"""
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+MNT_DETACH, MS_REMOUNT, MS_BIND = 2, 0x20, 0x1000
+def try_write(path):
+    try:
+        with open(path, "w") as f:
+            f.write("escaped")
+        print("wrote", path)
+    except OSError as exc:
+        print("refused", path, exc)
+def attempts():
+    try_write(HOME_FILE)
+    for mount_point in (os.getcwd(), "/tmp"):
+        libc.umount2(mount_point.encode(), MNT_DETACH)  # unmask the host's folders
+    libc.mount(None, b"/", None, MS_REMOUNT | MS_BIND, None)  # make / writable again
+    try_write(HOME_FILE)
+    try_write(HOST_TMP_FILE)
+attempts()
+if libc.unshare(0x10000000 | 0x20000) == 0:  # a nested user + mount namespace: caps again
+    print("nested namespace")
+    attempts()
+"""
+
+
+def _python_for(uid: int) -> str | None:
+    """A Python interpreter `uid` may run (the venv's may sit in /root), or None."""
+    for python in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"):
+        # It must start itself again too: the sandbox runs sys.executable.
+        again = "import os, sys; os.execv(sys.executable, [sys.executable, '-c', 'pass'])"
+        cmd = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", python, "-I", "-c", again]
+        if Path(python).exists() and subprocess.run(cmd, capture_output=True).returncode == 0:
+            return python
+    return None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux namespaces")
+def test_an_ordinary_user_keeps_the_candidate_off_their_files(tmp_path: Path) -> None:
+    """Seen in review: run by a user other than root, the candidate was root of its own user
+    namespace mapped to that user: it could unmount the tmpfs masks and write wherever the user
+    can (~/.bashrc), while the isolation report said the sandbox was not weak.
+
+    As root the test runs the sandbox as uid 1000 (setpriv); as a user it runs it as that user."""
+    import json
+    import shutil
+    import tempfile
+
+    uid = 1000 if os.getuid() == 0 else os.getuid()
+    if os.getuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("no setpriv to run as another user")
+        python = _python_for(uid)
+        if python is None:
+            pytest.skip(f"no Python that uid {uid} may run")
+        # The user's world: a home it owns, this module's sandbox where it can read it.
+        # Outside /tmp, which the sandbox masks anyway: like a real home, only read-only mounts
+        # keep the candidate from writing there.
+        parent = next((d for d in ("/home", "/opt", "/srv") if os.path.isdir(d)), "/tmp")
+        base = Path(tempfile.mkdtemp(prefix="edgetts-user-test-", dir=parent))
+        base.chmod(0o755)
+        prefix = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+    else:
+        base, python, prefix = tmp_path, sys.executable, []
+    home = base / "home"
+    home.mkdir()
+    os.chown(home, uid, uid) if os.getuid() == 0 else None
+    shutil.copy(Path(__file__).parents[1] / "edgetts" / "sandbox.py", base / "sandbox.py")
+    home_file = home / ".bashrc"
+    host_tmp_file = Path("/tmp") / f"edgetts-escape-{os.getpid()}-{time.time_ns()}"
+    source = f"HOME_FILE = {str(home_file)!r}\nHOST_TMP_FILE = {str(host_tmp_file)!r}\n" + ESCAPE
+    script = (
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(base)!r})\n"
+        "from sandbox import Check, Limits, Sandbox\n"
+        "limits = Limits(wall_s=10.0, cpu_s=5, check_s=1.0)\n"
+        "box = Sandbox(limits, allow_weak=True, python=sys.executable)\n"
+        f"r = box.run({source!r}, [Check('assert True')])\n"
+        "print(json.dumps({'weak': box.isolation().weak, 'isolation': box.isolation().describe(),\n"
+        "    'no_namespaces_weak': Sandbox(limits, namespaces=False).isolation().weak,\n"
+        "    'stdout': r.stdout, 'error': r.error}))\n"
+    )
+    try:
+        done = subprocess.run(
+            [*prefix, python, "-I", "-c", script], capture_output=True, text=True, timeout=60, cwd=base
+        )
+        assert done.returncode == 0, done.stderr
+        got = json.loads(done.stdout)
+        assert "refused" in got["stdout"], got  # the candidate ran its attempts
+        assert not home_file.exists(), got["stdout"]
+        assert not host_tmp_file.exists(), got["stdout"]
+        assert not got["weak"], got["isolation"]
+        # Without namespaces nothing keeps it off the user's files: that is weak.
+        assert got["no_namespaces_weak"]
+    finally:
+        host_tmp_file.unlink(missing_ok=True)
+        if base != tmp_path:
+            shutil.rmtree(base, ignore_errors=True)
