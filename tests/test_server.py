@@ -671,3 +671,40 @@ def test_strict_model_and_cors():
         )
         with urllib.request.urlopen(preflight, timeout=10) as resp:
             assert resp.headers["access-control-allow-origin"] == "http://localhost:3000"
+
+
+class BrokenSolver(FakeSolver):
+    """Fails inside, with text that names the machine's files."""
+
+    def solve(self, question, options, cancel=None, counters=None) -> SearchResult:
+        raise RuntimeError("/home/alice/models/secret.gguf: read error")
+
+    def memory_estimate(self) -> None:
+        raise RuntimeError("/home/alice/models/secret.gguf: gone")
+
+
+def test_internal_errors_name_no_internals_and_keep_cors():
+    """Seen in review: a 500 sent the exception's text to the client, and the one made for an
+    unexpected error had no CORS headers (a browser app could not read it); /docs answered
+    without the key."""
+    origin = "http://localhost:3000"
+    settings = ServerSettings(model_id=MODEL, cors_origins=(origin,), api_key=KEY)
+    with ThreadedServer(create_app(BrokenSolver(), settings, prm_state="loaded")) as base:
+        with pytest.raises(openai.InternalServerError) as failed:
+            ask(client(base))
+        assert "secret" not in str(failed.value.body) and "error" in failed.value.message
+        # outside any search: /health itself raises
+        health = urllib.request.Request(f"{base}/health", headers={"Origin": origin})
+        with pytest.raises(urllib.error.HTTPError) as broken:
+            urllib.request.urlopen(health, timeout=10)
+        assert broken.value.code == 500
+        assert broken.value.headers["access-control-allow-origin"] == origin
+        body = json.loads(broken.value.read())
+        assert body["error"]["type"] == "server_error" and "secret" not in json.dumps(body)
+        for path in ("/docs", "/openapi.json"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(f"{base}{path}", timeout=10)
+            assert refused.value.code == 401, path
+            keyed = urllib.request.Request(f"{base}{path}", headers={"Authorization": f"Bearer {KEY}"})
+            with urllib.request.urlopen(keyed, timeout=10) as resp:
+                assert resp.status == 200, path

@@ -25,7 +25,7 @@ from edgetts.search import NEEDS_SCORER
 from edgetts.search.base import SearchResult
 from edgetts.search.registry import choices, names
 from edgetts.server.engine import Engine, Job
-from edgetts.server.errors import ApiError, http_error, validation_error
+from edgetts.server.errors import ApiError, http_error, internal_error, validation_error
 from edgetts.server.guard import Guard
 from edgetts.server.responses import edgetts_info, finish_reason_of, logprobs_of, ranked_choices, usage_of
 from edgetts.server.schemas import (
@@ -433,9 +433,8 @@ def _result(job: Job, future: asyncio.Future) -> SearchResult:
         raise
     except (PolicyError, ValueError) as exc:  # e.g. a question longer than the context
         raise ApiError(400, str(exc)) from None
-    except Exception as exc:
-        log.exception("search failed")
-        raise ApiError(500, f"the search failed: {exc}", type="server_error") from None
+    except Exception:
+        raise internal_error("the search failed") from None
     if result is None:
         raise ApiError(503, "the server is shutting down", type="server_error", code="shutting_down")
     return result
@@ -471,11 +470,6 @@ def create_app(
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
         return http_error(exc).response()
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error")
-        return ApiError(500, f"internal error: {exc}", type="server_error").response()
 
     @app.get("/health", response_model=Health)
     async def health() -> JSONResponse:
@@ -542,8 +536,9 @@ def load_solver(solver: Solver) -> str:
     try:
         solver.scorer  # noqa: B018
     except Exception as exc:  # the server still serves greedy and majority without it
+        # The reason goes to the log only: /health answers anyone, and it can name paths.
         log.warning("PRM not loaded (%s); PRM strategies will be refused", exc)
-        return f"unavailable: {exc}"
+        return "unavailable (the server log says why)"
     return "loaded"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import secrets
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
@@ -30,6 +32,18 @@ class ApiError(Exception):
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+log = logging.getLogger("edgetts.server")
+
+
+def internal_error(what: str) -> ApiError:
+    """A 500 for the exception being handled: the client learns ``what`` failed and an error id,
+    not the exception's text (it can name files, paths and settings of the machine); the
+    server log has the traceback under the same id. Call it inside an ``except`` block."""
+    error_id = secrets.token_hex(4)
+    log.exception("%s (error %s)", what, error_id)
+    return ApiError(500, f"{what} (error {error_id}; the server log has the details)", type="server_error")
 
 
 HTTP_ERROR_TYPES = {401: "authentication_error", 404: "not_found_error", 413: "invalid_request_error"}

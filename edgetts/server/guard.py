@@ -7,15 +7,22 @@ import secrets
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from edgetts.server.errors import ApiError
+from edgetts.server.errors import ApiError, internal_error
+
+# Paths anyone may read when the server has an API key: a health check carries no key.
+OPEN_PATHS = ("/health",)
 
 
 class Guard:
-    """Checks a request before any handler sees it: the API key (/v1 only), then the body size.
+    """Checks a request before any handler sees it: the API key (every path but /health: the
+    API, and /docs and /openapi.json too), then the body size; and answers what a handler raised
+    unexpectedly with a 500 in OpenAI's shape.
 
     Auth comes first so a client with the wrong key learns only that (401), whatever its body.
     The size limit is checked on the declared length and again while reading (chunked bodies);
-    it is written out because older FastAPI versions have no such option.
+    it is written out because older FastAPI versions have no such option. The 500 is made here,
+    inside the CORS middleware, so a browser can read it (Starlette's own handler for
+    ``Exception`` sits outside every middleware: its 500 had no CORS headers).
     """
 
     def __init__(self, app: ASGIApp, api_key: str | None, max_bytes: int) -> None:
@@ -26,7 +33,7 @@ class Guard:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers", ()))
-        if self.api_key is not None and scope["path"].startswith("/v1/"):
+        if self.api_key is not None and scope["path"] not in OPEN_PATHS:
             if not self._authorized(headers.get(b"authorization", b"")):
                 await _send_error(
                     send,
@@ -53,7 +60,19 @@ class Guard:
                 raise HTTPException(413, self._too_large())
             return message
 
-        await self.app(scope, limited, send)
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited, tracked)
+        except Exception:
+            if started:  # a response is under way (a stream): nothing else can be sent
+                raise
+            await _send_error(send, internal_error("internal error"))
 
     def _authorized(self, header: bytes) -> bool:
         scheme, _, token = header.decode("latin-1").partition(" ")
