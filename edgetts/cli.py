@@ -874,16 +874,18 @@ def run(
                 results.append(solve_record(solver, options, problem, kw["model"]))
     except KeyboardInterrupt:
         _stop_interrupted(len(results.records), out_path)
-    _print_summary(results, out_path, as_json)
+    _print_summary(results, [p.id for p in problems], out_path, as_json)
 
 
-def _print_summary(results, out_path: Path, as_json: bool, measure: str = "accuracy") -> None:
-    """``run``'s last line: the accuracy over the file's graded rows (one JSON object with --json)."""
-    correct, graded = results.accuracy()
+def _print_summary(results, ids: list[str], out_path: Path, as_json: bool, measure: str = "accuracy") -> None:
+    """``run``'s last line: the accuracy over this run's problems (``ids``: those --limit kept,
+    answered now or before; the file may hold more) as one JSON object with --json."""
+    correct, graded = results.accuracy(ids)
+    answered = len(results.of(ids))
     if as_json:
         summary = {
             "out": str(out_path),
-            "answered": len(results.records),
+            "answered": answered,
             "graded": graded,
             "correct": correct,
             "accuracy": correct / graded if graded else None,
@@ -892,7 +894,7 @@ def _print_summary(results, out_path: Path, as_json: bool, measure: str = "accur
     elif graded:
         click.echo(f"{measure}: {correct}/{graded} = {correct / graded:.1%}")
     else:
-        click.echo(f"answered {len(results.records)} problems (none could be graded)")
+        click.echo(f"answered {answered} problems (none could be graded)")
 
 
 def _run_code(data_path: Path, out_path: Path, limit: int | None, kw: dict, as_json: bool) -> None:
@@ -957,7 +959,7 @@ def _run_code(data_path: Path, out_path: Path, limit: int | None, kw: dict, as_j
             )
     except KeyboardInterrupt:
         _stop_interrupted(len(results.records), out_path)
-    _print_summary(results, out_path, as_json, measure="pass@1")
+    _print_summary(results, [p.id for p in problems], out_path, as_json, measure="pass@1")
 
 
 @main.command()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +152,13 @@ class ResultsFile:
         self.records.append(record)
         self.done.add(str(record[key]))
 
-    def accuracy(self) -> tuple[int, int]:
-        """(correct, graded) over the records that have a gold answer."""
-        graded = [r for r in self.records if r.get("correct") is not None]
+    def of(self, ids: Iterable[str]) -> list[dict]:
+        """The records of these ids (as strings, like ``done``), in file order."""
+        wanted = set(ids)
+        return [r for r in self.records if str(r[self.id_field]) in wanted]
+
+    def accuracy(self, ids: Iterable[str] | None = None) -> tuple[int, int]:
+        """(correct, graded) over the records that have a gold answer (only ``ids``' if given)."""
+        records = self.records if ids is None else self.of(ids)
+        graded = [r for r in records if r.get("correct") is not None]
         return sum(bool(r["correct"]) for r in graded), len(graded)

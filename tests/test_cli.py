@@ -214,3 +214,21 @@ def test_serve_keeps_the_kv_type_and_offload_the_user_set_when_a_budget_plans(mo
     pinned, planned = solvers
     assert pinned.pinned == {"kv_type"} and pinned.policy_config.kv_type == "q8_0"
     assert planned.pinned == frozenset() and planned.policy_config.kv_type == "f16"
+
+
+def test_run_summary_counts_only_the_problems_of_this_run(tmp_path):
+    """Seen in review: `run --limit 1` on a file that already held three rows reported the
+    accuracy of all three."""
+    import json
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"question": f"q{i}", "answer": "1"}) + "\n" for i in range(3)))
+    out = tmp_path / "r.jsonl"  # made by an older edgetts (no settings): resumes with any
+    out.write_text("".join(json.dumps({"id": str(i), "correct": i == 1}) + "\n" for i in (1, 2, 3)))
+    for limit, accuracy in (("1", 1.0), ("3", 1 / 3)):
+        result = CliRunner().invoke(
+            main, ["run", "--data", str(data), "--out", str(out), "--limit", limit, "--json"]
+        )
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.stdout)
+        assert summary["accuracy"] == accuracy and summary["answered"] == int(limit), summary
