@@ -219,3 +219,32 @@ def test_two_searches_each_asking_for_a_second_prompt_do_not_wait_on_each_other(
     for thread in threads:
         thread.join(120)  # two short prefills each; waiting on each other never ends
     assert len(second) == 2, "the searches waited on each other's template slots"
+
+
+def test_a_search_that_closes_with_runs_under_way_leaves_the_others_alone(shared):
+    """Seen in review: a search that unwinds (one of its submitted runs failed) closes its
+    session with its other runs still in the decode loop; their next pass failed every search
+    in the batch. Here they decoded on to the end for nobody: they are dropped now."""
+    (q1, _), (q2, _) = QUESTIONS
+    submitted = threading.Event()
+    results: dict = {}
+    closed_counters = GeneratorCounters()
+
+    def unwinding():
+        with shared.session(closed_counters) as session:
+            root = session.root(q1, Sampling(seed=1))
+            session.submit([root], 2, to_end=True)
+            session.submit([root], 2, to_end=True)
+            submitted.set()  # and close, never waiting for them
+
+    def other():
+        with shared.session() as session:
+            root = session.root(q2, Sampling(seed=2))
+            submitted.wait(JOIN_S)
+            results["other"] = session.extend([root], N, to_end=True)
+
+    run_threads(unwinding, other)
+    assert len(results.get("other", [])) == N and all(p.finished for p in results["other"])
+    assert len(shared.slots) == 2 * N and not shared._slot_owner and not shared._parked
+    # A pass or two may start them before the close arrives; to the end would be ~4 x 96 tokens.
+    assert closed_counters.tokens_sampled < 4 * N, closed_counters

@@ -752,6 +752,16 @@ class LlamaPolicy:
         done when all their children have reached their step boundary."""
         progressed = False
         for run in runs:
+            if run.search.closed:
+                # Its search unwound (another of its runs failed) and freed its paths without
+                # waiting for this one: decoding it on would be for nobody.
+                for child in run.active:
+                    self._free(child.seq)
+                run.active, run.queue, run.waiting = [], deque(), []
+                run.error = PolicyError("the search closed while this extension ran")
+                run.done = progressed = True
+        runs = [run for run in runs if not run.done]
+        for run in runs:
             if run.deadline is not None and run.deadline.expired():
                 for child in [*run.active, *run.queue]:
                     self._stop_at_deadline(child)
