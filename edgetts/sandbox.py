@@ -20,8 +20,12 @@ What else is isolated depends on the OS (:meth:`Sandbox.isolation` reports what 
   process, so files written there never reach the disk and cannot fill it; nothing else can be
   written. The candidate is PID 1 of its own PID namespace with a fresh ``/proc``: it sees no
   other process, and when it ends (or is killed, or its parent dies) the kernel kills everything
-  it forked. It runs with no capabilities and ``no_new_privs``, so it cannot undo the mounts, and
-  a user namespace it makes itself gets copies of them that the kernel locks. Running as root,
+  it forked (its parent-death signal is set after the uid change, which clears it, so one that
+  leaves the process group dies too). It runs with no capabilities and ``no_new_privs``, so it
+  cannot undo the mounts, and a seccomp filter refuses the system calls that reach past them
+  and the rlimits (SysV shared memory and message queues, keyrings, new namespaces, mounts,
+  ``connect``, io_uring, ptrace, bpf); machines other than x86_64 and aarch64 get no filter
+  and count as weak. Running as root,
   the child drops to ``nobody`` (uid/gid 65534, no supplementary groups), because the kernel does
   not apply the process-count limit to root: after the drop it does, so a fork bomb stops at the
   limit; the interpreter's standard library is bind-mounted read-only where ``nobody`` can read
@@ -137,12 +141,14 @@ class Isolation:
     uid: int | None  # the uid candidates run as
     notes: tuple[str, ...] = ()
     read_only: bool = False  # the host's mounts are read-only to the candidate, and stay so
+    syscall_filter: bool = False  # the seccomp filter of calls that reach past the rest
 
     @property
     def weak(self) -> bool:
         # Without a read-only file system the candidate may write wherever its user can
-        # (a normal user's ~/.bashrc; nobody's world-writable folders).
-        return not (self.rlimits and self.process_limit and self.read_only)
+        # (a normal user's ~/.bashrc; nobody's world-writable folders); without the filter it
+        # may fill memory no limit counts and reach services on the host's Unix sockets.
+        return not (self.rlimits and self.process_limit and self.read_only and self.syscall_filter)
 
     def describe(self) -> str:
         yes = {True: "yes", False: "NO"}
@@ -154,6 +160,7 @@ class Isolation:
             f"file system: private tmpfs for cwd and /tmp: {yes[self.filesystem]}",
             f"file system: the rest read-only, the candidate unable to undo it: {yes[self.read_only]}",
             f"own PID namespace: {yes[self.pid_namespace]}",
+            f"system calls past these refused (seccomp): {yes[self.syscall_filter]}",
             *self.notes,
         ]
         return "\n".join(lines)
@@ -203,6 +210,52 @@ def setup():
             for option in row[5].split(","):
                 flags |= kept.get(option, 0)
             mount(None, point, None, flags, None)
+    def close_kernel_doors():
+        # A seccomp filter: system calls that reach past the mounts and rlimits fail with
+        # EPERM. SysV shared memory and message queues (memory no rlimit counts), the keyrings
+        # (shared with the caller), new namespaces and mounts (a tmpfs of its own has no size
+        # cap), connect (services on the host's Unix sockets: ssh-agent, D-Bus), io_uring (its
+        # operations pass no filter), ptrace, bpf, userfaultfd, perf_event_open. clone3 says
+        # ENOSYS, so libc falls back to clone, whose namespace flags the filter can read.
+        tables = {  # audit arch, numbers of the calls refused, clone, clone3
+            "x86_64": (0xC000003E, (29, 68, 248, 249, 250, 272, 308, 165, 166, 155, 42, 101,
+                                    321, 323, 298, 425, 426, 427, 428, 429, 430, 431, 432, 433,
+                                    442), 56, 435),
+            "aarch64": (0xC00000B7, (194, 186, 217, 218, 219, 97, 268, 40, 39, 41, 203, 117,
+                                     280, 282, 241, 425, 426, 427, 428, 429, 430, 431, 432, 433,
+                                     442), 220, 435),
+        }
+        machine = os.uname().machine
+        if machine not in tables:
+            return False
+        arch, refused, clone, clone3 = tables[machine]
+        LD, JEQ, JGE, JSET, RET = 0x20, 0x15, 0x35, 0x45, 0x06
+        ALLOW, EPERM, ENOSYS = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38
+        prog = [(LD, 0, 0, 4), (JEQ, 1, 0, arch), (RET, 0, 0, EPERM), (LD, 0, 0, 0)]
+        jumps = []  # (instruction index, label its true branch goes to)
+        if machine == "x86_64":  # the x32 numbering of the same calls
+            jumps.append((len(prog), "deny")); prog.append([JGE, 0, 0, 0x40000000])
+        for nr in refused:
+            jumps.append((len(prog), "deny")); prog.append([JEQ, 0, 0, nr])
+        jumps.append((len(prog), "enosys")); prog.append([JEQ, 0, 0, clone3])
+        jumps.append((len(prog), "clone")); prog.append([JEQ, 0, 0, clone])
+        prog.append((RET, 0, 0, ALLOW))
+        labels = {"clone": len(prog)}
+        prog += [(LD, 0, 0, 16), (JSET, 1, 0, 0x7E020000), (RET, 0, 0, ALLOW)]  # CLONE_NEW* flags
+        labels["deny"] = len(prog); prog.append((RET, 0, 0, EPERM))
+        labels["enosys"] = len(prog); prog.append((RET, 0, 0, ENOSYS))
+        for at, label in jumps:
+            prog[at][1] = labels[label] - at - 1
+        class Filter(ctypes.Structure):
+            _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte),
+                        ("k", ctypes.c_uint32)]
+        class Program(ctypes.Structure):
+            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
+        filters = (Filter * len(prog))(*[Filter(*ins) for ins in prog])
+        program = Program(len(prog), filters)
+        if libc.prctl(22, 2, ctypes.byref(program), 0, 0) != 0:  # PR_SET_SECCOMP, FILTER
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP) failed")
+        return True
     def drop_capabilities():
         class Header(ctypes.Structure):
             _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
@@ -254,12 +307,15 @@ def setup():
                     lib.append(dst)
         layers["filesystem"] = True
         # PID namespace: the child forked now is its PID 1; when it ends, all it forked dies.
+        parent_alive, parent_alive_w = os.pipe()  # reads end of file once the parent is gone
         pid = os.fork()
         if pid:
             os.close(rep_fd)
+            os.close(parent_alive)
             _, status = os.waitpid(pid, 0)
             os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
-        libc.prctl(1, 9)  # PR_SET_PDEATHSIG = SIGKILL: it dies with the bootstrap, its parent
+        os.close(parent_alive_w)
+        layers["parent_alive_fd"] = parent_alive
         mount(b"proc", "/proc", b"proc", MS_NOSUID | MS_NODEV, None)  # sees only its own processes
         layers["pid_namespace"] = True
         if lib:
@@ -288,6 +344,16 @@ def setup():
         os.setuid(cfg["drop_uid"])  # from root to another uid: every capability goes too
         if os.getuid() == 0 or os.geteuid() == 0:
             raise OSError("could not drop root")
+    if "parent_alive_fd" in layers:
+        # It dies with the bootstrap, its parent, killed at the timeout as one process group
+        # with it: a candidate that leaves the group (setsid) must not outlive the run. Set
+        # here, after the uid change, which clears it; if the parent died before, end now.
+        import select
+        alive = layers.pop("parent_alive_fd")
+        libc.prctl(1, 9)  # PR_SET_PDEATHSIG = SIGKILL
+        if select.select([alive], [], [], 0)[0]:
+            os._exit(70)
+        os.close(alive)
     if linux and cfg["namespaces"]:
         # No capabilities left to unmount or remount with; no exec (setuid file, file
         # capabilities) can bring any back.
@@ -295,6 +361,7 @@ def setup():
         if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
         layers["no_capabilities"] = True
+        layers["syscall_filter"] = close_kernel_doors()
 try:
     setup()
 except BaseException as exc:
@@ -400,6 +467,7 @@ class Sandbox:
             uid=uid,
             notes=tuple(notes),
             read_only=bool(layers.get("read_only")) and bool(layers.get("no_capabilities")),
+            syscall_filter=bool(layers.get("syscall_filter")),
         ), namespaces
 
     # -- running -------------------------------------------------------------------------------
