@@ -13,24 +13,25 @@ Every call of :meth:`Sandbox.run` starts one fresh process, without a shell:
 What else is isolated depends on the OS (:meth:`Sandbox.isolation` reports what this machine gave):
 
 * **Linux.** The child enters new network, mount, IPC and PID namespaces (``unshare``; a user
-  namespace too when not root). No network: only a loopback device that is down. Every mount
-  of the host is made read-only in the child's mount namespace (``mount_setattr``, or a remount
-  of each mount on kernels before 5.12). The working directory, ``/tmp``, ``/var/tmp``,
-  ``/dev/shm`` and ``/run/lock`` are then fresh size-capped tmpfs mounts that vanish with the
-  process, so files written there never reach the disk and cannot fill it; nothing else can be
-  written. The candidate is PID 1 of its own PID namespace with a fresh ``/proc``: it sees no
-  other process, and when it ends (or is killed, or its parent dies) the kernel kills everything
-  it forked (its parent-death signal is set after the uid change, which clears it, so one that
-  leaves the process group dies too). It runs with no capabilities and ``no_new_privs``, so it
-  cannot undo the mounts, and a seccomp filter refuses the system calls that reach past them
-  and the rlimits (SysV shared memory and message queues, keyrings, new namespaces, mounts,
-  ``connect``, io_uring, ptrace, bpf); machines other than x86_64 and aarch64 get no filter
-  and count as weak. Running as root,
-  the child drops to ``nobody`` (uid/gid 65534, no supplementary groups), because the kernel does
-  not apply the process-count limit to root: after the drop it does, so a fork bomb stops at the
-  limit; the interpreter's standard library is bind-mounted read-only where ``nobody`` can read
-  it. Run by another user, the candidate keeps that user's uid (the limit counts all of the
-  user's processes) inside a user namespace whose capabilities it drops.
+  namespace too when not root). No network: only a loopback device that is down. Every mount of
+  the host is made read-only in the child's mount namespace (``mount_setattr``, or a remount of
+  each mount on kernels before 5.12). The working directory, ``/tmp``, ``/var/tmp``, ``/dev/shm``
+  and ``/run/lock`` are then fresh size-capped tmpfs mounts that vanish with the process, so files
+  written there never reach the disk and cannot fill it; nothing else can be written. ``/home``,
+  ``/root``, ``/run/user``, ``/media``, ``/dev/pts`` and the user's home are hidden behind empty
+  read-only mounts (keys, tokens, the user's sockets and terminal), and the standard library is
+  bind-mounted read-only at a fixed place the candidate imports from. The candidate is PID 1 of
+  its own PID namespace with a fresh ``/proc``: it sees no other process, and when it ends (or is
+  killed, or its parent dies) the kernel kills everything it forked (its parent-death signal is
+  set after the uid change, which clears it, so one that leaves the process group dies too). It
+  runs with no capabilities and ``no_new_privs``, so it cannot undo the mounts, and a seccomp
+  filter refuses the system calls that reach past them and the rlimits (SysV shared memory and
+  message queues, keyrings, new namespaces, mounts, ``connect``, io_uring, ptrace, bpf); machines
+  other than x86_64 and aarch64 get no filter and count as weak. Running as root, the child drops
+  to ``nobody`` (uid/gid 65534, no supplementary groups), because the kernel does not apply the
+  process-count limit to root: after the drop it does, so a fork bomb stops at the limit. Run by
+  another user, the candidate keeps that user's uid (the limit counts all of the user's processes)
+  inside a user namespace whose capabilities it drops.
 * **macOS.** rlimits and the timeout only: macOS does not enforce the address-space limit, and
   there is no network or file-system isolation (the candidate runs as the calling user and can
   write where the user can). This counts as *weak*.
@@ -293,18 +294,33 @@ def setup():
         for d in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock"):  # the world-writable places
             if os.path.isdir(d):
                 mount(b"tmpfs", d, b"tmpfs", MS_NOSUID | MS_NODEV, size)
-        lib = []
-        if drop:
-            # The standard library may live where `nobody` cannot read (a pyenv under /root):
-            # show it read-only at a fixed place and import from there.
-            os.mkdir("/tmp/.stdlib")
-            for i, p in enumerate(sys.path):
-                if os.path.isdir(p):
-                    dst = "/tmp/.stdlib/%d" % i
-                    os.mkdir(dst)
-                    mount(p.encode(), dst, None, MS_BIND | MS_REC, None)
-                    mount(None, dst, None, MS_BIND | MS_REMOUNT | MS_RDONLY, None)
-                    lib.append(dst)
+        # The standard library may live where the candidate cannot read (a pyenv under /root
+        # for nobody) or where it is masked below (under /home): show it read-only at a fixed
+        # place and import from there.
+        moved = {}  # where each folder of sys.path is shown
+        os.mkdir("/tmp/.stdlib")
+        for i, p in enumerate(sys.path):
+            if os.path.isdir(p):
+                dst = "/tmp/.stdlib/%d" % i
+                os.mkdir(dst)
+                mount(p.encode(), dst, None, MS_BIND | MS_REC, None)
+                if libc.mount(None, dst.encode(), None, MS_BIND | MS_REMOUNT | MS_RDONLY, None) != 0:
+                    # A user namespace may not remount (locked flags): the copy of a read-only
+                    # mount is read-only already.
+                    if not os.statvfs(dst).f_flag & os.ST_RDONLY:
+                        raise OSError(ctypes.get_errno(), "read-only bind of %s failed" % p)
+                moved[p] = dst
+        # Where people keep what is theirs (keys, tokens, the user's own sockets and terminal)
+        # is hidden behind empty read-only mounts: the candidate may run as that user.
+        import pwd
+        try:
+            home = [pwd.getpwuid(os.getuid()).pw_dir]
+        except KeyError:
+            home = []
+        for d in ("/home", "/root", "/run/user", "/media", "/dev/pts", *home):
+            inside = cwd == d or cwd.startswith(d.rstrip("/") + "/")  # a TMPDIR under /home
+            if d != "/" and os.path.isdir(d) and not inside:
+                mount(b"tmpfs", d, b"tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | 8, b"size=4k,mode=555")
         layers["filesystem"] = True
         # PID namespace: the child forked now is its PID 1; when it ends, all it forked dies.
         parent_alive, parent_alive_w = os.pipe()  # reads end of file once the parent is gone
@@ -318,9 +334,8 @@ def setup():
         layers["parent_alive_fd"] = parent_alive
         mount(b"proc", "/proc", b"proc", MS_NOSUID | MS_NODEV, None)  # sees only its own processes
         layers["pid_namespace"] = True
-        if lib:
+        if moved:
             # Packages imported already (collections, encodings) find submodules via __path__.
-            moved = dict(zip([p for p in sys.path if os.path.isdir(p)], lib))
             def remap(p):
                 for old, new in moved.items():
                     if p == old or p.startswith(old + "/"):
@@ -329,7 +344,7 @@ def setup():
             for mod in list(sys.modules.values()):
                 if isinstance(getattr(mod, "__path__", None), list):
                     mod.__path__[:] = [remap(p) for p in mod.__path__]
-            sys.path[:] = lib
+            sys.path[:] = list(moved.values())
             sys.path_importer_cache.clear()
     MB = 1024 * 1024
     for name, value in (("RLIMIT_CPU", lim["cpu_s"]), ("RLIMIT_FSIZE", lim["file_mb"] * MB),

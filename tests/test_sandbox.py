@@ -232,6 +232,10 @@ def try_write(path):
     except OSError as exc:
         print("refused", path, exc)
 def attempts():
+    try:
+        print("read", open(SECRET_FILE).read())
+    except OSError as exc:
+        print("refused reading", exc)
     try_write(HOME_FILE)
     for mount_point in (os.getcwd(), "/tmp"):
         libc.umount2(mount_point.encode(), MNT_DETACH)  # unmask the host's folders
@@ -289,7 +293,14 @@ def test_an_ordinary_user_keeps_the_candidate_off_their_files(tmp_path: Path) ->
     shutil.copy(Path(__file__).parents[1] / "edgetts" / "sandbox.py", base / "sandbox.py")
     home_file = home / ".bashrc"
     host_tmp_file = Path("/tmp") / f"edgetts-escape-{os.getpid()}-{time.time_ns()}"
-    source = f"HOME_FILE = {str(home_file)!r}\nHOST_TMP_FILE = {str(host_tmp_file)!r}\n" + ESCAPE
+    secret_file = home / ".ssh-key"
+    secret_file.write_text("secret")
+    os.chown(secret_file, uid, uid) if os.getuid() == 0 else None
+    secret_file.chmod(0o600)
+    source = (
+        f"HOME_FILE = {str(home_file)!r}\nHOST_TMP_FILE = {str(host_tmp_file)!r}\n"
+        f"SECRET_FILE = {str(secret_file)!r}\n" + ESCAPE
+    )
     script = (
         "import json, sys\n"
         f"sys.path.insert(0, {str(base)!r})\n"
@@ -310,6 +321,7 @@ def test_an_ordinary_user_keeps_the_candidate_off_their_files(tmp_path: Path) ->
         assert "refused" in got["stdout"], got  # the candidate ran its attempts
         assert not home_file.exists(), got["stdout"]
         assert not host_tmp_file.exists(), got["stdout"]
+        assert "secret" not in got["stdout"], got["stdout"]  # the user's own files are hidden
         assert not got["weak"], got["isolation"]
         # Without namespaces nothing keeps it off the user's files: that is weak.
         assert got["no_namespaces_weak"]
