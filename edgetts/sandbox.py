@@ -45,9 +45,10 @@ A weak sandbox is refused (:class:`SandboxUnavailable`) unless the caller opts i
 
 Pass or fail of each check is reported on a separate pipe, each line keyed by a random nonce the
 candidate's source is never given, so a candidate that exits early (``sys.exit(0)``,
-``os._exit(0)``) or prints text that looks like a report is a failure, not a pass. (Code that
-searched the interpreter's memory for the nonce could forge a report; containment above does not
-depend on it.)
+``os._exit(0)``) or prints text that looks like a report is a failure, not a pass. The checks run
+in the candidate's own interpreter, though: code written to cheat can make them pass (a review
+did it by replacing the harness's ``exec`` through ``__main__``). The sandbox contains what code
+does to the machine; it does not make checks trustworthy against a program written to fool them.
 """
 
 from __future__ import annotations
