@@ -1403,7 +1403,9 @@ def server_solver(
                 + isolation.describe()
                 + "\nadd --allow-weak-sandbox to run it anyway"
             )
-    return Solver(policy_config, prm_path=prm_path, prm_threads=threads, pinned=pinned, sandbox=sandbox)
+    # fixed_policy: loaded once (planned under the server's budget); a request never reloads it
+    solver_kw = {"prm_path": prm_path, "prm_threads": threads, "pinned": pinned, "sandbox": sandbox}
+    return Solver(policy_config, fixed_policy=True, **solver_kw)
 
 
 def _serve_on_ray(make_solver, settings, address: str, replicas: int, threads: int) -> None:

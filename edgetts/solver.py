@@ -190,11 +190,17 @@ class Solver:
     pinned: frozenset[str] = frozenset()
     # Where model-written code runs (--mode pot, code tasks); None: such requests are refused.
     sandbox: Sandbox | None = None
+    # Once loaded, the policy stays as loaded (a server: one request's budget must not reload
+    # the model under the others): a solve's plan sets its search (N, beam width), not the
+    # model, and a memory budget the loaded model does not fit is refused. Only states a PRM
+    # reads and the loaded policy does not keep load it again.
+    fixed_policy: bool = False
     _policy: LlamaPolicy | None = field(default=None, init=False, repr=False)
-    # the loaded policy's own memory as its plan predicted it (the PRM apart: it stays loaded
-    # across policies, and is counted as it is needed)
-    _loaded_memory_mb: float = field(default=float("inf"), init=False, repr=False)
+    # the loaded policy's own memory as its plan predicted it, None until estimated (the PRM
+    # apart: it stays loaded across policies, and is counted as it is needed)
+    _loaded_memory_mb: float | None = field(default=None, init=False, repr=False)
     _scorer: Verifier | None = field(default=None, init=False, repr=False)
+    policy_loads: int = field(default=0, init=False)  # times a policy was loaded
     # Held while planning and loading, not while searching: searches on several threads share
     # the loaded policy (PolicyConfig.max_searches of them at once, in one decode loop); a
     # reload waits until none is running (``_searching`` counts them).
@@ -205,8 +211,26 @@ class Solver:
     def policy(self) -> LlamaPolicy:
         """The loaded policy (loaded now with the user's settings if none is)."""
         if self._policy is None:
-            self._policy = LlamaPolicy(self.policy_config)
+            self._load(self.policy_config)
         return self._policy
+
+    def _load(self, config: PolicyConfig, planned_mb: float | None = None) -> LlamaPolicy:
+        """Load the policy as ``config``; ``planned_mb``: its memory as its plan predicted."""
+        self._policy, self._loaded_memory_mb = LlamaPolicy(config), planned_mb
+        self.policy_loads += 1
+        return self._policy
+
+    def _loaded_policy_mb(self) -> float:
+        """The loaded policy's memory: as its plan predicted, else by the scheduler's estimate
+        with parking at its limit, so that a solve under a budget it fits keeps it instead of
+        loading another."""
+        if self._loaded_memory_mb is None:
+            policy = self._policy
+            assert policy is not None
+            meta, n_vocab = policy.metadata, vocab_size(policy.model_path)
+            estimate = estimate_for_policy(policy.config, meta, n_vocab, None, policy.config.park_mb)
+            self._loaded_memory_mb = estimate.total_mb
+        return self._loaded_memory_mb
 
     @property
     def prm_dir(self) -> str:
@@ -471,10 +495,12 @@ class Solver:
         step states when the PRM reads them (a policy probe).
 
         The loaded policy is kept when it serves the solve as well: at least the KV slots and
-        cells wanted, the same cache type, threads, offload and state capture, and (under a
-        memory budget) a plan of its own that fits. Reloading costs seconds, so questions of
-        different lengths or deadlines share one context; a question with no budget gets a
-        context as the user configured it, whatever budget the question before had.
+        cells wanted, the same cache type, threads and offload, the states the PRM reads (a
+        policy that keeps states serves a solve that needs none: alternating strategies would
+        otherwise reload every time), and (under a memory budget) memory that fits. Reloading
+        costs seconds, so questions of different lengths or deadlines share one context; a
+        question with no budget gets a context as the user configured it, whatever budget the
+        question before had.
         """
         wanted = self.policy_config
         if plan is not None:
@@ -484,17 +510,25 @@ class Solver:
         prm_mb = self._resident_prm_mb(scorer, plan)
         while True:
             loaded = self._policy.config if self._policy is not None else None
-            budget_fits = memory_mb is None or self._loaded_memory_mb + prm_mb <= memory_mb
-            if loaded is not None and budget_fits and _serves(loaded, wanted):
+            if self.fixed_policy and loaded is not None and _keeps_states_wanted(loaded, wanted):
+                held_mb = self._loaded_policy_mb() + prm_mb
+                if memory_mb is not None and held_mb > memory_mb:
+                    raise ValueError(
+                        f"memory_mb={memory_mb:g} is less than the loaded model holds "
+                        f"(~{held_mb:.0f} MB); this solver does not load it again for a budget"
+                    )
+                break
+            if (
+                loaded is not None
+                and _serves(loaded, wanted)
+                and (memory_mb is None or self._loaded_policy_mb() + prm_mb <= memory_mb)
+            ):
                 break
             if self._searching:  # never pull the context from under a running search
                 self._lock.wait()
                 continue
             self.close()
-            self._policy = LlamaPolicy(wanted)
-            self._loaded_memory_mb = (
-                plan.predicted_memory_mb - plan.memory.prm_mb if plan is not None else float("inf")
-            )
+            self._load(wanted, plan.predicted_memory_mb - plan.memory.prm_mb if plan is not None else None)
             break
         if scorer is not None and scorer.needs_states:
             meta = self._policy.metadata
@@ -537,18 +571,24 @@ SAME_FIELDS = (
     "kv_type",
     "n_threads",
     "n_gpu_layers",
-    "capture_states",
-    "state_layers",
     "max_prompt_tokens",
     "max_step_tokens",
     "n_batch",
 )
 
 
+def _keeps_states_wanted(loaded: PolicyConfig, wanted: PolicyConfig) -> bool:
+    """Whether ``loaded`` keeps the hidden states ``wanted`` asks for (any, when it asks none)."""
+    if not wanted.capture_states:
+        return True
+    return loaded.capture_states and loaded.state_layers == wanted.state_layers
+
+
 def _serves(loaded: PolicyConfig, wanted: PolicyConfig) -> bool:
     """Whether a policy loaded with ``loaded`` can run a solve that wants ``wanted``."""
     return (
         all(getattr(loaded, name) == getattr(wanted, name) for name in SAME_FIELDS)
+        and _keeps_states_wanted(loaded, wanted)
         and loaded.n_seq_max >= wanted.n_seq_max
         and loaded.park_mb >= wanted.park_mb  # else parked paths are decoded again
         and loaded.max_searches >= wanted.max_searches

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 
@@ -346,6 +347,7 @@ class LoadedPolicy:
     """Stands for a loaded LlamaPolicy: records what was loaded and closed."""
 
     log: list[str] = []
+    metadata = SimpleNamespace(name="fake", n_embd=1)  # what a probe checks the policy by
 
     def __init__(self, config):
         self.config = config
@@ -426,6 +428,54 @@ def test_a_budgeted_solve_leaves_the_next_one_as_configured(monkeypatch):
     small = replace(plan(Budget(memory_mb=700, max_tokens=256)), n_seq_max=2)
     assert s._policy_for(None, small, 700).config.n_seq_max == 2
     assert s._policy_for(None, None, None).config.n_seq_max == 16
+
+
+class Probe:
+    """Stands for a PRM that reads the policy's states."""
+
+    needs_states, state_layers = True, (12, -1)
+
+    def check_policy(self, name: str, n_embd: int) -> None:
+        pass  # any policy will do here
+
+
+def test_a_policy_keeping_states_serves_solves_that_need_none(monkeypatch):
+    """Seen: a server answering majority and weighted requests in turn loaded the policy again
+    for every request (with states kept, then without)."""
+    from edgetts import solver as solver_mod
+    from edgetts.policy import PolicyConfig
+
+    monkeypatch.setattr(solver_mod, "LlamaPolicy", LoadedPolicy)
+    LoadedPolicy.log = []
+    s = solver_mod.Solver(PolicyConfig(max_tokens=256, n_seq_max=16))
+    s._policy_for(None, None, None)  # majority
+    assert s._policy_for(Probe(), None, None).config.capture_states  # a probe: load with states
+    for scorer in (None, Probe(), None):
+        s._policy_for(scorer, None, None)
+    assert LoadedPolicy.log == ["load 16 f16", "close", "load 16 f16"]
+
+
+def test_a_fixed_policy_is_never_reloaded_for_a_plan(monkeypatch):
+    """A server's solver: a request's budget plans its search, never the model under the others."""
+    from dataclasses import replace
+
+    from edgetts import solver as solver_mod
+    from edgetts.policy import PolicyConfig
+
+    monkeypatch.setattr(solver_mod, "LlamaPolicy", LoadedPolicy)
+    LoadedPolicy.log = []
+    s = solver_mod.Solver(PolicyConfig(max_tokens=256, n_seq_max=16), fixed_policy=True)
+    big = plan(Budget(memory_mb=4000, deadline_s=100, max_tokens=256))
+    s._policy_for(None, big, 4000)  # the server's own plan, at start
+    policy_mb = big.predicted_memory_mb - big.memory.prm_mb
+    smaller = replace(big, n_seq_max=2, n_ctx=big.n_ctx // 4, kv_type="q8_0", predicted_memory_mb=100.0)
+    assert s._policy_for(None, smaller, policy_mb + 1).config.n_seq_max == big.n_seq_max
+    assert s._policy_for(None, replace(big, n_seq_max=64), None).config.n_seq_max == big.n_seq_max
+    assert len(LoadedPolicy.log) == 1  # neither a smaller, other nor wider plan loaded it again
+    with pytest.raises(ValueError, match="less than the loaded model holds"):
+        s._policy_for(None, smaller, policy_mb - 1)
+    assert s._policy_for(Probe(), smaller, None).config.capture_states  # states it lacked: loaded
+    assert len(LoadedPolicy.log) == 3
 
 
 def test_cli_plan_errors_are_clear(monkeypatch):

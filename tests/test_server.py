@@ -55,6 +55,7 @@ class FakeSolver:
         self.others = others  # answers of further candidates, votes falling in this order
         self.policy = SimpleNamespace(config=SimpleNamespace(max_tokens=0))
         self.scorer_loaded = False
+        self.policy_loads = 1
         self.cancelled: list[bool] = []  # one entry per finished solve: was it cancelled?
         self.options: list = []  # the SolveOptions of every solve, in order
         self.questions: list = []  # what every solve was asked (a Conversation, a RawPrompt)
@@ -433,6 +434,25 @@ def test_serve_answers_with_a_strategy(served):
         health = json.loads(resp.read())
     assert health["memory_estimate_mb"] > 300
     assert abs(health["peak_rss_mb"] / health["memory_estimate_mb"] - 1) < 0.15, health
+
+
+@pytest.mark.slow
+def test_serve_loads_the_model_once_whatever_the_requests_ask(served):
+    """Seen: majority and weighted requests in turn loaded the policy again each time (states
+    kept, then not), and a request's memory_mb reloaded it under the other clients."""
+    base, model, _ = served
+    c = client(base, timeout=120)
+    for strategy in ("majority", "weighted_best_of_n", "majority"):
+        ask(c, model=model, strategy=strategy, n=2, max_tokens=16)
+    with urllib.request.urlopen(f"{base}/health", timeout=5) as resp:
+        health = json.loads(resp.read())
+    held_mb = health["memory_estimate_mb"]  # with parking as held so far, not at its limit
+    ask(c, model=model, strategy="majority", n=2, max_tokens=16, memory_mb=held_mb * 4)
+    with pytest.raises(openai.BadRequestError, match="less than the loaded model holds"):
+        # room for a plan of its own, not for the model as loaded with its parking
+        ask(c, model=model, strategy="majority", n=2, max_tokens=16, memory_mb=held_mb)
+    with urllib.request.urlopen(f"{base}/health", timeout=5) as resp:
+        assert json.loads(resp.read())["policy_loads"] == 1
 
 
 @pytest.mark.slow

@@ -53,7 +53,8 @@ def build_application(
             from edgetts.server import load_solver
 
             solver = make_solver()
-            self.prm_state = load_solver(solver)  # as `edgetts serve` starts
+            # as `edgetts serve` starts
+            self.prm_state = load_solver(solver, settings.memory_mb, settings.default_strategy)
             self.solver, self.settings = solver, settings
 
         def __serve_build_asgi_app__(self) -> Any:

@@ -420,6 +420,7 @@ class App:
             rejected=engine.rejected,
             peak_rss_mb=scheduler.peak_rss_mb(),
             memory_estimate_mb=round(estimate.total_mb, 1) if estimate is not None else None,
+            policy_loads=engine.solver.policy_loads,
         )
 
 
@@ -524,22 +525,34 @@ def model_names(model: str | None) -> tuple[str, tuple[str, ...]]:
     return path.stem, (path.name, model)
 
 
-def load_solver(solver: Solver) -> str:
+def load_solver(solver: Solver, memory_mb: float | None = None, strategy: str | None = None) -> str:
     """Size the policy's context once, for the server's requests, load the policy now and the
     PRM if it loads; return the PRM state for /health. Every server (and Ray Serve replica)
-    starts this way."""
+    starts this way. ``memory_mb``: the server's budget, which the model is planned under now
+    (for ``strategy``, the server's default); the solver then keeps it as loaded
+    (``Solver.fixed_policy``), whatever a request's own budget."""
     # The context is sized once, for the server's max_tokens; a request asks for at most that.
     solver.policy_config = dataclasses.replace(
         solver.policy_config, n_ctx=solver.policy_config.resolved_n_ctx()
     )
-    solver.policy  # noqa: B018 -- loading is the point
     try:
-        solver.scorer  # noqa: B018
+        scorer = solver.scorer
     except Exception as exc:  # the server still serves greedy and majority without it
         # The reason goes to the log only: /health answers anyone, and it can name paths.
         log.warning("PRM not loaded (%s); PRM strategies will be refused", exc)
-        return "unavailable (the server log says why)"
-    return "loaded"
+        state = "unavailable (the server log says why)"
+    else:
+        state = "loaded"
+        if scorer.needs_states:
+            # A probe reads the policy's states: load it keeping them from the start, or the
+            # first PRM request would load it again (one that keeps them serves every request).
+            solver.policy_config = dataclasses.replace(
+                solver.policy_config, capture_states=True, state_layers=scorer.state_layers
+            )
+    if memory_mb is not None:
+        solver.prepare("", SolveOptions(strategy=strategy or "auto", memory_mb=memory_mb))
+    solver.policy  # noqa: B018 -- loading is the point
+    return state
 
 
 def serve(solver: Solver, settings: ServerSettings) -> None:
@@ -556,7 +569,8 @@ def serve(solver: Solver, settings: ServerSettings) -> None:
         raise ValueError(
             f"unknown strategy {settings.default_strategy!r}; choose one of {sorted(known_strategies())}"
         )
-    app = create_app(solver, settings, prm_state=load_solver(solver))
+    prm_state = load_solver(solver, settings.memory_mb, settings.default_strategy)
+    app = create_app(solver, settings, prm_state=prm_state)
     state: App = app.state.edgetts
 
     class Server(uvicorn.Server):

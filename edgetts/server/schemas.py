@@ -321,3 +321,4 @@ class Health(BaseModel):
     # scheduler's estimate for the loaded policy (None until the first search loads it).
     peak_rss_mb: float | None = None
     memory_estimate_mb: float | None = None
+    policy_loads: int = 0  # times the policy was loaded since start (a server loads it once)
