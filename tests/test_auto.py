@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -63,6 +64,17 @@ def test_small_budget_stays_within_the_probes():
 def test_shipped_table_loads():
     t = load_table()
     assert t.bins and isinstance(t.entries, dict)
+
+
+@pytest.mark.parametrize("strategy", ["confidence_vote", "auto", "magic"])
+def test_a_table_naming_a_strategy_auto_cannot_continue_with_is_refused_when_it_loads(tmp_path, strategy):
+    """Seen in review: a hand-edited table naming confidence_vote would have weighed PRM scores
+    as token confidences; an unknown name failed mid-search."""
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps({"table": {"hard": {"8": {"strategy": strategy, "n": 8}}}}))
+    with pytest.raises(ValueError, match="auto cannot continue with"):
+        ComputeOptimalTable.from_dict(json.loads(path.read_text()))
+    assert load_table(str(path)).entries == {}  # the default rule, with a warning
 
 
 def test_probes_are_reused_for_sampling_strategies():

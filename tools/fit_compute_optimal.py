@@ -43,10 +43,11 @@ from pathlib import Path
 from paired import sign_test_p
 from plots import accuracy_axes, accuracy_curve, dodged, save_accuracy_plot, standard_error
 
-from edgetts.search.auto import DEFAULT_BINS, PROBE_N, ComputeOptimalTable
+from edgetts.search.auto import DEFAULT_BINS, PROBE_N, ComputeOptimalTable, continuable
 from edgetts.search.registry import names
 
 SAMPLE_STRATEGIES = names("sample")
+AUTO_CHOICES = continuable()
 
 DEFAULT_STRATEGY = "weighted_best_of_n"  # auto's rule without a table (with a PRM)
 STRATEGY_ORDER = ("majority", "weighted_best_of_n", "best_of_n", "dvts", "beam_search")
@@ -97,7 +98,9 @@ def best_entry(problems: list[dict], budget: int) -> dict | None:
         k
         for p in problems
         for k in p["correct"]
-        if k[1] <= budget and (k[0] not in SAMPLE_STRATEGIES or k[1] >= floor)
+        if k[1] <= budget
+        and (k[0] not in SAMPLE_STRATEGIES or k[1] >= floor)
+        and k[0] in AUTO_CHOICES  # what auto can continue with (edgetts.search.auto.continuable)
     }
     scored = []
     for strategy, n in keys:

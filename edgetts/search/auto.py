@@ -97,11 +97,25 @@ class ComputeOptimalTable:
 
     @classmethod
     def from_dict(cls, data: dict) -> ComputeOptimalTable:
-        return cls(
+        """The table in ``data``; ValueError for an entry auto cannot continue with (a hand-edited
+        table naming auto itself, or confidence_vote, whose pick would read PRM scores as token
+        confidences), so a bad table is refused when it loads, not mid-search."""
+        table = cls(
             bins=list(data.get("bins") or DEFAULT_BINS),
             entries=dict(data.get("table") or {}),
             fitted_from=list(data.get("fitted_from") or []),
         )
+        for name, row in table.entries.items():
+            for budget, entry in row.items():
+                strategy = entry.get("strategy")
+                if strategy not in continuable():
+                    raise ValueError(
+                        f"bin {name!r}, budget {budget}: auto cannot continue with {strategy!r} "
+                        f"(one of {sorted(continuable())})"
+                    )
+                if int(entry.get("n", 0)) < 1:
+                    raise ValueError(f"bin {name!r}, budget {budget}: n must be at least 1")
+        return table
 
     def bin_of(self, features: dict[str, float]) -> str:
         for b in self.bins:
@@ -284,6 +298,16 @@ def _registry() -> dict:
     from edgetts.search.registry import REGISTRY
 
     return REGISTRY
+
+
+def continuable() -> set[str]:
+    """The strategies auto may choose: those a PRM score or a vote picks for (their probes
+    carry no token confidences, so confidence_vote is none of them)."""
+    return {
+        name
+        for name, info in _registry().items()
+        if info.family in ("sample", "tree") and info.final_pick is not None and not info.needs_confidence
+    }
 
 
 def family_of(strategy: str) -> str:
