@@ -208,6 +208,24 @@ def test_beam_search_keeps_n_beams_a_round_when_fewer_survive():
     assert gen.alive == set() and gen.peak_alive <= 8
 
 
+def test_beam_search_picks_among_the_n_best_finished_beams():
+    """A last round can finish more beams than N: like search-and-learn (sort_completed), only
+    the N best-scored vote; here the surplus low-scored ones would have turned the vote to 7."""
+    tree = {
+        "e \\boxed{7}": {},
+        "a": {"a1 \\boxed{5}": {}, "a2 \\boxed{5}": {}},
+        "b": {"b1 \\boxed{7}": {}, "b2 \\boxed{7}": {}},
+        "c": {"c1 \\boxed{9}": {}},
+    }
+    scores = {"e \\boxed{7}": 0.9, "a": 0.8, "b": 0.7, "c": 0.1}
+    scores |= {"a1 \\boxed{5}": 0.6, "a2 \\boxed{5}": 0.6, "b1 \\boxed{7}": 0.2, "b2 \\boxed{7}": 0.2}
+    gen = FakeGenerator(tree_policy(tree))
+    config = SearchConfig(n=4, beam_width=2, weighted_pick=True)
+    result = beam_search("q", gen, FakeScorer(scores), config)
+    assert len(result.candidates) == 4  # of the 5 that finished
+    assert result.answer == "5" and result.votes == pytest.approx({"5": 1.2, "7": 1.1})
+
+
 def test_beam_search_stops_when_n_beams_finished():
     gen = FakeGenerator(tree_policy(ONE_STEP))
     result = beam_search("q", gen, FakeScorer(ONE_STEP_SCORES), SearchConfig(n=4, beam_width=2))

@@ -7,9 +7,9 @@ released at once. When fewer survive (duplicates, beams that finished), the surv
 new beams between them, as search-and-learn refills its active beams to N every iteration: the
 search keeps spending N beams a round instead of narrowing for good.
 The search stops after ``config.max_steps`` rounds (live beams are then completed to the end), when
-N beams have finished, when no live beam is left, or at the deadline. The finished beams are
-judged like best-of-N samples: by aggregated score, or summed per answer when
-``config.weighted_pick``.
+N beams have finished, when no live beam is left, or at the deadline. The N best-scored finished
+beams (a last round may finish more) are judged like best-of-N samples: by aggregated score, or
+summed per answer when ``config.weighted_pick`` (search-and-learn's ``sort_completed``).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def beam_search(
     generator.release(live)
     return conclude(
         "beam_search",
-        finished,
+        best_scored(finished, config.n, config.agg),
         live,
         config,
         weighted=config.weighted_pick,
@@ -88,6 +88,12 @@ def expand_to(
             generator.release([p for p in group if not p.finished])
         raise
     return [child for ticket in tickets for child in children[ticket]]
+
+
+def best_scored(paths: list[SolutionPath], n: int, agg: str) -> list[SolutionPath]:
+    """The ``n`` best-scored of ``paths``, in their order (earliest first on ties)."""
+    ranked = sorted(range(len(paths)), key=lambda i: -aggregate(paths[i].scores, agg))[:n]
+    return [paths[i] for i in sorted(ranked)]
 
 
 def top_k(generator: StepGenerator, paths: list[SolutionPath], k: int, agg: str) -> list[SolutionPath]:
