@@ -854,8 +854,7 @@ class LlamaPolicy:
             token = child.sampler.sample_from(parent.logits)
             self._accept(child, token, self._stats(child, parent.logits, token))
         else:
-            child.to_decode = seq.tokens[seq.n_cached :]
-            self._count(search, tokens_redecoded=len(child.to_decode))
+            child.to_decode = seq.tokens[seq.n_cached :]  # counted as re-decoded when decoded
             seq.tokens = seq.tokens[: seq.n_cached]
         if child.last_of_parent and not parent.is_template:
             parent.logits = None  # no sibling needs it any more (the template's serve a next root)
@@ -878,6 +877,7 @@ class LlamaPolicy:
                 seq.n_cached += len(rebuilt)
                 if len(seq.tokens) < seq.n_cached:  # rebuilt tokens are back in the path
                     seq.tokens.extend(rebuilt)
+                    self._count(seq.search, tokens_redecoded=len(rebuilt))
         batch = self._batch
         batch.clear()
         rows: list[tuple[_Child, int]] = []
@@ -894,6 +894,8 @@ class LlamaPolicy:
             seq.n_cached += len(part)
             if len(seq.tokens) < seq.n_cached:  # rebuilt tokens are back in the path
                 seq.tokens.extend(part)
+                # counted as they are decoded: a deadline may stop a rebuild part-way
+                self._count(seq.search, tokens_redecoded=len(part))
             if complete:
                 rows.append((child, batch.n_tokens - 1))
             self._count(seq.search, tokens_decoded=len(part))
