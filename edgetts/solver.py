@@ -190,10 +190,10 @@ class Solver:
     pinned: frozenset[str] = frozenset()
     # Where model-written code runs (--mode pot, code tasks); None: such requests are refused.
     sandbox: Sandbox | None = None
-    # Once loaded, the policy stays as loaded (a server: one request's budget must not reload
-    # the model under the others): a solve's plan sets its search (N, beam width), not the
-    # model, and a memory budget the loaded model does not fit is refused. Only states a PRM
-    # reads and the loaded policy does not keep load it again.
+    # Once loaded, the policy and its PRM stay as loaded (a server: one request's budget must
+    # not reload the model under the others, nor unload the PRM they share): a solve's plan
+    # sets its search (N, beam width) only, and a memory budget the loaded model and PRM do not
+    # fit is refused, as is a PRM strategy when the policy keeps none of the states it reads.
     fixed_policy: bool = False
     _policy: LlamaPolicy | None = field(default=None, init=False, repr=False)
     # the loaded policy's own memory as its plan predicted it, None until estimated (the PRM
@@ -423,10 +423,39 @@ class Solver:
             )
         plan = self.plan(options, question)
         strategy = "majority" if options.strategy == GREEDY else options.strategy
+        if self.fixed_policy and self._policy is not None:
+            return plan, *self._as_loaded(strategy, plan, options.memory_mb)
         scorer = self._scorer_for(strategy, plan)
         if scorer is None and plan is not None and options.memory_mb is not None:
             self._unload_scorer_over(options.memory_mb - plan.predicted_memory_mb)
         return plan, scorer, self._policy_for(scorer, plan, options.memory_mb)
+
+    def _as_loaded(
+        self, strategy: str, plan: Plan | None, memory_mb: float | None
+    ) -> tuple[Verifier | None, LlamaPolicy]:
+        """The scorer and the policy as loaded, for a solver with ``fixed_policy``: the plan
+        sets the search only; the model and its PRM count as one fixed whole against a budget."""
+        held_mb = self._loaded_policy_mb() + self._loaded_prm_mb()
+        if memory_mb is not None and held_mb > memory_mb:
+            raise ValueError(
+                f"memory_mb={memory_mb:g} is less than the loaded model holds (~{held_mb:.0f} MB "
+                "with its PRM); it is not loaded again for one request's budget"
+            )
+        policy = self._policy
+        assert policy is not None
+        scorer = self._scorer_for(strategy, plan)
+        if scorer is not None and scorer.needs_states:
+            wanted = replace(policy.config, capture_states=True, state_layers=scorer.state_layers)
+            if not _keeps_states_wanted(policy.config, wanted):
+                if strategy != "auto":
+                    raise ValueError(
+                        f"strategy {strategy!r}: the loaded model keeps none of the states its PRM reads"
+                    )
+                log.warning("auto runs without a PRM: the loaded model keeps none of the states it reads")
+                scorer = None
+            else:
+                scorer.check_policy(policy.metadata.name, policy.metadata.n_embd)
+        return scorer, policy
 
     def _loaded_prm_mb(self) -> float:
         """What the loaded PRM holds, by the scheduler's estimate (0 when none is loaded)."""
@@ -510,14 +539,6 @@ class Solver:
         prm_mb = self._resident_prm_mb(scorer, plan)
         while True:
             loaded = self._policy.config if self._policy is not None else None
-            if self.fixed_policy and loaded is not None and _keeps_states_wanted(loaded, wanted):
-                held_mb = self._loaded_policy_mb() + prm_mb
-                if memory_mb is not None and held_mb > memory_mb:
-                    raise ValueError(
-                        f"memory_mb={memory_mb:g} is less than the loaded model holds "
-                        f"(~{held_mb:.0f} MB); this solver does not load it again for a budget"
-                    )
-                break
             if (
                 loaded is not None
                 and _serves(loaded, wanted)
@@ -551,6 +572,11 @@ class Solver:
     def _planned(scorer: Verifier, plan: Plan | None) -> Verifier:
         """Bound the PRM's batch as planned: its activations, not its weights, dominate memory."""
         return scorer.with_batch_size(plan.prm_batch_size) if plan is not None else scorer
+
+    def drop_scorer(self) -> None:
+        """Let go of the PRM (a later solve that needs it loads it again)."""
+        with self._lock:
+            self._scorer = None
 
     def close(self) -> None:
         """Free the llama.cpp context and model (a later solve loads them again)."""

@@ -438,6 +438,9 @@ class Probe:
     def check_policy(self, name: str, n_embd: int) -> None:
         pass  # any policy will do here
 
+    def with_batch_size(self, batch_size: int) -> Probe:
+        return self
+
 
 def test_a_policy_keeping_states_serves_solves_that_need_none(monkeypatch):
     """Seen: a server answering majority and weighted requests in turn loaded the policy again
@@ -456,7 +459,8 @@ def test_a_policy_keeping_states_serves_solves_that_need_none(monkeypatch):
 
 
 def test_a_fixed_policy_is_never_reloaded_for_a_plan(monkeypatch):
-    """A server's solver: a request's budget plans its search, never the model under the others."""
+    """A server's solver: a request's budget plans its search, never the model under the others,
+    nor does it unload the PRM they share."""
     from dataclasses import replace
 
     from edgetts import solver as solver_mod
@@ -466,16 +470,26 @@ def test_a_fixed_policy_is_never_reloaded_for_a_plan(monkeypatch):
     LoadedPolicy.log = []
     s = solver_mod.Solver(PolicyConfig(max_tokens=256, n_seq_max=16), fixed_policy=True)
     big = plan(Budget(memory_mb=4000, deadline_s=100, max_tokens=256))
-    s._policy_for(None, big, 4000)  # the server's own plan, at start
-    policy_mb = big.predicted_memory_mb - big.memory.prm_mb
+    s._policy_for(Probe(), big, 4000)  # the server's own plan, at start, keeping the states
+    s._scorer = Probe()  # the PRM it loaded with the policy
+    held_mb = s._loaded_policy_mb() + s._loaded_prm_mb()
     smaller = replace(big, n_seq_max=2, n_ctx=big.n_ctx // 4, kv_type="q8_0", predicted_memory_mb=100.0)
-    assert s._policy_for(None, smaller, policy_mb + 1).config.n_seq_max == big.n_seq_max
-    assert s._policy_for(None, replace(big, n_seq_max=64), None).config.n_seq_max == big.n_seq_max
-    assert len(LoadedPolicy.log) == 1  # neither a smaller, other nor wider plan loaded it again
+    for strategy, budget in (("majority", held_mb + 1), ("majority", None), ("beam_search", None)):
+        scorer, policy = s._as_loaded(strategy, smaller, budget)
+        assert policy.config.n_seq_max == big.n_seq_max and s.scorer_loaded
+    assert len(LoadedPolicy.log) == 1  # neither a smaller nor another plan loaded it again
     with pytest.raises(ValueError, match="less than the loaded model holds"):
-        s._policy_for(None, smaller, policy_mb - 1)
-    assert s._policy_for(Probe(), smaller, None).config.capture_states  # states it lacked: loaded
-    assert len(LoadedPolicy.log) == 3
+        s._as_loaded("majority", smaller, held_mb - 1)
+    assert s.scorer_loaded  # the PRM the other requests share stays
+    # A policy loaded keeping none of the states the probe reads (it loaded later): PRM
+    # strategies are refused, auto goes on by agreement alone; nothing is loaded again.
+    plain = solver_mod.Solver(PolicyConfig(max_tokens=256, n_seq_max=16), fixed_policy=True)
+    plain._policy_for(None, big, 4000)
+    plain._scorer = Probe()
+    with pytest.raises(ValueError, match="keeps none of the states"):
+        plain._as_loaded("weighted_best_of_n", None, None)
+    assert plain._as_loaded("auto", None, None)[0] is None
+    assert len(LoadedPolicy.log) == 2
 
 
 def test_cli_plan_errors_are_clear(monkeypatch):

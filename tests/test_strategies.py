@@ -12,7 +12,7 @@ from fakes import FakeGenerator, FakeScorer, n_tokens, random_policy, tree_polic
 
 from edgetts.search import NEEDS_SCORER, STRATEGIES, run_search
 from edgetts.search.base import SearchConfig, SolutionPath
-from edgetts.search.beam_search import beam_search, top_k
+from edgetts.search.beam_search import beam_search, best_scored, top_k
 from edgetts.search.best_of_n import best_of_n, weighted_best_of_n
 from edgetts.search.dvts import best_first, dvts
 
@@ -224,6 +224,19 @@ def test_beam_search_picks_among_the_n_best_finished_beams():
     result = beam_search("q", gen, FakeScorer(scores), config)
     assert len(result.candidates) == 4  # of the 5 that finished
     assert result.answer == "5" and result.votes == pytest.approx({"5": 1.2, "7": 1.1})
+
+
+def test_the_n_best_finished_beams_put_answered_ones_first():
+    """Seen in review: ranking by score alone could drop the only beam with an answer for
+    better-scored ones that ran out of tokens without one."""
+
+    def beam(text: str, score: float, stop: str = "eos") -> SolutionPath:
+        return SolutionPath(steps=[text], finished=True, stop_reason=stop, scores=[score])
+
+    cut = [beam("so the total is", 0.9, "max_tokens"), beam("and then we add", 0.8, "max_tokens")]
+    answered = [beam("so \\boxed{3}", 0.1), beam("hence \\boxed{4}", 0.05)]
+    assert best_scored([*cut, *answered], 2, "last") == answered
+    assert best_scored([*cut, *answered], 3, "last") == [cut[0], *answered]  # then by score
 
 
 def test_beam_search_stops_when_n_beams_finished():

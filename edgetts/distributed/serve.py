@@ -54,7 +54,7 @@ def build_application(
 
             solver = make_solver()
             # as `edgetts serve` starts
-            self.prm_state = load_solver(solver, settings.memory_mb, settings.default_strategy)
+            self.prm_state = load_solver(solver, settings.memory_mb)
             self.solver, self.settings = solver, settings
 
         def __serve_build_asgi_app__(self) -> Any:

@@ -106,7 +106,11 @@ class ComputeOptimalTable:
             fitted_from=list(data.get("fitted_from") or []),
         )
         for name, row in table.entries.items():
+            if not isinstance(row, dict) or not all(isinstance(e, dict) for e in row.values()):
+                raise ValueError(f"bin {name!r}: budgets must map to {{'strategy': ..., 'n': ...}}")
             for budget, entry in row.items():
+                if not str(budget).isdigit():
+                    raise ValueError(f"bin {name!r}: budget {budget!r} is not a whole number")
                 strategy = entry.get("strategy")
                 if strategy not in continuable():
                     raise ValueError(

@@ -26,6 +26,7 @@ from edgetts.search.base import (
     aggregate,
 )
 from edgetts.search.common import complete, conclude, require_scorer, score_in_time, set_aside_finished
+from edgetts.search.select import to_candidate
 
 
 def beam_search(
@@ -91,9 +92,14 @@ def expand_to(
 
 
 def best_scored(paths: list[SolutionPath], n: int, agg: str) -> list[SolutionPath]:
-    """The ``n`` best-scored of ``paths``, in their order (earliest first on ties)."""
-    ranked = sorted(range(len(paths)), key=lambda i: -aggregate(paths[i].scores, agg))[:n]
-    return [paths[i] for i in sorted(ranked)]
+    """The ``n`` best-scored of ``paths``, in their order (earliest first on ties); a beam that
+    wrote an answer ranks above any that did not (one that ran out of tokens)."""
+
+    def rank(i: int) -> tuple[bool, float]:
+        answered = to_candidate(paths[i], agg, check_arithmetic=False).has_answer
+        return not answered, -aggregate(paths[i].scores, agg)
+
+    return [paths[i] for i in sorted(sorted(range(len(paths)), key=rank)[:n])]
 
 
 def top_k(generator: StepGenerator, paths: list[SolutionPath], k: int, agg: str) -> list[SolutionPath]:

@@ -525,34 +525,31 @@ def model_names(model: str | None) -> tuple[str, tuple[str, ...]]:
     return path.stem, (path.name, model)
 
 
-def load_solver(solver: Solver, memory_mb: float | None = None, strategy: str | None = None) -> str:
-    """Size the policy's context once, for the server's requests, load the policy now and the
-    PRM if it loads; return the PRM state for /health. Every server (and Ray Serve replica)
-    starts this way. ``memory_mb``: the server's budget, which the model is planned under now
-    (for ``strategy``, the server's default); the solver then keeps it as loaded
-    (``Solver.fixed_policy``), whatever a request's own budget."""
-    # The context is sized once, for the server's max_tokens; a request asks for at most that.
-    solver.policy_config = dataclasses.replace(
-        solver.policy_config, n_ctx=solver.policy_config.resolved_n_ctx()
-    )
+def load_solver(solver: Solver, memory_mb: float | None = None) -> str:
+    """Load the policy and the PRM once, for every request to come, and return the PRM state for
+    /health. Every server (and Ray Serve replica) starts this way.
+
+    The context is sized for the server's max_tokens and its KV slots (``n_seq_max``). With the
+    server's ``memory_mb`` the model is planned under it for a PRM-weighted search of that many
+    paths, the PRM counted in (without the PRM when it does not fit, or does not load). The
+    policy keeps the hidden states a probe PRM reads, so that no request loads it again: the
+    solver is then ``fixed_policy``, whatever a request's own budget.
+    """
+    cfg = solver.policy_config
+    solver.policy_config = dataclasses.replace(cfg, n_ctx=cfg.resolved_n_ctx())
+    solver.fixed_policy = True
+    paths = cfg.n_seq_max
     try:
-        scorer = solver.scorer
+        # loads the PRM, then the policy keeping the states it reads (checked against the policy)
+        solver.prepare("", SolveOptions(strategy="weighted_best_of_n", n=paths, memory_mb=memory_mb))
+        return "loaded"
     except Exception as exc:  # the server still serves greedy and majority without it
         # The reason goes to the log only: /health answers anyone, and it can name paths.
         log.warning("PRM not loaded (%s); PRM strategies will be refused", exc)
-        state = "unavailable (the server log says why)"
-    else:
-        state = "loaded"
-        if scorer.needs_states:
-            # A probe reads the policy's states: load it keeping them from the start, or the
-            # first PRM request would load it again (one that keeps them serves every request).
-            solver.policy_config = dataclasses.replace(
-                solver.policy_config, capture_states=True, state_layers=scorer.state_layers
-            )
-    if memory_mb is not None:
-        solver.prepare("", SolveOptions(strategy=strategy or "auto", memory_mb=memory_mb))
-    solver.policy  # noqa: B018 -- loading is the point
-    return state
+    solver.close()
+    solver.drop_scorer()
+    solver.prepare("", SolveOptions(strategy="majority", n=paths, memory_mb=memory_mb))
+    return "unavailable (the server log says why)"
 
 
 def serve(solver: Solver, settings: ServerSettings) -> None:
@@ -569,7 +566,7 @@ def serve(solver: Solver, settings: ServerSettings) -> None:
         raise ValueError(
             f"unknown strategy {settings.default_strategy!r}; choose one of {sorted(known_strategies())}"
         )
-    prm_state = load_solver(solver, settings.memory_mb, settings.default_strategy)
+    prm_state = load_solver(solver, settings.memory_mb)
     app = create_app(solver, settings, prm_state=prm_state)
     state: App = app.state.edgetts
 
