@@ -15,23 +15,29 @@ What else is isolated depends on the OS (:meth:`Sandbox.isolation` reports what 
 * **Linux.** The child enters new network, mount, IPC and PID namespaces (``unshare``; a user
   namespace too when not root). No network: only a loopback device that is down. Every mount of
   the host is made read-only in the child's mount namespace (``mount_setattr``, or a remount of
-  each mount on kernels before 5.12). The working directory, ``/tmp``, ``/var/tmp``, ``/dev/shm``
-  and ``/run/lock`` are then fresh size-capped tmpfs mounts that vanish with the process, so files
-  written there never reach the disk and cannot fill it; nothing else can be written. ``/home``,
-  ``/root``, ``/run/user``, ``/media``, ``/dev/pts`` and the user's home are hidden behind empty
-  read-only mounts (keys, tokens, the user's sockets and terminal), and the standard library is
-  bind-mounted read-only at a fixed place the candidate imports from. The candidate is PID 1 of
-  its own PID namespace with a fresh ``/proc``: it sees no other process, and when it ends (or is
-  killed, or its parent dies) the kernel kills everything it forked (its parent-death signal is
-  set after the uid change, which clears it, so one that leaves the process group dies too). It
-  runs with no capabilities and ``no_new_privs``, so it cannot undo the mounts, and a seccomp
-  filter refuses the system calls that reach past them and the rlimits (SysV shared memory and
-  message queues, keyrings, new namespaces, mounts, ``connect``, io_uring, ptrace, bpf); machines
-  other than x86_64 and aarch64 get no filter and count as weak. Running as root, the child drops
-  to ``nobody`` (uid/gid 65534, no supplementary groups), because the kernel does not apply the
-  process-count limit to root: after the drop it does, so a fork bomb stops at the limit. Run by
-  another user, the candidate keeps that user's uid (the limit counts all of the user's processes)
-  inside a user namespace whose capabilities it drops.
+  each mount on kernels before 5.12). ``/tmp``, ``/var/tmp``, ``/dev/shm`` and ``/run`` (the
+  host's sockets and the tokens of its services) are then fresh tmpfs mounts, capped in size and
+  in files, that vanish with the process; the working directory is ``/tmp/work`` in there. So
+  files written never reach the disk and cannot fill it; nothing else can be written. ``/home``,
+  ``/root``, ``/media``, ``/dev/pts`` and the user's home are hidden behind empty read-only mounts
+  (keys, tokens, the user's terminal), and the standard library is bind-mounted read-only at a
+  fixed place the candidate imports from. The candidate is PID 1 of its own PID namespace with a
+  fresh ``/proc``: it sees no other process, and when it ends (or is killed, or its parent dies)
+  the kernel kills everything it forked (its parent-death signal is set after the uid change,
+  which clears it, and the filter below refuses clearing it, so one that leaves the process group
+  dies too). It runs with no capabilities and ``no_new_privs``, so it cannot undo the mounts, and
+  a seccomp filter refuses the system calls that reach past them and the rlimits: SysV shared
+  memory and message queues, ``memfd_create``, keyrings, new namespaces, mounts, ``connect`` and
+  Unix datagram sockets (the host's services: D-Bus, ssh-agent, the journal), socket families
+  other than Unix, IPv4 and IPv6, io_uring, ptrace, bpf. Machines other than x86_64 and aarch64
+  get no filter and count as weak. Running as root, the child drops to ``nobody`` (uid/gid 65534,
+  no supplementary groups), because the kernel does not apply the process-count limit to root:
+  after the drop it does, so a fork bomb stops at the limit. Run by another user, the candidate
+  keeps that user's uid (the limit counts all of the user's processes) inside a user namespace
+  whose capabilities it drops. The candidate's source runs as a module registered under its
+  ``run_name`` (multiprocessing can pickle its functions). Limits not enforced: memory is capped
+  per process (``processes`` x ``memory_mb`` in all), and as root every run is ``nobody``, so
+  concurrent runs share one process limit.
 * **macOS.** rlimits and the timeout only: macOS does not enforce the address-space limit, and
   there is no network or file-system isolation (the candidate runs as the calling user and can
   write where the user can). This counts as *weak*.
@@ -214,40 +220,56 @@ def setup():
             mount(None, point, None, flags, None)
     def close_kernel_doors():
         # A seccomp filter: system calls that reach past the mounts and rlimits fail with
-        # EPERM. SysV shared memory and message queues (memory no rlimit counts), the keyrings
-        # (shared with the caller), new namespaces and mounts (a tmpfs of its own has no size
-        # cap), connect (services on the host's Unix sockets: ssh-agent, D-Bus), io_uring (its
-        # operations pass no filter), ptrace, bpf, userfaultfd, perf_event_open. clone3 says
-        # ENOSYS, so libc falls back to clone, whose namespace flags the filter can read.
-        tables = {  # audit arch, numbers of the calls refused, clone, clone3
+        # EPERM. SysV shared memory and message queues, memfd (memory no rlimit counts), the
+        # keyrings (shared with the caller), new namespaces and mounts (a tmpfs of its own has
+        # no size cap), connect and Unix datagrams (services on the host's sockets: ssh-agent,
+        # D-Bus, the journal), socket families but Unix, IPv4 and IPv6 (vsock), io_uring (its
+        # operations pass no filter), ptrace, bpf, userfaultfd, perf_event_open, and clearing
+        # the parent-death signal. clone3 says ENOSYS, so libc falls back to clone, whose
+        # namespace flags the filter can read.
+        tables = {  # audit arch, calls refused, then clone, clone3, socket, socketpair, prctl
             "x86_64": (0xC000003E, (29, 68, 248, 249, 250, 272, 308, 165, 166, 155, 42, 101,
-                                    321, 323, 298, 425, 426, 427, 428, 429, 430, 431, 432, 433,
-                                    442), 56, 435),
+                                    321, 323, 298, 319, 425, 426, 427, 428, 429, 430, 431, 432,
+                                    433, 442), 56, 435, 41, 53, 157),
             "aarch64": (0xC00000B7, (194, 186, 217, 218, 219, 97, 268, 40, 39, 41, 203, 117,
-                                     280, 282, 241, 425, 426, 427, 428, 429, 430, 431, 432, 433,
-                                     442), 220, 435),
+                                     280, 282, 241, 279, 425, 426, 427, 428, 429, 430, 431, 432,
+                                     433, 442), 220, 435, 198, 199, 167),
         }
         machine = os.uname().machine
         if machine not in tables:
             return False
-        arch, refused, clone, clone3 = tables[machine]
-        LD, JEQ, JGE, JSET, RET = 0x20, 0x15, 0x35, 0x45, 0x06
+        arch, refused, clone, clone3, sock, sockpair, prctl = tables[machine]
+        LD, AND, JEQ, JGE, JSET, RET = 0x20, 0x54, 0x15, 0x35, 0x45, 0x06
         ALLOW, EPERM, ENOSYS = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38
-        prog = [(LD, 0, 0, 4), (JEQ, 1, 0, arch), (RET, 0, 0, EPERM), (LD, 0, 0, 0)]
-        jumps = []  # (instruction index, label its true branch goes to)
-        if machine == "x86_64":  # the x32 numbering of the same calls
-            jumps.append((len(prog), "deny")); prog.append([JGE, 0, 0, 0x40000000])
+        ARG0, ARG1 = 16, 24  # the low 32 bits of the first two arguments in seccomp_data
+        code = []  # (opcode, k, label if true, label if false: None = the next), or a label
+        def op(opcode, k, yes=None, no=None):
+            code.append((opcode, k, yes, no))
+        op(LD, 4); op(JEQ, arch, None, "deny"); op(LD, 0)
+        if machine == "x86_64":
+            op(JGE, 0x40000000, "deny")  # the x32 numbering of the same calls
         for nr in refused:
-            jumps.append((len(prog), "deny")); prog.append([JEQ, 0, 0, nr])
-        jumps.append((len(prog), "enosys")); prog.append([JEQ, 0, 0, clone3])
-        jumps.append((len(prog), "clone")); prog.append([JEQ, 0, 0, clone])
-        prog.append((RET, 0, 0, ALLOW))
-        labels = {"clone": len(prog)}
-        prog += [(LD, 0, 0, 16), (JSET, 1, 0, 0x7E020000), (RET, 0, 0, ALLOW)]  # CLONE_NEW* flags
-        labels["deny"] = len(prog); prog.append((RET, 0, 0, EPERM))
-        labels["enosys"] = len(prog); prog.append((RET, 0, 0, ENOSYS))
-        for at, label in jumps:
-            prog[at][1] = labels[label] - at - 1
+            op(JEQ, nr, "deny")
+        op(JEQ, clone3, "enosys"); op(JEQ, clone, "clone"); op(JEQ, sock, "socket")
+        op(JEQ, sockpair, "socket"); op(JEQ, prctl, "prctl"); op(RET, ALLOW)
+        code.append("clone"); op(LD, ARG0); op(JSET, 0x7E020000, "deny"); op(RET, ALLOW)
+        code.append("socket"); op(LD, ARG0); op(JEQ, 2, "allow"); op(JEQ, 10, "allow")
+        op(JEQ, 1, None, "deny"); op(LD, ARG1); op(AND, 0xF); op(JEQ, 2, "deny"); op(RET, ALLOW)
+        code.append("prctl"); op(LD, ARG0); op(JEQ, 1, "deny"); op(RET, ALLOW)  # PR_SET_PDEATHSIG
+        code.append("allow"); op(RET, ALLOW)
+        code.append("deny"); op(RET, EPERM)
+        code.append("enosys"); op(RET, ENOSYS)
+        at, index = {}, 0
+        for item in code:
+            if isinstance(item, str):
+                at[item] = index
+            else:
+                index += 1
+        prog = []
+        for item in [c for c in code if not isinstance(c, str)]:
+            opcode, k, yes, no = item
+            here = len(prog)
+            prog.append((opcode, at[yes] - here - 1 if yes else 0, at[no] - here - 1 if no else 0, k))
         class Filter(ctypes.Structure):
             _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte),
                         ("k", ctypes.c_uint32)]
@@ -288,13 +310,19 @@ def setup():
             layers["read_only"] = True
         except OSError as exc:
             layers["read_only_error"] = str(exc)
-        size = ("size=%dm,mode=1777" % lim["disk_mb"]).encode()
-        cwd = os.getcwd()
-        mount(b"tmpfs", cwd, b"tmpfs", MS_NOSUID | MS_NODEV, size)
-        os.chdir(cwd)  # into the new tmpfs; it stays our cwd when /tmp is masked below
-        for d in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock"):  # the world-writable places
+        # nr_inodes: empty files cost kernel memory no size cap counts
+        size = ("size=%dm,nr_inodes=%d,mode=1777" % (lim["disk_mb"], lim["disk_mb"] * 256)).encode()
+        # The world-writable places, and /run (the host's sockets, tokens of its services)
+        for d in ("/tmp", "/var/tmp", "/dev/shm", "/run"):
             if os.path.isdir(d):
                 mount(b"tmpfs", d, b"tmpfs", MS_NOSUID | MS_NODEV, size)
+        if os.path.isdir("/run"):
+            os.mkdir("/run/lock")
+            os.chmod("/run/lock", 0o1777)
+        # The working directory: a path that exists in here (os.getcwd(), sqlite, abspath)
+        os.mkdir("/tmp/work")
+        os.chmod("/tmp/work", 0o1777)
+        os.chdir("/tmp/work")
         # The standard library may live where the candidate cannot read (a pyenv under /root
         # for nobody) or where it is masked below (under /home): show it read-only at a fixed
         # place and import from there.
@@ -318,9 +346,8 @@ def setup():
             home = [pwd.getpwuid(os.getuid()).pw_dir]
         except KeyError:
             home = []
-        for d in ("/home", "/root", "/run/user", "/media", "/dev/pts", *home):
-            inside = cwd == d or cwd.startswith(d.rstrip("/") + "/")  # a TMPDIR under /home
-            if d != "/" and os.path.isdir(d) and not inside:
+        for d in ("/home", "/root", "/media", "/dev/pts", *home):
+            if d != "/" and os.path.isdir(d):
                 mount(b"tmpfs", d, b"tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | 8, b"size=4k,mode=555")
         layers["filesystem"] = True
         # PID namespace: the child forked now is its PID 1; when it ends, all it forked dies.
@@ -392,7 +419,13 @@ class CheckTimeout(BaseException):
 def on_alarm(signum, frame):
     raise CheckTimeout("check took longer than %gs" % cfg["check_s"])
 signal.signal(signal.SIGALRM, on_alarm)
-ns = {"__name__": cfg["run_name"], "__builtins__": builtins}
+# The candidate runs as a module of its own, registered under its name: pickle finds its
+# functions (multiprocessing), and `import __main__` gives it itself, not the harness.
+import types
+harness, candidate = sys.modules["__main__"], types.ModuleType(cfg["run_name"])
+sys.modules[cfg["run_name"]] = candidate
+ns = candidate.__dict__
+ns["__builtins__"] = builtins
 source, checks = cfg["source"], cfg["checks"]
 del cfg["source"], cfg["checks"]
 try:

@@ -145,7 +145,7 @@ def test_report_lines_a_candidate_writes_cannot_crash_the_run(sandbox: Sandbox) 
     line and a deeply nested one, and Sandbox.run raised instead of returning a result."""
     forged = (
         "import os, sys\n"
-        "m = sys.modules['__main__']\n"
+        "m = type('Harness', (), sys._getframe(1).f_globals)  # the harness's own globals\n"
         "m.report('done')\n"
         "os.write(m.rep_fd, (m.nonce + ' ' + '[' * 100000 + '\\n').encode())\n"
     )
@@ -346,6 +346,7 @@ def test_a_candidate_that_leaves_its_session_dies_with_the_run(sandbox: Sandbox)
     src = (
         "import ctypes, os, time\n"
         f"ctypes.CDLL(None).prctl(15, {name.encode()!r})  # PR_SET_NAME: what pgrep sees\n"
+        "ctypes.CDLL(None).prctl(1, 0, 0, 0, 0)  # and no parent-death signal (refused)\n"
         "os.setsid()\n"
         "time.sleep(60)\n"
     )
@@ -373,6 +374,15 @@ tried("msgget", libc.msgget(0, 0o1600) == -1)
 tried("add_key", libc.syscall(NR["add_key"], b"user", b"edgetts", b"x", 1, -3) == -1)  # session keyring
 tried("keyctl", libc.syscall(NR["keyctl"], 0, -3, 0) == -1)  # KEYCTL_GET_KEYRING_ID
 tried("unshare", libc.unshare(0x10000000 | 0x20000) == -1)  # a user + mount namespace of its own
+tried("prctl(PR_SET_PDEATHSIG, 0)", libc.prctl(1, 0, 0, 0, 0) == -1)  # outlive the run
+tried("memfd_create", libc.memfd_create(b"m", 0) == -1)
+for family, kind, name in ((socket.AF_UNIX, socket.SOCK_DGRAM, "unix datagrams"),
+                           (40, socket.SOCK_STREAM, "vsock")):  # journal, syslog; the hypervisor
+    try:
+        socket.socket(family, kind).close()
+        tried(name, False)
+    except OSError:
+        tried(name, True)
 tried("io_uring_setup", libc.syscall(NR["io_uring_setup"], 1, ctypes.create_string_buffer(120)) == -1)
 s = socket.socket(socket.AF_UNIX)
 try:
@@ -413,3 +423,34 @@ def test_kernel_doors_past_the_mounts_are_closed(sandbox: Sandbox) -> None:
         assert [line for line in lines if line.startswith("OPEN")] == ["OPEN fork"], r.stdout
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_ordinary_python_works_in_the_sandbox(sandbox: Sandbox) -> None:
+    """What review found broken: multiprocessing with the candidate's own functions (not
+    picklable), paths built from os.getcwd() (it named a folder the /tmp mask hid)."""
+    src = (
+        "import multiprocessing, os, sqlite3, threading\n"
+        "def square(x):\n"
+        "    return x * x\n"
+        "with multiprocessing.get_context('fork').Pool(2) as pool:\n"
+        "    print(sum(pool.map(square, range(10))))\n"
+        "path = os.path.join(os.getcwd(), 'notes.db')\n"
+        "sqlite3.connect(path).execute('create table t (x)')\n"
+        "print(os.path.exists(path))\n"
+    )
+    r = sandbox.run(src, [Check("assert square(3) == 9")], run_name="__main__")
+    assert r.passed_all, (r.error, r.stderr)
+    assert r.stdout.split() == ["285", "True"]
+
+
+@pytest.mark.skipif(not Path("/run").is_dir() or os.getuid() != 0, reason="root, with a /run")
+def test_run_is_masked(sandbox: Sandbox) -> None:
+    """Seen in review: a world-readable token a host service kept in /run was readable."""
+    token = Path(f"/run/edgetts-sandbox-test-{os.getpid()}-{time.time_ns()}")
+    try:
+        token.write_text("token")
+        token.chmod(0o644)
+        r = sandbox.run(f"print(open({str(token)!r}).read())\n")
+        assert not r.ok and "token" not in r.stdout
+    finally:
+        token.unlink(missing_ok=True)
