@@ -1199,7 +1199,7 @@ def bundle(out_dir: Path, model_names: tuple[str, ...], source: Path | None) -> 
     "--memory-mb",
     type=POSITIVE,
     default=None,
-    help="Memory budget (MB) for every request: plans N, KV cache and slots; caps a request's memory_mb.",
+    help="Memory budget (MB): the model, its KV cache and slots are planned under it once, at start.",
 )
 @click.option(
     "--max-n",

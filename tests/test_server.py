@@ -728,3 +728,24 @@ def test_internal_errors_name_no_internals_and_keep_cors():
             keyed = urllib.request.Request(f"{base}{path}", headers={"Authorization": f"Bearer {KEY}"})
             with urllib.request.urlopen(keyed, timeout=10) as resp:
                 assert resp.status == 200, path
+
+
+class GarbledSolver(FakeSolver):
+    """Answers with a result the server cannot turn into events."""
+
+    def solve(self, question, options, cancel=None, counters=None) -> SearchResult:
+        result = super().solve(question, options, cancel, counters)
+        result.candidates = [object()]  # what no answer event can be made of
+        return result
+
+
+def test_a_stream_that_fails_after_it_started_ends_with_an_error_event():
+    """Seen in review: an exception once the 200 had gone out dropped the connection with no
+    error event."""
+    with ThreadedServer(create_app(GarbledSolver(), ServerSettings(model_id=MODEL))) as base:
+        stream = client(base).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "What is 6 * 7?"}], stream=True
+        )
+        with pytest.raises(openai.APIError, match="the answer could not be sent"):
+            for _ in stream:
+                pass

@@ -8,7 +8,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import FrameType
@@ -374,27 +374,45 @@ class App:
             except ApiError as exc:
                 yield {"data": json.dumps(exc.body())}  # OpenAI clients raise on an error event
                 return
-            picks = ranked_choices(result, job.n_choices) or [None]
-            for i, pick in enumerate(picks):
-                if i:
-                    yield event(Delta(role="assistant", content=""), index=i)
-                yield event(
-                    Delta(content=pick.text.strip() if pick else ""), index=i, logprobs=logprobs_of(pick)
-                )
-            for i, pick in enumerate(picks[:-1]):
-                yield event(Delta(), index=i, finish_reason=finish_reason_of(pick))
-            yield event(
+            try:
+                chunks = self._answer_events(job, result, event)
+            except Exception:  # after the 200 went out: an error event is all a client can get
+                yield {"data": json.dumps(internal_error("the answer could not be sent").body())}
+                return
+            for chunk in chunks:
+                yield chunk
+            yield {"data": "[DONE]"}
+        finally:
+            if not future.done():  # the client went away (or the server dropped the stream)
+                log.info("stream closed early: search cancelled")
+                job.abandon()
+
+    @staticmethod
+    def _answer_events(
+        job: Job, result: SearchResult, event: Callable[..., dict[str, str]]
+    ) -> list[dict[str, str]]:
+        """The events that carry the answer: each choice's text, then the finish reasons, usage
+        and the ``edgetts`` result (all made before the first is sent)."""
+        chunks = []
+        picks = ranked_choices(result, job.n_choices) or [None]
+        for i, pick in enumerate(picks):
+            if i:
+                chunks.append(event(Delta(role="assistant", content=""), index=i))
+            chunks.append(
+                event(Delta(content=pick.text.strip() if pick else ""), index=i, logprobs=logprobs_of(pick))
+            )
+        for i, pick in enumerate(picks[:-1]):
+            chunks.append(event(Delta(), index=i, finish_reason=finish_reason_of(pick)))
+        chunks.append(
+            event(
                 Delta(),
                 index=len(picks) - 1,
                 finish_reason=finish_reason_of(picks[-1]),
                 usage=usage_of(result),
                 edgetts=edgetts_info(job, result),
             )
-            yield {"data": "[DONE]"}
-        finally:
-            if not future.done():  # the client went away (or the server dropped the stream)
-                log.info("stream closed early: search cancelled")
-                job.abandon()
+        )
+        return chunks
 
     def _progress(self, job: Job) -> Progress:
         elapsed = round(time.perf_counter() - job.queued_at, 3)
