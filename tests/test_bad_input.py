@@ -178,8 +178,9 @@ def test_too_many_tokens_for_the_models_context():
 @pytest.mark.slow
 def test_a_request_with_a_memory_budget_leaves_the_server_as_it_was():
     """Seen: after one request with memory_mb, a beam search that had worked failed with 400
-    "no KV sequence slot can be freed" for good, while /health said ok."""
-    from openai import OpenAI
+    "no KV sequence slot can be freed" for good, while /health said ok. The server now keeps
+    its model as loaded: a budget below it is refused, and nothing is loaded again."""
+    from openai import BadRequestError, OpenAI
 
     base, proc = start_serve("--max-tokens", "48", "--max-n", "4", env=ENV)
     try:
@@ -190,12 +191,13 @@ def test_a_request_with_a_memory_budget_leaves_the_server_as_it_was():
         beam = {"strategy": "beam_search", "n": 4, "beam_width": 2, "max_steps": 2}
         client.chat.completions.create(model=model, messages=messages, extra_body=beam)
         budget = {"strategy": "majority", "n": 2, "memory_mb": 700}
-        client.chat.completions.create(model=model, messages=messages, extra_body=budget)
+        with pytest.raises(BadRequestError, match="less than the loaded model holds"):
+            client.chat.completions.create(model=model, messages=messages, extra_body=budget)
         again = client.chat.completions.create(model=model, messages=messages, extra_body=beam)
         assert again.choices[0].message.content
         with urllib.request.urlopen(f"{base}/health", timeout=5) as resp:
             health = json.loads(resp.read())
-        assert health["served"] == 3 and health["failed"] == 0
+        assert health["served"] == 2 and health["policy_loads"] == 1, health
     finally:
         proc.kill()
         proc.wait()
