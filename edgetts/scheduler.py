@@ -138,6 +138,9 @@ class Budget:
     searches: int = PolicyConfig.max_searches
     # Host memory parking may hold at most (the user's PolicyConfig.park_mb): 0 re-decodes.
     park_limit_mb: float = PolicyConfig.park_mb
+    # The KV slots of a model loaded for good (a server's, Solver.fixed_policy): the plan runs
+    # on exactly these (fewer when N is smaller), so its time is predicted for them.
+    slots: int | None = None
 
 
 @dataclass
@@ -553,7 +556,7 @@ def make_plan(
     for with_prm in prm_options:
         fitting: list[Plan] = []
         for n in _n_choices(budget):
-            for slots in _slot_choices(n):
+            for slots in [min(n, budget.slots)] if budget.slots else _slot_choices(n):
                 for kv_type in kv_types:
                     plan = build(n, slots, kv_type, with_prm)
                     if budget.memory_mb is None or plan.predicted_memory_mb <= budget.memory_mb:

@@ -421,26 +421,30 @@ class Solver:
                 f"max_tokens={options.max_tokens} is more than this solver's limit "
                 f"of {self.policy_config.max_tokens} (PolicyConfig.max_tokens)"
             )
+        fixed = self.fixed_policy and self._policy is not None
+        if fixed:
+            self._check_fits_as_loaded(options.memory_mb)  # before a plan for its shape says less
         plan = self.plan(options, question)
         strategy = "majority" if options.strategy == GREEDY else options.strategy
-        if self.fixed_policy and self._policy is not None:
-            return plan, *self._as_loaded(strategy, plan, options.memory_mb)
+        if fixed:
+            return plan, *self._as_loaded(strategy, plan)
         scorer = self._scorer_for(strategy, plan)
         if scorer is None and plan is not None and options.memory_mb is not None:
             self._unload_scorer_over(options.memory_mb - plan.predicted_memory_mb)
         return plan, scorer, self._policy_for(scorer, plan, options.memory_mb)
 
-    def _as_loaded(
-        self, strategy: str, plan: Plan | None, memory_mb: float | None
-    ) -> tuple[Verifier | None, LlamaPolicy]:
-        """The scorer and the policy as loaded, for a solver with ``fixed_policy``: the plan
-        sets the search only; the model and its PRM count as one fixed whole against a budget."""
+    def _check_fits_as_loaded(self, memory_mb: float | None) -> None:
+        """For ``fixed_policy``: the model and its PRM count as one fixed whole against a budget."""
         held_mb = self._loaded_policy_mb() + self._loaded_prm_mb()
         if memory_mb is not None and held_mb > memory_mb:
             raise ValueError(
                 f"memory_mb={memory_mb:g} is less than the loaded model holds (~{held_mb:.0f} MB "
                 "with its PRM); it is not loaded again for one request's budget"
             )
+
+    def _as_loaded(self, strategy: str, plan: Plan | None) -> tuple[Verifier | None, LlamaPolicy]:
+        """The scorer and the policy as loaded, for a solver with ``fixed_policy`` (the plan
+        sets the search only)."""
         policy = self._policy
         assert policy is not None
         scorer = self._scorer_for(strategy, plan)
@@ -499,6 +503,9 @@ class Solver:
         if options.memory_mb is None and options.deadline_s is None:
             return None
         cfg = self.policy_config
+        fixed = self.fixed_policy and self._policy is not None
+        if fixed:  # the search runs on the model as loaded: plan for its slots, cache and offload
+            cfg = self._policy.config
         budget = Budget(
             memory_mb=options.memory_mb,
             deadline_s=options.deadline_s,
@@ -512,10 +519,13 @@ class Solver:
             n_threads=cfg.n_threads,
             searches=cfg.max_searches,
             park_limit_mb=cfg.park_mb,  # the user's limit: a plan parks less, never more
-            kv_type=cfg.kv_type if "kv_type" in self.pinned else None,
+            kv_type=cfg.kv_type if fixed or "kv_type" in self.pinned else None,
             # Offload the user set, on the command line or in $EDGETTS_N_GPU_LAYERS, is kept;
             # otherwise the plan offloads every layer when llama.cpp is a GPU build.
-            n_gpu_layers=cfg.n_gpu_layers if "n_gpu_layers" in self.pinned else requested_gpu_layers(),
+            n_gpu_layers=cfg.n_gpu_layers
+            if fixed or "n_gpu_layers" in self.pinned
+            else requested_gpu_layers(),
+            slots=cfg.n_seq_max if fixed else None,
         )
         return plan_for(cfg.model, budget, self.prm_dir)[0]
 

@@ -474,12 +474,13 @@ def test_a_fixed_policy_is_never_reloaded_for_a_plan(monkeypatch):
     s._scorer = Probe()  # the PRM it loaded with the policy
     held_mb = s._loaded_policy_mb() + s._loaded_prm_mb()
     smaller = replace(big, n_seq_max=2, n_ctx=big.n_ctx // 4, kv_type="q8_0", predicted_memory_mb=100.0)
-    for strategy, budget in (("majority", held_mb + 1), ("majority", None), ("beam_search", None)):
-        scorer, policy = s._as_loaded(strategy, smaller, budget)
+    s._check_fits_as_loaded(held_mb + 1)
+    for strategy in ("majority", "beam_search"):
+        scorer, policy = s._as_loaded(strategy, smaller)
         assert policy.config.n_seq_max == big.n_seq_max and s.scorer_loaded
     assert len(LoadedPolicy.log) == 1  # neither a smaller nor another plan loaded it again
     with pytest.raises(ValueError, match="less than the loaded model holds"):
-        s._as_loaded("majority", smaller, held_mb - 1)
+        s._check_fits_as_loaded(held_mb - 1)
     assert s.scorer_loaded  # the PRM the other requests share stays
     # A policy loaded keeping none of the states the probe reads (it loaded later): PRM
     # strategies are refused, auto goes on by agreement alone; nothing is loaded again.
@@ -487,9 +488,39 @@ def test_a_fixed_policy_is_never_reloaded_for_a_plan(monkeypatch):
     plain._policy_for(None, big, 4000)
     plain._scorer = Probe()
     with pytest.raises(ValueError, match="keeps none of the states"):
-        plain._as_loaded("weighted_best_of_n", None, None)
-    assert plain._as_loaded("auto", None, None)[0] is None
+        plain._as_loaded("weighted_best_of_n", None)
+    assert plain._as_loaded("auto", None)[0] is None
     assert len(LoadedPolicy.log) == 2
+
+
+def test_a_plan_on_a_loaded_models_slots_predicts_its_waves():
+    free = plan(Budget(deadline_s=60, strategy="majority", n=16, max_tokens=256))
+    fixed = plan(Budget(deadline_s=60, strategy="majority", n=16, max_tokens=256, slots=4))
+    assert free.n_seq_max == 16 and fixed.n_seq_max == 4
+    assert fixed.predicted_s > free.predicted_s  # 16 paths in waves of 4
+    assert plan(Budget(deadline_s=60, strategy="majority", n=2, slots=4)).n_seq_max == 2
+
+
+def test_a_fixed_policy_plans_for_the_model_as_loaded(monkeypatch):
+    """A server's deadline plan: its N is chosen for the slots, cache and offload loaded, not
+    for a shape it will never get (it then came back cut short)."""
+    from edgetts import solver as solver_mod
+    from edgetts.policy import PolicyConfig
+
+    seen = {}
+
+    def fake_plan_for(model, budget, prm_dir):
+        seen["budget"] = budget
+        return plan(budget), META
+
+    monkeypatch.setattr(solver_mod, "plan_for", fake_plan_for)
+    monkeypatch.setattr(solver_mod, "LlamaPolicy", LoadedPolicy)
+    s = solver_mod.Solver(PolicyConfig(max_tokens=256, n_seq_max=16), fixed_policy=True)
+    s.plan(solver_mod.SolveOptions(deadline_s=30), "What is 6 * 7?")
+    assert seen["budget"].slots is None  # nothing loaded yet: the plan picks
+    s._load(PolicyConfig(max_tokens=256, n_seq_max=8, kv_type="q8_0"))
+    s.plan(solver_mod.SolveOptions(deadline_s=30), "What is 6 * 7?")
+    assert seen["budget"].slots == 8 and seen["budget"].kv_type == "q8_0"
 
 
 def test_cli_plan_errors_are_clear(monkeypatch):
