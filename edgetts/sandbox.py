@@ -165,7 +165,7 @@ class Isolation:
             f"resource limits (CPU, memory, file size, processes, open files): {yes[self.rlimits]}",
             f"process-count limit binds (uid {self.uid}): {yes[self.process_limit]}",
             f"network cut off: {yes[self.network]}",
-            f"file system: private tmpfs for cwd and /tmp: {yes[self.filesystem]}",
+            f"file system: private tmpfs for /tmp (the working directory) and /run: {yes[self.filesystem]}",
             f"file system: the rest read-only, the candidate unable to undo it: {yes[self.read_only]}",
             f"own PID namespace: {yes[self.pid_namespace]}",
             f"system calls past these refused (seccomp): {yes[self.syscall_filter]}",
@@ -214,7 +214,7 @@ def setup():
             rows = [line.split() for line in f]
         for row in rows:
             point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), row[4])
-            flags = 0x1000 | 0x20 | 1  # MS_BIND | MS_REMOUNT | MS_RDONLY
+            flags = MS_BIND | MS_REMOUNT | MS_RDONLY
             for option in row[5].split(","):
                 flags |= kept.get(option, 0)
             mount(None, point, None, flags, None)
@@ -291,6 +291,7 @@ def setup():
     root = os.getuid() == 0
     drop = root and cfg["drop_uid"]
     layers["uid"] = cfg["drop_uid"] if drop else os.getuid()
+    parent_alive = None  # with namespaces: a pipe that reads end of file once the parent is gone
     if linux and cfg["namespaces"]:
         NEWNS, NEWUSER, NEWPID, NEWNET, NEWIPC = 0x20000, 0x10000000, 0x20000000, 0x40000000, 0x8000000
         uid, gid = os.getuid(), os.getgid()
@@ -303,7 +304,7 @@ def setup():
             with open("/proc/self/gid_map", "w") as f: f.write("%d %d 1" % (gid, gid))
         layers["network"] = True
         MS_REC, MS_PRIVATE, MS_BIND, MS_RDONLY, MS_REMOUNT = 0x4000, 0x40000, 0x1000, 1, 0x20
-        MS_NOSUID, MS_NODEV = 2, 4
+        MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
         mount(None, "/", None, MS_REC | MS_PRIVATE, None)  # nothing propagates back to the host
         try:
             read_only_everywhere()  # before the tmpfs masks: those stay writable
@@ -346,12 +347,13 @@ def setup():
             home = [pwd.getpwuid(os.getuid()).pw_dir]
         except KeyError:
             home = []
+        empty = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
         for d in ("/home", "/root", "/media", "/dev/pts", *home):
             if d != "/" and os.path.isdir(d):
-                mount(b"tmpfs", d, b"tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | 8, b"size=4k,mode=555")
+                mount(b"tmpfs", d, b"tmpfs", empty, b"size=4k,mode=555")
         layers["filesystem"] = True
         # PID namespace: the child forked now is its PID 1; when it ends, all it forked dies.
-        parent_alive, parent_alive_w = os.pipe()  # reads end of file once the parent is gone
+        parent_alive, parent_alive_w = os.pipe()
         pid = os.fork()
         if pid:
             os.close(rep_fd)
@@ -359,7 +361,6 @@ def setup():
             _, status = os.waitpid(pid, 0)
             os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
         os.close(parent_alive_w)
-        layers["parent_alive_fd"] = parent_alive
         mount(b"proc", "/proc", b"proc", MS_NOSUID | MS_NODEV, None)  # sees only its own processes
         layers["pid_namespace"] = True
         if moved:
@@ -387,16 +388,15 @@ def setup():
         os.setuid(cfg["drop_uid"])  # from root to another uid: every capability goes too
         if os.getuid() == 0 or os.geteuid() == 0:
             raise OSError("could not drop root")
-    if "parent_alive_fd" in layers:
+    if parent_alive is not None:
         # It dies with the bootstrap, its parent, killed at the timeout as one process group
         # with it: a candidate that leaves the group (setsid) must not outlive the run. Set
         # here, after the uid change, which clears it; if the parent died before, end now.
         import select
-        alive = layers.pop("parent_alive_fd")
         libc.prctl(1, 9)  # PR_SET_PDEATHSIG = SIGKILL
-        if select.select([alive], [], [], 0)[0]:
+        if select.select([parent_alive], [], [], 0)[0]:
             os._exit(70)
-        os.close(alive)
+        os.close(parent_alive)
     if linux and cfg["namespaces"]:
         # No capabilities left to unmount or remount with; no exec (setuid file, file
         # capabilities) can bring any back.
@@ -422,7 +422,8 @@ signal.signal(signal.SIGALRM, on_alarm)
 # The candidate runs as a module of its own, registered under its name: pickle finds its
 # functions (multiprocessing), and `import __main__` gives it itself, not the harness.
 import types
-harness, candidate = sys.modules["__main__"], types.ModuleType(cfg["run_name"])
+harness = sys.modules["__main__"]  # still referenced: its globals are the code running here
+candidate = types.ModuleType(cfg["run_name"])
 sys.modules[cfg["run_name"]] = candidate
 ns = candidate.__dict__
 ns["__builtins__"] = builtins

@@ -448,17 +448,18 @@ class Solver:
         policy = self._policy
         assert policy is not None
         scorer = self._scorer_for(strategy, plan)
-        if scorer is not None and scorer.needs_states:
-            wanted = replace(policy.config, capture_states=True, state_layers=scorer.state_layers)
-            if not _keeps_states_wanted(policy.config, wanted):
-                if strategy != "auto":
-                    raise ValueError(
-                        f"strategy {strategy!r}: the loaded model keeps none of the states its PRM reads"
-                    )
-                log.warning("auto runs without a PRM: the loaded model keeps none of the states it reads")
-                scorer = None
-            else:
-                scorer.check_policy(policy.metadata.name, policy.metadata.n_embd)
+        if (
+            scorer is not None
+            and scorer.needs_states
+            and not _keeps_states(policy.config, scorer.state_layers)
+        ):
+            if strategy != "auto":
+                raise ValueError(
+                    f"strategy {strategy!r}: the loaded model keeps none of the states its PRM reads"
+                )
+            log.warning("auto runs without a PRM: the loaded model keeps none of the states it reads")
+            scorer = None
+        self._check_probe(scorer)
         return scorer, policy
 
     def _loaded_prm_mb(self) -> float:
@@ -561,10 +562,14 @@ class Solver:
             self.close()
             self._load(wanted, plan.predicted_memory_mb - plan.memory.prm_mb if plan is not None else None)
             break
+        self._check_probe(scorer)
+        return self._policy
+
+    def _check_probe(self, scorer: Verifier | None) -> None:
+        """A PRM that reads the policy's states must be the one made for the loaded policy."""
         if scorer is not None and scorer.needs_states:
             meta = self._policy.metadata
             scorer.check_policy(meta.name, meta.n_embd)
-        return self._policy
 
     def _scorer_for(self, strategy: str, plan: Plan | None) -> Verifier | None:
         """The PRM when the strategy needs it; for auto, when it fits and loads (else agreement)."""
@@ -613,18 +618,16 @@ SAME_FIELDS = (
 )
 
 
-def _keeps_states_wanted(loaded: PolicyConfig, wanted: PolicyConfig) -> bool:
-    """Whether ``loaded`` keeps the hidden states ``wanted`` asks for (any, when it asks none)."""
-    if not wanted.capture_states:
-        return True
-    return loaded.capture_states and loaded.state_layers == wanted.state_layers
+def _keeps_states(loaded: PolicyConfig, state_layers: tuple[int, ...]) -> bool:
+    """Whether a policy loaded with ``loaded`` keeps the hidden states of ``state_layers``."""
+    return loaded.capture_states and loaded.state_layers == state_layers
 
 
 def _serves(loaded: PolicyConfig, wanted: PolicyConfig) -> bool:
     """Whether a policy loaded with ``loaded`` can run a solve that wants ``wanted``."""
     return (
         all(getattr(loaded, name) == getattr(wanted, name) for name in SAME_FIELDS)
-        and _keeps_states_wanted(loaded, wanted)
+        and (not wanted.capture_states or _keeps_states(loaded, wanted.state_layers))  # any, or those
         and loaded.n_seq_max >= wanted.n_seq_max
         and loaded.park_mb >= wanted.park_mb  # else parked paths are decoded again
         and loaded.max_searches >= wanted.max_searches
