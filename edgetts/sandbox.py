@@ -35,9 +35,11 @@ What else is isolated depends on the OS (:meth:`Sandbox.isolation` reports what 
   after the drop it does, so a fork bomb stops at the limit. Run by another user, the candidate
   keeps that user's uid (the limit counts all of the user's processes) inside a user namespace
   whose capabilities it drops. The candidate's source runs as a module registered under its
-  ``run_name`` (multiprocessing can pickle its functions). Limits not enforced: memory is capped
-  per process (``processes`` x ``memory_mb`` in all), and as root every run is ``nobody``, so
-  concurrent runs share one process limit.
+  ``run_name`` (multiprocessing can pickle its functions). Where this process may make cgroups
+  (:mod:`edgetts.cgroup`: root, or a delegated cgroup v2 tree), each run gets its own: its
+  processes together get ``memory_mb`` (files in its tmpfs mounts included) and ``processes``
+  tasks. Without one, memory is capped per process (``processes`` x ``memory_mb`` in all), and
+  the process count is the uid's: as root every run is ``nobody``, so concurrent runs share it.
 * **macOS.** rlimits and the timeout only: macOS does not enforce the address-space limit, and
   there is no network or file-system isolation (the candidate runs as the calling user and can
   write where the user can). This counts as *weak*.
@@ -70,8 +72,10 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
+
+from edgetts.cgroup import CONTROLLERS, RunCgroup
 
 NOBODY = 65534
 
@@ -128,7 +132,7 @@ class RunResult:
     timed_out: bool
     output_capped: bool
     seconds: float
-    layers: dict = field(default_factory=dict, repr=False)  # isolation the child reported
+    layers: dict = field(default_factory=dict, repr=False)  # isolation the child reported, cgroup caps
 
     @property
     def passed_all(self) -> bool:
@@ -142,7 +146,7 @@ class Isolation:
 
     platform: str
     rlimits: bool
-    process_limit: bool  # the process-count limit binds (non-root uid, or none needed)
+    process_limit: bool  # a process-count limit binds (non-root uid, or a pids cgroup)
     network: bool
     filesystem: bool
     pid_namespace: bool
@@ -150,6 +154,8 @@ class Isolation:
     notes: tuple[str, ...] = ()
     read_only: bool = False  # the host's mounts are read-only to the candidate, and stay so
     syscall_filter: bool = False  # the seccomp filter of calls that reach past the rest
+    run_memory_cap: bool = False  # a cgroup caps the memory of the whole run, not each process
+    run_process_cap: bool = False  # a cgroup caps the run's processes, not the uid's
 
     @property
     def weak(self) -> bool:
@@ -169,6 +175,8 @@ class Isolation:
             f"file system: the rest read-only, the candidate unable to undo it: {yes[self.read_only]}",
             f"own PID namespace: {yes[self.pid_namespace]}",
             f"system calls past these refused (seccomp): {yes[self.syscall_filter]}",
+            f"memory capped for the whole run, not each process (cgroup): {yes[self.run_memory_cap]}",
+            f"processes capped per run, not per user (cgroup): {yes[self.run_process_cap]}",
             *self.notes,
         ]
         return "\n".join(lines)
@@ -288,6 +296,16 @@ def setup():
         none = (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3 takes two of them, all zero here
         if libc.capset(ctypes.byref(Header(0x20080522, 0)), none) != 0:
             raise OSError(ctypes.get_errno(), "capset failed")
+    layers["cgroup"] = []
+    for controller, procs in cfg["cgroups"].items():  # joined before anything else starts
+        try:
+            with open(procs, "w") as f:
+                f.write("0")
+        except OSError:
+            if cfg["cgroups_required"]:  # the probe found them: a run must not do without
+                raise
+            continue
+        layers["cgroup"].append(controller)
     root = os.getuid() == 0
     drop = root and cfg["drop_uid"]
     layers["uid"] = cfg["drop_uid"] if drop else os.getuid()
@@ -376,10 +394,13 @@ def setup():
             sys.path[:] = list(moved.values())
             sys.path_importer_cache.clear()
     MB = 1024 * 1024
+    # A pids cgroup counts this run alone; the rlimit counts the uid's processes everywhere
+    # (for nobody, every concurrent run's), so it stands in only without one.
+    nproc = None if "pids" in layers["cgroup"] else lim["processes"]
     for name, value in (("RLIMIT_CPU", lim["cpu_s"]), ("RLIMIT_FSIZE", lim["file_mb"] * MB),
-                        ("RLIMIT_NPROC", lim["processes"]), ("RLIMIT_NOFILE", lim["open_files"]),
+                        ("RLIMIT_NPROC", nproc), ("RLIMIT_NOFILE", lim["open_files"]),
                         ("RLIMIT_CORE", 0), ("RLIMIT_AS", lim["memory_mb"] * MB)):
-        if hasattr(resource, name):
+        if hasattr(resource, name) and value is not None:
             resource.setrlimit(getattr(resource, name), (value, value))
     layers["rlimits"] = True
     if drop:  # root is exempt from RLIMIT_NPROC: run as an unprivileged user instead
@@ -499,18 +520,18 @@ class Sandbox:
             namespaces = False
             result = self._spawn("import fractions, typing\n", (), "__main__", namespaces=False)
         layers = result.layers
-        if layers.get("read_only_error"):
-            notes.append(f"could not make the file system read-only: {layers['read_only_error']}")
-        if not result.ok:
-            tail = result.stderr.strip().splitlines()[-1:] or [""]
-            notes.append(f"probe run failed: {result.error} {tail[0]}")
+        capped = set(layers.get("cgroup", ()))
+        if sys.platform.startswith("linux") and "memory" not in capped:
+            notes.append("no cgroup memory controller to use: each process gets memory_mb")
+        if sys.platform.startswith("linux") and "pids" not in capped:
+            notes.append("no cgroup pids controller to use: processes counted per uid, across runs")
         uid = layers.get("uid")
         if sys.platform == "darwin":
             notes.append("macOS does not enforce the address-space limit: memory is not capped")
         return Isolation(
             platform=sys.platform,
             rlimits=bool(layers.get("rlimits")) and result.ok,
-            process_limit=uid is not None and uid != 0,
+            process_limit=(uid is not None and uid != 0) or "pids" in capped,
             network=bool(layers.get("network")),
             filesystem=bool(layers.get("filesystem")),
             pid_namespace=bool(layers.get("pid_namespace")),
@@ -518,6 +539,8 @@ class Sandbox:
             notes=tuple(notes),
             read_only=bool(layers.get("read_only")) and bool(layers.get("no_capabilities")),
             syscall_filter=bool(layers.get("syscall_filter")),
+            run_memory_cap="memory" in capped,
+            run_process_cap="pids" in capped,
         ), namespaces
 
     # -- running -------------------------------------------------------------------------------
@@ -543,7 +566,9 @@ class Sandbox:
                 + isolation.describe()
                 + "\nopt in with --allow-weak-sandbox (Python: Sandbox(allow_weak=True))"
             )
-        return self._spawn(source, tuple(checks), run_name, namespaces=namespaces)
+        capped = {"memory": isolation.run_memory_cap, "pids": isolation.run_process_cap}
+        caps = frozenset(c for c, on in capped.items() if on)
+        return self._spawn(source, tuple(checks), run_name, namespaces=namespaces, caps=caps)
 
     def _isolation_and_mode(self) -> tuple[Isolation, bool]:
         key = (self.python, self.namespaces, self.drop_uid)
@@ -552,9 +577,47 @@ class Sandbox:
                 _probe_cache[key] = self._probe()
             return _probe_cache[key]
 
-    def _spawn(self, source: str, checks: tuple[Check, ...], run_name: str, namespaces: bool) -> RunResult:
+    def _spawn(
+        self,
+        source: str,
+        checks: tuple[Check, ...],
+        run_name: str,
+        namespaces: bool,
+        caps: frozenset[str] | None = None,
+    ) -> RunResult:
+        """One contained run; ``caps``: the cgroup controllers it must have (None: any there are)."""
         lim = self.limits
         start = time.perf_counter()
+        # The probe (caps None) tries every controller; a run, those the probe could join.
+        controllers = CONTROLLERS if caps is None else tuple(sorted(caps))
+        linux = sys.platform.startswith("linux")
+        cgroup = (
+            RunCgroup.create(lim.memory_mb, lim.processes, controllers) if linux and controllers else None
+        )
+        got = frozenset(cgroup.dirs if cgroup else ())
+        if caps is not None and not caps <= got:
+            # The probe found them: a run without them would be less contained than reported.
+            if cgroup:
+                cgroup.close()
+            missing = ", ".join(sorted(caps - got))
+            return _not_run(f"sandbox setup failed: could not make the run's {missing} cgroup", checks, start)
+        try:
+            return self._spawn_in(source, checks, run_name, namespaces, cgroup, caps is not None, start)
+        finally:
+            if cgroup:
+                cgroup.close()
+
+    def _spawn_in(
+        self,
+        source: str,
+        checks: tuple[Check, ...],
+        run_name: str,
+        namespaces: bool,
+        cgroup: RunCgroup | None,
+        cgroups_required: bool,
+        start: float,
+    ) -> RunResult:
+        lim = self.limits
         nonce = secrets.token_hex(16)
         workdir = tempfile.mkdtemp(prefix="edgetts-sandbox-")
         drop = self.drop_uid if os.getuid() == 0 else 0
@@ -572,6 +635,8 @@ class Sandbox:
                 "processes": lim.processes,
                 "open_files": lim.open_files,
             },
+            "cgroups": {c: str(d / "cgroup.procs") for c, d in cgroup.dirs.items()} if cgroup else {},
+            "cgroups_required": cgroups_required,
             "check_s": lim.check_s,
             "run_name": run_name,
             "source": source,
@@ -613,6 +678,10 @@ class Sandbox:
         result = _interpret(
             nonce, rep, checks, out, err, proc.returncode, timed_out, capped, time.perf_counter() - start, lim
         )
+        if result.error and cgroup and cgroup.out_of_memory():
+            result = replace(
+                result, error=f"{result.error} (out of memory: {lim.memory_mb} MB for the whole run)"
+            )
         return result
 
     def _collect(self, proc: subprocess.Popen, rep_r: int, start: float):
@@ -651,6 +720,23 @@ class Sandbox:
         finally:
             sel.close()
         return bytes(bufs["out"]), bytes(bufs["err"]), bytes(bufs["rep"]), timed_out, capped
+
+
+def _not_run(error: str, checks: tuple[Check, ...], start: float) -> RunResult:
+    """The result of a run refused before its process started."""
+    not_run = tuple(CheckResult(c.name or f"check {i}", False, None, "not run") for i, c in enumerate(checks))
+    return RunResult(
+        ok=False,
+        loaded=False,
+        error=error,
+        checks=not_run,
+        stdout="",
+        stderr="",
+        returncode=None,
+        timed_out=False,
+        output_capped=False,
+        seconds=time.perf_counter() - start,
+    )
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -290,7 +290,11 @@ def test_an_ordinary_user_keeps_the_candidate_off_their_files(tmp_path: Path) ->
     home = base / "home"
     home.mkdir()
     os.chown(home, uid, uid) if os.getuid() == 0 else None
-    shutil.copy(Path(__file__).parents[1] / "edgetts" / "sandbox.py", base / "sandbox.py")
+    # The sandbox's modules alone, in a package of their own (the real one imports llama.cpp).
+    (base / "edgetts").mkdir()
+    (base / "edgetts" / "__init__.py").write_text("")
+    for module in ("sandbox.py", "cgroup.py"):
+        shutil.copy(Path(__file__).parents[1] / "edgetts" / module, base / "edgetts" / module)
     home_file = home / ".bashrc"
     host_tmp_file = Path("/tmp") / f"edgetts-escape-{os.getpid()}-{time.time_ns()}"
     secret_file = home / ".ssh-key"
@@ -304,7 +308,7 @@ def test_an_ordinary_user_keeps_the_candidate_off_their_files(tmp_path: Path) ->
     script = (
         "import json, sys\n"
         f"sys.path.insert(0, {str(base)!r})\n"
-        "from sandbox import Check, Limits, Sandbox\n"
+        "from edgetts.sandbox import Check, Limits, Sandbox\n"
         "limits = Limits(wall_s=10.0, cpu_s=5, check_s=1.0)\n"
         "box = Sandbox(limits, allow_weak=True, python=sys.executable)\n"
         f"r = box.run({source!r}, [Check('assert True')])\n"
@@ -454,3 +458,93 @@ def test_run_is_masked(sandbox: Sandbox) -> None:
         assert not r.ok and "token" not in r.stdout
     finally:
         token.unlink(missing_ok=True)
+
+
+MB = 1024 * 1024
+
+FORKED_MEMORY = r"""
+import os, time
+kids = []
+for _ in range(3):
+    pid = os.fork()
+    if pid == 0:
+        block = b"\x01" * (300 * 1024 * 1024)  # written, so resident
+        time.sleep(1.0)
+        os._exit(0)
+    kids.append(pid)
+killed = sum(os.WIFSIGNALED(os.waitpid(p, 0)[1]) for p in kids)
+"""
+
+
+def _whole_run(cap: str) -> Sandbox:
+    box = Sandbox(Limits(wall_s=10.0, cpu_s=5, memory_mb=512, processes=8))
+    iso = box.isolation()
+    if not getattr(iso, cap):
+        pytest.skip(f"no cgroup for {cap} here:\n{iso.describe()}")
+    return box
+
+
+def test_forked_children_share_one_memory_cap() -> None:
+    # Three children of 300 MB each stay under the per-process 512 MB; together they pass it.
+    box = _whole_run("run_memory_cap")
+    r = box.run(FORKED_MEMORY, [Check("killed", kind="eval")], run_name="candidate")
+    assert r.ok, (r.error, r.stderr[-500:])
+    assert int(r.checks[0].value) >= 1, "all three children kept 900 MB under a 512 MB cap"
+    assert r.layers["cgroup"] == ["memory", "pids"]
+
+
+def test_a_run_killed_for_memory_says_so() -> None:
+    box = _whole_run("run_memory_cap")
+    src = (
+        "import os, time\n"
+        "if os.fork() == 0:\n"
+        "    small = b'\\x01' * (150 * 1024 * 1024)\n"
+        "    time.sleep(5)\n"
+        "    os._exit(0)\n"
+        "time.sleep(0.5)\n"
+        "big = b'\\x01' * (400 * 1024 * 1024)\n"  # the largest process: the kernel's pick
+    )
+    r = box.run(src)
+    assert not r.ok
+    assert "out of memory: 512 MB for the whole run" in r.error, r.error
+
+
+def test_concurrent_runs_count_their_own_processes() -> None:
+    # As root every run is nobody: with the uid's process limit alone, two runs of five
+    # children each (12 processes against a limit of 8) would leave one run short of forks.
+    from concurrent.futures import ThreadPoolExecutor
+
+    box = _whole_run("run_process_cap")
+    src = (
+        "import os, time\n"
+        "forked = 0\n"
+        "for _ in range(5):\n"
+        "    try:\n"
+        "        if os.fork() == 0:\n"
+        "            time.sleep(2)\n"
+        "            os._exit(0)\n"
+        "        forked += 1\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "time.sleep(2)\n"
+    )
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda _: box.run(src, [Check("forked", kind="eval")], run_name="c"), range(2)))
+    assert [r.checks[0].value for r in runs] == ["5", "5"], [r.error for r in runs]
+    # Still capped per run: a sixth, seventh and eighth child find no room.
+    r = box.run(src.replace("range(5)", "range(12)"), [Check("forked", kind="eval")], run_name="c")
+    assert r.checks[0].value == "7"
+    # Every run's groups are gone with it.
+    import glob
+
+    assert not glob.glob(f"/sys/fs/cgroup/**/edgetts-sandbox-{os.getpid()}-*", recursive=True)
+
+
+def test_a_run_without_the_cgroup_the_probe_found_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgetts.cgroup import RunCgroup
+
+    box = _whole_run("run_memory_cap")
+    monkeypatch.setattr(RunCgroup, "create", classmethod(lambda cls, *args: cls({})))
+    r = box.run("print(1)", [Check("assert True")])
+    assert not r.ok and not r.checks[0].passed
+    assert r.error.startswith("sandbox setup failed: could not make the run's memory"), r.error
