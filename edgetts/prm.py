@@ -40,6 +40,7 @@ import copy
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -430,6 +431,11 @@ class PRMScorer:
         self.batch_size = max(1, batch_size)
         self.directory = directory
         self.counters = PRMCounters()
+        # One batch of windows at a time, shared by every view (with_batch_size,
+        # with_own_counters): concurrent searches score in turn, so the activations held stay
+        # the one batch the scheduler counts (about 100 MB a window), not one per search. On
+        # CPU the session's own threads already use the cores.
+        self.session_lock = threading.Lock()
 
     @classmethod
     def load(
@@ -466,7 +472,8 @@ class PRMScorer:
             types[r, : len(w.ids)] = w.types
         arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         feed = {name: arrays[role] for role, name in m.inputs.items()}
-        out = self.session.run([m.output["name"]], feed)[0].astype(np.float32)
+        with self.session_lock:
+            out = self.session.run([m.output["name"]], feed)[0].astype(np.float32)
         scores: list[np.ndarray] = []
         for r, w in enumerate(batch):
             at = out[r, w.tag_positions]

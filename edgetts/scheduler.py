@@ -23,6 +23,8 @@ waiting path's own KV cells in host memory instead of decoding them again later.
   100 MB per full 512-token window of the shipped MiniLM (measured 100 / 98 / 97 MB per window at
   batch 1 / 4 / 8). The plan runs it one window at a time (``prm_batch_size`` 1): batching gave
   no speed on CPU (2.5 s at batch 1, 3.2 s at 16 for the same 128 steps) but cost up to 1.5 GB.
+  Concurrent searches sharing it score in turn (``PRMScorer.session_lock``), so one batch's
+  activations are all it holds however many searches run.
   A policy probe (:mod:`edgetts.probe`) reads the policy's own states: onnxruntime alone (38 MB
   measured) and its few weights.
 

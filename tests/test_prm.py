@@ -263,3 +263,38 @@ def test_prm_device_cuda_without_the_provider_is_an_error(monkeypatch):
     monkeypatch.setenv("EDGETTS_PRM_DEVICE", "gpu0")
     with pytest.raises(PRMError, match="auto, cpu or cuda"):
         choose_providers(["CPUExecutionProvider"], None)
+
+
+def test_concurrent_searches_score_one_batch_at_a_time(scorer: PRMScorer) -> None:
+    """The scheduler counts one batch of windows' activations for the PRM: searches sharing it
+    on several threads must not each hold their own."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    real = scorer.session
+    running, most = 0, 0
+    count = threading.Lock()
+
+    class Watched:  # the real session, counting the runs in flight
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+        def run(self, *args: object, **kwargs: object) -> object:
+            nonlocal running, most
+            with count:
+                running += 1
+                most = max(most, running)
+            try:
+                return real.run(*args, **kwargs)
+            finally:
+                with count:
+                    running -= 1
+
+    views = [scorer.with_own_counters().with_batch_size(1) for _ in range(4)]
+    for view in views:
+        view.session = Watched()
+    with ThreadPoolExecutor(4) as pool:
+        scores = list(pool.map(lambda v: v.score_steps(QUESTION, [GOOD, BAD, GOOD]), views))
+    assert most == 1
+    assert all(s == scores[0] for s in scores)
+    assert all(v.counters.steps_scored == 9 for v in views)
