@@ -331,11 +331,13 @@ def test_a_ray_run_refuses_a_file_of_other_settings(ray_local, data, single, tmp
 
 @pytest.mark.slow
 def test_serve_on_ray_answers_the_openai_client():
-    """`edgetts serve --ray local --replicas 2` as a user starts it; Ctrl-C ends it cleanly."""
+    """`edgetts serve --ray local --replicas 2` as a user starts it; Ctrl-C ends it cleanly,
+    cutting the search under way short (it answers with the best it has) as one server does."""
     openai = pytest.importorskip("openai")
     key = "ray-test-key"
     args = ("--ray", "local", "--replicas", "2", "--threads", "1", "--api-key", key)
-    base, proc = start_serve(*args, "--max-tokens", "40", "--max-n", "4", "--n", "2", env=ENV)
+    base, proc = start_serve(*args, "--max-tokens", "400", "--max-n", "4", "--n", "2", env=ENV)
+    last: list[object] = []  # the reply to the search Ctrl-C cuts short
     try:
         wait_until_healthy(base, proc, timeout_s=600)
         client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, timeout=120, max_retries=0)
@@ -361,14 +363,32 @@ def test_serve_on_ray_answers_the_openai_client():
         wrong = openai.OpenAI(base_url=f"{base}/v1", api_key="wrong", max_retries=0)
         with pytest.raises(openai.AuthenticationError):
             wrong.models.list()
+        # Four samples of 400 tokens (counting to 1000) on one thread take a minute: still running
+        # when Ctrl-C comes a few seconds in.
+        long = {
+            **ask,
+            "max_tokens": 400,
+            "messages": [
+                {"role": "user", "content": "Write the numbers from 1 to 1000, separated by commas."}
+            ],
+        }
+        extra = {"edgetts": {"strategy": "majority", "samples": 4, "adaptive": False}}
+        worker = threading.Thread(
+            target=lambda: last.append(client.chat.completions.create(**long, extra_body=extra))
+        )
+        worker.start()
+        time.sleep(5)
     finally:
         proc.send_signal(signal.SIGINT)
+        stopping = time.perf_counter()
         try:
             code = proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
             proc.kill()
             code = proc.wait()
     assert code == 0, proc.stdout.read()
+    assert last and last[0].model_extra["edgetts"]["cut_short"], "the search was not cut short"
+    assert time.perf_counter() - stopping < 60
 
 
 @pytest.mark.slow

@@ -13,6 +13,9 @@ What differs from one server:
   the queue holds reach a replica, so that its own check (OpenAI-shaped, with ``Retry-After``)
   answers them rather than a queue of Serve's, and ``/health`` is never stuck behind searches.
 * Ray restarts a replica whose process dies; ``check_health`` reports a replica shutting down.
+* Stopping (Ctrl-C, SIGTERM) cuts the searches under way short, as one server does: each
+  replica waits on a small stop-signal actor and, once it is set, answers with the best it has.
+  Serve alone would wait for every search to end, or drop it at ``shutdown_grace_s``.
 """
 
 from __future__ import annotations
@@ -38,10 +41,15 @@ ONGOING_HEADROOM = 8
 
 
 def build_application(
-    make_solver: Callable[[], Solver], settings: ServerSettings, replicas: int, threads: int
+    make_solver: Callable[[], Solver],
+    settings: ServerSettings,
+    replicas: int,
+    threads: int,
+    stop_signal: Any = None,
 ) -> Any:
     """The Ray Serve application: ``replicas`` replicas, each reserving ``threads`` CPUs and
-    holding the solver ``make_solver`` builds there (it is pickled to every replica)."""
+    holding the solver ``make_solver`` builds there (it is pickled to every replica).
+    ``stop_signal`` (:func:`make_stop_signal`): once set, the replicas cut their searches short."""
     require_ray()
     from ray import serve
 
@@ -49,20 +57,33 @@ def build_application(
     class EdgettsReplica:
         """One replica: a loaded solver and the ``edgetts serve`` app around it."""
 
-        def __init__(self, make_solver: Callable[[], Solver], settings: ServerSettings) -> None:
+        def __init__(
+            self, make_solver: Callable[[], Solver], settings: ServerSettings, stop_signal: Any
+        ) -> None:
             from edgetts.server import load_solver
 
             solver = make_solver()
             # as `edgetts serve` starts
             self.prm_state = load_solver(solver, settings.memory_mb)
-            self.solver, self.settings = solver, settings
+            self.solver, self.settings, self.stop_signal = solver, settings, stop_signal
 
         def __serve_build_asgi_app__(self) -> Any:
             from edgetts.server import create_app
 
             app = create_app(self.solver, self.settings, prm_state=self.prm_state)
             self.state = app.state.edgetts
+            if self.stop_signal is not None:
+                threading.Thread(target=self._close_when_told, daemon=True).start()
             return app
+
+        def _close_when_told(self) -> None:
+            import ray
+
+            try:
+                ray.get(self.stop_signal.wait.remote())
+            except Exception:  # the signal's actor is gone: so is the driver, and the app with it
+                pass
+            self.state.engine.begin_shutdown()
 
         def check_health(self) -> None:
             """Ray Serve's periodic check: a replica shutting down takes no new requests."""
@@ -81,7 +102,28 @@ def build_application(
         max_ongoing_requests=settings.max_queue + 1 + ONGOING_HEADROOM,
         graceful_shutdown_timeout_s=settings.shutdown_grace_s,
     )
-    return deployment.bind(make_solver, settings)
+    return deployment.bind(make_solver, settings, stop_signal)
+
+
+def make_stop_signal() -> Any:
+    """A Ray actor the replicas wait on (``wait``); ``set`` releases them all at once. Serve has
+    no call that reaches every replica, and its own stop only waits for the requests."""
+    import asyncio
+
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class StopSignal:
+        def __init__(self) -> None:
+            self.stopped = asyncio.Event()
+
+        async def wait(self) -> None:
+            await self.stopped.wait()
+
+        async def set(self) -> None:
+            self.stopped.set()
+
+    return StopSignal.remote()
 
 
 def serve_on_ray(
@@ -95,12 +137,16 @@ def serve_on_ray(
     """Run the app on the connected Ray cluster until Ctrl-C / SIGTERM (or ``stop``), then
     delete it. ``ready`` gets the base URL once every replica has loaded its models."""
     require_ray()
+    import ray
     from ray import serve
 
     serve.start(http_options={"host": settings.host, "port": settings.port})
+    stop_signal = make_stop_signal()
     try:
         serve.run(
-            build_application(make_solver, settings, replicas, threads), name=APP_NAME, route_prefix="/"
+            build_application(make_solver, settings, replicas, threads, stop_signal),
+            name=APP_NAME,
+            route_prefix="/",
         )
     except RuntimeError as exc:  # a replica's constructor failed (after Serve's retries): say why
         why = _replica_error(serve) or _last_error_line(str(exc))
@@ -117,7 +163,12 @@ def serve_on_ray(
         while not stop.wait(0.5):  # a timed wait, so the signal handlers run promptly
             pass
     finally:
-        # Replicas cut their searches short (best answer so far) and then exit (graceful_shutdown).
+        # Replicas cut their searches short (best answer so far), Serve waits for those answers
+        # (graceful_shutdown_timeout_s at most), then the replicas exit.
+        try:
+            ray.get(stop_signal.set.remote(), timeout=30)
+        except Exception as exc:  # stopping must go on: at worst Serve waits for the searches
+            log.warning("could not tell the replicas to stop their searches: %s", exc)
         serve.delete(APP_NAME)
 
 
