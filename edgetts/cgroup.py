@@ -6,27 +6,36 @@ run as a whole: all its processes together get ``memory_mb`` of memory (tmpfs fi
 and ``processes`` tasks, whoever they run as, and the kernel kills inside the group when the
 memory runs out.
 
-Linux only, and only where this process may make child groups: cgroup v2 where the memory and
-pids controllers are delegated to our group's children (a systemd unit with ``Delegate=yes``, a
-container with its own writable cgroup tree), or the v1 ``memory`` and ``pids`` hierarchies where
-we may write (root, usually). Each controller is found on its own, v2 first. Where neither is
-there, :func:`RunCgroup.create` makes a group for what is there and the sandbox reports the rest
-as not capped (``Isolation.run_memory_cap`` / ``run_process_cap``).
+Linux only, and only where this process may make child groups with the controllers on: the v1
+``memory`` and ``pids`` hierarchies where we may write (root, usually), or cgroup v2 where our
+own group already hands memory and pids to its children (its ``cgroup.subtree_control`` lists
+them: the root group, or one a supervisor prepared). v2 forbids that on a group that holds
+processes, so a ``Delegate=yes`` unit or a container whose process sits in its own group gets
+none: moving the caller's process into a leaf group is not a library's call to make. Each
+controller is found on its own, v2 first; what is not found is reported as not capped
+(``Isolation.run_memory_cap`` / ``run_process_cap``) and the rlimits stand in.
 
 The candidate cannot leave its group: moving a process needs write access to ``cgroup.procs``
-files, which its read-only mounts, dropped capabilities and syscall filter keep from it.
+files, which its read-only mounts, dropped capabilities and syscall filter keep from it; it
+gets its own cgroup namespace and sees no cgroup files (the sandbox hides ``/sys/fs/cgroup``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import secrets
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+log = logging.getLogger("edgetts.sandbox")
+
 CONTROLLERS = ("memory", "pids")
+PREFIX = "edgetts-sandbox-"
+STALE_S = 3600.0  # an empty run group this old was left by a process that died mid-run
 
 
 @dataclass(frozen=True)
@@ -36,20 +45,24 @@ class RunCgroup:
     dirs: dict[str, Path]
 
     @classmethod
-    def create(cls, memory_mb: int, processes: int, controllers: tuple[str, ...] = CONTROLLERS) -> RunCgroup:
-        """Make the run's groups of ``controllers`` with their caps set; those it could only.
+    def create(cls, memory_mb: int, tasks: int, controllers: tuple[str, ...] = CONTROLLERS) -> RunCgroup:
+        """Make the run's groups of ``controllers`` with their caps set (``memory_mb`` in all,
+        ``tasks`` processes and threads in all); those it could only.
 
         A group made but unable to take its cap is removed and counts as not capped.
         """
-        name = f"edgetts-sandbox-{os.getpid()}-{secrets.token_hex(4)}"
+        name = f"{PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
         made: dict[str, Path] = {}
         for controller in controllers:
             parent = _parent_for(controller)
-            group = _make(parent / name) if parent is not None else None
+            if parent is None:
+                continue
+            _remove_stale(parent)
+            group = _make(parent / name)
             if group is None:
                 continue
             try:
-                _set_cap(group, controller, memory_mb, processes)
+                _set_cap(group, controller, memory_mb, tasks)
             except OSError:
                 if group not in made.values():
                     _remove(group)
@@ -91,7 +104,10 @@ class RunCgroup:
         for group in set(self.dirs.values()):
             while True:
                 _kill_all(group)
-                if _remove(group) or time.monotonic() > deadline:
+                if _remove(group):
+                    break
+                if time.monotonic() > deadline:
+                    log.warning("sandbox: could not remove the run's cgroup %s (left for later)", group)
                     break
                 time.sleep(0.01)  # killed processes are reaped before the group may go
 
@@ -114,21 +130,44 @@ def _make(group: Path) -> Path | None:
     return group
 
 
-def _set_cap(group: Path, controller: str, memory_mb: int, processes: int) -> None:
+def _set_cap(group: Path, controller: str, memory_mb: int, tasks: int) -> None:
     if controller == "pids":
-        # +1: the bootstrap that waits on the candidate (its PID namespace's init) is in the
-        # group too; the candidate's own count stays the Limits' ``processes``.
-        (group / "pids.max").write_text(str(processes + 1))
+        _write(group / "pids.max", str(tasks))
         return
     limit = str(memory_mb * 1024 * 1024)
     if (group / "memory.max").exists():  # v2
-        (group / "memory.max").write_text(limit)
+        _write(group / "memory.max", limit)
         if (group / "memory.swap.max").exists():
-            (group / "memory.swap.max").write_text("0")
+            _write(group / "memory.swap.max", "0")
         return
-    (group / "memory.limit_in_bytes").write_text(limit)
+    _write(group / "memory.limit_in_bytes", limit)
     if (group / "memory.memsw.limit_in_bytes").exists():  # swap accounting on: no swap either
-        (group / "memory.memsw.limit_in_bytes").write_text(limit)
+        _write(group / "memory.memsw.limit_in_bytes", limit)
+
+
+def _write(path: Path, text: str) -> None:
+    """Write a control file that must exist (no O_CREAT: a plain folder is no cgroup)."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _remove_stale(parent: Path) -> None:
+    """Remove run groups of ours left empty long ago (their server died mid-run)."""
+    try:
+        entries = [e for e in os.scandir(parent) if e.name.startswith(PREFIX) and e.is_dir()]
+    except OSError:
+        return
+    for entry in entries:
+        group = Path(entry.path)
+        try:
+            old = time.time() - entry.stat().st_mtime > STALE_S
+        except OSError:
+            continue
+        if old and not _read_words(group / "cgroup.procs"):
+            _remove(group)
 
 
 def _kill_all(group: Path) -> None:
@@ -139,10 +178,13 @@ def _kill_all(group: Path) -> None:
             return
         except OSError:
             pass
-    for pid in _read_words(group / "cgroup.procs"):
+    for word in _read_words(group / "cgroup.procs"):
+        pid = int(word) if word.isdigit() else 0
+        if pid <= 1 or pid == os.getpid():  # never a process group (0), init, or ourselves
+            continue
         try:
-            os.kill(int(pid), signal.SIGKILL)
-        except (ProcessLookupError, PermissionError, ValueError):
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
             pass
 
 
@@ -186,28 +228,39 @@ def _mounts() -> list[tuple[str, str, str, set[str]]]:
         return mounts
     for line in lines:
         fields = line.split()
+        if "-" not in fields:
+            continue
         sep = fields.index("-")
-        fstype = fields[sep + 1]
+        fstype = fields[sep + 1] if len(fields) > sep + 1 else ""
         if fstype in ("cgroup", "cgroup2"):
             options = set(fields[sep + 3].split(",")) if len(fields) > sep + 3 else set()
-            mounts.append((fields[3], fields[4], fstype, options))
+            mounts.append((_unescape(fields[3]), _unescape(fields[4]), fstype, options))
     return mounts
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash in paths as octal escapes (\\040)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def _folder(mount_root: str, mount_point: str, group: str) -> Path | None:
     """Where ``group`` (a path in its hierarchy) shows under a mount of that hierarchy."""
+    if ".." in group.split("/"):
+        return None  # outside our cgroup namespace's root: not ours to use
     if mount_root != "/" and not (group == mount_root or group.startswith(mount_root + "/")):
         return None  # the mount shows a part of the tree that does not hold our group
     rel = group[len(mount_root) :] if mount_root != "/" else group
     path = Path(mount_point + rel)
-    return path if path.is_dir() and os.access(path, os.W_OK) else None
+    if not (path / "cgroup.procs").is_file() or not os.access(path, os.W_OK):
+        return None
+    return path
 
 
 def _v2_own_group() -> Path | None:
     group = _own_groups().get("")
     for root, point, fstype, _ in _mounts():
-        if fstype == "cgroup2" and group is not None:
-            return _folder(root, point, group)
+        if fstype == "cgroup2" and group is not None and (path := _folder(root, point, group)):
+            return path
     return None
 
 
@@ -215,5 +268,6 @@ def _v1_own_group(controller: str) -> Path | None:
     group = _own_groups().get(controller)
     for root, point, fstype, options in _mounts():
         if fstype == "cgroup" and controller in options and group is not None:
-            return _folder(root, point, group)
+            if path := _folder(root, point, group):
+                return path
     return None

@@ -146,7 +146,7 @@ class Isolation:
 
     platform: str
     rlimits: bool
-    process_limit: bool  # a process-count limit binds (non-root uid, or a pids cgroup)
+    process_limit: bool  # the process-count limit binds: the candidate's uid is not root
     network: bool
     filesystem: bool
     pid_namespace: bool
@@ -296,11 +296,20 @@ def setup():
         none = (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3 takes two of them, all zero here
         if libc.capset(ctypes.byref(Header(0x20080522, 0)), none) != 0:
             raise OSError(ctypes.get_errno(), "capset failed")
+    if linux:
+        # Die with the caller (a server killed mid-run): the candidate, the PID namespace's
+        # init below, dies with this process in turn, and nothing outlives the run.
+        libc.prctl(1, 9)  # PR_SET_PDEATHSIG = SIGKILL
+        if os.getppid() != cfg["caller_pid"]:
+            os._exit(70)
     layers["cgroup"] = []
     for controller, procs in cfg["cgroups"].items():  # joined before anything else starts
         try:
-            with open(procs, "w") as f:
-                f.write("0")
+            fd = os.open(procs, os.O_WRONLY)  # no O_CREAT: only a cgroup's own file will do
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
         except OSError:
             if cfg["cgroups_required"]:  # the probe found them: a run must not do without
                 raise
@@ -312,8 +321,9 @@ def setup():
     parent_alive = None  # with namespaces: a pipe that reads end of file once the parent is gone
     if linux and cfg["namespaces"]:
         NEWNS, NEWUSER, NEWPID, NEWNET, NEWIPC = 0x20000, 0x10000000, 0x20000000, 0x40000000, 0x8000000
+        NEWCGROUP = 0x2000000  # its own cgroup root: the host's layout stays out of /proc/self/cgroup
         uid, gid = os.getuid(), os.getgid()
-        unshare(NEWNS | NEWNET | NEWIPC | NEWPID | (0 if root else NEWUSER))
+        unshare(NEWNS | NEWNET | NEWIPC | NEWPID | NEWCGROUP | (0 if root else NEWUSER))
         if not root:
             # The new user namespace gives the capabilities to mount, dropped before the
             # candidate runs. Our own uid inside, not root: an exec grants it nothing.
@@ -366,7 +376,8 @@ def setup():
         except KeyError:
             home = []
         empty = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
-        for d in ("/home", "/root", "/media", "/dev/pts", *home):
+        # /sys/fs/cgroup: the host's groups and every concurrent run's use of memory.
+        for d in ("/home", "/root", "/media", "/dev/pts", "/sys/fs/cgroup", *home):
             if d != "/" and os.path.isdir(d):
                 mount(b"tmpfs", d, b"tmpfs", empty, b"size=4k,mode=555")
         layers["filesystem"] = True
@@ -520,10 +531,15 @@ class Sandbox:
             namespaces = False
             result = self._spawn("import fractions, typing\n", (), "__main__", namespaces=False)
         layers = result.layers
+        if layers.get("read_only_error"):
+            notes.append(f"could not make the file system read-only: {layers['read_only_error']}")
+        if not result.ok:
+            tail = result.stderr.strip().splitlines()[-1:] or [""]
+            notes.append(f"probe run failed: {result.error} {tail[0]}")
         capped = set(layers.get("cgroup", ()))
-        if sys.platform.startswith("linux") and "memory" not in capped:
+        if "cgroup" in layers and "memory" not in capped:  # the setup got as far as the cgroups
             notes.append("no cgroup memory controller to use: each process gets memory_mb")
-        if sys.platform.startswith("linux") and "pids" not in capped:
+        if "cgroup" in layers and "pids" not in capped:
             notes.append("no cgroup pids controller to use: processes counted per uid, across runs")
         uid = layers.get("uid")
         if sys.platform == "darwin":
@@ -531,7 +547,8 @@ class Sandbox:
         return Isolation(
             platform=sys.platform,
             rlimits=bool(layers.get("rlimits")) and result.ok,
-            process_limit=(uid is not None and uid != 0) or "pids" in capped,
+            # Also with a pids cgroup: a root candidate may write what root may (/proc/sys).
+            process_limit=uid is not None and uid != 0,
             network=bool(layers.get("network")),
             filesystem=bool(layers.get("filesystem")),
             pid_namespace=bool(layers.get("pid_namespace")),
@@ -591,9 +608,9 @@ class Sandbox:
         # The probe (caps None) tries every controller; a run, those the probe could join.
         controllers = CONTROLLERS if caps is None else tuple(sorted(caps))
         linux = sys.platform.startswith("linux")
-        cgroup = (
-            RunCgroup.create(lim.memory_mb, lim.processes, controllers) if linux and controllers else None
-        )
+        # With namespaces the bootstrap waits on the candidate in the group too: one task more.
+        tasks = lim.processes + (1 if namespaces else 0)
+        cgroup = RunCgroup.create(lim.memory_mb, tasks, controllers) if linux and controllers else None
         got = frozenset(cgroup.dirs if cgroup else ())
         if caps is not None and not caps <= got:
             # The probe found them: a run without them would be less contained than reported.
@@ -637,6 +654,7 @@ class Sandbox:
             },
             "cgroups": {c: str(d / "cgroup.procs") for c, d in cgroup.dirs.items()} if cgroup else {},
             "cgroups_required": cgroups_required,
+            "caller_pid": os.getpid(),
             "check_s": lim.check_s,
             "run_name": run_name,
             "source": source,
@@ -679,9 +697,8 @@ class Sandbox:
             nonce, rep, checks, out, err, proc.returncode, timed_out, capped, time.perf_counter() - start, lim
         )
         if result.error and cgroup and cgroup.out_of_memory():
-            result = replace(
-                result, error=f"{result.error} (out of memory: {lim.memory_mb} MB for the whole run)"
-            )
+            memory = f"a process of the run was killed for the run's {lim.memory_mb} MB memory cap"
+            result = replace(result, error=f"{result.error} ({memory})")
         return result
 
     def _collect(self, proc: subprocess.Popen, rep_r: int, start: float):

@@ -32,9 +32,9 @@ def sandbox() -> Sandbox:
     return box
 
 
-def _nobody_processes() -> int:
-    out = subprocess.run(["ps", "-u", "65534", "-o", "pid="], capture_output=True, text=True)
-    return len(out.stdout.split())
+def _nobody_processes(older_than_s: int = -1) -> int:
+    out = subprocess.run(["ps", "-u", "65534", "-o", "etimes="], capture_output=True, text=True)
+    return sum(int(seconds) > older_than_s for seconds in out.stdout.split())
 
 
 def test_good_candidate_passes_and_reports_each_check(sandbox: Sandbox) -> None:
@@ -217,6 +217,9 @@ def test_weak_sandbox_is_refused_unless_allowed() -> None:
         weak.run("print(1)")
     allowed = Sandbox(FAST, namespaces=False, drop_uid=0, allow_weak=True)
     assert allowed.run("print(1)").stdout.strip() == "1"
+    # Seen in review: with namespaces, a pids cgroup made a root candidate count as contained,
+    # though as root it could write the host's sysctls in its /proc.
+    assert Sandbox(FAST, drop_uid=0).isolation().weak
 
 
 # A candidate that tries every way out of the masks it knows, then writes where its user can.
@@ -506,7 +509,7 @@ def test_a_run_killed_for_memory_says_so() -> None:
     )
     r = box.run(src)
     assert not r.ok
-    assert "out of memory: 512 MB for the whole run" in r.error, r.error
+    assert "killed for the run's 512 MB memory cap" in r.error, r.error
 
 
 def test_concurrent_runs_count_their_own_processes() -> None:
@@ -548,3 +551,31 @@ def test_a_run_without_the_cgroup_the_probe_found_is_refused(monkeypatch: pytest
     r = box.run("print(1)", [Check("assert True")])
     assert not r.ok and not r.checks[0].passed
     assert r.error.startswith("sandbox setup failed: could not make the run's memory"), r.error
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or os.getuid() != 0, reason="root on Linux")
+def test_a_run_whose_caller_is_killed_leaves_nothing_running() -> None:
+    """Seen in review: a server killed mid-run left its candidate running past the wall time."""
+    before = _nobody_processes()
+    caller = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from edgetts.sandbox import *\nSandbox(Limits(wall_s=60, cpu_s=60)).run("
+            "'import time\\ntime.sleep(60)')",
+        ]
+    )
+    try:
+        for _ in range(100):  # the candidate is up (not the probe, which lasts a moment)
+            if _nobody_processes(older_than_s=2) > before:
+                break
+            time.sleep(0.1)
+        assert _nobody_processes(older_than_s=2) > before
+    finally:
+        caller.kill()
+        caller.wait()
+    for _ in range(50):
+        if _nobody_processes() <= before:
+            break
+        time.sleep(0.1)
+    assert _nobody_processes() <= before
