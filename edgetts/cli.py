@@ -59,6 +59,11 @@ def _friendly_errors(func):
         )
         try:
             return func(*args, **kwargs)
+        except BrokenPipeError:
+            raise  # `| head` closed the pipe: click ends quietly, as for its own output
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
         except known as exc:
             raise click.ClickException(str(exc)) from None
 
@@ -224,7 +229,7 @@ def _search_options(func):
         ),
         click.option(
             "--pot-n",
-            type=int,
+            type=click.IntRange(1),
             default=None,
             help="Programs for --mode cot+pot [default: as many as prose samples, -n].",
         ),
@@ -296,14 +301,17 @@ def _make_solver(kw: dict, searches: int = 1):
         run_programs=kw["run_programs"],
     )
     code = kw["task"] == "code"
-    if code:
-        from edgetts.solver import validate_code_options
+    if not code and kw["tests_path"] is not None:
+        raise click.UsageError("--tests is for --task code")
+    try:  # fail on bad settings before a model loads: the flags' error, exit 2
+        if code:
+            from edgetts.solver import validate_code_options
 
-        validate_code_options(options)
-    else:
-        if kw["tests_path"] is not None:
-            raise click.UsageError("--tests is for --task code")
-        options.validate()  # fail on bad settings before a model loads
+            validate_code_options(options)
+        else:
+            options.validate()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     n_parallel = max(options.search_config().n, 1) if options.strategy != "greedy" else 1
     policy_config = PolicyConfig(
         model=kw["model"],
@@ -546,11 +554,18 @@ def _stop_interrupted(kept: int, out_path: Path) -> None:
 
 def _question_or_stdin(question: str | None) -> str:
     """The question given, or stdin's text when it is ``-`` or absent and stdin is not a terminal."""
-    if question not in (None, "-"):
-        return question
-    if sys.stdin is None or sys.stdin.isatty():
-        raise click.UsageError("give a QUESTION, or pipe one in: echo 'What is 2+3?' | edgetts solve")
-    return sys.stdin.read()
+    if question in (None, "-"):
+        if sys.stdin is None or sys.stdin.isatty():
+            raise click.UsageError("give a QUESTION, or pipe one in: echo 'What is 2+3?' | edgetts solve")
+        try:
+            question = sys.stdin.read()
+        except UnicodeDecodeError:
+            raise click.ClickException("the question on stdin is not UTF-8 text") from None
+    try:
+        question.encode("utf-8")  # bytes that are not UTF-8 reach argv as lone surrogates
+    except UnicodeEncodeError:
+        raise click.ClickException("the question is not UTF-8 text") from None
+    return question
 
 
 def _show(result: SearchResult) -> None:
@@ -736,19 +751,23 @@ ANSWER_SETTINGS = (
     "no_prune",
     "no_check_arithmetic",
     "run_programs",
+    "mode",
+    "pot_n",
 )
 
 
 # Settings recorded since a later version, each with the value that does what runs did before:
 # a results file made then resumes with that value (no_adaptive: every sample was drawn;
 # no_prune: every sample ran to its end; no_check_arithmetic: every answer voted; run_programs:
-# no program ran). Which data file and which verifier an older file was made with cannot be
-# known: it resumes with any (UNKNOWN); a file made since refuses another.
+# no program ran). Which data file, verifier and mode (prose or programs) an older file was
+# made with cannot be known: it resumes with any (UNKNOWN); a file made since refuses another.
 UNRECORDED_SETTINGS = {
     "no_adaptive": True,
     "no_prune": True,
     "no_check_arithmetic": True,
     "run_programs": False,
+    "mode": UNKNOWN,
+    "pot_n": UNKNOWN,
     "data": UNKNOWN,
     "verifier": UNKNOWN,
 }
@@ -991,7 +1010,13 @@ def plan(question: str | None, **kw) -> None:
     show_default=True,
     help="Batch sizes (sequences decoded together) to measure.",
 )
-@click.option("--tokens", default=16, show_default=True, help="Tokens decoded per sequence and batch.")
+@click.option(
+    "--tokens",
+    type=click.IntRange(1),
+    default=16,
+    show_default=True,
+    help="Tokens decoded per sequence and batch.",
+)
 @_friendly_errors
 def calibrate(
     model: str | None, prm_path: str | None, threads: int | None, batches: str, tokens: int
@@ -1000,7 +1025,10 @@ def calibrate(
     from edgetts import calibration
     from edgetts.policy import default_threads
 
-    sizes = [int(b) for b in batches.split(",") if b.strip()]
+    try:
+        sizes = [int(b) for b in batches.split(",") if b.strip()]
+    except ValueError:
+        sizes = []
     if not sizes or min(sizes) < 1:
         raise click.UsageError("--batches must list positive integers, e.g. 1,2,4,8")
     n_threads = threads or default_threads()

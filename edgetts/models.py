@@ -259,6 +259,8 @@ def resolve(name_or_path: str | None, auto_pull: bool = True) -> Path:
 
 def check_gguf_file(path: Path) -> None:
     """Cheap structural check before llama.cpp sees the file (it would abort or segfault)."""
+    if path.is_dir():
+        raise ModelError(f"model {path} is a directory, not a .gguf file")
     if not path.is_file():
         raise ModelError(f"model file {path} does not exist")
     with path.open("rb") as f:

@@ -207,14 +207,21 @@ class InputBuilder:
         self.prefix = self._enc(manifest.prefix)
         self.middle = self._enc(manifest.middle)
         self.suffix = self._enc(manifest.suffix)
+        # Questions and steps are untrusted text: "[SEP]" or "[CLS]" in them is plain text, not
+        # the special token the manifest's own parts use. (add_special_tokens=False only stops
+        # the tokenizer adding its own; a copy, so threads never toggle a shared setting.)
+        self.text_tok = type(tokenizer).from_str(tokenizer.to_str())
+        self.text_tok.encode_special_tokens = True
 
     def _enc(self, text: str) -> list[int]:
+        """The manifest's own template text (trusted: its special tokens are meant)."""
         return list(self.tok.encode(text, add_special_tokens=False).ids) if text else []
 
     def _encode_many(self, texts: Sequence[str]) -> list[list[int]]:
+        """Untrusted text, special-token names read as plain text."""
         if not texts:
             return []
-        return [list(e.ids) for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
+        return [list(e.ids) for e in self.text_tok.encode_batch(list(texts), add_special_tokens=False)]
 
     @staticmethod
     def _clip(ids: list[int], n: int) -> list[int]:
@@ -235,7 +242,7 @@ class InputBuilder:
         """All windows for one path (see the module docstring for the truncation rule)."""
         if not steps:
             return []
-        q = self._enc(question)[: self.m.max_question_tokens]
+        q = self._encode_many([question])[0][: self.m.max_question_tokens]
         head = self.prefix + q + self.middle
         budget = self.m.max_length - len(head) - len(self.suffix)
         if budget < 2:

@@ -73,6 +73,7 @@ class ResultsFile:
         self._check_writable()
 
     def _read(self) -> list[dict]:
+        self._ends_mid_line = False
         if not self.path.exists():
             return []
         if self.path.is_dir():
@@ -84,6 +85,9 @@ class ResultsFile:
         # at "\n" only: a model's text may hold U+2028 and the like raw (ensure_ascii=False)
         parts = text.split("\n")
         lines = [part + "\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+        # A whole last record without its newline (an editor saved it so): the next row must
+        # not be glued onto it.
+        self._ends_mid_line = bool(parts[-1])
         records = []
         for line_no, line in enumerate(lines, start=1):
             if not line.strip():
@@ -94,6 +98,7 @@ class ResultsFile:
                 last = line_no == len(lines) and not line.endswith("\n")
                 if last and line.startswith(self.record_start):  # torn
                     self._truncate_last_line(len(line.encode()))
+                    self._ends_mid_line = False
                     break
                 raise ResultsError(
                     f"{self.path}:{line_no} is not JSON: the output must be a results JSONL file "
@@ -145,10 +150,12 @@ class ResultsFile:
         record = {key: record[key], **record}  # its id first: a torn line is recognisable
         if self.settings is not None:
             record["settings"] = self.settings
+        line = json.dumps(record, ensure_ascii=False) + "\n"
         with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.write("\n" + line if self._ends_mid_line else line)
             f.flush()
             os.fsync(f.fileno())
+        self._ends_mid_line = False
         self.records.append(record)
         self.done.add(str(record[key]))
 

@@ -127,6 +127,8 @@ class SolveOptions:
             )
         if self.pot_n is not None and self.pot_n < 1:
             raise ValueError(f"pot_n must be at least 1, got {self.pot_n}")
+        if self.pot_n is not None and self.mode != "cot+pot":
+            raise ValueError(f"pot_n is for mode cot+pot (programs beside prose), not {self.mode}")
         if self.run_programs and self.mode != "cot":
             raise ValueError(
                 f"run_programs is for prose solutions (mode cot); --mode {self.mode} runs its programs"
@@ -437,9 +439,15 @@ class Solver:
         """For ``fixed_policy``: the model and its PRM count as one fixed whole against a budget."""
         held_mb = self._loaded_policy_mb() + self._loaded_prm_mb()
         if memory_mb is not None and held_mb > memory_mb:
+            # More than /health's estimate, which counts parked paths as held so far.
+            parking = (
+                " and parked tree paths at their limit"
+                if self._policy and self._policy.config.park_mb
+                else ""
+            )
             raise ValueError(
-                f"memory_mb={memory_mb:g} is less than the loaded model holds (~{held_mb:.0f} MB "
-                "with its PRM); it is not loaded again for one request's budget"
+                f"memory_mb={memory_mb:g} is less than the loaded model may hold (~{held_mb:.0f} MB "
+                f"with its PRM{parking}); it is not loaded again for one request's budget"
             )
 
     def _as_loaded(self, strategy: str, plan: Plan | None) -> tuple[Verifier | None, LlamaPolicy]:

@@ -136,8 +136,50 @@ def test_more_threads_than_cores_is_refused():
     assert refused(proc, "threads must be 1..")
 
 
+def usage_error(proc: subprocess.CompletedProcess, *words: str) -> bool:
+    """Exit 2 with click's usage error naming the problem, and no traceback."""
+    return (
+        proc.returncode == 2
+        and "Error:" in proc.stderr
+        and "Traceback" not in proc.stderr
+        and all(w in proc.stderr for w in words)
+    )
+
+
 def test_exec_is_refused_for_math_with_where_it_belongs():
-    assert refused(edgetts("solve", "What is 2+3?", "--strategy", "exec"), "for code tasks (--task code)")
+    assert usage_error(edgetts("solve", "What is 2+3?", "--strategy", "exec"), "for code tasks (--task code)")
+
+
+def test_resume_in_another_mode_is_refused(tmp_path, data):
+    """Seen in review: a prose run's file took a program run's rows (the mode was not recorded)."""
+    from edgetts.cli import _run_settings, run
+
+    out = tmp_path / "r.jsonl"
+    args = ["--data", str(data), "--out", str(out), "--strategy", "majority"]
+    settings = _run_settings(run.make_context("run", list(args)).params, {"file": data.name})
+    assert settings["mode"] == "cot" and settings["pot_n"] is None
+    out.write_text(json.dumps({"id": "1", "correct": True, "settings": settings}) + "\n")
+    proc = edgetts("run", *args, "--mode", "pot", "--allow-weak-sandbox")
+    assert refused(proc, "other settings", "mode was 'cot', now 'pot'")
+    assert json.loads(out.read_text())["settings"] == settings
+    older = {k: v for k, v in settings.items() if k not in ("mode", "pot_n", "data", "verifier")}
+    out.write_text(json.dumps({"id": "1", "correct": True, "settings": older}) + "\n")
+    proc = edgetts("run", *args, "--mode", "pot", "--allow-weak-sandbox", "--limit", "1")
+    assert proc.returncode == 0, proc.stderr  # a file from before the mode was recorded resumes
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--temperature", "-1"], ["temperature must be >= 0"]),
+        (["--pot-n", "3"], ["pot_n is for mode cot+pot"]),
+        (["--pot-n", "0"], ["0 is not in the range x>=1"]),
+    ],
+)
+def test_settings_no_search_can_run_are_usage_errors(args, words):
+    """Seen in review: these exited 1 like a bad data file, or (--pot-n without cot+pot) were
+    silently ignored."""
+    assert usage_error(edgetts("solve", "What is 2+3?", *args), *words)
 
 
 def test_empty_question_exits_1():
@@ -191,7 +233,7 @@ def test_a_request_with_a_memory_budget_leaves_the_server_as_it_was():
         beam = {"strategy": "beam_search", "n": 4, "beam_width": 2, "max_steps": 2}
         client.chat.completions.create(model=model, messages=messages, extra_body=beam)
         budget = {"strategy": "majority", "n": 2, "memory_mb": 700}
-        with pytest.raises(BadRequestError, match="less than the loaded model holds"):
+        with pytest.raises(BadRequestError, match="less than the loaded model may hold"):
             client.chat.completions.create(model=model, messages=messages, extra_body=budget)
         again = client.chat.completions.create(model=model, messages=messages, extra_body=beam)
         assert again.choices[0].message.content
@@ -207,3 +249,30 @@ def test_a_request_with_a_memory_budget_leaves_the_server_as_it_was():
 def test_a_question_piped_on_stdin():
     proc = edgetts("solve", "--strategy", "greedy", stdin="What is 2+3?\n")
     assert proc.returncode == 0 and proc.stdout.strip() == "5", proc.stderr
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    """Seen in review: `edgetts gpu | head -1` printed "Error: [Errno 32] Broken pipe"."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgetts.cli", "sandbox"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV,
+        text=True,
+    )
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read()
+    proc.wait(timeout=60)
+    assert "Broken pipe" not in err and "Traceback" not in err, err
+
+
+def test_a_question_that_is_not_utf8_is_refused_by_name(tmp_path):
+    """Seen in review: it failed with the codec's own words about surrogates."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgetts.cli", "solve"],
+        input=b"What is \xff 2+3?",
+        capture_output=True,
+        env=ENV,
+    )
+    assert proc.returncode == 1 and b"Error: the question" in proc.stderr and b"not UTF-8 text" in proc.stderr
+    assert refused(edgetts("solve", "What is 2+3?", "-m", str(tmp_path)), "is a directory, not a .gguf file")

@@ -298,3 +298,12 @@ def test_concurrent_searches_score_one_batch_at_a_time(scorer: PRMScorer) -> Non
     assert most == 1
     assert all(s == scores[0] for s in scores)
     assert all(v.counters.steps_scored == 9 for v in views)
+
+
+def test_special_token_names_in_the_text_are_plain_text(scorer: PRMScorer) -> None:
+    """Seen in review: "[SEP]" in a question or step became the real separator, reshaping the
+    window the PRM reads; only the manifest's own template may place special tokens."""
+    special = {scorer.builder.tok.token_to_id(t) for t in ("[CLS]", "[SEP]")}
+    plain = scorer.builder.windows("What is 2 plus 3?", ["Step one x."])[0]
+    tricky = scorer.builder.windows("What is 2 [SEP] 3?", ["Step one [CLS] x. [SEP]"])[0]
+    assert sum(i in special for i in tricky.ids) == sum(i in special for i in plain.ids) == 3

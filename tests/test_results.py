@@ -24,6 +24,19 @@ def test_torn_last_line_is_dropped(tmp_path):
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["1", "2"]
 
 
+def test_a_whole_last_row_without_its_newline_gets_the_next_row_on_a_line_of_its_own(tmp_path):
+    """Seen in review: the next row was glued onto it, and the file then refused for good."""
+    out = tmp_path / "r.jsonl"
+    first = json.dumps({"id": "1", "correct": True})
+    out.write_text(first)  # saved by an editor that drops the final newline
+    results = ResultsFile(out)
+    assert results.done == {"1"}
+    results.append({"id": "2", "correct": False})
+    results.append({"id": "3", "correct": False})
+    assert out.read_text().splitlines()[0] == first
+    assert ResultsFile(out).done == {"1", "2", "3"}
+
+
 def test_not_a_results_file(tmp_path):
     out = tmp_path / "notes.txt"
     out.write_text("hello world\nmore text\n")
