@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -197,6 +198,23 @@ def test_cli_run_concurrent_answers_each_problem_once_as_one_at_a_time_does(tmp_
 def test_cli_question_longer_than_context(tmp_path):
     proc = _edgetts("solve", "word " * 3000, "--strategy", "greedy")
     assert proc.returncode == 1 and "too long" in proc.stderr and "Traceback" not in proc.stderr
+    assert "prompt has 30" in proc.stderr  # tokenized and counted: 15,000 characters might fit
+
+
+def test_a_pasted_megabyte_is_refused_before_it_is_tokenized(tmp_path):
+    """Seen in review: a 30 MB question took 50 s to tokenize before it was refused."""
+    question = tmp_path / "q.txt"
+    question.write_text("word " * 2_000_000)  # 10 MB
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgetts.cli", "solve", "--strategy", "greedy"],
+        stdin=question.open(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 1 and "10000000 characters" in proc.stderr, proc.stderr
+    assert time.perf_counter() - start < 30
 
 
 @pytest.mark.parametrize("concurrent", ["1", "2"])
