@@ -407,6 +407,14 @@ def _renamed_flags(command: click.Command) -> dict[str, str]:
     return renamed
 
 
+def _setting_names(command: click.Command) -> set[str]:
+    """What a config table may set for ``command``: its parameters, by name and by long flag
+    (a group's: every subcommand's)."""
+    if isinstance(command, click.Group):
+        return set().union(set(), *(_setting_names(c) for c in command.commands.values()))
+    return {p.name for p in command.params if p.name} | set(_renamed_flags(command))
+
+
 class _Main(click.Group):
     """Flags win over ``EDGETTS_<COMMAND>_<FLAG>`` variables, which win over the config file.
 
@@ -416,9 +424,33 @@ class _Main(click.Group):
 
     def make_context(self, info_name, args, parent=None, **extra):
         extra.setdefault("auto_envvar_prefix", "EDGETTS")
-        extra.setdefault("default_map", self._by_parameter(load_config(config_path())))
+        if "default_map" not in extra:
+            path = config_path()
+            if os.environ.get(CONFIG_ENV) and not path.is_file():
+                raise click.ClickException(f"${CONFIG_ENV} names {path}, which is not a file")
+            defaults = load_config(path)
+            self._check_config(defaults, path)
+            extra["default_map"] = self._by_parameter(defaults)
         self._name_env_vars_by_flags()
         return super().make_context(info_name, args, parent, **extra)
+
+    def _check_config(self, defaults: dict, path: Path) -> None:
+        """A misspelt table or key is an error naming it, not a setting silently ignored."""
+        known = {name: _setting_names(command) for name, command in self.commands.items()}
+        shared = {key for key, value in defaults.items() if not isinstance(value, dict)}
+        for key in sorted(shared - set().union(*known.values())):
+            raise click.ClickException(f"config file {path}: no command has a setting {key!r}")
+        for name, table in defaults.items():
+            if not isinstance(table, dict):
+                continue
+            if name not in known:
+                raise click.ClickException(
+                    f"config file {path}: [{name}] is not a command ({', '.join(sorted(known))})"
+                )
+            for key in sorted(set(table) - shared - known[name]):
+                raise click.ClickException(
+                    f"config file {path}: [{name}] has no setting {key!r} (see edgetts {name} --help)"
+                )
 
     def _by_parameter(self, defaults: dict) -> dict:
         """The config's tables with flag-named keys renamed to their parameters'."""

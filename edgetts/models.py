@@ -196,7 +196,7 @@ def pull(spec: ModelSpec, force: bool = False, progress: bool = True) -> Path:
         if not force and is_ready(spec):  # another process pulled it while we waited
             return target
         _assemble(spec, target, progress)
-    verify(spec)
+        verify(spec)  # the stamp too, under the lock: the next in line must find it ready
     return target
 
 

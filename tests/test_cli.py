@@ -120,6 +120,31 @@ def test_defaults_from_the_config_file_then_the_environment(tmp_path, monkeypatc
     assert result.exit_code == 1 and "config file" in result.output
 
 
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("[solve]\nmax_token = 3\n", "[solve] has no setting 'max_token'"),
+        ("temprature = 0.5\n", "no command has a setting 'temprature'"),
+        ("[solv]\nn = 3\n", "[solv] is not a command"),
+    ],
+)
+def test_a_misspelt_config_setting_is_named_not_ignored(tmp_path, monkeypatch, text, words):
+    from click.testing import CliRunner
+
+    from edgetts.cli import main
+
+    config = tmp_path / "config.toml"
+    config.write_text(text)
+    monkeypatch.setenv("EDGETTS_CONFIG", str(config))
+    result = CliRunner().invoke(main, ["models"])
+    assert result.exit_code == 1 and words in result.output, result.output
+    config.write_text('max-tokens = 300\n[solve]\nstrategy = "majority"\nprm = "x"\n[serve]\nport = 9000\n')
+    assert CliRunner().invoke(main, ["models"]).exit_code == 0  # flags, shared or a command's own
+    monkeypatch.setenv("EDGETTS_CONFIG", str(tmp_path / "missing.toml"))
+    result = CliRunner().invoke(main, ["models"])
+    assert result.exit_code == 1 and "missing.toml, which is not a file" in result.output
+
+
 def test_config_keys_and_variables_are_named_as_the_flags(tmp_path, monkeypatch):
     # --prm's parameter is prm_path, --json's as_json: users write the flag's name
     from click.testing import CliRunner
