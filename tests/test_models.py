@@ -97,6 +97,13 @@ def test_concurrent_pulls_take_turns(fake_cache, monkeypatch):
         target.write_bytes(data)
 
     monkeypatch.setattr(models, "_assemble", assemble)
+    hash_and_stamp = models.verify
+
+    def slow_verify(spec):  # hashing a real model takes seconds: the stamp comes late
+        time.sleep(0.3)
+        hash_and_stamp(spec)
+
+    monkeypatch.setattr(models, "verify", slow_verify)
     threads = [threading.Thread(target=models.pull, args=(spec,)) for _ in range(2)]
     for t in threads:
         t.start()
