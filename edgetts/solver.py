@@ -68,7 +68,8 @@ class SolveOptions:
     top_p: float = Sampling.top_p
     top_k: int = Sampling.top_k  # 0 = off
     seed: int = Sampling.seed
-    weighted_pick: bool = False
+    weighted_pick: bool = SearchConfig.weighted_pick
+    rank_agg: str | None = SearchConfig.rank_agg  # None: as agg (see SearchConfig.rank_agg)
     max_tokens: int | None = None  # generated tokens per solution; None: the policy's limit
     # Math only: "cot" (prose), "pot" (programs run in the sandbox), "cot+pot" (both vote).
     mode: str = "cot"
@@ -96,6 +97,7 @@ class SolveOptions:
             beam_width=self.beam_width,
             max_steps=self.max_steps,
             agg=self.agg or "last",
+            rank_agg=self.rank_agg,
             deadline_s=self.deadline_s,
             weighted_pick=self.weighted_pick,
             sampling=self.sampling(),

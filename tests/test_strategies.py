@@ -124,7 +124,8 @@ BEAM_SCORES = {
 
 def test_beam_search_keeps_top_n_over_m_and_expands_each_m_times():
     gen = FakeGenerator(tree_policy(BEAM_TREE))
-    result = beam_search("q", gen, FakeScorer(BEAM_SCORES), SearchConfig(n=4, beam_width=2))
+    config = SearchConfig(n=4, beam_width=2, weighted_pick=False)
+    result = beam_search("q", gen, FakeScorer(BEAM_SCORES), config)
     assert [(c.parents, c.n_each, c.to_end) for c in gen.calls] == [
         ([()], 4, False),
         ([("a",), ("c",)], 2, False),
@@ -136,10 +137,25 @@ def test_beam_search_keeps_top_n_over_m_and_expands_each_m_times():
 
 
 def test_beam_search_weighted_pick_sums_equal_answers():
+    # the default: the N finished beams vote with their scores, as DVTS's leaves do
     gen = FakeGenerator(tree_policy(BEAM_TREE))
-    config = SearchConfig(n=4, beam_width=2, weighted_pick=True)
-    result = beam_search("q", gen, FakeScorer(BEAM_SCORES), config)
+    result = beam_search("q", gen, FakeScorer(BEAM_SCORES), SearchConfig(n=4, beam_width=2))
     assert result.answer == "2" and result.votes == pytest.approx({"2": 1.05, "4": 0.9, "3": 0.6})
+
+
+@pytest.mark.parametrize("strategy", ["beam_search", "dvts"])
+def test_a_tree_search_ranks_partial_paths_by_rank_agg(strategy):
+    """Under "min" two children scoring above their parent both keep the parent's score and tie
+    (the earliest wins); ranked by the last step (search-and-learn's rule), the better one grows."""
+    tree = {"p": {}, "q": {"q a": {"q a \\boxed{1}": {}}, "q b": {"q b \\boxed{2}": {}}}}
+    scores = {"p": 0.3, "q": 0.6, "q a": 0.7, "q b": 0.9}
+    for rank, expected in (("min", ("q", "q a")), ("last", ("q", "q b"))):
+        gen = FakeGenerator(tree_policy(tree))
+        config = SearchConfig(n=2, beam_width=2, agg="min", rank_agg=rank, max_steps=3)
+        run_search(strategy, "q", gen, FakeScorer(scores), config)
+        assert gen.calls[2].parents == [expected], (rank, gen.calls)
+    with pytest.raises(ValueError, match="unknown ranking aggregation 'best'"):
+        SearchConfig(rank_agg="best").validate()
 
 
 def test_beam_search_schedule_on_random_tree():
@@ -183,7 +199,7 @@ def test_beam_search_keeps_finished_beams_aside():
     }
     scores = {"early \\boxed{7}": 0.99, "s": 0.9, "t": 0.8, "u": 0.1, "s1 \\boxed{8}": 0.3}
     gen = FakeGenerator(tree_policy(tree))
-    config = SearchConfig(n=4, beam_width=2, max_steps=10)
+    config = SearchConfig(n=4, beam_width=2, max_steps=10, weighted_pick=False)
     result = beam_search("q", gen, FakeScorer(scores), config)
     # The early finisher is never extended again; s and t survive among the unfinished.
     assert gen.calls[1].parents == [("s",), ("t",)]
@@ -241,7 +257,8 @@ def test_the_n_best_finished_beams_put_answered_ones_first():
 
 def test_beam_search_stops_when_n_beams_finished():
     gen = FakeGenerator(tree_policy(ONE_STEP))
-    result = beam_search("q", gen, FakeScorer(ONE_STEP_SCORES), SearchConfig(n=4, beam_width=2))
+    config = SearchConfig(n=4, beam_width=2, weighted_pick=False)
+    result = beam_search("q", gen, FakeScorer(ONE_STEP_SCORES), config)
     assert len(gen.calls) == 1 and result.answer == "1"
 
 

@@ -139,8 +139,10 @@ def run(args: argparse.Namespace) -> None:
     # The PRM edgetts itself would pick for this policy (its own probe when one ships).
     prm = args.prm or policy_prm_dir(args.model)
     # What every row of a file must share; the rows themselves differ by problem, strategy and N.
-    keys = "temperature top_p top_k seed max_tokens n_max beam_width max_steps agg".split()
+    keys = "temperature top_p top_k seed max_tokens n_max beam_width max_steps agg rank_agg".split()
     settings = {key: getattr(args, key) for key in keys}
+    if args.only and set(args.only) <= set(SEARCH_STRATEGIES):  # what picks a tree search's answer
+        settings["weighted_pick"] = not args.best_pick
     out = open_rows(Path(args.out), {**settings, "prm": prm_label(prm)})
     done = done_rows(out)
     kept = open_rows(samples_path(Path(args.out), args.samples), None)
@@ -223,7 +225,13 @@ def run(args: argparse.Namespace) -> None:
                 if n < args.beam_width or not todo(strategy, n) or n > args.search_n_max:
                     continue
                 config = SearchConfig(
-                    n=n, beam_width=args.beam_width, max_steps=args.max_steps, agg=agg, sampling=sampling
+                    n=n,
+                    beam_width=args.beam_width,
+                    max_steps=args.max_steps,
+                    agg=agg,
+                    rank_agg=args.rank_agg,
+                    weighted_pick=not args.best_pick,
+                    sampling=sampling,
                 )
                 result = run_search(strategy, problem.question, policy, scorer, config)
                 out.append(
@@ -556,6 +564,17 @@ def main() -> None:
         help="path score from step scores (default: the PRM manifest's)",
     )
     r.add_argument("--max-steps", type=int, default=12)
+    r.add_argument(
+        "--rank-agg",
+        choices=["last", "min", "prod"],
+        default=None,
+        help="how beam search and DVTS rank partial paths (default: as --agg; SearchConfig.rank_agg)",
+    )
+    r.add_argument(
+        "--best-pick",
+        action="store_true",
+        help="beam search answers with its best-scored beam, not the score-weighted vote of its N beams",
+    )
     r.add_argument("--max-tokens", type=int, default=400)
     r.add_argument("--temperature", type=float, default=SolveOptions.temperature)
     r.add_argument("--top-p", type=float, default=SolveOptions.top_p)

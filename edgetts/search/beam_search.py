@@ -7,9 +7,10 @@ released at once. When fewer survive (duplicates, beams that finished), the surv
 new beams between them, as search-and-learn refills its active beams to N every iteration: the
 search keeps spending N beams a round instead of narrowing for good.
 The search stops after ``config.max_steps`` rounds (live beams are then completed to the end), when
-N beams have finished, when no live beam is left, or at the deadline. The N best-scored finished
-beams (a last round may finish more) are judged like best-of-N samples: by aggregated score, or
-summed per answer when ``config.weighted_pick`` (search-and-learn's ``sort_completed``).
+N beams have finished, when no live beam is left, or at the deadline. Survivors are ranked by
+``config.ranking`` (search-and-learn: the last step's score). The N best-scored finished beams (a
+last round may finish more) are judged like weighted best-of-N samples: their scores
+(``config.agg``) summed per answer, or with ``weighted_pick=False`` the single best-scored one.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def beam_search(
         if round_ == config.max_steps:
             live = complete(generator, scorer, question, live, finished, deadline)
             break
-        survivors = top_k(generator, live, keep, config.agg)
+        survivors = top_k(generator, live, keep, config.ranking)
         live = expand_to(generator, survivors, config.n, deadline)
     # Whatever is still live was cut short (deadline) or is surplus (N beams already finished).
     generator.release(live)

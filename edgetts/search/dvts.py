@@ -2,9 +2,10 @@
 
 N/M independent subtrees of beam width M. The first step samples N first steps from the prompt
 and deals them out M per subtree. Each time a subtree's children are back, the PRM scores them;
-finished children are kept as leaves; the subtree keeps only its best child (by aggregated score,
-compared within the subtree only) and expands it into M children. A subtree ends when its best
-child is finished; after ``config.max_steps`` steps its live children are completed to the end.
+finished children are kept as leaves; the subtree keeps only its best child (by
+``config.ranking``, compared within the subtree only) and expands it into M children. A subtree
+ends when its best child is finished; after ``config.max_steps`` steps its live children are
+completed to the end.
 The search stops growing when N leaves have finished, when every subtree has ended, or at the
 deadline. The leaves of all subtrees are combined by weighted best-of-N.
 
@@ -95,7 +96,7 @@ def grow_apart(
                 if depth is None:  # completed to the end: what is still unfinished was cut short
                     live += set_aside_finished(generator, group, leaves)
                     continue
-                group = best_first(generator, group, leaves, config.agg)
+                group = best_first(generator, group, leaves, config.ranking)
                 if not group:
                     continue
                 if len(leaves) >= config.n or deadline.expired():
@@ -130,7 +131,7 @@ def grow_in_rounds(
     subtrees = first_subtrees(question, generator, config, deadline)
     for round_ in range(1, config.max_steps + 1):
         score_in_time(scorer, question, [p for g in subtrees for p in g], leaves, deadline)
-        subtrees = [best_first(generator, group, leaves, config.agg) for group in subtrees]
+        subtrees = [best_first(generator, group, leaves, config.ranking) for group in subtrees]
         subtrees = [group for group in subtrees if group]
         live = [p for group in subtrees for p in group]
         if not live or len(leaves) >= config.n or deadline.expired():
