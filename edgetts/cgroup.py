@@ -70,19 +70,6 @@ class RunCgroup:
             made[controller] = group
         return cls(made)
 
-    @property
-    def memory(self) -> bool:
-        return "memory" in self.dirs
-
-    @property
-    def pids(self) -> bool:
-        return "pids" in self.dirs
-
-    def add(self, pid: int) -> None:
-        """Put ``pid`` (not yet started on the candidate) into every group of the run."""
-        for group in set(self.dirs.values()):
-            (group / "cgroup.procs").write_text(str(pid))
-
     def out_of_memory(self) -> bool:
         """The kernel killed a process of the run for its memory cap."""
         group = self.dirs.get("memory")
