@@ -2,48 +2,119 @@
 
 A bundle is a folder::
 
-    DIR/wheels/       edgetts and every wheel it needs, llama-cpp-python built once, here
+    DIR/wheels/       edgetts and every wheel it needs, llama-cpp-python built here for any CPU
+                      of this architecture (see PORTABLE_CMAKE_ARGS)
     DIR/models/       NAME.json (the registry manifest: file, size, sha256) and the GGUF it names
-    DIR/INSTALL.txt   the commands below
+    DIR/bundle.json   what the wheels need of a machine, and every file's sha256
+    DIR/check.py      checks the bundle and this machine against bundle.json (standard library)
+    DIR/install.sh    check, venv, wheels, models, one answer: ``sh DIR/install.sh [VENV]``
+    DIR/INSTALL.txt   the same steps by hand
 
-On the workstation::
-
-    pip install --no-index --find-links DIR/wheels edgetts
-    EDGETTS_OFFLINE=1 edgetts models import DIR/models
-
-The wheels fit machines with this machine's operating system, CPU architecture and Python
-version (pip builds and picks them for this one). The PRMs and the compute-optimal table travel
-inside the edgetts wheel. Every GGUF is checked against its manifest's sha256 when imported.
+The wheels fit machines with this machine's operating system, CPU architecture, C library (or
+newer) and Python version (pip builds and picks them for this one); ``check.py`` names the first
+mismatch before pip runs. The PRMs and the compute-optimal table travel inside the edgetts wheel.
+Every file is checked against its sha256 before install, and every GGUF again when imported.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
+from importlib import metadata
 from pathlib import Path
 
 from edgetts import models as registry
 from edgetts import paths
 from edgetts.models import ModelError, ModelSpec, Part
 
+# llama.cpp's CPU code in the bundle is built for any CPU of this architecture that has the
+# instruction sets below (x86-64: AVX2, FMA, F16C, BMI2: Intel Haswell, AMD Zen and later), not
+# for this machine's own: llama.cpp's default native build uses AVX-512 and AMX where the build
+# machine has them, and a workstation without them dies with SIGILL at the first decode.
+PORTABLE_CMAKE_ARGS = "-DGGML_NATIVE=OFF"
+PORTABLE_CPU_FLAGS = {
+    "x86_64": ["sse4_2", "avx", "avx2", "fma", "f16c", "bmi2"]
+}  # as /proc/cpuinfo names them
+
 INSTALL_TEXT = """\
-edgetts bundle, made {made} on {platform} for Python {python}.
+edgetts {version} bundle, made {made} on {machine} Linux (glibc {glibc}) for Python {python}.
 
-On the machine without network (same OS, CPU architecture and Python version):
+On the machine without network, in this folder:
 
+    sh install.sh .venv             # all of the below, with the checks first
+
+or by hand:
+
+    python3 check.py                # this machine and the bundle's files against bundle.json
     python3 -m venv .venv && . .venv/bin/activate
-    pip install --no-index --find-links {wheels} edgetts
+    pip install --no-index --find-links wheels --force-reinstall edgetts
     export EDGETTS_OFFLINE=1        # never reach for the network; name what is missing instead
-    edgetts models import {models}
-    edgetts solve "A pen costs 3 dollars. How much do 7 pens cost?"
+    edgetts models import models
+    edgetts solve -m {first} "A pen costs 3 dollars. How much do 7 pens cost?"
 
 Models in this bundle: {names}.
 """
+
+INSTALL_SH = """\
+#!/bin/sh
+# Install this edgetts bundle with no network: sh install.sh [VENV] (default: .venv here).
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+venv=${{1:-$here/.venv}}
+python3 "$here/check.py"
+python3 -m venv "$venv"
+"$venv/bin/pip" install --quiet --no-index --find-links "$here/wheels" --force-reinstall edgetts
+EDGETTS_OFFLINE=1 "$venv/bin/edgetts" models import "$here/models"
+EDGETTS_OFFLINE=1 "$venv/bin/edgetts" solve -m {first} --strategy greedy --max-tokens 64 "What is 2 + 3?"
+echo "installed: . $venv/bin/activate && export EDGETTS_OFFLINE=1"
+"""
+
+# Run by the workstation's own python3 before pip: the standard library only.
+CHECK_PY = r'''"""Check this machine and this bundle's files against bundle.json; exit 1 naming a mismatch."""
+import hashlib, json, os, platform, sys
+
+here = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(here, "bundle.json")) as f:
+    need = json.load(f)
+problems = []
+python = "%d.%d" % sys.version_info[:2]
+if python != need["python"]:
+    problems.append("python3 is %s; the wheels are for Python %s" % (python, need["python"]))
+if platform.machine() != need["machine"]:
+    problems.append("this is %s; the wheels are for %s" % (platform.machine(), need["machine"]))
+libc, version = platform.libc_ver()
+if need.get("glibc") and (libc != "glibc" or tuple(map(int, version.split(".")[:2])) < tuple(need["glibc"])):
+    problems.append("C library %s %s; the wheels need glibc %s or newer" % (libc or "?", version or "?",
+                                                                        ".".join(map(str, need["glibc"]))))
+try:
+    with open("/proc/cpuinfo") as f:
+        flags = set(next((l.split(":", 1)[1].split() for l in f if l.startswith(("flags", "Features"))), []))
+except OSError:
+    flags = None
+missing = [x for x in need["cpu_flags"] if flags is not None and x not in flags]
+if missing:
+    problems.append("this CPU lacks %s, which llama.cpp in this bundle was built to use" % ", ".join(missing))
+for name, digest in sorted(need["files"].items()):
+    path = os.path.join(here, name)
+    if not os.path.isfile(path):
+        problems.append("%s is missing (an incomplete copy?)" % name)
+        continue
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    if h.hexdigest() != digest:
+        problems.append("%s does not match its sha256 (altered or damaged in the copy)" % name)
+if problems:
+    sys.exit("this bundle cannot install here:\n  " + "\n  ".join(problems))
+print("bundle and machine ok: Python %s, %s, %d files" % (python, need["machine"], len(need["files"])))
+'''
 
 
 @dataclass(frozen=True)
@@ -81,27 +152,49 @@ def make_bundle(out: Path, names: list[str], source: Path | None = None, log=pri
         raise ModelError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(reg)}")
     if out.exists() and any(out.iterdir()):
         raise ModelError(f"{out} is not empty: a bundle goes into a new or empty folder")
+    if not sys.platform.startswith("linux"):
+        raise ModelError("bundles are made on Linux for Linux workstations")
     wheels, model_dir = out / "wheels", out / "models"
     model_dir.mkdir(parents=True, exist_ok=True)
-    log(f"building wheels into {wheels} (llama-cpp-python compiles once if pip has no wheel of it)")
+    log(
+        f"building wheels into {wheels} (llama-cpp-python compiles for any {platform.machine()} CPU: minutes)"
+    )
     _build_wheels(source or project_source(), wheels)
     for name in names:
         spec = reg[name]
         log(f"adding {name} ({spec.size_bytes / 1e6:,.0f} MB)")
         shutil.copyfile(registry.pull(spec), model_dir / spec.file)
         (model_dir / f"{name}.json").write_text(json.dumps(_manifest(spec), indent=2) + "\n")
-    python = ".".join(map(str, sys.version_info[:2]))
+    files = list(wheels.glob("*.whl"))
+    need = {
+        "edgetts": metadata.version("edgetts"),
+        "made": time.strftime("%Y-%m-%d"),
+        "python": ".".join(map(str, sys.version_info[:2])),
+        "machine": platform.machine(),
+        "glibc": _glibc_needed(files),
+        "cpu_flags": PORTABLE_CPU_FLAGS.get(platform.machine(), []),
+        "models": names,
+        "files": {
+            p.relative_to(out).as_posix(): registry.sha256_file(p)
+            for p in sorted([*files, *model_dir.iterdir()])
+        },
+    }
+    (out / "check.py").write_text(CHECK_PY)
+    (out / "install.sh").write_text(INSTALL_SH.format(first=names[0]))
+    (out / "install.sh").chmod(0o755)
     (out / "INSTALL.txt").write_text(
         INSTALL_TEXT.format(
-            made=time.strftime("%Y-%m-%d"),
-            platform=sys.platform,
-            python=python,
-            wheels=wheels.resolve(),
-            models=model_dir.resolve(),
+            version=need["edgetts"],
+            made=need["made"],
+            machine=need["machine"],
+            glibc=".".join(map(str, need["glibc"])) if need["glibc"] else "any",
+            python=need["python"],
+            first=names[0],
             names=", ".join(names),
         )
     )
-    files = list(wheels.glob("*.whl"))
+    # Written last: a bundle without it is an interrupted one, and check.py refuses it.
+    (out / "bundle.json").write_text(json.dumps(need, indent=2) + "\n")
     return BundleReport(
         directory=str(out),
         models=tuple(names),
@@ -113,13 +206,41 @@ def make_bundle(out: Path, names: list[str], source: Path | None = None, log=pri
 
 
 def _build_wheels(source: Path, wheels: Path) -> None:
-    """``pip wheel`` edgetts and its runtime dependencies (not the dev or train extras)."""
-    cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels), str(source)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    """``pip wheel`` edgetts and its runtime dependencies (not the dev or train extras), with
+    llama-cpp-python compiled for any CPU of this architecture first (pip's cached wheel of it
+    is this machine's native build)."""
+    pip = [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels)]
+    llama = f"llama-cpp-python=={metadata.version('llama-cpp-python')}"
+    env = {**os.environ, "CMAKE_ARGS": PORTABLE_CMAKE_ARGS}  # not a CUDA or native build of the user's
+    _pip([*pip, "--no-cache-dir", "--no-deps", "--no-binary", "llama-cpp-python", llama], env)
+    built = sorted(wheels.glob("llama_cpp_python-*.whl"))
+    had_build = source.is_dir() and (source / "build").exists()
+    _pip([*pip, "--prefer-binary", "--find-links", str(wheels), str(source)], dict(os.environ))
+    if sorted(wheels.glob("llama_cpp_python-*.whl")) != built or len(built) != 1:
+        raise ModelError("pip replaced the portable llama-cpp-python wheel: the bundle would not be portable")
+    if source.is_dir() and not had_build:
+        shutil.rmtree(source / "build", ignore_errors=True)  # setuptools' leftovers in a checkout
+
+
+def _pip(cmd: list[str], env: dict[str, str]) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise ModelError(f"pip could not build the wheels: {proc.stderr.strip()[-800:]}")
-    if source.is_dir():
-        shutil.rmtree(source / "build", ignore_errors=True)  # setuptools' leftovers in a checkout
+
+
+def _glibc_needed(wheels: list[Path]) -> list[int]:
+    """The newest glibc symbol version any library in ``wheels`` links against ([] if none)."""
+    import re
+    import zipfile
+
+    newest: tuple[int, ...] = ()
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as archive:
+            for info in archive.infolist():
+                if ".so" in info.filename:
+                    for found in re.finditer(rb"GLIBC_(\d+)\.(\d+)", archive.read(info)):
+                        newest = max(newest, (int(found[1]), int(found[2])))
+    return list(newest)
 
 
 def _manifest(spec: ModelSpec) -> dict:
@@ -156,6 +277,8 @@ def _import_bundled(manifest: Path) -> str:
         spec = ModelSpec(**{**raw, "parts": tuple(Part(**p) for p in raw.get("parts", []))})
     except (json.JSONDecodeError, TypeError) as exc:
         raise ModelError(f"model manifest {manifest} is malformed: {exc}") from exc
+    if Path(spec.file).name != spec.file or spec.file in ("", ".", ".."):
+        raise ModelError(f"model manifest {manifest} names {spec.file!r}: not a file name in its folder")
     _install(manifest.parent / spec.file, spec)
     return spec.name
 

@@ -1197,9 +1197,11 @@ def _spec(name: str | None) -> registry.ModelSpec:
 )
 @_friendly_errors
 def bundle(out_dir: Path, model_names: tuple[str, ...], source: Path | None) -> None:
-    """Make an air-gapped bundle: wheels, verified models, INSTALL.txt (see edgetts/bundle.py).
+    """Make an air-gapped bundle: wheels (llama.cpp for any CPU of this architecture), verified
+    models, install.sh (see edgetts/bundle.py).
 
-    Example: edgetts bundle --out /media/usb/edgetts, then on the workstation follow INSTALL.txt.
+    Example: edgetts bundle --out /media/usb/edgetts, then on the workstation:
+    sh /media/usb/edgetts/install.sh ~/edgetts-venv
     """
     from edgetts.bundle import make_bundle
 
@@ -1207,7 +1209,7 @@ def bundle(out_dir: Path, model_names: tuple[str, ...], source: Path | None) -> 
     click.echo(
         f"{report.directory}: {report.wheels} wheels ({report.wheels_bytes / 1e6:,.0f} MB), "
         f"models {', '.join(report.models)} ({report.models_bytes / 1e6:,.0f} MB), "
-        f"{report.seconds:.0f} s; see INSTALL.txt there"
+        f"{report.seconds:.0f} s; on the workstation: sh {report.directory}/install.sh [VENV]"
     )
 
 

@@ -241,7 +241,9 @@ def resolve(name_or_path: str | None, auto_pull: bool = True) -> Path:
         spec = registry[name_or_path]
         if is_ready(spec):
             return model_path(spec)
-        if model_path(spec).exists() and not auto_pull:
+        if model_path(spec).exists() and (not auto_pull or offline()):
+            # A file without its stamp (a cache copied without its times): hash it rather than
+            # fetch it again, which offline cannot
             verify(spec)
             return model_path(spec)
         if not auto_pull:

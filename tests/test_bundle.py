@@ -43,6 +43,33 @@ def test_import_registers_a_bundled_model(tmp_path, home):
     assert (home / "policies" / "tiny.json").is_file()
 
 
+def test_offline_a_model_whose_stamp_was_lost_is_hashed_not_refused(tmp_path, home, monkeypatch):
+    """Seen in review: a model cache copied without its file times lost its stamp, and offline
+    the model was refused as missing instead of being checked again."""
+    import time
+
+    spec = fake_bundle(tmp_path / "models", b"GGUF" + bytes(500))
+    bundle.import_models(tmp_path / "models")
+    target = models.model_path(spec)
+    os.utime(target, (time.time() - 100, time.time() - 100))  # as a copy without -p leaves it
+    assert not models.is_ready(spec)
+    monkeypatch.setenv("EDGETTS_OFFLINE", "1")
+    monkeypatch.setattr(models, "check_gguf_file", lambda path: None)  # the fake is no real GGUF
+    assert models.resolve("tiny") == target and models.is_ready(spec)
+    target.write_bytes(b"GGUF" + bytes(499) + b"X")  # and a damaged one is still refused
+    with pytest.raises(ModelError, match="corrupt"):
+        models.resolve("tiny")
+
+
+def test_a_manifest_naming_a_file_outside_its_folder_is_refused(tmp_path, home):
+    spec = fake_bundle(tmp_path / "models", b"GGUF" + bytes(500))
+    manifest = json.loads((tmp_path / "models" / "tiny.json").read_text())
+    (tmp_path / "models" / "tiny.json").write_text(json.dumps({**manifest, "file": "../../etc/x.gguf"}))
+    with pytest.raises(ModelError, match="not a file name in its folder"):
+        bundle.import_models(tmp_path / "models")
+    assert not models.is_ready(spec)
+
+
 def test_truncated_or_altered_files_are_refused(tmp_path, home):
     data = b"GGUF" + bytes(500)
     fake_bundle(tmp_path / "models", data)
@@ -73,8 +100,10 @@ def test_import_needs_a_name_for_a_file_and_a_bundle_folder_otherwise(tmp_path, 
 
 @pytest.mark.slow
 def test_a_bundle_installs_and_answers_with_no_network(tmp_path):
-    """Bundle the 270M model; install from it in a fresh venv with --no-index; with
-    EDGETTS_OFFLINE=1 and a fresh EDGETTS_HOME, import and answer; then remove the model."""
+    """Bundle the 270M model; install it with its install.sh (checks, a fresh venv, --no-index,
+    EDGETTS_OFFLINE=1, a fresh EDGETTS_HOME: import and answer); llama.cpp in it uses no
+    instruction set past AVX2 (a workstation without AVX-512 or AMX runs it); then remove the
+    model."""
     out = tmp_path / "bundle"
     made = subprocess.run(
         [sys.executable, "-m", "edgetts.cli", "bundle", "--out", str(out), "--model", "gemma-3-270m"],
@@ -84,30 +113,30 @@ def test_a_bundle_installs_and_answers_with_no_network(tmp_path):
     )
     assert made.returncode == 0, made.stderr
     assert (out / "INSTALL.txt").is_file() and list((out / "wheels").glob("edgetts-*.whl"))
+    need = json.loads((out / "bundle.json").read_text())
+    assert need["models"] == ["gemma-3-270m"] and "models/gemma-3-270m-q4_k_m.gguf" in need["files"]
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    install = subprocess.run(
-        [
-            str(venv / "bin" / "pip"),
-            "install",
-            "--quiet",
-            "--no-index",
-            "--find-links",
-            str(out / "wheels"),
-            "edgetts",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    assert install.returncode == 0, install.stderr
     env = {
         **os.environ,
-        "EDGETTS_OFFLINE": "1",
         "EDGETTS_HOME": str(tmp_path / "home"),
         "EDGETTS_THREADS": "1",
         "PIP_INDEX_URL": "http://127.0.0.1:9/",
     }  # any index use fails
+    install = subprocess.run(
+        ["sh", str(out / "install.sh"), str(venv)], capture_output=True, text=True, env=env, timeout=1200
+    )
+    assert install.returncode == 0, install.stderr
+    assert "bundle and machine ok" in install.stdout and "installed:" in install.stdout
+    features = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import llama_cpp; print(llama_cpp.llama_print_system_info())"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    assert "AVX2 = 1" in features and "AVX512 = 1" not in features and "AMX_INT8 = 1" not in features, (
+        features
+    )
+    env["EDGETTS_OFFLINE"] = "1"
 
     def edgetts(*args):
         return subprocess.run(
@@ -129,3 +158,47 @@ def test_a_bundle_installs_and_answers_with_no_network(tmp_path):
     missing = edgetts("solve", "What is 2+3?", "-m", "gemma-3-270m", "--strategy", "greedy")
     assert missing.returncode == 1 and "EDGETTS_OFFLINE is set" in missing.stderr
     assert "gemma-3-270m-q4_k_m.gguf" in missing.stderr and "edgetts bundle" in missing.stderr
+
+
+def _bundle_to_check(tmp_path, **need):
+    """A bundle folder with one file, bundle.json saying what it needs, and check.py."""
+    import platform
+
+    (tmp_path / "wheels").mkdir()
+    (tmp_path / "wheels" / "x.whl").write_bytes(b"wheel")
+    need = {
+        "python": ".".join(map(str, sys.version_info[:2])),
+        "machine": platform.machine(),
+        "glibc": [2, 0],
+        "cpu_flags": [],
+        "files": {"wheels/x.whl": hashlib.sha256(b"wheel").hexdigest()},
+        **need,
+    }
+    (tmp_path / "bundle.json").write_text(json.dumps(need))
+    (tmp_path / "check.py").write_text(bundle.CHECK_PY)
+    return subprocess.run([sys.executable, str(tmp_path / "check.py")], capture_output=True, text=True)
+
+
+def test_the_bundle_check_passes_a_machine_and_files_that_fit(tmp_path):
+    done = _bundle_to_check(tmp_path)
+    assert done.returncode == 0 and "bundle and machine ok" in done.stdout, done.stderr
+
+
+@pytest.mark.parametrize(
+    "need, words",
+    [
+        ({"python": "2.7"}, "the wheels are for Python 2.7"),
+        ({"machine": "riscv128"}, "the wheels are for riscv128"),
+        ({"glibc": [9, 99]}, "need glibc 9.99 or newer"),
+        ({"cpu_flags": ["avx9000"]}, "this CPU lacks avx9000"),
+        ({"files": {"wheels/x.whl": "0" * 64}}, "wheels/x.whl does not match its sha256"),
+        ({"files": {"wheels/gone.whl": "0" * 64}}, "wheels/gone.whl is missing"),
+    ],
+)
+def test_the_bundle_check_names_what_does_not_fit(tmp_path, need, words):
+    """Seen in review: a bundle built on an AVX-512 machine, or for another Python or glibc, failed
+    on the workstation with SIGILL or pip's "no matching distribution", nothing naming why."""
+    if "cpu_flags" in need and not Path("/proc/cpuinfo").is_file():
+        pytest.skip("no /proc/cpuinfo")
+    done = _bundle_to_check(tmp_path, **need)
+    assert done.returncode == 1 and "cannot install here" in done.stderr and words in done.stderr, done.stderr
