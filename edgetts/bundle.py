@@ -43,11 +43,12 @@ PORTABLE_CPU_FLAGS = {
 }  # as /proc/cpuinfo names them
 
 INSTALL_TEXT = """\
-edgetts {version} bundle, made {made} on {machine} Linux (glibc {glibc}) for Python {python}.
+edgetts {version} bundle, made {made}: for Python {python} on {machine} Linux, glibc {glibc} or newer.
 
 On the machine without network, in this folder:
 
     sh install.sh .venv             # all of the below, with the checks first
+                                    # (PYTHON=python{python} sh install.sh: not python3)
 
 or by hand:
 
@@ -64,11 +65,13 @@ Models in this bundle: {names}.
 INSTALL_SH = """\
 #!/bin/sh
 # Install this edgetts bundle with no network: sh install.sh [VENV] (default: .venv here).
+# PYTHON=python3.11 sh install.sh: another interpreter than python3 (the bundle's version).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 venv=${{1:-$here/.venv}}
-python3 "$here/check.py"
-python3 -m venv "$venv"
+python=${{PYTHON:-python3}}
+"$python" "$here/check.py"
+"$python" -m venv "$venv"
 "$venv/bin/pip" install --quiet --no-index --find-links "$here/wheels" --force-reinstall edgetts
 EDGETTS_OFFLINE=1 "$venv/bin/edgetts" models import "$here/models"
 EDGETTS_OFFLINE=1 "$venv/bin/edgetts" solve -m {first} --strategy greedy --max-tokens 64 "What is 2 + 3?"
