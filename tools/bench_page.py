@@ -65,6 +65,7 @@ def report(*files: str, only: str = "") -> str:
 
 
 REFILL16 = "mawps.live_tree16_refill.jsonl.gz"  # beam search keeping N beams a round (stop 41)
+REPICK16 = "mawps.live_tree16_refill_weighted.jsonl.gz"  # its final pick by weighted vote (stop 43)
 
 
 def compare(a: str, b: str) -> str:
@@ -141,6 +142,22 @@ SECTIONS = (
             compare(f"{REFILL16}:beam_search:16", "mawps.live_tree16.jsonl:beam_search:16"),
             compare(f"{REFILL16}:beam_search:16", "mawps.rescored.jsonl:majority:16"),
             compare(f"{REFILL16}:beam_search:16", "mawps.rescored_arith.jsonl.gz:majority:16"),
+        ),
+    ),
+    Section(
+        "Beam search answers by the weighted vote of its N beams (stop 43, recomputed)",
+        "Beam search now answers as DVTS does: the N finished beams' scores (aggregation `min`) "
+        "summed per answer, not the single best-scored beam (`SearchConfig.weighted_pick`, on by "
+        "default; search-and-learn scores both). The stop-41 rows keep each problem's finished "
+        "beams (answers and step scores, no text), so `bench_strategies.py repick` gives the new "
+        f"pick with no model run (`{REPICK16}`). Without the text the calculator check cannot "
+        "join this vote; a live run applies it. The GSM8K beam search rows (stop 35) kept no "
+        "beams to recompute.",
+        (
+            report(REPICK16),
+            compare(f"{REPICK16}:beam_search_weighted:16", f"{REFILL16}:beam_search:16"),
+            compare(f"{REPICK16}:beam_search_weighted:16", "mawps.rescored.jsonl:majority:16"),
+            compare(f"{REPICK16}:beam_search_weighted:16", "mawps.rescored_arith.jsonl.gz:majority:16"),
         ),
     ),
     Section(
@@ -446,6 +463,9 @@ python tools/bench_strategies.py run --data ../shared/data/gsm8k_test.jsonl --li
 gzip -nc runs/gsm8k_test.live_dvts16.jsonl > {B}/gsm8k_test.live_dvts16.jsonl.gz
 python tools/bench_strategies.py repick --results {B}/gsm8k_test.live_dvts16.jsonl.gz \\
     --out {B}/gsm8k_test.live_dvts16_weighted.jsonl
+python tools/bench_strategies.py repick --results {B}/{REFILL16} \\
+    --out runs/mawps.live_tree16_refill_weighted.jsonl
+gzip -nc runs/mawps.live_tree16_refill_weighted.jsonl > {B}/{REPICK16}
 # adaptive majority at N = 16 (the default budget rule), live, the question text dropped from the rows
 edgetts run --data ../shared/data/gsm8k_test.jsonl --limit 50 --strategy majority -n 16 --max-tokens 400 \\
     --seed 0 --out runs/adaptive_gsm8k_test_live_budget.jsonl     # this session: 2 shards of 25
