@@ -29,10 +29,11 @@ def edgetts(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess
     )
 
 
-def refused(proc: subprocess.CompletedProcess, *words: str) -> bool:
-    """Exit 1 with one ``Error:`` line naming the problem, and no traceback."""
+def refused(proc: subprocess.CompletedProcess, *words: str, code: int = 1) -> bool:
+    """Exit ``code`` (1; 2 for click's usage errors) with an ``Error:`` line naming the
+    problem, and no traceback."""
     return (
-        proc.returncode == 1
+        proc.returncode == code
         and "Error:" in proc.stderr
         and "Traceback" not in proc.stderr
         and all(w in proc.stderr for w in words)
@@ -138,12 +139,7 @@ def test_more_threads_than_cores_is_refused():
 
 def usage_error(proc: subprocess.CompletedProcess, *words: str) -> bool:
     """Exit 2 with click's usage error naming the problem, and no traceback."""
-    return (
-        proc.returncode == 2
-        and "Error:" in proc.stderr
-        and "Traceback" not in proc.stderr
-        and all(w in proc.stderr for w in words)
-    )
+    return refused(proc, *words, code=2)
 
 
 def test_exec_is_refused_for_math_with_where_it_belongs():
