@@ -411,7 +411,7 @@ def _setting_names(command: click.Command) -> set[str]:
     """What a config table may set for ``command``: its parameters, by name and by long flag
     (a group's: every subcommand's)."""
     if isinstance(command, click.Group):
-        return set().union(set(), *(_setting_names(c) for c in command.commands.values()))
+        return set().union(*(_setting_names(c) for c in command.commands.values()))
     return {p.name for p in command.params if p.name} | set(_renamed_flags(command))
 
 
