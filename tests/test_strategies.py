@@ -14,7 +14,7 @@ from edgetts.search import NEEDS_SCORER, STRATEGIES, run_search
 from edgetts.search.base import SearchConfig, SolutionPath
 from edgetts.search.beam_search import beam_search, best_scored, top_k
 from edgetts.search.best_of_n import best_of_n, weighted_best_of_n
-from edgetts.search.dvts import best_first, dvts
+from edgetts.search.dvts import best_first, deal, dvts
 
 SCORED = ["best_of_n", "weighted_best_of_n", "beam_search", "dvts"]
 
@@ -410,28 +410,84 @@ def test_dvts_apart_picks_as_rounds_when_subtrees_keep_pace(seed, agg):
     assert picks[0] == picks[1]
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_dvts_apart_stops_growing_at_n_leaves(seed):
-    # Finished steps score low, so no subtree ends early: leaves pile up until there are N.
-    scorer = FakeScorer(rule=lambda step: 0.1 if "boxed" in step else 0.9)
-    gen = FakeGenerator(random_policy(seed=seed, p_finish=0.3, max_depth=40))
-    config = SearchConfig(n=8, beam_width=2, max_steps=40, dvts_rounds=False)
-    leaves = 0  # finished paths scored so far: each is a leaf
-    score, submit = scorer.score, gen.submit
+# Each subtree writes low-scored finished siblings beside a live best child ("a1", "c1").
+SHARE_TREE = {
+    "a": {"a1": {"a1 end \\boxed{1}": {}}, "ax \\boxed{9}": {}},
+    "b \\boxed{9}": {},
+    "c": {"c1": {"c1 end \\boxed{2}": {}}, "cx \\boxed{9}": {}},
+    "d \\boxed{9}": {},
+}
+SHARE_SCORES = {"a": 0.9, "c": 0.8, "a1": 0.9, "c1": 0.8, "a1 end \\boxed{1}": 0.7, "c1 end \\boxed{2}": 0.6}
 
-    def count_leaves(question, paths):
-        nonlocal leaves
-        leaves += sum(p.finished for p in paths)
-        return score(question, paths)
 
-    def submit_below_n(*args, **kwargs):
-        assert leaves < config.n, "a subtree grew after N leaves were in"
-        return submit(*args, **kwargs)
-
-    scorer.score, gen.submit = count_leaves, submit_below_n  # type: ignore[method-assign]
-    result = dvts("q", gen, scorer, config)
-    assert leaves >= config.n and len(result.candidates) >= config.n
+@pytest.mark.parametrize("rounds", [True, False])
+def test_dvts_subtree_holding_its_share_of_leaves_completes_its_best_child(rounds):
+    """Seen: all subtrees stopped at N leaves in all, so a subtree's best line was left unfinished
+    (only a fallback) once the siblings' low-scored leaves added up: the answer was theirs (9)."""
+    gen = FakeGenerator(tree_policy(SHARE_TREE))
+    scorer = FakeScorer(SHARE_SCORES, default=0.1)
+    result = dvts("q", gen, scorer, SearchConfig(n=4, beam_width=2, dvts_rounds=rounds))
+    # Each subtree holds M = 2 leaves after round 2 (b, ax; d, cx): only its best child goes on,
+    # to the end, with no more branching.
+    calls = [(c.parents, c.n_each, c.to_end) for c in gen.calls[1:]]
+    if rounds:
+        assert calls == [([("a",), ("c",)], 2, False), ([("a", "a1"), ("c", "c1")], 1, True)]
+    else:
+        assert sorted(calls) == [
+            ([("a",)], 2, False), ([("a", "a1")], 1, True), ([("c",)], 2, False), ([("c", "c1")], 1, True)
+        ]  # fmt: skip
+    assert sorted(c.answer for c in result.candidates) == ["1", "2", "9", "9", "9", "9"]
+    assert result.answer == "1" and not result.cut_short
     assert gen.leaks() == set() and gen.in_flight == []
+
+
+# Subtrees {a, b} and {c, d} end in round 2 with N = 6 leaves in all; {e, f} is still growing.
+SLOW_TREE = {
+    "a": {"ax \\boxed{9}": {}, "ay \\boxed{9}": {}},
+    "b \\boxed{9}": {},
+    "c": {"cx \\boxed{9}": {}, "cy \\boxed{9}": {}},
+    "d \\boxed{9}": {},
+    "e": {"e1": {"e2": {"e3 \\boxed{3}": {}}}},
+    "f": {"f1 \\boxed{8}": {}},
+}
+
+
+@pytest.mark.parametrize("rounds", [True, False])
+def test_dvts_one_subtrees_leaves_never_stop_another(rounds):
+    scores = {"a": 0.9, "c": 0.9, "e": 0.9, "e1": 0.9, "e2": 0.9, "e3 \\boxed{3}": 0.9}
+    gen = FakeGenerator(tree_policy(SLOW_TREE))
+    config = SearchConfig(n=6, beam_width=2, dvts_rounds=rounds)
+    result = dvts("q", gen, FakeScorer(scores, default=0.1), config)
+    grew = {parent for call in gen.calls[1:] for parent in call.parents}
+    assert {("e",), ("e", "e1"), ("e", "e1", "e2")} <= grew  # e's subtree grew to its own end
+    assert result.answer == "3" and not result.cut_short
+    assert [c.answer for c in result.candidates].count("3") == 2
+    assert gen.leaks() == set() and gen.in_flight == []
+
+
+@pytest.mark.parametrize("rounds", [True, False])
+def test_dvts_deals_distinct_first_steps_to_different_subtrees(rounds):
+    """Seen: at temperature 0.3 most first steps repeat, and subtrees dealt copies of one step
+    all grew the same line."""
+    tree = {"x": {"x \\boxed{1}": {}}, "y": {"y \\boxed{2}": {}}}  # children x, y, x, y
+    gen = FakeGenerator(tree_policy(tree))
+    scorer = FakeScorer({"x": 0.9, "y": 0.1})
+    dvts("q", gen, scorer, SearchConfig(n=4, beam_width=2, dvts_rounds=rounds))
+    assert scorer.seen[0] == [("x",), ("y",)]  # the repeats were dropped before scoring
+    assert sorted(p for call in gen.calls[1:] for p in call.parents) == [("x",), ("y",)]
+    assert gen.leaks() == set() and gen.in_flight == []
+
+
+def test_deal_spreads_distinct_steps_evenly_and_repeats_only_to_fill():
+    gen = FakeGenerator(tree_policy({s: {} for s in "abcdef"}))
+    children = gen.extend([gen.root("q")], 8)  # a b c d e f a b
+    groups = deal(gen, children, 4)
+    assert [[p.steps[0] for p in g] for g in groups] == [["a", "b"], ["c", "d"], ["e"], ["f"]]
+    gen = FakeGenerator(tree_policy({"a": {}, "b": {}}))
+    children = gen.extend([gen.root("q")], 8)  # a b a b a b a b
+    groups = deal(gen, children, 4)
+    assert [[p.steps[0] for p in g] for g in groups] == [["a"], ["b"], ["a"], ["b"]]
+    assert len(gen.released) == 4  # the other repeats
 
 
 def test_dvts_apart_cancel_stops_growing():
@@ -593,6 +649,8 @@ def test_wrong_count_scorer_raises(strategy, drop, message):
     gen = FakeGenerator(random_policy(max_depth=2))
     if strategy.endswith("best_of_n"):
         message = "expected 4" if drop == "path" else "which has [12] steps"
+    if strategy == "dvts" and drop == "path":
+        message = r"expected \d"  # repeated first steps are dropped before scoring
     with pytest.raises(ValueError, match=message):
         STRATEGIES[strategy]("q", gen, OffByOneScorer(drop), SearchConfig(n=4, beam_width=2))
 

@@ -1,13 +1,17 @@
 """Diverse verifier tree search (DVTS, as in search-and-learn's ``dvts.py``).
 
 N/M independent subtrees of beam width M. The first step samples N first steps from the prompt
-and deals them out M per subtree. Each time a subtree's children are back, the PRM scores them;
-finished children are kept as leaves; the subtree keeps only its best child (by
-``config.ranking``, compared within the subtree only) and expands it into M children. A subtree
-ends when its best child is finished; after ``config.max_steps`` steps its live children are
-completed to the end.
-The search stops growing when N leaves have finished, when every subtree has ended, or at the
-deadline. The leaves of all subtrees are combined by weighted best-of-N.
+and deals them out (:func:`deal`): distinct steps go to different subtrees, so that two subtrees
+start alike only when the policy wrote fewer distinct first steps than there are subtrees (common
+when sampling cool). Each time a subtree's children are back, the PRM scores them; finished
+children are kept as the subtree's leaves; the subtree keeps only its best child (by
+``config.ranking``, compared within the subtree only) and expands it into M children.
+
+A subtree ends when its best child is finished. It stops branching once it holds its share of
+the leaves (M, as search-and-learn's subtrees each give M answers) or after ``config.max_steps``
+steps, and its live children are then completed to the end (only the best one when the share is
+what stopped it). One subtree's leaves never stop another: each grows until its own end, or until
+the deadline. The leaves of all subtrees are combined by weighted best-of-N.
 
 The subtrees need no round barrier. By default they still grow in search-and-learn's lock-step
 rounds (one ``extend`` for all subtrees per round); with ``SearchConfig(dvts_rounds=False)`` each
@@ -20,6 +24,7 @@ make the same picks when every subtree's steps take equally long; rounds measure
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from edgetts.search.base import (
@@ -31,7 +36,17 @@ from edgetts.search.base import (
     StepScorer,
     aggregate,
 )
-from edgetts.search.common import complete, conclude, require_scorer, score_in_time, set_aside_finished
+from edgetts.search.common import conclude, require_scorer, score_in_time, set_aside_finished
+
+
+@dataclass
+class Subtree:
+    """One subtree: its children under way or just back, the leaves it has finished, its depth
+    (steps its children have)."""
+
+    children: list[SolutionPath]
+    leaves: list[SolutionPath] = field(default_factory=list)
+    depth: int = 1
 
 
 def dvts(
@@ -45,25 +60,42 @@ def dvts(
     scorer = require_scorer("dvts", scorer)
     deadline = Deadline(config.deadline_s, config.cancel)
     grow = grow_in_rounds if config.dvts_rounds else grow_apart
-    leaves, live = grow(question, generator, scorer, config, deadline)
+    subtrees = first_subtrees(question, generator, config, deadline)
+    live = grow(question, generator, scorer, config, subtrees, deadline)
     generator.release(live)
-    return conclude(
-        "dvts",
-        leaves,
-        live,
-        config,
-        weighted=True,
-        cut_short=bool(live) and len(leaves) < config.n,
-    )
+    return conclude("dvts", all_leaves(subtrees), live, config, weighted=True, cut_short=bool(live))
 
 
 def first_subtrees(
     question: str, generator: StepGenerator, config: SearchConfig, deadline: Deadline
-) -> list[list[SolutionPath]]:
-    """N first steps from one prefill, dealt out M per subtree."""
-    width = config.beam_width
+) -> list[Subtree]:
+    """N first steps from one prefill, dealt out to the N/M subtrees (:func:`deal`)."""
     children = generator.extend([generator.root(question, config.sampling)], config.n, deadline=deadline)
-    return [children[i : i + width] for i in range(0, len(children), width)]
+    return [Subtree(group) for group in deal(generator, children, config.n // config.beam_width)]
+
+
+def deal(generator: StepGenerator, children: list[SolutionPath], n_subtrees: int) -> list[list[SolutionPath]]:
+    """Deal ``children`` out to ``n_subtrees`` subtrees in order, as evenly as the count allows,
+    each repeated step released.
+
+    A repeat is kept only where a subtree would otherwise get none: then the first repeats start
+    those subtrees. So no two subtrees can pick the same first step while there are at least as
+    many distinct ones as subtrees; a subtree holds at most M children (all M when every step
+    differs).
+    """
+    distinct: list[SolutionPath] = []
+    repeats: list[SolutionPath] = []
+    seen: set[tuple[str, ...]] = set()
+    for child in children:
+        steps = tuple(child.steps)
+        (repeats if steps in seen else distinct).append(child)
+        seen.add(steps)
+    spare = max(0, n_subtrees - len(distinct))
+    generator.release(repeats[spare:])
+    kept = distinct + repeats[:spare]
+    size, extra = divmod(len(kept), n_subtrees)
+    ends = [(i + 1) * size + min(i + 1, extra) for i in range(n_subtrees)]
+    return [kept[end - size - (i < extra) : end] for i, end in enumerate(ends)]
 
 
 def grow_apart(
@@ -71,50 +103,54 @@ def grow_apart(
     generator: StepGenerator,
     scorer: StepScorer,
     config: SearchConfig,
+    subtrees: list[Subtree],
     deadline: Deadline,
-) -> tuple[list[SolutionPath], list[SolutionPath]]:
-    """Grow every subtree on its own, without a round barrier; return (leaves, live paths).
+) -> list[SolutionPath]:
+    """Grow every subtree on its own, without a round barrier; return the live paths left.
 
-    ``pending`` maps each submitted extension to its subtree's depth (steps its children have
-    once back), or to None for a subtree's last extension, which runs its children to the end.
+    ``pending`` maps each submitted extension to its subtree and whether it runs the children
+    to the end (the subtree's last extension).
     """
-    leaves: list[SolutionPath] = []
     live: list[SolutionPath] = []
-    pending: dict[Any, int | None] = {}
-    arrived: list[tuple[list[SolutionPath], int | None]] = [
-        (group, 1) for group in first_subtrees(question, generator, config, deadline)
-    ]
+    pending: dict[Any, tuple[Subtree, bool]] = {}
+    arrived = [(subtree, False) for subtree in subtrees]
     try:
         while arrived or pending:
             if not arrived:
-                ticket, group = generator.wait_any(list(pending))
-                arrived.append((group, pending.pop(ticket)))
+                ticket, children = generator.wait_any(list(pending))
+                subtree, to_end = pending.pop(ticket)
+                subtree.children = children
+                arrived.append((subtree, to_end))
             # What is back together is scored together (all subtrees' first steps: one call).
             batch, arrived = arrived, []
-            score_in_time(scorer, question, [p for g, _ in batch for p in g], leaves, deadline)
-            for group, depth in batch:
-                if depth is None:  # completed to the end: what is still unfinished was cut short
-                    live += set_aside_finished(generator, group, leaves)
+            paths = [p for subtree, _ in batch for p in subtree.children]
+            score_in_time(scorer, question, paths, all_leaves(subtrees), deadline)
+            for subtree, to_end in batch:
+                if to_end:  # completed to the end: what is still unfinished was cut short
+                    live += set_aside_finished(generator, subtree.children, subtree.leaves)
                     continue
-                group = best_first(generator, group, leaves, config.ranking)
-                if not group:
+                subtree.children = best_first(generator, subtree.children, subtree.leaves, config.ranking)
+                if not subtree.children:
                     continue
-                if len(leaves) >= config.n or deadline.expired():
-                    live += group  # stop growing; subtrees under way still come back and count
-                elif depth == config.max_steps:
-                    pending[generator.submit(group, 1, to_end=True, deadline=deadline)] = None
+                if deadline.expired():
+                    live += subtree.children  # stop growing; subtrees under way still come back
+                elif k := n_to_complete(subtree, config):
+                    generator.release(subtree.children[k:])
+                    ticket = generator.submit(subtree.children[:k], 1, to_end=True, deadline=deadline)
+                    pending[ticket] = (subtree, True)
                 else:
                     # Only the best child grows; its siblings are dropped.
-                    generator.release(group[1:])
-                    ticket = generator.submit(group[:1], config.beam_width, deadline=deadline)
-                    pending[ticket] = depth + 1
+                    generator.release(subtree.children[1:])
+                    ticket = generator.submit(subtree.children[:1], config.beam_width, deadline=deadline)
+                    subtree.depth += 1
+                    pending[ticket] = (subtree, False)
     finally:
         # Only after an error: collect what is still under way, so that no sequence leaks.
         while pending:
-            ticket, group = generator.wait_any(list(pending))
+            ticket, children = generator.wait_any(list(pending))
             del pending[ticket]
-            generator.release([p for p in group if not p.finished])
-    return leaves, live
+            generator.release([p for p in children if not p.finished])
+    return live
 
 
 def grow_in_rounds(
@@ -122,30 +158,60 @@ def grow_in_rounds(
     generator: StepGenerator,
     scorer: StepScorer,
     config: SearchConfig,
+    subtrees: list[Subtree],
     deadline: Deadline,
-) -> tuple[list[SolutionPath], list[SolutionPath]]:
+) -> list[SolutionPath]:
     """Grow all subtrees in lock-step rounds, one ``extend`` for all of them per round, scored
-    together (search-and-learn's schedule: every round waits for its slowest subtree)."""
-    leaves: list[SolutionPath] = []
-    live: list[SolutionPath] = []
-    subtrees = first_subtrees(question, generator, config, deadline)
-    for round_ in range(1, config.max_steps + 1):
-        score_in_time(scorer, question, [p for g in subtrees for p in g], leaves, deadline)
-        subtrees = [best_first(generator, group, leaves, config.ranking) for group in subtrees]
-        subtrees = [group for group in subtrees if group]
-        live = [p for group in subtrees for p in group]
-        if not live or len(leaves) >= config.n or deadline.expired():
+    together (search-and-learn's schedule: every round waits for its slowest subtree); return
+    the live paths left. Subtrees that stop branching are completed together, in one last
+    extension once no subtree grows any more."""
+    growing = list(subtrees)
+    last: list[tuple[Subtree, SolutionPath]] = []  # paths to run to the end, with their subtree
+    while growing:
+        paths = [p for subtree in growing for p in subtree.children]
+        score_in_time(scorer, question, paths, all_leaves(subtrees), deadline)
+        for subtree in growing:
+            subtree.children = best_first(generator, subtree.children, subtree.leaves, config.ranking)
+        growing = [subtree for subtree in growing if subtree.children]
+        if deadline.expired():
             break
-        if round_ == config.max_steps:
-            live = complete(generator, scorer, question, live, leaves, deadline)
-            break
-        # Only the best child of each subtree grows; its siblings are dropped.
-        generator.release([p for group in subtrees for p in group[1:]])
-        best = [group[0] for group in subtrees]
-        children = generator.extend(best, config.beam_width, deadline=deadline)
-        width = config.beam_width
-        subtrees = [children[i : i + width] for i in range(0, len(children), width)]
-    return leaves, live
+        for subtree in list(growing):
+            if k := n_to_complete(subtree, config):
+                generator.release(subtree.children[k:])
+                last += [(subtree, p) for p in subtree.children[:k]]
+                growing.remove(subtree)
+        if growing:
+            # Only the best child of each subtree grows; its siblings are dropped.
+            generator.release([p for subtree in growing for p in subtree.children[1:]])
+            best = [subtree.children[0] for subtree in growing]
+            children = generator.extend(best, config.beam_width, deadline=deadline)
+            width = config.beam_width
+            for i, subtree in enumerate(growing):
+                subtree.children = children[i * width : (i + 1) * width]
+                subtree.depth += 1
+    live = [p for subtree in growing for p in subtree.children]
+    if last:
+        done = generator.extend([p for _, p in last], 1, to_end=True, deadline=deadline)
+        score_in_time(scorer, question, done, all_leaves(subtrees), deadline)
+        for (subtree, _), path in zip(last, done, strict=True):
+            live += set_aside_finished(generator, [path], subtree.leaves)
+    return live
+
+
+def n_to_complete(subtree: Subtree, config: SearchConfig) -> int:
+    """How many of ``subtree``'s live children (best first) to run to the end now: all of them
+    after ``config.max_steps`` steps, the best once the subtree holds its share of leaves (M),
+    else none (it keeps branching)."""
+    if subtree.depth >= config.max_steps:
+        return len(subtree.children)
+    if len(subtree.leaves) >= config.beam_width:
+        return 1
+    return 0
+
+
+def all_leaves(subtrees: list[Subtree]) -> list[SolutionPath]:
+    """Every subtree's leaves, in subtree order."""
+    return [leaf for subtree in subtrees for leaf in subtree.leaves]
 
 
 def best_first(
