@@ -416,6 +416,12 @@ def open_session(onnx_path: Path, threads: int | None, use_cuda: bool | None = N
         ) from None
 
 
+# Input windows scored in one session run. One: batching gave no speed on CPU (2.5 s at batch 1,
+# 3.2 s at 16 for the same 128 steps) but each 512-token window's activations cost about 100 MB.
+# The scheduler counts this batch (edgetts.scheduler.prm_cost); bench tools may ask for more.
+PRM_BATCH_SIZE = 1
+
+
 class PRMScorer:
     """Scores steps with an ONNX PRM from their text; a :class:`edgetts.search.base.Verifier`."""
 
@@ -429,7 +435,7 @@ class PRMScorer:
         session: Any,
         tokenizer: Any,
         manifest: Manifest,
-        batch_size: int = 16,
+        batch_size: int = PRM_BATCH_SIZE,
         directory: Path | None = None,
     ) -> None:
         self.session = session
@@ -450,7 +456,7 @@ class PRMScorer:
         path: str | os.PathLike[str] | None = None,
         threads: int | None = None,
         use_cuda: bool | None = None,
-        batch_size: int = 16,
+        batch_size: int = PRM_BATCH_SIZE,
     ) -> PRMScorer:
         """Load a PRM directory (None: the text PRM, ``prm-minilm``, see :func:`default_text_prm`)."""
         d = Path(path) if path is not None else default_text_prm()

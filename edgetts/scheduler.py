@@ -52,6 +52,7 @@ from pathlib import Path
 from edgetts import calibration as calib
 from edgetts.metadata import ModelMetadata
 from edgetts.policy.config import PolicyConfig
+from edgetts.prm import PRM_BATCH_SIZE
 from edgetts.search.auto import PROBE_N
 from edgetts.search.base import DEFAULT_N, SearchConfig
 from edgetts.search.registry import REGISTRY, names
@@ -67,7 +68,6 @@ PRM_RUNTIME_MB = 52.0  # onnxruntime and a text PRM's tokenizer
 PRM_WINDOW_MB = 100.0  # activations of one 512-token window of the shipped MiniLM
 PROBE_RUNTIME_MB = 38.0  # onnxruntime alone (measured with the shipped probe loaded and scoring)
 PROBE_FALLBACK_STEPS_S = 5000.0  # one small matrix product per call (measured: ~50k steps/s)
-PRM_BATCH_SIZE = 1
 KV_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32}
 KV_PAD = 256
 

@@ -88,8 +88,18 @@ def test_empty_inputs(scorer: PRMScorer) -> None:
     assert len(scorer.score_steps("", [["just one step"]])[0]) == 1
 
 
+def test_loaded_scorer_holds_the_batch_the_scheduler_counts(scorer: PRMScorer) -> None:
+    """Seen: PRMScorer.load batched 16 windows (about 1.6 GB of activations) where no plan bounded
+    it (a server started without --memory-mb), while /health and the plan counted one."""
+    from edgetts import scheduler
+
+    weights_mb = (scorer.directory / scorer.manifest.model_file).stat().st_size / scheduler.MB
+    counted_mb = scheduler.prm_cost(scorer.directory).memory_mb - scheduler.PRM_RUNTIME_MB - weights_mb
+    assert scorer.batch_size * scheduler.PRM_WINDOW_MB <= counted_mb + 5  # weights: estimated
+
+
 def test_batching_does_not_change_scores(scorer: PRMScorer) -> None:
-    together = scorer.score_steps(QUESTION, [GOOD, BAD, GOOD[:1]])
+    together = scorer.with_batch_size(16).score_steps(QUESTION, [GOOD, BAD, GOOD[:1]])
     alone = [scorer.score_steps(QUESTION, [p])[0] for p in (GOOD, BAD, GOOD[:1])]
     # int8 dynamic quantization scales activations per batch, so batch-mates move scores a bit.
     tol = 0.08 if scorer.manifest.extra.get("precision") == "int8-dynamic" else 1e-4
