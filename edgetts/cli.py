@@ -645,7 +645,7 @@ def _record(problem, result, options, model: str | None, seconds: float) -> dict
         "answer": result.answer,
         "correct": correct,
         "strategy": result.strategy,
-        "n": options.n if options.strategy != "greedy" else 1,
+        "n": options.n_paths,
         "seed": options.seed,
         "model": model,
         "votes": result.votes,
@@ -655,6 +655,11 @@ def _record(problem, result, options, model: str | None, seconds: float) -> dict
         "counters": result.counters,
         "seconds": round(seconds, 3),
     }
+
+
+def _n_label(options: SolveOptions) -> str:
+    """N for a progress bar: ``planned`` where a budget sets it per question."""
+    return "planned" if options.n is None and options.has_budget else str(options.n_paths)
 
 
 def solve_record(
@@ -914,7 +919,7 @@ def run(
     solver, options = _make_solver(kw, searches=kw["concurrent"])
     if kw["explain"]:
         _explain(solver, options, todo[0].question if todo else None)
-    desc = f"{options.strategy} n={options.n}"
+    desc = f"{options.strategy} n={_n_label(options)}"
     try:
         if ray_address is not None:
             _run_on_ray(todo, results, ray_address, actors, desc, kw)
@@ -972,7 +977,11 @@ def _run_code(data_path: Path, out_path: Path, limit: int | None, kw: dict, as_j
     solver, options = _make_solver(kw)
     try:
         for problem in tqdm(
-            todo, desc=f"code {options.strategy} n={options.n}", unit="problem", disable=None, file=sys.stderr
+            todo,
+            desc=f"code {options.strategy} n={_n_label(options)}",
+            unit="problem",
+            disable=None,
+            file=sys.stderr,
         ):
             start = time.perf_counter()
             task = CodeTask(problem.prompt, problem.entry_point, tests)

@@ -91,6 +91,19 @@ class SolveOptions:
     stop: tuple[str, ...] = ()  # strings that end a solution where they appear (OpenAI's stop)
     logprobs: bool = False  # keep each token's text and log-probability (Candidate.token_logprobs)
 
+    @property
+    def has_budget(self) -> bool:
+        """A memory or deadline budget: the Solver plans the search (and N when unset) to fit it."""
+        return self.memory_mb is not None or self.deadline_s is not None
+
+    @property
+    def n_paths(self) -> int:
+        """Paths per question (samples, beams or leaves): 1 for greedy, else ``n``, or DEFAULT_N
+        when unset (under a budget the plan sets it instead: :meth:`Solver.prepare`)."""
+        if self.strategy == GREEDY:
+            return 1
+        return self.n if self.n is not None else DEFAULT_N
+
     def search_config(self) -> SearchConfig:
         return SearchConfig(
             n=self.n if self.n is not None else DEFAULT_N,
@@ -356,7 +369,7 @@ class Solver:
         validate_code_options(options)
         self._need_sandbox("code tasks")
         greedy = options.strategy == GREEDY
-        n = 1 if greedy else (options.n if options.n is not None else DEFAULT_N)
+        n = options.n_paths
         selection = "first" if greedy else ("majority" if options.strategy == "majority" else "exec")
         config = CodeConfig(
             n=n,
@@ -511,7 +524,7 @@ class Solver:
 
         The deadline counts from the start of the search: model loading is excluded.
         """
-        if options.memory_mb is None and options.deadline_s is None:
+        if not options.has_budget:
             return None
         cfg = self.policy_config
         fixed = self.fixed_policy and self._policy is not None
