@@ -26,6 +26,7 @@ from edgetts.metadata import ModelMetadata
 
 FORMAT_VERSION = 1
 DEFAULT_BATCHES = (1, 2, 4, 8, 16, 32)
+DEFAULT_TOKENS_PER_ROW = 16  # tokens decoded per sequence at each batch size
 # A GSM8K-sized prompt: long enough that prefill speed is not dominated by per-call overhead.
 CALIBRATION_QUESTION = (
     "A farmer has 17 rows of apple trees with 23 trees in each row. Each tree gives 41 apples in "
@@ -190,7 +191,7 @@ def measure(
     prm_path: str | None,
     n_threads: int,
     batches=DEFAULT_BATCHES,
-    tokens: int = 16,
+    tokens: int = DEFAULT_TOKENS_PER_ROW,
     progress=print,
 ) -> tuple[Calibration, ModelMetadata]:
     """Measure prefill, decode at each batch size (``tokens`` per row) and PRM steps/s."""

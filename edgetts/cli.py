@@ -18,14 +18,15 @@ from pathlib import Path
 
 import click
 
+from edgetts import calibration as calib
 from edgetts import models as registry
 from edgetts.distributed import DETECT as DETECT_RAY  # what a bare --ray means (Ray loads later)
 from edgetts.grading import answers_equal
-from edgetts.policy.config import PolicyConfig
+from edgetts.policy.config import KV_TYPES, PolicyConfig
 from edgetts.results import UNKNOWN
 from edgetts.search.adaptive import AdaptiveStop
-from edgetts.search.base import MAX_N, SearchResult
-from edgetts.search.registry import REGISTRY
+from edgetts.search.base import AGGREGATIONS, MAX_N, SearchResult
+from edgetts.search.registry import DEFAULT_STRATEGY, MODES, REGISTRY
 from edgetts.search.registry import choices as strategy_choices
 from edgetts.server.settings import ServerSettings
 from edgetts.solver import SolveOptions
@@ -94,7 +95,7 @@ def _search_options(func):
     options = [
         click.option(
             "--strategy",
-            default="auto",
+            default=DEFAULT_STRATEGY,
             show_default=True,
             type=click.Choice(STRATEGY_NAMES),
             help="How to search (see the README's table).",
@@ -125,7 +126,7 @@ def _search_options(func):
         click.option(
             "--agg",
             default=None,
-            type=click.Choice(["last", "min", "prod"]),
+            type=click.Choice(AGGREGATIONS),
             help="How step scores combine into a path score [default: the PRM's own, from its manifest].",
         ),
         click.option("--temperature", default=SolveOptions.temperature, show_default=True, type=float),
@@ -209,7 +210,7 @@ def _search_options(func):
         click.option(
             "--kv-type",
             default=None,
-            type=click.Choice(["f16", "q8_0"]),
+            type=click.Choice(KV_TYPES),
             help="KV cache element type [default: f16, or planned under a budget].",
         ),
         click.option(
@@ -224,7 +225,7 @@ def _search_options(func):
             "--mode",
             default="cot",
             show_default=True,
-            type=click.Choice(["cot", "pot", "cot+pot"]),
+            type=click.Choice(MODES),
             help="Math: prose (cot), Python programs run in the sandbox (pot), or both voting.",
         ),
         click.option(
@@ -318,8 +319,8 @@ def _make_solver(kw: dict, searches: int = 1):
         max_tokens=kw["max_tokens"],
         n_threads=kw["threads"],
         n_gpu_layers=kw["n_gpu_layers"],
-        kv_type=kw["kv_type"] or "f16",
-        n_seq_max=min(min(n_parallel, 16) * searches, MAX_SEQUENCES - searches),
+        kv_type=kw["kv_type"] or PolicyConfig.kv_type,
+        n_seq_max=min(min(n_parallel, PolicyConfig.n_seq_max) * searches, MAX_SEQUENCES - searches),
         max_searches=searches,
     )
     pinned = frozenset(k for k in ("kv_type", "n_gpu_layers") if kw[k] is not None)
@@ -1047,14 +1048,14 @@ def plan(question: str | None, **kw) -> None:
 )
 @click.option(
     "--batches",
-    default="1,2,4,8,16,32",
+    default=",".join(map(str, calib.DEFAULT_BATCHES)),
     show_default=True,
     help="Batch sizes (sequences decoded together) to measure.",
 )
 @click.option(
     "--tokens",
     type=click.IntRange(1),
-    default=16,
+    default=calib.DEFAULT_TOKENS_PER_ROW,
     show_default=True,
     help="Tokens decoded per sequence and batch.",
 )
@@ -1063,7 +1064,6 @@ def calibrate(
     model: str | None, prm_path: str | None, threads: int | None, batches: str, tokens: int
 ) -> None:
     """Measure prefill, decode (per batch size) and PRM speed here; save them for the planner."""
-    from edgetts import calibration
     from edgetts.policy import default_threads
 
     try:
@@ -1073,10 +1073,10 @@ def calibrate(
     if not sizes or min(sizes) < 1:
         raise click.UsageError("--batches must list positive integers, e.g. 1,2,4,8")
     n_threads = threads or default_threads()
-    cal, meta = calibration.measure(
+    cal, meta = calib.measure(
         model, prm_path, n_threads, sizes, tokens, progress=lambda line: click.echo(line, err=True)
     )
-    click.echo(str(calibration.save(cal, meta)))
+    click.echo(str(calib.save(cal, meta)))
 
 
 @main.command()
@@ -1225,7 +1225,7 @@ def bundle(out_dir: Path, model_names: tuple[str, ...], source: Path | None) -> 
 @main.command()
 @click.option(
     "--host",
-    default="127.0.0.1",
+    default=ServerSettings.host,
     show_default=True,
     help="Address to bind; anything but loopback exposes the server to the network.",
 )
@@ -1319,7 +1319,7 @@ def bundle(out_dir: Path, model_names: tuple[str, ...], source: Path | None) -> 
 @click.option(
     "--kv-type",
     default=None,
-    type=click.Choice(["f16", "q8_0"]),
+    type=click.Choice(KV_TYPES),
     help="KV cache element type [default: f16, or planned under a budget].",
 )
 @click.option(
@@ -1432,8 +1432,8 @@ def serve(
         max_tokens=max_tokens,
         n_threads=threads,
         n_gpu_layers=n_gpu_layers,
-        kv_type=kv_type or "f16",
-        n_seq_max=min(max_n, 16),
+        kv_type=kv_type or PolicyConfig.kv_type,
+        n_seq_max=min(max_n, PolicyConfig.n_seq_max),
         max_searches=concurrent,
     )
     # what the user set, a request's budget plan keeps (as for solve and run)
@@ -1474,7 +1474,9 @@ def server_solver(
                 + isolation.describe()
                 + "\nadd --allow-weak-sandbox to run it anyway"
             )
-    # fixed_policy: loaded once (planned under the server's budget); a request never reloads it
+    # fixed_policy: loaded once (planned under the server's budget); a request never reloads it.
+    # The context is sized up front for the server's max_tokens and KV slots.
+    policy_config = replace(policy_config, n_ctx=policy_config.resolved_n_ctx())
     solver_kw = {"prm_path": prm_path, "prm_threads": threads, "pinned": pinned, "sandbox": sandbox}
     return Solver(policy_config, fixed_policy=True, **solver_kw)
 

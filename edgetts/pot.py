@@ -23,6 +23,7 @@ from edgetts.code.task import ProgramGenerator, sample_replies
 from edgetts.grading import normalize_answer
 from edgetts.sandbox import RunResult, Sandbox
 from edgetts.search.base import (
+    DEFAULT_AGG,
     Candidate,
     Deadline,
     Sampling,
@@ -37,7 +38,6 @@ POT_SYSTEM = (
     "Solve the math problem by writing a short Python program. Reply with one ```python code block "
     "that computes the answer step by step and ends with print(answer), printing only the final number."
 )
-MODES: tuple[str, ...] = ("cot", "pot", "cot+pot")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?|-?\.\d+")
 
 
@@ -48,7 +48,7 @@ class PotConfig:
     mode: str = "pot"
     n_pot: int = 4
     n_cot: int = 0
-    agg: str = "last"
+    agg: str = DEFAULT_AGG
     deadline_s: float | None = None
     cancel: threading.Event | None = field(default=None, repr=False, compare=False)
     sampling: Sampling | None = None  # None: the generator's own

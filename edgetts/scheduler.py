@@ -51,11 +51,11 @@ from pathlib import Path
 
 from edgetts import calibration as calib
 from edgetts.metadata import ModelMetadata
-from edgetts.policy.config import PolicyConfig
+from edgetts.policy.config import KV_TYPES, PolicyConfig
 from edgetts.prm import PRM_BATCH_SIZE
 from edgetts.search.auto import PROBE_N
 from edgetts.search.base import DEFAULT_N, SearchConfig
-from edgetts.search.registry import REGISTRY, names
+from edgetts.search.registry import DEFAULT_STRATEGY, REGISTRY, names
 
 log = logging.getLogger("edgetts.scheduler")
 
@@ -125,7 +125,7 @@ class Budget:
 
     memory_mb: float | None = None
     deadline_s: float | None = None
-    strategy: str = "auto"
+    strategy: str = DEFAULT_STRATEGY
     n: int | None = None
     beam_width: int = SearchConfig.beam_width
     max_tokens: int = PolicyConfig.max_tokens
@@ -500,7 +500,7 @@ def make_plan(
     if budget.strategy in SCORED and budget.strategy != "auto" and not use_prm:
         raise PlanError(f"strategy {budget.strategy!r} needs a PRM and none was found")
     n_vocab = n_vocab if n_vocab is not None else vocab_size(meta.path)
-    kv_types = [budget.kv_type] if budget.kv_type else ["f16", "q8_0"]
+    kv_types = [budget.kv_type] if budget.kv_type else list(KV_TYPES)
     prefill_s = budget.prompt_tokens / cal.prefill_tok_s
     if budget.deadline_s is not None and budget.deadline_s < prefill_s:
         raise PlanError(

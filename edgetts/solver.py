@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -27,6 +27,7 @@ from edgetts.scheduler import (
 from edgetts.search import NEEDS_CONFIDENCE, NEEDS_SCORER, STRATEGIES, measured, run_search
 from edgetts.search.adaptive import AdaptiveStop
 from edgetts.search.base import (
+    DEFAULT_AGG,
     DEFAULT_N,
     Deadline,
     Sampling,
@@ -35,7 +36,7 @@ from edgetts.search.base import (
     SolutionPath,
     Verifier,
 )
-from edgetts.search.registry import GREEDY, REGISTRY
+from edgetts.search.registry import DEFAULT_STRATEGY, GREEDY, MODES, REGISTRY
 
 log = logging.getLogger("edgetts")
 
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
     from edgetts.code import CodeResult, CodeTask
     from edgetts.sandbox import Sandbox
 
-MODES = ("cot", "pot", "cot+pot")  # prose, programs run in the sandbox, or both voting together
 # Strategies a program vote can use: one vote each, or weighted by the verifier.
 POT_STRATEGIES = (GREEDY, "majority", "weighted_best_of_n", "auto")
 CODE_STRATEGIES = (GREEDY, "majority", "exec", "auto")  # auto = exec for code tasks
@@ -57,7 +57,7 @@ PLANNED_FIELDS = ("n_seq_max", "n_ctx", "kv_type", "n_threads", "n_gpu_layers", 
 class SolveOptions:
     """Per-question choices: the strategy and its budget, and how to sample."""
 
-    strategy: str = "auto"
+    strategy: str = DEFAULT_STRATEGY
     n: int | None = None  # None: the plan picks it under a budget, else DEFAULT_N
     beam_width: int = SearchConfig.beam_width
     max_steps: int = SearchConfig.max_steps
@@ -109,7 +109,7 @@ class SolveOptions:
             n=self.n if self.n is not None else DEFAULT_N,
             beam_width=self.beam_width,
             max_steps=self.max_steps,
-            agg=self.agg or "last",
+            agg=self.agg or DEFAULT_AGG,
             rank_agg=self.rank_agg,
             deadline_s=self.deadline_s,
             weighted_pick=self.weighted_pick,
@@ -325,7 +325,7 @@ class Solver:
                 config = replace(config, sampling=replace(config.sampling, record_confidence=True))
             if options.mode == "cot":
                 deadline = Deadline(config.deadline_s, cancel)  # the search's own, started alike
-                result = run_search(strategy, question, generator, scorer, config)  # type: ignore[arg-type]
+                result = run_search(strategy, question, generator, scorer, config)
                 if options.run_programs:
                     result = self._answer_by_programs(result, config, deadline)
             else:
@@ -673,20 +673,44 @@ def solve(question: str, model: str | None = None, **options) -> SearchResult:
 
 
 class RootedIn:
-    """The policy with every search rooted in one prompt (a conversation or a raw prompt).
+    """A search's session with every search rooted in one prompt (a conversation or a raw
+    prompt): a :class:`~edgetts.search.base.StepGenerator`.
 
     Searches call ``root(question)`` with the question text, which is also what the PRM reads;
     this passes the whole prompt instead, so the strategies need not know about conversations.
-    Everything else (extend, release, counters) is the policy's own.
+    Everything else is the session's own.
     """
 
-    def __init__(self, policy: LlamaPolicy, prompt: Prompt) -> None:
-        self._policy, self._prompt = policy, prompt
+    def __init__(self, session: PolicySession, prompt: Prompt) -> None:
+        self.session, self.prompt = session, prompt
+        self.counters = session.counters
 
-    def root(
-        self, question: str, sampling: Sampling | None = None, system: str | None = None
-    ) -> SolutionPath:
-        return self._policy.root(self._prompt, sampling, system)
+    def root(self, question: str, sampling: Sampling | None = None) -> SolutionPath:
+        """The session's root for the whole prompt (``question`` is only what the PRM reads)."""
+        return self.session.root(self.prompt, sampling)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._policy, name)
+    def extend(
+        self,
+        paths: list[SolutionPath],
+        n_each: int,
+        to_end: bool = False,
+        deadline: Deadline | None = None,
+        first_index: int = 0,
+        stop_early: Callable[[SolutionPath], bool] | None = None,
+    ) -> list[SolutionPath]:
+        """As :meth:`PolicySession.extend`."""
+        return self.session.extend(paths, n_each, to_end, deadline, first_index, stop_early)
+
+    def submit(
+        self, paths: list[SolutionPath], n_each: int, to_end: bool = False, deadline: Deadline | None = None
+    ) -> Any:
+        """As :meth:`PolicySession.submit`."""
+        return self.session.submit(paths, n_each, to_end, deadline)
+
+    def wait_any(self, tickets: list[Any]) -> tuple[Any, list[SolutionPath]]:
+        """As :meth:`PolicySession.wait_any`."""
+        return self.session.wait_any(tickets)
+
+    def release(self, paths: list[SolutionPath]) -> None:
+        """As :meth:`PolicySession.release`."""
+        self.session.release(paths)

@@ -11,7 +11,7 @@ from edgetts.llama.errors import LlamaError
 from edgetts.llama.layer_tap import LayerTap
 from edgetts.llama.model import LlamaModel
 
-KV_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
+GGML_KV_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}  # of KV_TYPES
 MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ: sequences one context can hold (checked: 257 fails)
 
 
@@ -74,8 +74,8 @@ class LlamaContext:
         embeddings: bool = False,
         tap: LayerTap | None = None,
     ) -> None:
-        if kv_type not in KV_TYPES:
-            raise LlamaError(f"unknown KV cache type {kv_type!r}; choose one of {list(KV_TYPES)}")
+        if kv_type not in GGML_KV_TYPES:
+            raise LlamaError(f"unknown KV cache type {kv_type!r}; choose one of {list(GGML_KV_TYPES)}")
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_batch
@@ -83,8 +83,8 @@ class LlamaContext:
         params.n_seq_max = n_seq_max
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
-        params.type_k = KV_TYPES[kv_type]
-        params.type_v = KV_TYPES[kv_type]
+        params.type_k = GGML_KV_TYPES[kv_type]
+        params.type_v = GGML_KV_TYPES[kv_type]
         # A quantized V cache needs flash attention; f16 lets llama.cpp decide.
         params.flash_attn_type = (
             llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED

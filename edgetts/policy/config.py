@@ -41,6 +41,9 @@ class PolicyError(LlamaError):
     """The policy cannot run this request; the message says why and what to change."""
 
 
+KV_TYPES = ("f16", "q8_0")  # KV cache element types (edgetts.llama.context maps them to ggml's)
+
+
 @dataclass(frozen=True)
 class PolicyConfig:
     """Settings of the llama.cpp policy. Token counts are per solution unless named otherwise."""
@@ -56,7 +59,7 @@ class PolicyConfig:
     # Layers offloaded to the GPU (needs a GPU build of llama.cpp); -1 = all; None =
     # $EDGETTS_N_GPU_LAYERS, else 0 (edgetts.gpu.default_gpu_layers).
     n_gpu_layers: int | None = None
-    kv_type: str = "f16"  # "f16" or "q8_0"
+    kv_type: str = "f16"  # one of KV_TYPES
     # Sampling for a root() given none (tools, tests); searches pass their own Sampling.
     temperature: float = Sampling.temperature
     top_p: float = Sampling.top_p

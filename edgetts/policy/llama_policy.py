@@ -57,14 +57,21 @@ import numpy as np
 
 from edgetts.confidence import token_stats
 from edgetts.gpu import default_gpu_layers
-from edgetts.llama.context import KV_TYPES, MAX_SEQUENCES, LlamaBatch, LlamaContext
+from edgetts.llama.context import MAX_SEQUENCES, LlamaBatch, LlamaContext
 from edgetts.llama.errors import LlamaError
 from edgetts.llama.layer_tap import LayerTap
 from edgetts.llama.model import LlamaModel
 from edgetts.llama.sampler import Sampler
 from edgetts.metadata import ModelMetadata, read_metadata
 from edgetts.models import resolve
-from edgetts.policy.config import GeneratorCounters, PolicyConfig, PolicyError, check_threads, default_threads
+from edgetts.policy.config import (
+    KV_TYPES,
+    GeneratorCounters,
+    PolicyConfig,
+    PolicyError,
+    check_threads,
+    default_threads,
+)
 from edgetts.policy.loop import RETRY, DecodeLoop, Run
 from edgetts.policy.session import PolicySession
 from edgetts.policy.slots import TEMPLATE_SLOT, ParkBudget, SlotPool

@@ -22,6 +22,7 @@ from edgetts.search.adaptive import AdaptiveStop
 
 Aggregation = Literal["last", "min", "prod"]
 AGGREGATIONS: tuple[str, ...] = ("last", "min", "prod")
+DEFAULT_AGG = "last"  # a PRM's manifest usually names its own (``default_aggregation``)
 # The small default policy degenerates when sampled hot: on GSM8K train problems, T=0.3 gave right
 # single samples twice as often as T=0.8, and a right answer among 8 samples more often too
 # (tools/sampling_study.py; figures in README "Sampling").
@@ -192,7 +193,7 @@ class SearchConfig:
     n: int = DEFAULT_N
     beam_width: int = 4
     max_steps: int = 40
-    agg: str = "last"
+    agg: str = DEFAULT_AGG
     # How a tree search ranks partial paths to keep and grow (beam search's survivors, a DVTS
     # subtree's best child); None: as ``agg``. search-and-learn ranks by the last step's score,
     # the PRM's value of the prefix; under "min", most new steps leave a path's score as its
@@ -302,7 +303,7 @@ class SearchResult:
     counters: dict[str, float] = field(default_factory=dict)
 
 
-def aggregate(step_scores: Sequence[float], agg: str = "last") -> float:
+def aggregate(step_scores: Sequence[float], agg: str = DEFAULT_AGG) -> float:
     """Collapse per-step PRM scores into one path score (last step, weakest step, or product)."""
     if not step_scores:
         return 0.0

@@ -27,6 +27,10 @@ FinalPick = Callable[[list[Candidate], SearchConfig], tuple["Candidate | None", 
 Family = Literal["sample", "tree", "auto"]
 
 GREEDY = "greedy"  # one sample at temperature 0: not a search, but a choice users make
+# What a solve runs when no strategy is named (CLI, Python API, server, scheduler budgets).
+DEFAULT_STRATEGY = "auto"
+# How math is answered: prose (cot), programs run in the sandbox (pot), or both voting together.
+MODES = ("cot", "pot", "cot+pot")
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,10 @@ from collections.abc import Callable, Sequence
 from edgetts.arithmetic import has_wrong_arithmetic
 from edgetts.grading import answers_equal, extract_answer, normalize_answer
 from edgetts.search.adaptive import Tally
-from edgetts.search.base import Candidate, SolutionPath, StepScorer, aggregate
+from edgetts.search.base import DEFAULT_AGG, Candidate, SolutionPath, StepScorer, aggregate
 
 
-def to_candidate(path: SolutionPath, agg: str = "last", check_arithmetic: bool = True) -> Candidate:
+def to_candidate(path: SolutionPath, agg: str = DEFAULT_AGG, check_arithmetic: bool = True) -> Candidate:
     """Summarise a (finished) path for the result; ``check_arithmetic``: mark a path whose
     written sums do not hold (:func:`edgetts.arithmetic.has_wrong_arithmetic`)."""
     complete = path.finished and path.stop_reason in (None, "eos", "stop")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import time
@@ -22,9 +21,9 @@ from starlette.exceptions import HTTPException
 from edgetts import scheduler
 from edgetts.policy import PolicyError
 from edgetts.search import NEEDS_SCORER
-from edgetts.search.base import SearchResult
-from edgetts.search.registry import choices, names
-from edgetts.server.engine import Engine, Job
+from edgetts.search.base import SearchConfig, SearchResult
+from edgetts.search.registry import DEFAULT_STRATEGY, choices, names
+from edgetts.server.engine import EXPECTED_SEARCH_S, Engine, Job
 from edgetts.server.errors import ApiError, http_error, internal_error, validation_error
 from edgetts.server.guard import Guard
 from edgetts.server.responses import edgetts_info, finish_reason_of, logprobs_of, ranked_choices, usage_of
@@ -70,11 +69,11 @@ class App:
         self.engine = Engine(
             solver,
             settings.max_queue,
-            expected_s=settings.default_deadline_s or 5.0,
+            expected_s=settings.default_deadline_s or EXPECTED_SEARCH_S,
             concurrent=settings.concurrent,
         )
         self.strategies = known_strategies()
-        self.default_strategy = settings.default_strategy or "auto"
+        self.default_strategy = settings.default_strategy or DEFAULT_STRATEGY
         if self.default_strategy not in self.strategies:
             raise ValueError(
                 f"unknown default strategy {self.default_strategy!r}; choose one of {sorted(self.strategies)}"
@@ -172,7 +171,8 @@ class App:
                 fields[name] = getattr(search, name)
         fields.update(self._sampling_fields(req))
         if "beam_width" not in fields and n is not None and strategy in names("tree"):
-            fields["beam_width"] = min(4, n)  # so a plain budget works without also picking a width
+            # so a plain budget works without also picking a width
+            fields["beam_width"] = min(SearchConfig.beam_width, n)
         deadline = search.deadline_s or s.default_deadline_s
         if deadline is not None:
             fields["deadline_s"] = deadline
@@ -551,12 +551,12 @@ def load_solver(solver: Solver, memory_mb: float | None = None) -> str:
     server's ``memory_mb`` the model is planned under it for a PRM-weighted search of that many
     paths, the PRM counted in (without the PRM when it does not fit, or does not load). The
     policy keeps the hidden states a probe PRM reads, so that no request loads it again: the
-    solver is then ``fixed_policy``, whatever a request's own budget.
+    solver must be ``fixed_policy`` (:func:`edgetts.cli.server_solver` makes it so), whatever a
+    request's own budget.
     """
-    cfg = solver.policy_config
-    solver.policy_config = dataclasses.replace(cfg, n_ctx=cfg.resolved_n_ctx())
-    solver.fixed_policy = True
-    paths = cfg.n_seq_max
+    if not solver.fixed_policy:
+        raise ValueError("a server's Solver is made with fixed_policy=True: requests never reload it")
+    paths = solver.policy_config.n_seq_max
     try:
         # loads the PRM, then the policy keeping the states it reads (checked against the policy)
         solver.prepare("", SolveOptions(strategy="weighted_best_of_n", n=paths, memory_mb=memory_mb))

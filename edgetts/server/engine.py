@@ -27,6 +27,9 @@ from edgetts.solver import SolveOptions, Solver
 # A request is admitted only if it can expect this share of its deadline for the search itself;
 # otherwise it would mostly wait and then answer from a search cut to almost nothing.
 MIN_SEARCH_SHARE = 0.5
+# What a search is expected to take before any has finished (Retry-After), without a default
+# deadline to go by.
+EXPECTED_SEARCH_S = 5.0
 
 
 @dataclass(eq=False)
@@ -55,7 +58,9 @@ class Job:
 class Engine:
     """Runs up to ``concurrent`` searches at once on worker threads, behind a bounded queue."""
 
-    def __init__(self, solver: Solver, max_queue: int, expected_s: float = 5.0, concurrent: int = 1) -> None:
+    def __init__(
+        self, solver: Solver, max_queue: int, expected_s: float = EXPECTED_SEARCH_S, concurrent: int = 1
+    ) -> None:
         if concurrent < 1:
             raise ValueError(f"concurrent must be at least 1, got {concurrent}")
         self.solver = solver

@@ -8,7 +8,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgetts.prompts import ROLES, Conversation, Prompt, RawPrompt
+from edgetts.search.base import AGGREGATIONS
+from edgetts.search.registry import MODES
 from edgetts.server.errors import ApiError
+from edgetts.solver import SolveOptions
 
 
 class ContentPart(BaseModel):
@@ -40,21 +43,21 @@ class SearchFields(BaseModel):
     samples: int | None = Field(None, ge=1)  # samples, beams or leaves: the search budget
     beam_width: int | None = Field(None, ge=1)
     max_steps: int | None = Field(None, ge=1)
-    agg: Literal["last", "min", "prod"] | None = None
+    agg: Literal[AGGREGATIONS] | None = None
     deadline_s: float | None = Field(None, gt=0)
     memory_mb: float | None = Field(None, gt=0)
     # Model-written code runs only on a server started with --allow-exec (else a 400).
     task: Literal["math", "code"] = "math"  # code: write a function; the reply is the program
-    mode: Literal["cot", "pot", "cot+pot"] = "cot"  # math by prose, programs, or both
+    mode: Literal[MODES] = SolveOptions.mode  # math by prose, programs, or both
     # false: always all the samples (else vote-based searches stop once their vote has settled)
-    adaptive: bool = True
+    adaptive: bool = SolveOptions.adaptive
     # false: every sample of a weighted vote runs to its end (else one the verifier scores under
     # its manifest's prune_below stops there)
-    prune: bool = True
+    prune: bool = SolveOptions.prune
     # false: every answer votes (else a solution whose written sums do not hold votes last)
-    check_arithmetic: bool = True
+    check_arithmetic: bool = SolveOptions.check_arithmetic
     # true: run the Python a prose solution writes and let its printed number answer (--allow-exec)
-    run_programs: bool = False
+    run_programs: bool = SolveOptions.run_programs
 
 
 # Search fields once read at the top level of a request (with ``n`` as the budget); still
@@ -117,7 +120,7 @@ class SearchRequest(BaseModel):
     strategy: str | None = None
     beam_width: int | None = Field(None, ge=1)
     max_steps: int | None = Field(None, ge=1)
-    agg: Literal["last", "min", "prod"] | None = None
+    agg: Literal[AGGREGATIONS] | None = None
     deadline_s: float | None = Field(None, gt=0)
     memory_mb: float | None = Field(None, gt=0)
 
