@@ -119,7 +119,7 @@ class MemoryEstimate:
         return text + (f" (+ {self.gpu_mb:.0f} MB on the GPU)" if self.gpu_mb else "")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Budget:
     """What the user allows; None = unbounded. ``n`` fixes N instead of letting the plan pick."""
 

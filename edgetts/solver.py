@@ -53,7 +53,7 @@ MAX_STOP_CHARS = 256  # each is searched for after every token: keep that cheap
 PLANNED_FIELDS = ("n_seq_max", "n_ctx", "kv_type", "n_threads", "n_gpu_layers", "park_mb")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SolveOptions:
     """Per-question choices: the strategy and its budget, and how to sample."""
 

@@ -186,7 +186,7 @@ MAX_N = 1024
 DEFAULT_N = 4  # samples, beams or leaves when neither the user nor a plan says
 
 
-@dataclass
+@dataclass(frozen=True)
 class SearchConfig:
     """Settings shared by all strategies. ``n`` counts samples, beams or leaves."""
 

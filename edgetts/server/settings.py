@@ -10,7 +10,7 @@ from edgetts.search.base import DEFAULT_N
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ServerSettings:
     """What the server allows and assumes; the CLI fills it from ``edgetts serve`` options."""
 
