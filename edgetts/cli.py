@@ -692,14 +692,15 @@ def _ray_threads(kw: dict) -> int:
     """Threads per Ray actor: --threads, else $EDGETTS_THREADS, else 1 (an actor per core; a
     default of all cores would give every actor of a node all of its cores). Not checked against
     this machine's cores: the actors may run on bigger nodes."""
+    from edgetts.policy.config import PolicyError, env_threads
+
     if kw["threads"] is not None:
         return kw["threads"]
-    env = os.environ.get("EDGETTS_THREADS", "").strip()
-    if not env:
-        return 1
-    if not env.isdigit() or int(env) < 1:
-        raise click.UsageError(f"EDGETTS_THREADS must be a positive whole number, got {env!r}")
-    return int(env)
+    try:
+        n_threads = env_threads()
+    except PolicyError as exc:
+        raise click.UsageError(str(exc)) from None
+    return n_threads if n_threads is not None else 1
 
 
 def _run_on_ray(todo: list, results, address: str, actors: int | None, desc: str, kw: dict) -> None:

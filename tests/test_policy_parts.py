@@ -171,3 +171,18 @@ def test_more_sequences_than_llama_cpp_holds_is_refused_before_the_model_loads()
 
     with pytest.raises(PolicyError, match="at most 256"):
         LlamaPolicy(PolicyConfig(model="/nonexistent.gguf", n_seq_max=250, max_searches=8))
+
+
+@pytest.mark.parametrize("value, threads", [("", None), (" 1 ", 1), ("0", "positive"), ("two", "positive")])
+def test_edgetts_threads_is_read_in_one_place(monkeypatch, value, threads):
+    """The policy's default and ``run --ray``'s actors read $EDGETTS_THREADS alike."""
+    from edgetts.policy.config import PolicyError, default_threads, env_threads
+
+    monkeypatch.setenv("EDGETTS_THREADS", value)
+    if isinstance(threads, str):
+        for read in (env_threads, default_threads):
+            with pytest.raises(PolicyError, match=threads):
+                read()
+    else:
+        assert env_threads() == threads
+        assert default_threads() >= 1

@@ -15,12 +15,19 @@ def default_threads() -> int:
     More threads than free cores is much slower than fewer (llama.cpp's threads wait on each
     other at every layer), so on a busy machine set EDGETTS_THREADS below the core count.
     """
-    env = os.environ.get("EDGETTS_THREADS")
-    if env:
-        if not env.strip().isdigit():
-            raise PolicyError(f"EDGETTS_THREADS must be a whole number, got {env!r}")
-        return check_threads(int(env))
-    return available_cores()
+    n_threads = env_threads()
+    return check_threads(n_threads) if n_threads is not None else available_cores()
+
+
+def env_threads() -> int | None:
+    """``$EDGETTS_THREADS`` as a number of threads (None when unset or blank), not checked
+    against this machine's cores (Ray actors may run on bigger nodes)."""
+    env = os.environ.get("EDGETTS_THREADS", "").strip()
+    if not env:
+        return None
+    if not env.isdigit() or int(env) < 1:
+        raise PolicyError(f"EDGETTS_THREADS must be a positive whole number, got {env!r}")
+    return int(env)
 
 
 def available_cores() -> int:
