@@ -45,10 +45,6 @@ FALLBACK_PREFILL_FACTOR = 6.0  # prefill tokens/s vs one-sequence decode tokens/
 FALLBACK_PRM_STEPS_S = 40.0  # MiniLM-sized PRM, one thread (measured: ~150 on a busy core)
 
 
-class CalibrationError(Exception):
-    """A calibration that cannot be measured (e.g. the model does not load)."""
-
-
 @dataclass
 class Calibration:
     """Measured (or estimated) speeds of one policy + PRM on one machine at one thread count."""

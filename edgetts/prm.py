@@ -173,11 +173,6 @@ def check_stop_settings(prune_below: object, adaptive_threshold: object, where: 
             f"{where}: adaptive_threshold must be a number in [0.5, 1] or null, got {adaptive_threshold!r}"
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "extra"}
-        d.update(self.extra)
-        return d
-
 
 @dataclass
 class Window:

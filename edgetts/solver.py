@@ -272,12 +272,6 @@ class Solver:
         """Whether the PRM is loaded (``scorer`` loads it on first use)."""
         return self._scorer is not None
 
-    def tokens_sampled(self) -> int:
-        """Tokens the loaded policy has sampled since it loaded, 0 when none is (all searches
-        together; one search's are in the ``counters`` given to :meth:`solve`)."""
-        policy = self._policy
-        return policy.counters.tokens_sampled if policy is not None else 0
-
     def solve(
         self,
         question: Prompt,

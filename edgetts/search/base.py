@@ -16,11 +16,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from edgetts.search.adaptive import AdaptiveStop
 
-Aggregation = Literal["last", "min", "prod"]
 AGGREGATIONS: tuple[str, ...] = ("last", "min", "prod")
 DEFAULT_AGG = "last"  # a PRM's manifest usually names its own (``default_aggregation``)
 # The small default policy degenerates when sampled hot: on GSM8K train problems, T=0.3 gave right
