@@ -39,6 +39,7 @@ class ModelMetadata:
     chat_template: str | None
     sliding_window: int | None  # SWA layers attend to at most this many tokens
     swa_layers: int  # how many of n_layers use the sliding window
+    n_vocab: int  # tokens in the vocabulary (each slot's logits are this many floats)
 
     def kv_bytes_per_token(self, bytes_per_element: float = 2.0, n_ctx: int | None = None) -> float:
         """KV-cache bytes one token costs across all layers (f16 = 2 bytes, q8_0 ~ 1.0625).
@@ -92,6 +93,9 @@ def _read(path: str, size: int, mtime: float) -> ModelMetadata:
     n_head_kv = arch_field("attention.head_count_kv", n_head)
     n_head_kv = int(np.max(n_head_kv)) if isinstance(n_head_kv, list) else int(n_head_kv)
     head_dim = n_embd // max(n_head, 1)
+    tokens = reader.get_field("tokenizer.ggml.tokens")
+    if tokens is None:
+        raise ModelError(f"{path} has no tokenizer.ggml.tokens: a model without a vocabulary")
     window = arch_field("attention.sliding_window")
     swa_layers = 0
     if window:
@@ -115,6 +119,7 @@ def _read(path: str, size: int, mtime: float) -> ModelMetadata:
         chat_template=_field(reader, "tokenizer.chat_template"),
         sliding_window=int(window) if window else None,
         swa_layers=swa_layers,
+        n_vocab=len(tokens.data),
     )
 
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import logging
 import math
-import struct
 import sys
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -209,42 +208,6 @@ def park_mb(
     return min(limit_mb, (n - n_seq_max) * tokens * per_token / MB)
 
 
-def vocab_size(path: str | Path) -> int:
-    """Tokens in a GGUF vocabulary, read from the header alone (GGUFReader maps the whole file)."""
-    stat = Path(path).stat()
-    return _vocab_size(str(path), stat.st_size, stat.st_mtime)
-
-
-@lru_cache(maxsize=8)
-def _vocab_size(path: str, size: int, mtime: float) -> int:
-    scalar = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-    with open(path, "rb") as f:
-        if f.read(4) != b"GGUF":
-            raise ValueError(f"{path} is not a GGUF file")
-        _version, _n_tensors, n_kv = struct.unpack("<IQQ", f.read(20))
-
-        def skip(vtype: int) -> None:
-            if vtype == 8:
-                f.seek(struct.unpack("<Q", f.read(8))[0], 1)
-            elif vtype == 9:
-                etype, count = struct.unpack("<IQ", f.read(12))
-                if etype in scalar:
-                    f.seek(scalar[etype] * count, 1)
-                else:
-                    for _ in range(count):
-                        skip(etype)
-            else:
-                f.seek(scalar[vtype], 1)
-
-        for _ in range(n_kv):
-            key = f.read(struct.unpack("<Q", f.read(8))[0])
-            vtype = struct.unpack("<I", f.read(4))[0]
-            if key == b"tokenizer.ggml.tokens" and vtype == 9:
-                return struct.unpack("<IQ", f.read(12))[1]
-            skip(vtype)
-    return 0
-
-
 @dataclass(frozen=True)
 class PrmCost:
     """What a PRM adds to a solve: peak memory, and its speed when no calibration measured it."""
@@ -310,7 +273,6 @@ def estimate_memory(
     kv_type: str = "f16",
     n_gpu_layers: int = 0,
     prm_mb: float | None = None,
-    n_vocab: int | None = None,
     park_mb: float = 0.0,
     searches: int = 1,
 ) -> MemoryEstimate:
@@ -321,14 +283,13 @@ def estimate_memory(
 
     ``park_mb`` is the policy's budget for parked paths (:func:`park_mb`, PolicyConfig.park_mb):
     counted in full, as a search whose paths outnumber the slots may fill it."""
-    n_vocab = n_vocab if n_vocab is not None else vocab_size(meta.path)
     # llama.cpp reads any negative count as "every layer" (the output layer included).
     offloaded = meta.n_layers + 1 if n_gpu_layers < 0 else min(n_gpu_layers, meta.n_layers + 1)
     on_gpu = offloaded / (meta.n_layers + 1)
     weights = meta.weights_bytes / MB
     kv = kv_mb(meta, n_ctx, kv_type)
     compute = COMPUTE_FIXED_MB + COMPUTE_WEIGHT_SHARE * weights * (1 - on_gpu)
-    compute += SEQ_BYTES_PER_VOCAB * n_vocab * (n_seq_max + searches) / MB
+    compute += SEQ_BYTES_PER_VOCAB * meta.n_vocab * (n_seq_max + searches) / MB
     return MemoryEstimate(
         runtime_mb=RUNTIME_MB,
         weights_mb=weights * (1 - on_gpu),
@@ -363,7 +324,7 @@ def peak_rss_mb() -> float | None:
 
 
 def estimate_for_policy(
-    config: PolicyConfig, meta: ModelMetadata, n_vocab: int, prm_mb: float | None, parked_mb: float
+    config: PolicyConfig, meta: ModelMetadata, prm_mb: float | None, parked_mb: float
 ) -> MemoryEstimate:
     """The estimate for a loaded policy configured as ``config``: its context (every search's
     prompt and the solution slots), the PRM's ``prm_mb`` if one is loaded, and ``parked_mb`` of
@@ -383,7 +344,6 @@ def estimate_for_policy(
         config.kv_type,
         gpu_layers,
         prm_mb,
-        n_vocab,
         parked_mb,
         config.max_searches,
     )
@@ -467,7 +427,6 @@ def make_plan(
     prm: PrmCost | None = None,
     gpu_offload: bool = False,
     default_threads: int = 1,
-    n_vocab: int | None = None,
 ) -> Plan:
     """The largest-compute configuration that fits ``budget`` (see the module doc)."""
     threads = budget.n_threads or default_threads
@@ -499,7 +458,6 @@ def make_plan(
     use_prm = budget.strategy in SCORED and prm is not None
     if budget.strategy in SCORED and budget.strategy != "auto" and not use_prm:
         raise PlanError(f"strategy {budget.strategy!r} needs a PRM and none was found")
-    n_vocab = n_vocab if n_vocab is not None else vocab_size(meta.path)
     kv_types = [budget.kv_type] if budget.kv_type else list(KV_TYPES)
     prefill_s = budget.prompt_tokens / cal.prefill_tok_s
     if budget.deadline_s is not None and budget.deadline_s < prefill_s:
@@ -520,9 +478,7 @@ def make_plan(
         parks = budget.strategy in PARKING
         parked = park_mb(meta, n, slots, budget.max_tokens, kv_type, budget.park_limit_mb) if parks else 0.0
         prm_mb = prm.memory_mb if with_prm else None
-        mem = estimate_memory(
-            meta, n_ctx, slots, kv_type, gpu_layers, prm_mb, n_vocab, parked, budget.searches
-        )
+        mem = estimate_memory(meta, n_ctx, slots, kv_type, gpu_layers, prm_mb, parked, budget.searches)
         seconds = predict_seconds(
             cal,
             budget.strategy,

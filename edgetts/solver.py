@@ -22,7 +22,6 @@ from edgetts.scheduler import (
     plan_for,
     prm_cost,
     prompt_tokens_for,
-    vocab_size,
 )
 from edgetts.search import NEEDS_CONFIDENCE, NEEDS_SCORER, STRATEGIES, measured, run_search
 from edgetts.search.adaptive import AdaptiveStop
@@ -244,8 +243,7 @@ class Solver:
         if self._loaded_memory_mb is None:
             policy = self._policy
             assert policy is not None
-            meta, n_vocab = policy.metadata, vocab_size(policy.model_path)
-            estimate = estimate_for_policy(policy.config, meta, n_vocab, None, policy.config.park_mb)
+            estimate = estimate_for_policy(policy.config, policy.metadata, None, policy.config.park_mb)
             self._loaded_memory_mb = estimate.total_mb
         return self._loaded_memory_mb
 
@@ -508,7 +506,6 @@ class Solver:
         return estimate_for_policy(
             policy.config,
             policy.metadata,
-            vocab_size(policy.model_path),
             self._loaded_prm_mb(),
             policy.parking.peak / MB,
         )

@@ -13,7 +13,7 @@ import pytest
 
 from edgetts import calibration as calib
 from edgetts import scheduler
-from edgetts.metadata import ModelMetadata
+from edgetts.metadata import ModelMetadata, read_metadata
 from edgetts.scheduler import Budget, PlanError, estimate_memory, kv_mb, make_plan, peak_rss_mb
 
 # Shaped like Qwen2.5-0.5B Q4_K_M (the default policy).
@@ -34,8 +34,8 @@ META = ModelMetadata(
     chat_template=None,
     sliding_window=None,
     swa_layers=0,
+    n_vocab=151_936,
 )
-VOCAB = 151_936
 # The shipped text PRM's cost (22.6 MB of initializers): runtime + weights + one window.
 TEXT_PRM = scheduler.PrmCost("prm-minilm", 52.0 + 22_607_241 / 2**20 + 100.0, 40.0)
 
@@ -53,7 +53,7 @@ def cal(decode=None, prefill=200.0, prm=150.0) -> calib.Calibration:
 
 
 def plan(budget: Budget, c: calib.Calibration | None = None, **kw):
-    return make_plan(META, budget, c or cal(), prm=kw.pop("prm", TEXT_PRM), n_vocab=VOCAB, **kw)
+    return make_plan(META, budget, c or cal(), prm=kw.pop("prm", TEXT_PRM), **kw)
 
 
 def test_kv_is_padded_and_q8_is_about_half():
@@ -63,21 +63,22 @@ def test_kv_is_padded_and_q8_is_about_half():
 
 
 def test_memory_parts_add_up_and_gpu_moves_weights_off_the_host():
-    cpu = estimate_memory(META, 9216, 16, "f16", 0, TEXT_PRM.memory_mb, VOCAB)
+    cpu = estimate_memory(META, 9216, 16, "f16", 0, TEXT_PRM.memory_mb)
     assert cpu.total_mb == pytest.approx(
         cpu.runtime_mb + cpu.weights_mb + cpu.kv_mb + cpu.compute_mb + cpu.prm_mb
     )
     assert cpu.weights_mb == pytest.approx(META.weights_bytes / 2**20)
     assert cpu.prm_mb > 100 and cpu.gpu_mb == 0
-    gpu = estimate_memory(META, 9216, 16, "f16", META.n_layers + 1, TEXT_PRM.memory_mb, VOCAB)
+    gpu = estimate_memory(META, 9216, 16, "f16", META.n_layers + 1, TEXT_PRM.memory_mb)
     assert gpu.weights_mb == 0 and gpu.kv_mb == 0 and gpu.gpu_mb > 500
     assert gpu.total_mb < cpu.total_mb
     assert "PRM" in cpu.describe() and "GPU" in gpu.describe()
-    every = estimate_memory(META, 9216, 16, "f16", -1, TEXT_PRM.memory_mb, VOCAB)  # -1: all
+    every = estimate_memory(META, 9216, 16, "f16", -1, TEXT_PRM.memory_mb)  # -1: all
     assert every == gpu
 
 
-def test_vocab_size_from_header(tmp_path):
+def test_vocab_size_from_header(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGETTS_HOME", str(tmp_path / "home"))  # its metadata cache
     gguf = pytest.importorskip("gguf")
     path = tmp_path / "tiny.gguf"
     writer = gguf.GGUFWriter(str(path), "llama")
@@ -87,7 +88,7 @@ def test_vocab_size_from_header(tmp_path):
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.close()
-    assert scheduler.vocab_size(path) == 11
+    assert read_metadata(path).n_vocab == 11
 
 
 def test_larger_budgets_buy_more_compute():
@@ -132,9 +133,7 @@ def test_parked_paths_are_counted_only_when_paths_outnumber_the_slots():
     assert waves.n_seq_max < 32 and waves.park_mb > 0 and "parked in" in waves.explain()
     assert waves.memory.park_mb == pytest.approx(waves.park_mb, abs=0.1)
     assert waves.predicted_memory_mb <= 1000 and "parked" in waves.memory.describe()
-    unparked = estimate_memory(
-        META, waves.n_ctx, waves.n_seq_max, waves.kv_type, 0, TEXT_PRM.memory_mb, VOCAB
-    )
+    unparked = estimate_memory(META, waves.n_ctx, waves.n_seq_max, waves.kv_type, 0, TEXT_PRM.memory_mb)
     assert waves.memory.total_mb == pytest.approx(unparked.total_mb + waves.memory.park_mb)
     # Samples run to their end and free their slot: never parked, nothing counted.
     samples = plan(Budget(memory_mb=800, n=32, strategy="majority", max_tokens=1024))
@@ -155,7 +154,7 @@ def test_concurrent_searches_each_get_their_prompt_in_the_plan():
     assert four.n_ctx - one.n_ctx == 3 * budget.max_prompt_tokens
     extra_kv = kv_mb(META, four.n_ctx, "f16") - kv_mb(META, one.n_ctx, "f16")
     assert four.predicted_memory_mb - one.predicted_memory_mb == pytest.approx(
-        extra_kv + scheduler.SEQ_BYTES_PER_VOCAB * VOCAB * 3 / 2**20, abs=0.2
+        extra_kv + scheduler.SEQ_BYTES_PER_VOCAB * META.n_vocab * 3 / 2**20, abs=0.2
     )
     tight = plan(replace(budget, memory_mb=one.predicted_memory_mb + 1, searches=4))
     assert tight.n_seq_max < one.n_seq_max and tight.predicted_memory_mb <= one.predicted_memory_mb + 1
@@ -203,7 +202,7 @@ def test_past_deadline_plan_warns():
 
 
 def test_without_calibration_plan_says_estimate():
-    p = make_plan(META, Budget(memory_mb=2000), None, "no calibration at X", TEXT_PRM, n_vocab=VOCAB)
+    p = make_plan(META, Budget(memory_mb=2000), None, "no calibration at X", TEXT_PRM)
     assert p.calibration_source == "estimate"
     assert "conservative" in p.explain()
 
@@ -582,10 +581,10 @@ def test_the_estimate_of_a_policy_without_an_offload_setting_on_a_gpu_build(monk
 
     monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: True)
     monkeypatch.delenv("EDGETTS_N_GPU_LAYERS", raising=False)
-    estimate = estimate_for_policy(PolicyConfig(), META, VOCAB, None, 0.0)
+    estimate = estimate_for_policy(PolicyConfig(), META, None, 0.0)
     assert estimate.gpu_mb == 0 and estimate.weights_mb > 0  # no offload asked: all on the CPU
     monkeypatch.setenv("EDGETTS_N_GPU_LAYERS", "-1")
-    assert estimate_for_policy(PolicyConfig(), META, VOCAB, None, 0.0).gpu_mb > 0
+    assert estimate_for_policy(PolicyConfig(), META, None, 0.0).gpu_mb > 0
 
 
 @pytest.mark.parametrize("width, deadline_s, n", [(8, None, 8), (3, 60, 3), (8, 600, None)])

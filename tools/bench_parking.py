@@ -37,7 +37,7 @@ from edgetts.metadata import read_metadata
 from edgetts.models import resolve
 from edgetts.policy import LlamaPolicy, PolicyConfig, default_threads
 from edgetts.probe import default_prm_dir, load_scorer
-from edgetts.scheduler import MB, estimate_for_policy, park_mb, peak_rss_mb, prm_cost, vocab_size
+from edgetts.scheduler import MB, estimate_for_policy, park_mb, peak_rss_mb, prm_cost
 from edgetts.search import run_search
 from edgetts.search.base import Sampling, SearchConfig
 
@@ -65,9 +65,7 @@ def worker(args: argparse.Namespace) -> dict:
     policy = LlamaPolicy(config)
     cost = prm_cost(prm)
     # The parking budget counted in full: the plan's bound, which this run may fill.
-    estimate = estimate_for_policy(
-        config, meta, vocab_size(policy.model_path), cost.memory_mb if cost else None, policy_park
-    )
+    estimate = estimate_for_policy(config, meta, cost.memory_mb if cost else None, policy_park)
     problems = load_problems(args.data, limit=args.offset + args.limit)[args.offset :]
     rows = []
     cpu_start = resource.getrusage(resource.RUSAGE_SELF)
