@@ -1302,6 +1302,13 @@ def bundle(out_dir: Path, model_names: tuple[str, ...], source: Path | None) -> 
     help="Generated tokens per solution, at most (requests may ask for fewer).",
 )
 @click.option(
+    "--max-prompt-tokens",
+    default=PolicyConfig.max_prompt_tokens,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Tokens a request's prompt (its whole conversation) may have; longer ones get a 400.",
+)
+@click.option(
     "--max-body-kb",
     default=ServerSettings.max_body_bytes // 1024,
     show_default=True,
@@ -1368,6 +1375,7 @@ def serve(
     concurrent: int,
     max_queue: int,
     max_tokens: int,
+    max_prompt_tokens: int,
     max_body_kb: int,
     threads: int | None,
     n_gpu_layers: int | None,
@@ -1431,6 +1439,7 @@ def serve(
     policy_config = PolicyConfig(
         model=model,
         max_tokens=max_tokens,
+        max_prompt_tokens=max_prompt_tokens,
         n_threads=threads,
         n_gpu_layers=n_gpu_layers,
         kv_type=kv_type or PolicyConfig.kv_type,

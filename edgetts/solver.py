@@ -230,6 +230,12 @@ class Solver:
             self._load(self.policy_config)
         return self._policy
 
+    def prompt_tokens(self, question: Prompt) -> int:
+        """Tokens of ``question``'s prompt as the policy writes it for a prose (cot) search;
+        raises :class:`~edgetts.policy.PromptTooLong` when the policy's context cannot take it.
+        Loads the policy if none is."""
+        return len(self.policy.checked_prompt_tokens(question))
+
     def _load(self, config: PolicyConfig, planned_mb: float | None = None) -> LlamaPolicy:
         """Load the policy as ``config``; ``planned_mb``: its memory as its plan predicted."""
         self._policy, self._loaded_memory_mb = LlamaPolicy(config), planned_mb

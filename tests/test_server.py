@@ -60,8 +60,14 @@ class FakeSolver:
         self.options: list = []  # the SolveOptions of every solve, in order
         self.questions: list = []  # what every solve was asked (a Conversation, a RawPrompt)
 
-    def tokens_sampled(self) -> int:
-        return 0
+    def prompt_tokens(self, question) -> int:
+        """20, as the fake's counters say; refused (PromptTooLong) for a question over 200 characters."""
+        from edgetts.policy import PromptTooLong
+
+        text = question if isinstance(question, str) else question.question
+        if len(text) > 200:
+            raise PromptTooLong(f"the question is too long: {len(text)} characters")
+        return 20
 
     def memory_estimate(self) -> None:
         return None  # no policy loaded
@@ -192,10 +198,27 @@ def test_stream_sends_progress_then_the_answer(fake):
     )
     progress = [c for c in chunks if "progress" in (c.model_extra.get("edgetts") or {})]
     assert progress, "no progress chunk while searching"
+    assert chunks[-1].usage.prompt_tokens == 20
     text = "".join(c.choices[0].delta.content or "" for c in chunks)
     assert text.endswith("\\boxed{42}")
     assert chunks[-1].choices[0].finish_reason == "stop"
     assert chunks[-1].model_extra["edgetts"]["answer"] == "42"
+
+
+def test_a_prompt_too_long_is_a_400_before_a_stream_starts(fake):
+    """Seen: a stream answered 200, sent its role chunk, then an error event (the client raised
+    a bare APIError with no status) for a prompt longer than the policy's context."""
+    base, solver = fake
+    long = [{"role": "user", "content": "word " * 100}]
+    for stream in (True, False):
+        with pytest.raises(openai.BadRequestError) as err:
+            reply = client(base).chat.completions.create(model=MODEL, messages=long, stream=stream)
+            list(reply) if stream else None
+        assert err.value.body["param"] == "messages" and err.value.body["code"] == "context_length_exceeded"
+    assert solver.questions == []  # nothing was searched
+    with pytest.raises(openai.BadRequestError) as err:
+        client(base).completions.create(model=MODEL, prompt="word " * 100)
+    assert err.value.body["param"] == "prompt"
 
 
 def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(fake):
@@ -408,7 +431,9 @@ def test_cancel_event_ends_a_search_like_a_deadline_and_frees_every_path():
 @pytest.fixture(scope="module")
 def served():
     """``edgetts serve`` on a free loopback port: (base url, model id, process)."""
-    base, proc = start_serve("--api-key", KEY, "--max-tokens", "40", "--max-n", "4", "--n", "2")
+    base, proc = start_serve(
+        "--api-key", KEY, "--max-tokens", "40", "--max-n", "4", "--n", "2", "--max-prompt-tokens", "256"
+    )  # fmt: skip
     try:
         wait_until_healthy(base, proc)
         models = client(base).models.list()
@@ -505,6 +530,17 @@ def test_serve_refuses_bad_requests_and_wrong_keys(served):
         ask(client(base), model=model, n=99)
     with pytest.raises(openai.AuthenticationError):
         ask(client(base, key="wrong"), model=model)
+    # over --max-prompt-tokens 256, streamed or not: a 400 before any search or stream starts
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as err:
+            reply = client(base).chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "seven " * 300}], stream=stream
+            )
+            list(reply) if stream else None
+        assert err.value.body["code"] == "context_length_exceeded" and "256" in err.value.body["message"]
+    # a lone surrogate (which the openai client cannot even send) is no text to tokenize
+    status, _, payload = post(base, b'{"model": "m", "messages": [{"role": "user", "content": "x \\ud800"}]}')
+    assert status == 400 and payload["error"]["param"] == "messages", payload
 
 
 @pytest.mark.slow
@@ -560,6 +596,8 @@ def test_serve_speaks_openai_to_the_openai_client(served):
     raw = c.completions.create(model="m", prompt="1, 2, 3, 4,", max_tokens=4, stop=[","], extra_body=greedy)
     assert raw.choices[0].text.strip() == "5" and raw.choices[0].finish_reason == "stop", raw
     assert raw.usage.prompt_tokens < plain.usage.prompt_tokens  # no template, no instructions
+    # Seen: 0 for a prompt the policy had prefilled already (plain's, asked again by stopped)
+    assert stopped.usage.prompt_tokens == plain.usage.prompt_tokens > 0
 
 
 @pytest.mark.slow

@@ -48,6 +48,10 @@ class PolicyError(LlamaError):
     """The policy cannot run this request; the message says why and what to change."""
 
 
+class PromptTooLong(PolicyError):
+    """The prompt has more tokens than the policy's context allows (PolicyConfig.max_prompt_tokens)."""
+
+
 KV_TYPES = ("f16", "q8_0")  # KV cache element types (edgetts.llama.context maps them to ggml's)
 
 

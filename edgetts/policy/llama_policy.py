@@ -69,6 +69,7 @@ from edgetts.policy.config import (
     GeneratorCounters,
     PolicyConfig,
     PolicyError,
+    PromptTooLong,
     check_threads,
     default_threads,
 )
@@ -259,6 +260,24 @@ class LlamaPolicy:
             tokens += self.tokenize(text, special=trusted, add_bos=not tokens)
         return tokens
 
+    def checked_prompt_tokens(self, question: Prompt, system: str | None = None) -> list[int]:
+        """:meth:`prompt_tokens`, refused with a PolicyError (:class:`PromptTooLong`) when the
+        prompt is longer than this policy's context allows."""
+        limit = min(self.config.max_prompt_tokens, self.config.resolved_n_ctx() - self.config.max_tokens)
+        chars = sum(len(text) for text, _ in self._prompt_parts(question, system))
+        if chars > limit * MAX_CHARS_PER_TOKEN:  # refused before tokenizing megabytes
+            raise PromptTooLong(
+                f"the question is too long: {chars} characters, where the prompt may have "
+                f"{limit} tokens (PolicyConfig.max_prompt_tokens)"
+            )
+        tokens = self.prompt_tokens(question, system)
+        if len(tokens) > limit:
+            raise PromptTooLong(
+                f"the question is too long: its prompt has {len(tokens)} tokens, the limit is "
+                f"{limit} (PolicyConfig.max_prompt_tokens)"
+            )
+        return tokens
+
     def _prompt_parts(self, question: Prompt, system: str | None) -> list[tuple[str, bool]]:
         template, bos = self.metadata.chat_template, self.model.bos_text
         try:
@@ -319,18 +338,7 @@ class LlamaPolicy:
                 f"context was made for), got {sampling.max_tokens}"
             )
         start = time.perf_counter()
-        limit = min(self.config.max_prompt_tokens, self.config.resolved_n_ctx() - self.config.max_tokens)
-        if len(text) > limit * MAX_CHARS_PER_TOKEN:  # refused before tokenizing megabytes
-            raise PolicyError(
-                f"the question is too long: {len(text)} characters, where the prompt may have "
-                f"{limit} tokens (PolicyConfig.max_prompt_tokens)"
-            )
-        tokens = self.prompt_tokens(question, system)
-        if len(tokens) > limit:
-            raise PolicyError(
-                f"the question is too long: its prompt has {len(tokens)} tokens, the limit is "
-                f"{limit} (PolicyConfig.max_prompt_tokens)"
-            )
+        tokens = self.checked_prompt_tokens(question, system)
         path = self._loop.call(lambda: self._root_now(search, text, tokens, sampling))
         self._count(search, seconds=time.perf_counter() - start)
         return path

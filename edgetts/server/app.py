@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from edgetts import scheduler
-from edgetts.policy import PolicyError
+from edgetts.policy import PolicyError, Prompt, PromptTooLong
 from edgetts.search import NEEDS_SCORER
 from edgetts.search.base import SearchConfig, SearchResult
 from edgetts.search.registry import DEFAULT_STRATEGY, choices, names
@@ -194,7 +194,32 @@ class App:
             options.validate()
         except ValueError as exc:
             raise ApiError(400, str(exc), param="stop" if "stop" in str(exc) else None) from None
-        return Job(question=req.prompt_input(), options=options, n_choices=choices, deprecation=deprecation)
+        question = req.prompt_input()
+        # Checked now, so that a stream starts only for a prompt that fits (programs-only math
+        # reads the last message alone: its own check runs with the search).
+        prompt_tokens = self._prompt_tokens(req, question) if options.mode != "pot" else None
+        return Job(
+            question=question,
+            options=options,
+            n_choices=choices,
+            deprecation=deprecation,
+            prompt_tokens=prompt_tokens,
+        )
+
+    def _prompt_tokens(self, req: SearchRequest, question: Prompt) -> int:
+        """The prompt's tokens (OpenAI's usage.prompt_tokens), or a 400 when the policy's context
+        cannot take it."""
+        param = "messages" if isinstance(req, ChatRequest) else "prompt"
+        try:
+            return self.solver.prompt_tokens(question)
+        except PromptTooLong as exc:
+            raise ApiError(400, str(exc), param=param, code="context_length_exceeded") from None
+        except UnicodeError:
+            raise ApiError(
+                400, f"the {param} are not valid Unicode text (a lone surrogate?)", param=param
+            ) from None
+        except PolicyError as exc:
+            raise ApiError(400, str(exc), param=param) from None
 
     def _max_tokens(self, req: SearchRequest) -> int:
         """Tokens per solution the request asks for (the server's limit if none), within it."""
@@ -297,7 +322,7 @@ class App:
             created=int(time.time()),
             model=self.settings.model_id,
             choices=choices,
-            usage=usage_of(result),
+            usage=usage_of(job, result),
             edgetts=edgetts_info(job, result),
         )
 
@@ -328,7 +353,7 @@ class App:
                 TextChoice(index=i, text=c.text if c else "", finish_reason=finish_reason_of(c))
                 for i, c in enumerate(picks)
             ],
-            usage=usage_of(result),
+            usage=usage_of(job, result),
             edgetts=edgetts_info(job, result),
         )
 
@@ -408,7 +433,7 @@ class App:
                 Delta(),
                 index=len(picks) - 1,
                 finish_reason=finish_reason_of(picks[-1]),
-                usage=usage_of(result),
+                usage=usage_of(job, result),
                 edgetts=edgetts_info(job, result),
             )
         )

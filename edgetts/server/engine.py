@@ -47,6 +47,7 @@ class Job:
     finished_at: float | None = None
     task: str = "math"
     counters: GeneratorCounters = field(default_factory=GeneratorCounters)  # its search's share
+    prompt_tokens: int | None = None  # the request's prompt as the policy writes it, when counted
 
     def abandon(self) -> None:
         """The client is gone: never start, or stop the search at its next check."""

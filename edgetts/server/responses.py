@@ -61,8 +61,12 @@ def finish_reason_of(candidate: Candidate | None) -> Literal["stop", "length"]:
     return "stop" if candidate is not None and candidate.stop_reason in ("eos", "stop") else "length"
 
 
-def usage_of(result: SearchResult) -> Usage:
-    prompt = int(result.counters.get("tokens_prefilled", 0))
+def usage_of(job: Job, result: SearchResult) -> Usage:
+    """OpenAI's usage: the prompt's tokens (whether prefilled or reused from an earlier request;
+    the prompts a search decoded when the job did not count its own) and the tokens sampled."""
+    prompt = job.prompt_tokens
+    if prompt is None:
+        prompt = int(result.counters.get("tokens_prefilled", 0))
     completion = int(result.counters.get("tokens_sampled", 0))
     return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
