@@ -221,6 +221,58 @@ def test_a_prompt_too_long_is_a_400_before_a_stream_starts(fake):
     assert err.value.body["param"] == "prompt"
 
 
+def test_what_a_user_reviewing_the_server_found(fake):
+    """Seen in a user's review: no GET /v1/models/{id}, HEAD /health 405, a text/plain body
+    answered with pydantic's words, penalties and logit_bias ignored silently, an assistant turn
+    with tool_calls taken as an empty turn, and the same sample for every request with no seed."""
+    base, solver = fake
+    c = client(base)
+    assert c.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError) as err:
+        c.models.retrieve("gpt-4o")
+    assert err.value.body["code"] == "model_not_found"
+    with urllib.request.urlopen(urllib.request.Request(f"{base}/health", method="HEAD"), timeout=10) as resp:
+        assert resp.status == 200 and resp.read() == b""
+    for headers in ({"Content-Type": "text/plain"}, {}):
+        status, _, payload = post(base, b"", headers)
+        assert status == 400 and "JSON object" in payload["error"]["message"], payload
+    for extra in ({"frequency_penalty": 0.5}, {"presence_penalty": -1.0}, {"logit_bias": {"42": 5}}):
+        with pytest.raises(openai.BadRequestError) as err:
+            c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], **extra)
+        assert (
+            err.value.body["param"] == next(iter(extra)) and err.value.body["code"] == "unsupported_parameter"
+        )
+    assert c.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], frequency_penalty=0
+    )
+    called = {"role": "assistant", "content": None, "tool_calls": [{"id": "1", "type": "function"}]}
+    with pytest.raises(openai.BadRequestError) as err:
+        c.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "hi"}, called, {"role": "user", "content": "and?"}],
+        )
+    assert "tool" in err.value.body["message"]
+    solver.options.clear()
+    infos = [
+        ask(c).model_extra["edgetts"],
+        ask(c).model_extra["edgetts"],
+        ask(c, seed=7).model_extra["edgetts"],
+    ]
+    seeds = [o.seed for o in solver.options]
+    assert seeds[0] != seeds[1] and seeds[2] == 7 and [i["seed"] for i in infos] == seeds
+
+
+def test_an_answer_no_solution_wrote_is_marked_provisional():
+    from edgetts.server.engine import Job
+    from edgetts.server.responses import edgetts_info
+    from edgetts.solver import SolveOptions
+
+    guess = Candidate("1. 2. 3.", "3", None, [], 48, "max_tokens", provisional=True)
+    result = SearchResult("majority", "3", guess, [guess], votes={"3": 1.0})
+    info = edgetts_info(Job(question="q", options=SolveOptions(strategy="majority")), result)
+    assert info.provisional and info.candidates[0].provisional
+
+
 def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(fake):
     base, _ = fake
     c = client(base)

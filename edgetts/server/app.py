@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -100,7 +101,8 @@ class App:
         if (field := req.unsupported()) is not None:
             raise ApiError(
                 400,
-                f"{field} is not supported: edgetts answers in plain text (no tools, JSON mode or best_of)",
+                f"{field} is not supported: edgetts answers in plain text (no tools, JSON mode, "
+                "best_of, penalties, logit bias or suffix)",
                 param=field,
                 code="unsupported_parameter",
             )
@@ -236,12 +238,15 @@ class App:
 
     @staticmethod
     def _sampling_fields(req: SearchRequest) -> dict[str, Any]:
-        """The OpenAI sampling fields the request sets."""
-        return {
+        """The OpenAI sampling fields the request sets; a seed drawn at random when it sets
+        none, as OpenAI samples afresh each time (``edgetts.seed`` tells which, to repeat it)."""
+        fields = {
             name: getattr(req, name)
             for name in ("temperature", "top_p", "top_k", "seed")
             if getattr(req, name) is not None
         }
+        fields.setdefault("seed", secrets.randbelow(2**31))
+        return fields
 
     @staticmethod
     def _search_of(req: SearchRequest) -> tuple[SearchFields, int | None, int, str | None, str]:
@@ -515,7 +520,7 @@ def create_app(
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
         return http_error(exc).response()
 
-    @app.get("/health", response_model=Health)
+    @app.api_route("/health", methods=["GET", "HEAD"], response_model=Health)
     async def health() -> JSONResponse:
         report = state.health()
         return JSONResponse(report.model_dump(), status_code=200 if report.status == "ok" else 503)
@@ -523,6 +528,17 @@ def create_app(
     @app.get("/v1/models", response_model=ModelList)
     async def list_models() -> ModelList:
         return ModelList(data=[ModelCard(id=settings.model_id, created=state.created)])
+
+    @app.get("/v1/models/{model_id:path}", response_model=ModelCard)
+    async def retrieve_model(model_id: str) -> ModelCard:
+        if model_id not in (settings.model_id, *settings.model_aliases):
+            raise ApiError(
+                404,
+                f"the model {model_id!r} does not exist here; this server runs {settings.model_id!r}",
+                param="model",
+                code="model_not_found",
+            )
+        return ModelCard(id=settings.model_id, created=state.created)
 
     @app.post("/v1/chat/completions", response_model=ChatCompletion)
     async def chat_completions(req: ChatRequest, request: Request):

@@ -63,6 +63,10 @@ def validation_error(exc: RequestValidationError) -> ApiError:
     loc = [str(part) for part in first.get("loc", ()) if part != "body"]
     if first.get("type") == "json_invalid":
         return ApiError(400, f"the body is not valid JSON: {first.get('msg')}", code="invalid_json")
+    if not loc:  # the body as a whole: empty, not JSON (no JSON content type), or not an object
+        return ApiError(
+            400, "the body must be a JSON object, sent as Content-Type: application/json", code="invalid_json"
+        )
     where = ".".join(loc)
     message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
     if len(errors) > 1:

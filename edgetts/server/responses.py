@@ -77,14 +77,22 @@ def edgetts_info(job: Job, result: SearchResult) -> EdgettsInfo:
     started = job.started_at or job.queued_at
     return EdgettsInfo(
         answer=result.answer,
+        provisional=chosen is not None and chosen.provisional,
         strategy=result.strategy,
         n=1 if job.options.strategy == GREEDY else job.options.n or len(result.candidates),
+        seed=None if job.options.strategy == GREEDY else job.options.seed,
         cut_short=result.cut_short,
         votes=result.votes,
         chosen_index=index,
         step_scores=chosen.step_scores if chosen else [],
         candidates=[
-            CandidateInfo(answer=c.answer, score=c.score, n_tokens=c.n_tokens, stop_reason=c.stop_reason)
+            CandidateInfo(
+                answer=c.answer,
+                score=c.score,
+                n_tokens=c.n_tokens,
+                stop_reason=c.stop_reason,
+                provisional=c.provisional,
+            )
             for c in result.candidates
         ],
         counters=result.counters,

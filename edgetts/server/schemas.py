@@ -26,6 +26,11 @@ class ChatMessage(BaseModel):
     content: str | list[ContentPart] | None = None
 
     def text(self) -> str:
+        if self.model_extra and (self.model_extra.get("tool_calls") or self.model_extra.get("function_call")):
+            # a turn that called tools, whose results this server could never send back
+            raise ApiError(
+                400, "tool calls are not supported (an assistant turn has tool_calls)", param="messages"
+            )
         if isinstance(self.content, list):
             if any(part.type != "text" for part in self.content):
                 raise ApiError(400, "only text content parts are supported", param="messages")
@@ -103,11 +108,22 @@ class SearchRequest(BaseModel):
     tool_choice: Any = None
     response_format: dict[str, Any] | None = None
     best_of: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    suffix: str | None = None  # /v1/completions
 
     def unsupported(self) -> str | None:
         """The first field set to something this server cannot do, if any."""
         if self.tools:
             return "tools"
+        for name in ("frequency_penalty", "presence_penalty"):
+            if getattr(self, name) not in (None, 0):
+                return name
+        if self.logit_bias:
+            return "logit_bias"
+        if self.suffix:
+            return "suffix"
         if self.tool_choice not in (None, "none", "auto"):
             return "tool_choice"
         if self.response_format not in (None, {"type": "text"}):
@@ -189,14 +205,20 @@ class CandidateInfo(BaseModel):
     score: float | None
     n_tokens: int
     stop_reason: str | None
+    # the answer is only the last number of a solution cut short, not one it wrote out
+    provisional: bool = False
 
 
 class EdgettsInfo(BaseModel):
     """The search behind the answer: what it picked, why, and what it cost."""
 
     answer: str | None
+    # True when no solution wrote an answer out: ``answer`` is then the last number of one
+    # cut short (token limit, deadline), a guess to show as such
+    provisional: bool = False
     strategy: str
     n: int
+    seed: int | None = None  # what the search sampled with (drawn at random when not asked)
     cut_short: bool
     votes: dict[str, float]
     chosen_index: int | None
