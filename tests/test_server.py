@@ -839,3 +839,17 @@ def test_a_stream_that_fails_after_it_started_ends_with_an_error_event():
         with pytest.raises(openai.APIError, match="the answer could not be sent"):
             for _ in stream:
                 pass
+
+
+def test_logprobs_keep_the_bytes_of_a_token_that_splits_a_character():
+    """Seen: a token holding half of an emoji was decoded to U+FFFD and its bytes rebuilt from
+    that, so joining the tokens' bytes gave replacement characters instead of the emoji."""
+    from edgetts.server.responses import logprobs_of
+
+    apple = "🍎".encode()
+    chosen = Candidate(
+        " 🍎", None, None, [], 3, "eos", token_logprobs=[(b" ", -0.1), (apple[:2], -0.2), (apple[2:], -0.3)]
+    )
+    content = logprobs_of(chosen).content
+    assert b"".join(bytes(t.bytes) for t in content).decode() == " 🍎"
+    assert content[1].token == "bytes:\\xf0\\x9f" and content[0].token == " "

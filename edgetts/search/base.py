@@ -272,9 +272,10 @@ class Candidate:
     # The text writes a sum that does not hold (``48 * 3 = 124``, edgetts.arithmetic): it votes
     # only when no candidate without one has an answer (see select.py).
     arithmetic_error: bool = False
-    # Each generated token's text and log-probability under the policy, when the search
-    # recorded them (Sampling.record_tokens): what OpenAI's ``logprobs`` shows.
-    token_logprobs: list[tuple[str, float]] = field(default_factory=list)
+    # Each generated token's bytes (a token may hold part of a UTF-8 character) and its
+    # log-probability under the policy, when the search recorded them (Sampling.record_tokens):
+    # what OpenAI's ``logprobs`` shows.
+    token_logprobs: list[tuple[bytes, float]] = field(default_factory=list)
 
     @property
     def has_answer(self) -> bool:

@@ -49,8 +49,7 @@ def to_candidate(path: SolutionPath, agg: str = DEFAULT_AGG, check_arithmetic: b
         provisional=provisional,
         arithmetic_error=check_arithmetic and has_wrong_arithmetic(path.text),
         token_logprobs=[
-            (piece.decode("utf-8", errors="replace"), stats[0])
-            for piece, stats in zip(path.token_pieces, path.token_stats, strict=False)
+            (piece, stats[0]) for piece, stats in zip(path.token_pieces, path.token_stats, strict=False)
         ],
     )
 

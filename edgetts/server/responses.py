@@ -50,10 +50,19 @@ def logprobs_of(candidate: Candidate | None) -> ChoiceLogprobs | None:
     if candidate is None or not candidate.token_logprobs:
         return None
     content = [
-        TokenLogprob(token=text, logprob=logprob, bytes=list(text.encode()))
-        for text, logprob in candidate.token_logprobs
+        TokenLogprob(token=token_text(piece), logprob=logprob, bytes=list(piece))
+        for piece, logprob in candidate.token_logprobs
     ]
     return ChoiceLogprobs(content=content)
+
+
+def token_text(piece: bytes) -> str:
+    """A token's text; a token holding part of a UTF-8 character is written as OpenAI writes
+    it, ``bytes:\\xNN...`` (its ``bytes`` field has the raw bytes either way)."""
+    try:
+        return piece.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in piece)
 
 
 def finish_reason_of(candidate: Candidate | None) -> Literal["stop", "length"]:
