@@ -262,6 +262,15 @@ def test_what_a_user_reviewing_the_server_found(fake):
     assert seeds[0] != seeds[1] and seeds[2] == 7 and [i["seed"] for i in infos] == seeds
 
 
+def test_beam_settings_are_refused_in_the_requests_words():
+    """Seen: "beam_width (4) cannot exceed n (2)" with param null, for a request that sent samples."""
+    settings = ServerSettings(model_id=MODEL, api_key=KEY)
+    with ThreadedServer(create_app(FakeSolver(), settings, prm_state="loaded")) as base:
+        with pytest.raises(openai.BadRequestError) as err:
+            ask(client(base), edgetts={"strategy": "beam_search", "samples": 2, "beam_width": 4})
+    assert err.value.body["param"] == "edgetts.beam_width" and "samples (2)" in err.value.body["message"]
+
+
 def test_an_answer_no_solution_wrote_is_marked_provisional():
     from edgetts.server.engine import Job
     from edgetts.server.responses import edgetts_info
