@@ -192,17 +192,16 @@ class App:
         if req.logprobs:
             fields["logprobs"] = True
         options = SolveOptions(**fields)
+        width = options.beam_width
+        if strategy in names("tree") and n is not None and n % width:
+            # said in the request's words (SearchConfig.validate_beams says n): a multiple of
+            # the width is also at least the width
+            message = f"{strategy} needs {budget_param} ({n}) to be a multiple of beam_width ({width})"
+            raise ApiError(400, message, param=f"{where}beam_width")
         try:
             options.validate()
         except ValueError as exc:
             raise ApiError(400, str(exc), param="stop" if "stop" in str(exc) else None) from None
-        if strategy in names("tree") and n is not None:
-            try:
-                options.search_config().validate_beams(strategy)
-            except ValueError:  # said in the request's words (samples, not SearchConfig's n)
-                width = options.beam_width
-                message = f"{strategy} needs {budget_param} ({n}) to be a multiple of beam_width ({width})"
-                raise ApiError(400, message, param=f"{where}beam_width") from None
         question = req.prompt_input()
         # Checked now, so that a stream starts only for a prompt that fits (programs-only math
         # reads the last message alone: its own check runs with the search).
