@@ -160,10 +160,7 @@ def load(meta: ModelMetadata, n_threads: int) -> tuple[Calibration | None, str |
 
 def save(cal: Calibration, meta: ModelMetadata) -> Path:
     path = calibration_path(meta, cal.n_threads)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(cal.to_json())
-    os.replace(tmp, path)  # never leave a half-written file for the planner to trip on
+    paths.write_atomically(path, cal.to_json())  # never a half-written file for the planner
     return path
 
 

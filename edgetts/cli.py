@@ -912,27 +912,28 @@ def run(
         return
     problems = load_problems(data_path, question_key, answer_key, id_key, limit)
     data = {"file": data_path.name, "question_key": question_key, "answer_key": answer_key, "id_key": id_key}
-    results = ResultsFile(out_path, settings=_run_settings(kw, data), unrecorded=UNRECORDED_SETTINGS)
-    todo = [p for p in problems if p.id not in results.done]
-    if len(todo) < len(problems):
-        click.echo(
-            f"resuming: {len(problems) - len(todo)} of {len(problems)} already in {out_path}", err=True
-        )
-    solver, options = _make_solver(kw, searches=kw["concurrent"])
-    if kw["explain"]:
-        _explain(solver, options, todo[0].question if todo else None)
-    desc = f"{options.strategy} n={_n_label(options)}"
-    try:
-        if ray_address is not None:
-            _run_on_ray(todo, results, ray_address, actors, desc, kw)
-        elif kw["concurrent"] > 1:
-            _run_concurrent(todo, results, solver, options, kw, desc)
-        else:
-            for problem in tqdm(todo, desc=desc, unit="problem", disable=None, file=sys.stderr):
-                results.append(solve_record(solver, options, problem, kw["model"]))
-    except KeyboardInterrupt:
-        _stop_interrupted(len(results.records), out_path)
-    _print_summary(results, [p.id for p in problems], out_path, as_json)
+    settings = _run_settings(kw, data)
+    with ResultsFile(out_path, settings=settings, unrecorded=UNRECORDED_SETTINGS, lock=True) as results:
+        todo = [p for p in problems if p.id not in results.done]
+        if len(todo) < len(problems):
+            click.echo(
+                f"resuming: {len(problems) - len(todo)} of {len(problems)} already in {out_path}", err=True
+            )
+        solver, options = _make_solver(kw, searches=kw["concurrent"])
+        if kw["explain"]:
+            _explain(solver, options, todo[0].question if todo else None)
+        desc = f"{options.strategy} n={_n_label(options)}"
+        try:
+            if ray_address is not None:
+                _run_on_ray(todo, results, ray_address, actors, desc, kw)
+            elif kw["concurrent"] > 1:
+                _run_concurrent(todo, results, solver, options, kw, desc)
+            else:
+                for problem in tqdm(todo, desc=desc, unit="problem", disable=None, file=sys.stderr):
+                    results.append(solve_record(solver, options, problem, kw["model"]))
+        except KeyboardInterrupt:
+            _stop_interrupted(len(results.records), out_path)
+        _print_summary(results, [p.id for p in problems], out_path, as_json)
 
 
 def _print_summary(results, ids: list[str], out_path: Path, as_json: bool, measure: str = "accuracy") -> None:
@@ -968,60 +969,64 @@ def _run_code(data_path: Path, out_path: Path, limit: int | None, kw: dict, as_j
 
     problems = load_code_problems(data_path, limit)
     tests = _code_tests(kw)
-    results = ResultsFile(
-        out_path, settings=_run_settings(kw, {"file": data_path.name}), unrecorded=UNRECORDED_SETTINGS
-    )
-    todo = [p for p in problems if p.id not in results.done]
-    if len(todo) < len(problems):
-        click.echo(
-            f"resuming: {len(problems) - len(todo)} of {len(problems)} already in {out_path}", err=True
-        )
-    solver, options = _make_solver(kw)
-    try:
-        for problem in tqdm(
-            todo,
-            desc=f"code {options.strategy} n={_n_label(options)}",
-            unit="problem",
-            disable=None,
-            file=sys.stderr,
-        ):
-            start = time.perf_counter()
-            task = CodeTask(problem.prompt, problem.entry_point, tests)
-            result = solver.solve_code(task, options)
-            hidden: dict[str, bool] = {}
-            if problem.test is not None:
-                check = hidden_check(problem.test, problem.entry_point)
-                for cand in result.candidates:
-                    if cand.program is not None and cand.program not in hidden:
-                        run_ = solver.sandbox.run(cand.program, [check], run_name="candidate")
-                        hidden[cand.program] = run_.passed_all
-            correct = None if problem.test is None else bool(result.program and hidden.get(result.program))
-            candidates = [
-                {**asdict(c), "correct": hidden.get(c.program, False) if problem.test is not None else None}
-                for c in result.candidates
-            ]
-            results.append(
-                {
-                    "id": problem.id,
-                    "entry_point": result.entry_point,
-                    "correct": correct,
-                    "program": result.program,
-                    "strategy": result.strategy,
-                    "n": len(result.candidates),
-                    "seed": options.seed,
-                    "model": kw["model"],
-                    "chosen": result.chosen,
-                    "visible_tests": result.visible_tests,
-                    "generated_tests": result.generated_tests,
-                    "clusters": result.clusters,
-                    "candidates": candidates,
-                    "counters": result.counters,
-                    "seconds": round(time.perf_counter() - start, 3),
-                }
+    settings = _run_settings(kw, {"file": data_path.name})
+    with ResultsFile(out_path, settings=settings, unrecorded=UNRECORDED_SETTINGS, lock=True) as results:
+        todo = [p for p in problems if p.id not in results.done]
+        if len(todo) < len(problems):
+            click.echo(
+                f"resuming: {len(problems) - len(todo)} of {len(problems)} already in {out_path}", err=True
             )
-    except KeyboardInterrupt:
-        _stop_interrupted(len(results.records), out_path)
-    _print_summary(results, [p.id for p in problems], out_path, as_json, measure="pass@1")
+        solver, options = _make_solver(kw)
+        try:
+            for problem in tqdm(
+                todo,
+                desc=f"code {options.strategy} n={_n_label(options)}",
+                unit="problem",
+                disable=None,
+                file=sys.stderr,
+            ):
+                start = time.perf_counter()
+                task = CodeTask(problem.prompt, problem.entry_point, tests)
+                result = solver.solve_code(task, options)
+                hidden: dict[str, bool] = {}
+                if problem.test is not None:
+                    check = hidden_check(problem.test, problem.entry_point)
+                    for cand in result.candidates:
+                        if cand.program is not None and cand.program not in hidden:
+                            run_ = solver.sandbox.run(cand.program, [check], run_name="candidate")
+                            hidden[cand.program] = run_.passed_all
+                correct = (
+                    None if problem.test is None else bool(result.program and hidden.get(result.program))
+                )
+                candidates = [
+                    {
+                        **asdict(c),
+                        "correct": hidden.get(c.program, False) if problem.test is not None else None,
+                    }
+                    for c in result.candidates
+                ]
+                results.append(
+                    {
+                        "id": problem.id,
+                        "entry_point": result.entry_point,
+                        "correct": correct,
+                        "program": result.program,
+                        "strategy": result.strategy,
+                        "n": len(result.candidates),
+                        "seed": options.seed,
+                        "model": kw["model"],
+                        "chosen": result.chosen,
+                        "visible_tests": result.visible_tests,
+                        "generated_tests": result.generated_tests,
+                        "clusters": result.clusters,
+                        "candidates": candidates,
+                        "counters": result.counters,
+                        "seconds": round(time.perf_counter() - start, 3),
+                    }
+                )
+        except KeyboardInterrupt:
+            _stop_interrupted(len(results.records), out_path)
+        _print_summary(results, [p.id for p in problems], out_path, as_json, measure="pass@1")
 
 
 @main.command()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetts.paths import home
+from edgetts.paths import home, write_atomically
 
 
 class ModelError(Exception):
@@ -142,10 +142,7 @@ def read_metadata(path: str | Path) -> ModelMetadata:
             pass  # stale format or torn write: read the file again
     meta = _read(str(path), stat.st_size, stat.st_mtime)
     try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(meta)))
-        tmp.replace(cached)
+        write_atomically(cached, json.dumps(asdict(meta)))
     except OSError:
         pass  # a read-only cache only costs speed
     return meta

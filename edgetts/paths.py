@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.resources
 import os
+import tempfile
 from pathlib import Path
 
 import platformdirs
@@ -52,3 +53,18 @@ def find_asset(relative: str) -> Path:
         if (root / relative).exists():
             return root / relative
     return shipped_dir() / relative
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file of its own in the same folder, then
+    rename it over ``path``: a reader never sees half a file, and two writers at once (two
+    calibrations, two processes caching the same metadata) never share a temporary file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

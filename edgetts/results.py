@@ -15,6 +15,9 @@ What a results file is trusted with, and what it refuses:
   never cut: the file is the user's.
 * The file must be writable before the run starts, so no model loads for a run that cannot keep
   its answers.
+* With ``lock``, one run at a time holds the file (``<file>.lock``, released by :meth:`close`):
+  a second run on it is refused, where it would read the same finished problems, solve the same
+  remaining ones and append them twice.
 """
 
 from __future__ import annotations
@@ -55,22 +58,58 @@ class ResultsFile:
         settings: dict[str, Any] | None = None,
         unrecorded: Mapping[str, Any] | None = None,
         id_field: str = "id",
+        lock: bool = False,
     ) -> None:
         """``unrecorded``: for a setting added after a file was made, the value that does what
         runs did before it existed (a file without it resumes only with that value).
         ``id_field``: the field that keys each row and starts its line (``done`` holds its
-        values); benchmark tools key theirs by ``"problem_id"`` or ``"task_id"``."""
+        values); benchmark tools key theirs by ``"problem_id"`` or ``"task_id"``. ``lock``: hold
+        the file for this run until :meth:`close` (see the module doc)."""
         self.path = Path(path)
+        self._file_lock = self._lock() if lock else None
         self.settings = settings
         self.unrecorded = dict(unrecorded or {})
         self.id_field = id_field
         # how every line this class writes begins (see append): a torn line is recognised by it
         self.record_start = "{" + json.dumps(id_field) + ": "
-        self.records: list[dict] = self._read()
-        self.done: set[str] = {str(r[id_field]) for r in self.records}
-        if settings is not None:
-            self._check_settings(settings)
-        self._check_writable()
+        try:
+            self.records: list[dict] = self._read()
+            self.done: set[str] = {str(r[id_field]) for r in self.records}
+            if settings is not None:
+                self._check_settings(settings)
+            self._check_writable()
+        except BaseException:
+            self.close()  # refused: the file is free again for a run that may use it
+            raise
+
+    def _lock(self) -> Any:
+        from filelock import FileLock, Timeout
+
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        file_lock = FileLock(str(lock_path), timeout=0)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            file_lock.acquire()
+        except Timeout:
+            raise ResultsError(
+                f"{self.path} is being written by another run (it holds {lock_path}): wait for it to "
+                "end, or choose another --out"
+            ) from None
+        except OSError as exc:
+            raise ResultsError(f"cannot write results to {self.path}: {exc.strerror or exc}") from None
+        return file_lock
+
+    def close(self) -> None:
+        """Let another run have the file (a no-op without ``lock``)."""
+        if self._file_lock is not None:
+            self._file_lock.release()
+            self._file_lock = None
+
+    def __enter__(self) -> ResultsFile:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def _read(self) -> list[dict]:
         self._ends_mid_line = False

@@ -120,3 +120,45 @@ def test_unwritable_output_fails_at_once(tmp_path):
     blocker.write_text("")
     with pytest.raises(ResultsError, match="cannot write results"):
         ResultsFile(blocker / "r.jsonl")
+
+
+def test_a_second_run_on_a_locked_file_is_refused_until_the_first_closes(tmp_path):
+    """Two runs on one --out both read the same finished problems and solved and appended the
+    same remaining ones (rows twice); now the second is refused while the first holds the file."""
+    path = tmp_path / "out.jsonl"
+    with ResultsFile(path, settings={"n": 4}, lock=True) as first:
+        first.append({"id": "1", "answer": "2"})
+        with pytest.raises(ResultsError, match="another run"):
+            ResultsFile(path, settings={"n": 4}, lock=True)
+        assert ResultsFile(path).done == {"1"}  # reading without the lock is still fine
+    with pytest.raises(ResultsError, match="other settings"):
+        ResultsFile(path, settings={"n": 8}, lock=True)
+    with ResultsFile(path, settings={"n": 4}, lock=True) as again:  # a refused open let go too
+        assert again.done == {"1"}
+
+
+def test_atomic_writes_at_once_never_share_a_temporary_file(tmp_path):
+    """Seen: calibration and the metadata cache each wrote through one fixed <name>.tmp, so two
+    writers at once could rename the other's half-written file into place, or fail."""
+    import threading
+
+    from edgetts.paths import write_atomically
+
+    path = tmp_path / "calibration.json"
+    texts = [json.dumps({"writer": i, "pad": "x" * 100_000}) for i in range(2)]
+    errors = []
+
+    def write(text):
+        try:
+            for _ in range(30):
+                write_atomically(path, text)
+        except OSError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in texts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and path.read_text() in texts
+    assert [p.name for p in tmp_path.iterdir()] == ["calibration.json"]
