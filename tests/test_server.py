@@ -268,7 +268,8 @@ def test_beam_settings_are_refused_in_the_requests_words():
     with ThreadedServer(create_app(FakeSolver(), settings, prm_state="loaded")) as base:
         with pytest.raises(openai.BadRequestError) as err:
             ask(client(base), edgetts={"strategy": "beam_search", "samples": 2, "beam_width": 4})
-    assert err.value.body["param"] == "edgetts.beam_width" and "samples (2)" in err.value.body["message"], err.value.body
+    body = err.value.body
+    assert body["param"] == "edgetts.beam_width" and "samples (2)" in body["message"], body
 
 
 def test_an_answer_no_solution_wrote_is_marked_provisional():
