@@ -32,7 +32,7 @@ from edgetts.search.base import (
     StepScorer,
     aggregate,
 )
-from edgetts.search.select import pick_by_vote, score_paths, to_candidate
+from edgetts.search.select import pick_by_vote, score_or_zero, score_paths, to_candidate
 
 POT_SYSTEM = (
     "Solve the math problem by writing a short Python program. Reply with one ```python code block "
@@ -127,7 +127,7 @@ def program_of_thought(
     sandbox_s = time.perf_counter() - start
     candidates += [to_candidate(p, config.agg, config.check_arithmetic) for p in prose]
     weighted = scorer is not None
-    chosen, votes = pick_by_vote(candidates, (lambda c: c.score or 0.0) if weighted else (lambda c: 1.0))
+    chosen, votes = pick_by_vote(candidates, score_or_zero if weighted else (lambda c: 1.0))
     return SearchResult(
         strategy=config.mode,
         answer=chosen.answer if chosen else None,

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 
 from edgetts.search.base import SearchConfig, SearchResult, StepGenerator, StepScorer
+from edgetts.search.common import require_scorer
 from edgetts.search.registry import REGISTRY, Strategy
 
 STRATEGIES: dict[str, Strategy] = {name: info.run for name, info in REGISTRY.items()}
@@ -40,8 +41,8 @@ def run_search(
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {sorted(REGISTRY)}")
     info = REGISTRY[strategy]
     info.validate(config)
-    if info.needs_scorer and scorer is None:
-        raise ValueError(f"strategy {strategy!r} needs a PRM (step scorer)")
+    if info.needs_scorer:
+        require_scorer(strategy, scorer)
     return measured(generator, scorer, lambda: info.run(question, generator, scorer, config))
 
 

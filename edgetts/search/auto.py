@@ -47,7 +47,7 @@ from edgetts.search.base import (
     StepScorer,
 )
 from edgetts.search.common import as_weighted_vote, pruning, sample_in_waves, score_in_time, with_fallback
-from edgetts.search.select import pick_by_vote, tally_votes, to_candidate
+from edgetts.search.select import pick_by_vote, score_or_zero, tally_votes, to_candidate
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ def _continue_in_waves(
     def tally(paths: list[SolutionPath]) -> Tally:
         candidates = [to_candidate(p, config.agg, config.check_arithmetic) for p in paths]
         if weighted:
-            return tally_votes(candidates, lambda c: c.score if c.score is not None else 0.0)
+            return tally_votes(candidates, score_or_zero)
         return tally_votes(candidates, lambda c: 1.0)
 
     scored = list(probes)

@@ -29,7 +29,7 @@ from edgetts.search.common import (
     sample_to_end,
     score_in_time,
 )
-from edgetts.search.select import tally_votes, to_candidate
+from edgetts.search.select import score_or_zero, tally_votes, to_candidate
 
 
 def best_of_n(
@@ -89,7 +89,7 @@ def _sample_weighted(
 
     def tally(paths: list[SolutionPath]) -> Tally:
         candidates = [to_candidate(p, config.agg, config.check_arithmetic) for p in paths]
-        return tally_votes(candidates, lambda c: c.score if c.score is not None else 0.0)
+        return tally_votes(candidates, score_or_zero)
 
     prune = pruning(scorer, question, config)
     config = as_weighted_vote(config)

@@ -20,7 +20,7 @@ from edgetts.search.base import (
     StepGenerator,
     StepScorer,
 )
-from edgetts.search.select import pick_best, pick_by_vote, score_paths, to_candidate
+from edgetts.search.select import pick_best, pick_by_vote, score_or_zero, score_paths, to_candidate
 
 
 def sample_to_end(
@@ -204,7 +204,7 @@ def with_fallback(finished: list[Candidate], unfinished: list[Candidate]) -> lis
 def pick(candidates: list[Candidate], weighted: bool) -> tuple[Candidate | None, dict[str, float]]:
     """Highest-scored candidate, or the answer with the largest summed score when ``weighted``."""
     if weighted:
-        return pick_by_vote(candidates, lambda c: c.score if c.score is not None else 0.0)
+        return pick_by_vote(candidates, score_or_zero)
     return pick_best(candidates), {}
 
 

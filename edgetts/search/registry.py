@@ -18,7 +18,7 @@ from edgetts.search.common import pick
 from edgetts.search.confidence_vote import KEEP, confidence_vote
 from edgetts.search.dvts import dvts
 from edgetts.search.majority import majority
-from edgetts.search.select import pick_by_confidence, pick_by_vote
+from edgetts.search.select import pick_by_confidence, pick_by_vote, score_or_zero
 
 Strategy = Callable[[str, StepGenerator, "StepScorer | None", SearchConfig], SearchResult]
 FinalPick = Callable[[list[Candidate], SearchConfig], tuple["Candidate | None", dict[str, float]]]
@@ -59,7 +59,7 @@ def _vote(candidates: list[Candidate], _: SearchConfig):
 
 def _confidence(candidates: list[Candidate], _: SearchConfig):
     # confidence_vote shows each candidate's trace confidence as its score
-    return pick_by_confidence(candidates, [c.score or 0.0 for c in candidates], KEEP)
+    return pick_by_confidence(candidates, [score_or_zero(c) for c in candidates], KEEP)
 
 
 def _guided(name: str, run: Strategy, family: Family, final_pick: FinalPick) -> StrategyInfo:

@@ -112,11 +112,11 @@ def pick_by_vote(
 
     def group_key(rank: int) -> tuple[float, float, int]:
         group = groups[rank]
-        best = max(_score_or_zero(candidates[i]) for i in group)
+        best = max(score_or_zero(candidates[i]) for i in group)
         return (totals[candidates[group[0]].answer], best, -rank)
 
     winner = groups[max(range(len(groups)), key=group_key)]
-    chosen = max((candidates[i] for i in winner), key=_score_or_zero)
+    chosen = max((candidates[i] for i in winner), key=score_or_zero)
     return chosen, {str(k): v for k, v in totals.items()}
 
 
@@ -155,13 +155,14 @@ def pick_best(candidates: Sequence[Candidate]) -> Candidate | None:
     return _best_scored(parseable or list(candidates))
 
 
-def _score_or_zero(cand: Candidate) -> float:
+def score_or_zero(cand: Candidate) -> float:
+    """The candidate's score, 0 for one the PRM did not score (its weight in a weighted vote)."""
     return cand.score if cand.score is not None else 0.0
 
 
 def _best_scored(candidates: Sequence[Candidate]) -> Candidate:
     # max() keeps the first of equal keys, which makes ties go to the earliest sample.
-    return max(candidates, key=_score_or_zero)
+    return max(candidates, key=score_or_zero)
 
 
 def pick_by_confidence(

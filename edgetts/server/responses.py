@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 from edgetts.grading import answers_equal
 from edgetts.search.base import Candidate, SearchResult
+from edgetts.search.select import score_or_zero
 from edgetts.server.schemas import CandidateInfo, ChoiceLogprobs, EdgettsInfo, TokenLogprob, Usage
 from edgetts.solver import GREEDY
 
@@ -117,7 +118,7 @@ def ranked_choices(result: SearchResult, k: int) -> list[Candidate]:
     chosen = [result.chosen] if result.chosen is not None else []
 
     def rank(c: Candidate) -> tuple[float, float]:
-        return (result.votes.get(c.answer or "", 0.0), c.score if c.score is not None else 0.0)
+        return (result.votes.get(c.answer or "", 0.0), score_or_zero(c))
 
     for cand in sorted(result.candidates, key=rank, reverse=True):
         if len(chosen) >= k:
