@@ -1,11 +1,12 @@
 """Token confidence: what the policy's own next-token distributions say about a step or a trace.
 
-Recorded for free while decoding (``PolicyConfig.capture_confidence``): for every generated
-token, its log-probability under the model's untempered distribution, the distribution's
-entropy, and DeepConf's *token confidence* (minus the mean log-probability of the top-k
-candidates: high when the model is sure of its choice, low when many tokens compete). From
-those, per step (features a probe can read beside the hidden states) and per trace (DeepConf's
-lowest sliding-window confidence, for a vote that needs no PRM):
+Recorded for free while decoding, for a search whose ``Sampling.record_confidence`` asks (the
+Solver sets it for the strategies and probes that read it; ``PolicyConfig.capture_confidence``
+records it for every search): for every generated token, its log-probability under the model's
+untempered distribution, the distribution's entropy, and DeepConf's *token confidence* (minus
+the mean log-probability of the top-k candidates: high when the model is sure of its choice, low
+when many tokens compete). From those, per step (features a probe can read beside the hidden
+states) and per trace (DeepConf's lowest sliding-window confidence, for a vote that needs no PRM):
 
 * ``mean_logprob``, ``min_logprob``: of the step's tokens; a single unlikely token is a typical
   place for an arithmetic slip.

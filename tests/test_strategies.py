@@ -12,7 +12,7 @@ from fakes import FakeGenerator, FakeScorer, n_tokens, random_policy, tree_polic
 
 from edgetts.search import NEEDS_SCORER, STRATEGIES, run_search
 from edgetts.search.base import SearchConfig, SolutionPath
-from edgetts.search.beam_search import beam_search, best_scored, top_k
+from edgetts.search.beam_search import beam_search, best_scored, keep_best_distinct
 from edgetts.search.best_of_n import best_of_n, weighted_best_of_n
 from edgetts.search.dvts import best_first, deal, dvts
 
@@ -80,7 +80,7 @@ def test_aggregation_changes_the_pick(agg, answer):
 def test_aggregation_steers_pruning(agg, kept):
     # Beam search's and DVTS's selection both rank by the aggregated score of the whole path.
     for select in (
-        lambda gen, paths: top_k(gen, paths, 1, agg),
+        lambda gen, paths: keep_best_distinct(gen, paths, 1, agg),
         lambda gen, paths: best_first(gen, paths, [], agg),
     ):
         gen = FakeGenerator(tree_policy({"x": {"x2": {}}, "y": {"y2": {}}, "w": {"w2": {}}}))
@@ -90,15 +90,15 @@ def test_aggregation_steers_pruning(agg, kept):
         assert select(gen, paths)[0].steps == [kept]
 
 
-def test_top_k_gives_a_duplicate_beams_place_to_the_next_distinct_one():
+def test_keep_best_distinct_gives_a_duplicate_beams_place_to_the_next_distinct_one():
     gen = FakeGenerator(tree_policy({"same": {}, "other": {}, "third": {}}))
     paths = gen.extend([gen.root("q")], 3)
     paths[1].steps = list(paths[0].steps)  # two beams wrote the same step
     for path, score in zip(paths, (0.9, 0.8, 0.1), strict=True):
         path.scores = [score]
-    kept = top_k(gen, paths, 2, "last")
+    kept = keep_best_distinct(gen, paths, 2, "last")
     assert [p.scores for p in kept] == [[0.9], [0.1]]
-    assert len(top_k(gen, kept, 5, "last")) == 2  # fewer distinct paths than places: fewer kept
+    assert len(keep_best_distinct(gen, kept, 5, "last")) == 2  # fewer distinct paths than places: fewer kept
 
 
 # --- beam search --------------------------------------------------------------------------------

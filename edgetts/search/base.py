@@ -325,10 +325,10 @@ class Deadline:
     def __init__(self, deadline_s: float | None, cancel: threading.Event | None = None) -> None:
         self.deadline_s = deadline_s
         self.cancel = cancel
-        self.start = time.perf_counter()
+        self.started_s = time.perf_counter()  # on the perf_counter clock
 
     def elapsed_s(self) -> float:
-        return time.perf_counter() - self.start
+        return time.perf_counter() - self.started_s
 
     def remaining_s(self) -> float:
         if self.deadline_s is None:

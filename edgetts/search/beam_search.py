@@ -51,7 +51,7 @@ def beam_search(
         if round_ == config.max_steps:
             live = complete(generator, scorer, question, live, finished, deadline)
             break
-        survivors = top_k(generator, live, keep, config.ranking)
+        survivors = keep_best_distinct(generator, live, keep, config.ranking)
         live = expand_to(generator, survivors, config.n, deadline)
     # Whatever is still live was cut short (deadline) or is surplus (N beams already finished).
     generator.release(live)
@@ -103,7 +103,9 @@ def best_scored(paths: list[SolutionPath], n: int, agg: str) -> list[SolutionPat
     return [paths[i] for i in sorted(sorted(range(len(paths)), key=rank)[:n])]
 
 
-def top_k(generator: StepGenerator, paths: list[SolutionPath], k: int, agg: str) -> list[SolutionPath]:
+def keep_best_distinct(
+    generator: StepGenerator, paths: list[SolutionPath], k: int, agg: str
+) -> list[SolutionPath]:
     """Keep the ``k`` best-scored paths with distinct steps (earliest first on ties), release the rest.
 
     Two beams with the same steps are one partial solution twice (common when sampling cool), so a
