@@ -26,7 +26,7 @@ from edgetts.policy.config import KV_TYPES, PolicyConfig
 from edgetts.results import UNKNOWN
 from edgetts.search.adaptive import AdaptiveStop
 from edgetts.search.base import AGGREGATIONS, MAX_N, SearchResult
-from edgetts.search.registry import DEFAULT_STRATEGY, MODES, REGISTRY
+from edgetts.search.registry import DEFAULT_STRATEGY, GREEDY, MODES, REGISTRY
 from edgetts.search.registry import choices as strategy_choices
 from edgetts.server.settings import ServerSettings
 from edgetts.solver import SolveOptions
@@ -304,6 +304,13 @@ def _make_solver(kw: dict, searches: int = 1):
     code = kw["task"] == "code"
     if not code and kw["tests_path"] is not None:
         raise click.UsageError("--tests is for --task code")
+    ctx = click.get_current_context(silent=True)
+    n_typed = ctx is not None and ctx.get_parameter_source("n") == click.core.ParameterSource.COMMANDLINE
+    if options.strategy == GREEDY and n_typed and options.n != 1:
+        # (an n from the config file or environment is for the other strategies: not an error)
+        raise click.UsageError(
+            f"--strategy greedy answers with one sample at temperature 0: -n {options.n} is for the searches"
+        )
     try:  # fail on bad settings before a model loads: the flags' error, exit 2
         if code:
             from edgetts.solver import validate_code_options
@@ -313,7 +320,7 @@ def _make_solver(kw: dict, searches: int = 1):
             options.validate()
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    n_parallel = max(options.search_config().n, 1) if options.strategy != "greedy" else 1
+    n_parallel = options.n_paths
     policy_config = PolicyConfig(
         model=kw["model"],
         max_tokens=kw["max_tokens"],

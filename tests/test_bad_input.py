@@ -170,6 +170,7 @@ def test_resume_in_another_mode_is_refused(tmp_path, data):
         (["--temperature", "-1"], ["temperature must be >= 0"]),
         (["--pot-n", "3"], ["pot_n is for mode cot+pot"]),
         (["--pot-n", "0"], ["0 is not in the range x>=1"]),
+        (["--strategy", "greedy", "-n", "8"], ["greedy answers with one sample", "-n 8"]),
     ],
 )
 def test_settings_no_search_can_run_are_usage_errors(args, words):
