@@ -252,6 +252,9 @@ def test_what_a_user_reviewing_the_server_found(fake):
             messages=[{"role": "user", "content": "hi"}, called, {"role": "user", "content": "and?"}],
         )
     assert "tool" in err.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as err:  # seen: accepted, and one sample drawn
+        ask(c, edgetts={"strategy": "greedy", "samples": 5})
+    assert err.value.body["param"] == "edgetts.samples"
     solver.options.clear()
     infos = [
         ask(c).model_extra["edgetts"],

@@ -23,7 +23,7 @@ from edgetts import scheduler
 from edgetts.policy import PolicyError, Prompt, PromptTooLong
 from edgetts.search import NEEDS_SCORER
 from edgetts.search.base import SearchConfig, SearchResult
-from edgetts.search.registry import DEFAULT_STRATEGY, choices, names
+from edgetts.search.registry import DEFAULT_STRATEGY, GREEDY, choices, names
 from edgetts.server.engine import EXPECTED_SEARCH_S, Engine, Job
 from edgetts.server.errors import ApiError, http_error, internal_error, validation_error
 from edgetts.server.guard import Guard
@@ -161,6 +161,13 @@ class App:
             )
         n = budget or (None if strategy == "auto" else max(s.default_n, choices))
         budget_param = "n" if where == "" else "edgetts.samples"
+        if strategy == GREEDY and budget not in (None, 1):
+            raise ApiError(
+                400,
+                f"strategy greedy answers with one sample at temperature 0: {budget_param}={budget} "
+                "is for the searches",
+                param=budget_param,
+            )
         if n is not None and n > s.max_n:
             raise ApiError(
                 400, f"a search of {n} is more than this server allows (max {s.max_n})", param=budget_param
