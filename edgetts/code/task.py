@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 from edgetts.code.checks import docstring_checks
@@ -34,6 +34,7 @@ from edgetts.code.extract import (
 )
 from edgetts.code.select import Behaviour, select_program
 from edgetts.sandbox import Check, RunResult, Sandbox
+from edgetts.search import counters_of, spent_since
 from edgetts.search.base import Deadline, Sampling, SolutionPath
 
 CODE_SYSTEM = (
@@ -149,11 +150,6 @@ class CodeResult:
     counters: dict[str, float] = field(default_factory=dict)
 
 
-def _counters(obj: object) -> dict[str, float]:
-    counters = getattr(obj, "counters", None)
-    return asdict(counters) if is_dataclass(counters) else {}
-
-
 def sample_replies(
     generator: ProgramGenerator,
     message: str,
@@ -175,7 +171,7 @@ def solve_code(
     """Write ``config.n`` programs for ``task``, run them, pick one (see the module docstring)."""
     config.validate()
     deadline = Deadline(config.deadline_s, config.cancel)
-    before = _counters(generator)
+    before = counters_of(generator)
     start = time.perf_counter()
     paths = sample_replies(generator, task.message(), CODE_SYSTEM, config.n, deadline, config.sampling)
     context = task.prompt if task.has_signature else ""
@@ -253,8 +249,7 @@ def solve_code(
     if chosen is None:  # nothing ran: still show what the model wrote
         chosen = next((i for i, p in enumerate(programs) if p is not None), None)
 
-    after = _counters(generator)
-    gen = {k: after[k] - before.get(k, 0) for k in after}
+    gen = spent_since(generator, before)
     wall_s = time.perf_counter() - start
     counters = {
         "tokens_prefilled": gen.get("tokens_prefilled", 0),

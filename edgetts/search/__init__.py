@@ -17,9 +17,16 @@ NEEDS_SCORER: set[str] = {name for name, info in REGISTRY.items() if info.needs_
 NEEDS_CONFIDENCE: set[str] = {name for name, info in REGISTRY.items() if info.needs_confidence}
 
 
-def _counters(obj: StepGenerator | StepScorer | None) -> dict[str, float]:
-    counters = obj.counters if obj is not None else None
+def counters_of(obj: object) -> dict[str, float]:
+    """What ``obj`` (a generator or scorer) has spent so far: its ``counters`` dataclass as a
+    dict, or {} when it keeps none."""
+    counters = getattr(obj, "counters", None)
     return asdict(counters) if is_dataclass(counters) else {}
+
+
+def spent_since(obj: object, before: dict[str, float]) -> dict[str, float]:
+    """What ``obj`` has spent since ``before`` (an earlier :func:`counters_of`)."""
+    return {k: v - before.get(k, 0) for k, v in counters_of(obj).items()}
 
 
 def run_search(
@@ -55,13 +62,11 @@ def measured(
     (from the scorer), and wall time split into policy, PRM and other seconds; counters the
     search set itself (sandbox runs) are kept.
     """
-    gen_before, prm_before = _counters(generator), _counters(scorer)
+    gen_before, prm_before = counters_of(generator), counters_of(scorer)
     start = time.perf_counter()
     result = search()
     wall_s = time.perf_counter() - start
-    gen_after, prm_after = _counters(generator), _counters(scorer)
-    gen = {k: gen_after[k] - gen_before.get(k, 0) for k in gen_after}
-    prm = {k: prm_after[k] - prm_before.get(k, 0) for k in prm_after}
+    gen, prm = spent_since(generator, gen_before), spent_since(scorer, prm_before)
     policy_s = gen.pop("seconds", 0.0)
     prm_s = prm.pop("seconds", 0.0)
     generated = gen.get("tokens_decoded", 0) - gen.get("tokens_redecoded", 0)
