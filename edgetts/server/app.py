@@ -98,46 +98,10 @@ class App:
     def job_for(self, req: SearchRequest) -> Job:
         """Turn a request into a validated search job (every 400 is raised here, before queueing)."""
         self.check_model(req.model)
-        if (field := req.unsupported()) is not None:
-            raise ApiError(
-                400,
-                f"{field} is not supported: edgetts answers in plain text (no tools, JSON mode, "
-                "best_of, penalties, logit bias or suffix)",
-                param=field,
-                code="unsupported_parameter",
-            )
-        if req.top_logprobs:
-            raise ApiError(
-                400,
-                "top_logprobs is not supported: the policy keeps each token's own log-probability only",
-                param="top_logprobs",
-                code="unsupported_parameter",
-            )
-        if req.logprobs is not None and not isinstance(req.logprobs, bool):
-            raise ApiError(
-                400,
-                "logprobs must be true or false (the older integer form is not supported)",
-                param="logprobs",
-                code="unsupported_parameter",
-            )
+        self._refuse_unsupported(req)
         s = self.settings
         search, budget, choices, deprecation, where = self._search_of(req)
-        runs_code = None  # (the field that asks for model-written code to run, how to name it)
-        if search.task == "code":
-            runs_code = ("task", "task=code")
-        elif search.mode != "cot":
-            runs_code = ("mode", f"mode={search.mode}")
-        elif search.run_programs:
-            runs_code = ("run_programs", "run_programs")
-        if runs_code is not None and not s.allow_exec:
-            field, what = runs_code
-            raise ApiError(
-                400,
-                f"{what} runs model-written code, which this server does not allow; "
-                "start it with `edgetts serve --allow-exec`",
-                param=f"{where}{field}",
-                code="exec_not_allowed",
-            )
+        self._check_exec(search, where)
         if search.task == "code":
             return self._code_job(req, search, budget, where)
         strategy = search.strategy or self.default_strategy
@@ -235,6 +199,51 @@ class App:
             ) from None
         except PolicyError as exc:
             raise ApiError(400, str(exc), param=param) from None
+
+    @staticmethod
+    def _refuse_unsupported(req: SearchRequest) -> None:
+        """A 400 for an OpenAI field a search cannot honour (rather than a reply that ignores it)."""
+        if (field := req.unsupported()) is not None:
+            raise ApiError(
+                400,
+                f"{field} is not supported: edgetts answers in plain text (no tools, JSON mode, "
+                "best_of, penalties, logit bias or suffix)",
+                param=field,
+                code="unsupported_parameter",
+            )
+        if req.top_logprobs:
+            raise ApiError(
+                400,
+                "top_logprobs is not supported: the policy keeps each token's own log-probability only",
+                param="top_logprobs",
+                code="unsupported_parameter",
+            )
+        if req.logprobs is not None and not isinstance(req.logprobs, bool):
+            raise ApiError(
+                400,
+                "logprobs must be true or false (the older integer form is not supported)",
+                param="logprobs",
+                code="unsupported_parameter",
+            )
+
+    def _check_exec(self, search: SearchFields, where: str) -> None:
+        """A 400 for a search that would run model-written code on a server that does not allow it."""
+        runs_code = None  # (the field that asks for model-written code to run, how to name it)
+        if search.task == "code":
+            runs_code = ("task", "task=code")
+        elif search.mode != "cot":
+            runs_code = ("mode", f"mode={search.mode}")
+        elif search.run_programs:
+            runs_code = ("run_programs", "run_programs")
+        if runs_code is not None and not self.settings.allow_exec:
+            field, what = runs_code
+            raise ApiError(
+                400,
+                f"{what} runs model-written code, which this server does not allow; "
+                "start it with `edgetts serve --allow-exec`",
+                param=f"{where}{field}",
+                code="exec_not_allowed",
+            )
 
     def _max_tokens(self, req: SearchRequest) -> int:
         """Tokens per solution the request asks for (the server's limit if none), within it."""
