@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from edgetts import scheduler
@@ -542,10 +542,14 @@ def create_app(
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
         return http_error(exc).response()
 
-    @app.api_route("/health", methods=["GET", "HEAD"], response_model=Health)
+    @app.get("/health", response_model=Health)
     async def health() -> JSONResponse:
         report = state.health()
         return JSONResponse(report.model_dump(), status_code=200 if report.status == "ok" else 503)
+
+    @app.head("/health", include_in_schema=False)  # what some health checkers send
+    async def health_head() -> Response:
+        return Response(status_code=200 if not state.engine.closing else 503)
 
     @app.get("/v1/models", response_model=ModelList)
     async def list_models() -> ModelList:
