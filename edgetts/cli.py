@@ -540,6 +540,8 @@ def solve(question: str | None, show: bool, as_json: bool, **kw) -> None:
     if show and result.chosen is not None:
         _show(result)
     click.echo(result.answer if result.answer is not None else "(no answer)")
+    if result.provisional:  # on stderr: stdout stays the answer alone, for pipes
+        click.echo("(a guess: no solution wrote its answer out before it was cut short)", err=True)
 
 
 def _solve_code(solver, options, prompt: str, tests: tuple, show: bool, as_json: bool) -> None:

@@ -277,3 +277,21 @@ def test_results_row_records_the_n_the_search_used(options, n):
     result = SearchResult("majority", "21", None, [], votes={"21": 1.0}, counters={})
     row = _record(Problem("p1", "What is 3 * 7?", "21"), result, SolveOptions(**options), "m", 0.1)
     assert row["n"] == n and DEFAULT_N == 4
+
+
+def test_solve_says_when_its_answer_is_a_guess(monkeypatch):
+    """Seen in a user's review: "2" printed for a question whose every solution was cut off,
+    taken from a list marker, with nothing to say it was a guess."""
+    from edgetts import cli
+    from edgetts.solver import SolveOptions
+
+    guess = Candidate("1. Tom has 3\n2. He buys", "2", None, [], 48, "max_tokens", provisional=True)
+
+    class Guessing:
+        def solve(self, question, options):
+            return SearchResult("majority", "2", guess, [guess], votes={"2": 1.0})
+
+    monkeypatch.setattr(cli, "_make_solver", lambda kw: (Guessing(), SolveOptions(strategy="majority")))
+    result = CliRunner().invoke(main, ["solve", "Tom has 3 apples and buys 4 more. How many?"])
+    assert result.exit_code == 0 and result.stdout == "2\n"
+    assert "a guess" in result.stderr

@@ -302,6 +302,12 @@ class SearchResult:
     cut_short: bool = False
     counters: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def provisional(self) -> bool:
+        """No solution wrote an answer out: ``answer`` is the last number of one cut short (token
+        limit, deadline), a guess to show as such."""
+        return self.chosen is not None and self.chosen.provisional
+
 
 def aggregate(step_scores: Sequence[float], agg: str = DEFAULT_AGG) -> float:
     """Collapse per-step PRM scores into one path score (last step, weakest step, or product)."""

@@ -87,7 +87,7 @@ def edgetts_info(job: Job, result: SearchResult) -> EdgettsInfo:
     started = job.started_at or job.queued_at
     return EdgettsInfo(
         answer=result.answer,
-        provisional=chosen is not None and chosen.provisional,
+        provisional=result.provisional,
         strategy=result.strategy,
         n=1 if job.options.strategy == GREEDY else job.options.n or len(result.candidates),
         seed=None if job.options.strategy == GREEDY else job.options.seed,
