@@ -21,9 +21,8 @@ import click
 from edgetts import calibration as calib
 from edgetts import models as registry
 from edgetts.distributed import DETECT as DETECT_RAY  # what a bare --ray means (Ray loads later)
-from edgetts.grading import answers_equal
 from edgetts.policy.config import KV_TYPES, PolicyConfig
-from edgetts.results import UNKNOWN
+from edgetts.results import UNKNOWN, solve_row
 from edgetts.search.adaptive import AdaptiveStop
 from edgetts.search.base import AGGREGATIONS, MAX_N, SearchResult
 from edgetts.search.registry import DEFAULT_STRATEGY, GREEDY, MODES, REGISTRY
@@ -640,61 +639,16 @@ def _show(result: SearchResult) -> None:
     )
 
 
-def _record(problem, result, options, model: str | None, seconds: float) -> dict:
-    correct = None if problem.answer is None else answers_equal(result.answer, problem.answer)
-    candidates = []
-    for cand in result.candidates:
-        item = asdict(cand)
-        if problem.answer is not None:
-            item["correct"] = answers_equal(cand.answer, problem.answer)
-        candidates.append(item)
-    return {
-        "id": problem.id,
-        "question": problem.question,
-        "gold": problem.answer,
-        "answer": result.answer,
-        "correct": correct,
-        "strategy": result.strategy,
-        "n": options.n_paths,
-        "seed": options.seed,
-        "model": model,
-        "votes": result.votes,
-        "cut_short": result.cut_short,
-        "chosen": asdict(result.chosen) if result.chosen else None,
-        "candidates": candidates,
-        "counters": result.counters,
-        "seconds": round(seconds, 3),
-    }
-
-
 def _n_label(options: SolveOptions) -> str:
     """N for a progress bar: ``planned`` where a budget sets it per question."""
     return "planned" if options.n is None and options.has_budget else str(options.n_paths)
-
-
-def solve_record(
-    solver, options: SolveOptions, problem, model: str | None, cancel: threading.Event | None = None
-) -> dict:
-    """Solve one problem into its results row: the same code in one process, on its worker
-    threads (``--concurrent``) and on a Ray actor. ``cancel`` ends the search early (its row
-    is then cut short: the caller drops it)."""
-    import time
-
-    # This problem's plan (under a budget it, not the options, sets N), made and loaded before
-    # the clock starts.
-    planned = solver.prepare(problem.question, options)
-    start = time.perf_counter()
-    result = solver.solve(problem.question, options, cancel=cancel)
-    seconds = time.perf_counter() - start
-    used = replace(options, n=planned.n) if planned else options
-    return _record(problem, result, used, model, seconds)
 
 
 def problem_worker(kw: dict):
     """A solver built from ``run``'s options, as a function from a problem to its row (what a
     Ray actor calls ``functools.partial(problem_worker, kw)`` to get; the model loads lazily)."""
     solver, options = _make_solver(kw)
-    return functools.partial(solve_record, solver, options, model=kw["model"])
+    return functools.partial(solve_row, solver, options, model=kw["model"])
 
 
 def _ray_threads(kw: dict) -> int:
@@ -759,7 +713,7 @@ def _run_concurrent(todo: list, results, solver, options: SolveOptions, kw: dict
     from tqdm import tqdm
 
     cancel = threading.Event()
-    solve = functools.partial(solve_record, solver, options, model=kw["model"], cancel=cancel)
+    solve = functools.partial(solve_row, solver, options, model=kw["model"], cancel=cancel)
     waiting = iter(todo)
     with (
         ThreadPoolExecutor(max_workers=kw["concurrent"], thread_name_prefix="edgetts-run") as pool,
@@ -939,7 +893,7 @@ def run(
                 _run_concurrent(todo, results, solver, options, kw, desc)
             else:
                 for problem in tqdm(todo, desc=desc, unit="problem", disable=None, file=sys.stderr):
-                    results.append(solve_record(solver, options, problem, kw["model"]))
+                    results.append(solve_row(solver, options, problem, kw["model"]))
         except KeyboardInterrupt:
             _stop_interrupted(len(results.records), out_path)
         _print_summary(results, [p.id for p in problems], out_path, as_json)

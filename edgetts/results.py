@@ -1,4 +1,5 @@
-"""Results files: one JSON line per problem, appended and flushed as each problem finishes.
+"""Results files: one JSON line per problem (:func:`problem_row`), appended and flushed as each
+problem finishes.
 
 Re-running with the same ``--out`` skips the problems already in the file, so an interrupted run
 (Ctrl-C, a crash, a stopped machine) resumes where it stopped and never loses a finished line.
@@ -24,9 +25,19 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from collections.abc import Iterable, Mapping
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from edgetts.grading import answers_equal
+
+if TYPE_CHECKING:
+    from edgetts.data import Problem
+    from edgetts.search.base import SearchResult
+    from edgetts.solver import SolveOptions, Solver
 
 
 class _Unknown:
@@ -208,3 +219,54 @@ class ResultsFile:
         records = self.records if ids is None else self.of(ids)
         graded = [r for r in records if r.get("correct") is not None]
         return sum(bool(r["correct"]) for r in graded), len(graded)
+
+
+def problem_row(
+    problem: Problem, result: SearchResult, options: SolveOptions, model: str | None, seconds: float
+) -> dict:
+    """One problem's results row: its answer graded against the gold one, every candidate (each
+    graded too), the N and seed the search used, and what it cost."""
+    correct = None if problem.answer is None else answers_equal(result.answer, problem.answer)
+    candidates = []
+    for cand in result.candidates:
+        item = asdict(cand)
+        if problem.answer is not None:
+            item["correct"] = answers_equal(cand.answer, problem.answer)
+        candidates.append(item)
+    return {
+        "id": problem.id,
+        "question": problem.question,
+        "gold": problem.answer,
+        "answer": result.answer,
+        "correct": correct,
+        "strategy": result.strategy,
+        "n": options.n_paths,
+        "seed": options.seed,
+        "model": model,
+        "votes": result.votes,
+        "cut_short": result.cut_short,
+        "chosen": asdict(result.chosen) if result.chosen else None,
+        "candidates": candidates,
+        "counters": result.counters,
+        "seconds": round(seconds, 3),
+    }
+
+
+def solve_row(
+    solver: Solver,
+    options: SolveOptions,
+    problem: Problem,
+    model: str | None,
+    cancel: threading.Event | None = None,
+) -> dict:
+    """Solve one problem into its results row: the same code in one process, on its worker
+    threads (``--concurrent``) and on a Ray actor. ``cancel`` ends the search early (its row
+    is then cut short: the caller drops it)."""
+    # This problem's plan (under a budget it, not the options, sets N), made and loaded before
+    # the clock starts.
+    planned = solver.prepare(problem.question, options)
+    start = time.perf_counter()
+    result = solver.solve(problem.question, options, cancel=cancel)
+    seconds = time.perf_counter() - start
+    used = replace(options, n=planned.n) if planned else options
+    return problem_row(problem, result, used, model, seconds)

@@ -269,13 +269,13 @@ def test_run_summary_counts_only_the_problems_of_this_run(tmp_path):
 )
 def test_results_row_records_the_n_the_search_used(options, n):
     """Seen: a row of a run without -n recorded "n": null while the search drew 4 samples."""
-    from edgetts.cli import _record
     from edgetts.data import Problem
+    from edgetts.results import problem_row
     from edgetts.search.base import DEFAULT_N
     from edgetts.solver import SolveOptions
 
     result = SearchResult("majority", "21", None, [], votes={"21": 1.0}, counters={})
-    row = _record(Problem("p1", "What is 3 * 7?", "21"), result, SolveOptions(**options), "m", 0.1)
+    row = problem_row(Problem("p1", "What is 3 * 7?", "21"), result, SolveOptions(**options), "m", 0.1)
     assert row["n"] == n and DEFAULT_N == 4
 
 
