@@ -184,15 +184,7 @@ def solve_code(
     generated: list[str] = []
     wants_tests = config.selection != "first" and config.n > 1 and entry is not None
     if wants_tests and config.test_samples > 0 and not deadline.expired():
-        signature = (
-            task.prompt.rstrip() if task.has_signature else f"{task.prompt.strip()}\n(function: {entry})"
-        )
-        message = f"Write 6 assert statements that test `{entry}`:\n```python\n{signature}\n```"
-        k = config.test_samples
-        for reply in sample_replies(generator, message, TESTS_SYSTEM, k, deadline, config.sampling):
-            for stmt in generated_asserts(reply.text, entry, config.max_generated):
-                if stmt not in generated and len(generated) < config.max_generated:
-                    generated.append(stmt)
+        generated = write_tests(task, entry, generator, config, deadline)
     probes: list[str] = []
     if wants_tests:
         doc_calls = [
@@ -209,33 +201,12 @@ def solve_code(
             runs[program] = sandbox.run(program, checks, run_name="candidate")
     sandbox_s = time.perf_counter() - sandbox_start
 
-    nv, ng = len(visible), len(generated)
     candidates, behaviours = [], []
     for path, program in zip(paths, programs, strict=True):
-        cand = CodeCandidate(path.text, program, path.n_tokens, path.stop_reason)
         run = runs.get(program) if program is not None else None
-        if run is None:
-            cand.error = "no function found in the reply" if entry else "no code found in the reply"
-            behaviours.append(Behaviour(runnable=False))
-        else:
-            res = run.checks
-            cand.runnable = run.loaded and not run.timed_out and not run.output_capped
-            cand.error = run.error
-            cand.visible = [{"name": r.name, "passed": r.passed, "error": r.error} for r in res[:nv]]
-            cand.generated = [r.passed for r in res[nv : nv + ng]]
-            cand.generated_passed = sum(cand.generated)
-            cand.outputs = [
-                r.value if r.passed else f"error: {(r.error or '').split(':')[0]}" for r in res[nv + ng :]
-            ]
-            behaviours.append(
-                Behaviour(
-                    runnable=cand.runnable,
-                    visible=tuple(r.passed for r in res[:nv]),
-                    generated=tuple(r.passed for r in res[nv : nv + ng]),
-                    outputs=tuple(cand.outputs),
-                )
-            )
+        cand, behaviour = judge(path, program, run, entry, len(visible), len(generated))
         candidates.append(cand)
+        behaviours.append(behaviour)
 
     if config.selection == "first" or config.n == 1:
         chosen = next((i for i, b in enumerate(behaviours) if b.runnable), None)
@@ -281,3 +252,52 @@ def solve_code(
         cut_short=deadline.expired() or any(p.stop_reason == "deadline" for p in paths),
         counters=counters,
     )
+
+
+def write_tests(
+    task: CodeTask, entry: str, generator: ProgramGenerator, config: CodeConfig, deadline: Deadline
+) -> list[str]:
+    """Assert statements the policy writes for ``entry`` (CodeT's generated tests), distinct, at
+    most ``config.max_generated``."""
+    signature = task.prompt.rstrip() if task.has_signature else f"{task.prompt.strip()}\n(function: {entry})"
+    message = f"Write 6 assert statements that test `{entry}`:\n```python\n{signature}\n```"
+    generated: list[str] = []
+    replies = sample_replies(generator, message, TESTS_SYSTEM, config.test_samples, deadline, config.sampling)
+    for reply in replies:
+        for stmt in generated_asserts(reply.text, entry, config.max_generated):
+            if stmt not in generated and len(generated) < config.max_generated:
+                generated.append(stmt)
+    return generated
+
+
+def judge(
+    path: SolutionPath,
+    program: str | None,
+    run: RunResult | None,
+    entry: str | None,
+    n_visible: int,
+    n_generated: int,
+) -> tuple[CodeCandidate, Behaviour]:
+    """One reply as a candidate (what its program passed, printed, or why it did not run) and
+    its behaviour for the vote. ``run``'s checks are the visible tests, then the generated ones,
+    then the probe calls."""
+    cand = CodeCandidate(path.text, program, path.n_tokens, path.stop_reason)
+    if run is None:
+        cand.error = "no function found in the reply" if entry else "no code found in the reply"
+        return cand, Behaviour(runnable=False)
+    visible = run.checks[:n_visible]
+    generated = run.checks[n_visible : n_visible + n_generated]
+    probes = run.checks[n_visible + n_generated :]
+    cand.runnable = run.loaded and not run.timed_out and not run.output_capped
+    cand.error = run.error
+    cand.visible = [{"name": r.name, "passed": r.passed, "error": r.error} for r in visible]
+    cand.generated = [r.passed for r in generated]
+    cand.generated_passed = sum(cand.generated)
+    cand.outputs = [r.value if r.passed else f"error: {(r.error or '').split(':')[0]}" for r in probes]
+    behaviour = Behaviour(
+        runnable=cand.runnable,
+        visible=tuple(r.passed for r in visible),
+        generated=tuple(cand.generated),
+        outputs=tuple(cand.outputs),
+    )
+    return cand, behaviour
