@@ -75,13 +75,20 @@ class SolutionPath:
         return "".join(self.steps)
 
 
+class Counters(Protocol):
+    """What a generator or scorer has spent so far: a dataclass of numbers, its time in
+    ``seconds``. A search's cost is the difference of its fields across the search
+    (:func:`edgetts.search.measured`); counters of another kind count nothing."""
+
+    seconds: float
+
+
 @runtime_checkable
 class StepGenerator(Protocol):
     """Extends partial solutions, one step (or to the end) at a time."""
 
-    # What the generator has spent so far (a dataclass of numbers: tokens prefilled, decoded,
-    # re-decoded, seconds): a search's cost is the difference across it (search.measured).
-    counters: Any
+    # tokens prefilled, decoded and re-decoded (edgetts.policy.GeneratorCounters), seconds
+    counters: Counters
 
     def root(self, question: str, sampling: Sampling | None = None) -> SolutionPath:
         """Return the empty path for ``question`` (the prompt is prefilled once, here or lazily).
@@ -147,7 +154,7 @@ class StepGenerator(Protocol):
 class StepScorer(Protocol):
     """Scores every step of every path with a process reward model, each score in [0, 1]."""
 
-    counters: Any  # what it has spent so far (calls, steps scored, seconds), as the generator's
+    counters: Counters  # calls, steps scored (edgetts.prm.PRMCounters), seconds
 
     def score(self, question: str, paths: list[SolutionPath]) -> list[list[float]]: ...
 
