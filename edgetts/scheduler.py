@@ -84,7 +84,12 @@ PARKING = (*TREE_STRATEGIES, "auto")
 
 
 class PlanError(ValueError):
-    """No configuration fits the budget; the message says what would."""
+    """No configuration fits the budget; the message says what would, ``field`` which setting
+    is short (``deadline_s``, ``memory_mb``, ``strategy``) when one is."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass
@@ -457,14 +462,15 @@ def make_plan(
         gpu_layers = 0
     use_prm = budget.strategy in SCORED and prm is not None
     if budget.strategy in SCORED and budget.strategy != "auto" and not use_prm:
-        raise PlanError(f"strategy {budget.strategy!r} needs a PRM and none was found")
+        raise PlanError(f"strategy {budget.strategy!r} needs a PRM and none was found", field="strategy")
     kv_types = [budget.kv_type] if budget.kv_type else list(KV_TYPES)
     prefill_s = budget.prompt_tokens / cal.prefill_tok_s
     if budget.deadline_s is not None and budget.deadline_s < prefill_s:
         raise PlanError(
             f"a deadline of {budget.deadline_s:g} s is shorter than one prefill of the prompt "
             f"(~{budget.prompt_tokens} tokens, ~{prefill_s:.1f} s here); needs at least "
-            f"{math.ceil(prefill_s * 10) / 10:g} s"
+            f"{math.ceil(prefill_s * 10) / 10:g} s",
+            field="deadline_s",
         )
 
     if budget.deadline_s is not None and budget.deadline_s < 3 * prefill_s:
@@ -533,7 +539,8 @@ def make_plan(
     raise PlanError(
         f"a memory budget of {budget.memory_mb:g} MB is too small: the smallest configuration "
         f"({smallest.strategy}, 1 KV slot, KV {smallest.kv_type}, "
-        f"{smallest.max_tokens} tokens) needs at least {math.ceil(smallest.predicted_memory_mb)} MB"
+        f"{smallest.max_tokens} tokens) needs at least {math.ceil(smallest.predicted_memory_mb)} MB",
+        field="memory_mb",
     )
 
 

@@ -18,6 +18,7 @@ from edgetts.scheduler import (
     Budget,
     MemoryEstimate,
     Plan,
+    PlanError,
     estimate_for_policy,
     plan_for,
     prm_cost,
@@ -458,9 +459,10 @@ class Solver:
                 if self._policy and self._policy.config.park_mb
                 else ""
             )
-            raise ValueError(
+            raise PlanError(
                 f"memory_mb={memory_mb:g} is less than the loaded model may hold (~{held_mb:.0f} MB "
-                f"with its PRM{parking}); it is not loaded again for one request's budget"
+                f"with its PRM{parking}); it is not loaded again for one request's budget",
+                field="memory_mb",
             )
 
     def _as_loaded(self, strategy: str, plan: Plan | None) -> tuple[Verifier | None, LlamaPolicy]:

@@ -230,8 +230,9 @@ def test_a_request_with_a_memory_budget_leaves_the_server_as_it_was():
         beam = {"strategy": "beam_search", "n": 4, "beam_width": 2, "max_steps": 2}
         client.chat.completions.create(model=model, messages=messages, extra_body=beam)
         budget = {"strategy": "majority", "n": 2, "memory_mb": 700}
-        with pytest.raises(BadRequestError, match="less than the loaded model may hold"):
+        with pytest.raises(BadRequestError, match="less than the loaded model may hold") as err:
             client.chat.completions.create(model=model, messages=messages, extra_body=budget)
+        assert err.value.body["param"] == "memory_mb"  # the (legacy) field the request sent
         again = client.chat.completions.create(model=model, messages=messages, extra_body=beam)
         assert again.choices[0].message.content
         with urllib.request.urlopen(f"{base}/health", timeout=5) as resp:

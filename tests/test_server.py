@@ -275,6 +275,20 @@ def test_beam_settings_are_refused_in_the_requests_words():
     assert body["param"] == "edgetts.beam_width" and "samples (2)" in body["message"], body
 
 
+def test_a_budget_that_cannot_be_met_names_its_field():
+    """Seen in a user's review: deadline_s and memory_mb refusals came with param null."""
+    from edgetts.scheduler import PlanError
+
+    class Unplannable(FakeSolver):
+        def solve(self, question, options, cancel=None, counters=None):
+            raise PlanError("a deadline of 0.5 s is shorter than one prefill", field="deadline_s")
+
+    with ThreadedServer(create_app(Unplannable(), ServerSettings(model_id=MODEL, api_key=KEY))) as base:
+        with pytest.raises(openai.BadRequestError) as err:
+            ask(client(base), edgetts={"deadline_s": 0.5})
+    assert err.value.body["param"] == "edgetts.deadline_s"
+
+
 def test_an_answer_no_solution_wrote_is_marked_provisional():
     from edgetts.server.engine import Job
     from edgetts.server.responses import edgetts_info

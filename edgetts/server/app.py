@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 
 from edgetts import scheduler
 from edgetts.policy import PolicyError, Prompt, PromptTooLong
+from edgetts.scheduler import PlanError
 from edgetts.search import NEEDS_SCORER
 from edgetts.search.base import SearchConfig, SearchResult
 from edgetts.search.registry import DEFAULT_STRATEGY, GREEDY, choices, names
@@ -183,6 +184,7 @@ class App:
             n_choices=choices,
             deprecation=deprecation,
             prompt_tokens=prompt_tokens,
+            where=where,
         )
 
     def _prompt_tokens(self, req: SearchRequest, question: Prompt) -> int:
@@ -502,6 +504,8 @@ def _result(job: Job, future: asyncio.Future) -> SearchResult:
         result = future.result()
     except ApiError:
         raise
+    except PlanError as exc:  # the budget the request set (or the server's) cannot be met
+        raise ApiError(400, str(exc), param=f"{job.where}{exc.field}" if exc.field else None) from None
     except (PolicyError, ValueError) as exc:  # e.g. a question longer than the context
         raise ApiError(400, str(exc)) from None
     except Exception:
