@@ -44,6 +44,20 @@ def test_bytes_of_one_character_are_decoded_only_together():
     assert feed(acc, [b"costs 5", euro[:2], euro[2:], b".\n\n"]) == ["costs 5€.\n\n"]
 
 
+def test_a_character_split_by_the_token_limit_is_whole_or_left_out():
+    """Seen in a user's review: a reply cut off at its token limit mid-emoji ended in U+FFFD;
+    a step cut at max_step_tokens mid-character wrote U+FFFD on both sides of the cut."""
+    apple = "🍎".encode()  # four bytes
+    acc = StepAccumulator(max_step_tokens=2)
+    assert feed(acc, [b"an ", apple[:2], apple[2:], b" a"]) == ["an ", "🍎 a"]
+    cut_off = StepAccumulator(max_step_tokens=100)
+    feed(cut_off, [b"three ", apple[:2]])
+    assert cut_off.rest() == "three "  # the path ended: its half character is left out
+    carried = StepAccumulator(max_step_tokens=100, carry=b"two " + apple[:1])
+    feed(carried, [apple[1:3]])
+    assert carried.rest() == "two "
+
+
 def test_the_carry_of_an_earlier_extend_begins_the_next_step():
     first = StepAccumulator(max_step_tokens=100)
     feed(first, [b"one.\n\ntw"])

@@ -14,6 +14,7 @@ and a stop string that began in them takes its first bytes off them (``trimmed``
 
 from __future__ import annotations
 
+import codecs
 from dataclasses import dataclass
 
 from edgetts.prompts import STEP_SEPARATOR
@@ -67,15 +68,18 @@ class StepAccumulator:
         at = self.pending.find(SEPARATOR_BYTES)
         if at < 0 and self.n_tokens < self.max_step_tokens:
             return None
-        end = at + len(SEPARATOR_BYTES) if at >= 0 else len(self.pending)
+        # cut at the token limit: a character the last token began stays for the next step
+        end = at + len(SEPARATOR_BYTES) if at >= 0 else whole_characters(self.pending)
         data, self.pending = self.pending[:end], self.pending[end:]
         self.n_tokens = 0
         return self._text(data)
 
     def rest(self) -> str:
-        """Everything not yet in a step, as the path's last step (the path has ended)."""
-        data, self.pending = self.pending, b""
-        return self._text(data)
+        """Everything not yet in a step, as the path's last step (the path has ended). A
+        character its last token began and no token finished (the path was cut off at its token
+        limit or deadline) is left out, not written as U+FFFD."""
+        data, self.carry, self.pending = self.carry + self.pending, b"", b""
+        return self._text(data[: whole_characters(data)])
 
     def leftover(self) -> bytes:
         """The bytes a later extend of this path begins its next step with."""
@@ -88,6 +92,15 @@ class StepAccumulator:
             longest = max(len(s) for s in self.search_stops)
             self.tail = (self.tail + step)[-longest:]
         return step.decode("utf-8", errors="replace")
+
+
+def whole_characters(data: bytes) -> int:
+    """How many of ``data``'s bytes end on a UTF-8 character boundary: all but a character its
+    last bytes begin and do not finish (a token may end in the middle of one)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    decoder.decode(data, final=False)
+    unfinished, _ = decoder.getstate()
+    return len(data) - len(unfinished)
 
 
 def trim_steps(steps: list[str], n_bytes: int) -> None:
