@@ -441,6 +441,35 @@ def test_dvts_subtree_holding_its_share_of_leaves_completes_its_best_child(round
     assert gen.leaks() == set() and gen.in_flight == []
 
 
+def test_dvts_in_rounds_runs_a_stopped_subtree_to_the_end_beside_the_later_rounds():
+    tree = {
+        "a": {"a1": {"a1 end \\boxed{1}": {}}, "ax \\boxed{9}": {}},
+        "b \\boxed{9}": {},
+        "c": {"c1": {"c2": {"c3 \\boxed{2}": {}}}},
+        "d": {"d1 \\boxed{8}": {}},
+    }
+    scores = {
+        "a": 0.9,
+        "c": 0.8,
+        "a1": 0.9,
+        "c1": 0.8,
+        "c2": 0.8,
+        "a1 end \\boxed{1}": 0.7,
+        "c3 \\boxed{2}": 0.9,
+    }
+    gen = FakeGenerator(tree_policy(tree))
+    result = dvts("q", gen, FakeScorer(scores, default=0.1), SearchConfig(n=4, beam_width=2))
+    # {a, b} holds its 2 leaves (b, ax) after round 2: a1 is submitted to run to the end before
+    # {c, d}'s next round, not after its last
+    assert [(c.parents, c.to_end) for c in gen.calls[2:]] == [
+        ([("a", "a1")], True),
+        ([("c", "c1")], False),
+        ([("c", "c1", "c2")], False),
+    ]
+    assert sorted(c.answer for c in result.candidates) == ["1", "2", "2", "9", "9"]
+    assert gen.leaks() == set() and gen.in_flight == []
+
+
 # Subtrees {a, b} and {c, d} end in round 2 with N = 6 leaves in all; {e, f} is still growing.
 SLOW_TREE = {
     "a": {"ax \\boxed{9}": {}, "ay \\boxed{9}": {}},

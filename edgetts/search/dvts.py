@@ -163,39 +163,54 @@ def grow_in_rounds(
 ) -> list[SolutionPath]:
     """Grow all subtrees in lock-step rounds, one ``extend`` for all of them per round, scored
     together (search-and-learn's schedule: every round waits for its slowest subtree); return
-    the live paths left. Subtrees that stop branching are completed together, in one last
-    extension once no subtree grows any more."""
+    the live paths left. The subtrees that stop branching in a round are run to the end in one
+    submitted extension, decoded beside the later rounds, and scored together at the end."""
     growing = list(subtrees)
-    last: list[tuple[Subtree, SolutionPath]] = []  # paths to run to the end, with their subtree
-    while growing:
-        paths = [p for subtree in growing for p in subtree.children]
-        score_in_time(scorer, question, paths, all_leaves(subtrees), deadline)
-        for subtree in growing:
-            subtree.children = best_first(generator, subtree.children, subtree.leaves, config.ranking)
-        growing = [subtree for subtree in growing if subtree.children]
-        if deadline.expired():
-            break
-        for subtree in list(growing):
-            if k := n_to_complete(subtree, config):
-                generator.release(subtree.children[k:])
-                last += [(subtree, p) for p in subtree.children[:k]]
-                growing.remove(subtree)
-        if growing:
-            # Only the best child of each subtree grows; its siblings are dropped.
-            generator.release([p for subtree in growing for p in subtree.children[1:]])
-            best = [subtree.children[0] for subtree in growing]
-            children = generator.extend(best, config.beam_width, deadline=deadline)
-            width = config.beam_width
-            for i, subtree in enumerate(growing):
-                subtree.children = children[i * width : (i + 1) * width]
-                subtree.depth += 1
-    live = [p for subtree in growing for p in subtree.children]
-    if last:
-        done = generator.extend([p for _, p in last], 1, to_end=True, deadline=deadline)
-        score_in_time(scorer, question, done, all_leaves(subtrees), deadline)
-        for (subtree, _), path in zip(last, done, strict=True):
-            live += set_aside_finished(generator, [path], subtree.leaves)
-    return live
+    finishing: dict[Any, list[Subtree]] = {}  # a submitted completion: each of its paths' subtree
+    try:
+        while growing:
+            paths = [p for subtree in growing for p in subtree.children]
+            score_in_time(scorer, question, paths, all_leaves(subtrees), deadline)
+            for subtree in growing:
+                subtree.children = best_first(generator, subtree.children, subtree.leaves, config.ranking)
+            growing = [subtree for subtree in growing if subtree.children]
+            if deadline.expired():
+                break
+            stopping: list[tuple[Subtree, SolutionPath]] = []
+            for subtree in list(growing):
+                if k := n_to_complete(subtree, config):
+                    generator.release(subtree.children[k:])
+                    stopping += [(subtree, p) for p in subtree.children[:k]]
+                    growing.remove(subtree)
+            if stopping:
+                ticket = generator.submit([p for _, p in stopping], 1, to_end=True, deadline=deadline)
+                finishing[ticket] = [subtree for subtree, _ in stopping]
+            if growing:
+                # Only the best child of each subtree grows; its siblings are dropped.
+                generator.release([p for subtree in growing for p in subtree.children[1:]])
+                best = [subtree.children[0] for subtree in growing]
+                children = generator.extend(best, config.beam_width, deadline=deadline)
+                width = config.beam_width
+                for i, subtree in enumerate(growing):
+                    subtree.children = children[i * width : (i + 1) * width]
+                    subtree.depth += 1
+        live = [p for subtree in growing for p in subtree.children]
+        owners: list[Subtree] = []
+        done: list[SolutionPath] = []
+        for ticket in list(finishing):  # in submission order, whatever order they end in
+            owners += finishing.pop(ticket)
+            done += generator.wait_any([ticket])[1]
+        if done:
+            score_in_time(scorer, question, done, all_leaves(subtrees), deadline)
+            for subtree, path in zip(owners, done, strict=True):
+                live += set_aside_finished(generator, [path], subtree.leaves)
+        return live
+    finally:
+        # Only after an error: collect what is still under way, so that no sequence leaks.
+        while finishing:
+            ticket, children = generator.wait_any(list(finishing))
+            del finishing[ticket]
+            generator.release([p for p in children if not p.finished])
 
 
 def n_to_complete(subtree: Subtree, config: SearchConfig) -> int:
