@@ -399,12 +399,13 @@ def test_dvts_short_subtree_grows_while_a_long_one_decodes():
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("agg", ["last", "min"])
-def test_dvts_apart_picks_as_rounds_when_subtrees_keep_pace(seed, agg):
+@pytest.mark.parametrize("p_finish", [0.0, 0.3])  # 0.3: leaves early, subtrees stopped by their share
+def test_dvts_apart_picks_as_rounds_when_subtrees_keep_pace(seed, agg, p_finish):
     # random_policy's steps all have the same length, so the subtrees come back together.
     picks = []
     for rounds in (True, False):
         config = SearchConfig(n=8, beam_width=2, max_steps=4, agg=agg, dvts_rounds=rounds)
-        result, gen, _ = random_run("dvts", config, seed=seed, p_finish=0.0, max_depth=8)
+        result, gen, _ = random_run("dvts", config, seed=seed, p_finish=p_finish, max_depth=8)
         picks.append((result.answer, sorted((c.text, c.score) for c in result.candidates)))
         assert gen.alive == set() and gen.in_flight == []
     assert picks[0] == picks[1]
@@ -508,15 +509,34 @@ def test_dvts_deals_distinct_first_steps_to_different_subtrees(rounds):
 
 
 def test_deal_spreads_distinct_steps_evenly_and_repeats_only_to_fill():
-    gen = FakeGenerator(tree_policy({s: {} for s in "abcdef"}))
+    gen = FakeGenerator(tree_policy({s: {"end": {}} for s in "abcdef"}))
     children = gen.extend([gen.root("q")], 8)  # a b c d e f a b
     groups = deal(gen, children, 4)
     assert [[p.steps[0] for p in g] for g in groups] == [["a", "b"], ["c", "d"], ["e"], ["f"]]
-    gen = FakeGenerator(tree_policy({"a": {}, "b": {}}))
+    gen = FakeGenerator(tree_policy({"a": {"end": {}}, "b": {"end": {}}}))
     children = gen.extend([gen.root("q")], 8)  # a b a b a b a b
     groups = deal(gen, children, 4)
     assert [[p.steps[0] for p in g] for g in groups] == [["a"], ["b"], ["a"], ["b"]]
     assert len(gen.released) == 4  # the other repeats
+
+
+def test_deal_keeps_every_finished_first_step():
+    """Seen in review: repeats of a one-step solution were dropped like unfinished repeats, so
+    its votes went and the weighted pick flipped to a less common answer."""
+    unfinished = {"x \\boxed{3}": {}}
+    gen = FakeGenerator(
+        tree_policy({"so it is \\boxed{7}": {}, "u1": unfinished, "u2": unfinished, "u3": unfinished})
+    )
+    children = gen.extend([gen.root("q")], 8)  # the solution twice, u1..u3 twice
+    groups = deal(gen, children, 4)
+    kept = [p.steps[0] for g in groups for p in g]
+    assert kept.count("so it is \\boxed{7}") == 2 and sorted(set(kept)) == [
+        "so it is \\boxed{7}",
+        "u1",
+        "u2",
+        "u3",
+    ]
+    assert all(len(g) <= 2 for g in groups) and len(gen.released) == 3
 
 
 def test_dvts_apart_cancel_stops_growing():

@@ -30,7 +30,6 @@ class LlamaModel:
         self.vocab = llama_cpp.llama_model_get_vocab(self.ptr)
         self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.n_embd: int = llama_cpp.llama_model_n_embd(self.ptr)
-        self._piece_buf = ctypes.create_string_buffer(PIECE_BYTES)
 
     def tokenize(self, text: str, special: bool, add_bos: bool) -> list[int]:
         """Tokens of ``text``; ``special``: read special-token markers in it (trusted text only)."""
@@ -43,9 +42,11 @@ class LlamaModel:
         return list(buf[:n])
 
     def piece(self, token: int) -> bytes:
-        """The bytes ``token`` stands for (special tokens as nothing)."""
-        n = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece_buf, PIECE_BYTES, 0, False)
-        return self._piece_buf.raw[: max(n, 0)]
+        """The bytes ``token`` stands for (special tokens as nothing). Any thread may ask: the
+        decode loop's thread does, while a request's thread writes a prompt."""
+        buf = ctypes.create_string_buffer(PIECE_BYTES)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, PIECE_BYTES, 0, False)
+        return buf.raw[: max(n, 0)]
 
     def is_end(self, token: int) -> bool:
         """Whether ``token`` ends generation (end of sequence or turn)."""

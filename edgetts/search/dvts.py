@@ -78,8 +78,8 @@ def deal(generator: StepGenerator, children: list[SolutionPath], n_subtrees: int
     """Deal ``children`` out to ``n_subtrees`` subtrees in order, as evenly as the count allows,
     each repeated step released.
 
-    A repeat is kept only where a subtree would otherwise get none: then the first repeats start
-    those subtrees. So no two subtrees can pick the same first step while there are at least as
+    A repeat of an unfinished step is kept only where a subtree would otherwise get none: then
+    the first repeats start those subtrees (a finished step, a whole solution, is always kept). So no two subtrees can pick the same first step while there are at least as
     many distinct ones as subtrees; a subtree holds at most M children (all M when every step
     differs).
     """
@@ -88,7 +88,8 @@ def deal(generator: StepGenerator, children: list[SolutionPath], n_subtrees: int
     seen: set[tuple[str, ...]] = set()
     for child in children:
         steps = tuple(child.steps)
-        (repeats if steps in seen else distinct).append(child)
+        # a finished one grows no subtree, so it takes no diversity away: it stays, a leaf and a vote
+        (repeats if steps in seen and not child.finished else distinct).append(child)
         seen.add(steps)
     spare = max(0, n_subtrees - len(distinct))
     generator.release(repeats[spare:])
