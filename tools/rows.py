@@ -16,10 +16,8 @@ from edgetts.results import ResultsError, ResultsFile
 def open_rows(
     path: str | Path, settings: dict[str, Any] | None = None, id_field: str = "problem_id"
 ) -> ResultsFile:
-    """The rows file at ``path``, keyed by ``id_field``, held by this process until it ends (a
-    second tool on the same file, e.g. a shard given the wrong --out, is refused rather than
-    appending the same problems again); exits with the reason when refused."""
+    """The rows file at ``path``, keyed by ``id_field``; exits with the reason when refused."""
     try:
-        return ResultsFile(path, settings=settings, id_field=id_field, lock=True)
+        return ResultsFile(path, settings=settings, id_field=id_field)
     except ResultsError as exc:
         sys.exit(f"Error: {exc}")
