@@ -151,6 +151,9 @@ def load(meta: ModelMetadata, n_threads: int) -> tuple[Calibration | None, str |
         return None, f"no calibration at {path}; run `edgetts calibrate`"
     try:
         cal = Calibration.from_dict(json.loads(path.read_text()))
+    except OSError as exc:
+        why = exc.strerror or exc
+        return None, f"ignoring unreadable calibration {path} ({why}); run `edgetts calibrate`"
     except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
         return None, f"ignoring corrupt or stale calibration {path} ({exc}); run `edgetts calibrate`"
     if cal.model_key != model_key(meta) or cal.n_threads != n_threads:

@@ -138,8 +138,8 @@ def read_metadata(path: str | Path) -> ModelMetadata:
     if cached.is_file():
         try:
             return ModelMetadata(**json.loads(cached.read_text()))
-        except (json.JSONDecodeError, TypeError):
-            pass  # stale format or torn write: read the file again
+        except (OSError, json.JSONDecodeError, TypeError):
+            pass  # unreadable, stale format or torn write: read the model file again
     meta = _read(str(path), stat.st_size, stat.st_mtime)
     try:
         write_atomically(cached, json.dumps(asdict(meta)))

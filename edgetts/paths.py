@@ -55,6 +55,12 @@ def find_asset(relative: str) -> Path:
     return shipped_dir() / relative
 
 
+# The process's umask, read once at import (reading it means setting it, which is not
+# thread-safe later).
+UMASK = os.umask(0o022)
+os.umask(UMASK)
+
+
 def write_atomically(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file of its own in the same folder, then
     rename it over ``path``: a reader never sees half a file, and two writers at once (two
@@ -62,6 +68,7 @@ def write_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~UMASK)  # as open() would make it (mkstemp's is the owner's alone)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)

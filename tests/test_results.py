@@ -131,10 +131,11 @@ def test_a_second_run_on_a_locked_file_is_refused_until_the_first_closes(tmp_pat
         with pytest.raises(ResultsError, match="another run"):
             ResultsFile(path, settings={"n": 4}, lock=True)
         assert ResultsFile(path).done == {"1"}  # reading without the lock is still fine
-    with pytest.raises(ResultsError, match="other settings"):
+    with pytest.raises(ResultsError, match="other settings") as refused:
         ResultsFile(path, settings={"n": 8}, lock=True)
-    with ResultsFile(path, settings={"n": 4}, lock=True) as again:  # a refused open let go too
-        assert again.done == {"1"}
+    # a refused open let go at once (its traceback, kept here, still holds the half-made object)
+    with ResultsFile(path, settings={"n": 4}, lock=True) as again:
+        assert again.done == {"1"} and refused.value
 
 
 def test_atomic_writes_at_once_never_share_a_temporary_file(tmp_path):
@@ -162,3 +163,7 @@ def test_atomic_writes_at_once_never_share_a_temporary_file(tmp_path):
         t.join()
     assert errors == [] and path.read_text() in texts
     assert [p.name for p in tmp_path.iterdir()] == ["calibration.json"]
+    # readable as a plain write would leave it (mkstemp's own files are the owner's alone)
+    from edgetts.paths import UMASK
+
+    assert path.stat().st_mode & 0o777 == 0o666 & ~UMASK

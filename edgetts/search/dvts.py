@@ -76,12 +76,12 @@ def first_subtrees(
 
 def deal(generator: StepGenerator, children: list[SolutionPath], n_subtrees: int) -> list[list[SolutionPath]]:
     """Deal ``children`` out to ``n_subtrees`` subtrees in order, as evenly as the count allows,
-    each repeated step released.
+    each repeat of an unfinished step released.
 
-    A repeat of an unfinished step is kept only where a subtree would otherwise get none: then
-    the first repeats start those subtrees (a finished step, a whole solution, is always kept). So no two subtrees can pick the same first step while there are at least as
-    many distinct ones as subtrees; a subtree holds at most M children (all M when every step
-    differs).
+    Such a repeat is kept only where a subtree would otherwise get none: then the first repeats
+    start those subtrees. A finished step (a whole solution) is always kept: it grows no subtree,
+    only votes. So no two subtrees can grow the same first step while there are at least as many
+    distinct ones as subtrees; a subtree holds at most M children (all M when every step differs).
     """
     distinct: list[SolutionPath] = []
     repeats: list[SolutionPath] = []
