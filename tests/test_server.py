@@ -286,7 +286,10 @@ def test_a_budget_that_cannot_be_met_names_its_field():
     with ThreadedServer(create_app(Unplannable(), ServerSettings(model_id=MODEL, api_key=KEY))) as base:
         with pytest.raises(openai.BadRequestError) as err:
             ask(client(base), edgetts={"deadline_s": 0.5})
-    assert err.value.body["param"] == "edgetts.deadline_s"
+        assert err.value.body["param"] == "edgetts.deadline_s"
+        with pytest.raises(openai.BadRequestError) as err:  # the server's own deadline: no field sent
+            ask(client(base), edgetts={"strategy": "majority"})
+        assert err.value.body["param"] is None
 
 
 def test_an_answer_no_solution_wrote_is_marked_provisional():

@@ -78,6 +78,9 @@ def test_allowed_code_task_returns_the_program() -> None:
         with pytest.raises(openai.BadRequestError) as err:
             ask(c, edgetts={"task": "code", "strategy": "beam_search"})
         assert "greedy, majority, exec" in err.value.body["message"]
+        with pytest.raises(openai.BadRequestError) as err:  # seen in review: 5 taken as 1, silently
+            ask(c, edgetts={"task": "code", "strategy": "greedy", "samples": 5})
+        assert err.value.body["param"] == "edgetts.samples"
 
 
 def test_allowed_pot_mode_reaches_the_solver() -> None:

@@ -126,13 +126,7 @@ class App:
             )
         n = budget or (None if strategy == "auto" else max(s.default_n, choices))
         budget_param = "n" if where == "" else "edgetts.samples"
-        if strategy == GREEDY and budget not in (None, 1):
-            raise ApiError(
-                400,
-                f"strategy greedy answers with one sample at temperature 0: {budget_param}={budget} "
-                "is for the searches",
-                param=budget_param,
-            )
+        self._check_greedy_budget(strategy, budget, budget_param)
         if n is not None and n > s.max_n:
             raise ApiError(
                 400, f"a search of {n} is more than this server allows (max {s.max_n})", param=budget_param
@@ -185,6 +179,7 @@ class App:
             deprecation=deprecation,
             prompt_tokens=prompt_tokens,
             where=where,
+            sent=search.model_fields_set,
         )
 
     def _prompt_tokens(self, req: SearchRequest, question: Prompt) -> int:
@@ -286,9 +281,21 @@ class App:
             return SearchFields(**legacy), req.n, 1, LEGACY_NOTE, ""
         return SearchFields(), None, req.n or 1, None, "edgetts."
 
+    @staticmethod
+    def _check_greedy_budget(strategy: str, budget: int | None, budget_param: str) -> None:
+        """Greedy is one sample: a 400 for a request that asks it for more (not ignored)."""
+        if strategy == GREEDY and budget not in (None, 1):
+            raise ApiError(
+                400,
+                f"strategy greedy answers with one sample at temperature 0: {budget_param}={budget} "
+                "is for the searches",
+                param=budget_param,
+            )
+
     def _code_job(self, req: SearchRequest, search: SearchFields, budget: int | None, where: str) -> Job:
         """A code task: strategy greedy, majority or exec (default), no budget planning."""
         s = self.settings
+        self._check_greedy_budget(search.strategy or "exec", budget, f"{where}samples" if where else "n")
         n = budget or s.default_n
         if n > s.max_n:
             raise ApiError(
@@ -305,7 +312,9 @@ class App:
             validate_code_options(options)
         except ValueError as exc:
             raise ApiError(400, str(exc), param=f"{where}strategy") from None
-        return Job(question=req.question(), options=options, task="code")
+        return Job(
+            question=req.question(), options=options, task="code", where=where, sent=search.model_fields_set
+        )
 
     def _memory_mb(self, requested: float | None) -> float | None:
         """The request's memory budget, capped by the server's own."""
@@ -505,7 +514,9 @@ def _result(job: Job, future: asyncio.Future) -> SearchResult:
     except ApiError:
         raise
     except PlanError as exc:  # the budget the request set (or the server's) cannot be met
-        raise ApiError(400, str(exc), param=f"{job.where}{exc.field}" if exc.field else None) from None
+        # named as the request's field only where the request sent it (not the server's default)
+        param = f"{job.where}{exc.field}" if exc.field in job.sent else None
+        raise ApiError(400, str(exc), param=param) from None
     except (PolicyError, ValueError) as exc:  # e.g. a question longer than the context
         raise ApiError(400, str(exc)) from None
     except Exception:

@@ -49,6 +49,7 @@ class Job:
     counters: GeneratorCounters = field(default_factory=GeneratorCounters)  # its search's share
     prompt_tokens: int | None = None  # the request's prompt as the policy writes it, when counted
     where: str = "edgetts."  # where the request's search fields are, for an error's param
+    sent: frozenset[str] | set[str] = frozenset()  # the search fields the request set
 
     def abandon(self) -> None:
         """The client is gone: never start, or stop the search at its next check."""
