@@ -66,6 +66,7 @@ def report(*files: str, only: str = "") -> str:
 
 REFILL16 = "mawps.live_tree16_refill.jsonl.gz"  # beam search keeping N beams a round (stop 41)
 REPICK16 = "mawps.live_tree16_refill_weighted.jsonl.gz"  # its final pick by weighted vote (stop 43)
+DEAL16 = "mawps.live_dvts16_deal.jsonl.gz"  # DVTS, a share of leaves per subtree, first steps dealt (stop 44)
 
 
 def compare(a: str, b: str) -> str:
@@ -176,6 +177,24 @@ SECTIONS = (
             compare("mawps.live_dvts16.jsonl:dvts:16", "mawps.live_tree16.jsonl:beam_search:16"),
             compare("mawps.live_dvts16.jsonl:dvts:16", "mawps.rescored.jsonl:majority:16"),
             compare("mawps.live_dvts16.jsonl:dvts:16", "mawps.rescored.jsonl:weighted_best_of_n:16"),
+        ),
+    ),
+    Section(
+        "DVTS with a share of leaves per subtree and distinct first steps dealt out (MAWPS, N = 16)",
+        "Live DVTS (stop 44, two one-thread shards) on the first 50 MAWPS problems after two "
+        "changes towards search-and-learn's budget: each subtree stops branching once it holds "
+        "its own M leaves and runs its best child to the end (before, every subtree stopped once "
+        "N leaves were in over all of them, leaving a subtree's best line unfinished), and the N "
+        "first steps are dealt so that distinct ones go to different subtrees, unfinished repeats "
+        "dropped (at temperature 0.3 most first steps repeat). No leaf in these rows is a "
+        "one-step solution, so the later fix that keeps finished repeats changes none of them.",
+        (
+            report(DEAL16),
+            compare(f"{DEAL16}:dvts:16", "mawps.live_dvts16.jsonl:dvts:16"),
+            compare(f"{DEAL16}:dvts:16", "mawps.rescored.jsonl:majority:16"),
+            compare(f"{DEAL16}:dvts:16", "mawps.rescored_arith.jsonl.gz:majority:16"),
+            compare(f"{DEAL16}:dvts:16", "mawps.rescored.jsonl:weighted_best_of_n:16"),
+            compare(f"{DEAL16}:dvts:16", f"{REPICK16}:beam_search_weighted:16"),
         ),
     ),
     Section(
@@ -466,6 +485,11 @@ python tools/bench_strategies.py repick --results {B}/gsm8k_test.live_dvts16.jso
 python tools/bench_strategies.py repick --results {B}/{REFILL16} \\
     --out runs/mawps.live_tree16_refill_weighted.jsonl
 gzip -nc runs/mawps.live_tree16_refill_weighted.jsonl > {B}/{REPICK16}
+for s in "--limit 25:" "--limit 50 --offset 25:_b"; do   # two one-thread shards side by side
+  python tools/bench_strategies.py run --data ../shared/data/mawps.jsonl ${{s%%:*}} --dataset mawps \\
+      --only dvts --n 16 --search-n-max 16 --out runs/mawps.live_dvts16_deal${{s#*:}}.jsonl &
+done; wait
+cat runs/mawps.live_dvts16_deal.jsonl runs/mawps.live_dvts16_deal_b.jsonl | gzip -n > {B}/{DEAL16}
 # adaptive majority at N = 16 (the default budget rule), live, the question text dropped from the rows
 edgetts run --data ../shared/data/gsm8k_test.jsonl --limit 50 --strategy majority -n 16 --max-tokens 400 \\
     --seed 0 --out runs/adaptive_gsm8k_test_live_budget.jsonl     # this session: 2 shards of 25
