@@ -146,11 +146,7 @@ def grow_apart(
                     subtree.depth += 1
                     pending[ticket] = (subtree, False)
     finally:
-        # Only after an error: collect what is still under way, so that no sequence leaks.
-        while pending:
-            ticket, children = generator.wait_any(list(pending))
-            del pending[ticket]
-            generator.release([p for p in children if not p.finished])
+        collect_under_way(generator, pending)
     return live
 
 
@@ -207,11 +203,16 @@ def grow_in_rounds(
                 live += set_aside_finished(generator, [path], subtree.leaves)
         return live
     finally:
-        # Only after an error: collect what is still under way, so that no sequence leaks.
-        while finishing:
-            ticket, children = generator.wait_any(list(finishing))
-            del finishing[ticket]
-            generator.release([p for p in children if not p.finished])
+        collect_under_way(generator, finishing)
+
+
+def collect_under_way(generator: StepGenerator, pending: dict[Any, Any]) -> None:
+    """Wait for the extensions still in ``pending`` (emptying it) and release their unfinished
+    paths. Only after an error does anything remain, and then no sequence may leak."""
+    while pending:
+        ticket, children = generator.wait_any(list(pending))
+        del pending[ticket]
+        generator.release([p for p in children if not p.finished])
 
 
 def n_to_complete(subtree: Subtree, config: SearchConfig) -> int:
