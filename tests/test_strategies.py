@@ -508,6 +508,17 @@ def test_dvts_deals_distinct_first_steps_to_different_subtrees(rounds):
     assert gen.leaks() == set() and gen.in_flight == []
 
 
+@pytest.mark.parametrize("rounds", [True, False])
+def test_dvts_without_dealing_gives_each_subtree_m_first_steps_in_order(rounds):
+    tree = {"x": {"x \\boxed{1}": {}}, "y": {"y \\boxed{2}": {}}}  # children x, y, x, y
+    gen = FakeGenerator(tree_policy(tree))
+    scorer = FakeScorer({"x": 0.9, "y": 0.1})
+    dvts("q", gen, scorer, SearchConfig(n=4, beam_width=2, dvts_rounds=rounds, dvts_deal=False))
+    assert scorer.seen[0] == [("x",), ("y",), ("x",), ("y",)]  # nothing dropped
+    assert sorted(p for call in gen.calls[1:] for p in call.parents) == [("x",), ("x",)]  # both grow x
+    assert gen.leaks() == set() and gen.in_flight == []
+
+
 def test_deal_spreads_distinct_steps_evenly_and_repeats_only_to_fill():
     gen = FakeGenerator(tree_policy({s: {"end": {}} for s in "abcdef"}))
     children = gen.extend([gen.root("q")], 8)  # a b c d e f a b

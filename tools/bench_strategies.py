@@ -143,6 +143,8 @@ def run(args: argparse.Namespace) -> None:
     settings = {key: getattr(args, key) for key in keys}
     if args.only and set(args.only) <= set(SEARCH_STRATEGIES):  # what picks a tree search's answer
         settings["weighted_pick"] = not args.best_pick
+        if args.no_deal:  # rows made before the flag dealt (it was the only way); only the ablation differs
+            settings["dvts_deal"] = False
     out = open_rows(Path(args.out), {**settings, "prm": prm_label(prm)})
     done = done_rows(out)
     kept = open_rows(samples_path(Path(args.out), args.samples), None)
@@ -231,6 +233,7 @@ def run(args: argparse.Namespace) -> None:
                     agg=agg,
                     rank_agg=args.rank_agg,
                     weighted_pick=not args.best_pick,
+                    dvts_deal=not args.no_deal,
                     sampling=sampling,
                 )
                 result = run_search(strategy, problem.question, policy, scorer, config)
@@ -574,6 +577,11 @@ def main() -> None:
         "--best-pick",
         action="store_true",
         help="beam search answers with its best-scored beam, not the score-weighted vote of its N beams",
+    )
+    r.add_argument(
+        "--no-deal",
+        action="store_true",
+        help="DVTS gives each subtree M first steps in order, repeats and all (SearchConfig.dvts_deal)",
     )
     r.add_argument("--max-tokens", type=int, default=400)
     r.add_argument("--temperature", type=float, default=SolveOptions.temperature)

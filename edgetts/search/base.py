@@ -216,6 +216,10 @@ class SearchConfig:
     # default because they measured faster on this 2-core CPU (tools/bench_tree_throughput.py:
     # 69.1 against 64.6 tok/s at N = 16 on 3 GSM8K problems).
     dvts_rounds: bool = True
+    # For DVTS: deal the N first steps so that distinct ones go to different subtrees and
+    # unfinished repeats are dropped (dvts.deal). False: each subtree takes M first steps in
+    # order, repeats and all, as search-and-learn's subtrees each sample their own M.
+    dvts_deal: bool = True
     sampling: Sampling = field(default_factory=Sampling)
     # Adaptive sampling for the vote-based strategies (majority, weighted best-of-N, confidence
     # vote, auto's sample continuation): draw in waves, stop once the vote has settled; ``n``

@@ -69,8 +69,12 @@ def dvts(
 def first_subtrees(
     question: str, generator: StepGenerator, config: SearchConfig, deadline: Deadline
 ) -> list[Subtree]:
-    """N first steps from one prefill, dealt out to the N/M subtrees (:func:`deal`)."""
+    """N first steps from one prefill, dealt out to the N/M subtrees (:func:`deal`), or M to each
+    subtree in order without ``config.dvts_deal``."""
     children = generator.extend([generator.root(question, config.sampling)], config.n, deadline=deadline)
+    if not config.dvts_deal:
+        width = config.beam_width
+        return [Subtree(children[i : i + width]) for i in range(0, len(children), width)]
     return [Subtree(group) for group in deal(generator, children, config.n // config.beam_width)]
 
 
