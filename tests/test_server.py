@@ -205,6 +205,25 @@ def test_stream_sends_progress_then_the_answer(fake):
     assert chunks[-1].model_extra["edgetts"]["answer"] == "42"
 
 
+def test_stream_options_place_usage_as_openai_does(fake):
+    """Seen in review: include_usage false still got usage, and true got no usage chunk."""
+    base, _ = fake
+    ask = {"model": MODEL, "messages": [{"role": "user", "content": "What is 6 * 7?"}], "stream": True}
+    chunks = list(client(base).chat.completions.create(**ask, stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.prompt_tokens == 20
+    assert all(c.usage is None for c in chunks[:-1])
+    assert (
+        chunks[-2].choices[0].finish_reason == "stop" and chunks[-2].model_extra["edgetts"]["answer"] == "42"
+    )
+    chunks = list(client(base).chat.completions.create(**ask, stream_options={"include_usage": False}))
+    assert all(c.usage is None for c in chunks) and chunks[-1].choices[0].finish_reason == "stop"
+    with pytest.raises(openai.BadRequestError) as err:
+        client(base).chat.completions.create(
+            **{**ask, "stream": False}, stream_options={"include_usage": True}
+        )
+    assert err.value.body["param"] == "stream_options"
+
+
 def test_a_prompt_too_long_is_a_400_before_a_stream_starts(fake):
     """Seen: a stream answered 200, sent its role chunk, then an error event (the client raised
     a bare APIError with no status) for a prompt longer than the policy's context."""

@@ -215,6 +215,8 @@ class App:
                 param="top_logprobs",
                 code="unsupported_parameter",
             )
+        if req.stream_options is not None and not req.stream:
+            raise ApiError(400, "stream_options is only allowed when stream is true", param="stream_options")
         if req.logprobs is not None and not isinstance(req.logprobs, bool):
             raise ApiError(
                 400,
@@ -403,22 +405,29 @@ class App:
         """
         job = self.job_for(req)
         self.engine.submit(job)
-        return self._events(job)
+        return self._events(job, req.stream_usage())
 
-    async def _events(self, job: Job) -> AsyncIterator[dict[str, str]]:
+    async def _events(self, job: Job, usage: str) -> AsyncIterator[dict[str, str]]:
         base = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "created": int(time.time()),
             "model": self.settings.model_id,
         }
 
-        def event(delta: Delta, index: int = 0, **extra: Any) -> dict[str, str]:
+        def event(delta: Delta | None, index: int = 0, **extra: Any) -> dict[str, str]:
+            """One chunk of choice ``index`` (none without a ``delta``: OpenAI's usage chunk)."""
             finish = extra.pop("finish_reason", None)
             logprobs = extra.pop("logprobs", None)
-            choice = ChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish)
-            chunk = ChatCompletionChunk(**base, choices=[choice], **extra).model_dump(mode="json")
-            # Like OpenAI: the delta holds only what changed, finish_reason stays (null).
-            chunk["choices"][0]["delta"] = delta.model_dump(exclude_none=True)
+            choices = (
+                []
+                if delta is None
+                else [ChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish)]
+            )
+            chunk = ChatCompletionChunk(**base, choices=choices, **extra).model_dump(mode="json")
+            if (
+                delta is not None
+            ):  # like OpenAI: the delta holds only what changed, finish_reason stays (null)
+                chunk["choices"][0]["delta"] = delta.model_dump(exclude_none=True)
             for key in ("usage", "edgetts"):
                 if chunk[key] is None:
                     del chunk[key]
@@ -438,7 +447,7 @@ class App:
                 yield {"data": json.dumps(exc.body())}  # OpenAI clients raise on an error event
                 return
             try:
-                chunks = self._answer_events(job, result, event)
+                chunks = self._answer_events(job, result, event, usage)
             except Exception:  # after the 200 went out: an error event is all a client can get
                 yield {"data": json.dumps(internal_error("the answer could not be sent").body())}
                 return
@@ -452,10 +461,11 @@ class App:
 
     @staticmethod
     def _answer_events(
-        job: Job, result: SearchResult, event: Callable[..., dict[str, str]]
+        job: Job, result: SearchResult, event: Callable[..., dict[str, str]], usage: str
     ) -> list[dict[str, str]]:
-        """The events that carry the answer: each choice's text, then the finish reasons, usage
-        and the ``edgetts`` result (all made before the first is sent)."""
+        """The events that carry the answer: each choice's text, then the finish reasons and the
+        ``edgetts`` result, with usage where ``usage`` says (``SearchRequest.stream_usage``); all
+        made before the first is sent."""
         chunks = []
         picks = ranked_choices(result, job.n_choices) or [None]
         for i, pick in enumerate(picks):
@@ -471,10 +481,12 @@ class App:
                 Delta(),
                 index=len(picks) - 1,
                 finish_reason=finish_reason_of(picks[-1]),
-                usage=usage_of(job, result),
+                usage=usage_of(job, result) if usage == "last" else None,
                 edgetts=edgetts_info(job, result),
             )
         )
+        if usage == "extra":
+            chunks.append(event(None, usage=usage_of(job, result)))
         return chunks
 
     def _progress(self, job: Job) -> Progress:

@@ -75,6 +75,14 @@ LEGACY_NOTE = (
 )
 
 
+class StreamOptions(BaseModel):
+    """OpenAI's ``stream_options``: with ``include_usage``, usage comes in one more chunk."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool | None = None
+
+
 class SearchRequest(BaseModel):
     """What chat and text completion requests share: OpenAI's sampling fields plus the edgetts
     search settings.
@@ -88,6 +96,9 @@ class SearchRequest(BaseModel):
 
     model: str
     stream: bool | None = False  # OpenAI's spec allows null: false
+    # Usage in a stream: absent, in the last choice chunk (as llama.cpp's server sends it);
+    # include_usage true, in one more chunk with no choices (OpenAI's); false, none.
+    stream_options: StreamOptions | None = None
     # OpenAI's stop: up to 4 strings; a solution ends where one first appears (cut off).
     stop: str | list[str] | None = None
     # Chat: true returns the chosen paths' token log-probabilities (top_logprobs is refused:
@@ -139,6 +150,11 @@ class SearchRequest(BaseModel):
     agg: Literal[AGGREGATIONS] | None = None
     deadline_s: float | None = Field(None, gt=0)
     memory_mb: float | None = Field(None, gt=0)
+
+    def stream_usage(self) -> Literal["last", "extra", "none"]:
+        """Where a stream sends usage (see ``stream_options``)."""
+        include = self.stream_options.include_usage if self.stream_options else None
+        return "last" if include is None else "extra" if include else "none"
 
     def stops(self) -> tuple[str, ...]:
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
