@@ -449,6 +449,18 @@ class Solver:
             self._unload_scorer_over(options.memory_mb - plan.predicted_memory_mb)
         return plan, scorer, self._policy_for(scorer, plan, options.memory_mb)
 
+    def check_budget(self, question: Prompt, options: SolveOptions) -> None:
+        """Raise :class:`PlanError` now where a solve of ``question`` under ``options`` would
+        raise it as it starts: a budget the model as loaded, or any plan, cannot meet. So a
+        server refuses such a request before it queues (and before a stream starts)."""
+        if not options.has_budget:
+            return
+        text = question if isinstance(question, str) else question.question
+        with self._lock:
+            if self.fixed_policy and self._policy is not None:
+                self._check_fits_as_loaded(options.memory_mb)
+            self.plan(options, text)
+
     def _check_fits_as_loaded(self, memory_mb: float | None) -> None:
         """For ``fixed_policy``: the model and its PRM count as one fixed whole against a budget."""
         held_mb = self._loaded_policy_mb() + self._loaded_prm_mb()

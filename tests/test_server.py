@@ -72,6 +72,9 @@ class FakeSolver:
     def memory_estimate(self) -> None:
         return None  # no policy loaded
 
+    def check_budget(self, question, options) -> None:
+        """Every budget fits (a subclass refuses)."""
+
     def solve(self, question, options, cancel=None, counters=None) -> SearchResult:
         self.options.append(options)
         self.questions.append(question)
@@ -309,6 +312,33 @@ def test_a_budget_that_cannot_be_met_names_its_field():
         with pytest.raises(openai.BadRequestError) as err:  # the server's own deadline: no field sent
             ask(client(base), edgetts={"strategy": "majority"})
         assert err.value.body["param"] is None
+
+
+def test_a_budget_refused_by_the_plan_is_a_400_before_a_stream_starts():
+    """Seen: a memory_mb under the loaded model was refused only once the search started, so
+    a stream had already answered 200 (the client raised a bare APIError on the error event)."""
+    from edgetts.scheduler import PlanError
+
+    class TooSmall(FakeSolver):
+        def check_budget(self, question, options):
+            if options.memory_mb is not None and options.memory_mb < 100:
+                raise PlanError("memory_mb=50 is less than the loaded model may hold", field="memory_mb")
+
+    solver = TooSmall()
+    with ThreadedServer(create_app(solver, ServerSettings(model_id=MODEL, api_key=KEY))) as base:
+        for stream in (True, False):
+            with pytest.raises(openai.BadRequestError) as err:
+                reply = client(base).chat.completions.create(
+                    model=MODEL,
+                    messages=[{"role": "user", "content": "What is 6 * 7?"}],
+                    stream=stream,
+                    extra_body={"edgetts": {"memory_mb": 50}},
+                )
+                list(reply) if stream else None
+            assert err.value.body["param"] == "edgetts.memory_mb"
+        assert solver.options == []  # refused before it queued
+        ask(client(base), edgetts={"memory_mb": 500})
+        assert solver.options[-1].memory_mb == 500
 
 
 def test_an_answer_no_solution_wrote_is_marked_provisional():

@@ -8,7 +8,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import FrameType
@@ -172,6 +172,10 @@ class App:
         # Checked now, so that a stream starts only for a prompt that fits (programs-only math
         # reads the last message alone: its own check runs with the search).
         prompt_tokens = self._prompt_tokens(req, question) if options.mode != "pot" else None
+        try:
+            self.solver.check_budget(question, options)  # as the search would, before it queues
+        except PlanError as exc:
+            raise plan_refused(exc, where, search.model_fields_set) from None
         return Job(
             question=question,
             options=options,
@@ -517,6 +521,12 @@ class App:
         )
 
 
+def plan_refused(exc: PlanError, where: str, sent: Collection[str]) -> ApiError:
+    """The 400 for a budget that cannot be met, naming the request's field (``where`` its prefix)
+    only where the request sent it (not where the server's default set it)."""
+    return ApiError(400, str(exc), param=f"{where}{exc.field}" if exc.field in sent else None)
+
+
 def _result(job: Job, future: asyncio.Future) -> SearchResult:
     """The finished job's result, with the errors users cause turned into ApiError."""
     if future.cancelled():
@@ -526,9 +536,7 @@ def _result(job: Job, future: asyncio.Future) -> SearchResult:
     except ApiError:
         raise
     except PlanError as exc:  # the budget the request set (or the server's) cannot be met
-        # named as the request's field only where the request sent it (not the server's default)
-        param = f"{job.where}{exc.field}" if exc.field in job.sent else None
-        raise ApiError(400, str(exc), param=param) from None
+        raise plan_refused(exc, job.where, job.sent) from None
     except (PolicyError, ValueError) as exc:  # e.g. a question longer than the context
         raise ApiError(400, str(exc)) from None
     except Exception:
