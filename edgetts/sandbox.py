@@ -21,25 +21,30 @@ What else is isolated depends on the OS (:meth:`Sandbox.isolation` reports what 
   files written never reach the disk and cannot fill it; nothing else can be written. ``/home``,
   ``/root``, ``/media``, ``/dev/pts`` and the user's home are hidden behind empty read-only mounts
   (keys, tokens, the user's terminal), and the standard library is bind-mounted read-only at a
-  fixed place the candidate imports from. The candidate is PID 1 of its own PID namespace with a
-  fresh ``/proc``: it sees no other process, and when it ends (or is killed, or its parent dies)
-  the kernel kills everything it forked (its parent-death signal is set after the uid change,
-  which clears it, and the filter below refuses clearing it, so one that leaves the process group
-  dies too). It runs with no capabilities and ``no_new_privs``, so it cannot undo the mounts, and
-  a seccomp filter refuses the system calls that reach past them and the rlimits: SysV shared
-  memory and message queues, ``memfd_create``, keyrings, new namespaces, mounts, ``connect`` and
-  Unix datagram sockets (the host's services: D-Bus, ssh-agent, the journal), socket families
-  other than Unix, IPv4 and IPv6, io_uring, ptrace, bpf. Machines other than x86_64 and aarch64
-  get no filter and count as weak. Running as root, the child drops to ``nobody`` (uid/gid 65534,
-  no supplementary groups), because the kernel does not apply the process-count limit to root:
-  after the drop it does, so a fork bomb stops at the limit. Run by another user, the candidate
-  keeps that user's uid (the limit counts all of the user's processes) inside a user namespace
-  whose capabilities it drops. The candidate's source runs as a module registered under its
-  ``run_name`` (multiprocessing can pickle its functions). Where this process may make cgroups
-  (:mod:`edgetts.cgroup`: root, or a delegated cgroup v2 tree), each run gets its own: its
-  processes together get ``memory_mb`` (files in its tmpfs mounts included) and ``processes``
-  tasks. Without one, memory is capped per process (``processes`` x ``memory_mb`` in all), and
-  the process count is the uid's: as root every run is ``nobody``, so concurrent runs share it.
+  fixed place the candidate imports from. Then the candidate gets a root of its own
+  (``pivot_root``): ``/usr``, ``/bin``, ``/sbin``, ``/lib*`` and ``/etc`` read-only, its own
+  ``/tmp``, ``/var/tmp``, ``/run`` and ``/dev/shm``, a ``/dev`` of ``null``, ``zero``, ``full``,
+  ``random``, ``urandom`` and ``tty``, and its ``/proc``; the caller's files, data and models are
+  not there (where that root cannot be built, the masks stay and the report says so). The
+  candidate is PID 1 of its own PID namespace with a fresh ``/proc``: it sees no other process,
+  and when it ends (or is killed, or its parent dies) the kernel kills everything it forked (its
+  parent-death signal is set after the uid change, which clears it, and the filter below refuses
+  clearing it, so one that leaves the process group dies too). It runs with no capabilities and
+  ``no_new_privs``, so it cannot undo the mounts, and a seccomp filter refuses the system calls
+  that reach past them and the rlimits: SysV shared memory and message queues, ``memfd_create``,
+  keyrings, new namespaces, mounts, ``connect`` and Unix sockets but stream and seqpacket (the
+  host's services: D-Bus, ssh-agent, the journal), socket families other than Unix, IPv4 and IPv6,
+  io_uring, ptrace, bpf. Machines other than x86_64 and aarch64 get no filter and count as weak.
+  Running as root, the child drops to ``nobody`` (uid/gid 65534, no supplementary groups), because
+  the kernel does not apply the process-count limit to root: after the drop it does, so a fork
+  bomb stops at the limit. Run by another user, the candidate keeps that user's uid (the limit
+  counts all of the user's processes) inside a user namespace whose capabilities it drops. The
+  candidate's source runs as a module registered under its ``run_name`` (multiprocessing can
+  pickle its functions). Where this process may make cgroups (:mod:`edgetts.cgroup`: root, or a
+  delegated cgroup v2 tree), each run gets its own: its processes together get ``memory_mb``
+  (files in its tmpfs mounts included) and ``processes`` tasks. Without one, memory is capped per
+  process (``processes`` x ``memory_mb`` in all), and the process count is the uid's: as root
+  every run is ``nobody``, so concurrent runs share it.
 * **macOS.** rlimits and the timeout only: macOS does not enforce the address-space limit, and
   there is no network or file-system isolation (the candidate runs as the calling user and can
   write where the user can). This counts as *weak*.
@@ -156,6 +161,7 @@ class Isolation:
     syscall_filter: bool = False  # the seccomp filter of calls that reach past the rest
     run_memory_cap: bool = False  # a cgroup caps the memory of the whole run, not each process
     run_process_cap: bool = False  # a cgroup caps the run's processes, not the uid's
+    own_root: bool = False  # a root of its own: none of the host's files but the system's
 
     @property
     def weak(self) -> bool:
@@ -173,6 +179,7 @@ class Isolation:
             f"network cut off: {yes[self.network]}",
             f"file system: private tmpfs for /tmp (the working directory) and /run: {yes[self.filesystem]}",
             f"file system: the rest read-only, the candidate unable to undo it: {yes[self.read_only]}",
+            f"file system: only the system's programs, libraries and /etc visible: {yes[self.own_root]}",
             f"own PID namespace: {yes[self.pid_namespace]}",
             f"system calls past these refused (seccomp): {yes[self.syscall_filter]}",
             f"memory capped for the whole run, not each process (cgroup): {yes[self.run_memory_cap]}",
@@ -194,6 +201,7 @@ nonce = cfg.pop("nonce")
 def report(obj, _fd=rep_fd, _nonce=nonce, _dumps=json.dumps):
     os.write(_fd, (_nonce + " " + _dumps(obj) + "\n").encode())
 layers = {"uid": os.getuid()}
+PIVOT_CALLS = {"x86_64": (155, 166), "aarch64": (41, 39)}  # pivot_root, umount2: no libc wrappers
 def setup():
     import ctypes, resource
     lim = cfg["limits"]
@@ -230,7 +238,7 @@ def setup():
         # A seccomp filter: system calls that reach past the mounts and rlimits fail with
         # EPERM. SysV shared memory and message queues, memfd (memory no rlimit counts), the
         # keyrings (shared with the caller), new namespaces and mounts (a tmpfs of its own has
-        # no size cap), connect and Unix datagrams (services on the host's sockets: ssh-agent,
+        # no size cap), connect and Unix sockets but stream ones (services on the host's sockets: ssh-agent,
         # D-Bus, the journal), socket families but Unix, IPv4 and IPv6 (vsock), io_uring (its
         # operations pass no filter), ptrace, bpf, userfaultfd, perf_event_open, and clearing
         # the parent-death signal. clone3 says ENOSYS, so libc falls back to clone, whose
@@ -262,7 +270,9 @@ def setup():
         op(JEQ, sockpair, "socket"); op(JEQ, prctl, "prctl"); op(RET, ALLOW)
         code.append("clone"); op(LD, ARG0); op(JSET, 0x7E020000, "deny"); op(RET, ALLOW)
         code.append("socket"); op(LD, ARG0); op(JEQ, 2, "allow"); op(JEQ, 10, "allow")
-        op(JEQ, 1, None, "deny"); op(LD, ARG1); op(AND, 0xF); op(JEQ, 2, "deny"); op(RET, ALLOW)
+        # Unix: stream and seqpacket only (the kernel makes SOCK_RAW a datagram socket)
+        op(JEQ, 1, None, "deny"); op(LD, ARG1); op(AND, 0xF); op(JEQ, 1, "allow"); op(JEQ, 5, "allow")
+        op(RET, EPERM)
         code.append("prctl"); op(LD, ARG0); op(JEQ, 1, "deny"); op(RET, ALLOW)  # PR_SET_PDEATHSIG
         code.append("allow"); op(RET, ALLOW)
         code.append("deny"); op(RET, EPERM)
@@ -288,6 +298,55 @@ def setup():
         if libc.prctl(22, 2, ctypes.byref(program), 0, 0) != 0:  # PR_SET_SECCOMP, FILTER
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP) failed")
         return True
+    def build_new_root(size):
+        # A root of its own: the system's programs and libraries and /etc (read-only binds),
+        # fresh /tmp (this run's), /var/tmp, /run and /dev/shm, a /dev of the harmless nodes.
+        # Nothing else of the host is there: the caller's files, data and models, /opt, /srv,
+        # /var, /mnt, /sys. Entered by pivot_into once /proc is mounted in it. Raises OSError
+        # where it cannot be built.
+        if os.uname().machine not in PIVOT_CALLS:
+            raise OSError("no pivot_root number for %s" % os.uname().machine)
+        top = "/run/.root"
+        os.mkdir(top)
+        mount(b"tmpfs", top, b"tmpfs", MS_NOSUID | MS_NODEV, b"size=64k,nr_inodes=64,mode=755")
+        for d in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc"):
+            if os.path.islink(d):  # merged /usr: /bin -> usr/bin
+                os.symlink(os.readlink(d), top + d)
+            elif os.path.isdir(d):
+                os.mkdir(top + d)
+                mount(d.encode(), top + d, None, MS_BIND | MS_REC, None)
+        for d in ("/tmp", "/var", "/var/tmp", "/run", "/proc", "/dev"):
+            os.mkdir(top + d)
+        mount(b"/tmp", top + "/tmp", None, MS_BIND | MS_REC, None)  # with the stdlib's binds
+        for d in ("/var/tmp", "/run"):
+            mount(b"tmpfs", top + d, b"tmpfs", MS_NOSUID | MS_NODEV, size)
+        os.mkdir(top + "/run/lock")
+        os.chmod(top + "/run/lock", 0o1777)
+        dev = top + "/dev"
+        # no nodev here: the nodes are binds of the host's, which keep their own mount's flags
+        mount(b"tmpfs", dev, b"tmpfs", MS_NOSUID | MS_NOEXEC, b"size=64k,nr_inodes=64,mode=755")
+        for node in ("null", "zero", "full", "random", "urandom", "tty"):
+            if os.path.exists("/dev/" + node):
+                open(dev + "/" + node, "w").close()
+                mount(("/dev/" + node).encode(), dev + "/" + node, None, MS_BIND, None)
+        for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+            os.symlink(target, dev + "/" + name)
+        os.mkdir(dev + "/shm")
+        mount(b"tmpfs", dev + "/shm", b"tmpfs", MS_NOSUID | MS_NODEV, size)
+        for d in (top, dev):  # their own files stay as made (an unprivileged owner could write)
+            extra = MS_NODEV if d == top else MS_NOEXEC
+            mount(None, d, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | extra, None)
+        return top
+    def pivot_into(top):
+        pivot_root, umount2 = PIVOT_CALLS[os.uname().machine]
+        os.chdir(top)
+        libc.syscall.restype = ctypes.c_long
+        if libc.syscall(ctypes.c_long(pivot_root), b".", b".") != 0:
+            raise OSError(ctypes.get_errno(), "pivot_root failed")
+        if libc.syscall(ctypes.c_long(umount2), b".", ctypes.c_int(2)) != 0:  # MNT_DETACH
+            raise OSError(ctypes.get_errno(), "detaching the old root failed")
+        os.chdir("/tmp/work")
     def drop_capabilities():
         class Header(ctypes.Structure):
             _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
@@ -381,6 +440,11 @@ def setup():
             if d != "/" and os.path.isdir(d):
                 mount(b"tmpfs", d, b"tmpfs", empty, b"size=4k,mode=555")
         layers["filesystem"] = True
+        try:
+            top = build_new_root(size)
+        except OSError as exc:  # the masks above stay: the rest of the host is readable
+            top = None
+            layers["own_root_error"] = str(exc)
         # PID namespace: the child forked now is its PID 1; when it ends, all it forked dies.
         parent_alive, parent_alive_w = os.pipe()
         pid = os.fork()
@@ -390,7 +454,12 @@ def setup():
             _, status = os.waitpid(pid, 0)
             os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
         os.close(parent_alive_w)
-        mount(b"proc", "/proc", b"proc", MS_NOSUID | MS_NODEV, None)  # sees only its own processes
+        # It sees only its own processes. Mounted before the pivot: in a user namespace the
+        # kernel lets a new proc be mounted only where the host's is still in view.
+        mount(b"proc", (top or "") + "/proc", b"proc", MS_NOSUID | MS_NODEV, None)
+        if top:
+            pivot_into(top)  # a failure now ends the setup: the masked tree is half left
+            layers["own_root"] = True
         layers["pid_namespace"] = True
         if moved:
             # Packages imported already (collections, encodings) find submodules via __path__.
@@ -448,7 +517,9 @@ def one_line(exc):
     return ("%s: %s" % (type(exc).__name__, exc))[:500]
 class CheckTimeout(BaseException):
     pass
+alarm = {"rang": False}  # a check that swallows CheckTimeout (a bare except) still timed out
 def on_alarm(signum, frame):
+    alarm["rang"] = True
     raise CheckTimeout("check took longer than %gs" % cfg["check_s"])
 signal.signal(signal.SIGALRM, on_alarm)
 # The candidate runs as a module of its own, registered under its name: pickle finds its
@@ -471,16 +542,26 @@ except BaseException as exc:
     os._exit(1)
 for i, chk in enumerate(checks):
     out = {"check": i}
+    alarm["rang"] = False
     try:
         signal.setitimer(signal.ITIMER_REAL, cfg["check_s"])
         try:
             if chk["kind"] == "eval":
                 value = eval(compile(chk["code"], "<check %d>" % i, "eval"), ns)
-                out["value"] = repr(value)[:1000]
+                digits = getattr(sys, "get_int_max_str_digits", lambda: None)()
+                if digits is not None:  # a value the call returned is shown, however long
+                    sys.set_int_max_str_digits(0)
+                try:
+                    out["value"] = repr(value)[:1000]
+                finally:
+                    if digits is not None:
+                        sys.set_int_max_str_digits(digits)
             else:
                 exec(compile(chk["code"], "<check %d>" % i, "exec"), ns)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
+        if alarm["rang"]:
+            raise CheckTimeout("check took longer than %gs" % cfg["check_s"])
         out["passed"] = True
     except BaseException as exc:
         out["passed"] = False
@@ -531,6 +612,8 @@ class Sandbox:
             namespaces = False
             result = self._spawn("import fractions, typing\n", (), "__main__", namespaces=False)
         layers = result.layers
+        if layers.get("own_root_error"):
+            notes.append(f"no root of its own (the host's files are readable): {layers['own_root_error']}")
         if layers.get("read_only_error"):
             notes.append(f"could not make the file system read-only: {layers['read_only_error']}")
         if not result.ok:
@@ -558,6 +641,7 @@ class Sandbox:
             syscall_filter=bool(layers.get("syscall_filter")),
             run_memory_cap="memory" in capped,
             run_process_cap="pids" in capped,
+            own_root=bool(layers.get("own_root")),
         ), namespaces
 
     # -- running -------------------------------------------------------------------------------
@@ -798,17 +882,21 @@ def _interpret(
             continue
         if not isinstance(msg, dict):  # only the harness writes objects; anything else is noise
             continue
+        # A candidate that found the nonce can write any JSON: only the harness's types count.
         if "setup_error" in msg:
-            setup_error = msg["setup_error"]
+            setup_error = _text(msg["setup_error"], 500) or "unknown"
         elif "layers" in msg:
-            layers = msg["layers"]
+            layers = msg["layers"] if isinstance(msg["layers"], dict) else {}
         elif "loaded" in msg:
-            loaded = bool(msg["loaded"])
-            load_error = msg.get("error")
-        elif "check" in msg and isinstance(msg["check"], int) and 0 <= msg["check"] < len(checks):
+            loaded = msg["loaded"] is True
+            load_error = _text(msg.get("error"), 500)
+        elif "check" in msg and type(msg["check"]) is int and 0 <= msg["check"] < len(checks):
             i = msg["check"]
             got[i] = CheckResult(
-                checks[i].name or f"check {i}", bool(msg.get("passed")), msg.get("value"), msg.get("error")
+                checks[i].name or f"check {i}",
+                msg.get("passed") is True,
+                _text(msg.get("value"), 1000),
+                _text(msg.get("error"), 500),
             )
         elif msg.get("done"):
             done = True
@@ -843,6 +931,15 @@ def _interpret(
         layers=layers,
     )
     return result
+
+
+def _text(value: object, limit: int) -> str | None:
+    """A reported string as one that can be written anywhere (no lone surrogates, which a
+    candidate's own text decoded from bytes can carry), at most ``limit`` characters; None
+    for anything not a string."""
+    if not isinstance(value, str):
+        return None
+    return value[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _exit_reason(returncode: int | None) -> str | None:

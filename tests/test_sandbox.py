@@ -140,6 +140,87 @@ def test_world_writable_host_folders_are_masked(sandbox: Sandbox) -> None:
         target.unlink(missing_ok=True)  # a failing run leaves it on the host: never twice
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux namespaces")
+def test_only_the_systems_files_are_visible(sandbox: Sandbox) -> None:
+    """Seen in review: the candidate listed and read the caller's files (the repository, its
+    data, this module), and a program-of-thought answer carried their bytes out as a number."""
+    assert sandbox.isolation().own_root, sandbox.isolation().describe()
+    here = Path(__file__).resolve()
+    src = (
+        "import os\n"
+        f"print(os.path.exists({str(here)!r}), os.path.exists({str(Path.cwd())!r}))\n"
+        "print(sorted(os.listdir('/')))\n"
+        "print(open('/etc/hostname').read() != '' if os.path.exists('/etc/hostname') else True)\n"
+        "import json, fractions\n"  # the standard library still imports
+    )
+    r = sandbox.run(src, [Check("assert True")])
+    assert r.ok, (r.error, r.stderr)
+    first, top, _ = r.stdout.splitlines()
+    assert first == "False False", r.stdout
+    assert set(eval(top)) <= {
+        "bin",
+        "dev",
+        "etc",
+        "lib",
+        "lib32",
+        "lib64",
+        "libx32",
+        "proc",
+        "run",
+        "sbin",
+        "tmp",
+        "usr",
+        "var",
+    }, top
+
+
+def test_a_check_that_swallows_its_timeout_still_fails(sandbox: Sandbox) -> None:
+    """Seen in review: a bare except in the candidate caught the check's timeout and returned,
+    and the check counted as passed."""
+    src = (
+        "import time\n"
+        "def f(n):\n"
+        "    try:\n"
+        "        while True:\n"
+        "            time.sleep(0.05)\n"
+        "    except BaseException:\n"
+        "        return 0\n"
+    )
+    r = sandbox.run(src, [Check("assert f(5) == 0"), Check("assert True")], run_name="candidate")
+    assert not r.checks[0].passed and "longer than" in r.checks[0].error
+    assert r.checks[1].passed
+
+
+def test_a_huge_integer_a_probe_returns_is_shown(sandbox: Sandbox) -> None:
+    """Seen in review: repr of a 5,736-digit result hit Python's digit limit inside the check,
+    so a call that returned was reported as failed."""
+    r = sandbox.run("import math\nf = math.factorial\n", [Check("f(2000)", kind="eval")], run_name="c")
+    assert r.checks[0].passed and r.checks[0].value.startswith("3316275092450633241175393380576324038281")
+
+
+def test_forged_report_fields_of_any_type_give_a_result(sandbox: Sandbox) -> None:
+    """Seen in review: report lines with the nonce (read through the harness's frame) holding a
+    list value or an int error crashed the callers (select, task), and a lone surrogate in an
+    error crashed the results writer."""
+    import json
+
+    forged = (
+        "import os, sys\n"
+        "g = sys._getframe(1).f_globals\n"
+        "def w(obj):\n"
+        "    os.write(g['rep_fd'], (g['nonce'] + ' ' + __import__('json').dumps(obj) + '\\n').encode())\n"
+        "w({'check': 0, 'passed': 1, 'value': ['x'], 'error': 5})\n"
+        "w({'check': 1, 'passed': False, 'error': os.fsdecode(b'no file data_\\xff.csv')})\n"
+        "w({'check': True, 'passed': True})\n"
+        "os._exit(0)\n"
+    )
+    r = sandbox.run(forged, [Check("assert True"), Check("assert True")])
+    first, second = r.checks
+    assert not first.passed and first.value is None and first.error is None  # only True passes
+    assert second.error == "no file data_\\udcff.csv"
+    json.dumps([c.error for c in r.checks], ensure_ascii=False).encode()  # writable as UTF-8
+
+
 def test_report_lines_a_candidate_writes_cannot_crash_the_run(sandbox: Sandbox) -> None:
     """Seen in review: a candidate reaching the harness's report function wrote a non-object
     line and a deeply nested one, and Sandbox.run raised instead of returning a result."""
@@ -384,6 +465,7 @@ tried("unshare", libc.unshare(0x10000000 | 0x20000) == -1)  # a user + mount nam
 tried("prctl(PR_SET_PDEATHSIG, 0)", libc.prctl(1, 0, 0, 0, 0) == -1)  # outlive the run
 tried("memfd_create", libc.memfd_create(b"m", 0) == -1)
 for family, kind, name in ((socket.AF_UNIX, socket.SOCK_DGRAM, "unix datagrams"),
+                           (socket.AF_UNIX, socket.SOCK_RAW, "unix raw"),  # made a datagram one
                            (40, socket.SOCK_STREAM, "vsock")):  # journal, syslog; the hypervisor
     try:
         socket.socket(family, kind).close()
