@@ -30,6 +30,9 @@ class LlamaModel:
         self.vocab = llama_cpp.llama_model_get_vocab(self.ptr)
         self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.n_embd: int = llama_cpp.llama_model_n_embd(self.ptr)
+        # token -> bytes, filled as tokens are first seen: the decode loop asks once per token per
+        # path, and a token's text never changes (a dict write is atomic, so threads may share it)
+        self._pieces: dict[int, bytes] = {}
 
     def tokenize(self, text: str, special: bool, add_bos: bool) -> list[int]:
         """Tokens of ``text``; ``special``: read special-token markers in it (trusted text only)."""
@@ -44,9 +47,12 @@ class LlamaModel:
     def piece(self, token: int) -> bytes:
         """The bytes ``token`` stands for (special tokens as nothing). Any thread may ask: the
         decode loop's thread does, while a request's thread writes a prompt."""
-        buf = ctypes.create_string_buffer(PIECE_BYTES)
-        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, PIECE_BYTES, 0, False)
-        return buf.raw[: max(n, 0)]
+        piece = self._pieces.get(token)
+        if piece is None:
+            buf = ctypes.create_string_buffer(PIECE_BYTES)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, PIECE_BYTES, 0, False)
+            piece = self._pieces[token] = buf.raw[: max(n, 0)]
+        return piece
 
     def is_end(self, token: int) -> bool:
         """Whether ``token`` ends generation (end of sequence or turn)."""
