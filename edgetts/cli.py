@@ -814,7 +814,9 @@ def _run_settings(kw: dict, data: dict) -> dict:
 @click.option("--limit", type=click.IntRange(1), default=None, help="Only the first LIMIT problems.")
 @click.option("--question-key", default=None, help="Question field(s), e.g. body+question.")
 @click.option("--answer-key", default=None, help="Gold answer field.")
-@click.option("--id-key", default=None, help="Problem id field (default: idx/id/line number).")
+@click.option(
+    "--id-key", default=None, help="Problem id field (default: unique_id, idx or id, else the line number)."
+)
 @_search_options
 @_ray_option("Shard the problems over Ray actors", "actor")
 @click.option(
@@ -846,6 +848,11 @@ def run(
     **kw,
 ) -> None:
     """Answer every problem in a benchmark file, appending one JSON line per problem.
+
+    The file is JSONL (or a .json list) of objects: the question in question, problem, input,
+    prompt or body+question, the gold answer in answer (GSM8K's after ####), target or
+    solution's last \\boxed{}; other names with --question-key / --answer-key. Rows without a
+    gold answer are answered, not graded.
 
     With --concurrent K, K problems are solved at once on one model: their searches share one
     decode loop. With --ray the problems run on Ray actors (one solver each) and this process

@@ -39,13 +39,24 @@ class Problem:
     answer: str | None  # None when the file has no gold answer (answers are then ungraded)
 
 
+def _text(value: object, key: str, path: Path, line_no: int) -> str | None:
+    """A field's value as text: strings and numbers as written, null as None; a list or an
+    object is refused (its Python repr would become the question or the gold answer)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, (str, int, float)):
+        return str(value).strip()
+    raise DataError(f"{path}:{line_no}: field {key!r} is a {type(value).__name__}, not text or a number")
+
+
 def _join(record: dict, keys: str, path: Path, line_no: int) -> str | None:
     parts = []
     for key in keys.split("+"):
         if key not in record:
             raise DataError(f"{path}:{line_no}: no field {key!r} (fields: {', '.join(record)})")
-        value = record[key]
-        parts.append(str(value).strip() if value is not None else "")
+        parts.append(_text(record[key], key, path, line_no) or "")
     return " ".join(p for p in parts if p) or None
 
 
@@ -55,9 +66,9 @@ def _gold(record: dict, answer_key: str | None, path: Path, line_no: int) -> str
     elif "answer" in record and isinstance(record["answer"], str) and "####" in record["answer"]:
         raw = record["answer"].split("####")[-1]  # GSM8K
     elif "answer" in record:
-        raw = str(record["answer"])  # MATH-500, ASDiv
+        raw = _text(record["answer"], "answer", path, line_no)  # MATH-500, ASDiv
     elif "target" in record:
-        raw = str(record["target"])  # MAWPS
+        raw = _text(record["target"], "target", path, line_no)  # MAWPS
     elif "solution" in record:
         raw = last_boxed(record["solution"])  # MATH
     else:
@@ -72,6 +83,10 @@ def _gold(record: dict, answer_key: str | None, path: Path, line_no: int) -> str
         raw = raw.split(".")[0]  # MAWPS floats: "43.0"
     # thousands separators ("1,234.5"), not lists ("-2,1")
     return raw.replace(",", "") if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", raw) else raw
+
+
+# The fields a problem's id is read from, the first one a row has; else its line number.
+ID_KEYS = ("unique_id", "idx", "id")
 
 
 def _question_key(record: dict) -> str:
@@ -136,10 +151,10 @@ def load_problems(
         question = _join(record, q_key, path, line_no)
         if not question:
             raise DataError(f"{path}:{line_no}: the question ({q_key}) is empty")
-        if id_key:
-            pid = _join(record, id_key, path, line_no)
-        else:
-            pid = record.get("unique_id", record.get("idx", record.get("id", line_no)))
+        key = id_key or next((k for k in ID_KEYS if k in record), None)
+        pid = line_no if key is None else _join(record, key, path, line_no)
+        if pid is None:
+            raise DataError(f"{path}:{line_no}: the problem id ({key}) is empty")
         problems.append(Problem(str(pid), question, _gold(record, answer_key, path, line_no)))
     if not problems:
         raise DataError(f"{path}: no problems found")

@@ -100,3 +100,19 @@ def test_a_line_separator_inside_a_string_is_text_and_a_corrupt_gzip_is_named(tm
     listed = tmp_path / "l.json.gz"
     listed.write_bytes(gzip.compress(json.dumps([{"question": "q", "answer": "1"}]).encode()))
     assert load_problems(listed)[0].answer == "1"
+
+
+def test_null_answers_lists_and_null_ids_are_not_made_text(tmp_path):
+    """Seen in a user's review: a null answer loaded as the gold 'None' (graded, always wrong),
+    a list question as its Python repr, a null id as 'None'."""
+    f = write_jsonl(tmp_path / "n.jsonl", [{"question": "What is 2+3?", "answer": None}])
+    assert load_problems(f)[0].answer is None  # answered, not graded
+    f = write_jsonl(tmp_path / "l.jsonl", [{"question": ["What is", "2+3?"], "answer": "5"}])
+    with pytest.raises(DataError, match=r"l.jsonl:1: field 'question' is a list"):
+        load_problems(f)
+    f = write_jsonl(tmp_path / "d.jsonl", [{"question": "q", "answer": {"x": 1}}])
+    with pytest.raises(DataError, match="field 'answer' is a dict"):
+        load_problems(f)
+    f = write_jsonl(tmp_path / "i.jsonl", [{"question": "q", "answer": "1", "id": None}])
+    with pytest.raises(DataError, match=r"i.jsonl:1: the problem id \(id\) is empty"):
+        load_problems(f)
