@@ -648,7 +648,7 @@ def problem_worker(kw: dict):
     """A solver built from ``run``'s options, as a function from a problem to its row (what a
     Ray actor calls ``functools.partial(problem_worker, kw)`` to get; the model loads lazily)."""
     solver, options = _make_solver(kw)
-    return functools.partial(solve_row, solver, options, model=kw["model"])
+    return functools.partial(solve_row, solver, options, model=registry.canonical_name(kw["model"]))
 
 
 def _ray_threads(kw: dict) -> int:
@@ -713,7 +713,9 @@ def _run_concurrent(todo: list, results, solver, options: SolveOptions, kw: dict
     from tqdm import tqdm
 
     cancel = threading.Event()
-    solve = functools.partial(solve_row, solver, options, model=kw["model"], cancel=cancel)
+    solve = functools.partial(
+        solve_row, solver, options, model=registry.canonical_name(kw["model"]), cancel=cancel
+    )
     waiting = iter(todo)
     with (
         ThreadPoolExecutor(max_workers=kw["concurrent"], thread_name_prefix="edgetts-run") as pool,
@@ -779,7 +781,7 @@ def _run_settings(kw: dict, data: dict) -> dict:
     """What a results file records of its run. ``data``: the data file's name and the keys it was
     read with; rows are matched by problem id, and ids repeat across files (0, 1, 2 ...)."""
     settings = {key: kw[key] for key in ANSWER_SETTINGS}
-    settings["model"] = kw["model"] or registry.default_model_name()
+    settings["model"] = registry.canonical_name(kw["model"])
     settings["data"] = data
     if kw["task"] == "code":
         # programs are picked by running them (no PRM); the visible tests change the pick
@@ -861,7 +863,7 @@ def run(
     from tqdm import tqdm
 
     from edgetts.data import load_problems
-    from edgetts.results import ResultsFile
+    from edgetts.results import ResultsFile, check_same_problems
 
     if out_path.exists() and data_path.exists() and out_path.resolve() == data_path.resolve():
         raise click.UsageError("--out is the --data file; results go to a file of their own")
@@ -884,6 +886,9 @@ def run(
     data = {"file": data_path.name, "question_key": question_key, "answer_key": answer_key, "id_key": id_key}
     settings = _run_settings(kw, data)
     with ResultsFile(out_path, settings=settings, unrecorded=UNRECORDED_SETTINGS, lock=True) as results:
+        check_same_problems(
+            results, {p.id: {"question": p.question, "gold": p.answer} for p in problems}, data_path
+        )
         todo = [p for p in problems if p.id not in results.done]
         if len(todo) < len(problems):
             click.echo(
@@ -900,7 +905,7 @@ def run(
                 _run_concurrent(todo, results, solver, options, kw, desc)
             else:
                 for problem in tqdm(todo, desc=desc, unit="problem", disable=None, file=sys.stderr):
-                    results.append(solve_row(solver, options, problem, kw["model"]))
+                    results.append(solve_row(solver, options, problem, settings["model"]))
         except KeyboardInterrupt:
             _stop_interrupted(len(results.records), out_path)
         _print_summary(results, [p.id for p in problems], out_path, as_json)
@@ -935,12 +940,14 @@ def _run_code(data_path: Path, out_path: Path, limit: int | None, kw: dict, as_j
     from edgetts.code import CodeTask
     from edgetts.code.checks import hidden_check
     from edgetts.data import load_code_problems
-    from edgetts.results import ResultsFile
+    from edgetts.results import ResultsFile, check_same_problems, fingerprint
 
     problems = load_code_problems(data_path, limit)
     tests = _code_tests(kw)
     settings = _run_settings(kw, {"file": data_path.name})
     with ResultsFile(out_path, settings=settings, unrecorded=UNRECORDED_SETTINGS, lock=True) as results:
+        prompts = {p.id: {"prompt_sha256": fingerprint(p.prompt)} for p in problems}
+        check_same_problems(results, prompts, data_path)
         todo = [p for p in problems if p.id not in results.done]
         if len(todo) < len(problems):
             click.echo(
@@ -978,13 +985,14 @@ def _run_code(data_path: Path, out_path: Path, limit: int | None, kw: dict, as_j
                 results.append(
                     {
                         "id": problem.id,
+                        "prompt_sha256": prompts[problem.id]["prompt_sha256"],
                         "entry_point": result.entry_point,
                         "correct": correct,
                         "program": result.program,
                         "strategy": result.strategy,
                         "n": len(result.candidates),
                         "seed": options.seed,
-                        "model": kw["model"],
+                        "model": settings["model"],
                         "chosen": result.chosen,
                         "visible_tests": result.visible_tests,
                         "generated_tests": result.generated_tests,
@@ -1093,9 +1101,20 @@ def gpu(require_cuda: bool) -> None:
 @click.pass_context
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per model, one per line.")
 def models(ctx: click.Context, as_json: bool) -> None:
-    """List the registry models (name, kind, size, ready or not). Subcommands: pull, import, verify."""
-    if ctx.invoked_subcommand is not None:
-        return
+    """List the registry models (name, kind, size, ready or not). Subcommands: list, pull, import,
+    verify."""
+    if ctx.invoked_subcommand is None:
+        _list_models(as_json)
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per model, one per line.")
+def models_list(as_json: bool) -> None:
+    """List the registry models (as plain `edgetts models`)."""
+    _list_models(as_json)
+
+
+def _list_models(as_json: bool) -> None:
     for spec in registry.load_registry().values():
         if as_json:
             click.echo(

@@ -259,6 +259,22 @@ def resolve(name_or_path: str | None, auto_pull: bool = True) -> Path:
     return path
 
 
+def canonical_name(name_or_path: str | None) -> str:
+    """One name for one model, as results files record it: a registry name (None: the
+    default), also where a path to that model's cached file is given; else the file's absolute
+    path."""
+    registry = load_registry()
+    if name_or_path is None:
+        return default_model_name(registry)
+    if name_or_path in registry:
+        return name_or_path
+    path = Path(name_or_path).expanduser().resolve()
+    for spec in registry.values():
+        if model_path(spec).resolve() == path:
+            return spec.name
+    return str(path)
+
+
 def check_gguf_file(path: Path) -> None:
     """Cheap structural check before llama.cpp sees the file (it would abort or segfault)."""
     if path.is_dir():

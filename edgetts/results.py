@@ -23,6 +23,7 @@ What a results file is trusted with, and what it refuses:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -219,6 +220,31 @@ class ResultsFile:
         records = self.records if ids is None else self.of(ids)
         graded = [r for r in records if r.get("correct") is not None]
         return sum(bool(r["correct"]) for r in graded), len(graded)
+
+
+def check_same_problems(results: ResultsFile, expected: Mapping[str, Mapping[str, Any]], data: Path) -> None:
+    """Refuse to resume a file whose rows answered other problems under the same ids: a data
+    file of the same name from elsewhere, or one edited since. ``expected`` maps each problem id
+    to the fields its row records of it (question and gold answer, a code prompt's
+    fingerprint); a row without such a field (made before it was recorded) is not checked."""
+    for record in results.records:
+        for field, now in expected.get(str(record[results.id_field]), {}).items():
+            if field in record and record[field] != now:
+                raise ResultsError(
+                    f"{results.path} answered problem {record[results.id_field]!r} with another "
+                    f"{field} than {data} holds ({_cut(record[field])} there, {_cut(now)} here): it "
+                    "was made from other data; choose another --out"
+                )
+
+
+def fingerprint(text: str) -> str:
+    """A short hash of a problem's text, for rows that do not keep the text itself."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _cut(text: object, limit: int = 60) -> str:
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[: limit - 4] + "...'"
 
 
 def problem_row(

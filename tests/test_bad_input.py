@@ -118,6 +118,37 @@ def test_resume_with_another_data_file_is_refused(tmp_path, data):
     assert json.loads(out.read_text())["settings"] == settings
 
 
+def test_resume_with_another_file_of_the_same_name_is_refused(tmp_path, data):
+    """Seen in a user's review: a results file made from ./ok.jsonl resumed for other/ok.jsonl
+    (same name, other question under id "a") and reported its accuracy as this run's."""
+    from edgetts.cli import _run_settings, run
+
+    out = tmp_path / "r.jsonl"
+    args = ["--data", str(data), "--out", str(out), "--strategy", "majority"]
+    data_keys = {"file": data.name, "question_key": None, "answer_key": None, "id_key": None}
+    settings = _run_settings(run.make_context("run", list(args)).params, data_keys)
+    row = {"id": "1", "question": "What is 7 * 6?", "gold": "42", "correct": True, "settings": settings}
+    out.write_text(json.dumps(row) + "\n")
+    proc = edgetts("run", *args)
+    assert refused(proc, "answered problem '1' with another question", "'What is 7 * 6?' there")
+    assert json.loads(out.read_text()) == row
+    same = {**row, "question": "What is 2 + 3?", "gold": "5"}
+    out.write_text(json.dumps(same) + "\n")
+    proc = edgetts("run", *args, "--json")  # the same problem: resumes, nothing to solve
+    assert proc.returncode == 0 and json.loads(proc.stdout)["correct"] == 1, proc.stderr
+
+
+def test_a_model_named_by_its_cached_file_resumes_as_by_its_name():
+    """Seen in a user's review: the same model named by its path was 'other settings'."""
+    from edgetts.cli import _run_settings, run
+    from edgetts.models import resolve
+
+    def recorded(model):
+        return _run_settings(run.make_context("run", ["--data", "d", "--out", "o", "-m", model]).params, {})
+
+    assert recorded(str(resolve(None)))["model"] == recorded("qwen2.5-coder-0.5b-instruct")["model"]
+
+
 @pytest.mark.parametrize(
     "args, words",
     [
