@@ -194,6 +194,14 @@ def _search_options(func):
             help="Generated tokens per solution.",
         ),
         click.option(
+            "--max-prompt-tokens",
+            default=PolicyConfig.max_prompt_tokens,
+            show_default=True,
+            type=click.IntRange(1),
+            help="Tokens a question's prompt (with its template) may have; a longer one is refused "
+            "(run: skipped, named, exit 1 at the end).",
+        ),
+        click.option(
             "--threads",
             type=click.IntRange(1),
             default=None,
@@ -323,6 +331,7 @@ def _make_solver(kw: dict, searches: int = 1):
     policy_config = PolicyConfig(
         model=kw["model"],
         max_tokens=kw["max_tokens"],
+        max_prompt_tokens=kw["max_prompt_tokens"],
         n_threads=kw["threads"],
         n_gpu_layers=kw["n_gpu_layers"],
         kv_type=kw["kv_type"] or PolicyConfig.kv_type,
@@ -648,7 +657,31 @@ def problem_worker(kw: dict):
     """A solver built from ``run``'s options, as a function from a problem to its row (what a
     Ray actor calls ``functools.partial(problem_worker, kw)`` to get; the model loads lazily)."""
     solver, options = _make_solver(kw)
-    return functools.partial(solve_row, solver, options, model=registry.canonical_name(kw["model"]))
+    solve = functools.partial(solve_row, solver, options, model=registry.canonical_name(kw["model"]))
+    return functools.partial(solve_or_skip, solve)
+
+
+def solve_or_skip(solve, problem) -> dict:
+    """``solve(problem)``'s row, or for a question whose prompt is longer than the policy takes
+    a row that only says so (``"skipped"``): one such question must not end a whole run."""
+    from edgetts.policy.config import PromptTooLong
+
+    try:
+        return solve(problem)
+    except PromptTooLong as exc:
+        return {"id": problem.id, "skipped": str(exc)}
+
+
+def _append_or_skip(results, skipped: list[str], row: dict) -> None:
+    """Append a problem's row; a skipped problem (see :func:`solve_or_skip`) is named on stderr
+    and in ``skipped`` instead (no row: a rerun with a larger --max-prompt-tokens answers it)."""
+    from tqdm import tqdm
+
+    if "skipped" in row:
+        skipped.append(row["id"])
+        tqdm.write(f"problem {row['id']}: skipped: {row['skipped']}", file=sys.stderr)
+    else:
+        results.append(row)
 
 
 def _ray_threads(kw: dict) -> int:
@@ -666,7 +699,9 @@ def _ray_threads(kw: dict) -> int:
     return n_threads if n_threads is not None else 1
 
 
-def _run_on_ray(todo: list, results, address: str, actors: int | None, desc: str, kw: dict) -> None:
+def _run_on_ray(
+    todo: list, results, skipped: list[str], address: str, actors: int | None, desc: str, kw: dict
+) -> None:
     """``run --ray``: the problems sharded over Ray actors; this process alone writes the file."""
     from tqdm import tqdm
 
@@ -683,7 +718,7 @@ def _run_on_ray(todo: list, results, address: str, actors: int | None, desc: str
     with tqdm(total=len(todo), desc=desc, unit="problem", disable=None, file=sys.stderr) as bar:
 
         def write(row: dict) -> None:
-            results.append(row)
+            _append_or_skip(results, skipped, row)
             bar.update(1)
 
         report = run_sharded(
@@ -702,7 +737,9 @@ def _run_on_ray(todo: list, results, address: str, actors: int | None, desc: str
         )
 
 
-def _run_concurrent(todo: list, results, solver, options: SolveOptions, kw: dict, desc: str) -> None:
+def _run_concurrent(
+    todo: list, results, skipped: list[str], solver, options: SolveOptions, kw: dict, desc: str
+) -> None:
     """``run --concurrent K``: K worker threads each solve one problem at a time on the one
     solver (their searches decode in one batch); this thread alone appends the rows, as they
     finish. On Ctrl-C the searches under way are cancelled and their rows dropped (a cut-short
@@ -714,7 +751,10 @@ def _run_concurrent(todo: list, results, solver, options: SolveOptions, kw: dict
 
     cancel = threading.Event()
     solve = functools.partial(
-        solve_row, solver, options, model=registry.canonical_name(kw["model"]), cancel=cancel
+        solve_or_skip,
+        functools.partial(
+            solve_row, solver, options, model=registry.canonical_name(kw["model"]), cancel=cancel
+        ),
     )
     waiting = iter(todo)
     with (
@@ -726,7 +766,8 @@ def _run_concurrent(todo: list, results, solver, options: SolveOptions, kw: dict
             while running:
                 finished, running = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    results.append(future.result())  # a search's error stops the run, as without K
+                    # a search's error stops the run, as without K
+                    _append_or_skip(results, skipped, future.result())
                     bar.update(1)
                     running |= {pool.submit(solve, problem) for problem in islice(waiting, 1)}
         except BaseException:
@@ -898,17 +939,26 @@ def run(
         if kw["explain"]:
             _explain(solver, options, todo[0].question if todo else None)
         desc = f"{options.strategy} n={_n_label(options)}"
+        skipped: list[str] = []
         try:
             if ray_address is not None:
-                _run_on_ray(todo, results, ray_address, actors, desc, kw)
+                _run_on_ray(todo, results, skipped, ray_address, actors, desc, kw)
             elif kw["concurrent"] > 1:
-                _run_concurrent(todo, results, solver, options, kw, desc)
+                _run_concurrent(todo, results, skipped, solver, options, kw, desc)
             else:
+                solve = functools.partial(solve_row, solver, options, model=settings["model"])
                 for problem in tqdm(todo, desc=desc, unit="problem", disable=None, file=sys.stderr):
-                    results.append(solve_row(solver, options, problem, settings["model"]))
+                    _append_or_skip(results, skipped, solve_or_skip(solve, problem))
         except KeyboardInterrupt:
             _stop_interrupted(len(results.records), out_path)
         _print_summary(results, [p.id for p in problems], out_path, as_json)
+        if skipped:
+            raise click.ClickException(
+                f"{len(skipped)} problem(s) skipped, their prompts longer than --max-prompt-tokens "
+                f"{kw['max_prompt_tokens']} allows ({', '.join(skipped[:10])}"
+                f"{' ...' if len(skipped) > 10 else ''}); the other results are in {out_path}: a "
+                "rerun with a larger --max-prompt-tokens answers them"
+            )
 
 
 def _print_summary(results, ids: list[str], out_path: Path, as_json: bool, measure: str = "accuracy") -> None:

@@ -275,6 +275,28 @@ def test_a_request_with_a_memory_budget_leaves_the_server_as_it_was():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("concurrent", ["1", "2"])
+def test_a_question_too_long_is_skipped_by_name_and_the_run_goes_on(tmp_path, concurrent):
+    """Seen in a user's review: one long problem ended the run (and every rerun) at the same
+    place, with no id named and no flag to raise the limit."""
+    data = tmp_path / "d.jsonl"
+    rows = [
+        {"id": "long", "question": "word " * 3000, "answer": "1"},
+        {"id": "short", "question": "What is 2+3?", "answer": "5"},
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "r.jsonl"
+    args = ["run", "--data", str(data), "--out", str(out), "--strategy", "greedy", "--max-tokens", "48"]
+    proc = edgetts(*args, "--concurrent", concurrent, "--json")
+    assert refused(proc, "problem long: skipped", "1 problem(s) skipped", "--max-prompt-tokens"), proc.stderr
+    assert json.loads(proc.stdout)["answered"] == 1  # the summary still comes
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["short"]
+    proc = edgetts(*args, "--concurrent", concurrent, "--max-prompt-tokens", "4096")
+    assert proc.returncode == 0, proc.stderr  # the rerun answers it
+    assert sorted(json.loads(line)["id"] for line in out.read_text().splitlines()) == ["long", "short"]
+
+
+@pytest.mark.slow
 def test_a_question_piped_on_stdin():
     proc = edgetts("solve", "--strategy", "greedy", stdin="What is 2+3?\n")
     assert proc.returncode == 0 and proc.stdout.strip() == "5", proc.stderr

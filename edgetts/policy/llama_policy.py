@@ -268,13 +268,13 @@ class LlamaPolicy:
         if chars > limit * MAX_CHARS_PER_TOKEN:  # refused before tokenizing megabytes
             raise PromptTooLong(
                 f"the question is too long: {chars} characters, where the prompt may have "
-                f"{limit} tokens (PolicyConfig.max_prompt_tokens)"
+                f"{limit} tokens (max_prompt_tokens; --max-prompt-tokens)"
             )
         tokens = self.prompt_tokens(question, system)
         if len(tokens) > limit:
             raise PromptTooLong(
                 f"the question is too long: its prompt has {len(tokens)} tokens, the limit is "
-                f"{limit} (PolicyConfig.max_prompt_tokens)"
+                f"{limit} (max_prompt_tokens; --max-prompt-tokens)"
             )
         return tokens
 
