@@ -614,6 +614,10 @@ class Solver:
         try:
             return self._planned(self.scorer, plan)
         except Exception as exc:  # auto still works on agreement alone; say why
+            from edgetts.models import ModelError
+
+            if self.prm_path is not None or isinstance(exc, ModelError):
+                raise  # a PRM the user named must load; an unknown model is the error, said once
             log.warning("auto runs without a PRM (%s): difficulty from agreement only", exc)
             return None
 

@@ -138,6 +138,20 @@ def test_resume_with_another_file_of_the_same_name_is_refused(tmp_path, data):
     assert proc.returncode == 0 and json.loads(proc.stdout)["correct"] == 1, proc.stderr
 
 
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--prm", "/nonexistent"], ["/nonexistent: PRM directory not found"]),
+        (["-m", "nosuchmodel"], ["unknown model"]),
+    ],
+)
+def test_auto_refuses_a_prm_or_model_that_is_not_there_once(args, words):
+    """Seen in a user's review: auto warned and answered without the --prm the user named (run
+    and best_of_n refused it), and an unknown model was said twice, as a warning then an error."""
+    proc = edgetts("solve", "What is 2+3?", *args)
+    assert refused(proc, *words) and "Warning" not in proc.stderr, proc.stderr
+
+
 def test_a_model_named_by_its_cached_file_resumes_as_by_its_name():
     """Seen in a user's review: the same model named by its path was 'other settings'."""
     from edgetts.cli import _run_settings, run
