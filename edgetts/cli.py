@@ -543,7 +543,7 @@ def solve(question: str | None, show: bool, as_json: bool, **kw) -> None:
         _explain(solver, options, question)
     result = solver.solve(question, options)
     if as_json:
-        click.echo(json.dumps(asdict(result), ensure_ascii=False))
+        click.echo(json.dumps({**asdict(result), "provisional": result.provisional}, ensure_ascii=False))
         return
     if show and result.chosen is not None:
         _show(result)
@@ -965,20 +965,29 @@ def _print_summary(results, ids: list[str], out_path: Path, as_json: bool, measu
     """``run``'s last line: the accuracy over this run's problems (``ids``: those --limit kept,
     answered now or before; the file may hold more) as one JSON object with --json."""
     correct, graded = results.accuracy(ids)
-    answered = len(results.of(ids))
+    rows = results.of(ids)
+    guesses = sum(bool(r.get("provisional")) for r in rows)
     if as_json:
         summary = {
             "out": str(out_path),
-            "answered": answered,
+            "answered": len(rows),
             "graded": graded,
             "correct": correct,
             "accuracy": correct / graded if graded else None,
+            "provisional": guesses,
         }
         click.echo(json.dumps(summary))
-    elif graded:
+        return
+    if graded:
         click.echo(f"{measure}: {correct}/{graded} = {correct / graded:.1%}")
     else:
-        click.echo(f"answered {answered} problems (none could be graded)")
+        click.echo(f"answered {len(rows)} problems (none could be graded)")
+    if guesses:  # on stderr, as solve's note: stdout stays the summary line
+        click.echo(
+            f"({guesses} of the answers are guesses: no solution wrote its answer out before it was "
+            "cut short; a larger --max-tokens may help)",
+            err=True,
+        )
 
 
 def _run_code(data_path: Path, out_path: Path, limit: int | None, kw: dict, as_json: bool) -> None:

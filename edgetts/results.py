@@ -271,6 +271,7 @@ def problem_row(
         "model": model,
         "votes": result.votes,
         "cut_short": result.cut_short,
+        "provisional": result.provisional,
         "chosen": asdict(result.chosen) if result.chosen else None,
         "candidates": candidates,
         "counters": result.counters,

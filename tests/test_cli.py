@@ -1,5 +1,7 @@
 """edgetts solve --show: what a user sees of a result (no model needed)."""
 
+import json
+
 import pytest
 from click.testing import CliRunner
 
@@ -295,3 +297,19 @@ def test_solve_says_when_its_answer_is_a_guess(monkeypatch):
     result = CliRunner().invoke(main, ["solve", "Tom has 3 apples and buys 4 more. How many?"])
     assert result.exit_code == 0 and result.stdout == "2\n"
     assert "a guess" in result.stderr
+    # and in JSON (seen in review: the key was missing, a property asdict drops)
+    result = CliRunner().invoke(main, ["solve", "Tom has 3 apples and buys 4 more. How many?", "--json"])
+    assert json.loads(result.stdout)["provisional"] is True
+
+
+def test_run_summary_says_how_many_answers_are_guesses(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"question": f"q{i}", "answer": "1"}) + "\n" for i in range(3)))
+    out = tmp_path / "r.jsonl"
+    rows = [{"id": str(i), "correct": i == 1, "provisional": i != 1} for i in (1, 2, 3)]
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = CliRunner().invoke(main, ["run", "--data", str(data), "--out", str(out)])
+    assert result.exit_code == 0 and result.stdout == "accuracy: 1/3 = 33.3%\n"
+    assert "2 of the answers are guesses" in result.stderr
+    result = CliRunner().invoke(main, ["run", "--data", str(data), "--out", str(out), "--json"])
+    assert json.loads(result.stdout)["provisional"] == 2
