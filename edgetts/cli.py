@@ -906,6 +906,8 @@ def run(
     from edgetts.data import load_problems
     from edgetts.results import ResultsFile, check_same_problems
 
+    if str(out_path) == "-":
+        raise click.UsageError("--out names the results file (JSONL, appended); the summary goes to stdout")
     if out_path.exists() and data_path.exists() and out_path.resolve() == data_path.resolve():
         raise click.UsageError("--out is the --data file; results go to a file of their own")
     if kw["concurrent"] > 1 and (ray_address is not None or kw["task"] == "code"):

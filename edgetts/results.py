@@ -78,6 +78,9 @@ class ResultsFile:
         values); benchmark tools key theirs by ``"problem_id"`` or ``"task_id"``. ``lock``: hold
         the file for this run until :meth:`close` (see the module doc)."""
         self.path = Path(path)
+        # What this run made, removed again if it keeps nothing (a refusal, a run that failed
+        # before its first row): an empty results file and its lock are no one's.
+        self._made = [p for p in (self.path, self._lock_path()) if not p.exists()]
         self._file_lock = self._lock() if lock else None
         self.settings = settings
         self.unrecorded = dict(unrecorded or {})
@@ -91,16 +94,22 @@ class ResultsFile:
                 self._check_settings(settings)
             self._check_writable()
         except BaseException:
-            self.close()  # refused: the file is free again for a run that may use it
+            self._release(refused=True)  # the file is free again for a run that may use it
             raise
+
+    def _lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
 
     def _lock(self) -> Any:
         from filelock import FileLock, Timeout
 
-        lock_path = self.path.with_name(self.path.name + ".lock")
+        lock_path = self._lock_path()
         file_lock = FileLock(str(lock_path), timeout=0)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # made first, so that a folder we may not write is said as such: filelock reports
+            # any failure to take the lock as held by another
+            os.close(os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644))
             file_lock.acquire()
         except Timeout:
             raise ResultsError(
@@ -112,10 +121,21 @@ class ResultsFile:
         return file_lock
 
     def close(self) -> None:
-        """Let another run have the file (a no-op without ``lock``)."""
+        """Let another run have the file (a no-op without ``lock``); remove the file and its
+        lock again where this run made them and wrote nothing."""
+        self._release(refused=False)
+
+    def _release(self, refused: bool) -> None:
+        if self.path in self._made and self.path.is_file() and self.path.stat().st_size == 0:
+            self.path.unlink(missing_ok=True)
+        # a refused run's lock too: every run on that file is refused alike
+        drop_lock = self._lock_path() in self._made and (refused or not self.path.exists())
         if self._file_lock is not None:
+            if drop_lock:
+                self._lock_path().unlink(missing_ok=True)  # before release: no one waits (timeout 0)
             self._file_lock.release()
             self._file_lock = None
+        self._made = []
 
     def __enter__(self) -> ResultsFile:
         return self

@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -167,3 +168,27 @@ def test_atomic_writes_at_once_never_share_a_temporary_file(tmp_path):
     from edgetts.paths import UMASK
 
     assert path.stat().st_mode & 0o777 == 0o666 & ~UMASK
+
+
+def test_a_run_that_keeps_nothing_leaves_nothing_beside_its_out(tmp_path):
+    """Seen in a user's review: a refused notes file got a notes.txt.lock, and a run that failed
+    before its first row left an empty results file and its lock."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    with pytest.raises(ResultsError, match="not JSON"):
+        ResultsFile(notes, lock=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    with ResultsFile(tmp_path / "new.jsonl", settings={"n": 4}, lock=True):
+        pass  # the model failed to load, say
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    with ResultsFile(tmp_path / "kept.jsonl", settings={"n": 4}, lock=True) as kept:
+        kept.append({"id": "1"})
+    assert (tmp_path / "kept.jsonl").read_text().count("\n") == 1
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="Linux /proc")
+def test_a_lock_that_cannot_be_made_is_not_called_held():
+    """Seen in a user's review: --out /proc/x.jsonl said another run held the file."""
+    with pytest.raises(ResultsError, match="cannot write results") as err:
+        ResultsFile("/proc/x.jsonl", lock=True)
+    assert "another run" not in str(err.value)
