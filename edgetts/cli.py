@@ -312,11 +312,19 @@ def _make_solver(kw: dict, searches: int = 1):
     if not code and kw["tests_path"] is not None:
         raise click.UsageError("--tests is for --task code")
     ctx = click.get_current_context(silent=True)
-    n_typed = ctx is not None and ctx.get_parameter_source("n") == click.core.ParameterSource.COMMANDLINE
-    if options.strategy == GREEDY and n_typed and options.n != 1:
-        # (an n from the config file or environment is for the other strategies: not an error)
+
+    def typed(name: str) -> bool:
+        # (a value from the config file or environment is for the other strategies: not an error)
+        return ctx is not None and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+
+    if options.strategy == GREEDY and typed("n") and options.n != 1:
         raise click.UsageError(
             f"--strategy greedy answers with one sample at temperature 0: -n {options.n} is for the searches"
+        )
+    sampling = [f"--{name.replace('_', '-')}" for name in ("temperature", "top_p", "top_k") if typed(name)]
+    if options.strategy == GREEDY and sampling:
+        raise click.UsageError(
+            f"--strategy greedy decodes at temperature 0: {', '.join(sampling)} is for the samplers"
         )
     try:  # fail on bad settings before a model loads: the flags' error, exit 2
         if code:

@@ -216,6 +216,7 @@ def test_resume_in_another_mode_is_refused(tmp_path, data):
         (["--pot-n", "3"], ["pot_n is for mode cot+pot"]),
         (["--pot-n", "0"], ["0 is not in the range x>=1"]),
         (["--strategy", "greedy", "-n", "8"], ["greedy answers with one sample", "-n 8"]),
+        (["--strategy", "greedy", "--temperature", "1.5", "--top-k", "5"], ["--temperature, --top-k is for"]),
     ],
 )
 def test_settings_no_search_can_run_are_usage_errors(args, words):
