@@ -152,6 +152,21 @@ def test_auto_refuses_a_prm_or_model_that_is_not_there_once(args, words):
     assert refused(proc, *words) and "Warning" not in proc.stderr, proc.stderr
 
 
+def test_serve_on_a_busy_port_says_so_before_the_model_loads():
+    """Seen in a user's review: uvicorn's own "[Errno 98]" log line and exit 3, after the
+    model had loaded."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        start = time.perf_counter()
+        proc = edgetts("serve", "--port", str(port))
+    assert refused(proc, f"cannot listen on 127.0.0.1:{port}", "choose --port")
+    assert time.perf_counter() - start < 30
+
+
 def test_a_model_named_by_its_cached_file_resumes_as_by_its_name():
     """Seen in a user's review: the same model named by its path was 'other settings'."""
     from edgetts.cli import _run_settings, run

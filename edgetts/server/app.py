@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import secrets
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection
@@ -686,6 +687,7 @@ def serve(solver: Solver, settings: ServerSettings) -> None:
         raise ValueError(
             f"unknown strategy {settings.default_strategy!r}; choose one of {sorted(known_strategies())}"
         )
+    sock = listening_socket(settings.host, settings.port)  # before the models load: a busy port fails fast
     prm_state = load_solver(solver, settings.memory_mb)
     app = create_app(solver, settings, prm_state=prm_state)
     state: App = app.state.edgetts
@@ -703,8 +705,25 @@ def serve(solver: Solver, settings: ServerSettings) -> None:
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,
     )
     try:
-        Server(config).run()
+        Server(config).run(sockets=[sock])
     except KeyboardInterrupt:
         pass  # uvicorn re-raises Ctrl-C once its graceful shutdown is done: that is a clean exit
     finally:
+        sock.close()
         solver.close()
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host``:``port`` (uvicorn listens on it), or an OSError that says
+    which address and why (uvicorn's own bind logs the error and exits 3 instead)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a restart reuses the port
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc} (another server on it? choose --port)"
+        ) from None
+    return sock
