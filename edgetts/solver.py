@@ -13,6 +13,7 @@ from edgetts.gpu import requested_gpu_layers
 from edgetts.policy import LlamaPolicy, PolicyConfig, Prompt
 from edgetts.policy.config import GeneratorCounters
 from edgetts.policy.session import PolicySession
+from edgetts.prompts import Conversation, RawPrompt
 from edgetts.scheduler import (
     MB,
     Budget,
@@ -133,6 +134,14 @@ class SolveOptions:
 
     def validate(self) -> None:
         """Raise ValueError on settings no strategy can run with, before any model loads."""
+        for name in ("n", "beam_width", "max_steps", "top_k", "seed", "max_tokens", "pot_n"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{name} must be a whole number, got {value!r}")
+        for name in ("temperature", "top_p", "deadline_s", "memory_mb"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"{name} must be a number, got {value!r}")
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; choose one of {MODES}")
         if self.mode != "cot" and self.strategy not in POT_STRATEGIES:
@@ -295,6 +304,10 @@ class Solver:
         a :class:`~edgetts.prompts.RawPrompt`: every search then roots in it, while the PRM and
         program-aided math read its last user message.
         """
+        if not isinstance(question, (str, Conversation, RawPrompt)):
+            raise TypeError(
+                f"question must be text (or a Conversation or RawPrompt), got {type(question).__name__}"
+            )
         options = options or SolveOptions()
         if options.mode != "cot":
             self._need_sandbox(f"--mode {options.mode}")
@@ -680,9 +693,13 @@ def solve(question: str, model: str | None = None, **options) -> SearchResult:
     ``options`` are :class:`SolveOptions` fields (strategy, n, beam_width, seed, ...). For more
     than one question keep a :class:`Solver` instead, so the model loads once.
     """
-    solver = Solver(PolicyConfig(model=model))
+    opts = SolveOptions(**options)
+    opts.validate()  # before the model loads
+    # a solver for this one question: its token limit is the one asked for
+    limit = max(PolicyConfig.max_tokens, opts.max_tokens or 0)
+    solver = Solver(PolicyConfig(model=model, max_tokens=limit))
     try:
-        return solver.solve(question, SolveOptions(**options))
+        return solver.solve(question, opts)
     finally:
         solver.close()
 

@@ -326,6 +326,28 @@ def test_a_question_too_long_is_skipped_by_name_and_the_run_goes_on(tmp_path, co
     assert sorted(json.loads(line)["id"] for line in out.read_text().splitlines()) == ["long", "short"]
 
 
+def test_the_python_api_says_what_is_wrong_with_its_arguments():
+    """Seen in a user's review: n='2' failed deep in a comparison, solve(None) with an
+    AttributeError."""
+    import edgetts
+    from edgetts.solver import SolveOptions
+
+    with pytest.raises(ValueError, match="n must be a whole number, got '2'"):
+        SolveOptions(n="2").validate()
+    with pytest.raises(TypeError, match="question must be text"):
+        edgetts.solve(None)
+
+
+@pytest.mark.slow
+def test_the_one_shot_solve_takes_the_max_tokens_it_is_given():
+    """Seen in a user's review: edgetts.solve(q, max_tokens=1024) was refused as more than the
+    solver's limit of 512, which the one-shot function gave no way to raise."""
+    import edgetts
+
+    result = edgetts.solve("What is 2+3?", strategy="greedy", max_tokens=1024)
+    assert result.answer == "5"
+
+
 @pytest.mark.slow
 def test_a_question_piped_on_stdin():
     proc = edgetts("solve", "--strategy", "greedy", stdin="What is 2+3?\n")
