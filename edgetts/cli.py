@@ -515,8 +515,9 @@ def main(offline: bool, verbose: bool, log_level: str | None) -> None:
     Sample several reasoning paths on a local GGUF model, score their steps with a process
     reward model, search, and answer. Everything runs offline once the models are in place.
 
-    Defaults come from ~/.config/edgetts/config.toml ($EDGETTS_CONFIG; a [solve] or [serve] table,
-    keys named as the flags), then EDGETTS_<COMMAND>_<FLAG> variables, then the flags.
+    Defaults come from ~/.config/edgetts/config.toml ($EDGETTS_CONFIG; a table per command:
+    [solve], [run], [serve] ..., keys named as the flags), then EDGETTS_<COMMAND>_<FLAG>
+    variables, then the flags.
     """
     if offline:
         os.environ[registry.OFFLINE_ENV] = "1"  # read by every later model lookup in this process
@@ -1079,8 +1080,9 @@ def _run_code(data_path: Path, out_path: Path, limit: int | None, kw: dict, as_j
 @main.command()
 @click.argument("question", required=False)
 @_search_options
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as one JSON object.")
 @_friendly_errors
-def plan(question: str | None, **kw) -> None:
+def plan(question: str | None, as_json: bool, **kw) -> None:
     """Print the plan for a budget without running it (QUESTION sets the prompt length).
 
     Example: edgetts plan --memory-mb 1500 --deadline-s 20
@@ -1088,7 +1090,8 @@ def plan(question: str | None, **kw) -> None:
     solver, options = _make_solver(kw)
     if options.memory_mb is None and options.deadline_s is None:
         raise click.UsageError("give a budget: --memory-mb and/or --deadline-s")
-    click.echo(solver.plan(options, question).explain())
+    chosen = solver.plan(options, question)
+    click.echo(json.dumps(asdict(chosen)) if as_json else chosen.explain())
 
 
 @main.command()

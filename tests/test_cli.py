@@ -313,3 +313,11 @@ def test_run_summary_says_how_many_answers_are_guesses(tmp_path):
     assert "2 of the answers are guesses" in result.stderr
     result = CliRunner().invoke(main, ["run", "--data", str(data), "--out", str(out), "--json"])
     assert json.loads(result.stdout)["provisional"] == 2
+
+
+def test_plan_prints_json_that_pipes():
+    """Seen in a user's review: plan had no --json, as solve and run have."""
+    result = CliRunner().invoke(main, ["plan", "--memory-mb", "2000", "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["predicted_memory_mb"] <= 2000 and plan["memory"]["weights_mb"] > 0
