@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 import time
@@ -39,6 +40,9 @@ if TYPE_CHECKING:
     from edgetts.data import Problem
     from edgetts.search.base import SearchResult
     from edgetts.solver import SolveOptions, Solver
+
+
+log = logging.getLogger("edgetts")
 
 
 class _Unknown:
@@ -168,6 +172,7 @@ class ResultsFile:
             except json.JSONDecodeError:
                 last = line_no == len(lines) and not line.endswith("\n")
                 if last and line.startswith(self.record_start):  # torn
+                    log.warning("%s: dropped its torn last line (a run died while writing it)", self.path)
                     self._truncate_last_line(len(line.encode()))
                     self._ends_mid_line = False
                     break

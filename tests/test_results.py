@@ -16,11 +16,12 @@ def test_append_and_resume(tmp_path):
     assert again.accuracy() == (1, 2)
 
 
-def test_torn_last_line_is_dropped(tmp_path):
+def test_torn_last_line_is_dropped(tmp_path, caplog):
     out = tmp_path / "r.jsonl"
     out.write_text(json.dumps({"id": "1", "correct": True}) + "\n" + '{"id": "2", "cor')
     results = ResultsFile(out)
     assert results.done == {"1"}
+    assert "dropped its torn last line" in caplog.text  # said, not silent (a user's review)
     results.append({"id": "2", "correct": True})
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["1", "2"]
 
