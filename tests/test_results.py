@@ -1,4 +1,5 @@
 import json
+import logging
 import os
 
 import pytest
@@ -19,7 +20,12 @@ def test_append_and_resume(tmp_path):
 def test_torn_last_line_is_dropped(tmp_path, caplog):
     out = tmp_path / "r.jsonl"
     out.write_text(json.dumps({"id": "1", "correct": True}) + "\n" + '{"id": "2", "cor')
-    results = ResultsFile(out)
+    logger = logging.getLogger("edgetts")  # the CLI stops it propagating: listen on it directly
+    logger.addHandler(caplog.handler)
+    try:
+        results = ResultsFile(out)
+    finally:
+        logger.removeHandler(caplog.handler)
     assert results.done == {"1"}
     assert "dropped its torn last line" in caplog.text  # said, not silent (a user's review)
     results.append({"id": "2", "correct": True})
