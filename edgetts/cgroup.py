@@ -1,10 +1,11 @@
-"""A control group for one sandbox run: memory and process caps for everything the run starts.
+"""A control group for one sandbox run: memory, process and CPU caps for everything it starts.
 
 rlimits cap each process: a candidate that forks gets ``processes`` x ``memory_mb`` in all, and
 as root every run is ``nobody``, so concurrent runs share one process count. A cgroup caps the
-run as a whole: all its processes together get ``memory_mb`` of memory (tmpfs files included)
-and ``processes`` tasks, whoever they run as, and the kernel kills inside the group when the
-memory runs out.
+run as a whole: all its processes together get ``memory_mb`` of memory (tmpfs files included),
+``processes`` tasks and ``cpu_cores`` of CPU (a program that forks busy workers cannot take every
+core from the model decoding beside it), whoever they run as, and the kernel kills inside the
+group when the memory runs out.
 
 Linux only, and only where this process may make child groups with the controllers on: the v1
 ``memory`` and ``pids`` hierarchies where we may write (root, usually), or cgroup v2 where our
@@ -33,7 +34,8 @@ from pathlib import Path
 
 log = logging.getLogger("edgetts.sandbox")
 
-CONTROLLERS = ("memory", "pids")
+CONTROLLERS = ("memory", "pids", "cpu")
+CPU_PERIOD_US = 100_000  # the scheduler's accounting period for the CPU cap (the kernel's default)
 PREFIX = "edgetts-sandbox-"
 STALE_S = 3600.0  # an empty run group this old was left by a process that died mid-run
 
@@ -45,9 +47,12 @@ class RunCgroup:
     dirs: dict[str, Path]
 
     @classmethod
-    def create(cls, memory_mb: int, tasks: int, controllers: tuple[str, ...] = CONTROLLERS) -> RunCgroup:
+    def create(
+        cls, memory_mb: int, tasks: int, controllers: tuple[str, ...] = CONTROLLERS, cpu_cores: float = 1.0
+    ) -> RunCgroup:
         """Make the run's groups of ``controllers`` with their caps set (``memory_mb`` in all,
-        ``tasks`` processes and threads in all); those it could only.
+        ``tasks`` processes and threads in all, ``cpu_cores`` of CPU time per second of wall
+        time in all); those it could only.
 
         A group made but unable to take its cap is removed and counts as not capped.
         """
@@ -62,7 +67,7 @@ class RunCgroup:
             if group is None:
                 continue
             try:
-                _set_cap(group, controller, memory_mb, tasks)
+                _set_cap(group, controller, memory_mb, tasks, cpu_cores)
             except OSError:
                 if group not in made.values():
                     _remove(group)
@@ -117,9 +122,17 @@ def _make(group: Path) -> Path | None:
     return group
 
 
-def _set_cap(group: Path, controller: str, memory_mb: int, tasks: int) -> None:
+def _set_cap(group: Path, controller: str, memory_mb: int, tasks: int, cpu_cores: float) -> None:
     if controller == "pids":
         _write(group / "pids.max", str(tasks))
+        return
+    if controller == "cpu":
+        quota_us = max(1000, round(cpu_cores * CPU_PERIOD_US))
+        if (group / "cpu.max").exists():  # v2
+            _write(group / "cpu.max", f"{quota_us} {CPU_PERIOD_US}")
+            return
+        _write(group / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+        _write(group / "cpu.cfs_quota_us", str(quota_us))
         return
     limit = str(memory_mb * 1024 * 1024)
     if (group / "memory.max").exists():  # v2

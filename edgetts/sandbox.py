@@ -42,7 +42,7 @@ What else is isolated depends on the OS (:meth:`Sandbox.isolation` reports what 
   candidate's source runs as a module registered under its ``run_name`` (multiprocessing can
   pickle its functions). Where this process may make cgroups (:mod:`edgetts.cgroup`: root, or a
   delegated cgroup v2 tree), each run gets its own: its processes together get ``memory_mb``
-  (files in its tmpfs mounts included) and ``processes`` tasks. Without one, memory is capped per
+  (files in its tmpfs mounts included), ``processes`` tasks and ``cpu_cores`` of CPU. Without one, memory is capped per
   process (``processes`` x ``memory_mb`` in all), and the process count is the uid's: as root
   every run is ``nobody``, so concurrent runs share it.
 * **macOS.** rlimits and the timeout only: macOS does not enforce the address-space limit, and
@@ -102,6 +102,9 @@ class Limits:
     open_files: int = 64
     output_kb: int = 256  # stdout + stderr kept; more than this kills the run
     check_s: float = 3.0  # each check (test) at most this long in wall time
+    # CPU time per second of wall time, all the run's processes together (a cgroup; Linux where
+    # one can be made): cpu_s caps each process, so forked busy workers could take every core
+    cpu_cores: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,7 @@ class Isolation:
     syscall_filter: bool = False  # the seccomp filter of calls that reach past the rest
     run_memory_cap: bool = False  # a cgroup caps the memory of the whole run, not each process
     run_process_cap: bool = False  # a cgroup caps the run's processes, not the uid's
+    run_cpu_cap: bool = False  # a cgroup caps the run's CPU (all processes), not only each one's
     own_root: bool = False  # a root of its own: none of the host's files but the system's
 
     @property
@@ -184,6 +188,7 @@ class Isolation:
             f"system calls past these refused (seccomp): {yes[self.syscall_filter]}",
             f"memory capped for the whole run, not each process (cgroup): {yes[self.run_memory_cap]}",
             f"processes capped per run, not per user (cgroup): {yes[self.run_process_cap]}",
+            f"CPU capped per run, not only per process (cgroup): {yes[self.run_cpu_cap]}",
             *self.notes,
         ]
         return "\n".join(lines)
@@ -624,6 +629,8 @@ class Sandbox:
             notes.append("no cgroup memory controller to use: each process gets memory_mb")
         if "cgroup" in layers and "pids" not in capped:
             notes.append("no cgroup pids controller to use: processes counted per uid, across runs")
+        if "cgroup" in layers and "cpu" not in capped:
+            notes.append("no cgroup cpu controller to use: each process gets cpu_s, the run any cores")
         uid = layers.get("uid")
         if sys.platform == "darwin":
             notes.append("macOS does not enforce the address-space limit: memory is not capped")
@@ -641,6 +648,7 @@ class Sandbox:
             syscall_filter=bool(layers.get("syscall_filter")),
             run_memory_cap="memory" in capped,
             run_process_cap="pids" in capped,
+            run_cpu_cap="cpu" in capped,
             own_root=bool(layers.get("own_root")),
         ), namespaces
 
@@ -667,7 +675,11 @@ class Sandbox:
                 + isolation.describe()
                 + "\nopt in with --allow-weak-sandbox (Python: Sandbox(allow_weak=True))"
             )
-        capped = {"memory": isolation.run_memory_cap, "pids": isolation.run_process_cap}
+        capped = {
+            "memory": isolation.run_memory_cap,
+            "pids": isolation.run_process_cap,
+            "cpu": isolation.run_cpu_cap,
+        }
         caps = frozenset(c for c, on in capped.items() if on)
         return self._spawn(source, tuple(checks), run_name, namespaces=namespaces, caps=caps)
 
@@ -694,7 +706,11 @@ class Sandbox:
         linux = sys.platform.startswith("linux")
         # With namespaces the bootstrap waits on the candidate in the group too: one task more.
         tasks = lim.processes + (1 if namespaces else 0)
-        cgroup = RunCgroup.create(lim.memory_mb, tasks, controllers) if linux and controllers else None
+        cgroup = (
+            RunCgroup.create(lim.memory_mb, tasks, controllers, lim.cpu_cores)
+            if linux and controllers
+            else None
+        )
         got = frozenset(cgroup.dirs if cgroup else ())
         if caps is not None and not caps <= got:
             # The probe found them: a run without them would be less contained than reported.
