@@ -42,9 +42,9 @@ What else is isolated depends on the OS (:meth:`Sandbox.isolation` reports what 
   candidate's source runs as a module registered under its ``run_name`` (multiprocessing can
   pickle its functions). Where this process may make cgroups (:mod:`edgetts.cgroup`: root, or a
   delegated cgroup v2 tree), each run gets its own: its processes together get ``memory_mb``
-  (files in its tmpfs mounts included), ``processes`` tasks and ``cpu_cores`` of CPU. Without one, memory is capped per
-  process (``processes`` x ``memory_mb`` in all), and the process count is the uid's: as root
-  every run is ``nobody``, so concurrent runs share it.
+  (files in its tmpfs mounts included), ``processes`` tasks and ``cpu_cores`` of CPU. Without
+  one, memory is capped per process (``processes`` x ``memory_mb`` in all), and the process count
+  is the uid's: as root every run is ``nobody``, so concurrent runs share it.
 * **macOS.** rlimits and the timeout only: macOS does not enforce the address-space limit, and
   there is no network or file-system isolation (the candidate runs as the calling user and can
   write where the user can). This counts as *weak*.
