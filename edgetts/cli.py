@@ -1302,7 +1302,7 @@ def bundle(out_dir: Path, model_names: tuple[str, ...], source: Path | None) -> 
     envvar="EDGETTS_API_KEY",
     default=None,
     show_envvar=True,
-    help="Require 'Authorization: Bearer KEY' on /v1. A key given here shows in `ps` to "
+    help="Require 'Authorization: Bearer KEY' on every path but /health. A key given here shows in `ps` to "
     "every user of this machine: prefer $EDGETTS_API_KEY or --api-key-file.",
 )
 @click.option(

@@ -13,7 +13,7 @@ import os
 import socket
 from types import ModuleType
 
-INSTALL_HINT = 'pip install "edgetts[ray]"'
+INSTALL_HINT = 'pip install "edgetts[ray]"; from a checkout: pip install -e ".[ray]"'
 LOCAL = "local"  # --ray local: always a new Ray instance on this machine
 # What a bare --ray means: join the cluster `ray start` made on this machine, else start one
 # (Ray's own rule for ray.init() without an address).
