@@ -255,6 +255,20 @@ def test_the_n_best_finished_beams_put_answered_ones_first():
     assert best_scored([*cut, *answered], 3, "last") == [cut[0], *answered]  # then by score
 
 
+@pytest.mark.parametrize("weighted", [True, False])
+def test_the_n_best_finished_beams_keep_one_whose_sums_hold(weighted):
+    """Seen in review: the N best were cut by score before the arithmetic check, so the only
+    beam whose sums hold was gone and a beam writing 2 + 2 = 5 answered."""
+    wrong1, wrong2, right = "2 + 2 = 5 so \\boxed{5}", "4 + 4 = 9 so \\boxed{9}", "3 + 3 = 6 so \\boxed{6}"
+    tree = {"s\n": {wrong2: {}, right: {}}, wrong1: {}}
+    scores = {"s": 0.5, wrong1: 0.9, wrong2: 0.8, right: 0.7}
+    config = SearchConfig(n=2, beam_width=1, weighted_pick=weighted)
+    result = beam_search("q", FakeGenerator(tree_policy(tree)), FakeScorer(scores), config)
+    assert result.answer == "6", [(c.answer, c.score) for c in result.candidates]
+    unchecked = replace(config, check_arithmetic=False)  # every answer votes: the best-scored wins
+    assert beam_search("q", FakeGenerator(tree_policy(tree)), FakeScorer(scores), unchecked).answer == "5"
+
+
 def test_beam_search_stops_when_n_beams_finished():
     gen = FakeGenerator(tree_policy(ONE_STEP))
     config = SearchConfig(n=4, beam_width=2, weighted_pick=False)

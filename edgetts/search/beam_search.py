@@ -57,7 +57,7 @@ def beam_search(
     generator.release(live)
     return conclude(
         "beam_search",
-        best_scored(finished, config.n, config.agg),
+        best_scored(finished, config.n, config.agg, config.check_arithmetic),
         live,
         config,
         weighted=config.weighted_pick,
@@ -92,13 +92,17 @@ def expand_to(
     return [child for ticket in tickets for child in children[ticket]]
 
 
-def best_scored(paths: list[SolutionPath], n: int, agg: str) -> list[SolutionPath]:
+def best_scored(
+    paths: list[SolutionPath], n: int, agg: str, check_arithmetic: bool = True
+) -> list[SolutionPath]:
     """The ``n`` best-scored of ``paths``, in their order (earliest first on ties); a beam that
-    wrote an answer ranks above any that did not (one that ran out of tokens)."""
+    wrote an answer ranks above any that did not (one that ran out of tokens), and with
+    ``check_arithmetic`` one whose sums hold above one whose do not, as the pick then weighs them
+    (:func:`~edgetts.search.select.voters`): cut first, such a beam could never answer."""
 
-    def rank(i: int) -> tuple[bool, float]:
-        answered = to_candidate(paths[i], agg, check_arithmetic=False).has_answer
-        return not answered, -aggregate(paths[i].scores, agg)
+    def rank(i: int) -> tuple[bool, bool, float]:
+        candidate = to_candidate(paths[i], agg, check_arithmetic=check_arithmetic)
+        return not candidate.has_answer, candidate.arithmetic_error, -aggregate(paths[i].scores, agg)
 
     return [paths[i] for i in sorted(sorted(range(len(paths)), key=rank)[:n])]
 
