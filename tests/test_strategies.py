@@ -353,7 +353,9 @@ def test_dvts_subtree_ends_when_its_best_child_finished(rounds):
     }
     scores = {"a \\boxed{1}": 0.9, "b": 0.5, "c": 0.6, "d": 0.1}
     gen = FakeGenerator(tree_policy(tree))
-    result = dvts("q", gen, FakeScorer(scores), SearchConfig(n=4, beam_width=2, dvts_rounds=rounds))
+    # M first steps to each subtree in order (no dealing, which would set the finished one apart)
+    config = SearchConfig(n=4, beam_width=2, dvts_rounds=rounds, dvts_deal=False)
+    result = dvts("q", gen, FakeScorer(scores), config)
     # Subtree {a, b} ends at once (a finished and is best), b is released; {c, d} goes on with c.
     assert gen.calls[1].parents == [("c",)] and len(gen.calls) == 2
     assert sorted(c.answer for c in result.candidates) == ["1", "3", "3"]
@@ -441,7 +443,8 @@ def test_dvts_subtree_holding_its_share_of_leaves_completes_its_best_child(round
     (only a fallback) once the siblings' low-scored leaves added up: the answer was theirs (9)."""
     gen = FakeGenerator(tree_policy(SHARE_TREE))
     scorer = FakeScorer(SHARE_SCORES, default=0.1)
-    result = dvts("q", gen, scorer, SearchConfig(n=4, beam_width=2, dvts_rounds=rounds))
+    # in order, so that each subtree starts with a finished sibling beside its live one
+    result = dvts("q", gen, scorer, SearchConfig(n=4, beam_width=2, dvts_rounds=rounds, dvts_deal=False))
     # Each subtree holds M = 2 leaves after round 2 (b, ax; d, cx): only its best child goes on,
     # to the end, with no more branching.
     calls = [(c.parents, c.n_each, c.to_end) for c in gen.calls[1:]]
@@ -473,7 +476,8 @@ def test_dvts_in_rounds_runs_a_stopped_subtree_to_the_end_beside_the_later_round
         "c3 \\boxed{2}": 0.9,
     }
     gen = FakeGenerator(tree_policy(tree))
-    result = dvts("q", gen, FakeScorer(scores, default=0.1), SearchConfig(n=4, beam_width=2))
+    config = SearchConfig(n=4, beam_width=2, dvts_deal=False)  # {a, b} and {c, d}, in order
+    result = dvts("q", gen, FakeScorer(scores, default=0.1), config)
     # {a, b} holds its 2 leaves (b, ax) after round 2: a1 is submitted to run to the end before
     # {c, d}'s next round, not after its last
     assert [(c.parents, c.to_end) for c in gen.calls[2:]] == [
@@ -554,14 +558,30 @@ def test_deal_keeps_every_finished_first_step():
     )
     children = gen.extend([gen.root("q")], 8)  # the solution twice, u1..u3 twice
     groups = deal(gen, children, 4)
-    kept = [p.steps[0] for g in groups for p in g]
-    assert kept.count("so it is \\boxed{7}") == 2 and sorted(set(kept)) == [
-        "so it is \\boxed{7}",
-        "u1",
-        "u2",
-        "u3",
+    # Seen in review: the finished steps took a subtree's place and an unfinished step was
+    # dealt beside one that outscored it, so only 2 of the 4 subtrees grew. Now every subtree
+    # grows an unfinished step (a repeat fills the fourth) and the finished ones vote apart.
+    assert [[p.steps[0] for p in g] for g in groups] == [
+        ["u1"],
+        ["u2"],
+        ["u3"],
+        ["u1"],
+        ["so it is \\boxed{7}", "so it is \\boxed{7}"],
     ]
-    assert all(len(g) <= 2 for g in groups) and len(gen.released) == 3
+    assert len(gen.released) == 2  # the other repeats of u2 and u3
+
+
+@pytest.mark.parametrize("rounds", [True, False])
+def test_dvts_grows_every_subtree_whatever_finished_first(rounds):
+    unfinished = {"x \\boxed{3}": {}}
+    tree = {"so it is \\boxed{7}": {}, "u1": unfinished, "u2": unfinished, "u3": unfinished}
+    scores = {"so it is \\boxed{7}": 0.9, "u1": 0.5, "u2": 0.5, "u3": 0.5, "x \\boxed{3}": 0.8}
+    gen = FakeGenerator(tree_policy(tree))
+    result = dvts("q", gen, FakeScorer(scores), SearchConfig(n=8, beam_width=2, dvts_rounds=rounds))
+    grown = sorted(p for call in gen.calls[1:] for p in call.parents)
+    assert grown == [("u1",), ("u1",), ("u2",), ("u3",)]
+    assert result.answer == "3" and result.votes["7"] == pytest.approx(1.8)  # both finished ones vote
+    assert gen.leaks() == set() and gen.in_flight == []
 
 
 def test_dvts_apart_cancel_stops_growing():

@@ -3,7 +3,7 @@
 N/M independent subtrees of beam width M. The first step samples N first steps from the prompt
 and deals them out (:func:`deal`): distinct steps go to different subtrees, so that two subtrees
 start alike only when the policy wrote fewer distinct first steps than there are subtrees (common
-when sampling cool). Each time a subtree's children are back, the PRM scores them; finished
+when sampling cool); a first step that is already a whole solution takes no subtree, it votes. Each time a subtree's children are back, the PRM scores them; finished
 children are kept as the subtree's leaves; the subtree keeps only its best child (by
 ``config.ranking``, compared within the subtree only) and expands it into M children.
 
@@ -79,28 +79,32 @@ def first_subtrees(
 
 
 def deal(generator: StepGenerator, children: list[SolutionPath], n_subtrees: int) -> list[list[SolutionPath]]:
-    """Deal ``children`` out to ``n_subtrees`` subtrees in order, as evenly as the count allows,
-    each repeat of an unfinished step released.
+    """Deal the unfinished ``children`` out to ``n_subtrees`` subtrees in order, as evenly as the
+    count allows, each repeat released; the finished ones (whole solutions) make one more group.
 
-    Such a repeat is kept only where a subtree would otherwise get none: then the first repeats
-    start those subtrees. A finished step (a whole solution) is always kept: it grows no subtree,
-    only votes. So no two subtrees can grow the same first step while there are at least as many
-    distinct ones as subtrees; a subtree holds at most M children (all M when every step differs).
+    A repeat is kept only where a subtree would otherwise get none: then the first repeats start
+    those subtrees. So no two subtrees can grow the same first step while there are at least as
+    many distinct ones as subtrees, and a subtree holds at most M children (all M when every step
+    differs). The finished ones, repeats too, grow nothing and take no subtree's place: their
+    group only votes (its children become leaves once scored). Empty groups are left out.
     """
     distinct: list[SolutionPath] = []
     repeats: list[SolutionPath] = []
     seen: set[tuple[str, ...]] = set()
     for child in children:
+        if child.finished:
+            continue
         steps = tuple(child.steps)
-        # a finished one grows no subtree, so it takes no diversity away: it stays, a leaf and a vote
-        (repeats if steps in seen and not child.finished else distinct).append(child)
+        (repeats if steps in seen else distinct).append(child)
         seen.add(steps)
     spare = max(0, n_subtrees - len(distinct))
     generator.release(repeats[spare:])
     kept = distinct + repeats[:spare]
     size, extra = divmod(len(kept), n_subtrees)
     ends = [(i + 1) * size + min(i + 1, extra) for i in range(n_subtrees)]
-    return [kept[end - size - (i < extra) : end] for i, end in enumerate(ends)]
+    groups = [kept[end - size - (i < extra) : end] for i, end in enumerate(ends)]
+    finished = [child for child in children if child.finished]
+    return [group for group in [*groups, finished] if group]
 
 
 def grow_apart(
