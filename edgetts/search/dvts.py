@@ -3,7 +3,8 @@
 N/M independent subtrees of beam width M. The first step samples N first steps from the prompt
 and deals them out (:func:`deal`): distinct steps go to different subtrees, so that two subtrees
 start alike only when the policy wrote fewer distinct first steps than there are subtrees (common
-when sampling cool); a first step that is already a whole solution takes no subtree, it votes. Each time a subtree's children are back, the PRM scores them; finished
+when sampling cool); a first step that is already a whole solution takes no subtree, it votes.
+Each time a subtree's children are back, the PRM scores them; finished
 children are kept as the subtree's leaves; the subtree keeps only its best child (by
 ``config.ranking``, compared within the subtree only) and expands it into M children.
 
