@@ -775,3 +775,32 @@ def _with_confidence(extend):
         return paths
 
     return wrapped
+
+
+@pytest.mark.parametrize("fail_at", [0, 1, 2, 4])
+@pytest.mark.parametrize(
+    "name, config",
+    [
+        ("beam_search", SearchConfig(n=8, beam_width=2)),
+        ("dvts", SearchConfig(n=8, beam_width=2)),
+        ("dvts", SearchConfig(n=8, beam_width=2, dvts_rounds=False)),
+        ("weighted_best_of_n", SearchConfig(n=8)),
+    ],
+)
+def test_a_search_whose_prm_fails_holds_no_sequence(name, config, fail_at):
+    """Seen in review: beam search leaked 6 sequences, DVTS 2-3, when the PRM raised mid-search
+    (a Solver's session frees them; a caller driving a generator itself did not)."""
+
+    class Failing(FakeScorer):
+        def score(self, question, paths):
+            if self.counters.calls == fail_at:
+                raise RuntimeError("PRM failed")
+            return super().score(question, paths)
+
+    for seed in range(3):
+        gen = FakeGenerator(random_policy(p_finish=0.2, seed=seed))
+        try:
+            STRATEGIES[name]("q", gen, Failing(rule=try_score), config)
+        except RuntimeError:
+            pass
+        assert gen.leaks() == set() and gen.in_flight == []

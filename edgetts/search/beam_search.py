@@ -26,7 +26,14 @@ from edgetts.search.base import (
     StepScorer,
     aggregate,
 )
-from edgetts.search.common import complete, conclude, require_scorer, score_in_time, set_aside_finished
+from edgetts.search.common import (
+    complete,
+    conclude,
+    released_on_error,
+    require_scorer,
+    score_in_time,
+    set_aside_finished,
+)
 from edgetts.search.select import to_candidate
 
 
@@ -44,7 +51,8 @@ def beam_search(
     finished: list[SolutionPath] = []
     live = generator.extend([generator.root(question, config.sampling)], config.n, deadline=deadline)
     for round_ in range(1, config.max_steps + 1):
-        score_in_time(scorer, question, live, finished, deadline)
+        with released_on_error(generator, live):
+            score_in_time(scorer, question, live, finished, deadline)
         live = set_aside_finished(generator, live, finished)
         if not live or len(finished) >= config.n or deadline.expired():
             break

@@ -7,7 +7,8 @@ it has (:func:`conclude`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from edgetts.search.adaptive import Tally
@@ -193,6 +194,17 @@ def score_in_time(
         if any(to_candidate(p, check_arithmetic=False).has_answer for p in done):
             paths = [p for p in paths if p.finished]
     score_paths(scorer, question, paths)
+
+
+@contextmanager
+def released_on_error(generator: StepGenerator, *groups: list[SolutionPath]) -> Iterator[None]:
+    """Release the unfinished paths of ``groups`` if the block raises, then let the error go on:
+    a search ended by an error (its PRM failed) must not keep their KV sequences held."""
+    try:
+        yield
+    except BaseException:
+        generator.release([p for group in groups for p in group if not p.finished])
+        raise
 
 
 def with_fallback(finished: list[Candidate], unfinished: list[Candidate]) -> list[Candidate]:

@@ -37,7 +37,13 @@ from edgetts.search.base import (
     StepScorer,
     aggregate,
 )
-from edgetts.search.common import conclude, require_scorer, score_in_time, set_aside_finished
+from edgetts.search.common import (
+    conclude,
+    released_on_error,
+    require_scorer,
+    score_in_time,
+    set_aside_finished,
+)
 
 
 @dataclass
@@ -134,7 +140,8 @@ def grow_apart(
             # What is back together is scored together (all subtrees' first steps: one call).
             batch, arrived = arrived, []
             paths = [p for subtree, _ in batch for p in subtree.children]
-            score_in_time(scorer, question, paths, all_leaves(subtrees), deadline)
+            with released_on_error(generator, paths, live):
+                score_in_time(scorer, question, paths, all_leaves(subtrees), deadline)
             for subtree, to_end in batch:
                 if to_end:  # completed to the end: what is still unfinished was cut short
                     live += set_aside_finished(generator, subtree.children, subtree.leaves)
@@ -176,7 +183,8 @@ def grow_in_rounds(
     try:
         while growing:
             paths = [p for subtree in growing for p in subtree.children]
-            score_in_time(scorer, question, paths, all_leaves(subtrees), deadline)
+            with released_on_error(generator, paths):
+                score_in_time(scorer, question, paths, all_leaves(subtrees), deadline)
             for subtree in growing:
                 subtree.children = best_first(generator, subtree.children, subtree.leaves, config.ranking)
             growing = [subtree for subtree in growing if subtree.children]
@@ -207,7 +215,8 @@ def grow_in_rounds(
             owners += finishing.pop(ticket)
             done += generator.wait_any([ticket])[1]
         if done:
-            score_in_time(scorer, question, done, all_leaves(subtrees), deadline)
+            with released_on_error(generator, done, live):
+                score_in_time(scorer, question, done, all_leaves(subtrees), deadline)
             for subtree, path in zip(owners, done, strict=True):
                 live += set_aside_finished(generator, [path], subtree.leaves)
         return live
