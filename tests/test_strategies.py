@@ -144,18 +144,31 @@ def test_beam_search_weighted_pick_sums_equal_answers():
 
 
 @pytest.mark.parametrize("strategy", ["beam_search", "dvts"])
-def test_a_tree_search_ranks_partial_paths_by_rank_agg(strategy):
-    """Under "min" two children scoring above their parent both keep the parent's score and tie
-    (the earliest wins); ranked by the last step (search-and-learn's rule), the better one grows."""
+def test_a_tree_search_breaks_ties_by_the_last_step(strategy):
+    """Under "min" two children scoring above their parent both keep the parent's score and tie.
+    Seen in review: the earliest-made one grew, whatever its own step scored; now the better
+    step grows, as it does ranked by the last step (search-and-learn's rule)."""
     tree = {"p": {}, "q": {"q a": {"q a \\boxed{1}": {}}, "q b": {"q b \\boxed{2}": {}}}}
     scores = {"p": 0.3, "q": 0.6, "q a": 0.7, "q b": 0.9}
-    for rank, expected in (("min", ("q", "q a")), ("last", ("q", "q b"))):
+    for rank in ("min", "last"):
         gen = FakeGenerator(tree_policy(tree))
         config = SearchConfig(n=2, beam_width=2, agg="min", rank_agg=rank, max_steps=3)
         run_search(strategy, "q", gen, FakeScorer(scores), config)
-        assert gen.calls[2].parents == [expected], (rank, gen.calls)
+        assert gen.calls[2].parents == [("q", "q b")], (rank, gen.calls)
     with pytest.raises(ValueError, match="unknown ranking aggregation 'best'"):
         SearchConfig(rank_agg="best").validate()
+
+
+def test_beam_search_ranks_beams_of_other_parents_by_rank_agg():
+    """Across parents "min" and "last" differ: y1's step is the best, its parent the worst."""
+    end = {"end \\boxed{1}": {}}
+    tree = {"x": {"x1": end, "x2": end}, "y": {"y1": end, "y2": end}}
+    scores = {"x": 0.9, "y": 0.5, "x1": 0.85, "x2": 0.95, "y1": 0.97, "y2": 0.45}
+    for rank, kept in (("min", [("x", "x1"), ("x", "x2")]), ("last", [("x", "x2"), ("y", "y1")])):
+        gen = FakeGenerator(tree_policy(tree))
+        config = SearchConfig(n=4, beam_width=2, agg="min", rank_agg=rank, max_steps=3)
+        beam_search("q", gen, FakeScorer(scores), config)
+        assert sorted(gen.calls[2].parents) == kept, (rank, gen.calls)
 
 
 def test_beam_search_schedule_on_random_tree():

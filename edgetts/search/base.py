@@ -203,7 +203,8 @@ class SearchConfig:
     # How a tree search ranks partial paths to keep and grow (beam search's survivors, a DVTS
     # subtree's best child); None: as ``agg``. search-and-learn ranks by the last step's score,
     # the PRM's value of the prefix; under "min", most new steps leave a path's score as its
-    # parent's, and siblings tie. ``agg`` still judges the finished paths.
+    # parent's, and siblings tie (then the last step decides: rank_key). ``agg`` still judges
+    # the finished paths.
     rank_agg: str | None = None
     deadline_s: float | None = None
     # For beam search: group the N finished beams by answer and sum their scores (weighted
@@ -331,6 +332,13 @@ def aggregate(step_scores: Sequence[float], agg: str = DEFAULT_AGG) -> float:
     if agg == "prod":
         return float(math.prod(step_scores))
     raise ValueError(f"unknown aggregation {agg!r}; choose one of {AGGREGATIONS}")
+
+
+def rank_key(step_scores: Sequence[float], agg: str) -> tuple[float, float]:
+    """How a tree search ranks partial paths: by ``aggregate(step_scores, agg)``, ties broken by
+    the last step's score. Under ``min`` most new steps leave a path's score as its parent's, so
+    siblings tie; without the second key the earliest-made child won whatever its own step scored."""
+    return aggregate(step_scores, agg), float(step_scores[-1]) if step_scores else 0.0
 
 
 class Deadline:

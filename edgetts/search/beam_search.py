@@ -25,6 +25,7 @@ from edgetts.search.base import (
     StepGenerator,
     StepScorer,
     aggregate,
+    rank_key,
 )
 from edgetts.search.common import (
     complete,
@@ -118,14 +119,15 @@ def best_scored(
 def keep_best_distinct(
     generator: StepGenerator, paths: list[SolutionPath], k: int, agg: str
 ) -> list[SolutionPath]:
-    """Keep the ``k`` best-scored paths with distinct steps (earliest first on ties), release the rest.
+    """Keep the ``k`` best-ranked paths (:func:`rank_key`) with distinct steps (earliest first on
+    ties), release the rest.
 
     Two beams with the same steps are one partial solution twice (common when sampling cool), so a
     duplicate gives its place to the next distinct path, as search-and-learn's
     ``filter_duplicates`` does. Fewer than ``k`` distinct paths means fewer survivors (each then
     grows more children: :func:`expand_to`).
     """
-    ranked = sorted(range(len(paths)), key=lambda i: -aggregate(paths[i].scores, agg))
+    ranked = sorted(range(len(paths)), key=lambda i: rank_key(paths[i].scores, agg), reverse=True)
     kept: set[int] = set()
     seen: set[tuple[str, ...]] = set()
     for i in ranked:

@@ -35,7 +35,7 @@ from edgetts.search.base import (
     SolutionPath,
     StepGenerator,
     StepScorer,
-    aggregate,
+    rank_key,
 )
 from edgetts.search.common import (
     conclude,
@@ -255,13 +255,14 @@ def best_first(
     """One subtree's step: keep finished children as leaves, return the live ones best first.
 
     Returns an empty list when the subtree has ended, i.e. its best child is finished (its
-    unfinished siblings are then released). Ties go to the earliest child.
+    unfinished siblings are then released). Ranked by :func:`rank_key`; full ties go to the
+    earliest child.
     """
     if not group:
         return []
-    best = max(group, key=lambda p: aggregate(p.scores, agg))
+    best = max(group, key=lambda p: rank_key(p.scores, agg))
     live = set_aside_finished(generator, group, leaves)
     if best.finished:
         generator.release(live)
         return []
-    return sorted(live, key=lambda p: -aggregate(p.scores, agg))
+    return sorted(live, key=lambda p: rank_key(p.scores, agg), reverse=True)
