@@ -67,7 +67,8 @@ def report(*files: str, only: str = "") -> str:
 REFILL16 = "mawps.live_tree16_refill.jsonl.gz"  # beam search keeping N beams a round (stop 41)
 REPICK16 = "mawps.live_tree16_refill_weighted.jsonl.gz"  # its final pick by weighted vote (stop 43)
 DEAL16 = "mawps.live_dvts16_deal.jsonl.gz"  # DVTS, a share of leaves per subtree, first steps dealt (stop 44)
-GSM_DEAL16 = "gsm8k_test.live_dvts16_deal.jsonl.gz"  # the same on GSM8K: 45 of 50 problems (stop 44)
+GSM_DEAL16 = "gsm8k_test.live_dvts16_deal.jsonl.gz"  # the same on GSM8K (stop 44; the last 5 in stop 45)
+DEAL4 = "mawps.live_dvts4_deal.jsonl.gz"  # the same DVTS at N = 4 on MAWPS (stops 44-45)
 
 
 def compare(a: str, b: str) -> str:
@@ -199,12 +200,24 @@ SECTIONS = (
         ),
     ),
     Section(
-        "The same DVTS on GSM8K (N = 16, 45 of the first 50 problems)",
-        "The DVTS above, live on the GSM8K test set (stop 44, two one-thread shards; the second "
-        "was stopped at the session's end after 20 of its 25 problems). Here it is worse than the "
-        "stop-36 DVTS and than majority at 16, by four problems each (not significant): the two "
-        "changes are not yet told apart, and the default keeps them on the strength of MAWPS and "
-        "search-and-learn's budget, to be settled by an ablation.",
+        "The same DVTS at N = 4 (MAWPS)",
+        "The DVTS above at N = 4 on the first 50 MAWPS problems (one subtree of four, so neither "
+        "change has much to act on; stop 44 made 10 problems, stop 45 the rest, one thread). It "
+        "answers as the stop-34 DVTS at 4 on every problem, and still trails best-of-N and "
+        "majority at 16.",
+        (
+            report(DEAL4),
+            compare(f"{DEAL4}:dvts:4", "mawps.live_dvts.jsonl:dvts:4"),
+            compare(f"{DEAL4}:dvts:4", "mawps.rescored.jsonl:best_of_n:16"),
+            compare(f"{DEAL4}:dvts:4", "mawps.rescored.jsonl:majority:16"),
+        ),
+    ),
+    Section(
+        "The same DVTS on GSM8K (N = 16, the first 50 problems)",
+        "The DVTS above, live on the GSM8K test set (two one-thread shards; stop 44 made 45 "
+        "problems, stop 45 the last 5). Here it is worse than the stop-36 DVTS and than majority "
+        "at 16, by four problems each (not significant). The next section tells its two changes "
+        "apart.",
         (
             report(GSM_DEAL16),
             compare(f"{GSM_DEAL16}:dvts:16", "gsm8k_test.live_dvts16_weighted.jsonl:dvts_weighted:16"),
@@ -505,6 +518,13 @@ for s in "--limit 25:" "--limit 50 --offset 25:_b"; do   # two one-thread shards
       --only dvts --n 16 --search-n-max 16 --out runs/mawps.live_dvts16_deal${{s#*:}}.jsonl &
 done; wait
 cat runs/mawps.live_dvts16_deal.jsonl runs/mawps.live_dvts16_deal_b.jsonl | gzip -n > {B}/{DEAL16}
+python tools/bench_strategies.py run --data ../shared/data/mawps.jsonl --limit 50 --dataset mawps \
+    --only dvts --n 4 --search-n-max 4 --out runs/mawps.live_dvts4_deal.jsonl   # then gzip -n
+for s in "--limit 25:" "--limit 50 --offset 25:_b"; do   # the same on GSM8K
+  python tools/bench_strategies.py run --data ../shared/data/gsm8k_test.jsonl ${{s%%:*}} --dataset gsm8k_test \
+      --only dvts --n 16 --search-n-max 16 --out runs/gsm8k_test.live_dvts16_deal${{s#*:}}.jsonl &
+done; wait
+cat runs/gsm8k_test.live_dvts16_deal.jsonl runs/gsm8k_test.live_dvts16_deal_b.jsonl | gzip -n > {B}/{GSM_DEAL16}
 # adaptive majority at N = 16 (the default budget rule), live, the question text dropped from the rows
 edgetts run --data ../shared/data/gsm8k_test.jsonl --limit 50 --strategy majority -n 16 --max-tokens 400 \\
     --seed 0 --out runs/adaptive_gsm8k_test_live_budget.jsonl     # this session: 2 shards of 25
