@@ -255,6 +255,23 @@ def test_tally_counts_only_answers_that_vote():
     assert tally_votes(cands, lambda c: 1.0) == Tally({"2": 2.0}, 2)
 
 
+def test_a_pruned_sample_is_not_scored_again_at_its_waves_end():
+    """Seen in review: the wave's scoring call scored the pruned samples again, whose every
+    step the pruning had just scored."""
+    from edgetts.search.best_of_n import weighted_best_of_n
+
+    tree = {"bad\n": {"b2\n": {"\\boxed{1}": {}}}, "good\n": {"g2\n": {"\\boxed{2}": {}}}}
+    scores = {"bad": 0.1, "good": 0.9, "b2": 0.5, "g2": 0.9, "\\boxed{1}": 0.9, "\\boxed{2}": 0.9}
+    scorer = FakeScorer(scores)
+    adaptive = AdaptiveStop(min_n=4, wave=4, prune_below=0.2)
+    result = weighted_best_of_n(
+        "q", FakeGenerator(tree_policy(tree)), scorer, SearchConfig(n=4, agg="min", adaptive=adaptive)
+    )
+    assert [c.stop_reason for c in result.candidates].count("pruned") == 2 and result.answer == "2"
+    assert scorer.seen[-1] == [("good\n", "g2\n", "\\boxed{2}")] * 2  # the two that ran to the end
+    assert all(c.step_scores for c in result.candidates)  # the pruned ones keep their scores
+
+
 def test_auto_with_a_prm_continues_weighted_scoring_each_wave():
     policy = random_policy(seed=3, answers=("1", "2", "3", "4"))
     gen, scorer = FakeGenerator(policy), FakeScorer(default=0.5)

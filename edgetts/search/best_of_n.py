@@ -83,8 +83,10 @@ def _sample_weighted(
     scored: list[SolutionPath] = []
 
     def score(wave: list[SolutionPath], deadline: Deadline) -> None:
-        # earlier waves' finished samples count as answers in hand past the deadline
-        score_in_time(scorer, question, wave, [p for p in scored if p.finished], deadline)
+        # earlier waves' finished samples count as answers in hand past the deadline; a pruned
+        # sample's every step was scored when it was stopped
+        unscored = [p for p in wave if p.stop_reason != "pruned"]
+        score_in_time(scorer, question, unscored, [p for p in scored if p.finished], deadline)
         scored.extend(wave)
 
     def tally(paths: list[SolutionPath]) -> Tally:
