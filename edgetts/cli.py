@@ -27,6 +27,7 @@ from edgetts.search.adaptive import AdaptiveStop
 from edgetts.search.base import AGGREGATIONS, MAX_N, SearchResult
 from edgetts.search.registry import DEFAULT_STRATEGY, GREEDY, MODES, REGISTRY
 from edgetts.search.registry import choices as strategy_choices
+from edgetts.search.registry import names as search_names
 from edgetts.server.settings import ServerSettings
 from edgetts.solver import SolveOptions
 
@@ -321,6 +322,9 @@ def _make_solver(kw: dict, searches: int = 1):
         raise click.UsageError(
             f"--strategy greedy answers with one sample at temperature 0: -n {options.n} is for the searches"
         )
+    tree = [f"--{name.replace('_', '-')}" for name in ("beam_width", "max_steps") if typed(name)]
+    if tree and options.strategy not in (*search_names("tree"), "auto"):  # auto may choose a tree
+        raise click.UsageError(f"{', '.join(tree)} is for beam_search, dvts and auto, not {options.strategy}")
     sampling = [f"--{name.replace('_', '-')}" for name in ("temperature", "top_p", "top_k") if typed(name)]
     if options.strategy == GREEDY and sampling:
         raise click.UsageError(
@@ -541,6 +545,10 @@ def solve(question: str | None, show: bool, as_json: bool, **kw) -> None:
 
     Example: edgetts solve "A pen costs 3 dollars. How much do 7 pens cost?" --show
     """
+    if show and as_json:
+        raise click.UsageError(
+            "--show prints text and --json prints JSON (which holds all --show says): choose one"
+        )
     question = _question_or_stdin(question)
     if not question.strip():
         raise click.ClickException("the question is empty")

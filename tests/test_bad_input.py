@@ -232,6 +232,8 @@ def test_resume_in_another_mode_is_refused(tmp_path, data):
         (["--pot-n", "0"], ["0 is not in the range x>=1"]),
         (["--strategy", "greedy", "-n", "8"], ["greedy answers with one sample", "-n 8"]),
         (["--strategy", "greedy", "--temperature", "1.5", "--top-k", "5"], ["--temperature, --top-k is for"]),
+        (["--strategy", "majority", "--beam-width", "7"], ["--beam-width is for beam_search, dvts and auto"]),
+        (["--show", "--json"], ["--show prints text and --json prints JSON"]),
     ],
 )
 def test_settings_no_search_can_run_are_usage_errors(args, words):
