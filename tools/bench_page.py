@@ -518,13 +518,14 @@ for s in "--limit 25:" "--limit 50 --offset 25:_b"; do   # two one-thread shards
       --only dvts --n 16 --search-n-max 16 --out runs/mawps.live_dvts16_deal${{s#*:}}.jsonl &
 done; wait
 cat runs/mawps.live_dvts16_deal.jsonl runs/mawps.live_dvts16_deal_b.jsonl | gzip -n > {B}/{DEAL16}
-python tools/bench_strategies.py run --data ../shared/data/mawps.jsonl --limit 50 --dataset mawps \
+python tools/bench_strategies.py run --data ../shared/data/mawps.jsonl --limit 50 --dataset mawps \\
     --only dvts --n 4 --search-n-max 4 --out runs/mawps.live_dvts4_deal.jsonl   # then gzip -n
 for s in "--limit 25:" "--limit 50 --offset 25:_b"; do   # the same on GSM8K
-  python tools/bench_strategies.py run --data ../shared/data/gsm8k_test.jsonl ${{s%%:*}} --dataset gsm8k_test \
-      --only dvts --n 16 --search-n-max 16 --out runs/gsm8k_test.live_dvts16_deal${{s#*:}}.jsonl &
+  python tools/bench_strategies.py run --data ../shared/data/gsm8k_test.jsonl ${{s%%:*}} \\
+      --dataset gsm8k_test --only dvts --n 16 --search-n-max 16 \\
+      --out runs/gsm8k_test.live_dvts16_deal${{s#*:}}.jsonl &
 done; wait
-cat runs/gsm8k_test.live_dvts16_deal.jsonl runs/gsm8k_test.live_dvts16_deal_b.jsonl | gzip -n > {B}/{GSM_DEAL16}
+cat runs/gsm8k_test.live_dvts16_deal{{,_b}}.jsonl | gzip -n > {B}/{GSM_DEAL16}
 # adaptive majority at N = 16 (the default budget rule), live, the question text dropped from the rows
 edgetts run --data ../shared/data/gsm8k_test.jsonl --limit 50 --strategy majority -n 16 --max-tokens 400 \\
     --seed 0 --out runs/adaptive_gsm8k_test_live_budget.jsonl     # this session: 2 shards of 25
