@@ -106,6 +106,10 @@ class Limits:
     # one can be made): cpu_s caps each process, so forked busy workers could take every core
     cpu_cores: float = 1.0
 
+    def __post_init__(self) -> None:
+        if not 0 < self.cpu_cores < float("inf"):  # NaN too: a cgroup quota must be a number
+            raise ValueError(f"cpu_cores must be a positive number of cores, got {self.cpu_cores}")
+
 
 @dataclass(frozen=True)
 class Check:
@@ -243,11 +247,11 @@ def setup():
         # A seccomp filter: system calls that reach past the mounts and rlimits fail with
         # EPERM. SysV shared memory and message queues, memfd (memory no rlimit counts), the
         # keyrings (shared with the caller), new namespaces and mounts (a tmpfs of its own has
-        # no size cap), connect and Unix sockets but stream ones (services on the host's sockets: ssh-agent,
-        # D-Bus, the journal), socket families but Unix, IPv4 and IPv6 (vsock), io_uring (its
-        # operations pass no filter), ptrace, bpf, userfaultfd, perf_event_open, and clearing
-        # the parent-death signal. clone3 says ENOSYS, so libc falls back to clone, whose
-        # namespace flags the filter can read.
+        # no size cap), connect and Unix sockets but stream and seqpacket ones (services on the
+        # host's sockets: ssh-agent, D-Bus, the journal), socket families but Unix, IPv4 and
+        # IPv6 (vsock), io_uring (its operations pass no filter), ptrace, bpf, userfaultfd,
+        # perf_event_open, and clearing the parent-death signal. clone3 says ENOSYS, so libc
+        # falls back to clone, whose namespace flags the filter can read.
         tables = {  # audit arch, calls refused, then clone, clone3, socket, socketpair, prctl
             "x86_64": (0xC000003E, (29, 68, 248, 249, 250, 272, 308, 165, 166, 155, 42, 101,
                                     321, 323, 298, 319, 425, 426, 427, 428, 429, 430, 431, 432,
@@ -344,14 +348,19 @@ def setup():
             mount(None, d, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | extra, None)
         return top
     def pivot_into(top):
+        # False where pivot_root fails (a chroot, an initramfs root): it has changed nothing, so
+        # the masked tree stays as it is. A failure after it ends the setup.
         pivot_root, umount2 = PIVOT_CALLS[os.uname().machine]
         os.chdir(top)
         libc.syscall.restype = ctypes.c_long
         if libc.syscall(ctypes.c_long(pivot_root), b".", b".") != 0:
-            raise OSError(ctypes.get_errno(), "pivot_root failed")
+            layers["own_root_error"] = "pivot_root failed: %s" % os.strerror(ctypes.get_errno())
+            os.chdir("/tmp/work")
+            return False
         if libc.syscall(ctypes.c_long(umount2), b".", ctypes.c_int(2)) != 0:  # MNT_DETACH
             raise OSError(ctypes.get_errno(), "detaching the old root failed")
         os.chdir("/tmp/work")
+        return True
     def drop_capabilities():
         class Header(ctypes.Structure):
             _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
@@ -462,9 +471,10 @@ def setup():
         # It sees only its own processes. Mounted before the pivot: in a user namespace the
         # kernel lets a new proc be mounted only where the host's is still in view.
         mount(b"proc", (top or "") + "/proc", b"proc", MS_NOSUID | MS_NODEV, None)
-        if top:
-            pivot_into(top)  # a failure now ends the setup: the masked tree is half left
+        if top and pivot_into(top):
             layers["own_root"] = True
+        elif top:  # still in the masked tree: its own /proc there too
+            mount(b"proc", "/proc", b"proc", MS_NOSUID | MS_NODEV, None)
         layers["pid_namespace"] = True
         if moved:
             # Packages imported already (collections, encodings) find submodules via __path__.
