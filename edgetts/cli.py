@@ -13,8 +13,10 @@ import math
 import os
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -30,6 +32,9 @@ from edgetts.search.registry import choices as strategy_choices
 from edgetts.search.registry import names as search_names
 from edgetts.server.settings import ServerSettings
 from edgetts.solver import SolveOptions
+
+if TYPE_CHECKING:
+    from edgetts.data import Problem
 
 EXIT_INTERRUPTED = 130
 MAX_CONCURRENT = 16  # run --concurrent: problems at once (each holds a prompt sequence)
@@ -678,7 +683,7 @@ def problem_worker(kw: dict):
     return functools.partial(solve_or_skip, solve)
 
 
-def solve_or_skip(solve, problem) -> dict:
+def solve_or_skip(solve: Callable[[Problem], dict], problem: Problem) -> dict:
     """``solve(problem)``'s row, or for a question whose prompt is longer than the policy takes
     a row that only says so (``"skipped"``): one such question must not end a whole run."""
     from edgetts.policy.config import PromptTooLong

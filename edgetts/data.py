@@ -27,6 +27,9 @@ from pathlib import Path
 
 from edgetts.grading import last_boxed
 
+# The fields a problem's id is read from, the first one a row has; else its line number.
+ID_KEYS = ("unique_id", "idx", "id")
+
 
 class DataError(ValueError):
     """The data file cannot be read as asked; the message names the file and line."""
@@ -83,10 +86,6 @@ def _gold(record: dict, answer_key: str | None, path: Path, line_no: int) -> str
         raw = raw.split(".")[0]  # MAWPS floats: "43.0"
     # thousands separators ("1,234.5"), not lists ("-2,1")
     return raw.replace(",", "") if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", raw) else raw
-
-
-# The fields a problem's id is read from, the first one a row has; else its line number.
-ID_KEYS = ("unique_id", "idx", "id")
 
 
 def _question_key(record: dict) -> str:

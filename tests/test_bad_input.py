@@ -336,6 +336,9 @@ def test_the_python_api_says_what_is_wrong_with_its_arguments():
 
     with pytest.raises(ValueError, match="n must be a whole number, got '2'"):
         SolveOptions(n="2").validate()
+    import numpy as np
+
+    SolveOptions(n=np.int64(4), temperature=np.float32(0.5)).validate()  # numbers of any kind
     with pytest.raises(TypeError, match="question must be text"):
         edgetts.solve(None)
 

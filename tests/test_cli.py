@@ -315,8 +315,15 @@ def test_run_summary_says_how_many_answers_are_guesses(tmp_path):
     assert json.loads(result.stdout)["provisional"] == 2
 
 
-def test_plan_prints_json_that_pipes():
+def test_plan_prints_json_that_pipes(monkeypatch):
     """Seen in a user's review: plan had no --json, as solve and run have."""
+    from test_scheduler import META
+    from test_scheduler import plan as make_test_plan
+
+    from edgetts import solver as solver_mod
+
+    # the scheduler's own test model: no GGUF file needed
+    monkeypatch.setattr(solver_mod, "plan_for", lambda model, budget, prm_dir: (make_test_plan(budget), META))
     result = CliRunner().invoke(main, ["plan", "--memory-mb", "2000", "--json"])
     assert result.exit_code == 0, result.output
     plan = json.loads(result.stdout)

@@ -790,14 +790,13 @@ def _with_confidence(extend):
     return wrapped
 
 
-@pytest.mark.parametrize("fail_at", [0, 1, 2, 4])
 @pytest.mark.parametrize(
-    "name, config",
+    "name, config, fail_at",
     [
-        ("beam_search", SearchConfig(n=8, beam_width=2)),
-        ("dvts", SearchConfig(n=8, beam_width=2)),
-        ("dvts", SearchConfig(n=8, beam_width=2, dvts_rounds=False)),
-        ("weighted_best_of_n", SearchConfig(n=8)),
+        *[("beam_search", SearchConfig(n=8, beam_width=2, max_steps=6), k) for k in (0, 1, 2)],
+        *[("dvts", SearchConfig(n=8, beam_width=2, max_steps=6), k) for k in (0, 1, 2)],
+        *[("dvts", SearchConfig(n=8, beam_width=2, max_steps=6, dvts_rounds=False), k) for k in (0, 1, 2)],
+        ("weighted_best_of_n", SearchConfig(n=8), 0),  # one wave, one call
     ],
 )
 def test_a_search_whose_prm_fails_holds_no_sequence(name, config, fail_at):
@@ -811,9 +810,7 @@ def test_a_search_whose_prm_fails_holds_no_sequence(name, config, fail_at):
             return super().score(question, paths)
 
     for seed in range(3):
-        gen = FakeGenerator(random_policy(p_finish=0.2, seed=seed))
-        try:
+        gen = FakeGenerator(random_policy(p_finish=0.0, seed=seed))  # nothing ends before the failure
+        with pytest.raises(RuntimeError, match="PRM failed"):
             STRATEGIES[name]("q", gen, Failing(rule=try_score), config)
-        except RuntimeError:
-            pass
         assert gen.leaks() == set() and gen.in_flight == []

@@ -143,8 +143,8 @@ def run(args: argparse.Namespace) -> None:
     settings = {key: getattr(args, key) for key in keys}
     if args.only and set(args.only) <= set(SEARCH_STRATEGIES):  # what picks a tree search's answer
         settings["weighted_pick"] = not args.best_pick
-        if args.no_deal:  # rows made before the flag dealt (it was the only way); only the ablation differs
-            settings["dvts_deal"] = False
+    if args.no_deal:  # rows made before the flag dealt (it was the only way); only the ablation differs
+        settings["dvts_deal"] = False
     out = open_rows(Path(args.out), {**settings, "prm": prm_label(prm)})
     done = done_rows(out)
     kept = open_rows(samples_path(Path(args.out), args.samples), None)

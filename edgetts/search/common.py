@@ -268,5 +268,6 @@ def complete(
 ) -> list[SolutionPath]:
     """Run ``live`` paths to the end, score them, set the finished ones aside; return the rest."""
     done = generator.extend(live, 1, to_end=True, deadline=deadline)
-    score_in_time(scorer, question, done, finished, deadline)
+    with released_on_error(generator, done):  # paths the deadline cut are still held
+        score_in_time(scorer, question, done, finished, deadline)
     return set_aside_finished(generator, done, finished)

@@ -97,6 +97,18 @@ class App:
                 code="model_not_found",
             )
 
+    async def queued(self, req: SearchRequest) -> Job:
+        """The request's job, validated (:meth:`job_for`) and its budget planned as the search
+        would plan it, then queued: every 400 comes before the queue (and before a stream starts).
+        The plan runs on a worker thread: a first plan may take half a second."""
+        job = self.job_for(req)
+        try:
+            await asyncio.to_thread(self.solver.check_budget, job.question, job.options)
+        except PlanError as exc:
+            raise plan_refused(exc, job.where, job.sent) from None
+        self.engine.submit(job)
+        return job
+
     def job_for(self, req: SearchRequest) -> Job:
         """Turn a request into a validated search job (every 400 is raised here, before queueing)."""
         self.check_model(req.model)
@@ -173,10 +185,6 @@ class App:
         # Checked now, so that a stream starts only for a prompt that fits (programs-only math
         # reads the last message alone: its own check runs with the search).
         prompt_tokens = self._prompt_tokens(req, question) if options.mode != "pot" else None
-        try:
-            self.solver.check_budget(question, options)  # as the search would, before it queues
-        except PlanError as exc:
-            raise plan_refused(exc, where, search.model_fields_set) from None
         return Job(
             question=question,
             options=options,
@@ -349,8 +357,7 @@ class App:
                 job.abandon()
 
     async def complete(self, req: ChatRequest, request: Request) -> ChatCompletion:
-        job = self.job_for(req)
-        self.engine.submit(job)
+        job = await self.queued(req)
         result = await self.wait(job, request)
         picks = ranked_choices(result, job.n_choices) or [None]
         choices = [
@@ -386,8 +393,7 @@ class App:
                 param="logprobs",
                 code="unsupported_parameter",
             )
-        job = self.job_for(req)
-        self.engine.submit(job)
+        job = await self.queued(req)
         result = await self.wait(job, request)
         picks = ranked_choices(result, job.n_choices) or [None]
         return TextCompletion(
@@ -408,8 +414,7 @@ class App:
         Returns the event iterator: a role chunk, a progress chunk every ``progress_interval_s``,
         the answer, a last chunk with the finish reason and the ``edgetts`` result, ``[DONE]``.
         """
-        job = self.job_for(req)
-        self.engine.submit(job)
+        job = await self.queued(req)
         return self._events(job, req.stream_usage())
 
     async def _events(self, job: Job, usage: str) -> AsyncIterator[dict[str, str]]:
@@ -429,9 +434,8 @@ class App:
                 else [ChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish)]
             )
             chunk = ChatCompletionChunk(**base, choices=choices, **extra).model_dump(mode="json")
-            if (
-                delta is not None
-            ):  # like OpenAI: the delta holds only what changed, finish_reason stays (null)
+            # Like OpenAI: the delta holds only what changed, finish_reason stays (null).
+            if delta is not None:
                 chunk["choices"][0]["delta"] = delta.model_dump(exclude_none=True)
             for key in ("usage", "edgetts"):
                 if chunk[key] is None:
@@ -688,23 +692,23 @@ def serve(solver: Solver, settings: ServerSettings) -> None:
             f"unknown strategy {settings.default_strategy!r}; choose one of {sorted(known_strategies())}"
         )
     sock = listening_socket(settings.host, settings.port)  # before the models load: a busy port fails fast
-    prm_state = load_solver(solver, settings.memory_mb)
-    app = create_app(solver, settings, prm_state=prm_state)
-    state: App = app.state.edgetts
-
-    class Server(uvicorn.Server):
-        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            state.engine.begin_shutdown()
-            super().handle_exit(sig, frame)
-
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level="info",
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,
-    )
     try:
+        prm_state = load_solver(solver, settings.memory_mb)
+        app = create_app(solver, settings, prm_state=prm_state)
+        state: App = app.state.edgetts
+
+        class Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+                state.engine.begin_shutdown()
+                super().handle_exit(sig, frame)
+
+        config = uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level="info",
+            timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,
+        )
         Server(config).run(sockets=[sock])
     except KeyboardInterrupt:
         pass  # uvicorn re-raises Ctrl-C once its graceful shutdown is done: that is a clean exit
