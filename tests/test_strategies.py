@@ -533,7 +533,7 @@ def test_dvts_deals_distinct_first_steps_to_different_subtrees(rounds):
     tree = {"x": {"x \\boxed{1}": {}}, "y": {"y \\boxed{2}": {}}}  # children x, y, x, y
     gen = FakeGenerator(tree_policy(tree))
     scorer = FakeScorer({"x": 0.9, "y": 0.1})
-    dvts("q", gen, scorer, SearchConfig(n=4, beam_width=2, dvts_rounds=rounds))
+    dvts("q", gen, scorer, SearchConfig(n=4, beam_width=2, dvts_rounds=rounds, dvts_deal=True))
     assert scorer.seen[0] == [("x",), ("y",)]  # the repeats were dropped before scoring
     assert sorted(p for call in gen.calls[1:] for p in call.parents) == [("x",), ("y",)]
     assert gen.leaks() == set() and gen.in_flight == []
@@ -590,7 +590,8 @@ def test_dvts_grows_every_subtree_whatever_finished_first(rounds):
     tree = {"so it is \\boxed{7}": {}, "u1": unfinished, "u2": unfinished, "u3": unfinished}
     scores = {"so it is \\boxed{7}": 0.9, "u1": 0.5, "u2": 0.5, "u3": 0.5, "x \\boxed{3}": 0.8}
     gen = FakeGenerator(tree_policy(tree))
-    result = dvts("q", gen, FakeScorer(scores), SearchConfig(n=8, beam_width=2, dvts_rounds=rounds))
+    config = SearchConfig(n=8, beam_width=2, dvts_rounds=rounds, dvts_deal=True)
+    result = dvts("q", gen, FakeScorer(scores), config)
     grown = sorted(p for call in gen.calls[1:] for p in call.parents)
     assert grown == [("u1",), ("u1",), ("u2",), ("u3",)]
     assert result.answer == "3" and result.votes["7"] == pytest.approx(1.8)  # both finished ones vote

@@ -69,6 +69,7 @@ REPICK16 = "mawps.live_tree16_refill_weighted.jsonl.gz"  # its final pick by wei
 DEAL16 = "mawps.live_dvts16_deal.jsonl.gz"  # DVTS, a share of leaves per subtree, first steps dealt (stop 44)
 GSM_DEAL16 = "gsm8k_test.live_dvts16_deal.jsonl.gz"  # the same on GSM8K (stop 44; the last 5 in stop 45)
 DEAL4 = "mawps.live_dvts4_deal.jsonl.gz"  # the same DVTS at N = 4 on MAWPS (stops 44-45)
+GSM_NODEAL16 = "gsm8k_test.live_dvts16_nodeal.jsonl.gz"  # the share rule without dealing (stop 45)
 
 
 def compare(a: str, b: str) -> str:
@@ -223,6 +224,24 @@ SECTIONS = (
             compare(f"{GSM_DEAL16}:dvts:16", "gsm8k_test.live_dvts16_weighted.jsonl:dvts_weighted:16"),
             compare(f"{GSM_DEAL16}:dvts:16", "gsm8k_test.rescored.jsonl:majority:16"),
             compare(f"{GSM_DEAL16}:dvts:16", "gsm8k_test.rescored.jsonl:weighted_best_of_n:16"),
+        ),
+    ),
+    Section(
+        "Telling the two DVTS changes apart (GSM8K, N = 16)",
+        "The same 50 GSM8K problems with the share rule and the early completions but without "
+        "dealing: each subtree takes M first steps in order, as in search-and-learn "
+        "(`--no-deal` then; stop 45, two one-thread shards). It repeats the stop-36 DVTS exactly: "
+        "the same answer and the same number of generated tokens on all 50 problems, so on GSM8K "
+        "the share rule changed no search, and the four problems lost above are dealing's. On "
+        "MAWPS dealing was then worth the four problems won (the share rule is unlikely to have "
+        "done more there than here; not run). Four won, four lost over 100 problems: dealing is "
+        "off by default since (`SearchConfig.dvts_deal`, `bench_strategies.py run --deal`), and "
+        "DVTS at 16 is then level with majority at 16 on GSM8K as on MAWPS.",
+        (
+            report(GSM_NODEAL16),
+            compare(f"{GSM_NODEAL16}:dvts:16", f"{GSM_DEAL16}:dvts:16"),
+            compare(f"{GSM_NODEAL16}:dvts:16", "gsm8k_test.live_dvts16_weighted.jsonl:dvts_weighted:16"),
+            compare(f"{GSM_NODEAL16}:dvts:16", "gsm8k_test.rescored.jsonl:majority:16"),
         ),
     ),
     Section(
@@ -526,6 +545,13 @@ for s in "--limit 25:" "--limit 50 --offset 25:_b"; do   # the same on GSM8K
       --out runs/gsm8k_test.live_dvts16_deal${{s#*:}}.jsonl &
 done; wait
 cat runs/gsm8k_test.live_dvts16_deal{{,_b}}.jsonl | gzip -n > {B}/{GSM_DEAL16}
+# (stop 44's dealing was the default then: with today's code add --deal to the three commands above)
+for s in "--limit 25:a" "--limit 50 --offset 25:b"; do   # without dealing (stop 45: --no-deal)
+  python tools/bench_strategies.py run --data ../shared/data/gsm8k_test.jsonl ${{s%%:*}} \\
+      --dataset gsm8k_test --only dvts --n 16 --search-n-max 16 \\
+      --out runs/gsm8k_test.live_dvts16_nodeal_${{s#*:}}.jsonl &
+done; wait
+cat runs/gsm8k_test.live_dvts16_nodeal_{{a,b}}.jsonl | gzip -n > {B}/{GSM_NODEAL16}
 # adaptive majority at N = 16 (the default budget rule), live, the question text dropped from the rows
 edgetts run --data ../shared/data/gsm8k_test.jsonl --limit 50 --strategy majority -n 16 --max-tokens 400 \\
     --seed 0 --out runs/adaptive_gsm8k_test_live_budget.jsonl     # this session: 2 shards of 25

@@ -143,7 +143,9 @@ def run(args: argparse.Namespace) -> None:
     settings = {key: getattr(args, key) for key in keys}
     if args.only and set(args.only) <= set(SEARCH_STRATEGIES):  # what picks a tree search's answer
         settings["weighted_pick"] = not args.best_pick
-    if args.no_deal:  # rows made before the flag dealt (it was the only way); only the ablation differs
+    # DVTS's first steps in a DVTS run: dealt (stop 44's default, whose rows record nothing) or in
+    # order (the default since stop 45; its rows say so)
+    if args.only and "dvts" in args.only and set(args.only) <= set(SEARCH_STRATEGIES) and not args.deal:
         settings["dvts_deal"] = False
     out = open_rows(Path(args.out), {**settings, "prm": prm_label(prm)})
     done = done_rows(out)
@@ -233,7 +235,7 @@ def run(args: argparse.Namespace) -> None:
                     agg=agg,
                     rank_agg=args.rank_agg,
                     weighted_pick=not args.best_pick,
-                    dvts_deal=not args.no_deal,
+                    dvts_deal=args.deal,
                     sampling=sampling,
                 )
                 result = run_search(strategy, problem.question, policy, scorer, config)
@@ -579,9 +581,10 @@ def main() -> None:
         help="beam search answers with its best-scored beam, not the score-weighted vote of its N beams",
     )
     r.add_argument(
-        "--no-deal",
+        "--deal",
         action="store_true",
-        help="DVTS gives each subtree M first steps in order, repeats and all (SearchConfig.dvts_deal)",
+        help="DVTS deals distinct first steps to different subtrees (SearchConfig.dvts_deal; the "
+        "default gives each subtree M in order, repeats and all)",
     )
     r.add_argument("--max-tokens", type=int, default=400)
     r.add_argument("--temperature", type=float, default=SolveOptions.temperature)

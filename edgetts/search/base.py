@@ -217,10 +217,13 @@ class SearchConfig:
     # default because they measured faster on this 2-core CPU (tools/bench_tree_throughput.py:
     # 69.1 against 64.6 tok/s at N = 16 on 3 GSM8K problems).
     dvts_rounds: bool = True
-    # For DVTS: deal the N first steps so that distinct ones go to different subtrees and
-    # unfinished repeats are dropped (dvts.deal). False: each subtree takes M first steps in
-    # order, repeats and all, as search-and-learn's subtrees each sample their own M.
-    dvts_deal: bool = True
+    # For DVTS: each subtree takes M of the N first steps in order, repeats and all, as
+    # search-and-learn's subtrees each sample their own M. True deals them so that distinct ones
+    # go to different subtrees, unfinished repeats dropped (dvts.deal). Measured live at N = 16
+    # (docs/bench, stops 44-45): dealing won 4 and lost 0 problems on 50 MAWPS, won 0 and lost 4
+    # on 50 GSM8K (each p = 0.125); not dealing repeats the stop-36 DVTS exactly on GSM8K, level
+    # with majority at 16 there. A wash, so the default is search-and-learn's.
+    dvts_deal: bool = False
     sampling: Sampling = field(default_factory=Sampling)
     # Adaptive sampling for the vote-based strategies (majority, weighted best-of-N, confidence
     # vote, auto's sample continuation): draw in waves, stop once the vote has settled; ``n``

@@ -1,9 +1,11 @@
 """Diverse verifier tree search (DVTS, as in search-and-learn's ``dvts.py``).
 
-N/M independent subtrees of beam width M. The first step samples N first steps from the prompt
-and deals them out (:func:`deal`): distinct steps go to different subtrees, so that two subtrees
-start alike only when the policy wrote fewer distinct first steps than there are subtrees (common
-when sampling cool); a first step that is already a whole solution takes no subtree, it votes.
+N/M independent subtrees of beam width M. The first step samples N first steps from the prompt,
+M for each subtree in order (search-and-learn's subtrees each sample their own M). With
+``SearchConfig(dvts_deal=True)`` they are dealt instead (:func:`deal`): distinct steps go to
+different subtrees, so that two subtrees start alike only when the policy wrote fewer distinct
+first steps than there are subtrees (common when sampling cool), and a first step that is
+already a whole solution takes no subtree, it votes.
 Each time a subtree's children are back, the PRM scores them; finished
 children are kept as the subtree's leaves; the subtree keeps only its best child (by
 ``config.ranking``, compared within the subtree only) and expands it into M children.
@@ -76,8 +78,8 @@ def dvts(
 def first_subtrees(
     question: str, generator: StepGenerator, config: SearchConfig, deadline: Deadline
 ) -> list[Subtree]:
-    """N first steps from one prefill, dealt out to the N/M subtrees (:func:`deal`), or M to each
-    subtree in order without ``config.dvts_deal``."""
+    """N first steps from one prefill, M to each of the N/M subtrees in order, or dealt out
+    (:func:`deal`) with ``config.dvts_deal``."""
     children = generator.extend([generator.root(question, config.sampling)], config.n, deadline=deadline)
     if not config.dvts_deal:
         width = config.beam_width
