@@ -70,6 +70,7 @@ DEAL16 = "mawps.live_dvts16_deal.jsonl.gz"  # DVTS, a share of leaves per subtre
 GSM_DEAL16 = "gsm8k_test.live_dvts16_deal.jsonl.gz"  # the same on GSM8K (stop 44; the last 5 in stop 45)
 DEAL4 = "mawps.live_dvts4_deal.jsonl.gz"  # the same DVTS at N = 4 on MAWPS (stops 44-45)
 GSM_NODEAL16 = "gsm8k_test.live_dvts16_nodeal.jsonl.gz"  # the share rule without dealing (stop 45)
+GSM_TIE16 = "gsm8k_test.live_dvts16_tiebreak.jsonl.gz"  # dealing, ties broken by the last step: 25 problems
 
 
 def compare(a: str, b: str) -> str:
@@ -242,6 +243,20 @@ SECTIONS = (
             compare(f"{GSM_NODEAL16}:dvts:16", f"{GSM_DEAL16}:dvts:16"),
             compare(f"{GSM_NODEAL16}:dvts:16", "gsm8k_test.live_dvts16_weighted.jsonl:dvts_weighted:16"),
             compare(f"{GSM_NODEAL16}:dvts:16", "gsm8k_test.rescored.jsonl:majority:16"),
+        ),
+    ),
+    Section(
+        "Ranking ties broken by the last step (GSM8K, N = 16, first 25 problems)",
+        "Since stop 45 a tree search that ranks by `min` breaks ties by the last step's score "
+        "(siblings whose steps score above their parent tie under `min`; the earliest-made one "
+        "grew before). A first check, with dealing (the default when it ran) and the fix that keeps "
+        "finished first steps out of the deal, on the first 25 problems (one thread, stop 45): one "
+        "problem more than the same DVTS without the tie-break, not significant; not yet run "
+        "without dealing or on MAWPS.",
+        (
+            report(GSM_TIE16),
+            compare(f"{GSM_TIE16}:dvts:16", f"{GSM_DEAL16}:dvts:16"),
+            compare(f"{GSM_TIE16}:dvts:16", f"{GSM_NODEAL16}:dvts:16"),
         ),
     ),
     Section(
@@ -552,6 +567,8 @@ for s in "--limit 25:a" "--limit 50 --offset 25:b"; do   # without dealing (stop
       --out runs/gsm8k_test.live_dvts16_nodeal_${{s#*:}}.jsonl &
 done; wait
 cat runs/gsm8k_test.live_dvts16_nodeal_{{a,b}}.jsonl | gzip -n > {B}/{GSM_NODEAL16}
+python tools/bench_strategies.py run --data ../shared/data/gsm8k_test.jsonl --limit 25 --dataset gsm8k_test \\
+    --only dvts --n 16 --search-n-max 16 --deal --out runs/gsm8k_test.live_dvts16_tiebreak.jsonl  # gzip -n
 # adaptive majority at N = 16 (the default budget rule), live, the question text dropped from the rows
 edgetts run --data ../shared/data/gsm8k_test.jsonl --limit 50 --strategy majority -n 16 --max-tokens 400 \\
     --seed 0 --out runs/adaptive_gsm8k_test_live_budget.jsonl     # this session: 2 shards of 25
