@@ -319,18 +319,22 @@ def _make_solver(kw: dict, searches: int = 1):
         raise click.UsageError("--tests is for --task code")
     ctx = click.get_current_context(silent=True)
 
-    def typed(name: str) -> bool:
-        # (a value from the config file or environment is for the other strategies: not an error)
-        return ctx is not None and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+    def typed(*names: str) -> list[str]:
+        """The flags of ``names`` typed on the command line (a value from the config file or the
+        environment is for the other strategies: not an error)."""
+        source = ctx.get_parameter_source if ctx is not None else lambda name: None
+        return [
+            f"--{n.replace('_', '-')}" for n in names if source(n) == click.core.ParameterSource.COMMANDLINE
+        ]
 
     if options.strategy == GREEDY and typed("n") and options.n != 1:
         raise click.UsageError(
             f"--strategy greedy answers with one sample at temperature 0: -n {options.n} is for the searches"
         )
-    tree = [f"--{name.replace('_', '-')}" for name in ("beam_width", "max_steps") if typed(name)]
+    tree = typed("beam_width", "max_steps")
     if tree and options.strategy not in (*search_names("tree"), "auto"):  # auto may choose a tree
         raise click.UsageError(f"{', '.join(tree)} is for beam_search, dvts and auto, not {options.strategy}")
-    sampling = [f"--{name.replace('_', '-')}" for name in ("temperature", "top_p", "top_k") if typed(name)]
+    sampling = typed("temperature", "top_p", "top_k")
     if options.strategy == GREEDY and sampling:
         raise click.UsageError(
             f"--strategy greedy decodes at temperature 0: {', '.join(sampling)} is for the samplers"

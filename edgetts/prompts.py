@@ -233,3 +233,8 @@ class RawPrompt:
 
 # What a search roots in: a question (the math prompt around it), a whole conversation, a raw prompt.
 Prompt = str | Conversation | RawPrompt
+
+
+def question_text(prompt: Prompt) -> str:
+    """The question ``prompt`` asks: the text itself, or a conversation's (raw prompt's) own."""
+    return prompt if isinstance(prompt, str) else prompt.question

@@ -14,7 +14,7 @@ from edgetts.gpu import requested_gpu_layers
 from edgetts.policy import LlamaPolicy, PolicyConfig, Prompt
 from edgetts.policy.config import GeneratorCounters
 from edgetts.policy.session import PolicySession
-from edgetts.prompts import Conversation, RawPrompt
+from edgetts.prompts import Conversation, RawPrompt, question_text
 from edgetts.scheduler import (
     MB,
     Budget,
@@ -314,7 +314,7 @@ class Solver:
             self._need_sandbox(f"--mode {options.mode}")
         if options.run_programs:
             self._need_sandbox("--run-programs")
-        prompt, question = question, question if isinstance(question, str) else question.question
+        prompt, question = question, question_text(question)
         with self._searching_on(question, options, counters) as (plan, scorer, session):
             generator = session if isinstance(prompt, str) else RootedIn(session, prompt)
             strategy, config = options.strategy, replace(options.search_config(), cancel=cancel)
@@ -469,7 +469,7 @@ class Solver:
         server refuses such a request before it queues (and before a stream starts)."""
         if not options.has_budget:
             return
-        text = question if isinstance(question, str) else question.question
+        text = question_text(question)
         with self._lock:
             if self.fixed_policy and self._policy is not None:
                 self._check_fits_as_loaded(options.memory_mb)

@@ -77,7 +77,7 @@ from edgetts.policy.loop import RETRY, DecodeLoop, Run
 from edgetts.policy.session import PolicySession
 from edgetts.policy.slots import TEMPLATE_SLOT, ParkBudget, SlotPool
 from edgetts.policy.steps import StepAccumulator, trim_steps
-from edgetts.prompts import STEP_SEPARATOR, Prompt, prompt_parts
+from edgetts.prompts import STEP_SEPARATOR, Prompt, prompt_parts, question_text
 from edgetts.search.base import Deadline, Sampling, SolutionPath
 
 # A question longer than this many characters per token of the prompt's limit is refused
@@ -328,7 +328,7 @@ class LlamaPolicy:
         system: str | None = None,
     ) -> SolutionPath:
         """:meth:`root` for ``search`` (a :class:`PolicySession` calls this)."""
-        text = question if isinstance(question, str) else question.question
+        text = question_text(question)
         if not text or not text.strip():
             raise PolicyError("the question is empty")
         sampling = sampling or self._configured_sampling()
