@@ -38,6 +38,27 @@ def test_a_stop_string_ends_the_text_before_it():
     assert acc.rest() == "The answer is 5."
 
 
+def test_the_models_stop_string_is_found_after_a_newline_carried_from_the_last_extend():
+    """Seen in a review: a base model's examples are three newlines apart; the separator closed a
+    step on two of them, the third was carried to the next extend, and the path went on into an
+    invented next question (only the text of this extend was searched)."""
+    first = StepAccumulator(max_step_tokens=100, stop_strings=(b"\nQuestion:",))
+    assert feed(first, [b"The answer is 5.", b"\n\n\n"]) == ["The answer is 5.\n\n"]
+    second = StepAccumulator(
+        max_step_tokens=100, stop_strings=(b"\nQuestion:",), carry=first.leftover(), tail=first.tail
+    )
+    assert second.add(b"Question") is None
+    assert second.add(b":") == "eos" and second.rest() == "" and second.trimmed == 0
+
+
+def test_the_models_stop_string_that_began_in_the_finished_step_trims_it():
+    acc = StepAccumulator(max_step_tokens=100, stop_strings=(b"\nQuestion:",))
+    steps, reason = feed_to_stop(acc, [b"So 5.", b"\n\n", b"Question: next"])
+    assert steps == ["So 5.\n\n"] and reason == "eos" and acc.trimmed == 1
+    trim_steps(steps, acc.trimmed)
+    assert steps == ["So 5.\n"]
+
+
 def test_bytes_of_one_character_are_decoded_only_together():
     euro = "€".encode()  # three bytes, as two tokens may split them
     acc = StepAccumulator(max_step_tokens=100)

@@ -7,9 +7,12 @@ separator begin the next step, and a path extended again later carries them over
 
 Two kinds of stop string: the model's own (a base model's next ``"\\nQuestion:"``, the path ends
 as at end of sequence) and the search's (:attr:`~edgetts.search.base.Sampling.stop`, a client's
-OpenAI ``stop``: stop_reason ``"stop"``). The search's are matched in the text as written, across
-step boundaries too: the end of the finished steps (``tail``) is searched with the text since,
-and a stop string that began in them takes its first bytes off them (``trimmed``).
+OpenAI ``stop``: stop_reason ``"stop"``). Both are matched in the text as written, across step
+boundaries and extends too: the end of the finished steps (``tail``) and the bytes carried over
+from an earlier extend are searched with the text since, and a stop string that began in the
+finished steps takes its first bytes off them (``trimmed``). (A base model's examples are three
+newlines apart: the separator closes a step on the first two, and the third, carried to the next
+extend, begins its ``"\\nQuestion:"``.)
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ class StepAccumulator:
     stop_strings: tuple[bytes, ...] = ()  # the model's own: the path ends as at end of sequence
     search_stops: tuple[bytes, ...] = ()  # the search's (Sampling.stop): stop_reason "stop"
     carry: bytes = b""  # begun in an earlier extend: the front of the next step's text
-    tail: bytes = b""  # the end of the finished steps, as long as the longest search stop string
+    tail: bytes = b""  # the end of the finished steps, as long as the longest stop string
     pending: bytes = b""  # sampled in this extend, not yet in a step
     n_tokens: int = 0  # tokens of the step being written
     trimmed: int = 0  # bytes a search stop string took off the end of the finished steps
@@ -38,20 +41,19 @@ class StepAccumulator:
     def add(self, piece: bytes) -> str | None:
         """Take one token's bytes. If a stop string appeared, the text now ends before it and
         the path's stop reason comes back: ``"eos"`` for the model's own, ``"stop"`` for the
-        search's (one that began in the finished steps sets ``trimmed``)."""
+        search's (one that began in the finished steps sets ``trimmed``, either kind)."""
         self.n_tokens += 1
         self.pending += piece
-        stop = next((s for s in self.stop_strings if s in self.pending), None)
-        if stop is not None:
-            self.pending = self.pending[: self.pending.index(stop)]
+        if self.stop_strings and self._cut_at(self.stop_strings):
             return "eos"
-        if self.search_stops and self._cut_at_search_stop():
+        if self.search_stops and self._cut_at(self.search_stops):
             return "stop"
         return None
 
-    def _cut_at_search_stop(self) -> bool:
+    def _cut_at(self, stops: tuple[bytes, ...]) -> bool:
+        """End the text before the first of ``stops`` in it, if one is there."""
         window = self.tail + self.carry + self.pending
-        found = [at for at in (window.find(s) for s in self.search_stops) if at >= 0]
+        found = [at for at in (window.find(s) for s in stops) if at >= 0]
         if not found:
             return False
         kept = window[: min(found)]
@@ -88,8 +90,9 @@ class StepAccumulator:
     def _text(self, data: bytes) -> str:
         step = self.carry + data
         self.carry = b""
-        if self.search_stops:  # what a stop string spanning the next step boundary begins with
-            longest = max(len(s) for s in self.search_stops)
+        stops = self.stop_strings + self.search_stops
+        if stops:  # what a stop string spanning the next step boundary begins with
+            longest = max(len(s) for s in stops)
             self.tail = (self.tail + step)[-longest:]
         return step.decode("utf-8", errors="replace")
 
