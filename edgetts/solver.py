@@ -607,7 +607,7 @@ class Solver:
             if self._searching:  # never pull the context from under a running search
                 self._lock.wait()
                 continue
-            self.close()
+            self._free_policy()
             self._load(wanted, plan.predicted_memory_mb - plan.memory.prm_mb if plan is not None else None)
             break
         self._check_probe(scorer)
@@ -646,7 +646,15 @@ class Solver:
             self._scorer = None
 
     def close(self) -> None:
-        """Free the llama.cpp context and model (a later solve loads them again)."""
+        """Free the llama.cpp context and model (a later solve loads them again), once the
+        solves under way on other threads have ended: freed under a running decode, llama.cpp
+        would crash the process."""
+        with self._lock:
+            while self._searching:
+                self._lock.wait()
+            self._free_policy()
+
+    def _free_policy(self) -> None:
         if self._policy is not None:
             self._policy.close()
             self._policy = None

@@ -14,7 +14,7 @@ import pytest
 
 from edgetts.grading import extract_answer
 from edgetts.policy import LlamaPolicy, PolicyConfig
-from edgetts.policy.config import GeneratorCounters
+from edgetts.policy.config import GeneratorCounters, PolicyError
 from edgetts.search.base import Deadline, Sampling
 
 pytestmark = pytest.mark.slow
@@ -248,3 +248,59 @@ def test_a_search_that_closes_with_runs_under_way_leaves_the_others_alone(shared
     assert len(shared.slots) == 2 * N and not shared._slot_owner and not shared._parked
     # A pass or two may start them before the close arrives; to the end would be ~4 x 96 tokens.
     assert closed_counters.tokens_sampled < 4 * N, closed_counters
+
+
+def test_closing_the_solver_waits_for_a_solve_under_way():
+    """Seen in review: Solver.close() from another thread while a solve decoded freed the
+    llama.cpp context under it (a segmentation fault). It waits for the solve now."""
+    from edgetts.solver import SolveOptions, Solver
+
+    options = SolveOptions(strategy="majority", n=2, seed=0, max_tokens=48, adaptive=False)
+    solver = Solver(PolicyConfig(n_seq_max=2, max_tokens=48))
+    solver.prepare(QUESTIONS[0][0], options)  # loaded before the race starts
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(r=solver.solve(QUESTIONS[0][0], options)))
+    thread.start()
+    while not solver._searching and thread.is_alive():
+        time.sleep(0.001)
+    solver.close()  # returns once the solve is done with the context
+    thread.join(JOIN_S)
+    assert not thread.is_alive() and result["r"].counters["tokens_generated"] > 0
+    assert solver._policy is None
+
+
+def test_a_root_whose_prompt_another_thread_took_is_refused_not_answered_for_that_prompt():
+    """Seen in review: with one template slot, a root on a second thread (each thread's calls on
+    the policy itself are its own search) dropped the first thread's prompt; the first root's
+    extend then forked the second prompt's cells and answered that question."""
+    pol = LlamaPolicy(PolicyConfig(n_seq_max=2, max_tokens=16, seed=0, max_searches=1))
+    try:
+        first = pol.root(QUESTIONS[0][0], Sampling(temperature=0))
+        other = threading.Thread(target=lambda: pol.root(QUESTIONS[1][0], Sampling(temperature=0)))
+        other.start()
+        other.join(JOIN_S)
+        with pytest.raises(PolicyError, match="search has ended"):
+            pol.extend([first], 1)
+        again = pol.root(QUESTIONS[0][0], Sampling(temperature=0))  # the way on
+        assert pol.extend([again], 1)[0].n_tokens > 0
+    finally:
+        pol.close()
+
+
+def test_paths_cut_by_a_deadline_extend_later_as_if_never_cut():
+    """Seen in review: a child the deadline stopped before it started came back with no tokens
+    and no logits; extending it decoded an empty batch (llama_decode failed), or beside another
+    path sampled from that path's row. Greedy, so a path's text does not depend on its seed."""
+    pol = LlamaPolicy(PolicyConfig(n_seq_max=4, max_tokens=24, seed=0))
+    try:
+        greedy = Sampling(temperature=0)
+        expected = pol.extend([pol.root(QUESTIONS[0][0], greedy)], 1, to_end=True)[0].text
+        root = pol.root(QUESTIONS[0][0], greedy)
+        cut = pol.extend([root], 2, deadline=Deadline(0.0))
+        assert [p.stop_reason for p in cut] == ["deadline", "deadline"]
+        assert pol.extend([cut[0]], 1, to_end=True)[0].text == expected
+        beside = pol.extend([pol.root(QUESTIONS[0][0], greedy), cut[1]], 1, to_end=True)
+        # (two rows in a batch may round differently from one: compared with each other)
+        assert beside[1].text == beside[0].text and beside[1].text[:20] == expected[:20]
+    finally:
+        pol.close()

@@ -235,3 +235,23 @@ def test_wait_any_raises_the_error_of_a_failed_run():
     loop.submit(run)
     with pytest.raises(RuntimeError, match="decode failed"):
         loop.wait_any([run])
+
+
+def test_a_task_posted_while_the_driver_finishes_runs_before_the_driver_leaves():
+    """Seen in review: a post() (a search closing, freeing its slots) that came just as the
+    driver's own work finished found the loop driven and returned; its task then sat in the
+    inbox until some later call, holding the slots from searches that wanted them."""
+    ran: list[str] = []
+    loop: DecodeLoop
+
+    def advance(runs: list[Run]) -> bool:
+        for run in runs:
+            run.done = True
+        # The driver takes its inbox once more before it leaves; a post made after that (here,
+        # by a task taken then: in life another thread's, in that moment) must not be left.
+        loop.post(lambda: loop.post(lambda: ran.append("freed")))
+        return True
+
+    loop = DecodeLoop(advance)
+    loop.run(Run())
+    assert ran == ["freed"]

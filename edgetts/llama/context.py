@@ -185,6 +185,7 @@ class LlamaContext:
         if getattr(self, "ptr", None):
             llama_cpp.llama_free(self.ptr)
             self.ptr = None
+            self.memory = None  # the context's own: freed with it
 
     def __del__(self) -> None:
         self.close()

@@ -139,6 +139,18 @@ class _Child:
     steps_asked: int = 0
 
 
+# A path whose search ended no longer has its KV or its prompt's prefill: extending it would
+# fork whatever holds those slots now (seen: another thread's prompt, answered as this one).
+ENDED_MESSAGE = (
+    "this path's search has ended (its session was closed, or a root on another thread took its "
+    "prompt's place: concurrent searches each need their own policy.session()); root again"
+)
+
+
+def _ended(seq: _Seq) -> bool:
+    return seq.search is not None and seq.search.closed
+
+
 class _Run(Run):
     """One ``extend`` call's children, advanced by the decode loop's passes with everyone else's."""
 
@@ -549,6 +561,8 @@ class LlamaPolicy:
                 run.children.append(path)
                 continue
             parent: _Seq = path.handle
+            if _ended(parent):
+                raise PolicyError(ENDED_MESSAGE)
             for j in range(n_each):
                 child = self._child(
                     search, path, parent, first_index + j, last=(j == n_each - 1), to_end=to_end
@@ -784,6 +798,13 @@ class LlamaPolicy:
                     self._free(child.seq)
                 run.active, run.queue, run.waiting = [], deque(), []
                 run.error = PolicyError("the search closed while this extension ran")
+                run.done = progressed = True
+            elif any(_ended(child.parent) for child in run.queue):
+                # its paths' search ended after extend checked them (a root on another thread)
+                for child in run.active:
+                    self._free(child.seq)
+                run.active, run.queue, run.waiting = [], deque(), []
+                run.error = PolicyError(ENDED_MESSAGE)
                 run.done = progressed = True
         runs = [run for run in runs if not run.done]
         for run in runs:
@@ -1067,11 +1088,18 @@ class LlamaPolicy:
     def _stop_at_deadline(self, child: _Child) -> None:
         """Leave the child as it is; a later extend decodes whatever its KV lacks."""
         child.path.stop_reason = "deadline"
+        seq = child.seq
         if child.sampler is None:  # never started: it stands for its parent as it was
             if self._inherits(child):
-                self._hand_slot(child.parent, child.seq)
-                child.seq.logits = child.parent.logits
+                self._hand_slot(child.parent, seq)
+            # (a root's child has no tokens to decode again: its first comes from these logits)
+            seq.logits = child.parent.logits
             return
+        # tokens waiting to be decoded stay the path's (a rebuild took them off its tokens)
+        missing = seq.n_cached + len(child.to_decode) - len(seq.tokens)
+        if missing > 0:
+            seq.tokens.extend(child.to_decode[-missing:])
+        child.to_decode = []
         if child.steps.pending:
             self._push_step(child, child.steps.rest())
         child.seq.carry, child.seq.tail = child.steps.leftover(), child.steps.tail

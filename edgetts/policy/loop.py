@@ -129,12 +129,21 @@ class DecodeLoop:
         return next(work for work in works if work.done)
 
     def _drive_then_hand_over(self, works: Sequence[Work] | None) -> None:
-        try:
-            self._drive(works)
-        finally:
+        while True:
+            try:
+                self._drive(works)
+            finally:
+                with self._cond:
+                    self._driving = False
+                    self._cond.notify_all()  # a caller whose work is not done takes over
             with self._cond:
-                self._driving = False
-                self._cond.notify_all()  # a caller whose work is not done takes over
+                # A post() made while this thread drove found the loop driven and left its task
+                # (freeing a finished search's slots) to the driver: take it now, unless another
+                # caller drives, rather than leave it for whichever call comes next.
+                if not self._inbox or self._driving:
+                    return
+                self._driving = True
+            works = None
 
     def _drive(self, works: Sequence[Work] | None) -> None:
         """Passes until one of ``works`` is done (None: take the inbox once, for a post)."""
