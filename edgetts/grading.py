@@ -8,16 +8,15 @@ token limit or a deadline stops mid-sentence, on whatever number it was writing.
 
 Numbers are compared numerically after stripping currency, thousands separators, units and
 trailing periods; everything else goes to ``math-verify``, which understands LaTeX (fractions,
-roots, tuples, intervals).
+roots, tuples, intervals), run in a child process with a hard time limit (:mod:`edgetts.symbolic`:
+sympy evaluates what it is given, and a model's ``(10^{8})!`` froze the process).
 """
 
 from __future__ import annotations
 
 import re
-import threading
-from functools import lru_cache
 
-from math_verify import parse, verify
+from edgetts.symbolic import symbolic_equal
 
 # Thousands separators only in groups of three: "3," and "3,5" are not numbers with a comma.
 _NUMBER = r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?|-?\.\d+"
@@ -117,17 +116,6 @@ def normalize_answer(answer: str | None) -> str | None:
     return re.sub(r"\s+", " ", text) or None
 
 
-def _timeout_s() -> int | None:
-    # math-verify's timeout uses signals, which only work on the main thread (the server grades
-    # on worker threads, where we go without).
-    return 5 if threading.current_thread() is threading.main_thread() else None
-
-
-@lru_cache(maxsize=4096)
-def _parsed(answer: str) -> tuple:
-    return tuple(parse(f"\\boxed{{{answer}}}", parsing_timeout=_timeout_s()))
-
-
 def answers_equal(a: str | None, b: str | None) -> bool:
     """True when two extracted answers denote the same value."""
     if a is None or b is None:
@@ -139,13 +127,7 @@ def answers_equal(a: str | None, b: str | None) -> bool:
         return abs(na - nb) <= 1e-6 * max(1.0, abs(na), abs(nb))
     if normalize_answer(a) == normalize_answer(b):
         return True
-    pa, pb = _parsed(a), _parsed(b)
-    if not pa or not pb:
-        return False
-    try:
-        return bool(verify(list(pa), list(pb), timeout_seconds=_timeout_s()))
-    except Exception:  # math-verify raises on exotic expressions; unequal is the safe answer
-        return False
+    return symbolic_equal(a, b)
 
 
 def is_correct(solution_text: str, gold_answer: str) -> bool:

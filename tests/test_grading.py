@@ -94,3 +94,22 @@ def test_normalize_groups_numbers():
 def test_is_correct_whole_solution():
     assert is_correct("7 pens cost 7 * 3 = 21.\n\nTherefore, the final answer is: $\\boxed{21}$.", "21")
     assert not is_correct("\\boxed{20}", "21")
+
+
+def test_an_answer_sympy_would_compute_for_minutes_is_unequal_after_the_time_limit(monkeypatch):
+    """Seen in review: a model's (10^{8})! made sympy compute the factorial in C code that holds
+    the GIL; on a server's worker thread (no SIGALRM timeout there) it froze the whole server,
+    health check and SIGTERM included. The comparison runs in a child process now, killed past
+    its limit, and a new child serves the next comparison."""
+    import threading
+
+    from edgetts import symbolic
+
+    monkeypatch.setattr(symbolic, "TIMEOUT_S", 2.0)
+    symbolic.symbolic_equal.cache_clear()
+    verdicts: list[bool] = []
+    worker = threading.Thread(target=lambda: verdicts.append(answers_equal("(10^{8})!", "7")), daemon=True)
+    worker.start()
+    worker.join(60)  # a hang check: minutes before the fix
+    assert verdicts == [False]
+    assert answers_equal("x+1", "1+x") and not answers_equal("x+1", "x+2")

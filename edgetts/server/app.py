@@ -24,7 +24,7 @@ from edgetts import scheduler
 from edgetts.policy import PolicyError, Prompt, PromptTooLong
 from edgetts.scheduler import PlanError
 from edgetts.search import NEEDS_SCORER
-from edgetts.search.base import SearchConfig, SearchResult
+from edgetts.search.base import Candidate, SearchConfig, SearchResult
 from edgetts.search.registry import DEFAULT_STRATEGY, GREEDY, choices, names
 from edgetts.server.engine import EXPECTED_SEARCH_S, Engine, Job
 from edgetts.server.errors import ApiError, http_error, internal_error, validation_error
@@ -359,7 +359,7 @@ class App:
     async def complete(self, req: ChatRequest, request: Request) -> ChatCompletion:
         job = await self.queued(req)
         result = await self.wait(job, request)
-        picks = ranked_choices(result, job.n_choices) or [None]
+        picks = await choices_of(job, result)
         choices = [
             Choice(
                 index=i,
@@ -395,7 +395,7 @@ class App:
             )
         job = await self.queued(req)
         result = await self.wait(job, request)
-        picks = ranked_choices(result, job.n_choices) or [None]
+        picks = await choices_of(job, result)
         return TextCompletion(
             id=f"cmpl-{uuid.uuid4().hex}",
             created=int(time.time()),
@@ -456,7 +456,7 @@ class App:
                 yield {"data": json.dumps(exc.body())}  # OpenAI clients raise on an error event
                 return
             try:
-                chunks = self._answer_events(job, result, event, usage)
+                chunks = self._answer_events(job, result, await choices_of(job, result), event, usage)
             except Exception:  # after the 200 went out: an error event is all a client can get
                 yield {"data": json.dumps(internal_error("the answer could not be sent").body())}
                 return
@@ -470,13 +470,16 @@ class App:
 
     @staticmethod
     def _answer_events(
-        job: Job, result: SearchResult, event: Callable[..., dict[str, str]], usage: str
+        job: Job,
+        result: SearchResult,
+        picks: list[Candidate | None],
+        event: Callable[..., dict[str, str]],
+        usage: str,
     ) -> list[dict[str, str]]:
         """The events that carry the answer: each choice's text, then the finish reasons and the
         ``edgetts`` result, with usage where ``usage`` says (``SearchRequest.stream_usage``); all
         made before the first is sent."""
         chunks = []
-        picks = ranked_choices(result, job.n_choices) or [None]
         for i, pick in enumerate(picks):
             if i:
                 chunks.append(event(Delta(role="assistant", content=""), index=i))
@@ -530,6 +533,13 @@ def plan_refused(exc: PlanError, where: str, sent: Collection[str]) -> ApiError:
     """The 400 for a budget that cannot be met, naming the request's field (``where`` its prefix)
     only where the request sent it (not where the server's default set it)."""
     return ApiError(400, str(exc), param=f"{where}{exc.field}" if exc.field in sent else None)
+
+
+async def choices_of(job: Job, result: SearchResult) -> list[Candidate | None]:
+    """The response's choices (see :func:`ranked_choices`), worked out on a thread: telling
+    answers apart may take math-verify seconds, which the event loop's other clients must not
+    wait for."""
+    return await asyncio.to_thread(ranked_choices, result, job.n_choices) or [None]
 
 
 def _result(job: Job, future: asyncio.Future) -> SearchResult:

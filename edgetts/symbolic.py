@@ -1,0 +1,128 @@
+"""Symbolic answer comparison (math-verify on sympy) in a child process with a hard time limit.
+
+math-verify hands answers to sympy, and sympy evaluates what it is given: ``(10^{8})!`` or
+``2^{2^{30}}`` is computed for minutes in C code that holds the GIL and never looks at signals.
+math-verify's own timeout is a SIGALRM (the main thread only, and not inside such a call), so a
+model's answer, or a server client's text that a model repeats, froze the whole process: the
+server stopped answering even its health check and ignored SIGTERM. Here the comparison runs in
+a child process (``python -m edgetts.symbolic``: lines of JSON in, ``true``/``false`` out),
+killed past :data:`TIMEOUT_S`, when the answers count as different (math-verify's own answer to
+a timeout). The child starts on the first comparison that needs it and serves every later one;
+one comparison runs at a time (a lock), and the numbers that most answers are never get here
+(:func:`edgetts.grading.answers_equal` compares them itself).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import select
+import subprocess
+import sys
+import threading
+from functools import lru_cache
+
+TIMEOUT_S = 5.0  # per comparison, as math-verify's own default
+START_TIMEOUT_S = 120.0  # the child's imports (sympy) on a busy machine
+READY = "ready"
+MEMORY_LIMIT_BYTES = 4 << 30  # the child's address space
+
+
+def compare(a: str, b: str) -> bool:
+    """In the child: whether math-verify finds the two answers equal (unparsable: not equal)."""
+    from math_verify import parse, verify
+
+    pa, pb = parse(f"\\boxed{{{a}}}", parsing_timeout=None), parse(f"\\boxed{{{b}}}", parsing_timeout=None)
+    if not pa or not pb:
+        return False
+    try:
+        return bool(verify(pa, pb, timeout_seconds=None))
+    except Exception:  # math-verify raises on exotic expressions; unequal is the safe answer
+        return False
+
+
+class _Child:
+    """The child process and its pipes."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "edgetts.symbolic"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            # one thread each: thread pools' stacks would count against the memory limit
+            env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
+            start_new_session=True,  # a Ctrl-C at the terminal is the parent's to handle
+        )
+        if self._read_line(START_TIMEOUT_S) != READY:
+            self.kill()
+            raise RuntimeError("the answer-comparison process did not start")
+
+    def ask(self, a: str, b: str) -> bool | None:
+        """The child's verdict, or None when it took longer than TIMEOUT_S (or died)."""
+        try:
+            self.process.stdin.write(json.dumps([a, b]) + "\n")  # type: ignore[union-attr]
+            self.process.stdin.flush()  # type: ignore[union-attr]
+        except OSError:
+            return None
+        line = self._read_line(TIMEOUT_S)
+        return None if line is None else line == "true"
+
+    def _read_line(self, timeout_s: float) -> str | None:
+        stdout = self.process.stdout
+        ready, _, _ = select.select([stdout], [], [], timeout_s)
+        if not ready:
+            return None
+        line = stdout.readline()  # type: ignore[union-attr]
+        return line.strip() if line else None
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        for pipe in (self.process.stdin, self.process.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+_lock = threading.Lock()
+_child: _Child | None = None
+
+
+@lru_cache(maxsize=4096)
+def symbolic_equal(a: str, b: str) -> bool:
+    """Whether math-verify finds ``a`` and ``b`` equal, within TIMEOUT_S (else: not equal)."""
+    global _child
+    with _lock:
+        if _child is None or _child.process.poll() is not None:
+            _child = _Child()
+        verdict = _child.ask(a, b)
+        if verdict is None:  # too long (or the child died): it is killed, a new one serves next
+            _child.kill()
+            _child = None
+            return False
+        return verdict
+
+
+@atexit.register
+def _stop_child() -> None:
+    if _child is not None:
+        _child.kill()
+
+
+def _serve() -> None:
+    """The child: one comparison per line of stdin, its verdict on stdout."""
+    compare("1", "1")  # the imports, before saying ready
+    print(READY, flush=True)
+    for line in sys.stdin:
+        a, b = json.loads(line)
+        print("true" if compare(a, b) else "false", flush=True)
+
+
+if __name__ == "__main__":
+    import resource
+
+    # a huge number's digits fail here (MemoryError: not equal), not in the machine's memory
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT_BYTES, MEMORY_LIMIT_BYTES))
+    _serve()
