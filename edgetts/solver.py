@@ -55,6 +55,14 @@ MAX_STOP_CHARS = 256  # each is searched for after every token: keep that cheap
 PLANNED_FIELDS = ("n_seq_max", "n_ctx", "kv_type", "n_threads", "n_gpu_layers", "park_mb")
 
 
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class SolveOptions:
     """Per-question choices: the strategy and its budget, and how to sample."""
@@ -165,8 +173,8 @@ class SolveOptions:
             raise ValueError(f"unknown strategy {self.strategy!r}; choose one of {choices}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.top_p <= 1:  # 0: the likeliest token alone (llama.cpp keeps one)
+            raise ValueError(f"top_p must be in [0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if self.memory_mb is not None and self.memory_mb <= 0:
@@ -177,6 +185,8 @@ class SolveOptions:
             raise ValueError(f"stop takes up to {MAX_STOP} non-empty strings, got {list(self.stop)!r}")
         if any(len(s) > MAX_STOP_CHARS for s in self.stop):
             raise ValueError(f"a stop string may have at most {MAX_STOP_CHARS} characters")
+        if not all(_is_utf8(s) for s in self.stop):  # a lone surrogate ("\ud800") from JSON
+            raise ValueError("a stop string is not valid Unicode text (a lone surrogate)")
         if self.strategy != GREEDY:
             config = self.search_config()
             if self.n is None and (self.memory_mb is not None or self.deadline_s is not None):

@@ -250,9 +250,9 @@ def test_what_a_user_reviewing_the_server_found(fake):
     base, solver = fake
     c = client(base)
     assert c.models.retrieve(MODEL).id == MODEL
-    with pytest.raises(openai.NotFoundError) as err:
-        c.models.retrieve("gpt-4o")
-    assert err.value.body["code"] == "model_not_found"
+    # any name means the loaded policy, as chat takes it (the next review: a 404 here turned
+    # away clients that check their model first); --strict-model refuses (below)
+    assert c.models.retrieve("gpt-4o").id == "gpt-4o"
     with urllib.request.urlopen(urllib.request.Request(f"{base}/health", method="HEAD"), timeout=10) as resp:
         assert resp.status == 200 and resp.read() == b""
     for headers in ({"Content-Type": "text/plain"}, {}):
@@ -767,6 +767,26 @@ def test_openai_n_is_the_number_of_ranked_choices():
         assert [ch.index for ch in two.choices] == [0, 1]
         assert [ch.finish_reason for ch in two.choices] == ["stop", "length"]
         assert solver.options[-1].n == 6 and solver.options[-1].strategy == "majority"
+        # more choices than distinct answers: further solutions (it gave 3 of 4 before)
+        four = c.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "6 * 7?"}],
+            n=4,
+            extra_body={"edgetts": {"strategy": "majority", "samples": 6}},
+        )
+        assert [ch.message.content for ch in four.choices][1:] == [
+            "\\boxed{40}",
+            "\\boxed{41}",
+            "\\boxed{42.0}",
+        ]
+        with pytest.raises(openai.BadRequestError) as err:  # greedy has one answer (it gave 1)
+            c.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "6 * 7?"}],
+                n=2,
+                extra_body={"edgetts": {"strategy": "greedy"}},
+            )
+        assert err.value.body["param"] == "n"
         assert two.model_extra["edgetts"]["deprecation"] is None
         legacy = ask(c, strategy="majority", n=3)  # the old top level: n is the budget, one choice
         assert len(legacy.choices) == 1 and solver.options[-1].n == 3
@@ -841,6 +861,39 @@ def test_text_completions_take_a_raw_prompt():
                 c.completions.create(model=MODEL, **{"prompt": "x", **extra})
 
 
+def test_what_the_second_server_review_found(fake):
+    """The older function-calling fields were ignored (tools is refused); a stop string with a
+    lone surrogate failed in the search (a stream had already answered 200); top_p 0, which
+    OpenAI takes, was refused; an unknown URL's error type was not OpenAI's."""
+    base, solver = fake
+    c = client(base)
+    for extra, param in (
+        ({"functions": [{"name": "f", "parameters": {}}]}, "functions"),
+        ({"function_call": {"name": "f"}}, "function_call"),
+    ):
+        with pytest.raises(openai.BadRequestError) as err:
+            ask(c, **extra)
+        assert err.value.body["param"] == param
+    body = {
+        "model": MODEL,
+        "stream": True,
+        "stop": ["\ud800"],
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    status, _, payload = post(base, json.dumps(body).encode())
+    assert status == 400 and payload["error"]["param"] == "stop" and not solver.questions, payload
+    c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], top_p=0)
+    assert solver.options[-1].top_p == 0
+    try:
+        urllib.request.urlopen(
+            urllib.request.Request(f"{base}/v1/nope", headers={"Authorization": f"Bearer {KEY}"})
+        )
+    except urllib.error.HTTPError as err:
+        assert err.code == 404 and json.loads(err.read())["error"]["type"] == "invalid_request_error"
+    else:
+        raise AssertionError("an unknown URL answered")
+
+
 def test_strict_model_and_cors():
     settings = ServerSettings(
         model_id=MODEL, strict_model=True, cors_origins=("http://localhost:3000",), api_key=KEY
@@ -848,6 +901,9 @@ def test_strict_model_and_cors():
     with ThreadedServer(create_app(FakeSolver(), settings)) as base:
         with pytest.raises(openai.NotFoundError):
             ask(client(base), model="gpt-4o-mini")
+        with pytest.raises(openai.NotFoundError) as err:
+            client(base).models.retrieve("gpt-4o")
+        assert err.value.body["code"] == "model_not_found"
         preflight = urllib.request.Request(
             f"{base}/v1/chat/completions",
             method="OPTIONS",

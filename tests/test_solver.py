@@ -12,7 +12,8 @@ from edgetts.solver import SolveOptions
     [
         ({"strategy": "bogus"}, "unknown strategy"),
         ({"temperature": -0.1}, "temperature"),
-        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": -0.1}, "top_p"),
+        ({"stop": ("\ud800",)}, "not valid Unicode"),
         ({"top_p": 1.5}, "top_p"),
         ({"top_k": -1}, "top_k"),
         ({"memory_mb": 0}, "memory_mb"),

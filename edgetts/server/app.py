@@ -140,6 +140,9 @@ class App:
         n = budget or (None if strategy == "auto" else max(s.default_n, choices))
         budget_param = "n" if where == "" else "edgetts.samples"
         self._check_greedy_budget(strategy, budget, budget_param)
+        if strategy == GREEDY and choices > 1:
+            message = f"strategy greedy gives one answer: n={choices} is for the searches"
+            raise ApiError(400, message, param="n")
         if n is not None and n > s.max_n:
             raise ApiError(
                 400, f"a search of {n} is more than this server allows (max {s.max_n})", param=budget_param
@@ -607,14 +610,15 @@ def create_app(
 
     @app.get("/v1/models/{model_id:path}", response_model=ModelCard)
     async def retrieve_model(model_id: str) -> ModelCard:
-        if model_id not in (settings.model_id, *settings.model_aliases):
+        if settings.strict_model and model_id not in (settings.model_id, *settings.model_aliases):
             raise ApiError(
                 404,
                 f"the model {model_id!r} does not exist here; this server runs {settings.model_id!r}",
                 param="model",
                 code="model_not_found",
             )
-        return ModelCard(id=settings.model_id, created=state.created)
+        # any name means the loaded policy (as a completion request takes it), said as asked
+        return ModelCard(id=model_id, created=state.created)
 
     @app.post("/v1/chat/completions", response_model=ChatCompletion)
     async def chat_completions(req: ChatRequest, request: Request):

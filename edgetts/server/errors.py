@@ -46,7 +46,8 @@ def internal_error(what: str) -> ApiError:
     return ApiError(500, f"{what} (error {error_id}; the server log has the details)", type="server_error")
 
 
-HTTP_ERROR_TYPES = {401: "authentication_error", 404: "not_found_error", 413: "invalid_request_error"}
+# (an unknown URL is invalid_request_error at OpenAI; not_found_error is for missing objects)
+HTTP_ERROR_TYPES = {401: "authentication_error"}
 
 
 def http_error(exc: HTTPException) -> ApiError:

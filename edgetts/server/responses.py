@@ -113,16 +113,24 @@ def edgetts_info(job: Job, result: SearchResult) -> EdgettsInfo:
 
 
 def ranked_choices(result: SearchResult, k: int) -> list[Candidate]:
-    """Up to ``k`` candidates with distinct answers: the pick first, then the other answers by
-    their vote (or score), each by its best-scored path. Fewer when fewer answers were found."""
+    """``k`` candidates (OpenAI's ``n`` is a count): the pick first, then the other answers by
+    their vote (or score), each by its best-scored path, then, when there are fewer distinct
+    answers than ``k``, further solutions in the same order. Fewer only when the search made
+    fewer solutions."""
     chosen = [result.chosen] if result.chosen is not None else []
 
     def rank(c: Candidate) -> tuple[float, float]:
         return (result.votes.get(c.answer or "", 0.0), score_or_zero(c))
 
-    for cand in sorted(result.candidates, key=rank, reverse=True):
+    ranked = sorted(result.candidates, key=rank, reverse=True)
+    for cand in ranked:
         if len(chosen) >= k:
             break
         if cand.answer is not None and all(not answers_equal(cand.answer, c.answer) for c in chosen):
+            chosen.append(cand)
+    for cand in ranked:
+        if len(chosen) >= k:
+            break
+        if all(cand is not c for c in chosen):
             chosen.append(cand)
     return chosen

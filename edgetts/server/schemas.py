@@ -108,7 +108,7 @@ class SearchRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
+    top_p: float | None = Field(None, ge=0, le=1)  # 0 as OpenAI takes it: the likeliest token
     top_k: int | None = Field(None, ge=0, le=2**31 - 1)  # an extension, as llama.cpp's server has it
     seed: int | None = None
     n: int | None = Field(None, ge=1)
@@ -117,6 +117,8 @@ class SearchRequest(BaseModel):
     # that silently ignores them (tool calls, JSON mode, server-side best_of)
     tools: list[Any] | None = None
     tool_choice: Any = None
+    functions: list[Any] | None = None  # the older names of tools and tool_choice
+    function_call: Any = None
     response_format: dict[str, Any] | None = None
     best_of: int | None = None
     frequency_penalty: float | None = None
@@ -128,6 +130,10 @@ class SearchRequest(BaseModel):
         """The first field set to something this server cannot do, if any."""
         if self.tools:
             return "tools"
+        if self.functions:
+            return "functions"
+        if self.function_call not in (None, "none", "auto"):
+            return "function_call"
         for name in ("frequency_penalty", "presence_penalty"):
             if getattr(self, name) not in (None, 0):
                 return name
