@@ -1576,16 +1576,16 @@ def server_solver(
 
 def _serve_on_ray(make_solver, settings, address: str, replicas: int, threads: int) -> None:
     """``serve --ray``: the app in ``replicas`` Ray Serve replicas until Ctrl-C / SIGTERM."""
-    from edgetts.distributed import cluster_cpus, connect
+    from edgetts.distributed import connect, node_cpus, workers_that_fit
     from edgetts.distributed.serve import serve_on_ray
     from edgetts.server.settings import LOOPBACK_HOSTS
 
     connect(address)
-    cpus = cluster_cpus()
-    if replicas * threads > cpus:
+    per_node = node_cpus()
+    if replicas > workers_that_fit(threads, per_node):
         raise click.ClickException(
-            f"--replicas {replicas} with --threads {threads} needs "
-            f"{replicas * threads} CPUs; the Ray cluster has {cpus}"
+            f"--replicas {replicas} with --threads {threads}: the Ray cluster's nodes (CPUs per "
+            f"node: {per_node}) hold at most {workers_that_fit(threads, per_node)} such replicas"
         )
     if settings.host not in LOOPBACK_HOSTS and not settings.api_key:
         logging.getLogger("edgetts").warning(

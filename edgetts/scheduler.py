@@ -49,6 +49,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from edgetts import calibration as calib
+from edgetts.llama.context import MAX_SEQUENCES
 from edgetts.metadata import ModelMetadata
 from edgetts.policy.config import KV_TYPES, PolicyConfig
 from edgetts.prm import PRM_BATCH_SIZE
@@ -133,6 +134,10 @@ class Budget:
     n: int | None = None
     beam_width: int = SearchConfig.beam_width
     max_tokens: int = PolicyConfig.max_tokens
+    # A request's own lower limit (SolveOptions.max_tokens), if any: what a solution is predicted
+    # to use, for time and parking. The KV cache is still sized for max_tokens, the policy's
+    # limit, so that the context loaded for this request serves the next one.
+    answer_max_tokens: int | None = None
     max_prompt_tokens: int = PolicyConfig.max_prompt_tokens
     max_steps: int = SearchConfig.max_steps
     prompt_tokens: int = 160
@@ -367,20 +372,25 @@ def predict_seconds(
     max_steps: int = 40,
     use_prm: bool = True,
     parks: bool = False,
+    searches: int = 1,
 ) -> float:
     """Predicted search time (model load excluded) of one question; ``parks``: paths beyond the
-    KV slots are parked in host memory (restored, not decoded again)."""
+    KV slots are parked in host memory (restored, not decoded again). ``searches``: as many run
+    at once, each with ``n_seq_max`` slots: they share the machine, so one takes as long as all
+    their work done together, their paths decoding in one batch."""
     tokens = EXPECTED_TOKEN_SHARE * max_tokens
     steps = max(1.0, min(max_steps, tokens / TOKENS_PER_STEP))
-    prefill_s = prompt_tokens / cal.prefill_tok_s
-    prm_rate = cal.prm_steps_s or calib.FALLBACK_PRM_STEPS_S
+    prefill_s = searches * prompt_tokens / cal.prefill_tok_s
+    prm_rate = (cal.prm_steps_s or calib.FALLBACK_PRM_STEPS_S) / searches
+
+    def decode_s(k: int) -> float:
+        return searches * k * tokens / cal.decode_at(searches * min(k, n_seq_max))
 
     def sample_s(k: int, scored: bool) -> float:
-        decode = k * tokens / cal.decode_at(min(k, n_seq_max))
-        return prefill_s + decode + (k * steps / prm_rate if scored else 0.0)
+        return prefill_s + decode_s(k) + (k * steps / prm_rate if scored else 0.0)
 
     def tree_s(k: int) -> float:
-        decode = k * tokens / cal.decode_at(min(k, n_seq_max))
+        decode = decode_s(k)
         if n_seq_max < k and not parks:
             decode *= 1.5  # parked beams are rebuilt by decoding their tokens again
         return prefill_s + decode + k * steps * (steps + 1) / 2 / prm_rate
@@ -415,9 +425,10 @@ def _n_choices(budget: Budget) -> list[int]:
     return sorted(choices, reverse=True)
 
 
-def _slot_choices(n: int) -> list[int]:
-    """KV slots for N paths: all at once first, then halving (paths run in waves)."""
-    slots, s = [], n
+def _slot_choices(n: int, searches: int = 1) -> list[int]:
+    """KV slots of a search of N paths: all at once first, then halving (paths run in waves);
+    each of ``searches`` at once gets as many, within llama.cpp's sequences (a template each)."""
+    slots, s = [], min(n, (MAX_SEQUENCES - searches) // searches)
     while s >= 1:
         slots.append(s)
         s //= 2
@@ -436,6 +447,7 @@ def make_plan(
     """The largest-compute configuration that fits ``budget`` (see the module doc)."""
     threads = budget.n_threads or default_threads
     notes = []
+    measured = cal is not None
     if cal is None:
         cal = calib.estimate(meta, threads)
         if prm is not None:
@@ -465,7 +477,14 @@ def make_plan(
         raise PlanError(f"strategy {budget.strategy!r} needs a PRM and none was found", field="strategy")
     kv_types = [budget.kv_type] if budget.kv_type else list(KV_TYPES)
     prefill_s = budget.prompt_tokens / cal.prefill_tok_s
-    if budget.deadline_s is not None and budget.deadline_s < prefill_s:
+    if budget.deadline_s is not None and budget.deadline_s < prefill_s and not measured:
+        # the estimate is deliberately slow (seen: 5.4 s predicted for a prefill measured at
+        # 1.5 s): a refusal on its word turned away deadlines the machine meets
+        notes.append(
+            f"the deadline may be shorter than one prefill of the prompt (~{prefill_s:.1f} s by "
+            "the conservative estimate): run `edgetts calibrate` for a measured figure"
+        )
+    elif budget.deadline_s is not None and budget.deadline_s < prefill_s:
         raise PlanError(
             f"a deadline of {budget.deadline_s:g} s is shorter than one prefill of the prompt "
             f"(~{budget.prompt_tokens} tokens, ~{prefill_s:.1f} s here); needs at least "
@@ -480,32 +499,42 @@ def make_plan(
         )
 
     def build(n: int, slots: int, kv_type: str, with_prm: bool) -> Plan:
-        n_ctx = budget.searches * budget.max_prompt_tokens + slots * budget.max_tokens
+        # ``slots``: one search's. With K searches at once (run --concurrent K) each gets as
+        # many, so the policy holds K times as many (seen: K searches given one search's slots
+        # ran in waves). A loaded policy's slots (budget.slots) are shared as they are.
+        searches = 1 if budget.slots else budget.searches
+        all_slots = slots * searches
+        n_ctx = budget.searches * budget.max_prompt_tokens + all_slots * budget.max_tokens
         parks = budget.strategy in PARKING
-        parked = park_mb(meta, n, slots, budget.max_tokens, kv_type, budget.park_limit_mb) if parks else 0.0
+        answer_tokens = min(budget.answer_max_tokens or budget.max_tokens, budget.max_tokens)
+        parked = 0.0
+        if parks:
+            limit_mb = budget.park_limit_mb  # one budget for every search's parked paths
+            parked = min(limit_mb, searches * park_mb(meta, n, slots, answer_tokens, kv_type, limit_mb))
         prm_mb = prm.memory_mb if with_prm else None
-        mem = estimate_memory(meta, n_ctx, slots, kv_type, gpu_layers, prm_mb, parked, budget.searches)
+        mem = estimate_memory(meta, n_ctx, all_slots, kv_type, gpu_layers, prm_mb, parked, budget.searches)
         seconds = predict_seconds(
             cal,
             budget.strategy,
             n,
             slots,
-            budget.max_tokens,
+            answer_tokens,
             budget.prompt_tokens,
             budget.max_steps,
             with_prm,
             parked > 0,
+            searches,
         )
         return Plan(
             strategy=budget.strategy,
             n=n,
             beam_width=min(budget.beam_width, n),
-            n_seq_max=slots,
+            n_seq_max=all_slots,
             n_ctx=n_ctx,
             kv_type=kv_type,
             n_threads=threads,
             n_gpu_layers=gpu_layers,
-            max_tokens=budget.max_tokens,
+            max_tokens=answer_tokens,
             park_mb=round(parked, 1),
             use_prm=with_prm,
             prm_batch_size=PRM_BATCH_SIZE,
@@ -520,7 +549,7 @@ def make_plan(
     for with_prm in prm_options:
         fitting: list[Plan] = []
         for n in _n_choices(budget):
-            for slots in [min(n, budget.slots)] if budget.slots else _slot_choices(n):
+            for slots in [min(n, budget.slots)] if budget.slots else _slot_choices(n, budget.searches):
                 for kv_type in kv_types:
                     plan = build(n, slots, kv_type, with_prm)
                     if budget.memory_mb is None or plan.predicted_memory_mb <= budget.memory_mb:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import numbers
 import threading
 from collections.abc import Callable, Iterator
@@ -151,6 +152,8 @@ class SolveOptions:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
                 raise ValueError(f"{name} must be a number, got {value!r}")
+            if value is not None and not math.isfinite(value):  # a NaN deadline never expired
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; choose one of {MODES}")
         if self.mode != "cot" and self.strategy not in POT_STRATEGIES:
@@ -572,6 +575,9 @@ class Solver:
             n=options.n,
             beam_width=options.beam_width,
             max_tokens=cfg.max_tokens,
+            # the request's own limit (a plan for 512 tokens picked a far smaller N than a
+            # 64-token answer has time for)
+            answer_max_tokens=options.max_tokens,
             max_prompt_tokens=cfg.max_prompt_tokens,
             max_steps=options.max_steps,
             prompt_tokens=prompt_tokens_for(question),

@@ -73,6 +73,20 @@ def test_ray_flag_without_ray_says_how_to_get_it(monkeypatch, command):
     assert 'pip install "edgetts[ray]"' in result.output and "Traceback" not in result.output
 
 
+def test_actors_are_planned_per_node_not_from_the_clusters_total(monkeypatch):
+    """Seen in review: 2 nodes of 3 CPUs and --threads 2 planned 3 actors from 6 CPUs; Ray never
+    placed the third (no node had 2 CPUs left), and the run waited for its problem for ever."""
+    from edgetts.distributed import run as ray_run
+
+    monkeypatch.setattr(ray_run, "node_cpus", lambda: [3, 3])
+    assert ray_run.plan_actors(None, 2) == 2
+    with pytest.raises(ValueError, match="at most 2 such actors"):
+        ray_run.plan_actors(3, 2)
+    with pytest.raises(ValueError, match="no node"):
+        ray_run.plan_actors(None, 4)
+    assert ray_run.plan_actors(None, 3) == 2 and ray_run.plan_actors(6, 1) == 6
+
+
 def test_nothing_imports_ray_unless_asked():
     script = (
         "import sys, edgetts, edgetts.cli, edgetts.distributed, edgetts.distributed.run, "

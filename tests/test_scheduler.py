@@ -110,6 +110,15 @@ def test_deadline_bounds_predicted_time():
     assert bigger.n > p.n
 
 
+def test_a_requests_own_token_limit_buys_more_samples_in_the_same_context():
+    """Seen in review: a request's max_tokens of 64 on a 512-token policy was planned as 512
+    tokens a solution, so a deadline bought N = 1 where N = 32 had time."""
+    budget = Budget(deadline_s=60, max_tokens=512, strategy="majority")
+    whole, short = plan(budget), plan(replace(budget, answer_max_tokens=64))
+    assert short.n > whole.n and short.predicted_s <= 60 and short.max_tokens == 64
+    assert short.n_ctx == plan(replace(budget, n=short.n)).n_ctx  # sized for the policy's limit
+
+
 def test_tight_memory_picks_q8_then_waves():
     full = plan(Budget(memory_mb=10_000, n=32, strategy="majority", max_tokens=1024))
     assert (full.kv_type, full.n_seq_max) == ("f16", 32)
@@ -146,18 +155,23 @@ def test_pinned_settings_are_kept():
     assert plan(Budget(memory_mb=4000), gpu_offload=True).n_gpu_layers == META.n_layers + 1
 
 
-def test_concurrent_searches_each_get_their_prompt_in_the_plan():
-    """A policy shared by 4 searches holds 4 prompts' KV cells and sequences: the plan's context
-    and memory count them, and under a budget that only fits one prompt it takes fewer slots."""
+def test_concurrent_searches_each_get_their_prompt_and_slots_in_the_plan():
+    """A policy shared by 4 searches holds 4 prompts' KV cells and sequences and each search's
+    slots (seen in review: 4 searches were given one search's slots and ran in waves): the
+    plan's context, memory and time count them, and under a budget that fits one search's
+    slots each of the four takes fewer."""
     budget = Budget(memory_mb=4000, n=16, strategy="majority", kv_type="f16", max_tokens=512)
     one, four = plan(budget), plan(replace(budget, searches=4))
-    assert four.n_ctx - one.n_ctx == 3 * budget.max_prompt_tokens
+    assert (one.n_seq_max, four.n_seq_max) == (16, 64)
+    assert four.n_ctx - one.n_ctx == 3 * budget.max_prompt_tokens + 48 * budget.max_tokens
     extra_kv = kv_mb(META, four.n_ctx, "f16") - kv_mb(META, one.n_ctx, "f16")
     assert four.predicted_memory_mb - one.predicted_memory_mb == pytest.approx(
-        extra_kv + scheduler.SEQ_BYTES_PER_VOCAB * META.n_vocab * 3 / 2**20, abs=0.2
+        extra_kv + scheduler.SEQ_BYTES_PER_VOCAB * META.n_vocab * (3 + 48) / 2**20, abs=0.2
     )
+    assert four.predicted_s > one.predicted_s  # four searches' tokens on the same machine
     tight = plan(replace(budget, memory_mb=one.predicted_memory_mb + 1, searches=4))
-    assert tight.n_seq_max < one.n_seq_max and tight.predicted_memory_mb <= one.predicted_memory_mb + 1
+    assert tight.n_seq_max % 4 == 0 and tight.n_seq_max < four.n_seq_max
+    assert tight.predicted_memory_mb <= one.predicted_memory_mb + 1
 
 
 def test_all_layers_offloaded_is_accounted_in_the_plan():
@@ -194,6 +208,13 @@ def test_budget_too_small_says_what_fits():
 def test_deadline_shorter_than_prefill_is_refused():
     with pytest.raises(PlanError, match="shorter than one prefill"):
         plan(Budget(deadline_s=0.5, prompt_tokens=400), cal(prefill=100.0))
+
+
+def test_a_deadline_under_the_estimated_prefill_is_a_warning_until_measured():
+    """Seen in review: with no calibration, `plan --deadline-s 5` was refused as shorter than a
+    prefill predicted at 5.4 s by the conservative estimate; the prefill took 1.5 s."""
+    p = make_plan(META, Budget(deadline_s=0.5, prompt_tokens=400), None, prm=TEXT_PRM)  # estimated
+    assert "may be shorter than one prefill" in p.explain()
 
 
 def test_past_deadline_plan_warns():
@@ -336,6 +357,8 @@ def test_solver_plans_only_under_a_budget(monkeypatch):
     p = s.plan(solver_mod.SolveOptions(memory_mb=4000, deadline_s=100), "What is 6 * 7?")
     assert seen["budget"].kv_type == "f16" and seen["budget"].n_gpu_layers is None
     assert seen["budget"].max_tokens == 256 and p.kv_type == "f16"
+    s.plan(solver_mod.SolveOptions(deadline_s=100, max_tokens=64), "What is 6 * 7?")
+    assert seen["budget"].max_tokens == 256 and seen["budget"].answer_max_tokens == 64
     # $EDGETTS_N_GPU_LAYERS is the user's setting too: the plan keeps it (and accounts it).
     monkeypatch.setenv("EDGETTS_N_GPU_LAYERS", "-1")
     p = s.plan(solver_mod.SolveOptions(memory_mb=4000, deadline_s=100), "What is 6 * 7?")

@@ -13,6 +13,7 @@ from edgetts.solver import SolveOptions
         ({"strategy": "bogus"}, "unknown strategy"),
         ({"temperature": -0.1}, "temperature"),
         ({"top_p": -0.1}, "top_p"),
+        ({"deadline_s": float("nan")}, "finite"),  # a NaN deadline never expired
         ({"stop": ("\ud800",)}, "not valid Unicode"),
         ({"top_p": 1.5}, "top_p"),
         ({"top_k": -1}, "top_k"),

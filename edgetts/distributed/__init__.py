@@ -68,11 +68,18 @@ def _check_reachable(address: str) -> None:
         ) from None
 
 
-def cluster_cpus() -> int:
-    """CPUs the connected cluster has in all (what actors and replicas may reserve)."""
+def node_cpus() -> list[int]:
+    """CPUs of each live node of the connected cluster."""
     import ray
 
-    return int(ray.cluster_resources().get("CPU", 0))
+    return [int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node.get("Alive")]
+
+
+def workers_that_fit(threads: int, cpus_per_node: list[int]) -> int:
+    """How many actors (or replicas) of ``threads`` CPUs the nodes hold: each runs on one node,
+    so 2 nodes of 3 CPUs hold two of 2 CPUs, not three (Ray would never place the third, and a
+    run waiting on it waited for ever)."""
+    return sum(cpus // threads for cpus in cpus_per_node)
 
 
 # Variables of this process that actors and replicas on other nodes must see too: offline mode

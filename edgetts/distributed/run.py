@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgetts.distributed import RayUnavailable, actor_env, cluster_cpus, require_ray
+from edgetts.distributed import RayUnavailable, actor_env, node_cpus, require_ray, workers_that_fit
 
 log = logging.getLogger("edgetts")
 
@@ -68,16 +68,19 @@ class ShardedRun:
 def plan_actors(actors: int | None, threads: int) -> int:
     """How many actors of ``threads`` CPUs to start: ``actors`` if the cluster fits them, by
     default as many as it fits; ValueError when not even one does."""
-    cpus = cluster_cpus()
-    fit = cpus // threads
+    per_node = node_cpus()
+    fit = workers_that_fit(threads, per_node)
     if fit < 1:
-        raise ValueError(f"the Ray cluster has {cpus} CPUs: not enough for one actor of --threads {threads}")
+        raise ValueError(
+            f"no node of the Ray cluster has {threads} CPUs for one actor of --threads {threads} "
+            f"(CPUs per node: {per_node})"
+        )
     if actors is None:
         return fit
     if actors > fit:
         raise ValueError(
-            f"--actors {actors} with --threads {threads} needs {actors * threads} CPUs; the Ray "
-            f"cluster has {cpus} (at most {fit} actors)"
+            f"--actors {actors} with --threads {threads}: the Ray cluster's nodes (CPUs per node: "
+            f"{per_node}) hold at most {fit} such actors, each on one node"
         )
     return actors
 

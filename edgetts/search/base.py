@@ -253,8 +253,8 @@ class SearchConfig:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {AGGREGATIONS}")
         if self.max_steps < 1:
             raise ValueError(f"max_steps must be at least 1, got {self.max_steps}")
-        if self.deadline_s is not None and self.deadline_s <= 0:
-            raise ValueError(f"deadline_s must be positive, got {self.deadline_s}")
+        if self.deadline_s is not None and not 0 < self.deadline_s < math.inf:  # NaN too
+            raise ValueError(f"deadline_s must be a positive number, got {self.deadline_s}")
         if self.adaptive is not None:
             self.adaptive.validate()
 
