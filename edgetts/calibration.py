@@ -206,7 +206,7 @@ def measure(
     try:
         prefill_tok, prefill_s, decode = 0, 0.0, {}
         for batch in batches:
-            # root() re-prefills each time: the template's saved logits seed only one fork round.
+            # the first root prefills; the next ones reuse its template (0 tokens, as counted)
             before = policy.counters.seconds
             root = policy.root(CALIBRATION_QUESTION)
             prefill_s += policy.counters.seconds - before

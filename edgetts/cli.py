@@ -802,7 +802,8 @@ def _run_concurrent(
 
 
 # Settings that change a run's answers; a results file keeps them, and a resume must match.
-# (Threads and GPU offload change only the speed.)
+# (Not threads or GPU offload: they change how llama.cpp rounds its sums, rarely a sampled token,
+# and a resume on another machine or thread count is allowed; docs/scale-out.md says so.)
 ANSWER_SETTINGS = (
     "strategy",
     "n",

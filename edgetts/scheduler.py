@@ -3,7 +3,7 @@
 Memory (:func:`estimate_memory`) comes from the model files' own metadata, in MB of 2**20 bytes,
 as peak resident memory of the whole process:
 
-* runtime: Python, numpy and the llama.cpp libraries (measured: 87 MB);
+* runtime: Python, numpy and the llama.cpp libraries (measured: 87 MB; 90 counted);
 * policy weights: the GGUF tensors, memory-mapped and all touched while decoding (on a GPU only
   the layers not offloaded stay in host memory);
 * KV cache: ``n_ctx`` cells (padded to 256 as llama.cpp does) x layers x KV heads x (K + V head

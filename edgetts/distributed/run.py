@@ -19,8 +19,9 @@ How a run flows (``edgetts run --ray``):
   whatever problem they carried). No row was written for the
   lost attempt, so nothing is lost or duplicated. A problem that kills ``max_attempts`` actors in
   a row is given up (reported, not written: a rerun retries it). An error the solve itself raises
-  (a question too long for the context, a missing model on a node) stops the run as it would in
-  one process, after killing the actors; the rows written stay.
+  (a missing model on a node) stops the run as it would in one process, after killing the
+  actors; the rows written stay. (``run``'s worker turns a question too long for the context
+  into a row that says so, skipped by name as in one process.)
 """
 
 from __future__ import annotations
