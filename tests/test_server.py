@@ -988,3 +988,15 @@ def test_logprobs_keep_the_bytes_of_a_token_that_splits_a_character():
     content = logprobs_of(chosen).content
     assert b"".join(bytes(t.bytes) for t in content).decode() == " 🍎"
     assert content[1].token == "bytes:\\xf0\\x9f" and content[0].token == " "
+
+
+def test_logprobs_cover_the_text_returned_not_a_cut_stop_or_trimmed_space():
+    """Seen in review: with stop=["multiplied"] the content ended "finding 6" while the tokens
+    went on with " multiplied", and the space trimmed off the content was still a token."""
+    from edgetts.server.responses import logprobs_of
+
+    pieces = [b"\n", b"To", b" find", b" 6", b" multiplied"]
+    chosen = Candidate("\nTo find 6 ", None, None, [], 5, "stop", token_logprobs=[(p, -0.1) for p in pieces])
+    content = logprobs_of(chosen, chosen.text.strip()).content
+    assert [bytes(t.bytes) for t in content] == [b"To", b" find", b" 6"]
+    assert len(logprobs_of(chosen).content) == 5  # the whole text: every token kept

@@ -367,7 +367,7 @@ class App:
             Choice(
                 index=i,
                 message=ResponseMessage(content=c.text.strip() if c else ""),
-                logprobs=logprobs_of(c),
+                logprobs=logprobs_of(c, c.text.strip() if c else None),
                 finish_reason=finish_reason_of(c),
             )
             for i, c in enumerate(picks)
@@ -487,7 +487,11 @@ class App:
             if i:
                 chunks.append(event(Delta(role="assistant", content=""), index=i))
             chunks.append(
-                event(Delta(content=pick.text.strip() if pick else ""), index=i, logprobs=logprobs_of(pick))
+                event(
+                    Delta(content=pick.text.strip() if pick else ""),
+                    index=i,
+                    logprobs=logprobs_of(pick, pick.text.strip() if pick else None),
+                )
             )
         for i, pick in enumerate(picks[:-1]):
             chunks.append(event(Delta(), index=i, finish_reason=finish_reason_of(pick)))

@@ -46,15 +46,22 @@ def code_as_search_result(code: CodeResult) -> SearchResult:
     )
 
 
-def logprobs_of(candidate: Candidate | None) -> ChoiceLogprobs | None:
-    """The choice's tokens and their log-probabilities, when the search kept them."""
+def logprobs_of(candidate: Candidate | None, content: str | None = None) -> ChoiceLogprobs | None:
+    """The tokens of the choice's ``content`` (its text trimmed of surrounding whitespace; None:
+    all of it) and their log-probabilities, when the search kept them: as OpenAI's, they cover
+    the text returned, not a stop string's token cut off after it or whitespace trimmed off."""
     if candidate is None or not candidate.token_logprobs:
         return None
-    content = [
-        TokenLogprob(token=token_text(piece), logprob=logprob, bytes=list(piece))
-        for piece, logprob in candidate.token_logprobs
-    ]
-    return ChoiceLogprobs(content=content)
+    text = candidate.text.encode()
+    start = 0 if content is None else text.find(content.encode())
+    end = len(text) if content is None or start < 0 else start + len(content.encode())
+    start = max(start, 0)
+    kept, at = [], 0
+    for piece, logprob in candidate.token_logprobs:
+        if at < end and at + len(piece) > start:  # the token overlaps the content
+            kept.append(TokenLogprob(token=token_text(piece), logprob=logprob, bytes=list(piece)))
+        at += len(piece)
+    return ChoiceLogprobs(content=kept)
 
 
 def token_text(piece: bytes) -> str:
