@@ -81,6 +81,21 @@ def test_allowed_code_task_returns_the_program() -> None:
         with pytest.raises(openai.BadRequestError) as err:  # seen in review: 5 taken as 1, silently
             ask(c, edgetts={"task": "code", "strategy": "greedy", "samples": 5})
         assert err.value.body["param"] == "edgetts.samples"
+        # seen in the next review: what a code task cannot honour was dropped, not refused
+        for extra, param in (
+            ({"edgetts": {"task": "code", "memory_mb": 900}}, "edgetts.memory_mb"),
+            ({"edgetts": {"task": "code", "agg": "min"}}, "edgetts.agg"),
+            ({"edgetts": {"task": "code"}, "stop": ["x"]}, "stop"),
+            ({"edgetts": {"task": "code"}, "n": 2}, "n"),
+        ):
+            with pytest.raises(openai.BadRequestError) as err:
+                c.chat.completions.create(
+                    model=MODEL,
+                    messages=[{"role": "user", "content": "Write add(a, b)."}],
+                    **{k: v for k, v in extra.items() if k != "edgetts"},
+                    extra_body={"edgetts": extra["edgetts"]},
+                )
+            assert err.value.body["param"] == param
 
 
 def test_allowed_pot_mode_reaches_the_solver() -> None:

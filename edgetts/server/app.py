@@ -58,6 +58,20 @@ log = logging.getLogger("edgetts.server")
 DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is still there
 
 
+# edgetts fields a code task has no use for: no PRM, no steps, no budget plan, no math mode
+CODE_UNUSED = (
+    "memory_mb",
+    "beam_width",
+    "max_steps",
+    "agg",
+    "mode",
+    "adaptive",
+    "prune",
+    "check_arithmetic",
+    "run_programs",
+)
+
+
 def known_strategies() -> set[str]:
     """Strategy names requests may use."""
     return set(choices())
@@ -117,7 +131,7 @@ class App:
         search, budget, choices, deprecation, where = self._search_of(req)
         self._check_exec(search, where)
         if search.task == "code":
-            return self._code_job(req, search, budget, where)
+            return self._code_job(req, search, budget, choices, where)
         strategy = search.strategy or self.default_strategy
         if strategy not in self.strategies:
             raise ApiError(
@@ -310,9 +324,21 @@ class App:
                 param=budget_param,
             )
 
-    def _code_job(self, req: SearchRequest, search: SearchFields, budget: int | None, where: str) -> Job:
+    def _code_job(
+        self, req: SearchRequest, search: SearchFields, budget: int | None, choices: int, where: str
+    ) -> Job:
         """A code task: strategy greedy, majority or exec (default), no budget planning."""
         s = self.settings
+        # what a code task cannot honour is a 400, as for math, not quietly dropped
+        unused = [f"{where}{name}" for name in CODE_UNUSED if name in search.model_fields_set]
+        unused += [name for name in ("stop", "logprobs") if getattr(req, name)]
+        unused += ["n"] if choices > 1 else []
+        if unused:
+            raise ApiError(
+                400,
+                f"{unused[0]} is not for code tasks (one program, picked by running them)",
+                param=unused[0],
+            )
         self._check_greedy_budget(search.strategy or "exec", budget, f"{where}samples" if where else "n")
         n = budget or s.default_n
         if n > s.max_n:
