@@ -579,13 +579,12 @@ def _annotate(plan: Plan, budget: Budget, with_prm: bool, wanted_prm: bool) -> P
             "the PRM does not fit the memory budget: auto judges difficulty by "
             "agreement alone and picks among PRM-free strategies"
         )
-    if plan.n_seq_max < plan.n:
+    slots = plan.n_seq_max // (1 if budget.slots else budget.searches)  # one search's
+    if slots < plan.n:
         parked = f", waiting paths parked in {plan.park_mb:.0f} MB of host memory" if plan.park_mb else ""
-        plan.notes.append(f"{plan.n} paths share {plan.n_seq_max} KV slots: they run in waves{parked}")
+        plan.notes.append(f"{plan.n} paths share {slots} KV slots: they run in waves{parked}")
     if budget.deadline_s is None and budget.n is None and plan.strategy != "greedy":
-        plan.notes.append(
-            f"no deadline: N stays at the default {DEFAULT_N} (give --deadline-s to let edgetts spend more)"
-        )
+        plan.notes.append(f"no deadline: N stays at {plan.n} (give --deadline-s to let edgetts spend more)")
     return plan
 
 
