@@ -33,8 +33,10 @@ def test_generation_and_prefill_agree_on_token_confidence(confident):
     assert path.step_token_ends[-1] == path.n_tokens and len(path.step_token_ends) == len(path.steps)
     # greedy: every chosen token is the most likely one, so its logprob is the top one's
     assert all(lp <= 1e-6 and h >= -1e-6 and c > 0 for lp, h, c in path.token_stats)
+    decoded = confident.counters.tokens_decoded
     read = confident.read_solution(QUESTION, path.steps, confidence=True)
     assert read.step_token_ends == path.step_token_ends
+    assert confident.counters.tokens_decoded == decoded + read.n_tokens  # counted, as path_from's
     # the same numbers up to batch numerics (prefill vs one token at a time; seen: mean 0.005)
     diff = np.abs(np.array(read.token_stats) - np.array(path.token_stats))
     assert diff.mean() < 0.02 and diff.max() < 0.3

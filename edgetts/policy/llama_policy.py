@@ -639,6 +639,7 @@ class LlamaPolicy:
                 self.context.seq_remove(slot)
 
         states, stats, _ = self._loop.call(decode)
+        self._count(root.handle.search, tokens_decoded=len(tokens))  # as path_from counts them
         return SolutionPath(
             steps=list(steps),
             step_states=[states[e] for e in ends],
