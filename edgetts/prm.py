@@ -39,12 +39,13 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -153,8 +154,34 @@ class Manifest:
             )
         if not isinstance(m.max_length, int) or m.max_length < 16:
             raise PRMError(f"{where}: max_length must be an int >= 16, got {m.max_length!r}")
+        for name, least in (("max_step_tokens", 1), ("max_question_tokens", 0)):
+            value = getattr(m, name)
+            if not _is_int(value) or value < least or value >= m.max_length:
+                raise PRMError(f"{where}: {name} must be an int in [{least}, max_length), got {value!r}")
         check_stop_settings(m.prune_below, m.adaptive_threshold, where)
+        check_common_settings(m.threshold, m.calculator_cap, (m.model_file, m.tokenizer_file), where)
         return m
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_common_settings(threshold: object, cap: object, files: tuple[object, ...], where: str) -> None:
+    """Raise PRMError unless ``threshold`` and ``calculator_cap`` are numbers in [0, 1] and each
+    of ``files`` names a file inside the PRM's folder (loaded from a path outside it, a model
+    would change without changing the folder's fingerprint, which resumed runs are checked by)."""
+    for name, value in (("threshold", threshold), ("calculator_cap", cap)):
+        if not (_is_number(value) and 0.0 <= value <= 1.0):
+            raise PRMError(f"{where}: {name} must be a number in [0, 1], got {value!r}")
+    for file in files:
+        parts = PurePosixPath(file).parts if isinstance(file, str) else ()
+        if not parts or PurePosixPath(file).is_absolute() or ".." in parts or "\\" in file:
+            raise PRMError(f"{where}: file {file!r} must be a name inside the PRM's folder")
 
 
 def check_stop_settings(prune_below: object, adaptive_threshold: object, where: str) -> None:

@@ -29,7 +29,14 @@ import numpy as np
 
 from edgetts.arithmetic import calculator_capped
 from edgetts.confidence import STEP_FEATURES, step_features
-from edgetts.prm import PRMCounters, PRMError, check_stop_settings, open_session, read_manifest
+from edgetts.prm import (
+    PRMCounters,
+    PRMError,
+    check_common_settings,
+    check_stop_settings,
+    open_session,
+    read_manifest,
+)
 from edgetts.search.base import AGGREGATIONS, SolutionPath
 
 KIND = "policy_probe"
@@ -82,6 +89,14 @@ class ProbeManifest:
                 f"{where}: default_aggregation {m.default_aggregation!r} is not one of {list(AGGREGATIONS)}"
             )
         check_stop_settings(m.prune_below, m.adaptive_threshold, where)
+        check_common_settings(m.threshold, m.calculator_cap, (m.model_file,), where)
+        if not isinstance(m.hidden_size, int) or isinstance(m.hidden_size, bool) or m.hidden_size < 1:
+            raise PRMError(f"{where}: hidden_size must be a positive int, got {m.hidden_size!r}")
+        if not isinstance(m.policy, dict) or not isinstance(m.policy.get("name"), str):
+            raise PRMError(f'{where}: policy must be an object naming the policy ({{"name": ...}})')
+        layers_ok = isinstance(m.layers, list) and m.layers
+        if not layers_ok or not all(isinstance(i, int) and not isinstance(i, bool) for i in m.layers):
+            raise PRMError(f"{where}: layers must be a non-empty list of ints (-1: the final state)")
         return m
 
 
@@ -335,8 +350,14 @@ def default_prm_dir(policy_name: str, n_embd: int, *roots: Path) -> Path:
             m = json.loads(manifest.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             continue
-        policy = m.get("policy") or {}
-        width = n_embd * len(m.get("layers") or [-1]) + len(m.get("features") or [])
-        if m.get("kind") == KIND and policy.get("name") == policy_name and m.get("hidden_size") == width:
+        # a folder that is not a probe for this policy is passed over, however its manifest
+        # is shaped (one holding a list broke every solve that looked for the default PRM)
+        if not isinstance(m, dict) or m.get("kind") != KIND or not isinstance(m.get("policy"), dict):
+            continue
+        layers, features = m.get("layers") or [-1], m.get("features") or []
+        if not isinstance(layers, list) or not isinstance(features, list):
+            continue
+        width = n_embd * len(layers) + len(features)
+        if m["policy"].get("name") == policy_name and m.get("hidden_size") == width:
             return manifest.parent
     return default_text_prm()

@@ -166,6 +166,17 @@ def test_manifest_bad_json_and_values(tmp_path: Path) -> None:
         PRMScorer.load(d4)
     edit_manifest(d4, adaptive_threshold=0.9)
     assert PRMScorer.load(d4).adaptive_threshold == 0.9
+    for bad, field in (  # seen in review: each loaded, and failed at the first step scored or never
+        ({"tokenizer_file": "../../tokenizer.json"}, "inside the PRM's folder"),
+        ({"max_step_tokens": "160"}, "max_step_tokens"),
+        ({"max_question_tokens": -1}, "max_question_tokens"),
+        ({"calculator_cap": "0.05"}, "calculator_cap"),
+        ({"threshold": -3}, "threshold"),
+    ):
+        d5 = copy_prm(tmp_path / f"e-{field[:8]}-{len(str(bad))}")
+        edit_manifest(d5, **bad)
+        with pytest.raises(PRMError, match=field):
+            PRMScorer.load(d5)
 
 
 def test_manifest_disagrees_with_graph(tmp_path: Path) -> None:

@@ -138,6 +138,20 @@ def test_contract_and_manifest_errors(tmp_path: Path) -> None:
     (d / "manifest.json").write_text(json.dumps(m))
     assert ProbeScorer.load(d).prune_below is None
     assert ProbeScorer.load(d).adaptive_threshold is None
+    # seen in review: these loaded, and failed mid-search or not at all
+    for bad, field in (
+        ({"threshold": 7.5}, "threshold"),
+        ({"threshold": float("nan")}, "threshold"),
+        ({"calculator_cap": "0.05"}, "calculator_cap"),
+        ({"model_file": "/etc/model.onnx"}, "inside the PRM's folder"),
+        ({"model_file": "../a/model.onnx"}, "inside the PRM's folder"),
+        ({"policy": "Qwen"}, "policy must be"),
+        ({"layers": 5}, "layers"),
+        ({"layers": []}, "layers"),
+    ):
+        (d / "manifest.json").write_text(json.dumps({**m, **bad}))
+        with pytest.raises(PRMError, match=field):
+            ProbeScorer.load(d)
     (d / "manifest.json").write_text(json.dumps(m))
     (d / "model.onnx").write_bytes((d / "model.onnx").read_bytes()[:20])
     with pytest.raises(PRMError, match="does not load"):
@@ -177,6 +191,11 @@ def test_default_prm_is_the_policys_own_probe_when_one_ships(tmp_path: Path) -> 
     write_probe(tmp_path / "probe-a", np.zeros(WIDTH), 0.0)
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "manifest.json").write_text("{not json")
+    for i, odd in enumerate(
+        ([1], {"kind": "policy_probe", "policy": "Qwen"}, {"kind": "policy_probe", "layers": 3})
+    ):
+        (tmp_path / f"odd-{i}").mkdir()  # seen in review: each broke every default-PRM lookup
+        (tmp_path / f"odd-{i}" / "manifest.json").write_text(json.dumps(odd))
     assert default_prm_dir("tiny-policy", WIDTH, tmp_path) == tmp_path / "probe-a"
     assert default_prm_dir("tiny-policy", WIDTH + 1, tmp_path) == default_text_prm()
     assert default_prm_dir("another-policy", WIDTH, tmp_path) == default_text_prm()

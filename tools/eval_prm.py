@@ -202,9 +202,17 @@ def is_correct(candidate: dict, row: dict) -> bool:
 
 
 def selection_gain(path: str, prm: str | None, threads: int, agg: str | None) -> dict:
-    """Best-of-N by PRM vs majority vote on sampled candidates (accuracy, percent)."""
-    from edgetts.prm import PRMScorer
+    """Best-of-N by a text PRM (``prm``; None: the shipped MiniLM) vs majority vote on sampled
+    candidates (accuracy, percent). A probe reads the policy's states of each candidate, which
+    a results file does not keep: ``bench_strategies.py rescore`` scores kept samples with one."""
+    from edgetts.prm import PRMScorer, read_manifest
+    from edgetts.probe import KIND
 
+    if prm is not None and read_manifest(prm).get("kind") == KIND:
+        raise SystemExit(
+            f"--selection scores text with a text PRM; {prm} is a probe on the policy's states: "
+            "use tools/bench_strategies.py rescore --labels DIR --prm ... on kept samples"
+        )
     scorer = PRMScorer.load(prm, threads=threads)
     agg = agg or scorer.manifest.default_aggregation
     rows = load_selection_rows(path)
@@ -280,7 +288,8 @@ def main() -> None:
         "--prm",
         default=None,
         help="PRM directory (default: the step verifier edgetts uses for the default policy, "
-        "its hidden-state probe, whose items are prefilled through the policy)",
+        "its hidden-state probe, whose items are prefilled through the policy; with --selection, "
+        "a text PRM, the shipped MiniLM by default)",
     )
     ap.add_argument("--baseline", choices=["length", "calculator"], default=None)
     ap.add_argument("--threshold", type=float, default=None, help="fixed threshold (no picking)")
@@ -307,10 +316,11 @@ def main() -> None:
     t0 = time.perf_counter()
     runs: list[tuple[str, Scores, float]] = []
     if args.baseline == "calculator":
-        from edgetts.prm import arithmetic_error
+        from edgetts.arithmetic import has_wrong_arithmetic
 
         scores = {
-            p: [[0.0 if arithmetic_error(s) else 1.0 for s in it["steps"]] for it in files[p]] for p in files
+            p: [[0.0 if has_wrong_arithmetic(s) else 1.0 for s in it["steps"]] for it in files[p]]
+            for p in files
         }
         runs.append(("baseline:calculator-only", scores, 0.5))
     elif args.baseline == "length":

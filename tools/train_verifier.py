@@ -712,6 +712,8 @@ def export(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     layers, conf = FEATURE_SETS[args.features]
+    if not layers:  # the runtime's probe reads states (capture_states needs a layer)
+        raise SystemExit(f"--export needs features with a layer's states; {args.features!r} has none")
     sols = [s for d in args.prmbench for s in load_step_labelled(d)]
     sols += [s for d in args.rollout for s in load_step_labelled(d)]
     sols += [s for d in args.outcome for r in load_samples(d) for s in r.solutions]
