@@ -113,6 +113,26 @@ def test_extract_program_drops_main_guard() -> None:
     assert "__main__" not in program and "def f" in program
 
 
+def test_what_a_review_of_extraction_found() -> None:
+    """A reply beginning with a __future__ import was put after the prompt's imports (it did not
+    compile); decorators were dropped (@lru_cache, @dataclass); an example assignment calling
+    the function ran as the program loaded; a fence with more than a language on its line, or
+    with CRLF line ends, lost its block."""
+    reply = (
+        "```python\nfrom __future__ import annotations\nfrom functools import lru_cache\n\n"
+        "@lru_cache(maxsize=None)\ndef add_all(xs):\n    return sum(xs)\n\n"
+        "result = add_all([1])\nLIMIT = 10**9 + 7\n```"
+    )
+    program = extract_program(reply, PROMPT, "add_all")
+    assert program.startswith("from __future__ import annotations\n")
+    compile(program, "<test>", "exec")
+    assert "@lru_cache(maxsize=None)\ndef add_all" in program
+    assert "result =" not in program and "LIMIT = 10**9 + 7" in program
+    for fence in ('```python title="f.py"\n', "```python\r\n"):
+        program = extract_program(fence + "def add_all(xs):\n    return sum(xs)\n```", PROMPT, "add_all")
+        assert program is not None and "return sum(xs)" in program
+
+
 def test_generated_asserts_and_probe_inputs() -> None:
     reply = TESTS_REPLY + "\n```python\nassert other(1) == 1\nassert add_all([1, 1]) == 2\n```"
     asserts = generated_asserts(reply, "add_all")

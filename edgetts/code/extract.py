@@ -8,7 +8,9 @@ from __future__ import annotations
 import ast
 import re
 
-_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:```|\Z)", re.S)
+# a language, then anything on the fence's line (```python title="f.py"), CRLF line ends too
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n`]*\r?\n(.*?)(?:```|\Z)", re.S)
+_FUTURE = re.compile(r"^from __future__ import [^\n]*\n?", re.M)
 
 
 def code_blocks(text: str) -> list[str]:
@@ -30,6 +32,40 @@ def _parses(source: str) -> ast.Module | None:
         return None
 
 
+def _compiles(source: str) -> bool:
+    """Whether ``source`` compiles (never run): stricter than parsing, e.g. a ``__future__``
+    import that is not first parses but does not compile."""
+    try:
+        compile(source, "<candidate>", "exec")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    return True
+
+
+def _future_first(source: str) -> str:
+    """``source`` with its ``from __future__`` imports moved to the top, where Python needs
+    them (a reply that begins with one came after the prompt's own imports)."""
+    future = _FUTURE.findall(source)
+    return "".join(line if line.endswith("\n") else line + "\n" for line in future) + _FUTURE.sub("", source)
+
+
+def _segment(source: str, node: ast.stmt) -> str:
+    """A top-level statement's source, a function's or class's decorators included (ast's own
+    segment begins at ``def``: ``@lru_cache`` or ``@dataclass`` was lost)."""
+    decorators = getattr(node, "decorator_list", None)
+    if decorators:
+        lines = source.splitlines(keepends=True)
+        first = min(d.lineno for d in decorators) - 1
+        return "".join(lines[first : node.end_lineno]).rstrip("\n")
+    return ast.get_source_segment(source, node, padded=True) or ast.unparse(node)
+
+
+def _calls(node: ast.AST, name: str) -> bool:
+    return any(
+        isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == name for n in ast.walk(node)
+    )
+
+
 def defined_functions(source: str) -> list[str]:
     """Names of the top-level functions ``source`` defines (empty when it does not parse)."""
     tree = _parses(source)
@@ -47,12 +83,13 @@ def _is_main_guard(node: ast.stmt) -> bool:
     )
 
 
-def definitions_only(source: str) -> str | None:
+def definitions_only(source: str, entry_point: str | None = None) -> str | None:
     """``source`` keeping imports, functions, classes and constant assignments.
 
     Example calls, prints and ``if __name__ == "__main__":`` blocks a model adds after its
-    function are dropped: they are not the solution, and one that raises would sink it.
-    None when ``source`` does not parse.
+    function are dropped: they are not the solution, and one that raises would sink it. So is
+    an assignment that calls ``entry_point`` (``result = f([])``: an example, kept before, that
+    ran as the program loaded). None when ``source`` does not parse.
     """
     tree = _parses(source)
     if tree is None:
@@ -67,9 +104,16 @@ def definitions_only(source: str) -> str | None:
         ast.AnnAssign,
     )
     parts = [
-        ast.get_source_segment(source, node, padded=True) or ast.unparse(node)
+        _segment(source, node)
         for node in tree.body
-        if isinstance(node, keep) and not _is_main_guard(node)
+        if isinstance(node, keep)
+        and not _is_main_guard(node)
+        and not (
+            isinstance(node, (ast.Assign, ast.AnnAssign))
+            and entry_point
+            and node.value is not None
+            and _calls(node.value, entry_point)
+        )
     ]
     return "\n".join(parts) + "\n"
 
@@ -89,7 +133,7 @@ def prompt_context(prompt: str, entry_point: str | None) -> str:
             continue
         if isinstance(node, ast.Expr) and isinstance(getattr(node, "value", None), ast.Constant):
             continue  # a module docstring
-        parts.append(ast.get_source_segment(prompt, node, padded=True) or ast.unparse(node))
+        parts.append(_segment(prompt, node))
     return "\n".join(parts) + ("\n" if parts else "")
 
 
@@ -106,9 +150,10 @@ def extract_program(reply: str, prompt: str = "", entry_point: str | None = None
     for block in blocks:
         names = defined_functions(block)
         if names and (entry_point is None or entry_point in names):
-            body = definitions_only(block)
-            if body is not None and _parses(context + body) is not None:
-                return context + body
+            body = definitions_only(block, entry_point)
+            program = _future_first(context + body) if body is not None else ""
+            if body is not None and _compiles(program):
+                return program
     if entry_point and prompt and entry_point in defined_functions(prompt):
         for block in blocks:
             first = next((line for line in block.splitlines() if line.strip()), "")
@@ -116,9 +161,9 @@ def extract_program(reply: str, prompt: str = "", entry_point: str | None = None
                 continue  # only an indented block continues the prompt's function body
             joined = prompt.rstrip("\n") + "\n" + block
             if entry_point in defined_functions(joined):
-                body = definitions_only(joined)
-                if body is not None:
-                    return body
+                body = definitions_only(joined, entry_point)
+                if body is not None and _compiles(_future_first(body)):
+                    return _future_first(body)
     return None
 
 
