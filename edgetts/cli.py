@@ -981,13 +981,18 @@ def run(
         except KeyboardInterrupt:
             _stop_interrupted(len(results.records), out_path)
         _print_summary(results, [p.id for p in problems], out_path, as_json)
-        if skipped:
-            raise click.ClickException(
-                f"{len(skipped)} problem(s) skipped, their prompts longer than --max-prompt-tokens "
-                f"{kw['max_prompt_tokens']} allows ({', '.join(skipped[:10])}"
-                f"{' ...' if len(skipped) > 10 else ''}); the other results are in {out_path}: a "
-                "rerun with a larger --max-prompt-tokens answers them"
-            )
+        _fail_if_skipped(skipped, kw, out_path)
+
+
+def _fail_if_skipped(skipped: list[str], kw: dict, out_path: Path) -> None:
+    """Exit 1 naming the problems skipped for prompts too long (after the summary)."""
+    if skipped:
+        raise click.ClickException(
+            f"{len(skipped)} problem(s) skipped, their prompts longer than --max-prompt-tokens "
+            f"{kw['max_prompt_tokens']} allows ({', '.join(skipped[:10])}"
+            f"{' ...' if len(skipped) > 10 else ''}); the other results are in {out_path}: a "
+            "rerun with a larger --max-prompt-tokens answers them"
+        )
 
 
 def _print_summary(results, ids: list[str], out_path: Path, as_json: bool, measure: str = "accuracy") -> None:
@@ -1028,6 +1033,7 @@ def _run_code(data_path: Path, out_path: Path, limit: int | None, kw: dict, as_j
     from edgetts.code import CodeTask
     from edgetts.code.checks import hidden_check
     from edgetts.data import load_code_problems
+    from edgetts.policy.config import PromptTooLong
     from edgetts.results import ResultsFile, check_same_problems, fingerprint
 
     problems = load_code_problems(data_path, limit)
@@ -1042,6 +1048,7 @@ def _run_code(data_path: Path, out_path: Path, limit: int | None, kw: dict, as_j
                 f"resuming: {len(problems) - len(todo)} of {len(problems)} already in {out_path}", err=True
             )
         solver, options = _make_solver(kw)
+        skipped: list[str] = []
         try:
             for problem in tqdm(
                 todo,
@@ -1052,7 +1059,11 @@ def _run_code(data_path: Path, out_path: Path, limit: int | None, kw: dict, as_j
             ):
                 start = time.perf_counter()
                 task = CodeTask(problem.prompt, problem.entry_point, tests)
-                result = solver.solve_code(task, options)
+                try:
+                    result = solver.solve_code(task, options)
+                except PromptTooLong as exc:  # as the math run does: named, the run goes on
+                    _append_or_skip(results, skipped, {"id": problem.id, "skipped": str(exc)})
+                    continue
                 hidden: dict[str, bool] = {}
                 if problem.test is not None:
                     check = hidden_check(problem.test, problem.entry_point)
@@ -1093,6 +1104,7 @@ def _run_code(data_path: Path, out_path: Path, limit: int | None, kw: dict, as_j
         except KeyboardInterrupt:
             _stop_interrupted(len(results.records), out_path)
         _print_summary(results, [p.id for p in problems], out_path, as_json, measure="pass@1")
+        _fail_if_skipped(skipped, kw, out_path)
 
 
 @main.command()

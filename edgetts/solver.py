@@ -206,6 +206,8 @@ def validate_code_options(options: SolveOptions) -> None:
     if options.mode != "cot" or options.run_programs:
         what = "run_programs" if options.run_programs else "mode"
         raise ValueError(f"{what} is for math; code tasks always run their programs")
+    if options.memory_mb is not None:  # it was recorded and did nothing
+        raise ValueError("memory_mb plans math searches; a code task has no plan (give -n)")
     # The sampling and budget checks are the math ones; only the strategy names differ.
     replace(options, strategy=GREEDY if options.strategy == GREEDY else "majority").validate()
 

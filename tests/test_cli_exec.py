@@ -27,6 +27,8 @@ from edgetts.code.task import CodeCandidate, CodeResult
         ),
         (["solve", "What is 2+2?", "--mode", "pot", "--strategy", "best_of_n"], "votes over programs"),
         (["solve", "What is 2+2?", "--tests", "t.py"], "--tests is for --task code"),
+        # seen in review: recorded in the results and did nothing
+        (["solve", "--task", "code", "def f(x):\n    pass", "--memory-mb", "900"], "no plan"),
     ],
 )
 def test_bad_code_options_fail_clearly(args: list[str], message: str) -> None:
@@ -164,3 +166,40 @@ def test_solve_code_and_pot_end_to_end_with_a_scripted_policy(monkeypatch, tmp_p
     )
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == "42"
+
+
+def test_run_code_skips_a_prompt_too_long_and_goes_on(monkeypatch, tmp_path) -> None:
+    """Seen in review: run --task code ended at the first prompt over --max-prompt-tokens (a
+    resume stopped there again); it is skipped by name now, as run does for math, exit 1."""
+    import edgetts.solver
+    from edgetts.code.task import CODE_SYSTEM, TESTS_SYSTEM
+    from edgetts.policy.config import PromptTooLong
+    from edgetts.sandbox import Sandbox
+
+    if Sandbox().isolation().weak:
+        pytest.skip("no sandbox on this machine")
+    test_code = pytest.importorskip("test_code")
+
+    class Scripted(test_code.ScriptedGenerator):
+        def root(self, question, sampling=None, system=None):
+            if "HUGE" in question:
+                raise PromptTooLong("the question is too long: its prompt has 9999 tokens")
+            return super().root(question, sampling, system)
+
+    def fake_policy(config):
+        gen = Scripted({CODE_SYSTEM: [test_code.GOOD], TESTS_SYSTEM: [test_code.TESTS_REPLY]})
+        gen.config, gen.close = config, lambda: None
+        return gen
+
+    monkeypatch.setattr(edgetts.solver, "LlamaPolicy", fake_policy)
+    data, out = tmp_path / "he.jsonl", tmp_path / "out.jsonl"
+    rows = [
+        {"task_id": "T/0", "prompt": test_code.PROMPT + "# HUGE\n", "entry_point": "add_all"},
+        {"task_id": "T/1", "prompt": test_code.PROMPT, "entry_point": "add_all"},
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = CliRunner().invoke(
+        main, ["run", "--task", "code", "--data", str(data), "--out", str(out), "-n", "1"]
+    )
+    assert result.exit_code == 1 and "1 problem(s) skipped" in result.output and "T/0" in result.output
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["T/1"]

@@ -244,6 +244,15 @@ def test_solve_code_picks_the_program_that_passes_visible_tests(sandbox: Sandbox
     assert [s for s, _ in gen.roots] == [CODE_SYSTEM, TESTS_SYSTEM]
 
 
+def test_the_deadline_bounds_the_programs_run_too(sandbox: Sandbox) -> None:
+    """Seen in review: only generation looked at the deadline; three programs that each ran to
+    the sandbox's wall limit took three times it, past a 1 s deadline."""
+    loops = [LOOP.replace("pass", f"x = {i}") for i in range(3)]
+    gen = ScriptedGenerator({CODE_SYSTEM: loops, TESTS_SYSTEM: [TESTS_REPLY]})
+    result = solve_code(CodeTask.from_prompt(PROMPT), gen, sandbox, CodeConfig(n=3, deadline_s=1.0))
+    assert result.counters["sandbox_runs"] == 1 and result.cut_short
+
+
 def test_solve_code_majority_ignores_tests(sandbox: Sandbox) -> None:
     gen = ScriptedGenerator({CODE_SYSTEM: [WRONG, GOOD, WRONG], TESTS_SYSTEM: [TESTS_REPLY]})
     result = solve_code(CodeTask.from_prompt(PROMPT), gen, sandbox, CodeConfig(n=3, selection="majority"))

@@ -197,6 +197,8 @@ def solve_code(
     sandbox_start = time.perf_counter()
     runs: dict[str, RunResult] = {}
     for program in programs:
+        if runs and deadline.expired():
+            break  # past the deadline (or cancelled): the programs not run yet are not picked
         if program is not None and program not in runs:
             runs[program] = sandbox.run(program, checks, run_name="candidate")
     sandbox_s = time.perf_counter() - sandbox_start
