@@ -38,7 +38,11 @@ POT_SYSTEM = (
     "Solve the math problem by writing a short Python program. Reply with one ```python code block "
     "that computes the answer step by step and ends with print(answer), printing only the final number."
 )
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?|-?\.\d+")
+# A fraction first (a printed Fraction, "1/2"), then a number whose commas group thousands
+# ("1,234"; the commas of "[1,2,3]" separate numbers: it was read as 123).
+_NUMBER = re.compile(
+    r"-?\d+/\d+(?![\d.])|-?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\d,])|-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|-?\.\d+"
+)
 
 
 @dataclass(frozen=True)

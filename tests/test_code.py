@@ -291,6 +291,9 @@ def test_program_of_and_printed_answer(sandbox: Sandbox) -> None:
     assert program_of("no program") is None or program_of("no program") == "no program"
     assert printed_answer(sandbox.run("print('The answer is 1,234.0')")) == "1234"
     assert printed_answer(sandbox.run("print('none')")) is None
+    # seen in review: a list's commas joined its numbers (123) and a Fraction read as its denominator
+    assert printed_answer(sandbox.run("print([1,2,3])")) == "3"
+    assert printed_answer(sandbox.run("from fractions import Fraction\nprint(Fraction(1, 2))")) == "1/2"
     assert printed_answer(sandbox.run("print(5)\nraise SystemExit(3)")) is None
 
 
