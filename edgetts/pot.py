@@ -41,7 +41,8 @@ POT_SYSTEM = (
 # A fraction first (a printed Fraction, "1/2"), then a number whose commas group thousands
 # ("1,234"; the commas of "[1,2,3]" separate numbers: it was read as 123).
 _NUMBER = re.compile(
-    r"-?\d+/\d+(?![\d.])|-?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\d,])|-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|-?\.\d+"
+    r"-?\d+/\d+(?!\d|\.\d)|-?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?!\d|,\d)"
+    r"|-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|-?\.\d+"
 )
 
 

@@ -155,9 +155,9 @@ class Manifest:
         if not isinstance(m.max_length, int) or m.max_length < 16:
             raise PRMError(f"{where}: max_length must be an int >= 16, got {m.max_length!r}")
         for name, least in (("max_step_tokens", 1), ("max_question_tokens", 0)):
-            value = getattr(m, name)
-            if not _is_int(value) or value < least or value >= m.max_length:
-                raise PRMError(f"{where}: {name} must be an int in [{least}, max_length), got {value!r}")
+            value = getattr(m, name)  # (past max_length the windowing clamps it)
+            if not _is_int(value) or value < least:
+                raise PRMError(f"{where}: {name} must be an int >= {least}, got {value!r}")
         check_stop_settings(m.prune_below, m.adaptive_threshold, where)
         check_common_settings(m.threshold, m.calculator_cap, (m.model_file, m.tokenizer_file), where)
         return m

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import os
-import select
+import selectors
 import subprocess
 import sys
 import threading
 from functools import lru_cache
+
+log = logging.getLogger("edgetts")
 
 TIMEOUT_S = 5.0  # per comparison, as math-verify's own default
 START_TIMEOUT_S = 120.0  # the child's imports (sympy) on a busy machine
@@ -58,7 +61,7 @@ class _Child:
         )
         if self._read_line(START_TIMEOUT_S) != READY:
             self.kill()
-            raise RuntimeError("the answer-comparison process did not start")
+            raise OSError("the answer-comparison process did not start")
 
     def ask(self, a: str, b: str) -> bool | None:
         """The child's verdict, or None when it took longer than TIMEOUT_S (or died)."""
@@ -72,13 +75,15 @@ class _Child:
 
     def _read_line(self, timeout_s: float) -> str | None:
         stdout = self.process.stdout
-        ready, _, _ = select.select([stdout], [], [], timeout_s)
-        if not ready:
-            return None
+        with selectors.DefaultSelector() as selector:  # (select.select fails past fd 1023)
+            selector.register(stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
+            if not selector.select(timeout_s):
+                return None
         line = stdout.readline()  # type: ignore[union-attr]
         return line.strip() if line else None
 
     def kill(self) -> None:
+        """End the child (if it still runs) and close its pipes."""
         self.process.kill()
         self.process.wait()
         for pipe in (self.process.stdin, self.process.stdout):
@@ -95,8 +100,15 @@ def symbolic_equal(a: str, b: str) -> bool:
     """Whether math-verify finds ``a`` and ``b`` equal, within TIMEOUT_S (else: not equal)."""
     global _child
     with _lock:
-        if _child is None or _child.process.poll() is not None:
-            _child = _Child()
+        if _child is not None and _child.process.poll() is not None:  # it died: its pipes go too
+            _child.kill()
+            _child = None
+        if _child is None:
+            try:
+                _child = _Child()
+            except OSError as exc:  # unequal, as for a timeout, rather than a failed vote
+                log.warning("answers compared as different: %s", exc)
+                return False
         verdict = _child.ask(a, b)
         if verdict is None:  # too long (or the child died): it is killed, a new one serves next
             _child.kill()
@@ -112,17 +124,36 @@ def _stop_child() -> None:
 
 
 def _serve() -> None:
-    """The child: one comparison per line of stdin, its verdict on stdout."""
+    """The child: one comparison per line of stdin, its verdict on its own copy of stdout.
+
+    Whatever the libraries print goes to stderr (discarded): a stray line on the verdicts'
+    pipe would shift every later verdict by one."""
+    verdicts = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     compare("1", "1")  # the imports, before saying ready
-    print(READY, flush=True)
+    print(READY, file=verdicts, flush=True)
     for line in sys.stdin:
         a, b = json.loads(line)
-        print("true" if compare(a, b) else "false", flush=True)
+        print("true" if compare(a, b) else "false", file=verdicts, flush=True)
+
+
+def _die_with_parent() -> None:
+    """Linux: the child is killed when its parent dies, even by SIGKILL (a Ray actor killed
+    mid-comparison left it computing)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # elsewhere the parent's kill on exit and EOF on stdin end it
 
 
 if __name__ == "__main__":
     import resource
 
+    _die_with_parent()
     # a huge number's digits fail here (MemoryError: not equal), not in the machine's memory
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT_BYTES, MEMORY_LIMIT_BYTES))
     _serve()

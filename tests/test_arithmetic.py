@@ -42,6 +42,10 @@ from edgetts.search.majority import majority
         ("2,5 + 1 = 3,5", False),  # a decimal comma
         ("12 / 4 = 4\n- 3 more", True),  # a list on the next line does not hide a line's sum
         ("1{,}000 + 500 = 1{,}600", True),
+        ("0.05 \\times 200,0000 = 10,000", True),  # a misplaced separator is still one
+        ("8 * 7 = 54 (not 56)", True),  # diff review: a remark or words after it hid the slip
+        ("4 * 12 = 52 / month", True),
+        ("4 * 12 = 52 - that is all", True),
         ("First 2 + 2 = 4.\n\nThen 4 * 3 = 11.", True),  # a whole solution: any of its steps
     ],
 )

@@ -128,6 +128,9 @@ def test_what_a_review_of_extraction_found() -> None:
     compile(program, "<test>", "exec")
     assert "@lru_cache(maxsize=None)\ndef add_all" in program
     assert "result =" not in program and "LIMIT = 10**9 + 7" in program
+    # a line separator inside a string before it (diff review: str.splitlines counted it)
+    odd = '```python\ns = "a\u2028b\x0cc"\n\n@lru_cache(maxsize=None)\ndef add_all(xs):\n    return 1\n```'
+    assert "@lru_cache(maxsize=None)\ndef add_all" in extract_program(odd, PROMPT, "add_all")
     for fence in ('```python title="f.py"\n', "```python\r\n"):
         program = extract_program(fence + "def add_all(xs):\n    return sum(xs)\n```", PROMPT, "add_all")
         assert program is not None and "return sum(xs)" in program
@@ -293,6 +296,8 @@ def test_program_of_and_printed_answer(sandbox: Sandbox) -> None:
     assert printed_answer(sandbox.run("print('none')")) is None
     # seen in review: a list's commas joined its numbers (123) and a Fraction read as its denominator
     assert printed_answer(sandbox.run("print([1,2,3])")) == "3"
+    assert printed_answer(sandbox.run("print('Total: 1,234, done')")) == "1234"  # (diff review)
+    assert printed_answer(sandbox.run("print('It is 3/4.')")) == "3/4"
     assert printed_answer(sandbox.run("from fractions import Fraction\nprint(Fraction(1, 2))")) == "1/2"
     assert printed_answer(sandbox.run("print(5)\nraise SystemExit(3)")) is None
 

@@ -113,3 +113,22 @@ def test_an_answer_sympy_would_compute_for_minutes_is_unequal_after_the_time_lim
     worker.join(60)  # a hang check: minutes before the fix
     assert verdicts == [False]
     assert answers_equal("x+1", "1+x") and not answers_equal("x+1", "x+2")
+
+
+def test_a_comparison_process_that_died_or_cannot_start_leaves_answers_unequal(monkeypatch):
+    """Diff review: a child that died was replaced with its pipes left open, and one that could
+    not start raised out of every vote that reached a symbolic answer."""
+    from edgetts import symbolic
+
+    symbolic.symbolic_equal.cache_clear()
+    assert answers_equal("x+3", "3+x")
+    symbolic._child.process.kill()  # dead between two comparisons: the next one starts another
+    symbolic._child.process.wait()
+    assert answers_equal("x+4", "4+x")
+
+    def cannot_start():
+        raise OSError("no such interpreter")
+
+    monkeypatch.setattr(symbolic, "_child", None)
+    monkeypatch.setattr(symbolic, "_Child", cannot_start)
+    assert not answers_equal("x+5", "5+x")

@@ -1000,3 +1000,9 @@ def test_logprobs_cover_the_text_returned_not_a_cut_stop_or_trimmed_space():
     content = logprobs_of(chosen, chosen.text.strip()).content
     assert [bytes(t.bytes) for t in content] == [b"To", b" find", b" 6"]
     assert len(logprobs_of(chosen).content) == 5  # the whole text: every token kept
+    # a blank first step is no step: the text lacks its token (diff review: the last was lost)
+    pieces = [b"\n\n", b"The", b" answer", b" is", b" 5", b"."]
+    chosen = Candidate(
+        "The answer is 5.", None, None, [], 6, "eos", token_logprobs=[(p, -0.1) for p in pieces]
+    )
+    assert [bytes(t.bytes) for t in logprobs_of(chosen, chosen.text.strip()).content] == pieces[1:]

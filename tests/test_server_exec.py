@@ -96,6 +96,9 @@ def test_allowed_code_task_returns_the_program() -> None:
                     extra_body={"edgetts": extra["edgetts"]},
                 )
             assert err.value.body["param"] == param
+        # the defaults sent as such are no refusal (one edgetts object for math and code)
+        reply = ask(c, edgetts={"task": "code", "mode": "cot", "adaptive": True, "memory_mb": None})
+        assert reply.choices[0].message.content.startswith("```python")
 
 
 def test_allowed_pot_mode_reaches_the_solver() -> None:

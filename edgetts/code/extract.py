@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import re
+from types import SimpleNamespace
 
 # a language, then anything on the fence's line (```python title="f.py"), CRLF line ends too
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n`]*\r?\n(.*?)(?:```|\Z)", re.S)
@@ -53,10 +54,16 @@ def _segment(source: str, node: ast.stmt) -> str:
     """A top-level statement's source, a function's or class's decorators included (ast's own
     segment begins at ``def``: ``@lru_cache`` or ``@dataclass`` was lost)."""
     decorators = getattr(node, "decorator_list", None)
-    if decorators:
-        lines = source.splitlines(keepends=True)
-        first = min(d.lineno for d in decorators) - 1
-        return "".join(lines[first : node.end_lineno]).rstrip("\n")
+    if decorators:  # from the first decorator's line (ast counts lines as Python does)
+        span = SimpleNamespace(
+            lineno=min(d.lineno for d in decorators),
+            col_offset=0,
+            end_lineno=node.end_lineno,
+            end_col_offset=node.end_col_offset,
+        )
+        segment = ast.get_source_segment(source, span)  # type: ignore[arg-type]
+        if segment is not None and segment.lstrip().startswith("@"):
+            return segment
     return ast.get_source_segment(source, node, padded=True) or ast.unparse(node)
 
 

@@ -330,7 +330,11 @@ class App:
         """A code task: strategy greedy, majority or exec (default), no budget planning."""
         s = self.settings
         # what a code task cannot honour is a 400, as for math, not quietly dropped
-        unused = [f"{where}{name}" for name in CODE_UNUSED if name in search.model_fields_set]
+        unused = [  # sent with another value than the default (one object for math and code)
+            f"{where}{name}"
+            for name in CODE_UNUSED
+            if getattr(search, name) not in (None, SearchFields.model_fields[name].default)
+        ]
         unused += [name for name in ("stop", "logprobs") if getattr(req, name)]
         unused += ["n"] if choices > 1 else []
         if unused:
@@ -699,15 +703,17 @@ def load_solver(solver: Solver, memory_mb: float | None = None) -> str:
     /health. Every server (and Ray Serve replica) starts this way.
 
     The context is sized for the server's max_tokens and its KV slots (``n_seq_max``). With the
-    server's ``memory_mb`` the model is planned under it for a PRM-weighted search of that many
-    paths, the PRM counted in (without the PRM when it does not fit, or does not load). The
-    policy keeps the hidden states a probe PRM reads, so that no request loads it again: the
-    solver must be ``fixed_policy`` (:func:`edgetts.cli.server_solver` makes it so), whatever a
-    request's own budget.
+    server's ``memory_mb`` the model is planned under it for its concurrent requests'
+    PRM-weighted searches, their slots together at most that many, the PRM counted in (without
+    the PRM when it does not fit, or does not load). The policy keeps the hidden states a probe
+    PRM reads, so that no request loads it again: the solver must be ``fixed_policy``
+    (:func:`edgetts.cli.server_solver` makes it so), whatever a request's own budget.
     """
     if not solver.fixed_policy:
         raise ValueError("a server's Solver is made with fixed_policy=True: requests never reload it")
-    paths = solver.policy_config.n_seq_max
+    # The server's slots are one pool for its concurrent requests: planned as each request's
+    # share (the plan gives every search at once its own slots).
+    paths = max(1, solver.policy_config.n_seq_max // solver.policy_config.max_searches)
     try:
         # loads the PRM, then the policy keeping the states it reads (checked against the policy)
         solver.prepare("", SolveOptions(strategy="weighted_best_of_n", n=paths, memory_mb=memory_mb))

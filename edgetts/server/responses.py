@@ -52,10 +52,15 @@ def logprobs_of(candidate: Candidate | None, content: str | None = None) -> Choi
     the text returned, not a stop string's token cut off after it or whitespace trimmed off."""
     if candidate is None or not candidate.token_logprobs:
         return None
-    text = candidate.text.encode()
-    start = 0 if content is None else text.find(content.encode())
-    end = len(text) if content is None or start < 0 else start + len(content.encode())
-    start = max(start, 0)
+    # found in the tokens' own bytes: the text may lack some of them (a blank first step is
+    # not a step) or differ (a broken character written as U+FFFD): then every token is kept
+    spelled = b"".join(piece for piece, _ in candidate.token_logprobs)
+    wanted = b"" if content is None else content.encode()
+    start = -1 if content is None else spelled.find(wanted)
+    if start < 0:
+        start, end = 0, len(spelled)
+    else:
+        end = start + len(wanted)
     kept, at = [], 0
     for piece, logprob in candidate.token_logprobs:
         if at < end and at + len(piece) > start:  # the token overlaps the content
