@@ -185,3 +185,12 @@ def test_deadline_cut_paths_vote_only_when_nothing_better():
     assert [(c.answer, c.provisional) for c in guesses] == [("3", True), ("3", True)]
     assert pick_by_vote([*guesses, to_candidate(done)], lambda c: 1.0)[1] == {"7": 1.0}
     assert pick_by_vote(guesses, lambda c: 1.0)[1] == {"3": 2.0}  # anytime: the best guess
+
+
+def test_a_step_score_that_is_not_a_number_counts_as_the_worst():
+    """Diff review: min() of a list holding NaN depended on the order of the steps."""
+    from edgetts.search.base import aggregate
+
+    nan = float("nan")
+    assert aggregate([nan, 0.9], "min") == aggregate([0.9, nan], "min") == 0.0
+    assert aggregate([0.9, nan], "last") == 0.0 and aggregate([0.5, nan], "prod") == 0.0

@@ -328,6 +328,8 @@ def aggregate(step_scores: Sequence[float], agg: str = DEFAULT_AGG) -> float:
     """Collapse per-step PRM scores into one path score (last step, weakest step, or product)."""
     if not step_scores:
         return 0.0
+    # a score that is not a number counts as the worst (min() of NaNs depends on their order)
+    step_scores = [0.0 if math.isnan(s) else s for s in step_scores]
     if agg == "last":
         return float(step_scores[-1])
     if agg == "min":
