@@ -170,7 +170,7 @@ def report(
     elif dev:
         thr, _ = pick_threshold({p: scores[p] for p in dev}, {p: labels[p] for p in dev})
     print(
-        f"{name}  threshold={thr:.2f}"
+        f"{name}  threshold={thr:.3g}"
         + (f" (picked on {len(dev)} dev file(s))" if dev and fixed is None else "")
     )
     print(f"{'file':44s} {'n_err':>6s} {'n_ok':>6s} {'err_acc':>8s} {'ok_acc':>8s} {'F1':>6s}")
