@@ -14,6 +14,7 @@ sympy evaluates what it is given, and a model's ``(10^{8})!`` froze the process)
 
 from __future__ import annotations
 
+import math
 import re
 
 from edgetts.symbolic import symbolic_equal
@@ -91,6 +92,13 @@ def _clean(answer: str) -> str:
 
 def as_number(answer: str) -> float | None:
     """Return ``answer`` as a float when it is a plain number (units and currency allowed)."""
+    number = _plain_number(answer)
+    return number if number is None or isinstance(number, float) else float(number)
+
+
+def _plain_number(answer: str) -> int | float | None:
+    """``answer`` as a plain number: an int when it is written as a whole number (exact however
+    large: as floats, 12345678901234567890 and ...891 are equal), else a float."""
     cleaned = _TEXT_RE.sub(r"\1", answer)
     cleaned = cleaned.replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "")
     cleaned = cleaned.replace("\\!", "").replace("{,}", "").replace("\\,", "").replace("\\ ", "")
@@ -102,15 +110,19 @@ def as_number(answer: str) -> float | None:
         return None
     if "," in cleaned and not re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", cleaned):
         return None  # "3,5" is a list, not three thousand five
-    return float(cleaned.replace(",", ""))
+    digits = cleaned.replace(",", "")
+    # (Python refuses to read an int of more than 4300 digits: such a number stays a float)
+    return int(digits) if re.fullmatch(r"-?\d{1,4000}", digits) else float(digits)
 
 
 def normalize_answer(answer: str | None) -> str | None:
     """Canonical text for grouping equal answers: numbers as ``18`` / ``0.5``, else trimmed."""
     if answer is None:
         return None
-    number = as_number(answer)
-    if number is not None:
+    number = _plain_number(answer)
+    if isinstance(number, int):
+        return str(number)
+    if number is not None and math.isfinite(number):  # (a 5000-digit answer is inf as a float)
         return f"{number:.10g}" if number != int(number) else str(int(number))
     text = _TEXT_RE.sub(r"\1", answer).strip().strip("$").strip().rstrip(".")
     return re.sub(r"\s+", " ", text) or None
@@ -120,8 +132,11 @@ def answers_equal(a: str | None, b: str | None) -> bool:
     """True when two extracted answers denote the same value."""
     if a is None or b is None:
         return False
-    na, nb = as_number(a), as_number(b)
+    na, nb = _plain_number(a), _plain_number(b)
+    if isinstance(na, int) and isinstance(nb, int):
+        return na == nb  # exact, however large
     if na is not None and nb is not None:
+        na, nb = float(na), float(nb)
         if na.is_integer() and nb.is_integer():
             return na == nb  # 1000001 is not 1000000, however large
         return abs(na - nb) <= 1e-6 * max(1.0, abs(na), abs(nb))

@@ -132,3 +132,13 @@ def test_a_comparison_process_that_died_or_cannot_start_leaves_answers_unequal(m
     monkeypatch.setattr(symbolic, "_child", None)
     monkeypatch.setattr(symbolic, "_Child", cannot_start)
     assert not answers_equal("x+5", "5+x")
+
+
+def test_whole_numbers_compare_exactly_however_large():
+    """Code review: as floats, 12345678901234567890 and 12345678901234567891 were equal, and a
+    printed big integer normalised to another number (...168)."""
+    assert not answers_equal("12345678901234567890", "12345678901234567891")
+    assert answers_equal("12,345,678,901,234,567,890", "12345678901234567890")
+    assert normalize_answer("12345678901234567890") == "12345678901234567890"
+    assert answers_equal("5", "5.0") and answers_equal("18", "\\frac{36}{2}")
+    assert normalize_answer("1" * 5000) is not None  # past Python's int limit: read as a float
