@@ -1595,10 +1595,11 @@ def _serve_on_ray(make_solver, settings, address: str, replicas: int, threads: i
 
     connect(address)
     per_node = node_cpus()
-    if replicas > workers_that_fit(threads, per_node):
+    fit = workers_that_fit(threads, per_node)
+    if replicas > fit:
         raise click.ClickException(
             f"--replicas {replicas} with --threads {threads}: the Ray cluster's nodes (CPUs per "
-            f"node: {per_node}) hold at most {workers_that_fit(threads, per_node)} such replicas"
+            f"node: {per_node}) hold at most {fit} such replicas"
         )
     if settings.host not in LOOPBACK_HOSTS and not settings.api_key:
         logging.getLogger("edgetts").warning(

@@ -93,7 +93,7 @@ def _clean(answer: str) -> str:
 def as_number(answer: str) -> float | None:
     """Return ``answer`` as a float when it is a plain number (units and currency allowed)."""
     number = _plain_number(answer)
-    return number if number is None or isinstance(number, float) else float(number)
+    return None if number is None else float(number)
 
 
 def _plain_number(answer: str) -> int | float | None:

@@ -156,7 +156,7 @@ class Manifest:
             raise PRMError(f"{where}: max_length must be an int >= 16, got {m.max_length!r}")
         for name, least in (("max_step_tokens", 1), ("max_question_tokens", 0)):
             value = getattr(m, name)  # (past max_length the windowing clamps it)
-            if not _is_int(value) or value < least:
+            if not is_int(value) or value < least:
                 raise PRMError(f"{where}: {name} must be an int >= {least}, got {value!r}")
         check_stop_settings(m.prune_below, m.adaptive_threshold, where)
         check_common_settings(m.threshold, m.calculator_cap, (m.model_file, m.tokenizer_file), where)
@@ -167,7 +167,8 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _is_int(value: object) -> bool:
+def is_int(value: object) -> bool:
+    """A JSON whole number (``true`` is an int to Python, not to a manifest)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -187,14 +188,10 @@ def check_common_settings(threshold: object, cap: object, files: tuple[object, .
 def check_stop_settings(prune_below: object, adaptive_threshold: object, where: str) -> None:
     """Raise PRMError unless a manifest's ``prune_below`` is None or a number in (0, 1) and its
     ``adaptive_threshold`` None or a number in [0.5, 1]."""
-
-    def number(value: object) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-    if prune_below is not None and not (number(prune_below) and 0.0 < prune_below < 1.0):
+    if prune_below is not None and not (_is_number(prune_below) and 0.0 < prune_below < 1.0):
         raise PRMError(f"{where}: prune_below must be a number in (0, 1) or null, got {prune_below!r}")
     if adaptive_threshold is not None and not (
-        number(adaptive_threshold) and 0.5 <= adaptive_threshold <= 1.0
+        _is_number(adaptive_threshold) and 0.5 <= adaptive_threshold <= 1.0
     ):
         raise PRMError(
             f"{where}: adaptive_threshold must be a number in [0.5, 1] or null, got {adaptive_threshold!r}"

@@ -34,6 +34,7 @@ from edgetts.prm import (
     PRMError,
     check_common_settings,
     check_stop_settings,
+    is_int,
     open_session,
     read_manifest,
 )
@@ -90,12 +91,12 @@ class ProbeManifest:
             )
         check_stop_settings(m.prune_below, m.adaptive_threshold, where)
         check_common_settings(m.threshold, m.calculator_cap, (m.model_file,), where)
-        if not isinstance(m.hidden_size, int) or isinstance(m.hidden_size, bool) or m.hidden_size < 1:
+        if not is_int(m.hidden_size) or m.hidden_size < 1:
             raise PRMError(f"{where}: hidden_size must be a positive int, got {m.hidden_size!r}")
         if not isinstance(m.policy, dict) or not isinstance(m.policy.get("name"), str):
             raise PRMError(f'{where}: policy must be an object naming the policy ({{"name": ...}})')
         layers_ok = isinstance(m.layers, list) and m.layers
-        if not layers_ok or not all(isinstance(i, int) and not isinstance(i, bool) for i in m.layers):
+        if not layers_ok or not all(is_int(i) for i in m.layers):
             raise PRMError(f"{where}: layers must be a non-empty list of ints (-1: the final state)")
         return m
 

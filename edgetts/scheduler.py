@@ -153,6 +153,12 @@ class Budget:
     # on exactly these (fewer when N is smaller), so its time is predicted for them.
     slots: int | None = None
 
+    @property
+    def searches_with_own_slots(self) -> int:
+        """How many searches at once each get the plan's slots (run --concurrent K: K); a
+        loaded model's slots are one pool, shared as they are (1)."""
+        return 1 if self.slots else self.searches
+
 
 @dataclass
 class Plan:
@@ -501,8 +507,8 @@ def make_plan(
     def build(n: int, slots: int, kv_type: str, with_prm: bool) -> Plan:
         # ``slots``: one search's. With K searches at once (run --concurrent K) each gets as
         # many, so the policy holds K times as many (seen: K searches given one search's slots
-        # ran in waves). A loaded policy's slots (budget.slots) are shared as they are.
-        searches = 1 if budget.slots else budget.searches
+        # ran in waves).
+        searches = budget.searches_with_own_slots
         all_slots = slots * searches
         n_ctx = budget.searches * budget.max_prompt_tokens + all_slots * budget.max_tokens
         parks = budget.strategy in PARKING
@@ -579,7 +585,7 @@ def _annotate(plan: Plan, budget: Budget, with_prm: bool, wanted_prm: bool) -> P
             "the PRM does not fit the memory budget: auto judges difficulty by "
             "agreement alone and picks among PRM-free strategies"
         )
-    slots = plan.n_seq_max // (1 if budget.slots else budget.searches)  # one search's
+    slots = plan.n_seq_max // budget.searches_with_own_slots  # one search's
     if slots < plan.n:
         parked = f", waiting paths parked in {plan.park_mb:.0f} MB of host memory" if plan.park_mb else ""
         plan.notes.append(f"{plan.n} paths share {slots} KV slots: they run in waves{parked}")

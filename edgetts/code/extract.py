@@ -158,8 +158,8 @@ def extract_program(reply: str, prompt: str = "", entry_point: str | None = None
         names = defined_functions(block)
         if names and (entry_point is None or entry_point in names):
             body = definitions_only(block, entry_point)
-            program = _future_first(context + body) if body is not None else ""
-            if body is not None and _compiles(program):
+            program = None if body is None else _future_first(context + body)
+            if program is not None and _compiles(program):
                 return program
     if entry_point and prompt and entry_point in defined_functions(prompt):
         for block in blocks:
@@ -169,8 +169,9 @@ def extract_program(reply: str, prompt: str = "", entry_point: str | None = None
             joined = prompt.rstrip("\n") + "\n" + block
             if entry_point in defined_functions(joined):
                 body = definitions_only(joined, entry_point)
-                if body is not None and _compiles(_future_first(body)):
-                    return _future_first(body)
+                program = None if body is None else _future_first(body)
+                if program is not None and _compiles(program):
+                    return program
     return None
 
 

@@ -795,18 +795,12 @@ class LlamaPolicy:
             if run.search.closed:
                 # Its search unwound (another of its runs failed) and freed its paths without
                 # waiting for this one: decoding it on would be for nobody.
-                for child in run.active:
-                    self._free(child.seq)
-                run.active, run.queue, run.waiting = [], deque(), []
-                run.error = PolicyError("the search closed while this extension ran")
-                run.done = progressed = True
+                self._fail(run, "the search closed while this extension ran")
+                progressed = True
             elif any(_ended(child.parent) for child in run.queue):
                 # its paths' search ended after extend checked them (a root on another thread)
-                for child in run.active:
-                    self._free(child.seq)
-                run.active, run.queue, run.waiting = [], deque(), []
-                run.error = PolicyError(ENDED_MESSAGE)
-                run.done = progressed = True
+                self._fail(run, ENDED_MESSAGE)
+                progressed = True
         runs = [run for run in runs if not run.done]
         for run in runs:
             if run.deadline is not None and run.deadline.expired():
@@ -837,6 +831,14 @@ class LlamaPolicy:
             if not run.queue and not run.active:
                 run.done = True
         return progressed
+
+    def _fail(self, run: _Run, message: str) -> None:
+        """End ``run`` with a PolicyError, freeing the slots its started children hold."""
+        for child in run.active:
+            self._free(child.seq)
+        run.active, run.queue, run.waiting = [], deque(), []
+        run.error = PolicyError(message)
+        run.done = True
 
     def _can_start(self, child: _Child, run: _Run, runs: list[_Run]) -> bool:
         """Whether ``child`` can start now, freeing a slot for it if that is the way forward.
