@@ -237,6 +237,16 @@ def test_beam_search_keeps_n_beams_a_round_when_fewer_survive():
     assert gen.alive == set() and gen.peak_alive <= 8
 
 
+def test_beam_search_without_refill_grows_m_beams_per_survivor():
+    same_start = {"same": {"x": {"x \\boxed{1}": {}}, "y": {"y \\boxed{2}": {}}}}
+    gen = FakeGenerator(tree_policy(same_start))
+    config = SearchConfig(n=8, beam_width=2, max_steps=2, beam_refill=False)
+    beam_search("q", gen, FakeScorer(default=0.5), config)
+    # one distinct survivor of the 8 first steps grows beam_width (2) beams, not 8
+    assert [(c.parents, c.n_each) for c in gen.calls[:2]] == [([()], 8), ([("same",)], 2)]
+    assert gen.alive == set()
+
+
 def test_beam_search_picks_among_the_n_best_finished_beams():
     """A last round can finish more beams than N: like search-and-learn (sort_completed), only
     the N best-scored vote; here the surplus low-scored ones would have turned the vote to 7."""

@@ -143,6 +143,9 @@ def run(args: argparse.Namespace) -> None:
     settings = {key: getattr(args, key) for key in keys}
     if args.only and set(args.only) <= set(SEARCH_STRATEGIES):  # what picks a tree search's answer
         settings["weighted_pick"] = not args.best_pick
+    # Beam search's refill (the default since stop 41, whose rows record nothing) or narrowing
+    if args.only and "beam_search" in args.only and args.no_refill:
+        settings["beam_refill"] = False
     # DVTS's first steps in a DVTS run: dealt (stop 44's default, whose rows record nothing) or in
     # order (the default since stop 45; its rows say so)
     if args.only and "dvts" in args.only and set(args.only) <= set(SEARCH_STRATEGIES) and not args.deal:
@@ -236,6 +239,7 @@ def run(args: argparse.Namespace) -> None:
                     rank_agg=args.rank_agg,
                     weighted_pick=not args.best_pick,
                     dvts_deal=args.deal,
+                    beam_refill=not args.no_refill,
                     sampling=sampling,
                 )
                 result = run_search(strategy, problem.question, policy, scorer, config)
@@ -585,6 +589,12 @@ def main() -> None:
         action="store_true",
         help="DVTS deals distinct first steps to different subtrees (SearchConfig.dvts_deal; the "
         "default gives each subtree M in order, repeats and all)",
+    )
+    r.add_argument(
+        "--no-refill",
+        action="store_true",
+        help="beam search's survivors grow M beams each, however few survive (SearchConfig.beam_refill; "
+        "the default refills them to N)",
     )
     r.add_argument("--max-tokens", type=int, default=400)
     r.add_argument("--temperature", type=float, default=SolveOptions.temperature)

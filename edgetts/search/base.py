@@ -211,6 +211,10 @@ class SearchConfig:
     # pick), as DVTS does; False: the single best-scored beam. Rescored from the kept beams of
     # 50 MAWPS problems at N = 16 (docs/bench): 86 % weighted against 80 % best (won 4, lost 1).
     weighted_pick: bool = True
+    # For beam search: when fewer than N/M beams survive a round (duplicates, finished beams),
+    # the survivors share the N new beams, as search-and-learn refills its active beams to N
+    # (the default since stop 41). False: each survivor grows M, and the search narrows for good.
+    beam_refill: bool = True
     # For DVTS: grow the subtrees in lock-step rounds (one extend for all, every subtree waits
     # for the slowest), as search-and-learn does. False grows each subtree as soon as its own
     # children are scored, with no barrier; same picks when subtrees keep pace. Rounds stay the

@@ -5,7 +5,8 @@ the live beams; beams that finished are set aside for the final pick, the top N/
 with distinct steps survive and each is expanded into M beams with one more step; the rest are
 released at once. When fewer survive (duplicates, beams that finished), the survivors share the N
 new beams between them, as search-and-learn refills its active beams to N every iteration: the
-search keeps spending N beams a round instead of narrowing for good.
+search keeps spending N beams a round instead of narrowing for good (``config.beam_refill``;
+False: each survivor grows M).
 The search stops after ``config.max_steps`` rounds (live beams are then completed to the end), when
 N beams have finished, when no live beam is left, or at the deadline. Survivors are ranked by
 ``config.ranking`` (search-and-learn: the last step's score). The N best-scored finished beams (a
@@ -61,7 +62,8 @@ def beam_search(
             live = complete(generator, scorer, question, live, finished, deadline)
             break
         survivors = keep_best_distinct(generator, live, keep, config.ranking)
-        live = expand_to(generator, survivors, config.n, deadline)
+        width = config.n if config.beam_refill else len(survivors) * config.beam_width
+        live = expand_to(generator, survivors, width, deadline)
     # Whatever is still live was cut short (deadline) or is surplus (N beams already finished).
     generator.release(live)
     return conclude(
