@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from edgetts.gpu import requested_gpu_layers
 from edgetts.policy import LlamaPolicy, PolicyConfig, Prompt
-from edgetts.policy.config import GeneratorCounters
+from edgetts.policy.config import GeneratorCounters, SearchNotStarted
+from edgetts.policy.loop import IDLE_WAIT_S
 from edgetts.policy.session import PolicySession
 from edgetts.prompts import Conversation, RawPrompt, question_text
 from edgetts.scheduler import (
@@ -330,7 +331,8 @@ class Solver:
         if options.run_programs:
             self._need_sandbox("--run-programs")
         prompt, question = question, question_text(question)
-        with self._searching_on(question, options, counters) as (plan, scorer, session):
+        waited = Deadline(options.deadline_s, cancel)  # for the others: a prompt slot, a reload
+        with self._searching_on(question, options, counters, waited) as (plan, scorer, session):
             generator = session if isinstance(prompt, str) else RootedIn(session, prompt)
             strategy, config = options.strategy, replace(options.search_config(), cancel=cancel)
             if plan is not None:
@@ -407,24 +409,31 @@ class Solver:
             sampling=options.sampling(),
         )
         config.validate()
-        with self._searching_on(None, SolveOptions(), counters) as (_, _, session):
+        waited = Deadline(options.deadline_s, cancel)
+        with self._searching_on(None, options, counters, waited) as (_, _, session):
             return solve_code(task, session, self.sandbox, config)
 
     @contextmanager
     def _searching_on(
-        self, question: str | None, options: SolveOptions, counters: GeneratorCounters | None
+        self,
+        question: str | None,
+        options: SolveOptions,
+        counters: GeneratorCounters | None,
+        waited: Deadline,
     ) -> Iterator[tuple[Plan | None, Verifier | None, PolicySession]]:
         """Plan and load for a search (a code task: ``question`` None, the policy as loaded),
-        then give it a session on the policy, closed (its slots freed) when the search ends."""
+        then give it a session on the policy, closed (its slots freed) when the search ends.
+        Waiting for other searches (to reload the policy, for a prompt slot) gives up at
+        ``waited`` (the solve's deadline and cancel): :class:`SearchNotStarted`."""
         with self._lock:
             if question is None:
                 plan, scorer, policy = None, None, self.policy  # as loaded (the user's settings if none is)
             else:
-                plan, scorer, policy = self._prepare(question, options)
+                plan, scorer, policy = self._prepare(question, options, waited)
                 if scorer is not None:  # this search's PRM work, apart from its neighbours'
                     scorer = scorer.with_own_counters()
             self._searching += 1
-        session = policy.session(counters)
+        session = policy.session(counters, waited)
         try:
             yield plan, scorer, session
         finally:
@@ -458,7 +467,7 @@ class Solver:
             return self._prepare(question, options or SolveOptions())[0]
 
     def _prepare(
-        self, question: str, options: SolveOptions
+        self, question: str, options: SolveOptions, waited: Deadline | None = None
     ) -> tuple[Plan | None, Verifier | None, LlamaPolicy]:
         options.validate()
         if options.max_tokens is not None and options.max_tokens > self.policy_config.max_tokens:
@@ -476,7 +485,7 @@ class Solver:
         scorer = self._scorer_for(strategy, plan)
         if scorer is None and plan is not None and options.memory_mb is not None:
             self._unload_scorer_over(options.memory_mb - plan.predicted_memory_mb)
-        return plan, scorer, self._policy_for(scorer, plan, options.memory_mb)
+        return plan, scorer, self._policy_for(scorer, plan, options.memory_mb, waited)
 
     def check_budget(self, question: Prompt, options: SolveOptions) -> None:
         """Raise :class:`PlanError` now where a solve of ``question`` under ``options`` would
@@ -596,7 +605,13 @@ class Solver:
         )
         return plan_for(cfg.model, budget, self.prm_dir)[0]
 
-    def _policy_for(self, scorer: Verifier | None, plan: Plan | None, memory_mb: float | None) -> LlamaPolicy:
+    def _policy_for(
+        self,
+        scorer: Verifier | None,
+        plan: Plan | None,
+        memory_mb: float | None,
+        waited: Deadline | None = None,
+    ) -> LlamaPolicy:
         """A policy for this solve: the user's settings, as planned for its budget, recording
         step states when the PRM reads them (a policy probe).
 
@@ -606,7 +621,7 @@ class Solver:
         otherwise reload every time), and (under a memory budget) memory that fits. Reloading
         costs seconds, so questions of different lengths or deadlines share one context; a
         question with no budget gets a context as the user configured it, whatever budget the
-        question before had.
+        question before had. A reload waits until no search runs, or until ``waited`` runs out.
         """
         wanted = self.policy_config
         if plan is not None:
@@ -623,7 +638,12 @@ class Solver:
             ):
                 break
             if self._searching:  # never pull the context from under a running search
-                self._lock.wait()
+                if waited is not None and waited.expired():
+                    raise SearchNotStarted(
+                        f"the deadline passed (or the search was cancelled) while {self._searching} "
+                        "running searches kept the policy that this one must load again"
+                    )
+                self._lock.wait(IDLE_WAIT_S)  # (a search's end notifies at once)
                 continue
             self._free_policy()
             self._load(wanted, plan.predicted_memory_mb - plan.memory.prm_mb if plan is not None else None)

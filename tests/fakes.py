@@ -127,9 +127,9 @@ class FakeGenerator:
     submitted: int = 0
     _next_id: int = 0
 
-    def session(self, counters: object = None) -> FakeSession:
+    def session(self, counters: object = None, deadline: object = None) -> FakeSession:
         """The generator for one search, as the real policy's (the fake's searches all count in
-        its own counters; ``counters`` is not used)."""
+        its own counters; ``counters`` is not used; a root never waits, so ``deadline`` neither)."""
         return FakeSession(self)
 
     @property

@@ -304,3 +304,56 @@ def test_paths_cut_by_a_deadline_extend_later_as_if_never_cut():
         assert beside[1].text == beside[0].text and beside[1].text[:20] == expected[:20]
     finally:
         pol.close()
+
+
+def test_a_root_waiting_for_a_prompt_slot_gives_up_at_its_deadline_or_cancel():
+    """Seen in review: with more concurrent searches than prompt slots, a root waited until a
+    slot came free (minutes, another search's whole run), whatever its deadline or cancel."""
+    from edgetts.policy import SearchNotStarted
+    from edgetts.solver import SolveOptions, Solver
+
+    config = PolicyConfig(n_seq_max=2, max_tokens=16, seed=0, max_searches=1)
+    with Solver(config) as solver:
+        policy = solver.policy
+        with policy.session() as holder:  # holds the one prompt slot until closed
+            holder.root(QUESTIONS[0][0])
+            start = time.perf_counter()
+            with pytest.raises(SearchNotStarted, match="prompt slots served other searches"):
+                with policy.session(deadline=Deadline(0.3)) as waiter:
+                    waiter.root(QUESTIONS[1][0])
+            cancel = threading.Event()
+            threading.Timer(0.3, cancel.set).start()
+            options = SolveOptions(strategy="majority", n=1, max_tokens=16)
+            with pytest.raises(SearchNotStarted):  # (a deadline_s would plan a policy of its own)
+                solver.solve(QUESTIONS[1][0], options, cancel=cancel)
+            assert time.perf_counter() - start < 5
+        # the slot is free again: the same solve now answers
+        assert solver.solve(QUESTIONS[1][0], options).candidates
+        assert not policy._slot_owner
+
+
+def test_a_solve_waiting_to_reload_the_policy_gives_up_at_its_cancel():
+    """A solve that needs the policy loaded again (best-of-N's probe reads states this policy
+    does not keep) waits until no search runs; it waited whatever its deadline or cancel."""
+    from edgetts.policy import SearchNotStarted
+    from edgetts.solver import SolveOptions, Solver
+
+    with Solver(PolicyConfig(n_seq_max=2, max_tokens=256, seed=0)) as solver:
+        stop_holder, started = threading.Event(), GeneratorCounters()
+        long_one = SolveOptions(strategy="majority", n=1, max_tokens=256, adaptive=False)
+        holder = threading.Thread(
+            target=lambda: solver.solve(QUESTIONS[0][0], long_one, cancel=stop_holder, counters=started)
+        )
+        holder.start()
+        try:
+            while not started.tokens_prefilled and holder.is_alive():
+                time.sleep(0.01)
+            cancel = threading.Event()
+            threading.Timer(0.3, cancel.set).start()
+            start = time.perf_counter()
+            with pytest.raises(SearchNotStarted, match="load again"):
+                solver.solve(QUESTIONS[1][0], SolveOptions(strategy="best_of_n", n=2), cancel=cancel)
+            assert time.perf_counter() - start < 5
+        finally:
+            stop_holder.set()
+            holder.join(JOIN_S)

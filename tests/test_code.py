@@ -73,7 +73,7 @@ class ScriptedGenerator:
     def release(self, paths) -> None:
         pass
 
-    def session(self, counters=None) -> FakeSession:
+    def session(self, counters=None, deadline=None) -> FakeSession:
         return FakeSession(self)
 
 

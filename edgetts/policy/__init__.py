@@ -10,6 +10,7 @@ from edgetts.policy.config import (
     PolicyConfig,
     PolicyError,
     PromptTooLong,
+    SearchNotStarted,
     available_cores,
     check_threads,
     default_threads,
@@ -20,6 +21,7 @@ from edgetts.prompts import Prompt
 __all__ = [
     "GeneratorCounters",
     "LlamaPolicy",
+    "SearchNotStarted",
     "PolicyConfig",
     "PolicyError",
     "Prompt",

@@ -48,6 +48,12 @@ class PolicyError(LlamaError):
     """The policy cannot run this request; the message says why and what to change."""
 
 
+class SearchNotStarted(PolicyError):
+    """A search waited for others until its deadline or cancel: for a prompt slot (more
+    concurrent searches than PolicyConfig.max_searches), or for a Solver to load the policy
+    again for it (which waits until no search runs)."""
+
+
 class PromptTooLong(PolicyError):
     """The prompt has more tokens than the policy's context allows (PolicyConfig.max_prompt_tokens)."""
 

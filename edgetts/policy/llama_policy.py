@@ -70,6 +70,7 @@ from edgetts.policy.config import (
     PolicyConfig,
     PolicyError,
     PromptTooLong,
+    SearchNotStarted,
     check_threads,
     default_threads,
 )
@@ -303,11 +304,14 @@ class LlamaPolicy:
 
     # -- StepGenerator -------------------------------------------------------------------------
 
-    def session(self, counters: GeneratorCounters | None = None) -> PolicySession:
+    def session(
+        self, counters: GeneratorCounters | None = None, deadline: Deadline | None = None
+    ) -> PolicySession:
         """A generator for one search that may run beside others on this policy (see
         :mod:`edgetts.policy.session`); close it when the search ends. ``counters``: where it
-        counts (its own if None)."""
-        return PolicySession(self, counters)
+        counts (its own if None). ``deadline``: how long its root may wait for a prompt slot
+        while :attr:`PolicyConfig.max_searches` other searches hold them (None: as long as it takes)."""
+        return PolicySession(self, counters, deadline)
 
     def _thread_session(self) -> PolicySession:
         """The session :meth:`root` and :meth:`extend` use when called on the policy itself:
@@ -384,6 +388,12 @@ class LlamaPolicy:
                 self._stop_using_template(search)
                 slot = self._free_template_slot(search)
                 if slot is None:
+                    if search.deadline is not None and search.deadline.expired():
+                        raise SearchNotStarted(
+                            f"the deadline passed (or the search was cancelled) while all "
+                            f"{len(self._template_slots)} prompt slots served other searches "
+                            "(PolicyConfig.max_searches)"
+                        )
                     return RETRY
             template = self._prefill(search, text, tokens, slot)  # type: ignore[arg-type]
             self._fresh_template = template if alone else None

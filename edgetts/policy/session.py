@@ -26,12 +26,17 @@ class PolicySession:
 
     ``counters``: where the session counts (a fresh :class:`GeneratorCounters` if None; pass
     one to watch a search's progress from another thread). Everything that is not the
-    StepGenerator protocol (tokenize, metadata, config) is the policy's own.
+    StepGenerator protocol (tokenize, metadata, config) is the policy's own. ``deadline``: the
+    search's wall clock and cancel, which a root waiting for a prompt slot heeds (raising
+    :class:`~edgetts.policy.config.SearchNotStarted`); None waits as long as it takes.
     """
 
-    def __init__(self, policy: LlamaPolicy, counters: GeneratorCounters | None = None) -> None:
+    def __init__(
+        self, policy: LlamaPolicy, counters: GeneratorCounters | None = None, deadline: Deadline | None = None
+    ) -> None:
         self.policy = policy
         self.counters = counters if counters is not None else GeneratorCounters()
+        self.deadline = deadline
         self.template: Any = None  # the policy's prefilled prompt this session's paths grow from
         self.closed = False
         self.is_default = False  # a thread's session for calls on the policy itself

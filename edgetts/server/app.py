@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from edgetts import scheduler
-from edgetts.policy import PolicyError, Prompt, PromptTooLong
+from edgetts.policy import PolicyError, Prompt, PromptTooLong, SearchNotStarted
 from edgetts.scheduler import PlanError
 from edgetts.search import NEEDS_SCORER
 from edgetts.search.base import Candidate, SearchConfig, SearchResult
@@ -589,6 +589,8 @@ def _result(job: Job, future: asyncio.Future) -> SearchResult:
         raise
     except PlanError as exc:  # the budget the request set (or the server's) cannot be met
         raise plan_refused(exc, job.where, job.sent) from None
+    except SearchNotStarted as exc:  # its deadline passed waiting for other searches: not its fault
+        raise ApiError(503, str(exc), type="server_error", code="deadline_exceeded") from None
     except (PolicyError, ValueError) as exc:  # e.g. a question longer than the context
         raise ApiError(400, str(exc)) from None
     except Exception:
