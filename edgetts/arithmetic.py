@@ -8,7 +8,7 @@ slip is checked exactly, with no model, and used twice:
 * by every vote: a solution with a false sum votes only when no solution without one has an
   answer (:func:`edgetts.search.select.voters`; ``SearchConfig.check_arithmetic``). Of the kept
   N = 16 samples of the 0.5B policy on GSM8K test and MAWPS (``data/labels``), 3 of 1,584 right
-  ones and 269 of 1,616 wrong ones have one (each of the 3 a real slip), and majority at
+  ones and 273 of 1,616 wrong ones have one (each of the 3 a real slip), and majority at
   N = 16 gains 2 problems on GSM8K and 6 on MAWPS, losing none (``tools/bench_strategies.py
   rescore``; docs/bench).
 
@@ -16,6 +16,8 @@ Only equations made of plain numbers and + - * / x (also LaTeX's times / cdot / 
 checked; an equation glued to a letter or an operator on its left (``2x + 30 = 110``) is algebra
 and is skipped. The right side may be rounded to its own number of decimals. The left side is
 evaluated only once it is known to hold nothing but digits, points, spaces and the four operators.
+In a chain (``75 * 2 * 4 = 75 * 2 = 150``) each middle link is checked too (:func:`_chain_slips`),
+unless it is a running total (``3 * 4 = 12 + 5 = 17``: the next side starts from the value).
 """
 
 from __future__ import annotations
@@ -41,6 +43,13 @@ _NUMBER_BEFORE = re.compile(r"\d[ \t]+$")  # "1 1/2 * 4": the left side began wi
 # A comma before one or two digits is a decimal comma ("2,5") or a list ("1,2,3"): the
 # equation is not read. Other commas are thousands separators, even misplaced ("200,0000").
 _DECIMAL_COMMA = re.compile(r"\d,\d{1,2}(?!\d)")
+_EXPR = rf"{_NUM}(?:{_OP}{_NUM})*"
+_CHAIN = re.compile(rf"{_EXPR}(?:\s*=\s*{_EXPR}){{2,}}")
+_OPS = re.compile(_OP)
+# A middle link of a chain is false when its sides differ by more than this share (of the left
+# side's value) and by more than the rounding of the right side's numbers: a slip changes a value
+# by much more, while "10 / 3 * 3 = 3.33 * 3" only rounds.
+_CHAIN_SHARE = 0.01
 
 
 def _to_float(s: str) -> float:
@@ -57,26 +66,56 @@ def has_wrong_arithmetic(text: str) -> bool:
     # LaTeX's thousands separators, "1{,}000" and "1\\,000", as plain ones
     text = re.sub(r"(?<=\d)\{,\}(?=\d)", ",", re.sub(r"(?<=\d)\\,(?=\d{3})", "", text))
     for m in _EQ.finditer(text):
-        before = text[m.start() - 1] if m.start() else " "
-        if before in "+-*/^×÷−–.,:_\\{(" or before.isalnum() or _OP_BEFORE.search(text[: m.start()]):
+        if not _stands_alone(text, m):
             continue
-        if _NUMBER_BEFORE.search(text[: m.start()]):
+        val = _value(m["lhs"])
+        if val is None:
             continue
-        if _DECIMAL_COMMA.search(m[0]):
-            continue
-        expr = m["lhs"].replace("$", "").replace(",", "")
-        for a, b in (("\\times", "*"), ("\\cdot", "*"), ("\\div", "/"), ("×", "*"), ("÷", "/"), ("x", "*")):
-            expr = expr.replace(a, b)
-        if not re.fullmatch(r"[\d.+\-*/ ]+", expr):
-            continue
-        try:
-            val = float(eval(expr, {"__builtins__": {}}))  # noqa: S307 - digits and + - * / only
-            rhs = _to_float(m["rhs"])
-        except (SyntaxError, ZeroDivisionError, ValueError, OverflowError):
-            continue
+        rhs = _to_float(m["rhs"])
         decimals = len(m["rhs"].split(".")[1]) if "." in m["rhs"] else 0
         tol = max(0.5 * 10**-decimals, 1e-6 * abs(val)) + 1e-9
         if not math.isfinite(val) or abs(val - rhs) > tol:
+            return True
+    return any(_chain_slips(m[0]) for m in _CHAIN.finditer(text) if _stands_alone(text, m))
+
+
+def _stands_alone(text: str, m: re.Match[str]) -> bool:
+    """Whether the equation ``m`` is plain arithmetic: not the end of algebra or of a longer
+    expression on its left (``2x + 30 = 110``, ``(4 + 2) * 3 = 18``), nor a decimal comma."""
+    before = text[m.start() - 1] if m.start() else " "
+    if before in "+-*/^×÷−–.,:_\\{(" or before.isalnum() or _OP_BEFORE.search(text[: m.start()]):
+        return False
+    return not _NUMBER_BEFORE.search(text[: m.start()]) and not _DECIMAL_COMMA.search(m[0])
+
+
+def _value(expr: str) -> float | None:
+    """The value of a plain-number expression (numbers and + - * / x), None if it is not one."""
+    expr = expr.replace("$", "").replace(",", "")
+    for a, b in (("\\times", "*"), ("\\cdot", "*"), ("\\div", "/"), ("×", "*"), ("÷", "/"), ("x", "*")):
+        expr = expr.replace(a, b)
+    if not re.fullmatch(r"[\d.+\-*/ ]+", expr):
+        return None
+    try:
+        return float(eval(expr, {"__builtins__": {}}))  # noqa: S307 - digits and + - * / only
+    except (SyntaxError, ZeroDivisionError, ValueError, OverflowError):
+        return None
+
+
+def _chain_slips(chain: str) -> bool:
+    """Whether a middle link of ``a = b = ... = z`` is false: two expressions side by side
+    (``75 * 2 * 4 = 75 * 2``) of different values, where the right one does not start from the
+    left one's value (a running total, ``3 * 4 = 12 + 5``). The last link is :data:`_EQ`'s."""
+    sides = [side.strip() for side in chain.split("=")]
+    for left, right in zip(sides[:-2], sides[1:-1], strict=True):
+        if not (_OPS.search(left) and _OPS.search(right)):
+            continue
+        lval, rval = _value(left), _value(right)
+        if lval is None or rval is None or not math.isfinite(lval):
+            continue
+        first = _value(_OPS.split(right, maxsplit=1)[0])
+        decimals = max((len(n.split(".")[1]) for n in re.findall(r"\d\.\d+", right)), default=0)
+        tol = max(_CHAIN_SHARE * abs(lval), 0.5 * 10**-decimals) + 1e-9
+        if abs(lval - rval) > tol and (first is None or abs(first - lval) > tol):
             return True
     return False
 

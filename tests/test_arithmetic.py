@@ -47,6 +47,14 @@ from edgetts.search.majority import majority
         ("4 * 12 = 52 / month", True),
         ("4 * 12 = 52 - that is all", True),
         ("First 2 + 2 = 4.\n\nThen 4 * 3 = 11.", True),  # a whole solution: any of its steps
+        # chains: a middle link is checked, unless the next side starts from the value so far
+        ("75 * 2 * 4 = 75 * 2 = 150", True),  # seen in a kept wrong sample: the 4 went missing
+        ("85 \\times 25 = 225 \\times 5 = 1125", True),
+        ("75 * 2 * 4 = 150 * 4 = 600", False),
+        ("3 * 4 = 12 + 5 = 17", False),  # a running total
+        ("20 + 0.25 * 20 = 40 + 5 = 45", True),  # a running total from a wrong value
+        ("10 / 3 * 3 = 3.33 * 3 = 10", False),  # rounding only
+        ("2x + 3 = 5 + 3 = 8", False),  # algebra on the left
     ],
 )
 def test_has_wrong_arithmetic(text: str, wrong: bool) -> None:
