@@ -25,13 +25,13 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
 from edgetts import models as registry
 from edgetts import paths
-from edgetts.models import ModelError, ModelSpec, Part
+from edgetts.models import ModelError, ModelSpec
 
 # llama.cpp's CPU code in the bundle is built for any CPU of this architecture that has the
 # instruction sets below (x86-64: AVX2, FMA, F16C, BMI2: Intel Haswell, AMD Zen and later), not
@@ -83,8 +83,22 @@ CHECK_PY = r'''"""Check this machine and this bundle's files against bundle.json
 import hashlib, json, os, platform, sys
 
 here = os.path.dirname(os.path.abspath(__file__))
-with open(os.path.join(here, "bundle.json")) as f:
-    need = json.load(f)
+
+
+def incomplete(why):  # bundle.json is written last: without it, or torn, the copy is unfinished
+    sys.exit("the bundle is incomplete (bundle.json %s): copy it again" % why)
+
+
+try:
+    with open(os.path.join(here, "bundle.json")) as f:
+        need = json.load(f)
+except OSError as exc:
+    incomplete("missing or unreadable: %s" % (exc.strerror or exc))
+except ValueError as exc:
+    incomplete("torn: %s" % exc)
+if not isinstance(need, dict) or not isinstance(need.get("files"), dict) or not all(
+        key in need for key in ("python", "machine", "cpu_flags")):
+    incomplete("torn: fields are missing")
 problems = []
 python = "%d.%d" % sys.version_info[:2]
 if python != need["python"]:
@@ -114,6 +128,13 @@ for name, digest in sorted(need["files"].items()):
             h.update(block)
     if h.hexdigest() != digest:
         problems.append("%s does not match its sha256 (altered or damaged in the copy)" % name)
+# pip installs any wheel in wheels/ and the import takes any manifest in models/: only listed ones
+for folder in ("wheels", "models"):
+    for root, dirs, names in os.walk(os.path.join(here, folder)):
+        for name in sorted(names):
+            listed = os.path.relpath(os.path.join(root, name), here).replace(os.sep, "/")
+            if listed not in need["files"]:
+                problems.append("%s is not listed in bundle.json (not from this bundle): remove it" % listed)
 if problems:
     sys.exit("this bundle cannot install here:\n  " + "\n  ".join(problems))
 print("bundle and machine ok: Python %s, %s, %d files" % (python, need["machine"], len(need["files"])))
@@ -257,16 +278,22 @@ def import_models(path: Path, name: str | None = None) -> list[str]:
 
     Each GGUF is copied into the user folder (``$EDGETTS_HOME/models``) after its sha256 matches
     its manifest (a bundle) or is recorded (a file), so the registry, the scheduler and the server
-    treat it like a shipped model. A manifest goes to ``$EDGETTS_HOME/policies`` unless the same
-    entry already ships.
+    treat it like a shipped model. A new entry's manifest goes to ``$EDGETTS_HOME/policies``; a
+    registry model imported with its own weights keeps its entry. An import never replaces another
+    entry's weights or file, and every name is a plain file name (nothing lands outside the home).
     """
     if path.is_dir():
         if name is not None:
             raise ModelError("--name is for one .gguf file; a bundle's models keep their names")
+        if (path / "bundle.json").is_file():
+            raise ModelError(
+                f"{path} is a bundle's root (it holds bundle.json, not model manifests): point the "
+                f"import at its models folder, `edgetts models import {path / 'models'}`"
+            )
         manifests = sorted(path.glob("*.json"))
         if not manifests:
             raise ModelError(f"{path} has no model manifests (*.json): not a bundle's models folder")
-        return [_import_bundled(m) for m in manifests]
+        return _import_bundled(manifests)
     if path.suffix != ".gguf":
         raise ModelError(f"{path} is neither a bundle's models folder nor a .gguf file")
     if not name:
@@ -274,57 +301,71 @@ def import_models(path: Path, name: str | None = None) -> list[str]:
     return [_import_file(path, name)]
 
 
-def _import_bundled(manifest: Path) -> str:
-    try:
-        raw = json.loads(manifest.read_text())
-        spec = ModelSpec(**{**raw, "parts": tuple(Part(**p) for p in raw.get("parts", []))})
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise ModelError(f"model manifest {manifest} is malformed: {exc}") from exc
-    if Path(spec.file).name != spec.file or spec.file in ("", ".", ".."):
-        raise ModelError(f"model manifest {manifest} names {spec.file!r}: not a file name in its folder")
-    _install(manifest.parent / spec.file, spec)
-    return spec.name
+def _import_bundled(manifests: list[Path]) -> list[str]:
+    """Check every manifest against the registry (and the others) first, then install each: a
+    bundle with one bad manifest changes nothing."""
+    known = registry.load_registry()
+    fix = (
+        "the bundle was made with another registry: bring one made with this edgetts, or remove "
+        f"that entry from {paths.home() / 'policies'}"
+    )
+    plan = []
+    for manifest in manifests:
+        spec = registry.read_manifest(manifest)
+        entry = _entry_for(spec, known, f"model manifest {manifest}", fix)
+        known[entry.name] = entry
+        plan.append((manifest.parent / spec.file, entry))
+    for source, entry in plan:
+        _install(source, entry)
+    return [entry.name for _, entry in plan]
 
 
 def _import_file(gguf: Path, name: str) -> str:
     from edgetts.metadata import read_metadata
 
+    registry.check_name(name)
     registry.check_gguf_file(gguf)
     meta = read_metadata(gguf)
-    shipped = registry.load_registry()
-    sha = registry.sha256_file(gguf)
-    if name in shipped and shipped[name].sha256 != sha:
-        raise ModelError(f"{name!r} is already a registry model with other weights; choose another name")
     spec = ModelSpec(
         name=name,
         file=f"{name}.gguf",
         kind="instruct" if meta.chat_template else "base",
         size_bytes=gguf.stat().st_size,
-        sha256=sha,
+        sha256=registry.sha256_file(gguf),
         default=False,
         description=f"imported from {gguf.name} ({meta.architecture}, {meta.n_params / 1e6:.0f}M params)",
     )
-    _install(gguf, spec)
+    _install(gguf, _entry_for(spec, registry.load_registry(), f"--name {name}", "choose another name"))
     return name
 
 
+def _entry_for(spec: ModelSpec, known: dict[str, ModelSpec], where: str, fix: str) -> ModelSpec:
+    """The registry entry an import of ``spec`` installs: the entry of that name where its weights
+    are the same (its file, default flag and parts stay: no override), else ``spec`` as a new,
+    non-default entry. Refused where it would replace other weights or another entry's file."""
+    entry = known.get(spec.name)
+    if entry is not None:
+        if entry.sha256 != spec.sha256:
+            raise ModelError(f"{where}: {spec.name!r} is already a registry model with other weights; {fix}")
+        return entry
+    owner = next((s for s in known.values() if s.file == spec.file), None)
+    if owner is not None:
+        raise ModelError(f"{where}: {spec.file} is the file of registry model {owner.name!r}; {fix}")
+    return replace(spec, default=False)  # an import never changes which model is the default
+
+
 def _install(source: Path, spec: ModelSpec) -> None:
-    """Copy ``source`` into the cache as ``spec`` says, refusing any file but the one it names."""
+    """Copy ``source`` into the cache as ``spec`` says, refusing any file but the one it names,
+    under the lock a pull of it takes; then register ``spec`` if the registry lacks it."""
     if not source.is_file():
         raise ModelError(f"{source} is missing: the manifest names it")
     size = source.stat().st_size
     if size != spec.size_bytes:
         raise ModelError(f"{source} has {size:,} of {spec.size_bytes:,} bytes (truncated or wrong file)")
-    if registry.sha256_file(source) != spec.sha256:
-        raise ModelError(f"{source} does not match its sha256 {spec.sha256} (altered or corrupt)")
-    target = registry.model_path(spec)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
-    shutil.copyfile(source, partial)
-    os.replace(partial, target)
-    registry.verify(spec)  # hashes the copy and stamps it ready
-    shipped = registry.load_registry(paths.shipped_dir()).get(spec.name)
-    if shipped != spec:
-        policies = paths.home() / "policies"
-        policies.mkdir(parents=True, exist_ok=True)
-        (policies / f"{spec.name}.json").write_text(json.dumps(_manifest(spec), indent=2) + "\n")
+    with registry.model_lock(spec):
+        if not registry.is_ready(spec):  # else another import put these weights there meanwhile
+            registry.sweep_leftovers(spec)
+            registry.place(spec, lambda tmp: shutil.copyfile(source, tmp), str(source))
+    if registry.load_registry().get(spec.name) != spec:
+        manifest = paths.home() / "policies" / f"{registry.check_name(spec.name)}.json"
+        paths.write_atomically(manifest, json.dumps(_manifest(spec), indent=2) + "\n")

@@ -82,6 +82,8 @@ class Calibration:
     @classmethod
     def from_dict(cls, data: dict) -> Calibration:
         """Build and sanity-check; raise ValueError on anything a planner could not use."""
+        if not isinstance(data, dict):  # a damaged file may hold any JSON value: `[]`, `"x"`
+            raise ValueError(f"not a JSON object but {type(data).__name__}")
         if data.get("version") != FORMAT_VERSION:
             raise ValueError(f"format version {data.get('version')!r}, expected {FORMAT_VERSION}")
         decode = {int(k): float(v) for k, v in dict(data["decode_tok_s"]).items()}
@@ -154,7 +156,7 @@ def load(meta: ModelMetadata, n_threads: int) -> tuple[Calibration | None, str |
     except OSError as exc:
         why = exc.strerror or exc
         return None, f"ignoring unreadable calibration {path} ({why}); run `edgetts calibrate`"
-    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:  # OverflowError: int(1e999)
         return None, f"ignoring corrupt or stale calibration {path} ({exc}); run `edgetts calibrate`"
     if cal.model_key != model_key(meta) or cal.n_threads != n_threads:
         return None, f"ignoring calibration {path}: it was measured for another model or thread count"

@@ -1216,6 +1216,7 @@ def models_list(as_json: bool) -> None:
     _list_models(as_json)
 
 
+@_friendly_errors  # a damaged manifest in the user's policies folder: one line naming it
 def _list_models(as_json: bool) -> None:
     for spec in registry.load_registry().values():
         if as_json:

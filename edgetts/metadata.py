@@ -137,9 +137,9 @@ def read_metadata(path: str | Path) -> ModelMetadata:
     cached = _disk_cache(path, stat.st_size, stat.st_mtime)
     if cached.is_file():
         try:
-            return ModelMetadata(**json.loads(cached.read_text()))
-        except (OSError, json.JSONDecodeError, TypeError):
-            pass  # unreadable, stale format or torn write: read the model file again
+            return ModelMetadata(**json.loads(cached.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            pass  # unreadable, not UTF-8 or JSON, stale format or torn write: read the model again
     meta = _read(str(path), stat.st_size, stat.st_mtime)
     try:
         write_atomically(cached, json.dumps(asdict(meta)))

@@ -25,9 +25,10 @@ HOME_ENV = "EDGETTS_HOME"
 
 
 def home() -> Path:
-    """The user's edgetts folder: ``$EDGETTS_HOME``, else the platform's user cache folder."""
+    """The user's edgetts folder: ``$EDGETTS_HOME``, else the platform's user cache folder. A
+    ``~`` in it is the user's home (a quoted ``EDGETTS_HOME='~/x'`` reaches us unexpanded)."""
     env = os.environ.get(HOME_ENV)
-    return Path(env) if env else Path(platformdirs.user_cache_dir("edgetts", appauthor=False))
+    return Path(env).expanduser() if env else Path(platformdirs.user_cache_dir("edgetts", appauthor=False))
 
 
 def shipped_dir() -> Path:

@@ -6,8 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
+import threading
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -34,6 +38,24 @@ def fake_bundle(folder: Path, data: bytes) -> ModelSpec:
     (folder / "tiny.gguf").write_bytes(data)
     (folder / "tiny.json").write_text(json.dumps(bundle._manifest(spec)))
     return spec
+
+
+def tiny_gguf(path: Path) -> Path:
+    """A real (weightless) GGUF file: what `models import FILE --name NAME` reads."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_string("general.name", path.stem)
+    writer.add_token_list([f"t{i}" for i in range(11)])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    return path
+
+
+def written_outside(root: Path, home: Path, *inputs: Path) -> list[Path]:
+    """Files under ``root`` an import wrote outside ``home`` (``inputs`` were there before)."""
+    return [p for p in root.rglob("*") if p.is_file() and home not in p.parents and p not in inputs]
 
 
 def test_import_registers_a_bundled_model(tmp_path, home):
@@ -65,7 +87,7 @@ def test_a_manifest_naming_a_file_outside_its_folder_is_refused(tmp_path, home):
     spec = fake_bundle(tmp_path / "models", b"GGUF" + bytes(500))
     manifest = json.loads((tmp_path / "models" / "tiny.json").read_text())
     (tmp_path / "models" / "tiny.json").write_text(json.dumps({**manifest, "file": "../../etc/x.gguf"}))
-    with pytest.raises(ModelError, match="not a file name in its folder"):
+    with pytest.raises(ModelError, match="tiny.json is malformed: field 'file': .* is not a plain name"):
         bundle.import_models(tmp_path / "models")
     assert not models.is_ready(spec)
 
@@ -164,7 +186,7 @@ def _bundle_to_check(tmp_path, **need):
     """A bundle folder with one file, bundle.json saying what it needs, and check.py."""
     import platform
 
-    (tmp_path / "wheels").mkdir()
+    (tmp_path / "wheels").mkdir(exist_ok=True)
     (tmp_path / "wheels" / "x.whl").write_bytes(b"wheel")
     need = {
         "python": ".".join(map(str, sys.version_info[:2])),
@@ -202,3 +224,137 @@ def test_the_bundle_check_names_what_does_not_fit(tmp_path, need, words):
         pytest.skip("no /proc/cpuinfo")
     done = _bundle_to_check(tmp_path, **need)
     assert done.returncode == 1 and "cannot install here" in done.stderr and words in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "ABS", ".", "..", "a/b", "-x", "a b", "x\n"])
+def test_an_imported_model_name_that_is_not_a_plain_name_is_refused(tmp_path, home, name):
+    """Seen in review: `models import a.gguf --name ../../escaped` (or an absolute name) wrote the
+    model and its manifest outside $EDGETTS_HOME."""
+    name = str(tmp_path / "abs" / "escaped") if name == "ABS" else name
+    gguf = tiny_gguf(tmp_path / "a.gguf")
+    with pytest.raises(ModelError, match="not a plain name"):
+        bundle.import_models(gguf, name)
+    assert written_outside(tmp_path, home, gguf) == [] and not (home / "policies").exists()
+
+
+def test_a_bundle_manifest_whose_name_is_a_path_is_refused(tmp_path, home):
+    fake_bundle(tmp_path / "models", b"GGUF" + bytes(500))
+    manifest = tmp_path / "models" / "tiny.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "name": "../../escaped"}))
+    with pytest.raises(ModelError, match="tiny.json.*not a plain name"):
+        bundle.import_models(tmp_path / "models")
+    inputs = [*(tmp_path / "models").iterdir()]
+    assert written_outside(tmp_path, home, *inputs) == [] and not (home / "models").exists()
+
+
+def test_an_import_never_overwrites_another_registry_models_file(tmp_path, home):
+    """Seen in review: `models import b.gguf --name gemma-3-270m-q4_k_m` (another entry's file
+    name, other weights) replaced that entry's verified 253 MB file."""
+    gemma = models.load_registry()["gemma-3-270m"]
+    target = models.model_path(gemma)
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"gemma's weights")
+    gguf = tiny_gguf(tmp_path / "b.gguf")
+    with pytest.raises(ModelError, match="registry model 'gemma-3-270m'"):
+        bundle.import_models(gguf, "gemma-3-270m-q4_k_m")
+    with pytest.raises(ModelError, match="other weights"):
+        bundle.import_models(gguf, "gemma-3-270m")
+    assert target.read_bytes() == b"gemma's weights" and not (home / "policies").exists()
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [({"name": "gemma-3-270m"}, "other weights"), ({"file": "gemma-3-270m-q4_k_m.gguf"}, "'gemma-3-270m'")],
+)
+def test_a_bundle_manifest_never_replaces_another_registry_model(tmp_path, home, change, words):
+    """Seen in review: a bundle manifest named like a registry model with other weights wrote an
+    override of that model before failing."""
+    data = b"GGUF" + bytes(500)
+    fake_bundle(tmp_path / "models", data)
+    manifest = tmp_path / "models" / "tiny.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), **change}))
+    (tmp_path / "models" / "gemma-3-270m-q4_k_m.gguf").write_bytes(data)
+    with pytest.raises(ModelError, match=words):
+        bundle.import_models(tmp_path / "models")
+    assert not (home / "policies").exists() and not (home / "models").exists()
+    assert models.load_registry()["gemma-3-270m"].file == "gemma-3-270m-q4_k_m.gguf"
+
+
+def test_importing_a_registry_model_under_its_own_name_keeps_its_entry(tmp_path, home):
+    """Seen in review: importing the default model's file under its own name (same sha256) wrote
+    an override with default false and no parts, and then every command failed with "the
+    registry must mark exactly one default model"."""
+    gguf = tiny_gguf(tmp_path / "a.gguf")
+    data = gguf.read_bytes()
+    default = models.load_registry()[models.default_model_name()]
+    # The registry's default entry, for this small file (a user manifest replaces the shipped one)
+    entry = replace(default, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    manifest = home / "policies" / f"{default.name}.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps(bundle._manifest(entry)))
+    before = manifest.read_text()
+    assert bundle.import_models(gguf, default.name) == [default.name]
+    assert models.default_model_name() == default.name and models.load_registry()[default.name] == entry
+    assert models.is_ready(entry) and models.model_path(entry).read_bytes() == data
+    assert manifest.read_text() == before and sorted((home / "policies").iterdir()) == [manifest]
+
+
+def test_concurrent_imports_take_turns(tmp_path, home, monkeypatch):
+    """Seen in review: two imports at once shared one .partial file; the second crashed (ENOENT)."""
+    import shutil
+
+    spec = fake_bundle(tmp_path / "models", b"GGUF" + bytes(500))
+    copy = shutil.copyfile
+
+    def slow_copy(*args, **kwargs):  # a 500 MB copy takes seconds: the other import comes meanwhile
+        done = copy(*args, **kwargs)
+        time.sleep(0.3)
+        return done
+
+    monkeypatch.setattr(shutil, "copyfile", slow_copy)
+    failures: list[BaseException] = []
+
+    def run():
+        try:
+            bundle.import_models(tmp_path / "models")
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == [] and models.is_ready(spec)
+    assert not [p for p in (home / "models").iterdir() if "partial" in p.name or p.name.startswith(".")]
+
+
+def test_importing_a_bundles_root_points_at_its_models_folder(tmp_path, home):
+    """Seen: `models import DIR` on a bundle's root said "unexpected keyword argument 'edgetts'"."""
+    fake_bundle(tmp_path / "models", b"GGUF" + bytes(500))
+    (tmp_path / "bundle.json").write_text(json.dumps({"edgetts": "0.1", "files": {}}))
+    with pytest.raises(ModelError, match=re.escape(f"edgetts models import {tmp_path / 'models'}")):
+        bundle.import_models(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "extra", ["wheels/evil-1.0-py3-none-any.whl", "models/extra.json", "wheels/sub/x.whl"]
+)
+def test_the_bundle_check_refuses_files_bundle_json_does_not_list(tmp_path, extra):
+    """Seen in review: a wheel added to wheels/ after the bundle was made passed the check, and pip
+    would have installed it."""
+    (tmp_path / extra).parent.mkdir(parents=True)
+    (tmp_path / extra).write_bytes(b"not from the bundle")
+    done = _bundle_to_check(tmp_path)
+    assert done.returncode == 1 and f"{extra} is not listed in bundle.json" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("text", [None, '{"python": "3.1', "[]", "{}", '{"files": 3}'])
+def test_the_bundle_check_names_a_missing_or_torn_bundle_json(tmp_path, text):
+    """Seen in review: check.py on a bundle without bundle.json (an interrupted copy) gave a traceback."""
+    if text is not None:
+        (tmp_path / "bundle.json").write_text(text)
+    (tmp_path / "check.py").write_text(bundle.CHECK_PY)
+    done = subprocess.run([sys.executable, str(tmp_path / "check.py")], capture_output=True, text=True)
+    assert done.returncode == 1 and "the bundle is incomplete" in done.stderr, done.stderr
+    assert "copy it again" in done.stderr and "Traceback" not in done.stderr

@@ -1,0 +1,147 @@
+"""Damaged files in $EDGETTS_HOME (a calibration, a user manifest, the metadata cache) are ignored
+with a warning or refused with a message naming the file, never a traceback."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from edgetts import calibration, metadata, models, paths
+from edgetts.metadata import ModelError, ModelMetadata
+
+META = ModelMetadata(
+    path="/models/tiny.gguf",
+    architecture="llama",
+    name="tiny",
+    n_layers=2,
+    n_ctx_train=512,
+    n_embd=64,
+    n_head=4,
+    n_head_kv=4,
+    head_dim_k=16,
+    head_dim_v=16,
+    n_params=1000,
+    weights_bytes=1000,
+    file_bytes=2000,
+    chat_template=None,
+    sliding_window=None,
+    swa_layers=0,
+    n_vocab=11,
+)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGETTS_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"[]",
+        b'"x"',
+        b"null",
+        b"\xff\xfe not text",
+        b'{"version": 1, "model_key": "k", "machine_id": "m", "n_threads": 1e999, "prefill_tok_s": 1,'
+        b' "decode_tok_s": {"1": 1}}',
+    ],
+)
+def test_a_damaged_calibration_file_is_ignored_with_a_warning(home, monkeypatch, content):
+    """Seen in review: a calibration file holding `[]` or `"x"` crashed (AttributeError) instead of
+    being ignored with a warning, as the module says."""
+    monkeypatch.setattr(calibration, "machine_id", lambda: "m")
+    path = calibration.calibration_path(META, 1)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    cal, why = calibration.load(META, 1)
+    assert cal is None and "ignoring corrupt or stale calibration" in why and str(path) in why
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        ('"abc"', "not a JSON object"),
+        ("[1]", "not a JSON object"),
+        (b"\xff\xfe", "bad.json"),
+        ({"size_bytes": "416"}, "size_bytes"),
+        ({"size_bytes": True}, "size_bytes"),
+        ({"file": 5}, "file"),
+        ({"file": "../x.gguf"}, "file"),
+        ({"name": "a/b"}, "name"),
+        ({"kind": "chat"}, "kind"),
+        ({"sha256": "abc"}, "sha256"),
+        ({"default": "yes"}, "default"),
+        ({"description": None}, "description"),
+        ({"parts": "p"}, "parts"),
+        ({"parts": [5]}, "parts"),
+        ({"parts": [{"package": "p", "version": 1, "member": "m"}]}, "parts"),
+        ({"extra": 1}, "extra"),
+    ],
+)
+def test_a_damaged_user_manifest_is_refused_naming_the_file_and_field(home, content, words):
+    """Seen in review: a user manifest holding `"abc"` crashed (AttributeError), and wrong field
+    types (`"size_bytes": "416"`, `"file": 5`) were taken and failed far from the manifest."""
+    good = {
+        "name": "tiny",
+        "file": "tiny.gguf",
+        "kind": "base",
+        "size_bytes": 416,
+        "sha256": hashlib.sha256(b"x").hexdigest(),
+        "default": False,
+        "description": "",
+        "parts": [{"package": "p", "version": "1", "member": "m"}],
+    }
+    bad = home / "policies" / "bad.json"
+    bad.parent.mkdir(parents=True)
+    if isinstance(content, bytes):
+        bad.write_bytes(content)
+    else:
+        bad.write_text(content if isinstance(content, str) else json.dumps({**good, **content}))
+    with pytest.raises(ModelError, match="bad.json") as err:
+        models.load_registry()
+    assert words in str(err.value)
+    bad.write_text(json.dumps(good))  # and the same manifest, whole, is read
+    assert models.load_registry()["tiny"].size_bytes == 416
+
+
+def test_a_metadata_cache_that_is_not_text_is_read_again(tmp_path, home):
+    """Seen in review: a metadata cache file with non-UTF-8 bytes crashed every command that read
+    the model (UnicodeDecodeError) instead of being treated as stale."""
+    import gguf
+
+    model = tmp_path / "m.gguf"
+    writer = gguf.GGUFWriter(str(model), "llama")
+    writer.add_token_list([f"t{i}" for i in range(11)])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    first = metadata.read_metadata(model)
+    stat = model.stat()
+    cached = metadata._disk_cache(model, stat.st_size, stat.st_mtime)
+    assert cached.is_file()
+    cached.write_bytes(b"\xff\xfe{")
+    assert metadata.read_metadata(model) == first
+    assert json.loads(cached.read_text())["n_vocab"] == 11  # written again
+
+
+def test_edgetts_home_with_a_tilde_is_the_users_folder(tmp_path, monkeypatch):
+    """Seen in review: EDGETTS_HOME='~/x' (quoted, so the shell left the tilde) made a folder
+    named `~` in the working directory."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("EDGETTS_HOME", "~/x")
+    assert paths.home() == tmp_path / "x"
+
+
+def test_models_list_names_a_damaged_manifest_in_one_line(home):
+    from click.testing import CliRunner
+
+    from edgetts.cli import main
+
+    (home / "policies").mkdir(parents=True)
+    (home / "policies" / "broken.json").write_text('"abc"')
+    result = CliRunner().invoke(main, ["models", "list"])
+    assert result.exit_code == 1 and "broken.json" in result.output
+    assert "Traceback" not in result.output and not isinstance(result.exception, AttributeError)
