@@ -12,6 +12,7 @@ Programs are scripts, run as ``__main__`` with the standard library only; they n
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import time
@@ -116,9 +117,10 @@ def program_of_thought(
     candidates: list[Candidate] = []
     for path in paths:
         program = program_of(path.text)
-        if program is not None and program not in runs:
-            runs[program] = sandbox.run(program)
-        answer = printed_answer(runs[program]) if program is not None else None
+        # past the deadline (or cancelled) no more programs start once one has run
+        if program is not None and program not in runs and not (runs and deadline.expired()):
+            runs[program] = sandbox.within(deadline.remaining_s()).run(program)
+        answer = printed_answer(runs[program]) if program in runs else None
         candidates.append(
             Candidate(
                 text=path.text,
@@ -171,7 +173,7 @@ def run_written_programs(
     for cand in candidates:
         program = program_of(cand.text) if _PYTHON_FENCE.search(cand.text) else None
         if program is not None and program not in runs and not (deadline and deadline.expired()):
-            runs[program] = sandbox.run(program)
+            runs[program] = sandbox.within(deadline.remaining_s() if deadline else math.inf).run(program)
         printed = printed_answer(runs[program]) if program in runs else None
         if printed is not None:
             cand = replace(cand, answer=printed, provisional=False, arithmetic_error=False)

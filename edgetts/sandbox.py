@@ -89,6 +89,11 @@ class SandboxUnavailable(RuntimeError):
     """The sandbox cannot contain code on this machine and the caller did not opt in."""
 
 
+# The least wall time a run is cut to by a deadline (Sandbox.within): an interpreter starts in a
+# tenth of it.
+MIN_RUN_S = 1.0
+
+
 @dataclass(frozen=True)
 class Limits:
     """What one candidate run may use."""
@@ -605,6 +610,15 @@ class Sandbox:
     python: str = sys.executable
     namespaces: bool = True
     drop_uid: int = NOBODY
+
+    def within(self, left_s: float) -> Sandbox:
+        """This sandbox with its wall limit cut to ``left_s`` (what is left of a search's
+        deadline), but not under :data:`MIN_RUN_S`: a run never carries a search far past its
+        deadline, and one whose deadline went on writing programs still runs one."""
+        wall_s = max(left_s, MIN_RUN_S)
+        if wall_s >= self.limits.wall_s:
+            return self
+        return replace(self, limits=replace(self.limits, wall_s=wall_s))
 
     # -- isolation -----------------------------------------------------------------------------
 

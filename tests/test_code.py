@@ -254,6 +254,8 @@ def test_the_deadline_bounds_the_programs_run_too(sandbox: Sandbox) -> None:
     gen = ScriptedGenerator({CODE_SYSTEM: loops, TESTS_SYSTEM: [TESTS_REPLY]})
     result = solve_code(CodeTask.from_prompt(PROMPT), gen, sandbox, CodeConfig(n=3, deadline_s=1.0))
     assert result.counters["sandbox_runs"] == 1 and result.cut_short
+    # the one run stops with the deadline too, not at the sandbox's wall limit (3 s)
+    assert result.counters["wall_s"] < 2.5 and "timed out after 1s" in result.candidates[0].error
 
 
 def test_solve_code_majority_ignores_tests(sandbox: Sandbox) -> None:
@@ -315,6 +317,19 @@ def test_pot_votes_over_programs_that_ran(sandbox: Sandbox) -> None:
     assert result.answer == "42" and result.votes == {"42": 2.0, "7": 1.0}
     assert [c.answer for c in result.candidates] == ["42", None, "42", "7", None]
     assert result.counters["programs_answered"] == 3
+
+
+def test_the_deadline_bounds_program_of_thoughts_runs() -> None:
+    """Seen in review: program of thought ran every program to the sandbox's wall limit (here
+    10 s each), whatever the deadline."""
+    box = Sandbox(Limits(wall_s=10.0, cpu_s=10, check_s=1.0))
+    if box.isolation().weak:
+        pytest.skip("no sandbox on this machine")
+    loops = [f"```python\nx = {i}\nwhile True:\n    pass\n```" for i in range(3)]
+    gen = ScriptedGenerator({POT_SYSTEM: loops})
+    result = program_of_thought("q", gen, box, None, PotConfig(mode="pot", n_pot=3, deadline_s=1.0))
+    assert result.counters["sandbox_runs"] == 1 and result.counters["sandbox_s"] < 5
+    assert result.answer is None and result.cut_short
 
 
 def test_cot_plus_pot_votes_together(sandbox: Sandbox) -> None:

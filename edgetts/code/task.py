@@ -200,7 +200,7 @@ def solve_code(
         if runs and deadline.expired():
             break  # past the deadline (or cancelled): the programs not run yet are not picked
         if program is not None and program not in runs:
-            runs[program] = sandbox.run(program, checks, run_name="candidate")
+            runs[program] = sandbox.within(deadline.remaining_s()).run(program, checks, run_name="candidate")
     sandbox_s = time.perf_counter() - sandbox_start
 
     candidates, behaviours = [], []
