@@ -7,7 +7,12 @@ separator the PRM scores at) and the final answer in ``\\boxed{}`` (what grading
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
+import jinja2
+from jinja2 import nodes
+from jinja2.ext import Extension, loopcontrols
+from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 STEP_SEPARATOR = "\n\n"
@@ -46,17 +51,64 @@ FEW_SHOT = [
 ]
 
 
+class TemplateRefused(ValueError):
+    """The chat template itself refused the messages (its ``raise_exception``)."""
+
+
+class _GenerationBlock(Extension):
+    """Hugging Face's ``{% generation %}...{% endgeneration %}``: it marks the assistant's text
+    for training masks, so for a prompt its body renders as written."""
+
+    tags = {"generation"}
+
+    def parse(self, parser: Parser) -> list[nodes.Node]:
+        next(parser.stream)  # the tag's own name
+        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+
 def render_chat(template: str, messages: list[dict[str, str]], bos: str = "", eos: str = "") -> str:
-    """Render a GGUF chat template (Jinja) the way Hugging Face tokenizers do."""
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    """Render a GGUF chat template (Jinja) the way Hugging Face tokenizers do.
+
+    A template that cannot be rendered (bad syntax, an unknown helper, an unsafe operation) is a
+    ValueError naming the problem: the caller's error, like a question the template refuses."""
+    # the helpers and tags Hugging Face's renderer has, which templates written for it use
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationBlock, loopcontrols]
+    )
 
     def raise_exception(message: str) -> None:
-        raise ValueError(f"chat template error: {message}")
+        raise TemplateRefused(f"chat template error: {message}")
 
     env.globals["raise_exception"] = raise_exception
-    return env.from_string(template).render(
-        messages=messages, add_generation_prompt=True, bos_token=bos, eos_token=eos
-    )
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    try:
+        return env.from_string(template).render(
+            messages=messages, add_generation_prompt=True, bos_token=bos, eos_token=eos
+        )
+    except jinja2.TemplateError as exc:
+        raise ValueError(f"the chat template cannot be rendered: {type(exc).__name__}: {exc}") from None
+
+
+def render_messages(template: str, messages: list[dict[str, str]], bos: str = "", eos: str = "") -> str:
+    """:func:`render_chat`, with a leading system message folded into the first user turn (its
+    text, a blank line, the user's) when the template refuses it as it is (Gemma-2; Mistral's
+    check that turns alternate). A refusal folding does not cure stands."""
+    try:
+        return render_chat(template, messages, bos, eos)
+    except TemplateRefused:
+        folded = _system_folded(messages)
+        if folded is None:
+            raise
+    return render_chat(template, folded, bos, eos)
+
+
+def _system_folded(messages: list[dict[str, str]]) -> list[dict[str, str]] | None:
+    """``messages`` with the system message before the first user turn joined to that turn;
+    None when they do not begin so."""
+    if len(messages) < 2 or [m["role"] for m in messages[:2]] != ["system", "user"]:
+        return None
+    first = {"role": "user", "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}
+    return [first, *messages[2:]]
 
 
 def few_shot_prompt(question: str) -> str:
@@ -89,7 +141,8 @@ def prompt_parts(
     question that contains chat markers cannot close its turn and write the assistant's answer.
     Spaces just before the question go with it, so words tokenize as they would in one piece.
     ``system`` replaces the math instructions (code tasks, programs); a base model then gets it
-    as plain text before the question instead of the math few-shot examples.
+    as plain text before the question instead of the math few-shot examples. A template with no
+    system role gets it at the head of the user's turn (:func:`render_messages`), still trusted.
     """
     if "\x00" in question:
         raise ValueError("the question contains a NUL character")
@@ -101,7 +154,7 @@ def prompt_parts(
             {"role": "system", "content": SYSTEM_PROMPT if system is None else system},
             {"role": "user", "content": _QUESTION_MARK},
         ]
-        rendered = render_chat(chat_template, messages, bos=bos, eos=eos)
+        rendered = render_messages(chat_template, messages, bos=bos, eos=eos)
     if rendered.count(_QUESTION_MARK) != 1:
         raise ValueError("the chat template does not show the question exactly once, as written")
     head, tail = rendered.split(_QUESTION_MARK)
@@ -126,7 +179,8 @@ class Conversation:
     untrusted, the system prompt included: only the chat template's own text is special.
 
     With no system message, the math instructions (:data:`SYSTEM_PROMPT`) stand in for one, so a
-    one-question conversation is the same prompt as :func:`prompt_parts` makes.
+    one-question conversation is the same prompt as :func:`prompt_parts` makes. A template with no
+    system role gets the system text at the head of the first user turn (:func:`render_messages`).
     """
 
     messages: tuple[tuple[str, str], ...]
@@ -155,7 +209,7 @@ class Conversation:
         if not chat_template:
             return _plain_conversation(messages)
         own_system = [] if any(role == "system" for role, _ in messages) else [("system", SYSTEM_PROMPT)]
-        rendered = render_chat(
+        rendered = render_messages(
             chat_template,
             [{"role": r, "content": t} for r, t in own_system]
             + [{"role": role, "content": _marker(i)} for i, (role, _) in enumerate(messages)],

@@ -61,6 +61,7 @@ class LlamaContext:
     ``n_seq_max`` sequences share ``n_ctx`` KV cells in one unified cache, so a prefix forked
     into many sequences is stored once. With ``embeddings`` each output row also has the final
     hidden state; ``tap`` copies chosen transformer blocks' outputs as they are computed.
+    ``n_batch`` is what llama.cpp made of the one asked for (at most ``n_ctx``): size batches by it.
     """
 
     def __init__(
@@ -111,6 +112,9 @@ class LlamaContext:
                 f"for {n_seq_max} sequences (out of memory?)"
             )
         self.memory = llama_cpp.llama_get_memory(self.ptr)
+        # llama.cpp makes n_batch at most the n_ctx asked for: a batch of more tokens than it says
+        # here fails an assert that ends the process, so batches are sized and cut by this one
+        self.n_batch: int = llama_cpp.llama_n_batch(self.ptr)
 
     def decode(self, batch: LlamaBatch) -> None:
         """Run the model on ``batch``; its output rows are readable until the next decode."""
@@ -141,8 +145,13 @@ class LlamaContext:
 
     def seq_remove(self, seq: int, p0: int = -1, p1: int = -1) -> None:
         """Drop sequence ``seq`` from the KV cache, or only its positions ``p0 <= pos < p1``
-        (-1: open end). Cells other sequences also hold stay theirs."""
-        llama_cpp.llama_memory_seq_rm(self.memory, seq, p0, p1)
+        (-1: open end). Cells other sequences also hold stay theirs.
+
+        llama.cpp refuses to remove part of a recurrent state (a model LlamaModel refuses to
+        load); a refusal is an error here, never a sequence left holding what it should not."""
+        if not llama_cpp.llama_memory_seq_rm(self.memory, seq, p0, p1):
+            span = "all positions" if p0 < 0 and p1 < 0 else f"positions {p0}..{p1}"
+            raise LlamaError(f"llama.cpp could not remove {span} of KV sequence {seq}")
 
     def seq_state_size(self, seq: int) -> int:
         """Bytes :meth:`seq_save` would copy for sequence ``seq`` now."""

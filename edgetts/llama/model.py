@@ -11,7 +11,7 @@ from edgetts.llama.cpu_buffers import apply_cpu_buffer_policy
 from edgetts.llama.errors import LlamaError
 from edgetts.llama.logs import route_llama_logs
 
-PIECE_BYTES = 256  # longer than any token's text
+PIECE_BYTES = 256  # longer than most tokens' text (a longer one is read again, see piece)
 
 
 class LlamaModel:
@@ -27,12 +27,26 @@ class LlamaModel:
         self.ptr = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self.ptr:
             raise LlamaError(f"llama.cpp could not load {path} (corrupt or unsupported)")
+        self._refuse_recurrent()
         self.vocab = llama_cpp.llama_model_get_vocab(self.ptr)
         self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.n_embd: int = llama_cpp.llama_model_n_embd(self.ptr)
         # token -> bytes, filled as tokens are first seen: the decode loop asks once per token per
         # path, and a token's text never changes (a dict write is atomic, so threads may share it)
         self._pieces: dict[int, bytes] = {}
+
+    def _refuse_recurrent(self) -> None:
+        """Refuse (and free) a model with a recurrent state: parking and forking a path drop its
+        positions after the prompt, and a recurrent state cannot lose part of itself."""
+        for kind in ("recurrent", "hybrid"):
+            check = getattr(llama_cpp, f"llama_model_is_{kind}", None)  # hybrid: newer bindings only
+            if check is not None and check(self.ptr):
+                self.close()
+                raise LlamaError(
+                    f"{self.path} is a {kind} model (a recurrent state, as in Mamba or RWKV): not "
+                    "supported; the search forks and parks paths by removing positions from a "
+                    "sequence, which such a state cannot do"
+                )
 
     def tokenize(self, text: str, special: bool, add_bos: bool) -> list[int]:
         """Tokens of ``text``; ``special``: read special-token markers in it (trusted text only)."""
@@ -49,8 +63,15 @@ class LlamaModel:
         decode loop's thread does, while a request's thread writes a prompt."""
         piece = self._pieces.get(token)
         if piece is None:
+            # llama.cpp reads the token's text with a checked index that throws through its C API
+            # for an id out of range, which ends the process: refused here instead
+            if not 0 <= token < self.n_vocab:
+                raise LlamaError(f"token {token} is not in the vocabulary (0..{self.n_vocab - 1})")
             buf = ctypes.create_string_buffer(PIECE_BYTES)
             n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, PIECE_BYTES, 0, False)
+            if n < 0:  # the buffer was too small: -n bytes is what the text needs
+                buf = ctypes.create_string_buffer(-n)
+                n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
             piece = self._pieces[token] = buf.raw[: max(n, 0)]
         return piece
 
@@ -60,8 +81,10 @@ class LlamaModel:
 
     @property
     def bos_text(self) -> str:
-        """The beginning-of-sequence token's text (chat templates write it out)."""
-        return self.piece(llama_cpp.llama_vocab_bos(self.vocab)).decode(errors="ignore")
+        """The beginning-of-sequence token's text (chat templates write it out); empty for a
+        vocabulary without one (llama.cpp's BOS is then -1)."""
+        bos = llama_cpp.llama_vocab_bos(self.vocab)
+        return self.piece(bos).decode(errors="ignore") if bos >= 0 else ""
 
     def close(self) -> None:
         if getattr(self, "ptr", None):

@@ -77,7 +77,7 @@ from edgetts.policy.config import (
 from edgetts.policy.loop import RETRY, DecodeLoop, Run
 from edgetts.policy.session import PolicySession
 from edgetts.policy.slots import TEMPLATE_SLOT, ParkBudget, SlotPool
-from edgetts.policy.steps import StepAccumulator, trim_steps
+from edgetts.policy.steps import StepAccumulator, trim_steps, whole_characters
 from edgetts.prompts import STEP_SEPARATOR, Prompt, prompt_parts, question_text
 from edgetts.search.base import Deadline, Sampling, SolutionPath
 
@@ -217,7 +217,8 @@ class LlamaPolicy:
             embeddings=cfg.capture_states,
             tap=self._tap,
         )
-        self._batch = LlamaBatch(cfg.n_batch)
+        # llama.cpp clamps n_batch to n_ctx: a batch of cfg.n_batch tokens could fail its assert
+        self._batch = LlamaBatch(self.context.n_batch)
         self.slots = SlotPool(cfg.n_seq_max)
         self.slots.reset()
         self._slot_owner: dict[int, _Seq] = {}  # path slot -> the path holding it
@@ -246,9 +247,10 @@ class LlamaPolicy:
 
     # -- tokens --------------------------------------------------------------------------------
 
-    def tokenize(self, text: str, special: bool = True, add_bos: bool | None = None) -> list[int]:
+    def tokenize(self, text: str, *, special: bool, add_bos: bool | None = None) -> list[int]:
         """Tokens of ``text``; ``special``: read special-token markers in it (trusted text only)
-        and add the BOS token if the model wants one (``add_bos`` decides on its own if given)."""
+        and add the BOS token if the model wants one (``add_bos`` decides on its own if given).
+        No default: a caller says whether the text is trusted (a forgotten flag trusted it)."""
         try:
             return self.model.tokenize(text, special, special if add_bos is None else add_bos)
         except LlamaError as exc:
@@ -711,9 +713,10 @@ class LlamaPolicy:
         states: dict[int, np.ndarray] = {}
         stats = [token_stats(root.handle.logits, tokens[0])] if confidence and tokens else []
         logits = root.handle.logits
-        for start in range(0, len(tokens), self.config.n_batch):
+        n_batch = self.context.n_batch  # as llama.cpp clamped it (see __init__)
+        for start in range(0, len(tokens), n_batch):
             self._batch.clear()
-            chunk = range(start, min(start + self.config.n_batch, len(tokens)))
+            chunk = range(start, min(start + n_batch, len(tokens)))
             for i in chunk:
                 self._batch.add(tokens[i], first + i, slot, confidence or i in wanted or i == last)
             self._decode(root.handle.search)
@@ -748,10 +751,14 @@ class LlamaPolicy:
                 pieces.append(steps[i])
                 continue
             cut = [step_tokens[at : at + most] for at in range(0, len(step_tokens), most)]
+            carry = b""  # a character the piece before began: its text begins the next (as generated)
             for piece in cut:
                 tokens += piece
                 ends.append(len(tokens) - 1)
-                pieces.append(b"".join(map(self.piece, piece)).decode("utf-8", errors="replace"))
+                data = carry + b"".join(map(self.piece, piece))
+                end = whole_characters(data)
+                pieces.append(data[:end].decode("utf-8", errors="replace"))
+                carry = data[end:]
             if not steps[i].endswith(STEP_SEPARATOR):  # given without it, as split_steps gives steps
                 pieces[-1] = pieces[-1].removesuffix(STEP_SEPARATOR)
         return tokens, ends, pieces
@@ -1127,8 +1134,9 @@ class LlamaPolicy:
     ) -> None:
         """Decode ``tokens`` into ``slot`` for ``search`` in batches of n_batch, outputs for the
         last one only."""
-        for start in range(0, len(tokens), self.config.n_batch):
-            chunk = tokens[start : start + self.config.n_batch]
+        n_batch = self.context.n_batch  # as llama.cpp clamped it (see __init__)
+        for start in range(0, len(tokens), n_batch):
+            chunk = tokens[start : start + n_batch]
             self._batch.clear()
             for i, tok in enumerate(chunk):
                 self._batch.add(

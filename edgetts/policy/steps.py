@@ -70,11 +70,14 @@ class StepAccumulator:
         at = self.pending.find(SEPARATOR_BYTES)
         if at < 0 and self.n_tokens < self.max_step_tokens:
             return None
-        # cut at the token limit: a character the last token began stays for the next step
-        end = at + len(SEPARATOR_BYTES) if at >= 0 else whole_characters(self.pending)
-        data, self.pending = self.pending[:end], self.pending[end:]
+        # The step begins with the carry, and a character the carry began may end in pending: the
+        # boundary is found in both together. Cut at the token limit, a character the last token
+        # began stays for the next step.
+        data = self.carry + self.pending
+        end = len(self.carry) + at + len(SEPARATOR_BYTES) if at >= 0 else whole_characters(data)
+        self.carry, self.pending = b"", data[end:]
         self.n_tokens = 0
-        return self._text(data)
+        return self._text(data[:end])
 
     def rest(self) -> str:
         """Everything not yet in a step, as the path's last step (the path has ended). A
