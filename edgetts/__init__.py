@@ -5,9 +5,20 @@
 '21'
 """
 
-from edgetts.policy import PolicyConfig
+from edgetts.policy import PolicyConfig, PolicyError, PromptTooLong, SearchNotStarted
 from edgetts.search.base import Sampling, SearchConfig, SearchResult
 from edgetts.solver import SolveOptions, Solver, solve
 
-__all__ = ["PolicyConfig", "Sampling", "SearchConfig", "SearchResult", "SolveOptions", "Solver", "solve"]
+__all__ = [
+    "PolicyConfig",
+    "PolicyError",
+    "PromptTooLong",
+    "Sampling",
+    "SearchConfig",
+    "SearchNotStarted",
+    "SearchResult",
+    "SolveOptions",
+    "Solver",
+    "solve",
+]
 __version__ = "0.1.0"
