@@ -16,6 +16,7 @@ tokens from when it was submitted (ties in submission order).
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -338,3 +339,21 @@ class FakeScorer:
         if key in self.table:
             return self.table[key]
         return self.rule(step) if self.rule else self.default
+
+
+def run_at_once(target: Callable[..., object], *args: object) -> list[BaseException]:
+    """Call ``target(*args)`` on three threads at once; what they raised."""
+    failures: list[BaseException] = []
+
+    def run():
+        try:
+            target(*args)
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return failures

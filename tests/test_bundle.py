@@ -9,12 +9,12 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from fakes import run_at_once
 
 from edgetts import bundle, models
 from edgetts.models import ModelError, ModelSpec
@@ -312,20 +312,7 @@ def test_concurrent_imports_take_turns(tmp_path, home, monkeypatch):
         return done
 
     monkeypatch.setattr(shutil, "copyfile", slow_copy)
-    failures: list[BaseException] = []
-
-    def run():
-        try:
-            bundle.import_models(tmp_path / "models")
-        except BaseException as exc:  # noqa: BLE001 - the test reports it
-            failures.append(exc)
-
-    threads = [threading.Thread(target=run) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert failures == [] and models.is_ready(spec)
+    assert run_at_once(bundle.import_models, tmp_path / "models") == [] and models.is_ready(spec)
     assert not [p for p in (home / "models").iterdir() if "partial" in p.name or p.name.startswith(".")]
 
 

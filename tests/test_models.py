@@ -6,6 +6,7 @@ import zipfile
 from dataclasses import asdict
 
 import pytest
+from fakes import run_at_once
 
 from edgetts import models
 from edgetts.models import ModelError, ModelSpec, Part
@@ -78,7 +79,6 @@ def test_unknown_name_and_bad_files(tmp_path):
 
 def test_concurrent_pulls_take_turns(fake_cache, monkeypatch):
     """Seen: two `edgetts models pull` at once wrote into one .partial file."""
-    import threading
     import time
 
     from edgetts.models import Part
@@ -218,23 +218,6 @@ def _count_assemblies(monkeypatch) -> list[int]:
     return writers
 
 
-def _at_once(target, *args) -> list[BaseException]:
-    failures: list[BaseException] = []
-
-    def run():
-        try:
-            target(*args)
-        except BaseException as exc:  # noqa: BLE001 - the test reports it
-            failures.append(exc)
-
-    threads = [threading.Thread(target=run) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return failures
-
-
 def test_concurrent_resolves_of_a_damaged_model_download_it_once(fake_cache, monkeypatch):
     """Seen in review: resolve pulled with force=True, which skips the check inside the lock, so
     three processes finding a damaged model downloaded it three times."""
@@ -242,7 +225,7 @@ def test_concurrent_resolves_of_a_damaged_model_download_it_once(fake_cache, mon
     fake_cache.mkdir()
     (fake_cache / "tiny.gguf").write_bytes(DATA[:-1] + b"X")
     writers = _count_assemblies(monkeypatch)
-    assert _at_once(models.resolve, "tiny") == []
+    assert run_at_once(models.resolve, "tiny") == []
     assert writers == [1] and models.is_ready(spec)
 
 
@@ -254,5 +237,5 @@ def test_concurrent_forced_pulls_download_once(fake_cache, monkeypatch):
     (fake_cache / "tiny.gguf").write_bytes(DATA)
     models.verify(spec)
     writers = _count_assemblies(monkeypatch)
-    assert _at_once(models.pull, spec, True, False) == []
+    assert run_at_once(models.pull, spec, True, False) == []
     assert writers == [1] and models.is_ready(spec)
