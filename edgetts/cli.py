@@ -375,11 +375,21 @@ def _code_tests(kw: dict) -> tuple:
     path = kw["tests_path"]
     if path is None:
         return ()
+    return tuple(file_checks(_read_tests(path), str(path)))
+
+
+def _read_tests(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise click.ClickException(f"cannot read tests file {path}: {exc}") from None
-    return tuple(file_checks(text, str(path)))
+
+
+def _tests_sha256(path: Path) -> str:
+    """A short hash of the --tests file's text, as rows keep a code prompt's (``prompt_sha256``)."""
+    from edgetts.results import fingerprint
+
+    return fingerprint(_read_tests(path))
 
 
 def _explain(solver, options, question: str | None) -> None:
@@ -410,7 +420,8 @@ def config_path() -> Path:
 
 def load_config(path: Path) -> dict:
     """Defaults from a TOML file, as click's default_map: a table per command (``[solve]``,
-    ``[serve]``, ...), top-level keys for every command; names as the flags (``max-tokens``)."""
+    ``[serve]``, ...), top-level keys for every command; names as the flags (``max-tokens``).
+    Values reach click as text, as from the command line (see :func:`_config_value`)."""
     if not path.is_file():
         return {}
     try:
@@ -421,15 +432,54 @@ def load_config(path: Path) -> dict:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise click.ClickException(f"config file {path}: {exc}") from None
-
-    def names(table: dict) -> dict:
-        return {key.replace("-", "_"): value for key, value in table.items() if not isinstance(value, dict)}
-
-    shared = names(data)
+    shared = _config_settings(data, path, None)
     return {
         **shared,
-        **{command: {**shared, **names(table)} for command, table in data.items() if isinstance(table, dict)},
+        **{
+            command: {**shared, **_config_settings(table, path, command)}
+            for command, table in data.items()
+            if isinstance(table, dict)
+        },
     }
+
+
+def _config_settings(table: dict, path: Path, command: str | None) -> dict:
+    """A config table's settings by parameter-style name (``max_tokens``); in a command's table a
+    table is refused (click would never read it), at the top level it is a command's."""
+    settings = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            if command is None:
+                continue
+            raise click.ClickException(
+                f"config file {path}: [{command}.{key}] is a table inside [{command}]: a command's "
+                f"settings are keys of its own table (see edgetts {command} --help)"
+            )
+        where = f"[{command}] {key}" if command else key
+        settings[key.replace("-", "_")] = _config_value(value, path, where)
+    return settings
+
+
+def _config_value(value: object, path: Path, where: str) -> str | list[str]:
+    """A config value as click reads one from the command line: text, so a setting is parsed
+    and checked alike from either (``max-tokens = 100.9`` is refused as ``--max-tokens 100.9``
+    is, not cut to 100; ``n = true`` is not 1). A list (of such values) is for an option that
+    takes several; dates and times no option takes."""
+    if isinstance(value, list):
+        return [_config_scalar(item, path, where) for item in value]
+    return _config_scalar(value, path, where)
+
+
+def _config_scalar(value: object, path: Path, where: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"  # as TOML writes it; click's flags read it so
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    kind = {"list": "list within a list", "dict": "table within a list"}.get(type(value).__name__)
+    raise click.ClickException(
+        f"config file {path}: {where} is a {kind or 'TOML ' + type(value).__name__}, which no setting "
+        "takes: write the value as on the command line"
+    )
 
 
 def _renamed_flags(command: click.Command) -> dict[str, str]:
@@ -452,12 +502,28 @@ def _setting_names(command: click.Command) -> set[str]:
     return {p.name for p in command.params if p.name} | set(_renamed_flags(command))
 
 
+def _takes_many(command: click.Command, name: str) -> bool:
+    """Whether ``command``'s setting ``name`` (by parameter or flag) takes several values (a
+    group's: any subcommand's), so that a config list is its values."""
+    if isinstance(command, click.Group):
+        return any(_takes_many(c, name) for c in command.commands.values())
+    name = _renamed_flags(command).get(name, name)
+    return any(p.name == name and (getattr(p, "multiple", False) or p.nargs != 1) for p in command.params)
+
+
 class _Main(click.Group):
     """Flags win over ``EDGETTS_<COMMAND>_<FLAG>`` variables, which win over the config file.
 
     Both name an option by its flag (``--prm``: ``prm = ...``, ``EDGETTS_SOLVE_PRM``), also
     where its parameter is named otherwise; the parameter's own name works too.
     """
+
+    def main(self, *args, **kwargs):
+        if sys.stderr is None:
+            # `2>&-`: what goes to stderr (the progress bar, warnings, errors) goes nowhere; else
+            # tqdm ends the run writing to None, and click prints errors on stdout instead
+            sys.stderr = open(os.devnull, "w", encoding="utf-8")  # held for the process
+        return super().main(*args, **kwargs)
 
     def make_context(self, info_name, args, parent=None, **extra):
         extra.setdefault("auto_envvar_prefix", "EDGETTS")
@@ -472,11 +538,15 @@ class _Main(click.Group):
         return super().make_context(info_name, args, parent, **extra)
 
     def _check_config(self, defaults: dict, path: Path) -> None:
-        """A misspelt table or key is an error naming it, not a setting silently ignored."""
+        """A misspelt table or key is an error naming it, not a setting silently ignored; so is a
+        list for a setting that takes one value."""
         known = {name: _setting_names(command) for name, command in self.commands.items()}
         shared = {key for key, value in defaults.items() if not isinstance(value, dict)}
         for key in sorted(shared - set().union(*known.values())):
             raise click.ClickException(f"config file {path}: no command has a setting {key!r}")
+        for key in sorted(shared):  # every command that has the setting reads it
+            for name in sorted(n for n in known if key in known[n]):
+                self._check_list(defaults, key, name, path, key)
         for name, table in defaults.items():
             if not isinstance(table, dict):
                 continue
@@ -488,6 +558,15 @@ class _Main(click.Group):
                 raise click.ClickException(
                     f"config file {path}: [{name}] has no setting {key!r} (see edgetts {name} --help)"
                 )
+            for key in sorted(set(table) - shared):
+                self._check_list(table, key, name, path, f"[{name}] {key}")
+
+    def _check_list(self, table: dict, key: str, name: str, path: Path, where: str) -> None:
+        if isinstance(table[key], list) and not _takes_many(self.commands[name], key):
+            flag = key.replace("_", "-")
+            raise click.ClickException(
+                f"config file {path}: {where} is a list, but edgetts {name} --{flag} takes one value"
+            )
 
     def _by_parameter(self, defaults: dict) -> dict:
         """The config's tables with flag-named keys renamed to their parameters'."""
@@ -594,8 +673,9 @@ def _solve_code(solver, options, prompt: str, tests: tuple, show: bool, as_json:
 
 
 def _show_code(result) -> None:
-    """Which tests each candidate passed, the clusters, and what it cost (to stderr)."""
-    echo = functools.partial(click.echo, err=True)
+    """Which tests each candidate passed, the clusters, and what it cost: on stdout, before the
+    program, as ``solve --show`` prints a math result (asked for, so it is output, not a note)."""
+    echo = click.echo
     echo(f"function: {result.entry_point}; strategy: {result.strategy}")
     echo(f"visible tests ({len(result.visible_tests)}): " + "; ".join(result.visible_tests))
     echo(f"generated tests ({len(result.generated_tests)}): " + "; ".join(result.generated_tests))
@@ -620,19 +700,30 @@ def _show_code(result) -> None:
     )
 
 
-def _stop_interrupted(kept: int, out_path: Path) -> None:
-    """Ctrl-C during a run: say what was kept and how to resume, exit 130."""
-    click.echo(
-        f"\ninterrupted: {kept} results kept in {out_path}; run the same command again to resume", err=True
-    )
+def _stop_interrupted(results) -> None:
+    """Ctrl-C during a run: say what was kept and how to resume, exit 130. The file is closed
+    first: one this run made and wrote nothing to is removed, and then said to be."""
+    results.close()
+    if results.path.exists():
+        kept = f"{len(results.records)} results kept in {results.path}; run the same command again to resume"
+    else:
+        kept = f"nothing was answered, and {results.path} (made by this run) was removed"
+    click.echo(f"\ninterrupted: {kept}", err=True)
     sys.exit(EXIT_INTERRUPTED)
 
 
-def _question_or_stdin(question: str | None) -> str:
-    """The question given, or stdin's text when it is ``-`` or absent and stdin is not a terminal."""
+def _question_or_stdin(question: str | None, required: bool = True) -> str | None:
+    """The question given, or stdin's text when it is ``-`` or absent and stdin is not a terminal.
+    Not ``required`` (plan): None where there is none (no pipe, or an empty one)."""
     if question in (None, "-"):
         if sys.stdin is None or sys.stdin.isatty():
-            raise click.UsageError("give a QUESTION, or pipe one in: echo 'What is 2+3?' | edgetts solve")
+            if not required and question is None:
+                return None
+            ctx = click.get_current_context(silent=True)
+            command = ctx.info_name if ctx is not None else "solve"
+            raise click.UsageError(
+                f"give a QUESTION, or pipe one in: echo 'What is 2+3?' | edgetts {command}"
+            )
         try:
             question = sys.stdin.read()
         except UnicodeDecodeError:
@@ -641,7 +732,7 @@ def _question_or_stdin(question: str | None) -> str:
         question.encode("utf-8")  # bytes that are not UTF-8 reach argv as lone surrogates
     except UnicodeEncodeError:
         raise click.ClickException("the question is not UTF-8 text") from None
-    return question
+    return question if required or question.strip() else None
 
 
 def _show(result: SearchResult) -> None:
@@ -701,13 +792,29 @@ def solve_or_skip(solve: Callable[[Problem], dict], problem: Problem) -> dict:
 def _append_or_skip(results, skipped: list[str], row: dict) -> None:
     """Append a problem's row; a skipped problem (see :func:`solve_or_skip`) is named on stderr
     and in ``skipped`` instead (no row: a rerun with a larger --max-prompt-tokens answers it)."""
-    from tqdm import tqdm
-
     if "skipped" in row:
         skipped.append(row["id"])
-        tqdm.write(f"problem {row['id']}: skipped: {row['skipped']}", file=sys.stderr)
+        _note(f"problem {row['id']}: skipped: {row['skipped']}")
     else:
         results.append(row)
+
+
+def _progress(iterable=None, **kw):
+    """A run's progress bar on stderr (hidden where stderr is not a terminal). None without a
+    stderr (an in-process caller's; the command line's is os.devnull then, see _Main.main): tqdm
+    would write to None and end the run."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, unit="problem", disable=True if sys.stderr is None else None, file=sys.stderr, **kw)
+
+
+def _note(text: str) -> None:
+    """A line on stderr, above the progress bar; nowhere without a stderr (tqdm would put it on
+    stdout, into the summary that pipes)."""
+    from tqdm import tqdm
+
+    if sys.stderr is not None:
+        tqdm.write(text, file=sys.stderr)
 
 
 def _ray_threads(kw: dict) -> int:
@@ -729,8 +836,6 @@ def _run_on_ray(
     todo: list, results, skipped: list[str], address: str, actors: int | None, desc: str, kw: dict
 ) -> None:
     """``run --ray``: the problems sharded over Ray actors; this process alone writes the file."""
-    from tqdm import tqdm
-
     from edgetts.distributed import connect
     from edgetts.distributed.run import MAX_ATTEMPTS, plan_actors, run_sharded
 
@@ -741,7 +846,7 @@ def _run_on_ray(
     n_actors = min(plan_actors(actors, threads), len(todo))
     click.echo(f"Ray: {n_actors} actors x {threads} threads", err=True)
     worker_kw = {**kw, "threads": threads, "explain": False}
-    with tqdm(total=len(todo), desc=desc, unit="problem", disable=None, file=sys.stderr) as bar:
+    with _progress(total=len(todo), desc=desc) as bar:
 
         def write(row: dict) -> None:
             _append_or_skip(results, skipped, row)
@@ -773,8 +878,6 @@ def _run_concurrent(
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
     from itertools import islice
 
-    from tqdm import tqdm
-
     cancel = threading.Event()
     solve = functools.partial(
         solve_or_skip,
@@ -785,7 +888,7 @@ def _run_concurrent(
     waiting = iter(todo)
     with (
         ThreadPoolExecutor(max_workers=kw["concurrent"], thread_name_prefix="edgetts-run") as pool,
-        tqdm(total=len(todo), desc=desc, unit="problem", disable=None, file=sys.stderr) as bar,
+        _progress(total=len(todo), desc=desc) as bar,
     ):
         running = {pool.submit(solve, problem) for problem in islice(waiting, kw["concurrent"])}
         try:
@@ -831,8 +934,9 @@ ANSWER_SETTINGS = (
 # Settings recorded since a later version, each with the value that does what runs did before:
 # a results file made then resumes with that value (no_adaptive: every sample was drawn;
 # no_prune: every sample ran to its end; no_check_arithmetic: every answer voted; run_programs:
-# no program ran). Which data file, verifier and mode (prose or programs) an older file was
-# made with cannot be known: it resumes with any (UNKNOWN); a file made since refuses another.
+# no program ran). Which data file, verifier, mode (prose or programs) and --tests contents an
+# older file was made with cannot be known: it resumes with any (UNKNOWN); a file made since
+# refuses another.
 UNRECORDED_SETTINGS = {
     "no_adaptive": True,
     "no_prune": True,
@@ -842,6 +946,7 @@ UNRECORDED_SETTINGS = {
     "pot_n": UNKNOWN,
     "data": UNKNOWN,
     "verifier": UNKNOWN,
+    "tests_sha256": UNKNOWN,
 }
 
 
@@ -853,8 +958,14 @@ def _run_settings(kw: dict, data: dict) -> dict:
     settings["data"] = data
     if kw["task"] == "code":
         # programs are picked by running them (no PRM); the visible tests change the pick
+        # (their contents, not only their path: a resume after the file was edited is refused)
         tests = kw["tests_path"]
-        return {**settings, "task": "code", "tests": None if tests is None else str(tests)}
+        return {
+            **settings,
+            "task": "code",
+            "tests": None if tests is None else str(tests),
+            "tests_sha256": None if tests is None else _tests_sha256(tests),
+        }
     strategy = REGISTRY.get(kw["strategy"])
     if strategy is not None and strategy.reads_scorer:
         # the PRM's content, not only its path: the default one changes with edgetts releases
@@ -872,7 +983,7 @@ def _run_settings(kw: dict, data: dict) -> dict:
     "data_path",
     required=True,
     type=click.Path(path_type=Path),
-    help="Benchmark file (JSONL, or a .json list).",
+    help="Benchmark file (JSONL, or a .json list); - reads JSONL from stdin.",
 )
 @click.option(
     "--out",
@@ -928,10 +1039,8 @@ def run(
     decode loop. With --ray the problems run on Ray actors (one solver each) and this process
     appends their rows as they finish. Either way: in any order, each problem once, resumable.
     """
-    from tqdm import tqdm
-
     from edgetts.data import load_problems
-    from edgetts.results import ResultsFile, check_same_problems
+    from edgetts.results import check_same_problems
 
     if str(out_path) == "-":
         raise click.UsageError("--out names the results file (JSONL, appended); the summary goes to stdout")
@@ -955,7 +1064,9 @@ def run(
     problems = load_problems(data_path, question_key, answer_key, id_key, limit)
     data = {"file": data_path.name, "question_key": question_key, "answer_key": answer_key, "id_key": id_key}
     settings = _run_settings(kw, data)
-    with ResultsFile(out_path, settings=settings, unrecorded=UNRECORDED_SETTINGS, lock=True) as results:
+    # the settings' usage errors before the output is opened: a refused run changes nothing there
+    solver, options = _make_solver(kw, searches=kw["concurrent"])
+    with _results_file(out_path, settings) as results:
         check_same_problems(
             results, {p.id: {"question": p.question, "gold": p.answer} for p in problems}, data_path
         )
@@ -964,7 +1075,6 @@ def run(
             click.echo(
                 f"resuming: {len(problems) - len(todo)} of {len(problems)} already in {out_path}", err=True
             )
-        solver, options = _make_solver(kw, searches=kw["concurrent"])
         if kw["explain"]:
             _explain(solver, options, todo[0].question if todo else None)
         desc = f"{options.strategy} n={_n_label(options)}"
@@ -976,12 +1086,22 @@ def run(
                 _run_concurrent(todo, results, skipped, solver, options, kw, desc)
             else:
                 solve = functools.partial(solve_row, solver, options, model=settings["model"])
-                for problem in tqdm(todo, desc=desc, unit="problem", disable=None, file=sys.stderr):
+                for problem in _progress(todo, desc=desc):
                     _append_or_skip(results, skipped, solve_or_skip(solve, problem))
         except KeyboardInterrupt:
-            _stop_interrupted(len(results.records), out_path)
+            _stop_interrupted(results)
         _print_summary(results, [p.id for p in problems], out_path, as_json)
         _fail_if_skipped(skipped, kw, out_path)
+
+
+def _results_file(out_path: Path, settings: dict):
+    """``run``'s output, held for this run: its rows must look like rows ``run`` writes (a data
+    file with ids is not a results file whose problems are done)."""
+    from edgetts.results import RUN_ROW_FIELDS, ResultsFile
+
+    return ResultsFile(
+        out_path, settings=settings, unrecorded=UNRECORDED_SETTINGS, lock=True, row_fields=RUN_ROW_FIELDS
+    )
 
 
 def _fail_if_skipped(skipped: list[str], kw: dict, out_path: Path) -> None:
@@ -1028,18 +1148,17 @@ def _run_code(data_path: Path, out_path: Path, limit: int | None, kw: dict, as_j
     """``run --task code``: every HumanEval-style row, graded by its own hidden test."""
     import time
 
-    from tqdm import tqdm
-
     from edgetts.code import CodeTask
     from edgetts.code.checks import hidden_check
     from edgetts.data import load_code_problems
     from edgetts.policy.config import PromptTooLong
-    from edgetts.results import ResultsFile, check_same_problems, fingerprint
+    from edgetts.results import check_same_problems, fingerprint
 
     problems = load_code_problems(data_path, limit)
     tests = _code_tests(kw)
     settings = _run_settings(kw, {"file": data_path.name})
-    with ResultsFile(out_path, settings=settings, unrecorded=UNRECORDED_SETTINGS, lock=True) as results:
+    solver, options = _make_solver(kw)  # its usage errors before the output is opened
+    with _results_file(out_path, settings) as results:
         prompts = {p.id: {"prompt_sha256": fingerprint(p.prompt)} for p in problems}
         check_same_problems(results, prompts, data_path)
         todo = [p for p in problems if p.id not in results.done]
@@ -1047,16 +1166,9 @@ def _run_code(data_path: Path, out_path: Path, limit: int | None, kw: dict, as_j
             click.echo(
                 f"resuming: {len(problems) - len(todo)} of {len(problems)} already in {out_path}", err=True
             )
-        solver, options = _make_solver(kw)
         skipped: list[str] = []
         try:
-            for problem in tqdm(
-                todo,
-                desc=f"code {options.strategy} n={_n_label(options)}",
-                unit="problem",
-                disable=None,
-                file=sys.stderr,
-            ):
+            for problem in _progress(todo, desc=f"code {options.strategy} n={_n_label(options)}"):
                 start = time.perf_counter()
                 task = CodeTask(problem.prompt, problem.entry_point, tests)
                 try:
@@ -1102,7 +1214,7 @@ def _run_code(data_path: Path, out_path: Path, limit: int | None, kw: dict, as_j
                     }
                 )
         except KeyboardInterrupt:
-            _stop_interrupted(len(results.records), out_path)
+            _stop_interrupted(results)
         _print_summary(results, [p.id for p in problems], out_path, as_json, measure="pass@1")
         _fail_if_skipped(skipped, kw, out_path)
 
@@ -1113,10 +1225,12 @@ def _run_code(data_path: Path, out_path: Path, limit: int | None, kw: dict, as_j
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as one JSON object.")
 @_friendly_errors
 def plan(question: str | None, as_json: bool, **kw) -> None:
-    """Print the plan for a budget without running it (QUESTION sets the prompt length).
+    """Print the plan for a budget without running it (QUESTION sets the prompt length; - or
+    absent: read from stdin when it is piped, as solve does).
 
     Example: edgetts plan --memory-mb 1500 --deadline-s 20
     """
+    question = _question_or_stdin(question, required=False)
     solver, options = _make_solver(kw)
     if options.memory_mb is None and options.deadline_s is None:
         raise click.UsageError("give a budget: --memory-mb and/or --deadline-s")

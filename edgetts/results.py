@@ -10,10 +10,16 @@ What a results file is trusted with, and what it refuses:
   rows are keyed by) and records the ``settings`` of the run that made it. A resume with other
   settings (another strategy, N, seed, model ...) is refused with what differs, since mixing
   two runs in one file would report neither's accuracy.
-* A last line that is not JSON and has no newline is a torn write: the process died while
-  writing it. It is dropped on resume, but only if it is a torn *results* line (it starts as
-  this module writes lines). Anything else (a notes file, another program's output) is refused,
-  never cut: the file is the user's.
+* A last line without its newline that is not whole JSON is a torn write: the process died while
+  writing it (cut inside a character, or inside its id), or the machine lost power (a tail of NUL
+  bytes). It is dropped when the run appends its first row (a run refused before that changes
+  nothing), but only if it is a torn *results* line (it starts as this module writes lines, or
+  is a piece of that start). Anything else (a notes file, another program's output) is refused,
+  never cut: the file is the user's. So is a bad line anywhere but last.
+* With ``row_fields``, a line must also look like a results row (have one of those fields): a
+  data file with ids is not a results file whose problems are all done.
+* The output is a regular file (a FIFO or a device would hang or swallow the rows); its lock is
+  taken on the file a symlink names, so two names for one file are one run's.
 * The file must be writable before the run starts, so no model loads for a run that cannot keep
   its answers.
 * With ``lock``, one run at a time holds the file (``<file>.lock``, released by :meth:`close`):
@@ -29,10 +35,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from edgetts.grading import answers_equal
 
@@ -55,6 +61,26 @@ class _Unknown:
 UNKNOWN: Any = _Unknown()
 
 
+class _Torn:
+    """What a torn last line parses to (see the module doc)."""
+
+
+_TORN = _Torn()
+
+# What every row `edgetts run` writes has had, from its first version (``candidates``) or since
+# settings were recorded: a line with neither is not a results row.
+RUN_ROW_FIELDS = ("settings", "candidates")
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """The folders above ``path`` that do not exist yet, deepest first."""
+    missing, folder = [], path.parent
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
 def _shown(settings: Mapping[str, Any], key: str) -> str:
     # a file made before a setting was recorded (and with no `unrecorded` value for it) cannot
     # say what it was: say so rather than print None
@@ -75,20 +101,31 @@ class ResultsFile:
         unrecorded: Mapping[str, Any] | None = None,
         id_field: str = "id",
         lock: bool = False,
+        row_fields: Collection[str] = (),
     ) -> None:
         """``unrecorded``: for a setting added after a file was made, the value that does what
         runs did before it existed (a file without it resumes only with that value).
         ``id_field``: the field that keys each row and starts its line (``done`` holds its
         values); benchmark tools key theirs by ``"problem_id"`` or ``"task_id"``. ``lock``: hold
-        the file for this run until :meth:`close` (see the module doc)."""
+        the file for this run until :meth:`close` (see the module doc). ``row_fields``: fields of
+        which every row has one (none given: any object with its id is a row)."""
         self.path = Path(path)
+        if self.path.exists() and not self.path.is_file():
+            # before a lock is made beside it: a FIFO would hang the read, a device swallow the rows
+            what = "a directory" if self.path.is_dir() else "not a regular file (a FIFO, a device ...)"
+            raise ResultsError(
+                f"output {self.path} is {what}: results go to a JSONL file; choose another --out"
+            )
+        self._lock_file = self._lock_path()
         # What this run made, removed again if it keeps nothing (a refusal, a run that failed
-        # before its first row): an empty results file and its lock are no one's.
-        self._made = [p for p in (self.path, self._lock_path()) if not p.exists()]
+        # before its first row): an empty results file, its lock and their new folders are no one's.
+        self._made = [p for p in (self.path, self._lock_file) if not p.exists()]
+        self._made_folders = _missing_folders(self.path)
         self._file_lock = self._lock() if lock else None
         self.settings = settings
         self.unrecorded = dict(unrecorded or {})
         self.id_field = id_field
+        self.row_fields = tuple(row_fields)
         # how every line this class writes begins (see append): a torn line is recognised by it
         self.record_start = "{" + json.dumps(id_field) + ": "
         try:
@@ -102,12 +139,17 @@ class ResultsFile:
             raise
 
     def _lock_path(self) -> Path:
-        return self.path.with_name(self.path.name + ".lock")
+        """``<file>.lock`` beside the file a symlink names: every name of one file takes one lock."""
+        try:
+            target = self.path.resolve()
+        except (OSError, RuntimeError):  # a symlink loop: the file cannot be opened either
+            target = self.path
+        return target.with_name(target.name + ".lock")
 
     def _lock(self) -> Any:
         from filelock import FileLock, Timeout
 
-        lock_path = self._lock_path()
+        lock_path = self._lock_file
         file_lock = FileLock(str(lock_path), timeout=0)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,25 +163,35 @@ class ResultsFile:
                 "end, or choose another --out"
             ) from None
         except OSError as exc:
+            self._remove_made_folders()
             raise ResultsError(f"cannot write results to {self.path}: {exc.strerror or exc}") from None
         return file_lock
 
     def close(self) -> None:
-        """Let another run have the file (a no-op without ``lock``); remove the file and its
-        lock again where this run made them and wrote nothing."""
+        """Let another run have the file (a no-op without ``lock``); remove the file, its lock
+        and the folders made for them again where this run made them and wrote nothing."""
         self._release(refused=False)
 
     def _release(self, refused: bool) -> None:
         if self.path in self._made and self.path.is_file() and self.path.stat().st_size == 0:
             self.path.unlink(missing_ok=True)
         # a refused run's lock too: every run on that file is refused alike
-        drop_lock = self._lock_path() in self._made and (refused or not self.path.exists())
+        drop_lock = self._lock_file in self._made and (refused or not self.path.exists())
         if self._file_lock is not None:
             if drop_lock:
-                self._lock_path().unlink(missing_ok=True)  # before release: no one waits (timeout 0)
+                self._lock_file.unlink(missing_ok=True)  # before release: no one waits (timeout 0)
             self._file_lock.release()
             self._file_lock = None
-        self._made = []
+        if not self.path.exists():
+            self._remove_made_folders()
+        self._made, self._made_folders = [], []
+
+    def _remove_made_folders(self) -> None:
+        for folder in self._made_folders:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty (another's file, a lock kept): it and its parents stay
 
     def __enter__(self) -> ResultsFile:
         return self
@@ -149,44 +201,68 @@ class ResultsFile:
 
     def _read(self) -> list[dict]:
         self._ends_mid_line = False
+        self._torn_at: int | None = None  # where a torn last line starts: cut before the next row
         if not self.path.exists():
             return []
-        if self.path.is_dir():
-            raise ResultsError(f"output {self.path} is a directory, not a JSONL file")
         try:
-            text = self.path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ResultsError(f"cannot read output file {self.path}: {exc}") from exc
+            data = self.path.read_bytes()  # bytes: a torn line may end inside a character
+        except OSError as exc:
+            raise ResultsError(f"cannot read output file {self.path}: {exc.strerror or exc}") from None
+        self._size_read = len(data)
         # at "\n" only: a model's text may hold U+2028 and the like raw (ensure_ascii=False)
-        parts = text.split("\n")
-        lines = [part + "\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+        parts = data.split(b"\n")
+        lines = [part + b"\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
         # A whole last record without its newline (an editor saved it so): the next row must
         # not be glued onto it.
         self._ends_mid_line = bool(parts[-1])
         records = []
         for line_no, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                last = line_no == len(lines) and not line.endswith("\n")
-                if last and line.startswith(self.record_start):  # torn
-                    log.warning("%s: dropped its torn last line (a run died while writing it)", self.path)
-                    self._truncate_last_line(len(line.encode()))
-                    self._ends_mid_line = False
-                    break
-                raise ResultsError(
-                    f"{self.path}:{line_no} is not JSON: the output must be a results JSONL file "
-                    "(choose another --out; nothing was changed)"
-                ) from None
-            if not isinstance(record, dict) or self.id_field not in record:
-                raise ResultsError(
-                    f"{self.path}:{line_no} has no {self.id_field!r}: not an edgetts results file "
-                    "(choose another --out; nothing was changed)"
-                )
-            records.append(record)
+            last = line_no == len(lines) and not line.endswith(b"\n")
+            record = self._parse(line, line_no, torn_ok=last and self._may_be_torn(line))
+            if record is _TORN:
+                self._torn_at, self._ends_mid_line = len(data) - len(line), False
+            elif record is not None:
+                records.append(record)
         return records
+
+    def _may_be_torn(self, line: bytes) -> bool:
+        """Whether a last line without its newline may be one this class began to write: its
+        start, cut anywhere (inside its id too), or NULs where a power cut lost the write."""
+        start = self.record_start.encode()
+        return line.startswith(start) or start.startswith(line) or not line.strip(b"\0")
+
+    def _parse(self, line: bytes, line_no: int, torn_ok: bool) -> dict | _Torn | None:
+        """One line's row (None for a blank line, ``_TORN`` for a torn last one), or the reason
+        the file is not a results file."""
+        try:
+            text = line.decode("utf-8")
+            if not text.strip():
+                return None
+            record = json.loads(text)
+        except UnicodeDecodeError:
+            if torn_ok:
+                return _TORN
+            self._refuse(line_no, "is not UTF-8 text")
+        except json.JSONDecodeError:
+            if torn_ok:
+                return _TORN
+            self._refuse(line_no, "is not JSON")
+        except RecursionError:
+            self._refuse(line_no, "is not JSON edgetts can read (nested too deeply)")
+        except ValueError as exc:  # an integer of thousands of digits
+            self._refuse(line_no, f"is not JSON edgetts can read ({exc})")
+        if not isinstance(record, dict) or self.id_field not in record:
+            self._refuse(line_no, f"has no {self.id_field!r}")
+        if self.row_fields and not any(field in record for field in self.row_fields):
+            # a data file keyed by id is not a results file whose problems are all done
+            self._refuse(line_no, "has no " + " or ".join(map(repr, self.row_fields)))
+        return record
+
+    def _refuse(self, line_no: int, why: str) -> NoReturn:
+        raise ResultsError(
+            f"{self.path}:{line_no} {why}: not an edgetts results file (choose another --out; "
+            "nothing was changed)"
+        )
 
     def _check_settings(self, settings: dict[str, Any]) -> None:
         """Refuse to add this run to a file made with other settings, naming what differs."""
@@ -214,9 +290,17 @@ class ResultsFile:
         except OSError as exc:
             raise ResultsError(f"cannot write results to {self.path}: {exc.strerror or exc}") from None
 
-    def _truncate_last_line(self, n_bytes: int) -> None:
+    def _drop_torn_line(self) -> None:
+        """Cut the torn last line found at open, now that this run writes its first row (a run
+        refused before then leaves the file as it was)."""
+        if self._torn_at is None:
+            return
         with self.path.open("rb+") as f:
-            f.truncate(self.path.stat().st_size - n_bytes)
+            if f.seek(0, os.SEEK_END) != self._size_read:
+                raise ResultsError(f"{self.path} changed while this run read it: run again to resume")
+            f.truncate(self._torn_at)
+        log.warning("%s: dropped its torn last line (a run died while writing it)", self.path)
+        self._torn_at = None
 
     def append(self, record: dict) -> None:
         """Write one record (with this run's settings) and make sure it reached the disk."""
@@ -227,6 +311,7 @@ class ResultsFile:
         if self.settings is not None:
             record["settings"] = self.settings
         line = json.dumps(record, ensure_ascii=False) + "\n"
+        self._drop_torn_line()
         with self.path.open("a", encoding="utf-8") as f:
             f.write("\n" + line if self._ends_mid_line else line)
             f.flush()

@@ -384,3 +384,55 @@ def test_a_question_that_is_not_utf8_is_refused_by_name(tmp_path):
     )
     assert proc.returncode == 1 and b"Error: the question" in proc.stderr and b"not UTF-8 text" in proc.stderr
     assert refused(edgetts("solve", "What is 2+3?", "-m", str(tmp_path)), "is a directory, not a .gguf file")
+
+
+def test_a_data_file_with_ids_is_refused_as_out_and_kept(tmp_path):
+    """Seen in review: a data file with an "id" field was taken as --out: a copy of --data
+    "resumed" and solved nothing, another data file had the results appended into it."""
+    data = tmp_path / "mydata.jsonl"
+    data.write_text('{"id": "a1", "question": "What is 9+9?", "answer": "18"}\n')
+    copy = tmp_path / "copy.jsonl"
+    copy.write_text(data.read_text())
+    proc = edgetts("run", "--data", str(data), "--out", str(copy), "--strategy", "greedy")
+    assert refused(proc, "copy.jsonl:1 has no 'settings' or 'candidates': not an edgetts results file")
+    assert copy.read_text() == data.read_text() and not (tmp_path / "copy.jsonl.lock").exists()
+
+
+# A run with a stand-in solver (no model): `python -c FAKE_RUN ARGS` is `edgetts ARGS`.
+FAKE_RUN = """
+import edgetts.cli as cli
+from edgetts.search.base import SearchResult
+from edgetts.solver import SolveOptions
+
+class Solver:
+    def prepare(self, question, options):
+        return None
+
+    def solve(self, question, options, cancel=None):
+        return SearchResult("greedy", "5", None, [], votes={}, counters={})
+
+cli._make_solver = lambda kw, searches=1: (Solver(), SolveOptions(strategy="greedy"))
+cli.main()
+"""
+
+
+def test_a_run_with_stderr_closed_answers_and_refuses_without_it(tmp_path, data):
+    """Seen in review: `edgetts run ... 2>&-` exited 1 and solved nothing: the progress bar
+    wrote to a stderr that was not there."""
+    out = tmp_path / "r.jsonl"
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-c", FAKE_RUN, "run", "--data", str(data), *args],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=ENV,
+            timeout=120,
+            preexec_fn=lambda: os.close(2),  # as `2>&-`
+        )
+
+    proc = run("--out", str(out), "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["correct"] == 1, proc.stdout
+    assert [json.loads(line)["answer"] for line in out.read_text().splitlines()] == ["5"]
+    proc = run("--out", str(out), "-n", "4")  # refused: said to no one, exit 1 all the same
+    assert proc.returncode == 1 and proc.stdout == ""

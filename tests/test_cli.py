@@ -251,7 +251,8 @@ def test_run_summary_counts_only_the_problems_of_this_run(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"question": f"q{i}", "answer": "1"}) + "\n" for i in range(3)))
     out = tmp_path / "r.jsonl"  # made by an older edgetts (no settings): resumes with any
-    out.write_text("".join(json.dumps({"id": str(i), "correct": i == 1}) + "\n" for i in (1, 2, 3)))
+    rows = [{"id": str(i), "correct": i == 1, "candidates": []} for i in (1, 2, 3)]
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     for limit, accuracy in (("1", 1.0), ("3", 1 / 3)):
         result = CliRunner().invoke(
             main, ["run", "--data", str(data), "--out", str(out), "--limit", limit, "--json"]
@@ -306,7 +307,7 @@ def test_run_summary_says_how_many_answers_are_guesses(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"question": f"q{i}", "answer": "1"}) + "\n" for i in range(3)))
     out = tmp_path / "r.jsonl"
-    rows = [{"id": str(i), "correct": i == 1, "provisional": i != 1} for i in (1, 2, 3)]
+    rows = [{"id": str(i), "correct": i == 1, "provisional": i != 1, "candidates": []} for i in (1, 2, 3)]
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = CliRunner().invoke(main, ["run", "--data", str(data), "--out", str(out)])
     assert result.exit_code == 0 and result.stdout == "accuracy: 1/3 = 33.3%\n"
@@ -328,3 +329,122 @@ def test_plan_prints_json_that_pipes(monkeypatch):
     assert result.exit_code == 0, result.output
     plan = json.loads(result.stdout)
     assert plan["predicted_memory_mb"] <= 2000 and plan["memory"]["weights_mb"] > 0
+
+
+@pytest.mark.parametrize(
+    "text, code, words",
+    [
+        ("[solve]\nn = [1, 2]\n", 1, "c.toml: [solve] n is a list, but edgetts solve --n takes one value"),
+        ("[solve]\nn = 2024-01-01\n", 1, "c.toml: [solve] n is a TOML date, which no setting takes"),
+        ("seed = 07:32:00\n", 1, "c.toml: seed is a TOML time"),
+        ("[solve]\nmax-tokens = 100.9\n", 2, "'100.9' is not a valid integer"),  # as --max-tokens 100.9
+        ("[solve]\nn = true\n", 2, "'true' is not a valid integer"),
+        ("[models.list]\njson = true\n", 1, "c.toml: [models.list] is a table inside [models]"),
+    ],
+)
+def test_a_config_value_of_the_wrong_kind_is_refused_by_name(tmp_path, monkeypatch, text, code, words):
+    """Seen in review: a list or a date was a TypeError traceback, 100.9 became 100, true became
+    1, and a table inside a command's table was silently ignored."""
+    import edgetts.cli as cli
+
+    config = tmp_path / "c.toml"
+    config.write_text(text)
+    monkeypatch.setenv("EDGETTS_CONFIG", str(config))
+    monkeypatch.setattr(cli, "_make_solver", lambda kw, **_: pytest.fail(f"ran with {kw}"))
+    result = CliRunner().invoke(main, ["solve", "What is 2+3?"])
+    assert isinstance(result.exception, SystemExit), result.exception  # not a traceback
+    assert result.exit_code == code and words in result.output, result.output
+
+
+def test_config_values_are_read_as_the_flags_read_them(tmp_path, monkeypatch):
+    import edgetts.cli as cli
+
+    seen: list[dict] = []
+
+    class Stop(Exception):
+        pass
+
+    def record(kw, **_):
+        seen.append(kw)
+        raise Stop
+
+    monkeypatch.setattr(cli, "_make_solver", record)
+    config = tmp_path / "c.toml"
+    config.write_text(
+        "max-tokens = 300\n[solve]\nno-adaptive = true\ntemperature = 0.5\nn = 3\n"
+        '[serve]\ncors-origin = ["http://a", "http://b"]\n'
+    )
+    monkeypatch.setenv("EDGETTS_CONFIG", str(config))
+    result = CliRunner().invoke(main, ["solve", "What is 2+3?"])
+    assert isinstance(result.exception, Stop), result.output
+    assert {k: seen[-1][k] for k in ("max_tokens", "no_adaptive", "temperature", "n")} == {
+        "max_tokens": 300,
+        "no_adaptive": True,
+        "temperature": 0.5,
+        "n": 3,
+    }
+    ctx = main.make_context("edgetts", ["serve"])  # a list for an option that takes several
+    serve = main.get_command(ctx, "serve").make_context("serve", [], parent=ctx)
+    assert serve.params["cors_origins"] == ("http://a", "http://b")
+
+
+def test_plan_reads_a_piped_question_as_solve_does(monkeypatch):
+    """Seen in review: `echo QUESTION | edgetts plan --deadline-s 5` planned for no question."""
+    from edgetts.solver import Solver
+
+    asked = []
+
+    class Plan:
+        def explain(self):
+            return "the plan"
+
+    monkeypatch.setattr(Solver, "plan", lambda self, options, question: asked.append(question) or Plan())
+    result = CliRunner().invoke(main, ["plan", "--deadline-s", "5"], input="What is 2+3?\n")
+    assert result.exit_code == 0 and result.stdout == "the plan\n", result.output
+    assert asked == ["What is 2+3?\n"]
+    assert CliRunner().invoke(main, ["plan", "--deadline-s", "5"], input="").exit_code == 0
+    assert asked[-1] is None  # nothing piped: a plan for no question, as before
+
+
+def test_run_reads_its_data_from_stdin(tmp_path):
+    """Seen in review: `run --data -` said "data file - does not exist" (solve reads stdin)."""
+    rows = "".join(json.dumps({"question": f"q{i}", "answer": "1"}) + "\n" for i in range(2))
+    out = tmp_path / "r.jsonl"  # all done already: nothing to solve
+    done = [{"id": str(i), "question": f"q{i - 1}", "correct": i == 1, "candidates": []} for i in (1, 2)]
+    out.write_text("".join(json.dumps(r) + "\n" for r in done))
+    result = CliRunner().invoke(main, ["run", "--data", "-", "--out", str(out), "--json"], input=rows)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["answered"] == 2
+
+
+def test_a_refused_run_changes_nothing_at_its_out(tmp_path):
+    """Seen in review: a run refused for its flags still cut the torn last line of --out, and
+    made the --out folders it named."""
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"question": "What is 2+3?", "answer": "5"}) + "\n")
+    out = tmp_path / "r.jsonl"
+    text = json.dumps({"id": "0", "candidates": []}) + '\n{"id": "1", "ans'
+    out.write_text(text)
+    for where in (out, tmp_path / "new" / "dir" / "r.jsonl"):
+        args = ["run", "--data", str(data), "--out", str(where), "--strategy", "greedy", "-n", "8"]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2 and "greedy answers with one sample" in result.output, result.output
+    assert out.read_text() == text and sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl", "r.jsonl"]
+
+
+def test_an_interrupted_run_that_kept_nothing_says_its_file_was_removed(tmp_path, monkeypatch):
+    """Seen in review: "0 results kept in X" after X, made by the run, had been removed."""
+    from edgetts import cli
+    from edgetts.solver import SolveOptions
+
+    class Interrupted:
+        def prepare(self, question, options):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_make_solver", lambda kw, **_: (Interrupted(), SolveOptions(strategy="greedy")))
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"question": "What is 2+3?", "answer": "5"}) + "\n")
+    out = tmp_path / "r.jsonl"
+    result = CliRunner().invoke(main, ["run", "--data", str(data), "--out", str(out)])
+    assert result.exit_code == 130 and not out.exists()
+    assert "results kept" not in result.stderr and f"{out} (made by this run) was removed" in result.stderr

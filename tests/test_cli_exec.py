@@ -96,10 +96,10 @@ def test_show_code_lists_tests_per_candidate(capsys) -> None:
         },
     )
     _show_code(result)
-    err = capsys.readouterr().err
-    assert "1. visible 1/1, generated 1/2, cluster 0, 10 tokens  <- chosen" in err
-    assert "2. fails: no function found in the reply" in err
-    assert "sandbox: 1 runs, 0.08 s of 2.0 s" in err
+    out = capsys.readouterr().out  # asked-for output, as solve --show's for math (seen on stderr)
+    assert "1. visible 1/1, generated 1/2, cluster 0, 10 tokens  <- chosen" in out
+    assert "2. fails: no function found in the reply" in out
+    assert "sandbox: 1 runs, 0.08 s of 2.0 s" in out
 
 
 def test_solve_code_and_pot_end_to_end_with_a_scripted_policy(monkeypatch, tmp_path) -> None:
@@ -133,8 +133,8 @@ def test_solve_code_and_pot_end_to_end_with_a_scripted_policy(monkeypatch, tmp_p
     result = CliRunner().invoke(main, ["solve", "--task", "code", test_code.PROMPT, "-n", "3", "--show"])
     assert result.exit_code == 0, result.output
     assert "return sum(helper(x) for x in xs)" in result.stdout and "len(xs)" not in result.stdout
-    assert "2. visible 2/2, generated 3/3, cluster 0" in result.stderr and "<- chosen" in result.stderr
-    assert "failed: doc: add_all([1, 2, 3]) -> 6" in result.stderr
+    assert "2. visible 2/2, generated 3/3, cluster 0" in result.stdout and "<- chosen" in result.stdout
+    assert "failed: doc: add_all([1, 2, 3]) -> 6" in result.stdout
     data, out = tmp_path / "he.jsonl", tmp_path / "out.jsonl"
     row = {
         "task_id": "T/0",
@@ -203,3 +203,22 @@ def test_run_code_skips_a_prompt_too_long_and_goes_on(monkeypatch, tmp_path) -> 
     )
     assert result.exit_code == 1 and "1 problem(s) skipped" in result.output and "T/0" in result.output
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["T/1"]
+
+
+def test_a_resume_after_the_tests_file_changed_is_refused(tmp_path) -> None:
+    """Seen in review: run --task code recorded --tests by its path only, so a resume after the
+    file was edited went on silently with other visible tests."""
+    from edgetts.cli import _run_settings, run
+
+    tests = tmp_path / "t.py"
+    tests.write_text("assert add(1, 2) == 3\n")
+    data, out = tmp_path / "he.jsonl", tmp_path / "out.jsonl"
+    data.write_text(json.dumps({"task_id": "T/0", "prompt": "def add(a, b):\n", "entry_point": "add"}) + "\n")
+    args = ["--task", "code", "--data", str(data), "--out", str(out), "--tests", str(tests)]
+    settings = _run_settings(run.make_context("run", list(args)).params, {"file": data.name})
+    row = {"id": "T/0", "correct": None, "candidates": [], "settings": settings}
+    out.write_text(json.dumps(row) + "\n")
+    tests.write_text("assert add(1, 2) == 4\n")
+    result = CliRunner().invoke(main, ["run", *args])
+    assert result.exit_code == 1 and "other settings (tests_sha256 was" in result.output, result.output
+    assert json.loads(out.read_text()) == row

@@ -116,3 +116,73 @@ def test_null_answers_lists_and_null_ids_are_not_made_text(tmp_path):
     f = write_jsonl(tmp_path / "i.jsonl", [{"question": "q", "answer": "1", "id": None}])
     with pytest.raises(DataError, match=r"i.jsonl:1: the problem id \(id\) is empty"):
         load_problems(f)
+
+
+@pytest.mark.parametrize(
+    "row, words",
+    [
+        ({"question": "What is \u0000 2+3?", "answer": "5"}, "x.jsonl:2: field 'question' contains a NUL"),
+        ({"question": "What is \ud800 2+3?", "answer": "5"}, "x.jsonl:2: field 'question' contains a lone"),
+        ({"question": "q", "answer": "5", "id": "\udfff"}, "x.jsonl:2: field 'id' contains a lone"),
+        ({"question": "q", "answer": "work\n#### 5\ud800"}, "x.jsonl:2: field 'answer' contains a lone"),
+    ],
+)
+def test_text_no_model_reads_is_refused_by_its_line_when_the_file_loads(tmp_path, row, words):
+    """Seen in review: such a row ended the run halfway (the rows before it solved), with the
+    prompt's or the codec's words and no file or line."""
+    f = write_jsonl(tmp_path / "x.jsonl", [{"question": "What is 1+1?", "answer": "2"}, row])
+    with pytest.raises(DataError, match=words):
+        load_problems(f)
+
+
+@pytest.mark.parametrize(
+    "line, words",
+    [
+        ('{"question": ' + "[" * 200_000 + "]" * 200_000 + "}", "x.jsonl:2: not valid JSON"),
+        ('{"question": "q", "id": ' + "7" * 5000 + "}", "x.jsonl:2: not valid JSON"),
+    ],
+)
+def test_json_python_cannot_read_is_named_by_its_line(tmp_path, line, words):
+    """Seen in review: a line nested 200k deep was a RecursionError traceback, a 5000-digit id
+    an error without file or line."""
+    f = tmp_path / "x.jsonl"
+    f.write_text('{"question": "q0", "id": 0}\n' + line + "\n")
+    with pytest.raises(DataError, match=words):
+        load_problems(f)
+    listed = tmp_path / "x.json"
+    listed.write_text("[" + line + "]")
+    with pytest.raises(DataError, match="x.json:1: not valid JSON"):
+        load_problems(listed)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path):
+    """Seen in review: a file saved with a UTF-8 BOM (as some Windows editors do) was refused."""
+    row = json.dumps({"question": "What is 2+3?", "answer": "5"}) + "\n"
+    f = tmp_path / "bom.jsonl"
+    f.write_bytes(b"\xef\xbb\xbf" + row.encode())
+    assert load_problems(f)[0].question == "What is 2+3?"
+    gz = tmp_path / "bom.jsonl.gz"
+    gz.write_bytes(gzip.compress(b"\xef\xbb\xbf" + row.encode()))
+    assert load_problems(gz)[0].answer == "5"
+
+
+@pytest.mark.parametrize("entry", [5, ["add"], "", "add all", "class"])
+def test_a_code_rows_entry_point_must_be_a_function_name(tmp_path, entry):
+    """Seen in review: an entry_point of 5 or ["add"] was run as `check(5)` and scored wrong."""
+    row = {"task_id": "T/0", "prompt": "def add(a, b):\n", "test": "def check(c): ...", "entry_point": entry}
+    f = write_jsonl(tmp_path / "c.jsonl", [row])
+    with pytest.raises(DataError, match="c.jsonl:1: 'entry_point' must be a function's name"):
+        load_code_problems(f)
+
+
+def test_rows_from_stdin(tmp_path, monkeypatch):
+    """`run --data -` said "data file - does not exist"."""
+    import io
+    import sys
+
+    rows = json.dumps({"question": "What is 2+3?", "answer": "5"}) + "\n"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(rows.encode())))
+    assert [(p.id, p.answer) for p in load_problems("-")] == [("1", "5")]
+    code = json.dumps({"task_id": "T/0", "prompt": "def f(): ...", "entry_point": "f"}) + "\n"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(code.encode())))
+    assert [p.entry_point for p in load_code_problems("-")] == ["f"]

@@ -24,11 +24,11 @@ def test_torn_last_line_is_dropped(tmp_path, caplog):
     logger.addHandler(caplog.handler)
     try:
         results = ResultsFile(out)
+        assert results.done == {"1"}
+        results.append({"id": "2", "correct": True})  # cut when this run writes (not if refused)
     finally:
         logger.removeHandler(caplog.handler)
-    assert results.done == {"1"}
     assert "dropped its torn last line" in caplog.text  # said, not silent (a user's review)
-    results.append({"id": "2", "correct": True})
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["1", "2"]
 
 
@@ -98,8 +98,10 @@ def test_rows_keyed_by_another_field_resume_and_drop_their_own_torn_line(tmp_pat
     assert out.read_text().startswith('{"problem_id": "7"')  # its id first, as a torn line shows
     with out.open("a") as f:
         f.write('{"problem_id": "8", "mod')
-    assert ResultsFile(out, id_field="problem_id").done == {"7"}
-    assert out.read_text().count("\n") == 1 and "8" not in out.read_text()
+    again = ResultsFile(out, id_field="problem_id")
+    assert again.done == {"7"}
+    again.append({"problem_id": "9"})
+    assert out.read_text().count("\n") == 2 and "8" not in out.read_text()
     with pytest.raises(ResultsError, match="has no 'task_id'"):
         ResultsFile(out, id_field="task_id")
 
@@ -199,3 +201,123 @@ def test_a_lock_that_cannot_be_made_is_not_called_held():
     with pytest.raises(ResultsError, match="cannot write results") as err:
         ResultsFile("/proc/x.jsonl", lock=True)
     assert "another run" not in str(err.value)
+
+
+def test_a_data_file_with_ids_is_not_a_results_file(tmp_path):
+    """Seen in review: a data file (rows with an "id") was taken as --out: its problems counted
+    as done, or the run's rows were appended into it."""
+    from edgetts.results import RUN_ROW_FIELDS
+
+    data = tmp_path / "other.jsonl"
+    data.write_text('{"id": "a1", "question": "What is 9+9?", "answer": "18"}\n')
+    with pytest.raises(
+        ResultsError, match=r"other.jsonl:1 has no 'settings' or 'candidates': not an edgetts"
+    ):
+        ResultsFile(data, settings={"n": 4}, row_fields=RUN_ROW_FIELDS, lock=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.jsonl"]
+    older = tmp_path / "older.jsonl"  # from before settings were recorded: its rows have candidates
+    older.write_text('{"id": "a1", "answer": "18", "correct": true, "candidates": []}\n')
+    assert ResultsFile(older, settings={"n": 4}, row_fields=RUN_ROW_FIELDS).done == {"a1"}
+
+
+TORN_TAILS = {
+    "cut inside a character": '{"id": "2", "question": "café'.encode()[:-1],
+    "cut inside its id": b'{"i',
+    "a power cut's NULs": b"\0" * 64,
+}
+
+
+@pytest.mark.parametrize("tail", TORN_TAILS.values(), ids=TORN_TAILS)
+def test_a_torn_last_line_of_any_kind_is_dropped_when_the_next_row_is_written(tmp_path, tail, caplog):
+    """Seen in review: a line cut inside a UTF-8 character blocked every resume ("'utf-8' codec
+    can't decode"); one cut inside its id, or NULs left by a power cut, were "not JSON"."""
+    out = tmp_path / "r.jsonl"
+    first = json.dumps({"id": "1", "correct": True}) + "\n"
+    out.write_bytes(first.encode() + tail)
+    results = ResultsFile(out)
+    assert results.done == {"1"}
+    logger = logging.getLogger("edgetts")  # the CLI stops it propagating: listen on it directly
+    logger.addHandler(caplog.handler)
+    try:
+        results.append({"id": "2", "correct": False})
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "dropped its torn last line" in caplog.text
+    assert out.read_text().splitlines() == [first.strip(), '{"id": "2", "correct": false}']
+
+
+@pytest.mark.parametrize(
+    "line, words",
+    [
+        (b'{"id": "2", "q": "caf\xc3"}', "r.jsonl:2 is not UTF-8 text"),
+        (b"\0" * 8, "r.jsonl:2 is not JSON"),
+        (b'{"id": "2", "x": ' + b"[" * 200_000 + b"]" * 200_000 + b"}", "r.jsonl:2 is not JSON edgetts can"),
+        (b'{"id": ' + b"7" * 5000 + b"}", r"r.jsonl:2 is not JSON edgetts can read \(Exceeds the limit"),
+    ],
+)
+def test_a_bad_line_before_the_last_is_refused_by_its_line_and_kept(tmp_path, line, words):
+    out = tmp_path / "r.jsonl"
+    text = json.dumps({"id": "1"}).encode() + b"\n" + line + b"\n" + json.dumps({"id": "3"}).encode() + b"\n"
+    out.write_bytes(text)
+    with pytest.raises(ResultsError, match=words):
+        ResultsFile(out)
+    assert out.read_bytes() == text
+    notes = tmp_path / "notes.txt"  # not a piece of a results line: never cut, even last
+    notes.write_bytes(b"caf\xc3")
+    with pytest.raises(ResultsError, match="notes.txt:1 is not UTF-8 text"):
+        ResultsFile(notes).append({"id": "1"})
+    assert notes.read_bytes() == b"caf\xc3"
+
+
+def test_a_refused_run_leaves_a_torn_line_and_makes_no_folders(tmp_path):
+    """Seen in review: a resume refused for its settings still cut the torn last line, and a
+    refused or empty run left the --out folders it had made."""
+    out = tmp_path / "r.jsonl"
+    text = json.dumps({"id": "1", "settings": {"n": 4}}) + '\n{"id": "2", "sett'
+    out.write_text(text)
+    with pytest.raises(ResultsError, match="n was 4, now 8"):
+        ResultsFile(out, settings={"n": 8}, lock=True)
+    assert out.read_text() == text
+    with ResultsFile(out, settings={"n": 4}, lock=True):
+        pass  # resumed, nothing written: the file is as it was
+    assert out.read_text() == text
+    with ResultsFile(tmp_path / "new" / "deeper" / "r.jsonl", settings={"n": 4}, lock=True):
+        pass  # the model failed to load, say
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_symlink_to_a_locked_file_finds_it_locked(tmp_path):
+    """Seen in review: a second run through a symlinked --out took <link>.lock and appended
+    beside the first."""
+    real, link = tmp_path / "real.jsonl", tmp_path / "link.jsonl"
+    link.symlink_to(real.name)
+    with ResultsFile(real, settings={"n": 4}, lock=True) as first:
+        first.append({"id": "1"})
+        with pytest.raises(ResultsError, match="another run"):
+            ResultsFile(link, settings={"n": 4}, lock=True)
+    with ResultsFile(link, settings={"n": 4}, lock=True) as second:
+        second.append({"id": "2"})
+        with pytest.raises(ResultsError, match="another run"):
+            ResultsFile(real, settings={"n": 4}, lock=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.jsonl", "real.jsonl", "real.jsonl.lock"]
+
+
+def test_a_fifo_as_output_is_refused_before_anything_is_made(tmp_path):
+    """Seen in review: `mkfifo ff; edgetts run --out ff` hung for ever in the read."""
+    import threading
+
+    fifo = tmp_path / "ff"
+    os.mkfifo(fifo)
+    said = []
+
+    def open_it():
+        try:
+            ResultsFile(fifo, settings={"n": 4}, lock=True)
+        except ResultsError as exc:
+            said.append(str(exc))
+
+    opening = threading.Thread(target=open_it, daemon=True)  # a hang fails the test, not the suite
+    opening.start()
+    opening.join(timeout=10)
+    assert said and "ff is not a regular file" in said[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ff"]
