@@ -173,6 +173,23 @@ def test_docstring_arrow_examples() -> None:
     assert [c.name for c in docstring_checks(prompt, "f")] == ["doc: f(2) ➞ 4", "doc: f(0) == 0"]
 
 
+def test_docstring_examples_as_humaneval_writes_them(sandbox: Sandbox) -> None:
+    """Seen on HumanEval/0-81: 6 canonical solutions failed their own docstring checks."""
+    prompt = (
+        'def f(x, y=0):\n    """Examples.\n'
+        "    f(n) == f(n-1) + 1\n"  # a recurrence, not an example (fib4, fibfib)
+        "    f(abc) => False\n"  # a string without its quotes (is_happy)
+        "    f(1, 4) => true\n"  # another language's true (is_simple_power)
+        "    f(2) ==> 3\n"  # a long arrow (iscube)
+        "    f(5, 19) ->19 - 5 - 6 = 8\n"  # a worked answer (fruit_distribution)
+        '    """\n'
+    )
+    checks = docstring_checks(prompt, "f")
+    assert [c.name.split(" ", 2)[1] for c in checks] == ["f(1,", "f(2)", "f(5,"]
+    program = "def f(x, y=0):\n    return {1: True, 2: 3, 5: 8}[x]\n"
+    assert [c.passed for c in sandbox.run(program, checks, run_name="candidate").checks] == [True] * 3
+
+
 def test_file_checks(sandbox: Sandbox) -> None:
     text = (
         "import math\n\ndef near(a, b):\n    return math.isclose(a, b)\n\n"

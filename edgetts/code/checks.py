@@ -12,7 +12,38 @@ import re
 from edgetts.sandbox import Check
 
 # Docstring examples written without ">>>", e.g. "add(1, 2) == 3", "f([1]) ➞ True", "f(2) => 4".
-_ARROW = re.compile(r"^\s*(?P<call>[A-Za-z_]\w*\(.*\))\s*(?:==|➞|=>|->)\s*(?P<want>.+?)\s*$")
+_ARROW = re.compile(r"^\s*(?P<call>[A-Za-z_]\w*\(.*\))\s*(?:==>|==|➞|=>|->)\s*(?P<want>.+?)\s*$")
+# Values as other languages write them ("=> true")
+_OTHER_LITERALS = {"true": "True", "false": "False", "null": "None", "none": "None"}
+
+
+def _literal_call(call: str) -> bool:
+    """Whether ``call`` names nothing but the function it calls: ``fib4(n)`` (a recurrence) or
+    ``is_happy(abcd)`` (a string without its quotes) is prose, not an example to run."""
+    try:
+        tree = ast.parse(call, mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # deep nesting too
+        return False
+    if not isinstance(tree.body, ast.Call):
+        return True  # an expression of another shape: judged as written
+    names = [
+        n for arg in [*tree.body.args, *tree.body.keywords] for n in ast.walk(arg) if isinstance(n, ast.Name)
+    ]
+    return not names
+
+
+def _wanted(want: str) -> str:
+    """The value an example says it gives: ``true`` as ``True``, and of a worked answer
+    (``19 - 5 - 6 = 8``) the value after its last ``=``."""
+    want = _OTHER_LITERALS.get(want.strip().rstrip(".").lower(), want)
+    if "=" in want and not want.lstrip().startswith(("[", "{", "(", "'", '"')):
+        last = want.rsplit("=", 1)[1].strip().rstrip(".")
+        try:
+            ast.literal_eval(last)
+            return last
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            pass
+    return want
 
 
 def _docstring(prompt: str, entry_point: str | None) -> str:
@@ -30,6 +61,9 @@ def _docstring(prompt: str, entry_point: str | None) -> str:
 
 def _example_check(call: str, want: str, name: str) -> Check | None:
     """``call`` must give ``want`` (compared as values, or as the repr doctest prints)."""
+    if not _literal_call(call):
+        return None
+    want = _wanted(want)
     try:
         ast.parse(call, mode="eval")
         ast.parse(want, mode="eval")
