@@ -542,6 +542,27 @@ def on_alarm(signum, frame):
     alarm["rang"] = True
     raise CheckTimeout("check took longer than %gs" % cfg["check_s"])
 signal.signal(signal.SIGALRM, on_alarm)
+def shown(value, depth=0):
+    # The value's repr, alike for values that behave alike: a set's items sorted (their order
+    # follows string hashing, random per process) and floats to 12 significant digits (0.1 + 0.2
+    # and 0.3 are one behaviour). Exact built-in types only: a subclass keeps its own repr.
+    kind = type(value)
+    if kind is float:
+        return repr(float("%.12g" % value))
+    if depth > 50 or kind not in (list, tuple, set, frozenset, dict) or len(value) > 10000:
+        return repr(value)
+    if kind is dict:
+        pairs = ["%s: %s" % (shown(k, depth + 1), shown(v, depth + 1)) for k, v in value.items()]
+        return "{%s}" % ", ".join(pairs)
+    items = [shown(x, depth + 1) for x in value]
+    if kind is list:
+        return "[%s]" % ", ".join(items)
+    if kind is tuple:
+        return "(%s)" % (items[0] + "," if len(items) == 1 else ", ".join(items))
+    inner = "{%s}" % ", ".join(sorted(items)) if items else ""
+    if kind is set:
+        return inner or "set()"
+    return "frozenset(%s)" % inner
 # The candidate runs as a module of its own, registered under its name: pickle finds its
 # functions (multiprocessing), and `import __main__` gives it itself, not the harness.
 import types
@@ -572,7 +593,7 @@ for i, chk in enumerate(checks):
                 if digits is not None:  # a value the call returned is shown, however long
                     sys.set_int_max_str_digits(0)
                 try:
-                    out["value"] = repr(value)[:1000]
+                    out["value"] = shown(value)[:1000]
                 finally:
                     if digits is not None:
                         sys.set_int_max_str_digits(digits)

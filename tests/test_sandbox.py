@@ -215,6 +215,25 @@ def test_a_huge_integer_a_probe_returns_is_shown(sandbox: Sandbox) -> None:
     assert r.checks[0].passed and r.checks[0].value.startswith("3316275092450633241175393380576324038281")
 
 
+def test_values_that_behave_alike_are_shown_alike(sandbox: Sandbox) -> None:
+    """Two programs that agree gave two behaviours: a set of strings in another order (string
+    hashing is random per process) or a float rounded differently (0.1 + 0.2 against 0.3)."""
+    words = "{'pear', 'fig', 'apple', 'kiwi', 'plum', 'lime'}"
+    checks = [
+        Check(words, kind="eval"),
+        Check("[0.1 + 0.2, {2: (1.0 / 3,)}, frozenset(), set()]", kind="eval"),
+        Check("(1, 'a')", kind="eval"),
+    ]
+    runs = [sandbox.run("", checks, run_name="c") for _ in range(3)]
+    assert {tuple(c.value for c in r.checks) for r in runs} == {
+        (
+            "{'apple', 'fig', 'kiwi', 'lime', 'pear', 'plum'}",
+            "[0.3, {2: (0.333333333333,)}, frozenset(), set()]",
+            "(1, 'a')",
+        )
+    }
+
+
 def test_forged_report_fields_of_any_type_give_a_result(sandbox: Sandbox) -> None:
     """Seen in review: report lines with the nonce (read through the harness's frame) holding a
     list value or an int error crashed the callers (select, task), and a lone surrogate in an
