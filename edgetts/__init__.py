@@ -3,12 +3,29 @@
 >>> import edgetts
 >>> edgetts.solve("A pen costs 3 dollars. How much do 7 pens cost?").answer
 '21'
+
+The names below load on first use (PEP 562), so that ``import edgetts.grading`` or the
+answer-comparing child (``python -m edgetts.symbolic``) does not load llama.cpp and numpy.
 """
 
-from edgetts.policy import PolicyConfig, PolicyError, PromptTooLong, SearchNotStarted
-from edgetts.search.base import Sampling, SearchConfig, SearchResult
-from edgetts.solver import SolveOptions, Solver, solve
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING
+
+# Each public name and the module that defines it.
+_EXPORTS = {
+    "PolicyConfig": "edgetts.policy",
+    "PolicyError": "edgetts.policy",
+    "PromptTooLong": "edgetts.policy",
+    "SearchNotStarted": "edgetts.policy",
+    "Sampling": "edgetts.search.base",
+    "SearchConfig": "edgetts.search.base",
+    "SearchResult": "edgetts.search.base",
+    "SolveOptions": "edgetts.solver",
+    "Solver": "edgetts.solver",
+    "solve": "edgetts.solver",
+}
 __all__ = [
     "PolicyConfig",
     "PolicyError",
@@ -22,3 +39,18 @@ __all__ = [
     "solve",
 ]
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from edgetts.policy import PolicyConfig, PolicyError, PromptTooLong, SearchNotStarted
+    from edgetts.search.base import Sampling, SearchConfig, SearchResult
+    from edgetts.solver import SolveOptions, Solver, solve
+
+
+def __getattr__(name: str) -> object:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'edgetts' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
