@@ -172,10 +172,6 @@ class SolveOptions:
             )
         if self.strategy == "exec":
             raise ValueError("strategy exec runs programs to pick one: it is for code tasks (--task code)")
-        if self.strategy == GREEDY and self.n not in (None, 1):  # it would be ignored
-            raise ValueError(
-                f"strategy greedy answers with one sample at temperature 0: n={self.n} is for the searches"
-            )
         if self.strategy != GREEDY and self.strategy not in STRATEGIES:
             choices = sorted([GREEDY, *STRATEGIES])
             raise ValueError(f"unknown strategy {self.strategy!r}; choose one of {choices}")

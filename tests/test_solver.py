@@ -19,7 +19,6 @@ from edgetts.solver import SolveOptions
         ({"top_k": -1}, "top_k"),
         ({"memory_mb": 0}, "memory_mb"),
         ({"strategy": "beam_search", "n": 6, "beam_width": 4}, "multiple"),
-        ({"strategy": "greedy", "n": 5}, "one sample"),  # it was ignored (the CLI refused it)
     ],
 )
 def test_bad_options_are_refused(bad, message):
