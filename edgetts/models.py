@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import subprocess
@@ -31,12 +32,15 @@ from pathlib import Path
 from edgetts import paths
 from edgetts.metadata import ModelError, read_metadata
 
+log = logging.getLogger(__name__)
+
 GGUF_MAGIC = b"GGUF"
 OFFLINE_ENV = "EDGETTS_OFFLINE"
 KINDS = ("instruct", "base")
 # A model's name and file name become paths under $EDGETTS_HOME (models/FILE, policies/NAME.json):
-# one plain file name each, so no name reaches outside it ("../x", "/x", ".", "a/b").
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# one file name each, so no name reaches outside it ("../x", "/x", ".", "a/b"). Names imported
+# before this check (spaces, colons) stay valid.
+_NOT_IN_A_NAME = ("/", "\\")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -72,25 +76,34 @@ def cache_dir() -> Path:
 
 
 def check_name(value: object, what: str = "model name") -> str:
-    """``value`` if it is a plain name (``[A-Za-z0-9][A-Za-z0-9._-]*``), else a ModelError: every
-    model name and file name passes here before it becomes a path."""
-    if not isinstance(value, str) or not _PLAIN_NAME.fullmatch(value):
-        raise ModelError(
-            f"{what} {value!r} is not a plain name: use letters, digits, '.', '_' and '-', "
-            "starting with a letter or digit"
-        )
+    """``value`` if it is one file name (no ``/``, ``\\`` or control character; not ``.`` or ``..``), else a
+    ModelError: every model name and file name passes here before it becomes a path."""
+    if (
+        not isinstance(value, str)
+        or value.strip() in ("", ".", "..")
+        or any(c in _NOT_IN_A_NAME or ord(c) < 32 for c in value)
+    ):
+        raise ModelError(f"{what} {value!r} is not a file name (empty, . or .., or with / \\ or a control)")
     return value
 
 
 def load_registry(*roots: Path) -> dict[str, ModelSpec]:
     """Read the policy manifests under each root's ``policies`` folder (default: the shipped
-    ones, then the user's, which replace shipped entries of the same name). A malformed
-    manifest is an error naming the file."""
+    ones, then the user's, which replace shipped entries of the same name). A malformed shipped
+    manifest is an error naming the file; a malformed one of the user's is skipped with a
+    warning naming it (one damaged file does not take every model away)."""
     specs: dict[str, ModelSpec] = {}
     roots = roots or tuple(reversed(paths.asset_roots()))
-    for manifest in [m for root in roots for m in sorted((root / "policies").glob("*.json"))]:
-        spec = read_manifest(manifest)
-        specs[spec.name] = spec
+    for root in roots:
+        for manifest in sorted((root / "policies").glob("*.json")):
+            try:
+                spec = read_manifest(manifest)
+            except ModelError as exc:
+                if root == paths.shipped_dir():
+                    raise
+                log.warning("skipping %s", exc)
+                continue
+            specs[spec.name] = spec
     return specs
 
 
@@ -297,7 +310,9 @@ def pull(spec: ModelSpec, force: bool = False, progress: bool = True) -> Path:
             verify(spec)
             return target
         except ModelError:
-            pass  # damaged: fetched again below
+            if offline():
+                raise  # damaged, and nothing can be fetched: say what is wrong with it
+            # damaged: fetched again below
     if offline():
         raise ModelError(
             f"{OFFLINE_ENV} is set and model {spec.name} is not here ({target} is missing or "
@@ -384,19 +399,14 @@ def resolve(name_or_path: str | None, auto_pull: bool = True) -> Path:
         spec = registry[name_or_path]
         if is_ready(spec):
             return model_path(spec)
-        if model_path(spec).exists():
-            # A file without its stamp (a cache copied without its times): hash it rather than
-            # fetch it again (offline cannot; online it costs minutes, the hash seconds)
-            try:
-                verify(spec)
-                return model_path(spec)
-            except ModelError:
-                if not auto_pull or offline():
-                    raise
-        elif not auto_pull:
-            raise ModelError(f"model {spec.name} is not assembled yet: run `edgetts models pull {spec.name}`")
-        # Not force: pull checks again under its lock, so processes that all found it damaged
-        # download it once
+        if not auto_pull:
+            if not model_path(spec).exists():
+                pull_it = f"edgetts models pull {spec.name}"
+                raise ModelError(f"model {spec.name} is not assembled yet: run `{pull_it}`")
+            verify(spec)  # a file without its stamp (a cache copied without its times)
+            return model_path(spec)
+        # pull hashes a file without its stamp before it fetches anything (offline it cannot),
+        # and checks again under its lock, so processes that all found it damaged download once
         return pull(spec)
     path = Path(name_or_path).expanduser()
     if path.suffix != ".gguf" and not path.exists():

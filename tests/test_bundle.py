@@ -87,7 +87,7 @@ def test_a_manifest_naming_a_file_outside_its_folder_is_refused(tmp_path, home):
     spec = fake_bundle(tmp_path / "models", b"GGUF" + bytes(500))
     manifest = json.loads((tmp_path / "models" / "tiny.json").read_text())
     (tmp_path / "models" / "tiny.json").write_text(json.dumps({**manifest, "file": "../../etc/x.gguf"}))
-    with pytest.raises(ModelError, match="tiny.json is malformed: field 'file': .* is not a plain name"):
+    with pytest.raises(ModelError, match="tiny.json is malformed: field 'file': .* is not a file name"):
         bundle.import_models(tmp_path / "models")
     assert not models.is_ready(spec)
 
@@ -226,13 +226,13 @@ def test_the_bundle_check_names_what_does_not_fit(tmp_path, need, words):
     assert done.returncode == 1 and "cannot install here" in done.stderr and words in done.stderr, done.stderr
 
 
-@pytest.mark.parametrize("name", ["../../escaped", "ABS", ".", "..", "a/b", "-x", "a b", "x\n"])
-def test_an_imported_model_name_that_is_not_a_plain_name_is_refused(tmp_path, home, name):
+@pytest.mark.parametrize("name", ["../../escaped", "ABS", ".", "..", "a/b", "a\\b", "x\n"])
+def test_an_imported_model_name_that_is_not_a_file_name_is_refused(tmp_path, home, name):
     """Seen in review: `models import a.gguf --name ../../escaped` (or an absolute name) wrote the
     model and its manifest outside $EDGETTS_HOME."""
     name = str(tmp_path / "abs" / "escaped") if name == "ABS" else name
     gguf = tiny_gguf(tmp_path / "a.gguf")
-    with pytest.raises(ModelError, match="not a plain name"):
+    with pytest.raises(ModelError, match="not a file name"):
         bundle.import_models(gguf, name)
     assert written_outside(tmp_path, home, gguf) == [] and not (home / "policies").exists()
 
@@ -241,7 +241,7 @@ def test_a_bundle_manifest_whose_name_is_a_path_is_refused(tmp_path, home):
     fake_bundle(tmp_path / "models", b"GGUF" + bytes(500))
     manifest = tmp_path / "models" / "tiny.json"
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "name": "../../escaped"}))
-    with pytest.raises(ModelError, match="tiny.json.*not a plain name"):
+    with pytest.raises(ModelError, match="tiny.json.*not a file name"):
         bundle.import_models(tmp_path / "models")
     inputs = [*(tmp_path / "models").iterdir()]
     assert written_outside(tmp_path, home, *inputs) == [] and not (home / "models").exists()
