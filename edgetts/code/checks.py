@@ -6,6 +6,7 @@ Only text is built here; every check runs inside :mod:`edgetts.sandbox`.
 from __future__ import annotations
 
 import ast
+import builtins
 import doctest
 import re
 
@@ -18,18 +19,16 @@ _OTHER_LITERALS = {"true": "True", "false": "False", "null": "None", "none": "No
 
 
 def _literal_call(call: str) -> bool:
-    """Whether ``call`` names nothing but the function it calls: ``fib4(n)`` (a recurrence) or
-    ``is_happy(abcd)`` (a string without its quotes) is prose, not an example to run."""
+    """Whether ``call`` names no value it does not write out: ``fib4(n)`` (a recurrence) or
+    ``is_happy(abcd)`` (a string without its quotes) is prose, not an example to run, while
+    ``round(find_zero([1, 2]), 2)`` only calls functions on values it writes."""
     try:
         tree = ast.parse(call, mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError):  # deep nesting too
         return False
-    if not isinstance(tree.body, ast.Call):
-        return True  # an expression of another shape: judged as written
-    names = [
-        n for arg in [*tree.body.args, *tree.body.keywords] for n in ast.walk(arg) if isinstance(n, ast.Name)
-    ]
-    return not names
+    called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
+    names = [node for node in ast.walk(tree) if isinstance(node, ast.Name)]
+    return all(id(node) in called or hasattr(builtins, node.id) for node in names)
 
 
 def _wanted(want: str) -> str:
@@ -67,9 +66,11 @@ def _example_check(call: str, want: str, name: str) -> Check | None:
     try:
         ast.parse(call, mode="eval")
         ast.parse(want, mode="eval")
+        # "("Venus")" for a one-item tuple: the comma forgotten, as HumanEval/148's docstring does
+        one = " or __got == (__want,)" if want.startswith("(") and want.endswith(")") else ""
         code = (
             f"__got = {call}\n__want = {want}\n"
-            f"assert __got == __want or repr(__got) == {want!r}, repr(__got)\n"
+            f"assert __got == __want or repr(__got) == {want!r}{one}, repr(__got)\n"
         )
     except (SyntaxError, ValueError, RecursionError, MemoryError):  # deep nesting too
         try:
