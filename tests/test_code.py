@@ -182,14 +182,13 @@ def test_docstring_examples_as_humaneval_writes_them(sandbox: Sandbox) -> None:
         "    f(1, 4) => true\n"  # another language's true (is_simple_power)
         "    f(2) ==> 3\n"  # a long arrow (iscube)
         "    f(5, 19) ->19 - 5 - 6 = 8\n"  # a worked answer (fruit_distribution)
-        '    f(6) ==> ("Venus")\n'  # a one-item tuple without its comma (bf)
         "    >>> round(f(7), 2)\n    1.5\n"  # functions called on written values (find_zero)
         '    """\n'
     )
     checks = docstring_checks(prompt, "f")
-    assert [c.name.split(" ", 2)[1] for c in checks] == ["round(f(7),", "f(1,", "f(2)", "f(5,", "f(6)"]
-    program = "def f(x, y=0):\n    return {1: True, 2: 3, 5: 8, 6: ('Venus',), 7: 1.499}[x]\n"
-    assert [c.passed for c in sandbox.run(program, checks, run_name="candidate").checks] == [True] * 5
+    assert [c.name.split(" ", 2)[1] for c in checks] == ["round(f(7),", "f(1,", "f(2)", "f(5,"]
+    program = "def f(x, y=0):\n    return {1: True, 2: 3, 5: 8, 7: 1.499}[x]\n"
+    assert [c.passed for c in sandbox.run(program, checks, run_name="candidate").checks] == [True] * 4
 
 
 def test_file_checks(sandbox: Sandbox) -> None:
