@@ -119,7 +119,7 @@ class Limits:
 @dataclass(frozen=True)
 class Check:
     """One thing to run after the candidate's source: ``exec`` a test, or ``eval`` an expression
-    whose value (its ``repr``) is reported."""
+    whose value is reported (its ``repr``, with sets sorted and floats to 12 significant digits)."""
 
     code: str
     kind: Literal["exec", "eval"] = "exec"
@@ -130,7 +130,7 @@ class Check:
 class CheckResult:
     name: str
     passed: bool  # ran without raising (an ``eval`` check "passes" when it returns)
-    value: str | None = None  # repr of an eval check's value, cut to 1000 characters
+    value: str | None = None  # an eval check's value as Check says, cut to 1000 characters
     error: str | None = None  # the exception, one line
 
 
@@ -542,19 +542,35 @@ def on_alarm(signum, frame):
     alarm["rang"] = True
     raise CheckTimeout("check took longer than %gs" % cfg["check_s"])
 signal.signal(signal.SIGALRM, on_alarm)
-def shown(value, depth=0):
+class NotShown(Exception):
+    pass
+def shown(value):
     # The value's repr, alike for values that behave alike: a set's items sorted (their order
     # follows string hashing, random per process) and floats to 12 significant digits (0.1 + 0.2
-    # and 0.3 are one behaviour). Exact built-in types only: a subclass keeps its own repr.
+    # and 0.3 are one behaviour). Exact built-in types only: a subclass keeps its own repr. A
+    # value that holds itself, or more than 10,000 parts in all, is shown by repr as it is.
+    try:
+        return canonical(value, set(), [10000])
+    except (NotShown, RecursionError):
+        return repr(value)
+def canonical(value, path, budget):
     kind = type(value)
     if kind is float:
         return repr(float("%.12g" % value))
-    if depth > 50 or kind not in (list, tuple, set, frozenset, dict) or len(value) > 10000:
+    if kind not in (list, tuple, set, frozenset, dict):
         return repr(value)
+    budget[0] -= len(value) + 1
+    if budget[0] < 0 or id(value) in path:
+        raise NotShown()
+    path.add(id(value))
     if kind is dict:
-        pairs = ["%s: %s" % (shown(k, depth + 1), shown(v, depth + 1)) for k, v in value.items()]
-        return "{%s}" % ", ".join(pairs)
-    items = [shown(x, depth + 1) for x in value]
+        pairs = value.items()
+        items = ["%s: %s" % (canonical(k, path, budget), canonical(v, path, budget)) for k, v in pairs]
+    else:
+        items = [canonical(x, path, budget) for x in value]
+    path.discard(id(value))
+    if kind is dict:
+        return "{%s}" % ", ".join(items)
     if kind is list:
         return "[%s]" % ", ".join(items)
     if kind is tuple:

@@ -225,6 +225,10 @@ def test_values_that_behave_alike_are_shown_alike(sandbox: Sandbox) -> None:
         Check("(1, 'a')", kind="eval"),
     ]
     runs = [sandbox.run("", checks, run_name="c") for _ in range(3)]
+    # a value that holds itself (twice) is shown as repr shows it, at once (diff review: it took
+    # exponential time and timed out)
+    loop = sandbox.run("a = []\na.append(a)\na.append(a)\n", [Check("a", kind="eval")], run_name="c")
+    assert loop.checks[0].passed and loop.checks[0].value == "[[...], [...]]"
     assert {tuple(c.value for c in r.checks) for r in runs} == {
         (
             "{'apple', 'fig', 'kiwi', 'lime', 'pear', 'plum'}",
