@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-import jinja2
 from jinja2 import nodes
 from jinja2.ext import Extension, loopcontrols
 from jinja2.parser import Parser
@@ -51,6 +50,11 @@ FEW_SHOT = [
 ]
 
 
+# What a template's strftime_now (Hugging Face's) renders: a fixed day, so that a seeded run's
+# prompt is the same every day (Llama 3.1's templates write it as "Today Date"; their own default).
+TEMPLATE_DATE = datetime(2024, 7, 26)
+
+
 class TemplateRefused(ValueError):
     """The chat template itself refused the messages (its ``raise_exception``)."""
 
@@ -80,12 +84,14 @@ def render_chat(template: str, messages: list[dict[str, str]], bos: str = "", eo
         raise TemplateRefused(f"chat template error: {message}")
 
     env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    env.globals["strftime_now"] = TEMPLATE_DATE.strftime
     try:
         return env.from_string(template).render(
             messages=messages, add_generation_prompt=True, bos_token=bos, eos_token=eos
         )
-    except jinja2.TemplateError as exc:
+    except TemplateRefused:
+        raise
+    except Exception as exc:  # the template is the model file's code: 1/0 in it is its error too
         raise ValueError(f"the chat template cannot be rendered: {type(exc).__name__}: {exc}") from None
 
 

@@ -1,7 +1,6 @@
 """Chat templates (seen in review): templates that refuse a system role, and Jinja errors other than
 ValueError (a missing HF helper, an HF-only tag) that escaped as server errors."""
 
-import datetime
 from types import SimpleNamespace
 
 import pytest
@@ -56,11 +55,11 @@ def test_a_template_refusal_that_folding_does_not_cure_is_still_an_error():
 
 def test_hugging_faces_strftime_now_and_generation_block_render():
     template = (
-        "{{ strftime_now('%Y') }}|{% for m in messages %}{% generation %}{{ m.content }}{% endgeneration %}"
-        "{% if loop.last %}{% break %}{% endif %}{% endfor %}"
+        "{{ strftime_now('%d %b %Y') }}|{% for m in messages %}{% generation %}{{ m.content }}"
+        "{% endgeneration %}{% if loop.last %}{% break %}{% endif %}{% endfor %}"
     )
-    year = datetime.datetime.now().strftime("%Y")
-    assert render_chat(template, [{"role": "user", "content": "hi"}]) == f"{year}|hi"
+    # a fixed day (diff review: today's date made a seeded prompt differ from day to day)
+    assert render_chat(template, [{"role": "user", "content": "hi"}]) == "26 Jul 2024|hi"
 
 
 @pytest.mark.parametrize(
@@ -69,6 +68,8 @@ def test_hugging_faces_strftime_now_and_generation_block_render():
         ("{{ no_such_helper() }}{{ messages[0].content }}", "no_such_helper"),  # UndefinedError
         ("{% no_such_tag %}{{ messages[0].content }}", "no_such_tag"),  # TemplateSyntaxError
         ("{{ messages[0].content.__class__.__mro__ }}", "unsafe"),  # the sandbox's SecurityError
+        ("{{ 1 / 0 }}{{ messages[0].content }}", "ZeroDivisionError"),  # Python's own errors too
+        ("{{ messages[0].content + 1 }}", "TypeError"),
     ],
 )
 def test_a_broken_template_is_a_value_error_that_names_it(template, match):
