@@ -713,12 +713,13 @@ def _stop_interrupted(results) -> None:
 
 
 def _question_or_stdin(question: str | None, required: bool = True) -> str | None:
-    """The question given, or stdin's text when it is ``-`` or absent and stdin is not a terminal.
-    Not ``required`` (plan): None where there is none (no pipe, or an empty one)."""
+    """The question given, or stdin's text when it is ``-``, or absent and stdin is not a
+    terminal. Not ``required`` (plan): an absent question is None, and stdin is read only for
+    ``-`` (a plan in a shell loop or under ssh must not swallow or wait on the caller's stdin)."""
+    if question is None and not required:
+        return None
     if question in (None, "-"):
         if sys.stdin is None or sys.stdin.isatty():
-            if not required and question is None:
-                return None
             ctx = click.get_current_context(silent=True)
             command = ctx.info_name if ctx is not None else "solve"
             raise click.UsageError(

@@ -388,8 +388,9 @@ def test_config_values_are_read_as_the_flags_read_them(tmp_path, monkeypatch):
     assert serve.params["cors_origins"] == ("http://a", "http://b")
 
 
-def test_plan_reads_a_piped_question_as_solve_does(monkeypatch):
-    """Seen in review: `echo QUESTION | edgetts plan --deadline-s 5` planned for no question."""
+def test_plan_reads_a_piped_question_given_as_a_dash(monkeypatch):
+    """`echo QUESTION | edgetts plan - --deadline-s 5` plans for it; with no QUESTION, plan
+    leaves stdin alone (diff review: in a `while read` loop it swallowed the loop's input)."""
     from edgetts.solver import Solver
 
     asked = []
@@ -399,11 +400,11 @@ def test_plan_reads_a_piped_question_as_solve_does(monkeypatch):
             return "the plan"
 
     monkeypatch.setattr(Solver, "plan", lambda self, options, question: asked.append(question) or Plan())
-    result = CliRunner().invoke(main, ["plan", "--deadline-s", "5"], input="What is 2+3?\n")
+    result = CliRunner().invoke(main, ["plan", "-", "--deadline-s", "5"], input="What is 2+3?\n")
     assert result.exit_code == 0 and result.stdout == "the plan\n", result.output
     assert asked == ["What is 2+3?\n"]
-    assert CliRunner().invoke(main, ["plan", "--deadline-s", "5"], input="").exit_code == 0
-    assert asked[-1] is None  # nothing piped: a plan for no question, as before
+    assert CliRunner().invoke(main, ["plan", "--deadline-s", "5"], input="left alone\n").exit_code == 0
+    assert asked[-1] is None  # no QUESTION: a plan for no question, stdin unread
 
 
 def test_run_reads_its_data_from_stdin(tmp_path):
