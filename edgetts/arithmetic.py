@@ -17,12 +17,14 @@ checked; an equation glued to a letter or an operator on its left (``2x + 30 = 1
 and is skipped. The right side may be rounded to its own number of decimals. The left side is
 evaluated only once it is known to hold nothing but digits, points, spaces and the four operators.
 In a chain (``75 * 2 * 4 = 75 * 2 = 150``) each middle link is checked too (:func:`_chain_slips`),
-unless it is a running total (``3 * 4 = 12 + 5 = 17``: the next side starts from the value).
+unless it is a running total (``3 * 4 = 12 + 5 = 17``: the next side holds the value), meant from
+left to right (``3 + 4 * 2 = 7 * 2``) or rounded (``15 / 40 * 100 = 0.38 * 100``).
 """
 
 from __future__ import annotations
 
 import math
+import operator
 import re
 from collections.abc import Sequence
 
@@ -103,8 +105,10 @@ def _value(expr: str) -> float | None:
 
 def _chain_slips(chain: str) -> bool:
     """Whether a middle link of ``a = b = ... = z`` is false: two expressions side by side
-    (``75 * 2 * 4 = 75 * 2``) of different values, where the right one does not start from the
-    left one's value (a running total, ``3 * 4 = 12 + 5``). The last link is :data:`_EQ`'s."""
+    (``75 * 2 * 4 = 75 * 2``) of different values. Not a slip: a running total, whose right side
+    holds the left one's value as a term (``3 * 4 = 12 + 5``, ``3 * 4 = 5 + 12``); a left side
+    meant from left to right (``3 + 4 * 2 = 7 * 2``); a right side of rounded numbers
+    (``15 / 40 * 100 = 0.38 * 100``). The last link is :data:`_EQ`'s."""
     sides = [side.strip() for side in chain.split("=")]
     for left, right in zip(sides[:-2], sides[1:-1], strict=True):
         if not (_OPS.search(left) and _OPS.search(right)):
@@ -112,12 +116,48 @@ def _chain_slips(chain: str) -> bool:
         lval, rval = _value(left), _value(right)
         if lval is None or rval is None or not math.isfinite(lval):
             continue
-        first = _value(_OPS.split(right, maxsplit=1)[0])
-        decimals = max((len(n.split(".")[1]) for n in re.findall(r"\d\.\d+", right)), default=0)
-        tol = max(_CHAIN_SHARE * abs(lval), 0.5 * 10**-decimals) + 1e-9
-        if abs(lval - rval) > tol and (first is None or abs(first - lval) > tol):
+        tol = max(_CHAIN_SHARE * abs(lval), _rounding(right) * abs(rval)) + 1e-9
+        meant = [lval, _left_to_right(left)]
+        terms = [_value(term) for term in _OPS.split(right)]
+        if all(abs(v - rval) > tol for v in meant if v is not None) and not any(
+            t is not None and abs(t - lval) <= tol for t in terms
+        ):
             return True
     return False
+
+
+def _rounding(expr: str) -> float:
+    """How far off, as a share, ``expr`` may be from the rounding of its numbers: one written with
+    d decimals may be off by half a unit of its last place."""
+    share = 0.0
+    for m in re.finditer(r"\d*\.(\d+)", expr):
+        if float(m[0]):
+            share += 0.5 * 10 ** -len(m[1]) / float(m[0])
+    return share
+
+
+# Each operator _OP reads, as the function it applies
+_APPLY = {
+    "+": operator.add,
+    "-": operator.sub,
+    "/": operator.truediv,
+    "÷": operator.truediv,
+    "\\div": operator.truediv,
+}
+_APPLY.update(dict.fromkeys(("*", "x", "×", "\\times", "\\cdot"), operator.mul))
+
+
+def _left_to_right(expr: str) -> float | None:
+    """``expr`` worked from left to right, as a running calculation is written (``3 + 4 * 2``
+    as 14); None if it is not plain numbers and operators."""
+    parts = re.split(f"({_OP})", expr.replace("$", "").replace(",", ""))
+    try:
+        total = float(parts[0])
+        for op, number in zip(parts[1::2], parts[2::2], strict=True):
+            total = _APPLY[op.strip()](total, float(number))
+    except (KeyError, ValueError, ZeroDivisionError):
+        return None
+    return total
 
 
 def calculator_capped(steps: Sequence[str], scores: Sequence[float], cap: float) -> list[float]:

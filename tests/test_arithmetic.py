@@ -55,6 +55,10 @@ from edgetts.search.majority import majority
         ("20 + 0.25 * 20 = 40 + 5 = 45", True),  # a running total from a wrong value
         ("10 / 3 * 3 = 3.33 * 3 = 10", False),  # rounding only
         ("2x + 3 = 5 + 3 = 8", False),  # algebra on the left
+        # diff review: legitimate or rounded lines the chain check first flagged
+        ("3 + 4 * 2 = 7 * 2 = 14", False),  # meant from left to right
+        ("3 * 4 = 5 + 12 = 17", False),  # a running total, terms swapped
+        ("15 / 40 * 100 = 0.38 * 100 = 38%", False),  # a rounded number, multiplied
     ],
 )
 def test_has_wrong_arithmetic(text: str, wrong: bool) -> None:

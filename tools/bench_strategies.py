@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> None:
     if args.only and set(args.only) <= set(SEARCH_STRATEGIES):  # what picks a tree search's answer
         settings["weighted_pick"] = not args.best_pick
     # Beam search's refill (the default since stop 41, whose rows record nothing) or narrowing
-    if args.only and "beam_search" in args.only and args.no_refill:
+    if args.no_refill:
         settings["beam_refill"] = False
     # DVTS's first steps in a DVTS run: dealt (stop 44's default, whose rows record nothing) or in
     # order (the default since stop 45; its rows say so)
