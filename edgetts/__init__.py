@@ -47,9 +47,14 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> object:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'edgetts' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    try:  # a submodule, as `import edgetts; edgetts.solver` found it when the package loaded it
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__name__}.{name}":
+            raise  # the submodule exists and lacks something it imports
+        raise AttributeError(f"module 'edgetts' has no attribute {name!r}") from None
 
 
 def __dir__() -> list[str]:

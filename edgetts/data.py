@@ -251,9 +251,9 @@ def load_code_problems(path: str | Path, limit: int | None = None) -> list[CodeP
 
 def _entry_point(record: dict, path: Path, line_no: int) -> str | None:
     """The row's ``entry_point``: the name of the function its test calls (``check(NAME)`` is
-    run as code), so a Python name; None where the row has none."""
+    run as code), so a Python name; None where the row has none (or an empty one)."""
     entry = record.get("entry_point")
-    if entry is None:
+    if entry is None or entry == "":
         return None
     if not isinstance(entry, str) or not entry.isidentifier() or keyword.iskeyword(entry):
         raise DataError(f"{path}:{line_no}: 'entry_point' must be a function's name, not {entry!r}")

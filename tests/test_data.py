@@ -166,13 +166,18 @@ def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path):
     assert load_problems(gz)[0].answer == "5"
 
 
-@pytest.mark.parametrize("entry", [5, ["add"], "", "add all", "class"])
+@pytest.mark.parametrize("entry", [5, ["add"], "add all", "class"])
 def test_a_code_rows_entry_point_must_be_a_function_name(tmp_path, entry):
     """Seen in review: an entry_point of 5 or ["add"] was run as `check(5)` and scored wrong."""
     row = {"task_id": "T/0", "prompt": "def add(a, b):\n", "test": "def check(c): ...", "entry_point": entry}
     f = write_jsonl(tmp_path / "c.jsonl", [row])
     with pytest.raises(DataError, match="c.jsonl:1: 'entry_point' must be a function's name"):
         load_code_problems(f)
+
+
+def test_an_empty_entry_point_is_none(tmp_path):
+    row = {"task_id": "T/0", "prompt": "def add(a, b):\n", "entry_point": ""}  # as before the check
+    assert load_code_problems(write_jsonl(tmp_path / "c.jsonl", [row]))[0].entry_point is None
 
 
 def test_rows_from_stdin(tmp_path, monkeypatch):

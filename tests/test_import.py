@@ -34,3 +34,9 @@ def test_the_answer_comparing_child_loads_neither_llama_cpp_nor_numpy():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_submodules_are_found_as_attributes():
+    script = "import edgetts; print(edgetts.solver.Solver is edgetts.Solver, hasattr(edgetts, 'nothing'))"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "True False", out.stderr
