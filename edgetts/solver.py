@@ -314,8 +314,12 @@ class Solver:
 
         Concurrent solves share the loaded policy: up to ``PolicyConfig.max_searches`` of them
         decode in one batch (more wait for a prompt slot), each with its own deadline, cancel
-        and counters. Setting ``cancel`` (from any thread) ends the search as if its deadline
-        had passed. ``counters``: the policy's work for this search is counted there too (to
+        and counters. A solve that waits for the others (for a prompt slot, or until none runs
+        so that the policy can load again with the settings it needs) raises
+        :class:`SearchNotStarted` at its deadline or cancel; the wait for a prompt slot counts
+        against ``deadline_s``, the wait before a reload does not (as loading does not).
+        Setting ``cancel`` (from any thread) ends the search as if its deadline had passed.
+        ``counters``: the policy's work for this search is counted there too (to
         watch its progress from another thread).
         ``question`` may be a whole :class:`~edgetts.prompts.Conversation` (the server's chat) or
         a :class:`~edgetts.prompts.RawPrompt`: every search then roots in it, while the PRM and
