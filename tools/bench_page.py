@@ -73,6 +73,8 @@ GSM_NODEAL16 = "gsm8k_test.live_dvts16_nodeal.jsonl.gz"  # the share rule withou
 GSM_TIE16 = "gsm8k_test.live_dvts16_tiebreak.jsonl.gz"  # dealing, ties broken by the last step: 25 problems
 BEAM4 = "mawps.live_tree4_vote.jsonl.gz"  # beam search at 4 with the stop-41..45 search (stop 46)
 GSM_BEAM16 = "gsm8k_test.live_tree16_vote.jsonl.gz"  # the same search at 16 on GSM8K (stop 46)
+GSM_NOREFILL16 = "gsm8k_test.live_tree16_norefill.jsonl.gz"  # the same without the refill (stop 47)
+STEPS4 = "mawps.live_tree4_steps_s47.jsonl.gz"  # the blended step probe as a beam guide, 17 problems
 
 
 def compare(a: str, b: str) -> str:
@@ -297,6 +299,42 @@ SECTIONS = (
             compare(f"{GSM_BEAM16}:beam_search:16", "gsm8k_test.rescored.jsonl:majority:16"),
             compare(f"{GSM_BEAM16}:beam_search:16", "gsm8k_test.rescored.jsonl:weighted_best_of_n:16"),
             compare(f"{GSM_BEAM16}:beam_search:16", f"{GSM_NODEAL16}:dvts:16"),
+        ),
+    ),
+    Section(
+        "Beam search at N = 16 without the refill (GSM8K, first 50)",
+        "The stop-46 search with one change undone (stop 47, `bench_strategies.py run --no-refill`, "
+        "`SearchConfig.beam_refill=False`): when fewer than N/M beams survive a round, each grows M "
+        "beams and the search narrows, as before stop 41. 34 %, the same as with the refill (won 1, "
+        "lost 1), with 4 % fewer tokens (215,507 against 223,803); the best-scored beam answers 17. "
+        "So the refill is not what took beam search at 16 from 38 % (stop 35) to 34 %; that gap "
+        "(won 1, lost 3 here) is within the noise. Under majority at 16 and DVTS at 16 (40 %, won 2, "
+        "lost 5 each, p = 0.45). Its finished beams share their first step: 1.4 distinct first steps "
+        "among a problem's 16 (1.32 with the refill), and the right answer is among them on 22 of 50 "
+        "problems, where 16 independent samples have it on 30: the search collapses onto one line "
+        "early, which a verifier this weak cannot steer. Two one-thread shards, 2.5 core-hours.",
+        (
+            report(GSM_NOREFILL16),
+            compare(f"{GSM_NOREFILL16}:beam_search:16", f"{GSM_BEAM16}:beam_search:16"),
+            compare(f"{GSM_NOREFILL16}:beam_search:16", "gsm8k_test.live_tree16.jsonl:beam_search:16"),
+            compare(f"{GSM_NOREFILL16}:beam_search:16", "gsm8k_test.rescored.jsonl:majority:16"),
+            compare(f"{GSM_NOREFILL16}:beam_search:16", f"{GSM_NODEAL16}:dvts:16"),
+        ),
+    ),
+    Section(
+        "The blended step probe as a beam guide with today's search (MAWPS, N = 4)",
+        "`models/prm-probe-qwen05-steps` (the default probe's logits averaged with a head trained "
+        "on PRMBench step labels: 40.7 PRMBench-test F1 against the default's 17.5) guiding beam "
+        "search at 4 again with today's search (stop 47), to see whether it could ship as the "
+        "default step verifier. On the first 17 MAWPS problems it gave the stop-33 run's answer on "
+        "every one (6 of 17), and was stopped: against the default probe with the same search "
+        "(stop 46) it lost 7 and won 0 there, and the stop-33 run of all 50 gets 70 % against 84 % "
+        "(won 0, lost 7, p = 0.016). A better first-error detector on human-labelled steps, a "
+        "worse guide for the policy's own steps: the default stays.",
+        (
+            compare(f"{STEPS4}:beam_search:4", "mawps.live_tree_steps.jsonl:beam_search:4"),
+            compare(f"{STEPS4}:beam_search:4", f"{BEAM4}:beam_search:4"),
+            compare("mawps.live_tree_steps.jsonl:beam_search:4", f"{BEAM4}:beam_search:4"),
         ),
     ),
     Section(
@@ -617,6 +655,15 @@ for s in "--limit 25:a" "--limit 50 --offset 25:b"; do   # stop 46: beam search 
       --out runs/gsm8k_test.live_tree16_vote_${{s#*:}}.jsonl &
 done; wait
 cat runs/gsm8k_test.live_tree16_vote_{{a,b}}.jsonl | gzip -n > {B}/{GSM_BEAM16}
+for s in "--limit 25:a" "--limit 50 --offset 25:b"; do   # stop 47: the same without the refill
+  python tools/bench_strategies.py run --data ../shared/data/gsm8k_test.jsonl ${{s%%:*}} \\
+      --dataset gsm8k_test --only beam_search --n 16 --search-n-max 16 --no-refill \\
+      --out runs/gsm8k_test.live_tree16_norefill_${{s#*:}}.jsonl &
+done; wait
+cat runs/gsm8k_test.live_tree16_norefill_{{a,b}}.jsonl | gzip -n > {B}/{GSM_NOREFILL16}
+python tools/bench_strategies.py run --data ../shared/data/mawps.jsonl --limit 50 --dataset mawps \\
+    --only beam_search --n 4 --search-n-max 4 --prm models/prm-probe-qwen05-steps \\
+    --out runs/mawps.live_tree4_steps_s47.jsonl   # stop 47: stopped after 17 problems; gzip -n
 # adaptive majority at N = 16 (the default budget rule), live, the question text dropped from the rows
 edgetts run --data ../shared/data/gsm8k_test.jsonl --limit 50 --strategy majority -n 16 --max-tokens 400 \\
     --seed 0 --out runs/adaptive_gsm8k_test_live_budget.jsonl     # this session: 2 shards of 25
