@@ -86,7 +86,22 @@ def test_a_broken_template_is_a_policy_error(monkeypatch):
 
     fake = SimpleNamespace(
         metadata=SimpleNamespace(chat_template="{{ strftime_now('%Y') }}{% generation %}"),
-        model=SimpleNamespace(bos_text=""),
+        model=SimpleNamespace(bos_text="", eos_text=""),
     )
     with pytest.raises(PolicyError, match="chat template"):
         LlamaPolicy._prompt_parts(fake, "q", None)
+
+
+def test_the_policy_gives_templates_its_models_eos_text():
+    from edgetts.policy.llama_policy import LlamaPolicy
+
+    mistral = (
+        "{{ bos_token }}{% for m in messages %}{% if m.role == 'user' %}[INST] {{ m.content }} [/INST]"
+        "{% elif m.role == 'assistant' %}{{ m.content }}{{ eos_token }}{% endif %}{% endfor %}"
+    )
+    policy = SimpleNamespace(
+        metadata=SimpleNamespace(chat_template=mistral), model=SimpleNamespace(bos_text="", eos_text="</s>")
+    )
+    chat = Conversation((("user", "hi"), ("assistant", "hello"), ("user", "2+2?")))
+    text = "".join(t for t, _ in LlamaPolicy._prompt_parts(policy, chat, None))
+    assert "hello</s>[INST] 2+2?" in text

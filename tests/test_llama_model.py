@@ -132,3 +132,11 @@ def test_a_refused_partial_removal_is_an_error(model, monkeypatch):
             context.seq_remove(1, 0, 5)
     finally:
         context.close()
+
+
+def test_a_templates_eos_token_is_the_models_and_reads_back_as_it(model):
+    """Seen in review: templates got eos_token "" and a Mistral-style chat closed no earlier
+    assistant turn; the template's text is read with special tokens, so the text becomes EOS."""
+    eos = llama_cpp.llama_vocab_eos(model.vocab)
+    assert model.eos_text and model.tokenize(model.eos_text, special=True, add_bos=False) == [eos]
+    assert model.bos_text == ""  # tokenizing adds the BOS a model wants: rendered, it would be two

@@ -81,10 +81,22 @@ class LlamaModel:
 
     @property
     def bos_text(self) -> str:
-        """The beginning-of-sequence token's text (chat templates write it out); empty for a
-        vocabulary without one (llama.cpp's BOS is then -1)."""
+        """What a chat template's ``bos_token`` renders: nothing, for every model (a special
+        token's piece is empty), since tokenizing the prompt adds the BOS token a model wants;
+        rendering it too would give such a model two."""
         bos = llama_cpp.llama_vocab_bos(self.vocab)
         return self.piece(bos).decode(errors="ignore") if bos >= 0 else ""
+
+    @property
+    def eos_text(self) -> str:
+        """The end-of-sequence token's text (``</s>``), what a chat template's ``eos_token``
+        renders: templates such as Mistral's close each earlier assistant turn with it, and the
+        template's own text is read with special tokens, so it becomes that token. Empty for a
+        vocabulary without one."""
+        eos = llama_cpp.llama_vocab_eos(self.vocab)
+        if not 0 <= eos < self.n_vocab:
+            return ""
+        return llama_cpp.llama_vocab_get_text(self.vocab, eos).decode(errors="ignore")
 
     def close(self) -> None:
         if getattr(self, "ptr", None):

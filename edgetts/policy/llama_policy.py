@@ -294,13 +294,13 @@ class LlamaPolicy:
         return tokens
 
     def _prompt_parts(self, question: Prompt, system: str | None) -> list[tuple[str, bool]]:
-        template, bos = self.metadata.chat_template, self.model.bos_text
+        template, bos, eos = self.metadata.chat_template, self.model.bos_text, self.model.eos_text
         try:
             if isinstance(question, str):
-                return prompt_parts(question, template, bos=bos, system=system)
+                return prompt_parts(question, template, bos=bos, eos=eos, system=system)
             if system is not None:
                 raise ValueError("a conversation or raw prompt brings its own system prompt")
-            return question.parts(template, bos=bos)
+            return question.parts(template, bos=bos, eos=eos)
         except ValueError as exc:
             raise PolicyError(str(exc)) from None
 
