@@ -241,21 +241,13 @@ def place(spec: ModelSpec, fill: Callable[[Path], None], origin: str) -> None:
     whose size and sha256 are checked before it is renamed into place and stamped, so a bad
     download or copy never replaces a good model. The caller holds :func:`model_lock`.
     ``origin`` names where the bytes came from, for the error."""
-    target = model_path(spec)
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
-    tmp = Path(name)
-    try:
-        os.fchmod(fd, 0o666 & ~paths.UMASK)  # as open() would make it (mkstemp's is the owner's alone)
-        os.close(fd)
+    with paths.replaced_atomically(model_path(spec), suffix=".partial") as tmp:
         fill(tmp)
         size = tmp.stat().st_size
         if size != spec.size_bytes:
             raise ModelError(f"{origin} has {size:,} of {spec.size_bytes:,} bytes (truncated or wrong file)")
         if sha256_file(tmp) != spec.sha256:
             raise ModelError(f"{origin} does not match its sha256 {spec.sha256} (altered or corrupt)")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     _stamp(spec)
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import importlib.resources
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import platformdirs
@@ -62,17 +64,25 @@ UMASK = os.umask(0o022)
 os.umask(UMASK)
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file of its own in the same folder, then
-    rename it over ``path``: a reader never sees half a file, and two writers at once (two
-    calibrations, two processes caching the same metadata) never share a temporary file."""
+@contextmanager
+def replaced_atomically(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary file of its own in ``path``'s folder to write, renamed over ``path`` when the
+    block ends and removed when it raises: a reader never sees half a file, and two writers at
+    once (two calibrations, two processes caching the same metadata) never share a temporary
+    file. Its name is ``.<path's name>.`` and 8 characters, then ``suffix``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    tmp = Path(name)
     try:
         os.fchmod(fd, 0o666 & ~UMASK)  # as open() would make it (mkstemp's is the owner's alone)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        os.close(fd)
+        yield tmp
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (see :func:`replaced_atomically`)."""
+    with replaced_atomically(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
