@@ -298,3 +298,11 @@ Prompt = str | Conversation | RawPrompt
 def question_text(prompt: Prompt) -> str:
     """The question ``prompt`` asks: the text itself, or a conversation's (raw prompt's) own."""
     return prompt if isinstance(prompt, str) else prompt.question
+
+
+def prompt_text(prompt: Prompt) -> str:
+    """All the untrusted text ``prompt`` prefills (every turn of a conversation), for sizing
+    it: a plan for a long chat that counted only its last question would think it free."""
+    if isinstance(prompt, Conversation):
+        return "\n".join(text for _, text in prompt.messages)
+    return question_text(prompt)

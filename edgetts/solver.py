@@ -16,7 +16,7 @@ from edgetts.policy import LlamaPolicy, PolicyConfig, Prompt
 from edgetts.policy.config import GeneratorCounters, SearchNotStarted
 from edgetts.policy.loop import IDLE_WAIT_S
 from edgetts.policy.session import PolicySession
-from edgetts.prompts import Conversation, RawPrompt, question_text
+from edgetts.prompts import Conversation, RawPrompt, prompt_text, question_text
 from edgetts.scheduler import (
     MB,
     Budget,
@@ -185,18 +185,22 @@ class SolveOptions:
             raise ValueError(f"memory_mb must be positive, got {self.memory_mb}")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if not isinstance(self.stop, (tuple, list)):  # a lone string would stop at each character
+            raise ValueError(f"stop takes a list of strings, got {type(self.stop).__name__} {self.stop!r}")
         if len(self.stop) > MAX_STOP or not all(isinstance(s, str) and s for s in self.stop):
             raise ValueError(f"stop takes up to {MAX_STOP} non-empty strings, got {list(self.stop)!r}")
         if any(len(s) > MAX_STOP_CHARS for s in self.stop):
             raise ValueError(f"a stop string may have at most {MAX_STOP_CHARS} characters")
         if not all(_is_utf8(s) for s in self.stop):  # a lone surrogate ("\ud800") from JSON
             raise ValueError("a stop string is not valid Unicode text (a lone surrogate)")
-        if self.strategy != GREEDY:
-            config = self.search_config()
-            if self.n is None and (self.memory_mb is not None or self.deadline_s is not None):
-                # the plan picks N (a multiple of the beam width for a tree): check the rest
-                config = replace(config, n=self.beam_width)
-            REGISTRY[self.strategy].validate(config)
+        config = self.search_config()
+        if self.strategy == GREEDY:  # one majority sample: its aggregation, deadline, ... still count
+            REGISTRY["majority"].validate(replace(config, n=1))
+            return
+        if self.n is None and (self.memory_mb is not None or self.deadline_s is not None):
+            # the plan picks N (a multiple of the beam width for a tree): check the rest
+            config = replace(config, n=self.beam_width)
+        REGISTRY[self.strategy].validate(config)
 
 
 def validate_code_options(options: SolveOptions) -> None:
@@ -330,13 +334,14 @@ class Solver:
                 f"question must be text (or a Conversation or RawPrompt), got {type(question).__name__}"
             )
         options = options or SolveOptions()
+        options.validate()  # a bad mode is named as such, not as a missing sandbox
         if options.mode != "cot":
             self._need_sandbox(f"--mode {options.mode}")
         if options.run_programs:
             self._need_sandbox("--run-programs")
         prompt, question = question, question_text(question)
         waited = Deadline(options.deadline_s, cancel)  # for the others: a prompt slot, a reload
-        with self._searching_on(question, options, counters, waited) as (plan, scorer, session):
+        with self._searching_on(prompt_text(prompt), options, counters, waited) as (plan, scorer, session):
             generator = session if isinstance(prompt, str) else RootedIn(session, prompt)
             strategy, config = options.strategy, replace(options.search_config(), cancel=cancel)
             if plan is not None:
@@ -497,7 +502,7 @@ class Solver:
         server refuses such a request before it queues (and before a stream starts)."""
         if not options.has_budget:
             return
-        text = question_text(question)
+        text = prompt_text(question)
         with self._lock:
             if self.fixed_policy and self._policy is not None:
                 self._check_fits_as_loaded(options.memory_mb)

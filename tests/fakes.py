@@ -120,6 +120,7 @@ class FakeGenerator:
     consumed: set[int] = field(default_factory=set)
     released: set[int] = field(default_factory=set)
     finished: set[int] = field(default_factory=set)
+    dropped: set[int] = field(default_factory=set)  # unfinished when a later root() began
     peak_alive: int = 0
     cut_steps: int = 0  # steps cut short by a deadline
     sessions_closed: int = 0
@@ -139,7 +140,11 @@ class FakeGenerator:
         return self.counters.tokens_prefilled + self.counters.tokens_decoded
 
     def root(self, question: str, sampling: Sampling | None = None) -> SolutionPath:
-        """The empty path; the prompt counts as prefilled once."""
+        """The empty path; the prompt counts as prefilled once. As the real policy's, a new root
+        drops the search's unfinished paths (their KV): extending one later is a strategy bug."""
+        unfinished = self.alive - self.finished
+        self.dropped |= unfinished
+        self.alive -= unfinished
         self.roots += 1
         self.samplings.append(sampling)
         self.counters.tokens_prefilled += n_tokens(question)
@@ -198,6 +203,8 @@ class FakeGenerator:
     def release(self, paths: list[SolutionPath]) -> None:
         """Drop sequences; releasing a consumed or already released one is a strategy bug."""
         for path in paths:
+            if path.handle in self.dropped:  # freed by a later root(), as the real policy does
+                continue
             self._check_alive(path, "release")
             self.alive.remove(path.handle)
             self.released.add(path.handle)
@@ -271,6 +278,8 @@ class FakeGenerator:
             raise AssertionError(f"{what} of a consumed path {path.steps!r}")
         if path.handle in self.released:
             raise AssertionError(f"{what} of a released path {path.steps!r}")
+        if path.handle in self.dropped:
+            raise AssertionError(f"{what} of a path a later root() dropped {path.steps!r}")
         if path.handle not in self.alive:
             raise AssertionError(f"{what} of a path this generator never made: {path.steps!r}")
 

@@ -157,3 +157,37 @@ def test_a_continuation_skipped_for_lack_of_time_is_cut_short():
     result = auto("q", gen, FakeScorer(), SearchConfig(n=16, deadline_s=0.35), table=table(entries))
     assert len(result.candidates) == 4 and gen.roots == 1
     assert result.cut_short  # 16 were chosen, 4 drawn
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"bins": [{"agreement_min": 0.0}]}, "'name'"),
+        ({"table": {"nowhere": {"8": {"strategy": "majority", "n": 8}}}}, "not one of"),
+    ],
+)
+def test_a_table_auto_could_not_look_up_is_refused_when_it_loads(data, message):
+    with pytest.raises(ValueError, match=message):
+        ComputeOptimalTable.from_dict(data)
+
+
+def test_a_budget_spelled_with_a_leading_zero_is_the_same_budget():
+    """Search review: "08" loaded, then the lookup of str(8) failed mid-search."""
+    row = {"08": {"strategy": "majority", "n": 8}}
+    table = ComputeOptimalTable.from_dict({"table": {"easy": row, "medium": row, "hard": row}})
+    result = auto("q", FakeGenerator(random_policy(0)), FakeScorer(), SearchConfig(n=8), table=table)
+    assert result.strategy == "auto:majority"
+
+
+def test_auto_does_not_score_a_pruned_sample_again():
+    from edgetts.search.adaptive import AdaptiveStop
+
+    config = SearchConfig(n=8, agg="min", adaptive=AdaptiveStop(threshold=1.0, prune_below=0.3))
+    scorer = FakeScorer(rule=lambda s: 0.1 if "step 1" in s and int(s.split()[-1]) % 2 else 0.9)
+    result = auto(
+        "q", FakeGenerator(random_policy(3, p_finish=0.2)), scorer, config, table=ComputeOptimalTable()
+    )
+    assert result.strategy == "auto:weighted_best_of_n"
+    assert any(c.stop_reason == "pruned" for c in result.candidates)
+    seen = [steps for call in scorer.seen for steps in call]
+    assert len(seen) == len(set(seen)), "a path was scored twice with the same steps"

@@ -19,6 +19,13 @@ from edgetts.solver import SolveOptions
         ({"top_k": -1}, "top_k"),
         ({"memory_mb": 0}, "memory_mb"),
         ({"strategy": "beam_search", "n": 6, "beam_width": 4}, "multiple"),
+        # (search review) a lone string would stop at each of its characters
+        ({"stop": "\n\n"}, "list of strings"),
+        ({"stop": None}, "list of strings"),
+        # greedy is one majority sample: its search settings are checked too
+        ({"strategy": "greedy", "agg": "bogus"}, "aggregation"),
+        ({"strategy": "greedy", "deadline_s": -1}, "deadline_s"),
+        ({"strategy": "auto", "beam_width": 0}, "beam_width"),
     ],
 )
 def test_bad_options_are_refused(bad, message):
@@ -176,3 +183,29 @@ def test_a_wide_beam_under_a_budget_is_checked_against_the_plans_n_not_the_defau
     SolveOptions(strategy="beam_search", beam_width=8, memory_mb=2000).validate()  # N: the plan's
     with pytest.raises(ValueError, match="beam_width"):
         SolveOptions(strategy="beam_search", beam_width=8, n=4).validate()
+
+
+def test_a_bad_mode_is_named_before_the_missing_sandbox():
+    solver = solver_with_fakes("min")
+    with pytest.raises(ValueError, match="unknown mode"):
+        solver.solve("q", SolveOptions(mode="bogus"))
+
+
+def test_a_conversation_is_planned_by_all_its_turns_not_its_last_question(monkeypatch):
+    """Search review: a 40,000-character chat ending in a short question was planned as a
+    44-token prompt, so a deadline plan thought its prefill free."""
+    from edgetts import solver as solver_module
+    from edgetts.prompts import Conversation
+
+    class Planned(Exception):
+        pass
+
+    def plan(self, options, text=None):
+        raise Planned(text)
+
+    solver = solver_with_fakes("min")
+    monkeypatch.setattr(solver_module.Solver, "plan", plan)
+    chat = Conversation((("user", "x " * 20_000), ("assistant", "ok"), ("user", "What is 6*7?")))
+    with pytest.raises(Planned) as planned:
+        solver.solve(chat, SolveOptions(strategy="majority", n=1, deadline_s=60))
+    assert len(planned.value.args[0]) > 40_000

@@ -825,3 +825,35 @@ def test_a_search_whose_prm_fails_holds_no_sequence(name, config, fail_at):
         with pytest.raises(RuntimeError, match="PRM failed"):
             STRATEGIES[name]("q", gen, Failing(rule=try_score), config)
         assert gen.leaks() == set() and gen.in_flight == []
+
+
+@pytest.mark.parametrize("rounds", [True, False])
+@pytest.mark.parametrize("strategy", ["dvts", "beam_search"])
+def test_a_search_cut_by_its_deadline_says_so_even_when_a_finished_leaf_is_in(strategy, rounds):
+    # Child 1 is still writing its step when the cancel comes: it goes unscored, so it cannot be
+    # ranked below the finished child 0, and the search was cut short (DVTS said it was not).
+    cancel = threading.Event()
+
+    def policy(prefix, i):
+        if prefix == ():
+            return ("step one\n", False)
+        if i % 2 == 0:
+            return ("so the answer is \\boxed{1}", True)
+        cancel.set()
+        return ("a long second step that is cut\n", False)
+
+    gen = FakeGenerator(policy)
+    config = SearchConfig(n=2, beam_width=2, dvts_rounds=rounds, cancel=cancel)
+    scorer = FakeScorer({"so the answer is \\boxed{1}": 0.3}, default=0.9)
+    result = run_search(strategy, "q", gen, scorer, config)
+    assert result.cut_short
+    assert result.answer == "1"
+    assert not gen.leaks()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), 1.5, -0.1])
+def test_a_score_off_the_protocols_scale_is_refused(bad):
+    """Search review: a NaN step score was pruned or not depending on its place in the path."""
+    scorer = FakeScorer(rule=lambda step: bad)
+    with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
+        run_search("best_of_n", "q", FakeGenerator(random_policy(0)), scorer, SearchConfig(n=2))

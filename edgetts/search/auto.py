@@ -46,7 +46,14 @@ from edgetts.search.base import (
     StepGenerator,
     StepScorer,
 )
-from edgetts.search.common import as_weighted_vote, pruning, sample_in_waves, score_in_time, with_fallback
+from edgetts.search.common import (
+    as_weighted_vote,
+    pruning,
+    sample_in_waves,
+    score_in_time,
+    score_wave,
+    with_fallback,
+)
 from edgetts.search.select import pick_by_vote, score_or_zero, tally_votes, to_candidate
 
 log = logging.getLogger(__name__)
@@ -105,7 +112,12 @@ class ComputeOptimalTable:
             entries=dict(data.get("table") or {}),
             fitted_from=list(data.get("fitted_from") or []),
         )
+        if not all(isinstance(b, dict) and isinstance(b.get("name"), str) for b in table.bins):
+            raise ValueError("every bin must be an object with a 'name'")
+        bin_names = [b["name"] for b in table.bins]
         for name, row in table.entries.items():
+            if name not in bin_names:
+                raise ValueError(f"the table has an entry for bin {name!r}, which is not one of {bin_names}")
             if not isinstance(row, dict) or not all(isinstance(e, dict) for e in row.values()):
                 raise ValueError(f"bin {name!r}: budgets must map to {{'strategy': ..., 'n': ...}}")
             for budget, entry in row.items():
@@ -119,6 +131,8 @@ class ComputeOptimalTable:
                     )
                 if int(entry.get("n", 0)) < 1:
                     raise ValueError(f"bin {name!r}, budget {budget}: n must be at least 1")
+            # "08" and "8" name one budget, looked up as str(int): keep that spelling
+            table.entries[name] = {str(int(budget)): entry for budget, entry in row.items()}
         return table
 
     def bin_of(self, features: dict[str, float]) -> str:
@@ -273,10 +287,11 @@ def _continue_in_waves(
     scored = list(probes)
 
     def score(wave: list[SolutionPath], deadline: Deadline) -> None:
-        # earlier finished samples (the probes first) count as answers in hand past the deadline
+        # the probes come first in ``scored``: finished, they are answers in hand too
         if scored_by_prm:
-            score_in_time(scorer, question, wave, [p for p in scored if p.finished], deadline)
-        scored.extend(wave)
+            score_wave(scorer, question, wave, scored, deadline)
+        else:
+            scored.extend(wave)
 
     prune = pruning(scorer, question, config) if weighted else None
     config = as_weighted_vote(config) if weighted else config

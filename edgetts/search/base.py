@@ -94,6 +94,8 @@ class StepGenerator(Protocol):
         """Return the empty path for ``question`` (the prompt is prefilled once, here or lazily).
 
         ``sampling`` holds for every path grown from this root (None: the generator's defaults).
+        A new root drops the unfinished paths this search still holds from an earlier one (their
+        KV is freed): a strategy must not extend them afterwards.
         """
         ...
 
@@ -257,6 +259,8 @@ class SearchConfig:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {AGGREGATIONS}")
         if self.max_steps < 1:
             raise ValueError(f"max_steps must be at least 1, got {self.max_steps}")
+        if self.beam_width < 1:  # a tree's, and auto's should it continue with a tree
+            raise ValueError(f"beam_width must be at least 1, got {self.beam_width}")
         if self.deadline_s is not None and not 0 < self.deadline_s < math.inf:  # NaN too
             raise ValueError(f"deadline_s must be a positive number, got {self.deadline_s}")
         if self.adaptive is not None:
@@ -265,8 +269,6 @@ class SearchConfig:
     def validate_beams(self, strategy: str) -> None:
         """As :meth:`validate`, plus the beam settings a tree search (``strategy``) needs."""
         self.validate()
-        if self.beam_width < 1:
-            raise ValueError(f"beam_width must be at least 1, got {self.beam_width}")
         if self.beam_width > self.n:
             raise ValueError(f"beam_width ({self.beam_width}) cannot exceed n ({self.n})")
         if self.n % self.beam_width:

@@ -28,6 +28,7 @@ from edgetts.search.common import (
     sample_in_waves,
     sample_to_end,
     score_in_time,
+    score_wave,
 )
 from edgetts.search.select import score_or_zero, tally_votes, to_candidate
 
@@ -83,11 +84,7 @@ def _sample_weighted(
     scored: list[SolutionPath] = []
 
     def score(wave: list[SolutionPath], deadline: Deadline) -> None:
-        # earlier waves' finished samples count as answers in hand past the deadline; a pruned
-        # sample's every step was scored when it was stopped
-        unscored = [p for p in wave if p.stop_reason != "pruned"]
-        score_in_time(scorer, question, unscored, [p for p in scored if p.finished], deadline)
-        scored.extend(wave)
+        score_wave(scorer, question, wave, scored, deadline)
 
     def tally(paths: list[SolutionPath]) -> Tally:
         candidates = [to_candidate(p, config.agg, config.check_arithmetic) for p in paths]

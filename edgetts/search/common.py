@@ -196,6 +196,21 @@ def score_in_time(
     score_paths(scorer, question, paths)
 
 
+def score_wave(
+    scorer: StepScorer,
+    question: str,
+    wave: list[SolutionPath],
+    scored: list[SolutionPath],
+    deadline: Deadline,
+) -> None:
+    """Score a wave of samples in time (:func:`score_in_time`) and add it to ``scored``, the
+    earlier waves, whose finished samples count as answers in hand past the deadline. A pruned
+    sample is not scored again: its every step was scored when it was stopped."""
+    fresh = [p for p in wave if p.stop_reason != "pruned"]
+    score_in_time(scorer, question, fresh, [p for p in scored if p.finished], deadline)
+    scored.extend(wave)
+
+
 @contextmanager
 def released_on_error(generator: StepGenerator, *groups: list[SolutionPath]) -> Iterator[None]:
     """Release the unfinished paths of ``groups`` if the block raises, then let the error go on:

@@ -145,15 +145,16 @@ def grow_apart(
             with released_on_error(generator, paths, live):
                 score_in_time(scorer, question, paths, all_leaves(subtrees), deadline)
             for subtree, to_end in batch:
-                if to_end:  # completed to the end: what is still unfinished was cut short
+                if to_end or deadline.expired():
+                    # Completed to the end, or out of time (past the deadline the unfinished
+                    # children went unscored and cannot be ranked): what is unfinished was cut
+                    # short. Subtrees under way still come back.
                     live += set_aside_finished(generator, subtree.children, subtree.leaves)
                     continue
                 subtree.children = best_first(generator, subtree.children, subtree.leaves, config.ranking)
                 if not subtree.children:
                     continue
-                if deadline.expired():
-                    live += subtree.children  # stop growing; subtrees under way still come back
-                elif k := n_to_complete(subtree, config):
+                if k := n_to_complete(subtree, config):
                     generator.release(subtree.children[k:])
                     ticket = generator.submit(subtree.children[:k], 1, to_end=True, deadline=deadline)
                     pending[ticket] = (subtree, True)
@@ -187,11 +188,13 @@ def grow_in_rounds(
             paths = [p for subtree in growing for p in subtree.children]
             with released_on_error(generator, paths):
                 score_in_time(scorer, question, paths, all_leaves(subtrees), deadline)
+            if deadline.expired():  # the unfinished children went unscored: cut short, not ranked
+                for subtree in growing:
+                    subtree.children = set_aside_finished(generator, subtree.children, subtree.leaves)
+                break
             for subtree in growing:
                 subtree.children = best_first(generator, subtree.children, subtree.leaves, config.ranking)
             growing = [subtree for subtree in growing if subtree.children]
-            if deadline.expired():
-                break
             stopping: list[tuple[Subtree, SolutionPath]] = []
             for subtree in list(growing):
                 if k := n_to_complete(subtree, config):

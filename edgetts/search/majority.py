@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from edgetts.search.adaptive import Tally
 from edgetts.search.base import SearchConfig, SearchResult, SolutionPath, StepGenerator, StepScorer
-from edgetts.search.common import sample_in_waves
-from edgetts.search.select import pick_by_vote, score_paths, tally_votes, to_candidate
+from edgetts.search.common import sample_in_waves, score_in_time
+from edgetts.search.select import pick_by_vote, tally_votes, to_candidate
 
 
 def majority(
@@ -28,8 +28,8 @@ def majority(
         )
 
     paths, deadline = sample_in_waves(question, generator, config, tally)
-    if scorer is not None:
-        score_paths(scorer, question, paths)
+    if scorer is not None:  # scores shown, not voted with: past the deadline, finished paths only
+        score_in_time(scorer, question, paths, [], deadline)
     candidates = [to_candidate(p, config.agg, config.check_arithmetic) for p in paths]
     chosen, votes = pick_by_vote(candidates, lambda c: 1.0)
     return SearchResult(

@@ -66,7 +66,8 @@ def score_paths(scorer: StepScorer, question: str, paths: list[SolutionPath]) ->
     """Score every step of ``paths`` in one scorer call and store the scores on each path.
 
     Raises ValueError when the scorer answers for the wrong number of paths or steps, since a
-    silent zip would attach scores to the wrong path and quietly spoil every pick.
+    silent zip would attach scores to the wrong path and quietly spoil every pick, and when a
+    score is not in [0, 1] (the protocol's scale): a NaN would sort, prune and vote by chance.
     """
     if not paths:
         return
@@ -78,7 +79,10 @@ def score_paths(scorer: StepScorer, question: str, paths: list[SolutionPath]) ->
             raise ValueError(
                 f"scorer returned {len(step_scores)} scores for path {i}, which has {len(path.steps)} steps"
             )
-        path.scores = [float(s) for s in step_scores]
+        path_scores = [float(s) for s in step_scores]
+        if not all(0.0 <= s <= 1.0 for s in path_scores):  # False for NaN too
+            raise ValueError(f"scorer returned a step score outside [0, 1] for path {i}: {path_scores}")
+        path.scores = path_scores
 
 
 def group_by_answer(candidates: Sequence[Candidate]) -> list[list[int]]:
