@@ -14,8 +14,8 @@ sympy evaluates what it is given, and a model's ``(10^{8})!`` froze the process)
 
 from __future__ import annotations
 
-import math
 import re
+from fractions import Fraction
 
 from edgetts.symbolic import symbolic_equal
 
@@ -35,6 +35,17 @@ _UNIT_RE = re.compile(
     r"|\s+[A-Za-z](?:\^\d)?"  # one letter after a space
     r"|[A-Z]|[mgslh](?:\^\d)?)$"  # glued: a capital, or an SI letter
 )
+# Words after a number that change its value or make it no plain number: "3 million" is not 3.
+_NOT_UNITS = frozenset(
+    {"hundred", "hundreds", "thousand", "thousands", "million", "millions", "billion", "billions"}
+    | {"trillion", "trillions", "dozen", "dozens", "pi", "or", "and", "more", "less", "than", "times"}
+)
+# A plain decimal may end in an exponent as Python prints large floats ("1e+16"); at most three
+# exponent digits, so that reading it exactly stays cheap.
+_EXPONENT = r"(?:[eE][-+]?\d{1,3})?"
+# Relative tolerance where one side is a fraction and the other a decimal written for it
+# (0.333333 for \frac{1}{3}); two decimals are compared exactly (123456.7 is not 123456.8).
+FRACTION_REL_TOL = Fraction(1, 10**6)
 
 
 def last_boxed(text: str) -> str | None:
@@ -82,37 +93,47 @@ def extract_answer(text: str, complete: bool = True) -> str | None:
 
 
 def _clean(answer: str) -> str:
-    """An answer's text without math delimiters around it (``\\( 5 \\)``, ``$5$``)."""
-    answer = answer.strip()
+    """An answer's text without math delimiters or Markdown emphasis around it (``\\( 5 \\)``,
+    ``$5$``, ``**12**``); empty when nothing but such marks is left."""
+    answer = answer.strip().strip("*`").strip()
     for left, right in (("\\(", "\\)"), ("\\[", "\\]"), ("$", "$")):
         if answer.startswith(left):
             answer = answer[len(left) :].removesuffix(right).strip()
-    return answer
+    return answer if re.search(r"\w", answer) else ""
 
 
 def as_number(answer: str) -> float | None:
-    """Return ``answer`` as a float when it is a plain number (units and currency allowed)."""
+    """Return ``answer`` as a float when it is a plain number (units and currency allowed);
+    None also for one too large for a float."""
     number = _plain_number(answer)
-    return None if number is None else float(number)
+    try:
+        return None if number is None else float(number[0])
+    except OverflowError:
+        return None
 
 
-def _plain_number(answer: str) -> int | float | None:
-    """``answer`` as a plain number: an int when it is written as a whole number (exact however
-    large: as floats, 12345678901234567890 and ...891 are equal), else a float."""
+def _plain_number(answer: str) -> tuple[Fraction, bool] | None:
+    """``answer`` as a plain number, exactly (as floats, 12345678901234567890 and ...891 are
+    equal), and whether it was written as a fraction (``\\frac{1}{3}``) rather than a decimal."""
     cleaned = _TEXT_RE.sub(r"\1", answer)
     cleaned = cleaned.replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "")
     cleaned = cleaned.replace("\\!", "").replace("{,}", "").replace("\\,", "").replace("\\ ", "")
-    cleaned = _UNIT_RE.sub("", cleaned.strip().rstrip(".")).strip()
-    if not re.fullmatch(_NUMBER, cleaned):
-        frac = re.fullmatch(r"\\[dt]?frac\{(-?\d+)\}\{(\d+)\}", cleaned)
+    cleaned = cleaned.strip().rstrip(".")
+    unit = _UNIT_RE.search(cleaned)
+    if unit and _NOT_UNITS & set(re.findall(r"[a-z]+", unit.group().lower())):
+        return None
+    cleaned = cleaned[: unit.start()].strip() if unit else cleaned
+    if not re.fullmatch(rf"(?:{_NUMBER}){_EXPONENT}", cleaned):
+        frac = re.fullmatch(r"\\[dt]?frac\{(-?\d{1,4000})\}\{(\d{1,4000})\}", cleaned)
         if frac and int(frac.group(2)) != 0:
-            return int(frac.group(1)) / int(frac.group(2))
+            return Fraction(int(frac.group(1)), int(frac.group(2))), True
         return None
     if "," in cleaned and not re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", cleaned):
         return None  # "3,5" is a list, not three thousand five
     digits = cleaned.replace(",", "")
-    # (Python refuses to read an int of more than 4300 digits: such a number stays a float)
-    return int(digits) if re.fullmatch(r"-?\d{1,4000}", digits) else float(digits)
+    if len(digits) > 4000:  # (Python reads no int of more than 4300 digits)
+        return None
+    return Fraction(digits), False
 
 
 def normalize_answer(answer: str | None) -> str | None:
@@ -120,29 +141,28 @@ def normalize_answer(answer: str | None) -> str | None:
     if answer is None:
         return None
     number = _plain_number(answer)
-    if isinstance(number, int):
-        return str(number)
-    if number is not None and math.isfinite(number):  # (a 5000-digit answer is inf as a float)
-        return f"{number:.10g}" if number != int(number) else str(int(number))
+    if number is not None and number[0].denominator == 1:
+        return str(number[0].numerator)
+    if number is not None and abs(number[0]) < 1e300:  # (a float's range)
+        return f"{float(number[0]):.10g}"
     text = _TEXT_RE.sub(r"\1", answer).strip().strip("$").strip().rstrip(".")
     return re.sub(r"\s+", " ", text) or None
 
 
 def answers_equal(a: str | None, b: str | None) -> bool:
-    """True when two extracted answers denote the same value."""
+    """True when two extracted answers denote the same value; ``b`` is the reference (the gold
+    answer when grading, the group's first answer when voting), as math-verify reads them."""
     if a is None or b is None:
         return False
     na, nb = _plain_number(a), _plain_number(b)
-    if isinstance(na, int) and isinstance(nb, int):
-        return na == nb  # exact, however large
     if na is not None and nb is not None:
-        na, nb = float(na), float(nb)
-        if na.is_integer() and nb.is_integer():
-            return na == nb  # 1000001 is not 1000000, however large
-        return abs(na - nb) <= 1e-6 * max(1.0, abs(na), abs(nb))
+        (xa, a_is_fraction), (xb, b_is_fraction) = na, nb
+        if xa == xb or a_is_fraction == b_is_fraction:
+            return xa == xb  # exact, however large
+        return abs(xa - xb) <= FRACTION_REL_TOL * max(1, abs(xa), abs(xb))
     if normalize_answer(a) == normalize_answer(b):
         return True
-    return symbolic_equal(a, b)
+    return symbolic_equal(b, a)  # math-verify's verify(gold, answer) is not symmetric
 
 
 def is_correct(solution_text: str, gold_answer: str) -> bool:

@@ -51,7 +51,11 @@ What else is isolated depends on the OS (:meth:`Sandbox.isolation` reports what 
 * **Windows.** Not supported: there are no rlimits and the report pipe cannot be passed, so
   :meth:`Sandbox.run` always raises :class:`SandboxUnavailable` there (``allow_weak`` too).
 * Linux without namespaces (a container that forbids ``unshare``): rlimits and the timeout, no
-  network or file-system isolation; weak (the candidate could write wherever its user can).
+  network or file-system isolation; weak (the candidate could write wherever its user can, and
+  signal the user's other processes). Before such a run the calling process makes itself
+  undumpable (``PR_SET_DUMPABLE``), so that the candidate, running with the same uid, cannot read
+  the caller's environment or memory through ``/proc`` (a server's API key); a side effect is
+  that the caller leaves no core file and a debugger of its uid cannot attach.
 
 A weak sandbox is refused (:class:`SandboxUnavailable`) unless the caller opts in with
 ``allow_weak=True`` (``--allow-weak-sandbox`` on the command line).
@@ -589,14 +593,26 @@ ns = candidate.__dict__
 ns["__builtins__"] = builtins
 source, checks = cfg["source"], cfg["checks"]
 del cfg["source"], cfg["checks"]
+def finish(status):
+    # what a program printed last is still in the buffers: os._exit would drop it
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
+    os._exit(status)
 try:
     code = compile(source, "<candidate>", "exec")
-    exec(code, ns)
+    try:
+        exec(code, ns)
+    except SystemExit as exc:
+        if exc.code not in (None, 0):  # sys.exit() or sys.exit(0) ends a program as it should
+            raise
     report({"loaded": True})
 except BaseException as exc:
     report({"loaded": False, "error": one_line(exc)})
     traceback.print_exc()
-    os._exit(1)
+    finish(1)
 for i, chk in enumerate(checks):
     out = {"check": i}
     alarm["rang"] = False
@@ -624,10 +640,26 @@ for i, chk in enumerate(checks):
         out["passed"] = False
         out["error"] = one_line(exc)
     report(out)
+try:  # as the interpreter ends: join the program's threads, run its atexit functions
+    import atexit, threading
+    getattr(threading, "_shutdown", lambda: None)()
+    atexit._run_exitfuncs()
+except BaseException:
+    pass
 sys.stdout.flush()
 report({"done": True})
-os._exit(0)
+finish(0)
 """
+
+
+def _hide_caller_memory() -> None:
+    """Make this process undumpable (Linux): its ``/proc/<pid>/environ``, memory and file
+    descriptors then belong to root, so a candidate run without namespaces, with this process's
+    uid, cannot read the secrets in its environment."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE, 0
 
 
 _probe_lock = threading.Lock()
@@ -693,6 +725,11 @@ class Sandbox:
         if "cgroup" in layers and "cpu" not in capped:
             notes.append("no cgroup cpu controller to use: each process gets cpu_s, the run any cores")
         uid = layers.get("uid")
+        if not namespaces and uid == os.getuid() and sys.platform.startswith("linux"):
+            notes.append(
+                "the candidate runs with this process's uid: it can signal this user's processes; "
+                "this process is made undumpable before each run, so its environment stays unread"
+            )
         if sys.platform == "darwin":
             notes.append("macOS does not enforce the address-space limit: memory is not capped")
         return Isolation(
@@ -736,6 +773,8 @@ class Sandbox:
                 + isolation.describe()
                 + "\nopt in with --allow-weak-sandbox (Python: Sandbox(allow_weak=True))"
             )
+        if not namespaces:
+            _hide_caller_memory()
         capped = {
             "memory": isolation.run_memory_cap,
             "pids": isolation.run_process_cap,

@@ -87,3 +87,17 @@ def test_when_every_answer_has_a_wrong_sum_they_all_vote() -> None:
     tree = {"1 + 1 = 3, \\boxed{3}": {}, "2 * 2 = 5, \\boxed{5}": {}, "1 + 1 = 3 \\boxed{3}.": {}}
     result = majority("q", FakeGenerator(tree_policy(tree)), None, SearchConfig(n=3))
     assert result.answer == "3" and result.votes == {"3": 2.0, "5": 1.0}
+
+
+@pytest.mark.parametrize(
+    "text, wrong",
+    [
+        ("2/3 = 0.666", False),  # cut
+        ("Each pays $10 / 3 = $3.34.", False),  # rounded up
+        ("10 / 4 = 2.6", True),  # a value the decimals hold is written as it is
+        ("from 9 - 5 = 8 hours", False),  # clock times
+        ("14 / 3 = 4", True),  # a whole number still: on the committed samples only wrong ones
+    ],
+)
+def test_rounding_a_division_the_decimals_cannot_hold(text, wrong):
+    assert has_wrong_arithmetic(text) is wrong

@@ -142,3 +142,56 @@ def test_whole_numbers_compare_exactly_however_large():
     assert normalize_answer("12345678901234567890") == "12345678901234567890"
     assert answers_equal("5", "5.0") and answers_equal("18", "\\frac{36}{2}")
     assert normalize_answer("1" * 5000) is not None  # past Python's int limit: read as a float
+
+
+def test_numbers_beyond_a_float_compare_without_overflow():
+    """Sandbox/grading review: a 400-digit answer beside a decimal raised OverflowError in the
+    vote, and two equal 5,000-digit answers were unequal (inf - inf)."""
+    assert not answers_equal("1" * 400, "0.5")
+    assert answers_equal("1" * 400, "1" * 400)
+    assert answers_equal("9" * 5000, "9" * 5000)  # past the int limit: compared as text
+
+
+@pytest.mark.parametrize(
+    "a, b, equal",
+    [
+        # two decimals are compared exactly (the 1e-6 tolerance merged these)
+        ("123456.7", "123456.8", False),
+        ("1000000.5", "1000001", False),
+        ("0.0000005", "0", False),
+        ("\\$123,456.70", "123456.7", True),
+        # a decimal written for a fraction keeps the tolerance
+        ("0.333333", "\\frac{1}{3}", True),
+        ("\\frac{1}{3}", "0.333333", True),
+        ("0.33", "\\frac{1}{3}", False),
+        # Python's large floats and exponents
+        ("1e+16", "10000000000000000", True),
+        ("1.2e+20", "120000000000000000000", True),
+        ("1e5", "100000", True),
+        # scale words and symbols are no units
+        ("3 million", "3", False),
+        ("2 thousand", "2", False),
+        ("12 dozen", "12", False),
+        ("4 pi", "4", False),
+        ("5 or more", "5", False),
+    ],
+)
+def test_decimals_exponents_and_scale_words(a, b, equal):
+    assert answers_equal(a, b) is equal
+
+
+def test_markdown_emphasis_around_an_answer_is_not_part_of_it():
+    assert extract_answer("The answer is **12**.") == "12"
+    assert extract_answer("**The answer is 42**") == "42"
+    assert extract_answer("So 5 + 7 = 12. The final answer is: **$12**") == "12"
+
+
+def test_math_verify_reads_the_gold_answer_first(monkeypatch):
+    """math-verify's verify(gold, answer) is not symmetric: an interval answers an inequality
+    gold, not the other way round."""
+    import edgetts.grading as grading
+
+    seen = []
+    monkeypatch.setattr(grading, "symbolic_equal", lambda gold, answer: seen.append((gold, answer)))
+    answers_equal("(1,\\infty)", "x>1")
+    assert seen == [("x>1", "(1,\\infty)")]
