@@ -460,3 +460,14 @@ def test_held_out_specs_take_the_first_k_problems(tmp_path):
     assert label_steps.held_out_questions([f"{f}:2"]) == ["Question number one?", "Question number two?"]
     with pytest.raises(SystemExit, match="FILE:K"):
         label_steps.held_out_questions([str(f)])
+
+
+def test_a_learning_curves_subsets_are_seeded_and_nested() -> None:
+    rows = [tv.EvalRow(row={"id": i}, solutions=[]) for i in range(10)]
+    ids = lambda k, seed=0: [r.row["id"] for r in tv.subset_problems(rows, k, seed)]  # noqa: E731
+    assert ids(None) == list(range(10))
+    assert ids(4) == ids(4) and ids(4) == sorted(ids(4))
+    assert set(ids(4)) < set(ids(7)) < set(ids(10))
+    assert ids(4, seed=1) != ids(4, seed=0)
+    with pytest.raises(SystemExit, match="hold 10 problems"):
+        tv.subset_problems(rows, 11, 0)

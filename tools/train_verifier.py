@@ -344,6 +344,19 @@ def judge(
     return {a: selection_accuracy([r.row for r in rows], scores, a) for a in aggs}
 
 
+def subset_problems(rows: list[EvalRow], k: int | None, seed: int) -> list[EvalRow]:
+    """``k`` of ``rows`` (problems) drawn at random with ``seed``, in their original order; all
+    of them when ``k`` is None. A learning curve fits on growing subsets (a larger k at the same
+    seed holds every problem of a smaller one)."""
+    if k is None:
+        return rows
+    if not 0 < k <= len(rows):
+        raise SystemExit(f"--outcome-problems {k}: the --outcome dirs hold {len(rows)} problems")
+    order = np.random.default_rng(seed).permutation(len(rows))
+    keep = set(order[:k].tolist())
+    return [r for i, r in enumerate(rows) if i in keep]
+
+
 def folds_of(rows: list[EvalRow], k: int, seed: int = 0) -> list[int]:
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(rows))
@@ -581,10 +594,13 @@ def ablate(args: argparse.Namespace) -> None:
         raise SystemExit("--shipped none: the step judgements and --blend-shipped need a shipped probe")
     prm = [s for d in args.prmbench for s in load_step_labelled(d)]
     roll = [s for d in args.rollout for s in load_step_labelled(d)]
-    outcome_train = [s for d in args.outcome for r in load_samples(d) for s in r.solutions]
+    outcome_rows = subset_problems(
+        [r for d in args.outcome for r in load_samples(d)], args.outcome_problems, args.subset_seed
+    )
+    outcome_train = [s for r in outcome_rows for s in r.solutions]
     evals = {Path(d).name: load_samples(d) for d in args.eval}
     captured = args.captured
-    report: dict = {"baselines": {}, "runs": []}
+    report: dict = {"baselines": {}, "runs": [], "outcome_problems": len(outcome_rows)}
     for name, rows in evals.items():
         report["baselines"][name] = {
             "n_problems": len(rows),
@@ -771,6 +787,14 @@ def main() -> None:
     ap.add_argument("--rollout", nargs="*", default=[])
     ap.add_argument("--outcome", nargs="*", default=[], help="sample dirs used for training only")
     ap.add_argument("--eval", nargs="*", default=[], help="held-out sample dirs")
+    ap.add_argument(
+        "--outcome-problems",
+        type=int,
+        default=None,
+        metavar="K",
+        help="train on K problems of the --outcome dirs, drawn with --subset-seed (a learning curve)",
+    )
+    ap.add_argument("--subset-seed", type=int, default=0)
     ap.add_argument("--captured", type=int, nargs="+", default=[6, 12, 18, -1])
     ap.add_argument(
         "--shipped",
