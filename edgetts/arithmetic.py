@@ -44,6 +44,7 @@ _RHS_GOES_ON = (
 _EQ = re.compile(
     rf"(?<![\d,.])(?P<lhs>{_NUM}(?:{_OP}{_NUM})+)\s*=\s*(?P<rhs>-?{_NUM})(?!{_RHS_GOES_ON})(?!\.?\d)"
 )
+_CLOCK_RANGE = re.compile(r"(?:[01]?\d|2[0-4])\s*-\s*(?:[01]?\d|2[0-4])")
 _OP_BEFORE = re.compile(r"(?:[-+*/×÷−–]|\\times|\\cdot|\\div|\bx)\s*$")
 _NUMBER_BEFORE = re.compile(r"\d[ \t]+$")  # "1 1/2 * 4": the left side began with a mixed number
 # A comma before one or two digits is a decimal comma ("2,5") or a list ("1,2,3"): the
@@ -82,7 +83,8 @@ def has_wrong_arithmetic(text: str) -> bool:
         # A value that the right side's decimals cannot hold may be cut (2 / 3 = 0.666) or
         # rounded up ($10 / 3 = $3.34 each): one unit of the last place. Not so for a whole
         # number: on the committed samples, "14 / 3 = 4" marked wrong ones only.
-        scaled = val * 10.0**decimals if 0 < decimals <= 12 and math.isfinite(val) else 0.0
+        divides = re.search(r"[/÷]|\\div", m["lhs"]) is not None
+        scaled = val * 10.0**decimals if divides and 0 < decimals <= 12 and math.isfinite(val) else 0.0
         unit = 0.5 if abs(scaled - round(scaled)) <= 1e-6 * max(1.0, abs(scaled)) else 1.0
         tol = max(unit * 10**-decimals, 1e-6 * abs(val)) + 1e-9
         if not math.isfinite(val) or abs(val - rhs) > tol:
@@ -94,8 +96,8 @@ def _stands_alone(text: str, m: re.Match[str]) -> bool:
     """Whether the equation ``m`` is plain arithmetic: not the end of algebra or of a longer
     expression on its left (``2x + 30 = 110``, ``(4 + 2) * 3 = 18``), nor a decimal comma."""
     before = text[m.start() - 1] if m.start() else " "
-    if re.search(r"\bfrom\s*$", text[: m.start()]):  # "from 9 - 5 = 8 hours": clock times
-        return False
+    if re.search(r"\bfrom\s*$", text[: m.start()]) and _CLOCK_RANGE.fullmatch(m[0].split("=")[0].strip()):
+        return False  # "from 9 - 5 = 8 hours": a span of clock times
     if before in "+-*/^×÷−–.,:_\\{(" or before.isalnum() or _OP_BEFORE.search(text[: m.start()]):
         return False
     return not _NUMBER_BEFORE.search(text[: m.start()]) and not _DECIMAL_COMMA.search(m[0])

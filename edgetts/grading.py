@@ -14,8 +14,10 @@ sympy evaluates what it is given, and a model's ``(10^{8})!`` froze the process)
 
 from __future__ import annotations
 
+import itertools
 import re
 from fractions import Fraction
+from typing import NamedTuple
 
 from edgetts.symbolic import symbolic_equal
 
@@ -35,17 +37,27 @@ _UNIT_RE = re.compile(
     r"|\s+[A-Za-z](?:\^\d)?"  # one letter after a space
     r"|[A-Z]|[mgslh](?:\^\d)?)$"  # glued: a capital, or an SI letter
 )
-# Words after a number that change its value or make it no plain number: "3 million" is not 3.
-_NOT_UNITS = frozenset(
-    {"hundred", "hundreds", "thousand", "thousands", "million", "millions", "billion", "billions"}
-    | {"trillion", "trillions", "dozen", "dozens", "pi", "or", "and", "more", "less", "than", "times"}
-)
+# Words after a number that are a number themselves: "4 pi" is not 4. (Scale words stay units:
+# "3 million" answers "how many million ..." as 3, and "5 times", "5 more" answer as 5.)
+_NOT_UNITS = frozenset({"pi"})
 # A plain decimal may end in an exponent as Python prints large floats ("1e+16"); at most three
 # exponent digits, so that reading it exactly stays cheap.
 _EXPONENT = r"(?:[eE][-+]?\d{1,3})?"
-# Relative tolerance where one side is a fraction and the other a decimal written for it
-# (0.333333 for \frac{1}{3}); two decimals are compared exactly (123456.7 is not 123456.8).
-FRACTION_REL_TOL = Fraction(1, 10**6)
+# Relative tolerance for a decimal that stands for a fraction: one side written as a fraction
+# (0.333333 for \frac{1}{3}), or a decimal rounded to its last place (MAWPS's gold 0.3333333333
+# for a printed 0.3333333333333334). A whole number, and two decimals that differ by more than
+# the rounding of the shorter, are compared exactly (123456.7 is not 123456.8, nor 1000000.5
+# 1000001).
+REL_TOL = Fraction(1, 10**6)
+
+
+class _Number(NamedTuple):
+    """A plain number as written: its exact value, whether it was a fraction, and its decimal
+    places (0 for a whole number; an exponent counts: 5e-05 has 5)."""
+
+    value: Fraction
+    is_fraction: bool
+    places: int
 
 
 def last_boxed(text: str) -> str | None:
@@ -99,7 +111,8 @@ def _clean(answer: str) -> str:
     for left, right in (("\\(", "\\)"), ("\\[", "\\]"), ("$", "$")):
         if answer.startswith(left):
             answer = answer[len(left) :].removesuffix(right).strip()
-    return answer if re.search(r"\w", answer) else ""
+    # "∞" is an answer; "**" or a "\\" cut off before its command is none
+    return answer if answer.strip("*`$\\ ") else ""
 
 
 def as_number(answer: str) -> float | None:
@@ -107,14 +120,14 @@ def as_number(answer: str) -> float | None:
     None also for one too large for a float."""
     number = _plain_number(answer)
     try:
-        return None if number is None else float(number[0])
+        return None if number is None else float(number.value)
     except OverflowError:
         return None
 
 
-def _plain_number(answer: str) -> tuple[Fraction, bool] | None:
+def _plain_number(answer: str) -> _Number | None:
     """``answer`` as a plain number, exactly (as floats, 12345678901234567890 and ...891 are
-    equal), and whether it was written as a fraction (``\\frac{1}{3}``) rather than a decimal."""
+    equal), with how it was written (a fraction, ``\\frac{1}{3}``, or a decimal's places)."""
     cleaned = _TEXT_RE.sub(r"\1", answer)
     cleaned = cleaned.replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "")
     cleaned = cleaned.replace("\\!", "").replace("{,}", "").replace("\\,", "").replace("\\ ", "")
@@ -126,14 +139,16 @@ def _plain_number(answer: str) -> tuple[Fraction, bool] | None:
     if not re.fullmatch(rf"(?:{_NUMBER}){_EXPONENT}", cleaned):
         frac = re.fullmatch(r"\\[dt]?frac\{(-?\d{1,4000})\}\{(\d{1,4000})\}", cleaned)
         if frac and int(frac.group(2)) != 0:
-            return Fraction(int(frac.group(1)), int(frac.group(2))), True
+            return _Number(Fraction(int(frac.group(1)), int(frac.group(2))), True, 0)
         return None
     if "," in cleaned and not re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", cleaned):
         return None  # "3,5" is a list, not three thousand five
     digits = cleaned.replace(",", "")
     if len(digits) > 4000:  # (Python reads no int of more than 4300 digits)
         return None
-    return Fraction(digits), False
+    mantissa, _, exponent = digits.lower().partition("e")
+    places = max(0, len(mantissa.partition(".")[2]) - int(exponent or 0))
+    return _Number(Fraction(digits), False, places)
 
 
 def normalize_answer(answer: str | None) -> str | None:
@@ -141,25 +156,45 @@ def normalize_answer(answer: str | None) -> str | None:
     if answer is None:
         return None
     number = _plain_number(answer)
-    if number is not None and number[0].denominator == 1:
-        return str(number[0].numerator)
-    if number is not None and abs(number[0]) < 1e300:  # (a float's range)
-        return f"{float(number[0]):.10g}"
+    if number is not None:
+        return _exact_text(number.value, number.is_fraction)
     text = _TEXT_RE.sub(r"\1", answer).strip().strip("$").strip().rstrip(".")
     return re.sub(r"\s+", " ", text) or None
 
 
+def _exact_text(value: Fraction, is_fraction: bool) -> str:
+    """A plain number's canonical text, exact (comparison is): ``18``, ``0.5``, ``-2.125``, and a
+    fraction as ``\\frac{1}{3}`` (a decimal was written with a power of ten below it)."""
+    if value.denominator == 1:
+        return str(value.numerator)
+    if is_fraction:
+        return f"\\frac{{{value.numerator}}}{{{value.denominator}}}"
+    places = next(k for k in itertools.count(1) if 10**k % value.denominator == 0)
+    digits = str(abs(value.numerator) * (10**places // value.denominator)).rjust(places + 1, "0")
+    return ("-" if value < 0 else "") + f"{digits[:-places]}.{digits[-places:]}"
+
+
+def _numbers_equal(a: _Number, b: _Number) -> bool:
+    """See :data:`REL_TOL`."""
+    if a.value == b.value:
+        return True
+    tolerance = REL_TOL * max(1, abs(a.value), abs(b.value))
+    if a.is_fraction != b.is_fraction:
+        return abs(a.value - b.value) <= tolerance
+    places = min(a.places, b.places)
+    if a.is_fraction or places == 0:
+        return False  # two fractions, or a whole number: exact
+    return abs(a.value - b.value) <= min(tolerance, Fraction(1, 2 * 10**places))
+
+
 def answers_equal(a: str | None, b: str | None) -> bool:
-    """True when two extracted answers denote the same value; ``b`` is the reference (the gold
-    answer when grading, the group's first answer when voting), as math-verify reads them."""
+    """True when two extracted answers denote the same value. Graders pass the gold answer as
+    ``b``, which math-verify reads as the reference (it is not symmetric)."""
     if a is None or b is None:
         return False
     na, nb = _plain_number(a), _plain_number(b)
     if na is not None and nb is not None:
-        (xa, a_is_fraction), (xb, b_is_fraction) = na, nb
-        if xa == xb or a_is_fraction == b_is_fraction:
-            return xa == xb  # exact, however large
-        return abs(xa - xb) <= FRACTION_REL_TOL * max(1, abs(xa), abs(xb))
+        return _numbers_equal(na, nb)
     if normalize_answer(a) == normalize_answer(b):
         return True
     return symbolic_equal(b, a)  # math-verify's verify(gold, answer) is not symmetric

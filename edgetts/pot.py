@@ -91,7 +91,11 @@ def printed_answer(run: RunResult) -> str | None:
     numbers = _NUMBER.findall(run.stdout)
     if not numbers:
         return None
-    return normalize_answer(numbers[-1].replace(",", ""))
+    printed = numbers[-1].replace(",", "")
+    if re.fullmatch(r"-?\d*\.\d+(?:[eE][-+]?\d+)?|-?\d+[eE][-+]?\d+", printed):
+        # a float's binary noise (0.1 + 0.2 prints 0.30000000000000004): answers compare exactly
+        printed = f"{float(printed):.12g}"
+    return normalize_answer(printed)
 
 
 def program_of_thought(

@@ -54,8 +54,9 @@ What else is isolated depends on the OS (:meth:`Sandbox.isolation` reports what 
   network or file-system isolation; weak (the candidate could write wherever its user can, and
   signal the user's other processes). Before such a run the calling process makes itself
   undumpable (``PR_SET_DUMPABLE``), so that the candidate, running with the same uid, cannot read
-  the caller's environment or memory through ``/proc`` (a server's API key); a side effect is
-  that the caller leaves no core file and a debugger of its uid cannot attach.
+  the caller's own environment or memory through ``/proc`` (a server's API key); what else the
+  user can read stays readable (the launching shell's environment, a key file), and a side
+  effect is that the caller leaves no core file and a debugger of its uid cannot attach.
 
 A weak sandbox is refused (:class:`SandboxUnavailable`) unless the caller opts in with
 ``allow_weak=True`` (``--allow-weak-sandbox`` on the command line).
@@ -640,13 +641,17 @@ for i, chk in enumerate(checks):
         out["passed"] = False
         out["error"] = one_line(exc)
     report(out)
-try:  # as the interpreter ends: join the program's threads, run its atexit functions
-    import atexit, threading
-    getattr(threading, "_shutdown", lambda: None)()
-    atexit._run_exitfuncs()
+sys.stdout.flush()  # what it printed so far is kept, whatever its threads do next
+try:  # as the interpreter ends, for at most a check's time: join its threads, run its atexit
+    signal.setitimer(signal.ITIMER_REAL, cfg["check_s"])
+    try:
+        import atexit, threading
+        getattr(threading, "_shutdown", lambda: None)()
+        atexit._run_exitfuncs()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
 except BaseException:
     pass
-sys.stdout.flush()
 report({"done": True})
 finish(0)
 """
@@ -655,11 +660,13 @@ finish(0)
 def _hide_caller_memory() -> None:
     """Make this process undumpable (Linux): its ``/proc/<pid>/environ``, memory and file
     descriptors then belong to root, so a candidate run without namespaces, with this process's
-    uid, cannot read the secrets in its environment."""
+    uid, cannot read the secrets in its environment. (Its launcher's, a shell's say, and the
+    user's files stay readable: weak mode is weak.)"""
     if sys.platform.startswith("linux"):
         import ctypes
 
-        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE, 0
+        if ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE, 0
+            raise SandboxUnavailable(f"prctl(PR_SET_DUMPABLE) failed (errno {ctypes.get_errno()})")
 
 
 _probe_lock = threading.Lock()
@@ -727,8 +734,9 @@ class Sandbox:
         uid = layers.get("uid")
         if not namespaces and uid == os.getuid() and sys.platform.startswith("linux"):
             notes.append(
-                "the candidate runs with this process's uid: it can signal this user's processes; "
-                "this process is made undumpable before each run, so its environment stays unread"
+                "the candidate runs with this process's uid: it can signal this user's processes and "
+                "read what they can (a launching shell's environment, an API key file); this process "
+                "is made undumpable before each run, so its own environment and memory stay unread"
             )
         if sys.platform == "darwin":
             notes.append("macOS does not enforce the address-space limit: memory is not capped")

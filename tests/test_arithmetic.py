@@ -96,6 +96,8 @@ def test_when_every_answer_has_a_wrong_sum_they_all_vote() -> None:
         ("Each pays $10 / 3 = $3.34.", False),  # rounded up
         ("10 / 4 = 2.6", True),  # a value the decimals hold is written as it is
         ("from 9 - 5 = 8 hours", False),  # clock times
+        ("The profit from 12 * 5 = 70 dollars.", True),  # not clock times (diff review)
+        ("2.344 + 1 = 3.35", True),  # the allowance is a division's (diff review)
         ("14 / 3 = 4", True),  # a whole number still: on the committed samples only wrong ones
     ],
 )

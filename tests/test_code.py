@@ -320,6 +320,10 @@ def test_program_of_and_printed_answer(sandbox: Sandbox) -> None:
     assert printed_answer(sandbox.run("print('It is 3/4.')")) == "3/4"
     assert printed_answer(sandbox.run("from fractions import Fraction\nprint(Fraction(1, 2))")) == "1/2"
     assert printed_answer(sandbox.run("print(5)\nraise SystemExit(3)")) is None
+    # a float's binary noise goes: answers compare exactly since stop 48
+    assert printed_answer(sandbox.run("print(0.1 + 0.2)")) == "0.3"
+    assert printed_answer(sandbox.run("print(36 / 3 * 1.1 / 1.1)")) == "12"
+    assert printed_answer(sandbox.run("print(10 ** 16 * 1.0)")) == "10000000000000000"
 
 
 def test_pot_votes_over_programs_that_ran(sandbox: Sandbox) -> None:

@@ -155,11 +155,16 @@ def test_numbers_beyond_a_float_compare_without_overflow():
 @pytest.mark.parametrize(
     "a, b, equal",
     [
-        # two decimals are compared exactly (the 1e-6 tolerance merged these)
+        # two decimals differ by more than the shorter one's rounding (the 1e-6 tolerance
+        # merged these), a whole number exactly
         ("123456.7", "123456.8", False),
         ("1000000.5", "1000001", False),
         ("0.0000005", "0", False),
         ("\\$123,456.70", "123456.7", True),
+        # a gold rounded to its last place (MAWPS) against a printed float (diff review)
+        ("0.3333333333333334", "0.3333333333", True),
+        ("0.6666666666666666", "0.6666666667", True),
+        ("0.333", "0.3333333", False),
         # a decimal written for a fraction keeps the tolerance
         ("0.333333", "\\frac{1}{3}", True),
         ("\\frac{1}{3}", "0.333333", True),
@@ -168,12 +173,11 @@ def test_numbers_beyond_a_float_compare_without_overflow():
         ("1e+16", "10000000000000000", True),
         ("1.2e+20", "120000000000000000000", True),
         ("1e5", "100000", True),
-        # scale words and symbols are no units
-        ("3 million", "3", False),
-        ("2 thousand", "2", False),
-        ("12 dozen", "12", False),
+        # pi is a number, not a unit; the words of "how many more / times" answers are units
         ("4 pi", "4", False),
-        ("5 or more", "5", False),
+        ("5 times", "5", True),
+        ("5 more marbles", "5", True),
+        ("4 dozen eggs", "4", True),
     ],
 )
 def test_decimals_exponents_and_scale_words(a, b, equal):
@@ -184,6 +188,20 @@ def test_markdown_emphasis_around_an_answer_is_not_part_of_it():
     assert extract_answer("The answer is **12**.") == "12"
     assert extract_answer("**The answer is 42**") == "42"
     assert extract_answer("So 5 + 7 = 12. The final answer is: **$12**") == "12"
+    assert extract_answer("The answer is ∞.") == "∞"  # a symbol is an answer (diff review)
+    # a cut solution's "\\" is none: before, it voted as the answer "\\"
+    assert extract_answer("the final answer is:\n\\", complete=False) is None
+
+
+def test_normalized_numbers_are_exact_as_comparison_is():
+    """Diff review: normalizing to 10 significant digits made a right 14-digit answer wrong
+    once comparison became exact, and turned a fraction into a decimal in the vote."""
+    assert normalize_answer("1234567.8912345") == "1234567.8912345"
+    assert answers_equal(normalize_answer("1234567.8912345"), "1234567.8912345")
+    assert normalize_answer("12345678901.5") == "12345678901.5"
+    assert normalize_answer("\\frac{2}{4}") == "\\frac{1}{2}"
+    assert answers_equal(normalize_answer("\\frac{1}{3}"), "0.333333")
+    assert normalize_answer("1e-5") == "0.00001" and normalize_answer("-2.125") == "-2.125"
 
 
 def test_math_verify_reads_the_gold_answer_first(monkeypatch):

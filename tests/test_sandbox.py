@@ -308,6 +308,10 @@ def test_output_before_an_error_or_from_a_late_thread_is_kept(sandbox: Sandbox) 
     late = "import threading, time\ndef late():\n    time.sleep(0.2)\n    print('late 7')\n"
     r = sandbox.run(late + "threading.Thread(target=late).start()\nprint(6)\n", [])
     assert r.ok and r.stdout == "6\nlate 7\n"
+    # a thread that never ends is waited for a check's time, not the run's (diff review)
+    forever = "import threading, time\nthreading.Thread(target=time.sleep, args=(1000,)).start()\nprint(6)\n"
+    r = sandbox.run(forever, [])
+    assert r.ok and r.stdout == "6\n"
 
 
 def test_forged_report_lines_do_not_count(sandbox: Sandbox) -> None:
