@@ -80,14 +80,16 @@ def bench_reprefill(policy: LlamaPolicy, n: int, max_tokens: int, seed: int):
     prompt = policy.prompt_tokens(QUESTION)
     start = time.perf_counter()
     ctx.clear()
-    batch = LlamaBatch(max(len(prompt), n))
+    # one decode call takes at most the context's n_batch tokens (more fails an assert)
+    batch = LlamaBatch(min(max(len(prompt), n), ctx.n_batch))
     rows = []
-    for seq in range(n):  # one sequence at a time: n_batch bounds one decode call
-        batch.clear()
-        for pos, tok in enumerate(prompt):
-            batch.add(tok, pos, seq, pos == len(prompt) - 1)
-        ctx.decode(batch)
-        rows.append(ctx.logits_view(len(prompt) - 1).copy())
+    for seq in range(n):  # each sample its own copy of the prompt, in n_batch pieces
+        for start_pos in range(0, len(prompt), batch.capacity):
+            batch.clear()
+            for pos in range(start_pos, min(start_pos + batch.capacity, len(prompt))):
+                batch.add(prompt[pos], pos, seq, pos == len(prompt) - 1)
+            ctx.decode(batch)
+        rows.append(ctx.logits_view(batch.n_tokens - 1).copy())
     samplers = [Sampler(0.8, 1.0, 0, zlib.crc32(f"{seed}:{i}".encode())) for i in range(n)]
     tokens = [s.sample_from(logits) for s, logits in zip(samplers, rows, strict=True)]
     live = {i for i in range(n) if not model.is_end(tokens[i])}
