@@ -288,6 +288,18 @@ def _ray_option(what: str, unit: str):
     )
 
 
+def _ray_gpus_option(unit: str):
+    """``--gpus-per-actor`` / ``--gpus-per-replica``: the GPU share each Ray worker reserves."""
+    return click.option(
+        f"--gpus-per-{unit}",
+        "ray_gpus",
+        type=click.FloatRange(0, max_open=False),
+        default=None,
+        help=f"With --ray: GPUs each {unit} reserves (0.5: two share one GPU); Ray gives it that GPU "
+        "alone (CUDA_VISIBLE_DEVICES), for a CUDA build's --n-gpu-layers [default: 0, CPU only].",
+    )
+
+
 def _make_solver(kw: dict, searches: int = 1):
     """The solver and options of a command's flags; ``searches``: problems in flight at once on
     its one model (``run --concurrent``), each holding a prompt sequence besides its paths."""
@@ -834,7 +846,14 @@ def _ray_threads(kw: dict) -> int:
 
 
 def _run_on_ray(
-    todo: list, results, skipped: list[str], address: str, actors: int | None, desc: str, kw: dict
+    todo: list,
+    results,
+    skipped: list[str],
+    address: str,
+    actors: int | None,
+    gpus: float,
+    desc: str,
+    kw: dict,
 ) -> None:
     """``run --ray``: the problems sharded over Ray actors; this process alone writes the file."""
     from edgetts.distributed import connect
@@ -844,8 +863,9 @@ def _run_on_ray(
         return
     threads = _ray_threads(kw)
     connect(address)
-    n_actors = min(plan_actors(actors, threads), len(todo))
-    click.echo(f"Ray: {n_actors} actors x {threads} threads", err=True)
+    n_actors = min(plan_actors(actors, threads, gpus), len(todo))
+    each = f"{threads} threads" + (f" + {gpus:g} GPU" if gpus else "")
+    click.echo(f"Ray: {n_actors} actors x {each}", err=True)
     worker_kw = {**kw, "threads": threads, "explain": False}
     with _progress(total=len(todo), desc=desc) as bar:
 
@@ -859,6 +879,7 @@ def _run_on_ray(
             write,
             actors=n_actors,
             threads=threads,
+            gpus=gpus,
             done=results.done,
         )
     if report.given_up:
@@ -1007,6 +1028,7 @@ def _run_settings(kw: dict, data: dict) -> dict:
     default=None,
     help="With --ray: actors to start [default: as many as the cluster's CPUs fit at --threads each].",
 )
+@_ray_gpus_option("actor")
 @click.option(
     "--concurrent",
     type=click.IntRange(1, MAX_CONCURRENT),
@@ -1026,6 +1048,7 @@ def run(
     id_key,
     ray_address: str | None,
     actors: int | None,
+    ray_gpus: float | None,
     as_json: bool,
     **kw,
 ) -> None:
@@ -1057,8 +1080,8 @@ def run(
         from edgetts.distributed import require_ray
 
         require_ray()  # before anything loads or is read: say at once how to get it
-    elif actors is not None:
-        raise click.UsageError("--actors is for --ray")
+    elif actors is not None or ray_gpus is not None:
+        raise click.UsageError(f"{'--actors' if actors is not None else '--gpus-per-actor'} is for --ray")
     if kw["task"] == "code":
         _run_code(data_path, out_path, limit, kw, as_json)
         return
@@ -1082,7 +1105,7 @@ def run(
         skipped: list[str] = []
         try:
             if ray_address is not None:
-                _run_on_ray(todo, results, skipped, ray_address, actors, desc, kw)
+                _run_on_ray(todo, results, skipped, ray_address, actors, ray_gpus or 0.0, desc, kw)
             elif kw["concurrent"] > 1:
                 _run_concurrent(todo, results, skipped, solver, options, kw, desc)
             else:
@@ -1571,6 +1594,7 @@ def bundle(out_dir: Path, model_names: tuple[str, ...], source: Path | None) -> 
     default=None,
     help="With --ray: replicas, each with its own model [default: 1].",
 )
+@_ray_gpus_option("replica")
 @_friendly_errors
 def serve(
     host: str,
@@ -1598,6 +1622,7 @@ def serve(
     allow_weak_sandbox: bool,
     ray_address: str | None,
     replicas: int | None,
+    ray_gpus: float | None,
 ) -> None:
     """Serve an OpenAI-compatible API (POST /v1/chat/completions) on HOST:PORT.
 
@@ -1613,8 +1638,9 @@ def serve(
         from edgetts.distributed import require_ray
 
         require_ray()  # before anything loads: say at once how to get it
-    elif replicas is not None:
-        raise click.UsageError("--replicas is for --ray")
+    elif replicas is not None or ray_gpus is not None:
+        used = "--replicas" if replicas is not None else "--gpus-per-replica"
+        raise click.UsageError(f"{used} is for --ray")
     if api_key_file is not None:
         lines = api_key_file.read_text(encoding="utf-8").splitlines()
         api_key = lines[0] if lines else ""
@@ -1668,7 +1694,7 @@ def serve(
         click.echo(f"loading {model_id} ...", err=True)
         run_server(solver, settings)
         return
-    _serve_on_ray(make_solver, settings, ray_address, replicas or 1, threads)
+    _serve_on_ray(make_solver, settings, ray_address, replicas or 1, threads, ray_gpus or 0.0)
 
 
 def server_solver(
@@ -1703,19 +1729,20 @@ def server_solver(
     return Solver(policy_config, fixed_policy=True, **solver_kw)
 
 
-def _serve_on_ray(make_solver, settings, address: str, replicas: int, threads: int) -> None:
+def _serve_on_ray(make_solver, settings, address: str, replicas: int, threads: int, gpus: float) -> None:
     """``serve --ray``: the app in ``replicas`` Ray Serve replicas until Ctrl-C / SIGTERM."""
-    from edgetts.distributed import connect, node_cpus, workers_that_fit
+    from edgetts.distributed import connect, describe_nodes, node_resources, workers_that_fit
     from edgetts.distributed.serve import serve_on_ray
     from edgetts.server.settings import LOOPBACK_HOSTS
 
     connect(address)
-    per_node = node_cpus()
-    fit = workers_that_fit(threads, per_node)
+    per_node = node_resources()
+    fit = workers_that_fit(threads, per_node, gpus)
     if replicas > fit:
+        each = f"--threads {threads}" + (f" and --gpus-per-replica {gpus:g}" if gpus else "")
         raise click.ClickException(
-            f"--replicas {replicas} with --threads {threads}: the Ray cluster's nodes (CPUs per "
-            f"node: {per_node}) hold at most {fit} such replicas"
+            f"--replicas {replicas} with {each}: the Ray cluster's nodes ({describe_nodes(per_node)}) "
+            f"hold at most {fit} such replicas"
         )
     if settings.host not in LOOPBACK_HOSTS and not settings.api_key:
         logging.getLogger("edgetts").warning(
@@ -1730,6 +1757,7 @@ def _serve_on_ray(make_solver, settings, address: str, replicas: int, threads: i
         replicas,
         threads,
         ready=lambda base: click.echo(f"serving {base}/v1 ({replicas} replicas); Ctrl-C stops", err=True),
+        gpus=gpus,
     )
 
 

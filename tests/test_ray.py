@@ -78,13 +78,28 @@ def test_actors_are_planned_per_node_not_from_the_clusters_total(monkeypatch):
     placed the third (no node had 2 CPUs left), and the run waited for its problem for ever."""
     from edgetts.distributed import run as ray_run
 
-    monkeypatch.setattr(ray_run, "node_cpus", lambda: [3, 3])
+    monkeypatch.setattr(ray_run, "node_resources", lambda: [(3, 0.0), (3, 0.0)])
     assert ray_run.plan_actors(None, 2) == 2
     with pytest.raises(ValueError, match="at most 2 such actors"):
         ray_run.plan_actors(3, 2)
     with pytest.raises(ValueError, match="no node"):
         ray_run.plan_actors(None, 4)
     assert ray_run.plan_actors(None, 3) == 2 and ray_run.plan_actors(6, 1) == 6
+
+
+def test_actors_that_reserve_gpus_are_planned_by_each_nodes_gpus_too(monkeypatch):
+    from edgetts.distributed import run as ray_run
+
+    monkeypatch.setattr(ray_run, "node_resources", lambda: [(16, 2.0), (16, 0.0), (4, 1.0)])
+    assert ray_run.plan_actors(None, 1) == 36  # CPUs alone
+    assert ray_run.plan_actors(None, 1, gpus=1) == 3  # a GPU each: the GPU nodes only
+    assert ray_run.plan_actors(None, 1, gpus=0.5) == 6
+    assert ray_run.plan_actors(None, 4, gpus=0.1) == 4 + 1  # 10 fit on the first by GPU, 4 by CPU
+    with pytest.raises(ValueError, match=r"16 CPUs \+ 2 GPUs, 16 CPUs, 4 CPUs \+ 1 GPU\) hold at most 3"):
+        ray_run.plan_actors(4, 1, gpus=1)
+    monkeypatch.setattr(ray_run, "node_resources", lambda: [(16, 0.0)])
+    with pytest.raises(ValueError, match="--gpus-per-actor 1"):
+        ray_run.plan_actors(None, 1, gpus=1)
 
 
 def test_nothing_imports_ray_unless_asked():
@@ -102,6 +117,8 @@ def test_nothing_imports_ray_unless_asked():
         (["run", "--data", "d.jsonl", "--out", "r.jsonl", "--actors", "2"], "--actors is for --ray"),
         (["run", "--data", "d.jsonl", "--out", "r.jsonl", "--ray", "--task", "code"], "--task code"),
         (["serve", "--replicas", "2"], "--replicas is for --ray"),
+        (["run", "--data", "d.jsonl", "--out", "r.jsonl", "--gpus-per-actor", "1"], "--gpus-per-actor"),
+        (["serve", "--gpus-per-replica", "0.5"], "--gpus-per-replica is for --ray"),
     ],
 )
 def test_ray_options_out_of_place_are_usage_errors(args, words):
@@ -130,7 +147,7 @@ def ray_local():
     """A local Ray instance of 2 CPUs for this module (CI has 2 cores)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False)  # a GPU as Ray counts it, not a real one
     yield ray
     ray.shutdown()
 
@@ -236,6 +253,27 @@ def test_offline_mode_reaches_the_actors(ray_local, monkeypatch):
     written: list[dict] = []
     run_sharded([SimpleNamespace(id="a")], make_worker, written.append, actors=1, threads=1)
     assert written == [{"id": "a", "offline": "1"}]
+
+
+def test_actors_that_reserve_a_gpu_share_are_given_that_gpu(ray_local):
+    """Two actors of half a GPU share the instance's one GPU: Ray shows each of them that GPU
+    alone (CUDA_VISIBLE_DEVICES), which a CUDA build of llama.cpp offloads to."""
+    from edgetts.distributed.run import run_sharded
+
+    def make_worker():
+        import time
+
+        def work(problem):
+            time.sleep(0.5)  # both actors take a problem
+            return {"id": problem.id, "pid": os.getpid(), "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+        return work
+
+    written: list[dict] = []
+    problems = [SimpleNamespace(id=i) for i in "abcd"]
+    run_sharded(problems, make_worker, written.append, actors=2, threads=1, gpus=0.5)
+    assert sorted(r["id"] for r in written) == list("abcd")
+    assert {r["gpus"] for r in written} == {"0"} and len({r["pid"] for r in written}) == 2
 
 
 @pytest.fixture(scope="module")

@@ -68,18 +68,35 @@ def _check_reachable(address: str) -> None:
         ) from None
 
 
-def node_cpus() -> list[int]:
-    """CPUs of each live node of the connected cluster."""
+def node_resources() -> list[tuple[int, float]]:
+    """(CPUs, GPUs) of each live node of the connected cluster."""
     import ray
 
-    return [int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node.get("Alive")]
+    return [
+        (int(node["Resources"].get("CPU", 0)), float(node["Resources"].get("GPU", 0)))
+        for node in ray.nodes()
+        if node.get("Alive")
+    ]
 
 
-def workers_that_fit(threads: int, cpus_per_node: list[int]) -> int:
-    """How many actors (or replicas) of ``threads`` CPUs the nodes hold: each runs on one node,
-    so 2 nodes of 3 CPUs hold two of 2 CPUs, not three (Ray would never place the third, and a
-    run waiting on it waited for ever)."""
-    return sum(cpus // threads for cpus in cpus_per_node)
+def workers_that_fit(threads: int, per_node: list[tuple[int, float]], gpus: float = 0.0) -> int:
+    """How many actors (or replicas) of ``threads`` CPUs and ``gpus`` GPUs (a share: 0.5 puts two
+    on one GPU; 0: none) the nodes hold. Each runs on one node, so 2 nodes of 3 CPUs hold two of
+    2 CPUs, not three (Ray would never place the third, and a run waiting on it waited for ever)."""
+    fit = 0
+    for cpus, node_gpus in per_node:
+        on_node = cpus // threads
+        if gpus > 0:
+            on_node = min(on_node, int(node_gpus / gpus + 1e-9))  # 1 / 0.1 is 9.999...
+        fit += on_node
+    return fit
+
+
+def describe_nodes(per_node: list[tuple[int, float]]) -> str:
+    """The nodes' resources for a message: ``4 CPUs + 1 GPU, 2 CPUs``."""
+    return ", ".join(
+        f"{cpus} CPUs" + (f" + {gpus:g} GPU" + "s" * (gpus != 1) if gpus else "") for cpus, gpus in per_node
+    )
 
 
 # Variables of this process that actors and replicas on other nodes must see too: offline mode

@@ -3,7 +3,8 @@
 How a run flows (``edgetts run --ray``):
 
 * The driver has already skipped the problems in the results file and validated the settings.
-  It starts ``actors`` Ray actors, each reserving ``threads`` CPUs. An actor builds its worker
+  It starts ``actors`` Ray actors, each reserving ``threads`` CPUs (and a GPU, or a share of one,
+  with ``--gpus-per-actor``). An actor builds its worker
   (a :class:`~edgetts.solver.Solver`: the model loads once per actor, at its first problem) from
   a picklable factory, so the actor runs exactly the code a single-process run does.
 * Each actor has one problem in flight; ``ray.wait`` hands back whichever finishes first, the
@@ -35,7 +36,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgetts.distributed import RayUnavailable, actor_env, node_cpus, require_ray, workers_that_fit
+from edgetts.distributed import (
+    RayUnavailable,
+    actor_env,
+    describe_nodes,
+    node_resources,
+    require_ray,
+    workers_that_fit,
+)
 
 log = logging.getLogger("edgetts")
 
@@ -66,22 +74,21 @@ class ShardedRun:
         return statistics.median(self.overhead_s) * 1000 if self.overhead_s else float("nan")
 
 
-def plan_actors(actors: int | None, threads: int) -> int:
-    """How many actors of ``threads`` CPUs to start: ``actors`` if the cluster fits them, by
-    default as many as it fits; ValueError when not even one does."""
-    per_node = node_cpus()
-    fit = workers_that_fit(threads, per_node)
+def plan_actors(actors: int | None, threads: int, gpus: float = 0.0) -> int:
+    """How many actors of ``threads`` CPUs and ``gpus`` GPUs to start: ``actors`` if the cluster
+    fits them, by default as many as it fits; ValueError when not even one does."""
+    per_node = node_resources()
+    fit = workers_that_fit(threads, per_node, gpus)
+    each = f"--threads {threads}" + (f" and --gpus-per-actor {gpus:g}" if gpus else "")
     if fit < 1:
-        raise ValueError(
-            f"no node of the Ray cluster has {threads} CPUs for one actor of --threads {threads} "
-            f"(CPUs per node: {per_node})"
-        )
+        nodes = describe_nodes(per_node)
+        raise ValueError(f"no node of the Ray cluster has room for one actor of {each} ({nodes})")
     if actors is None:
         return fit
     if actors > fit:
         raise ValueError(
-            f"--actors {actors} with --threads {threads}: the Ray cluster's nodes (CPUs per node: "
-            f"{per_node}) hold at most {fit} such actors, each on one node"
+            f"--actors {actors} with {each}: the Ray cluster's nodes ({describe_nodes(per_node)}) "
+            f"hold at most {fit} such actors, each on one node"
         )
     return actors
 
@@ -126,11 +133,15 @@ def run_sharded(
     *,
     actors: int,
     threads: int,
+    gpus: float = 0.0,
     done: set[str] | None = None,
     max_attempts: int = MAX_ATTEMPTS,
 ) -> ShardedRun:
     """Solve ``problems`` (objects with an ``id``) on ``actors`` Ray actors; call ``on_row`` in
     this process with each row, once per problem id, in completion order.
+
+    Each actor reserves ``threads`` CPUs and ``gpus`` GPUs (a share of one; 0: none): Ray then
+    sets its ``CUDA_VISIBLE_DEVICES``, so a CUDA build of llama.cpp offloads to that GPU alone.
 
     ``make_worker`` is pickled to every actor and called there once: it returns the function
     from a problem to its row. ``done`` holds ids already written (skipped, and guarded against
@@ -159,7 +170,10 @@ def run_sharded(
     run_id = uuid.uuid4().hex[:8]
     handles = [
         actor_cls.options(
-            name=f"{ACTOR_PREFIX}-{run_id}-{i}", num_cpus=threads, runtime_env=actor_env() or None
+            name=f"{ACTOR_PREFIX}-{run_id}-{i}",
+            num_cpus=threads,
+            num_gpus=gpus,
+            runtime_env=actor_env() or None,
         ).remote(make_worker)
         for i in range(actors)
     ]

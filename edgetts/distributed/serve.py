@@ -46,9 +46,11 @@ def build_application(
     replicas: int,
     threads: int,
     stop_signal: Any = None,
+    gpus: float = 0.0,
 ) -> Any:
     """The Ray Serve application: ``replicas`` replicas, each reserving ``threads`` CPUs and
-    holding the solver ``make_solver`` builds there (it is pickled to every replica).
+    ``gpus`` GPUs (a share of one; 0: none; Ray sets its ``CUDA_VISIBLE_DEVICES``) and holding
+    the solver ``make_solver`` builds there (it is pickled to every replica).
     ``stop_signal`` (:func:`make_stop_signal`): once set, the replicas cut their searches short."""
     require_ray()
     from ray import serve
@@ -98,7 +100,11 @@ def build_application(
         EdgettsReplica,
         name="EdgettsReplica",
         num_replicas=replicas,
-        ray_actor_options={"num_cpus": threads, **({"runtime_env": actor_env()} if actor_env() else {})},
+        ray_actor_options={
+            "num_cpus": threads,
+            "num_gpus": gpus,
+            **({"runtime_env": actor_env()} if actor_env() else {}),
+        },
         max_ongoing_requests=settings.max_queue + 1 + ONGOING_HEADROOM,
         graceful_shutdown_timeout_s=settings.shutdown_grace_s,
     )
@@ -133,9 +139,11 @@ def serve_on_ray(
     threads: int,
     ready: Callable[[str], None] | None = None,
     stop: threading.Event | None = None,
+    gpus: float = 0.0,
 ) -> None:
     """Run the app on the connected Ray cluster until Ctrl-C / SIGTERM (or ``stop``), then
-    delete it. ``ready`` gets the base URL once every replica has loaded its models."""
+    delete it; each replica reserves ``threads`` CPUs and ``gpus`` GPUs. ``ready`` gets the base
+    URL once every replica has loaded its models."""
     require_ray()
     import ray
     from ray import serve
@@ -144,7 +152,7 @@ def serve_on_ray(
     stop_signal = make_stop_signal()
     try:
         serve.run(
-            build_application(make_solver, settings, replicas, threads, stop_signal),
+            build_application(make_solver, settings, replicas, threads, stop_signal, gpus),
             name=APP_NAME,
             route_prefix="/",
         )
