@@ -59,7 +59,9 @@ def test_rows_of_one_problem_in_several_files_count_once_the_longest(tmp_path):
     assert [p.n for p in problems] == [16]
 
 
-def test_live_rows_compare_with_the_baseline_and_the_replay(tmp_path):
+# (tools review) a baseline named otherwise than its dataset lost the replay line without a word
+@pytest.mark.parametrize("baseline_name", ["toy.jsonl", "full16_toy_live.jsonl"])
+def test_live_rows_compare_with_the_baseline_and_the_replay(tmp_path, baseline_name):
     easy = kept_row("toy-0", ["7"] * 16, "7")
     live = tmp_path / "live.jsonl"
     live.write_text(
@@ -76,7 +78,7 @@ def test_live_rows_compare_with_the_baseline_and_the_replay(tmp_path):
         )
         + "\n"
     )
-    base = tmp_path / "toy.jsonl"
+    base = tmp_path / baseline_name
     base.write_text(
         json.dumps(
             {"problem_id": "0", "strategy": "majority", "n": 16, "correct": True, "tokens_generated": 280}

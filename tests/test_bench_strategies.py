@@ -351,3 +351,28 @@ def test_repick_sums_the_kept_paths_scores_per_answer(tmp_path, capsys):
     assert picked["strategy"] == "dvts_weighted" and picked["answer"] == "7" and picked["correct"]
     assert "finished" not in picked and picked["tokens_generated"] == 30
     assert "1 of 2 rows kept no finished paths" in capsys.readouterr().err
+
+
+def test_report_keeps_datasets_apart_and_refuses_a_row_twice(tmp_path, capsys):
+    """Tools review: ids repeat across datasets, so two sets' problem 0 were one problem, each
+    group averaging both; a duplicate row would have counted twice."""
+
+    def row(dataset: str, pid: str, correct: bool) -> dict:
+        return {
+            "problem_id": pid,
+            "dataset": dataset,
+            "model": "m",
+            "strategy": "majority",
+            "n": 4,
+            "correct": correct,
+            "tokens_generated": 10,
+        }
+
+    results = tmp_path / "rows.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in [row("a", "0", True), row("b", "0", False)]))
+    args = argparse.Namespace(results=[str(results)], only=[], plot=None, title=None)
+    bench.report(args)
+    assert capsys.readouterr().out.startswith("2 problems common")
+    results.write_text("".join(json.dumps(r) + "\n" for r in [row("a", "0", True), row("a", "0", True)]))
+    with pytest.raises(SystemExit, match="two rows of a/0"):
+        bench.report(args)

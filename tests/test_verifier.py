@@ -206,6 +206,19 @@ def test_prmbench_items_keep_one_original_per_problem(tmp_path: Path) -> None:
     assert items[1]["error_steps"] == [2]
 
 
+def test_a_prmbench_item_whose_first_error_is_past_its_steps_is_left_out(tmp_path: Path) -> None:
+    """Tools review: prm_train_p1_51-confidence names step 34 of 33 and was labelled all right."""
+    row = {"idx": "a", "original_question": "q", "original_process": ["x"], "modified_process": ["x", "z"]}
+    f = tmp_path / "p.jsonl"
+    f.write_text(
+        json.dumps({**row, "classification": "past", "error_steps": [3]})
+        + "\n"
+        + json.dumps({**row, "classification": "zero", "error_steps": [0]})
+        + "\n"
+    )
+    assert [i["key"] for i in label_steps.prmbench_items([str(f)])] == ["a-original"]
+
+
 def test_prmbench_items_of_a_split_leave_the_other_splits_problems_out(tmp_path: Path) -> None:
     from build_prm_data import DEV_FRAC, TEST_FRAC, split_of
 

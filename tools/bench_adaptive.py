@@ -452,7 +452,7 @@ def live_table(
         f" seconds {sum(r['seconds'] for r in rows):.0f}",
     ]
     by_key = {p.key: p for p in kept}
-    dataset = baseline_path.name.split(".")[0]  # the bench's file is named by its dataset
+    dataset = kept_dataset(kept, baseline_path)
     vote = VOTES.get(strategy)
     same_k = same_answer = checked = 0
     for r in rows:
@@ -478,7 +478,24 @@ def live_table(
             f"replay over kept rows of the same problems: samples equal on {same_k}/{checked}, "
             f"answer equal on {same_answer}/{checked}"
         )
+    elif vote in (majority_vote, weighted_vote):
+        lines.append(f"replay: no kept rows of these problems (kept datasets: {_datasets(kept)})")
     return lines
+
+
+def _datasets(kept: list[Problem]) -> list[str]:
+    return sorted({p.dataset for p in kept})
+
+
+def kept_dataset(kept: list[Problem], baseline_path: Path) -> str | None:
+    """The dataset of the kept rows a live run is replayed over (its rows name only ids): the
+    kept rows' one dataset, else the one the baseline file is named after (``gsm8k_test.jsonl``;
+    a name like ``full16_gsm8k_test_live`` holds it too), else None."""
+    datasets = _datasets(kept)
+    if len(datasets) == 1:
+        return datasets[0]
+    named = [d for d in datasets if d in baseline_path.name]
+    return max(named, key=len) if named else None  # gsm8k_test, not gsm8k, in gsm8k_test.jsonl
 
 
 def first_wave_bound(bench_path: Path, rule: AdaptiveStop) -> str:

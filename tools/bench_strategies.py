@@ -419,14 +419,22 @@ def wanted(row: dict, only: list[str]) -> bool:
     return not only or row["strategy"] in only or f"{row['strategy']}:{row['n']}" in only
 
 
+def problem_of(row: dict) -> str:
+    """A row's problem, named by dataset and id: ids repeat across datasets."""
+    return f"{row.get('dataset')}/{row['problem_id']}"
+
+
 def report(args: argparse.Namespace) -> None:
     rows = [r for r in load_rows(args.results) if wanted(r, args.only)]
     # Compare on the problems every (model, strategy, n) has, so partial runs stay fair.
     per_key: dict[tuple, set[str]] = defaultdict(set)
     for r in rows:
-        per_key[r["model"], r["strategy"], r["n"]].add(r["problem_id"])
+        key = r["model"], r["strategy"], r["n"]
+        if problem_of(r) in per_key[key]:  # it would count twice in the mean
+            raise SystemExit(f"two rows of {problem_of(r)} for {key} in {' '.join(map(str, args.results))}")
+        per_key[key].add(problem_of(r))
     common = set.intersection(*per_key.values()) if per_key else set()
-    rows = [r for r in rows if r["problem_id"] in common]
+    rows = [r for r in rows if problem_of(r) in common]
     summary = summarize(rows)
     print(f"{len(common)} problems common to every row; ± is one standard error")
     print(f"{'model':<30} {'strategy':<20} {'N':>3} {'accuracy':>9} {'±':>6} {'gen tokens':>11}")
@@ -451,7 +459,7 @@ def correct_map(spec: str) -> dict[str, bool]:
         raise SystemExit(f"{spec}: no rows of that strategy and N in the file")
     if len(models) > 1:
         raise SystemExit(f"{spec}: rows of several models ({', '.join(models)}); split the file by model")
-    return {f"{r.get('dataset')}/{r['problem_id']}": bool(r["correct"]) for r in rows}
+    return {problem_of(r): bool(r["correct"]) for r in rows}
 
 
 def compare(args: argparse.Namespace) -> None:

@@ -126,8 +126,8 @@ def prmbench_items(files: list[str], split: str | None = None) -> list[dict]:
                     }
                 )
             errors = sorted(int(e) for e in d.get("error_steps") or [])
-            if not errors:
-                continue
+            if not errors or not 1 <= errors[0] <= len(d["modified_process"]):
+                continue  # no first error among its steps: no label to give (as build_prm_data)
             items.append(
                 {
                     "key": f"{d['idx']}-{d['classification']}",
@@ -160,7 +160,10 @@ def prmbench(args: argparse.Namespace) -> None:
     policy = make_policy(args, n_seq_max=1, max_tokens=args.max_tokens)
     t0, tokens = time.perf_counter(), 0
     for k, item in enumerate(items):
-        steps = [s.strip() for s in item["steps"] if s.strip()]
+        # labels by the steps as numbered in the file, then the empty steps dropped with theirs
+        raw = [s.strip() for s in item["steps"]]
+        labelled = [(s, y) for s, y in zip(raw, step_labels(len(raw), item["error_steps"]), strict=True) if s]
+        steps, labels = [s for s, _ in labelled], [y for _, y in labelled]
         try:
             path = policy.read_solution(item["question"], steps, confidence=True)
         except Exception as e:  # too long for the context: skip, say so
@@ -173,7 +176,7 @@ def prmbench(args: argparse.Namespace) -> None:
             "idx": item["idx"],
             "variant": item["variant"],
             "error_steps": item["error_steps"],
-            "labels": step_labels(len(steps), item["error_steps"]),
+            "labels": labels,
             "layers": args.layers,
             "n_tokens": path.n_tokens,
             "step_stats": stats_of(path),
