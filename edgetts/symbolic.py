@@ -5,7 +5,7 @@ math-verify hands answers to sympy, and sympy evaluates what it is given: ``(10^
 math-verify's own timeout is a SIGALRM (the main thread only, and not inside such a call), so a
 model's answer, or a server client's text that a model repeats, froze the whole process: the
 server stopped answering even its health check and ignored SIGTERM. Here the comparison runs in
-a child process (``python -m edgetts.symbolic``: lines of JSON in, ``true``/``false`` out),
+a child process (this module as ``__main__``: lines of JSON in, ``true``/``false`` out),
 killed past :data:`TIMEOUT_S`, when the answers count as different (math-verify's own answer to
 a timeout). The child starts on the first comparison that needs it and serves every later one;
 one comparison runs at a time (a lock), and the numbers that most answers are never get here
@@ -22,6 +22,7 @@ import selectors
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 log = logging.getLogger("edgetts")
@@ -30,6 +31,8 @@ TIMEOUT_S = 5.0  # per comparison, as math-verify's own default
 START_TIMEOUT_S = 120.0  # the child's imports (sympy) on a busy machine
 READY = "ready"
 MEMORY_LIMIT_BYTES = 4 << 30  # the child's address space
+# What the child runs: this module as __main__, with the working directory off its path.
+CHILD_MAIN = "import sys, runpy; sys.path.pop(0); runpy.run_module('edgetts.symbolic', run_name='__main__')"
 
 
 def compare(a: str, b: str) -> bool:
@@ -50,7 +53,9 @@ class _Child:
 
     def __init__(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "edgetts.symbolic"],
+            # not `-m`, which puts the working directory first on the child's path: a sympy.py
+            # there (a server started in /tmp) would run in the child
+            [sys.executable, "-c", CHILD_MAIN],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -93,6 +98,10 @@ class _Child:
 
 _lock = threading.Lock()
 _child: _Child | None = None
+# The child is killed when the *thread* that started it ends (Linux's parent-death signal
+# follows the thread): it is started from this one long-lived thread, not from whichever worker
+# thread compared first (the server's, a run's --concurrent pool), whose exit killed it.
+_starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgetts-symbolic")
 
 
 @lru_cache(maxsize=4096)
@@ -105,12 +114,23 @@ def symbolic_equal(a: str, b: str) -> bool:
             _child = None
         if _child is None:
             try:
-                _child = _Child()
+                _child = _starter.submit(_Child).result()
             except OSError as exc:  # unequal, as for a timeout, rather than a failed vote
                 log.warning("answers compared as different: %s", exc)
                 return False
         verdict = _child.ask(a, b)
-        if verdict is None:  # too long (or the child died): it is killed, a new one serves next
+        if verdict is None and _child.process.poll() is not None:
+            # it had died before this question (killed from outside): one more try with a new
+            # one, or the cache would keep "unequal" for answers nobody compared
+            _child.kill()
+            try:
+                _child = _starter.submit(_Child).result()
+            except OSError as exc:
+                _child = None
+                log.warning("answers compared as different: %s", exc)
+                return False
+            verdict = _child.ask(a, b)
+        if verdict is None:  # too long (or the child died on it): killed, a new one serves next
             _child.kill()
             _child = None
             return False

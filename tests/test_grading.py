@@ -1,3 +1,5 @@
+import time
+
 import pytest
 
 from edgetts.grading import answers_equal, extract_answer, is_correct, last_boxed, normalize_answer
@@ -132,6 +134,46 @@ def test_a_comparison_process_that_died_or_cannot_start_leaves_answers_unequal(m
     monkeypatch.setattr(symbolic, "_child", None)
     monkeypatch.setattr(symbolic, "_Child", cannot_start)
     assert not answers_equal("x+5", "5+x")
+
+
+def _fresh_child(symbolic) -> None:
+    symbolic.symbolic_equal.cache_clear()
+    with symbolic._lock:
+        if symbolic._child is not None:
+            symbolic._child.kill()
+        symbolic._child = None
+
+
+def test_the_comparison_process_imports_nothing_from_the_working_directory(tmp_path, monkeypatch):
+    """Review: `python -m` put the working directory first on the child's path, so a sympy.py
+    in the folder a server was started from ran in the child."""
+    from edgetts import symbolic
+
+    marker = tmp_path / "planted-ran"
+    (tmp_path / "sympy.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise ImportError('planted')\n")
+    monkeypatch.chdir(tmp_path)
+    _fresh_child(symbolic)
+    try:
+        assert answers_equal("x+6", "6+x")
+        assert not marker.exists()
+    finally:
+        _fresh_child(symbolic)
+
+
+def test_the_comparison_process_outlives_the_thread_that_first_compared():
+    """Review: the child's parent-death signal follows the thread that started it: a worker
+    thread's exit killed it, and a comparison under way came back unequal, cached so."""
+    import threading
+
+    from edgetts import symbolic
+
+    _fresh_child(symbolic)
+    worker = threading.Thread(target=lambda: answers_equal("x+7", "7+x"))
+    worker.start()
+    worker.join(120)
+    time.sleep(0.5)  # the signal, had it been sent, has arrived
+    assert symbolic._child is not None and symbolic._child.process.poll() is None
+    assert answers_equal("x+8", "8+x")
 
 
 def test_whole_numbers_compare_exactly_however_large():
