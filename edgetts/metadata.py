@@ -16,6 +16,8 @@ import numpy as np
 
 from edgetts.paths import home, write_atomically
 
+METADATA_VERSION = 2  # raised when what is read from a GGUF changes (the disk cache's key)
+
 
 class ModelError(Exception):
     """A model that cannot be found, fetched or trusted; the message says what to do."""
@@ -69,13 +71,35 @@ def _read(path: str, size: int, mtime: float) -> ModelMetadata:
 
     try:
         reader = GGUFReader(path)
-    except (ValueError, IndexError, OSError) as exc:
+    except (ValueError, IndexError, KeyError, OSError) as exc:  # KeyError: a key written twice
         # gguf's reader maps the file and fails with numpy's words when the header runs past
         # the end: that is a truncated download far more often than a corrupt byte.
         raise ModelError(
             f"{path} is not a readable GGUF file: truncated or corrupt, its header does not read to "
             f"its end within the file's {size:,} bytes (gguf: {exc})"
         ) from None
+    try:
+        return _metadata_of(reader, path, size)
+    except (ValueError, KeyError, TypeError, IndexError) as exc:  # (UnicodeDecodeError: a ValueError)
+        raise ModelError(f"{path} is not a readable GGUF file: a metadata field is damaged ({exc})") from None
+
+
+# llama.cpp's layout of sliding-window layers where the file gives no pattern: Gemma 2 alternates,
+# Gemma 3 has five sliding layers to one global, Cohere 2 three to one; other architectures get
+# no sliding layers from llama.cpp (every layer counted at full size is the safe estimate).
+SWA_PATTERN = {"gemma2": 2, "gemma3": 6, "cohere2": 4}
+
+
+def _swa_layers(pattern, n_layers: int, arch: str) -> int:
+    """How many of ``n_layers`` use the sliding window: a per-layer list of flags, or llama.cpp's
+    period (0: every layer, 1: none, p: all but every p-th)."""
+    if isinstance(pattern, list):
+        return sum(bool(flag) for flag in pattern[:n_layers])
+    period = int(pattern) if pattern is not None else SWA_PATTERN.get(arch, 1)
+    return n_layers if period == 0 else n_layers - n_layers // period
+
+
+def _metadata_of(reader, path: str, size: int) -> ModelMetadata:
     arch = _field(reader, "general.architecture")
     if not arch:
         raise ModelError(f"{path} has no general.architecture: not a llama.cpp model")
@@ -99,9 +123,7 @@ def _read(path: str, size: int, mtime: float) -> ModelMetadata:
     window = arch_field("attention.sliding_window")
     swa_layers = 0
     if window:
-        # Gemma 3 alternates five sliding-window layers with one global layer.
-        pattern = int(arch_field("attention.sliding_window_pattern", 6) or 6)
-        swa_layers = n_layers - n_layers // pattern
+        swa_layers = _swa_layers(arch_field("attention.sliding_window_pattern"), n_layers, str(arch))
     return ModelMetadata(
         path=path,
         architecture=str(arch),
@@ -126,7 +148,8 @@ def _read(path: str, size: int, mtime: float) -> ModelMetadata:
 def _disk_cache(path: Path, size: int, mtime: float) -> Path:
     # Parsing a GGUF header with gguf's reader walks every vocabulary entry (seconds for a 150k
     # vocabulary), so the result is kept on disk per file version and read back in milliseconds.
-    key = hashlib.sha1(f"{path.resolve()}:{size}:{mtime}".encode()).hexdigest()[:16]
+    # (METADATA_VERSION: a file cached by an edgetts that read GGUFs otherwise is read again)
+    key = hashlib.sha1(f"{METADATA_VERSION}:{path.resolve()}:{size}:{mtime}".encode()).hexdigest()[:16]
     return home() / "metadata" / f"{key}.json"
 
 

@@ -150,3 +150,59 @@ def test_a_manifest_named_before_names_were_checked_still_loads(home):
     for bad in ("../x", "a/b", "a\\b", ".", "..", ""):
         with pytest.raises(ModelError, match="not a file name"):
             models.check_name(bad)
+
+
+def _gguf(path, arch: str = "llama", fields=()):
+    """A weightless GGUF with a vocabulary and ``fields`` (key, kind, value) added."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_token_list([f"t{i}" for i in range(11)])
+    for key, kind, value in fields:
+        getattr(writer, f"add_{kind}")(key, value)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize(
+    "arch, pattern, expected",
+    [
+        ("gemma3", None, 10),  # five sliding layers to one global: 12 - 2
+        ("gemma2", None, 6),  # alternating (it was counted as Gemma 3's 10)
+        ("gemma3", 0, 12),  # every layer (it fell back to 6)
+        ("gemma3", [True, True, False] * 4, 8),  # a per-layer array (it raised TypeError)
+        ("phi3", None, 0),  # llama.cpp gives it no sliding layers
+    ],
+)
+def test_sliding_window_layers_follow_llama_cpps_layout(tmp_path, home, arch, pattern, expected):
+    fields = [(f"{arch}.block_count", "uint32", 12), (f"{arch}.attention.sliding_window", "uint32", 512)]
+    if isinstance(pattern, list):
+        fields.append((f"{arch}.attention.sliding_window_pattern", "array", pattern))
+    elif pattern is not None:
+        fields.append((f"{arch}.attention.sliding_window_pattern", "uint32", pattern))
+    meta = metadata.read_metadata(_gguf(tmp_path / "m.gguf", arch, fields))
+    assert meta.swa_layers == expected
+
+
+def test_a_metadata_field_that_is_not_text_is_a_model_error(tmp_path, home):
+    """Review: a GGUF whose string field held bytes that are not UTF-8 raised UnicodeDecodeError."""
+    path = _gguf(tmp_path / "m.gguf", fields=[("general.name", "string", "ab")])
+    data = path.read_bytes()
+    path.write_bytes(
+        data.replace(b"\x02\x00\x00\x00\x00\x00\x00\x00ab", b"\x02\x00\x00\x00\x00\x00\x00\x00\xff\xfe")
+    )
+    with pytest.raises(ModelError, match="damaged"):
+        metadata.read_metadata(path)
+
+
+def test_a_metadata_cache_of_an_older_reader_is_not_served(tmp_path, home, monkeypatch):
+    """Review: the cache key was path, size and mtime only: a fix to the reader never reached
+    files cached before it."""
+    path = _gguf(tmp_path / "m.gguf")
+    metadata.read_metadata(path)
+    stat = path.stat()
+    before = metadata._disk_cache(path, stat.st_size, stat.st_mtime)
+    monkeypatch.setattr(metadata, "METADATA_VERSION", metadata.METADATA_VERSION + 1)
+    assert metadata._disk_cache(path, stat.st_size, stat.st_mtime) != before
