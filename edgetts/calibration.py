@@ -2,7 +2,9 @@
 
 ``edgetts calibrate`` measures prefill tokens/s, decode tokens/s at several batch sizes (one row
 per live sequence, all decoded in one batch per token) and PRM steps/s, and saves them as
-``$EDGETTS_HOME/calibration/<model-key>__<machine-id>__t<threads>.json``. The scheduler reads that
+``$EDGETTS_HOME/calibration/<model-key>__<machine-id>__t<threads>.json`` (with ``__gall`` or
+``__g<layers>`` before ``.json`` when layers were offloaded to a GPU: a CPU measurement does not
+predict a GPU run, nor the reverse). The scheduler reads that
 file to predict how long a plan takes. Without one it falls back to deliberately conservative
 estimates from the model's size (:func:`estimate`), and says so in the plan.
 
@@ -57,6 +59,7 @@ class Calibration:
     prm_steps_s: float | None
     source: str = "measured"  # "measured" or "estimate"
     prm: str | None = None  # the PRM directory's name whose speed prm_steps_s is (None: unknown)
+    gpu_layers: int = 0  # layers offloaded while measured (offload_key: 0 CPU, -1 all)
     measured_at: float = field(default_factory=time.time)
     version: int = FORMAT_VERSION
 
@@ -96,6 +99,7 @@ class Calibration:
             prm_steps_s=None if data.get("prm_steps_s") is None else float(data["prm_steps_s"]),
             source=str(data.get("source", "measured")),
             prm=None if data.get("prm") is None else str(data["prm"]),
+            gpu_layers=int(data.get("gpu_layers", 0)),  # (files before it: measured on the CPU)
             measured_at=float(data.get("measured_at", 0.0)),
         )
         speeds = [cal.prefill_tok_s, *decode.values()] + ([cal.prm_steps_s] if cal.prm_steps_s else [])
@@ -142,13 +146,20 @@ def model_key(meta: ModelMetadata) -> str:
     return f"{Path(meta.path).stem}-{meta.file_bytes}"
 
 
-def calibration_path(meta: ModelMetadata, n_threads: int) -> Path:
-    return calibration_dir() / f"{model_key(meta)}__{machine_id()}__t{n_threads}.json"
+def offload_key(n_gpu_layers: int, n_layers: int) -> int:
+    """Offloaded layers as calibrations name them: 0 (the CPU), -1 (every layer), or a count."""
+    return -1 if n_gpu_layers < 0 or n_gpu_layers > n_layers else n_gpu_layers
 
 
-def load(meta: ModelMetadata, n_threads: int) -> tuple[Calibration | None, str | None]:
-    """The saved calibration for this model, machine and thread count, or (None, why not)."""
-    path = calibration_path(meta, n_threads)
+def calibration_path(meta: ModelMetadata, n_threads: int, gpu_layers: int = 0) -> Path:
+    offload = "" if gpu_layers == 0 else "__gall" if gpu_layers < 0 else f"__g{gpu_layers}"
+    return calibration_dir() / f"{model_key(meta)}__{machine_id()}__t{n_threads}{offload}.json"
+
+
+def load(meta: ModelMetadata, n_threads: int, gpu_layers: int = 0) -> tuple[Calibration | None, str | None]:
+    """The saved calibration for this model, machine, thread count and offload (``gpu_layers``,
+    an :func:`offload_key`), or (None, why not)."""
+    path = calibration_path(meta, n_threads, gpu_layers)
     if not path.is_file():
         return None, f"no calibration at {path}; run `edgetts calibrate`"
     try:
@@ -158,13 +169,14 @@ def load(meta: ModelMetadata, n_threads: int) -> tuple[Calibration | None, str |
         return None, f"ignoring unreadable calibration {path} ({why}); run `edgetts calibrate`"
     except (ValueError, KeyError, TypeError, OverflowError) as exc:  # OverflowError: int(1e999)
         return None, f"ignoring corrupt or stale calibration {path} ({exc}); run `edgetts calibrate`"
-    if cal.model_key != model_key(meta) or cal.n_threads != n_threads:
-        return None, f"ignoring calibration {path}: it was measured for another model or thread count"
+    if cal.model_key != model_key(meta) or cal.n_threads != n_threads or cal.gpu_layers != gpu_layers:
+        why = "another model, thread count or offload"
+        return None, f"ignoring calibration {path}: it was measured for {why}"
     return cal, None
 
 
 def save(cal: Calibration, meta: ModelMetadata) -> Path:
-    path = calibration_path(meta, cal.n_threads)
+    path = calibration_path(meta, cal.n_threads, cal.gpu_layers)
     paths.write_atomically(path, cal.to_json())  # never a half-written file for the planner
     return path
 
@@ -191,9 +203,19 @@ def measure(
     batches=DEFAULT_BATCHES,
     tokens: int = DEFAULT_TOKENS_PER_ROW,
     progress=print,
+    n_gpu_layers: int | None = None,
 ) -> tuple[Calibration, ModelMetadata]:
-    """Measure prefill, decode at each batch size (``tokens`` per row) and PRM steps/s."""
+    """Measure prefill, decode at each batch size (``tokens`` per row) and PRM steps/s, with
+    ``n_gpu_layers`` offloaded (None: ``$EDGETTS_N_GPU_LAYERS``, else none)."""
+    import llama_cpp
+
+    from edgetts.gpu import default_gpu_layers
     from edgetts.policy import LlamaPolicy, PolicyConfig
+
+    if n_gpu_layers is None:
+        n_gpu_layers = default_gpu_layers()
+    if not llama_cpp.llama_supports_gpu_offload():
+        n_gpu_layers = 0  # a CPU build keeps every layer on the CPU, whatever was asked
 
     batches = sorted(set(batches))
     config = PolicyConfig(
@@ -201,6 +223,7 @@ def measure(
         n_seq_max=batches[-1],
         max_tokens=tokens,
         n_threads=n_threads,
+        n_gpu_layers=n_gpu_layers,
         temperature=1.0,
         max_prompt_tokens=512,
     )
@@ -242,6 +265,7 @@ def measure(
         decode_tok_s=decode,
         prm_steps_s=prm,
         prm=Path(prm_path).name if prm is not None else None,
+        gpu_layers=offload_key(n_gpu_layers, meta.n_layers),
     )
     return cal, meta
 

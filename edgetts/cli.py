@@ -1283,9 +1283,21 @@ def plan(question: str | None, as_json: bool, **kw) -> None:
     show_default=True,
     help="Tokens decoded per sequence and batch.",
 )
+@click.option(
+    "--n-gpu-layers",
+    type=click.IntRange(-1),
+    default=None,
+    help="Layers to offload while measuring (CUDA build; -1: all), as the runs to plan will "
+    "[default: $EDGETTS_N_GPU_LAYERS, else 0]. Plans read the calibration of their own offload.",
+)
 @_friendly_errors
 def calibrate(
-    model: str | None, prm_path: str | None, threads: int | None, batches: str, tokens: int
+    model: str | None,
+    prm_path: str | None,
+    threads: int | None,
+    batches: str,
+    tokens: int,
+    n_gpu_layers: int | None,
 ) -> None:
     """Measure prefill, decode (per batch size) and PRM speed here; save them for the planner."""
     from edgetts.policy import default_threads
@@ -1298,7 +1310,13 @@ def calibrate(
         raise click.UsageError("--batches must list positive integers, e.g. 1,2,4,8")
     n_threads = threads or default_threads()
     cal, meta = calib.measure(
-        model, prm_path, n_threads, sizes, tokens, progress=lambda line: click.echo(line, err=True)
+        model,
+        prm_path,
+        n_threads,
+        sizes,
+        tokens,
+        progress=lambda line: click.echo(line, err=True),
+        n_gpu_layers=n_gpu_layers,
     )
     click.echo(str(calib.save(cal, meta)))
 

@@ -467,9 +467,7 @@ def make_plan(
             f"the calibration measured PRM {cal.prm!r}, not {prm.name!r}: its speed is "
             "estimated (run `edgetts calibrate --prm ...`)"
         )
-    gpu_layers = (
-        budget.n_gpu_layers if budget.n_gpu_layers is not None else (meta.n_layers + 1 if gpu_offload else 0)
-    )
+    gpu_layers = asked_gpu_layers(budget, meta, gpu_offload)
     if gpu_layers and not gpu_offload:
         # A CPU build of llama.cpp ignores the offload and keeps every layer in host memory, so
         # counting them as GPU memory would let a plan overrun the host budget.
@@ -608,20 +606,23 @@ def plan_for(
 
     meta = read_metadata(resolve(model))
     threads = budget.n_threads or default_threads()
-    cal, note = calib.load(meta, threads)
+    gpu_offload = bool(llama_cpp.llama_supports_gpu_offload())
+    # the speeds measured with the offload this plan will run with (a CPU build offloads none)
+    offloaded = asked_gpu_layers(budget, meta, gpu_offload) if gpu_offload else 0
+    cal, note = calib.load(meta, threads, calib.offload_key(offloaded, meta.n_layers))
     if cal is None and note and note.startswith("ignoring"):
         log.warning(note)  # a broken file deserves a word even without --explain
     prm = prm_cost(prm_dir) if budget.strategy in SCORED else None
-    plan = make_plan(
-        meta,
-        budget,
-        cal,
-        note,
-        prm,
-        gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()),
-        default_threads=threads,
-    )
+    plan = make_plan(meta, budget, cal, note, prm, gpu_offload=gpu_offload, default_threads=threads)
     return plan, meta
+
+
+def asked_gpu_layers(budget: Budget, meta: ModelMetadata, gpu_offload: bool) -> int:
+    """The layers a plan offloads before it checks the build: the budget's, else every layer
+    (and the output layer) on a GPU build, else none."""
+    if budget.n_gpu_layers is not None:
+        return budget.n_gpu_layers
+    return meta.n_layers + 1 if gpu_offload else 0
 
 
 def prompt_tokens_for(question: str | None) -> int:

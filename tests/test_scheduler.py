@@ -634,3 +634,42 @@ def test_a_plan_parks_no_more_than_the_users_limit():
     assert plan(wide).park_mb > 0
     assert plan(replace(wide, park_limit_mb=0.0)).park_mb == 0  # the user's 0: re-decode instead
     assert plan(replace(wide, park_limit_mb=1.0)).park_mb <= 1.0
+
+
+def test_a_calibration_is_read_only_for_the_offload_it_was_measured_with(tmp_path, monkeypatch):
+    """Review: the file named no offload, so a CPU measurement planned a GPU run and the reverse."""
+    from dataclasses import replace
+
+    monkeypatch.setenv("EDGETTS_HOME", str(tmp_path))
+    cpu_path = calib.save(cal(), META)
+    gpu_path = calib.save(replace(cal(), gpu_layers=-1, prefill_tok_s=9999.0), META)
+    assert cpu_path != gpu_path and gpu_path.name.endswith("__gall.json")
+    assert calib.load(META, 1)[0].prefill_tok_s == cal().prefill_tok_s
+    assert calib.load(META, 1, gpu_layers=-1)[0].prefill_tok_s == 9999.0
+    assert calib.load(META, 1, gpu_layers=12)[0] is None  # a partial offload is its own
+    assert calib.offload_key(META.n_layers + 1, META.n_layers) == -1 and calib.offload_key(0, 24) == 0
+    gpu_path.write_text(cpu_path.read_text())  # a CPU file put where the GPU one belongs
+    loaded, note = calib.load(META, 1, gpu_layers=-1)
+    assert loaded is None and "offload" in note
+
+
+def test_a_plan_reads_the_calibration_of_its_own_offload(tmp_path, monkeypatch):
+    import llama_cpp
+
+    monkeypatch.setenv("EDGETTS_HOME", str(tmp_path))
+    asked: list[int] = []
+    real_load = calib.load
+
+    def load(meta, threads, gpu_layers=0):
+        asked.append(gpu_layers)
+        return real_load(meta, threads, gpu_layers)
+
+    monkeypatch.setattr(calib, "load", load)
+    monkeypatch.setattr("edgetts.metadata.read_metadata", lambda path: META)
+    monkeypatch.setattr("edgetts.models.resolve", lambda model: "/nonexistent/qwen.gguf")
+    cases = ((False, None, 0), (False, -1, 0), (True, None, -1), (True, 0, 0), (True, 8, 8))
+    for gpu_build, layers, expected in cases:
+        monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda gpu_build=gpu_build: gpu_build)
+        asked.clear()
+        scheduler.plan_for(None, Budget(deadline_s=60, max_tokens=256, n_gpu_layers=layers))
+        assert asked == [expected], (gpu_build, layers)
