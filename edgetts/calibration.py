@@ -161,7 +161,8 @@ def load(meta: ModelMetadata, n_threads: int, gpu_layers: int = 0) -> tuple[Cali
     an :func:`offload_key`), or (None, why not)."""
     path = calibration_path(meta, n_threads, gpu_layers)
     if not path.is_file():
-        return None, f"no calibration at {path}; run `edgetts calibrate`"
+        offload = f" --n-gpu-layers {gpu_layers}" if gpu_layers else ""
+        return None, f"no calibration at {path}; run `edgetts calibrate{offload}`"
     try:
         cal = Calibration.from_dict(json.loads(path.read_text()))
     except OSError as exc:

@@ -288,12 +288,20 @@ def _ray_option(what: str, unit: str):
     )
 
 
+def _gpu_share(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """A GPU share Ray can reserve: a whole number of GPUs, or a share of one to 4 decimals."""
+    if value is None or value == int(value) or (value < 1 and round(value, 4) == value and value >= 1e-4):
+        return value
+    raise click.BadParameter("a whole number of GPUs, or a share of one GPU to 4 decimals (0.5, 0.25)")
+
+
 def _ray_gpus_option(unit: str):
     """``--gpus-per-actor`` / ``--gpus-per-replica``: the GPU share each Ray worker reserves."""
     return click.option(
         f"--gpus-per-{unit}",
         "ray_gpus",
-        type=click.FloatRange(0, max_open=False),
+        type=click.FloatRange(0),
+        callback=_gpu_share,
         default=None,
         help=f"With --ray: GPUs each {unit} reserves (0.5: two share one GPU); Ray gives it that GPU "
         "alone (CUDA_VISIBLE_DEVICES), for a CUDA build's --n-gpu-layers [default: 0, CPU only].",

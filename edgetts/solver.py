@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from edgetts.gpu import requested_gpu_layers
+from edgetts.gpu import default_gpu_layers, requested_gpu_layers
 from edgetts.policy import LlamaPolicy, PolicyConfig, Prompt
 from edgetts.policy.config import GeneratorCounters, SearchNotStarted
 from edgetts.policy.loop import IDLE_WAIT_S
@@ -607,12 +607,19 @@ class Solver:
             kv_type=cfg.kv_type if fixed or "kv_type" in self.pinned else None,
             # Offload the user set, on the command line or in $EDGETTS_N_GPU_LAYERS, is kept;
             # otherwise the plan offloads every layer when llama.cpp is a GPU build.
-            n_gpu_layers=cfg.n_gpu_layers
-            if fixed or "n_gpu_layers" in self.pinned
-            else requested_gpu_layers(),
+            n_gpu_layers=self._offload_planned(cfg, fixed),
             slots=cfg.n_seq_max if fixed else None,
         )
         return plan_for(cfg.model, budget, self.prm_dir)[0]
+
+    def _offload_planned(self, cfg: PolicyConfig, fixed: bool) -> int | None:
+        """The GPU layers a plan keeps: the loaded policy's own (a server's model, loaded with
+        ``$EDGETTS_N_GPU_LAYERS`` or none when its config names none: a plan that offloaded
+        every layer read the GPU's speeds for a model on the CPU), the user's, else None (the
+        plan offloads every layer on a GPU build)."""
+        if fixed:
+            return cfg.n_gpu_layers if cfg.n_gpu_layers is not None else default_gpu_layers()
+        return cfg.n_gpu_layers if "n_gpu_layers" in self.pinned else requested_gpu_layers()
 
     def _policy_for(
         self,

@@ -18,12 +18,13 @@ import atexit
 import json
 import logging
 import os
+import queue
 import selectors
 import subprocess
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
+from pathlib import Path
 
 log = logging.getLogger("edgetts")
 
@@ -31,8 +32,14 @@ TIMEOUT_S = 5.0  # per comparison, as math-verify's own default
 START_TIMEOUT_S = 120.0  # the child's imports (sympy) on a busy machine
 READY = "ready"
 MEMORY_LIMIT_BYTES = 4 << 30  # the child's address space
-# What the child runs: this module as __main__, with the working directory off its path.
-CHILD_MAIN = "import sys, runpy; sys.path.pop(0); runpy.run_module('edgetts.symbolic', run_name='__main__')"
+# What the child runs: this module as __main__, with the working directory off its path (a
+# sympy.py there would run) and the folder that holds this edgetts at its end (a source checkout
+# run without an install finds it there; an installed one finds it in site-packages first).
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
+CHILD_MAIN = (
+    "import sys, runpy; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
+    f"sys.path.append({PACKAGE_ROOT!r}); runpy.run_module('edgetts.symbolic', run_name='__main__')"
+)
 
 
 def compare(a: str, b: str) -> bool:
@@ -96,12 +103,57 @@ class _Child:
                 pipe.close()
 
 
+class _Starter:
+    """Starts children from one daemon thread that lives as long as the process.
+
+    Linux's parent-death signal follows the *thread* that started the child: started from
+    whichever worker thread compared first (the server's, a run's --concurrent pool), the child
+    died when that thread ended, and a comparison under way came back unequal, cached so. (A
+    ThreadPoolExecutor is no such thread: interpreter shutdown stops it while daemon threads may
+    still compare, and a forked copy of the process waits on it for ever.)"""
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    def start_child(self) -> _Child:
+        """A new child, started on the starter's thread; OSError if it does not start."""
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="edgetts-symbolic", daemon=True)
+            self._thread.start()
+        answer: queue.Queue = queue.Queue(maxsize=1)
+        self._jobs.put(answer)
+        try:
+            started, child = answer.get(timeout=START_TIMEOUT_S + 30)
+        except queue.Empty:
+            raise OSError("the answer-comparison process did not start in time") from None
+        if not started:
+            raise child
+        return child
+
+    def _run(self) -> None:
+        while True:
+            answer = self._jobs.get()
+            try:
+                answer.put((True, _Child()))
+            except Exception as exc:  # noqa: BLE001 - raised on the asking thread
+                answer.put((False, exc if isinstance(exc, OSError) else OSError(str(exc))))
+
+
 _lock = threading.Lock()
 _child: _Child | None = None
-# The child is killed when the *thread* that started it ends (Linux's parent-death signal
-# follows the thread): it is started from this one long-lived thread, not from whichever worker
-# thread compared first (the server's, a run's --concurrent pool), whose exit killed it.
-_starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgetts-symbolic")
+_starter = _Starter()
+
+
+def _after_fork_in_child() -> None:
+    """A forked copy of the process starts its own child, from a thread of its own (it has no
+    copy of the starter's thread, and the parent's child is not its child to ask or kill)."""
+    global _lock, _child, _starter
+    _lock, _child, _starter = threading.Lock(), None, _Starter()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @lru_cache(maxsize=4096)
@@ -114,22 +166,11 @@ def symbolic_equal(a: str, b: str) -> bool:
             _child = None
         if _child is None:
             try:
-                _child = _starter.submit(_Child).result()
+                _child = _starter.start_child()
             except OSError as exc:  # unequal, as for a timeout, rather than a failed vote
                 log.warning("answers compared as different: %s", exc)
                 return False
         verdict = _child.ask(a, b)
-        if verdict is None and _child.process.poll() is not None:
-            # it had died before this question (killed from outside): one more try with a new
-            # one, or the cache would keep "unequal" for answers nobody compared
-            _child.kill()
-            try:
-                _child = _starter.submit(_Child).result()
-            except OSError as exc:
-                _child = None
-                log.warning("answers compared as different: %s", exc)
-                return False
-            verdict = _child.ask(a, b)
         if verdict is None:  # too long (or the child died on it): killed, a new one serves next
             _child.kill()
             _child = None

@@ -195,3 +195,14 @@ def test_a_live_full_n_run_serves_as_the_baseline_and_an_adaptive_one_is_refused
     adaptive.write_text(json.dumps(run_row(0, True, False)) + "\n")
     with pytest.raises(SystemExit, match="not a full-N run"):
         bench.full_n_rows(adaptive, "weighted_best_of_n", 16)
+
+
+def test_the_replay_takes_the_dataset_the_baseline_rows_name(tmp_path):
+    """Diff review: kept rows of one dataset were replayed against a baseline of another."""
+    mawps = tmp_path / "b.jsonl"
+    mawps.write_text(json.dumps({"problem_id": "0", "dataset": "mawps"}) + "\n")
+    toy = bench.load([write(tmp_path / "k.jsonl.gz", [kept_row("toy-0", ["7"] * 4, "7")])])
+    assert bench.kept_dataset(toy, mawps) == "mawps"
+    unnamed = tmp_path / "full16_toy_live.jsonl"
+    unnamed.write_text(json.dumps({"id": "0"}) + "\n")
+    assert bench.kept_dataset(toy, unnamed) == "toy"

@@ -1,3 +1,5 @@
+import os
+import signal
 import time
 
 import pytest
@@ -174,6 +176,23 @@ def test_the_comparison_process_outlives_the_thread_that_first_compared():
     time.sleep(0.5)  # the signal, had it been sent, has arrived
     assert symbolic._child is not None and symbolic._child.process.poll() is None
     assert answers_equal("x+8", "8+x")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_process_compares_with_a_child_of_its_own():
+    """Diff review: started from a thread pool, the comparison child could not be started in a
+    forked copy of the process (the pool's thread is not copied): it waited for ever."""
+    from edgetts import symbolic
+
+    _fresh_child(symbolic)
+    assert answers_equal("x+9", "9+x")  # the parent's child runs
+    pid = os.fork()
+    if pid == 0:  # the copy: a verdict within a minute, or SIGALRM ends it
+        signal.alarm(60)
+        os._exit(0 if answers_equal("x+10", "10+x") else 3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    assert symbolic._child is not None and symbolic._child.process.poll() is None  # untouched
 
 
 def test_whole_numbers_compare_exactly_however_large():

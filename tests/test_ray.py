@@ -100,6 +100,16 @@ def test_actors_that_reserve_gpus_are_planned_by_each_nodes_gpus_too(monkeypatch
     monkeypatch.setattr(ray_run, "node_resources", lambda: [(16, 0.0)])
     with pytest.raises(ValueError, match="--gpus-per-actor 1"):
         ray_run.plan_actors(None, 1, gpus=1)
+    # (diff review) Ray keeps a share within one GPU: two GPUs hold four of 0.4, not five
+    monkeypatch.setattr(ray_run, "node_resources", lambda: [(16, 2.0)])
+    assert ray_run.plan_actors(None, 1, gpus=0.4) == 4 and ray_run.plan_actors(None, 1, gpus=2) == 1
+
+
+@pytest.mark.parametrize("share", ["1.5", "0.00001"])
+def test_a_gpu_share_ray_cannot_reserve_is_refused(share):
+    args = ["run", "--data", "d.jsonl", "--out", "r.jsonl", "--gpus-per-actor", share]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "whole number of GPUs" in result.output, result.output
 
 
 def test_nothing_imports_ray_unless_asked():

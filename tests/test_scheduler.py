@@ -651,6 +651,8 @@ def test_a_calibration_is_read_only_for_the_offload_it_was_measured_with(tmp_pat
     gpu_path.write_text(cpu_path.read_text())  # a CPU file put where the GPU one belongs
     loaded, note = calib.load(META, 1, gpu_layers=-1)
     assert loaded is None and "offload" in note
+    gpu_path.unlink()
+    assert "calibrate --n-gpu-layers -1" in calib.load(META, 1, gpu_layers=-1)[1]
 
 
 def test_a_plan_reads_the_calibration_of_its_own_offload(tmp_path, monkeypatch):

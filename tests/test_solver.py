@@ -209,3 +209,32 @@ def test_a_conversation_is_planned_by_all_its_turns_not_its_last_question(monkey
     with pytest.raises(Planned) as planned:
         solver.solve(chat, SolveOptions(strategy="majority", n=1, deadline_s=60))
     assert len(planned.value.args[0]) > 40_000
+
+
+@pytest.mark.parametrize("env, expected", [(None, 0), ("-1", -1)])
+def test_a_loaded_model_is_planned_with_the_offload_it_was_loaded_with(monkeypatch, env, expected):
+    """Diff review: a server's model loaded on the CPU (no --n-gpu-layers, none in the
+    environment) was planned with every layer offloaded on a GPU build, so its deadlines read
+    the GPU's calibration."""
+    from types import SimpleNamespace
+
+    from edgetts import solver as solver_module
+    from edgetts.policy import PolicyConfig
+    from edgetts.solver import Solver
+
+    if env is None:
+        monkeypatch.delenv("EDGETTS_N_GPU_LAYERS", raising=False)
+    else:
+        monkeypatch.setenv("EDGETTS_N_GPU_LAYERS", env)
+    budgets = []
+
+    def plan_for(model, budget, prm_dir=None):
+        budgets.append(budget)
+        raise RuntimeError("planned")
+
+    monkeypatch.setattr(solver_module, "plan_for", plan_for)
+    solver = Solver(fixed_policy=True)
+    solver._policy = SimpleNamespace(config=PolicyConfig(n_gpu_layers=None))
+    with pytest.raises(RuntimeError, match="planned"):
+        solver.plan(SolveOptions(strategy="majority", deadline_s=30), "q")
+    assert budgets[0].n_gpu_layers == expected

@@ -215,6 +215,8 @@ def test_a_prmbench_item_whose_first_error_is_past_its_steps_is_left_out(tmp_pat
         + "\n"
         + json.dumps({**row, "classification": "zero", "error_steps": [0]})
         + "\n"
+        + json.dumps({**row, "classification": "empty", "modified_process": ["x", " "], "error_steps": [2]})
+        + "\n"
     )
     assert [i["key"] for i in label_steps.prmbench_items([str(f)])] == ["a-original"]
 

@@ -32,3 +32,7 @@ def test_a_slip_votes_only_when_nothing_else_can():
         {"answer": "52", "text": "4 * 12 = 48, so 52", "correct": False},
     ]
     assert tool.answer_groups(candidates) == [[1]]
+
+
+def test_a_tie_for_the_most_votes_counts_as_a_fair_draw():
+    assert tool.accuracy([_problem(["5", "5", "6", "6"], "5")], None, 0) == 50.0

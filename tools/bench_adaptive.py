@@ -489,8 +489,12 @@ def _datasets(kept: list[Problem]) -> list[str]:
 
 def kept_dataset(kept: list[Problem], baseline_path: Path) -> str | None:
     """The dataset of the kept rows a live run is replayed over (its rows name only ids): the
-    kept rows' one dataset, else the one the baseline file is named after (``gsm8k_test.jsonl``;
-    a name like ``full16_gsm8k_test_live`` holds it too), else None."""
+    one the baseline's rows name (the bench's do), else the kept rows' one dataset, else the one
+    the baseline file is named after (``gsm8k_test.jsonl``; ``full16_gsm8k_test_live`` too)."""
+    rows = [json.loads(line) for line in _open(baseline_path) if line.strip()]
+    named_in_rows = {r["dataset"] for r in rows if r.get("dataset")}
+    if len(named_in_rows) == 1:
+        return named_in_rows.pop()
     datasets = _datasets(kept)
     if len(datasets) == 1:
         return datasets[0]

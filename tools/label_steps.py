@@ -128,6 +128,8 @@ def prmbench_items(files: list[str], split: str | None = None) -> list[dict]:
             errors = sorted(int(e) for e in d.get("error_steps") or [])
             if not errors or not 1 <= errors[0] <= len(d["modified_process"]):
                 continue  # no first error among its steps: no label to give (as build_prm_data)
+            if not str(d["modified_process"][errors[0] - 1]).strip():
+                continue  # an empty first error: dropped with its label, the rest reads right
             items.append(
                 {
                     "key": f"{d['idx']}-{d['classification']}",

@@ -7,7 +7,8 @@ and replaces only the verifier's scores by draws from a binormal model of a give
 sample's score ~ N(d, 1), a wrong one's ~ N(0, 1), d = sqrt(2) * Phi^-1(AUC), passed through a
 logistic onto (0, 1)). The vote is the shipped one: score-weighted over the answer groups, with
 samples whose arithmetic is wrong voting only when no other sample has an answer. The table is
-the mean accuracy over ``--draws`` draws per AUC, beside majority (the same vote, weight 1).
+the mean accuracy over ``--draws`` draws per AUC, beside majority (the same vote, weight 1, a
+tie between the largest groups counted as a fair draw among them).
 
 The model is a simplification (one score distribution for every problem, samples independent),
 so read it as the order of magnitude a verifier needs, not as a prediction::
@@ -46,8 +47,12 @@ def answer_groups(candidates: list[dict]) -> list[list[int]]:
 
 def accuracy(problems: list[tuple[list[bool], list[list[int]]]], auc: float | None, draws: int) -> float:
     """Mean share of problems whose weighted vote is right, scores drawn at ``auc`` (None: majority)."""
-    if auc is None:
-        right = sum(correct[max(groups, key=len)[0]] for correct, groups in problems if groups)
+    if auc is None:  # majority, a tie for the most votes a fair draw
+        right = 0.0
+        for correct, groups in problems:
+            if groups:
+                top = [g for g in groups if len(g) == max(map(len, groups))]
+                right += sum(correct[g[0]] for g in top) / len(top)
         return 100 * right / len(problems)
     shift = math.sqrt(2) * NormalDist().inv_cdf(auc)
     rng = random.Random(0)
@@ -68,6 +73,8 @@ def main() -> None:
     ap.add_argument("--auc", type=float, nargs="+", default=[0.64, 0.71, 0.75, 0.80, 0.85, 0.90, 0.95])
     ap.add_argument("--draws", type=int, default=200)
     args = ap.parse_args()
+    if not all(0 < a < 1 for a in args.auc):
+        ap.error("every --auc must be between 0 and 1 (1 would need scores infinitely apart)")
     columns = " ".join(f"{f'AUC {a:.2f}':>9}" for a in args.auc)
     print(f"{'set':<14} {'problems':>8} {'majority':>9} {columns}")
     for path in args.sets:

@@ -86,8 +86,10 @@ def workers_that_fit(threads: int, per_node: list[tuple[int, float]], gpus: floa
     fit = 0
     for cpus, node_gpus in per_node:
         on_node = cpus // threads
-        if gpus > 0:
-            on_node = min(on_node, int(node_gpus / gpus + 1e-9))  # 1 / 0.1 is 9.999...
+        if 0 < gpus < 1:  # Ray keeps a share within one GPU: 2 GPUs hold four of 0.4, not five
+            on_node = min(on_node, int(node_gpus) * int(1 / gpus + 1e-9))  # (1 / 0.1 is 9.999...)
+        elif gpus >= 1:
+            on_node = min(on_node, int(node_gpus // gpus))
         fit += on_node
     return fit
 
