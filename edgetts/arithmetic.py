@@ -45,6 +45,7 @@ _EQ = re.compile(
     rf"(?<![\d,.])(?P<lhs>{_NUM}(?:{_OP}{_NUM})+)\s*=\s*(?P<rhs>-?{_NUM})(?!{_RHS_GOES_ON})(?!\.?\d)"
 )
 _CLOCK_RANGE = re.compile(r"(?:[01]?\d|2[0-4])\s*-\s*(?:[01]?\d|2[0-4])")
+_FROM_BEFORE = re.compile(r"\bfrom\s*$")
 _OP_BEFORE = re.compile(r"(?:[-+*/×÷−–]|\\times|\\cdot|\\div|\bx)\s*$")
 _NUMBER_BEFORE = re.compile(r"\d[ \t]+$")  # "1 1/2 * 4": the left side began with a mixed number
 # A comma before one or two digits is a decimal comma ("2,5") or a list ("1,2,3"): the
@@ -96,7 +97,7 @@ def _stands_alone(text: str, m: re.Match[str]) -> bool:
     """Whether the equation ``m`` is plain arithmetic: not the end of algebra or of a longer
     expression on its left (``2x + 30 = 110``, ``(4 + 2) * 3 = 18``), nor a decimal comma."""
     before = text[m.start() - 1] if m.start() else " "
-    if re.search(r"\bfrom\s*$", text[: m.start()]) and _CLOCK_RANGE.fullmatch(m[0].split("=")[0].strip()):
+    if _CLOCK_RANGE.fullmatch(m[0].split("=")[0].strip()) and _FROM_BEFORE.search(text[: m.start()]):
         return False  # "from 9 - 5 = 8 hours": a span of clock times
     if before in "+-*/^×÷−–.,:_\\{(" or before.isalnum() or _OP_BEFORE.search(text[: m.start()]):
         return False

@@ -864,14 +864,14 @@ def _run_on_ray(
     kw: dict,
 ) -> None:
     """``run --ray``: the problems sharded over Ray actors; this process alone writes the file."""
-    from edgetts.distributed import connect
-    from edgetts.distributed.run import MAX_ATTEMPTS, plan_actors, run_sharded
+    from edgetts.distributed import connect, plan_workers
+    from edgetts.distributed.run import MAX_ATTEMPTS, run_sharded
 
     if not todo:
         return
     threads = _ray_threads(kw)
     connect(address)
-    n_actors = min(plan_actors(actors, threads, gpus), len(todo))
+    n_actors = min(plan_workers(actors, threads, gpus, "actor"), len(todo))
     each = f"{threads} threads" + (f" + {gpus:g} GPU" if gpus else "")
     click.echo(f"Ray: {n_actors} actors x {each}", err=True)
     worker_kw = {**kw, "threads": threads, "explain": False}
@@ -1757,19 +1757,12 @@ def server_solver(
 
 def _serve_on_ray(make_solver, settings, address: str, replicas: int, threads: int, gpus: float) -> None:
     """``serve --ray``: the app in ``replicas`` Ray Serve replicas until Ctrl-C / SIGTERM."""
-    from edgetts.distributed import connect, describe_nodes, node_resources, workers_that_fit
+    from edgetts.distributed import connect, plan_workers
     from edgetts.distributed.serve import serve_on_ray
     from edgetts.server.settings import LOOPBACK_HOSTS
 
     connect(address)
-    per_node = node_resources()
-    fit = workers_that_fit(threads, per_node, gpus)
-    if replicas > fit:
-        each = f"--threads {threads}" + (f" and --gpus-per-replica {gpus:g}" if gpus else "")
-        raise click.ClickException(
-            f"--replicas {replicas} with {each}: the Ray cluster's nodes ({describe_nodes(per_node)}) "
-            f"hold at most {fit} such replicas"
-        )
+    plan_workers(replicas, threads, gpus, "replica")  # a ValueError if the nodes cannot hold them
     if settings.host not in LOOPBACK_HOSTS and not settings.api_key:
         logging.getLogger("edgetts").warning(
             "binding to %s: the server is reachable from other machines and has no --api-key", settings.host

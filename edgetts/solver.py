@@ -472,13 +472,15 @@ class Solver:
         the plan (None without a budget). A deadline counts from the start of the search, so a
         caller that times solves (a benchmark, a server warming up) loads the models here first.
         """
+        options = options or SolveOptions()
+        options.validate()
         with self._lock:
-            return self._prepare(question, options or SolveOptions())[0]
+            return self._prepare(question, options)[0]
 
     def _prepare(
         self, question: str, options: SolveOptions, waited: Deadline | None = None
     ) -> tuple[Plan | None, Verifier | None, LlamaPolicy]:
-        options.validate()
+        """Plan and load for ``options``, which the caller has validated (solve, prepare)."""
         if options.max_tokens is not None and options.max_tokens > self.policy_config.max_tokens:
             raise ValueError(
                 f"max_tokens={options.max_tokens} is more than this solver's limit "

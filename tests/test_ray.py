@@ -76,33 +76,39 @@ def test_ray_flag_without_ray_says_how_to_get_it(monkeypatch, command):
 def test_actors_are_planned_per_node_not_from_the_clusters_total(monkeypatch):
     """Seen in review: 2 nodes of 3 CPUs and --threads 2 planned 3 actors from 6 CPUs; Ray never
     placed the third (no node had 2 CPUs left), and the run waited for its problem for ever."""
-    from edgetts.distributed import run as ray_run
+    from edgetts import distributed
 
-    monkeypatch.setattr(ray_run, "node_resources", lambda: [(3, 0.0), (3, 0.0)])
-    assert ray_run.plan_actors(None, 2) == 2
+    monkeypatch.setattr(distributed, "node_resources", lambda: [(3, 0.0), (3, 0.0)])
+    assert distributed.plan_workers(None, 2, 0.0, "actor") == 2
     with pytest.raises(ValueError, match="at most 2 such actors"):
-        ray_run.plan_actors(3, 2)
+        distributed.plan_workers(3, 2, 0.0, "actor")
     with pytest.raises(ValueError, match="no node"):
-        ray_run.plan_actors(None, 4)
-    assert ray_run.plan_actors(None, 3) == 2 and ray_run.plan_actors(6, 1) == 6
+        distributed.plan_workers(None, 4, 0.0, "actor")
+    assert distributed.plan_workers(None, 3, 0.0, "actor") == 2
+    assert distributed.plan_workers(6, 1, 0.0, "actor") == 6
 
 
 def test_actors_that_reserve_gpus_are_planned_by_each_nodes_gpus_too(monkeypatch):
-    from edgetts.distributed import run as ray_run
+    from edgetts import distributed
 
-    monkeypatch.setattr(ray_run, "node_resources", lambda: [(16, 2.0), (16, 0.0), (4, 1.0)])
-    assert ray_run.plan_actors(None, 1) == 36  # CPUs alone
-    assert ray_run.plan_actors(None, 1, gpus=1) == 3  # a GPU each: the GPU nodes only
-    assert ray_run.plan_actors(None, 1, gpus=0.5) == 6
-    assert ray_run.plan_actors(None, 4, gpus=0.1) == 4 + 1  # 10 fit on the first by GPU, 4 by CPU
+    monkeypatch.setattr(distributed, "node_resources", lambda: [(16, 2.0), (16, 0.0), (4, 1.0)])
+    assert distributed.plan_workers(None, 1, 0.0, "actor") == 36  # CPUs alone
+    assert distributed.plan_workers(None, 1, 1, "actor") == 3  # a GPU each: the GPU nodes only
+    assert distributed.plan_workers(None, 1, 0.5, "actor") == 6
+    assert distributed.plan_workers(None, 4, 0.1, "actor") == 4 + 1  # 10 fit on the first by GPU, 4 by CPU
     with pytest.raises(ValueError, match=r"16 CPUs \+ 2 GPUs, 16 CPUs, 4 CPUs \+ 1 GPU\) hold at most 3"):
-        ray_run.plan_actors(4, 1, gpus=1)
-    monkeypatch.setattr(ray_run, "node_resources", lambda: [(16, 0.0)])
+        distributed.plan_workers(4, 1, 1, "actor")
+    monkeypatch.setattr(distributed, "node_resources", lambda: [(16, 0.0)])
     with pytest.raises(ValueError, match="--gpus-per-actor 1"):
-        ray_run.plan_actors(None, 1, gpus=1)
+        distributed.plan_workers(None, 1, 1, "actor")
     # (diff review) Ray keeps a share within one GPU: two GPUs hold four of 0.4, not five
-    monkeypatch.setattr(ray_run, "node_resources", lambda: [(16, 2.0)])
-    assert ray_run.plan_actors(None, 1, gpus=0.4) == 4 and ray_run.plan_actors(None, 1, gpus=2) == 1
+    monkeypatch.setattr(distributed, "node_resources", lambda: [(16, 2.0)])
+    assert distributed.plan_workers(None, 1, 0.4, "actor") == 4
+    assert distributed.plan_workers(None, 1, 2, "actor") == 1
+    # serve --ray plans its replicas with the same rule and words
+    words = r"--replicas 5 with --threads 1 and --gpus-per-replica 0.4: .* at most 4 such replicas"
+    with pytest.raises(ValueError, match=words):
+        distributed.plan_workers(5, 1, 0.4, "replica")
 
 
 @pytest.mark.parametrize("share", ["1.5", "0.00001"])

@@ -101,6 +101,26 @@ def describe_nodes(per_node: list[tuple[int, float]]) -> str:
     )
 
 
+def plan_workers(wanted: int | None, threads: int, gpus: float, unit: str) -> int:
+    """How many Ray workers (``unit``: "actor" for ``run``, "replica" for ``serve``) of
+    ``threads`` CPUs and ``gpus`` GPUs to start on the connected cluster: ``wanted`` if it fits
+    them, by default as many as it fits; ValueError when not even one does."""
+    per_node = node_resources()
+    fit = workers_that_fit(threads, per_node, gpus)
+    each = f"--threads {threads}" + (f" and --gpus-per-{unit} {gpus:g}" if gpus else "")
+    nodes = describe_nodes(per_node)
+    if fit < 1:
+        raise ValueError(f"no node of the Ray cluster has room for one {unit} of {each} ({nodes})")
+    if wanted is None:
+        return fit
+    if wanted > fit:
+        raise ValueError(
+            f"--{unit}s {wanted} with {each}: the Ray cluster's nodes ({nodes}) hold at most {fit} "
+            f"such {unit}s, each on one node"
+        )
+    return wanted
+
+
 # Variables of this process that actors and replicas on other nodes must see too: offline mode
 # (`edgetts --offline` sets it here only). EDGETTS_HOME is not one: a path is a node's own.
 FORWARDED_ENV = ("EDGETTS_OFFLINE",)

@@ -36,14 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgetts.distributed import (
-    RayUnavailable,
-    actor_env,
-    describe_nodes,
-    node_resources,
-    require_ray,
-    workers_that_fit,
-)
+from edgetts.distributed import RayUnavailable, actor_env, require_ray
 
 log = logging.getLogger("edgetts")
 
@@ -72,25 +65,6 @@ class ShardedRun:
     def overhead_median_ms(self) -> float:
         """The median of :attr:`overhead_s`, in milliseconds (nan when no row came back)."""
         return statistics.median(self.overhead_s) * 1000 if self.overhead_s else float("nan")
-
-
-def plan_actors(actors: int | None, threads: int, gpus: float = 0.0) -> int:
-    """How many actors of ``threads`` CPUs and ``gpus`` GPUs to start: ``actors`` if the cluster
-    fits them, by default as many as it fits; ValueError when not even one does."""
-    per_node = node_resources()
-    fit = workers_that_fit(threads, per_node, gpus)
-    each = f"--threads {threads}" + (f" and --gpus-per-actor {gpus:g}" if gpus else "")
-    if fit < 1:
-        nodes = describe_nodes(per_node)
-        raise ValueError(f"no node of the Ray cluster has room for one actor of {each} ({nodes})")
-    if actors is None:
-        return fit
-    if actors > fit:
-        raise ValueError(
-            f"--actors {actors} with {each}: the Ray cluster's nodes ({describe_nodes(per_node)}) "
-            f"hold at most {fit} such actors, each on one node"
-        )
-    return actors
 
 
 _ACTOR_CLASS: Any = None
